@@ -1,0 +1,10 @@
+"""clip_jax: CLIP in JAX/Flax, sharded for TPU pods and GPU meshes.
+
+The public surface is small: `create_model`, `load`, `tokenize`, `preprocess`; embeddings come
+from `module.apply(variables, images, method=module.encode_image)` and `encode_text`.
+"""
+
+from clip_jax.loading import load
+from clip_jax.models import CLIP, CLIPConfig, PRESETS, create_model, get_preset
+
+__all__ = ["CLIP", "CLIPConfig", "PRESETS", "create_model", "get_preset", "load"]

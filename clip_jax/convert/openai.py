@@ -1,0 +1,388 @@
+"""OpenAI / open_clip state dicts <-> clip_jax variables, for every ViT and ModifiedResNet CLIP.
+
+The mapping works through "canonical" PyTorch keys: OpenAI's names with each fused attention
+`in_proj_weight/bias` split into `q_proj`, `k_proj`, `v_proj` (as Hugging Face stores them). Every
+canonical key maps one-to-one onto a clip_jax variable with one of a few layout rules, so the same
+table serves import, export, and the Hugging Face converter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from typing import Any, Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from clip_jax.models.clip import CLIP, init_variables
+from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+from clip_jax.models.layers import stack_layers, unstack_layers
+from clip_jax.models.presets import OPENAI_NAMES, PRESETS
+
+StateDict = dict[str, np.ndarray]
+Path = tuple[str, ...]  # (collection, module, ..., variable)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor: its canonical PyTorch key, our variable path, and how the layout differs.
+
+    `rule` is "copy" (same layout, maybe reshaped), "linear" (torch [out, in] -> kernel
+    [in..., out...], `in_dims` leading kernel dims are inputs) or "conv" (OIHW -> HWIO).
+    """
+
+    key: str
+    path: Path
+    rule: str = "copy"
+    in_dims: int = 1
+
+
+def _linear(key: str, path: Path, in_dims: int = 1) -> list[Entry]:
+    return [Entry(f"{key}.weight", path + ("kernel",), "linear", in_dims),
+            Entry(f"{key}.bias", path + ("bias",))]
+
+
+def _layer_norm(key: str, path: Path) -> list[Entry]:
+    return [Entry(f"{key}.weight", path + ("scale",)), Entry(f"{key}.bias", path + ("bias",))]
+
+
+def _batch_norm(key: str, path: tuple[str, ...]) -> list[Entry]:
+    return [Entry(f"{key}.weight", ("params",) + path + ("scale",)),
+            Entry(f"{key}.bias", ("params",) + path + ("bias",)),
+            Entry(f"{key}.running_mean", ("batch_stats",) + path + ("mean",)),
+            Entry(f"{key}.running_var", ("batch_stats",) + path + ("var",))]
+
+
+def _attention(key: str, path: Path, out: str = "out_proj") -> list[Entry]:
+    entries = []
+    for name in ("q_proj", "k_proj", "v_proj"):
+        entries += _linear(f"{key}.{name}", path + (name,))
+    return entries + _linear(f"{key}.{out}", path + ("out_proj",), in_dims=2)
+
+
+def _transformer(key: str, path: Path, layers: int) -> list[Entry]:
+    entries = []
+    for i in range(layers):
+        k, p = f"{key}.resblocks.{i}", path + (f"resblocks_{i}",)
+        entries += _layer_norm(f"{k}.ln_1", p + ("ln_1",))
+        entries += _attention(f"{k}.attn", p + ("attn",))
+        entries += _layer_norm(f"{k}.ln_2", p + ("ln_2",))
+        entries += _linear(f"{k}.mlp.c_fc", p + ("c_fc",))
+        entries += _linear(f"{k}.mlp.c_proj", p + ("c_proj",))
+    return entries
+
+
+def _resnet(v: VisionConfig) -> list[Entry]:
+    conv = lambda key, path: Entry(f"{key}.weight", ("params",) + path + ("kernel",), "conv")  # noqa: E731
+    entries = []
+    for i in (1, 2, 3):
+        entries += [conv(f"visual.conv{i}", ("visual", f"conv{i}"))]
+        entries += _batch_norm(f"visual.bn{i}", ("visual", f"bn{i}"))
+    for stage, depth in enumerate(v.layers, start=1):
+        for j in range(depth):
+            k, p = f"visual.layer{stage}.{j}", ("visual", f"layer{stage}_{j}")
+            for i in (1, 2, 3):
+                entries += [conv(f"{k}.conv{i}", p + (f"conv{i}",))]
+                entries += _batch_norm(f"{k}.bn{i}", p + (f"bn{i}",))
+            if j == 0:  # stride 2 (stages 2-4) or a width change (stage 1: width -> 4 width)
+                entries += [conv(f"{k}.downsample.0", p + ("downsample_conv",))]
+                entries += _batch_norm(f"{k}.downsample.1", p + ("downsample_bn",))
+    pool = ("params", "visual", "attnpool")
+    entries.append(Entry("visual.attnpool.positional_embedding", pool + ("positional_embedding",)))
+    return entries + _attention("visual.attnpool", pool + ("attn",), out="c_proj")
+
+
+def entries(config: CLIPConfig) -> list[Entry]:
+    """The complete canonical-key table of a model (unscanned layout)."""
+    v, t = config.vision, config.text
+    params: Path = ("params",)
+    table = [
+        Entry("token_embedding.weight", params + ("text", "token_embedding")),
+        Entry("positional_embedding", params + ("text", "positional_embedding")),
+        *_transformer("transformer", params + ("text", "transformer"), t.layers),
+        *_layer_norm("ln_final", params + ("text", "ln_final")),
+        Entry("text_projection", params + ("text", "text_projection")),
+        Entry("logit_scale", params + ("logit_scale",)),
+    ]
+    if v.is_resnet:
+        return table + _resnet(v)
+    vis = params + ("visual",)
+    return table + [
+        Entry("visual.conv1.weight", vis + ("conv1", "kernel"), "conv"),
+        Entry("visual.class_embedding", vis + ("class_embedding",)),
+        Entry("visual.positional_embedding", vis + ("positional_embedding",)),
+        *_layer_norm("visual.ln_pre", vis + ("ln_pre",)),
+        *_transformer("visual.transformer", vis + ("transformer",), v.layers),
+        *_layer_norm("visual.ln_post", vis + ("ln_post",)),
+        Entry("visual.proj", vis + ("proj",)),
+    ]
+
+
+def to_ours(array: np.ndarray, entry: Entry, shape: tuple[int, ...]) -> np.ndarray:
+    """One canonical PyTorch tensor in our layout (`shape` is our variable's shape)."""
+    if entry.rule == "linear":
+        array = array.T
+    elif entry.rule == "conv":
+        array = array.transpose(2, 3, 1, 0)
+    return array.reshape(shape)
+
+
+def to_torch(array: np.ndarray, entry: Entry) -> np.ndarray:
+    """Inverse of `to_ours`."""
+    if entry.rule == "linear":
+        fan_in = math.prod(array.shape[: entry.in_dims])
+        return array.reshape(fan_in, -1).T
+    if entry.rule == "conv":
+        return array.transpose(3, 2, 0, 1)
+    if entry.path[-1] in ("bias", "scale", "mean", "var"):
+        return array.reshape(-1)
+    return array
+
+
+_QKV = re.compile(r"^(.*)\.in_proj_(weight|bias)$")
+
+
+def canonicalize(state_dict: Mapping[str, Any]) -> StateDict:
+    """Numpy arrays under canonical keys: unwraps `state_dict`/`module.`, splits fused qkv."""
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
+        state_dict = state_dict["state_dict"]
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        array = _to_numpy(value)
+        if (m := _QKV.match(key)) is not None:
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
+                out[f"{m.group(1)}.{name}.{m.group(2)}"] = part
+        else:
+            out[key] = array
+    return out
+
+
+def fuse_qkv(canonical: StateDict) -> StateDict:
+    """Canonical keys back to OpenAI's: q/k/v of `attn` modules fused into `in_proj_*`.
+
+    ResNet attention pooling keeps separate q/k/v projections in OpenAI's format.
+    """
+    out: StateDict = {}
+    for key, value in canonical.items():
+        m = re.match(r"^(.*\.attn)\.([qkv])_proj\.(weight|bias)$", key)
+        if m is None:
+            out[key] = value
+        elif m.group(2) == "q":
+            base, kind = m.group(1), m.group(3)
+            parts = [canonical[f"{base}.{n}_proj.{kind}"] for n in "qkv"]
+            out[f"{base}.in_proj_{kind}"] = np.concatenate(parts, axis=0)
+    return out
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; torch is optional at runtime
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def variable_shapes(config: CLIPConfig) -> dict[Path, tuple[int, ...]]:
+    """Shapes of every variable of the unscanned model, without allocating anything."""
+    module = CLIP(config.replace(scan_layers=False, remat_policy="none"))
+    abstract = jax.eval_shape(lambda: nn.unbox(init_variables(module, jax.random.key(0))))
+    return {tuple(k.key for k in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+
+
+def _count_blocks(sd: StateDict, prefix: str) -> int:
+    return len({k.split(".")[2 + prefix.count(".")] for k in sd if k.startswith(prefix + ".resblocks.")})
+
+
+def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
+    """Reconstructs the architecture from tensor shapes (as OpenAI's `build_model` does).
+
+    Head counts and the activation are not visible in the weights: head width 64 is assumed
+    unless the shapes match a named preset (open_clip's ViT-H/g/bigG use wider heads), and a
+    warning names the activation assumed when none is given.
+    """
+    missing = [k for k in ("token_embedding.weight", "positional_embedding", "text_projection",
+                           "ln_final.weight") if k not in sd]
+    if missing:
+        raise ValueError(f"Not a CLIP state dict: missing {missing}; expected OpenAI/open_clip "
+                         "key names (e.g. 'visual.conv1.weight', 'transformer.resblocks.0...').")
+    text_width = sd["ln_final.weight"].shape[0]
+    text = TextConfig(
+        context_length=sd["positional_embedding"].shape[0],
+        vocab_size=sd["token_embedding.weight"].shape[0], width=text_width,
+        heads=max(text_width // 64, 1), layers=_count_blocks(sd, "transformer"),
+        mlp_ratio=_mlp_ratio(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], text_width))
+    if "visual.proj" in sd:
+        width, _, patch, _ = sd["visual.conv1.weight"].shape
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = VisionConfig(
+            image_size=grid * patch, layers=_count_blocks(sd, "visual.transformer"), width=width,
+            patch_size=patch,
+            mlp_ratio=_mlp_ratio(
+                sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0], width))
+    elif "visual.attnpool.positional_embedding" in sd:
+        depths = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{s}.")})
+                       for s in (1, 2, 3, 4))
+        grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = VisionConfig(image_size=grid * 32, layers=depths,
+                              width=sd["visual.layer1.0.conv1.weight"].shape[0], patch_size=None)
+    else:
+        raise ValueError("Unsupported image tower: neither a ViT ('visual.proj') nor a "
+                         "ModifiedResNet ('visual.attnpool.*'); timm/other towers are not supported.")
+    config = CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text)
+    preset = _matching_preset(config)
+    if preset is not None:
+        config = PRESETS[preset]
+    if activation is None:
+        activation = "quick_gelu" if preset in OPENAI_NAMES else "gelu"
+        logging.warning(
+            "The activation is not stored in the weights; assuming %r (%s). Pass activation= or "
+            "a preset name if this checkpoint was trained with the other one.", activation,
+            f"shapes of OpenAI's {preset}" if preset in OPENAI_NAMES else "open_clip's default")
+    return config.replace(activation=activation)
+
+
+def _signature(c: CLIPConfig) -> tuple:
+    """Everything about an architecture that tensor shapes reveal."""
+    v, t = c.vision, c.text
+    return (c.embed_dim, v.image_size, v.layers, v.width, v.patch_size,
+            None if v.is_resnet else v.mlp_dim, t.context_length, t.vocab_size, t.width,
+            t.layers, t.mlp_dim)
+
+
+def _matching_preset(config: CLIPConfig) -> str | None:
+    return next((n for n, p in PRESETS.items() if _signature(p) == _signature(config)), None)
+
+
+def _mlp_ratio(mlp_dim: int, width: int) -> float:
+    """A ratio with `int(width * ratio) == mlp_dim`, the rule open_clip's configs use."""
+    ratio = mlp_dim / width
+    while int(width * ratio) < mlp_dim:
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
+def _assign(tree: dict, path: Path, value: np.ndarray) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def iter_variables(variables: Mapping[str, Any], config: CLIPConfig) -> Iterator[tuple[Entry, Any]]:
+    """(entry, our array) for every canonical tensor of a model's (scanned or not) variables."""
+    flat = unstack_layers(dict(variables)) if config.scan_layers else variables
+    for entry in entries(config):
+        node: Any = flat
+        for part in entry.path:
+            node = node[part]
+        yield entry, node
+
+
+def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = None, *,
+                    activation: str | None = None) -> tuple[CLIPConfig, dict[str, Any]]:
+    """clip_jax variables (numpy) from an OpenAI/open_clip state dict.
+
+    Without `config` the architecture is inferred from the shapes. Every tensor is checked:
+    the first missing, unexpected or mis-shaped one raises an error naming it.
+    """
+    sd = canonicalize(state_dict)
+    sd = {k: v for k, v in sd.items()
+          if not k.endswith("num_batches_tracked") and k not in _OPENAI_METADATA}
+    if config is None:
+        config = infer_config(sd, activation)
+    elif activation is not None:
+        config = config.replace(activation=activation)
+    shapes = variable_shapes(config)
+    table = entries(config)
+    expected = {e.key for e in table}
+    unexpected = sorted(set(sd) - expected)
+    if unexpected:
+        raise ValueError(f"State dict has tensor(s) this architecture lacks, first {unexpected[0]!r} "
+                         f"({len(unexpected)} in all): wrong preset, or a variant clip_jax does "
+                         "not implement.")
+    variables: dict[str, Any] = {}
+    for entry in table:
+        if entry.key not in sd:
+            raise ValueError(f"State dict lacks {entry.key!r} (needed for a {_describe(config)}); "
+                             "wrong preset or a truncated checkpoint.")
+        array = sd[entry.key]
+        want = shapes[entry.path]
+        if array.size != math.prod(want) or _torch_shape(want, entry) != array.shape:
+            raise ValueError(
+                f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
+                f"{_torch_shape(want, entry)} for a {_describe(config)}; pick the preset that "
+                "matches the checkpoint or omit it to infer the architecture.")
+        _assign(variables, entry.path, to_ours(array.astype(np.float32), entry, want))
+    if config.scan_layers:
+        variables = stack_layers(variables)
+    return config, variables
+
+
+def to_state_dict(variables: Mapping[str, Any], config: CLIPConfig) -> StateDict:
+    """OpenAI/open_clip state dict (numpy, fused qkv) of clip_jax variables."""
+    canonical = {e.key: to_torch(np.asarray(a), e) for e, a in iter_variables(variables, config)}
+    return fuse_qkv(canonical)
+
+
+def _torch_shape(shape: tuple[int, ...], entry: Entry) -> tuple[int, ...]:
+    return to_torch(np.empty(shape, np.float32), entry).shape
+
+
+def _describe(config: CLIPConfig) -> str:
+    v = config.vision
+    tower = f"ResNet{v.layers}" if v.is_resnet else f"ViT(layers={v.layers}, patch={v.patch_size})"
+    return f"{tower} width {v.width} at {v.image_size}px, embed_dim {config.embed_dim}"
+
+
+# Non-tensor entries of OpenAI's TorchScript archives.
+_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
+
+
+def read_state_dict(path: str) -> StateDict:
+    """Tensors of a `.safetensors`, `.npz` or PyTorch (`.pt`/`.pth`/`.bin`) checkpoint.
+
+    PyTorch files need torch (not a runtime dependency) and load with `weights_only=True`;
+    OpenAI's released `.pt` files are TorchScript archives and are read as such.
+    """
+    import os
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        try:
+            return canonicalize(load_file(path))
+        except Exception as e:
+            raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            return canonicalize(dict(f))
+    if not (magic.startswith(b"PK") or magic[:2] == b"\x80\x02"):
+        raise ValueError(f"{path!r} is not a checkpoint: expected .safetensors, .npz or a "
+                         "PyTorch .pt/.pth/.bin file.")
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"Reading the PyTorch file {path!r} needs torch (pip install torch), "
+                          "or convert it to .safetensors first.") from e
+    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl")
+                                        for n in zipfile.ZipFile(path).namelist()):
+        state = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path!r} could not be read as a PyTorch checkpoint: {e}") from e
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
+    return canonicalize(state)

@@ -1,0 +1,90 @@
+"""The two-tower CLIP model and its random initialisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.presets import get_preset
+from clip_jax.models.resnet import ModifiedResNet
+from clip_jax.models.text import TextTransformer
+from clip_jax.models.vit import VisionTransformer
+
+Variables = dict[str, Any]
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+
+
+class CLIP(nn.Module):
+    """Image tower (`visual`), text tower (`text`) and the learnable temperature `logit_scale`.
+
+    `encode_image` / `encode_text` return unnormalised projections; calling the model returns
+    the L2-normalised embeddings (fp32) and `exp(logit_scale)`, so that
+    `logits_per_image = scale * img @ txt.T`.
+    """
+
+    config: CLIPConfig
+
+    def setup(self):
+        cfg = self.config
+        tower = ModifiedResNet if cfg.vision.is_resnet else VisionTransformer
+        self.visual = tower(cfg)
+        self.text = TextTransformer(cfg)
+        self.logit_scale = self.param(
+            "logit_scale",
+            nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init), ()),
+            (), jnp.float32)
+
+    def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
+        return self.visual(images, train)
+
+    def encode_text(self, tokens: jax.Array) -> jax.Array:
+        return self.text(tokens)
+
+    def __call__(self, images: jax.Array, tokens: jax.Array,
+                 train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+        image_embeds = l2_normalize(self.encode_image(images, train))
+        text_embeds = l2_normalize(self.encode_text(tokens))
+        return image_embeds, text_embeds, jnp.exp(self.logit_scale.astype(jnp.float32))
+
+
+def dummy_inputs(config: CLIPConfig, batch: int = 1) -> tuple[jax.Array, jax.Array]:
+    size = config.vision.image_size
+    return (jnp.zeros((batch, size, size, 3), jnp.float32),
+            jnp.zeros((batch, config.text.context_length), jnp.int32))
+
+
+def as_config(name_or_config: str | CLIPConfig | dict, **overrides: Any) -> CLIPConfig:
+    """A `CLIPConfig` from a preset name, a config, or a dict (e.g. from a checkpoint's JSON)."""
+    if isinstance(name_or_config, str):
+        return get_preset(name_or_config, **overrides)
+    if isinstance(name_or_config, CLIPConfig):
+        return name_or_config.replace(**overrides) if overrides else name_or_config
+    if isinstance(name_or_config, dict):
+        return as_config(CLIPConfig.from_dict(name_or_config), **overrides)
+    raise TypeError(f"Expected a preset name, CLIPConfig or dict, got {type(name_or_config)}.")
+
+
+def init_variables(module: CLIP, rng: jax.Array) -> Variables:
+    """Boxed variables: each parameter wrapped with its logical axis names (for sharding)."""
+    return module.init(rng, *dummy_inputs(module.config))
+
+
+def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0,
+                 **overrides: Any) -> tuple[CLIP, Variables]:
+    """A randomly initialised model: `(module, variables)`, variables as plain arrays.
+
+    Traceable: `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without
+    allocating anything.
+    """
+    module = CLIP(as_config(name_or_config, **overrides))
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    return module, jax.jit(lambda key: nn.unbox(init_variables(module, key)))(rng)

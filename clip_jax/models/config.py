@@ -1,0 +1,171 @@
+"""Model configuration: the one place that knows a CLIP model's architecture and its I/O contract.
+
+Preprocessing, tokenisation, checkpoint conversion and export all read image size, image
+statistics, context length and vocabulary from here, so they can never disagree with the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+ACTIVATIONS = ("quick_gelu", "gelu")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """Image tower. An int `layers` means a ViT; a 4-tuple means OpenAI's ModifiedResNet."""
+
+    image_size: int = 224
+    layers: int | tuple[int, int, int, int] = 12
+    width: int = 768
+    patch_size: int | None = 32
+    head_width: int = 64
+    mlp_ratio: float = 4.0
+
+    @property
+    def is_resnet(self) -> bool:
+        return isinstance(self.layers, tuple)
+
+    @property
+    def heads(self) -> int:
+        if self.is_resnet:
+            return self.width * 32 // 64
+        return self.width // self.head_width
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the token grid: patches for a ViT, the final feature map for a ResNet."""
+        return self.image_size // (32 if self.is_resnet else self.patch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Causal text transformer pooled at the end-of-text token."""
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    """Architecture, numerics and I/O contract of a two-tower CLIP model.
+
+    `dtype` is the compute dtype (LayerNorm, softmax and the logit scale always run in fp32);
+    `param_dtype` is the storage dtype of the parameters. `scan_layers` stacks each transformer's
+    blocks under one `nn.scan` (fast compiles for deep models; parameters gain a leading `layers`
+    axis); `remat_policy` recomputes block activations in the backward pass to save memory.
+    """
+
+    embed_dim: int = 512
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+    activation: str = "gelu"
+    image_mean: tuple[float, float, float] = OPENAI_IMAGE_MEAN
+    image_std: tuple[float, float, float] = OPENAI_IMAGE_STD
+    logit_scale_init: float = math.log(1 / 0.07)
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        checks = [
+            (self.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}"),
+            (self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
+            (self.param_dtype in DTYPES, "param_dtype", f"one of {DTYPES}"),
+            (self.remat_policy in REMAT_POLICIES, "remat_policy", f"one of {REMAT_POLICIES}"),
+            (self.embed_dim > 0, "embed_dim", "a positive integer"),
+            (len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean/image_std",
+             "three per-channel values (RGB)"),
+            (self.text.width % self.text.heads == 0, "text.width",
+             f"a multiple of text.heads={self.text.heads}"),
+            (self.text.context_length >= 2, "text.context_length", "at least 2 (SOT and EOT)"),
+        ]
+        v = self.vision
+        if v.is_resnet:
+            checks += [
+                (len(v.layers) == 4, "vision.layers", "an int (ViT) or 4 stage depths (ResNet)"),
+                (v.image_size % 32 == 0, "vision.image_size", "a multiple of 32 for a ResNet"),
+            ]
+        else:
+            checks += [
+                (v.patch_size is not None and v.patch_size > 0, "vision.patch_size",
+                 "a positive integer for a ViT"),
+                (v.patch_size is not None and v.image_size % v.patch_size == 0,
+                 "vision.image_size", f"a multiple of vision.patch_size={v.patch_size}"),
+                (v.width % v.head_width == 0, "vision.width",
+                 f"a multiple of vision.head_width={v.head_width}"),
+            ]
+        for ok, field, fix in checks:
+            if not ok:
+                raise ValueError(f"Invalid model config: {field}={self._get(field)!r}; use {fix}.")
+
+    def _get(self, field: str) -> Any:
+        obj: Any = self
+        for part in field.split("/")[0].split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.text.context_length
+
+    def replace(self, **changes: Any) -> CLIPConfig:
+        """Returns a copy with top-level fields changed; nested ones take dicts (`vision={...}`)."""
+        for key in ("vision", "text"):
+            if isinstance(changes.get(key), Mapping):
+                changes[key] = dataclasses.replace(getattr(self, key), **_tupled(changes[key]))
+        return dataclasses.replace(self, **_tupled(changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CLIPConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown model config field(s) {unknown}; known fields: {sorted(known)}.")
+        d = dict(d)
+        d["vision"] = _sub_config(VisionConfig, d.get("vision", {}), "vision")
+        d["text"] = _sub_config(TextConfig, d.get("text", {}), "text")
+        return cls(**_tupled(d))
+
+
+def _sub_config(cls: type, d: Mapping[str, Any] | Any, name: str) -> Any:
+    if isinstance(d, cls):
+        return d
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown model config field(s) {[f'{name}.{u}' for u in unknown]}; "
+            f"known {name} fields: {sorted(known)}.")
+    return cls(**_tupled(d))
+
+
+def _tupled(d: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON and ml_collections give lists where the frozen dataclasses need (hashable) tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

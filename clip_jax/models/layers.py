@@ -1,0 +1,243 @@
+"""Transformer building blocks shared by the image and text towers.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, `layers`, ...) and
+the residual stream carries activation names (`activation_batch`, `activation_length`,
+`activation_embed`, ...). `clip_jax.sharding` maps both onto a device mesh; model code never
+mentions mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
+HIDDEN = ("activation_batch", "activation_length", "activation_mlp")
+PER_HEAD = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def normal(std: float) -> Initializer:
+    return nn.initializers.normal(stddev=std)
+
+
+def param_with_axes(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+                    axes: tuple[str | None, ...], dtype: Dtype) -> jax.Array:
+    """A raw parameter (embeddings, class token, projections) with logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    return nn.with_logical_constraint(x, axes)
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """QuickGELU (OpenAI weights) or exact erf GELU (most open_clip weights); never tanh-GELU."""
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    raise ValueError(f"Unknown activation {name!r}; use 'quick_gelu' or 'gelu'.")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in fp32 with CLIP's eps 1e-5, returning the compute dtype.
+
+    Flax's own LayerNorm defaults to eps 1e-6 and the input dtype; half precision there is a
+    known source of NaNs, so the statistics never leave fp32 here.
+    """
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (features,), ("norm",),
+                                self.param_dtype)
+        bias = param_with_axes(self, "bias", nn.initializers.zeros, (features,), ("norm",),
+                               self.param_dtype)
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + 1e-5)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+def dense(features: int | tuple[int, ...], axes: tuple[str, ...], std: float, name: str,
+          dtype: Dtype, param_dtype: Dtype, axis: int | tuple[int, ...] = -1,
+          use_bias: bool = True) -> nn.DenseGeneral:
+    """A DenseGeneral whose kernel ([in..., out...]) and bias ([out...]) carry logical names."""
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(normal(std), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]),
+        name=name)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Scaled dot-product attention over [batch, length, heads, head_dim], softmax in fp32."""
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections kept per head for tensor sharding.
+
+    `query_length` restricts the queries to the first tokens and `out_features` sets the output
+    width (ResNet attention pooling uses 1 query and projects to the embedding size).
+    """
+
+    heads: int
+    std_in: float
+    std_out: float
+    causal: bool = False
+    query_length: int | None = None
+    out_features: int | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.heads
+        proj = lambda name, std: dense(  # noqa: E731
+            (self.heads, head_dim), ("embed", "heads", "kv"), std, name, self.dtype,
+            self.param_dtype)
+        xq = x if self.query_length is None else x[:, : self.query_length]
+        q = constrain(proj("q_proj", self.std_in)(xq), PER_HEAD)
+        k = constrain(proj("k_proj", self.std_in)(x), PER_HEAD)
+        v = constrain(proj("v_proj", self.std_in)(x), PER_HEAD)
+        mask = None
+        if self.causal:
+            length = x.shape[1]
+            mask = jnp.tril(jnp.ones((length, length), dtype=bool))
+        out = attention(q, k, v, mask)
+        return dense(self.out_features or width, ("heads", "kv", "embed"), self.std_out,
+                     "out_proj", self.dtype, self.param_dtype, axis=(-2, -1))(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    heads: int
+    mlp_dim: int
+    num_layers: int
+    activation: str
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        attn_std = width ** -0.5
+        proj_std = attn_std * (2 * self.num_layers) ** -0.5
+        norm = lambda name: LayerNorm(self.dtype, self.param_dtype, name=name)  # noqa: E731
+        x = constrain(x, RESIDUAL)
+        x = x + MultiHeadAttention(self.heads, attn_std, proj_std, self.causal, dtype=self.dtype,
+                                   param_dtype=self.param_dtype, name="attn")(norm("ln_1")(x))
+        x = constrain(x, RESIDUAL)
+        h = dense(self.mlp_dim, ("embed", "mlp"), (2 * width) ** -0.5, "c_fc", self.dtype,
+                  self.param_dtype)(norm("ln_2")(x))
+        h = constrain(activation_fn(self.activation)(h), HIDDEN)
+        x = x + dense(width, ("mlp", "embed"), proj_std, "c_proj", self.dtype,
+                      self.param_dtype)(h)
+        return constrain(x, RESIDUAL)
+
+
+class _ScanBody(nn.Module):
+    """Adapts a block to `nn.scan`'s (carry, input) -> (carry, output) signature."""
+
+    block: Any
+    kwargs: dict
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _: None) -> tuple[jax.Array, None]:
+        return self.block(**self.kwargs, name="block")(x), None
+
+
+class Transformer(nn.Module):
+    """`layers` residual blocks, as a Python loop (`resblocks_{i}`) or one `nn.scan` (`resblocks`).
+
+    The scanned form stacks every block parameter on a leading `layers` axis; otherwise both are
+    the same computation, and `stack_layers`/`unstack_layers` convert between the two layouts.
+    """
+
+    layers: int
+    heads: int
+    mlp_dim: int
+    activation: str
+    causal: bool = False
+    scan: bool = False
+    remat_policy: str = "none"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kwargs = dict(heads=self.heads, mlp_dim=self.mlp_dim, num_layers=self.layers,
+                      activation=self.activation, causal=self.causal, dtype=self.dtype,
+                      param_dtype=self.param_dtype)
+        block: Any = ResidualAttentionBlock
+        if self.remat_policy != "none":
+            block = nn.remat(block, policy=_REMAT_POLICIES[self.remat_policy],
+                             prevent_cse=not self.scan)
+        if not self.scan:
+            for i in range(self.layers):
+                x = block(**kwargs, name=f"resblocks_{i}")(x)
+            return x
+        scanned = nn.scan(
+            _ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
+            length=self.layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = scanned(block, kwargs, name="resblocks")(x, None)
+        return x
+
+
+def stack_layers(tree: Any) -> Any:
+    """Turns every `resblocks_{i}` family in a (nested dict) param tree into a scanned `resblocks`."""
+    if not isinstance(tree, dict):
+        return tree
+    out: dict[str, Any] = {}
+    blocks = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in tree.items()
+                    if k.startswith("resblocks_"))
+    if blocks:
+        layers = [v for _, v in blocks]
+        out["resblocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+    for k, v in tree.items():
+        if not k.startswith("resblocks_"):
+            out[k] = stack_layers(v)
+    return out
+
+
+def unstack_layers(tree: Any) -> Any:
+    """Inverse of `stack_layers`: one `resblocks_{i}` entry per layer."""
+    if not isinstance(tree, dict):
+        return tree
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if k == "resblocks":
+            stacked = v["block"]
+            n = jax.tree.leaves(stacked)[0].shape[0]
+            for i in range(n):
+                out[f"resblocks_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+        else:
+            out[k] = unstack_layers(v)
+    return out

@@ -1,0 +1,121 @@
+"""OpenAI's ModifiedResNet image tower: 3-conv stem, anti-aliased bottlenecks, attention pooling.
+
+BatchNorm keeps its running statistics in the `batch_stats` collection; with `train=True` it
+normalises with the (global, under jit) batch statistics and updates them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.layers import Dtype, MultiHeadAttention, constrain, normal, param_with_axes
+from clip_jax.models.vit import check_image_shape
+
+_CONV_AXES = (None, None, "conv_in", "conv_out")
+_FEATURE_MAP = ("activation_batch", None, None, "activation_channels")
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, pdtype: Dtype, name: str) -> nn.Conv:
+    pad = (kernel - 1) // 2
+    return nn.Conv(
+        features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+        param_dtype=pdtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(2.0, "fan_out", "normal"), _CONV_AXES),
+        name=name)
+
+
+def _batch_norm(train: bool, dtype: Dtype, pdtype: Dtype, name: str,
+                zero_init: bool = False) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+        param_dtype=pdtype,
+        scale_init=nn.with_logical_partitioning(
+            nn.initializers.zeros if zero_init else nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+        name=name)
+
+
+def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
+    return nn.avg_pool(x, (stride, stride), strides=(stride, stride)) if stride > 1 else x
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> avg-pool(stride) -> 1x1 (x4); the shortcut avg-pools before its 1x1 conv."""
+
+    planes: int
+    stride: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(_conv, dtype=self.dtype, pdtype=self.param_dtype)
+        bn = functools.partial(_batch_norm, train, self.dtype, self.param_dtype)
+        out = nn.relu(bn("bn1")(conv(self.planes, 1, name="conv1")(x)))
+        out = nn.relu(bn("bn2")(conv(self.planes, 3, name="conv2")(out)))
+        out = _avg_pool(out, self.stride)
+        out = bn("bn3", zero_init=True)(conv(self.planes * 4, 1, name="conv3")(out))
+        identity = x
+        if self.stride > 1 or x.shape[-1] != self.planes * 4:
+            identity = conv(self.planes * 4, 1, name="downsample_conv")(_avg_pool(x, self.stride))
+            identity = bn("downsample_bn")(identity)
+        return constrain(nn.relu(out + identity), _FEATURE_MAP)
+
+
+class AttentionPool2d(nn.Module):
+    """Single-query attention over the flattened feature map plus its mean token."""
+
+    heads: int
+    out_features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, h, w, channels = x.shape
+        x = x.reshape(batch, h * w, channels)  # row-major (h, w), as OpenAI flattens NCHW
+        x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
+        std = channels ** -0.5
+        pos = param_with_axes(self, "positional_embedding", normal(std), (h * w + 1, channels),
+                              ("pos", "embed"), self.param_dtype)
+        x = x + pos.astype(x.dtype)
+        out = MultiHeadAttention(self.heads, std, std, query_length=1,
+                                 out_features=self.out_features, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name="attn")(x)
+        return out[:, 0]
+
+
+class ModifiedResNet(nn.Module):
+    """Maps normalised NHWC images to unnormalised embeddings of size `config.embed_dim`."""
+
+    config: CLIPConfig
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        cfg, v = self.config, self.config.vision
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        check_image_shape(images, v.image_size)
+        conv = functools.partial(_conv, dtype=dtype, pdtype=pdtype)
+        bn = functools.partial(_batch_norm, train, dtype, pdtype)
+        x = images.astype(dtype)
+        x = nn.Conv(v.width // 2, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                    use_bias=False, dtype=dtype, param_dtype=pdtype,
+                    kernel_init=nn.with_logical_partitioning(
+                        nn.initializers.variance_scaling(2.0, "fan_out", "normal"), _CONV_AXES),
+                    name="conv1")(x)
+        x = nn.relu(bn("bn1")(x))
+        x = nn.relu(bn("bn2")(conv(v.width // 2, 3, name="conv2")(x)))
+        x = nn.relu(bn("bn3")(conv(v.width, 3, name="conv3")(x)))
+        x = _avg_pool(x, 2)
+        for stage, depth in enumerate(v.layers):
+            planes = v.width * 2 ** stage
+            for i in range(depth):
+                stride = 2 if stage > 0 and i == 0 else 1
+                x = Bottleneck(planes, stride, dtype, pdtype, name=f"layer{stage + 1}_{i}")(x, train)
+        return AttentionPool2d(v.heads, cfg.embed_dim, dtype, pdtype, name="attnpool")(x)

@@ -1,0 +1,46 @@
+"""The text tower: causal transformer over BPE tokens, pooled at the end-of-text token."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.layers import RESIDUAL, LayerNorm, Transformer, constrain, normal, param_with_axes
+
+
+class TextTransformer(nn.Module):
+    """Maps int32 token ids [batch, length <= context_length] to unnormalised embeddings.
+
+    Pools at `argmax(tokens)`: the end-of-text id (49407) is the largest in the vocabulary, so
+    this is the EOT position, as in OpenAI's model (HF's "first eos_token_id" gives the same).
+    """
+
+    config: CLIPConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        cfg, t = self.config, self.config.text
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        if tokens.ndim != 2 or tokens.shape[1] > t.context_length:
+            raise ValueError(
+                f"Expected tokens of shape [batch, length <= {t.context_length}], got "
+                f"{tuple(tokens.shape)}; tokenize with clip_jax.tokenize(texts, "
+                f"context_length={t.context_length}).")
+        length = tokens.shape[1]
+        embedding = param_with_axes(self, "token_embedding", normal(0.02),
+                                    (t.vocab_size, t.width), ("vocab", "embed"), pdtype)
+        pos = param_with_axes(self, "positional_embedding", normal(0.01),
+                              (t.context_length, t.width), ("pos", "embed"), pdtype)
+        x = jnp.take(embedding, tokens, axis=0).astype(dtype) + pos[:length].astype(dtype)
+        x = constrain(x, RESIDUAL)
+        x = Transformer(t.layers, t.heads, t.mlp_dim, cfg.activation, causal=True,
+                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy, dtype=dtype,
+                        param_dtype=pdtype, name="transformer")(x)
+        x = LayerNorm(dtype, pdtype, name="ln_final")(x)
+        eot = jnp.argmax(tokens, axis=-1)
+        x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+        proj = param_with_axes(self, "text_projection", normal(t.width ** -0.5),
+                               (t.width, cfg.embed_dim), ("embed", "proj"), pdtype)
+        return x @ proj.astype(dtype)

@@ -1,0 +1,9 @@
+"""`synthetic_shapes` TFDS builder; importing this package registers it with TFDS."""
+
+from clip_jax_data.synthetic_shapes.synthetic_shapes_dataset_builder import (
+    SyntheticShapes,
+    SyntheticShapesConfig,
+    make_config,
+)
+
+__all__ = ["SyntheticShapes", "SyntheticShapesConfig", "make_config"]

@@ -1,0 +1,49 @@
+"""Independent reference models: open_clip built from our configs, with random weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import torch
+
+from clip_jax.models.config import CLIPConfig
+
+
+def open_clip_model(config: CLIPConfig, seed: int = 0) -> open_clip.model.CLIP:
+    """open_clip's CLIP with the same architecture, random weights and non-trivial BN state."""
+    v, t = config.vision, config.text
+    vision = dict(image_size=v.image_size, layers=v.layers, width=v.width,
+                  patch_size=v.patch_size, head_width=v.head_width, mlp_ratio=v.mlp_ratio)
+    text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
+                heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio)
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(config.embed_dim, vision, text,
+                                 quick_gelu=config.activation == "quick_gelu").eval()
+    with torch.no_grad():  # random BatchNorm statistics and affine params, not the identity
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1, 0.2)
+                module.bias.normal_(0, 0.2)
+    return model
+
+
+def random_inputs(config: CLIPConfig, batch: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised-looking NHWC images and SOT ... EOT token rows of varied lengths."""
+    rng = np.random.default_rng(seed)
+    size, length = config.vision.image_size, config.text.context_length
+    images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+    tokens = np.zeros((batch, length), np.int32)
+    for i in range(batch):
+        n = int(rng.integers(0, length - 1))
+        tokens[i, : n + 2] = [49406, *rng.integers(1, 49406, n), 49407]
+    return images, tokens
+
+
+def open_clip_outputs(model: open_clip.model.CLIP, images: np.ndarray,
+                      tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    with torch.no_grad():
+        img = model.encode_image(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True)
+        txt = model.encode_text(torch.from_numpy(tokens).long(), normalize=True)
+        return img.numpy(), txt.numpy(), float(model.logit_scale.exp())

@@ -1,0 +1,129 @@
+"""Importing OpenAI / open_clip state dicts, checked against open_clip with random weights."""
+
+import jax
+import numpy as np
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import clip_jax
+from clip_jax.convert import openai as convert
+from clip_jax.models import CLIP, get_preset
+from reference import open_clip_model, open_clip_outputs, random_inputs
+
+
+def _compare(config, seed=0, batch=4):
+    ref = open_clip_model(config, seed)
+    images, tokens = random_inputs(config, batch, seed)
+    config, variables = convert.from_state_dict(ref.state_dict(), config)
+    img, txt, scale = jax.jit(CLIP(config).apply)(variables, images, tokens)
+    ref_img, ref_txt, ref_scale = open_clip_outputs(ref, images, tokens)
+    return {"image": np.abs(img - ref_img).max(), "text": np.abs(txt - ref_txt).max(),
+            "logits": np.abs(scale * img @ txt.T - ref_scale * ref_img @ ref_txt.T).max()}
+
+
+@pytest.mark.parametrize("name", ["test-vit", "test-resnet"])
+@pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
+def test_tiny_models_match_open_clip(name, activation):
+    err = _compare(get_preset(name, activation=activation))
+    assert err["image"] <= 1e-5 and err["text"] <= 1e-5, err
+    assert err["logits"] <= 1e-4, err  # logits are ~100x the embeddings' scale
+
+
+def test_vit_b32_matches_open_clip():
+    err = _compare(get_preset("ViT-B/32"), batch=2)
+    assert err["image"] <= 1e-5 and err["text"] <= 1e-5, err
+    assert err["logits"] <= 1e-4, err
+
+
+def test_resnet_block_structure_rn50_shapes():
+    """Every tensor of open_clip's RN50 maps onto ours with the right shape (no allocation)."""
+    with torch.device("meta"):
+        ref = open_clip.create_model("RN50-quickgelu", pretrained=None, device="meta")
+    shapes = {k: np.broadcast_to(np.float32(0), v.shape) for k, v in ref.state_dict().items()}
+    config = convert.infer_config(convert.canonicalize(shapes))
+    assert config == get_preset("RN50")
+    ours = convert.variable_shapes(config)
+    table = convert.entries(config)
+    assert {e.key for e in table} == {
+        k for k in convert.canonicalize(shapes) if not k.endswith("num_batches_tracked")}
+    for e in table:
+        assert convert.to_ours(shapes[e.key] if e.key in shapes else _split(shapes, e.key),
+                               e, ours[e.path]).shape == ours[e.path]
+
+
+def _split(sd, key):
+    return convert.canonicalize({k: v for k, v in sd.items() if "in_proj" in k})[key]
+
+
+@pytest.mark.parametrize("name", ["ViT-H-14", "ViT-bigG-14", "ViT-L-14-336", "RN50x4"])
+def test_architecture_inferred_from_shapes(name):
+    with torch.device("meta"):
+        ref = open_clip.create_model(name, pretrained=None, device="meta")
+    shapes = {k: np.broadcast_to(np.float32(0), v.shape) for k, v in ref.state_dict().items()}
+    config = convert.infer_config(convert.canonicalize(shapes), activation="gelu")
+    assert config == get_preset(name, activation="gelu")
+
+
+def test_state_dict_round_trip_is_exact():
+    ref = open_clip_model(get_preset("test-resnet"))
+    sd = ref.state_dict()
+    config, variables = convert.from_state_dict(sd)
+    back = convert.to_state_dict(variables, config)
+    assert set(back) == {k for k in sd if not k.endswith("num_batches_tracked")}
+    for k, v in back.items():
+        np.testing.assert_array_equal(v, sd[k].numpy(), err_msg=k)
+
+
+def test_scanned_import_matches_unscanned():
+    ref = open_clip_model(get_preset("test-vit"))
+    images, tokens = random_inputs(get_preset("test-vit"))
+    plain_cfg, plain = convert.from_state_dict(ref.state_dict(), get_preset("test-vit"))
+    scan_cfg, scanned = convert.from_state_dict(ref.state_dict(),
+                                                get_preset("test-vit", scan_layers=True))
+    np.testing.assert_array_equal(jax.jit(CLIP(plain_cfg).apply)(plain, images, tokens)[1],
+                                  jax.jit(CLIP(scan_cfg).apply)(scanned, images, tokens)[1])
+    back = convert.to_state_dict(scanned, scan_cfg)
+    np.testing.assert_array_equal(back["transformer.resblocks.1.attn.in_proj_weight"],
+                                  ref.state_dict()["transformer.resblocks.1.attn.in_proj_weight"])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".bin"])
+def test_load_files(tmp_path, suffix):
+    ref = open_clip_model(get_preset("test-vit", activation="gelu"))
+    path = str(tmp_path / f"model{suffix}")
+    sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(sd, path)
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, path)
+    module, variables = clip_jax.load(path, "test-vit", activation="gelu")
+    images, tokens = random_inputs(module.config)
+    img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
+    ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+
+
+def test_mismatched_preset_names_first_tensor():
+    sd = open_clip_model(get_preset("test-vit")).state_dict()
+    other = get_preset("test-vit").replace(text={"width": 128, "heads": 2})
+    with pytest.raises(ValueError, match=r"Shape mismatch at 'token_embedding.weight': "
+                                         r"checkpoint \(49408, 64\) vs model \(49408, 128\)"):
+        convert.from_state_dict(sd, other)
+    with pytest.raises(ValueError, match="lacks 'transformer.resblocks.2"):
+        convert.from_state_dict(sd, get_preset("test-vit").replace(text={"layers": 3}))
+    with pytest.raises(ValueError, match="tensor\\(s\\) this architecture lacks"):
+        convert.from_state_dict(sd, get_preset("test-vit").replace(vision={"layers": 1}))
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        clip_jax.load(str(bad))
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        clip_jax.load(str(tmp_path / "missing.pt"))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="Not a CLIP state dict"):
+        clip_jax.load(str(tmp_path / "other.pt"))

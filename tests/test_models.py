@@ -1,0 +1,131 @@
+"""Model family: parameter counts, numerics options, config validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from clip_jax.models import CLIP, PRESETS, create_model, get_preset, stack_layers, unstack_layers
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.presets import open_clip_name
+from reference import random_inputs
+
+FULL_PRESETS = [n for n in PRESETS if not n.startswith("test-")]
+
+
+def _param_count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name", FULL_PRESETS)
+def test_param_count_equals_open_clip(name):
+    ours = jax.eval_shape(lambda: create_model(name)[1])
+    with torch.device("meta"):
+        ref = open_clip.create_model(open_clip_name(name), pretrained=None, device="meta")
+    assert _param_count(ours["params"]) == sum(p.numel() for p in ref.parameters())
+
+
+def test_open_clip_names_select_activation():
+    assert get_preset("ViT-B/32").activation == "quick_gelu"
+    assert get_preset("ViT-B-32").activation == "gelu"
+    assert get_preset("ViT-B-32-quickgelu").activation == "quick_gelu"
+    assert get_preset("ViT-H-14").vision.heads == 16
+    assert get_preset("ViT-L-14-336").vision.image_size == 336
+
+
+@pytest.fixture(scope="module", params=["test-vit", "test-resnet"])
+def tiny(request):
+    module, variables = create_model(request.param)
+    return module, variables, random_inputs(module.config, batch=3)
+
+
+@pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full"), (True, "dots")])
+def test_scan_and_remat_match_plain_loop(scan, remat):
+    module, variables = create_model("test-vit")
+    images, tokens = random_inputs(module.config, batch=3)
+    other = CLIP(module.config.replace(scan_layers=scan, remat_policy=remat))
+    other_vars = stack_layers(variables) if scan else variables
+    assert jax.tree.structure(other_vars) == jax.tree.structure(
+        jax.eval_shape(lambda: create_model(other.config)[1]))
+
+    def loss(m, v):
+        img, txt, scale = m.apply(v, images, tokens)
+        return jnp.sum(scale * img @ txt.T * jnp.arange(3.0))
+
+    np.testing.assert_array_equal(jax.jit(module.apply)(variables, images, tokens)[0],
+                                  jax.jit(other.apply)(other_vars, images, tokens)[0])
+    grads = jax.jit(jax.grad(lambda v: loss(module, v)))(variables)
+    other_grads = jax.jit(jax.grad(lambda v: loss(other, v)))(other_vars)
+    other_grads = unstack_layers(other_grads) if scan else other_grads
+    # Same math, different summation order: equal up to fp32 rounding at the gradients' scale
+    # (some, like the key biases, are exactly zero in theory and pure rounding noise here).
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(other_grads)):
+        assert np.max(np.abs(a - b)) <= 1e-5 * scale
+
+
+def test_half_precision_keeps_norms_and_scale_in_fp32(tiny):
+    module, variables, (images, tokens) = tiny
+    half = CLIP(module.config.replace(dtype="bfloat16"))
+    img, txt, scale = jax.jit(half.apply)(variables, images, tokens)
+    ref_img, ref_txt, ref_scale = jax.jit(module.apply)(variables, images, tokens)
+    assert img.dtype == txt.dtype == scale.dtype == jnp.float32
+    assert scale == ref_scale
+    # bf16 keeps ~3 significant digits; the towers must still agree to that level.
+    np.testing.assert_allclose(img, ref_img, atol=0.05)
+    np.testing.assert_allclose(txt, ref_txt, atol=0.05)
+
+
+def test_params_carry_logical_axis_names():
+    module = CLIP(get_preset("test-vit", scan_layers=True))
+    boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *[
+        jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 16), jnp.int32)]))
+    specs = jax.tree.leaves(
+        jax.tree.map(lambda x: x.names if hasattr(x, "names") else None, boxed["params"],
+                     is_leaf=lambda x: hasattr(x, "names")), is_leaf=lambda x: isinstance(x, tuple))
+    assert all(isinstance(s, tuple) for s in specs)
+    text = boxed["params"]["text"]
+    assert text["token_embedding"].names == ("vocab", "embed")
+    assert text["transformer"]["resblocks"]["block"]["attn"]["q_proj"]["kernel"].names == (
+        "layers", "embed", "heads", "kv")
+    assert text["transformer"]["resblocks"]["block"]["c_fc"]["kernel"].names == (
+        "layers", "embed", "mlp")
+
+
+def test_create_model_is_traceable_without_allocation():
+    shapes = jax.eval_shape(lambda: create_model("ViT-bigG/14")[1])
+    assert shapes["params"]["visual"]["transformer"]["resblocks_47"]["c_fc"]["kernel"].shape == (
+        1664, 8192)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(activation="relu"), "activation"),
+    (dict(dtype="float64"), "dtype"),
+    (dict(vision=dict(image_size=30)), "vision.image_size"),
+    (dict(text=dict(heads=3)), "text.width"),
+])
+def test_invalid_config_names_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        get_preset("test-vit").replace(**change)
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ValueError, match="Unknown model 'ViT-X/99'.*ViT-B/32"):
+        create_model("ViT-X/99")
+
+
+def test_config_round_trips_through_dict():
+    for config in PRESETS.values():
+        assert CLIPConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="vision.bogus"):
+        CLIPConfig.from_dict({"vision": {"bogus": 1}})
+
+
+def test_wrong_input_shapes_get_clear_errors(tiny):
+    module, variables, (images, tokens) = tiny
+    with pytest.raises(ValueError, match="images of shape"):
+        module.apply(variables, images[:, :-1], tokens)
+    with pytest.raises(ValueError, match="tokens of shape"):
+        module.apply(variables, images, np.zeros((3, 99), np.int32))
