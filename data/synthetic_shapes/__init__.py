@@ -4,6 +4,7 @@ from clip_jax_data.synthetic_shapes.synthetic_shapes_dataset_builder import (
     SyntheticShapes,
     SyntheticShapesConfig,
     make_config,
+    synthetic_options,
 )
 
-__all__ = ["SyntheticShapes", "SyntheticShapesConfig", "make_config"]
+__all__ = ["SyntheticShapes", "SyntheticShapesConfig", "make_config", "synthetic_options"]

@@ -1,0 +1,10 @@
+"""`image_text_table` TFDS builder (CSV/TSV of image paths and captions); importing registers it."""
+
+from clip_jax_data.image_text_table.image_text_table_dataset_builder import (
+    ImageTextTable,
+    ImageTextTableConfig,
+    TableOptions,
+    make_config,
+)
+
+__all__ = ["ImageTextTable", "ImageTextTableConfig", "TableOptions", "make_config"]

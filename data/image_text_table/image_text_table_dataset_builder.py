@@ -1,0 +1,225 @@
+"""`image_text_table`: a CSV/TSV of image paths and captions, built once into TFDS storage.
+
+open_clip's convention: one row per image-caption pair, an image path column (`filepath`) and
+a caption column (`title`), names configurable. Relative paths are resolved against
+`image_root` (default: the table's folder); images may live anywhere `tf.io.gfile` reads
+(local disk, gs://). The build reads every image once, repairs or skips bad records
+(`clip_jax_data.records`) and writes sharded ArrayRecord files, so training reads fast
+sequential records instead of millions of small files. With `group_by_image`, rows that share
+an image become one example with several captions (e.g. COCO / Flickr30k style tables for
+retrieval evaluation).
+
+Each dataset gets a name (the builder config name), so several tables live side by side in
+one data_dir; the options it was built from are kept in `build_options.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+from clip_jax._tf import tf
+import tensorflow_datasets as tfds
+
+from clip_jax_data import records
+
+_SPLIT_FIELDS = {"train": "train_path", "validation": "validation_path", "test": "test_path"}
+_BATCH = 256        # records cleaned concurrently
+_PROBE_ROWS = 20    # rows checked up front to catch a wrong image_root
+
+
+@dataclasses.dataclass(frozen=True)
+class TableOptions:
+    """What to build (the data config's `table.*` fields)."""
+
+    name: str = ""
+    train_path: str = ""
+    validation_path: str = ""
+    test_path: str = ""
+    image_column: str = "filepath"
+    caption_column: str = "title"
+    delimiter: str = ""
+    image_root: str = ""
+    group_by_image: bool = False
+    num_threads: int = 16
+
+
+@dataclasses.dataclass
+class ImageTextTableConfig(tfds.core.BuilderConfig):
+    table: TableOptions = TableOptions()
+    clean: records.CleanOptions = records.CleanOptions()
+
+
+def make_config(table: Any, clean: Any) -> ImageTextTableConfig:
+    """A builder config from the data config's `table` and `build` sections (or dataclasses)."""
+    table = table if isinstance(table, TableOptions) else TableOptions(**dict(table))
+    clean = clean if isinstance(clean, records.CleanOptions) else records.CleanOptions(**dict(clean))
+    if not table.name:
+        raise ValueError("data.table.name is empty; name the dataset, e.g. 'cc3m'.")
+    return ImageTextTableConfig(name=table.name, description=f"Built from {table}",
+                                table=table, clean=clean)
+
+
+class ImageTextTable(tfds.core.GeneratorBasedBuilder):
+    """Image-caption pairs from a CSV/TSV table; see the module docstring."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIG_CLASS = ImageTextTableConfig
+    code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(description=__doc__,
+                                              features=records.image_text_features())
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        del dl_manager  # local or gs:// files, read directly
+        table = self.builder_config.table
+        paths = {split: getattr(table, field) for split, field in _SPLIT_FIELDS.items()
+                 if getattr(table, field)}
+        if not paths:
+            raise ValueError("No table to build: set data.table.train_path (and optionally "
+                             "validation_path / test_path).")
+        loaded = {split: _load_rows(path, table) for split, path in paths.items()}
+        records.write_build_options(self.data_dir, self.builder_config)
+        return {split: self._generate_examples(split, *rows) for split, rows in loaded.items()}
+
+    def _generate_examples(self, split: str, rows: list[tuple[int, Any, Any]], root: str
+                           ) -> Iterator[tuple[int, dict[str, Any]]]:
+        config = self.builder_config
+        report = records.BuildReport(split, config.clean)
+        groups = _group(rows, config.table.group_by_image)
+        with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
+            for start in range(0, len(groups), _BATCH):
+                batch = groups[start:start + _BATCH]
+                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean), batch)
+                ready = []
+                for group, (image, captions, outcomes) in zip(batch, cleaned):
+                    for key, outcome in outcomes:
+                        if isinstance(outcome, records.BadRecord):
+                            report.skip(key, outcome)
+                        else:
+                            report.keep(key, outcome)
+                    if image is not None and captions:
+                        ready.append((group[0][0], group[0][1], image, captions))
+                tokens = records.tokenize([c for *_, caps in ready for c in caps])
+                offset = 0
+                for row, path, image, captions in ready:
+                    yield row, {"image": image, "captions": captions, "key": path,
+                                "tokens": tokens[offset:offset + len(captions)]}
+                    offset += len(captions)
+        report.finish(self.data_dir)
+
+
+def _load_rows(path: str, table: TableOptions) -> tuple[list[tuple[int, str, bytes]], str]:
+    """Rows `(row number, image path, raw caption bytes)` and the folder paths are relative to.
+
+    A missing file, column or image root raises one clear error before anything is built.
+    """
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"Table {path!r} does not exist; check data.table.*_path.")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="surrogateescape")  # bad bytes survive per field
+    delimiter = table.delimiter or ("\t" if path.lower().endswith(".tsv") else ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"Table {path!r} is empty (no header row).")
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    columns = {}
+    for field in ("image_column", "caption_column"):
+        name = getattr(table, field)
+        if name not in header:
+            raise ValueError(f"data.table.{field}={name!r} is not a column of {path} "
+                             f"(columns: {header}, delimiter {delimiter!r}); set "
+                             f"data.table.{field} (or data.table.delimiter).")
+        columns[field] = header.index(name)
+    root = table.image_root or os.path.dirname(path)
+    if table.image_root and not tf.io.gfile.isdir(root):
+        raise FileNotFoundError(f"data.table.image_root={root!r} is not a directory.")
+    rows = []
+    for number, row in enumerate(reader, start=2):  # line 1 is the header
+        if not row:
+            continue
+        if len(row) != len(header):
+            rows.append((number, "", None))  # reported as malformed when built
+            continue
+        caption = row[columns["caption_column"]].encode("utf-8", errors="surrogateescape")
+        rows.append((number, row[columns["image_column"]], caption))
+    probe = [p for _, p, c in rows[:_PROBE_ROWS] if c is not None and p and _is_utf8(p)]
+    if probe and not any(tf.io.gfile.exists(_resolve(root, p)) for p in probe):
+        raise FileNotFoundError(
+            f"None of the first {len(probe)} images of {path} exist (e.g. "
+            f"{_resolve(root, probe[0])!r}); set data.table.image_root to the folder the "
+            "image paths are relative to.")
+    return rows, root
+
+
+def _resolve(root: str, path: str) -> str:
+    if "://" in path or os.path.isabs(path):
+        return path
+    return os.path.join(root, path)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes kept as surrogates
+        return False
+    return True
+
+
+def _group(rows: list[tuple[int, str, Any]], by_image: bool) -> list[list[tuple[int, str, Any]]]:
+    if not by_image:
+        return [[row] for row in rows]
+    groups: dict[str, list[tuple[int, str, Any]]] = {}
+    singles = []
+    for row in rows:
+        if row[2] is None:
+            singles.append([row])
+        else:
+            groups.setdefault(row[1], []).append(row)
+    return sorted(list(groups.values()) + singles, key=lambda g: g[0][0])
+
+
+def _clean_group(group: list[tuple[int, str, Any]], root: str, clean: records.CleanOptions
+                 ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
+    """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""
+    number, path, _ = group[0]
+    keys = [f"line {n}: {p if _is_utf8(p) else ascii(p)}" if p else f"line {n}"
+            for n, p, _ in group]
+    if group[0][2] is None:
+        return None, [], [(keys[0], records.BadRecord(
+            "malformed_row", f"line {number} does not have one field per column"))]
+    image_conversions: list[str] = []
+    try:
+        if not path:
+            raise records.BadRecord("missing_file", "empty image path")
+        if not _is_utf8(path):
+            raise records.BadRecord("bad_path", "image path is not valid UTF-8")
+        full = _resolve(root, path)
+        try:
+            with tf.io.gfile.GFile(full, "rb") as f:
+                data = f.read()
+        except tf.errors.NotFoundError as error:
+            raise records.BadRecord("missing_file", f"image file not found: {full}") from error
+        except (OSError, tf.errors.OpError) as error:
+            raise records.BadRecord("unreadable_file", f"cannot read {full}: {error}") from error
+        image, image_conversions = records.clean_image(data, clean, name=path)
+    except records.BadRecord as error:
+        return None, [], [(key, error) for key in keys]
+    captions, outcomes = [], []
+    for key, (_, _, raw) in zip(keys, group):
+        try:
+            caption, conversions = records.clean_caption(raw, clean)
+        except records.BadRecord as error:
+            outcomes.append((key, error))
+            continue
+        captions.append(caption)
+        outcomes.append((key, image_conversions + conversions))
+    return (image if captions else None), captions, outcomes

@@ -1,0 +1,285 @@
+"""Build-time checks shared by the image-text builders: decode safely, convert, or skip and count.
+
+Web-scale image-text data always holds some broken records. A builder passes every raw image
+and caption through `clean_image` / `clean_caption`: records that can be repaired are
+converted (to 8-bit RGB, re-encoded when needed) and counted; records that cannot are skipped
+with a reason. `BuildReport` keeps the tallies and writes `bad_records.json` next to the
+dataset, so a build never dies on one bad record and never loses data silently. A split in
+which more than `max_bad_fraction` of the records are bad fails with a clear error instead:
+that is a wrong path or column, not bad luck.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import inspect
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clip_jax import tokenizer
+from clip_jax.preprocess import pil_to_rgb
+
+TOKEN_LENGTH = 77  # tokens are stored at OpenAI's context length; the pipeline fits them
+REPORT_FILE = "bad_records.json"
+BUILD_OPTIONS_FILE = "build_options.json"
+_LISTED_KEYS = 10_000  # skipped keys listed in the report; counts are always complete
+_EXAMPLE_KEYS = 20     # example keys listed per conversion kind
+
+log = logging.getLogger(__name__)
+
+
+class BadRecord(Exception):
+    """A record that cannot be used: `reason` is a short category, the message the detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanOptions:
+    """How raw records are repaired (see `clip_jax.input_pipeline.default_config().build`)."""
+
+    jpeg_quality: int = 95
+    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+    resize_shortest_side: int = 0
+    caption_fallback_encoding: str = ""
+    max_bad_fraction: float = 0.5
+
+
+def clean_image(data: bytes, options: CleanOptions, name: str = "") -> tuple[bytes, list[str]]:
+    """Raw file bytes -> (bytes TensorFlow decodes to 8-bit RGB, conversions applied).
+
+    8-bit RGB JPEGs and PNGs are kept byte for byte. Anything else that Pillow can decode
+    (grayscale, palette, RGBA / LA (composited onto white), CMYK, 16-bit, WebP, GIF, BMP,
+    TIFF, ...) is converted to RGB and re-encoded: PNG sources as PNG (lossless), others as
+    JPEG. Raises `BadRecord` for empty, unrecognised, truncated or oversized images, and for
+    anything else Pillow fails on, so that no single file can stop a build.
+    """
+    try:
+        return _clean_image(data, options, name)
+    except BadRecord:
+        raise
+    except Exception as error:
+        raise BadRecord("conversion_failed", f"{type(error).__name__}: {error}") from error
+
+
+def _clean_image(data: bytes, options: CleanOptions, name: str) -> tuple[bytes, list[str]]:
+    if not data:
+        raise BadRecord("empty_file", "zero-byte image file")
+    conversions: list[str] = []
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise BadRecord("too_large", str(error)) from error
+    except Image.UnidentifiedImageError as error:
+        raise BadRecord("not_an_image", "not a recognised image format") from error
+    except Exception as error:  # Pillow raises several types for undecodable data
+        raise BadRecord("not_an_image", f"not a recognised image format ({error})") from error
+    source_format = image.format or "unknown"
+    ext = os.path.splitext(name)[1].lower().lstrip(".")
+    if ext and _format_of_extension(ext) not in (None, source_format):
+        conversions.append("wrong_extension")  # harmless: decoders sniff the content
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise BadRecord("not_an_image", f"image has no pixels ({width}x{height})")
+    reencode = source_format not in ("JPEG", "PNG")
+    if width * height > options.max_pixels:
+        if source_format != "JPEG":
+            raise BadRecord("too_large", f"{width}x{height} = {width * height} pixels exceeds "
+                                         f"max_pixels={options.max_pixels}")
+        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # DCT-domain downscale
+        if image.size[0] * image.size[1] > options.max_pixels:
+            raise BadRecord("too_large", f"{width}x{height} pixels, still too large at 1/8 scale")
+        conversions.append("downscaled")
+        reencode = True
+    sixteen_bit = any(";16" in str(tile.args) for tile in image.tile)
+    try:
+        image.load()
+    except Exception as error:
+        raise BadRecord("corrupt", f"truncated or corrupt image data ({error})") from error
+    if sixteen_bit or image.mode.startswith("I;16") or image.mode == "I":
+        conversions.append("16bit_to_8bit")
+        reencode = True
+    elif image.mode != "RGB":
+        conversions.append(f"{_MODE_NAMES.get(image.mode, image.mode.lower())}_to_rgb")
+        reencode = True
+    if getattr(image, "n_frames", 1) > 1:
+        conversions.append("first_frame_of_animation")
+    rgb = pil_to_rgb(image)
+    side = options.resize_shortest_side
+    if side and min(rgb.size) > side:
+        scale = side / min(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale))),
+                         Image.BICUBIC, reducing_gap=3.0)
+        conversions.append("downscaled")
+        reencode = True
+    if not reencode:
+        return data, sorted(set(conversions))
+    out = io.BytesIO()
+    if source_format == "PNG":
+        rgb.save(out, "PNG")
+    else:
+        rgb.save(out, "JPEG", quality=options.jpeg_quality, subsampling=0)  # 4:4:4: no chroma loss
+        if source_format != "JPEG":
+            conversions.append(f"{source_format.lower()}_to_jpeg")
+    return out.getvalue(), sorted(set(conversions))
+
+
+_MODE_NAMES = {"L": "grayscale", "LA": "grayscale_alpha", "1": "bilevel", "P": "palette",
+               "PA": "palette_alpha", "RGBA": "rgba", "CMYK": "cmyk", "YCbCr": "ycbcr",
+               "F": "float"}
+
+
+def _format_of_extension(ext: str) -> str | None:
+    return {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF",
+            "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}.get(ext)
+
+
+def clean_caption(raw: bytes | str, options: CleanOptions) -> tuple[str, list[str]]:
+    """Raw caption -> (stripped text, conversions). Raises `BadRecord` if empty or undecodable.
+
+    Bytes must be UTF-8 (a BOM is dropped); with `caption_fallback_encoding` set, other bytes
+    are decoded with it instead of being skipped.
+    """
+    conversions = []
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            if not options.caption_fallback_encoding:
+                raise BadRecord("caption_not_utf8",
+                                f"caption is not UTF-8 (byte {raw[error.start]:#04x} at "
+                                f"position {error.start})") from error
+            text = raw.decode(options.caption_fallback_encoding, errors="replace")
+            conversions.append(f"caption_decoded_as_{options.caption_fallback_encoding}")
+    else:
+        text = raw
+    text = text.replace("\x00", " ").strip()
+    if not text:
+        raise BadRecord("empty_caption", "empty caption")
+    return text, conversions
+
+
+def tokenize(captions: Sequence[str]) -> np.ndarray:
+    """int32 [N, TOKEN_LENGTH] OpenAI CLIP tokens; the pipeline fits them to any model length."""
+    return tokenizer.tokenize(list(captions), TOKEN_LENGTH)
+
+
+def build_options(builder_config: Any) -> dict[str, Any]:
+    """The options a dataset was built from, as JSON-able values (dataclass fields)."""
+    return json.loads(json.dumps({
+        f.name: getattr(builder_config, f.name) for f in dataclasses.fields(builder_config)
+        if f.name not in ("name", "version", "release_notes", "supported_versions",
+                          "description", "tags")}, default=dataclasses.asdict))
+
+
+def write_build_options(dataset_dir: str, builder_config: Any) -> None:
+    """Records the build inputs next to the data, so a later run can detect stale reuse."""
+    from clip_jax._tf import tf
+
+    with tf.io.gfile.GFile(os.path.join(dataset_dir, BUILD_OPTIONS_FILE), "w") as f:
+        json.dump(build_options(builder_config), f, indent=1, sort_keys=True)
+
+
+def module_code_path(cls: type) -> Any:
+    """A builder's source file, for TFDS's `code_path` (where it looks for checksums).
+
+    TFDS finds it through `importlib_resources`, which it only installs on Python < 3.9, so
+    the lookup fails for any builder outside its own package; this is the path it would find.
+    """
+    from etils import epath
+
+    return epath.Path(inspect.getfile(cls))
+
+
+def image_text_features(extra: dict[str, Any] | None = None) -> Any:
+    """The schema shared by the image-text builders (TFDS FeaturesDict)."""
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "captions": tfds.features.Sequence(tfds.features.Text()),
+        "tokens": tfds.features.Tensor(shape=(None, TOKEN_LENGTH), dtype=np.int32),
+        "key": tfds.features.Text(),
+        **(extra or {}),
+    })
+
+
+class BuildReport:
+    """Counts of kept, converted and skipped records of one split, written as JSON."""
+
+    def __init__(self, split: str, options: CleanOptions):
+        self.split = split
+        self.options = options
+        self.total = 0
+        self.kept = 0
+        self.skipped_by_reason: collections.Counter[str] = collections.Counter()
+        self.skipped: list[dict[str, str]] = []
+        self.converted_by_kind: collections.Counter[str] = collections.Counter()
+        self.converted_examples: dict[str, list[str]] = collections.defaultdict(list)
+        self.bad_sources: list[dict[str, Any]] = []
+
+    def keep(self, key: str, conversions: Iterable[str]) -> None:
+        self.total += 1
+        self.kept += 1
+        for kind in conversions:
+            self.converted_by_kind[kind] += 1
+            if len(self.converted_examples[kind]) < _EXAMPLE_KEYS:
+                self.converted_examples[kind].append(key)
+
+    def skip(self, key: str, error: BadRecord) -> None:
+        self.total += 1
+        self.skipped_by_reason[error.reason] += 1
+        if len(self.skipped) < _LISTED_KEYS:
+            self.skipped.append({"key": key, "reason": error.reason, "detail": str(error)})
+
+    def bad_source(self, source: str, detail: str, records_read: int) -> None:
+        """A whole file (tar shard, CSV) that failed part-way or entirely: never silent."""
+        log.warning("%s: %s (after %d records)", source, detail, records_read)
+        self.bad_sources.append({"source": source, "detail": detail,
+                                 "records_read": records_read})
+
+    def summary(self) -> dict[str, Any]:
+        skipped = self.total - self.kept
+        return {
+            "total": self.total, "kept": self.kept, "skipped": skipped,
+            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
+            "skipped_records": self.skipped,
+            "skipped_records_listed": f"{len(self.skipped)} of {skipped}",
+            "converted_by_kind": dict(sorted(self.converted_by_kind.items())),
+            "converted_examples": dict(sorted(self.converted_examples.items())),
+            "bad_sources": self.bad_sources,
+        }
+
+    def finish(self, dataset_dir: str) -> None:
+        """Logs the summary, merges it into `bad_records.json`, enforces `max_bad_fraction`."""
+        from clip_jax._tf import tf
+
+        summary = self.summary()
+        log.info("%s: kept %d of %d records; skipped %s; converted %s", self.split, self.kept,
+                 self.total, summary["skipped_by_reason"], summary["converted_by_kind"])
+        path = os.path.join(dataset_dir, REPORT_FILE)
+        report = {}
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                report = json.load(f)
+        report[self.split] = summary
+        with tf.io.gfile.GFile(path, "w") as f:
+            json.dump(report, f, indent=1)
+        bad = self.total - self.kept
+        if self.total == 0 or bad > self.options.max_bad_fraction * self.total:
+            first = "; ".join(f"{s['key']}: {s['detail']}" for s in self.skipped[:3])
+            raise ValueError(
+                f"Split {self.split!r}: {bad} of {self.total} records are unusable "
+                f"({summary['skipped_by_reason']}; e.g. {first or 'no records found'}). "
+                "Check the paths and column / extension names, or raise "
+                f"build.max_bad_fraction (now {self.options.max_bad_fraction}) if this is expected.")

@@ -1,0 +1,12 @@
+"""`webdataset_shards` TFDS builder (img2dataset tar shards); importing this package registers it."""
+
+from clip_jax_data.webdataset_shards.webdataset_shards_dataset_builder import (
+    WebdatasetConfig,
+    WebdatasetOptions,
+    WebdatasetShards,
+    expand_shards,
+    make_config,
+)
+
+__all__ = ["WebdatasetConfig", "WebdatasetOptions", "WebdatasetShards", "expand_shards",
+           "make_config"]

@@ -1,0 +1,195 @@
+"""`webdataset_shards`: img2dataset's webdataset tar shards, built once into TFDS storage.
+
+img2dataset writes `NNNNN.tar` shards whose members are grouped by key: `key.jpg` (or another
+image extension), `key.txt` (the caption) and `key.json` (metadata, ignored here). Shards are
+named by glob (`/data/*.tar`) or brace patterns (`/data/{00000..00099}.tar`, comma-separated
+lists allowed) on any filesystem `tf.io.gfile` reads. Shards are streamed in order, images and
+captions repaired or skipped (`clip_jax_data.records`), and a shard that is missing, not a tar
+or truncated is reported in `bad_records.json` with the number of records read from it, never
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+from clip_jax._tf import tf
+import tensorflow_datasets as tfds
+
+from clip_jax_data import records
+
+_SPLIT_FIELDS = {"train": "train_shards", "validation": "validation_shards",
+                 "test": "test_shards"}
+_BATCH = 256
+_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebdatasetOptions:
+    """What to build (the data config's `webdataset.*` fields)."""
+
+    name: str = ""
+    train_shards: str = ""
+    validation_shards: str = ""
+    test_shards: str = ""
+    image_extensions: str = "jpg,jpeg,png,webp"
+    caption_extension: str = "txt"
+    num_threads: int = 16
+
+
+@dataclasses.dataclass
+class WebdatasetConfig(tfds.core.BuilderConfig):
+    shards: WebdatasetOptions = WebdatasetOptions()
+    clean: records.CleanOptions = records.CleanOptions()
+
+
+def make_config(shards: Any, clean: Any) -> WebdatasetConfig:
+    """A builder config from the data config's `webdataset` and `build` sections."""
+    shards = shards if isinstance(shards, WebdatasetOptions) else WebdatasetOptions(**dict(shards))
+    clean = clean if isinstance(clean, records.CleanOptions) else records.CleanOptions(**dict(clean))
+    if not shards.name:
+        raise ValueError("data.webdataset.name is empty; name the dataset, e.g. 'laion_subset'.")
+    return WebdatasetConfig(name=shards.name, description=f"Built from {shards}",
+                            shards=shards, clean=clean)
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Shard paths of a pattern: comma-separated parts, `{000..099}` ranges, then globs."""
+    paths: list[str] = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        for expanded in _expand_braces(part):
+            if any(ch in expanded for ch in "*?["):
+                paths += sorted(tf.io.gfile.glob(expanded))
+            else:
+                paths.append(expanded)
+    return paths
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    match = _BRACE.search(pattern)
+    if not match:
+        return [pattern]
+    low, high = match.group(1), match.group(2)
+    width = len(low)
+    head, tail = pattern[:match.start()], pattern[match.end():]
+    return [expanded for n in range(int(low), int(high) + 1)
+            for expanded in _expand_braces(f"{head}{n:0{width}d}{tail}")]
+
+
+class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
+    """Image-caption pairs from img2dataset webdataset shards; see the module docstring."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIG_CLASS = WebdatasetConfig
+    code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(description=__doc__,
+                                              features=records.image_text_features())
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        del dl_manager  # shards are read where they are
+        options = self.builder_config.shards
+        splits = {}
+        for split, field in _SPLIT_FIELDS.items():
+            pattern = getattr(options, field)
+            if not pattern:
+                continue
+            shards = expand_shards(pattern)
+            if not shards:
+                raise FileNotFoundError(f"data.webdataset.{field}={pattern!r} matches no files.")
+            splits[split] = self._generate_examples(split, shards)
+        if not splits:
+            raise ValueError("No shards to build: set data.webdataset.train_shards.")
+        records.write_build_options(self.data_dir, self.builder_config)
+        return splits
+
+    def _generate_examples(self, split: str, shards: list[str]
+                           ) -> Iterator[tuple[str, dict[str, Any]]]:
+        config = self.builder_config
+        report = records.BuildReport(split, config.clean)
+        image_exts = [e.strip().lower() for e in config.shards.image_extensions.split(",")]
+        caption_ext = config.shards.caption_extension.lower()
+        with futures.ThreadPoolExecutor(config.shards.num_threads) as pool:
+            for number, shard in enumerate(shards):
+                samples = _samples(shard, report)
+                while batch := list(itertools.islice(samples, _BATCH)):
+                    cleaned = pool.map(
+                        lambda sample: _clean_sample(sample, image_exts, caption_ext,
+                                                     config.clean), batch)
+                    ready = []
+                    for (position, key, _), outcome in zip(batch, cleaned):
+                        name = f"{os.path.basename(shard)}/{key}"
+                        if isinstance(outcome, records.BadRecord):
+                            report.skip(name, outcome)
+                            continue
+                        image, caption, conversions = outcome
+                        report.keep(name, conversions)
+                        ready.append((f"{number}/{position}", name, image, caption))
+                    tokens = records.tokenize([caption for *_, caption in ready])
+                    for (example_key, name, image, caption), row in zip(ready, tokens):
+                        yield example_key, {"image": image, "captions": [caption],
+                                            "tokens": row[None], "key": name}
+        report.finish(self.data_dir)
+
+
+def _samples(shard: str, report: records.BuildReport
+             ) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """`(position, key, {extension: bytes})` per sample of a shard, streaming.
+
+    Members of a sample are consecutive in a webdataset tar. A read error ends the shard: the
+    samples read so far are kept and the error is reported.
+    """
+    read = 0
+    key, files = None, {}
+    try:
+        with tf.io.gfile.GFile(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, base = os.path.split(member.name)
+                if base.startswith("."):
+                    continue
+                stem, _, ext = base.partition(".")
+                member_key = os.path.join(directory, stem)
+                if member_key != key:
+                    if key is not None:
+                        yield read, key, files
+                        read += 1
+                    key, files = member_key, {}
+                files[ext.lower()] = tar.extractfile(member).read()
+        if key is not None:
+            yield read, key, files
+            read += 1
+    except (tarfile.TarError, EOFError, OSError, zlib.error, tf.errors.OpError) as error:
+        report.bad_source(shard, f"{type(error).__name__}: {error}", read)
+
+
+def _clean_sample(sample: tuple[int, str, dict[str, bytes]], image_exts: list[str],
+                  caption_ext: str, clean: records.CleanOptions
+                  ) -> tuple[bytes, str, list[str]] | records.BadRecord:
+    _, key, files = sample
+    try:
+        image_ext = next((ext for ext in image_exts if ext in files), None)
+        if image_ext is None:
+            raise records.BadRecord(
+                "missing_image", f"no image ({', '.join(image_exts)}) among {sorted(files)}")
+        if caption_ext not in files:
+            raise records.BadRecord("missing_caption",
+                                    f"no .{caption_ext} caption among {sorted(files)}")
+        caption, caption_conversions = records.clean_caption(files[caption_ext], clean)
+        image, conversions = records.clean_image(files[image_ext], clean, name=f"{key}.{image_ext}")
+    except records.BadRecord as error:
+        return error
+    return image, caption, conversions + caption_conversions

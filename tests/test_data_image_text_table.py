@@ -1,0 +1,213 @@
+"""The image_text_table builder on a generated CSV with deliberately bad records."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_jax._tf import tf
+from clip_jax import input_pipeline as ip
+from clip_jax import tokenizer
+from clip_jax.models.presets import get_preset
+
+MAX_PIXELS = 50_000
+
+
+def photo(height: int, width: int, noise: float = 10.0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([np.sin(x / 5 + c) * np.cos(y / 7) * 90 + 128 for c in range(3)], -1)
+    return np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def make_inputs(root: str) -> dict[str, bytes]:
+    """Image files covering every conversion and failure the builder handles."""
+    rgb = photo(30, 40)
+    alpha = np.linspace(0, 255, 40, dtype=np.uint8)[None, :].repeat(30, 0)
+    files = {
+        "rgb.jpg": encode(Image.fromarray(rgb), "JPEG", quality=90),
+        "rgb.png": encode(Image.fromarray(rgb), "PNG"),
+        "gray.jpg": encode(Image.fromarray(rgb[..., 0]), "JPEG"),
+        "cmyk.jpg": encode(Image.fromarray(photo(30, 40, noise=0)).convert("CMYK"), "JPEG",
+                           quality=95),
+        "rgba.png": encode(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), "PNG"),
+        "gray16.png": encode(Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)), "PNG"),
+        "rgb16.png": tf.io.encode_png(tf.constant(rgb.astype(np.uint16) * 257)).numpy(),
+        "palette.gif": encode(Image.fromarray(rgb).convert("P"), "GIF"),
+        "photo.webp": encode(Image.fromarray(rgb), "WEBP", quality=90),
+        "png_named.jpg": encode(Image.fromarray(rgb), "PNG"),
+        "huge.jpg": encode(Image.fromarray(photo(300, 400)), "JPEG"),   # > MAX_PIXELS: 1/8 decode
+        "huge.png": encode(Image.fromarray(photo(250, 250)), "PNG"),    # > MAX_PIXELS: skipped
+        "truncated.jpg": encode(Image.fromarray(photo(60, 80)), "JPEG")[:700],
+        "empty.jpg": b"",
+        "text.jpg": b"this is not an image\n",
+    }
+    for name, data in files.items():
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+    return files
+
+
+GOOD = ["rgb.jpg", "rgb.png", "gray.jpg", "cmyk.jpg", "rgba.png", "gray16.png", "rgb16.png",
+        "palette.gif", "photo.webp", "png_named.jpg", "huge.jpg"]
+BAD_IMAGES = {"huge.png": "too_large", "truncated.jpg": "corrupt", "empty.jpg": "empty_file",
+              "text.jpg": "not_an_image", "missing.jpg": "missing_file"}
+
+
+def write_table(path: str, rows: list[tuple[bytes, ...]], header: tuple[bytes, ...] = (
+        b"filepath", b"title"), delimiter: bytes = b",") -> None:
+    with open(path, "wb") as f:
+        f.write(b"\n".join(delimiter.join(row) for row in [header, *rows]) + b"\n")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("table"))
+    os.makedirs(os.path.join(root, "images"))
+    files = make_inputs(os.path.join(root, "images"))
+    rows = [(f"images/{name}".encode(), f"a photo named {name}".encode()) for name in GOOD]
+    rows += [(f"images/{name}".encode(), b"a bad image") for name in BAD_IMAGES]
+    rows += [(b"images/rgb.jpg", b"   "),                      # empty caption
+             (b"images/rgb.png", b"caf\xe9 latin-1 caption"),   # not UTF-8
+             (b"images/rgb.jpg", b"too,many,fields")]           # malformed row
+    write_table(os.path.join(root, "train.csv"), rows)
+    return root, files
+
+
+def table_config(root: str, data_dir: str, **table) -> ip.ml_collections.ConfigDict:
+    config = ip.default_config()
+    config.dataset = "image_text_table"
+    config.data_dir = data_dir
+    config.label_key = ""
+    config.build.max_pixels = MAX_PIXELS
+    config.table.name = "generated"
+    config.table.train_path = os.path.join(root, "train.csv")
+    for key, value in table.items():
+        config.table[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def built(inputs, data_dir):
+    root, _ = inputs
+    builder = ip.prepare(table_config(root, data_dir))
+    source = builder.as_data_source("train", decoders={"image": ip.tfds.decode.SkipDecoding()})
+    examples = {source[i]["key"].decode(): source[i] for i in range(len(source))}
+    with open(os.path.join(builder.data_dir, "bad_records.json")) as f:
+        report = json.load(f)["train"]
+    return builder, examples, report
+
+
+def test_good_records_kept_and_bad_ones_counted_with_reasons(built):
+    _, examples, report = built
+    assert sorted(examples) == sorted(f"images/{name}" for name in GOOD)
+    assert report["total"] == 19 and report["kept"] == 11 and report["skipped"] == 8
+    assert report["skipped_by_reason"] == {
+        "caption_not_utf8": 1, "corrupt": 1, "empty_caption": 1, "empty_file": 1,
+        "malformed_row": 1, "missing_file": 1, "not_an_image": 1, "too_large": 1}
+    reasons = {r["key"].split(": ", 1)[1]: r["reason"] for r in report["skipped_records"]
+               if r["reason"] in BAD_IMAGES.values()}
+    assert reasons == {f"images/{name}": reason for name, reason in BAD_IMAGES.items()}
+    assert {"grayscale_to_rgb", "cmyk_to_rgb", "rgba_to_rgb", "16bit_to_8bit", "palette_to_rgb",
+            "gif_to_jpeg", "webp_to_jpeg", "wrong_extension", "downscaled"} <= set(
+                report["converted_by_kind"])
+
+
+def test_every_stored_image_decodes_to_rgb(built):
+    _, examples, _ = built
+    for key, example in examples.items():
+        decoded = tf.io.decode_image(example["image"], expand_animations=False).numpy()
+        assert decoded.ndim == 3 and decoded.shape[2] == 3, key
+        assert Image.open(io.BytesIO(example["image"])).mode == "RGB", key
+        captions = [c.decode() for c in example["captions"]]
+        assert captions == [f"a photo named {key.split('/')[1]}"]
+        np.testing.assert_array_equal(example["tokens"], tokenizer.tokenize(captions, 77))
+
+
+def test_conversions_against_independent_references(built, inputs):
+    _, examples, _ = built
+    _, files = inputs
+
+    def stored(name: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(examples[f"images/{name}"]["image"])), np.float64)
+
+    assert examples["images/rgb.jpg"]["image"] == files["rgb.jpg"]  # kept byte for byte
+    assert examples["images/png_named.jpg"]["image"] == files["png_named.jpg"]
+    rgba = np.asarray(Image.open(io.BytesIO(files["rgba.png"])), np.float64)
+    over_white = rgba[..., :3] * rgba[..., 3:] / 255 + 255 * (1 - rgba[..., 3:] / 255)
+    assert np.abs(stored("rgba.png") - over_white).max() <= 1
+    sixteen = np.asarray(Image.open(io.BytesIO(files["gray16.png"])), np.float64)
+    assert np.abs(stored("gray16.png") - np.round(sixteen / 257)[..., None]).max() == 0
+    rgb16 = tf.io.decode_png(files["rgb16.png"], dtype=tf.uint16).numpy() / 257
+    assert np.abs(stored("rgb16.png") - rgb16).max() <= 1
+    cmyk = np.asarray(Image.open(io.BytesIO(files["cmyk.jpg"])).convert("RGB"), np.float64)
+    assert np.abs(stored("cmyk.jpg") - cmyk).mean() < 1.5  # converted, then JPEG q95 4:4:4
+    gray = stored("gray.jpg")
+    assert np.abs(gray[..., 0] - gray[..., 2]).max() <= 2
+    assert stored("huge.jpg").shape == (38, 50, 3)  # decoded at 1/8 scale in the DCT domain
+
+
+def test_caption_fallback_encoding_and_grouping(inputs, tmp_path):
+    root, _ = inputs
+    config = table_config(root, str(tmp_path), name="latin")
+    config.build.caption_fallback_encoding = "latin-1"
+    builder = ip.prepare(config)
+    source = builder.as_data_source("train")
+    captions = {c.decode() for i in range(len(source)) for c in source[i]["captions"]}
+    assert "café latin-1 caption" in captions
+    write_table(os.path.join(root, "grouped.tsv"),
+                [(b"images/rgb.jpg", b"one, with a comma"), (b"images/gray.jpg", b"two"),
+                 (b"images/rgb.jpg", b"three")], header=(b"path", b"text"), delimiter=b"\t")
+    config = table_config(root, str(tmp_path), name="grouped", image_column="path",
+                          caption_column="text", group_by_image=True,
+                          train_path=os.path.join(root, "grouped.tsv"))
+    source = ip.prepare(config).as_data_source("train")
+    grouped = {source[i]["key"].decode(): [c.decode() for c in source[i]["captions"]]
+               for i in range(len(source))}
+    assert grouped == {"images/rgb.jpg": ["one, with a comma", "three"],
+                       "images/gray.jpg": ["two"]}
+
+
+def test_configuration_errors_are_clear(inputs, tmp_path):
+    root, _ = inputs
+    with pytest.raises(ValueError, match=r"data.table.caption_column='text' is not a column .*"
+                                         r"\['filepath', 'title'\]"):
+        ip.prepare(table_config(root, str(tmp_path), name="a", caption_column="text"))
+    with pytest.raises(FileNotFoundError, match="set data.table.image_root"):
+        ip.prepare(table_config(root, str(tmp_path), name="b", image_root=os.path.join(root, "images")))
+    with pytest.raises(FileNotFoundError, match="image_root='/nonexistent' is not a directory"):
+        ip.prepare(table_config(root, str(tmp_path), name="c", image_root="/nonexistent"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ip.prepare(table_config(root, str(tmp_path), name="d", train_path="/nonexistent.csv"))
+    strict = table_config(root, str(tmp_path), name="e")
+    strict.build.max_bad_fraction = 0.1
+    with pytest.raises(ValueError, match=r"8 of 19 records are unusable.*build.max_bad_fraction"):
+        ip.prepare(strict)
+
+
+def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):
+    root, _ = inputs
+    with pytest.raises(ValueError, match=r"built with different options.*new name"):
+        ip.prepare(table_config(root, data_dir, group_by_image=True))
+
+
+def test_training_from_the_table(built, inputs, data_dir):
+    root, _ = inputs
+    batch = next(ip.make_train_iterator(table_config(root, data_dir), get_preset("test-vit"),
+                                        global_batch_size=8, seed=0, process_index=0,
+                                        process_count=1))
+    assert batch["images"].shape == (8, 32, 32, 3) and batch["tokens"].shape == (8, 16)

@@ -1,0 +1,124 @@
+"""The synthetic_shapes builder: sizes, labels, captions, pixels and determinism."""
+
+import collections
+import colorsys
+import glob
+import hashlib
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_jax import tokenizer
+from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+import tensorflow_datasets as tfds
+
+from clip_jax_data.synthetic_shapes import SyntheticShapes, make_config, render
+
+OPTIONS = dict(image_size=32, num_train=240, num_validation=48, num_test=96,
+               distractor_prob=0.5)
+
+
+def build(data_dir: str, **options) -> tfds.core.DatasetBuilder:
+    builder = SyntheticShapes(data_dir=data_dir, config=make_config(**{**OPTIONS, **options}),
+                              file_format="array_record")
+    builder.download_and_prepare()
+    return builder
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+    return build(str(tmp_path_factory.mktemp("synthetic")))
+
+
+def decoded(builder: tfds.core.DatasetBuilder, split: str, **kwargs) -> list[dict]:
+    """Every example of a split, decoded by TFDS (independently of our pipeline)."""
+    source = builder.as_data_source(split, **kwargs)
+    return [source[i] for i in range(len(source))]
+
+
+@pytest.fixture(scope="module")
+def examples(builder):
+    return {split: decoded(builder, split) for split in ("train", "validation", "test")}
+
+
+def test_splits_features_and_balanced_labels(builder, examples):
+    assert {s: builder.info.splits[s].num_examples for s in examples} == {
+        "train": 240, "validation": 48, "test": 96}
+    names = builder.info.features["label"].names
+    assert len(names) == 48 and names[0] == "red circle" and names[-1] == "pink cross"
+    counts = collections.Counter(int(e["label"]) for e in examples["test"])
+    assert set(counts) == set(range(48)) and set(counts.values()) == {2}
+    for example in examples["train"][:20]:
+        assert example["image"].shape == (32, 32, 3) and example["image"].dtype == np.uint8
+        assert example["label"] == example["colour"] * 6 + example["shape"]
+
+
+def test_captions_name_colour_and_shape_and_tokens_match_the_tokenizer(builder, examples):
+    names = builder.info.features["label"].names
+    phrasings = set()
+    for example in examples["validation"]:
+        colour, shape = names[example["label"]].split()
+        captions = [c.decode() for c in example["captions"]]
+        assert len(captions) == 5 and len(set(captions)) == 5
+        for caption in captions:
+            words = caption.replace(",", " ").split()
+            assert colour in words and shape in words, caption
+            phrasings.add(" ".join("X" if w in (colour, shape) else w for w in words[:3]))
+        np.testing.assert_array_equal(example["tokens"], tokenizer.tokenize(captions, 77))
+    assert len(phrasings) > 20  # varied phrasings and word orders
+
+
+def test_pixels_show_the_label_colour(builder, examples):
+    """The most frequent saturated hue of each image is its label's colour (numpy, HSV)."""
+    palette = np.array(list(render.COLOURS.values())) / 255.0
+    palette_hues = np.array([colorsys.rgb_to_hsv(*c)[0] for c in palette])
+    hits = 0
+    for example in examples["test"]:
+        rgb = example["image"].reshape(-1, 3) / 255.0
+        hsv = np.array([colorsys.rgb_to_hsv(*p) for p in rgb])
+        saturated = hsv[(hsv[:, 1] > 0.45) & (hsv[:, 2] > 0.3)]
+        distance = np.abs(saturated[:, :1] - palette_hues[None, :])
+        nearest = np.argmin(np.minimum(distance, 1 - distance), axis=1)
+        hits += np.bincount(nearest, minlength=8).argmax() == example["colour"]
+    assert hits / len(examples["test"]) >= 0.95
+
+
+def test_distractors_are_smaller_and_of_another_class(examples):
+    with_distractor = [e for e in examples["train"] if e["distractor"] >= 0]
+    assert 0.25 < len(with_distractor) / len(examples["train"]) < 0.6
+    assert all(e["distractor"] != e["label"] for e in with_distractor)
+
+
+def test_splits_are_disjoint(examples):
+    digests = {split: {hashlib.sha1(e["image"].tobytes()).hexdigest() for e in items}
+               for split, items in examples.items()}
+    assert not digests["train"] & digests["test"]
+    assert not digests["train"] & digests["validation"]
+    assert not digests["validation"] & digests["test"]
+
+
+def test_same_version_builds_the_same_bytes(builder, tmp_path):
+    again = build(str(tmp_path))
+    files = sorted(glob.glob(os.path.join(builder.data_dir, "*.array_record*")))
+    assert files
+    for path in files:
+        with open(path, "rb") as a, open(os.path.join(again.data_dir, os.path.basename(path)), "rb") as b:
+            assert a.read() == b.read(), path
+
+
+def test_config_names_and_bad_options():
+    assert make_config().name == "64px"
+    assert make_config(image_size=32, seed=3).name == "32px-seed3"
+    with pytest.raises(ValueError, match="Unknown synthetic_shapes option"):
+        make_config(colours=3)
+    with pytest.raises(ValueError, match="distractor_prob"):
+        make_config(distractor_prob=2.0)
+
+
+def test_png_storage_is_lossless(tmp_path):
+    png = build(str(tmp_path), image_format="png", num_train=16, num_validation=16, num_test=16)
+    example = decoded(png, "test", decoders={"image": tfds.decode.SkipDecoding()})[0]
+    assert Image.open(io.BytesIO(example["image"])).format == "PNG"

@@ -1,0 +1,110 @@
+"""Any TFDS dataset with an image and captions: coco_captions (mocked) and TFRecord conversion."""
+
+import glob
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax import input_pipeline as ip
+from clip_jax import tokenizer
+from clip_jax.models.presets import get_preset
+from clip_jax_data.synthetic_shapes import SyntheticShapes, make_config
+
+import tensorflow_datasets as tfds
+
+MODEL = get_preset("test-vit")
+
+
+def coco_example(n: int) -> dict:
+    """A coco_captions example with n % 7 + 1 captions and a real picture."""
+    rng = np.random.default_rng(n)
+    image = rng.integers(0, 256, (20 + n, 30, 3), dtype=np.uint8)
+    texts = [f"picture {n} caption {k} of a {'tall' if k % 2 else 'wide'} scene" for k in range(n % 7 + 1)]
+    return {
+        "image": image, "image/filename": f"{n}.jpg", "image/id": n,
+        "captions": {"id": list(range(len(texts))), "text": texts},
+        "objects": {"area": [], "bbox": np.zeros((0, 4), np.float32), "id": [], "is_crowd": [],
+                    "label": []},
+    }
+
+
+def fake_source(self, split, decoders=None, deserialize_method=None, **kwargs):
+    """`as_data_source` of the mock: serialised examples made with the real coco features."""
+    del split, decoders, deserialize_method, kwargs
+    return [self.info.features.serialize_example(coco_example(n)) for n in range(24)]
+
+
+@pytest.fixture
+def coco_config(tmp_path):
+    config = ip.default_config()
+    config.dataset = "coco_captions"
+    config.data_dir = str(tmp_path)
+    config.caption_key = "captions/text"
+    config.label_key = ""
+    return config
+
+
+def test_coco_captions_train_and_eval(coco_config):
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=fake_source):
+        iterator = ip.make_train_iterator(coco_config, MODEL, global_batch_size=8, seed=0,
+                                          process_index=0, process_count=1, return_index=True)
+        batch = next(iterator)
+        evaluation = list(ip.make_eval_iterable(coco_config, MODEL, batch_size=10,
+                                                process_index=0, process_count=1))
+    assert iterator.num_examples == 24
+    assert batch["images"].shape == (8, 32, 32, 3) and batch["tokens"].shape == (8, 16)
+    for tokens, index in zip(batch["tokens"], batch["index"]):
+        candidates = tokenizer.tokenize(coco_example(int(index))["captions"]["text"], 16)
+        assert any(np.array_equal(tokens, row) for row in candidates)
+    assert len(evaluation) == 3
+    batch = evaluation[0]
+    assert batch["captions_tokens"].shape == (10, 5, 16)
+    for row in range(10):
+        texts = coco_example(row)["captions"]["text"][:5]
+        assert batch["captions_mask"][row].sum() == len(texts)
+        np.testing.assert_array_equal(batch["captions_tokens"][row][:len(texts)],
+                                      tokenizer.tokenize(texts, 16))
+        assert not batch["captions_tokens"][row][len(texts):].any()
+    assert sum(b["mask"].sum() for b in evaluation) == 24
+
+
+def test_missing_caption_feature_names_the_alternatives(coco_config):
+    coco_config.caption_key = "captions"
+    coco_config.image_key = "picture"
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=fake_source):
+        with pytest.raises(ValueError, match=r"data.image_key='picture' is not a feature of "
+                                             r"coco_captions.*captions/text"):
+            ip.make_train_iterator(coco_config, MODEL, global_batch_size=8, seed=0,
+                                   process_index=0, process_count=1)
+
+
+def test_tfrecord_dataset_is_converted_to_array_record_once(tmp_path):
+    builder_config = make_config(image_size=32, num_train=40, num_validation=16, num_test=16)
+    builder = SyntheticShapes(data_dir=str(tmp_path), config=builder_config, file_format="tfrecord")
+    builder.download_and_prepare()
+    assert not glob.glob(os.path.join(builder.data_dir, "*array_record*"))
+    config = ip.default_config()
+    config.dataset = f"synthetic_shapes/{builder_config.name}"
+    config.data_dir = str(tmp_path)
+    no_convert = ip.resolve_config(config)
+    no_convert.build_if_missing = False
+    with pytest.raises(RuntimeError, match="build_if_missing=True to convert"):
+        ip.make_train_iterator(no_convert, MODEL, global_batch_size=8, seed=0, process_index=0,
+                               process_count=1)
+    batch = next(ip.make_train_iterator(config, MODEL, global_batch_size=8, seed=0,
+                                        process_index=0, process_count=1, return_index=True))
+    assert glob.glob(os.path.join(builder.data_dir, "*array_record*"))
+    reference = tfds.builder_from_directory(builder.data_dir).as_data_source(
+        "train", file_format="array_record")
+    for tokens, index in zip(batch["tokens"], batch["index"]):
+        captions = [c.decode() for c in reference[int(index)]["captions"]]
+        assert any(np.array_equal(tokens, row) for row in tokenizer.tokenize(captions, 16))
+    image = Image.open(io.BytesIO(tfds.builder_from_directory(builder.data_dir).as_data_source(
+        "train", decoders={"image": tfds.decode.SkipDecoding()})[0]["image"]))
+    assert image.size == (32, 32)

@@ -1,0 +1,148 @@
+"""The webdataset_shards builder on generated img2dataset-style tars, including broken shards."""
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax import input_pipeline as ip
+from clip_jax import tokenizer
+from clip_jax.models.presets import get_preset
+from clip_jax_data.webdataset_shards import expand_shards
+
+
+def jpeg(seed: int, fmt: str = "JPEG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_tar(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> list[int]:
+    """Writes a webdataset tar; returns the byte offset of each sample's first member data."""
+    buffer = io.BytesIO()
+    offsets = []
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for key, files in samples:
+            offsets.append(buffer.tell() + tarfile.BLOCKSIZE)
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with open(path, "wb") as f:
+        f.write(buffer.getvalue())
+    return offsets
+
+
+def sample(key: str, seed: int, caption: bytes, image_ext: str = "jpg") -> tuple[str, dict]:
+    fmt = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[image_ext]
+    meta = json.dumps({"key": key, "caption": caption.decode(errors="replace")}).encode()
+    return key, {image_ext: jpeg(seed, fmt), "txt": caption, "json": meta}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("shards"))
+    good = [sample(f"00000{i:04d}", i, f"caption number {i}".encode()) for i in range(5)]
+    good.append(sample("000000005", 5, b"a png image", "png"))
+    write_tar(os.path.join(root, "00000.tar"), good)
+    mixed = [
+        ("000010000", {"jpg": jpeg(10), "json": b"{}"}),                   # no caption
+        ("000010001", {"txt": b"a caption without an image"}),             # no image
+        ("000010002", {"jpg": jpeg(12)[:1000], "txt": b"truncated jpeg"}),  # corrupt image
+        ("000010003", {"jpg": jpeg(13), "txt": b"na\xefve latin-1"}),       # not UTF-8
+        sample("000010004", 14, b"good one"),
+        sample("000010005", 15, b"good two", "webp"),
+    ]
+    write_tar(os.path.join(root, "00001.tar"), mixed)
+    truncated = [sample(f"00002{i:04d}", 20 + i, f"shard two {i}".encode()) for i in range(4)]
+    offsets = write_tar(os.path.join(root, "00002.tar"), truncated)
+    with open(os.path.join(root, "00002.tar"), "r+b") as f:
+        f.truncate(offsets[2] + 100)  # inside the third sample's image
+    with open(os.path.join(root, "00003.tar"), "wb") as f:
+        f.write(b"not a tar archive at all" * 50)
+    return root, good, mixed
+
+
+@pytest.fixture(scope="module")
+def built(shards, tmp_path_factory):
+    root, _, _ = shards
+    config = ip.default_config()
+    config.dataset = "webdataset_shards"
+    config.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    config.label_key = ""
+    config.webdataset.name = "generated"
+    config.webdataset.train_shards = os.path.join(root, "{00000..00004}.tar")  # 00004 is missing
+    config.webdataset.validation_shards = os.path.join(root, "00000.tar")
+    builder = ip.prepare(config)
+    source = builder.as_data_source("train", decoders={"image": ip.tfds.decode.SkipDecoding()})
+    examples = {source[i]["key"].decode(): source[i] for i in range(len(source))}
+    with open(os.path.join(builder.data_dir, "bad_records.json")) as f:
+        report = json.load(f)
+    return config, builder, examples, report
+
+
+def test_samples_kept_and_bad_ones_reported(built):
+    _, builder, examples, report = built
+    expected = ([f"00000.tar/00000{i:04d}" for i in range(6)]
+                + ["00001.tar/000010004", "00001.tar/000010005"]
+                + ["00002.tar/000020000", "00002.tar/000020001"])
+    assert sorted(examples) == expected
+    train = report["train"]
+    assert train["kept"] == 10 and train["skipped"] == 4
+    assert train["skipped_by_reason"] == {"caption_not_utf8": 1, "corrupt": 1,
+                                          "missing_caption": 1, "missing_image": 1}
+    assert {r["key"] for r in train["skipped_records"]} == {
+        f"00001.tar/00001000{i}" for i in range(4)}
+    sources = {os.path.basename(s["source"]): s["records_read"] for s in train["bad_sources"]}
+    assert sources == {"00002.tar": 2, "00003.tar": 0, "00004.tar": 0}
+    assert train["converted_by_kind"] == {"webp_to_jpeg": 1}
+    assert report["validation"]["kept"] == 6 and builder.info.splits["validation"].num_examples == 6
+
+
+def test_images_and_captions_are_stored_faithfully(built, shards):
+    _, _, examples, _ = built
+    _, good, mixed = shards
+    for key, files in good + [mixed[4]]:
+        shard = "00000.tar" if key.startswith("00000") else "00001.tar"
+        example = examples[f"{shard}/{key}"]
+        assert example["image"] == files.get("jpg", files.get("png"))
+        assert [c.decode() for c in example["captions"]] == [files["txt"].decode()]
+        np.testing.assert_array_equal(example["tokens"],
+                                      tokenizer.tokenize([files["txt"].decode()], 77))
+
+
+def test_training_and_eval_from_the_shards(built):
+    config, _, _, _ = built
+    model = get_preset("test-vit")
+    batch = next(ip.make_train_iterator(config, model, global_batch_size=4, seed=1,
+                                        process_index=0, process_count=1))
+    assert batch["images"].shape == (4, 32, 32, 3) and batch["tokens"].shape == (4, 16)
+    batches = list(ip.make_eval_iterable(config, model, batch_size=4, process_index=0,
+                                         process_count=1))
+    assert len(batches) == 2 and sum(b["mask"].sum() for b in batches) == 6
+    assert batches[0]["captions_mask"].sum(axis=1).tolist() == [1, 1, 1, 1]
+
+
+def test_shard_patterns(shards):
+    root, _, _ = shards
+    assert [os.path.basename(p) for p in expand_shards(os.path.join(root, "{00000..00002}.tar"))] \
+        == ["00000.tar", "00001.tar", "00002.tar"]
+    assert len(expand_shards(os.path.join(root, "*.tar"))) == 4
+    both = expand_shards(f"{root}/00003.tar, {root}/{{00000..00001}}.tar")
+    assert [os.path.basename(p) for p in both] == ["00003.tar", "00000.tar", "00001.tar"]
+
+
+def test_pattern_matching_nothing_is_an_error(tmp_path):
+    config = ip.default_config()
+    config.dataset = "webdataset_shards"
+    config.data_dir = str(tmp_path)
+    config.webdataset.name = "empty"
+    config.webdataset.train_shards = str(tmp_path / "*.tar")
+    with pytest.raises(FileNotFoundError, match="matches no files"):
+        ip.prepare(config)

@@ -1,0 +1,195 @@
+"""The tf.data pipeline: shapes, normalisation, tokens, per-process sharding, exact resume."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import CLIPImageProcessor
+
+from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax import input_pipeline as ip
+from clip_jax import tokenizer
+from clip_jax.models.presets import get_preset
+
+import tensorflow_datasets as tfds
+
+NUM_TRAIN, NUM_VALIDATION = 96, 50
+# 32 px stored images; a 40 px model so that the eval transform really resizes (upscales).
+MODEL = get_preset("test-vit").replace(vision={"image_size": 40, "layers": 2, "width": 64,
+                                               "patch_size": 8, "head_width": 32})
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    config = ip.default_config()
+    config.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    config.synthetic.image_size = 32
+    config.synthetic.num_train = NUM_TRAIN
+    config.synthetic.num_validation = NUM_VALIDATION
+    config.synthetic.num_test = 8
+    config.augment.scale = (0.5, 1.0)
+    return config
+
+
+@pytest.fixture(scope="module")
+def examples(config):
+    """Examples decoded by TFDS itself (numpy, Pillow), by split."""
+    builder = ip.prepare(config)  # builds on first use
+    out = {}
+    for split in ("train", "validation"):
+        source = builder.as_data_source(split)
+        out[split] = [source[i] for i in range(len(source))]
+    return out
+
+
+def train(config, batch, **kwargs):
+    kwargs.setdefault("process_index", 0)
+    kwargs.setdefault("process_count", 1)
+    return ip.make_train_iterator(config, MODEL, global_batch_size=batch, seed=3,
+                                  return_index=True, **kwargs)
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_train_batches_are_shaped_normalised_and_tokenised(config, examples):
+    batch = next(train(config, 16))
+    assert batch["images"].shape == (16, 40, 40, 3) and batch["images"].dtype == np.float32
+    assert batch["tokens"].shape == (16, 16) and batch["tokens"].dtype == np.int32
+    low = (0 - np.array(MODEL.image_mean)) / np.array(MODEL.image_std)
+    high = (1 - np.array(MODEL.image_mean)) / np.array(MODEL.image_std)
+    assert np.all(batch["images"] >= low - 1e-5) and np.all(batch["images"] <= high + 1e-5)
+    assert batch["images"].std() > 0.3  # real content, not padding
+    for tokens, index in zip(batch["tokens"], batch["index"]):
+        captions = [c.decode() for c in examples["train"][index]["captions"]]
+        assert any(np.array_equal(tokens, row) for row in tokenizer.tokenize(captions, 16))
+
+
+def test_pipeline_tokenisation_equals_stored_tokens(config):
+    stored = take(train(config, 16), 3)
+    config_pipeline = ip.resolve_config(config)
+    config_pipeline.tokenize = "pipeline"
+    tokenised = take(train(config_pipeline, 16), 3)
+    for a, b in zip(stored, tokenised):
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
+        np.testing.assert_array_equal(a["images"], b["images"])
+
+
+def test_two_processes_read_disjoint_examples_covering_each_epoch(config):
+    steps = NUM_TRAIN // 16  # one epoch of global batches of 16
+    parts = [take(train(config, 16, process_index=p, process_count=2), 2 * steps) for p in (0, 1)]
+    for epoch in range(2):
+        seen = [np.concatenate([b["index"] for b in part[epoch * steps:(epoch + 1) * steps]])
+                for part in parts]
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(np.concatenate(seen)) == list(range(NUM_TRAIN))
+    first_epoch = np.concatenate([b["index"] for b in parts[0][:steps]])
+    second_epoch = np.concatenate([b["index"] for b in parts[0][steps:]])
+    assert not np.array_equal(first_epoch, second_epoch)  # reshuffled every epoch
+    # The global batch does not depend on how many processes build it.
+    single = take(train(config, 16), 3)
+    for k in range(3):
+        for key in ("images", "tokens", "index"):
+            np.testing.assert_array_equal(
+                single[k][key], np.concatenate([parts[0][k][key], parts[1][k][key]]))
+
+
+def test_resume_continues_exactly(config, monkeypatch):
+    k = 7  # crosses an epoch boundary (6 batches of 16 per epoch)
+    reference = take(train(config, 16), k + 3)
+    read = []
+    original = ip._read_records
+    monkeypatch.setattr(ip, "_read_records", lambda source, i: read.append(len(i)) or original(source, i))
+    resumed = train(config, 16, start_batch=k)
+    assert resumed.batch_index == k
+    continued = take(resumed, 3)
+    assert resumed.batch_index == k + 3
+    for expected, got in zip(reference[k:], continued):
+        for key in expected:
+            np.testing.assert_array_equal(expected[key], got[key])
+    # Starting far ahead reads no more than the batches it yields (plus read-ahead).
+    read.clear()
+    next(train(config, 16, start_batch=10 ** 9))
+    assert sum(read) <= 16 + 8 * ip._READ_CHUNK
+
+
+def test_eval_matches_clip_image_processor_and_pads_every_process_alike(config, examples):
+    processor = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 40},
+                                   image_mean=list(MODEL.image_mean), image_std=list(MODEL.image_std))
+    outputs = [list(ip.make_eval_iterable(config, MODEL, batch_size=16, process_index=p,
+                                          process_count=3)) for p in range(3)]
+    assert {len(batches) for batches in outputs} == {2}  # ceil(ceil(50 / 3) / 16)
+    indices = []
+    for batches in outputs:
+        index = np.concatenate([b["index"] for b in batches])
+        mask = np.concatenate([b["mask"] for b in batches])
+        assert np.all((index >= 0) == mask)
+        indices.append(index[mask])
+        for batch in batches:
+            assert np.all(batch["images"][~batch["mask"]] == 0)
+            valid = batch["index"][batch["mask"]]
+            if not len(valid):
+                continue
+            reference = processor(images=[Image.fromarray(examples["validation"][i]["image"])
+                                          for i in valid], return_tensors="np")["pixel_values"]
+            np.testing.assert_allclose(batch["images"][batch["mask"]],
+                                       reference.transpose(0, 2, 3, 1), rtol=0, atol=1e-5)
+    assert [len(i) for i in indices] == [16, 17, 17]
+    np.testing.assert_array_equal(np.concatenate(indices), np.arange(NUM_VALIDATION))
+
+
+def test_eval_labels_and_all_captions(config, examples):
+    evaluation = ip.make_eval_iterable(config, MODEL, batch_size=32, process_index=0,
+                                       process_count=1)
+    assert evaluation.label_names == ip.label_names(config)
+    assert len(evaluation.label_names) == 48 and evaluation.num_examples == NUM_VALIDATION
+    batch = next(iter(evaluation))
+    assert batch["captions_tokens"].shape == (32, 5, 16) and batch["captions_mask"].all()
+    for row in range(32):
+        example = examples["validation"][batch["index"][row]]
+        assert batch["label"][row] == example["label"]
+        captions = [c.decode() for c in example["captions"]]
+        np.testing.assert_array_equal(batch["captions_tokens"][row], tokenizer.tokenize(captions, 16))
+        np.testing.assert_array_equal(batch["tokens"][row], batch["captions_tokens"][row, 0])
+
+
+@pytest.mark.parametrize("length", [2, 5, 9, 77])
+def test_fit_tokens_equals_tokenizing_at_that_length(length):
+    texts = ["a small red circle in the upper left", "red", "",
+             "a very long caption " * 10, "exactly eight words make up this caption here"]
+    stored = tf.constant(tokenizer.tokenize(texts, 77))
+    fitted = ip.fit_tokens(stored, length, tokenizer.default_tokenizer().eot_token_id)
+    np.testing.assert_array_equal(fitted.numpy(), tokenizer.tokenize(texts, length))
+
+
+def test_config_errors_are_one_line_and_name_the_fix(config):
+    with pytest.raises(ValueError, match=r"data.tokenise; did you mean data.tokenize\?"):
+        ip.resolve_config({"tokenise": "auto"})
+    with pytest.raises(ValueError, match=r"data.augment.scal; did you mean data.augment.scale\?"):
+        ip.resolve_config({"augment": {"scal": (0.5, 1.0)}})
+    with pytest.raises(ValueError, match=r"data.prefetch_batches must be int"):
+        ip.resolve_config({"prefetch_batches": "2"})
+    with pytest.raises(ValueError, match=r"data.augment.scale"):
+        ip.resolve_config({"augment": {"scale": (0.0, 1.0)}})
+    with pytest.raises(ValueError, match=r"divisible|multiple of process_count=3"):
+        ip.make_train_iterator(config, MODEL, global_batch_size=16, seed=0, process_index=0,
+                               process_count=3)
+    bad_label = ip.resolve_config(config)
+    bad_label.label_key = "category"
+    with pytest.raises(ValueError, match=r"data.label_key='category' is not a feature.*label"):
+        ip.make_eval_iterable(bad_label, MODEL, batch_size=4, process_index=0, process_count=1)
+    bad_split = ip.resolve_config(config)
+    bad_split.eval_split = "valid"
+    with pytest.raises(ValueError, match=r"data.eval_split='valid'.*validation"):
+        ip.make_eval_iterable(bad_split, MODEL, batch_size=4, process_index=0, process_count=1)
+    with pytest.raises(AttributeError, match="shuffle_buffer"):
+        ip.default_config().shuffle_buffer = 10
+
+
+def test_unbuilt_dataset_without_build_if_missing(tmp_path):
+    config = ip.default_config()
+    config.data_dir = str(tmp_path)
+    config.build_if_missing = False
+    with pytest.raises(FileNotFoundError, match="build_if_missing"):
+        ip.prepare(config)
+    assert isinstance(ip.get_builder(config), tfds.core.DatasetBuilder)
