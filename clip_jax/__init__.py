@@ -2,9 +2,15 @@
 
 The public surface is small: `create_model`, `load`, `tokenize`, `preprocess`; embeddings come
 from `module.apply(variables, images, method=module.encode_image)` and `encode_text`.
+
+`clip_jax.preprocess` is the function (the module of the same name stays importable as
+`from clip_jax.preprocess import ...`).
 """
 
 from clip_jax.loading import load
 from clip_jax.models import CLIP, CLIPConfig, PRESETS, create_model, get_preset
+from clip_jax.preprocess import preprocess
+from clip_jax.tokenizer import tokenize
 
-__all__ = ["CLIP", "CLIPConfig", "PRESETS", "create_model", "get_preset", "load"]
+__all__ = ["CLIP", "CLIPConfig", "PRESETS", "create_model", "get_preset", "load", "preprocess",
+           "tokenize"]

@@ -1,0 +1,75 @@
+"""Export to open_clip's format: the one target for every clip_jax model, ResNets included.
+
+The output directory holds `open_clip_model.safetensors` (OpenAI/open_clip key names, fused
+q/k/v) and `open_clip_config.json` (open_clip's model and preprocessing config), the layout of
+open_clip's Hub repositories, so `open_clip.create_model_and_transforms('local-dir:DIR')` and
+`open_clip.get_tokenizer('local-dir:DIR')` rebuild the model offline with a strict load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from clip_jax.convert import openai
+from clip_jax.convert.hf import PathLike, host_variables, numpy_dtype, save_safetensors
+from clip_jax.models.config import CLIPConfig
+
+WEIGHTS_FILE = "open_clip_model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
+
+
+def open_clip_state_dict(config: CLIPConfig, variables: Mapping[str, Any]) -> openai.StateDict:
+    """The state dict open_clip's `CLIP` loads strictly: `to_state_dict` plus the buffers and
+    parameters outside the canonical table (BatchNorm step counters, SigLIP's logit bias)."""
+    state = openai.to_state_dict(variables, config)
+    for key in [k for k in state if k.endswith(".running_mean")]:
+        # Only read by BatchNorm with momentum=None; open_clip's strict load requires them.
+        state[key.removesuffix("running_mean") + "num_batches_tracked"] = np.array(0, np.int64)
+    if config.logit_bias_init is not None:
+        state["logit_bias"] = np.asarray(variables["params"]["logit_bias"])
+    return state
+
+
+def open_clip_config(config: CLIPConfig) -> dict[str, Any]:
+    """open_clip's `{"model_cfg", "preprocess_cfg"}` for the same architecture."""
+    v, t = config.vision, config.text
+    vision: dict[str, Any] = dict(image_size=v.image_size, width=v.width)
+    if v.is_resnet:
+        vision["layers"] = list(v.layers)
+    else:
+        vision.update(layers=v.layers, patch_size=v.patch_size, head_width=v.head_width,
+                      mlp_ratio=v.mlp_ratio)
+    model_cfg: dict[str, Any] = dict(
+        embed_dim=config.embed_dim, quick_gelu=config.activation == "quick_gelu",
+        vision_cfg=vision,
+        text_cfg=dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
+                      heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio))
+    if config.logit_bias_init is not None:
+        model_cfg["init_logit_bias"] = config.logit_bias_init
+    return {"model_cfg": model_cfg,
+            "preprocess_cfg": dict(mean=list(config.image_mean), std=list(config.image_std),
+                                   interpolation="bicubic", resize_mode="shortest")}
+
+
+def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_dir: PathLike, *,
+                     dtype: str = "float32") -> Path:
+    """Writes `open_clip_model.safetensors` + `open_clip_config.json` into `output_dir`.
+
+    Same contract as `clip_jax.convert.hf.export_hf`: numpy or sharded jax variables, scanned or
+    not; every process calls it, tensors are gathered one at a time, process 0 writes.
+    """
+    numpy_dtype(dtype)
+    host = host_variables(variables)
+    output_dir = Path(output_dir)
+    if jax.process_index() != 0:
+        return output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_safetensors(open_clip_state_dict(config, host), output_dir / WEIGHTS_FILE, dtype)
+    (output_dir / CONFIG_FILE).write_text(json.dumps(open_clip_config(config), indent=2) + "\n",
+                                          encoding="utf-8")
+    return output_dir

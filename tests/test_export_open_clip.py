@@ -1,0 +1,69 @@
+"""Export in open_clip's format, checked by loading it with open_clip itself (strict load)."""
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from clip_jax.convert import open_clip_export
+from clip_jax.models import get_preset
+from clip_jax.models.layers import stack_layers
+from clip_jax.tokenizer import default_tokenizer
+from reference import open_clip_outputs, random_inputs
+from test_convert_hf import our_outputs, random_variables
+
+
+def _load(directory):
+    model, _, transform = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+    return model.eval(), transform
+
+
+@pytest.mark.parametrize("name,activation", [("test-resnet", "quick_gelu"),
+                                             ("test-resnet", "gelu"), ("test-vit", "gelu")])
+def test_open_clip_loads_export_and_matches(tmp_path, name, activation):
+    config = get_preset(name, activation=activation, image_mean=(0.5, 0.4, 0.3),
+                        image_std=(0.2, 0.25, 0.3))
+    variables = random_variables(config)
+    open_clip_export.export_open_clip(config, variables, tmp_path)
+    model, transform = _load(tmp_path)  # strict: every tensor and buffer present
+    images, tokens = random_inputs(config)
+    img, txt, logits = our_outputs(config, variables, images, tokens)
+    ref_img, ref_txt, ref_scale = open_clip_outputs(model, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+    assert np.abs(logits - ref_scale * ref_img @ ref_txt.T).max() <= 1e-4
+
+    normalize = transform.transforms[-1]
+    assert tuple(normalize.mean) == config.image_mean and tuple(normalize.std) == config.image_std
+    texts = ["a photo of a cat", "mountain " * 30]
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path}")
+    np.testing.assert_array_equal(tokenizer(texts).numpy(),
+                                  default_tokenizer()(texts, context_length=config.context_length))
+
+
+def test_scanned_export_and_logit_bias(tmp_path):
+    config = get_preset("test-vit", logit_bias_init=-10.0)
+    variables = random_variables(config)
+    open_clip_export.export_open_clip(config, variables, tmp_path / "plain")
+    open_clip_export.export_open_clip(config.replace(scan_layers=True), stack_layers(variables),
+                                      tmp_path / "scanned")
+    plain, scanned = (load_file(tmp_path / d / open_clip_export.WEIGHTS_FILE)
+                      for d in ("plain", "scanned"))
+    assert plain.keys() == scanned.keys()
+    for key in plain:
+        np.testing.assert_array_equal(plain[key], scanned[key], err_msg=key)
+    model, _ = _load(tmp_path / "scanned")
+    assert model.logit_bias.item() == float(variables["params"]["logit_bias"])
+
+
+def test_bf16_export(tmp_path):
+    config = get_preset("test-resnet")
+    variables = random_variables(config)
+    open_clip_export.export_open_clip(config, variables, tmp_path, dtype="bf16")
+    weights = load_file(tmp_path / open_clip_export.WEIGHTS_FILE)
+    assert weights["visual.conv1.weight"].dtype.name == "bfloat16"
+    assert weights["visual.bn1.num_batches_tracked"].dtype == np.int64
+    model, _ = _load(tmp_path)
+    kernel = variables["params"]["visual"]["conv1"]["kernel"]  # HWIO
+    expected = torch.from_numpy(kernel).permute(3, 2, 0, 1)
+    assert torch.equal(model.visual.conv1.weight, expected.bfloat16().float())
