@@ -23,7 +23,8 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 
 
 class CLIP(nn.Module):
-    """Image tower (`visual`), text tower (`text`) and the learnable temperature `logit_scale`.
+    """Image tower (`visual`), text tower (`text`) and the learnable temperature `logit_scale`
+    (plus SigLIP's `logit_bias` when the config asks for it).
 
     `encode_image` / `encode_text` return unnormalised projections; calling the model returns
     the L2-normalised embeddings (fp32) and `exp(logit_scale)`, so that
@@ -41,6 +42,11 @@ class CLIP(nn.Module):
             "logit_scale",
             nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init), ()),
             (), jnp.float32)
+        if cfg.logit_bias_init is not None:
+            self.logit_bias = self.param(
+                "logit_bias",
+                nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_bias_init), ()),
+                (), jnp.float32)
 
     def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
         return self.visual(images, train)

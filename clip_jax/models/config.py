@@ -68,7 +68,8 @@ class TextConfig:
 class CLIPConfig:
     """Architecture, numerics and I/O contract of a two-tower CLIP model.
 
-    `dtype` is the compute dtype (LayerNorm, softmax and the logit scale always run in fp32);
+    `logit_bias_init` adds SigLIP's learnable logit bias (for the sigmoid loss; SigLIP uses -10
+    with `logit_scale_init` = log 10). `dtype` is the compute dtype (LayerNorm, softmax and the logit scale always run in fp32);
     `param_dtype` is the storage dtype of the parameters. `scan_layers` stacks each transformer's
     blocks under one `nn.scan` (fast compiles for deep models; parameters gain a leading `layers`
     axis); `remat_policy` recomputes block activations in the backward pass to save memory.
@@ -81,6 +82,7 @@ class CLIPConfig:
     image_mean: tuple[float, float, float] = OPENAI_IMAGE_MEAN
     image_std: tuple[float, float, float] = OPENAI_IMAGE_STD
     logit_scale_init: float = math.log(1 / 0.07)
+    logit_bias_init: float | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = False

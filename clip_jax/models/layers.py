@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -76,16 +77,40 @@ class LayerNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+class DenseGeneral(nn.Module):
+    """x[..., *in] @ kernel[*in, *out] + bias[*out], with logical names on kernel and bias.
+
+    The kernel is created at its final shape (Flax's DenseGeneral initialises a flattened
+    kernel and reshapes it, which breaks under logical sharding constraints inside nn.scan).
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str, ...]
+    std: float
+    in_dims: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.in_dims:]
+        kernel = param_with_axes(self, "kernel", normal(self.std), (*in_shape, *self.features),
+                                 self.axes, self.param_dtype)
+        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = param_with_axes(self, "bias", nn.initializers.zeros, self.features,
+                                   self.axes[-len(self.features):], self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def dense(features: int | tuple[int, ...], axes: tuple[str, ...], std: float, name: str,
-          dtype: Dtype, param_dtype: Dtype, axis: int | tuple[int, ...] = -1,
-          use_bias: bool = True) -> nn.DenseGeneral:
-    """A DenseGeneral whose kernel ([in..., out...]) and bias ([out...]) carry logical names."""
-    n_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(normal(std), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]),
-        name=name)
+          dtype: Dtype, param_dtype: Dtype, in_dims: int = 1) -> DenseGeneral:
+    features = (features,) if isinstance(features, int) else tuple(features)
+    return DenseGeneral(features, axes, std, in_dims, dtype=dtype, param_dtype=param_dtype,
+                        name=name)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -131,7 +156,7 @@ class MultiHeadAttention(nn.Module):
             mask = jnp.tril(jnp.ones((length, length), dtype=bool))
         out = attention(q, k, v, mask)
         return dense(self.out_features or width, ("heads", "kv", "embed"), self.std_out,
-                     "out_proj", self.dtype, self.param_dtype, axis=(-2, -1))(out)
+                     "out_proj", self.dtype, self.param_dtype, in_dims=2)(out)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -220,7 +245,9 @@ def stack_layers(tree: Any) -> Any:
                     if k.startswith("resblocks_"))
     if blocks:
         layers = [v for _, v in blocks]
-        out["resblocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+        # Host (numpy) weights stay on the host: imports must not land whole on one device.
+        stack = lambda *xs: np.stack(xs) if isinstance(xs[0], np.ndarray) else jnp.stack(xs)  # noqa: E731
+        out["resblocks"] = {"block": jax.tree.map(stack, *layers)}
     for k, v in tree.items():
         if not k.startswith("resblocks_"):
             out[k] = stack_layers(v)

@@ -33,6 +33,9 @@ class TextTransformer(nn.Module):
                                     (t.vocab_size, t.width), ("vocab", "embed"), pdtype)
         pos = param_with_axes(self, "positional_embedding", normal(0.01),
                               (t.context_length, t.width), ("pos", "embed"), pdtype)
+        # Gather from a vocab-sharded, embed-replicated table (vocab-parallel lookup): the
+        # partitioner cannot turn an FSDP-sharded embed axis into batch-sharded rows cheaply.
+        embedding = constrain(embedding, ("vocab", None))
         x = jnp.take(embedding, tokens, axis=0).astype(dtype) + pos[:length].astype(dtype)
         x = constrain(x, RESIDUAL)
         x = Transformer(t.layers, t.heads, t.mlp_dim, cfg.activation, causal=True,

@@ -1,0 +1,117 @@
+"""The device mesh and the rules that map the model's logical axis names onto it.
+
+Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism that also shards parameters
+and optimizer state) and `tensor` (Megatron-style sharding of heads and MLP). The batch is split
+over `data` x `fsdp`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# Parameters: `embed` rows are FSDP-sharded, heads and MLP columns tensor-sharded; activations:
+# the batch over data x fsdp, heads and MLP hidden over tensor. Unlisted names stay replicated.
+DEFAULT_RULES: Rules = (
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_channels", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("proj", None),
+    ("pos", None),
+    ("layers", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+)
+
+
+def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+    """Resolves a `{data, fsdp, tensor}` spec (one of them may be -1: "the rest") to sizes."""
+    unknown = sorted(set(spec) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"config.mesh has unknown axes {unknown}; use {list(MESH_AXES)}.")
+    sizes = [int(spec.get(axis, 1)) for axis in MESH_AXES]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: use positive sizes and at "
+                         "most one -1 ('the rest of the devices').")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(
+                f"config.mesh={dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} "
+                f"devices: the fixed axes multiply to {known}; pick sizes that divide "
+                f"{num_devices}.")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(
+            f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+            f"{num_devices} are available; make data*fsdp*tensor == {num_devices} or set one "
+            "axis to -1.")
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def create_mesh(spec: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over all (or the given) devices, laid out for the hardware's interconnect."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(spec, len(devices))
+    if devices == list(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def batch_size_per_shard(mesh: Mesh) -> int:
+    """How many ways the batch is split."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def logical_shardings(boxed: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a tree of (abstract) variables boxed with logical axis names.
+
+    Unboxed leaves (e.g. BatchNorm statistics, optimizer counters) are replicated.
+    """
+    specs = nn.get_partition_spec(boxed)
+    return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+
+
+def check_divisible(mesh: Mesh, shapes: Any, shardings: Any) -> None:
+    """Fails early, naming the parameter, when a sharded dimension does not divide evenly."""
+    flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    flat_shardings = jax.tree.leaves(shardings)
+    for (path, leaf), sharding in zip(flat_shapes, flat_shardings):
+        for dim, axes in zip(leaf.shape, sharding.spec):
+            if axes is None:
+                continue
+            ways = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if dim % ways:
+                name = jax.tree_util.keystr(path)
+                raise ValueError(
+                    f"Parameter {name} of shape {leaf.shape} cannot be split {ways} ways over "
+                    f"mesh axes {axes}; change config.mesh or map that logical axis to None in "
+                    "config.logical_axis_rules.")

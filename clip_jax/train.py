@@ -1,0 +1,225 @@
+"""The training loop: resumable, preemption-safe, logging throughput and MFU.
+
+`train(config, workdir)` restores the newest checkpoint in `workdir` if there is one (model,
+optimizer, step and data position; the RNG streams are pure functions of the seed and the
+position), otherwise initialises from scratch or from `config.init_from`, then runs the one
+compiled train step until `config.total_steps`.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from clip_jax import hardware, input_pipeline, loading, sharding, train_step
+from clip_jax.checkpoints import Checkpointer
+from clip_jax.metric_writers import MetricWriter
+from clip_jax.models.config import DTYPES
+from clip_jax.models.layers import stack_layers, unstack_layers
+from clip_jax.models.presets import get_preset
+
+LOSSES = ("softmax", "chunked_softmax", "sigmoid")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the newest checkpoint on disk is from before it happened."""
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int,
+                    process_count: int) -> None:
+    """Checks the config against itself and the machine before anything is compiled."""
+    def fail(field: str, problem: str, fix: str) -> None:
+        raise ValueError(f"config.{field}: {problem}; {fix}.")
+
+    if not config.init_from:
+        get_preset(config.model.name)
+    for field in ("dtype", "param_dtype"):
+        if config.model[field] not in DTYPES:
+            fail(f"model.{field}", f"{config.model[field]!r} is not a dtype", f"use one of {DTYPES}")
+    if config.optimizer.moments_dtype not in DTYPES:
+        fail("optimizer.moments_dtype", f"{config.optimizer.moments_dtype!r} is not a dtype",
+             f"use one of {DTYPES}")
+    mesh = sharding.mesh_shape(config.mesh, num_devices)
+    shards = mesh[0] * mesh[1]
+    if config.loss not in LOSSES:
+        fail("loss", f"unknown loss {config.loss!r}", f"use one of {LOSSES}")
+    if config.loss == "sigmoid" and config.model.logit_bias_init is None:
+        fail("model.logit_bias_init", "the sigmoid loss needs a learnable bias",
+             "set it (SigLIP: -10, with model.logit_scale_init=2.303)")
+    if config.microbatches < 1:
+        fail("microbatches", f"{config.microbatches} < 1", "use 1 (no accumulation) or more")
+    per_step = shards * config.microbatches
+    if config.batch_size <= 0 or config.batch_size % per_step:
+        fail("batch_size", f"{config.batch_size} is not divisible by data*fsdp "
+             f"({shards}) x microbatches ({config.microbatches})",
+             f"use a multiple of {per_step}, e.g. {max(per_step, config.batch_size // per_step * per_step)}")
+    if config.batch_size % process_count:
+        fail("batch_size", f"{config.batch_size} is not divisible by the {process_count} "
+             "processes", f"use a multiple of {process_count}")
+    if config.total_steps <= 0:
+        fail("total_steps", f"{config.total_steps} <= 0", "train for at least one step")
+    if config.warmup_steps < 0:
+        fail("warmup_steps", f"{config.warmup_steps} < 0", "use 0 or more")
+    if config.checkpoint.keep < 1:
+        fail("checkpoint.keep", f"{config.checkpoint.keep} < 1", "keep at least one checkpoint")
+    if config.log_every_steps < 1:
+        fail("log_every_steps", f"{config.log_every_steps} < 1", "log at least every step")
+    input_pipeline.resolve_config(config.data)
+
+
+class PreemptionGuard:
+    """Tells the loop to checkpoint and stop when the job is preempted (SIGTERM).
+
+    With several processes, all must stop at the same step: JAX's preemption sync point (set
+    up by `jax.distributed.initialize`) agrees on it; a single process watches SIGTERM itself.
+    """
+
+    def __init__(self):
+        self._flag = threading.Event()
+        self._multi = jax.process_count() > 1
+        if not self._multi and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+
+    def should_stop(self, step: int) -> bool:
+        if self._multi:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._flag.is_set()
+
+    def close(self) -> None:
+        if not self._multi and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(batch: dict[str, np.ndarray], s: train_step.Setup) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(s.batch_shardings[k], batch[k])
+            for k in s.batch_shardings}
+
+
+def _model_flops(config: ml_collections.ConfigDict, s: train_step.Setup) -> float | None:
+    """Global model FLOPs of one step: XLA's count for the unrolled, remat-free step.
+
+    XLA's cost analysis counts a scanned loop body once, so scanned or rematerialised models
+    are measured on their plain-loop twin (lowered only, never compiled).
+    """
+    model = s.module.config.replace(scan_layers=False, remat_policy="none")
+    plain = train_step.setup(config, model, s.mesh)
+    lowered = train_step.lower_train_step(config, plain)
+    flops = (lowered.cost_analysis() or {}).get("flops")
+    return float(flops) if flops and math.isfinite(flops) else None
+
+
+def _restore_or_init(config, s, checkpointer, variables, writer):
+    latest = checkpointer.latest_step()
+    if latest is None:
+        rng = jax.random.key(config.seed, impl=config.prng_impl)
+        return s.init_state(rng, variables), 0
+    state, meta = checkpointer.restore(latest, s.abstract_state)
+    if meta["batch_size"] != config.batch_size:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} differs from the {meta['batch_size']} the "
+            f"checkpoint at step {latest} was trained with; keep it, or start a new workdir "
+            "with config.init_from pointing at this one.")
+    writer.log(f"Resumed from step {latest} (data position {meta['data_position']}).")
+    return state, meta["data_position"]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains to `config.total_steps` (or until preempted); returns the last logged metrics."""
+    validate_config(config, jax.device_count(), jax.process_count())
+    mesh = sharding.create_mesh(config.mesh)
+    variables, base = None, None
+    if config.init_from:
+        module, variables = loading.load(config.init_from)
+        base = module.config
+    model = train_step.model_config(config, base)
+    if variables is not None and base.scan_layers != model.scan_layers:
+        variables = stack_layers(variables) if model.scan_layers else unstack_layers(variables)
+    s = train_step.setup(config, model, mesh)
+    writer = MetricWriter(workdir, config.total_steps, 0, enabled=jax.process_index() == 0)
+    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
+                                config.checkpoint.asynchronous)
+    guard = PreemptionGuard()
+    try:
+        state, position = _restore_or_init(config, s, checkpointer, variables, writer)
+        del variables
+        start = int(jax.device_get(state.step))
+        t0 = time.time()
+        compiled = train_step.compile_train_step(config, s)
+        compile_seconds = time.time() - t0
+        peak = hardware.peak_flops(override=config.peak_flops_per_device)
+        flops = _model_flops(config, s) if peak else None
+        writer.log(f"Model {model.vision.layers}-layer image tower, {_count(state.params)/1e6:.1f}M "
+                   f"params on mesh {dict(mesh.shape)}; train step compiled in "
+                   f"{compile_seconds:.1f}s.")
+        data = input_pipeline.make_train_iterator(
+            config.data, model, global_batch_size=config.batch_size, seed=config.seed,
+            start_batch=position)
+        meta = lambda step: {"step": step, "data_position": position + step - start,  # noqa: E731
+                             "batch_size": config.batch_size, "model": model.to_dict(),
+                             "config": config.to_dict()}
+        last = _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, meta,
+                     flops, peak)
+        last["compile_seconds"] = compile_seconds
+        return last
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        guard.close()
+        writer.close()
+
+
+def _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, meta, flops,
+          peak) -> dict[str, float]:
+    pending: list[Any] = []
+    last: dict[str, float] = {}
+    t_last, steps_since = time.time(), 0
+    for step in range(start, config.total_steps):
+        state, metrics = compiled(state, _global_batch(next(data), s))
+        pending.append(metrics)
+        steps_since += 1
+        done = step + 1
+        stop = guard.should_stop(done)
+        final = done == config.total_steps or stop
+        save = final or (config.checkpoint.every_steps > 0
+                         and done % config.checkpoint.every_steps == 0)
+        if done % config.log_every_steps and not save:
+            continue
+        values = jax.device_get(pending)
+        pending.clear()
+        bad = [n for n, m in zip(range(done - len(values) + 1, done + 1), values)
+               if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]))]
+        if bad:
+            raise NonFiniteLossError(
+                f"Loss or gradient became NaN/Inf at step {bad[0]}; stopped without saving. The "
+                f"last good checkpoint is step {checkpointer.latest_step()} in this workdir: "
+                "lower the learning rate, raise warmup, or use float32 and resume.")
+        elapsed = time.time() - t_last
+        t_last, seconds_per_step = time.time(), elapsed / steps_since
+        steps_since = 0
+        last = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+        last["images_per_second"] = config.batch_size / seconds_per_step
+        last["seconds_per_step"] = seconds_per_step
+        if flops and peak:
+            last["mfu"] = flops / jax.device_count() / seconds_per_step / peak
+        writer.write(done, last)
+        writer.progress(done, loss=last["loss"], img_s=round(last["images_per_second"], 1),
+                        mfu=f"{last['mfu']:.1%}" if "mfu" in last else "n/a")
+        if save:
+            checkpointer.save(done, state, meta(done), force=final)
+        if stop:
+            writer.log(f"Preempted: saved step {done}; run the same command to resume.")
+            break
+    return last
+
+
+def _count(tree: Any) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+

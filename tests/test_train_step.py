@@ -1,0 +1,191 @@
+"""The sharded train step on 8 fake CPU devices: equal to one device, exact accumulation,
+really sharded parameters, optimizer semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from clip_jax import losses, sharding, train_step
+from configs import base
+
+BATCH = 16
+
+
+def _config(**changes):
+    c = base.get_config("test-vit")
+    c.model.dtype = "float32"
+    c.batch_size, c.total_steps, c.warmup_steps = BATCH, 10, 2
+    for k, v in changes.items():
+        setattr(c, k, v)
+    return c
+
+
+def _batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    model = train_step.model_config(config)
+    size, length = model.image_size, model.context_length
+    tokens = np.zeros((BATCH, length), np.int32)
+    for i in range(BATCH):
+        n = int(rng.integers(1, length - 2))
+        tokens[i, : n + 2] = [49406, *rng.integers(1, 49406, n), 49407]
+    return {"images": rng.standard_normal((BATCH, size, size, 3)).astype(np.float32),
+            "tokens": tokens}
+
+
+def _grads(mesh_spec, **changes):
+    """(loss, metrics, grads) of the first step on a mesh of the given shape, as numpy."""
+    config = _config(**changes)
+    devices = jax.devices()[: int(np.prod(list(mesh_spec.values())))]
+    mesh = sharding.create_mesh(mesh_spec, devices)
+    s = train_step.setup(config, train_step.model_config(config), mesh)
+    state = s.init_state(jax.random.key(0))
+    fn = jax.jit(train_step.make_grad_fn(config, s),
+                 in_shardings=(s.state_shardings.params, s.state_shardings.batch_stats,
+                               s.batch_shardings))
+    with jax.set_mesh(mesh):
+        loss, metrics, _, grads = fn(state.params, state.batch_stats, _batch(config))
+    return jax.device_get((loss, metrics, grads))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _grads({"data": 1, "fsdp": 1, "tensor": 1})
+
+
+def _assert_same(result, reference):
+    loss, metrics, grads = result
+    ref_loss, ref_metrics, ref_grads = reference
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for k in ref_metrics:
+        np.testing.assert_allclose(metrics[k], ref_metrics[k])
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        ref = ref_grads
+        for k in path:
+            ref = ref[k.key]
+        # Relative to the tensor's norm, floored at 1e-3 of the largest gradient norm: some
+        # gradients (key biases) are zero in theory and pure rounding noise in practice.
+        floor = 1e-3 * max(np.linalg.norm(x) for x in jax.tree.leaves(ref_grads))
+        err = np.linalg.norm(g - ref) / max(np.linalg.norm(ref), floor)
+        assert err <= 1e-5, (jax.tree_util.keystr(path), err)
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
+def test_sharded_step_equals_single_device(reference, mesh):
+    _assert_same(_grads(dict(zip(sharding.MESH_AXES, mesh))), reference)
+
+
+def test_chunked_loss_step_equals_plain(reference):
+    _assert_same(_grads({"data": 4, "fsdp": 2, "tensor": 1}, loss="chunked_softmax",
+                        loss_chunk_size=4), reference)
+
+
+def test_accumulated_gradients_equal_full_batch(reference):
+    _assert_same(_grads({"data": 2, "fsdp": 2, "tensor": 1}, microbatches=4), reference)
+
+
+def test_fsdp_and_tensor_really_shard_params():
+    config = _config()
+    mesh = sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    s = train_step.setup(config, train_step.model_config(config), mesh)
+    compiled = train_step.compile_train_step(config, s)
+    state_in = compiled.input_shardings[0][0]
+    params = state_in.params
+    # Scanned layers (the default): a leading, unsharded `layers` axis.
+    c_fc = params["text"]["transformer"]["resblocks"]["block"]["c_fc"]["kernel"]
+    assert c_fc.spec == P(None, "fsdp", "tensor")
+    assert c_fc.shard_shape((2, 64, 256)) == (2, 32, 128)
+    q = params["visual"]["transformer"]["resblocks"]["block"]["attn"]["q_proj"]["kernel"]
+    assert q.spec == P(None, "fsdp", "tensor", None)
+    assert params["text"]["token_embedding"].shard_shape((49408, 64)) == (24704, 32)
+    # Adam moments follow their parameters; the donated state comes back in the same layout.
+    out_params = compiled.output_shardings[0].params
+    assert out_params["text"]["transformer"]["resblocks"]["block"]["c_fc"]["kernel"].spec == c_fc.spec
+    mu = jax.tree.leaves(state_in.opt_state, is_leaf=lambda x: hasattr(x, "spec"))
+    assert sum(m.spec == c_fc.spec for m in mu) >= 3  # the kernel and its two Adam moments
+
+
+def test_mesh_that_does_not_fit_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs 12 devices but 8 are available"):
+        sharding.create_mesh({"data": 3, "fsdp": 2, "tensor": 2})
+    with pytest.raises(ValueError, match="does not divide the 8 devices"):
+        sharding.create_mesh({"data": -1, "fsdp": 3, "tensor": 1})
+
+
+def test_sigmoid_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    img, txt = (x / np.linalg.norm(x, axis=1, keepdims=True)
+                for x in rng.standard_normal((2, 8, 4)).astype(np.float32))
+    loss, metrics = losses.sigmoid_loss(img, txt, jnp.float32(10.0), jnp.float32(-10.0))
+    logits = 10.0 * img @ txt.T - 10.0
+    labels = 2 * np.eye(8) - 1
+    expected = np.sum(np.log1p(np.exp(-labels * logits))) / 8
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    assert metrics["i2t_top1"] == np.mean(np.argmax(logits, 1) == np.arange(8))
+
+
+def test_softmax_loss_matches_numpy():
+    rng = np.random.default_rng(1)
+    img, txt = (x / np.linalg.norm(x, axis=1, keepdims=True)
+                for x in rng.standard_normal((2, 8, 4)).astype(np.float64))
+    loss, _ = losses.softmax_loss(img, txt, 20.0)
+    logits = 20.0 * img @ txt.T
+    log_softmax = lambda z, a: z - np.log(np.exp(z).sum(a, keepdims=True))  # noqa: E731
+    expected = -(np.trace(log_softmax(logits, 1)) + np.trace(log_softmax(logits, 0))) / 16
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def _one_step(config):
+    mesh = sharding.create_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    s = train_step.setup(config, train_step.model_config(config), mesh)
+    state = s.init_state(jax.random.key(0))
+    before = jax.device_get(state)
+    compiled = train_step.compile_train_step(config, s)
+    batch = {k: jax.device_put(v, s.batch_shardings[k]) for k, v in _batch(config).items()}
+    after, metrics = compiled(state, batch)
+    return before, jax.device_get(after), jax.device_get(metrics)
+
+
+def test_locked_image_tower_gets_no_update_and_no_optimizer_state():
+    before, after, _ = _one_step(_config(lock_image=True, warmup_steps=0))
+    for a, b in zip(jax.tree.leaves(before.params["visual"]), jax.tree.leaves(after.params["visual"])):
+        np.testing.assert_array_equal(a, b)
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(before.params["text"]),
+                                              jax.tree.leaves(after.params["text"])))
+    n_text = sum(x.size for x in jax.tree.leaves(before.params["text"]))
+    n_visual = sum(x.size for x in jax.tree.leaves(before.params["visual"]))
+    n_state = sum(x.size for x in jax.tree.leaves(after.opt_state))
+    assert n_state < 2 * (n_text + 1) + 100 < 2 * (n_text + n_visual)
+
+
+def test_weight_decay_spares_gains_biases_and_temperature():
+    config = _config(lock_image=False)
+    config.optimizer.lr, config.warmup_steps = 0.1, 0
+    config.optimizer.b1 = config.optimizer.b2 = 0.0  # isolate the decay term via zero grads
+    config.optimizer.grad_clip_norm = 0.0
+    mesh = sharding.create_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    s = train_step.setup(config, train_step.model_config(config), mesh)
+    params = jax.device_get(s.init_state(jax.random.key(0)).params)
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = s.tx.update(zeros, s.tx.init(params), params)
+    decayed = {jax.tree_util.keystr(p): bool(np.any(u != 0))
+               for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+    block = "['text']['transformer']['resblocks']['block']"  # scanned: [layers, ...] shapes
+    assert decayed[f"{block}['c_fc']['kernel']"]
+    assert decayed["['text']['token_embedding']"]
+    assert decayed["['visual']['proj']"]
+    assert not decayed[f"{block}['c_fc']['bias']"]
+    assert not decayed[f"{block}['ln_1']['scale']"]
+    assert not decayed["['visual']['class_embedding']"]
+    assert not decayed["['logit_scale']"]
+
+
+def test_logit_scale_is_clamped_to_between_1_and_100():
+    config = _config()
+    config.optimizer.lr, config.warmup_steps = 10.0, 0
+    config.model.logit_scale_init = 4.6
+    _, after, metrics = _one_step(config)
+    # A step of ~lr = 10 either way leaves [0, ln 100]: the clamp must catch it.
+    assert float(after.params["logit_scale"]) in (0.0, pytest.approx(np.log(100.0)))
+    assert metrics["logit_scale"] == pytest.approx(np.exp(after.params["logit_scale"]))
