@@ -620,11 +620,12 @@ def make_train_iterator(
         return out
 
     dataset = tf.data.Dataset.range(start_batch * local, _MAX_POSITION, _READ_CHUNK)
-    dataset = dataset.map(positions)
+    dataset = dataset.map(_graph(positions))
     dataset = dataset.map(lambda item: {**item, "serialized": read(item["index"])},
                           num_parallel_calls=_READ_PARALLELISM, deterministic=True)
     dataset = dataset.unbatch()
-    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(_graph(example), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
     dataset = dataset.batch(local, drop_remainder=True)
     if not schema.tokens_key:
         dataset = dataset.map(_tokenize_captions(schema.context_length))
@@ -638,6 +639,12 @@ def _tokenize_captions(context_length: int) -> Any:
         batch["tokens"] = _tokenize_in_graph(batch.pop("caption"), context_length)
         return batch
     return tokenize_batch
+
+
+def _graph(fn: Any) -> Any:
+    """Marks a map function as plain TF code: AutoGraph has nothing to convert in it (and
+    warns that it cannot read closures' source)."""
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def _options() -> tf.data.Options:
@@ -762,11 +769,12 @@ def make_eval_iterable(
         return batch
 
     dataset = tf.data.Dataset.range(0, num_batches * batch_size, _READ_CHUNK)
-    dataset = dataset.map(slots)
+    dataset = dataset.map(_graph(slots))
     dataset = dataset.map(lambda item: {**item, "serialized": read(item["index"])},
                           num_parallel_calls=_READ_PARALLELISM, deterministic=True)
     dataset = dataset.unbatch().take(num_batches * batch_size)
-    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True).map(finish)
+    dataset = dataset.map(_graph(example), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True).map(_graph(finish))
     dataset = dataset.prefetch(config.prefetch_batches)
     return EvalIterable(dataset.with_options(_options()), num_batches, num_examples, names)

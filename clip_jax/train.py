@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from clip_jax import hardware, input_pipeline, loading, sharding, train_step
+from clip_jax import evaluate, hardware, input_pipeline, loading, sharding, train_step
 from clip_jax.checkpoints import Checkpointer
 from clip_jax.metric_writers import MetricWriter
 from clip_jax.models.config import DTYPES
@@ -140,8 +140,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         module, variables = loading.load(config.init_from)
         base = module.config
     model = train_step.model_config(config, base)
-    if variables is not None and base.scan_layers != model.scan_layers:
-        variables = stack_layers(variables) if model.scan_layers else unstack_layers(variables)
+    if variables is not None:
+        if base.scan_layers != model.scan_layers:
+            variables = stack_layers(variables) if model.scan_layers else unstack_layers(variables)
+        if model.logit_bias_init is not None and "logit_bias" not in variables["params"]:
+            variables["params"]["logit_bias"] = np.float32(model.logit_bias_init)  # CLIP -> SigLIP
     s = train_step.setup(config, model, mesh)
     writer = MetricWriter(workdir, config.total_steps, 0, enabled=jax.process_index() == 0)
     checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
@@ -162,11 +165,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         data = input_pipeline.make_train_iterator(
             config.data, model, global_batch_size=config.batch_size, seed=config.seed,
             start_batch=position)
+        evaluation = evaluate.for_training(config, s.module, mesh, s.state_shardings)
         meta = lambda step: {"step": step, "data_position": position + step - start,  # noqa: E731
                              "batch_size": config.batch_size, "model": model.to_dict(),
                              "config": config.to_dict()}
         last = _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, meta,
-                     flops, peak)
+                     flops, peak, evaluation)
         last["compile_seconds"] = compile_seconds
         return last
     finally:
@@ -177,7 +181,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
 
 def _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, meta, flops,
-          peak) -> dict[str, float]:
+          peak, evaluation=None) -> dict[str, float]:
     pending: list[Any] = []
     last: dict[str, float] = {}
     t_last, steps_since = time.time(), 0
@@ -190,7 +194,9 @@ def _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, 
         final = done == config.total_steps or stop
         save = final or (config.checkpoint.every_steps > 0
                          and done % config.checkpoint.every_steps == 0)
-        if done % config.log_every_steps and not save:
+        evaluate_now = evaluation is not None and evaluation.is_due(
+            done, done == config.total_steps)
+        if done % config.log_every_steps and not save and not evaluate_now:
             continue
         values = jax.device_get(pending)
         pending.clear()
@@ -214,6 +220,11 @@ def _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, 
                         mfu=f"{last['mfu']:.1%}" if "mfu" in last else "n/a")
         if save:
             checkpointer.save(done, state, meta(done), force=final)
+        if evaluate_now:
+            results = evaluation.run(state.params, state.batch_stats)
+            writer.write(done, results)
+            writer.log(evaluate.format_metrics(results, title=f"Evaluation at step {done}:"))
+            t_last = time.time()  # evaluation time is not training throughput
         if stop:
             writer.log(f"Preempted: saved step {done}; run the same command to resume.")
             break

@@ -161,6 +161,32 @@ def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
     assert np.isfinite(last["loss"])
 
 
+def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):
+    """Fine-tuning starts from the imported weights (lr 0: one step leaves them untouched)."""
+    import torch
+
+    from clip_jax import loading
+    from clip_jax.convert import openai as convert
+    from clip_jax.models.layers import unstack_layers
+    from reference import open_clip_model
+
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
+    config = tiny.get_config()
+    model = train_step.model_config(config)
+    ref = open_clip_model(model, seed=3)
+    torch.save(ref.state_dict(), tmp_path / "weights.pt")
+    config.init_from = str(tmp_path / "weights.pt")
+    config.model.scan_layers = True  # imported unscanned, trained scanned
+    config.total_steps, config.optimizer.lr = 1, 0.0
+    train.train(config, str(tmp_path / "run"))
+    _, trained = loading.load(str(tmp_path / "run"))
+    _, imported = convert.from_state_dict(ref.state_dict(), model)
+    trained = unstack_layers(trained)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(imported)[0],
+                            jax.tree.leaves(trained)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
