@@ -105,6 +105,20 @@ def test_load_files(tmp_path, suffix):
     assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
 
 
+def test_load_torchscript_archive(tmp_path):
+    """OpenAI's released .pt files are TorchScript archives, not pickled state dicts."""
+    config = get_preset("test-vit", activation="quick_gelu")
+    ref = open_clip_model(config)
+    images, tokens = random_inputs(config)
+    traced = torch.jit.trace(ref, (torch.from_numpy(images).permute(0, 3, 1, 2),
+                                   torch.from_numpy(tokens).long()), check_trace=False)
+    torch.jit.save(traced, str(tmp_path / "openai.pt"))
+    module, variables = clip_jax.load(str(tmp_path / "openai.pt"), activation="quick_gelu")
+    img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
+    ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+
+
 def test_mismatched_preset_names_first_tensor():
     sd = open_clip_model(get_preset("test-vit")).state_dict()
     other = get_preset("test-vit").replace(text={"width": 128, "heads": 2})

@@ -65,7 +65,8 @@ def _wait_for_step(workdir, step, proc, timeout=300):
 @pytest.fixture(scope="module")
 def uninterrupted(tfds_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    code, out = _finish(_start(workdir, tfds_dir))
+    # A peak for the CPU turns on MFU (model FLOPs from XLA's cost analysis / time / peak).
+    code, out = _finish(_start(workdir, tfds_dir, "--config.peak_flops_per_device=1e12"))
     assert code == 0, out
     return workdir, out
 
@@ -76,8 +77,9 @@ def test_run_logs_checkpoints_and_progress(uninterrupted):
     assert sorted(metrics) == list(range(1, 13))
     last = metrics[12]
     for key in ("loss", "i2t_top1", "t2i_top1", "learning_rate", "logit_scale", "grad_norm",
-                "images_per_second"):
+                "images_per_second", "mfu"):
         assert np.isfinite(last[key]), key
+    assert 0 < last["mfu"] < 1
     assert metrics[12]["loss"] < metrics[1]["loss"]
     assert set(os.listdir(workdir / "checkpoints")) == {"4", "8", "12"}
     assert os.listdir(workdir / "tensorboard")

@@ -293,7 +293,7 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     """
     sd = canonicalize(state_dict)
     sd = {k: v for k, v in sd.items()
-          if not k.endswith("num_batches_tracked") and k not in _OPENAI_METADATA}
+          if not k.endswith("num_batches_tracked") and k not in _NOT_PARAMETERS}
     if config is None:
         config = infer_config(sd, activation)
     elif activation is not None:
@@ -340,8 +340,8 @@ def _describe(config: CLIPConfig) -> str:
     return f"{tower} width {v.width} at {v.image_size}px, embed_dim {config.embed_dim}"
 
 
-# Non-tensor entries of OpenAI's TorchScript archives.
-_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
+# Entries that are not parameters: OpenAI TorchScript metadata, derived causal-mask buffers.
+_NOT_PARAMETERS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 def read_state_dict(path: str) -> StateDict:
