@@ -20,11 +20,12 @@ _CONV_AXES = (None, None, "conv_in", "conv_out")
 _FEATURE_MAP = ("activation_batch", None, None, "activation_channels")
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, pdtype: Dtype, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, dtype: Dtype, pdtype: Dtype, name: str,
+          stride: int = 1) -> nn.Conv:
     pad = (kernel - 1) // 2
     return nn.Conv(
-        features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-        param_dtype=pdtype,
+        features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+        use_bias=False, dtype=dtype, param_dtype=pdtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.variance_scaling(2.0, "fan_out", "normal"), _CONV_AXES),
         name=name)
@@ -104,12 +105,7 @@ class ModifiedResNet(nn.Module):
         conv = functools.partial(_conv, dtype=dtype, pdtype=pdtype)
         bn = functools.partial(_batch_norm, train, dtype, pdtype)
         x = images.astype(dtype)
-        x = nn.Conv(v.width // 2, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                    use_bias=False, dtype=dtype, param_dtype=pdtype,
-                    kernel_init=nn.with_logical_partitioning(
-                        nn.initializers.variance_scaling(2.0, "fan_out", "normal"), _CONV_AXES),
-                    name="conv1")(x)
-        x = nn.relu(bn("bn1")(x))
+        x = nn.relu(bn("bn1")(conv(v.width // 2, 3, name="conv1", stride=2)(x)))
         x = nn.relu(bn("bn2")(conv(v.width // 2, 3, name="conv2")(x)))
         x = nn.relu(bn("bn3")(conv(v.width, 3, name="conv3")(x)))
         x = _avg_pool(x, 2)
