@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from clip_jax import sharding, train_step
-from clip_jax.models.presets import open_clip_name
-from configs import base
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's configs/
+
+from clip_jax import sharding, train_step  # noqa: E402
+from clip_jax.models.presets import open_clip_name  # noqa: E402
+from configs import base  # noqa: E402
 
 
 def ours(model: str, batch: int, steps: int, scan: bool) -> tuple[float, float, int]:
