@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from clip_jax import input_pipeline, sharding
+from clip_jax import evaluate, input_pipeline, sharding
 
 PAPER_EPOCHS, PAPER_PAIRS, PAPER_BATCH = 32, 400_000_000, 32768
 
@@ -65,4 +65,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
         initialize=False, coordinator_address="", num_processes=-1, process_id=-1))
 
     c.data = input_pipeline.default_config()
+    # Zero-shot / retrieval / linear-probe evaluation: during training every `every_steps`
+    # (0 = never) and standalone with --config.mode=eval (clip_jax/evaluate.py).
+    c.eval = evaluate.default_config()
     return c

@@ -12,7 +12,7 @@ from clip_jax.models.config import CLIPConfig
 from clip_jax.models.presets import open_clip_name
 from reference import random_inputs
 
-FULL_PRESETS = [n for n in PRESETS if not n.startswith("test-")]
+FULL_PRESETS = [n for n in PRESETS if not n.startswith(("test-", "demo-"))]
 
 
 def _param_count(tree) -> int:

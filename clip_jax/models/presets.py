@@ -49,6 +49,12 @@ PRESETS: dict[str, CLIPConfig] = {
                      mlp_ratio=4.3637, activation="gelu"),
     "ViT-bigG/14": _vit(1280, 48, 1664, 14, 1280, 20, text_layers=32, head_width=104,
                         mlp_ratio=4.9231, activation="gelu"),
+    # The demo's model (configs/demo.py): small enough to learn 48 colour x shape classes from
+    # scratch in minutes on 2 CPU cores; 16 patches of 8 px at 32 px.
+    "demo-vit": CLIPConfig(
+        embed_dim=64,
+        vision=VisionConfig(image_size=32, layers=4, width=64, patch_size=8, head_width=32),
+        text=TextConfig(context_length=16, width=64, heads=2, layers=2)),
     # Tiny models for tests and CPU smoke runs: real shapes of every code path, seconds to run.
     "test-vit": CLIPConfig(
         embed_dim=32,

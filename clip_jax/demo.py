@@ -1,0 +1,248 @@
+"""The demo: a small CLIP learns from scratch on a CPU, end to end, in a few minutes.
+
+`python -m clip_jax.demo [--workdir DIR]` builds the synthetic shapes dataset, trains a small
+ViT CLIP on its image-caption pairs (configs/demo.py), evaluates zero-shot classification
+(48-way, colour x shape) and retrieval on the held-out test split, and prints a report with the
+chance level next to the scores. The workdir gets `report.png` (test images with predicted and
+true labels) and `curves.png` (loss and accuracy curves), besides the checkpoints and metrics.
+
+By default every run trains afresh in a new `runs/demo/<timestamp>/`. Given an existing
+`--workdir`, the trainer resumes it: a finished run is reused (said so, and not timed as
+training) and evaluated again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+DEFAULT_ROOT = os.path.join("runs", "demo")
+GRID_ROWS, GRID_COLS = 5, 8
+
+
+def demo_config() -> ml_collections.ConfigDict:
+    """configs/demo.py (the repository's configs/ must be importable: run from a clone)."""
+    try:
+        module = importlib.import_module("configs.demo")
+    except ModuleNotFoundError:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isfile(os.path.join(root, "configs", "demo.py")):
+            raise FileNotFoundError(
+                "configs/demo.py not found: run the demo from a clone of the repository "
+                "installed with `pip install -e .`.") from None
+        sys.path.insert(0, root)
+        module = importlib.import_module("configs.demo")
+    return module.get_config()
+
+
+@dataclasses.dataclass
+class Report:
+    """What the demo measured; `seconds` per phase (build, train, eval, report)."""
+
+    workdir: str
+    metrics: dict[str, float]
+    num_classes: int
+    num_test: int
+    num_captions: int
+    steps: int
+    trained_steps: int
+    final_loss: float
+    seconds: dict[str, float]
+    report_png: str
+    curves_png: str
+
+    def text(self, config: ml_collections.ConfigDict) -> str:
+        m = self.metrics
+        chance = 1 / self.num_classes
+        epochs = self.steps * config.batch_size / config.data.synthetic.num_train
+        s = self.seconds
+        training = (f"{self.trained_steps} steps in {s['train']:.0f} s" if self.trained_steps
+                    else "reused a finished run (not retrained)")
+        pct = lambda x: f"{100 * x:5.1f} %"  # noqa: E731
+        return "\n".join([
+            "",
+            f"clip_jax demo: {config.model.name} CLIP trained from scratch on synthetic shapes",
+            f"  data      {config.data.synthetic.num_train} training images "
+            f"({config.data.synthetic.image_size} px), {self.num_classes} classes "
+            "(colour x shape), 5 captions each",
+            f"  training  {self.steps} steps x batch {config.batch_size} ({epochs:.1f} epochs): "
+            f"{training}; final loss {self.final_loss:.3f}",
+            f"  zero-shot classification of {self.num_test} held-out test images "
+            f"({self.num_classes}-way):",
+            f"      top-1 {pct(m['zero_shot/heldout/top1'])}   chance {pct(chance)}",
+            f"      top-5 {pct(m['zero_shot/heldout/top5'])}   chance {pct(min(1, 5 * chance))}",
+            f"      mean per-class recall {pct(m['zero_shot/heldout/mean_per_class_recall'])}",
+            f"  retrieval among the same {self.num_test} images and their "
+            f"{self.num_captions} captions:",
+            f"      text->image R@1 {pct(m['retrieval/heldout/t2i_r1'])}   chance "
+            f"{pct(1 / self.num_test)}   R@5 {pct(m['retrieval/heldout/t2i_r5'])}",
+            f"      image->text R@1 {pct(m['retrieval/heldout/i2t_r1'])}   "
+            f"R@5 {pct(m['retrieval/heldout/i2t_r5'])}",
+            f"  wall time {sum(s.values()):.0f} s: dataset {s['build']:.0f} s, training "
+            f"{s['train']:.0f} s, evaluation {s['eval']:.0f} s, report {s['report']:.0f} s",
+            f"  pictures  {self.report_png}",
+            f"            {self.curves_png}",
+            "",
+        ])
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
+    """Builds the data, trains (or resumes) in `workdir`, evaluates on the test split and
+    writes the pictures."""
+    from clip_jax import checkpoints, evaluate, input_pipeline, train
+
+    seconds: dict[str, float] = {}
+    t = time.time()
+    builder = input_pipeline.prepare(config.data)
+    seconds["build"] = time.time() - t
+
+    done_before = _finished_steps(workdir)
+    t = time.time()
+    if done_before >= config.total_steps:
+        print(f"Reusing the finished run in {workdir} (step {done_before}); pass another "
+              "--workdir (or none) to train from scratch.")
+    else:
+        if done_before:
+            print(f"Resuming the run in {workdir} from step {done_before}.")
+        train.train(config, workdir)
+    seconds["train"] = time.time() - t
+
+    t = time.time()
+    module, variables = checkpoints.load_model(workdir)
+    final = _final_eval_config(config)
+    metrics, evaluation = evaluate.evaluate_model(final, module, variables)
+    seconds["eval"] = time.time() - t
+
+    t = time.time()
+    test = builder.as_data_source("test")
+    names = builder.info.features["label"].names
+    predictions = evaluation.predictions["heldout"][:, 0]
+    report_png = os.path.join(workdir, "report.png")
+    curves_png = os.path.join(workdir, "curves.png")
+    count = min(GRID_ROWS * GRID_COLS, len(test))
+    plot_grid([test[i]["image"] for i in range(count)], [names[p] for p in predictions[:count]],
+              [names[test[i]["label"]] for i in range(count)], report_png,
+              title=f"Zero-shot on held-out test images: top-1 "
+                    f"{100 * metrics['zero_shot/heldout/top1']:.1f} % over {len(test)} images "
+                    f"(chance {100 / len(names):.1f} %)")
+    records = read_metrics(workdir)
+    plot_curves(records, curves_png, chance=1 / len(names))
+    seconds["report"] = time.time() - t
+    losses = [r["loss"] for r in records if "loss" in r]
+    return Report(
+        workdir=workdir, metrics=metrics, num_classes=len(names), num_test=len(test),
+        num_captions=evaluation.sizes["retrieval/heldout"]["texts"],
+        steps=config.total_steps, trained_steps=config.total_steps - min(done_before,
+                                                                         config.total_steps),
+        final_loss=losses[-1] if losses else math.nan, seconds=seconds,
+        report_png=report_png, curves_png=curves_png)
+
+
+def _finished_steps(workdir: str) -> int:
+    from clip_jax import checkpoints
+
+    if not checkpoints.is_workdir(workdir):
+        return 0
+    try:
+        return int(checkpoints.read_meta(workdir)["step"])
+    except FileNotFoundError:
+        return 0
+
+
+def _final_eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The training config evaluating zero-shot and retrieval on the test split."""
+    final = ml_collections.ConfigDict(config.to_dict())
+    final.eval.evaluators = "zero_shot,retrieval"
+    final.eval.zero_shot.heldout.split = "test"
+    final.eval.retrieval.heldout.split = "test"
+    return final
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_grid(images: Sequence[np.ndarray], predicted: Sequence[str], true: Sequence[str],
+              path: str, title: str) -> None:
+    """Images with `predicted (true)` captions, green when right and red when wrong."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = math.ceil(len(images) / GRID_COLS)
+    fig, axes = plt.subplots(rows, GRID_COLS, figsize=(1.6 * GRID_COLS, 1.9 * rows + 0.6),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, pred, label in zip(axes.flat, images, predicted, true):
+        ax.imshow(image, interpolation="nearest")
+        right = pred == label
+        ax.set_title(pred if right else f"{pred}\n(true: {label})", fontsize=8,
+                     color="green" if right else "red")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: str, chance: float) -> None:
+    """Training loss, in-batch retrieval accuracy and periodic zero-shot top-1 against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "loss" in r]
+    zero_shot = [r for r in records if "zero_shot/heldout/top1" in r]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train])
+    loss_ax.set(xlabel="step", ylabel="contrastive loss", title="Training loss")
+    acc_ax.plot([r["step"] for r in train], [r["i2t_top1"] for r in train],
+                label="in-batch image->text top-1 (train)")
+    acc_ax.plot([r["step"] for r in train], [r["t2i_top1"] for r in train],
+                label="in-batch text->image top-1 (train)")
+    if zero_shot:
+        acc_ax.plot([r["step"] for r in zero_shot], [r["zero_shot/heldout/top1"] for r in zero_shot],
+                    marker="o", label="zero-shot top-1 (validation split)")
+    acc_ax.axhline(chance, color="grey", linestyle=":", label="zero-shot chance")
+    acc_ax.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="Accuracy")
+    acc_ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clip_jax.demo", description=__doc__.split(
+        "\n")[0])
+    parser.add_argument("--workdir", help="run directory (default: a new "
+                        f"{DEFAULT_ROOT}/<timestamp>); an existing one is resumed or reused")
+    args = parser.parse_args(argv)
+    start = time.time()
+    config = demo_config()
+    workdir = args.workdir or os.path.join(DEFAULT_ROOT, time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        report = run(config, workdir)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.text(config))
+    print(f"Total {time.time() - start:.0f} s from start (imports and compilation included).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

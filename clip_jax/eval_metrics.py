@@ -1,0 +1,82 @@
+"""Zero-shot and retrieval metrics from embeddings: pure functions, exact tie rule.
+
+Rankings come from `jax.lax.top_k` on cosine similarities computed at full fp32 precision
+(`Precision.HIGHEST`, so TPUs do not round them to bfloat16). **Ties are broken in favour of
+the lower index** (`lax.top_k`'s documented rule, the same as `argmax` and a stable sort): a
+correct candidate tied with a wrong one counts as retrieved only if its index is lower. This
+keeps top-1 identical to the argmax prediction and makes every metric deterministic.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_CHUNK = 1024  # queries ranked per call: bounds the [chunk, keys] similarity matrix
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _top_k_chunk(queries: jax.Array, keys: jax.Array, k: int) -> jax.Array:
+    scores = jnp.dot(queries, keys.T, precision=jax.lax.Precision.HIGHEST)
+    return jax.lax.top_k(scores, k)[1]
+
+
+def top_k_indices(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """int [Nq, min(k, Nk)]: the keys of highest dot product per query, best first.
+
+    Queries are ranked in fixed-size padded chunks, so one compiled function serves any count.
+    """
+    queries = np.asarray(queries, np.float32)
+    keys = np.asarray(keys, np.float32)
+    k = min(k, len(keys))
+    chunk = min(_CHUNK, max(len(queries), 1))
+    out = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), chunk):
+        block = queries[start:start + chunk]
+        padded = np.zeros((chunk, queries.shape[1]), np.float32)
+        padded[:len(block)] = block
+        out[start:start + len(block)] = np.asarray(_top_k_chunk(padded, keys, k))[:len(block)]
+    return out
+
+
+def zero_shot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray,
+                      labels: np.ndarray) -> dict[str, float]:
+    """Top-1, top-5 accuracy and mean per-class recall of nearest-class-embedding predictions.
+
+    Mean per-class recall averages the top-1 recall of the classes present in `labels` (a
+    class without test images has no recall). With fewer than 5 classes top-5 is 1.
+    """
+    labels = np.asarray(labels)
+    top = top_k_indices(image_embeddings, class_embeddings, 5)
+    hit = top == labels[:, None]
+    top1 = hit[:, 0]
+    present = np.unique(labels)
+    recall = [top1[labels == c].mean() for c in present]
+    return {"top1": float(top1.mean()), "top5": float(hit.any(axis=1).mean()),
+            "mean_per_class_recall": float(np.mean(recall))}
+
+
+def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
+                      text_image: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
+                      ) -> dict[str, float]:
+    """Image->text and text->image recall@k; text `j` describes image `text_image[j]`.
+
+    Image->text: an image is a hit at k when *any* of its captions is among the k nearest
+    texts; images without a caption are left out. Text->image: a caption is a hit when its
+    image is among the k nearest images.
+    """
+    text_image = np.asarray(text_image)
+    k_max = max(ks)
+    i2t = text_image[top_k_indices(image_embeddings, text_embeddings, k_max)]
+    has_caption = np.bincount(text_image, minlength=len(image_embeddings)) > 0
+    i2t_hit = (i2t == np.arange(len(image_embeddings))[:, None])[has_caption]
+    t2i_hit = top_k_indices(text_embeddings, image_embeddings, k_max) == text_image[:, None]
+    metrics = {}
+    for k in ks:
+        metrics[f"i2t_r{k}"] = float(i2t_hit[:, :k].any(axis=1).mean())
+    for k in ks:
+        metrics[f"t2i_r{k}"] = float(t2i_hit[:, :k].any(axis=1).mean())
+    return metrics

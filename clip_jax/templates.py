@@ -1,0 +1,70 @@
+"""Prompt templates for zero-shot classification: named sets, or your own list or file.
+
+A template is a string with one `{}` where the class name goes. Zero-shot classification
+embeds every template filled with every class name and averages each class's normalised
+embeddings (a prompt ensemble), so several phrasings smooth out the quirks of any one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+# Written for this project: short, generic phrasings of a photo of one object.
+DEFAULT = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of a {}.",
+    "a cropped photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+    "a drawing of a {}.",
+    "an image containing a {}.",
+    "a picture of the {}.",
+)
+
+# The phrasings of synthetic_shapes captions (class names are "<colour> <shape>").
+SHAPES = (
+    "a photo of a {}.",
+    "{}",
+    "an image showing a {}.",
+    "there is a {} in the picture.",
+    "a {} on a plain background.",
+    "the {} in the center.",
+)
+
+SETS: dict[str, tuple[str, ...]] = {
+    "default": DEFAULT,
+    "simple": ("a photo of a {}.",),
+    "synthetic_shapes": SHAPES,
+}
+
+
+def get_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Templates from a set name (`SETS`), a text file (one template per line) or a sequence."""
+    if isinstance(spec, str):
+        if spec in SETS:
+            templates = SETS[spec]
+        elif os.path.isfile(spec):
+            with open(spec, encoding="utf-8") as f:
+                templates = tuple(line.rstrip("\n") for line in f if line.strip())
+        else:
+            raise ValueError(f"Unknown template set {spec!r}: use one of {sorted(SETS)} or the "
+                             "path of a text file with one template (containing '{}') per line.")
+    else:
+        templates = tuple(spec)
+    if not templates:
+        raise ValueError(f"Template set {spec!r} is empty; give at least one template with '{{}}'.")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"Every template needs exactly one '{{}}' for the class name; these do "
+                         f"not: {bad}.")
+    return templates
+
+
+def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """All filled templates, template-major: `[t0(c0), t0(c1), ..., t1(c0), ...]`."""
+    return [template.replace("{}", name) for template in templates for name in class_names]

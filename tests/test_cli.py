@@ -1,0 +1,148 @@
+"""The `clip-jax` command: zero-shot inference, evaluation and exports, checked against the
+model computed directly, transformers and open_clip (HF_HUB_OFFLINE=1)."""
+
+import importlib.metadata
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clip_jax import cli  # noqa: E402
+from clip_jax.checkpoints import Checkpointer  # noqa: E402
+from clip_jax.models import create_model, l2_normalize  # noqa: E402
+from clip_jax.preprocess import preprocess  # noqa: E402
+from clip_jax.tokenizer import tokenize  # noqa: E402
+from clip_jax_data.synthetic_shapes import render  # noqa: E402
+from configs import base  # noqa: E402
+
+
+def make_workdir(path, preset, data_dir=None, seed=1):
+    """A workdir holding one checkpoint of a random model, as training writes it."""
+    module, variables = create_model(preset, rng=seed)
+    config = base.get_config(preset)
+    config.model.dtype = "float32"
+    if data_dir:
+        config.data.data_dir = str(data_dir)
+        config.data.synthetic.update(image_size=32, num_train=40, num_validation=16, num_test=24)
+    checkpointer = Checkpointer(str(path), 1, 1, asynchronous=False)
+    checkpointer.save(7, {"step": np.int32(7), **variables},
+                      {"step": 7, "model": module.config.to_dict(), "config": config.to_dict()},
+                      force=True)
+    checkpointer.close()
+    return module, variables
+
+
+@pytest.fixture(scope="module")
+def vit_workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vit")
+    module, variables = make_workdir(path, "test-vit", tmp_path_factory.mktemp("tfds"))
+    return str(path), module, variables
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_console_script_is_declared():
+    (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts")
+                 if e.name == "clip-jax"]
+    assert script.value == "clip_jax.cli:main"
+
+
+def test_zero_shot_prints_top_labels_with_probabilities(vit_workdir, tmp_path, capsys):
+    workdir, module, variables = vit_workdir
+    rng = np.random.default_rng(0)
+    scenes = render.sample_scenes(rng, np.array([0, 7, 20, 41]), 48, 0.0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for i, image in enumerate(render.render(scenes, 48, rng)):
+        paths.append(str((folder if i < 3 else tmp_path) / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    (folder / "notes.txt").write_text("not an image")
+    labels = ["red circle", "orange square", "green triangle", "purple star"]
+    code, out, _ = run(capsys, "zero-shot", "--model", workdir, "--labels", ",".join(labels),
+                       "--top", "2", str(folder), paths[3])
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == paths  # folder sorted, then the file
+
+    images = preprocess(paths, module.config)
+    img = l2_normalize(module.apply(variables, images, method=module.encode_image))
+    txt = l2_normalize(module.apply(variables, tokenize([f"a photo of a {x}." for x in labels], 16),
+                                    method=module.encode_text))
+    logits = np.exp(variables["params"]["logit_scale"]) * np.asarray(img) @ np.asarray(txt).T
+    probs = np.asarray(jax.nn.softmax(logits, axis=1))
+    for line, row in zip(lines, probs):
+        best = np.argsort(-row)[:2]
+        expected = ", ".join(f"{labels[k]} {row[k]:.1%}" for k in best)
+        assert line.split(": ", 1)[1] == expected
+
+
+def test_zero_shot_errors_are_one_line(vit_workdir, tmp_path, capsys):
+    workdir = vit_workdir[0]
+    code, _, err = run(capsys, "zero-shot", "--model", workdir, "--labels", "cat,dog",
+                       str(tmp_path / "missing.png"))
+    assert code == 2 and err.strip() == f"error: No image file or folder at '{tmp_path}/missing.png'."
+    code, _, err = run(capsys, "zero-shot", "--model", str(tmp_path / "nope"), "--labels",
+                       "cat,dog", str(tmp_path))
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "zero-shot", "--model", workdir, "--labels", "cat", str(tmp_path))
+    assert code == 2 and "needs at least 2" in err
+
+
+def test_eval_uses_the_workdirs_training_config(vit_workdir, tmp_path, capsys):
+    workdir = vit_workdir[0]
+    code, out, _ = run(capsys, "eval", workdir, "--evaluators", "zero_shot", "--batch-size", "8",
+                       "--output", str(tmp_path))
+    assert code == 0
+    assert f"{workdir} (step 7)" in out and "zero_shot/heldout" in out
+    (record,) = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert record["step"] == 7
+    assert set(record) == {"step", "zero_shot/heldout/top1", "zero_shot/heldout/top5",
+                           "zero_shot/heldout/mean_per_class_recall"}
+    assert f"top1 {record['zero_shot/heldout/top1']:.4f}" in out
+
+
+def test_export_hf_loads_in_transformers(vit_workdir, tmp_path, capsys):
+    workdir, module, variables = vit_workdir
+    code, out, _ = run(capsys, "export-hf", workdir, str(tmp_path / "hf"))
+    assert code == 0 and "transformers CLIPModel" in out
+    model = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
+    images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    tokens = tokenize(["a red circle", "two blue squares"], 16)
+    with torch.no_grad():
+        theirs = model(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+                       input_ids=torch.from_numpy(tokens).long())
+    ours = module.apply(variables, images, tokens)
+    np.testing.assert_allclose(theirs.image_embeds.numpy(), ours[0], atol=1e-5)
+    np.testing.assert_allclose(theirs.text_embeds.numpy(), ours[1], atol=1e-5)
+    code, _, _ = run(capsys, "export-hf", workdir, str(tmp_path / "hf16"), "--dtype", "bf16")
+    assert code == 0
+    assert transformers.CLIPModel.from_pretrained(tmp_path / "hf16").dtype == torch.bfloat16
+
+
+def test_export_open_clip_of_a_resnet(tmp_path, capsys):
+    module, variables = make_workdir(tmp_path / "rn", "test-resnet")
+    code, out, _ = run(capsys, "export-open-clip", str(tmp_path / "rn"), str(tmp_path / "oc"))
+    assert code == 0 and "local-dir:" in out
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        theirs = model.eval().encode_image(torch.from_numpy(images).permute(0, 3, 1, 2),
+                                           normalize=True)
+    ours = module.apply(variables, images, method=module.encode_image)
+    np.testing.assert_allclose(theirs.numpy(), l2_normalize(ours), atol=1e-5)
+    with pytest.raises(SystemExit):
+        cli.main(["export-hf", "a", "b", "--dtype", "int8"])

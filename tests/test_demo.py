@@ -1,0 +1,89 @@
+"""The demo's code path on a small, quick run (the real demo is too slow for the suite), and
+transformers' zero-shot pipeline on the export of the model it trained (HF_HUB_OFFLINE=1)."""
+
+import json
+import os
+import re
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clip_jax import demo, input_pipeline  # noqa: E402
+from clip_jax.convert.hf import export_hf_from  # noqa: E402
+from clip_jax.zero_shot import ZeroShotClassifier  # noqa: E402
+import clip_jax  # noqa: E402
+
+
+def quick_config(data_dir):
+    """The demo config with a tiny model and few steps: labels become meaningful (colours
+    are learnt first) in well under a minute."""
+    config = demo.demo_config()
+    config.model.name = "test-vit"
+    config.batch_size, config.total_steps, config.warmup_steps = 64, 160, 20
+    config.optimizer.lr = 3e-3
+    config.log_every_steps, config.checkpoint.every_steps = 20, 0
+    config.eval.every_steps, config.eval.batch_size = 80, 48
+    config.data.data_dir = str(data_dir)
+    config.data.synthetic.update(num_train=1536, num_validation=96, num_test=96)
+    return config
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    config = quick_config(tmp_path_factory.mktemp("tfds"))
+    workdir = str(tmp_path_factory.mktemp("demo"))
+    return config, demo.run(config, workdir)
+
+
+def test_demo_reports_scores_chance_and_pictures(demo_run):
+    config, report = demo_run
+    text = report.text(config)
+    m = report.metrics
+    assert report.num_classes == 48 and report.num_test == 96
+    assert report.num_captions == 96 * 5 and report.trained_steps == 160
+    assert f"top-1 {100 * m['zero_shot/heldout/top1']:5.1f} %   chance   2.1 %" in text
+    assert f"text->image R@1 {100 * m['retrieval/heldout/t2i_r1']:5.1f} %" in text
+    assert re.search(r"wall time \d+ s: dataset \d+ s, training \d+ s, evaluation \d+ s", text)
+    # Learnt something: colours come first, so the right class is usually among the top 5.
+    assert m["zero_shot/heldout/top5"] > 3 * 5 / 48
+    for path, size in ((report.report_png, (1280, 1100)), (report.curves_png, (1100, 400))):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and abs(image.size[0] - size[0]) < 100
+    records = [json.loads(line) for line in open(os.path.join(report.workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records if "zero_shot/heldout/top1" in r] == [80, 160]
+
+
+def test_demo_reuses_a_finished_workdir_and_says_so(demo_run, capsys):
+    config, report = demo_run
+    again = demo.run(config, report.workdir)
+    assert "Reusing the finished run" in capsys.readouterr().out
+    assert again.trained_steps == 0 and "reused a finished run" in again.text(config)
+    assert again.metrics == report.metrics
+
+
+def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
+    """The export of the demo's model in `pipeline("zero-shot-image-classification")` ranks
+    the labels of held-out test images as our zero-shot does, with the same probabilities."""
+    config, report = demo_run
+    export_hf_from(report.workdir, tmp_path)
+    builder = input_pipeline.prepare(config.data)
+    test = builder.as_data_source("test")
+    names = list(builder.info.features["label"].names)
+    images = [Image.fromarray(test[i]["image"]) for i in range(6)]
+    template = "a photo of a {}."
+    ours = ZeroShotClassifier(*clip_jax.load(report.workdir)).probabilities(images, names,
+                                                                          [template])
+    classifier = transformers.pipeline("zero-shot-image-classification", model=str(tmp_path))
+    right = 0
+    for image, probs, i in zip(images, ours, range(6)):
+        result = classifier(image, candidate_labels=names, hypothesis_template=template)
+        assert result[0]["label"] == names[int(np.argmax(probs))]
+        got = {r["label"]: r["score"] for r in result}
+        np.testing.assert_allclose([got[n] for n in names], probs, atol=1e-4)
+        right += names[int(np.argmax(probs))].split()[0] == names[test[i]["label"]].split()[0]
+    assert right >= 3  # meaningful labels: the colour is mostly right

@@ -1,0 +1,272 @@
+"""Evaluators end to end: datasets -> sharded embeddings -> metrics, checked against an
+independent computation (Pillow decoding, `clip_jax.preprocess`, the unsharded model on one
+device, scikit-learn metrics); mock TFDS data for a classification dataset without captions;
+evaluation during training and standalone, in one and in two processes."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+
+from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax import embedding, evaluate, input_pipeline, sharding, templates, train
+from clip_jax.models import create_model, l2_normalize
+from clip_jax.preprocess import preprocess
+from clip_jax.tokenizer import tokenize
+from configs import base, tiny
+
+import tensorflow_datasets as tfds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(data_dir, **eval_overrides):
+    config = base.get_config("test-vit")
+    config.model.dtype = "float32"
+    config.data.data_dir = str(data_dir)
+    config.data.synthetic.update(image_size=32, num_train=60, num_validation=20, num_test=36)
+    config.eval.batch_size = 12  # 8 devices: rounded up to 16, the last batch padded
+    config.eval.zero_shot.heldout.update(split="test", templates="synthetic_shapes")
+    config.eval.retrieval.heldout.split = "test"
+    config.eval.linear_probe.heldout.update(test_split="test", l2="0.01")
+    config.eval.update(eval_overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("test-vit", rng=3)
+
+
+def reference_embeddings(module, variables, images=None, tokens=None):
+    """The model on one device, unsharded, in one batch."""
+    if images is not None:
+        return np.asarray(jax.jit(lambda v, x: l2_normalize(
+            module.apply(v, x, method=module.encode_image)))(variables, images))
+    return np.asarray(jax.jit(lambda v, t: l2_normalize(
+        module.apply(v, t, method=module.encode_text)))(variables, tokens))
+
+
+def read_split(config, split):
+    """Images decoded by Pillow, captions and labels, straight from the built dataset."""
+    builder = input_pipeline.prepare(config.data)
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    examples = [source[i] for i in range(len(source))]
+    images = [np.asarray(Image.open(io.BytesIO(e["image"])).convert("RGB")) for e in examples]
+    captions = [[c.decode() for c in e["captions"]] for e in examples]
+    return images, captions, np.array([e["label"] for e in examples]), builder
+
+
+def test_metrics_match_an_independent_computation(data_dir, model):
+    module, variables = model
+    config = small_config(data_dir, evaluators="zero_shot,retrieval,linear_probe")
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    images, captions, labels, builder = read_split(config, "test")
+    names = builder.info.features["label"].names
+    assert evaluation.embedder.local_batch == 16
+    assert len(evaluation._passes) == 2  # test split shared by the three tasks; train split
+
+    image_emb = reference_embeddings(module, variables, images=preprocess(images, module.config))
+    prompts = templates.prompts(names, templates.SHAPES)
+    prompt_emb = reference_embeddings(module, variables, tokens=tokenize(prompts, 16))
+    classes = prompt_emb.reshape(len(templates.SHAPES), len(names), -1).mean(0)
+    classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+    scores = image_emb @ classes.T
+    n = len(images)
+    tol = 1.01 / n  # one near-tie may flip between the sharded and the one-device model
+    assert metrics["zero_shot/heldout/top1"] == pytest.approx(
+        np.mean(scores.argmax(1) == labels), abs=tol)
+    assert metrics["zero_shot/heldout/top5"] == pytest.approx(
+        top_k_accuracy_score(labels, scores, k=5, labels=range(len(names))), abs=tol)
+    assert metrics["zero_shot/heldout/mean_per_class_recall"] == pytest.approx(
+        balanced_accuracy_score(labels, scores.argmax(1)), abs=tol * len(names))
+
+    text_emb = reference_embeddings(module, variables,
+                                    tokens=tokenize([c for cs in captions for c in cs], 16))
+    owner = np.repeat(np.arange(n), [len(cs) for cs in captions])
+    sims = image_emb @ text_emb.T
+    i2t_rank = np.array([np.argsort(-sims[i], kind="stable").tolist().index(
+        np.flatnonzero(owner == i)[np.argmax(sims[i, owner == i])]) for i in range(n)])
+    t2i_rank = np.array([np.argsort(-sims[:, j], kind="stable").tolist().index(owner[j])
+                         for j in range(len(owner))])
+    for k in (1, 5, 10):
+        assert metrics[f"retrieval/heldout/i2t_r{k}"] == pytest.approx(np.mean(i2t_rank < k),
+                                                                       abs=tol)
+        assert metrics[f"retrieval/heldout/t2i_r{k}"] == pytest.approx(
+            np.mean(t2i_rank < k), abs=1.01 / len(owner))
+    assert 0 <= metrics["linear_probe/heldout/accuracy"] <= 1
+    assert metrics["linear_probe/heldout/l2"] == 0.01
+    assert evaluation.sizes["retrieval/heldout"] == {"images": n, "texts": len(owner)}
+    assert np.mean(evaluation.predictions["heldout"][:, 0] == scores.argmax(1)) >= 1 - tol
+
+
+def test_embedder_returns_every_example_in_split_order(data_dir, model):
+    module, variables = model
+    config = small_config(data_dir)
+    mesh = sharding.create_mesh({"data": 8})
+    shardings = embedding.variable_shardings(module, mesh, config.logical_axis_rules)
+    embedder = embedding.Embedder(module, mesh, config.logical_axis_rules, shardings, 5, 5)
+    assert embedder.local_batch == 8
+    batches = input_pipeline.make_eval_iterable(config.data, module.config, batch_size=8,
+                                                split="test")
+    sharded = evaluate.shard_variables(variables, shardings)
+    got = embedder.embed_split(sharded, batches, captions=True)
+    images, captions, labels, _ = read_split(config, "test")
+    np.testing.assert_allclose(got.images, reference_embeddings(
+        module, variables, images=preprocess(images, module.config)), atol=2e-5)
+    np.testing.assert_array_equal(got.labels, labels)
+    flat = [c for cs in captions for c in cs]
+    np.testing.assert_allclose(got.texts, reference_embeddings(
+        module, variables, tokens=tokenize(flat, 16)), atol=2e-5)
+    np.testing.assert_array_equal(got.text_image, np.repeat(np.arange(len(captions)), 5))
+    prompts = tokenize([f"prompt {i}" for i in range(130)], 16)  # 130 = 3 calls of 8 x 5, padded
+    np.testing.assert_allclose(embedder.embed_texts(sharded, prompts),
+                               reference_embeddings(module, variables, tokens=prompts), atol=2e-5)
+
+
+CIFAR_COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30],
+                          [30, 200, 200], [200, 30, 200], [120, 120, 120], [250, 250, 250],
+                          [10, 10, 10], [250, 150, 50]], np.uint8)
+
+
+def cifar_example(n):
+    rng = np.random.default_rng(n)
+    label = n % 10
+    image = np.clip(CIFAR_COLOURS[label] + rng.integers(-20, 21, (32, 32, 3)), 0, 255)
+    return {"id": f"test_{n:05d}", "image": image.astype(np.uint8), "label": label}
+
+
+def cifar_source(self, split, decoders=None, deserialize_method=None, **kwargs):
+    del decoders, deserialize_method, kwargs
+    assert split == "test"
+    return [self.info.features.serialize_example(cifar_example(n)) for n in range(27)]
+
+
+def test_zero_shot_on_a_mock_tfds_classification_dataset(tmp_path, model):
+    """cifar10 has images and labels but no captions: read without the caption pipeline."""
+    module, variables = model
+    config = small_config(tmp_path, evaluators="zero_shot")
+    config.eval.zero_shot.cifar10 = evaluate.zero_shot_task("cifar10", split="test",
+                                                            templates="default")
+    del config.eval.zero_shot["heldout"]
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=cifar_source):
+        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+        names = tfds.builder("cifar10").info.features["label"].names
+    examples = [cifar_example(n) for n in range(27)]
+    labels = np.array([e["label"] for e in examples])
+    image_emb = reference_embeddings(module, variables, images=preprocess(
+        [e["image"] for e in examples], module.config))
+    prompt_emb = reference_embeddings(module, variables, tokens=tokenize(
+        templates.prompts(names, templates.DEFAULT), 16))
+    classes = prompt_emb.reshape(len(templates.DEFAULT), len(names), -1).mean(0)
+    classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+    scores = image_emb @ classes.T
+    assert set(metrics) == {f"zero_shot/cifar10/{k}" for k in
+                            ("top1", "top5", "mean_per_class_recall")}
+    assert metrics["zero_shot/cifar10/top1"] == pytest.approx(
+        np.mean(scores.argmax(1) == labels), abs=1.01 / 27)
+    assert metrics["zero_shot/cifar10/top5"] == pytest.approx(
+        top_k_accuracy_score(labels, scores, k=5), abs=1.01 / 27)
+    assert evaluation.zero_shot[0].class_names == list(names)
+
+
+def test_config_errors_name_the_field(data_dir, model):
+    module, variables = model
+    with pytest.raises(ValueError, match="config.eval.evaluators has unknown.*'zeroshot'"):
+        evaluate.evaluate_model(small_config(data_dir, evaluators="zeroshot"), module, variables)
+    config = small_config(data_dir, evaluators="zero_shot")
+    config.eval.zero_shot.heldout.templates = "imagenet80"
+    with pytest.raises(ValueError, match="Unknown template set 'imagenet80'"):
+        evaluate.evaluate_model(config, module, variables)
+    config = small_config(data_dir, evaluators="zero_shot")
+    config.eval.zero_shot.heldout.class_names = "red circle,blue square"
+    with pytest.raises(ValueError, match="class_names gives 2 names but the dataset has 48 classes"):
+        evaluate.evaluate_model(config, module, variables)
+    config = small_config(data_dir, evaluators="zero_shot")
+    config.eval.zero_shot.heldout.label_key = "captions"
+    with pytest.raises(ValueError, match="label_key='captions'.*not a ClassLabel"):
+        evaluate.evaluate_model(config, module, variables)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """A tiny run evaluating every 3 steps and at its last step (8)."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny.get_config()
+    config.data.data_dir = str(data_dir)
+    config.data.synthetic.update(image_size=32, num_train=60, num_validation=20, num_test=36)
+    config.total_steps, config.log_every_steps, config.checkpoint.every_steps = 8, 4, 0
+    config.eval.update(every_steps=3, batch_size=8)
+    config.eval.zero_shot.heldout.templates = "synthetic_shapes"
+    train.train(config, str(workdir))
+    return config, workdir
+
+
+def test_evaluation_during_training(trained):
+    config, workdir = trained
+    records = read_jsonl(workdir / "metrics.jsonl")
+    evals = {r["step"]: r for r in records if "zero_shot/heldout/top1" in r}
+    assert sorted(evals) == [3, 6, 8]
+    assert sorted(r["step"] for r in records if "loss" in r) == [3, 4, 6, 8]
+    for record in evals.values():
+        for key in ("zero_shot/heldout/top1", "zero_shot/heldout/top5",
+                    "retrieval/heldout/i2t_r1", "retrieval/heldout/t2i_r10"):
+            assert 0 <= record[key] <= 1
+    # The standalone evaluation of the final checkpoint gives the same numbers.
+    config.mode = "eval"
+    standalone = evaluate.evaluate_workdir(config, str(workdir))
+    for key, value in standalone.items():
+        assert evals[8][key] == pytest.approx(value, abs=1.01 / 20), key
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_evaluate_like_one(trained, tmp_path):
+    """main.py --config.mode=eval on 2 processes x 4 CPU devices (jax.distributed)."""
+    config, workdir = trained
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "main.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+           "--config.mode=eval", f"--config.init_from={workdir}",
+           f"--config.data.data_dir={config.data.data_dir}",
+           "--config.data.synthetic.image_size=32", "--config.data.synthetic.num_train=60",
+           "--config.data.synthetic.num_validation=20", "--config.data.synthetic.num_test=36",
+           "--config.eval.batch_size=8", "--config.eval.zero_shot.heldout.templates=synthetic_shapes"]
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    assert "zero_shot/heldout" in outputs[0] and "zero_shot/heldout" not in outputs[1]
+    (multi,) = read_jsonl(tmp_path / "metrics.jsonl")  # process 0 writes, at the source's step
+    single = [r for r in read_jsonl(workdir / "metrics.jsonl") if "zero_shot/heldout/top1" in r]
+    assert multi["step"] == 8
+    for key, value in single[-1].items():
+        if key != "step":
+            assert multi[key] == pytest.approx(value, abs=1.01 / 20), key

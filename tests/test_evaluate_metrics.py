@@ -1,0 +1,194 @@
+"""Evaluator metrics on constructed embeddings whose right answers are known exactly.
+
+Scores are built from one-hot keys, so every similarity is an exact float (ties are real
+ties), and the expected accuracies and recalls are counted by hand or by a brute-force
+implementation of the documented rule: ties go to the lower index.
+"""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from clip_jax import eval_metrics, linear_probe, templates, zero_shot
+from clip_jax.tokenizer import tokenize
+
+
+def one_hot_keys(n, dim=None):
+    return np.eye(dim or n, dtype=np.float32)[:n]
+
+
+def test_zero_shot_top1_top5_and_mean_per_class_recall():
+    classes = one_hot_keys(7)  # image . class_k = image[k]: each row below *is* its scores
+    scores = np.array([
+        [0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],   # label 0: top-1 hit
+        [0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],   # label 1: tied with class 0, lower index wins: miss, top-5 hit
+        [0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],   # label 0: the same tie, now a hit
+        [0.0, 0.0, 0.25, 0.5, 0.0, 0.0, 0.0],  # label 2: second, top-5 hit
+        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],   # label 6: ranked 7th, top-5 miss
+        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1],   # label 6: tied with class 5 (index 5 < 6): ranked 7th
+        [0.6, 0.5, 0.4, 0.3, 0.2, 0.0, 0.1],   # label 6: ranked 6th, top-5 miss
+        [0.6, 0.5, 0.4, 0.3, 0.1, 0.0, 0.1],   # label 6: tied 5th with class 4 (lower): 6th, miss
+        [0.6, 0.5, 0.4, 0.3, 0.0, 0.0, 0.1],   # label 6: 5th, top-5 hit
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],   # label 3: all tied: rank 4 (classes 0-2 first)
+    ], np.float32)
+    labels = np.array([0, 1, 0, 2, 6, 6, 6, 6, 6, 3])
+    metrics = eval_metrics.zero_shot_metrics(scores, classes, labels)
+    assert metrics["top1"] == pytest.approx(2 / 10)
+    assert metrics["top5"] == pytest.approx(6 / 10)
+    # Per class top-1 recall: 0: 2/2, 1: 0/1, 2: 0/1, 3: 0/1, 6: 0/5 (classes 4, 5 absent).
+    assert metrics["mean_per_class_recall"] == pytest.approx((1 + 0 + 0 + 0 + 0) / 5)
+
+
+def test_zero_shot_with_fewer_than_five_classes():
+    scores = np.array([[0.1, 0.9, 0.0], [0.2, 0.1, 0.0]], np.float32)
+    metrics = eval_metrics.zero_shot_metrics(scores, one_hot_keys(3), np.array([1, 2]))
+    assert metrics == {"top1": 0.5, "top5": 1.0, "mean_per_class_recall": 0.5}
+
+
+def test_retrieval_several_captions_and_ties():
+    # Four images (one-hot); each caption's row is its similarity to images 0..3.
+    images = one_hot_keys(4)
+    texts = np.array([
+        [0.2, 0.9, 0.7, 0.0],   # caption of image 0: images 1, 2 first -> t2i rank 2
+        [0.8, 0.1, 0.0, 0.0],   # caption of image 0: rank 0
+        [0.5, 0.5, 0.0, 0.0],   # caption of image 1: tied with image 0 (lower index): rank 1
+        [0.2, 0.1, 0.15, 0.3],  # caption of image 1: rank 3
+        [0.0, 0.7, 0.0, 0.0],   # caption of image 1: rank 0
+        [0.7, 0.6, 0.7, 0.7],   # caption of image 2: three-way tie, image 0 first: rank 1
+    ], np.float32)
+    text_image = np.array([0, 0, 1, 1, 1, 2])  # image 3 has no caption: left out of i2t
+    metrics = eval_metrics.retrieval_metrics(images, texts, text_image, ks=(1, 2, 3))
+    # Image -> text, column by column:
+    #   image 0: [0.2, 0.8, 0.5, 0.2, 0.0, 0.7] -> text 1 (its own) first: hit@1.
+    #   image 1: [0.9, 0.1, 0.5, 0.1, 0.7, 0.6] -> text 0 (image 0's), then 4 (own): hit@2.
+    #   image 2: [0.7, 0.0, 0.0, 0.15, 0.0, 0.7] -> text 0 ties with its own text 5 and has
+    #            the lower index: hit@2.
+    assert metrics["i2t_r1"] == pytest.approx(1 / 3)
+    assert metrics["i2t_r2"] == pytest.approx(1.0)
+    assert metrics["i2t_r3"] == pytest.approx(1.0)
+    # Text -> image ranks [2, 0, 1, 3, 0, 1].
+    assert metrics["t2i_r1"] == pytest.approx(2 / 6)
+    assert metrics["t2i_r2"] == pytest.approx(4 / 6)
+    assert metrics["t2i_r3"] == pytest.approx(5 / 6)
+    assert set(eval_metrics.retrieval_metrics(images, texts, text_image)) == {
+        f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+
+
+def test_retrieval_image_is_a_hit_when_any_caption_is_retrieved():
+    images = one_hot_keys(2)
+    a, b, c = [0.1, 0.9], [0.9, 0.0], [0.5, 0.5]  # a, b describe image 0; c image 1
+    # Image 0 ranks b, c, a: a hit through b, though a (its first caption) is last.
+    # Image 1 ranks a, c, b: a miss.
+    metrics = eval_metrics.retrieval_metrics(images, np.array([a, b, c], np.float32),
+                                             np.array([0, 0, 1]), ks=(1,))
+    assert metrics["i2t_r1"] == 0.5
+    # Without caption b, image 0 ranks c first: a miss.
+    metrics = eval_metrics.retrieval_metrics(images, np.array([a, c], np.float32),
+                                             np.array([0, 1]), ks=(1,))
+    assert metrics["i2t_r1"] == 0.0
+
+
+def brute_force_rank(scores, correct):
+    """Rank of the first correct candidate when sorting by (-score, index)."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+    return next(r for r, j in enumerate(order) if j in correct)
+
+
+def test_rankings_match_the_brute_force_rule_with_many_ties():
+    rng = np.random.default_rng(0)
+    n_images, dim = 40, 6
+    images = rng.integers(0, 3, (n_images, dim)).astype(np.float32) / 2  # values 0, .5, 1
+    text_image = np.sort(rng.integers(0, n_images, 100))
+    texts = rng.integers(0, 3, (100, dim)).astype(np.float32) / 2
+    got = eval_metrics.retrieval_metrics(images, texts, text_image)
+    sims = images @ texts.T
+    with_caption = np.unique(text_image)
+    i2t = [brute_force_rank(sims[i], set(np.flatnonzero(text_image == i))) for i in with_caption]
+    t2i = [brute_force_rank(sims[:, j], {text_image[j]}) for j in range(len(texts))]
+    for k in (1, 5, 10):
+        assert got[f"i2t_r{k}"] == pytest.approx(np.mean(np.array(i2t) < k))
+        assert got[f"t2i_r{k}"] == pytest.approx(np.mean(np.array(t2i) < k))
+    labels = rng.integers(0, 12, n_images)
+    classes = rng.integers(0, 3, (12, dim)).astype(np.float32) / 2
+    ranks = np.array([brute_force_rank(images[i] @ classes.T, {labels[i]})
+                      for i in range(n_images)])
+    got = eval_metrics.zero_shot_metrics(images, classes, labels)
+    assert got["top1"] == pytest.approx(np.mean(ranks < 1))
+    assert got["top5"] == pytest.approx(np.mean(ranks < 5))
+
+
+def test_top_k_is_chunked_without_changing_results(monkeypatch):
+    rng = np.random.default_rng(1)
+    queries, keys = rng.standard_normal((37, 8)), rng.standard_normal((50, 8))
+    expected = np.argsort(-(queries @ keys.T), axis=1, kind="stable")[:, :5]
+    monkeypatch.setattr(eval_metrics, "_CHUNK", 8)
+    np.testing.assert_array_equal(eval_metrics.top_k_indices(queries, keys, 5), expected)
+
+
+def test_class_embedding_is_the_renormalised_mean_of_normalised_prompts():
+    vectors = {  # a toy text encoder: a fixed unit vector per prompt
+        "a photo of a cat.": [1.0, 0.0], "a cat drawing": [0.6, 0.8],
+        "a photo of a dog.": [0.0, 1.0], "a dog drawing": [0.8, 0.6],
+    }
+    by_tokens = {tuple(tokenize(text, 16)[0]): v for text, v in vectors.items()}
+
+    def embed(tokens):
+        return np.array([by_tokens[tuple(t)] for t in tokens], np.float32)
+
+    got = zero_shot.class_embeddings(embed, ["cat", "dog"], ["a photo of a {}.", "a {} drawing"],
+                                     16)
+    expected = np.array([[1.6, 0.8], [0.8, 1.6]]) / np.hypot(1.6, 0.8)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_templates_and_class_names(tmp_path):
+    assert templates.prompts(["red circle", "blue {x}"], ["a {}.", "{}"]) == [
+        "a red circle.", "a blue {x}.", "red circle", "blue {x}"]
+    assert templates.get_templates("simple") == ("a photo of a {}.",)
+    path = tmp_path / "t.txt"
+    path.write_text("a {} here\n\nthe {}\n")
+    assert templates.get_templates(str(path)) == ("a {} here", "the {}")
+    with pytest.raises(ValueError, match="Unknown template set 'nope'"):
+        templates.get_templates("nope")
+    with pytest.raises(ValueError, match="exactly one"):
+        templates.get_templates(["no placeholder"])
+    assert zero_shot.read_class_names("", ["aquarium_fish", "cat"]) == ["aquarium fish", "cat"]
+    assert zero_shot.read_class_names("cat, dog ,car") == ["cat", "dog", "car"]
+    names = tmp_path / "names.txt"
+    names.write_text("tench\ngoldfish\n")
+    assert zero_shot.read_class_names(str(names)) == ["tench", "goldfish"]
+    with pytest.raises(ValueError, match="at least 2"):
+        zero_shot.read_class_names("cat")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    return x[:1200], y[:1200], x[1200:], y[1200:]
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1e-2])
+def test_logistic_regression_matches_scikit_learn(digits, l2):
+    train_x, train_y, test_x, test_y = digits
+    ours = linear_probe.fit_logistic_regression(train_x, train_y, 10, l2)
+    theirs = LogisticRegression(C=1 / (l2 * len(train_x)), tol=1e-8, max_iter=10_000)
+    theirs.fit(train_x, train_y)
+    assert abs(np.mean(ours.predict(test_x) == test_y) - theirs.score(test_x, test_y)) <= 0.005
+    np.testing.assert_allclose(ours.predict_proba(test_x), theirs.predict_proba(test_x),
+                               atol=2e-3)
+
+
+def test_linear_probe_chooses_l2_on_held_out_training_features(digits):
+    train_x, train_y, test_x, test_y = digits
+    # l2 = 1e4 shrinks the weights until the (unpenalised) class biases decide alone.
+    result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, l2_grid=[1e4, 1e-2])
+    assert result["l2"] == 1e-2
+    train_std, test_std = linear_probe.standardize(train_x, test_x)
+    reference = LogisticRegression(C=1 / (1e-2 * len(train_x)), tol=1e-8, max_iter=10_000)
+    expected = reference.fit(train_std, train_y).score(test_std, test_y)
+    assert result["accuracy"] == pytest.approx(expected, abs=0.005)
+    with pytest.raises(ValueError, match="l2_grid is empty"):
+        linear_probe.linear_probe(train_x, train_y, test_x, test_y, l2_grid=[])
