@@ -74,4 +74,7 @@ def parse_or_exit(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    from clip_jax.host_tuning import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
     app.run(main, flags_parser=parse_or_exit)

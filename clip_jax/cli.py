@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from clip_jax.host_tuning import reexec_with_huge_pages
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
@@ -194,5 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def console() -> int:
+    """The `clip-jax` command: `main` in a process tuned for XLA (see `host_tuning`)."""
+    reexec_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -245,4 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from clip_jax.host_tuning import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
     sys.exit(main())

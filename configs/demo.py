@@ -15,7 +15,7 @@ def get_config():
     c.model.dtype = "float32"  # CPUs have no fast bfloat16 matmuls
     c.model.scan_layers = False
     c.batch_size = 128
-    c.total_steps = 3000
+    c.total_steps = 3500
     c.warmup_steps = 100
     c.optimizer.weight_decay = 0.1
     c.log_every_steps = 50

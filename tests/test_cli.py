@@ -57,7 +57,7 @@ def run(capsys, *argv):
 def test_console_script_is_declared():
     (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts")
                  if e.name == "clip-jax"]
-    assert script.value == "clip_jax.cli:main"
+    assert script.value == "clip_jax.cli:console"
 
 
 def test_zero_shot_prints_top_labels_with_probabilities(vit_workdir, tmp_path, capsys):

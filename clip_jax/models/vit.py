@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,14 +23,8 @@ class VisionTransformer(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         check_image_shape(images, v.image_size)
         scale = v.width ** -0.5
-        x = nn.Conv(
-            v.width, (v.patch_size, v.patch_size), strides=(v.patch_size, v.patch_size),
-            padding="VALID", use_bias=False, dtype=dtype, param_dtype=pdtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            name="conv1")(images.astype(dtype))
+        x = PatchEmbedding(v.patch_size, v.width, dtype, pdtype, name="conv1")(images)
         batch = x.shape[0]
-        x = x.reshape(batch, -1, v.width)  # row-major (h, w), as OpenAI flattens NCHW
         cls = param_with_axes(self, "class_embedding", normal(scale), (v.width,), ("embed",), pdtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (batch, 1, v.width)), x], axis=1)
         pos = param_with_axes(self, "positional_embedding", normal(scale),
@@ -43,6 +38,29 @@ class VisionTransformer(nn.Module):
         proj = param_with_axes(self, "proj", normal(scale), (v.width, cfg.embed_dim),
                                ("embed", "proj"), pdtype)
         return x @ proj.astype(dtype)
+
+
+class PatchEmbedding(nn.Module):
+    """OpenAI's stride-`patch` convolution `conv1`, computed as one matmul over flattened patches.
+
+    Same parameter (`kernel`, [patch, patch, 3, width]) and result as the convolution, but XLA
+    lowers the matmul to a single GEMM on every backend, where a large-patch convolution can be
+    several times slower on CPUs. Patches come out row-major (h, w), as OpenAI flattens NCHW.
+    """
+
+    patch: int
+    width: int
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        kernel = param_with_axes(self, "kernel", nn.initializers.lecun_normal(),
+                                 (self.patch, self.patch, 3, self.width),
+                                 (None, None, None, "embed"), self.param_dtype)
+        patches = einops.rearrange(images.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)",
+                                   p=self.patch, q=self.patch)
+        return patches @ kernel.astype(self.dtype).reshape(-1, self.width)
 
 
 def check_image_shape(images: jax.Array, size: int) -> None:
