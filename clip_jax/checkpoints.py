@@ -24,8 +24,13 @@ from clip_jax.models.config import CLIPConfig
 STATE, META = "state", "meta"
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (orbax refuses relative ones); URLs (gs://...) unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
+    return os.path.join(absolute(workdir), "checkpoints")
 
 
 class Checkpointer:
@@ -72,7 +77,7 @@ def is_workdir(path: str) -> bool:
 
 def _resolve(path: str) -> tuple[epath.Path, int | None]:
     """(checkpoint root, step): a workdir means its newest checkpoint; a step dir itself."""
-    p = epath.Path(path)
+    p = epath.Path(absolute(path))
     if (p / META).is_dir() and (p / STATE).is_dir():
         return p.parent, int(p.name)
     root = p / "checkpoints"

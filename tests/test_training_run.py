@@ -31,11 +31,12 @@ def _env(tfds_dir, devices=8, **extra):
     return env
 
 
-def _start(workdir, tfds_dir, *overrides, devices=8, **env):
-    cmd = [sys.executable, "main.py", "--config", "configs/tiny.py", "--workdir", str(workdir),
+def _start(workdir, tfds_dir, *overrides, devices=8, cwd=ROOT, **env):
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--config",
+           os.path.join(ROOT, "configs", "tiny.py"), "--workdir", str(workdir),
            "--config.log_every_steps=1", "--config.checkpoint.every_steps=4",
            "--config.total_steps=12", *overrides]
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(tfds_dir, devices, **env),
+    return subprocess.Popen(cmd, cwd=cwd, env=_env(tfds_dir, devices, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -66,7 +67,9 @@ def _wait_for_step(workdir, step, proc, timeout=300):
 def uninterrupted(tfds_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     # A peak for the CPU turns on MFU (model FLOPs from XLA's cost analysis / time / peak).
-    code, out = _finish(_start(workdir, tfds_dir, "--config.peak_flops_per_device=1e12"))
+    # The workdir is given relative to the current directory, as users type it.
+    code, out = _finish(_start(workdir.name, tfds_dir, "--config.peak_flops_per_device=1e12",
+                               cwd=workdir.parent))
     assert code == 0, out
     return workdir, out
 
