@@ -7,6 +7,7 @@ implementation of the documented rule: ties go to the lower index.
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -166,19 +167,32 @@ def test_templates_and_class_names(tmp_path):
 @pytest.fixture(scope="module")
 def digits():
     x, y = load_digits(return_X_y=True)
-    x = StandardScaler().fit_transform(x).astype(np.float32)
+    x = StandardScaler().fit_transform(x)  # float64: the reference solves in double precision
     return x[:1200], y[:1200], x[1200:], y[1200:]
+
+
+def _objective(x, y, weights, bias, l2):
+    """Mean cross-entropy + (l2 / 2) ||W||^2 in float64."""
+    z = x @ np.asarray(weights, np.float64) + np.asarray(bias, np.float64)
+    ce = np.mean(logsumexp(z, axis=1) - z[np.arange(len(y)), y])
+    return ce + 0.5 * l2 * np.sum(np.square(np.asarray(weights, np.float64)))
 
 
 @pytest.mark.parametrize("l2", [1e-3, 1e-2])
 def test_logistic_regression_matches_scikit_learn(digits, l2):
+    """Our float32 L-BFGS reaches scikit-learn's float64 optimum of the same problem: objective
+    within 1e-6 (relative; 1.5x the wrong l2 is 2 % off), probabilities within 5e-3 (the
+    weak-regularisation optimum is flat, float32 cannot pin it closer), same test accuracy."""
     train_x, train_y, test_x, test_y = digits
-    ours = linear_probe.fit_logistic_regression(train_x, train_y, 10, l2)
-    theirs = LogisticRegression(C=1 / (l2 * len(train_x)), tol=1e-8, max_iter=10_000)
+    ours = linear_probe.fit_logistic_regression(train_x.astype(np.float32), train_y, 10, l2)
+    theirs = LogisticRegression(C=1 / (l2 * len(train_x)), tol=1e-10, max_iter=10_000)
     theirs.fit(train_x, train_y)
+    best = _objective(train_x, train_y, theirs.coef_.T, theirs.intercept_, l2)
+    got = _objective(train_x, train_y, ours.weights, ours.bias, l2)
+    assert got == pytest.approx(best, rel=1e-6)
     assert abs(np.mean(ours.predict(test_x) == test_y) - theirs.score(test_x, test_y)) <= 0.005
     np.testing.assert_allclose(ours.predict_proba(test_x), theirs.predict_proba(test_x),
-                               atol=2e-3)
+                               atol=5e-3)
 
 
 def test_linear_probe_chooses_l2_on_held_out_training_features(digits):
