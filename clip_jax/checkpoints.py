@@ -24,13 +24,13 @@ from clip_jax.models.config import CLIPConfig
 STATE, META = "state", "meta"
 
 
-def absolute(path: str) -> str:
+def _absolute(path: str) -> str:
     """A local path made absolute (orbax refuses relative ones); URLs (gs://...) unchanged."""
     return path if "://" in path else os.path.abspath(path)
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(absolute(workdir), "checkpoints")
+    return os.path.join(_absolute(workdir), "checkpoints")
 
 
 class Checkpointer:
@@ -77,10 +77,10 @@ def is_workdir(path: str) -> bool:
 
 def _resolve(path: str) -> tuple[epath.Path, int | None]:
     """(checkpoint root, step): a workdir means its newest checkpoint; a step dir itself."""
-    p = epath.Path(absolute(path))
+    p = epath.Path(_absolute(path))
     if (p / META).is_dir() and (p / STATE).is_dir():
         return p.parent, int(p.name)
-    root = p / "checkpoints"
+    root = epath.Path(checkpoint_dir(path))
     if not root.is_dir():
         raise FileNotFoundError(f"No clip_jax checkpoints under {path!r}: expected a workdir "
                                 "with checkpoints/<step>/ or a checkpoints/<step> directory.")
