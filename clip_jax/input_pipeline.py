@@ -436,14 +436,25 @@ def _feature(features: Any, path: str) -> Any | None:
 def fit_tokens(tokens: tf.Tensor, context_length: int, eot: int) -> tf.Tensor:
     """Tokens stored at length T -> exactly `tokenize(text, context_length)` for L <= T.
 
-    Cutting to L keeps SOT and the first L - 1 tokens; when the text was longer than L
-    (position L is not padding), the last kept token becomes EOT, as the tokenizer does.
+    A stored row is `[SOT, ids[:T-2], EOT, 0...]`, so its *last* EOT sits right after the
+    last kept text token (a text can itself contain EOT, e.g. the literal `<end_of_text>`,
+    and id 0 is the real token `!`, so neither "first EOT" nor "non-zero at position L"
+    tells where the text ends). The text had more than L - 2 tokens exactly when that EOT is
+    at position L or later: then the first L - 1 tokens are kept and EOT appended, as the
+    tokenizer truncates; otherwise the first L positions already are the row at length L.
+    Rows padded with EOT (Hugging Face's convention) come out right too. Shapes: int
+    [..., T] -> [..., L].
     """
     stored = tokens.shape[-1]
+    if context_length > stored:
+        raise ValueError(f"Cannot fit tokens stored at length {stored} to the longer context "
+                         f"length {context_length}; tokenise in the pipeline instead.")
     if context_length == stored:
         return tokens
+    from_end = tf.argmax(tf.reverse(tf.cast(tokens == eot, tf.int32), axis=[-1]), axis=-1,
+                         output_type=tf.int32)
+    longer = stored - 1 - from_end >= context_length
     kept = tokens[..., :context_length]
-    longer = tokens[..., context_length] != 0
     last = tf.where(longer, tf.constant(eot, tokens.dtype), kept[..., -1])
     return tf.concat([kept[..., :-1], last[..., None]], axis=-1)
 

@@ -153,13 +153,34 @@ def test_eval_labels_and_all_captions(config, examples):
         np.testing.assert_array_equal(batch["tokens"][row], batch["captions_tokens"][row, 0])
 
 
-@pytest.mark.parametrize("length", [2, 5, 9, 77])
-def test_fit_tokens_equals_tokenizing_at_that_length(length):
-    texts = ["a small red circle in the upper left", "red", "",
-             "a very long caption " * 10, "exactly eight words make up this caption here"]
-    stored = tf.constant(tokenizer.tokenize(texts, 77))
-    fitted = ip.fit_tokens(stored, length, tokenizer.default_tokenizer().eot_token_id)
-    np.testing.assert_array_equal(fitted.numpy(), tokenizer.tokenize(texts, length))
+def bang_captions(n: int, seed: int) -> list[str]:
+    """Captions full of token id 0 (`!` before punctuation), literal end-of-text markers and
+    lengths on both sides of every context length tested (0 to ~110 tokens)."""
+    rng = np.random.default_rng(seed)
+    words = ["a", "cat", "![cat](cat.png)", "wow!", "!!", "!?", "!.", "! !", "<end_of_text>",
+             "x<end_of_text>", "red", "!", "(!)", "photo", "\u00e9t\u00e9!"]
+    return [" ".join(rng.choice(words, rng.integers(0, 40))) for _ in range(n)] + [
+        "a a a a a a a a a a a a a a a ![cat](cat.png)", "", "!" * 200, "a " * 75, "a " * 74]
+
+
+@pytest.mark.parametrize("length", [2, 3, 9, 16, 32, 76, 77])
+def test_fit_tokens_equals_open_clip_tokenize_at_that_length(length):
+    """Stored 77-token rows cut to L equal open_clip.tokenize(text, context_length=L)."""
+    import open_clip
+
+    texts = bang_captions(300, seed=length)
+    stored = open_clip.tokenize(texts, context_length=77).numpy().astype(np.int32)
+    np.testing.assert_array_equal(stored, tokenizer.tokenize(texts, 77))  # what builders store
+    expected = open_clip.tokenize(texts, context_length=length).numpy()
+    fitted = ip.fit_tokens(tf.constant(stored), length, tokenizer.default_tokenizer().eot_token_id)
+    np.testing.assert_array_equal(fitted.numpy(), expected)
+    # Padded with EOT instead of 0 (Hugging Face's convention): the same rows, EOT-padded.
+    last_eot = 76 - (stored[:, ::-1] == 49407).argmax(axis=1)
+    hf_padded = np.where(np.arange(77) > last_eot[:, None], 49407, stored)
+    expected_hf = np.where(np.arange(length) > np.minimum(last_eot, length - 1)[:, None],
+                           49407, expected)
+    fitted_hf = ip.fit_tokens(tf.constant(hf_padded), length, 49407)
+    np.testing.assert_array_equal(fitted_hf.numpy(), expected_hf)
 
 
 def test_config_errors_are_one_line_and_name_the_fix(config):
