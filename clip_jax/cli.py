@@ -49,7 +49,8 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     labels = zero_shot.read_class_names(args.labels)
     paths = image_paths(args.images)
     module, variables = load(args.model)
-    classifier = zero_shot.ZeroShotClassifier(module, variables)
+    classifier = zero_shot.ZeroShotClassifier(module, variables,
+                                              exif_transpose=args.exif_transpose, alpha=args.alpha)
     probs = classifier.probabilities(paths, labels, templates.get_templates(args.templates))
     top = min(args.top, len(labels))
     for path, row in zip(paths, probs):
@@ -156,6 +157,11 @@ def parser() -> argparse.ArgumentParser:
                    help="prompt template set (simple, default, synthetic_shapes) or a file "
                         "with one template per line (default: 'a photo of a {}.')")
     z.add_argument("--top", type=int, default=3, help="labels shown per image (default 3)")
+    z.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
+                   help="turn photos upright by their EXIF orientation (default: on)")
+    z.add_argument("--alpha", default="drop",
+                   help="transparency: 'drop' (default, as OpenAI / open_clip) or a background "
+                        "colour to composite onto, e.g. 'white' or '#808080'")
     z.add_argument("images", nargs="+", help="image files and/or folders of images")
     z.set_defaults(run=zero_shot_command)
 

@@ -38,7 +38,7 @@ import numpy as np
 from clip_jax import tf_preprocess, tokenizer
 from clip_jax._tf import tf
 from clip_jax.models.config import CLIPConfig
-from clip_jax.preprocess import normalization_constants
+from clip_jax.preprocess import background_colour, normalization_constants
 
 import tensorflow_datasets as tfds  # after clip_jax._tf: TensorFlow must not see accelerators
 
@@ -165,6 +165,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
         (not c.build.caption_fallback_encoding or _is_codec(c.build.caption_fallback_encoding),
          "data.build.caption_fallback_encoding", "'' (skip non-UTF-8 captions) or a Python "
          "codec name such as 'latin-1' or 'cp1252'"),
+        (_is_alpha(c.build.alpha), "data.build.alpha",
+         "'drop' (as OpenAI / open_clip) or a background colour such as 'white' or '#808080'"),
     ]
     if c.dataset == "image_text_table":
         checks += [
@@ -190,6 +192,14 @@ def _is_codec(name: str) -> bool:
     try:
         codecs.lookup(name)
     except LookupError:
+        return False
+    return True
+
+
+def _is_alpha(alpha: str) -> bool:
+    try:
+        background_colour(alpha)
+    except ValueError:
         return False
     return True
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageColor, ImageOps
 
 from clip_jax.models.config import CLIPConfig
 
@@ -128,19 +129,58 @@ def normalization_constants(config: CLIPConfig) -> tuple[np.ndarray, np.ndarray]
     return mean, std
 
 
-def to_rgb_uint8(image: ImageLike) -> np.ndarray:
+ALPHA_DROP = "drop"
+_EXIF_ORIENTATION = 0x0112  # EXIF tag; 1 = upright, 2-8 = mirrored and/or rotated
+
+
+def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None:
+    """The RGB colour transparent pixels are composited onto, or None to drop alpha.
+
+    `alpha` is `"drop"` (discard the alpha channel, keep the stored colours: OpenAI's and
+    open_clip's `image.convert("RGB")`, and transformers' pipelines, whose `load_image` does
+    the same), a Pillow colour name or `#rrggbb` (`"white"` is what `CLIPImageProcessor` does
+    when handed an RGBA image), or an (r, g, b) tuple of 0..255. Raises ValueError otherwise.
+    """
+    if isinstance(alpha, str):
+        if alpha == ALPHA_DROP:
+            return None
+        try:
+            return tuple(ImageColor.getrgb(alpha)[:3])  # type: ignore[return-value]
+        except ValueError:
+            pass
+    elif len(alpha) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in alpha):
+        return tuple(alpha)  # type: ignore[return-value]
+    raise ValueError(f"alpha={alpha!r} is neither 'drop' nor a background colour; use 'drop' "
+                     "(as OpenAI / open_clip), a colour such as 'white' or '#808080', or an "
+                     "(r, g, b) tuple.")
+
+
+def exif_transposed(image: Image.Image) -> Image.Image:
+    """`image` turned upright by its EXIF Orientation tag, as browsers, Pillow's
+    `ImageOps.exif_transpose` and transformers' `load_image` do; unchanged without one."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
+                 alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
     """A PIL image, array or image file path as uint8 [H, W, 3] RGB.
 
-    Transparent images are composited onto white (as transformers does); grayscale is
-    replicated; 16-bit images are rescaled to 8 bits.
+    `exif_transpose` turns photos upright by their EXIF orientation (files and PIL images;
+    arrays carry none). `alpha` says what happens to transparency (`background_colour`): by
+    default it is dropped, as the references preprocess. Grayscale is replicated; 16-bit
+    images are rescaled to 8 bits.
     """
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
             raise FileNotFoundError(f"No image file at {os.fspath(image)!r}.")
         with Image.open(image) as opened:
-            return to_rgb_uint8(pil_to_rgb(opened))
+            return to_rgb_uint8(opened, exif_transpose=exif_transpose, alpha=alpha)
     if isinstance(image, Image.Image):
-        return np.asarray(pil_to_rgb(image), np.uint8)
+        if exif_transpose:
+            image = exif_transposed(image)
+        return np.asarray(pil_to_rgb(image, alpha), np.uint8)
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"Image arrays must be uint8 (0..255), got {array.dtype}; convert with "
@@ -153,12 +193,14 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
     if array.shape[2] == 1:
         return np.repeat(array, 3, axis=2)
     if array.shape[2] == 4:
-        return np.asarray(pil_to_rgb(Image.fromarray(array, "RGBA")), np.uint8)
+        return np.asarray(pil_to_rgb(Image.fromarray(array, "RGBA"), alpha), np.uint8)
     return array
 
 
-def pil_to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB: alpha composited onto white, 16/32-bit scaled, CMYK converted."""
+def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: alpha dropped or composited (`background_colour`), 16/32-bit
+    scaled, CMYK and palettes converted."""
+    background = background_colour(alpha)
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -174,20 +216,31 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(gray, "L").convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
+    if has_alpha and background is not None:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if image.mode == "PA":  # Pillow has no direct PA -> RGB conversion
+        image = image.convert("RGBA")
+    with warnings.catch_warnings():  # Pillow suggests RGBA for palettes with transparency
+        warnings.simplefilter("ignore", UserWarning)
+        return image.convert("RGB")
 
 
-def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig) -> np.ndarray:
+def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig, *,
+               exif_transpose: bool = True,
+               alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
     """Images -> float32 [N, S, S, 3] model input (S = `config.image_size`).
 
     Accepts one image or a sequence: PIL images, uint8 arrays ([H, W], [H, W, 1|3|4]) or file
     paths. Matches `transformers.CLIPImageProcessor` configured with the same size, mean and
-    std to float32 rounding (see the module docstring).
+    std to float32 rounding (see the module docstring). Photos are first turned upright by
+    their EXIF orientation (`exif_transpose=False` to keep the stored pixel order) and
+    transparency is dropped as OpenAI and open_clip do (`alpha`: see `background_colour`;
+    `alpha="white"` is what `CLIPImageProcessor` does with an RGBA image).
+    Raises ValueError for a bad `alpha` before reading any image.
     """
+    background_colour(alpha)
     if isinstance(images, (Image.Image, str, os.PathLike)) or (
             isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8
             and (images.ndim == 2 or images.shape[-1] in (1, 3, 4))):
@@ -195,6 +248,7 @@ def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig) -> n
     mean, std = normalization_constants(config)
     out = np.empty((len(images), config.image_size, config.image_size, 3), np.float32)
     for n, image in enumerate(images):
-        crop = resize_and_center_crop(to_rgb_uint8(image), config.image_size)
+        rgb = to_rgb_uint8(image, exif_transpose=exif_transpose, alpha=alpha)
+        crop = resize_and_center_crop(rgb, config.image_size)
         out[n] = (crop.astype(np.float32) - mean) / std
     return out

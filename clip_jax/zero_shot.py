@@ -63,8 +63,11 @@ class ZeroShotClassifier:
     reuses one compiled image function and one text function.
     """
 
-    def __init__(self, module: CLIP, variables: dict[str, Any]):
+    def __init__(self, module: CLIP, variables: dict[str, Any], *, exif_transpose: bool = True,
+                 alpha: str | Sequence[int] = "drop"):
+        """`exif_transpose` and `alpha` are `clip_jax.preprocess`'s image options."""
         self.module, self.variables = module, variables
+        self.image_options = {"exif_transpose": exif_transpose, "alpha": alpha}
         self._images = jax.jit(lambda v, x: l2_normalize(
             module.apply(v, x, method=module.encode_image)))
         self._texts = jax.jit(lambda v, t: l2_normalize(
@@ -81,7 +84,8 @@ class ZeroShotClassifier:
         return np.concatenate(out)
 
     def embed_images(self, images: Sequence[ImageLike]) -> np.ndarray:
-        return self._batched(self._images, preprocess(list(images), self.module.config))
+        return self._batched(self._images, preprocess(list(images), self.module.config,
+                                                      **self.image_options))
 
     def embed_labels(self, labels: Sequence[str],
                      templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:

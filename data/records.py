@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from clip_jax import tokenizer
-from clip_jax.preprocess import pil_to_rgb
+from clip_jax.preprocess import ALPHA_DROP, exif_transposed, pil_to_rgb
 
 TOKEN_LENGTH = 77  # tokens are stored at OpenAI's context length; the pipeline fits them
 REPORT_FILE = "bad_records.json"
@@ -53,15 +53,18 @@ class CleanOptions:
     resize_shortest_side: int = 0
     caption_fallback_encoding: str = ""
     max_bad_fraction: float = 0.5
+    exif_transpose: bool = True
+    alpha: str = ALPHA_DROP
 
 
 def clean_image(data: bytes, options: CleanOptions, name: str = "") -> tuple[bytes, list[str]]:
     """Raw file bytes -> (bytes TensorFlow decodes to 8-bit RGB, conversions applied).
 
-    8-bit RGB JPEGs and PNGs are kept byte for byte. Anything else that Pillow can decode
-    (grayscale, palette, RGBA / LA (composited onto white), CMYK, 16-bit, WebP, GIF, BMP,
-    TIFF, ...) is converted to RGB and re-encoded: PNG sources as PNG (lossless), others as
-    JPEG. Raises `BadRecord` for empty, unrecognised, truncated or oversized images, and for
+    Upright 8-bit RGB JPEGs and PNGs are kept byte for byte. Anything else that Pillow can
+    decode (grayscale, palette, RGBA / LA (alpha dropped by default, `options.alpha`), CMYK,
+    16-bit, WebP, GIF, BMP, TIFF, ...) and, with `options.exif_transpose`, photos whose EXIF
+    orientation is not upright (turned upright, since decoders downstream ignore EXIF) are
+    converted to RGB and re-encoded: PNG sources as PNG (lossless), others as JPEG. Raises `BadRecord` for empty, unrecognised, truncated or oversized images, and for
     anything else Pillow fails on, so that no single file can stop a build.
     """
     try:
@@ -114,7 +117,12 @@ def _clean_image(data: bytes, options: CleanOptions, name: str) -> tuple[bytes, 
         reencode = True
     if getattr(image, "n_frames", 1) > 1:
         conversions.append("first_frame_of_animation")
-    rgb = pil_to_rgb(image)
+    if options.exif_transpose:
+        upright = exif_transposed(image)
+        if upright is not image:
+            conversions.append("exif_transposed")
+            image, reencode = upright, True
+    rgb = pil_to_rgb(image, options.alpha)
     side = options.resize_shortest_side
     if side and min(rgb.size) > side:
         scale = side / min(rgb.size)

@@ -67,9 +67,12 @@ def test_zero_shot_prints_top_labels_with_probabilities(vit_workdir, tmp_path, c
     folder = tmp_path / "images"
     folder.mkdir()
     paths = []
-    for i, image in enumerate(render.render(scenes, 48, rng)):
+    upright = list(render.render(scenes, 48, rng))
+    for i, image in enumerate(upright):
         paths.append(str((folder if i < 3 else tmp_path) / f"{i}.png"))
-        Image.fromarray(image).save(paths[-1])
+        exif = Image.Exif()
+        exif[0x0112] = 6 if i == 1 else 1  # stored sideways: shown rotated 90 degrees clockwise
+        Image.fromarray(np.rot90(image, 1) if i == 1 else image).save(paths[-1], exif=exif)
     (folder / "notes.txt").write_text("not an image")
     labels = ["red circle", "orange square", "green triangle", "purple star"]
     code, out, _ = run(capsys, "zero-shot", "--model", workdir, "--labels", ",".join(labels),
@@ -78,7 +81,7 @@ def test_zero_shot_prints_top_labels_with_probabilities(vit_workdir, tmp_path, c
     lines = out.strip().splitlines()
     assert [line.split(": ")[0] for line in lines] == paths  # folder sorted, then the file
 
-    images = preprocess(paths, module.config)
+    images = preprocess(upright, module.config)  # EXIF orientation honoured
     img = l2_normalize(module.apply(variables, images, method=module.encode_image))
     txt = l2_normalize(module.apply(variables, tokenize([f"a photo of a {x}." for x in labels], 16),
                                     method=module.encode_text))

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from images import with_orientation
 
 from clip_jax._tf import tf
 from clip_jax import input_pipeline as ip
@@ -147,9 +148,8 @@ def test_conversions_against_independent_references(built, inputs):
 
     assert examples["images/rgb.jpg"]["image"] == files["rgb.jpg"]  # kept byte for byte
     assert examples["images/png_named.jpg"]["image"] == files["png_named.jpg"]
-    rgba = np.asarray(Image.open(io.BytesIO(files["rgba.png"])), np.float64)
-    over_white = rgba[..., :3] * rgba[..., 3:] / 255 + 255 * (1 - rgba[..., 3:] / 255)
-    assert np.abs(stored("rgba.png") - over_white).max() <= 1
+    dropped = np.asarray(Image.open(io.BytesIO(files["rgba.png"])).convert("RGB"), np.float64)
+    np.testing.assert_array_equal(stored("rgba.png"), dropped)  # alpha dropped, as open_clip
     sixteen = np.asarray(Image.open(io.BytesIO(files["gray16.png"])), np.float64)
     assert np.abs(stored("gray16.png") - np.round(sixteen / 257)[..., None]).max() == 0
     rgb16 = tf.io.decode_png(files["rgb16.png"], dtype=tf.uint16).numpy() / 257
@@ -211,3 +211,54 @@ def test_training_from_the_table(built, inputs, data_dir):
                                         global_batch_size=8, seed=0, process_index=0,
                                         process_count=1))
     assert batch["images"].shape == (8, 32, 32, 3) and batch["tokens"].shape == (8, 16)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_builders_store_photos_upright_by_exif_orientation(orientation):
+    """records.clean_image (every builder's image path) vs PIL.ImageOps.exif_transpose and the
+    EXIF definition of the 8 orientations; build.exif_transpose=False keeps the bytes."""
+    from PIL import ImageOps
+    from clip_jax_data import records
+
+    upright = photo(30, 50)
+    options = records.CleanOptions()
+    png = with_orientation(upright, orientation, "PNG")
+    data, conversions = records.clean_image(png, options, "photo.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), upright)
+    assert ("exif_transposed" in conversions) == (orientation != 1)
+    jpeg = with_orientation(upright, orientation, "JPEG")
+    data, _ = records.clean_image(jpeg, options, "photo.jpg")
+    upright_jpeg = encode(ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg))), "JPEG",
+                          quality=options.jpeg_quality, subsampling=0)  # re-encoded as built
+    upright_jpeg = jpeg if orientation == 1 else upright_jpeg
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))),
+                                  np.asarray(Image.open(io.BytesIO(upright_jpeg))))
+    assert (data == jpeg) == (orientation == 1)  # upright JPEGs stay byte for byte
+    kept, conversions = records.clean_image(jpeg, records.CleanOptions(exif_transpose=False),
+                                            "photo.jpg")
+    assert kept == jpeg and conversions == []
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_builders_drop_alpha_or_composite_onto_build_alpha(mode):
+    """Transparent PNGs: alpha dropped like PIL's convert("RGB") by default, composited onto
+    `build.alpha` when it names a colour (first principles: a * c + (1 - a) * background)."""
+    from clip_jax_data import records
+
+    rgb = photo(30, 40)
+    alpha = np.linspace(0, 255, 40, dtype=np.uint8)[None, :].repeat(30, 0)
+    image = {"RGBA": lambda: Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+             "LA": lambda: Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA"),
+             "P": lambda: Image.fromarray(rgb).quantize(32)}[mode]()
+    if mode == "P":
+        image.info["transparency"] = bytes(range(0, 256, 8))
+    png = encode(image, "PNG")
+    data, conversions = records.clean_image(png, records.CleanOptions(), "t.png")
+    source = Image.open(io.BytesIO(png))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))),
+                                  np.asarray(source.convert("RGB")))
+    data, _ = records.clean_image(png, records.CleanOptions(alpha="#204060"), "t.png")
+    rgba = np.asarray(source.convert("RGBA"), np.float64)
+    a = rgba[..., 3:] / 255
+    over = rgba[..., :3] * a + np.array([0x20, 0x40, 0x60]) * (1 - a)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(data)), np.float64) - over).max() <= 1

@@ -9,6 +9,7 @@ from transformers import CLIPImageProcessor
 
 from clip_jax._tf import tf
 from clip_jax.preprocess import normalization_constants, preprocess, to_rgb_uint8
+from images import TO_STORED, with_orientation
 from clip_jax import tf_preprocess as tp
 from clip_jax.models.presets import get_preset
 
@@ -68,9 +69,107 @@ def test_pil_modes_and_paths(vit_b16, tmp_path):
                   Image.fromarray(rgb).convert("P"), Image.fromarray(rgb).convert("CMYK")]
     path = tmp_path / "photo.png"
     Image.fromarray(rgb).save(path)
-    ours = preprocess(pil_images + [str(path)], vit_b16)
+    # CLIPImageProcessor composites transparency onto white: alpha="white" is that choice.
+    ours = preprocess(pil_images + [str(path)], vit_b16, alpha="white")
     expected = reference(vit_b16, pil_images + [Image.open(path)])
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+
+
+def transparent_images() -> dict[str, Image.Image]:
+    """RGBA, LA, PA and palette images with transparency. Fully transparent pixels store
+    black (what open_clip's Pillow resize, which premultiplies alpha, makes of them), partly
+    transparent ones keep their colours."""
+    rgb = photo(90, 120, 5)
+    alpha = np.zeros((90, 120), np.uint8)
+    alpha[:, 40:] = np.linspace(1, 255, 80, dtype=np.uint8)[None]
+    alpha[60:, 100:] = 255
+    rgb = np.where(alpha[..., None] == 0, 0, rgb).astype(np.uint8)
+    palette = Image.fromarray(rgb).quantize(64)
+    palette.info["transparency"] = 3  # one palette entry transparent
+    palette_bytes = Image.fromarray(rgb).quantize(64)
+    palette_bytes.info["transparency"] = bytes(range(0, 256, 4))  # per-entry alpha
+    return {"RGBA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+            "LA": Image.fromarray(np.dstack([rgb[..., 1], alpha]), "LA"),
+            "PA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA").convert("PA"),
+            "P+transparency": palette, "P+alpha bytes": palette_bytes}
+
+
+@pytest.mark.parametrize("name", ["RGBA", "LA", "PA", "P+transparency", "P+alpha bytes"])
+def test_transparency_is_dropped_by_default_as_the_references_do(vit_b16, name, tmp_path):
+    """Default: alpha dropped exactly like `image.convert("RGB")` (transformers' load_image,
+    i.e. its pipelines; OpenAI's and open_clip's transforms), also from a PNG file; a colour
+    composites onto it."""
+    image = transparent_images()[name]
+    dropped = image.convert("RGBA").convert("RGB") if image.mode == "PA" else image.convert("RGB")
+    np.testing.assert_array_equal(to_rgb_uint8(image), np.asarray(dropped))
+    if image.mode != "PA":  # PNG cannot store PA
+        path = tmp_path / "transparent.png"
+        image.save(path)
+        np.testing.assert_array_equal(to_rgb_uint8(str(path)),
+                                      np.asarray(Image.open(path).convert("RGB")))
+    # The whole transform: the processor on convert("RGB")'s pixels, exactly (as an array:
+    # Pillow keeps a palette's transparent index as an RGB colour key in `info`, which the
+    # processor would composite onto white again).
+    np.testing.assert_allclose(preprocess(image, vit_b16),
+                               reference(vit_b16, [np.asarray(dropped)]), rtol=0, atol=1e-5)
+    # A background colour: out = a * colour + (1 - a) * background (first principles).
+    rgba = np.asarray(image.convert("RGBA"), np.float64)
+    a = rgba[..., 3:] / 255
+    over = rgba[..., :3] * a + np.array([128, 64, 0]) * (1 - a)
+    got = to_rgb_uint8(image, alpha="#804000").astype(np.float64)
+    assert np.abs(got - over).max() <= 1
+    np.testing.assert_array_equal(to_rgb_uint8(image, alpha=(128, 64, 0)), got)
+    with pytest.raises(ValueError, match="neither 'drop' nor a background colour"):
+        preprocess(image, vit_b16, alpha="transparent-ish")
+
+
+@pytest.mark.parametrize("name", ["RGBA", "LA"])
+def test_transparency_matches_open_clip_transform(vit_b16, name):
+    """open_clip (like OpenAI) resizes with Pillow, then drops alpha: away from the alpha
+    edges and ramps, where Pillow's premultiplied resampling differs, it agrees with ours
+    within one uint8 level; compositing onto white (our former default) is far off. (Palette images are
+    left out: Pillow resizes them nearest-neighbour.)"""
+    import open_clip
+    import torch
+
+    rgb = photo(90, 120, 6)
+    alpha = np.full((90, 120), 255, np.uint8)
+    alpha[:, :40] = alpha[70:, 90:] = 0  # transparent areas storing black, as Pillow leaves them
+    rgb[alpha == 0] = 0
+    image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    if name == "LA":
+        image = Image.fromarray(np.dstack([rgb[..., 1], alpha]), "LA")
+    transform = open_clip.image_transform(224, is_train=False, mean=vit_b16.image_mean,
+                                          std=vit_b16.image_std)
+    with torch.no_grad():
+        theirs = transform(image).numpy().transpose(1, 2, 0)
+    one_level = 1 / 255 / min(vit_b16.image_std) + 1e-4
+    for alpha, close in (("drop", True), ("white", False)):
+        error = np.abs(preprocess(image, vit_b16, alpha=alpha)[0] - theirs)
+        assert (np.quantile(error, 0.9) <= one_level) == close, (alpha, np.quantile(error, 0.9))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_honoured(vit_b16, orientation, tmp_path):
+    """All 8 orientations: upright pixels as PIL.ImageOps.exif_transpose, transformers'
+    load_image (its pipelines) and the EXIF definition give them; the switch keeps them."""
+    from PIL import ImageOps
+    from transformers.image_utils import load_image
+
+    upright = photo(40, 70, orientation)
+    png = tmp_path / "photo.png"
+    png.write_bytes(with_orientation(upright, orientation, "PNG"))
+    np.testing.assert_array_equal(to_rgb_uint8(str(png)), upright)  # lossless: first principles
+    np.testing.assert_array_equal(to_rgb_uint8(Image.open(png)), upright)
+    np.testing.assert_array_equal(to_rgb_uint8(str(png), exif_transpose=False),
+                                  TO_STORED[orientation](upright))
+    jpeg = tmp_path / "photo.jpg"
+    jpeg.write_bytes(with_orientation(upright, orientation, "JPEG"))
+    np.testing.assert_array_equal(to_rgb_uint8(str(jpeg)),
+                                  np.asarray(ImageOps.exif_transpose(Image.open(jpeg))))
+    np.testing.assert_allclose(preprocess([str(jpeg), str(png)], vit_b16),
+                               reference(vit_b16, [load_image(str(jpeg)), load_image(str(png))]),
+                               rtol=0, atol=1e-5)
 
 
 def test_single_image_and_bad_inputs(vit_b16):
