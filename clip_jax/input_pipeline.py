@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds  # after clip_jax._tf: TensorFlow must not se
 
 log = logging.getLogger(__name__)
 
+TABLE_QUOTING = ("auto", "csv", "none")
 TOKENIZE_MODES = ("auto", "stored", "pipeline")
 _READ_CHUNK = 64         # records fetched per random-access call
 _READ_PARALLELISM = 4    # concurrent fetch calls (ArrayRecord reads release the GIL)
@@ -174,6 +175,10 @@ def _check(c: ml_collections.ConfigDict) -> None:
              "a name for the built dataset (letters, digits, _ and -), e.g. 'cc3m'"),
             (any((c.table.train_path, c.table.validation_path, c.table.test_path)),
              "data.table.train_path", "the CSV/TSV file to build (validation_path, test_path too)"),
+            (len(c.table.delimiter) <= 1, "data.table.delimiter",
+             "'' (tab for .tsv, else comma) or one character"),
+            (c.table.quoting in TABLE_QUOTING, "data.table.quoting",
+             f"one of {TABLE_QUOTING} (auto: none for tab-separated, csv otherwise)"),
         ]
     if c.dataset == "webdataset_shards":
         checks += [

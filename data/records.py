@@ -235,6 +235,12 @@ class BuildReport:
         self.converted_by_kind: collections.Counter[str] = collections.Counter()
         self.converted_examples: dict[str, list[str]] = collections.defaultdict(list)
         self.bad_sources: list[dict[str, Any]] = []
+        self.sources: list[dict[str, Any]] = []
+
+    def source_lines(self, accounting: dict[str, Any]) -> None:
+        """How a source file's physical lines were used (header, blank, in records), so that
+        every line of a table is accounted for next to the per-record counts."""
+        self.sources.append(dict(accounting))
 
     def keep(self, key: str, conversions: Iterable[str]) -> None:
         self.total += 1
@@ -266,6 +272,7 @@ class BuildReport:
             "converted_by_kind": dict(sorted(self.converted_by_kind.items())),
             "converted_examples": dict(sorted(self.converted_examples.items())),
             "bad_sources": self.bad_sources,
+            **({"sources": self.sources} if self.sources else {}),
         }
 
     def finish(self, dataset_dir: str) -> None:

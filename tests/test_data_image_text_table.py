@@ -262,3 +262,92 @@ def test_builders_drop_alpha_or_composite_onto_build_alpha(mode):
     a = rgba[..., 3:] / 255
     over = rgba[..., :3] * a + np.array([0x20, 0x40, 0x60]) * (1 - a)
     assert np.abs(np.asarray(Image.open(io.BytesIO(data)), np.float64) - over).max() <= 1
+
+
+def build_report(config) -> tuple[dict, dict]:
+    builder = ip.prepare(config)
+    source = builder.as_data_source("train", decoders={"image": ip.tfds.decode.SkipDecoding()})
+    examples = {}
+    for i in range(len(source)):
+        examples.setdefault(source[i]["key"].decode(), []).extend(
+            c.decode() for c in source[i]["captions"])
+    with open(os.path.join(builder.data_dir, "bad_records.json")) as f:
+        return examples, json.load(f)["train"]
+
+
+def test_every_physical_line_is_accounted_for(inputs, tmp_path):
+    """A multi-line quoted caption, blank lines, a trailing delimiter, missing and extra
+    fields: each record kept or skipped with its true line numbers (as pandas' tokenizer
+    splits the file), and the line counts add up to the file's physical lines."""
+    root, _ = inputs
+    text = ("filepath,title,source\r\n"
+            'images/rgb.jpg,"a caption\r\nover three\r\nlines",web\r\n'   # lines 2-4
+            "\r\n"                                                         # 5: blank
+            "images/gray.jpg,x,y,z\r\n"                                    # 6: extra field
+            "images/rgb.png,trailing delimiter,web,\r\n"                   # 7: kept
+            "images/cmyk.jpg,no source\r\n"                                # 8: kept (pandas: NaN)
+            "images/rgba.png\r\n"                                          # 9: no caption
+            "   \r\n"                                                      # 10: blank
+            "images/missing.jpg,gone,web")                                 # 11, no final newline
+    with open(os.path.join(root, "lines.csv"), "w", newline="") as f:
+        f.write(text)
+    examples, report = build_report(table_config(
+        root, str(tmp_path), name="lines", train_path=os.path.join(root, "lines.csv")))
+    assert examples == {"images/rgb.jpg": ["a caption\r\nover three\r\nlines"],
+                        "images/rgb.png": ["trailing delimiter"], "images/cmyk.jpg": ["no source"]}
+    assert {r["key"]: r["reason"] for r in report["skipped_records"]} == {
+        "line 6": "malformed_row", "line 9": "malformed_row",
+        "line 11: images/missing.jpg": "missing_file"}
+    assert report["total"] == 6 and report["kept"] == 3
+    (lines,) = report["sources"]
+    assert lines["physical_lines"] == 11 and lines["records"] == 6
+    assert lines["header_lines"] + lines["blank_lines"] + lines["record_lines"] == 11
+    assert lines["multiline_records"] == 1
+    assert report["converted_by_kind"]["trailing_empty_fields"] == 1
+
+
+def test_tables_from_the_issue(inputs, tmp_path):
+    """TSV: a caption starting with an unbalanced quote is just text (no quote processing),
+    the next rows stay rows; CSV: an unclosed quote refuses the file, naming the line, before
+    anything is built (pandas: 'EOF inside string')."""
+    root, _ = inputs
+    with open(os.path.join(root, "quote.tsv"), "w") as f:
+        f.write('filepath\ttitle\nimages/rgb.jpg\t"Hello world\nimages/gray.jpg\tsecond\n')
+    examples, report = build_report(table_config(
+        root, str(tmp_path), name="tsv", train_path=os.path.join(root, "quote.tsv")))
+    assert examples == {"images/rgb.jpg": ['"Hello world'], "images/gray.jpg": ["second"]}
+    assert report["total"] == 2 and report["sources"][0]["quoting"] == "none"
+    with open(os.path.join(root, "open.csv"), "w") as f:
+        f.write('filepath,title\nimages/rgb.jpg,ok\nimages/gray.jpg,"unterminated caption\n'
+                'images/rgb.png,x\nimages/cmyk.jpg,y\n')
+    with pytest.raises(ValueError, match=r"open.csv: the record starting at line 3 has a "
+                                         r"quoted field that is never closed"):
+        ip.prepare(table_config(root, str(tmp_path), name="csv",
+                                train_path=os.path.join(root, "open.csv")))
+    assert not os.path.exists(os.path.join(str(tmp_path), "image_text_table", "csv", "1.0.0",
+                                           "bad_records.json"))
+
+
+def test_stored_tokens_fit_the_model_in_train_and_eval_pipelines(inputs, tmp_path):
+    """Captions full of token id 0 (`!`) and longer than the model's 16 tokens: the train
+    and eval pipelines give exactly open_clip.tokenize(caption, context_length=16)."""
+    import open_clip
+
+    root, _ = inputs
+    captions = ["a a a a a a a a a a a a a a a ![cat](cat.png)", "wow!! " * 6, "!?",
+                "a a a a a a a a a a a a a a !", "<end_of_text> a ! " * 5]
+    with open(os.path.join(root, "bang.csv"), "w") as f:
+        f.write("filepath,title\n" + "".join(
+            f'images/{name},"{caption}"\n' for name, caption in zip(GOOD, captions)))
+    config = table_config(root, str(tmp_path), name="bang",
+                          train_path=os.path.join(root, "bang.csv"),
+                          validation_path=os.path.join(root, "bang.csv"))
+    model = get_preset("test-vit")
+    assert model.context_length == 16
+    expected = {tuple(row) for row in open_clip.tokenize(captions, context_length=16).numpy()}
+    batch = next(ip.make_train_iterator(config, model, global_batch_size=10, seed=0,
+                                        process_index=0, process_count=1))
+    assert {tuple(row) for row in batch["tokens"]} == expected
+    evaluation = next(iter(ip.make_eval_iterable(config, model, batch_size=5, process_index=0,
+                                                 process_count=1)))
+    assert {tuple(row) for row in evaluation["tokens"]} == expected

@@ -15,9 +15,7 @@ one data_dir; the options it was built from are kept in `build_options.json`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import os
 from collections.abc import Iterator
 from concurrent import futures
@@ -26,7 +24,7 @@ from typing import Any
 from clip_jax._tf import tf
 import tensorflow_datasets as tfds
 
-from clip_jax_data import records
+from clip_jax_data import records, tables
 
 _SPLIT_FIELDS = {"train": "train_path", "validation": "validation_path", "test": "test_path"}
 _BATCH = 256        # records cleaned concurrently
@@ -44,6 +42,7 @@ class TableOptions:
     image_column: str = "filepath"
     caption_column: str = "title"
     delimiter: str = ""
+    quoting: str = "auto"
     image_root: str = ""
     group_by_image: bool = False
     num_threads: int = 16
@@ -89,10 +88,11 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         records.write_build_options(self.data_dir, self.builder_config)
         return {split: self._generate_examples(split, *rows) for split, rows in loaded.items()}
 
-    def _generate_examples(self, split: str, rows: list[tuple[int, Any, Any]], root: str
-                           ) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _generate_examples(self, split: str, rows: list[_Row], root: str,
+                           lines: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         config = self.builder_config
         report = records.BuildReport(split, config.clean)
+        report.source_lines(lines)
         groups = _group(rows, config.table.group_by_image)
         with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
             for start in range(0, len(groups), _BATCH):
@@ -106,7 +106,7 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                         else:
                             report.keep(key, outcome)
                     if image is not None and captions:
-                        ready.append((group[0][0], group[0][1], image, captions))
+                        ready.append((group[0].first_line, group[0].path, image, captions))
                 tokens = records.tokenize([c for *_, caps in ready for c in caps])
                 offset = 0
                 for row, path, image, captions in ready:
@@ -116,48 +116,87 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         report.finish(self.data_dir)
 
 
-def _load_rows(path: str, table: TableOptions) -> tuple[list[tuple[int, str, bytes]], str]:
-    """Rows `(row number, image path, raw caption bytes)` and the folder paths are relative to.
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """One table record: where it is (`lines`, e.g. "lines 7-9"), its image path and raw
+    caption, or why it cannot be used (`problem`, then path/caption may be empty)."""
 
-    A missing file, column or image root raises one clear error before anything is built.
+    first_line: int
+    lines: str
+    path: str
+    caption: bytes
+    problem: str = ""
+    conversions: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        if not self.path:
+            return self.lines
+        return f"{self.lines}: {self.path if _is_utf8(self.path) else ascii(self.path)}"
+
+
+def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[str, Any]]:
+    """The table's records as `_Row`s, the folder image paths are relative to, and how every
+    physical line was used (`tables.Table.line_accounting`).
+
+    Fields are matched to the header as pandas does: a row with fewer fields than the header
+    is kept when it has the image and caption fields (pandas fills the rest with NaN); a row
+    with more is kept only when the extra fields are empty (a trailing delimiter), else it is
+    a malformed row (pandas refuses the whole file or shifts the columns). A missing file,
+    column or image root, and an unreadable table, raise one clear error before anything is
+    built.
     """
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Table {path!r} does not exist; check data.table.*_path.")
     with tf.io.gfile.GFile(path, "rb") as f:
-        text = f.read().decode("utf-8", errors="surrogateescape")  # bad bytes survive per field
+        data = f.read()
     delimiter = table.delimiter or ("\t" if path.lower().endswith(".tsv") else ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
-        raise ValueError(f"Table {path!r} is empty (no header row).")
-    header = [h.strip().lstrip("\ufeff") for h in header]
+    quoting = tables.default_quoting(delimiter) if table.quoting == "auto" else table.quoting
+    parsed = tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path)
+    header = parsed.header
     columns = {}
     for field in ("image_column", "caption_column"):
         name = getattr(table, field)
         if name not in header:
+            near = [h for h in header if h.strip().strip('"') == name]
+            hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
+                    + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
+                    if near else f"set data.table.{field} (or data.table.delimiter)")
             raise ValueError(f"data.table.{field}={name!r} is not a column of {path} "
-                             f"(columns: {header}, delimiter {delimiter!r}); set "
-                             f"data.table.{field} (or data.table.delimiter).")
-        columns[field] = header.index(name)
+                             f"(columns: {header}, delimiter {delimiter!r}, quoting "
+                             f"{quoting!r}); {hint}.")
+        columns[field] = header.index(name)  # the first of duplicate names, as pandas' df[name]
     root = table.image_root or os.path.dirname(path)
     if table.image_root and not tf.io.gfile.isdir(root):
         raise FileNotFoundError(f"data.table.image_root={root!r} is not a directory.")
+    needed = max(columns.values()) + 1
     rows = []
-    for number, row in enumerate(reader, start=2):  # line 1 is the header
-        if not row:
+    for record in parsed.records:
+        fields, width = record.fields, len(header)
+        extra = fields[width:]
+        conversions: tuple[str, ...] = ()
+        if any(extra):
+            problem = f"{len(fields)} fields, the header has {width}"
+        elif len(fields) < needed:
+            problem = (f"{len(fields)} field{'s' * (len(fields) != 1)}, the header has {width} "
+                       f"(no {header[needed - 1]!r})")
+        else:
+            problem = ""
+            conversions = ("trailing_empty_fields",) if extra else ()
+        if problem:
+            rows.append(_Row(record.first_line, record.lines, "", b"", problem))
             continue
-        if len(row) != len(header):
-            rows.append((number, "", None))  # reported as malformed when built
-            continue
-        caption = row[columns["caption_column"]].encode("utf-8", errors="surrogateescape")
-        rows.append((number, row[columns["image_column"]], caption))
-    probe = [p for _, p, c in rows[:_PROBE_ROWS] if c is not None and p and _is_utf8(p)]
+        caption = fields[columns["caption_column"]].encode("utf-8", errors="surrogateescape")
+        rows.append(_Row(record.first_line, record.lines, fields[columns["image_column"]],
+                         caption, conversions=conversions))
+    probe = [r.path for r in rows[:_PROBE_ROWS] if not r.problem and r.path and _is_utf8(r.path)]
     if probe and not any(tf.io.gfile.exists(_resolve(root, p)) for p in probe):
         raise FileNotFoundError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
             f"{_resolve(root, probe[0])!r}); set data.table.image_root to the folder the "
             "image paths are relative to.")
-    return rows, root
+    return rows, root, {"source": path, "delimiter": delimiter, "quoting": quoting,
+                        **parsed.line_accounting()}
 
 
 def _resolve(root: str, path: str) -> str:
@@ -174,28 +213,28 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _group(rows: list[tuple[int, str, Any]], by_image: bool) -> list[list[tuple[int, str, Any]]]:
+def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
     if not by_image:
         return [[row] for row in rows]
-    groups: dict[str, list[tuple[int, str, Any]]] = {}
+    groups: dict[str, list[_Row]] = {}
     singles = []
     for row in rows:
-        if row[2] is None:
+        if row.problem:
             singles.append([row])
         else:
-            groups.setdefault(row[1], []).append(row)
-    return sorted(list(groups.values()) + singles, key=lambda g: g[0][0])
+            groups.setdefault(row.path, []).append(row)
+    return sorted(list(groups.values()) + singles, key=lambda g: g[0].first_line)
 
 
-def _clean_group(group: list[tuple[int, str, Any]], root: str, clean: records.CleanOptions
+def _clean_group(group: list[_Row], root: str, clean: records.CleanOptions
                  ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
     """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""
-    number, path, _ = group[0]
-    keys = [f"line {n}: {p if _is_utf8(p) else ascii(p)}" if p else f"line {n}"
-            for n, p, _ in group]
-    if group[0][2] is None:
-        return None, [], [(keys[0], records.BadRecord(
-            "malformed_row", f"line {number} does not have one field per column"))]
+    first = group[0]
+    keys = [row.key for row in group]
+    if first.problem:
+        return None, [], [(keys[0], records.BadRecord("malformed_row",
+                                                      f"{first.lines}: {first.problem}"))]
+    path = first.path
     image_conversions: list[str] = []
     try:
         if not path:
@@ -214,12 +253,12 @@ def _clean_group(group: list[tuple[int, str, Any]], root: str, clean: records.Cl
     except records.BadRecord as error:
         return None, [], [(key, error) for key in keys]
     captions, outcomes = [], []
-    for key, (_, _, raw) in zip(keys, group):
+    for key, row in zip(keys, group):
         try:
-            caption, conversions = records.clean_caption(raw, clean)
+            caption, conversions = records.clean_caption(row.caption, clean)
         except records.BadRecord as error:
             outcomes.append((key, error))
             continue
         captions.append(caption)
-        outcomes.append((key, image_conversions + conversions))
+        outcomes.append((key, image_conversions + conversions + list(row.conversions)))
     return (image if captions else None), captions, outcomes

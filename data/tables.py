@@ -1,0 +1,142 @@
+"""CSV / TSV tables read with one documented dialect, every physical line accounted for.
+
+Two quoting rules (`read_table(..., quoting=...)`):
+
+* `"csv"`: pandas' `read_csv` rules (its C parser with the defaults open_clip uses): a field
+  that *starts* with `"` is quoted, runs to the next lone `"` (`""` inside is a literal
+  quote) and may hold delimiters and line breaks; text after the closing quote is appended
+  (`"abc"def` -> `abcdef`); a `"` anywhere else is an ordinary character. A quoted field that
+  is never closed makes the whole table unreadable (pandas: "EOF inside string"):
+  `TableError` names the line where its record starts, because guessing where the caption
+  ends would silently merge or drop rows.
+* `"none"`: no quote processing (pandas' `quoting=csv.QUOTE_NONE`): every physical line is
+  one record, `"` is an ordinary character. The default for tab-separated files, whose
+  fields cannot hold tabs or line breaks anyway and whose web captions often start with an
+  unbalanced quote.
+
+Both: UTF-8 (a leading byte-order mark dropped; bytes that are not UTF-8 are kept per field
+as surrogate escapes so that only their row is lost); lines end at `\\n`, `\\r\\n` or `\\r`;
+blank lines and lines of spaces / tabs (when the tab is not the delimiter) are skipped, as
+pandas skips them; the first non-blank record is the header, its names used as pandas reads
+them (quotes removed, nothing stripped).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import io
+from collections.abc import Iterator
+
+QUOTING = {"csv": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+# Appended after the last line: if it ends up inside a field, a quote was never closed.
+_SENTINEL = "\ue000end of table\ue001"
+
+
+class TableError(ValueError):
+    """The table cannot be read as a whole (e.g. an unclosed quote); `line` is 1-based."""
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One record: its fields and the physical lines it spans (1-based, inclusive)."""
+
+    first_line: int
+    last_line: int
+    fields: list[str]
+
+    @property
+    def lines(self) -> str:
+        """`line 7` or, for a record with quoted line breaks, `lines 7-9`."""
+        if self.first_line == self.last_line:
+            return f"line {self.first_line}"
+        return f"lines {self.first_line}-{self.last_line}"
+
+
+@dataclasses.dataclass
+class Table:
+    """A parsed table: header names, data records, and how every physical line was used
+    (`physical_lines` = header lines + `blank_lines` + lines of `records`)."""
+
+    header: list[str]
+    header_lines: int
+    records: list[Record]
+    blank_lines: int
+    physical_lines: int
+
+    def line_accounting(self) -> dict[str, int]:
+        """Counts for `bad_records.json`: every physical line is in exactly one of them."""
+        in_records = sum(r.last_line - r.first_line + 1 for r in self.records)
+        return {"physical_lines": self.physical_lines, "header_lines": self.header_lines,
+                "blank_lines": self.blank_lines, "record_lines": in_records,
+                "records": len(self.records),
+                "multiline_records": sum(r.last_line > r.first_line for r in self.records)}
+
+
+def default_quoting(delimiter: str) -> str:
+    """`"none"` for tab-separated tables, `"csv"` (pandas' rules) for anything else."""
+    return "none" if delimiter == "\t" else "csv"
+
+
+def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table") -> Table:
+    """Parses a whole table file (see the module docstring for the dialect).
+
+    Raises `TableError` (with the 1-based line) for an unclosed quote or a field over
+    Python's csv field size limit, and ValueError for an empty table or a bad option.
+    """
+    if quoting not in QUOTING:
+        raise ValueError(f"quoting={quoting!r}; use one of {sorted(QUOTING)}.")
+    if len(delimiter) != 1:
+        raise ValueError(f"delimiter={delimiter!r} must be one character.")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    text = data.decode("utf-8", errors="surrogateescape")
+    lines: list[str] = []
+    reader = csv.reader(_lines(text, lines), delimiter=delimiter, quoting=QUOTING[quoting],
+                        doublequote=True, strict=False, skipinitialspace=False)
+    blank_chars = " \t".replace(delimiter, "")
+    records: list[Record] = []
+    blank = 0
+    previous_end = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise TableError(f"{name}: line {previous_end + 1}: {error} (a quoted field that "
+                             "is never closed?)", previous_end + 1) from error
+        first, last = previous_end + 1, reader.line_num
+        previous_end = last
+        if any(_SENTINEL in field for field in fields):
+            if fields == [_SENTINEL]:
+                break
+            raise TableError(
+                f"{name}: the record starting at line {first} has a quoted field that is never "
+                f"closed: it runs to the end of the file (line {len(lines)}), as pandas' "
+                "'EOF inside string' error says. Close or double the quote (\"\" inside a quoted "
+                "field), or read the table without quote processing (data.table.quoting='none').",
+                first)
+        if first == last and not lines[first - 1].rstrip("\r\n").strip(blank_chars):
+            blank += 1
+            continue
+        records.append(Record(first, last, fields))
+    if not records:
+        raise ValueError(f"{name} is empty (no header row).")
+    header = records.pop(0)
+    return Table(header=header.fields, header_lines=header.last_line - header.first_line + 1,
+                 records=records, blank_lines=blank, physical_lines=len(lines))
+
+
+def _lines(text: str, seen: list[str]) -> Iterator[str]:
+    """Physical lines with their terminators (`\\n`, `\\r\\n`, `\\r`: `newline=""`), then the
+    sentinel; `seen` collects them for the blank-line test and the line count."""
+    for line in io.StringIO(text, newline=""):
+        seen.append(line)
+        yield line
+    yield _SENTINEL

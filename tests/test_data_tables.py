@@ -1,0 +1,153 @@
+"""clip_jax_data.tables vs pandas.read_csv on generated awkward tables, and line accounting."""
+
+import csv
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clip_jax_data import tables
+
+CAPTIONS = ["a dog", "café, au lait", 'say "cheese"', '"quoted" start', "multi\nline", "crlf\r\nin",
+            "lone\rcr", '5" screen', "x\"\"y", "  spaces  ", "中文 🐱", "", "tab\there", ",",
+            '"', "\u00a0nbsp", "semi;colon", "ends with quote\""]
+TERMINATORS = ["\n", "\r\n", "\r"]
+
+
+def quote(field: str) -> str:
+    return '"' + field.replace('"', '""') + '"'
+
+
+def generated_csv(seed: int) -> tuple[bytes, list[list[str]], list[tuple[int, int]]]:
+    """A CSV in pandas' dialect with blank and whitespace lines, mixed line ends, a BOM and a
+    quoted header in some, rows with a missing field, and fields that need quotes (extra
+    fields are left out: pandas refuses them, or shifts the columns when on the first row).
+    Returns the bytes, the fields pandas should read per record (missing ones empty) and each record's (first, last) physical line, known
+    from how the text was written."""
+    rng = np.random.default_rng(seed)
+    newline = lambda: TERMINATORS[rng.integers(3)]  # noqa: E731
+    header = '"filepath","title"' if rng.random() < 0.5 else "filepath,title"
+    text = ("\ufeff" if rng.random() < 0.5 else "") + header + newline()
+    line = 2
+    expected, spans = [], []
+    for i in range(int(rng.integers(5, 30))):
+        kind = rng.random()
+        if kind < 0.1:
+            blank = str(rng.choice(["", "   ", "\t", " \t "]))
+            end = newline()
+            if not blank and text.endswith("\r") and end.startswith("\n"):
+                end = "\r"  # "\r" + "\n" would be one CRLF line end, not a blank line
+            text += blank + end
+            line += 1
+            continue
+        path = f"images/{i}.jpg"
+        caption = CAPTIONS[rng.integers(len(CAPTIONS))]
+        needs_quotes = any(c in caption for c in ',"\r\n') or rng.random() < 0.3
+        cell = quote(caption) if needs_quotes else caption
+        if not needs_quotes and (caption.startswith(" ") or caption == ""):
+            cell = quote(caption)  # keep the generator unambiguous about leading blanks
+        if kind < 0.17:
+            row, fields = path, [path, ""]                            # missing field
+        else:
+            row, fields = f"{quote(path) if rng.random() < 0.2 else path},{cell}", [path, caption]
+        breaks = len(re.findall(r"\r\n|\r|\n", row))
+        last_row = i == 29 or rng.random() < 0.05
+        text += row + ("" if last_row and rng.random() < 0.5 else newline())
+        expected.append(fields)
+        spans.append((line, line + breaks))
+        line += breaks + 1
+        if last_row:
+            break
+    return text.encode("utf-8"), expected, spans
+
+
+def pandas_rows(data: bytes, **kwargs) -> tuple[list[str], list[list[str]]]:
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, index_col=False,
+                        **kwargs)
+    return list(frame.columns), frame.values.tolist()
+
+
+def physical_lines(data: bytes) -> int:
+    text = data.decode("utf-8")
+    return len(re.findall(r"\r\n|\r|\n", text)) + (not re.search(r"[\r\n]$", text))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_csv_reads_as_pandas_with_exact_line_numbers(seed):
+    data, expected, spans = generated_csv(seed)
+    table = tables.read_table(data, delimiter=",", quoting="csv")
+    header, rows = pandas_rows(data)
+    assert table.header == header == ["filepath", "title"]
+    ours = [(r.fields + [""])[:2] for r in table.records]
+    assert ours == rows == expected
+    assert [(r.first_line, r.last_line) for r in table.records] == spans
+    counts = table.line_accounting()
+    assert counts["physical_lines"] == physical_lines(data)
+    assert counts["header_lines"] + counts["blank_lines"] + counts["record_lines"] == \
+        counts["physical_lines"]
+
+
+CASES = {
+    # name: (text, delimiter, quoting, pandas kwargs)
+    "issue tsv, no quoting": ('filepath\ttitle\nimg/a.png\tok\nimg/b.png\t"Hello world\n'
+                              'img/c.png\tthird\nimg/d.png\t"quoted" caption\n', "\t", "none",
+                              {"sep": "\t", "quoting": csv.QUOTE_NONE}),
+    "tsv, csv quoting": ('filepath\ttitle\r\na.png\t"two\r\nlines"\r\nb.png\t"x""y"\r\n', "\t",
+                         "csv", {"sep": "\t"}),
+    "junk after closing quote": ('filepath,title\na.jpg,"abc"def\nb.jpg,x""y\n', ",", "csv", {}),
+    "quote after a space": ('filepath,title\na.jpg, "x"\nb.jpg,"y" \n', ",", "csv", {}),
+    "cr line ends, no final": ("filepath,title\ra.jpg,x\rb.jpg,y", ",", "csv", {}),
+    "semicolon": ('filepath;title\na.jpg;"x;y"\n', ";", "csv", {"sep": ";"}),
+    "quoted header with quotes": ('"file""path",title\na.jpg,x\n', ",", "csv", {}),
+    "blank lines before header": ("\n\r\n  \nfilepath,title\na.jpg,x\n", ",", "csv", {}),
+    "nul byte": ("filepath,title\na.jpg,x\x00y\n", ",", "csv", {}),
+    "unicode": ("filepath,title\n猫.jpg,ein Bär 🐻\n", ",", "csv", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_awkward_tables_read_as_pandas(name):
+    text, delimiter, quoting, kwargs = CASES[name]
+    table = tables.read_table(text.encode(), delimiter=delimiter, quoting=quoting)
+    header, rows = pandas_rows(text.encode(), **kwargs)
+    assert table.header == header
+    assert [r.fields for r in table.records] == rows
+    counts = table.line_accounting()
+    assert counts["physical_lines"] == physical_lines(text.encode())
+
+
+def test_issue_tsv_keeps_every_row_with_its_line():
+    table = tables.read_table(CASES["issue tsv, no quoting"][0].encode(), delimiter="\t",
+                              quoting="none")
+    assert [(r.lines, r.fields[1]) for r in table.records] == [
+        ("line 2", "ok"), ("line 3", '"Hello world'), ("line 4", "third"),
+        ("line 5", '"quoted" caption')]
+
+
+@pytest.mark.parametrize("text, delimiter, line", [
+    ('filepath,title\na.jpg,"unterminated caption\nb.jpg,x\nc.jpg,y\n', ",", 2),
+    ('filepath,title\na.jpg,x\nb.jpg,"two\nlines"\nc.jpg,"open\nd.jpg,z', ",", 5),
+    ('filepath\ttitle\nimg/b.png\t"Hello world\nimg/c.png\tz\n', "\t", 2),
+    ('filepath,title\na.jpg,"x', ",", 2),
+])
+def test_unclosed_quote_refuses_the_table_with_its_line_as_pandas_does(text, delimiter, line):
+    with pytest.raises(pd.errors.ParserError, match="EOF inside string"):
+        pd.read_csv(io.StringIO(text), sep=delimiter)
+    with pytest.raises(tables.TableError, match=rf"starting at line {line} .*never closed"
+                                                r".*quoting='none'") as error:
+        tables.read_table(text.encode(), delimiter=delimiter, quoting="csv", name="t.csv")
+    assert error.value.line == line and "\n" not in str(error.value)
+
+
+def test_extra_and_missing_fields_are_reported_not_shifted():
+    """pandas refuses a file with an extra field, or shifts the columns when it is on the
+    first row; the reader hands every record over with its fields and lines, the builder
+    decides (see test_data_image_text_table)."""
+    text = b"filepath,title\na.jpg,x,extra\nb.jpg\nc.jpg,y,\n"
+    table = tables.read_table(text, delimiter=",", quoting="csv")
+    assert [(r.lines, r.fields) for r in table.records] == [
+        ("line 2", ["a.jpg", "x", "extra"]), ("line 3", ["b.jpg"]), ("line 4", ["c.jpg", "y", ""])]
+    with pytest.raises(ValueError, match="empty"):
+        tables.read_table(b"\n \n", delimiter=",", quoting="csv")
