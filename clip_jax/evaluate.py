@@ -140,7 +140,7 @@ class Evaluation:
         data = input_pipeline.resolve_config(config.data)
         self.module = module
         self.embedder = Embedder(module, mesh, config.logical_axis_rules, shardings,
-                                 ev.batch_size, data.eval_max_captions)
+                                 ev.batch_size)
         self._passes: list[_Pass] = []
         self.zero_shot: list[_ZeroShot] = []
         self.retrieval: list[tuple[str, _Pass]] = []

@@ -71,7 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
         else tokenise captions in the pipeline), `stored` or `pipeline`.
       build_if_missing: build (or convert to ArrayRecord) the dataset on first use.
       augment.scale, augment.ratio: RandomResizedCrop area fraction and aspect-ratio ranges.
-      eval_max_captions: captions per image in eval batches (retrieval); extra ones dropped.
+      eval_max_captions: caption slots per image in eval batches (retrieval): 0 = the split's
+        largest caption count (found by one pass over the split when the iterable is made);
+        a number below that count is refused, never cut silently.
       prefetch_batches: batches prepared ahead of the consumer.
       synthetic.*, table.*, webdataset.*: builder options (see data/README.md).
       build.*: how bad records are handled when building the table and webdataset datasets.
@@ -94,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
         "tokenize": "auto",
         "build_if_missing": True,
         "augment": {"scale": (0.9, 1.0), "ratio": (3 / 4, 4 / 3)},
-        "eval_max_captions": 5,
+        "eval_max_captions": 0,
         "prefetch_batches": 2,
         "synthetic": {k: getattr(defaults, k) for k in synthetic_options()},
         "table": dataclasses.asdict(TableOptions()),
@@ -158,7 +160,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
          "(min, max) with 0 < min <= max <= 1, e.g. (0.9, 1.0)"),
         (pair(ratio) and 0 < ratio[0] <= ratio[1], "data.augment.ratio",
          "(min, max) with 0 < min <= max, e.g. (0.75, 1.333)"),
-        (c.eval_max_captions >= 1, "data.eval_max_captions", "at least 1"),
+        (c.eval_max_captions >= 0, "data.eval_max_captions",
+         "0 (the split's largest caption count) or a number of caption slots"),
         (c.prefetch_batches >= 0, "data.prefetch_batches", "0 or more"),
         (1 <= c.build.jpeg_quality <= 100, "data.build.jpeg_quality", "1..100"),
         (0.0 <= c.build.max_bad_fraction <= 1.0, "data.build.max_bad_fraction", "in [0, 1]"),
@@ -701,17 +704,19 @@ class EvalIterable:
     Each batch (B = batch_size): `images` float32 [B, S, S, 3]; `mask` bool [B] (False on
     padding); `index` int64 [B] (example index in the split, -1 on padding); `tokens` int32
     [B, L] (first caption); `captions_tokens` int32 [B, C, L] and `captions_mask` bool [B, C]
-    (all captions of the image, C = data.eval_max_captions); `label` int32 [B] when
+    (all captions of the image, C = `max_captions`: data.eval_max_captions, or the split's
+    largest caption count when that is 0); `label` int32 [B] when
     data.label_key is set. Padding rows are zero. Every process yields `num_batches` batches,
     so collective eval steps stay in lockstep.
     """
 
     def __init__(self, dataset: tf.data.Dataset, num_batches: int, num_examples: int,
-                 label_names: list[str] | None):
+                 label_names: list[str] | None, max_captions: int = 0):
         self._dataset = dataset
         self.num_batches = num_batches
         self.num_examples = num_examples
         self.label_names = label_names
+        self.max_captions = max_captions
 
     def __len__(self) -> int:
         return self.num_batches
@@ -750,8 +755,8 @@ def make_eval_iterable(
     num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
     size = model_config.image_size
     mean, std = normalization_constants(model_config)
-    max_captions = config.eval_max_captions
     read = _reader(source)
+    max_captions = _caption_slots(config, builder, split, source, schema)
 
     def slots(start: tf.Tensor) -> dict[str, tf.Tensor]:
         slot = start + tf.range(_READ_CHUNK, dtype=tf.int64)
@@ -764,7 +769,7 @@ def make_eval_iterable(
         valid = item["valid"]
         image = tf_preprocess.eval_image(_lookup(parsed, schema.image_key), size)
         image = tf_preprocess.normalize(image, mean, std)
-        captions = schema.captions(parsed)[:max_captions]
+        captions = schema.captions(parsed)
         count = tf.shape(captions)[0]
         caption_mask = (tf.range(max_captions) < count) & valid
         out = {
@@ -774,7 +779,7 @@ def make_eval_iterable(
             "captions_mask": caption_mask,
         }
         if schema.tokens_key:
-            tokens = schema.caption_tokens(parsed)[:max_captions]
+            tokens = schema.caption_tokens(parsed)
             tokens = tf.pad(tokens, [[0, max_captions - count], [0, 0]])
             out["captions_tokens"] = tf.where(caption_mask[:, None], tokens, tf.zeros_like(tokens))
         else:
@@ -803,4 +808,42 @@ def make_eval_iterable(
                           deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).map(_graph(finish))
     dataset = dataset.prefetch(config.prefetch_batches)
-    return EvalIterable(dataset.with_options(_options()), num_batches, num_examples, names)
+    return EvalIterable(dataset.with_options(_options()), num_batches, num_examples, names,
+                        max_captions)
+
+
+_CAPTION_COUNTS: dict[tuple[str, str, str], int] = {}
+
+
+def split_max_captions(source: Any, schema: _Schema, key: tuple[str, str, str]) -> int:
+    """The largest number of captions of one example of a split: one pass over all of it
+    (every process reads the whole split, so all agree), remembered per (dataset, split,
+    caption key) for the life of the process."""
+    if key not in _CAPTION_COUNTS:
+        read = _reader(source)
+        dataset = tf.data.Dataset.range(0, len(source), _READ_CHUNK).map(_graph(
+            lambda start: start + tf.range(_READ_CHUNK, dtype=tf.int64)))
+        dataset = dataset.map(lambda i: read(tf.minimum(i, len(source) - 1)),
+                              num_parallel_calls=_READ_PARALLELISM, deterministic=False)
+        dataset = dataset.unbatch().map(_graph(lambda s: tf.size(schema.captions(
+            schema.parse(s)))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        counts = dataset.batch(4096).map(tf.reduce_max)
+        _CAPTION_COUNTS[key] = int(max(counts.as_numpy_iterator(), default=0))
+    return _CAPTION_COUNTS[key]
+
+
+def _caption_slots(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                   split: str, source: Any, schema: _Schema) -> int:
+    """Caption slots per eval example: all captions of every image, or a one-line refusal."""
+    largest = split_max_captions(source, schema, (str(builder.data_dir), split,
+                                                  schema.caption_key))
+    wanted = config.eval_max_captions
+    if wanted and largest > wanted:
+        raise ValueError(
+            f"data.eval_max_captions={wanted} but an image of split {split!r} of "
+            f"{builder.info.full_name} has {largest} captions; retrieval uses every caption, "
+            f"so set data.eval_max_captions=0 (the split's largest count) or >= {largest}.")
+    slots = max(wanted or largest, 1)
+    log.info("%s %s: %d caption slots per image (largest caption count %d).",
+             builder.info.full_name, split, slots, largest)
+    return slots

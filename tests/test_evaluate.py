@@ -270,3 +270,53 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
     for key, value in single[-1].items():
         if key != "step":
             assert multi[key] == pytest.approx(value, abs=1.01 / 20), key
+
+
+def test_retrieval_uses_every_caption_of_images_with_1_to_9_captions(tmp_path, model):
+    """Images with 1..9 captions (a grouped caption table): retrieval sees all 45 captions,
+    recall as a brute-force numpy ranking computes it; a smaller eval_max_captions is
+    refused with the split's count, never cut silently."""
+    module, variables = model
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "dog", "cat", "car", "tree", "small", "big", "a", "photo", "of"]
+    lines, captions = ["filepath,title"], []
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 256, (24 + i, 40, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+        captions.append([" ".join(rng.choice(words, 5)) for _ in range(i + 1)])
+    rows = [(i, c) for i in range(9) for c in captions[i]]
+    for k in rng.permutation(len(rows)):  # rows of one image scattered through the table
+        lines.append(f"{rows[k][0]}.png,{rows[k][1]}")
+    (tmp_path / "captions.csv").write_text("\n".join(lines) + "\n")
+    config = small_config(tmp_path / "tfds", evaluators="retrieval")
+    config.data.update(dataset="image_text_table", label_key="", eval_split="validation")
+    config.data.table.update(name="captions", group_by_image=True,
+                             train_path=str(tmp_path / "captions.csv"),
+                             validation_path=str(tmp_path / "captions.csv"))
+    config.eval.retrieval.heldout.split = ""
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+
+    builder = input_pipeline.prepare(config.data)
+    source = builder.as_data_source("validation", decoders={"image": tfds.decode.SkipDecoding()})
+    examples = [source[i] for i in range(len(source))]
+    assert sorted(len(e["captions"]) for e in examples) == list(range(1, 10))
+    images = [np.asarray(Image.open(io.BytesIO(e["image"])).convert("RGB")) for e in examples]
+    texts = [c.decode() for e in examples for c in e["captions"]]
+    owner = np.repeat(np.arange(9), [len(e["captions"]) for e in examples])
+    image_emb = reference_embeddings(module, variables, images=preprocess(images, module.config))
+    text_emb = reference_embeddings(module, variables, tokens=tokenize(texts, 16))
+    sims = image_emb @ text_emb.T
+    i2t_best = np.array([min(np.argsort(-sims[i], kind="stable").tolist().index(j)
+                             for j in np.flatnonzero(owner == i)) for i in range(9)])
+    t2i_rank = np.array([np.argsort(-sims[:, j], kind="stable").tolist().index(owner[j])
+                         for j in range(len(owner))])
+    assert evaluation.sizes["retrieval/heldout"] == {"images": 9, "texts": 45}
+    for k in (1, 5, 10):
+        assert metrics[f"retrieval/heldout/i2t_r{k}"] == pytest.approx(np.mean(i2t_best < k),
+                                                                       abs=1.01 / 9)
+        assert metrics[f"retrieval/heldout/t2i_r{k}"] == pytest.approx(np.mean(t2i_rank < k),
+                                                                       abs=1.01 / 45)
+    config.data.eval_max_captions = 5
+    with pytest.raises(ValueError, match=r"data.eval_max_captions=5 but an image of split "
+                                         r"'validation' .* has 9 captions.*eval_max_captions=0"):
+        evaluate.evaluate_model(config, module, variables)
