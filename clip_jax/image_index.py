@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,7 +78,7 @@ class ImageIndex:
                     raise ValueError(f"format {meta.get('format')!r}")
                 return cls(np.asarray(data["embeddings"], np.float32), _decode(data["paths"]),
                            data["sizes"], data["mtimes"], meta)
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path!r} is not a clip_jax image index ({error}); rebuild it with "
                              "`clip-jax index`.") from None
 

@@ -144,6 +144,17 @@ def test_index_and_search_match_brute_force(folder, model, tmp_path):
     np.testing.assert_allclose([m.score for m in matches], (reference @ text)[expected], atol=2e-6)
 
 
+def test_load_refuses_what_is_not_an_index(tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    for name in ("garbage.npz", "other.npz"):
+        with pytest.raises(ValueError, match="is not a clip_jax image index") as error:
+            image_index.ImageIndex.load(str(tmp_path / name))
+        assert len(str(error.value).splitlines()) == 1
+    with pytest.raises(FileNotFoundError, match="clip-jax index"):
+        image_index.ImageIndex.load(str(tmp_path / "absent.npz"))
+
+
 def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path):
     _, module, variables = model
     out = str(tmp_path / "resume.npz")
