@@ -82,7 +82,8 @@ def index_command(args: argparse.Namespace) -> int:
     encoder = Encoder(*load(args.model))
     report = image_index.build_index(args.images, encoder, args.output, recursive=args.recursive,
                                      batch_size=args.batch_size, save_every=args.save_every,
-                                     model_name=args.model)
+                                     model_name=os.path.abspath(args.model)
+                                     if os.path.exists(args.model) else args.model)
     report_skipped(report.skipped, report.ignored)
     print(report.summary(args.output))
     return 0

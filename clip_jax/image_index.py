@@ -9,9 +9,12 @@ that grew) re-embeds only files not already in the partial parts or the previous
 same model, size and mtime.
 
 Search is exact: cosine similarity against every embedding (one matrix product) and top-k with
-ties to the lower index. `python benchmarks/image_search.py` measured it against faiss and
-hnswlib; at a million 512-d embeddings exact search answers a query in well under a second,
-so no approximate-search dependency is used.
+ties to the lower index. `benchmarks/image_search.py` compared it with faiss (exact flat index)
+and hnswlib (HNSW graph) at 500k x 512: exact NumPy search took 0.55 s for one query and 66 ms
+per query in a batch of 64, faiss's flat index was no faster, and HNSW answered in 0.9 ms but
+needed an estimated 54 min to build with recall@10 of 0.18 on random vectors (2 shared CPU
+cores under heavy load). An interactive search is dominated by loading the model, so exact
+search stays and no approximate-search dependency is added.
 """
 
 from __future__ import annotations
