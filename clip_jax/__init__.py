@@ -7,10 +7,12 @@ from `module.apply(variables, images, method=module.encode_image)` and `encode_t
 `from clip_jax.preprocess import ...`).
 """
 
+from clip_jax.encoder import Encoder
+from clip_jax.image_index import ImageIndex, build_index, search
 from clip_jax.loading import load
 from clip_jax.models import CLIP, CLIPConfig, PRESETS, create_model, get_preset
 from clip_jax.preprocess import preprocess
 from clip_jax.tokenizer import tokenize
 
 __all__ = ["CLIP", "CLIPConfig", "PRESETS", "create_model", "get_preset", "load", "preprocess",
-           "tokenize"]
+           "tokenize", "Encoder", "ImageIndex", "build_index", "search"]

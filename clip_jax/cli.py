@@ -1,6 +1,9 @@
 """The `clip-jax` command: quick zero-shot inference, evaluation, export, the demo.
 
-  clip-jax zero-shot --model PATH --labels "cat,dog,car" IMAGES_OR_FOLDERS...
+  clip-jax zero-shot --model PATH --labels "cat,dog,car" [--recursive] [--output json|csv]
+      IMAGES_OR_FOLDERS...
+  clip-jax index IMAGES_OR_FOLDERS... --model PATH --output INDEX
+  clip-jax search INDEX "a red car" | --image QUERY.jpg [--top 10]
   clip-jax eval PATH [--config FILE] [--evaluators zero_shot,retrieval] [--output DIR]
   clip-jax export-hf WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax export-open-clip WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
@@ -14,48 +17,108 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
 from clip_jax.host_tuning import reexec_with_huge_pages
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
+OUTPUT_FORMATS = ("text", "json", "csv")
 
 
-def image_paths(inputs: Sequence[str]) -> list[str]:
-    """Files as given, folders expanded to their image files (sorted, not recursive)."""
-    paths = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
-                                        f"folder {item!r}.")
-            paths += found
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"No image file or folder at {item!r}.")
-    return paths
+def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
+    """Every file not processed, with its reason, on stderr (stdout stays machine-readable)."""
+    for item in skipped:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+    if skipped or ignored:
+        print(f"{len(skipped)} unreadable image file(s) skipped; {ignored} file(s) without an "
+              "image extension ignored.", file=sys.stderr)
 
 
 def zero_shot_command(args: argparse.Namespace) -> int:
-    from clip_jax import load, templates, zero_shot
+    import csv
+
+    from clip_jax import image_folder, load, templates, zero_shot
 
     labels = zero_shot.read_class_names(args.labels)
-    paths = image_paths(args.images)
+    paths, ignored = image_folder.find_images(args.images, args.recursive)
     module, variables = load(args.model)
     classifier = zero_shot.ZeroShotClassifier(module, variables,
                                               exif_transpose=args.exif_transpose, alpha=args.alpha)
-    probs = classifier.probabilities(paths, labels, templates.get_templates(args.templates))
+    label_embeddings = classifier.embed_labels(labels, templates.get_templates(args.templates))
     top = min(args.top, len(labels))
-    for path, row in zip(paths, probs):
-        best = sorted(range(len(labels)), key=lambda k: (-row[k], k))[:top]
-        print(f"{path}: " + ", ".join(f"{labels[k]} {row[k]:.1%}" for k in best))
+    writer = csv.writer(sys.stdout, lineterminator="\n") if args.output == "csv" else None
+    if writer:
+        writer.writerow(["path", "label", *labels])
+    skipped, done = [], 0
+    for batch in image_folder.iter_batches(paths, module.config, args.batch_size,
+                                           **classifier.image_options):
+        skipped += batch.skipped
+        probs = classifier.probabilities_of(classifier.embed_pixels(batch.images),
+                                            label_embeddings)
+        for path, row in zip(batch.paths, probs):
+            best = sorted(range(len(labels)), key=lambda k: (-row[k], k))[:top]
+            if writer:
+                writer.writerow([path, labels[best[0]], *(f"{p:.6g}" for p in row)])
+            elif args.output == "json":
+                print(json.dumps({"path": path, "top": [{"label": labels[k],
+                                  "probability": float(row[k])} for k in best]}))
+            else:
+                print(f"{path}: " + ", ".join(f"{labels[k]} {row[k]:.1%}" for k in best))
+        sys.stdout.flush()
+        done += len(batch.paths)
+    report_skipped(skipped, ignored)
+    if not done:
+        raise ValueError(f"None of the {len(paths)} image file(s) could be read (see above).")
+    return 0
+
+
+def index_command(args: argparse.Namespace) -> int:
+    from clip_jax import image_index, load
+    from clip_jax.encoder import Encoder
+
+    encoder = Encoder(*load(args.model))
+    report = image_index.build_index(args.images, encoder, args.output, recursive=args.recursive,
+                                     batch_size=args.batch_size, save_every=args.save_every,
+                                     model_name=os.path.abspath(args.model)
+                                     if os.path.exists(args.model) else args.model)
+    report_skipped(report.skipped, report.ignored)
+    print(report.summary(args.output))
+    return 0
+
+
+def search_command(args: argparse.Namespace) -> int:
+    import csv
+
+    from clip_jax import image_index, load
+    from clip_jax.encoder import Encoder
+
+    if (args.query is None) == (args.image is None):
+        raise ValueError("Give either a text query or --image QUERY_IMAGE (not both).")
+    index = image_index.ImageIndex.load(args.index)
+    model = args.model or index.meta.get("model")
+    if not model:
+        raise ValueError(f"{args.index!r} does not record its model; pass --model.")
+    encoder = Encoder(*load(model))
+    if args.model and image_index.model_fingerprint(encoder) != index.meta.get("fingerprint"):
+        print(f"warning: --model {model} is not the model {args.index} was built with "
+              f"({index.meta.get('model')}); scores compare different embeddings.",
+              file=sys.stderr)
+    query = args.query if args.image is None else pathlib.Path(args.image)
+    matches = image_index.search(index, query, encoder, args.top)
+    if args.output == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["rank", "score", "path"])
+        writer.writerows([rank, f"{m.score:.6f}", m.path] for rank, m in enumerate(matches, 1))
+    for rank, m in enumerate(matches, 1):
+        if args.output == "json":
+            print(json.dumps({"rank": rank, "score": m.score, "path": m.path}))
+        elif args.output == "text":
+            print(f"{rank:>3}  {m.score:.4f}  {m.path}")
     return 0
 
 
@@ -162,8 +225,35 @@ def parser() -> argparse.ArgumentParser:
     z.add_argument("--alpha", default="drop",
                    help="transparency: 'drop' (default, as OpenAI / open_clip) or a background "
                         "colour to composite onto, e.g. 'white' or '#808080'")
+    z.add_argument("--recursive", action="store_true", help="also search subfolders")
+    z.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
+                   help="text (default), json (one object per line) or csv (every label's "
+                        "probability)")
+    z.add_argument("--batch-size", type=int, default=64, help="images decoded and embedded "
+                   "at once (default 64)")
     z.add_argument("images", nargs="+", help="image files and/or folders of images")
     z.set_defaults(run=zero_shot_command)
+
+    i = sub.add_parser("index", help="embed a folder of images into an index file for search")
+    i.add_argument("images", nargs="+", help="image files and/or folders of images")
+    i.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
+    i.add_argument("--output", required=True, help="index file to write (.npz)")
+    i.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                   help="search subfolders (default: yes)")
+    i.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    i.add_argument("--save-every", type=int, default=4096, help="save progress every N "
+                   "embedded images, so an interrupted run resumes there (default 4096)")
+    i.set_defaults(run=index_command)
+
+    q = sub.add_parser("search", help="top images of an index for a text or an image")
+    q.add_argument("index", help="index file written by `clip-jax index`")
+    q.add_argument("query", nargs="?", help="text query, e.g. \"a red car\"")
+    q.add_argument("--image", help="query image file instead of a text")
+    q.add_argument("--top", type=int, default=10, help="matches shown (default 10)")
+    q.add_argument("--model", help="model to embed the query (default: the index's own)")
+    q.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
+                   help="text (default), json (one object per line) or csv")
+    q.set_defaults(run=search_command)
 
     e = sub.add_parser("eval", help="zero-shot / retrieval / linear-probe evaluation")
     e.add_argument("path", help="workdir, checkpoint file or HF directory")

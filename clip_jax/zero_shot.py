@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import jax
 import numpy as np
 
 from clip_jax import templates as templates_lib
-from clip_jax.models.clip import CLIP, l2_normalize
-from clip_jax.preprocess import ImageLike, preprocess
+from clip_jax.encoder import Encoder
+from clip_jax.preprocess import ImageLike
 from clip_jax.tokenizer import tokenize
-
-_BATCH = 32  # images and prompts embedded per call of the single-host classifier
 
 
 def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
@@ -56,46 +52,29 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
     return names
 
 
-class ZeroShotClassifier:
+class ZeroShotClassifier(Encoder):
     """Single-host zero-shot classification of images against free-form labels.
 
-    Images and prompts are embedded in padded batches of fixed size, so any number of them
-    reuses one compiled image function and one text function.
+    Images and prompts are embedded in padded batches of fixed size (`Encoder`), so any number
+    of them reuses one compiled image function and one text function.
     """
-
-    def __init__(self, module: CLIP, variables: dict[str, Any], *, exif_transpose: bool = True,
-                 alpha: str | Sequence[int] = "drop"):
-        """`exif_transpose` and `alpha` are `clip_jax.preprocess`'s image options."""
-        self.module, self.variables = module, variables
-        self.image_options = {"exif_transpose": exif_transpose, "alpha": alpha}
-        self._images = jax.jit(lambda v, x: l2_normalize(
-            module.apply(v, x, method=module.encode_image)))
-        self._texts = jax.jit(lambda v, t: l2_normalize(
-            module.apply(v, t, method=module.encode_text)))
-        self.scale = float(np.exp(np.asarray(variables["params"]["logit_scale"], np.float32)))
-
-    def _batched(self, fn: Callable, x: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(x), _BATCH):
-            block = x[start:start + _BATCH]
-            padded = np.zeros((_BATCH, *x.shape[1:]), x.dtype)
-            padded[:len(block)] = block
-            out.append(np.asarray(fn(self.variables, padded))[:len(block)])
-        return np.concatenate(out)
-
-    def embed_images(self, images: Sequence[ImageLike]) -> np.ndarray:
-        return self._batched(self._images, preprocess(list(images), self.module.config,
-                                                      **self.image_options))
 
     def embed_labels(self, labels: Sequence[str],
                      templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
-        return class_embeddings(lambda t: self._batched(self._texts, t), labels, templates,
+        return class_embeddings(self.embed_tokens, labels, templates,
                                 self.module.config.context_length)
 
     def probabilities(self, images: Sequence[ImageLike], labels: Sequence[str],
                       templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
         """[N, K] softmax over the labels of exp(logit_scale) * cosine similarity."""
-        logits = self.scale * self.embed_images(images) @ self.embed_labels(labels, templates).T
+        return self.probabilities_of(self.embed_images(images),
+                                     self.embed_labels(labels, templates))
+
+    def probabilities_of(self, image_embeddings: np.ndarray,
+                         label_embeddings: np.ndarray) -> np.ndarray:
+        """[N, K] probabilities from embeddings [N, E] and `embed_labels(...)` [K, E], for
+        streaming many images against one set of label embeddings."""
+        logits = self.scale * image_embeddings @ label_embeddings.T
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)

@@ -1,0 +1,252 @@
+"""Image folders, index and search (`clip_jax.image_folder`, `clip_jax.image_index`, the
+`clip-jax index / search / zero-shot` commands), checked against a brute-force NumPy ranking of
+the model's embeddings computed directly, PIL's own verdict on bad files, and pandas / json
+reading the command outputs."""
+
+import io
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import clip_jax  # noqa: E402
+from clip_jax import cli, image_folder, image_index  # noqa: E402
+from clip_jax.convert import hf  # noqa: E402
+from clip_jax.encoder import Encoder  # noqa: E402
+
+GOOD = ["a.png", "b/c.jpg", "b/d/e.png", "b/d/f.webp", "b0.png", "z.JPG", "b/g.bmp"]
+BAD = ["empty.jpg", "b/text.jpg", "trunc.jpg"]
+
+
+def write_folder(root, rng):
+    for i, rel in enumerate(GOOD):
+        os.makedirs(os.path.dirname(root / rel) or root, exist_ok=True)
+        pixels = rng.integers(0, 256, (30 + 3 * i, 44, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / rel, format=Image.registered_extensions()[
+            os.path.splitext(rel)[1].lower()])
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "b" / "text.jpg").write_text("not a picture, just a misnamed text file")
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (root / "trunc.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    (root / "b" / "notes.txt").write_text("ignored")
+
+
+def pil_reads(path):
+    try:
+        with Image.open(path) as image:
+            image.convert("RGB")
+        return True
+    except Exception:  # PIL's verdict, whatever it raises
+        return False
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    write_folder(root, np.random.default_rng(0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    module, variables = clip_jax.create_model("test-vit", rng=3)
+    path = tmp_path_factory.mktemp("model") / "hf"
+    hf.export_hf(module.config, variables, str(path))
+    return str(path), module, variables
+
+
+def reference_embeddings(module, variables, paths):
+    x = np.asarray(module.apply(variables, clip_jax.preprocess(paths, module.config),
+                                method=module.encode_image), np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def reference_text(module, variables, text):
+    t = np.asarray(module.apply(variables, clip_jax.tokenize([text], module.config.context_length),
+                                method=module.encode_text), np.float64)[0]
+    return t / np.linalg.norm(t)
+
+
+def test_find_images_order_recursion_and_counts(folder, tmp_path):
+    paths, ignored = image_folder.find_images([str(folder)], recursive=True)
+    expected = sorted(GOOD + BAD, key=lambda rel: rel.split("/"))
+    assert paths == [os.path.join(str(folder), rel) for rel in expected]
+    assert ignored == 1
+    flat, ignored = image_folder.find_images([str(folder)])
+    assert flat == [os.path.join(str(folder), rel) for rel in expected if "/" not in rel]
+    assert ignored == 0
+    (tmp_path / "only" / "nested").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "only" / "nested" / "x.png")
+    with pytest.raises(FileNotFoundError, match="--recursive"):
+        image_folder.find_images([str(tmp_path / "only")])
+    assert image_folder.find_images([str(tmp_path / "only")], recursive=True)[0] == [
+        str(tmp_path / "only" / "nested" / "x.png")]
+    with pytest.raises(FileNotFoundError, match="No image file or folder"):
+        image_folder.find_images([str(tmp_path / "absent")])
+
+
+def test_batches_skip_what_pil_cannot_read(folder, model):
+    _, module, _ = model
+    paths, _ = image_folder.find_images([str(folder)], recursive=True)
+    batches = list(image_folder.iter_batches(paths, module.config, batch_size=3, workers=2))
+    assert [len(b.paths) + len(b.skipped) for b in batches] == [3, 3, 3, 1]
+    read = [p for b in batches for p in b.paths]
+    skipped = {s.path: s.reason for b in batches for s in b.skipped}
+    assert read == [p for p in paths if pil_reads(p)]
+    assert sorted(skipped) == sorted(p for p in paths if not pil_reads(p))
+    assert skipped[str(folder / "empty.jpg")] == "empty file (0 bytes)"
+    assert "truncated" in skipped[str(folder / "trunc.jpg")]
+    np.testing.assert_array_equal(np.concatenate([b.images for b in batches]),
+                                  clip_jax.preprocess(read, module.config))
+
+
+def test_top_k_matches_numpy_ranking_with_ties():
+    rng = np.random.default_rng(1)  # small integers: exact float32 products, many ties
+    embeddings = rng.integers(-2, 3, (50, 8)).astype(np.float32)
+    embeddings[[7, 30, 41]] = embeddings[3]
+    index = image_index.ImageIndex(embeddings, [f"{i}.png" for i in range(50)])
+    queries = np.concatenate([embeddings[3:4], rng.integers(-2, 3, (4, 8)).astype(np.float32)])
+    for k in (1, 4, 50, 80):
+        scores, indices = index.top_k(queries, k)
+        for q, srow, irow in zip(queries, scores, indices):
+            exact = embeddings @ q
+            order = np.lexsort((np.arange(50), -exact))[:k]
+            np.testing.assert_array_equal(irow, order)
+            np.testing.assert_array_equal(srow, exact[order])
+
+
+def test_index_and_search_match_brute_force(folder, model, tmp_path):
+    path, module, variables = model
+    out = str(tmp_path / "photos.npz")
+    report = image_index.build_index([str(folder)], Encoder(module, variables), out,
+                                     batch_size=4, save_every=2, model_name=path, progress=False)
+    paths, _ = image_folder.find_images([str(folder)], recursive=True)
+    good = [p for p in paths if pil_reads(p)]
+    assert (report.embedded, report.reused, len(report.skipped), report.ignored) == (7, 0, 3, 1)
+    assert not os.path.exists(out + ".partial")
+
+    index = image_index.ImageIndex.load(out)
+    assert index.paths == [os.path.abspath(p) for p in good]
+    reference = reference_embeddings(module, variables, good)
+    np.testing.assert_allclose(index.embeddings, reference, atol=2e-6)
+    assert {s["path"] for s in index.meta["skipped"]} == {str(folder / b) for b in BAD}
+
+    text = reference_text(module, variables, "a red car")
+    expected = np.argsort(-(reference @ text), kind="stable")[:5]
+    matches = image_index.search(index, "a red car", Encoder(module, variables), k=5)
+    assert [m.path for m in matches] == [index.paths[i] for i in expected]
+    np.testing.assert_allclose([m.score for m in matches], (reference @ text)[expected], atol=2e-6)
+
+
+def test_load_refuses_what_is_not_an_index(tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    for name in ("garbage.npz", "other.npz"):
+        with pytest.raises(ValueError, match="is not a clip_jax image index") as error:
+            image_index.ImageIndex.load(str(tmp_path / name))
+        assert len(str(error.value).splitlines()) == 1
+    with pytest.raises(FileNotFoundError, match="clip-jax index"):
+        image_index.ImageIndex.load(str(tmp_path / "absent.npz"))
+
+
+def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path):
+    _, module, variables = model
+    out = str(tmp_path / "resume.npz")
+
+    class Interrupted(Encoder):
+        calls = 0
+
+        def embed_pixels(self, pixels):
+            Interrupted.calls += 1
+            if Interrupted.calls == 3:
+                raise KeyboardInterrupt
+            return super().embed_pixels(pixels)
+
+    with pytest.raises(KeyboardInterrupt):
+        image_index.build_index([str(folder)], Interrupted(module, variables), out, batch_size=2,
+                                save_every=1, progress=False)
+    assert not os.path.exists(out) and os.path.isdir(out + ".partial")
+
+    embedded = []
+
+    class Counting(Encoder):
+        def embed_pixels(self, pixels):
+            embedded.append(len(pixels))
+            return super().embed_pixels(pixels)
+
+    report = image_index.build_index([str(folder)], Counting(module, variables), out,
+                                     batch_size=2, progress=False)
+    # saved before the interruption: batches [a.png, b/c.jpg] and [b/d/e.png, b/d/f.webp]
+    assert (report.reused, report.embedded, sum(embedded)) == (4, 3, 3)
+    paths, _ = image_folder.find_images([str(folder)], recursive=True)
+    good = [p for p in paths if pil_reads(p)]
+    np.testing.assert_allclose(image_index.ImageIndex.load(out).embeddings,
+                               reference_embeddings(module, variables, good), atol=2e-6)
+
+    os.utime(good[-1], ns=(1, 1))  # a changed file is embedded again; the rest is reused
+    embedded.clear()
+    report = image_index.build_index([str(folder)], Counting(module, variables), out,
+                                     progress=False)
+    assert (report.reused, report.embedded, sum(embedded)) == (6, 1, 1)
+
+    other = Encoder(*clip_jax.create_model("test-vit", rng=4))
+    os.makedirs(out + ".partial")
+    with open(out + ".partial/model.json", "w") as f:
+        json.dump({"fingerprint": image_index.model_fingerprint(Counting(module, variables))}, f)
+    with pytest.raises(ValueError, match="another model"):
+        image_index.build_index([str(folder)], other, out, progress=False)
+
+
+def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys):
+    path, module, variables = model
+    out = str(tmp_path / "cli.npz")
+    assert cli.main(["index", str(folder), "--model", path, "--output", out]) == 0
+    captured = capsys.readouterr()
+    assert "Indexed 7 images" in captured.out and "3 unreadable" in captured.err
+    for bad in BAD:
+        assert f"skipped {folder / bad}: " in captured.err
+
+    paths, _ = image_folder.find_images([str(folder)], recursive=True)
+    good = [os.path.abspath(p) for p in paths if pil_reads(p)]
+    reference = reference_embeddings(module, variables, good)
+    query = reference[2]  # an indexed image finds itself first
+    assert cli.main(["search", out, "--image", good[2], "--top", "3", "--output", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    expected = np.argsort(-(reference @ query), kind="stable")[:3]
+    assert list(table["path"]) == [good[i] for i in expected]
+    np.testing.assert_allclose(table["score"], (reference @ query)[expected], atol=1e-5)
+
+    assert cli.main(["search", out, "a photo of a dog", "--output", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    text = reference_text(module, variables, "a photo of a dog")
+    assert [r["path"] for r in rows] == [good[i] for i in np.argsort(-(reference @ text),
+                                                                      kind="stable")]
+
+    labels = ["cat", "dog", "red car"]
+    assert cli.main(["zero-shot", "--model", path, "--labels", ",".join(labels), "--recursive",
+                     "--output", "csv", "--batch-size", "4", str(folder)]) == 0
+    captured = capsys.readouterr()
+    table = pd.read_csv(io.StringIO(captured.out))
+    assert list(table["path"]) == [p for p in paths if pil_reads(p)]
+    prompts = np.stack([reference_text(module, variables, f"a photo of a {x}.") for x in labels])
+    logits = np.exp(float(variables["params"]["logit_scale"])) * reference @ prompts.T
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(table[labels].to_numpy(), probs, atol=1e-5)
+    assert list(table["label"]) == [labels[k] for k in probs.argmax(1)]
+    assert "3 unreadable image file(s) skipped" in captured.err
+
+    assert cli.main(["zero-shot", "--model", path, "--labels", "cat,dog", "--output", "json",
+                     str(folder)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in rows] == [p for p in paths if "/" not in os.path.relpath(
+        p, folder) and pil_reads(p)]
+    assert cli.main(["zero-shot", "--model", path, "--labels", "cat,dog",
+                     str(folder / "empty.jpg")]) == 2
+    assert "None of the 1 image file(s) could be read" in capsys.readouterr().err
