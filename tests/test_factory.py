@@ -77,7 +77,7 @@ def test_create_model_reuses_its_initializer_and_stays_traceable():
     dtypes = {jax.tree_util.keystr(path): leaf.dtype
               for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
     assert dtypes.pop("['params']['logit_scale']") == np.float32  # kept fp32 by design
-    assert set(dtypes.values()) == {jax.numpy.bfloat16}
+    assert set(dtypes.values()) == {np.dtype(jax.numpy.bfloat16)}
     assert sum(int(np.prod(leaf.shape)) for leaf in leaves) == sum(
         p.numel() for p in open_clip.create_model("ViT-B-32").parameters())
 
