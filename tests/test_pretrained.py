@@ -187,8 +187,9 @@ def test_corrupt_cached_blob_is_refused(offline):
 
 
 def test_missing_offline_names_the_cache(offline):
-    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
-        clip_jax.load("RN50", "openai")
+    for spec in (("RN50", "openai"), ("RN50:openai",)):  # the one-string form of init_from
+        with pytest.raises(FileNotFoundError, match="timm/resnet50_clip.openai.*HF_HUB_OFFLINE"):
+            clip_jax.load(*spec)
     with pytest.raises(ValueError, match="known tags for ViT-B-32"):
         clip_jax.load("ViT-B-32", "no-such-tag")
     with pytest.raises(FileNotFoundError, match="is an architecture, not weights"):
