@@ -61,7 +61,8 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
         base = name.removesuffix("-quickgelu").replace("/", "-").replace("@", "-")
         entry = hub.PRETRAINED.get((base, "openai"))
         if entry is not None and entry.openai_url.endswith("/" + weights.name):
-            hub.check_openai_file(weights, entry)
+            hub.check_openai_file(weights, entry)  # OpenAI's own file: trained with QuickGELU
+            found = found.replace(activation="quick_gelu")
     elif os.path.exists(name):
         raise ValueError(f"pretrained={tag!r} names released weights, but {name!r} is a local "
                          "path; load it alone (pin its architecture with model=).")
@@ -118,6 +119,9 @@ def repo_files(repo_id: str, revision: str | None = None, token: str | bool | No
     bare = repo_id.removeprefix(hub.OPEN_CLIP_PREFIX)
     if not repo_id.startswith(hub.OPEN_CLIP_PREFIX):
         config = hub.download(bare, HF_CONFIG_FILES, required=False, **kw)
+        if config is not None and not _is_transformers_clip(config):  # e.g. timm's config.json
+            config = None if hub.download(bare, (open_clip_import.CONFIG_FILE,), required=False,
+                                          **kw) else config
         if config is not None:
             for name in HF_OPTIONAL_FILES + (HF_TOKENIZER_FILES if tokenizer else ()):
                 hub.download(bare, (name,), required=False, **kw)
@@ -130,6 +134,10 @@ def repo_files(repo_id: str, revision: str | None = None, token: str | bool | No
     config = hub.download(bare, (open_clip_import.CONFIG_FILE,), **kw)
     hub.download(bare, open_clip_import.WEIGHT_FILES, **kw)
     return "open_clip", config.parent
+
+
+def _is_transformers_clip(config_file: Path) -> bool:
+    return json.loads(config_file.read_text(encoding="utf-8")).get("model_type") == "clip"
 
 
 def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import huggingface_hub
+import jax
 import numpy as np
 import open_clip
 import pytest
@@ -30,6 +31,7 @@ TOL = 1e-5
 HF_REPO = "tiny-org/clip-hf"
 OC_REPO = "tiny-org/clip-open-clip"
 B32_OPENAI = "timm/vit_base_patch32_clip_224.openai"
+TIMM_LIKE_REPO = "tiny-org/timm-style"
 # An open_clip model whose config says what shapes cannot: QuickGELU, 32-wide vision heads,
 # LAION-style image statistics, a short context.
 OC_CONFIG = {
@@ -90,7 +92,11 @@ def _b32_openai(tmp):
 def hub_home(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hub")
     cache = tmp / "hf_home" / "hub"
-    add_repo(cache, OC_REPO, _open_clip_tiny(tmp))
+    open_clip_files = _open_clip_tiny(tmp)
+    add_repo(cache, OC_REPO, open_clip_files)
+    # timm's repos carry open_clip's files next to timm's own config.json (not a CLIP config).
+    (tmp / "timm_config.json").write_text(json.dumps({"architecture": "vit_tiny_clip"}))
+    add_repo(cache, TIMM_LIKE_REPO, {**open_clip_files, "config.json": tmp / "timm_config.json"})
     add_repo(cache, HF_REPO, _hf_tiny(tmp))
     add_repo(cache, B32_OPENAI, _b32_openai(tmp))
     return tmp / "hf_home"
@@ -205,6 +211,13 @@ def test_open_clip_directory_and_file_beside_its_config(offline, caplog):
         assert module.config == expected[0].config
         assert not caplog.records  # nothing guessed: the config said it all
     assert module.config.vision.head_width == 32 and module.config.activation == "quick_gelu"
+
+
+def test_bare_repo_id_with_a_non_clip_config_json_is_read_as_open_clip(offline):
+    ours = clip_jax.load(TIMM_LIKE_REPO)
+    expected = clip_jax.load(f"hf-hub:{OC_REPO}")
+    assert ours[0].config == expected[0].config
+    jax.tree.map(np.testing.assert_array_equal, ours[1], expected[1])
 
 
 def test_bare_file_says_what_it_assumed(offline, tmp_path, caplog):
