@@ -425,11 +425,11 @@ def test_import_reproduces_transformers(tmp_path):
     err = errors(our_outputs(c, variables, images, tokens), expected)
     assert err["image"] <= 1e-5 and err["text"] <= 1e-5 and err["logits"] <= 1e-4, err
 
-    scanned_module, scanned = clip_jax.load(str(tmp_path), c.replace(scan_layers=True))
+    scanned_module, scanned = clip_jax.load(str(tmp_path), model=c.replace(scan_layers=True))
     np.testing.assert_allclose(our_outputs(scanned_module.config, scanned, images, tokens)[1],
                                expected[1], atol=1e-5)
     with pytest.raises(ValueError, match="activation is 'quick_gelu', the directory's 'gelu'"):
-        clip_jax.load(str(tmp_path), c.replace(activation="quick_gelu"))
+        clip_jax.load(str(tmp_path), model=c.replace(activation="quick_gelu"))
 
 
 def test_import_legacy_config_and_sharded_weights(tmp_path):
@@ -494,4 +494,4 @@ def test_import_errors(tmp_path):
         clip_jax.load(str(tmp_path / "empty"))
     source = _save_hf_dir(_hf_model(), tmp_path / "full")
     with pytest.raises(ValueError, match="does not match.*vision.width is 64"):
-        clip_jax.load(str(source), get_preset("test-vit", activation="gelu"))
+        clip_jax.load(str(source), model=get_preset("test-vit", activation="gelu"))

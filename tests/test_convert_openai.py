@@ -98,7 +98,7 @@ def test_load_files(tmp_path, suffix):
         save_file(sd, path)
     else:
         torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, path)
-    module, variables = clip_jax.load(path, "test-vit", activation="gelu")
+    module, variables = clip_jax.load(path, model="test-vit", activation="gelu")
     images, tokens = random_inputs(module.config)
     img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
     ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)

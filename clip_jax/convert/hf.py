@@ -115,9 +115,9 @@ def check_exportable(config: CLIPConfig) -> None:
         raise ValueError(
             f"Cannot export a ModifiedResNet CLIP (vision.layers={config.vision.layers}) to "
             "Hugging Face: transformers has no CLIP class with a ResNet image tower. Export it in "
-            "open_clip's format instead: clip_jax.convert.open_clip_export.export_open_clip("
-            "config, variables, output_dir), then open_clip.create_model_and_transforms("
-            "'local-dir:OUTPUT_DIR').")
+            "open_clip's format instead: `clip-jax export-open-clip SOURCE OUTPUT_DIR` (Python: "
+            "clip_jax.save(module, variables, OUTPUT_DIR)), then "
+            "open_clip.create_model_and_transforms('local-dir:OUTPUT_DIR').")
 
 
 def hf_state_dict(config: CLIPConfig, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -163,6 +163,18 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: PathLike, dtype: s
                           order="C")  # unlike np.ascontiguousarray, keeps 0-d shapes
             for k, v in tensors.items()}
     save_file(cast, os.fspath(path), metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; match the other files
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _is_float(array: np.ndarray) -> bool:
@@ -477,7 +489,7 @@ def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
     directory = Path(directory)
     found = read_config(directory)
     if config is not None:
-        differences = _differences(config, found)
+        differences = config_differences(config, found)
         if differences:
             raise ValueError(
                 f"The model config given does not match {directory}: {', '.join(differences)}. "
@@ -488,7 +500,7 @@ def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
     return found, from_hf_state_dict(read_weights(directory), found)
 
 
-def _differences(given: CLIPConfig, found: CLIPConfig) -> list[str]:
+def config_differences(given: CLIPConfig, found: CLIPConfig) -> list[str]:
     """Fields that change the function computed (numerics and init-only fields excluded)."""
     fields = {
         "embed_dim": lambda c: c.embed_dim, "activation": lambda c: c.activation,

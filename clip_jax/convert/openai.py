@@ -204,8 +204,9 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
     """Reconstructs the architecture from tensor shapes (as OpenAI's `build_model` does).
 
     Head counts and the activation are not visible in the weights: head width 64 is assumed
-    unless the shapes match a named preset (open_clip's ViT-H/g/bigG use wider heads), and a
-    warning names the activation assumed when none is given.
+    unless the shapes match a named preset (open_clip's ViT-H/g/bigG use wider heads), and the
+    activation is QuickGELU for OpenAI's shapes, else GELU. One warning says what was assumed
+    and how to pass it instead.
     """
     missing = [k for k in ("token_embedding.weight", "positional_embedding", "text_projection",
                            "ln_final.weight") if k not in sd]
@@ -239,12 +240,21 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
     preset = _matching_preset(config)
     if preset is not None:
         config = PRESETS[preset]
+    guessed = {}
+    if preset is None:
+        guessed["head count"] = (f"head width 64 (vision {config.vision.heads} heads, text "
+                                 f"{config.text.heads})")
     if activation is None:
         activation = "quick_gelu" if preset in OPENAI_NAMES else "gelu"
+        guessed["activation"] = f"activation {activation!r} (" + (
+            f"OpenAI's {preset} has these shapes" if preset in OPENAI_NAMES
+            else "open_clip's default") + ")"
+    if guessed:
         logging.warning(
-            "The activation is not stored in the weights; assuming %r (%s). Pass activation= or "
-            "a preset name if this checkpoint was trained with the other one.", activation,
-            f"shapes of OpenAI's {preset}" if preset in OPENAI_NAMES else "open_clip's default")
+            "The weights do not record the %s; assumed %s. If that is wrong, pass model= (a "
+            "preset name or CLIPConfig) and activation=, or keep the model's "
+            "open_clip_config.json beside the file.", " or ".join(guessed),
+            "; ".join(guessed.values()))
     return config.replace(activation=activation)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -83,14 +84,29 @@ def init_variables(module: CLIP, rng: jax.Array) -> Variables:
     return module.init(rng, *dummy_inputs(module.config))
 
 
-def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0,
-                 **overrides: Any) -> tuple[CLIP, Variables]:
-    """A randomly initialised model: `(module, variables)`, variables as plain arrays.
+def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0, *,
+                 pretrained: str | None = None, **overrides: Any) -> tuple[CLIP, Variables]:
+    """`(module, variables)`, variables as plain arrays: randomly initialised, or with
+    `pretrained` (a tag from `clip_jax.list_pretrained()` or a weights file) the released
+    weights, as `clip_jax.load(name, pretrained)` gives them (overrides then may only change
+    numerics: `dtype`, `param_dtype`, `scan_layers`, `remat_policy`).
 
-    Traceable: `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without
-    allocating anything.
+    The jit-compiled initialiser is built once per architecture and process, so later calls
+    only run it; parameters are drawn directly in `param_dtype`. Traceable:
+    `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without allocating.
     """
-    module = CLIP(as_config(name_or_config, **overrides))
+    if pretrained is not None:
+        from clip_jax.factory import pretrained_model  # loading imports this module
+
+        return pretrained_model(name_or_config, pretrained, **overrides)
+    config = as_config(name_or_config, **overrides)
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    return module, jax.jit(lambda key: nn.unbox(init_variables(module, key)))(rng)
+    return CLIP(config), _initializer(config)(rng)
+
+
+@functools.lru_cache(maxsize=32)
+def _initializer(config: CLIPConfig):
+    """The jitted `key -> variables` of one architecture; jit then caches its compilation."""
+    module = CLIP(config)
+    return jax.jit(lambda key: nn.unbox(init_variables(module, key)))

@@ -1,0 +1,153 @@
+"""Import open_clip hub-style directories: `open_clip_config.json` + weights.
+
+This is the layout of open_clip's Hub repositories (`hf-hub:laion/...`, `timm/..._clip_...`)
+and of `clip-jax export-open-clip`. The config says what weights alone cannot: the activation
+(`quick_gelu`), head widths, image size and statistics, context length. Config features clip_jax
+does not implement (timm or HF towers, layer scale, attentional pooling, other pooling or
+tokenizers...) are refused by name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from clip_jax.convert import openai
+from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+# Fields clip_jax reads, per tower; every other field must keep open_clip's default below (or be
+# one that does not change inference, `_INERT`), else the model is not one clip_jax computes.
+_VISION_READ = ("layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size")
+_TEXT_READ = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio")
+_DEFAULTS = {
+    "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
+    "pos_embed_type": "learnable", "final_ln_after_pool": False, "act_kwargs": None,
+    "norm_kwargs": None, "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
+    "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+    "timm_model_name": None, "hf_model_name": None, "hf_tokenizer_name": None,
+    "tokenizer_mode": None, "tokenizer_kwargs": None, "embed_cls": False, "pad_id": 0,
+    "no_causal_mask": False, "proj_bias": False, "proj_type": "linear",
+}
+_POOL = {"vision_cfg": "tok", "text_cfg": "argmax"}
+_INERT = {"patch_dropout", "output_tokens", "attn_pooler_queries", "attn_pooler_heads",
+          "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
+          "timm_drop_path", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type", "eos_id",
+          "pool_type"}
+_MODEL_INERT = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale",
+                "init_logit_bias", "custom_text", "cast_dtype"}
+
+
+def is_open_clip_directory(path: str | os.PathLike) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> CLIPConfig:
+    """Our `CLIPConfig` of open_clip's `{"model_cfg": ..., "preprocess_cfg": ...}`.
+
+    Raises ValueError naming the first field clip_jax cannot honour.
+    """
+    model_cfg = raw.get("model_cfg")
+    if not isinstance(model_cfg, Mapping):
+        raise ValueError(f"{source} has no 'model_cfg' object; it is not an open_clip config.")
+    extra = sorted(set(model_cfg) - _MODEL_INERT)
+    if extra:
+        raise ValueError(f"{source}: model_cfg.{extra[0]} (e.g. CoCa's multimodal decoder) is not "
+                         "supported by clip_jax, which implements the two-tower CLIP only.")
+    vision_raw = dict(model_cfg.get("vision_cfg", {}))
+    text_raw = dict(model_cfg.get("text_cfg", {}))
+    for tower, fields in (("vision_cfg", vision_raw), ("text_cfg", text_raw)):
+        _check_supported(tower, fields, source)
+    vision = {k: vision_raw[k] for k in _VISION_READ if k in vision_raw}
+    if isinstance(vision.get("layers"), (list, tuple)):
+        if vision.get("head_width", 64) != 64:
+            raise ValueError(f"{source}: vision_cfg.head_width={vision['head_width']} for a "
+                             "ModifiedResNet; clip_jax implements OpenAI's 64.")
+        vision["layers"] = tuple(vision["layers"])
+        vision["patch_size"] = None
+    vision.setdefault("patch_size", 16)  # open_clip's default, for ViTs
+    vision["image_size"] = _square(vision.get("image_size", 224), source)
+    text = {k: text_raw[k] for k in _TEXT_READ if k in text_raw}
+    preprocess = raw.get("preprocess_cfg", {})
+    config = CLIPConfig(
+        embed_dim=model_cfg["embed_dim"], vision=VisionConfig(**vision), text=TextConfig(**text),
+        activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
+        logit_bias_init=model_cfg.get("init_logit_bias"))
+    if "mean" in preprocess:
+        config = config.replace(image_mean=tuple(preprocess["mean"]))
+    if "std" in preprocess:
+        config = config.replace(image_std=tuple(preprocess["std"]))
+    return config
+
+
+def _check_supported(tower: str, fields: Mapping[str, Any], source: str) -> None:
+    for key, value in fields.items():
+        if key in _VISION_READ + _TEXT_READ or key in _INERT:
+            continue
+        if key not in _DEFAULTS:
+            raise ValueError(f"{source}: unknown {tower}.{key}={value!r}; clip_jax cannot tell "
+                             "whether it changes the model, so it does not load it.")
+        if value != _DEFAULTS[key]:
+            raise ValueError(f"{source}: {tower}.{key}={value!r} is not implemented in clip_jax "
+                             f"(only {_DEFAULTS[key]!r}); this model cannot be loaded.")
+    pool = fields.get("pool_type", _POOL[tower])
+    if pool != _POOL[tower]:
+        raise ValueError(f"{source}: {tower}.pool_type={pool!r} is not implemented in clip_jax "
+                         f"(only {_POOL[tower]!r}); this model cannot be loaded.")
+
+
+def _square(size: Any, source: str) -> int:
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"{source}: vision_cfg.image_size={list(size)} is not square; "
+                             "clip_jax models take square images.")
+        size = size[0]
+    return int(size)
+
+
+def read_config(directory: str | os.PathLike) -> CLIPConfig:
+    path = Path(directory) / CONFIG_FILE
+    return config_from_open_clip(json.loads(path.read_text(encoding="utf-8")), str(path))
+
+
+def weights_file(directory: str | os.PathLike) -> Path:
+    """The directory's weights: safetensors preferred, as open_clip prefers them."""
+    directory = Path(directory)
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"{directory} has {CONFIG_FILE} but no weights: expected one of "
+                            f"{WEIGHT_FILES}.")
+
+
+def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = None, *,
+                   weights: str | os.PathLike | None = None, activation: str | None = None
+                   ) -> tuple[CLIPConfig, dict[str, Any]]:
+    """`(config, variables)` of an open_clip directory (variables as numpy arrays).
+
+    The architecture comes from `open_clip_config.json`; a given `config` must describe the same
+    model (its numerics settings are kept). `weights` picks a file other than the default.
+    """
+    found = read_config(directory)
+    if config is not None:
+        check_same(config, found, directory)
+        found = config
+    if activation is not None:
+        found = found.replace(activation=activation)
+    state = openai.read_state_dict(os.fspath(weights or weights_file(directory)))
+    state = {k.removeprefix("text."): v for k, v in state.items()}  # open_clip's CustomTextCLIP
+    return openai.from_state_dict(state, found)
+
+
+def check_same(given: CLIPConfig, found: CLIPConfig, directory: Any) -> None:
+    from clip_jax.convert.hf import config_differences  # hf imports this package's openai
+
+    differences = config_differences(given, found)
+    if differences:
+        raise ValueError(f"The model config given does not match {directory}/{CONFIG_FILE}: "
+                         f"{', '.join(differences)}. Omit it to use the directory's config.")
+

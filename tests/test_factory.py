@@ -1,0 +1,89 @@
+"""open_clip-style helpers: save/load round trips (read back by open_clip too), the export
+directory loading back, create_model_and_transforms, create_model's cache and eval_shape."""
+
+import os
+import stat
+
+import jax
+import numpy as np
+import open_clip
+import pytest
+from PIL import Image
+
+import clip_jax
+from clip_jax.convert import hf
+from clip_jax.models import get_preset
+from reference import open_clip_outputs, random_inputs
+from test_convert_hf import random_variables
+
+
+@pytest.mark.parametrize("name,activation", [("test-vit", "quick_gelu"), ("test-resnet", "gelu")])
+def test_save_and_export_load_back_as_open_clip_reads_them(tmp_path, name, activation):
+    config = get_preset(name, activation=activation, image_mean=(0.5, 0.5, 0.5),
+                        image_std=(0.25, 0.25, 0.25))
+    variables = random_variables(config, seed=3)
+    module = clip_jax.CLIP(config)
+    clip_jax.save(module, variables, tmp_path / "saved")
+    loaded, back = clip_jax.load(tmp_path / "saved")
+    assert loaded.config == config
+    jax.tree.map(np.testing.assert_array_equal, back, variables)
+    # The weights file alone, next to its config, loads with the config's activation.
+    from_file = clip_jax.load(tmp_path / "saved" / "open_clip_model.safetensors")[0].config
+    assert from_file.activation == activation
+    # open_clip reads the same directory; its embeddings are the reference.
+    ref, _, transform = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'saved'}")
+    images, tokens = random_inputs(config, batch=2)
+    img, txt, scale = loaded.apply(back, images, tokens)
+    r_img, r_txt, r_scale = open_clip_outputs(ref.eval(), images, tokens)
+    np.testing.assert_allclose(img, r_img, atol=1e-5)
+    np.testing.assert_allclose(txt, r_txt, atol=1e-5)
+    assert tuple(transform.transforms[-1].mean) == (0.5, 0.5, 0.5)
+
+
+def test_export_hf_resnet_names_the_command_and_files_are_0644(tmp_path):
+    config = get_preset("test-resnet")
+    with pytest.raises(ValueError, match="clip-jax export-open-clip"):
+        hf.export_hf(config, random_variables(config), tmp_path / "rn")
+    vit = get_preset("test-vit")
+    hf.export_hf(vit, random_variables(vit), tmp_path / "vit")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "vit").iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_create_model_and_transforms_matches_open_clip_preprocessing(tmp_path):
+    module, variables, transform = clip_jax.create_model_and_transforms("test-vit")
+    assert module.config == get_preset("test-vit")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8))
+    ours = transform([image])
+    _, _, ref = open_clip.create_model_and_transforms("ViT-B-32")
+    ref.transforms[0].size = ref.transforms[1].size = 32  # same pipeline at the model's size
+    theirs = ref(image).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours[0], theirs, atol=2e-2)  # PIL vs our bicubic: rounding only
+    with pytest.raises(ValueError, match="only .* can be overridden"):
+        clip_jax.factory.with_numerics(module, variables, embed_dim=8)
+
+
+def test_create_model_reuses_its_initializer_and_stays_traceable():
+    _, first = clip_jax.create_model("test-vit", rng=1)
+    _, again = clip_jax.create_model("test-vit", rng=1)
+    jax.tree.map(np.testing.assert_array_equal, first, again)
+    from clip_jax.models.clip import _initializer
+
+    assert _initializer.cache_info().hits >= 1
+    shapes = jax.eval_shape(lambda: clip_jax.create_model("ViT-B/32", param_dtype="bfloat16")[1])
+    leaves = jax.tree.leaves(shapes)
+    dtypes = {jax.tree_util.keystr(path): leaf.dtype
+              for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+    assert dtypes.pop("['params']['logit_scale']") == np.float32  # kept fp32 by design
+    assert set(dtypes.values()) == {np.dtype(jax.numpy.bfloat16)}
+    assert sum(int(np.prod(leaf.shape)) for leaf in leaves) == sum(
+        p.numel() for p in open_clip.create_model("ViT-B-32").parameters())
+
+
+def test_get_tokenizer_context_length_and_list_models():
+    tokens = clip_jax.get_tokenizer("test-vit")(["a photo of a cat"])
+    ref = open_clip.get_tokenizer("ViT-B-32", context_length=16)(["a photo of a cat"])
+    np.testing.assert_array_equal(tokens, ref.numpy())
+    assert set(clip_jax.list_models()) >= {"ViT-B/32", "RN50", "ViT-bigG/14"}

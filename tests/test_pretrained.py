@@ -1,0 +1,240 @@
+"""Loading by released name and by Hub repo id, offline from a prepared Hugging Face cache.
+
+The cache holds random-weight reference models saved by open_clip / transformers. clip_jax
+loads them in a subprocess with `HF_HOME` and `HF_HUB_OFFLINE=1` set (the real code path,
+huggingface_hub included); open_clip and transformers load the same repos from the same cache
+and are the reference for the embeddings.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub
+import jax
+import numpy as np
+import open_clip
+import pytest
+import safetensors.torch
+import torch
+import transformers
+
+import clip_jax
+from clip_jax import pretrained as hub
+from clip_jax.models import get_preset
+from hub_cache import add_repo
+from reference import open_clip_outputs, random_inputs
+
+TOL = 1e-5
+HF_REPO = "tiny-org/clip-hf"
+OC_REPO = "tiny-org/clip-open-clip"
+B32_OPENAI = "timm/vit_base_patch32_clip_224.openai"
+TIMM_LIKE_REPO = "tiny-org/timm-style"
+# An open_clip model whose config says what shapes cannot: QuickGELU, 32-wide vision heads,
+# LAION-style image statistics, a short context.
+OC_CONFIG = {
+    "model_cfg": {"embed_dim": 32, "quick_gelu": True,
+                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                                 "head_width": 32},
+                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64,
+                               "heads": 2, "layers": 2}},
+    "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+}
+
+
+def _perturbed(model, seed):
+    """Every parameter moved off its init (zero biases, unit norms would hide swaps)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _open_clip_tiny(tmp):
+    model = _perturbed(open_clip.model.CLIP(**_model_kwargs(OC_CONFIG["model_cfg"])), 1)
+    (tmp / "oc").mkdir()
+    safetensors.torch.save_file(model.state_dict(), tmp / "oc" / "open_clip_model.safetensors")
+    (tmp / "oc" / "open_clip_config.json").write_text(json.dumps(OC_CONFIG))
+    return {n: tmp / "oc" / n for n in ("open_clip_config.json", "open_clip_model.safetensors")}
+
+
+def _model_kwargs(cfg):
+    return dict(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"],
+                text_cfg=cfg["text_cfg"], quick_gelu=cfg["quick_gelu"])
+
+
+def _hf_tiny(tmp):
+    config = transformers.CLIPConfig(
+        text_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, vocab_size=49408,
+                         eos_token_id=49407, bos_token_id=49406, pad_token_id=1),
+        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        projection_dim=32)
+    torch.manual_seed(2)
+    model = _perturbed(transformers.CLIPModel(config), 2)
+    model.save_pretrained(tmp / "hf")
+    return {p.name: p for p in (tmp / "hf").iterdir()}
+
+
+def _b32_openai(tmp):
+    """OpenAI's ViT-B/32 architecture with random weights, as a .bin only (no safetensors)."""
+    model = _perturbed(open_clip.create_model("ViT-B-32-quickgelu"), 3)
+    (tmp / "b32").mkdir()
+    torch.save(model.state_dict(), tmp / "b32" / "open_clip_pytorch_model.bin")
+    return {"open_clip_pytorch_model.bin": tmp / "b32" / "open_clip_pytorch_model.bin"}
+
+
+@pytest.fixture(scope="module")
+def hub_home(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hub")
+    cache = tmp / "hf_home" / "hub"
+    open_clip_files = _open_clip_tiny(tmp)
+    add_repo(cache, OC_REPO, open_clip_files)
+    # timm's repos carry open_clip's files next to timm's own config.json (not a CLIP config).
+    (tmp / "timm_config.json").write_text(json.dumps({"architecture": "vit_tiny_clip"}))
+    add_repo(cache, TIMM_LIKE_REPO, {**open_clip_files, "config.json": tmp / "timm_config.json"})
+    add_repo(cache, HF_REPO, _hf_tiny(tmp))
+    add_repo(cache, B32_OPENAI, _b32_openai(tmp))
+    return tmp / "hf_home"
+
+
+@pytest.fixture
+def offline(hub_home, monkeypatch):
+    """huggingface_hub in this process reading only the prepared cache."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_home / "hub"))
+    return hub_home / "hub"
+
+
+_SCRIPT = r"""
+import sys, numpy as np, clip_jax
+out = {}
+inputs = np.load(sys.argv[1])
+for key, (spec, tag) in {"oc": ("hf-hub:tiny-org/clip-open-clip", None),
+                         "hf": ("tiny-org/clip-hf", None),
+                         "b32": ("ViT-B-32", "openai")}.items():
+    module, variables = clip_jax.load(spec, tag)
+    images, tokens = inputs[key + "_images"], inputs[key + "_tokens"]
+    img, txt, scale = module.apply(variables, images, tokens)
+    out[key + "_image"], out[key + "_text"], out[key + "_scale"] = img, txt, scale
+    out[key + "_activation"] = module.config.activation
+    out[key + "_mean"] = np.asarray(module.config.image_mean)
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_load_by_name_and_hub_id_offline_matches_references(hub_home, offline, tmp_path):
+    oc_config = clip_jax.load(f"hf-hub:{OC_REPO}")[0].config  # in-process, for the inputs
+    b32 = get_preset("ViT-B/32")
+    inputs = {}
+    for key, config in (("oc", oc_config), ("hf", get_preset("test-vit")), ("b32", b32)):
+        inputs[key + "_images"], inputs[key + "_tokens"] = random_inputs(config, batch=2)
+    np.savez(tmp_path / "in.npz", **inputs)
+    env = dict(os.environ, HF_HOME=str(hub_home), HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+    env.pop("HF_HUB_CACHE", None)
+    subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "in.npz"),
+                    str(tmp_path / "out.npz")], env=env, check=True, timeout=900)
+    ours = np.load(tmp_path / "out.npz")
+
+    oc = open_clip.create_model(f"hf-hub:{OC_REPO}", cache_dir=str(offline)).eval()
+    hf = transformers.CLIPModel.from_pretrained(HF_REPO, cache_dir=str(offline),
+                                                local_files_only=True).eval()
+    # open_clip 3.3 builds "ViT-B-32" + "openai" with GELU and only warns; the -quickgelu
+    # spelling is the model OpenAI trained, which clip_jax gives for the tag whatever the spelling.
+    ref_b32 = open_clip.create_model("ViT-B-32-quickgelu", pretrained="openai",
+                                     cache_dir=str(offline)).eval()
+    with torch.no_grad():
+        out = hf(pixel_values=torch.from_numpy(inputs["hf_images"]).permute(0, 3, 1, 2),
+                 input_ids=torch.from_numpy(inputs["hf_tokens"]).long())
+    references = {
+        "oc": open_clip_outputs(oc, inputs["oc_images"], inputs["oc_tokens"]),
+        "hf": (out.image_embeds.numpy(), out.text_embeds.numpy(), float(hf.logit_scale.detach().exp())),
+        "b32": open_clip_outputs(ref_b32, inputs["b32_images"], inputs["b32_tokens"]),
+    }
+    for key, (img, txt, scale) in references.items():
+        np.testing.assert_allclose(ours[key + "_image"], img, atol=TOL, err_msg=key)
+        np.testing.assert_allclose(ours[key + "_text"], txt, atol=TOL, err_msg=key)
+        np.testing.assert_allclose(ours[key + "_scale"], scale, rtol=1e-6, err_msg=key)
+    # What weights cannot say came from the config / registry, as open_clip has it.
+    assert str(ours["oc_activation"]) == "quick_gelu"
+    assert str(ours["b32_activation"]) == "quick_gelu"
+    np.testing.assert_allclose(ours["oc_mean"], oc.visual.preprocess_cfg["mean"])
+
+
+def test_registry_matches_open_clip():
+    for name, tag in clip_jax.list_pretrained():
+        ref = open_clip.get_pretrained_cfg(name, tag)
+        ours = hub.PRETRAINED[(name, tag)]
+        assert ref["hf_hub"].rstrip("/") == ours.hf_hub
+        assert ref.get("quick_gelu", False) == ours.quick_gelu
+        np.testing.assert_allclose(ref["mean"], ours.image_mean)
+        np.testing.assert_allclose(ref["std"], ours.image_std)
+        if tag == "openai":
+            assert ref["url"] == ours.openai_url
+            get_preset(name)  # the architecture is one clip_jax builds
+
+
+def test_corrupt_cached_blob_is_refused(offline):
+    blob = Path(os.path.realpath(
+        huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors")))
+    original = blob.read_bytes()
+    try:
+        blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        hub.verify_lfs_sha256.cache_clear()
+        with pytest.raises(ValueError, match="corrupt: SHA-256"):
+            clip_jax.load(f"hf-hub:{OC_REPO}")
+    finally:
+        blob.write_bytes(original)
+        hub.verify_lfs_sha256.cache_clear()
+
+
+def test_missing_offline_names_the_cache(offline):
+    for spec in (("RN50", "openai"), ("RN50:openai",)):  # the one-string form of init_from
+        with pytest.raises(FileNotFoundError, match="timm/resnet50_clip.openai.*HF_HUB_OFFLINE"):
+            clip_jax.load(*spec)
+    with pytest.raises(ValueError, match="known tags for ViT-B-32"):
+        clip_jax.load("ViT-B-32", "no-such-tag")
+    with pytest.raises(FileNotFoundError, match="is an architecture, not weights"):
+        clip_jax.load("ViT-B-32")
+
+
+def test_open_clip_directory_and_file_beside_its_config(offline, caplog):
+    snapshot = Path(huggingface_hub.snapshot_download(OC_REPO))
+    expected = clip_jax.load(f"hf-hub:{OC_REPO}")
+    for source in (snapshot, snapshot / "open_clip_model.safetensors"):
+        caplog.clear()
+        module, variables = clip_jax.load(source)
+        assert module.config == expected[0].config
+        assert not caplog.records  # nothing guessed: the config said it all
+    assert module.config.vision.head_width == 32 and module.config.activation == "quick_gelu"
+
+
+def test_bare_repo_id_with_a_non_clip_config_json_is_read_as_open_clip(offline):
+    ours = clip_jax.load(TIMM_LIKE_REPO)
+    expected = clip_jax.load(f"hf-hub:{OC_REPO}")
+    assert ours[0].config == expected[0].config
+    jax.tree.map(np.testing.assert_array_equal, ours[1], expected[1])
+
+
+def test_bare_file_says_what_it_assumed(offline, tmp_path, caplog):
+    blob = Path(huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors"))
+    bare = tmp_path / "weights.safetensors"
+    bare.write_bytes(blob.read_bytes())
+    module, _ = clip_jax.load(bare)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    # The true activation (QuickGELU) is not in the weights: the one assumed is named, with the fix.
+    assert "activation 'gelu'" in warnings[0] and "model=" in warnings[0]
+    assert module.config.activation == "gelu"
+
+
+def test_get_tokenizer_uses_the_models_context_and_vocabulary(offline):
+    tokens = clip_jax.get_tokenizer(f"hf-hub:{OC_REPO}")(["a photo of a cat"])
+    expected = open_clip.get_tokenizer(f"hf-hub:{OC_REPO}", cache_dir=str(offline))(
+        ["a photo of a cat"])
+    np.testing.assert_array_equal(tokens, expected.numpy())
+    assert tokens.shape == (1, 16)
