@@ -168,3 +168,18 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     check_workdir(workdir)
     if _lookup(config, "data.dataset")[0]:
         check_dataset(config.data)
+
+
+def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:
+    """Builds the dataset if missing and checks its train split and features against the
+    model: what `input_pipeline.make_train_iterator` would find, without starting it."""
+    from clip_jax import input_pipeline
+
+    data = input_pipeline.resolve_config(data)
+    builder = input_pipeline.prepare(data)
+    source = input_pipeline._data_source(builder, data.train_split, data.build_if_missing,
+                                         "data.train_split")
+    if len(source) == 0:
+        raise ValueError(f"data.train_split={data.train_split!r} of {builder.info.full_name} "
+                         "is empty; name a split with examples.")
+    input_pipeline._schema(builder, data, model, with_label=False)

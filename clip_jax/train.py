@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from clip_jax import config_checks, evaluate, hardware, input_pipeline, loading, sharding, train_step
@@ -147,17 +149,18 @@ def schedule_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -
                      if old is not None and old != new)
 
 
-def _finished_step(config: ml_collections.ConfigDict, checkpointer: Checkpointer) -> int | None:
-    """The newest checkpoint's step when it is at or past `total_steps` and its meta reads."""
-    latest = checkpointer.latest_step()
-    if latest is None or latest < config.total_steps:
+def _finished_step(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+    """The newest checkpoint's step when it is at or past `total_steps` and its meta reads
+    (read-only: a workdir is not touched before the run is known to have work to do)."""
+    root = epath.Path(checkpoints.checkpoint_dir(workdir))
+    steps = ocp.utils.checkpoint_steps(root) if root.is_dir() else []
+    if not steps or max(steps) < config.total_steps:
         return None
     try:
-        checkpoints.read_meta(os.path.join(checkpoints.checkpoint_dir(checkpointer.workdir),
-                                           str(latest)))
+        checkpoints.read_meta(os.fspath(root / str(max(steps))))
     except (checkpoints.CorruptCheckpointError, FileNotFoundError):
         return None  # resuming will report it and fall back
-    return latest
+    return max(steps)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -192,17 +195,13 @@ def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.total_steps` (or until preempted); returns the last logged metrics."""
     validate_config(config, jax.device_count(), jax.process_count())
-    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
-                                config.checkpoint.asynchronous)
-    finished = _finished_step(config, checkpointer)
+    finished = _finished_step(config, workdir)
     if finished is not None:
-        checkpointer.close()
         if jax.process_index() == 0:
             print(f"The run in {workdir} is finished (checkpoint at step {finished}, "
                   f"total_steps={config.total_steps}); nothing to do. Raise "
                   "--config.total_steps to train further.")
         return {}
-    write_config(config, workdir)
     mesh = sharding.create_mesh(config.mesh)
     variables, base = None, None
     if config.init_from:
@@ -210,12 +209,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         base = module.config
         _check_init_from_model(config, base)
     model = train_step.model_config(config, base)
+    # The data source is opened (built if missing) before the workdir is written to and long
+    # before compiling: a missing table, column, image or split fails in seconds.
+    config_checks.check_data_source(config.data, model)
+    write_config(config, workdir)
     if variables is not None:
         if base.scan_layers != model.scan_layers:
             variables = stack_layers(variables) if model.scan_layers else unstack_layers(variables)
         if model.logit_bias_init is not None and "logit_bias" not in variables["params"]:
             variables["params"]["logit_bias"] = np.float32(model.logit_bias_init)  # CLIP -> SigLIP
     s = train_step.setup(config, model, mesh)
+    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
+                                config.checkpoint.asynchronous)
     writer = MetricWriter(workdir, config.total_steps, 0, enabled=jax.process_index() == 0)
     guard = None
     try:
@@ -223,12 +228,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         del variables
         start = int(jax.device_get(state.step))
         writer.resume(start)
-        # The data source is opened (built if missing) before compiling: a missing table,
-        # column or split fails in seconds, not after minutes of compilation.
-        data = input_pipeline.make_train_iterator(
-            config.data, model, global_batch_size=config.batch_size, seed=config.seed,
-            start_batch=position)
-        evaluation = evaluate.for_training(config, s.module, mesh, s.state_shardings)
         writer.log("Compiling the train step ...")
         t0 = time.time()
         compiled = train_step.compile_train_step(config, s)
@@ -238,6 +237,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         writer.log(f"Model {model.vision.layers}-layer image tower, {_count(state.params)/1e6:.1f}M "
                    f"params on mesh {dict(mesh.shape)}; train step compiled in "
                    f"{compile_seconds:.1f}s.")
+        data = input_pipeline.make_train_iterator(
+            config.data, model, global_batch_size=config.batch_size, seed=config.seed,
+            start_batch=position)
+        evaluation = evaluate.for_training(config, s.module, mesh, s.state_shardings)
         meta = lambda step: {"step": step, "data_position": position + step - start,  # noqa: E731
                              "batch_size": config.batch_size, "model": model.to_dict(),
                              "config": config.to_dict()}
