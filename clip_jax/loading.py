@@ -24,15 +24,15 @@ def load(path: str, model: str | CLIPConfig | None = None, *,
     if not os.path.exists(path):
         raise FileNotFoundError(f"No checkpoint at {path!r}.")
     config = None if model is None else as_config(model)
-    if hf.is_hf_directory(path):
-        config, variables = hf.load_hf(path, config, activation=activation)
-        return CLIP(config), variables
-    if checkpoints.is_workdir(path):
+    if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
         module, variables = checkpoints.load_model(path)
         if config is not None and config != module.config.replace(**_numerics(config)):
             raise ValueError(f"{path!r} holds a different architecture than the model given; "
                              "omit the model argument to use the checkpoint's own.")
         return module, variables
+    if hf.is_hf_directory(path):
+        config, variables = hf.load_hf(path, config, activation=activation)
+        return CLIP(config), variables
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/) nor a "
                          "Hugging Face CLIP directory (config.json); pass one of those or a "
