@@ -1,19 +1,26 @@
-"""Training checkpoints on orbax: atomic, asynchronous, resumable onto any mesh.
+"""Training checkpoints on orbax: atomic, asynchronous, verified, resumable onto any mesh.
 
 A workdir holds `checkpoints/<step>/` with two items: `state` (params, optimizer state, batch
 statistics and step, saved sharded from every host) and `meta` (JSON: the model config, the data
-position and the training config). orbax writes each step into a temporary directory and renames
-it when complete, so a killed run never leaves a checkpoint that `latest_step` would pick up.
+position, the training config and a checksum of every state array). orbax writes each step into
+a temporary directory and renames it when complete, so a killed run never leaves a checkpoint
+that `latest_step` would pick up. A checkpoint damaged later (truncated, garbled or missing
+files) fails its restore or its checksums; training and `load` then say so in one line and fall
+back to the newest checkpoint that restores, and training moves the damaged one aside to
+`<workdir>/corrupt_checkpoints/<step>` so the run can save that step again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -22,6 +29,21 @@ from clip_jax.models.clip import CLIP
 from clip_jax.models.config import CLIPConfig
 
 STATE, META = "state", "meta"
+CORRUPT_DIR = "corrupt_checkpoints"
+META_KEYS = ("step", "model")
+TRAINING_META_KEYS = (*META_KEYS, "data_position", "batch_size")
+_MAX_REASON = 200
+# Odd multiplier (Knuth's 2^32 / golden ratio) weighting each element by its position, so that
+# moved or swapped values change the checksum too.
+_POSITION_WEIGHT = 2654435761
+
+
+class NonFiniteStateError(ValueError):
+    """The state to save holds NaN/Inf values; it was not written."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint's files do not restore to what was saved."""
 
 
 def _absolute(path: str) -> str:
@@ -33,11 +55,109 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(_absolute(workdir), "checkpoints")
 
 
+def _leaf_name(path: tuple[Any, ...]) -> str:
+    """'params/visual/conv1/kernel' for a state attribute path and a plain dict path alike."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _as_words(x: Any, xp: Any) -> Any:
+    """The bits of `x` as unsigned integers of its own width (8-byte items as two words)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    width = {1: xp.uint8, 2: xp.uint16}.get(np.dtype(x.dtype).itemsize, xp.uint32)
+    if xp is np:
+        return np.asarray(x).view(width)
+    return jax.lax.bitcast_convert_type(x, width)
+
+
+def _checksum(x: Any, xp: Any) -> Any:
+    """Position-weighted sum of the bits of `x`, modulo 2^32: the same for any sharding."""
+    words = _as_words(x, xp).astype(xp.uint32).reshape(-1)
+    weights = xp.arange(words.size, dtype=xp.uint32) * xp.uint32(_POSITION_WEIGHT) + xp.uint32(1)
+    return xp.sum(words * weights, dtype=xp.uint32)
+
+
+def _is_finite(x: Any) -> Any:
+    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+
+
+@jax.jit
+def _digest_on_device(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    finite = jnp.stack([_is_finite(x) for x in leaves])
+    sums = jnp.stack([_checksum(x, jnp) for x in leaves])
+    return finite, sums
+
+
+def digest(state: Any) -> tuple[list[str], dict[str, int]]:
+    """(names of the leaves holding NaN/Inf, {leaf name: checksum}) of a (sharded) state."""
+    named = [(_leaf_name(p), x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+             if hasattr(x, "dtype")]
+    if not named:
+        return [], {}
+    finite, sums = jax.device_get(_digest_on_device([x for _, x in named]))
+    bad = [name for (name, _), ok in zip(named, finite) if not ok]
+    return bad, {name: int(s) for (name, _), s in zip(named, sums)}
+
+
+def verify(tree: Any, checksums: dict[str, int] | None, on_device: bool = True) -> None:
+    """Raises CorruptCheckpointError when a restored leaf's checksum differs from the saved one.
+
+    Checkpoints written before checksums existed (`checksums` None) are accepted as they are.
+    """
+    if not checksums:
+        return
+    if on_device:
+        found = digest(tree)[1]
+    else:
+        found = {_leaf_name(p): int(_checksum(x, np))
+                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    wrong = [name for name, value in found.items() if checksums.get(name, value) != value]
+    if wrong:
+        raise CorruptCheckpointError(
+            f"{len(wrong)} of {len(found)} arrays differ from what was saved (first: {wrong[0]})")
+
+
+def reason(error: BaseException) -> str:
+    """An error as one short line: type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3] + "..."
+
+
+def _quiet_closed_event_loops() -> None:
+    """Drops orbax's 'Event loop is closed' reports after a failed restore.
+
+    When one array of a checkpoint fails to read, orbax closes its event loop while TensorStore
+    still completes the other reads; their callbacks report RuntimeError('Event loop is closed')
+    through `sys.unraisablehook`, once per array. That noise says nothing the restore error
+    did not; every other unraisable report is passed on.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "clip_jax_quiet", False):
+        return
+
+    def hook(report: Any) -> None:
+        error = report.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(report)
+
+    hook.clip_jax_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _check_meta(meta: Any, keys: tuple[str, ...] = META_KEYS) -> dict[str, Any]:
+    missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CorruptCheckpointError(f"meta lacks {missing}")
+    return meta
+
+
 class Checkpointer:
     """Saves every `every_steps` steps (and when asked), keeps the newest `keep`."""
 
     def __init__(self, workdir: str, every_steps: int, keep: int, asynchronous: bool = True):
         self.every_steps = every_steps
+        self.workdir = _absolute(workdir)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous,
             save_decision_policy=None)
@@ -47,22 +167,76 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = False) -> bool:
-        """Starts an asynchronous save when `step` is due (or `force`); True if one started."""
+        """Starts an asynchronous save when `step` is due (or `force`); True if one started.
+
+        The state is checked first: NaN/Inf anywhere raises NonFiniteStateError and nothing is
+        written; otherwise the meta records a checksum of every array, verified on restore.
+        """
         if not force and (self.every_steps <= 0 or step % self.every_steps):
             return False
         if step in self.manager.all_steps():
             return False
+        bad, checksums = digest(state)
+        if bad:
+            raise NonFiniteStateError(f"{len(bad)} of {len(checksums)} state arrays hold NaN/Inf "
+                                      f"at step {step} (first: {bad[0]})")
+        meta = {**meta, "checksums": checksums}
         return self.manager.save(
             step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                              META: ocp.args.JsonSave(meta)}), force=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """The state at `step`, laid out as `abstract_state`'s shardings (any mesh)."""
+        """The state at `step`, laid out as `abstract_state`'s shardings (any mesh), verified
+        against its checksums; raises on a damaged checkpoint."""
+        _quiet_closed_event_loops()
         restored = self.manager.restore(
             step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state),
                                              META: ocp.args.JsonRestore()}))
-        return restored[STATE], restored[META]
+        meta = _check_meta(restored[META], TRAINING_META_KEYS)
+        verify(restored[STATE], meta.get("checksums"))
+        return restored[STATE], meta
+
+    def restore_newest(self, abstract_state: Any, log: Callable[[str], None]
+                       ) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, meta) of the newest checkpoint that restores, or None if none does.
+
+        Each damaged checkpoint is reported in one line and moved to
+        `<workdir>/corrupt_checkpoints/<step>` (kept for inspection, out of the run's way).
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                state, meta = self.restore(step, abstract_state)
+            except Exception as error:  # noqa: BLE001 - any failure means: not restorable
+                moved = self.move_aside(step, CORRUPT_DIR)
+                log(f"Skipping checkpoint step {step} (cannot restore it: {reason(error)}); "
+                    f"moved it to {moved}.")
+                continue
+            return step, state, meta
+        return None
+
+    def move_aside(self, step: int, folder: str) -> str:
+        """Moves checkpoint `step` to `<workdir>/<folder>/<step>` (all processes must call)."""
+        from jax.experimental import multihost_utils
+
+        source = epath.Path(checkpoint_dir(self.workdir)) / str(step)
+        target = epath.Path(self.workdir) / folder / str(step)
+        suffix = 1
+        while target.exists():
+            target = epath.Path(self.workdir) / folder / f"{step}.{suffix}"
+            suffix += 1
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"clip_jax move checkpoint {step}")
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"clip_jax moved checkpoint {step}")
+        self.manager.reload()
+        return os.fspath(target)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -75,11 +249,11 @@ def is_workdir(path: str) -> bool:
     return epath.Path(checkpoint_dir(path)).is_dir() or (epath.Path(path) / META).is_dir()
 
 
-def _resolve(path: str) -> tuple[epath.Path, int | None]:
-    """(checkpoint root, step): a workdir means its newest checkpoint; a step dir itself."""
+def _candidates(path: str) -> list[epath.Path]:
+    """Checkpoint step directories to try, newest first: a workdir's all, a step dir itself."""
     p = epath.Path(_absolute(path))
-    if (p / META).is_dir() and (p / STATE).is_dir():
-        return p.parent, int(p.name)
+    if (p / META).is_dir() or (p / STATE).is_dir():
+        return [p]
     root = epath.Path(checkpoint_dir(path))
     if not root.is_dir():
         raise FileNotFoundError(f"No clip_jax checkpoints under {path!r}: expected a workdir "
@@ -88,28 +262,71 @@ def _resolve(path: str) -> tuple[epath.Path, int | None]:
     if not steps:
         raise FileNotFoundError(f"{path!r} has a checkpoints/ directory but no finished "
                                 "checkpoint in it; train longer or pass another path.")
-    return root, max(steps)
+    return [root / str(step) for step in sorted(steps, reverse=True)]
+
+
+def _read_meta_file(step_dir: epath.Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((step_dir / META / "metadata").read_text())
+    except (OSError, ValueError) as error:
+        raise CorruptCheckpointError(f"meta/metadata unreadable ({reason(error)})") from error
+    return _check_meta(meta)
+
+
+def _first_readable(path: str, read: Callable[[epath.Path], Any]) -> Any:
+    """`read(step_dir)` of the newest checkpoint it succeeds on; one warning line per skip."""
+    failures = []
+    for step_dir in _candidates(path):
+        try:
+            return read(step_dir)
+        except Exception as error:  # noqa: BLE001 - any failure means: not restorable
+            failures.append(step_dir.name)
+            print(f"warning: skipping checkpoint {step_dir} (cannot restore it: "
+                  f"{reason(error)})", file=sys.stderr)
+    raise CorruptCheckpointError(f"No checkpoint under {path!r} restores (tried steps "
+                                 f"{', '.join(failures)}; reasons above).")
 
 
 def read_meta(path: str) -> dict[str, Any]:
-    root, step = _resolve(path)
-    return json.loads((root / str(step) / META / "metadata").read_text())
+    """The meta (model, step, training config) of the newest checkpoint whose meta and state
+    metadata read (the arrays themselves are checked by `load_model`)."""
+    def read(step_dir: epath.Path) -> dict[str, Any]:
+        _state_tree(step_dir)
+        return _read_meta_file(step_dir)
+
+    return _first_readable(path, read)
+
+
+def _state_tree(step_dir: epath.Path) -> dict[str, Any]:
+    metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE)
+    tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+    if not tree or "params" not in tree:
+        raise CorruptCheckpointError("state metadata unreadable or without params")
+    return tree
 
 
 def load_model(path: str, *, dtype: str = "float32") -> tuple[CLIP, dict[str, Any]]:
     """`(module, variables)` of a workdir's newest checkpoint (or a `checkpoints/<step>` dir).
 
-    Only the model is read (no optimizer state), as host numpy arrays, whatever mesh saved it.
+    Only the model is read (no optimizer state), as host numpy arrays, whatever mesh saved it,
+    and checked against the checksums saved with it. A damaged newest checkpoint is skipped
+    with a one-line warning on stderr for the newest one that restores; CorruptCheckpointError
+    if none does.
     """
-    root, step = _resolve(path)
-    meta = json.loads((root / str(step) / META / "metadata").read_text())
+    return _first_readable(path, lambda step_dir: _load_step(step_dir, dtype))
+
+
+def _load_step(step_dir: epath.Path, dtype: str) -> tuple[CLIP, dict[str, Any]]:
+    meta = _read_meta_file(step_dir)
     config = CLIPConfig.from_dict(meta["model"]).replace(dtype=dtype)
+    _quiet_closed_event_loops()
+    tree = _state_tree(step_dir)
     checkpointer = ocp.PyTreeCheckpointer()
-    item = root / str(step) / STATE
-    tree = checkpointer.metadata(item).item_metadata.tree
+    item = step_dir / STATE
     wanted = {k: tree[k] for k in ("params", "batch_stats") if k in tree and tree[k]}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
     restored = checkpointer.restore(
         item, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
                                           partial_restore=True))
+    verify(restored, meta.get("checksums"), on_device=False)
     return CLIP(config), nn.unbox(restored)

@@ -136,10 +136,11 @@ def load_config_file(path: str):
 
 
 def eval_config(path: str, config_file: str | None):
-    """The config file's, else the workdir's own training config, else the defaults."""
+    """The config file's, else the workdir's own training config; else a one-line ValueError
+    asking for a dataset (a model alone says nothing about what to evaluate it on)."""
     import ml_collections
 
-    from clip_jax import checkpoints, evaluate, input_pipeline
+    from clip_jax import checkpoints
 
     if config_file:
         return load_config_file(config_file)
@@ -149,12 +150,9 @@ def eval_config(path: str, config_file: str | None):
             config = ml_collections.ConfigDict(recorded)
             config.mesh = dict(data=-1, fsdp=1, tensor=1)  # this machine's devices, not the run's
             return config
-    from clip_jax import sharding
-
-    return ml_collections.ConfigDict(dict(
-        model=dict(dtype="float32"), mesh=dict(data=-1, fsdp=1, tensor=1),
-        logical_axis_rules=[list(r) for r in sharding.DEFAULT_RULES],
-        data=input_pipeline.default_config(), eval=evaluate.default_config()))
+    raise ValueError(f"{path!r} records no dataset to evaluate on; pass --config FILE whose "
+                     "data and eval sections name one (e.g. --config configs/demo.py for the "
+                     "synthetic shapes).")
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -258,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="zero-shot / retrieval / linear-probe evaluation")
     e.add_argument("path", help="workdir, checkpoint file or HF directory")
     e.add_argument("--config", help="config file whose data and eval sections to use "
-                   "(default: a workdir's own training config, else the defaults)")
+                   "(default: a workdir's own training config; required for other models)")
     e.add_argument("--evaluators", help="comma-separated subset of "
                    "zero_shot,retrieval,linear_probe (default: the config's)")
     e.add_argument("--batch-size", type=int, help="images per batch (default: the config's)")

@@ -84,18 +84,18 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
 
 def _load_local(path: str, config: CLIPConfig | None, activation: str | None
                 ) -> tuple[CLIP, dict[str, Any]]:
+    if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
+        module, variables = checkpoints.load_model(path)
+        if config is not None and config != module.config.replace(**_numerics(config)):
+            raise ValueError(f"{path!r} holds a different architecture than the model given; "
+                             "omit the model argument to use the checkpoint's own.")
+        return module, variables
     if hf.is_hf_directory(path):
         config, variables = hf.load_hf(path, config, activation=activation)
         return CLIP(config), variables
     if open_clip_import.is_open_clip_directory(path):
         config, variables = open_clip_import.load_open_clip(path, config, activation=activation)
         return CLIP(config), variables
-    if checkpoints.is_workdir(path):
-        module, variables = checkpoints.load_model(path)
-        if config is not None and config != module.config.replace(**_numerics(config)):
-            raise ValueError(f"{path!r} holds a different architecture than the model given; "
-                             "omit the model argument to use the checkpoint's own.")
-        return module, variables
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/), a "
                          "Hugging Face CLIP directory (config.json) nor an open_clip directory "

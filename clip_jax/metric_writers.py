@@ -1,6 +1,11 @@
 """Where training metrics go: `metrics.jsonl`, TensorBoard event files and a progress line.
 
-Only process 0 writes; every other process gets a writer that does nothing.
+Only process 0 writes; every other process gets a writer that does nothing. A resumed run
+replays the steps after its checkpoint; `resume(step)` makes its logs read like an
+uninterrupted run's: records after `step` are dropped from metrics.jsonl, and TensorBoard gets
+a `SessionLog.START` event at `step + 1`, on which TensorBoard's readers discard the earlier
+events at or after that step (what `torch.utils.tensorboard.SummaryWriter(purge_step=...)`
+writes).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import time
 from typing import Any, Mapping
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto.event_pb2 import SessionLog
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tqdm import tqdm
 
@@ -25,11 +31,36 @@ class MetricWriter:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._path = os.path.join(workdir, "metrics.jsonl")
+        self._jsonl = open(self._path, "a")
         self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
         if progress:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              smoothing=0.1)
+
+    def resume(self, step: int) -> None:
+        """Forgets every record after `step` (the restored checkpoint's; 0 for a fresh start).
+
+        metrics.jsonl is rewritten atomically without them (and without a line cut short by a
+        kill); TensorBoard is told to purge them.
+        """
+        if not self.enabled:
+            return
+        self._jsonl.close()
+        with open(self._path) as f:
+            kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= step]
+        partial = f"{self._path}.partial"
+        with open(partial, "w") as f:
+            f.writelines(kept)
+        os.replace(partial, self._path)
+        self._jsonl = open(self._path, "a")
+        self._events.add_event(event_pb2.Event(
+            wall_time=time.time(), step=step + 1,
+            session_log=event_pb2.SessionLog(status=SessionLog.START)))
+        self._events.flush()
+        if self._bar is not None:
+            self._bar.n = self._bar.last_print_n = self._bar.initial = step
+            self._bar.refresh()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -62,6 +93,16 @@ class MetricWriter:
             self._bar.close()
         self._events.close()
         self._jsonl.close()
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line cut short or not a record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -149,3 +149,17 @@ def test_export_open_clip_of_a_resnet(tmp_path, capsys):
     np.testing.assert_allclose(theirs.numpy(), l2_normalize(ours), atol=1e-5)
     with pytest.raises(SystemExit):
         cli.main(["export-hf", "a", "b", "--dtype", "int8"])
+
+
+def test_eval_of_a_model_without_a_dataset_asks_for_one(tmp_path, capsys):
+    """A checkpoint that records no training config names no dataset: refuse, naming --config,
+    instead of evaluating on a default the user never chose."""
+    module, variables = create_model("test-vit", rng=0)
+    checkpointer = Checkpointer(str(tmp_path), 1, 1, asynchronous=False)
+    checkpointer.save(1, {"step": np.int32(1), **variables},
+                      {"step": 1, "model": module.config.to_dict()}, force=True)
+    checkpointer.close()
+    code, out, err = run(capsys, "eval", str(tmp_path))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "--config" in err and "dataset" in err, err
+    assert out == ""

@@ -40,15 +40,28 @@ def _start(workdir, tfds_dir, *overrides, devices=8, cwd=ROOT, **env):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(proc, timeout=300):
+def _finish(proc, timeout=900):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
 
 
 def _losses(workdir):
-    """step -> logged metrics; a resumed run re-logs the steps after its checkpoint."""
+    """step -> logged metrics (a run in progress may still hold replayed steps)."""
+    return {r["step"]: r for r in _records(workdir)}
+
+
+def _records(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r for r in map(json.loads, f)}
+        return [json.loads(line) for line in f]
+
+
+def _tensorboard_losses(workdir):
+    """[(step, loss)] as TensorBoard's own reader shows them (it honours purge events)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("loss")]
 
 
 def _wait_for_step(workdir, step, proc, timeout=300):
@@ -109,10 +122,12 @@ def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_di
     assert code == 0, out
     assert "Resumed from step" in out
     resumed = _losses(tmp_path)
-    assert sorted(resumed) == sorted(expected)
+    # The logs read like the uninterrupted run's: each step once, in order, same values.
+    assert [r["step"] for r in _records(tmp_path)] == sorted(expected)
     for step, record in expected.items():
         assert resumed[step]["loss"] == record["loss"], step  # bit-identical
         assert resumed[step]["grad_norm"] == record["grad_norm"], step
+    assert _tensorboard_losses(tmp_path) == _tensorboard_losses(uninterrupted[0])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
@@ -122,7 +137,105 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
                                "--config.optimizer.lr=1e30", "--config.optimizer.grad_clip_norm=0"))
     assert code == 3, out
     assert "NaN/Inf" in out and "last good checkpoint is step 4" in out
+    assert "changed learning-rate schedule (total_steps 4 -> 12" in out
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+@pytest.mark.parametrize("lr", ["1e38", "1e3"])
+def test_divergence_names_a_checkpoint_that_is_good(tfds_dir, tmp_path, lr):
+    """Saving every step: a checkpoint whose parameters are NaN/Inf (lr 1e38 overflows in the
+    first update; lr=inf itself is refused up front), or lead to a NaN loss at the next step
+    (lr 1e3), is never named good; the named one holds finite parameters."""
+    code, out = _finish(_start(tmp_path, tfds_dir, "--config.total_steps=8",
+                               "--config.checkpoint.every_steps=1", "--config.warmup_steps=0",
+                               f"--config.optimizer.lr={lr}", "--config.optimizer.grad_clip_norm=0"))
+    assert code == 3, out
+    (line,) = [line for line in out.splitlines() if line.startswith("error:")]
+    assert "NaN/Inf" in line and "None" not in line, line
+    kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+    if "No good checkpoint was saved yet" in line:
+        assert kept == []
+    else:
+        good = int(line.split("last good checkpoint is step ")[1].split()[0])
+        assert kept and good == max(kept)
+        from clip_jax import loading
+        _, variables = loading.load(str(tmp_path))
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+        assert max(_losses(tmp_path)) >= good + 1  # its next loss was computed, and finite
+        assert np.isfinite(_losses(tmp_path)[good + 1]["loss"])
+
+
+def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted, tfds_dir,
+                                                                   tmp_path):
+    source, _ = uninterrupted
+    recorded = json.loads((source / "config.json").read_text())
+    assert recorded["total_steps"] == 12 and recorded["checkpoint"]["every_steps"] == 4
+    workdir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(source, workdir)
+    code, out = _finish(_start(workdir, tfds_dir))  # the same command again: nothing to do
+    assert code == 0, out
+    assert "is finished (checkpoint at step 12, total_steps=12)" in out
+    assert "Compiling" not in out and "compiled" not in out and "0/12" not in out
+
+    data = max((p for p in (workdir / "checkpoints" / "12" / "state").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    with open(data, "r+b") as f:  # garble the newest checkpoint's largest file
+        f.seek(data.stat().st_size // 3)
+        chunk = f.read(64)
+        f.seek(data.stat().st_size // 3)
+        f.write(bytes(255 - b for b in chunk))
+    code, out = _finish(_start(workdir, tfds_dir))
+    assert code == 0, out
+    skipped = [line for line in out.splitlines() if "Skipping checkpoint step 12" in line]
+    assert len(skipped) == 1 and "Traceback" not in out and "Event loop" not in out, out
+    assert "Resumed from step 8" in out
+    expected = _losses(source)
+    assert [r["step"] for r in _records(workdir)] == sorted(expected)
+    for step, record in expected.items():
+        assert _losses(workdir)[step]["loss"] == record["loss"], step
+
+
+def test_sigterm_before_the_first_step_exits_at_once(tfds_dir, tmp_path):
+    """During imports and during compilation SIGTERM ends the run cleanly (exit 0, one line),
+    without waiting for the compilation and a step; nothing is logged or saved."""
+    early = _start(tmp_path / "early", tfds_dir)
+    time.sleep(2)  # still importing
+    early.send_signal(signal.SIGTERM)
+    code, out = _finish(early, timeout=60)
+    assert code == 0 and "Stopped by SIGTERM before the first training step" in out, out
+
+    proc = _start(tmp_path / "compiling", tfds_dir)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Compiling the train step" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    code, out = _finish(proc, timeout=60)
+    out = "".join(lines) + out
+    assert code == 0 and "Stopped by SIGTERM before the first training step" in out, out
+    assert not (tmp_path / "compiling" / "metrics.jsonl").exists() or not _records(
+        tmp_path / "compiling")
+    assert not os.listdir(tmp_path / "compiling" / "checkpoints")
+
+
+def test_init_from_refuses_a_conflicting_model_name(tfds_dir, tmp_path, monkeypatch):
+    import torch
+
+    from reference import open_clip_model
+
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
+    config = tiny.get_config()
+    torch.save(open_clip_model(train_step.model_config(config), seed=3).state_dict(),
+               tmp_path / "weights.pt")
+    config.init_from = str(tmp_path / "weights.pt")
+    config.model.name = "ViT-B/32"
+    monkeypatch.setattr(train_step, "compile_train_step", None)  # must not get that far
+    with pytest.raises(ValueError, match="different architectures .*model.name=''") as error:
+        train.train(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -211,3 +324,94 @@ def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
     assert sorted(multi) == sorted(single)
     for step in single:
         assert multi[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5), step
+
+
+def _table(tmp_path):
+    """A CSV whose images do not exist, and one whose images do (for the column case)."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "missing.csv").write_text("filepath,title\nnope1.png,a cat\nnope2.png,a dog\n")
+    return tmp_path
+
+
+TABLE = ["--config.data.dataset=image_text_table", "--config.data.table.name=t"]
+# (overrides or other arguments, what the one stderr line must name, what it must not name)
+MISCONFIGURATIONS = [
+    (["--config.prng_impl=mt19937"], "config.prng_impl", None),
+    (["--config.mode=test"], "train, eval", None),
+    (["--config.optimizer.lr=-1"], "config.optimizer.lr", None),
+    (["--config.optimizer.lr=inf"], "config.optimizer.lr", None),
+    (["--config.optimizer.lr=nan"], "config.optimizer.lr", None),
+    (["--config.batch_size=0"], "config.batch_size", None),
+    (["--config.batch_size=-32"], "config.batch_size", None),
+    (["--config.total_steps=0"], "config.total_steps", None),
+    (["--config.warmup_steps=-1"], "config.warmup_steps", None),
+    (["--config.optimizer.weight_decay=-0.1"], "config.optimizer.weight_decay", None),
+    (["--config.optimizer.b1=1.0"], "config.optimizer.b1", None),
+    (["--config.optimizer.b2=1.5"], "config.optimizer.b2", None),
+    (["--config.optimizer.eps=0"], "config.optimizer.eps", None),
+    (["--config.optimizer.grad_clip_norm=-1"], "config.optimizer.grad_clip_norm", None),
+    (["--config.optimizer.end_lr_factor=2"], "config.optimizer.end_lr_factor", None),
+    (["--config.microbatches=0"], "config.microbatches", None),
+    (["--config.checkpoint.keep=0"], "config.checkpoint.keep", None),
+    (["--config.checkpoint.every_steps=-1"], "config.checkpoint.every_steps", None),
+    (["--config.log_every_steps=0"], "config.log_every_steps", None),
+    (["--config.loss_chunk_size=0"], "config.loss_chunk_size", None),
+    (["--config.model.logit_scale_init=nan"], "config.model.logit_scale_init", None),
+    (["--config.peak_flops_per_device=-1"], "config.peak_flops_per_device", None),
+    (["--config.eval.every_steps=-1"], "config.eval.every_steps", None),
+    (["--config.eval.batch_size=0"], "config.eval.batch_size", None),
+    (["--config.model.remat_policy=some"], "config.model.remat_policy", None),
+    (["--config.model.dtype=float8"], "config.model.dtype", None),
+    (["--config.loss=l2"], "config.loss", None),
+    (["--config.model.name=ViT-X/1"], "ViT-X/1", None),
+    (["--config.mesh.data=3"], "3 devices", None),
+    (["--config.data.augment.scale=(0.5,2.0)"], "data.augment.scale", None),
+    (["--config.data.eval_max_captions=0"], "data.eval_max_captions", None),
+    (["--config.optimizer.lrr=1", "--config.batch_size=8"], "optimizer.lrr", "batch_size"),
+    (["--config.batch_size=abc", "--config.total_steps=3"], "batch_size", "total_steps"),
+    (["--config.data.dataset=coco_captionz"], "coco_captions", None),
+    ([*TABLE, "--config.data.table.train_path={tmp}/nope.csv"], "data.table.train_path", None),
+    ([*TABLE, "--config.data.table.train_path={tmp}/img"], "is a directory", None),
+    ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",
+      "--config.data.table.caption_column=caption"], "data.table.caption_column", None),
+    ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",
+      "--config.data.table.image_root={tmp}/img"], "image", None),
+    (["WORKDIR={tmp}/missing.csv"], "--workdir", None),  # a file
+    (["WORKDIR=/proc/clip_jax/run"], "--workdir", None),  # not writable, even for root
+    (["CONFIG={tmp}/no_such_config.py"], "--config", None),
+]
+_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
+
+
+def test_misconfigurations_are_one_line_before_compiling(tfds_dir, tmp_path):
+    """Every case: exit code != 0, exactly one line on stderr naming the field, no compile."""
+    assert len(MISCONFIGURATIONS) >= 30
+    tmp = _table(tmp_path)
+    env = _env(tfds_dir, CLIP_JAX_HOST_TUNED="1", TF_CPP_MIN_LOG_LEVEL="3")
+
+    def command(i, args):
+        args = [a.replace("{tmp}", str(tmp)) for a in args]
+        config = next((a[7:] for a in args if a.startswith("CONFIG=")),
+                      os.path.join(ROOT, "configs", "tiny.py"))
+        workdir = next((a[8:] for a in args if a.startswith("WORKDIR=")), str(tmp / f"w{i}"))
+        return [sys.executable, os.path.join(ROOT, "main.py"), "--config", config, "--workdir",
+                workdir, *[a for a in args if a.startswith("--")]]
+
+    pending = list(enumerate(MISCONFIGURATIONS))
+    running, failures = [], []
+    while pending or running:
+        while pending and len(running) < 4:
+            i, case = pending.pop(0)
+            proc = subprocess.Popen(command(i, case[0]), cwd=ROOT, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            running.append((i, case, proc))
+        i, (args, named, not_named), proc = running.pop(0)
+        out, err = proc.communicate(timeout=300)
+        lines = [line for line in err.splitlines() if line and not line.startswith(_NOISE)]
+        ok = (proc.returncode != 0 and len(lines) == 1 and named in lines[0]
+              and (not_named is None or not_named not in lines[0])
+              and "Compiling" not in out and "compiled" not in out)
+        if not ok:
+            failures.append(f"{args}: rc={proc.returncode} stderr={lines} stdout={out[-300:]}")
+        assert not os.path.exists(tmp / f"w{i}" / "checkpoints"), args
+    assert not failures, "\n".join(failures)

@@ -325,7 +325,16 @@ def _write_json(path: Path, content: Mapping[str, Any]) -> None:
 # ----------------------------------------------------------------------------- import
 
 def is_hf_directory(path: PathLike) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+    """A directory whose config.json is a transformers config (it names a `model_type`); a
+    clip_jax workdir's config.json (the run's config) is not one."""
+    config = os.path.join(path, "config.json")
+    if not (os.path.isdir(path) and os.path.isfile(config)):
+        return False
+    try:
+        with open(config, encoding="utf-8") as f:
+            return "model_type" in json.load(f)
+    except (OSError, ValueError):
+        return False
 
 
 def read_config(directory: PathLike) -> CLIPConfig:

@@ -1,0 +1,193 @@
+"""Damaged checkpoints: training and `clip_jax.load` skip them with one line and fall back.
+
+A real checkpoint of a tiny model is damaged the ways disks and interrupted copies damage files
+(truncated, garbled, emptied or missing data files, manifests and metadata); the expected
+values are the arrays that were saved at the previous step.
+"""
+
+import glob
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import clip_jax
+from clip_jax import checkpoints
+from clip_jax.checkpoints import Checkpointer
+from clip_jax.models import create_model
+
+STEPS = (1, 2)
+
+
+def _largest(step_dir, pattern):
+    found = [p for p in glob.glob(os.path.join(step_dir, pattern)) if os.path.isfile(p)]
+    assert found, pattern
+    return max(found, key=os.path.getsize)
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _garble(path):
+    """Inverts 64 bytes in the middle: same size, different content."""
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 3)
+        chunk = f.read(64)
+        f.seek(os.path.getsize(path) // 3)
+        f.write(bytes(255 - b for b in chunk))
+
+
+def _empty(path):
+    open(path, "wb").close()
+
+
+def _remove(path):
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def _replace(text):
+    def write(path):
+        with open(path, "w") as f:
+            f.write(text)
+    return write
+
+
+# (files of the newest checkpoint, glob relative to its directory; what is done to the largest)
+CORRUPTIONS = {
+    "truncated root data": ("state/d/*", _truncate),
+    "garbled root data": ("state/d/*", _garble),
+    "emptied root data": ("state/d/*", _empty),
+    "missing root data": ("state/d/*", _remove),
+    "truncated array data": ("state/ocdbt.process_0/d/*", _truncate),
+    "garbled array data": ("state/ocdbt.process_0/d/*", _garble),
+    "emptied array data": ("state/ocdbt.process_0/d/*", _empty),
+    "missing manifest": ("state/manifest.ocdbt", _remove),
+    "garbled manifest": ("state/manifest.ocdbt", _garble),
+    "missing state metadata": ("state/_METADATA", _remove),
+    "garbled state metadata": ("state/_METADATA", _garble),
+    "missing meta": ("meta/metadata", _remove),
+    "truncated meta": ("meta/metadata", _truncate),
+    "meta without model": ("meta/metadata", _replace('{"step": 2}')),
+    "missing state": ("state", _remove),
+    "missing meta item": ("meta", _remove),
+}
+
+
+def _state(variables, step):
+    """Distinct values per step, so a fallback can be told from the newest checkpoint."""
+    return {"step": np.int32(step),
+            **jax.tree.map(lambda x: np.asarray(x) + np.asarray(step, np.asarray(x).dtype),
+                           variables)}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run")
+    module, variables = create_model("test-vit", rng=0)
+    checkpointer = Checkpointer(str(path), 1, len(STEPS), asynchronous=False)
+    for step in STEPS:
+        checkpointer.save(step, _state(variables, step),
+                          {"step": step, "model": module.config.to_dict(), "data_position": step,
+                           "batch_size": 8}, force=True)
+    checkpointer.close()
+    return path, variables
+
+
+@pytest.fixture(params=sorted(CORRUPTIONS))
+def damaged(request, saved, tmp_path):
+    source, variables = saved
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    pattern, damage = CORRUPTIONS[request.param]
+    newest = workdir / "checkpoints" / str(STEPS[-1])
+    damage(_largest(newest, pattern) if "*" in pattern or "." in pattern else
+           os.path.join(newest, pattern))
+    return str(workdir), _state(variables, STEPS[-1]), _state(variables, STEPS[-2])
+
+
+def _assert_equal(restored, expected):
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(restored)[0],
+                            jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=jax.tree_util.keystr(path))
+
+
+def _quiet(err):
+    assert "Traceback" not in err and "Event loop is closed" not in err, err[:2000]
+
+
+def test_training_resumes_from_the_newest_good_checkpoint(damaged, capfd):
+    """Either the newest checkpoint still restores exactly what was saved (a file it does not
+    need was damaged), or it is skipped in one line, moved aside, and step 1 restores."""
+    workdir, newest, previous = damaged
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                                           sharding=device), previous)
+    checkpointer = Checkpointer(workdir, 1, 3, asynchronous=False)
+    lines = []
+    step, state, meta = checkpointer.restore_newest(abstract, lines.append)
+    remaining = checkpointer.all_steps()
+    checkpointer.close()
+    if step == STEPS[-1]:
+        assert lines == []
+        _assert_equal(state, newest)
+    else:
+        assert remaining == [STEPS[-2]]  # the damaged one is out of the way
+        assert step == STEPS[-2] and meta["data_position"] == STEPS[-2]
+        _assert_equal(state, previous)
+        assert len(lines) == 1 and f"step {STEPS[-1]}" in lines[0], lines
+        assert os.path.isdir(os.path.join(workdir, checkpoints.CORRUPT_DIR, str(STEPS[-1])))
+    _quiet(capfd.readouterr().err)
+
+
+def test_load_falls_back_to_the_newest_good_checkpoint(damaged, capfd):
+    workdir, newest, previous = damaged
+    capfd.readouterr()
+    _, variables = clip_jax.load(workdir)
+    err = capfd.readouterr().err
+    _quiet(err)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    if not warnings:  # what load reads was not damaged: exactly the newest values
+        _assert_equal(variables["params"], newest["params"])
+        return
+    _assert_equal(variables["params"], previous["params"])
+    assert len(warnings) == 1 and f"checkpoints/{STEPS[-1]}" in warnings[0], err
+
+
+def test_load_with_no_good_checkpoint_is_one_line(saved, tmp_path):
+    source, _ = saved
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    for step in STEPS:
+        _garble(_largest(workdir / "checkpoints" / str(step), "state/ocdbt.process_0/d/*"))
+    with pytest.raises(checkpoints.CorruptCheckpointError) as error:
+        clip_jax.load(str(workdir))
+    assert "\n" not in str(error.value) and "tried steps 2, 1" in str(error.value)
+
+
+def test_a_nan_state_is_never_saved(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path), 1, 3, asynchronous=False)
+    state = {"params": {"w": np.array([1.0, np.nan], np.float32)}, "step": np.int32(1)}
+    with pytest.raises(checkpoints.NonFiniteStateError, match="params/w"):
+        checkpointer.save(1, state, {"step": 1, "model": {}}, force=True)
+    assert checkpointer.all_steps() == []
+    checkpointer.close()
+
+
+def test_checksum_is_independent_of_sharding():
+    """The position-weighted sum of a sharded array equals numpy's on the whole array."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    mesh = Mesh(np.array(jax.devices()[:2]).reshape(2), ("d",))
+    sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("d")))
+    words = x.view(np.uint32).reshape(-1).astype(np.uint64)
+    weights = (np.arange(x.size, dtype=np.uint64) * 2654435761 + 1) % 2**32
+    expected = int((words * weights % 2**32).sum() % 2**32)  # first principles, in 64 bits
+    assert checkpoints.digest({"x": sharded})[1] == {"x": expected}
+    moved = x.copy()
+    moved[[0, 1]] = moved[[1, 0]]
+    assert checkpoints.digest({"x": moved})[1] != {"x": expected}
