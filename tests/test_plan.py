@@ -18,8 +18,6 @@ from clip_jax import cli, hlo_stats, sharding, train, train_step, tpu_topology
 from clip_jax import plan as plan_lib
 from configs import tiny
 
-pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) compiles for TPU without one")
-
 
 @pytest.mark.parametrize("name, chips, slices, bounds", [
     ("v5e-4", 4, 1, (2, 2)), ("v5e-8", 8, 1, (2, 4)), ("v5litepod-64", 64, 1, (8, 8)),
@@ -37,6 +35,16 @@ def test_bad_topology_name_is_a_clear_error():
         tpu_topology.parse("v7-4")
     with pytest.raises(ValueError, match="multiple of 2"):
         tpu_topology.parse("v4-9")
+
+
+def test_multi_slice_mesh_puts_only_the_data_axis_across_slices():
+    mesh = tpu_topology.make_mesh(tpu_topology.parse("2xv5e-4"), (4, 2, 1), sharding.MESH_AXES)
+    slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    assert slices.shape == (4, 2, 1)
+    # Each fsdp group (a row) stays inside one slice; the data axis spans both slices.
+    assert (slices == slices[:, :1]).all() and set(slices[:, 0, 0]) == {0, 1}
+    with pytest.raises(ValueError, match="multiple of the 2 slices"):
+        tpu_topology.make_mesh(tpu_topology.parse("2xv5e-4"), (1, 1, 8), sharding.MESH_AXES)
 
 
 def _v5e_2x2():
