@@ -155,16 +155,17 @@ def plan_command(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unrecognised arguments {unknown}; overrides look like "
                          "--config.batch_size=4096 (as for main.py).")
+    argv = ["clip-jax plan", f"--config={args.config}", *args.overrides]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
-                                    lock_config=True)
+                                    lock_config=True, sys_argv=argv)
     if not os.path.isfile(args.config):
         raise FileNotFoundError(f"No config file at {args.config!r}; pass e.g. configs/vit_l14.py.")
     root = os.path.dirname(os.path.dirname(os.path.abspath(args.config)))
     if root not in sys.path:  # config files import `configs.base`
         sys.path.insert(0, root)
     try:
-        values(["clip-jax plan", f"--config={args.config}", *args.overrides])
+        values(argv)
     except (flags.Error, AttributeError, KeyError, TypeError) as error:
         raise ValueError(f"cannot apply {' '.join(args.overrides)}: {error}") from error
     return plan.run(values.config, args.topology, as_json=args.json,

