@@ -11,7 +11,11 @@ often it runs per step (a loop body by its trip count, read from the loop condit
   padding or the holes of a strided convolution's gradient) - the matrix-unit work, remat
   recomputation included;
 - bytes accessed: operand + result bytes of every instruction outside fusions (a fusion's
-  internals stay on chip), the quantity a roofline divides by HBM bandwidth;
+  internals stay on chip), the quantity a roofline divides by HBM bandwidth; as in XLA's
+  cost analysis, an operand only read through `dynamic-slice` (a scanned layer's weights)
+  counts the slice, and an in-place `dynamic-update-slice` counts the update (one fusion
+  level deep: a slice inside a nested fusion still counts its whole operand, so the total is
+  an upper bound);
 - collectives by kind: the bytes each chip sends or receives, taken as the result size for
   all-gather and the operand size for reduce-scatter, all-reduce, all-to-all and
   collective-permute. TPU splits one asynchronous collective into start / update / done
@@ -52,6 +56,7 @@ class Instruction:
     opcode: str
     operands: list[str]
     attrs: str
+    args: str = ""  # the raw text between the parentheses (a parameter's number)
 
 
 @dataclasses.dataclass
@@ -106,7 +111,8 @@ def _parse_instruction(line: str) -> Instruction | None:
         return None
     end = _closing(rest, paren)
     operands = re.findall(r"%([\w.\-]+)", rest[paren:end])
-    return Instruction(name.lstrip("%"), shape, rest[:paren], operands, rest[end + 1:])
+    return Instruction(name.lstrip("%"), shape, rest[:paren], operands, rest[end + 1:],
+                       rest[paren + 1:end])
 
 
 def parse_module(text: str) -> tuple[dict[str, list[Instruction]], str]:
@@ -219,6 +225,46 @@ def _matmul_flops(inst: Instruction, shapes: dict[str, str]) -> float:
     return 2.0 * math.prod(out) / out_spatial * taps * rhs[rhs_l.index("i")]
 
 
+_SLICING = ("dynamic-slice", "gather")
+
+
+def _sliced_reads(fused: list[Instruction]) -> dict[int, float]:
+    """Parameter number -> bytes read, for the fused parameters only read through slices."""
+    params = {i.name: int(i.args) for i in fused if i.opcode == "parameter" and i.args.isdigit()}
+    reads: dict[int, float] = {}
+    for name, number in params.items():
+        users = [i for i in fused if name in i.operands]
+        if users and all(u.opcode in _SLICING and u.operands[0] == name for u in users):
+            reads[number] = sum(shape_bytes(u.shape) for u in users)
+        elif users and all(u.opcode == "dynamic-update-slice" and u.operands[0] == name
+                           for u in users):
+            reads[number] = 0.0  # updated in place
+    return reads
+
+
+def _instruction_bytes(inst: Instruction, shapes: dict[str, str],
+                       computations: dict[str, list[Instruction]]) -> float:
+    operand_bytes = [shape_bytes(shapes.get(o, "")) for o in inst.operands]
+    if inst.opcode in _SLICING:
+        return 2 * shape_bytes(inst.shape)
+    if inst.opcode == "dynamic-update-slice":
+        return 2 * operand_bytes[1]
+    out = shape_bytes(inst.shape)
+    if inst.opcode == "fusion":
+        callee = re.search(r"calls=%([\w.\-]+)", inst.attrs)
+        fused = computations.get(callee.group(1), []) if callee else []
+        for number, read in _sliced_reads(fused).items():
+            if number < len(operand_bytes):
+                operand_bytes[number] = read
+        fused_shapes = {i.name: i.shape for i in fused}
+        updates = [i for i in fused if i.opcode == "dynamic-update-slice"]
+        if updates and fused and fused[-1].opcode in ("dynamic-update-slice", "tuple"):
+            # In-place updates write their update, not the whole buffer.
+            out -= sum(shape_bytes(u.shape) - shape_bytes(fused_shapes.get(u.operands[1], ""))
+                       for u in updates)
+    return out + sum(operand_bytes)
+
+
 def analyze(text: str) -> HloStats:
     """FLOPs, bytes accessed and collectives of one execution of a compiled module's text."""
     computations, entry = parse_module(text)
@@ -245,8 +291,7 @@ def analyze(text: str) -> HloStats:
                 seen = channels.get(key, (kind, 0.0, 0.0))
                 channels[key] = (kind, max(seen[1], times), max(seen[2], times * size))
             if name not in fused and inst.opcode not in _FREE:
-                bytes_accessed += times * (shape_bytes(inst.shape) + sum(
-                    shape_bytes(shapes.get(o, "")) for o in inst.operands))
+                bytes_accessed += times * _instruction_bytes(inst, shapes, computations)
     coll_bytes = {k: 0.0 for k in COLLECTIVES}
     coll_counts = {k: 0 for k in COLLECTIVES}
     for kind, times, size in channels.values():
