@@ -8,6 +8,7 @@
   clip-jax export-hf WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax export-open-clip WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax demo [--workdir DIR]
+  clip-jax plan --config configs/vit_l14.py --topology v5e-256 [--config.FIELD=VALUE ...] [--json]
 
 PATH / WORKDIR_OR_CHECKPOINT is anything `clip_jax.load` reads: a training workdir (its newest
 checkpoint), an OpenAI / open_clip checkpoint file, or a Hugging Face CLIP directory.
@@ -205,6 +206,34 @@ def demo_command(args: argparse.Namespace) -> int:
     return demo.main(["--workdir", args.workdir] if args.workdir else [])
 
 
+def plan_command(args: argparse.Namespace) -> int:
+    """Exit 0: fits; 1: does not fit; 2: config error (raised as ValueError, see `main`)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from clip_jax import plan
+
+    unknown = [a for a in args.overrides if not a.startswith("--config.")]
+    if unknown:
+        raise ValueError(f"unrecognised arguments {unknown}; overrides look like "
+                         "--config.batch_size=4096 (as for main.py).")
+    argv = ["clip-jax plan", f"--config={args.config}", *args.overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    if not os.path.isfile(args.config):
+        raise FileNotFoundError(f"No config file at {args.config!r}; pass e.g. configs/vit_l14.py.")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(args.config)))
+    if root not in sys.path:  # config files import `configs.base`
+        sys.path.insert(0, root)
+    try:
+        values(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot apply {' '.join(args.overrides)}: {error}") from error
+    return plan.run(values.config, args.topology, as_json=args.json,
+                    budget_seconds=args.search_seconds)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: inference, "
                                 "evaluation, export.")
@@ -278,11 +307,27 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a small CLIP on synthetic shapes and report")
     d.add_argument("--workdir", help="run directory (default: a new runs/demo/<timestamp>)")
     d.set_defaults(run=demo_command)
+
+    pl = sub.add_parser("plan", help="compile the train step for a TPU slice without one: memory, "
+                        "FLOPs, collectives, roofline (exit 0 fits, 1 does not, 2 config error)")
+    pl.add_argument("--config", required=True, help="config file (configs/*.py); override fields "
+                    "with --config.FIELD=VALUE as for main.py")
+    pl.add_argument("--topology", required=True, help="Cloud TPU accelerator type: v5e-256, "
+                    "v5litepod-64, v4-64, v5p-512, v6e-256, 2xv5e-256 (multi-slice)")
+    pl.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    pl.add_argument("--search-seconds", type=float, default=900.0,
+                    help="when it does not fit: compile time allowed for alternatives (remat, "
+                         "fsdp, microbatches); 0 to skip (default 900)")
+    pl.set_defaults(run=plan_command)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)
+    if args.command == "plan":
+        args.overrides = extra  # --config.FIELD=VALUE, as main.py takes them
+    elif extra:
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:

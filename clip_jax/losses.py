@@ -10,6 +10,11 @@ return `(loss, metrics)`.
   with an online log-sum-exp, combines column statistics across devices, and recomputes the
   blocks in a custom backward pass instead of storing any N x N matrix.
 - `sigmoid`: SigLIP's pairwise sigmoid loss with a learnable bias.
+- `chunked_sigmoid`: the same loss and gradients with per-device memory independent of the
+  number of devices (big_vision's "chunked" SigLIP): each device keeps its image block, the
+  text blocks travel around a `ppermute` ring over the data axes, the pairwise loss is summed
+  block by block (c columns at a time), and the custom backward pass recomputes the blocks,
+  carrying each text block's gradient around the ring with it and home at the end.
 """
 
 from __future__ import annotations
@@ -44,12 +49,16 @@ def softmax_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
     return (loss_i2t + loss_t2i) / 2, _accuracies(logits)
 
 
-def sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
-                 bias: jax.Array | None) -> tuple[jax.Array, Metrics]:
-    """SigLIP: -sum log sigmoid(label * (scale * cos + bias)) / N, label +1 on the diagonal."""
+def _require_bias(bias: jax.Array | None) -> None:
     if bias is None:
         raise ValueError("The sigmoid loss needs a learnable bias: set "
                          "config.model.logit_bias_init (SigLIP uses -10).")
+
+
+def sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
+                 bias: jax.Array | None) -> tuple[jax.Array, Metrics]:
+    """SigLIP: -sum log sigmoid(label * (scale * cos + bias)) / N, label +1 on the diagonal."""
+    _require_bias(bias)
     logits = scale * jnp.dot(img.astype(jnp.float32), txt.astype(jnp.float32).T) + bias
     labels = 2 * jnp.eye(logits.shape[0]) - 1
     loss = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / logits.shape[0]
@@ -216,13 +225,152 @@ def _core_bwd(rows, cols, residuals, cotangents):
 _chunked_core.defvjp(_core_fwd, _core_bwd)
 
 
+def chunked_sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
+                         bias: jax.Array | None, *, mesh: Mesh,
+                         chunk_size: int = 1024) -> tuple[jax.Array, Metrics]:
+    """`sigmoid_loss` over a ring of text blocks (see the module docstring).
+
+    img, txt: [N, E] batch-sharded over data x fsdp; scale, bias: scalars. Per device it holds
+    its own [n, E] blocks, one travelling [n, E] text block (and its gradient in the backward
+    pass) and [n, c] logits, n = N / (data * fsdp), c = the largest divisor of n <= chunk_size:
+    nothing grows with the number of devices. Raises ValueError without a bias.
+    """
+    _require_bias(bias)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    cols = _chunk(img.shape[0] // shards, chunk_size)
+    fn = jax.shard_map(
+        functools.partial(_ring_core, cols=cols, shards=shards), mesh=mesh,
+        in_specs=(P(BATCH_AXES), P(BATCH_AXES), P(), P()), out_specs=(P(), P(), P()),
+        check_vma=True)
+    loss, i2t, t2i = fn(img.astype(jnp.float32), txt.astype(jnp.float32),
+                        jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32))
+    return loss, {"i2t_top1": i2t, "t2i_top1": t2i}
+
+
+def _ring_shift(x: jax.Array, shards: int) -> jax.Array:
+    """Sends a block to the next device of the data x fsdp ring."""
+    return jax.lax.ppermute(x, BATCH_AXES, [(i, (i + 1) % shards) for i in range(shards)])
+
+
+def _argmax_update(m, idx, logits, axis, base):
+    """Running (max, first argmax) along `axis`; `base` is the block's first global index."""
+    block_max = jnp.max(logits, axis=axis)
+    cand = jnp.argmax(logits, axis=axis) + base
+    take = (block_max > m) | ((block_max == m) & (cand < idx))
+    return jnp.maximum(m, block_max), jnp.where(take, cand, idx)
+
+
+def _ring_logits(img, y_chunk, scale, bias, own_block, first_col):
+    """Cosines and logits [n, c] of the local images against a text chunk, and +-1 labels."""
+    dots = img @ y_chunk.T
+    rows = jnp.arange(img.shape[0])[:, None]
+    cols = first_col + jnp.arange(y_chunk.shape[0])[None, :]
+    return dots, scale * dots + bias, jnp.where(own_block & (rows == cols), 1.0, -1.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _ring_core(img, txt, scale, bias, cols, shards):
+    return _ring_fwd(img, txt, scale, bias, cols, shards)[0]
+
+
+def _ring_fwd(img, txt, scale, bias, cols, shards):
+    n = img.shape[0]
+    me = jax.lax.axis_index(BATCH_AXES)
+
+    def visit(carry, t):
+        """Adds the loss of the text block from device me - t; updates the argmax statistics."""
+        y, col_m, col_idx, row_m, row_idx, total = carry
+        base = ((me - t) % shards) * n
+
+        def over_chunks(acc, inputs):
+            row_m, row_idx, total = acc
+            y_c, cm, ci, c = inputs
+            _, logits, labels = _ring_logits(img, y_c, scale, bias, t == 0, c * cols)
+            total = total - jnp.sum(jax.nn.log_sigmoid(labels * logits))
+            row_m, row_idx = _argmax_update(row_m, row_idx, logits, 1, base + c * cols)
+            cm, ci = _argmax_update(cm, ci, logits, 0, me * n)
+            return (row_m, row_idx, total), (cm, ci)
+
+        (row_m, row_idx, total), (col_m, col_idx) = jax.lax.scan(
+            over_chunks, (row_m, row_idx, total),
+            (_blocks(y, cols), _blocks(col_m, cols), _blocks(col_idx, cols),
+             jnp.arange(n // cols)))
+        return (y, col_m.reshape(n), col_idx.reshape(n), row_m, row_idx, total)
+
+    def visit_and_pass(carry, t):
+        y, col_m, col_idx, *rest = visit(carry, t)
+        moved = tuple(_ring_shift(x, shards) for x in (y, col_m, col_idx))
+        return (*moved, *rest), None
+
+    big = jnp.iinfo(jnp.int32).max
+    init = (txt, *_varying(jnp.full((n,), -jnp.inf), jnp.full((n,), big, jnp.int32),
+                           jnp.full((n,), -jnp.inf), jnp.full((n,), big, jnp.int32),
+                           jnp.zeros(())))
+    carry, _ = jax.lax.scan(visit_and_pass, init, jnp.arange(shards - 1))
+    _, _, col_idx, _, row_idx, total = visit(carry, shards - 1)
+    big_n = n * shards
+    own = me * n + jnp.arange(n)
+    last_owner = ((me + 1) % shards) * n  # the block seen last came from device me + 1
+    i2t = jax.lax.psum(jnp.sum(row_idx == own), BATCH_AXES) / big_n
+    t2i = jax.lax.psum(jnp.sum(col_idx == last_owner + jnp.arange(n)), BATCH_AXES) / big_n
+    loss = jax.lax.psum(total, BATCH_AXES) / big_n
+    return (loss, i2t, t2i), (img, txt, scale, bias)
+
+
+def _ring_bwd(cols, shards, residuals, cotangents):
+    """Recomputes each block: dL/dlogit = -(g/N) label sigmoid(-label logit)."""
+    img, txt, scale, bias = residuals
+    n = img.shape[0]
+    coef = -cotangents[0] / (n * shards)
+
+    def visit(carry, t):
+        y, dy, d_img, d_scale, d_bias = carry
+
+        def over_chunks(acc, inputs):
+            d_img, d_scale, d_bias = acc
+            y_c, dy_c, c = inputs
+            dots, logits, labels = _ring_logits(img, y_c, scale, bias, t == 0, c * cols)
+            grad = coef * labels * jax.nn.sigmoid(-labels * logits)
+            d_scale = d_scale + jnp.sum(grad * dots)
+            return ((d_img + scale * grad @ y_c, d_scale, d_bias + jnp.sum(grad)),
+                    dy_c + scale * grad.T @ img)
+
+        acc, dy = jax.lax.scan(over_chunks, (d_img, d_scale, d_bias),
+                               (_blocks(y, cols), _blocks(dy, cols), jnp.arange(n // cols)))
+        return (y, dy.reshape(n, -1), *acc)
+
+    def visit_and_pass(carry, t):
+        y, dy, *rest = visit(carry, t)
+        return (_ring_shift(y, shards), _ring_shift(dy, shards), *rest), None
+
+    init = (txt, *_varying(jnp.zeros_like(txt), jnp.zeros_like(img), jnp.zeros(()),
+                           jnp.zeros(())))
+    carry, _ = jax.lax.scan(visit_and_pass, init, jnp.arange(shards - 1))
+    _, dy, d_img, d_scale, d_bias = visit(carry, shards - 1)
+    d_txt = _ring_shift(dy, shards)  # the last block's gradient goes home to device me + 1
+    return (d_img, d_txt, jax.lax.psum(d_scale, BATCH_AXES), jax.lax.psum(d_bias, BATCH_AXES))
+
+
+def _ring_core_fwd(img, txt, scale, bias, cols, shards):
+    return _ring_fwd(img, txt, scale, bias, cols, shards)
+
+
+_ring_core.defvjp(_ring_core_fwd, _ring_bwd)
+
+
 def make_loss_fn(name: str, mesh: Mesh, chunk_size: int = 1024) -> LossFn:
-    """The loss named by `config.loss` ("softmax", "chunked_softmax" or "sigmoid")."""
-    if name == "softmax":
-        return softmax_loss
-    if name == "sigmoid":
-        return sigmoid_loss
-    if name == "chunked_softmax":
-        return functools.partial(chunked_softmax_loss, mesh=mesh, chunk_size=chunk_size)
-    raise ValueError(f"Unknown config.loss={name!r}; use 'softmax', 'chunked_softmax' or "
-                     "'sigmoid'.")
+    """The loss named by `config.loss`: one of `LOSSES`."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown config.loss={name!r}; use one of {tuple(LOSSES)}.")
+    return LOSSES[name](mesh, chunk_size)
+
+
+# config.loss -> (mesh, chunk_size) -> loss function.
+LOSSES: dict[str, Callable[[Mesh, int], LossFn]] = {
+    "softmax": lambda mesh, chunk: softmax_loss,
+    "chunked_softmax": lambda mesh, chunk: functools.partial(
+        chunked_softmax_loss, mesh=mesh, chunk_size=chunk),
+    "sigmoid": lambda mesh, chunk: sigmoid_loss,
+    "chunked_sigmoid": lambda mesh, chunk: functools.partial(
+        chunked_sigmoid_loss, mesh=mesh, chunk_size=chunk),
+}

@@ -31,7 +31,7 @@ from clip_jax.models.config import DTYPES
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import get_preset
 
-LOSSES = ("softmax", "chunked_softmax", "sigmoid")
+LOSSES = ("softmax", "chunked_softmax", "sigmoid", "chunked_sigmoid")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,7 +62,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     shards = mesh[0] * mesh[1]
     if config.loss not in LOSSES:
         fail("loss", f"unknown loss {config.loss!r}", f"use one of {LOSSES}")
-    if config.loss == "sigmoid" and config.model.logit_bias_init is None:
+    if config.loss.endswith("sigmoid") and config.model.logit_bias_init is None:
         fail("model.logit_bias_init", "the sigmoid loss needs a learnable bias",
              "set it (SigLIP: -10, with model.logit_scale_init=2.303)")
     per_step = shards * config.microbatches

@@ -38,7 +38,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.total_steps = math.ceil(PAPER_EPOCHS * PAPER_PAIRS / PAPER_BATCH)
     c.warmup_steps = 2000
     c.microbatches = 1  # >1: exact gradient accumulation (GradCache)
-    c.loss = "softmax"  # "softmax" | "chunked_softmax" | "sigmoid"
+    c.loss = "softmax"  # "softmax" | "chunked_softmax" | "sigmoid" | "chunked_sigmoid"
     c.loss_chunk_size = 1024
 
     c.optimizer = ml_collections.ConfigDict(dict(

@@ -19,6 +19,8 @@ def _config(**changes):
     c.batch_size, c.total_steps, c.warmup_steps = BATCH, 10, 2
     for k, v in changes.items():
         setattr(c, k, v)
+    if c.loss.endswith("sigmoid"):
+        c.model.logit_bias_init = -10.0
     return c
 
 
@@ -79,6 +81,37 @@ def test_sharded_step_equals_single_device(reference, mesh):
 def test_chunked_loss_step_equals_plain(reference):
     _assert_same(_grads({"data": 4, "fsdp": 2, "tensor": 1}, loss="chunked_softmax",
                         loss_chunk_size=4), reference)
+
+
+@pytest.fixture(scope="module")
+def sigmoid_reference():
+    return _grads({"data": 1, "fsdp": 1, "tensor": 1}, loss="sigmoid")
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
+def test_chunked_sigmoid_step_equals_sigmoid(sigmoid_reference, mesh):
+    # 16 rows over 8/8/4 batch shards, one-column chunks: the ring and the chunk loop both run.
+    _assert_same(_grads(dict(zip(sharding.MESH_AXES, mesh)), loss="chunked_sigmoid",
+                        loss_chunk_size=1), sigmoid_reference)
+
+
+def _loss_temp_bytes(name, devices, per_device, dim=64):
+    """XLA's per-device temporary memory of value_and_grad of a loss on a data-parallel mesh."""
+    mesh = sharding.create_mesh({"data": devices, "fsdp": 1, "tensor": 1},
+                                jax.devices()[:devices])
+    loss_fn = losses.make_loss_fn(name, mesh, chunk_size=64)
+    emb = jax.ShapeDtypeStruct((devices * per_device, dim), jnp.float32,
+                               sharding=sharding.batch_sharding(mesh, 2))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
+    fn = jax.jit(jax.value_and_grad(lambda *a: loss_fn(*a)[0], argnums=(0, 1, 2, 3)))
+    return fn.lower(emb, emb, scalar, scalar).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_chunked_sigmoid_memory_stays_flat_as_devices_are_added():
+    plain = [_loss_temp_bytes("sigmoid", d, 256) for d in (4, 8)]
+    ring = [_loss_temp_bytes("chunked_sigmoid", d, 256) for d in (4, 8)]
+    assert plain[1] > 1.8 * plain[0]  # the n x N logits: twice the columns per device
+    assert ring[1] <= 1.05 * ring[0] and ring[1] < plain[1] / 4
 
 
 def test_accumulated_gradients_equal_full_batch(reference):

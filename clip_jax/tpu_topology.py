@@ -1,0 +1,156 @@
+"""Cloud TPU slices by name, as compile-only devices: plan a pod run on any machine.
+
+`devices("v5e-256")` returns the 256 devices of a v5e 16x16 slice from
+`jax.experimental.topologies.get_topology_desc` (needs `libtpu`, the `[tpu]` extra); programs
+compile for them (`jit(...).lower(...).compile()`) but never run. Names follow Cloud TPU's
+accelerator types: `v5e-256` / `v5litepod-256`, `v6e-256`, and for v4 / v5p the TensorCore
+count (`v4-64` = 32 chips, `v5p-512` = 256 chips; these chips pair their two TensorCores into
+one "megacore" device, so JAX sees one device per chip). A `Nx` prefix (`2xv5e-256`) asks for N
+slices joined by the data-centre network (multi-slice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One chip's published numbers (per chip, dense bf16).
+
+    Sources, Cloud TPU system architecture pages (docs.cloud.google.com/tpu/docs/{v4,v5e,v5p,
+    v6e}): v4 275 TFLOP/s, 32 GiB HBM2 at 1,200 GB/s; v5e 197 TFLOP/s, 16 GB at 819 GB/s;
+    v5p 459 TFLOP/s, 95 GB at 2,765 GB/s; v6e (Trillium) 918 TFLOP/s, 32 GB at 1,640 GB/s.
+    The capacities are binary (the v5e compiler reports 15.75 GiB usable of its 16 GiB).
+    """
+
+    family: str
+    peak_flops: float  # bf16 FLOP/s
+    hbm_bytes: float
+    hbm_bandwidth: float  # bytes/s
+    dims: int  # 2: a 2D torus of single-core chips; 3: a 3D torus of megacore chips
+    cores_per_chip: int  # how the accelerator-type name counts: TensorCores per chip
+
+
+CHIPS: dict[str, Chip] = {
+    "v4": Chip("v4", 275e12, 32 * 2**30, 1200e9, 3, 2),
+    "v5e": Chip("v5e", 197e12, 16 * 2**30, 819e9, 2, 1),
+    "v5p": Chip("v5p", 459e12, 95 * 2**30, 2765e9, 3, 2),
+    "v6e": Chip("v6e", 918e12, 32 * 2**30, 1640e9, 2, 1),
+}
+ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
+
+_NAME = re.compile(r"^(?:(\d+)x)?(v\d+[a-z]*)-(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A parsed accelerator type: chip, chips per slice, slices and the physical grid."""
+
+    name: str
+    chip: Chip
+    chips: int
+    slices: int
+    bounds: tuple[int, ...]
+
+    @property
+    def devices_total(self) -> int:
+        return self.chips * self.slices
+
+    @property
+    def topology_name(self) -> str:
+        """The name `get_topology_desc` takes, e.g. 'v5e:16x16' or 'v4:4x4x8'."""
+        return f"{self.chip.family}:{'x'.join(map(str, self.bounds))}"
+
+
+def _grid(chips: int, dims: int) -> tuple[int, ...]:
+    """The slice shape Cloud TPU uses: double the smallest side (the last on ties) until full.
+
+    2D: 1x1, 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16. 3D: 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4,
+    4x4x8, 4x8x8, 8x8x8, ...
+    """
+    sides = [1] * dims if dims == 2 or chips < 4 else [2, 2, 1]
+    while math.prod(sides) < chips:
+        smallest = min(sides)
+        sides[max(i for i, s in enumerate(sides) if s == smallest)] *= 2
+    if math.prod(sides) != chips:
+        raise ValueError(f"{chips} chips is not a Cloud TPU slice size; use a power of two "
+                         "(v5e/v6e: 1, 4, 8, ..., 256; v4/v5p: 4, 8, 16, ... chips).")
+    return tuple(sides)
+
+
+def parse(name: str) -> Topology:
+    """`v5e-256`, `v5litepod-256`, `v4-64`, `v5p-512`, `v6e-256`, `2xv5e-256` -> Topology.
+
+    Raises ValueError (one line, naming the accepted forms) for anything else.
+    """
+    match = _NAME.match(name.strip().lower())
+    family = match and ALIASES.get(match.group(2), match.group(2))
+    if not match or family not in CHIPS:
+        raise ValueError(f"Unknown TPU topology {name!r}; use a Cloud TPU accelerator type such "
+                         f"as v5e-256, v5litepod-64, v4-64, v5p-512, v6e-256 or 2xv5e-256 "
+                         f"(chips: {sorted(CHIPS)}).")
+    chip = CHIPS[family]
+    count = int(match.group(3))
+    if count % chip.cores_per_chip:
+        raise ValueError(f"{name}: {family} names count TensorCores, {chip.cores_per_chip} per "
+                         f"chip; use a multiple of {chip.cores_per_chip}.")
+    chips = count // chip.cores_per_chip
+    return Topology(name, chip, chips, int(match.group(1) or 1), _grid(chips, chip.dims))
+
+
+def devices(topology: Topology) -> list[Any]:
+    """Compile-only devices of the topology (all slices), from libtpu.
+
+    Sets TPU_ACCELERATOR_TYPE and TPU_WORKER_HOSTNAMES=localhost (if unset) so that libtpu
+    does not look for a TPU VM; the CPU backend stays the default (JAX_PLATFORMS untouched).
+    Raises ValueError when libtpu is missing.
+    """
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.family}-{topology.chips}")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other compile-only processes
+    from jax.experimental import topologies
+
+    bounds = topology.bounds + (1,) * (3 - len(topology.bounds))
+    host = tuple(min(2, b) for b in bounds[:2]) + (1,)
+    try:
+        desc = topologies.get_topology_desc(
+            topology_name=topology.topology_name, platform="tpu",
+            chip_config_name="megacore" if topology.chip.cores_per_chip == 2 else "default",
+            chips_per_host_bounds=host, num_slices=topology.slices,
+            wrap=tuple(topology.chip.dims == 3 and b >= 4 for b in bounds))
+    except (RuntimeError, ImportError) as error:
+        raise ValueError(f"Cannot build the {topology.name} devices ({str(error).splitlines()[0]}); "
+                         "install libtpu: pip install -e '.[tpu]'.") from error
+    return list(desc.devices)
+
+
+def make_mesh(topology: Topology, shape: tuple[int, int, int], axis_names: tuple[str, ...]):
+    """A (data, fsdp, tensor) mesh over the topology, laid out along its interconnect.
+
+    With several slices the slowest (data-centre network) links carry only the data axis, or
+    fsdp when data is 1: the axis split across slices must be a multiple of the slice count.
+    """
+    import jax
+    from jax.experimental import mesh_utils
+
+    devs = devices(topology)
+    if topology.slices == 1:
+        return jax.make_mesh(shape, axis_names, devices=devs,
+                             axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+    axis = 0 if shape[0] > 1 else 1
+    if shape[axis] % topology.slices:
+        raise ValueError(f"config.mesh: the {axis_names[axis]} axis ({shape[axis]}) must be a "
+                         f"multiple of the {topology.slices} slices of {topology.name}.")
+    ici = list(shape)
+    ici[axis] //= topology.slices
+    dcn = [1] * len(shape)
+    dcn[axis] = topology.slices
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devs)
+    return jax.sharding.Mesh(np.asarray(grid), axis_names)
