@@ -2,6 +2,8 @@
 
   clip-jax zero-shot --model PATH --labels "cat,dog,car" IMAGES_OR_FOLDERS...
   clip-jax eval PATH [--config FILE] [--evaluators zero_shot,retrieval] [--output DIR]
+      [--zero-shot SRC...] [--linear-probe TRAIN TEST] [--few-shot TRAIN TEST]
+      [--robustness SRC --shifts greyscale,blur] [--retrieval TABLE] [--templates FILE_OR_NAME]
   clip-jax export-hf WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax export-open-clip WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax demo [--workdir DIR]
@@ -96,18 +98,19 @@ def eval_config(path: str, config_file: str | None):
 def eval_command(args: argparse.Namespace) -> int:
     import jax
 
-    from clip_jax import checkpoints, evaluate, load
+    from clip_jax import checkpoints, eval_cli, evaluate, load
     from clip_jax.metric_writers import MetricWriter
     from clip_jax.models.clip import CLIP
 
     config = eval_config(args.path, args.config)
+    eval_cli.apply(config, args)
     if args.evaluators:
         config.eval.evaluators = args.evaluators
     if args.batch_size:
         config.eval.batch_size = args.batch_size
     module, variables = load(args.path)
     module = CLIP(module.config.replace(dtype=config.model.dtype))
-    metrics, _ = evaluate.evaluate_model(config, module, variables)
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
     step = checkpoints.read_meta(args.path)["step"] if checkpoints.is_workdir(args.path) else 0
     if args.output:
         writer = MetricWriter(args.output, 0, 0, enabled=jax.process_index() == 0,
@@ -115,6 +118,8 @@ def eval_command(args: argparse.Namespace) -> int:
         writer.write(step, metrics)
         writer.close()
     print(evaluate.format_metrics(metrics, title=f"{args.path} (step {step})"))
+    if jax.process_index() == 0:
+        print("\n" + eval_cli.report(metrics, evaluation, args.path, args.output))
     return 0
 
 
@@ -144,6 +149,8 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from clip_jax import eval_cli
+
     p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: inference, "
                                 "evaluation, export.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -163,11 +170,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("path", help="workdir, checkpoint file or HF directory")
     e.add_argument("--config", help="config file whose data and eval sections to use "
                    "(default: a workdir's own training config, else the defaults)")
-    e.add_argument("--evaluators", help="comma-separated subset of "
-                   "zero_shot,retrieval,linear_probe (default: the config's)")
+    e.add_argument("--evaluators", help="comma-separated subset of zero_shot,retrieval,"
+                   "linear_probe,few_shot,robustness (default: the config's)")
     e.add_argument("--batch-size", type=int, help="images per batch (default: the config's)")
     e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
-                   "TensorBoard")
+                   "TensorBoard, the results to DIR/results.json and results.csv, and plots")
+    eval_cli.add_arguments(e)
     e.set_defaults(run=eval_command)
 
     for name, run, what in (("export-hf", export_hf_command,

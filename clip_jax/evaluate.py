@@ -191,6 +191,7 @@ class _Classifier:
     source: _Pass
     template_spec: str
     class_spec: str
+    compare_prompts: bool = False
     templates: tuple[str, ...] = ()
     class_names: list[str] = dataclasses.field(default_factory=list)
 
@@ -234,7 +235,7 @@ class Evaluation:
         self.embedder = Embedder(module, mesh, config.logical_axis_rules, shardings,
                                  ev.batch_size, data.eval_max_captions)
         self._passes: list[_Pass] = []
-        self.zero_shot: list[tuple[_Classifier, bool]] = []
+        self.zero_shot: list[_Classifier] = []
         self.retrieval: list[tuple[str, _Pass]] = []
         self.linear_probe: list[tuple[str, _Pass, _Pass, list[float]]] = []
         self.few_shot: list[tuple[ml_collections.ConfigDict, _Classifier, _Pass]] = []
@@ -257,7 +258,7 @@ class Evaluation:
         self.details: dict[str, dict[str, Any]] = {}
 
     def _classifiers(self) -> list[tuple[str, _Classifier]]:
-        return ([("zero_shot", c) for c, _ in self.zero_shot]
+        return ([("zero_shot", c) for c in self.zero_shot]
                 + [("few_shot", c) for _, c, _ in self.few_shot]
                 + [("robustness", c) for _, c, _, _ in self.robustness])
 
@@ -316,8 +317,8 @@ class Evaluation:
                        data: ml_collections.ConfigDict) -> None:
         task_data = self._task_data(task, data)
         source = self._source(task_data, self._eval_split(task_data, task.split), labels=True)
-        self.zero_shot.append((_Classifier(name, source, task.templates, task.class_names),
-                               bool(task.get("compare_prompts", False))))
+        self.zero_shot.append(_Classifier(name, source, task.templates, task.class_names,
+                                          bool(task.get("compare_prompts", False))))
 
     def _add_retrieval(self, name: str, task: ml_collections.ConfigDict,
                        data: ml_collections.ConfigDict) -> None:
@@ -389,7 +390,7 @@ class Evaluation:
         return self._passes[-1]
 
     def num_classes(self, task: str) -> int:
-        return len(next(c for c, _ in self.zero_shot if c.name == task).class_names)
+        return len(next(c for c in self.zero_shot if c.name == task).class_names)
 
     def _where(self, key: str, p: _Pass, classifier: _Classifier | None = None) -> None:
         self.provenance[key] = {
@@ -415,11 +416,11 @@ class Evaluation:
         length = self.module.config.context_length
         classes = {id(c): zero_shot.class_embeddings(embed_texts, c.class_names, c.templates,
                                                      length) for _, c in self._classifiers()}
-        for c, compare in self.zero_shot:
+        for c in self.zero_shot:
             emb = c.source.embeddings
             _check_labels(emb.labels, len(c.class_names), f"zero_shot.{c.name}")
             results = eval_metrics.zero_shot_metrics(emb.images, classes[id(c)], emb.labels)
-            if compare:
+            if c.compare_prompts:
                 for label, templates in (("class_name", ("{}",)),
                                          ("one_template", c.templates[:1])):
                     single = zero_shot.class_embeddings(embed_texts, c.class_names, templates,

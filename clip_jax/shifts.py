@@ -9,7 +9,8 @@ severity, in the spirit of ImageNet-C's middle levels) so numbers compare across
   greyscale            ITU-R 601-2 luma (PIL's `convert("L")`) in all three channels
   invert               255 - x (PIL's `ImageOps.invert`)
   hue_rotate           hue turned by 180 degrees in HSV (saturation and value kept)
-  blur                 Gaussian blur, sigma = S / 112 (2 px at 224 px), reflected borders
+  blur                 Gaussian blur, sigma = max(1, S / 112) px (2 at 224 px), reflected
+                       borders
   noise                additive Gaussian noise, sigma 25 (of 255), clipped
   jpeg                 JPEG re-encoding at quality 10
   sketch               inverted Sobel edge magnitude of the luma: dark lines on white
@@ -73,7 +74,8 @@ def _separable(x: tf.Tensor, kernel: tf.Tensor, radius: int) -> tf.Tensor:
 
 
 def blur_sigma(size: int) -> float:
-    return size / 112
+    """Gaussian sigma in pixels at image side `size`: 2 at 224 px, at least 1."""
+    return max(1.0, size / 112)
 
 
 def blur(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
