@@ -5,7 +5,7 @@ labels, class names and, where the layout has them, prompt templates:
 
   image_folder  `root/<class name>/**/*.jpg` as torchvision's `ImageFolder` reads it (classes
                 = the sorted sub-folder names, label = position in that order, files found
-                recursively, sorted); optional split folders `root/<split>/<class>/...` as
+                recursively, folder by folder in sorted order); optional split folders `root/<split>/<class>/...` as
                 TFDS's `ImageFolder` reads them (`split` picks one; "" = the root itself, or
                 the first of test / validation / val / train when the root holds only such
                 folders).
@@ -26,6 +26,7 @@ optionally with a synthetic shift from `clip_jax.shifts`).
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -125,15 +126,11 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
                          "as <root>/<class name>/<image files> with at least 2 classes.")
     files, labels, skipped = [], [], 0
     for label, name in enumerate(classes):
-        found = []
-        for directory, _, names in tf.io.gfile.walk(os.path.join(folder, name)):
-            for file in names:
-                if _is_image(file):
-                    found.append(os.path.join(directory, file))
-                else:
-                    skipped += 1
-        files += sorted(found)
-        labels += [label] * len(found)
+        for directory, _, names in sorted(tf.io.gfile.walk(os.path.join(folder, name))):
+            found = [os.path.join(directory, f) for f in sorted(names) if _is_image(f)]
+            skipped += len(names) - len(found)
+            files += found
+            labels += [label] * len(found)
     if not files:
         raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                                 f"{folder!r}.")
@@ -171,7 +168,8 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         raise FileNotFoundError(f"No table at {path!r}.")
     sep = "\t" if path.lower().endswith(".tsv") else ","
     with tf.io.gfile.GFile(path, "rb") as f:
-        frame = pd.read_csv(f, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        data = io.BytesIO(f.read())
+    frame = pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     columns = list(frame.columns)
     image_col = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", path,
                              "--image-column / image_column")
