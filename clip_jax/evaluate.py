@@ -491,13 +491,23 @@ def _floats(spec: Any, field: str) -> list[float]:
     return values
 
 
+# TFDS datasets labelled in ImageNet's 1000 classes that hold only 200 of them: scored among
+# the classes present, as their authors evaluate them (Hendrycks et al.).
+SUBSET_DATASETS = ("imagenet_r", "imagenet_a")
+
+
 def _zero_shot_top1(p: _Pass, c: _Classifier, classes: np.ndarray) -> float:
     """Top-1 of `c`'s classifier on pass `p`, whose labels index its own class names: a
-    dataset with a subset of the classes (imagenet_r's 200) is scored among that subset."""
+    dataset whose classes are a subset of the reference's (a folder of 200 ImageNet classes,
+    or `SUBSET_DATASETS`) is scored among that subset."""
     emb = p.embeddings
     names = p.class_names or c.class_names
     if p is c.source or list(names) == list(c.source.class_names or c.class_names):
         _check_labels(emb.labels, len(classes), f"robustness.{c.name}")
+        if p.data.dataset.split("/")[0].split(":")[0] in SUBSET_DATASETS:
+            present = np.unique(emb.labels)
+            remap = np.searchsorted(present, emb.labels)
+            return eval_metrics.zero_shot_metrics(emb.images, classes[present], remap)["top1"]
         return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"]
     reference = list(c.source.class_names or c.class_names)
     missing = [n for n in names if n not in reference]
