@@ -12,7 +12,8 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax import cli, eval_report, evaluate, few_shot, labelled_data, robustness, templates
+from clip_jax import (cli, eval_report, evaluate, few_shot, input_pipeline, labelled_data,
+                      templates)
 from clip_jax.models import create_model, l2_normalize
 from clip_jax.preprocess import preprocess
 from clip_jax.tokenizer import tokenize
@@ -196,3 +197,37 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     assert set(frame.evaluator) == {"zero_shot", "linear_probe"}
     code = cli.main(["eval", str(tmp_path / "hf"), "--zero-shot", str(tmp_path / "nowhere/x")])
     assert code == 2 and "No labelled folder or table" in capsys.readouterr().err
+
+
+def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):
+    """Issue 11, item 4: the label column survives the build (names or indices, unknown
+    labels skipped and reported) and zero-shot reads it; without labels, one clear error."""
+    module, variables = model
+    test = labelled_data.read(str(folder), "test")
+    cells = [list(COLOURS)[y] if i % 2 else str(y) for i, y in enumerate(test.labels)]
+    cells[3] = "purple"
+    pd.DataFrame({"filepath": test.files, "title": "a photo", "class": cells}).to_csv(
+        tmp_path / "t.csv", index=False)
+    config = config_for(zero_shot=evaluate.zero_shot_task(templates="simple"))
+    config.data.dataset = "image_text_table"
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.eval_split = "test"
+    config.data.table.update(name="colours", test_path=str(tmp_path / "t.csv"),
+                             label_column="class", class_names=",".join(COLOURS))
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    built = tfds.builder_from_directory(
+        input_pipeline.prepare(config.data).data_dir).as_data_source("test")
+    keep = [i for i in range(len(cells)) if i != 3]
+    got = sorted((e["key"].decode(), int(e["label"])) for e in built)
+    assert got == sorted((test.files[i], int(test.labels[i])) for i in keep)
+    report = json.load(open(os.path.join(input_pipeline.prepare(config.data).data_dir,
+                                         "bad_records.json")))
+    assert "unknown_label" in json.dumps(report)
+    images = embed(module, variables, images=preprocess(
+        [Image.open(test.files[i]).convert("RGB") for i in keep], module.config))
+    classes = class_embeddings(module, variables, list(COLOURS), ("a photo of a {}.",))
+    assert metrics["zero_shot/t/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == test.labels[keep]))
+    config.data.label_key = ""
+    with pytest.raises(ValueError, match="needs labels but data.label_key is ''"):
+        evaluate.evaluate_model(config, module, variables)

@@ -7,7 +7,9 @@ a caption column (`title`), names configurable. Relative paths are resolved agai
 (`clip_jax_data.records`) and writes sharded ArrayRecord files, so training reads fast
 sequential records instead of millions of small files. With `group_by_image`, rows that share
 an image become one example with several captions (e.g. COCO / Flickr30k style tables for
-retrieval evaluation).
+retrieval evaluation). With `label_column`, each example also gets a ClassLabel `label` (the
+column holds class names or indices; names from `class_names`, else the sorted distinct
+labels of the tables), so zero-shot and linear-probe evaluation can read the built table.
 
 Each dataset gets a name (the builder config name), so several tables live side by side in
 one data_dir; the options it was built from are kept in `build_options.json`.
@@ -47,6 +49,8 @@ class TableOptions:
     image_root: str = ""
     group_by_image: bool = False
     num_threads: int = 16
+    label_column: str = ""
+    class_names: str = ""
 
 
 @dataclasses.dataclass
@@ -74,8 +78,11 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
     code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
 
     def _info(self) -> tfds.core.DatasetInfo:
+        table = self.builder_config.table
+        extra = ({"label": tfds.features.ClassLabel(names=label_names(table))}
+                 if table.label_column else None)
         return self.dataset_info_from_configs(description=__doc__,
-                                              features=records.image_text_features())
+                                              features=records.image_text_features(extra))
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         del dl_manager  # local or gs:// files, read directly
@@ -94,10 +101,12 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         report = records.BuildReport(split, config.clean)
         groups = _group(rows, config.table.group_by_image)
+        names = label_names(config.table) if config.table.label_column else None
         with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
             for start in range(0, len(groups), _BATCH):
                 batch = groups[start:start + _BATCH]
-                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean), batch)
+                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean, names),
+                                   batch)
                 ready = []
                 for group, (image, captions, outcomes) in zip(batch, cleaned):
                     for key, outcome in outcomes:
@@ -106,18 +115,59 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                         else:
                             report.keep(key, outcome)
                     if image is not None and captions:
-                        ready.append((group[0][0], group[0][1], image, captions))
-                tokens = records.tokenize([c for *_, caps in ready for c in caps])
+                        ready.append((group[0][0], group[0][1], image, captions,
+                                      _label_index(group[0][3], names)))
+                tokens = records.tokenize([c for _, _, _, caps, _ in ready for c in caps])
                 offset = 0
-                for row, path, image, captions in ready:
-                    yield row, {"image": image, "captions": captions, "key": path,
-                                "tokens": tokens[offset:offset + len(captions)]}
+                for row, path, image, captions, label in ready:
+                    example = {"image": image, "captions": captions, "key": path,
+                               "tokens": tokens[offset:offset + len(captions)]}
+                    if names is not None:
+                        example["label"] = label
+                    yield row, example
                     offset += len(captions)
         report.finish(self.data_dir)
 
 
-def _load_rows(path: str, table: TableOptions) -> tuple[list[tuple[int, str, bytes]], str]:
-    """Rows `(row number, image path, raw caption bytes)` and the folder paths are relative to.
+def label_names(table: TableOptions) -> list[str]:
+    """Class names of the label column: `class_names` (a file, one per line, or a
+    comma-separated list), else the sorted distinct non-integer labels of every table."""
+    spec = table.class_names
+    if spec:
+        if tf.io.gfile.exists(spec):
+            with tf.io.gfile.GFile(spec) as f:
+                return [line.strip() for line in f.read().splitlines() if line.strip()]
+        return [name.strip() for name in spec.split(",") if name.strip()]
+    found = set()
+    for field in _SPLIT_FIELDS.values():
+        if getattr(table, field):
+            rows, _ = _load_rows(getattr(table, field), table)
+            found |= {r[3] for r in rows if r[2] is not None}
+    if all(_is_index(v) for v in found):
+        raise ValueError(f"data.table.label_column={table.label_column!r} holds class indices; "
+                         "give their names with data.table.class_names (a file or a list).")
+    return sorted(v for v in found if not _is_index(v))
+
+
+def _is_index(value: str) -> bool:
+    return value.isdigit()
+
+
+def _label_index(value: str, names: list[str] | None) -> int:
+    """The class index of a label cell (a class name or an index), or BadRecord."""
+    if names is None:
+        return -1
+    if _is_index(value) and int(value) < len(names):
+        return int(value)
+    if value in names:
+        return names.index(value)
+    raise records.BadRecord("unknown_label", f"label {value!r} is not one of the "
+                            f"{len(names)} class names (data.table.class_names)")
+
+
+def _load_rows(path: str, table: TableOptions) -> tuple[list[tuple[int, str, bytes, str]], str]:
+    """Rows `(row number, image path, raw caption bytes, label cell or "")` and the folder
+    paths are relative to.
 
     A missing file, column or image root raises one clear error before anything is built.
     """
@@ -132,7 +182,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[tuple[int, str, byt
         raise ValueError(f"Table {path!r} is empty (no header row).")
     header = [h.strip().lstrip("\ufeff") for h in header]
     columns = {}
-    for field in ("image_column", "caption_column"):
+    fields = ("image_column", "caption_column") + (("label_column",) if table.label_column
+                                                    else ())
+    for field in fields:
         name = getattr(table, field)
         if name not in header:
             raise ValueError(f"data.table.{field}={name!r} is not a column of {path} "
@@ -147,11 +199,12 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[tuple[int, str, byt
         if not row:
             continue
         if len(row) != len(header):
-            rows.append((number, "", None))  # reported as malformed when built
+            rows.append((number, "", None, ""))  # reported as malformed when built
             continue
         caption = row[columns["caption_column"]].encode("utf-8", errors="surrogateescape")
-        rows.append((number, row[columns["image_column"]], caption))
-    probe = [p for _, p, c in rows[:_PROBE_ROWS] if c is not None and p and _is_utf8(p)]
+        label = row[columns["label_column"]].strip() if table.label_column else ""
+        rows.append((number, row[columns["image_column"]], caption, label))
+    probe = [p for _, p, c, _ in rows[:_PROBE_ROWS] if c is not None and p and _is_utf8(p)]
     if probe and not any(tf.io.gfile.exists(_resolve(root, p)) for p in probe):
         raise FileNotFoundError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
@@ -174,10 +227,11 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _group(rows: list[tuple[int, str, Any]], by_image: bool) -> list[list[tuple[int, str, Any]]]:
+def _group(rows: list[tuple[int, str, Any, str]], by_image: bool
+           ) -> list[list[tuple[int, str, Any, str]]]:
     if not by_image:
         return [[row] for row in rows]
-    groups: dict[str, list[tuple[int, str, Any]]] = {}
+    groups: dict[str, list[tuple[int, str, Any, str]]] = {}
     singles = []
     for row in rows:
         if row[2] is None:
@@ -187,12 +241,13 @@ def _group(rows: list[tuple[int, str, Any]], by_image: bool) -> list[list[tuple[
     return sorted(list(groups.values()) + singles, key=lambda g: g[0][0])
 
 
-def _clean_group(group: list[tuple[int, str, Any]], root: str, clean: records.CleanOptions
+def _clean_group(group: list[tuple[int, str, Any, str]], root: str, clean: records.CleanOptions,
+                 names: list[str] | None = None
                  ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
     """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""
-    number, path, _ = group[0]
+    number, path, _, label = group[0]
     keys = [f"line {n}: {p if _is_utf8(p) else ascii(p)}" if p else f"line {n}"
-            for n, p, _ in group]
+            for n, p, _, _ in group]
     if group[0][2] is None:
         return None, [], [(keys[0], records.BadRecord(
             "malformed_row", f"line {number} does not have one field per column"))]
@@ -200,6 +255,7 @@ def _clean_group(group: list[tuple[int, str, Any]], root: str, clean: records.Cl
     try:
         if not path:
             raise records.BadRecord("missing_file", "empty image path")
+        _label_index(label, names)
         if not _is_utf8(path):
             raise records.BadRecord("bad_path", "image path is not valid UTF-8")
         full = _resolve(root, path)
@@ -214,7 +270,7 @@ def _clean_group(group: list[tuple[int, str, Any]], root: str, clean: records.Cl
     except records.BadRecord as error:
         return None, [], [(key, error) for key in keys]
     captions, outcomes = [], []
-    for key, (_, _, raw) in zip(keys, group):
+    for key, (_, _, raw, _) in zip(keys, group):
         try:
             caption, conversions = records.clean_caption(raw, clean)
         except records.BadRecord as error:
