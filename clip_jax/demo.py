@@ -129,7 +129,8 @@ class Report:
 SUITE_SHOTS = (1, 2, 4, 8, 16)
 SUITE_SEEDS = 3
 SUITE_SHIFTS = ("greyscale", "hue_rotate", "blur", "noise", "occlusion", "downscale_upscale")
-SUITE_TRAIN, SUITE_TEST = "train[:2400]", "test[:960]"
+SUITE_TRAIN, SUITE_TEST = "train[:2400]", "test[:480]"
+SUITE_L2 = "0.001,0.01,0.1"
 
 
 def _suite_eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -142,7 +143,7 @@ def _suite_eval_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
     prompts = dict(templates=config.eval.zero_shot.heldout.templates)
     suite.eval.few_shot = {"heldout": evaluate.few_shot_task(
         train_split=SUITE_TRAIN, test_split=SUITE_TEST,
-        shots=",".join(map(str, SUITE_SHOTS)), seeds=SUITE_SEEDS, **prompts)}
+        shots=",".join(map(str, SUITE_SHOTS)), seeds=SUITE_SEEDS, l2=SUITE_L2, **prompts)}
     suite.eval.robustness = {"heldout": evaluate.robustness_task(
         split=SUITE_TEST, train_split=SUITE_TRAIN, shifts=",".join(SUITE_SHIFTS),
         baseline="linear_probe", **prompts)}

@@ -212,6 +212,14 @@ class _Classifier:
         return f"{spec} ({len(self.templates)})"
 
 
+def _train_split(data: ml_collections.ConfigDict) -> str:
+    """The default training split: a labelled folder's `train` folder (or the folder itself
+    when it has no split folders), else the data config's train split."""
+    if labelled_data.is_source(data.dataset):
+        return "train" if labelled_data.has_split(data.dataset, "train") else ""
+    return data.train_split
+
+
 def _split_name(spec: str) -> tuple[str, str]:
     """'imagenet_r@test' -> ('imagenet_r', 'test'); no '@' -> (spec, 'test' for TFDS names,
     '' for labelled folders)."""
@@ -252,6 +260,14 @@ class Evaluation:
             self._open(p, module.config)
         for kind, classifier in self._classifiers():
             classifier.resolve(f"{kind}.{classifier.name}")
+        pairs = ([(f"linear_probe.{n}", a, b) for n, a, b, _ in self.linear_probe]
+                 + [(f"few_shot.{c.name}", t, c.source) for _, c, t in self.few_shot])
+        for field, train, test in pairs:
+            if train.class_names != test.class_names:
+                raise ValueError(f"config.eval.{field}: the training data ({train.description}) "
+                                 f"and test data ({test.description}) have different classes; "
+                                 "give both the same classes in the same order (for tables: a "
+                                 "classnames.txt beside them).")
         self.predictions: dict[str, np.ndarray] = {}
         self.sizes: dict[str, dict[str, int]] = {}
         self.provenance: dict[str, dict[str, Any]] = {}
@@ -306,9 +322,7 @@ class Evaluation:
                     ) -> tuple[_Pass, _Pass]:
         train_data = self._task_data(task, data)
         test_data = self._task_data(task, data, task.test_dataset)
-        labelled = labelled_data.is_source(train_data.dataset)
-        train_split = task.train_split or ("train" if labelled and not task.test_dataset
-                                           else "" if labelled else train_data.train_split)
+        train_split = task.train_split or _train_split(train_data)
         train = self._source(train_data, train_split, labels=True)
         test = self._source(test_data, self._eval_split(test_data, task.test_split), labels=True)
         return train, test
@@ -357,9 +371,8 @@ class Evaluation:
                              "shifts (e.g. 'greyscale,blur') and/or shifted (e.g. 'imagenet_v2').")
         train = None
         if task.baseline == "linear_probe":
-            labelled = labelled_data.is_source(task_data.dataset)
-            train = self._source(task_data, task.train_split or (
-                "train" if labelled else task_data.train_split), labels=True)
+            train = self._source(task_data, task.train_split or _train_split(task_data),
+                                 labels=True)
         elif task.baseline:
             _baseline_pairs(task.baseline, list(shifted), name)
         self.robustness.append((task, _Classifier(name, reference, task.templates,

@@ -21,6 +21,10 @@ from clip_jax import linear_probe
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = 3
 PRIOR_L2 = linear_probe.DEFAULT_L2 + (1.0, 10.0)  # strong pulls reach the zero-shot classifier
+# L-BFGS steps per probe: scikit-learn's LogisticRegression default. Few-shot data are often
+# separable, where weak L2 never lets the gradient reach a tight tolerance; the step cap
+# bounds the cost (hundreds of probes per curve) instead.
+MAX_ITER = 100
 
 
 def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator,
@@ -40,20 +44,22 @@ def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator,
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                    test_y: np.ndarray, num_classes: int, k: int, seed: int,
-                   l2_grid: Sequence[float], prior: np.ndarray | None = None
-                   ) -> tuple[float, float]:
-    """(test accuracy, chosen l2) of one k-shot probe drawn with `seed`."""
+                   l2_grid: Sequence[float], prior: np.ndarray | None = None,
+                   pad_to: int | None = None) -> tuple[float, float]:
+    """(test accuracy, chosen l2) of one k-shot probe drawn with `seed`; `pad_to` as in
+    `linear_probe.fit_logistic_regression`."""
     rng = np.random.default_rng(seed)
     fit = sample_shots(train_y, k, rng)
     val = sample_shots(train_y, k, rng, exclude=fit)
     best = l2_grid[0]
     if len(l2_grid) > 1 and len(val):
         scores = [np.mean(linear_probe.fit_logistic_regression(
-            train_x[fit], train_y[fit], num_classes, l2, prior=prior).predict(train_x[val])
-            == train_y[val]) for l2 in l2_grid]
+            train_x[fit], train_y[fit], num_classes, l2, prior=prior, max_iter=MAX_ITER,
+            pad_to=pad_to)
+            .predict(train_x[val]) == train_y[val]) for l2 in l2_grid]
         best = l2_grid[int(np.argmax(scores))]
     model = linear_probe.fit_logistic_regression(train_x[fit], train_y[fit], num_classes, best,
-                                                 prior=prior)
+                                                 prior=prior, max_iter=MAX_ITER, pad_to=pad_to)
     return float(np.mean(model.predict(test_x) == test_y)), float(best)
 
 
@@ -68,8 +74,10 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                          f"seeds={seeds}).")
     train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    pad_to = max(shots) * num_classes  # every k shares one compiled solver
     return {k: np.asarray([probe_accuracy(train_x, train_y, test_x, test_y, num_classes, k, s,
-                                          list(l2_grid), prior)[0] for s in range(seeds)])
+                                          list(l2_grid), prior, pad_to)[0]
+                           for s in range(seeds)])
             for k in shots}
 
 

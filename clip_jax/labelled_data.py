@@ -93,6 +93,11 @@ def is_source(path: str) -> bool:
     return bool(source_kind(path))
 
 
+def has_split(root: str, split: str) -> bool:
+    """Whether a folder source has the split folder `root/split`."""
+    return tf.io.gfile.isdir(os.path.join(root, split))
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
