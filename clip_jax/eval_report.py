@@ -136,7 +136,7 @@ def plot_robustness(detail: Mapping[str, Any], path: str, title: str, ax: Any = 
         for a, b in detail.get("baseline_points", {}).get(name, []):
             ax.plot(lg(a), lg(b), "x", color=color)
         ax.plot(lg(ref), lg(acc), "o", color=color, label=name)
-    ticks = np.asarray([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99])
+    ticks = np.asarray([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
     ax.set_xticks(lg(ticks), [f"{t:g}" for t in ticks])
     ax.set_yticks(lg(ticks), [f"{t:g}" for t in ticks])
     ax.set(xlabel="in-distribution accuracy (logit axis)", ylabel="shifted accuracy",
