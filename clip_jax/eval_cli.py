@@ -64,7 +64,9 @@ def task_name(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", base + (f"_{split}" if split else ""))
 
 
-def _source(spec: str) -> tuple[str, str]:
+def _source(spec: str, default_split: str = "test") -> tuple[str, str]:
+    """(dataset, split) of a source spec; a TFDS name without `@split` reads
+    `default_split`, a labelled folder its own default."""
     from clip_jax import labelled_data
 
     name, _, split = spec.partition("@")
@@ -72,7 +74,7 @@ def _source(spec: str) -> tuple[str, str]:
         return name, split
     if os.path.sep in name and not os.path.exists(name):
         raise FileNotFoundError(f"No labelled folder or table at {name!r}.")
-    return name, split or "test"
+    return name, split or default_split
 
 
 def has_sources(args: argparse.Namespace) -> bool:
@@ -98,7 +100,9 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
     for flag, make in (("linear_probe", evaluate.linear_probe_task),
                        ("few_shot", evaluate.few_shot_task)):
         if getattr(args, flag):
-            (train, train_split), (test, test_split) = map(_source, getattr(args, flag))
+            train_spec, test_spec = getattr(args, flag)
+            (train, train_split), (test, test_split) = (_source(train_spec, "train"),
+                                                        _source(test_spec))
             extra = (dict(shots=args.shots, seeds=args.seeds, **prompts) if flag == "few_shot"
                      else {})
             ev[flag][task_name(test)] = make(train, train_split=train_split or "",
