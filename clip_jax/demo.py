@@ -116,8 +116,9 @@ class Report:
         shifted = ", ".join(f"{s} {pct(m[f'robustness/heldout/{s}_top1']).strip()}"
                             for s in SUITE_SHIFTS)
         return [
-            f"  few-shot  linear probes on {SUITE_TRAIN} (mean of {SUITE_SEEDS} draws) vs "
-            f"zero-shot {pct(m['few_shot/heldout/zero_shot_top1']).strip()} on {SUITE_TEST}:",
+            f"  few-shot  linear probes on <= {SUITE_TRAIN} training images (mean of "
+            f"{SUITE_SEEDS} draws) vs zero-shot {pct(m['few_shot/heldout/zero_shot_top1']).strip()}"
+            f" on <= {SUITE_TEST} test images:",
             f"      {shots} shots per class; zero-shot = {bound}{match:.1f}-shot probe",
             f"  shifts    zero-shot top-1 {pct(m['robustness/heldout/reference_top1']).strip()} "
             f"-> {shifted}",
@@ -129,7 +130,7 @@ class Report:
 SUITE_SHOTS = (1, 2, 4, 8, 16)
 SUITE_SEEDS = 3
 SUITE_SHIFTS = ("greyscale", "hue_rotate", "blur", "noise", "occlusion", "downscale_upscale")
-SUITE_TRAIN, SUITE_TEST = "train[:2400]", "test[:480]"
+SUITE_TRAIN, SUITE_TEST = 2400, 480  # first images of the train / test splits (at most)
 SUITE_L2 = "0.001,0.01,0.1"
 
 
@@ -140,12 +141,15 @@ def _suite_eval_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
 
     suite = ml_collections.ConfigDict(config.to_dict())
     suite.eval.evaluators = "few_shot,robustness"
+    synthetic = config.data.synthetic
+    train = f"train[:{min(SUITE_TRAIN, synthetic.num_train)}]"
+    test = f"test[:{min(SUITE_TEST, synthetic.num_test)}]"
     prompts = dict(templates=config.eval.zero_shot.heldout.templates)
     suite.eval.few_shot = {"heldout": evaluate.few_shot_task(
-        train_split=SUITE_TRAIN, test_split=SUITE_TEST,
+        train_split=train, test_split=test,
         shots=",".join(map(str, SUITE_SHOTS)), seeds=SUITE_SEEDS, l2=SUITE_L2, **prompts)}
     suite.eval.robustness = {"heldout": evaluate.robustness_task(
-        split=SUITE_TEST, train_split=SUITE_TRAIN, shifts=",".join(SUITE_SHIFTS),
+        split=test, train_split=train, shifts=",".join(SUITE_SHIFTS),
         baseline="linear_probe", **prompts)}
     return suite
 
