@@ -5,6 +5,8 @@
   clip-jax index IMAGES_OR_FOLDERS... --model PATH --output INDEX
   clip-jax search INDEX "a red car" | --image QUERY.jpg [--top 10]
   clip-jax eval PATH [--config FILE] [--evaluators zero_shot,retrieval] [--output DIR]
+      [--zero-shot SRC...] [--linear-probe TRAIN TEST] [--few-shot TRAIN TEST]
+      [--robustness SRC --shifts greyscale,blur] [--retrieval TABLE] [--templates FILE_OR_NAME]
   clip-jax export-hf WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax export-open-clip WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax demo [--workdir DIR]
@@ -136,12 +138,13 @@ def load_config_file(path: str):
     return module.get_config()
 
 
-def eval_config(path: str, config_file: str | None):
-    """The config file's, else the workdir's own training config; else a one-line ValueError
-    asking for a dataset (a model alone says nothing about what to evaluate it on)."""
+def eval_config(path: str, config_file: str | None, sources_given: bool = False):
+    """The config file's, else the workdir's own training config, else (when the command line
+    names the data: `--zero-shot`, `--linear-probe`, ...) the defaults; else a one-line
+    ValueError asking for a dataset (a model alone says nothing about what to evaluate on)."""
     import ml_collections
 
-    from clip_jax import checkpoints
+    from clip_jax import checkpoints, evaluate, input_pipeline, sharding
 
     if config_file:
         return load_config_file(config_file)
@@ -151,26 +154,33 @@ def eval_config(path: str, config_file: str | None):
             config = ml_collections.ConfigDict(recorded)
             config.mesh = dict(data=-1, fsdp=1, tensor=1)  # this machine's devices, not the run's
             return config
-    raise ValueError(f"{path!r} records no dataset to evaluate on; pass --config FILE whose "
-                     "data and eval sections name one (e.g. --config configs/demo.py for the "
-                     "synthetic shapes).")
+    if sources_given:
+        return ml_collections.ConfigDict(dict(
+            model=dict(dtype="float32"), mesh=dict(data=-1, fsdp=1, tensor=1),
+            logical_axis_rules=[list(r) for r in sharding.DEFAULT_RULES],
+            data=input_pipeline.default_config(), eval=evaluate.default_config()))
+    raise ValueError(f"{path!r} records no dataset to evaluate on; name one with --zero-shot "
+                     "DIR_OR_CSV (or --linear-probe / --few-shot / --robustness / --retrieval), "
+                     "or pass --config FILE whose data and eval sections name one (e.g. "
+                     "--config configs/demo.py for the synthetic shapes).")
 
 
 def eval_command(args: argparse.Namespace) -> int:
     import jax
 
-    from clip_jax import checkpoints, evaluate, load
+    from clip_jax import checkpoints, eval_cli, evaluate, load
     from clip_jax.metric_writers import MetricWriter
     from clip_jax.models.clip import CLIP
 
-    config = eval_config(args.path, args.config)
+    config = eval_config(args.path, args.config, eval_cli.has_sources(args))
+    eval_cli.apply(config, args)
     if args.evaluators:
         config.eval.evaluators = args.evaluators
     if args.batch_size:
         config.eval.batch_size = args.batch_size
     module, variables = load(args.path)
     module = CLIP(module.config.replace(dtype=config.model.dtype))
-    metrics, _ = evaluate.evaluate_model(config, module, variables)
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
     step = checkpoints.read_meta(args.path)["step"] if checkpoints.is_workdir(args.path) else 0
     if args.output:
         writer = MetricWriter(args.output, 0, 0, enabled=jax.process_index() == 0,
@@ -178,6 +188,8 @@ def eval_command(args: argparse.Namespace) -> int:
         writer.write(step, metrics)
         writer.close()
     print(evaluate.format_metrics(metrics, title=f"{args.path} (step {step})"))
+    if jax.process_index() == 0:
+        print("\n" + eval_cli.report(metrics, evaluation, args.path, args.output))
     return 0
 
 
@@ -235,6 +247,8 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from clip_jax import eval_cli
+
     p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: inference, "
                                 "evaluation, export.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -285,12 +299,15 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="zero-shot / retrieval / linear-probe evaluation")
     e.add_argument("path", help="workdir, checkpoint file or HF directory")
     e.add_argument("--config", help="config file whose data and eval sections to use "
-                   "(default: a workdir's own training config; required for other models)")
-    e.add_argument("--evaluators", help="comma-separated subset of "
-                   "zero_shot,retrieval,linear_probe (default: the config's)")
+                   "(default: a workdir's own training config; required for other models unless "
+                   "--zero-shot / --linear-probe / --few-shot / --robustness / --retrieval name "
+                   "the data)")
+    e.add_argument("--evaluators", help="comma-separated subset of zero_shot,retrieval,"
+                   "linear_probe,few_shot,robustness (default: the config's)")
     e.add_argument("--batch-size", type=int, help="images per batch (default: the config's)")
     e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
-                   "TensorBoard")
+                   "TensorBoard, the results to DIR/results.json and results.csv, and plots")
+    eval_cli.add_arguments(e)
     e.set_defaults(run=eval_command)
 
     for name, run, what in (("export-hf", export_hf_command,

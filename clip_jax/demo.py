@@ -3,8 +3,11 @@
 `python -m clip_jax.demo [--workdir DIR]` builds the synthetic shapes dataset, trains a small
 ViT CLIP on its image-caption pairs (configs/demo.py), evaluates zero-shot classification
 (48-way, colour x shape) and retrieval on the held-out test split, and prints a report with the
-chance level next to the scores. The workdir gets `report.png` (test images with predicted and
-true labels) and `curves.png` (loss and accuracy curves), besides the checkpoints and metrics.
+chance level next to the scores. It then compares zero-shot with few-shot linear probes (1-16
+labelled images per class) and measures robustness on synthetically shifted copies of test
+images (`clip_jax.shifts`). The workdir gets `report.png` (test images with predicted and
+true labels), `curves.png` (loss and accuracy curves) and `suite.png` (few-shot curve and
+in-distribution vs shifted accuracy), besides the checkpoints and metrics.
 
 By default every run trains afresh in a new `runs/demo/<timestamp>/`. Given an existing
 `--workdir`, the trainer resumes it: a finished run is reused (said so, and not timed as
@@ -61,6 +64,8 @@ class Report:
     seconds: dict[str, float]
     report_png: str
     curves_png: str
+    suite: dict[str, float] = dataclasses.field(default_factory=dict)
+    suite_png: str = ""
 
     def text(self, config: ml_collections.ConfigDict) -> str:
         m = self.metrics
@@ -90,11 +95,85 @@ class Report:
             f"      image->text R@1 {pct(m['retrieval/heldout/i2t_r1'])}   "
             f"R@5 {pct(m['retrieval/heldout/i2t_r5'])}",
             f"  wall time {sum(s.values()):.0f} s: dataset {s['build']:.0f} s, training "
-            f"{s['train']:.0f} s, evaluation {s['eval']:.0f} s, report {s['report']:.0f} s",
+            f"{s['train']:.0f} s, evaluation {s['eval']:.0f} s, report {s['report']:.0f} s, "
+            f"few-shot + robustness {s.get('suite', 0):.0f} s",
+            *self.suite_lines(pct),
             f"  pictures  {self.report_png}",
             f"            {self.curves_png}",
+            f"            {self.suite_png}",
             "",
         ])
+
+
+    def suite_lines(self, pct: Any) -> list[str]:
+        m = self.suite
+        if not m:
+            return []
+        shots = ", ".join(f"{k}: {pct(m[f'few_shot/heldout/{k}shot_top1']).strip()}"
+                          for k in SUITE_SHOTS)
+        match = m["few_shot/heldout/matching_shots"]
+        bound = {-1: "<= ", 0: "", 1: ">= "}[int(m["few_shot/heldout/matching_bound"])]
+        shifted = ", ".join(f"{s} {pct(m[f'robustness/heldout/{s}_top1']).strip()}"
+                            for s in SUITE_SHIFTS)
+        return [
+            f"  few-shot  linear probes on <= {SUITE_TRAIN} training images (mean of "
+            f"{SUITE_SEEDS} draws) vs zero-shot {pct(m['few_shot/heldout/zero_shot_top1']).strip()}"
+            f" on <= {SUITE_TEST} test images:",
+            f"      {shots} shots per class; zero-shot = {bound}{match:.1f}-shot probe",
+            f"  shifts    zero-shot top-1 {pct(m['robustness/heldout/reference_top1']).strip()} "
+            f"-> {shifted}",
+            f"      effective robustness vs a linear probe's logit drop: mean "
+            f"{100 * m['robustness/heldout/mean_effective_robustness']:+.1f} points",
+        ]
+
+
+SUITE_SHOTS = (1, 2, 4, 8, 16)
+SUITE_SEEDS = 3
+SUITE_SHIFTS = ("greyscale", "hue_rotate", "blur", "noise", "occlusion", "downscale_upscale")
+SUITE_TRAIN, SUITE_TEST = 2400, 480  # first images of the train / test splits (at most)
+SUITE_L2 = "0.001,0.01,0.1"
+
+
+def _suite_eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Few-shot probes on a slice of the training split and robustness on shifted test
+    images: small slices keep the whole comparison to seconds."""
+    from clip_jax import evaluate
+
+    suite = ml_collections.ConfigDict(config.to_dict())
+    suite.eval.evaluators = "few_shot,robustness"
+    synthetic = config.data.synthetic
+    train = f"train[:{min(SUITE_TRAIN, synthetic.num_train)}]"
+    test = f"test[:{min(SUITE_TEST, synthetic.num_test)}]"
+    prompts = dict(templates=config.eval.zero_shot.heldout.templates)
+    suite.eval.few_shot = {"heldout": evaluate.few_shot_task(
+        train_split=train, test_split=test,
+        shots=",".join(map(str, SUITE_SHOTS)), seeds=SUITE_SEEDS, l2=SUITE_L2, **prompts)}
+    suite.eval.robustness = {"heldout": evaluate.robustness_task(
+        split=test, train_split=train, shifts=",".join(SUITE_SHIFTS),
+        baseline="linear_probe", **prompts)}
+    return suite
+
+
+def run_suite(config: ml_collections.ConfigDict, module: Any, variables: Any,
+              path: str) -> dict[str, float]:
+    """Few-shot vs zero-shot and robustness of the trained model; writes `path` (two panels)."""
+    from clip_jax import eval_report, evaluate
+
+    metrics, evaluation = evaluate.evaluate_model(_suite_eval_config(config), module, variables)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    eval_report.plot_few_shot(evaluation.details["few_shot/heldout"], "",
+                              "Few-shot linear probes vs zero-shot", ax=left)
+    eval_report.plot_robustness(evaluation.details["robustness/heldout"], "",
+                                "Shifted test images", ax=right)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return metrics
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
@@ -139,6 +218,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     records = read_metrics(workdir)
     plot_curves(records, curves_png, chance=1 / len(names))
     seconds["report"] = time.time() - t
+
+    t = time.time()
+    suite_png = os.path.join(workdir, "suite.png")
+    suite = run_suite(config, module, variables, suite_png)
+    seconds["suite"] = time.time() - t
     losses = [r["loss"] for r in records if "loss" in r]
     return Report(
         workdir=workdir, metrics=metrics, num_classes=len(names), num_test=len(test),
@@ -146,7 +230,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
         steps=config.total_steps, trained_steps=config.total_steps - min(done_before,
                                                                          config.total_steps),
         final_loss=losses[-1] if losses else math.nan, seconds=seconds,
-        report_png=report_png, curves_png=curves_png)
+        report_png=report_png, curves_png=curves_png, suite=suite, suite_png=suite_png)
 
 
 def _finished_steps(workdir: str) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from clip_jax import input_pipeline, sharding, tf_preprocess
+from clip_jax import input_pipeline, sharding, shifts, tf_preprocess
 from clip_jax._tf import tf
 from clip_jax.models.clip import CLIP, init_variables, l2_normalize
 from clip_jax.models.config import CLIPConfig
@@ -163,15 +163,17 @@ def _round_local_batch(local_batch: int, mesh: Mesh) -> int:
 def classification_iterable(
         data_config: Mapping[str, Any] | ml_collections.ConfigDict, model_config: CLIPConfig, *,
         batch_size: int, split: str | None = None, process_index: int | None = None,
-        process_count: int | None = None) -> input_pipeline.EvalIterable:
+        process_count: int | None = None, shift: str = "") -> input_pipeline.EvalIterable:
     """Like `input_pipeline.make_eval_iterable`, for datasets with labels and no captions
-    (cifar10, imagenet2012, ...): batches of `images`, `mask`, `index` and `label` only.
+    (cifar10, imagenet2012, ...): batches of `images`, `mask`, `index` and `label` only;
+    `shift` names a synthetic shift (`clip_jax.shifts`) applied to every image.
 
     Same slicing over processes, padding and eval transform as the pipeline, whose readers
     (ArrayRecord access, TFRecord conversion) it reuses.
     """
     config = input_pipeline.resolve_config(data_config)
     process_index, process_count = input_pipeline._processes(process_index, process_count)
+    shifts.check(shift)
     if not config.label_key:
         raise ValueError("Zero-shot classification needs labels: set data.label_key to a "
                          "ClassLabel feature of the dataset (e.g. 'label').")
@@ -211,7 +213,7 @@ def classification_iterable(
         parsed = parse_features.deserialize_example(item["serialized"], decoders=partial.decoders)
         valid = item["valid"]
         image = tf_preprocess.eval_image(input_pipeline._lookup(parsed, config.image_key), size)
-        image = tf_preprocess.normalize(image, mean, std)
+        image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
         label = tf.cast(input_pipeline._lookup(parsed, config.label_key), tf.int32)
         return {"images": tf.where(valid, image, tf.zeros_like(image)), "mask": valid,
                 "index": tf.where(valid, item["index"], tf.constant(-1, tf.int64)),

@@ -40,18 +40,20 @@ class LogisticRegression:
 
 
 def _objective(params: dict[str, jax.Array], x: jax.Array, y: jax.Array,
-               l2: jax.Array) -> jax.Array:
-    """Mean cross-entropy + (l2 / 2) ||W||^2 (bias unpenalised, as scikit-learn does)."""
+               l2: jax.Array, w0: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean cross-entropy over the rows where `mask` is 1 + (l2 / 2) ||W - W0||^2 (bias
+    unpenalised, as scikit-learn does)."""
     logits = x @ params["w"] + params["b"]
-    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-    return ce + 0.5 * l2 * jnp.sum(jnp.square(params["w"]))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    ce = jnp.sum(ce * mask) / jnp.sum(mask)
+    return ce + 0.5 * l2 * jnp.sum(jnp.square(params["w"] - w0))
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
 def _solve(x: jax.Array, y: jax.Array, l2: jax.Array, params: dict[str, jax.Array],
-           max_iter: int, tol: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+           max_iter: int, tol: jax.Array, w0: jax.Array, mask: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
     """L-BFGS from `params` until the gradient norm is below `tol` or `max_iter` steps."""
-    loss = functools.partial(_objective, x=x, y=y, l2=l2)
+    loss = functools.partial(_objective, x=x, y=y, l2=l2, w0=w0, mask=mask)
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
 
@@ -73,19 +75,34 @@ def _solve(x: jax.Array, y: jax.Array, l2: jax.Array, params: dict[str, jax.Arra
 
 
 def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *,
-                            max_iter: int = 1000, tol: float = 1e-5) -> LogisticRegression:
-    """Minimises mean cross-entropy + (l2 / 2) ||W||^2 over W [D, K] and b [K].
+                            max_iter: int = 1000, tol: float = 1e-5,
+                            prior: np.ndarray | None = None,
+                            pad_to: int | None = None) -> LogisticRegression:
+    """Minimises mean cross-entropy + (l2 / 2) ||W - prior||^2 over W [D, K] and b [K],
+    starting from W = prior (default zeros).
 
-    The same problem as scikit-learn's `LogisticRegression(C=1 / (l2 * n))` (n examples).
-    `tol` bounds the gradient's global norm at the solution.
+    With no prior, the same problem as scikit-learn's `LogisticRegression(C=1 / (l2 * n))`
+    (n examples). A prior (e.g. zero-shot class embeddings times logit_scale) makes a probe
+    that stays near it when data are few. `tol` bounds the gradient's global norm. `pad_to`
+    pads the examples with masked-out rows to that count, so fits of different sizes (few-shot
+    probes) share one compiled solver.
     """
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.int32)
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"Expected features [N, D] and labels [N], got {x.shape} and {y.shape}.")
-    params = {"w": jnp.zeros((x.shape[1], num_classes), jnp.float32),
-              "b": jnp.zeros((num_classes,), jnp.float32)}
-    params, count = _solve(x, y, jnp.float32(l2), params, max_iter, jnp.float32(tol))
+    w0 = (jnp.zeros((x.shape[1], num_classes), jnp.float32) if prior is None
+          else jnp.asarray(prior, jnp.float32))
+    if w0.shape != (x.shape[1], num_classes):
+        raise ValueError(f"prior has shape {w0.shape}; expected {(x.shape[1], num_classes)}.")
+    params = {"w": w0, "b": jnp.zeros((num_classes,), jnp.float32)}
+    n = x.shape[0]
+    rows = max(n, pad_to or n)
+    mask = jnp.arange(rows) < n
+    x = jnp.pad(x, ((0, rows - n), (0, 0)))
+    y = jnp.pad(y, (0, rows - n))
+    params, count = _solve(x, y, jnp.float32(l2), params, max_iter, jnp.float32(tol), w0,
+                           mask.astype(jnp.float32))
     return LogisticRegression(np.asarray(params["w"]), np.asarray(params["b"]), int(count))
 
 

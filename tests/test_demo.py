@@ -51,7 +51,15 @@ def test_demo_reports_scores_chance_and_pictures(demo_run):
     assert re.search(r"wall time \d+ s: dataset \d+ s, training \d+ s, evaluation \d+ s", text)
     # Learnt something: colours come first, so the right class is usually among the top 5.
     assert m["zero_shot/heldout/top5"] > 3 * 5 / 48
-    for path, size in ((report.report_png, (1280, 1100)), (report.curves_png, (1100, 400))):
+    # Few-shot vs zero-shot and robustness on shifted test images (issue 14): the suite's
+    # zero-shot equals the final evaluation's on the same images, every shift is reported.
+    suite = report.suite
+    assert suite["few_shot/heldout/zero_shot_top1"] == pytest.approx(m["zero_shot/heldout/top1"])
+    assert suite["robustness/heldout/reference_top1"] == pytest.approx(m["zero_shot/heldout/top1"])
+    assert {f"robustness/heldout/{s}_top1" for s in demo.SUITE_SHIFTS} <= set(suite)
+    assert "zero-shot = " in text and "effective robustness" in text
+    for path, size in ((report.report_png, (1280, 1100)), (report.curves_png, (1100, 400)),
+                       (report.suite_png, (1100, 420))):
         with Image.open(path) as image:
             assert image.format == "PNG" and abs(image.size[0] - size[0]) < 100
     records = [json.loads(line) for line in open(os.path.join(report.workdir, "metrics.jsonl"))]

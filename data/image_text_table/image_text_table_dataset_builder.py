@@ -7,7 +7,9 @@ a caption column (`title`), names configurable. Relative paths are resolved agai
 (`clip_jax_data.records`) and writes sharded ArrayRecord files, so training reads fast
 sequential records instead of millions of small files. With `group_by_image`, rows that share
 an image become one example with several captions (e.g. COCO / Flickr30k style tables for
-retrieval evaluation).
+retrieval evaluation). With `label_column`, each example also gets a ClassLabel `label` (the
+column holds class names or indices; names from `class_names`, else the sorted distinct
+labels of the tables), so zero-shot and linear-probe evaluation can read the built table.
 
 Each dataset gets a name (the builder config name), so several tables live side by side in
 one data_dir; the options it was built from are kept in `build_options.json`.
@@ -46,6 +48,8 @@ class TableOptions:
     image_root: str = ""
     group_by_image: bool = False
     num_threads: int = 16
+    label_column: str = ""
+    class_names: str = ""
 
 
 @dataclasses.dataclass
@@ -73,8 +77,11 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
     code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
 
     def _info(self) -> tfds.core.DatasetInfo:
+        table = self.builder_config.table
+        extra = ({"label": tfds.features.ClassLabel(names=label_names(table))}
+                 if table.label_column else None)
         return self.dataset_info_from_configs(description=__doc__,
-                                              features=records.image_text_features())
+                                              features=records.image_text_features(extra))
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         del dl_manager  # local or gs:// files, read directly
@@ -94,10 +101,12 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         report = records.BuildReport(split, config.clean)
         report.source_lines(lines)
         groups = _group(rows, config.table.group_by_image)
+        names = label_names(config.table) if config.table.label_column else None
         with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
             for start in range(0, len(groups), _BATCH):
                 batch = groups[start:start + _BATCH]
-                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean), batch)
+                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean, names),
+                                   batch)
                 ready = []
                 for group, (image, captions, outcomes) in zip(batch, cleaned):
                     for key, outcome in outcomes:
@@ -106,14 +115,54 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                         else:
                             report.keep(key, outcome)
                     if image is not None and captions:
-                        ready.append((group[0].first_line, group[0].path, image, captions))
-                tokens = records.tokenize([c for *_, caps in ready for c in caps])
+                        ready.append((group[0].first_line, group[0].path, image, captions,
+                                      _label_index(group[0].label, names)))
+                tokens = records.tokenize([c for _, _, _, caps, _ in ready for c in caps])
                 offset = 0
-                for row, path, image, captions in ready:
-                    yield row, {"image": image, "captions": captions, "key": path,
-                                "tokens": tokens[offset:offset + len(captions)]}
+                for row, path, image, captions, label in ready:
+                    example = {"image": image, "captions": captions, "key": path,
+                               "tokens": tokens[offset:offset + len(captions)]}
+                    if names is not None:
+                        example["label"] = label
+                    yield row, example
                     offset += len(captions)
         report.finish(self.data_dir)
+
+
+def label_names(table: TableOptions) -> list[str]:
+    """Class names of the label column: `class_names` (a file, one per line, or a
+    comma-separated list), else the sorted distinct non-integer labels of every table."""
+    spec = table.class_names
+    if spec:
+        if tf.io.gfile.exists(spec):
+            with tf.io.gfile.GFile(spec) as f:
+                return [line.strip() for line in f.read().splitlines() if line.strip()]
+        return [name.strip() for name in spec.split(",") if name.strip()]
+    found = set()
+    for field in _SPLIT_FIELDS.values():
+        if getattr(table, field):
+            rows, _, _ = _load_rows(getattr(table, field), table)
+            found |= {r.label for r in rows if not r.problem}
+    if all(_is_index(v) for v in found):
+        raise ValueError(f"data.table.label_column={table.label_column!r} holds class indices; "
+                         "give their names with data.table.class_names (a file or a list).")
+    return sorted(v for v in found if not _is_index(v))
+
+
+def _is_index(value: str) -> bool:
+    return value.isdigit()
+
+
+def _label_index(value: str, names: list[str] | None) -> int:
+    """The class index of a label cell (a class name or an index), or BadRecord."""
+    if names is None:
+        return -1
+    if _is_index(value) and int(value) < len(names):
+        return int(value)
+    if value in names:
+        return names.index(value)
+    raise records.BadRecord("unknown_label", f"label {value!r} is not one of the "
+                            f"{len(names)} class names (data.table.class_names)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +176,7 @@ class _Row:
     caption: bytes
     problem: str = ""
     conversions: tuple[str, ...] = ()
+    label: str = ""
 
     @property
     def key(self) -> str:
@@ -155,7 +205,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
     parsed = tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path)
     header = parsed.header
     columns = {}
-    for field in ("image_column", "caption_column"):
+    fields = ("image_column", "caption_column") + (("label_column",) if table.label_column
+                                                    else ())
+    for field in fields:
         name = getattr(table, field)
         if name not in header:
             near = [h for h in header if h.strip().strip('"') == name]
@@ -187,8 +239,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
             rows.append(_Row(record.first_line, record.lines, "", b"", problem))
             continue
         caption = fields[columns["caption_column"]].encode("utf-8", errors="surrogateescape")
+        label = fields[columns["label_column"]].strip() if table.label_column else ""
         rows.append(_Row(record.first_line, record.lines, fields[columns["image_column"]],
-                         caption, conversions=conversions))
+                         caption, conversions=conversions, label=label))
     probe = [r.path for r in rows[:_PROBE_ROWS] if not r.problem and r.path and _is_utf8(r.path)]
     if probe and not any(tf.io.gfile.exists(_resolve(root, p)) for p in probe):
         raise FileNotFoundError(
@@ -226,7 +279,8 @@ def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
     return sorted(list(groups.values()) + singles, key=lambda g: g[0].first_line)
 
 
-def _clean_group(group: list[_Row], root: str, clean: records.CleanOptions
+def _clean_group(group: list[_Row], root: str, clean: records.CleanOptions,
+                 names: list[str] | None = None
                  ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
     """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""
     first = group[0]
@@ -239,6 +293,7 @@ def _clean_group(group: list[_Row], root: str, clean: records.CleanOptions
     try:
         if not path:
             raise records.BadRecord("missing_file", "empty image path")
+        _label_index(first.label, names)
         if not _is_utf8(path):
             raise records.BadRecord("bad_path", "image path is not valid UTF-8")
         full = _resolve(root, path)

@@ -1,0 +1,233 @@
+"""The evaluation suite end to end: labelled folders, mock TFDS shifted ImageNets and the
+`clip-jax eval` command -> metrics, checked against the unsharded model on Pillow-prepared
+images with numpy / scikit-learn, and the results files against pandas."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax import (cli, eval_report, evaluate, few_shot, input_pipeline, labelled_data,
+                      templates)
+from clip_jax.models import create_model, l2_normalize
+from clip_jax.preprocess import preprocess
+from clip_jax.tokenizer import tokenize
+from configs import base
+
+import jax
+import tensorflow_datasets as tfds
+
+COLOURS = {"red": 0, "green": 1, "blue": 2}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("test-vit", rng=3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 5)):
+        for name, channel in COLOURS.items():
+            os.makedirs(root / split / name)
+            for i in range(n):
+                pixels = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+                pixels[..., channel] += 150
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def embed(module, variables, images=None, tokens=None):
+    if images is not None:
+        return np.asarray(jax.jit(lambda v, x: l2_normalize(
+            module.apply(v, x, method=module.encode_image)))(variables, images))
+    return np.asarray(jax.jit(lambda v, t: l2_normalize(
+        module.apply(v, t, method=module.encode_text)))(variables, tokens))
+
+
+def class_embeddings(module, variables, names, prompts):
+    emb = embed(module, variables, tokens=tokenize(templates.prompts(names, prompts), 16))
+    mean = emb.reshape(len(prompts), len(names), -1).mean(0)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def config_for(**tasks):
+    config = base.get_config("test-vit")
+    config.model.dtype = "float32"
+    config.eval.batch_size = 8
+    config.eval.evaluators = ",".join(tasks)
+    for kind, task in tasks.items():
+        config.eval[kind] = {"t": task}
+    return config
+
+
+def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, model, tmp_path):
+    module, variables = model
+    config = config_for(
+        zero_shot=evaluate.zero_shot_task(str(folder), templates="default",
+                                          compare_prompts=True),
+        few_shot=evaluate.few_shot_task(str(folder), shots="1,2", seeds=2, l2="0.01",
+                                        zero_shot_init=False, templates="default"),
+        robustness=evaluate.robustness_task(str(folder), shifts="greyscale,invert",
+                                            baseline="0.6:0.5,0.9:0.7", templates="default"))
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+
+    test = labelled_data.read(str(folder), "test")
+    train = labelled_data.read(str(folder), "train")
+    pil = [Image.open(f).convert("RGB") for f in test.files]
+    images = embed(module, variables, images=preprocess(pil, module.config))
+    names = list(COLOURS)
+    ensemble = class_embeddings(module, variables, names, templates.DEFAULT)
+    top1 = lambda emb, classes: np.mean((emb @ classes.T).argmax(1) == test.labels)  # noqa
+    assert metrics["zero_shot/t/top1"] == pytest.approx(top1(images, ensemble), abs=1e-6)
+    for key, prompts in (("top1_class_name", ("{}",)), ("top1_one_template", templates.DEFAULT[:1])):
+        assert metrics[f"zero_shot/t/{key}"] == pytest.approx(
+            top1(images, class_embeddings(module, variables, names, prompts)), abs=1e-6)
+
+    train_emb = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in train.files], module.config))
+    for k in (1, 2):
+        accs = []
+        for seed in range(2):
+            fit = few_shot.sample_shots(train.labels, k, np.random.default_rng(seed))
+            clf = LogisticRegression(C=1 / (0.01 * len(fit)), tol=1e-10, max_iter=10_000)
+            clf.fit(train_emb[fit].astype(np.float64), train.labels[fit])
+            accs.append(np.mean(clf.predict(images) == test.labels))
+        assert metrics[f"few_shot/t/{k}shot_top1"] == pytest.approx(np.mean(accs),
+                                                                     abs=1.01 / len(images))
+    assert metrics["few_shot/t/zero_shot_top1"] == pytest.approx(top1(images, ensemble))
+
+    grey = embed(module, variables, images=preprocess(
+        [p.convert("L").convert("RGB") for p in pil], module.config))
+    inverted = embed(module, variables, images=preprocess(
+        [Image.fromarray(255 - np.asarray(p)) for p in pil], module.config))
+    x = np.log(np.array([0.6, 0.9]) / (1 - np.array([0.6, 0.9])))
+    y = np.log(np.array([0.5, 0.7]) / (1 - np.array([0.5, 0.7])))
+    slope = np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2)
+    intercept = y.mean() - slope * x.mean()
+    reference = top1(images, ensemble)
+    assert metrics["robustness/t/reference_top1"] == pytest.approx(reference)
+    for name, emb in (("greyscale", grey), ("invert", inverted)):
+        shifted = top1(emb, ensemble)
+        assert metrics[f"robustness/t/{name}_top1"] == pytest.approx(shifted)
+        assert metrics[f"robustness/t/{name}_drop"] == pytest.approx(reference - shifted)
+        logit_ref = np.log(np.clip(reference, 1e-4, 1 - 1e-4) / (1 - np.clip(reference, 1e-4,
+                                                                              1 - 1e-4)))
+        expected = shifted - 1 / (1 + np.exp(-(slope * logit_ref + intercept)))
+        assert metrics[f"robustness/t/{name}_effective_robustness"] == pytest.approx(expected)
+
+    where = evaluation.provenance["zero_shot/t"]
+    assert where == {"data": f"image folder {folder}/test", "split": "test", "images": 15,
+                     "classes": 3, "templates": "default (12)"}
+    table = eval_report.rows(metrics, evaluation.provenance, "test-vit")
+    paths = eval_report.write(str(tmp_path), table, evaluation.details)
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert len(frame) == len(metrics)
+    for row in frame.itertuples():
+        assert row.value == pytest.approx(metrics[f"{row.evaluator}/{row.task}/{row.metric}"])
+    assert json.load(open(tmp_path / "results.json"))["results"][0]["metric"] == "top1"
+    for path in paths[2:]:
+        assert Image.open(path).size[0] > 100
+    assert {os.path.basename(p) for p in paths[2:]} == {
+        "per_class_t.png", "few_shot_t.png", "robustness_t.png"}
+
+
+def imagenet_source(self, split, decoders=None, deserialize_method=None, **kwargs):
+    """Mock random access: 12 images; imagenet_r / imagenet_a use 4 of the 1000 classes."""
+    del decoders, deserialize_method, kwargs
+    rng = np.random.default_rng(len(self.name))
+    subset = self.name in evaluate.SUBSET_DATASETS
+    labels = [(7, 42, 300, 999)[i % 4] if subset else int(rng.integers(0, 1000))
+              for i in range(12)]
+    return [self.info.features.serialize_example({
+        "image": rng.integers(0, 256, (24, 30, 3), dtype=np.uint8), "label": y,
+        "file_name": f"{i}.jpeg"}) for i, y in enumerate(labels)]
+
+
+def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
+    module, variables = model
+    names = [f"thing {k}" for k in range(1000)]
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    config = config_for(robustness=evaluate.robustness_task(
+        "imagenet2012", split="validation", shifted="imagenet_v2,imagenet_r,imagenet_sketch",
+        templates="simple", class_names=str(tmp_path / "names.txt")))
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=imagenet_source):
+        metrics, _ = evaluate.evaluate_model(config, module, variables)
+        builders = {n: tfds.builder(n) for n in ("imagenet2012", "imagenet_v2", "imagenet_r",
+                                                 "imagenet_sketch")}
+        data = {n: [b.info.features.deserialize_example_np(r) for r in
+                    imagenet_source(b, "test")] for n, b in builders.items()}
+    classes = class_embeddings(module, variables, names, ("a photo of a {}.",))
+    for name, examples in data.items():
+        images = embed(module, variables, images=preprocess(
+            [Image.fromarray(e["image"]) for e in examples], module.config))
+        labels = np.array([e["label"] for e in examples])
+        scores = images @ classes.T
+        if name in evaluate.SUBSET_DATASETS:
+            present = np.unique(labels)
+            expected = np.mean(present[scores[:, present].argmax(1)] == labels)
+        else:
+            expected = np.mean(scores.argmax(1) == labels)
+        key = "reference_top1" if name == "imagenet2012" else f"{name}_top1"
+        assert metrics[f"robustness/t/{key}"] == pytest.approx(expected), name
+
+
+def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
+    from clip_jax.convert.hf import export_hf
+
+    module, variables = model
+    export_hf(module.config, variables, tmp_path / "hf")
+    code = cli.main(["eval", str(tmp_path / "hf"), "--zero-shot", str(folder),
+                     "--linear-probe", f"{folder}@train", f"{folder}@test",
+                     "--templates", "simple", "--batch-size", "8",
+                     "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"| zero_shot | colours0 | top1 |" in out.replace(folder.name, "colours0")
+    assert f"image folder {folder}/test | test | 15 | 3 | simple (1) |" in out
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(frame.evaluator) == {"zero_shot", "linear_probe"}
+    code = cli.main(["eval", str(tmp_path / "hf"), "--zero-shot", str(tmp_path / "nowhere/x")])
+    assert code == 2 and "No labelled folder or table" in capsys.readouterr().err
+
+
+def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):
+    """Issue 11, item 4: the label column survives the build (names or indices, unknown
+    labels skipped and reported) and zero-shot reads it; without labels, one clear error."""
+    module, variables = model
+    test = labelled_data.read(str(folder), "test")
+    cells = [list(COLOURS)[y] if i % 2 else str(y) for i, y in enumerate(test.labels)]
+    cells[3] = "purple"
+    pd.DataFrame({"filepath": test.files, "title": "a photo", "class": cells}).to_csv(
+        tmp_path / "t.csv", index=False)
+    config = config_for(zero_shot=evaluate.zero_shot_task(templates="simple"))
+    config.data.dataset = "image_text_table"
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.eval_split = "test"
+    config.data.table.update(name="colours", test_path=str(tmp_path / "t.csv"),
+                             label_column="class", class_names=",".join(COLOURS))
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    built = tfds.builder_from_directory(
+        input_pipeline.prepare(config.data).data_dir).as_data_source("test")
+    keep = [i for i in range(len(cells)) if i != 3]
+    got = sorted((e["key"].decode(), int(e["label"])) for e in built)
+    assert got == sorted((test.files[i], int(test.labels[i])) for i in keep)
+    report = json.load(open(os.path.join(input_pipeline.prepare(config.data).data_dir,
+                                         "bad_records.json")))
+    assert "unknown_label" in json.dumps(report)
+    images = embed(module, variables, images=preprocess(
+        [Image.open(test.files[i]).convert("RGB") for i in keep], module.config))
+    classes = class_embeddings(module, variables, list(COLOURS), ("a photo of a {}.",))
+    assert metrics["zero_shot/t/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == test.labels[keep]))
+    config.data.label_key = ""
+    with pytest.raises(ValueError, match="needs labels but data.label_key is ''"):
+        evaluate.evaluate_model(config, module, variables)

@@ -1,0 +1,109 @@
+"""Few-shot probes and effective robustness against independent computations:
+scikit-learn's LogisticRegression, scipy's optimiser and linregress, numpy interpolation."""
+
+import numpy as np
+import pytest
+from scipy import optimize, special, stats
+from sklearn.linear_model import LogisticRegression
+
+from clip_jax import few_shot, robustness
+
+
+def blobs(n_per_class, k=4, d=6, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.5, (k, d))
+    y = np.repeat(np.arange(k), n_per_class)
+    x = centres[y] + rng.normal(0, spread, (len(y), d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), y
+
+
+def test_sample_shots_draws_k_per_class_disjoint_from_exclude():
+    _, y = blobs(10)
+    rng = np.random.default_rng(1)
+    first = few_shot.sample_shots(y, 3, rng)
+    second = few_shot.sample_shots(y, 3, rng, exclude=first)
+    assert np.bincount(y[first]).tolist() == [3] * 4 == np.bincount(y[second]).tolist()
+    assert not set(first) & set(second)
+    assert np.bincount(y[few_shot.sample_shots(y, 50, rng)]).tolist() == [10] * 4
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_k_shot_probe_matches_scikit_learn_on_the_same_shots(k):
+    x, y = blobs(40, spread=0.8)
+    tx, ty = blobs(30, seed=0, spread=0.8)
+    l2 = 1e-2
+    ours, chosen = few_shot.probe_accuracy(x, y, tx, ty, 4, k, seed=3, l2_grid=[l2])
+    fit = few_shot.sample_shots(y, k, np.random.default_rng(3))
+    theirs = LogisticRegression(C=1 / (l2 * len(fit)), tol=1e-10, max_iter=10_000)
+    theirs.fit(x[fit].astype(np.float64), y[fit])
+    assert chosen == l2
+    assert ours == pytest.approx(np.mean(theirs.predict(tx) == ty), abs=1.01 / len(ty))
+
+
+def test_zero_shot_initialised_probe_reaches_the_prior_centred_optimum():
+    x, y = blobs(5, d=5)
+    k, d = 4, x.shape[1]
+    prior = np.random.default_rng(2).normal(0, 3, (d, k)).astype(np.float32)
+    l2 = 0.05
+    from clip_jax import linear_probe
+
+    ours = linear_probe.fit_logistic_regression(x, y, k, l2, prior=prior, tol=1e-7)
+
+    def objective(theta):
+        w, b = theta[:d * k].reshape(d, k), theta[d * k:]
+        logits = x.astype(np.float64) @ w + b
+        ce = np.mean(special.logsumexp(logits, axis=1) - logits[np.arange(len(y)), y])
+        return ce + 0.5 * l2 * np.sum((w - prior) ** 2)
+
+    best = optimize.minimize(objective, np.concatenate([prior.ravel(), np.zeros(k)]),
+                             method="L-BFGS-B", options=dict(ftol=1e-15, gtol=1e-10))
+    got = objective(np.concatenate([ours.weights.ravel(), ours.bias]))
+    assert got == pytest.approx(best.fun, abs=1e-5)
+    # A very strong pull keeps the weights at the prior (the zero-shot classifier).
+    stiff = linear_probe.fit_logistic_regression(x, y, k, 1e4, prior=prior)
+    np.testing.assert_allclose(stiff.weights, prior, atol=1e-3)
+
+
+def test_matching_shots_interpolates_in_log_k():
+    shots, acc = [1, 2, 4, 8, 16], [0.30, 0.42, 0.55, 0.61, 0.70]
+    k, bound = few_shot.matching_shots(shots, acc, 0.58)
+    assert bound == 0
+    assert k == pytest.approx(2 ** np.interp(0.58, acc, np.log2(shots)))
+    assert few_shot.matching_shots(shots, acc, 0.2) == (1.0, -1)
+    assert few_shot.matching_shots(shots, acc, 0.9) == (16.0, 1)
+
+
+def test_few_shot_curve_gives_mean_and_spread_over_seeds():
+    x, y = blobs(30, spread=1.2)
+    tx, ty = blobs(20, seed=5, spread=1.2)
+    curve = few_shot.few_shot_curve(x, y, tx, ty, 4, shots=[1, 4], seeds=3, l2_grid=[1e-2])
+    expected = [few_shot.probe_accuracy(x, y, tx, ty, 4, 4, s, [1e-2])[0] for s in range(3)]
+    np.testing.assert_allclose(curve[4], expected)
+    assert curve[1].shape == (3,)
+
+
+def test_baseline_fit_agrees_with_scipy_linregress_on_logits():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.3, 0.9, 8)
+    b = special.expit(0.8 * special.logit(a) - 0.6 + rng.normal(0, 0.05, 8))
+    slope, intercept = robustness.fit_baseline(list(zip(a, b)))
+    ref = stats.linregress(special.logit(a), special.logit(b))
+    assert slope == pytest.approx(ref.slope) and intercept == pytest.approx(ref.intercept)
+    er = robustness.effective_robustness(0.7, 0.6, (slope, intercept))
+    assert er == pytest.approx(0.6 - special.expit(ref.slope * special.logit(0.7)
+                                                   + ref.intercept))
+
+
+def test_single_pair_baseline_keeps_the_logit_drop():
+    line = robustness.fit_baseline([(0.8, 0.6)])
+    assert line[0] == 1.0
+    drop = special.logit(0.6) - special.logit(0.8)
+    assert robustness.predicted(line, 0.9) == pytest.approx(special.expit(special.logit(0.9)
+                                                                          + drop))
+    metrics = robustness.metrics(0.9, {"sketch": 0.7}, {"sketch": line})
+    assert metrics["sketch_drop"] == pytest.approx(0.2)
+    assert metrics["sketch_effective_robustness"] == pytest.approx(
+        0.7 - special.expit(special.logit(0.9) + drop))
+    with pytest.raises(ValueError, match="is not 'IN:SHIFTED'"):
+        robustness.parse_pairs("0.7-0.5")

@@ -1,0 +1,154 @@
+"""Labelled image sources (`clip_jax.labelled_data`) against independent readers:
+torchvision's and TFDS's ImageFolder, pandas, tarfile, and `clip_jax.preprocess` on Pillow
+images for the eval batches."""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax import labelled_data
+from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+from clip_jax.preprocess import normalization_constants, preprocess
+
+import tensorflow_datasets as tfds
+
+CLASSES = ["cat", "dog", "sea_lion"]
+MODEL = CLIPConfig(embed_dim=8, vision=VisionConfig(image_size=16, layers=1, width=16,
+                                                    patch_size=8, head_width=8),
+                   text=TextConfig(context_length=8, width=16, heads=1, layers=1))
+
+
+def picture(seed, size=(20, 14)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    seed = 0
+    for split in ("train", "test"):
+        for k, name in enumerate(CLASSES):
+            os.makedirs(root / split / name / "more")
+            for i in range(3 + k):
+                seed += 1
+                sub = "more/" if i == 2 else ""
+                picture(seed, (20 + i, 14 + k)).save(root / split / name / f"{sub}{i}.png")
+        (root / split / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_reads_as_torchvision_and_tfds(folder):
+    from torchvision.datasets import ImageFolder
+
+    for split in ("train", "test"):
+        ours = labelled_data.read(str(folder), split)
+        theirs = ImageFolder(str(folder / split))
+        assert ours.class_names == theirs.classes
+        assert list(zip(ours.files, ours.labels.tolist())) == [
+            (p, y) for p, y in theirs.samples]
+        assert ours.skipped == {"not an image file": 1}
+    builder = tfds.ImageFolder(str(folder))
+    assert builder.info.features["label"].names == labelled_data.read(str(folder)).class_names
+    auto = labelled_data.read(str(folder))  # no split given: the test split
+    assert auto.split == "test" and set(builder.info.splits) == {"train", "test"}
+    # TFDS's ImageFolder does not search sub-folders; torchvision's (and ours) does.
+    flat = [f for f in auto.files if f"{os.sep}more{os.sep}" not in f]
+    assert len(flat) == builder.info.splits["test"].num_examples
+    with pytest.raises(FileNotFoundError, match="No split folder .*valid.*folders there"):
+        labelled_data.read(str(folder), "valid")
+
+
+def test_tables_with_label_names_or_indices_read_as_pandas(folder, tmp_path):
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    names = [src.class_names[y] for y in src.labels]
+    by_name = pd.DataFrame({"filepath": rel, "label": names, "title": "x, \"quoted\""})
+    by_name.to_csv(tmp_path / "by_name.csv", index=False)
+    got = labelled_data.read(str(tmp_path / "by_name.csv"))
+    expected = pd.Categorical(names, categories=sorted(set(names))).codes
+    np.testing.assert_array_equal(got.labels, expected)
+    assert got.class_names == sorted(set(names))
+    assert got.files == [os.path.join(str(tmp_path), p) for p in rel]
+
+    by_index = pd.DataFrame({"image": rel, "class": src.labels})
+    by_index.to_csv(tmp_path / "by_index.tsv", sep="\t", index=False)
+    (tmp_path / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    got = labelled_data.read(str(tmp_path / "by_index.tsv"))
+    np.testing.assert_array_equal(got.labels, src.labels)
+    assert got.class_names == CLASSES
+
+    bad = by_name.copy()
+    bad.loc[4, "label"] = "wolf"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="bad.csv line 6: label 'wolf' is not one of the 3"):
+        labelled_data.read_table(str(tmp_path / "bad.csv"), class_names=CLASSES)
+    by_index.to_csv(tmp_path / "alone.csv", index=False)
+    os.remove(tmp_path / "classnames.txt")
+    with pytest.raises(ValueError, match="are class indices; give the class names"):
+        labelled_data.read(str(tmp_path / "alone.csv"))
+
+
+def write_wds(root, split, samples, classnames, templates=None):
+    os.makedirs(root / split, exist_ok=True)
+    (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    if templates:
+        (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates))
+    with tarfile.open(root / split / "0.tar", "w") as tar:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_clip_benchmark_webdataset_layout(tmp_path):
+    samples, encoded = [], []
+    for i in range(7):
+        buffer = io.BytesIO()
+        picture(i).save(buffer, format="JPEG" if i % 2 else "PNG")
+        encoded.append(buffer.getvalue())
+        parts = {"jpg" if i % 2 else "png": encoded[-1], "cls": str(i % 3).encode()}
+        if i == 5:
+            del parts["cls"]
+        samples.append((f"s{i:07d}", parts))
+    write_wds(tmp_path, "test", samples, CLASSES, ["a photo of a {}.", "a {}."])
+    assert labelled_data.source_kind(str(tmp_path)) == "wds"
+    got = labelled_data.read(str(tmp_path))
+    keep = [i for i in range(7) if i != 5]
+    np.testing.assert_array_equal(got.labels, [i % 3 for i in keep])
+    assert got.class_names == CLASSES and got.templates == ("a photo of a {}.", "a {}.")
+    assert got.skipped == {"no .cls": 1}
+    for j, i in enumerate(keep):
+        data = labelled_data._read_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
+        assert data == encoded[i]
+
+
+def test_eval_batches_equal_preprocess_of_pillow_images(folder):
+    images = labelled_data.read(str(folder), "test")
+    pil = [Image.open(f).convert("RGB") for f in images.files]
+    want = preprocess(pil, MODEL)
+    for shift, transform in (("", lambda im: im),
+                             ("greyscale", lambda im: im.convert("L").convert("RGB"))):
+        # The shift acts on the resized, centre-cropped uint8 pixels, before normalising.
+        batches = list(labelled_data.make_iterable(images, MODEL, batch_size=5, shift=shift,
+                                                   process_index=1, process_count=2))
+        got = np.concatenate([b["images"][b["mask"]] for b in batches])
+        index = np.concatenate([b["index"][b["mask"]] for b in batches])
+        n = len(images)
+        np.testing.assert_array_equal(index, np.arange(n // 2, n))
+        np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]),
+                                      images.labels[n // 2:])
+        if not shift:
+            np.testing.assert_array_equal(got, want[n // 2:])
+        else:
+            mean, std = normalization_constants(MODEL)
+            pixels = np.round(want[n // 2:] * std + mean).astype(np.uint8)
+            grey = np.stack([np.asarray(transform(Image.fromarray(p))) for p in pixels])
+            np.testing.assert_allclose(got * std + mean, grey, atol=1e-3)
