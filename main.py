@@ -67,6 +67,9 @@ def main(argv) -> int:
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and TF are chatty at INFO
+        # TFDS warns on every table/webdataset builder made from options rather than by name.
+        logging.ABSLLogger.manager.getLogger("absl").addFilter(
+            lambda record: "Using custom data configuration" not in record.getMessage())
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     if not isinstance(config, ConfigDict):  # config_flags defers a load failure to first use
         try:
