@@ -36,13 +36,11 @@ def adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: float, weigh
 
     The same update as `optax.chain(clip_by_global_norm, scale_by_adam,
     add_decayed_weights(mask), scale_by_learning_rate)` (tested against it), written as one
-    per-parameter function so each parameter is read and written once. The scalars (clip
-    factor, learning rate, bias corrections) go through an optimisation barrier: without it
-    XLA fuses the schedule's cosine and the `b ** t` powers into every parameter's update loop,
-    recomputing them per element and compiling ~400 copies of them (measured: the optimizer
-    was a third of the ViT-B/32 step and most of its compile time). Both moments can be
-    stored in `moments_dtype` (e.g. bf16, as the CLIP paper trained); arithmetic stays fp32.
-    `grad_clip_norm` 0 disables clipping.
+    per-parameter function with the scalars (clip factor, learning rate, bias corrections)
+    computed once up front, so each parameter, gradient and moment is read and written once:
+    XLA's cost analysis of the ViT-B/32 update falls from 9.1 to 6.7 GB accessed. Both moments
+    can be stored in `moments_dtype` (e.g. bf16, as the CLIP paper trained); arithmetic stays
+    fp32. `grad_clip_norm` 0 disables clipping.
     """
 
     def init(params):
@@ -59,9 +57,8 @@ def adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: float, weigh
         if grad_clip_norm:
             norm = optax.tree.norm(grads)
             clip = jnp.where(norm < grad_clip_norm, 1.0, grad_clip_norm / norm)
-        scalars = jax.lax.optimization_barrier(
-            (clip, jnp.asarray(learning_rate(state.count), jnp.float32), 1 - b1 ** t, 1 - b2 ** t))
-        clip, lr, c1, c2 = scalars
+        lr = jnp.asarray(learning_rate(state.count), jnp.float32)
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
 
         def leaf(g, m, v, p, decay):
             g = g.astype(jnp.float32) * clip
