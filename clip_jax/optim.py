@@ -70,7 +70,7 @@ def adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: float, weigh
             return (-lr * u).astype(p.dtype), m, v
 
         out = jax.tree.map(leaf, grads, state.mu, state.nu, params, decay_mask_fn(params))
-        is_out = lambda x: isinstance(x, tuple)  # noqa: E731
+        is_out = lambda x: type(x) is tuple  # noqa: E731  (optax's MaskedNode is a NamedTuple)
         pick = lambda i, old: jax.tree.map(  # noqa: E731
             lambda o, x: o[i].astype(x.dtype), out, old, is_leaf=is_out)
         updates = jax.tree.map(lambda o: o[0], out, is_leaf=is_out)

@@ -1,7 +1,6 @@
 """Scaled dot-product attention kernels, chosen by name (`config.model.attention`).
 
-- `xla`: `jax.nn.dot_product_attention(implementation="xla")`, logits and softmax in fp32;
-  runs everywhere.
+- `xla`: einsum attention, logits and softmax in fp32; runs everywhere.
 - `cudnn`: the same call with `implementation="cudnn"` (cuDNN flash attention, GPU only, fp16 /
   bf16 inputs).
 - `pallas`: the Pallas TPU flash-attention kernel (`jax.experimental.pallas.ops.tpu`), TPU only.
@@ -38,6 +37,18 @@ def _jax_nn(implementation: str) -> Kernel:
     return kernel
 
 
+def _xla(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+    """Plain einsum attention with fp32 logits and softmax (bit-identical under nn.scan and an
+    unrolled loop, which `jax.nn.dot_product_attention`'s XLA path is not: 1 ulp apart)."""
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    if causal:
+        mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), dtype=bool))
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
 def _pallas_tpu(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
@@ -59,7 +70,7 @@ def _round_up(n: int) -> int:
 
 
 KERNELS: dict[str, Kernel] = {
-    "xla": _jax_nn("xla"),
+    "xla": _xla,
     "cudnn": _jax_nn("cudnn"),
     "pallas": _pallas_tpu,
 }
