@@ -1,97 +1,213 @@
-"""Train-step time: clip_jax's compiled step vs open_clip (PyTorch) on the same machine.
+"""Train-step throughput, peak memory and compile time: clip_jax vs plain Flax vs open_clip.
 
-    python benchmarks/train_step.py --model ViT-B/32 --batch 16 --steps 5
+    python benchmarks/train_step.py --models ViT-B/32 RN50 --batch 16 --steps 5 --repeats 3
 
-Both sides run one full step (forward, symmetric contrastive loss, backward, AdamW update) in
-fp32 on random data; open_clip uses its own ClipLoss and torch.optim.AdamW. Prints compile time
-(ours; PyTorch has none) and the median step time over `--steps` timed steps after warmup.
+Every side runs one full step (forward, symmetric contrastive loss, backward, AdamW update) in
+fp32 on random data, each in its own subprocess (so peak RSS is that side's alone):
+- `clip_jax`: our compiled train step (uint8 images normalised on the device), with
+  `scan_layers` off and on;
+- `plain flax`: `benchmarks/plain_clip.py`, the same architecture as the obvious linen code
+  with `optax.adamw`;
+- `open_clip`: open_clip's model, ClipLoss and torch.optim.AdamW, `torch.set_num_threads`
+  equal to the CPU count JAX uses.
+Repeats alternate the sides (ABC, BCA, ...) so that machine load hits all alike; each figure
+in the table is a ratio to open_clip (or to plain flax for compile time) formed within one
+repeat, printed as the median and [min, max] over repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's configs/
-
-from clip_jax import sharding, train_step  # noqa: E402
-from clip_jax.models.presets import open_clip_name  # noqa: E402
-from configs import base  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("clip_jax", "clip_jax scan", "plain flax", "open_clip")
 
 
-def ours(model: str, batch: int, steps: int, scan: bool) -> tuple[float, float, int]:
+def _random_batch(batch: int, size: int, length: int = 77):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+            rng.integers(1, 49407, (batch, length)).astype(np.int32))
+
+
+def _time_steps(run, steps: int) -> list[float]:
+    times = []
+    for i in range(steps + 1):  # the first call is warm-up
+        t0 = time.perf_counter()
+        run()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_clip_jax(model: str, batch: int, steps: int, scan: bool) -> dict:
+    import jax
+
+    from clip_jax import sharding, train_step
+    from configs import base
+
     config = base.get_config(model)
-    config.model.dtype, config.model.scan_layers = "float32", scan
-    config.batch_size = batch
+    config.model.dtype, config.model.scan_layers, config.batch_size = "float32", scan, batch
+    config.compilation_cache_dir = ""
     mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     s = train_step.setup(config, train_step.model_config(config), mesh)
     state = s.init_state(jax.random.key(0))
     t0 = time.perf_counter()
     compiled = train_step.compile_train_step(config, s)
     compile_s = time.perf_counter() - t0
-    size, length = s.module.config.image_size, s.module.config.context_length
-    rng = np.random.default_rng(0)
-    data = {"images": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
-            "tokens": rng.integers(1, 49407, (batch, length)).astype(np.int32)}
-    data = {k: jax.device_put(v, s.batch_shardings[k]) for k, v in data.items()}
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, data)
+    images, tokens = _random_batch(batch, s.module.config.image_size)
+    box = [state]
+
+    def run():
+        box[0], metrics = compiled(box[0], {"images": images, "tokens": tokens})
         jax.block_until_ready(metrics)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    params = sum(x.size for x in jax.tree.leaves(state.params))
-    return compile_s, statistics.median(times), params
+
+    return {"compile_s": compile_s, "step_s": _time_steps(run, steps),
+            "h2d_bytes_per_step": images.nbytes + tokens.nbytes,
+            "h2d_bytes_per_step_float32_images": images.size * 4 + tokens.nbytes}
 
 
-def open_clip_step(model: str, batch: int, steps: int) -> float:
+def run_plain_flax(model: str, batch: int, steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import plain_clip
+    from clip_jax.models.presets import get_preset
+
+    cfg = get_preset(model)
+    net = plain_clip.plain_clip(cfg)
+    images, tokens = _random_batch(batch, cfg.image_size)
+    images = images.astype("float32") / 255.0  # the plain side gets float images, as it would
+    variables = jax.jit(net.init)(jax.random.key(0), jnp.asarray(images[:1]), tokens[:1])
+    tx = optax.adamw(1e-4, 0.9, 0.98, 1e-6, 0.2)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    step = jax.jit(plain_clip.make_train_step(net, tx), donate_argnums=(0, 1, 2))
+    state = [params, stats, tx.init(params)]
+    t0 = time.perf_counter()
+    compiled = step.lower(*state, images, tokens).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run():
+        *new_state, loss = compiled(*state, images, tokens)
+        state[:] = new_state
+        jax.block_until_ready(loss)
+
+    return {"compile_s": compile_s, "step_s": _time_steps(run, steps)}
+
+
+def run_open_clip(model: str, batch: int, steps: int, threads: int) -> dict:
     import open_clip
     import torch
 
+    from clip_jax.models.presets import open_clip_name
+
+    torch.set_num_threads(threads)
     net = open_clip.create_model(open_clip_name(model), pretrained=None).train()
     loss_fn = open_clip.ClipLoss()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6,
                             weight_decay=0.2)
-    size = net.visual.image_size[0]
+    size = net.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
     images = torch.randn(batch, 3, size, size)
     tokens = torch.randint(1, 49407, (batch, 77))
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
+
+    def run():
         img, txt, scale = net(images, tokens)
         loss = loss_fn(img, txt, scale)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    return {"compile_s": None, "step_s": _time_steps(run, steps)}
+
+
+def worker(args) -> None:
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    if args.side.startswith("clip_jax"):
+        out = run_clip_jax(args.model, args.batch, args.steps, scan=args.side.endswith("scan"))
+    elif args.side == "plain flax":
+        out = run_plain_flax(args.model, args.batch, args.steps)
+    else:
+        out = run_open_clip(args.model, args.batch, args.steps, args.threads)
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print("RESULT " + json.dumps(out))
+
+
+def _spawn(side: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--side", side, "--model", args.model,
+           "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(line[len("RESULT "):])
+    result["img_s"] = args.batch / statistics.median(result["step_s"])
+    return result
+
+
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+
+
+def table(model: str, runs: list[dict[str, dict]]) -> str:
+    """Markdown rows: absolute medians and per-repeat ratios with [min, max] over repeats."""
+    rows = [f"| {model} | | img/s | peak RSS (GB) | compile (s) | img/s vs open_clip | "
+            "img/s vs plain | RSS vs open_clip | compile vs plain |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for side in SIDES:
+        r = [run[side] for run in runs]
+        img = [x["img_s"] for x in r]
+        rss = [x["peak_rss_gb"] for x in r]
+        comp = [x["compile_s"] for x in r if x["compile_s"] is not None]
+        ratio = lambda key, other, vals: [  # noqa: E731
+            v / run[other][key] for v, run in zip(vals, runs)]
+        rows.append(" | ".join([
+            f"| {model}", side, _spread(img, "{:.1f}"), _spread(rss, "{:.1f}"),
+            _spread(comp, "{:.0f}") if comp else "-",
+            _spread(ratio("img_s", "open_clip", img)),
+            _spread(ratio("img_s", "plain flax", img)),
+            _spread(ratio("peak_rss_gb", "open_clip", rss)),
+            _spread([c / run["plain flax"]["compile_s"] for c, run in zip(comp, runs)])
+            if comp else "-"]) + " |")
+    return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B/32")
+    parser.add_argument("--models", nargs="+", default=["ViT-B/32", "RN50"])
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--scan", action="store_true", help="nn.scan over layers")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch.set_num_threads for open_clip (JAX uses every core)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    compile_s, ours_s, params = ours(args.model, args.batch, args.steps, args.scan)
-    ref_s = open_clip_step(args.model, args.batch, args.steps)
-    print(f"{args.model}, batch {args.batch}, fp32, {jax.devices()[0].device_kind}, "
-          f"{params / 1e6:.1f}M params, scan_layers={args.scan}")
-    print(f"| {'':24} | {'clip_jax':>10} | {'open_clip':>10} | {'ratio':>6} |")
-    print(f"| {'compile (s)':24} | {compile_s:10.1f} | {'-':>10} | {'':>6} |")
-    print(f"| {'step time (s, median)':24} | {ours_s:10.3f} | {ref_s:10.3f} | "
-          f"{ours_s / ref_s:6.2f} |")
-    print(f"| {'images/s':24} | {args.batch / ours_s:10.1f} | {args.batch / ref_s:10.1f} | "
-          f"{ref_s / ours_s:6.2f} |")
+    if args.worker:
+        return worker(args)
+    print(f"fp32, batch {args.batch}, {args.steps} timed steps per process, {args.repeats} "
+          f"alternating repeats, {os.cpu_count()} CPUs, open_clip threads {args.threads}")
+    for model in args.models:
+        args.model = model
+        runs = []
+        for r in range(args.repeats):
+            order = SIDES[r % len(SIDES):] + SIDES[:r % len(SIDES)]
+            runs.append({side: _spawn(side, args) for side in order})
+        print(table(model, runs))
+        h2d = runs[0]["clip_jax"]
+        print(f"host -> device bytes per step: {h2d['h2d_bytes_per_step']:,} (uint8 images) vs "
+              f"{h2d['h2d_bytes_per_step_float32_images']:,} (float32 images)", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -26,7 +25,6 @@ from clip_jax import input_pipeline, sharding, shifts, tf_preprocess
 from clip_jax._tf import tf
 from clip_jax.models.clip import CLIP, init_variables, l2_normalize
 from clip_jax.models.config import CLIPConfig
-from clip_jax.preprocess import normalization_constants
 
 import tensorflow_datasets as tfds  # after clip_jax._tf: TensorFlow must not see accelerators
 
@@ -201,7 +199,6 @@ def classification_iterable(
     last = (process_index + 1) * num_examples // process_count
     num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
     size = model_config.image_size
-    mean, std = normalization_constants(model_config)
     read = input_pipeline._reader(source)
 
     def slots(start: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -213,7 +210,7 @@ def classification_iterable(
         parsed = parse_features.deserialize_example(item["serialized"], decoders=partial.decoders)
         valid = item["valid"]
         image = tf_preprocess.eval_image(input_pipeline._lookup(parsed, config.image_key), size)
-        image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
+        image = shifts.apply(shift, image, item["index"])  # uint8: the model normalises
         label = tf.cast(input_pipeline._lookup(parsed, config.label_key), tf.int32)
         return {"images": tf.where(valid, image, tf.zeros_like(image)), "mask": valid,
                 "index": tf.where(valid, item["index"], tf.constant(-1, tf.int64)),

@@ -1,8 +1,14 @@
-"""Accelerator peak throughput, for model FLOPs utilisation (MFU)."""
+"""Accelerator peak throughput, for model FLOPs utilisation (MFU), and where it came from."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 import jax
+import jax.numpy as jnp
 
 # Dense bf16 peak FLOP/s per chip (per device as JAX sees it), from the vendors' spec sheets.
 # Order matters: the first substring found in `device_kind` wins ("TPU v5 lite" before "TPU v5").
@@ -16,12 +22,80 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("TPU v6e", 918e12),
     ("A100", 312e12),
     ("H100", 989e12),
+    ("H200", 989e12),
 )
+MATMUL_SIZE = 2048
+MATMUL_REPEATS = 5
 
 
-def peak_flops(device: jax.Device | None = None, override: float | None = None) -> float | None:
-    """Peak FLOP/s of one device: `override` if given, the table's entry, or None (unknown)."""
+def cache_dir() -> Path:
+    """clip_jax's user-level cache: $CLIP_JAX_CACHE, else $XDG_CACHE_HOME/clip_jax, else
+    ~/.cache/clip_jax (compiled executables, measured peaks)."""
+    if os.environ.get("CLIP_JAX_CACHE"):
+        return Path(os.environ["CLIP_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "clip_jax"
+
+
+def measure_matmul_flops(dtype: str, device: jax.Device | None = None,
+                         size: int = MATMUL_SIZE) -> float:
+    """Best-of-`MATMUL_REPEATS` FLOP/s of one jitted [size, size] @ [size, size] at `dtype`."""
+    device = device or jax.devices()[0]
+    a = jax.device_put(jnp.ones((size, size), dtype), device)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(MATMUL_REPEATS):
+        t0 = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def peak_flops(device: jax.Device | None = None, override: float | None = None,
+               dtype: str = "bfloat16") -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the number came from).
+
+    `override` (config.peak_flops_per_device) wins; then the spec-sheet table for known TPUs
+    and GPUs; otherwise (CPUs, unknown accelerators) the throughput of a timed matmul at the
+    compute `dtype`, measured once per device kind, dtype and CPU count and cached as JSON in
+    `cache_dir()/peak_flops.json`, so MFU on such a machine means "of what this machine's
+    XLA matmul reaches".
+    """
     if override:
-        return float(override)
-    kind = (device or jax.devices()[0]).device_kind
-    return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
+        return float(override), "config.peak_flops_per_device"
+    device = device or jax.devices()[0]
+    kind = device.device_kind
+    spec = next(((name, peak) for name, peak in PEAK_FLOPS if name in kind), None)
+    if spec:
+        return spec[1], f"spec sheet ({spec[0]}, dense bf16)"
+    key = f"{device.platform}|{kind}|{dtype}|{os.cpu_count()}|{jax.__version__}"
+    path = cache_dir() / "peak_flops.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    how = f"timed {MATMUL_SIZE}x{MATMUL_SIZE} {dtype} matmul"
+    if key in cached:
+        return float(cached[key]), f"{how}, cached in {path}"
+    peak = measure_matmul_flops(dtype, device)
+    cached[key] = peak
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        tmp.replace(path)
+    except OSError:
+        return peak, f"{how} (cache {path} not writable)"
+    return peak, f"{how}, measured now and cached in {path}"
+
+
+def enable_compilation_cache(directory: str) -> Path | None:
+    """Turns on JAX's persistent compilation cache in `directory` ("auto": `cache_dir()/xla`,
+    "": off) and returns it, so a resumed or repeated run loads its executables instead of
+    recompiling. Every compile taking >= 1 s is cached (JAX's default threshold)."""
+    if not directory:
+        return None
+    path = cache_dir() / "xla" if directory == "auto" else Path(directory).expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path

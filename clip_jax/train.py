@@ -193,7 +193,10 @@ def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains to `config.total_steps` (or until preempted); returns the last logged metrics."""
+    """Trains to `config.total_steps` (or until preempted); returns the last logged metrics
+    (plus `compile_seconds` and `seconds_to_first_step`, from this call to the first step's
+    launch: state restore or init, compile or cache load, input pipeline)."""
+    launched = time.time()
     validate_config(config, jax.device_count(), jax.process_count())
     finished = _finished_step(config, workdir)
     if finished is not None:
@@ -202,6 +205,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                   f"total_steps={config.total_steps}); nothing to do. Raise "
                   "--config.total_steps to train further.")
         return {}
+    cache = hardware.enable_compilation_cache(config.get("compilation_cache_dir", "auto"))
     mesh = sharding.create_mesh(config.mesh)
     variables, base = None, None
     if config.init_from:
@@ -232,15 +236,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         t0 = time.time()
         compiled = train_step.compile_train_step(config, s)
         compile_seconds = time.time() - t0
-        peak = hardware.peak_flops(override=config.peak_flops_per_device)
-        flops = _model_flops(config, s) if peak else None
+        peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
+                                                dtype=model.dtype)
+        flops = _model_flops(config, s)
         writer.log(f"Model {model.vision.layers}-layer image tower, {_count(state.params)/1e6:.1f}M "
                    f"params on mesh {dict(mesh.shape)}; train step compiled in "
-                   f"{compile_seconds:.1f}s.")
+                   f"{compile_seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device "
+                   f"({peak_source}).")
         data = input_pipeline.make_train_iterator(
             config.data, model, global_batch_size=config.batch_size, seed=config.seed,
             start_batch=position)
         evaluation = evaluate.for_training(config, s.module, mesh, s.state_shardings)
+        time_to_first_step = time.time() - launched
+        writer.log(f"First step {time_to_first_step:.1f}s after launch (compilation cache: "
+                   f"{cache or 'off'}).")
         meta = lambda step: {"step": step, "data_position": position + step - start,  # noqa: E731
                              "batch_size": config.batch_size, "model": model.to_dict(),
                              "config": config.to_dict()}
@@ -248,6 +257,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         last = _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, meta,
                      flops, peak, evaluation)
         last["compile_seconds"] = compile_seconds
+        last["seconds_to_first_step"] = time_to_first_step
         return last
     finally:
         checkpointer.wait()

@@ -44,7 +44,7 @@ def model_config(config: ml_collections.ConfigDict, base: CLIPConfig | None = No
     m = config.model
     model = base if base is not None else get_preset(m.name)
     changes = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
-                   remat_policy=m.remat_policy)
+                   remat_policy=m.remat_policy, attention=m.get("attention", "auto"))
     for field in ("activation", "logit_scale_init", "logit_bias_init"):
         if m.get(field) is not None:
             changes[field] = m[field]
@@ -242,7 +242,11 @@ def _merge_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
 
 
 def lower_train_step(config: ml_collections.ConfigDict, s: Setup) -> Any:
-    """The jitted train step lowered for the config's global batch shape (donated state)."""
+    """The jitted train step lowered for the config's global batch shape (donated state).
+
+    Images are uint8 [N, S, S, 3] as the input pipeline ships them; the model normalises them
+    inside the step.
+    """
     step = jax.jit(make_train_step(config, s),
                    in_shardings=(s.state_shardings, s.batch_shardings),
                    out_shardings=(s.state_shardings, sharding.replicated(s.mesh)),
@@ -250,7 +254,7 @@ def lower_train_step(config: ml_collections.ConfigDict, s: Setup) -> Any:
     model = s.module.config
     batch = {
         "images": jax.ShapeDtypeStruct(
-            (config.batch_size, model.image_size, model.image_size, 3), jnp.float32,
+            (config.batch_size, model.image_size, model.image_size, 3), jnp.uint8,
             sharding=s.batch_shardings["images"]),
         "tokens": jax.ShapeDtypeStruct((config.batch_size, model.context_length), jnp.int32,
                                        sharding=s.batch_shardings["tokens"]),

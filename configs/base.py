@@ -28,6 +28,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
         param_dtype="float32",
         scan_layers=True,
         remat_policy="none",
+        attention="auto",  # "xla" | "cudnn" (GPU) | "pallas" (TPU flash attention)
         logit_scale_init=ml_collections.config_dict.placeholder(float),
         logit_bias_init=ml_collections.config_dict.placeholder(float),
     ))
@@ -57,6 +58,9 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.log_every_steps = 50
     c.prng_impl = "threefry2x32"  # "rbg"/"unsafe_rbg" compile and run faster on TPU
     c.peak_flops_per_device = ml_collections.config_dict.placeholder(float)  # for MFU
+    # JAX persistent compilation cache: "auto" = ~/.cache/clip_jax/xla ($CLIP_JAX_CACHE), a
+    # path, or "" (off). A resumed or repeated run then loads the step instead of compiling.
+    c.compilation_cache_dir = "auto"
 
     # Multi-host: TPU pods and SLURM are detected by jax.distributed.initialize(); elsewhere give
     # the coordinator explicitly (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,

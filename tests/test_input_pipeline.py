@@ -1,5 +1,6 @@
 """The tf.data pipeline: shapes, normalisation, tokens, per-process sharding, exact resume."""
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,6 +9,7 @@ from transformers import CLIPImageProcessor
 from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 from clip_jax import input_pipeline as ip
 from clip_jax import tokenizer
+from clip_jax.models.clip import normalize_images
 from clip_jax.models.presets import get_preset
 
 import tensorflow_datasets as tfds
@@ -54,12 +56,10 @@ def take(iterator, n):
 
 def test_train_batches_are_shaped_normalised_and_tokenised(config, examples):
     batch = next(train(config, 16))
-    assert batch["images"].shape == (16, 40, 40, 3) and batch["images"].dtype == np.float32
+    # uint8 on the host (4x fewer bytes to the device than float32); the model normalises
+    assert batch["images"].shape == (16, 40, 40, 3) and batch["images"].dtype == np.uint8
     assert batch["tokens"].shape == (16, 16) and batch["tokens"].dtype == np.int32
-    low = (0 - np.array(MODEL.image_mean)) / np.array(MODEL.image_std)
-    high = (1 - np.array(MODEL.image_mean)) / np.array(MODEL.image_std)
-    assert np.all(batch["images"] >= low - 1e-5) and np.all(batch["images"] <= high + 1e-5)
-    assert batch["images"].std() > 0.3  # real content, not padding
+    assert batch["images"].std() > 20  # real content, not padding
     for tokens, index in zip(batch["tokens"], batch["index"]):
         captions = [c.decode() for c in examples["train"][index]["captions"]]
         assert any(np.array_equal(tokens, row) for row in tokenizer.tokenize(captions, 16))
@@ -126,14 +126,16 @@ def test_eval_matches_clip_image_processor_and_pads_every_process_alike(config, 
         assert np.all((index >= 0) == mask)
         indices.append(index[mask])
         for batch in batches:
+            assert batch["images"].dtype == np.uint8
             assert np.all(batch["images"][~batch["mask"]] == 0)
             valid = batch["index"][batch["mask"]]
             if not len(valid):
                 continue
             reference = processor(images=[Image.fromarray(examples["validation"][i]["image"])
                                           for i in valid], return_tensors="np")["pixel_values"]
-            np.testing.assert_allclose(batch["images"][batch["mask"]],
-                                       reference.transpose(0, 2, 3, 1), rtol=0, atol=1e-5)
+            # after the model's on-device normalisation, bit for bit
+            on_device = jax.jit(lambda x: normalize_images(x, MODEL))(batch["images"][batch["mask"]])
+            np.testing.assert_array_equal(np.asarray(on_device), reference.transpose(0, 2, 3, 1))
     assert [len(i) for i in indices] == [16, 17, 17]
     np.testing.assert_array_equal(np.concatenate(indices), np.arange(NUM_VALIDATION))
 

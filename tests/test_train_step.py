@@ -32,7 +32,7 @@ def _batch(config, seed=0):
     for i in range(BATCH):
         n = int(rng.integers(1, length - 2))
         tokens[i, : n + 2] = [49406, *rng.integers(1, 49406, n), 49407]
-    return {"images": rng.standard_normal((BATCH, size, size, 3)).astype(np.float32),
+    return {"images": rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8),
             "tokens": tokens}
 
 
@@ -222,3 +222,29 @@ def test_logit_scale_is_clamped_to_between_1_and_100():
     # A step of ~lr = 10 either way leaves [0, ln 100]: the clamp must catch it.
     assert float(after.params["logit_scale"]) in (0.0, pytest.approx(np.log(100.0)))
     assert metrics["logit_scale"] == pytest.approx(np.exp(after.params["logit_scale"]))
+
+
+def test_fused_adamw_equals_optax_chain_over_steps():
+    """The one-pass AdamW equals optax's clip -> adam -> masked decay -> schedule composition."""
+    import optax
+
+    from clip_jax import optim
+
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((5, 3)).astype(np.float32),
+              "b": rng.standard_normal(3).astype(np.float32)}
+    mask = lambda p: {"w": True, "b": False}  # noqa: E731
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.1, 2, 6)
+    ours = optim.adamw(schedule, 0.9, 0.98, 1e-6, 0.2, mask, grad_clip_norm=1.0)
+    ref = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(0.9, 0.98, 1e-6),
+                      optax.add_decayed_weights(0.2, mask), optax.scale_by_learning_rate(schedule))
+    p_ours, p_ref, s_ours, s_ref = params, params, ours.init(params), ref.init(params)
+    for step in range(5):
+        grads = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32)
+                             * (3.0 if step % 2 else 0.1), params)  # clipped and unclipped steps
+        u, s_ours = ours.update(grads, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+        u, s_ref = ref.update(grads, s_ref, p_ref)
+        p_ref = optax.apply_updates(p_ref, u)
+        for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -8,12 +8,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from clip_jax.models.config import CLIPConfig
 from clip_jax.models.presets import get_preset
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
+from clip_jax.preprocess import normalization_constants
 
 Variables = dict[str, Any]
 
@@ -21,6 +23,24 @@ Variables = dict[str, Any]
 def l2_normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+
+
+def normalize_images(images: jax.Array, config: CLIPConfig) -> jax.Array:
+    """uint8 [..., 3] images (0..255) -> float32 `(x - 255 mean) / (255 std)`; float passes through.
+
+    The input pipelines ship uint8 (4x fewer host -> device bytes than float32) and this runs
+    inside the compiled step / eval function. It looks the values up in a 256 x 3 table
+    computed on the host with transformers' fused rescale-and-normalise in float32, so the
+    result is bit-identical to CLIPImageProcessor (tested); computing `(x - m) / s` on the
+    device is not, because XLA divides by multiplying with the reciprocal (1 ulp off).
+    Float images are taken as already normalised (`clip_jax.preprocess`).
+    """
+    if images.dtype != jnp.uint8:
+        return images
+    mean, std = normalization_constants(config)
+    table = (np.arange(256, dtype=np.float32)[:, None] - mean) / std  # [value, channel]
+    index = images.astype(jnp.int32) * 3 + jnp.arange(3, dtype=jnp.int32)
+    return jnp.take(jnp.asarray(table.reshape(-1)), index, mode="clip")
 
 
 class CLIP(nn.Module):
@@ -50,7 +70,8 @@ class CLIP(nn.Module):
                 (), jnp.float32)
 
     def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
-        return self.visual(images, train)
+        """Unnormalised image embeddings from uint8 (0..255) or normalised float NHWC images."""
+        return self.visual(normalize_images(images, self.config), train)
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         return self.text(tokens)

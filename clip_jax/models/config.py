@@ -15,6 +15,7 @@ OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 ACTIVATIONS = ("quick_gelu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION = ("auto", "xla", "cudnn", "pallas")  # clip_jax.models.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,8 @@ class CLIPConfig:
     `param_dtype` is the storage dtype of the parameters. `scan_layers` stacks each transformer's
     blocks under one `nn.scan` (fast compiles for deep models; parameters gain a leading `layers`
     axis); `remat_policy` recomputes block activations in the backward pass to save memory.
+    `attention` picks the attention kernel (`clip_jax.models.attention`; `auto`: cuDNN on GPU,
+    Pallas flash attention on TPU, XLA elsewhere).
     """
 
     embed_dim: int = 512
@@ -87,6 +90,7 @@ class CLIPConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
+    attention: str = "auto"
 
     def __post_init__(self):
         checks = [
@@ -94,6 +98,7 @@ class CLIPConfig:
             (self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
             (self.param_dtype in DTYPES, "param_dtype", f"one of {DTYPES}"),
             (self.remat_policy in REMAT_POLICIES, "remat_policy", f"one of {REMAT_POLICIES}"),
+            (self.attention in ATTENTION, "attention", f"one of {ATTENTION}"),
             (self.embed_dim > 0, "embed_dim", "a positive integer"),
             (len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean/image_std",
              "three per-channel values (RGB)"),

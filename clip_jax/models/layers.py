@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clip_jax.models.attention import dot_product_attention
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -113,21 +115,12 @@ def dense(features: int | tuple[int, ...], axes: tuple[str, ...], std: float, na
                         name=name)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Scaled dot-product attention over [batch, length, heads, head_dim], softmax in fp32."""
-    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-
-
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v projections kept per head for tensor sharding.
 
     `query_length` restricts the queries to the first tokens and `out_features` sets the output
     width (ResNet attention pooling uses 1 query and projects to the embedding size).
+    `implementation` names the attention kernel (`clip_jax.models.attention`).
     """
 
     heads: int
@@ -136,6 +129,7 @@ class MultiHeadAttention(nn.Module):
     causal: bool = False
     query_length: int | None = None
     out_features: int | None = None
+    implementation: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -150,11 +144,7 @@ class MultiHeadAttention(nn.Module):
         q = constrain(proj("q_proj", self.std_in)(xq), PER_HEAD)
         k = constrain(proj("k_proj", self.std_in)(x), PER_HEAD)
         v = constrain(proj("v_proj", self.std_in)(x), PER_HEAD)
-        mask = None
-        if self.causal:
-            length = x.shape[1]
-            mask = jnp.tril(jnp.ones((length, length), dtype=bool))
-        out = attention(q, k, v, mask)
+        out = dot_product_attention(q, k, v, causal=self.causal, implementation=self.implementation)
         return dense(self.out_features or width, ("heads", "kv", "embed"), self.std_out,
                      "out_proj", self.dtype, self.param_dtype, in_dims=2)(out)
 
@@ -167,6 +157,7 @@ class ResidualAttentionBlock(nn.Module):
     num_layers: int
     activation: str
     causal: bool = False
+    attention: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -177,7 +168,8 @@ class ResidualAttentionBlock(nn.Module):
         proj_std = attn_std * (2 * self.num_layers) ** -0.5
         norm = lambda name: LayerNorm(self.dtype, self.param_dtype, name=name)  # noqa: E731
         x = constrain(x, RESIDUAL)
-        x = x + MultiHeadAttention(self.heads, attn_std, proj_std, self.causal, dtype=self.dtype,
+        x = x + MultiHeadAttention(self.heads, attn_std, proj_std, self.causal,
+                                   implementation=self.attention, dtype=self.dtype,
                                    param_dtype=self.param_dtype, name="attn")(norm("ln_1")(x))
         x = constrain(x, RESIDUAL)
         h = dense(self.mlp_dim, ("embed", "mlp"), (2 * width) ** -0.5, "c_fc", self.dtype,
@@ -213,13 +205,15 @@ class Transformer(nn.Module):
     causal: bool = False
     scan: bool = False
     remat_policy: str = "none"
+    attention: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kwargs = dict(heads=self.heads, mlp_dim=self.mlp_dim, num_layers=self.layers,
-                      activation=self.activation, causal=self.causal, dtype=self.dtype,
+                      activation=self.activation, causal=self.causal, attention=self.attention,
+                      dtype=self.dtype,
                       param_dtype=self.param_dtype)
         block: Any = ResidualAttentionBlock
         if self.remat_policy != "none":

@@ -74,6 +74,7 @@ class AttentionPool2d(nn.Module):
 
     heads: int
     out_features: int
+    attention: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -87,7 +88,8 @@ class AttentionPool2d(nn.Module):
                               ("pos", "embed"), self.param_dtype)
         x = x + pos.astype(x.dtype)
         out = MultiHeadAttention(self.heads, std, std, query_length=1,
-                                 out_features=self.out_features, dtype=self.dtype,
+                                 out_features=self.out_features, implementation=self.attention,
+                                 dtype=self.dtype,
                                  param_dtype=self.param_dtype, name="attn")(x)
         return out[:, 0]
 
@@ -114,4 +116,5 @@ class ModifiedResNet(nn.Module):
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
                 x = Bottleneck(planes, stride, dtype, pdtype, name=f"layer{stage + 1}_{i}")(x, train)
-        return AttentionPool2d(v.heads, cfg.embed_dim, dtype, pdtype, name="attnpool")(x)
+        return AttentionPool2d(v.heads, cfg.embed_dim, cfg.attention, dtype, pdtype,
+                               name="attnpool")(x)

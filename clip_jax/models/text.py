@@ -39,7 +39,8 @@ class TextTransformer(nn.Module):
         x = jnp.take(embedding, tokens, axis=0).astype(dtype) + pos[:length].astype(dtype)
         x = constrain(x, RESIDUAL)
         x = Transformer(t.layers, t.heads, t.mlp_dim, cfg.activation, causal=True,
-                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy, dtype=dtype,
+                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
+                        attention=cfg.attention, dtype=dtype,
                         param_dtype=pdtype, name="transformer")(x)
         x = LayerNorm(dtype, pdtype, name="ln_final")(x)
         eot = jnp.argmax(tokens, axis=-1)

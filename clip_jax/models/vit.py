@@ -32,7 +32,8 @@ class VisionTransformer(nn.Module):
         x = constrain(x + pos.astype(dtype), RESIDUAL)
         x = LayerNorm(dtype, pdtype, name="ln_pre")(x)
         x = Transformer(v.layers, v.heads, v.mlp_dim, cfg.activation, causal=False,
-                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy, dtype=dtype,
+                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
+                        attention=cfg.attention, dtype=dtype,
                         param_dtype=pdtype, name="transformer")(x)
         x = LayerNorm(dtype, pdtype, name="ln_post")(x[:, 0])
         proj = param_with_axes(self, "proj", normal(scale), (v.width, cfg.embed_dim),

@@ -1,0 +1,51 @@
+"""Peak FLOP/s for MFU (spec sheet, override, or a cached timed matmul) and the compile cache."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+
+from clip_jax import hardware
+
+
+def test_override_wins_and_says_so():
+    assert hardware.peak_flops(override=3e12) == (3e12, "config.peak_flops_per_device")
+
+
+def test_cpu_peak_is_measured_once_then_read_from_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path))
+    peak, source = hardware.peak_flops(dtype="float32")
+    assert peak > 0 and "measured now" in source and str(tmp_path) in source
+    stored = json.loads((tmp_path / "peak_flops.json").read_text())
+    assert list(stored.values()) == [peak]
+    key = next(iter(stored))
+    assert jax.devices()[0].device_kind in key and "float32" in key
+    stored[key] = 123.0  # a cached value is used as is, not re-measured
+    (tmp_path / "peak_flops.json").write_text(json.dumps(stored))
+    assert hardware.peak_flops(dtype="float32") == (123.0, f"timed 2048x2048 float32 matmul, "
+                                                           f"cached in {tmp_path / 'peak_flops.json'}")
+
+
+def test_spec_sheet_for_known_accelerators():
+    class FakeTPU:
+        device_kind, platform = "TPU v5 lite", "tpu"
+
+    assert hardware.peak_flops(FakeTPU())[0] == 197e12
+
+
+def test_compilation_cache_stores_executables_in_the_configured_dir(tmp_path):
+    script = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp
+        from clip_jax import hardware
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        print(hardware.enable_compilation_cache({str(tmp_path / 'xla')!r}))
+        jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((8, 8))).block_until_ready()
+    """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert any((tmp_path / "xla").iterdir())
+    assert hardware.enable_compilation_cache("") is None
