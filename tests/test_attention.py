@@ -65,7 +65,7 @@ def test_pallas_kernel_matches_xla_in_tpu_interpreter():
 
 @pytest.mark.parametrize("platform,dtype,expected", [
     ("cpu", jnp.bfloat16, "xla"), ("gpu", jnp.bfloat16, "cudnn"), ("cuda", jnp.float16, "cudnn"),
-    ("gpu", jnp.float32, "xla"), ("tpu", jnp.float32, "pallas"), ("rocm", jnp.bfloat16, "xla")])
+    ("gpu", jnp.float32, "xla"), ("tpu", jnp.bfloat16, "xla"), ("rocm", jnp.bfloat16, "xla")])
 def test_auto_picks_the_platform_kernel(platform, dtype, expected):
     assert resolve("auto", dtype, platform) == expected
     assert resolve("xla", dtype, platform) == "xla"
@@ -85,7 +85,7 @@ _TPU_COMPILE = textwrap.dedent("""
         topology_name="v5e:2x2", platform="tpu", chip_config_name="default",
         chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=(False, False, False))
     on_tpu = SingleDeviceSharding(topo.devices[0])
-    module, _ = create_model("test-vit", attention="auto", dtype="bfloat16")
+    module, _ = create_model("test-vit", attention="pallas", dtype="bfloat16")
     shapes = jax.eval_shape(lambda: create_model("test-vit")[1]["params"])
     params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_tpu), shapes)
     images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32, sharding=on_tpu)
@@ -100,7 +100,7 @@ _TPU_COMPILE = textwrap.dedent("""
 
 
 def test_pallas_kernel_compiles_for_tpu_without_a_tpu():
-    """auto -> Pallas on TPU: a tiny CLIP's gradient compiles with the kernel for a v5e chip."""
+    """attention="pallas": a tiny CLIP's gradient compiles with the kernel for one v5e chip."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TPU_ACCELERATOR_TYPE": "v5litepod-4",
            "TPU_WORKER_HOSTNAMES": "localhost", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
     env.pop("XLA_FLAGS", None)

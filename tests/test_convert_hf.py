@@ -249,7 +249,7 @@ def test_half_precision_export(tmp_path, dtype, torch_dtype):
 
 def test_resnet_export_points_to_open_clip(tmp_path):
     with pytest.raises(ValueError, match="ModifiedResNet.*no CLIP class with a ResNet.*"
-                                         "export_open_clip"):
+                                         "clip-jax export-open-clip SOURCE OUTPUT_DIR"):
         hf.export_hf(get_preset("test-resnet"), {}, tmp_path)
 
 

@@ -17,7 +17,6 @@ transposes are added on the XLA and cuDNN paths) and scale the logits by head_di
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
@@ -74,14 +73,18 @@ KERNELS: dict[str, Kernel] = {
     "cudnn": _jax_nn("cudnn"),
     "pallas": _pallas_tpu,
 }
-_PLATFORM_CHOICE = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "pallas"}
+# TPU stays on XLA under `auto`: the Pallas kernel is a Mosaic custom call that XLA cannot
+# partition, so it works only in unpartitioned (one-device) programs until it is wrapped in a
+# shard_map over the batch and head axes.
+_PLATFORM_CHOICE = {"gpu": "cudnn", "cuda": "cudnn"}
 
 
 def resolve(name: str, dtype: jnp.dtype, platform: str | None = None) -> str:
     """The kernel `name` means on `platform` (default: JAX's default backend).
 
-    `auto` gives cuDNN on GPU for fp16/bf16 (cuDNN has no fp32 flash attention), Pallas on TPU
-    and XLA elsewhere. Explicit names are kept as given (a deviceless TPU compile traces on a
+    `auto` gives cuDNN on GPU for fp16/bf16 (cuDNN has no fp32 flash attention) and XLA
+    elsewhere; `pallas` (the TPU flash kernel) is for one-device programs only (XLA cannot
+    partition a Mosaic kernel: "wrap the call in a shard_map"). Explicit names are kept as given (a deviceless TPU compile traces on a
     CPU host); a kernel the backend lacks fails when the step is lowered. Raises ValueError for
     an unknown name.
     """
@@ -102,9 +105,4 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
 
     With `causal`, query i sees keys <= i (queries and keys aligned at position 0).
     """
-    name = resolve(implementation, q.dtype)
-    if implementation == "auto" and name != "cudnn":
-        return jax.lax.platform_dependent(
-            q, k, v, tpu=functools.partial(KERNELS["pallas"], causal=causal),
-            default=functools.partial(KERNELS["xla"], causal=causal))
-    return KERNELS[name](q, k, v, causal)
+    return KERNELS[resolve(implementation, q.dtype)](q, k, v, causal)
