@@ -305,6 +305,20 @@ def _state_tree(step_dir: epath.Path) -> dict[str, Any]:
     return tree
 
 
+def verify_step(step_dir: str) -> None:
+    """Reads a whole `checkpoints/<step>` (state as host numpy) and checks it against the
+    checksums saved with it; raises CorruptCheckpointError (or the reader's error) if it
+    cannot be read back exactly. Costs one full read of the checkpoint."""
+    step_dir = epath.Path(step_dir)
+    meta = _read_meta_file(step_dir)
+    _quiet_closed_event_loops()
+    tree = _state_tree(step_dir)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    restored = ocp.PyTreeCheckpointer().restore(
+        step_dir / STATE, args=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args))
+    verify(restored, meta.get("checksums"), on_device=False)
+
+
 def load_model(path: str, *, dtype: str = "float32") -> tuple[CLIP, dict[str, Any]]:
     """`(module, variables)` of a workdir's newest checkpoint (or a `checkpoints/<step>` dir).
 

@@ -150,16 +150,17 @@ def schedule_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -
 
 
 def _finished_step(config: ml_collections.ConfigDict, workdir: str) -> int | None:
-    """The newest checkpoint's step when it is at or past `total_steps` and its meta reads
-    (read-only: a workdir is not touched before the run is known to have work to do)."""
+    """The newest checkpoint's step when it is at or past `total_steps` and it reads back
+    exactly (one full read; read-only: a workdir is not touched before the run is known to
+    have work to do)."""
     root = epath.Path(checkpoints.checkpoint_dir(workdir))
     steps = ocp.utils.checkpoint_steps(root) if root.is_dir() else []
     if not steps or max(steps) < config.total_steps:
         return None
     try:
-        checkpoints.read_meta(os.fspath(root / str(max(steps))))
-    except (checkpoints.CorruptCheckpointError, FileNotFoundError):
-        return None  # resuming will report it and fall back
+        checkpoints.verify_step(os.fspath(root / str(max(steps))))
+    except Exception:  # noqa: BLE001 - any unreadable final state: resuming reports it and
+        return None    # falls back to the newest good checkpoint
     return max(steps)
 
 

@@ -366,7 +366,7 @@ MISCONFIGURATIONS = [
     (["--config.model.name=ViT-X/1"], "ViT-X/1", None),
     (["--config.mesh.data=3"], "3 devices", None),
     (["--config.data.augment.scale=(0.5,2.0)"], "data.augment.scale", None),
-    (["--config.data.eval_max_captions=0"], "data.eval_max_captions", None),
+    (["--config.data.eval_max_captions=-1"], "data.eval_max_captions", None),
     (["--config.optimizer.lrr=1", "--config.batch_size=8"], "optimizer.lrr", "batch_size"),
     (["--config.batch_size=abc", "--config.total_steps=3"], "batch_size", "total_steps"),
     (["--config.data.dataset=coco_captionz"], "coco_captions", None),
