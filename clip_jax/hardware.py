@@ -93,8 +93,13 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
 def enable_compilation_cache(directory: str) -> Path | None:
     """Turns on JAX's persistent compilation cache in `directory` ("auto": `cache_dir()/xla`,
     "": off) and returns it, so a resumed or repeated run loads its executables instead of
-    recompiling. Every compile taking >= 1 s is cached (JAX's default threshold)."""
-    if not directory:
+    recompiling. Every compile taking >= 1 s is cached (JAX's default threshold).
+
+    Multi-process CPU runs keep it off: with jax 0.10.2 an executable loaded from the cache in
+    one process and compiled in the other runs its gloo collectives out of step (measured:
+    different losses from step 3, or "Received data size doesn't match expected size").
+    """
+    if not directory or (jax.process_count() > 1 and jax.default_backend() == "cpu"):
         return None
     path = cache_dir() / "xla" if directory == "auto" else Path(directory).expanduser()
     jax.config.update("jax_compilation_cache_dir", str(path))
