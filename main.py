@@ -78,7 +78,7 @@ def main(argv) -> int:
             cause = str(e.__cause__ or e).strip().splitlines()
             print(f"error: cannot load --config: {cause[-1].strip()}", file=sys.stderr)
             return 2
-    from clip_jax import config_checks
+    from clip_jax.training import config_checks
 
     try:
         config_checks.check_run(config, workdir)
@@ -89,13 +89,13 @@ def main(argv) -> int:
     import jax
 
     jax.config.update("jax_default_prng_impl", config.prng_impl)
-    from clip_jax import train
+    from clip_jax.training import train
 
     try:
         if config.mode == "train":
             train.train(config, workdir)
         else:
-            from clip_jax import evaluate
+            from clip_jax.evaluation import evaluate
 
             evaluate.evaluate_workdir(config, workdir)
     except (ValueError, OSError) as e:
@@ -148,7 +148,7 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     exit_at_once_on_sigterm()  # first: importing clip_jax takes seconds
-    from clip_jax.host_tuning import reexec_with_huge_pages
+    from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
     reexec_with_huge_pages()
     from absl import app

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from clip_jax.image_index import ImageIndex
+from clip_jax.inference.image_index import ImageIndex
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -26,11 +26,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from clip_jax import input_pipeline, tf_preprocess, tokenizer
-from clip_jax._tf import tf
+from clip_jax.data import input_pipeline
+from clip_jax.data import tf_preprocess
+from clip_jax.data import tokenizer
+from clip_jax.data._tf import tf
 from clip_jax.models.presets import get_preset
 
-import tensorflow_datasets as tfds  # after clip_jax._tf
+import tensorflow_datasets as tfds  # after clip_jax.data._tf
 
 SIZES = ((375, 500), (480, 640), (500, 500), (600, 800), (333, 500), (427, 640), (640, 480))
 WORDS = ("a photo of the man woman dog cat red blue green small large old new city street "

@@ -38,7 +38,9 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from clip_jax import losses, sharding, tpu_topology
+    from clip_jax.training import losses
+    from clip_jax.runtime import sharding
+    from clip_jax.planning import topology as tpu_topology
 
     def temp_bytes(name: str, mesh, n: int) -> int:
         loss_fn = losses.make_loss_fn(name, mesh, args.chunk)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tokenizers
 
-from clip_jax.tokenizer import Tokenizer
+from clip_jax.data.tokenizer import Tokenizer
 
 ADJECTIVES = (
     "red small fluffy old wooden shiny happy dark bright vintage rusty colorful tiny giant modern "

@@ -52,8 +52,9 @@ def _time_steps(run, steps: int) -> list[float]:
 def run_clip_jax(model: str, batch: int, steps: int, scan: bool) -> dict:
     import jax
 
-    from clip_jax import sharding, train_step
-    from configs import base
+    from clip_jax.runtime import sharding
+    from clip_jax.training import train_step
+    from clip_jax.configs import base
 
     config = base.get_config(model)
     config.model.dtype, config.model.scan_layers, config.batch_size = "float32", scan, batch

@@ -5,18 +5,18 @@ from `module.apply(variables, images, method=module.encode_image)` and `encode_t
 open_clip habits work too: `list_models`, `list_pretrained`, `create_model_and_transforms`,
 `get_tokenizer`, `save`.
 
-`clip_jax.preprocess` is the function (the module of the same name stays importable as
-`from clip_jax.preprocess import ...`).
+The implementation lives in role packages (`models`, `data`, `training`, `evaluation`,
+`inference`, `pretrained`, `convert`, `planning`, `runtime`, `cli`); README's Layout maps them.
 """
 
-from clip_jax.encoder import Encoder
-from clip_jax.image_index import ImageIndex, build_index, search
-from clip_jax.factory import create_model_and_transforms, get_tokenizer, list_models, save
-from clip_jax.loading import load
+from clip_jax.inference.encoder import Encoder
+from clip_jax.inference.image_index import ImageIndex, build_index, search
+from clip_jax.pretrained.factory import create_model_and_transforms, get_tokenizer, list_models, save
+from clip_jax.pretrained.load import load
 from clip_jax.models import CLIP, CLIPConfig, PRESETS, create_model, get_preset
-from clip_jax.pretrained import list_pretrained
-from clip_jax.preprocess import preprocess
-from clip_jax.tokenizer import tokenize
+from clip_jax.pretrained.registry import list_pretrained
+from clip_jax.data.preprocess import preprocess
+from clip_jax.data.tokenizer import tokenize
 
 __all__ = ["CLIP", "CLIPConfig", "PRESETS", "Encoder", "ImageIndex", "build_index", "create_model",
            "create_model_and_transforms", "get_preset", "get_tokenizer", "list_models",

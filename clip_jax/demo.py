@@ -5,7 +5,7 @@ ViT CLIP on its image-caption pairs (configs/demo.py), evaluates zero-shot class
 (48-way, colour x shape) and retrieval on the held-out test split, and prints a report with the
 chance level next to the scores. It then compares zero-shot with few-shot linear probes (1-16
 labelled images per class) and measures robustness on synthetically shifted copies of test
-images (`clip_jax.shifts`). The workdir gets `report.png` (test images with predicted and
+images (`clip_jax.data.shifts`). The workdir gets `report.png` (test images with predicted and
 true labels), `curves.png` (loss and accuracy curves) and `suite.png` (few-shot curve and
 in-distribution vs shifted accuracy), besides the checkpoints and metrics.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -35,18 +34,10 @@ GRID_ROWS, GRID_COLS = 5, 8
 
 
 def demo_config() -> ml_collections.ConfigDict:
-    """configs/demo.py (the repository's configs/ must be importable: run from a clone)."""
-    try:
-        module = importlib.import_module("configs.demo")
-    except ModuleNotFoundError:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        if not os.path.isfile(os.path.join(root, "configs", "demo.py")):
-            raise FileNotFoundError(
-                "configs/demo.py not found: run the demo from a clone of the repository "
-                "installed with `pip install -e .`.") from None
-        sys.path.insert(0, root)
-        module = importlib.import_module("configs.demo")
-    return module.get_config()
+    """clip_jax/configs/demo.py (also `configs/demo.py` in a checkout)."""
+    from clip_jax.configs import demo
+
+    return demo.get_config()
 
 
 @dataclasses.dataclass
@@ -137,7 +128,7 @@ SUITE_L2 = "0.001,0.01,0.1"
 def _suite_eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Few-shot probes on a slice of the training split and robustness on shifted test
     images: small slices keep the whole comparison to seconds."""
-    from clip_jax import evaluate
+    from clip_jax.evaluation import evaluate
 
     suite = ml_collections.ConfigDict(config.to_dict())
     suite.eval.evaluators = "few_shot,robustness"
@@ -157,7 +148,8 @@ def _suite_eval_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
 def run_suite(config: ml_collections.ConfigDict, module: Any, variables: Any,
               path: str) -> dict[str, float]:
     """Few-shot vs zero-shot and robustness of the trained model; writes `path` (two panels)."""
-    from clip_jax import eval_report, evaluate
+    from clip_jax.evaluation import report as eval_report
+    from clip_jax.evaluation import evaluate
 
     metrics, evaluation = evaluate.evaluate_model(_suite_eval_config(config), module, variables)
     import matplotlib
@@ -179,7 +171,10 @@ def run_suite(config: ml_collections.ConfigDict, module: Any, variables: Any,
 def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     """Builds the data, trains (or resumes) in `workdir`, evaluates on the test split and
     writes the pictures."""
-    from clip_jax import checkpoints, evaluate, input_pipeline, train
+    from clip_jax.training import checkpoints
+    from clip_jax.evaluation import evaluate
+    from clip_jax.data import input_pipeline
+    from clip_jax.training import train
 
     seconds: dict[str, float] = {}
     t = time.time()
@@ -234,7 +229,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
 
 
 def _finished_steps(workdir: str) -> int:
-    from clip_jax import checkpoints
+    from clip_jax.training import checkpoints
 
     if not checkpoints.is_workdir(workdir):
         return 0
@@ -329,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from clip_jax.host_tuning import reexec_with_huge_pages
+    from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
     reexec_with_huge_pages()
     sys.exit(main())

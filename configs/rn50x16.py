@@ -1,7 +1,3 @@
-"""OpenAI CLIP RN50x16: the paper's recipe (batch 32,768, 32 epochs of 400M pairs, lr 4e-4)."""
+"""Runs clip_jax/configs/rn50x16.py from a checkout (`--config configs/rn50x16.py`); edit that file."""
 
-from configs import base
-
-
-def get_config():
-    return base.get_config("RN50x16", lr=4e-4, resnet=True)
+from clip_jax.configs.rn50x16 import get_config  # noqa: F401

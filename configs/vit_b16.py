@@ -1,7 +1,3 @@
-"""OpenAI CLIP ViT-B/16: the paper's recipe (batch 32,768, 32 epochs of 400M pairs, lr 5e-4)."""
+"""Runs clip_jax/configs/vit_b16.py from a checkout (`--config configs/vit_b16.py`); edit that file."""
 
-from configs import base
-
-
-def get_config():
-    return base.get_config("ViT-B/16", lr=5e-4, resnet=False)
+from clip_jax.configs.vit_b16 import get_config  # noqa: F401

@@ -1,7 +1,3 @@
-"""OpenAI CLIP ViT-B/32: the paper's recipe (batch 32,768, 32 epochs of 400M pairs, lr 5e-4)."""
+"""Runs clip_jax/configs/vit_b32.py from a checkout (`--config configs/vit_b32.py`); edit that file."""
 
-from configs import base
-
-
-def get_config():
-    return base.get_config("ViT-B/32", lr=5e-4, resnet=False)
+from clip_jax.configs.vit_b32 import get_config  # noqa: F401

@@ -1,7 +1,3 @@
-"""OpenAI CLIP ViT-L/14: the paper's recipe (batch 32,768, 32 epochs of 400M pairs, lr 4e-4)."""
+"""Runs clip_jax/configs/vit_l14.py from a checkout (`--config configs/vit_l14.py`); edit that file."""
 
-from configs import base
-
-
-def get_config():
-    return base.get_config("ViT-L/14", lr=4e-4, resnet=False)
+from clip_jax.configs.vit_l14 import get_config  # noqa: F401

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clip_jax import tokenizer
-from clip_jax.preprocess import ALPHA_DROP, exif_transposed, pil_to_rgb
+from clip_jax.data import tokenizer
+from clip_jax.data.preprocess import ALPHA_DROP, exif_transposed, pil_to_rgb
 
 TOKEN_LENGTH = 77  # tokens are stored at OpenAI's context length; the pipeline fits them
 REPORT_FILE = "bad_records.json"
@@ -46,7 +46,7 @@ class BadRecord(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class CleanOptions:
-    """How raw records are repaired (see `clip_jax.input_pipeline.default_config().build`)."""
+    """How raw records are repaired (see `clip_jax.data.input_pipeline.default_config().build`)."""
 
     jpeg_quality: int = 95
     max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -192,7 +192,7 @@ def build_options(builder_config: Any) -> dict[str, Any]:
 
 def write_build_options(dataset_dir: str, builder_config: Any) -> None:
     """Records the build inputs next to the data, so a later run can detect stale reuse."""
-    from clip_jax._tf import tf
+    from clip_jax.data._tf import tf
 
     with tf.io.gfile.GFile(os.path.join(dataset_dir, BUILD_OPTIONS_FILE), "w") as f:
         json.dump(build_options(builder_config), f, indent=1, sort_keys=True)
@@ -277,7 +277,7 @@ class BuildReport:
 
     def finish(self, dataset_dir: str) -> None:
         """Logs the summary, merges it into `bad_records.json`, enforces `max_bad_fraction`."""
-        from clip_jax._tf import tf
+        from clip_jax.data._tf import tf
 
         summary = self.summary()
         log.info("%s: kept %d of %d records; skipped %s; converted %s", self.split, self.kept,

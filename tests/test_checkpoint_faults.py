@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax import checkpoints
-from clip_jax.checkpoints import Checkpointer
+from clip_jax.training import checkpoints
+from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.models import create_model
 
 STEPS = (1, 2)

@@ -16,13 +16,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clip_jax import cli  # noqa: E402
-from clip_jax.checkpoints import Checkpointer  # noqa: E402
+from clip_jax import cli# noqa: E402
+from clip_jax.training.checkpoints import Checkpointer  # noqa: E402
 from clip_jax.models import create_model, l2_normalize  # noqa: E402
-from clip_jax.preprocess import preprocess  # noqa: E402
-from clip_jax.tokenizer import tokenize  # noqa: E402
+from clip_jax.data.preprocess import preprocess  # noqa: E402
+from clip_jax.data.tokenizer import tokenize  # noqa: E402
 from clip_jax_data.synthetic_shapes import render  # noqa: E402
-from configs import base  # noqa: E402
+from clip_jax.configs import base  # noqa: E402
 
 
 def make_workdir(path, preset, data_dir=None, seed=1):

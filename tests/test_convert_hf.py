@@ -28,8 +28,8 @@ import clip_jax  # noqa: E402
 from clip_jax.convert import hf, openai  # noqa: E402
 from clip_jax.models import CLIP, get_preset  # noqa: E402
 from clip_jax.models.layers import stack_layers  # noqa: E402
-from clip_jax.preprocess import preprocess  # noqa: E402
-from clip_jax.tokenizer import default_tokenizer  # noqa: E402
+from clip_jax.data.preprocess import preprocess  # noqa: E402
+from clip_jax.data.tokenizer import default_tokenizer  # noqa: E402
 from reference import random_inputs  # noqa: E402
 from test_tokenizer import CORPUS  # noqa: E402
 
@@ -38,7 +38,7 @@ ODD_VIT = get_preset("test-vit").replace(
     vision={"head_width": 16, "mlp_ratio": 4.3637}, text={"heads": 4, "mlp_ratio": 3.5})
 
 # CORPUS texts where transformers' CLIP tokenizer (and so the exported tokenizer) differs from
-# OpenAI's, each an instance of a divergence listed in clip_jax.tokenizer's docstring.
+# OpenAI's, each an instance of a divergence listed in clip_jax.data.tokenizer's docstring.
 HF_DIVERGENT = {
     "it’s the dog’s ‘ball’ “quoted” ʼs ′s": "curly quotes kept (ftfy uncurls them)",
     "'ſ 'ſtart <ſtart_of_text> K": "case-sensitive regex ('ſ is a contraction to OpenAI)",

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from images import with_orientation
 
-from clip_jax._tf import tf
-from clip_jax import input_pipeline as ip
-from clip_jax import tokenizer
+from clip_jax.data._tf import tf
+from clip_jax.data import input_pipeline as ip
+from clip_jax.data import tokenizer
 from clip_jax.models.presets import get_preset
 
 MAX_PIXELS = 50_000

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_jax import tokenizer
-from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.data import tokenizer
+from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 import tensorflow_datasets as tfds
 
 from clip_jax_data.synthetic_shapes import SyntheticShapes, make_config, render

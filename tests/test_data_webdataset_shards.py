@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax import input_pipeline as ip
-from clip_jax import tokenizer
+from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.data import input_pipeline as ip
+from clip_jax.data import tokenizer
 from clip_jax.models.presets import get_preset
 from clip_jax_data.webdataset_shards import expand_shards
 

@@ -11,13 +11,18 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax import (cli, eval_report, evaluate, few_shot, input_pipeline, labelled_data,
-                      templates)
+from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax import cli
+from clip_jax.evaluation import report as eval_report
+from clip_jax.evaluation import evaluate
+from clip_jax.evaluation import few_shot
+from clip_jax.data import input_pipeline
+from clip_jax.data import labelled as labelled_data
+from clip_jax.evaluation import templates
 from clip_jax.models import create_model, l2_normalize
-from clip_jax.preprocess import preprocess
-from clip_jax.tokenizer import tokenize
-from configs import base
+from clip_jax.data.preprocess import preprocess
+from clip_jax.data.tokenizer import tokenize
+from clip_jax.configs import base
 
 import jax
 import tensorflow_datasets as tfds

@@ -1,5 +1,5 @@
 """Evaluators end to end: datasets -> sharded embeddings -> metrics, checked against an
-independent computation (Pillow decoding, `clip_jax.preprocess`, the unsharded model on one
+independent computation (Pillow decoding, `clip_jax.data.preprocess`, the unsharded model on one
 device, scikit-learn metrics); mock TFDS data for a classification dataset without captions;
 evaluation during training and standalone, in one and in two processes."""
 
@@ -16,12 +16,17 @@ import pytest
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 
-from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax import embedding, evaluate, input_pipeline, sharding, templates, train
+from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.evaluation import embedding
+from clip_jax.evaluation import evaluate
+from clip_jax.data import input_pipeline
+from clip_jax.runtime import sharding
+from clip_jax.evaluation import templates
+from clip_jax.training import train
 from clip_jax.models import create_model, l2_normalize
-from clip_jax.preprocess import preprocess
-from clip_jax.tokenizer import tokenize
-from configs import base, tiny
+from clip_jax.data.preprocess import preprocess
+from clip_jax.data.tokenizer import tokenize
+from clip_jax.configs import base, tiny
 
 import tensorflow_datasets as tfds
 

@@ -12,8 +12,11 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from clip_jax import eval_metrics, linear_probe, templates, zero_shot
-from clip_jax.tokenizer import tokenize
+from clip_jax.evaluation import metrics as eval_metrics
+from clip_jax.evaluation import linear_probe
+from clip_jax.evaluation import templates
+from clip_jax.evaluation import zero_shot
+from clip_jax.data.tokenizer import tokenize
 
 
 def one_hot_keys(n, dim=None):

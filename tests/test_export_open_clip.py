@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 from clip_jax.convert import open_clip_export
 from clip_jax.models import get_preset
 from clip_jax.models.layers import stack_layers
-from clip_jax.tokenizer import default_tokenizer
+from clip_jax.data.tokenizer import default_tokenizer
 from reference import open_clip_outputs, random_inputs
 from test_convert_hf import our_outputs, random_variables
 

@@ -62,7 +62,7 @@ def test_create_model_and_transforms_matches_open_clip_preprocessing(tmp_path):
     theirs = ref(image).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(ours[0], theirs, atol=2e-2)  # PIL vs our bicubic: rounding only
     with pytest.raises(ValueError, match="only .* can be overridden"):
-        clip_jax.factory.with_numerics(module, variables, embed_dim=8)
+        clip_jax.pretrained.factory.with_numerics(module, variables, embed_dim=8)
 
 
 def test_create_model_reuses_its_initializer_and_stays_traceable():

@@ -6,7 +6,8 @@ import pytest
 from scipy import optimize, special, stats
 from sklearn.linear_model import LogisticRegression
 
-from clip_jax import few_shot, robustness
+from clip_jax.evaluation import few_shot
+from clip_jax.evaluation import robustness
 
 
 def blobs(n_per_class, k=4, d=6, seed=0, spread=1.0):
@@ -46,7 +47,7 @@ def test_zero_shot_initialised_probe_reaches_the_prior_centred_optimum():
     k, d = 4, x.shape[1]
     prior = np.random.default_rng(2).normal(0, 3, (d, k)).astype(np.float32)
     l2 = 0.05
-    from clip_jax import linear_probe
+    from clip_jax.evaluation import linear_probe
 
     ours = linear_probe.fit_logistic_regression(x, y, k, l2, prior=prior, tol=1e-7)
 

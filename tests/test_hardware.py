@@ -8,7 +8,7 @@ import textwrap
 
 import jax
 
-from clip_jax import hardware
+from clip_jax.runtime import hardware
 
 
 def test_override_wins_and_says_so():
@@ -39,7 +39,7 @@ def test_spec_sheet_for_known_accelerators():
 def test_compilation_cache_stores_executables_in_the_configured_dir(tmp_path):
     script = textwrap.dedent(f"""
         import jax, jax.numpy as jnp
-        from clip_jax import hardware
+        from clip_jax.runtime import hardware
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         print(hardware.enable_compilation_cache({str(tmp_path / 'xla')!r}))
         jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((8, 8))).block_until_ready()

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from clip_jax import host_tuning
+from clip_jax.runtime import host_tuning
 
 SCRIPT = """
 import os, sys
 print("start", flush=True)
-from clip_jax.host_tuning import reexec_with_huge_pages
+from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 reexec_with_huge_pages()
 print("argv", sys.argv[1:], "tunables", os.environ.get("GLIBC_TUNABLES"))
 """

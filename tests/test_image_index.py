@@ -1,4 +1,4 @@
-"""Image folders, index and search (`clip_jax.image_folder`, `clip_jax.image_index`, the
+"""Image folders, index and search (`clip_jax.data.image_folder`, `clip_jax.inference.image_index`, the
 `clip-jax index / search / zero-shot` commands), checked against a brute-force NumPy ranking of
 the model's embeddings computed directly, PIL's own verdict on bad files, and pandas / json
 reading the command outputs."""
@@ -15,9 +15,11 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import clip_jax  # noqa: E402
-from clip_jax import cli, image_folder, image_index  # noqa: E402
+from clip_jax import cli
+from clip_jax.data import image_folder
+from clip_jax.inference import image_index# noqa: E402
 from clip_jax.convert import hf  # noqa: E402
-from clip_jax.encoder import Encoder  # noqa: E402
+from clip_jax.inference.encoder import Encoder  # noqa: E402
 
 GOOD = ["a.png", "b/c.jpg", "b/d/e.png", "b/d/f.webp", "b0.png", "z.JPG", "b/g.bmp"]
 BAD = ["empty.jpg", "b/text.jpg", "trunc.jpg"]

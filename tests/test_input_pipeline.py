@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax import input_pipeline as ip
-from clip_jax import tokenizer
+from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.data import input_pipeline as ip
+from clip_jax.data import tokenizer
 from clip_jax.models.clip import normalize_images
 from clip_jax.models.presets import get_preset
 

@@ -1,5 +1,5 @@
-"""Labelled image sources (`clip_jax.labelled_data`) against independent readers:
-torchvision's and TFDS's ImageFolder, pandas, tarfile, and `clip_jax.preprocess` on Pillow
+"""Labelled image sources (`clip_jax.data.labelled`) against independent readers:
+torchvision's and TFDS's ImageFolder, pandas, tarfile, and `clip_jax.data.preprocess` on Pillow
 images for the eval batches."""
 
 import io
@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clip_jax._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax import labelled_data
+from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.data import labelled as labelled_data
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
-from clip_jax.preprocess import normalization_constants, preprocess
+from clip_jax.data.preprocess import normalization_constants, preprocess
 
 import tensorflow_datasets as tfds
 

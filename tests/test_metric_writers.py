@@ -5,7 +5,7 @@ import json
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from clip_jax.metric_writers import MetricWriter
+from clip_jax.training.metric_writers import MetricWriter
 
 
 def _tensorboard(workdir):

@@ -14,9 +14,14 @@ import pytest
 from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from clip_jax import cli, hlo_stats, sharding, train, train_step, tpu_topology
-from clip_jax import plan as plan_lib
-from configs import tiny
+from clip_jax import cli
+from clip_jax.planning import hlo_stats
+from clip_jax.runtime import sharding
+from clip_jax.training import train
+from clip_jax.training import train_step
+from clip_jax.planning import topology as tpu_topology
+from clip_jax.planning import plan as plan_lib
+from clip_jax.configs import tiny
 
 
 @pytest.mark.parametrize("name, chips, slices, bounds", [

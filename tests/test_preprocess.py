@@ -1,4 +1,4 @@
-"""clip_jax.preprocess and the tf.data image transforms vs transformers' CLIPImageProcessor."""
+"""clip_jax.data.preprocess and the tf.data image transforms vs transformers' CLIPImageProcessor."""
 
 import io
 
@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from clip_jax._tf import tf
-from clip_jax.preprocess import normalization_constants, preprocess, to_rgb_uint8
+from clip_jax.data._tf import tf
+from clip_jax.data.preprocess import normalization_constants, preprocess, to_rgb_uint8
 from images import TO_STORED, with_orientation
-from clip_jax import tf_preprocess as tp
+from clip_jax.data import tf_preprocess as tp
 from clip_jax.models.presets import get_preset
 
 # (height, width): landscape, portrait, square, upscaling, one side already at the target,

@@ -22,7 +22,7 @@ import torch
 import transformers
 
 import clip_jax
-from clip_jax import pretrained as hub
+from clip_jax.pretrained import registry as hub
 from clip_jax.models import get_preset
 from hub_cache import add_repo
 from reference import open_clip_outputs, random_inputs

@@ -1,4 +1,4 @@
-"""Synthetic distribution shifts (`clip_jax.shifts`) against their definitions computed
+"""Synthetic distribution shifts (`clip_jax.data.shifts`) against their definitions computed
 independently with PIL, colorsys, scipy.ndimage and numpy."""
 
 import colorsys
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from clip_jax._tf import tf
-from clip_jax import shifts
+from clip_jax.data._tf import tf
+from clip_jax.data import shifts
 
 SIZE = 32
 

@@ -1,4 +1,4 @@
-"""clip_jax.tokenizer against open_clip's SimpleTokenizer (OpenAI's tokenizer), the reference.
+"""clip_jax.data.tokenizer against open_clip's SimpleTokenizer (OpenAI's tokenizer), the reference.
 
 Hugging Face's CLIP tokenizer is checked on ordinary ASCII captions only; where it diverges from
 OpenAI on other text, ``test_hf_divergences_from_openai`` pins the known differences so the
@@ -21,8 +21,8 @@ import pytest
 import transformers
 from open_clip import tokenizer as open_clip_tokenizer
 
-from clip_jax import tokenizer as tokenizer_module
-from clip_jax.tokenizer import Tokenizer, clean_text, tokenize
+from clip_jax.data import tokenizer as tokenizer_module
+from clip_jax.data.tokenizer import Tokenizer, clean_text, tokenize
 
 SOT, EOT = 49406, 49407
 
@@ -404,7 +404,7 @@ def test_hf_tokenizer_reproduces_ids_on_ascii_captions(ours, hf_dir):
 
 
 def test_hf_divergences_from_openai(ours, reference, hf_dir):
-    """The divergences listed in clip_jax.tokenizer's docstring, pinned (OpenAI = open_clip)."""
+    """The divergences listed in clip_jax.data.tokenizer's docstring, pinned (OpenAI = open_clip)."""
     hf = transformers.CLIPTokenizer.from_pretrained(hf_dir)
 
     def hf_encode(text: str) -> list[int]:
@@ -470,7 +470,7 @@ def test_accepts_any_iterable_of_str(ours, reference):
 def test_import_is_light():
     """Importing builds nothing and pulls in no torch."""
     code = (
-        "import sys, clip_jax.tokenizer as t; "
+        "import sys, clip_jax.data.tokenizer as t; "
         "assert t.default_tokenizer.cache_info().currsize == 0; "
         "assert 'torch' not in sys.modules"
     )

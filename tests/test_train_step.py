@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import losses, sharding, train_step
-from configs import base
+from clip_jax.training import losses
+from clip_jax.runtime import sharding
+from clip_jax.training import train_step
+from clip_jax.configs import base
 
 BATCH = 16
 
@@ -228,7 +230,7 @@ def test_fused_adamw_equals_optax_chain_over_steps():
     """The one-pass AdamW equals optax's clip -> adam -> masked decay -> schedule composition."""
     import optax
 
-    from clip_jax import optim
+    from clip_jax.training import optim
 
     rng = np.random.default_rng(0)
     params = {"w": rng.standard_normal((5, 3)).astype(np.float32),

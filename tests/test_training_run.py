@@ -13,9 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from clip_jax import sharding, train, train_step
-from clip_jax.checkpoints import Checkpointer
-from configs import tiny
+from clip_jax.runtime import sharding
+from clip_jax.training import train
+from clip_jax.training import train_step
+from clip_jax.training.checkpoints import Checkpointer
+from clip_jax.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,7 +160,7 @@ def test_divergence_names_a_checkpoint_that_is_good(tfds_dir, tmp_path, lr):
     else:
         good = int(line.split("last good checkpoint is step ")[1].split()[0])
         assert kept and good == max(kept)
-        from clip_jax import loading
+        from clip_jax.pretrained import load as loading
         _, variables = loading.load(str(tmp_path))
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
         assert max(_losses(tmp_path)) >= good + 1  # its next loss was computed, and finite
@@ -283,7 +285,7 @@ def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):
     """Fine-tuning starts from the imported weights (lr 0: one step leaves them untouched)."""
     import torch
 
-    from clip_jax import loading
+    from clip_jax.pretrained import load as loading
     from clip_jax.convert import openai as convert
     from clip_jax.models.layers import unstack_layers
     from reference import open_clip_model

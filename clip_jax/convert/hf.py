@@ -13,7 +13,7 @@ Tokenizer files: `vocab.json`/`merges.txt` are OpenAI's BPE; `tokenizer.json` is
 pipeline `transformers.CLIPTokenizer` builds (NFC + whitespace collapse + lowercase, CLIP regex,
 byte-level BPE with `</w>`), so every consumer of the directory tokenises alike. It reproduces
 OpenAI's ids on ordinary captions; where HF's CLIP tokenizer diverges from OpenAI's (no ftfy or
-HTML unescaping, special-token spelling, ...) see `clip_jax.tokenizer`'s docstring. Padding is
+HTML unescaping, special-token spelling, ...) see `clip_jax.data.tokenizer`'s docstring. Padding is
 `<|endoftext|>`, as on the OpenAI checkpoints on the Hub: HF pools the text tower at the first
 `eos_token_id` (49407), which is the real end of text whatever follows it, and the causal mask
 keeps padding out of every position up to it. `tokenizer.json` truncates to the context length
@@ -44,7 +44,7 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from clip_jax.convert import openai
 from clip_jax.models.config import (ACTIVATIONS, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, CLIPConfig,
                                     TextConfig, VisionConfig)
-from clip_jax.tokenizer import HF_EOT_TEXT, HF_SOT_TEXT, Tokenizer, default_tokenizer
+from clip_jax.data.tokenizer import HF_EOT_TEXT, HF_SOT_TEXT, Tokenizer, default_tokenizer
 
 PathLike = str | os.PathLike
 
@@ -224,7 +224,7 @@ def hf_config(config: CLIPConfig, dtype: str = "float32",
 
 
 def preprocessor_config(config: CLIPConfig) -> dict[str, Any]:
-    """`CLIPImageProcessor` settings equal to `clip_jax.preprocess`: resize, crop, normalise."""
+    """`CLIPImageProcessor` settings equal to `clip_jax.data.preprocess`: resize, crop, normalise."""
     size = config.image_size
     return {
         "image_processor_type": "CLIPImageProcessor",
@@ -311,7 +311,7 @@ def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: Path
 def export_hf_from(source: PathLike, output_dir: PathLike, *, dtype: str = "float32") -> Path:
     """`export_hf` of anything `clip_jax.load` reads (workdir, state dict file, HF directory);
     an HF directory's own tokenizer is carried over. The `clip-jax export-hf` command."""
-    from clip_jax.loading import load  # loading imports this module
+    from clip_jax.pretrained.load import load  # loading imports this module
 
     module, variables = load(os.fspath(source))
     tokenizer = load_tokenizer(source) if is_hf_directory(source) else None
@@ -438,7 +438,7 @@ def _image_statistics(directory: Path, image_size: int
     crop = crop.get("height", crop) if isinstance(crop, dict) else crop
     if (size, crop) != (image_size, image_size) or not processor.get("do_center_crop", True):
         logging.warning(
-            "%s resizes to %s and crops to %s; clip_jax.preprocess resizes the shortest side to "
+            "%s resizes to %s and crops to %s; clip_jax.data.preprocess resizes the shortest side to "
             "the model's image size (%d) and centre-crops, so raw-image inputs will differ.",
             directory, size, crop, image_size)
     return (tuple(float(x) for x in processor.get("image_mean", OPENAI_IMAGE_MEAN)),
@@ -537,7 +537,7 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
         raise FileNotFoundError(
             f"{directory} has no tokenizer files (vocab.json + merges.txt, or tokenizer.json); "
             "copy them from the model's original repository, or use "
-            "clip_jax.tokenizer.default_tokenizer() if the model uses OpenAI's vocabulary.")
+            "clip_jax.data.tokenizer.default_tokenizer() if the model uses OpenAI's vocabulary.")
     model = _read_json(directory / "tokenizer.json").get("model", {})
     if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
         raise ValueError(f"{directory}/tokenizer.json is not a CLIP byte-level BPE tokenizer "

@@ -15,7 +15,7 @@ from clip_jax.models.presets import get_preset
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
-from clip_jax.preprocess import normalization_constants
+from clip_jax.data.preprocess import normalization_constants
 
 Variables = dict[str, Any]
 
@@ -33,7 +33,7 @@ def normalize_images(images: jax.Array, config: CLIPConfig) -> jax.Array:
     computed on the host with transformers' fused rescale-and-normalise in float32, so the
     result is bit-identical to CLIPImageProcessor (tested); computing `(x - m) / s` on the
     device is not, because XLA divides by multiplying with the reciprocal (1 ulp off).
-    Float images are taken as already normalised (`clip_jax.preprocess`).
+    Float images are taken as already normalised (`clip_jax.data.preprocess`).
     """
     if images.dtype != jnp.uint8:
         return images
@@ -117,7 +117,7 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without allocating.
     """
     if pretrained is not None:
-        from clip_jax.factory import pretrained_model  # loading imports this module
+        from clip_jax.pretrained.factory import pretrained_model  # loading imports this module
 
         return pretrained_model(name_or_config, pretrained, **overrides)
     config = as_config(name_or_config, **overrides)

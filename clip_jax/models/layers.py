@@ -2,7 +2,7 @@
 
 Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, `layers`, ...) and
 the residual stream carries activation names (`activation_batch`, `activation_length`,
-`activation_embed`, ...). `clip_jax.sharding` maps both onto a device mesh; model code never
+`activation_embed`, ...). `clip_jax.runtime.sharding` maps both onto a device mesh; model code never
 mentions mesh axes.
 """
 

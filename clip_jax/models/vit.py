@@ -68,4 +68,4 @@ def check_image_shape(images: jax.Array, size: int) -> None:
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
         raise ValueError(
             f"Expected images of shape [batch, {size}, {size}, 3] (NHWC, normalised), got "
-            f"{tuple(images.shape)}; resize with clip_jax.preprocess or the input pipeline.")
+            f"{tuple(images.shape)}; resize with clip_jax.data.preprocess or the input pipeline.")

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-from clip_jax._tf import tf
+from clip_jax.data._tf import tf
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables

@@ -1,0 +1,373 @@
+"""The `clip-jax` command: quick zero-shot inference, evaluation, export, the demo.
+
+  clip-jax zero-shot --model PATH --labels "cat,dog,car" [--recursive] [--output json|csv]
+      IMAGES_OR_FOLDERS...
+  clip-jax index IMAGES_OR_FOLDERS... --model PATH --output INDEX
+  clip-jax search INDEX "a red car" | --image QUERY.jpg [--top 10]
+  clip-jax eval PATH [--config FILE] [--evaluators zero_shot,retrieval] [--output DIR]
+      [--zero-shot SRC...] [--linear-probe TRAIN TEST] [--few-shot TRAIN TEST]
+      [--robustness SRC --shifts greyscale,blur] [--retrieval TABLE] [--templates FILE_OR_NAME]
+  clip-jax export-hf WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
+  clip-jax export-open-clip WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
+  clip-jax demo [--workdir DIR]
+  clip-jax plan --config configs/vit_l14.py --topology v5e-256 [--config.FIELD=VALUE ...] [--json]
+
+PATH / WORKDIR_OR_CHECKPOINT is anything `clip_jax.load` reads: a training workdir (its newest
+checkpoint), an OpenAI / open_clip checkpoint file, or a Hugging Face CLIP directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from clip_jax.runtime.host_tuning import reexec_with_huge_pages
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+OUTPUT_FORMATS = ("text", "json", "csv")
+
+
+def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
+    """Every file not processed, with its reason, on stderr (stdout stays machine-readable)."""
+    for item in skipped:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+    if skipped or ignored:
+        print(f"{len(skipped)} unreadable image file(s) skipped; {ignored} file(s) without an "
+              "image extension ignored.", file=sys.stderr)
+
+
+def zero_shot_command(args: argparse.Namespace) -> int:
+    import csv
+
+    from clip_jax import load
+    from clip_jax.data import image_folder
+    from clip_jax.evaluation import templates
+    from clip_jax.evaluation import zero_shot
+
+    labels = zero_shot.read_class_names(args.labels)
+    paths, ignored = image_folder.find_images(args.images, args.recursive)
+    module, variables = load(args.model)
+    classifier = zero_shot.ZeroShotClassifier(module, variables,
+                                              exif_transpose=args.exif_transpose, alpha=args.alpha)
+    label_embeddings = classifier.embed_labels(labels, templates.get_templates(args.templates))
+    top = min(args.top, len(labels))
+    writer = csv.writer(sys.stdout, lineterminator="\n") if args.output == "csv" else None
+    if writer:
+        writer.writerow(["path", "label", *labels])
+    skipped, done = [], 0
+    for batch in image_folder.iter_batches(paths, module.config, args.batch_size,
+                                           **classifier.image_options):
+        skipped += batch.skipped
+        probs = classifier.probabilities_of(classifier.embed_pixels(batch.images),
+                                            label_embeddings)
+        for path, row in zip(batch.paths, probs):
+            best = sorted(range(len(labels)), key=lambda k: (-row[k], k))[:top]
+            if writer:
+                writer.writerow([path, labels[best[0]], *(f"{p:.6g}" for p in row)])
+            elif args.output == "json":
+                print(json.dumps({"path": path, "top": [{"label": labels[k],
+                                  "probability": float(row[k])} for k in best]}))
+            else:
+                print(f"{path}: " + ", ".join(f"{labels[k]} {row[k]:.1%}" for k in best))
+        sys.stdout.flush()
+        done += len(batch.paths)
+    report_skipped(skipped, ignored)
+    if not done:
+        raise ValueError(f"None of the {len(paths)} image file(s) could be read (see above).")
+    return 0
+
+
+def index_command(args: argparse.Namespace) -> int:
+    from clip_jax import load
+    from clip_jax.inference import image_index
+    from clip_jax.inference.encoder import Encoder
+
+    encoder = Encoder(*load(args.model))
+    report = image_index.build_index(args.images, encoder, args.output, recursive=args.recursive,
+                                     batch_size=args.batch_size, save_every=args.save_every,
+                                     model_name=os.path.abspath(args.model)
+                                     if os.path.exists(args.model) else args.model)
+    report_skipped(report.skipped, report.ignored)
+    print(report.summary(args.output))
+    return 0
+
+
+def search_command(args: argparse.Namespace) -> int:
+    import csv
+
+    from clip_jax import load
+    from clip_jax.inference import image_index
+    from clip_jax.inference.encoder import Encoder
+
+    if (args.query is None) == (args.image is None):
+        raise ValueError("Give either a text query or --image QUERY_IMAGE (not both).")
+    index = image_index.ImageIndex.load(args.index)
+    model = args.model or index.meta.get("model")
+    if not model:
+        raise ValueError(f"{args.index!r} does not record its model; pass --model.")
+    encoder = Encoder(*load(model))
+    if args.model and image_index.model_fingerprint(encoder) != index.meta.get("fingerprint"):
+        print(f"warning: --model {model} is not the model {args.index} was built with "
+              f"({index.meta.get('model')}); scores compare different embeddings.",
+              file=sys.stderr)
+    query = args.query if args.image is None else pathlib.Path(args.image)
+    matches = image_index.search(index, query, encoder, args.top)
+    if args.output == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["rank", "score", "path"])
+        writer.writerows([rank, f"{m.score:.6f}", m.path] for rank, m in enumerate(matches, 1))
+    for rank, m in enumerate(matches, 1):
+        if args.output == "json":
+            print(json.dumps({"rank": rank, "score": m.score, "path": m.path}))
+        elif args.output == "text":
+            print(f"{rank:>3}  {m.score:.4f}  {m.path}")
+    return 0
+
+
+def load_config_file(path: str):
+    """`get_config()` of a config file (configs/*.py)."""
+    spec = importlib.util.spec_from_file_location("clip_jax_cli_config", path)
+    if spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"No config file at {path!r}; pass e.g. configs/demo.py.")
+    module = importlib.util.module_from_spec(spec)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:  # config files import `configs.base`
+        sys.path.insert(0, root)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def eval_config(path: str, config_file: str | None, sources_given: bool = False):
+    """The config file's, else the workdir's own training config, else (when the command line
+    names the data: `--zero-shot`, `--linear-probe`, ...) the defaults; else a one-line
+    ValueError asking for a dataset (a model alone says nothing about what to evaluate on)."""
+    import ml_collections
+
+    from clip_jax.training import checkpoints
+    from clip_jax.evaluation import evaluate
+    from clip_jax.data import input_pipeline
+    from clip_jax.runtime import sharding
+
+    if config_file:
+        return load_config_file(config_file)
+    if checkpoints.is_workdir(path):
+        recorded = checkpoints.read_meta(path).get("config")
+        if recorded and "eval" in recorded:
+            config = ml_collections.ConfigDict(recorded)
+            config.mesh = dict(data=-1, fsdp=1, tensor=1)  # this machine's devices, not the run's
+            return config
+    if sources_given:
+        return ml_collections.ConfigDict(dict(
+            model=dict(dtype="float32"), mesh=dict(data=-1, fsdp=1, tensor=1),
+            logical_axis_rules=[list(r) for r in sharding.DEFAULT_RULES],
+            data=input_pipeline.default_config(), eval=evaluate.default_config()))
+    raise ValueError(f"{path!r} records no dataset to evaluate on; name one with --zero-shot "
+                     "DIR_OR_CSV (or --linear-probe / --few-shot / --robustness / --retrieval), "
+                     "or pass --config FILE whose data and eval sections name one (e.g. "
+                     "--config configs/demo.py for the synthetic shapes).")
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    import jax
+
+    from clip_jax import load
+    from clip_jax.training import checkpoints
+    from clip_jax.cli import eval_sources as eval_cli
+    from clip_jax.evaluation import evaluate
+    from clip_jax.training.metric_writers import MetricWriter
+    from clip_jax.models.clip import CLIP
+
+    config = eval_config(args.path, args.config, eval_cli.has_sources(args))
+    eval_cli.apply(config, args)
+    if args.evaluators:
+        config.eval.evaluators = args.evaluators
+    if args.batch_size:
+        config.eval.batch_size = args.batch_size
+    module, variables = load(args.path)
+    module = CLIP(module.config.replace(dtype=config.model.dtype))
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    step = checkpoints.read_meta(args.path)["step"] if checkpoints.is_workdir(args.path) else 0
+    if args.output:
+        writer = MetricWriter(args.output, 0, 0, enabled=jax.process_index() == 0,
+                              progress=False)
+        writer.write(step, metrics)
+        writer.close()
+    print(evaluate.format_metrics(metrics, title=f"{args.path} (step {step})"))
+    if jax.process_index() == 0:
+        print("\n" + eval_cli.report(metrics, evaluation, args.path, args.output))
+    return 0
+
+
+def export_hf_command(args: argparse.Namespace) -> int:
+    from clip_jax.convert.hf import export_hf_from
+
+    out = export_hf_from(args.source, args.output_dir, dtype=DTYPES[args.dtype])
+    print(f"Wrote a transformers CLIPModel directory to {out}.")
+    return 0
+
+
+def export_open_clip_command(args: argparse.Namespace) -> int:
+    from clip_jax import load
+    from clip_jax.convert.open_clip_export import export_open_clip
+
+    module, variables = load(args.source)
+    out = export_open_clip(module.config, variables, args.output_dir, dtype=DTYPES[args.dtype])
+    print(f"Wrote an open_clip model to {out} (load with "
+          f"open_clip.create_model_and_transforms('local-dir:{out}')).")
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from clip_jax import demo
+
+    return demo.main(["--workdir", args.workdir] if args.workdir else [])
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """Exit 0: fits; 1: does not fit; 2: config error (raised as ValueError, see `main`)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from clip_jax.planning import plan
+
+    unknown = [a for a in args.overrides if not a.startswith("--config.")]
+    if unknown:
+        raise ValueError(f"unrecognised arguments {unknown}; overrides look like "
+                         "--config.batch_size=4096 (as for main.py).")
+    argv = ["clip-jax plan", f"--config={args.config}", *args.overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    if not os.path.isfile(args.config):
+        raise FileNotFoundError(f"No config file at {args.config!r}; pass e.g. configs/vit_l14.py.")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(args.config)))
+    if root not in sys.path:  # config files import `configs.base`
+        sys.path.insert(0, root)
+    try:
+        values(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot apply {' '.join(args.overrides)}: {error}") from error
+    return plan.run(values.config, args.topology, as_json=args.json,
+                    budget_seconds=args.search_seconds)
+
+
+def parser() -> argparse.ArgumentParser:
+    from clip_jax.cli import eval_sources as eval_cli
+
+    p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: inference, "
+                                "evaluation, export.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    z = sub.add_parser("zero-shot", help="classify images against free-form labels")
+    z.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
+    z.add_argument("--labels", required=True,
+                   help="comma-separated labels, or a file with one label per line")
+    z.add_argument("--templates", default="simple",
+                   help="prompt template set (simple, default, synthetic_shapes) or a file "
+                        "with one template per line (default: 'a photo of a {}.')")
+    z.add_argument("--top", type=int, default=3, help="labels shown per image (default 3)")
+    z.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
+                   help="turn photos upright by their EXIF orientation (default: on)")
+    z.add_argument("--alpha", default="drop",
+                   help="transparency: 'drop' (default, as OpenAI / open_clip) or a background "
+                        "colour to composite onto, e.g. 'white' or '#808080'")
+    z.add_argument("--recursive", action="store_true", help="also search subfolders")
+    z.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
+                   help="text (default), json (one object per line) or csv (every label's "
+                        "probability)")
+    z.add_argument("--batch-size", type=int, default=64, help="images decoded and embedded "
+                   "at once (default 64)")
+    z.add_argument("images", nargs="+", help="image files and/or folders of images")
+    z.set_defaults(run=zero_shot_command)
+
+    i = sub.add_parser("index", help="embed a folder of images into an index file for search")
+    i.add_argument("images", nargs="+", help="image files and/or folders of images")
+    i.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
+    i.add_argument("--output", required=True, help="index file to write (.npz)")
+    i.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                   help="search subfolders (default: yes)")
+    i.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    i.add_argument("--save-every", type=int, default=4096, help="save progress every N "
+                   "embedded images, so an interrupted run resumes there (default 4096)")
+    i.set_defaults(run=index_command)
+
+    q = sub.add_parser("search", help="top images of an index for a text or an image")
+    q.add_argument("index", help="index file written by `clip-jax index`")
+    q.add_argument("query", nargs="?", help="text query, e.g. \"a red car\"")
+    q.add_argument("--image", help="query image file instead of a text")
+    q.add_argument("--top", type=int, default=10, help="matches shown (default 10)")
+    q.add_argument("--model", help="model to embed the query (default: the index's own)")
+    q.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
+                   help="text (default), json (one object per line) or csv")
+    q.set_defaults(run=search_command)
+
+    e = sub.add_parser("eval", help="zero-shot / retrieval / linear-probe evaluation")
+    e.add_argument("path", help="workdir, checkpoint file or HF directory")
+    e.add_argument("--config", help="config file whose data and eval sections to use "
+                   "(default: a workdir's own training config; required for other models unless "
+                   "--zero-shot / --linear-probe / --few-shot / --robustness / --retrieval name "
+                   "the data)")
+    e.add_argument("--evaluators", help="comma-separated subset of zero_shot,retrieval,"
+                   "linear_probe,few_shot,robustness (default: the config's)")
+    e.add_argument("--batch-size", type=int, help="images per batch (default: the config's)")
+    e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
+                   "TensorBoard, the results to DIR/results.json and results.csv, and plots")
+    eval_cli.add_arguments(e)
+    e.set_defaults(run=eval_command)
+
+    for name, run, what in (("export-hf", export_hf_command,
+                             "a transformers CLIPModel directory (ViT models)"),
+                            ("export-open-clip", export_open_clip_command,
+                             "open_clip's format (every model, ResNets included)")):
+        x = sub.add_parser(name, help=f"export to {what}")
+        x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT")
+        x.add_argument("output_dir", metavar="OUTPUT_DIR")
+        x.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                       help="stored weight dtype (default fp32)")
+        x.set_defaults(run=run)
+
+    d = sub.add_parser("demo", help="train a small CLIP on synthetic shapes and report")
+    d.add_argument("--workdir", help="run directory (default: a new runs/demo/<timestamp>)")
+    d.set_defaults(run=demo_command)
+
+    pl = sub.add_parser("plan", help="compile the train step for a TPU slice without one: memory, "
+                        "FLOPs, collectives, roofline (exit 0 fits, 1 does not, 2 config error)")
+    pl.add_argument("--config", required=True, help="config file (configs/*.py); override fields "
+                    "with --config.FIELD=VALUE as for main.py")
+    pl.add_argument("--topology", required=True, help="Cloud TPU accelerator type: v5e-256, "
+                    "v5litepod-64, v4-64, v5p-512, v6e-256, 2xv5e-256 (multi-slice)")
+    pl.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    pl.add_argument("--search-seconds", type=float, default=900.0,
+                    help="when it does not fit: compile time allowed for alternatives (remat, "
+                         "fsdp, microbatches); 0 to skip (default 900)")
+    pl.set_defaults(run=plan_command)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, extra = parser().parse_known_args(argv)
+    if args.command == "plan":
+        args.overrides = extra  # --config.FIELD=VALUE, as main.py takes them
+    elif extra:
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def console() -> int:
+    """The `clip-jax` command: `main` in a process tuned for XLA (see `host_tuning`)."""
+    reexec_with_huge_pages()
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(console())

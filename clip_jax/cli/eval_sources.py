@@ -1,0 +1,146 @@
+"""`clip-jax eval` sources on the command line -> the config's eval tasks, and the results.
+
+  --zero-shot SRC...          zero-shot classification of each source
+  --linear-probe TRAIN TEST   full-data linear probe
+  --few-shot TRAIN TEST       k-shot probes (--shots, --seeds) next to zero-shot on TEST
+  --robustness SRC            zero-shot on SRC and on shifted versions (--shifts) and/or other
+                              datasets with the same classes (--shifted), effective robustness
+                              against --baseline (linear_probe, or IN:SHIFTED pairs)
+  --retrieval TABLE           image-text retrieval on a CSV/TSV of image paths and captions
+                              (built once as an `image_text_table`) or a TFDS name
+
+A source (SRC, TRAIN, TEST) is a labelled image folder, a .csv/.tsv with image and label
+columns, a CLIP_benchmark webdataset folder (`clip_jax.data.labelled`), or a TFDS name with an
+optional `@split` (`cifar10@test`). Each task is named after its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+from typing import Any
+
+import ml_collections
+
+SOURCE_FLAGS = ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieval")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The source, prompt and output flags of `clip-jax eval`."""
+    parser.add_argument("--zero-shot", nargs="+", metavar="SRC",
+                        help="zero-shot accuracy on each labelled folder / CSV / wds / TFDS@split")
+    parser.add_argument("--linear-probe", nargs=2, metavar=("TRAIN", "TEST"),
+                        help="linear probe fit on TRAIN, scored on TEST")
+    parser.add_argument("--few-shot", nargs=2, metavar=("TRAIN", "TEST"),
+                        help="1..16-shot linear probes on TRAIN vs zero-shot, scored on TEST")
+    parser.add_argument("--robustness", metavar="SRC",
+                        help="zero-shot on SRC and its shifted versions (--shifts, --shifted)")
+    parser.add_argument("--retrieval", metavar="TABLE",
+                        help="retrieval on a CSV/TSV of images and captions, or a TFDS name")
+    parser.add_argument("--templates", default="",
+                        help="prompt template set (default, simple, synthetic_shapes) or file "
+                             "(default: the source's templates file, else 'default')")
+    parser.add_argument("--class-names", default="",
+                        help="class names file or comma-separated list (default: the source's)")
+    parser.add_argument("--compare-prompts", action="store_true",
+                        help="zero-shot also with the bare class name and one template")
+    parser.add_argument("--shots", default="1,2,4,8,16", help="few-shot k values")
+    parser.add_argument("--seeds", type=int, default=3, help="few-shot draws per k")
+    parser.add_argument("--shifts", default="greyscale,blur,noise,jpeg,sketch,occlusion",
+                        help="synthetic shifts for --robustness (or 'all', or '')")
+    parser.add_argument("--shifted", default="",
+                        help="comma-separated shifted datasets for --robustness "
+                             "(imagenet_v2, imagenet_r@test, folders)")
+    parser.add_argument("--baseline", default="linear_probe",
+                        help="robustness baseline: linear_probe, IN:SHIFTED pairs, or ''")
+
+
+def task_name(source: str) -> str:
+    """A config-safe task name for a source path or TFDS name."""
+    name, _, split = source.partition("@")
+    base = os.path.splitext(os.path.basename(name.rstrip("/")))[0] or name
+    return re.sub(r"[^A-Za-z0-9_-]", "_", base + (f"_{split}" if split else ""))
+
+
+def _source(spec: str, default_split: str = "test") -> tuple[str, str]:
+    """(dataset, split) of a source spec; a TFDS name without `@split` reads
+    `default_split`, a labelled folder its own default."""
+    from clip_jax.data import labelled as labelled_data
+
+    name, _, split = spec.partition("@")
+    if labelled_data.is_source(name):
+        return name, split
+    if os.path.sep in name and not os.path.exists(name):
+        raise FileNotFoundError(f"No labelled folder or table at {name!r}.")
+    return name, split or default_split
+
+
+def has_sources(args: argparse.Namespace) -> bool:
+    return any(getattr(args, flag, None) for flag in SOURCE_FLAGS)
+
+
+def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
+    """Replaces `config.eval`'s tasks and evaluators with the sources given on the command
+    line (unchanged when none is given)."""
+    if not has_sources(args):
+        return
+    from clip_jax.evaluation import evaluate
+
+    ev = config.eval
+    prompts = dict(templates=args.templates, class_names=args.class_names)
+    enabled = []
+    for flag in SOURCE_FLAGS:
+        ev[flag] = ml_collections.ConfigDict()
+    for spec in args.zero_shot or []:
+        dataset, split = _source(spec)
+        ev.zero_shot[task_name(spec)] = evaluate.zero_shot_task(
+            dataset, split, compare_prompts=args.compare_prompts, **prompts)
+    for flag, make in (("linear_probe", evaluate.linear_probe_task),
+                       ("few_shot", evaluate.few_shot_task)):
+        if getattr(args, flag):
+            train_spec, test_spec = getattr(args, flag)
+            (train, train_split), (test, test_split) = (_source(train_spec, "train"),
+                                                        _source(test_spec))
+            extra = (dict(shots=args.shots, seeds=args.seeds, **prompts) if flag == "few_shot"
+                     else {})
+            ev[flag][task_name(test)] = make(train, train_split=train_split or "",
+                                             test_split=test_split, test_dataset=test, **extra)
+    if args.robustness:
+        dataset, split = _source(args.robustness)
+        ev.robustness[task_name(args.robustness)] = evaluate.robustness_task(
+            dataset, split, shifts=args.shifts, shifted=args.shifted, baseline=args.baseline,
+            **prompts)
+    if args.retrieval:
+        _retrieval(config, args.retrieval)
+    for flag in SOURCE_FLAGS:
+        if ev[flag]:
+            enabled.append(flag)
+    ev.evaluators = ",".join(enabled)
+
+
+def _retrieval(config: ml_collections.ConfigDict, spec: str) -> None:
+    from clip_jax.evaluation import evaluate
+
+    name, split = _source(spec) if not spec.lower().endswith((".csv", ".tsv")) else (spec, "")
+    if spec.lower().endswith((".csv", ".tsv")):
+        config.data.dataset = "image_text_table"
+        config.data.table.name = task_name(spec)
+        config.data.table.test_path = os.path.abspath(spec)
+        config.data.table.group_by_image = True
+        name, split = "", "test"
+    config.eval.retrieval[task_name(spec)] = evaluate.retrieval_task(name, split)
+
+
+def report(metrics: dict[str, float], evaluation: Any, model: str,
+           output: str | None) -> str:
+    """The markdown results table of an `evaluate.Evaluation`'s run; with `output`, also results.json/.csv and the plots."""
+    from clip_jax.evaluation import report as eval_report
+
+    table = eval_report.rows(metrics, evaluation.provenance, model)
+    text = eval_report.markdown(table)
+    if output:
+        paths = eval_report.write(output, table, evaluation.details)
+        text += "\n\nWrote " + ", ".join(paths)
+    return text

@@ -1,0 +1,2 @@
+"""The training configs, one `get_config()` per model; `configs/` at the repository root runs
+them as files (`python main.py --config configs/vit_b16.py`)."""

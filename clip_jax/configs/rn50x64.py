@@ -1,0 +1,7 @@
+"""OpenAI CLIP RN50x64: the paper's recipe (batch 32,768, 32 epochs of 400M pairs, lr 3.6e-4)."""
+
+from clip_jax.configs import base
+
+
+def get_config():
+    return base.get_config("RN50x64", lr=3.6e-4, resnet=True)

@@ -1,0 +1,127 @@
+"""Streaming image-folder reader: find images (optionally recursively), decode and preprocess
+them in fixed-size batches on a few threads, and skip unreadable files with a reason.
+
+Used by `clip-jax zero-shot` and `clip-jax index` (and their Python counterparts), so that a
+folder of any size is read with bounded memory (one batch being decoded, one being embedded)
+and one broken file costs one line in a report instead of the run.
+
+Order is deterministic: inputs in the order given, each folder's images sorted by their path
+components relative to that folder (so a subfolder's images stay together).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from clip_jax.models.config import CLIPConfig
+from clip_jax.data.preprocess import preprocess
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedImage:
+    """A file that was not embedded, and why (one line)."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ImageBatch:
+    """`images` float32 [n, S, S, 3] (model input, `clip_jax.data.preprocess`) for `paths` [n]; the
+    files of this batch that failed to decode are in `skipped`."""
+
+    paths: list[str]
+    images: np.ndarray
+    skipped: list[SkippedImage]
+
+
+def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[str], int]:
+    """(image paths, number of other files ignored) for files and folders.
+
+    A file given explicitly is kept whatever its extension; a folder contributes its files
+    with an image extension (`IMAGE_EXTENSIONS`, case-insensitive), with `recursive` those of
+    every subfolder too (symlinked folders are not followed, so loops cannot occur). Raises
+    FileNotFoundError for a missing input or a folder without images.
+    """
+    paths, ignored = [], 0
+    for item in inputs:
+        if os.path.isdir(item):
+            found, other = _folder_images(item, recursive)
+            if not found:
+                deep = "" if recursive else " (pass --recursive / recursive=True for subfolders)"
+                raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                                        f"folder {item!r}{deep}.")
+            paths += found
+            ignored += other
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"No image file or folder at {item!r}.")
+    return paths, ignored
+
+
+def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
+    relative, ignored = [], 0
+    for root, dirs, files in os.walk(folder):
+        if not recursive:
+            dirs.clear()
+        for name in files:
+            path = os.path.join(root, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                relative.append(os.path.relpath(path, folder))
+            else:
+                ignored += 1
+    relative.sort(key=lambda rel: rel.split(os.sep))
+    return [os.path.join(folder, rel) for rel in relative], ignored
+
+
+def read_image(path: str, config: CLIPConfig, **image_options) -> np.ndarray | SkippedImage:
+    """float32 [S, S, 3] model input for one file, or why it cannot be read; `image_options`
+    are `clip_jax.data.preprocess`'s (`exif_transpose`, `alpha`)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return SkippedImage(path, "empty file (0 bytes)")
+        return preprocess(path, config, **image_options)[0]
+    except Image.UnidentifiedImageError:
+        return SkippedImage(path, "not an image PIL can identify")
+    except _DECODE_ERRORS as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return SkippedImage(path, f"cannot decode: {message}")
+
+
+def iter_batches(paths: Sequence[str], config: CLIPConfig, batch_size: int = 64,
+                 workers: int | None = None, **image_options) -> Iterator[ImageBatch]:
+    """Batches of up to `batch_size` readable images of `paths`, in order.
+
+    `workers` threads decode and resize (Pillow and NumPy release the GIL); the next batch is
+    decoded while the caller works on the current one, so at most two batches are in memory.
+    A batch may hold fewer images than `batch_size` (skipped files, the last batch) and even
+    none, when every file of its slice failed; its `skipped` says which and why.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    workers = workers or min(8, os.cpu_count() or 1)
+    shape = (config.image_size, config.image_size, 3)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        def submit(start: int) -> list[concurrent.futures.Future]:
+            return [pool.submit(read_image, p, config, **image_options) for p in paths[start:start + batch_size]]
+
+        pending = submit(0)
+        for start in range(0, len(paths), batch_size):
+            current, pending = pending, submit(start + batch_size)
+            results = [f.result() for f in current]
+            batch_paths = paths[start:start + batch_size]
+            good = [(p, r) for p, r in zip(batch_paths, results) if not isinstance(r, SkippedImage)]
+            images = np.stack([r for _, r in good]) if good else np.zeros((0, *shape), np.float32)
+            yield ImageBatch([p for p, _ in good], images,
+                             [r for r in results if isinstance(r, SkippedImage)])

@@ -1,0 +1,341 @@
+"""Labelled image sets as users keep them, read directly for evaluation (no dataset build).
+
+Three layouts, detected from the path (`source_kind`), each giving image locations, integer
+labels, class names and, where the layout has them, prompt templates:
+
+  image_folder  `root/<class name>/**/*.jpg` as torchvision's `ImageFolder` reads it (classes
+                = the sorted sub-folder names, label = position in that order, files found
+                recursively, folder by folder in sorted order); optional split folders `root/<split>/<class>/...` as
+                TFDS's `ImageFolder` reads them (`split` picks one; "" = the root itself, or
+                the first of test / validation / val / train when the root holds only such
+                folders).
+  table         a .csv / .tsv (pandas dialect: quoting, BOM, CRLF) with an image-path column
+                (relative paths are relative to the table's folder) and a label column, given
+                as a class index (0..K-1) or a class name.
+  wds           CLIP_benchmark's webdataset layout: `root/<split>/*.tar` whose samples carry
+                an image (`.jpg`, `.png`, `.webp`, ...) and a `.cls` (the class index),
+                `root/classnames.txt` (one name per line) and optionally
+                `root/zeroshot_classification_templates.txt` (one template per line).
+
+Class names given explicitly (a file or a comma-separated list) replace the layout's. Files
+that are not images are counted and reported, never dropped silently. `make_iterable` turns a
+set into the eval batches the evaluators embed (same transform as every other eval source,
+optionally with a synthetic shift from `clip_jax.data.shifts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import tarfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from clip_jax.data import input_pipeline
+from clip_jax.data import shifts
+from clip_jax.data import tf_preprocess
+from clip_jax.data._tf import tf
+from clip_jax.models.config import CLIPConfig
+from clip_jax.data.preprocess import normalization_constants
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+SPLIT_FOLDERS = ("test", "validation", "val", "train")
+IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
+LABEL_COLUMNS = ("label", "class", "target", "label_name", "class_name")
+WDS_CLASSNAMES = "classnames.txt"
+WDS_TEMPLATES = "zeroshot_classification_templates.txt"
+
+
+@dataclasses.dataclass
+class LabelledImages:
+    """N labelled images: `files[i]` holds image i whole (`offsets[i] == -1`) or, inside a tar,
+    its `lengths[i]` bytes from `offsets[i]`; `labels` int32 [N] in 0..K-1."""
+
+    description: str
+    files: list[str]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    templates: tuple[str, ...] | None = None
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    split: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _whole_files(description: str, files: list[str], labels: Sequence[int],
+                 class_names: list[str], skipped: dict[str, int] | None = None
+                 ) -> LabelledImages:
+    n = len(files)
+    return LabelledImages(description, files, np.full(n, -1, np.int64), np.full(n, -1, np.int64),
+                          np.asarray(labels, np.int32), class_names, None, skipped or {})
+
+
+def source_kind(path: str) -> str:
+    """`table`, `wds` or `image_folder` for a path; "" when it is none of them (a TFDS name)."""
+    if path.lower().endswith((".csv", ".tsv")):
+        return "table"
+    if not tf.io.gfile.isdir(path):
+        return ""
+    if tf.io.gfile.exists(os.path.join(path, WDS_CLASSNAMES)) and tf.io.gfile.glob(
+            os.path.join(path, "*", "*.tar")):
+        return "wds"
+    return "image_folder"
+
+
+def is_source(path: str) -> bool:
+    return bool(source_kind(path))
+
+
+def has_split(root: str, split: str) -> bool:
+    """Whether a folder source has the split folder `root/split`."""
+    return tf.io.gfile.isdir(os.path.join(root, split))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _split_root(root: str, split: str, layout: str) -> tuple[str, str]:
+    """The folder holding the class folders (or shards) and the split it stands for."""
+    if split:
+        path = os.path.join(root, split)
+        if not tf.io.gfile.isdir(path):
+            raise FileNotFoundError(f"No split folder {path!r} in the {layout} {root!r}; "
+                                    f"folders there: {sorted(_subdirs(root))}.")
+        return path, split
+    present = _subdirs(root)
+    if present and all(name in SPLIT_FOLDERS for name in present):
+        chosen = next(name for name in SPLIT_FOLDERS if name in present)
+        return os.path.join(root, chosen), chosen
+    return root, ""
+
+
+def _subdirs(root: str) -> list[str]:
+    return sorted(n.rstrip("/") for n in tf.io.gfile.listdir(root)
+                  if tf.io.gfile.isdir(os.path.join(root, n.rstrip("/"))))
+
+
+def read_image_folder(root: str, split: str = "") -> LabelledImages:
+    """`root[/split]/<class>/**/<image>`; see the module docstring."""
+    folder, split = _split_root(root, split, "image folder")
+    classes = _subdirs(folder)
+    if len(classes) < 2:
+        raise ValueError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it out "
+                         "as <root>/<class name>/<image files> with at least 2 classes.")
+    files, labels, skipped = [], [], 0
+    for label, name in enumerate(classes):
+        for directory, _, names in sorted(tf.io.gfile.walk(os.path.join(folder, name))):
+            found = [os.path.join(directory, f) for f in sorted(names) if _is_image(f)]
+            skipped += len(names) - len(found)
+            files += found
+            labels += [label] * len(found)
+    if not files:
+        raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
+                                f"{folder!r}.")
+    report = {"not an image file": skipped} if skipped else {}
+    out = _whole_files(f"image folder {folder}", files, labels, classes, report)
+    out.split = split
+    return out
+
+
+def _pick_column(columns: list[str], given: str, candidates: Sequence[str], what: str,
+                 path: str, option: str) -> str:
+    if given:
+        if given not in columns:
+            raise ValueError(f"{what} column {given!r} is not in {path} (columns: {columns}); "
+                             f"set {option}.")
+        return given
+    found = [c for c in candidates if c in columns]
+    if not found:
+        raise ValueError(f"{path} has no {what} column (looked for {list(candidates)}; columns: "
+                         f"{columns}); name it with {option}.")
+    return found[0]
+
+
+def read_table(path: str, image_column: str = "", label_column: str = "",
+               class_names: Sequence[str] | None = None) -> LabelledImages:
+    """A CSV/TSV of image paths and labels, read with pandas; see the module docstring.
+
+    Labels that are all integers are class indices (class names must then be given, or come
+    from a `classnames.txt` beside the table); otherwise they are class names, mapped to the
+    given names' order, or, without given names, to their sorted order.
+    """
+    import pandas as pd
+
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"No table at {path!r}.")
+    sep = "\t" if path.lower().endswith(".tsv") else ","
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = io.BytesIO(f.read())
+    frame = pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    columns = list(frame.columns)
+    image_col = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", path,
+                             "--image-column / image_column")
+    label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", path,
+                             "--label-column / label_column")
+    empty = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
+             if not p.strip() or not y.strip()]
+    if empty:
+        raise ValueError(f"{path} line {empty[0] + 2}: empty image path or label "
+                         f"({len(empty)} such row(s)); fill or remove them.")
+    raw = [y.strip() for y in frame[label_col]]
+    if class_names is None:
+        beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
+        if tf.io.gfile.exists(beside):
+            class_names = read_lines(beside)
+    if all(_is_int(y) for y in raw):
+        labels = np.asarray([int(y) for y in raw], np.int64)
+        if class_names is None:
+            raise ValueError(f"The labels of {path} are class indices; give the class names "
+                             f"(--class-names FILE_OR_LIST, or a {WDS_CLASSNAMES} beside it).")
+        bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+        if bad.size:
+            raise ValueError(f"{path} line {bad[0] + 2}: label {labels[bad[0]]} is not in "
+                             f"0..{len(class_names) - 1} ({len(class_names)} class names).")
+    else:
+        names = list(class_names) if class_names is not None else sorted(set(raw))
+        index = {name: k for k, name in enumerate(names)}
+        unknown = [i for i, y in enumerate(raw) if y not in index]
+        if unknown:
+            raise ValueError(f"{path} line {unknown[0] + 2}: label {raw[unknown[0]]!r} is not "
+                             f"one of the {len(names)} class names given.")
+        labels = np.asarray([index[y] for y in raw], np.int64)
+    root = os.path.dirname(path)
+    files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p)
+             for p in frame[image_col]]
+    missing = [i for i, f in enumerate(files) if not tf.io.gfile.exists(f)]
+    if missing:
+        raise FileNotFoundError(f"{path} line {missing[0] + 2}: no image at "
+                                f"{files[missing[0]]!r} ({len(missing)} missing in all).")
+    return _whole_files(f"table {path}", files, labels, list(class_names or names))
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def read_lines(path: str) -> list[str]:
+    with tf.io.gfile.GFile(path) as f:
+        return [line.strip() for line in f.read().splitlines() if line.strip()]
+
+
+def read_wds(root: str, split: str = "") -> LabelledImages:
+    """CLIP_benchmark's webdataset layout; see the module docstring."""
+    folder, split = _split_root(root, split, "webdataset")
+    class_names = read_lines(os.path.join(root, WDS_CLASSNAMES))
+    templates_path = os.path.join(root, WDS_TEMPLATES)
+    templates = tuple(read_lines(templates_path)) if tf.io.gfile.exists(templates_path) else None
+    shards = sorted(tf.io.gfile.glob(os.path.join(folder, "*.tar")))
+    if not shards:
+        raise FileNotFoundError(f"No .tar shards in {folder!r}.")
+    files, offsets, lengths, labels = [], [], [], []
+    skipped: dict[str, int] = {}
+    for shard in shards:
+        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        classes: dict[str, str] = {}
+        with tf.io.gfile.GFile(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, base = os.path.split(member.name)
+                stem, _, ext = base.partition(".")
+                samples.setdefault(os.path.join(directory, stem), {})[ext.lower()] = member
+                if ext.lower() == "cls":
+                    classes[os.path.join(directory, stem)] = (
+                        tar.extractfile(member).read().decode().strip())
+        for key, parts in samples.items():
+            image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in parts),
+                         None)
+            if image is None or "cls" not in parts:
+                why = "no image" if image is None else "no .cls"
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
+            label = int(classes[key])
+            if not 0 <= label < len(class_names):
+                raise ValueError(f"{shard}: sample {key} has class {label}, outside "
+                                 f"0..{len(class_names) - 1} ({WDS_CLASSNAMES}).")
+            files.append(shard)
+            offsets.append(image.offset_data)
+            lengths.append(image.size)
+            labels.append(label)
+    if not files:
+        raise FileNotFoundError(f"No sample with an image and a .cls in {folder!r}.")
+    return LabelledImages(f"webdataset {folder}", files, np.asarray(offsets, np.int64),
+                          np.asarray(lengths, np.int64), np.asarray(labels, np.int32),
+                          class_names, templates, skipped, split)
+
+
+READERS: dict[str, Callable[..., LabelledImages]] = {
+    "image_folder": lambda path, split: read_image_folder(path, split),
+    "table": lambda path, split: read_table(path),
+    "wds": lambda path, split: read_wds(path, split),
+}
+
+
+def read(path: str, split: str = "") -> LabelledImages:
+    """The labelled images at `path` (any layout of the module docstring)."""
+    kind = source_kind(path)
+    if not kind:
+        raise FileNotFoundError(f"{path!r} is neither an image folder, a .csv/.tsv table nor a "
+                                "CLIP_benchmark webdataset folder.")
+    images = READERS[kind](path, split)
+    if images.skipped:
+        log.warning("%s: skipped %s", images.description,
+                    ", ".join(f"{n} ({why})" for why, n in images.skipped.items()))
+    return images
+
+
+def _read_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
+    with tf.io.gfile.GFile(path.decode(), "rb") as f:
+        if offset < 0:
+            return f.read()
+        f.seek(int(offset))
+        return f.read(int(length))
+
+
+def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
+                  shift: str = "", prefetch_batches: int = 2, process_index: int | None = None,
+                  process_count: int | None = None) -> input_pipeline.EvalIterable:
+    """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
+    in order, padded with `mask` False so every process yields the same number of batches."""
+    process_index, process_count = input_pipeline._processes(process_index, process_count)
+    shift = shifts.check(shift)
+    n = len(images)
+    first, last = process_index * n // process_count, (process_index + 1) * n // process_count
+    num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
+    total = num_batches * batch_size
+    index = np.arange(first, first + total, dtype=np.int64)
+    valid = index < last
+    index = np.where(valid, index, first if last > first else 0)
+    size = model_config.image_size
+    mean, std = normalization_constants(model_config)
+    table = {"file": np.asarray(images.files, dtype=object), "offset": images.offsets,
+             "length": images.lengths, "label": images.labels}
+    columns = {k: tf.constant(v[index]) for k, v in table.items()}
+
+    def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        encoded = tf.numpy_function(_read_bytes, [item["file"], item["offset"], item["length"]],
+                                    tf.string, stateful=False)
+        image = tf_preprocess.eval_image(tf.ensure_shape(encoded, []), size)
+        image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
+        ok = item["valid"]
+        return {"images": tf.where(ok, image, tf.zeros_like(image)), "mask": ok,
+                "index": tf.where(ok, item["index"], tf.constant(-1, tf.int64)),
+                "label": tf.where(ok, item["label"], 0)}
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {**columns, "index": tf.constant(index), "valid": tf.constant(valid)})
+    dataset = dataset.map(input_pipeline._graph(example), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(prefetch_batches)
+    return input_pipeline.EvalIterable(dataset.with_options(input_pipeline._options()),
+                                       num_batches, n, list(images.class_names))

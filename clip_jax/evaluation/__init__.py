@@ -1,0 +1,1 @@
+"""Evaluators (zero-shot, retrieval, probes, robustness), their metrics, templates, reports."""

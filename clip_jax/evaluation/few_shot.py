@@ -1,0 +1,135 @@
+"""Few-shot linear probes and the "zero-shot equals k-shot" point (CLIP paper, section 3.1.5).
+
+For k shots per class and a seed, k training examples of every class are drawn at random
+(without replacement) from the training features, and k more per class, disjoint from them,
+form a validation set that picks the L2 strength; the probe is refit on the k shots and scored
+on the whole test set. Features are the L2-normalised image embeddings as they are (no
+standardisation, which k = 1 cannot estimate), so a probe can also start from, and be pulled
+towards, the zero-shot classifier: W0 = exp(logit_scale) * text class embeddings, penalty
+(l2 / 2) ||W - W0||^2, which equals zero-shot as l2 grows and fits the shots as it shrinks.
+Results over seeds are reported as mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from clip_jax.evaluation import linear_probe
+
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = 3
+PRIOR_L2 = linear_probe.DEFAULT_L2 + (1.0, 10.0)  # strong pulls reach the zero-shot classifier
+# L-BFGS steps per probe: scikit-learn's LogisticRegression default. Few-shot data are often
+# separable, where weak L2 never lets the gradient reach a tight tolerance; the step cap
+# bounds the cost (hundreds of probes per curve) instead.
+MAX_ITER = 100
+
+
+def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator,
+                 exclude: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of k random examples per class present in `labels` (fewer where a class
+    has fewer), none of them in `exclude`."""
+    labels = np.asarray(labels)
+    allowed = np.ones(len(labels), bool)
+    if exclude is not None:
+        allowed[exclude] = False
+    chosen = []
+    for c in np.unique(labels):
+        pool = np.flatnonzero((labels == c) & allowed)
+        chosen.append(rng.choice(pool, size=min(k, len(pool)), replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, num_classes: int, k: int, seed: int,
+                   l2_grid: Sequence[float], prior: np.ndarray | None = None,
+                   pad_to: int | None = None) -> tuple[float, float]:
+    """(test accuracy, chosen l2) of one k-shot probe drawn with `seed`; `pad_to` as in
+    `linear_probe.fit_logistic_regression`."""
+    rng = np.random.default_rng(seed)
+    fit = sample_shots(train_y, k, rng)
+    val = sample_shots(train_y, k, rng, exclude=fit)
+    best = l2_grid[0]
+    if len(l2_grid) > 1 and len(val):
+        scores = [np.mean(linear_probe.fit_logistic_regression(
+            train_x[fit], train_y[fit], num_classes, l2, prior=prior, max_iter=MAX_ITER,
+            pad_to=pad_to)
+            .predict(train_x[val]) == train_y[val]) for l2 in l2_grid]
+        best = l2_grid[int(np.argmax(scores))]
+    model = linear_probe.fit_logistic_regression(train_x[fit], train_y[fit], num_classes, best,
+                                                 prior=prior, max_iter=MAX_ITER, pad_to=pad_to)
+    return float(np.mean(model.predict(test_x) == test_y)), float(best)
+
+
+def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, num_classes: int, *,
+                   shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = DEFAULT_SEEDS,
+                   l2_grid: Sequence[float] = linear_probe.DEFAULT_L2,
+                   prior: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Per k, test accuracies float [seeds] of k-shot probes (seeds 0..seeds-1)."""
+    if seeds < 1 or not shots or min(shots) < 1:
+        raise ValueError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
+                         f"seeds={seeds}).")
+    train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    pad_to = max(shots) * num_classes  # every k shares one compiled solver
+    return {k: np.asarray([probe_accuracy(train_x, train_y, test_x, test_y, num_classes, k, s,
+                                          list(l2_grid), prior, pad_to)[0]
+                           for s in range(seeds)])
+            for k in shots}
+
+
+def matching_shots(shots: Sequence[int], accuracy: Sequence[float], target: float
+                   ) -> tuple[float, int]:
+    """The k at which the few-shot curve first reaches `target` (zero-shot accuracy),
+    interpolated linearly in log2 k between the bracketing shots.
+
+    Returns (k, bound): bound 0 when interpolated; -1 with k = shots[0] when even the fewest
+    shots reach the target; +1 with k = shots[-1] when no shot count does.
+    """
+    k = np.log2(np.asarray(shots, np.float64))
+    acc = np.asarray(accuracy, np.float64)
+    if acc[0] >= target:
+        return float(shots[0]), -1
+    for i in range(1, len(acc)):
+        if acc[i] >= target:
+            t = (target - acc[i - 1]) / (acc[i] - acc[i - 1])
+            return float(2 ** (k[i - 1] + t * (k[i] - k[i - 1]))), 0
+    return float(shots[-1]), 1
+
+
+def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+             class_embeddings: np.ndarray, logit_scale: float, *,
+             shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = DEFAULT_SEEDS,
+             l2_grid: Sequence[float] = linear_probe.DEFAULT_L2, zero_shot_init: bool = True
+             ) -> tuple[dict[str, float], dict[str, object]]:
+    """Few-shot metrics and the curve behind the plot.
+
+    Metrics: `zero_shot_top1` (nearest class embedding on the test set), per k
+    `{k}shot_top1` and `{k}shot_top1_std` (over seeds), with `zero_shot_init` also
+    `zero_shot_init_{k}shot_top1[_std]`, and `matching_shots` / `matching_bound`
+    (`matching_shots` on the plain probe's mean curve).
+    """
+    num_classes = len(class_embeddings)
+    zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
+    metrics: dict[str, float] = {"zero_shot_top1": zero_shot}
+    detail: dict[str, object] = {"shots": list(shots), "zero_shot": zero_shot}
+    kinds = {"linear_probe": (None, list(l2_grid))}
+    if zero_shot_init:
+        kinds["zero_shot_init"] = (logit_scale * np.asarray(class_embeddings, np.float32).T,
+                                   list(l2_grid) + [v for v in PRIOR_L2 if v > max(l2_grid)])
+    for kind, (prior, grid) in kinds.items():
+        curve = few_shot_curve(train_x, train_y, test_x, test_y, num_classes, shots=shots,
+                               seeds=seeds, l2_grid=grid, prior=prior)
+        prefix = "" if kind == "linear_probe" else "zero_shot_init_"
+        for k, acc in curve.items():
+            metrics[f"{prefix}{k}shot_top1"] = float(acc.mean())
+            metrics[f"{prefix}{k}shot_top1_std"] = float(acc.std())
+        detail[kind] = {"mean": [float(a.mean()) for a in curve.values()],
+                        "std": [float(a.std()) for a in curve.values()]}
+    k, bound = matching_shots(list(shots), detail["linear_probe"]["mean"], zero_shot)
+    metrics.update(matching_shots=k, matching_bound=float(bound))
+    detail.update(matching_shots=k, matching_bound=bound)
+    return metrics, detail

@@ -1,0 +1,164 @@
+"""Evaluation results as people read them: a markdown table, JSON + CSV files, plots.
+
+Results are in long format, one row per task and metric as CLIP_benchmark's result tables
+(`dataset`, `model`, `task`, `metric`, `value`), plus where each number comes from: the data,
+split, number of images and classes, and the prompt templates (`Evaluation.provenance`).
+`write` puts `results.json`, `results.csv` and the plots in an output directory:
+`few_shot_<task>.png` (k-shot probe accuracy with its spread over seeds and the zero-shot
+line), `robustness_<task>.png` (in-distribution vs shifted accuracy with the baseline line,
+logit axes) and `per_class_<task>.png` (zero-shot accuracy per class).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+COLUMNS = ("dataset", "model", "task", "metric", "value", "evaluator", "split", "images",
+           "classes", "templates")
+
+
+def rows(metrics: Mapping[str, float], provenance: Mapping[str, Mapping[str, Any]],
+         model: str) -> list[dict[str, Any]]:
+    """One row per metric `<evaluator>/<task>/<metric...>`, with the task's provenance."""
+    out = []
+    for key, value in metrics.items():
+        evaluator, task, metric = key.split("/", 2)
+        where = provenance.get(f"{evaluator}/{task}", {})
+        out.append({"dataset": where.get("data", task), "model": model, "task": task,
+                    "metric": metric, "value": float(value), "evaluator": evaluator,
+                    "split": where.get("split", ""), "images": where.get("images", ""),
+                    "classes": where.get("classes", ""), "templates": where.get("templates", "")})
+    return out
+
+
+def markdown(table: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table of `rows`: evaluator, task, metric, value, and the provenance."""
+    head = ("evaluator", "task", "metric", "value", "data", "split", "images", "classes",
+            "templates")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cells = (r["evaluator"], r["task"], r["metric"], f"{r['value']:.4f}", r["dataset"],
+                 r["split"], r["images"], r["classes"], r["templates"])
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def write(out_dir: str, table: Sequence[Mapping[str, Any]],
+          details: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """results.json, results.csv and the plots of `details` in `out_dir`; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.csv")]
+    with open(paths[0], "w", encoding="utf-8") as f:
+        json.dump({"results": list(table), "details": _jsonable(details)}, f, indent=1)
+    with open(paths[1], "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    for key, detail in details.items():
+        kind, task = key.split("/", 1)
+        path = os.path.join(out_dir, f"{kind}_{task.replace('/', '_')}.png")
+        PLOTS[kind](detail, path, task)
+        paths.append(path)
+    return paths
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def _figure(width: float = 5.5, height: float = 4.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(width, height))
+
+
+def plot_few_shot(detail: Mapping[str, Any], path: str, title: str, ax: Any = None) -> None:
+    """Probe accuracy (mean +- std over seeds) against shots per class, log2 axis, with the
+    zero-shot accuracy as a horizontal line and the matching k marked."""
+    own = ax is None
+    if own:
+        plt, fig, ax = _figure()
+    shots = np.asarray(detail["shots"])
+    for name, label in (("linear_probe", "linear probe"),
+                        ("zero_shot_init", "probe from zero-shot weights")):
+        if name in detail:
+            mean = np.asarray(detail[name]["mean"])
+            std = np.asarray(detail[name]["std"])
+            ax.plot(shots, mean, "o-", label=label)
+            ax.fill_between(shots, mean - std, mean + std, alpha=0.2)
+    ax.axhline(detail["zero_shot"], color="k", ls="--",
+               label=f"zero-shot {100 * detail['zero_shot']:.1f} %")
+    if detail.get("matching_bound", 1) == 0:
+        ax.axvline(detail["matching_shots"], color="grey", ls=":",
+                   label=f"zero-shot = {detail['matching_shots']:.1f}-shot")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set(xlabel="labelled examples per class", ylabel="test accuracy", title=title)
+    ax.legend(fontsize=8)
+    if own:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def plot_robustness(detail: Mapping[str, Any], path: str, title: str, ax: Any = None) -> None:
+    """Shifted against in-distribution accuracy on logit axes: y = x, the baseline line and
+    its pairs, and the evaluated model on each shifted set."""
+    from clip_jax.evaluation import robustness
+
+    own = ax is None
+    if own:
+        plt, fig, ax = _figure()
+    grid = np.linspace(0.02, 0.98, 50)
+    lg = robustness.logit
+    ax.plot(lg(grid), lg(grid), color="k", lw=0.8, label="y = x (no drop)")
+    ref = detail["reference"]
+    for i, (name, acc) in enumerate(detail["shifted"].items()):
+        color = f"C{i % 10}"
+        line = detail["lines"].get(name)
+        if line is not None:
+            ax.plot(lg(grid), lg(robustness.predicted(line, grid)), color=color, ls="--", lw=0.8)
+        for a, b in detail.get("baseline_points", {}).get(name, []):
+            ax.plot(lg(a), lg(b), "x", color=color)
+        ax.plot(lg(ref), lg(acc), "o", color=color, label=name)
+    ticks = np.asarray([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+    ax.set_xticks(lg(ticks), [f"{t:g}" for t in ticks])
+    ax.set_yticks(lg(ticks), [f"{t:g}" for t in ticks])
+    ax.set(xlabel="in-distribution accuracy (logit axis)", ylabel="shifted accuracy",
+           title=f"{title}: o model, x / -- baseline")
+    ax.legend(fontsize=7)
+    if own:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def plot_per_class(detail: Mapping[str, Any], path: str, title: str) -> None:
+    """Zero-shot top-1 accuracy per class, sorted, as horizontal bars."""
+    names, acc = list(detail["class_names"]), np.asarray(detail["accuracy"], float)
+    order = np.argsort(acc)
+    plt, fig, ax = _figure(6.0, max(3.0, 0.18 * len(names) + 1))
+    ax.barh(np.arange(len(names)), acc[order])
+    ax.set_yticks(np.arange(len(names)), [names[i] for i in order], fontsize=7)
+    ax.set(xlabel="zero-shot top-1 accuracy", xlim=(0, 1), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PLOTS = {"few_shot": plot_few_shot, "robustness": plot_robustness, "per_class": plot_per_class}

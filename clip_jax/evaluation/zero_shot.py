@@ -1,0 +1,80 @@
+"""Zero-shot classification: class embeddings from prompt ensembles, and quick inference.
+
+A class embedding is the mean of the L2-normalised text embeddings of every template filled
+with the class name, renormalised (CLIP's prompt ensembling); an image's class is the one of
+highest cosine similarity. `ZeroShotClassifier` runs that on one host for a handful of images
+(the `clip-jax zero-shot` command, notebooks); `clip_jax.evaluation.evaluate` runs it over whole datasets
+with the sharded model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from clip_jax.evaluation import templates as templates_lib
+from clip_jax.inference.encoder import Encoder
+from clip_jax.data.preprocess import ImageLike
+from clip_jax.data.tokenizer import tokenize
+
+
+def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
+                     templates: Sequence[str], context_length: int) -> np.ndarray:
+    """[K, E]: per class, the renormalised mean of its normalised prompt embeddings.
+
+    `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E].
+    """
+    tokens = tokenize(templates_lib.prompts(class_names, templates), context_length)
+    embeddings = np.asarray(embed_texts(tokens), np.float32)
+    mean = embeddings.reshape(len(templates), len(class_names), -1).mean(axis=0)
+    return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> list[str]:
+    """Class names from a file (one per line), a comma-separated list, or, for "", the
+    dataset's own label names with underscores read as spaces (`aquarium_fish`)."""
+    if not spec:
+        if not dataset_names:
+            raise ValueError("The dataset has no label names; give class names as a file with "
+                             "one name per line or a comma-separated list.")
+        return [name.replace("_", " ") for name in dataset_names]
+    if os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = [name.strip() for name in spec.split(",") if name.strip()]
+    if len(names) < 2:
+        raise ValueError(f"Class names {spec!r} give {len(names)} class(es); zero-shot "
+                         "classification needs at least 2 (a file with one name per line, or "
+                         "'cat,dog,car').")
+    return names
+
+
+class ZeroShotClassifier(Encoder):
+    """Single-host zero-shot classification of images against free-form labels.
+
+    Images and prompts are embedded in padded batches of fixed size (`Encoder`), so any number
+    of them reuses one compiled image function and one text function.
+    """
+
+    def embed_labels(self, labels: Sequence[str],
+                     templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
+        return class_embeddings(self.embed_tokens, labels, templates,
+                                self.module.config.context_length)
+
+    def probabilities(self, images: Sequence[ImageLike], labels: Sequence[str],
+                      templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
+        """[N, K] softmax over the labels of exp(logit_scale) * cosine similarity."""
+        return self.probabilities_of(self.embed_images(images),
+                                     self.embed_labels(labels, templates))
+
+    def probabilities_of(self, image_embeddings: np.ndarray,
+                         label_embeddings: np.ndarray) -> np.ndarray:
+        """[N, K] probabilities from embeddings [N, E] and `embed_labels(...)` [K, E], for
+        streaming many images against one set of label embeddings."""
+        logits = self.scale * image_embeddings @ label_embeddings.T
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return probs / probs.sum(axis=1, keepdims=True)

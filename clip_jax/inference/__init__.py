@@ -1,0 +1,1 @@
+"""Single-host embedding of images and texts, and image indexes for search."""

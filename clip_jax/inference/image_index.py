@@ -1,0 +1,295 @@
+"""Image search: embed a folder into an index file, then rank its images for a text or image.
+
+`build_index` streams a folder through `clip_jax.data.image_folder` (recursive, batched, bad files
+skipped with a reason) and the model's image tower, and writes one `.npz` file: L2-normalised
+float32 embeddings [N, E], the image paths, each file's size and mtime, and a JSON header
+(model fingerprint, skipped files). It is resumable: finished batches are saved every
+`save_every` images to `<output>.partial/`, and a rerun (after an interruption, or on a folder
+that grew) re-embeds only files not already in the partial parts or the previous index, with the
+same model, size and mtime.
+
+Search is exact: cosine similarity against every embedding (one matrix product) and top-k with
+ties to the lower index. `benchmarks/image_search.py` compared it with faiss (exact flat index)
+and hnswlib (HNSW graph) at 500k x 512: exact NumPy search took 0.55 s for one query and 66 ms
+per query in a batch of 64, faiss's flat index was no faster, and HNSW answered in 0.9 ms but
+needed an estimated 54 min to build with recall@10 of 0.18 on random vectors (2 shared CPU
+cores under heavy load). An interactive search is dominated by loading the model, so exact
+search stays and no approximate-search dependency is added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from clip_jax.inference.encoder import Encoder
+from clip_jax.data.image_folder import SkippedImage, find_images, iter_batches
+from clip_jax.data.preprocess import ImageLike
+
+FORMAT = "clip_jax.inference.image_index/1"
+_SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """One search result: the image path and its cosine similarity to the query."""
+
+    path: str
+    score: float
+
+
+@dataclasses.dataclass
+class ImageIndex:
+    """L2-normalised image embeddings [N, E] float32 with their `paths` [N].
+
+    `sizes` / `mtimes` (int64 [N], bytes and st_mtime_ns) let a rebuild reuse unchanged files;
+    `meta` holds the model fingerprint, the skipped files and how the index was built.
+    """
+
+    embeddings: np.ndarray
+    paths: list[str]
+    sizes: np.ndarray | None = None
+    mtimes: np.ndarray | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def load(cls, path: str) -> ImageIndex:
+        """Read an index file; FileNotFoundError / ValueError (one line) if it is not one."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No index file at {path!r}; build one with "
+                                    "`clip-jax index IMAGES --model M --output INDEX`.")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"format {meta.get('format')!r}")
+                return cls(np.asarray(data["embeddings"], np.float32), _decode(data["paths"]),
+                           data["sizes"], data["mtimes"], meta)
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path!r} is not a clip_jax image index ({error}); rebuild it with "
+                             "`clip-jax index`.") from None
+
+    def save(self, path: str) -> None:
+        """Write the index atomically (a temporary file renamed over `path`)."""
+        _save_npz(path, embeddings=self.embeddings.astype(np.float32), paths=_encode(self.paths),
+                  sizes=_or_zeros(self.sizes, len(self)), mtimes=_or_zeros(self.mtimes, len(self)),
+                  meta=np.frombuffer(json.dumps({**self.meta, "format": FORMAT}).encode(),
+                                     np.uint8))
+
+    def top_k(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine top-k: (scores float32 [Q, k'], indices int64 [Q, k']), k' = min(k, N).
+
+        `queries` [E] or [Q, E] are L2-normalised embeddings (`Encoder.embed_texts` /
+        `embed_images`). Rows are sorted by decreasing score, equal scores by lower index.
+        """
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        if queries.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(f"Queries have {queries.shape[1]}-d embeddings, the index "
+                             f"{self.embeddings.shape[1]}-d: search with the index's model "
+                             f"({self.meta.get('model', 'unknown')}).")
+        k = min(k, len(self))
+        scores, indices = np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k),
+                                                                              np.int64)
+        rows = max(1, _SCORE_BLOCK // max(len(self), 1))
+        for start in range(0, len(queries), rows):
+            block = queries[start:start + rows] @ self.embeddings.T
+            for r, row in enumerate(block, start):
+                indices[r] = _top_k_row(row, k)
+                scores[r] = row[indices[r]]
+        return scores, indices
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Match]]:
+        """`top_k` as `Match(path, score)` lists, one per query."""
+        scores, indices = self.top_k(queries, k)
+        return [[Match(self.paths[i], float(s)) for s, i in zip(srow, irow)]
+                for srow, irow in zip(scores, indices)]
+
+
+def _top_k_row(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of `row`, ties to the lower index."""
+    if k == 0:
+        return np.zeros(0, np.int64)
+    kth = np.partition(row, len(row) - k)[len(row) - k]
+    candidates = np.flatnonzero(row >= kth)
+    order = np.lexsort((candidates, -row[candidates]))
+    return candidates[order[:k]]
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What `build_index` did: the index, images embedded now and reused, files skipped (with
+    reasons) and files ignored for not having an image extension."""
+
+    index: ImageIndex
+    embedded: int
+    reused: int
+    skipped: list[SkippedImage]
+    ignored: int
+
+    def summary(self, output: str) -> str:
+        return (f"Indexed {len(self.index)} images into {output} ({self.embedded} embedded, "
+                f"{self.reused} reused); skipped {len(self.skipped)} unreadable file(s); "
+                f"ignored {self.ignored} file(s) without an image extension.")
+
+
+def model_fingerprint(encoder: Encoder) -> str:
+    """A short hash of the architecture and of the first values of every weight: an index is
+    only extended with embeddings of the same model."""
+    digest = hashlib.sha256(json.dumps(encoder.module.config.to_dict(), sort_keys=True,
+                                       default=str).encode())
+    leaves = jax.tree_util.tree_flatten_with_path(encoder.variables)[0]
+    for key, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        head = np.asarray(jnp.ravel(leaf)[:1024], np.float32)
+        digest.update(jax.tree_util.keystr(key).encode() + str(np.shape(leaf)).encode()
+                      + head.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_index(images: Sequence[str], encoder: Encoder, output: str, *, recursive: bool = True,
+                batch_size: int = 64, save_every: int = 4096, model_name: str = "",
+                progress: bool = True) -> BuildReport:
+    """Embed the images of `images` (files and folders) into the index file `output`.
+
+    Paths are stored absolute, in `find_images` order. Resumable: see the module docstring.
+    Raises ValueError when `<output>.partial/` was written with another model (delete it or
+    choose another output), FileNotFoundError for missing inputs or folders without images.
+    Single-host: the model runs on one process's devices.
+    """
+    paths, ignored = find_images(images, recursive)
+    paths = [os.path.abspath(p) for p in paths]
+    fingerprint = model_fingerprint(encoder)
+    partial = output + ".partial"
+    known = _reusable(output, partial, fingerprint)
+    stats = {p: _stat(p) for p in paths}
+    done = {p: known[p][0] for p in paths if p in known and known[p][1] == stats[p]}
+    todo = [p for p in paths if p not in done]
+    os.makedirs(partial, exist_ok=True)
+    with open(os.path.join(partial, "model.json"), "w", encoding="utf-8") as f:
+        json.dump({"fingerprint": fingerprint, "model": model_name}, f)
+
+    skipped: list[SkippedImage] = []
+    pending_paths, pending = [], []
+    part = len(glob.glob(os.path.join(partial, "part-*.npz")))
+    bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, file=sys.stderr,
+               dynamic_ncols=True, desc="index")
+
+    def flush() -> None:
+        nonlocal part, pending_paths, pending
+        if pending_paths:
+            _save_npz(os.path.join(partial, f"part-{part:06d}.npz"),
+                      embeddings=np.concatenate(pending), paths=_encode(pending_paths),
+                      stats=np.asarray([stats[p] for p in pending_paths], np.int64))
+            part += 1
+            for p, e in zip(pending_paths, np.concatenate(pending)):
+                done[p] = e
+        pending_paths, pending = [], []
+
+    for batch in iter_batches(todo, encoder.module.config, batch_size, **encoder.image_options):
+        skipped += batch.skipped
+        if batch.paths:
+            pending.append(encoder.embed_pixels(batch.images))
+            pending_paths += batch.paths
+        bar.update(len(batch.paths) + len(batch.skipped))
+        if len(pending_paths) >= save_every:
+            flush()
+    flush()
+    bar.close()
+
+    kept = [p for p in paths if p in done]
+    dim = encoder.module.config.embed_dim
+    index = ImageIndex(
+        np.stack([done[p] for p in kept]) if kept else np.zeros((0, dim), np.float32), kept,
+        np.asarray([stats[p][0] for p in kept], np.int64),
+        np.asarray([stats[p][1] for p in kept], np.int64),
+        {"model": model_name, "fingerprint": fingerprint, "embed_dim": dim,
+         "inputs": [os.path.abspath(i) for i in images], "recursive": recursive,
+         "ignored": ignored, "skipped": [dataclasses.asdict(s) for s in skipped]})
+    index.save(output)
+    shutil.rmtree(partial)
+    return BuildReport(index, len(kept) - (len(paths) - len(todo)), len(paths) - len(todo),
+                       skipped, ignored)
+
+
+def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np.ndarray, tuple]]:
+    """path -> (embedding, (size, mtime)) from a previous index and unfinished parts of this
+    model; a partial folder of another model is refused, a previous index of one is ignored."""
+    known = {}
+    if os.path.isfile(output):
+        try:
+            old = ImageIndex.load(output)
+        except ValueError:
+            old = None
+        if old is not None and old.meta.get("fingerprint") == fingerprint:
+            for p, e, s, m in zip(old.paths, old.embeddings, old.sizes, old.mtimes):
+                known[p] = (e, (int(s), int(m)))
+    state = os.path.join(partial, "model.json")
+    if os.path.isfile(state):
+        with open(state, encoding="utf-8") as f:
+            previous = json.load(f)
+        if previous.get("fingerprint") != fingerprint:
+            raise ValueError(f"{partial!r} holds an unfinished index of another model "
+                             f"({previous.get('model') or previous.get('fingerprint')}); delete "
+                             "it or choose another --output.")
+    for name in sorted(glob.glob(os.path.join(partial, "part-*.npz"))):
+        with np.load(name, allow_pickle=False) as data:
+            for p, e, s in zip(_decode(data["paths"]), data["embeddings"], data["stats"]):
+                known[p] = (e, (int(s[0]), int(s[1])))
+    return known
+
+
+def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Encoder,
+           k: int = 10) -> list[Match]:
+    """Top-k images of `index` for one query: a text (`str`), an image (`pathlib.Path` or other
+    path-like, PIL image, uint8 array) or a float embedding [E]."""
+    if isinstance(query, str):
+        embedding = encoder.embed_texts([query])[0]
+    elif isinstance(query, np.ndarray) and query.dtype != np.uint8:
+        embedding = query
+    else:
+        embedding = encoder.embed_images([query])[0]
+    return index.search(embedding, k)[0]
+
+
+def _stat(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
+
+
+def _encode(paths: Sequence[str]) -> np.ndarray:
+    """Paths as one uint8 buffer of NUL-separated UTF-8 (NUL cannot occur in a path)."""
+    return np.frombuffer("\0".join(paths).encode("utf-8", "surrogateescape"), np.uint8)
+
+
+def _decode(buffer: np.ndarray) -> list[str]:
+    text = bytes(buffer).decode("utf-8", "surrogateescape")
+    return text.split("\0") if text else []
+
+
+def _or_zeros(x: np.ndarray | None, n: int) -> np.ndarray:
+    return np.zeros(n, np.int64) if x is None else np.asarray(x, np.int64)
+
+
+def _save_npz(path: str, **arrays: np.ndarray) -> None:
+    """np.savez to a temporary name, then an atomic rename: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)

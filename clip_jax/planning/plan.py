@@ -1,0 +1,304 @@
+"""`clip-jax plan`: will this config fit a TPU slice, where does the memory go, how fast can it be?
+
+Compiles the real train step (`train_step.lower_train_step`: the config's loss, micro-batches,
+remat, mesh and logical-axis rules) for compile-only devices of a Cloud TPU slice
+(`tpu_topology`), without any TPU, and reports per chip:
+
+- memory: XLA's `memory_analysis()` (arguments, temporaries, outputs, donated aliases) against
+  the chip's HBM; parameter and optimizer-state bytes from the state's shardings. A program too
+  big for HBM is refused by the TPU compiler: its "Used X of Y hbm" is reported instead;
+- FLOPs per step: model FLOPs as the training loop's MFU counts them (XLA's count of the
+  unrolled, remat-free, single-micro-batch step, all chips) and the compiled program's matmul
+  FLOPs with loop trip counts and remat recomputation (`hlo_stats`);
+- HBM bytes accessed and collective bytes by kind (`hlo_stats`);
+- a roofline bound: step time >= max(compiled FLOPs / peak, bytes / HBM bandwidth) with the
+  chip's published peak and bandwidth (`tpu_topology.CHIPS`), hence images/s and MFU ceilings.
+  Collectives are assumed overlapped; the bound ignores interconnect time.
+
+When the config does not fit, `search` compiles variants the config allows (remat policies,
+fsdp sizes, micro-batch counts) within a time budget and returns the fitting ones, fastest
+roofline first.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import re
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from clip_jax.planning import hlo_stats
+from clip_jax.runtime import sharding
+from clip_jax.training import train
+from clip_jax.training import train_step
+from clip_jax.planning import topology as tpu_topology
+
+# Losses whose model FLOPs are counted on their unchunked twin (same math, no loops).
+UNCHUNKED = {"chunked_softmax": "softmax", "chunked_sigmoid": "sigmoid"}
+# Remat policies, most memory saved first.
+REMAT_ORDER = ("full", "dots_no_batch", "dots", "none")
+HOST_CHIPS = 4  # chips per TPU VM host in multi-host slices (v4, v5e, v5p, v6e)
+
+# The TPU compiler's refusals: "Used 51.9G of 15.75G hbm", or "the total memory required for
+# HLO temporaries (51.35G) exceeds available HBM (15.75G)".
+_OOM = re.compile(r"(?:Used |\()([\d.]+)([KMGT]?)\)? (?:of |exceeds available HBM \()"
+                  r"([\d.]+)([KMGT]?)", re.IGNORECASE)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+@dataclasses.dataclass
+class Plan:
+    """One compiled configuration. Bytes and *_per_chip values are per chip; FLOPs per step."""
+
+    topology: str
+    chip: str
+    chips: int
+    slices: int
+    mesh: dict[str, int]
+    batch_size: int
+    microbatches: int
+    remat_policy: str
+    loss: str
+    fits: bool
+    hbm_bytes: float
+    compile_seconds: float
+    error: str = ""
+    argument_bytes: float = math.nan
+    output_bytes: float = math.nan
+    alias_bytes: float = math.nan
+    temp_bytes: float = math.nan
+    total_bytes: float = math.nan  # arguments + outputs - aliased + temporaries
+    param_bytes: float = math.nan
+    opt_state_bytes: float = math.nan
+    model_flops: float = math.nan  # all chips
+    compiled_flops: float = math.nan  # all chips
+    bytes_accessed_per_chip: float = math.nan
+    collective_bytes_per_chip: dict[str, float] = dataclasses.field(default_factory=dict)
+    collective_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    compute_seconds: float = math.nan
+    memory_seconds: float = math.nan
+    step_seconds: float = math.nan
+    images_per_second: float = math.nan
+    mfu_ceiling: float = math.nan
+
+
+def _shard_bytes(abstract: Any, shardings: Any) -> float:
+    leaves = zip(jax.tree.leaves(abstract), jax.tree.leaves(
+        shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)))
+    return float(sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize for a, s in leaves))
+
+
+def _model_flops(config: ml_collections.ConfigDict, model: Any) -> float:
+    """The MFU numerator, as the training loop counts it: XLA's count for the unrolled,
+    remat-free step (one micro-batch, unchunked loss: XLA counts a loop body once, so every
+    loop is taken out). The count is global, so it is taken on one CPU device, which can
+    lower any batch (compile-only TPU devices give no cost analysis before compiling)."""
+    plain = copy.deepcopy(config)
+    plain.microbatches = 1
+    plain.loss = UNCHUNKED.get(config.loss, config.loss)
+    plain.mesh = dict(data=1, fsdp=1, tensor=1)
+    mesh = sharding.create_mesh(plain.mesh, jax.devices("cpu")[:1])
+    return train._model_flops(plain, train_step.setup(plain, model, mesh)) or math.nan
+
+
+def _oom(error: Exception) -> tuple[float, float] | None:
+    match = _OOM.search(str(error))
+    if not match:
+        return None
+    used, unit, total, total_unit = match.groups()
+    return float(used) * _UNITS[unit.upper()], float(total) * _UNITS[total_unit.upper()]
+
+
+def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: bool = True) -> Plan:
+    """Compiles the config's train step for `topology` (e.g. 'v5e-256') and measures it.
+
+    Raises ValueError (one line) for a bad topology name or a config that cannot run there
+    (mesh, batch divisibility, loss, ...), before compiling.
+    """
+    topo = tpu_topology.parse(topology)
+    train.validate_config(config, topo.devices_total, max(1, topo.devices_total // HOST_CHIPS))
+    shape = sharding.mesh_shape(config.mesh, topo.devices_total)
+    mesh = tpu_topology.make_mesh(topo, shape, sharding.MESH_AXES)
+    model = train_step.model_config(config)
+    s = train_step.setup(config, model, mesh)
+    result = Plan(topology, topo.chip.family, topo.chips, topo.slices,
+                  dict(zip(sharding.MESH_AXES, shape)), config.batch_size, config.microbatches,
+                  model.remat_policy, config.loss, False, topo.chip.hbm_bytes, 0.0)
+    result.param_bytes = _shard_bytes(s.abstract_state.params, s.state_shardings.params)
+    result.opt_state_bytes = _shard_bytes(s.abstract_state.opt_state,
+                                          s.state_shardings.opt_state)
+    if with_model_flops:
+        result.model_flops = _model_flops(config, model)
+    t0 = time.time()
+    try:
+        compiled = train_step.compile_train_step(config, s)
+    except Exception as error:  # noqa: BLE001 - XLA raises its own types; only OOM is expected
+        oom = _oom(error)
+        if oom is None:
+            raise
+        result.compile_seconds = time.time() - t0
+        result.total_bytes, result.hbm_bytes = oom
+        result.error = (f"the TPU compiler refuses it: {oom[0] / 2**30:.2f} GiB needed, "
+                        f"{oom[1] / 2**30:.2f} GiB of HBM available "
+                        f"({str(error).splitlines()[0][:200]})")
+        return result
+    result.compile_seconds = time.time() - t0
+    _measure(result, compiled, topo)
+    return result
+
+
+def _measure(result: Plan, compiled: Any, topo: tpu_topology.Topology) -> None:
+    mem = compiled.memory_analysis()
+    result.argument_bytes = float(mem.argument_size_in_bytes)
+    result.output_bytes = float(mem.output_size_in_bytes)
+    result.alias_bytes = float(mem.alias_size_in_bytes)
+    result.temp_bytes = float(mem.temp_size_in_bytes)
+    result.total_bytes = (result.argument_bytes + result.output_bytes - result.alias_bytes
+                          + result.temp_bytes)
+    result.fits = result.total_bytes <= result.hbm_bytes
+    stats = hlo_stats.analyze(compiled.as_text())
+    devices = topo.devices_total
+    result.compiled_flops = stats.flops * devices
+    result.bytes_accessed_per_chip = stats.bytes_accessed
+    result.collective_bytes_per_chip = stats.collective_bytes
+    result.collective_counts = stats.collective_counts
+    result.compute_seconds = stats.flops / topo.chip.peak_flops
+    result.memory_seconds = stats.bytes_accessed / topo.chip.hbm_bandwidth
+    result.step_seconds = max(result.compute_seconds, result.memory_seconds)
+    result.images_per_second = result.batch_size / result.step_seconds
+    result.mfu_ceiling = result.model_flops / devices / result.step_seconds / topo.chip.peak_flops
+
+
+def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
+               ) -> list[ml_collections.ConfigDict]:
+    """Variants of `config` that may use less memory: other remat policies, fsdp sizes (the
+    rest of the batch shards on data) and micro-batch counts the batch size allows; fewest
+    changes first, the strongest memory saving first within a group."""
+    tensor = sharding.mesh_shape(config.mesh, devices)[2]
+    shards = devices // tensor
+    remats = [r for r in REMAT_ORDER if r != config.model.remat_policy]
+    fsdps = [f for f in (2**k for k in range(int(math.log2(shards)), -1, -1))
+             if shards % f == 0 and f != config.mesh.get("fsdp", 1)
+             and ((shards // f) % slices == 0 or (shards // f == 1 and f % slices == 0))]
+    micro = [m for m in (64, 32, 16, 8, 4, 2, 1) if m != config.microbatches
+             and config.batch_size % (shards * m) == 0]
+    options = [[("remat", r) for r in remats], [("fsdp", f) for f in fsdps],
+               [("microbatches", m) for m in micro]]
+    variants = []
+    for n in (1, 2, 3):
+        for groups in itertools.combinations(options, n):
+            for changes in itertools.product(*groups):
+                variants.append(_apply(config, dict(changes), shards, tensor))
+    return variants
+
+
+def _apply(config, changes, shards, tensor):
+    c = copy.deepcopy(config)
+    if "remat" in changes:
+        c.model.remat_policy = changes["remat"]
+    if "fsdp" in changes:
+        c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shards // changes["fsdp"], changes["fsdp"], tensor
+    if "microbatches" in changes:
+        c.microbatches = changes["microbatches"]
+    return c
+
+
+def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: float = 900.0,
+           keep: int = 5, log=print) -> list[Plan]:
+    """Compiles `candidates` until `budget_seconds` pass or `keep` fit; fitting plans, fastest
+    roofline step first."""
+    topo = tpu_topology.parse(topology)
+    deadline = time.time() + budget_seconds
+    fitting = []
+    for variant in candidates(config, topo.devices_total, topo.slices):
+        if time.time() >= deadline or len(fitting) >= keep:
+            break
+        try:
+            p = plan(variant, topology)
+        except ValueError as error:
+            log(f"  skipped {_describe(variant)}: {error}")
+            continue
+        log(f"  {_describe(variant)}: {'fits' if p.fits else 'does not fit'} "
+            f"({p.total_bytes / 2**30:.2f} GiB, compiled in {p.compile_seconds:.0f} s)")
+        if p.fits:
+            fitting.append(p)
+    return sorted(fitting, key=lambda p: p.step_seconds)
+
+
+def _describe(config: ml_collections.ConfigDict) -> str:
+    return (f"remat={config.model.remat_policy} mesh={dict(config.mesh)} "
+            f"microbatches={config.microbatches}")
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:.2f} GiB" if abs(x) >= 2**29 else f"{x / 2**20:.1f} MiB"
+
+
+def format_plan(p: Plan) -> str:
+    """The human-readable report of one plan."""
+    mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
+    lines = [f"{p.topology}: {p.chips * p.slices} {p.chip} chips"
+             f"{f' in {p.slices} slices' if p.slices > 1 else ''}, mesh {mesh}; batch "
+             f"{p.batch_size:,} ({p.batch_size // (p.chips * p.slices):,} per chip), "
+             f"microbatches {p.microbatches}, remat {p.remat_policy}, loss {p.loss}; "
+             f"compiled in {p.compile_seconds:.1f} s"]
+    if p.error:
+        lines.append(f"  {p.error} -> DOES NOT FIT")
+        return "\n".join(lines)
+    lines += [
+        f"  memory per chip: arguments {_gib(p.argument_bytes)} + outputs {_gib(p.output_bytes)}"
+        f" - donated {_gib(p.alias_bytes)} + temporaries {_gib(p.temp_bytes)} = "
+        f"{_gib(p.total_bytes)} of {_gib(p.hbm_bytes)} HBM -> "
+        f"{'fits' if p.fits else 'DOES NOT FIT'}",
+        f"  state per chip: parameters {_gib(p.param_bytes)}, optimizer state "
+        f"{_gib(p.opt_state_bytes)}",
+        f"  FLOPs per step: model {p.model_flops:.3e} (unrolled, as MFU counts), compiled "
+        f"{p.compiled_flops:.3e} (matmuls, remat included); HBM bytes accessed per chip "
+        f"{p.bytes_accessed_per_chip / 1e9:.1f} GB",
+        "  collectives per chip per step: " + ", ".join(
+            f"{k} {v / 2**20:,.1f} MiB (x{p.collective_counts[k]})"
+            for k, v in p.collective_bytes_per_chip.items() if p.collective_counts[k]),
+        f"  roofline: compute {p.compute_seconds * 1e3:,.1f} ms, HBM {p.memory_seconds * 1e3:,.1f}"
+        f" ms -> step >= {p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
+        f"MFU <= {p.mfu_ceiling:.1%}",
+    ]
+    return "\n".join(lines)
+
+
+def to_json(p: Plan) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in dataclasses.asdict(p).items()}
+
+
+def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
+        budget_seconds: float = 900.0) -> int:
+    """The command: prints the plan (and fitting alternatives); 0 fits, 1 does not."""
+    result = plan(config, topology)
+    if result.fits:
+        print(json.dumps(to_json(result)) if as_json else format_plan(result))
+        return 0
+    log = (lambda _: None) if as_json else print
+    if not as_json:
+        print(format_plan(result))
+        print(f"Trying what the config allows (remat, fsdp, microbatches; up to "
+              f"{budget_seconds:.0f} s of compiling):")
+    alternatives = search(config, topology, budget_seconds, log=log) if budget_seconds > 0 else []
+    if as_json:
+        print(json.dumps({**to_json(result), "alternatives": [to_json(a) for a in alternatives]}))
+    elif alternatives:
+        print("Fitting alternatives, fastest roofline first:")
+        for a in alternatives:
+            print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches}")
+            print(format_plan(a))
+    else:
+        print("No fitting alternative found in the budget: lower the batch size, use "
+              "loss=chunked_softmax/chunked_sigmoid, or a bigger slice.")
+    return 1

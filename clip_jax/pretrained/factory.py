@@ -1,0 +1,143 @@
+"""The habits open_clip and transformers users bring: list, build with transforms, tokenizer for
+a model, save and reload.
+
+`save` writes open_clip's hub layout (`open_clip_config.json` + `open_clip_model.safetensors`),
+so the same directory loads in `clip_jax.load`, `open_clip.create_model_and_transforms(
+"local-dir:DIR")`, and on the Hub as `hf-hub:ORG/NAME` once uploaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from clip_jax.pretrained import load as loading
+from clip_jax.pretrained import registry as hub
+from clip_jax.convert import hf, open_clip_import
+from clip_jax.convert.open_clip_export import export_open_clip
+from clip_jax.models.clip import CLIP, create_model
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.layers import stack_layers
+from clip_jax.models.presets import PRESETS, get_preset
+from clip_jax.data.preprocess import preprocess
+from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
+
+NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+
+
+def list_models() -> list[str]:
+    """Architecture names `create_model` builds (open_clip spellings such as `ViT-B-32` and
+    `ViT-B-32-quickgelu` are accepted too)."""
+    return list(PRESETS)
+
+
+def pretrained_model(name: str, pretrained: str, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
+    """`clip_jax.load(name, pretrained)` with numerics overrides applied (dtype, param_dtype,
+    scan_layers, remat_policy); anything else would change the released model: ValueError."""
+    return with_numerics(*loading.load(name, pretrained), **overrides)
+
+
+def with_numerics(module: CLIP, variables: dict[str, Any], **overrides: Any
+                  ) -> tuple[CLIP, dict[str, Any]]:
+    """A loaded model with other numerics settings (variables stacked for `scan_layers`, cast
+    to `param_dtype`); other fields would change what the weights compute: ValueError."""
+    changed = sorted(set(overrides) - set(NUMERICS))
+    if changed:
+        raise ValueError(f"With loaded weights only {NUMERICS} can be overridden, not "
+                         f"{changed}: the weights fix the architecture.")
+    if not overrides:
+        return module, variables
+    config = module.config.replace(**overrides)
+    if config.scan_layers and not module.config.scan_layers:
+        variables = stack_layers(variables)
+    dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
+    variables = jax.tree.map(
+        lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, variables)
+    return CLIP(config), variables
+
+
+def create_model_and_transforms(name_or_path: str | CLIPConfig, pretrained: str | None = None,
+                                **overrides: Any
+                                ) -> tuple[CLIP, dict[str, Any], Callable[..., np.ndarray]]:
+    """`(module, variables, transform)`, like open_clip's helper; `transform(images)` is
+    `clip_jax.data.preprocess` for this model (resize shortest side, centre crop, the model's mean
+    and std): float32 `[N, size, size, 3]`.
+
+    A preset name without `pretrained` gives a random init (`create_model`); with it, or with a
+    path or Hub id, the weights `clip_jax.load` finds.
+    """
+    is_architecture = isinstance(name_or_path, CLIPConfig) or (
+        pretrained is None and _is_preset(name_or_path))
+    if is_architecture:
+        module, variables = create_model(name_or_path, **overrides)
+    elif pretrained is not None:
+        module, variables = create_model(name_or_path, pretrained=pretrained, **overrides)
+    else:
+        module, variables = with_numerics(*loading.load(name_or_path), **overrides)
+    return module, variables, functools.partial(preprocess, config=module.config)
+
+
+def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
+                  revision: str | None = None, token: str | bool | None = None
+                  ) -> Callable[..., np.ndarray]:
+    """`tokenizer(texts) -> int32 [N, context_length]` for a model: its context length, and its
+    own vocabulary when it has one (a transformers directory or Hub repo); OpenAI's otherwise.
+
+    Accepts a module, a config, a preset or released name (`"ViT-B-32"`, `"ViT-B-32:openai"`),
+    a local model directory or file, or a Hub repo id.
+    """
+    tokenizer: Tokenizer | None = None
+    if isinstance(model_or_config, CLIP):
+        config = model_or_config.config
+    elif isinstance(model_or_config, CLIPConfig):
+        config = model_or_config
+    else:
+        config, tokenizer = _config_and_tokenizer(os.fspath(model_or_config), revision, token)
+    tokenizer = tokenizer or default_tokenizer()
+    if tokenizer.vocab_size > config.text.vocab_size:
+        raise ValueError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model "
+                         f"{config.text.vocab_size} embeddings.")
+    return functools.partial(tokenizer, context_length=config.context_length)
+
+
+def _config_and_tokenizer(spec: str, revision: str | None, token: str | bool | None
+                          ) -> tuple[CLIPConfig, Tokenizer | None]:
+    named = hub.split_name(spec)
+    if named is not None:
+        return get_preset(hub.lookup(*named)[0]), None
+    if _is_preset(spec):
+        return get_preset(spec), None
+    if os.path.exists(spec):
+        directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
+        if hf.is_hf_directory(directory):
+            return hf.read_config(directory), hf.load_tokenizer(directory)
+        if open_clip_import.is_open_clip_directory(directory):
+            return open_clip_import.read_config(directory), None
+        return loading.load(spec)[0].config, None
+    if hub.is_repo_id(spec):
+        kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
+        if kind == "transformers":
+            return hf.read_config(directory), hf.load_tokenizer(directory)
+        return open_clip_import.read_config(directory), None
+    raise FileNotFoundError(loading.not_found(spec))
+
+
+def _is_preset(name: Any) -> bool:
+    try:
+        get_preset(name)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def save(module: CLIP, variables: dict[str, Any], directory: str | os.PathLike, *,
+         dtype: str = "float32") -> Path:
+    """Writes the model in open_clip's hub layout; `clip_jax.load(directory)` reads it back (same
+    architecture, activation and image statistics; numerics settings such as `scan_layers`
+    return to their defaults). Multi-host: call on every process; process 0 writes."""
+    return export_open_clip(module.config, variables, directory, dtype=dtype)

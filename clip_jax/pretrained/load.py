@@ -1,0 +1,164 @@
+"""`clip_jax.load`: one entry point for every checkpoint format and source clip_jax reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from clip_jax.training import checkpoints
+from clip_jax.pretrained import registry as hub
+from clip_jax.convert import hf, open_clip_import, openai
+from clip_jax.models.clip import CLIP, as_config
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.presets import get_preset
+
+# Files fetched from a transformers CLIP repository (the first weights file found is used).
+HF_CONFIG_FILES = ("config.json",)
+HF_OPTIONAL_FILES = ("preprocessor_config.json",)
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
+
+
+def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
+         model: str | CLIPConfig | None = None, activation: str | None = None,
+         revision: str | None = None, token: str | bool | None = None
+         ) -> tuple[CLIP, dict[str, Any]]:
+    """`(module, variables)` (numpy variables) from any source:
+
+    - released weights by open_clip's name and tag: `load("ViT-B-32", "openai")`,
+      `load("RN50", pretrained="openai")`, `load("ViT-B-32:openai")` (`list_pretrained()`);
+    - a Hugging Face Hub repo: a transformers CLIP repo (`"openai/clip-vit-base-patch32"`) or an
+      open_clip one (`"hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"`), through huggingface_hub
+      (its cache, `HF_HUB_OFFLINE`, `revision`, `token`);
+    - a local path: a clip_jax training workdir (newest checkpoint), a transformers CLIP
+      directory, an open_clip directory (`open_clip_config.json` + weights, what
+      `clip_jax.save` and `clip-jax export-open-clip` write), or an OpenAI / open_clip state
+      dict file (`.pt`, `.bin`, `.safetensors`, `.npz`; `open_clip_config.json` beside it is
+      used when present).
+
+    `model` (a preset name or config) pins the architecture or sets numerics (`scan_layers`,
+    `dtype`); `activation` overrides the activation. A bare weights file reveals neither head
+    counts nor the activation: they are then inferred and a warning says how to pass them.
+    Raises FileNotFoundError (nothing there) or ValueError (a file that is not what it claims).
+    """
+    spec = os.fspath(name_or_path)
+    config = None if model is None else as_config(model)
+    if pretrained is None and (named := hub.split_name(spec)) is not None:
+        spec, pretrained = named
+    if pretrained is not None:
+        return _load_named(spec, pretrained, config, activation, revision, token)
+    if os.path.exists(spec):
+        return _load_local(spec, config, activation)
+    if hub.is_repo_id(spec):
+        return _load_repo(spec, config, activation, revision, token)
+    raise FileNotFoundError(not_found(spec))
+
+
+def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str | None,
+                revision: str | None, token: str | bool | None) -> tuple[CLIP, dict[str, Any]]:
+    if os.path.isfile(tag):  # pretrained= a local file, as open_clip allows
+        found, weights = get_preset(name), Path(tag)
+        base = name.removesuffix("-quickgelu").replace("/", "-").replace("@", "-")
+        entry = hub.PRETRAINED.get((base, "openai"))
+        if entry is not None and entry.openai_url.endswith("/" + weights.name):
+            hub.check_openai_file(weights, entry)  # OpenAI's own file: trained with QuickGELU
+            found = found.replace(activation="quick_gelu")
+    elif os.path.exists(name):
+        raise ValueError(f"pretrained={tag!r} names released weights, but {name!r} is a local "
+                         "path; load it alone (pin its architecture with model=).")
+    else:
+        base, entry = hub.lookup(name, tag)
+        found = get_preset(base, activation="quick_gelu" if entry.quick_gelu else "gelu",
+                           image_mean=entry.image_mean, image_std=entry.image_std)
+        weights = hub.download(entry.hf_hub, open_clip_import.WEIGHT_FILES, revision=revision,
+                               token=token)
+    if config is not None:
+        open_clip_import.check_same(config, found, f"{name}:{tag}")
+        found = config
+    if activation is not None:
+        found = found.replace(activation=activation)
+    state = openai.read_state_dict(os.fspath(weights))
+    found, variables = openai.from_state_dict(state, found)
+    return CLIP(found), variables
+
+
+def _load_local(path: str, config: CLIPConfig | None, activation: str | None
+                ) -> tuple[CLIP, dict[str, Any]]:
+    if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
+        module, variables = checkpoints.load_model(path)
+        if config is not None and config != module.config.replace(**_numerics(config)):
+            raise ValueError(f"{path!r} holds a different architecture than the model given; "
+                             "omit the model argument to use the checkpoint's own.")
+        return module, variables
+    if hf.is_hf_directory(path):
+        config, variables = hf.load_hf(path, config, activation=activation)
+        return CLIP(config), variables
+    if open_clip_import.is_open_clip_directory(path):
+        config, variables = open_clip_import.load_open_clip(path, config, activation=activation)
+        return CLIP(config), variables
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/), a "
+                         "Hugging Face CLIP directory (config.json) nor an open_clip directory "
+                         f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint file.")
+    beside = os.path.dirname(os.path.abspath(path))
+    if config is None and open_clip_import.is_open_clip_directory(beside):
+        config, variables = open_clip_import.load_open_clip(beside, weights=path,
+                                                            activation=activation)
+        return CLIP(config), variables
+    config, variables = openai.from_state_dict(openai.read_state_dict(path), config,
+                                               activation=activation)
+    return CLIP(config), variables
+
+
+def repo_files(repo_id: str, revision: str | None = None, token: str | bool | None = None,
+               *, tokenizer: bool = False) -> tuple[str, Path]:
+    """`(format, local directory)` of a Hub repo: `"transformers"` (config.json) or
+    `"open_clip"` (open_clip_config.json, or any repo named with `hf-hub:`), with the files
+    loading needs fetched into huggingface_hub's cache (plus tokenizer files if asked)."""
+    kw = dict(revision=revision, token=token)
+    bare = repo_id.removeprefix(hub.OPEN_CLIP_PREFIX)
+    if not repo_id.startswith(hub.OPEN_CLIP_PREFIX):
+        config = hub.download(bare, HF_CONFIG_FILES, required=False, **kw)
+        if config is not None and not _is_transformers_clip(config):  # e.g. timm's config.json
+            config = None if hub.download(bare, (open_clip_import.CONFIG_FILE,), required=False,
+                                          **kw) else config
+        if config is not None:
+            for name in HF_OPTIONAL_FILES + (HF_TOKENIZER_FILES if tokenizer else ()):
+                hub.download(bare, (name,), required=False, **kw)
+            weights = hub.download(bare, hf.WEIGHT_FILES, **kw)
+            if weights.name.endswith(".index.json"):
+                shards = json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()
+                for shard in sorted(set(shards)):
+                    hub.download(bare, (shard,), **kw)
+            return "transformers", config.parent
+    config = hub.download(bare, (open_clip_import.CONFIG_FILE,), **kw)
+    hub.download(bare, open_clip_import.WEIGHT_FILES, **kw)
+    return "open_clip", config.parent
+
+
+def _is_transformers_clip(config_file: Path) -> bool:
+    return json.loads(config_file.read_text(encoding="utf-8")).get("model_type") == "clip"
+
+
+def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,
+               revision: str | None, token: str | bool | None) -> tuple[CLIP, dict[str, Any]]:
+    kind, directory = repo_files(repo_id, revision, token)
+    loader = hf.load_hf if kind == "transformers" else open_clip_import.load_open_clip
+    config, variables = loader(directory, config, activation=activation)
+    return CLIP(config), variables
+
+
+def not_found(spec: str) -> str:
+    try:
+        get_preset(spec)
+    except ValueError:
+        return (f"No checkpoint at {spec!r}: not a local path, a Hub repo id (org/name) or a "
+                "released name (clip_jax.list_pretrained()).")
+    return (f"{spec!r} is an architecture, not weights: pass pretrained= one of its tags "
+            "(clip_jax.list_pretrained()), or use clip_jax.create_model for a random init.")
+
+
+def _numerics(config: CLIPConfig) -> dict[str, Any]:
+    """The fields that say how to run a model, not what it is."""
+    return {k: getattr(config, k) for k in ("dtype", "param_dtype", "scan_layers", "remat_policy")}

@@ -1,0 +1,1 @@
+"""Where a run executes: device mesh and logical-axis rules, hardware facts, host tuning."""

@@ -1,0 +1,1 @@
+"""Training: the compiled step, losses, optimizer, loop, checkpoints, metrics, config checks."""

@@ -1,0 +1,185 @@
+"""Checks of a run before anything expensive: each field's domain, the workdir, the dataset name.
+
+`check_run(config, workdir)` raises a one-line ValueError naming the field (or path) at fault
+and what to use instead, in milliseconds, before any model is built or compiled. The training
+loop checks the architecture, the mesh and the data source itself (`train.validate_config`,
+then the data pipeline is built before the step is compiled).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from clip_jax.models.config import ACTIVATIONS, REMAT_POLICIES
+
+MODES = ("train", "eval")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+OUR_DATASETS = ("synthetic_shapes", "image_text_table", "webdataset_shards")
+TABLE_FILES = ("train_path", "validation_path", "test_path")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+            f"an integer >= {low}")
+
+
+def _real(low: float, high: float = math.inf, open_high: bool = False, open_low: bool = False,
+          optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if v is None:
+            return optional
+        return (_number(v) and (v > low if open_low else v >= low)
+                and (v < high if open_high else v <= high))
+
+    lo, hi = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
+    text = f"a finite number in {lo}{low:g}, {high:g}{hi}" + (" or None" if optional else "")
+    return ok, text
+
+
+def _one_of(choices: tuple[Any, ...], optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices or (optional and v is None),
+            "one of " + ", ".join(map(str, choices)) + (" (or None)" if optional else ""))
+
+
+# Field -> (accepts, what to use). Fields a config lacks (e.g. `clip-jax eval`'s) are skipped.
+FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "mode": _one_of(MODES),
+    "prng_impl": _one_of(PRNG_IMPLS),
+    "batch_size": _integer(1),
+    "total_steps": _integer(1),
+    "warmup_steps": _integer(0),
+    "microbatches": _integer(1),
+    "loss_chunk_size": _integer(1),
+    "log_every_steps": _integer(1),
+    "optimizer.lr": _real(0.0),
+    "optimizer.end_lr_factor": _real(0.0, 1.0),
+    "optimizer.b1": _real(0.0, 1.0, open_high=True),
+    "optimizer.b2": _real(0.0, 1.0, open_high=True),
+    "optimizer.eps": _real(0.0, open_low=True),
+    "optimizer.weight_decay": _real(0.0),
+    "optimizer.grad_clip_norm": _real(0.0),
+    "checkpoint.every_steps": _integer(0),
+    "checkpoint.keep": _integer(1),
+    "peak_flops_per_device": _real(0.0, open_low=True, optional=True),
+    "model.activation": _one_of(ACTIVATIONS, optional=True),
+    "model.remat_policy": _one_of(REMAT_POLICIES),
+    "model.logit_scale_init": _real(-math.inf, optional=True),
+    "model.logit_bias_init": _real(-math.inf, optional=True),
+    "eval.every_steps": _integer(0),
+    "eval.batch_size": _integer(1),
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, field: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in field.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """Every field of `FIELDS` the config has must lie in its domain (lr=-1, inf, nan: no)."""
+    for field, (ok, domain) in FIELDS.items():
+        present, value = _lookup(config, field)
+        if present and not ok(value):
+            raise ValueError(f"config.{field}={value!r} is invalid; use {domain}.")
+
+
+def check_workdir(workdir: str) -> None:
+    """A local workdir must be (or be creatable as) a directory this process can write to.
+
+    Probed by creating it and a temporary file in it; what the probe created is removed again,
+    so a run refused later leaves nothing behind. URLs (gs://...) are left to the storage layer.
+    """
+    if "://" in workdir:
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir {workdir!r} is a file; pass a directory (created if "
+                         "missing).")
+    created = []
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as error:
+        raise ValueError(f"--workdir {workdir!r} is not writable ({error.strerror or error}); "
+                         "pass a directory you can write to.") from None
+    finally:
+        for path in created:
+            if os.path.isdir(path):
+                os.rmdir(path)
+
+
+def check_dataset(data: ml_collections.ConfigDict) -> None:
+    """The dataset name exists (closest names suggested) and table files are files."""
+    name = data.dataset
+    if name == "image_text_table":
+        for field in TABLE_FILES:
+            path = data.table[field]
+            if path and "://" not in path:
+                if not os.path.exists(path):
+                    raise ValueError(f"data.table.{field}={path!r} does not exist; pass the "
+                                     "CSV/TSV file.")
+                if os.path.isdir(path):
+                    raise ValueError(f"data.table.{field}={path!r} is a directory; pass the "
+                                     "CSV/TSV file in it.")
+        root = data.table.image_root
+        if root and "://" not in root and not os.path.isdir(root):
+            raise ValueError(f"data.table.image_root={root!r} is not a directory; pass the "
+                             "folder the table's image paths are relative to.")
+        return
+    if name in OUR_DATASETS:
+        return
+    import tensorflow_datasets as tfds
+
+    try:
+        tfds.builder(name, data_dir=data.data_dir or None)
+        return
+    except tfds.core.registered.DatasetNotFoundError:
+        pass
+    known = tfds.list_builders(with_community_datasets=False)
+    base = name.split(":")[0].split("/")[0]
+    close = difflib.get_close_matches(base, [*OUR_DATASETS, *known], n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else (
+        f"use {', '.join(OUR_DATASETS)} or a TFDS name (tfds.list_builders())")
+    raise ValueError(f"data.dataset={name!r} is not a known dataset; {hint}")
+
+
+def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """All of the above, in the order a user would fix them."""
+    check_fields(config)
+    check_workdir(workdir)
+    if _lookup(config, "data.dataset")[0]:
+        check_dataset(config.data)
+
+
+def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:
+    """Builds the dataset if missing and checks its train split and features against the
+    model: what `input_pipeline.make_train_iterator` would find, without starting it."""
+    from clip_jax.data import input_pipeline
+
+    data = input_pipeline.resolve_config(data)
+    builder = input_pipeline.prepare(data)
+    source = input_pipeline._data_source(builder, data.train_split, data.build_if_missing,
+                                         "data.train_split")
+    if len(source) == 0:
+        raise ValueError(f"data.train_split={data.train_split!r} of {builder.info.full_name} "
+                         "is empty; name a split with examples.")
+    input_pipeline._schema(builder, data, model, with_label=False)

@@ -1,0 +1,376 @@
+"""Contrastive losses over the global batch, with in-batch retrieval accuracies as metrics.
+
+All take L2-normalised image and text embeddings [N, E] (batch-sharded global arrays), the
+temperature `scale` = exp(logit_scale) and, for the sigmoid loss, the learnable `bias`, and
+return `(loss, metrics)`.
+
+- `softmax`: CLIP's symmetric cross-entropy over the N x N scaled cosine similarities.
+- `chunked_softmax`: the same loss and gradients with per-device memory linear in N (Inf-CL
+  style): each device all-gathers the text embeddings, streams over c x c similarity blocks
+  with an online log-sum-exp, combines column statistics across devices, and recomputes the
+  blocks in a custom backward pass instead of storing any N x N matrix.
+- `sigmoid`: SigLIP's pairwise sigmoid loss with a learnable bias.
+- `chunked_sigmoid`: the same loss and gradients with per-device memory independent of the
+  number of devices (big_vision's "chunked" SigLIP): each device keeps its image block, the
+  text blocks travel around a `ppermute` ring over the data axes, the pairwise loss is summed
+  block by block (c columns at a time), and the custom backward pass recomputes the blocks,
+  carrying each text block's gradient around the ring with it and home at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from clip_jax.runtime.sharding import BATCH_AXES
+
+Metrics = dict[str, jax.Array]
+LossFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], tuple[jax.Array, Metrics]]
+
+
+def _accuracies(logits: jax.Array) -> Metrics:
+    labels = jnp.arange(logits.shape[0])
+    return {"i2t_top1": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+            "t2i_top1": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
+
+
+def softmax_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
+                 bias: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+    """(CE(logits_per_image, arange N) + CE(logits_per_text, arange N)) / 2."""
+    del bias
+    logits = scale * jnp.dot(img.astype(jnp.float32), txt.astype(jnp.float32).T)
+    diag = jnp.diagonal(logits)
+    loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
+    loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
+    return (loss_i2t + loss_t2i) / 2, _accuracies(logits)
+
+
+def _require_bias(bias: jax.Array | None) -> None:
+    if bias is None:
+        raise ValueError("The sigmoid loss needs a learnable bias: set "
+                         "config.model.logit_bias_init (SigLIP uses -10).")
+
+
+def sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
+                 bias: jax.Array | None) -> tuple[jax.Array, Metrics]:
+    """SigLIP: -sum log sigmoid(label * (scale * cos + bias)) / N, label +1 on the diagonal."""
+    _require_bias(bias)
+    logits = scale * jnp.dot(img.astype(jnp.float32), txt.astype(jnp.float32).T) + bias
+    labels = 2 * jnp.eye(logits.shape[0]) - 1
+    loss = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / logits.shape[0]
+    return loss, _accuracies(logits)
+
+
+def chunked_softmax_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
+                         bias: jax.Array | None = None, *, mesh: Mesh,
+                         chunk_size: int = 1024) -> tuple[jax.Array, Metrics]:
+    """`softmax_loss` without materialising N x N logits (see the module docstring)."""
+    del bias
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    local = img.shape[0] // shards
+    rows = _chunk(local, chunk_size)
+    cols = _chunk(img.shape[0], chunk_size)
+    fn = jax.shard_map(
+        functools.partial(_chunked_local, rows=rows, cols=cols), mesh=mesh,
+        in_specs=(P(BATCH_AXES), P(BATCH_AXES), P()), out_specs=(P(), P(), P()),
+        check_vma=True)
+    loss, i2t, t2i = fn(img.astype(jnp.float32), txt.astype(jnp.float32),
+                        jnp.asarray(scale, jnp.float32))
+    return loss, {"i2t_top1": i2t, "t2i_top1": t2i}
+
+
+def _chunk(n: int, chunk_size: int) -> int:
+    """The largest block size <= chunk_size that divides n (static shapes, no padding)."""
+    c = min(n, chunk_size)
+    while n % c:
+        c -= 1
+    return c
+
+
+def _blocks(x: jax.Array, size: int) -> jax.Array:
+    return x.reshape(x.shape[0] // size, size, *x.shape[1:])
+
+
+def _varying(*xs: jax.Array) -> tuple[jax.Array, ...]:
+    """Marks fresh scan carries as per-device values (shard_map's replication typing)."""
+    def cast(x: jax.Array) -> jax.Array:
+        missing = tuple(a for a in BATCH_AXES if a not in jax.typeof(x).mat.varying)
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return tuple(cast(x) for x in xs)
+
+
+def _online_update(stats: tuple[jax.Array, jax.Array, jax.Array], logits: jax.Array, axis: int,
+                   base: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Running (max, sum of exp(x - max), argmax) after a block of logits along `axis`.
+
+    `base` is the global index of the block's first element along `axis`; earlier blocks win
+    ties, so the argmax is the first maximal index, as `jnp.argmax` returns.
+    """
+    m, s, idx = stats
+    block_max = jnp.max(logits, axis=axis)
+    idx = jnp.where(block_max > m, jnp.argmax(logits, axis=axis) + base, idx)
+    m_new = jnp.maximum(m, block_max)
+    s_new = s * jnp.exp(m - m_new) + jnp.sum(
+        jnp.exp(logits - jnp.expand_dims(m_new, axis)), axis=axis)
+    return m_new, s_new, idx
+
+
+def _init_stats(n: int) -> tuple[jax.Array, ...]:
+    return _varying(jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,), jnp.int32))
+
+
+def _forward_stats(img, txt_all, scale, offset, rows, cols):
+    """Row statistics of the local rows and partial column statistics over the local rows."""
+    n, big_n = img.shape[0], txt_all.shape[0]
+    row_ids = jnp.arange(n // rows)
+
+    def over_cols(row_stats, inputs):
+        txt_block, j = inputs
+
+        def over_rows(col_stats, inputs):
+            img_block, i, *row_block = inputs
+            logits = scale * img_block @ txt_block.T
+            row_block = _online_update(tuple(row_block), logits, 1, j * cols)
+            return _online_update(col_stats, logits, 0, offset + i * rows), row_block
+
+        col_stats, row_stats = jax.lax.scan(
+            over_rows, _init_stats(cols),
+            (_blocks(img, rows), row_ids, *[_blocks(r, rows) for r in row_stats]))
+        return tuple(r.reshape(n) for r in row_stats), col_stats
+
+    row_stats, col_stats = jax.lax.scan(
+        over_cols, _init_stats(n), (_blocks(txt_all, cols), jnp.arange(big_n // cols)))
+    return row_stats, tuple(c.reshape(big_n) for c in col_stats)
+
+
+def _chunked_local(img, txt, scale, *, rows, cols):
+    return _chunked_core(img, txt, scale, rows, cols)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_core(img, txt, scale, rows, cols):
+    return _chunked_fwd(img, txt, scale, rows, cols)[:3]
+
+
+def _chunked_fwd(img, txt, scale, rows, cols):
+    n = img.shape[0]
+    txt_all = jax.lax.all_gather(txt, BATCH_AXES, tiled=True)
+    big_n = txt_all.shape[0]
+    offset = jax.lax.axis_index(BATCH_AXES) * n
+    (m_row, s_row, idx_row), (m_col, s_col, idx_col) = _forward_stats(
+        img, txt_all, scale, offset, rows, cols)
+    m_glob = jax.lax.pmax(m_col, BATCH_AXES)
+    s_glob = jax.lax.psum(s_col * jnp.exp(m_col - m_glob), BATCH_AXES)
+    idx_glob = jax.lax.pmin(jnp.where(m_col == m_glob, idx_col, big_n), BATCH_AXES)
+    lse_row = m_row + jnp.log(s_row)
+    lse_col = m_glob + jnp.log(s_glob)
+    diag = scale * jnp.sum(img * txt, axis=-1)
+    local_cols = jax.lax.dynamic_slice_in_dim(lse_col, offset, n)
+    loss = jax.lax.psum(jnp.sum(lse_row - diag) + jnp.sum(local_cols - diag), BATCH_AXES)
+    loss = loss / (2 * big_n)
+    own = offset + jnp.arange(n)
+    i2t = jax.lax.psum(jnp.sum(idx_row == own), BATCH_AXES) / big_n
+    t2i = jax.lax.psum(jnp.sum(jax.lax.dynamic_slice_in_dim(idx_glob, offset, n) == own),
+                       BATCH_AXES) / big_n
+    return loss, i2t, t2i, (img, txt_all, scale, lse_row, lse_col, offset)
+
+
+def _core_fwd(img, txt, scale, rows, cols):
+    loss, i2t, t2i, residuals = _chunked_fwd(img, txt, scale, rows, cols)
+    return (loss, i2t, t2i), residuals
+
+
+def _core_bwd(rows, cols, residuals, cotangents):
+    """Recomputes each similarity block; G = g/2N (softmax_row + softmax_col - 2 I)."""
+    img, txt_all, scale, lse_row, lse_col, offset = residuals
+    g = cotangents[0]
+    n, big_n = img.shape[0], txt_all.shape[0]
+    coef = g / (2 * big_n)
+
+    def over_cols(d_img, inputs):
+        txt_block, lse_col_block = inputs
+
+        def over_rows(carry, inputs):
+            d_txt_block, d_scale = carry
+            img_block, lse_row_block = inputs
+            dots = img_block @ txt_block.T
+            logits = scale * dots
+            grad = coef * (jnp.exp(logits - lse_row_block[:, None])
+                           + jnp.exp(logits - lse_col_block[None, :]))
+            d_txt_block = d_txt_block + scale * grad.T @ img_block
+            return (d_txt_block, d_scale + jnp.sum(grad * dots)), scale * grad @ txt_block
+
+        init = _varying(jnp.zeros_like(txt_block), jnp.zeros(()))
+        (d_txt_block, d_scale), d_img_blocks = jax.lax.scan(
+            over_rows, init, (_blocks(img, rows), _blocks(lse_row, rows)))
+        return d_img + d_img_blocks.reshape(n, -1), (d_txt_block, d_scale)
+
+    d_img, (d_txt_blocks, d_scales) = jax.lax.scan(
+        over_cols, *_varying(jnp.zeros_like(img)), (_blocks(txt_all, cols), _blocks(lse_col, cols)))
+    d_txt = jax.lax.psum_scatter(d_txt_blocks.reshape(big_n, -1), BATCH_AXES,
+                                 scatter_dimension=0, tiled=True)
+    # The -2I/2N term touches only the true pairs, all of them local.
+    txt = jax.lax.dynamic_slice_in_dim(txt_all, offset, n)
+    d_img = d_img - 2 * coef * scale * txt
+    d_txt = d_txt - 2 * coef * scale * img
+    d_scale = jnp.sum(d_scales) - 2 * coef * jnp.sum(img * txt)
+    return d_img, d_txt, jax.lax.psum(d_scale, BATCH_AXES)
+
+
+_chunked_core.defvjp(_core_fwd, _core_bwd)
+
+
+def chunked_sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
+                         bias: jax.Array | None, *, mesh: Mesh,
+                         chunk_size: int = 1024) -> tuple[jax.Array, Metrics]:
+    """`sigmoid_loss` over a ring of text blocks (see the module docstring).
+
+    img, txt: [N, E] batch-sharded over data x fsdp; scale, bias: scalars. Per device it holds
+    its own [n, E] blocks, one travelling [n, E] text block (and its gradient in the backward
+    pass) and [n, c] logits, n = N / (data * fsdp), c = the largest divisor of n <= chunk_size:
+    nothing grows with the number of devices. Raises ValueError without a bias.
+    """
+    _require_bias(bias)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    cols = _chunk(img.shape[0] // shards, chunk_size)
+    fn = jax.shard_map(
+        functools.partial(_ring_core, cols=cols, shards=shards), mesh=mesh,
+        in_specs=(P(BATCH_AXES), P(BATCH_AXES), P(), P()), out_specs=(P(), P(), P()),
+        check_vma=True)
+    loss, i2t, t2i = fn(img.astype(jnp.float32), txt.astype(jnp.float32),
+                        jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32))
+    return loss, {"i2t_top1": i2t, "t2i_top1": t2i}
+
+
+def _ring_shift(x: jax.Array, shards: int) -> jax.Array:
+    """Sends a block to the next device of the data x fsdp ring."""
+    return jax.lax.ppermute(x, BATCH_AXES, [(i, (i + 1) % shards) for i in range(shards)])
+
+
+def _argmax_update(m, idx, logits, axis, base):
+    """Running (max, first argmax) along `axis`; `base` is the block's first global index."""
+    block_max = jnp.max(logits, axis=axis)
+    cand = jnp.argmax(logits, axis=axis) + base
+    take = (block_max > m) | ((block_max == m) & (cand < idx))
+    return jnp.maximum(m, block_max), jnp.where(take, cand, idx)
+
+
+def _ring_logits(img, y_chunk, scale, bias, own_block, first_col):
+    """Cosines and logits [n, c] of the local images against a text chunk, and +-1 labels."""
+    dots = img @ y_chunk.T
+    rows = jnp.arange(img.shape[0])[:, None]
+    cols = first_col + jnp.arange(y_chunk.shape[0])[None, :]
+    return dots, scale * dots + bias, jnp.where(own_block & (rows == cols), 1.0, -1.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _ring_core(img, txt, scale, bias, cols, shards):
+    return _ring_fwd(img, txt, scale, bias, cols, shards)[0]
+
+
+def _ring_fwd(img, txt, scale, bias, cols, shards):
+    n = img.shape[0]
+    me = jax.lax.axis_index(BATCH_AXES)
+
+    def visit(carry, t):
+        """Adds the loss of the text block from device me - t; updates the argmax statistics."""
+        y, col_m, col_idx, row_m, row_idx, total = carry
+        base = ((me - t) % shards) * n
+
+        def over_chunks(acc, inputs):
+            row_m, row_idx, total = acc
+            y_c, cm, ci, c = inputs
+            _, logits, labels = _ring_logits(img, y_c, scale, bias, t == 0, c * cols)
+            total = total - jnp.sum(jax.nn.log_sigmoid(labels * logits))
+            row_m, row_idx = _argmax_update(row_m, row_idx, logits, 1, base + c * cols)
+            cm, ci = _argmax_update(cm, ci, logits, 0, me * n)
+            return (row_m, row_idx, total), (cm, ci)
+
+        (row_m, row_idx, total), (col_m, col_idx) = jax.lax.scan(
+            over_chunks, (row_m, row_idx, total),
+            (_blocks(y, cols), _blocks(col_m, cols), _blocks(col_idx, cols),
+             jnp.arange(n // cols)))
+        return (y, col_m.reshape(n), col_idx.reshape(n), row_m, row_idx, total)
+
+    def visit_and_pass(carry, t):
+        y, col_m, col_idx, *rest = visit(carry, t)
+        moved = tuple(_ring_shift(x, shards) for x in (y, col_m, col_idx))
+        return (*moved, *rest), None
+
+    big = jnp.iinfo(jnp.int32).max
+    init = (txt, *_varying(jnp.full((n,), -jnp.inf), jnp.full((n,), big, jnp.int32),
+                           jnp.full((n,), -jnp.inf), jnp.full((n,), big, jnp.int32),
+                           jnp.zeros(())))
+    carry, _ = jax.lax.scan(visit_and_pass, init, jnp.arange(shards - 1))
+    _, _, col_idx, _, row_idx, total = visit(carry, shards - 1)
+    big_n = n * shards
+    own = me * n + jnp.arange(n)
+    last_owner = ((me + 1) % shards) * n  # the block seen last came from device me + 1
+    i2t = jax.lax.psum(jnp.sum(row_idx == own), BATCH_AXES) / big_n
+    t2i = jax.lax.psum(jnp.sum(col_idx == last_owner + jnp.arange(n)), BATCH_AXES) / big_n
+    loss = jax.lax.psum(total, BATCH_AXES) / big_n
+    return (loss, i2t, t2i), (img, txt, scale, bias)
+
+
+def _ring_bwd(cols, shards, residuals, cotangents):
+    """Recomputes each block: dL/dlogit = -(g/N) label sigmoid(-label logit)."""
+    img, txt, scale, bias = residuals
+    n = img.shape[0]
+    coef = -cotangents[0] / (n * shards)
+
+    def visit(carry, t):
+        y, dy, d_img, d_scale, d_bias = carry
+
+        def over_chunks(acc, inputs):
+            d_img, d_scale, d_bias = acc
+            y_c, dy_c, c = inputs
+            dots, logits, labels = _ring_logits(img, y_c, scale, bias, t == 0, c * cols)
+            grad = coef * labels * jax.nn.sigmoid(-labels * logits)
+            d_scale = d_scale + jnp.sum(grad * dots)
+            return ((d_img + scale * grad @ y_c, d_scale, d_bias + jnp.sum(grad)),
+                    dy_c + scale * grad.T @ img)
+
+        acc, dy = jax.lax.scan(over_chunks, (d_img, d_scale, d_bias),
+                               (_blocks(y, cols), _blocks(dy, cols), jnp.arange(n // cols)))
+        return (y, dy.reshape(n, -1), *acc)
+
+    def visit_and_pass(carry, t):
+        y, dy, *rest = visit(carry, t)
+        return (_ring_shift(y, shards), _ring_shift(dy, shards), *rest), None
+
+    init = (txt, *_varying(jnp.zeros_like(txt), jnp.zeros_like(img), jnp.zeros(()),
+                           jnp.zeros(())))
+    carry, _ = jax.lax.scan(visit_and_pass, init, jnp.arange(shards - 1))
+    _, dy, d_img, d_scale, d_bias = visit(carry, shards - 1)
+    d_txt = _ring_shift(dy, shards)  # the last block's gradient goes home to device me + 1
+    return (d_img, d_txt, jax.lax.psum(d_scale, BATCH_AXES), jax.lax.psum(d_bias, BATCH_AXES))
+
+
+def _ring_core_fwd(img, txt, scale, bias, cols, shards):
+    return _ring_fwd(img, txt, scale, bias, cols, shards)
+
+
+_ring_core.defvjp(_ring_core_fwd, _ring_bwd)
+
+
+def make_loss_fn(name: str, mesh: Mesh, chunk_size: int = 1024) -> LossFn:
+    """The loss named by `config.loss`: one of `LOSSES`."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown config.loss={name!r}; use one of {tuple(LOSSES)}.")
+    return LOSSES[name](mesh, chunk_size)
+
+
+# config.loss -> (mesh, chunk_size) -> loss function.
+LOSSES: dict[str, Callable[[Mesh, int], LossFn]] = {
+    "softmax": lambda mesh, chunk: softmax_loss,
+    "chunked_softmax": lambda mesh, chunk: functools.partial(
+        chunked_softmax_loss, mesh=mesh, chunk_size=chunk),
+    "sigmoid": lambda mesh, chunk: sigmoid_loss,
+    "chunked_sigmoid": lambda mesh, chunk: functools.partial(
+        chunked_sigmoid_loss, mesh=mesh, chunk_size=chunk),
+}

@@ -1,0 +1,270 @@
+"""The sharded contrastive train step and the state it updates.
+
+`create_train_state` builds parameters and optimizer state directly in their final shardings
+(abstract init + jit with out_shardings), so no device ever holds the whole model. The train
+step is one jit-compiled function with explicit in/out shardings and a donated state; with
+`microbatches > 1` it accumulates gradients exactly (GradCache): embed every micro-batch without
+keeping activations, take the loss gradient w.r.t. all embeddings of the global batch, then
+back-propagate each micro-batch with its slice of that gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from clip_jax.training import losses
+from clip_jax.training import optim
+from clip_jax.runtime import sharding
+from clip_jax.models.clip import CLIP, init_variables
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.presets import get_preset
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    batch_stats: Any
+
+
+def model_config(config: ml_collections.ConfigDict, base: CLIPConfig | None = None) -> CLIPConfig:
+    """The architecture (a preset, or `base` from an imported checkpoint) plus config numerics."""
+    m = config.model
+    model = base if base is not None else get_preset(m.name)
+    changes = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
+                   remat_policy=m.remat_policy, attention=m.get("attention", "auto"))
+    for field in ("activation", "logit_scale_init", "logit_bias_init"):
+        if m.get(field) is not None:
+            changes[field] = m[field]
+    return model.replace(**changes)
+
+
+def _axis_names(boxed: Any) -> Any:
+    return jax.tree.map(lambda x: x.names, boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def _follow_params(tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for optimizer state: a leaf whose key path ends with a parameter's path and has
+    its shape takes that parameter's sharding; counters and scalars are replicated."""
+    by_path = {}
+    for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
+        by_path[tuple(k.key for k in path)] = s
+
+    def pick(path, leaf):
+        keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        for n in range(len(keys), 0, -1):
+            s = by_path.get(keys[-n:])
+            if s is not None and len(s.spec) <= len(leaf.shape):
+                return s
+        return sharding.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything the loop needs: model, optimizer, shardings and the compiled-to-be step."""
+
+    module: CLIP
+    tx: optax.GradientTransformation
+    mesh: Mesh
+    rules: Any
+    state_shardings: TrainState
+    abstract_state: TrainState
+    batch_shardings: dict[str, NamedSharding]
+
+    def init_state(self, rng: jax.Array, variables: dict[str, Any] | None = None) -> TrainState:
+        """A fresh (random, or from imported `variables`) state, created already sharded."""
+        with jax.set_mesh(self.mesh):
+            if variables is None:
+                return jax.jit(functools.partial(_init_state, self.module, self.tx),
+                               out_shardings=self.state_shardings)(rng)
+            params = jax.device_put(variables["params"], self.state_shardings.params)
+            stats = jax.device_put(variables.get("batch_stats", {}),
+                                   self.state_shardings.batch_stats)
+            make = lambda p, s: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p), s)  # noqa: E731
+            return jax.jit(make, out_shardings=self.state_shardings)(params, stats)
+
+
+def _init_state(module: CLIP, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    variables = nn.unbox(init_variables(module, rng))
+    params = variables["params"]
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                      variables.get("batch_stats", {}))
+
+
+def setup(config: ml_collections.ConfigDict, model: CLIPConfig, mesh: Mesh) -> Setup:
+    """Model, optimizer and the shardings of state and batch, all from the config."""
+    module = CLIP(model)
+    rules = tuple(tuple(r) for r in config.logical_axis_rules)
+    boxed = jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
+    names = _axis_names(boxed["params"])
+    tx = optim.make_optimizer(config, nn.unbox(boxed["params"]), names)
+    abstract_state = jax.eval_shape(functools.partial(_init_state, module, tx), jax.random.key(0))
+    params_shardings = sharding.logical_shardings(boxed["params"], mesh, rules)
+    sharding.check_divisible(mesh, abstract_state.params, params_shardings)
+    state_shardings = TrainState(
+        step=sharding.replicated(mesh), params=params_shardings,
+        opt_state=_follow_params(abstract_state.opt_state, params_shardings, mesh),
+        batch_stats=jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state.batch_stats))
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+        state_shardings)
+    batch_shardings = {"images": sharding.batch_sharding(mesh, 4),
+                       "tokens": sharding.batch_sharding(mesh, 2)}
+    return Setup(module, tx, mesh, rules, state_shardings, abstract_state, batch_shardings)
+
+
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+def _embed(module: CLIP, lock_image: bool, params: Any, batch_stats: Any, images: jax.Array,
+           tokens: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Any]:
+    """Normalised embeddings and updated BatchNorm statistics (a locked tower is in eval mode)."""
+    (img, txt, _), mutated = module.apply(_variables(params, batch_stats), images, tokens,
+                                          train=not lock_image, mutable=["batch_stats"])
+    return (img, txt), mutated.get("batch_stats", batch_stats)
+
+
+def _freeze(params: Any, config: ml_collections.ConfigDict) -> Any:
+    """Stops gradients at locked towers so XLA drops their backward pass entirely."""
+    locked = {"visual": config.lock_image, "text": config.lock_text}
+    return {k: jax.lax.stop_gradient(v) if locked.get(k) else v for k, v in params.items()}
+
+
+def _logit_params(params: Any) -> tuple[jax.Array, jax.Array | None]:
+    return jnp.exp(params["logit_scale"]), params.get("logit_bias")
+
+
+def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
+    """(params, batch_stats, batch) -> (loss, metrics, new batch_stats, grads)."""
+    loss_fn = losses.make_loss_fn(config.loss, s.mesh, config.loss_chunk_size)
+    embed = functools.partial(_embed, s.module, config.lock_image)
+    microbatches = config.microbatches
+
+    def full_batch(params, batch_stats, batch):
+        def loss_of(p):
+            p = _freeze(p, config)
+            (img, txt), stats = embed(p, batch_stats, batch["images"], batch["tokens"])
+            loss, metrics = loss_fn(img, txt, *_logit_params(p))
+            return loss, (metrics, stats)
+
+        (loss, (metrics, stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        return loss, metrics, stats, grads
+
+    def accumulated(params, batch_stats, batch):
+        frozen = _freeze(params, config)
+        split = lambda x: _split_microbatches(x, microbatches, s.mesh)  # noqa: E731
+        images, tokens = split(batch["images"]), split(batch["tokens"])
+
+        def embed_one(_, mb):
+            return None, embed(frozen, batch_stats, *mb)[0]
+
+        _, (img, txt) = jax.lax.scan(embed_one, None, (images, tokens))
+        img, txt = _merge_microbatches(img, s.mesh), _merge_microbatches(txt, s.mesh)
+        logit_keys = [k for k in ("logit_scale", "logit_bias") if k in params]
+
+        def loss_of(img, txt, logit_params):
+            return loss_fn(img, txt, *_logit_params(logit_params))
+
+        (loss, metrics), (d_img, d_txt, d_logit) = jax.value_and_grad(
+            loss_of, argnums=(0, 1, 2), has_aux=True)(img, txt, {k: frozen[k] for k in logit_keys})
+
+        def backprop_one(carry, mb):
+            grads, stats = carry
+            images_mb, tokens_mb, d_img_mb, d_txt_mb = mb
+            embeddings, vjp, new_stats = jax.vjp(
+                lambda p: embed(_freeze(p, config), stats, images_mb, tokens_mb), params,
+                has_aux=True)
+            (g,) = vjp((d_img_mb, d_txt_mb))
+            return (jax.tree.map(jnp.add, grads, g), new_stats), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, stats), _ = jax.lax.scan(
+            backprop_one, (zeros, batch_stats), (images, tokens, split(d_img), split(d_txt)))
+        grads = {**grads, **{k: grads[k] + d_logit[k] for k in logit_keys}}
+        return loss, metrics, stats, grads
+
+    compute = full_batch if microbatches == 1 else accumulated
+
+    def grad_fn(params, batch_stats, batch):
+        with nn.logical_axis_rules(s.rules):
+            return compute(params, batch_stats, batch)
+
+    return grad_fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, s: Setup) -> Callable:
+    """The (uncompiled) train step: (state, batch) -> (state, metrics)."""
+    grad_fn = make_grad_fn(config, s)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        loss, metrics, stats, grads = grad_fn(state.params, state.batch_stats, batch)
+        updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+        params = optim.clamp_logit_scale(optax.apply_updates(state.params, updates))
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "logit_scale": jnp.exp(params["logit_scale"]),
+                   "learning_rate": optim.learning_rate_schedule(config)(state.step)}
+        return TrainState(state.step + 1, params, opt_state, stats), metrics
+
+    return train_step
+
+
+def _split_microbatches(x: jax.Array, microbatches: int, mesh: Mesh) -> jax.Array:
+    """[N, ...] -> [M, N/M, ...], micro-batch k = rows k, k+M, k+2M, ...
+
+    Strided, so every micro-batch keeps rows on every device (no data movement); the loss is
+    invariant to this permutation because images and texts are permuted alike.
+    """
+    n = x.shape[0]
+    x = x.reshape(n // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
+    spec = P(None, sharding.BATCH_AXES, *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _merge_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Inverse of `_split_microbatches`: back to the original row order and sharding."""
+    x = x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+    return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh, x.ndim))
+
+
+def lower_train_step(config: ml_collections.ConfigDict, s: Setup) -> Any:
+    """The jitted train step lowered for the config's global batch shape (donated state).
+
+    Images are uint8 [N, S, S, 3] as the input pipeline ships them; the model normalises them
+    inside the step.
+    """
+    step = jax.jit(make_train_step(config, s),
+                   in_shardings=(s.state_shardings, s.batch_shardings),
+                   out_shardings=(s.state_shardings, sharding.replicated(s.mesh)),
+                   donate_argnums=(0,))
+    model = s.module.config
+    batch = {
+        "images": jax.ShapeDtypeStruct(
+            (config.batch_size, model.image_size, model.image_size, 3), jnp.uint8,
+            sharding=s.batch_shardings["images"]),
+        "tokens": jax.ShapeDtypeStruct((config.batch_size, model.context_length), jnp.int32,
+                                       sharding=s.batch_shardings["tokens"]),
+    }
+    with jax.set_mesh(s.mesh):
+        return step.lower(s.abstract_state, batch)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, s: Setup) -> Any:
+    """The one executable the loop runs: a shape or sharding change raises, never recompiles."""
+    return lower_train_step(config, s).compile()
