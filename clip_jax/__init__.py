@@ -9,6 +9,7 @@ The implementation lives in role packages (`models`, `data`, `training`, `evalua
 `inference`, `pretrained`, `convert`, `planning`, `runtime`, `cli`); README's Layout maps them.
 """
 
+from clip_jax.errors import ConfigError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.inference.image_index import ImageIndex, build_index, search
 from clip_jax.pretrained.factory import create_model_and_transforms, get_tokenizer, list_models, save
@@ -18,6 +19,6 @@ from clip_jax.pretrained.registry import list_pretrained
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import tokenize
 
-__all__ = ["CLIP", "CLIPConfig", "PRESETS", "Encoder", "ImageIndex", "build_index", "create_model",
+__all__ = ["CLIP", "CLIPConfig", "ConfigError", "PRESETS", "Encoder", "ImageIndex", "build_index", "create_model",
            "create_model_and_transforms", "get_preset", "get_tokenizer", "list_models",
            "list_pretrained", "load", "preprocess", "save", "search", "tokenize"]
