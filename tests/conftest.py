@@ -1,7 +1,62 @@
-"""Test-wide setup: 8 fake CPU devices for the sharding tests, set before JAX is imported."""
+"""Test-wide setup and tiers.
+
+8 fake CPU devices for the sharding tests, set before JAX is imported.
+
+Tiers (markers, declared in setup.cfg):
+- `slow`: end-to-end runs (training subprocesses, notebooks, the demo's code path);
+  `pytest -m "not slow"` is the quick local loop, CI runs everything.
+- `reference`: compares against torch / open_clip / transformers / scikit-learn (the `test`
+  extra). Marked automatically for test modules that import one of them; those modules import
+  them with `pytest.importorskip`, so without the extra they are skipped, not collection errors.
+"""
 
 import os
+import sys
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REFERENCE_PACKAGES = ("torch", "open_clip", "transformers", "sklearn", "reference")
+
+
+def _uses_reference(module) -> bool:
+    for value in vars(module).values():
+        name = getattr(value, "__module__", None) or getattr(value, "__name__", "")
+        if isinstance(name, str) and name.split(".")[0] in REFERENCE_PACKAGES:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        if module.__name__ not in marked:
+            marked[module.__name__] = _uses_reference(module)
+        if marked[module.__name__]:
+            item.add_marker(pytest.mark.reference)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+    """One TFDS data directory for the whole session: every synthetic_shapes variant a test
+    builds into it is built once (TFDS keys the builds by config name and version)."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def pytest_report_header(config):
+    missing = [p for p in REFERENCE_PACKAGES[:4] if _missing(p)]
+    return f"reference packages missing (their tests skip): {missing}" if missing else None
+
+
+def _missing(package: str) -> bool:
+    if package in sys.modules:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec(package) is None

@@ -1,12 +1,9 @@
 """Peak FLOP/s for MFU (spec sheet, override, or a cached timed matmul) and the compile cache."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
+import pytest
 
 from clip_jax.runtime import hardware
 
@@ -36,16 +33,15 @@ def test_spec_sheet_for_known_accelerators():
     assert hardware.peak_flops(FakeTPU())[0] == 197e12
 
 
-def test_compilation_cache_stores_executables_in_the_configured_dir(tmp_path):
-    script = textwrap.dedent(f"""
-        import jax, jax.numpy as jnp
-        from clip_jax.runtime import hardware
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        print(hardware.enable_compilation_cache({str(tmp_path / 'xla')!r}))
-        jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((8, 8))).block_until_ready()
-    """)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert any((tmp_path / "xla").iterdir())
-    assert hardware.enable_compilation_cache("") is None
+@pytest.mark.parametrize("backend,cached", [("tpu", True), ("gpu", True), ("cpu", False)])
+def test_compilation_cache_is_on_where_cached_executables_run(tmp_path, monkeypatch, backend,
+                                                                cached):
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setattr(hardware.jax, "default_backend", lambda: backend)
+    try:
+        path = hardware.enable_compilation_cache(str(tmp_path / "xla"))
+        assert (path == tmp_path / "xla") is cached
+        assert (jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")) is cached
+        assert hardware.enable_compilation_cache("") is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

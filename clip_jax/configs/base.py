@@ -60,7 +60,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.log_every_steps = 50
     c.prng_impl = "threefry2x32"  # "rbg"/"unsafe_rbg" compile and run faster on TPU
     c.peak_flops_per_device = ml_collections.config_dict.placeholder(float)  # for MFU
-    # JAX persistent compilation cache: "auto" = ~/.cache/clip_jax/xla ($CLIP_JAX_CACHE), a
+    # JAX persistent compilation cache (TPU/GPU; CPU compiles anew): "auto" = ~/.cache/clip_jax/xla ($CLIP_JAX_CACHE), a
     # path, or "" (off). A resumed or repeated run then loads the step instead of compiling.
     c.compilation_cache_dir = "auto"
 

@@ -90,16 +90,20 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     return peak, f"{how}, measured now and cached in {path}"
 
 
+# Backends whose executables run correctly when loaded back from JAX's persistent cache. With
+# jax 0.10.2 the CPU client aborts running a cached multi-device executable ("Fatal Python
+# error: Aborted", tests/test_train_step.py's sharded step, cache warm) and runs gloo
+# collectives out of step across processes (losses differ from step 3), so CPU compiles anew.
+CACHEABLE_BACKENDS = ("tpu", "gpu")
+
+
 def enable_compilation_cache(directory: str) -> Path | None:
     """Turns on JAX's persistent compilation cache in `directory` ("auto": `cache_dir()/xla`,
     "": off) and returns it, so a resumed or repeated run loads its executables instead of
-    recompiling. Every compile taking >= 1 s is cached (JAX's default threshold).
-
-    Multi-process CPU runs keep it off: with jax 0.10.2 an executable loaded from the cache in
-    one process and compiled in the other runs its gloo collectives out of step (measured:
-    different losses from step 3, or "Received data size doesn't match expected size").
+    recompiling. Every compile taking >= 1 s is cached (JAX's default threshold). Returns None
+    (cache off) on backends outside `CACHEABLE_BACKENDS`.
     """
-    if not directory or (jax.process_count() > 1 and jax.default_backend() == "cpu"):
+    if not directory or jax.default_backend() not in CACHEABLE_BACKENDS:
         return None
     path = cache_dir() / "xla" if directory == "auto" else Path(directory).expanduser()
     jax.config.update("jax_compilation_cache_dir", str(path))
