@@ -177,8 +177,9 @@ def initialize_distributed(config: Any) -> None:
 def prepare(config: Any, workdir: str) -> None:
     """Every check of a run that reads no data, in the order a user would fix them, then the
     devices: field domains, the workdir, the dataset name (ConfigError, in milliseconds); then
-    jax.distributed and the config against this job's devices (mesh, batch divisibility, model
-    name, dtypes, loss). Nothing is compiled and no dataset is built."""
+    jax.distributed and, to train, the config against this job's devices (mesh, batch
+    divisibility, model name, dtypes, loss). Nothing is compiled and no dataset is built; the
+    data source itself is opened by `train.train` before it compiles."""
     from clip_jax.training import config_checks
 
     config_checks.check_run(config, workdir)
@@ -186,9 +187,10 @@ def prepare(config: Any, workdir: str) -> None:
     import jax
 
     jax.config.update("jax_default_prng_impl", config.prng_impl)
-    from clip_jax.training import train
+    if config.mode == "train":
+        from clip_jax.training import train
 
-    train.validate_config(config, jax.device_count(), jax.process_count())
+        train.validate_config(config, jax.device_count(), jax.process_count())
 
 
 def quiet_absl_logging() -> None:
