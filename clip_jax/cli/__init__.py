@@ -376,6 +376,3 @@ def console() -> int:
     reexec_with_huge_pages()
     return main()
 
-
-if __name__ == "__main__":
-    sys.exit(console())
