@@ -7,18 +7,53 @@ open_clip habits work too: `list_models`, `list_pretrained`, `create_model_and_t
 
 The implementation lives in role packages (`models`, `data`, `training`, `evaluation`,
 `inference`, `pretrained`, `convert`, `planning`, `runtime`, `cli`); README's Layout maps them.
+The public names are imported on first use (PEP 562), so `import clip_jax.cli` does not load
+JAX: the entry points take SIGTERM and re-exec the process (`runtime.host_tuning`) first.
 """
 
-from clip_jax.errors import ConfigError
-from clip_jax.inference.encoder import Encoder
-from clip_jax.inference.image_index import ImageIndex, build_index, search
-from clip_jax.pretrained.factory import create_model_and_transforms, get_tokenizer, list_models, save
-from clip_jax.pretrained.load import load
-from clip_jax.models import CLIP, CLIPConfig, PRESETS, create_model, get_preset
-from clip_jax.pretrained.registry import list_pretrained
-from clip_jax.data.preprocess import preprocess
-from clip_jax.data.tokenizer import tokenize
+from __future__ import annotations
 
-__all__ = ["CLIP", "CLIPConfig", "ConfigError", "PRESETS", "Encoder", "ImageIndex", "build_index", "create_model",
-           "create_model_and_transforms", "get_preset", "get_tokenizer", "list_models",
-           "list_pretrained", "load", "preprocess", "save", "search", "tokenize"]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "CLIP": "clip_jax.models",
+    "CLIPConfig": "clip_jax.models",
+    "ConfigError": "clip_jax.errors",
+    "Encoder": "clip_jax.inference.encoder",
+    "ImageIndex": "clip_jax.inference.image_index",
+    "PRESETS": "clip_jax.models",
+    "build_index": "clip_jax.inference.image_index",
+    "create_model": "clip_jax.models",
+    "create_model_and_transforms": "clip_jax.pretrained.factory",
+    "get_preset": "clip_jax.models",
+    "get_tokenizer": "clip_jax.pretrained.factory",
+    "list_models": "clip_jax.pretrained.factory",
+    "list_pretrained": "clip_jax.pretrained.registry",
+    "load": "clip_jax.pretrained.load",
+    "preprocess": "clip_jax.data.preprocess",
+    "save": "clip_jax.pretrained.factory",
+    "search": "clip_jax.inference.image_index",
+    "tokenize": "clip_jax.data.tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (imported from its module once), else a subpackage (`clip_jax.models`)."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+

@@ -29,6 +29,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from clip_jax.errors import ConfigError
+
 DEFAULT_ROOT = os.path.join("runs", "demo")
 GRID_ROWS, GRID_COLS = 5, 8
 
@@ -170,12 +172,14 @@ def run_suite(config: ml_collections.ConfigDict, module: Any, variables: Any,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     """Builds the data, trains (or resumes) in `workdir`, evaluates on the test split and
-    writes the pictures."""
+    writes the pictures. A bad config or workdir is a ConfigError before the dataset build."""
     from clip_jax.training import checkpoints
+    from clip_jax.training import config_checks
     from clip_jax.evaluation import evaluate
     from clip_jax.data import input_pipeline
     from clip_jax.training import train
 
+    config_checks.check_run(config, workdir)
     seconds: dict[str, float] = {}
     t = time.time()
     builder = input_pipeline.prepare(config.data)
@@ -315,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or os.path.join(DEFAULT_ROOT, time.strftime("%Y%m%d-%H%M%S"))
     try:
         report = run(config, workdir)
-    except (ValueError, FileNotFoundError) as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.text(config))

@@ -4,7 +4,7 @@
 class ConfigError(ValueError):
     """A user mistake, with the field or file at fault and the fix, in one line.
 
-    Entry points (`main.py`, `clip-jax`, the demo) print it as that line and exit 2; every
-    other exception keeps its traceback. A ValueError subclass, so code that caught the
-    ValueErrors raised before this type existed keeps working.
+    Entry points (`clip-jax`, `clip-jax train` = `main.py`, the demo) print it as that line
+    and exit 2; every other exception keeps its traceback. A ValueError subclass, so code that
+    caught the ValueErrors raised before this type existed keeps working.
     """

@@ -4,6 +4,7 @@ model computed directly, transformers and open_clip (HF_HUB_OFFLINE=1)."""
 import importlib.metadata
 import json
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -16,7 +17,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clip_jax import cli# noqa: E402
+from clip_jax import cli  # noqa: E402
+from clip_jax.errors import ConfigError  # noqa: E402
 from clip_jax.training.checkpoints import Checkpointer  # noqa: E402
 from clip_jax.models import create_model, l2_normalize  # noqa: E402
 from clip_jax.data.preprocess import preprocess  # noqa: E402
@@ -163,3 +165,60 @@ def test_eval_of_a_model_without_a_dataset_asks_for_one(tmp_path, capsys):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "--config" in err and "dataset" in err, err
     assert out == ""
+
+
+def test_only_config_errors_are_one_line(monkeypatch, tmp_path, capsys):
+    """A ConfigError is the user's mistake: one line, exit 2. Any other exception (a bug in
+    clip_jax, JAX or TF) keeps its traceback."""
+    def mistake(args):
+        raise ConfigError("--labels names one class; give at least 2.")
+
+    def bug(args):
+        raise ValueError("a bug inside a library")
+
+    argv = ["zero-shot", "--model", str(tmp_path), "--labels", "a,b", str(tmp_path)]
+    monkeypatch.setattr(cli, "zero_shot_command", mistake)
+    assert run(capsys, *argv)[::2] == (2, "error: --labels names one class; give at least 2.\n")
+    monkeypatch.setattr(cli, "zero_shot_command", bug)
+    with pytest.raises(ValueError, match="a bug inside a library"):
+        cli.main(argv)
+
+
+def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
+    """`--config` takes a path from the checkout root, the package's path, or a bare name;
+    all load clip_jax/configs/NAME.py's get_config() and leave sys.path alone."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+    from clip_jax.configs import vit_b16
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(root)
+    expected = vit_b16.get_config().to_dict()
+    before = list(sys.path)
+    for given in ("configs/vit_b16.py", "clip_jax/configs/vit_b16.py", "vit_b16"):
+        config, workdir = entry.load(["clip-jax train", "--config", given, "--workdir", "w",
+                                      "--config.batch_size=64"], flags.FlagValues())
+        assert config.batch_size == 64 and workdir == "w"
+        config.unlock().batch_size = expected["batch_size"]
+        assert config.to_dict() == expected, given
+        assert cli.load_config_file(given).to_dict() == expected, given
+    assert sys.path == before
+    with pytest.raises(ConfigError, match="'vit_b17': no such config file.* vit_b16, vit_b32"):
+        entry.resolve_config_path("vit_b17")
+    with pytest.raises(ConfigError, match="cannot apply --config.optimizer.lrr=1"):
+        entry.load(["clip-jax train", "--config=tiny", "--workdir=w", "--config.optimizer.lrr=1"],
+                   flags.FlagValues())
+
+
+def test_eval_without_a_config_uses_the_base_configs_sections(tmp_path):
+    """Sources named on the command line: the data and eval defaults are configs/base.py's
+    (in float32), not a second copy of them."""
+    from clip_jax.data import input_pipeline
+    from clip_jax.evaluation import evaluate
+
+    config = cli.eval_config(str(tmp_path), None, sources_given=True)
+    assert config.model.dtype == "float32"
+    assert dict(config.mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
+    assert config.data.to_dict() == input_pipeline.default_config().to_dict()
+    assert config.eval.to_dict() == evaluate.default_config().to_dict()

@@ -96,3 +96,12 @@ def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
         np.testing.assert_allclose([got[n] for n in names], probs, atol=1e-4)
         right += names[int(np.argmax(probs))].split()[0] == names[test[i]["label"]].split()[0]
     assert right >= 3  # meaningful labels: the colour is mostly right
+
+
+def test_demo_refuses_a_bad_workdir_in_one_line_before_building(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(input_pipeline, "prepare", None)  # must not get that far
+    assert demo.main(["--workdir", str(tmp_path / "file")]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: --workdir '{tmp_path / 'file'}' is a file; pass a directory (created " \
+        "if missing).\n" and out == ""

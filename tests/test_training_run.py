@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -240,19 +241,27 @@ def test_init_from_refuses_a_conflicting_model_name(tfds_dir, tmp_path, monkeypa
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.batch_size=36", "config.batch_size: 36 is not divisible by data*fsdp (8)"),
-    ("--config.mesh.data=3", "needs 3 devices but 8 are available"),
-    ("--config.model.name=ViT-X/1", "Unknown model 'ViT-X/1'"),
-    ("--config.no_such_field=1", "cannot apply --config.no_such_field=1"),
-    ("--config.loss=l2", "config.loss: unknown loss 'l2'"),
+# End to end, in a fresh process each: one mistake per stage of the entry point (the config
+# file, the flag parser, the checks after jax starts), through main.py and the installed command.
+@pytest.mark.parametrize("command,config,override,message", [
+    ("main.py", "no_such_config", None, "--config 'no_such_config': no such config file"),
+    ("main.py", "tiny", "--config.no_such_field=1", "cannot apply --config.no_such_field=1"),
+    ("clip-jax", "tiny", "--config.batch_size=36",
+     "config.batch_size: 36 is not divisible by data*fsdp (8)"),
 ])
-def test_config_errors_are_one_line(tfds_dir, tmp_path, override, message):
-    code, out = _finish(_start(tmp_path, tfds_dir, override))
-    assert code != 0
-    lines = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], out
-    assert "Traceback" not in out
+def test_config_errors_exit_2_with_one_line(tfds_dir, tmp_path, command, config, override,
+                                            message):
+    program = ([sys.executable, os.path.join(ROOT, "main.py")] if command == "main.py" else
+               [os.path.join(os.path.dirname(sys.executable), "clip-jax"), "train"])
+    proc = subprocess.run([*program, "--config", config, "--workdir", str(tmp_path / "run"),
+                           *filter(None, [override])], cwd=tmp_path,
+                          env=_env(tfds_dir, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                          text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line and not line.startswith(_NOISE)]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run").exists()
 
 
 def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
@@ -364,13 +373,15 @@ MISCONFIGURATIONS = [
     (["--config.eval.batch_size=0"], "config.eval.batch_size", None),
     (["--config.model.remat_policy=some"], "config.model.remat_policy", None),
     (["--config.model.dtype=float8"], "config.model.dtype", None),
-    (["--config.loss=l2"], "config.loss", None),
-    (["--config.model.name=ViT-X/1"], "ViT-X/1", None),
-    (["--config.mesh.data=3"], "3 devices", None),
+    (["--config.loss=l2"], "config.loss: unknown loss 'l2'", None),
+    (["--config.model.name=ViT-X/1"], "Unknown model 'ViT-X/1'", None),
+    (["--config.mesh.data=3"], "needs 3 devices but 8 are available", None),
     (["--config.data.augment.scale=(0.5,2.0)"], "data.augment.scale", None),
     (["--config.data.eval_max_captions=-1"], "data.eval_max_captions", None),
     (["--config.optimizer.lrr=1", "--config.batch_size=8"], "optimizer.lrr", "batch_size"),
     (["--config.batch_size=abc", "--config.total_steps=3"], "batch_size", "total_steps"),
+    (["--config.no_such_field=1"], "cannot apply --config.no_such_field=1", None),
+    (["--config.batch_size=36"], "config.batch_size: 36 is not divisible by data*fsdp (8)", None),
     (["--config.data.dataset=coco_captionz"], "coco_captions", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/nope.csv"], "data.table.train_path", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/img"], "is a directory", None),
@@ -381,42 +392,50 @@ MISCONFIGURATIONS = [
     (["WORKDIR={tmp}/missing.csv"], "--workdir", None),  # a file
     (["WORKDIR=/proc/clip_jax/run"], "--workdir", None),  # not writable, even for root
     (["CONFIG={tmp}/no_such_config.py"], "--config", None),
+    (["CONFIG=vit_b17"], "vit_b16", None),  # a bare name: the bundled ones are listed
 ]
 # C++ logging of TensorFlow, and TFDS announcing a dataset build (the missing-images case builds).
 _NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ",
           "Downloading and preparing dataset", "Dataset image_text_table downloaded")
 
 
-def test_misconfigurations_are_one_line_before_compiling(tfds_dir, tmp_path):
-    """Every case: exit code != 0, exactly one line on stderr naming the field, no compile."""
+def test_misconfigurations_are_one_line_before_compiling(tfds_dir, tmp_path, monkeypatch,
+                                                        capsys):
+    """Every case through the entry point's own functions, in this process (`load` parses the
+    command line, `run` checks and trains): exit code 2 or a ConfigError, exactly one line
+    naming the field, nothing compiled or checkpointed."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+    from clip_jax.errors import ConfigError
+
     assert len(MISCONFIGURATIONS) >= 30
     tmp = _table(tmp_path)
-    env = _env(tfds_dir, CLIP_JAX_HOST_TUNED="1", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-               TPU_ACCELERATOR_TYPE="v5litepod-16", TPU_WORKER_HOSTNAMES="localhost")  # quiet libtpu
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
 
-    def command(i, args):
+    def compile_train_step(*_):
+        raise AssertionError("compiled a misconfigured run")
+
+    monkeypatch.setattr(train_step, "compile_train_step", compile_train_step)
+    failures = []
+    for i, (args, named, not_named) in enumerate(MISCONFIGURATIONS):
         args = [a.replace("{tmp}", str(tmp)) for a in args]
         config = next((a[7:] for a in args if a.startswith("CONFIG=")),
                       os.path.join(ROOT, "configs", "tiny.py"))
         workdir = next((a[8:] for a in args if a.startswith("WORKDIR=")), str(tmp / f"w{i}"))
-        return [sys.executable, os.path.join(ROOT, "main.py"), "--config", config, "--workdir",
-                workdir, *[a for a in args if a.startswith("--")]]
-
-    pending = list(enumerate(MISCONFIGURATIONS))
-    running, failures = [], []
-    while pending or running:
-        while pending and len(running) < 4:
-            i, case = pending.pop(0)
-            proc = subprocess.Popen(command(i, case[0]), cwd=ROOT, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            running.append((i, case, proc))
-        i, (args, named, not_named), proc = running.pop(0)
-        out, err = proc.communicate(timeout=300)
+        argv = ["main.py", "--config", config, "--workdir", workdir,
+                *[a for a in args if a.startswith("--")]]
+        try:
+            code = entry.run(*entry.load(argv, flags.FlagValues()))
+            err = capsys.readouterr().err
+        except ConfigError as error:  # what `main` prints as the one line, exit code 2
+            code, err = 2, f"error: {error}"
+        except Exception as error:  # noqa: BLE001 -- the entry point would print a traceback
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            code, err = None, f"{type(error).__name__} at {where.filename}:{where.lineno}: {error}"
         lines = [line for line in err.splitlines() if line and not line.startswith(_NOISE)]
-        ok = (proc.returncode != 0 and len(lines) == 1 and named in lines[0]
-              and (not_named is None or not_named not in lines[0])
-              and "Compiling" not in out and "compiled" not in out)
-        if not ok:
-            failures.append(f"{args}: rc={proc.returncode} stderr={lines} stdout={out[-300:]}")
+        if not (code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+                and named in lines[0] and (not_named is None or not_named not in lines[0])):
+            failures.append(f"{args}: code={code} stderr={lines}")
         assert not os.path.exists(tmp / f"w{i}" / "checkpoints"), args
     assert not failures, "\n".join(failures)

@@ -1,5 +1,7 @@
 """The `clip-jax` command: quick zero-shot inference, evaluation, export, the demo.
 
+  clip-jax train --config FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...]
+      (as `python main.py`; clip_jax/cli/train.py)
   clip-jax zero-shot --model PATH --labels "cat,dog,car" [--recursive] [--output json|csv]
       IMAGES_OR_FOLDERS...
   clip-jax index IMAGES_OR_FOLDERS... --model PATH --output INDEX
@@ -13,7 +15,9 @@
   clip-jax plan --config configs/vit_l14.py --topology v5e-256 [--config.FIELD=VALUE ...] [--json]
 
 PATH / WORKDIR_OR_CHECKPOINT is anything `clip_jax.load` reads: a training workdir (its newest
-checkpoint), an OpenAI / open_clip checkpoint file, or a Hugging Face CLIP directory.
+checkpoint), an OpenAI / open_clip checkpoint file, or a Hugging Face CLIP directory. A user mistake (a missing file, a bad flag or
+config field) is a `ConfigError`, printed as one `error: ...` line with exit code 2; any other
+exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from clip_jax.errors import ConfigError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -79,7 +84,7 @@ def zero_shot_command(args: argparse.Namespace) -> int:
         done += len(batch.paths)
     report_skipped(skipped, ignored)
     if not done:
-        raise ValueError(f"None of the {len(paths)} image file(s) could be read (see above).")
+        raise ConfigError(f"None of the {len(paths)} image file(s) could be read (see above).")
     return 0
 
 
@@ -106,11 +111,11 @@ def search_command(args: argparse.Namespace) -> int:
     from clip_jax.inference.encoder import Encoder
 
     if (args.query is None) == (args.image is None):
-        raise ValueError("Give either a text query or --image QUERY_IMAGE (not both).")
+        raise ConfigError("Give either a text query or --image QUERY_IMAGE (not both).")
     index = image_index.ImageIndex.load(args.index)
     model = args.model or index.meta.get("model")
     if not model:
-        raise ValueError(f"{args.index!r} does not record its model; pass --model.")
+        raise ConfigError(f"{args.index!r} does not record its model; pass --model.")
     encoder = Encoder(*load(model))
     if args.model and image_index.model_fingerprint(encoder) != index.meta.get("fingerprint"):
         print(f"warning: --model {model} is not the model {args.index} was built with "
@@ -131,28 +136,25 @@ def search_command(args: argparse.Namespace) -> int:
 
 
 def load_config_file(path: str):
-    """`get_config()` of a config file (configs/*.py)."""
+    """`get_config()` of a config file (configs/demo.py) or of a bundled config's name (demo)."""
+    from clip_jax.cli import train
+
+    path = train.resolve_config_path(path)
     spec = importlib.util.spec_from_file_location("clip_jax_cli_config", path)
-    if spec is None or not os.path.isfile(path):
-        raise FileNotFoundError(f"No config file at {path!r}; pass e.g. configs/demo.py.")
     module = importlib.util.module_from_spec(spec)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if root not in sys.path:  # config files import `configs.base`
-        sys.path.insert(0, root)
     spec.loader.exec_module(module)
     return module.get_config()
 
 
 def eval_config(path: str, config_file: str | None, sources_given: bool = False):
     """The config file's, else the workdir's own training config, else (when the command line
-    names the data: `--zero-shot`, `--linear-probe`, ...) the defaults; else a one-line
-    ValueError asking for a dataset (a model alone says nothing about what to evaluate on)."""
+    names the data: `--zero-shot`, `--linear-probe`, ...) the base config's defaults in float32;
+    else a ConfigError asking for a dataset (a model alone says nothing about what to evaluate
+    on)."""
     import ml_collections
 
+    from clip_jax.configs import base
     from clip_jax.training import checkpoints
-    from clip_jax.evaluation import evaluate
-    from clip_jax.data import input_pipeline
-    from clip_jax.runtime import sharding
 
     if config_file:
         return load_config_file(config_file)
@@ -163,11 +165,10 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
             config.mesh = dict(data=-1, fsdp=1, tensor=1)  # this machine's devices, not the run's
             return config
     if sources_given:
-        return ml_collections.ConfigDict(dict(
-            model=dict(dtype="float32"), mesh=dict(data=-1, fsdp=1, tensor=1),
-            logical_axis_rules=[list(r) for r in sharding.DEFAULT_RULES],
-            data=input_pipeline.default_config(), eval=evaluate.default_config()))
-    raise ValueError(f"{path!r} records no dataset to evaluate on; name one with --zero-shot "
+        config = base.get_config()
+        config.model.dtype = "float32"
+        return config
+    raise ConfigError(f"{path!r} records no dataset to evaluate on; name one with --zero-shot "
                      "DIR_OR_CSV (or --linear-probe / --few-shot / --robustness / --retrieval), "
                      "or pass --config FILE whose data and eval sections name one (e.g. "
                      "--config configs/demo.py for the synthetic shapes).")
@@ -230,29 +231,21 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    """Exit 0: fits; 1: does not fit; 2: config error (raised as ValueError, see `main`)."""
+    """Exit 0: fits; 1: does not fit; 2: config error (a ConfigError, see `main`)."""
     from absl import flags
-    from ml_collections import config_flags
 
+    from clip_jax.cli import train
     from clip_jax.planning import plan
 
     unknown = [a for a in args.overrides if not a.startswith("--config.")]
     if unknown:
-        raise ValueError(f"unrecognised arguments {unknown}; overrides look like "
-                         "--config.batch_size=4096 (as for main.py).")
-    argv = ["clip-jax plan", f"--config={args.config}", *args.overrides]
+        raise ConfigError(f"unrecognised arguments {unknown}; overrides look like "
+                          "--config.batch_size=4096 (as for clip-jax train).")
+    argv = ["clip-jax plan", f"--config={train.resolve_config_path(args.config)}",
+            *args.overrides]
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
-                                    lock_config=True, sys_argv=argv)
-    if not os.path.isfile(args.config):
-        raise FileNotFoundError(f"No config file at {args.config!r}; pass e.g. configs/vit_l14.py.")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(args.config)))
-    if root not in sys.path:  # config files import `configs.base`
-        sys.path.insert(0, root)
-    try:
-        values(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError) as error:
-        raise ValueError(f"cannot apply {' '.join(args.overrides)}: {error}") from error
+    train.define_config_flag(values, argv, "config file")
+    train.parse_flags(argv, values)
     return plan.run(values.config, args.topology, as_json=args.json,
                     budget_seconds=args.search_seconds)
 
@@ -260,9 +253,13 @@ def plan_command(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     from clip_jax.cli import eval_sources as eval_cli
 
-    p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: inference, "
-                                "evaluation, export.")
+    p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: training, "
+                                "inference, evaluation, export.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    # Listed for --help only: `main` hands `train ...` to clip_jax.cli.train (absl flags).
+    sub.add_parser("train", add_help=False, help="train or evaluate from a config: --config "
+                   "FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...] (as python main.py)")
 
     z = sub.add_parser("zero-shot", help="classify images against free-form labels")
     z.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
@@ -338,8 +335,8 @@ def parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="compile the train step for a TPU slice without one: memory, "
                         "FLOPs, collectives, roofline (exit 0 fits, 1 does not, 2 config error)")
-    pl.add_argument("--config", required=True, help="config file (configs/*.py); override fields "
-                    "with --config.FIELD=VALUE as for main.py")
+    pl.add_argument("--config", required=True, help="config file (configs/*.py) or name; override "
+                    "fields with --config.FIELD=VALUE as for clip-jax train")
     pl.add_argument("--topology", required=True, help="Cloud TPU accelerator type: v5e-256, "
                     "v5litepod-64, v4-64, v5p-512, v6e-256, 2xv5e-256 (multi-slice)")
     pl.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -351,23 +348,31 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`clip-jax ARGS`; the exit code. `train` goes to `clip_jax.cli.train.main`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from clip_jax.cli import train
+
+        return train.main(["clip-jax train", *argv[1:]])
     args, extra = parser().parse_known_args(argv)
     if args.command == "plan":
-        args.overrides = extra  # --config.FIELD=VALUE, as main.py takes them
+        args.overrides = extra  # --config.FIELD=VALUE, as clip-jax train takes them
     elif extra:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
 def console() -> int:
-    """The `clip-jax` command: `main` in a process tuned for XLA (see `host_tuning`)."""
+    """The `clip-jax` command: `main` in a process tuned for XLA (see `host_tuning`); for
+    `train`, SIGTERM exits at once until training takes it over (`train.console`)."""
+    if sys.argv[1:2] == ["train"]:
+        from clip_jax.cli import train
+
+        return train.console(["clip-jax train", *sys.argv[2:]])
     reexec_with_huge_pages()
     return main()
 
-
-if __name__ == "__main__":
-    sys.exit(console())

@@ -24,6 +24,8 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax.errors import ConfigError
+
 SOURCE_FLAGS = ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieval")
 
 
@@ -73,7 +75,7 @@ def _source(spec: str, default_split: str = "test") -> tuple[str, str]:
     if labelled_data.is_source(name):
         return name, split
     if os.path.sep in name and not os.path.exists(name):
-        raise FileNotFoundError(f"No labelled folder or table at {name!r}.")
+        raise ConfigError(f"No labelled folder or table at {name!r}.")
     return name, split or default_split
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 
 
@@ -87,8 +88,8 @@ def get_preset(name: str, **overrides: Any) -> CLIPConfig:
     if key in _ALIASES:
         key, activation = _ALIASES[key], activation or "gelu"
     if key not in PRESETS:
-        raise ValueError(f"Unknown model {name!r}; choose one of {sorted(PRESETS)} "
-                         "(open_clip spellings such as 'ViT-B-32' or 'RN50-quickgelu' work too).")
+        raise ConfigError(f"Unknown model {name!r}; choose one of {sorted(PRESETS)} "
+                          "(open_clip spellings such as 'ViT-B-32' or 'RN50-quickgelu' work too).")
     config = PRESETS[key]
     if activation is not None:
         config = config.replace(activation=activation)

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from clip_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -48,21 +50,21 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int
     """Resolves a `{data, fsdp, tensor}` spec (one of them may be -1: "the rest") to sizes."""
     unknown = sorted(set(spec) - set(MESH_AXES))
     if unknown:
-        raise ValueError(f"config.mesh has unknown axes {unknown}; use {list(MESH_AXES)}.")
+        raise ConfigError(f"config.mesh has unknown axes {unknown}; use {list(MESH_AXES)}.")
     sizes = [int(spec.get(axis, 1)) for axis in MESH_AXES]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: use positive sizes and at "
-                         "most one -1 ('the rest of the devices').")
+        raise ConfigError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: use positive sizes and "
+                          "at most one -1 ('the rest of the devices').")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(
+            raise ConfigError(
                 f"config.mesh={dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} "
                 f"devices: the fixed axes multiply to {known}; pick sizes that divide "
                 f"{num_devices}.")
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
             f"{num_devices} are available; make data*fsdp*tensor == {num_devices} or set one "
             "axis to -1.")
@@ -111,7 +113,7 @@ def check_divisible(mesh: Mesh, shapes: Any, shardings: Any) -> None:
             ways = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
             if dim % ways:
                 name = jax.tree_util.keystr(path)
-                raise ValueError(
+                raise ConfigError(
                     f"Parameter {name} of shape {leaf.shape} cannot be split {ways} ways over "
                     f"mesh axes {axes}; change config.mesh or map that logical axis to None in "
                     "config.logical_axis_rules.")

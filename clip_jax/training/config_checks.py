@@ -1,6 +1,6 @@
 """Checks of a run before anything expensive: each field's domain, the workdir, the dataset name.
 
-`check_run(config, workdir)` raises a one-line ValueError naming the field (or path) at fault
+`check_run(config, workdir)` raises a one-line `ConfigError` naming the field (or path) at fault
 and what to use instead, in milliseconds, before any model is built or compiled. The training
 loop checks the architecture, the mesh and the data source itself (`train.validate_config`,
 then the data pipeline is built before the step is compiled).
@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax.errors import ConfigError
 from clip_jax.models.config import ACTIVATIONS, REMAT_POLICIES
 
 MODES = ("train", "eval")
@@ -95,7 +96,7 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     for field, (ok, domain) in FIELDS.items():
         present, value = _lookup(config, field)
         if present and not ok(value):
-            raise ValueError(f"config.{field}={value!r} is invalid; use {domain}.")
+            raise ConfigError(f"config.{field}={value!r} is invalid; use {domain}.")
 
 
 def check_workdir(workdir: str) -> None:
@@ -107,7 +108,7 @@ def check_workdir(workdir: str) -> None:
     if "://" in workdir:
         return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir {workdir!r} is a file; pass a directory (created if "
+        raise ConfigError(f"--workdir {workdir!r} is a file; pass a directory (created if "
                          "missing).")
     created = []
     path = os.path.abspath(workdir)
@@ -119,7 +120,7 @@ def check_workdir(workdir: str) -> None:
         with tempfile.TemporaryFile(dir=workdir):
             pass
     except OSError as error:
-        raise ValueError(f"--workdir {workdir!r} is not writable ({error.strerror or error}); "
+        raise ConfigError(f"--workdir {workdir!r} is not writable ({error.strerror or error}); "
                          "pass a directory you can write to.") from None
     finally:
         for path in created:
@@ -135,14 +136,14 @@ def check_dataset(data: ml_collections.ConfigDict) -> None:
             path = data.table[field]
             if path and "://" not in path:
                 if not os.path.exists(path):
-                    raise ValueError(f"data.table.{field}={path!r} does not exist; pass the "
+                    raise ConfigError(f"data.table.{field}={path!r} does not exist; pass the "
                                      "CSV/TSV file.")
                 if os.path.isdir(path):
-                    raise ValueError(f"data.table.{field}={path!r} is a directory; pass the "
+                    raise ConfigError(f"data.table.{field}={path!r} is a directory; pass the "
                                      "CSV/TSV file in it.")
         root = data.table.image_root
         if root and "://" not in root and not os.path.isdir(root):
-            raise ValueError(f"data.table.image_root={root!r} is not a directory; pass the "
+            raise ConfigError(f"data.table.image_root={root!r} is not a directory; pass the "
                              "folder the table's image paths are relative to.")
         return
     if name in OUR_DATASETS:
@@ -159,7 +160,7 @@ def check_dataset(data: ml_collections.ConfigDict) -> None:
     close = difflib.get_close_matches(base, [*OUR_DATASETS, *known], n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else (
         f"use {', '.join(OUR_DATASETS)} or a TFDS name (tfds.list_builders())")
-    raise ValueError(f"data.dataset={name!r} is not a known dataset; {hint}")
+    raise ConfigError(f"data.dataset={name!r} is not a known dataset; {hint}")
 
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -180,6 +181,6 @@ def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:
     source = input_pipeline._data_source(builder, data.train_split, data.build_if_missing,
                                          "data.train_split")
     if len(source) == 0:
-        raise ValueError(f"data.train_split={data.train_split!r} of {builder.info.full_name} "
+        raise ConfigError(f"data.train_split={data.train_split!r} of {builder.info.full_name} "
                          "is empty; name a split with examples.")
     input_pipeline._schema(builder, data, model, with_label=False)

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from clip_jax.errors import ConfigError
 from clip_jax.training import config_checks
 from clip_jax.evaluation import evaluate
 from clip_jax.runtime import hardware
@@ -53,7 +54,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     process_count: int) -> None:
     """Checks the config against itself and the machine before anything is compiled."""
     def fail(field: str, problem: str, fix: str) -> None:
-        raise ValueError(f"config.{field}: {problem}; {fix}.")
+        raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
     config_checks.check_fields(config)
     if not config.init_from:
@@ -130,7 +131,7 @@ def _restore_or_init(config, s, checkpointer, variables, writer):
         return s.init_state(rng, variables), 0
     latest, state, meta = restored
     if meta["batch_size"] != config.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"config.batch_size={config.batch_size} differs from the {meta['batch_size']} the "
             f"checkpoint at step {latest} was trained with; keep it, or start a new workdir "
             "with config.init_from pointing at this one.")
@@ -193,7 +194,7 @@ def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None
     ours, theirs = fields(preset), fields(base)
     diff = [f"{k} {ours[k]} vs {theirs[k]}" for k in ours if ours[k] != theirs.get(k)]
     if diff:
-        raise ValueError(
+        raise ConfigError(
             f"config.model.name={config.model.name!r} and config.init_from's weights are "
             f"different architectures ({', '.join(diff[:3])}); pass --config.model.name='' to "
             "train the init_from architecture, or drop init_from.")

@@ -1,0 +1,259 @@
+"""Train (or evaluate) CLIP: `clip-jax train --config FILE_OR_NAME --workdir DIR`.
+
+`python main.py ...` in a checkout is the same command. The config is a file (configs/vit_b16.py,
+clip_jax/configs/vit_b16.py) or the name of one in clip_jax/configs (vit_b16). Running the same
+command again resumes from the newest checkpoint in DIR (a finished run says so and exits).
+Override any config field on the command line, e.g. `--config.batch_size=4096
+--config.model.name=ViT-L/14`; `--config.mode=eval` evaluates instead. The resolved config is
+written to DIR/config.json.
+
+Exit codes: 0 done, finished or preempted (SIGTERM: before the first step the process exits at
+once, there being nothing new to save; after it, at the next step boundary with a checkpoint);
+2 a bad config, workdir or data source (`ConfigError`: one line on stderr, before anything is
+compiled); 3 training diverged (NaN/Inf; the line names the last good checkpoint).
+Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from clip_jax.errors import ConfigError
+
+PREEMPTED_EXIT_CODE = 0
+CONFIG_ERROR_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 3
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+
+
+def exit_at_once_on_sigterm() -> None:
+    """Until training takes SIGTERM over (`train.PreemptionGuard`), SIGTERM exits at once.
+
+    Python runs signal handlers only between bytecodes, so a handler alone would wait for a
+    long import or XLA compilation to finish; the signal's wake-up byte, written by the C-level
+    handler, is read by a thread that exits even while the main thread is inside C++. Once the
+    guard installs its own handler, the thread leaves SIGTERM to it.
+    """
+    def stop(*_) -> None:
+        sys.stdout.flush()
+        print("Stopped by SIGTERM before the first training step; nothing new to save (run the "
+              "same command to resume).", file=sys.stderr, flush=True)
+        os._exit(PREEMPTED_EXIT_CODE)
+
+    def watch(fd: int) -> None:
+        while True:
+            received = os.read(fd, 64)
+            if (bytes([signal.SIGTERM]) in received
+                    and signal.getsignal(signal.SIGTERM) is stop):
+                stop()
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.signal(signal.SIGTERM, stop)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    threading.Thread(target=watch, args=(read,), daemon=True, name="sigterm-watch").start()
+
+
+def config_names() -> list[str]:
+    """The configs `--config NAME` accepts: clip_jax/configs/NAME.py."""
+    return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR)
+                  if name.endswith(".py") and name not in ("__init__.py", "base.py"))
+
+
+def resolve_config_path(value: str) -> str:
+    """A config file path as given, else clip_jax/configs/<value>.py; ConfigError if neither.
+
+    A `:ARG` suffix (passed to `get_config(ARG)` by ml_collections) is kept.
+    """
+    path, colon, arg = value.partition(":")
+    if os.path.isfile(path):
+        return value
+    bundled = os.path.join(CONFIGS_DIR, f"{path}.py")
+    if path in config_names():
+        return bundled + colon + arg
+    raise ConfigError(f"--config {value!r}: no such config file; pass a path (configs/vit_b16.py) "
+                      f"or one of {', '.join(config_names())}.")
+
+
+def with_config_resolved(argv: Sequence[str]) -> list[str]:
+    """`argv` with the value of `--config NAME` / `--config=NAME` resolved to a file path."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            argv[i + 1] = resolve_config_path(argv[i + 1])
+        elif arg.startswith(("--config=", "-config=")):
+            flag, _, value = arg.partition("=")
+            argv[i] = f"{flag}={resolve_config_path(value)}"
+    return argv
+
+
+def define_config_flag(values: Any, argv: Sequence[str], help_text: str) -> None:
+    """`--config FILE` with its `--config.FIELD=VALUE` overrides taken from `argv` (as parsed
+    later by `parse_flags`), on the absl FlagValues `values`."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, help_text, flag_values=values,
+                                    lock_config=True, sys_argv=list(argv))
+
+
+def define_flags(values: Any, argv: Sequence[str]) -> None:
+    """The training command's flags: --config (and its overrides), --workdir."""
+    from absl import flags
+
+    define_config_flag(values, argv, "Config file (configs/vit_b16.py) or name (vit_b16).")
+    flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints and metrics.",
+                        flag_values=values)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=values)
+
+
+def load(argv: Sequence[str], values: Any) -> tuple[Any, str]:
+    """(config, workdir) of a training command line (argv[0] the program name), its flags
+    defined on and parsed into the absl FlagValues `values`; ConfigError for any mistake."""
+    argv = with_config_resolved(argv)
+    define_flags(values, argv)
+    parse_flags(argv, values)
+    return values["config"].value, values["workdir"].value
+
+
+def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
+    """Parses `argv` (with `define_config_flag`'s flags) into `values`, loads the config;
+    ConfigError, naming the flag or override at fault, for any mistake. Returns the rest."""
+    from absl import flags
+    from ml_collections import ConfigDict
+
+    try:
+        rest = values(list(argv))
+    except flags.Error as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        text = str(e)
+        if text[:1] in "'\"":  # a KeyError's message comes quoted
+            text = text[1:-1].encode().decode("unicode_escape")
+        text = " ".join(text.replace("'", "").split())
+        raise ConfigError(f"cannot apply {_culprit(argv, text)}: unknown field or wrong type "
+                          f"({text}); the fields and their types are those of the config file "
+                          "(clip_jax/configs/base.py for the shared ones).") from None
+    config = values["config"].value
+    if not isinstance(config, ConfigDict):  # config_flags defers a load failure to first use
+        try:
+            config.mode
+        except OSError as e:
+            cause = str(e.__cause__ or e).strip().splitlines()
+            raise ConfigError(f"cannot load --config: {cause[-1].strip()}") from None
+    return rest
+
+
+def _culprit(argv: Sequence[str], error: str) -> str:
+    """The one override an error is about: the one whose field or value the error quotes,
+    else the one that fails when applied alone."""
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    for override in overrides:
+        field, _, value = override[len("--config."):].partition("=")
+        if field in error or field.rsplit(".", 1)[-1] in error or (value and repr(value) in error):
+            return override
+    return overrides[-1] if len(overrides) == 1 else "one of " + ", ".join(overrides)
+
+
+def initialize_distributed(config: Any) -> None:
+    """Starts jax.distributed before anything touches the devices, when asked to."""
+    import jax
+
+    dist = config.distributed
+    address = dist.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if address:
+        num = dist.num_processes if dist.num_processes > 0 else int(os.environ["JAX_NUM_PROCESSES"])
+        pid = dist.process_id if dist.process_id >= 0 else int(os.environ["JAX_PROCESS_ID"])
+        jax.distributed.initialize(address, num_processes=num, process_id=pid)
+    elif dist.initialize:
+        jax.distributed.initialize()
+
+
+def prepare(config: Any, workdir: str) -> None:
+    """Every check of a run that reads no data, in the order a user would fix them, then the
+    devices: field domains, the workdir, the dataset name (ConfigError, in milliseconds); then
+    jax.distributed and, to train, the config against this job's devices (mesh, batch
+    divisibility, model name, dtypes, loss). Nothing is compiled and no dataset is built; the
+    data source itself is opened by `train.train` before it compiles."""
+    from clip_jax.training import config_checks
+
+    config_checks.check_run(config, workdir)
+    initialize_distributed(config)
+    import jax
+
+    jax.config.update("jax_default_prng_impl", config.prng_impl)
+    if config.mode == "train":
+        from clip_jax.training import train
+
+        train.validate_config(config, jax.device_count(), jax.process_count())
+
+
+def quiet_absl_logging() -> None:
+    """WARNING unless --verbosity was given: orbax and TF are chatty at INFO, and TFDS warns on
+    every table/webdataset builder made from options rather than by name."""
+    from absl import flags, logging
+
+    if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+        return
+    logging.set_verbosity(logging.WARNING)
+    logging.ABSLLogger.manager.getLogger("absl").addFilter(
+        lambda record: "Using custom data configuration" not in record.getMessage())
+
+
+def run(config: Any, workdir: str) -> int:
+    """Checks (`prepare`), then trains or evaluates; the exit code (see the module docstring).
+    A ConfigError is printed as one `error: ...` line on stderr; other exceptions propagate."""
+    try:
+        prepare(config, workdir)
+        from clip_jax.training import train
+
+        try:
+            if config.mode == "train":
+                train.train(config, workdir)
+            else:
+                from clip_jax.evaluation import evaluate
+
+                evaluate.evaluate_workdir(config, workdir)
+        except train.NonFiniteLossError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return DIVERGED_EXIT_CODE
+    except ConfigError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT_CODE
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """`clip-jax train ARGS` / `python main.py ARGS` (argv[0] is the program name): the flags
+    parsed by absl (`--verbosity`, `--help`, flag files work), then `run`."""
+    from absl import app, flags
+
+    def parse(args: list[str]) -> list[str]:
+        try:
+            load(args, flags.FLAGS)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(CONFIG_ERROR_EXIT_CODE)
+        return args[:1]
+
+    def body(_: list[str]) -> int:
+        quiet_absl_logging()
+        return run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+    app.run(body, argv=list(argv), flags_parser=parse)  # exits with body's return value
+    return 0
+
+
+def console(argv: Sequence[str] | None = None) -> int:
+    """The process entry: SIGTERM handling first (importing JAX takes seconds), then the
+    malloc re-exec (`runtime.host_tuning`), then `main`."""
+    exit_at_once_on_sigterm()
+    from clip_jax.runtime.host_tuning import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
+    return main(sys.argv if argv is None else argv)
