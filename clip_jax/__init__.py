@@ -12,9 +12,10 @@ The implementation lives in role packages (`models`, `data`, `training`, `evalua
 from clip_jax.errors import ConfigError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.inference.image_index import ImageIndex, build_index, search
-from clip_jax.pretrained.factory import create_model_and_transforms, get_tokenizer, list_models, save
+from clip_jax.pretrained.factory import (create_model, create_model_and_transforms, get_tokenizer,
+                                         list_models, save)
 from clip_jax.pretrained.load import load
-from clip_jax.models import CLIP, CLIPConfig, PRESETS, create_model, get_preset
+from clip_jax.models import CLIP, CLIPConfig, PRESETS, get_preset
 from clip_jax.pretrained.registry import list_pretrained
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import tokenize
