@@ -30,6 +30,7 @@ from clip_jax.models import CLIP, get_preset  # noqa: E402
 from clip_jax.models.layers import stack_layers  # noqa: E402
 from clip_jax.data.preprocess import preprocess  # noqa: E402
 from clip_jax.data.tokenizer import default_tokenizer  # noqa: E402
+from clip_jax.errors import ConfigError  # noqa: E402
 from clip_jax.pretrained.factory import export_hf_from  # noqa: E402
 from reference import random_inputs  # noqa: E402
 from test_tokenizer import CORPUS  # noqa: E402
@@ -249,7 +250,7 @@ def test_half_precision_export(tmp_path, dtype, torch_dtype):
 
 
 def test_resnet_export_points_to_open_clip(tmp_path):
-    with pytest.raises(ValueError, match="ModifiedResNet.*no CLIP class with a ResNet.*"
+    with pytest.raises(ConfigError, match="ModifiedResNet.*no CLIP class with a ResNet.*"
                                          "clip-jax export-open-clip SOURCE OUTPUT_DIR"):
         hf_export.export_hf(get_preset("test-resnet"), {}, tmp_path)
 
@@ -263,9 +264,9 @@ def test_siglip_logit_bias_is_dropped_with_a_warning(tmp_path, caplog):
 
 def test_bad_export_arguments(tmp_path):
     config = get_preset("test-vit")
-    with pytest.raises(ValueError, match="Unknown export dtype 'int8'"):
+    with pytest.raises(ConfigError, match="Unknown export dtype 'int8'"):
         hf_export.export_hf(config, random_variables(config), tmp_path, dtype="int8")
-    with pytest.raises(ValueError, match="variables lack 'params'"):
+    with pytest.raises(ConfigError, match="variables lack 'params'"):
         hf_export.export_hf(config, random_variables(config)["params"], tmp_path)
 
 
@@ -429,7 +430,7 @@ def test_import_reproduces_transformers(tmp_path):
     scanned_module, scanned = clip_jax.load(str(tmp_path), model=c.replace(scan_layers=True))
     np.testing.assert_allclose(our_outputs(scanned_module.config, scanned, images, tokens)[1],
                                expected[1], atol=1e-5)
-    with pytest.raises(ValueError, match="activation is 'quick_gelu', the directory's 'gelu'"):
+    with pytest.raises(ConfigError, match="activation is 'quick_gelu', the directory's 'gelu'"):
         clip_jax.load(str(tmp_path), model=c.replace(activation="quick_gelu"))
 
 
@@ -478,21 +479,21 @@ def _write_config(directory, **raw):
 
 
 def test_import_errors(tmp_path):
-    with pytest.raises(ValueError, match="only the image tower.*full CLIPModel"):
+    with pytest.raises(ConfigError, match="only the image tower.*full CLIPModel"):
         clip_jax.load(_write_config(tmp_path / "v", model_type="clip_vision_model",
                                     architectures=["CLIPVisionModelWithProjection"]))
-    with pytest.raises(ValueError, match="siglip model: SigLIP"):
+    with pytest.raises(ConfigError, match="siglip model: SigLIP"):
         clip_jax.load(_write_config(tmp_path / "s", model_type="siglip"))
-    with pytest.raises(ValueError, match="model_type 'bert'"):
+    with pytest.raises(ConfigError, match="model_type 'bert'"):
         clip_jax.load(_write_config(tmp_path / "b", model_type="bert"))
-    with pytest.raises(ValueError, match="hidden_act is 'gelu_new'"):
+    with pytest.raises(ConfigError, match="hidden_act is 'gelu_new'"):
         clip_jax.load(_write_config(tmp_path / "a", model_type="clip",
                                     text_config={"hidden_act": "gelu_new"}))
     with pytest.raises(FileNotFoundError, match="No weights in .*expected one of"):
         clip_jax.load(_write_config(tmp_path / "w", model_type="clip"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="Hugging Face CLIP directory"):
+    with pytest.raises(ConfigError, match="Hugging Face CLIP directory"):
         clip_jax.load(str(tmp_path / "empty"))
     source = _save_hf_dir(_hf_model(), tmp_path / "full")
-    with pytest.raises(ValueError, match="does not match.*vision.width is 64"):
+    with pytest.raises(ConfigError, match="does not match.*vision.width is 64"):
         clip_jax.load(str(source), model=get_preset("test-vit", activation="gelu"))

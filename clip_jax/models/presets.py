@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 
 
@@ -79,7 +80,8 @@ _ALIASES = {open_clip_name(n): n for n in PRESETS if n != open_clip_name(n)}
 
 
 def get_preset(name: str, **overrides: Any) -> CLIPConfig:
-    """The config of a named architecture, accepting OpenAI and open_clip spellings."""
+    """The config of a named architecture, accepting OpenAI and open_clip spellings; ConfigError
+    listing the names for an unknown one."""
     activation = None
     key = name
     if key.endswith("-quickgelu"):
@@ -87,8 +89,8 @@ def get_preset(name: str, **overrides: Any) -> CLIPConfig:
     if key in _ALIASES:
         key, activation = _ALIASES[key], activation or "gelu"
     if key not in PRESETS:
-        raise ValueError(f"Unknown model {name!r}; choose one of {sorted(PRESETS)} "
-                         "(open_clip spellings such as 'ViT-B-32' or 'RN50-quickgelu' work too).")
+        raise ConfigError(f"Unknown model {name!r}; choose one of {sorted(PRESETS)} "
+                          "(open_clip spellings such as 'ViT-B-32' or 'RN50-quickgelu' work too).")
     config = PRESETS[key]
     if activation is not None:
         config = config.replace(activation=activation)
