@@ -202,7 +202,7 @@ def test_the_graph_sees_module_and_function_level_imports(graph):
     # Known edges, so that an empty or mis-parsed graph cannot pass the tests below.
     assert "clip_jax.convert.hf_import" in graph["clip_jax.pretrained.load"]  # module level
     assert "clip_jax" in graph["clip_jax.cli"]  # `from clip_jax import load` inside a function
-    assert "clip_jax.models" in graph["clip_jax.pretrained.factory"]  # `from clip_jax import models`
+    assert "clip_jax.models" in graph["clip_jax.pretrained.factory"]  # from clip_jax import models
     assert len(graph) > 50
 
 

@@ -83,12 +83,12 @@ def read_config(directory: PathLike) -> CLIPConfig:
             layers=vision["num_hidden_layers"], width=vision["hidden_size"],
             patch_size=_square(vision["patch_size"], "patch_size"),
             head_width=vision["hidden_size"] // vision["num_attention_heads"],
-            mlp_ratio=openai._mlp_ratio(vision["intermediate_size"], vision["hidden_size"])),
+            mlp_ratio=openai.mlp_ratio_of(vision["intermediate_size"], vision["hidden_size"])),
         text=TextConfig(
             context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
             width=text["hidden_size"], heads=text["num_attention_heads"],
             layers=text["num_hidden_layers"],
-            mlp_ratio=openai._mlp_ratio(text["intermediate_size"], text["hidden_size"])),
+            mlp_ratio=openai.mlp_ratio_of(text["intermediate_size"], text["hidden_size"])),
         activation=activation, image_mean=mean, image_std=std,
         logit_scale_init=float(raw.get("logit_scale_init_value", 2.6592)))
 

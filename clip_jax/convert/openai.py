@@ -211,14 +211,14 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
         context_length=sd["positional_embedding"].shape[0],
         vocab_size=sd["token_embedding.weight"].shape[0], width=text_width,
         heads=max(text_width // 64, 1), layers=_count_blocks(sd, "transformer"),
-        mlp_ratio=_mlp_ratio(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], text_width))
+        mlp_ratio=mlp_ratio_of(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], text_width))
     if "visual.proj" in sd:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
         vision = VisionConfig(
             image_size=grid * patch, layers=_count_blocks(sd, "visual.transformer"), width=width,
             patch_size=patch,
-            mlp_ratio=_mlp_ratio(
+            mlp_ratio=mlp_ratio_of(
                 sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0], width))
     elif "visual.attnpool.positional_embedding" in sd:
         depths = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{s}.")})
@@ -263,7 +263,7 @@ def _matching_preset(config: CLIPConfig) -> str | None:
     return next((n for n, p in PRESETS.items() if _signature(p) == _signature(config)), None)
 
 
-def _mlp_ratio(mlp_dim: int, width: int) -> float:
+def mlp_ratio_of(mlp_dim: int, width: int) -> float:
     """A ratio with `int(width * ratio) == mlp_dim`, the rule open_clip's configs use."""
     ratio = mlp_dim / width
     while int(width * ratio) < mlp_dim:
@@ -292,7 +292,7 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     """clip_jax variables (numpy) from an OpenAI/open_clip state dict.
 
     Without `config` the architecture is inferred from the shapes. Every tensor is checked:
-    the first missing, unexpected or mis-shaped one raises an error naming it.
+    the first missing, unexpected or mis-shaped one raises a ConfigError naming it.
     """
     sd = canonicalize(state_dict)
     sd = {k: v for k, v in sd.items()
