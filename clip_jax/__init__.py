@@ -25,7 +25,7 @@ _EXPORTS = {
     "ImageIndex": "clip_jax.inference.image_index",
     "PRESETS": "clip_jax.models",
     "build_index": "clip_jax.inference.image_index",
-    "create_model": "clip_jax.models",
+    "create_model": "clip_jax.pretrained.factory",
     "create_model_and_transforms": "clip_jax.pretrained.factory",
     "get_preset": "clip_jax.models",
     "get_tokenizer": "clip_jax.pretrained.factory",

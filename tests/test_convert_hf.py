@@ -25,11 +25,13 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 import clip_jax  # noqa: E402
-from clip_jax.convert import hf, openai  # noqa: E402
+from clip_jax.convert import hf_export, hf_tokenizer, openai  # noqa: E402
 from clip_jax.models import CLIP, get_preset  # noqa: E402
 from clip_jax.models.layers import stack_layers  # noqa: E402
 from clip_jax.data.preprocess import preprocess  # noqa: E402
 from clip_jax.data.tokenizer import default_tokenizer  # noqa: E402
+from clip_jax.errors import ConfigError  # noqa: E402
+from clip_jax.pretrained.factory import export_hf_from  # noqa: E402
 from reference import random_inputs  # noqa: E402
 from test_tokenizer import CORPUS  # noqa: E402
 
@@ -125,7 +127,7 @@ def load_hf_model(directory):
 def test_export_matches_transformers(tmp_path, base, activation):
     config = base.replace(activation=activation)
     variables = random_variables(config)
-    hf.export_hf(config, variables, tmp_path)
+    hf_export.export_hf(config, variables, tmp_path)
     images, tokens = random_inputs(config, batch=4)
     err = errors(our_outputs(config, variables, images, tokens),
                  hf_outputs(load_hf_model(tmp_path), images, tokens))
@@ -148,7 +150,7 @@ def test_export_matches_transformers(tmp_path, base, activation):
 def test_vit_b32_export_matches_transformers(tmp_path):
     config = get_preset("ViT-B/32")
     variables = random_variables(config)
-    hf.export_hf(config, variables, tmp_path)
+    hf_export.export_hf(config, variables, tmp_path)
     images, tokens = random_inputs(config, batch=2)
     tokens[1] = default_tokenizer()("a dog " * 60)[0]  # over 77 tokens: truncated, EOT last
     err = errors(our_outputs(config, variables, images, tokens),
@@ -160,14 +162,14 @@ def test_scanned_and_sharded_export_is_identical(tmp_path):
     """A scanned model sharded over 8 devices exports the same bytes as a plain numpy one."""
     config = get_preset("test-vit")
     variables = random_variables(config)
-    hf.export_hf(config, variables, tmp_path / "plain")
+    hf_export.export_hf(config, variables, tmp_path / "plain")
     scanned = stack_layers(variables)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("fsdp",))
     shard = lambda a: jax.device_put(a, jax.sharding.NamedSharding(  # noqa: E731
         mesh, jax.sharding.PartitionSpec(*(["fsdp"] if a.ndim and a.shape[0] % 8 == 0 else []))))
     sharded = jax.tree.map(shard, scanned)
     assert any(len(a.sharding.device_set) == 8 for a in jax.tree.leaves(sharded))
-    hf.export_hf(config.replace(scan_layers=True), sharded, tmp_path / "scanned")
+    hf_export.export_hf(config.replace(scan_layers=True), sharded, tmp_path / "scanned")
     plain, other = (load_file(tmp_path / d / "model.safetensors") for d in ("plain", "scanned"))
     assert plain.keys() == other.keys()
     for key in plain:
@@ -181,7 +183,7 @@ import jax
 import numpy as np
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
-from clip_jax.convert import hf, openai
+from clip_jax.convert import hf_export, openai
 from clip_jax.models import get_preset
 from clip_jax.models.layers import stack_layers
 
@@ -201,8 +203,8 @@ def shard(a):
 sharded = jax.tree.map(shard, stack_layers(tree))
 assert jax.process_count() == 2
 assert not any(a.is_fully_addressable for a in jax.tree.leaves(sharded))
-hf.export_hf(config.replace(scan_layers=True), sharded, os.path.join(sys.argv[3], "sharded"))
-hf.export_hf(config, tree, os.path.join(sys.argv[3], "plain"))
+hf_export.export_hf(config.replace(scan_layers=True), sharded, os.path.join(sys.argv[3], "sharded"))
+hf_export.export_hf(config, tree, os.path.join(sys.argv[3], "plain"))
 """
 
 
@@ -227,7 +229,7 @@ def test_multihost_export_gathers_and_writes_from_process_zero(tmp_path):
 def test_only_process_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     config = get_preset("test-vit")
-    hf.export_hf(config, random_variables(config), tmp_path / "out")
+    hf_export.export_hf(config, random_variables(config), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -235,8 +237,8 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
 def test_half_precision_export(tmp_path, dtype, torch_dtype):
     config = get_preset("test-vit")
     variables = random_variables(config)
-    hf.export_hf(config, variables, tmp_path / "fp32")
-    hf.export_hf(config, variables, tmp_path / dtype, dtype=dtype)
+    hf_export.export_hf(config, variables, tmp_path / "fp32")
+    hf_export.export_hf(config, variables, tmp_path / dtype, dtype=dtype)
     assert json.loads((tmp_path / dtype / "config.json").read_text())["dtype"] == str(
         torch_dtype).removeprefix("torch.")
     model = load_hf_model(tmp_path / dtype)
@@ -248,31 +250,31 @@ def test_half_precision_export(tmp_path, dtype, torch_dtype):
 
 
 def test_resnet_export_points_to_open_clip(tmp_path):
-    with pytest.raises(ValueError, match="ModifiedResNet.*no CLIP class with a ResNet.*"
+    with pytest.raises(ConfigError, match="ModifiedResNet.*no CLIP class with a ResNet.*"
                                          "clip-jax export-open-clip SOURCE OUTPUT_DIR"):
-        hf.export_hf(get_preset("test-resnet"), {}, tmp_path)
+        hf_export.export_hf(get_preset("test-resnet"), {}, tmp_path)
 
 
 def test_siglip_logit_bias_is_dropped_with_a_warning(tmp_path, caplog):
     config = get_preset("test-vit", logit_bias_init=-10.0)
-    hf.export_hf(config, random_variables(config), tmp_path)
+    hf_export.export_hf(config, random_variables(config), tmp_path)
     assert "no logit bias" in caplog.text
     load_hf_model(tmp_path)
 
 
 def test_bad_export_arguments(tmp_path):
     config = get_preset("test-vit")
-    with pytest.raises(ValueError, match="Unknown export dtype 'int8'"):
-        hf.export_hf(config, random_variables(config), tmp_path, dtype="int8")
-    with pytest.raises(ValueError, match="variables lack 'params'"):
-        hf.export_hf(config, random_variables(config)["params"], tmp_path)
+    with pytest.raises(ConfigError, match="Unknown export dtype 'int8'"):
+        hf_export.export_hf(config, random_variables(config), tmp_path, dtype="int8")
+    with pytest.raises(ConfigError, match="variables lack 'params'"):
+        hf_export.export_hf(config, random_variables(config)["params"], tmp_path)
 
 
 # ----------------------------------------------------------------------------- processor, pipeline
 
 def test_image_processor_matches_our_preprocessing(tmp_path):
     config = get_preset("test-vit", image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3))
-    hf.export_hf(config, random_variables(config), tmp_path)
+    hf_export.export_hf(config, random_variables(config), tmp_path)
     processor = transformers.CLIPProcessor.from_pretrained(tmp_path)
     assert isinstance(processor.image_processor, transformers.CLIPImageProcessor)
     images = _test_images()
@@ -292,7 +294,7 @@ def _test_images():
 def test_zero_shot_pipeline_matches_our_zero_shot(tmp_path):
     config = get_preset("test-vit")
     variables = random_variables(config, seed=1)
-    hf.export_hf(config, variables, tmp_path)
+    hf_export.export_hf(config, variables, tmp_path)
     classifier = transformers.pipeline("zero-shot-image-classification", model=str(tmp_path))
     labels = ["cat", "dog", "red car", "a bowl of soup", "mountain " * 5]
     template = "This is a photo of {}."
@@ -319,7 +321,7 @@ def test_zero_shot_pipeline_matches_our_zero_shot(tmp_path):
 @pytest.fixture(scope="module")
 def tokenizer_dirs(tmp_path_factory):
     exported = tmp_path_factory.mktemp("tokenizer")
-    hf.save_tokenizer(default_tokenizer(), exported, 77)
+    hf_tokenizer.save_tokenizer(default_tokenizer(), exported, 77)
     files_only = tmp_path_factory.mktemp("vocab_merges_only")
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(exported / name, files_only / name)
@@ -374,10 +376,10 @@ def test_load_tokenizer_reads_both_layouts(tokenizer_dirs, tmp_path):
     shutil.copy(exported / "tokenizer.json", tmp_path / "tokenizer.json")
     texts = CORPUS + ["a photo of a cat"]
     for directory in (exported, tmp_path):
-        np.testing.assert_array_equal(hf.load_tokenizer(directory)(texts),
+        np.testing.assert_array_equal(hf_tokenizer.load_tokenizer(directory)(texts),
                                       default_tokenizer()(texts))
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
-        hf.load_tokenizer(tmp_path / "nowhere")
+        hf_tokenizer.load_tokenizer(tmp_path / "nowhere")
 
 
 # ----------------------------------------------------------------------------- import
@@ -418,7 +420,7 @@ def test_import_reproduces_transformers(tmp_path):
         "gelu", 3, 200, 4, 160, 24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     images, _ = random_inputs(c, batch=3)
     texts = ["a photo of a cat", "two dogs on a sofa", "mountain " * 20]
-    tokens = hf.load_tokenizer(tmp_path)(texts, context_length=c.context_length)
+    tokens = hf_tokenizer.load_tokenizer(tmp_path)(texts, context_length=c.context_length)
     hf_tokens = transformers.CLIPTokenizer.from_pretrained(tmp_path)(
         texts, padding="max_length", max_length=16, truncation=True, return_tensors="np")
     expected = hf_outputs(model, images, hf_tokens["input_ids"])  # padded with EOT, not 0
@@ -428,7 +430,7 @@ def test_import_reproduces_transformers(tmp_path):
     scanned_module, scanned = clip_jax.load(str(tmp_path), model=c.replace(scan_layers=True))
     np.testing.assert_allclose(our_outputs(scanned_module.config, scanned, images, tokens)[1],
                                expected[1], atol=1e-5)
-    with pytest.raises(ValueError, match="activation is 'quick_gelu', the directory's 'gelu'"):
+    with pytest.raises(ConfigError, match="activation is 'quick_gelu', the directory's 'gelu'"):
         clip_jax.load(str(tmp_path), model=c.replace(activation="quick_gelu"))
 
 
@@ -455,7 +457,7 @@ def test_import_legacy_config_and_sharded_weights(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_round_trip_is_bit_identical(tmp_path, dtype):
     source = _save_hf_dir(_hf_model().to(dtype), tmp_path / "source")
-    hf.export_hf_from(source, tmp_path / "back", dtype=str(dtype).removeprefix("torch."))
+    export_hf_from(source, tmp_path / "back", dtype=str(dtype).removeprefix("torch."))
     original, back = (load_file(d / "model.safetensors") for d in (source, tmp_path / "back"))
     assert original.keys() == back.keys()
     for key in original:
@@ -477,21 +479,21 @@ def _write_config(directory, **raw):
 
 
 def test_import_errors(tmp_path):
-    with pytest.raises(ValueError, match="only the image tower.*full CLIPModel"):
+    with pytest.raises(ConfigError, match="only the image tower.*full CLIPModel"):
         clip_jax.load(_write_config(tmp_path / "v", model_type="clip_vision_model",
                                     architectures=["CLIPVisionModelWithProjection"]))
-    with pytest.raises(ValueError, match="siglip model: SigLIP"):
+    with pytest.raises(ConfigError, match="siglip model: SigLIP"):
         clip_jax.load(_write_config(tmp_path / "s", model_type="siglip"))
-    with pytest.raises(ValueError, match="model_type 'bert'"):
+    with pytest.raises(ConfigError, match="model_type 'bert'"):
         clip_jax.load(_write_config(tmp_path / "b", model_type="bert"))
-    with pytest.raises(ValueError, match="hidden_act is 'gelu_new'"):
+    with pytest.raises(ConfigError, match="hidden_act is 'gelu_new'"):
         clip_jax.load(_write_config(tmp_path / "a", model_type="clip",
                                     text_config={"hidden_act": "gelu_new"}))
     with pytest.raises(FileNotFoundError, match="No weights in .*expected one of"):
         clip_jax.load(_write_config(tmp_path / "w", model_type="clip"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="Hugging Face CLIP directory"):
+    with pytest.raises(ConfigError, match="Hugging Face CLIP directory"):
         clip_jax.load(str(tmp_path / "empty"))
     source = _save_hf_dir(_hf_model(), tmp_path / "full")
-    with pytest.raises(ValueError, match="does not match.*vision.width is 64"):
+    with pytest.raises(ConfigError, match="does not match.*vision.width is 64"):
         clip_jax.load(str(source), model=get_preset("test-vit", activation="gelu"))

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 import clip_jax
 from clip_jax.convert import openai as convert
+from clip_jax.errors import ConfigError
 from clip_jax.models import CLIP, get_preset
 from reference import open_clip_model, open_clip_outputs, random_inputs
 
@@ -122,22 +123,22 @@ def test_load_torchscript_archive(tmp_path):
 def test_mismatched_preset_names_first_tensor():
     sd = open_clip_model(get_preset("test-vit")).state_dict()
     other = get_preset("test-vit").replace(text={"width": 128, "heads": 2})
-    with pytest.raises(ValueError, match=r"Shape mismatch at 'token_embedding.weight': "
+    with pytest.raises(ConfigError, match=r"Shape mismatch at 'token_embedding.weight': "
                                          r"checkpoint \(49408, 64\) vs model \(49408, 128\)"):
         convert.from_state_dict(sd, other)
-    with pytest.raises(ValueError, match="lacks 'transformer.resblocks.2"):
+    with pytest.raises(ConfigError, match="lacks 'transformer.resblocks.2"):
         convert.from_state_dict(sd, get_preset("test-vit").replace(text={"layers": 3}))
-    with pytest.raises(ValueError, match="tensor\\(s\\) this architecture lacks"):
+    with pytest.raises(ConfigError, match="tensor\\(s\\) this architecture lacks"):
         convert.from_state_dict(sd, get_preset("test-vit").replace(vision={"layers": 1}))
 
 
 def test_not_a_checkpoint(tmp_path):
     bad = tmp_path / "notes.pt"
     bad.write_text("hello")
-    with pytest.raises(ValueError, match="not a checkpoint"):
+    with pytest.raises(ConfigError, match="not a checkpoint"):
         clip_jax.load(str(bad))
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         clip_jax.load(str(tmp_path / "missing.pt"))
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="Not a CLIP state dict"):
+    with pytest.raises(ConfigError, match="Not a CLIP state dict"):
         clip_jax.load(str(tmp_path / "other.pt"))

@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 
 from clip_jax import demo
 from clip_jax.data import input_pipeline# noqa: E402
-from clip_jax.convert.hf import export_hf_from  # noqa: E402
+from clip_jax.pretrained.factory import export_hf_from  # noqa: E402
 from clip_jax.evaluation.zero_shot import ZeroShotClassifier  # noqa: E402
 import clip_jax  # noqa: E402
 

@@ -186,7 +186,7 @@ def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
 
 
 def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
-    from clip_jax.convert.hf import export_hf
+    from clip_jax.convert.hf_export import export_hf
 
     module, variables = model
     export_hf(module.config, variables, tmp_path / "hf")

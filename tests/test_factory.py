@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import clip_jax
-from clip_jax.convert import hf
+from clip_jax.convert import hf_export
+from clip_jax.errors import ConfigError
 from clip_jax.models import get_preset
 from reference import open_clip_outputs, random_inputs
 from test_convert_hf import random_variables
@@ -42,10 +43,10 @@ def test_save_and_export_load_back_as_open_clip_reads_them(tmp_path, name, activ
 
 def test_export_hf_resnet_names_the_command_and_files_are_0644(tmp_path):
     config = get_preset("test-resnet")
-    with pytest.raises(ValueError, match="clip-jax export-open-clip"):
-        hf.export_hf(config, random_variables(config), tmp_path / "rn")
+    with pytest.raises(ConfigError, match="clip-jax export-open-clip"):
+        hf_export.export_hf(config, random_variables(config), tmp_path / "rn")
     vit = get_preset("test-vit")
-    hf.export_hf(vit, random_variables(vit), tmp_path / "vit")
+    hf_export.export_hf(vit, random_variables(vit), tmp_path / "vit")
     umask = os.umask(0o022)
     os.umask(umask)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "vit").iterdir()}
@@ -61,7 +62,7 @@ def test_create_model_and_transforms_matches_open_clip_preprocessing(tmp_path):
     ref.transforms[0].size = ref.transforms[1].size = 32  # same pipeline at the model's size
     theirs = ref(image).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(ours[0], theirs, atol=2e-2)  # PIL vs our bicubic: rounding only
-    with pytest.raises(ValueError, match="only .* can be overridden"):
+    with pytest.raises(ConfigError, match="only .* can be overridden"):
         clip_jax.pretrained.factory.with_numerics(module, variables, embed_dim=8)
 
 

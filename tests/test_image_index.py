@@ -18,7 +18,7 @@ import clip_jax  # noqa: E402
 from clip_jax import cli
 from clip_jax.data import image_folder
 from clip_jax.inference import image_index# noqa: E402
-from clip_jax.convert import hf  # noqa: E402
+from clip_jax.convert import hf_export  # noqa: E402
 from clip_jax.inference.encoder import Encoder  # noqa: E402
 
 GOOD = ["a.png", "b/c.jpg", "b/d/e.png", "b/d/f.webp", "b0.png", "z.JPG", "b/g.bmp"]
@@ -59,7 +59,7 @@ def folder(tmp_path_factory):
 def model(tmp_path_factory):
     module, variables = clip_jax.create_model("test-vit", rng=3)
     path = tmp_path_factory.mktemp("model") / "hf"
-    hf.export_hf(module.config, variables, str(path))
+    hf_export.export_hf(module.config, variables, str(path))
     return str(path), module, variables
 
 

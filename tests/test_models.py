@@ -9,6 +9,7 @@ import torch
 
 from clip_jax.models import CLIP, PRESETS, create_model, get_preset, stack_layers, unstack_layers
 from clip_jax.models.config import CLIPConfig
+from clip_jax.errors import ConfigError
 from clip_jax.models.presets import open_clip_name
 from reference import random_inputs
 
@@ -107,19 +108,19 @@ def test_create_model_is_traceable_without_allocation():
     (dict(text=dict(heads=3)), "text.width"),
 ])
 def test_invalid_config_names_the_field(change, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         get_preset("test-vit").replace(**change)
 
 
 def test_unknown_preset_lists_choices():
-    with pytest.raises(ValueError, match="Unknown model 'ViT-X/99'.*ViT-B/32"):
+    with pytest.raises(ConfigError, match="Unknown model 'ViT-X/99'.*ViT-B/32"):
         create_model("ViT-X/99")
 
 
 def test_config_round_trips_through_dict():
     for config in PRESETS.values():
         assert CLIPConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="vision.bogus"):
+    with pytest.raises(ConfigError, match="vision.bogus"):
         CLIPConfig.from_dict({"vision": {"bogus": 1}})
 
 

@@ -23,6 +23,7 @@ import transformers
 
 import clip_jax
 from clip_jax.pretrained import registry as hub
+from clip_jax.errors import ConfigError
 from clip_jax.models import get_preset
 from hub_cache import add_repo
 from reference import open_clip_outputs, random_inputs
@@ -123,6 +124,11 @@ for key, (spec, tag) in {"oc": ("hf-hub:tiny-org/clip-open-clip", None),
     out[key + "_image"], out[key + "_text"], out[key + "_scale"] = img, txt, scale
     out[key + "_activation"] = module.config.activation
     out[key + "_mean"] = np.asarray(module.config.image_mean)
+# create_model(pretrained=) with a numerics override: the same released weights, scanned.
+module, variables = clip_jax.create_model("ViT-B/32", pretrained="openai", scan_layers=True)
+assert module.config.scan_layers
+out["created_image"], out["created_text"], out["created_scale"] = module.apply(
+    variables, inputs["b32_images"], inputs["b32_tokens"])
 np.savez(sys.argv[2], **out)
 """
 
@@ -155,6 +161,7 @@ def test_load_by_name_and_hub_id_offline_matches_references(hub_home, offline, t
         "hf": (out.image_embeds.numpy(), out.text_embeds.numpy(), float(hf.logit_scale.detach().exp())),
         "b32": open_clip_outputs(ref_b32, inputs["b32_images"], inputs["b32_tokens"]),
     }
+    references["created"] = references["b32"]
     for key, (img, txt, scale) in references.items():
         np.testing.assert_allclose(ours[key + "_image"], img, atol=TOL, err_msg=key)
         np.testing.assert_allclose(ours[key + "_text"], txt, atol=TOL, err_msg=key)
@@ -185,7 +192,7 @@ def test_corrupt_cached_blob_is_refused(offline):
     try:
         blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
         hub.verify_lfs_sha256.cache_clear()
-        with pytest.raises(ValueError, match="corrupt: SHA-256"):
+        with pytest.raises(ConfigError, match="corrupt: SHA-256"):
             clip_jax.load(f"hf-hub:{OC_REPO}")
     finally:
         blob.write_bytes(original)
@@ -196,7 +203,7 @@ def test_missing_offline_names_the_cache(offline):
     for spec in (("RN50", "openai"), ("RN50:openai",)):  # the one-string form of init_from
         with pytest.raises(FileNotFoundError, match="timm/resnet50_clip.openai.*HF_HUB_OFFLINE"):
             clip_jax.load(*spec)
-    with pytest.raises(ValueError, match="known tags for ViT-B-32"):
+    with pytest.raises(ConfigError, match="known tags for ViT-B-32"):
         clip_jax.load("ViT-B-32", "no-such-tag")
     with pytest.raises(FileNotFoundError, match="is an architecture, not weights"):
         clip_jax.load("ViT-B-32")

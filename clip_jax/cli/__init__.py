@@ -33,8 +33,6 @@ from collections.abc import Sequence
 from clip_jax.errors import ConfigError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
 OUTPUT_FORMATS = ("text", "json", "csv")
 
 
@@ -206,9 +204,9 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def export_hf_command(args: argparse.Namespace) -> int:
-    from clip_jax.convert.hf import export_hf_from
+    from clip_jax.pretrained.factory import export_hf_from
 
-    out = export_hf_from(args.source, args.output_dir, dtype=DTYPES[args.dtype])
+    out = export_hf_from(args.source, args.output_dir, dtype=args.dtype)
     print(f"Wrote a transformers CLIPModel directory to {out}.")
     return 0
 
@@ -218,7 +216,7 @@ def export_open_clip_command(args: argparse.Namespace) -> int:
     from clip_jax.convert.open_clip_export import export_open_clip
 
     module, variables = load(args.source)
-    out = export_open_clip(module.config, variables, args.output_dir, dtype=DTYPES[args.dtype])
+    out = export_open_clip(module.config, variables, args.output_dir, dtype=args.dtype)
     print(f"Wrote an open_clip model to {out} (load with "
           f"open_clip.create_model_and_transforms('local-dir:{out}')).")
     return 0
@@ -252,6 +250,7 @@ def plan_command(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     from clip_jax.cli import eval_sources as eval_cli
+    from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
     p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: training, "
                                 "inference, evaluation, export.")
@@ -325,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
         x = sub.add_parser(name, help=f"export to {what}")
         x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT")
         x.add_argument("output_dir", metavar="OUTPUT_DIR")
-        x.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+        x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
                        help="stored weight dtype (default fp32)")
         x.set_defaults(run=run)
 

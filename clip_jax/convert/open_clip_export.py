@@ -8,7 +8,6 @@ open_clip's Hub repositories, so `open_clip.create_model_and_transforms('local-d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,8 +15,8 @@ import jax
 import numpy as np
 
 from clip_jax.convert import openai
-from clip_jax.convert.hf import PathLike, host_variables, numpy_dtype, save_safetensors
-from clip_jax.models.config import CLIPConfig
+from clip_jax.convert.host import PathLike, host_variables, save_safetensors, write_json
+from clip_jax.models.config import CLIPConfig, canonical_dtype
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
@@ -60,16 +59,16 @@ def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_di
                      dtype: str = "float32") -> Path:
     """Writes `open_clip_model.safetensors` + `open_clip_config.json` into `output_dir`.
 
-    Same contract as `clip_jax.convert.hf.export_hf`: numpy or sharded jax variables, scanned or
-    not; every process calls it, tensors are gathered one at a time, process 0 writes.
+    Same contract as `clip_jax.convert.hf_export.export_hf`: numpy or sharded jax variables,
+    scanned or not; every process calls it, tensors are gathered one at a time, process 0 writes.
+    An unknown `dtype` raises ConfigError before anything is gathered.
     """
-    numpy_dtype(dtype)
+    canonical_dtype(dtype, "export dtype")
     host = host_variables(variables)
     output_dir = Path(output_dir)
     if jax.process_index() != 0:
         return output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     save_safetensors(open_clip_state_dict(config, host), output_dir / WEIGHTS_FILE, dtype)
-    (output_dir / CONFIG_FILE).write_text(json.dumps(open_clip_config(config), indent=2) + "\n",
-                                          encoding="utf-8")
+    write_json(output_dir / CONFIG_FILE, open_clip_config(config))
     return output_dir

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clip_jax.convert import openai
-from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig, config_differences
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -49,15 +50,15 @@ def is_open_clip_directory(path: str | os.PathLike) -> bool:
 def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> CLIPConfig:
     """Our `CLIPConfig` of open_clip's `{"model_cfg": ..., "preprocess_cfg": ...}`.
 
-    Raises ValueError naming the first field clip_jax cannot honour.
+    Raises ConfigError naming the first field clip_jax cannot honour.
     """
     model_cfg = raw.get("model_cfg")
     if not isinstance(model_cfg, Mapping):
-        raise ValueError(f"{source} has no 'model_cfg' object; it is not an open_clip config.")
+        raise ConfigError(f"{source} has no 'model_cfg' object; it is not an open_clip config.")
     extra = sorted(set(model_cfg) - _MODEL_INERT)
     if extra:
-        raise ValueError(f"{source}: model_cfg.{extra[0]} (e.g. CoCa's multimodal decoder) is not "
-                         "supported by clip_jax, which implements the two-tower CLIP only.")
+        raise ConfigError(f"{source}: model_cfg.{extra[0]} (e.g. CoCa's multimodal decoder) is not "
+                          "supported by clip_jax, which implements the two-tower CLIP only.")
     vision_raw = dict(model_cfg.get("vision_cfg", {}))
     text_raw = dict(model_cfg.get("text_cfg", {}))
     for tower, fields in (("vision_cfg", vision_raw), ("text_cfg", text_raw)):
@@ -65,8 +66,8 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
     vision = {k: vision_raw[k] for k in _VISION_READ if k in vision_raw}
     if isinstance(vision.get("layers"), (list, tuple)):
         if vision.get("head_width", 64) != 64:
-            raise ValueError(f"{source}: vision_cfg.head_width={vision['head_width']} for a "
-                             "ModifiedResNet; clip_jax implements OpenAI's 64.")
+            raise ConfigError(f"{source}: vision_cfg.head_width={vision['head_width']} for a "
+                              "ModifiedResNet; clip_jax implements OpenAI's 64.")
         vision["layers"] = tuple(vision["layers"])
         vision["patch_size"] = None
     vision.setdefault("patch_size", 16)  # open_clip's default, for ViTs
@@ -89,22 +90,22 @@ def _check_supported(tower: str, fields: Mapping[str, Any], source: str) -> None
         if key in _VISION_READ + _TEXT_READ or key in _INERT:
             continue
         if key not in _DEFAULTS:
-            raise ValueError(f"{source}: unknown {tower}.{key}={value!r}; clip_jax cannot tell "
-                             "whether it changes the model, so it does not load it.")
+            raise ConfigError(f"{source}: unknown {tower}.{key}={value!r}; clip_jax cannot tell "
+                              "whether it changes the model, so it does not load it.")
         if value != _DEFAULTS[key]:
-            raise ValueError(f"{source}: {tower}.{key}={value!r} is not implemented in clip_jax "
-                             f"(only {_DEFAULTS[key]!r}); this model cannot be loaded.")
+            raise ConfigError(f"{source}: {tower}.{key}={value!r} is not implemented in clip_jax "
+                              f"(only {_DEFAULTS[key]!r}); this model cannot be loaded.")
     pool = fields.get("pool_type", _POOL[tower])
     if pool != _POOL[tower]:
-        raise ValueError(f"{source}: {tower}.pool_type={pool!r} is not implemented in clip_jax "
-                         f"(only {_POOL[tower]!r}); this model cannot be loaded.")
+        raise ConfigError(f"{source}: {tower}.pool_type={pool!r} is not implemented in clip_jax "
+                          f"(only {_POOL[tower]!r}); this model cannot be loaded.")
 
 
 def _square(size: Any, source: str) -> int:
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
-            raise ValueError(f"{source}: vision_cfg.image_size={list(size)} is not square; "
-                             "clip_jax models take square images.")
+            raise ConfigError(f"{source}: vision_cfg.image_size={list(size)} is not square; "
+                              "clip_jax models take square images.")
         size = size[0]
     return int(size)
 
@@ -144,10 +145,8 @@ def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = Non
 
 
 def check_same(given: CLIPConfig, found: CLIPConfig, directory: Any) -> None:
-    from clip_jax.convert.hf import config_differences  # hf imports this package's openai
-
     differences = config_differences(given, found)
     if differences:
-        raise ValueError(f"The model config given does not match {directory}/{CONFIG_FILE}: "
-                         f"{', '.join(differences)}. Omit it to use the directory's config.")
+        raise ConfigError(f"The model config given does not match {directory}/{CONFIG_FILE}: "
+                          f"{', '.join(differences)}. Omit it to use the directory's config.")
 

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from clip_jax.convert.host import read_tensors, to_numpy
+from clip_jax.errors import ConfigError
 from clip_jax.models.clip import CLIP, init_variables
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.models.layers import stack_layers, unstack_layers
@@ -153,7 +155,7 @@ def canonicalize(state_dict: Mapping[str, Any]) -> StateDict:
     out: StateDict = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
-        array = _to_numpy(value)
+        array = to_numpy(value)
         if (m := _QKV.match(key)) is not None:
             for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
                 out[f"{m.group(1)}.{name}.{m.group(2)}"] = part
@@ -179,15 +181,6 @@ def fuse_qkv(canonical: StateDict) -> StateDict:
     return out
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; torch is optional at runtime
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
-    return np.asarray(value)
-
-
 def variable_shapes(config: CLIPConfig) -> dict[Path, tuple[int, ...]]:
     """Shapes of every variable of the unscanned model, without allocating anything."""
     module = CLIP(config.replace(scan_layers=False, remat_policy="none"))
@@ -211,21 +204,21 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
     missing = [k for k in ("token_embedding.weight", "positional_embedding", "text_projection",
                            "ln_final.weight") if k not in sd]
     if missing:
-        raise ValueError(f"Not a CLIP state dict: missing {missing}; expected OpenAI/open_clip "
-                         "key names (e.g. 'visual.conv1.weight', 'transformer.resblocks.0...').")
+        raise ConfigError(f"Not a CLIP state dict: missing {missing}; expected OpenAI/open_clip "
+                          "key names (e.g. 'visual.conv1.weight', 'transformer.resblocks.0...').")
     text_width = sd["ln_final.weight"].shape[0]
     text = TextConfig(
         context_length=sd["positional_embedding"].shape[0],
         vocab_size=sd["token_embedding.weight"].shape[0], width=text_width,
         heads=max(text_width // 64, 1), layers=_count_blocks(sd, "transformer"),
-        mlp_ratio=_mlp_ratio(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], text_width))
+        mlp_ratio=mlp_ratio_of(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0], text_width))
     if "visual.proj" in sd:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
         vision = VisionConfig(
             image_size=grid * patch, layers=_count_blocks(sd, "visual.transformer"), width=width,
             patch_size=patch,
-            mlp_ratio=_mlp_ratio(
+            mlp_ratio=mlp_ratio_of(
                 sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0], width))
     elif "visual.attnpool.positional_embedding" in sd:
         depths = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{s}.")})
@@ -234,8 +227,8 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
         vision = VisionConfig(image_size=grid * 32, layers=depths,
                               width=sd["visual.layer1.0.conv1.weight"].shape[0], patch_size=None)
     else:
-        raise ValueError("Unsupported image tower: neither a ViT ('visual.proj') nor a "
-                         "ModifiedResNet ('visual.attnpool.*'); timm/other towers are not supported.")
+        raise ConfigError("Unsupported image tower: neither a ViT ('visual.proj') nor a "
+                          "ModifiedResNet ('visual.attnpool.*'); timm/other towers are not supported.")
     config = CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text)
     preset = _matching_preset(config)
     if preset is not None:
@@ -270,7 +263,7 @@ def _matching_preset(config: CLIPConfig) -> str | None:
     return next((n for n, p in PRESETS.items() if _signature(p) == _signature(config)), None)
 
 
-def _mlp_ratio(mlp_dim: int, width: int) -> float:
+def mlp_ratio_of(mlp_dim: int, width: int) -> float:
     """A ratio with `int(width * ratio) == mlp_dim`, the rule open_clip's configs use."""
     ratio = mlp_dim / width
     while int(width * ratio) < mlp_dim:
@@ -299,7 +292,7 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     """clip_jax variables (numpy) from an OpenAI/open_clip state dict.
 
     Without `config` the architecture is inferred from the shapes. Every tensor is checked:
-    the first missing, unexpected or mis-shaped one raises an error naming it.
+    the first missing, unexpected or mis-shaped one raises a ConfigError naming it.
     """
     sd = canonicalize(state_dict)
     sd = {k: v for k, v in sd.items()
@@ -313,18 +306,18 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     expected = {e.key for e in table}
     unexpected = sorted(set(sd) - expected)
     if unexpected:
-        raise ValueError(f"State dict has tensor(s) this architecture lacks, first {unexpected[0]!r} "
-                         f"({len(unexpected)} in all): wrong preset, or a variant clip_jax does "
-                         "not implement.")
+        raise ConfigError(f"State dict has tensor(s) this architecture lacks, first {unexpected[0]!r} "
+                          f"({len(unexpected)} in all): wrong preset, or a variant clip_jax does "
+                          "not implement.")
     variables: dict[str, Any] = {}
     for entry in table:
         if entry.key not in sd:
-            raise ValueError(f"State dict lacks {entry.key!r} (needed for a {_describe(config)}); "
-                             "wrong preset or a truncated checkpoint.")
+            raise ConfigError(f"State dict lacks {entry.key!r} (needed for a {_describe(config)}); "
+                              "wrong preset or a truncated checkpoint.")
         array = sd[entry.key]
         want = shapes[entry.path]
         if array.size != math.prod(want) or _torch_shape(want, entry) != array.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
                 f"{_torch_shape(want, entry)} for a {_describe(config)}; pick the preset that "
                 "matches the checkpoint or omit it to infer the architecture.")
@@ -355,44 +348,6 @@ _NOT_PARAMETERS = ("input_resolution", "context_length", "vocab_size", "attn_mas
 
 
 def read_state_dict(path: str) -> StateDict:
-    """Tensors of a `.safetensors`, `.npz` or PyTorch (`.pt`/`.pth`/`.bin`) checkpoint.
-
-    PyTorch files need torch (not a runtime dependency) and load with `weights_only=True`;
-    OpenAI's released `.pt` files are TorchScript archives and are read as such.
-    """
-    import os
-    import zipfile
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
-    with open(path, "rb") as f:
-        magic = f.read(8)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        try:
-            return canonicalize(load_file(path))
-        except Exception as e:
-            raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            return canonicalize(dict(f))
-    if not (magic.startswith(b"PK") or magic[:2] == b"\x80\x02"):
-        raise ValueError(f"{path!r} is not a checkpoint: expected .safetensors, .npz or a "
-                         "PyTorch .pt/.pth/.bin file.")
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"Reading the PyTorch file {path!r} needs torch (pip install torch), "
-                          "or convert it to .safetensors first.") from e
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl")
-                                        for n in zipfile.ZipFile(path).namelist()):
-        state = torch.jit.load(path, map_location="cpu").state_dict()
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path!r} could not be read as a PyTorch checkpoint: {e}") from e
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
-    return canonicalize(state)
+    """Canonical tensors of a `.safetensors`, `.npz` or PyTorch (`.pt`/`.pth`/`.bin`) checkpoint
+    (`clip_jax.convert.host.read_tensors`, then `canonicalize`)."""
+    return canonicalize(read_tensors(path))

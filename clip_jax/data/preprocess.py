@@ -27,7 +27,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from clip_jax.models.config import CLIPConfig
+from clip_jax.models.config import CLIPConfig, normalization_constants
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 
@@ -116,17 +116,6 @@ def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     else:
         image = image[top:top + size]
     return image
-
-
-def normalization_constants(config: CLIPConfig) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (mean, std) in uint8 units, so that `(x - mean) / std` is the model's input.
-
-    This is transformers' fused rescale-and-normalise; computing it the same way keeps the
-    outputs identical to float32 rounding.
-    """
-    mean = np.asarray(config.image_mean, np.float32) * np.float32(255.0)
-    std = np.asarray(config.image_std, np.float32) * np.float32(255.0)
-    return mean, std
 
 
 ALPHA_DROP = "drop"

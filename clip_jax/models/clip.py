@@ -10,12 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.models.config import CLIPConfig
+from clip_jax.models.config import CLIPConfig, normalization_constants
 from clip_jax.models.presets import get_preset
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
-from clip_jax.data.preprocess import normalization_constants
 
 Variables = dict[str, Any]
 
@@ -105,21 +104,15 @@ def init_variables(module: CLIP, rng: jax.Array) -> Variables:
     return module.init(rng, *dummy_inputs(module.config))
 
 
-def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0, *,
-                 pretrained: str | None = None, **overrides: Any) -> tuple[CLIP, Variables]:
-    """`(module, variables)`, variables as plain arrays: randomly initialised, or with
-    `pretrained` (a tag from `clip_jax.list_pretrained()` or a weights file) the released
-    weights, as `clip_jax.load(name, pretrained)` gives them (overrides then may only change
-    numerics: `dtype`, `param_dtype`, `scan_layers`, `remat_policy`).
+def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0,
+                 **overrides: Any) -> tuple[CLIP, Variables]:
+    """`(module, variables)` of a randomly initialised model, variables as plain arrays.
 
     The jit-compiled initialiser is built once per architecture and process, so later calls
     only run it; parameters are drawn directly in `param_dtype`. Traceable:
     `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without allocating.
+    `clip_jax.create_model` adds `pretrained=` (released weights) on top of this.
     """
-    if pretrained is not None:
-        from clip_jax.pretrained.factory import pretrained_model  # loading imports this module
-
-        return pretrained_model(name_or_config, pretrained, **overrides)
     config = as_config(name_or_config, **overrides)
     if isinstance(rng, int):
         rng = jax.random.key(rng)

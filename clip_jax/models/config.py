@@ -10,10 +10,17 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import numpy as np
+
+from clip_jax.errors import ConfigError
+
 OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 ACTIVATIONS = ("quick_gelu", "gelu")
+# The dtype names every part of clip_jax accepts (model, optimizer, export). Exports and the CLI
+# also take the short spellings of `DTYPE_ALIASES`; `canonical_dtype` resolves them.
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION = ("auto", "xla", "cudnn", "pallas")  # clip_jax.models.attention
 
@@ -123,7 +130,7 @@ class CLIPConfig:
             ]
         for ok, field, fix in checks:
             if not ok:
-                raise ValueError(f"Invalid model config: {field}={self._get(field)!r}; use {fix}.")
+                raise ConfigError(f"Invalid model config: {field}={self._get(field)!r}; use {fix}.")
 
     def _get(self, field: str) -> Any:
         obj: Any = self
@@ -154,7 +161,7 @@ class CLIPConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown model config field(s) {unknown}; known fields: {sorted(known)}.")
+            raise ConfigError(f"Unknown model config field(s) {unknown}; known fields: {sorted(known)}.")
         d = dict(d)
         d["vision"] = _sub_config(VisionConfig, d.get("vision", {}), "vision")
         d["text"] = _sub_config(TextConfig, d.get("text", {}), "text")
@@ -167,7 +174,7 @@ def _sub_config(cls: type, d: Mapping[str, Any] | Any, name: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown model config field(s) {[f'{name}.{u}' for u in unknown]}; "
             f"known {name} fields: {sorted(known)}.")
     return cls(**_tupled(d))
@@ -176,3 +183,47 @@ def _sub_config(cls: type, d: Mapping[str, Any] | Any, name: str) -> Any:
 def _tupled(d: Mapping[str, Any]) -> dict[str, Any]:
     """JSON and ml_collections give lists where the frozen dataclasses need (hashable) tuples."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def canonical_dtype(name: str, what: str = "dtype") -> str:
+    """`name` as one of `DTYPES`, short spellings (`bf16`, ...) resolved; ConfigError otherwise.
+
+    `what` names the field or flag in the error (e.g. "export dtype").
+    """
+    resolved = DTYPE_ALIASES.get(name, name)
+    if resolved not in DTYPES:
+        raise ConfigError(f"Unknown {what} {name!r}; use one of "
+                          f"{sorted((*DTYPES, *DTYPE_ALIASES))}.")
+    return resolved
+
+
+def normalization_constants(config: CLIPConfig) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (mean, std) in uint8 units, so that `(x - mean) / std` is the model's input.
+
+    This is transformers' fused rescale-and-normalise; computing it the same way keeps the
+    outputs identical to float32 rounding.
+    """
+    mean = np.asarray(config.image_mean, np.float32) * np.float32(255.0)
+    std = np.asarray(config.image_std, np.float32) * np.float32(255.0)
+    return mean, std
+
+
+# The fields that say how to run a model (precision, layout, memory), not what it computes:
+# the only ones that may change on loaded weights.
+NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+
+
+def config_differences(given: CLIPConfig, found: CLIPConfig) -> list[str]:
+    """`"field is X, the directory's Y"` for each field on which two configs compute different
+    functions (numerics and init-only fields excluded): whether a config given for a model
+    directory describes the model stored there."""
+    fields = {
+        "embed_dim": lambda c: c.embed_dim, "activation": lambda c: c.activation,
+        "image_mean": lambda c: tuple(c.image_mean), "image_std": lambda c: tuple(c.image_std),
+        **{f"vision.{f}": (lambda c, f=f: getattr(c.vision, f)) for f in (
+            "image_size", "layers", "width", "patch_size", "heads", "mlp_dim")},
+        **{f"text.{f}": (lambda c, f=f: getattr(c.text, f)) for f in (
+            "context_length", "vocab_size", "width", "heads", "layers", "mlp_dim")},
+    }
+    return [f"{name} is {get(given)!r}, the directory's {get(found)!r}"
+            for name, get in fields.items() if get(given) != get(found)]

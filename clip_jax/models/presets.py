@@ -80,7 +80,8 @@ _ALIASES = {open_clip_name(n): n for n in PRESETS if n != open_clip_name(n)}
 
 
 def get_preset(name: str, **overrides: Any) -> CLIPConfig:
-    """The config of a named architecture, accepting OpenAI and open_clip spellings."""
+    """The config of a named architecture, accepting OpenAI and open_clip spellings; ConfigError
+    listing the names for an unknown one."""
     activation = None
     key = name
     if key.endswith("-quickgelu"):

@@ -1,1 +1,3 @@
-"""Loading any supported checkpoint by path, name or Hub id; the open_clip-style factory."""
+"""Loading any supported checkpoint by path, name or Hub id (`load`, `registry`); the
+open_clip-style factory: create (random or released weights), transforms, tokenizer, save and
+export of whatever `load` reads (`factory`)."""

@@ -1,9 +1,10 @@
-"""The habits open_clip and transformers users bring: list, build with transforms, tokenizer for
-a model, save and reload.
+"""The habits open_clip and transformers users bring: list, build (random or released weights)
+with transforms, tokenizer for a model, save, reload and export.
 
 `save` writes open_clip's hub layout (`open_clip_config.json` + `open_clip_model.safetensors`),
 so the same directory loads in `clip_jax.load`, `open_clip.create_model_and_transforms(
-"local-dir:DIR")`, and on the Hub as `hf-hub:ORG/NAME` once uploaded.
+"local-dir:DIR")`, and on the Hub as `hf-hub:ORG/NAME` once uploaded. `export_hf_from` writes a
+transformers CLIPModel directory of anything `clip_jax.load` reads.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from clip_jax.pretrained import load as loading
-from clip_jax.pretrained import registry as hub
-from clip_jax.convert import hf, open_clip_import
+from clip_jax import models
+from clip_jax.convert import hf_import, open_clip_import
+from clip_jax.convert.hf_export import export_hf
+from clip_jax.convert.hf_tokenizer import load_tokenizer
 from clip_jax.convert.open_clip_export import export_open_clip
-from clip_jax.models.clip import CLIP, create_model
-from clip_jax.models.config import CLIPConfig
-from clip_jax.models.layers import stack_layers
-from clip_jax.models.presets import PRESETS, get_preset
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
-
-NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+from clip_jax.errors import ConfigError
+from clip_jax.models.clip import CLIP
+from clip_jax.models.config import NUMERICS, CLIPConfig
+from clip_jax.models.layers import stack_layers
+from clip_jax.models.presets import PRESETS, get_preset
+from clip_jax.pretrained import load as loading
+from clip_jax.pretrained import registry as hub
 
 
 def list_models() -> list[str]:
@@ -36,20 +39,29 @@ def list_models() -> list[str]:
     return list(PRESETS)
 
 
-def pretrained_model(name: str, pretrained: str, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
-    """`clip_jax.load(name, pretrained)` with numerics overrides applied (dtype, param_dtype,
-    scan_layers, remat_policy); anything else would change the released model: ValueError."""
-    return with_numerics(*loading.load(name, pretrained), **overrides)
+def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0, *,
+                 pretrained: str | None = None, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
+    """`clip_jax.create_model`: `(module, variables)`, variables as plain arrays.
+
+    Without `pretrained`, a random init (`clip_jax.models.create_model`: jit-compiled once per
+    architecture, traceable under `jax.eval_shape`). With `pretrained` (a tag from
+    `clip_jax.list_pretrained()` or a weights file) the released weights, as
+    `clip_jax.load(name, pretrained)` gives them; `overrides` then may only change numerics
+    (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError.
+    """
+    if pretrained is not None:
+        return with_numerics(*loading.load(name_or_config, pretrained), **overrides)
+    return models.create_model(name_or_config, rng, **overrides)
 
 
 def with_numerics(module: CLIP, variables: dict[str, Any], **overrides: Any
                   ) -> tuple[CLIP, dict[str, Any]]:
     """A loaded model with other numerics settings (variables stacked for `scan_layers`, cast
-    to `param_dtype`); other fields would change what the weights compute: ValueError."""
+    to `param_dtype`); other fields would change what the weights compute: ConfigError."""
     changed = sorted(set(overrides) - set(NUMERICS))
     if changed:
-        raise ValueError(f"With loaded weights only {NUMERICS} can be overridden, not "
-                         f"{changed}: the weights fix the architecture.")
+        raise ConfigError(f"With loaded weights only {NUMERICS} can be overridden, not "
+                          f"{changed}: the weights fix the architecture.")
     if not overrides:
         return module, variables
     config = module.config.replace(**overrides)
@@ -74,11 +86,9 @@ def create_model_and_transforms(name_or_path: str | CLIPConfig, pretrained: str 
     is_architecture = isinstance(name_or_path, CLIPConfig) or (
         pretrained is None and _is_preset(name_or_path))
     if is_architecture:
-        module, variables = create_model(name_or_path, **overrides)
-    elif pretrained is not None:
-        module, variables = create_model(name_or_path, pretrained=pretrained, **overrides)
+        module, variables = models.create_model(name_or_path, **overrides)
     else:
-        module, variables = with_numerics(*loading.load(name_or_path), **overrides)
+        module, variables = with_numerics(*loading.load(name_or_path, pretrained), **overrides)
     return module, variables, functools.partial(preprocess, config=module.config)
 
 
@@ -100,8 +110,9 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
         config, tokenizer = _config_and_tokenizer(os.fspath(model_or_config), revision, token)
     tokenizer = tokenizer or default_tokenizer()
     if tokenizer.vocab_size > config.text.vocab_size:
-        raise ValueError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model "
-                         f"{config.text.vocab_size} embeddings.")
+        raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model "
+                          f"{config.text.vocab_size} embeddings; pass the model's own tokenizer "
+                          "directory.")
     return functools.partial(tokenizer, context_length=config.context_length)
 
 
@@ -114,15 +125,15 @@ def _config_and_tokenizer(spec: str, revision: str | None, token: str | bool | N
         return get_preset(spec), None
     if os.path.exists(spec):
         directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
-        if hf.is_hf_directory(directory):
-            return hf.read_config(directory), hf.load_tokenizer(directory)
+        if hf_import.is_hf_directory(directory):
+            return hf_import.read_config(directory), load_tokenizer(directory)
         if open_clip_import.is_open_clip_directory(directory):
             return open_clip_import.read_config(directory), None
         return loading.load(spec)[0].config, None
     if hub.is_repo_id(spec):
         kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
         if kind == "transformers":
-            return hf.read_config(directory), hf.load_tokenizer(directory)
+            return hf_import.read_config(directory), load_tokenizer(directory)
         return open_clip_import.read_config(directory), None
     raise FileNotFoundError(loading.not_found(spec))
 
@@ -141,3 +152,13 @@ def save(module: CLIP, variables: dict[str, Any], directory: str | os.PathLike, 
     architecture, activation and image statistics; numerics settings such as `scan_layers`
     return to their defaults). Multi-host: call on every process; process 0 writes."""
     return export_open_clip(module.config, variables, directory, dtype=dtype)
+
+
+def export_hf_from(source: str | os.PathLike, output_dir: str | os.PathLike, *,
+                   dtype: str = "float32") -> Path:
+    """`clip_jax.convert.hf_export.export_hf` of anything `clip_jax.load` reads (workdir, state
+    dict file, HF or open_clip directory, released name, Hub id); an HF directory's own tokenizer
+    is carried over. The `clip-jax export-hf` command."""
+    module, variables = loading.load(os.fspath(source))
+    tokenizer = load_tokenizer(source) if hf_import.is_hf_directory(source) else None
+    return export_hf(module.config, variables, output_dir, dtype=dtype, tokenizer=tokenizer)

@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clip_jax.training import checkpoints
-from clip_jax.pretrained import registry as hub
-from clip_jax.convert import hf, open_clip_import, openai
+from clip_jax.convert import hf_import, open_clip_import, openai
+from clip_jax.errors import ConfigError
 from clip_jax.models.clip import CLIP, as_config
-from clip_jax.models.config import CLIPConfig
+from clip_jax.models.config import NUMERICS, CLIPConfig
 from clip_jax.models.presets import get_preset
+from clip_jax.pretrained import registry as hub
+from clip_jax.training import checkpoints
 
 # Files fetched from a transformers CLIP repository (the first weights file found is used).
 HF_CONFIG_FILES = ("config.json",)
@@ -40,7 +41,8 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     `model` (a preset name or config) pins the architecture or sets numerics (`scan_layers`,
     `dtype`); `activation` overrides the activation. A bare weights file reveals neither head
     counts nor the activation: they are then inferred and a warning says how to pass them.
-    Raises FileNotFoundError (nothing there) or ValueError (a file that is not what it claims).
+    Raises FileNotFoundError (nothing there) or ConfigError (a file that is not what it
+    claims, or arguments that contradict it).
     """
     spec = os.fspath(name_or_path)
     config = None if model is None else as_config(model)
@@ -59,14 +61,13 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
                 revision: str | None, token: str | bool | None) -> tuple[CLIP, dict[str, Any]]:
     if os.path.isfile(tag):  # pretrained= a local file, as open_clip allows
         found, weights = get_preset(name), Path(tag)
-        base = name.removesuffix("-quickgelu").replace("/", "-").replace("@", "-")
-        entry = hub.PRETRAINED.get((base, "openai"))
+        entry = hub.PRETRAINED.get((hub.base_name(name), "openai"))
         if entry is not None and entry.openai_url.endswith("/" + weights.name):
             hub.check_openai_file(weights, entry)  # OpenAI's own file: trained with QuickGELU
             found = found.replace(activation="quick_gelu")
     elif os.path.exists(name):
-        raise ValueError(f"pretrained={tag!r} names released weights, but {name!r} is a local "
-                         "path; load it alone (pin its architecture with model=).")
+        raise ConfigError(f"pretrained={tag!r} names released weights, but {name!r} is a local "
+                          "path; load it alone (pin its architecture with model=).")
     else:
         base, entry = hub.lookup(name, tag)
         found = get_preset(base, activation="quick_gelu" if entry.quick_gelu else "gelu",
@@ -87,20 +88,21 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None
                 ) -> tuple[CLIP, dict[str, Any]]:
     if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
         module, variables = checkpoints.load_model(path)
-        if config is not None and config != module.config.replace(**_numerics(config)):
-            raise ValueError(f"{path!r} holds a different architecture than the model given; "
-                             "omit the model argument to use the checkpoint's own.")
+        if config is not None and config != module.config.replace(
+                **{field: getattr(config, field) for field in NUMERICS}):
+            raise ConfigError(f"{path!r} holds a different architecture than the model given; "
+                              "omit the model argument to use the checkpoint's own.")
         return module, variables
-    if hf.is_hf_directory(path):
-        config, variables = hf.load_hf(path, config, activation=activation)
+    if hf_import.is_hf_directory(path):
+        config, variables = hf_import.load_hf(path, config, activation=activation)
         return CLIP(config), variables
     if open_clip_import.is_open_clip_directory(path):
         config, variables = open_clip_import.load_open_clip(path, config, activation=activation)
         return CLIP(config), variables
     if os.path.isdir(path):
-        raise ValueError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/), a "
-                         "Hugging Face CLIP directory (config.json) nor an open_clip directory "
-                         f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint file.")
+        raise ConfigError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/), a "
+                          "Hugging Face CLIP directory (config.json) nor an open_clip directory "
+                          f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint file.")
     beside = os.path.dirname(os.path.abspath(path))
     if config is None and open_clip_import.is_open_clip_directory(beside):
         config, variables = open_clip_import.load_open_clip(beside, weights=path,
@@ -126,7 +128,7 @@ def repo_files(repo_id: str, revision: str | None = None, token: str | bool | No
         if config is not None:
             for name in HF_OPTIONAL_FILES + (HF_TOKENIZER_FILES if tokenizer else ()):
                 hub.download(bare, (name,), required=False, **kw)
-            weights = hub.download(bare, hf.WEIGHT_FILES, **kw)
+            weights = hub.download(bare, hf_import.WEIGHT_FILES, **kw)
             if weights.name.endswith(".index.json"):
                 shards = json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()
                 for shard in sorted(set(shards)):
@@ -144,7 +146,7 @@ def _is_transformers_clip(config_file: Path) -> bool:
 def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,
                revision: str | None, token: str | bool | None) -> tuple[CLIP, dict[str, Any]]:
     kind, directory = repo_files(repo_id, revision, token)
-    loader = hf.load_hf if kind == "transformers" else open_clip_import.load_open_clip
+    loader = hf_import.load_hf if kind == "transformers" else open_clip_import.load_open_clip
     config, variables = loader(directory, config, activation=activation)
     return CLIP(config), variables
 
@@ -158,7 +160,3 @@ def not_found(spec: str) -> str:
     return (f"{spec!r} is an architecture, not weights: pass pretrained= one of its tags "
             "(clip_jax.list_pretrained()), or use clip_jax.create_model for a random init.")
 
-
-def _numerics(config: CLIPConfig) -> dict[str, Any]:
-    """The fields that say how to run a model, not what it is."""
-    return {k: getattr(config, k) for k in ("dtype", "param_dtype", "scan_layers", "remat_policy")}

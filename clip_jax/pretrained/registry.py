@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from clip_jax.errors import ConfigError
 from clip_jax.models.config import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
 
 OPEN_CLIP_PREFIX = "hf-hub:"
@@ -95,16 +96,22 @@ def list_pretrained(as_str: bool = False) -> list[tuple[str, str]] | list[str]:
     return [f"{n}:{t}" if as_str else (n, t) for n, t in PRETRAINED]
 
 
+def base_name(name: str) -> str:
+    """The registry's spelling of a model name: `ViT-B/32`, `ViT-B-32-quickgelu` -> `ViT-B-32`,
+    `ViT-L/14@336px` -> `ViT-L-14-336px`."""
+    return name.removesuffix("-quickgelu").replace("/", "-").replace("@", "-")
+
+
 def lookup(name: str, tag: str) -> tuple[str, Pretrained]:
     """The registry's `(name, entry)` for any spelling of the name (`ViT-B/32`, `ViT-B-32`,
-    `ViT-B-32-quickgelu`); ValueError listing the known tags otherwise."""
-    base = name.removesuffix("-quickgelu").replace("/", "-").replace("@", "-")
+    `ViT-B-32-quickgelu`); ConfigError listing the known tags otherwise."""
+    base = base_name(name)
     if (base, tag) not in PRETRAINED:
         tags = sorted(t for n, t in PRETRAINED if n == base)
         known = f"tags for {base}: {tags}" if tags else (
             f"names: {sorted({n for n, _ in PRETRAINED})}")
-        raise ValueError(f"No pretrained weights {name!r} / {tag!r}; known {known} "
-                         "(clip_jax.list_pretrained()); a Hub repo id or a local file works too.")
+        raise ConfigError(f"No pretrained weights {name!r} / {tag!r}; known {known} "
+                          "(clip_jax.list_pretrained()); a Hub repo id or a local file works too.")
     return base, PRETRAINED[(base, tag)]
 
 
@@ -113,8 +120,7 @@ def split_name(spec: str) -> tuple[str, str] | None:
     if spec.startswith(OPEN_CLIP_PREFIX) or ":" not in spec:
         return None
     name, tag = spec.rsplit(":", 1)
-    base = name.removesuffix("-quickgelu").replace("/", "-").replace("@", "-")
-    return (name, tag) if (base, tag) in PRETRAINED else None
+    return (name, tag) if (base_name(name), tag) in PRETRAINED else None
 
 
 def is_repo_id(spec: str) -> bool:
@@ -163,8 +169,8 @@ def verify_lfs_sha256(path: str) -> None:
         return
     digest = file_sha256(blob)
     if digest != expected:
-        raise ValueError(f"{path} is corrupt: SHA-256 {digest} but the Hub published {expected}; "
-                         f"delete {blob} and load again.")
+        raise ConfigError(f"{path} is corrupt: SHA-256 {digest} but the Hub published {expected}; "
+                          f"delete {blob} and load again.")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -181,6 +187,6 @@ def check_openai_file(path: str | os.PathLike, entry: Pretrained) -> None:
         return
     digest = file_sha256(path)
     if digest != entry.openai_sha256:
-        raise ValueError(f"{path} is not OpenAI's released {entry.openai_url.split('/')[-1]} "
-                         f"(SHA-256 {digest}, published {entry.openai_sha256}); load a "
-                         "fine-tuned file with clip_jax.load(path) instead.")
+        raise ConfigError(f"{path} is not OpenAI's released {entry.openai_url.split('/')[-1]} "
+                          f"(SHA-256 {digest}, published {entry.openai_sha256}); load a "
+                          "fine-tuned file with clip_jax.load(path) instead.")

@@ -1,0 +1,144 @@
+"""Export clip_jax models to Hugging Face `transformers.CLIPModel` directories.
+
+transformers 5 has no Flax classes, so the interchange format is the PyTorch `CLIPModel`
+directory: `config.json`, `model.safetensors`, `preprocessor_config.json` and the tokenizer files
+(`clip_jax.convert.hf_tokenizer`). Tensor names come from `clip_jax.convert.hf_keys`.
+
+Only ViT image towers exist in HF's CLIP; ModifiedResNet models go to open_clip's format instead
+(`clip_jax.convert.open_clip_export`). To export a workdir or any file `clip_jax.load` reads,
+use `clip_jax.pretrained.factory.export_hf_from` (the `clip-jax export-hf` command).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from clip_jax.convert import openai
+from clip_jax.convert.hf_keys import LAYER_NORM_EPS, TRANSPOSED, hf_key
+from clip_jax.convert.hf_tokenizer import save_tokenizer
+from clip_jax.convert.host import PathLike, host_variables, save_safetensors, write_json
+from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import CLIPConfig, canonical_dtype
+
+
+def check_exportable(config: CLIPConfig) -> None:
+    """ConfigError if HF's CLIPModel cannot represent the model, saying what to do instead."""
+    if config.vision.is_resnet:
+        raise ConfigError(
+            f"Cannot export a ModifiedResNet CLIP (vision.layers={config.vision.layers}) to "
+            "Hugging Face: transformers has no CLIP class with a ResNet image tower. Export it in "
+            "open_clip's format instead: `clip-jax export-open-clip SOURCE OUTPUT_DIR` (Python: "
+            "clip_jax.save(module, variables, OUTPUT_DIR)), then "
+            "open_clip.create_model_and_transforms('local-dir:OUTPUT_DIR').")
+
+
+def _to_hf(entry: openai.Entry, array: np.ndarray) -> np.ndarray:
+    tensor = openai.to_torch(np.asarray(array), entry)
+    return tensor.T if entry.key in TRANSPOSED else tensor
+
+
+def hf_state_dict(config: CLIPConfig, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """HF `CLIPModel` tensors (numpy, our dtype) of host variables, scanned or not."""
+    check_exportable(config)
+    return {hf_key(e.key): _to_hf(e, a) for e, a in _iter_host(variables, config)}
+
+
+def _iter_host(variables: Mapping[str, Any], config: CLIPConfig):
+    try:
+        yield from openai.iter_variables(variables, config)
+    except KeyError as e:
+        raise ConfigError(
+            f"The variables lack {e.args[0]!r} needed by the model config (tree root keys: "
+            f"{sorted(variables)}); pass the full variables ({{'params': ...}}) of a model built "
+            "from this config.") from e
+
+
+def hf_config(config: CLIPConfig, dtype: str = "float32",
+              tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """The `config.json` of a `transformers.CLIPModel` with our architecture."""
+    check_exportable(config)
+    tokenizer = tokenizer or default_tokenizer()
+    v, t = config.vision, config.text
+    common = dict(hidden_act=config.activation, layer_norm_eps=LAYER_NORM_EPS,
+                  attention_dropout=0.0, initializer_range=0.02, initializer_factor=1.0,
+                  projection_dim=config.embed_dim)
+    return {
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "dtype": canonical_dtype(dtype, "export dtype"),
+        "projection_dim": config.embed_dim,
+        "logit_scale_init_value": config.logit_scale_init,
+        "initializer_factor": 1.0,
+        "text_config": dict(
+            model_type="clip_text_model", vocab_size=t.vocab_size, hidden_size=t.width,
+            intermediate_size=t.mlp_dim, num_hidden_layers=t.layers,
+            num_attention_heads=t.heads, max_position_embeddings=t.context_length,
+            bos_token_id=tokenizer.sot_token_id, eos_token_id=tokenizer.eot_token_id,
+            pad_token_id=tokenizer.eot_token_id, **common),
+        "vision_config": dict(
+            model_type="clip_vision_model", hidden_size=v.width, intermediate_size=v.mlp_dim,
+            num_hidden_layers=v.layers, num_attention_heads=v.heads, num_channels=3,
+            image_size=v.image_size, patch_size=v.patch_size, **common),
+    }
+
+
+def preprocessor_config(config: CLIPConfig) -> dict[str, Any]:
+    """`CLIPImageProcessor` settings equal to `clip_jax.data.preprocess`: resize, crop, normalise."""
+    size = config.image_size
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "CLIPProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "resample": 3,  # PIL.Image.BICUBIC
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(config.image_mean),
+        "image_std": list(config.image_std),
+        "do_convert_rgb": True,
+    }
+
+
+def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: PathLike, *,
+              dtype: str = "float32", tokenizer: Tokenizer | None = None) -> Path:
+    """Writes a directory that `transformers.CLIPModel/CLIPProcessor.from_pretrained` load.
+
+    `variables` may be numpy or (sharded, multi-host) jax arrays, scanned or not: every process
+    must call this; tensors are gathered to host memory one at a time and process 0 writes.
+    `dtype` ('float32', 'bfloat16'/'bf16', 'float16'/'fp16') is the stored weight dtype.
+    `tokenizer` defaults to OpenAI's vocabulary; pass `hf_tokenizer.load_tokenizer(dir)` for an
+    imported model. Raises ConfigError (ResNet tower, unknown dtype, tokenizer larger than the
+    model's vocabulary, incomplete variables) before writing anything.
+    """
+    check_exportable(config)
+    canonical_dtype(dtype, "export dtype")
+    if config.logit_bias_init is not None:
+        logging.warning(
+            "HF CLIPModel has no logit bias: the SigLIP logit_bias is not exported. Embeddings "
+            "and the softmax scores of HF pipelines are unaffected (the bias is the same for "
+            "every pair); sigmoid probabilities are not reproduced.")
+    tokenizer = tokenizer or default_tokenizer()
+    if tokenizer.vocab_size > config.text.vocab_size:
+        raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                          f"{config.text.vocab_size} embeddings; pass the model's own tokenizer.")
+    host = host_variables(variables)
+    output_dir = Path(output_dir)
+    if jax.process_index() != 0:
+        return output_dir
+    tensors = hf_state_dict(config, host)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_safetensors(tensors, output_dir / "model.safetensors", dtype)
+    write_json(output_dir / "config.json", hf_config(config, dtype, tokenizer), sort_keys=True)
+    write_json(output_dir / "preprocessor_config.json", preprocessor_config(config),
+               sort_keys=True)
+    save_tokenizer(tokenizer, output_dir, config.context_length)
+    return output_dir

@@ -1,0 +1,234 @@
+"""Import Hugging Face `transformers.CLIPModel` directories as clip_jax configs and variables.
+
+`config.json` (and `preprocessor_config.json` for the image statistics) give the `CLIPConfig`;
+the weights (single or sharded safetensors, or PyTorch `.bin`) are renamed through
+`clip_jax.convert.hf_keys` onto the canonical table of `clip_jax.convert.openai` and checked
+tensor by tensor. A directory clip_jax cannot compute exactly (SigLIP, one tower only, other
+activations or LayerNorm eps, non-OpenAI vocabularies) is refused with a ConfigError naming the
+file and field. The directory's tokenizer: `clip_jax.convert.hf_tokenizer.load_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from clip_jax.convert import openai
+from clip_jax.convert.hf_keys import LAYER_NORM_EPS, TRANSPOSED, hf_key
+from clip_jax.convert.host import PathLike
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import (ACTIVATIONS, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, CLIPConfig,
+                                    TextConfig, VisionConfig, config_differences)
+
+# transformers' defaults for fields a config.json may omit (CLIPTextConfig / CLIPVisionConfig).
+_HF_TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
+                         num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=77,
+                         hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407)
+_HF_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, num_channels=3, image_size=224, patch_size=32,
+                           hidden_act="quick_gelu", layer_norm_eps=1e-5)
+_LEGACY_EOS = 2  # pre-2023 configs: HF then pools at argmax(input_ids), as OpenAI does
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def is_hf_directory(path: PathLike) -> bool:
+    """A directory whose config.json is a transformers config (it names a `model_type`); a
+    clip_jax workdir's config.json (the run's config) is not one."""
+    config = os.path.join(path, "config.json")
+    if not (os.path.isdir(path) and os.path.isfile(config)):
+        return False
+    try:
+        with open(config, encoding="utf-8") as f:
+            return "model_type" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
+def read_config(directory: PathLike) -> CLIPConfig:
+    """Our config of a transformers CLIP directory (config.json + preprocessor_config.json).
+
+    Raises FileNotFoundError (no config.json) or ConfigError (a model clip_jax cannot compute).
+    """
+    directory = Path(directory)
+    raw = _read_json(directory / "config.json")
+    _check_model_type(raw, directory)
+    text = _sub_config(raw, "text", _HF_TEXT_DEFAULTS)
+    vision = _sub_config(raw, "vision", _HF_VISION_DEFAULTS)
+    activation = _activation(text["hidden_act"], vision["hidden_act"], directory)
+    for name, sub in (("text_config", text), ("vision_config", vision)):
+        if not math.isclose(sub["layer_norm_eps"], LAYER_NORM_EPS):
+            raise ConfigError(f"{directory}: {name}.layer_norm_eps is {sub['layer_norm_eps']}, "
+                              f"but clip_jax's CLIP LayerNorm uses {LAYER_NORM_EPS}.")
+    if vision["num_channels"] != 3:
+        raise ConfigError(f"{directory}: vision_config.num_channels is "
+                          f"{vision['num_channels']}; clip_jax models take RGB images (3).")
+    eos = text["eos_token_id"]
+    if eos not in (_LEGACY_EOS, text["vocab_size"] - 1):
+        raise ConfigError(
+            f"{directory}: text_config.eos_token_id {eos!r} is not the largest token id "
+            f"({text['vocab_size'] - 1}); clip_jax pools the text tower at argmax(token ids), "
+            "which equals HF's first-eos pooling only for OpenAI-style vocabularies.")
+    mean, std = _image_statistics(directory, _square(vision["image_size"], "image_size"))
+    return CLIPConfig(
+        embed_dim=raw.get("projection_dim", 512),
+        vision=VisionConfig(
+            image_size=_square(vision["image_size"], "image_size"),
+            layers=vision["num_hidden_layers"], width=vision["hidden_size"],
+            patch_size=_square(vision["patch_size"], "patch_size"),
+            head_width=vision["hidden_size"] // vision["num_attention_heads"],
+            mlp_ratio=openai.mlp_ratio_of(vision["intermediate_size"], vision["hidden_size"])),
+        text=TextConfig(
+            context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
+            width=text["hidden_size"], heads=text["num_attention_heads"],
+            layers=text["num_hidden_layers"],
+            mlp_ratio=openai.mlp_ratio_of(text["intermediate_size"], text["hidden_size"])),
+        activation=activation, image_mean=mean, image_std=std,
+        logit_scale_init=float(raw.get("logit_scale_init_value", 2.6592)))
+
+
+def _sub_config(raw: Mapping[str, Any], tower: str, defaults: Mapping[str, Any]
+                ) -> dict[str, Any]:
+    """A tower's settings as transformers resolves them: a legacy `{tower}_config_dict`, when
+    present, replaces `{tower}_config` (missing fields taking the class defaults)."""
+    legacy = raw.get(f"{tower}_config_dict")
+    return {**defaults, **(legacy if legacy is not None else raw.get(f"{tower}_config") or {})}
+
+
+def _check_model_type(raw: Mapping[str, Any], directory: Path) -> None:
+    model_type = raw.get("model_type")
+    architectures = raw.get("architectures") or ["CLIPModel"]
+    if model_type == "clip" and "CLIPModel" in architectures:
+        return
+    if model_type in ("clip_vision_model", "clip_text_model"):
+        tower = "image" if model_type == "clip_vision_model" else "text"
+        raise ConfigError(
+            f"{directory} holds only the {tower} tower of a CLIP ({architectures[0]}); "
+            "clip_jax models have both towers. Load the full CLIPModel checkpoint it was cut "
+            "from (the Hub repo without a subfolder), or its open_clip weights.")
+    if model_type and "siglip" in model_type:
+        raise ConfigError(
+            f"{directory} is a {model_type} model: SigLIP's image tower (attention-pooling head, "
+            "no class token) and text tower (last-token pooling) differ from CLIP's and "
+            "clip_jax cannot import them.")
+    if model_type == "clip":
+        raise ConfigError(
+            f"{directory} is a {architectures[0]}, not a CLIPModel with both towers; clip_jax "
+            "imports CLIPModel directories only.")
+    raise ConfigError(f"{directory} is not a Hugging Face CLIP directory: its config.json has "
+                      f"model_type {model_type!r}, expected 'clip' (transformers.CLIPModel).")
+
+
+def _activation(text_act: str, vision_act: str, directory: Path) -> str:
+    if text_act != vision_act or text_act not in ACTIVATIONS:
+        raise ConfigError(
+            f"{directory}: hidden_act is {text_act!r} (text) / {vision_act!r} (vision); clip_jax "
+            f"supports one of {ACTIVATIONS} for both towers.")
+    return text_act
+
+
+def _square(value: Any, name: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConfigError(f"Non-square vision {name} {value} is not supported by clip_jax.")
+        value = value[0]
+    return int(value)
+
+
+def _image_statistics(directory: Path, image_size: int
+                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation of the directory's image processor (OpenAI's when it has none)."""
+    path = directory / "preprocessor_config.json"
+    if not path.is_file():
+        logging.warning("%s has no preprocessor_config.json; assuming OpenAI's image mean/std.",
+                        directory)
+        return OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
+    processor = _read_json(path)
+    size, crop = processor.get("size", image_size), processor.get("crop_size", image_size)
+    size = size.get("shortest_edge", size) if isinstance(size, dict) else size
+    crop = crop.get("height", crop) if isinstance(crop, dict) else crop
+    if (size, crop) != (image_size, image_size) or not processor.get("do_center_crop", True):
+        logging.warning(
+            "%s resizes to %s and crops to %s; clip_jax.data.preprocess resizes the shortest side to "
+            "the model's image size (%d) and centre-crops, so raw-image inputs will differ.",
+            directory, size, crop, image_size)
+    return (tuple(float(x) for x in processor.get("image_mean", OPENAI_IMAGE_MEAN)),
+            tuple(float(x) for x in processor.get("image_std", OPENAI_IMAGE_STD)))
+
+
+def read_weights(directory: PathLike) -> dict[str, np.ndarray]:
+    """HF-named tensors of a directory: single or sharded safetensors, or PyTorch .bin files."""
+    directory = Path(directory)
+    name = next((n for n in WEIGHT_FILES if (directory / n).is_file()), None)
+    if name is None:
+        others = sorted(p.name for p in directory.iterdir()
+                        if p.suffix in (".msgpack", ".h5", ".safetensors", ".bin"))
+        hint = (" It has only Flax/TensorFlow weights: re-save them with transformers 4 "
+                "(CLIPModel.from_pretrained(dir, from_flax=True).save_pretrained(dir))."
+                if any(n.endswith((".msgpack", ".h5")) for n in others) else "")
+        raise FileNotFoundError(f"No weights in {directory}: expected one of {WEIGHT_FILES}"
+                                f" (found {others or 'none'}).{hint}")
+    if not name.endswith(".index.json"):
+        return openai.read_state_dict(str(directory / name))
+    shards = sorted(set(_read_json(directory / name)["weight_map"].values()))
+    tensors: dict[str, np.ndarray] = {}
+    for shard in shards:
+        tensors.update(openai.read_state_dict(str(directory / shard)))
+    return tensors
+
+
+def from_hf_state_dict(tensors: Mapping[str, np.ndarray], config: CLIPConfig
+                       ) -> dict[str, Any]:
+    """clip_jax variables (numpy) of HF-named tensors, checked one by one against `config`."""
+    by_hf_key = {hf_key(e.key): e for e in openai.entries(config)}
+    canonical = {}
+    for key, array in tensors.items():
+        if key.endswith("position_ids"):  # non-persistent buffers some old exports contain
+            continue
+        if key not in by_hf_key:
+            raise ConfigError(f"Unexpected tensor {key!r}: not part of a CLIPModel with this "
+                              "config; the directory holds a different or modified model.")
+        entry = by_hf_key[key]
+        array = np.asarray(array)
+        canonical[entry.key] = array.T if entry.key in TRANSPOSED else array
+    missing = [k for k in by_hf_key if by_hf_key[k].key not in canonical]
+    if missing:
+        raise ConfigError(f"The weights lack {missing[0]!r} ({len(missing)} missing in all); "
+                          "the file is truncated or belongs to another config.json.")
+    return openai.from_state_dict(canonical, config)[1]
+
+
+def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
+            activation: str | None = None) -> tuple[CLIPConfig, dict[str, Any]]:
+    """`(config, variables)` of a transformers CLIP directory (variables as numpy arrays).
+
+    The architecture, activation and image statistics come from the directory. A given
+    `config` (e.g. a training config with `scan_layers`, `dtype`, `remat_policy`) must describe
+    the same model (else ConfigError); its numerics settings are kept. `activation` overrides
+    the directory's.
+    """
+    directory = Path(directory)
+    found = read_config(directory)
+    if config is not None:
+        differences = config_differences(config, found)
+        if differences:
+            raise ConfigError(
+                f"The model config given does not match {directory}: {', '.join(differences)}. "
+                "Omit it to use the directory's config, or fix those fields.")
+        found = config
+    if activation is not None:
+        found = found.replace(activation=activation)
+    return found, from_hf_state_dict(read_weights(directory), found)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Missing {path.name} in {path.parent}; a transformers CLIP "
+                                "directory has config.json, model.safetensors and tokenizer files.")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,142 @@
+"""The host side of every converter: sharded variables gathered to numpy, tensor files, JSON.
+
+Shared by the exporters and importers of `clip_jax.convert` (`hf_export`, `hf_import`,
+`open_clip_export`, `open_clip_import`, `openai`), so that gathering, file formats and dtype
+names behave alike whatever the format. Dtype names come from `clip_jax.models.config`
+(`DTYPES`, `DTYPE_ALIASES`), the one table of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from jax.experimental import multihost_utils
+from safetensors.numpy import load_file, save_file
+
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import canonical_dtype
+
+PathLike = str | os.PathLike
+
+
+# ----------------------------------------------------------------------------- host gathering
+
+def to_host(array: Any) -> np.ndarray:
+    """One tensor in host memory, whatever its sharding; a collective on multi-host runs.
+
+    A sharded array whose shards all live on this process is copied shard by shard; a
+    global one is all-gathered for this tensor only, so no device holds more than one full
+    tensor at a time. Every process must call this for the same tensors in the same order.
+    """
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
+def host_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """The (boxed or plain, frozen or not) variable tree as nested dicts of host numpy arrays,
+    gathered tensor by tensor."""
+    return jax.tree.map(to_host, flax.core.unfreeze(nn.unbox(variables)))
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy array of a numpy, jax or torch tensor (torch bfloat16 widened to float32, which
+    numpy cannot hold); torch itself is not imported."""
+    if hasattr(value, "detach"):  # a torch tensor; torch is optional at runtime
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype of a stored-weight dtype name (`DTYPES` or a short alias: `bf16`...);
+    ConfigError for any other name."""
+    return np.dtype(jnp.dtype(canonical_dtype(dtype, "export dtype")))
+
+
+def is_float(array: np.ndarray) -> bool:
+    """Floating point, bfloat16 included (numpy does not count it as `np.floating`)."""
+    return np.issubdtype(array.dtype, np.floating) or array.dtype == ml_dtypes.bfloat16
+
+
+# ----------------------------------------------------------------------------- files
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a `.safetensors`, `.npz` or PyTorch (`.pt`/`.pth`/`.bin`) file, as stored
+    (keys unchanged, numpy values).
+
+    PyTorch files need torch (not a runtime dependency) and load with `weights_only=True`;
+    OpenAI's released `.pt` files are TorchScript archives and are read as such. Raises
+    FileNotFoundError (no file) or ConfigError (a file that is not a readable checkpoint).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if path.endswith(".safetensors"):
+        try:
+            return load_file(path)
+        except Exception as e:
+            raise ConfigError(f"{path!r} is not a readable safetensors file: {e}") from e
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            return dict(f)
+    if not (magic.startswith(b"PK") or magic[:2] == b"\x80\x02"):
+        raise ConfigError(f"{path!r} is not a checkpoint: expected .safetensors, .npz or a "
+                          "PyTorch .pt/.pth/.bin file.")
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"Reading the PyTorch file {path!r} needs torch (pip install torch), "
+                          "or convert it to .safetensors first.") from e
+    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl")
+                                        for n in zipfile.ZipFile(path).namelist()):
+        state = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ConfigError(f"{path!r} could not be read as a PyTorch checkpoint: {e}") from e
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
+    return dict(state)
+
+
+def save_safetensors(tensors: Mapping[str, np.ndarray], path: PathLike, dtype: str) -> None:
+    """Floating tensors cast to `dtype`; metadata `format: pt`, as transformers writes it."""
+    target = numpy_dtype(dtype)
+    cast = {k: np.asarray(v.astype(target, copy=False) if is_float(v) else v,
+                          order="C")  # unlike np.ascontiguousarray, keeps 0-d shapes
+            for k, v in tensors.items()}
+    save_file(cast, os.fspath(path), metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; match the other files
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def write_json(path: PathLike, content: Mapping[str, Any], *, sort_keys: bool = False) -> None:
+    """`content` as indented UTF-8 JSON with a final newline (the files' committed layout)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(content, indent=2, sort_keys=sort_keys) + "\n")
