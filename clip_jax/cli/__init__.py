@@ -151,7 +151,7 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
 
     from clip_jax.training import checkpoints
     from clip_jax.evaluation import evaluate
-    from clip_jax.data import input_pipeline
+    from clip_jax.data import options as data_options
     from clip_jax.runtime import sharding
 
     if config_file:
@@ -166,7 +166,7 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
         return ml_collections.ConfigDict(dict(
             model=dict(dtype="float32"), mesh=dict(data=-1, fsdp=1, tensor=1),
             logical_axis_rules=[list(r) for r in sharding.DEFAULT_RULES],
-            data=input_pipeline.default_config(), eval=evaluate.default_config()))
+            data=data_options.default_config(), eval=evaluate.default_config()))
     raise ValueError(f"{path!r} records no dataset to evaluate on; name one with --zero-shot "
                      "DIR_OR_CSV (or --linear-probe / --few-shot / --robustness / --retrieval), "
                      "or pass --config FILE whose data and eval sections name one (e.g. "

@@ -28,17 +28,17 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import math
 import os
 import tarfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from clip_jax.data import input_pipeline
 from clip_jax.data import shifts
 from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
+from clip_jax.data.eval_pipeline import EvalIterable, ProcessSlice, batch_eval_examples, mask_padding
+from clip_jax.data.tf_data import graph
 from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import normalization_constants
 
@@ -304,18 +304,14 @@ def _read_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
                   shift: str = "", prefetch_batches: int = 2, process_index: int | None = None,
-                  process_count: int | None = None) -> input_pipeline.EvalIterable:
+                  process_count: int | None = None) -> EvalIterable:
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
-    in order, padded with `mask` False so every process yields the same number of batches."""
-    process_index, process_count = input_pipeline._processes(process_index, process_count)
+    in order, padded with `mask` False so every process yields the same number of batches
+    (`clip_jax.data.eval_pipeline`'s slicing, padding and batching)."""
     shift = shifts.check(shift)
     n = len(images)
-    first, last = process_index * n // process_count, (process_index + 1) * n // process_count
-    num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
-    total = num_batches * batch_size
-    index = np.arange(first, first + total, dtype=np.int64)
-    valid = index < last
-    index = np.where(valid, index, first if last > first else 0)
+    piece = ProcessSlice.of(n, batch_size, process_index, process_count)
+    index, valid = piece.indices()
     size = model_config.image_size
     mean, std = normalization_constants(model_config)
     table = {"file": np.asarray(images.files, dtype=object), "offset": images.offsets,
@@ -327,15 +323,10 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
                                     tf.string, stateful=False)
         image = tf_preprocess.eval_image(tf.ensure_shape(encoded, []), size)
         image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
-        ok = item["valid"]
-        return {"images": tf.where(ok, image, tf.zeros_like(image)), "mask": ok,
-                "index": tf.where(ok, item["index"], tf.constant(-1, tf.int64)),
-                "label": tf.where(ok, item["label"], 0)}
+        return mask_padding({"images": image, "label": item["label"]}, item["valid"],
+                            item["index"])
 
     dataset = tf.data.Dataset.from_tensor_slices(
         {**columns, "index": tf.constant(index), "valid": tf.constant(valid)})
-    dataset = dataset.map(input_pipeline._graph(example), num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(prefetch_batches)
-    return input_pipeline.EvalIterable(dataset.with_options(input_pipeline._options()),
-                                       num_batches, n, list(images.class_names))
+    dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batch_eval_examples(dataset, piece, prefetch_batches, list(images.class_names), n)

@@ -27,41 +27,23 @@ from clip_jax.data._tf import tf
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables
+from clip_jax_data.options import CleanOptions, TableOptions
 
 _SPLIT_FIELDS = {"train": "train_path", "validation": "validation_path", "test": "test_path"}
 _BATCH = 256        # records cleaned concurrently
 _PROBE_ROWS = 20    # rows checked up front to catch a wrong image_root
 
 
-@dataclasses.dataclass(frozen=True)
-class TableOptions:
-    """What to build (the data config's `table.*` fields)."""
-
-    name: str = ""
-    train_path: str = ""
-    validation_path: str = ""
-    test_path: str = ""
-    image_column: str = "filepath"
-    caption_column: str = "title"
-    delimiter: str = ""
-    quoting: str = "auto"
-    image_root: str = ""
-    group_by_image: bool = False
-    num_threads: int = 16
-    label_column: str = ""
-    class_names: str = ""
-
-
 @dataclasses.dataclass
 class ImageTextTableConfig(tfds.core.BuilderConfig):
     table: TableOptions = TableOptions()
-    clean: records.CleanOptions = records.CleanOptions()
+    clean: CleanOptions = CleanOptions()
 
 
 def make_config(table: Any, clean: Any) -> ImageTextTableConfig:
     """A builder config from the data config's `table` and `build` sections (or dataclasses)."""
     table = table if isinstance(table, TableOptions) else TableOptions(**dict(table))
-    clean = clean if isinstance(clean, records.CleanOptions) else records.CleanOptions(**dict(clean))
+    clean = clean if isinstance(clean, CleanOptions) else CleanOptions(**dict(clean))
     if not table.name:
         raise ValueError("data.table.name is empty; name the dataset, e.g. 'cc3m'.")
     return ImageTextTableConfig(name=table.name, description=f"Built from {table}",
@@ -279,7 +261,7 @@ def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
     return sorted(list(groups.values()) + singles, key=lambda g: g[0].first_line)
 
 
-def _clean_group(group: list[_Row], root: str, clean: records.CleanOptions,
+def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
                  names: list[str] | None = None
                  ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
     """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""

@@ -29,6 +29,7 @@ from PIL import Image
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 import tensorflow_datasets as tfds
 
+from clip_jax_data.options import SyntheticOptions
 from clip_jax_data.records import TOKEN_LENGTH, module_code_path, tokenize
 from clip_jax_data.synthetic_shapes import render
 
@@ -38,21 +39,12 @@ _WORKERS = 2              # rendering and encoding release the GIL
 
 
 @dataclasses.dataclass
-class SyntheticShapesConfig(tfds.core.BuilderConfig):
-    """Generation options; `name` is derived from them by `make_config`."""
-
-    image_size: int = 64
-    num_train: int = 50_000
-    num_validation: int = 2_000
-    num_test: int = 5_000
-    captions_per_image: int = 5
-    distractor_prob: float = 0.3
-    image_format: str = "jpeg"
-    seed: int = 0
+class SyntheticShapesConfig(tfds.core.BuilderConfig, SyntheticOptions):
+    """Generation options (`clip_jax_data.options.SyntheticOptions`); `name` is derived from
+    them by `make_config`."""
 
 
-_OPTIONS = tuple(f.name for f in dataclasses.fields(SyntheticShapesConfig)
-                 if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)})
+_OPTIONS = tuple(f.name for f in dataclasses.fields(SyntheticOptions))
 
 
 def synthetic_options() -> tuple[str, ...]:
