@@ -26,6 +26,7 @@ from PIL import Image
 
 from clip_jax.data import tokenizer
 from clip_jax.data.preprocess import exif_transposed, pil_to_rgb
+from clip_jax.errors import ConfigError
 from clip_jax_data.options import CleanOptions
 
 TOKEN_LENGTH = 77  # tokens are stored at OpenAI's context length; the pipeline fits them
@@ -281,8 +282,8 @@ class BuildReport:
         bad = self.total - self.kept
         if self.total == 0 or bad > self.options.max_bad_fraction * self.total:
             first = "; ".join(f"{s['key']}: {s['detail']}" for s in self.skipped[:3])
-            raise ValueError(
+            raise ConfigError(
                 f"Split {self.split!r}: {bad} of {self.total} records are unusable "
                 f"({summary['skipped_by_reason']}; e.g. {first or 'no records found'}). "
                 "Check the paths and column / extension names, or raise "
-                f"build.max_bad_fraction (now {self.options.max_bad_fraction}) if this is expected.")
+                f"data.build.max_bad_fraction (now {self.options.max_bad_fraction}) if this is expected.")

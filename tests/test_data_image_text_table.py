@@ -190,7 +190,7 @@ def test_caption_fallback_encoding_and_grouping(inputs, tmp_path):
 
 def test_configuration_errors_are_clear(inputs, tmp_path):
     root, _ = inputs
-    with pytest.raises(ValueError, match=r"data.table.caption_column='text' is not a column .*"
+    with pytest.raises(ConfigError, match=r"data.table.caption_column='text' is not a column .*"
                                          r"\['filepath', 'title'\]"):
         sources.prepare(table_config(root, str(tmp_path), name="a", caption_column="text"))
     with pytest.raises(FileNotFoundError, match="set data.table.image_root"):
@@ -201,7 +201,7 @@ def test_configuration_errors_are_clear(inputs, tmp_path):
         sources.prepare(table_config(root, str(tmp_path), name="d", train_path="/nonexistent.csv"))
     strict = table_config(root, str(tmp_path), name="e")
     strict.build.max_bad_fraction = 0.1
-    with pytest.raises(ValueError, match=r"8 of 19 records are unusable.*build.max_bad_fraction"):
+    with pytest.raises(ConfigError, match=r"8 of 19 records are unusable.*build.max_bad_fraction"):
         sources.prepare(strict)
 
 

@@ -24,6 +24,7 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data._tf import tf
+from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables
@@ -45,7 +46,7 @@ def make_config(table: Any, clean: Any) -> ImageTextTableConfig:
     table = table if isinstance(table, TableOptions) else TableOptions(**dict(table))
     clean = clean if isinstance(clean, CleanOptions) else CleanOptions(**dict(clean))
     if not table.name:
-        raise ValueError("data.table.name is empty; name the dataset, e.g. 'cc3m'.")
+        raise ConfigError("data.table.name is empty; name the dataset, e.g. 'cc3m'.")
     return ImageTextTableConfig(name=table.name, description=f"Built from {table}",
                                 table=table, clean=clean)
 
@@ -71,8 +72,8 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         paths = {split: getattr(table, field) for split, field in _SPLIT_FIELDS.items()
                  if getattr(table, field)}
         if not paths:
-            raise ValueError("No table to build: set data.table.train_path (and optionally "
-                             "validation_path / test_path).")
+            raise ConfigError("No table to build: set data.table.train_path (and optionally "
+                              "validation_path / test_path).")
         loaded = {split: _load_rows(path, table) for split, path in paths.items()}
         records.write_build_options(self.data_dir, self.builder_config)
         return {split: self._generate_examples(split, *rows) for split, rows in loaded.items()}
@@ -126,8 +127,8 @@ def label_names(table: TableOptions) -> list[str]:
             rows, _, _ = _load_rows(getattr(table, field), table)
             found |= {r.label for r in rows if not r.problem}
     if all(_is_index(v) for v in found):
-        raise ValueError(f"data.table.label_column={table.label_column!r} holds class indices; "
-                         "give their names with data.table.class_names (a file or a list).")
+        raise ConfigError(f"data.table.label_column={table.label_column!r} holds class indices; "
+                          "give their names with data.table.class_names (a file or a list).")
     return sorted(v for v in found if not _is_index(v))
 
 
@@ -196,9 +197,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
             hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
                     + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
                     if near else f"set data.table.{field} (or data.table.delimiter)")
-            raise ValueError(f"data.table.{field}={name!r} is not a column of {path} "
-                             f"(columns: {header}, delimiter {delimiter!r}, quoting "
-                             f"{quoting!r}); {hint}.")
+            raise ConfigError(f"data.table.{field}={name!r} is not a column of {path} "
+                              f"(columns: {header}, delimiter {delimiter!r}, quoting "
+                              f"{quoting!r}); {hint}.")
         columns[field] = header.index(name)  # the first of duplicate names, as pandas' df[name]
     root = table.image_root or os.path.dirname(path)
     if table.image_root and not tf.io.gfile.isdir(root):

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds
 
 from clip_jax_data.options import SyntheticOptions
@@ -56,7 +57,7 @@ def make_config(**options: Any) -> SyntheticShapesConfig:
     """A config named after its options: `64px`, or e.g. `32px-num_train20000-seed3`."""
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
-        raise ValueError(f"Unknown synthetic_shapes option(s) {unknown}; known: {list(_OPTIONS)}.")
+        raise ConfigError(f"Unknown synthetic_shapes option(s) {unknown}; known: {list(_OPTIONS)}.")
     defaults = SyntheticShapesConfig(name="defaults")
     values = {k: options.get(k, getattr(defaults, k)) for k in _OPTIONS}
     checks = [
@@ -69,7 +70,7 @@ def make_config(**options: Any) -> SyntheticShapesConfig:
     ]
     for ok, field, fix in checks:
         if not ok:
-            raise ValueError(f"Invalid synthetic option {field}: use {fix}.")
+            raise ConfigError(f"Invalid data.synthetic.{field}: use {fix}.")
     name = f"{values['image_size']}px" + "".join(
         f"-{k}{values[k]}" for k in _OPTIONS
         if k != "image_size" and values[k] != getattr(defaults, k))

@@ -22,6 +22,7 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data._tf import tf
+from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records
@@ -44,7 +45,7 @@ def make_config(shards: Any, clean: Any) -> WebdatasetConfig:
     shards = shards if isinstance(shards, WebdatasetOptions) else WebdatasetOptions(**dict(shards))
     clean = clean if isinstance(clean, CleanOptions) else CleanOptions(**dict(clean))
     if not shards.name:
-        raise ValueError("data.webdataset.name is empty; name the dataset, e.g. 'laion_subset'.")
+        raise ConfigError("data.webdataset.name is empty; name the dataset, e.g. 'laion_subset'.")
     return WebdatasetConfig(name=shards.name, description=f"Built from {shards}",
                             shards=shards, clean=clean)
 
@@ -99,7 +100,7 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"data.webdataset.{field}={pattern!r} matches no files.")
             splits[split] = self._generate_examples(split, shards)
         if not splits:
-            raise ValueError("No shards to build: set data.webdataset.train_shards.")
+            raise ConfigError("No shards to build: set data.webdataset.train_shards.")
         records.write_build_options(self.data_dir, self.builder_config)
         return splits
 
