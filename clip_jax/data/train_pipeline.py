@@ -65,9 +65,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
 
 def make_train_iterator(
-        data_config: DataConfig, model_config: CLIPConfig, *, global_batch_size: int, seed: int, start_batch: int = 0,
-        process_index: int | None = None, process_count: int | None = None,
-        return_index: bool = False) -> TrainIterator:
+        data_config: DataConfig, model_config: CLIPConfig, *, global_batch_size: int, seed: int,
+        start_batch: int = 0, process_index: int | None = None,
+        process_count: int | None = None, return_index: bool = False) -> TrainIterator:
     """This process's share of every global training batch, from batch `start_batch` on.
 
     Batch `k` is bit-identical whether reached by iterating from 0 or by starting at `k`;
