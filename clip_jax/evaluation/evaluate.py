@@ -307,7 +307,7 @@ class Evaluation:
             if p.shift:
                 raise ValueError("Synthetic shifts apply to classification sources only.")
             p.iterable = eval_pipeline.make_eval_iterable(p.data, model_config,
-                                                           batch_size=batch, split=p.split)
+                                                          batch_size=batch, split=p.split)
         else:
             p.iterable = eval_pipeline.make_classification_iterable(
                 p.data, model_config, batch_size=batch, split=p.split, shift=p.shift)
