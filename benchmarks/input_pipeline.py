@@ -26,7 +26,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from clip_jax.data import input_pipeline
+from clip_jax.data import schema
+from clip_jax.data import sources
+from clip_jax.data import train_pipeline
+from clip_jax.data import options as data_options
 from clip_jax.data import tf_preprocess
 from clip_jax.data import tokenizer
 from clip_jax.data._tf import tf
@@ -116,7 +119,7 @@ def main() -> None:
 
     os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
     table, kb = make_table(os.path.join(workdir, "images"), args.images)
-    config = input_pipeline.default_config()
+    config = data_options.default_config()
     config.dataset = "image_text_table"
     config.data_dir = os.path.join(workdir, "tfds")
     config.table.name = "bench"
@@ -124,7 +127,7 @@ def main() -> None:
     config.eval_split = "train"
     config.label_key = ""
     start = time.perf_counter()
-    builder = input_pipeline.prepare(config)
+    builder = sources.prepare(config)
     build_rate = args.images / (time.perf_counter() - start)
 
     encoded = [open(os.path.join(workdir, "images", f"{n:05d}.jpg"), "rb").read()
@@ -141,7 +144,7 @@ def main() -> None:
     def pipeline(tokenize: str, threads: int | None) -> Callable[[], Iterator]:
         def make() -> Iterator:
             config.tokenize = tokenize
-            iterator = input_pipeline.make_train_iterator(
+            iterator = train_pipeline.make_train_iterator(
                 config, model, global_batch_size=args.batch, seed=0, process_index=0,
                 process_count=1)
             dataset = limit_threads(iterator.dataset, threads)
@@ -163,7 +166,7 @@ def main() -> None:
             dataset = serialized.map(lambda s: subset.deserialize_example(s)[key][0],
                                      num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch)
             if stored:
-                dataset = dataset.map(lambda t: input_pipeline.fit_tokens(t, model.context_length, eot))
+                dataset = dataset.map(lambda t: schema.fit_tokens(t, model.context_length, eot))
             else:
                 dataset = dataset.map(lambda c: tf.numpy_function(
                     lambda s: tokenizer.tokenize([x.decode() for x in s], model.context_length),

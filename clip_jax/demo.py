@@ -176,13 +176,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     from clip_jax.training import checkpoints
     from clip_jax.training import config_checks
     from clip_jax.evaluation import evaluate
-    from clip_jax.data import input_pipeline
+    from clip_jax.data import sources
     from clip_jax.training import train
 
     config_checks.check_run(config, workdir)
     seconds: dict[str, float] = {}
     t = time.time()
-    builder = input_pipeline.prepare(config.data)
+    builder = sources.prepare(config.data)
     seconds["build"] = time.time() - t
 
     done_before = _finished_steps(workdir)

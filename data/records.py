@@ -25,7 +25,9 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data import tokenizer
-from clip_jax.data.preprocess import ALPHA_DROP, exif_transposed, pil_to_rgb
+from clip_jax.data.preprocess import exif_transposed, pil_to_rgb
+from clip_jax.errors import ConfigError
+from clip_jax_data.options import CleanOptions
 
 TOKEN_LENGTH = 77  # tokens are stored at OpenAI's context length; the pipeline fits them
 REPORT_FILE = "bad_records.json"
@@ -42,19 +44,6 @@ class BadRecord(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class CleanOptions:
-    """How raw records are repaired (see `clip_jax.data.input_pipeline.default_config().build`)."""
-
-    jpeg_quality: int = 95
-    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
-    resize_shortest_side: int = 0
-    caption_fallback_encoding: str = ""
-    max_bad_fraction: float = 0.5
-    exif_transpose: bool = True
-    alpha: str = ALPHA_DROP
 
 
 def clean_image(data: bytes, options: CleanOptions, name: str = "") -> tuple[bytes, list[str]]:
@@ -293,8 +282,8 @@ class BuildReport:
         bad = self.total - self.kept
         if self.total == 0 or bad > self.options.max_bad_fraction * self.total:
             first = "; ".join(f"{s['key']}: {s['detail']}" for s in self.skipped[:3])
-            raise ValueError(
+            raise ConfigError(
                 f"Split {self.split!r}: {bad} of {self.total} records are unusable "
                 f"({summary['skipped_by_reason']}; e.g. {first or 'no records found'}). "
                 "Check the paths and column / extension names, or raise "
-                f"build.max_bad_fraction (now {self.options.max_bad_fraction}) if this is expected.")
+                f"data.build.max_bad_fraction (now {self.options.max_bad_fraction}) if this is expected.")

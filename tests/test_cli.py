@@ -214,11 +214,11 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
 def test_eval_without_a_config_uses_the_base_configs_sections(tmp_path):
     """Sources named on the command line: the data and eval defaults are configs/base.py's
     (in float32), not a second copy of them."""
-    from clip_jax.data import input_pipeline
+    from clip_jax.data import options as data_options
     from clip_jax.evaluation import evaluate
 
     config = cli.eval_config(str(tmp_path), None, sources_given=True)
     assert config.model.dtype == "float32"
     assert dict(config.mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
-    assert config.data.to_dict() == input_pipeline.default_config().to_dict()
+    assert config.data.to_dict() == data_options.default_config().to_dict()
     assert config.eval.to_dict() == evaluate.default_config().to_dict()

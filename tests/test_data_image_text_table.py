@@ -10,7 +10,13 @@ from PIL import Image
 from images import with_orientation
 
 from clip_jax.data._tf import tf
-from clip_jax.data import input_pipeline as ip
+from clip_jax.data import eval_pipeline
+from clip_jax.data import sources
+from clip_jax.data import train_pipeline
+from clip_jax.data import options as data_options
+from clip_jax.errors import ConfigError
+import ml_collections
+import tensorflow_datasets as tfds  # after clip_jax.data._tf: TF must not see accelerators
 from clip_jax.data import tokenizer
 from clip_jax.models.presets import get_preset
 
@@ -84,8 +90,8 @@ def inputs(tmp_path_factory):
     return root, files
 
 
-def table_config(root: str, data_dir: str, **table) -> ip.ml_collections.ConfigDict:
-    config = ip.default_config()
+def table_config(root: str, data_dir: str, **table) -> ml_collections.ConfigDict:
+    config = data_options.default_config()
     config.dataset = "image_text_table"
     config.data_dir = data_dir
     config.label_key = ""
@@ -105,8 +111,8 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(inputs, data_dir):
     root, _ = inputs
-    builder = ip.prepare(table_config(root, data_dir))
-    source = builder.as_data_source("train", decoders={"image": ip.tfds.decode.SkipDecoding()})
+    builder = sources.prepare(table_config(root, data_dir))
+    source = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
     examples = {source[i]["key"].decode(): source[i] for i in range(len(source))}
     with open(os.path.join(builder.data_dir, "bad_records.json")) as f:
         report = json.load(f)["train"]
@@ -165,7 +171,7 @@ def test_caption_fallback_encoding_and_grouping(inputs, tmp_path):
     root, _ = inputs
     config = table_config(root, str(tmp_path), name="latin")
     config.build.caption_fallback_encoding = "latin-1"
-    builder = ip.prepare(config)
+    builder = sources.prepare(config)
     source = builder.as_data_source("train")
     captions = {c.decode() for i in range(len(source)) for c in source[i]["captions"]}
     assert "café latin-1 caption" in captions
@@ -175,7 +181,7 @@ def test_caption_fallback_encoding_and_grouping(inputs, tmp_path):
     config = table_config(root, str(tmp_path), name="grouped", image_column="path",
                           caption_column="text", group_by_image=True,
                           train_path=os.path.join(root, "grouped.tsv"))
-    source = ip.prepare(config).as_data_source("train")
+    source = sources.prepare(config).as_data_source("train")
     grouped = {source[i]["key"].decode(): [c.decode() for c in source[i]["captions"]]
                for i in range(len(source))}
     assert grouped == {"images/rgb.jpg": ["one, with a comma", "three"],
@@ -184,30 +190,30 @@ def test_caption_fallback_encoding_and_grouping(inputs, tmp_path):
 
 def test_configuration_errors_are_clear(inputs, tmp_path):
     root, _ = inputs
-    with pytest.raises(ValueError, match=r"data.table.caption_column='text' is not a column .*"
+    with pytest.raises(ConfigError, match=r"data.table.caption_column='text' is not a column .*"
                                          r"\['filepath', 'title'\]"):
-        ip.prepare(table_config(root, str(tmp_path), name="a", caption_column="text"))
+        sources.prepare(table_config(root, str(tmp_path), name="a", caption_column="text"))
     with pytest.raises(FileNotFoundError, match="set data.table.image_root"):
-        ip.prepare(table_config(root, str(tmp_path), name="b", image_root=os.path.join(root, "images")))
+        sources.prepare(table_config(root, str(tmp_path), name="b", image_root=os.path.join(root, "images")))
     with pytest.raises(FileNotFoundError, match="image_root='/nonexistent' is not a directory"):
-        ip.prepare(table_config(root, str(tmp_path), name="c", image_root="/nonexistent"))
+        sources.prepare(table_config(root, str(tmp_path), name="c", image_root="/nonexistent"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        ip.prepare(table_config(root, str(tmp_path), name="d", train_path="/nonexistent.csv"))
+        sources.prepare(table_config(root, str(tmp_path), name="d", train_path="/nonexistent.csv"))
     strict = table_config(root, str(tmp_path), name="e")
     strict.build.max_bad_fraction = 0.1
-    with pytest.raises(ValueError, match=r"8 of 19 records are unusable.*build.max_bad_fraction"):
-        ip.prepare(strict)
+    with pytest.raises(ConfigError, match=r"8 of 19 records are unusable.*build.max_bad_fraction"):
+        sources.prepare(strict)
 
 
 def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):
     root, _ = inputs
-    with pytest.raises(ValueError, match=r"built with different options.*new name"):
-        ip.prepare(table_config(root, data_dir, group_by_image=True))
+    with pytest.raises(ConfigError, match=r"built with different options.*new name"):
+        sources.prepare(table_config(root, data_dir, group_by_image=True))
 
 
 def test_training_from_the_table(built, inputs, data_dir):
     root, _ = inputs
-    batch = next(ip.make_train_iterator(table_config(root, data_dir), get_preset("test-vit"),
+    batch = next(train_pipeline.make_train_iterator(table_config(root, data_dir), get_preset("test-vit"),
                                         global_batch_size=8, seed=0, process_index=0,
                                         process_count=1))
     assert batch["images"].shape == (8, 32, 32, 3) and batch["tokens"].shape == (8, 16)
@@ -265,8 +271,8 @@ def test_builders_drop_alpha_or_composite_onto_build_alpha(mode):
 
 
 def build_report(config) -> tuple[dict, dict]:
-    builder = ip.prepare(config)
-    source = builder.as_data_source("train", decoders={"image": ip.tfds.decode.SkipDecoding()})
+    builder = sources.prepare(config)
+    source = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
     examples = {}
     for i in range(len(source)):
         examples.setdefault(source[i]["key"].decode(), []).extend(
@@ -322,7 +328,7 @@ def test_tables_from_the_issue(inputs, tmp_path):
                 'images/rgb.png,x\nimages/cmyk.jpg,y\n')
     with pytest.raises(ValueError, match=r"open.csv: the record starting at line 3 has a "
                                          r"quoted field that is never closed"):
-        ip.prepare(table_config(root, str(tmp_path), name="csv",
+        sources.prepare(table_config(root, str(tmp_path), name="csv",
                                 train_path=os.path.join(root, "open.csv")))
     assert not os.path.exists(os.path.join(str(tmp_path), "image_text_table", "csv", "1.0.0",
                                            "bad_records.json"))
@@ -345,9 +351,9 @@ def test_stored_tokens_fit_the_model_in_train_and_eval_pipelines(inputs, tmp_pat
     model = get_preset("test-vit")
     assert model.context_length == 16
     expected = {tuple(row) for row in open_clip.tokenize(captions, context_length=16).numpy()}
-    batch = next(ip.make_train_iterator(config, model, global_batch_size=10, seed=0,
+    batch = next(train_pipeline.make_train_iterator(config, model, global_batch_size=10, seed=0,
                                         process_index=0, process_count=1))
     assert {tuple(row) for row in batch["tokens"]} == expected
-    evaluation = next(iter(ip.make_eval_iterable(config, model, batch_size=5, process_index=0,
+    evaluation = next(iter(eval_pipeline.make_eval_iterable(config, model, batch_size=5, process_index=0,
                                                  process_count=1)))
     assert {tuple(row) for row in evaluation["tokens"]} == expected

@@ -15,6 +15,7 @@ from clip_jax.data import tokenizer
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 import tensorflow_datasets as tfds
 
+from clip_jax.errors import ConfigError
 from clip_jax_data.synthetic_shapes import SyntheticShapes, make_config, render
 
 OPTIONS = dict(image_size=32, num_train=240, num_validation=48, num_test=96,
@@ -112,9 +113,9 @@ def test_same_version_builds_the_same_bytes(builder, tmp_path):
 def test_config_names_and_bad_options():
     assert make_config().name == "64px"
     assert make_config(image_size=32, seed=3).name == "32px-seed3"
-    with pytest.raises(ValueError, match="Unknown synthetic_shapes option"):
+    with pytest.raises(ConfigError, match="Unknown synthetic_shapes option"):
         make_config(colours=3)
-    with pytest.raises(ValueError, match="distractor_prob"):
+    with pytest.raises(ConfigError, match="distractor_prob"):
         make_config(distractor_prob=2.0)
 
 

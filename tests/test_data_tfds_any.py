@@ -9,7 +9,10 @@ import pytest
 from PIL import Image
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax.data import input_pipeline as ip
+from clip_jax.data import eval_pipeline
+from clip_jax.data import train_pipeline
+from clip_jax.data import options as data_options
+from clip_jax.errors import ConfigError
 from clip_jax.data import tokenizer
 from clip_jax.models.presets import get_preset
 from clip_jax_data.synthetic_shapes import SyntheticShapes, make_config
@@ -40,7 +43,7 @@ def fake_source(self, split, decoders=None, deserialize_method=None, **kwargs):
 
 @pytest.fixture
 def coco_config(tmp_path):
-    config = ip.default_config()
+    config = data_options.default_config()
     config.dataset = "coco_captions"
     config.data_dir = str(tmp_path)
     config.caption_key = "captions/text"
@@ -51,10 +54,10 @@ def coco_config(tmp_path):
 def test_coco_captions_train_and_eval(coco_config):
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=fake_source):
-        iterator = ip.make_train_iterator(coco_config, MODEL, global_batch_size=8, seed=0,
+        iterator = train_pipeline.make_train_iterator(coco_config, MODEL, global_batch_size=8, seed=0,
                                           process_index=0, process_count=1, return_index=True)
         batch = next(iterator)
-        evaluation = list(ip.make_eval_iterable(coco_config, MODEL, batch_size=10,
+        evaluation = list(eval_pipeline.make_eval_iterable(coco_config, MODEL, batch_size=10,
                                                 process_index=0, process_count=1))
     assert iterator.num_examples == 24
     assert batch["images"].shape == (8, 32, 32, 3) and batch["tokens"].shape == (8, 16)
@@ -78,9 +81,9 @@ def test_missing_caption_feature_names_the_alternatives(coco_config):
     coco_config.image_key = "picture"
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=fake_source):
-        with pytest.raises(ValueError, match=r"data.image_key='picture' is not a feature of "
+        with pytest.raises(ConfigError, match=r"data.image_key='picture' is not a feature of "
                                              r"coco_captions.*captions/text"):
-            ip.make_train_iterator(coco_config, MODEL, global_batch_size=8, seed=0,
+            train_pipeline.make_train_iterator(coco_config, MODEL, global_batch_size=8, seed=0,
                                    process_index=0, process_count=1)
 
 
@@ -89,15 +92,15 @@ def test_tfrecord_dataset_is_converted_to_array_record_once(tmp_path):
     builder = SyntheticShapes(data_dir=str(tmp_path), config=builder_config, file_format="tfrecord")
     builder.download_and_prepare()
     assert not glob.glob(os.path.join(builder.data_dir, "*array_record*"))
-    config = ip.default_config()
+    config = data_options.default_config()
     config.dataset = f"synthetic_shapes/{builder_config.name}"
     config.data_dir = str(tmp_path)
-    no_convert = ip.resolve_config(config)
+    no_convert = data_options.resolve_config(config)
     no_convert.build_if_missing = False
-    with pytest.raises(RuntimeError, match="build_if_missing=True to convert"):
-        ip.make_train_iterator(no_convert, MODEL, global_batch_size=8, seed=0, process_index=0,
+    with pytest.raises(ConfigError, match="build_if_missing=True to convert"):
+        train_pipeline.make_train_iterator(no_convert, MODEL, global_batch_size=8, seed=0, process_index=0,
                                process_count=1)
-    batch = next(ip.make_train_iterator(config, MODEL, global_batch_size=8, seed=0,
+    batch = next(train_pipeline.make_train_iterator(config, MODEL, global_batch_size=8, seed=0,
                                         process_index=0, process_count=1, return_index=True))
     assert glob.glob(os.path.join(builder.data_dir, "*array_record*"))
     reference = tfds.builder_from_directory(builder.data_dir).as_data_source(

@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax.data import input_pipeline as ip
+from clip_jax.data import eval_pipeline
+from clip_jax.data import sources
+from clip_jax.data import train_pipeline
+from clip_jax.data import options as data_options
+import tensorflow_datasets as tfds  # after clip_jax.data._tf: TF must not see accelerators
 from clip_jax.data import tokenizer
 from clip_jax.models.presets import get_preset
 from clip_jax_data.webdataset_shards import expand_shards
@@ -72,15 +76,15 @@ def shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(shards, tmp_path_factory):
     root, _, _ = shards
-    config = ip.default_config()
+    config = data_options.default_config()
     config.dataset = "webdataset_shards"
     config.data_dir = str(tmp_path_factory.mktemp("tfds"))
     config.label_key = ""
     config.webdataset.name = "generated"
     config.webdataset.train_shards = os.path.join(root, "{00000..00004}.tar")  # 00004 is missing
     config.webdataset.validation_shards = os.path.join(root, "00000.tar")
-    builder = ip.prepare(config)
-    source = builder.as_data_source("train", decoders={"image": ip.tfds.decode.SkipDecoding()})
+    builder = sources.prepare(config)
+    source = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
     examples = {source[i]["key"].decode(): source[i] for i in range(len(source))}
     with open(os.path.join(builder.data_dir, "bad_records.json")) as f:
         report = json.load(f)
@@ -120,10 +124,10 @@ def test_images_and_captions_are_stored_faithfully(built, shards):
 def test_training_and_eval_from_the_shards(built):
     config, _, _, _ = built
     model = get_preset("test-vit")
-    batch = next(ip.make_train_iterator(config, model, global_batch_size=4, seed=1,
+    batch = next(train_pipeline.make_train_iterator(config, model, global_batch_size=4, seed=1,
                                         process_index=0, process_count=1))
     assert batch["images"].shape == (4, 32, 32, 3) and batch["tokens"].shape == (4, 16)
-    batches = list(ip.make_eval_iterable(config, model, batch_size=4, process_index=0,
+    batches = list(eval_pipeline.make_eval_iterable(config, model, batch_size=4, process_index=0,
                                          process_count=1))
     assert len(batches) == 2 and sum(b["mask"].sum() for b in batches) == 6
     assert batches[0]["captions_mask"].sum(axis=1).tolist() == [1, 1, 1, 1]
@@ -139,10 +143,10 @@ def test_shard_patterns(shards):
 
 
 def test_pattern_matching_nothing_is_an_error(tmp_path):
-    config = ip.default_config()
+    config = data_options.default_config()
     config.dataset = "webdataset_shards"
     config.data_dir = str(tmp_path)
     config.webdataset.name = "empty"
     config.webdataset.train_shards = str(tmp_path / "*.tar")
     with pytest.raises(FileNotFoundError, match="matches no files"):
-        ip.prepare(config)
+        sources.prepare(config)

@@ -14,7 +14,7 @@ import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clip_jax import demo
-from clip_jax.data import input_pipeline# noqa: E402
+from clip_jax.data import sources  # noqa: E402
 from clip_jax.pretrained.factory import export_hf_from  # noqa: E402
 from clip_jax.evaluation.zero_shot import ZeroShotClassifier  # noqa: E402
 import clip_jax  # noqa: E402
@@ -80,7 +80,7 @@ def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
     the labels of held-out test images as our zero-shot does, with the same probabilities."""
     config, report = demo_run
     export_hf_from(report.workdir, tmp_path)
-    builder = input_pipeline.prepare(config.data)
+    builder = sources.prepare(config.data)
     test = builder.as_data_source("test")
     names = list(builder.info.features["label"].names)
     images = [Image.fromarray(test[i]["image"]) for i in range(6)]
@@ -100,7 +100,7 @@ def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
 
 def test_demo_refuses_a_bad_workdir_in_one_line_before_building(tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(input_pipeline, "prepare", None)  # must not get that far
+    monkeypatch.setattr(sources, "prepare", None)  # must not get that far
     assert demo.main(["--workdir", str(tmp_path / "file")]) == 2
     out, err = capsys.readouterr()
     assert err == f"error: --workdir '{tmp_path / 'file'}' is a file; pass a directory (created " \

@@ -16,7 +16,7 @@ from clip_jax import cli
 from clip_jax.evaluation import report as eval_report
 from clip_jax.evaluation import evaluate
 from clip_jax.evaluation import few_shot
-from clip_jax.data import input_pipeline
+from clip_jax.data import sources
 from clip_jax.data import labelled as labelled_data
 from clip_jax.evaluation import templates
 from clip_jax.models import create_model, l2_normalize
@@ -221,11 +221,11 @@ def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):
                              label_column="class", class_names=",".join(COLOURS))
     metrics, evaluation = evaluate.evaluate_model(config, module, variables)
     built = tfds.builder_from_directory(
-        input_pipeline.prepare(config.data).data_dir).as_data_source("test")
+        sources.prepare(config.data).data_dir).as_data_source("test")
     keep = [i for i in range(len(cells)) if i != 3]
     got = sorted((e["key"].decode(), int(e["label"])) for e in built)
     assert got == sorted((test.files[i], int(test.labels[i])) for i in keep)
-    report = json.load(open(os.path.join(input_pipeline.prepare(config.data).data_dir,
+    report = json.load(open(os.path.join(sources.prepare(config.data).data_dir,
                                          "bad_records.json")))
     assert "unknown_label" in json.dumps(report)
     images = embed(module, variables, images=preprocess(

@@ -19,7 +19,8 @@ from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 from clip_jax.evaluation import embedding
 from clip_jax.evaluation import evaluate
-from clip_jax.data import input_pipeline
+from clip_jax.data import eval_pipeline
+from clip_jax.data import sources
 from clip_jax.runtime import sharding
 from clip_jax.evaluation import templates
 from clip_jax.training import train
@@ -67,7 +68,7 @@ def reference_embeddings(module, variables, images=None, tokens=None):
 
 def read_split(config, split):
     """Images decoded by Pillow, captions and labels, straight from the built dataset."""
-    builder = input_pipeline.prepare(config.data)
+    builder = sources.prepare(config.data)
     source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
     examples = [source[i] for i in range(len(source))]
     images = [np.asarray(Image.open(io.BytesIO(e["image"])).convert("RGB")) for e in examples]
@@ -125,7 +126,7 @@ def test_embedder_returns_every_example_in_split_order(data_dir, model):
     shardings = embedding.variable_shardings(module, mesh, config.logical_axis_rules)
     embedder = embedding.Embedder(module, mesh, config.logical_axis_rules, shardings, 5, 5)
     assert embedder.local_batch == 8
-    batches = input_pipeline.make_eval_iterable(config.data, module.config, batch_size=8,
+    batches = eval_pipeline.make_eval_iterable(config.data, module.config, batch_size=8,
                                                 split="test")
     sharded = evaluate.shard_variables(variables, shardings)
     got = embedder.embed_split(sharded, batches, captions=True)
@@ -301,7 +302,7 @@ def test_retrieval_uses_every_caption_of_images_with_1_to_9_captions(tmp_path, m
     config.eval.retrieval.heldout.split = ""
     metrics, evaluation = evaluate.evaluate_model(config, module, variables)
 
-    builder = input_pipeline.prepare(config.data)
+    builder = sources.prepare(config.data)
     source = builder.as_data_source("validation", decoders={"image": tfds.decode.SkipDecoding()})
     examples = [source[i] for i in range(len(source))]
     assert sorted(len(e["captions"]) for e in examples) == list(range(1, 10))

@@ -7,7 +7,12 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
-from clip_jax.data import input_pipeline as ip
+from clip_jax.data import eval_pipeline
+from clip_jax.data import schema
+from clip_jax.data import sources
+from clip_jax.data import train_pipeline
+from clip_jax.data import options as data_options
+from clip_jax.errors import ConfigError
 from clip_jax.data import tokenizer
 from clip_jax.models.clip import normalize_images
 from clip_jax.models.presets import get_preset
@@ -22,7 +27,7 @@ MODEL = get_preset("test-vit").replace(vision={"image_size": 40, "layers": 2, "w
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    config = ip.default_config()
+    config = data_options.default_config()
     config.data_dir = str(tmp_path_factory.mktemp("tfds"))
     config.synthetic.image_size = 32
     config.synthetic.num_train = NUM_TRAIN
@@ -35,7 +40,7 @@ def config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def examples(config):
     """Examples decoded by TFDS itself (numpy, Pillow), by split."""
-    builder = ip.prepare(config)  # builds on first use
+    builder = sources.prepare(config)  # builds on first use
     out = {}
     for split in ("train", "validation"):
         source = builder.as_data_source(split)
@@ -46,7 +51,7 @@ def examples(config):
 def train(config, batch, **kwargs):
     kwargs.setdefault("process_index", 0)
     kwargs.setdefault("process_count", 1)
-    return ip.make_train_iterator(config, MODEL, global_batch_size=batch, seed=3,
+    return train_pipeline.make_train_iterator(config, MODEL, global_batch_size=batch, seed=3,
                                   return_index=True, **kwargs)
 
 
@@ -67,7 +72,7 @@ def test_train_batches_are_shaped_normalised_and_tokenised(config, examples):
 
 def test_pipeline_tokenisation_equals_stored_tokens(config):
     stored = take(train(config, 16), 3)
-    config_pipeline = ip.resolve_config(config)
+    config_pipeline = data_options.resolve_config(config)
     config_pipeline.tokenize = "pipeline"
     tokenised = take(train(config_pipeline, 16), 3)
     for a, b in zip(stored, tokenised):
@@ -98,8 +103,8 @@ def test_resume_continues_exactly(config, monkeypatch):
     k = 7  # crosses an epoch boundary (6 batches of 16 per epoch)
     reference = take(train(config, 16), k + 3)
     read = []
-    original = ip._read_records
-    monkeypatch.setattr(ip, "_read_records", lambda source, i: read.append(len(i)) or original(source, i))
+    original = sources.read_records
+    monkeypatch.setattr(sources, "read_records", lambda source, i: read.append(len(i)) or original(source, i))
     resumed = train(config, 16, start_batch=k)
     assert resumed.batch_index == k
     continued = take(resumed, 3)
@@ -110,13 +115,13 @@ def test_resume_continues_exactly(config, monkeypatch):
     # Starting far ahead reads no more than the batches it yields (plus read-ahead).
     read.clear()
     next(train(config, 16, start_batch=10 ** 9))
-    assert sum(read) <= 16 + 8 * ip._READ_CHUNK
+    assert sum(read) <= 16 + 8 * sources.READ_CHUNK
 
 
 def test_eval_matches_clip_image_processor_and_pads_every_process_alike(config, examples):
     processor = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 40},
                                    image_mean=list(MODEL.image_mean), image_std=list(MODEL.image_std))
-    outputs = [list(ip.make_eval_iterable(config, MODEL, batch_size=16, process_index=p,
+    outputs = [list(eval_pipeline.make_eval_iterable(config, MODEL, batch_size=16, process_index=p,
                                           process_count=3)) for p in range(3)]
     assert {len(batches) for batches in outputs} == {2}  # ceil(ceil(50 / 3) / 16)
     indices = []
@@ -141,9 +146,9 @@ def test_eval_matches_clip_image_processor_and_pads_every_process_alike(config, 
 
 
 def test_eval_labels_and_all_captions(config, examples):
-    evaluation = ip.make_eval_iterable(config, MODEL, batch_size=32, process_index=0,
+    evaluation = eval_pipeline.make_eval_iterable(config, MODEL, batch_size=32, process_index=0,
                                        process_count=1)
-    assert evaluation.label_names == ip.label_names(config)
+    assert evaluation.label_names == schema.label_names(config)
     assert len(evaluation.label_names) == 48 and evaluation.num_examples == NUM_VALIDATION
     batch = next(iter(evaluation))
     assert batch["captions_tokens"].shape == (32, 5, 16) and batch["captions_mask"].all()
@@ -174,45 +179,45 @@ def test_fit_tokens_equals_open_clip_tokenize_at_that_length(length):
     stored = open_clip.tokenize(texts, context_length=77).numpy().astype(np.int32)
     np.testing.assert_array_equal(stored, tokenizer.tokenize(texts, 77))  # what builders store
     expected = open_clip.tokenize(texts, context_length=length).numpy()
-    fitted = ip.fit_tokens(tf.constant(stored), length, tokenizer.default_tokenizer().eot_token_id)
+    fitted = schema.fit_tokens(tf.constant(stored), length, tokenizer.default_tokenizer().eot_token_id)
     np.testing.assert_array_equal(fitted.numpy(), expected)
     # Padded with EOT instead of 0 (Hugging Face's convention): the same rows, EOT-padded.
     last_eot = 76 - (stored[:, ::-1] == 49407).argmax(axis=1)
     hf_padded = np.where(np.arange(77) > last_eot[:, None], 49407, stored)
     expected_hf = np.where(np.arange(length) > np.minimum(last_eot, length - 1)[:, None],
                            49407, expected)
-    fitted_hf = ip.fit_tokens(tf.constant(hf_padded), length, 49407)
+    fitted_hf = schema.fit_tokens(tf.constant(hf_padded), length, 49407)
     np.testing.assert_array_equal(fitted_hf.numpy(), expected_hf)
 
 
 def test_config_errors_are_one_line_and_name_the_fix(config):
-    with pytest.raises(ValueError, match=r"data.tokenise; did you mean data.tokenize\?"):
-        ip.resolve_config({"tokenise": "auto"})
-    with pytest.raises(ValueError, match=r"data.augment.scal; did you mean data.augment.scale\?"):
-        ip.resolve_config({"augment": {"scal": (0.5, 1.0)}})
-    with pytest.raises(ValueError, match=r"data.prefetch_batches must be int"):
-        ip.resolve_config({"prefetch_batches": "2"})
-    with pytest.raises(ValueError, match=r"data.augment.scale"):
-        ip.resolve_config({"augment": {"scale": (0.0, 1.0)}})
-    with pytest.raises(ValueError, match=r"divisible|multiple of process_count=3"):
-        ip.make_train_iterator(config, MODEL, global_batch_size=16, seed=0, process_index=0,
-                               process_count=3)
-    bad_label = ip.resolve_config(config)
+    with pytest.raises(ConfigError, match=r"data.tokenise; did you mean data.tokenize\?"):
+        data_options.resolve_config({"tokenise": "auto"})
+    with pytest.raises(ConfigError, match=r"data.augment.scal; did you mean data.augment.scale\?"):
+        data_options.resolve_config({"augment": {"scal": (0.5, 1.0)}})
+    with pytest.raises(ConfigError, match=r"data.prefetch_batches must be int"):
+        data_options.resolve_config({"prefetch_batches": "2"})
+    with pytest.raises(ConfigError, match=r"data.augment.scale"):
+        data_options.resolve_config({"augment": {"scale": (0.0, 1.0)}})
+    with pytest.raises(ConfigError, match=r"divisible|multiple of process_count=3"):
+        train_pipeline.make_train_iterator(config, MODEL, global_batch_size=16, seed=0,
+                                           process_index=0, process_count=3)
+    bad_label = data_options.resolve_config(config)
     bad_label.label_key = "category"
-    with pytest.raises(ValueError, match=r"data.label_key='category' is not a feature.*label"):
-        ip.make_eval_iterable(bad_label, MODEL, batch_size=4, process_index=0, process_count=1)
-    bad_split = ip.resolve_config(config)
+    with pytest.raises(ConfigError, match=r"data.label_key='category' is not a feature.*label"):
+        eval_pipeline.make_eval_iterable(bad_label, MODEL, batch_size=4, process_index=0, process_count=1)
+    bad_split = data_options.resolve_config(config)
     bad_split.eval_split = "valid"
-    with pytest.raises(ValueError, match=r"data.eval_split='valid'.*validation"):
-        ip.make_eval_iterable(bad_split, MODEL, batch_size=4, process_index=0, process_count=1)
+    with pytest.raises(ConfigError, match=r"data.eval_split='valid'.*validation"):
+        eval_pipeline.make_eval_iterable(bad_split, MODEL, batch_size=4, process_index=0, process_count=1)
     with pytest.raises(AttributeError, match="shuffle_buffer"):
-        ip.default_config().shuffle_buffer = 10
+        data_options.default_config().shuffle_buffer = 10
 
 
 def test_unbuilt_dataset_without_build_if_missing(tmp_path):
-    config = ip.default_config()
+    config = data_options.default_config()
     config.data_dir = str(tmp_path)
     config.build_if_missing = False
-    with pytest.raises(FileNotFoundError, match="build_if_missing"):
-        ip.prepare(config)
-    assert isinstance(ip.get_builder(config), tfds.core.DatasetBuilder)
+    with pytest.raises(ConfigError, match="build_if_missing"):
+        sources.prepare(config)
+    assert isinstance(sources.get_builder(config), tfds.core.DatasetBuilder)

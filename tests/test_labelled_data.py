@@ -15,6 +15,7 @@ from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS 
 from clip_jax.data import labelled as labelled_data
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.data.preprocess import normalization_constants, preprocess
+from clip_jax.errors import ConfigError
 
 import tensorflow_datasets as tfds
 
@@ -87,11 +88,11 @@ def test_tables_with_label_names_or_indices_read_as_pandas(folder, tmp_path):
     bad = by_name.copy()
     bad.loc[4, "label"] = "wolf"
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match="bad.csv line 6: label 'wolf' is not one of the 3"):
+    with pytest.raises(ConfigError, match="bad.csv line 6: label 'wolf' is not one of the 3"):
         labelled_data.read_table(str(tmp_path / "bad.csv"), class_names=CLASSES)
     by_index.to_csv(tmp_path / "alone.csv", index=False)
     os.remove(tmp_path / "classnames.txt")
-    with pytest.raises(ValueError, match="are class indices; give the class names"):
+    with pytest.raises(ConfigError, match="are class indices; give the class names"):
         labelled_data.read(str(tmp_path / "alone.csv"))
 
 
@@ -126,7 +127,7 @@ def test_clip_benchmark_webdataset_layout(tmp_path):
     assert got.class_names == CLASSES and got.templates == ("a photo of a {}.", "a {}.")
     assert got.skipped == {"no .cls": 1}
     for j, i in enumerate(keep):
-        data = labelled_data._read_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
+        data = labelled_data.read_image_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
         assert data == encoded[i]
 
 

@@ -31,7 +31,7 @@ def _hide_accelerators() -> None:
             if tf.config.get_visible_devices(kind):
                 raise RuntimeError(
                     f"TensorFlow already initialised a {kind} before clip_jax could hide it; "
-                    "import clip_jax.data.input_pipeline (or clip_jax.data._tf) before using TensorFlow."
+                    "import clip_jax.data._tf before using TensorFlow."
                 ) from error
 
 

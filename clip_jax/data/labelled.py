@@ -28,17 +28,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import math
 import os
 import tarfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from clip_jax.data import input_pipeline
 from clip_jax.data import shifts
 from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
+from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
+                                         mask_padding)
+from clip_jax.data.tf_data import graph
+from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import normalization_constants
 
@@ -129,8 +131,8 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     folder, split = _split_root(root, split, "image folder")
     classes = _subdirs(folder)
     if len(classes) < 2:
-        raise ValueError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it out "
-                         "as <root>/<class name>/<image files> with at least 2 classes.")
+        raise ConfigError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it "
+                          "out as <root>/<class name>/<image files> with at least 2 classes.")
     files, labels, skipped = [], [], 0
     for label, name in enumerate(classes):
         for directory, _, names in sorted(tf.io.gfile.walk(os.path.join(folder, name))):
@@ -151,13 +153,13 @@ def _pick_column(columns: list[str], given: str, candidates: Sequence[str], what
                  path: str, option: str) -> str:
     if given:
         if given not in columns:
-            raise ValueError(f"{what} column {given!r} is not in {path} (columns: {columns}); "
-                             f"set {option}.")
+            raise ConfigError(f"{what} column {given!r} is not in {path} (columns: {columns}); "
+                              f"set {option}.")
         return given
     found = [c for c in candidates if c in columns]
     if not found:
-        raise ValueError(f"{path} has no {what} column (looked for {list(candidates)}; columns: "
-                         f"{columns}); name it with {option}.")
+        raise ConfigError(f"{path} has no {what} column (looked for {list(candidates)}; "
+                          f"columns: {columns}); name it with {option}.")
     return found[0]
 
 
@@ -185,8 +187,8 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     empty = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
              if not p.strip() or not y.strip()]
     if empty:
-        raise ValueError(f"{path} line {empty[0] + 2}: empty image path or label "
-                         f"({len(empty)} such row(s)); fill or remove them.")
+        raise ConfigError(f"{path} line {empty[0] + 2}: empty image path or label "
+                          f"({len(empty)} such row(s)); fill or remove them.")
     raw = [y.strip() for y in frame[label_col]]
     if class_names is None:
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
@@ -195,19 +197,19 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     if all(_is_int(y) for y in raw):
         labels = np.asarray([int(y) for y in raw], np.int64)
         if class_names is None:
-            raise ValueError(f"The labels of {path} are class indices; give the class names "
-                             f"(--class-names FILE_OR_LIST, or a {WDS_CLASSNAMES} beside it).")
+            raise ConfigError(f"The labels of {path} are class indices; give the class names "
+                              f"(--class-names FILE_OR_LIST, or a {WDS_CLASSNAMES} beside it).")
         bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
         if bad.size:
-            raise ValueError(f"{path} line {bad[0] + 2}: label {labels[bad[0]]} is not in "
-                             f"0..{len(class_names) - 1} ({len(class_names)} class names).")
+            raise ConfigError(f"{path} line {bad[0] + 2}: label {labels[bad[0]]} is not in "
+                              f"0..{len(class_names) - 1} ({len(class_names)} class names).")
     else:
         names = list(class_names) if class_names is not None else sorted(set(raw))
         index = {name: k for k, name in enumerate(names)}
         unknown = [i for i, y in enumerate(raw) if y not in index]
         if unknown:
-            raise ValueError(f"{path} line {unknown[0] + 2}: label {raw[unknown[0]]!r} is not "
-                             f"one of the {len(names)} class names given.")
+            raise ConfigError(f"{path} line {unknown[0] + 2}: label {raw[unknown[0]]!r} is not "
+                              f"one of the {len(names)} class names given.")
         labels = np.asarray([index[y] for y in raw], np.int64)
     root = os.path.dirname(path)
     files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p)
@@ -261,8 +263,8 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
                 continue
             label = int(classes[key])
             if not 0 <= label < len(class_names):
-                raise ValueError(f"{shard}: sample {key} has class {label}, outside "
-                                 f"0..{len(class_names) - 1} ({WDS_CLASSNAMES}).")
+                raise ConfigError(f"{shard}: sample {key} has class {label}, outside "
+                                  f"0..{len(class_names) - 1} ({WDS_CLASSNAMES}).")
             files.append(shard)
             offsets.append(image.offset_data)
             lengths.append(image.size)
@@ -294,7 +296,9 @@ def read(path: str, split: str = "") -> LabelledImages:
     return images
 
 
-def _read_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
+def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
+    """The encoded bytes of one image of a `LabelledImages`: the whole file (`offset` -1) or
+    `length` bytes from `offset` inside a tar shard."""
     with tf.io.gfile.GFile(path.decode(), "rb") as f:
         if offset < 0:
             return f.read()
@@ -304,18 +308,14 @@ def _read_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
                   shift: str = "", prefetch_batches: int = 2, process_index: int | None = None,
-                  process_count: int | None = None) -> input_pipeline.EvalIterable:
+                  process_count: int | None = None) -> EvalIterable:
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
-    in order, padded with `mask` False so every process yields the same number of batches."""
-    process_index, process_count = input_pipeline._processes(process_index, process_count)
+    in order, padded with `mask` False so every process yields the same number of batches
+    (`clip_jax.data.eval_pipeline`'s slicing, padding and batching)."""
     shift = shifts.check(shift)
     n = len(images)
-    first, last = process_index * n // process_count, (process_index + 1) * n // process_count
-    num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
-    total = num_batches * batch_size
-    index = np.arange(first, first + total, dtype=np.int64)
-    valid = index < last
-    index = np.where(valid, index, first if last > first else 0)
+    piece = ProcessSlice.of(n, batch_size, process_index, process_count)
+    index, valid = piece.indices()
     size = model_config.image_size
     mean, std = normalization_constants(model_config)
     table = {"file": np.asarray(images.files, dtype=object), "offset": images.offsets,
@@ -323,19 +323,15 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     columns = {k: tf.constant(v[index]) for k, v in table.items()}
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        encoded = tf.numpy_function(_read_bytes, [item["file"], item["offset"], item["length"]],
-                                    tf.string, stateful=False)
+        encoded = tf.numpy_function(read_image_bytes,
+                                    [item["file"], item["offset"], item["length"]], tf.string,
+                                    stateful=False)
         image = tf_preprocess.eval_image(tf.ensure_shape(encoded, []), size)
         image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
-        ok = item["valid"]
-        return {"images": tf.where(ok, image, tf.zeros_like(image)), "mask": ok,
-                "index": tf.where(ok, item["index"], tf.constant(-1, tf.int64)),
-                "label": tf.where(ok, item["label"], 0)}
+        return mask_padding({"images": image, "label": item["label"]}, item["valid"],
+                            item["index"])
 
     dataset = tf.data.Dataset.from_tensor_slices(
         {**columns, "index": tf.constant(index), "valid": tf.constant(valid)})
-    dataset = dataset.map(input_pipeline._graph(example), num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(prefetch_batches)
-    return input_pipeline.EvalIterable(dataset.with_options(input_pipeline._options()),
-                                       num_batches, n, list(images.class_names))
+    dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batch_eval_examples(dataset, piece, prefetch_batches, list(images.class_names), n)

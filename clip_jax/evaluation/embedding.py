@@ -16,23 +16,14 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from clip_jax.data import input_pipeline
 from clip_jax.runtime import sharding
-from clip_jax.data import shifts
-from clip_jax.data import tf_preprocess
-from clip_jax.data._tf import tf
 from clip_jax.models.clip import CLIP, init_variables, l2_normalize
-from clip_jax.models.config import CLIPConfig
-
-import tensorflow_datasets as tfds  # after clip_jax.data._tf: TensorFlow must not see accelerators
 
 Variables = dict[str, Any]
-_READ_CHUNK = 64  # records fetched per random-access call
 # Prompts folded per image slot of one text call (COCO's 5 captions per image).
 TEXT_ROWS_PER_IMAGE = 5
 
@@ -159,72 +150,3 @@ def _round_local_batch(local_batch: int, mesh: Mesh) -> int:
     shards = sharding.batch_size_per_shard(mesh)
     step = shards // math.gcd(shards, jax.process_count())
     return max(step, math.ceil(local_batch / step) * step)
-
-
-def classification_iterable(
-        data_config: Mapping[str, Any] | ml_collections.ConfigDict, model_config: CLIPConfig, *,
-        batch_size: int, split: str | None = None, process_index: int | None = None,
-        process_count: int | None = None, shift: str = "") -> input_pipeline.EvalIterable:
-    """Like `input_pipeline.make_eval_iterable`, for datasets with labels and no captions
-    (cifar10, imagenet2012, ...): batches of `images`, `mask`, `index` and `label` only;
-    `shift` names a synthetic shift (`clip_jax.data.shifts`) applied to every image.
-
-    Same slicing over processes, padding and eval transform as the pipeline, whose readers
-    (ArrayRecord access, TFRecord conversion) it reuses.
-    """
-    config = input_pipeline.resolve_config(data_config)
-    process_index, process_count = input_pipeline._processes(process_index, process_count)
-    shifts.check(shift)
-    if not config.label_key:
-        raise ValueError("Zero-shot classification needs labels: set data.label_key to a "
-                         "ClassLabel feature of the dataset (e.g. 'label').")
-    split = split or config.eval_split
-    builder = input_pipeline.prepare(config)
-    features = builder.info.features
-    for field in ("image_key", "label_key"):
-        if input_pipeline._feature(features, config[field]) is None:
-            raise ValueError(f"data.{field}={config[field]!r} is not a feature of "
-                             f"{builder.info.full_name} (features: "
-                             f"{input_pipeline._feature_paths(features)}).")
-    label_feature = input_pipeline._feature(features, config.label_key)
-    if not isinstance(label_feature, tfds.features.ClassLabel):
-        raise ValueError(f"data.label_key={config.label_key!r} of {builder.info.full_name} is "
-                         "not a ClassLabel; name a ClassLabel feature.")
-    source = input_pipeline._data_source(builder, split, config.build_if_missing, "split")
-    num_examples = len(source)
-    if num_examples == 0:
-        raise ValueError(f"Split {split!r} of {builder.info.full_name} is empty.")
-    partial = tfds.decode.PartialDecoding(
-        input_pipeline._nest([config.image_key, config.label_key], True),
-        decoders=input_pipeline._nest([config.image_key], tfds.decode.SkipDecoding()))
-    parse_features = partial.extract_features(features)
-    first = process_index * num_examples // process_count
-    last = (process_index + 1) * num_examples // process_count
-    num_batches = math.ceil(math.ceil(num_examples / process_count) / batch_size)
-    size = model_config.image_size
-    read = input_pipeline._reader(source)
-
-    def slots(start: tf.Tensor) -> dict[str, tf.Tensor]:
-        index = first + start + tf.range(_READ_CHUNK, dtype=tf.int64)
-        valid = index < last
-        return {"valid": valid, "index": tf.where(valid, index, first if last > first else 0)}
-
-    def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        parsed = parse_features.deserialize_example(item["serialized"], decoders=partial.decoders)
-        valid = item["valid"]
-        image = tf_preprocess.eval_image(input_pipeline._lookup(parsed, config.image_key), size)
-        image = shifts.apply(shift, image, item["index"])  # uint8: the model normalises
-        label = tf.cast(input_pipeline._lookup(parsed, config.label_key), tf.int32)
-        return {"images": tf.where(valid, image, tf.zeros_like(image)), "mask": valid,
-                "index": tf.where(valid, item["index"], tf.constant(-1, tf.int64)),
-                "label": tf.where(valid, label, 0)}
-
-    total = num_batches * batch_size
-    dataset = tf.data.Dataset.range(0, total, _READ_CHUNK).map(slots)
-    dataset = dataset.map(lambda item: {**item, "serialized": read(item["index"])},
-                          num_parallel_calls=4, deterministic=True)
-    dataset = dataset.unbatch().take(total)
-    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(config.prefetch_batches)
-    return input_pipeline.EvalIterable(dataset, num_batches, num_examples,
-                                       list(label_feature.names))

@@ -29,7 +29,8 @@ import numpy as np
 from clip_jax.training import checkpoints
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation import few_shot
-from clip_jax.data import input_pipeline
+from clip_jax.data import eval_pipeline
+from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
 from clip_jax.evaluation import linear_probe
 from clip_jax.pretrained import load as loading
@@ -38,7 +39,7 @@ from clip_jax.runtime import sharding
 from clip_jax.evaluation import zero_shot
 from clip_jax.data import shifts as shifts_lib
 from clip_jax.evaluation import templates as templates_lib
-from clip_jax.evaluation.embedding import (Embedder, SplitEmbeddings, Variables, classification_iterable,
+from clip_jax.evaluation.embedding import (Embedder, SplitEmbeddings, Variables,
                                 variable_shardings)
 from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models.clip import CLIP
@@ -246,7 +247,7 @@ class Evaluation:
         if not self.evaluators:
             raise ValueError("No evaluator enabled: set config.eval.evaluators to e.g. "
                              "'zero_shot,retrieval'.")
-        data = input_pipeline.resolve_config(config.data)
+        data = data_options.resolve_config(config.data)
         self.module = module
         self.embedder = Embedder(module, mesh, config.logical_axis_rules, shardings,
                                  ev.batch_size)
@@ -305,15 +306,15 @@ class Evaluation:
         if p.captions:
             if p.shift:
                 raise ValueError("Synthetic shifts apply to classification sources only.")
-            p.iterable = input_pipeline.make_eval_iterable(p.data, model_config,
-                                                           batch_size=batch, split=p.split)
+            p.iterable = eval_pipeline.make_eval_iterable(p.data, model_config,
+                                                          batch_size=batch, split=p.split)
         else:
-            p.iterable = classification_iterable(p.data, model_config, batch_size=batch,
-                                                 split=p.split, shift=p.shift)
+            p.iterable = eval_pipeline.make_classification_iterable(
+                p.data, model_config, batch_size=batch, split=p.split, shift=p.shift)
 
     def _task_data(self, task: ml_collections.ConfigDict, data: ml_collections.ConfigDict,
                    dataset: str | None = None) -> ml_collections.ConfigDict:
-        task_data = input_pipeline.resolve_config(data)
+        task_data = data_options.resolve_config(data)
         for field in _DATA_FIELDS:
             if task.get(field):
                 task_data[field] = task[field]

@@ -173,14 +173,14 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:
     """Builds the dataset if missing and checks its train split and features against the
-    model: what `input_pipeline.make_train_iterator` would find, without starting it."""
-    from clip_jax.data import input_pipeline
+    model: what `train_pipeline.make_train_iterator` would find, without starting it."""
+    from clip_jax.data import options, schema, sources
 
-    data = input_pipeline.resolve_config(data)
-    builder = input_pipeline.prepare(data)
-    source = input_pipeline._data_source(builder, data.train_split, data.build_if_missing,
-                                         "data.train_split")
+    data = options.resolve_config(data)
+    builder = sources.prepare(data)
+    source = sources.data_source(builder, data.train_split, data.build_if_missing,
+                                 "data.train_split")
     if len(source) == 0:
         raise ConfigError(f"data.train_split={data.train_split!r} of {builder.info.full_name} "
                          "is empty; name a split with examples.")
-    input_pipeline._schema(builder, data, model, with_label=False)
+    schema.make_schema(builder, data, model, with_label=False)

@@ -27,7 +27,8 @@ from clip_jax.errors import ConfigError
 from clip_jax.training import config_checks
 from clip_jax.evaluation import evaluate
 from clip_jax.runtime import hardware
-from clip_jax.data import input_pipeline
+from clip_jax.data import options as data_options
+from clip_jax.data import train_pipeline
 from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
 from clip_jax.training import train_step
@@ -80,7 +81,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     if config.batch_size % process_count:
         fail("batch_size", f"{config.batch_size} is not divisible by the {process_count} "
              "processes", f"use a multiple of {process_count}")
-    input_pipeline.resolve_config(config.data)
+    data_options.resolve_config(config.data)
 
 
 class PreemptionGuard:
@@ -251,7 +252,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                    f"params on mesh {dict(mesh.shape)}; train step compiled in "
                    f"{compile_seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device "
                    f"({peak_source}).")
-        data = input_pipeline.make_train_iterator(
+        data = train_pipeline.make_train_iterator(
             config.data, model, global_batch_size=config.batch_size, seed=config.seed,
             start_batch=position)
         evaluation = evaluate.for_training(config, s.module, mesh, s.state_shardings)

@@ -3,8 +3,8 @@
 from clip_jax_data.image_text_table.image_text_table_dataset_builder import (
     ImageTextTable,
     ImageTextTableConfig,
-    TableOptions,
     make_config,
 )
+from clip_jax_data.options import TableOptions
 
 __all__ = ["ImageTextTable", "ImageTextTableConfig", "TableOptions", "make_config"]

@@ -24,46 +24,29 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data._tf import tf
+from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables
+from clip_jax_data.options import CleanOptions, TableOptions
 
 _SPLIT_FIELDS = {"train": "train_path", "validation": "validation_path", "test": "test_path"}
 _BATCH = 256        # records cleaned concurrently
 _PROBE_ROWS = 20    # rows checked up front to catch a wrong image_root
 
 
-@dataclasses.dataclass(frozen=True)
-class TableOptions:
-    """What to build (the data config's `table.*` fields)."""
-
-    name: str = ""
-    train_path: str = ""
-    validation_path: str = ""
-    test_path: str = ""
-    image_column: str = "filepath"
-    caption_column: str = "title"
-    delimiter: str = ""
-    quoting: str = "auto"
-    image_root: str = ""
-    group_by_image: bool = False
-    num_threads: int = 16
-    label_column: str = ""
-    class_names: str = ""
-
-
 @dataclasses.dataclass
 class ImageTextTableConfig(tfds.core.BuilderConfig):
     table: TableOptions = TableOptions()
-    clean: records.CleanOptions = records.CleanOptions()
+    clean: CleanOptions = CleanOptions()
 
 
 def make_config(table: Any, clean: Any) -> ImageTextTableConfig:
     """A builder config from the data config's `table` and `build` sections (or dataclasses)."""
     table = table if isinstance(table, TableOptions) else TableOptions(**dict(table))
-    clean = clean if isinstance(clean, records.CleanOptions) else records.CleanOptions(**dict(clean))
+    clean = clean if isinstance(clean, CleanOptions) else CleanOptions(**dict(clean))
     if not table.name:
-        raise ValueError("data.table.name is empty; name the dataset, e.g. 'cc3m'.")
+        raise ConfigError("data.table.name is empty; name the dataset, e.g. 'cc3m'.")
     return ImageTextTableConfig(name=table.name, description=f"Built from {table}",
                                 table=table, clean=clean)
 
@@ -89,8 +72,8 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         paths = {split: getattr(table, field) for split, field in _SPLIT_FIELDS.items()
                  if getattr(table, field)}
         if not paths:
-            raise ValueError("No table to build: set data.table.train_path (and optionally "
-                             "validation_path / test_path).")
+            raise ConfigError("No table to build: set data.table.train_path (and optionally "
+                              "validation_path / test_path).")
         loaded = {split: _load_rows(path, table) for split, path in paths.items()}
         records.write_build_options(self.data_dir, self.builder_config)
         return {split: self._generate_examples(split, *rows) for split, rows in loaded.items()}
@@ -144,8 +127,8 @@ def label_names(table: TableOptions) -> list[str]:
             rows, _, _ = _load_rows(getattr(table, field), table)
             found |= {r.label for r in rows if not r.problem}
     if all(_is_index(v) for v in found):
-        raise ValueError(f"data.table.label_column={table.label_column!r} holds class indices; "
-                         "give their names with data.table.class_names (a file or a list).")
+        raise ConfigError(f"data.table.label_column={table.label_column!r} holds class indices; "
+                          "give their names with data.table.class_names (a file or a list).")
     return sorted(v for v in found if not _is_index(v))
 
 
@@ -214,9 +197,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
             hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
                     + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
                     if near else f"set data.table.{field} (or data.table.delimiter)")
-            raise ValueError(f"data.table.{field}={name!r} is not a column of {path} "
-                             f"(columns: {header}, delimiter {delimiter!r}, quoting "
-                             f"{quoting!r}); {hint}.")
+            raise ConfigError(f"data.table.{field}={name!r} is not a column of {path} "
+                              f"(columns: {header}, delimiter {delimiter!r}, quoting "
+                              f"{quoting!r}); {hint}.")
         columns[field] = header.index(name)  # the first of duplicate names, as pandas' df[name]
     root = table.image_root or os.path.dirname(path)
     if table.image_root and not tf.io.gfile.isdir(root):
@@ -279,7 +262,7 @@ def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
     return sorted(list(groups.values()) + singles, key=lambda g: g[0].first_line)
 
 
-def _clean_group(group: list[_Row], root: str, clean: records.CleanOptions,
+def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
                  names: list[str] | None = None
                  ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
     """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""

@@ -27,8 +27,10 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds
 
+from clip_jax_data.options import SyntheticOptions
 from clip_jax_data.records import TOKEN_LENGTH, module_code_path, tokenize
 from clip_jax_data.synthetic_shapes import render
 
@@ -38,21 +40,12 @@ _WORKERS = 2              # rendering and encoding release the GIL
 
 
 @dataclasses.dataclass
-class SyntheticShapesConfig(tfds.core.BuilderConfig):
-    """Generation options; `name` is derived from them by `make_config`."""
-
-    image_size: int = 64
-    num_train: int = 50_000
-    num_validation: int = 2_000
-    num_test: int = 5_000
-    captions_per_image: int = 5
-    distractor_prob: float = 0.3
-    image_format: str = "jpeg"
-    seed: int = 0
+class SyntheticShapesConfig(tfds.core.BuilderConfig, SyntheticOptions):
+    """Generation options (`clip_jax_data.options.SyntheticOptions`); `name` is derived from
+    them by `make_config`."""
 
 
-_OPTIONS = tuple(f.name for f in dataclasses.fields(SyntheticShapesConfig)
-                 if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)})
+_OPTIONS = tuple(f.name for f in dataclasses.fields(SyntheticOptions))
 
 
 def synthetic_options() -> tuple[str, ...]:
@@ -64,7 +57,7 @@ def make_config(**options: Any) -> SyntheticShapesConfig:
     """A config named after its options: `64px`, or e.g. `32px-num_train20000-seed3`."""
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
-        raise ValueError(f"Unknown synthetic_shapes option(s) {unknown}; known: {list(_OPTIONS)}.")
+        raise ConfigError(f"Unknown synthetic_shapes option(s) {unknown}; known: {list(_OPTIONS)}.")
     defaults = SyntheticShapesConfig(name="defaults")
     values = {k: options.get(k, getattr(defaults, k)) for k in _OPTIONS}
     checks = [
@@ -77,7 +70,7 @@ def make_config(**options: Any) -> SyntheticShapesConfig:
     ]
     for ok, field, fix in checks:
         if not ok:
-            raise ValueError(f"Invalid synthetic option {field}: use {fix}.")
+            raise ConfigError(f"Invalid data.synthetic.{field}: use {fix}.")
     name = f"{values['image_size']}px" + "".join(
         f"-{k}{values[k]}" for k in _OPTIONS
         if k != "image_size" and values[k] != getattr(defaults, k))

@@ -22,9 +22,11 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data._tf import tf
+from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records
+from clip_jax_data.options import CleanOptions, WebdatasetOptions
 
 _SPLIT_FIELDS = {"train": "train_shards", "validation": "validation_shards",
                  "test": "test_shards"}
@@ -32,31 +34,18 @@ _BATCH = 256
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
-@dataclasses.dataclass(frozen=True)
-class WebdatasetOptions:
-    """What to build (the data config's `webdataset.*` fields)."""
-
-    name: str = ""
-    train_shards: str = ""
-    validation_shards: str = ""
-    test_shards: str = ""
-    image_extensions: str = "jpg,jpeg,png,webp"
-    caption_extension: str = "txt"
-    num_threads: int = 16
-
-
 @dataclasses.dataclass
 class WebdatasetConfig(tfds.core.BuilderConfig):
     shards: WebdatasetOptions = WebdatasetOptions()
-    clean: records.CleanOptions = records.CleanOptions()
+    clean: CleanOptions = CleanOptions()
 
 
 def make_config(shards: Any, clean: Any) -> WebdatasetConfig:
     """A builder config from the data config's `webdataset` and `build` sections."""
     shards = shards if isinstance(shards, WebdatasetOptions) else WebdatasetOptions(**dict(shards))
-    clean = clean if isinstance(clean, records.CleanOptions) else records.CleanOptions(**dict(clean))
+    clean = clean if isinstance(clean, CleanOptions) else CleanOptions(**dict(clean))
     if not shards.name:
-        raise ValueError("data.webdataset.name is empty; name the dataset, e.g. 'laion_subset'.")
+        raise ConfigError("data.webdataset.name is empty; name the dataset, e.g. 'laion_subset'.")
     return WebdatasetConfig(name=shards.name, description=f"Built from {shards}",
                             shards=shards, clean=clean)
 
@@ -111,7 +100,7 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
                 raise FileNotFoundError(f"data.webdataset.{field}={pattern!r} matches no files.")
             splits[split] = self._generate_examples(split, shards)
         if not splits:
-            raise ValueError("No shards to build: set data.webdataset.train_shards.")
+            raise ConfigError("No shards to build: set data.webdataset.train_shards.")
         records.write_build_options(self.data_dir, self.builder_config)
         return splits
 
@@ -177,7 +166,7 @@ def _samples(shard: str, report: records.BuildReport
 
 
 def _clean_sample(sample: tuple[int, str, dict[str, bytes]], image_exts: list[str],
-                  caption_ext: str, clean: records.CleanOptions
+                  caption_ext: str, clean: CleanOptions
                   ) -> tuple[bytes, str, list[str]] | records.BadRecord:
     _, key, files = sample
     try:

@@ -1,0 +1,188 @@
+"""The `config.data` section: its fields, defaults and checks, without TensorFlow.
+
+`default_config()` is the locked section every config starts from; `resolve_config()` merges
+a user's (partial) section over it and checks it, raising `clip_jax.errors.ConfigError` with the
+field and the fix before any dataset is opened. Parsing a config therefore never imports
+TensorFlow, TFDS or a dataset builder: the builders' options come from `clip_jax_data.options`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from clip_jax.data.preprocess import background_colour
+from clip_jax.errors import ConfigError
+from clip_jax_data.options import CleanOptions, SyntheticOptions, TableOptions, WebdatasetOptions
+
+TABLE_QUOTING = ("auto", "csv", "none")
+TOKENIZE_MODES = ("auto", "stored", "pipeline")
+DataConfig = Mapping[str, Any] | ml_collections.ConfigDict
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.data` section, locked: assigning an unknown field fails with its name.
+
+    Fields:
+      dataset: `synthetic_shapes` (generated), `image_text_table` (CSV/TSV + images),
+        `webdataset_shards` (img2dataset tars), or any TFDS name (`coco_captions`,
+        `name/config:version`).
+      data_dir: TFDS data directory ("" = TFDS's default, $TFDS_DATA_DIR or
+        ~/tensorflow_datasets); may be gs://.
+      train_split, eval_split: TFDS split names, slicing allowed (`train[:90%]`).
+      image_key, caption_key, tokens_key, label_key: feature paths, nested with "/"
+        (`captions/text` for coco_captions). `caption_key` may name a Text feature or a
+        sequence of them; `tokens_key` stored tokens ("" = none); `label_key` a ClassLabel for
+        zero-shot evaluation ("" = none; only the eval pipeline reads it).
+      tokenize: `auto` (stored tokens when the dataset has them, long enough for the model,
+        else tokenise captions in the pipeline), `stored` or `pipeline`.
+      build_if_missing: build (or convert to ArrayRecord) the dataset on first use.
+      augment.scale, augment.ratio: RandomResizedCrop area fraction and aspect-ratio ranges.
+      eval_max_captions: caption slots per image in eval batches (retrieval): 0 = the split's
+        largest caption count (found by one pass over the split when the iterable is made);
+        a number below that count is refused, never cut silently.
+      prefetch_batches: batches prepared ahead of the consumer.
+      synthetic.*, table.*, webdataset.*: builder options (see data/README.md).
+      build.*: how bad records are handled when building the table and webdataset datasets.
+    """
+    config = ml_collections.ConfigDict({
+        "dataset": "synthetic_shapes",
+        "data_dir": "",
+        "train_split": "train",
+        "eval_split": "validation",
+        "image_key": "image",
+        "caption_key": "captions",
+        "tokens_key": "tokens",
+        "label_key": "label",
+        "tokenize": "auto",
+        "build_if_missing": True,
+        "augment": {"scale": (0.9, 1.0), "ratio": (3 / 4, 4 / 3)},
+        "eval_max_captions": 0,
+        "prefetch_batches": 2,
+        "synthetic": dataclasses.asdict(SyntheticOptions()),
+        "table": dataclasses.asdict(TableOptions()),
+        "webdataset": dataclasses.asdict(WebdatasetOptions()),
+        "build": dataclasses.asdict(CleanOptions()),
+    })
+    config.lock()
+    return config
+
+
+def resolve_config(config: DataConfig | None) -> ml_collections.ConfigDict:
+    """`config` merged over `default_config()` and checked; raises a one-line ConfigError.
+
+    Accepts a full or partial ConfigDict or plain dict (e.g. loaded from JSON).
+    """
+    merged = default_config()
+    _merge(merged, {} if config is None else config, "data")
+    _check(merged)
+    return merged
+
+
+def _merge(target: ml_collections.ConfigDict, given: Mapping[str, Any], path: str) -> None:
+    for key, value in (given.items() if isinstance(given, Mapping) else given.items()):
+        if key not in target:
+            close = difflib.get_close_matches(key, list(target.keys()), n=1)
+            hint = f"did you mean {path}.{close[0]}?" if close else f"known: {sorted(target.keys())}"
+            raise ConfigError(f"Unknown data config field {path}.{key}; {hint}")
+        if isinstance(target[key], ml_collections.ConfigDict):
+            if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+                raise ConfigError(f"{path}.{key} must be a mapping of fields, got {value!r}.")
+            _merge(target[key], value, f"{path}.{key}")
+            continue
+        expected = type(target[key])
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple) and all(isinstance(v, float) for v in target[key]):
+            value = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                          for v in value)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{path}.{key} must be {expected.__name__}, got {value!r} "
+                             f"(default {target[key]!r}).")
+        target[key] = value
+
+
+def _check(c: ml_collections.ConfigDict) -> None:
+    def pair(value: Any) -> bool:
+        return len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+
+    scale, ratio = c.augment.scale, c.augment.ratio
+    checks = [
+        (bool(c.dataset), "data.dataset", "a builder name such as 'synthetic_shapes'"),
+        (bool(c.train_split) and bool(c.eval_split), "data.train_split/eval_split",
+         "split names such as 'train'"),
+        (bool(c.image_key) and bool(c.caption_key), "data.image_key/caption_key",
+         "feature names such as 'image' and 'captions'"),
+        (c.tokenize in TOKENIZE_MODES, "data.tokenize", f"one of {TOKENIZE_MODES}"),
+        (pair(scale) and 0 < scale[0] <= scale[1] <= 1, "data.augment.scale",
+         "(min, max) with 0 < min <= max <= 1, e.g. (0.9, 1.0)"),
+        (pair(ratio) and 0 < ratio[0] <= ratio[1], "data.augment.ratio",
+         "(min, max) with 0 < min <= max, e.g. (0.75, 1.333)"),
+        (c.eval_max_captions >= 0, "data.eval_max_captions",
+         "0 (the split's largest caption count) or a number of caption slots"),
+        (c.prefetch_batches >= 0, "data.prefetch_batches", "0 or more"),
+        (1 <= c.build.jpeg_quality <= 100, "data.build.jpeg_quality", "1..100"),
+        (0.0 <= c.build.max_bad_fraction <= 1.0, "data.build.max_bad_fraction", "in [0, 1]"),
+        (c.build.max_pixels > 0, "data.build.max_pixels", "a positive pixel count"),
+        (not c.build.caption_fallback_encoding or _is_codec(c.build.caption_fallback_encoding),
+         "data.build.caption_fallback_encoding", "'' (skip non-UTF-8 captions) or a Python "
+         "codec name such as 'latin-1' or 'cp1252'"),
+        (_is_alpha(c.build.alpha), "data.build.alpha",
+         "'drop' (as OpenAI / open_clip) or a background colour such as 'white' or '#808080'"),
+    ]
+    if c.dataset == "image_text_table":
+        checks += [
+            (_is_name(c.table.name), "data.table.name",
+             "a name for the built dataset (letters, digits, _ and -), e.g. 'cc3m'"),
+            (any((c.table.train_path, c.table.validation_path, c.table.test_path)),
+             "data.table.train_path", "the CSV/TSV file to build (validation_path, test_path too)"),
+            (len(c.table.delimiter) <= 1, "data.table.delimiter",
+             "'' (tab for .tsv, else comma) or one character"),
+            (c.table.quoting in TABLE_QUOTING, "data.table.quoting",
+             f"one of {TABLE_QUOTING} (auto: none for tab-separated, csv otherwise)"),
+        ]
+    if c.dataset == "webdataset_shards":
+        checks += [
+            (_is_name(c.webdataset.name), "data.webdataset.name",
+             "a name for the built dataset (letters, digits, _ and -), e.g. 'laion_subset'"),
+            (any((c.webdataset.train_shards, c.webdataset.validation_shards,
+                  c.webdataset.test_shards)), "data.webdataset.train_shards",
+             "a glob or brace pattern of .tar shards, e.g. '/data/{00000..00099}.tar'"),
+        ]
+    for ok, field, fix in checks:
+        if not ok:
+            raise ConfigError(f"Invalid {field}={_get(c, field)!r}; use {fix}.")
+
+
+def _is_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
+def _is_alpha(alpha: str) -> bool:
+    try:
+        background_colour(alpha)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_name(name: str) -> bool:
+    return bool(name) and all(ch.isalnum() or ch in "_-" for ch in name)
+
+
+def _get(c: ml_collections.ConfigDict, field: str) -> Any:
+    node: Any = c
+    for part in field.split("/")[0].split(".")[1:]:
+        node = node[part]
+    return node

@@ -1,0 +1,204 @@
+"""What a pipeline reads from one dataset's examples: feature paths, images, captions, tokens.
+
+Feature paths are nested with "/" (`captions/text`); a caption feature may be one Text or a
+sequence of them. Tokens come stored in the dataset (fitted to the model's context length by
+`fit_tokens`, exactly as the tokenizer truncates) or are made from the captions in the
+pipeline (`tokenize_in_graph`): `data.tokenize` chooses, `make_schema` decides and checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from clip_jax.data import tokenizer
+from clip_jax.data._tf import tf
+from clip_jax.data.options import DataConfig, resolve_config
+from clip_jax.data.sources import prepare
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import CLIPConfig
+
+import tensorflow_datasets as tfds  # after clip_jax.data._tf: TensorFlow must not see accelerators
+
+_TOKENIZE_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """How to turn a serialised example of one dataset into images, captions and tokens."""
+
+    features: Any          # the FeaturesDict restricted to the keys read
+    decoders: Any
+    image_key: str
+    caption_key: str       # "" when captions are not read (classification)
+    tokens_key: str        # "" when tokenising in the pipeline
+    label_key: str         # "" when not read
+    context_length: int
+
+    def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Serialised example (string []) -> the features read, the image still encoded."""
+        return self.features.deserialize_example(serialized, decoders=self.decoders)
+
+    def captions(self, example: dict[str, tf.Tensor]) -> tf.Tensor:
+        """All captions of an example as string [n]."""
+        return tf.reshape(lookup(example, self.caption_key), [-1])
+
+    def caption_tokens(self, example: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Stored tokens of all captions, fitted to the model: int32 [n, context_length]."""
+        return fit_tokens(tf.cast(lookup(example, self.tokens_key), tf.int32),
+                          self.context_length, tokenizer.default_tokenizer().eot_token_id)
+
+
+def lookup(example: Any, path: str) -> Any:
+    """The value at a "/"-separated feature path of a (parsed) example."""
+    node: Any = example
+    for part in path.split("/"):
+        node = node[part]
+    return node
+
+
+def nest(paths: list[str], leaf: Any) -> dict[str, Any]:
+    """{"a/b", "c"} -> {"a": {"b": leaf}, "c": leaf}: the nested form TFDS decoders take."""
+    tree: dict[str, Any] = {}
+    for path in paths:
+        node = tree
+        *parents, last = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = leaf
+    return tree
+
+
+def feature(features: Any, path: str) -> Any | None:
+    """The TFDS feature at `path` (looking through Sequence), or None if there is none."""
+    node = features
+    for part in path.split("/"):
+        if isinstance(node, tfds.features.Sequence):
+            node = node.feature
+        if not isinstance(node, tfds.features.FeaturesDict) or part not in node.keys():
+            return None
+        node = node[part]
+    return node
+
+
+def feature_paths(features: Any, prefix: str = "") -> list[str]:
+    """Every leaf feature's path, for error messages that list what a dataset has."""
+    paths = []
+    for key in features.keys():
+        node = features[key]
+        if isinstance(node, tfds.features.Sequence):
+            node = node.feature
+        if isinstance(node, tfds.features.FeaturesDict):
+            paths += feature_paths(node, f"{prefix}{key}/")
+        else:
+            paths.append(prefix + key)
+    return paths
+
+
+def fit_tokens(tokens: tf.Tensor, context_length: int, eot: int) -> tf.Tensor:
+    """Tokens stored at length T -> exactly `tokenize(text, context_length)` for L <= T.
+
+    A stored row is `[SOT, ids[:T-2], EOT, 0...]`, so its *last* EOT sits right after the
+    last kept text token (a text can itself contain EOT, e.g. the literal `<end_of_text>`,
+    and id 0 is the real token `!`, so neither "first EOT" nor "non-zero at position L"
+    tells where the text ends). The text had more than L - 2 tokens exactly when that EOT is
+    at position L or later: then the first L - 1 tokens are kept and EOT appended, as the
+    tokenizer truncates; otherwise the first L positions already are the row at length L.
+    Rows padded with EOT (Hugging Face's convention) come out right too. Shapes: int
+    [..., T] -> [..., L].
+    """
+    stored = tokens.shape[-1]
+    if context_length > stored:
+        raise ValueError(f"Cannot fit tokens stored at length {stored} to the longer context "
+                         f"length {context_length}; tokenise in the pipeline instead.")
+    if context_length == stored:
+        return tokens
+    from_end = tf.argmax(tf.reverse(tf.cast(tokens == eot, tf.int32), axis=[-1]), axis=-1,
+                         output_type=tf.int32)
+    longer = stored - 1 - from_end >= context_length
+    kept = tokens[..., :context_length]
+    last = tf.where(longer, tf.constant(eot, tokens.dtype), kept[..., -1])
+    return tf.concat([kept[..., :-1], last[..., None]], axis=-1)
+
+
+def _tokenize_strings(strings: np.ndarray, context_length: int) -> np.ndarray:
+    texts = [s.decode("utf-8", errors="replace") for s in strings.reshape(-1)]
+    with _TOKENIZE_LOCK:
+        tokens = tokenizer.tokenize(texts, context_length)
+    return tokens.reshape(*strings.shape, context_length)
+
+
+def tokenize_in_graph(strings: tf.Tensor, context_length: int) -> tf.Tensor:
+    """Captions (string [...]) -> int32 [..., context_length] tokens, inside a tf.data graph
+    (the Python tokenizer under a lock, as one `tf.numpy_function`)."""
+    tokens = tf.numpy_function(lambda s: _tokenize_strings(s, context_length), [strings],
+                               tf.int32, stateful=False)
+    return tf.ensure_shape(tokens, strings.shape.concatenate([context_length]))
+
+
+def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
+                model_config: CLIPConfig, *, with_label: bool,
+                with_captions: bool = True) -> Schema:
+    """What to read from `builder`'s examples; raises ConfigError for a feature it lacks.
+
+    `with_label` reads data.label_key when it is set (optional for caption datasets);
+    `with_captions=False` reads images and labels only (classification: labels required).
+    """
+    features = builder.info.features
+    name = builder.info.full_name
+    keys = {"image_key": config.image_key}
+    if with_captions:
+        keys["caption_key"] = config.caption_key
+    if with_label and config.label_key:
+        keys["label_key"] = config.label_key
+    label_fix = ("set data.label_key='' to evaluate without labels" if with_captions
+                 else "name a ClassLabel feature")
+    class_fix = ("name a ClassLabel feature or set data.label_key=''" if with_captions
+                 else "name a ClassLabel feature")
+    for field, path in keys.items():
+        if feature(features, path) is None:
+            fix = label_fix if field == "label_key" else f"set data.{field} to one of them"
+            raise ConfigError(f"data.{field}={path!r} is not a feature of {name} (features: "
+                              f"{feature_paths(features)}); {fix}.")
+    label = keys.get("label_key", "")
+    if label and not isinstance(feature(features, label), tfds.features.ClassLabel):
+        raise ConfigError(f"data.label_key={label!r} of {name} is not a ClassLabel; {class_fix}.")
+    use_stored = with_captions and _use_stored_tokens(features, name, config, model_config)
+    paths = [config.image_key] + ([config.caption_key] if with_captions else []) + (
+        [label] if label else []) + ([config.tokens_key] if use_stored else [])
+    partial = tfds.decode.PartialDecoding(
+        nest(paths, True), decoders=nest([config.image_key], tfds.decode.SkipDecoding()))
+    return Schema(
+        features=partial.extract_features(features), decoders=partial.decoders,
+        image_key=config.image_key, caption_key=config.caption_key if with_captions else "",
+        tokens_key=config.tokens_key if use_stored else "", label_key=label,
+        context_length=model_config.context_length)
+
+
+def _use_stored_tokens(features: Any, name: str, config: ml_collections.ConfigDict,
+                       model_config: CLIPConfig) -> bool:
+    """data.tokenize applied: stored tokens when asked for, or (auto) long enough."""
+    tokens_feature = feature(features, config.tokens_key) if config.tokens_key else None
+    stored_length = tokens_feature.shape[-1] if tokens_feature is not None else 0
+    length = model_config.context_length
+    if config.tokenize == "stored" and stored_length < length:
+        raise ConfigError(
+            f"data.tokenize='stored' but {name} has " + (
+                f"tokens of length {stored_length} < the model's context length {length}"
+                if stored_length else f"no tokens feature {config.tokens_key!r}")
+            + "; use data.tokenize='auto' or 'pipeline'.")
+    return config.tokenize == "stored" or bool(
+        config.tokenize == "auto" and stored_length and stored_length >= length)
+
+
+def label_names(config: DataConfig) -> list[str] | None:
+    """Class names of `data.label_key` (for zero-shot prompts), or None without labels."""
+    config = resolve_config(config)
+    if not config.label_key:
+        return None
+    found = feature(prepare(config).info.features, config.label_key)
+    return list(found.names) if isinstance(found, tfds.features.ClassLabel) else None

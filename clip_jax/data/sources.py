@@ -1,0 +1,208 @@
+"""Where examples come from: the TFDS builder a data config names, built once, read by index.
+
+`prepare` builds a missing dataset (process 0 first on multi-host runs) and refuses a dataset
+reused under its name with different build options; `data_source` opens a split for random
+access (ArrayRecord; a TFRecord-only dataset is converted once); `reader` fetches serialised
+examples by index inside a tf.data graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from clip_jax.data._tf import tf
+from clip_jax.data.options import DataConfig, resolve_config
+from clip_jax.errors import ConfigError
+
+import tensorflow_datasets as tfds  # after clip_jax.data._tf: TensorFlow must not see accelerators
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64         # records fetched per random-access call
+READ_PARALLELISM = 4    # concurrent fetch calls (ArrayRecord reads release the GIL)
+
+
+def _synthetic_shapes(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    from clip_jax_data.synthetic_shapes import SyntheticShapes, make_config
+
+    return _our_builder(SyntheticShapes, make_config(**config.synthetic), config)
+
+
+def _image_text_table(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    from clip_jax_data.image_text_table import ImageTextTable, make_config
+
+    return _our_builder(ImageTextTable, make_config(config.table, config.build), config)
+
+
+def _webdataset_shards(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    from clip_jax_data.webdataset_shards import WebdatasetShards, make_config
+
+    return _our_builder(WebdatasetShards, make_config(config.webdataset, config.build), config)
+
+
+# data.dataset -> the builder of clip_jax_data it names (built from the config's options);
+# any other name is a TFDS dataset.
+BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]] = {
+    "synthetic_shapes": _synthetic_shapes,
+    "image_text_table": _image_text_table,
+    "webdataset_shards": _webdataset_shards,
+}
+
+
+def get_builder(config: DataConfig) -> tfds.core.DatasetBuilder:
+    """The TFDS builder the data config names, without building anything (see `prepare`)."""
+    config = resolve_config(config)
+    if config.dataset in BUILDERS:
+        return BUILDERS[config.dataset](config)
+    return tfds.builder(config.dataset, data_dir=config.data_dir or None)
+
+
+def _our_builder(cls: type, builder_config: tfds.core.BuilderConfig,
+                 config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    # TFDS insists that a predefined config is passed by name.
+    name = builder_config.name
+    chosen = name if name in cls.builder_configs else builder_config
+    return cls(data_dir=config.data_dir or None, config=chosen, file_format="array_record")
+
+
+def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
+    """Builds the dataset if it is missing and allowed to; returns its builder.
+
+    With several JAX processes, process 0 builds first while the others wait, so a shared
+    data_dir (gs://) is built once; processes with their own local disks then build their
+    own copy. On multi-host runs call it after `jax.distributed.initialize()`.
+    """
+    config = resolve_config(config)
+    builder = get_builder(config)
+    if not _is_prepared(builder):
+        if not config.build_if_missing:
+            raise ConfigError(
+                f"Dataset {builder.info.full_name} is not built in {builder.data_dir}; build it "
+                "(data/README.md) or set data.build_if_missing=True.")
+        _build_once(builder)
+    _check_build_options(builder)
+    return builder
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    return tf.io.gfile.exists(f"{builder.data_dir}/dataset_info.json")
+
+
+def _build_once(builder: tfds.core.DatasetBuilder) -> None:
+    def build() -> None:
+        log.info("Building %s in %s", builder.info.full_name, builder.data_dir)
+        builder.download_and_prepare(file_format="array_record")
+
+    _run_once(build, lambda: _is_prepared(builder), f"build {builder.info.full_name}")
+
+
+def _run_once(action: Any, done: Any, name: str) -> None:
+    """Runs `action` on process 0 first (shared storage); others run it only if still needed."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        action()
+        return
+    if jax.process_index() == 0:
+        action()
+    multihost_utils.sync_global_devices(f"clip_jax {name}")
+    if not done():
+        action()
+
+
+def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
+    """A table / webdataset dataset reused under its name must come from the same inputs."""
+    from clip_jax_data.records import BUILD_OPTIONS_FILE, build_options
+
+    path = f"{builder.data_dir}/{BUILD_OPTIONS_FILE}"
+    if builder.builder_config is None or not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        built = json.load(f)
+    wanted = build_options(builder.builder_config)
+    if built != wanted:
+        changed = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
+        raise ConfigError(
+            f"{builder.data_dir} was built with different options ({changed}: "
+            f"{[built.get(k) for k in changed]} -> {[wanted.get(k) for k in changed]}); "
+            "give the dataset a new name or delete that directory to rebuild it.")
+
+
+def data_source(builder: tfds.core.DatasetBuilder, split: str, allow_convert: bool,
+                 field: str) -> Any:
+    """Random access to the serialised examples of `split` (named by config `field`)."""
+    raw = tfds.decode.DeserializeMethod.RAW_BYTES
+    try:
+        return builder.as_data_source(split, deserialize_method=raw)
+    except ValueError as error:  # e.g. an unknown split name
+        raise ConfigError(f"{field}={split!r}: {error}") from error
+    except NotImplementedError as error:  # prepared as TFRecord only: no random access
+        if not allow_convert:
+            raise ConfigError(
+                f"{builder.info.full_name} has no random-access (ArrayRecord) copy; set "
+                "data.build_if_missing=True to convert it once, or run `tfds convert_format "
+                f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record` "
+                "(needs Apache Beam).") from error
+    data_dir = builder.data_dir
+    _run_once(lambda: convert_to_array_record(data_dir),
+          lambda: "array_record" in _alternative_formats(data_dir), f"convert {data_dir}")
+    return tfds.builder_from_directory(data_dir).as_data_source(
+        split, deserialize_method=raw, file_format="array_record")
+
+
+def _alternative_formats(data_dir: str) -> list[str]:
+    from tensorflow_datasets.core import dataset_info as dataset_info_lib
+
+    return list(dataset_info_lib.read_proto_from_builder_dir(data_dir).alternative_file_formats)
+
+
+def convert_to_array_record(data_dir: str) -> None:
+    """Adds an ArrayRecord copy of a TFRecord-prepared dataset version, in place.
+
+    Every TFRecord shard is copied record by record (same order, so example indices agree)
+    and the format is registered in dataset_info.json as an alternative. TFDS's own
+    `tfds convert_format` does the same but needs Apache Beam.
+    """
+    from tensorflow_datasets.core import dataset_info as dataset_info_lib
+    from tensorflow_datasets.core import file_adapters
+
+    tfrecord = file_adapters.FileFormat.TFRECORD
+    array_record = file_adapters.FileFormat.ARRAY_RECORD
+    info = dataset_info_lib.read_proto_from_builder_dir(data_dir)
+    splits = dataset_info_lib.get_split_dict_from_proto(
+        dataset_info_proto=info, data_dir=data_dir, file_format=tfrecord)
+    writer = file_adapters.ADAPTER_FOR_FORMAT[array_record]
+    log.info("Converting %s to ArrayRecord (once)", data_dir)
+    for split_info in splits.values():
+        for path in split_info.filepaths:
+            out = os.fspath(file_adapters.convert_path_to_file_format(path, array_record))
+            records = tf.data.TFRecordDataset(os.fspath(path)).as_numpy_iterator()
+            writer.write_examples(path=out + ".incomplete", iterator=enumerate(records))
+            tf.io.gfile.rename(out + ".incomplete", out, overwrite=True)
+    if array_record.value not in info.alternative_file_formats:
+        info.alternative_file_formats.append(array_record.value)
+    dataset_info_lib.write_dataset_info_proto(info, dataset_info_dir=data_dir)
+
+
+def read_records(source: Any, indices: np.ndarray) -> np.ndarray:
+    keys = [int(i) for i in indices]
+    getitems = getattr(source, "__getitems__", None)
+    records = getitems(keys) if getitems else [source[k] for k in keys]
+    return np.asarray(records, dtype=object)
+
+
+def reader(source: Any) -> Any:
+    """tf.data map: int64 [n] record indices -> their serialised examples, string [n]."""
+    def read(indices: tf.Tensor) -> tf.Tensor:
+        records = tf.numpy_function(lambda i: read_records(source, i), [indices], tf.string,
+                                    stateful=False)
+        return tf.ensure_shape(records, indices.shape)
+    return read

@@ -1,0 +1,150 @@
+"""Training batches: an infinite, resumable, process-sharded stream read by index.
+
+Global batch `k` holds the examples at global positions `k * G .. (k+1) * G - 1` (G = global
+batch size); position `q` is example `shuffle_e(q mod N)` of the split, where `shuffle_e` is a
+seeded random permutation of the N examples for epoch `e = q // N` (TensorFlow's stateless
+`index_shuffle`: O(1) per index, no table). Process `p` of `P` produces positions
+`k * G + p * G/P ..` of every batch, so processes read disjoint examples, and every example is
+augmented with a stateless RNG keyed by `(seed, q)`. Batch `k` is therefore a pure function of
+`(seed, k)`: a run resumed at batch `k` reads exactly the examples that come next (no replay,
+no skip) without touching the earlier ones, and the global batches do not even depend on the
+number of processes. Random access needs the ArrayRecord format, which every builder here
+writes; datasets prepared as TFRecord are converted once (`clip_jax.data.sources`).
+
+TensorFlow sees no accelerator (`clip_jax.data._tf`); the trainer turns the host-local batches
+into global arrays (e.g. `jax.make_array_from_process_local_data`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from clip_jax.data import tf_preprocess
+from clip_jax.data._tf import tf
+from clip_jax.data.options import DataConfig, resolve_config
+from clip_jax.data.schema import lookup, make_schema, tokenize_in_graph
+from clip_jax.data.sources import READ_CHUNK, READ_PARALLELISM, data_source, prepare, reader
+from clip_jax.data.tf_data import dataset_options, graph, resolve_processes
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import CLIPConfig
+
+_MAX_POSITION = 1 << 62  # training streams are infinite in practice
+_PERMUTATION_STREAM, _AUGMENT_STREAM = 1, 2
+
+
+class TrainIterator(Iterator[dict[str, np.ndarray]]):
+    """Infinite host-local training batches; `batch_index` is the index of the next batch.
+
+    Each batch: `images` uint8 [B, S, S, 3] (NHWC, 0..255; the model normalises them on the
+    device, `clip_jax.models.clip.normalize_images`), `tokens` int32 [B, L], and
+    with `return_index=True` `index` int64 [B] (the examples' indices in the split), where
+    B = global_batch_size / process_count. Save `batch_index` with the checkpoint and pass it
+    back as `start_batch` to continue with exactly the next batch.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, start_batch: int, local_batch_size: int,
+                 num_examples: int):
+        self._dataset = dataset
+        self._iterator = dataset.as_numpy_iterator()
+        self.batch_index = start_batch
+        self.local_batch_size = local_batch_size
+        self.num_examples = num_examples
+
+    @property
+    def dataset(self) -> tf.data.Dataset:
+        """The underlying tf.data pipeline (e.g. to change its threading options)."""
+        return self._dataset
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.batch_index += 1
+        return batch
+
+
+def make_train_iterator(
+        data_config: DataConfig, model_config: CLIPConfig, *, global_batch_size: int, seed: int,
+        start_batch: int = 0, process_index: int | None = None,
+        process_count: int | None = None, return_index: bool = False) -> TrainIterator:
+    """This process's share of every global training batch, from batch `start_batch` on.
+
+    Batch `k` is bit-identical whether reached by iterating from 0 or by starting at `k`;
+    starting at `k` reads nothing before it. Processes default to JAX's
+    (`jax.process_index()`, `jax.process_count()`).
+    """
+    config = resolve_config(data_config)
+    process_index, process_count = resolve_processes(process_index, process_count)
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise ConfigError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                         f"process_count={process_count} (each process builds an equal share).")
+    if start_batch < 0:
+        raise ValueError(f"start_batch={start_batch} must be >= 0 (batches consumed so far).")
+    builder = prepare(config)
+    source = data_source(builder, config.train_split, config.build_if_missing,
+                          "data.train_split")
+    num_examples = len(source)
+    if num_examples == 0:
+        raise ConfigError(f"data.train_split={config.train_split!r} of {builder.info.full_name} "
+                          "is empty; name a split that has examples.")
+    schema = make_schema(builder, config, model_config, with_label=False)
+    local = global_batch_size // process_count
+    size = model_config.image_size
+    scale, ratio = tuple(config.augment.scale), tuple(config.augment.ratio)
+    augment_key = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
+
+    def positions(start: tf.Tensor) -> dict[str, tf.Tensor]:
+        t = start + tf.range(READ_CHUNK, dtype=tf.int64)  # this process's running position
+        q = (t // local) * global_batch_size + process_index * local + t % local
+        epoch, offset = q // num_examples, q % num_examples
+        seeds = tf.stack([tf.fill(tf.shape(q), tf.constant(seed, tf.int64)),
+                          tf.fill(tf.shape(q), tf.constant(_PERMUTATION_STREAM, tf.int64)),
+                          epoch], axis=1)
+        index = tf.raw_ops.RandomIndexShuffle(index=offset, seed=seeds,
+                                              max_index=tf.constant(num_examples - 1, tf.int64),
+                                              rounds=4)
+        return {"position": q, "index": index}
+
+    read = reader(source)
+
+    def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        parsed = schema.parse(item["serialized"])
+        key = tf.random.experimental.stateless_fold_in(augment_key, item["position"], alg="philox")
+        image = tf_preprocess.train_image(lookup(parsed, schema.image_key), key, size, scale,
+                                          ratio)
+        out = {"images": tf_preprocess.to_uint8(image)}
+        choose_key = tf.random.experimental.stateless_fold_in(key, 1, alg="philox")
+        captions = schema.captions(parsed)
+        count = tf.shape(captions)[0]
+        tf.debugging.assert_positive(count, "an example without captions")
+        pick = tf.random.stateless_uniform([], choose_key, minval=0, maxval=count,
+                                           dtype=tf.int32, alg="philox")
+        if schema.tokens_key:
+            out["tokens"] = schema.caption_tokens(parsed)[pick]
+        else:
+            out["caption"] = captions[pick]
+        if return_index:
+            out["index"] = item["index"]
+        return out
+
+    dataset = tf.data.Dataset.range(start_batch * local, _MAX_POSITION, READ_CHUNK)
+    dataset = dataset.map(graph(positions))
+    dataset = dataset.map(lambda item: {**item, "serialized": read(item["index"])},
+                          num_parallel_calls=READ_PARALLELISM, deterministic=True)
+    dataset = dataset.unbatch()
+    dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(local, drop_remainder=True)
+    if not schema.tokens_key:
+        dataset = dataset.map(_tokenize_captions(schema.context_length))
+    dataset = dataset.prefetch(config.prefetch_batches)
+    return TrainIterator(dataset.with_options(dataset_options()), start_batch, local, num_examples)
+
+
+def _tokenize_captions(context_length: int) -> Any:
+    def tokenize_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        batch = dict(batch)
+        batch["tokens"] = tokenize_in_graph(batch.pop("caption"), context_length)
+        return batch
+    return tokenize_batch

@@ -1,0 +1,76 @@
+"""The builders' options as plain dataclasses, importable without TensorFlow or TFDS.
+
+They are the data config's `synthetic.*`, `table.*`, `webdataset.*` and `build.*` sections
+(`clip_jax.data.options.default_config`), so parsing a config never imports a builder; the
+builders (which need TFDS) import them from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PIL import Image
+
+from clip_jax.data.preprocess import ALPHA_DROP
+
+
+@dataclasses.dataclass(kw_only=True)
+class SyntheticOptions:
+    """How `synthetic_shapes` generates its images and captions (`synthetic.*`).
+
+    Keyword-only so that `SyntheticShapesConfig` can add them to TFDS's BuilderConfig fields.
+    """
+
+    image_size: int = 64
+    num_train: int = 50_000
+    num_validation: int = 2_000
+    num_test: int = 5_000
+    captions_per_image: int = 5
+    distractor_prob: float = 0.3
+    image_format: str = "jpeg"
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TableOptions:
+    """What `image_text_table` builds (`table.*`)."""
+
+    name: str = ""
+    train_path: str = ""
+    validation_path: str = ""
+    test_path: str = ""
+    image_column: str = "filepath"
+    caption_column: str = "title"
+    delimiter: str = ""
+    quoting: str = "auto"
+    image_root: str = ""
+    group_by_image: bool = False
+    num_threads: int = 16
+    label_column: str = ""
+    class_names: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class WebdatasetOptions:
+    """What `webdataset_shards` builds (`webdataset.*`)."""
+
+    name: str = ""
+    train_shards: str = ""
+    validation_shards: str = ""
+    test_shards: str = ""
+    image_extensions: str = "jpg,jpeg,png,webp"
+    caption_extension: str = "txt"
+    num_threads: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanOptions:
+    """How raw records are repaired when a table or shards are built (`build.*`)."""
+
+    jpeg_quality: int = 95
+    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+    resize_shortest_side: int = 0
+    caption_fallback_encoding: str = ""
+    max_bad_fraction: float = 0.5
+    exif_transpose: bool = True
+    alpha: str = ALPHA_DROP
