@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from clip_jax.evaluation import evaluate
+from clip_jax.evaluation import options as eval_options
 from clip_jax.data import input_pipeline
 from clip_jax.runtime import sharding
 
@@ -73,5 +73,5 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.data = input_pipeline.default_config()
     # Zero-shot / retrieval / linear-probe evaluation: during training every `every_steps`
     # (0 = never) and standalone with --config.mode=eval (clip_jax/evaluation/evaluate.py).
-    c.eval = evaluate.default_config()
+    c.eval = eval_options.default_config()
     return c
