@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ml_collections
 
 from clip_jax.evaluation import few_shot, linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
                                                  check_same_classes, floats, task_config)
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Passes
 
 
 def few_shot_task(dataset: str = "", train_split: str = "", test_split: str = "",
@@ -33,7 +38,7 @@ class FewShot(Evaluator):
     kind = "few_shot"
     make_task = staticmethod(few_shot_task)
 
-    def __init__(self, name, task, passes):
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
         floats(task.l2, f"{self.field}.l2")
         self.train, test = passes.train_test(task)

@@ -3,11 +3,16 @@ linear_probe`), fit on a training split and scored on a test split."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ml_collections
 
 from clip_jax.evaluation import linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Evaluator, RunContext, check_labels,
                                                  check_same_classes, floats, task_config)
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Passes
 
 
 def linear_probe_task(dataset: str = "", train_split: str = "", test_split: str = "",
@@ -27,7 +32,7 @@ class LinearProbe(Evaluator):
     kind = "linear_probe"
     make_task = staticmethod(linear_probe_task)
 
-    def __init__(self, name, task, passes):
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
         self.l2 = floats(task.l2, f"{self.field}.l2")
         self.train, self.test = passes.train_test(task)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ml_collections
 
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import Evaluator, RunContext, task_config
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Passes
 
 
 def retrieval_task(dataset: str = "", split: str = "", **data: str) -> ml_collections.ConfigDict:
@@ -21,7 +26,7 @@ class Retrieval(Evaluator):
     kind = "retrieval"
     make_task = staticmethod(retrieval_task)
 
-    def __init__(self, name, task, passes):
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
         data = passes.task_data(task)
         self.source = passes.source(data, task.split or data.eval_split, captions=True)

@@ -17,7 +17,7 @@ from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluat
                                                  check_labels, task_config)
 
 if TYPE_CHECKING:
-    from clip_jax.evaluation.passes import Pass
+    from clip_jax.evaluation.passes import Pass, Passes
 
 # TFDS datasets labelled in ImageNet's 1000 classes that hold only 200 of them: scored among
 # the classes present, as their authors evaluate them (Hendrycks et al.).
@@ -50,7 +50,7 @@ class Robustness(Evaluator):
     make_task = staticmethod(robustness_task)
     default_task = dict(shifts="greyscale,blur,noise,occlusion", baseline="linear_probe")
 
-    def __init__(self, name, task, passes):
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
         data = passes.task_data(task)
         split = passes.eval_split(data, task.split)

@@ -3,6 +3,8 @@ classifier on one labelled split (`clip_jax.evaluation.zero_shot`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ml_collections
 import numpy as np
 
@@ -13,6 +15,9 @@ from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluat
 
 # Per-class accuracies are kept for the report's plot up to this many classes.
 MAX_PLOTTED_CLASSES = 100
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Passes
 
 
 def zero_shot_task(dataset: str = "", split: str = "", templates: str = "",
@@ -39,7 +44,7 @@ class ZeroShot(Evaluator):
     kind = "zero_shot"
     make_task = staticmethod(zero_shot_task)
 
-    def __init__(self, name, task, passes):
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
         data = passes.task_data(task)
         source = passes.source(data, passes.eval_split(data, task.split), labels=True)
