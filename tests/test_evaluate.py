@@ -18,7 +18,9 @@ from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 from clip_jax.evaluation import embedding
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import evaluate
+from clip_jax.evaluation import evaluators
 from clip_jax.data import eval_pipeline
 from clip_jax.data import sources
 from clip_jax.runtime import sharding
@@ -83,7 +85,7 @@ def test_metrics_match_an_independent_computation(data_dir, model):
     images, captions, labels, builder = read_split(config, "test")
     names = builder.info.features["label"].names
     assert evaluation.embedder.local_batch == 16
-    assert len(evaluation._passes) == 2  # test split shared by the three tasks; train split
+    assert len(evaluation.passes.passes) == 2  # test split shared by the three tasks; train split
 
     image_emb = reference_embeddings(module, variables, images=preprocess(images, module.config))
     prompts = templates.prompts(names, templates.SHAPES)
@@ -187,25 +189,61 @@ def test_zero_shot_on_a_mock_tfds_classification_dataset(tmp_path, model):
         np.mean(scores.argmax(1) == labels), abs=1.01 / 27)
     assert metrics["zero_shot/cifar10/top5"] == pytest.approx(
         top_k_accuracy_score(labels, scores, k=5), abs=1.01 / 27)
-    assert evaluation.zero_shot[0].class_names == list(names)
+    assert evaluation.tasks[0].classifier.class_names == list(names)
 
 
 def test_config_errors_name_the_field(data_dir, model):
     module, variables = model
-    with pytest.raises(ValueError, match="config.eval.evaluators has unknown.*'zeroshot'"):
+    with pytest.raises(ConfigError, match="config.eval.evaluators has unknown.*'zeroshot'"):
         evaluate.evaluate_model(small_config(data_dir, evaluators="zeroshot"), module, variables)
+    with pytest.raises(ConfigError, match="evaluators has unknown.*'zeroshot'"):
+        evaluate.evaluate_model(small_config(data_dir), module, variables, ["zeroshot"])
     config = small_config(data_dir, evaluators="zero_shot")
     config.eval.zero_shot.heldout.templates = "imagenet80"
-    with pytest.raises(ValueError, match="Unknown template set 'imagenet80'"):
+    with pytest.raises(ConfigError, match="config.eval.zero_shot.heldout.templates: Unknown "
+                                          "template set 'imagenet80'"):
         evaluate.evaluate_model(config, module, variables)
     config = small_config(data_dir, evaluators="zero_shot")
     config.eval.zero_shot.heldout.class_names = "red circle,blue square"
-    with pytest.raises(ValueError, match="class_names gives 2 names but the dataset has 48 classes"):
+    with pytest.raises(ConfigError, match="config.eval.zero_shot.heldout.class_names gives 2 "
+                                          "names but the dataset has 48 classes"):
         evaluate.evaluate_model(config, module, variables)
     config = small_config(data_dir, evaluators="zero_shot")
     config.eval.zero_shot.heldout.label_key = "captions"
     with pytest.raises(ValueError, match="label_key='captions'.*not a ClassLabel"):
         evaluate.evaluate_model(config, module, variables)
+
+
+class MeanImage(evaluators.Evaluator):
+    """A new evaluator, written as the registry asks: the norm of the mean image embedding."""
+
+    kind = "mean_image"
+    make_task = staticmethod(lambda split="": evaluators.base.task_config(
+        dict(dataset="", split=split), (), {}))
+
+    def __init__(self, name, task, passes):
+        super().__init__(name, task, passes)
+        data = passes.task_data(task)
+        self.source = passes.source(data, passes.eval_split(data, task.split), labels=True)
+
+    def run(self, ctx):
+        return {f"{self.key}/norm": float(np.linalg.norm(
+            self.source.embeddings.images.mean(0)))}
+
+
+def test_a_registered_evaluator_runs_and_shares_the_pass(data_dir, model, monkeypatch):
+    module, variables = model
+    monkeypatch.setitem(evaluators.EVALUATORS, "mean_image", MeanImage)
+    config = small_config(data_dir, evaluators="zero_shot,mean_image")
+    config.eval.mean_image = {"heldout": MeanImage.make_task(split="test")}
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    assert len(evaluation.passes.passes) == 1  # zero_shot and mean_image read test once
+    assert [type(t) for t in evaluation.tasks] == [evaluators.ZeroShot, MeanImage]
+    images, _, _, _ = read_split(config, "test")
+    image_emb = reference_embeddings(module, variables, images=preprocess(images, module.config))
+    assert metrics["mean_image/heldout/norm"] == pytest.approx(
+        np.linalg.norm(image_emb.mean(0)), rel=1e-4)
+    assert "zero_shot/heldout/top1" in metrics
 
 
 def read_jsonl(path):

@@ -5,6 +5,10 @@ ties), and the expected accuracies and recalls are counted by hand or by a brute
 implementation of the documented rule: ties go to the lower index.
 """
 
+import inspect
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy.special import logsumexp
@@ -12,6 +16,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation import linear_probe
 from clip_jax.evaluation import templates
@@ -154,9 +159,11 @@ def test_templates_and_class_names(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("a {} here\n\nthe {}\n")
     assert templates.get_templates(str(path)) == ("a {} here", "the {}")
-    with pytest.raises(ValueError, match="Unknown template set 'nope'"):
+    assert templates.get_templates("synthetic_shapes") == templates.TEMPLATE_SETS[
+        "synthetic_shapes"]
+    with pytest.raises(ConfigError, match="Unknown template set 'nope'"):
         templates.get_templates("nope")
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ConfigError, match="exactly one"):
         templates.get_templates(["no placeholder"])
     assert zero_shot.read_class_names("", ["aquarium_fish", "cat"]) == ["aquarium fish", "cat"]
     assert zero_shot.read_class_names("cat, dog ,car") == ["cat", "dog", "car"]
@@ -209,3 +216,32 @@ def test_linear_probe_chooses_l2_on_held_out_training_features(digits):
     assert result["accuracy"] == pytest.approx(expected, abs=0.005)
     with pytest.raises(ValueError, match="l2_grid is empty"):
         linear_probe.linear_probe(train_x, train_y, test_x, test_y, l2_grid=[])
+
+
+def test_eval_options_import_without_tensorflow():
+    """Parsing a config builds `config.eval`: that must not start TensorFlow."""
+    code = ("import sys\n"
+            "from clip_jax.evaluation import options\n"
+            "ev = options.default_config()\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+            "print(sorted(ev.keys()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == str(sorted(
+        ["every_steps", "evaluators", "batch_size", "zero_shot", "retrieval", "linear_probe",
+         "few_shot", "robustness"]))
+
+
+def test_default_eval_config_has_one_heldout_task_per_registered_evaluator():
+    from clip_jax.evaluation import options
+    from clip_jax.evaluation.evaluators import EVALUATORS
+
+    config = options.default_config()
+    for kind, cls in EVALUATORS.items():
+        assert cls.kind == kind
+        assert set(cls.default_task) <= set(inspect.signature(cls.make_task).parameters)
+        heldout = config[kind]["heldout"].to_dict()
+        assert {k: heldout[k] for k in cls.default_task} == cls.default_task
+    config.evaluators = "zero_shot,zeroshot"
+    with pytest.raises(ConfigError, match=r"config.eval.evaluators has unknown.*'zeroshot'"):
+        options.enabled_evaluators(config)

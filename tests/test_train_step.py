@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from clip_jax.errors import ConfigError
 from clip_jax.training import losses
 from clip_jax.runtime import sharding
 from clip_jax.training import train_step
@@ -250,3 +251,45 @@ def test_fused_adamw_equals_optax_chain_over_steps():
         p_ref = optax.apply_updates(p_ref, u)
         for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _numpy_loss(kind, img, txt, scale, bias):
+    """CLIP's symmetric cross-entropy or SigLIP's pairwise sigmoid loss, in float64 numpy."""
+    logits = scale * img.astype(np.float64) @ txt.T.astype(np.float64)
+    if kind == "sigmoid":
+        labels = 2 * np.eye(len(img)) - 1
+        return np.sum(np.log1p(np.exp(-labels * (logits + bias)))) / len(img)
+    diag = np.diagonal(logits)
+    lse = lambda x, axis: np.log(np.sum(np.exp(x), axis=axis))  # noqa: E731
+    return (np.mean(lse(logits, 1) - diag) + np.mean(lse(logits, 0) - diag)) / 2
+
+
+@pytest.mark.parametrize("name", list(losses.LOSSES))
+def test_every_registered_loss_equals_numpy_of_its_unchunked_math(name):
+    spec = losses.LOSSES[name]
+    mesh = sharding.create_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    rng = np.random.default_rng(1)
+    img, txt = (x / np.linalg.norm(x, axis=1, keepdims=True)
+                for x in rng.standard_normal((2, 16, 8)).astype(np.float32))
+    bias = jnp.float32(-3.0) if spec.needs_bias else None
+    emb = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, 2))  # noqa: E731
+    loss, _ = jax.jit(spec.make(mesh, 4))(emb(img), emb(txt), jnp.float32(5.0), bias)
+    np.testing.assert_allclose(loss, _numpy_loss(spec.unchunked, img, txt, 5.0, -3.0),
+                               rtol=1e-5)
+
+
+def test_loss_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"^config.loss: unknown loss 'l2'; use one of "):
+        losses.make_loss_fn("l2", None)
+    for name in ("sigmoid", "chunked_sigmoid"):
+        with pytest.raises(ConfigError, match=r"^config.model.logit_bias_init: the sigmoid"):
+            losses.check_loss(name, has_bias=False)
+    with pytest.raises(ConfigError, match=r"^config.model.logit_bias_init: the sigmoid"):
+        losses.sigmoid_loss(np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32),
+                            jnp.float32(1.0), None)
+    from clip_jax.training import train  # the training loop's check before compiling
+
+    config = _config(loss="sigmoid")
+    config.model.logit_bias_init = None
+    with pytest.raises(ConfigError, match=r"^config.model.logit_bias_init: the sigmoid"):
+        train.validate_config(config, 8, 1)

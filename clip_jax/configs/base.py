@@ -10,8 +10,8 @@ import math
 
 import ml_collections
 
-from clip_jax.evaluation import evaluate
 from clip_jax.data import options as data_options
+from clip_jax.evaluation import options as eval_options
 from clip_jax.runtime import sharding
 
 PAPER_EPOCHS, PAPER_PAIRS, PAPER_BATCH = 32, 400_000_000, 32768
@@ -73,5 +73,5 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.data = data_options.default_config()
     # Zero-shot / retrieval / linear-probe evaluation: during training every `every_steps`
     # (0 = never) and standalone with --config.mode=eval (clip_jax/evaluation/evaluate.py).
-    c.eval = evaluate.default_config()
+    c.eval = eval_options.default_config()
     return c

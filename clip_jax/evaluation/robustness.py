@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clip_jax.errors import ConfigError
+
 _EPS = 1e-4  # accuracies are clipped to [eps, 1 - eps] before the logit
 
 
@@ -46,7 +48,7 @@ def effective_robustness(in_dist: float, shifted: float, line: tuple[float, floa
 
 
 def parse_pairs(spec: str) -> list[tuple[float, float]]:
-    """'0.76:0.64,0.80:0.69' -> [(0.76, 0.64), (0.8, 0.69)]; one-line error otherwise."""
+    """'0.76:0.64,0.80:0.69' -> [(0.76, 0.64), (0.8, 0.69)]; ConfigError otherwise."""
     pairs = []
     for item in spec.split(","):
         if not item.strip():
@@ -54,10 +56,10 @@ def parse_pairs(spec: str) -> list[tuple[float, float]]:
         try:
             a, b = (float(v) for v in item.split(":"))
         except ValueError:
-            raise ValueError(f"Baseline pair {item!r} is not 'IN:SHIFTED' (accuracies in 0..1, "
-                             "e.g. '0.76:0.64,0.80:0.69').") from None
+            raise ConfigError(f"Baseline pair {item!r} is not 'IN:SHIFTED' (accuracies in 0..1, "
+                              "e.g. '0.76:0.64,0.80:0.69').") from None
         if not (0 < a < 1 and 0 < b < 1):
-            raise ValueError(f"Baseline pair {item!r}: accuracies must lie strictly in (0, 1).")
+            raise ConfigError(f"Baseline pair {item!r}: accuracies must lie strictly in (0, 1).")
         pairs.append((a, b))
     return pairs
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from clip_jax.errors import ConfigError
+
 # Written for this project: short, generic phrasings of a photo of one object.
 DEFAULT = (
     "a photo of a {}.",
@@ -36,7 +38,8 @@ SHAPES = (
     "the {} in the center.",
 )
 
-SETS: dict[str, tuple[str, ...]] = {
+# Named template sets, `config.eval.<kind>.<task>.templates` names -> templates.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "default": DEFAULT,
     "simple": ("a photo of a {}.",),
     "synthetic_shapes": SHAPES,
@@ -44,24 +47,27 @@ SETS: dict[str, tuple[str, ...]] = {
 
 
 def get_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Templates from a set name (`SETS`), a text file (one template per line) or a sequence."""
+    """Templates from a set name (`TEMPLATE_SETS`), a text file (one template per line) or a
+    sequence; ConfigError for an unknown name, an empty set or a template without one '{}'."""
     if isinstance(spec, str):
-        if spec in SETS:
-            templates = SETS[spec]
+        if spec in TEMPLATE_SETS:
+            templates = TEMPLATE_SETS[spec]
         elif os.path.isfile(spec):
             with open(spec, encoding="utf-8") as f:
                 templates = tuple(line.rstrip("\n") for line in f if line.strip())
         else:
-            raise ValueError(f"Unknown template set {spec!r}: use one of {sorted(SETS)} or the "
-                             "path of a text file with one template (containing '{}') per line.")
+            raise ConfigError(f"Unknown template set {spec!r}: use one of "
+                              f"{sorted(TEMPLATE_SETS)} or the path of a text file with one "
+                              "template (containing '{}') per line.")
     else:
         templates = tuple(spec)
     if not templates:
-        raise ValueError(f"Template set {spec!r} is empty; give at least one template with '{{}}'.")
+        raise ConfigError(f"Template set {spec!r} is empty; give at least one template with "
+                          "'{}'.")
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
-        raise ValueError(f"Every template needs exactly one '{{}}' for the class name; these do "
-                         f"not: {bad}.")
+        raise ConfigError(f"Every template needs exactly one '{{}}' for the class name; these do "
+                          f"not: {bad}.")
     return templates
 
 

@@ -37,12 +37,11 @@ import numpy as np
 
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
+from clip_jax.training import losses
 from clip_jax.training import train
 from clip_jax.training import train_step
 from clip_jax.planning import topology as tpu_topology
 
-# Losses whose model FLOPs are counted on their unchunked twin (same math, no loops).
-UNCHUNKED = {"chunked_softmax": "softmax", "chunked_sigmoid": "sigmoid"}
 # Remat policies, most memory saved first.
 REMAT_ORDER = ("full", "dots_no_batch", "dots", "none")
 HOST_CHIPS = 4  # chips per TPU VM host in multi-host slices (v4, v5e, v5p, v6e)
@@ -103,7 +102,7 @@ def _model_flops(config: ml_collections.ConfigDict, model: Any) -> float:
     lower any batch (compile-only TPU devices give no cost analysis before compiling)."""
     plain = copy.deepcopy(config)
     plain.microbatches = 1
-    plain.loss = UNCHUNKED.get(config.loss, config.loss)
+    plain.loss = losses.loss_spec(config.loss).unchunked
     plain.mesh = dict(data=1, fsdp=1, tensor=1)
     mesh = sharding.create_mesh(plain.mesh, jax.devices("cpu")[:1])
     return train._model_flops(plain, train_step.setup(plain, model, mesh)) or math.nan

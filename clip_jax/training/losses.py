@@ -19,6 +19,7 @@ return `(loss, metrics)`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from clip_jax.errors import ConfigError
 from clip_jax.runtime.sharding import BATCH_AXES
 
 Metrics = dict[str, jax.Array]
@@ -49,16 +51,10 @@ def softmax_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
     return (loss_i2t + loss_t2i) / 2, _accuracies(logits)
 
 
-def _require_bias(bias: jax.Array | None) -> None:
-    if bias is None:
-        raise ValueError("The sigmoid loss needs a learnable bias: set "
-                         "config.model.logit_bias_init (SigLIP uses -10).")
-
-
 def sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
                  bias: jax.Array | None) -> tuple[jax.Array, Metrics]:
     """SigLIP: -sum log sigmoid(label * (scale * cos + bias)) / N, label +1 on the diagonal."""
-    _require_bias(bias)
+    check_loss("sigmoid", bias is not None)
     logits = scale * jnp.dot(img.astype(jnp.float32), txt.astype(jnp.float32).T) + bias
     labels = 2 * jnp.eye(logits.shape[0]) - 1
     loss = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / logits.shape[0]
@@ -233,9 +229,9 @@ def chunked_sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
     img, txt: [N, E] batch-sharded over data x fsdp; scale, bias: scalars. Per device it holds
     its own [n, E] blocks, one travelling [n, E] text block (and its gradient in the backward
     pass) and [n, c] logits, n = N / (data * fsdp), c = the largest divisor of n <= chunk_size:
-    nothing grows with the number of devices. Raises ValueError without a bias.
+    nothing grows with the number of devices. Raises ConfigError without a bias.
     """
-    _require_bias(bias)
+    check_loss("chunked_sigmoid", bias is not None)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     cols = _chunk(img.shape[0] // shards, chunk_size)
     fn = jax.shard_map(
@@ -358,19 +354,50 @@ def _ring_core_fwd(img, txt, scale, bias, cols, shards):
 _ring_core.defvjp(_ring_core_fwd, _ring_bwd)
 
 
-def make_loss_fn(name: str, mesh: Mesh, chunk_size: int = 1024) -> LossFn:
-    """The loss named by `config.loss`: one of `LOSSES`."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown config.loss={name!r}; use one of {tuple(LOSSES)}.")
-    return LOSSES[name](mesh, chunk_size)
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A `config.loss` entry: `make(mesh, chunk_size)` gives the loss function; `needs_bias`:
+    it uses the learnable `logit_bias` (SigLIP); `unchunked`: the loss with the same math and
+    no loops, on which `clip_jax.planning.plan` counts model FLOPs (XLA counts a loop body
+    once)."""
+
+    make: Callable[[Mesh, int], LossFn]
+    needs_bias: bool
+    unchunked: str
 
 
-# config.loss -> (mesh, chunk_size) -> loss function.
-LOSSES: dict[str, Callable[[Mesh, int], LossFn]] = {
-    "softmax": lambda mesh, chunk: softmax_loss,
-    "chunked_softmax": lambda mesh, chunk: functools.partial(
-        chunked_softmax_loss, mesh=mesh, chunk_size=chunk),
-    "sigmoid": lambda mesh, chunk: sigmoid_loss,
-    "chunked_sigmoid": lambda mesh, chunk: functools.partial(
-        chunked_sigmoid_loss, mesh=mesh, chunk_size=chunk),
+# config.loss -> its spec. Adding a loss: write the function, add one entry.
+LOSSES: dict[str, LossSpec] = {
+    "softmax": LossSpec(lambda mesh, chunk: softmax_loss, needs_bias=False,
+                        unchunked="softmax"),
+    "chunked_softmax": LossSpec(lambda mesh, chunk: functools.partial(
+        chunked_softmax_loss, mesh=mesh, chunk_size=chunk), needs_bias=False,
+        unchunked="softmax"),
+    "sigmoid": LossSpec(lambda mesh, chunk: sigmoid_loss, needs_bias=True, unchunked="sigmoid"),
+    "chunked_sigmoid": LossSpec(lambda mesh, chunk: functools.partial(
+        chunked_sigmoid_loss, mesh=mesh, chunk_size=chunk), needs_bias=True,
+        unchunked="sigmoid"),
 }
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The `LOSSES` entry of `config.loss`; ConfigError for an unknown name."""
+    if name not in LOSSES:
+        raise ConfigError(f"config.loss: unknown loss {name!r}; use one of {tuple(LOSSES)}.")
+    return LOSSES[name]
+
+
+def check_loss(name: str, has_bias: bool) -> LossSpec:
+    """The one check of a loss against the model: a loss that `needs_bias` (SigLIP's) needs
+    `config.model.logit_bias_init`. Run by `train.validate_config` before compiling and by
+    the sigmoid losses when traced. Raises ConfigError."""
+    spec = loss_spec(name)
+    if spec.needs_bias and not has_bias:
+        raise ConfigError("config.model.logit_bias_init: the sigmoid loss needs a learnable "
+                          "bias; set it (SigLIP: -10, with model.logit_scale_init=2.303).")
+    return spec
+
+
+def make_loss_fn(name: str, mesh: Mesh, chunk_size: int = 1024) -> LossFn:
+    """The loss named by `config.loss` (one of `LOSSES`); ConfigError for an unknown name."""
+    return loss_spec(name).make(mesh, chunk_size)

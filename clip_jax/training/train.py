@@ -31,6 +31,7 @@ from clip_jax.data import options as data_options
 from clip_jax.data import train_pipeline
 from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
+from clip_jax.training import losses
 from clip_jax.training import train_step
 from clip_jax.training import checkpoints
 from clip_jax.training.checkpoints import Checkpointer
@@ -38,9 +39,6 @@ from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models.config import DTYPES
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import get_preset
-
-LOSSES = ("softmax", "chunked_softmax", "sigmoid", "chunked_sigmoid")
-
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; the newest checkpoint on disk is from before it happened."""
@@ -68,11 +66,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
              f"use one of {DTYPES}")
     mesh = sharding.mesh_shape(config.mesh, num_devices)
     shards = mesh[0] * mesh[1]
-    if config.loss not in LOSSES:
-        fail("loss", f"unknown loss {config.loss!r}", f"use one of {LOSSES}")
-    if config.loss.endswith("sigmoid") and config.model.logit_bias_init is None:
-        fail("model.logit_bias_init", "the sigmoid loss needs a learnable bias",
-             "set it (SigLIP: -10, with model.logit_scale_init=2.303)")
+    losses.check_loss(config.loss, config.model.logit_bias_init is not None)
     per_step = shards * config.microbatches
     if config.batch_size <= 0 or config.batch_size % per_step:
         fail("batch_size", f"{config.batch_size} is not divisible by data*fsdp "

@@ -1,0 +1,177 @@
+"""What every evaluator shares: the `Evaluator` interface, task configs, zero-shot classifiers,
+the per-run context and the records kept beside the metrics.
+
+An evaluator is a small class: it declares, when constructed from one named task of
+`config.eval.<kind>`, the data passes it needs (`Passes.source(data, split, labels=...,
+captions=..., shift=...)`), and turns the embeddings of those passes into metrics in `run`.
+Tasks asking for the same split share one pass, so the split is embedded once. This module
+imports neither TensorFlow nor the data pipeline: `clip_jax.evaluation.options` builds the
+default `config.eval` from these classes without them.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import ml_collections
+import numpy as np
+
+from clip_jax.errors import ConfigError
+from clip_jax.evaluation import templates as templates_lib
+from clip_jax.evaluation import zero_shot
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Pass, Passes
+
+# Per-task overrides of the data config a labelled task accepts.
+LABEL_DATA = ("data_dir", "image_key", "label_key")
+
+
+def task_config(fields: dict[str, Any], data_fields: Sequence[str],
+                data: Mapping[str, str]) -> ml_collections.ConfigDict:
+    """A task's ConfigDict: its own `fields` plus the data overrides it accepts ("" = the data
+    config's). Raises ConfigError naming an unknown override."""
+    unknown = sorted(set(data) - set(data_fields))
+    if unknown:
+        raise ConfigError(f"Unknown task field(s) {unknown}; known: {sorted(data_fields)}.")
+    return ml_collections.ConfigDict({**fields, **{k: data.get(k, "") for k in data_fields}})
+
+
+def floats(spec: Any, field: str) -> list[float]:
+    """'1e-4,1e-3' -> [1e-4, 1e-3]; ConfigError naming `config.eval.<field>` when empty."""
+    values = [float(v) for v in str(spec).split(",") if v.strip()]
+    if not values:
+        raise ConfigError(f"config.eval.{field} is empty; give comma-separated values such as "
+                          "'1e-4,1e-3'.")
+    return values
+
+
+def check_labels(labels: np.ndarray | None, num_classes: int, task: str) -> None:
+    """Every label must index one of `num_classes` class names."""
+    if labels is None:
+        raise ConfigError(f"config.eval.{task}: the data have no labels; name a ClassLabel "
+                          "feature with data.label_key or use a labelled folder / CSV.")
+    if labels.size and labels.max() >= num_classes:
+        raise ConfigError(f"config.eval.{task}: the data have label {int(labels.max())} but "
+                          f"only {num_classes} class names were given; give one name per class.")
+
+
+@dataclasses.dataclass
+class Classifier:
+    """Zero-shot class names and prompts for a labelled pass; its class embeddings [K, E] are
+    computed once per run (`RunContext.classes`) however many evaluators use them."""
+
+    name: str
+    source: Pass
+    template_spec: str
+    class_spec: str
+    compare_prompts: bool = False
+    templates: tuple[str, ...] = ()
+    class_names: list[str] = dataclasses.field(default_factory=list)
+
+    def resolve(self, field: str) -> None:
+        """Reads class names and templates once the source pass is open."""
+        dataset_names = self.source.class_names
+        self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
+        if dataset_names and len(self.class_names) != len(dataset_names):
+            raise ConfigError(
+                f"config.eval.{field}.class_names gives {len(self.class_names)} names but the "
+                f"dataset has {len(dataset_names)} classes; give one name per class, in label "
+                "order.")
+        spec = self.template_spec or ("" if self.source.templates else "default")
+        try:
+            self.templates = (templates_lib.get_templates(spec) if spec
+                              else self.source.templates)
+        except ConfigError as e:
+            raise ConfigError(f"config.eval.{field}.templates: {e}") from None
+
+    @property
+    def templates_label(self) -> str:
+        spec = self.template_spec or ("source file" if self.source.templates else "default")
+        return f"{spec} ({len(self.templates)})"
+
+
+@dataclasses.dataclass
+class Records:
+    """What a run keeps beside the metrics (see `Evaluation.run`): top-5 predictions per
+    zero-shot task, the counts behind each metric, where each task's numbers come from, and
+    the curves behind the plots."""
+
+    predictions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    sizes: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    provenance: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def where(self, key: str, p: Pass, classifier: Classifier | None = None) -> None:
+        self.provenance[key] = {
+            "data": p.description,
+            "split": (p.split or p.shown_split) + (f" +{p.shift}" if p.shift else ""),
+            "images": int(len(p.embeddings.images)),
+            "classes": len(classifier.class_names) if classifier else len(p.class_names or []),
+            "templates": classifier.templates_label if classifier else ""}
+
+
+@dataclasses.dataclass
+class RunContext:
+    """One run's shared inputs: the variables, the text embedder, and every classifier's
+    class embeddings [K, E] (keyed by `id(classifier)`)."""
+
+    variables: Any
+    embed_texts: Callable[[np.ndarray], np.ndarray]
+    context_length: int
+    classes: dict[int, np.ndarray]
+    records: Records
+
+    def class_embeddings(self, c: Classifier) -> np.ndarray:
+        return self.classes[id(c)]
+
+    @property
+    def scale(self) -> float:
+        """exp(logit_scale): the model's temperature."""
+        return float(np.exp(np.asarray(self.variables["params"]["logit_scale"], np.float32)))
+
+
+class Evaluator(abc.ABC):
+    """One task of one kind. Subclasses set `kind`, `make_task` (the public task-config
+    function, e.g. `zero_shot_task`) and `default_task` (its keyword arguments for the default
+    `heldout` task), declare their passes in `__init__` and compute metrics in `run`."""
+
+    kind: ClassVar[str]
+    make_task: ClassVar[Callable[..., ml_collections.ConfigDict]]
+    default_task: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
+        self.name, self.task = name, task
+
+    @property
+    def field(self) -> str:
+        """The task's config path under `config.eval`, for error messages."""
+        return f"{self.kind}.{self.name}"
+
+    @property
+    def key(self) -> str:
+        """The metric prefix: `<kind>/<task>`."""
+        return f"{self.kind}/{self.name}"
+
+    def classifiers(self) -> list[Classifier]:
+        """The zero-shot classifiers this task uses (resolved once the passes are open)."""
+        return []
+
+    def check(self) -> None:
+        """Checks needing the opened passes (e.g. train and test classes agree)."""
+
+    @abc.abstractmethod
+    def run(self, ctx: RunContext) -> dict[str, float]:
+        """Metrics named `<kind>/<task>/<metric>` from the passes' embeddings."""
+
+
+def check_same_classes(field: str, train: Pass, test: Pass) -> None:
+    """A probe's training and test data must have the same classes in the same order."""
+    if train.class_names != test.class_names:
+        raise ConfigError(f"config.eval.{field}: the training data ({train.description}) "
+                          f"and test data ({test.description}) have different classes; "
+                          "give both the same classes in the same order (for tables: a "
+                          "classnames.txt beside them).")

@@ -1,0 +1,63 @@
+"""Few-shot: k-shot linear probes next to zero-shot on the same test set
+(`clip_jax.evaluation.few_shot`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ml_collections
+
+from clip_jax.evaluation import few_shot, linear_probe
+from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
+                                                 check_same_classes, floats, task_config)
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Passes
+
+
+def few_shot_task(dataset: str = "", train_split: str = "", test_split: str = "",
+                  test_dataset: str = "", shots: str = "1,2,4,8,16",
+                  seeds: int = few_shot.DEFAULT_SEEDS,
+                  l2: str = ",".join(map(str, linear_probe.DEFAULT_L2)),
+                  zero_shot_init: bool = True, templates: str = "", class_names: str = "",
+                  **data: str) -> ml_collections.ConfigDict:
+    """k-shot linear probes (`clip_jax.evaluation.few_shot`) for each k of `shots`, `seeds`
+    draws each, next to zero-shot on the same test set (with `templates` / `class_names` as in
+    `zero_shot_task`); `zero_shot_init` also fits probes pulled towards the zero-shot
+    classifier. Splits and datasets as in `linear_probe_task`."""
+    return task_config(dict(dataset=dataset, train_split=train_split, test_split=test_split,
+                            test_dataset=test_dataset, shots=shots, seeds=seeds, l2=l2,
+                            zero_shot_init=zero_shot_init, templates=templates,
+                            class_names=class_names), LABEL_DATA, data)
+
+
+class FewShot(Evaluator):
+    """Needs: a labelled training split and a labelled test split with the same classes, and
+    the zero-shot classifier of the test split. Keeps its curves in `Records.details`."""
+
+    kind = "few_shot"
+    make_task = staticmethod(few_shot_task)
+
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
+        super().__init__(name, task, passes)
+        floats(task.l2, f"{self.field}.l2")
+        self.train, test = passes.train_test(task)
+        self.classifier = Classifier(name, test, task.templates, task.class_names)
+
+    def classifiers(self) -> list[Classifier]:
+        return [self.classifier]
+
+    def check(self) -> None:
+        check_same_classes(self.field, self.train, self.classifier.source)
+
+    def run(self, ctx: RunContext) -> dict[str, float]:
+        task, c, train = self.task, self.classifier, self.train
+        results, detail = few_shot.evaluate(
+            train.embeddings.images, train.embeddings.labels, c.source.embeddings.images,
+            c.source.embeddings.labels, ctx.class_embeddings(c), ctx.scale,
+            shots=[int(k) for k in floats(task.shots, f"{self.field}.shots")],
+            seeds=int(task.seeds), l2_grid=floats(task.l2, f"{self.field}.l2"),
+            zero_shot_init=bool(task.zero_shot_init))
+        ctx.records.details[self.key] = detail
+        ctx.records.where(self.key, c.source, c)
+        return {f"{self.key}/{k}": v for k, v in results.items()}

@@ -1,0 +1,39 @@
+"""Image-text retrieval: recall@k both ways over all captions of each image of one split."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ml_collections
+
+from clip_jax.evaluation import metrics as eval_metrics
+from clip_jax.evaluation.evaluators.base import Evaluator, RunContext, task_config
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Passes
+
+
+def retrieval_task(dataset: str = "", split: str = "", **data: str) -> ml_collections.ConfigDict:
+    """An image-text retrieval task over all captions of each image of `split`;
+    `data`: data_dir, image_key, caption_key overrides."""
+    return task_config(dict(dataset=dataset, split=split),
+                       ("data_dir", "image_key", "caption_key"), data)
+
+
+class Retrieval(Evaluator):
+    """Needs: the captioned eval split (joins a labelled pass of the same split)."""
+
+    kind = "retrieval"
+    make_task = staticmethod(retrieval_task)
+
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
+        super().__init__(name, task, passes)
+        data = passes.task_data(task)
+        self.source = passes.source(data, task.split or data.eval_split, captions=True)
+
+    def run(self, ctx: RunContext) -> dict[str, float]:
+        emb = self.source.embeddings
+        results = eval_metrics.retrieval_metrics(emb.images, emb.texts, emb.text_image)
+        ctx.records.sizes[self.key] = {"images": len(emb.images), "texts": len(emb.texts)}
+        ctx.records.where(self.key, self.source)
+        return {f"{self.key}/{k}": v for k, v in results.items()}

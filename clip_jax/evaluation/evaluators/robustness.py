@@ -1,0 +1,158 @@
+"""Robustness: zero-shot accuracy on a reference test set and on shifted ones with the same
+classes, the drop and the effective robustness (`clip_jax.evaluation.robustness`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import ml_collections
+import numpy as np
+
+from clip_jax.errors import ConfigError
+from clip_jax.evaluation import linear_probe, robustness
+from clip_jax.evaluation import metrics as eval_metrics
+from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
+                                                 check_labels, task_config)
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Pass, Passes
+
+# TFDS datasets labelled in ImageNet's 1000 classes that hold only 200 of them: scored among
+# the classes present, as their authors evaluate them (Hendrycks et al.).
+SUBSET_DATASETS = ("imagenet_r", "imagenet_a")
+
+
+def robustness_task(dataset: str = "", split: str = "", shifts: str = "", shifted: str = "",
+                    baseline: str = "", train_split: str = "", templates: str = "",
+                    class_names: str = "", **data: str) -> ml_collections.ConfigDict:
+    """Zero-shot accuracy on a reference (in-distribution) test set and on shifted ones with
+    the same classes, the drop and the effective robustness (`clip_jax.evaluation.robustness`).
+
+    `shifts`: comma-separated synthetic shifts of the reference (`clip_jax.data.shifts`, "all");
+    `shifted`: comma-separated datasets (`imagenet_v2`, `imagenet_r@test`, a folder or CSV;
+    `@SPLIT` default test), whose class names must be among the reference's (a 200-class
+    subset such as imagenet_r is scored among those classes); `baseline`: "" (none),
+    `linear_probe` (a probe fit on `train_split` of the reference, the paper's comparison) or
+    accuracy pairs `IN:SHIFTED,...` for every shifted set, or per set `NAME=IN:SHIFTED,...;...`.
+    """
+    return task_config(dict(dataset=dataset, split=split, shifts=shifts, shifted=shifted,
+                            baseline=baseline, train_split=train_split, templates=templates,
+                            class_names=class_names), LABEL_DATA, data)
+
+
+class Robustness(Evaluator):
+    """Needs: the labelled reference split, one pass per synthetic shift of it, one per
+    shifted dataset, and with `baseline="linear_probe"` the reference's training split."""
+
+    kind = "robustness"
+    make_task = staticmethod(robustness_task)
+    default_task = dict(shifts="greyscale,blur,noise,occlusion", baseline="linear_probe")
+
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
+        super().__init__(name, task, passes)
+        data = passes.task_data(task)
+        split = passes.eval_split(data, task.split)
+        reference = passes.source(data, split, labels=True)
+        self.shifted: dict[str, Pass] = {}
+        for shift in passes.parse_shifts(task.shifts):
+            self.shifted[shift] = passes.source(data, split, labels=True, shift=shift)
+        for spec in [s.strip() for s in task.shifted.split(",") if s.strip()]:
+            dataset, other_split = passes.split_name(spec)
+            other = passes.task_data(task, dataset)
+            self.shifted[os.path.basename(dataset.rstrip("/")) or dataset] = passes.source(
+                other, other_split, labels=True)
+        if not self.shifted:
+            raise ConfigError(f"config.eval.{self.field} has no shifted test set; set shifts "
+                              "(e.g. 'greyscale,blur') and/or shifted (e.g. 'imagenet_v2').")
+        self.train: Pass | None = None
+        if task.baseline == "linear_probe":
+            self.train = passes.source(data, task.train_split or passes.train_split(data),
+                                       labels=True)
+        elif task.baseline:
+            baseline_pairs(task.baseline, list(self.shifted), name)
+        self.classifier = Classifier(name, reference, task.templates, task.class_names)
+
+    def classifiers(self) -> list[Classifier]:
+        return [self.classifier]
+
+    def run(self, ctx: RunContext) -> dict[str, float]:
+        c, classes = self.classifier, ctx.class_embeddings(self.classifier)
+        accuracy = {name: zero_shot_top1(p, c, classes)
+                    for name, p in {"reference": c.source, **self.shifted}.items()}
+        reference = accuracy.pop("reference")
+        baseline = (probe_pairs(self.train, c.source, self.shifted) if self.train is not None
+                    else baseline_pairs(self.task.baseline, list(self.shifted), c.name))
+        lines = {n: robustness.fit_baseline(pairs) for n, pairs in baseline.items()}
+        results = robustness.metrics(reference, accuracy, lines)
+        ctx.records.details[self.key] = {"reference": reference, "shifted": accuracy,
+                                         "lines": lines, "baseline_points": baseline}
+        ctx.records.where(self.key, c.source, c)
+        return {f"{self.key}/{k}": v for k, v in results.items()}
+
+
+def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> float:
+    """Top-1 of `c`'s classifier on pass `p`, whose labels index its own class names: a
+    dataset whose classes are a subset of the reference's (a folder of 200 ImageNet classes,
+    or `SUBSET_DATASETS`) is scored among that subset."""
+    emb = p.embeddings
+    names = p.class_names or c.class_names
+    if p is c.source or list(names) == list(c.source.class_names or c.class_names):
+        check_labels(emb.labels, len(classes), f"robustness.{c.name}")
+        if p.data.dataset.split("/")[0].split(":")[0] in SUBSET_DATASETS:
+            present = np.unique(emb.labels)
+            remap = np.searchsorted(present, emb.labels)
+            return eval_metrics.zero_shot_metrics(emb.images, classes[present], remap)["top1"]
+        return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"]
+    reference = list(c.source.class_names or c.class_names)
+    missing = [n for n in names if n not in reference]
+    if missing:
+        raise ConfigError(f"config.eval.robustness.{c.name}: {p.description} has classes "
+                          f"{missing[:3]} that the reference lacks; shifted sets must share the "
+                          "reference's class names.")
+    subset = np.asarray([reference.index(n) for n in names])
+    return eval_metrics.zero_shot_metrics(emb.images, classes[subset], emb.labels)["top1"]
+
+
+def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
+                ) -> dict[str, list[tuple[float, float]]]:
+    """Per shifted set, the (in-dist, shifted) accuracy of a linear probe fit on `train`."""
+    tx, ty = train.embeddings.images, train.embeddings.labels
+    ref = linear_probe.linear_probe(tx, ty, reference.embeddings.images,
+                                    reference.embeddings.labels,
+                                    num_classes=len(train.class_names))
+    pairs = {}
+    for name, p in shifted.items():
+        if list(p.class_names or []) not in ([], list(train.class_names)):
+            continue  # class subsets: the full-class probe has no comparable accuracy
+        out = linear_probe.linear_probe(tx, ty, p.embeddings.images, p.embeddings.labels,
+                                        num_classes=len(train.class_names), l2_grid=[ref["l2"]])
+        pairs[name] = [(ref["accuracy"], out["accuracy"])]
+    return pairs
+
+
+def baseline_pairs(spec: str, names: Sequence[str], task: str
+                   ) -> dict[str, list[tuple[float, float]]]:
+    """`IN:OUT,...` for every shifted set, or `NAME=IN:OUT,...;NAME2=...` per set."""
+    field = f"config.eval.robustness.{task}.baseline"
+    if not spec:
+        return {}
+    if "=" not in spec:
+        pairs = _parse_pairs(spec, field)
+        return {name: pairs for name in names}
+    out = {}
+    for part in [p for p in spec.split(";") if p.strip()]:
+        name, _, pairs = part.partition("=")
+        if name.strip() not in names:
+            raise ConfigError(f"{field} names {name.strip()!r}, which is not one of the "
+                              f"shifted sets {list(names)}.")
+        out[name.strip()] = _parse_pairs(pairs, field)
+    return out
+
+
+def _parse_pairs(spec: str, field: str) -> list[tuple[float, float]]:
+    try:
+        return robustness.parse_pairs(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{field}: {e}") from None

@@ -1,0 +1,78 @@
+"""Zero-shot classification: top-1/top-5 (and balanced accuracy) of the prompt-ensemble
+classifier on one labelled split (`clip_jax.evaluation.zero_shot`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ml_collections
+import numpy as np
+
+from clip_jax.evaluation import metrics as eval_metrics
+from clip_jax.evaluation import zero_shot
+from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
+                                                 check_labels, task_config)
+
+# Per-class accuracies are kept for the report's plot up to this many classes.
+MAX_PLOTTED_CLASSES = 100
+
+if TYPE_CHECKING:
+    from clip_jax.evaluation.passes import Passes
+
+
+def zero_shot_task(dataset: str = "", split: str = "", templates: str = "",
+                   class_names: str = "", compare_prompts: bool = False,
+                   **data: str) -> ml_collections.ConfigDict:
+    """A zero-shot classification task. `dataset` "" = the training data, a TFDS name, or a
+    labelled image folder / CSV / CLIP_benchmark webdataset folder (`clip_jax.data.labelled`);
+    `split` "" = the data config's eval split (a labelled folder: its test split, or itself);
+    `templates` a set of `clip_jax.evaluation.templates.TEMPLATE_SETS` or a file (one template
+    per line), "" = the source's own templates file if it has one, else `default`;
+    `class_names` "" = the dataset's label names, else a file or a comma-separated list;
+    `compare_prompts` also reports top-1 for the bare class name and for the first template
+    alone next to the ensemble's; `data`: data_dir, image_key, label_key overrides ("" = the
+    data config's)."""
+    return task_config(dict(dataset=dataset, split=split, templates=templates,
+                            class_names=class_names, compare_prompts=compare_prompts),
+                       LABEL_DATA, data)
+
+
+class ZeroShot(Evaluator):
+    """Needs: the labelled eval split. Keeps the top-5 predictions [N, 5] in
+    `Records.predictions[task]` and per-class accuracy for up to `MAX_PLOTTED_CLASSES`."""
+
+    kind = "zero_shot"
+    make_task = staticmethod(zero_shot_task)
+
+    def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
+        super().__init__(name, task, passes)
+        data = passes.task_data(task)
+        source = passes.source(data, passes.eval_split(data, task.split), labels=True)
+        self.classifier = Classifier(name, source, task.templates, task.class_names,
+                                     bool(task.get("compare_prompts", False)))
+
+    def classifiers(self) -> list[Classifier]:
+        return [self.classifier]
+
+    def run(self, ctx: RunContext) -> dict[str, float]:
+        c = self.classifier
+        emb, classes = c.source.embeddings, ctx.class_embeddings(c)
+        check_labels(emb.labels, len(c.class_names), self.field)
+        results = eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)
+        if c.compare_prompts:
+            for label, templates in (("class_name", ("{}",)), ("one_template", c.templates[:1])):
+                single = zero_shot.class_embeddings(ctx.embed_texts, c.class_names, templates,
+                                                    ctx.context_length)
+                results[f"top1_{label}"] = eval_metrics.zero_shot_metrics(
+                    emb.images, single, emb.labels)["top1"]
+        records = ctx.records
+        records.predictions[self.name] = eval_metrics.top_k_indices(emb.images, classes, 5)
+        records.sizes[self.key] = {"images": len(emb.images), "classes": len(c.class_names)}
+        records.where(self.key, c.source, c)
+        if len(c.class_names) <= MAX_PLOTTED_CLASSES:
+            top1 = records.predictions[self.name][:, 0] == emb.labels
+            records.details[f"per_class/{self.name}"] = {
+                "class_names": c.class_names,
+                "accuracy": [float(top1[emb.labels == k].mean()) if np.any(emb.labels == k)
+                             else 0.0 for k in range(len(c.class_names))]}
+        return {f"{self.key}/{k}": v for k, v in results.items()}

@@ -1,0 +1,163 @@
+"""Data passes: one read of a split (optionally shifted), embedded once per run and shared by
+every task that declared it (`Passes.source`). The one place evaluation touches the data
+pipeline (TFDS, labelled folders / CSVs, synthetic shifts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+
+from clip_jax.data import eval_pipeline
+from clip_jax.data import options as data_options
+from clip_jax.data import labelled as labelled_data
+from clip_jax.data import shifts as shifts_lib
+from clip_jax.errors import ConfigError
+from clip_jax.evaluation.embedding import Embedder, SplitEmbeddings, Variables
+
+# Task fields that override the data config (`config.data`) of the task's passes.
+DATA_FIELDS = ("dataset", "data_dir", "image_key", "label_key", "caption_key")
+
+
+@dataclasses.dataclass
+class Pass:
+    """One read of a split (optionally shifted), shared by the tasks that need it."""
+
+    data: ml_collections.ConfigDict
+    split: str
+    labels: bool
+    captions: bool = False
+    shift: str = ""
+    iterable: Any = None
+    embeddings: SplitEmbeddings | None = None
+    description: str = ""
+    templates: tuple[str, ...] | None = None  # the source's own templates file, if any
+    shown_split: str = ""  # the split a labelled folder resolved "" to
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.iterable.label_names
+
+
+class Passes:
+    """The passes the configured tasks declared, over the resolved training data config
+    `data`: evaluators ask for them while being constructed, `open` builds their input
+    pipelines, `embed` embeds each once per run."""
+
+    def __init__(self, data: ml_collections.ConfigDict):
+        self.data = data
+        self.passes: list[Pass] = []
+
+    def task_data(self, task: ml_collections.ConfigDict, dataset: str | None = None
+                  ) -> ml_collections.ConfigDict:
+        """The data config of a task: the training data's, with the task's overrides."""
+        task_data = data_options.resolve_config(self.data)
+        for field in DATA_FIELDS:
+            if task.get(field):
+                task_data[field] = task[field]
+        if dataset:
+            task_data.dataset = dataset
+        return task_data
+
+    @staticmethod
+    def eval_split(task_data: ml_collections.ConfigDict, split: str) -> str:
+        """`split`, or "" for a labelled folder (its test split), else the eval split."""
+        if split or labelled_data.is_source(task_data.dataset):
+            return split
+        return task_data.eval_split
+
+    @staticmethod
+    def train_split(data: ml_collections.ConfigDict) -> str:
+        """The default training split: a labelled folder's `train` folder (or the folder
+        itself when it has no split folders), else the data config's train split."""
+        if labelled_data.is_source(data.dataset):
+            return "train" if labelled_data.has_split(data.dataset, "train") else ""
+        return data.train_split
+
+    @staticmethod
+    def split_name(spec: str) -> tuple[str, str]:
+        """'imagenet_r@test' -> ('imagenet_r', 'test'); no '@' -> (spec, 'test' for TFDS
+        names, '' for labelled folders)."""
+        name, _, split = spec.partition("@")
+        return name, split or ("" if labelled_data.is_source(name) else "test")
+
+    @staticmethod
+    def parse_shifts(spec: str) -> list[str]:
+        """Synthetic shift names (`clip_jax.data.shifts`)."""
+        return shifts_lib.parse(spec)
+
+    def train_test(self, task: ml_collections.ConfigDict) -> tuple[Pass, Pass]:
+        """A probe's labelled training pass and labelled test pass."""
+        train_data = self.task_data(task)
+        test_data = self.task_data(task, task.test_dataset)
+        train_split = task.train_split or self.train_split(train_data)
+        train = self.source(train_data, train_split, labels=True)
+        test = self.source(test_data, self.eval_split(test_data, task.test_split), labels=True)
+        return train, test
+
+    def source(self, data: ml_collections.ConfigDict, split: str, labels: bool = False,
+               captions: bool = False, shift: str = "") -> Pass:
+        """The pass reading `split` of `data`, shared with earlier tasks where possible: tasks
+        needing labels share a pass with the same label key; retrieval joins any of them."""
+        base = {k: v for k, v in data.to_dict().items() if k not in ("label_key", "caption_key")}
+        key = json.dumps(base, sort_keys=True, default=str)
+        for p in self.passes:
+            p_base = {k: v for k, v in p.data.to_dict().items()
+                      if k not in ("label_key", "caption_key")}
+            if (p.split != split or p.shift != shift
+                    or json.dumps(p_base, sort_keys=True, default=str) != key):
+                continue
+            if labels and p.labels and p.data.label_key != data.label_key:
+                continue
+            if captions and p.captions and p.data.caption_key != data.caption_key:
+                continue
+            if labels and not p.labels:
+                p.labels, p.data.label_key = True, data.label_key
+            if captions and not p.captions:
+                p.captions, p.data.caption_key = True, data.caption_key
+            return p
+        self.passes.append(Pass(data, split, labels, captions, shift))
+        return self.passes[-1]
+
+    def open(self, model_config: Any, batch: int) -> None:
+        """Builds every pass's input pipeline (`batch` images per process)."""
+        for p in self.passes:
+            _open(p, model_config, batch)
+
+    def embed(self, embedder: Embedder, variables: Variables) -> None:
+        for p in self.passes:
+            p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
+
+    def release(self) -> None:
+        """Drops the embeddings of the last run."""
+        for p in self.passes:
+            p.embeddings = None
+
+
+def _open(p: Pass, model_config: Any, batch: int) -> None:
+    if labelled_data.is_source(p.data.dataset):
+        images = labelled_data.read(p.data.dataset, p.split)
+        p.iterable = labelled_data.make_iterable(images, model_config, batch_size=batch,
+                                                 shift=p.shift,
+                                                 prefetch_batches=p.data.prefetch_batches)
+        p.description, p.templates = images.description, images.templates
+        p.shown_split = images.split
+        return
+    p.description = p.data.dataset
+    p.data.label_key = p.data.label_key if p.labels else ""
+    if p.labels and not p.data.label_key:
+        raise ConfigError(f"Classification on {p.data.dataset} ({p.split}) needs labels but "
+                          "data.label_key is ''; name its ClassLabel feature, or evaluate a "
+                          "labelled folder / CSV with a label column instead.")
+    if p.captions:
+        if p.shift:
+            raise ConfigError("Synthetic shifts apply to classification sources only: list the shift "
+                              "under a zero-shot / robustness task, not retrieval.")
+        p.iterable = eval_pipeline.make_eval_iterable(p.data, model_config,
+                                                      batch_size=batch, split=p.split)
+    else:
+        p.iterable = eval_pipeline.make_classification_iterable(
+            p.data, model_config, batch_size=batch, split=p.split, shift=p.shift)
