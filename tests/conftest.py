@@ -5,7 +5,7 @@
 Tiers (markers, declared in setup.cfg):
 - `slow`: end-to-end runs (training subprocesses, notebooks, the demo's code path);
   `pytest -m "not slow"` is the quick local loop, CI runs everything.
-- `reference`: compares against torch / open_clip / transformers / scikit-learn (the `test`
+- `reference`: compares against torch / open_clip / transformers / scikit-learn / scipy (the `test`
   extra). Marked automatically for test modules that import one of them; those modules import
   them with `pytest.importorskip`, so without the extra they are skipped, not collection errors.
 """
@@ -19,7 +19,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REFERENCE_PACKAGES = ("torch", "open_clip", "transformers", "sklearn", "reference")
+REFERENCE_PACKAGES = ("torch", "open_clip", "transformers", "sklearn", "scipy", "reference")
 
 
 def _uses_reference(module) -> bool:
@@ -50,7 +50,7 @@ def synthetic_data_dir(tmp_path_factory):
 
 
 def pytest_report_header(config):
-    missing = [p for p in REFERENCE_PACKAGES[:4] if _missing(p)]
+    missing = [p for p in REFERENCE_PACKAGES[:-1] if _missing(p)]
     return f"reference packages missing (their tests skip): {missing}" if missing else None
 
 
@@ -59,4 +59,7 @@ def _missing(package: str) -> bool:
         return False
     import importlib.util
 
-    return importlib.util.find_spec(package) is None
+    try:
+        return importlib.util.find_spec(package) is None
+    except (ImportError, ValueError):
+        return True

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest  # noqa: E402
+pytest.importorskip("open_clip")  # the test extra; without it these tests skip
+pytest.importorskip("torch")
 import open_clip
 import torch
 

@@ -11,8 +11,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
 import pytest  # noqa: E402
+pytest.importorskip("open_clip")  # the test extra; without it these tests skip
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+import open_clip  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402

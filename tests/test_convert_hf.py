@@ -18,6 +18,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tokenizers  # noqa: E402
+pytest.importorskip("torch")  # the test extra; without it these tests skip
+pytest.importorskip("transformers")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402

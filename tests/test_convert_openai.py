@@ -2,8 +2,10 @@
 
 import jax
 import numpy as np
+import pytest  # noqa: E402
+pytest.importorskip("open_clip")  # the test extra; without it these tests skip
+pytest.importorskip("torch")
 import open_clip
-import pytest
 import torch
 from safetensors.torch import save_file
 

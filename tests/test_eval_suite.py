@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+pytest.importorskip("sklearn")  # the test extra; without it these tests skip
 from sklearn.linear_model import LogisticRegression
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+pytest.importorskip("sklearn")  # the test extra; without it these tests skip
 from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)

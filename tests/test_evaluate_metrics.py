@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 import pytest
+pytest.importorskip("scipy")  # the test extra; without it these tests skip
+pytest.importorskip("sklearn")
 from scipy.special import logsumexp
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression

@@ -1,8 +1,10 @@
 """Export in open_clip's format, checked by loading it with open_clip itself (strict load)."""
 
 import numpy as np
+import pytest  # noqa: E402
+pytest.importorskip("open_clip")  # the test extra; without it these tests skip
+pytest.importorskip("torch")
 import open_clip
-import pytest
 import torch
 from safetensors.numpy import load_file
 

@@ -6,8 +6,9 @@ import stat
 
 import jax
 import numpy as np
+import pytest  # noqa: E402
+pytest.importorskip("open_clip")  # the test extra; without it these tests skip
 import open_clip
-import pytest
 from PIL import Image
 
 import clip_jax

@@ -3,6 +3,8 @@ scikit-learn's LogisticRegression, scipy's optimiser and linregress, numpy inter
 
 import numpy as np
 import pytest
+pytest.importorskip("scipy")  # the test extra; without it these tests skip
+pytest.importorskip("sklearn")
 from scipy import optimize, special, stats
 from sklearn.linear_model import LogisticRegression
 

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+pytest.importorskip("transformers")  # the test extra; without it these tests skip
 from transformers import CLIPImageProcessor
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)

@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest  # noqa: E402
+pytest.importorskip("open_clip")  # the test extra; without it these tests skip
+pytest.importorskip("torch")
 import open_clip
-import pytest
 import torch
 
 from clip_jax.models import CLIP, PRESETS, create_model, get_preset, stack_layers, unstack_layers

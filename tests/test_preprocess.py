@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+pytest.importorskip("transformers")  # the test extra; without it these tests skip
 from transformers import CLIPImageProcessor
 
 from clip_jax.data._tf import tf

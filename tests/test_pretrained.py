@@ -15,8 +15,11 @@ from pathlib import Path
 import huggingface_hub
 import jax
 import numpy as np
+import pytest  # noqa: E402
+pytest.importorskip("open_clip")  # the test extra; without it these tests skip
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
 import open_clip
-import pytest
 import safetensors.torch
 import torch
 import transformers

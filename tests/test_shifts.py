@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+pytest.importorskip("scipy")  # the test extra; without it these tests skip
 from scipy import ndimage
 
 from clip_jax.data._tf import tf
