@@ -48,6 +48,7 @@ def test_xla_matches_float64_reference(causal, q_len, kv_len):
     np.testing.assert_allclose(out, _reference(q, k, v, causal), atol=2e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_pallas_kernel_matches_xla_in_tpu_interpreter():
     """Values and gradients of the Pallas flash kernel (padded to 128-token blocks) equal XLA's."""
     from jax.experimental.pallas import tpu as pltpu
@@ -99,6 +100,7 @@ _TPU_COMPILE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_pallas_kernel_compiles_for_tpu_without_a_tpu():
     """attention="pallas": a tiny CLIP's gradient compiles with the kernel for one v5e chip."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TPU_ACCELERATOR_TYPE": "v5litepod-4",

@@ -141,6 +141,7 @@ def test_export_hf_loads_in_transformers(vit_workdir, tmp_path, capsys):
     assert transformers.CLIPModel.from_pretrained(tmp_path / "hf16").dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_export_open_clip_of_a_resnet(tmp_path, capsys):
     module, variables = make_workdir(tmp_path / "rn", "test-resnet")
     code, out, _ = run(capsys, "export-open-clip", str(tmp_path / "rn"), str(tmp_path / "oc"))

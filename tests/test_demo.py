@@ -42,6 +42,7 @@ def demo_run(tmp_path_factory):
     return config, demo.run(config, workdir)
 
 
+@pytest.mark.slow
 def test_demo_reports_scores_chance_and_pictures(demo_run):
     config, report = demo_run
     text = report.text(config)
@@ -68,6 +69,7 @@ def test_demo_reports_scores_chance_and_pictures(demo_run):
     assert [r["step"] for r in records if "zero_shot/heldout/top1" in r] == [80, 160]
 
 
+@pytest.mark.slow
 def test_demo_reuses_a_finished_workdir_and_says_so(demo_run, capsys):
     config, report = demo_run
     again = demo.run(config, report.workdir)
@@ -76,6 +78,7 @@ def test_demo_reuses_a_finished_workdir_and_says_so(demo_run, capsys):
     assert again.metrics == report.metrics
 
 
+@pytest.mark.slow
 def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
     """The export of the demo's model in `pipeline("zero-shot-image-classification")` ranks
     the labels of held-out test images as our zero-shot does, with the same probabilities."""

@@ -23,6 +23,7 @@ def _extra(name):
 
 
 @pytest.mark.registry
+@pytest.mark.slow
 @pytest.mark.parametrize("extra,expected", [("tpu", "libtpu"), ("cuda", "jax-cuda12-plugin")])
 def test_accelerator_extra_resolves_with_constraints(tmp_path, extra, expected):
     report = tmp_path / "report.json"

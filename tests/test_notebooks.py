@@ -7,9 +7,10 @@ import re
 import resource
 import time
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+nbformat = pytest.importorskip("nbformat")  # the test extra (nbclient); without it this skips
+NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -33,6 +34,7 @@ def text_of(notebook):
                      for o in cell.get("outputs", []))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_executes_with_tiny_settings(name, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_JAX_NOTEBOOK_TINY", "1")

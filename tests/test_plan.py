@@ -84,6 +84,7 @@ def test_hlo_stats_counts_loop_trips_and_collectives():
     assert many.collective_counts["all-gather"] == layers
 
 
+@pytest.mark.slow
 def test_tiny_plan_matches_xla_and_exits_0(capsys):
     code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json"])
     assert code == 0
@@ -118,6 +119,7 @@ def test_tiny_plan_matches_xla_and_exits_0(capsys):
     assert result["images_per_second"] == pytest.approx(32 / step)
 
 
+@pytest.mark.slow
 def test_plan_that_does_not_fit_exits_1(capsys):
     # 32,768 rows per chip of the plain softmax: 4 GiB of logits per chip, and their gradient.
     code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
