@@ -64,6 +64,37 @@ def test_pallas_kernel_matches_xla_in_tpu_interpreter():
         np.testing.assert_allclose(g, r, atol=2e-5, rtol=0)
 
 
+@pytest.mark.slow
+def test_pallas_kernel_on_a_mesh_runs_per_shard_and_matches_the_reference():
+    """On a data x fsdp x tensor mesh the kernel runs in a shard_map (batch over data x fsdp,
+    heads over tensor, as the default rules place them); values and gradients still equal
+    the float64 reference / XLA's."""
+    import flax.linen as nn
+    from jax.experimental.pallas import tpu as pltpu
+
+    from clip_jax.runtime import sharding
+
+    mesh = sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    q, k, v = _qkv(20, 20, batch=4, heads=2, dim=64)
+
+    def run(fn, *args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+            return jax.jit(fn)(*args)
+
+    with pltpu.force_tpu_interpret_mode():
+        out = run(lambda *a: dot_product_attention(*a, causal=True, implementation="pallas"),
+                  q, k, v)
+        hlo = jax.jit(lambda *a: dot_product_attention(*a, implementation="pallas"))
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+            text = hlo.lower(q, k, v).as_text()
+        grads = run(jax.grad(_loss("pallas", True), argnums=(0, 1, 2)), q, k, v)
+    assert "shard_map" in text or "sdy.manual_computation" in text
+    np.testing.assert_allclose(out, _reference(q, k, v, True), atol=2e-6, rtol=0)
+    ref_grads = jax.grad(_loss("xla", True), argnums=(0, 1, 2))(q, k, v)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=2e-5, rtol=0)
+
+
 @pytest.mark.parametrize("platform,dtype,expected", [
     ("cpu", jnp.bfloat16, "xla"), ("gpu", jnp.bfloat16, "cudnn"), ("cuda", jnp.float16, "cudnn"),
     ("gpu", jnp.float32, "xla"), ("tpu", jnp.bfloat16, "xla"), ("rocm", jnp.bfloat16, "xla")])
@@ -97,6 +128,29 @@ _TPU_COMPILE = textwrap.dedent("""
     hlo = jax.jit(jax.grad(loss)).trace(params, images, tokens).lower(
         lowering_platforms=("tpu",)).compile().as_text()
     print("custom_calls", hlo.count("custom_call_target=\\"tpu_custom_call\\""))
+
+    # The same on a data=2 x tensor=2 mesh of the 4 chips: sharded batch and heads.
+    import flax.linen as nn
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from clip_jax.runtime import sharding
+    import numpy as np
+    mesh = Mesh(np.array(topo.devices).reshape(2, 1, 2), sharding.MESH_AXES)
+    module, _ = create_model("test-vit", attention="pallas", dtype="bfloat16")
+    shapes = jax.eval_shape(lambda: create_model("test-vit")[1]["params"])
+    replicated = NamedSharding(mesh, P())
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                          shapes)
+    images = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32, sharding=batch)
+    tokens = jax.ShapeDtypeStruct((4, 16), jnp.int32, sharding=batch)
+    def sharded_loss(p, i, t):
+        with nn.logical_axis_rules(sharding.DEFAULT_RULES):
+            img, txt, scale = module.apply({"params": p}, i, t)
+        return jnp.sum(scale * img @ txt.T)
+    with jax.set_mesh(mesh):
+        hlo = jax.jit(jax.grad(sharded_loss)).trace(params, images, tokens).lower(
+            lowering_platforms=("tpu",)).compile().as_text()
+    print("sharded_custom_calls", hlo.count("custom_call_target=\\"tpu_custom_call\\""))
 """)
 
 
@@ -109,5 +163,7 @@ def test_pallas_kernel_compiles_for_tpu_without_a_tpu():
     out = subprocess.run([sys.executable, "-c", _TPU_COMPILE], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    # forward, dq and dkv kernels for each of the 4 attention layers (2 image, 2 text)
+    # forward, dq and dkv kernels for each of the 4 attention layers (2 image, 2 text), on one
+    # chip and per shard on a 2 x 2 mesh
     assert "custom_calls 12" in out.stdout, out.stdout
+    assert "sharded_custom_calls 12" in out.stdout, out.stdout

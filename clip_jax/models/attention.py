@@ -5,11 +5,12 @@
   bf16 inputs).
 - `pallas`: the Pallas TPU flash-attention kernel (`jax.experimental.pallas.ops.tpu`), TPU only.
   Its blocks are 128 tokens, so sequences are padded to a multiple of 128 and the padding is
-  kept out of the softmax with segment ids.
-- `auto`: the fastest one the platform and compute dtype allow (cuDNN on GPU in half
-  precision, Pallas on TPU, XLA otherwise). The TPU/XLA choice is made when the step is
-  lowered (`jax.lax.platform_dependent`), so a deviceless TPU compile on a CPU host gets the
-  Pallas kernel; cuDNN cannot even be traced without a GPU, so it is chosen on a GPU backend.
+  kept out of the softmax with segment ids. XLA cannot partition a Mosaic kernel, so on a
+  mesh the kernel runs inside a `shard_map` over the batch and head axes that the logical
+  axis rules give `activation_batch` / `activation_heads` (sequence and head_dim stay whole).
+- `auto`: cuDNN on GPU in half precision, XLA otherwise (TPU included: CLIP's sequences are
+  short, 50-257 image tokens and 77 text tokens, and padding them to 128-token blocks has not
+  been measured against XLA's fused attention on a TPU; choose `pallas` explicitly to try it).
 
 All take and return [batch, length, heads, head_dim] (the projections' layout, so no
 transposes are added on the XLA and cuDNN paths) and scale the logits by head_dim ** -0.5.
@@ -17,14 +18,20 @@ transposes are added on the XLA and cuDNN paths) and scale the logits by head_di
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from clip_jax.errors import ConfigError
 from clip_jax.models.config import ATTENTION
 
 _PALLAS_BLOCK = 128
+# The logical names of q, k, v and the output ([batch, length, heads, head_dim]).
+PER_HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 
 Kernel = Callable[[jax.Array, jax.Array, jax.Array, bool], jax.Array]
 
@@ -49,6 +56,19 @@ def _xla(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
 
 
 def _pallas_tpu(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+    """The flash kernel per shard: `shard_map` over the mesh set with `jax.set_mesh` (the train
+    and eval steps set one), batch and heads split as the logical rules split them."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return _pallas_local(q, k, v, causal)
+    batch, _, heads, _ = nn.logical_to_mesh_axes(PER_HEAD_AXES)
+    spec = P(batch, None, heads, None)
+    local = functools.partial(_pallas_local, causal=causal)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                         check_vma=False)(q, k, v)
+
+
+def _pallas_local(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
     q_len, kv_len = q.shape[1], k.shape[1]
@@ -73,9 +93,7 @@ KERNELS: dict[str, Kernel] = {
     "cudnn": _jax_nn("cudnn"),
     "pallas": _pallas_tpu,
 }
-# TPU stays on XLA under `auto`: the Pallas kernel is a Mosaic custom call that XLA cannot
-# partition, so it works only in unpartitioned (one-device) programs until it is wrapped in a
-# shard_map over the batch and head axes.
+# TPU stays on XLA under `auto` until the padded Pallas kernel is measured faster there.
 _PLATFORM_CHOICE = {"gpu": "cudnn", "cuda": "cudnn"}
 
 
@@ -83,14 +101,13 @@ def resolve(name: str, dtype: jnp.dtype, platform: str | None = None) -> str:
     """The kernel `name` means on `platform` (default: JAX's default backend).
 
     `auto` gives cuDNN on GPU for fp16/bf16 (cuDNN has no fp32 flash attention) and XLA
-    elsewhere; `pallas` (the TPU flash kernel) is for one-device programs only (XLA cannot
-    partition a Mosaic kernel: "wrap the call in a shard_map"). Explicit names are kept as given (a deviceless TPU compile traces on a
-    CPU host); a kernel the backend lacks fails when the step is lowered. Raises ValueError for
-    an unknown name.
+    elsewhere. Explicit names are kept as given (a deviceless TPU compile traces on a CPU
+    host); a kernel the backend lacks fails when the step is lowered. Raises ConfigError for an
+    unknown name.
     """
     platform = platform or jax.default_backend()
     if name not in ATTENTION:
-        raise ValueError(f"Unknown attention {name!r}; set config.model.attention to one of "
+        raise ConfigError(f"Unknown attention {name!r}; set config.model.attention to one of "
                          f"{ATTENTION}.")
     if name == "auto":
         name = _PLATFORM_CHOICE.get(platform, "xla")

@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.models.attention import dot_product_attention
+from clip_jax.models.attention import PER_HEAD_AXES, dot_product_attention
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
 HIDDEN = ("activation_batch", "activation_length", "activation_mlp")
-PER_HEAD = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+PER_HEAD = PER_HEAD_AXES
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
