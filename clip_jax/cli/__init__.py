@@ -28,7 +28,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from clip_jax.errors import ConfigError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
@@ -248,19 +248,7 @@ def plan_command(args: argparse.Namespace) -> int:
                     budget_seconds=args.search_seconds)
 
 
-def parser() -> argparse.ArgumentParser:
-    from clip_jax.cli import eval_sources as eval_cli
-    from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
-
-    p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: training, "
-                                "inference, evaluation, export.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    # Listed for --help only: `main` hands `train ...` to clip_jax.cli.train (absl flags).
-    sub.add_parser("train", add_help=False, help="train or evaluate from a config: --config "
-                   "FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...] (as python main.py)")
-
-    z = sub.add_parser("zero-shot", help="classify images against free-form labels")
+def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
     z.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
     z.add_argument("--labels", required=True,
                    help="comma-separated labels, or a file with one label per line")
@@ -280,9 +268,9 @@ def parser() -> argparse.ArgumentParser:
     z.add_argument("--batch-size", type=int, default=64, help="images decoded and embedded "
                    "at once (default 64)")
     z.add_argument("images", nargs="+", help="image files and/or folders of images")
-    z.set_defaults(run=zero_shot_command)
 
-    i = sub.add_parser("index", help="embed a folder of images into an index file for search")
+
+def _index_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("images", nargs="+", help="image files and/or folders of images")
     i.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
     i.add_argument("--output", required=True, help="index file to write (.npz)")
@@ -291,9 +279,9 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     i.add_argument("--save-every", type=int, default=4096, help="save progress every N "
                    "embedded images, so an interrupted run resumes there (default 4096)")
-    i.set_defaults(run=index_command)
 
-    q = sub.add_parser("search", help="top images of an index for a text or an image")
+
+def _search_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("index", help="index file written by `clip-jax index`")
     q.add_argument("query", nargs="?", help="text query, e.g. \"a red car\"")
     q.add_argument("--image", help="query image file instead of a text")
@@ -301,9 +289,11 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="model to embed the query (default: the index's own)")
     q.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv")
-    q.set_defaults(run=search_command)
 
-    e = sub.add_parser("eval", help="zero-shot / retrieval / linear-probe evaluation")
+
+def _eval_arguments(e: argparse.ArgumentParser) -> None:
+    from clip_jax.cli import eval_sources as eval_cli
+
     e.add_argument("path", help="workdir, checkpoint file or HF directory")
     e.add_argument("--config", help="config file whose data and eval sections to use "
                    "(default: a workdir's own training config; required for other models unless "
@@ -315,25 +305,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
                    "TensorBoard, the results to DIR/results.json and results.csv, and plots")
     eval_cli.add_arguments(e)
-    e.set_defaults(run=eval_command)
 
-    for name, run, what in (("export-hf", export_hf_command,
-                             "a transformers CLIPModel directory (ViT models)"),
-                            ("export-open-clip", export_open_clip_command,
-                             "open_clip's format (every model, ResNets included)")):
-        x = sub.add_parser(name, help=f"export to {what}")
-        x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT")
-        x.add_argument("output_dir", metavar="OUTPUT_DIR")
-        x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
-                       help="stored weight dtype (default fp32)")
-        x.set_defaults(run=run)
 
-    d = sub.add_parser("demo", help="train a small CLIP on synthetic shapes and report")
+def _export_arguments(x: argparse.ArgumentParser) -> None:
+    from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
+
+    x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT")
+    x.add_argument("output_dir", metavar="OUTPUT_DIR")
+    x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
+                   help="stored weight dtype (default fp32)")
+
+
+def _demo_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("--workdir", help="run directory (default: a new runs/demo/<timestamp>)")
-    d.set_defaults(run=demo_command)
 
-    pl = sub.add_parser("plan", help="compile the train step for a TPU slice without one: memory, "
-                        "FLOPs, collectives, roofline (exit 0 fits, 1 does not, 2 config error)")
+
+def _plan_arguments(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("--config", required=True, help="config file (configs/*.py) or name; override "
                     "fields with --config.FIELD=VALUE as for clip-jax train")
     pl.add_argument("--topology", required=True, help="Cloud TPU accelerator type: v5e-256, "
@@ -342,7 +329,40 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--search-seconds", type=float, default=900.0,
                     help="when it does not fit: compile time allowed for alternatives (remat, "
                          "fsdp, microbatches); 0 to skip (default 900)")
-    pl.set_defaults(run=plan_command)
+
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+# Subcommand -> (help, its arguments, what runs it). `train` is not here: `main` hands it to
+# clip_jax.cli.train, whose absl flags (--config.FIELD=VALUE) argparse cannot express.
+COMMANDS: dict[str, Command] = {
+    "zero-shot": ("classify images against free-form labels", _zero_shot_arguments,
+                  zero_shot_command),
+    "index": ("embed a folder of images into an index file for search", _index_arguments,
+              index_command),
+    "search": ("top images of an index for a text or an image", _search_arguments,
+               search_command),
+    "eval": ("zero-shot / retrieval / linear-probe evaluation", _eval_arguments, eval_command),
+    "export-hf": ("export to a transformers CLIPModel directory (ViT models)", _export_arguments,
+                  export_hf_command),
+    "export-open-clip": ("export to open_clip's format (every model, ResNets included)",
+                         _export_arguments, export_open_clip_command),
+    "demo": ("train a small CLIP on synthetic shapes and report", _demo_arguments, demo_command),
+    "plan": ("compile the train step for a TPU slice without one: memory, FLOPs, collectives, "
+             "roofline (exit 0 fits, 1 does not, 2 config error)", _plan_arguments, plan_command),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: training, "
+                                "inference, evaluation, export.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", add_help=False, help="train or evaluate from a config: --config "
+                   "FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...] (as python main.py)")
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(run=run)
     return p
 
 
