@@ -3,6 +3,7 @@ NaN handling, restoring onto another mesh, and two processes sharing one job."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -101,7 +102,13 @@ def test_run_logs_checkpoints_and_progress(uninterrupted):
     assert metrics[12]["loss"] < metrics[1]["loss"]
     assert set(os.listdir(workdir / "checkpoints")) == {"4", "8", "12"}
     assert os.listdir(workdir / "tensorboard")
-    assert "img_s=" in out and "compiled in" in out
+    # stdout is a pipe here: one plain line per log interval, no carriage-return bar
+    line = r"^step 12/12  loss [\d.]+  lr \S+  img/s [\d.]+  mfu [\d.]+%  eta 0s$"
+    assert re.search(line, out, re.M) and "\r" not in out, out
+    assert "compiled in" in out
+    # compile and startup seconds go on the first record this process writes
+    assert [s for s, r in metrics.items() if "compile_seconds" in r] == [1]
+    assert metrics[1]["compile_seconds"] > 0 and metrics[1]["seconds_to_first_step"] > 0
 
 
 def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_dir, tmp_path):
