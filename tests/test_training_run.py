@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from clip_jax.errors import ConfigError
 from clip_jax.runtime import sharding
 from clip_jax.training import train
 from clip_jax.training import train_step
@@ -286,6 +287,38 @@ def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
     config.total_steps = 3  # and training continues on the new mesh
     last = train.train(config, str(tmp_path))
     assert np.isfinite(last["loss"])
+
+
+def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypatch, capsys):
+    """profile_steps writes a jax.profiler trace TensorBoard reads; compile and eval seconds go
+    on the records where they happen; the notes name each phase before it starts."""
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
+    config = tiny.get_config()
+    config.data.synthetic.update(image_size=32, num_train=64, num_validation=16, num_test=16)
+    config.total_steps, config.log_every_steps, config.checkpoint.every_steps = 2, 1, 0
+    config.eval.update(every_steps=2, evaluators="retrieval", batch_size=8)
+    config.profile_steps = "2,2"
+    train.train(config, str(tmp_path))
+    records = _records(tmp_path)
+    assert [(r["step"], "compile_seconds" in r, "eval_seconds" in r) for r in records] == [
+        (1, True, False), (2, False, False), (2, False, True)]
+    assert records[0]["compile_seconds"] > 0 and records[2]["eval_seconds"] > 0
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    out = capsys.readouterr().out
+    notes = ["Mesh ", "Opening the data source", "Looking for a checkpoint", "No checkpoint",
+             "Starting the input pipeline", "Compiling the train step", "compiled in",
+             "First step (1 of 2)", "step 1/2  loss", "Evaluation at step 2 ("]
+    assert [out.find(n) for n in notes] == sorted(out.find(n) for n in notes), out
+    assert all(n in out for n in notes), out
+
+
+@pytest.mark.parametrize("value", ["10", "a,b", "0,3", "5,4", "1,2,3"])
+def test_bad_profile_steps_is_one_line(value):
+    config = tiny.get_config()
+    config.profile_steps = value
+    with pytest.raises(ConfigError, match=r"config.profile_steps: .* use e.g. '10,15'"):
+        train.RunPlan.from_config(config)
 
 
 def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):
