@@ -290,20 +290,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         writer.log(f"Mesh {dict(mesh.shape)} over {mesh.devices.size} "
                    f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
                    f"compilation cache: {cache or 'off'}.")
-        variables, base = None, None
-        if config.init_from:
-            writer.log(f"Loading the init_from weights {config.init_from} ...")
-            module, variables = loading.load(config.init_from)
-            base = module.config
-            _check_init_from_model(config, base)
-        model = train_step.model_config(config, base)
+        model, variables = _model_and_weights(config, writer.log)
         # The data source is opened (built if missing) before the workdir is written to and
         # long before compiling: a missing table, column, image or split fails in seconds.
         writer.log("Opening the data source (building it if missing) ...")
         config_checks.check_data_source(config.data, model)
         write_config(config, workdir)
-        if variables is not None:
-            variables = _adapt_imported(variables, base, model)
         setup = train_step.setup(config, model, mesh)
         checkpointer = Checkpointer(workdir, plan.checkpoint_every_steps,
                                     config.checkpoint.keep, config.checkpoint.asynchronous)
@@ -315,17 +307,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         data = _FirstBatchAhead(input_pipeline.make_train_iterator(
             config.data, model, global_batch_size=plan.batch_size, seed=plan.seed,
             start_batch=position))
-        writer.log("Compiling the train step (the input pipeline fills meanwhile) ...")
-        t0 = time.time()
-        compiled = train_step.compile_train_step(config, setup)
-        compile_seconds = time.time() - t0
-        peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
-                                                dtype=model.dtype)
-        flops = _model_flops(config, setup)
-        writer.log(f"Model {model.vision.layers}-layer image tower, "
-                   f"{_count(state.params)/1e6:.1f}M params; train step compiled in "
-                   f"{compile_seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device "
-                   f"({peak_source}).")
+        compiled, compile_seconds, flops, peak = _compile(config, setup, writer.log)
         if config.eval.every_steps > 0:
             writer.log("Setting up the periodic evaluation ...")
         evaluation = evaluate.for_training(config, setup.module, mesh, setup.state_shardings)
@@ -354,6 +336,37 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if guard is not None:
             guard.close()
         writer.close()
+
+
+def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
+                       ) -> tuple[Any, dict[str, Any] | None]:
+    """(model config, imported variables or None): the preset's architecture, or
+    `config.init_from`'s weights in the layout the trained model needs."""
+    if not config.init_from:
+        return train_step.model_config(config), None
+    log(f"Loading the init_from weights {config.init_from} ...")
+    module, variables = loading.load(config.init_from)
+    _check_init_from_model(config, module.config)
+    model = train_step.model_config(config, module.config)
+    return model, _adapt_imported(variables, module.config, model)
+
+
+def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
+             log: Callable[[str], None]) -> tuple[Any, float, float | None, float]:
+    """(the compiled train step, its compile seconds, model FLOPs per step, peak FLOP/s per
+    device), saying what it compiles and how long it took."""
+    log("Compiling the train step (the input pipeline fills meanwhile) ...")
+    t0 = time.time()
+    compiled = train_step.compile_train_step(config, setup)
+    seconds = time.time() - t0
+    model = setup.module.config
+    peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
+                                            dtype=model.dtype)
+    flops = _model_flops(config, setup)
+    log(f"Model {model.vision.layers}-layer image tower, "
+        f"{_count(setup.abstract_state.params) / 1e6:.1f}M params; train step compiled in "
+        f"{seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device ({peak_source}).")
+    return compiled, seconds, flops, peak
 
 
 def _adapt_imported(variables: dict[str, Any], base: Any, model: Any) -> dict[str, Any]:
