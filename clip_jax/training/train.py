@@ -272,6 +272,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     (plus `compile_seconds` and `seconds_to_first_step`, from this call to the first step's
     launch: state restore or init, compile or cache load, input pipeline)."""
     launched = time.time()
+    hardware.quiet_libtpu_without_tpu()
     validate_config(config, jax.device_count(), jax.process_count())
     plan = RunPlan.from_config(config)
     finished = _finished_step(plan, workdir)
