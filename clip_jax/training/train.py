@@ -8,13 +8,12 @@ compiled train step until `config.total_steps`.
 The config is read once, at the start of `train`, into a `RunPlan` (the loop's numbers) and the
 pieces the other parts take (model config, mesh, data config); the loop itself gets a
 `TrainLoop` of ready objects. Before each phase the run says what it is doing (mesh, data
-source, restore, input pipeline, compile and its duration, first step); the input pipeline
-starts fetching its first batch before the compile, so the two overlap.
+source, restore, input pipeline, compile and its duration, first step); the input pipeline is
+built (sources opened, tf.data graph made) before the compile.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import math
@@ -305,9 +304,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         start = int(jax.device_get(state.step))
         writer.resume(start)
         writer.log(f"Starting the input pipeline at batch {position} ...")
-        data = _FirstBatchAhead(input_pipeline.make_train_iterator(
+        data = input_pipeline.make_train_iterator(
             config.data, model, global_batch_size=plan.batch_size, seed=plan.seed,
-            start_batch=position))
+            start_batch=position)
+        # Built before the compile (sources opened, tf.data graph made), but its first batch is
+        # requested only after it: fetching it while the step compiled (in either thread) made
+        # XLA:CPU deadlock in a collective of the first step after a restore onto another mesh
+        # (tests/test_training_run.py::test_restore_onto_a_different_mesh, 3 runs of 3).
         compiled, compile_seconds, flops, peak = _compile(config, setup, writer.log)
         if config.eval.every_steps > 0:
             writer.log("Setting up the periodic evaluation ...")
@@ -356,7 +359,7 @@ def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
              log: Callable[[str], None]) -> tuple[Any, float, float | None, float]:
     """(the compiled train step, its compile seconds, model FLOPs per step, peak FLOP/s per
     device), saying what it compiles and how long it took."""
-    log("Compiling the train step (the input pipeline fills meanwhile) ...")
+    log("Compiling the train step ...")
     t0 = time.time()
     compiled = train_step.compile_train_step(config, setup)
     seconds = time.time() - t0
@@ -378,23 +381,6 @@ def _adapt_imported(variables: dict[str, Any], base: Any, model: Any) -> dict[st
     if model.logit_bias_init is not None and "logit_bias" not in variables["params"]:
         variables["params"]["logit_bias"] = np.float32(model.logit_bias_init)  # CLIP -> SigLIP
     return variables
-
-
-class _FirstBatchAhead(Iterator[dict[str, np.ndarray]]):
-    """`batches` with its first batch requested at once, in a thread: tf.data starts its
-    threads on the first request, so the input pipeline warms up while the step compiles."""
-
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]]):
-        self._batches = batches
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="first-batch")
-        self._first: concurrent.futures.Future | None = self._pool.submit(next, batches)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._first is None:
-            return next(self._batches)
-        first, self._first = self._first, None
-        self._pool.shutdown(wait=False)
-        return first.result()
 
 
 class StepProfile:
