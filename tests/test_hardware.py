@@ -1,6 +1,7 @@
 """Peak FLOP/s for MFU (spec sheet, override, or a cached timed matmul) and the compile cache."""
 
 import json
+import os
 
 import jax
 import pytest
@@ -45,3 +46,26 @@ def test_compilation_cache_is_on_where_cached_executables_run(tmp_path, monkeypa
         assert hardware.enable_compilation_cache("") is None
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.parametrize("chips,platforms,user,expected", [
+    (0, None, None, "v5litepod-1"),  # no TPU: libtpu is told not to look for a TPU VM
+    (4, None, None, None),  # a TPU VM: untouched
+    (0, "cpu", None, None),  # JAX_PLATFORMS set: JAX does not load libtpu, nothing to quiet
+    (0, None, "v4-8", "v4-8"),  # the user's value wins
+])
+def test_libtpu_is_quieted_only_without_a_tpu(monkeypatch, chips, platforms, user, expected):
+    from jax._src import hardware_utils
+
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id",
+                        lambda: (chips, 0 if chips else None))
+    for name, value in (("JAX_PLATFORMS", platforms), ("TPU_ACCELERATOR_TYPE", user),
+                        ("TPU_WORKER_HOSTNAMES", None)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    hardware.quiet_libtpu_without_tpu()
+    assert os.environ.get("TPU_ACCELERATOR_TYPE") == expected
+    assert os.environ.get("TPU_WORKER_HOSTNAMES") == ("localhost" if chips == 0 and not platforms
+                                                      else None)

@@ -1,11 +1,14 @@
 """A resumed run's logs read like an uninterrupted run's: `MetricWriter.resume`, checked with
-json and with TensorBoard's own event reader."""
+json and with TensorBoard's own event reader; what a run shows on stdout, on a terminal and off
+one, with its rate and ETA measured on a clock the test moves."""
 
+import io
 import json
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from clip_jax.training.metric_writers import MetricWriter
+from clip_jax.training.metric_writers import MetricWriter, format_duration
 
 
 def _tensorboard(workdir):
@@ -45,3 +48,60 @@ def test_a_fresh_start_forgets_steps_logged_before_any_checkpoint(tmp_path):
     again.close()
     assert _tensorboard(tmp_path) == [(1, 2.0)]
     assert (tmp_path / "metrics.jsonl").read_text().count('"step"') == 1
+
+
+class _Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_plain_lines_off_a_terminal_with_the_eta_of_this_process_after_a_resume(tmp_path):
+    out, clock = io.StringIO(), _Clock()  # StringIO.isatty() is False, like a SLURM log
+    writer = MetricWriter(str(tmp_path), 3500, stream=out, clock=clock)
+    writer.resume(1000)  # the checkpoint holds 1000 steps; this process runs the rest
+    clock.now += 60.0  # compiling: not training time
+    writer.start()
+    clock.now += 30.0  # steps 1001..1100: 0.3 s/step
+    with writer.paused():  # an evaluation: not training time either
+        clock.now += 100.0
+    clock.now += 30.0  # steps 1101..1200
+    writer.progress(1200, {"loss": 1.23449, "learning_rate": 0.0029,
+                           "images_per_second": 812.4, "mfu": 0.4104, "grad_norm": 2.0})
+    writer.close()
+    # ETA: 2300 steps left x 60 s / 200 steps run here = 690 s (not 2300 x 60 / 1200 steps).
+    assert out.getvalue().splitlines() == [
+        "step 1200/3500  loss 1.234  lr 2.9e-3  img/s 812  mfu 41%  eta 11m30s"]
+
+
+def test_a_terminal_gets_a_bar_that_starts_at_the_resumed_step(tmp_path):
+    out, clock = io.StringIO(), _Clock()
+    writer = MetricWriter(str(tmp_path), 50, stream=out, tty=True, clock=clock)
+    writer.resume(40)
+    writer.log("Compiling ...")
+    writer.start()
+    writer.progress(45, {"loss": 2.0, "images_per_second": 10.0})
+    writer.close()
+    shown = out.getvalue()
+    assert "Compiling ...\n" in shown and "\r" in shown
+    bars = [part for part in shown.split("\r") if "/50" in part]
+    assert bars and "40/50" in bars[0] and all(" 0/50" not in bar for bar in bars), bars
+    assert "45/50" in bars[-1] and "loss=2" in bars[-1]
+
+
+def test_nothing_is_written_before_the_first_record(tmp_path):
+    writer = MetricWriter(str(tmp_path / "run"), 10, progress=False)
+    assert not (tmp_path / "run").exists()
+    writer.write(1, {"loss": 1.0})
+    writer.close()
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text()) == {"step": 1, "loss": 1.0}
+
+
+@pytest.mark.parametrize("seconds,shown", [(0.4, "0s"), (59.6, "1m00s"), (312, "5m12s"),
+                                           (3599.4, "59m59s"), (11_220, "3h07m")])
+def test_durations(seconds, shown):
+    assert format_duration(seconds) == shown

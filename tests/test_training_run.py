@@ -3,6 +3,7 @@ NaN handling, restoring onto another mesh, and two processes sharing one job."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from clip_jax.errors import ConfigError
 from clip_jax.runtime import sharding
 from clip_jax.training import train
 from clip_jax.training import train_step
@@ -102,7 +104,13 @@ def test_run_logs_checkpoints_and_progress(uninterrupted):
     assert metrics[12]["loss"] < metrics[1]["loss"]
     assert set(os.listdir(workdir / "checkpoints")) == {"4", "8", "12"}
     assert os.listdir(workdir / "tensorboard")
-    assert "img_s=" in out and "compiled in" in out
+    # stdout is a pipe here: one plain line per log interval, no carriage-return bar
+    line = r"^step 12/12  loss [\d.]+  lr \S+  img/s [\d.]+  mfu [\d.]+%  eta 0s$"
+    assert re.search(line, out, re.M) and "\r" not in out, out
+    assert "compiled in" in out
+    # compile and startup seconds go on the first record this process writes
+    assert [s for s, r in metrics.items() if "compile_seconds" in r] == [1]
+    assert metrics[1]["compile_seconds"] > 0 and metrics[1]["seconds_to_first_step"] > 0
 
 
 def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_dir, tmp_path):
@@ -288,6 +296,38 @@ def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
     config.total_steps = 3  # and training continues on the new mesh
     last = train.train(config, str(tmp_path))
     assert np.isfinite(last["loss"])
+
+
+def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypatch, capsys):
+    """profile_steps writes a jax.profiler trace TensorBoard reads; compile and eval seconds go
+    on the records where they happen; the notes name each phase before it starts."""
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
+    config = tiny.get_config()
+    config.data.synthetic.update(image_size=32, num_train=64, num_validation=16, num_test=16)
+    config.total_steps, config.log_every_steps, config.checkpoint.every_steps = 2, 1, 0
+    config.eval.update(every_steps=2, evaluators="retrieval", batch_size=8)
+    config.profile_steps = "2,2"
+    train.train(config, str(tmp_path))
+    records = _records(tmp_path)
+    assert [(r["step"], "compile_seconds" in r, "eval_seconds" in r) for r in records] == [
+        (1, True, False), (2, False, False), (2, False, True)]
+    assert records[0]["compile_seconds"] > 0 and records[2]["eval_seconds"] > 0
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    out = capsys.readouterr().out
+    notes = ["Mesh ", "Opening the data source", "Looking for a checkpoint", "No checkpoint",
+             "Starting the input pipeline", "Compiling the train step", "compiled in",
+             "First step (1 of 2)", "step 1/2  loss", "Evaluation at step 2 ("]
+    assert [out.find(n) for n in notes] == sorted(out.find(n) for n in notes), out
+    assert all(n in out for n in notes), out
+
+
+@pytest.mark.parametrize("value", ["10", "a,b", "0,3", "5,4", "1,2,3"])
+def test_bad_profile_steps_is_one_line(value):
+    config = tiny.get_config()
+    config.profile_steps = value
+    with pytest.raises(ConfigError, match=r"config.profile_steps: .* use e.g. '10,15'"):
+        train.RunPlan.from_config(config)
 
 
 def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):

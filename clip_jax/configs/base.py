@@ -63,6 +63,9 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     # JAX persistent compilation cache (TPU/GPU; CPU compiles anew): "auto" = ~/.cache/clip_jax/xla ($CLIP_JAX_CACHE), a
     # path, or "" (off). A resumed or repeated run then loads the step instead of compiling.
     c.compilation_cache_dir = "auto"
+    # "first,last" (e.g. "10,15"): a jax.profiler trace of those steps into <workdir>/tensorboard
+    # (TensorBoard's Profile tab); "" = off.
+    c.profile_steps = ""
 
     # Multi-host: TPU pods and SLURM are detected by jax.distributed.initialize(); elsewhere give
     # the coordinator explicitly (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,

@@ -26,6 +26,32 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 )
 MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
+# What libtpu is told on a machine without TPU chips, so that it does not look for a TPU VM.
+NO_TPU_ENV = {"TPU_ACCELERATOR_TYPE": "v5litepod-1", "TPU_WORKER_HOSTNAMES": "localhost"}
+
+
+def quiet_libtpu_without_tpu() -> None:
+    """Keeps libtpu quiet where there is no TPU; call it before JAX's backends start (the
+    first `jax.devices()`): `train.train` does, first thing.
+
+    With libtpu installed (clip_jax's compile-only TPU planning uses it) and JAX_PLATFORMS
+    unset, JAX tries the TPU backend when its backends start, even on a CPU or GPU machine;
+    libtpu then asks the TPU VM metadata for the accelerator type and worker hostnames and
+    prints "could not determine TPU accelerator type / worker hostnames" and an
+    INVALID_ARGUMENT error before JAX falls back. Where JAX's own device scan (/dev/accel*,
+    PCI ids; loads nothing) finds no TPU chip, the two variables get values that end the
+    look-up, unless the user set them. A TPU VM (chips present) or JAX_PLATFORMS set is left
+    alone, and so is a process whose backends already started (the variables are read then).
+    """
+    try:
+        from jax._src import hardware_utils
+    except ImportError:  # a JAX without the scan: say nothing rather than guess
+        return
+    if (os.environ.get("JAX_PLATFORMS")
+            or hardware_utils.num_available_tpu_chips_and_device_id()[0]):
+        return
+    for name, value in NO_TPU_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def cache_dir() -> Path:

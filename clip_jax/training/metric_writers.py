@@ -1,4 +1,4 @@
-"""Where training metrics go: `metrics.jsonl`, TensorBoard event files and a progress line.
+"""Where training metrics go: `metrics.jsonl`, TensorBoard event files and stdout.
 
 Only process 0 writes; every other process gets a writer that does nothing. A resumed run
 replays the steps after its checkpoint; `resume(step)` makes its logs read like an
@@ -6,14 +6,21 @@ uninterrupted run's: records after `step` are dropped from metrics.jsonl, and Te
 a `SessionLog.START` event at `step + 1`, on which TensorBoard's readers discard the earlier
 events at or after that step (what `torch.utils.tensorboard.SummaryWriter(purge_step=...)`
 writes).
+
+On stdout a run shows a tqdm bar when stdout is a terminal, and otherwise (SLURM, nohup, a
+pipe, TPU VM logs) one plain line per log interval,
+`step 1200/3500  loss 1.234  lr 2.9e-3  img/s 812  mfu 41%  eta 5m12s`, which reads well in a
+log file where a carriage-return bar becomes one long line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, TextIO
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.proto.event_pb2 import SessionLog
@@ -21,31 +28,153 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tqdm import tqdm
 
 
-class MetricWriter:
-    """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard, shows a tqdm bar."""
+class Progress:
+    """Training progress and notes on `stream` (default stdout).
 
-    def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool = True,
-                 progress: bool = True):
-        self.enabled = enabled
-        self._events = self._jsonl = self._bar = None
-        if not enabled:
+    The rate and ETA count only the steps run in this process since `start(step)`, without
+    the time spent inside `paused()` (evaluation): after a resume the display starts at the
+    restored step and its ETA is (steps left) x (seconds per step measured here), not skewed
+    by the steps the checkpoint already holds or by compilation.
+
+    `tty` (default: `stream.isatty()`) picks a tqdm bar (True) or plain lines (False);
+    `clock` (seconds, default `time.monotonic`) is what the rate is measured with.
+    """
+
+    def __init__(self, total_steps: int, stream: TextIO | None = None, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total_steps = total_steps
+        self._stream = stream
+        self._tty = tty
+        self._clock = clock
+        self._bar: tqdm | None = None
+        self._start_step = 0
+        self._started = self._paused = 0.0
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout  # looked up late: pytest's capsys swaps sys.stdout
+
+    @property
+    def tty(self) -> bool:
+        return self._tty if self._tty is not None else self.stream.isatty()
+
+    def start(self, step: int) -> None:
+        """Training starts (or resumes) at `step`: the clock for rate and ETA starts now."""
+        self._start_step, self._started, self._paused = step, self._clock(), 0.0
+        if self.tty:
+            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", file=self.stream,
+                             dynamic_ncols=True, smoothing=0.1)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time inside this block (an evaluation, a checkpoint wait) is not training time."""
+        t0 = self._clock()
+        try:
+            yield
+        finally:
+            self._paused += self._clock() - t0
+            if self._bar is not None:
+                self._bar.unpause()
+
+    def eta_seconds(self, step: int) -> float | None:
+        """Seconds to `total_steps` at this process's mean training rate (None before a step)."""
+        ran = step - self._start_step
+        seconds = self._clock() - self._started - self._paused
+        if ran <= 0 or seconds <= 0:
+            return None
+        return (self.total_steps - step) * seconds / ran
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Shows step `step` with its loss, learning rate, images/s and MFU (those present)."""
+        fields = {name: format_value(name, metrics[key]) for key, name in _SHOWN.items()
+                  if key in metrics}
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix({k.replace("/", "_"): v for k, v in fields.items()},
+                                  refresh=True)
             return
-        os.makedirs(workdir, exist_ok=True)
+        eta = self.eta_seconds(step)
+        fields["eta"] = format_duration(eta) if eta is not None else "?"
+        parts = [f"step {step}/{self.total_steps}", *(f"{k} {v}" for k, v in fields.items())]
+        print("  ".join(parts), file=self.stream, flush=True)
+
+    def note(self, message: str) -> None:
+        """One line for the user (above the bar on a terminal)."""
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# metrics key -> the short name a progress line shows it under
+_SHOWN = {"loss": "loss", "learning_rate": "lr", "images_per_second": "img/s", "mfu": "mfu"}
+
+
+def format_value(name: str, value: float) -> str:
+    """A progress-line value: loss 4 significant digits, lr `2.9e-3`, img/s whole numbers
+    (3 digits below 100), mfu a percentage."""
+    if name == "lr" and value:
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    if name == "img/s":
+        return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+    if name == "mfu":
+        return f"{value * 100:.2g}%"
+    return f"{value:.4g}"
+
+
+def format_duration(seconds: float) -> str:
+    """`42s`, `5m12s`, `3h07m` (rounded to the second, then to the minute past an hour)."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+class MetricWriter:
+    """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard; shows progress on stdout.
+
+    Nothing is written to `workdir` before the first `resume` or `write`. With `progress`,
+    `start(step)` begins the display and `progress(step, metrics)` updates it; `stream`,
+    `tty` and `clock` go to `Progress`.
+    """
+
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool = True,
+                 progress: bool = True, stream: TextIO | None = None, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.enabled = enabled
+        self.workdir = workdir
+        self.start_step = start_step
         self._path = os.path.join(workdir, "metrics.jsonl")
-        self._jsonl = open(self._path, "a")
-        self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
-        if progress:
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             smoothing=0.1)
+        self._events = self._jsonl = None
+        self._display = (Progress(total_steps, stream, tty, clock) if enabled and progress
+                         else None)
+
+    def _open(self) -> None:
+        if self._jsonl is None:
+            os.makedirs(self.workdir, exist_ok=True)
+            self._jsonl = open(self._path, "a")
+            self._events = EventFileWriter(os.path.join(self.workdir, "tensorboard"))
 
     def resume(self, step: int) -> None:
-        """Forgets every record after `step` (the restored checkpoint's; 0 for a fresh start).
+        """Forgets every record after `step` (the restored checkpoint's; 0 for a fresh start)
+        and makes `step` the start of the progress display.
 
         metrics.jsonl is rewritten atomically without them (and without a line cut short by a
         kill); TensorBoard is told to purge them.
         """
+        self.start_step = step
         if not self.enabled:
             return
+        self._open()
         self._jsonl.close()
         with open(self._path) as f:
             kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= step]
@@ -58,13 +187,11 @@ class MetricWriter:
             wall_time=time.time(), step=step + 1,
             session_log=event_pb2.SessionLog(status=SessionLog.START)))
         self._events.flush()
-        if self._bar is not None:
-            self._bar.n = self._bar.last_print_n = self._bar.initial = step
-            self._bar.refresh()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        self._open()
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -74,25 +201,36 @@ class MetricWriter:
                                                summary=summary_pb2.Summary(value=values)))
         self._events.flush()
 
-    def progress(self, step: int, **postfix: Any) -> None:
-        """Moves the bar to `step` and shows `postfix` (loss, img/s, ...); ETA comes from tqdm."""
-        if self._bar is None:
-            return
-        self._bar.update(step - self._bar.n)
-        self._bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=True)
+    def start(self) -> None:
+        """The first step is about to run: rate and ETA are measured from now on."""
+        if self._display is not None:
+            self._display.start(self.start_step)
+
+    def progress(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Shows `step` with the loss, learning rate, img/s, MFU in `metrics` and the ETA."""
+        if self._display is not None:
+            self._display.update(step, metrics)
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """A block (evaluation) whose time the rate and ETA leave out."""
+        return self._display.paused() if self._display is not None else contextlib.nullcontext()
 
     def log(self, message: str) -> None:
         if not self.enabled:
             return
-        (self._bar.write if self._bar is not None else print)(message)
+        if self._display is not None:
+            self._display.note(message)
+        else:
+            print(message, flush=True)
 
     def close(self) -> None:
         if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.close()
-        self._events.close()
-        self._jsonl.close()
+        if self._display is not None:
+            self._display.close()
+        if self._jsonl is not None:
+            self._events.close()
+            self._jsonl.close()
 
 
 def _step_of(line: str) -> int | None:
@@ -107,7 +245,3 @@ def _step_of(line: str) -> int | None:
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, type(None))) else float(value)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

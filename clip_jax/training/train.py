@@ -4,17 +4,24 @@
 optimizer, step and data position; the RNG streams are pure functions of the seed and the
 position), otherwise initialises from scratch or from `config.init_from`, then runs the one
 compiled train step until `config.total_steps`.
+
+The config is read once, at the start of `train`, into a `RunPlan` (the loop's numbers) and the
+pieces the other parts take (model config, mesh, data config); the loop itself gets a
+`TrainLoop` of ready objects. Before each phase the run says what it is doing (mesh, data
+source, restore, input pipeline, compile and its duration, first step); the input pipeline is
+built (sources opened, tf.data graph made) before the compile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -101,63 +108,122 @@ class PreemptionGuard:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _global_batch(batch: dict[str, np.ndarray], s: train_step.Setup) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(s.batch_shardings[k], batch[k])
-            for k in s.batch_shardings}
+def _global_batch(batch: dict[str, np.ndarray],
+                  shardings: dict[str, jax.sharding.NamedSharding]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in shardings}
 
 
-def _model_flops(config: ml_collections.ConfigDict, s: train_step.Setup) -> float | None:
+def _model_flops(config: ml_collections.ConfigDict, setup: train_step.Setup) -> float | None:
     """Global model FLOPs of one step: XLA's count for the unrolled, remat-free step.
 
     XLA's cost analysis counts a scanned loop body once, so scanned or rematerialised models
     are measured on their plain-loop twin (lowered only, never compiled).
     """
-    model = s.module.config.replace(scan_layers=False, remat_policy="none")
-    plain = train_step.setup(config, model, s.mesh)
+    model = setup.module.config.replace(scan_layers=False, remat_policy="none")
+    plain = train_step.setup(config, model, setup.mesh)
     lowered = train_step.lower_train_step(config, plain)
     flops = (lowered.cost_analysis() or {}).get("flops")
     return float(flops) if flops and math.isfinite(flops) else None
 
 
-def _restore_or_init(config, s, checkpointer, variables, writer):
-    restored = checkpointer.restore_newest(s.abstract_state, writer.log)
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """The numbers the training loop runs by, read from the config once (`from_config`).
+
+    `schedule` holds the fields that shape the learning-rate schedule (`SCHEDULE_FIELDS`), to
+    compare with a checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
+    last) 1-based step to trace with `jax.profiler`, or None.
+    """
+
+    total_steps: int
+    batch_size: int
+    log_every_steps: int
+    checkpoint_every_steps: int
+    seed: int
+    prng_impl: str
+    schedule: dict[str, Any]
+    profile_steps: tuple[int, int] | None
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> RunPlan:
+        return cls(total_steps=config.total_steps, batch_size=config.batch_size,
+                   log_every_steps=config.log_every_steps,
+                   checkpoint_every_steps=config.checkpoint.every_steps, seed=config.seed,
+                   prng_impl=config.prng_impl,
+                   schedule={f: _field(config, f) for f in SCHEDULE_FIELDS},
+                   profile_steps=parse_profile_steps(config.get("profile_steps", "")))
+
+
+def parse_profile_steps(value: str) -> tuple[int, int] | None:
+    """`config.profile_steps`: "" -> None (off), "10,15" -> (10, 15): trace steps 10 to 15.
+
+    Raises ConfigError for anything else (not two integers, first < 1, last < first).
+    """
+    if not value:
+        return None
+    try:
+        first, last = (int(part) for part in str(value).split(","))
+    except ValueError:
+        first = last = 0
+    if not 1 <= first <= last:
+        raise ConfigError(f"config.profile_steps: {value!r} is not 'first,last' with "
+                          "1 <= first <= last; use e.g. '10,15' (trace steps 10 to 15) or '' "
+                          "(no trace).")
+    return first, last
+
+
+def _field(tree: Any, field: str) -> Any:
+    """`tree`'s value at dotted `field` ("optimizer.lr"), None where a part is missing."""
+    for part in field.split("."):
+        tree = tree.get(part) if hasattr(tree, "get") else None
+    return tree
+
+
+def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Checkpointer,
+                     variables: dict[str, Any] | None, log: Callable[[str], None],
+                     ) -> tuple[train_step.TrainState, int]:
+    """(state, data position): the newest restorable checkpoint's, else a fresh state (from
+    `variables`, the imported weights, when given)."""
+    log(f"Looking for a checkpoint in {checkpoints.checkpoint_dir(checkpointer.workdir)} ...")
+    restored = checkpointer.restore_newest(setup.abstract_state, log)
     if restored is None:
-        rng = jax.random.key(config.seed, impl=config.prng_impl)
-        return s.init_state(rng, variables), 0
+        origin = "the imported weights" if variables is not None else f"seed {plan.seed}"
+        log(f"No checkpoint to resume: starting at step 0 from {origin}.")
+        rng = jax.random.key(plan.seed, impl=plan.prng_impl)
+        return setup.init_state(rng, variables), 0
     latest, state, meta = restored
-    if meta["batch_size"] != config.batch_size:
+    if meta["batch_size"] != plan.batch_size:
         raise ConfigError(
-            f"config.batch_size={config.batch_size} differs from the {meta['batch_size']} the "
+            f"config.batch_size={plan.batch_size} differs from the {meta['batch_size']} the "
             f"checkpoint at step {latest} was trained with; keep it, or start a new workdir "
             "with config.init_from pointing at this one.")
-    writer.log(f"Resumed from step {latest} (data position {meta['data_position']}).")
-    changed = schedule_changes(meta.get("config") or {}, config)
+    log(f"Resumed from step {latest} (data position {meta['data_position']}).")
+    changed = schedule_changes(meta.get("config") or {}, plan.schedule)
     if changed:
-        writer.log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
-                   f"learning rate follows the new schedule from step {latest} on.")
+        log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
+            f"learning rate follows the new schedule from step {latest} on.")
     return state, meta["data_position"]
 
 
-def schedule_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+def schedule_changes(saved: dict[str, Any], current: Any) -> str:
     """'total_steps 20 -> 30, optimizer.lr 0.001 -> 0.002' for the schedule fields that differ
-    between a checkpoint's recorded training config and `config` ('' if none)."""
+    between a checkpoint's recorded training config and `current` (a config, or a dict keyed
+    by the dotted field names as `RunPlan.schedule`); '' if none."""
     def get(tree: Any, field: str) -> Any:
-        for part in field.split("."):
-            tree = tree.get(part) if hasattr(tree, "get") else None
-        return tree
+        return tree[field] if isinstance(tree, dict) and field in tree else _field(tree, field)
 
-    pairs = [(f, get(saved, f), get(config, f)) for f in SCHEDULE_FIELDS]
+    pairs = [(f, _field(saved, f), get(current, f)) for f in SCHEDULE_FIELDS]
     return ", ".join(f"{f} {old} -> {new}" for f, old, new in pairs
                      if old is not None and old != new)
 
 
-def _finished_step(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+def _finished_step(plan: RunPlan, workdir: str) -> int | None:
     """The newest checkpoint's step when it is at or past `total_steps` and it reads back
     exactly (one full read; read-only: a workdir is not touched before the run is known to
     have work to do)."""
     root = epath.Path(checkpoints.checkpoint_dir(workdir))
     steps = ocp.utils.checkpoint_steps(root) if root.is_dir() else []
-    if not steps or max(steps) < config.total_steps:
+    if not steps or max(steps) < plan.total_steps:
         return None
     try:
         checkpoints.verify_step(os.fspath(root / str(max(steps))))
@@ -200,127 +266,238 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     (plus `compile_seconds` and `seconds_to_first_step`, from this call to the first step's
     launch: state restore or init, compile or cache load, input pipeline)."""
     launched = time.time()
+    hardware.quiet_libtpu_without_tpu()
     validate_config(config, jax.device_count(), jax.process_count())
-    finished = _finished_step(config, workdir)
+    plan = RunPlan.from_config(config)
+    finished = _finished_step(plan, workdir)
     if finished is not None:
         if jax.process_index() == 0:
             print(f"The run in {workdir} is finished (checkpoint at step {finished}, "
-                  f"total_steps={config.total_steps}); nothing to do. Raise "
+                  f"total_steps={plan.total_steps}); nothing to do. Raise "
                   "--config.total_steps to train further.")
         return {}
-    cache = hardware.enable_compilation_cache(config.get("compilation_cache_dir", "auto"))
-    mesh = sharding.create_mesh(config.mesh)
-    variables, base = None, None
-    if config.init_from:
-        module, variables = loading.load(config.init_from)
-        base = module.config
-        _check_init_from_model(config, base)
-    model = train_step.model_config(config, base)
-    # The data source is opened (built if missing) before the workdir is written to and long
-    # before compiling: a missing table, column, image or split fails in seconds.
-    config_checks.check_data_source(config.data, model)
-    write_config(config, workdir)
-    if variables is not None:
-        if base.scan_layers != model.scan_layers:
-            variables = stack_layers(variables) if model.scan_layers else unstack_layers(variables)
-        if model.logit_bias_init is not None and "logit_bias" not in variables["params"]:
-            variables["params"]["logit_bias"] = np.float32(model.logit_bias_init)  # CLIP -> SigLIP
-    s = train_step.setup(config, model, mesh)
-    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
-                                config.checkpoint.asynchronous)
-    writer = MetricWriter(workdir, config.total_steps, 0, enabled=jax.process_index() == 0)
-    guard = None
+    # Nothing is written to the workdir before the data source has opened (writer: lazily).
+    writer = MetricWriter(workdir, plan.total_steps, enabled=jax.process_index() == 0)
+    checkpointer = guard = None
     try:
-        state, position = _restore_or_init(config, s, checkpointer, variables, writer)
+        cache = hardware.enable_compilation_cache(config.get("compilation_cache_dir", "auto"))
+        mesh = sharding.create_mesh(config.mesh)
+        writer.log(f"Mesh {dict(mesh.shape)} over {mesh.devices.size} "
+                   f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
+                   f"compilation cache: {cache or 'off'}.")
+        model, variables = _model_and_weights(config, writer.log)
+        # The data source is opened (built if missing) before the workdir is written to and
+        # long before compiling: a missing table, column, image or split fails in seconds.
+        writer.log("Opening the data source (building it if missing) ...")
+        config_checks.check_data_source(config.data, model)
+        write_config(config, workdir)
+        setup = train_step.setup(config, model, mesh)
+        checkpointer = Checkpointer(workdir, plan.checkpoint_every_steps,
+                                    config.checkpoint.keep, config.checkpoint.asynchronous)
+        state, position = _restore_or_init(plan, setup, checkpointer, variables, writer.log)
         del variables
         start = int(jax.device_get(state.step))
         writer.resume(start)
-        writer.log("Compiling the train step ...")
-        t0 = time.time()
-        compiled = train_step.compile_train_step(config, s)
-        compile_seconds = time.time() - t0
-        peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
-                                                dtype=model.dtype)
-        flops = _model_flops(config, s)
-        writer.log(f"Model {model.vision.layers}-layer image tower, {_count(state.params)/1e6:.1f}M "
-                   f"params on mesh {dict(mesh.shape)}; train step compiled in "
-                   f"{compile_seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device "
-                   f"({peak_source}).")
+        writer.log(f"Starting the input pipeline at batch {position} ...")
         data = train_pipeline.make_train_iterator(
-            config.data, model, global_batch_size=config.batch_size, seed=config.seed,
+            config.data, model, global_batch_size=plan.batch_size, seed=plan.seed,
             start_batch=position)
-        evaluation = evaluate.for_training(config, s.module, mesh, s.state_shardings)
+        # Built before the compile (sources opened, tf.data graph made), but its first batch is
+        # requested only after it: fetching it while the step compiled (in either thread) made
+        # XLA:CPU deadlock in a collective of the first step after a restore onto another mesh
+        # (tests/test_training_run.py::test_restore_onto_a_different_mesh, 3 runs of 3).
+        compiled, compile_seconds, flops, peak = _compile(config, setup, writer.log)
+        if config.eval.every_steps > 0:
+            writer.log("Setting up the periodic evaluation ...")
+        evaluation = evaluate.for_training(config, setup.module, mesh, setup.state_shardings)
         time_to_first_step = time.time() - launched
-        writer.log(f"First step {time_to_first_step:.1f}s after launch (compilation cache: "
-                   f"{cache or 'off'}).")
+        writer.log(f"First step ({start + 1} of {plan.total_steps}) {time_to_first_step:.1f}s "
+                   "after launch.")
         meta = lambda step: {"step": step, "data_position": position + step - start,  # noqa: E731
-                             "batch_size": config.batch_size, "model": model.to_dict(),
+                             "batch_size": plan.batch_size, "model": model.to_dict(),
                              "config": config.to_dict()}
         guard = PreemptionGuard()  # from here on SIGTERM means: save at the next step boundary
-        last = _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, meta,
-                     flops, peak, evaluation)
+        loop = TrainLoop(
+            plan=plan, step_fn=compiled, batch_shardings=setup.batch_shardings, data=data,
+            checkpointer=checkpointer, writer=writer, guard=guard, checkpoint_meta=meta,
+            model_flops=flops, peak_flops=peak, evaluation=evaluation,
+            profile=StepProfile(plan.profile_steps, os.path.join(workdir, "tensorboard")),
+            first_record={"compile_seconds": compile_seconds,
+                          "seconds_to_first_step": time_to_first_step})
+        last = run_loop(loop, state, start)
         last["compile_seconds"] = compile_seconds
         last["seconds_to_first_step"] = time_to_first_step
         return last
     finally:
-        checkpointer.wait()
-        checkpointer.close()
+        if checkpointer is not None:
+            checkpointer.wait()
+            checkpointer.close()
         if guard is not None:
             guard.close()
         writer.close()
 
 
-def _loop(config, s, compiled, state, data, start, checkpointer, writer, guard, meta, flops,
-          peak, evaluation=None) -> dict[str, float]:
+def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
+                       ) -> tuple[Any, dict[str, Any] | None]:
+    """(model config, imported variables or None): the preset's architecture, or
+    `config.init_from`'s weights in the layout the trained model needs."""
+    if not config.init_from:
+        return train_step.model_config(config), None
+    log(f"Loading the init_from weights {config.init_from} ...")
+    module, variables = loading.load(config.init_from)
+    _check_init_from_model(config, module.config)
+    model = train_step.model_config(config, module.config)
+    return model, _adapt_imported(variables, module.config, model)
+
+
+def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
+             log: Callable[[str], None]) -> tuple[Any, float, float | None, float]:
+    """(the compiled train step, its compile seconds, model FLOPs per step, peak FLOP/s per
+    device), saying what it compiles and how long it took."""
+    log("Compiling the train step ...")
+    t0 = time.time()
+    compiled = train_step.compile_train_step(config, setup)
+    seconds = time.time() - t0
+    model = setup.module.config
+    peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
+                                            dtype=model.dtype)
+    flops = _model_flops(config, setup)
+    log(f"Model {model.vision.layers}-layer image tower, "
+        f"{_count(setup.abstract_state.params) / 1e6:.1f}M params; train step compiled in "
+        f"{seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device ({peak_source}).")
+    return compiled, seconds, flops, peak
+
+
+def _adapt_imported(variables: dict[str, Any], base: Any, model: Any) -> dict[str, Any]:
+    """Imported weights in the trained model's layout: layers stacked or not as
+    `model.scan_layers` says, and a logit bias added when a CLIP checkpoint starts SigLIP."""
+    if base.scan_layers != model.scan_layers:
+        variables = stack_layers(variables) if model.scan_layers else unstack_layers(variables)
+    if model.logit_bias_init is not None and "logit_bias" not in variables["params"]:
+        variables["params"]["logit_bias"] = np.float32(model.logit_bias_init)  # CLIP -> SigLIP
+    return variables
+
+
+class StepProfile:
+    """A `jax.profiler` trace of steps `first`..`last` (1-based, as logged) written to
+    `logdir` (the run's TensorBoard directory: TensorBoard's Profile tab reads it from
+    `<logdir>/plugins/profile/`). `steps=None`: does nothing."""
+
+    def __init__(self, steps: tuple[int, int] | None, logdir: str):
+        self.steps, self.logdir = steps, logdir
+        self.active = False
+
+    def before(self, step: int) -> None:
+        """Step `step` is about to launch."""
+        if self.steps and not self.active and self.steps[0] <= step <= self.steps[1]:
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+
+    def after(self, step: int, outputs: Any) -> None:
+        """Step `step` was launched with `outputs`; the trace ends once the last one is done."""
+        if self.active and step >= self.steps[1]:
+            jax.block_until_ready(outputs)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+@dataclasses.dataclass
+class TrainLoop:
+    """What the training loop runs with, all built: the compiled step and its batch
+    shardings, the data, where checkpoints, metrics and traces go, and the numbers for MFU.
+
+    `checkpoint_meta(step)` is the metadata saved with the checkpoint of `step`;
+    `first_record` (compile and startup seconds) is added to the first metrics record this
+    process writes.
+    """
+
+    plan: RunPlan
+    step_fn: Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
+    batch_shardings: dict[str, jax.sharding.NamedSharding]
+    data: Iterator[dict[str, np.ndarray]]
+    checkpointer: Checkpointer
+    writer: MetricWriter
+    guard: PreemptionGuard
+    checkpoint_meta: Callable[[int], dict[str, Any]]
+    model_flops: float | None
+    peak_flops: float
+    evaluation: evaluate.PeriodicEvaluation | None = None
+    profile: StepProfile | None = None
+    first_record: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
+    """Runs steps `start + 1` .. `plan.total_steps` (or until preempted) from `state`;
+    returns the last logged metrics."""
+    plan, writer = loop.plan, loop.writer
+    profile = loop.profile or StepProfile(None, "")
     pending: list[Any] = []
     last: dict[str, float] = {}
+    extra = dict(loop.first_record)
+    writer.start()
     t_last, steps_since = time.time(), 0
-    for step in range(start, config.total_steps):
-        state, metrics = compiled(state, _global_batch(next(data), s))
-        pending.append(metrics)
-        steps_since += 1
-        done = step + 1
-        stop = guard.should_stop(done)
-        final = done == config.total_steps or stop
-        save = final or (config.checkpoint.every_steps > 0
-                         and done % config.checkpoint.every_steps == 0)
-        evaluate_now = evaluation is not None and evaluation.is_due(
-            done, done == config.total_steps)
-        if done % config.log_every_steps and not save and not evaluate_now:
-            continue
-        values = jax.device_get(pending)
-        pending.clear()
-        bad = [n for n, m in zip(range(done - len(values) + 1, done + 1), values)
-               if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]))]
-        if bad:  # the loss of step n is computed from the parameters saved at step n - 1
-            raise NonFiniteLossError(_diverged(
-                f"Loss or gradient became NaN/Inf at step {bad[0]}", bad[0] - 1, checkpointer))
-        elapsed = time.time() - t_last
-        t_last, seconds_per_step = time.time(), elapsed / steps_since
-        steps_since = 0
-        last = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
-        last["images_per_second"] = config.batch_size / seconds_per_step
-        last["seconds_per_step"] = seconds_per_step
-        if flops and peak:
-            last["mfu"] = flops / jax.device_count() / seconds_per_step / peak
-        writer.write(done, last)
-        writer.progress(done, loss=last["loss"], img_s=round(last["images_per_second"], 1),
-                        mfu=f"{last['mfu']:.1%}" if "mfu" in last else "n/a")
-        if save:
-            try:
-                checkpointer.save(done, state, meta(done), force=final)
-            except checkpoints.NonFiniteStateError as error:
+    try:
+        for step in range(start, plan.total_steps):
+            done = step + 1
+            profile.before(done)
+            state, metrics = loop.step_fn(state, _global_batch(next(loop.data),
+                                                               loop.batch_shardings))
+            profile.after(done, metrics)
+            pending.append(metrics)
+            steps_since += 1
+            stop = loop.guard.should_stop(done)
+            final = done == plan.total_steps or stop
+            save = final or (plan.checkpoint_every_steps > 0
+                             and done % plan.checkpoint_every_steps == 0)
+            evaluate_now = loop.evaluation is not None and loop.evaluation.is_due(
+                done, done == plan.total_steps)
+            if done % plan.log_every_steps and not save and not evaluate_now:
+                continue
+            values = jax.device_get(pending)
+            pending.clear()
+            bad = [n for n, m in zip(range(done - len(values) + 1, done + 1), values)
+                   if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]))]
+            if bad:  # the loss of step n is computed from the parameters saved at step n - 1
                 raise NonFiniteLossError(_diverged(
-                    f"The parameters became NaN/Inf in update {done} ({error})", done,
-                    checkpointer)) from None
-        if evaluate_now:
-            results = evaluation.run(state.params, state.batch_stats)
-            writer.write(done, results)
-            writer.log(evaluate.format_metrics(results, title=f"Evaluation at step {done}:"))
-            t_last = time.time()  # evaluation time is not training throughput
-        if stop:
-            writer.log(f"Preempted: saved step {done}; run the same command to resume.")
-            break
+                    f"Loss or gradient became NaN/Inf at step {bad[0]}", bad[0] - 1,
+                    loop.checkpointer))
+            elapsed = time.time() - t_last
+            t_last, seconds_per_step = time.time(), elapsed / steps_since
+            steps_since = 0
+            last = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+            last["images_per_second"] = plan.batch_size / seconds_per_step
+            last["seconds_per_step"] = seconds_per_step
+            if loop.model_flops and loop.peak_flops:
+                last["mfu"] = (loop.model_flops / jax.device_count() / seconds_per_step
+                               / loop.peak_flops)
+            writer.write(done, {**last, **extra})
+            extra = {}
+            writer.progress(done, last)
+            if save:
+                try:
+                    loop.checkpointer.save(done, state, loop.checkpoint_meta(done), force=final)
+                except checkpoints.NonFiniteStateError as error:
+                    raise NonFiniteLossError(_diverged(
+                        f"The parameters became NaN/Inf in update {done} ({error})", done,
+                        loop.checkpointer)) from None
+            if evaluate_now:
+                with writer.paused():  # evaluation time is not training throughput
+                    t0 = time.time()
+                    results = loop.evaluation.run(state.params, state.batch_stats)
+                    seconds = time.time() - t0
+                writer.write(done, {**results, "eval_seconds": seconds})
+                writer.log(evaluate.format_metrics(
+                    results, title=f"Evaluation at step {done} ({seconds:.1f}s):"))
+                t_last = time.time()
+            if stop:
+                writer.log(f"Preempted: saved step {done}; run the same command to resume.")
+                break
+    finally:
+        profile.stop()
     return last
 
 
