@@ -8,3 +8,11 @@ class ConfigError(ValueError):
     and exit 2; every other exception keeps its traceback. A ValueError subclass, so code that
     caught the ValueErrors raised before this type existed keeps working.
     """
+
+
+class MissingFileError(ConfigError, FileNotFoundError):
+    """A file or folder the user named (a model, an image, a table, a workdir) is not there.
+
+    Both a ConfigError (entry points print one line) and a FileNotFoundError (what Python
+    callers expect for a missing path).
+    """

@@ -181,9 +181,10 @@ def test_only_config_errors_are_one_line(monkeypatch, tmp_path, capsys):
         raise ValueError("a bug inside a library")
 
     argv = ["zero-shot", "--model", str(tmp_path), "--labels", "a,b", str(tmp_path)]
-    monkeypatch.setattr(cli, "zero_shot_command", mistake)
+    help_text, arguments, _ = cli.COMMANDS["zero-shot"]
+    monkeypatch.setitem(cli.COMMANDS, "zero-shot", (help_text, arguments, mistake))
     assert run(capsys, *argv)[::2] == (2, "error: --labels names one class; give at least 2.\n")
-    monkeypatch.setattr(cli, "zero_shot_command", bug)
+    monkeypatch.setitem(cli.COMMANDS, "zero-shot", (help_text, arguments, bug))
     with pytest.raises(ValueError, match="a bug inside a library"):
         cli.main(argv)
 

@@ -22,7 +22,7 @@ import numpy as np
 from clip_jax.convert import openai
 from clip_jax.convert.hf_keys import LAYER_NORM_EPS, TRANSPOSED, hf_key
 from clip_jax.convert.host import PathLike
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import (ACTIVATIONS, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, CLIPConfig,
                                     TextConfig, VisionConfig, config_differences)
 
@@ -172,7 +172,7 @@ def read_weights(directory: PathLike) -> dict[str, np.ndarray]:
         hint = (" It has only Flax/TensorFlow weights: re-save them with transformers 4 "
                 "(CLIPModel.from_pretrained(dir, from_flax=True).save_pretrained(dir))."
                 if any(n.endswith((".msgpack", ".h5")) for n in others) else "")
-        raise FileNotFoundError(f"No weights in {directory}: expected one of {WEIGHT_FILES}"
+        raise MissingFileError(f"No weights in {directory}: expected one of {WEIGHT_FILES}"
                                 f" (found {others or 'none'}).{hint}")
     if not name.endswith(".index.json"):
         return openai.read_state_dict(str(directory / name))
@@ -229,6 +229,6 @@ def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"Missing {path.name} in {path.parent}; a transformers CLIP "
+        raise MissingFileError(f"Missing {path.name} in {path.parent}; a transformers CLIP "
                                 "directory has config.json, model.safetensors and tokenizer files.")
     return json.loads(path.read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 
 from clip_jax.convert.host import PathLike, write_json
 from clip_jax.data.tokenizer import HF_EOT_TEXT, HF_SOT_TEXT, Tokenizer
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 
 # HF's CLIP pre-tokenizer regex (transformers' CLIPTokenizer, verbatim).
 _HF_SPLIT = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
@@ -74,7 +74,7 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
     if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
         return Tokenizer.from_hf(directory)
     if not (directory / "tokenizer.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{directory} has no tokenizer files (vocab.json + merges.txt, or tokenizer.json); "
             "copy them from the model's original repository, or use "
             "clip_jax.data.tokenizer.default_tokenizer() if the model uses OpenAI's vocabulary.")

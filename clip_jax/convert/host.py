@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
 
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import canonical_dtype
 
 PathLike = str | os.PathLike
@@ -83,7 +83,7 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     FileNotFoundError (no file) or ConfigError (a file that is not a readable checkpoint).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+        raise MissingFileError(f"No checkpoint file at {path!r}.")
     with open(path, "rb") as f:
         magic = f.read(8)
     if path.endswith(".safetensors"):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clip_jax.convert import openai
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig, config_differences
 
 CONFIG_FILE = "open_clip_config.json"
@@ -121,7 +121,7 @@ def weights_file(directory: str | os.PathLike) -> Path:
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
-    raise FileNotFoundError(f"{directory} has {CONFIG_FILE} but no weights: expected one of "
+    raise MissingFileError(f"{directory} has {CONFIG_FILE} but no weights: expected one of "
                             f"{WEIGHT_FILES}.")
 
 

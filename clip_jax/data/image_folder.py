@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from clip_jax.errors import MissingFileError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import preprocess
 
@@ -59,14 +60,14 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[st
             found, other = _folder_images(item, recursive)
             if not found:
                 deep = "" if recursive else " (pass --recursive / recursive=True for subfolders)"
-                raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
                                         f"folder {item!r}{deep}.")
             paths += found
             ignored += other
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise FileNotFoundError(f"No image file or folder at {item!r}.")
+            raise MissingFileError(f"No image file or folder at {item!r}.")
     return paths, ignored
 
 

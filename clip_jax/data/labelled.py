@@ -40,7 +40,7 @@ from clip_jax.data._tf import tf
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import normalization_constants
 
@@ -111,7 +111,7 @@ def _split_root(root: str, split: str, layout: str) -> tuple[str, str]:
     if split:
         path = os.path.join(root, split)
         if not tf.io.gfile.isdir(path):
-            raise FileNotFoundError(f"No split folder {path!r} in the {layout} {root!r}; "
+            raise MissingFileError(f"No split folder {path!r} in the {layout} {root!r}; "
                                     f"folders there: {sorted(_subdirs(root))}.")
         return path, split
     present = _subdirs(root)
@@ -141,7 +141,7 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
             files += found
             labels += [label] * len(found)
     if not files:
-        raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
+        raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                                 f"{folder!r}.")
     report = {"not an image file": skipped} if skipped else {}
     out = _whole_files(f"image folder {folder}", files, labels, classes, report)
@@ -174,7 +174,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     import pandas as pd
 
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"No table at {path!r}.")
+        raise MissingFileError(f"No table at {path!r}.")
     sep = "\t" if path.lower().endswith(".tsv") else ","
     with tf.io.gfile.GFile(path, "rb") as f:
         data = io.BytesIO(f.read())
@@ -216,7 +216,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
              for p in frame[image_col]]
     missing = [i for i, f in enumerate(files) if not tf.io.gfile.exists(f)]
     if missing:
-        raise FileNotFoundError(f"{path} line {missing[0] + 2}: no image at "
+        raise MissingFileError(f"{path} line {missing[0] + 2}: no image at "
                                 f"{files[missing[0]]!r} ({len(missing)} missing in all).")
     return _whole_files(f"table {path}", files, labels, list(class_names or names))
 
@@ -238,7 +238,7 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
     templates = tuple(read_lines(templates_path)) if tf.io.gfile.exists(templates_path) else None
     shards = sorted(tf.io.gfile.glob(os.path.join(folder, "*.tar")))
     if not shards:
-        raise FileNotFoundError(f"No .tar shards in {folder!r}.")
+        raise MissingFileError(f"No .tar shards in {folder!r}.")
     files, offsets, lengths, labels = [], [], [], []
     skipped: dict[str, int] = {}
     for shard in shards:
@@ -270,7 +270,7 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
             lengths.append(image.size)
             labels.append(label)
     if not files:
-        raise FileNotFoundError(f"No sample with an image and a .cls in {folder!r}.")
+        raise MissingFileError(f"No sample with an image and a .cls in {folder!r}.")
     return LabelledImages(f"webdataset {folder}", files, np.asarray(offsets, np.int64),
                           np.asarray(lengths, np.int64), np.asarray(labels, np.int32),
                           class_names, templates, skipped, split)
@@ -287,7 +287,7 @@ def read(path: str, split: str = "") -> LabelledImages:
     """The labelled images at `path` (any layout of the module docstring)."""
     kind = source_kind(path)
     if not kind:
-        raise FileNotFoundError(f"{path!r} is neither an image folder, a .csv/.tsv table nor a "
+        raise MissingFileError(f"{path!r} is neither an image folder, a .csv/.tsv table nor a "
                                 "CLIP_benchmark webdataset folder.")
     images = READERS[kind](path, split)
     if images.skipped:

@@ -27,6 +27,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
+from clip_jax.errors import MissingFileError
 from clip_jax.models.config import CLIPConfig, normalization_constants
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
@@ -163,7 +164,7 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     """
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
-            raise FileNotFoundError(f"No image file at {os.fspath(image)!r}.")
+            raise MissingFileError(f"No image file at {os.fspath(image)!r}.")
         with Image.open(image) as opened:
             return to_rgb_uint8(opened, exif_transpose=exif_transpose, alpha=alpha)
     if isinstance(image, Image.Image):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import linear_probe
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -70,7 +71,7 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                    prior: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per k, test accuracies float [seeds] of k-shot probes (seeds 0..seeds-1)."""
     if seeds < 1 or not shots or min(shots) < 1:
-        raise ValueError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
+        raise ConfigError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
                          f"seeds={seeds}).")
     train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)

@@ -30,7 +30,7 @@ def logit(p: np.ndarray | float) -> np.ndarray:
 def fit_baseline(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """(slope, intercept) of the baseline line in logit space; see the module docstring."""
     if not pairs:
-        raise ValueError("A baseline needs at least one (in-distribution, shifted) accuracy pair.")
+        raise ConfigError("A baseline needs at least one (in-distribution, shifted) accuracy pair.")
     x, y = logit([p[0] for p in pairs]), logit([p[1] for p in pairs])
     if len(pairs) == 1 or np.ptp(x) == 0:
         return 1.0, float(np.mean(y - x))

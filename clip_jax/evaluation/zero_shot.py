@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import templates as templates_lib
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.preprocess import ImageLike
@@ -37,7 +38,7 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
     dataset's own label names with underscores read as spaces (`aquarium_fish`)."""
     if not spec:
         if not dataset_names:
-            raise ValueError("The dataset has no label names; give class names as a file with "
+            raise ConfigError("The dataset has no label names; give class names as a file with "
                              "one name per line or a comma-separated list.")
         return [name.replace("_", " ") for name in dataset_names]
     if os.path.isfile(spec):
@@ -46,7 +47,7 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
     else:
         names = [name.strip() for name in spec.split(",") if name.strip()]
     if len(names) < 2:
-        raise ValueError(f"Class names {spec!r} give {len(names)} class(es); zero-shot "
+        raise ConfigError(f"Class names {spec!r} give {len(names)} class(es); zero-shot "
                          "classification needs at least 2 (a file with one name per line, or "
                          "'cat,dog,car').")
     return names

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import SkippedImage, find_images, iter_batches
 from clip_jax.data.preprocess import ImageLike
@@ -72,17 +73,17 @@ class ImageIndex:
     def load(cls, path: str) -> ImageIndex:
         """Read an index file; FileNotFoundError / ValueError (one line) if it is not one."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"No index file at {path!r}; build one with "
+            raise MissingFileError(f"No index file at {path!r}; build one with "
                                     "`clip-jax index IMAGES --model M --output INDEX`.")
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode("utf-8"))
                 if meta.get("format") != FORMAT:
-                    raise ValueError(f"format {meta.get('format')!r}")
+                    raise ConfigError(f"format {meta.get('format')!r}")
                 return cls(np.asarray(data["embeddings"], np.float32), _decode(data["paths"]),
                            data["sizes"], data["mtimes"], meta)
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{path!r} is not a clip_jax image index ({error}); rebuild it with "
+            raise ConfigError(f"{path!r} is not a clip_jax image index ({error}); rebuild it with "
                              "`clip-jax index`.") from None
 
     def save(self, path: str) -> None:
@@ -100,7 +101,7 @@ class ImageIndex:
         """
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.shape[1] != self.embeddings.shape[1]:
-            raise ValueError(f"Queries have {queries.shape[1]}-d embeddings, the index "
+            raise ConfigError(f"Queries have {queries.shape[1]}-d embeddings, the index "
                              f"{self.embeddings.shape[1]}-d: search with the index's model "
                              f"({self.meta.get('model', 'unknown')}).")
         k = min(k, len(self))
@@ -243,7 +244,7 @@ def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np
         with open(state, encoding="utf-8") as f:
             previous = json.load(f)
         if previous.get("fingerprint") != fingerprint:
-            raise ValueError(f"{partial!r} holds an unfinished index of another model "
+            raise ConfigError(f"{partial!r} holds an unfinished index of another model "
                              f"({previous.get('model') or previous.get('fingerprint')}); delete "
                              "it or choose another --output.")
     for name in sorted(glob.glob(os.path.join(partial, "part-*.npz"))):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clip_jax.errors import ConfigError
 from clip_jax.models.attention import PER_HEAD_AXES, dot_product_attention
 
 Dtype = Any
@@ -51,7 +52,7 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
         return lambda x: x * jax.nn.sigmoid(1.702 * x)
     if name == "gelu":
         return lambda x: jax.nn.gelu(x, approximate=False)
-    raise ValueError(f"Unknown activation {name!r}; use 'quick_gelu' or 'gelu'.")
+    raise ConfigError(f"Unknown activation {name!r}; use 'quick_gelu' or 'gelu'.")
 
 
 class LayerNorm(nn.Module):

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from clip_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
@@ -80,7 +82,7 @@ def _grid(chips: int, dims: int) -> tuple[int, ...]:
         smallest = min(sides)
         sides[max(i for i, s in enumerate(sides) if s == smallest)] *= 2
     if math.prod(sides) != chips:
-        raise ValueError(f"{chips} chips is not a Cloud TPU slice size; use a power of two "
+        raise ConfigError(f"{chips} chips is not a Cloud TPU slice size; use a power of two "
                          "(v5e/v6e: 1, 4, 8, ..., 256; v4/v5p: 4, 8, 16, ... chips).")
     return tuple(sides)
 
@@ -93,13 +95,13 @@ def parse(name: str) -> Topology:
     match = _NAME.match(name.strip().lower())
     family = match and ALIASES.get(match.group(2), match.group(2))
     if not match or family not in CHIPS:
-        raise ValueError(f"Unknown TPU topology {name!r}; use a Cloud TPU accelerator type such "
+        raise ConfigError(f"Unknown TPU topology {name!r}; use a Cloud TPU accelerator type such "
                          f"as v5e-256, v5litepod-64, v4-64, v5p-512, v6e-256 or 2xv5e-256 "
                          f"(chips: {sorted(CHIPS)}).")
     chip = CHIPS[family]
     count = int(match.group(3))
     if count % chip.cores_per_chip:
-        raise ValueError(f"{name}: {family} names count TensorCores, {chip.cores_per_chip} per "
+        raise ConfigError(f"{name}: {family} names count TensorCores, {chip.cores_per_chip} per "
                          f"chip; use a multiple of {chip.cores_per_chip}.")
     chips = count // chip.cores_per_chip
     return Topology(name, chip, chips, int(match.group(1) or 1), _grid(chips, chip.dims))
@@ -126,7 +128,7 @@ def devices(topology: Topology) -> list[Any]:
             chips_per_host_bounds=host, num_slices=topology.slices,
             wrap=tuple(topology.chip.dims == 3 and b >= 4 for b in bounds))
     except (RuntimeError, ImportError) as error:
-        raise ValueError(f"Cannot build the {topology.name} devices ({str(error).splitlines()[0]}); "
+        raise ConfigError(f"Cannot build the {topology.name} devices ({str(error).splitlines()[0]}); "
                          "install libtpu: pip install -e '.[tpu]'.") from error
     return list(desc.devices)
 
@@ -146,7 +148,7 @@ def make_mesh(topology: Topology, shape: tuple[int, int, int], axis_names: tuple
                              axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
     axis = 0 if shape[0] > 1 else 1
     if shape[axis] % topology.slices:
-        raise ValueError(f"config.mesh: the {axis_names[axis]} axis ({shape[axis]}) must be a "
+        raise ConfigError(f"config.mesh: the {axis_names[axis]} axis ({shape[axis]}) must be a "
                          f"multiple of the {topology.slices} slices of {topology.name}.")
     ici = list(shape)
     ici[axis] //= topology.slices

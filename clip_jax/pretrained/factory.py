@@ -24,7 +24,7 @@ from clip_jax.convert.hf_tokenizer import load_tokenizer
 from clip_jax.convert.open_clip_export import export_open_clip
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP
 from clip_jax.models.config import NUMERICS, CLIPConfig
 from clip_jax.models.layers import stack_layers
@@ -135,7 +135,7 @@ def _config_and_tokenizer(spec: str, revision: str | None, token: str | bool | N
         if kind == "transformers":
             return hf_import.read_config(directory), load_tokenizer(directory)
         return open_clip_import.read_config(directory), None
-    raise FileNotFoundError(loading.not_found(spec))
+    raise MissingFileError(loading.not_found(spec))
 
 
 def _is_preset(name: Any) -> bool:

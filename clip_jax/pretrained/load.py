@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_jax.convert import hf_import, open_clip_import, openai
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, as_config
 from clip_jax.models.config import NUMERICS, CLIPConfig
 from clip_jax.models.presets import get_preset
@@ -54,7 +54,7 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
         return _load_local(spec, config, activation)
     if hub.is_repo_id(spec):
         return _load_repo(spec, config, activation, revision, token)
-    raise FileNotFoundError(not_found(spec))
+    raise MissingFileError(not_found(spec))
 
 
 def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str | None,

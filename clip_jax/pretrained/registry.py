@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
 
 OPEN_CLIP_PREFIX = "hf-hub:"
@@ -141,10 +141,10 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
         except errors.EntryNotFoundError:  # remote: not in the repo; offline: not in the cache
             continue
         except errors.RepositoryNotFoundError as e:
-            raise FileNotFoundError(f"No Hub repository {repo_id!r} (or it is private: log in "
+            raise MissingFileError(f"No Hub repository {repo_id!r} (or it is private: log in "
                                     "with `hf auth login` or set HF_TOKEN).") from e
         except errors.RevisionNotFoundError as e:
-            raise FileNotFoundError(f"Hub repository {repo_id!r} has no revision "
+            raise MissingFileError(f"Hub repository {repo_id!r} has no revision "
                                     f"{revision!r}.") from e
         verify_lfs_sha256(path)
         return Path(path)
@@ -155,7 +155,7 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
     offline = constants.is_offline_mode()
     where = ("the local Hugging Face cache (HF_HUB_OFFLINE is set; unset it or download the "
              "repo there first)" if offline else "the repository")
-    raise FileNotFoundError(f"{repo_id!r}: none of {list(filenames)} found in {where}.")
+    raise MissingFileError(f"{repo_id!r}: none of {list(filenames)} found in {where}.")
 
 
 @functools.cache

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from clip_jax.errors import MissingFileError
 from clip_jax.models.clip import CLIP
 from clip_jax.models.config import CLIPConfig
 
@@ -256,11 +257,11 @@ def _candidates(path: str) -> list[epath.Path]:
         return [p]
     root = epath.Path(checkpoint_dir(path))
     if not root.is_dir():
-        raise FileNotFoundError(f"No clip_jax checkpoints under {path!r}: expected a workdir "
+        raise MissingFileError(f"No clip_jax checkpoints under {path!r}: expected a workdir "
                                 "with checkpoints/<step>/ or a checkpoints/<step> directory.")
     steps = ocp.utils.checkpoint_steps(root)
     if not steps:
-        raise FileNotFoundError(f"{path!r} has a checkpoints/ directory but no finished "
+        raise MissingFileError(f"{path!r} has a checkpoints/ directory but no finished "
                                 "checkpoint in it; train longer or pass another path.")
     return [root / str(step) for step in sorted(steps, reverse=True)]
 

@@ -24,7 +24,7 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data._tf import tf
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables
@@ -180,7 +180,7 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
     built.
     """
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"Table {path!r} does not exist; check data.table.*_path.")
+        raise MissingFileError(f"Table {path!r} does not exist; check data.table.*_path.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     delimiter = table.delimiter or ("\t" if path.lower().endswith(".tsv") else ",")
@@ -203,7 +203,7 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
         columns[field] = header.index(name)  # the first of duplicate names, as pandas' df[name]
     root = table.image_root or os.path.dirname(path)
     if table.image_root and not tf.io.gfile.isdir(root):
-        raise FileNotFoundError(f"data.table.image_root={root!r} is not a directory.")
+        raise MissingFileError(f"data.table.image_root={root!r} is not a directory.")
     needed = max(columns.values()) + 1
     rows = []
     for record in parsed.records:
@@ -227,7 +227,7 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
                          caption, conversions=conversions, label=label))
     probe = [r.path for r in rows[:_PROBE_ROWS] if not r.problem and r.path and _is_utf8(r.path)]
     if probe and not any(tf.io.gfile.exists(_resolve(root, p)) for p in probe):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
             f"{_resolve(root, probe[0])!r}); set data.table.image_root to the folder the "
             "image paths are relative to.")

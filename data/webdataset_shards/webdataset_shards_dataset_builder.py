@@ -22,7 +22,7 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data._tf import tf
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records
@@ -97,7 +97,7 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
                 continue
             shards = expand_shards(pattern)
             if not shards:
-                raise FileNotFoundError(f"data.webdataset.{field}={pattern!r} matches no files.")
+                raise MissingFileError(f"data.webdataset.{field}={pattern!r} matches no files.")
             splits[split] = self._generate_examples(split, shards)
         if not splits:
             raise ConfigError("No shards to build: set data.webdataset.train_shards.")
