@@ -40,3 +40,15 @@ def test_accelerator_extra_resolves_with_constraints(tmp_path, extra, expected):
     assert expected in installs
     for name, version in installs.items():  # everything resolved is pinned, to the pin
         assert pins.get(name) == version, (name, version, pins.get(name))
+
+
+def test_every_package_directory_is_installed():
+    """setup.cfg lists packages by hand (clip_jax_data lives in data/): a new subpackage left
+    out of the list would be missing from a wheel or a non-editable install."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    declared = {p.strip() for p in cfg["options"]["packages"].split("\n") if p.strip()}
+    roots = {"clip_jax": ROOT / "clip_jax", "clip_jax_data": ROOT / "data"}
+    found = {".".join([name, *init.parent.relative_to(path).parts])
+             for name, path in roots.items() for init in path.rglob("__init__.py")}
+    assert found == declared
