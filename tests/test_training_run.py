@@ -92,6 +92,7 @@ def uninterrupted(tfds_dir, tmp_path_factory):
     return workdir, out
 
 
+@pytest.mark.slow
 def test_run_logs_checkpoints_and_progress(uninterrupted):
     workdir, out = uninterrupted
     metrics = _losses(workdir)
@@ -113,6 +114,7 @@ def test_run_logs_checkpoints_and_progress(uninterrupted):
     assert metrics[1]["compile_seconds"] > 0 and metrics[1]["seconds_to_first_step"] > 0
 
 
+@pytest.mark.slow
 def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_dir, tmp_path):
     expected = _losses(uninterrupted[0])
     proc = _start(tmp_path, tfds_dir)
@@ -141,6 +143,7 @@ def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_di
     assert _tensorboard_losses(tmp_path) == _tensorboard_losses(uninterrupted[0])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
     good = _start(tmp_path, tfds_dir, "--config.total_steps=4")
     assert _finish(good)[0] == 0
@@ -153,6 +156,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
 
 
 @pytest.mark.parametrize("lr", ["1e38", "1e3"])
+@pytest.mark.slow
 def test_divergence_names_a_checkpoint_that_is_good(tfds_dir, tmp_path, lr):
     """Saving every step: a checkpoint whose parameters are NaN/Inf (lr 1e38 overflows in the
     first update; lr=inf itself is refused up front), or lead to a NaN loss at the next step
@@ -176,6 +180,7 @@ def test_divergence_names_a_checkpoint_that_is_good(tfds_dir, tmp_path, lr):
         assert np.isfinite(_losses(tmp_path)[good + 1]["loss"])
 
 
+@pytest.mark.slow
 def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted, tfds_dir,
                                                                    tmp_path):
     source, _ = uninterrupted
@@ -208,6 +213,7 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
         assert _losses(workdir)[step]["loss"] == record["loss"], step
 
 
+@pytest.mark.slow
 def test_sigterm_before_the_first_step_exits_at_once(tfds_dir, tmp_path):
     """During imports and during compilation SIGTERM ends the run cleanly (exit 0, one line),
     without waiting for the compilation and a step; nothing is logged or saved."""
@@ -257,6 +263,7 @@ def test_init_from_refuses_a_conflicting_model_name(tfds_dir, tmp_path, monkeypa
     ("clip-jax", "tiny", "--config.batch_size=36",
      "config.batch_size: 36 is not divisible by data*fsdp (8)"),
 ])
+@pytest.mark.slow
 def test_config_errors_exit_2_with_one_line(tfds_dir, tmp_path, command, config, override,
                                             message):
     program = ([sys.executable, os.path.join(ROOT, "main.py")] if command == "main.py" else
@@ -272,6 +279,7 @@ def test_config_errors_exit_2_with_one_line(tfds_dir, tmp_path, command, config,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
     config = tiny.get_config()
@@ -298,6 +306,7 @@ def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
     assert np.isfinite(last["loss"])
 
 
+@pytest.mark.slow
 def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypatch, capsys):
     """profile_steps writes a jax.profiler trace TensorBoard reads; compile and eval seconds go
     on the records where they happen; the notes name each phase before it starts."""
@@ -330,6 +339,7 @@ def test_bad_profile_steps_is_one_line(value):
         train.RunPlan.from_config(config)
 
 
+@pytest.mark.slow
 def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):
     """Fine-tuning starts from the imported weights (lr 0: one step leaves them untouched)."""
     import torch
@@ -362,6 +372,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
     """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1) == 1 process x 8 devices."""
     address = f"127.0.0.1:{_free_port()}"
