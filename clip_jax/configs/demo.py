@@ -2,8 +2,8 @@
 
 `python -m clip_jax.demo` runs it end to end (dataset build, training, zero-shot evaluation on
 the held-out test split, report); `python main.py --config configs/demo.py --workdir DIR`
-trains it alone. Sized so that build + training + evaluation fit in 10 minutes on 2 CPU cores
-with zero-shot top-1 above 90 % on the 48-way colour x shape test split: colours are learnt
+trains it alone. Sized for 10 minutes on 2 CPU cores and zero-shot top-1 near 90 % on the
+48-way colour x shape test split (measured: README, "What the demo does"): colours are learnt
 in a few hundred steps, shapes (the hard half at 32 px) need the rest.
 """
 
