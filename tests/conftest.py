@@ -42,13 +42,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.reference)
 
 
-@pytest.fixture(scope="session")
-def synthetic_data_dir(tmp_path_factory):
-    """One TFDS data directory for the whole session: every synthetic_shapes variant a test
-    builds into it is built once (TFDS keys the builds by config name and version)."""
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def pytest_report_header(config):
     missing = [p for p in REFERENCE_PACKAGES[:-1] if _missing(p)]
     return f"reference packages missing (their tests skip): {missing}" if missing else None

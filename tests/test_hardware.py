@@ -34,15 +34,22 @@ def test_spec_sheet_for_known_accelerators():
     assert hardware.peak_flops(FakeTPU())[0] == 197e12
 
 
+@pytest.mark.parametrize("directory", ["xla", "auto", "~/clip_jax_cache_test"])
 @pytest.mark.parametrize("backend,cached", [("tpu", True), ("gpu", True), ("cpu", False)])
 def test_compilation_cache_is_on_where_cached_executables_run(tmp_path, monkeypatch, backend,
-                                                                cached):
+                                                                cached, directory):
+    """Every way of naming the directory: on only where cached executables run correctly."""
     before = jax.config.jax_compilation_cache_dir
     monkeypatch.setattr(hardware.jax, "default_backend", lambda: backend)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path / "cache"))
+    given = str(tmp_path / directory) if directory == "xla" else directory
+    expected = {"xla": tmp_path / "xla", "auto": tmp_path / "cache" / "xla",
+                "~/clip_jax_cache_test": tmp_path / "clip_jax_cache_test"}[directory]
     try:
-        path = hardware.enable_compilation_cache(str(tmp_path / "xla"))
-        assert (path == tmp_path / "xla") is cached
-        assert (jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")) is cached
+        path = hardware.enable_compilation_cache(given)
+        assert path == (expected if cached else None)
+        assert (jax.config.jax_compilation_cache_dir == str(expected)) is cached
         assert hardware.enable_compilation_cache("") is None
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
