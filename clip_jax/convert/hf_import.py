@@ -173,7 +173,7 @@ def read_weights(directory: PathLike) -> dict[str, np.ndarray]:
                 "(CLIPModel.from_pretrained(dir, from_flax=True).save_pretrained(dir))."
                 if any(n.endswith((".msgpack", ".h5")) for n in others) else "")
         raise MissingFileError(f"No weights in {directory}: expected one of {WEIGHT_FILES}"
-                                f" (found {others or 'none'}).{hint}")
+                               f" (found {others or 'none'}).{hint}")
     if not name.endswith(".index.json"):
         return openai.read_state_dict(str(directory / name))
     shards = sorted(set(_read_json(directory / name)["weight_map"].values()))
@@ -230,5 +230,5 @@ def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"Missing {path.name} in {path.parent}; a transformers CLIP "
-                                "directory has config.json, model.safetensors and tokenizer files.")
+                               "directory has config.json, model.safetensors and tokenizer files.")
     return json.loads(path.read_text(encoding="utf-8"))

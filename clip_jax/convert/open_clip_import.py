@@ -122,7 +122,7 @@ def weights_file(directory: str | os.PathLike) -> Path:
         if (directory / name).is_file():
             return directory / name
     raise MissingFileError(f"{directory} has {CONFIG_FILE} but no weights: expected one of "
-                            f"{WEIGHT_FILES}.")
+                           f"{WEIGHT_FILES}.")
 
 
 def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = None, *,

@@ -61,7 +61,7 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[st
             if not found:
                 deep = "" if recursive else " (pass --recursive / recursive=True for subfolders)"
                 raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
-                                        f"folder {item!r}{deep}.")
+                                       f"folder {item!r}{deep}.")
             paths += found
             ignored += other
         elif os.path.isfile(item):

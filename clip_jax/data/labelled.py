@@ -112,7 +112,7 @@ def _split_root(root: str, split: str, layout: str) -> tuple[str, str]:
         path = os.path.join(root, split)
         if not tf.io.gfile.isdir(path):
             raise MissingFileError(f"No split folder {path!r} in the {layout} {root!r}; "
-                                    f"folders there: {sorted(_subdirs(root))}.")
+                                   f"folders there: {sorted(_subdirs(root))}.")
         return path, split
     present = _subdirs(root)
     if present and all(name in SPLIT_FOLDERS for name in present):
@@ -142,7 +142,7 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
             labels += [label] * len(found)
     if not files:
         raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
-                                f"{folder!r}.")
+                               f"{folder!r}.")
     report = {"not an image file": skipped} if skipped else {}
     out = _whole_files(f"image folder {folder}", files, labels, classes, report)
     out.split = split
@@ -217,7 +217,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     missing = [i for i, f in enumerate(files) if not tf.io.gfile.exists(f)]
     if missing:
         raise MissingFileError(f"{path} line {missing[0] + 2}: no image at "
-                                f"{files[missing[0]]!r} ({len(missing)} missing in all).")
+                               f"{files[missing[0]]!r} ({len(missing)} missing in all).")
     return _whole_files(f"table {path}", files, labels, list(class_names or names))
 
 
@@ -288,7 +288,7 @@ def read(path: str, split: str = "") -> LabelledImages:
     kind = source_kind(path)
     if not kind:
         raise MissingFileError(f"{path!r} is neither an image folder, a .csv/.tsv table nor a "
-                                "CLIP_benchmark webdataset folder.")
+                               "CLIP_benchmark webdataset folder.")
     images = READERS[kind](path, split)
     if images.skipped:
         log.warning("%s: skipped %s", images.description,

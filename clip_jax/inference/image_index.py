@@ -74,7 +74,7 @@ class ImageIndex:
         """Read an index file; FileNotFoundError / ValueError (one line) if it is not one."""
         if not os.path.isfile(path):
             raise MissingFileError(f"No index file at {path!r}; build one with "
-                                    "`clip-jax index IMAGES --model M --output INDEX`.")
+                                   "`clip-jax index IMAGES --model M --output INDEX`.")
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode("utf-8"))

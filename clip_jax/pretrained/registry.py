@@ -142,10 +142,10 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
             continue
         except errors.RepositoryNotFoundError as e:
             raise MissingFileError(f"No Hub repository {repo_id!r} (or it is private: log in "
-                                    "with `hf auth login` or set HF_TOKEN).") from e
+                                   "with `hf auth login` or set HF_TOKEN).") from e
         except errors.RevisionNotFoundError as e:
             raise MissingFileError(f"Hub repository {repo_id!r} has no revision "
-                                    f"{revision!r}.") from e
+                                   f"{revision!r}.") from e
         verify_lfs_sha256(path)
         return Path(path)
     if not required:

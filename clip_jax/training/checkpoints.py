@@ -258,11 +258,11 @@ def _candidates(path: str) -> list[epath.Path]:
     root = epath.Path(checkpoint_dir(path))
     if not root.is_dir():
         raise MissingFileError(f"No clip_jax checkpoints under {path!r}: expected a workdir "
-                                "with checkpoints/<step>/ or a checkpoints/<step> directory.")
+                               "with checkpoints/<step>/ or a checkpoints/<step> directory.")
     steps = ocp.utils.checkpoint_steps(root)
     if not steps:
         raise MissingFileError(f"{path!r} has a checkpoints/ directory but no finished "
-                                "checkpoint in it; train longer or pass another path.")
+                               "checkpoint in it; train longer or pass another path.")
     return [root / str(step) for step in sorted(steps, reverse=True)]
 
 

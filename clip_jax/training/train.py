@@ -205,14 +205,11 @@ def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Check
     return state, meta["data_position"]
 
 
-def schedule_changes(saved: dict[str, Any], current: Any) -> str:
+def schedule_changes(saved: dict[str, Any], schedule: dict[str, Any]) -> str:
     """'total_steps 20 -> 30, optimizer.lr 0.001 -> 0.002' for the schedule fields that differ
-    between a checkpoint's recorded training config and `current` (a config, or a dict keyed
-    by the dotted field names as `RunPlan.schedule`); '' if none."""
-    def get(tree: Any, field: str) -> Any:
-        return tree[field] if isinstance(tree, dict) and field in tree else _field(tree, field)
-
-    pairs = [(f, _field(saved, f), get(current, f)) for f in SCHEDULE_FIELDS]
+    between a checkpoint's recorded training config and `schedule` (`RunPlan.schedule`, keyed
+    by the dotted field names); '' if none."""
+    pairs = [(f, _field(saved, f), schedule.get(f)) for f in SCHEDULE_FIELDS]
     return ", ".join(f"{f} {old} -> {new}" for f, old, new in pairs
                      if old is not None and old != new)
 
