@@ -235,3 +235,26 @@ def test_train_augmentation_normalises_a_constant_image_exactly(encoding):
     expected = (decoded / 255.0 - np.array(config.image_mean)) / np.array(config.image_std)
     assert out.shape == (32, 32, 3)
     np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), atol=2e-2)
+
+
+@pytest.mark.parametrize("mean,std", [
+    ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # OpenAI
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet (many open_clip models)
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # SigLIP
+    ((0.0, 0.9, 0.123), (1.0, 0.05, 0.333)),  # odd statistics: zero mean, tiny std
+])
+def test_on_device_normalisation_is_within_2_ulp_of_clip_image_processor(mean, std):
+    """Every uint8 value in every channel, for the statistics models ship with."""
+    import jax
+
+    from clip_jax.models.clip import normalize_images
+
+    config = get_preset("test-vit", image_mean=mean, image_std=std)
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = np.stack([values, values.T, values[::-1]], axis=-1)  # each channel sees 0..255
+    processor = CLIPImageProcessor(do_resize=False, do_center_crop=False, image_mean=list(mean),
+                                   image_std=list(std))
+    reference = processor(images=[image], return_tensors="np")["pixel_values"][0]
+    ours = np.asarray(jax.jit(lambda x: normalize_images(x, config))(image))
+    ulp = np.spacing(np.abs(reference).max().astype(np.float32))
+    np.testing.assert_allclose(ours, reference.transpose(1, 2, 0), rtol=0, atol=2 * ulp)
