@@ -67,13 +67,13 @@ def test_create_model_and_transforms_matches_open_clip_preprocessing(tmp_path):
         clip_jax.pretrained.factory.with_numerics(module, variables, embed_dim=8)
 
 
-def test_create_model_reuses_its_initializer_and_stays_traceable():
+def test_create_model_reuses_its_trace_and_stays_traceable():
     _, first = clip_jax.create_model("test-vit", rng=1)
     _, again = clip_jax.create_model("test-vit", rng=1)
     jax.tree.map(np.testing.assert_array_equal, first, again)
-    from clip_jax.models.clip import _initializer
+    from clip_jax.models.clip import _abstract_variables
 
-    assert _initializer.cache_info().hits >= 1
+    assert _abstract_variables.cache_info().hits >= 1
     shapes = jax.eval_shape(lambda: clip_jax.create_model("ViT-B/32", param_dtype="bfloat16")[1])
     leaves = jax.tree.leaves(shapes)
     dtypes = {jax.tree_util.keystr(path): leaf.dtype

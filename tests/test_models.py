@@ -1,5 +1,6 @@
 """Model family: parameter counts, numerics options, config validation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,3 +161,19 @@ def test_layer_norm_and_its_gradients_equal_torch(offset, spread):
     for ours, theirs in zip(grads, (xt.grad, st.grad, bt.grad)):
         theirs = theirs.numpy()
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=tolerance * np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_resnet_batch_norm_matches_flax_batch_norm(train):
+    from clip_jax.models.resnet import BatchNorm
+
+    x = jax.random.normal(jax.random.key(0), (4, 5, 5, 6)) * 3 + 1
+    ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    ours = BatchNorm(train)
+    variables = nn.unbox(ours.init(jax.random.key(1), x))
+    variables = jax.tree.map(lambda v: v + jax.random.uniform(jax.random.key(2), v.shape),
+                             variables)  # non-trivial scale, bias and running statistics
+    got, got_stats = ours.apply(variables, x, mutable=["batch_stats"])
+    want, want_stats = ref.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got_stats, want_stats)

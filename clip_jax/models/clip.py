@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clip_jax.models.config import CLIPConfig, normalization_constants
+from clip_jax.models.initializers import Constant, sample_variables, with_axes
 from clip_jax.models.presets import get_preset
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
@@ -59,14 +60,10 @@ class CLIP(nn.Module):
         self.visual = tower(cfg)
         self.text = TextTransformer(cfg)
         self.logit_scale = self.param(
-            "logit_scale",
-            nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init), ()),
-            (), jnp.float32)
+            "logit_scale", with_axes(Constant(cfg.logit_scale_init), ()), (), jnp.float32)
         if cfg.logit_bias_init is not None:
             self.logit_bias = self.param(
-                "logit_bias",
-                nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_bias_init), ()),
-                (), jnp.float32)
+                "logit_bias", with_axes(Constant(cfg.logit_bias_init), ()), (), jnp.float32)
 
     def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Unnormalised image embeddings from uint8 (0..255) or normalised float NHWC images."""
@@ -108,19 +105,24 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
                  **overrides: Any) -> tuple[CLIP, Variables]:
     """`(module, variables)` of a randomly initialised model, variables as plain arrays.
 
-    The jit-compiled initialiser is built once per architecture and process, so later calls
-    only run it; parameters are drawn directly in `param_dtype`. Traceable:
-    `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without allocating.
-    `clip_jax.create_model` adds `pretrained=` (released weights) on top of this.
+    Nothing is compiled: the model is traced once per architecture and process
+    (`jax.eval_shape`, cached) and every parameter is drawn on the host from the initialiser
+    the model code gives it, directly in `param_dtype` (`clip_jax.models.initializers`); the
+    distribution is `module.init`'s, the numbers are not. Traceable:
+    `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without allocating,
+    and inside `jax.jit` it is `module.init`. `clip_jax.create_model` adds `pretrained=`.
     """
     config = as_config(name_or_config, **overrides)
+    module = CLIP(config)
     if isinstance(rng, int):
         rng = jax.random.key(rng)
-    return CLIP(config), _initializer(config)(rng)
+    init_fn = functools.partial(init_variables, module)
+    if isinstance(rng, jax.core.Tracer):
+        return module, nn.unbox(init_fn(rng))
+    return module, sample_variables(init_fn, _abstract_variables(config), rng)
 
 
 @functools.lru_cache(maxsize=32)
-def _initializer(config: CLIPConfig):
-    """The jitted `key -> variables` of one architecture; jit then caches its compilation."""
-    module = CLIP(config)
-    return jax.jit(lambda key: nn.unbox(init_variables(module, key)))
+def _abstract_variables(config: CLIPConfig) -> Variables:
+    """The boxed shapes, dtypes and initialisers of one architecture's variables."""
+    return jax.eval_shape(functools.partial(init_variables, CLIP(config)), jax.random.key(0))

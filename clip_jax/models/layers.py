@@ -17,9 +17,9 @@ import numpy as np
 
 from clip_jax.errors import ConfigError
 from clip_jax.models.attention import PER_HEAD_AXES, dot_product_attention
+from clip_jax.models.initializers import ONES, ZEROS, Initializer, Normal, with_axes
 
 Dtype = Any
-Initializer = Callable[..., jax.Array]
 
 RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
 HIDDEN = ("activation_batch", "activation_length", "activation_mlp")
@@ -31,14 +31,10 @@ _REMAT_POLICIES = {
 }
 
 
-def normal(std: float) -> Initializer:
-    return nn.initializers.normal(stddev=std)
-
-
 def param_with_axes(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
                     axes: tuple[str | None, ...], dtype: Dtype) -> jax.Array:
     """A raw parameter (embeddings, class token, projections) with logical axis names."""
-    return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
+    return module.param(name, with_axes(init, axes), tuple(shape), dtype)
 
 
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
@@ -101,9 +97,9 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1]
-        scale = param_with_axes(self, "scale", nn.initializers.ones, (features,), ("norm",),
+        scale = param_with_axes(self, "scale", ONES, (features,), ("norm",),
                                 self.param_dtype)
-        bias = param_with_axes(self, "bias", nn.initializers.zeros, (features,), ("norm",),
+        bias = param_with_axes(self, "bias", ZEROS, (features,), ("norm",),
                                self.param_dtype)
         y = layer_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
                        bias.astype(jnp.float32))
@@ -128,12 +124,12 @@ class DenseGeneral(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_shape = x.shape[x.ndim - self.in_dims:]
-        kernel = param_with_axes(self, "kernel", normal(self.std), (*in_shape, *self.features),
+        kernel = param_with_axes(self, "kernel", Normal(self.std), (*in_shape, *self.features),
                                  self.axes, self.param_dtype)
         contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
         y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
         if self.use_bias:
-            bias = param_with_axes(self, "bias", nn.initializers.zeros, self.features,
+            bias = param_with_axes(self, "bias", ZEROS, self.features,
                                    self.axes[-len(self.features):], self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import CLIPConfig
-from clip_jax.models.layers import Dtype, MultiHeadAttention, constrain, normal, param_with_axes
+from clip_jax.models.initializers import ONES, ZEROS, Normal, VarianceScaling, with_axes
+from clip_jax.models.layers import Dtype, MultiHeadAttention, constrain, param_with_axes
 from clip_jax.models.vit import check_image_shape
 
 _CONV_AXES = (None, None, "conv_in", "conv_out")
@@ -26,20 +27,53 @@ def _conv(features: int, kernel: int, dtype: Dtype, pdtype: Dtype, name: str,
     return nn.Conv(
         features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
         use_bias=False, dtype=dtype, param_dtype=pdtype,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(2.0, "fan_out", "normal"), _CONV_AXES),
+        kernel_init=with_axes(VarianceScaling(2.0, "fan_out", "normal"), _CONV_AXES),
         name=name)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over the channels of NHWC, with Flax's `nn.BatchNorm` formulas.
+
+    Train mode normalises by the batch's float32 mean and `E[x^2] - E[x]^2` variance and
+    updates the running statistics (`momentum` 0.9, biased variance, as Flax); eval mode uses
+    them. Written out (not `nn.BatchNorm`) so the running statistics carry their initialisers
+    (`with_axes`, logical axis "norm") and `create_model` draws the whole ResNet on the host.
+    """
+
+    train: bool
+    zero_init: bool = False  # the last BN of each bottleneck starts at 0 (open_clip)
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", with_axes(ZEROS if self.zero_init else ONES, ("norm",)),
+                           features, self.param_dtype)
+        bias = self.param("bias", with_axes(ZEROS, ("norm",)), features, self.param_dtype)
+        running = {name: self.variable("batch_stats", name, with_axes(init, ("norm",)), None,
+                                       features, jnp.float32)
+                   for name, init in (("mean", ZEROS), ("var", ONES))}
+        x = x.astype(jnp.float32)
+        if self.train:
+            axes = tuple(range(x.ndim - 1))
+            mean = x.mean(axes)
+            var = jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
+            if not self.is_initializing():
+                for name, batch in (("mean", mean), ("var", var)):
+                    stat = running[name]
+                    stat.value = self.momentum * stat.value + (1 - self.momentum) * batch
+        else:
+            mean, var = running["mean"].value, running["var"].value
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+        return ((x - mean) * mul + bias.astype(jnp.float32)).astype(self.dtype)
 
 
 def _batch_norm(train: bool, dtype: Dtype, pdtype: Dtype, name: str,
-                zero_init: bool = False) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-        param_dtype=pdtype,
-        scale_init=nn.with_logical_partitioning(
-            nn.initializers.zeros if zero_init else nn.initializers.ones, ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
-        name=name)
+                zero_init: bool = False) -> BatchNorm:
+    return BatchNorm(train, zero_init, dtype=dtype, param_dtype=pdtype, name=name)
 
 
 def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
@@ -84,7 +118,7 @@ class AttentionPool2d(nn.Module):
         x = x.reshape(batch, h * w, channels)  # row-major (h, w), as OpenAI flattens NCHW
         x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
         std = channels ** -0.5
-        pos = param_with_axes(self, "positional_embedding", normal(std), (h * w + 1, channels),
+        pos = param_with_axes(self, "positional_embedding", Normal(std), (h * w + 1, channels),
                               ("pos", "embed"), self.param_dtype)
         x = x + pos.astype(x.dtype)
         out = MultiHeadAttention(self.heads, std, std, query_length=1,

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import CLIPConfig
-from clip_jax.models.layers import RESIDUAL, LayerNorm, Transformer, constrain, normal, param_with_axes
+from clip_jax.models.initializers import Normal
+from clip_jax.models.layers import RESIDUAL, LayerNorm, Transformer, constrain, param_with_axes
 
 
 class TextTransformer(nn.Module):
@@ -29,9 +30,9 @@ class TextTransformer(nn.Module):
                 f"{tuple(tokens.shape)}; tokenize with clip_jax.tokenize(texts, "
                 f"context_length={t.context_length}).")
         length = tokens.shape[1]
-        embedding = param_with_axes(self, "token_embedding", normal(0.02),
+        embedding = param_with_axes(self, "token_embedding", Normal(0.02),
                                     (t.vocab_size, t.width), ("vocab", "embed"), pdtype)
-        pos = param_with_axes(self, "positional_embedding", normal(0.01),
+        pos = param_with_axes(self, "positional_embedding", Normal(0.01),
                               (t.context_length, t.width), ("pos", "embed"), pdtype)
         # Gather from a vocab-sharded, embed-replicated table (vocab-parallel lookup): the
         # partitioner cannot turn an FSDP-sharded embed axis into batch-sharded rows cheaply.
@@ -45,6 +46,6 @@ class TextTransformer(nn.Module):
         x = LayerNorm(dtype, pdtype, name="ln_final")(x)
         eot = jnp.argmax(tokens, axis=-1)
         x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
-        proj = param_with_axes(self, "text_projection", normal(t.width ** -0.5),
+        proj = param_with_axes(self, "text_projection", Normal(t.width ** -0.5),
                                (t.width, cfg.embed_dim), ("embed", "proj"), pdtype)
         return x @ proj.astype(dtype)

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import CLIPConfig
-from clip_jax.models.layers import RESIDUAL, LayerNorm, Transformer, constrain, normal, param_with_axes
+from clip_jax.models.initializers import Normal, VarianceScaling
+from clip_jax.models.layers import RESIDUAL, LayerNorm, Transformer, constrain, param_with_axes
 
 
 class VisionTransformer(nn.Module):
@@ -25,9 +26,9 @@ class VisionTransformer(nn.Module):
         scale = v.width ** -0.5
         x = PatchEmbedding(v.patch_size, v.width, dtype, pdtype, name="conv1")(images)
         batch = x.shape[0]
-        cls = param_with_axes(self, "class_embedding", normal(scale), (v.width,), ("embed",), pdtype)
+        cls = param_with_axes(self, "class_embedding", Normal(scale), (v.width,), ("embed",), pdtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (batch, 1, v.width)), x], axis=1)
-        pos = param_with_axes(self, "positional_embedding", normal(scale),
+        pos = param_with_axes(self, "positional_embedding", Normal(scale),
                               (v.grid_size ** 2 + 1, v.width), ("pos", "embed"), pdtype)
         x = constrain(x + pos.astype(dtype), RESIDUAL)
         x = LayerNorm(dtype, pdtype, name="ln_pre")(x)
@@ -36,7 +37,7 @@ class VisionTransformer(nn.Module):
                         attention=cfg.attention, dtype=dtype,
                         param_dtype=pdtype, name="transformer")(x)
         x = LayerNorm(dtype, pdtype, name="ln_post")(x[:, 0])
-        proj = param_with_axes(self, "proj", normal(scale), (v.width, cfg.embed_dim),
+        proj = param_with_axes(self, "proj", Normal(scale), (v.width, cfg.embed_dim),
                                ("embed", "proj"), pdtype)
         return x @ proj.astype(dtype)
 
@@ -56,7 +57,7 @@ class PatchEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
-        kernel = param_with_axes(self, "kernel", nn.initializers.lecun_normal(),
+        kernel = param_with_axes(self, "kernel", VarianceScaling(1.0, "fan_in", "truncated_normal"),
                                  (self.patch, self.patch, 3, self.width),
                                  (None, None, None, "embed"), self.param_dtype)
         patches = einops.rearrange(images.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)",

@@ -43,8 +43,8 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
                  pretrained: str | None = None, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
     """`clip_jax.create_model`: `(module, variables)`, variables as plain arrays.
 
-    Without `pretrained`, a random init (`clip_jax.models.create_model`: jit-compiled once per
-    architecture, traceable under `jax.eval_shape`). With `pretrained` (a tag from
+    Without `pretrained`, a random init (`clip_jax.models.create_model`: drawn on the host, no
+    compilation; traceable under `jax.eval_shape`). With `pretrained` (a tag from
     `clip_jax.list_pretrained()` or a weights file) the released weights, as
     `clip_jax.load(name, pretrained)` gives them; `overrides` then may only change numerics
     (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError.
