@@ -176,20 +176,21 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
     drawn = [i for i, (_, leaf) in enumerate(leaves)
              if isinstance(leaf, Initialized) and leaf.init is not None]
 
-    def draw(i: int) -> np.ndarray:
+    def draw(i: int) -> jax.Array:
+        """One variable, placed as soon as drawn: host memory holds a few variables at once."""
         path, leaf = leaves[i]
         name = jax.tree_util.keystr(path).encode()
         gen = np.random.Generator(np.random.SFC64(np.random.SeedSequence([*seed, zlib.crc32(name)])))
         value = leaf.value
-        return leaf.init.sample(gen, tuple(value.shape), leaf.draw_shape, value.dtype)
+        return jax.device_put(leaf.init.sample(gen, tuple(value.shape), leaf.draw_shape,
+                                               value.dtype))
 
     largest_first = sorted(drawn, key=lambda i: -leaves[i][1].value.size)
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # numpy draws release the GIL
-        host = dict(zip(largest_first, pool.map(draw, largest_first)))
     values: list[Any] = [None] * len(leaves)
-    for i, array in host.items():
-        values[i] = jax.device_put(array)
-    rest = [i for i in range(len(leaves)) if i not in host]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # numpy draws release the GIL
+        for i, array in zip(largest_first, pool.map(draw, largest_first)):
+            values[i] = array
+    rest = [i for i in range(len(leaves)) if i not in set(drawn)]
     if rest:
         def pruned(key: jax.Array) -> list[jax.Array]:
             out = jax.tree_util.tree_leaves(nn.unbox(init_fn(key)))
