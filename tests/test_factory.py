@@ -89,3 +89,10 @@ def test_get_tokenizer_context_length_and_list_models():
     ref = open_clip.get_tokenizer("ViT-B-32", context_length=16)(["a photo of a cat"])
     np.testing.assert_array_equal(tokens, ref.numpy())
     assert set(clip_jax.list_models()) >= {"ViT-B/32", "RN50", "ViT-bigG/14"}
+
+
+def test_create_model_and_transforms_takes_a_config_dict():
+    config = clip_jax.models.get_preset("test-vit").to_dict()
+    module, variables, transform = clip_jax.create_model_and_transforms(config)
+    assert module.config == clip_jax.models.get_preset("test-vit")
+    assert transform(np.zeros((1, 40, 50, 3), np.uint8)).shape == (1, 32, 32, 3)

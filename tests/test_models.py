@@ -177,3 +177,12 @@ def test_resnet_batch_norm_matches_flax_batch_norm(train):
     want, want_stats = ref.apply(variables, x, mutable=["batch_stats"])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got_stats, want_stats)
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"widht": 3}, "widht"), ({"vision": {"layerz": 2}}, "vision.layerz"),
+    ({"text": {"heads": 2, "contex_length": 7}}, "text.contex_length"),
+])
+def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
+    with pytest.raises(ConfigError, match=f"Unknown model config field.*{named}"):
+        create_model("test-vit", **overrides)

@@ -114,8 +114,9 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     """
     config = as_config(name_or_config, **overrides)
     module = CLIP(config)
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
+    if isinstance(rng, (int, np.integer)) or (
+            np.ndim(rng) == 0 and jnp.issubdtype(rng.dtype, jnp.integer)):
+        rng = jax.random.key(rng)  # a seed: int, numpy or 0-d (traced) integer array
     init_fn = functools.partial(init_variables, module)
     if isinstance(rng, jax.core.Tracer):
         return module, nn.unbox(init_fn(rng))

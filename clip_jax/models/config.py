@@ -147,9 +147,13 @@ class CLIPConfig:
         return self.text.context_length
 
     def replace(self, **changes: Any) -> CLIPConfig:
-        """Returns a copy with top-level fields changed; nested ones take dicts (`vision={...}`)."""
+        """Returns a copy with top-level fields changed; nested ones take dicts (`vision={...}`).
+
+        ConfigError names an unknown field and the known ones (a typo in an override)."""
+        _check_fields(type(self), changes, "")
         for key in ("vision", "text"):
             if isinstance(changes.get(key), Mapping):
+                _check_fields(type(getattr(self, key)), changes[key], f"{key}.")
                 changes[key] = dataclasses.replace(getattr(self, key), **_tupled(changes[key]))
         return dataclasses.replace(self, **_tupled(changes))
 
@@ -158,10 +162,7 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CLIPConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"Unknown model config field(s) {unknown}; known fields: {sorted(known)}.")
+        _check_fields(cls, d, "")
         d = dict(d)
         d["vision"] = _sub_config(VisionConfig, d.get("vision", {}), "vision")
         d["text"] = _sub_config(TextConfig, d.get("text", {}), "text")
@@ -171,13 +172,17 @@ class CLIPConfig:
 def _sub_config(cls: type, d: Mapping[str, Any] | Any, name: str) -> Any:
     if isinstance(d, cls):
         return d
+    _check_fields(cls, d, f"{name}.")
+    return cls(**_tupled(d))
+
+
+def _check_fields(cls: type, d: Mapping[str, Any], prefix: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(
-            f"Unknown model config field(s) {[f'{name}.{u}' for u in unknown]}; "
-            f"known {name} fields: {sorted(known)}.")
-    return cls(**_tupled(d))
+            f"Unknown model config field(s) {[prefix + u for u in unknown]}; "
+            f"known {prefix.rstrip('.') or 'top-level'} fields: {sorted(known)}.")
 
 
 def _tupled(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,11 @@ initialiser that made it, so `jax.eval_shape(module.init, ...)` (no compile) tel
 
 The host draw has the same distribution as `module.init`, not the same numbers: parameter `p`
 comes from `numpy.random.Generator(SFC64(SeedSequence([*key_data(rng), crc32(path of p)])))`, so
-a value depends on the seed and the parameter's name alone. Variables made without a recorded
-initialiser (Flax's BatchNorm statistics) are computed by the jitted `module.init` reduced to
-those outputs, whose other samplers XLA removes as dead code.
+a value depends on the seed and the parameter's name alone. Every variable of the shipped
+models records its initialiser (the ResNet's BatchNorm is written out for that); a variable
+made without one (a module from elsewhere, e.g. Flax's `nn.BatchNorm` statistics) is computed
+by the jitted `module.init` reduced to those outputs, whose other samplers XLA removes as dead
+code.
 """
 
 from __future__ import annotations
@@ -140,6 +142,13 @@ def _scaled(x: np.ndarray, std: float, dtype: Any) -> np.ndarray:
     return x.astype(dtype, copy=False)
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Initialized(nn.LogicallyPartitioned):
     """A parameter's logical axis names plus the initialiser and per-draw shape that made it.
 
@@ -187,7 +196,7 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
 
     largest_first = sorted(drawn, key=lambda i: -leaves[i][1].value.size)
     values: list[Any] = [None] * len(leaves)
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # numpy draws release the GIL
+    with ThreadPoolExecutor(_usable_cpus()) as pool:  # numpy's draws release the GIL
         for i, array in zip(largest_first, pool.map(draw, largest_first)):
             values[i] = array
     rest = [i for i in range(len(leaves)) if i not in set(drawn)]

@@ -73,17 +73,18 @@ def with_numerics(module: CLIP, variables: dict[str, Any], **overrides: Any
     return CLIP(config), variables
 
 
-def create_model_and_transforms(name_or_path: str | CLIPConfig, pretrained: str | None = None,
+def create_model_and_transforms(name_or_path: str | CLIPConfig | dict,
+                                pretrained: str | None = None,
                                 **overrides: Any
                                 ) -> tuple[CLIP, dict[str, Any], Callable[..., np.ndarray]]:
     """`(module, variables, transform)`, like open_clip's helper; `transform(images)` is
     `clip_jax.data.preprocess` for this model (resize shortest side, centre crop, the model's mean
     and std): float32 `[N, size, size, 3]`.
 
-    A preset name without `pretrained` gives a random init (`create_model`); with it, or with a
-    path or Hub id, the weights `clip_jax.load` finds.
+    A preset name, `CLIPConfig` or config dict without `pretrained` gives a random init
+    (`create_model`); with it, or with a path or Hub id, the weights `clip_jax.load` finds.
     """
-    is_architecture = isinstance(name_or_path, CLIPConfig) or (
+    is_architecture = isinstance(name_or_path, (CLIPConfig, dict)) or (
         pretrained is None and _is_preset(name_or_path))
     if is_architecture:
         module, variables = models.create_model(name_or_path, **overrides)
