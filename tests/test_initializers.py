@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from clip_jax.models import CLIP, create_model, get_preset, init_variables
-from clip_jax.models.initializers import Constant, Normal, VarianceScaling
+from clip_jax.models.initializers import (Constant, Normal, VarianceScaling, sample_variables,
+                                         with_axes)
 
 SPECS = [
     (Normal(0.02), (64, 96)),
@@ -90,3 +91,31 @@ def test_any_integer_seed_is_a_seed(seed):
     jax.tree.map(np.testing.assert_array_equal, got, ref)
     traced = jax.jit(lambda s: create_model("test-vit", rng=s)[1])(jnp.int32(5))
     assert jax.tree.structure(traced) == jax.tree.structure(ref)
+
+
+class _Mixed(nn.Module):
+    """Recorded initialisers beside Flax's own (default Dense init, nn.BatchNorm statistics)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(16, kernel_init=with_axes(Normal(0.5), ("embed", "mlp")))(x)
+        x = nn.Dense(16, name="plain")(x)
+        return nn.BatchNorm(use_running_average=False, name="bn")(x)
+
+
+def test_variables_without_a_recorded_initializer_come_from_module_init():
+    module, x = _Mixed(), jnp.ones((4, 8))
+    init_fn = lambda key: module.init(key, x)  # noqa: E731
+    key = jax.random.key(11)
+    ours = sample_variables(init_fn, jax.eval_shape(init_fn, key), key)
+    ref = nn.unbox(jax.jit(init_fn)(key))
+    for path in (("params", "plain", "kernel"), ("params", "plain", "bias"),
+                 ("batch_stats", "bn", "mean"), ("batch_stats", "bn", "var"),
+                 ("params", "bn", "scale")):  # Flax's own initialisers: module.init's values
+        a, b = ours, ref
+        for k in path:
+            a, b = a[k], b[k]
+        np.testing.assert_array_equal(a, b, err_msg=str(path))
+    drawn = ours["params"]["Dense_0"]["kernel"]  # recorded: host draw, same scale, new numbers
+    assert not np.array_equal(drawn, ref["params"]["Dense_0"]["kernel"])
+    np.testing.assert_allclose(np.std(drawn), 0.5, rtol=0.2)

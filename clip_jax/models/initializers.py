@@ -179,9 +179,8 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
     the rest come from `jax.jit(init_fn)` pruned to them. `rng` must be concrete (not traced).
     """
     seed = [int(w) for w in np.asarray(jax.random.key_data(rng)).ravel()]
-    flat = jax.tree_util.tree_flatten_with_path(
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(
         abstract, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
-    leaves, treedef = flat
     drawn = [i for i, (_, leaf) in enumerate(leaves)
              if isinstance(leaf, Initialized) and leaf.init is not None]
 
@@ -199,7 +198,7 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
     with ThreadPoolExecutor(_usable_cpus()) as pool:  # numpy's draws release the GIL
         for i, array in zip(largest_first, pool.map(draw, largest_first)):
             values[i] = array
-    rest = [i for i in range(len(leaves)) if i not in set(drawn)]
+    rest = sorted(set(range(len(leaves))) - set(drawn))
     if rest:
         def pruned(key: jax.Array) -> list[jax.Array]:
             out = jax.tree_util.tree_leaves(nn.unbox(init_fn(key)))
