@@ -186,3 +186,24 @@ def test_resnet_batch_norm_matches_flax_batch_norm(train):
 def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
     with pytest.raises(ConfigError, match=f"Unknown model config field.*{named}"):
         create_model("test-vit", **overrides)
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(1, 1, 9), (3, 1, 9), (3, 2, 10), (3, 2, 9)])
+def test_resnet_conv_and_its_gradients_equal_torch(kernel, stride, size):
+    """The 1x1 convolutions run as matmuls; values and both gradients stay torch's conv2d's."""
+    from clip_jax.models.resnet import Conv
+    rng = np.random.default_rng(kernel * 10 + stride + size)
+    x = rng.standard_normal((2, size, size, 5)).astype(np.float32)
+    w = rng.standard_normal((kernel, kernel, 5, 7)).astype(np.float32)
+    cot = rng.standard_normal((2, -(-size // stride), -(-size // stride), 7)).astype(np.float32)
+    conv = Conv(7, kernel, stride)
+    f = lambda x, w: jnp.sum(conv.apply({"params": {"kernel": w}}, x) * cot)  # noqa: E731
+    ours = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, w)
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
+    out = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=kernel // 2)
+    loss = (out * torch.tensor(cot.transpose(0, 3, 1, 2))).sum()
+    loss.backward()
+    np.testing.assert_allclose(ours[0], loss.item(), rtol=1e-5)
+    np.testing.assert_allclose(ours[1][0], tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[1][1], tw.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-5)
