@@ -10,7 +10,9 @@ fp32 on random data, each in its own subprocess (so peak RSS is that side's alon
   with `optax.adamw`;
 - `open_clip`: open_clip's model, ClipLoss and torch.optim.AdamW, `torch.set_num_threads`
   equal to the CPU count JAX uses.
-Repeats alternate the sides (ABC, BCA, ...) so that machine load hits all alike; each figure
+Every side gets the malloc huge-page setting the `clip-jax` entry points restart with
+(`clip_jax.runtime.host_tuning`; on this kind of 2-core machine it is worth ~8 % of a
+ViT-B/32 step). Repeats alternate the sides (ABC, BCA, ...) so that machine load hits all alike; each figure
 in the table is a ratio to open_clip (or to plain flax for compile time) formed within one
 repeat, printed as the median and [min, max] over repeats.
 """
@@ -29,6 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("clip_jax", "clip_jax scan", "plain flax", "open_clip")
+sys.path.insert(0, str(ROOT))
+from clip_jax.runtime.host_tuning import huge_page_environ  # noqa: E402  (imports no JAX)
+
+# Every side runs with the malloc setting `clip-jax train` restarts itself with (huge pages for
+# the step's temporaries, `runtime.host_tuning`), PyTorch included, so no side gets it alone.
+_ENV = huge_page_environ()
 
 
 def _random_batch(batch: int, size: int, length: int = 77):
@@ -147,7 +155,7 @@ def worker(args) -> None:
 def _spawn(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--side", side, "--model", args.model,
            "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_ENV)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")

@@ -2,6 +2,7 @@
 own tunables."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -54,3 +55,33 @@ def test_thp_mode(tmp_path, monkeypatch, mode, on_request):
     path.write_text(mode)
     monkeypatch.setattr(host_tuning, "_THP_MODE", str(path))
     assert host_tuning._thp_on_request() is on_request
+
+
+RELEASE_SCRIPT = """
+import ctypes
+from clip_jax.runtime.host_tuning import release_freed_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+blocks = [libc.malloc(16384) for _ in range(16384)]  # 256 MiB below the mmap threshold
+for b in blocks:
+    ctypes.memset(b, 1, 16384)
+for b in blocks[:-1]:  # the last block pins the heap's top, so free() alone trims nothing
+    libc.free(b)
+before = rss()
+released = release_freed_memory()
+print(released, (before - rss()) / 2**20)
+"""
+
+
+def test_release_freed_memory_returns_the_heap_to_the_os(tmp_path):
+    script = tmp_path / "release.py"
+    script.write_text(RELEASE_SCRIPT)
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        assert host_tuning.release_freed_memory() is False
+        return
+    released, freed_mib = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True,
+        timeout=120).stdout.split()
+    assert released == "True" and float(freed_mib) > 200, (released, freed_mib)

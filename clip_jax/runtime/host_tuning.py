@@ -29,17 +29,42 @@ def _thp_on_request() -> bool:
         return False
 
 
-def reexec_with_huge_pages() -> None:
-    """Restarts this process with malloc using transparent huge pages, where that helps.
-
-    No-op off Linux/glibc, when THP is `always` (nothing to ask) or `never` (nothing to get),
-    when the user set the tunable, or after the restart. Call it first thing in `__main__`.
+def huge_page_environ() -> dict[str, str] | None:
+    """This process' environment with malloc's huge-page tunable added, or None where it would
+    not help (off Linux/glibc, THP `always` or `never`, the user set the tunable, or already
+    restarted). Benchmarks give it to every side they spawn, so all run as the entry points do.
     """
     if (sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or os.environ.get(_DONE)
             or _TUNABLE in os.environ.get("GLIBC_TUNABLES", "") or not _thp_on_request()):
-        return
+        return None
     tunables = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), f"{_TUNABLE}=1")))
-    env = dict(os.environ, GLIBC_TUNABLES=tunables, **{_DONE: "1"})
+    return dict(os.environ, GLIBC_TUNABLES=tunables, **{_DONE: "1"})
+
+
+def reexec_with_huge_pages() -> None:
+    """Restarts this process with malloc using transparent huge pages, where that helps
+    (`huge_page_environ`; a no-op where it returns None). Call it first thing in `__main__`.
+    """
+    env = huge_page_environ()
+    if env is None:
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def release_freed_memory() -> bool:
+    """Hands the heap memory glibc kept after `free` back to the OS (`malloc_trim(0)`).
+
+    Compiling a train step allocates and frees around a gigabyte of XLA scratch in blocks
+    small enough for glibc to keep on its heap, so the process' RSS stays that much above what
+    is live, and the step's temporaries then stack on top of it: RN50 at batch 16, fp32, on a
+    CPU, RSS after compiling 2.48 -> 1.85 GB and peak RSS over the first step 6.0 -> 5.4 GB
+    when trimmed in between. Call it after a compile; it takes milliseconds. Returns False
+    where there is no glibc (nothing to trim), else whether any memory was released.
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
