@@ -163,6 +163,24 @@ def test_layer_norm_and_its_gradients_equal_torch(offset, spread):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=tolerance * np.abs(theirs).max())
 
 
+@pytest.mark.parametrize("name", ["quick_gelu", "gelu"])
+def test_activations_and_their_gradients_equal_torch(name):
+    """The hand-written backwards (they keep only the input) against torch's float64 autograd."""
+    from clip_jax.models.layers import activation_fn
+
+    x = np.concatenate([np.linspace(-12, 12, 2001), [-80.0, -30.0, 0.0, 30.0, 80.0]])
+    x = x.astype(np.float32)
+    dout = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    out, vjp = jax.vjp(activation_fn(name), jnp.asarray(x))
+    (grad,) = vjp(jnp.asarray(dout))
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ref = (xt * torch.sigmoid(1.702 * xt) if name == "quick_gelu"
+           else torch.nn.functional.gelu(xt, approximate="none"))
+    ref.backward(torch.tensor(dout, dtype=torch.float64))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=2e-6, atol=2e-7)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=2e-6, atol=2e-7)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_resnet_batch_norm_matches_flax_batch_norm(train):
     from clip_jax.models.resnet import BatchNorm

@@ -41,13 +41,57 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     return nn.with_logical_constraint(x, axes)
 
 
+@jax.custom_vjp
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI's `x * sigmoid(1.702 x)`, differentiated by hand so the backward keeps only `x`.
+
+    Autodiff would save `sigmoid(1.702 x)`, `1.702 x` and the product besides `x`: three more
+    [batch, length, mlp] tensors per block (ViT-B/32, batch 16: 28 MiB per image block). An
+    unrolled tower lets XLA drop them; a scanned one stacks them across layers: the scanned
+    ViT-B/32 train step's temporaries went from 2.25 to 1.77 GB (fp32, batch 16, CPU
+    `memory_analysis`), below the unrolled step's 1.81 GB.
+    """
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def _quick_gelu_forward(x):
+    return quick_gelu(x), x
+
+
+def _quick_gelu_backward(x, dy):
+    s = jax.nn.sigmoid(1.702 * x)
+    return (dy * (s + 1.702 * x * s * (1 - s)),)
+
+
+quick_gelu.defvjp(_quick_gelu_forward, _quick_gelu_backward)
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact erf GELU `x * Phi(x)`, with a hand-written backward that keeps only `x` (as above)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_forward(x):
+    return gelu(x), x
+
+
+def _gelu_backward(x, dy):
+    pdf = jnp.exp(-0.5 * x * x) * np.float32(1 / np.sqrt(2 * np.pi)).astype(x.dtype)
+    cdf = 0.5 * (1 + jax.lax.erf(x * np.float32(1 / np.sqrt(2)).astype(x.dtype)))
+    return (dy * (cdf + x * pdf),)
+
+
+gelu.defvjp(_gelu_forward, _gelu_backward)
+
+_ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu}
+
+
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     """QuickGELU (OpenAI weights) or exact erf GELU (most open_clip weights); never tanh-GELU."""
-    if name == "quick_gelu":
-        return lambda x: x * jax.nn.sigmoid(1.702 * x)
-    if name == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
-    raise ConfigError(f"Unknown activation {name!r}; use 'quick_gelu' or 'gelu'.")
+    if name not in _ACTIVATIONS:
+        raise ConfigError(f"Unknown activation {name!r}; use 'quick_gelu' or 'gelu'.")
+    return _ACTIVATIONS[name]
 
 
 @jax.custom_vjp
