@@ -11,9 +11,9 @@ fp32 on random data, each in its own subprocess (so peak RSS is that side's alon
 - `open_clip`: open_clip's model, ClipLoss and torch.optim.AdamW, `torch.set_num_threads`
   equal to the CPU count JAX uses.
 Every side gets the malloc huge-page setting the `clip-jax` entry points restart with
-(`clip_jax.runtime.host_tuning`; on this kind of 2-core machine it is worth ~8 % of a
-ViT-B/32 step). Repeats alternate the sides (ABC, BCA, ...) so that machine load hits all alike; each figure
-in the table is a ratio to open_clip (or to plain flax for compile time) formed within one
+(`clip_jax.runtime.host_tuning`; on the 2-core development machine it took 5-16 % off
+our ViT-B/32 step in two paired runs). Repeats alternate the sides (ABC, BCA, ...) so that
+machine load hits all alike; each figure in the table is a ratio to open_clip (or to plain flax for compile time) formed within one
 repeat, printed as the median and [min, max] over repeats.
 """
 
