@@ -72,25 +72,12 @@ def main() -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"),
                                                      "--xla_cpu_enable_xprof_traceme=true")))
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     import jax
-    import numpy as np
 
-    from clip_jax.configs import base
-    from clip_jax.runtime import sharding
-    from clip_jax.training import train_step
+    from train_step import clip_jax_step
 
-    config = base.get_config(args.model)
-    config.model.dtype, config.model.scan_layers = "float32", args.scan
-    config.batch_size, config.compilation_cache_dir = args.batch, ""
-    mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    s = train_step.setup(config, train_step.model_config(config), mesh)
-    state = s.init_state(jax.random.key(0))
-    compiled = train_step.compile_train_step(config, s)
-    size = s.module.config.image_size
-    rng = np.random.default_rng(0)
-    batch = {"images": rng.integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8),
-             "tokens": rng.integers(1, 49407, (args.batch, 77)).astype(np.int32)}
+    compiled, state, batch, _ = clip_jax_step(args.model, args.batch, args.scan)
     for _ in range(2):
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
@@ -115,7 +102,7 @@ def main() -> None:
     print("| class | ms | share |\n|---|---:|---:|")
     for name, ms in per_class.most_common():
         print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")
-    print(f"\n| kernel | class | result | ms |\n|---|---|---|---:|")
+    print("\n| kernel | class | result | ms |\n|---|---|---|---:|")
     for name, ms in per_kernel.most_common(args.top):
         print(f"| {name} | {kinds[name][0]} | `{kinds[name][1]}` | {ms:,.1f} |")
 

@@ -13,8 +13,9 @@ fp32 on random data, each in its own subprocess (so peak RSS is that side's alon
 Every side gets the malloc huge-page setting the `clip-jax` entry points restart with
 (`clip_jax.runtime.host_tuning`; on the 2-core development machine it took 5-16 % off
 our ViT-B/32 step in two paired runs). Repeats alternate the sides (ABC, BCA, ...) so that
-machine load hits all alike; each figure in the table is a ratio to open_clip (or to plain flax for compile time) formed within one
-repeat, printed as the median and [min, max] over repeats.
+machine load hits all alike; each figure in the table is a ratio to open_clip (or to plain
+flax for compile time) formed within one repeat, printed as the median and [min, max] over
+repeats.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def _time_steps(run, steps: int) -> list[float]:
     return times
 
 
-def run_clip_jax(model: str, batch: int, steps: int, scan: bool) -> dict:
+def clip_jax_step(model: str, batch: int, scan: bool) -> tuple:
+    """(compiled step, train state, random batch dict, compile seconds): our fp32 step on one
+    device, as every benchmark of it builds it."""
     import jax
 
     from clip_jax.runtime import sharding
@@ -74,15 +77,22 @@ def run_clip_jax(model: str, batch: int, steps: int, scan: bool) -> dict:
     compiled = train_step.compile_train_step(config, s)
     compile_s = time.perf_counter() - t0
     images, tokens = _random_batch(batch, s.module.config.image_size)
+    return compiled, state, {"images": images, "tokens": tokens}, compile_s
+
+
+def run_clip_jax(model: str, batch: int, steps: int, scan: bool) -> dict:
+    import jax
+
+    compiled, state, data, compile_s = clip_jax_step(model, batch, scan)
     box = [state]
 
     def run():
-        box[0], metrics = compiled(box[0], {"images": images, "tokens": tokens})
+        box[0], metrics = compiled(box[0], data)
         jax.block_until_ready(metrics)
 
     return {"compile_s": compile_s, "step_s": _time_steps(run, steps),
-            "h2d_bytes_per_step": images.nbytes + tokens.nbytes,
-            "h2d_bytes_per_step_float32_images": images.size * 4 + tokens.nbytes}
+            "h2d_bytes_per_step": data["images"].nbytes + data["tokens"].nbytes,
+            "h2d_bytes_per_step_float32_images": data["images"].size * 4 + data["tokens"].nbytes}
 
 
 def run_plain_flax(model: str, batch: int, steps: int) -> dict:

@@ -8,6 +8,7 @@ mentions mesh axes.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -77,8 +78,8 @@ def _gelu_forward(x):
 
 
 def _gelu_backward(x, dy):
-    pdf = jnp.exp(-0.5 * x * x) * np.float32(1 / np.sqrt(2 * np.pi)).astype(x.dtype)
-    cdf = 0.5 * (1 + jax.lax.erf(x * np.float32(1 / np.sqrt(2)).astype(x.dtype)))
+    pdf = jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))  # Python floats keep x's dtype
+    cdf = 0.5 * (1 + jax.lax.erf(x * math.sqrt(0.5)))
     return (dy * (cdf + x * pdf),)
 
 

@@ -53,11 +53,6 @@ class Conv(nn.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, pdtype: Dtype, name: str,
-          stride: int = 1) -> Conv:
-    return Conv(features, kernel, stride, dtype, pdtype, name=name)
-
-
 class BatchNorm(nn.Module):
     """Batch normalisation over the channels of NHWC, with Flax's `nn.BatchNorm` formulas.
 
@@ -117,7 +112,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(_conv, dtype=self.dtype, pdtype=self.param_dtype)
+        conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
         bn = functools.partial(_batch_norm, train, self.dtype, self.param_dtype)
         out = nn.relu(bn("bn1")(conv(self.planes, 1, name="conv1")(x)))
         out = nn.relu(bn("bn2")(conv(self.planes, 3, name="conv2")(out)))
@@ -165,10 +160,10 @@ class ModifiedResNet(nn.Module):
         cfg, v = self.config, self.config.vision
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         check_image_shape(images, v.image_size)
-        conv = functools.partial(_conv, dtype=dtype, pdtype=pdtype)
+        conv = functools.partial(Conv, dtype=dtype, param_dtype=pdtype)
         bn = functools.partial(_batch_norm, train, dtype, pdtype)
         x = images.astype(dtype)
-        x = nn.relu(bn("bn1")(conv(v.width // 2, 3, name="conv1", stride=2)(x)))
+        x = nn.relu(bn("bn1")(conv(v.width // 2, 3, stride=2, name="conv1")(x)))
         x = nn.relu(bn("bn2")(conv(v.width // 2, 3, name="conv2")(x)))
         x = nn.relu(bn("bn3")(conv(v.width, 3, name="conv3")(x)))
         x = _avg_pool(x, 2)

@@ -29,12 +29,16 @@ def _thp_on_request() -> bool:
         return False
 
 
+def _glibc_linux() -> bool:
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
 def huge_page_environ() -> dict[str, str] | None:
     """This process' environment with malloc's huge-page tunable added, or None where it would
     not help (off Linux/glibc, THP `always` or `never`, the user set the tunable, or already
     restarted). Benchmarks give it to every side they spawn, so all run as the entry points do.
     """
-    if (sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or os.environ.get(_DONE)
+    if (not _glibc_linux() or os.environ.get(_DONE)
             or _TUNABLE in os.environ.get("GLIBC_TUNABLES", "") or not _thp_on_request()):
         return None
     tunables = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), f"{_TUNABLE}=1")))
@@ -63,7 +67,7 @@ def release_freed_memory() -> bool:
     when trimmed in between. Call it after a compile; it takes milliseconds. Returns False
     where there is no glibc (nothing to trim), else whether any memory was released.
     """
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if not _glibc_linux():
         return False
     import ctypes
 
