@@ -197,6 +197,36 @@ def test_resnet_batch_norm_matches_flax_batch_norm(train):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got_stats, want_stats)
 
 
+def test_resnet_batch_norm_train_gradients_equal_torch():
+    """Train-mode values and input / scale / bias gradients against torch's float64 batch_norm
+    (our backward is autodiff of x * m + (bias - mean * m), not of Flax's (x - mean) * m + bias)."""
+    from clip_jax.models.resnet import BatchNorm
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 6, 6, 5)) * 2.5 + rng.uniform(-3, 3, 5)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    variables = nn.unbox(BatchNorm(True).init(jax.random.key(0), x))
+    scale, bias = rng.uniform(0.5, 1.5, 5), rng.uniform(-1, 1, 5)
+    params = {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
+
+    def f(params, x):
+        out, _ = BatchNorm(True).apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return out
+
+    out, vjp = jax.vjp(f, params, jnp.asarray(x))
+    grad_params, grad_x = vjp(jnp.asarray(dout))
+    to_nchw = lambda a: torch.tensor(np.moveaxis(a, -1, 1), dtype=torch.float64)  # noqa: E731
+    xt = to_nchw(x).requires_grad_()
+    wt, bt = (torch.tensor(v, requires_grad=True) for v in (scale, bias))
+    ref = torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True, eps=1e-5)
+    ref.backward(to_nchw(dout))
+    from_nchw = lambda t: np.moveaxis(t.detach().numpy(), 1, -1)  # noqa: E731
+    np.testing.assert_allclose(out, from_nchw(ref), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(grad_x, from_nchw(xt.grad), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(grad_params["scale"], wt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_params["bias"], bt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("overrides,named", [
     ({"widht": 3}, "widht"), ({"vision": {"layerz": 2}}, "vision.layerz"),
     ({"text": {"heads": 2, "contex_length": 7}}, "text.contex_length"),

