@@ -61,10 +61,10 @@ class BatchNorm(nn.Module):
     them. Written out (not `nn.BatchNorm`) so the running statistics carry their initialisers
     (`with_axes`, logical axis "norm") and `create_model` draws the whole ResNet on the host.
     The output is `x * m + (bias - mean * m)` with `m = scale * rsqrt(var + epsilon)`, Flax's
-    `(x - mean) * m + bias` regrouped (equal up to rounding; tests hold it to 1e-6): autodiff of Flax's form keeps a
-    centred copy of every BN input alive until the backward pass beside the input itself
-    (XLA:CPU materialises it for the scale gradient); this form needs only `x`. RN50, batch 16:
-    step temporaries 3.35 -> 2.55 GB, peak RSS -14 %.
+    `(x - mean) * m + bias` regrouped (equal up to rounding; tests hold it to 1e-6): autodiff
+    of Flax's form keeps a centred copy of every BN input alive until the backward pass beside
+    the input itself (XLA:CPU materialises it for the scale gradient); this form needs only
+    `x`. RN50, batch 16: step temporaries 3.35 -> 2.55 GB, peak RSS -14 %.
     """
 
     train: bool
