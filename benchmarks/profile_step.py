@@ -9,7 +9,8 @@ computes: matmul, convolution (a weight gradient is an unstrided convolution who
 whole feature map), dynamic-update-slice / dynamic-slice (a scanned tower's stacked residuals and
 gradients), broadcast (zero-filled buffers), transpose or copy, other elementwise / reduce
 work. Prints milliseconds per class (summed over threads, so the total exceeds the step's wall
-time when kernels overlap) and the most expensive kernels with their shapes.
+time when kernels overlap) and the most expensive kernels with their shapes, after XLA's own
+account of the step's argument and temporary buffers (`compiled.memory_analysis()`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def main() -> None:
     total = sum(per_class.values())
     print(f"{args.model}, batch {args.batch}, fp32, scan_layers={args.scan}: traced step "
           f"{wall * 1e3:,.0f} ms wall, {total:,.0f} ms of kernel time over all threads")
+    memory = compiled.memory_analysis()
+    print(f"XLA buffers: arguments {memory.argument_size_in_bytes / 1e9:.2f} GB, temporaries "
+          f"{memory.temp_size_in_bytes / 1e9:.2f} GB")
     print("| class | ms | share |\n|---|---:|---:|")
     for name, ms in per_class.most_common():
         print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")
