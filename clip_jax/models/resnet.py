@@ -98,11 +98,6 @@ class BatchNorm(nn.Module):
         return (x * mul + (bias.astype(jnp.float32) - mean * mul)).astype(self.dtype)
 
 
-def _batch_norm(train: bool, dtype: Dtype, pdtype: Dtype, name: str,
-                zero_init: bool = False) -> BatchNorm:
-    return BatchNorm(train, zero_init, dtype=dtype, param_dtype=pdtype, name=name)
-
-
 def _avg_pool(x: jax.Array, stride: int) -> jax.Array:
     return nn.avg_pool(x, (stride, stride), strides=(stride, stride)) if stride > 1 else x
 
@@ -118,15 +113,15 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
-        bn = functools.partial(_batch_norm, train, self.dtype, self.param_dtype)
-        out = nn.relu(bn("bn1")(conv(self.planes, 1, name="conv1")(x)))
-        out = nn.relu(bn("bn2")(conv(self.planes, 3, name="conv2")(out)))
+        bn = functools.partial(BatchNorm, train, dtype=self.dtype, param_dtype=self.param_dtype)
+        out = nn.relu(bn(name="bn1")(conv(self.planes, 1, name="conv1")(x)))
+        out = nn.relu(bn(name="bn2")(conv(self.planes, 3, name="conv2")(out)))
         out = _avg_pool(out, self.stride)
-        out = bn("bn3", zero_init=True)(conv(self.planes * 4, 1, name="conv3")(out))
+        out = bn(name="bn3", zero_init=True)(conv(self.planes * 4, 1, name="conv3")(out))
         identity = x
         if self.stride > 1 or x.shape[-1] != self.planes * 4:
             identity = conv(self.planes * 4, 1, name="downsample_conv")(_avg_pool(x, self.stride))
-            identity = bn("downsample_bn")(identity)
+            identity = bn(name="downsample_bn")(identity)
         return constrain(nn.relu(out + identity), _FEATURE_MAP)
 
 
@@ -166,11 +161,11 @@ class ModifiedResNet(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         check_image_shape(images, v.image_size)
         conv = functools.partial(Conv, dtype=dtype, param_dtype=pdtype)
-        bn = functools.partial(_batch_norm, train, dtype, pdtype)
+        bn = functools.partial(BatchNorm, train, dtype=dtype, param_dtype=pdtype)
         x = images.astype(dtype)
-        x = nn.relu(bn("bn1")(conv(v.width // 2, 3, stride=2, name="conv1")(x)))
-        x = nn.relu(bn("bn2")(conv(v.width // 2, 3, name="conv2")(x)))
-        x = nn.relu(bn("bn3")(conv(v.width, 3, name="conv3")(x)))
+        x = nn.relu(bn(name="bn1")(conv(v.width // 2, 3, stride=2, name="conv1")(x)))
+        x = nn.relu(bn(name="bn2")(conv(v.width // 2, 3, name="conv2")(x)))
+        x = nn.relu(bn(name="bn3")(conv(v.width, 3, name="conv3")(x)))
         x = _avg_pool(x, 2)
         for stage, depth in enumerate(v.layers):
             planes = v.width * 2 ** stage
