@@ -13,7 +13,7 @@ def test_override_wins_and_says_so():
     assert hardware.peak_flops(override=3e12) == (3e12, "config.peak_flops_per_device")
 
 
-def test_cpu_peak_is_the_best_measurement_seen(tmp_path, monkeypatch):
+def test_cpu_peak_is_the_best_plausible_measurement_seen(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path))
     peak, source = hardware.peak_flops(dtype="float32")
     assert peak > 0 and "measured now" in source and str(tmp_path) in source
@@ -22,10 +22,17 @@ def test_cpu_peak_is_the_best_measurement_seen(tmp_path, monkeypatch):
     key = next(iter(stored))
     assert jax.devices()[0].device_kind in key and "float32" in key
     path = tmp_path / "peak_flops.json"
-    stored[key] = 1e18  # above any measurement here: kept
+    monkeypatch.setattr(hardware, "measure_matmul_flops", lambda *a: 1e11)  # a loaded machine
+    stored[key] = 3e11  # a better earlier measurement: kept
     path.write_text(json.dumps(stored))
     assert hardware.peak_flops(dtype="float32") == (
-        1e18, f"timed 2048x2048 float32 matmul, best seen (cached in {path})")
+        3e11, f"timed 2048x2048 float32 matmul, best seen (cached in {path})")
+    stored[key] = 6.1e15  # no load explains 61000x: a mistimed run, replaced
+    path.write_text(json.dumps(stored))
+    peak, source = hardware.peak_flops(dtype="float32")
+    assert peak == 1e11 and "measured now" in source and json.loads(path.read_text())[key] == 1e11
+    monkeypatch.undo()
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path))
     stored[key] = 1.0  # as if measured under load: replaced by the better measurement
     path.write_text(json.dumps(stored))
     peak, source = hardware.peak_flops(dtype="float32")

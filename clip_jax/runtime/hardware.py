@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -26,6 +27,11 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 )
 MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
+# A stored peak more than this many times the current measurement is not the same machine on a
+# better day (load on the 2-core development box costs up to ~1.4x) but a mistimed run, and is
+# replaced: otherwise one such value would fix every later MFU (one stored 6.1e15 FLOP/s for a
+# CPU whose matmul reaches 2-3e11 put MFU at 1e-5 %).
+IMPLAUSIBLE_PEAK_RATIO = 4.0
 # What libtpu is told on a machine without TPU chips, so that it does not look for a TPU VM.
 NO_TPU_ENV = {"TPU_ACCELERATOR_TYPE": "v5litepod-1", "TPU_WORKER_HOSTNAMES": "localhost"}
 
@@ -65,17 +71,18 @@ def cache_dir() -> Path:
 
 def measure_matmul_flops(dtype: str, device: jax.Device | None = None,
                          size: int = MATMUL_SIZE) -> float:
-    """Best-of-`MATMUL_REPEATS` FLOP/s of one jitted [size, size] @ [size, size] at `dtype`."""
+    """FLOP/s of one jitted [size, size] @ [size, size] at `dtype`: the median of
+    `MATMUL_REPEATS` timed calls, so that one mistimed call cannot set the peak."""
     device = device or jax.devices()[0]
     a = jax.device_put(jnp.ones((size, size), dtype), device)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
-    best = float("inf")
+    times = []
     for _ in range(MATMUL_REPEATS):
         t0 = time.perf_counter()
         matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best
+        times.append(time.perf_counter() - t0)
+    return 2 * size ** 3 / statistics.median(times)
 
 
 def peak_flops(device: jax.Device | None = None, override: float | None = None,
@@ -84,11 +91,12 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
 
     `override` (config.peak_flops_per_device) wins; then the spec-sheet table for known TPUs
     and GPUs; otherwise (CPUs, unknown accelerators) the throughput of a timed matmul at the
-    compute `dtype` (best of `MATMUL_REPEATS`, ~0.5 s on a 2-core CPU), measured at every call
+    compute `dtype` (`measure_matmul_flops`, ~0.5 s on a 2-core CPU), measured at every call
     and kept as the highest seen per device kind, dtype and CPU count in
     `cache_dir()/peak_flops.json`: a measurement taken while other work shares the machine
-    understates the peak (and so overstates MFU), so it never lowers the stored value. MFU on
-    such a machine means "of the best this machine's XLA matmul has reached".
+    understates the peak (and so overstates MFU), so it never lowers the stored value, unless
+    the stored one is over `IMPLAUSIBLE_PEAK_RATIO` times the new one (a mistimed run, not
+    load). MFU on such a machine means "of the best this machine's XLA matmul has reached".
     """
     if override:
         return float(override), "config.peak_flops_per_device"
@@ -105,7 +113,7 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
         cached = {}
     how = f"timed {MATMUL_SIZE}x{MATMUL_SIZE} {dtype} matmul"
     measured = measure_matmul_flops(dtype, device)
-    if measured <= cached.get(key, 0.0):
+    if measured <= cached.get(key, 0.0) <= IMPLAUSIBLE_PEAK_RATIO * measured:
         return float(cached[key]), f"{how}, best seen (cached in {path})"
     cached[key] = measured
     try:
