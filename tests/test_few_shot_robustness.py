@@ -8,6 +8,7 @@ pytest.importorskip("sklearn")
 from scipy import optimize, special, stats
 from sklearn.linear_model import LogisticRegression
 
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import few_shot
 from clip_jax.evaluation import robustness
 
@@ -84,6 +85,24 @@ def test_few_shot_curve_gives_mean_and_spread_over_seeds():
     expected = [few_shot.probe_accuracy(x, y, tx, ty, 4, 4, s, [1e-2])[0] for s in range(3)]
     np.testing.assert_allclose(curve[4], expected)
     assert curve[1].shape == (3,)
+
+
+@pytest.mark.parametrize("per_class,missing", [(6, None), (30, 2)])
+def test_few_shot_refuses_more_shots_than_a_class_has(per_class, missing):
+    x, y = blobs(per_class)
+    if missing is not None:  # a class absent from the training set
+        x, y = x[y != missing], y[y != missing]
+    fewest = missing if missing is not None else 0
+    have = 0 if missing is not None else per_class
+    with pytest.raises(ConfigError, match=f"16-shot probes need 16 .* class {fewest} has {have}"):
+        few_shot.few_shot_curve(x, y, x, y, 4, shots=[1, 16], seeds=1, l2_grid=[1e-2])
+
+
+def test_few_shot_warns_when_validation_draw_is_short(caplog):
+    x, y = blobs(6)
+    with caplog.at_level("WARNING", logger=few_shot.__name__):
+        few_shot.few_shot_curve(x, y, x, y, 4, shots=[4], seeds=1, l2_grid=[1e-2, 1.0])
+    assert "2 held-out images of it instead of 4" in caplog.text
 
 
 def test_baseline_fit_agrees_with_scipy_linregress_on_logits():

@@ -12,6 +12,7 @@ Results over seeds are reported as mean and standard deviation.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +28,8 @@ PRIOR_L2 = linear_probe.DEFAULT_L2 + (1.0, 10.0)  # strong pulls reach the zero-
 # bounds the cost (hundreds of probes per curve) instead.
 MAX_ITER = 100
 
+log = logging.getLogger(__name__)
+
 
 def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator,
                  exclude: np.ndarray | None = None) -> np.ndarray:
@@ -41,6 +44,24 @@ def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator,
         pool = np.flatnonzero((labels == c) & allowed)
         chosen.append(rng.choice(pool, size=min(k, len(pool)), replace=False))
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def check_shots(train_y: np.ndarray, num_classes: int, k: int) -> None:
+    """Raises ConfigError unless every class has k training examples: a "k-shot" result
+    drawn from fewer would be mislabelled. Logs a warning when some class has fewer than 2k,
+    so that the validation draw that picks the L2 strength gets fewer than k of it (none: the
+    grid's first value is used)."""
+    counts = np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
+    fewest = int(np.argmin(counts))
+    if counts[fewest] < k:
+        raise ConfigError(
+            f"{k}-shot probes need {k} training images per class; class {fewest} has "
+            f"{counts[fewest]}. Lower the largest shot count (--shots / "
+            f"eval.few_shot.<task>.shots) to <= {counts[fewest]}, or add training images.")
+    if counts[fewest] < 2 * k:
+        log.warning("Class %d has %d training images, fewer than 2 x %d: the %d-shot probes "
+                    "choose their L2 strength on %d held-out images of it instead of %d.",
+                    fewest, counts[fewest], k, k, counts[fewest] - k, k)
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -75,6 +96,7 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                          f"seeds={seeds}).")
     train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    check_shots(train_y, num_classes, max(shots))
     pad_to = max(shots) * num_classes  # every k shares one compiled solver
     return {k: np.asarray([probe_accuracy(train_x, train_y, test_x, test_y, num_classes, k, s,
                                           list(l2_grid), prior, pad_to)[0]
