@@ -179,6 +179,25 @@ def build_options(builder_config: Any) -> dict[str, Any]:
                           "description", "tags")}, default=dataclasses.asdict))
 
 
+# Options that set how fast a dataset is built, never what it holds: a dataset built with other
+# values is the same dataset (`build_identity`).
+THROUGHPUT_OPTIONS = ("num_threads",)
+
+
+def build_identity(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`build_options` flattened to dotted keys (`table.image_column`), without
+    `THROUGHPUT_OPTIONS`: what must match for a built dataset to be reused."""
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in THROUGHPUT_OPTIONS:
+            continue
+        if isinstance(value, dict):
+            flat.update(build_identity(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def write_build_options(dataset_dir: str, builder_config: Any) -> None:
     """Records the build inputs next to the data, so a later run can detect stale reuse."""
     from clip_jax.data._tf import tf

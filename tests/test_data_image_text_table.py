@@ -207,8 +207,11 @@ def test_configuration_errors_are_clear(inputs, tmp_path):
 
 def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):
     root, _ = inputs
-    with pytest.raises(ConfigError, match=r"built with different options.*new name"):
+    with pytest.raises(ConfigError, match=r"built with different options "
+                                         r"\(\['table.group_by_image'\]: \[False\] -> \[True\]\).*new name"):
         sources.prepare(table_config(root, data_dir, group_by_image=True))
+    # How many threads build it does not change what was built: reused as it is.
+    sources.prepare(table_config(root, data_dir, num_threads=3))
 
 
 def test_training_from_the_table(built, inputs, data_dir):

@@ -120,14 +120,14 @@ def _run_once(action: Any, done: Any, name: str) -> None:
 
 def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
     """A table / webdataset dataset reused under its name must come from the same inputs."""
-    from clip_jax_data.records import BUILD_OPTIONS_FILE, build_options
+    from clip_jax_data.records import BUILD_OPTIONS_FILE, build_identity, build_options
 
     path = f"{builder.data_dir}/{BUILD_OPTIONS_FILE}"
     if builder.builder_config is None or not tf.io.gfile.exists(path):
         return
     with tf.io.gfile.GFile(path) as f:
-        built = json.load(f)
-    wanted = build_options(builder.builder_config)
+        built = build_identity(json.load(f))
+    wanted = build_identity(build_options(builder.builder_config))
     if built != wanted:
         changed = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
         raise ConfigError(
