@@ -189,6 +189,17 @@ def test_only_config_errors_are_one_line(monkeypatch, tmp_path, capsys):
         cli.main(argv)
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_train_help_lists_its_flags_and_configs(flag, capsys):
+    from clip_jax.cli import train as entry
+
+    assert entry.main(["clip-jax train", "--config=tiny", flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: clip-jax train --config FILE_OR_NAME --workdir DIR")
+    assert "--workdir: Directory" in out and "--config: Config file" in out
+    assert "Exit codes:" in out and "vit_b16" in out and "--helpfull" in out
+
+
 def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
     """`--config` takes a path from the checkout root, the package's path, or a bare name;
     all load clip_jax/configs/NAME.py's get_config() and leave sys.path alone."""

@@ -228,10 +228,32 @@ def run(config: Any, workdir: str) -> int:
     return 0
 
 
+HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
+
+
+def help_text(program: str) -> str:
+    """What `--help` prints: this module's docstring, the command's flags and the configs.
+
+    absl's own `--help` lists only flags defined by the `__main__` module, which for an entry
+    point script is none of ours.
+    """
+    from absl import flags
+
+    values = flags.FlagValues()
+    define_flags(values, [program])
+    return (f"usage: {program} --config FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...]"
+            f"\n\n{__doc__.strip()}\n{values.module_help(__name__)}\n\nconfigs: "
+            f"{', '.join(config_names())}\nabsl's flags (logging, flag files): --helpfull")
+
+
 def main(argv: Sequence[str]) -> int:
     """`clip-jax train ARGS` / `python main.py ARGS` (argv[0] is the program name): the flags
-    parsed by absl (`--verbosity`, `--help`, flag files work), then `run`."""
+    parsed by absl (`--verbosity`, flag files work), then `run`; `--help` prints `help_text`."""
     from absl import app, flags
+
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(help_text(argv[0]))
+        return 0
 
     def parse(args: list[str]) -> list[str]:
         try:
