@@ -153,3 +153,31 @@ def test_eval_batches_equal_preprocess_of_pillow_images(folder):
             pixels = np.round(want[n // 2:] * std + mean).astype(np.uint8)
             grey = np.stack([np.asarray(transform(Image.fromarray(p))) for p in pixels])
             np.testing.assert_allclose(got * std + mean, grey, atol=1e-3)
+
+
+def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
+    """An empty file, a text file and a cut-off header under image names: each is left out
+    of the eval batches with a warning naming it; the readable images come out as preprocess
+    gives them, with their own indices and labels."""
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(folder / "test", root)
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "dog" / "notes.png").write_text("not an image")
+    (root / "sea_lion" / "cut.png").write_bytes((root / "cat" / "0.png").read_bytes()[:8])
+    images = labelled_data.read(str(root))
+    bad = {os.path.join(root, p) for p in ("cat/empty.jpg", "dog/notes.png", "sea_lion/cut.png")}
+    good = [i for i, f in enumerate(images.files) if f not in bad]
+    assert len(good) == len(images) - 3
+    with caplog.at_level("WARNING", logger=labelled_data.__name__):
+        batches = list(labelled_data.make_iterable(images, MODEL, batch_size=4))
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches])[mask], good)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask],
+                                  images.labels[good])
+    want = preprocess([Image.open(images.files[i]).convert("RGB") for i in good], MODEL)
+    np.testing.assert_array_equal(np.concatenate([b["images"] for b in batches])[mask], want)
+    for path in bad:
+        assert f"skipped unreadable image {path}" in caplog.text
+    assert "empty file (0 bytes)" in caplog.text

@@ -33,6 +33,7 @@ import tarfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from clip_jax.data import shifts
 from clip_jax.data import tf_preprocess
@@ -306,12 +307,38 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
         return f.read(int(length))
 
 
+def _placeholder_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(out, format="PNG")
+    return out.getvalue()
+
+
+_PLACEHOLDER = _placeholder_png()
+
+
+def read_checked_image(path: bytes, offset: np.int64, length: np.int64) -> tuple[bytes, bool]:
+    """(`read_image_bytes`, True), or (a 1x1 placeholder PNG, False) with a warning naming the
+    file when it is empty, unreadable or not an image by its header (PIL opens the header
+    only: no pixels are decoded twice). The pipeline masks such an image out of the results."""
+    name = path.decode() + (f" (bytes {offset}+{length})" if offset >= 0 else "")
+    try:
+        data = read_image_bytes(path, offset, length)
+        if not data:
+            raise ValueError("empty file (0 bytes)")
+        Image.open(io.BytesIO(data))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        log.warning("skipped unreadable image %s: %s", name, error)
+        return _PLACEHOLDER, False
+    return data, True
+
+
 def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
                   shift: str = "", prefetch_batches: int = 2, process_index: int | None = None,
                   process_count: int | None = None) -> EvalIterable:
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
     in order, padded with `mask` False so every process yields the same number of batches
-    (`clip_jax.data.eval_pipeline`'s slicing, padding and batching)."""
+    (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
+    (`read_checked_image`) is masked out like padding, with a warning naming it."""
     shift = shifts.check(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
@@ -323,13 +350,13 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     columns = {k: tf.constant(v[index]) for k, v in table.items()}
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        encoded = tf.numpy_function(read_image_bytes,
-                                    [item["file"], item["offset"], item["length"]], tf.string,
-                                    stateful=False)
+        encoded, readable = tf.numpy_function(
+            read_checked_image, [item["file"], item["offset"], item["length"]],
+            (tf.string, tf.bool), stateful=False)
         image = tf_preprocess.eval_image(tf.ensure_shape(encoded, []), size)
         image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
-        return mask_padding({"images": image, "label": item["label"]}, item["valid"],
-                            item["index"])
+        valid = item["valid"] & tf.ensure_shape(readable, [])
+        return mask_padding({"images": image, "label": item["label"]}, valid, item["index"])
 
     dataset = tf.data.Dataset.from_tensor_slices(
         {**columns, "index": tf.constant(index), "valid": tf.constant(valid)})
