@@ -1,6 +1,7 @@
 """Train-step throughput, peak memory and compile time: clip_jax vs plain Flax vs open_clip.
 
     python benchmarks/train_step.py --models ViT-B/32 RN50 --batch 16 --steps 5 --repeats 3
+    python benchmarks/train_step.py --models ViT-B/32 --compile-only --repeats 5
 
 Every side runs one full step (forward, symmetric contrastive loss, backward, AdamW update) in
 fp32 on random data, each in its own subprocess (so peak RSS is that side's alone):
@@ -32,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("clip_jax", "clip_jax scan", "plain flax", "open_clip")
+COMPILED_SIDES = SIDES[:3]
 sys.path.insert(0, str(ROOT))
 from clip_jax.runtime.host_tuning import huge_page_environ  # noqa: E402  (imports no JAX)
 
@@ -49,6 +51,9 @@ def _random_batch(batch: int, size: int, length: int = 77):
 
 
 def _time_steps(run, steps: int) -> list[float]:
+    """Seconds per step after one warm-up call; no call at all for 0 steps (--compile-only)."""
+    if not steps:
+        return []
     times = []
     for i in range(steps + 1):  # the first call is warm-up
         t0 = time.perf_counter()
@@ -170,7 +175,8 @@ def _spawn(side: str, args) -> dict:
     if line is None:
         raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")
     result = json.loads(line[len("RESULT "):])
-    result["img_s"] = args.batch / statistics.median(result["step_s"])
+    if result["step_s"]:
+        result["img_s"] = args.batch / statistics.median(result["step_s"])
     return result
 
 
@@ -201,6 +207,16 @@ def table(model: str, runs: list[dict[str, dict]]) -> str:
     return "\n".join(rows)
 
 
+def compile_table(model: str, runs: list[dict[str, dict]]) -> str:
+    """Markdown rows for --compile-only: compile seconds and the per-repeat ratio to plain."""
+    rows = [f"| {model} | | compile (s) | compile vs plain |", "|---|---|---:|---:|"]
+    for side in COMPILED_SIDES:
+        comp = [run[side]["compile_s"] for run in runs]
+        ratio = [c / run["plain flax"]["compile_s"] for c, run in zip(comp, runs)]
+        rows.append(f"| {model} | {side} | {_spread(comp, '{:.1f}')} | {_spread(ratio)} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ViT-B/32", "RN50"])
@@ -210,20 +226,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch.set_num_threads for open_clip (JAX uses every core)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="only the compiled sides' compile time (no steps, no open_clip): "
+                             "cheap enough for the repeats this noisy figure needs")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    print(f"fp32, batch {args.batch}, {args.steps} timed steps per process, {args.repeats} "
-          f"alternating repeats, {os.cpu_count()} CPUs, open_clip threads {args.threads}")
+    sides = COMPILED_SIDES if args.compile_only else SIDES
+    if args.compile_only:
+        args.steps = 0
+    steps = "compile only" if args.compile_only else f"{args.steps} timed steps per process"
+    print(f"fp32, batch {args.batch}, {steps}, {args.repeats} alternating repeats, "
+          f"{os.cpu_count()} CPUs, open_clip threads {args.threads}")
     for model in args.models:
         args.model = model
         runs = []
         for r in range(args.repeats):
-            order = SIDES[r % len(SIDES):] + SIDES[:r % len(SIDES)]
+            order = sides[r % len(sides):] + sides[:r % len(sides)]
             runs.append({side: _spawn(side, args) for side in order})
-        print(table(model, runs))
+        print(compile_table(model, runs) if args.compile_only else table(model, runs))
         h2d = runs[0]["clip_jax"]
         print(f"host -> device bytes per step: {h2d['h2d_bytes_per_step']:,} (uint8 images) vs "
               f"{h2d['h2d_bytes_per_step_float32_images']:,} (float32 images)", flush=True)
