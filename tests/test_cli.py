@@ -30,11 +30,15 @@ from clip_jax_data.synthetic_shapes import render  # noqa: E402
 from clip_jax.configs import base  # noqa: E402
 
 
-def make_workdir(path, preset, data_dir=None, seed=1):
-    """A workdir holding one checkpoint of a random model, as training writes it."""
+def make_workdir(path, preset, data_dir=None, seed=1, table=None):
+    """A workdir holding one checkpoint of a random model, as training writes it (trained on
+    an `image_text_table` with the options `table`, if given)."""
     module, variables = create_model(preset, rng=seed)
     config = base.get_config(preset)
     config.model.dtype = "float32"
+    if table:
+        config.data.dataset = "image_text_table"
+        config.data.table.update(table)
     if data_dir:
         config.data.data_dir = str(data_dir)
         config.data.synthetic.update(image_size=32, num_train=40, num_validation=16, num_test=24)
@@ -121,6 +125,54 @@ def test_eval_uses_the_workdirs_training_config(vit_workdir, tmp_path, capsys):
     assert set(record) == {"step", "zero_shot/heldout/top1", "zero_shot/heldout/top5",
                            "zero_shot/heldout/mean_per_class_recall"}
     assert f"top1 {record['zero_shot/heldout/top1']:.4f}" in out
+
+
+def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, capsys):
+    """A run trained on a table with other column names and its own train/validation tables:
+    `--retrieval captions.csv` (open_clip's header) builds only that table's test split, and
+    its recalls equal those of the model's embeddings computed directly."""
+    import pandas as pd
+
+    from clip_jax.evaluation.metrics import retrieval_metrics
+
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text("img,caption\n")
+    workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+    module, variables = make_workdir(workdir, "test-vit", data_dir, table=dict(
+        name="training", train_path=str(train_csv), validation_path=str(train_csv),
+        image_column="img", caption_column="caption"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+        rows += [(f"{i}.png", f"photo number {i}"), (f"{i}.png", f"picture {i}, again")]
+    pd.DataFrame(rows, columns=["filepath", "title"]).to_csv(tmp_path / "captions.csv",
+                                                            index=False)
+    code, out, err = run(capsys, "eval", str(workdir), "--retrieval",
+                         str(tmp_path / "captions.csv"), "--batch-size", "4", "--output",
+                         str(tmp_path / "out"))
+    assert code == 0, err
+    built = data_dir / "image_text_table" / "captions" / "1.0.0"
+    options = json.loads((built / "build_options.json").read_text())["table"]
+    assert (options["train_path"], options["validation_path"]) == ("", "")
+    assert (options["image_column"], options["caption_column"]) == ("filepath", "title")
+    (record,) = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    images = preprocess([Image.open(tmp_path / f"{i}.png") for i in range(5)], module.config)
+    texts = [caption for _, caption in rows]
+    img, txt, _ = module.apply(variables, images, tokenize(texts, module.config.context_length))
+    want = retrieval_metrics(np.asarray(l2_normalize(img)), np.asarray(l2_normalize(txt)),
+                             np.repeat(np.arange(5), 2))
+    for name, value in want.items():
+        assert record[f"retrieval/captions/{name}"] == pytest.approx(value, abs=1e-6), name
+    from clip_jax.cli import eval_sources
+
+    (tmp_path / "other.csv").write_text("filepath,words\nx.png,y\n")
+    with pytest.raises(ConfigError, match=r"no caption column .*'words'.*set --caption-column"):
+        eval_sources._retrieval(base.get_config("test-vit"), str(tmp_path / "other.csv"))
+    config = base.get_config("test-vit")
+    eval_sources._retrieval(config, str(tmp_path / "other.csv"), caption_column="words")
+    assert config.data.table.caption_column == "words"
 
 
 def test_export_hf_loads_in_transformers(vit_workdir, tmp_path, capsys):

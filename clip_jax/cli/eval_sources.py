@@ -7,7 +7,8 @@
                               datasets with the same classes (--shifted), effective robustness
                               against --baseline (linear_probe, or IN:SHIFTED pairs)
   --retrieval TABLE           image-text retrieval on a CSV/TSV of image paths and captions
-                              (built once as an `image_text_table`) or a TFDS name
+                              (built once as an `image_text_table` of its own; columns by
+                              header or --image-column / --caption-column) or a TFDS name
 
 A source (SRC, TRAIN, TEST) is a labelled image folder, a .csv/.tsv with image and label
 columns, a CLIP_benchmark webdataset folder (`clip_jax.data.labelled`), or a TFDS name with an
@@ -24,6 +25,7 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS
 from clip_jax.errors import ConfigError
 
 SOURCE_FLAGS = ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieval")
@@ -41,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="zero-shot on SRC and its shifted versions (--shifts, --shifted)")
     parser.add_argument("--retrieval", metavar="TABLE",
                         help="retrieval on a CSV/TSV of images and captions, or a TFDS name")
+    parser.add_argument("--image-column", default="",
+                        help="--retrieval table's image-path column (default: the first of "
+                             f"{', '.join(IMAGE_COLUMNS)} in its header)")
+    parser.add_argument("--caption-column", default="",
+                        help="--retrieval table's caption column (default: the first of "
+                             f"{', '.join(CAPTION_COLUMNS)} in its header)")
     parser.add_argument("--templates", default="",
                         help="prompt template set (default, simple, synthetic_shapes) or file "
                              "(default: the source's templates file, else 'default')")
@@ -115,22 +123,34 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
             dataset, split, shifts=args.shifts, shifted=args.shifted, baseline=args.baseline,
             **prompts)
     if args.retrieval:
-        _retrieval(config, args.retrieval)
+        _retrieval(config, args.retrieval, args.image_column, args.caption_column)
     for flag in SOURCE_FLAGS:
         if ev[flag]:
             enabled.append(flag)
     ev.evaluators = ",".join(enabled)
 
 
-def _retrieval(config: ml_collections.ConfigDict, spec: str) -> None:
+def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str = "",
+               caption_column: str = "") -> None:
+    """A TFDS name, or a CSV/TSV built as an `image_text_table` of its own: the table section
+    starts from the defaults (the training run's tables, columns and image root are not
+    this table's), holds only the test split, and names the columns found in the header."""
+    from clip_jax.data import labelled
+    from clip_jax.data.options import default_config
     from clip_jax.evaluation import evaluate
 
     name, split = _source(spec) if not spec.lower().endswith((".csv", ".tsv")) else (spec, "")
     if spec.lower().endswith((".csv", ".tsv")):
+        columns = labelled.table_columns(spec)
+        table = default_config().table
+        table.update(
+            name=task_name(spec), test_path=os.path.abspath(spec), group_by_image=True,
+            image_column=labelled.pick_column(columns, image_column, IMAGE_COLUMNS, "image",
+                                              spec, "--image-column"),
+            caption_column=labelled.pick_column(columns, caption_column, CAPTION_COLUMNS,
+                                                "caption", spec, "--caption-column"))
         config.data.dataset = "image_text_table"
-        config.data.table.name = task_name(spec)
-        config.data.table.test_path = os.path.abspath(spec)
-        config.data.table.group_by_image = True
+        config.data.table = table
         name, split = "", "test"
     config.eval.retrieval[task_name(spec)] = evaluate.retrieval_task(name, split)
 

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data import shifts
+from clip_jax.data.options import IMAGE_COLUMNS
 from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLIT_FOLDERS = ("test", "validation", "val", "train")
-IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
 LABEL_COLUMNS = ("label", "class", "target", "label_name", "class_name")
 WDS_CLASSNAMES = "classnames.txt"
 WDS_TEMPLATES = "zeroshot_classification_templates.txt"
@@ -150,18 +150,34 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     return out
 
 
-def _pick_column(columns: list[str], given: str, candidates: Sequence[str], what: str,
-                 path: str, option: str) -> str:
+def pick_column(columns: list[str], given: str, candidates: Sequence[str], what: str,
+                 path: str, option: str = "") -> str:
+    """`given` if it is a column, else the first of `candidates` that is; ConfigError naming
+    the columns and the fix (`option`, the flag or field that names the column; without one,
+    renaming the header)."""
+    fix = f"set {option}" if option else f"rename its header to one of {list(candidates)}"
     if given:
         if given not in columns:
             raise ConfigError(f"{what} column {given!r} is not in {path} (columns: {columns}); "
-                              f"set {option}.")
+                              f"{fix}.")
         return given
     found = [c for c in candidates if c in columns]
     if not found:
         raise ConfigError(f"{path} has no {what} column (looked for {list(candidates)}; "
-                          f"columns: {columns}); name it with {option}.")
+                          f"columns: {columns}); {fix}.")
     return found[0]
+
+
+def table_columns(path: str) -> list[str]:
+    """The header of a .csv / .tsv (pandas dialect, as `read_table` reads it)."""
+    import pandas as pd
+
+    if not tf.io.gfile.exists(path):
+        raise MissingFileError(f"No table at {path!r}.")
+    sep = "\t" if path.lower().endswith(".tsv") else ","
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = io.BytesIO(f.read())
+    return list(pd.read_csv(data, sep=sep, dtype=str, nrows=0, encoding="utf-8-sig").columns)
 
 
 def read_table(path: str, image_column: str = "", label_column: str = "",
@@ -181,10 +197,8 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         data = io.BytesIO(f.read())
     frame = pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     columns = list(frame.columns)
-    image_col = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", path,
-                             "--image-column / image_column")
-    label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", path,
-                             "--label-column / label_column")
+    image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
+    label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
     empty = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
              if not p.strip() or not y.strip()]
     if empty:

@@ -25,6 +25,12 @@ TOKENIZE_MODES = ("auto", "stored", "pipeline")
 DataConfig = Mapping[str, Any] | ml_collections.ConfigDict
 
 
+# Header names under which a table's image-path and caption columns are looked for when none
+# is named (open_clip's defaults first).
+IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
+CAPTION_COLUMNS = ("title", "caption", "text", "captions", "description")
+
+
 def default_config() -> ml_collections.ConfigDict:
     """The `config.data` section, locked: assigning an unknown field fails with its name.
 
