@@ -133,6 +133,11 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
     assert where == {"data": f"image folder {folder}/test", "split": "test", "images": 15,
                      "classes": 3, "templates": "default (12)"}
     table = eval_report.rows(metrics, evaluation.provenance, "test-vit")
+    for line in eval_report.markdown(table).splitlines()[2:]:  # every value legible, none 0.0000
+        evaluator, task, metric, value = [c.strip() for c in line.strip("|").split("|")][:4]
+        assert float(value) == pytest.approx(metrics[f"{evaluator}/{task}/{metric}"], rel=2e-3,
+                                             abs=5e-5)
+    assert [eval_report.number(v) for v in (1e-6, 0.93751, 0.0)] == ["1e-06", "0.9375", "0.0000"]
     paths = eval_report.write(str(tmp_path), table, evaluation.details)
     frame = pd.read_csv(tmp_path / "results.csv")
     assert len(frame) == len(metrics)

@@ -37,13 +37,19 @@ def rows(metrics: Mapping[str, float], provenance: Mapping[str, Mapping[str, Any
     return out
 
 
+def number(value: float) -> str:
+    """4 decimals (accuracies, recalls), or 3 significant digits for magnitudes 4 decimals
+    would show as 0.0000 (a chosen L2 strength of 1e-6)."""
+    return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
 def markdown(table: Sequence[Mapping[str, Any]]) -> str:
     """A markdown table of `rows`: evaluator, task, metric, value, and the provenance."""
     head = ("evaluator", "task", "metric", "value", "data", "split", "images", "classes",
             "templates")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
-        cells = (r["evaluator"], r["task"], r["metric"], f"{r['value']:.4f}", r["dataset"],
+        cells = (r["evaluator"], r["task"], r["metric"], number(r["value"]), r["dataset"],
                  r["split"], r["images"], r["classes"], r["templates"])
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
