@@ -6,6 +6,7 @@ values are the arrays that were saved at the previous step.
 """
 
 import glob
+import logging
 import os
 import shutil
 
@@ -155,6 +156,16 @@ def test_load_falls_back_to_the_newest_good_checkpoint(damaged, capfd):
         return
     _assert_equal(variables["params"], previous["params"])
     assert len(warnings) == 1 and f"checkpoints/{STEPS[-1]}" in warnings[0], err
+
+
+def test_loading_a_healthy_checkpoint_logs_no_warning(saved, caplog):
+    """orbax warned 'Metadata file does not exist: .../state/_CHECKPOINT_METADATA' on every
+    load (the file lives one level up); nothing else may be dropped with it."""
+    with caplog.at_level("WARNING"):
+        clip_jax.load(str(saved[0]))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    logging.getLogger("absl").warning("Metadata file does not exist: /x/7/_CHECKPOINT_METADATA")
+    assert "/x/7/_CHECKPOINT_METADATA" in caplog.text
 
 
 def test_load_with_no_good_checkpoint_is_one_line(saved, tmp_path):

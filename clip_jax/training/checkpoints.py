@@ -13,6 +13,7 @@ back to the newest checkpoint that restores, and training moves the damaged one 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -298,7 +299,28 @@ def read_meta(path: str) -> dict[str, Any]:
     return _first_readable(path, read)
 
 
+class _StepMetadataNotice(logging.Filter):
+    """Drops orbax's "Metadata file does not exist: <step>/state/_CHECKPOINT_METADATA".
+
+    The read helpers open a step's `state` item directly, and orbax keeps that file one level
+    up, per step: the warning fired for every healthy checkpoint a command loaded. Any other
+    missing-metadata report is passed on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Metadata file does not exist")
+                    and text.endswith(f"/{STATE}/_CHECKPOINT_METADATA"))
+
+
+def _quiet_item_metadata_notice() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _StepMetadataNotice) for f in logger.filters):
+        logger.addFilter(_StepMetadataNotice())
+
+
 def _state_tree(step_dir: epath.Path) -> dict[str, Any]:
+    _quiet_item_metadata_notice()
     metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE)
     tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
     if not tree or "params" not in tree:
