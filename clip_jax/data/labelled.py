@@ -168,8 +168,8 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
     return found[0]
 
 
-def table_columns(path: str) -> list[str]:
-    """The header of a .csv / .tsv (pandas dialect, as `read_table` reads it)."""
+def _read_frame(path: str, rows: int | None = None) -> pd.DataFrame:
+    """A .csv / .tsv (by extension) as strings, pandas dialect (quoting, BOM, CRLF)."""
     import pandas as pd
 
     if not tf.io.gfile.exists(path):
@@ -177,7 +177,13 @@ def table_columns(path: str) -> list[str]:
     sep = "\t" if path.lower().endswith(".tsv") else ","
     with tf.io.gfile.GFile(path, "rb") as f:
         data = io.BytesIO(f.read())
-    return list(pd.read_csv(data, sep=sep, dtype=str, nrows=0, encoding="utf-8-sig").columns)
+    return pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                       nrows=rows)
+
+
+def table_columns(path: str) -> list[str]:
+    """The header of a .csv / .tsv, as `read_table` reads it."""
+    return list(_read_frame(path, rows=0).columns)
 
 
 def read_table(path: str, image_column: str = "", label_column: str = "",
@@ -188,14 +194,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     from a `classnames.txt` beside the table); otherwise they are class names, mapped to the
     given names' order, or, without given names, to their sorted order.
     """
-    import pandas as pd
-
-    if not tf.io.gfile.exists(path):
-        raise MissingFileError(f"No table at {path!r}.")
-    sep = "\t" if path.lower().endswith(".tsv") else ","
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = io.BytesIO(f.read())
-    frame = pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    frame = _read_frame(path)
     columns = list(frame.columns)
     image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
     label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
