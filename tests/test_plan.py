@@ -40,6 +40,18 @@ def test_bad_topology_name_is_a_clear_error():
         tpu_topology.parse("v7-4")
     with pytest.raises(ValueError, match="multiple of 2"):
         tpu_topology.parse("v4-9")
+    # Cloud TPU's slice sizes: no 2-chip or 7-chip slice, no v5e/v6e slice above a 256-chip pod
+    # (libtpu aborts the process on a 32x32 v5e), none of 0 slices.
+    for name in ("v5e-2", "v5e-7", "v4-4", "v6e-512", "v5e-1024"):
+        with pytest.raises(ValueError, match=f"{name}: .* is not a Cloud TPU slice"):
+            tpu_topology.parse(name)
+    with pytest.raises(ValueError, match="v5e-1, v5e-4, v5e-8, ..., v5e-256"):
+        tpu_topology.parse("v5e-2")
+    with pytest.raises(ValueError, match="v4-8, v4-16, v4-32, ..., v4-8192"):
+        tpu_topology.parse("v4-4")
+    with pytest.raises(ValueError, match="0xv5e-8: .* at least 1"):
+        tpu_topology.parse("0xv5e-8")
+    assert tpu_topology.parse("v5e-1").bounds == (1, 1)
 
 
 def test_multi_slice_mesh_puts_only_the_data_axis_across_slices():

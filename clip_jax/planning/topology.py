@@ -38,13 +38,24 @@ class Chip:
     hbm_bandwidth: float  # bytes/s
     dims: int  # 2: a 2D torus of single-core chips; 3: a 3D torus of megacore chips
     cores_per_chip: int  # how the accelerator-type name counts: TensorCores per chip
+    max_chips: int  # the largest single slice (a pod)
+
+    @property
+    def slice_chips(self) -> tuple[int, ...]:
+        """Chips per slice that Cloud TPU offers: 2D pods 1 and 4, 8, ... (no 2-chip slice);
+        3D pods 4, 8, ... (the smallest is one 2x2x1 host), powers of two up to `max_chips`."""
+        return tuple(c for c in (2 ** k for k in range(self.max_chips.bit_length()))
+                     if c >= 4 or (c == 1 and self.dims == 2))
+
+    def accelerator_type(self, chips: int) -> str:
+        return f"{self.family}-{chips * self.cores_per_chip}"
 
 
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 275e12, 32 * 2**30, 1200e9, 3, 2),
-    "v5e": Chip("v5e", 197e12, 16 * 2**30, 819e9, 2, 1),
-    "v5p": Chip("v5p", 459e12, 95 * 2**30, 2765e9, 3, 2),
-    "v6e": Chip("v6e", 918e12, 32 * 2**30, 1640e9, 2, 1),
+    "v4": Chip("v4", 275e12, 32 * 2**30, 1200e9, 3, 2, 4096),
+    "v5e": Chip("v5e", 197e12, 16 * 2**30, 819e9, 2, 1, 256),
+    "v5p": Chip("v5p", 459e12, 95 * 2**30, 2765e9, 3, 2, 8192),
+    "v6e": Chip("v6e", 918e12, 32 * 2**30, 1640e9, 2, 1, 256),
 }
 ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
 
@@ -81,9 +92,6 @@ def _grid(chips: int, dims: int) -> tuple[int, ...]:
     while math.prod(sides) < chips:
         smallest = min(sides)
         sides[max(i for i, s in enumerate(sides) if s == smallest)] *= 2
-    if math.prod(sides) != chips:
-        raise ConfigError(f"{chips} chips is not a Cloud TPU slice size; use a power of two "
-                         "(v5e/v6e: 1, 4, 8, ..., 256; v4/v5p: 4, 8, 16, ... chips).")
     return tuple(sides)
 
 
@@ -103,8 +111,15 @@ def parse(name: str) -> Topology:
     if count % chip.cores_per_chip:
         raise ConfigError(f"{name}: {family} names count TensorCores, {chip.cores_per_chip} per "
                          f"chip; use a multiple of {chip.cores_per_chip}.")
-    chips = count // chip.cores_per_chip
-    return Topology(name, chip, chips, int(match.group(1) or 1), _grid(chips, chip.dims))
+    chips, slices = count // chip.cores_per_chip, int(match.group(1) or 1)
+    if chips not in chip.slice_chips:
+        sizes = [chip.accelerator_type(c) for c in chip.slice_chips]
+        raise ConfigError(f"{name}: {chips} {family} chips is not a Cloud TPU slice; use "
+                         f"{', '.join(sizes[:3])}, ..., {sizes[-1]} (powers of two).")
+    if slices < 1:
+        raise ConfigError(f"{name}: a multi-slice prefix counts slices (2x{family}-{count}); "
+                         "use at least 1.")
+    return Topology(name, chip, chips, slices, _grid(chips, chip.dims))
 
 
 def devices(topology: Topology) -> list[Any]:
