@@ -37,7 +37,6 @@ import numpy as np
 
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
-from clip_jax.training import losses
 from clip_jax.training import train
 from clip_jax.training import train_step
 from clip_jax.planning import topology as tpu_topology
@@ -96,13 +95,10 @@ def _shard_bytes(abstract: Any, shardings: Any) -> float:
 
 
 def _model_flops(config: ml_collections.ConfigDict, model: Any) -> float:
-    """The MFU numerator, as the training loop counts it: XLA's count for the unrolled,
-    remat-free step (one micro-batch, unchunked loss: XLA counts a loop body once, so every
-    loop is taken out). The count is global, so it is taken on one CPU device, which can
-    lower any batch (compile-only TPU devices give no cost analysis before compiling)."""
+    """The MFU numerator, as the training loop counts it (`train._model_flops`: the loop-free
+    twin of the step). The count is global, so it is taken on one CPU device, which can lower
+    any batch (compile-only TPU devices give no cost analysis before compiling)."""
     plain = copy.deepcopy(config)
-    plain.microbatches = 1
-    plain.loss = losses.loss_spec(config.loss).unchunked
     plain.mesh = dict(data=1, fsdp=1, tensor=1)
     mesh = sharding.create_mesh(plain.mesh, jax.devices("cpu")[:1])
     return train._model_flops(plain, train_step.setup(plain, model, mesh)) or math.nan
