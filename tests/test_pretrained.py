@@ -210,6 +210,13 @@ def test_missing_offline_names_the_cache(offline):
         clip_jax.load("ViT-B-32", "no-such-tag")
     with pytest.raises(FileNotFoundError, match="is an architecture, not weights"):
         clip_jax.load("ViT-B-32")
+    # A repo id not in the cache could be either format: both config files are named.
+    with pytest.raises(FileNotFoundError, match=r"'nosuch-org/clip': none of \['config.json', "
+                                                r"'open_clip_config.json'\] .*HF_HUB_OFFLINE"):
+        clip_jax.load("nosuch-org/clip")
+    with pytest.raises(FileNotFoundError, match=f"'{HF_REPO}' at revision 'v2': none of "
+                                                r"\['config.json', 'open_clip_config.json'\]"):
+        clip_jax.load(HF_REPO, revision="v2")
 
 
 def test_open_clip_directory_and_file_beside_its_config(offline, caplog):

@@ -134,7 +134,10 @@ def repo_files(repo_id: str, revision: str | None = None, token: str | bool | No
                 for shard in sorted(set(shards)):
                     hub.download(bare, (shard,), **kw)
             return "transformers", config.parent
-    config = hub.download(bare, (open_clip_import.CONFIG_FILE,), **kw)
+    config = hub.download(bare, (open_clip_import.CONFIG_FILE,), required=False, **kw)
+    if config is None:  # neither format: name both, or the error would name open_clip's only
+        candidates = (() if repo_id.startswith(hub.OPEN_CLIP_PREFIX) else HF_CONFIG_FILES)
+        raise hub.missing_files(bare, candidates + (open_clip_import.CONFIG_FILE,), revision)
     hub.download(bare, open_clip_import.WEIGHT_FILES, **kw)
     return "open_clip", config.parent
 

@@ -150,12 +150,19 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
         return Path(path)
     if not required:
         return None
+    raise missing_files(repo_id, filenames, revision)
+
+
+def missing_files(repo_id: str, filenames: Sequence[str], revision: str | None = None
+                  ) -> MissingFileError:
+    """The error for a repo (at `revision`) that has none of `filenames`, saying where it looked
+    (offline: only huggingface_hub's local cache)."""
     from huggingface_hub import constants
 
-    offline = constants.is_offline_mode()
     where = ("the local Hugging Face cache (HF_HUB_OFFLINE is set; unset it or download the "
-             "repo there first)" if offline else "the repository")
-    raise MissingFileError(f"{repo_id!r}: none of {list(filenames)} found in {where}.")
+             "repo there first)" if constants.is_offline_mode() else "the repository")
+    at = f" at revision {revision!r}" if revision else ""
+    return MissingFileError(f"{repo_id!r}{at}: none of {list(filenames)} found in {where}.")
 
 
 @functools.cache
