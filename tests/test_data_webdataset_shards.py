@@ -68,6 +68,12 @@ def shards(tmp_path_factory):
     offsets = write_tar(os.path.join(root, "00002.tar"), truncated)
     with open(os.path.join(root, "00002.tar"), "r+b") as f:
         f.truncate(offsets[2] + 100)  # inside the third sample's image
+    # Cut exactly where the third sample's first header begins: no member is partial, only
+    # tar's end-of-archive marker is missing (tarfile itself ends such a stream quietly).
+    cut = [sample(f"00005{i:04d}", 30 + i, f"shard five {i}".encode()) for i in range(4)]
+    offsets = write_tar(os.path.join(root, "00005.tar"), cut)
+    with open(os.path.join(root, "00005.tar"), "r+b") as f:
+        f.truncate(offsets[2] - tarfile.BLOCKSIZE)
     with open(os.path.join(root, "00003.tar"), "wb") as f:
         f.write(b"not a tar archive at all" * 50)
     return root, good, mixed
@@ -81,7 +87,7 @@ def built(shards, tmp_path_factory):
     config.data_dir = str(tmp_path_factory.mktemp("tfds"))
     config.label_key = ""
     config.webdataset.name = "generated"
-    config.webdataset.train_shards = os.path.join(root, "{00000..00004}.tar")  # 00004 is missing
+    config.webdataset.train_shards = os.path.join(root, "{00000..00005}.tar")  # 00004 is missing
     config.webdataset.validation_shards = os.path.join(root, "00000.tar")
     builder = sources.prepare(config)
     source = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
@@ -95,16 +101,19 @@ def test_samples_kept_and_bad_ones_reported(built):
     _, builder, examples, report = built
     expected = ([f"00000.tar/00000{i:04d}" for i in range(6)]
                 + ["00001.tar/000010004", "00001.tar/000010005"]
-                + ["00002.tar/000020000", "00002.tar/000020001"])
+                + ["00002.tar/000020000", "00002.tar/000020001"]
+                + ["00005.tar/000050000", "00005.tar/000050001"])
     assert sorted(examples) == expected
     train = report["train"]
-    assert train["kept"] == 10 and train["skipped"] == 4
+    assert train["kept"] == 12 and train["skipped"] == 4
     assert train["skipped_by_reason"] == {"caption_not_utf8": 1, "corrupt": 1,
                                           "missing_caption": 1, "missing_image": 1}
     assert {r["key"] for r in train["skipped_records"]} == {
         f"00001.tar/00001000{i}" for i in range(4)}
     sources = {os.path.basename(s["source"]): s["records_read"] for s in train["bad_sources"]}
-    assert sources == {"00002.tar": 2, "00003.tar": 0, "00004.tar": 0}
+    assert sources == {"00002.tar": 2, "00003.tar": 0, "00004.tar": 0, "00005.tar": 2}
+    (reason,) = [s["detail"] for s in train["bad_sources"] if s["source"].endswith("00005.tar")]
+    assert "ends between members" in reason
     assert train["converted_by_kind"] == {"webp_to_jpeg": 1}
     assert report["validation"]["kept"] == 6 and builder.info.splits["validation"].num_examples == 6
 
@@ -137,7 +146,7 @@ def test_shard_patterns(shards):
     root, _, _ = shards
     assert [os.path.basename(p) for p in expand_shards(os.path.join(root, "{00000..00002}.tar"))] \
         == ["00000.tar", "00001.tar", "00002.tar"]
-    assert len(expand_shards(os.path.join(root, "*.tar"))) == 4
+    assert len(expand_shards(os.path.join(root, "*.tar"))) == 5  # 00000-00003 and 00005
     both = expand_shards(f"{root}/00003.tar, {root}/{{00000..00001}}.tar")
     assert [os.path.basename(p) for p in both] == ["00003.tar", "00000.tar", "00001.tar"]
 

@@ -138,12 +138,16 @@ def _samples(shard: str, report: records.BuildReport
     """`(position, key, {extension: bytes})` per sample of a shard, streaming.
 
     Members of a sample are consecutive in a webdataset tar. A read error ends the shard: the
-    samples read so far are kept and the error is reported.
+    samples read so far are kept and the error is reported. So does a shard cut off between
+    two members, which `tarfile` ends quietly: a whole tar closes with a zero block (its
+    end-of-archive marker), which the reader has consumed past the last member's end
+    (`tar.offset`) only when the marker was there.
     """
     read = 0
     key, files = None, {}
     try:
         with tf.io.gfile.GFile(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            ended = False
             for member in tar:
                 if not member.isfile():
                     continue
@@ -158,9 +162,12 @@ def _samples(shard: str, report: records.BuildReport
                         read += 1
                     key, files = member_key, {}
                 files[ext.lower()] = tar.extractfile(member).read()
+            ended = tar.fileobj.tell() > tar.offset
         if key is not None:
             yield read, key, files
             read += 1
+        if not ended:
+            raise tarfile.ReadError("no end-of-archive marker: the shard ends between members")
     except (tarfile.TarError, EOFError, OSError, zlib.error, tf.errors.OpError) as error:
         report.bad_source(shard, f"{type(error).__name__}: {error}", read)
 
