@@ -166,7 +166,10 @@ def test_loading_a_healthy_checkpoint_logs_no_warning(saved, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     (notice,) = [f for f in logging.getLogger("absl").filters
                  if isinstance(f, checkpoints._StepMetadataNotice)]
-    record = lambda text: logging.LogRecord("absl", logging.WARNING, "", 0, text, (), None)  # noqa: E731
+
+    def record(text):
+        return logging.LogRecord("absl", logging.WARNING, "", 0, text, (), None)
+
     assert not notice.filter(record("Metadata file does not exist: /r/checkpoints/7/state/"
                                     "_CHECKPOINT_METADATA"))
     assert notice.filter(record("Metadata file does not exist: /r/checkpoints/7/"
