@@ -159,3 +159,43 @@ def test_pattern_matching_nothing_is_an_error(tmp_path):
     config.webdataset.train_shards = str(tmp_path / "*.tar")
     with pytest.raises(FileNotFoundError, match="matches no files"):
         sources.prepare(config)
+
+
+@pytest.mark.parametrize("cut, compress", [
+    ("after the first sample", False), ("after the last member", False),
+    ("after the first sample", True), ("after a caption, before its sample's json", False)])
+def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
+    """More cuts of the class: wherever a shard stops at a member boundary (plain or gzip),
+    the samples before the cut are read and the shard is reported with their count."""
+    import gzip
+
+    from clip_jax_data.options import CleanOptions
+    from clip_jax_data.records import BuildReport
+    from clip_jax_data.webdataset_shards import webdataset_shards_dataset_builder as builder
+
+    samples = [sample(f"00000{i:04d}", i, f"caption {i}".encode()) for i in range(3)]
+    path = str(tmp_path / "shard.tar")
+    offsets = write_tar(path, samples)
+    data = open(path, "rb").read()
+    members = [m.offset for m in tarfile.open(path)]  # header offsets, 3 members per sample
+    end = {"after the first sample": offsets[1] - tarfile.BLOCKSIZE,
+           "after the last member": members[-1] + tarfile.BLOCKSIZE + -(-len(
+               samples[-1][1]["json"]) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE,
+           "after a caption, before its sample's json": members[5]}[cut]
+    data = data[:end]
+    if compress:
+        path += ".gz"
+        data = gzip.compress(data)
+    with open(path, "wb") as f:
+        f.write(data)
+    report = BuildReport("train", CleanOptions())
+    read = list(builder._samples(path, report))
+    expected = {"after the first sample": 1, "after the last member": 3,
+                "after a caption, before its sample's json": 2}[cut]
+    assert len(read) == expected
+    assert [(s["records_read"], "ends between members" in s["detail"])
+            for s in report.bad_sources] == [(expected, True)]
+    whole = str(tmp_path / "whole.tar")
+    write_tar(whole, samples)
+    report = BuildReport("train", CleanOptions())
+    assert len(list(builder._samples(whole, report))) == 3 and not report.bad_sources
