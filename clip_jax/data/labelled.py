@@ -333,14 +333,14 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64) -> tuple
     """(`read_image_bytes`, True), or (a 1x1 placeholder PNG, False) with a warning naming the
     file when it is empty, unreadable or not an image by its header (PIL opens the header
     only: no pixels are decoded twice). The pipeline masks such an image out of the results."""
-    name = path.decode() + (f" (bytes {offset}+{length})" if offset >= 0 else "")
     try:
         data = read_image_bytes(path, offset, length)
         if not data:
             raise ValueError("empty file (0 bytes)")
         Image.open(io.BytesIO(data))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        log.warning("skipped unreadable image %s: %s", name, error)
+        where = f" (bytes {offset}+{length})" if offset >= 0 else ""
+        log.warning("skipped unreadable image %s%s: %s", path.decode(), where, error)
         return _PLACEHOLDER, False
     return data, True
 
