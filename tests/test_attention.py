@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_jax.models.attention import dot_product_attention, resolve
+from clip_jax.models.attention import dot_product_attention, pooled_attention, resolve
 
 
 def _reference(q, k, v, causal):
@@ -167,3 +167,18 @@ def test_pallas_kernel_compiles_for_tpu_without_a_tpu():
     # chip and per shard on a 2 x 2 mesh
     assert "custom_calls 12" in out.stdout, out.stdout
     assert "sharded_custom_calls 12" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pooled_attention_is_the_full_attention_row_of_each_query(causal):
+    """One query per row, at a per-row position (the text tower's end-of-text token) or the same
+    position everywhere (the class token): the float64 reference's row at that position."""
+    _, k, v = _qkv(1, 77, batch=4)
+    q_all, _, _ = _qkv(77, 77, seed=1, batch=4)
+    positions = np.array([0, 5, 76, 40])
+    reference = _reference(q_all, k, v, causal)
+    q = jnp.take_along_axis(q_all, jnp.asarray(positions)[:, None, None, None], axis=1)
+    out = pooled_attention(q, k, v, jnp.asarray(positions), causal)
+    np.testing.assert_allclose(out[:, 0], reference[np.arange(4), positions], atol=2e-6, rtol=0)
+    out = pooled_attention(q_all[:, 3:4], k, v, 3, causal)
+    np.testing.assert_allclose(out[:, 0], reference[:, 3], atol=2e-6, rtol=0)

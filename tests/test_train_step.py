@@ -316,4 +316,4 @@ def test_model_flops_are_those_of_the_loop_free_step():
     looped.model.scan_layers, looped.model.remat_policy = True, "full"
     assert flops(plain) == flops(looped) == expected
     assert train_step.lower_train_step(looped, train_step.setup(
-        looped, train_step.model_config(looped), mesh)).cost_analysis()["flops"] < expected / 2
+        looped, train_step.model_config(looped), mesh)).cost_analysis()["flops"] < 0.6 * expected

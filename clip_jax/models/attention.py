@@ -46,13 +46,35 @@ def _jax_nn(implementation: str) -> Kernel:
 def _xla(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
     """Plain einsum attention with fp32 logits and softmax (bit-identical under nn.scan and an
     unrolled loop, which `jax.nn.dot_product_attention`'s XLA path is not: 1 ulp apart)."""
+    visible = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), dtype=bool)) if causal else None
+    return _einsum_attention(q, k, v, visible)
+
+
+def _einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                      visible: jax.Array | None) -> jax.Array:
+    """`visible`: bool, broadcastable to [batch, heads, queries, keys]; None sees every key."""
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    if causal:
-        mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), dtype=bool))
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    if visible is not None:
+        logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def pooled_attention(q: jax.Array, k: jax.Array, v: jax.Array, query_position: jax.Array | int,
+                     causal: bool) -> jax.Array:
+    """Attention for one query per row, the token at `query_position` (int, or int [batch]).
+
+    q: [batch, 1, heads, head_dim]; k, v: [batch, length, heads, head_dim]; with `causal` the
+    query sees keys <= its position, as the same row of the full causal attention does. Always
+    the einsum form, whatever `config.model.attention` says: one query is a matrix-vector
+    product per head, where a flash kernel (128-query blocks) would only add padding.
+    """
+    visible = None
+    if causal:
+        position = jnp.asarray(query_position).reshape(-1, 1, 1, 1)
+        visible = jnp.arange(k.shape[1]) <= position
+    return _einsum_attention(q, k, v, visible)
 
 
 def _pallas_tpu(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:

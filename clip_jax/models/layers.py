@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clip_jax.errors import ConfigError
-from clip_jax.models.attention import PER_HEAD_AXES, dot_product_attention
+from clip_jax.models.attention import PER_HEAD_AXES, dot_product_attention, pooled_attention
 from clip_jax.models.initializers import ONES, ZEROS, Initializer, Normal, with_axes
 
 Dtype = Any
@@ -40,6 +40,15 @@ def param_with_axes(module: nn.Module, name: str, init: Initializer, shape: Sequ
 
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     return nn.with_logical_constraint(x, axes)
+
+
+def take_token(x: jax.Array, position: jax.Array | int) -> jax.Array:
+    """x[b, position[b]] of [batch, length, ...] as [batch, 1, ...]; an int takes the same token
+    of every row (a slice: no gather, and no scatter in the backward)."""
+    if isinstance(position, int):
+        return x[:, position:position + 1]
+    index = jnp.asarray(position).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.take_along_axis(x, index, axis=1)
 
 
 @jax.custom_vjp
@@ -190,8 +199,9 @@ def dense(features: int | tuple[int, ...], axes: tuple[str, ...], std: float, na
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v projections kept per head for tensor sharding.
 
-    `query_length` restricts the queries to the first tokens and `out_features` sets the output
-    width (ResNet attention pooling uses 1 query and projects to the embedding size).
+    Called with `pool_at` (int, or int [batch]), only that token queries: the output is
+    [batch, 1, out_features] (ResNet attention pooling, and a tower's last block, whose other
+    tokens are never read). `out_features` sets the output width (default: the input's).
     `implementation` names the attention kernel (`clip_jax.models.attention`).
     """
 
@@ -199,30 +209,38 @@ class MultiHeadAttention(nn.Module):
     std_in: float
     std_out: float
     causal: bool = False
-    query_length: int | None = None
     out_features: int | None = None
     implementation: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, pool_at: jax.Array | int | None = None) -> jax.Array:
         width = x.shape[-1]
         head_dim = width // self.heads
         proj = lambda name, std: dense(  # noqa: E731
             (self.heads, head_dim), ("embed", "heads", "kv"), std, name, self.dtype,
             self.param_dtype)
-        xq = x if self.query_length is None else x[:, : self.query_length]
+        xq = x if pool_at is None else take_token(x, pool_at)
         q = constrain(proj("q_proj", self.std_in)(xq), PER_HEAD_AXES)
         k = constrain(proj("k_proj", self.std_in)(x), PER_HEAD_AXES)
         v = constrain(proj("v_proj", self.std_in)(x), PER_HEAD_AXES)
-        out = dot_product_attention(q, k, v, causal=self.causal, implementation=self.implementation)
+        if pool_at is None:
+            out = dot_product_attention(q, k, v, causal=self.causal,
+                                        implementation=self.implementation)
+        else:
+            out = pooled_attention(q, k, v, pool_at, self.causal)
         return dense(self.out_features or width, ("heads", "kv", "embed"), self.std_out,
                      "out_proj", self.dtype, self.param_dtype, in_dims=2)(out)
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+
+    With `pool_at` (int, or int [batch]) only that token's output is computed, [batch, 1,
+    width]: every token still supplies keys and values, but the query, output projection and
+    MLP run on one token (in ViT-B/32's last block, 49 of 50 tokens' worth of the work).
+    """
 
     heads: int
     mlp_dim: int
@@ -234,15 +252,16 @@ class ResidualAttentionBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, pool_at: jax.Array | int | None = None) -> jax.Array:
         width = x.shape[-1]
         attn_std = width ** -0.5
         proj_std = attn_std * (2 * self.num_layers) ** -0.5
         norm = lambda name: LayerNorm(self.dtype, self.param_dtype, name=name)  # noqa: E731
         x = constrain(x, RESIDUAL)
-        x = x + MultiHeadAttention(self.heads, attn_std, proj_std, self.causal,
-                                   implementation=self.attention, dtype=self.dtype,
-                                   param_dtype=self.param_dtype, name="attn")(norm("ln_1")(x))
+        residual = x if pool_at is None else take_token(x, pool_at)
+        x = residual + MultiHeadAttention(
+            self.heads, attn_std, proj_std, self.causal, implementation=self.attention,
+            dtype=self.dtype, param_dtype=self.param_dtype, name="attn")(norm("ln_1")(x), pool_at)
         x = constrain(x, RESIDUAL)
         h = dense(self.mlp_dim, ("embed", "mlp"), (2 * width) ** -0.5, "c_fc", self.dtype,
                   self.param_dtype)(norm("ln_2")(x))
@@ -268,6 +287,10 @@ class Transformer(nn.Module):
 
     The scanned form stacks every block parameter on a leading `layers` axis; otherwise both are
     the same computation, and `stack_layers`/`unstack_layers` convert between the two layouts.
+    Called with `pool_at` (int, or int [batch]: the pooled token), it returns that token's
+    output, [batch, width]; unrolled, the last block computes only that token (~6 % of a
+    12-layer tower's FLOPs saved, forward and backward). The scanned stack has one body for
+    every layer, so it computes all tokens and then takes the pooled one.
     """
 
     layers: int
@@ -282,24 +305,30 @@ class Transformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, pool_at: jax.Array | int | None = None) -> jax.Array:
         kwargs = dict(heads=self.heads, mlp_dim=self.mlp_dim, num_layers=self.layers,
                       activation=self.activation, causal=self.causal, attention=self.attention,
                       dtype=self.dtype,
                       param_dtype=self.param_dtype)
-        block: Any = ResidualAttentionBlock
-        if self.remat_policy != "none":
-            block = nn.remat(block, policy=_REMAT_POLICIES[self.remat_policy],
-                             prevent_cse=not self.scan)
+        block = self._block(static_pool=isinstance(pool_at, int) and not self.scan)
         if not self.scan:
             for i in range(self.layers):
-                x = block(**kwargs, name=f"resblocks_{i}")(x)
-            return x
+                last = pool_at is not None and i == self.layers - 1
+                x = block(**kwargs, name=f"resblocks_{i}")(x, pool_at if last else None)
+            return x if pool_at is None else x[:, 0]
         scanned = nn.scan(
             _ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
             length=self.layers, metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = scanned(block, kwargs, name="resblocks")(x, None)
-        return x
+        return x if pool_at is None else take_token(x, pool_at)[:, 0]
+
+    def _block(self, static_pool: bool) -> Any:
+        """The block class, under `nn.remat` when a policy is set (an int `pool_at`, passed to
+        the unrolled last block, is static: the slice it selects must be known when tracing)."""
+        if self.remat_policy == "none":
+            return ResidualAttentionBlock
+        return nn.remat(ResidualAttentionBlock, policy=_REMAT_POLICIES[self.remat_policy],
+                        prevent_cse=not self.scan, static_argnums=(2,) if static_pool else ())
 
 
 def stack_layers(tree: Any) -> Any:

@@ -143,10 +143,9 @@ class AttentionPool2d(nn.Module):
         pos = param_with_axes(self, "positional_embedding", Normal(std), (h * w + 1, channels),
                               ("pos", "embed"), self.param_dtype)
         x = x + pos.astype(x.dtype)
-        out = MultiHeadAttention(self.heads, std, std, query_length=1,
-                                 out_features=self.out_features, implementation=self.attention,
-                                 dtype=self.dtype,
-                                 param_dtype=self.param_dtype, name="attn")(x)
+        out = MultiHeadAttention(self.heads, std, std, out_features=self.out_features,
+                                 implementation=self.attention, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name="attn")(x, pool_at=0)
         return out[:, 0]
 
 

@@ -39,13 +39,12 @@ class TextTransformer(nn.Module):
         embedding = constrain(embedding, ("vocab", None))
         x = jnp.take(embedding, tokens, axis=0).astype(dtype) + pos[:length].astype(dtype)
         x = constrain(x, RESIDUAL)
+        eot = jnp.argmax(tokens, axis=-1)
         x = Transformer(t.layers, t.heads, t.mlp_dim, cfg.activation, causal=True,
                         scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
                         attention=cfg.attention, dtype=dtype,
-                        param_dtype=pdtype, name="transformer")(x)
+                        param_dtype=pdtype, name="transformer")(x, pool_at=eot)
         x = LayerNorm(dtype, pdtype, name="ln_final")(x)
-        eot = jnp.argmax(tokens, axis=-1)
-        x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         proj = param_with_axes(self, "text_projection", Normal(t.width ** -0.5),
                                (t.width, cfg.embed_dim), ("embed", "proj"), pdtype)
         return x @ proj.astype(dtype)

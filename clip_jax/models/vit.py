@@ -35,8 +35,8 @@ class VisionTransformer(nn.Module):
         x = Transformer(v.layers, v.heads, v.mlp_dim, cfg.activation, causal=False,
                         scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
                         attention=cfg.attention, dtype=dtype,
-                        param_dtype=pdtype, name="transformer")(x)
-        x = LayerNorm(dtype, pdtype, name="ln_post")(x[:, 0])
+                        param_dtype=pdtype, name="transformer")(x, pool_at=0)
+        x = LayerNorm(dtype, pdtype, name="ln_post")(x)
         proj = param_with_axes(self, "proj", Normal(scale), (v.width, cfg.embed_dim),
                                ("embed", "proj"), pdtype)
         return x @ proj.astype(dtype)
