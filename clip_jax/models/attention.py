@@ -14,6 +14,8 @@
 
 All take and return [batch, length, heads, head_dim] (the projections' layout, so no
 transposes are added on the XLA and cuDNN paths) and scale the logits by head_dim ** -0.5.
+`pooled_attention` (one query per row: ResNet attention pooling, a tower's last block) is the
+einsum form on every platform.
 """
 
 from __future__ import annotations
