@@ -32,6 +32,8 @@ from clip_jax_data.options import CleanOptions
 TOKEN_LENGTH = 77  # tokens are stored at OpenAI's context length; the pipeline fits them
 REPORT_FILE = "bad_records.json"
 BUILD_OPTIONS_FILE = "build_options.json"
+INPUTS_KEY = "inputs"  # in BUILD_OPTIONS_FILE: input file -> fingerprint, apart from the options
+_HASH_CHUNK = 8 << 20
 _LISTED_KEYS = 10_000  # skipped keys listed in the report; counts are always complete
 _EXAMPLE_KEYS = 20     # example keys listed per conversion kind
 
@@ -171,6 +173,67 @@ def tokenize(captions: Sequence[str]) -> np.ndarray:
     return tokenizer.tokenize(list(captions), TOKEN_LENGTH)
 
 
+def absolute_path(path: str) -> str:
+    """A local path made absolute (URLs such as gs:// and empty strings unchanged): the same
+    file typed two ways is one input, and a relative path means one file wherever a run
+    starts."""
+    return path if not path or "://" in path else os.path.abspath(path)
+
+
+def absolute_patterns(patterns: str) -> str:
+    """`absolute_path` of each comma-separated part of a shard pattern."""
+    return ",".join(absolute_path(part.strip()) for part in patterns.split(",") if part.strip())
+
+
+def fingerprint(path: str, digest: bool) -> dict[str, Any]:
+    """Size, modification time and (with `digest`) the SHA-256 of a build input's bytes;
+    `{"missing": True}` for a listed input that is not there (a shard the build reported)."""
+    import hashlib
+
+    from clip_jax.data._tf import tf
+
+    if not tf.io.gfile.exists(path):
+        return {"missing": True}
+    if "://" in path:
+        stat = tf.io.gfile.stat(path)
+        found: dict[str, Any] = {"size": stat.length, "mtime_ns": stat.mtime_nsec}
+    else:  # gfile's local stat has whole seconds: a rewrite within a second would not show
+        local = os.stat(path)
+        found = {"size": local.st_size, "mtime_ns": local.st_mtime_ns}
+    if digest:
+        sha = hashlib.sha256()
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                sha.update(chunk)
+        found["sha256"] = sha.hexdigest()
+    return found
+
+
+def changed_inputs(recorded: dict[str, dict[str, Any]]) -> list[str]:
+    """The recorded build inputs that are gone or hold other bytes now.
+
+    A file with its recorded size and modification time is taken as unchanged (as make and
+    git do); otherwise a recorded SHA-256 decides, so a copy or checkout that only touched the
+    file is not a change. Inputs recorded without a digest (shards) change with either.
+    """
+    from clip_jax.data._tf import tf
+
+    changed = []
+    for path, was in recorded.items():
+        missing = not tf.io.gfile.exists(path)
+        if missing or was.get("missing"):
+            if missing != was.get("missing", False):  # vanished, or appeared
+                changed.append(path)
+            continue
+        now = fingerprint(path, digest=False)
+        if now["size"] != was["size"]:
+            changed.append(path)
+        elif now["mtime_ns"] != was["mtime_ns"] and (
+                "sha256" not in was or fingerprint(path, digest=True)["sha256"] != was["sha256"]):
+            changed.append(path)
+    return changed
+
+
 def build_options(builder_config: Any) -> dict[str, Any]:
     """The options a dataset was built from, as JSON-able values (dataclass fields)."""
     return json.loads(json.dumps({
@@ -198,12 +261,17 @@ def build_identity(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def write_build_options(dataset_dir: str, builder_config: Any) -> None:
-    """Records the build inputs next to the data, so a later run can detect stale reuse."""
+def write_build_options(dataset_dir: str, builder_config: Any, inputs: Iterable[str],
+                        digest: bool) -> None:
+    """Records the build options and the input files' fingerprints (under `INPUTS_KEY`) next
+    to the data, so a later run can detect stale reuse (`changed_inputs`). `digest`: hash the
+    inputs' bytes (tables; shards, too large to read twice, are recorded by size and time)."""
     from clip_jax.data._tf import tf
 
+    options = build_options(builder_config)
+    options[INPUTS_KEY] = {path: fingerprint(path, digest) for path in inputs}
     with tf.io.gfile.GFile(os.path.join(dataset_dir, BUILD_OPTIONS_FILE), "w") as f:
-        json.dump(build_options(builder_config), f, indent=1, sort_keys=True)
+        json.dump(options, f, indent=1, sort_keys=True)
 
 
 def module_code_path(cls: type) -> Any:

@@ -29,13 +29,17 @@ import dataclasses
 import io
 from collections.abc import Iterator
 
+from clip_jax.errors import ConfigError
+
 QUOTING = {"csv": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 # Appended after the last line: if it ends up inside a field, a quote was never closed.
 _SENTINEL = "\ue000end of table\ue001"
 
 
-class TableError(ValueError):
-    """The table cannot be read as a whole (e.g. an unclosed quote); `line` is 1-based."""
+class TableError(ConfigError):
+    """The table cannot be read as a whole (e.g. an unclosed quote); `line` is 1-based.
+
+    A ConfigError: the file is the user's to fix, so entry points print one line (exit 2)."""
 
     def __init__(self, message: str, line: int):
         super().__init__(message)

@@ -149,22 +149,29 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
         rows += [(f"{i}.png", f"photo number {i}"), (f"{i}.png", f"picture {i}, again")]
     pd.DataFrame(rows, columns=["filepath", "title"]).to_csv(tmp_path / "captions.csv",
                                                             index=False)
-    code, out, err = run(capsys, "eval", str(workdir), "--retrieval",
-                         str(tmp_path / "captions.csv"), "--batch-size", "4", "--output",
-                         str(tmp_path / "out"))
-    assert code == 0, err
-    built = data_dir / "image_text_table" / "captions" / "1.0.0"
-    options = json.loads((built / "build_options.json").read_text())["table"]
+    for images_kept in (5, 3):  # the table, then the same file edited: evaluated afresh
+        pd.DataFrame(rows[:2 * images_kept], columns=["filepath", "title"]).to_csv(
+            tmp_path / "captions.csv", index=False)
+        output = tmp_path / f"out{images_kept}"
+        code, out, err = run(capsys, "eval", str(workdir), "--retrieval",
+                             str(tmp_path / "captions.csv"), "--batch-size", "4", "--output",
+                             str(output))
+        assert code == 0, err
+        (record,) = [json.loads(line) for line in open(output / "metrics.jsonl")]
+        images = preprocess([Image.open(tmp_path / f"{i}.png") for i in range(images_kept)],
+                            module.config)
+        texts = [caption for _, caption in rows[:2 * images_kept]]
+        img, txt, _ = module.apply(variables, images,
+                                   tokenize(texts, module.config.context_length))
+        want = retrieval_metrics(np.asarray(l2_normalize(img)), np.asarray(l2_normalize(txt)),
+                                 np.repeat(np.arange(images_kept), 2))
+        for name, value in want.items():
+            assert record[f"retrieval/captions/{name}"] == pytest.approx(value, abs=1e-6), name
+    built = sorted((data_dir / "image_text_table").glob("captions_*/1.0.0"))
+    assert len(built) == 2
+    options = json.loads((built[0] / "build_options.json").read_text())["table"]
     assert (options["train_path"], options["validation_path"]) == ("", "")
     assert (options["image_column"], options["caption_column"]) == ("filepath", "title")
-    (record,) = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
-    images = preprocess([Image.open(tmp_path / f"{i}.png") for i in range(5)], module.config)
-    texts = [caption for _, caption in rows]
-    img, txt, _ = module.apply(variables, images, tokenize(texts, module.config.context_length))
-    want = retrieval_metrics(np.asarray(l2_normalize(img)), np.asarray(l2_normalize(txt)),
-                             np.repeat(np.arange(5), 2))
-    for name, value in want.items():
-        assert record[f"retrieval/captions/{name}"] == pytest.approx(value, abs=1e-6), name
     from clip_jax.cli import eval_sources
 
     (tmp_path / "other.csv").write_text("filepath,words\nx.png,y\n")

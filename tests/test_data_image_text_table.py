@@ -214,6 +214,42 @@ def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):
     sources.prepare(table_config(root, data_dir, num_threads=3))
 
 
+def test_a_table_is_one_input_however_typed_and_is_not_reused_once_changed(
+        inputs, tmp_path, monkeypatch, caplog):
+    """The same file typed relative or absolute is one dataset; another file at the same
+    relative path, or the file after an edit, is refused (not silently reused); a file only
+    touched is reused. Skipped records are reported at every start."""
+    root, _ = inputs
+    images = os.path.join(root, "images")
+    project, other = tmp_path / "project", tmp_path / "other"
+    for folder, rows in ((project, [b"rgb.jpg,one", b"gray.jpg,two", b"missing.jpg,three"]),
+                         (other, [b"rgb.jpg,another table"])):
+        folder.mkdir()
+        (folder / "t.csv").write_bytes(b"\n".join([b"filepath,title", *rows]) + b"\n")
+    data_dir = str(tmp_path / "tfds")
+
+    def prepare(folder, path="t.csv"):
+        monkeypatch.chdir(folder)
+        config = table_config(root, data_dir, name="edited", train_path=path, image_root=images)
+        return sources.prepare(config)
+
+    with caplog.at_level("WARNING", logger="clip_jax.data.sources"):
+        builder = prepare(project)
+    assert any("skipped 1 of 3 records (missing_file: 1)" in r.getMessage()
+               and "bad_records.json" in r.getMessage() for r in caplog.records)
+    assert len(builder.as_data_source("train")) == 2
+    prepare(tmp_path, str(project / "t.csv"))   # the same file, typed absolute: reused
+    with pytest.raises(ConfigError, match=r"built with different options \(\['table.train_path'\]"):
+        prepare(other)
+    table = project / "t.csv"
+    os.utime(table, ns=(1, 1))                  # touched, same bytes: reused
+    prepare(project)
+    table.write_bytes(table.read_bytes() + b"gray.jpg,four\n")
+    with pytest.raises(ConfigError, match=rf"built from {table}, which has changed since "
+                                          r"\(1 of 1 input files"):
+        prepare(project)
+
+
 def test_training_from_the_table(built, inputs, data_dir):
     root, _ = inputs
     batch = next(train_pipeline.make_train_iterator(table_config(root, data_dir), get_preset("test-vit"),
@@ -329,7 +365,7 @@ def test_tables_from_the_issue(inputs, tmp_path):
     with open(os.path.join(root, "open.csv"), "w") as f:
         f.write('filepath,title\nimages/rgb.jpg,ok\nimages/gray.jpg,"unterminated caption\n'
                 'images/rgb.png,x\nimages/cmyk.jpg,y\n')
-    with pytest.raises(ValueError, match=r"open.csv: the record starting at line 3 has a "
+    with pytest.raises(ConfigError, match=r"open.csv: the record starting at line 3 has a "
                                          r"quoted field that is never closed"):
         sources.prepare(table_config(root, str(tmp_path), name="csv",
                                 train_path=os.path.join(root, "open.csv")))

@@ -14,6 +14,7 @@ from clip_jax.data import eval_pipeline
 from clip_jax.data import sources
 from clip_jax.data import train_pipeline
 from clip_jax.data import options as data_options
+from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds  # after clip_jax.data._tf: TF must not see accelerators
 from clip_jax.data import tokenizer
 from clip_jax.models.presets import get_preset
@@ -199,3 +200,28 @@ def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
     write_tar(whole, samples)
     report = BuildReport("train", CleanOptions())
     assert len(list(builder._samples(whole, report))) == 3 and not report.bad_sources
+
+
+def test_rewritten_or_appearing_shards_are_not_reused(tmp_path, monkeypatch):
+    """A relative pattern and its absolute form are one dataset; a shard rewritten with other
+    contents (another size), or a listed shard that was missing at build time and now exists,
+    makes reuse under the same name an error instead of a silently stale dataset."""
+    write_tar(str(tmp_path / "00000.tar"), [sample("000000000", 0, b"first")])
+    config = data_options.default_config()
+    config.dataset, config.label_key = "webdataset_shards", ""
+    config.data_dir = str(tmp_path / "tfds")
+    config.webdataset.name = "rewritten"
+    config.webdataset.train_shards = "{00000..00001}.tar"  # 00001 is missing
+    monkeypatch.chdir(tmp_path)
+    assert len(sources.prepare(config).as_data_source("train")) == 1
+    config.webdataset.train_shards = str(tmp_path / "{00000..00001}.tar")
+    sources.prepare(config)
+    write_tar(str(tmp_path / "00001.tar"), [sample("000010000", 1, b"late")])
+    with pytest.raises(ConfigError, match=r"00001.tar, which has changed since"):
+        sources.prepare(config)
+    os.remove(tmp_path / "00001.tar")
+    sources.prepare(config)
+    write_tar(str(tmp_path / "00000.tar"), [sample("000000000", 0, b"first"),
+                                            sample("000000001", 2, b"second")])
+    with pytest.raises(ConfigError, match=r"00000.tar, which has changed since"):
+        sources.prepare(config)

@@ -18,6 +18,7 @@ optional `@split` (`cifar10@test`). Each task is named after its source.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 
@@ -144,7 +145,7 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str =
         columns = labelled.table_columns(spec)
         table = default_config().table
         table.update(
-            name=task_name(spec), test_path=os.path.abspath(spec), group_by_image=True,
+            name=table_dataset_name(spec), test_path=os.path.abspath(spec), group_by_image=True,
             image_column=labelled.pick_column(columns, image_column, IMAGE_COLUMNS, "image",
                                               spec, "--image-column"),
             caption_column=labelled.pick_column(columns, caption_column, CAPTION_COLUMNS,
@@ -153,6 +154,16 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str =
         config.data.table = table
         name, split = "", "test"
     config.eval.retrieval[task_name(spec)] = evaluate.retrieval_task(name, split)
+
+
+def table_dataset_name(path: str) -> str:
+    """The built dataset's name for a retrieval table: its stem and 8 hex digits of the
+    SHA-256 of its absolute path and bytes, so another folder's `val.csv`, or this one after
+    an edit, is built afresh instead of colliding with (or reusing) an earlier build."""
+    sha = hashlib.sha256(os.path.abspath(path).encode())
+    with open(path, "rb") as f:
+        sha.update(f.read())
+    return f"{task_name(path)}_{sha.hexdigest()[:8]}"
 
 
 def report(metrics: dict[str, float], evaluation: Any, model: str,

@@ -31,5 +31,8 @@ def get_config():
     c.eval.every_steps = 500
     c.eval.evaluators = "zero_shot"
     c.eval.batch_size = 240
-    c.eval.zero_shot.heldout.templates = "synthetic_shapes"
+    # Every evaluator that prompts (its zero-shot line included) uses the dataset's templates,
+    # so one table never shows two zero-shot accuracies of the same split.
+    for evaluator in ("zero_shot", "few_shot", "robustness"):
+        c.eval[evaluator].heldout.templates = "synthetic_shapes"
     return c

@@ -88,6 +88,7 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
                 "(data/README.md) or set data.build_if_missing=True.")
         _build_once(builder)
     _check_build_options(builder)
+    _report_skipped(builder)
     return builder
 
 
@@ -119,21 +120,48 @@ def _run_once(action: Any, done: Any, name: str) -> None:
 
 
 def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
-    """A table / webdataset dataset reused under its name must come from the same inputs."""
-    from clip_jax_data.records import BUILD_OPTIONS_FILE, build_identity, build_options
+    """A table / webdataset dataset reused under its name must come from the same options and
+    the same input files (tables compared by content, shards by size)."""
+    from clip_jax_data.records import (BUILD_OPTIONS_FILE, INPUTS_KEY, build_identity,
+                                       build_options, changed_inputs)
 
     path = f"{builder.data_dir}/{BUILD_OPTIONS_FILE}"
     if builder.builder_config is None or not tf.io.gfile.exists(path):
         return
     with tf.io.gfile.GFile(path) as f:
-        built = build_identity(json.load(f))
+        recorded = json.load(f)
+    inputs = recorded.pop(INPUTS_KEY, {})
+    built = build_identity(recorded)
     wanted = build_identity(build_options(builder.builder_config))
+    rebuild = "give the dataset a new name or delete that directory to rebuild it."
     if built != wanted:
         changed = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
         raise ConfigError(
             f"{builder.data_dir} was built with different options ({changed}: "
             f"{[built.get(k) for k in changed]} -> {[wanted.get(k) for k in changed]}); "
-            "give the dataset a new name or delete that directory to rebuild it.")
+            + rebuild)
+    stale = changed_inputs(inputs)
+    if stale:
+        raise ConfigError(
+            f"{builder.data_dir} was built from {stale[0]}, which has changed since "
+            f"({len(stale)} of {len(inputs)} input files changed or gone); " + rebuild)
+
+
+def _report_skipped(builder: tfds.core.DatasetBuilder) -> None:
+    """Warns, at every start, how many records the build skipped and where they are listed."""
+    from clip_jax_data.records import REPORT_FILE
+
+    path = f"{builder.data_dir}/{REPORT_FILE}"
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        report = json.load(f)
+    for split, summary in sorted(report.items()):
+        if summary.get("skipped"):
+            reasons = summary.get("skipped_by_reason", {})
+            log.warning("%s %s: the build skipped %d of %d records (%s); each is listed in %s",
+                        builder.info.full_name, split, summary["skipped"], summary["total"],
+                        ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())), path)
 
 
 def data_source(builder: tfds.core.DatasetBuilder, split: str, allow_convert: bool,

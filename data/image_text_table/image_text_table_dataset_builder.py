@@ -47,8 +47,19 @@ def make_config(table: Any, clean: Any) -> ImageTextTableConfig:
     clean = clean if isinstance(clean, CleanOptions) else CleanOptions(**dict(clean))
     if not table.name:
         raise ConfigError("data.table.name is empty; name the dataset, e.g. 'cc3m'.")
+    names = table.class_names
+    table = dataclasses.replace(
+        table, image_root=records.absolute_path(table.image_root),
+        class_names=records.absolute_path(names) if _is_file(names) else names,
+        **{field: records.absolute_path(getattr(table, field))
+           for field in _SPLIT_FIELDS.values()})
     return ImageTextTableConfig(name=table.name, description=f"Built from {table}",
                                 table=table, clean=clean)
+
+
+def _is_file(spec: str) -> bool:
+    """Whether `class_names` names a file (else it is a comma-separated list, or empty)."""
+    return bool(spec) and tf.io.gfile.exists(spec) and not tf.io.gfile.isdir(spec)
 
 
 class ImageTextTable(tfds.core.GeneratorBasedBuilder):
@@ -75,7 +86,9 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
             raise ConfigError("No table to build: set data.table.train_path (and optionally "
                               "validation_path / test_path).")
         loaded = {split: _load_rows(path, table) for split, path in paths.items()}
-        records.write_build_options(self.data_dir, self.builder_config)
+        names_file = [table.class_names] if _is_file(table.class_names) else []
+        records.write_build_options(self.data_dir, self.builder_config,
+                                    [*paths.values(), *names_file], digest=True)
         return {split: self._generate_examples(split, *rows) for split, rows in loaded.items()}
 
     def _generate_examples(self, split: str, rows: list[_Row], root: str,

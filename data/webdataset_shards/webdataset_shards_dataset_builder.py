@@ -46,6 +46,9 @@ def make_config(shards: Any, clean: Any) -> WebdatasetConfig:
     clean = clean if isinstance(clean, CleanOptions) else CleanOptions(**dict(clean))
     if not shards.name:
         raise ConfigError("data.webdataset.name is empty; name the dataset, e.g. 'laion_subset'.")
+    shards = dataclasses.replace(shards, **{
+        field: records.absolute_patterns(getattr(shards, field))
+        for field in _SPLIT_FIELDS.values()})
     return WebdatasetConfig(name=shards.name, description=f"Built from {shards}",
                             shards=shards, clean=clean)
 
@@ -90,7 +93,7 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         del dl_manager  # shards are read where they are
         options = self.builder_config.shards
-        splits = {}
+        splits, inputs = {}, []
         for split, field in _SPLIT_FIELDS.items():
             pattern = getattr(options, field)
             if not pattern:
@@ -99,9 +102,10 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
             if not shards:
                 raise MissingFileError(f"data.webdataset.{field}={pattern!r} matches no files.")
             splits[split] = self._generate_examples(split, shards)
+            inputs += shards
         if not splits:
             raise ConfigError("No shards to build: set data.webdataset.train_shards.")
-        records.write_build_options(self.data_dir, self.builder_config)
+        records.write_build_options(self.data_dir, self.builder_config, inputs, digest=False)
         return splits
 
     def _generate_examples(self, split: str, shards: list[str]
