@@ -210,6 +210,65 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     assert code == 2 and "No labelled folder or table" in capsys.readouterr().err
 
 
+def index_tables(folder, root):
+    """train.csv / test.csv of the folder's images, labelled by class index in sorted-name
+    order (as an ImageFolder numbers them), with no classnames.txt beside them."""
+    names = sorted(COLOURS)
+    for split in ("train", "test"):
+        files = sorted(str(f) for f in (folder / split).glob("*/*.png"))
+        labels = [names.index(os.path.basename(os.path.dirname(f))) for f in files]
+        pd.DataFrame({"filepath": files, "label": labels}).to_csv(root / f"{split}.csv",
+                                                                  index=False)
+    return names
+
+
+def eval_args(*argv):
+    """A config whose eval tasks come from `clip-jax eval` source flags, as the CLI makes it."""
+    from clip_jax.cli import eval_sources
+
+    config = config_for()
+    eval_sources.apply(config, cli.parser().parse_args(["eval", "model", *argv]))
+    return config
+
+
+def test_tables_of_class_indices_take_the_class_names_given(folder, model, tmp_path):
+    """The trial's `--zero-shot lab_test.csv --class-names ...`: the names reach the table
+    reader (zero-shot and few-shot score with them, against numpy); a linear probe needs no
+    names; zero-shot without names, or with too few, fails with one line saying so."""
+    module, variables = model
+    names = index_tables(folder, tmp_path)
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    train, test = str(tmp_path / "train.csv"), str(tmp_path / "test.csv")
+    config = eval_args("--zero-shot", test, "--few-shot", train, test, "--shots", "1,2",
+                       "--seeds", "1", "--class-names", str(tmp_path / "names.txt"),
+                       "--templates", "simple")
+    metrics, _ = evaluate.evaluate_model(config, module, variables)
+    frames = {split: pd.read_csv(tmp_path / f"{split}.csv") for split in ("train", "test")}
+    emb = {split: embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in frame.filepath], module.config))
+        for split, frame in frames.items()}
+    classes = class_embeddings(module, variables, names, ("a photo of a {}.",))
+    expected = np.mean((emb["test"] @ classes.T).argmax(1) == frames["test"].label)
+    assert metrics["zero_shot/test/top1"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["few_shot/test/zero_shot_top1"] == pytest.approx(expected, abs=1e-6)
+
+    config = eval_args("--linear-probe", train, test)  # no names: the probe needs labels only
+    config.eval.linear_probe.test.l2 = "0.01"
+    metrics, _ = evaluate.evaluate_model(config, module, variables)
+    mean, std = emb["train"].mean(0), np.maximum(emb["train"].std(0), 1e-6)
+    reference = LogisticRegression(C=1 / (0.01 * len(emb["train"])), tol=1e-10, max_iter=10_000)
+    reference.fit((emb["train"] - mean) / std, frames["train"].label)
+    assert metrics["linear_probe/test/accuracy"] == pytest.approx(
+        reference.score((emb["test"] - mean) / std, frames["test"].label), abs=1.01 / 15)
+    with pytest.raises(ValueError, match="zero_shot.test: the labels of table .*test.csv are "
+                                         "class indices and zero-shot prompts need class names"):
+        evaluate.evaluate_model(eval_args("--zero-shot", test), module, variables)
+    with pytest.raises(ValueError, match=r"test.csv has class indices up to 2 \(3 classes, "
+                                         r"line \d+\) but 2 class names were given"):
+        evaluate.evaluate_model(eval_args("--zero-shot", test, "--class-names", "blue,green"),
+                                module, variables)
+
+
 def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):
     """Issue 11, item 4: the label column survives the build (names or indices, unknown
     labels skipped and reported) and zero-shot reads it; without labels, one clear error."""

@@ -1,7 +1,10 @@
 """Few-shot probes and effective robustness against independent computations:
 scikit-learn's LogisticRegression, scipy's optimiser and linregress, numpy interpolation."""
 
+import re
+
 import numpy as np
+import pandas as pd
 import pytest
 pytest.importorskip("scipy")  # the test extra; without it these tests skip
 pytest.importorskip("sklearn")
@@ -92,17 +95,46 @@ def test_few_shot_refuses_more_shots_than_a_class_has(per_class, missing):
     x, y = blobs(per_class)
     if missing is not None:  # a class absent from the training set
         x, y = x[y != missing], y[y != missing]
-    fewest = missing if missing is not None else 0
-    have = 0 if missing is not None else per_class
-    with pytest.raises(ConfigError, match=f"16-shot probes need 16 .* class {fewest} has {have}"):
+    short = f"{missing} (0)" if missing is not None else ", ".join(
+        f"{c} ({per_class})" for c in range(4))
+    with pytest.raises(ConfigError, match=rf"16-shot probes need 16 .* have fewer: "
+                                          rf"{re.escape(short)}\. "):
         few_shot.few_shot_curve(x, y, x, y, 4, shots=[1, 16], seeds=1, l2_grid=[1e-2])
 
 
-def test_few_shot_warns_when_validation_draw_is_short(caplog):
-    x, y = blobs(6)
+def counted(names, y, fewer_than):
+    """'name (count), ...' of the classes with fewer than `fewer_than` labels in `y`, fewest
+    first, as pandas counts them."""
+    counts = pd.Series(np.asarray(names)[y]).value_counts(ascending=True)
+    return [f"{name} ({n})" for name, n in counts.items() if n < fewer_than]
+
+
+def test_few_shot_warns_once_naming_every_short_class(caplog):
+    """Both probe kinds (plain and zero-shot initialised) draw the same shots: one warning
+    per evaluation, naming by class name each class with fewer than 2k training images."""
+    x, y = blobs(12)
+    keep = np.concatenate([np.flatnonzero(y == c)[:n] for c, n in enumerate((12, 5, 7, 4))])
+    x, y = x[np.sort(keep)], y[np.sort(keep)]
+    names = ["cat", "dog", "emu", "fox"]
+    classes = np.eye(4, x.shape[1], dtype=np.float32)
     with caplog.at_level("WARNING", logger=few_shot.__name__):
-        few_shot.few_shot_curve(x, y, x, y, 4, shots=[4], seeds=1, l2_grid=[1e-2, 1.0])
-    assert "2 held-out images of it instead of 4" in caplog.text
+        few_shot.evaluate(x, y, x, y, classes, 10.0, shots=[1, 4], seeds=1, l2_grid=[1e-2, 1.0],
+                          zero_shot_init=True, class_names=names)
+    warnings = [r.getMessage() for r in caplog.records if r.name == few_shot.__name__]
+    assert len(warnings) == 1
+    assert warnings[0].endswith(": " + ", ".join(counted(names, y, 8)) + ".")
+    assert "cat" not in warnings[0] and "fewer than 4 held-out images" in warnings[0]
+
+
+def test_many_short_classes_are_counted_after_the_first_few():
+    y = np.repeat(np.arange(8), np.arange(8, 0, -1))  # class c has 8 - c images
+    names = [f"class_{c}" for c in range(8)]
+    named = ", ".join(counted(names, y, 10)[:few_shot.MAX_NAMED])
+    assert named.startswith("class_7 (1), class_6 (2)")
+    assert few_shot.name_short_classes(np.bincount(y), names, 10) == (
+        named + f" and {8 - few_shot.MAX_NAMED} more")
+    with pytest.raises(ConfigError, match=re.escape(f"have fewer: {named} and 3 more. Lower")):
+        few_shot.check_shots(y, names, 10)
 
 
 def test_baseline_fit_agrees_with_scipy_linregress_on_logits():

@@ -90,10 +90,34 @@ def test_tables_with_label_names_or_indices_read_as_pandas(folder, tmp_path):
     bad.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ConfigError, match="bad.csv line 6: label 'wolf' is not one of the 3"):
         labelled_data.read_table(str(tmp_path / "bad.csv"), class_names=CLASSES)
-    by_index.to_csv(tmp_path / "alone.csv", index=False)
-    os.remove(tmp_path / "classnames.txt")
-    with pytest.raises(ConfigError, match="are class indices; give the class names"):
-        labelled_data.read(str(tmp_path / "alone.csv"))
+
+
+def test_class_names_given_to_read_decide_a_tables_labels(folder, tmp_path):
+    """Names given to `read` name a table's class indices (every index needs one), order its
+    class-name labels (pandas' Categorical with those categories), and without names class
+    indices stand for themselves (`indexed`), as a linear probe needs no more."""
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    pd.DataFrame({"filepath": rel, "label": src.labels}).to_csv(tmp_path / "ids.csv", index=False)
+    frame = pd.read_csv(tmp_path / "ids.csv")
+    given = ["kitten", "puppy", "seal"]
+    named = labelled_data.read(str(tmp_path / "ids.csv"), class_names=given)
+    np.testing.assert_array_equal(named.labels, frame["label"])
+    assert named.class_names == given and not named.indexed
+    bare = labelled_data.read(str(tmp_path / "ids.csv"))
+    np.testing.assert_array_equal(bare.labels, frame["label"])
+    assert bare.class_names == [str(k) for k in range(frame["label"].max() + 1)] and bare.indexed
+    line = frame["label"].idxmax() + 2
+    with pytest.raises(ConfigError, match=rf"ids.csv has class indices up to 2 \(3 classes, "
+                                          rf"line {line}\) but 2 class names were given"):
+        labelled_data.read(str(tmp_path / "ids.csv"), class_names=given[:2])
+
+    names = [src.class_names[y] for y in src.labels]
+    pd.DataFrame({"filepath": rel, "label": names}).to_csv(tmp_path / "names.csv", index=False)
+    order = ["sea_lion", "cat", "dog"]  # not the sorted order the names alone would give
+    got = labelled_data.read(str(tmp_path / "names.csv"), class_names=order)
+    np.testing.assert_array_equal(got.labels, pd.Categorical(names, categories=order).codes)
+    assert got.class_names == order and not got.indexed
 
 
 def write_wds(root, split, samples, classnames, templates=None):

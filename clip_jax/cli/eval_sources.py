@@ -115,7 +115,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
             (train, train_split), (test, test_split) = (_source(train_spec, "train"),
                                                         _source(test_spec))
             extra = (dict(shots=args.shots, seeds=args.seeds, **prompts) if flag == "few_shot"
-                     else {})
+                     else dict(class_names=args.class_names))
             ev[flag][task_name(test)] = make(train, train_split=train_split or "",
                                              test_split=test_split, test_dataset=test, **extra)
     if args.robustness:

@@ -11,16 +11,20 @@ labels, class names and, where the layout has them, prompt templates:
                 folders).
   table         a .csv / .tsv (pandas dialect: quoting, BOM, CRLF) with an image-path column
                 (relative paths are relative to the table's folder) and a label column, given
-                as a class index (0..K-1) or a class name.
+                as a class index (0..K-1) or a class name; class names given to the reader
+                (`read(..., class_names=...)`), else a `classnames.txt` beside the table, name
+                its indices or fix the order of its names.
   wds           CLIP_benchmark's webdataset layout: `root/<split>/*.tar` whose samples carry
                 an image (`.jpg`, `.png`, `.webp`, ...) and a `.cls` (the class index),
                 `root/classnames.txt` (one name per line) and optionally
                 `root/zeroshot_classification_templates.txt` (one template per line).
 
-Class names given explicitly (a file or a comma-separated list) replace the layout's. Files
-that are not images are counted and reported, never dropped silently. `make_iterable` turns a
-set into the eval batches the evaluators embed (same transform as every other eval source,
-optionally with a synthetic shift from `clip_jax.data.shifts`).
+A table of class indices without names reads with the indices as names ("0", "1", ...;
+`LabelledImages.indexed`): enough for probes, which need labels only, while zero-shot
+evaluators refuse it and ask for names. Files that are not images are counted and reported,
+never dropped silently. `make_iterable` turns a set into the eval batches the evaluators embed
+(same transform as every other eval source, optionally with a synthetic shift from
+`clip_jax.data.shifts`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ WDS_TEMPLATES = "zeroshot_classification_templates.txt"
 @dataclasses.dataclass
 class LabelledImages:
     """N labelled images: `files[i]` holds image i whole (`offsets[i] == -1`) or, inside a tar,
-    its `lengths[i]` bytes from `offsets[i]`; `labels` int32 [N] in 0..K-1."""
+    its `lengths[i]` bytes from `offsets[i]`; `labels` int32 [N] in 0..K-1; `indexed` when
+    `class_names` are only the labels' indices (a table of class indices given no names)."""
 
     description: str
     files: list[str]
@@ -69,6 +74,7 @@ class LabelledImages:
     templates: tuple[str, ...] | None = None
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     split: str = ""
+    indexed: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -190,11 +196,14 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
                class_names: Sequence[str] | None = None) -> LabelledImages:
     """A CSV/TSV of image paths and labels, read with pandas; see the module docstring.
 
-    Labels that are all integers are class indices (class names must then be given, or come
-    from a `classnames.txt` beside the table); otherwise they are class names, mapped to the
-    given names' order, or, without given names, to their sorted order.
+    Labels that are all integers are class indices, named by `class_names` (else a
+    `classnames.txt` beside the table, else the indices themselves: `indexed`); otherwise
+    they are class names, mapped to the given names' order, or, without given names, to their
+    sorted order. The names are needed here, not after reading, because they decide the labels.
     """
     frame = _read_frame(path)
+    if frame.empty:
+        raise ConfigError(f"{path} has no rows; list one image path and label per row.")
     columns = list(frame.columns)
     image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
     label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
@@ -208,15 +217,10 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
             class_names = read_lines(beside)
-    if all(_is_int(y) for y in raw):
+    indexed = all(_is_int(y) for y in raw)
+    if indexed:
         labels = np.asarray([int(y) for y in raw], np.int64)
-        if class_names is None:
-            raise ConfigError(f"The labels of {path} are class indices; give the class names "
-                              f"(--class-names FILE_OR_LIST, or a {WDS_CLASSNAMES} beside it).")
-        bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
-        if bad.size:
-            raise ConfigError(f"{path} line {bad[0] + 2}: label {labels[bad[0]]} is not in "
-                              f"0..{len(class_names) - 1} ({len(class_names)} class names).")
+        names = index_class_names(path, labels, class_names)
     else:
         names = list(class_names) if class_names is not None else sorted(set(raw))
         index = {name: k for k, name in enumerate(names)}
@@ -232,7 +236,28 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     if missing:
         raise MissingFileError(f"{path} line {missing[0] + 2}: no image at "
                                f"{files[missing[0]]!r} ({len(missing)} missing in all).")
-    return _whole_files(f"table {path}", files, labels, list(class_names or names))
+    out = _whole_files(f"table {path}", files, labels, names)
+    out.indexed = indexed and class_names is None
+    return out
+
+
+def index_class_names(path: str, labels: np.ndarray, class_names: Sequence[str] | None
+                      ) -> list[str]:
+    """The names of class-index `labels` read from `path`: `class_names`, which must name
+    every label, or without them the indices "0".."K-1" (K = the largest label + 1)."""
+    if labels.min() < 0:
+        line = int(np.argmin(labels)) + 2
+        raise ConfigError(f"{path} line {line}: label {labels.min()} is negative; class "
+                          "indices run from 0.")
+    top = int(labels.max())
+    if class_names is None:
+        return [str(k) for k in range(top + 1)]
+    if top >= len(class_names):
+        raise ConfigError(f"{path} has class indices up to {top} ({top + 1} classes, line "
+                          f"{int(np.argmax(labels)) + 2}) but {len(class_names)} class names "
+                          f"were given (--class-names or a {WDS_CLASSNAMES} beside it); give "
+                          "one name per class, in label order.")
+    return list(class_names)
 
 
 def _is_int(text: str) -> bool:
@@ -291,19 +316,21 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
 
 
 READERS: dict[str, Callable[..., LabelledImages]] = {
-    "image_folder": lambda path, split: read_image_folder(path, split),
-    "table": lambda path, split: read_table(path),
-    "wds": lambda path, split: read_wds(path, split),
+    "image_folder": lambda path, split, names: read_image_folder(path, split),
+    "table": lambda path, split, names: read_table(path, class_names=names),
+    "wds": lambda path, split, names: read_wds(path, split),
 }
 
 
-def read(path: str, split: str = "") -> LabelledImages:
-    """The labelled images at `path` (any layout of the module docstring)."""
+def read(path: str, split: str = "", class_names: Sequence[str] | None = None
+         ) -> LabelledImages:
+    """The labelled images at `path` (any layout of the module docstring). `class_names`
+    name a table's classes (`read_table`); folders and webdatasets name their own."""
     kind = source_kind(path)
     if not kind:
         raise MissingFileError(f"{path!r} is neither an image folder, a .csv/.tsv table nor a "
                                "CLIP_benchmark webdataset folder.")
-    images = READERS[kind](path, split)
+    images = READERS[kind](path, split, class_names)
     if images.skipped:
         log.warning("%s: skipped %s", images.description,
                     ", ".join(f"{n} ({why})" for why, n in images.skipped.items()))

@@ -27,6 +27,8 @@ PRIOR_L2 = linear_probe.DEFAULT_L2 + (1.0, 10.0)  # strong pulls reach the zero-
 # separable, where weak L2 never lets the gradient reach a tight tolerance; the step cap
 # bounds the cost (hundreds of probes per curve) instead.
 MAX_ITER = 100
+# Classes named in a message about classes short of training images; the rest are counted.
+MAX_NAMED = 5
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +48,41 @@ def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator,
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def check_shots(train_y: np.ndarray, num_classes: int, k: int) -> None:
-    """Raises ConfigError unless every class has k training examples: a "k-shot" result
-    drawn from fewer would be mislabelled. Logs a warning when some class has fewer than 2k,
-    so that the validation draw that picks the L2 strength gets fewer than k of it (none: the
-    grid's first value is used)."""
-    counts = np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
-    fewest = int(np.argmin(counts))
-    if counts[fewest] < k:
+def class_counts(train_y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Training examples per class, int [num_classes] (0 for a class absent from `train_y`)."""
+    return np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
+
+
+def name_short_classes(counts: np.ndarray, class_names: Sequence[str], fewer_than: int) -> str:
+    """'emu (3), dog (5) and 2 more': the classes with fewer than `fewer_than` examples
+    (`counts`), fewest first, by name with their counts (the first `MAX_NAMED`); "" if none."""
+    short = [c for c in np.argsort(counts, kind="stable") if counts[c] < fewer_than]
+    named = ", ".join(f"{class_names[c]} ({counts[c]})" for c in short[:MAX_NAMED])
+    return named + (f" and {len(short) - MAX_NAMED} more" if len(short) > MAX_NAMED else "")
+
+
+def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None:
+    """Raises ConfigError, naming the classes short of k training examples, unless every class
+    has k: a "k-shot" result drawn from fewer would be mislabelled."""
+    counts = class_counts(train_y, len(class_names))
+    if counts.min() < k:
         raise ConfigError(
-            f"{k}-shot probes need {k} training images per class; class {fewest} has "
-            f"{counts[fewest]}. Lower the largest shot count (--shots / "
-            f"eval.few_shot.<task>.shots) to <= {counts[fewest]}, or add training images.")
-    if counts[fewest] < 2 * k:
-        log.warning("Class %d has %d training images, fewer than 2 x %d: the %d-shot probes "
-                    "choose their L2 strength on %d held-out images of it instead of %d.",
-                    fewest, counts[fewest], k, k, counts[fewest] - k, k)
+            f"{k}-shot probes need {k} training images per class; these classes have fewer: "
+            f"{name_short_classes(counts, class_names, k)}. Lower the largest shot count "
+            f"(--shots / eval.few_shot.<task>.shots) to <= {counts.min()}, or add training "
+            "images.")
+
+
+def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None:
+    """Logs one warning naming the classes with fewer than 2k training examples: the
+    validation draw that picks the L2 strength of their k-shot probes gets fewer than k of
+    them (none: the grid's first value is used). Once per evaluation, not per probe kind."""
+    counts = class_counts(train_y, len(class_names))
+    if counts.min() < 2 * k:
+        log.warning("Few-shot: these classes have fewer than 2 x %d training images, so the "
+                    "%d-shot probes choose their L2 strength on fewer than %d held-out images "
+                    "of them (their count - %d): %s.", k, k, k, k,
+                    name_short_classes(counts, class_names, 2 * k))
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -90,13 +111,14 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                    shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = DEFAULT_SEEDS,
                    l2_grid: Sequence[float] = linear_probe.DEFAULT_L2,
                    prior: np.ndarray | None = None) -> dict[int, np.ndarray]:
-    """Per k, test accuracies float [seeds] of k-shot probes (seeds 0..seeds-1)."""
+    """Per k, test accuracies float [seeds] of k-shot probes (seeds 0..seeds-1); classes are
+    named by their index in `check_shots`' error (`evaluate` checks first, with names)."""
     if seeds < 1 or not shots or min(shots) < 1:
         raise ConfigError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
                          f"seeds={seeds}).")
     train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-    check_shots(train_y, num_classes, max(shots))
+    check_shots(train_y, [str(c) for c in range(num_classes)], max(shots))
     pad_to = max(shots) * num_classes  # every k shares one compiled solver
     return {k: np.asarray([probe_accuracy(train_x, train_y, test_x, test_y, num_classes, k, s,
                                           list(l2_grid), prior, pad_to)[0]
@@ -126,9 +148,11 @@ def matching_shots(shots: Sequence[int], accuracy: Sequence[float], target: floa
 def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
              class_embeddings: np.ndarray, logit_scale: float, *,
              shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = DEFAULT_SEEDS,
-             l2_grid: Sequence[float] = linear_probe.DEFAULT_L2, zero_shot_init: bool = True
+             l2_grid: Sequence[float] = linear_probe.DEFAULT_L2, zero_shot_init: bool = True,
+             class_names: Sequence[str] | None = None
              ) -> tuple[dict[str, float], dict[str, object]]:
-    """Few-shot metrics and the curve behind the plot.
+    """Few-shot metrics and the curve behind the plot; `class_names` (default: the indices)
+    name the classes short of training images in the error and the warning.
 
     Metrics: `zero_shot_top1` (nearest class embedding on the test set), per k
     `{k}shot_top1` and `{k}shot_top1_std` (over seeds), with `zero_shot_init` also
@@ -136,6 +160,11 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     (`matching_shots` on the plain probe's mean curve).
     """
     num_classes = len(class_embeddings)
+    names = list(class_names) if class_names is not None else [str(c) for c in
+                                                                range(num_classes)]
+    largest = max(shots, default=0)  # no shots: `few_shot_curve` says what to give
+    check_shots(train_y, names, largest)
+    warn_short_validation(train_y, names, largest)
     zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
     metrics: dict[str, float] = {"zero_shot_top1": zero_shot}
     detail: dict[str, object] = {"shots": list(shots), "zero_shot": zero_shot}

@@ -16,6 +16,7 @@ from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
 from clip_jax.data import shifts as shifts_lib
 from clip_jax.errors import ConfigError
+from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, SplitEmbeddings, Variables
 
 # Task fields that override the data config (`config.data`) of the task's passes.
@@ -36,6 +37,10 @@ class Pass:
     description: str = ""
     templates: tuple[str, ...] | None = None  # the source's own templates file, if any
     shown_split: str = ""  # the split a labelled folder resolved "" to
+    # The class names given for a table source (file or comma-separated list; "" = its own),
+    # read with it because they decide its labels; `indexed`: it has class indices, no names.
+    class_spec: str = ""
+    indexed: bool = False
 
     @property
     def class_names(self) -> list[str] | None:
@@ -90,24 +95,31 @@ class Passes:
         return shifts_lib.parse(spec)
 
     def train_test(self, task: ml_collections.ConfigDict) -> tuple[Pass, Pass]:
-        """A probe's labelled training pass and labelled test pass."""
+        """A probe's labelled training pass and labelled test pass (both read with the task's
+        class names, so that two tables of class names agree on the labels)."""
         train_data = self.task_data(task)
         test_data = self.task_data(task, task.test_dataset)
         train_split = task.train_split or self.train_split(train_data)
-        train = self.source(train_data, train_split, labels=True)
-        test = self.source(test_data, self.eval_split(test_data, task.test_split), labels=True)
+        names = task.get("class_names", "")
+        train = self.source(train_data, train_split, labels=True, class_names=names)
+        test = self.source(test_data, self.eval_split(test_data, task.test_split), labels=True,
+                           class_names=names)
         return train, test
 
     def source(self, data: ml_collections.ConfigDict, split: str, labels: bool = False,
-               captions: bool = False, shift: str = "") -> Pass:
+               captions: bool = False, shift: str = "", class_names: str = "") -> Pass:
         """The pass reading `split` of `data`, shared with earlier tasks where possible: tasks
-        needing labels share a pass with the same label key; retrieval joins any of them."""
+        needing labels share a pass with the same label key; retrieval joins any of them.
+        `class_names` (a file or comma-separated list) are read with a table source, whose
+        labels they decide; other sources name their classes themselves (the evaluators'
+        `Classifier` renames them)."""
         base = {k: v for k, v in data.to_dict().items() if k not in ("label_key", "caption_key")}
         key = json.dumps(base, sort_keys=True, default=str)
+        spec = class_names if labelled_data.source_kind(data.dataset) == "table" else ""
         for p in self.passes:
             p_base = {k: v for k, v in p.data.to_dict().items()
                       if k not in ("label_key", "caption_key")}
-            if (p.split != split or p.shift != shift
+            if (p.split != split or p.shift != shift or p.class_spec != spec
                     or json.dumps(p_base, sort_keys=True, default=str) != key):
                 continue
             if labels and p.labels and p.data.label_key != data.label_key:
@@ -119,7 +131,7 @@ class Passes:
             if captions and not p.captions:
                 p.captions, p.data.caption_key = True, data.caption_key
             return p
-        self.passes.append(Pass(data, split, labels, captions, shift))
+        self.passes.append(Pass(data, split, labels, captions, shift, class_spec=spec))
         return self.passes[-1]
 
     def open(self, model_config: Any, batch: int) -> None:
@@ -139,12 +151,13 @@ class Passes:
 
 def _open(p: Pass, model_config: Any, batch: int) -> None:
     if labelled_data.is_source(p.data.dataset):
-        images = labelled_data.read(p.data.dataset, p.split)
+        names = zero_shot.read_class_names(p.class_spec) if p.class_spec else None
+        images = labelled_data.read(p.data.dataset, p.split, names)
         p.iterable = labelled_data.make_iterable(images, model_config, batch_size=batch,
                                                  shift=p.shift,
                                                  prefetch_batches=p.data.prefetch_batches)
         p.description, p.templates = images.description, images.templates
-        p.shown_split = images.split
+        p.shown_split, p.indexed = images.split, images.indexed
         return
     p.description = p.data.dataset
     p.data.label_key = p.data.label_key if p.labels else ""

@@ -73,7 +73,14 @@ class Classifier:
     class_names: list[str] = dataclasses.field(default_factory=list)
 
     def resolve(self, field: str) -> None:
-        """Reads class names and templates once the source pass is open."""
+        """Reads class names and templates once the source pass is open. A table of class
+        indices without names is refused: prompts made of "0", "1", ... would score nothing
+        meaningful."""
+        if self.source.indexed:
+            raise ConfigError(
+                f"config.eval.{field}: the labels of {self.source.description} are class "
+                "indices and zero-shot prompts need class names; give them with --class-names "
+                f"FILE_OR_LIST (config.eval.{field}.class_names) or a classnames.txt beside it.")
         dataset_names = self.source.class_names
         self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
         if dataset_names and len(self.class_names) != len(dataset_names):
@@ -173,5 +180,6 @@ def check_same_classes(field: str, train: Pass, test: Pass) -> None:
     if train.class_names != test.class_names:
         raise ConfigError(f"config.eval.{field}: the training data ({train.description}) "
                           f"and test data ({test.description}) have different classes; "
-                          "give both the same classes in the same order (for tables: a "
-                          "classnames.txt beside them).")
+                          "give both the same classes in the same order (for tables: "
+                          "--class-names / the task's class_names, or a classnames.txt beside "
+                          "them).")

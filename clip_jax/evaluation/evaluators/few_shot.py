@@ -57,7 +57,7 @@ class FewShot(Evaluator):
             c.source.embeddings.labels, ctx.class_embeddings(c), ctx.scale,
             shots=[int(k) for k in floats(task.shots, f"{self.field}.shots")],
             seeds=int(task.seeds), l2_grid=floats(task.l2, f"{self.field}.l2"),
-            zero_shot_init=bool(task.zero_shot_init))
+            zero_shot_init=bool(task.zero_shot_init), class_names=c.class_names)
         ctx.records.details[self.key] = detail
         ctx.records.where(self.key, c.source, c)
         return {f"{self.key}/{k}": v for k, v in results.items()}

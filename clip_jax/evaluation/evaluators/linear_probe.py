@@ -17,13 +17,18 @@ if TYPE_CHECKING:
 
 def linear_probe_task(dataset: str = "", train_split: str = "", test_split: str = "",
                       l2: str = ",".join(map(str, linear_probe.DEFAULT_L2)),
-                      test_dataset: str = "", **data: str) -> ml_collections.ConfigDict:
+                      test_dataset: str = "", class_names: str = "",
+                      **data: str) -> ml_collections.ConfigDict:
     """A linear probe: fit on `train_split` ("" = the data config's train split; slices such
     as `train[:10000]` work), score on `test_split` ("" = eval split) of `test_dataset` ("" =
     `dataset`, e.g. a second CSV); `l2` the comma-separated regularisation strengths to choose
-    from on a held-out 20 % of the training features."""
+    from on a held-out 20 % of the training features. The probe needs labels only:
+    `class_names` (a file or comma-separated list, "" = the sources' own) matter for tables,
+    where they fix the label order of class-name labels (so that a test table lacking a class
+    still agrees with the training table) and name class indices."""
     return task_config(dict(dataset=dataset, train_split=train_split, test_split=test_split,
-                            l2=l2, test_dataset=test_dataset), LABEL_DATA, data)
+                            l2=l2, test_dataset=test_dataset, class_names=class_names),
+                       LABEL_DATA, data)
 
 
 class LinearProbe(Evaluator):

@@ -54,10 +54,12 @@ class Robustness(Evaluator):
         super().__init__(name, task, passes)
         data = passes.task_data(task)
         split = passes.eval_split(data, task.split)
-        reference = passes.source(data, split, labels=True)
+        names = task.class_names  # read with the reference's table (and its shifts, its probe)
+        reference = passes.source(data, split, labels=True, class_names=names)
         self.shifted: dict[str, Pass] = {}
         for shift in passes.parse_shifts(task.shifts):
-            self.shifted[shift] = passes.source(data, split, labels=True, shift=shift)
+            self.shifted[shift] = passes.source(data, split, labels=True, shift=shift,
+                                                class_names=names)
         for spec in [s.strip() for s in task.shifted.split(",") if s.strip()]:
             dataset, other_split = passes.split_name(spec)
             other = passes.task_data(task, dataset)
@@ -69,7 +71,7 @@ class Robustness(Evaluator):
         self.train: Pass | None = None
         if task.baseline == "linear_probe":
             self.train = passes.source(data, task.train_split or passes.train_split(data),
-                                       labels=True)
+                                       labels=True, class_names=names)
         elif task.baseline:
             baseline_pairs(task.baseline, list(self.shifted), name)
         self.classifier = Classifier(name, reference, task.templates, task.class_names)

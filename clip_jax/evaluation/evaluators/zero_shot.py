@@ -47,7 +47,8 @@ class ZeroShot(Evaluator):
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
         data = passes.task_data(task)
-        source = passes.source(data, passes.eval_split(data, task.split), labels=True)
+        source = passes.source(data, passes.eval_split(data, task.split), labels=True,
+                               class_names=task.class_names)
         self.classifier = Classifier(name, source, task.templates, task.class_names,
                                      bool(task.get("compare_prompts", False)))
 
