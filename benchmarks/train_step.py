@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -217,6 +218,17 @@ def compile_table(model: str, runs: list[dict[str, dict]]) -> str:
     return "\n".join(rows)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: the ratios to open_clip depend on it (PyTorch's kernels and
+    XLA's are tuned differently per vendor)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ViT-B/32", "RN50"])
@@ -239,7 +251,7 @@ def main() -> None:
         args.steps = 0
     steps = "compile only" if args.compile_only else f"{args.steps} timed steps per process"
     print(f"fp32, batch {args.batch}, {steps}, {args.repeats} alternating repeats, "
-          f"{os.cpu_count()} CPUs, open_clip threads {args.threads}")
+          f"{os.cpu_count()} CPUs ({cpu_model()}), open_clip threads {args.threads}")
     for model in args.models:
         args.model = model
         runs = []
