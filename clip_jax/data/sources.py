@@ -8,6 +8,7 @@ examples by index inside a tf.data graph.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -88,7 +89,7 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
                 "(data/README.md) or set data.build_if_missing=True.")
         _build_once(builder)
     _check_build_options(builder)
-    _report_skipped(builder)
+    _report_skipped(builder.info.full_name, str(builder.data_dir))
     return builder
 
 
@@ -147,11 +148,13 @@ def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
             f"({len(stale)} of {len(inputs)} input files changed or gone); " + rebuild)
 
 
-def _report_skipped(builder: tfds.core.DatasetBuilder) -> None:
-    """Warns, at every start, how many records the build skipped and where they are listed."""
+@functools.lru_cache(maxsize=None)
+def _report_skipped(name: str, data_dir: str) -> None:
+    """Warns how many records the build skipped and where they are listed: once per process
+    and dataset (a run prepares its data more than once), at every start."""
     from clip_jax_data.records import REPORT_FILE
 
-    path = f"{builder.data_dir}/{REPORT_FILE}"
+    path = f"{data_dir}/{REPORT_FILE}"
     if not tf.io.gfile.exists(path):
         return
     with tf.io.gfile.GFile(path) as f:
@@ -160,7 +163,7 @@ def _report_skipped(builder: tfds.core.DatasetBuilder) -> None:
         if summary.get("skipped"):
             reasons = summary.get("skipped_by_reason", {})
             log.warning("%s %s: the build skipped %d of %d records (%s); each is listed in %s",
-                        builder.info.full_name, split, summary["skipped"], summary["total"],
+                        name, split, summary["skipped"], summary["total"],
                         ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())), path)
 
 
