@@ -288,9 +288,9 @@ class Transformer(nn.Module):
     The scanned form stacks every block parameter on a leading `layers` axis; otherwise both are
     the same computation, and `stack_layers`/`unstack_layers` convert between the two layouts.
     Called with `pool_at` (int, or int [batch]: the pooled token), it returns that token's
-    output, [batch, width]; unrolled, the last block computes only that token (~6 % of a
-    12-layer tower's FLOPs saved, forward and backward). The scanned stack has one body for
-    every layer, so it computes all tokens and then takes the pooled one.
+    output, [batch, width], and the last block computes only that token (~6 % of a 12-layer
+    tower's FLOPs saved, forward and backward); scanned, the first layers are scanned and the
+    last runs on its slice of the stacked parameters (`_scan_then_pool`).
     """
 
     layers: int
@@ -316,11 +316,31 @@ class Transformer(nn.Module):
                 last = pool_at is not None and i == self.layers - 1
                 x = block(**kwargs, name=f"resblocks_{i}")(x, pool_at if last else None)
             return x if pool_at is None else x[:, 0]
+        if pool_at is not None and not self.is_initializing():
+            return self._scan_then_pool(x, pool_at, kwargs)
         scanned = nn.scan(
             _ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
             length=self.layers, metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = scanned(block, kwargs, name="resblocks")(x, None)
         return x if pool_at is None else take_token(x, pool_at)[:, 0]
+
+    def _scan_then_pool(self, x: jax.Array, pool_at: jax.Array | int, kwargs: dict) -> jax.Array:
+        """The scanned stack with a pooled last layer, on the parameters `nn.scan` created
+        (`resblocks/block/...`, stacked on a leading `layers` axis): `lax.scan` over the first
+        layers' slices, then the last layer on the pooled token alone. One scan body cannot
+        change shape at its last step, so the last layer runs outside it."""
+        stacked = self.variables["params"]["resblocks"]["block"]
+        block = ResidualAttentionBlock(**kwargs)
+
+        def layer(x: jax.Array, params: Any) -> tuple[jax.Array, None]:
+            return block.apply({"params": params}, x), None
+
+        if self.remat_policy != "none":
+            layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[self.remat_policy],
+                                   prevent_cse=False)
+        x, _ = jax.lax.scan(layer, x, jax.tree.map(lambda a: a[:-1], stacked))
+        last = jax.tree.map(lambda a: a[-1], stacked)
+        return block.apply({"params": last}, x, pool_at)[:, 0]
 
     def _block(self, static_pool: bool) -> Any:
         """The block class, under `nn.remat` when a policy is set (an int `pool_at`, passed to
