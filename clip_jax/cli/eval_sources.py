@@ -160,9 +160,10 @@ def table_dataset_name(path: str) -> str:
     """The built dataset's name for a retrieval table: its stem and 8 hex digits of the
     SHA-256 of its absolute path and bytes, so another folder's `val.csv`, or this one after
     an edit, is built afresh instead of colliding with (or reusing) an earlier build."""
-    sha = hashlib.sha256(os.path.abspath(path).encode())
-    with open(path, "rb") as f:
-        sha.update(f.read())
+    from clip_jax_data.records import fingerprint
+
+    content = fingerprint(path, digest=True)["sha256"]
+    sha = hashlib.sha256(f"{os.path.abspath(path)}\n{content}".encode())
     return f"{task_name(path)}_{sha.hexdigest()[:8]}"
 
 

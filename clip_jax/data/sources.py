@@ -122,7 +122,8 @@ def _run_once(action: Any, done: Any, name: str) -> None:
 
 def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
     """A table / webdataset dataset reused under its name must come from the same options and
-    the same input files (tables compared by content, shards by size)."""
+    the same input files (`records.changed_inputs`: tables by content, shards by size and
+    modification time)."""
     from clip_jax_data.records import (BUILD_OPTIONS_FILE, INPUTS_KEY, build_identity,
                                        build_options, changed_inputs)
 

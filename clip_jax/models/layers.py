@@ -310,14 +310,14 @@ class Transformer(nn.Module):
                       activation=self.activation, causal=self.causal, attention=self.attention,
                       dtype=self.dtype,
                       param_dtype=self.param_dtype)
+        if self.scan and pool_at is not None and not self.is_initializing():
+            return self._scan_then_pool(x, pool_at, kwargs)
         block = self._block(static_pool=isinstance(pool_at, int) and not self.scan)
         if not self.scan:
             for i in range(self.layers):
                 last = pool_at is not None and i == self.layers - 1
                 x = block(**kwargs, name=f"resblocks_{i}")(x, pool_at if last else None)
             return x if pool_at is None else x[:, 0]
-        if pool_at is not None and not self.is_initializing():
-            return self._scan_then_pool(x, pool_at, kwargs)
         scanned = nn.scan(
             _ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
             length=self.layers, metadata_params={nn.PARTITION_NAME: "layers"})
