@@ -250,6 +250,52 @@ def test_a_table_is_one_input_however_typed_and_is_not_reused_once_changed(
         prepare(project)
 
 
+@pytest.mark.parametrize("change", ["same_size_edit", "deleted", "class_names_edited"])
+def test_more_changed_inputs_are_refused(inputs, tmp_path, monkeypatch, change):
+    """More of the class: an edit that keeps the size (the SHA-256 decides), a table deleted,
+    an edited class-names file; each after a reuse through another spelling of the path."""
+    root, _ = inputs
+    table = tmp_path / "labelled.csv"
+    table.write_bytes(b"filepath,title,label\nrgb.jpg,one,cat\ngray.jpg,two,dog\n")
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    monkeypatch.chdir(tmp_path)
+
+    def prepare(path):
+        return sources.prepare(table_config(
+            root, str(tmp_path / "tfds"), name="changed", train_path=path,
+            image_root=os.path.join(root, "images"), label_column="label",
+            class_names="names.txt"))
+
+    prepare("labelled.csv")
+    prepare(f"./sub/../{table.name}")  # the same file, spelled otherwise: reused
+    if change == "same_size_edit":
+        table.write_bytes(table.read_bytes().replace(b"one", b"uno"))
+    elif change == "deleted":
+        table.unlink()
+    else:
+        names.write_text("dog\ncat\n")
+    changed = names if change == "class_names_edited" else table
+    with pytest.raises(ConfigError, match=rf"built from {changed}, which has changed since"):
+        prepare("labelled.csv")
+
+
+def test_every_kind_of_skipped_record_is_in_the_start_warning(inputs, tmp_path, caplog):
+    """More of the class than a missing file: corrupt, empty, oversized and non-image files,
+    an empty and a non-UTF-8 caption, a malformed row: 8 of the table's 19 records, each
+    reason counted in the one warning (with the file that lists them)."""
+    root, _ = inputs
+    with caplog.at_level("WARNING", logger="clip_jax.data.sources"):
+        builder = sources.prepare(table_config(root, str(tmp_path), name="warned"))
+    (message,) = [r.getMessage() for r in caplog.records if "the build skipped" in r.getMessage()]
+    reasons = {**{reason: 1 for reason in BAD_IMAGES.values()}, "empty_caption": 1,
+               "caption_not_utf8": 1}
+    assert "skipped 8 of 19 records" in message
+    for reason, count in reasons.items():
+        assert f"{reason}: {count}" in message
+    assert os.path.join(builder.data_dir, "bad_records.json") in message
+
+
 def test_training_from_the_table(built, inputs, data_dir):
     root, _ = inputs
     batch = next(train_pipeline.make_train_iterator(table_config(root, data_dir), get_preset("test-vit"),

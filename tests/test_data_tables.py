@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clip_jax.errors import ConfigError
+
 from clip_jax_data import tables
 
 CAPTIONS = ["a dog", "café, au lait", 'say "cheese"', '"quoted" start', "multi\nline", "crlf\r\nin",
@@ -131,11 +133,15 @@ def test_issue_tsv_keeps_every_row_with_its_line():
     ('filepath,title\na.jpg,x\nb.jpg,"two\nlines"\nc.jpg,"open\nd.jpg,z', ",", 5),
     ('filepath\ttitle\nimg/b.png\t"Hello world\nimg/c.png\tz\n', "\t", 2),
     ('filepath,title\na.jpg,"x', ",", 2),
+    # more of the class: a quoted path, a CRLF table, a semicolon table
+    ('filepath,title\n"a.jpg,x\nb.jpg,y\n', ",", 2),
+    ('filepath,title\r\na.jpg,x\r\nb.jpg,"open\r\nc.jpg,z\r\n', ",", 3),
+    ('filepath;title\na.jpg;x\nb.jpg;y\nc.jpg;"never closed\n', ";", 4),
 ])
 def test_unclosed_quote_refuses_the_table_with_its_line_as_pandas_does(text, delimiter, line):
     with pytest.raises(pd.errors.ParserError, match="EOF inside string"):
         pd.read_csv(io.StringIO(text), sep=delimiter)
-    with pytest.raises(tables.TableError, match=rf"starting at line {line} .*never closed"
+    with pytest.raises(ConfigError, match=rf"starting at line {line} .*never closed"
                                                 r".*quoting='none'") as error:
         tables.read_table(text.encode(), delimiter=delimiter, quoting="csv", name="t.csv")
     assert error.value.line == line and "\n" not in str(error.value)

@@ -16,6 +16,7 @@ from clip_jax.data import labelled as labelled_data
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.data.preprocess import normalization_constants, preprocess
 from clip_jax.errors import ConfigError
+from clip_jax.evaluation import zero_shot
 
 import tensorflow_datasets as tfds
 
@@ -118,6 +119,26 @@ def test_class_names_given_to_read_decide_a_tables_labels(folder, tmp_path):
     got = labelled_data.read(str(tmp_path / "names.csv"), class_names=order)
     np.testing.assert_array_equal(got.labels, pd.Categorical(names, categories=order).codes)
     assert got.class_names == order and not got.indexed
+
+
+@pytest.mark.parametrize("kind", ["tsv", "gaps", "names_file"])
+def test_more_tables_of_class_indices_take_the_names_given(folder, tmp_path, kind):
+    """More of the class: a TSV table, indices with unused classes between them, and names
+    from a file with a trailing blank line; labels as pandas reads them, names as given."""
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    labels = src.labels * 2 if kind == "gaps" else src.labels  # 0, 2, 4: classes 1, 3 unused
+    given = ["zebra", "ant", "moose", "owl", "bee"]
+    path = tmp_path / ("ids.tsv" if kind == "tsv" else "ids.csv")
+    pd.DataFrame({"filepath": rel, "label": labels}).to_csv(
+        path, index=False, sep="\t" if kind == "tsv" else ",")
+    spec = given
+    if kind == "names_file":
+        (tmp_path / "names.txt").write_text("\n".join(given) + "\n\n")
+        spec = zero_shot.read_class_names(str(tmp_path / "names.txt"))
+    got = labelled_data.read(str(path), class_names=spec)
+    np.testing.assert_array_equal(got.labels, pd.read_csv(path, sep=None, engine="python")["label"])
+    assert got.class_names == given and not got.indexed
 
 
 def write_wds(root, split, samples, classnames, templates=None):
