@@ -11,6 +11,8 @@ fp32 on random data, each in its own subprocess (so peak RSS is that side's alon
   with `optax.adamw`;
 - `open_clip`: open_clip's model, ClipLoss and torch.optim.AdamW, `torch.set_num_threads`
   equal to the CPU count JAX uses.
+The header line after the settings gives both frameworks' fp32 matmul peak on this CPU (the
+bound on any ratio to open_clip: XLA's and PyTorch's kernels rank differently per CPU).
 Every side gets the malloc huge-page setting the `clip-jax` entry points restart with
 (`clip_jax.runtime.host_tuning`; on the 2-core development machine it took 5-16 % off
 our ViT-B/32 step in two paired runs). Repeats alternate the sides (ABC, BCA, ...) so that
@@ -35,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("clip_jax", "clip_jax scan", "plain flax", "open_clip")
 COMPILED_SIDES = SIDES[:3]
+MATMUL_SIDES = ("xla", "torch")
 sys.path.insert(0, str(ROOT))
 from clip_jax.runtime.host_tuning import huge_page_environ  # noqa: E402  (imports no JAX)
 
@@ -156,8 +159,35 @@ def run_open_clip(model: str, batch: int, steps: int, threads: int) -> dict:
     return {"compile_s": None, "step_s": _time_steps(run, steps)}
 
 
+def matmul_gflops(framework: str, threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` fp32 n x n x n matmul rate of `framework` ("xla" or "torch"), GFLOP/s:
+    the ceiling the step's matmuls (73 % of ViT-B/32's kernel time) run against, so a ratio to
+    open_clip is read against the ratio of the two frameworks' own peaks on this CPU."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), np.float32) for _ in range(2))
+    if framework == "xla":
+        import jax
+        import jax.numpy as jnp
+
+        f, a, b = jax.jit(jnp.dot), jnp.asarray(a), jnp.asarray(b)
+        run = lambda: f(a, b).block_until_ready()  # noqa: E731
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        run = lambda: a @ b  # noqa: E731
+    run()
+    return 2 * n ** 3 / min(_time_steps(run, repeats)) / 1e9
+
+
 def worker(args) -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    if args.side in MATMUL_SIDES:
+        print("RESULT " + json.dumps({"gflops": matmul_gflops(args.side, args.threads)}))
+        return
     if args.side.startswith("clip_jax"):
         out = run_clip_jax(args.model, args.batch, args.steps, scan=args.side.endswith("scan"))
     elif args.side == "plain flax":
@@ -169,14 +199,14 @@ def worker(args) -> None:
 
 
 def _spawn(side: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--side", side, "--model", args.model,
+    cmd = [sys.executable, __file__, "--worker", "--side", side, "--model", args.model or "",
            "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_ENV)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")
     result = json.loads(line[len("RESULT "):])
-    if result["step_s"]:
+    if result.get("step_s"):
         result["img_s"] = args.batch / statistics.median(result["step_s"])
     return result
 
@@ -242,7 +272,7 @@ def main() -> None:
                         help="only the compiled sides' compile time (no steps, no open_clip): "
                              "cheap enough for the repeats this noisy figure needs")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES + MATMUL_SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -252,6 +282,10 @@ def main() -> None:
     steps = "compile only" if args.compile_only else f"{args.steps} timed steps per process"
     print(f"fp32, batch {args.batch}, {steps}, {args.repeats} alternating repeats, "
           f"{os.cpu_count()} CPUs ({cpu_model()}), open_clip threads {args.threads}")
+    if not args.compile_only:
+        peak = {side: _spawn(side, args)["gflops"] for side in MATMUL_SIDES}
+        print(f"fp32 2048 x 2048 matmul, best of 5: XLA {peak['xla']:.0f} GFLOP/s, PyTorch "
+              f"{peak['torch']:.0f} GFLOP/s ({peak['xla'] / peak['torch']:.2f}x)", flush=True)
     for model in args.models:
         args.model = model
         runs = []
