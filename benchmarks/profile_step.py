@@ -64,11 +64,12 @@ def _kernel_classes(hlo: str) -> dict[str, tuple[str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="RN50")
-    parser.add_argument("--batch", type=int, default=16)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="RN50", help="a preset name (ViT-B/32, RN50, ...)")
+    parser.add_argument("--batch", type=int, default=16, help="global batch size")
     parser.add_argument("--scan", action="store_true", help="scan_layers=True")
-    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--top", type=int, default=15, help="most expensive kernels listed")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"),

@@ -280,8 +280,9 @@ def main() -> None:
     if args.compile_only:
         args.steps = 0
     steps = "compile only" if args.compile_only else f"{args.steps} timed steps per process"
+    threads = "" if args.compile_only else f", open_clip threads {args.threads}"
     print(f"fp32, batch {args.batch}, {steps}, {args.repeats} alternating repeats, "
-          f"{os.cpu_count()} CPUs ({cpu_model()}), open_clip threads {args.threads}")
+          f"{os.cpu_count()} CPUs ({cpu_model()}){threads}")
     if not args.compile_only:
         peak = {side: _spawn(side, args)["gflops"] for side in MATMUL_SIDES}
         print(f"fp32 2048 x 2048 matmul, best of 5: XLA {peak['xla']:.0f} GFLOP/s, PyTorch "

@@ -8,7 +8,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from clip_jax.training.metric_writers import MetricWriter, format_duration
+from clip_jax.training.metric_writers import MetricWriter, format_duration, format_value
 
 
 def _tensorboard(workdir):
@@ -105,3 +105,9 @@ def test_nothing_is_written_before_the_first_record(tmp_path):
                                            (3599.4, "59m59s"), (11_220, "3h07m")])
 def test_durations(seconds, shown):
     assert format_duration(seconds) == shown
+
+
+def test_the_loss_keeps_four_significant_digits_with_trailing_zeros():
+    """`4.000`, never a bare `4` that reads as an integer or a truncated line."""
+    assert [format_value("loss", v) for v in (4.0004, 12.3449, 1234.4, 0.5)] == [
+        "4.000", "12.34", "1234", "0.5000"]

@@ -114,7 +114,7 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     how = f"timed {MATMUL_SIZE}x{MATMUL_SIZE} {dtype} matmul"
     measured = measure_matmul_flops(dtype, device)
     if measured <= cached.get(key, 0.0) <= IMPLAUSIBLE_PEAK_RATIO * measured:
-        return float(cached[key]), f"{how}, best seen (cached in {path})"
+        return float(cached[key]), f"{how}: the best seen on this machine, kept in {path}"
     cached[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
         tmp.replace(path)
     except OSError:
         return measured, f"{how} (cache {path} not writable)"
-    return measured, f"{how}, measured now (best seen, cached in {path})"
+    return measured, f"{how}, measured now: a new best, kept in {path}"
 
 
 # Backends whose executables run correctly when loaded back from JAX's persistent cache. With

@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 
 from clip_jax.errors import ConfigError
-from clip_jax.models.config import ACTIVATIONS, REMAT_POLICIES
+from clip_jax.models.config import ACTIVATIONS, ATTENTION, DTYPES, REMAT_POLICIES
 
 MODES = ("train", "eval")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -75,6 +75,10 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "peak_flops_per_device": _real(0.0, open_low=True, optional=True),
     "model.activation": _one_of(ACTIVATIONS, optional=True),
     "model.remat_policy": _one_of(REMAT_POLICIES),
+    "model.attention": _one_of(ATTENTION),
+    "model.dtype": _one_of(DTYPES),
+    "model.param_dtype": _one_of(DTYPES),
+    "optimizer.moments_dtype": _one_of(DTYPES),
     "model.logit_scale_init": _real(-math.inf, optional=True),
     "model.logit_bias_init": _real(-math.inf, optional=True),
     "eval.every_steps": _integer(0),

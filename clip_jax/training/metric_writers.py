@@ -116,8 +116,8 @@ _SHOWN = {"loss": "loss", "learning_rate": "lr", "images_per_second": "img/s", "
 
 
 def format_value(name: str, value: float) -> str:
-    """A progress-line value: loss 4 significant digits, lr `2.9e-3`, img/s whole numbers
-    (3 digits below 100), mfu a percentage."""
+    """A progress-line value: loss 4 significant digits, trailing zeros kept (`4.000`, not
+    `4`), lr `2.9e-3`, img/s whole numbers (3 digits below 100), mfu a percentage."""
     if name == "lr" and value:
         mantissa, exponent = f"{value:.1e}".split("e")
         return f"{mantissa}e{int(exponent)}"
@@ -125,7 +125,7 @@ def format_value(name: str, value: float) -> str:
         return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
     if name == "mfu":
         return f"{value * 100:.2g}%"
-    return f"{value:.4g}"
+    return f"{value:#.4g}".rstrip(".")
 
 
 def format_duration(seconds: float) -> str:
