@@ -493,3 +493,50 @@ def test_misconfigurations_are_one_line_before_compiling(tfds_dir, tmp_path, mon
             failures.append(f"{args}: code={code} stderr={lines}")
         assert not os.path.exists(tmp / f"w{i}" / "checkpoints"), args
     assert not failures, "\n".join(failures)
+
+
+class _RecordingWriter:
+    """The MetricWriter calls run_loop makes, keeping the metric records."""
+
+    def __init__(self):
+        self.records: list[tuple[int, dict]] = []
+
+    def start(self):
+        pass
+
+    def write(self, step, metrics):
+        self.records.append((step, dict(metrics)))
+
+    def progress(self, step, metrics):
+        pass
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_every):
+    """The first step's one-off cost (here 0.9 s against 0.01 s) must not dilute the first
+    logged window's rate; logged on its own, that step's own time is all there is."""
+    calls = []
+
+    def step_fn(state, batch):
+        calls.append(None)
+        time.sleep(0.9 if len(calls) == 1 else 0.01)
+        return state, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
+
+    plan = train.RunPlan(total_steps=4, batch_size=8, log_every_steps=log_every,
+                         checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
+                         schedule={}, profile_steps=None)
+    writer = _RecordingWriter()
+    guard = type("Guard", (), {"should_stop": lambda self, step: False})()
+    checkpointer = type("NoCheckpoints", (), {"save": lambda self, *a, **k: None})()
+    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+                           data=iter([{}] * 4), checkpointer=checkpointer, writer=writer,
+                           guard=guard, checkpoint_meta=lambda step: {}, model_flops=None,
+                           peak_flops=1.0)
+    train.run_loop(loop, None, 0)
+    first_step, first = writer.records[0]
+    assert first_step == log_every
+    if log_every == 1:
+        assert first["seconds_per_step"] >= 0.9
+    else:  # steps 2 and 3 only
+        assert first["seconds_per_step"] < 0.1
+        assert first["images_per_second"] == pytest.approx(8 / first["seconds_per_step"])

@@ -460,6 +460,11 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             evaluate_now = loop.evaluation is not None and loop.evaluation.is_due(
                 done, done == plan.total_steps)
             if done % plan.log_every_steps and not save and not evaluate_now:
+                if step == start:
+                    # The first step carries one-off costs (the pipeline's first batch, the
+                    # executable's first run), so the logged rates start after it.
+                    jax.block_until_ready(metrics)
+                    t_last, steps_since = time.time(), 0
                 continue
             values = jax.device_get(pending)
             pending.clear()
