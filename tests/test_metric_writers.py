@@ -111,3 +111,17 @@ def test_the_loss_keeps_four_significant_digits_with_trailing_zeros():
     """`4.000`, never a bare `4` that reads as an integer or a truncated line."""
     assert [format_value("loss", v) for v in (4.0004, 12.3449, 1234.4, 0.5)] == [
         "4.000", "12.34", "1234", "0.5000"]
+
+
+def test_the_eta_leaves_out_the_first_step_once_the_clock_restarts(tmp_path):
+    out, clock = io.StringIO(), _Clock()
+    writer = MetricWriter(str(tmp_path), 10, stream=out, clock=clock)
+    writer.resume(0)
+    writer.start()
+    clock.now += 10.0  # step 1: the first batch and the executable's first run
+    writer.restart_clock(1)
+    clock.now += 2.0  # steps 2 and 3: 1 s each
+    writer.progress(3, {"loss": 2.0})
+    writer.close()
+    # 7 steps left x 1 s (not 7 x 12 s / 3 steps = 28 s).
+    assert out.getvalue().strip().endswith("eta 7s"), out.getvalue()

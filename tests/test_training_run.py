@@ -501,6 +501,10 @@ class _RecordingWriter:
 
     def __init__(self):
         self.records: list[tuple[int, dict]] = []
+        self.clock_restarts: list[int] = []
+
+    def restart_clock(self, step):
+        self.clock_restarts.append(step)
 
     def start(self):
         pass
@@ -515,7 +519,7 @@ class _RecordingWriter:
 @pytest.mark.parametrize("log_every", [1, 3])
 def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_every):
     """The first step's one-off cost (here 0.9 s against 0.01 s) must not dilute the first
-    logged window's rate; logged on its own, that step's own time is all there is."""
+    logged window's rate nor the ETA; logged on its own, that step's own time is all there is."""
     calls = []
 
     def step_fn(state, batch):
@@ -535,7 +539,7 @@ def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_eve
                            peak_flops=1.0)
     train.run_loop(loop, None, 0)
     first_step, first = writer.records[0]
-    assert first_step == log_every
+    assert first_step == log_every and writer.clock_restarts == [1]  # the ETA's clock too
     if log_every == 1:
         assert first["seconds_per_step"] >= 0.9
     else:  # steps 2 and 3 only

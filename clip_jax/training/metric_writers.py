@@ -65,6 +65,10 @@ class Progress:
             self._bar = tqdm(total=self.total_steps, initial=step, unit="step", file=self.stream,
                              dynamic_ncols=True, smoothing=0.1)
 
+    def restart(self, step: int) -> None:
+        """Rate and ETA count from `step` and now on (the bar, if any, stays as it is)."""
+        self._start_step, self._started, self._paused = step, self._clock(), 0.0
+
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Time inside this block (an evaluation, a checkpoint wait) is not training time."""
@@ -205,6 +209,12 @@ class MetricWriter:
         """The first step is about to run: rate and ETA are measured from now on."""
         if self._display is not None:
             self._display.start(self.start_step)
+
+    def restart_clock(self, step: int) -> None:
+        """Step `step` is done and its time is not to count: the first step of a run carries
+        one-off costs (its first batch, the executable's first run) that would skew the ETA."""
+        if self._display is not None:
+            self._display.restart(step)
 
     def progress(self, step: int, metrics: Mapping[str, float]) -> None:
         """Shows `step` with the loss, learning rate, img/s, MFU in `metrics` and the ETA."""

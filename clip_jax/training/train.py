@@ -462,9 +462,10 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             if done % plan.log_every_steps and not save and not evaluate_now:
                 if step == start:
                     # The first step carries one-off costs (the pipeline's first batch, the
-                    # executable's first run), so the logged rates start after it.
+                    # executable's first run), so the logged rates and the ETA start after it.
                     jax.block_until_ready(metrics)
                     t_last, steps_since = time.time(), 0
+                    writer.restart_clock(done)
                 continue
             values = jax.device_get(pending)
             pending.clear()
@@ -486,6 +487,8 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             writer.write(done, {**last, **extra})
             extra = {}
             writer.progress(done, last)
+            if step == start:  # logged alone, with its own time; the ETA starts after it
+                writer.restart_clock(done)
             if save:
                 try:
                     loop.checkpointer.save(done, state, loop.checkpoint_meta(done), force=final)
