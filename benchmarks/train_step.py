@@ -159,28 +159,21 @@ def run_open_clip(model: str, batch: int, steps: int, threads: int) -> dict:
     return {"compile_s": None, "step_s": _time_steps(run, steps)}
 
 
-def matmul_gflops(framework: str, threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` fp32 n x n x n matmul rate of `framework` ("xla" or "torch"), GFLOP/s:
-    the ceiling the step's matmuls (73 % of ViT-B/32's kernel time) run against, so a ratio to
-    open_clip is read against the ratio of the two frameworks' own peaks on this CPU."""
-    import numpy as np
+def matmul_gflops(framework: str, threads: int) -> float:
+    """fp32 matmul rate of `framework` ("xla" or "torch"), GFLOP/s, measured as the MFU peak is
+    (`hardware.measure_matmul_flops`: median of timed 2048 x 2048 calls): the ceiling the
+    step's matmuls (73 % of ViT-B/32's kernel time) run against, so a ratio to open_clip is
+    read against the ratio of the two frameworks' own rates on this CPU."""
+    from clip_jax.runtime import hardware
 
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n), np.float32) for _ in range(2))
     if framework == "xla":
-        import jax
-        import jax.numpy as jnp
+        return hardware.measure_matmul_flops("float32") / 1e9
+    import torch
 
-        f, a, b = jax.jit(jnp.dot), jnp.asarray(a), jnp.asarray(b)
-        run = lambda: f(a, b).block_until_ready()  # noqa: E731
-    else:
-        import torch
-
-        torch.set_num_threads(threads)
-        a, b = torch.from_numpy(a), torch.from_numpy(b)
-        run = lambda: a @ b  # noqa: E731
-    run()
-    return 2 * n ** 3 / min(_time_steps(run, repeats)) / 1e9
+    torch.set_num_threads(threads)
+    a = torch.ones(hardware.MATMUL_SIZE, hardware.MATMUL_SIZE)
+    times = _time_steps(lambda: a @ a, hardware.MATMUL_REPEATS)
+    return 2 * hardware.MATMUL_SIZE ** 3 / statistics.median(times) / 1e9
 
 
 def worker(args) -> None:
@@ -285,7 +278,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs ({cpu_model()}){threads}")
     if not args.compile_only:
         peak = {side: _spawn(side, args)["gflops"] for side in MATMUL_SIDES}
-        print(f"fp32 2048 x 2048 matmul, best of 5: XLA {peak['xla']:.0f} GFLOP/s, PyTorch "
+        print(f"fp32 2048 x 2048 matmul, median of 5: XLA {peak['xla']:.0f} GFLOP/s, PyTorch "
               f"{peak['torch']:.0f} GFLOP/s ({peak['xla'] / peak['torch']:.2f}x)", flush=True)
     for model in args.models:
         args.model = model

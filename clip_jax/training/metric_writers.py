@@ -60,7 +60,7 @@ class Progress:
 
     def start(self, step: int) -> None:
         """Training starts (or resumes) at `step`: the clock for rate and ETA starts now."""
-        self._start_step, self._started, self._paused = step, self._clock(), 0.0
+        self.restart(step)
         if self.tty:
             self._bar = tqdm(total=self.total_steps, initial=step, unit="step", file=self.stream,
                              dynamic_ncols=True, smoothing=0.1)

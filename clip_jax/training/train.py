@@ -44,7 +44,6 @@ from clip_jax.training import train_step
 from clip_jax.training import checkpoints
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.training.metric_writers import MetricWriter
-from clip_jax.models.config import DTYPES
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import get_preset
 
@@ -66,12 +65,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     config_checks.check_fields(config)
     if not config.init_from:
         get_preset(config.model.name)
-    for field in ("dtype", "param_dtype"):
-        if config.model[field] not in DTYPES:
-            fail(f"model.{field}", f"{config.model[field]!r} is not a dtype", f"use one of {DTYPES}")
-    if config.optimizer.moments_dtype not in DTYPES:
-        fail("optimizer.moments_dtype", f"{config.optimizer.moments_dtype!r} is not a dtype",
-             f"use one of {DTYPES}")
     mesh = sharding.mesh_shape(config.mesh, num_devices)
     shards = mesh[0] * mesh[1]
     losses.check_loss(config.loss, config.model.logit_bias_init is not None)
@@ -447,6 +440,13 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
     try:
         for step in range(start, plan.total_steps):
             done = step + 1
+            if step == start + 1:
+                # The first step carries one-off costs (the pipeline's first batch, the
+                # executable's first run): the rates and the ETA start after it (a first step
+                # logged alone has shown its own time).
+                jax.block_until_ready(pending)
+                t_last, steps_since = time.time(), 0
+                writer.restart_clock(step)
             profile.before(done)
             state, metrics = loop.step_fn(state, _global_batch(next(loop.data),
                                                                loop.batch_shardings))
@@ -460,12 +460,6 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             evaluate_now = loop.evaluation is not None and loop.evaluation.is_due(
                 done, done == plan.total_steps)
             if done % plan.log_every_steps and not save and not evaluate_now:
-                if step == start:
-                    # The first step carries one-off costs (the pipeline's first batch, the
-                    # executable's first run), so the logged rates and the ETA start after it.
-                    jax.block_until_ready(metrics)
-                    t_last, steps_since = time.time(), 0
-                    writer.restart_clock(done)
                 continue
             values = jax.device_get(pending)
             pending.clear()
@@ -487,8 +481,6 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             writer.write(done, {**last, **extra})
             extra = {}
             writer.progress(done, last)
-            if step == start:  # logged alone, with its own time; the ETA starts after it
-                writer.restart_clock(done)
             if save:
                 try:
                     loop.checkpointer.save(done, state, loop.checkpoint_meta(done), force=final)
