@@ -428,6 +428,9 @@ MISCONFIGURATIONS = [
     (["--config.optimizer.moments_dtype=int8"], "config.optimizer.moments_dtype", None),
     (["--config.model.attention=flash"],
      "config.model.attention='flash' is invalid; use one of auto", None),
+    (["--config.model.attention=XLA"], "config.model.attention='XLA' is invalid", None),
+    (["--config.model.attention="], "config.model.attention='' is invalid", None),
+    (["--config.model.dtype=bf16"], "config.model.dtype='bf16' is invalid", None),
     (["--config.loss=l2"], "config.loss: unknown loss 'l2'", None),
     (["--config.model.name=ViT-X/1"], "Unknown model 'ViT-X/1'", None),
     (["--config.mesh.data=3"], "needs 3 devices but 8 are available", None),
@@ -516,8 +519,14 @@ class _RecordingWriter:
         pass
 
 
-@pytest.mark.parametrize("log_every", [1, 3])
-def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_every):
+@pytest.mark.parametrize("log_every,start,first_logged", [
+    (1, 0, 1), (3, 0, 3),
+    (2, 2, 4),  # a resumed run: this process's first step is step 3
+    (3, 1, 3),  # the first logged window holds one step after the first
+    (5, 0, 4),  # no log boundary before the last step, which logs steps 2-4
+])
+def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_every, start,
+                                                                        first_logged):
     """The first step's one-off cost (here 0.9 s against 0.01 s) must not dilute the first
     logged window's rate nor the ETA; logged on its own, that step's own time is all there is."""
     calls = []
@@ -537,11 +546,12 @@ def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_eve
                            data=iter([{}] * 4), checkpointer=checkpointer, writer=writer,
                            guard=guard, checkpoint_meta=lambda step: {}, model_flops=None,
                            peak_flops=1.0)
-    train.run_loop(loop, None, 0)
+    train.run_loop(loop, None, start)
     first_step, first = writer.records[0]
-    assert first_step == log_every and writer.clock_restarts == [1]  # the ETA's clock too
-    if log_every == 1:
+    # the ETA's clock restarts after this process's first step too
+    assert first_step == first_logged and writer.clock_restarts == [start + 1]
+    if first_logged == start + 1:
         assert first["seconds_per_step"] >= 0.9
-    else:  # steps 2 and 3 only
+    else:  # the steps after the first only
         assert first["seconds_per_step"] < 0.1
         assert first["images_per_second"] == pytest.approx(8 / first["seconds_per_step"])
