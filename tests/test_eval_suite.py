@@ -191,6 +191,33 @@ def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
         assert metrics[f"robustness/t/{key}"] == pytest.approx(expected), name
 
 
+def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model, tmp_path,
+                                                                   caplog):
+    """A JPEG cut off in its pixel data, among a folder's images: the evaluation finishes,
+    its top-1 is the reference's over the readable images, and the count left out is
+    reported next to the file's name."""
+    import shutil
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder / "test", root)
+    Image.open(root / "red" / "0.png").save(root / "red" / "photo.jpg", quality=95)
+    jpeg = (root / "red" / "photo.jpg").read_bytes()
+    (root / "red" / "photo.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    config = config_for(zero_shot=evaluate.zero_shot_task(str(root), templates="simple"))
+    with caplog.at_level("WARNING"):
+        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    test = labelled_data.read(str(folder), "test")
+    images = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in test.files], module.config))
+    classes = class_embeddings(module, variables, list(test.class_names), templates.TEMPLATE_SETS["simple"])
+    expected = np.mean((images @ classes.T).argmax(1) == test.labels)
+    assert metrics["zero_shot/t/top1"] == pytest.approx(expected, abs=1e-6)
+    assert evaluation.sizes["zero_shot/t"]["images"] == len(test)
+    assert f"skipped unreadable image {root / 'red' / 'photo.jpg'}" in caplog.text
+    assert f"1 of {len(test) + 1} images unreadable" in caplog.text
+
+
 def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     from clip_jax.convert.hf_export import export_hf
 

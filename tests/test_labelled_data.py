@@ -201,20 +201,35 @@ def test_eval_batches_equal_preprocess_of_pillow_images(folder):
 
 
 def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
-    """An empty file, a text file and a cut-off header under image names: each is left out
-    of the eval batches with a warning naming it; the readable images come out as preprocess
-    gives them, with their own indices and labels."""
+    """An empty file, a text file, a cut-off header, and a JPEG and a PNG cut off in their
+    pixel data (headers intact: only a full decode finds them): each is left out of the eval
+    batches with a warning naming it. The readable images, a TIFF and a JPEG among them, come
+    out as preprocess gives them on Pillow's decode, with their own indices and labels."""
     import shutil
 
     root = tmp_path / "photos"
     shutil.copytree(folder / "test", root)
     (root / "cat" / "empty.jpg").write_bytes(b"")
     (root / "dog" / "notes.png").write_text("not an image")
-    (root / "sea_lion" / "cut.png").write_bytes((root / "cat" / "0.png").read_bytes()[:8])
+    png = (root / "cat" / "0.png").read_bytes()
+    (root / "sea_lion" / "cut.png").write_bytes(png[:8])
+    big = picture(99, (64, 48))
+    big.save(root / "dog" / "whole.jpg", quality=90)
+    jpeg = (root / "dog" / "whole.jpg").read_bytes()
+    (root / "dog" / "cut.jpg").write_bytes(jpeg[:len(jpeg) * 2 // 3])
+    big.save(root / "cat" / "whole.png")
+    data = (root / "cat" / "whole.png").read_bytes()
+    (root / "cat" / "cut_pixels.png").write_bytes(data[:len(data) * 2 // 3])
+    big.save(root / "sea_lion" / "whole.tif")
+    for name in ("dog/cut.jpg", "cat/cut_pixels.png"):
+        Image.open(root / name)  # the header reads: the damage is in the pixel data
     images = labelled_data.read(str(root))
-    bad = {os.path.join(root, p) for p in ("cat/empty.jpg", "dog/notes.png", "sea_lion/cut.png")}
+    bad = {os.path.join(root, p) for p in ("cat/empty.jpg", "dog/notes.png", "sea_lion/cut.png",
+                                           "dog/cut.jpg", "cat/cut_pixels.png")}
     good = [i for i, f in enumerate(images.files) if f not in bad]
-    assert len(good) == len(images) - 3
+    assert len(good) == len(images) - 5
+    assert {os.path.join(root, "sea_lion/whole.tif"), os.path.join(root, "dog/whole.jpg")} <= {
+        images.files[i] for i in good}
     with caplog.at_level("WARNING", logger=labelled_data.__name__):
         batches = list(labelled_data.make_iterable(images, MODEL, batch_size=4))
     mask = np.concatenate([b["mask"] for b in batches])
@@ -225,4 +240,5 @@ def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
     np.testing.assert_array_equal(np.concatenate([b["images"] for b in batches])[mask], want)
     for path in bad:
         assert f"skipped unreadable image {path}" in caplog.text
+    assert "truncated" in caplog.text.lower()
     assert "empty file (0 bytes)" in caplog.text

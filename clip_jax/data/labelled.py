@@ -48,7 +48,7 @@ from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_
 from clip_jax.data.tf_data import graph
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig
-from clip_jax.data.preprocess import normalization_constants
+from clip_jax.data.preprocess import normalization_constants, to_rgb_uint8
 
 log = logging.getLogger(__name__)
 
@@ -347,29 +347,27 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
         return f.read(int(length))
 
 
-def _placeholder_png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(out, format="PNG")
-    return out.getvalue()
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-_PLACEHOLDER = _placeholder_png()
-
-
-def read_checked_image(path: bytes, offset: np.int64, length: np.int64) -> tuple[bytes, bool]:
-    """(`read_image_bytes`, True), or (a 1x1 placeholder PNG, False) with a warning naming the
-    file when it is empty, unreadable or not an image by its header (PIL opens the header
-    only: no pixels are decoded twice). The pipeline masks such an image out of the results."""
+def read_rgb(path: bytes, offset: np.int64, length: np.int64) -> tuple[np.ndarray, bool]:
+    """(uint8 [H, W, 3], True): one image of a `LabelledImages` decoded whole by PIL, as
+    torchvision's `ImageFolder` loader and CLIP_benchmark read it (RGB conversion, alpha
+    dropped, no EXIF rotation); or (a 1x1 black placeholder, False) with a warning naming the
+    file when it is empty, not an image, cut off mid-data or in a format PIL cannot decode.
+    Decoding every pixel here, not only the header, is what catches a truncated file before
+    it stops the whole evaluation; the pipeline masks such an image out of the results."""
     try:
         data = read_image_bytes(path, offset, length)
         if not data:
             raise ValueError("empty file (0 bytes)")
-        Image.open(io.BytesIO(data))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        with Image.open(io.BytesIO(data)) as image:
+            return to_rgb_uint8(image, exif_transpose=False), True
+    except _DECODE_ERRORS as error:
         where = f" (bytes {offset}+{length})" if offset >= 0 else ""
         log.warning("skipped unreadable image %s%s: %s", path.decode(), where, error)
         return _PLACEHOLDER, False
-    return data, True
 
 
 def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
@@ -378,7 +376,7 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
     in order, padded with `mask` False so every process yields the same number of batches
     (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
-    (`read_checked_image`) is masked out like padding, with a warning naming it."""
+    (`read_rgb`) is masked out like padding, with a warning naming it."""
     shift = shifts.check(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
@@ -390,10 +388,11 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     columns = {k: tf.constant(v[index]) for k, v in table.items()}
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        encoded, readable = tf.numpy_function(
-            read_checked_image, [item["file"], item["offset"], item["length"]],
-            (tf.string, tf.bool), stateful=False)
-        image = tf_preprocess.eval_image(tf.ensure_shape(encoded, []), size)
+        pixels, readable = tf.numpy_function(
+            read_rgb, [item["file"], item["offset"], item["length"]], (tf.uint8, tf.bool),
+            stateful=False)
+        image = tf_preprocess.resize_and_center_crop(tf.ensure_shape(pixels, [None, None, 3]),
+                                                     size)
         image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
         valid = item["valid"] & tf.ensure_shape(readable, [])
         return mask_padding({"images": image, "label": item["label"]}, valid, item["index"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 import ml_collections
@@ -18,6 +19,8 @@ from clip_jax.data import shifts as shifts_lib
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, SplitEmbeddings, Variables
+
+log = logging.getLogger(__name__)
 
 # Task fields that override the data config (`config.data`) of the task's passes.
 DATA_FIELDS = ("dataset", "data_dir", "image_key", "label_key", "caption_key")
@@ -140,8 +143,16 @@ class Passes:
             _open(p, model_config, batch)
 
     def embed(self, embedder: Embedder, variables: Variables) -> None:
+        """Embeds every pass; warns with the count when images were left out as unreadable
+        (each is named where it was read), so every metric's image count is explained."""
         for p in self.passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
+            left_out = p.iterable.num_examples - len(p.embeddings.images)
+            if left_out:
+                split = p.shown_split or p.split
+                log.warning("%s%s: %d of %d images unreadable, left out of its metrics",
+                            p.description, f" ({split})" if split else "", left_out,
+                            p.iterable.num_examples)
 
     def release(self) -> None:
         """Drops the embeddings of the last run."""
