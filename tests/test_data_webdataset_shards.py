@@ -225,3 +225,32 @@ def test_rewritten_or_appearing_shards_are_not_reused(tmp_path, monkeypatch):
                                             sample("000000001", 2, b"second")])
     with pytest.raises(ConfigError, match=r"00000.tar, which has changed since"):
         sources.prepare(config)
+
+
+def test_shards_appearing_under_a_glob_are_not_left_out(tmp_path):
+    """A dataset built from `train/*.tar` and `val/{0..1}.tar`: a shard that later matches
+    either pattern makes reuse an error naming it (the dataset would silently miss it); a file
+    the patterns do not match does not."""
+    os.makedirs(tmp_path / "train")
+    os.makedirs(tmp_path / "val")
+    write_tar(str(tmp_path / "train" / "a.tar"), [sample("000000000", 0, b"first")])
+    write_tar(str(tmp_path / "val" / "0.tar"), [sample("000000001", 1, b"held out")])
+    config = data_options.default_config()
+    config.dataset, config.label_key = "webdataset_shards", ""
+    config.data_dir = str(tmp_path / "tfds")
+    config.webdataset.name = "growing"
+    config.webdataset.train_shards = str(tmp_path / "train" / "*.tar")
+    config.webdataset.validation_shards = str(tmp_path / "val" / "{0..1}.tar")
+    assert len(sources.prepare(config).as_data_source("train")) == 1
+    write_tar(str(tmp_path / "train" / "b.tgz"), [sample("000000002", 2, b"other ext")])
+    (tmp_path / "train" / "notes.txt").write_text("not a shard")
+    sources.prepare(config)
+    write_tar(str(tmp_path / "train" / "b.tar"), [sample("000000003", 3, b"late")])
+    with pytest.raises(ConfigError, match=r"built from 3 input files, and 1 more match its "
+                                          r"patterns now \(\S*train/b.tar\)"):
+        sources.prepare(config)
+    os.remove(tmp_path / "train" / "b.tar")
+    sources.prepare(config)
+    write_tar(str(tmp_path / "val" / "1.tar"), [sample("000000004", 4, b"late val")])
+    with pytest.raises(ConfigError, match=r"val/1.tar, which has changed since"):
+        sources.prepare(config)

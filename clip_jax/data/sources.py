@@ -123,7 +123,8 @@ def _run_once(action: Any, done: Any, name: str) -> None:
 def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
     """A table / webdataset dataset reused under its name must come from the same options and
     the same input files (`records.changed_inputs`: tables by content, shards by size and
-    modification time)."""
+    modification time), and, for a builder whose inputs are patterns (`build_inputs`: shard
+    globs), no file may have appeared under them since."""
     from clip_jax_data.records import (BUILD_OPTIONS_FILE, INPUTS_KEY, build_identity,
                                        build_options, changed_inputs)
 
@@ -147,6 +148,13 @@ def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
         raise ConfigError(
             f"{builder.data_dir} was built from {stale[0]}, which has changed since "
             f"({len(stale)} of {len(inputs)} input files changed or gone); " + rebuild)
+    current = getattr(builder, "build_inputs", None)
+    new = [path for path in current() if path not in inputs] if current else []
+    if new:
+        raise ConfigError(
+            f"{builder.data_dir} was built from {len(inputs)} input files, and {len(new)} more "
+            f"match its patterns now ({', '.join(new[:3])}{', ...' if len(new) > 3 else ''}); "
+            + rebuild)
 
 
 @functools.lru_cache(maxsize=None)

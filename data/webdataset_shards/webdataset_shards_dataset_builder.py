@@ -67,6 +67,13 @@ def expand_shards(pattern: str) -> list[str]:
     return paths
 
 
+def split_shards(options: WebdatasetOptions) -> dict[str, list[str]]:
+    """Split -> the shards its pattern (`data.webdataset.<split>_shards`) matches now; splits
+    without a pattern are left out."""
+    return {split: expand_shards(getattr(options, field))
+            for split, field in _SPLIT_FIELDS.items() if getattr(options, field)}
+
+
 def _expand_braces(pattern: str) -> list[str]:
     match = _BRACE.search(pattern)
     if not match:
@@ -90,17 +97,22 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(description=__doc__,
                                               features=records.image_text_features())
 
+    def build_inputs(self) -> list[str]:
+        """Every shard the config's patterns match now, split by split: what a build reads,
+        compared at each reuse with what the build read (`clip_jax.data.sources`), so that a
+        shard that appeared under an unchanged glob is not silently left out."""
+        return [shard for shards in split_shards(self.builder_config.shards).values()
+                for shard in shards]
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         del dl_manager  # shards are read where they are
         options = self.builder_config.shards
         splits, inputs = {}, []
-        for split, field in _SPLIT_FIELDS.items():
-            pattern = getattr(options, field)
-            if not pattern:
-                continue
-            shards = expand_shards(pattern)
+        for split, shards in split_shards(options).items():
             if not shards:
-                raise MissingFileError(f"data.webdataset.{field}={pattern!r} matches no files.")
+                field = _SPLIT_FIELDS[split]
+                raise MissingFileError(f"data.webdataset.{field}={getattr(options, field)!r} "
+                                       "matches no files.")
             splits[split] = self._generate_examples(split, shards)
             inputs += shards
         if not splits:
