@@ -296,6 +296,28 @@ def test_tables_of_class_indices_take_the_class_names_given(folder, model, tmp_p
                                 module, variables)
 
 
+def test_shifted_tables_of_class_indices_take_the_reference_classes(folder, model, tmp_path):
+    """A robustness task on a named reference (the folder) whose shifted set is a table of
+    class indices without names: its labels index the reference's classes, so its top-1 is
+    scored with the reference's classifier (here the same images: the reference's top-1,
+    against numpy) and the linear-probe baseline covers it."""
+    module, variables = model
+    index_tables(folder, tmp_path)
+    config = config_for(robustness=evaluate.robustness_task(
+        str(folder), shifted=str(tmp_path / "test.csv"), baseline="linear_probe",
+        templates="simple"))
+    metrics, _ = evaluate.evaluate_model(config, module, variables)
+    test = labelled_data.read(str(folder), "test")
+    images = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in test.files], module.config))
+    classes = class_embeddings(module, variables, list(test.class_names),
+                               templates.TEMPLATE_SETS["simple"])
+    expected = np.mean((images @ classes.T).argmax(1) == test.labels)
+    assert metrics["robustness/t/reference_top1"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["robustness/t/test.csv_top1"] == pytest.approx(expected, abs=1e-6)
+    assert "robustness/t/test.csv_effective_robustness" in metrics
+
+
 def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):
     """Issue 11, item 4: the label column survives the build (names or indices, unknown
     labels skipped and reported) and zero-shot reads it; without labels, one clear error."""

@@ -97,10 +97,11 @@ class Robustness(Evaluator):
 def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> float:
     """Top-1 of `c`'s classifier on pass `p`, whose labels index its own class names: a
     dataset whose classes are a subset of the reference's (a folder of 200 ImageNet classes,
-    or `SUBSET_DATASETS`) is scored among that subset."""
+    or `SUBSET_DATASETS`) is scored among that subset. A table of bare class indices
+    (`Pass.indexed`) has no names of its own: its labels index the reference's classes."""
     emb = p.embeddings
     names = p.class_names or c.class_names
-    if p is c.source or list(names) == list(c.source.class_names or c.class_names):
+    if p is c.source or p.indexed or list(names) == list(c.source.class_names or c.class_names):
         check_labels(emb.labels, len(classes), f"robustness.{c.name}")
         if p.data.dataset.split("/")[0].split(":")[0] in SUBSET_DATASETS:
             present = np.unique(emb.labels)
@@ -126,7 +127,7 @@ def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
                                     num_classes=len(train.class_names))
     pairs = {}
     for name, p in shifted.items():
-        if list(p.class_names or []) not in ([], list(train.class_names)):
+        if not p.indexed and list(p.class_names or []) not in ([], list(train.class_names)):
             continue  # class subsets: the full-class probe has no comparable accuracy
         out = linear_probe.linear_probe(tx, ty, p.embeddings.images, p.embeddings.labels,
                                         num_classes=len(train.class_names), l2_grid=[ref["l2"]])
