@@ -4,6 +4,7 @@ transformers' zero-shot pipeline on the export of the model it trained (HF_HUB_O
 import json
 import os
 import re
+import types
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -109,3 +110,30 @@ def test_demo_refuses_a_bad_workdir_in_one_line_before_building(tmp_path, monkey
     out, err = capsys.readouterr()
     assert err == f"error: --workdir '{tmp_path / 'file'}' is a file; pass a directory (created " \
         "if missing).\n" and out == ""
+
+
+def test_demo_steps_option_shortens_the_schedule_and_refuses_zero(monkeypatch, capsys):
+    """`--steps N` (both entry points) trains N steps with the warmup at most a tenth of them;
+    0 is one line on stderr, before any dataset is built."""
+    from clip_jax import cli
+
+    full = demo.demo_config()
+    short = demo.demo_config(300)
+    assert (short.total_steps, short.warmup_steps) == (300, 30)
+    assert demo.demo_config(7).warmup_steps == 1
+    assert demo.demo_config(50_000).warmup_steps == full.warmup_steps
+    assert short.to_dict() | {"total_steps": 0, "warmup_steps": 0} == \
+        full.to_dict() | {"total_steps": 0, "warmup_steps": 0}
+    seen = []
+
+    def run(config, workdir):
+        seen.append(config.total_steps)
+        return types.SimpleNamespace(text=lambda config: "")
+
+    monkeypatch.setattr(demo, "run", run)
+    assert cli.main(["demo", "--steps", "12", "--workdir", "unused"]) == 0
+    assert demo.main(["--steps", "5"]) == 0 and seen == [12, 5]
+    monkeypatch.setattr(sources, "prepare", None)  # must not get that far
+    assert demo.main(["--steps", "0"]) == 2
+    assert capsys.readouterr().err == "error: --steps 0: train at least 1 step (the full demo: " \
+        f"{full.total_steps}).\n"

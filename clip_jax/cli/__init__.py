@@ -11,7 +11,7 @@
       [--robustness SRC --shifts greyscale,blur] [--retrieval TABLE] [--templates FILE_OR_NAME]
   clip-jax export-hf WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
   clip-jax export-open-clip WORKDIR_OR_CHECKPOINT OUTPUT_DIR [--dtype fp32|bf16|fp16]
-  clip-jax demo [--workdir DIR]
+  clip-jax demo [--workdir DIR] [--steps N]
   clip-jax plan --config configs/vit_l14.py --topology v5e-256 [--config.FIELD=VALUE ...] [--json]
 
 PATH / WORKDIR_OR_CHECKPOINT is anything `clip_jax.load` reads: a training workdir (its newest
@@ -225,7 +225,7 @@ def export_open_clip_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from clip_jax import demo
 
-    return demo.main(["--workdir", args.workdir] if args.workdir else [])
+    return demo.run_command(args)
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -317,7 +317,9 @@ def _export_arguments(x: argparse.ArgumentParser) -> None:
 
 
 def _demo_arguments(d: argparse.ArgumentParser) -> None:
-    d.add_argument("--workdir", help="run directory (default: a new runs/demo/<timestamp>)")
+    from clip_jax import demo
+
+    demo.add_arguments(d)
 
 
 def _plan_arguments(pl: argparse.ArgumentParser) -> None:
