@@ -225,3 +225,18 @@ def test_unbuilt_dataset_without_build_if_missing(tmp_path):
     with pytest.raises(ConfigError, match="build_if_missing"):
         sources.prepare(config)
     assert isinstance(sources.get_builder(config), tfds.core.DatasetBuilder)
+
+
+def test_a_first_build_leaves_stdout_alone(tmp_path, capfd):
+    """Building on first use prints one line of ours to stderr; TFDS's notices go to stderr
+    too (stdout may be a command's --json result) and, stderr being no terminal here, no
+    progress-bar redraws reach it."""
+    config = data_options.default_config()
+    config.data_dir = str(tmp_path)
+    config.synthetic.update(image_size=16, num_train=8, num_validation=4, num_test=4)
+    builder = sources.prepare(config)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert f"Building {builder.info.full_name} in {builder.data_dir} (first use) ..." in err
+    assert "\r" not in err and "Generating splits" not in err
+    assert len(builder.as_data_source("train")) == 8

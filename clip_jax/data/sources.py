@@ -8,10 +8,12 @@ examples by index inside a tf.data graph.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -99,10 +101,21 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
 
 def _build_once(builder: tfds.core.DatasetBuilder) -> None:
     def build() -> None:
-        log.info("Building %s in %s", builder.info.full_name, builder.data_dir)
-        builder.download_and_prepare(file_format="array_record")
+        print(f"Building {builder.info.full_name} in {builder.data_dir} (first use) ...",
+              file=sys.stderr)
+        _build_quietly(builder)
 
     _run_once(build, lambda: _is_prepared(builder), f"build {builder.info.full_name}")
+
+
+def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
+    """`download_and_prepare`, with TFDS's notices (printed to stdout) sent to stderr, so a
+    command's stdout holds only its own output (a `--json` result, a table), and its progress
+    bars off unless stderr is a terminal (in a log file each redraw is one more line)."""
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(sys.stderr):
+        builder.download_and_prepare(file_format="array_record")
 
 
 def _run_once(action: Any, done: Any, name: str) -> None:
