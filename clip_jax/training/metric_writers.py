@@ -7,7 +7,8 @@ a `SessionLog.START` event at `step + 1`, on which TensorBoard's readers discard
 events at or after that step (what `torch.utils.tensorboard.SummaryWriter(purge_step=...)`
 writes).
 
-On stdout a run shows a tqdm bar when stdout is a terminal, and otherwise (SLURM, nohup, a
+On stdout a run shows a tqdm bar when stdout is a terminal (the same fields, our ETA in
+place of tqdm's own), and otherwise (SLURM, nohup, a
 pipe, TPU VM logs) one plain line per log interval,
 `step 1200/3500  loss 1.234  lr 2.9e-3  img/s 812  mfu 41%  eta 5m12s`, which reads well in a
 log file where a carriage-return bar becomes one long line.
@@ -26,6 +27,9 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.proto.event_pb2 import SessionLog
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tqdm import tqdm
+
+
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
 
 class Progress:
@@ -62,8 +66,10 @@ class Progress:
         """Training starts (or resumes) at `step`: the clock for rate and ETA starts now."""
         self.restart(step)
         if self.tty:
+            # tqdm's own rate and remaining time would count the run's first step (compilation
+            # aside, its first batch and executable run): the bar shows ours in the postfix.
             self._bar = tqdm(total=self.total_steps, initial=step, unit="step", file=self.stream,
-                             dynamic_ncols=True, smoothing=0.1)
+                             dynamic_ncols=True, bar_format=_BAR_FORMAT)
 
     def restart(self, step: int) -> None:
         """Rate and ETA count from `step` and now on (the bar, if any, stays as it is)."""
@@ -92,13 +98,13 @@ class Progress:
         """Shows step `step` with its loss, learning rate, images/s and MFU (those present)."""
         fields = {name: format_value(name, metrics[key]) for key, name in _SHOWN.items()
                   if key in metrics}
+        eta = self.eta_seconds(step)
+        fields["eta"] = format_duration(eta) if eta is not None else "?"
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix({k.replace("/", "_"): v for k, v in fields.items()},
                                   refresh=True)
             return
-        eta = self.eta_seconds(step)
-        fields["eta"] = format_duration(eta) if eta is not None else "?"
         parts = [f"step {step}/{self.total_steps}", *(f"{k} {v}" for k, v in fields.items())]
         print("  ".join(parts), file=self.stream, flush=True)
 
