@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+from clip_jax.data._tf import tf  # hides accelerators before TFDS starts TensorFlow
 from clip_jax.data import labelled as labelled_data
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.data.preprocess import normalization_constants, preprocess
@@ -242,3 +242,32 @@ def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
         assert f"skipped unreadable image {path}" in caplog.text
     assert "truncated" in caplog.text.lower()
     assert "empty file (0 bytes)" in caplog.text
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpegs_called_complete_are_the_ones_tensorflow_decodes(progressive):
+    """`jpeg_is_complete` against TensorFlow's own decoder, over a JPEG (baseline and
+    progressive, with a comment segment holding end-of-image and start-of-scan bytes): the
+    whole file, and the file with bytes appended after its end, are complete and decode; cut
+    at any point (every 97th byte) it is not, and TensorFlow would stop on it."""
+    out = io.BytesIO()
+    picture(5, (64, 48)).save(out, format="JPEG", quality=90, progressive=progressive)
+    data = out.getvalue()
+    comment = b"\xff\xfe" + (2 + 6).to_bytes(2, "big") + b"\xff\xd9\xff\xda\x00\x00"
+    data = data[:2] + comment + data[2:]  # a COM segment right after SOI
+
+    def tf_decodes(blob):
+        try:
+            tf.io.decode_jpeg(blob, channels=3)
+            return True
+        except tf.errors.InvalidArgumentError:
+            return False
+
+    assert labelled_data.jpeg_is_complete(data) and tf_decodes(data)
+    assert labelled_data.jpeg_is_complete(data + b"camera trailer") and tf_decodes(
+        data + b"camera trailer")
+    # Every cut loses the end-of-image marker; TensorFlow's decoder stops on such a file.
+    cuts = range(0, len(data) - 2, 97)
+    assert not any(labelled_data.jpeg_is_complete(data[:cut]) for cut in cuts)
+    assert not tf_decodes(data[:len(data) * 2 // 3])
+    assert not labelled_data.jpeg_is_complete(b"\x89PNG\r\n\x1a\n")

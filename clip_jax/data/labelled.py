@@ -349,25 +349,61 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field (TEM, RSTn, SOI)
 
 
-def read_rgb(path: bytes, offset: np.int64, length: np.int64) -> tuple[np.ndarray, bool]:
-    """(uint8 [H, W, 3], True): one image of a `LabelledImages` decoded whole by PIL, as
-    torchvision's `ImageFolder` loader and CLIP_benchmark read it (RGB conversion, alpha
-    dropped, no EXIF rotation); or (a 1x1 black placeholder, False) with a warning naming the
-    file when it is empty, not an image, cut off mid-data or in a format PIL cannot decode.
-    Decoding every pixel here, not only the header, is what catches a truncated file before
-    it stops the whole evaluation; the pipeline masks such an image out of the results."""
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether a JPEG's segments lead to a scan that an end-of-image marker closes (a file cut
+    off inside its entropy-coded data has none). Inside scan data every 0xFF byte is stuffed,
+    so FF D9 there is the real marker; an EXIF thumbnail's own markers sit in a segment that
+    the walk skips by its length."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF or marker in _JPEG_STANDALONE:
+            i += 1 if marker == 0xFF else 2
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", end) >= 0
+        i = end
+    return False
+
+
+def read_checked_image(path: bytes, offset: np.int64, length: np.int64
+                       ) -> tuple[bytes, np.ndarray, bool]:
+    """One image of a `LabelledImages`, checked before the pipeline decodes it, as
+    (encoded, pixels, readable):
+
+    * a whole JPEG (`jpeg_is_complete`) or a PNG whose chunks pass their CRCs: (its bytes, a
+      placeholder, True), decoded by TensorFlow outside the GIL, as every eval source is;
+    * anything else PIL reads whole (TIFF, WebP, GIF, BMP, ...): (b"", uint8 [H, W, 3], True),
+      decoded here as torchvision's `ImageFolder` reads it (RGB, alpha dropped, no EXIF turn);
+    * an empty file, not an image, or one cut off in its pixel data: (b"", a 1x1 placeholder,
+      False) with a warning naming the file; the pipeline masks it out of the results.
+
+    Checking here is what keeps one damaged file from stopping a whole evaluation: a decode
+    error inside the tf.data graph cannot be caught per image."""
     try:
         data = read_image_bytes(path, offset, length)
         if not data:
             raise ValueError("empty file (0 bytes)")
+        if jpeg_is_complete(data):
+            return data, _PLACEHOLDER, True
         with Image.open(io.BytesIO(data)) as image:
-            return to_rgb_uint8(image, exif_transpose=False), True
+            if image.format == "PNG":
+                image.verify()
+                return data, _PLACEHOLDER, True
+            return b"", to_rgb_uint8(image, exif_transpose=False), True
+    except Image.UnidentifiedImageError:
+        reason = "not an image PIL can identify"
     except _DECODE_ERRORS as error:
-        where = f" (bytes {offset}+{length})" if offset >= 0 else ""
-        log.warning("skipped unreadable image %s%s: %s", path.decode(), where, error)
-        return _PLACEHOLDER, False
+        reason = str(error)
+    where = f" (bytes {offset}+{length})" if offset >= 0 else ""
+    log.warning("skipped unreadable image %s%s: %s", path.decode(), where, reason)
+    return b"", _PLACEHOLDER, False
 
 
 def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
@@ -376,7 +412,7 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
     in order, padded with `mask` False so every process yields the same number of batches
     (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
-    (`read_rgb`) is masked out like padding, with a warning naming it."""
+    (`read_checked_image`) is masked out like padding, with a warning naming it."""
     shift = shifts.check(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
@@ -388,11 +424,14 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     columns = {k: tf.constant(v[index]) for k, v in table.items()}
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        pixels, readable = tf.numpy_function(
-            read_rgb, [item["file"], item["offset"], item["length"]], (tf.uint8, tf.bool),
-            stateful=False)
-        image = tf_preprocess.resize_and_center_crop(tf.ensure_shape(pixels, [None, None, 3]),
-                                                     size)
+        encoded, pixels, readable = tf.numpy_function(
+            read_checked_image, [item["file"], item["offset"], item["length"]],
+            (tf.string, tf.uint8, tf.bool), stateful=False)
+        encoded = tf.ensure_shape(encoded, [])
+        pixels = tf.cond(tf.strings.length(encoded) > 0,
+                         lambda: tf_preprocess.decode_rgb(encoded),
+                         lambda: tf.ensure_shape(pixels, [None, None, 3]))
+        image = tf_preprocess.resize_and_center_crop(pixels, size)
         image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
         valid = item["valid"] & tf.ensure_shape(readable, [])
         return mask_padding({"images": image, "label": item["label"]}, valid, item["index"])
