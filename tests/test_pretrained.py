@@ -255,3 +255,31 @@ def test_get_tokenizer_uses_the_models_context_and_vocabulary(offline):
         ["a photo of a cat"])
     np.testing.assert_array_equal(tokens, expected.numpy())
     assert tokens.shape == (1, 16)
+
+
+def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monkeypatch):
+    """Online, with the Hub out of reach (a closed local port; huggingface_hub's retry sleeps
+    skipped): a repo not in the cache fails at its first file, naming the connection error
+    rather than a file missing from the repository. A mistyped `runs/name` beside a `runs/`
+    folder is a missing local path, with no Hub lookup at all."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    for name, value in (("ENDPOINT", "http://127.0.0.1:9"), ("HUGGINGFACE_CO_URL_TEMPLATE",
+                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")):
+        monkeypatch.setattr(huggingface_hub.constants, name, value)
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    with pytest.raises(FileNotFoundError, match=r"Could not reach the Hugging Face Hub for "
+                                                r"'nosuch-org/clip' \(.*refused.*\) and "
+                                                r"config.json is not in the local cache"):
+        clip_jax.load("nosuch-org/clip")
+    with pytest.raises(FileNotFoundError, match="Could not reach the Hugging Face Hub"):
+        clip_jax.load("ViT-B-32", "openai")
+    (tmp_path / "runs" / "run_1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", None)  # must not be called
+    for load in (clip_jax.load, clip_jax.create_model_and_transforms):
+        with pytest.raises(FileNotFoundError, match=r"No checkpoint at 'runs/run_2': runs/ has "
+                                                    r"no 'run_2' \(it holds: run_1\)"):
+            load("runs/run_2")

@@ -155,6 +155,12 @@ def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,
 
 
 def not_found(spec: str) -> str:
+    parent = os.path.dirname(spec.rstrip("/"))
+    if parent and os.path.isdir(parent):
+        entries = sorted(os.listdir(parent))
+        shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
+        return (f"No checkpoint at {spec!r}: {parent}/ has no {os.path.basename(spec)!r} "
+                f"(it holds: {shown or 'nothing'}).")
     try:
         get_preset(spec)
     except ValueError:

@@ -124,21 +124,33 @@ def split_name(spec: str) -> tuple[str, str] | None:
 
 
 def is_repo_id(spec: str) -> bool:
-    """`org/name` (a Hub repo) or `hf-hub:org/name` (open_clip's spelling)."""
-    return bool(_REPO_ID.match(spec.removeprefix(OPEN_CLIP_PREFIX)))
+    """`org/name` (a Hub repo) or `hf-hub:org/name` (open_clip's spelling). A bare `org/name`
+    whose `org` is a folder here (`runs/my_run` beside `runs/`) is a local path instead: a
+    typo in it must not send the lookup to the Hub (a minute of retries offline)."""
+    if spec.startswith(OPEN_CLIP_PREFIX):
+        return bool(_REPO_ID.match(spec.removeprefix(OPEN_CLIP_PREFIX)))
+    return bool(_REPO_ID.match(spec)) and not os.path.isdir(spec.split("/")[0])
 
 
 def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = None,
              token: str | bool | None = None, required: bool = True) -> Path | None:
     """The local path of the first of `filenames` the repo has, fetched into (or found in)
     huggingface_hub's cache. Missing everywhere: FileNotFoundError if `required`, else None."""
-    from huggingface_hub import errors, hf_hub_download
+    from huggingface_hub import constants, errors, hf_hub_download
 
     for filename in filenames:
         try:
             path = hf_hub_download(repo_id, filename, revision=revision, token=token,
                                    library_name="clip_jax")
-        except errors.EntryNotFoundError:  # remote: not in the repo; offline: not in the cache
+        except errors.LocalEntryNotFoundError as e:  # offline, or the Hub out of reach
+            if constants.is_offline_mode():
+                continue  # not in the cache: `missing_files` says so
+            raise MissingFileError(
+                f"Could not reach the Hugging Face Hub for {repo_id!r} "
+                f"({_first_line(e.__cause__ or e)}) and {filename} is not in the local cache; "
+                "check the connection (HF_ENDPOINT, proxies), or set HF_HUB_OFFLINE=1 to "
+                "load only cached files.") from e
+        except errors.EntryNotFoundError:  # not in the repo
             continue
         except errors.RepositoryNotFoundError as e:
             raise MissingFileError(f"No Hub repository {repo_id!r} (or it is private: log in "
@@ -151,6 +163,11 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
     if not required:
         return None
     raise missing_files(repo_id, filenames, revision)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
 
 
 def missing_files(repo_id: str, filenames: Sequence[str], revision: str | None = None
