@@ -156,6 +156,18 @@ def test_candidates_are_valid_configs_fewest_changes_first():
     variants = plan_lib.candidates(config, 4)
     assert len(variants) == 47  # 3 remat x 2 fsdp x 3 microbatch options, 1 to 3 changes
     for v in variants:
-        train.validate_config(v, 4, 1)
+        train.validate_config(v, 4, 1, "tpu")
     assert plan_lib._describe(variants[0]) == "remat=full mesh={'data': -1, 'fsdp': 1, " \
         "'tensor': 1} microbatches=1"
+
+
+def test_model_flops_of_a_pallas_config_are_counted_with_einsum_attention():
+    """`plan` counts model FLOPs by lowering the loop-free step on the host CPU, where the
+    Pallas TPU kernel cannot lower: the count uses einsum attention, the same model FLOPs
+    (a config with attention=pallas crashed `clip-jax plan` there)."""
+    config = tiny.get_config()
+    model = train_step.model_config(config)
+    config.model.attention = "pallas"
+    pallas = plan_lib._model_flops(config, train_step.model_config(config))
+    config.model.attention = "xla"
+    assert pallas == plan_lib._model_flops(config, model) > 0

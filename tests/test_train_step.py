@@ -292,7 +292,7 @@ def test_loss_config_errors_name_the_field():
     config = _config(loss="sigmoid")
     config.model.logit_bias_init = None
     with pytest.raises(ConfigError, match=r"^config.model.logit_bias_init: the sigmoid"):
-        train.validate_config(config, 8, 1)
+        train.validate_config(config, 8, 1, "cpu")
 
 
 def test_model_flops_are_those_of_the_loop_free_step():

@@ -430,6 +430,9 @@ MISCONFIGURATIONS = [
      "config.model.attention='flash' is invalid; use one of auto", None),
     (["--config.model.attention=XLA"], "config.model.attention='XLA' is invalid", None),
     (["--config.model.attention="], "config.model.attention='' is invalid", None),
+    (["--config.model.attention=pallas"],
+     "config.model.attention='pallas' runs on tpu devices only and this run has cpu", None),
+    (["--config.model.attention=cudnn"], "'cudnn' runs on gpu devices only", None),
     (["--config.model.dtype=bf16"], "config.model.dtype='bf16' is invalid", None),
     (["--config.loss=l2"], "config.loss: unknown loss 'l2'", None),
     (["--config.model.name=ViT-X/1"], "Unknown model 'ViT-X/1'", None),
@@ -452,9 +455,10 @@ MISCONFIGURATIONS = [
     (["CONFIG={tmp}/no_such_config.py"], "--config", None),
     (["CONFIG=vit_b17"], "vit_b16", None),  # a bare name: the bundled ones are listed
 ]
-# C++ logging of TensorFlow, and TFDS announcing a dataset build (the missing-images case builds).
+# C++ logging of TensorFlow, and the notes of a dataset build (the missing-images case builds).
 _NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ",
-          "Downloading and preparing dataset", "Dataset image_text_table downloaded")
+          "Downloading and preparing dataset", "Dataset image_text_table downloaded",
+          "Building image_text_table/")
 
 
 def test_misconfigurations_are_one_line_before_compiling(tfds_dir, tmp_path, monkeypatch,

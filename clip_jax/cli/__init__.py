@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from clip_jax.errors import ConfigError
@@ -229,7 +230,8 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    """Exit 0: fits; 1: does not fit; 2: config error (a ConfigError, see `main`)."""
+    """Exit 0: fits; 1: does not fit; 2: config error (a ConfigError, see `main`); 3: the plan
+    itself failed (traceback on stderr), so that a crash never reads as "does not fit"."""
     from absl import flags
 
     from clip_jax.cli import train
@@ -244,8 +246,16 @@ def plan_command(args: argparse.Namespace) -> int:
     values = flags.FlagValues()
     train.define_config_flag(values, argv, "config file")
     train.parse_flags(argv, values)
-    return plan.run(values.config, args.topology, as_json=args.json,
-                    budget_seconds=args.search_seconds)
+    try:
+        return plan.run(values.config, args.topology, as_json=args.json,
+                        budget_seconds=args.search_seconds)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - any failure of the plan: shown whole, its own exit code
+        traceback.print_exc()
+        print("error: the plan failed (traceback above); exit code 3, not 1 (does not fit).",
+              file=sys.stderr)
+        return 3
 
 
 def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:

@@ -190,7 +190,8 @@ def prepare(config: Any, workdir: str) -> None:
     if config.mode == "train":
         from clip_jax.training import train
 
-        train.validate_config(config, jax.device_count(), jax.process_count())
+        train.validate_config(config, jax.device_count(), jax.process_count(),
+                              jax.devices()[0].platform)
 
 
 def quiet_absl_logging() -> None:

@@ -119,6 +119,19 @@ KERNELS: dict[str, Kernel] = {
 }
 # TPU stays on XLA under `auto` until the padded Pallas kernel is measured faster there.
 _PLATFORM_CHOICE = {"gpu": "cudnn", "cuda": "cudnn"}
+# Kernels that only some platforms have (the others run everywhere).
+KERNEL_PLATFORMS: dict[str, tuple[str, ...]] = {"cudnn": ("gpu", "cuda"), "pallas": ("tpu",)}
+
+
+def check_platform(name: str, platform: str) -> None:
+    """Raises ConfigError (one line) when kernel `name` cannot run on `platform`'s devices
+    (`jax.Device.platform`: cpu, gpu, tpu), so a run fails before its data build and
+    compilation rather than when the step is lowered."""
+    allowed = KERNEL_PLATFORMS.get(name)
+    if allowed and platform not in allowed:
+        raise ConfigError(f"config.model.attention={name!r} runs on {allowed[0]} devices only "
+                          f"and this run has {platform} devices; use 'auto' (the fastest "
+                          "kernel there) or 'xla'.")
 
 
 def resolve(name: str, dtype: jnp.dtype, platform: str | None = None) -> str:

@@ -119,7 +119,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
     (mesh, batch divisibility, loss, ...), before compiling.
     """
     topo = tpu_topology.parse(topology)
-    train.validate_config(config, topo.devices_total, max(1, topo.devices_total // HOST_CHIPS))
+    train.validate_config(config, topo.devices_total, max(1, topo.devices_total // HOST_CHIPS),
+                          "tpu")
     shape = sharding.mesh_shape(config.mesh, topo.devices_total)
     mesh = tpu_topology.make_mesh(topo, shape, sharding.MESH_AXES)
     model = train_step.model_config(config)

@@ -44,6 +44,7 @@ from clip_jax.training import train_step
 from clip_jax.training import checkpoints
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.training.metric_writers import MetricWriter
+from clip_jax.models import attention
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import get_preset
 
@@ -57,8 +58,9 @@ SCHEDULE_FIELDS = ("total_steps", "warmup_steps", "optimizer.lr", "optimizer.end
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
-                    process_count: int) -> None:
-    """Checks the config against itself and the machine before anything is compiled."""
+                    process_count: int, platform: str) -> None:
+    """Checks the config against itself and the machine (`num_devices` devices of `platform`,
+    in `process_count` processes) before anything is built or compiled."""
     def fail(field: str, problem: str, fix: str) -> None:
         raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
@@ -76,6 +78,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     if config.batch_size % process_count:
         fail("batch_size", f"{config.batch_size} is not divisible by the {process_count} "
              "processes", f"use a multiple of {process_count}")
+    attention.check_platform(config.model.attention, platform)
     data_options.resolve_config(config.data)
 
 
@@ -116,7 +119,9 @@ def _model_flops(config: ml_collections.ConfigDict, setup: train_step.Setup) -> 
     on that loop-free twin (lowered only, never compiled). Counting the config's own step
     put MFU with `microbatches=4` at 1.0 % against 2.8 % without, at the same img/s.
     """
-    model = setup.module.config.replace(scan_layers=False, remat_policy="none")
+    # Einsum attention: the same model FLOPs as any kernel (a Pallas kernel's padding is not
+    # model work), and it lowers on the host that counts them.
+    model = setup.module.config.replace(scan_layers=False, remat_policy="none", attention="xla")
     flat = copy.deepcopy(config)
     flat.microbatches = 1
     flat.loss = losses.loss_spec(config.loss).unchunked
@@ -264,7 +269,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     launch: state restore or init, compile or cache load, input pipeline)."""
     launched = time.time()
     hardware.quiet_libtpu_without_tpu()
-    validate_config(config, jax.device_count(), jax.process_count())
+    validate_config(config, jax.device_count(), jax.process_count(),
+                    jax.devices()[0].platform)
     plan = RunPlan.from_config(config)
     finished = _finished_step(plan, workdir)
     if finished is not None:
