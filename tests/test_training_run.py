@@ -450,6 +450,9 @@ MISCONFIGURATIONS = [
       "--config.data.table.caption_column=caption"], "data.table.caption_column", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",
       "--config.data.table.image_root={tmp}/img"], "image", None),
+    ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv", "--config.data.label_key=",
+      "--config.eval.every_steps=5", "--config.eval.evaluators=zero_shot,retrieval"],
+     "config.eval.zero_shot.heldout: classification on image_text_table", None),
     (["WORKDIR={tmp}/missing.csv"], "--workdir", None),  # a file
     (["WORKDIR=/proc/clip_jax/run"], "--workdir", None),  # not writable, even for root
     (["CONFIG={tmp}/no_such_config.py"], "--config", None),

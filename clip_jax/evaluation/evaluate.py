@@ -49,6 +49,38 @@ __all__ = ["EVALUATORS", "SUBSET_DATASETS", "Evaluation", "PeriodicEvaluation", 
            "robustness_task", "shard_variables", "zero_shot_task"]
 
 
+def declare(config: ml_collections.ConfigDict, evaluators: Sequence[str] | None = None
+            ) -> tuple[list[str], Passes, list[Evaluator]]:
+    """(evaluator names, their passes, one `Evaluator` per task in `EVALUATORS` order) for
+    `evaluators` (default: config.eval.evaluators), reading no data and compiling nothing: a
+    task's mistakes (an unknown field, labels asked of a caption dataset) are ConfigErrors
+    naming `config.eval.<kind>.<task>`, cheap enough to check before a training run compiles."""
+    ev = config.eval
+    names = (check_evaluators(evaluators, "evaluators") if evaluators is not None
+             else enabled_evaluators(ev))
+    if not names:
+        raise ConfigError("No evaluator enabled: set config.eval.evaluators to e.g. "
+                          "'zero_shot,retrieval'.")
+    passes = Passes(data_options.resolve_config(config.data))
+    declared: dict[str, list[Evaluator]] = {}
+    for kind in names:
+        tasks = ev.get(kind)
+        if not tasks:
+            raise ConfigError(f"config.eval.{kind} has no task; add one or remove {kind!r} "
+                              "from config.eval.evaluators.")
+        declared[kind] = [_task(kind, name, task, passes) for name, task in tasks.items()]
+    return names, passes, [t for kind in EVALUATORS for t in declared.get(kind, [])]
+
+
+def _task(kind: str, name: str, task: ml_collections.ConfigDict, passes: Passes) -> Evaluator:
+    try:
+        return EVALUATORS[kind](name, task, passes)
+    except ConfigError as error:
+        if str(error).startswith("config."):
+            raise
+        raise ConfigError(f"config.eval.{kind}.{name}: {error}") from None
+
+
 class Evaluation:
     """The configured evaluators, set up once (datasets, prompts, compiled embedding
     functions) and run on changing variables: every process calls `run` together.
@@ -59,25 +91,10 @@ class Evaluation:
 
     def __init__(self, config: ml_collections.ConfigDict, module: CLIP, mesh: Any,
                  shardings: Variables, evaluators: Sequence[str] | None = None):
-        ev = config.eval
-        self.evaluators = (check_evaluators(evaluators, "evaluators") if evaluators is not None
-                           else enabled_evaluators(ev))
-        if not self.evaluators:
-            raise ConfigError("No evaluator enabled: set config.eval.evaluators to e.g. "
-                              "'zero_shot,retrieval'.")
+        self.evaluators, self.passes, self.tasks = declare(config, evaluators)
         self.module = module
         self.embedder = Embedder(module, mesh, config.logical_axis_rules, shardings,
-                                 ev.batch_size)
-        self.passes = Passes(data_options.resolve_config(config.data))
-        declared: dict[str, list[Evaluator]] = {}
-        for kind in self.evaluators:
-            tasks = ev.get(kind)
-            if not tasks:
-                raise ConfigError(f"config.eval.{kind} has no task; add one or remove {kind!r} "
-                                  "from config.eval.evaluators.")
-            declared[kind] = [EVALUATORS[kind](name, task, self.passes)
-                              for name, task in tasks.items()]
-        self.tasks: list[Evaluator] = [t for kind in EVALUATORS for t in declared.get(kind, [])]
+                                 config.eval.batch_size)
         self.passes.open(module.config, self.embedder.local_batch)
         for task in self.tasks:
             for classifier in task.classifiers():

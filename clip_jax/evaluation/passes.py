@@ -116,6 +116,13 @@ class Passes:
         `class_names` (a file or comma-separated list) are read with a table source, whose
         labels they decide; other sources name their classes themselves (the evaluators'
         `Classifier` renames them)."""
+        if labels and not data.label_key and not labelled_data.is_source(data.dataset):
+            raise ConfigError(
+                f"classification on {data.dataset} ({split or data.eval_split}) needs labels but "
+                "its label_key is '' (captions only); evaluate retrieval alone (clip-jax eval "
+                "--evaluators retrieval, or config.eval.evaluators='retrieval'), or give the "
+                "task a labelled dataset (an image folder, a CSV with a label column, or a "
+                "dataset with a ClassLabel named by label_key).")
         base = {k: v for k, v in data.to_dict().items() if k not in ("label_key", "caption_key")}
         key = json.dumps(base, sort_keys=True, default=str)
         spec = class_names if labelled_data.source_kind(data.dataset) == "table" else ""
@@ -172,10 +179,6 @@ def _open(p: Pass, model_config: Any, batch: int) -> None:
         return
     p.description = p.data.dataset
     p.data.label_key = p.data.label_key if p.labels else ""
-    if p.labels and not p.data.label_key:
-        raise ConfigError(f"Classification on {p.data.dataset} ({p.split}) needs labels but "
-                          "data.label_key is ''; name its ClassLabel feature, or evaluate a "
-                          "labelled folder / CSV with a label column instead.")
     if p.captions:
         if p.shift:
             raise ConfigError("Synthetic shifts apply to classification sources only: list the shift "

@@ -80,6 +80,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
              "processes", f"use a multiple of {process_count}")
     attention.check_platform(config.model.attention, platform)
     data_options.resolve_config(config.data)
+    if config.eval.every_steps > 0 and evaluate.enabled_evaluators(config.eval):
+        evaluate.declare(config)  # the periodic evaluation's tasks, checked before compiling
 
 
 class PreemptionGuard:
