@@ -193,14 +193,16 @@ def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
 
 def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model, tmp_path,
                                                                    caplog):
-    """A JPEG cut off in its pixel data, among a folder's images: the evaluation finishes,
-    its top-1 is the reference's over the readable images, and the count left out is
-    reported next to the file's name."""
+    """A JPEG cut off in its pixel data and an empty class folder, among a folder's images:
+    the evaluation finishes, its top-1 is the reference's over the readable images (the empty
+    class a candidate, as ImageFolder lists it), the count left out is reported next to the
+    file's name, and the empty class has no per-class accuracy (None, not 0 %)."""
     import shutil
 
     module, variables = model
     root = tmp_path / "colours"
     shutil.copytree(folder / "test", root)
+    (root / "purple").mkdir()
     Image.open(root / "red" / "0.png").save(root / "red" / "photo.jpg", quality=95)
     jpeg = (root / "red" / "photo.jpg").read_bytes()
     (root / "red" / "photo.jpg").write_bytes(jpeg[:len(jpeg) // 2])
@@ -208,12 +210,16 @@ def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model
     with caplog.at_level("WARNING"):
         metrics, evaluation = evaluate.evaluate_model(config, module, variables)
     test = labelled_data.read(str(folder), "test")
+    names = sorted([*COLOURS, "purple"])
+    labels = np.array([names.index(test.class_names[y]) for y in test.labels])
     images = embed(module, variables, images=preprocess(
         [Image.open(f).convert("RGB") for f in test.files], module.config))
-    classes = class_embeddings(module, variables, list(test.class_names), templates.TEMPLATE_SETS["simple"])
-    expected = np.mean((images @ classes.T).argmax(1) == test.labels)
+    classes = class_embeddings(module, variables, names, templates.TEMPLATE_SETS["simple"])
+    expected = np.mean((images @ classes.T).argmax(1) == labels)
     assert metrics["zero_shot/t/top1"] == pytest.approx(expected, abs=1e-6)
-    assert evaluation.sizes["zero_shot/t"]["images"] == len(test)
+    assert evaluation.sizes["zero_shot/t"] == {"images": len(test), "classes": 4}
+    accuracy = evaluation.details["per_class/t"]["accuracy"]
+    assert accuracy[names.index("purple")] is None and None not in accuracy[:2]
     assert f"skipped unreadable image {root / 'red' / 'photo.jpg'}" in caplog.text
     assert f"1 of {len(test) + 1} images unreadable" in caplog.text
 

@@ -55,7 +55,7 @@ def test_image_folder_reads_as_torchvision_and_tfds(folder):
         assert ours.class_names == theirs.classes
         assert list(zip(ours.files, ours.labels.tolist())) == [
             (p, y) for p, y in theirs.samples]
-        assert ours.skipped == {"not an image file": 1}
+        assert ours.skipped == {"not an image file": [str(folder / split / "cat" / "notes.txt")]}
     builder = tfds.ImageFolder(str(folder))
     assert builder.info.features["label"].names == labelled_data.read(str(folder)).class_names
     auto = labelled_data.read(str(folder))  # no split given: the test split
@@ -65,6 +65,51 @@ def test_image_folder_reads_as_torchvision_and_tfds(folder):
     assert len(flat) == builder.info.splits["test"].num_examples
     with pytest.raises(FileNotFoundError, match="No split folder .*valid.*folders there"):
         labelled_data.read(str(folder), "valid")
+
+
+def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_path, caplog):
+    """Hidden folders and files (a notebook's checkpoints, macOS metadata) are neither classes
+    nor images, an empty class folder stays a class: files and labels as torchvision's
+    ImageFolder reads the same folder without the hidden entries (`allow_empty=True`). A
+    table row whose image is missing is skipped; each skip is listed and named in a warning."""
+    import shutil
+
+    from torchvision.datasets import ImageFolder
+
+    root, clean = tmp_path / "photos", tmp_path / "clean"
+    shutil.copytree(folder / "test", root)
+    (root / "zebra").mkdir()
+    shutil.copytree(root, clean)
+    (root / ".ipynb_checkpoints").mkdir()
+    picture(1).save(root / ".ipynb_checkpoints" / "x.png")
+    (root / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    picture(2).save(root / "dog" / "._0.png")
+    (root / "dog" / ".thumbs").mkdir()
+    picture(3).save(root / "dog" / ".thumbs" / "t.png")
+    with caplog.at_level("WARNING", logger=labelled_data.__name__):
+        ours = labelled_data.read(str(root))
+    theirs = ImageFolder(str(clean), allow_empty=True)
+    assert ours.class_names == theirs.classes == CLASSES + ["zebra"]
+    assert [(os.path.relpath(p, root), y) for p, y in zip(ours.files, ours.labels.tolist())] \
+        == [(os.path.relpath(p, clean), y) for p, y in theirs.samples]
+    assert ours.skipped == {
+        "hidden folder": [str(root / ".ipynb_checkpoints")],
+        "hidden file": [str(root / "cat" / ".DS_Store"), str(root / "dog" / "._0.png"),
+                        str(root / "dog" / ".thumbs" / "t.png")],
+        "not an image file": [str(root / "cat" / "notes.txt")]}
+    assert "no images in class folder(s) zebra" in caplog.text
+    assert f"3 (hidden file: {root / 'cat' / '.DS_Store'}" in caplog.text
+
+    files = [ours.files[0], str(tmp_path / "gone.png"), ours.files[1]]
+    pd.DataFrame({"filepath": files, "label": ["cat", "dog", "cat"]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    table = labelled_data.read(str(tmp_path / "t.csv"))
+    assert table.files == [files[0], files[2]] and table.labels.tolist() == [0, 0]
+    assert table.skipped == {"missing file": [f"line 3: {files[1]}"]}
+    pd.DataFrame({"filepath": [files[1]], "label": ["cat"]}).to_csv(tmp_path / "u.csv",
+                                                                    index=False)
+    with pytest.raises(FileNotFoundError, match=r"u.csv: none of its 1 images exist"):
+        labelled_data.read(str(tmp_path / "u.csv"))
 
 
 def test_tables_with_label_names_or_indices_read_as_pandas(folder, tmp_path):
@@ -170,7 +215,7 @@ def test_clip_benchmark_webdataset_layout(tmp_path):
     keep = [i for i in range(7) if i != 5]
     np.testing.assert_array_equal(got.labels, [i % 3 for i in keep])
     assert got.class_names == CLASSES and got.templates == ("a photo of a {}.", "a {}.")
-    assert got.skipped == {"no .cls": 1}
+    assert got.skipped == {"no .cls": [f"{tmp_path / 'test' / '0.tar'}:s0000005"]}
     for j, i in enumerate(keep):
         data = labelled_data.read_image_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
         assert data == encoded[i]

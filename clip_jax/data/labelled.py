@@ -8,9 +8,12 @@ labels, class names and, where the layout has them, prompt templates:
                 recursively, folder by folder in sorted order); optional split folders `root/<split>/<class>/...` as
                 TFDS's `ImageFolder` reads them (`split` picks one; "" = the root itself, or
                 the first of test / validation / val / train when the root holds only such
-                folders).
+                folders). Hidden folders and files (`.ipynb_checkpoints/`, `.DS_Store`,
+                `._photo.jpg`) are neither classes nor images; a class folder without images
+                stays a class (a warning names it).
   table         a .csv / .tsv (pandas dialect: quoting, BOM, CRLF) with an image-path column
-                (relative paths are relative to the table's folder) and a label column, given
+                (relative paths are relative to the table's folder; rows whose image is
+                missing are skipped and reported) and a label column, given
                 as a class index (0..K-1) or a class name; class names given to the reader
                 (`read(..., class_names=...)`), else a `classnames.txt` beside the table, name
                 its indices or fix the order of its names.
@@ -21,8 +24,9 @@ labels, class names and, where the layout has them, prompt templates:
 
 A table of class indices without names reads with the indices as names ("0", "1", ...;
 `LabelledImages.indexed`): enough for probes, which need labels only, while zero-shot
-evaluators refuse it and ask for names. Files that are not images are counted and reported,
-never dropped silently. `make_iterable` turns a set into the eval batches the evaluators embed
+evaluators refuse it and ask for names. Whatever a reader skips (not an image, hidden, a
+table row's missing file, a sample without a class) is listed in `LabelledImages.skipped` and
+named in a warning, never dropped silently. `make_iterable` turns a set into the eval batches the evaluators embed
 (same transform as every other eval source, optionally with a synthetic shift from
 `clip_jax.data.shifts`).
 """
@@ -72,7 +76,7 @@ class LabelledImages:
     labels: np.ndarray
     class_names: list[str]
     templates: tuple[str, ...] | None = None
-    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> what
     split: str = ""
     indexed: bool = False
 
@@ -81,7 +85,7 @@ class LabelledImages:
 
 
 def _whole_files(description: str, files: list[str], labels: Sequence[int],
-                 class_names: list[str], skipped: dict[str, int] | None = None
+                 class_names: list[str], skipped: dict[str, list[str]] | None = None
                  ) -> LabelledImages:
     n = len(files)
     return LabelledImages(description, files, np.full(n, -1, np.int64), np.full(n, -1, np.int64),
@@ -136,22 +140,39 @@ def _subdirs(root: str) -> list[str]:
 def read_image_folder(root: str, split: str = "") -> LabelledImages:
     """`root[/split]/<class>/**/<image>`; see the module docstring."""
     folder, split = _split_root(root, split, "image folder")
-    classes = _subdirs(folder)
+    skipped: dict[str, list[str]] = {}
+    classes = []
+    for name in _subdirs(folder):
+        if name.startswith("."):  # .ipynb_checkpoints, .git, ...: never a class
+            skipped.setdefault("hidden folder", []).append(os.path.join(folder, name))
+        else:
+            classes.append(name)
     if len(classes) < 2:
         raise ConfigError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it "
                           "out as <root>/<class name>/<image files> with at least 2 classes.")
-    files, labels, skipped = [], [], 0
+    files, labels = [], []
     for label, name in enumerate(classes):
         for directory, _, names in sorted(tf.io.gfile.walk(os.path.join(folder, name))):
-            found = [os.path.join(directory, f) for f in sorted(names) if _is_image(f)]
-            skipped += len(names) - len(found)
-            files += found
-            labels += [label] * len(found)
+            hidden = any(p.startswith(".") for p in
+                         os.path.relpath(directory, folder).split(os.sep))
+            for f in sorted(names):
+                path = os.path.join(directory, f)
+                why = ("hidden file" if hidden or f.startswith(".")  # .DS_Store, ._photo.jpg
+                       else "" if _is_image(f) else "not an image file")
+                if why:
+                    skipped.setdefault(why, []).append(path)
+                else:
+                    files.append(path)
+                    labels.append(label)
     if not files:
         raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                                f"{folder!r}.")
-    report = {"not an image file": skipped} if skipped else {}
-    out = _whole_files(f"image folder {folder}", files, labels, classes, report)
+    empty = [name for k, name in enumerate(classes) if k not in set(labels)]
+    if empty:
+        log.warning("image folder %s: no images in class folder(s) %s; they stay classes "
+                    "(labels keep their order), with no accuracy of their own",
+                    folder, ", ".join(empty))
+    out = _whole_files(f"image folder {folder}", files, labels, classes, skipped)
     out.split = split
     return out
 
@@ -232,11 +253,15 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     root = os.path.dirname(path)
     files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p)
              for p in frame[image_col]]
-    missing = [i for i, f in enumerate(files) if not tf.io.gfile.exists(f)]
-    if missing:
-        raise MissingFileError(f"{path} line {missing[0] + 2}: no image at "
-                               f"{files[missing[0]]!r} ({len(missing)} missing in all).")
-    out = _whole_files(f"table {path}", files, labels, names)
+    missing = {i for i, f in enumerate(files) if not tf.io.gfile.exists(f)}
+    if len(missing) == len(files):
+        raise MissingFileError(f"{path}: none of its {len(files)} images exist (line 2: "
+                               f"{files[0]!r}); relative paths are relative to the table's "
+                               "folder.")
+    keep = [i for i in range(len(files)) if i not in missing]
+    skipped = {"missing file": [f"line {i + 2}: {files[i]}" for i in sorted(missing)]}
+    out = _whole_files(f"table {path}", [files[i] for i in keep], labels[keep], names,
+                       skipped if missing else {})
     out.indexed = indexed and class_names is None
     return out
 
@@ -279,7 +304,7 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
     if not shards:
         raise MissingFileError(f"No .tar shards in {folder!r}.")
     files, offsets, lengths, labels = [], [], [], []
-    skipped: dict[str, int] = {}
+    skipped: dict[str, list[str]] = {}
     for shard in shards:
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         classes: dict[str, str] = {}
@@ -298,7 +323,7 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
                          None)
             if image is None or "cls" not in parts:
                 why = "no image" if image is None else "no .cls"
-                skipped[why] = skipped.get(why, 0) + 1
+                skipped.setdefault(why, []).append(f"{shard}:{key}")
                 continue
             label = int(classes[key])
             if not 0 <= label < len(class_names):
@@ -332,8 +357,9 @@ def read(path: str, split: str = "", class_names: Sequence[str] | None = None
                                "CLIP_benchmark webdataset folder.")
     images = READERS[kind](path, split, class_names)
     if images.skipped:
-        log.warning("%s: skipped %s", images.description,
-                    ", ".join(f"{n} ({why})" for why, n in images.skipped.items()))
+        log.warning("%s: skipped %s", images.description, "; ".join(
+            f"{len(what)} ({why}: {', '.join(what[:3])}{', ...' if len(what) > 3 else ''})"
+            for why, what in images.skipped.items()))
     return images
 
 
@@ -349,6 +375,7 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_REPORTED: set[tuple[bytes, int]] = set()  # unreadable images already named in a warning
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field (TEM, RSTn, SOI)
 
 
@@ -402,7 +429,9 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
     except _DECODE_ERRORS as error:
         reason = str(error)
     where = f" (bytes {offset}+{length})" if offset >= 0 else ""
-    log.warning("skipped unreadable image %s%s: %s", path.decode(), where, reason)
+    if (path, int(offset)) not in _REPORTED:  # once per process, not at every periodic eval
+        _REPORTED.add((path, int(offset)))
+        log.warning("skipped unreadable image %s%s: %s", path.decode(), where, reason)
     return b"", _PLACEHOLDER, False
 
 

@@ -65,6 +65,11 @@ def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None
     """Raises ConfigError, naming the classes short of k training examples, unless every class
     has k: a "k-shot" result drawn from fewer would be mislabelled."""
     counts = class_counts(train_y, len(class_names))
+    if counts.min() == 0:
+        raise ConfigError(
+            f"few-shot probes need training images of every class; these have none: "
+            f"{name_short_classes(counts, class_names, 1)}. Add training images, or remove "
+            "the class from both splits.")
     if counts.min() < k:
         raise ConfigError(
             f"{k}-shot probes need {k} training images per class; these classes have fewer: "

@@ -44,6 +44,7 @@ class Pass:
     # read with it because they decide its labels; `indexed`: it has class indices, no names.
     class_spec: str = ""
     indexed: bool = False
+    reported: bool = False  # its unreadable images have been counted in a warning
 
     @property
     def class_names(self) -> list[str] | None:
@@ -155,7 +156,8 @@ class Passes:
         for p in self.passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
             left_out = p.iterable.num_examples - len(p.embeddings.images)
-            if left_out:
+            if left_out and not p.reported:  # once per run, not at every periodic eval
+                p.reported = True
                 split = p.shown_split or p.split
                 log.warning("%s%s: %d of %d images unreadable, left out of its metrics",
                             p.description, f" ({split})" if split else "", left_out,

@@ -155,8 +155,10 @@ def plot_robustness(detail: Mapping[str, Any], path: str, title: str, ax: Any = 
 
 
 def plot_per_class(detail: Mapping[str, Any], path: str, title: str) -> None:
-    """Zero-shot top-1 accuracy per class, sorted, as horizontal bars."""
-    names, acc = list(detail["class_names"]), np.asarray(detail["accuracy"], float)
+    """Zero-shot top-1 accuracy per class, sorted, as horizontal bars (classes without test
+    images, accuracy None, left out)."""
+    shown = [(n, a) for n, a in zip(detail["class_names"], detail["accuracy"]) if a is not None]
+    names, acc = [n for n, _ in shown], np.asarray([a for _, a in shown], float)
     order = np.argsort(acc)
     plt, fig, ax = _figure(6.0, max(3.0, 0.18 * len(names) + 1))
     ax.barh(np.arange(len(names)), acc[order])

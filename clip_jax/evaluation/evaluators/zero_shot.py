@@ -74,6 +74,7 @@ class ZeroShot(Evaluator):
             top1 = records.predictions[self.name][:, 0] == emb.labels
             records.details[f"per_class/{self.name}"] = {
                 "class_names": c.class_names,
+                # None for a class without test images: it has no accuracy, not 0 %.
                 "accuracy": [float(top1[emb.labels == k].mean()) if np.any(emb.labels == k)
-                             else 0.0 for k in range(len(c.class_names))]}
+                             else None for k in range(len(c.class_names))]}
         return {f"{self.key}/{k}": v for k, v in results.items()}
