@@ -110,10 +110,27 @@ def test_create_model_is_traceable_without_allocation():
     (dict(dtype="float64"), "dtype"),
     (dict(vision=dict(image_size=30)), "vision.image_size"),
     (dict(text=dict(heads=3)), "text.width"),
+    # Wrong types are named too, not left to fail inside JAX (create_model passes overrides here).
+    (dict(embed_dim="64"), r"embed_dim='64' is a str; use an integer\."),
+    (dict(embed_dim=64.0), r"embed_dim=64.0 is a float; use an integer\."),
+    (dict(embed_dim=True), r"embed_dim=True is a bool; use an integer\."),
+    (dict(vision=dict(layers=2.5)), r"vision.layers=2.5 is a float; use an integer or a tuple "
+                                    r"of 4 integers\."),
+    (dict(text=dict(width="512")), r"text.width='512' is a str; use an integer\."),
+    (dict(scan_layers="yes"), r"scan_layers='yes' is a str; use True or False\."),
+    (dict(logit_bias_init="-10"), r"logit_bias_init='-10' is a str; use a number or None\."),
+    (dict(image_mean=(0.5, "0.5", 0.5)), r"image_mean=\(0.5, '0.5', 0.5\) is a tuple"),
 ])
 def test_invalid_config_names_the_field(change, message):
     with pytest.raises(ConfigError, match=message):
         get_preset("test-vit").replace(**change)
+
+
+def test_config_types_accept_numpy_numbers_and_ints_for_floats():
+    """Values read from JSON or numpy files (np.int64 sizes, an int logit scale) are accepted."""
+    config = get_preset("test-vit").replace(embed_dim=np.int64(16), logit_scale_init=2,
+                                            vision=dict(mlp_ratio=np.float32(2.0)))
+    assert config.embed_dim == 16 and config.vision.mlp_dim == 2 * config.vision.width
 
 
 def test_unknown_preset_lists_choices():

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import types
+import typing
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,6 +26,50 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION = ("auto", "xla", "cudnn", "pallas")  # clip_jax.models.attention
+
+
+def check_field_types(config: Any, prefix: str = "") -> None:
+    """Raises ConfigError (one line, naming `<prefix><field>`) for a dataclass field whose value
+    is not of its annotated type: `embed_dim="64"` or `64.0` would otherwise fail deep inside
+    JAX. Integers accept any integral type but not bool; floats any real number."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, hint = getattr(config, field.name), hints[field.name]
+        if not _is_instance(value, hint):
+            raise ConfigError(f"Invalid model config: {prefix}{field.name}={value!r} is a "
+                              f"{type(value).__name__}; use {_type_name(hint)}.")
+
+
+def _is_instance(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and all(
+            _is_instance(v, args[0] if args[-1] is Ellipsis else a)
+            for v, a in zip(value, args if args[-1] is not Ellipsis else [args[0]] * len(value)))
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return f"a tuple of {len(args)} {'integers' if args[0] is int else 'numbers'}"
+    return _TYPE_NAMES.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
+               type(None): "None"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +147,8 @@ class CLIPConfig:
     attention: str = "auto"
 
     def __post_init__(self):
+        for prefix, part in (("", self), ("vision.", self.vision), ("text.", self.text)):
+            check_field_types(part, prefix)
         checks = [
             (self.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}"),
             (self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
