@@ -1,6 +1,7 @@
 """End-to-end training runs through main.py: logs, checkpoints, preemption, crash-resume,
 NaN handling, restoring onto another mesh, and two processes sharing one job."""
 
+import contextlib
 import json
 import os
 import re
@@ -525,6 +526,10 @@ class _RecordingWriter:
     def progress(self, step, metrics):
         pass
 
+    @contextlib.contextmanager
+    def paused(self):
+        yield
+
 
 @pytest.mark.parametrize("log_every,start,first_logged", [
     (1, 0, 1), (3, 0, 3),
@@ -562,3 +567,27 @@ def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_eve
     else:  # the steps after the first only
         assert first["seconds_per_step"] < 0.1
         assert first["images_per_second"] == pytest.approx(8 / first["seconds_per_step"])
+
+
+def test_logged_rates_leave_out_checkpoint_saves():
+    """A 0.5 s checkpoint save after step 2 (steps take 0.01 s) must not show in the window
+    logged after it: images/s is training throughput (the trial saw 2 img/s against 259)."""
+    def step_fn(state, batch):
+        time.sleep(0.01)
+        return state, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
+
+    plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
+                         checkpoint_every_steps=2, seed=0, prng_impl="threefry2x32",
+                         schedule={}, profile_steps=None)
+    writer = _RecordingWriter()
+    saved = []
+    checkpointer = type("SlowCheckpoints", (), {
+        "save": lambda self, step, *a, **k: (saved.append(step), time.sleep(0.5))})()
+    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+                           data=iter([{}] * 6), checkpointer=checkpointer, writer=writer,
+                           guard=type("Guard", (), {"should_stop": lambda self, step: False})(),
+                           checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0)
+    train.run_loop(loop, None, 0)
+    assert saved == [2, 4, 6] and [step for step, _ in writer.records] == [2, 4, 6]
+    for step, record in writer.records[1:]:  # the windows right after a save
+        assert record["seconds_per_step"] < 0.2, (step, record)

@@ -490,12 +490,15 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             extra = {}
             writer.progress(done, last)
             if save:
-                try:
-                    loop.checkpointer.save(done, state, loop.checkpoint_meta(done), force=final)
-                except checkpoints.NonFiniteStateError as error:
-                    raise NonFiniteLossError(_diverged(
-                        f"The parameters became NaN/Inf in update {done} ({error})", done,
-                        loop.checkpointer)) from None
+                with writer.paused():  # nor is checkpointing (an async save's copy included)
+                    try:
+                        loop.checkpointer.save(done, state, loop.checkpoint_meta(done),
+                                               force=final)
+                    except checkpoints.NonFiniteStateError as error:
+                        raise NonFiniteLossError(_diverged(
+                            f"The parameters became NaN/Inf in update {done} ({error})", done,
+                            loop.checkpointer)) from None
+                t_last = time.time()
             if evaluate_now:
                 with writer.paused():  # evaluation time is not training throughput
                     t0 = time.time()
