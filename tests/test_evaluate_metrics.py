@@ -247,3 +247,18 @@ def test_default_eval_config_has_one_heldout_task_per_registered_evaluator():
     config.evaluators = "zero_shot,zeroshot"
     with pytest.raises(ConfigError, match=r"config.eval.evaluators has unknown.*'zeroshot'"):
         options.enabled_evaluators(config)
+
+
+def test_metric_lines_show_small_values_in_significant_digits(tmp_path):
+    """The summary line: accuracies to 4 decimals, a tiny L2 strength as 1e-06 (not 0.0000,
+    which the report's table beside it contradicted); a workdir's title carries its step, an
+    export's none (its step is unknown, not 0)."""
+    from clip_jax.evaluation import evaluate
+
+    line = evaluate.format_metrics({"linear_probe/t/accuracy": 0.25, "linear_probe/t/l2": 1e-6,
+                                    "few_shot/t/matching_shots": 0.0,
+                                    "retrieval/t/images": 12000.0}, title="x")
+    assert line.splitlines() == ["x", "  linear_probe/t  accuracy 0.2500  l2 1e-06",
+                                 "  few_shot/t      matching_shots 0.0000",
+                                 "  retrieval/t     images 12000"]
+    assert evaluate.checkpoint_title(str(tmp_path)) == str(tmp_path)

@@ -198,7 +198,7 @@ def eval_command(args: argparse.Namespace) -> int:
                               progress=False)
         writer.write(step, metrics)
         writer.close()
-    print(evaluate.format_metrics(metrics, title=f"{args.path} (step {step})"))
+    print(evaluate.format_metrics(metrics, title=evaluate.checkpoint_title(args.path)))
     if jax.process_index() == 0:
         print("\n" + eval_cli.report(metrics, evaluation, args.path, args.output))
     return 0

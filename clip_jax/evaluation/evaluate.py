@@ -196,8 +196,26 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     finally:
         writer.close()
     if jax.process_index() == 0:
-        print(format_metrics(metrics, title=f"{source} (step {step})"))
+        print(format_metrics(metrics, title=checkpoint_title(source)))
     return metrics
+
+
+def _shown(value: Any) -> str:
+    """Four decimals for accuracies and the like; significant digits for the very small or
+    large (a linear probe's chosen L2 of 1e-06 must not read 0.0000)."""
+    if not isinstance(value, float):
+        return str(value)
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.4g}"
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.6g}"
+
+
+def checkpoint_title(source: str) -> str:
+    """`runs/x (step 1200)` for a training workdir; the bare source for an import, whose
+    step is unknown (an export holds whatever step it was made from)."""
+    if checkpoints.is_workdir(source):
+        return f"{source} (step {checkpoints.read_meta(source)['step']})"
+    return source
 
 
 def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
@@ -205,8 +223,7 @@ def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
     groups: dict[str, list[str]] = {}
     for key, value in metrics.items():
         group, _, name = key.rpartition("/")
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        groups.setdefault(group, []).append(f"{name} {shown}")
+        groups.setdefault(group, []).append(f"{name} {_shown(value)}")
     width = max((len(g) for g in groups), default=0)
     lines = [title] if title else []
     lines += [f"  {group:<{width}}  " + "  ".join(items) for group, items in groups.items()]
