@@ -148,6 +148,13 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
         assert Image.open(path).size[0] > 100
     assert {os.path.basename(p) for p in paths[2:]} == {
         "per_class_t.png", "few_shot_t.png", "robustness_t.png"}
+    # Rerun into the same folder: an earlier task's plot goes, the user's own files stay.
+    for name in ("few_shot_gone.png", "few_notes.png", "per_class.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    eval_report.write(str(tmp_path), table, evaluation.details)
+    assert not (tmp_path / "few_shot_gone.png").exists()
+    assert (tmp_path / "few_notes.png").exists() and (tmp_path / "per_class.txt").exists()
+    assert (tmp_path / "few_shot_t.png").exists()
 
 
 def imagenet_source(self, split, decoders=None, deserialize_method=None, **kwargs):

@@ -30,6 +30,7 @@ from clip_jax.data import options as data_options
 from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
 from clip_jax.errors import ConfigError
+from clip_jax.evaluation import report
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, Variables, variable_shardings
 from clip_jax.evaluation.evaluators import EVALUATORS, Evaluator
@@ -200,16 +201,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     return metrics
 
 
-def _shown(value: Any) -> str:
-    """Four decimals for accuracies and the like; significant digits for the very small or
-    large (a linear probe's chosen L2 of 1e-06 must not read 0.0000)."""
-    if not isinstance(value, float):
-        return str(value)
-    if value != 0 and abs(value) < 1e-3:
-        return f"{value:.4g}"
-    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.6g}"
-
-
 def checkpoint_title(source: str) -> str:
     """`runs/x (step 1200)` for a training workdir; the bare source for an import, whose
     step is unknown (an export holds whatever step it was made from)."""
@@ -223,7 +214,8 @@ def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
     groups: dict[str, list[str]] = {}
     for key, value in metrics.items():
         group, _, name = key.rpartition("/")
-        groups.setdefault(group, []).append(f"{name} {_shown(value)}")
+        shown = report.number(value) if isinstance(value, float) else str(value)
+        groups.setdefault(group, []).append(f"{name} {shown}")
     width = max((len(g) for g in groups), default=0)
     lines = [title] if title else []
     lines += [f"  {group:<{width}}  " + "  ".join(items) for group, items in groups.items()]

@@ -57,8 +57,13 @@ def markdown(table: Sequence[Mapping[str, Any]]) -> str:
 
 def write(out_dir: str, table: Sequence[Mapping[str, Any]],
           details: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """results.json, results.csv and the plots of `details` in `out_dir`; returns the paths."""
+    """results.json, results.csv and the plots of `details` in `out_dir`; returns the paths.
+    Plots an earlier report left there (`<kind>_*.png` of `PLOTS`) are removed first, so the
+    folder never shows a plot of tasks this report does not hold."""
     os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(out_dir):
+        if name.endswith(".png") and name.startswith(tuple(f"{kind}_" for kind in PLOTS)):
+            os.remove(os.path.join(out_dir, name))
     paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.csv")]
     with open(paths[0], "w", encoding="utf-8") as f:
         json.dump({"results": list(table), "details": _jsonable(details)}, f, indent=1)
