@@ -119,6 +119,16 @@ def built(inputs, data_dir):
     return builder, examples, report
 
 
+def test_a_split_the_table_did_not_build_names_its_option(built):
+    """A train-only table asked for its validation split: the error names the split's field,
+    the splits there are, and the option that builds one."""
+    builder = built[0]
+    with pytest.raises(ConfigError, match=r"^data.eval_split='validation': Unknown split "
+                                          r"'validation'.*\['train'\].* image_text_table builds "
+                                          r"a split from data.table.validation_path"):
+        sources.data_source(builder, "validation", False, "data.eval_split")
+
+
 def test_good_records_kept_and_bad_ones_counted_with_reasons(built):
     _, examples, report = built
     assert sorted(examples) == sorted(f"images/{name}" for name in GOOD)

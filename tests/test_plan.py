@@ -45,9 +45,11 @@ def test_bad_topology_name_is_a_clear_error():
     for name in ("v5e-2", "v5e-7", "v4-4", "v6e-512", "v5e-1024"):
         with pytest.raises(ValueError, match=f"{name}: .* is not a Cloud TPU slice"):
             tpu_topology.parse(name)
-    with pytest.raises(ValueError, match="v5e-1, v5e-4, v5e-8, ..., v5e-256"):
+    # Every size is listed: "powers of two" would not say why v5e-2 is refused.
+    with pytest.raises(ValueError, match=r"use one of v5e-1, v5e-4, v5e-8, v5e-16, v5e-32, "
+                                         r"v5e-64, v5e-128, v5e-256\.$"):
         tpu_topology.parse("v5e-2")
-    with pytest.raises(ValueError, match="v4-8, v4-16, v4-32, ..., v4-8192"):
+    with pytest.raises(ValueError, match="use one of v4-8, v4-16, v4-32, .*, v4-8192"):
         tpu_topology.parse("v4-4")
     with pytest.raises(ValueError, match="0xv5e-8: .* at least 1"):
         tpu_topology.parse("0xv5e-8")

@@ -206,8 +206,9 @@ def test_missing_offline_names_the_cache(offline):
     for spec in (("RN50", "openai"), ("RN50:openai",)):  # the one-string form of init_from
         with pytest.raises(FileNotFoundError, match="timm/resnet50_clip.openai.*HF_HUB_OFFLINE"):
             clip_jax.load(*spec)
-    with pytest.raises(ConfigError, match="known tags for ViT-B-32"):
-        clip_jax.load("ViT-B-32", "no-such-tag")
+    for spec in (("ViT-B-32", "no-such-tag"), ("ViT-B-32:opnai",), ("ViT-B/32:opnai",)):
+        with pytest.raises(ConfigError, match=r"known tags for ViT-B-32: \[.*'openai'"):
+            clip_jax.load(*spec)
     with pytest.raises(FileNotFoundError, match="is an architecture, not weights"):
         clip_jax.load("ViT-B-32")
     # A repo id not in the cache could be either format: both config files are named.
@@ -247,6 +248,11 @@ def test_bare_file_says_what_it_assumed(offline, tmp_path, caplog):
     # The true activation (QuickGELU) is not in the weights: the one assumed is named, with the fix.
     assert "activation 'gelu'" in warnings[0] and "model=" in warnings[0]
     assert module.config.activation == "gelu"
+    # transformers' weights file alone has HF key names: its directory is what loads.
+    hf_dir = Path(huggingface_hub.snapshot_download(HF_REPO))
+    with pytest.raises(ConfigError, match=r"model.safetensors' is the weights file of the "
+                                          r"Hugging Face CLIP directory .*; load that directory"):
+        clip_jax.load(hf_dir / "model.safetensors")
 
 
 def test_get_tokenizer_uses_the_models_context_and_vocabulary(offline):

@@ -454,6 +454,10 @@ MISCONFIGURATIONS = [
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv", "--config.data.label_key=",
       "--config.eval.every_steps=5", "--config.eval.evaluators=zero_shot,retrieval"],
      "config.eval.zero_shot.heldout: classification on image_text_table", None),
+    (["--config.profile_steps=5-3"], "config.profile_steps: '5-3' is not 'first,last'", None),
+    (["--config.profile_steps=5,3"], "config.profile_steps: '5,3'", None),
+    (["--config.init_from={tmp}/no_run"], "No checkpoint at", None),
+    (["--config.init_from=ViT-B-32:opnai"], "known tags for ViT-B-32", None),
     (["WORKDIR={tmp}/missing.csv"], "--workdir", None),  # a file
     (["WORKDIR=/proc/clip_jax/run"], "--workdir", None),  # not writable, even for root
     (["CONFIG={tmp}/no_such_config.py"], "--config", None),

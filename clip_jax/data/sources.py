@@ -189,6 +189,11 @@ def _report_skipped(name: str, data_dir: str) -> None:
                         ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())), path)
 
 
+# Our builders' split -> the option its inputs come from, for an unknown split's error.
+_SPLIT_SOURCES = {"image_text_table": "data.table.{split}_path",
+                  "webdataset_shards": "data.webdataset.{split}_shards"}
+
+
 def data_source(builder: tfds.core.DatasetBuilder, split: str, allow_convert: bool,
                  field: str) -> Any:
     """Random access to the serialised examples of `split` (named by config `field`)."""
@@ -196,7 +201,11 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str, allow_convert: bo
     try:
         return builder.as_data_source(split, deserialize_method=raw)
     except ValueError as error:  # e.g. an unknown split name
-        raise ConfigError(f"{field}={split!r}: {error}") from error
+        hint = _SPLIT_SOURCES.get(builder.name)
+        more = (f" {builder.name} builds a split from {hint.format(split=split)}: set it (and "
+                f"a new data.{hint.split('.')[1]}.name, a new build) or name a built split"
+                if hint and split in ("train", "validation", "test") else "")
+        raise ConfigError(f"{field}={split!r}: {error}{more}") from error
     except NotImplementedError as error:  # prepared as TFRecord only: no random access
         if not allow_convert:
             raise ConfigError(

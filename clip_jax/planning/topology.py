@@ -114,8 +114,8 @@ def parse(name: str) -> Topology:
     chips, slices = count // chip.cores_per_chip, int(match.group(1) or 1)
     if chips not in chip.slice_chips:
         sizes = [chip.accelerator_type(c) for c in chip.slice_chips]
-        raise ConfigError(f"{name}: {chips} {family} chips is not a Cloud TPU slice; use "
-                         f"{', '.join(sizes[:3])}, ..., {sizes[-1]} (powers of two).")
+        raise ConfigError(f"{name}: {chips} {family} chips is not a Cloud TPU slice; use one "
+                         f"of {', '.join(sizes)}.")
     if slices < 1:
         raise ConfigError(f"{name}: a multi-slice prefix counts slices (2x{family}-{count}); "
                          "use at least 1.")

@@ -104,6 +104,9 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None
                           "Hugging Face CLIP directory (config.json) nor an open_clip directory "
                           f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint file.")
     beside = os.path.dirname(os.path.abspath(path))
+    if hf_import.is_hf_directory(beside):  # its weights alone lack the config's key names
+        raise ConfigError(f"{path!r} is the weights file of the Hugging Face CLIP directory "
+                          f"{os.path.dirname(path) or '.'!r}; load that directory instead.")
     if config is None and open_clip_import.is_open_clip_directory(beside):
         config, variables = open_clip_import.load_open_clip(beside, weights=path,
                                                             activation=activation)
@@ -152,6 +155,17 @@ def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,
     loader = hf_import.load_hf if kind == "transformers" else open_clip_import.load_open_clip
     config, variables = loader(directory, config, activation=activation)
     return CLIP(config), variables
+
+
+def check_source(spec: str) -> None:
+    """Raises MissingFileError (as `load` would) when `spec` names nothing `load` reads: not a
+    released name, a local path or a Hub repo id. Reads no weights: a run checks its
+    `init_from` this way before building data or compiling."""
+    named = hub.split_name(spec)
+    if named is not None:
+        hub.lookup(*named)  # a mistyped tag: ConfigError listing the known ones
+    elif not os.path.exists(spec) and not hub.is_repo_id(spec):
+        raise MissingFileError(not_found(spec))
 
 
 def not_found(spec: str) -> str:

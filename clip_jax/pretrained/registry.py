@@ -116,11 +116,12 @@ def lookup(name: str, tag: str) -> tuple[str, Pretrained]:
 
 
 def split_name(spec: str) -> tuple[str, str] | None:
-    """`"ViT-B-32:openai"` -> `("ViT-B-32", "openai")` when that names a registry entry."""
+    """`"ViT-B-32:openai"` -> `("ViT-B-32", "openai")` when the name before the colon is a
+    registry architecture (a mistyped tag then meets `lookup`'s list of the known ones)."""
     if spec.startswith(OPEN_CLIP_PREFIX) or ":" not in spec:
         return None
     name, tag = spec.rsplit(":", 1)
-    return (name, tag) if (base_name(name), tag) in PRETRAINED else None
+    return (name, tag) if any(n == base_name(name) for n, _ in PRETRAINED) else None
 
 
 def is_repo_id(spec: str) -> bool:

@@ -65,8 +65,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
         raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
     config_checks.check_fields(config)
-    if not config.init_from:
+    if config.init_from:
+        loading.check_source(config.init_from)
+    else:
         get_preset(config.model.name)
+    parse_profile_steps(config.get("profile_steps", ""))
     mesh = sharding.mesh_shape(config.mesh, num_devices)
     shards = mesh[0] * mesh[1]
     losses.check_loss(config.loss, config.model.logit_bias_init is not None)
