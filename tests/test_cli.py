@@ -4,6 +4,7 @@ model computed directly, transformers and open_clip (HF_HUB_OFFLINE=1)."""
 import importlib.metadata
 import json
 import os
+import subprocess
 import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -297,3 +298,16 @@ def test_eval_without_a_config_uses_the_base_configs_sections(tmp_path):
     assert dict(config.mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
     assert config.data.to_dict() == data_options.default_config().to_dict()
     assert config.eval.to_dict() == evaluate.default_config().to_dict()
+
+
+def test_warnings_read_alike_under_every_command():
+    """The entry points show clip_jax's warnings as one `warning: ...` line, also where absl's
+    handler sits on the root logger (`clip-jax train`), which must not print them again."""
+    code = ("import logging; from absl import logging as absl_logging; "
+            "absl_logging.use_absl_handler(); from clip_jax.cli import logs; "
+            "logs.show_warnings(); logs.show_warnings(); "
+            "logging.getLogger('clip_jax.data.sources').warning('skipped %d of %d', 1, 2); "
+            "logging.getLogger('clip_jax.data.sources').info('not shown')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stderr.strip().splitlines() == ["warning: skipped 1 of 2"]

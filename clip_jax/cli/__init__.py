@@ -31,6 +31,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from clip_jax.cli import logs
 from clip_jax.errors import ConfigError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
@@ -405,5 +406,6 @@ def console() -> int:
 
         return train.console(["clip-jax train", *sys.argv[2:]])
     reexec_with_huge_pages()
+    logs.show_warnings()
     return main()
 

@@ -276,7 +276,9 @@ def console(argv: Sequence[str] | None = None) -> int:
     """The process entry: SIGTERM handling first (importing JAX takes seconds), then the
     malloc re-exec (`runtime.host_tuning`), then `main`."""
     exit_at_once_on_sigterm()
+    from clip_jax.cli import logs
     from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
     reexec_with_huge_pages()
+    logs.show_warnings()
     return main(sys.argv if argv is None else argv)
