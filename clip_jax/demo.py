@@ -350,7 +350,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from clip_jax.cli import logs
+    from clip_jax.runtime import logs
     from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
     reexec_with_huge_pages()

@@ -304,7 +304,7 @@ def test_warnings_read_alike_under_every_command():
     """The entry points show clip_jax's warnings as one `warning: ...` line, also where absl's
     handler sits on the root logger (`clip-jax train`), which must not print them again."""
     code = ("import logging; from absl import logging as absl_logging; "
-            "absl_logging.use_absl_handler(); from clip_jax.cli import logs; "
+            "absl_logging.use_absl_handler(); from clip_jax.runtime import logs; "
             "logs.show_warnings(); logs.show_warnings(); "
             "logging.getLogger('clip_jax.data.sources').warning('skipped %d of %d', 1, 2); "
             "logging.getLogger('clip_jax.data.sources').info('not shown')")

@@ -31,7 +31,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from clip_jax.cli import logs
+from clip_jax.runtime import logs
 from clip_jax.errors import ConfigError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 

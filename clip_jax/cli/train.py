@@ -276,7 +276,7 @@ def console(argv: Sequence[str] | None = None) -> int:
     """The process entry: SIGTERM handling first (importing JAX takes seconds), then the
     malloc re-exec (`runtime.host_tuning`), then `main`."""
     exit_at_once_on_sigterm()
-    from clip_jax.cli import logs
+    from clip_jax.runtime import logs
     from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
     reexec_with_huge_pages()

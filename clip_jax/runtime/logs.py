@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-_HANDLER_NAME = "clip_jax.cli"
+_HANDLER_NAME = "clip_jax.runtime.logs"
 
 
 def show_warnings() -> None:
