@@ -1,5 +1,6 @@
 """End-to-end training runs through main.py: logs, checkpoints, preemption, crash-resume,
-NaN handling, restoring onto another mesh, and two processes sharing one job."""
+config errors, and two processes sharing one job (NaN handling and restoring onto another
+mesh: test_training_recovery.py)."""
 
 import contextlib
 import json
@@ -17,48 +18,16 @@ import numpy as np
 import pytest
 
 from clip_jax.errors import ConfigError
-from clip_jax.runtime import sharding
 from clip_jax.training import train
 from clip_jax.training import train_step
-from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.configs import tiny
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from training_runs import ROOT, finish, logged, records, run_env, start_run
 
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _env(tfds_dir, devices=8, **extra):
-    env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, **extra)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
-def _start(workdir, tfds_dir, *overrides, devices=8, cwd=ROOT, **env):
-    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--config",
-           os.path.join(ROOT, "configs", "tiny.py"), "--workdir", str(workdir),
-           "--config.log_every_steps=1", "--config.checkpoint.every_steps=4",
-           "--config.total_steps=12", *overrides]
-    return subprocess.Popen(cmd, cwd=cwd, env=_env(tfds_dir, devices, **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(proc, timeout=900):
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
-
-
-def _losses(workdir):
-    """step -> logged metrics (a run in progress may still hold replayed steps)."""
-    return {r["step"]: r for r in _records(workdir)}
-
-
-def _records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def _tensorboard_losses(workdir):
@@ -74,7 +43,7 @@ def _wait_for_step(workdir, step, proc, timeout=300):
     path = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if os.path.exists(path) and max(_losses(workdir), default=0) >= step:
+        if os.path.exists(path) and max(logged(workdir), default=0) >= step:
             return
         if proc.poll() is not None:
             raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
@@ -87,7 +56,7 @@ def uninterrupted(tfds_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     # A peak for the CPU turns on MFU (model FLOPs from XLA's cost analysis / time / peak).
     # The workdir is given relative to the current directory, as users type it.
-    code, out = _finish(_start(workdir.name, tfds_dir, "--config.peak_flops_per_device=1e12",
+    code, out = finish(start_run(workdir.name, tfds_dir, "--config.peak_flops_per_device=1e12",
                                cwd=workdir.parent))
     assert code == 0, out
     return workdir, out
@@ -96,7 +65,7 @@ def uninterrupted(tfds_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_run_logs_checkpoints_and_progress(uninterrupted):
     workdir, out = uninterrupted
-    metrics = _losses(workdir)
+    metrics = logged(workdir)
     assert sorted(metrics) == list(range(1, 13))
     last = metrics[12]
     for key in ("loss", "i2t_top1", "t2i_top1", "learning_rate", "logit_scale", "grad_norm",
@@ -117,68 +86,31 @@ def test_run_logs_checkpoints_and_progress(uninterrupted):
 
 @pytest.mark.slow
 def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_dir, tmp_path):
-    expected = _losses(uninterrupted[0])
-    proc = _start(tmp_path, tfds_dir)
+    expected = logged(uninterrupted[0])
+    proc = start_run(tmp_path, tfds_dir)
     _wait_for_step(tmp_path, 3, proc)
     proc.send_signal(signal.SIGTERM)  # preemption: checkpoint at the next step boundary, exit 0
-    code, out = _finish(proc)
+    code, out = finish(proc)
     assert code == 0, out
     assert "Preempted" in out
-    stopped = max(_losses(tmp_path))
+    stopped = max(logged(tmp_path))
     assert str(stopped) in os.listdir(tmp_path / "checkpoints")
 
-    proc = _start(tmp_path, tfds_dir)  # the same command resumes ...
+    proc = start_run(tmp_path, tfds_dir)  # the same command resumes ...
     _wait_for_step(tmp_path, 9, proc)
     proc.kill()  # ... and a hard kill mid-run loses at most the steps since the last save
     proc.wait()
 
-    code, out = _finish(_start(tmp_path, tfds_dir))
+    code, out = finish(start_run(tmp_path, tfds_dir))
     assert code == 0, out
     assert "Resumed from step" in out
-    resumed = _losses(tmp_path)
+    resumed = logged(tmp_path)
     # The logs read like the uninterrupted run's: each step once, in order, same values.
-    assert [r["step"] for r in _records(tmp_path)] == sorted(expected)
+    assert [r["step"] for r in records(tmp_path)] == sorted(expected)
     for step, record in expected.items():
         assert resumed[step]["loss"] == record["loss"], step  # bit-identical
         assert resumed[step]["grad_norm"] == record["grad_norm"], step
     assert _tensorboard_losses(tmp_path) == _tensorboard_losses(uninterrupted[0])
-
-
-@pytest.mark.slow
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
-    good = _start(tmp_path, tfds_dir, "--config.total_steps=4")
-    assert _finish(good)[0] == 0
-    code, out = _finish(_start(tmp_path, tfds_dir, "--config.total_steps=12",
-                               "--config.optimizer.lr=1e30", "--config.optimizer.grad_clip_norm=0"))
-    assert code == 3, out
-    assert "NaN/Inf" in out and "last good checkpoint is step 4" in out
-    assert "changed learning-rate schedule (total_steps 4 -> 12" in out
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
-
-
-@pytest.mark.parametrize("lr", ["1e38", "1e3"])
-@pytest.mark.slow
-def test_divergence_names_a_checkpoint_that_is_good(tfds_dir, tmp_path, lr):
-    """Saving every step: a checkpoint whose parameters are NaN/Inf (lr 1e38 overflows in the
-    first update; lr=inf itself is refused up front), or lead to a NaN loss at the next step
-    (lr 1e3), is never named good; the named one holds finite parameters."""
-    code, out = _finish(_start(tmp_path, tfds_dir, "--config.total_steps=8",
-                               "--config.checkpoint.every_steps=1", "--config.warmup_steps=0",
-                               f"--config.optimizer.lr={lr}", "--config.optimizer.grad_clip_norm=0"))
-    assert code == 3, out
-    (line,) = [line for line in out.splitlines() if line.startswith("error:")]
-    assert "NaN/Inf" in line and "None" not in line, line
-    kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
-    if "No good checkpoint was saved yet" in line:
-        assert kept == []
-    else:
-        good = int(line.split("last good checkpoint is step ")[1].split()[0])
-        assert kept and good == max(kept)
-        from clip_jax.pretrained import load as loading
-        _, variables = loading.load(str(tmp_path))
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
-        assert max(_losses(tmp_path)) >= good + 1  # its next loss was computed, and finite
-        assert np.isfinite(_losses(tmp_path)[good + 1]["loss"])
 
 
 @pytest.mark.slow
@@ -191,7 +123,7 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
     import shutil
 
     shutil.copytree(source, workdir)
-    code, out = _finish(_start(workdir, tfds_dir))  # the same command again: nothing to do
+    code, out = finish(start_run(workdir, tfds_dir))  # the same command again: nothing to do
     assert code == 0, out
     assert "is finished (checkpoint at step 12, total_steps=12)" in out
     assert "Compiling" not in out and "compiled" not in out and "0/12" not in out
@@ -203,38 +135,38 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
         chunk = f.read(64)
         f.seek(data.stat().st_size // 3)
         f.write(bytes(255 - b for b in chunk))
-    code, out = _finish(_start(workdir, tfds_dir))
+    code, out = finish(start_run(workdir, tfds_dir))
     assert code == 0, out
     skipped = [line for line in out.splitlines() if "Skipping checkpoint step 12" in line]
     assert len(skipped) == 1 and "Traceback" not in out and "Event loop" not in out, out
     assert "Resumed from step 8" in out
-    expected = _losses(source)
-    assert [r["step"] for r in _records(workdir)] == sorted(expected)
+    expected = logged(source)
+    assert [r["step"] for r in records(workdir)] == sorted(expected)
     for step, record in expected.items():
-        assert _losses(workdir)[step]["loss"] == record["loss"], step
+        assert logged(workdir)[step]["loss"] == record["loss"], step
 
 
 @pytest.mark.slow
 def test_sigterm_before_the_first_step_exits_at_once(tfds_dir, tmp_path):
     """During imports and during compilation SIGTERM ends the run cleanly (exit 0, one line),
     without waiting for the compilation and a step; nothing is logged or saved."""
-    early = _start(tmp_path / "early", tfds_dir)
+    early = start_run(tmp_path / "early", tfds_dir)
     time.sleep(2)  # still importing
     early.send_signal(signal.SIGTERM)
-    code, out = _finish(early, timeout=60)
+    code, out = finish(early, timeout=60)
     assert code == 0 and "Stopped by SIGTERM before the first training step" in out, out
 
-    proc = _start(tmp_path / "compiling", tfds_dir)
+    proc = start_run(tmp_path / "compiling", tfds_dir)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if "Compiling the train step" in line:
             break
     proc.send_signal(signal.SIGTERM)
-    code, out = _finish(proc, timeout=60)
+    code, out = finish(proc, timeout=60)
     out = "".join(lines) + out
     assert code == 0 and "Stopped by SIGTERM before the first training step" in out, out
-    assert not (tmp_path / "compiling" / "metrics.jsonl").exists() or not _records(
+    assert not (tmp_path / "compiling" / "metrics.jsonl").exists() or not records(
         tmp_path / "compiling")
     assert not os.listdir(tmp_path / "compiling" / "checkpoints")
 
@@ -271,40 +203,13 @@ def test_config_errors_exit_2_with_one_line(tfds_dir, tmp_path, command, config,
                [os.path.join(os.path.dirname(sys.executable), "clip-jax"), "train"])
     proc = subprocess.run([*program, "--config", config, "--workdir", str(tmp_path / "run"),
                            *filter(None, [override])], cwd=tmp_path,
-                          env=_env(tfds_dir, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                          env=run_env(tfds_dir, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
                           text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line and not line.startswith(_NOISE)]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
-    config = tiny.get_config()
-    config.total_steps, config.checkpoint.every_steps = 2, 2
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 8, 1, 1
-    train.train(config, str(tmp_path))
-    saved = Checkpointer(str(tmp_path), 2, 3)
-    s8 = train_step.setup(config, train_step.model_config(config),
-                          sharding.create_mesh(dict(config.mesh)))
-    state8, _ = saved.restore(2, s8.abstract_state)
-
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
-    s222 = train_step.setup(config, train_step.model_config(config),
-                            sharding.create_mesh(dict(config.mesh)))
-    state222, meta = saved.restore(2, s222.abstract_state)
-    saved.close()
-    assert meta["data_position"] == 2
-    kernel = state222.params["text"]["transformer"]["resblocks_0"]["c_fc"]["kernel"]
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    for a, b in zip(jax.tree.leaves(jax.device_get(state8)), jax.tree.leaves(jax.device_get(state222))):
-        np.testing.assert_array_equal(a, b)
-    config.total_steps = 3  # and training continues on the new mesh
-    last = train.train(config, str(tmp_path))
-    assert np.isfinite(last["loss"])
 
 
 @pytest.mark.slow
@@ -318,7 +223,7 @@ def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypa
     config.eval.update(every_steps=2, evaluators="retrieval", batch_size=8)
     config.profile_steps = "2,2"
     train.train(config, str(tmp_path))
-    records = _records(tmp_path)
+    records = records(tmp_path)
     assert [(r["step"], "compile_seconds" in r, "eval_seconds" in r) for r in records] == [
         (1, True, False), (2, False, False), (2, False, True)]
     assert records[0]["compile_seconds"] > 0 and records[2]["eval_seconds"] > 0
@@ -377,13 +282,13 @@ def _free_port():
 def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
     """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1) == 1 process x 8 devices."""
     address = f"127.0.0.1:{_free_port()}"
-    procs = [_start(tmp_path, tfds_dir, devices=4, JAX_COORDINATOR_ADDRESS=address,
+    procs = [start_run(tmp_path, tfds_dir, devices=4, JAX_COORDINATOR_ADDRESS=address,
                     JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
-    results = [_finish(p) for p in procs]
+    results = [finish(p) for p in procs]
     for code, out in results:
         assert code == 0, out
-    multi = _losses(tmp_path)  # written by process 0 only
-    single = _losses(uninterrupted[0])
+    multi = logged(tmp_path)  # written by process 0 only
+    single = logged(uninterrupted[0])
     assert sorted(multi) == sorted(single)
     for step in single:
         assert multi[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5), step

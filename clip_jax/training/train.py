@@ -313,7 +313,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # Built before the compile (sources opened, tf.data graph made), but its first batch is
         # requested only after it: fetching it while the step compiled (in either thread) made
         # XLA:CPU deadlock in a collective of the first step after a restore onto another mesh
-        # (tests/test_training_run.py::test_restore_onto_a_different_mesh, 3 runs of 3).
+        # (tests/test_training_recovery.py::test_restore_onto_a_different_mesh, 3 runs of 3).
         compiled, compile_seconds, flops, peak = _compile(config, setup, writer.log)
         if config.eval.every_steps > 0:
             writer.log("Setting up the periodic evaluation ...")
