@@ -223,10 +223,10 @@ def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypa
     config.eval.update(every_steps=2, evaluators="retrieval", batch_size=8)
     config.profile_steps = "2,2"
     train.train(config, str(tmp_path))
-    records = records(tmp_path)
-    assert [(r["step"], "compile_seconds" in r, "eval_seconds" in r) for r in records] == [
+    logged_records = records(tmp_path)
+    assert [(r["step"], "compile_seconds" in r, "eval_seconds" in r) for r in logged_records] == [
         (1, True, False), (2, False, False), (2, False, True)]
-    assert records[0]["compile_seconds"] > 0 and records[2]["eval_seconds"] > 0
+    assert logged_records[0]["compile_seconds"] > 0 and logged_records[2]["eval_seconds"] > 0
     traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
     out = capsys.readouterr().out
