@@ -25,7 +25,8 @@ from clip_jax.data.preprocess import preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# What Pillow raises for a file it cannot read (shared with `clip_jax.data.labelled`).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,7 @@ def read_image(path: str, config: CLIPConfig, **image_options) -> np.ndarray | S
         return preprocess(path, config, **image_options)[0]
     except Image.UnidentifiedImageError:
         return SkippedImage(path, "not an image PIL can identify")
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         return SkippedImage(path, f"cannot decode: {message}")
 

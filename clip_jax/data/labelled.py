@@ -47,6 +47,7 @@ from clip_jax.data import shifts
 from clip_jax.data.options import IMAGE_COLUMNS
 from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
+from clip_jax.data.image_folder import DECODE_ERRORS
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
@@ -167,7 +168,8 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     if not files:
         raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                                f"{folder!r}.")
-    empty = [name for k, name in enumerate(classes) if k not in set(labels)]
+    present = set(labels)
+    empty = [name for k, name in enumerate(classes) if k not in present]
     if empty:
         log.warning("image folder %s: no images in class folder(s) %s; they stay classes "
                     "(labels keep their order), with no accuracy of their own",
@@ -374,7 +376,6 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _REPORTED: set[tuple[bytes, int]] = set()  # unreadable images already named in a warning
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field (TEM, RSTn, SOI)
 
@@ -426,7 +427,7 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
             return b"", to_rgb_uint8(image, exif_transpose=False), True
     except Image.UnidentifiedImageError:
         reason = "not an image PIL can identify"
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         reason = str(error)
     where = f" (bytes {offset}+{length})" if offset >= 0 else ""
     if (path, int(offset)) not in _REPORTED:  # once per process, not at every periodic eval
