@@ -149,6 +149,33 @@ def test_eval_matches_clip_image_processor_and_pads_every_process_alike(config, 
     np.testing.assert_array_equal(np.concatenate(indices), np.arange(NUM_VALIDATION))
 
 
+@pytest.mark.parametrize("batch_size", [4, 64])
+def test_eval_padding_decodes_nothing(config, monkeypatch, batch_size):
+    """Every slot past a process's examples is a constant: the images decoded are the
+    process's own, once each, whatever the batch size (and none on a process with none)."""
+    from clip_jax.data import tf_preprocess
+
+    decoded, decode = [], tf_preprocess.eval_image
+
+    def counting(encoded, size):
+        seen = tf.numpy_function(lambda: decoded.append(1) or np.int32(0), [], tf.int32)
+        with tf.control_dependencies([seen]):
+            return decode(tf.identity(encoded), size)
+
+    monkeypatch.setattr(tf_preprocess, "eval_image", counting)
+    for p, count in ((0, NUM_VALIDATION // 2), (1, NUM_VALIDATION - NUM_VALIDATION // 2)):
+        decoded.clear()
+        batches = list(eval_pipeline.make_eval_iterable(config, MODEL, batch_size=batch_size,
+                                                        process_index=p, process_count=2))
+        assert len(decoded) == count
+        assert sum(int(b["mask"].sum()) for b in batches) == count
+    decoded.clear()
+    batches = list(eval_pipeline.make_eval_iterable(config, MODEL, batch_size=batch_size,
+                                                    process_index=0, process_count=61))
+    assert decoded == [] and len(batches) == 1 and not batches[0]["mask"].any()
+    assert batches[0]["captions_tokens"].shape[0] == batch_size
+
+
 def test_eval_labels_and_all_captions(config, examples):
     evaluation = eval_pipeline.make_eval_iterable(config, MODEL, batch_size=32, process_index=0,
                                        process_count=1)

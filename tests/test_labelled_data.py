@@ -221,6 +221,30 @@ def test_clip_benchmark_webdataset_layout(tmp_path):
         assert data == encoded[i]
 
 
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_eval_padding_reads_no_file(folder, monkeypatch, batch_size):
+    """Padding slots are constants: each image file is read once, whatever the batch size;
+    a process with no images reads none and yields one all-padding batch."""
+    images = labelled_data.read(str(folder), "test")
+    reads, read = [], labelled_data.read_checked_image
+
+    def counting(path, offset, length):
+        reads.append(path)
+        return read(path, offset, length)
+
+    monkeypatch.setattr(labelled_data, "read_checked_image", counting)
+    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=batch_size,
+                                               process_index=0, process_count=1))
+    assert sorted(reads) == sorted(f.encode() for f in images.files)
+    assert sum(int(b["mask"].sum()) for b in batches) == len(images)
+    reads.clear()
+    n = len(images)
+    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=batch_size,
+                                               process_index=0, process_count=n + 1))
+    assert reads == [] and len(batches) == 1 and not batches[0]["mask"].any()
+    assert batches[0]["images"].shape == (batch_size, MODEL.image_size, MODEL.image_size, 3)
+
+
 def test_eval_batches_equal_preprocess_of_pillow_images(folder):
     images = labelled_data.read(str(folder), "test")
     pil = [Image.open(f).convert("RGB") for f in images.files]

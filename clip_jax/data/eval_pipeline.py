@@ -90,15 +90,9 @@ class ProcessSlice:
         return self.num_batches * self.batch_size
 
     @property
-    def padding_index(self) -> int:
-        """The (valid) example read for padding slots, masked out afterwards."""
-        return self.first if self.last > self.first else 0
-
-    def indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """(index int64 [slots], valid bool [slots]): the example of every slot."""
-        index = np.arange(self.first, self.first + self.slots, dtype=np.int64)
-        valid = index < self.last
-        return np.where(valid, index, self.padding_index), valid
+    def count(self) -> int:
+        """This process's real examples, `last - first`; slots past them are padding."""
+        return self.last - self.first
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -109,7 +103,8 @@ def check_batch_size(batch_size: int) -> None:
 
 def mask_padding(example: dict[str, tf.Tensor], valid: tf.Tensor, index: tf.Tensor
                  ) -> dict[str, tf.Tensor]:
-    """`images` (and `label`) zeroed on padding; `mask` = valid; `index` -1 on padding."""
+    """`images` (and `label`) zeroed where not `valid` (an unreadable image); `mask` = valid;
+    `index` -1 where not valid."""
     out = dict(example)
     out["images"] = tf.where(valid, example["images"], tf.zeros_like(example["images"]))
     out["mask"] = valid
@@ -119,13 +114,33 @@ def mask_padding(example: dict[str, tf.Tensor], valid: tf.Tensor, index: tf.Tens
     return out
 
 
+def padding_examples(spec: dict[str, tf.TensorSpec], count: int) -> tf.data.Dataset:
+    """`count` padding examples shaped like `spec`: zeros (strings empty), `mask` False,
+    `index` -1. Built from constants, so padding costs no read or decode whatever the batch
+    size (it used to re-read and decode a real example per slot: a 21-image split of large
+    JPEGs took 5 s per pass at batch 32 and 33-40 s at batch 256)."""
+    def blank(name: str, s: tf.TensorSpec) -> tf.Tensor:
+        if not s.shape.is_fully_defined():
+            raise ValueError(f"eval example field {name!r} has no static shape ({s.shape}).")
+        if name == "index":
+            return tf.constant(-1, tf.int64)
+        if s.dtype == tf.string:
+            return tf.fill(s.shape, "")
+        return tf.zeros(s.shape, s.dtype)
+
+    pad = {k: blank(k, s) for k, s in spec.items()}
+    return tf.data.Dataset.from_tensors(pad).repeat(count)
+
+
 def batch_eval_examples(examples: tf.data.Dataset, piece: ProcessSlice, prefetch_batches: int,
                         label_names: list[str] | None, num_examples: int,
                         finish: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None
                         = None, max_captions: int = 0) -> EvalIterable:
-    """Examples (one per slot, in order) -> the EvalIterable of their batches; `finish`
-    maps each batch (e.g. tokenising captions)."""
-    dataset = examples.batch(piece.batch_size, drop_remainder=True)
+    """This process's examples (`piece.count`, in order, each with `mask` and `index`) ->
+    the EvalIterable of their batches, padded to `piece.slots` (`padding_examples`);
+    `finish` maps each batch (e.g. tokenising captions)."""
+    padding = padding_examples(examples.element_spec, piece.slots - piece.count)
+    dataset = examples.concatenate(padding).batch(piece.batch_size, drop_remainder=True)
     if finish is not None:
         dataset = dataset.map(graph(finish))
     dataset = dataset.prefetch(prefetch_batches)
@@ -189,20 +204,19 @@ def _make(config: ml_collections.ConfigDict, model_config: CLIPConfig, batch_siz
     max_captions = (_caption_slots(config, builder, split, source, schema) if with_captions
                     else 0)
 
-    def slots(start: tf.Tensor) -> dict[str, tf.Tensor]:
+    def chunk(start: tf.Tensor) -> dict[str, tf.Tensor]:
         index = piece.first + start + tf.range(READ_CHUNK, dtype=tf.int64)
-        valid = index < piece.last
-        return {"valid": valid, "index": tf.where(valid, index, piece.padding_index)}
+        return {"index": tf.minimum(index, piece.last - 1)}  # the tail is dropped before decoding
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         parsed = schema.parse(item["serialized"])
         image = tf_preprocess.eval_image(lookup(parsed, schema.image_key), size)
         out = {"images": shifts.apply(shift, image, item["index"])}  # uint8: the model normalises
         if with_captions:
-            out.update(_captions(schema, parsed, item["valid"], max_captions))
+            out.update(_captions(schema, parsed, max_captions))
         if schema.label_key:
             out["label"] = tf.cast(lookup(parsed, schema.label_key), tf.int32)
-        return mask_padding(out, item["valid"], item["index"])
+        return {**out, "mask": tf.constant(True), "index": item["index"]}
 
     def finish(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         batch = dict(batch)
@@ -213,32 +227,33 @@ def _make(config: ml_collections.ConfigDict, model_config: CLIPConfig, batch_siz
         batch["tokens"] = batch["captions_tokens"][:, 0]
         return batch
 
-    dataset = tf.data.Dataset.range(0, piece.slots, READ_CHUNK)
-    dataset = dataset.map(graph(slots))
+    dataset = tf.data.Dataset.range(0, piece.count, READ_CHUNK)
+    dataset = dataset.map(graph(chunk))
     dataset = dataset.map(lambda item: {**item, "serialized": read(item["index"])},
                           num_parallel_calls=READ_PARALLELISM, deterministic=True)
-    dataset = dataset.unbatch().take(piece.slots)
+    dataset = dataset.unbatch().take(piece.count)
     dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     return batch_eval_examples(dataset, piece, config.prefetch_batches, names, num_examples,
                                finish if with_captions else None, max_captions)
 
 
-def _captions(schema: Schema, parsed: dict[str, tf.Tensor], valid: tf.Tensor,
-              max_captions: int) -> dict[str, tf.Tensor]:
+def _captions(schema: Schema, parsed: dict[str, tf.Tensor], max_captions: int
+              ) -> dict[str, tf.Tensor]:
     """All captions of an example in `max_captions` slots: stored tokens, or the strings
-    (tokenised per batch); slots past the example's captions, and padding, are zero / ""."""
+    (tokenised per batch); slots past the example's captions are zero / ""."""
     captions = schema.captions(parsed)
     count = tf.shape(captions)[0]
-    caption_mask = (tf.range(max_captions) < count) & valid
+    caption_mask = tf.range(max_captions) < count
     out = {"captions_mask": caption_mask}
     if schema.tokens_key:
         tokens = schema.caption_tokens(parsed)
         tokens = tf.pad(tokens, [[0, max_captions - count], [0, 0]])
+        tokens = tf.ensure_shape(tokens, [max_captions, schema.context_length])
         out["captions_tokens"] = tf.where(caption_mask[:, None], tokens, tf.zeros_like(tokens))
     else:
-        out["captions"] = tf.where(caption_mask, tf.pad(captions, [[0, max_captions - count]]),
-                                   "")
+        captions = tf.ensure_shape(tf.pad(captions, [[0, max_captions - count]]), [max_captions])
+        out["captions"] = tf.where(caption_mask, captions, "")
     return out
 
 

@@ -446,7 +446,7 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     shift = shifts.check(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
-    index, valid = piece.indices()
+    index = np.arange(piece.first, piece.last, dtype=np.int64)
     size = model_config.image_size
     mean, std = normalization_constants(model_config)
     table = {"file": np.asarray(images.files, dtype=object), "offset": images.offsets,
@@ -463,10 +463,10 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
                          lambda: tf.ensure_shape(pixels, [None, None, 3]))
         image = tf_preprocess.resize_and_center_crop(pixels, size)
         image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
-        valid = item["valid"] & tf.ensure_shape(readable, [])
-        return mask_padding({"images": image, "label": item["label"]}, valid, item["index"])
+        image = tf.ensure_shape(image, [size, size, 3])
+        return mask_padding({"images": image, "label": item["label"]},
+                            tf.ensure_shape(readable, []), item["index"])
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        {**columns, "index": tf.constant(index), "valid": tf.constant(valid)})
+    dataset = tf.data.Dataset.from_tensor_slices({**columns, "index": tf.constant(index)})
     dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batch_eval_examples(dataset, piece, prefetch_batches, list(images.class_names), n)
