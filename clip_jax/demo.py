@@ -354,5 +354,5 @@ if __name__ == "__main__":
     from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
     reexec_with_huge_pages()
-    logs.show_warnings()
+    logs.setup_console()
     sys.exit(main())

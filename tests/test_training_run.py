@@ -113,6 +113,38 @@ def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_di
     assert _tensorboard_losses(tmp_path) == _tensorboard_losses(uninterrupted[0])
 
 
+def _schedule(step, lr=1e-3, warmup=5, total=12, end=0.0):
+    """The paper's linear warmup then cosine decay, in plain numpy (tiny config's values)."""
+    if step < warmup:
+        return lr * step / warmup
+    return end + (lr - end) * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_a_closed_output_pipe_does_not_stop_a_run(tfds_dir, tmp_path):
+    proc = start_run(tmp_path, tfds_dir, "--config.log_every_steps=4", devices=1)
+    _wait_for_step(tmp_path, 4, proc)
+    proc.send_signal(signal.SIGINT)  # the first Ctrl-C: save at the next step boundary, exit 0
+    code, out = finish(proc)
+    assert code == 0, out
+    stopped = re.search(r"Interrupted \(Ctrl-C\): saved step (\d+)", out)
+    assert stopped, out
+    assert stopped.group(1) in os.listdir(tmp_path / "checkpoints")
+
+    # The resumed run's reader goes away after one line: the run still ends and saves.
+    proc = start_run(tmp_path, tfds_dir, "--config.log_every_steps=4", devices=1)
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=900) == 0
+    assert "12" in os.listdir(tmp_path / "checkpoints")
+    metrics = logged(tmp_path)
+    assert max(metrics) == 12
+    # A logged learning rate is its step's (the step's update used the schedule at step - 1),
+    # not the mean over the logged window.
+    for step in (8, 12):
+        assert metrics[step]["learning_rate"] == pytest.approx(_schedule(step - 1), rel=1e-6)
+
+
 @pytest.mark.slow
 def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted, tfds_dir,
                                                                    tmp_path):

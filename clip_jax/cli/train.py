@@ -10,7 +10,9 @@ written to DIR/config.json.
 Exit codes: 0 done, finished or preempted (SIGTERM: before the first step the process exits at
 once, there being nothing new to save; after it, at the next step boundary with a checkpoint);
 2 a bad config, workdir or data source (`ConfigError`: one line on stderr, before anything is
-compiled); 3 training diverged (NaN/Inf; the line names the last good checkpoint).
+compiled); 3 training diverged (NaN/Inf; the line names the last good checkpoint); 130
+interrupted by Ctrl-C before training took it over (after that the first Ctrl-C saves at the
+next step boundary and exits 0, as SIGTERM does; a second one stops at once).
 Any other exception is a bug and keeps its traceback.
 """
 
@@ -28,6 +30,7 @@ from clip_jax.errors import ConfigError
 PREEMPTED_EXIT_CODE = 0
 CONFIG_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for SIGINT
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "configs")
 
@@ -226,6 +229,10 @@ def run(config: Any, workdir: str) -> int:
     except ConfigError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
+    except KeyboardInterrupt:  # before training's guard took Ctrl-C over, or a second one
+        print(f"error: interrupted (Ctrl-C); the checkpoints in {workdir} are kept; run the "
+              "same command to resume from the newest.", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     return 0
 
 
@@ -280,5 +287,5 @@ def console(argv: Sequence[str] | None = None) -> int:
     from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
     reexec_with_huge_pages()
-    logs.show_warnings()
+    logs.setup_console()
     return main(sys.argv if argv is None else argv)

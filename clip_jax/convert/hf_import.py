@@ -26,6 +26,8 @@ from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import (ACTIVATIONS, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, CLIPConfig,
                                     TextConfig, VisionConfig, config_differences)
 
+log = logging.getLogger(__name__)
+
 # transformers' defaults for fields a config.json may omit (CLIPTextConfig / CLIPVisionConfig).
 _HF_TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
                          num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=77,
@@ -146,15 +148,15 @@ def _image_statistics(directory: Path, image_size: int
     """Normalisation of the directory's image processor (OpenAI's when it has none)."""
     path = directory / "preprocessor_config.json"
     if not path.is_file():
-        logging.warning("%s has no preprocessor_config.json; assuming OpenAI's image mean/std.",
-                        directory)
+        log.warning("%s has no preprocessor_config.json; assuming OpenAI's image mean/std.",
+                    directory)
         return OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
     processor = _read_json(path)
     size, crop = processor.get("size", image_size), processor.get("crop_size", image_size)
     size = size.get("shortest_edge", size) if isinstance(size, dict) else size
     crop = crop.get("height", crop) if isinstance(crop, dict) else crop
     if (size, crop) != (image_size, image_size) or not processor.get("do_center_crop", True):
-        logging.warning(
+        log.warning(
             "%s resizes to %s and crops to %s; clip_jax.data.preprocess resizes the shortest side to "
             "the model's image size (%d) and centre-crops, so raw-image inputs will differ.",
             directory, size, crop, image_size)

@@ -25,6 +25,8 @@ from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import OPENAI_NAMES, PRESETS
 
+log = logging.getLogger(__name__)
+
 StateDict = dict[str, np.ndarray]
 Path = tuple[str, ...]  # (collection, module, ..., variable)
 
@@ -243,7 +245,7 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
             f"OpenAI's {preset} has these shapes" if preset in OPENAI_NAMES
             else "open_clip's default") + ")"
     if guessed:
-        logging.warning(
+        log.warning(
             "The weights do not record the %s; assumed %s. If that is wrong, pass model= (a "
             "preset name or CLIPConfig) and activation=, or keep the model's "
             "open_clip_config.json beside the file.", " or ".join(guessed),

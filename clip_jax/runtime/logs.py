@@ -1,4 +1,5 @@
-"""How clip_jax's own warnings reach the terminal: one `warning: ...` line each on stderr.
+"""How the entry points' output reaches the terminal: one `warning: ...` line per warning on
+stderr, and a run that outlives its reader (`clip-jax train ... | head`, a `tee` that dies).
 
 The library logs through `logging.getLogger(__name__)` and configures nothing (an application
 decides). The command-line entry points call `show_warnings` so the same warning reads the same
@@ -10,7 +11,9 @@ the same style as the entry points' `error: ...` lines.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any, TextIO
 
 _HANDLER_NAME = "clip_jax.runtime.logs"
 
@@ -33,3 +36,53 @@ def show_warnings() -> None:
 def _lower_level(record: logging.LogRecord) -> bool:
     record.levelname_lower = record.levelname.lower()
     return True
+
+
+def setup_console() -> None:
+    """What every entry point calls first: `survive_closed_output`, then `show_warnings`."""
+    survive_closed_output()
+    show_warnings()
+
+
+def survive_closed_output() -> None:
+    """Makes a closed stdout or stderr pipe (its reader exited) silence that stream instead of
+    raising BrokenPipeError from whichever print meets it first, which killed a run at start-up
+    and, at its last step, left it hung before the final checkpoint. The first such write says
+    so on stderr (when stdout closed); the run's record is metrics.jsonl. Idempotent."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _ClosedSafe):
+            setattr(sys, name, _ClosedSafe(stream, name))
+
+
+class _ClosedSafe:
+    """A text stream that, once a write or flush meets a closed pipe, points its file
+    descriptor at os.devnull (so Python's final flush and C-level writes are quiet too) and
+    goes on; everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO, name: str):
+        self._stream, self._name = stream, name
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def _closed(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+        if self._name == "stdout":
+            print("warning: standard output was closed (its reader exited); carrying on "
+                  "without it.", file=sys.stderr, flush=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -87,18 +88,37 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
         evaluate.declare(config)  # the periodic evaluation's tasks, checked before compiling
 
 
+# Logged as the value at the logged step; every other metric is the mean since the last log.
+STEP_VALUES = ("learning_rate", "logit_scale")
+
+
 class PreemptionGuard:
-    """Tells the loop to checkpoint and stop when the job is preempted (SIGTERM).
+    """Tells the loop to checkpoint and stop when the job is preempted (SIGTERM) or, in a
+    single process, at the first Ctrl-C (SIGINT; a second one interrupts at once, unsaved).
 
     With several processes, all must stop at the same step: JAX's preemption sync point (set
-    up by `jax.distributed.initialize`) agrees on it; a single process watches SIGTERM itself.
+    up by `jax.distributed.initialize`) agrees on it; a single process watches the signals
+    itself.
     """
 
     def __init__(self):
         self._flag = threading.Event()
+        self.reason = "Preempted"
         self._multi = jax.process_count() > 1
+        self._previous: dict[int, Any] = {}
         if not self._multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+            self._previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._preempted),
+                              signal.SIGINT: signal.signal(signal.SIGINT, self._interrupted)}
+
+    def _preempted(self, *_) -> None:
+        self._flag.set()
+
+    def _interrupted(self, *_) -> None:
+        self.reason = "Interrupted (Ctrl-C)"
+        self._flag.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("Ctrl-C: saving after this step, then stopping (Ctrl-C again stops at once, "
+              "without saving).", file=sys.stderr, flush=True)
 
     def should_stop(self, step: int) -> bool:
         if self._multi:
@@ -106,8 +126,9 @@ class PreemptionGuard:
         return self._flag.is_set()
 
     def close(self) -> None:
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def _global_batch(batch: dict[str, np.ndarray],
@@ -483,7 +504,8 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             elapsed = time.time() - t_last
             t_last, seconds_per_step = time.time(), elapsed / steps_since
             steps_since = 0
-            last = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+            last = {k: float(values[-1][k] if k in STEP_VALUES
+                             else np.mean([m[k] for m in values])) for k in values[0]}
             last["images_per_second"] = plan.batch_size / seconds_per_step
             last["seconds_per_step"] = seconds_per_step
             if loop.model_flops and loop.peak_flops:
@@ -512,7 +534,8 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
                     results, title=f"Evaluation at step {done} ({seconds:.1f}s):"))
                 t_last = time.time()
             if stop:
-                writer.log(f"Preempted: saved step {done}; run the same command to resume.")
+                writer.log(f"{loop.guard.reason}: saved step {done}; run the same command to "
+                           "resume.")
                 break
     finally:
         profile.stop()
