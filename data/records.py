@@ -75,17 +75,21 @@ def _clean_image(data: bytes, options: CleanOptions, name: str) -> tuple[bytes, 
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
         raise BadRecord("too_large", str(error)) from error
-    except Image.UnidentifiedImageError as error:
-        raise BadRecord("not_an_image", "not a recognised image format") from error
     except Exception as error:  # Pillow raises several types for undecodable data
-        raise BadRecord("not_an_image", f"not a recognised image format ({error})") from error
+        # UnidentifiedImageError's message only names the in-memory file object
+        cause = "" if isinstance(error, Image.UnidentifiedImageError) else f": {error}"
+        signature = _signature_format(data)
+        if signature:
+            raise BadRecord("corrupt", f"truncated or corrupt image data (a {signature} file "
+                                       f"whose header cannot be read{cause})") from error
+        raise BadRecord("not_an_image", f"not a recognised image format{cause}") from error
     source_format = image.format or "unknown"
     ext = os.path.splitext(name)[1].lower().lstrip(".")
     if ext and _format_of_extension(ext) not in (None, source_format):
         conversions.append("wrong_extension")  # harmless: decoders sniff the content
     width, height = image.size
     if width < 1 or height < 1:
-        raise BadRecord("not_an_image", f"image has no pixels ({width}x{height})")
+        raise BadRecord("corrupt", f"a {source_format} image with no pixels ({width}x{height})")
     reencode = source_format not in ("JPEG", "PNG")
     if width * height > options.max_pixels:
         if source_format != "JPEG":
@@ -137,6 +141,23 @@ def _clean_image(data: bytes, options: CleanOptions, name: str) -> tuple[bytes, 
 _MODE_NAMES = {"L": "grayscale", "LA": "grayscale_alpha", "1": "bilevel", "P": "palette",
                "PA": "palette_alpha", "RGBA": "rgba", "CMYK": "cmyk", "YCbCr": "ycbcr",
                "F": "float"}
+
+
+def _signature_format(data: bytes) -> str | None:
+    """The image format whose signature `data` starts with (Pillow's own `accept` checks, as
+    `Image.open` sniffs it), or None: a file that fails to open is damaged if it has one, not
+    an unrecognised file. Formats Pillow tries on any data (no `accept`, e.g. TGA) say
+    nothing and are left out."""
+    Image.init()
+    prefix = data[:16]  # what Image.open hands the `accept` checks
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # noqa: BLE001 - a check that cannot read this prefix: not it
+            continue
+    return None
 
 
 def _format_of_extension(ext: str) -> str | None:

@@ -452,3 +452,52 @@ def test_stored_tokens_fit_the_model_in_train_and_eval_pipelines(inputs, tmp_pat
     evaluation = next(iter(eval_pipeline.make_eval_iterable(config, model, batch_size=5, process_index=0,
                                                  process_count=1)))
     assert {tuple(row) for row in evaluation["tokens"]} == expected
+
+
+def test_cut_short_images_are_corrupt_and_row_details_name_their_line_once(inputs, tmp_path):
+    """A JPEG cut to 100 bytes and a PNG cut inside its header fail in Pillow's `Image.open`
+    (`Truncated File Read`), not only in decoding: files with an image signature that cannot
+    be read are `corrupt`, not `not_an_image` (text stays that). A malformed row's detail
+    leaves its line to the key: the build summary joins them as 'line 5: 3 fields, ...'."""
+    root, _ = inputs
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "short.jpg").write_bytes(encode(Image.fromarray(photo(60, 80)), "JPEG")[:100])
+    (images / "short.png").write_bytes(encode(Image.fromarray(photo(60, 80)), "PNG")[:20])
+    (images / "text.png").write_bytes(b"this is not an image\n")
+    (images / "good.jpg").write_bytes(encode(Image.fromarray(photo(30, 40)), "JPEG"))
+    (tmp_path / "short.csv").write_text("filepath,title\nimages/short.jpg,a\nimages/short.png,b\n"
+                                        "images/text.png,c\nimages/good.jpg,x,y\n"
+                                        "images/good.jpg,kept\n")
+    config = table_config(root, str(tmp_path / "tfds"), name="short",
+                          train_path=str(tmp_path / "short.csv"))
+    config.build.max_bad_fraction = 1.0
+    _, report = build_report(config)
+    assert report["skipped_by_reason"] == {"corrupt": 2, "malformed_row": 1, "not_an_image": 1}
+    assert report["skipped_records"] == [
+        {"key": "line 2: images/short.jpg", "reason": "corrupt",
+         "detail": "truncated or corrupt image data (a JPEG file whose header cannot be read: "
+                   "Truncated File Read)"},
+        {"key": "line 3: images/short.png", "reason": "corrupt",
+         "detail": "truncated or corrupt image data (a PNG file whose header cannot be read: "
+                   "Truncated File Read)"},
+        {"key": "line 4: images/text.png", "reason": "not_an_image",
+         "detail": "not a recognised image format"},
+        {"key": "line 5", "reason": "malformed_row", "detail": "3 fields, the header has 2"}]
+
+
+@pytest.mark.parametrize("class_names, problem", [
+    ("cat,dog,cat", r"repeats \['cat'\]"), (" dog ,cat,dog", r"repeats \['dog'\]"),
+    ("cat,,dog", "has an empty name"), ("names.txt", r"repeats \['cat'\]")])
+def test_repeated_or_empty_class_names_are_refused(inputs, tmp_path, class_names, problem):
+    """Two classes of one name make the label column ambiguous (tfds refuses them with a
+    traceback); an empty name in a list is a typo. One ConfigError, before anything is read."""
+    root, _ = inputs
+    (tmp_path / "names.txt").write_text("cat\ndog\n\ncat\n")
+    (tmp_path / "labelled.csv").write_text("filepath,title,label\nrgb.jpg,one,cat\n")
+    spec = str(tmp_path / class_names) if class_names.endswith(".txt") else class_names
+    with pytest.raises(ConfigError, match=rf"^data.table.class_names='.*' {problem}"):
+        sources.prepare(table_config(
+            root, str(tmp_path / "tfds"), name="named", train_path=str(tmp_path / "labelled.csv"),
+            image_root=os.path.join(root, "images"), label_column="label",
+            class_names=spec))

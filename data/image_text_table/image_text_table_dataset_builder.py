@@ -127,13 +127,23 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
 
 def label_names(table: TableOptions) -> list[str]:
     """Class names of the label column: `class_names` (a file, one per line, or a
-    comma-separated list), else the sorted distinct non-integer labels of every table."""
+    comma-separated list; ConfigError for an empty or repeated name), else the sorted distinct
+    non-integer labels of every table."""
     spec = table.class_names
     if spec:
         if tf.io.gfile.exists(spec):
             with tf.io.gfile.GFile(spec) as f:
-                return [line.strip() for line in f.read().splitlines() if line.strip()]
-        return [name.strip() for name in spec.split(",") if name.strip()]
+                names = [line.strip() for line in f.read().splitlines() if line.strip()]
+        else:
+            names = [name.strip() for name in spec.split(",")]
+            if not all(names):
+                raise ConfigError(f"data.table.class_names={spec!r} has an empty name; remove "
+                                  "the extra comma.")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:  # two classes of one name: no label could say which it means
+            raise ConfigError(f"data.table.class_names={spec!r} repeats {duplicates}; give "
+                              "each class name once.")
+        return names
     found = set()
     for field in _SPLIT_FIELDS.values():
         if getattr(table, field):
@@ -282,8 +292,7 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
     first = group[0]
     keys = [row.key for row in group]
     if first.problem:
-        return None, [], [(keys[0], records.BadRecord("malformed_row",
-                                                      f"{first.lines}: {first.problem}"))]
+        return None, [], [(keys[0], records.BadRecord("malformed_row", first.problem))]
     path = first.path
     image_conversions: list[str] = []
     try:
