@@ -26,7 +26,7 @@ from clip_jax.errors import ConfigError  # noqa: E402
 from clip_jax.training.checkpoints import Checkpointer  # noqa: E402
 from clip_jax.models import create_model, l2_normalize  # noqa: E402
 from clip_jax.data.preprocess import preprocess  # noqa: E402
-from clip_jax.data.tokenizer import tokenize  # noqa: E402
+from clip_jax.data.tokenizer import default_tokenizer, tokenize  # noqa: E402
 from clip_jax_data.synthetic_shapes import render  # noqa: E402
 from clip_jax.configs import base  # noqa: E402
 
@@ -311,3 +311,149 @@ def test_warnings_read_alike_under_every_command():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stderr.strip().splitlines() == ["warning: skipped 1 of 2"]
+
+
+@pytest.mark.parametrize("argv, flag, problem", [
+    (["zero-shot", "--labels", "a,b", "--alpha", "pinkish"], "--alpha",
+     "invalid value 'pinkish': use 'drop' (as OpenAI / open_clip) or a colour name or hex code "
+     "such as 'white' or '#808080'"),
+    (["zero-shot", "--labels", "a,b", "--top", "0"], "--top",
+     "invalid value '0': give a whole number >= 1"),
+    (["zero-shot", "--labels", "a,b", "--top", "-1"], "--top",
+     "invalid value '-1': give a whole number >= 1"),
+    (["zero-shot", "--labels", "a,b", "--batch-size", "0"], "--batch-size",
+     "invalid value '0': give a whole number >= 1"),
+    (["search", "INDEX", "a cat", "--top", "0"], "--top",
+     "invalid value '0': give a whole number >= 1"),
+    (["index", "--output", "o.npz", "--batch-size", "-4"], "--batch-size",
+     "invalid value '-4': give a whole number >= 1"),
+    (["index", "--output", "o.npz", "--save-every", "0"], "--save-every",
+     "invalid value '0': give a whole number >= 1"),
+    (["eval", "--batch-size", "0"], "--batch-size", "invalid value '0': give a whole number >= 1"),
+    (["eval", "--seeds", "0"], "--seeds", "invalid value '0': give a whole number >= 1"),
+    (["eval", "--shots", "1,2,0"], "--shots",
+     "invalid value '1,2,0': give comma-separated whole numbers >= 1, e.g. '1,2,4,8,16'"),
+    (["eval", "--shots", "1.5"], "--shots",
+     "invalid value '1.5': give comma-separated whole numbers >= 1, e.g. '1,2,4,8,16'"),
+    (["eval", "--shifts", "blur,blurr"], "--shifts",
+     "Unknown shift 'blurr'; use one of greyscale, invert, hue_rotate, blur, noise, jpeg, "
+     "sketch, occlusion, downscale_upscale."),
+])
+def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path, capsys):
+    """A value that every image, label or task would fail on (an unknown --alpha colour, a
+    count below 1, an unknown shift) is refused by argparse, naming the flag, before the
+    model (here: one that does not exist) is looked at."""
+    command, *rest = argv
+    model = str(tmp_path / "no_model")
+    positional = {"zero-shot": ["--model", model, str(tmp_path)], "search": [],
+                  "index": [str(tmp_path), "--model", model], "eval": [model]}[command]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, *positional, *rest])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.strip().splitlines()[-1] == f"clip-jax {command}: error: argument {flag}: {problem}"
+
+
+def test_accepted_alpha_and_count_values_pass_through(tmp_path):
+    """The colours Pillow names and hex codes, 'drop', and counts from 1, as given."""
+    for alpha in ("drop", "white", "#808080", "rgb(10,20,30)"):
+        args = cli.parser().parse_args(["zero-shot", "--model", "m", "--labels", "a,b",
+                                        "--alpha", alpha, "--top", "1", "x.jpg"])
+        assert (args.alpha, args.top) == (alpha, 1)
+    args = cli.parser().parse_args(["eval", "m", "--shots", "1, 4", "--seeds", "2"])
+    assert (args.shots, args.seeds) == ("1,4", 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["zero-shot", "--labels", "a, b,a"],
+     "--labels 'a, b,a' repeats the label(s) ['a']; give each label once."),
+    (["zero-shot", "--labels", "a,,b"], "--labels 'a,,b' has an empty label; remove the extra "
+                                        "comma."),
+    (["zero-shot", "--labels", "LABELS_FILE"],
+     "--labels file 'LABELS_FILE' repeats the label(s) ['cat', 'dog']; give each label once."),
+    (["zero-shot", "--labels", "a,b", "--templates", "nope"],
+     "Unknown template set 'nope': use one of ['default', 'simple', 'synthetic_shapes'] or the "
+     "path of a text file with one template (containing '{}') per line."),
+    (["eval", "--zero-shot", "cifar10", "--class-names", "cat,dog,cat"],
+     "--class-names 'cat,dog,cat' repeats the label(s) ['cat']; give each label once."),
+    (["eval", "--zero-shot", "cifar10", "--templates", "nope"],
+     "--templates: Unknown template set 'nope': use one of ['default', 'simple', "
+     "'synthetic_shapes'] or the path of a text file with one template (containing '{}') per "
+     "line."),
+    (["eval", "--zero-shot", "cifar10", "--evaluators", "zero_shot,zero_shots"],
+     "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
+     "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),
+    (["search", "--image", "QUERY"], "No query image at 'QUERY'; check --image."),
+])
+def test_labels_and_prompts_are_checked_before_the_model_loads(argv, message, tmp_path,
+                                                               capsys):
+    """Duplicate or empty labels (in a list or a file: blank lines there are skipped), unknown
+    templates or evaluators, a missing query image: one error line, before the model (here:
+    one that does not exist) is loaded."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n\ncat\nbird\n dog \n")
+    model = str(tmp_path / "no_model")
+    command, *rest = [str(labels) if a == "LABELS_FILE" else a for a in argv]
+    message = message.replace("LABELS_FILE", str(labels))
+    message = message.replace("QUERY", str(tmp_path / "q.jpg"))
+    rest = [str(tmp_path / "q.jpg") if a == "QUERY" else a for a in rest]
+    positional = {"zero-shot": ["--model", model, str(tmp_path)], "eval": [model],
+                  "search": [str(tmp_path / "index.npz")]}[command]
+    code, out, err = run(capsys, command, *positional, *rest)
+    assert (code, out, err) == (2, "", f"error: {message}\n")
+
+
+def _hf_clip_without_tokenizer(directory, vocab_size=49408):
+    """A random transformers CLIPModel as `save_pretrained` leaves it: no tokenizer files."""
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(transformers.CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=16),
+        projection_dim=16)).eval()
+    model.save_pretrained(directory)
+    assert not {"vocab.json", "merges.txt", "tokenizer.json"} & set(os.listdir(directory))
+    return model
+
+
+def test_export_hf_of_a_directory_without_tokenizer_files(tmp_path, capsys, caplog):
+    """`clip-jax export-hf` of what `clip_jax.load` reads: a CLIPModel with OpenAI's vocabulary
+    size gets OpenAI's tokenizer, said in a warning, and the export tokenises as open_clip and
+    computes as the source model; another vocabulary size is one error line whose fix is a
+    file to copy (no Python call)."""
+    source = _hf_clip_without_tokenizer(tmp_path / "src")
+    with caplog.at_level("WARNING"):
+        code, out, err = run(capsys, "export-hf", str(tmp_path / "src"), str(tmp_path / "out"))
+    assert code == 0, err
+    assert (f"{tmp_path / 'src'} has no tokenizer files; using OpenAI's CLIP vocabulary, which "
+            "its 49408-token embedding table matches") in caplog.text
+    texts = ["a photo of a cat", "Two dogs, running."]
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(tmp_path / "out")
+    for ids, reference in zip(tokenizer(texts)["input_ids"], open_clip.tokenize(texts, 16)):
+        assert ids == reference[reference != 0].tolist()  # open_clip pads with 0, HF with EOT
+    hf_tokens = tokenizer(texts, padding="max_length", max_length=16,
+                          return_tensors="pt")["input_ids"]
+    exported = transformers.CLIPModel.from_pretrained(tmp_path / "out").eval()
+    pixels = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 32, 32)))
+    with torch.no_grad():
+        theirs = exported(pixel_values=pixels.float(), input_ids=hf_tokens)
+        want = source(pixel_values=pixels.float(), input_ids=hf_tokens)
+    np.testing.assert_allclose(theirs.logits_per_image.numpy(), want.logits_per_image.numpy(),
+                               atol=1e-5)
+
+    _hf_clip_without_tokenizer(tmp_path / "small", vocab_size=1000)
+    capsys.readouterr()  # transformers' progress bars
+    code, out, err = run(capsys, "export-hf", str(tmp_path / "small"), str(tmp_path / "out2"))
+    assert (code, out) == (2, "")
+    assert err == (f"error: {tmp_path / 'small'} has no tokenizer files (vocab.json + "
+                   "merges.txt, or tokenizer.json) and its vocab_size 1000 is not OpenAI's "
+                   "49408; copy the model's own vocab.json and merges.txt from its original "
+                   f"repository into {tmp_path / 'small'}.\n")
+    default_tokenizer().save_hf(tmp_path / "small")  # another model's vocabulary, too large
+    code, out, err = run(capsys, "export-hf", str(tmp_path / "small"), str(tmp_path / "out2"))
+    assert (code, out) == (2, "")
+    assert err == ("error: The tokenizer has 49408 tokens but the model only 1000 embeddings; "
+                   "pass the model's own tokenizer (for `clip-jax export-hf` of a transformers "
+                   "directory: put the model's own vocab.json and merges.txt in it).\n")

@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from clip_jax.runtime import logs
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
 OUTPUT_FORMATS = ("text", "json", "csv")
@@ -47,6 +47,61 @@ def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
               "image extension ignored.", file=sys.stderr)
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count flag (`--top`, `--batch-size`, ...): a whole number >= 1,
+    refused when parsing; 0 or a negative count would otherwise print nothing, slice off the
+    last items or fail after the model has loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give a whole number >= 1")
+    return value
+
+
+def positive_ints(text: str) -> str:
+    """argparse type of a comma-separated list of counts (`--shots 1,2,4`), each checked by
+    `positive_int`; the list as the config field takes it."""
+    try:
+        return ",".join(str(positive_int(part.strip())) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give comma-separated whole "
+                                         "numbers >= 1, e.g. '1,2,4,8,16'") from None
+
+
+def alpha_mode(text: str) -> str:
+    """argparse type of `--alpha`: what `preprocess.background_colour` accepts (the one
+    definition of the modes), checked when parsing, since every image would otherwise fail to
+    decode with the same error."""
+    from clip_jax.data.preprocess import ALPHA_DROP, background_colour
+
+    try:
+        background_colour(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: use {ALPHA_DROP!r} (as OpenAI / open_clip) or a colour "
+            "name or hex code such as 'white' or '#808080'") from None
+    return text
+
+
+def read_labels(spec: str, flag: str) -> list[str]:
+    """`zero_shot.read_class_names` of a flag's value, refusing duplicate labels (after
+    stripping) and, in a comma-separated list, empty ones ("a,,b"): both would score a label
+    twice or hide a typo, and the probabilities would split between identical prompts."""
+    from clip_jax.evaluation import zero_shot
+
+    if not os.path.isfile(spec) and any(not name.strip() for name in spec.split(",")):
+        raise ConfigError(f"{flag} {spec!r} has an empty label; remove the extra comma.")
+    labels = zero_shot.read_class_names(spec)
+    duplicates = sorted({name for name in labels if labels.count(name) > 1})
+    if duplicates:
+        where = f"file {spec!r}" if os.path.isfile(spec) else repr(spec)
+        raise ConfigError(f"{flag} {where} repeats the label(s) {duplicates}; give each label "
+                          "once.")
+    return labels
+
+
 def zero_shot_command(args: argparse.Namespace) -> int:
     import csv
 
@@ -55,12 +110,13 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     from clip_jax.evaluation import templates
     from clip_jax.evaluation import zero_shot
 
-    labels = zero_shot.read_class_names(args.labels)
+    labels = read_labels(args.labels, "--labels")
+    prompts = templates.get_templates(args.templates)
     paths, ignored = image_folder.find_images(args.images, args.recursive)
     module, variables = load(args.model)
     classifier = zero_shot.ZeroShotClassifier(module, variables,
                                               exif_transpose=args.exif_transpose, alpha=args.alpha)
-    label_embeddings = classifier.embed_labels(labels, templates.get_templates(args.templates))
+    label_embeddings = classifier.embed_labels(labels, prompts)
     top = min(args.top, len(labels))
     writer = csv.writer(sys.stdout, lineterminator="\n") if args.output == "csv" else None
     if writer:
@@ -112,6 +168,8 @@ def search_command(args: argparse.Namespace) -> int:
 
     if (args.query is None) == (args.image is None):
         raise ConfigError("Give either a text query or --image QUERY_IMAGE (not both).")
+    if args.image is not None and not os.path.isfile(args.image):
+        raise MissingFileError(f"No query image at {args.image!r}; check --image.")
     index = image_index.ImageIndex.load(args.index)
     model = args.model or index.meta.get("model")
     if not model:
@@ -190,6 +248,7 @@ def eval_command(args: argparse.Namespace) -> int:
         config.eval.evaluators = args.evaluators
     if args.batch_size:
         config.eval.batch_size = args.batch_size
+    evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
     module, variables = load(args.path)
     module = CLIP(module.config.replace(dtype=config.model.dtype))
     metrics, evaluation = evaluate.evaluate_model(config, module, variables)
@@ -266,18 +325,19 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
     z.add_argument("--templates", default="simple",
                    help="prompt template set (simple, default, synthetic_shapes) or a file "
                         "with one template per line (default: 'a photo of a {}.')")
-    z.add_argument("--top", type=int, default=3, help="labels shown per image (default 3)")
+    z.add_argument("--top", type=positive_int, default=3,
+                   help="labels shown per image (default 3)")
     z.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
                    help="turn photos upright by their EXIF orientation (default: on)")
-    z.add_argument("--alpha", default="drop",
+    z.add_argument("--alpha", default="drop", type=alpha_mode,
                    help="transparency: 'drop' (default, as OpenAI / open_clip) or a background "
                         "colour to composite onto, e.g. 'white' or '#808080'")
     z.add_argument("--recursive", action="store_true", help="also search subfolders")
     z.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv (every label's "
                         "probability)")
-    z.add_argument("--batch-size", type=int, default=64, help="images decoded and embedded "
-                   "at once (default 64)")
+    z.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images decoded and embedded at once (default 64)")
     z.add_argument("images", nargs="+", help="image files and/or folders of images")
 
 
@@ -287,16 +347,17 @@ def _index_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("--output", required=True, help="index file to write (.npz)")
     i.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="search subfolders (default: yes)")
-    i.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    i.add_argument("--save-every", type=int, default=4096, help="save progress every N "
-                   "embedded images, so an interrupted run resumes there (default 4096)")
+    i.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per batch (default 64)")
+    i.add_argument("--save-every", type=positive_int, default=4096, help="save progress every "
+                   "N embedded images, so an interrupted run resumes there (default 4096)")
 
 
 def _search_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("index", help="index file written by `clip-jax index`")
     q.add_argument("query", nargs="?", help="text query, e.g. \"a red car\"")
     q.add_argument("--image", help="query image file instead of a text")
-    q.add_argument("--top", type=int, default=10, help="matches shown (default 10)")
+    q.add_argument("--top", type=positive_int, default=10, help="matches shown (default 10)")
     q.add_argument("--model", help="model to embed the query (default: the index's own)")
     q.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv")
@@ -312,7 +373,8 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
                    "the data)")
     e.add_argument("--evaluators", help="comma-separated subset of zero_shot,retrieval,"
                    "linear_probe,few_shot,robustness (default: the config's)")
-    e.add_argument("--batch-size", type=int, help="images per batch (default: the config's)")
+    e.add_argument("--batch-size", type=positive_int,
+                   help="images per batch (default: the config's)")
     e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
                    "TensorBoard, the results to DIR/results.json and results.csv, and plots")
     eval_cli.add_arguments(e)

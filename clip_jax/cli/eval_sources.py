@@ -26,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax.cli import positive_int, positive_ints, read_labels
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS
 from clip_jax.errors import ConfigError
 
@@ -57,15 +58,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class names file or comma-separated list (default: the source's)")
     parser.add_argument("--compare-prompts", action="store_true",
                         help="zero-shot also with the bare class name and one template")
-    parser.add_argument("--shots", default="1,2,4,8,16", help="few-shot k values")
-    parser.add_argument("--seeds", type=int, default=3, help="few-shot draws per k")
+    parser.add_argument("--shots", default="1,2,4,8,16", type=positive_ints,
+                        help="few-shot k values")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="few-shot draws per k")
     parser.add_argument("--shifts", default="greyscale,blur,noise,jpeg,sketch,occlusion",
+                        type=shift_names,
                         help="synthetic shifts for --robustness (or 'all', or '')")
     parser.add_argument("--shifted", default="",
                         help="comma-separated shifted datasets for --robustness "
                              "(imagenet_v2, imagenet_r@test, folders)")
     parser.add_argument("--baseline", default="linear_probe",
                         help="robustness baseline: linear_probe, IN:SHIFTED pairs, or ''")
+
+
+def shift_names(text: str) -> str:
+    """argparse type of `--shifts`: names `clip_jax.data.shifts.parse` accepts, checked when
+    parsing instead of after the model has loaded."""
+    from clip_jax.data import shifts
+
+    try:
+        shifts.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def task_name(source: str) -> str:
@@ -98,7 +113,15 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
     if not has_sources(args):
         return
     from clip_jax.evaluation import evaluate
+    from clip_jax.evaluation import templates
 
+    if args.templates:  # else read once the data are built, after the model has loaded
+        try:
+            templates.get_templates(args.templates)
+        except ConfigError as error:
+            raise ConfigError(f"--templates: {error}") from None
+    if args.class_names:
+        read_labels(args.class_names, "--class-names")
     ev = config.eval
     prompts = dict(templates=args.templates, class_names=args.class_names)
     enabled = []

@@ -129,7 +129,9 @@ def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: Path
     tokenizer = tokenizer or default_tokenizer()
     if tokenizer.vocab_size > config.text.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                          f"{config.text.vocab_size} embeddings; pass the model's own tokenizer.")
+                          f"{config.text.vocab_size} embeddings; pass the model's own tokenizer "
+                          "(for `clip-jax export-hf` of a transformers directory: put the "
+                          "model's own vocab.json and merges.txt in it).")
     host = host_variables(variables)
     output_dir = Path(output_dir)
     if jax.process_index() != 0:

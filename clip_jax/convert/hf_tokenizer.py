@@ -15,15 +15,19 @@ keeping EOT last; `transformers.CLIPTokenizer` truncates only when asked (`trunc
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 
+from clip_jax.convert import hf_import
 from clip_jax.convert.host import PathLike, write_json
-from clip_jax.data.tokenizer import HF_EOT_TEXT, HF_SOT_TEXT, Tokenizer
+from clip_jax.data.tokenizer import HF_EOT_TEXT, HF_SOT_TEXT, Tokenizer, default_tokenizer
 from clip_jax.errors import ConfigError, MissingFileError
+
+log = logging.getLogger(__name__)
 
 # HF's CLIP pre-tokenizer regex (transformers' CLIPTokenizer, verbatim).
 _HF_SPLIT = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
@@ -67,17 +71,16 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
 
     Reads `vocab.json` + `merges.txt`, or `tokenizer.json` alone (what transformers 5 saves).
     Tokenise with the model's context length:
-    `load_tokenizer(d)(texts, context_length=module.config.context_length)`. Raises
-    FileNotFoundError (no tokenizer files) or ConfigError (not a CLIP BPE tokenizer).
+    `load_tokenizer(d)(texts, context_length=module.config.context_length)`. A transformers
+    model directory without tokenizer files (`CLIPModel.save_pretrained` writes none) gets
+    `_openai_tokenizer_for`. Raises FileNotFoundError (no tokenizer files, and not such a
+    directory) or ConfigError (not a CLIP BPE tokenizer).
     """
     directory = Path(directory)
     if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
         return Tokenizer.from_hf(directory)
     if not (directory / "tokenizer.json").is_file():
-        raise MissingFileError(
-            f"{directory} has no tokenizer files (vocab.json + merges.txt, or tokenizer.json); "
-            "copy them from the model's original repository, or use "
-            "clip_jax.data.tokenizer.default_tokenizer() if the model uses OpenAI's vocabulary.")
+        return _openai_tokenizer_for(directory)
     model = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8")).get("model", {})
     if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
         raise ConfigError(f"{directory}/tokenizer.json is not a CLIP byte-level BPE tokenizer "
@@ -88,3 +91,28 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
         (Path(tmp) / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
         (Path(tmp) / "merges.txt").write_text("\n".join(merges), encoding="utf-8")
         return Tokenizer.from_hf(tmp)
+
+
+def _openai_tokenizer_for(directory: Path) -> Tokenizer:
+    """OpenAI's tokenizer, with a warning, for a transformers CLIP directory without tokenizer
+    files whose text tower has exactly OpenAI's vocabulary size: the vocabulary of the CLIP
+    checkpoints of that size (OpenAI's, open_clip's LAION models), and the one `get_tokenizer`
+    gives a model that names none. Otherwise MissingFileError, whose fix is copying files (a
+    command-line user has no Python call to make)."""
+    tokenizer = default_tokenizer()
+    vocab_size = None
+    if hf_import.is_hf_directory(directory):  # as read_config resolves it, minus its warnings
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        vocab_size = hf_import._sub_config(raw, "text", hf_import._HF_TEXT_DEFAULTS)["vocab_size"]
+    if vocab_size == tokenizer.vocab_size:
+        log.warning("%s has no tokenizer files; using OpenAI's CLIP vocabulary, which its "
+                    "%d-token embedding table matches (if the model was trained with another "
+                    "vocabulary, copy its vocab.json and merges.txt into %s).", directory,
+                    vocab_size, directory)
+        return tokenizer
+    size = (f" and its vocab_size {vocab_size} is not OpenAI's {tokenizer.vocab_size}"
+            if vocab_size else "")
+    raise MissingFileError(
+        f"{directory} has no tokenizer files (vocab.json + merges.txt, or tokenizer.json){size}; "
+        "copy the model's own vocab.json and merges.txt from its original repository into "
+        f"{directory}.")
