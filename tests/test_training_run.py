@@ -16,6 +16,7 @@ import traceback
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from clip_jax.errors import ConfigError
 from clip_jax.training import train
@@ -330,10 +331,15 @@ def _table(tmp_path):
     """A CSV whose images do not exist, and one whose images do (for the column case)."""
     (tmp_path / "img").mkdir()
     (tmp_path / "missing.csv").write_text("filepath,title\nnope1.png,a cat\nnope2.png,a dog\n")
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "captions.csv").write_text("filepath,title\nimg/0.png,a cat\nimg/1.png,a dog\n")
     return tmp_path
 
 
-TABLE = ["--config.data.dataset=image_text_table", "--config.data.table.name=t"]
+# TFDS reads TFDS_DATA_DIR when imported: the tables are built under the test's own folder.
+TABLE = ["--config.data.dataset=image_text_table", "--config.data.table.name=t",
+         "--config.data.data_dir={tmp}/tfds"]
 # (overrides or other arguments, what the one stderr line must name, what it must not name)
 MISCONFIGURATIONS = [
     (["--config.prng_impl=mt19937"], "config.prng_impl", None),
@@ -391,6 +397,10 @@ MISCONFIGURATIONS = [
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv", "--config.data.label_key=",
       "--config.eval.every_steps=5", "--config.eval.evaluators=zero_shot,retrieval"],
      "config.eval.zero_shot.heldout: classification on image_text_table", None),
+    # The periodic evaluation is set up (its data read) before the train step compiles.
+    ([*TABLE, "--config.data.table.train_path={tmp}/captions.csv",
+      "--config.data.table.validation_path={tmp}/captions.csv", "--config.eval.every_steps=5",
+      "--config.eval.evaluators=zero_shot"], "data.label_key='label' is not a feature", None),
     (["--config.profile_steps=5-3"], "config.profile_steps: '5-3' is not 'first,last'", None),
     (["--config.profile_steps=5,3"], "config.profile_steps: '5,3'", None),
     (["--config.init_from={tmp}/no_run"], "No checkpoint at", None),

@@ -319,8 +319,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # long before compiling: a missing table, column, image or split fails in seconds.
         writer.log("Opening the data source (building it if missing) ...")
         config_checks.check_data_source(config.data, model)
-        write_config(config, workdir)
         setup = train_step.setup(config, model, mesh)
+        # So is the evaluation's data (splits, label and caption features): a bad eval source
+        # costs seconds, before the workdir is written to or anything compiles.
+        if config.eval.every_steps > 0:
+            writer.log("Setting up the periodic evaluation ...")
+        evaluation = evaluate.for_training(config, setup.module, mesh, setup.state_shardings)
+        write_config(config, workdir)
         checkpointer = Checkpointer(workdir, plan.checkpoint_every_steps,
                                     config.checkpoint.keep, config.checkpoint.asynchronous)
         state, position = _restore_or_init(plan, setup, checkpointer, variables, writer.log)
@@ -336,9 +341,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # XLA:CPU deadlock in a collective of the first step after a restore onto another mesh
         # (tests/test_training_recovery.py::test_restore_onto_a_different_mesh, 3 runs of 3).
         compiled, compile_seconds, flops, peak = _compile(config, setup, writer.log)
-        if config.eval.every_steps > 0:
-            writer.log("Setting up the periodic evaluation ...")
-        evaluation = evaluate.for_training(config, setup.module, mesh, setup.state_shardings)
         time_to_first_step = time.time() - launched
         writer.log(f"First step ({start + 1} of {plan.total_steps}) {time_to_first_step:.1f}s "
                    "after launch.")
