@@ -313,6 +313,22 @@ def test_warnings_read_alike_under_every_command():
     assert out.stderr.strip().splitlines() == ["warning: skipped 1 of 2"]
 
 
+def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
+    """`clip-jax ... | head -1`: the command goes on (exit 0) with stdout dropped and says so
+    once; python's own `print` to the closed pipe would raise BrokenPipeError."""
+    code = ("from clip_jax.runtime import logs; logs.setup_console(); import sys\n"
+            "for i in range(200000): print('line', i)\n"
+            "print('done', file=sys.stderr)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "line 0\n"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert err.splitlines() == ["warning: standard output was closed (its reader exited); "
+                                "carrying on without it.", "done"]
+
+
 @pytest.mark.parametrize("argv, flag, problem", [
     (["zero-shot", "--labels", "a,b", "--alpha", "pinkish"], "--alpha",
      "invalid value 'pinkish': use 'drop' (as OpenAI / open_clip) or a colour name or hex code "

@@ -468,6 +468,6 @@ def console() -> int:
 
         return train.console(["clip-jax train", *sys.argv[2:]])
     reexec_with_huge_pages()
-    logs.show_warnings()
+    logs.setup_console()
     return main()
 

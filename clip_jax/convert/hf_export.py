@@ -26,6 +26,8 @@ from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig, canonical_dtype
 
+log = logging.getLogger(__name__)
+
 
 def check_exportable(config: CLIPConfig) -> None:
     """ConfigError if HF's CLIPModel cannot represent the model, saying what to do instead."""
@@ -122,7 +124,7 @@ def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: Path
     check_exportable(config)
     canonical_dtype(dtype, "export dtype")
     if config.logit_bias_init is not None:
-        logging.warning(
+        log.warning(
             "HF CLIPModel has no logit bias: the SigLIP logit_bias is not exported. Embeddings "
             "and the softmax scores of HF pipelines are unaffected (the bias is the same for "
             "every pair); sigmoid probabilities are not reproduced.")

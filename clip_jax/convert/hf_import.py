@@ -95,6 +95,12 @@ def read_config(directory: PathLike) -> CLIPConfig:
         logit_scale_init=float(raw.get("logit_scale_init_value", 2.6592)))
 
 
+def text_vocab_size(raw: Mapping[str, Any]) -> int:
+    """The text tower's vocabulary size of a transformers `config.json` (its parsed dict), as
+    transformers resolves it (49408, OpenAI's, when the file omits it)."""
+    return int(_sub_config(raw, "text", _HF_TEXT_DEFAULTS)["vocab_size"])
+
+
 def _sub_config(raw: Mapping[str, Any], tower: str, defaults: Mapping[str, Any]
                 ) -> dict[str, Any]:
     """A tower's settings as transformers resolves them: a legacy `{tower}_config_dict`, when

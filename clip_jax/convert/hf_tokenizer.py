@@ -103,7 +103,7 @@ def _openai_tokenizer_for(directory: Path) -> Tokenizer:
     vocab_size = None
     if hf_import.is_hf_directory(directory):  # as read_config resolves it, minus its warnings
         raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        vocab_size = hf_import._sub_config(raw, "text", hf_import._HF_TEXT_DEFAULTS)["vocab_size"]
+        vocab_size = hf_import.text_vocab_size(raw)
     if vocab_size == tokenizer.vocab_size:
         log.warning("%s has no tokenizer files; using OpenAI's CLIP vocabulary, which its "
                     "%d-token embedding table matches (if the model was trained with another "
