@@ -8,7 +8,8 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from clip_jax.training.metric_writers import MetricWriter, format_duration, format_value
+from clip_jax.training.metric_writers import (MetricWriter, Progress, format_duration,
+                                              format_value)
 
 
 def _tensorboard(workdir):
@@ -96,6 +97,45 @@ def test_a_terminal_gets_a_bar_that_starts_at_the_resumed_step(tmp_path):
     # 4 steps in 8 s since the first: 5 left take 10 s; tqdm's own rate is not shown.
     assert "45/50" in bars[-1] and "loss=2" in bars[-1] and "eta=10s" in bars[-1], bars[-1]
     assert "step/s" not in shown and "s/step" not in shown
+
+
+def test_the_bar_shows_wall_time_since_it_started_pauses_included(tmp_path):
+    """Time spent evaluating is out of the rate and ETA, not out of the elapsed time: the
+    bar's clock never runs backwards after an evaluation."""
+    import re
+    import time
+
+    out = io.StringIO()
+    writer = MetricWriter(str(tmp_path), 50, stream=out, tty=True)
+    writer.start()
+    writer.progress(1, {"loss": 2.0})
+    with writer.paused():
+        time.sleep(1.2)
+    writer.progress(2, {"loss": 2.0})
+    writer.close()
+    elapsed = re.findall(r"\[(\d\d):(\d\d)", out.getvalue())
+    assert elapsed and int(elapsed[-1][1]) >= 1, out.getvalue()
+
+
+def test_a_terminal_without_a_width_gets_plain_lines():
+    """A pty starts at 0 x 0 (as under `script` with no size): no bar, since it would print
+    nothing; once the terminal has columns, the bar."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    stream = os.fdopen(follower, "w")
+    try:
+        progress = Progress(10, stream)
+        assert stream.isatty() and not progress.tty
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        assert progress.tty
+    finally:
+        stream.close()
+        os.close(leader)
 
 
 def test_nothing_is_written_before_the_first_record(tmp_path):

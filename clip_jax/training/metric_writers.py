@@ -60,7 +60,16 @@ class Progress:
 
     @property
     def tty(self) -> bool:
-        return self._tty if self._tty is not None else self.stream.isatty()
+        """A bar needs a terminal with a width: a pty that reports 0 columns (`script` without
+        a size, some CI runners) gets plain lines, where a bar would show nothing at all."""
+        if self._tty is not None:
+            return self._tty
+        if not self.stream.isatty():
+            return False
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns > 0
+        except (OSError, ValueError):
+            return False
 
     def start(self, step: int) -> None:
         """Training starts (or resumes) at `step`: the clock for rate and ETA starts now."""
@@ -83,8 +92,6 @@ class Progress:
             yield
         finally:
             self._paused += self._clock() - t0
-            if self._bar is not None:
-                self._bar.unpause()
 
     def eta_seconds(self, step: int) -> float | None:
         """Seconds to `total_steps` at this process's mean training rate (None before a step)."""
