@@ -253,6 +253,45 @@ def test_fused_adamw_equals_optax_chain_over_steps():
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_global_norm_equals_numpy_over_layer_stacks_shapes_and_dtypes():
+    """Grouping same-named parameters of different layers changes how, not what, is summed."""
+    from clip_jax.training import optim
+
+    rng = np.random.default_rng(0)
+    tree = {f"blocks_{i}": {"w": rng.standard_normal((3, 4)).astype(np.float32),
+                            "b": rng.standard_normal(4 if i < 2 else 5).astype(np.float32)}
+            for i in range(11)}  # blocks_10's name strips like blocks_1's
+    tree["blocks_3"]["w"] = tree["blocks_3"]["w"].astype(jnp.bfloat16)
+    tree["logit_scale"] = np.float32(2.5)
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+    expected = np.sqrt(sum(np.sum(x ** 2) for x in leaves))
+    got = jax.jit(optim.global_norm)(tree)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert float(optim.global_norm({})) == 0.0
+
+
+def test_global_norm_adds_no_collective_to_an_fsdp_step(monkeypatch):
+    """Stacked layers share sharding: the grouped norm gathers nothing optax's per-leaf one
+    does not (unrolled layers, fsdp x tensor mesh)."""
+    import optax
+
+    from clip_jax.training import optim
+
+    def collectives(norm):
+        monkeypatch.setattr(optim, "global_norm", norm)
+        config = _config()
+        config.model.scan_layers = False
+        s = train_step.setup(config, train_step.model_config(config),
+                             sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+        hlo = train_step.compile_train_step(config, s).as_text()
+        return {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(")
+                for op in ("all-gather", "all-to-all", "collective-permute")}
+
+    grouped = collectives(optim.global_norm)
+    assert collectives(optax.tree.norm) == grouped
+
+
 def _numpy_loss(kind, img, txt, scale, bias):
     """CLIP's symmetric cross-entropy or SigLIP's pairwise sigmoid loss, in float64 numpy."""
     logits = scale * img.astype(np.float64) @ txt.T.astype(np.float64)

@@ -217,7 +217,7 @@ def make_train_step(config: ml_collections.ConfigDict, s: Setup) -> Callable:
         loss, metrics, stats, grads = grad_fn(state.params, state.batch_stats, batch)
         updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
         params = optim.clamp_logit_scale(optax.apply_updates(state.params, updates))
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+        metrics = {**metrics, "loss": loss, "grad_norm": optim.global_norm(grads),
                    "logit_scale": jnp.exp(params["logit_scale"]),
                    "learning_rate": optim.learning_rate_schedule(config)(state.step)}
         return TrainState(state.step + 1, params, opt_state, stats), metrics
