@@ -400,6 +400,16 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),
     (["search", "--image", "QUERY"], "No query image at 'QUERY'; check --image."),
+    # an option no given source reads would be silently ignored
+    (["eval", "--zero-shot", "cifar10", "--shots", "1,2"],
+     "--shots applies to --few-shot, which is not given; add it or drop --shots."),
+    (["eval", "--linear-probe", "cifar10", "cifar10", "--templates", "simple"],
+     "--templates applies to --zero-shot or --few-shot or "
+                                        "--robustness, which is not given; add it or drop "
+                                        "--templates."),
+    (["eval", "--zero-shot", "cifar10", "--caption-column", "text"],
+     "--caption-column applies to --retrieval, which is not given; add it or drop "
+     "--caption-column."),
 ])
 def test_labels_and_prompts_are_checked_before_the_model_loads(argv, message, tmp_path,
                                                                capsys):

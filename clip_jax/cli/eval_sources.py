@@ -107,9 +107,41 @@ def has_sources(args: argparse.Namespace) -> bool:
     return any(getattr(args, flag, None) for flag in SOURCE_FLAGS)
 
 
+# option -> the source flags it shapes (its value is read by no other)
+OPTION_SOURCES = {
+    "image_column": ("retrieval",), "caption_column": ("retrieval",),
+    "templates": ("zero_shot", "few_shot", "robustness"),
+    "compare_prompts": ("zero_shot", "few_shot", "robustness"),
+    "class_names": ("zero_shot", "linear_probe", "few_shot", "robustness"),
+    "shots": ("few_shot",), "seeds": ("few_shot",),
+    "shifts": ("robustness",), "shifted": ("robustness",), "baseline": ("robustness",),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_options_used(args: argparse.Namespace) -> None:
+    """ConfigError for an option given without any source flag it applies to (`--shots`
+    without `--few-shot`, `--templates` with no source at all): it would be silently
+    ignored, and the numbers would not be the ones asked for."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    for option, sources in OPTION_SOURCES.items():
+        if getattr(args, option) == defaults[option]:
+            continue
+        if not any(getattr(args, flag) for flag in sources):
+            needs = " or ".join(_flag(flag) for flag in sources)
+            raise ConfigError(f"{_flag(option)} applies to {needs}, which is not given; add "
+                              f"it or drop {_flag(option)}.")
+
+
 def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
     """Replaces `config.eval`'s tasks and evaluators with the sources given on the command
-    line (unchanged when none is given)."""
+    line (unchanged when none is given); `check_options_used` first."""
+    check_options_used(args)
     if not has_sources(args):
         return
     from clip_jax.evaluation import evaluate
