@@ -215,6 +215,27 @@ def test_config_errors_name_the_field(data_dir, model):
         evaluate.evaluate_model(config, module, variables)
 
 
+@pytest.mark.parametrize("kind, field, value, problem", [
+    ("few_shot", "shots", "1,x", "is not comma-separated whole numbers >= 1"),
+    ("few_shot", "shots", "0,2", "is not comma-separated whole numbers >= 1"),
+    ("few_shot", "shots", "1.5", "is not comma-separated whole numbers >= 1"),
+    ("few_shot", "seeds", 0, "is not comma-separated whole numbers >= 1"),
+    ("few_shot", "l2", "1e-3,big", "is not comma-separated numbers"),
+    ("linear_probe", "l2", "", "is not comma-separated numbers"),
+    ("robustness", "shifts", "greyscale,blurr", "Unknown shift 'blurr'"),
+])
+def test_task_numbers_and_shifts_are_checked_when_declared(tmp_path, kind, field, value, problem):
+    """Declared (no data read, nothing embedded): one ConfigError naming the task's field,
+    where a bad value used to fail after every image was embedded, or pass truncated."""
+    config = small_config(tmp_path, evaluators=kind)
+    task = {"few_shot": evaluate.few_shot_task, "linear_probe": evaluate.linear_probe_task,
+            "robustness": evaluate.robustness_task}[kind]()
+    task[field] = value
+    config.eval[kind] = {"mine": task}
+    with pytest.raises(ConfigError, match=f"^config.eval.{kind}.mine.*{problem}"):
+        evaluate.declare(config)
+
+
 class MeanImage(evaluators.Evaluator):
     """A new evaluator, written as the registry asks: the norm of the mean image embedding."""
 

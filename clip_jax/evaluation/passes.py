@@ -95,8 +95,11 @@ class Passes:
 
     @staticmethod
     def parse_shifts(spec: str) -> list[str]:
-        """Synthetic shift names (`clip_jax.data.shifts`)."""
-        return shifts_lib.parse(spec)
+        """Synthetic shift names (`clip_jax.data.shifts`); ConfigError for an unknown one."""
+        try:
+            return shifts_lib.parse(spec)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def train_test(self, task: ml_collections.ConfigDict) -> tuple[Pass, Pass]:
         """A probe's labelled training pass and labelled test pass (both read with the task's

@@ -41,12 +41,26 @@ def task_config(fields: dict[str, Any], data_fields: Sequence[str],
 
 
 def floats(spec: Any, field: str) -> list[float]:
-    """'1e-4,1e-3' -> [1e-4, 1e-3]; ConfigError naming `config.eval.<field>` when empty."""
-    values = [float(v) for v in str(spec).split(",") if v.strip()]
+    """'1e-4,1e-3' -> [1e-4, 1e-3]; ConfigError naming `config.eval.<field>` when empty or
+    not numbers."""
+    try:
+        values = [float(v) for v in str(spec).split(",") if v.strip()]
+    except ValueError:
+        values = []
     if not values:
-        raise ConfigError(f"config.eval.{field} is empty; give comma-separated values such as "
-                          "'1e-4,1e-3'.")
+        raise ConfigError(f"config.eval.{field}={spec!r} is not comma-separated numbers; give "
+                          "values such as '1e-4,1e-3'.")
     return values
+
+
+def counts(spec: Any, field: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]: whole numbers >= 1, else ConfigError naming `config.eval.<field>`
+    (a 1.5 or a 0 would otherwise be truncated or fail after every image is embedded)."""
+    values = [v.strip() for v in str(spec).split(",") if v.strip()]
+    if not values or not all(v.isdigit() and int(v) >= 1 for v in values):
+        raise ConfigError(f"config.eval.{field}={spec!r} is not comma-separated whole numbers "
+                          ">= 1; give values such as '1,2,4,8,16'.")
+    return [int(v) for v in values]
 
 
 def check_labels(labels: np.ndarray | None, num_classes: int, task: str) -> None:

@@ -9,7 +9,7 @@ import ml_collections
 
 from clip_jax.evaluation import few_shot, linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
-                                                 check_same_classes, floats, task_config)
+                                                 check_same_classes, counts, floats, task_config)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Passes
@@ -40,7 +40,9 @@ class FewShot(Evaluator):
 
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
-        floats(task.l2, f"{self.field}.l2")
+        self.shots = counts(task.shots, f"{self.field}.shots")
+        self.seeds = counts(task.seeds, f"{self.field}.seeds")[0]
+        self.l2 = floats(task.l2, f"{self.field}.l2")
         self.train, test = passes.train_test(task)
         self.classifier = Classifier(name, test, task.templates, task.class_names)
 
@@ -55,8 +57,7 @@ class FewShot(Evaluator):
         results, detail = few_shot.evaluate(
             train.embeddings.images, train.embeddings.labels, c.source.embeddings.images,
             c.source.embeddings.labels, ctx.class_embeddings(c), ctx.scale,
-            shots=[int(k) for k in floats(task.shots, f"{self.field}.shots")],
-            seeds=int(task.seeds), l2_grid=floats(task.l2, f"{self.field}.l2"),
+            shots=self.shots, seeds=self.seeds, l2_grid=self.l2,
             zero_shot_init=bool(task.zero_shot_init), class_names=c.class_names)
         ctx.records.details[self.key] = detail
         ctx.records.where(self.key, c.source, c)
