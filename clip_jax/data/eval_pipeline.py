@@ -118,7 +118,7 @@ def padding_examples(spec: dict[str, tf.TensorSpec], count: int) -> tf.data.Data
     """`count` padding examples shaped like `spec`: zeros (strings empty), `mask` False,
     `index` -1. Built from constants, so padding costs no read or decode whatever the batch
     size (it used to re-read and decode a real example per slot: a 21-image split of large
-    JPEGs took 5 s per pass at batch 32 and 33-40 s at batch 256)."""
+    JPEGs took 5 s per pass at batch 32 and 32-40 s at batch 256)."""
     def blank(name: str, s: tf.TensorSpec) -> tf.Tensor:
         if not s.shape.is_fully_defined():
             raise ValueError(f"eval example field {name!r} has no static shape ({s.shape}).")
