@@ -471,7 +471,12 @@ def test_export_hf_of_a_directory_without_tokenizer_files(tmp_path, capsys, capl
 
     _hf_clip_without_tokenizer(tmp_path / "small", vocab_size=1000)
     capsys.readouterr()  # transformers' progress bars
-    code, out, err = run(capsys, "export-hf", str(tmp_path / "small"), str(tmp_path / "out2"))
+    from clip_jax.pretrained import factory
+
+    with pytest.MonkeyPatch.context() as patch:  # refused before the weights load
+        patch.setattr(factory.loading, "load", lambda *_: pytest.fail("loaded the weights"))
+        code, out, err = run(capsys, "export-hf", str(tmp_path / "small"),
+                             str(tmp_path / "out2"))
     assert (code, out) == (2, "")
     assert err == (f"error: {tmp_path / 'small'} has no tokenizer files (vocab.json + "
                    "merges.txt, or tokenizer.json) and its vocab_size 1000 is not OpenAI's "

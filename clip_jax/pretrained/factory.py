@@ -159,7 +159,8 @@ def export_hf_from(source: str | os.PathLike, output_dir: str | os.PathLike, *,
                    dtype: str = "float32") -> Path:
     """`clip_jax.convert.hf_export.export_hf` of anything `clip_jax.load` reads (workdir, state
     dict file, HF or open_clip directory, released name, Hub id); an HF directory's own tokenizer
-    is carried over. The `clip-jax export-hf` command."""
-    module, variables = loading.load(os.fspath(source))
+    is carried over (read first: a directory without usable tokenizer files fails before the
+    weights load). The `clip-jax export-hf` command."""
     tokenizer = load_tokenizer(source) if hf_import.is_hf_directory(source) else None
+    module, variables = loading.load(os.fspath(source))
     return export_hf(module.config, variables, output_dir, dtype=dtype, tokenizer=tokenizer)
