@@ -400,6 +400,7 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),
     (["search", "--image", "QUERY"], "No query image at 'QUERY'; check --image."),
+    (["index", "QUERY"], "No image file or folder at 'QUERY'."),
     # an option no given source reads would be silently ignored
     (["eval", "--zero-shot", "cifar10", "--shots", "1,2"],
      "--shots applies to --few-shot, which is not given; add it or drop --shots."),
@@ -424,7 +425,8 @@ def test_labels_and_prompts_are_checked_before_the_model_loads(argv, message, tm
     message = message.replace("QUERY", str(tmp_path / "q.jpg"))
     rest = [str(tmp_path / "q.jpg") if a == "QUERY" else a for a in rest]
     positional = {"zero-shot": ["--model", model, str(tmp_path)], "eval": [model],
-                  "search": [str(tmp_path / "index.npz")]}[command]
+                  "search": [str(tmp_path / "index.npz")],
+                  "index": ["--model", model, "--output", str(tmp_path / "o.npz")]}[command]
     code, out, err = run(capsys, command, *positional, *rest)
     assert (code, out, err) == (2, "", f"error: {message}\n")
 

@@ -146,9 +146,11 @@ def zero_shot_command(args: argparse.Namespace) -> int:
 
 def index_command(args: argparse.Namespace) -> int:
     from clip_jax import load
+    from clip_jax.data import image_folder
     from clip_jax.inference import image_index
     from clip_jax.inference.encoder import Encoder
 
+    image_folder.check_inputs(args.images)  # before the model loads
     encoder = Encoder(*load(args.model))
     report = image_index.build_index(args.images, encoder, args.output, recursive=args.recursive,
                                      batch_size=args.batch_size, save_every=args.save_every,

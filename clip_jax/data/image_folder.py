@@ -55,6 +55,7 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[st
     every subfolder too (symlinked folders are not followed, so loops cannot occur). Raises
     FileNotFoundError for a missing input or a folder without images.
     """
+    check_inputs(inputs)
     paths, ignored = [], 0
     for item in inputs:
         if os.path.isdir(item):
@@ -65,11 +66,17 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[st
                                        f"folder {item!r}{deep}.")
             paths += found
             ignored += other
-        elif os.path.isfile(item):
-            paths.append(item)
         else:
-            raise MissingFileError(f"No image file or folder at {item!r}.")
+            paths.append(item)
     return paths, ignored
+
+
+def check_inputs(inputs: Sequence[str]) -> None:
+    """MissingFileError naming the first input that is neither a file nor a folder: the
+    cheap check a command makes before loading a model (`find_images` walks the folders)."""
+    for item in inputs:
+        if not (os.path.isdir(item) or os.path.isfile(item)):
+            raise MissingFileError(f"No image file or folder at {item!r}.")
 
 
 def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
