@@ -26,7 +26,7 @@ from typing import Any
 
 import ml_collections
 
-from clip_jax.cli import positive_int, positive_ints, read_labels
+from clip_jax.cli.arg_types import positive_int, positive_ints, read_labels
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS
 from clip_jax.errors import ConfigError
 

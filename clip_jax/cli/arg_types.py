@@ -1,0 +1,64 @@
+"""The command line's argument types and checks, shared by `clip-jax` and its `eval` source
+flags: each refuses a bad value when parsing (or before a model loads), in one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from clip_jax.errors import ConfigError
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count flag (`--top`, `--batch-size`, ...): a whole number >= 1,
+    refused when parsing; 0 or a negative count would otherwise print nothing, slice off the
+    last items or fail after the model has loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give a whole number >= 1")
+    return value
+
+
+def positive_ints(text: str) -> str:
+    """argparse type of a comma-separated list of counts (`--shots 1,2,4`), each checked by
+    `positive_int`; the list as the config field takes it."""
+    try:
+        return ",".join(str(positive_int(part.strip())) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give comma-separated whole "
+                                         "numbers >= 1, e.g. '1,2,4,8,16'") from None
+
+
+def alpha_mode(text: str) -> str:
+    """argparse type of `--alpha`: what `preprocess.background_colour` accepts (the one
+    definition of the modes), checked when parsing, since every image would otherwise fail to
+    decode with the same error."""
+    from clip_jax.data.preprocess import ALPHA_DROP, background_colour
+
+    try:
+        background_colour(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: use {ALPHA_DROP!r} (as OpenAI / open_clip) or a colour "
+            "name or hex code such as 'white' or '#808080'") from None
+    return text
+
+
+def read_labels(spec: str, flag: str) -> list[str]:
+    """`zero_shot.read_class_names` of a flag's value, refusing duplicate labels (after
+    stripping) and, in a comma-separated list, empty ones ("a,,b"): both would score a label
+    twice or hide a typo, and the probabilities would split between identical prompts."""
+    from clip_jax.evaluation import zero_shot
+
+    if not os.path.isfile(spec) and any(not name.strip() for name in spec.split(",")):
+        raise ConfigError(f"{flag} {spec!r} has an empty label; remove the extra comma.")
+    labels = zero_shot.read_class_names(spec)
+    duplicates = sorted({name for name in labels if labels.count(name) > 1})
+    if duplicates:
+        where = f"file {spec!r}" if os.path.isfile(spec) else repr(spec)
+        raise ConfigError(f"{flag} {where} repeats the label(s) {duplicates}; give each label "
+                          "once.")
+    return labels
