@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 import clip_jax
+from clip_jax.errors import ConfigError
 from clip_jax.training import checkpoints
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.models import create_model
+from training_runs import finish, start_run
 
 STEPS = (1, 2)
 
@@ -211,3 +213,45 @@ def test_checksum_is_independent_of_sharding():
     moved = x.copy()
     moved[[0, 1]] = moved[[1, 0]]
     assert checkpoints.digest({"x": moved})[1] != {"x": expected}
+
+
+def _abstract(variables, step=0):
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                                       sharding=device), _state(variables, step))
+
+
+def test_a_checkpoint_of_another_model_is_refused_and_kept(saved, tmp_path):
+    """A healthy checkpoint of another architecture is a config mistake, not damage: one
+    ConfigError naming what changed, and every checkpoint stays where it is."""
+    workdir = tmp_path / "run"
+    shutil.copytree(saved[0], workdir)
+    module, other = create_model("test-resnet", rng=0)
+    model = {"name": "test-resnet", **module.config.to_dict()}
+    with pytest.raises(ConfigError, match="another model") as error:
+        checkpoints.check_resumable(str(workdir), _abstract(other), model)
+    assert "first params/" in str(error.value) and "vision.layers" in str(error.value)
+    assert "\n" not in str(error.value)
+    checkpointer = Checkpointer(str(workdir), 1, 3, asynchronous=False)
+    with pytest.raises(ConfigError, match="another model"):
+        checkpointer.restore_newest(_abstract(other), print)
+    assert checkpointer.all_steps() == list(STEPS)
+    checkpointer.close()
+    assert not os.path.exists(workdir / checkpoints.CORRUPT_DIR)
+    # The checkpoint's own layout passes; so does a workdir without checkpoints.
+    checkpoints.check_resumable(str(workdir), _abstract(saved[1]), model)
+    checkpoints.check_resumable(str(tmp_path / "new"), _abstract(other), model)
+
+
+@pytest.mark.slow
+def test_resuming_with_another_model_stops_before_touching_the_workdir(saved, tmp_path):
+    """`clip-jax train` on a workdir of another model: exit 2 with that one line, before the
+    data source opens; no config.json, metrics or moved checkpoint left behind."""
+    workdir = tmp_path / "run"
+    shutil.copytree(saved[0], workdir)
+    before = sorted(os.listdir(workdir))
+    code, out = finish(start_run(workdir, str(tmp_path / "tfds"), "--config.model.name=test-resnet"))
+    assert code == 2, out
+    assert "holds checkpoints of another model" in out.strip().splitlines()[-1], out
+    assert "Opening the data source" not in out and "Traceback" not in out
+    assert sorted(os.listdir(workdir)) == before

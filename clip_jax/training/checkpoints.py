@@ -7,7 +7,9 @@ a temporary directory and renames it when complete, so a killed run never leaves
 that `latest_step` would pick up. A checkpoint damaged later (truncated, garbled or missing
 files) fails its restore or its checksums; training and `load` then say so in one line and fall
 back to the newest checkpoint that restores, and training moves the damaged one aside to
-`<workdir>/corrupt_checkpoints/<step>` so the run can save that step again.
+`<workdir>/corrupt_checkpoints/<step>` so the run can save that step again. A healthy checkpoint
+of another model or optimizer (a changed config on resume) is refused in one line instead,
+before the workdir is touched.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from clip_jax.errors import MissingFileError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP
 from clip_jax.models.config import CLIPConfig
 
@@ -207,9 +209,11 @@ class Checkpointer:
         """(step, state, meta) of the newest checkpoint that restores, or None if none does.
 
         Each damaged checkpoint is reported in one line and moved to
-        `<workdir>/corrupt_checkpoints/<step>` (kept for inspection, out of the run's way).
+        `<workdir>/corrupt_checkpoints/<step>` (kept for inspection, out of the run's way); a
+        healthy one of another state layout raises ConfigError (`check_layout`) and stays.
         """
         for step in reversed(self.all_steps()):
+            check_layout(epath.Path(checkpoint_dir(self.workdir)) / str(step), abstract_state)
             try:
                 state, meta = self.restore(step, abstract_state)
             except Exception as error:  # noqa: BLE001 - any failure means: not restorable
@@ -317,6 +321,79 @@ def _quiet_item_metadata_notice() -> None:
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _StepMetadataNotice) for f in logger.filters):
         logger.addFilter(_StepMetadataNotice())
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {_leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(x, "shape")}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def _model_changes(step_dir: epath.Path, model: dict[str, Any]) -> str:
+    """"name 'test-vit' -> 'test-resnet', ..." for the model fields the checkpoint's meta
+    records differently from `model` (a `CLIPConfig.to_dict()`, plus the preset as `name`);
+    '' when unreadable."""
+    try:
+        meta = _read_meta_file(step_dir)
+    except CorruptCheckpointError:
+        return ""
+    name = ((meta.get("config") or {}).get("model") or {}).get("name")
+    saved = _flat({**({"name": name} if name is not None else {}), **meta["model"]})
+    ours = _flat(json.loads(json.dumps(model)))  # as the meta holds it: tuples as lists
+    changed = [f"{k.rstrip('.')} {saved.get(k)!r} -> {ours.get(k)!r}"
+               for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
+    return ", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+
+
+def check_layout(step_dir: epath.Path, abstract_state: Any, model: dict[str, Any] | None = None
+                 ) -> None:
+    """Raises ConfigError when checkpoint `step_dir` holds a state of another layout (other
+    arrays or shapes: another model, `scan_layers`, optimizer) than `abstract_state`.
+
+    Such a checkpoint is healthy, only not this config's: restoring it would fail, and calling
+    it damaged would move a good run aside and start over. An unreadable one passes (restoring
+    reports it). `model` (the run's `CLIPConfig.to_dict()`, with the preset as `name`) adds
+    the changed model fields to the message.
+    """
+    try:
+        saved = _shapes(_state_tree(step_dir))
+    except Exception:  # noqa: BLE001 - unreadable: a damaged checkpoint, restore_newest's case
+        return
+    ours = _shapes(abstract_state)
+    differ = sorted((k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k)),
+                    key=lambda k: (not k.startswith("params/"), k))  # parameters first
+    if not differ:
+        return
+    first = differ[0]
+    shape = lambda tree: "absent" if first not in tree else f"shape {tree[first]}"  # noqa: E731
+    changes = _model_changes(step_dir, model) if model is not None else ""
+    workdir = step_dir.parent.parent
+    raise ConfigError(
+        f"{workdir} holds checkpoints of another model or optimizer state (step {step_dir.name}: "
+        f"{len(differ)} arrays differ; first {first}: {shape(saved)} there, {shape(ours)} in "
+        f"this config{'; model ' + changes if changes else ''}). Resume with the config it was "
+        f"trained with ({workdir / 'config.json'}), or train in a new --workdir "
+        f"(--config.init_from={workdir} starts from its weights).")
+
+
+def check_resumable(workdir: str, abstract_state: Any, model: dict[str, Any]) -> None:
+    """`check_layout` of the newest checkpoint in `workdir` whose state metadata reads (none,
+    or no workdir: nothing to check). Reads metadata only: cheap enough to run before the
+    data source opens and before anything is written to `workdir`."""
+    root = epath.Path(checkpoint_dir(workdir))
+    steps = ocp.utils.checkpoint_steps(root) if root.is_dir() else []
+    for step in sorted(steps, reverse=True):
+        try:
+            _state_tree(root / str(step))
+        except Exception:  # noqa: BLE001 - a damaged one: restore_newest moves it aside
+            continue
+        check_layout(root / str(step), abstract_state, model)
+        return
 
 
 def _state_tree(step_dir: epath.Path) -> dict[str, Any]:

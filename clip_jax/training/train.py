@@ -315,11 +315,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                    f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
                    f"compilation cache: {cache or 'off'}.")
         model, variables = _model_and_weights(config, writer.log)
+        setup = train_step.setup(config, model, mesh)
+        # A workdir's checkpoints must be this config's model and optimizer: a changed
+        # architecture is refused here, before anything in the workdir is touched.
+        checkpoints.check_resumable(workdir, setup.abstract_state,
+                                    {"name": config.model.name, **model.to_dict()})
         # The data source is opened (built if missing) before the workdir is written to and
         # long before compiling: a missing table, column, image or split fails in seconds.
         writer.log("Opening the data source (building it if missing) ...")
         config_checks.check_data_source(config.data, model)
-        setup = train_step.setup(config, model, mesh)
         # So is the evaluation's data (splits, label and caption features): a bad eval source
         # costs seconds, before the workdir is written to or anything compiles.
         if config.eval.every_steps > 0:
