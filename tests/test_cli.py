@@ -351,6 +351,10 @@ def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
      "invalid value '1,2,0': give comma-separated whole numbers >= 1, e.g. '1,2,4,8,16'"),
     (["eval", "--shots", "1.5"], "--shots",
      "invalid value '1.5': give comma-separated whole numbers >= 1, e.g. '1,2,4,8,16'"),
+    (["plan", "--search-seconds", "-5"], "--search-seconds",
+     "invalid value '-5': give seconds >= 0 (0 skips the search)"),
+    (["plan", "--search-seconds", "inf"], "--search-seconds",
+     "invalid value 'inf': give seconds >= 0 (0 skips the search)"),
     (["eval", "--shifts", "blur,blurr"], "--shifts",
      "Unknown shift 'blurr'; use one of greyscale, invert, hue_rotate, blur, noise, jpeg, "
      "sketch, occlusion, downscale_upscale."),
@@ -362,7 +366,8 @@ def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path,
     command, *rest = argv
     model = str(tmp_path / "no_model")
     positional = {"zero-shot": ["--model", model, str(tmp_path)], "search": [],
-                  "index": [str(tmp_path), "--model", model], "eval": [model]}[command]
+                  "index": [str(tmp_path), "--model", model], "eval": [model],
+                  "plan": ["--topology", "v5e-8"]}[command]
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, *positional, *rest])
     err = capsys.readouterr().err

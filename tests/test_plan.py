@@ -6,6 +6,7 @@ published slice shapes.
 """
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +99,34 @@ def test_hlo_stats_counts_loop_trips_and_collectives():
     assert many.collective_counts["all-gather"] == layers
 
 
+def test_hlo_stats_counts_every_collective_of_a_ring():
+    """A `ppermute` ring in a scan and a `psum` after it: the TPU compiler gives all of them
+    channel_id 1, and each still counts (the ring once per trip, in f32 as sent)."""
+    tpu_topology.devices(tpu_topology.parse("v5e-4"))
+    mesh = Mesh(np.asarray(_v5e_2x2()), ("x",))
+    rows, dim, trips = 256, 128, 3
+
+    def ring(a, b):
+        def visit(carry, _):
+            block, acc = carry
+            acc = acc + jnp.sum(a * block)
+            return (jax.lax.ppermute(block, "x", [(i, (i + 1) % 4) for i in range(4)]), acc), None
+
+        start = jax.lax.pcast(jnp.zeros((), jnp.float32), ("x",), to="varying")
+        (_, acc), _ = jax.lax.scan(visit, (b, start), None, length=trips)
+        return jax.lax.psum(acc, "x"), jax.lax.psum(jnp.sum(a, 0), "x")
+
+    fn = jax.shard_map(ring, mesh=mesh, in_specs=(P("x"), P("x")), out_specs=(P(), P()))
+    x = jax.ShapeDtypeStruct((4 * rows, dim), jnp.float32, sharding=NamedSharding(mesh, P("x")))
+    text = jax.jit(fn).lower(x, x).compile().as_text()
+    assert len(set(re.findall(r"channel_id=(\d+)", text))) == 1  # the reuse this is about
+    stats = hlo_stats.analyze(text)
+    assert stats.collective_counts["collective-permute"] == trips
+    assert stats.collective_bytes["collective-permute"] == trips * rows * dim * 4
+    assert stats.collective_counts["all-reduce"] == 1  # both psums, combined into one
+    assert stats.collective_bytes["all-reduce"] == 4 + dim * 4
+
+
 @pytest.mark.slow
 def test_tiny_plan_matches_xla_and_exits_0(capsys):
     code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json"])
@@ -173,3 +202,13 @@ def test_model_flops_of_a_pallas_config_are_counted_with_einsum_attention():
     pallas = plan_lib._model_flops(config, train_step.model_config(config))
     config.model.attention = "xla"
     assert pallas == plan_lib._model_flops(config, model) > 0
+
+
+def test_a_plan_without_collectives_says_none():
+    """One chip: the report says "none" rather than ending the line empty."""
+    p = plan_lib.Plan("v6e-1", "v6e", 1, 1, {"data": 1, "fsdp": 1, "tensor": 1}, 8, 1, "none",
+                      "softmax", True, 32 * 2**30, 1.0,
+                      collective_bytes_per_chip={"all-reduce": 0.0},
+                      collective_counts={"all-reduce": 0})
+    line = [x for x in plan_lib.format_plan(p).splitlines() if "collectives" in x]
+    assert line == ["  collectives per chip per step: none"]

@@ -31,7 +31,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from clip_jax.cli.arg_types import alpha_mode, positive_int, read_labels
+from clip_jax.cli.arg_types import alpha_mode, positive_int, read_labels, seconds
 from clip_jax.runtime import logs
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
@@ -349,7 +349,7 @@ def _plan_arguments(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("--topology", required=True, help="Cloud TPU accelerator type: v5e-256, "
                     "v5litepod-64, v4-64, v5p-512, v6e-256, 2xv5e-256 (multi-slice)")
     pl.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    pl.add_argument("--search-seconds", type=float, default=900.0,
+    pl.add_argument("--search-seconds", type=seconds, default=900.0,
                     help="when it does not fit: compile time allowed for alternatives (remat, "
                          "fsdp, microbatches); 0 to skip (default 900)")
 

@@ -22,6 +22,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type of a time budget (`--search-seconds`): a finite number >= 0, refused when
+    parsing (a negative budget would silently mean 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give seconds >= 0 "
+                                         "(0 skips the search)")
+    return value
+
+
 def positive_ints(text: str) -> str:
     """argparse type of a comma-separated list of counts (`--shots 1,2,4`), each checked by
     `positive_int`; the list as the config field takes it."""

@@ -18,8 +18,8 @@ often it runs per step (a loop body by its trip count, read from the loop condit
   an upper bound);
 - collectives by kind: the bytes each chip sends or receives, taken as the result size for
   all-gather and the operand size for reduce-scatter, all-reduce, all-to-all and
-  collective-permute. TPU splits one asynchronous collective into start / update / done
-  fusions that each hold a copy of it; copies sharing a `channel_id` count once.
+  collective-permute. Every collective instruction counts, times its computation's runs; the
+  copies of one asynchronous collective in its start / update / done fusions count once.
 
 All numbers are per device (an SPMD program is the program of one device).
 """
@@ -265,12 +265,25 @@ def _instruction_bytes(inst: Instruction, shapes: dict[str, str],
     return out + sum(operand_bytes)
 
 
+def _collective_key(computation: str, inst: Instruction, in_fusion: bool) -> tuple[str, ...]:
+    """What makes a collective one transfer. Outside fusions every instruction is its own
+    (the TPU compiler reuses `channel_id`s: in a CLIP step every collective had channel 1).
+    Inside fusion bodies, the copies an asynchronous collective leaves in its start / update /
+    done fusions are one: same kind, channel, shape and device groups."""
+    if not in_fusion:
+        return (computation, inst.name)
+    groups = re.search(r"(?:replica_groups|source_target_pairs)=(\{[^=]*\})", inst.attrs)
+    channel = re.search(r"channel_id=(\d+)", inst.attrs)
+    return ("fused", inst.opcode.removesuffix("-start"), channel.group(1) if channel else "",
+            inst.shape, groups.group(1) if groups else "")
+
+
 def analyze(text: str) -> HloStats:
     """FLOPs, bytes accessed and collectives of one execution of a compiled module's text."""
     computations, entry = parse_module(text)
     weight, fused = _multiplicities(computations, entry, _constant_values(text))
     flops = bytes_accessed = 0.0
-    channels: dict[str, tuple[str, float, float]] = {}  # channel -> (kind, times, bytes)
+    channels: dict[tuple[str, ...], tuple[str, float, float]] = {}  # -> (kind, times, bytes)
     for name, instructions in computations.items():
         times = weight.get(name, 0.0)
         if not times:
@@ -286,8 +299,7 @@ def analyze(text: str) -> HloStats:
                 if kind == "all-gather" and inst.opcode.endswith("-start"):
                     size = shape_bytes(inst.shape) - sum(shape_bytes(shapes.get(o, ""))
                                                          for o in inst.operands)
-                channel = re.search(r"channel_id=(\d+)", inst.attrs)
-                key = channel.group(1) if channel else f"{name}/{inst.name}"
+                key = _collective_key(name, inst, name in fused)
                 seen = channels.get(key, (kind, 0.0, 0.0))
                 channels[key] = (kind, max(seen[1], times), max(seen[2], times * size))
             if name not in fused and inst.opcode not in _FREE:

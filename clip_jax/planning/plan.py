@@ -259,9 +259,10 @@ def format_plan(p: Plan) -> str:
         f"  FLOPs per step: model {p.model_flops:.3e} (unrolled, as MFU counts), compiled "
         f"{p.compiled_flops:.3e} (matmuls, remat included); HBM bytes accessed per chip "
         f"{p.bytes_accessed_per_chip / 1e9:.1f} GB",
-        "  collectives per chip per step: " + ", ".join(
+        "  collectives per chip per step: " + (", ".join(
             f"{k} {v / 2**20:,.1f} MiB (x{p.collective_counts[k]})"
-            for k, v in p.collective_bytes_per_chip.items() if p.collective_counts[k]),
+            for k, v in p.collective_bytes_per_chip.items() if p.collective_counts[k])
+            or "none"),
         f"  roofline: compute {p.compute_seconds * 1e3:,.1f} ms, HBM {p.memory_seconds * 1e3:,.1f}"
         f" ms -> step >= {p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
         f"MFU <= {p.mfu_ceiling:.1%}",
