@@ -162,3 +162,27 @@ def test_single_pair_baseline_keeps_the_logit_drop():
         0.7 - special.expit(special.logit(0.9) + drop))
     with pytest.raises(ValueError, match="is not 'IN:SHIFTED'"):
         robustness.parse_pairs("0.7-0.5")
+
+
+def test_a_saturated_probe_baseline_gives_no_effective_robustness(caplog):
+    """Separable classes: the probe (like scikit-learn's) scores 1.0 in distribution, whose
+    logit is infinite; the set gets a warning naming the accuracies and no effective
+    robustness, while a set with an informative baseline keeps its value."""
+    from clip_jax.evaluation import linear_probe
+    from clip_jax.evaluation.evaluators import robustness as evaluator
+
+    x, y = blobs(30, spread=0.05)
+    probe = linear_probe.linear_probe(x[::2], y[::2], x[1::2], y[1::2], num_classes=4)
+    assert probe["accuracy"] == LogisticRegression().fit(x[::2], y[::2]).score(x[1::2], y[1::2])
+    assert probe["accuracy"] == 1.0
+    baseline = {"greyscale": [(probe["accuracy"], 0.9)], "blur": [(0.8, 0.6)]}
+    with caplog.at_level("WARNING"):
+        lines = evaluator.baseline_lines(baseline, "robustness/mine")
+    warned = [r.getMessage() for r in caplog.records if "saturated" in r.getMessage()]
+    assert len(warned) == 1 and "greyscale 1.000 -> 0.900" in warned[0], warned
+    assert "blur" not in warned[0]
+    metrics = robustness.metrics(0.5, {"greyscale": 0.4, "blur": 0.3}, lines)
+    assert "greyscale_effective_robustness" not in metrics
+    assert metrics["greyscale_drop"] == pytest.approx(0.1)
+    assert metrics["blur_effective_robustness"] == pytest.approx(
+        0.3 - special.expit(special.logit(0.5) + special.logit(0.6) - special.logit(0.8)))

@@ -38,6 +38,13 @@ def fit_baseline(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
+def saturated(pairs: Sequence[tuple[float, float]]) -> bool:
+    """True when a baseline accuracy is 0 or 1 (a probe that classifies every reference image
+    right): its logit is infinite, the clipped value puts the line anywhere, and the effective
+    robustness it gives is an artefact of the clip (`_EPS`), not a measurement."""
+    return any(not 0 < v < 1 for pair in pairs for v in pair)
+
+
 def predicted(line: tuple[float, float], in_dist: float | np.ndarray) -> np.ndarray:
     """The baseline's shifted accuracy at `in_dist` accuracy."""
     return 1 / (1 + np.exp(-(line[0] * logit(in_dist) + line[1])))

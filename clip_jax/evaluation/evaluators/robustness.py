@@ -3,6 +3,7 @@ classes, the drop and the effective robustness (`clip_jax.evaluation.robustness`
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluat
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Pass, Passes
+
+log = logging.getLogger(__name__)
 
 # TFDS datasets labelled in ImageNet's 1000 classes that hold only 200 of them: scored among
 # the classes present, as their authors evaluate them (Hendrycks et al.).
@@ -86,8 +89,12 @@ class Robustness(Evaluator):
         reference = accuracy.pop("reference")
         baseline = (probe_pairs(self.train, c.source, self.shifted) if self.train is not None
                     else baseline_pairs(self.task.baseline, list(self.shifted), c.name))
-        lines = {n: robustness.fit_baseline(pairs) for n, pairs in baseline.items()}
+        lines = baseline_lines(baseline, self.key)
         results = robustness.metrics(reference, accuracy, lines)
+        if self.train is not None and baseline:  # the probe's own accuracies, shown beside ours
+            results["linear_probe_reference_top1"] = next(iter(baseline.values()))[0][0]
+            results.update({f"{n}_linear_probe_top1": pairs[0][1]
+                            for n, pairs in baseline.items()})
         ctx.records.details[self.key] = {"reference": reference, "shifted": accuracy,
                                          "lines": lines, "baseline_points": baseline}
         ctx.records.where(self.key, c.source, c)
@@ -133,6 +140,22 @@ def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
                                         num_classes=len(train.class_names), l2_grid=[ref["l2"]])
         pairs[name] = [(ref["accuracy"], out["accuracy"])]
     return pairs
+
+
+def baseline_lines(baseline: Mapping[str, list[tuple[float, float]]], task: str
+                   ) -> dict[str, tuple[float, float]]:
+    """Per shifted set, the baseline line (`robustness.fit_baseline`); sets whose baseline is
+    saturated (an accuracy of 0 or 1) get none, so no effective robustness, and one warning
+    names them with the accuracies."""
+    stuck = {n: pairs for n, pairs in baseline.items() if robustness.saturated(pairs)}
+    if stuck:
+        shown = "; ".join(f"{n} " + ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in pairs)
+                          for n, pairs in stuck.items())
+        log.warning("%s: the baseline is saturated (in-distribution -> shifted top-1: %s): "
+                    "effective robustness needs baseline accuracies strictly between 0 and 1, "
+                    "so it is left out there (the drop is reported); use a harder reference "
+                    "set, or give baseline pairs.", task, shown)
+    return {n: robustness.fit_baseline(pairs) for n, pairs in baseline.items() if n not in stuck}
 
 
 def baseline_pairs(spec: str, names: Sequence[str], task: str
