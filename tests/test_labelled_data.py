@@ -340,3 +340,31 @@ def test_jpegs_called_complete_are_the_ones_tensorflow_decodes(progressive):
     assert not any(labelled_data.jpeg_is_complete(data[:cut]) for cut in cuts)
     assert not tf_decodes(data[:len(data) * 2 // 3])
     assert not labelled_data.jpeg_is_complete(b"\x89PNG\r\n\x1a\n")
+
+
+def test_class_indices_written_as_floats_read_as_indices(folder, tmp_path):
+    """pandas writes an integer column that had a missing value as floats ("2.0"): read as
+    the indices pandas holds; an index past the names is the index error, and a column that
+    mixes indices with names says so."""
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    frame = pd.DataFrame({"filepath": rel, "label": src.labels.astype(float)})
+    frame.loc[len(frame)] = ["missing.jpg", np.nan]
+    frame.to_csv(tmp_path / "floats.csv", index=False)
+    frame = pd.read_csv(tmp_path / "floats.csv").dropna()
+    assert frame["label"].dtype == np.float64
+    frame.to_csv(tmp_path / "floats.csv", index=False)
+    got = labelled_data.read(str(tmp_path / "floats.csv"), class_names=CLASSES)
+    np.testing.assert_array_equal(got.labels, frame["label"].astype(int))
+    frame.loc[frame.index[1], "label"] = 7.0
+    frame.to_csv(tmp_path / "past.csv", index=False)
+    with pytest.raises(ConfigError, match=r"past.csv has class indices up to 7 \(8 classes, "
+                                          r"line 3\) but 3 class names"):
+        labelled_data.read(str(tmp_path / "past.csv"), class_names=CLASSES)
+    frame["label"] = frame["label"].astype(object)
+    frame.loc[frame.index[2], "label"] = CLASSES[0]
+    frame.to_csv(tmp_path / "mixed.csv", index=False)
+    with pytest.raises(ConfigError, match=rf"mixed.csv line 2: label '{frame['label'].iloc[0]}' "
+                                          r"is not one of the 3 class names given; the column "
+                                          r"mixes class indices with names \(line 4: "):
+        labelled_data.read(str(tmp_path / "mixed.csv"), class_names=CLASSES)

@@ -240,17 +240,21 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
             class_names = read_lines(beside)
-    indexed = all(_is_int(y) for y in raw)
+    indices = [_index(y) for y in raw]
+    indexed = None not in indices
     if indexed:
-        labels = np.asarray([int(y) for y in raw], np.int64)
+        labels = np.asarray(indices, np.int64)
         names = index_class_names(path, labels, class_names)
     else:
         names = list(class_names) if class_names is not None else sorted(set(raw))
         index = {name: k for k, name in enumerate(names)}
         unknown = [i for i, y in enumerate(raw) if y not in index]
         if unknown:
-            raise ConfigError(f"{path} line {unknown[0] + 2}: label {raw[unknown[0]]!r} is not "
-                              f"one of the {len(names)} class names given.")
+            i, word = unknown[0], indices.index(None)
+            mixed = (f"; the column mixes class indices with names (line {word + 2}: "
+                     f"{raw[word]!r}): use one kind throughout" if indices[i] is not None else "")
+            raise ConfigError(f"{path} line {i + 2}: label {raw[i]!r} is not one of the "
+                              f"{len(names)} class names given{mixed}.")
         labels = np.asarray([index[y] for y in raw], np.int64)
     root = os.path.dirname(path)
     files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p)
@@ -287,8 +291,14 @@ def index_class_names(path: str, labels: np.ndarray, class_names: Sequence[str] 
     return list(class_names)
 
 
-def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+def _index(text: str) -> int | None:
+    """A label as a class index: "3", "-1", and "3.0" (what pandas writes for an integer
+    column that had a missing value); None for anything else (a class name, "2.5")."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def read_lines(path: str) -> list[str]:
