@@ -258,3 +258,29 @@ def test_on_device_normalisation_is_within_2_ulp_of_clip_image_processor(mean, s
     ours = np.asarray(jax.jit(lambda x: normalize_images(x, config))(image))
     ulp = np.spacing(np.abs(reference).max().astype(np.float32))
     np.testing.assert_allclose(ours, reference.transpose(1, 2, 0), rtol=0, atol=2 * ulp)
+
+
+def test_centre_crop_offset_rounds_down_where_torchvision_rounds_half_to_even(vit_b16):
+    """No resize (the short side is already 224): the crop alone. transformers' offset is
+    ours for every margin; torchvision's CenterCrop (OpenAI, open_clip) starts one pixel
+    further exactly when the margin is 3 mod 4, as the module docstring says."""
+    import torch
+    from torchvision.transforms import functional as tvf
+
+    from clip_jax.data.preprocess import resize_and_center_crop
+
+    for margin in range(12):
+        for shape in ((224, 224 + margin), (224 + margin, 224)):
+            image = photo(*shape, margin)
+            ours = resize_and_center_crop(image, 224)
+            hf = reference(vit_b16, [image])[0] * np.asarray(vit_b16.image_std) + np.asarray(
+                vit_b16.image_mean)
+            np.testing.assert_allclose(ours / 255, hf, atol=1e-5)
+            tv = tvf.center_crop(torch.from_numpy(image).permute(2, 0, 1), [224, 224])
+            tv = tv.permute(1, 2, 0).numpy()
+            shift = int(margin % 4 == 3)
+            axis = 1 if shape[1] > 224 else 0
+            start = margin // 2 + shift
+            expected = image[:, start:start + 224] if axis else image[start:start + 224]
+            np.testing.assert_array_equal(tv, expected)
+            assert np.array_equal(ours, tv) == (shift == 0), margin

@@ -11,9 +11,14 @@ transformers 5) resizes uint8 images with torch's antialiased uint8 kernel: per-
 the Keys cubic (a = -0.5) computed in float64, quantised to int16 with a per-axis precision,
 integer accumulation, a horizontal pass rounded to uint8, then a vertical pass. This module
 reproduces that kernel exactly in integer arithmetic, so the outputs match to float32
-rounding. `clip_jax.data.tf_preprocess` runs the same arithmetic inside tf.data. OpenAI's original
-pipeline (torchvision on PIL images, i.e. Pillow's resampler) differs from it by at most one
-uint8 level (0.0152 after normalisation) on about 0.4 % of the values.
+rounding. `clip_jax.data.tf_preprocess` runs the same arithmetic inside tf.data.
+
+OpenAI's original pipeline and open_clip's (torchvision on PIL images) differ in two ways.
+Pillow's resampler is off by one uint8 level (0.0152 after normalisation) on about 0.4 % of
+the values. And torchvision's `CenterCrop` rounds the crop offset half to even where
+transformers (and we) round down: when the long side exceeds the crop by m pixels with
+m % 4 == 3 (about a quarter of the sizes of arbitrary photos), their crop starts one pixel
+further along it, so their whole image is shifted by one pixel against ours.
 """
 
 from __future__ import annotations
