@@ -56,6 +56,7 @@ from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import normalization_constants, to_rgb_uint8
 
 log = logging.getLogger(__name__)
+_EMPTY_REPORTED: set[str] = set()  # folders whose empty classes were named in a warning
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLIT_FOLDERS = ("test", "validation", "val", "train")
@@ -170,7 +171,8 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
                                f"{folder!r}.")
     present = set(labels)
     empty = [name for k, name in enumerate(classes) if k not in present]
-    if empty:
+    if empty and folder not in _EMPTY_REPORTED:  # once per folder, however many tasks read it
+        _EMPTY_REPORTED.add(folder)
         log.warning("image folder %s: no images in class folder(s) %s; they stay classes "
                     "(labels keep their order), with no accuracy of their own",
                     folder, ", ".join(empty))

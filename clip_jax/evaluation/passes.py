@@ -156,12 +156,16 @@ class Passes:
     def embed(self, embedder: Embedder, variables: Variables) -> None:
         """Embeds every pass; warns with the count when images were left out as unreadable
         (each is named where it was read), so every metric's image count is explained."""
+        said = set()  # the shifted copies of a source read (and leave out) the same files
         for p in self.passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
             left_out = p.iterable.num_examples - len(p.embeddings.images)
+            split = p.shown_split or p.split
             if left_out and not p.reported:  # once per run, not at every periodic eval
                 p.reported = True
-                split = p.shown_split or p.split
+                if (p.description, split, left_out) in said:
+                    continue
+                said.add((p.description, split, left_out))
                 log.warning("%s%s: %d of %d images unreadable, left out of its metrics",
                             p.description, f" ({split})" if split else "", left_out,
                             p.iterable.num_examples)
