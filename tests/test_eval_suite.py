@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 from clip_jax import cli
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import report as eval_report
 from clip_jax.evaluation import evaluate
 from clip_jax.evaluation import few_shot
@@ -369,4 +370,24 @@ def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):
     with pytest.raises(ValueError, match=r"^config.eval.zero_shot.t: classification on "
                                          r"image_text_table \(test\) needs labels but its "
                                          r"label_key is '' .*--evaluators retrieval"):
+        evaluate.evaluate_model(config, module, variables)
+
+
+def test_few_shot_refuses_a_class_without_training_images_before_embedding(
+        folder, model, tmp_path, monkeypatch):
+    """The folder listing already shows the empty class: the error comes before any image is
+    embedded (the embedding step here fails the test if it is reached)."""
+    import shutil
+
+    from clip_jax.evaluation.embedding import Embedder
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder, root)
+    for split in ("train", "test"):
+        (root / split / "purple").mkdir()
+    Image.open(root / "test" / "red" / "0.png").save(root / "test" / "purple" / "0.png")
+    monkeypatch.setattr(Embedder, "embed_split", lambda *a, **k: pytest.fail("embedded"))
+    config = config_for(few_shot=evaluate.few_shot_task(str(root), shots="1", seeds=1))
+    with pytest.raises(ConfigError, match=r"these have none: purple \(0\)"):
         evaluate.evaluate_model(config, module, variables)

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from clip_jax.data import eval_pipeline
 from clip_jax.data import options as data_options
@@ -45,6 +46,9 @@ class Pass:
     class_spec: str = ""
     indexed: bool = False
     reported: bool = False  # its unreadable images have been counted in a warning
+    # The split's labels as listed before any image is read (labelled folders and tables):
+    # what a task can check before the model runs. None where only reading gives them.
+    listed_labels: np.ndarray | None = None
 
     @property
     def class_names(self) -> list[str] | None:
@@ -185,6 +189,7 @@ def _open(p: Pass, model_config: Any, batch: int) -> None:
                                                  prefetch_batches=p.data.prefetch_batches)
         p.description, p.templates = images.description, images.templates
         p.shown_split, p.indexed = images.split, images.indexed
+        p.listed_labels = images.labels
         return
     p.description = p.data.dataset
     p.data.label_key = p.data.label_key if p.labels else ""

@@ -51,6 +51,9 @@ class FewShot(Evaluator):
 
     def check(self) -> None:
         check_same_classes(self.field, self.train, self.classifier.source)
+        if self.train.listed_labels is not None:  # a class short of shots fails before embedding
+            few_shot.check_shots(self.train.listed_labels, self.train.class_names,
+                                 max(self.shots))
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         task, c, train = self.task, self.classifier, self.train
