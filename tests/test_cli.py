@@ -285,6 +285,15 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
     with pytest.raises(ConfigError, match="cannot apply --config.optimizer.lrr=1"):
         entry.load(["clip-jax train", "--config=tiny", "--workdir=w", "--config.optimizer.lrr=1"],
                    flags.FlagValues())
+    # A section given a value: the fix, not the parser's complaint.
+    for override, example in (("--config.model=ViT-B/32", "--config.model.name=ViT-B/32"),
+                              ("--config.optimizer=adam", "--config.optimizer.FIELD=VALUE")):
+        with pytest.raises(ConfigError) as error:
+            entry.load(["clip-jax train", "--config=tiny", "--workdir=w", override],
+                       flags.FlagValues())
+        field = override.split("=")[0]
+        assert str(error.value).startswith(f"{field} is a section of the config, not a value")
+        assert f"e.g. {example} " in str(error.value)
 
 
 def test_eval_without_a_config_uses_the_base_configs_sections(tmp_path):

@@ -19,6 +19,7 @@ Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -133,7 +134,17 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
     try:
         rest = values(list(argv))
     except flags.Error as e:
-        raise ConfigError(" ".join(str(e).split())) from None
+        text = " ".join(str(e).split())
+        section = re.search(r"flag --(config\.[\w.]+)=(\S*): Failed to parse .* as a "
+                            r"ConfigDict", text)
+        if section:
+            field, value = section.groups()
+            example = f"--{field}.name={value}" if field == "config.model" else \
+                f"--{field}.FIELD=VALUE"
+            raise ConfigError(f"--{field} is a section of the config, not a value: set its "
+                              f"fields one by one, e.g. {example} (the fields: the config "
+                              "file, clip_jax/configs/base.py for the shared ones).") from None
+        raise ConfigError(text) from None
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         text = str(e)
         if text[:1] in "'\"":  # a KeyError's message comes quoted
