@@ -227,10 +227,11 @@ def test_a_checkpoint_of_another_model_is_refused_and_kept(saved, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(saved[0], workdir)
     module, other = create_model("test-resnet", rng=0)
-    model = {"name": "test-resnet", **module.config.to_dict()}
+    model = checkpoints.layout_settings({"model": {"name": "test-resnet"}},
+                                        module.config.to_dict())
     with pytest.raises(ConfigError, match="another model") as error:
         checkpoints.check_resumable(str(workdir), _abstract(other), model)
-    assert "first params/" in str(error.value) and "vision.layers" in str(error.value)
+    assert "first params/" in str(error.value) and "model.vision.layers" in str(error.value)
     assert "\n" not in str(error.value)
     checkpointer = Checkpointer(str(workdir), 1, 3, asynchronous=False)
     with pytest.raises(ConfigError, match="another model"):
@@ -255,3 +256,44 @@ def test_resuming_with_another_model_stops_before_touching_the_workdir(saved, tm
     assert "holds checkpoints of another model" in out.strip().splitlines()[-1], out
     assert "Opening the data source" not in out and "Traceback" not in out
     assert sorted(os.listdir(workdir)) == before
+
+
+def test_locking_a_tower_on_resume_restores_and_unlocking_is_refused(tmp_path):
+    """LiT after a first phase: the locked tower needs no optimizer moments, so the unlocked
+    run's checkpoint restores (its extra moments left on disk), exactly. The other way the
+    moments were never saved: one ConfigError naming lock_image, nothing moved."""
+    from clip_jax.configs import tiny
+    from clip_jax.runtime import sharding
+    from clip_jax.training import train_step
+
+    def setup(lock):
+        config = tiny.get_config()
+        config.lock_image = lock
+        model = train_step.model_config(config)
+        mesh = sharding.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+        s = train_step.setup(config, model, mesh)
+        return s, checkpoints.layout_settings(config.to_dict(), model.to_dict()), config
+
+    for saved_lock, resumed_lock in ((False, True), (True, False)):
+        workdir = str(tmp_path / f"{saved_lock}")
+        s, settings, config = setup(saved_lock)
+        state = s.init_state(jax.random.key(0))
+        checkpointer = Checkpointer(workdir, 1, 2, asynchronous=False)
+        checkpointer.save(3, state, {"step": 3, "model": s.module.config.to_dict(),
+                                     "data_position": 3, "batch_size": config.batch_size,
+                                     "config": config.to_dict()}, force=True)
+        checkpointer.close()
+        s2, settings2, _ = setup(resumed_lock)
+        checkpointer = Checkpointer(workdir, 1, 2, asynchronous=False)
+        if resumed_lock:
+            checkpoints.check_resumable(workdir, s2.abstract_state, settings2)
+            step, restored, _ = checkpointer.restore_newest(s2.abstract_state, print)
+            assert step == 3
+            _assert_equal(restored.params, jax.device_get(state.params))
+        else:
+            with pytest.raises(ConfigError, match="lock_image True -> False"):
+                checkpoints.check_resumable(workdir, s2.abstract_state, settings2)
+            with pytest.raises(ConfigError, match="another model or optimizer state"):
+                checkpointer.restore_newest(s2.abstract_state, print)
+            assert checkpointer.all_steps() == [3]
+        checkpointer.close()

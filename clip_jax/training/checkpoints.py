@@ -330,58 +330,71 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, dict):
-        return {prefix: tree}
+        return {prefix.rstrip("."): tree}
     return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
 
 
-def _model_changes(step_dir: epath.Path, model: dict[str, Any]) -> str:
-    """"name 'test-vit' -> 'test-resnet', ..." for the model fields the checkpoint's meta
-    records differently from `model` (a `CLIPConfig.to_dict()`, plus the preset as `name`);
-    '' when unreadable."""
+# Training-config fields that decide the state's layout besides the model (a locked tower has
+# no optimizer moments), shown with the model's fields when a checkpoint does not fit.
+LAYOUT_FIELDS = ("model.name", "lock_image", "lock_text")
+
+
+def layout_settings(config: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """{"model.name": ..., "lock_image": ..., "model.vision.layers": ..., ...}: the settings a
+    state layout follows, from a training config and a `CLIPConfig` as dicts (a run's, or a
+    checkpoint meta's `config` and `model`), JSON-normalised (tuples as lists)."""
+    flat = _flat(json.loads(json.dumps(config, default=str)))
+    return {**{f: flat.get(f) for f in LAYOUT_FIELDS},
+            **_flat(json.loads(json.dumps(model, default=str)), "model.")}
+
+
+def _changes(step_dir: epath.Path, ours: dict[str, Any]) -> str:
+    """"model.name 'test-vit' -> 'test-resnet', lock_text False -> True, ..." for the
+    `layout_settings` the checkpoint's meta records otherwise; '' when it is unreadable."""
     try:
         meta = _read_meta_file(step_dir)
     except CorruptCheckpointError:
         return ""
-    name = ((meta.get("config") or {}).get("model") or {}).get("name")
-    saved = _flat({**({"name": name} if name is not None else {}), **meta["model"]})
-    ours = _flat(json.loads(json.dumps(model)))  # as the meta holds it: tuples as lists
-    changed = [f"{k.rstrip('.')} {saved.get(k)!r} -> {ours.get(k)!r}"
-               for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
+    saved = layout_settings(meta.get("config") or {}, meta["model"])
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items()
+               if saved.get(k) != v and not (saved.get(k) is None and k in LAYOUT_FIELDS)]
     return ", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
 
 
-def check_layout(step_dir: epath.Path, abstract_state: Any, model: dict[str, Any] | None = None
-                 ) -> None:
-    """Raises ConfigError when checkpoint `step_dir` holds a state of another layout (other
-    arrays or shapes: another model, `scan_layers`, optimizer) than `abstract_state`.
+def check_layout(step_dir: epath.Path, abstract_state: Any,
+                 settings: dict[str, Any] | None = None) -> None:
+    """Raises ConfigError when checkpoint `step_dir` cannot fill `abstract_state`: one of its
+    arrays is missing there or has another shape (another model, `scan_layers`, a tower
+    unlocked since: its optimizer moments were never saved).
 
     Such a checkpoint is healthy, only not this config's: restoring it would fail, and calling
-    it damaged would move a good run aside and start over. An unreadable one passes (restoring
-    reports it). `model` (the run's `CLIPConfig.to_dict()`, with the preset as `name`) adds
-    the changed model fields to the message.
+    it damaged would move a good run aside and start over. Arrays the checkpoint has beyond
+    the state's are fine (orbax leaves them: a tower locked since needs no moments). An
+    unreadable checkpoint passes (restoring reports it). `settings` (the run's
+    `layout_settings`) add what changed to the message.
     """
     try:
         saved = _shapes(_state_tree(step_dir))
     except Exception:  # noqa: BLE001 - unreadable: a damaged checkpoint, restore_newest's case
         return
     ours = _shapes(abstract_state)
-    differ = sorted((k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k)),
+    differ = sorted((k for k in ours if saved.get(k) != ours[k]),
                     key=lambda k: (not k.startswith("params/"), k))  # parameters first
     if not differ:
         return
     first = differ[0]
     shape = lambda tree: "absent" if first not in tree else f"shape {tree[first]}"  # noqa: E731
-    changes = _model_changes(step_dir, model) if model is not None else ""
+    changes = _changes(step_dir, settings) if settings is not None else ""
     workdir = step_dir.parent.parent
     raise ConfigError(
         f"{workdir} holds checkpoints of another model or optimizer state (step {step_dir.name}: "
-        f"{len(differ)} arrays differ; first {first}: {shape(saved)} there, {shape(ours)} in "
-        f"this config{'; model ' + changes if changes else ''}). Resume with the config it was "
-        f"trained with ({workdir / 'config.json'}), or train in a new --workdir "
-        f"(--config.init_from={workdir} starts from its weights).")
+        f"{len(differ)} arrays missing or reshaped; first {first}: {shape(saved)} there, "
+        f"{shape(ours)} in this config{'; changed: ' + changes if changes else ''}). Resume "
+        f"with the config it was trained with ({workdir / 'config.json'}), or train in a new "
+        f"--workdir (--config.init_from={workdir} starts from its weights).")
 
 
-def check_resumable(workdir: str, abstract_state: Any, model: dict[str, Any]) -> None:
+def check_resumable(workdir: str, abstract_state: Any, settings: dict[str, Any]) -> None:
     """`check_layout` of the newest checkpoint in `workdir` whose state metadata reads (none,
     or no workdir: nothing to check). Reads metadata only: cheap enough to run before the
     data source opens and before anything is written to `workdir`."""
@@ -392,7 +405,7 @@ def check_resumable(workdir: str, abstract_state: Any, model: dict[str, Any]) ->
             _state_tree(root / str(step))
         except Exception:  # noqa: BLE001 - a damaged one: restore_newest moves it aside
             continue
-        check_layout(root / str(step), abstract_state, model)
+        check_layout(root / str(step), abstract_state, settings)
         return
 
 

@@ -318,8 +318,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         setup = train_step.setup(config, model, mesh)
         # A workdir's checkpoints must be this config's model and optimizer: a changed
         # architecture is refused here, before anything in the workdir is touched.
-        checkpoints.check_resumable(workdir, setup.abstract_state,
-                                    {"name": config.model.name, **model.to_dict()})
+        checkpoints.check_resumable(workdir, setup.abstract_state, checkpoints.layout_settings(
+            config.to_dict(), model.to_dict()))
         # The data source is opened (built if missing) before the workdir is written to and
         # long before compiling: a missing table, column, image or split fails in seconds.
         writer.log("Opening the data source (building it if missing) ...")
