@@ -114,9 +114,23 @@ def test_samples_kept_and_bad_ones_reported(built):
     sources = {os.path.basename(s["source"]): s["records_read"] for s in train["bad_sources"]}
     assert sources == {"00002.tar": 2, "00003.tar": 0, "00004.tar": 0, "00005.tar": 2}
     (reason,) = [s["detail"] for s in train["bad_sources"] if s["source"].endswith("00005.tar")]
-    assert "ends between members" in reason
+    assert "no end-of-archive marker" in reason
     assert train["converted_by_kind"] == {"webp_to_jpeg": 1}
     assert report["validation"]["kept"] == 6 and builder.info.splits["validation"].num_examples == 6
+
+
+def test_unreadable_shards_are_in_the_start_warning(built, caplog):
+    """The four shards cut off, damaged or missing hold records no skip count can include:
+    every start says how many there are and where they are listed."""
+    config, _, _, report = built
+    sources._report_skipped.cache_clear()  # once per process and dataset: this start again
+    with caplog.at_level("WARNING", logger="clip_jax.data.sources"):
+        sources.prepare(config)
+    (message,) = [r.getMessage() for r in caplog.records
+                  if "could not be read to the end" in r.getMessage()]
+    first = report["train"]["bad_sources"][0]
+    assert " train: 4 source(s)" in message and "bad_records.json" in message
+    assert f"(first: {first['source']} after {first['records_read']} records" in message
 
 
 def test_images_and_captions_are_stored_faithfully(built, shards):
@@ -164,10 +178,12 @@ def test_pattern_matching_nothing_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("cut, compress", [
     ("after the first sample", False), ("after the last member", False),
-    ("after the first sample", True), ("after a caption, before its sample's json", False)])
+    ("after the first sample", True), ("after a caption, before its sample's json", False),
+    ("inside a header", False), ("inside a header", True), ("a damaged header", False)])
 def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
-    """More cuts of the class: wherever a shard stops at a member boundary (plain or gzip),
-    the samples before the cut are read and the shard is reported with their count."""
+    """More cuts of the class: wherever a shard stops where `tarfile` ends quietly (a member
+    boundary, 100 bytes into a header, plain or gzip; a header block of garbage), the
+    samples before the cut are read and the shard is reported with their count."""
     import gzip
 
     from clip_jax_data.options import CleanOptions
@@ -182,8 +198,11 @@ def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
     end = {"after the first sample": offsets[1] - tarfile.BLOCKSIZE,
            "after the last member": members[-1] + tarfile.BLOCKSIZE + -(-len(
                samples[-1][1]["json"]) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE,
-           "after a caption, before its sample's json": members[5]}[cut]
+           "after a caption, before its sample's json": members[5],
+           "inside a header": members[5] + 100, "a damaged header": len(data)}[cut]
     data = data[:end]
+    if cut == "a damaged header":  # sample 1's first header: garbage, so no valid checksum
+        data = data[:members[3]] + b"A" * tarfile.BLOCKSIZE + data[members[3] + tarfile.BLOCKSIZE:]
     if compress:
         path += ".gz"
         data = gzip.compress(data)
@@ -192,9 +211,10 @@ def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
     report = BuildReport("train", CleanOptions())
     read = list(builder._samples(path, report))
     expected = {"after the first sample": 1, "after the last member": 3,
-                "after a caption, before its sample's json": 2}[cut]
+                "after a caption, before its sample's json": 2, "inside a header": 2,
+                "a damaged header": 1}[cut]
     assert len(read) == expected
-    assert [(s["records_read"], "ends between members" in s["detail"])
+    assert [(s["records_read"], "no end-of-archive marker" in s["detail"])
             for s in report.bad_sources] == [(expected, True)]
     whole = str(tmp_path / "whole.tar")
     write_tar(whole, samples)

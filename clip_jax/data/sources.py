@@ -187,6 +187,12 @@ def _report_skipped(name: str, data_dir: str) -> None:
             log.warning("%s %s: the build skipped %d of %d records (%s); each is listed in %s",
                         name, split, summary["skipped"], summary["total"],
                         ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())), path)
+        bad = summary.get("bad_sources") or []
+        if bad:  # a missing or cut-off shard: its unread records are in no count above
+            first = bad[0]
+            log.warning("%s %s: %d source(s) could not be read to the end (first: %s after %d "
+                        "records: %s); listed under bad_sources in %s", name, split, len(bad),
+                        first["source"], first["records_read"], first["detail"], path)
 
 
 # Our builders' split -> the option its inputs come from, for an unknown split's error.

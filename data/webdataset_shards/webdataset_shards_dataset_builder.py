@@ -154,16 +154,18 @@ def _samples(shard: str, report: records.BuildReport
     """`(position, key, {extension: bytes})` per sample of a shard, streaming.
 
     Members of a sample are consecutive in a webdataset tar. A read error ends the shard: the
-    samples read so far are kept and the error is reported. So does a shard cut off between
-    two members, which `tarfile` ends quietly: a whole tar closes with a zero block (its
-    end-of-archive marker), which the reader has consumed past the last member's end
-    (`tar.offset`) only when the marker was there.
+    samples read so far are kept and the error is reported. So does every stop that `tarfile`
+    takes quietly for the end of the archive: a shard cut off between two members or inside a
+    header, or a header block that is not a header. A whole tar ends with a block of zeros
+    (its end-of-archive marker); `_header_blocks` sees the last block read, so anything else
+    is reported.
     """
     read = 0
     key, files = None, {}
+    headers = _header_blocks()
     try:
-        with tf.io.gfile.GFile(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            ended = False
+        with tf.io.gfile.GFile(shard, "rb") as f, \
+                tarfile.open(fileobj=f, mode="r|*", tarinfo=headers) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -178,14 +180,32 @@ def _samples(shard: str, report: records.BuildReport
                         read += 1
                     key, files = member_key, {}
                 files[ext.lower()] = tar.extractfile(member).read()
-            ended = tar.fileobj.tell() > tar.offset
         if key is not None:
             yield read, key, files
             read += 1
-        if not ended:
-            raise tarfile.ReadError("no end-of-archive marker: the shard ends between members")
+        if headers.last != bytes(tarfile.BLOCKSIZE):
+            raise tarfile.ReadError(
+                "no end-of-archive marker: the shard ends between members or inside a header, "
+                f"or holds a damaged header (last block read: {len(headers.last)} bytes)")
     except (tarfile.TarError, EOFError, OSError, zlib.error, tf.errors.OpError) as error:
         report.bad_source(shard, f"{type(error).__name__}: {error}", read)
+
+
+def _header_blocks() -> type[tarfile.TarInfo]:
+    """A TarInfo class (one per shard read) keeping, as `last`, the last header block the
+    reader took: `tarfile` ends a stream quietly on a zero block (the end-of-archive
+    marker), a short block, an empty read or an invalid header alike, and only this block
+    tells them apart."""
+
+    class HeaderBlocks(tarfile.TarInfo):
+        last = b""
+
+        @classmethod
+        def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+            cls.last = buf
+            return super().frombuf(buf, encoding, errors)
+
+    return HeaderBlocks
 
 
 def _clean_sample(sample: tuple[int, str, dict[str, bytes]], image_exts: list[str],
