@@ -97,6 +97,7 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     understates the peak (and so overstates MFU), so it never lowers the stored value, unless
     the stored one is over `IMPLAUSIBLE_PEAK_RATIO` times the new one (a mistimed run, not
     load). MFU on such a machine means "of the best this machine's XLA matmul has reached".
+    A process's several CPU devices share its cores, so each gets that peak over their count.
     """
     if override:
         return float(override), "config.peak_flops_per_device"
@@ -112,9 +113,14 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     except (OSError, ValueError):
         cached = {}
     how = f"timed {MATMUL_SIZE}x{MATMUL_SIZE} {dtype} matmul"
+    # CPU devices of one process (--xla_force_host_platform_device_count) share its cores:
+    # the matmul, timed on one of them with all the cores, is all of them together.
+    shared = jax.local_device_count(device.platform) if device.platform == "cpu" else 1
+    share = f"; split over this process's {shared} CPU devices" if shared > 1 else ""
     measured = measure_matmul_flops(dtype, device)
     if measured <= cached.get(key, 0.0) <= IMPLAUSIBLE_PEAK_RATIO * measured:
-        return float(cached[key]), f"{how}: the best seen on this machine, kept in {path}"
+        return (float(cached[key]) / shared,
+                f"{how}: the best seen on this machine, kept in {path}{share}")
     cached[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +128,8 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
         tmp.write_text(json.dumps(cached, indent=1))
         tmp.replace(path)
     except OSError:
-        return measured, f"{how} (cache {path} not writable)"
-    return measured, f"{how}, measured now: a new best, kept in {path}"
+        return measured / shared, f"{how} (cache {path} not writable){share}"
+    return measured / shared, f"{how}, measured now: a new best, kept in {path}{share}"
 
 
 # Backends whose executables run correctly when loaded back from JAX's persistent cache. With
