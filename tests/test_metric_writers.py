@@ -158,6 +158,14 @@ def test_the_loss_keeps_four_significant_digits_with_trailing_zeros():
         "4.000", "12.34", "1234", "0.5000"]
 
 
+def test_the_learning_rate_is_one_format_from_warmup_on():
+    """Python's own `.1e` rendering, exponent unpadded; the warmup's first 0 is `0`."""
+    values = (0.0, 1e-3, 2.94e-3, 5e-7, 0.1)
+    assert [format_value("lr", v) for v in values] == ["0", "1.0e-3", "2.9e-3", "5.0e-7",
+                                                       "1.0e-1"]
+    assert [float(format_value("lr", v)) for v in values] == [float(f"{v:.1e}") for v in values]
+
+
 def test_the_eta_leaves_out_the_first_step_once_the_clock_restarts(tmp_path):
     out, clock = io.StringIO(), _Clock()
     writer = MetricWriter(str(tmp_path), 10, stream=out, clock=clock)

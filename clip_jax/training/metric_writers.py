@@ -135,9 +135,9 @@ _SHOWN = {"loss": "loss", "learning_rate": "lr", "images_per_second": "img/s", "
 def format_value(name: str, value: float) -> str:
     """A progress-line value: loss 4 significant digits, trailing zeros kept (`4.000`, not
     `4`), lr `2.9e-3`, img/s whole numbers (3 digits below 100), mfu a percentage."""
-    if name == "lr" and value:
+    if name == "lr":  # warmup starts at 0: "0", not a loss-style "0.000"
         mantissa, exponent = f"{value:.1e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
+        return f"{mantissa}e{int(exponent)}" if value else "0"
     if name == "img/s":
         return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
     if name == "mfu":
