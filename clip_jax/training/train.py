@@ -397,7 +397,11 @@ def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
     peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
                                             dtype=model.dtype)
     flops = _model_flops(config, setup)
-    log(f"Model {model.vision.layers}-layer image tower, "
+    layers = model.vision.layers
+    towers = (f"ModifiedResNet image tower (blocks {'-'.join(map(str, layers))})"
+              if isinstance(layers, (tuple, list)) else f"{layers}-layer ViT image tower")
+    name = f"{config.model.name} " if config.model.name else ""
+    log(f"Model {name}({towers}, {model.text.layers}-layer text tower), "
         f"{_count(setup.abstract_state.params) / 1e6:.1f}M params; train step compiled in "
         f"{seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device ({peak_source}).")
     return compiled, seconds, flops, peak
