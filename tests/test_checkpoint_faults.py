@@ -272,18 +272,19 @@ def test_locking_a_tower_on_resume_restores_and_unlocking_is_refused(tmp_path):
         model = train_step.model_config(config)
         mesh = sharding.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
         s = train_step.setup(config, model, mesh)
-        return s, checkpoints.layout_settings(config.to_dict(), model.to_dict()), config
+        return (s, checkpoints.layout_settings(config.to_dict(), model.to_dict()), config,
+                s.init_state(jax.random.key(0)))
 
+    runs = {lock: setup(lock) for lock in (False, True)}
     for saved_lock, resumed_lock in ((False, True), (True, False)):
         workdir = str(tmp_path / f"{saved_lock}")
-        s, settings, config = setup(saved_lock)
-        state = s.init_state(jax.random.key(0))
+        s, _, config, state = runs[saved_lock]
         checkpointer = Checkpointer(workdir, 1, 2, asynchronous=False)
         checkpointer.save(3, state, {"step": 3, "model": s.module.config.to_dict(),
                                      "data_position": 3, "batch_size": config.batch_size,
                                      "config": config.to_dict()}, force=True)
         checkpointer.close()
-        s2, settings2, _ = setup(resumed_lock)
+        s2, settings2, _, _ = runs[resumed_lock]
         checkpointer = Checkpointer(workdir, 1, 2, asynchronous=False)
         if resumed_lock:
             checkpoints.check_resumable(workdir, s2.abstract_state, settings2)
