@@ -106,21 +106,27 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     spec = next(((name, peak) for name, peak in PEAK_FLOPS if name in kind), None)
     if spec:
         return spec[1], f"spec sheet ({spec[0]}, dense bf16)"
-    key = f"{device.platform}|{kind}|{dtype}|{os.cpu_count()}|{jax.__version__}"
+    # CPU devices of one process (--xla_force_host_platform_device_count) share its cores:
+    # the matmul, timed on one of them with all the cores, is all of them together.
+    shared = jax.local_device_count(device.platform) if device.platform == "cpu" else 1
+    peak, source = _timed_peak(device, dtype)
+    share = f"; split over this process's {shared} CPU devices" if shared > 1 else ""
+    return peak / shared, source + share
+
+
+def _timed_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
+    """(the best plausible timed matmul FLOP/s of `device`'s kind, where it came from):
+    `peak_flops`'s measurement and cache."""
+    key = f"{device.platform}|{device.device_kind}|{dtype}|{os.cpu_count()}|{jax.__version__}"
     path = cache_dir() / "peak_flops.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
     how = f"timed {MATMUL_SIZE}x{MATMUL_SIZE} {dtype} matmul"
-    # CPU devices of one process (--xla_force_host_platform_device_count) share its cores:
-    # the matmul, timed on one of them with all the cores, is all of them together.
-    shared = jax.local_device_count(device.platform) if device.platform == "cpu" else 1
-    share = f"; split over this process's {shared} CPU devices" if shared > 1 else ""
     measured = measure_matmul_flops(dtype, device)
     if measured <= cached.get(key, 0.0) <= IMPLAUSIBLE_PEAK_RATIO * measured:
-        return (float(cached[key]) / shared,
-                f"{how}: the best seen on this machine, kept in {path}{share}")
+        return float(cached[key]), f"{how}: the best seen on this machine, kept in {path}"
     cached[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +134,8 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
         tmp.write_text(json.dumps(cached, indent=1))
         tmp.replace(path)
     except OSError:
-        return measured / shared, f"{how} (cache {path} not writable){share}"
-    return measured / shared, f"{how}, measured now: a new best, kept in {path}{share}"
+        return measured, f"{how} (cache {path} not writable)"
+    return measured, f"{how}, measured now: a new best, kept in {path}"
 
 
 # Backends whose executables run correctly when loaded back from JAX's persistent cache. With

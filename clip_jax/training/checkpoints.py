@@ -373,10 +373,21 @@ def check_layout(step_dir: epath.Path, abstract_state: Any,
     unreadable checkpoint passes (restoring reports it). `settings` (the run's
     `layout_settings`) add what changed to the message.
     """
+    saved = _saved_shapes(step_dir)
+    if saved is not None:
+        _refuse_other_layout(step_dir, saved, abstract_state, settings)
+
+
+def _saved_shapes(step_dir: epath.Path) -> dict[str, tuple[int, ...]] | None:
+    """{array name: shape} from a checkpoint's state metadata; None when it is unreadable."""
     try:
-        saved = _shapes(_state_tree(step_dir))
+        return _shapes(_state_tree(step_dir))
     except Exception:  # noqa: BLE001 - unreadable: a damaged checkpoint, restore_newest's case
-        return
+        return None
+
+
+def _refuse_other_layout(step_dir: epath.Path, saved: dict[str, tuple[int, ...]],
+                         abstract_state: Any, settings: dict[str, Any] | None) -> None:
     ours = _shapes(abstract_state)
     differ = sorted((k for k in ours if saved.get(k) != ours[k]),
                     key=lambda k: (not k.startswith("params/"), k))  # parameters first
@@ -401,12 +412,10 @@ def check_resumable(workdir: str, abstract_state: Any, settings: dict[str, Any])
     root = epath.Path(checkpoint_dir(workdir))
     steps = ocp.utils.checkpoint_steps(root) if root.is_dir() else []
     for step in sorted(steps, reverse=True):
-        try:
-            _state_tree(root / str(step))
-        except Exception:  # noqa: BLE001 - a damaged one: restore_newest moves it aside
-            continue
-        check_layout(root / str(step), abstract_state, settings)
-        return
+        saved = _saved_shapes(root / str(step))
+        if saved is not None:  # a damaged one is skipped: restore_newest moves it aside
+            _refuse_other_layout(root / str(step), saved, abstract_state, settings)
+            return
 
 
 def _state_tree(step_dir: epath.Path) -> dict[str, Any]:
