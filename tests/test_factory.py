@@ -64,7 +64,7 @@ def test_create_model_and_transforms_matches_open_clip_preprocessing(tmp_path):
     theirs = ref(image).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(ours[0], theirs, atol=2e-2)  # PIL vs our bicubic: rounding only
     with pytest.raises(ConfigError, match="only .* can be overridden"):
-        clip_jax.pretrained.factory.with_numerics(module, variables, embed_dim=8)
+        clip_jax.models.clip.with_numerics(module, variables, embed_dim=8)
 
 
 def test_create_model_reuses_its_trace_and_stays_traceable():
@@ -96,3 +96,34 @@ def test_create_model_and_transforms_takes_a_config_dict():
     module, variables, transform = clip_jax.create_model_and_transforms(config)
     assert module.config == clip_jax.models.get_preset("test-vit")
     assert transform(np.zeros((1, 40, 50, 3), np.uint8)).shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("saved_scan", [True, False])
+def test_a_workdir_loads_with_the_numerics_asked_for(tmp_path, saved_scan):
+    """`load(workdir, model=...)` and `create_model_and_transforms(workdir, scan_layers=...)`
+    give the layer layout and parameter dtype asked for (they returned the run's own), and
+    the converted model embeds like the saved one."""
+    from clip_jax.training.checkpoints import Checkpointer
+
+    saved, variables = clip_jax.create_model("test-vit", rng=2, scan_layers=saved_scan)
+    checkpointer = Checkpointer(str(tmp_path), 1, 1, asynchronous=False)
+    checkpointer.save(1, {"step": np.int32(1), **variables},
+                      {"step": 1, "model": saved.config.to_dict(), "data_position": 1,
+                       "batch_size": 1}, force=True)
+    checkpointer.close()
+    images, texts = random_inputs(saved.config, batch=2)
+    expected = saved.apply(variables, images, texts)
+
+    wanted = saved.config.replace(scan_layers=not saved_scan)
+    for module, loaded in (clip_jax.load(tmp_path, model=wanted),
+                           clip_jax.create_model_and_transforms(
+                               tmp_path, scan_layers=not saved_scan)[:2]):
+        assert module.config == wanted
+        names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+        assert any("resblocks_1" in n for n in names) is saved_scan, sorted(names)[:5]
+        for got, want in zip(module.apply(loaded, images, texts), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    module, loaded = clip_jax.load(tmp_path, model=saved.config.replace(param_dtype="bfloat16"))
+    assert module.config.scan_layers is saved_scan
+    assert {x.dtype for x in jax.tree.leaves(loaded)} == {np.dtype(jax.numpy.bfloat16)}

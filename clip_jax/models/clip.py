@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.models.config import CLIPConfig, normalization_constants
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import NUMERICS, CLIPConfig, normalization_constants
 from clip_jax.models.initializers import Constant, sample_variables, with_axes
+from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import get_preset
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
@@ -94,6 +96,28 @@ def as_config(name_or_config: str | CLIPConfig | dict, **overrides: Any) -> CLIP
     if isinstance(name_or_config, dict):
         return as_config(CLIPConfig.from_dict(name_or_config), **overrides)
     raise TypeError(f"Expected a preset name, CLIPConfig or dict, got {type(name_or_config)}.")
+
+
+def with_numerics(module: CLIP, variables: Variables, **overrides: Any
+                  ) -> tuple[CLIP, Variables]:
+    """`(module, variables)` of loaded weights with other numerics (`NUMERICS`: `dtype`,
+    `param_dtype`, `scan_layers`, `remat_policy`): the layers stacked for `scan_layers=True`
+    or unstacked for False, floating variables cast to `param_dtype`. Any other field would
+    change what the weights compute: ConfigError.
+    """
+    changed = sorted(set(overrides) - set(NUMERICS))
+    if changed:
+        raise ConfigError(f"With loaded weights only {NUMERICS} can be overridden, not "
+                          f"{changed}: the weights fix the architecture.")
+    if not overrides:
+        return module, variables
+    config = module.config.replace(**overrides)
+    if config.scan_layers != module.config.scan_layers:
+        variables = (stack_layers if config.scan_layers else unstack_layers)(variables)
+    dtype = np.dtype(jnp.dtype(config.param_dtype))
+    variables = jax.tree.map(
+        lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, variables)
+    return CLIP(config), variables
 
 
 def init_variables(module: CLIP, rng: jax.Array) -> Variables:

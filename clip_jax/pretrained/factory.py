@@ -25,9 +25,8 @@ from clip_jax.convert.open_clip_export import export_open_clip
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.models.clip import CLIP
-from clip_jax.models.config import NUMERICS, CLIPConfig
-from clip_jax.models.layers import stack_layers
+from clip_jax.models.clip import CLIP, with_numerics
+from clip_jax.models.config import CLIPConfig
 from clip_jax.models.presets import PRESETS, get_preset
 from clip_jax.pretrained import load as loading
 from clip_jax.pretrained import registry as hub
@@ -54,26 +53,7 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     return models.create_model(name_or_config, rng, **overrides)
 
 
-def with_numerics(module: CLIP, variables: dict[str, Any], **overrides: Any
-                  ) -> tuple[CLIP, dict[str, Any]]:
-    """A loaded model with other numerics settings (variables stacked for `scan_layers`, cast
-    to `param_dtype`); other fields would change what the weights compute: ConfigError."""
-    changed = sorted(set(overrides) - set(NUMERICS))
-    if changed:
-        raise ConfigError(f"With loaded weights only {NUMERICS} can be overridden, not "
-                          f"{changed}: the weights fix the architecture.")
-    if not overrides:
-        return module, variables
-    config = module.config.replace(**overrides)
-    if config.scan_layers and not module.config.scan_layers:
-        variables = stack_layers(variables)
-    dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
-    variables = jax.tree.map(
-        lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, variables)
-    return CLIP(config), variables
-
-
-def create_model_and_transforms(name_or_path: str | CLIPConfig | dict,
+def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | dict,
                                 pretrained: str | None = None,
                                 **overrides: Any
                                 ) -> tuple[CLIP, dict[str, Any], Callable[..., np.ndarray]]:
@@ -140,6 +120,9 @@ def _config_and_tokenizer(spec: str, revision: str | None, token: str | bool | N
 
 
 def _is_preset(name: Any) -> bool:
+    """Whether `name` is a preset's name (a `Path` never is, whatever its text)."""
+    if not isinstance(name, str):
+        return False
     try:
         get_preset(name)
     except (ValueError, TypeError):

@@ -9,7 +9,7 @@ from typing import Any
 
 from clip_jax.convert import hf_import, open_clip_import, openai
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.models.clip import CLIP, as_config
+from clip_jax.models.clip import CLIP, as_config, with_numerics
 from clip_jax.models.config import NUMERICS, CLIPConfig
 from clip_jax.models.presets import get_preset
 from clip_jax.pretrained import registry as hub
@@ -88,11 +88,13 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None
                 ) -> tuple[CLIP, dict[str, Any]]:
     if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
         module, variables = checkpoints.load_model(path)
-        if config is not None and config != module.config.replace(
-                **{field: getattr(config, field) for field in NUMERICS}):
+        if config is None:
+            return module, variables
+        numerics = {field: getattr(config, field) for field in NUMERICS}
+        if config != module.config.replace(**numerics):
             raise ConfigError(f"{path!r} holds a different architecture than the model given; "
                               "omit the model argument to use the checkpoint's own.")
-        return module, variables
+        return with_numerics(module, variables, **numerics)
     if hf_import.is_hf_directory(path):
         config, variables = hf_import.load_hf(path, config, activation=activation)
         return CLIP(config), variables
