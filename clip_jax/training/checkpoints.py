@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP
@@ -156,10 +157,30 @@ def _check_meta(meta: Any, keys: tuple[str, ...] = META_KEYS) -> dict[str, Any]:
     return meta
 
 
+def _save_from_one_replica() -> None:
+    """In a single process, arrays are saved from one replica, not in slices over all of them.
+
+    orbax's default array handler splits a replicated array into one slice per replica
+    (device), each cut by its own small compiled program (one per array shape and device), so
+    that several hosts write their parts in parallel. In one process every slice goes through
+    the same host: all cost, no parallel write. Measured on the tiny config, 8 CPU devices,
+    2 cores: the first save held the loop 11.9 s (7 s of it compiling ~130 slices), now
+    4.5 s; later saves 2.0 -> 0.8 s. Multi-process runs keep orbax's default. Registered on
+    orbax's global type-handler registry, the one its standard save reads; the handler is
+    orbax's default one but for this flag.
+    """
+    if jax.process_count() == 1:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(
+                array_metadata_store=array_metadata_store.Store(), use_replica_parallel=False),
+            override=True)
+
+
 class Checkpointer:
     """Saves every `every_steps` steps (and when asked), keeps the newest `keep`."""
 
     def __init__(self, workdir: str, every_steps: int, keep: int, asynchronous: bool = True):
+        _save_from_one_replica()
         self.every_steps = every_steps
         self.workdir = _absolute(workdir)
         options = ocp.CheckpointManagerOptions(
