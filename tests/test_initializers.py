@@ -119,3 +119,42 @@ def test_variables_without_a_recorded_initializer_come_from_module_init():
     drawn = ours["params"]["Dense_0"]["kernel"]  # recorded: host draw, same scale, new numbers
     assert not np.array_equal(drawn, ref["params"]["Dense_0"]["kernel"])
     np.testing.assert_allclose(np.std(drawn), 0.5, rtol=0.2)
+
+
+@pytest.mark.parametrize("name", ["test-vit", "test-resnet"])
+def test_sharded_draws_are_the_same_numbers_laid_out_without_a_compile(name):
+    """`shardings=` places each host draw as asked (what a training state starts from): the
+    values are the unsharded draw's, every array has its sharding, and nothing compiles."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from clip_jax.runtime import sharding
+    from clip_jax.configs import tiny
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    module = CLIP(get_preset(name))
+    boxed = jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
+    rules = tuple(tuple(r) for r in tiny.get_config().logical_axis_rules)
+    wanted = {k: sharding.logical_shardings(v, mesh, rules) for k, v in boxed.items()}
+    _, plain = create_model(name, rng=4)
+    compiles = []
+
+    def listen(event, seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        _, placed = create_model(name, rng=4, shardings=wanted)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    flat = jax.tree_util.tree_flatten_with_path(placed)[0]
+    assert len(flat) == len(jax.tree.leaves(plain))
+    sharded = 0
+    for (path, got), want, expected in zip(flat, jax.tree.leaves(plain), jax.tree.leaves(wanted)):
+        assert got.sharding == expected, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        sharded += got.sharding.spec != PartitionSpec() and isinstance(got.sharding, NamedSharding)
+    assert sharded > 0  # the fsdp rules split some of them
+    with pytest.raises(ValueError, match="No sharding given"):
+        create_model(name, rng=4, shardings={"params": {}})

@@ -125,9 +125,10 @@ def init_variables(module: CLIP, rng: jax.Array) -> Variables:
     return module.init(rng, *dummy_inputs(module.config))
 
 
-def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0,
-                 **overrides: Any) -> tuple[CLIP, Variables]:
-    """`(module, variables)` of a randomly initialised model, variables as plain arrays.
+def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0, *,
+                 shardings: Any = None, **overrides: Any) -> tuple[CLIP, Variables]:
+    """`(module, variables)` of a randomly initialised model, variables as plain arrays, on the
+    default device or laid out as `shardings` (a tree of shardings shaped like the variables).
 
     Nothing is compiled: the model is traced once per architecture and process
     (`jax.eval_shape`, cached) and every parameter is drawn on the host from the initialiser
@@ -144,7 +145,7 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     init_fn = functools.partial(init_variables, module)
     if isinstance(rng, jax.core.Tracer):
         return module, nn.unbox(init_fn(rng))
-    return module, sample_variables(init_fn, _abstract_variables(config), rng)
+    return module, sample_variables(init_fn, _abstract_variables(config), rng, shardings)
 
 
 @functools.lru_cache(maxsize=32)

@@ -161,6 +161,16 @@ class Initialized(nn.LogicallyPartitioned):
     draw_shape: tuple[int, ...] = struct.field(default=(), pytree_node=False)
 
 
+def _by_path(shardings: Any, leaves: list[tuple[Any, Any]]) -> list[Any]:
+    """The sharding of each (path, leaf) of `leaves`, found by path in `shardings`."""
+    found = {jax.tree_util.keystr(p): s
+             for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+    missing = [jax.tree_util.keystr(p) for p, _ in leaves if jax.tree_util.keystr(p) not in found]
+    if missing:
+        raise ValueError(f"No sharding given for {len(missing)} variables (first: {missing[0]}).")
+    return [found[jax.tree_util.keystr(p)] for p, _ in leaves]
+
+
 def with_axes(init: Initializer, names: tuple[str | None, ...]) -> Callable[..., Initialized]:
     """`nn.with_logical_partitioning` that also records `init` for `sample_variables`."""
 
@@ -171,16 +181,20 @@ def with_axes(init: Initializer, names: tuple[str | None, ...]) -> Callable[...,
 
 
 def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variables,
-                     rng: jax.Array) -> Variables:
+                     rng: jax.Array, shardings: Any = None) -> Variables:
     """Plain-array variables shaped like `abstract` (= `jax.eval_shape(init_fn, rng)`).
 
     `init_fn(rng)` returns boxed variables; parameters boxed by `with_axes` are drawn on the
-    host (numpy, one thread per core) and placed on the default device in their own dtype;
-    the rest come from `jax.jit(init_fn)` pruned to them. `rng` must be concrete (not traced).
+    host (numpy, one thread per core) in their own dtype and placed on the default device, or,
+    with `shardings` (a tree of `jax.sharding.Sharding` shaped like the unboxed variables),
+    laid out as those: every process draws the same numbers and transfers only the shards its
+    own devices hold, so a multi-host mesh needs no compile and no cross-host comparison. The
+    rest come from `jax.jit(init_fn)` pruned to them. `rng` must be concrete (not traced).
     """
     seed = [int(w) for w in np.asarray(jax.random.key_data(rng)).ravel()]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(
         abstract, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    placements = None if shardings is None else _by_path(shardings, leaves)
     drawn = [i for i, (_, leaf) in enumerate(leaves)
              if isinstance(leaf, Initialized) and leaf.init is not None]
 
@@ -190,8 +204,10 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
         name = jax.tree_util.keystr(path).encode()
         gen = np.random.Generator(np.random.SFC64(np.random.SeedSequence([*seed, zlib.crc32(name)])))
         value = leaf.value
-        return jax.device_put(leaf.init.sample(gen, tuple(value.shape), leaf.draw_shape,
-                                               value.dtype))
+        drawn = leaf.init.sample(gen, tuple(value.shape), leaf.draw_shape, value.dtype)
+        if placements is None:
+            return jax.device_put(drawn)
+        return jax.make_array_from_callback(drawn.shape, placements[i], lambda index: drawn[index])
 
     largest_first = sorted(drawn, key=lambda i: -leaves[i][1].value.size)
     values: list[Any] = [None] * len(leaves)
@@ -204,6 +220,7 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
             out = jax.tree_util.tree_leaves(nn.unbox(init_fn(key)))
             return [out[i] for i in rest]
 
-        for i, value in zip(rest, jax.jit(pruned)(rng)):
+        out = None if placements is None else [placements[i] for i in rest]
+        for i, value in zip(rest, jax.jit(pruned, out_shardings=out)(rng)):
             values[i] = value
     return jax.tree_util.tree_unflatten(treedef, values)

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from clip_jax.training import losses
 from clip_jax.training import optim
 from clip_jax.runtime import host_tuning, sharding
-from clip_jax.models.clip import CLIP, init_variables
+from clip_jax.models.clip import CLIP, create_model, init_variables
 from clip_jax.models.config import CLIPConfig
 from clip_jax.models.presets import get_preset
 
@@ -88,11 +88,17 @@ class Setup:
     batch_shardings: dict[str, NamedSharding]
 
     def init_state(self, rng: jax.Array, variables: dict[str, Any] | None = None) -> TrainState:
-        """A fresh (random, or from imported `variables`) state, created already sharded."""
+        """A fresh (random, or from imported `variables`) state, created already sharded.
+
+        Random weights are drawn on the host, each process its own shards
+        (`create_model(..., shardings=)`): compiling the model's initialiser for the mesh
+        took longer than the train step's first steps (tiny config, 8 CPU devices: 7.8 s).
+        """
         with jax.set_mesh(self.mesh):
             if variables is None:
-                return jax.jit(functools.partial(_init_state, self.module, self.tx),
-                               out_shardings=self.state_shardings)(rng)
+                variables = create_model(self.module.config, rng, shardings={
+                    "params": self.state_shardings.params,
+                    "batch_stats": self.state_shardings.batch_stats})[1]
             params = jax.device_put(variables["params"], self.state_shardings.params)
             stats = jax.device_put(variables.get("batch_stats", {}),
                                    self.state_shardings.batch_stats)
