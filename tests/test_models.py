@@ -45,24 +45,33 @@ def tiny(request):
     return module, variables, random_inputs(module.config, batch=3)
 
 
-@pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full"), (True, "dots")])
-def test_scan_and_remat_match_plain_loop(scan, remat):
+def _weighted_similarity(module, variables, images, tokens):
+    img, txt, scale = module.apply(variables, images, tokens)
+    return jnp.sum(scale * img @ txt.T * jnp.arange(3.0))
+
+
+@pytest.fixture(scope="module")
+def plain_loop():
+    """The unrolled, remat-free test-vit: its outputs and gradients, computed once."""
     module, variables = create_model("test-vit")
     images, tokens = random_inputs(module.config, batch=3)
+    outputs = jax.jit(module.apply)(variables, images, tokens)
+    grads = jax.jit(jax.grad(lambda v: _weighted_similarity(module, v, images, tokens)))(
+        variables)
+    return module, variables, (images, tokens), outputs, grads
+
+
+@pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full"), (True, "dots")])
+def test_scan_and_remat_match_plain_loop(plain_loop, scan, remat):
+    module, variables, (images, tokens), outputs, grads = plain_loop
     other = CLIP(module.config.replace(scan_layers=scan, remat_policy=remat))
     other_vars = stack_layers(variables) if scan else variables
     assert jax.tree.structure(other_vars) == jax.tree.structure(
         jax.eval_shape(lambda: create_model(other.config)[1]))
-
-    def loss(m, v):
-        img, txt, scale = m.apply(v, images, tokens)
-        return jnp.sum(scale * img @ txt.T * jnp.arange(3.0))
-
-    for ours, theirs in zip(jax.jit(module.apply)(variables, images, tokens),
-                            jax.jit(other.apply)(other_vars, images, tokens)):
+    for ours, theirs in zip(outputs, jax.jit(other.apply)(other_vars, images, tokens)):
         np.testing.assert_array_equal(ours, theirs)
-    grads = jax.jit(jax.grad(lambda v: loss(module, v)))(variables)
-    other_grads = jax.jit(jax.grad(lambda v: loss(other, v)))(other_vars)
+    other_grads = jax.jit(jax.grad(
+        lambda v: _weighted_similarity(other, v, images, tokens)))(other_vars)
     other_grads = unstack_layers(other_grads) if scan else other_grads
     # Same math, different summation order: equal up to fp32 rounding at the gradients' scale
     # (some, like the key biases, are exactly zero in theory and pure rounding noise here).
