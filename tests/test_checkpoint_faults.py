@@ -19,6 +19,7 @@ from clip_jax.errors import ConfigError
 from clip_jax.training import checkpoints
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.models import create_model
+from compile_count import backend_compiles
 from training_runs import finish, start_run
 
 STEPS = (1, 2)
@@ -230,19 +231,10 @@ def test_a_single_process_save_compiles_nothing_per_device(tmp_path):
              "e": PartitionSpec("fsdp")}  # replicated on all 8 / on 4 devices
     state = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
     checkpoints.digest(state)  # its one compile, before counting
-    compiles = []
-
-    def listen(event, seconds, **_):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with backend_compiles() as compiles:
         checkpointer = Checkpointer(str(tmp_path), 1, 1, asynchronous=False)
         checkpointer.save(5, state, {"step": 5, "model": {}, "data_position": 5,
                                      "batch_size": 8}, force=True)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
     one = NamedSharding(Mesh(np.array(jax.devices()[:1]), ("d",)), PartitionSpec())
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=one) for k, v in host.items()}

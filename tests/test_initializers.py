@@ -10,6 +10,7 @@ from scipy import stats
 from clip_jax.models import CLIP, create_model, get_preset, init_variables
 from clip_jax.models.initializers import (Constant, Normal, VarianceScaling, sample_variables,
                                          with_axes)
+from compile_count import backend_compiles
 
 SPECS = [
     (Normal(0.02), (64, 96)),
@@ -137,17 +138,8 @@ def test_sharded_draws_are_the_same_numbers_laid_out_without_a_compile(name):
     rules = tuple(tuple(r) for r in tiny.get_config().logical_axis_rules)
     wanted = {k: sharding.logical_shardings(v, mesh, rules) for k, v in boxed.items()}
     _, plain = create_model(name, rng=4)
-    compiles = []
-
-    def listen(event, seconds, **_):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with backend_compiles() as compiles:
         _, placed = create_model(name, rng=4, shardings=wanted)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
     flat = jax.tree_util.tree_flatten_with_path(placed)[0]
     assert len(flat) == len(jax.tree.leaves(plain))
