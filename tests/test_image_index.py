@@ -75,6 +75,21 @@ def reference_text(module, variables, text):
     return t / np.linalg.norm(t)
 
 
+def interrupted_at(call):
+    """An Encoder class whose `call`-th batch is interrupted (Ctrl-C)."""
+
+    class Interrupted(Encoder):
+        calls = 0
+
+        def embed_pixels(self, pixels):
+            Interrupted.calls += 1
+            if Interrupted.calls == call:
+                raise KeyboardInterrupt
+            return super().embed_pixels(pixels)
+
+    return Interrupted
+
+
 def test_find_images_order_recursion_and_counts(folder, tmp_path):
     paths, ignored = image_folder.find_images([str(folder)], recursive=True)
     expected = sorted(GOOD + BAD, key=lambda rel: rel.split("/"))
@@ -161,18 +176,9 @@ def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path)
     _, module, variables = model
     out = str(tmp_path / "resume.npz")
 
-    class Interrupted(Encoder):
-        calls = 0
-
-        def embed_pixels(self, pixels):
-            Interrupted.calls += 1
-            if Interrupted.calls == 3:
-                raise KeyboardInterrupt
-            return super().embed_pixels(pixels)
-
     with pytest.raises(KeyboardInterrupt):
-        image_index.build_index([str(folder)], Interrupted(module, variables), out, batch_size=2,
-                                save_every=1, progress=False)
+        image_index.build_index([str(folder)], interrupted_at(3)(module, variables), out,
+                                batch_size=2, save_every=1, progress=False)
     assert not os.path.exists(out) and os.path.isdir(out + ".partial")
 
     embedded = []
@@ -252,3 +258,76 @@ def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys)
     assert cli.main(["zero-shot", "--model", path, "--labels", "cat,dog",
                      str(folder / "empty.jpg")]) == 2
     assert "None of the 1 image file(s) could be read" in capsys.readouterr().err
+
+
+def test_single_inputs_paths_overlaps_and_unreadable_queries(folder, model, tmp_path, capsys):
+    """The trial's inputs: one string is one text / one input (not its characters), a Path
+    output, overlapping inputs indexed once, an unreadable image named with its reason, a
+    non-npz "index", a damaged progress part, an empty query; against NumPy's embeddings."""
+    import pathlib
+
+    path, module, variables = model
+    encoder = Encoder(module, variables)
+    text = reference_text(module, variables, "a red circle")
+    got = encoder.embed_texts("a red circle")
+    assert got.shape == (1, module.config.embed_dim)
+    np.testing.assert_allclose(got[0], text, atol=2e-6)
+    one = str(folder / "a.png")
+    np.testing.assert_allclose(encoder.embed_images(one), reference_embeddings(
+        module, variables, [one]), atol=2e-6)
+    np.testing.assert_allclose(encoder.embed_images(pathlib.Path(one)), encoder.embed_images([one]))
+    with pytest.raises(ValueError, match="trunc.jpg.*truncated"):
+        encoder.embed_images([one, str(folder / "trunc.jpg")])
+
+    sub = str(folder / "b")
+    report = image_index.build_index(sub, encoder, tmp_path / "one.npz", progress=False)
+    assert report.index.paths == [os.path.abspath(p) for p in
+                                  image_folder.find_images([sub], True)[0] if pil_reads(p)]
+    assert "index=" not in repr(report) and "embeddings" not in repr(report)
+    overlapping = [str(folder), sub, os.path.join(str(folder), ".", "a.png")]
+    report = image_index.build_index(overlapping, encoder, str(tmp_path / "dup.npz"),
+                                     progress=False)
+    named = image_folder.find_images(overlapping, True)[0]
+    distinct = {os.path.abspath(p) for p in named}
+    assert len(report.index) == len({p for p in distinct if pil_reads(p)}) == 7
+    assert report.duplicates == len(named) - len(distinct) > 0
+    assert "indexed once" in report.summary("dup.npz")
+
+    (tmp_path / "table.csv").write_text("filepath,title\na.png,a cat\n")
+    with pytest.raises(ValueError, match="not an .npz archive") as error:
+        image_index.ImageIndex.load(tmp_path / "table.csv")
+    assert "pickle" not in str(error.value)
+
+    out = str(tmp_path / "part.npz")
+    with pytest.raises(KeyboardInterrupt):
+        image_index.build_index([str(folder)], interrupted_at(2)(module, variables), out,
+                                batch_size=2, save_every=1, progress=False)
+    (part,) = [p for p in os.listdir(out + ".partial") if p.startswith("part-")]
+    with open(os.path.join(out + ".partial", part), "r+b") as f:
+        f.truncate(100)
+    capsys.readouterr()
+    report = image_index.build_index([str(folder)], encoder, out, progress=False)
+    assert "unreadable progress file" in capsys.readouterr().err
+    assert (report.reused, report.embedded) == (0, 7)
+
+    index = str(tmp_path / "one.npz")
+    for query, message in ((["--image", str(folder / "trunc.jpg")], "cannot be read"),
+                           (["--image", str(folder / "b" / "text.jpg")], "cannot be read"),
+                           (["   "], "text query is empty")):
+        assert cli.main(["search", index, *query, "--model", path]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_ctrl_c_while_indexing_is_one_line_and_exit_130(folder, model, tmp_path, monkeypatch,
+                                                         capsys):
+    path, _, _ = model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_index, "build_index", interrupted)
+    out = str(tmp_path / "x.npz")
+    assert cli.main(["index", str(folder), "--model", path, "--output", out]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.npz.partial/" in err[0] and "Traceback" not in err[0], err

@@ -98,10 +98,15 @@ def index_command(args: argparse.Namespace) -> int:
 
     image_folder.check_inputs(args.images)  # before the model loads
     encoder = Encoder(*load(args.model))
-    report = image_index.build_index(args.images, encoder, args.output, recursive=args.recursive,
-                                     batch_size=args.batch_size, save_every=args.save_every,
-                                     model_name=os.path.abspath(args.model)
-                                     if os.path.exists(args.model) else args.model)
+    try:
+        report = image_index.build_index(
+            args.images, encoder, args.output, recursive=args.recursive,
+            batch_size=args.batch_size, save_every=args.save_every,
+            model_name=os.path.abspath(args.model) if os.path.exists(args.model) else args.model)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: finished batches are kept in {args.output}.partial/; run the "
+              "same command to go on from there.", file=sys.stderr)
+        return 130
     report_skipped(report.skipped, report.ignored)
     print(report.summary(args.output))
     return 0
@@ -111,6 +116,7 @@ def search_command(args: argparse.Namespace) -> int:
     import csv
 
     from clip_jax import load
+    from clip_jax.data import image_folder
     from clip_jax.inference import image_index
     from clip_jax.inference.encoder import Encoder
 
@@ -118,6 +124,11 @@ def search_command(args: argparse.Namespace) -> int:
         raise ConfigError("Give either a text query or --image QUERY_IMAGE (not both).")
     if args.image is not None and not os.path.isfile(args.image):
         raise MissingFileError(f"No query image at {args.image!r}; check --image.")
+    if args.image is not None and (failed := image_folder.check_image(args.image)):
+        raise ConfigError(f"The query image {args.image!r} cannot be read ({failed.reason}); "
+                          "check --image.")
+    if args.query is not None and not args.query.strip():
+        raise ConfigError("The text query is empty; give the words to search for.")
     index = image_index.ImageIndex.load(args.index)
     model = args.model or index.meta.get("model")
     if not model:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -97,10 +98,27 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
 def read_image(path: str, config: CLIPConfig, **image_options) -> np.ndarray | SkippedImage:
     """float32 [S, S, 3] model input for one file, or why it cannot be read; `image_options`
     are `clip_jax.data.preprocess`'s (`exif_transpose`, `alpha`)."""
+    return _attempt(path, lambda: preprocess(path, config, **image_options)[0])
+
+
+def check_image(path: str) -> SkippedImage | None:
+    """Why `path` cannot be decoded (`read_image`'s reasons), or None: the check a command
+    makes on a query image before it loads a model."""
+
+    def decode() -> None:
+        with Image.open(path) as image:
+            image.load()
+
+    failed = _attempt(path, decode)
+    return failed if isinstance(failed, SkippedImage) else None
+
+
+def _attempt(path: str, read: Callable[[], Any]) -> Any:
+    """`read()`, or the SkippedImage saying why `path` could not be read."""
     try:
         if os.path.getsize(path) == 0:
             return SkippedImage(path, "empty file (0 bytes)")
-        return preprocess(path, config, **image_options)[0]
+        return read()
     except Image.UnidentifiedImageError:
         return SkippedImage(path, "not an image PIL can identify")
     except DECODE_ERRORS as error:

@@ -7,15 +7,19 @@ mesh go through `clip_jax.evaluation.embedding.Embedder` instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from PIL import Image
 
-from clip_jax.models.clip import CLIP, l2_normalize
+from clip_jax.data.image_folder import SkippedImage, read_image
 from clip_jax.data.preprocess import ImageLike, preprocess
 from clip_jax.data.tokenizer import tokenize
+from clip_jax.errors import ConfigError
+from clip_jax.models.clip import CLIP, l2_normalize
 
 BATCH = 32  # rows per call: any number of inputs reuses one compiled function
 
@@ -48,15 +52,32 @@ class Encoder:
         """Preprocessed images float32 [N, S, S, 3] (`clip_jax.data.preprocess`) -> [N, E]."""
         return self._batched(self._images, pixels)
 
-    def embed_images(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """PIL images, uint8 arrays or file paths -> [N, E]."""
-        return self.embed_pixels(preprocess(list(images), self.module.config,
-                                           **self.image_options))
+    def embed_images(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """PIL images, uint8 arrays or file paths -> [N, E]; one image (a path, a PIL image, a
+        uint8 [H, W, C] array) gives [1, E]. A file that cannot be decoded raises ConfigError
+        naming it and why (`clip_jax.data.image_folder.read_image`)."""
+        if isinstance(images, (str, os.PathLike, Image.Image)) or (
+                isinstance(images, np.ndarray) and images.ndim <= 3):
+            images = [images]
+        pixels = []
+        for image in images:
+            if isinstance(image, (str, os.PathLike)):
+                image = read_image(os.fspath(image), self.module.config, **self.image_options)
+                if isinstance(image, SkippedImage):
+                    raise ConfigError(f"Cannot read the image {image.path!r}: {image.reason}.")
+                pixels.append(image)
+            else:
+                pixels.append(preprocess(image, self.module.config, **self.image_options)[0])
+        size = self.module.config.vision.image_size
+        return self.embed_pixels(np.stack(pixels) if pixels
+                                 else np.zeros((0, size, size, 3), np.float32))
 
     def embed_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """int32 tokens [N, L] -> [N, E]."""
         return self._batched(self._texts, tokens)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Strings (tokenized with clip_jax's tokenizer at the model's context length) -> [N, E]."""
-        return self.embed_tokens(tokenize(list(texts), self.module.config.context_length))
+    def embed_texts(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Strings (tokenized with clip_jax's tokenizer at the model's context length) -> [N, E];
+        one string is one text ([1, E]), not a sequence of characters."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.embed_tokens(tokenize(texts, self.module.config.context_length))

@@ -70,11 +70,16 @@ class ImageIndex:
         return len(self.paths)
 
     @classmethod
-    def load(cls, path: str) -> ImageIndex:
+    def load(cls, path: str | os.PathLike) -> ImageIndex:
         """Read an index file; FileNotFoundError / ValueError (one line) if it is not one."""
+        path = os.fspath(path)
         if not os.path.isfile(path):
             raise MissingFileError(f"No index file at {path!r}; build one with "
                                    "`clip-jax index IMAGES --model M --output INDEX`.")
+        rebuild = "rebuild it with `clip-jax index`"
+        if not zipfile.is_zipfile(path):  # np.load would try a pickle and say so
+            raise ConfigError(f"{path!r} is not a clip_jax image index (not an .npz archive); "
+                              f"pass the file `clip-jax index` wrote, or {rebuild}.")
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode("utf-8"))
@@ -83,12 +88,12 @@ class ImageIndex:
                 return cls(np.asarray(data["embeddings"], np.float32), _decode(data["paths"]),
                            data["sizes"], data["mtimes"], meta)
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ConfigError(f"{path!r} is not a clip_jax image index ({error}); rebuild it with "
-                             "`clip-jax index`.") from None
+            raise ConfigError(f"{path!r} is not a clip_jax image index ({error}); "
+                              f"{rebuild}.") from None
 
-    def save(self, path: str) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the index atomically (a temporary file renamed over `path`)."""
-        _save_npz(path, embeddings=self.embeddings.astype(np.float32), paths=_encode(self.paths),
+        _save_npz(os.fspath(path), embeddings=self.embeddings.astype(np.float32), paths=_encode(self.paths),
                   sizes=_or_zeros(self.sizes, len(self)), mtimes=_or_zeros(self.mtimes, len(self)),
                   meta=np.frombuffer(json.dumps({**self.meta, "format": FORMAT}).encode(),
                                      np.uint8))
@@ -135,18 +140,22 @@ def _top_k_row(row: np.ndarray, k: int) -> np.ndarray:
 @dataclasses.dataclass
 class BuildReport:
     """What `build_index` did: the index, images embedded now and reused, files skipped (with
-    reasons) and files ignored for not having an image extension."""
+    reasons), files ignored for not having an image extension, and files named again by
+    overlapping inputs (indexed once)."""
 
-    index: ImageIndex
+    index: ImageIndex = dataclasses.field(repr=False)
     embedded: int
     reused: int
     skipped: list[SkippedImage]
     ignored: int
+    duplicates: int = 0
 
     def summary(self, output: str) -> str:
+        again = (f"; {self.duplicates} file(s) named by more than one input, indexed once"
+                 if self.duplicates else "")
         return (f"Indexed {len(self.index)} images into {output} ({self.embedded} embedded, "
                 f"{self.reused} reused); skipped {len(self.skipped)} unreadable file(s); "
-                f"ignored {self.ignored} file(s) without an image extension.")
+                f"ignored {self.ignored} file(s) without an image extension{again}.")
 
 
 def model_fingerprint(encoder: Encoder) -> str:
@@ -162,18 +171,23 @@ def model_fingerprint(encoder: Encoder) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_index(images: Sequence[str], encoder: Encoder, output: str, *, recursive: bool = True,
-                batch_size: int = 64, save_every: int = 4096, model_name: str = "",
-                progress: bool = True) -> BuildReport:
-    """Embed the images of `images` (files and folders) into the index file `output`.
+def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder: Encoder,
+                output: str | os.PathLike, *, recursive: bool = True, batch_size: int = 64,
+                save_every: int = 4096, model_name: str = "", progress: bool = True
+                ) -> BuildReport:
+    """Embed the images of `images` (files and folders; one path is one input) into the index
+    file `output`.
 
-    Paths are stored absolute, in `find_images` order. Resumable: see the module docstring.
-    Raises ValueError when `<output>.partial/` was written with another model (delete it or
-    choose another output), FileNotFoundError for missing inputs or folders without images.
-    Single-host: the model runs on one process's devices.
+    Paths are stored absolute, in `find_images` order, each file once however many inputs
+    name it (`BuildReport.duplicates` counts the repeats). Resumable: see the module
+    docstring. Raises ValueError when `<output>.partial/` was written with another model
+    (delete it or choose another output), FileNotFoundError for missing inputs or folders
+    without images. Single-host: the model runs on one process's devices.
     """
-    paths, ignored = find_images(images, recursive)
-    paths = [os.path.abspath(p) for p in paths]
+    images = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    images, output = [os.fspath(i) for i in images], os.fspath(output)
+    found, ignored = find_images(images, recursive)
+    paths = list(dict.fromkeys(os.path.abspath(p) for p in found))
     fingerprint = model_fingerprint(encoder)
     partial = output + ".partial"
     known = _reusable(output, partial, fingerprint)
@@ -224,7 +238,7 @@ def build_index(images: Sequence[str], encoder: Encoder, output: str, *, recursi
     index.save(output)
     shutil.rmtree(partial)
     return BuildReport(index, len(kept) - (len(paths) - len(todo)), len(paths) - len(todo),
-                       skipped, ignored)
+                       skipped, ignored, len(found) - len(paths))
 
 
 def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np.ndarray, tuple]]:
@@ -248,9 +262,17 @@ def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np
                              f"({previous.get('model') or previous.get('fingerprint')}); delete "
                              "it or choose another --output.")
     for name in sorted(glob.glob(os.path.join(partial, "part-*.npz"))):
-        with np.load(name, allow_pickle=False) as data:
-            for p, e, s in zip(_decode(data["paths"]), data["embeddings"], data["stats"]):
-                known[p] = (e, (int(s[0]), int(s[1])))
+        try:
+            with np.load(name, allow_pickle=False) as data:
+                part = list(zip(_decode(data["paths"]), data["embeddings"], data["stats"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            # Parts are renamed into place whole; a damaged one was damaged afterwards.
+            print(f"warning: skipping the unreadable progress file {name} "
+                  f"({type(error).__name__}: {error}); its images are embedded again.",
+                  file=sys.stderr)
+            continue
+        for p, e, s in part:
+            known[p] = (e, (int(s[0]), int(s[1])))
     return known
 
 
