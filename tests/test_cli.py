@@ -504,3 +504,20 @@ def test_export_hf_of_a_directory_without_tokenizer_files(tmp_path, capsys, capl
     assert err == ("error: The tokenizer has 49408 tokens but the model only 1000 embeddings; "
                    "pass the model's own tokenizer (for `clip-jax export-hf` of a transformers "
                    "directory: put the model's own vocab.json and merges.txt in it).\n")
+
+
+def test_eval_flag_mistakes_are_reported_before_tensorflow_loads(tmp_path):
+    """`clip-jax eval` checked its flags only after importing TensorFlow (~10 s): a wrong flag
+    combination and a wrong --shifts name now fail with TensorFlow never imported."""
+    code = ("import sys\nfrom clip_jax import cli\ntry:\n    rc = cli.main(sys.argv[1:])\n"
+            "except SystemExit as stop:\n    rc = stop.code\n"
+            "print('tensorflow' in sys.modules, rc)")
+    for argv, message in (
+            (["eval", str(tmp_path), "--zero-shot", str(tmp_path), "--shots", "1,2"],
+             "--shots applies to --few-shot"),
+            (["eval", str(tmp_path), "--robustness", str(tmp_path), "--shifts", "fog"],
+             "Unknown shift 'fog'")):
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
+                                text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+        assert result.stdout.split()[-2:] == ["False", "2"], (result.stdout, result.stderr)
+        assert message in result.stderr.strip().splitlines()[-1], result.stderr

@@ -104,6 +104,9 @@ def test_occlusion_covers_one_quarter_square_and_nothing_else(image):
 
 
 def test_registry_names_and_errors():
+    from clip_jax.data import options
+
+    assert options.SHIFT_NAMES == tuple(shifts.SHIFTS)  # flags are checked from the names
     assert shifts.parse("all") == list(shifts.SHIFTS)
     assert shifts.parse("blur, noise") == ["blur", "noise"]
     with pytest.raises(ValueError, match="Unknown shift 'fog'; use one of greyscale"):

@@ -192,21 +192,24 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    import jax
-
-    from clip_jax import load
-    from clip_jax.training import checkpoints
     from clip_jax.cli import eval_sources as eval_cli
-    from clip_jax.evaluation import evaluate
-    from clip_jax.training.metric_writers import MetricWriter
-    from clip_jax.models.clip import CLIP
 
+    # The path and the flags are checked before TensorFlow and the evaluators load (~10 s).
     config = eval_config(args.path, args.config, eval_cli.has_sources(args))
     eval_cli.apply(config, args)
     if args.evaluators:
         config.eval.evaluators = args.evaluators
     if args.batch_size:
         config.eval.batch_size = args.batch_size
+
+    import jax
+
+    from clip_jax import load
+    from clip_jax.evaluation import evaluate
+    from clip_jax.models.clip import CLIP
+    from clip_jax.training import checkpoints
+    from clip_jax.training.metric_writers import MetricWriter
+
     evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
     module, variables = load(args.path)
     module = CLIP(module.config.replace(dtype=config.model.dtype))

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from clip_jax.cli.arg_types import positive_int, positive_ints, read_labels
-from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS
+from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, parse_shifts
 from clip_jax.errors import ConfigError
 
 SOURCE_FLAGS = ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieval")
@@ -72,12 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def shift_names(text: str) -> str:
-    """argparse type of `--shifts`: names `clip_jax.data.shifts.parse` accepts, checked when
-    parsing instead of after the model has loaded."""
-    from clip_jax.data import shifts
-
+    """argparse type of `--shifts`: names `clip_jax.data.options.parse_shifts` accepts, checked
+    when parsing (without loading TensorFlow) instead of after the model has loaded."""
     try:
-        shifts.parse(text)
+        parse_shifts(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text

@@ -192,3 +192,23 @@ def _get(c: ml_collections.ConfigDict, field: str) -> Any:
     for part in field.split("/")[0].split(".")[1:]:
         node = node[part]
     return node
+
+
+# The synthetic distribution shifts by name, in `clip_jax.data.shifts.SHIFTS` order (that
+# registry holds their TensorFlow code): flags and configs are checked without loading it.
+SHIFT_NAMES = ("greyscale", "invert", "hue_rotate", "blur", "noise", "jpeg", "sketch",
+               "occlusion", "downscale_upscale")
+
+
+def check_shift(name: str) -> str:
+    """`name` if it is a known shift ("" = none), else a one-line ValueError."""
+    if name and name not in SHIFT_NAMES:
+        raise ValueError(f"Unknown shift {name!r}; use one of {', '.join(SHIFT_NAMES)}.")
+    return name
+
+
+def parse_shifts(spec: str) -> list[str]:
+    """Comma-separated shift names ("all" = every shift), each checked."""
+    if spec.strip() == "all":
+        return list(SHIFT_NAMES)
+    return [check_shift(n.strip()) for n in spec.split(",") if n.strip()]

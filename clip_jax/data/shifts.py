@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Callable
 
 from clip_jax.data._tf import tf
+from clip_jax.data.options import check_shift, parse_shifts
 
 Shift = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (uint8 [S, S, 3], key int64 [2]) -> uint8
 _SEED = 14
@@ -163,18 +164,7 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
-def check(name: str) -> str:
-    """`name` if it is a known shift ("" = none), else a one-line ValueError."""
-    if name and name not in SHIFTS:
-        raise ValueError(f"Unknown shift {name!r}; use one of {', '.join(SHIFTS)}.")
-    return name
-
-
-def parse(spec: str) -> list[str]:
-    """Comma-separated shift names ("all" = every shift), each checked."""
-    if spec.strip() == "all":
-        return list(SHIFTS)
-    return [check(n.strip()) for n in spec.split(",") if n.strip()]
+check, parse = check_shift, parse_shifts  # names only: clip_jax.data.options (no TensorFlow)
 
 
 def example_key(name: str, index: tf.Tensor) -> tf.Tensor:
