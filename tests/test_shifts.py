@@ -107,7 +107,7 @@ def test_registry_names_and_errors():
     from clip_jax.data import options
 
     assert options.SHIFT_NAMES == tuple(shifts.SHIFTS)  # flags are checked from the names
-    assert shifts.parse("all") == list(shifts.SHIFTS)
-    assert shifts.parse("blur, noise") == ["blur", "noise"]
+    assert options.parse_shifts("all") == list(shifts.SHIFTS)
+    assert options.parse_shifts("blur, noise") == ["blur", "noise"]
     with pytest.raises(ValueError, match="Unknown shift 'fog'; use one of greyscale"):
-        shifts.parse("blur,fog")
+        options.parse_shifts("blur,fog")

@@ -23,7 +23,7 @@ import numpy as np
 from clip_jax.data import shifts
 from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
-from clip_jax.data.options import DataConfig, resolve_config
+from clip_jax.data.options import DataConfig, check_shift, resolve_config
 from clip_jax.data.schema import Schema, feature, lookup, make_schema, tokenize_in_graph
 from clip_jax.data.sources import READ_CHUNK, READ_PARALLELISM, data_source, prepare, reader
 from clip_jax.data.tf_data import dataset_options, graph, resolve_processes
@@ -172,7 +172,7 @@ def make_classification_iterable(
     a synthetic shift (`clip_jax.data.shifts`) applied to every image. Raises ConfigError
     when data.label_key is empty or not a ClassLabel."""
     config = resolve_config(data_config)
-    shifts.check(shift)
+    check_shift(shift)
     if not config.label_key:
         raise ConfigError("Zero-shot classification needs labels: set data.label_key to a "
                           "ClassLabel feature of the dataset (e.g. 'label').")

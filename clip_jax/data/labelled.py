@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data import shifts
-from clip_jax.data.options import IMAGE_COLUMNS
+from clip_jax.data.options import IMAGE_COLUMNS, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
 from clip_jax.data.image_folder import DECODE_ERRORS
@@ -455,7 +455,7 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     in order, padded with `mask` False so every process yields the same number of batches
     (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
     (`read_checked_image`) is masked out like padding, with a warning naming it."""
-    shift = shifts.check(shift)
+    shift = check_shift(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
     index = np.arange(piece.first, piece.last, dtype=np.int64)

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable
 
 from clip_jax.data._tf import tf
-from clip_jax.data.options import check_shift, parse_shifts
+from clip_jax.data.options import check_shift
 
 Shift = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (uint8 [S, S, 3], key int64 [2]) -> uint8
 _SEED = 14
@@ -164,9 +164,6 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
-check, parse = check_shift, parse_shifts  # names only: clip_jax.data.options (no TensorFlow)
-
-
 def example_key(name: str, index: tf.Tensor) -> tf.Tensor:
     """The stateless RNG key of example `index` under shift `name` (int64 [2])."""
     base = tf.constant([_SEED, zlib.crc32(name.encode())], tf.int64)
@@ -177,5 +174,5 @@ def apply(name: str, image: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """Shift `name` ("" = none) of uint8 `image` [S, S, 3], the example at `index`."""
     if not name:
         return image
-    out = SHIFTS[check(name)](image, example_key(name, index))
+    out = SHIFTS[check_shift(name)](image, example_key(name, index))
     return tf.ensure_shape(out, image.shape)
