@@ -278,6 +278,8 @@ def test_single_inputs_paths_overlaps_and_unreadable_queries(folder, model, tmp_
     np.testing.assert_allclose(encoder.embed_images(pathlib.Path(one)), encoder.embed_images([one]))
     with pytest.raises(ValueError, match="trunc.jpg.*truncated"):
         encoder.embed_images([one, str(folder / "trunc.jpg")])
+    with pytest.raises(ValueError, match="absent.png': no such file"):
+        encoder.embed_images(str(folder / "absent.png"))
 
     sub = str(folder / "b")
     report = image_index.build_index(sub, encoder, tmp_path / "one.npz", progress=False)

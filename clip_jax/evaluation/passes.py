@@ -16,7 +16,6 @@ import numpy as np
 from clip_jax.data import eval_pipeline
 from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
-from clip_jax.data import shifts as shifts_lib
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, SplitEmbeddings, Variables
@@ -99,9 +98,10 @@ class Passes:
 
     @staticmethod
     def parse_shifts(spec: str) -> list[str]:
-        """Synthetic shift names (`clip_jax.data.shifts`); ConfigError for an unknown one."""
+        """Synthetic shift names (`clip_jax.data.options.SHIFT_NAMES`); ConfigError for an unknown
+        one."""
         try:
-            return shifts_lib.parse(spec)
+            return data_options.parse_shifts(spec)
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
