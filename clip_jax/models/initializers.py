@@ -165,10 +165,11 @@ def _by_path(shardings: Any, leaves: list[tuple[Any, Any]]) -> list[Any]:
     """The sharding of each (path, leaf) of `leaves`, found by path in `shardings`."""
     found = {jax.tree_util.keystr(p): s
              for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
-    missing = [jax.tree_util.keystr(p) for p, _ in leaves if jax.tree_util.keystr(p) not in found]
+    names = [jax.tree_util.keystr(p) for p, _ in leaves]
+    missing = [name for name in names if name not in found]
     if missing:
         raise ValueError(f"No sharding given for {len(missing)} variables (first: {missing[0]}).")
-    return [found[jax.tree_util.keystr(p)] for p, _ in leaves]
+    return [found[name] for name in names]
 
 
 def with_axes(init: Initializer, names: tuple[str | None, ...]) -> Callable[..., Initialized]:
