@@ -12,6 +12,7 @@ import dataclasses
 from PIL import Image
 
 from clip_jax.data.preprocess import ALPHA_DROP
+from clip_jax_data import tables
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -48,6 +49,19 @@ class TableOptions:
     num_threads: int = 16
     label_column: str = ""
     class_names: str = ""
+
+    def dialect(self, path: str) -> tuple[str, str]:
+        """(delimiter, quoting) the table at `path` is read with: the options', else tab for
+        a .tsv and comma otherwise, and `tables.default_quoting` for that delimiter."""
+        delimiter = self.delimiter or ("\t" if path.lower().endswith(".tsv") else ",")
+        quoting = tables.default_quoting(delimiter) if self.quoting == "auto" else self.quoting
+        return delimiter, quoting
+
+    def used_columns(self) -> dict[str, str]:
+        """Config field -> the column name it names, for each column a build reads."""
+        fields = ("image_column", "caption_column") + (("label_column",) if self.label_column
+                                                        else ())
+        return {field: getattr(self, field) for field in fields}
 
 
 @dataclasses.dataclass(frozen=True)

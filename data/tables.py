@@ -27,7 +27,7 @@ import codecs
 import csv
 import dataclasses
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from clip_jax.errors import ConfigError
 
@@ -93,43 +93,18 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
     Raises `TableError` (with the 1-based line) for an unclosed quote or a field over
     Python's csv field size limit, and ValueError for an empty table or a bad option.
     """
-    if quoting not in QUOTING:
-        raise ValueError(f"quoting={quoting!r}; use one of {sorted(QUOTING)}.")
-    if len(delimiter) != 1:
-        raise ValueError(f"delimiter={delimiter!r} must be one character.")
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     text = data.decode("utf-8", errors="surrogateescape")
     lines: list[str] = []
-    reader = csv.reader(_lines(text, lines), delimiter=delimiter, quoting=QUOTING[quoting],
-                        doublequote=True, strict=False, skipinitialspace=False)
-    blank_chars = " \t".replace(delimiter, "")
     records: list[Record] = []
     blank = 0
-    previous_end = 0
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as error:
-            raise TableError(f"{name}: line {previous_end + 1}: {error} (a quoted field that "
-                             "is never closed?)", previous_end + 1) from error
-        first, last = previous_end + 1, reader.line_num
-        previous_end = last
-        if any(_SENTINEL in field for field in fields):
-            if fields == [_SENTINEL]:
-                break
-            raise TableError(
-                f"{name}: the record starting at line {first} has a quoted field that is never "
-                f"closed: it runs to the end of the file (line {len(lines)}), as pandas' "
-                "'EOF inside string' error says. Close or double the quote (\"\" inside a quoted "
-                "field), or read the table without quote processing (data.table.quoting='none').",
-                first)
-        if first == last and not lines[first - 1].rstrip("\r\n").strip(blank_chars):
+    for record in _records(io.StringIO(text, newline=""), lines, delimiter=delimiter,
+                           quoting=quoting, name=name):
+        if record is None:
             blank += 1
-            continue
-        records.append(Record(first, last, fields))
+        else:
+            records.append(record)
     if not records:
         raise ValueError(f"{name} is empty (no header row).")
     header = records.pop(0)
@@ -137,10 +112,83 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
                  records=records, blank_lines=blank, physical_lines=len(lines))
 
 
-def _lines(text: str, seen: list[str]) -> Iterator[str]:
+def read_header(path: str, *, delimiter: str, quoting: str) -> list[str]:
+    """The header of the local table file `path`, as `read_table` reads it, reading only as
+    far as the header's last line (a check of a column name costs nothing on a large table).
+
+    Raises what `read_table` raises, and OSError for a file that cannot be opened.
+    """
+    lines: list[str] = []
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        for record in _records(f, lines, delimiter=delimiter, quoting=quoting, name=path):
+            if record is not None:
+                return record.fields
+    raise ValueError(f"{path} is empty (no header row).")
+
+
+def column_indices(header: list[str], columns: dict[str, str], *, name: str, delimiter: str,
+                   quoting: str) -> dict[str, int]:
+    """The position in `header` of each column `columns` names (config field -> column name,
+    e.g. {"caption_column": "title"}): the first of duplicate names, as pandas' `df[name]`.
+
+    Raises ConfigError for a name the header lacks: the columns there are, and the fix (a
+    header name that differs only by quotes or spaces is named as the one meant).
+    """
+    found = {}
+    for field, column in columns.items():
+        if column not in header:
+            near = [h for h in header if h.strip().strip('"') == column]
+            hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
+                    + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
+                    if near else f"set data.table.{field} (or data.table.delimiter)")
+            raise ConfigError(f"data.table.{field}={column!r} is not a column of {name} "
+                              f"(columns: {header}, delimiter {delimiter!r}, quoting "
+                              f"{quoting!r}); {hint}.")
+        found[field] = header.index(column)
+    return found
+
+
+def _records(physical: Iterable[str], seen: list[str], *, delimiter: str, quoting: str,
+             name: str) -> Iterator[Record | None]:
+    """The records of a table's physical lines (with their terminators) in order, None for
+    each blank line; `seen` collects the lines read. Raises as `read_table` does."""
+    if quoting not in QUOTING:
+        raise ValueError(f"quoting={quoting!r}; use one of {sorted(QUOTING)}.")
+    if len(delimiter) != 1:
+        raise ValueError(f"delimiter={delimiter!r} must be one character.")
+    reader = csv.reader(_lines(physical, seen), delimiter=delimiter, quoting=QUOTING[quoting],
+                        doublequote=True, strict=False, skipinitialspace=False)
+    blank_chars = " \t".replace(delimiter, "")
+    previous_end = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise TableError(f"{name}: line {previous_end + 1}: {error} (a quoted field that "
+                             "is never closed?)", previous_end + 1) from error
+        first, last = previous_end + 1, reader.line_num
+        previous_end = last
+        if any(_SENTINEL in field for field in fields):
+            if fields == [_SENTINEL]:
+                return
+            raise TableError(
+                f"{name}: the record starting at line {first} has a quoted field that is never "
+                f"closed: it runs to the end of the file (line {len(seen)}), as pandas' "
+                "'EOF inside string' error says. Close or double the quote (\"\" inside a quoted "
+                "field), or read the table without quote processing (data.table.quoting='none').",
+                first)
+        if first == last and not seen[first - 1].rstrip("\r\n").strip(blank_chars):
+            yield None
+        else:
+            yield Record(first, last, fields)
+
+
+def _lines(physical: Iterable[str], seen: list[str]) -> Iterator[str]:
     """Physical lines with their terminators (`\\n`, `\\r\\n`, `\\r`: `newline=""`), then the
     sentinel; `seen` collects them for the blank-line test and the line count."""
-    for line in io.StringIO(text, newline=""):
+    for line in physical:
         seen.append(line)
         yield line
     yield _SENTINEL

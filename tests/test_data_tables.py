@@ -157,3 +157,28 @@ def test_extra_and_missing_fields_are_reported_not_shifted():
         ("line 2", ["a.jpg", "x", "extra"]), ("line 3", ["b.jpg"]), ("line 4", ["c.jpg", "y", ""])]
     with pytest.raises(ValueError, match="empty"):
         tables.read_table(b"\n \n", delimiter=",", quoting="csv")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_header_alone_reads_as_pandas(name, tmp_path):
+    text, delimiter, quoting, kwargs = CASES[name]
+    path = tmp_path / "t.csv"
+    path.write_bytes(("\ufeff" + text).encode())
+    header = tables.read_header(str(path), delimiter=delimiter, quoting=quoting)
+    assert header == pandas_rows(text.encode(), **kwargs)[0]
+
+
+def test_header_alone_stops_at_the_header(tmp_path):
+    """The header is read without the records: a table whose second record never closes its
+    quote (unreadable as a whole, by pandas too) still has a header."""
+    text = '"file\npath",title\na.jpg,"never closed\nb.jpg,x\n'
+    path = tmp_path / "t.csv"
+    path.write_text(text, newline="")
+    with pytest.raises(pd.errors.ParserError):
+        pandas_rows(text.encode())
+    with pytest.raises(tables.TableError):
+        tables.read_table(text.encode(), delimiter=",", quoting="csv")
+    assert tables.read_header(str(path), delimiter=",", quoting="csv") == ["file\npath", "title"]
+    (tmp_path / "empty.csv").write_text("\n  \n")
+    with pytest.raises(ValueError, match="empty"):
+        tables.read_header(str(tmp_path / "empty.csv"), delimiter=",", quoting="csv")

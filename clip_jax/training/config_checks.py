@@ -1,4 +1,5 @@
-"""Checks of a run before anything expensive: each field's domain, the workdir, the dataset name.
+"""Checks of a run before anything expensive: each field's domain, the workdir, the dataset name,
+a table's columns.
 
 `check_run(config, workdir)` raises a one-line `ConfigError` naming the field (or path) at fault
 and what to use instead, in milliseconds, before any model is built or compiled. The training
@@ -16,7 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+from clip_jax_data import tables
+from clip_jax_data.options import TableOptions
 
+from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import ACTIVATIONS, ATTENTION, DTYPES, REMAT_POLICIES
 
@@ -133,7 +137,8 @@ def check_workdir(workdir: str) -> None:
 
 
 def check_dataset(data: ml_collections.ConfigDict) -> None:
-    """The dataset name exists (closest names suggested) and table files are files."""
+    """The dataset name exists (closest names suggested); table files are files whose headers
+    have the columns named."""
     name = data.dataset
     if name == "image_text_table":
         for field in TABLE_FILES:
@@ -149,6 +154,7 @@ def check_dataset(data: ml_collections.ConfigDict) -> None:
         if root and "://" not in root and not os.path.isdir(root):
             raise ConfigError(f"data.table.image_root={root!r} is not a directory; pass the "
                              "folder the table's image paths are relative to.")
+        check_table_columns(TableOptions(**data.table.to_dict()))
         return
     if name in OUR_DATASETS:
         return
@@ -167,12 +173,29 @@ def check_dataset(data: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"data.dataset={name!r} is not a known dataset; {hint}")
 
 
+def check_table_columns(table: TableOptions) -> None:
+    """Each local table file's header has the columns the options name (its header read
+    alone, as the build will read it: a misnamed column is found before TFDS is imported)."""
+    for field in TABLE_FILES:
+        path = getattr(table, field)
+        if not path or "://" in path:
+            continue
+        delimiter, quoting = table.dialect(path)
+        try:
+            header = tables.read_header(path, delimiter=delimiter, quoting=quoting)
+        except ValueError as error:  # an empty file; TableError (a ConfigError) passes through
+            raise ConfigError(f"data.table.{field}: {error} Pass a CSV/TSV file whose first "
+                              "line names its columns.") from None
+        tables.column_indices(header, table.used_columns(), name=path, delimiter=delimiter,
+                              quoting=quoting)
+
+
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """All of the above, in the order a user would fix them."""
     check_fields(config)
     check_workdir(workdir)
     if _lookup(config, "data.dataset")[0]:
-        check_dataset(config.data)
+        check_dataset(resolve_config(config.data))
 
 
 def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:

@@ -206,24 +206,11 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
         raise MissingFileError(f"Table {path!r} does not exist; check data.table.*_path.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
-    delimiter = table.delimiter or ("\t" if path.lower().endswith(".tsv") else ",")
-    quoting = tables.default_quoting(delimiter) if table.quoting == "auto" else table.quoting
+    delimiter, quoting = table.dialect(path)
     parsed = tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path)
     header = parsed.header
-    columns = {}
-    fields = ("image_column", "caption_column") + (("label_column",) if table.label_column
-                                                    else ())
-    for field in fields:
-        name = getattr(table, field)
-        if name not in header:
-            near = [h for h in header if h.strip().strip('"') == name]
-            hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
-                    + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
-                    if near else f"set data.table.{field} (or data.table.delimiter)")
-            raise ConfigError(f"data.table.{field}={name!r} is not a column of {path} "
-                              f"(columns: {header}, delimiter {delimiter!r}, quoting "
-                              f"{quoting!r}); {hint}.")
-        columns[field] = header.index(name)  # the first of duplicate names, as pandas' df[name]
+    columns = tables.column_indices(header, table.used_columns(), name=path,
+                                    delimiter=delimiter, quoting=quoting)
     root = table.image_root or os.path.dirname(path)
     if table.image_root and not tf.io.gfile.isdir(root):
         raise MissingFileError(f"data.table.image_root={root!r} is not a directory.")
