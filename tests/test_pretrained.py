@@ -289,3 +289,12 @@ def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monke
         with pytest.raises(FileNotFoundError, match=r"No checkpoint at 'runs/run_2': runs/ has "
                                                     r"no 'run_2' \(it holds: run_1\)"):
             load("runs/run_2")
+    # A Path is a path, whatever its text: never a preset, a released name or a repo id.
+    for path, message in ((Path("ViT-B-32"), r"No checkpoint at 'ViT-B-32': \./ has no "
+                           r"'ViT-B-32' \(it holds: runs\)\."),
+                          (Path("org/clip"), r"No checkpoint at 'org/clip': no such file or "
+                           r"folder\."),
+                          (Path("runs/ViT-B-32:openai"), r"runs/ has no 'ViT-B-32:openai'")):
+        for load in (clip_jax.load, clip_jax.create_model_and_transforms):
+            with pytest.raises(FileNotFoundError, match=message):
+                load(path)

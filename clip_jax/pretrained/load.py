@@ -46,7 +46,10 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     """
     spec = os.fspath(name_or_path)
     config = None if model is None else as_config(model)
-    if pretrained is None and (named := hub.split_name(spec)) is not None:
+    if isinstance(name_or_path, os.PathLike):  # a path, never a name or a Hub id
+        if pretrained is None and not os.path.exists(spec):
+            raise MissingFileError(not_found(spec, local=True))
+    elif pretrained is None and (named := hub.split_name(spec)) is not None:
         spec, pretrained = named
     if pretrained is not None:
         return _load_named(spec, pretrained, config, activation, revision, token)
@@ -170,13 +173,26 @@ def check_source(spec: str) -> None:
         raise MissingFileError(not_found(spec))
 
 
-def not_found(spec: str) -> str:
+def _local_listing(spec: str) -> str | None:
+    """`No checkpoint at 'runs/x': runs/ has no 'x' (it holds: ...)` when the folder `spec`
+    would be in exists; else None."""
     parent = os.path.dirname(spec.rstrip("/"))
-    if parent and os.path.isdir(parent):
-        entries = sorted(os.listdir(parent))
-        shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
-        return (f"No checkpoint at {spec!r}: {parent}/ has no {os.path.basename(spec)!r} "
-                f"(it holds: {shown or 'nothing'}).")
+    if not os.path.isdir(parent or "."):
+        return None
+    entries = sorted(os.listdir(parent or "."))
+    shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
+    return (f"No checkpoint at {spec!r}: {parent or '.'}/ has no "
+            f"{os.path.basename(spec.rstrip('/'))!r} (it holds: {shown or 'nothing'})")
+
+
+def not_found(spec: str, local: bool = False) -> str:
+    """Why `spec` names nothing: the folder it would be in and what that holds, or, for a
+    name that is not a path (`local=False`), that it is no checkpoint, repo id or release."""
+    listing = _local_listing(spec)
+    if listing is not None and (local or os.path.dirname(spec.rstrip("/"))):
+        return listing + "."
+    if local:
+        return f"No checkpoint at {spec!r}: no such file or folder."
     try:
         get_preset(spec)
     except ValueError:
@@ -184,4 +200,3 @@ def not_found(spec: str) -> str:
                 "released name (clip_jax.list_pretrained()).")
     return (f"{spec!r} is an architecture, not weights: pass pretrained= one of its tags "
             "(clip_jax.list_pretrained()), or use clip_jax.create_model for a random init.")
-
