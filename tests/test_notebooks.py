@@ -18,6 +18,8 @@ COLAB = "https://colab.research.google.com/github/"
 
 # Text each notebook must print when it ran as intended (not merely without an error).
 EXPECTED = {
+    "quickstart.ipynb": ["untrained:", "trained:", "zero_shot/heldout", "retrieval/heldout",
+                         "model.safetensors", "transformers:"],
     "zero_shot_and_retrieval.ipynb": ["skipped ", "broken.jpg", "Indexed 16 images",
                                       "zero-shot top-1 on 16 labelled images"],
     "train_on_tpu.ipynb": ["zero-shot top-1 during training (step, value): [(6,",
