@@ -386,7 +386,7 @@ COMMANDS: dict[str, Command] = {
                          _export_arguments, export_open_clip_command),
     "demo": ("train a small CLIP on synthetic shapes and report", _demo_arguments, demo_command),
     "plan": ("compile the train step for a TPU slice without one: memory, FLOPs, collectives, "
-             "roofline (exit 0 fits, 1 does not, 2 config error)", _plan_arguments, plan_command),
+             "roofline (exit 0 fits, 1 does not, 2 config error, 3 the plan failed)", _plan_arguments, plan_command),
 }
 
 

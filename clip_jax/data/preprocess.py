@@ -233,7 +233,10 @@ def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig, *,
     their EXIF orientation (`exif_transpose=False` to keep the stored pixel order) and
     transparency is dropped as OpenAI and open_clip do (`alpha`: see `background_colour`;
     `alpha="white"` is what `CLIPImageProcessor` does with an RGBA image).
-    Raises ValueError for a bad `alpha` before reading any image.
+    Raises ValueError for a bad `alpha` before reading any image; then, per image,
+    MissingFileError for a path with no file, PIL's UnidentifiedImageError for a file that is
+    not an image, TypeError for an array that is not uint8 and ValueError for one of another
+    shape.
     """
     background_colour(alpha)
     if isinstance(images, (Image.Image, str, os.PathLike)) or (

@@ -332,7 +332,9 @@ class Tokenizer:
         """Tokenise ``texts`` to int32 ``[N, context_length]``: SOT, tokens, EOT, zero padding.
 
         Longer texts are cut so that EOT remains the last token, as OpenAI does. Any iterable
-        of str is accepted (e.g. a numpy array of str); a single str gives one row.
+        of str is accepted (e.g. a numpy array of str); a single str gives one row. Raises
+        TypeError (bytes, a non-iterable, a non-int `context_length`) or ValueError
+        (`context_length` < 2).
         """
         context_length = _check_context_length(context_length)
         if isinstance(texts, str):
@@ -369,5 +371,7 @@ def default_tokenizer() -> Tokenizer:
 def tokenize(
     texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH
 ) -> np.ndarray:
-    """Tokenise with the default OpenAI CLIP tokenizer: int32 ``[N, context_length]``."""
+    """Tokenise with the default OpenAI CLIP tokenizer: int32 ``[N, context_length]`` (one row
+    for a single str). Raises TypeError for texts that are not str or an iterable of str, or a
+    non-int `context_length`, and ValueError for a `context_length` below 2."""
     return default_tokenizer()(texts, context_length=context_length)

@@ -103,6 +103,7 @@ class ImageIndex:
 
         `queries` [E] or [Q, E] are L2-normalised embeddings (`Encoder.embed_texts` /
         `embed_images`). Rows are sorted by decreasing score, equal scores by lower index.
+        Raises ConfigError when the queries' width differs from the index's (another model).
         """
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.shape[1] != self.embeddings.shape[1]:
@@ -279,7 +280,9 @@ def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np
 def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Encoder,
            k: int = 10) -> list[Match]:
     """Top-k images of `index` for one query: a text (`str`), an image (`pathlib.Path` or other
-    path-like, PIL image, uint8 array) or a float embedding [E]."""
+    path-like, PIL image, uint8 array) or a float embedding [E]; at most k `Match`es, best
+    first. Raises ConfigError for an image that cannot be read (the file and the reason) or
+    an embedding of another width than the index's."""
     if isinstance(query, str):
         embedding = encoder.embed_texts([query])[0]
     elif isinstance(query, np.ndarray) and query.dtype != np.uint8:

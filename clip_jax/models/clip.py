@@ -68,14 +68,22 @@ class CLIP(nn.Module):
                 "logit_bias", with_axes(Constant(cfg.logit_bias_init), ()), (), jnp.float32)
 
     def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
-        """Unnormalised image embeddings from uint8 (0..255) or normalised float NHWC images."""
+        """Unnormalised image embeddings [N, embed_dim] in the compute `dtype`, from images
+        [N, image_size, image_size, 3]: uint8 (0..255, normalised here with the model's mean
+        and std) or float already normalised (`clip_jax.preprocess`)."""
         return self.visual(normalize_images(images, self.config), train)
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
+        """Unnormalised text embeddings [N, embed_dim] in the compute `dtype`, from int32
+        tokens [N, context_length] (`clip_jax.tokenize`; the end-of-text token, the largest
+        id, marks where each text's embedding is read)."""
         return self.text(tokens)
 
     def __call__(self, images: jax.Array, tokens: jax.Array,
                  train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`(image_features, text_features, logit_scale)`: L2-normalised float32 [N, embed_dim]
+        and [M, embed_dim] (inputs as `encode_image` / `encode_text` take them) and the float32
+        scalar exp(logit_scale) the contrastive logits are multiplied by."""
         image_embeds = l2_normalize(self.encode_image(images, train))
         text_embeds = l2_normalize(self.encode_text(tokens))
         return image_embeds, text_embeds, jnp.exp(self.logit_scale.astype(jnp.float32))

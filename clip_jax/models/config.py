@@ -129,7 +129,7 @@ class CLIPConfig:
     blocks under one `nn.scan` (fast compiles for deep models; parameters gain a leading `layers`
     axis); `remat_policy` recomputes block activations in the backward pass to save memory.
     `attention` picks the attention kernel (`clip_jax.models.attention`; `auto`: cuDNN on GPU,
-    Pallas flash attention on TPU, XLA elsewhere).
+    XLA elsewhere, TPU included until the Pallas kernel is measured faster there).
     """
 
     embed_dim: int = 512

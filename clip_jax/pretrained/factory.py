@@ -46,7 +46,12 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     compilation; traceable under `jax.eval_shape`). With `pretrained` (a tag from
     `clip_jax.list_pretrained()` or a weights file) the released weights, as
     `clip_jax.load(name, pretrained)` gives them; `overrides` then may only change numerics
-    (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError.
+    (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError. Parameters are
+    stored in `param_dtype` (float32 unless overridden).
+
+    Raises ConfigError for an unknown preset name (the known ones listed) or override,
+    TypeError for a `name_or_config` that is no name, CLIPConfig or dict, and what
+    `clip_jax.load` raises for `pretrained` weights that are missing or not what they claim.
     """
     if pretrained is not None:
         return with_numerics(*loading.load(name_or_config, pretrained), **overrides)
@@ -63,6 +68,8 @@ def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | d
 
     A preset name, `CLIPConfig` or config dict without `pretrained` gives a random init
     (`create_model`); with it, or with a path or Hub id, the weights `clip_jax.load` finds.
+    Raises what `create_model` or `clip_jax.load` raise: MissingFileError (a FileNotFoundError)
+    when nothing is there, ConfigError for files or arguments that contradict each other.
     """
     is_architecture = isinstance(name_or_path, (CLIPConfig, dict)) or (
         pretrained is None and _is_preset(name_or_path))
@@ -80,7 +87,9 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
     own vocabulary when it has one (a transformers directory or Hub repo); OpenAI's otherwise.
 
     Accepts a module, a config, a preset or released name (`"ViT-B-32"`, `"ViT-B-32:openai"`),
-    a local model directory or file, or a Hub repo id.
+    a local model directory or file, or a Hub repo id. Raises MissingFileError when the name
+    or path names nothing, ConfigError when the model's own vocabulary is larger than its
+    token embedding table.
     """
     tokenizer: Tokenizer | None = None
     if isinstance(model_or_config, CLIP):
@@ -134,7 +143,9 @@ def save(module: CLIP, variables: dict[str, Any], directory: str | os.PathLike, 
          dtype: str = "float32") -> Path:
     """Writes the model in open_clip's hub layout; `clip_jax.load(directory)` reads it back (same
     architecture, activation and image statistics; numerics settings such as `scan_layers`
-    return to their defaults). Multi-host: call on every process; process 0 writes."""
+    return to their defaults). `dtype`: the stored weights' dtype, `float32`, `bfloat16` or
+    `float16` (or a short alias such as `bf16`); ConfigError for any other, before anything is
+    gathered. Returns `directory`. Multi-host: call on every process; process 0 writes."""
     return export_open_clip(module.config, variables, directory, dtype=dtype)
 
 
