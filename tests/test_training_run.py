@@ -334,6 +334,7 @@ def _table(tmp_path):
     for i in range(2):
         Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(tmp_path / "img" / f"{i}.png")
     (tmp_path / "captions.csv").write_text("filepath,title\nimg/0.png,a cat\nimg/1.png,a dog\n")
+    (tmp_path / "blank.csv").write_text("\n  \n")
     return tmp_path
 
 
@@ -390,6 +391,8 @@ MISCONFIGURATIONS = [
     (["--config.data.dataset=coco_captionz"], "coco_captions", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/nope.csv"], "data.table.train_path", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/img"], "is a directory", None),
+    ([*TABLE, "--config.data.table.train_path={tmp}/blank.csv"], "is empty (no header row)",
+     None),
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",
       "--config.data.table.caption_column=caption"], "data.table.caption_column", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",

@@ -186,6 +186,9 @@ def check_table_columns(table: TableOptions) -> None:
         except ValueError as error:  # an empty file; TableError (a ConfigError) passes through
             raise ConfigError(f"data.table.{field}: {error} Pass a CSV/TSV file whose first "
                               "line names its columns.") from None
+        except OSError as error:
+            raise ConfigError(f"data.table.{field}={path!r} cannot be read "
+                              f"({error.strerror or error}).") from None
         tables.column_indices(header, table.used_columns(), name=path, delimiter=delimiter,
                               quoting=quoting)
 
