@@ -111,3 +111,32 @@ def test_tfrecord_dataset_is_converted_to_array_record_once(tmp_path):
     image = Image.open(io.BytesIO(tfds.builder_from_directory(builder.data_dir).as_data_source(
         "train", decoders={"image": tfds.decode.SkipDecoding()})[0]["image"]))
     assert image.size == (32, 32)
+
+
+def test_tfds_numpy_decoding_note_is_not_shown(capfd):
+    """TFDS warns once per process, through absl, that opencv-python is missing when a
+    random-access source decodes an image (it decodes with PIL then); the filter knows its
+    wording, and the image still decodes as PIL reads it."""
+    import io
+    import logging
+
+    import numpy as np
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    from clip_jax.data import _tf  # noqa: F401  (installs the filter of absl's logger)
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addHandler(handler)
+    try:
+        pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        decoded = tfds.features.Image(shape=(None, None, 3)).decode_example_np(png.getvalue())
+    finally:
+        absl_logger.removeHandler(handler)
+    np.testing.assert_array_equal(decoded, pixels)
+    assert not [r for r in records if "OpenCV" in r.getMessage()]

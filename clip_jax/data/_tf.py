@@ -29,6 +29,9 @@ KNOWN_NOISE = (
     "Using custom data configuration",
     # orbax, opening a checkpoint directory before its first save writes _ROOT_METADATA.
     "Metadata file does not exist",
+    # TFDS, the first time a random-access source decodes an image without opencv-python
+    # installed: it decodes with PIL instead, which every clip_jax reader already uses.
+    "OpenCV is not installed",
 )
 
 
