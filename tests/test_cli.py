@@ -545,3 +545,31 @@ def test_train_data_mistakes_are_reported_before_tensorflow_loads(tmp_path):
                                 text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
         assert result.stdout.split()[-2:] == ["False", "2"], (result.stdout, result.stderr)
         assert message in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_eval_sources_that_share_a_name_keep_their_own_results(tmp_path, monkeypatch):
+    """`--zero-shot a/test.csv b/test.csv` made one task `test`: the second replaced the first
+    with no message. Sources that would share a name are told apart by their folders, a split
+    is part of a name, a shifted set never takes a synthetic shift's name, and a source given
+    twice is refused."""
+    from clip_jax.cli import eval_sources
+    from clip_jax.evaluation.naming import source_names
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("a", "b", "blur"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test.csv").write_text("filepath,label\nx.png,cat\n")
+    args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv", "b/test.csv",
+                                    "imagenet_v2", "b/test.csv@validation"])
+    config = base.get_config("test-vit")
+    eval_sources.apply(config, args)
+    assert list(config.eval.zero_shot) == ["a_test", "b_test", "imagenet_v2", "test_validation"]
+    assert [config.eval.zero_shot[n].dataset for n in ("a_test", "b_test")] == [
+        "a/test.csv", "b/test.csv"]
+    assert source_names(["lab@train", "lab@test", "x/y/blur", "blur"], "shifted",
+                        taken=["blur", "noise"]) == ["lab_train", "lab_test", "y_blur",
+                                                       f"{tmp_path.name}_blur"]
+    args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv",
+                                    f"{tmp_path}/a/test.csv"])
+    with pytest.raises(ConfigError, match=r"--zero-shot: '.*/a/test.csv' is given twice"):
+        eval_sources.apply(base.get_config("test-vit"), args)

@@ -333,11 +333,11 @@ def test_shifted_tables_of_class_indices_take_the_reference_classes(folder, mode
                                templates.TEMPLATE_SETS["simple"])
     expected = np.mean((images @ classes.T).argmax(1) == test.labels)
     assert metrics["robustness/t/reference_top1"] == pytest.approx(expected, abs=1e-6)
-    assert metrics["robustness/t/test.csv_top1"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["robustness/t/test_top1"] == pytest.approx(expected, abs=1e-6)
     probe = (metrics["robustness/t/linear_probe_reference_top1"],
-             metrics["robustness/t/test.csv_linear_probe_top1"])  # the probe covers the set
+             metrics["robustness/t/test_linear_probe_top1"])  # the probe covers the set
     informative = all(0 < p < 1 for p in probe)  # a saturated probe has no logit line
-    assert ("robustness/t/test.csv_effective_robustness" in metrics) == informative
+    assert ("robustness/t/test_effective_robustness" in metrics) == informative
 
 
 def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 
 from typing import Any
 
@@ -29,6 +28,7 @@ import ml_collections
 from clip_jax.cli.arg_types import positive_int, positive_ints, read_labels
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, parse_shifts
 from clip_jax.errors import ConfigError
+from clip_jax.evaluation import naming
 
 SOURCE_FLAGS = ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieval")
 
@@ -79,13 +79,6 @@ def shift_names(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
-
-
-def task_name(source: str) -> str:
-    """A config-safe task name for a source path or TFDS name."""
-    name, _, split = source.partition("@")
-    base = os.path.splitext(os.path.basename(name.rstrip("/")))[0] or name
-    return re.sub(r"[^A-Za-z0-9_-]", "_", base + (f"_{split}" if split else ""))
 
 
 def _source(spec: str, default_split: str = "test") -> tuple[str, str]:
@@ -157,9 +150,10 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
     enabled = []
     for flag in SOURCE_FLAGS:
         ev[flag] = ml_collections.ConfigDict()
-    for spec in args.zero_shot or []:
+    specs = args.zero_shot or []
+    for spec, name in zip(specs, naming.source_names(specs, "--zero-shot")):
         dataset, split = _source(spec)
-        ev.zero_shot[task_name(spec)] = evaluate.zero_shot_task(
+        ev.zero_shot[name] = evaluate.zero_shot_task(
             dataset, split, compare_prompts=args.compare_prompts, **prompts)
     for flag, make in (("linear_probe", evaluate.linear_probe_task),
                        ("few_shot", evaluate.few_shot_task)):
@@ -169,11 +163,11 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
                                                         _source(test_spec))
             extra = (dict(shots=args.shots, seeds=args.seeds, **prompts) if flag == "few_shot"
                      else dict(class_names=args.class_names))
-            ev[flag][task_name(test)] = make(train, train_split=train_split or "",
+            ev[flag][naming.source_name(test)] = make(train, train_split=train_split or "",
                                              test_split=test_split, test_dataset=test, **extra)
     if args.robustness:
         dataset, split = _source(args.robustness)
-        ev.robustness[task_name(args.robustness)] = evaluate.robustness_task(
+        ev.robustness[naming.source_name(args.robustness)] = evaluate.robustness_task(
             dataset, split, shifts=args.shifts, shifted=args.shifted, baseline=args.baseline,
             **prompts)
     if args.retrieval:
@@ -206,7 +200,7 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str =
         config.data.dataset = "image_text_table"
         config.data.table = table
         name, split = "", "test"
-    config.eval.retrieval[task_name(spec)] = evaluate.retrieval_task(name, split)
+    config.eval.retrieval[naming.source_name(spec)] = evaluate.retrieval_task(name, split)
 
 
 def table_dataset_name(path: str) -> str:
@@ -217,7 +211,7 @@ def table_dataset_name(path: str) -> str:
 
     content = fingerprint(path, digest=True)["sha256"]
     sha = hashlib.sha256(f"{os.path.abspath(path)}\n{content}".encode())
-    return f"{task_name(path)}_{sha.hexdigest()[:8]}"
+    return f"{naming.source_name(path)}_{sha.hexdigest()[:8]}"
 
 
 def report(metrics: dict[str, float], evaluation: Any, model: str,

@@ -4,7 +4,6 @@ classes, the drop and the effective robustness (`clip_jax.evaluation.robustness`
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import linear_probe, robustness
+from clip_jax.evaluation import linear_probe, naming, robustness
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
                                                  check_labels, task_config)
@@ -63,11 +62,12 @@ class Robustness(Evaluator):
         for shift in passes.parse_shifts(task.shifts):
             self.shifted[shift] = passes.source(data, split, labels=True, shift=shift,
                                                 class_names=names)
-        for spec in [s.strip() for s in task.shifted.split(",") if s.strip()]:
+        specs = [s.strip() for s in task.shifted.split(",") if s.strip()]
+        for spec, set_name in zip(specs, naming.source_names(
+                specs, f"config.eval.{self.field}.shifted", taken=list(self.shifted))):
             dataset, other_split = passes.split_name(spec)
             other = passes.task_data(task, dataset)
-            self.shifted[os.path.basename(dataset.rstrip("/")) or dataset] = passes.source(
-                other, other_split, labels=True)
+            self.shifted[set_name] = passes.source(other, other_split, labels=True)
         if not self.shifted:
             raise ConfigError(f"config.eval.{self.field} has no shifted test set; set shifts "
                               "(e.g. 'greyscale,blur') and/or shifted (e.g. 'imagenet_v2').")

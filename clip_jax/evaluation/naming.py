@@ -1,0 +1,66 @@
+"""Names of evaluation sources in metric keys: `zero_shot/<name>/top1`, `robustness/.../<name>_top1`.
+
+A source is a TFDS name, a labelled folder or a CSV/TSV, with an optional `@split`. Its name is
+its last path component without a table's extension, plus `_<split>` when a split is given:
+`/data/pets@test` -> `pets_test`, `imagenet_v2` -> `imagenet_v2`. Sources given together that
+would share a name are told apart by their parent folders (`a/test.csv b/test.csv` -> `a_test`,
+`b_test`), so no result replaces another's under the same key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+from clip_jax.errors import ConfigError
+
+TABLE_EXTENSIONS = (".csv", ".tsv")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _candidates(spec: str) -> list[str]:
+    """The source's possible names, shortest first: `test`, `a_test`, `data_a_test`, ..."""
+    name, _, split = spec.partition("@")
+    path = os.path.abspath(name) if os.path.exists(name) else os.path.normpath(name)
+    parts = [p for p in path.split(os.sep) if p not in ("", ".")] or [name]
+    stem, extension = os.path.splitext(parts[-1])
+    if extension.lower() in TABLE_EXTENSIONS:
+        parts[-1] = stem
+    suffix = f"_{split}" if split else ""
+    return [_safe("_".join(parts[-depth:]) + suffix) for depth in range(1, len(parts) + 1)]
+
+
+def source_name(spec: str) -> str:
+    """The name of one source (see the module docstring)."""
+    return _candidates(spec)[0]
+
+
+def source_names(specs: Sequence[str], what: str, taken: Sequence[str] = ()) -> list[str]:
+    """Distinct names for sources given together, in order: each source's own name, with as
+    many parent folders as it takes to tell apart those that would share one (or one of the
+    names already `taken`, e.g. the synthetic shifts' beside shifted datasets).
+
+    Raises ConfigError naming `what` (e.g. `--zero-shot`) for a source given twice.
+    """
+    seen: dict[tuple[str, str], str] = {}
+    for spec in specs:
+        name, _, split = spec.partition("@")
+        key = (os.path.abspath(name) if os.path.exists(name) else name, split)
+        if key in seen:
+            raise ConfigError(f"{what}: {spec!r} is given twice (as {seen[key]!r} too); give "
+                              "each source once.")
+        seen[key] = spec
+    candidates = [_candidates(spec) for spec in specs]
+    depth = [0] * len(specs)
+    while True:
+        names = [c[min(d, len(c) - 1)] for c, d in zip(candidates, depth)]
+        clashing = [i for i, n in enumerate(names) if (names.count(n) > 1 or n in taken)
+                    and depth[i] < len(candidates[i]) - 1]
+        if not clashing:
+            return names
+        for i in clashing:
+            depth[i] += 1
