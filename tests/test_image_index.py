@@ -333,3 +333,23 @@ def test_ctrl_c_while_indexing_is_one_line_and_exit_130(folder, model, tmp_path,
     assert cli.main(["index", str(folder), "--model", path, "--output", out]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "x.npz.partial/" in err[0] and "Traceback" not in err[0], err
+
+
+def test_a_broken_link_in_a_folder_is_skipped_and_named(folder, model, tmp_path):
+    """A link whose target is gone stopped `build_index` with FileNotFoundError (no index
+    written); it is now skipped with its reason, and a link to an image is indexed."""
+    import shutil
+
+    _, module, variables = model
+    root = tmp_path / "photos"
+    shutil.copytree(folder / "b", root)
+    os.symlink(tmp_path / "gone.jpg", root / "broken.jpg")
+    os.symlink(folder / "a.png", root / "linked.png")
+    report = image_index.build_index(str(root), Encoder(module, variables),
+                                     tmp_path / "i.npz", progress=False)
+    listed = image_folder.find_images([str(root)], True)[0]
+    assert str(root / "broken.jpg") in listed
+    assert report.index.paths == [os.path.abspath(p) for p in listed if pil_reads(p)]
+    assert str(root / "linked.png") in report.index.paths
+    reasons = {s.path: s.reason for s in report.skipped}
+    assert reasons[str(root / "broken.jpg")] == "no such file"

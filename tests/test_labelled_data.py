@@ -270,8 +270,9 @@ def test_eval_batches_equal_preprocess_of_pillow_images(folder):
 
 
 def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
-    """An empty file, a text file, a cut-off header, and a JPEG and a PNG cut off in their
-    pixel data (headers intact: only a full decode finds them): each is left out of the eval
+    """An empty file, a text file, a cut-off header, a JPEG and a PNG cut off in their
+    pixel data (headers intact: only a full decode finds them), and a broken link (it stopped
+    the evaluation with TensorFlow's NotFoundError): each is left out of the eval
     batches with a warning naming it. The readable images, a TIFF and a JPEG among them, come
     out as preprocess gives them on Pillow's decode, with their own indices and labels."""
     import shutil
@@ -292,11 +293,12 @@ def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
     big.save(root / "sea_lion" / "whole.tif")
     for name in ("dog/cut.jpg", "cat/cut_pixels.png"):
         Image.open(root / name)  # the header reads: the damage is in the pixel data
+    os.symlink(tmp_path / "moved_away.jpg", root / "dog" / "link.jpg")
     images = labelled_data.read(str(root))
     bad = {os.path.join(root, p) for p in ("cat/empty.jpg", "dog/notes.png", "sea_lion/cut.png",
-                                           "dog/cut.jpg", "cat/cut_pixels.png")}
+                                           "dog/cut.jpg", "cat/cut_pixels.png", "dog/link.jpg")}
     good = [i for i, f in enumerate(images.files) if f not in bad]
-    assert len(good) == len(images) - 5
+    assert len(good) == len(images) - 6
     assert {os.path.join(root, "sea_lion/whole.tif"), os.path.join(root, "dog/whole.jpg")} <= {
         images.files[i] for i in good}
     with caplog.at_level("WARNING", logger=labelled_data.__name__):
@@ -311,6 +313,7 @@ def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
         assert f"skipped unreadable image {path}" in caplog.text
     assert "truncated" in caplog.text.lower()
     assert "empty file (0 bytes)" in caplog.text
+    assert "link.jpg: no such file (a broken link" in caplog.text
 
 
 @pytest.mark.parametrize("progressive", [False, True])

@@ -421,8 +421,9 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
       placeholder, True), decoded by TensorFlow outside the GIL, as every eval source is;
     * anything else PIL reads whole (TIFF, WebP, GIF, BMP, ...): (b"", uint8 [H, W, 3], True),
       decoded here as torchvision's `ImageFolder` reads it (RGB, alpha dropped, no EXIF turn);
-    * an empty file, not an image, or one cut off in its pixel data: (b"", a 1x1 placeholder,
-      False) with a warning naming the file; the pipeline masks it out of the results.
+    * an empty file, not an image, one cut off in its pixel data, or a file that cannot be
+      read (a broken link, no permission): (b"", a 1x1 placeholder, False) with a warning
+      naming the file; the pipeline masks it out of the results.
 
     Checking here is what keeps one damaged file from stopping a whole evaluation: a decode
     error inside the tf.data graph cannot be caught per image."""
@@ -441,6 +442,10 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
         reason = "not an image PIL can identify"
     except DECODE_ERRORS as error:
         reason = str(error)
+    except tf.errors.NotFoundError:
+        reason = "no such file (a broken link, or removed after the folder was listed)"
+    except tf.errors.OpError as error:  # permission denied, an unreadable remote file, ...
+        reason = " ".join(error.message.split()) or type(error).__name__
     where = f" (bytes {offset}+{length})" if offset >= 0 else ""
     if (path, int(offset)) not in _REPORTED:  # once per process, not at every periodic eval
         _REPORTED.add((path, int(offset)))

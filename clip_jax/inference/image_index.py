@@ -293,7 +293,12 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
 
 
 def _stat(path: str) -> tuple[int, int]:
-    info = os.stat(path)
+    """(size, modification time in ns); (-1, -1) for a file that cannot be examined (a broken
+    link, removed since it was listed): it is then read, and skipped with its reason."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return -1, -1
     return info.st_size, info.st_mtime_ns
 
 
