@@ -37,6 +37,9 @@ _HASH_CHUNK = 8 << 20
 _STAT_THREADS = 32
 _LISTED_KEYS = 10_000  # skipped keys listed in the report; counts are always complete
 _EXAMPLE_KEYS = 20     # example keys listed per conversion kind
+# Skipped and counted, but no record: a hidden file inside a shard (macOS's `._*` beside every
+# file of a tar made on a Mac) does not count towards `max_bad_fraction`.
+HIDDEN_MEMBER = "hidden_member"
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +377,8 @@ class BuildReport:
         }
 
     def finish(self, dataset_dir: str) -> None:
-        """Logs the summary, merges it into `bad_records.json`, enforces `max_bad_fraction`."""
+        """Logs the summary, merges it into `bad_records.json`, enforces `max_bad_fraction` (of
+        the records, `HIDDEN_MEMBER`s aside)."""
         from clip_jax.data._tf import tf
 
         summary = self.summary()
@@ -388,11 +392,13 @@ class BuildReport:
         report[self.split] = summary
         with tf.io.gfile.GFile(path, "w") as f:
             json.dump(report, f, indent=1)
-        bad = self.total - self.kept
-        if self.total == 0 or bad > self.options.max_bad_fraction * self.total:
-            first = "; ".join(f"{s['key']}: {s['detail']}" for s in self.skipped[:3])
+        hidden = self.skipped_by_reason[HIDDEN_MEMBER]
+        records_read, bad = self.total - hidden, self.total - self.kept - hidden
+        if records_read == 0 or bad > self.options.max_bad_fraction * records_read:
+            examples = [s for s in self.skipped if s["reason"] != HIDDEN_MEMBER][:3]
+            first = "; ".join(f"{s['key']}: {s['detail']}" for s in examples)
             raise ConfigError(
-                f"Split {self.split!r}: {bad} of {self.total} records are unusable "
+                f"Split {self.split!r}: {bad} of {records_read} records are unusable "
                 f"({summary['skipped_by_reason']}; e.g. {first or 'no records found'}). "
                 "Check the paths and column / extension names, or raise "
                 f"data.build.max_bad_fraction (now {self.options.max_bad_fraction}) if this is expected.")

@@ -65,6 +65,14 @@ def shards(tmp_path_factory):
         sample("000010005", 15, b"good two", "webp"),
     ]
     write_tar(os.path.join(root, "00001.tar"), mixed)
+    with tarfile.open(os.path.join(root, "00001.tar"), "a") as tar:  # members of no sample
+        for name in ("._000010004.jpg", ".DS_Store", ".ipynb_checkpoints/000010004.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"Bud1"))
+        link = tarfile.TarInfo("000010006.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "000010004.jpg"
+        tar.addfile(link)
     truncated = [sample(f"00002{i:04d}", 20 + i, f"shard two {i}".encode()) for i in range(4)]
     offsets = write_tar(os.path.join(root, "00002.tar"), truncated)
     with open(os.path.join(root, "00002.tar"), "r+b") as f:
@@ -106,11 +114,15 @@ def test_samples_kept_and_bad_ones_reported(built):
                 + ["00005.tar/000050000", "00005.tar/000050001"])
     assert sorted(examples) == expected
     train = report["train"]
-    assert train["kept"] == 12 and train["skipped"] == 4
+    # Every member is accounted for: hidden ones and links are skipped records of their own.
+    assert train["kept"] == 12 and train["skipped"] == 8 and train["total"] == 20
     assert train["skipped_by_reason"] == {"caption_not_utf8": 1, "corrupt": 1,
-                                          "missing_caption": 1, "missing_image": 1}
+                                          "hidden_member": 3, "missing_caption": 1,
+                                          "missing_image": 1, "not_a_regular_file": 1}
     assert {r["key"] for r in train["skipped_records"]} == {
-        f"00001.tar/00001000{i}" for i in range(4)}
+        *(f"00001.tar/00001000{i}" for i in range(4)), "00001.tar/._000010004.jpg",
+        "00001.tar/.DS_Store", "00001.tar/.ipynb_checkpoints/000010004.jpg",
+        "00001.tar/000010006.jpg"}
     sources = {os.path.basename(s["source"]): s["records_read"] for s in train["bad_sources"]}
     assert sources == {"00002.tar": 2, "00003.tar": 0, "00004.tar": 0, "00005.tar": 2}
     (reason,) = [s["detail"] for s in train["bad_sources"] if s["source"].endswith("00005.tar")]
@@ -220,6 +232,38 @@ def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
     write_tar(whole, samples)
     report = BuildReport("train", CleanOptions())
     assert len(list(builder._samples(whole, report))) == 3 and not report.bad_sources
+
+
+def test_hidden_members_are_counted_but_split_no_sample_nor_fail_a_build(tmp_path):
+    """macOS's `._KEY.jpg` between a sample's members (a tar made on a Mac has one beside
+    every file) leaves the sample whole, is skipped and counted, and does not count towards
+    max_bad_fraction: two samples and six hidden members build; three bad records of five
+    fail, naming a bad record, not a hidden one."""
+    from clip_jax_data.options import CleanOptions
+    from clip_jax_data.records import BadRecord, BuildReport
+    from clip_jax_data.webdataset_shards import webdataset_shards_dataset_builder as builder
+
+    path = str(tmp_path / "mac.tar")
+    with tarfile.open(path, "w") as tar:
+        for key in ("000000000", "000000001"):
+            for name, data in ((f"{key}.jpg", jpeg(0)), (f"._{key}.jpg", b"\0\5\26\7"),
+                               (f"{key}.txt", b"a caption"), (f"._{key}.txt", b"\0\5\26\7"),
+                               (".DS_Store", b"Bud1")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    report = BuildReport("train", CleanOptions(max_bad_fraction=0.5))
+    read = list(builder._samples(path, report))
+    assert [(key, sorted(files)) for _, key, files in read] == [
+        ("000000000", ["jpg", "txt"]), ("000000001", ["jpg", "txt"])]
+    for _, key, _ in read:
+        report.keep(key, [])
+    assert report.skipped_by_reason == {"hidden_member": 6} and report.total == 8
+    report.finish(str(tmp_path))
+    for key in ("bad1", "bad2", "bad3"):
+        report.skip(key, BadRecord("corrupt", "truncated"))
+    with pytest.raises(ConfigError, match=r"3 of 5 records are unusable .*e\.g\. bad1: "):
+        report.finish(str(tmp_path))
 
 
 def test_rewritten_or_appearing_shards_are_not_reused(tmp_path, monkeypatch):

@@ -4,9 +4,9 @@ img2dataset writes `NNNNN.tar` shards whose members are grouped by key: `key.jpg
 image extension), `key.txt` (the caption) and `key.json` (metadata, ignored here). Shards are
 named by glob (`/data/*.tar`) or brace patterns (`/data/{00000..00099}.tar`, comma-separated
 lists allowed) on any filesystem `tf.io.gfile` reads. Shards are streamed in order, images and
-captions repaired or skipped (`clip_jax_data.records`), and a shard that is missing, not a tar
-or truncated is reported in `bad_records.json` with the number of records read from it, never
-dropped silently.
+captions repaired or skipped (`clip_jax_data.records`), hidden members (`._*`, `.DS_Store`)
+and links skipped and counted, and a shard that is missing, not a tar or truncated is reported
+in `bad_records.json` with the number of records read from it, never dropped silently.
 """
 
 from __future__ import annotations
@@ -167,11 +167,13 @@ def _samples(shard: str, report: records.BuildReport
         with tf.io.gfile.GFile(shard, "rb") as f, \
                 tarfile.open(fileobj=f, mode="r|*", tarinfo=headers) as tar:
             for member in tar:
-                if not member.isfile():
+                if member.isdir():
+                    continue
+                skipped = _not_a_sample(member)
+                if skipped:
+                    report.skip(f"{os.path.basename(shard)}/{member.name}", skipped)
                     continue
                 directory, base = os.path.split(member.name)
-                if base.startswith("."):
-                    continue
                 stem, _, ext = base.partition(".")
                 member_key = os.path.join(directory, stem)
                 if member_key != key:
@@ -189,6 +191,20 @@ def _samples(shard: str, report: records.BuildReport
                 f"or holds a damaged header (last block read: {len(headers.last)} bytes)")
     except (tarfile.TarError, EOFError, OSError, zlib.error, tf.errors.OpError) as error:
         report.bad_source(shard, f"{type(error).__name__}: {error}", read)
+
+
+def _not_a_sample(member: tarfile.TarInfo) -> records.BadRecord | None:
+    """Why a member (not a folder) is no part of a sample, if it is not: hidden files (macOS's
+    `._*` and `.DS_Store`, added when a Mac makes the tar, or anything under a hidden folder,
+    as the labelled-folder reader skips them) and links or special files."""
+    if any(part.startswith(".") for part in member.name.split("/") if part not in ("", ".")):
+        return records.BadRecord(records.HIDDEN_MEMBER,
+                                 "hidden file (its name or a folder's starts with '.')")
+    if not member.isfile():
+        kind = ("symbolic link" if member.issym() else "hard link" if member.islnk()
+                else "special file")
+        return records.BadRecord("not_a_regular_file", f"a {kind}, not a file with data")
+    return None
 
 
 def _header_blocks() -> type[tarfile.TarInfo]:
