@@ -138,6 +138,39 @@ def test_tables_with_label_names_or_indices_read_as_pandas(folder, tmp_path):
         labelled_data.read_table(str(tmp_path / "bad.csv"), class_names=CLASSES)
 
 
+def test_mixed_label_kinds_and_non_utf8_rows(folder, tmp_path):
+    """A label column mixing class names and indices was read as extra classes ('0', '2', ...
+    beside the names); it is refused, naming a line of each, unless names are given (then a
+    number is a name). A row whose label or path is not UTF-8 was a pandas traceback for the
+    whole table; it is skipped and named, the others read as pandas reads the UTF-8 rows."""
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    names = [src.class_names[y] for y in src.labels]
+    mixed = list(names)
+    mixed[3] = str(int(src.labels[3]))
+    pd.DataFrame({"filepath": rel, "label": mixed}).to_csv(tmp_path / "mixed.csv", index=False)
+    with pytest.raises(ConfigError, match=rf"mixed.csv: the label column mixes class names "
+                                          rf"\(line 2: '{names[0]}'\) with class indices "
+                                          rf"\(line 5: '{mixed[3]}'\)"):
+        labelled_data.read(str(tmp_path / "mixed.csv"))
+    given = [*CLASSES, mixed[3]]
+    got = labelled_data.read(str(tmp_path / "mixed.csv"), class_names=given)
+    np.testing.assert_array_equal(got.labels, pd.Categorical(mixed, categories=given).codes)
+
+    lines = ["filepath,label"] + [f"{p},{n}" for p, n in zip(rel, names)]
+    data = "\n".join(lines).encode() + b"\n"
+    bad_line = 4
+    latin = data.replace(f"\n{rel[2]},{names[2]}\n".encode(),
+                         f"\n{rel[2]},caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "latin.csv").write_bytes(latin)
+    got = labelled_data.read(str(tmp_path / "latin.csv"))
+    utf8_rows = pd.read_csv(io.BytesIO(latin), encoding="latin-1").drop(index=bad_line - 2)
+    assert got.files == [os.path.join(str(tmp_path), p) for p in utf8_rows["filepath"]]
+    np.testing.assert_array_equal(got.labels, pd.Categorical(
+        utf8_rows["label"], categories=sorted(set(utf8_rows["label"]))).codes)
+    assert got.skipped == {"not UTF-8 text": [f"line {bad_line}"]}
+
+
 def test_class_names_given_to_read_decide_a_tables_labels(folder, tmp_path):
     """Names given to `read` name a table's class indices (every index needs one), order its
     class-name labels (pandas' Categorical with those categories), and without names class
@@ -208,14 +241,20 @@ def test_clip_benchmark_webdataset_layout(tmp_path):
         parts = {"jpg" if i % 2 else "png": encoded[-1], "cls": str(i % 3).encode()}
         if i == 5:
             del parts["cls"]
+        if i == 6:  # a class name where CLIP_benchmark writes the index (a traceback before)
+            parts["cls"] = b"red"
         samples.append((f"s{i:07d}", parts))
+    samples.append(("._s0000001", {"jpg": encoded[1]}))  # macOS metadata beside a sample
     write_wds(tmp_path, "test", samples, CLASSES, ["a photo of a {}.", "a {}."])
     assert labelled_data.source_kind(str(tmp_path)) == "wds"
     got = labelled_data.read(str(tmp_path))
-    keep = [i for i in range(7) if i != 5]
+    keep = [i for i in range(7) if i not in (5, 6)]
     np.testing.assert_array_equal(got.labels, [i % 3 for i in keep])
     assert got.class_names == CLASSES and got.templates == ("a photo of a {}.", "a {}.")
-    assert got.skipped == {"no .cls": [f"{tmp_path / 'test' / '0.tar'}:s0000005"]}
+    shard = tmp_path / "test" / "0.tar"
+    assert got.skipped == {"no .cls": [f"{shard}:s0000005"],
+                           "a .cls that is not a class index": [f"{shard}:s0000006 ('red')"],
+                           "hidden member": [f"{shard}:._s0000001.jpg"]}
     for j, i in enumerate(keep):
         data = labelled_data.read_image_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
         assert data == encoded[i]

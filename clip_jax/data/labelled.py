@@ -13,10 +13,10 @@ labels, class names and, where the layout has them, prompt templates:
                 stays a class (a warning names it).
   table         a .csv / .tsv (pandas dialect: quoting, BOM, CRLF) with an image-path column
                 (relative paths are relative to the table's folder; rows whose image is
-                missing are skipped and reported) and a label column, given
-                as a class index (0..K-1) or a class name; class names given to the reader
-                (`read(..., class_names=...)`), else a `classnames.txt` beside the table, name
-                its indices or fix the order of its names.
+                missing, or whose path or label is not UTF-8 text, are skipped and reported)
+                and a label column, all class indices (0..K-1) or all class names; class names
+                given to the reader (`read(..., class_names=...)`), else a `classnames.txt`
+                beside the table, name its indices or fix the order of its names.
   wds           CLIP_benchmark's webdataset layout: `root/<split>/*.tar` whose samples carry
                 an image (`.jpg`, `.png`, `.webp`, ...) and a `.cls` (the class index),
                 `root/classnames.txt` (one name per line) and optionally
@@ -25,8 +25,9 @@ labels, class names and, where the layout has them, prompt templates:
 A table of class indices without names reads with the indices as names ("0", "1", ...;
 `LabelledImages.indexed`): enough for probes, which need labels only, while zero-shot
 evaluators refuse it and ask for names. Whatever a reader skips (not an image, hidden, a
-table row's missing file, a sample without a class) is listed in `LabelledImages.skipped` and
-named in a warning, never dropped silently. `make_iterable` turns a set into the eval batches the evaluators embed
+table row's missing file or non-UTF-8 text, a sample without a class or with a .cls that is
+not an index, a hidden tar member) is listed in `LabelledImages.skipped` and named in a
+warning, never dropped silently. `make_iterable` turns a set into the eval batches the evaluators embed
 (same transform as every other eval source, optionally with a synthetic shift from
 `clip_jax.data.shifts`).
 """
@@ -200,7 +201,9 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
 
 
 def _read_frame(path: str, rows: int | None = None) -> pd.DataFrame:
-    """A .csv / .tsv (by extension) as strings, pandas dialect (quoting, BOM, CRLF)."""
+    """A .csv / .tsv (by extension) as Python strings, pandas dialect (quoting, BOM, CRLF);
+    bytes that are not UTF-8 are kept as surrogate escapes (`_is_utf8`), so that only the rows
+    holding them are lost, not the table."""
     import pandas as pd
 
     if not tf.io.gfile.exists(path):
@@ -208,8 +211,13 @@ def _read_frame(path: str, rows: int | None = None) -> pd.DataFrame:
     sep = "\t" if path.lower().endswith(".tsv") else ","
     with tf.io.gfile.GFile(path, "rb") as f:
         data = io.BytesIO(f.read())
-    return pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                       nrows=rows)
+    return pd.read_csv(data, sep=sep, dtype=object, keep_default_na=False, encoding="utf-8-sig",
+                       encoding_errors="surrogateescape", nrows=rows)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a field holding bytes that are not UTF-8 (read as surrogate escapes)."""
+    return not any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def table_columns(path: str) -> list[str]:
@@ -232,10 +240,17 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     columns = list(frame.columns)
     image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
     label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
+    not_utf8 = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
+                if not (_is_utf8(p) and _is_utf8(y))]
+    if len(not_utf8) == len(frame):
+        raise ConfigError(f"{path}: no row's image path and label are UTF-8 text; save the "
+                          "table as UTF-8.")
+    lines = np.delete(np.arange(len(frame)) + 2, not_utf8)  # each kept row's line
+    frame = frame.drop(index=frame.index[not_utf8])
     empty = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
              if not p.strip() or not y.strip()]
     if empty:
-        raise ConfigError(f"{path} line {empty[0] + 2}: empty image path or label "
+        raise ConfigError(f"{path} line {lines[empty[0]]}: empty image path or label "
                           f"({len(empty)} such row(s)); fill or remove them.")
     raw = [y.strip() for y in frame[label_col]]
     if class_names is None:
@@ -244,18 +259,25 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
             class_names = read_lines(beside)
     indices = [_index(y) for y in raw]
     indexed = None not in indices
+    numbers = [i for i, k in enumerate(indices) if k is not None]
+    if numbers and not indexed and class_names is None:
+        word = indices.index(None)
+        raise ConfigError(f"{path}: the label column mixes class names (line {lines[word]}: "
+                          f"{raw[word]!r}) with class indices (line {lines[numbers[0]]}: "
+                          f"{raw[numbers[0]]!r}); use one kind throughout, or give the class "
+                          "names (--class-names) so that numbers are read as names.")
     if indexed:
         labels = np.asarray(indices, np.int64)
-        names = index_class_names(path, labels, class_names)
+        names = index_class_names(path, labels, class_names, lines)
     else:
         names = list(class_names) if class_names is not None else sorted(set(raw))
         index = {name: k for k, name in enumerate(names)}
         unknown = [i for i, y in enumerate(raw) if y not in index]
         if unknown:
             i, word = unknown[0], indices.index(None)
-            mixed = (f"; the column mixes class indices with names (line {word + 2}: "
+            mixed = (f"; the column mixes class indices with names (line {lines[word]}: "
                      f"{raw[word]!r}): use one kind throughout" if indices[i] is not None else "")
-            raise ConfigError(f"{path} line {i + 2}: label {raw[i]!r} is not one of the "
+            raise ConfigError(f"{path} line {lines[i]}: label {raw[i]!r} is not one of the "
                               f"{len(names)} class names given{mixed}.")
         labels = np.asarray([index[y] for y in raw], np.int64)
     root = os.path.dirname(path)
@@ -263,23 +285,26 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
              for p in frame[image_col]]
     missing = {i for i, f in enumerate(files) if not tf.io.gfile.exists(f)}
     if len(missing) == len(files):
-        raise MissingFileError(f"{path}: none of its {len(files)} images exist (line 2: "
-                               f"{files[0]!r}); relative paths are relative to the table's "
-                               "folder.")
+        raise MissingFileError(f"{path}: none of its {len(files)} images exist (line "
+                               f"{lines[0]}: {files[0]!r}); relative paths are relative to the "
+                               "table's folder.")
     keep = [i for i in range(len(files)) if i not in missing]
-    skipped = {"missing file": [f"line {i + 2}: {files[i]}" for i in sorted(missing)]}
+    skipped = {"missing file": [f"line {lines[i]}: {files[i]}" for i in sorted(missing)],
+               "not UTF-8 text": [f"line {i + 2}" for i in not_utf8]}
     out = _whole_files(f"table {path}", [files[i] for i in keep], labels[keep], names,
-                       skipped if missing else {})
+                       {why: what for why, what in skipped.items() if what})
     out.indexed = indexed and class_names is None
     return out
 
 
-def index_class_names(path: str, labels: np.ndarray, class_names: Sequence[str] | None
-                      ) -> list[str]:
+def index_class_names(path: str, labels: np.ndarray, class_names: Sequence[str] | None,
+                      lines: np.ndarray | None = None) -> list[str]:
     """The names of class-index `labels` read from `path`: `class_names`, which must name
-    every label, or without them the indices "0".."K-1" (K = the largest label + 1)."""
+    every label, or without them the indices "0".."K-1" (K = the largest label + 1). `lines`:
+    each label's line in the file (default: one per line after the header)."""
+    lines = np.arange(len(labels)) + 2 if lines is None else lines
     if labels.min() < 0:
-        line = int(np.argmin(labels)) + 2
+        line = int(lines[np.argmin(labels)])
         raise ConfigError(f"{path} line {line}: label {labels.min()} is negative; class "
                           "indices run from 0.")
     top = int(labels.max())
@@ -287,7 +312,7 @@ def index_class_names(path: str, labels: np.ndarray, class_names: Sequence[str] 
         return [str(k) for k in range(top + 1)]
     if top >= len(class_names):
         raise ConfigError(f"{path} has class indices up to {top} ({top + 1} classes, line "
-                          f"{int(np.argmax(labels)) + 2}) but {len(class_names)} class names "
+                          f"{int(lines[np.argmax(labels)])}) but {len(class_names)} class names "
                           f"were given (--class-names or a {WDS_CLASSNAMES} beside it); give "
                           "one name per class, in label order.")
     return list(class_names)
@@ -327,11 +352,14 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
                 if not member.isfile():
                     continue
                 directory, base = os.path.split(member.name)
+                if base.startswith("."):  # ._x.jpg (macOS metadata), .DS_Store
+                    skipped.setdefault("hidden member", []).append(f"{shard}:{member.name}")
+                    continue
                 stem, _, ext = base.partition(".")
                 samples.setdefault(os.path.join(directory, stem), {})[ext.lower()] = member
                 if ext.lower() == "cls":
                     classes[os.path.join(directory, stem)] = (
-                        tar.extractfile(member).read().decode().strip())
+                        tar.extractfile(member).read().decode("utf-8", "replace").strip())
         for key, parts in samples.items():
             image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in parts),
                          None)
@@ -339,7 +367,11 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
                 why = "no image" if image is None else "no .cls"
                 skipped.setdefault(why, []).append(f"{shard}:{key}")
                 continue
-            label = int(classes[key])
+            label = _index(classes[key])
+            if label is None:
+                skipped.setdefault("a .cls that is not a class index", []).append(
+                    f"{shard}:{key} ({classes[key][:40]!r})")
+                continue
             if not 0 <= label < len(class_names):
                 raise ConfigError(f"{shard}: sample {key} has class {label}, outside "
                                   f"0..{len(class_names) - 1} ({WDS_CLASSNAMES}).")
