@@ -173,12 +173,17 @@ def test_exif_orientation_is_honoured(vit_b16, orientation, tmp_path):
                                rtol=0, atol=1e-5)
 
 
-def test_single_image_and_bad_inputs(vit_b16):
+def test_single_image_and_bad_inputs(vit_b16, tmp_path):
     assert preprocess(photo(50, 60, 1), vit_b16).shape == (1, 224, 224, 3)
     with pytest.raises(TypeError, match="uint8"):
         preprocess(np.zeros((10, 10, 3), np.float32), vit_b16)
     with pytest.raises(FileNotFoundError, match="No image file"):
         preprocess("/nonexistent/image.jpg", vit_b16)
+    Image.fromarray(photo(50, 60, 3)).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(OSError, match=r"cut.png': .*truncated"):  # the file is named
+        preprocess([str(tmp_path / "whole.png"), str(tmp_path / "cut.png")], vit_b16)
 
 
 def test_sixteen_bit_images_are_rescaled(vit_b16):

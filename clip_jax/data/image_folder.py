@@ -124,7 +124,8 @@ def _attempt(path: str, read: Callable[[], Any]) -> Any:
     except Image.UnidentifiedImageError:
         return SkippedImage(path, "not an image PIL can identify")
     except DECODE_ERRORS as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        text = getattr(error, "reason", None) or str(error)  # the file is named already
+        message = text.splitlines()[0] if text else type(error).__name__
         return SkippedImage(path, f"cannot decode: {message}")
 
 

@@ -158,6 +158,15 @@ def exif_transposed(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+class UnreadableImageError(OSError):
+    """An image file PIL opens but cannot decode (cut off, damaged): the message names the
+    file, `reason` is PIL's own words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path!r}: {reason}")
+        self.reason = reason
+
+
 def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
                  alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
     """A PIL image, array or image file path as uint8 [H, W, 3] RGB.
@@ -170,8 +179,13 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
             raise MissingFileError(f"No image file at {os.fspath(image)!r}.")
-        with Image.open(image) as opened:
-            return to_rgb_uint8(opened, exif_transpose=exif_transpose, alpha=alpha)
+        try:
+            with Image.open(image) as opened:
+                return to_rgb_uint8(opened, exif_transpose=exif_transpose, alpha=alpha)
+        except Image.UnidentifiedImageError:
+            raise  # its message names the file
+        except OSError as error:  # "image file is truncated": name the file it is about
+            raise UnreadableImageError(os.fspath(image), str(error)) from error
     if isinstance(image, Image.Image):
         if exif_transpose:
             image = exif_transposed(image)
@@ -235,7 +249,7 @@ def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig, *,
     `alpha="white"` is what `CLIPImageProcessor` does with an RGBA image).
     Raises ValueError for a bad `alpha` before reading any image; then, per image,
     MissingFileError for a path with no file, PIL's UnidentifiedImageError for a file that is
-    not an image, TypeError for an array that is not uint8 and ValueError for one of another
+    not an image, OSError naming the file for one that cannot be decoded (truncated), TypeError for an array that is not uint8 and ValueError for one of another
     shape.
     """
     background_colour(alpha)
