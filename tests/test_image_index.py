@@ -90,14 +90,17 @@ def interrupted_at(call):
     return Interrupted
 
 
-def test_find_images_order_recursion_and_counts(folder, tmp_path):
+def test_find_images_order_recursion_and_counts(folder, tmp_path, caplog):
     paths, ignored = image_folder.find_images([str(folder)], recursive=True)
     expected = sorted(GOOD + BAD, key=lambda rel: rel.split("/"))
     assert paths == [os.path.join(str(folder), rel) for rel in expected]
     assert ignored == 1
+    assert "not searched" not in caplog.text
     flat, ignored = image_folder.find_images([str(folder)])
     assert flat == [os.path.join(str(folder), rel) for rel in expected if "/" not in rel]
     assert ignored == 0
+    subfolders = sorted({rel.split("/")[0] for rel in expected if "/" in rel})
+    assert f"{len(subfolders)} subfolder(s) not searched ({', '.join(subfolders)})" in caplog.text
     (tmp_path / "only" / "nested").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "only" / "nested" / "x.png")
     with pytest.raises(FileNotFoundError, match="--recursive"):

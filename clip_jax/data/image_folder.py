@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from clip_jax.data.preprocess import preprocess
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
 # What Pillow raises for a file it cannot read (shared with `clip_jax.data.labelled`).
+log = logging.getLogger(__name__)
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -53,8 +55,9 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[st
 
     A file given explicitly is kept whatever its extension; a folder contributes its files
     with an image extension (`IMAGE_EXTENSIONS`, case-insensitive), with `recursive` those of
-    every subfolder too (symlinked folders are not followed, so loops cannot occur). Raises
-    FileNotFoundError for a missing input or a folder without images.
+    every subfolder too (symlinked folders are not followed, so loops cannot occur); without
+    it, a warning names the subfolders left out. Raises FileNotFoundError for a missing input
+    or a folder without images.
     """
     check_inputs(inputs)
     paths, ignored = [], 0
@@ -84,6 +87,12 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
     relative, ignored = [], 0
     for root, dirs, files in os.walk(folder):
         if not recursive:
+            unsearched = [d for d in dirs if not d.startswith(".")]
+            if unsearched:
+                log.warning("%s: %d subfolder(s) not searched (%s); pass --recursive "
+                            "(recursive=True) to include them", folder, len(unsearched),
+                            ", ".join(sorted(unsearched)[:3]) + (", ..." if len(unsearched) > 3
+                                                                  else ""))
             dirs.clear()
         for name in files:
             path = os.path.join(root, name)
