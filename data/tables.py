@@ -112,18 +112,25 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
                  records=records, blank_lines=blank, physical_lines=len(lines))
 
 
-def read_header(path: str, *, delimiter: str, quoting: str) -> list[str]:
-    """The header of the local table file `path`, as `read_table` reads it, reading only as
-    far as the header's last line (a check of a column name costs nothing on a large table).
+def read_head(path: str, *, delimiter: str, quoting: str, records: int = 1
+              ) -> tuple[list[str], list[Record]]:
+    """The header of the local table file `path` and its first `records` records, as
+    `read_table` reads them, reading no further (a check of a large table's columns costs
+    nothing). Fewer records come back when the table has fewer.
 
     Raises what `read_table` raises, and OSError for a file that cannot be opened.
     """
     lines: list[str] = []
+    found: list[Record] = []
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         for record in _records(f, lines, delimiter=delimiter, quoting=quoting, name=path):
             if record is not None:
-                return record.fields
-    raise ValueError(f"{path} is empty (no header row).")
+                found.append(record)
+                if len(found) > records:
+                    break
+    if not found:
+        raise ValueError(f"{path} is empty (no header row).")
+    return found[0].fields, found[1:]
 
 
 def column_indices(header: list[str], columns: dict[str, str], *, name: str, delimiter: str,

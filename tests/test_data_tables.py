@@ -164,8 +164,10 @@ def test_header_alone_reads_as_pandas(name, tmp_path):
     text, delimiter, quoting, kwargs = CASES[name]
     path = tmp_path / "t.csv"
     path.write_bytes(("\ufeff" + text).encode())
-    header = tables.read_header(str(path), delimiter=delimiter, quoting=quoting)
-    assert header == pandas_rows(text.encode(), **kwargs)[0]
+    header, first = tables.read_head(str(path), delimiter=delimiter, quoting=quoting)
+    pandas_header, pandas_first = pandas_rows(text.encode(), **kwargs)
+    assert header == pandas_header
+    assert [r.fields for r in first] == pandas_first[:1]
 
 
 def test_header_alone_stops_at_the_header(tmp_path):
@@ -178,7 +180,8 @@ def test_header_alone_stops_at_the_header(tmp_path):
         pandas_rows(text.encode())
     with pytest.raises(tables.TableError):
         tables.read_table(text.encode(), delimiter=",", quoting="csv")
-    assert tables.read_header(str(path), delimiter=",", quoting="csv") == ["file\npath", "title"]
+    assert tables.read_head(str(path), delimiter=",", quoting="csv", records=0) == (
+        ["file\npath", "title"], [])
     (tmp_path / "empty.csv").write_text("\n  \n")
     with pytest.raises(ValueError, match="empty"):
-        tables.read_header(str(tmp_path / "empty.csv"), delimiter=",", quoting="csv")
+        tables.read_head(str(tmp_path / "empty.csv"), delimiter=",", quoting="csv")

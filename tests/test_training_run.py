@@ -335,6 +335,7 @@ def _table(tmp_path):
         Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(tmp_path / "img" / f"{i}.png")
     (tmp_path / "captions.csv").write_text("filepath,title\nimg/0.png,a cat\nimg/1.png,a dog\n")
     (tmp_path / "blank.csv").write_text("\n  \n")
+    (tmp_path / "header_only.csv").write_text("filepath,title\r\n")
     return tmp_path
 
 
@@ -393,6 +394,8 @@ MISCONFIGURATIONS = [
     ([*TABLE, "--config.data.table.train_path={tmp}/img"], "is a directory", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/blank.csv"], "is empty (no header row)",
      None),
+    ([*TABLE, "--config.data.table.train_path={tmp}/header_only.csv"],
+     "has a header but no rows", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",
       "--config.data.table.caption_column=caption"], "data.table.caption_column", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",

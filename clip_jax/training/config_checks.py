@@ -182,7 +182,7 @@ def check_table_columns(table: TableOptions) -> None:
             continue
         delimiter, quoting = table.dialect(path)
         try:
-            header = tables.read_header(path, delimiter=delimiter, quoting=quoting)
+            header, rows = tables.read_head(path, delimiter=delimiter, quoting=quoting)
         except ValueError as error:  # an empty file; TableError (a ConfigError) passes through
             raise ConfigError(f"data.table.{field}: {error} Pass a CSV/TSV file whose first "
                               "line names its columns.") from None
@@ -191,6 +191,9 @@ def check_table_columns(table: TableOptions) -> None:
                               f"({error.strerror or error}).") from None
         tables.column_indices(header, table.used_columns(), name=path, delimiter=delimiter,
                               quoting=quoting)
+        if not rows:
+            raise ConfigError(f"data.table.{field}={path!r} has a header but no rows; list one "
+                              "image path and caption per row.")
 
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
