@@ -211,6 +211,7 @@ def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model
     root = tmp_path / "colours"
     shutil.copytree(folder / "test", root)
     (root / "purple").mkdir()
+    (root / "red" / ".DS_Store").write_bytes(b"Bud1")
     Image.open(root / "red" / "0.png").save(root / "red" / "photo.jpg", quality=95)
     jpeg = (root / "red" / "photo.jpg").read_bytes()
     (root / "red" / "photo.jpg").write_bytes(jpeg[:len(jpeg) // 2])
@@ -235,6 +236,7 @@ def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model
     # robustness; tasks with other class names) read the folder.
     assert caplog.text.count(f"1 of {len(test) + 1} images unreadable") == 1, caplog.text
     assert caplog.text.count("no images in class folder(s) purple") == 1, caplog.text
+    assert caplog.text.count(".DS_Store") == 1, caplog.text  # the skipped hidden file, too
 
 
 def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):

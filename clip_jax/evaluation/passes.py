@@ -153,9 +153,12 @@ class Passes:
         return self.passes[-1]
 
     def open(self, model_config: Any, batch: int) -> None:
-        """Builds every pass's input pipeline (`batch` images per process)."""
+        """Builds every pass's input pipeline (`batch` images per process). A labelled folder
+        or table is listed once however many passes read it (its synthetic shifts), so what
+        it skips (hidden, not an image) is warned about once."""
+        listed: dict[tuple[str, str, str], labelled_data.LabelledImages] = {}
         for p in self.passes:
-            _open(p, model_config, batch)
+            _open(p, model_config, batch, listed)
 
     def embed(self, embedder: Embedder, variables: Variables) -> None:
         """Embeds every pass; warns with the count when images were left out as unreadable
@@ -180,10 +183,14 @@ class Passes:
             p.embeddings = None
 
 
-def _open(p: Pass, model_config: Any, batch: int) -> None:
+def _open(p: Pass, model_config: Any, batch: int,
+          listed: dict[tuple[str, str, str], labelled_data.LabelledImages]) -> None:
     if labelled_data.is_source(p.data.dataset):
-        names = zero_shot.read_class_names(p.class_spec) if p.class_spec else None
-        images = labelled_data.read(p.data.dataset, p.split, names)
+        source = (p.data.dataset, p.split, p.class_spec)
+        if source not in listed:
+            names = zero_shot.read_class_names(p.class_spec) if p.class_spec else None
+            listed[source] = labelled_data.read(*source[:2], names)
+        images = listed[source]
         p.iterable = labelled_data.make_iterable(images, model_config, batch_size=batch,
                                                  shift=p.shift,
                                                  prefetch_batches=p.data.prefetch_batches)
