@@ -83,6 +83,7 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
         few_shot=evaluate.few_shot_task(str(folder), shots="1,2", seeds=2, l2="0.01",
                                         zero_shot_init=False, templates="default"),
         robustness=evaluate.robustness_task(str(folder), shifts="greyscale,invert",
+                                            shifted=f"{folder}@train",
                                             baseline="0.6:0.5,0.9:0.7", templates="default"))
     metrics, evaluation = evaluate.evaluate_model(config, module, variables)
 
@@ -129,11 +130,29 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
                                                                               1 - 1e-4)))
         expected = shifted - 1 / (1 + np.exp(-(slope * logit_ref + intercept)))
         assert metrics[f"robustness/t/{name}_effective_robustness"] == pytest.approx(expected)
+    train_set = f"{folder.name}_train"  # the training split as a shifted set, its own images
+    assert metrics[f"robustness/t/{train_set}_top1"] == pytest.approx(
+        np.mean((train_emb @ ensemble.T).argmax(1) == train.labels), abs=1e-6)
 
     where = evaluation.provenance["zero_shot/t"]
     assert where == {"data": f"image folder {folder}/test", "split": "test", "images": 15,
                      "classes": 3, "templates": "default (12)"}
     table = eval_report.rows(metrics, evaluation.provenance, "test-vit")
+    # Each row names the data, split and image count its number comes from (trial s29): the
+    # shifted training split its own, a synthetic shift the reference's, a mean all it averages.
+    rows = pd.DataFrame(table).query("evaluator == 'robustness'").set_index("metric")
+    n_test, n_train = (len(list((folder / split).glob("*/*.png"))) for split in ("test", "train"))
+    test_data, train_data = f"image folder {folder}/test", f"image folder {folder}/train"
+    for metric, where in {
+            "reference_top1": (test_data, "test", n_test),
+            f"{train_set}_top1": (train_data, "train", n_train),
+            f"{train_set}_drop": (train_data, "train", n_train),
+            f"{train_set}_effective_robustness": (train_data, "train", n_train),
+            "greyscale_drop": (test_data, "test +greyscale", n_test),
+            "mean_shifted_top1": (f"mean over greyscale, invert, {train_set}",
+                                  "test +greyscale, test +invert, train",
+                                  2 * n_test + n_train)}.items():
+        assert tuple(rows.loc[metric, ["dataset", "split", "images"]]) == where, metric
     for line in eval_report.markdown(table).splitlines()[2:]:  # every value legible, none 0.0000
         evaluator, task, metric, value = [c.strip() for c in line.strip("|").split("|")][:4]
         assert float(value) == pytest.approx(metrics[f"{evaluator}/{task}/{metric}"], rel=2e-3,
@@ -340,6 +359,27 @@ def test_shifted_tables_of_class_indices_take_the_reference_classes(folder, mode
              metrics["robustness/t/test_linear_probe_top1"])  # the probe covers the set
     informative = all(0 < p < 1 for p in probe)  # a saturated probe has no logit line
     assert ("robustness/t/test_effective_robustness" in metrics) == informative
+
+
+def test_a_shifted_table_index_beyond_the_reference_classes_names_both(folder, model,
+                                                                       tmp_path, monkeypatch):
+    """A shifted table of bare class indices takes the reference's 3 classes: its index 3
+    fails before any image is embedded, naming the table and the reference whose classes
+    they are (the user gave no class names)."""
+    from clip_jax.evaluation.embedding import Embedder
+
+    module, variables = model
+    index_tables(folder, tmp_path)
+    frame = pd.read_csv(tmp_path / "test.csv")
+    frame.loc[4, "label"] = len(COLOURS)
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    monkeypatch.setattr(Embedder, "embed_split", lambda *a, **k: pytest.fail("embedded"))
+    config = config_for(robustness=evaluate.robustness_task(
+        str(folder), shifted=str(tmp_path / "test.csv"), shifts="", baseline=""))
+    with pytest.raises(ConfigError, match=(
+            rf"^config.eval.robustness.t: table {tmp_path}/test.csv has label 3 but the "
+            rf"reference image folder {folder}/test has 3 classes \(0-2\)")):
+        evaluate.evaluate_model(config, module, variables)
 
 
 def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):

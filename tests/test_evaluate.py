@@ -236,6 +236,19 @@ def test_task_numbers_and_shifts_are_checked_when_declared(tmp_path, kind, field
         evaluate.declare(config)
 
 
+def test_shifted_sets_named_like_the_reference_or_a_mean_take_their_folder(tmp_path):
+    """Folders named `reference` or `mean` as shifted sets would report `reference_top1` /
+    `mean_effective_robustness`, the task's own metrics: their parent folder tells them apart.
+    Declared only (no data read)."""
+    config = small_config(tmp_path, evaluators="robustness")
+    specs = [str(tmp_path / "a" / "reference"), str(tmp_path / "b" / "mean"),
+             str(tmp_path / "c" / "night")]
+    config.eval.robustness = {"mine": evaluate.robustness_task(
+        shifted=",".join(specs), shifts="greyscale", baseline="")}
+    _, _, (task,) = evaluate.declare(config)
+    assert list(task.shifted) == ["greyscale", "a_reference", "b_mean", "night"]
+
+
 class MeanImage(evaluators.Evaluator):
     """A new evaluator, written as the registry asks: the norm of the mean image embedding."""
 

@@ -2,7 +2,8 @@
 
 Results are in long format, one row per task and metric as CLIP_benchmark's result tables
 (`dataset`, `model`, `task`, `metric`, `value`), plus where each number comes from: the data,
-split, number of images and classes, and the prompt templates (`Evaluation.provenance`).
+split, number of images and classes, and the prompt templates (`Evaluation.provenance`; a
+robustness task's shifted-set rows name that set, its means the sets averaged).
 `write` puts `results.json`, `results.csv` and the plots in an output directory:
 `few_shot_<task>.png` (k-shot probe accuracy with its spread over seeds and the zero-shot
 line), `robustness_<task>.png` (in-distribution vs shifted accuracy with the baseline line,
@@ -25,11 +26,12 @@ COLUMNS = ("dataset", "model", "task", "metric", "value", "evaluator", "split", 
 
 def rows(metrics: Mapping[str, float], provenance: Mapping[str, Mapping[str, Any]],
          model: str) -> list[dict[str, Any]]:
-    """One row per metric `<evaluator>/<task>/<metric...>`, with the task's provenance."""
+    """One row per metric `<evaluator>/<task>/<metric...>`, with the metric's own provenance
+    where it has one (a robustness task's shifted set), else the task's."""
     out = []
     for key, value in metrics.items():
         evaluator, task, metric = key.split("/", 2)
-        where = provenance.get(f"{evaluator}/{task}", {})
+        where = provenance.get(key) or provenance.get(f"{evaluator}/{task}", {})
         out.append({"dataset": where.get("data", task), "model": model, "task": task,
                     "metric": metric, "value": float(value), "evaluator": evaluator,
                     "split": where.get("split", ""), "images": where.get("images", ""),

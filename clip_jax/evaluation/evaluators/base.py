@@ -63,14 +63,23 @@ def counts(spec: Any, field: str) -> list[int]:
     return [int(v) for v in values]
 
 
-def check_labels(labels: np.ndarray | None, num_classes: int, task: str) -> None:
-    """Every label must index one of `num_classes` class names."""
+def check_labels(labels: np.ndarray | None, num_classes: int, task: str,
+                 source: str = "the data", reference: str = "") -> None:
+    """Every label of `source` must index one of `num_classes` class names: its own, or
+    those of `reference` (a robustness task's reference set, whose classes a shifted set's
+    labels index), named so that the error blames the data the names came from."""
     if labels is None:
-        raise ConfigError(f"config.eval.{task}: the data have no labels; name a ClassLabel "
+        raise ConfigError(f"config.eval.{task}: {source} has no labels; name a ClassLabel "
                           "feature with data.label_key or use a labelled folder / CSV.")
     if labels.size and labels.max() >= num_classes:
-        raise ConfigError(f"config.eval.{task}: the data have label {int(labels.max())} but "
-                          f"only {num_classes} class names were given; give one name per class.")
+        top = int(labels.max())
+        if reference:
+            raise ConfigError(
+                f"config.eval.{task}: {source} has label {top} but the reference {reference} "
+                f"has {num_classes} classes (0-{num_classes - 1}), which its labels index; give "
+                f"it labels 0-{num_classes - 1} in the reference's class order.")
+        raise ConfigError(f"config.eval.{task}: {source} has label {top} but only "
+                          f"{num_classes} class names were given; give one name per class.")
 
 
 @dataclasses.dataclass
@@ -118,20 +127,27 @@ class Classifier:
 @dataclasses.dataclass
 class Records:
     """What a run keeps beside the metrics (see `Evaluation.run`): top-5 predictions per
-    zero-shot task, the counts behind each metric, where each task's numbers come from, and
-    the curves behind the plots."""
+    zero-shot task, the counts behind each metric, where each task's numbers (or a metric
+    computed on other data) come from (`where`), and the curves behind the plots."""
 
     predictions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     sizes: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     provenance: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     details: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-    def where(self, key: str, p: Pass, classifier: Classifier | None = None) -> None:
+    def where(self, key: str, p: Pass, classifier: Classifier | None = None,
+              classes: int | None = None) -> None:
+        """Records that the numbers under `key` come from pass `p` (scored among `classes`,
+        by default the classifier's or `p`'s). `key` is a task, `<kind>/<task>`, or one of its
+        metrics, `<kind>/<task>/<metric>`, computed on other data than the task's (a
+        robustness task's shifted sets): `report.rows` takes the metric's own first."""
+        if classes is None:
+            classes = len(classifier.class_names) if classifier else len(p.class_names or [])
         self.provenance[key] = {
             "data": p.description,
             "split": (p.split or p.shown_split) + (f" +{p.shift}" if p.shift else ""),
             "images": int(len(p.embeddings.images)),
-            "classes": len(classifier.class_names) if classifier else len(p.class_names or []),
+            "classes": classes,
             "templates": classifier.templates_label if classifier else ""}
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import linear_probe, naming, robustness
 from clip_jax.evaluation import metrics as eval_metrics
-from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
-                                                 check_labels, task_config)
+from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, Records,
+                                                 RunContext, check_labels, task_config)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Pass, Passes
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # TFDS datasets labelled in ImageNet's 1000 classes that hold only 200 of them: scored among
 # the classes present, as their authors evaluate them (Hendrycks et al.).
 SUBSET_DATASETS = ("imagenet_r", "imagenet_a")
+# Names a shifted set may not take: its `<name>_top1` would be the reference's, or a mean's.
+RESERVED = ("reference", "mean", "mean_shifted", "linear_probe_reference")
 
 
 def robustness_task(dataset: str = "", split: str = "", shifts: str = "", shifted: str = "",
@@ -64,7 +66,7 @@ class Robustness(Evaluator):
                                                 class_names=names)
         specs = [s.strip() for s in task.shifted.split(",") if s.strip()]
         for spec, set_name in zip(specs, naming.source_names(
-                specs, f"config.eval.{self.field}.shifted", taken=list(self.shifted))):
+                specs, f"config.eval.{self.field}.shifted", taken=[*self.shifted, *RESERVED])):
             dataset, other_split = passes.split_name(spec)
             other = passes.task_data(task, dataset)
             self.shifted[set_name] = passes.source(other, other_split, labels=True)
@@ -82,10 +84,20 @@ class Robustness(Evaluator):
     def classifiers(self) -> list[Classifier]:
         return [self.classifier]
 
+    def check(self) -> None:
+        """A shifted table of bare class indices indexes the reference's classes: an index
+        beyond them fails here, before any image is embedded."""
+        c = self.classifier
+        for p in self.shifted.values():
+            if p.indexed:
+                check_labels(p.listed_labels, len(c.class_names), self.field, p.description,
+                             c.source.description)
+
     def run(self, ctx: RunContext) -> dict[str, float]:
         c, classes = self.classifier, ctx.class_embeddings(self.classifier)
-        accuracy = {name: zero_shot_top1(p, c, classes)
-                    for name, p in {"reference": c.source, **self.shifted}.items()}
+        scored = {name: zero_shot_top1(p, c, classes)
+                  for name, p in {"reference": c.source, **self.shifted}.items()}
+        accuracy = {name: top1 for name, (top1, _) in scored.items()}
         reference = accuracy.pop("reference")
         baseline = (probe_pairs(self.train, c.source, self.shifted) if self.train is not None
                     else baseline_pairs(self.task.baseline, list(self.shifted), c.name))
@@ -97,24 +109,53 @@ class Robustness(Evaluator):
                             for n, pairs in baseline.items()})
         ctx.records.details[self.key] = {"reference": reference, "shifted": accuracy,
                                          "lines": lines, "baseline_points": baseline}
-        ctx.records.where(self.key, c.source, c)
+        self._where(ctx.records, set(results), {n: k for n, (_, k) in scored.items()})
         return {f"{self.key}/{k}": v for k, v in results.items()}
 
+    def _where(self, records: Records, metrics: set[str], classes: dict[str, int]) -> None:
+        """Where each of `metrics` comes from: a shifted set's rows from that set (a synthetic
+        shift's from the reference, shifted), the means from the sets they average, the rest
+        from the reference; `classes`: how many classes each set was scored among."""
+        c = self.classifier
+        records.where(self.key, c.source, c, classes["reference"])
+        probe = {"linear_probe_reference_top1": c.source}  # the probe's, among its classes
+        for name, p in self.shifted.items():
+            for metric in (f"{name}_top1", f"{name}_drop", f"{name}_effective_robustness"):
+                if metric in metrics:
+                    records.where(f"{self.key}/{metric}", p, c, classes[name])
+            probe[f"{name}_linear_probe_top1"] = p
+        for metric, p in probe.items():
+            if metric in metrics:
+                records.where(f"{self.key}/{metric}", p, classes=len(self.train.class_names))
+        for mean, part in (("mean_shifted_top1", "top1"),
+                           ("mean_effective_robustness", "effective_robustness")):
+            if mean in metrics:
+                names = [n for n in self.shifted if f"{n}_{part}" in metrics]
+                sets = [records.provenance[f"{self.key}/{n}_{part}"] for n in names]
+                records.provenance[f"{self.key}/{mean}"] = {
+                    "data": "mean over " + ", ".join(names),
+                    "split": ", ".join(s["split"] for s in sets),
+                    "images": sum(s["images"] for s in sets),
+                    "classes": len(c.class_names), "templates": c.templates_label}
 
-def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> float:
-    """Top-1 of `c`'s classifier on pass `p`, whose labels index its own class names: a
-    dataset whose classes are a subset of the reference's (a folder of 200 ImageNet classes,
-    or `SUBSET_DATASETS`) is scored among that subset. A table of bare class indices
-    (`Pass.indexed`) has no names of its own: its labels index the reference's classes."""
+
+def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> tuple[float, int]:
+    """Top-1 of `c`'s classifier on pass `p`, and the number of classes it is scored among.
+    `p`'s labels index its own class names: a dataset whose classes are a subset of the
+    reference's (a folder of 200 ImageNet classes, or `SUBSET_DATASETS`) is scored among that
+    subset. A table of bare class indices (`Pass.indexed`) has no names of its own: its
+    labels index the reference's classes."""
     emb = p.embeddings
     names = p.class_names or c.class_names
     if p is c.source or p.indexed or list(names) == list(c.source.class_names or c.class_names):
-        check_labels(emb.labels, len(classes), f"robustness.{c.name}")
+        check_labels(emb.labels, len(classes), f"robustness.{c.name}", p.description,
+                     "" if p is c.source else c.source.description)
         if p.data.dataset.split("/")[0].split(":")[0] in SUBSET_DATASETS:
             present = np.unique(emb.labels)
             remap = np.searchsorted(present, emb.labels)
-            return eval_metrics.zero_shot_metrics(emb.images, classes[present], remap)["top1"]
-        return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"]
+            return (eval_metrics.zero_shot_metrics(emb.images, classes[present], remap)["top1"],
+                    len(present))
+        return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"], len(classes)
     reference = list(c.source.class_names or c.class_names)
     missing = [n for n in names if n not in reference]
     if missing:
@@ -122,7 +163,8 @@ def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> float:
                           f"{missing[:3]} that the reference lacks; shifted sets must share the "
                           "reference's class names.")
     subset = np.asarray([reference.index(n) for n in names])
-    return eval_metrics.zero_shot_metrics(emb.images, classes[subset], emb.labels)["top1"]
+    top1 = eval_metrics.zero_shot_metrics(emb.images, classes[subset], emb.labels)["top1"]
+    return top1, len(subset)
 
 
 def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
