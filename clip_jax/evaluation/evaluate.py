@@ -112,7 +112,8 @@ class Evaluation:
         Also keeps each zero-shot task's top-5 predictions [N, 5] of this run, in split order,
         in `self.predictions[task]`, the counts behind each metric in `self.sizes`
         (`zero_shot/<task>`: images, classes; `retrieval/<task>`: images, texts), where each
-        task's numbers come from in `self.provenance` (data, split, images, classes,
+        task's numbers (or one metric's, when computed on other data: a robustness task's
+        shifted sets) come from in `self.provenance` (data, split, images, classes,
         templates) and the curves behind the plots in `self.details` (`eval_report`).
         """
         self.passes.embed(self.embedder, variables)

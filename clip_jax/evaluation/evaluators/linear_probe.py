@@ -47,7 +47,8 @@ class LinearProbe(Evaluator):
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         train, test = self.train, self.test
-        check_labels(train.embeddings.labels, len(train.class_names), self.field)
+        check_labels(train.embeddings.labels, len(train.class_names), self.field,
+                     train.description)
         results = linear_probe.linear_probe(
             train.embeddings.images, train.embeddings.labels, test.embeddings.images,
             test.embeddings.labels, num_classes=len(train.iterable.label_names),

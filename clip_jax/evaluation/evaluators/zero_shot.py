@@ -58,7 +58,7 @@ class ZeroShot(Evaluator):
     def run(self, ctx: RunContext) -> dict[str, float]:
         c = self.classifier
         emb, classes = c.source.embeddings, ctx.class_embeddings(c)
-        check_labels(emb.labels, len(c.class_names), self.field)
+        check_labels(emb.labels, len(c.class_names), self.field, c.source.description)
         results = eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)
         if c.compare_prompts:
             for label, templates in (("class_name", ("{}",)), ("one_template", c.templates[:1])):
