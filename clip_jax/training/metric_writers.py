@@ -156,6 +156,23 @@ def format_duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
+def _wait_for_a_later_second(events_dir: str) -> None:
+    """Returns once the clock is past the second of every event file in `events_dir`.
+
+    TensorBoard reads a run's event files in name order, and a resumed run's purge of replayed
+    steps only works on events read before it. Names start with the creating second; a file
+    made in the same second (a second writer in the same process, as a notebook that trains
+    again) differs only by an unpadded counter, so `...9` could sort after `...10` and the
+    replayed steps would come back. Waiting (at most a second) keeps names in time order.
+    """
+    if not os.path.isdir(events_dir):
+        return
+    seconds = [int(name.split(".")[3]) for name in os.listdir(events_dir)
+               if name.startswith("events.out.tfevents.") and name.split(".")[3].isdigit()]
+    if seconds and max(seconds) >= int(time.time()):
+        time.sleep(max(seconds) + 1 - time.time())
+
+
 class MetricWriter:
     """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard; shows progress on stdout.
 
@@ -179,7 +196,9 @@ class MetricWriter:
         if self._jsonl is None:
             os.makedirs(self.workdir, exist_ok=True)
             self._jsonl = open(self._path, "a")
-            self._events = EventFileWriter(os.path.join(self.workdir, "tensorboard"))
+            events = os.path.join(self.workdir, "tensorboard")
+            _wait_for_a_later_second(events)
+            self._events = EventFileWriter(events)
 
     def resume(self, step: int) -> None:
         """Forgets every record after `step` (the restored checkpoint's; 0 for a fresh start)
