@@ -82,6 +82,15 @@ class Table:
                 "multiline_records": sum(r.last_line > r.first_line for r in self.records)}
 
 
+def is_utf8(text: str) -> bool:
+    """False for a field holding bytes that are not UTF-8 (read as surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def default_quoting(delimiter: str) -> str:
     """`"none"` for tab-separated tables, `"csv"` (pandas' rules) for anything else."""
     return "none" if delimiter == "\t" else "csv"

@@ -54,6 +54,7 @@ from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_
 from clip_jax.data.tf_data import graph
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig
+from clip_jax_data import tables
 from clip_jax.data.preprocess import normalization_constants, to_rgb_uint8
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,8 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
 
 def _read_frame(path: str, rows: int | None = None) -> pd.DataFrame:
     """A .csv / .tsv (by extension) as Python strings, pandas dialect (quoting, BOM, CRLF);
-    bytes that are not UTF-8 are kept as surrogate escapes (`_is_utf8`), so that only the rows
-    holding them are lost, not the table."""
+    bytes that are not UTF-8 are kept as surrogate escapes (`tables.is_utf8`), so that only the
+    rows holding them are lost, not the table."""
     import pandas as pd
 
     if not tf.io.gfile.exists(path):
@@ -214,10 +215,6 @@ def _read_frame(path: str, rows: int | None = None) -> pd.DataFrame:
     return pd.read_csv(data, sep=sep, dtype=object, keep_default_na=False, encoding="utf-8-sig",
                        encoding_errors="surrogateescape", nrows=rows)
 
-
-def _is_utf8(text: str) -> bool:
-    """False for a field holding bytes that are not UTF-8 (read as surrogate escapes)."""
-    return not any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def table_columns(path: str) -> list[str]:
@@ -241,7 +238,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
     label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
     not_utf8 = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
-                if not (_is_utf8(p) and _is_utf8(y))]
+                if not (tables.is_utf8(p) and tables.is_utf8(y))]
     if len(not_utf8) == len(frame):
         raise ConfigError(f"{path}: no row's image path and label are UTF-8 text; save the "
                           "table as UTF-8.")

@@ -1,4 +1,4 @@
-"""Names of evaluation sources in metric keys: `zero_shot/<name>/top1`, `robustness/.../<name>_top1`.
+"""Names of evaluation sources in metric keys (`zero_shot/<name>/top1`, `.../<name>_top1`).
 
 A source is a TFDS name, a labelled folder or a CSV/TSV, with an optional `@split`. Its name is
 its last path component without a table's extension, plus `_<split>` when a split is given:

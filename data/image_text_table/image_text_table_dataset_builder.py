@@ -188,7 +188,7 @@ class _Row:
     def key(self) -> str:
         if not self.path:
             return self.lines
-        return f"{self.lines}: {self.path if _is_utf8(self.path) else ascii(self.path)}"
+        return f"{self.lines}: {self.path if tables.is_utf8(self.path) else ascii(self.path)}"
 
 
 def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[str, Any]]:
@@ -235,7 +235,8 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
         label = fields[columns["label_column"]].strip() if table.label_column else ""
         rows.append(_Row(record.first_line, record.lines, fields[columns["image_column"]],
                          caption, conversions=conversions, label=label))
-    probe = [r.path for r in rows[:_PROBE_ROWS] if not r.problem and r.path and _is_utf8(r.path)]
+    probe = [r.path for r in rows[:_PROBE_ROWS]
+             if not r.problem and r.path and tables.is_utf8(r.path)]
     if probe and not any(tf.io.gfile.exists(_resolve(root, p)) for p in probe):
         raise MissingFileError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
@@ -249,14 +250,6 @@ def _resolve(root: str, path: str) -> str:
     if "://" in path or os.path.isabs(path):
         return path
     return os.path.join(root, path)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes kept as surrogates
-        return False
-    return True
 
 
 def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
@@ -286,7 +279,7 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
         if not path:
             raise records.BadRecord("missing_file", "empty image path")
         _label_index(first.label, names)
-        if not _is_utf8(path):
+        if not tables.is_utf8(path):
             raise records.BadRecord("bad_path", "image path is not valid UTF-8")
         full = _resolve(root, path)
         try:
