@@ -140,3 +140,25 @@ def test_tfds_numpy_decoding_note_is_not_shown(capfd):
         absl_logger.removeHandler(handler)
     np.testing.assert_array_equal(decoded, pixels)
     assert not [r for r in records if "OpenCV" in r.getMessage()]
+
+
+def test_tensorflow_loads_without_keras_which_still_loads_on_first_use():
+    """TensorFlow's import-time Keras load (all of Keras and scikit-learn, 2-4 s) is skipped:
+    tf.data and TFDS work without it, and `tf.keras` / `import keras` still load it later."""
+    import subprocess
+    import sys
+
+    # A fresh interpreter: this test process has TensorFlow loaded already.
+    code = ("import sys\n"
+            "from clip_jax.data._tf import tf\n"
+            "import tensorflow_datasets\n"
+            "assert not {'keras', 'sklearn'} & set(sys.modules), 'loaded at import'\n"
+            "total = tf.data.Dataset.range(4).map(lambda x: 2 * x).reduce(\n"
+            "    tf.constant(0, tf.int64), lambda a, b: a + b)\n"
+            "assert int(total) == 12\n"
+            "assert tf.keras.layers.Dense(2)(tf.ones((1, 3))).shape == (1, 2)\n"
+            "import keras\n"
+            "assert keras.optimizers.Adam and 'keras' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
+from types import ModuleType
 
 # TensorFlow announces at import, once per process (twice for main.py, which re-executes
 # itself), that oneDNN custom ops are on and may change results by rounding. The input
@@ -49,7 +51,30 @@ if importlib.util.find_spec("triton") is not None:
     # first, it keeps its own, so torch and clip_jax's input pipeline can share a process.
     import triton  # noqa: F401
 
-import tensorflow as tf
+
+
+def _import_tensorflow() -> ModuleType:
+    """TensorFlow, imported without Keras where Keras is not loaded yet.
+
+    TensorFlow 2.21 imports `keras.src.optimizers` at import time (to register Keras
+    optimizers for SavedModel loading), which loads all of Keras and scikit-learn: 2-4 s of
+    every process that reads data, for nothing tf.data or TFDS uses. Keras is hidden while
+    TensorFlow imports (it catches the ImportError and goes on); `tf.keras` and `import keras`
+    still load it on first use.
+    """
+    if "keras" in sys.modules:
+        import tensorflow
+        return tensorflow
+    sys.modules["keras"] = None  # type: ignore[assignment]  # import keras -> ImportError
+    try:
+        import tensorflow
+    finally:
+        if "keras" in sys.modules and sys.modules["keras"] is None:
+            del sys.modules["keras"]
+    return tensorflow
+
+
+tf = _import_tensorflow()
 
 _ACCELERATORS = ("GPU", "TPU")
 
