@@ -334,25 +334,28 @@ def test_loss_config_errors_name_the_field():
         train.validate_config(config, 8, 1, "cpu")
 
 
-def test_model_flops_are_those_of_the_loop_free_step():
+def test_model_flops_are_those_of_the_loop_free_step(monkeypatch):
     """The MFU numerator: XLA counts a loop body once, so micro-batches, a chunked loss,
     scanned layers and remat must not change it (with micro-batches MFU read 1.0 % against
-    2.8 % at the same img/s); it is XLA's count of the plain step."""
+    2.8 % at the same img/s); it is XLA's count of the plain step. A step that is already
+    loop-free is counted as the loop lowered it, without tracing a twin."""
     from clip_jax.training import train
 
     mesh = sharding.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
 
-    def flops(config):
-        return train._model_flops(config, train_step.setup(
-            config, train_step.model_config(config), mesh))
+    def lowered(config):
+        s = train_step.setup(config, train_step.model_config(config), mesh)
+        return s, train_step.lower_train_step(config, s)
 
     plain = _config()
     plain.model.scan_layers, plain.model.remat_policy = False, "none"
-    expected = train_step.lower_train_step(
-        plain, train_step.setup(plain, train_step.model_config(plain), mesh)
-    ).cost_analysis()["flops"]
+    plain_setup, plain_step = lowered(plain)
+    expected = plain_step.cost_analysis()["flops"]
     looped = _config(microbatches=4, loss="chunked_softmax")
     looped.model.scan_layers, looped.model.remat_policy = True, "full"
-    assert flops(plain) == flops(looped) == expected
-    assert train_step.lower_train_step(looped, train_step.setup(
-        looped, train_step.model_config(looped), mesh)).cost_analysis()["flops"] < 0.6 * expected
+    looped_setup, looped_step = lowered(looped)
+    assert looped_step.cost_analysis()["flops"] < 0.6 * expected
+    assert (train._model_flops(plain, plain_setup) == train._model_flops(looped, looped_setup)
+            == train._model_flops(looped, looped_setup, looped_step) == expected)
+    monkeypatch.setattr(train_step, "lower_train_step", None)  # no twin is traced
+    assert train._model_flops(plain, plain_setup, plain_step) == expected

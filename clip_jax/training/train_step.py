@@ -271,12 +271,13 @@ def lower_train_step(config: ml_collections.ConfigDict, s: Setup) -> Any:
         return step.lower(s.abstract_state, batch)
 
 
-def compile_train_step(config: ml_collections.ConfigDict, s: Setup) -> Any:
+def compile_train_step(config: ml_collections.ConfigDict, s: Setup, lowered: Any = None) -> Any:
     """The one executable the loop runs: a shape or sharding change raises, never recompiles.
 
-    The compiler's freed scratch is returned to the OS before the first step
+    `lowered`: this step already lowered (`lower_train_step`), to compile as it is. The
+    compiler's freed scratch is returned to the OS before the first step
     (`host_tuning.release_freed_memory`), so it does not add to the run's peak host memory.
     """
-    compiled = lower_train_step(config, s).compile()
+    compiled = (lowered or lower_train_step(config, s)).compile()
     host_tuning.release_freed_memory()
     return compiled
