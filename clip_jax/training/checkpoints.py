@@ -76,22 +76,39 @@ def _as_words(x: Any, xp: Any) -> Any:
     return jax.lax.bitcast_convert_type(x, width)
 
 
+def _weighted_words(x: Any, xp: Any) -> Any:
+    """The bits of `x` as uint32 words, each times (1 + its position * _POSITION_WEIGHT)."""
+    words = _as_words(x, xp).astype(xp.uint32).reshape(-1)
+    return words * (xp.arange(words.size, dtype=xp.uint32) * xp.uint32(_POSITION_WEIGHT)
+                    + xp.uint32(1))
+
+
 def _checksum(x: Any, xp: Any) -> Any:
     """Position-weighted sum of the bits of `x`, modulo 2^32: the same for any sharding."""
-    words = _as_words(x, xp).astype(xp.uint32).reshape(-1)
-    weights = xp.arange(words.size, dtype=xp.uint32) * xp.uint32(_POSITION_WEIGHT) + xp.uint32(1)
-    return xp.sum(words * weights, dtype=xp.uint32)
+    return xp.sum(_weighted_words(x, xp), dtype=xp.uint32)
 
 
-def _is_finite(x: Any) -> Any:
-    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+def _digest_leaf(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(no NaN/Inf in `x`, `_checksum(x)`) in one pass over `x`: a two-output reduction, one
+    kernel per array. A state has many small arrays (the tiny config 237), and XLA:CPU took
+    4.0 s to compile two reductions each against 2.5 s for one."""
+    weighted = _weighted_words(x, jnp)
+    if jnp.issubdtype(x.dtype, jnp.inexact):  # one flag per word (an 8-byte item has two)
+        nonfinite = jnp.broadcast_to((~jnp.isfinite(x)).reshape(-1, 1),
+                                     (x.size, weighted.size // max(x.size, 1))).reshape(-1)
+    else:
+        nonfinite = jnp.zeros(weighted.shape, bool)
+    nonfinite = nonfinite.astype(jnp.uint32)
+    zero = jnp.uint32(0)
+    total, bad = jax.lax.reduce((weighted, nonfinite), (zero, zero),
+                                lambda a, b: (a[0] + b[0], a[1] + b[1]), (0,))
+    return bad == 0, total
 
 
 @jax.jit
 def _digest_on_device(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    finite = jnp.stack([_is_finite(x) for x in leaves])
-    sums = jnp.stack([_checksum(x, jnp) for x in leaves])
-    return finite, sums
+    finite, sums = zip(*map(_digest_leaf, leaves))
+    return jnp.stack(finite), jnp.stack(sums)
 
 
 def digest(state: Any) -> tuple[list[str], dict[str, int]]:
