@@ -271,25 +271,27 @@ def test_global_norm_equals_numpy_over_layer_stacks_shapes_and_dtypes():
     assert float(optim.global_norm({})) == 0.0
 
 
-def test_global_norm_adds_no_collective_to_an_fsdp_step(monkeypatch):
+def test_global_norm_adds_no_collective_to_an_fsdp_step():
     """Stacked layers share sharding: the grouped norm gathers nothing optax's per-leaf one
-    does not (unrolled layers, fsdp x tensor mesh)."""
+    does not (the unrolled model's gradients as the step shards them, fsdp x tensor mesh)."""
     import optax
 
     from clip_jax.training import optim
 
+    config = _config()
+    config.model.scan_layers = False
+    s = train_step.setup(config, train_step.model_config(config),
+                         sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+    grads = s.abstract_state.params  # shapes, dtypes and the shardings of the step's params
+
     def collectives(norm):
-        monkeypatch.setattr(optim, "global_norm", norm)
-        config = _config()
-        config.model.scan_layers = False
-        s = train_step.setup(config, train_step.model_config(config),
-                             sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
-        hlo = train_step.compile_train_step(config, s).as_text()
+        hlo = jax.jit(norm).lower(grads).compile().as_text()
         return {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(")
-                for op in ("all-gather", "all-to-all", "collective-permute")}
+                for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce")}
 
     grouped = collectives(optim.global_norm)
-    assert collectives(optax.tree.norm) == grouped
+    assert grouped == collectives(optax.tree.norm) and grouped["all-reduce"] > 0
+    assert any(len(set(x.sharding.spec) - {None}) for x in jax.tree.leaves(grads))
 
 
 def _numpy_loss(kind, img, txt, scale, bias):
