@@ -52,7 +52,6 @@ if importlib.util.find_spec("triton") is not None:
     import triton  # noqa: F401
 
 
-
 def _import_tensorflow() -> ModuleType:
     """TensorFlow, imported without Keras where Keras is not loaded yet.
 

@@ -278,6 +278,6 @@ def compile_train_step(config: ml_collections.ConfigDict, s: Setup, lowered: Any
     compiler's freed scratch is returned to the OS before the first step
     (`host_tuning.release_freed_memory`), so it does not add to the run's peak host memory.
     """
-    compiled = (lowered or lower_train_step(config, s)).compile()
+    compiled = (lowered if lowered is not None else lower_train_step(config, s)).compile()
     host_tuning.release_freed_memory()
     return compiled
