@@ -186,3 +186,40 @@ def test_a_saturated_probe_baseline_gives_no_effective_robustness(caplog):
     assert metrics["greyscale_drop"] == pytest.approx(0.1)
     assert metrics["blur_effective_robustness"] == pytest.approx(
         0.3 - special.expit(special.logit(0.5) + special.logit(0.6) - special.logit(0.8)))
+
+
+def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypatch):
+    """One probe (one L2 sweep, one refit) scores the reference and every shifted set, however
+    many: each pair equals a probe fitted with the chosen L2 for that set alone (the
+    solver's agreement with scikit-learn: tests/test_evaluate_metrics.py)."""
+    from types import SimpleNamespace
+
+    from clip_jax.evaluation import linear_probe
+    from clip_jax.evaluation.evaluators import robustness as evaluator
+
+    fits = []
+    fit = linear_probe.fit_logistic_regression
+    monkeypatch.setattr(linear_probe, "fit_logistic_regression",
+                        lambda *a, **k: fits.append(a[3]) or fit(*a, **k))
+    centres = np.random.default_rng(0).normal(0, 1.0, (4, 6))
+
+    def source(seed, spread):  # the same classes, drawn afresh with more or less noise
+        y = np.repeat(np.arange(4), 20)
+        x = (centres[y] + np.random.default_rng(seed).normal(0, spread, (80, 6))).astype(
+            np.float32)
+        return SimpleNamespace(embeddings=SimpleNamespace(images=x, labels=y),
+                               class_names=["a", "b", "c", "d"], indexed=False)
+
+    train, reference = source(0, 0.6), source(1, 0.6)
+    shifted = {f"s{i}": source(2 + i, 0.6 + 0.5 * i) for i in range(3)}
+    pairs = evaluator.probe_pairs(train, reference, shifted)
+    assert len(fits) == len(linear_probe.DEFAULT_L2) + 1 and set(pairs) == set(shifted)
+
+    def alone(s):
+        return linear_probe.linear_probe(train.embeddings.images, train.embeddings.labels,
+                                         s.embeddings.images, s.embeddings.labels,
+                                         num_classes=4)["accuracy"]
+
+    for name, s in shifted.items():
+        assert pairs[name] == [(alone(reference), alone(s))], name
+    assert len({acc for ((_, acc),) in pairs.values()}) == 3  # the sets really differ

@@ -109,24 +109,44 @@ def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Features scaled to zero mean, unit variance with the training set's statistics (the
     L2 penalty then treats every dimension alike and L-BFGS converges in few steps)."""
-    mean = train.mean(axis=0)
-    std = np.maximum(train.std(axis=0), 1e-6)
+    mean, std = _moments(train)
     return [(a - mean) / std for a in (train, *others)]
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                 test_y: np.ndarray, *, num_classes: int | None = None,
-                 l2_grid: Sequence[float] = DEFAULT_L2, validation_fraction: float = 0.2,
-                 seed: int = 0) -> dict[str, float]:
-    """Test accuracy of a logistic regression on standardised features.
+def _moments(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return train.mean(axis=0), np.maximum(train.std(axis=0), 1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbe:
+    """A fitted probe: `model` on features standardised with the training features' `mean`
+    and `std` [D], and the L2 strength `l2` it was fit with."""
+
+    model: LogisticRegression
+    mean: np.ndarray
+    std: np.ndarray
+    l2: float
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Top-1 accuracy on features x [N, D] with labels y [N] (as the training set's)."""
+        x = (np.asarray(x, np.float32) - self.mean) / self.std
+        return float(np.mean(self.model.predict(x) == np.asarray(y)))
+
+
+def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, *,
+                     l2_grid: Sequence[float] = DEFAULT_L2, validation_fraction: float = 0.2,
+                     seed: int = 0) -> LinearProbe:
+    """A logistic regression on standardised features, fitted once to be scored on any
+    number of test sets (a robustness baseline scores one probe on every shifted set).
 
     With several `l2_grid` values, a seeded random `validation_fraction` of the training
     examples picks the one of best validation accuracy (the first such in grid order); the
-    classifier is then refit on all training examples.
+    classifier is then refit on all training examples. Raises ValueError for an empty grid
+    or too few examples to hold some out.
     """
-    train_x, test_x = standardize(np.asarray(train_x, np.float32), np.asarray(test_x, np.float32))
-    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-    k = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    train_x = np.asarray(train_x, np.float32)
+    mean, std = _moments(train_x)
+    train_x, train_y = (train_x - mean) / std, np.asarray(train_y)
     grid = list(l2_grid)
     if not grid:
         raise ValueError("l2_grid is empty; give at least one regularisation strength.")
@@ -138,8 +158,21 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
             raise ValueError(f"{len(train_x)} training examples are too few to hold out "
                              f"{validation_fraction:.0%} for choosing l2; give more or one l2.")
         val, fit = order[:n_val], order[n_val:]
-        scores = [np.mean(fit_logistic_regression(train_x[fit], train_y[fit], k, l2)
+        scores = [np.mean(fit_logistic_regression(train_x[fit], train_y[fit], num_classes, l2)
                           .predict(train_x[val]) == train_y[val]) for l2 in grid]
         best = grid[int(np.argmax(scores))]
-    model = fit_logistic_regression(train_x, train_y, k, best)
-    return {"accuracy": float(np.mean(model.predict(test_x) == test_y)), "l2": float(best)}
+    model = fit_logistic_regression(train_x, train_y, num_classes, best)
+    return LinearProbe(model, mean, std, float(best))
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                 test_y: np.ndarray, *, num_classes: int | None = None,
+                 l2_grid: Sequence[float] = DEFAULT_L2, validation_fraction: float = 0.2,
+                 seed: int = 0) -> dict[str, float]:
+    """{"accuracy": test top-1, "l2": the strength chosen} of `fit_linear_probe` on the
+    training set (`num_classes` default: the largest label seen + 1)."""
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    k = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    probe = fit_linear_probe(train_x, train_y, k, l2_grid=l2_grid,
+                             validation_fraction=validation_fraction, seed=seed)
+    return {"accuracy": probe.accuracy(test_x, test_y), "l2": probe.l2}
