@@ -190,7 +190,7 @@ def test_a_saturated_probe_baseline_gives_no_effective_robustness(caplog):
 
 def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypatch):
     """One probe (one L2 sweep, one refit) scores the reference and every shifted set, however
-    many: each pair equals a probe fitted with the chosen L2 for that set alone (the
+    many: each pair equals what `linear_probe` fitted for that set alone gives (the
     solver's agreement with scikit-learn: tests/test_evaluate_metrics.py)."""
     from types import SimpleNamespace
 
