@@ -162,3 +162,19 @@ def test_tensorflow_loads_without_keras_which_still_loads_on_first_use():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("first", ["tensorflow", "keras"])
+def test_tensorflow_or_keras_imported_first_is_taken_as_it_is(first):
+    """A user's process that loaded TensorFlow (or Keras, which loads it) before clip_jax's
+    input pipeline keeps working: it segfaulted importing triton after TensorFlow."""
+    import subprocess
+    import sys
+
+    code = (f"import {first}\n"
+            "from clip_jax.data._tf import tf\n"
+            "assert int(tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64),\n"
+            "                                           lambda a, b: a + b)) == 3\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])

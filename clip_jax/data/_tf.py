@@ -45,10 +45,12 @@ def _not_noise(record: logging.LogRecord) -> bool:
 if _not_noise not in logging.getLogger("absl").filters:
     logging.getLogger("absl").addFilter(_not_noise)
 
-if importlib.util.find_spec("triton") is not None:
+if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
     # TensorFlow loads its libraries with RTLD_GLOBAL; triton (installed with CUDA builds of
     # torch) then binds its LLVM to TensorFlow's symbols and segfaults on import. Loaded
     # first, it keeps its own, so torch and clip_jax's input pipeline can share a process.
+    # Once the user's code has loaded TensorFlow (or Keras, TFDS) it is too late, and
+    # importing triton here would be the segfault.
     import triton  # noqa: F401
 
 
