@@ -1,12 +1,10 @@
 """The `config.data` section is read without TensorFlow; its mistakes are ConfigErrors."""
 
-import subprocess
-import sys
-
 import pytest
 
 from clip_jax.data import options as data_options
 from clip_jax.errors import ConfigError
+from fresh_python import run_python
 
 
 def test_reading_the_data_config_imports_no_tensorflow():
@@ -20,9 +18,7 @@ def test_reading_the_data_config_imports_no_tensorflow():
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'tensorflow_datasets'))\n"
             "assert not loaded, loaded[:5]\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_python(code)
 
 
 @pytest.mark.parametrize("given, field", [

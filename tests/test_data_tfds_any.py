@@ -19,6 +19,8 @@ from clip_jax_data.synthetic_shapes import SyntheticShapes, make_config
 
 import tensorflow_datasets as tfds
 
+from fresh_python import run_python
+
 MODEL = get_preset("test-vit")
 
 
@@ -145,9 +147,6 @@ def test_tfds_numpy_decoding_note_is_not_shown(capfd):
 def test_tensorflow_loads_without_keras_which_still_loads_on_first_use():
     """TensorFlow's import-time Keras load (all of Keras and scikit-learn, 2-4 s) is skipped:
     tf.data and TFDS work without it, and `tf.keras` / `import keras` still load it later."""
-    import subprocess
-    import sys
-
     # A fresh interpreter: this test process has TensorFlow loaded already.
     code = ("import sys\n"
             "from clip_jax.data._tf import tf\n"
@@ -159,22 +158,15 @@ def test_tensorflow_loads_without_keras_which_still_loads_on_first_use():
             "assert tf.keras.layers.Dense(2)(tf.ones((1, 3))).shape == (1, 2)\n"
             "import keras\n"
             "assert keras.optimizers.Adam and 'keras' in sys.modules\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_python(code)
 
 
 @pytest.mark.parametrize("first", ["tensorflow", "keras"])
 def test_tensorflow_or_keras_imported_first_is_taken_as_it_is(first):
     """A user's process that loaded TensorFlow (or Keras, which loads it) before clip_jax's
     input pipeline keeps working: it segfaulted importing triton after TensorFlow."""
-    import subprocess
-    import sys
-
     code = (f"import {first}\n"
             "from clip_jax.data._tf import tf\n"
             "assert int(tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64),\n"
             "                                           lambda a, b: a + b)) == 3\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    run_python(code)
