@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clip_jax.data._tf import tf  # hides accelerators before TFDS starts TensorFlow
-from clip_jax.data import labelled as labelled_data
+from clip_jax.data import image_folder, labelled as labelled_data
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.data.preprocess import normalization_constants, preprocess
 from clip_jax.errors import ConfigError
@@ -65,6 +65,36 @@ def test_image_folder_reads_as_torchvision_and_tfds(folder):
     assert len(flat) == builder.info.splits["test"].num_examples
     with pytest.raises(FileNotFoundError, match="No split folder .*valid.*folders there"):
         labelled_data.read(str(folder), "valid")
+
+
+def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, caplog):
+    """A linked folder inside a class folder was followed by the eval reader but silently
+    left out by `find_images` (`clip-jax index` / `zero-shot --recursive`), and a link back
+    to an ancestor made the eval reader walk until the path grew too long. Both now read
+    what torchvision's ImageFolder reads (links followed), and a folder reached again, by a
+    loop or a second link, is not searched again and is named."""
+    from torchvision.datasets import ImageFolder
+
+    root, outside = tmp_path / "set", tmp_path / "elsewhere"
+    for k, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        picture(k).save(root / name / "0.png")
+    outside.mkdir()
+    for i in range(2):
+        picture(10 + i).save(outside / f"{i}.png")
+    (root / "dog" / "a_linked").symlink_to(outside, target_is_directory=True)
+    theirs = ImageFolder(str(root))
+    (root / "dog" / "loop").symlink_to(root / "dog", target_is_directory=True)
+    (root / "dog" / "z_again").symlink_to(outside, target_is_directory=True)
+    with caplog.at_level("WARNING"):
+        ours = labelled_data.read(str(root))
+        found, _ = image_folder.find_images([str(root)], recursive=True)
+    assert list(zip(ours.files, ours.labels.tolist())) == theirs.samples
+    assert str(root / "dog" / "a_linked" / "1.png") in ours.files and len(ours.files) == 4
+    again = [str(root / "dog" / "loop"), str(root / "dog" / "z_again")]
+    assert ours.skipped == {"linked folder searched already": again}
+    assert sorted(found) == sorted(ours.files)
+    assert "2 linked folder(s) not searched again" in caplog.text and again[1] in caplog.text
 
 
 def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_path, caplog):
@@ -169,6 +199,41 @@ def test_mixed_label_kinds_and_non_utf8_rows(folder, tmp_path):
     np.testing.assert_array_equal(got.labels, pd.Categorical(
         utf8_rows["label"], categories=sorted(set(utf8_rows["label"]))).codes)
     assert got.skipped == {"not UTF-8 text": [f"line {bad_line}"]}
+
+
+def test_table_messages_name_the_files_physical_lines(folder, tmp_path):
+    """Blank lines and quoted line breaks do not shift the lines named: a skipped row's and a
+    bad row's line is where an editor shows it (each record is one row after the header
+    before, so here every number was off). Rows read as pandas reads them."""
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files][:6]
+    names = [src.class_names[y] for y in src.labels][:6]
+    rel[4] = "gone/missing.png"
+    physical = ["filepath,label,note", ""]
+    for k, (p, n) in enumerate(zip(rel, names)):
+        physical += [f'{p},{n},"two\nlines"'] if k == 1 else [f"{p},{n},x", ""]
+    data = "\r\n".join(physical).replace("two\r\nlines", "two\nlines").encode()
+    (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbf" + data)
+    got = labelled_data.read(str(tmp_path / "t.csv"))
+    frame = pd.read_csv(io.BytesIO(data), keep_default_na=False)
+    kept = frame[frame["filepath"] != rel[4]]
+    assert got.files == [os.path.join(str(tmp_path), p) for p in kept["filepath"]]
+    np.testing.assert_array_equal(got.labels, pd.Categorical(
+        kept["label"], categories=sorted(set(frame["label"]))).codes)
+    where = {text: n for n, line in enumerate(data.decode().split("\n"), start=1)
+             for text in (line.split(",")[0],)}
+    assert got.skipped == {"missing file": [
+        f"line {where[rel[4]]}: {os.path.join(str(tmp_path), rel[4])}"]}
+
+    bad = data.replace(f"{rel[5]},{names[5]}".encode(), f"{rel[5]},wolf".encode())
+    (tmp_path / "bad.csv").write_bytes(bad)
+    with pytest.raises(ConfigError, match=rf"bad.csv line {where[rel[5]]}: label 'wolf'"):
+        labelled_data.read_table(str(tmp_path / "bad.csv"), class_names=CLASSES)
+    wide = data.replace(f"{rel[3]},{names[3]},x".encode(), f"{rel[3]},{names[3]},x,y".encode())
+    (tmp_path / "wide.csv").write_bytes(wide)
+    with pytest.raises(ConfigError, match=rf"wide.csv line {where[rel[3]]}: 4 fields where "
+                                          r"the header has 3 \(1 such row"):
+        labelled_data.read(str(tmp_path / "wide.csv"))
 
 
 def test_class_names_given_to_read_decide_a_tables_labels(folder, tmp_path):

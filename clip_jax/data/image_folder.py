@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,9 +56,10 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[st
 
     A file given explicitly is kept whatever its extension; a folder contributes its files
     with an image extension (`IMAGE_EXTENSIONS`, case-insensitive), with `recursive` those of
-    every subfolder too (symlinked folders are not followed, so loops cannot occur); without
-    it, a warning names the subfolders left out. Raises FileNotFoundError for a missing input
-    or a folder without images.
+    every subfolder too (symlinked folders followed, as torchvision's `ImageFolder` follows
+    them, each real folder entered once: `walk_once`); without it, a warning names the
+    subfolders left out. Raises FileNotFoundError for a missing input or a folder without
+    images.
     """
     check_inputs(inputs)
     paths, ignored = [], 0
@@ -83,9 +85,40 @@ def check_inputs(inputs: Sequence[str]) -> None:
             raise MissingFileError(f"No image file or folder at {item!r}.")
 
 
+def walk_once(top: str, revisits: list[str],
+              walk: Callable[[str], Iterable[tuple[str, list[str], list[str]]]] = functools.partial(
+                  os.walk, followlinks=True)) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`walk`'s top-down (folder, subfolders, files), following symlinked folders, with every
+    subfolder whose real path was already entered pruned before it is yielded (a link back to
+    an ancestor would loop forever; a second link to a folder would repeat its images) and
+    appended to `revisits`, so that the caller can report it. `walk`: `os.walk` with links
+    followed, or `tf.io.gfile.walk` (which follows them, and for `gs://` paths has none)."""
+    real = lambda path: path if "://" in path else os.path.realpath(path)  # noqa: E731
+    seen = {real(top)}
+    for root, dirs, files in walk(top):
+        keep = []
+        for name in sorted(dirs):  # the first of two paths to a folder is kept, every time
+            path = os.path.join(root, name.rstrip("/"))
+            if real(path) in seen:
+                revisits.append(path)
+            else:
+                seen.add(real(path))
+                keep.append(name)
+        dirs[:] = keep
+        yield root, dirs, files
+
+
+def warn_revisits(folder: str, revisits: list[str]) -> None:
+    """One warning naming the folders `walk_once` did not enter again."""
+    if revisits:
+        log.warning("%s: %d linked folder(s) not searched again, their real folder already "
+                    "was (a link loop or a second link): %s", folder, len(revisits),
+                    ", ".join(revisits[:3]) + (", ..." if len(revisits) > 3 else ""))
+
+
 def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
-    relative, ignored = [], 0
-    for root, dirs, files in os.walk(folder):
+    relative, ignored, revisits = [], 0, []
+    for root, dirs, files in walk_once(folder, revisits):
         if not recursive:
             unsearched = [d for d in dirs if not d.startswith(".")]
             if unsearched:
@@ -100,9 +133,9 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
                 relative.append(os.path.relpath(path, folder))
             else:
                 ignored += 1
+    warn_revisits(folder, revisits)
     relative.sort(key=lambda rel: rel.split(os.sep))
     return [os.path.join(folder, rel) for rel in relative], ignored
-
 
 def read_image(path: str, config: CLIPConfig, **image_options) -> np.ndarray | SkippedImage:
     """float32 [S, S, 3] model input for one file, or why it cannot be read; `image_options`

@@ -5,13 +5,16 @@ labels, class names and, where the layout has them, prompt templates:
 
   image_folder  `root/<class name>/**/*.jpg` as torchvision's `ImageFolder` reads it (classes
                 = the sorted sub-folder names, label = position in that order, files found
-                recursively, folder by folder in sorted order); optional split folders `root/<split>/<class>/...` as
+                recursively, folder by folder in sorted order, symlinked folders followed,
+                a folder reached again by a link not searched again and reported);
+                optional split folders `root/<split>/<class>/...` as
                 TFDS's `ImageFolder` reads them (`split` picks one; "" = the root itself, or
                 the first of test / validation / val / train when the root holds only such
                 folders). Hidden folders and files (`.ipynb_checkpoints/`, `.DS_Store`,
                 `._photo.jpg`) are neither classes nor images; a class folder without images
                 stays a class (a warning names it).
-  table         a .csv / .tsv (pandas dialect: quoting, BOM, CRLF) with an image-path column
+  table         a .csv / .tsv (pandas' dialect, `clip_jax_data.tables`: quoting, BOM, CRLF;
+                messages name the file's physical lines) with an image-path column
                 (relative paths are relative to the table's folder; rows whose image is
                 missing, or whose path or label is not UTF-8 text, are skipped and reported)
                 and a label column, all class indices (0..K-1) or all class names; class names
@@ -48,7 +51,7 @@ from clip_jax.data import shifts
 from clip_jax.data.options import IMAGE_COLUMNS, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
-from clip_jax.data.image_folder import DECODE_ERRORS
+from clip_jax.data.image_folder import DECODE_ERRORS, walk_once
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
@@ -154,9 +157,10 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     if len(classes) < 2:
         raise ConfigError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it "
                           "out as <root>/<class name>/<image files> with at least 2 classes.")
-    files, labels = [], []
+    files, labels, revisits = [], [], []
     for label, name in enumerate(classes):
-        for directory, _, names in sorted(tf.io.gfile.walk(os.path.join(folder, name))):
+        walked = list(walk_once(os.path.join(folder, name), revisits, tf.io.gfile.walk))
+        for directory, _, names in sorted(walked):
             hidden = any(p.startswith(".") for p in
                          os.path.relpath(directory, folder).split(os.sep))
             for f in sorted(names):
@@ -168,6 +172,8 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
                 else:
                     files.append(path)
                     labels.append(label)
+    if revisits:
+        skipped["linked folder searched already"] = revisits
     if not files:
         raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                                f"{folder!r}.")
@@ -201,55 +207,65 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
     return found[0]
 
 
-def _read_frame(path: str, rows: int | None = None) -> pd.DataFrame:
-    """A .csv / .tsv (by extension) as Python strings, pandas dialect (quoting, BOM, CRLF);
-    bytes that are not UTF-8 are kept as surrogate escapes (`tables.is_utf8`), so that only the
-    rows holding them are lost, not the table."""
-    import pandas as pd
-
+def _read_table_file(path: str) -> tables.Table:
+    """A .csv / .tsv (by extension) in `clip_jax_data.tables`' pandas dialect (quoting, BOM,
+    CRLF, blank lines skipped), quoted fields on both, as pandas' `read_csv` quotes by
+    default; each record keeps its physical line, so every message names the line an editor
+    shows. Bytes that are not UTF-8 are kept as surrogate escapes (`tables.is_utf8`): only
+    the rows holding them are lost, not the table."""
     if not tf.io.gfile.exists(path):
         raise MissingFileError(f"No table at {path!r}.")
-    sep = "\t" if path.lower().endswith(".tsv") else ","
     with tf.io.gfile.GFile(path, "rb") as f:
-        data = io.BytesIO(f.read())
-    return pd.read_csv(data, sep=sep, dtype=object, keep_default_na=False, encoding="utf-8-sig",
-                       encoding_errors="surrogateescape", nrows=rows)
-
+        data = f.read()
+    try:
+        return tables.read_table(data, delimiter="\t" if path.lower().endswith(".tsv") else ",",
+                                 quoting="csv", name=path)
+    except ValueError as error:  # no header row
+        raise ConfigError(f"{path} is empty; give it a header row and one image path and "
+                          "label per row.") from error
 
 
 def table_columns(path: str) -> list[str]:
     """The header of a .csv / .tsv, as `read_table` reads it."""
-    return list(_read_frame(path, rows=0).columns)
+    return list(_read_table_file(path).header)
 
 
 def read_table(path: str, image_column: str = "", label_column: str = "",
                class_names: Sequence[str] | None = None) -> LabelledImages:
-    """A CSV/TSV of image paths and labels, read with pandas; see the module docstring.
+    """A CSV/TSV of image paths and labels; see the module docstring.
 
     Labels that are all integers are class indices, named by `class_names` (else a
     `classnames.txt` beside the table, else the indices themselves: `indexed`); otherwise
     they are class names, mapped to the given names' order, or, without given names, to their
     sorted order. The names are needed here, not after reading, because they decide the labels.
+    Raises ConfigError naming the line (the file's physical line) of the first bad row: more
+    fields than the header, an empty path or label, labels that mix names and indices, or a
+    label that is not one of `class_names`.
     """
-    frame = _read_frame(path)
-    if frame.empty:
+    table = _read_table_file(path)
+    if not table.records:
         raise ConfigError(f"{path} has no rows; list one image path and label per row.")
-    columns = list(frame.columns)
+    columns = list(table.header)
     image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
     label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
-    not_utf8 = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
-                if not (tables.is_utf8(p) and tables.is_utf8(y))]
-    if len(not_utf8) == len(frame):
+    long = [r for r in table.records if len(r.fields) > len(columns)]
+    if long:
+        raise ConfigError(f"{path} {long[0].lines}: {len(long[0].fields)} fields where the header "
+                          f"has {len(columns)} ({len(long)} such row(s)); quote a path or label "
+                          "that holds the delimiter, or remove the extra fields.")
+    at = columns.index(image_col), columns.index(label_col)
+    rows = [(r, *(r.fields[k] if k < len(r.fields) else "" for k in at)) for r in table.records]
+    bad_text = [r for r, p, y in rows if not (tables.is_utf8(p) and tables.is_utf8(y))]
+    if len(bad_text) == len(rows):
         raise ConfigError(f"{path}: no row's image path and label are UTF-8 text; save the "
                           "table as UTF-8.")
-    lines = np.delete(np.arange(len(frame)) + 2, not_utf8)  # each kept row's line
-    frame = frame.drop(index=frame.index[not_utf8])
-    empty = [i for i, (p, y) in enumerate(zip(frame[image_col], frame[label_col]))
-             if not p.strip() or not y.strip()]
+    rows = [row for row in rows if tables.is_utf8(row[1]) and tables.is_utf8(row[2])]
+    lines = [r.lines for r, _, _ in rows]
+    empty = [i for i, (_, p, y) in enumerate(rows) if not p.strip() or not y.strip()]
     if empty:
-        raise ConfigError(f"{path} line {lines[empty[0]]}: empty image path or label "
+        raise ConfigError(f"{path} {lines[empty[0]]}: empty image path or label "
                           f"({len(empty)} such row(s)); fill or remove them.")
-    raw = [y.strip() for y in frame[label_col]]
+    raw = [y.strip() for _, _, y in rows]
     if class_names is None:
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
@@ -259,8 +275,8 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     numbers = [i for i, k in enumerate(indices) if k is not None]
     if numbers and not indexed and class_names is None:
         word = indices.index(None)
-        raise ConfigError(f"{path}: the label column mixes class names (line {lines[word]}: "
-                          f"{raw[word]!r}) with class indices (line {lines[numbers[0]]}: "
+        raise ConfigError(f"{path}: the label column mixes class names ({lines[word]}: "
+                          f"{raw[word]!r}) with class indices ({lines[numbers[0]]}: "
                           f"{raw[numbers[0]]!r}); use one kind throughout, or give the class "
                           "names (--class-names) so that numbers are read as names.")
     if indexed:
@@ -272,22 +288,21 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         unknown = [i for i, y in enumerate(raw) if y not in index]
         if unknown:
             i, word = unknown[0], indices.index(None)
-            mixed = (f"; the column mixes class indices with names (line {lines[word]}: "
+            mixed = (f"; the column mixes class indices with names ({lines[word]}: "
                      f"{raw[word]!r}): use one kind throughout" if indices[i] is not None else "")
-            raise ConfigError(f"{path} line {lines[i]}: label {raw[i]!r} is not one of the "
+            raise ConfigError(f"{path} {lines[i]}: label {raw[i]!r} is not one of the "
                               f"{len(names)} class names given{mixed}.")
         labels = np.asarray([index[y] for y in raw], np.int64)
     root = os.path.dirname(path)
-    files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p)
-             for p in frame[image_col]]
+    files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p) for _, p, _ in rows]
     missing = {i for i, f in enumerate(files) if not tf.io.gfile.exists(f)}
     if len(missing) == len(files):
-        raise MissingFileError(f"{path}: none of its {len(files)} images exist (line "
-                               f"{lines[0]}: {files[0]!r}); relative paths are relative to the "
+        raise MissingFileError(f"{path}: none of its {len(files)} images exist ({lines[0]}: "
+                               f"{files[0]!r}); relative paths are relative to the "
                                "table's folder.")
     keep = [i for i in range(len(files)) if i not in missing]
-    skipped = {"missing file": [f"line {lines[i]}: {files[i]}" for i in sorted(missing)],
-               "not UTF-8 text": [f"line {i + 2}" for i in not_utf8]}
+    skipped = {"missing file": [f"{lines[i]}: {files[i]}" for i in sorted(missing)],
+               "not UTF-8 text": [r.lines for r in bad_text]}
     out = _whole_files(f"table {path}", [files[i] for i in keep], labels[keep], names,
                        {why: what for why, what in skipped.items() if what})
     out.indexed = indexed and class_names is None
@@ -295,21 +310,19 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
 
 
 def index_class_names(path: str, labels: np.ndarray, class_names: Sequence[str] | None,
-                      lines: np.ndarray | None = None) -> list[str]:
+                      lines: Sequence[str]) -> list[str]:
     """The names of class-index `labels` read from `path`: `class_names`, which must name
     every label, or without them the indices "0".."K-1" (K = the largest label + 1). `lines`:
-    each label's line in the file (default: one per line after the header)."""
-    lines = np.arange(len(labels)) + 2 if lines is None else lines
+    where each label is in the file (`line 7`), for the errors."""
     if labels.min() < 0:
-        line = int(lines[np.argmin(labels)])
-        raise ConfigError(f"{path} line {line}: label {labels.min()} is negative; class "
-                          "indices run from 0.")
+        raise ConfigError(f"{path} {lines[int(np.argmin(labels))]}: label {labels.min()} is "
+                          "negative; class indices run from 0.")
     top = int(labels.max())
     if class_names is None:
         return [str(k) for k in range(top + 1)]
     if top >= len(class_names):
-        raise ConfigError(f"{path} has class indices up to {top} ({top + 1} classes, line "
-                          f"{int(lines[np.argmax(labels)])}) but {len(class_names)} class names "
+        raise ConfigError(f"{path} has class indices up to {top} ({top + 1} classes, "
+                          f"{lines[int(np.argmax(labels))]}) but {len(class_names)} class names "
                           f"were given (--class-names or a {WDS_CLASSNAMES} beside it); give "
                           "one name per class, in label order.")
     return list(class_names)
