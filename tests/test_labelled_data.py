@@ -236,6 +236,36 @@ def test_table_messages_name_the_files_physical_lines(folder, tmp_path):
         labelled_data.read(str(tmp_path / "wide.csv"))
 
 
+def test_lists_saved_with_a_byte_order_mark_read_as_their_text(folder, tmp_path):
+    """Notepad and Excel save "UTF-8" with a byte-order mark and CRLF line ends. The mark stayed
+    in the first entry of every one-per-line file: a names table then "missed" its first
+    class, a built dataset dropped that class's records, the first zero-shot label carried it.
+    Every reader now reads such a file as its text; bytes that are not UTF-8 name the line."""
+    from clip_jax.evaluation import templates
+    from clip_jax_data.options import TableOptions
+    from clip_jax_data.image_text_table.image_text_table_dataset_builder import label_names
+
+    names = ["sea_lion", "cat", "dog"]  # not sorted: the file decides the order
+    notepad = lambda lines: b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n"  # noqa: E731
+    (tmp_path / "names.txt").write_bytes(notepad(names))
+    (tmp_path / "templates.txt").write_bytes(notepad(["a photo of a {}.", "", "art of {}"]))
+    assert zero_shot.read_class_names(str(tmp_path / "names.txt")) == names
+    assert label_names(TableOptions(class_names=str(tmp_path / "names.txt"))) == names
+    assert templates.get_templates(str(tmp_path / "templates.txt")) == (
+        "a photo of a {}.", "art of {}")
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    labels = [src.class_names[y] for y in src.labels]
+    pd.DataFrame({"filepath": rel, "label": labels}).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "classnames.txt").write_bytes(notepad(names))
+    got = labelled_data.read(str(tmp_path / "t.csv"))
+    assert got.class_names == names
+    np.testing.assert_array_equal(got.labels, pd.Categorical(labels, categories=names).codes)
+    (tmp_path / "latin.txt").write_bytes("cat\nsea lion\ncaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.txt line 3 is not UTF-8 text; save the file"):
+        zero_shot.read_class_names(str(tmp_path / "latin.txt"))
+
+
 def test_class_names_given_to_read_decide_a_tables_labels(folder, tmp_path):
     """Names given to `read` name a table's class indices (every index needs one), order its
     class-name labels (pandas' Categorical with those categories), and without names class

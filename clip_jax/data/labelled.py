@@ -50,6 +50,7 @@ from PIL import Image
 from clip_jax.data import shifts
 from clip_jax.data.options import IMAGE_COLUMNS, check_shift
 from clip_jax.data import tf_preprocess
+from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import tf
 from clip_jax.data.image_folder import DECODE_ERRORS, walk_once
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
@@ -269,7 +270,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     if class_names is None:
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
-            class_names = read_lines(beside)
+            class_names = read_entries(beside)
     indices = [_index(y) for y in raw]
     indexed = None not in indices
     numbers = [i for i, k in enumerate(indices) if k is not None]
@@ -338,17 +339,12 @@ def _index(text: str) -> int | None:
     return int(value) if value.is_integer() else None
 
 
-def read_lines(path: str) -> list[str]:
-    with tf.io.gfile.GFile(path) as f:
-        return [line.strip() for line in f.read().splitlines() if line.strip()]
-
-
 def read_wds(root: str, split: str = "") -> LabelledImages:
     """CLIP_benchmark's webdataset layout; see the module docstring."""
     folder, split = _split_root(root, split, "webdataset")
-    class_names = read_lines(os.path.join(root, WDS_CLASSNAMES))
+    class_names = read_entries(os.path.join(root, WDS_CLASSNAMES))
     templates_path = os.path.join(root, WDS_TEMPLATES)
-    templates = tuple(read_lines(templates_path)) if tf.io.gfile.exists(templates_path) else None
+    templates = tuple(read_entries(templates_path)) if tf.io.gfile.exists(templates_path) else None
     shards = sorted(tf.io.gfile.glob(os.path.join(folder, "*.tar")))
     if not shards:
         raise MissingFileError(f"No .tar shards in {folder!r}.")

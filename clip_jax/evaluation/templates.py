@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from clip_jax.data import text_lists
 from clip_jax.errors import ConfigError
 
 # Written for this project: short, generic phrasings of a photo of one object.
@@ -53,8 +54,7 @@ def get_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
         if spec in TEMPLATE_SETS:
             templates = TEMPLATE_SETS[spec]
         elif os.path.isfile(spec):
-            with open(spec, encoding="utf-8") as f:
-                templates = tuple(line.rstrip("\n") for line in f if line.strip())
+            templates = tuple(text_lists.read_entries(spec))
         else:
             raise ConfigError(f"Unknown template set {spec!r}: use one of "
                               f"{sorted(TEMPLATE_SETS)} or the path of a text file with one "

@@ -18,6 +18,7 @@ from clip_jax.errors import ConfigError
 from clip_jax.evaluation import templates as templates_lib
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.preprocess import ImageLike
+from clip_jax.data import text_lists
 from clip_jax.data.tokenizer import tokenize
 
 
@@ -42,8 +43,7 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
                              "one name per line or a comma-separated list.")
         return [name.replace("_", " ") for name in dataset_names]
     if os.path.isfile(spec):
-        with open(spec, encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip()]
+        names = text_lists.read_entries(spec)
     else:
         names = [name.strip() for name in spec.split(",") if name.strip()]
     if len(names) < 2:

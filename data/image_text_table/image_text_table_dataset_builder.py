@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
+from clip_jax.data import text_lists
 from clip_jax.data._tf import tf
 from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
@@ -132,8 +133,8 @@ def label_names(table: TableOptions) -> list[str]:
     spec = table.class_names
     if spec:
         if tf.io.gfile.exists(spec):
-            with tf.io.gfile.GFile(spec) as f:
-                names = [line.strip() for line in f.read().splitlines() if line.strip()]
+            with tf.io.gfile.GFile(spec, "rb") as f:
+                names = text_lists.entries(f.read(), spec)
         else:
             names = [name.strip() for name in spec.split(",")]
             if not all(names):
