@@ -132,12 +132,17 @@ def test_ctrl_c_saves_and_a_closed_output_pipe_does_not_stop_a_run(tfds_dir, tmp
     assert stopped, out
     assert stopped.group(1) in os.listdir(tmp_path / "checkpoints")
 
-    # The resumed run's reader goes away after one line: the run still ends and saves.
-    proc = start_run(tmp_path, tfds_dir, "--config.log_every_steps=4", devices=1)
+    # The resumed run's reader goes away after one line: the run still ends and saves. Its
+    # config differs (in a field that does not change the data): the first one is kept.
+    proc = start_run(tmp_path, tfds_dir, "--config.log_every_steps=4",
+                     "--config.data.prefetch_batches=3", devices=1)
     assert proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=900) == 0
     assert "12" in os.listdir(tmp_path / "checkpoints")
+    kept = json.loads((tmp_path / f"config.until_step_{stopped.group(1)}.json").read_text())
+    assert kept["data"]["prefetch_batches"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["prefetch_batches"] == 3
     metrics = logged(tmp_path)
     assert max(metrics) == 12
     # A logged learning rate is its step's (the step's update used the schedule at step - 1),
@@ -507,7 +512,7 @@ def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_eve
 
     plan = train.RunPlan(total_steps=4, batch_size=8, log_every_steps=log_every,
                          checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
-                         schedule={}, profile_steps=None)
+                         schedule={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     guard = type("Guard", (), {"should_stop": lambda self, step: False})()
     checkpointer = type("NoCheckpoints", (), {"save": lambda self, *a, **k: None})()
@@ -535,7 +540,7 @@ def test_logged_rates_leave_out_checkpoint_saves():
 
     plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
                          checkpoint_every_steps=2, seed=0, prng_impl="threefry2x32",
-                         schedule={}, profile_steps=None)
+                         schedule={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     saved = []
     checkpointer = type("SlowCheckpoints", (), {
@@ -548,3 +553,36 @@ def test_logged_rates_leave_out_checkpoint_saves():
     assert saved == [2, 4, 6] and [step for step, _ in writer.records] == [2, 4, 6]
     for step, record in writer.records[1:]:  # the windows right after a save
         assert record["seconds_per_step"] < 0.2, (step, record)
+
+
+def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
+    """A resumed run on another table trained on silently (its data position applied to the
+    new table) and overwrote config.json, so the workdir no longer said what the checkpoint
+    was trained on. The fields that decide the stream are compared (as the checkpoint
+    recorded them, through JSON); the others (prefetching, evaluation) are not."""
+    from clip_jax.configs import base
+
+    config = base.get_config("tiny")
+    config.data.dataset, config.data.table.train_path = "image_text_table", "a.csv"
+    saved = json.loads(json.dumps(config.data.to_dict()))  # as a checkpoint records it
+    other = config.data.to_dict()
+    other["table"] = {**other["table"], "train_path": "b.csv", "caption_column": "text"}
+    other.update(prefetch_batches=7, eval_split="test")
+    assert train.data_changes(saved, other) == (
+        "data.table.caption_column 'title' -> 'text', data.table.train_path 'a.csv' -> 'b.csv'")
+    assert train.data_changes(saved, {**config.data.to_dict(), "prefetch_batches": 7}) == ""
+    assert train.data_changes({}, other) == ""  # a checkpoint without a recorded section
+    shapes = {**config.data.to_dict(), "dataset": "synthetic_shapes"}
+    assert train.data_changes(saved, shapes) == (
+        "data.dataset 'image_text_table' -> 'synthetic_shapes'")
+
+    assert train.write_config(config, str(tmp_path), 0) == ""
+    first = (tmp_path / "config.json").read_text()
+    assert train.write_config(config, str(tmp_path), 8) == ""  # unchanged: nothing kept
+    config.data.table.train_path = "b.csv"
+    kept = train.write_config(config, str(tmp_path), 8)
+    assert kept == str(tmp_path / "config.until_step_8.json")
+    assert (tmp_path / "config.until_step_8.json").read_text() == first
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["table"][
+        "train_path"] == "b.csv"
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "config.until_step_8.json"]

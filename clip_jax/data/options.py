@@ -79,6 +79,26 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+# data.dataset -> the section of builder options that decides its examples (a TFDS name: none).
+BUILDER_SECTIONS = {"synthetic_shapes": ("synthetic",), "image_text_table": ("table", "build"),
+                    "webdataset_shards": ("webdataset", "build")}
+# Fields that decide which training examples are read, in which order (with the builder's
+# section); the rest (prefetching, evaluation, augmentation ranges) do not.
+STREAM_FIELDS = ("dataset", "data_dir", "train_split", "image_key", "caption_key", "tokens_key",
+                 "tokenize")
+
+
+def stream_fields(data: DataConfig) -> dict[str, Any]:
+    """{dotted field: value} of a data section (resolved, or as a checkpoint recorded it) for
+    the fields that decide the training stream: `STREAM_FIELDS` and the dataset's builder
+    section (`table.train_path`, ...). Two sections with equal results feed the same examples in
+    the same order, so a resumed run's data position means the same thing in both."""
+    out = {field: data.get(field) for field in STREAM_FIELDS}
+    for section in BUILDER_SECTIONS.get(data.get("dataset"), ()):
+        out.update({f"{section}.{k}": v for k, v in dict(data.get(section) or {}).items()})
+    return out
+
+
 def resolve_config(config: DataConfig | None) -> ml_collections.ConfigDict:
     """`config` merged over `default_config()` and checked; raises a one-line ConfigError.
 

@@ -166,8 +166,8 @@ def _model_flops(config: ml_collections.ConfigDict, setup: train_step.Setup,
 class RunPlan:
     """The numbers the training loop runs by, read from the config once (`from_config`).
 
-    `schedule` holds the fields that shape the learning-rate schedule (`SCHEDULE_FIELDS`), to
-    compare with a checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
+    `schedule` holds the fields that shape the learning-rate schedule (`SCHEDULE_FIELDS`) and
+    `data` the data section, to compare with a checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
     last) 1-based step to trace with `jax.profiler`, or None.
     """
 
@@ -178,6 +178,7 @@ class RunPlan:
     seed: int
     prng_impl: str
     schedule: dict[str, Any]
+    data: dict[str, Any]
     profile_steps: tuple[int, int] | None
 
     @classmethod
@@ -187,6 +188,7 @@ class RunPlan:
                    checkpoint_every_steps=config.checkpoint.every_steps, seed=config.seed,
                    prng_impl=config.prng_impl,
                    schedule={f: _field(config, f) for f in SCHEDULE_FIELDS},
+                   data=config.data.to_dict(),
                    profile_steps=parse_profile_steps(config.get("profile_steps", "")))
 
 
@@ -238,7 +240,26 @@ def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Check
     if changed:
         log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
             f"learning rate follows the new schedule from step {latest} on.")
+    changed = data_changes((meta.get("config") or {}).get("data") or {}, plan.data)
+    if changed:
+        log(f"warning: resuming on other training data ({changed}); batch "
+            f"{meta['data_position']} of the new data's order comes next.")
     return state, meta["data_position"]
+
+
+def data_changes(saved: dict[str, Any], data: dict[str, Any]) -> str:
+    """'data.table.train_path 'a.csv' -> 'b.csv'' for the fields that decide the training
+    stream (`data_options.stream_fields`) and differ between a checkpoint's recorded data
+    section and `data` (`RunPlan.data`); '' if none. A checkpoint that recorded no data
+    section compares equal; another dataset is named without its builder's options."""
+    if not saved:
+        return ""
+    as_json = lambda d: json.loads(json.dumps(data_options.stream_fields(d)))  # noqa: E731
+    old, new = as_json(saved), as_json(data)
+    fields = (data_options.STREAM_FIELDS if old["dataset"] != new["dataset"]
+              else sorted({*old, *new}))
+    return ", ".join(f"data.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in fields
+                     if old.get(k) != new.get(k))
 
 
 def schedule_changes(saved: dict[str, Any], schedule: dict[str, Any]) -> str:
@@ -265,16 +286,26 @@ def _finished_step(plan: RunPlan, workdir: str) -> int | None:
     return max(steps)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Records the resolved config as `<workdir>/config.json` (atomically; process 0)."""
+def write_config(config: ml_collections.ConfigDict, workdir: str, step: int = 0) -> str:
+    """Records the resolved config as `<workdir>/config.json` (atomically; process 0) for a
+    run starting at `step`. A different config.json already there, when resuming (`step` >
+    0), is kept as `config.until_step_<step>.json`, so that what the first `step` steps were
+    trained with stays in the workdir: returns that file's path ('' when none was kept)."""
     if jax.process_index() or "://" in workdir:
-        return
+        return ""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
-    with open(f"{path}.partial", "w") as f:
-        json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
-        f.write("\n")
+    text = json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True) + "\n"
+    kept = ""
+    if step and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() != text:
+                kept = os.path.join(workdir, f"config.until_step_{step}.json")
+                os.replace(path, kept)
+    with open(f"{path}.partial", "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(f"{path}.partial", path)
+    return kept
 
 
 def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None:
@@ -334,12 +365,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if config.eval.every_steps > 0:
             writer.log("Setting up the periodic evaluation ...")
         evaluation = evaluate.for_training(config, setup.module, mesh, setup.state_shardings)
-        write_config(config, workdir)
         checkpointer = Checkpointer(workdir, plan.checkpoint_every_steps,
                                     config.checkpoint.keep, config.checkpoint.asynchronous)
         state, position = _restore_or_init(plan, setup, checkpointer, variables, writer.log)
         del variables
         start = int(jax.device_get(state.step))
+        kept = write_config(config, workdir, start)
+        if kept:
+            writer.log(f"The config changed: the one steps 1-{start} were trained with is kept "
+                       f"as {kept}; config.json is this run's.")
         writer.resume(start)
         writer.log(f"Starting the input pipeline at batch {position} ...")
         data = train_pipeline.make_train_iterator(
