@@ -70,9 +70,10 @@ def test_image_folder_reads_as_torchvision_and_tfds(folder):
 def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, caplog):
     """A linked folder inside a class folder was followed by the eval reader but silently
     left out by `find_images` (`clip-jax index` / `zero-shot --recursive`), and a link back
-    to an ancestor made the eval reader walk until the path grew too long. Both now read
-    what torchvision's ImageFolder reads (links followed), and a folder reached again, by a
-    loop or a second link, is not searched again and is named."""
+    to an ancestor made the eval reader walk until the path grew too long (a link to the
+    folder above a class read every other class's images under that class). Both now read
+    what torchvision's ImageFolder reads (links followed), and a link to a folder searched
+    already or above (a loop, a second link) is not followed and is named."""
     from torchvision.datasets import ImageFolder
 
     root, outside = tmp_path / "set", tmp_path / "elsewhere"
@@ -85,16 +86,17 @@ def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, ca
     (root / "dog" / "a_linked").symlink_to(outside, target_is_directory=True)
     theirs = ImageFolder(str(root))
     (root / "dog" / "loop").symlink_to(root / "dog", target_is_directory=True)
+    (root / "dog" / "up").symlink_to("..", target_is_directory=True)  # the cats, as dogs
     (root / "dog" / "z_again").symlink_to(outside, target_is_directory=True)
     with caplog.at_level("WARNING"):
         ours = labelled_data.read(str(root))
         found, _ = image_folder.find_images([str(root)], recursive=True)
     assert list(zip(ours.files, ours.labels.tolist())) == theirs.samples
     assert str(root / "dog" / "a_linked" / "1.png") in ours.files and len(ours.files) == 4
-    again = [str(root / "dog" / "loop"), str(root / "dog" / "z_again")]
-    assert ours.skipped == {"linked folder searched already": again}
+    again = [str(root / "dog" / p) for p in ("loop", "up", "z_again")]
+    assert ours.skipped == {"linked folder searched already or above": again}
     assert sorted(found) == sorted(ours.files)
-    assert "2 linked folder(s) not searched again" in caplog.text and again[1] in caplog.text
+    assert "3 linked folder(s) not searched" in caplog.text and again[2] in caplog.text
 
 
 def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_path, caplog):

@@ -89,20 +89,23 @@ def walk_once(top: str, revisits: list[str],
               walk: Callable[[str], Iterable[tuple[str, list[str], list[str]]]] = functools.partial(
                   os.walk, followlinks=True)) -> Iterator[tuple[str, list[str], list[str]]]:
     """`walk`'s top-down (folder, subfolders, files), following symlinked folders, with every
-    subfolder whose real path was already entered pruned before it is yielded (a link back to
-    an ancestor would loop forever; a second link to a folder would repeat its images) and
-    appended to `revisits`, so that the caller can report it. `walk`: `os.walk` with links
-    followed, or `tf.io.gfile.walk` (which follows them, and for `gs://` paths has none)."""
+    subfolder pruned before it is yielded, and appended to `revisits` for the caller to
+    report, whose real path was already entered (a second link to a folder would repeat its
+    images) or holds the folder being walked (a link to an ancestor, above `top` too: it would
+    loop forever, or walk the classes beside a class folder under that class). `walk`:
+    `os.walk` with links followed, or `tf.io.gfile.walk` (which follows them; `gs://` paths
+    have none)."""
     real = lambda path: path if "://" in path else os.path.realpath(path)  # noqa: E731
     seen = {real(top)}
     for root, dirs, files in walk(top):
-        keep = []
+        keep, here = [], real(root)
         for name in sorted(dirs):  # the first of two paths to a folder is kept, every time
             path = os.path.join(root, name.rstrip("/"))
-            if real(path) in seen:
+            target = real(path)
+            if target in seen or here.startswith(target.rstrip("/") + "/"):
                 revisits.append(path)
             else:
-                seen.add(real(path))
+                seen.add(target)
                 keep.append(name)
         dirs[:] = keep
         yield root, dirs, files
@@ -111,8 +114,9 @@ def walk_once(top: str, revisits: list[str],
 def warn_revisits(folder: str, revisits: list[str]) -> None:
     """One warning naming the folders `walk_once` did not enter again."""
     if revisits:
-        log.warning("%s: %d linked folder(s) not searched again, their real folder already "
-                    "was (a link loop or a second link): %s", folder, len(revisits),
+        log.warning("%s: %d linked folder(s) not searched: each leads back to a folder "
+                    "searched already or to one above it (a second link, a loop): %s",
+                    folder, len(revisits),
                     ", ".join(revisits[:3]) + (", ..." if len(revisits) > 3 else ""))
 
 

@@ -6,7 +6,7 @@ labels, class names and, where the layout has them, prompt templates:
   image_folder  `root/<class name>/**/*.jpg` as torchvision's `ImageFolder` reads it (classes
                 = the sorted sub-folder names, label = position in that order, files found
                 recursively, folder by folder in sorted order, symlinked folders followed,
-                a folder reached again by a link not searched again and reported);
+                a link to a folder searched already or above it not followed, and reported);
                 optional split folders `root/<split>/<class>/...` as
                 TFDS's `ImageFolder` reads them (`split` picks one; "" = the root itself, or
                 the first of test / validation / val / train when the root holds only such
@@ -174,7 +174,7 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
                     files.append(path)
                     labels.append(label)
     if revisits:
-        skipped["linked folder searched already"] = revisits
+        skipped["linked folder searched already or above"] = revisits
     if not files:
         raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                                f"{folder!r}.")
