@@ -115,6 +115,30 @@ def test_zero_shot_errors_are_one_line(vit_workdir, tmp_path, capsys):
     assert code == 2 and "needs at least 2" in err
 
 
+def test_outputs_that_are_files_of_another_kind_are_refused_first(vit_workdir, tmp_path,
+                                                                  capsys):
+    """`eval --output FILE` failed with a traceback after the whole evaluation, and `index
+    --output photo.jpg` embedded the folder and replaced the photo with the index. Both are
+    one line (exit 2) before any model loads (here: a model path that does not exist); the
+    photo is left as it was."""
+    from PIL import Image
+
+    photo = tmp_path / "holiday.jpg"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(photo)
+    before = photo.read_bytes()
+    missing = str(tmp_path / "no-model")
+    code, _, err = run(capsys, "eval", vit_workdir[0], "--output", str(photo))
+    assert code == 2 and err.strip() == (f"error: --output {str(photo)!r} is a file; pass a "
+                                         "directory (created if missing).")
+    code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output", str(photo))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--output {str(photo)!r} exists and is not a clip_jax image index" in err
+    assert photo.read_bytes() == before
+    code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output",
+                       str(tmp_path))
+    assert code == 2 and "is a folder; pass the index file to write" in err
+
+
 def test_eval_uses_the_workdirs_training_config(vit_workdir, tmp_path, capsys):
     workdir = vit_workdir[0]
     code, out, _ = run(capsys, "eval", workdir, "--evaluators", "zero_shot", "--batch-size", "8",

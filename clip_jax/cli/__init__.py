@@ -97,6 +97,7 @@ def index_command(args: argparse.Namespace) -> int:
     from clip_jax.inference.encoder import Encoder
 
     image_folder.check_inputs(args.images)  # before the model loads
+    image_index.check_output(args.output)
     encoder = Encoder(*load(args.model))
     try:
         report = image_index.build_index(
@@ -194,7 +195,11 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
 def eval_command(args: argparse.Namespace) -> int:
     from clip_jax.cli import eval_sources as eval_cli
 
+    from clip_jax.training import config_checks
+
     # The path and the flags are checked before TensorFlow and the evaluators load (~10 s).
+    if args.output:
+        config_checks.check_workdir(args.output, "--output")
     config = eval_config(args.path, args.config, eval_cli.has_sources(args))
     eval_cli.apply(config, args)
     if args.evaluators:

@@ -182,11 +182,13 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     Paths are stored absolute, in `find_images` order, each file once however many inputs
     name it (`BuildReport.duplicates` counts the repeats). Resumable: see the module
     docstring. Raises ValueError when `<output>.partial/` was written with another model
-    (delete it or choose another output), FileNotFoundError for missing inputs or folders
-    without images. Single-host: the model runs on one process's devices.
+    (delete it or choose another output) or `output` is a file other than an index
+    (`check_output`), FileNotFoundError for missing inputs or folders without images.
+    Single-host: the model runs on one process's devices.
     """
     images = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     images, output = [os.fspath(i) for i in images], os.fspath(output)
+    check_output(output)
     found, ignored = find_images(images, recursive)
     paths = list(dict.fromkeys(os.path.abspath(p) for p in found))
     fingerprint = model_fingerprint(encoder)
@@ -242,16 +244,30 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
                        skipped, ignored, len(found) - len(paths))
 
 
+def check_output(output: str | os.PathLike) -> None:
+    """ConfigError unless `output` is new or an image index (whose embeddings are reused or,
+    of another model, replaced): a typo must not replace a photo or a folder with an index.
+    Cheap: `clip-jax index` checks it before loading the model."""
+    output = os.fspath(output)
+    if os.path.isdir(output):
+        raise ConfigError(f"--output {output!r} is a folder; pass the index file to write "
+                          "(e.g. images.npz).")
+    if os.path.exists(output):
+        try:
+            ImageIndex.load(output)
+        except ValueError:
+            raise ConfigError(f"--output {output!r} exists and is not a clip_jax image index, "
+                              "so it is not overwritten; pass a new file name (e.g. images.npz) "
+                              "or delete it first.") from None
+
+
 def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np.ndarray, tuple]]:
     """path -> (embedding, (size, mtime)) from a previous index and unfinished parts of this
     model; a partial folder of another model is refused, a previous index of one is ignored."""
     known = {}
-    if os.path.isfile(output):
-        try:
-            old = ImageIndex.load(output)
-        except ValueError:
-            old = None
-        if old is not None and old.meta.get("fingerprint") == fingerprint:
+    if os.path.isfile(output):  # an index (`check_output`)
+        old = ImageIndex.load(output)
+        if old.meta.get("fingerprint") == fingerprint:
             for p, e, s, m in zip(old.paths, old.embeddings, old.sizes, old.mtimes):
                 known[p] = (e, (int(s), int(m)))
     state = os.path.join(partial, "model.json")

@@ -107,8 +107,9 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}={value!r} is invalid; use {domain}.")
 
 
-def check_workdir(workdir: str) -> None:
-    """A local workdir must be (or be creatable as) a directory this process can write to.
+def check_workdir(workdir: str, flag: str = "--workdir") -> None:
+    """A local workdir (or any output folder; `flag` names it in the errors) must be, or be
+    creatable as, a directory this process can write to.
 
     Probed by creating it and a temporary file in it; what the probe created is removed again,
     so a run refused later leaves nothing behind. URLs (gs://...) are left to the storage layer.
@@ -116,7 +117,7 @@ def check_workdir(workdir: str) -> None:
     if "://" in workdir:
         return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir {workdir!r} is a file; pass a directory (created if "
+        raise ConfigError(f"{flag} {workdir!r} is a file; pass a directory (created if "
                          "missing).")
     created = []
     path = os.path.abspath(workdir)
@@ -128,7 +129,7 @@ def check_workdir(workdir: str) -> None:
         with tempfile.TemporaryFile(dir=workdir):
             pass
     except OSError as error:
-        raise ConfigError(f"--workdir {workdir!r} is not writable ({error.strerror or error}); "
+        raise ConfigError(f"{flag} {workdir!r} is not writable ({error.strerror or error}); "
                          "pass a directory you can write to.") from None
     finally:
         for path in created:
