@@ -154,6 +154,25 @@ def test_class_embedding_is_the_renormalised_mean_of_normalised_prompts():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("names, templates_given, problem", [
+    ("red,green", ["a {}"], "not one string"),  # was 9 one-character classes
+    (["red", "green"], "a {} square", "Unknown template set"),  # was iterated per character
+    (["red", "green"], ["no slot"], "exactly one"),  # was one prompt for every class
+    ([], ["a {}"], "one or more non-empty"), (["red", " "], ["a {}"], "one or more non-empty"),
+    (["red", "green"], [], "is empty"),  # both were numpy reshape errors
+])
+def test_class_embeddings_refuse_what_would_score_the_wrong_classes(names, templates_given,
+                                                                     problem):
+    """The Python zero-shot API (`ZeroShotClassifier.probabilities` / `embed_labels`) gave
+    silently wrong probabilities for these (the CLI refused them); one ConfigError now, before
+    anything is embedded."""
+    def embed(tokens):
+        raise AssertionError("embedded before the inputs were checked")
+
+    with pytest.raises(ConfigError, match=problem):
+        zero_shot.class_embeddings(embed, names, templates_given, 16)
+
+
 def test_templates_and_class_names(tmp_path):
     assert templates.prompts(["red circle", "blue {x}"], ["a {}.", "{}"]) == [
         "a red circle.", "a blue {x}.", "red circle", "blue {x}"]

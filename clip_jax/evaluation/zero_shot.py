@@ -26,8 +26,19 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
                      templates: Sequence[str], context_length: int) -> np.ndarray:
     """[K, E]: per class, the renormalised mean of its normalised prompt embeddings.
 
-    `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E].
+    `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E]. `class_names`:
+    a sequence of K >= 1 names; `templates`: what `templates.get_templates` accepts (a set
+    name, a file, or templates with one '{}' each). Raises ConfigError for a single string of
+    names (it would be K one-character classes), no names, an empty name, or bad templates.
     """
+    if isinstance(class_names, str):
+        raise ConfigError(f"Class names must be a list of names, e.g. ['cat', 'dog'], not one "
+                          f"string ({class_names[:40]!r}); read_class_names reads a file or a "
+                          "comma-separated list.")
+    if not class_names or not all(isinstance(n, str) and n.strip() for n in class_names):
+        raise ConfigError(f"Class names {list(class_names)[:5]!r} must be one or more "
+                          "non-empty strings.")
+    templates = templates_lib.get_templates(templates)
     tokens = tokenize(templates_lib.prompts(class_names, templates), context_length)
     embeddings = np.asarray(embed_texts(tokens), np.float32)
     mean = embeddings.reshape(len(templates), len(class_names), -1).mean(axis=0)
