@@ -501,3 +501,30 @@ def test_repeated_or_empty_class_names_are_refused(inputs, tmp_path, class_names
             root, str(tmp_path / "tfds"), name="named", train_path=str(tmp_path / "labelled.csv"),
             image_root=os.path.join(root, "images"), label_column="label",
             class_names=spec))
+
+
+def test_web_urls_as_image_paths_are_named_not_a_traceback(inputs, tmp_path):
+    """An img2dataset input list (URLs in the image column) was a TensorFlow
+    UnimplementedError traceback ('File system scheme https not implemented') from the check
+    of the first rows; all URLs are one error with the fix, and a URL row among local files is
+    skipped and counted as an unreadable file, saying why."""
+    root, _ = inputs
+    (tmp_path / "urls.csv").write_text("url,caption\nhttps://example.com/a.jpg,a cat\n"
+                                       "http://example.com/b.jpg,a dog\n")
+    with pytest.raises(ConfigError, match=r"urls.csv are URLs \(e.g. 'https://example.com/a.jpg'\)"
+                                          r" and TensorFlow reads no https:// files; download"):
+        sources.prepare(table_config(root, str(tmp_path / "tfds"), name="urls",
+                                     train_path=str(tmp_path / "urls.csv"), image_column="url",
+                                     caption_column="caption"))
+    (tmp_path / "mixed.csv").write_text(f"filepath,title\n{root}/images/rgb.jpg,kept\n"
+                                        "s3://bucket/b.jpg,gone\n")
+    config = table_config(root, str(tmp_path / "tfds"), name="mixed",
+                          train_path=str(tmp_path / "mixed.csv"))
+    config.build.max_bad_fraction = 1.0
+    _, report = build_report(config)
+    assert report["skipped_by_reason"] == {"unreadable_file": 1}
+    assert report["skipped_records"] == [{
+        "key": "line 3: s3://bucket/b.jpg", "reason": "unreadable_file",
+        "detail": "s3://bucket/b.jpg is a URL and TensorFlow reads no s3:// files; download it "
+                  "first"}]
+

@@ -178,6 +178,12 @@ def test_shard_patterns(shards):
     assert [os.path.basename(p) for p in both] == ["00003.tar", "00000.tar", "00001.tar"]
 
 
+def test_shards_at_web_urls_are_one_error():
+    with pytest.raises(ConfigError, match=r"Shards 'https://host/\{000..009\}.tar': TensorFlow "
+                                          r"reads no https:// files; download the shards"):
+        expand_shards("/data/a.tar, https://host/{000..009}.tar")
+
+
 def test_pattern_matching_nothing_is_an_error(tmp_path):
     config = data_options.default_config()
     config.dataset = "webdataset_shards"

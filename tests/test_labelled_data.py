@@ -231,6 +231,17 @@ def test_table_messages_name_the_files_physical_lines(folder, tmp_path):
     (tmp_path / "bad.csv").write_bytes(bad)
     with pytest.raises(ConfigError, match=rf"bad.csv line {where[rel[5]]}: label 'wolf'"):
         labelled_data.read_table(str(tmp_path / "bad.csv"), class_names=CLASSES)
+    urls = data.replace(rel[1].encode(), b"https://example.com/cat.jpg")
+    (tmp_path / "urls.csv").write_bytes(urls)
+    got = labelled_data.read(str(tmp_path / "urls.csv"))
+    assert got.skipped["URL, not a file"] == [
+        f"lines {where[rel[1]]}-{where[rel[1]] + 1}: https://example.com/cat.jpg"]
+    only = "filepath,label\nhttps://example.com/a.jpg,cat\nhttp://example.com/b.jpg,dog\n"
+    (tmp_path / "only_urls.csv").write_text(only)
+    with pytest.raises(ConfigError, match=r"only_urls.csv: its image paths are URLs \(line 2: "
+                                          r"'https://example.com/a.jpg'\) and TensorFlow reads no "
+                                          r"https:// files; download"):
+        labelled_data.read(str(tmp_path / "only_urls.csv"))
     wide = data.replace(f"{rel[3]},{names[3]},x".encode(), f"{rel[3]},{names[3]},x,y".encode())
     (tmp_path / "wide.csv").write_bytes(wide)
     with pytest.raises(ConfigError, match=rf"wide.csv line {where[rel[3]]}: 4 fields where "

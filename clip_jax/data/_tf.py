@@ -96,4 +96,16 @@ def _hide_accelerators() -> None:
 
 _hide_accelerators()
 
-__all__ = ["tf"]
+
+def unreadable_scheme(path: str) -> str:
+    """The scheme of `path` ('https') when no file system of TensorFlow's reads it, else ''.
+
+    `tf.io.gfile` reads local paths, `gs://` and `ram://`; for any other `scheme://` (web URLs
+    in an img2dataset input list, `s3://` without a plugin) its every call raises
+    UnimplementedError, which the readers turn into a one-line error or a counted skip.
+    """
+    scheme = path.split("://", 1)[0] if "://" in path else ""
+    return scheme if scheme and scheme not in tf.io.gfile.get_registered_schemes() else ""
+
+
+__all__ = ["tf", "unreadable_scheme"]

@@ -24,7 +24,7 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data import text_lists
-from clip_jax.data._tf import tf
+from clip_jax.data._tf import tf, unreadable_scheme
 from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
@@ -236,12 +236,19 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
         label = fields[columns["label_column"]].strip() if table.label_column else ""
         rows.append(_Row(record.first_line, record.lines, fields[columns["image_column"]],
                          caption, conversions=conversions, label=label))
-    probe = [r.path for r in rows[:_PROBE_ROWS]
+    probe = [_resolve(root, r.path) for r in rows[:_PROBE_ROWS]
              if not r.problem and r.path and tables.is_utf8(r.path)]
-    if probe and not any(tf.io.gfile.exists(_resolve(root, p)) for p in probe):
+    urls = [p for p in probe if unreadable_scheme(p)]
+    if probe and len(urls) == len(probe):
+        raise ConfigError(
+            f"The image paths of {path} are URLs (e.g. {urls[0]!r}) and TensorFlow reads no "
+            f"{unreadable_scheme(urls[0])}:// files; download the images first (img2dataset "
+            "writes webdataset shards: data.dataset='webdataset_shards') or list local files.")
+    probe = [p for p in probe if not unreadable_scheme(p)]
+    if probe and not any(tf.io.gfile.exists(p) for p in probe):
         raise MissingFileError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
-            f"{_resolve(root, probe[0])!r}); set data.table.image_root to the folder the "
+            f"{probe[0]!r}); set data.table.image_root to the folder the "
             "image paths are relative to.")
     return rows, root, {"source": path, "delimiter": delimiter, "quoting": quoting,
                         **parsed.line_accounting()}
@@ -283,6 +290,9 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
         if not tables.is_utf8(path):
             raise records.BadRecord("bad_path", "image path is not valid UTF-8")
         full = _resolve(root, path)
+        if unreadable_scheme(full):
+            raise records.BadRecord("unreadable_file", f"{full} is a URL and TensorFlow reads "
+                                    f"no {unreadable_scheme(full)}:// files; download it first")
         try:
             with tf.io.gfile.GFile(full, "rb") as f:
                 data = f.read()

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-from clip_jax.data._tf import tf
+from clip_jax.data._tf import tf, unreadable_scheme
 from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
@@ -59,6 +59,10 @@ def expand_shards(pattern: str) -> list[str]:
     for part in (p.strip() for p in pattern.split(",")):
         if not part:
             continue
+        if unreadable_scheme(part):
+            raise ConfigError(f"Shards {part!r}: TensorFlow reads no {unreadable_scheme(part)}:// "
+                              "files; download the shards (or mount their bucket) and give "
+                              "local or gs:// paths.")
         for expanded in _expand_braces(part):
             if any(ch in expanded for ch in "*?["):
                 paths += sorted(tf.io.gfile.glob(expanded))
