@@ -337,6 +337,7 @@ class BuildReport:
         self.converted_examples: dict[str, list[str]] = collections.defaultdict(list)
         self.bad_sources: list[dict[str, Any]] = []
         self.sources: list[dict[str, Any]] = []
+        self.notes: list[str] = []
 
     def source_lines(self, accounting: dict[str, Any]) -> None:
         """How a source file's physical lines were used (header, blank, in records), so that
@@ -357,6 +358,12 @@ class BuildReport:
         if len(self.skipped) < _LISTED_KEYS:
             self.skipped.append({"key": key, "reason": error.reason, "detail": str(error)})
 
+    def note(self, text: str) -> None:
+        """A one-line finding about the split as a whole that is not a skipped record (e.g.
+        one image on several rows); logged now and by every run that opens the dataset."""
+        log.warning("%s: %s", self.split, text)
+        self.notes.append(text)
+
     def bad_source(self, source: str, detail: str, records_read: int) -> None:
         """A whole file (tar shard, CSV) that failed part-way or entirely: never silent."""
         log.warning("%s: %s (after %d records)", source, detail, records_read)
@@ -374,6 +381,7 @@ class BuildReport:
             "converted_examples": dict(sorted(self.converted_examples.items())),
             "bad_sources": self.bad_sources,
             **({"sources": self.sources} if self.sources else {}),
+            **({"notes": self.notes} if self.notes else {}),
         }
 
     def finish(self, dataset_dir: str) -> None:

@@ -528,3 +528,24 @@ def test_web_urls_as_image_paths_are_named_not_a_traceback(inputs, tmp_path):
         "detail": "s3://bucket/b.jpg is a URL and TensorFlow reads no s3:// files; download it "
                   "first"}]
 
+
+def test_an_ungrouped_eval_split_with_repeated_images_is_noted(inputs, tmp_path, caplog):
+    """A COCO-style table (one row per caption) as the validation split, ungrouped: periodic
+    retrieval counted each row as its own image (i2t R@1 0.02 in training against 0.13 from
+    `clip-jax eval --retrieval` on the same file), and nothing said why. The build notes it
+    in bad_records.json and every start warns; the train split, where this is normal, not."""
+    root, _ = inputs
+    rows = [f"images/{name},caption {k} of {name}" for name in GOOD[:3] for k in range(2)]
+    (tmp_path / "coco.csv").write_text("filepath,title\n" + "\n".join(rows) + "\n")
+    config = table_config(root, str(tmp_path / "tfds"), name="coco",
+                          train_path=str(tmp_path / "coco.csv"),
+                          validation_path=str(tmp_path / "coco.csv"), image_root=root)
+    with caplog.at_level("WARNING"):
+        _, report = build_report(config)
+    assert "notes" not in report
+    with open(os.path.join(sources.get_builder(config).data_dir, "bad_records.json")) as f:
+        (note,) = json.load(f)["validation"]["notes"]
+    assert note.startswith(f"3 image(s) are on several rows (e.g. images/{GOOD[0]}: line 2, "
+                           "line 3), each row its own example")
+    assert "group_by_image=True" in note and note in caplog.text
+

@@ -172,8 +172,9 @@ def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _report_skipped(name: str, data_dir: str) -> None:
-    """Warns how many records the build skipped and where they are listed: once per process
-    and dataset (a run prepares its data more than once), at every start."""
+    """Warns how many records the build skipped and where they are listed, and the build's
+    notes on whole splits: once per process and dataset (a run prepares its data more than
+    once), at every start."""
     from clip_jax_data.records import REPORT_FILE
 
     path = f"{data_dir}/{REPORT_FILE}"
@@ -187,6 +188,8 @@ def _report_skipped(name: str, data_dir: str) -> None:
             log.warning("%s %s: the build skipped %d of %d records (%s); each is listed in %s",
                         name, split, summary["skipped"], summary["total"],
                         ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())), path)
+        for note in summary.get("notes", []):
+            log.warning("%s %s: %s", name, split, note)
         bad = summary.get("bad_sources") or []
         if bad:  # a missing or cut-off shard: its unread records are in no count above
             first = bad[0]

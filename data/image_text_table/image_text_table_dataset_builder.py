@@ -98,6 +98,10 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         report = records.BuildReport(split, config.clean)
         report.source_lines(lines)
         groups = _group(rows, config.table.group_by_image)
+        if split != "train" and not config.table.group_by_image:
+            note = _repeated_images(rows)
+            if note:
+                report.note(note)
         names = label_names(config.table) if config.table.label_column else None
         with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
             for start in range(0, len(groups), _BATCH):
@@ -258,6 +262,25 @@ def _resolve(root: str, path: str) -> str:
     if "://" in path or os.path.isabs(path):
         return path
     return os.path.join(root, path)
+
+
+def _repeated_images(rows: list[_Row]) -> str:
+    """A note when image paths repeat across rows of an evaluation split that is not grouped
+    (a COCO-style table, one row per caption): each row is then its own example, so retrieval
+    counts one picture as several images and a caption's hit must be its own row ('' when
+    every path is on one row)."""
+    by_path: dict[str, list[_Row]] = {}
+    for row in rows:
+        if not row.problem and row.path:
+            by_path.setdefault(row.path, []).append(row)
+    repeated = [(path, found) for path, found in by_path.items() if len(found) > 1]
+    if not repeated:
+        return ""
+    path, found = repeated[0]
+    return (f"{len(repeated)} image(s) are on several rows (e.g. {path}: {found[0].lines}, "
+            f"{found[1].lines}), each row its own example: retrieval on this split counts one "
+            "picture as several images; set data.table.group_by_image=True to give each image "
+            "all its captions, as `clip-jax eval --retrieval` reads a table.")
 
 
 def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
