@@ -218,6 +218,32 @@ def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
         assert metrics[f"robustness/t/{key}"] == pytest.approx(expected), name
 
 
+def test_a_caption_trained_run_evaluates_other_datasets_on_their_labels(model, tmp_path):
+    """A run trained on captions alone sets data.label_key='' (the README's table example
+    does); `clip-jax eval RUN --zero-shot imagenet2012@validation` inherited that key and was
+    refused ("needs labels but its label_key is ''") although the dataset has its `label`. A
+    task on another dataset starts from the default feature keys."""
+    module, variables = model
+    names = [f"thing {k}" for k in range(1000)]
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    config = config_for(zero_shot=evaluate.zero_shot_task(
+        "imagenet2012", split="validation", templates="simple",
+        class_names=str(tmp_path / "names.txt")))
+    config.data.label_key, config.data.image_key = "", "jpg"  # the training data's features
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=imagenet_source):
+        metrics, _ = evaluate.evaluate_model(config, module, variables)
+        builder = tfds.builder("imagenet2012")
+        examples = [builder.info.features.deserialize_example_np(r)
+                    for r in imagenet_source(builder, "test")]
+    images = embed(module, variables, images=preprocess(
+        [Image.fromarray(e["image"]) for e in examples], module.config))
+    classes = class_embeddings(module, variables, names, ("a photo of a {}.",))
+    labels = np.array([e["label"] for e in examples])
+    assert metrics["zero_shot/t/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == labels))
+
+
 def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model, tmp_path,
                                                                    caplog):
     """A JPEG cut off in its pixel data and an empty class folder, among a folder's images:

@@ -141,6 +141,7 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
     relative.sort(key=lambda rel: rel.split(os.sep))
     return [os.path.join(folder, rel) for rel in relative], ignored
 
+
 def read_image(path: str, config: CLIPConfig, **image_options) -> np.ndarray | SkippedImage:
     """float32 [S, S, 3] model input for one file, or why it cannot be read; `image_options`
     are `clip_jax.data.preprocess`'s (`exif_transpose`, `alpha`)."""

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Task fields that override the data config (`config.data`) of the task's passes.
 DATA_FIELDS = ("dataset", "data_dir", "image_key", "label_key", "caption_key")
+# The fields that name a dataset's features: the training data's describe only its dataset.
+FEATURE_KEYS = ("image_key", "label_key", "caption_key", "tokens_key")
 
 
 @dataclasses.dataclass
@@ -65,8 +67,16 @@ class Passes:
 
     def task_data(self, task: ml_collections.ConfigDict, dataset: str | None = None
                   ) -> ml_collections.ConfigDict:
-        """The data config of a task: the training data's, with the task's overrides."""
+        """The data config of a task: the training data's, with the task's overrides. A task
+        on another dataset (`dataset`, else the task's) starts from the default feature keys
+        (`image`, `label`, `captions`), not the training data's: a run trained on captions
+        alone (`label_key=''`) still evaluates zero-shot on cifar10's `label`."""
         task_data = data_options.resolve_config(self.data)
+        other = dataset or task.get("dataset")
+        if other and other != task_data.dataset:
+            defaults = data_options.default_config()
+            for field in FEATURE_KEYS:
+                task_data[field] = defaults[field]
         for field in DATA_FIELDS:
             if task.get(field):
                 task_data[field] = task[field]
