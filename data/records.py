@@ -360,8 +360,8 @@ class BuildReport:
 
     def note(self, text: str) -> None:
         """A one-line finding about the split as a whole that is not a skipped record (e.g.
-        one image on several rows); logged now and by every run that opens the dataset."""
-        log.warning("%s: %s", self.split, text)
+        one image on several rows), for `bad_records.json`; every run that opens the dataset
+        warns with it (`clip_jax.data.sources`), the run that built it included."""
         self.notes.append(text)
 
     def bad_source(self, source: str, detail: str, records_read: int) -> None:
