@@ -165,11 +165,13 @@ def test_tiny_plan_matches_xla_and_exits_0(capsys):
 @pytest.mark.slow
 def test_plan_that_does_not_fit_exits_1(capsys):
     # 32,768 rows per chip of the plain softmax: 4 GiB of logits per chip, and their gradient.
-    code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
-                     "--search-seconds=0", "--config.batch_size=131072"])
+    # Two slices of one chip: `chips` counts both (the JSON said 1, the text 2).
+    code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "2xv5e-1", "--json",
+                     "--search-seconds=0", "--config.batch_size=65536"])
     out, err = capsys.readouterr()
     assert code == 1, err
     result = json.loads(out.strip().splitlines()[-1])
+    assert (result["chips"], result["slices"], result["mesh"]["data"]) == (2, 2, 2)
     assert not result["fits"]
     assert result["total_bytes"] > result["hbm_bytes"] and result["alternatives"] == []
 

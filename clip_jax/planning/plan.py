@@ -58,7 +58,7 @@ class Plan:
 
     topology: str
     chip: str
-    chips: int
+    chips: int  # in all slices: the devices the step runs on
     slices: int
     mesh: dict[str, int]
     batch_size: int
@@ -125,7 +125,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
     mesh = tpu_topology.make_mesh(topo, shape, sharding.MESH_AXES)
     model = train_step.model_config(config)
     s = train_step.setup(config, model, mesh)
-    result = Plan(topology, topo.chip.family, topo.chips, topo.slices,
+    result = Plan(topology, topo.chip.family, topo.devices_total, topo.slices,
                   dict(zip(sharding.MESH_AXES, shape)), config.batch_size, config.microbatches,
                   model.remat_policy, config.loss, False, topo.chip.hbm_bytes, 0.0)
     result.param_bytes = _shard_bytes(s.abstract_state.params, s.state_shardings.params)
@@ -241,9 +241,9 @@ def _gib(x: float) -> str:
 def format_plan(p: Plan) -> str:
     """The human-readable report of one plan."""
     mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
-    lines = [f"{p.topology}: {p.chips * p.slices} {p.chip} chips"
+    lines = [f"{p.topology}: {p.chips} {p.chip} chips"
              f"{f' in {p.slices} slices' if p.slices > 1 else ''}, mesh {mesh}; batch "
-             f"{p.batch_size:,} ({p.batch_size // (p.chips * p.slices):,} per chip), "
+             f"{p.batch_size:,} ({p.batch_size // p.chips:,} per chip), "
              f"microbatches {p.microbatches}, remat {p.remat_policy}, loss {p.loss}; "
              f"compiled in {p.compile_seconds:.1f} s"]
     if p.error:
