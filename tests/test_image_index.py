@@ -111,6 +111,26 @@ def test_find_images_order_recursion_and_counts(folder, tmp_path, caplog):
         image_folder.find_images([str(tmp_path / "absent")])
 
 
+def test_hidden_files_and_folders_are_left_out_as_the_eval_reader_leaves_them(tmp_path, caplog):
+    """A Mac's `._photo.jpg` beside every photo (AppleDouble metadata, not an image) was tried
+    as an image by `clip-jax index` and listed as unreadable, while `clip-jax eval` skipped it
+    as hidden; `.git` was searched. Both readers now leave hidden entries out."""
+    from clip_jax.data import labelled
+
+    for name in ("cat", "dog"):
+        (tmp_path / name / ".git").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "photo.jpg")
+        (tmp_path / name / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+        (tmp_path / name / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        Image.new("RGB", (8, 8)).save(tmp_path / name / ".git" / "icon.png")
+    with caplog.at_level("WARNING"):
+        paths, ignored = image_folder.find_images([str(tmp_path)], recursive=True)
+    assert paths == [str(tmp_path / name / "photo.jpg") for name in ("cat", "dog")]
+    assert ignored == 4
+    assert "2 hidden folder(s) not searched" in caplog.text
+    assert labelled.read(str(tmp_path)).files == paths
+
+
 def test_batches_skip_what_pil_cannot_read(folder, model):
     _, module, _ = model
     paths, _ = image_folder.find_images([str(folder)], recursive=True)

@@ -45,7 +45,7 @@ def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     if skipped or ignored:
         print(f"{len(skipped)} unreadable image file(s) skipped; {ignored} file(s) without an "
-              "image extension ignored.", file=sys.stderr)
+              "image extension or hidden ignored.", file=sys.stderr)
 
 
 def zero_shot_command(args: argparse.Namespace) -> int:

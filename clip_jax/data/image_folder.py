@@ -58,8 +58,10 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[st
     with an image extension (`IMAGE_EXTENSIONS`, case-insensitive), with `recursive` those of
     every subfolder too (symlinked folders followed, as torchvision's `ImageFolder` follows
     them, each real folder entered once: `walk_once`); without it, a warning names the
-    subfolders left out. Raises FileNotFoundError for a missing input or a folder without
-    images.
+    subfolders left out. Hidden files in a folder (`.DS_Store`, a Mac's `._photo.jpg` beside
+    every photo) are ignored and hidden folders (`.git`) not searched, as the eval reader
+    (`clip_jax.data.labelled`) leaves them out. The count returned is of the files ignored.
+    Raises FileNotFoundError for a missing input or a folder without images.
     """
     check_inputs(inputs)
     paths, ignored = [], 0
@@ -121,8 +123,10 @@ def warn_revisits(folder: str, revisits: list[str]) -> None:
 
 
 def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
-    relative, ignored, revisits = [], 0, []
+    relative, ignored, revisits, hidden = [], 0, [], []
     for root, dirs, files in walk_once(folder, revisits):
+        hidden += [os.path.join(root, d) for d in dirs if d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         if not recursive:
             unsearched = [d for d in dirs if not d.startswith(".")]
             if unsearched:
@@ -133,11 +137,14 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
             dirs.clear()
         for name in files:
             path = os.path.join(root, name)
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
                 relative.append(os.path.relpath(path, folder))
             else:
                 ignored += 1
     warn_revisits(folder, revisits)
+    if hidden and recursive:
+        log.warning("%s: %d hidden folder(s) not searched (%s)", folder, len(hidden),
+                    ", ".join(hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
     relative.sort(key=lambda rel: rel.split(os.sep))
     return [os.path.join(folder, rel) for rel in relative], ignored
 

@@ -141,8 +141,8 @@ def _top_k_row(row: np.ndarray, k: int) -> np.ndarray:
 @dataclasses.dataclass
 class BuildReport:
     """What `build_index` did: the index, images embedded now and reused, files skipped (with
-    reasons), files ignored for not having an image extension, and files named again by
-    overlapping inputs (indexed once)."""
+    reasons), files ignored (no image extension, or hidden: `find_images`), and files named
+    again by overlapping inputs (indexed once)."""
 
     index: ImageIndex = dataclasses.field(repr=False)
     embedded: int
@@ -156,7 +156,7 @@ class BuildReport:
                  if self.duplicates else "")
         return (f"Indexed {len(self.index)} images into {output} ({self.embedded} embedded, "
                 f"{self.reused} reused); skipped {len(self.skipped)} unreadable file(s); "
-                f"ignored {self.ignored} file(s) without an image extension{again}.")
+                f"ignored {self.ignored} file(s) without an image extension or hidden{again}.")
 
 
 def model_fingerprint(encoder: Encoder) -> str:
