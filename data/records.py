@@ -323,6 +323,15 @@ def image_text_features(extra: dict[str, Any] | None = None) -> Any:
     })
 
 
+# The fix for a build whose most common skip reason is this one (else: check the paths
+# and the column / extension names).
+FIXES = {
+    "caption_not_utf8": "The captions are not UTF-8: save the table as UTF-8, or name the "
+                        "encoding it was saved in with data.build.caption_fallback_encoding "
+                        "(e.g. 'cp1252' for Windows Excel, 'latin-1')",
+}
+
+
 class BuildReport:
     """Counts of kept, converted and skipped records of one split, written as JSON."""
 
@@ -405,8 +414,11 @@ class BuildReport:
         if records_read == 0 or bad > self.options.max_bad_fraction * records_read:
             examples = [s for s in self.skipped if s["reason"] != HIDDEN_MEMBER][:3]
             first = "; ".join(f"{s['key']}: {s['detail']}" for s in examples)
+            common = max((r for r in self.skipped_by_reason if r != HIDDEN_MEMBER),
+                         key=self.skipped_by_reason.__getitem__, default="")
             raise ConfigError(
                 f"Split {self.split!r}: {bad} of {records_read} records are unusable "
                 f"({summary['skipped_by_reason']}; e.g. {first or 'no records found'}). "
-                "Check the paths and column / extension names, or raise "
-                f"data.build.max_bad_fraction (now {self.options.max_bad_fraction}) if this is expected.")
+                f"{FIXES.get(common, 'Check the paths and column / extension names')}, or "
+                f"raise data.build.max_bad_fraction (now {self.options.max_bad_fraction}) if "
+                "this is expected.")

@@ -549,3 +549,23 @@ def test_an_ungrouped_eval_split_with_repeated_images_is_noted(inputs, tmp_path,
                            "line 3), each row its own example")
     assert "group_by_image=True" in note and caplog.text.count(note) == 1  # not twice
 
+
+def test_a_table_saved_in_cp1252_is_refused_with_the_encoding_fix(inputs, tmp_path):
+    """Every caption of a Windows-Excel table failed as caption_not_utf8 and the error advised
+    checking paths and column names; it names data.build.caption_fallback_encoding, with which
+    the same table builds."""
+    root, _ = inputs
+    rows = [(f"images/{name}".encode(), f"caf\u00e9 cr\u00e8me {k}".encode("cp1252"))
+            for k, name in enumerate(GOOD[:4])]
+    write_table(str(tmp_path / "excel.csv"), rows)
+    config = table_config(root, str(tmp_path / "tfds"), name="excel",
+                          train_path=str(tmp_path / "excel.csv"), image_root=root)
+    with pytest.raises(ConfigError, match=r"4 of 4 records are unusable .*The captions are not "
+                                          r"UTF-8: .*data.build.caption_fallback_encoding"):
+        sources.prepare(config)
+    config.table.name = "excel2"
+    config.build.caption_fallback_encoding = "cp1252"
+    examples, report = build_report(config)
+    assert report["kept"] == 4 and sorted(c for cs in examples.values() for c in cs) == [
+        f"caf\u00e9 cr\u00e8me {k}" for k in range(4)]
+
