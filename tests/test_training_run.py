@@ -586,3 +586,21 @@ def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["data"]["table"][
         "train_path"] == "b.csv"
     assert sorted(os.listdir(tmp_path)) == ["config.json", "config.until_step_8.json"]
+
+
+def test_ctrl_c_before_training_says_what_is_kept(tmp_path, monkeypatch, capsys):
+    """Ctrl-C before the first step said 'the checkpoints in DIR are kept' when there were
+    none (the workdir did not exist yet); the line now says what is there."""
+    from clip_jax.cli import train as train_cli
+
+    def interrupted(config, workdir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "prepare", interrupted)
+    assert train_cli.run(tiny.get_config(), str(tmp_path / "new")) == 130
+    assert capsys.readouterr().err == (f"error: interrupted (Ctrl-C); no checkpoint was saved "
+                                       f"in {tmp_path / 'new'}; the same command starts again.\n")
+    for step in (4, 12, 8):
+        (tmp_path / "run" / "checkpoints" / str(step)).mkdir(parents=True)
+    assert train_cli.run(tiny.get_config(), str(tmp_path / "run")) == 130
+    assert "the same command resumes from the newest (step 12)" in capsys.readouterr().err

@@ -242,10 +242,26 @@ def run(config: Any, workdir: str) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
     except KeyboardInterrupt:  # before training's guard took Ctrl-C over, or a second one
-        print(f"error: interrupted (Ctrl-C); the checkpoints in {workdir} are kept; run the "
-              "same command to resume from the newest.", file=sys.stderr)
+        print(f"error: interrupted (Ctrl-C); {_kept(workdir)}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     return 0
+
+
+def _kept(workdir: str) -> str:
+    """What an interrupted command leaves in `workdir`, and how to go on."""
+    from etils import epath
+
+    from clip_jax.training import checkpoints
+
+    root = epath.Path(checkpoints.checkpoint_dir(workdir))
+    try:
+        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+    except OSError:  # no workdir or checkpoints yet
+        steps = []
+    if not steps:
+        return f"no checkpoint was saved in {workdir}; the same command starts again."
+    return (f"the checkpoints in {workdir} are kept; the same command resumes from the newest "
+            f"(step {steps[-1]}).")
 
 
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
