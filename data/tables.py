@@ -91,6 +91,17 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+def check_utf8_start(head: bytes, name: str) -> None:
+    """ConfigError when a table's first bytes show UTF-16 or UTF-32 (Excel's "Unicode Text"
+    export: a byte-order mark, or a NUL byte beside every ASCII letter; a stray NUL inside a
+    UTF-8 field is that field's business), which would otherwise read as a header of garbled
+    names and fail as a missing column."""
+    marks = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    if head.startswith(marks) or head.count(0) > len(head) // 4:
+        raise ConfigError(f"{name} is UTF-16 or UTF-32 text (Excel's 'Unicode Text' saves it so), "
+                          "not UTF-8; save it as UTF-8 (Excel: 'CSV UTF-8').")
+
+
 def default_quoting(delimiter: str) -> str:
     """`"none"` for tab-separated tables, `"csv"` (pandas' rules) for anything else."""
     return "none" if delimiter == "\t" else "csv"
@@ -102,6 +113,7 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
     Raises `TableError` (with the 1-based line) for an unclosed quote or a field over
     Python's csv field size limit, and ValueError for an empty table or a bad option.
     """
+    check_utf8_start(data[:1024], name)
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     text = data.decode("utf-8", errors="surrogateescape")
@@ -131,6 +143,8 @@ def read_head(path: str, *, delimiter: str, quoting: str, records: int = 1
     """
     lines: list[str] = []
     found: list[Record] = []
+    with open(path, "rb") as f:
+        check_utf8_start(f.read(1024), path)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         for record in _records(f, lines, delimiter=delimiter, quoting=quoting, name=path):
             if record is not None:

@@ -185,3 +185,20 @@ def test_header_alone_stops_at_the_header(tmp_path):
     (tmp_path / "empty.csv").write_text("\n  \n")
     with pytest.raises(ValueError, match="empty"):
         tables.read_head(str(tmp_path / "empty.csv"), delimiter=",", quoting="csv")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_utf16_and_utf32_tables_are_named_not_read_as_garbled_columns(encoding, tmp_path):
+    """Excel's 'Unicode Text' export (UTF-16, tab-separated) read as a header of garbled names
+    ('\\udcff\\udcfef\\x00i\\x00l...'), then failed as a missing image column; one line now says
+    what the file is and how to save it (pandas reads it as what it is)."""
+    text = "filepath\ttitle\nimages/a.jpg\tcaf\u00e9\n"
+    path = tmp_path / "unicode.txt"
+    path.write_bytes(text.encode(encoding))
+    assert list(pd.read_csv(path, sep="\t", encoding=encoding).columns) == ["filepath", "title"]
+    for read in (lambda: tables.read_table(path.read_bytes(), delimiter="\t", quoting="none",
+                                           name=str(path)),
+                 lambda: tables.read_head(str(path), delimiter="\t", quoting="none")):
+        with pytest.raises(ConfigError, match=r"unicode.txt is UTF-16 or UTF-32 text .* save it "
+                                              r"as UTF-8"):
+            read()
