@@ -462,3 +462,23 @@ def test_few_shot_refuses_a_class_without_training_images_before_embedding(
     config = config_for(few_shot=evaluate.few_shot_task(str(root), shots="1", seeds=1))
     with pytest.raises(ConfigError, match=r"these have none: purple \(0\)"):
         evaluate.evaluate_model(config, module, variables)
+
+
+def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_path, monkeypatch):
+    """A test split with a class folder the training split lacks was refused with advice for
+    tables only; the error names the classes each side alone has, before anything is embedded."""
+    import shutil
+
+    from clip_jax.evaluation.embedding import Embedder
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder, root)
+    (root / "test" / "purple").mkdir()
+    Image.open(root / "test" / "red" / "0.png").save(root / "test" / "purple" / "0.png")
+    monkeypatch.setattr(Embedder, "embed_split", lambda *a, **k: pytest.fail("embedded"))
+    config = config_for(linear_probe=evaluate.linear_probe_task(str(root)))
+    with pytest.raises(ConfigError, match=r"have different classes \(only in the test data: "
+                                          r"'purple' \(1\)\); .*folders: the same class folders"):
+        evaluate.evaluate_model(config, module, variables)
+

@@ -206,10 +206,18 @@ class Evaluator(abc.ABC):
 
 
 def check_same_classes(field: str, train: Pass, test: Pass) -> None:
-    """A probe's training and test data must have the same classes in the same order."""
+    """A probe's training and test data must have the same classes in the same order; the
+    ConfigError names the classes only one of them has (or says the order differs)."""
     if train.class_names != test.class_names:
+        ours, theirs = list(train.class_names or []), list(test.class_names or [])
+        only = [f"only in the {what}: {', '.join(map(repr, names[:3]))}"
+                f"{', ...' if len(names) > 3 else ''} ({len(names)})"
+                for what, names in (("training data", [c for c in ours if c not in theirs]),
+                                    ("test data", [c for c in theirs if c not in ours]))
+                if names]
         raise ConfigError(f"config.eval.{field}: the training data ({train.description}) "
-                          f"and test data ({test.description}) have different classes; "
-                          "give both the same classes in the same order (for tables: "
-                          "--class-names / the task's class_names, or a classnames.txt beside "
-                          "them).")
+                          f"and test data ({test.description}) have different classes "
+                          f"({'; '.join(only) or 'the same names in another order'}); give "
+                          "both the same classes in the same order (folders: the same class "
+                          "folders, an empty one stays a class; tables: --class-names / the "
+                          "task's class_names, or a classnames.txt beside them).")
