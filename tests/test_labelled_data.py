@@ -231,6 +231,13 @@ def test_table_messages_name_the_files_physical_lines(folder, tmp_path):
     (tmp_path / "bad.csv").write_bytes(bad)
     with pytest.raises(ConfigError, match=rf"bad.csv line {where[rel[5]]}: label 'wolf'"):
         labelled_data.read_table(str(tmp_path / "bad.csv"), class_names=CLASSES)
+    comma = data.replace(f"{rel[5]},{names[5]}".encode(), f'{rel[5]},"sea, lion"'.encode())
+    (tmp_path / "comma.csv").write_bytes(comma)
+    with pytest.raises(ConfigError, match=r"label 'sea, lion' is not one of the 4 class names "
+                                          r"given; a name holding a comma cannot be given in a "
+                                          r"comma-separated list: give the names in a file"):
+        labelled_data.read_table(str(tmp_path / "comma.csv"),
+                                 class_names=["cat", "dog", "sea", "lion"])
     urls = data.replace(rel[1].encode(), b"https://example.com/cat.jpg")
     (tmp_path / "urls.csv").write_bytes(urls)
     got = labelled_data.read(str(tmp_path / "urls.csv"))

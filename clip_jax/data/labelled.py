@@ -291,8 +291,10 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
             i, word = unknown[0], indices.index(None)
             mixed = (f"; the column mixes class indices with names ({lines[word]}: "
                      f"{raw[word]!r}): use one kind throughout" if indices[i] is not None else "")
+            comma = ("; a name holding a comma cannot be given in a comma-separated list: "
+                     "give the names in a file, one per line" if "," in raw[i] else "")
             raise ConfigError(f"{path} {lines[i]}: label {raw[i]!r} is not one of the "
-                              f"{len(names)} class names given{mixed}.")
+                              f"{len(names)} class names given{mixed}{comma}.")
         labels = np.asarray([index[y] for y in raw], np.int64)
     root = os.path.dirname(path)
     files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p) for _, p, _ in rows]
