@@ -184,6 +184,9 @@ def test_single_image_and_bad_inputs(vit_b16, tmp_path):
     (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
     with pytest.raises(OSError, match=r"cut.png': .*truncated"):  # the file is named
         preprocess([str(tmp_path / "whole.png"), str(tmp_path / "cut.png")], vit_b16)
+    (tmp_path / "empty.jpg").write_bytes(b"")  # PIL: "cannot identify image file"
+    with pytest.raises(OSError, match=r"empty.jpg': empty file \(0 bytes\)$"):
+        preprocess(str(tmp_path / "empty.jpg"), vit_b16)
 
 
 def test_sixteen_bit_images_are_rescaled(vit_b16):

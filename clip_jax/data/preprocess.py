@@ -179,6 +179,8 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
             raise MissingFileError(f"No image file at {os.fspath(image)!r}.")
+        if os.path.isfile(image) and os.path.getsize(image) == 0:  # as the folder readers say
+            raise UnreadableImageError(os.fspath(image), "empty file (0 bytes)")
         try:
             with Image.open(image) as opened:
                 return to_rgb_uint8(opened, exif_transpose=exif_transpose, alpha=alpha)
@@ -249,7 +251,8 @@ def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig, *,
     `alpha="white"` is what `CLIPImageProcessor` does with an RGBA image).
     Raises ValueError for a bad `alpha` before reading any image; then, per image,
     MissingFileError for a path with no file, PIL's UnidentifiedImageError for a file that is
-    not an image, OSError naming the file for one that cannot be decoded (truncated), TypeError for an array that is not uint8 and ValueError for one of another
+    not an image, OSError naming the file for one that is empty or cannot be decoded
+    (truncated), TypeError for an array that is not uint8 and ValueError for one of another
     shape.
     """
     background_colour(alpha)
