@@ -464,7 +464,8 @@ def test_few_shot_refuses_a_class_without_training_images_before_embedding(
         evaluate.evaluate_model(config, module, variables)
 
 
-def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_path, monkeypatch):
+def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_path, monkeypatch,
+                                                         capsys):
     """A test split with a class folder the training split lacks was refused with advice for
     tables only; the error names the classes each side alone has, before anything is embedded."""
     import shutil
@@ -481,4 +482,13 @@ def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_pat
     with pytest.raises(ConfigError, match=r"have different classes \(only in the test data: "
                                           r"'purple' \(1\)\); .*folders: the same class folders"):
         evaluate.evaluate_model(config, module, variables)
+    # From the command line the task is named by the flag that made it, not a config path.
+    from clip_jax.convert.hf_export import export_hf
+
+    export_hf(module.config, variables, tmp_path / "hf")
+    assert cli.main(["eval", str(tmp_path / "hf"), "--linear-probe", f"{root}@train",
+                     str(root), "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --linear-probe {root}: the training data ") and \
+        "config.eval" not in err
 

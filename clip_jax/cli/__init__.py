@@ -201,7 +201,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.output:
         config_checks.check_workdir(args.output, "--output")
     config = eval_config(args.path, args.config, eval_cli.has_sources(args))
-    eval_cli.apply(config, args)
+    origins = eval_cli.apply(config, args)
     if args.evaluators:
         config.eval.evaluators = args.evaluators
     if args.batch_size:
@@ -215,10 +215,14 @@ def eval_command(args: argparse.Namespace) -> int:
     from clip_jax.training import checkpoints
     from clip_jax.training.metric_writers import MetricWriter
 
-    evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
-    module, variables = load(args.path)
-    module = CLIP(module.config.replace(dtype=config.model.dtype))
-    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    try:
+        evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
+        module, variables = load(args.path)
+        module = CLIP(module.config.replace(dtype=config.model.dtype))
+        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    except ConfigError as error:  # in the flags' terms where a flag made the task
+        kind = MissingFileError if isinstance(error, MissingFileError) else ConfigError
+        raise kind(eval_cli.in_flag_terms(str(error), origins)) from None
     step = checkpoints.read_meta(args.path)["step"] if checkpoints.is_workdir(args.path) else 0
     if args.output:
         writer = MetricWriter(args.output, 0, 0, enabled=jax.process_index() == 0,

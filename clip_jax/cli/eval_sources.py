@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 
 from typing import Any
 
@@ -129,12 +130,13 @@ def check_options_used(args: argparse.Namespace) -> None:
                               f"it or drop {_flag(option)}.")
 
 
-def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
+def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[str, str]:
     """Replaces `config.eval`'s tasks and evaluators with the sources given on the command
-    line (unchanged when none is given); `check_options_used` first."""
+    line (unchanged when none is given); `check_options_used` first. Returns each task's
+    origin, `{"zero_shot.cifar10": "--zero-shot cifar10@test"}`, for `in_flag_terms`."""
     check_options_used(args)
     if not has_sources(args):
-        return
+        return {}
     from clip_jax.evaluation import evaluate
     from clip_jax.evaluation import templates
 
@@ -176,6 +178,23 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
         if ev[flag]:
             enabled.append(flag)
     ev.evaluators = ",".join(enabled)
+    given = {"zero_shot": specs, "linear_probe": [a[1] for a in [args.linear_probe] if a],
+             "few_shot": [a[1] for a in [args.few_shot] if a],
+             "robustness": [args.robustness] if args.robustness else [],
+             "retrieval": [args.retrieval] if args.retrieval else []}
+    return {f"{flag}.{name}": f"--{flag.replace('_', '-')} {spec}"
+            for flag in SOURCE_FLAGS for name, spec in zip(ev[flag], given[flag])}
+
+
+def in_flag_terms(message: str, origins: dict[str, str]) -> str:
+    """`message` with each `config.eval.<kind>.<task>[.<field>]` of a command-line task said
+    as the flag that made it (`--robustness folder2 (baseline)`): the user never wrote the
+    config path."""
+    for task in sorted(origins, key=len, reverse=True):
+        message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
+                         lambda m, flag=origins[task]: flag + (f" ({m.group(1)})"
+                                                               if m.group(1) else ""), message)
+    return message
 
 
 def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str = "",
