@@ -152,6 +152,10 @@ def test_class_embedding_is_the_renormalised_mean_of_normalised_prompts():
                                      16)
     expected = np.array([[1.6, 0.8], [0.8, 1.6]]) / np.hypot(1.6, 0.8)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # Names as NumPy gives them (np.unique of a label column), or from a generator.
+    for names in (np.array(["cat", "dog"]), (n for n in ["cat", "dog"])):
+        np.testing.assert_allclose(zero_shot.class_embeddings(
+            embed, names, ["a photo of a {}.", "a {} drawing"], 16), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("names, templates_given, problem", [

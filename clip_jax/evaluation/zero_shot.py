@@ -27,7 +27,7 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     """[K, E]: per class, the renormalised mean of its normalised prompt embeddings.
 
     `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E]. `class_names`:
-    a sequence of K >= 1 names; `templates`: what `templates.get_templates` accepts (a set
+    any iterable of K >= 1 names (a list, a NumPy array of str); `templates`: what `templates.get_templates` accepts (a set
     name, a file, or templates with one '{}' each). Raises ConfigError for a single string of
     names (it would be K one-character classes), no names, an empty name, or bad templates.
     """
@@ -35,6 +35,7 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
         raise ConfigError(f"Class names must be a list of names, e.g. ['cat', 'dog'], not one "
                           f"string ({class_names[:40]!r}); read_class_names reads a file or a "
                           "comma-separated list.")
+    class_names = [str(n) if isinstance(n, np.str_) else n for n in class_names]
     if not class_names or not all(isinstance(n, str) and n.strip() for n in class_names):
         raise ConfigError(f"Class names {list(class_names)[:5]!r} must be one or more "
                           "non-empty strings.")
