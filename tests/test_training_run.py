@@ -556,24 +556,26 @@ def test_logged_rates_leave_out_checkpoint_saves():
 
 
 def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
-    """A resumed run on another table trained on silently (its data position applied to the
-    new table) and overwrote config.json, so the workdir no longer said what the checkpoint
-    was trained on. The fields that decide the stream are compared (as the checkpoint
-    recorded them, through JSON); the others (prefetching, evaluation) are not."""
+    """A resumed run on another table (or seed) trained on silently (its data position
+    applied to another stream) and overwrote config.json, so the workdir no longer said what
+    the checkpoint was trained on. The fields that decide the stream are compared (as the
+    checkpoint recorded them, through JSON); the others (prefetching, evaluation) are not."""
     from clip_jax.configs import base
 
     config = base.get_config("tiny")
     config.data.dataset, config.data.table.train_path = "image_text_table", "a.csv"
-    saved = json.loads(json.dumps(config.data.to_dict()))  # as a checkpoint records it
-    other = config.data.to_dict()
-    other["table"] = {**other["table"], "train_path": "b.csv", "caption_column": "text"}
-    other.update(prefetch_batches=7, eval_split="test")
-    assert train.data_changes(saved, other) == (
+    saved = json.loads(json.dumps(config.to_dict()))  # as a checkpoint records it
+    data = config.data.to_dict()
+    other = {**data, "table": {**data["table"], "train_path": "b.csv", "caption_column": "text"},
+             "prefetch_batches": 7, "eval_split": "test"}
+    assert train.stream_changes(saved, other, 0) == (
         "data.table.caption_column 'title' -> 'text', data.table.train_path 'a.csv' -> 'b.csv'")
-    assert train.data_changes(saved, {**config.data.to_dict(), "prefetch_batches": 7}) == ""
-    assert train.data_changes({}, other) == ""  # a checkpoint without a recorded section
-    shapes = {**config.data.to_dict(), "dataset": "synthetic_shapes"}
-    assert train.data_changes(saved, shapes) == (
+    assert train.stream_changes(saved, {**data, "prefetch_batches": 7}, 0) == ""
+    assert train.stream_changes(saved, data, 7) == "seed 0 -> 7"  # batch k is f(seed, k)
+    assert train.stream_changes({}, other, 7) == ""  # a checkpoint without a recorded config
+    assert train.stream_changes({"seed": 0}, other, 0) == ""  # nor a data section
+    shapes = {**data, "dataset": "synthetic_shapes"}
+    assert train.stream_changes(saved, shapes, 0) == (
         "data.dataset 'image_text_table' -> 'synthetic_shapes'")
 
     assert train.write_config(config, str(tmp_path), 0) == ""

@@ -240,26 +240,32 @@ def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Check
     if changed:
         log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
             f"learning rate follows the new schedule from step {latest} on.")
-    changed = data_changes((meta.get("config") or {}).get("data") or {}, plan.data)
+    changed = stream_changes(meta.get("config") or {}, plan.data, plan.seed)
     if changed:
-        log(f"warning: resuming on other training data ({changed}); batch "
-            f"{meta['data_position']} of the new data's order comes next.")
+        log(f"warning: resuming on other training data or order ({changed}); batch "
+            f"{meta['data_position']} of the new stream comes next.")
     return state, meta["data_position"]
 
 
-def data_changes(saved: dict[str, Any], data: dict[str, Any]) -> str:
-    """'data.table.train_path 'a.csv' -> 'b.csv'' for the fields that decide the training
-    stream (`data_options.stream_fields`) and differ between a checkpoint's recorded data
-    section and `data` (`RunPlan.data`); '' if none. A checkpoint that recorded no data
-    section compares equal; another dataset is named without its builder's options."""
+def stream_changes(saved: dict[str, Any], data: dict[str, Any], seed: int) -> str:
+    """"seed 0 -> 7, data.table.train_path 'a.csv' -> 'b.csv'" for what decides the training
+    stream and differs between a checkpoint's recorded config `saved` and this run's: `seed`
+    (it orders the examples: batch k is a function of seed and k) and the data fields of
+    `data_options.stream_fields` (`data` is `RunPlan.data`); '' if none. A checkpoint that
+    recorded no config (or data section) compares equal; another dataset is named without its builder's
+    options."""
     if not saved:
         return ""
+    reseeded = ([f"seed {saved['seed']} -> {seed}"]
+                if saved.get("seed") is not None and saved["seed"] != seed else [])
+    if not saved.get("data"):
+        return ", ".join(reseeded)
     as_json = lambda d: json.loads(json.dumps(data_options.stream_fields(d)))  # noqa: E731
-    old, new = as_json(saved), as_json(data)
+    old, new = as_json(saved["data"]), as_json(data)
     fields = (data_options.STREAM_FIELDS if old["dataset"] != new["dataset"]
               else sorted({*old, *new}))
-    return ", ".join(f"data.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in fields
-                     if old.get(k) != new.get(k))
+    return ", ".join(reseeded + [f"data.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in fields
+                                 if old.get(k) != new.get(k)])
 
 
 def schedule_changes(saved: dict[str, Any], schedule: dict[str, Any]) -> str:
