@@ -503,7 +503,7 @@ def test_repeated_or_empty_class_names_are_refused(inputs, tmp_path, class_names
             class_names=spec))
 
 
-def test_web_urls_as_image_paths_are_named_not_a_traceback(inputs, tmp_path):
+def test_web_urls_as_image_paths_are_named_not_a_traceback(inputs, tmp_path, monkeypatch):
     """An img2dataset input list (URLs in the image column) was a TensorFlow
     UnimplementedError traceback ('File system scheme https not implemented') from the check
     of the first rows; all URLs are one error with the fix, and a URL row among local files is
@@ -516,6 +516,21 @@ def test_web_urls_as_image_paths_are_named_not_a_traceback(inputs, tmp_path):
         sources.prepare(table_config(root, str(tmp_path / "tfds"), name="urls",
                                      train_path=str(tmp_path / "urls.csv"), image_column="url",
                                      caption_column="caption"))
+    # gs:// images this machine cannot reach: TensorFlow's exists() raises; one line.
+    real_exists = tf.io.gfile.exists
+
+    def exists(path):
+        if str(path).startswith("gs://"):
+            raise tf.errors.PermissionDeniedError(None, None, f"no access to {path}")
+        return real_exists(path)
+
+    monkeypatch.setattr(tf.io.gfile, "exists", exists)
+    (tmp_path / "gcs.csv").write_text("filepath,title\ngs://b/a.jpg,a cat\n")
+    with pytest.raises(ConfigError, match=r"None of the first 1 images of .*gcs.csv can be read "
+                                          r"\(e.g. 'gs://b/a.jpg': no access to gs://b/a.jpg\)"):
+        sources.prepare(table_config(root, str(tmp_path / "tfds"), name="gcs",
+                                     train_path=str(tmp_path / "gcs.csv")))
+    monkeypatch.undo()
     (tmp_path / "mixed.csv").write_text(f"filepath,title\n{root}/images/rgb.jpg,kept\n"
                                         "s3://bucket/b.jpg,gone\n")
     config = table_config(root, str(tmp_path / "tfds"), name="mixed",

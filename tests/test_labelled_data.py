@@ -203,7 +203,7 @@ def test_mixed_label_kinds_and_non_utf8_rows(folder, tmp_path):
     assert got.skipped == {"not UTF-8 text": [f"line {bad_line}"]}
 
 
-def test_table_messages_name_the_files_physical_lines(folder, tmp_path):
+def test_table_messages_name_the_files_physical_lines(folder, tmp_path, monkeypatch):
     """Blank lines and quoted line breaks do not shift the lines named: a skipped row's and a
     bad row's line is where an editor shows it (each record is one row after the header
     before, so here every number was off). Rows read as pandas reads them."""
@@ -249,6 +249,27 @@ def test_table_messages_name_the_files_physical_lines(folder, tmp_path):
                                           r"'https://example.com/a.jpg'\) and TensorFlow reads no "
                                           r"https:// files; download"):
         labelled_data.read(str(tmp_path / "only_urls.csv"))
+    # A gs:// image this machine cannot reach (no network, no credentials): TensorFlow's
+    # exists() raises; the row is named and skipped, and a table of only such rows is one line.
+    real_exists = tf.io.gfile.exists
+
+    def exists(path):
+        if path.startswith("gs://"):
+            raise tf.errors.PermissionDeniedError(None, None, f"no access to {path}\n\tdetail")
+        return real_exists(path)
+
+    monkeypatch.setattr(tf.io.gfile, "exists", exists)
+    gcs = data.replace(rel[1].encode(), b"gs://bucket/cat.jpg")
+    (tmp_path / "gcs.csv").write_bytes(gcs)
+    got = labelled_data.read(str(tmp_path / "gcs.csv"))
+    assert got.skipped["cannot be read"] == [
+        f"lines {where[rel[1]]}-{where[rel[1]] + 1}: gs://bucket/cat.jpg (no access to "
+        "gs://bucket/cat.jpg detail)"]
+    (tmp_path / "only_gcs.csv").write_text("filepath,label\ngs://b/a.jpg,cat\ngs://b/c.jpg,dog\n")
+    with pytest.raises(ConfigError, match=r"only_gcs.csv: none of its 2 images can be read \(line "
+                                          r"2: 'gs://b/a.jpg': no access to gs://b/a.jpg detail\)"):
+        labelled_data.read(str(tmp_path / "only_gcs.csv"))
+    monkeypatch.undo()
     wide = data.replace(f"{rel[3]},{names[3]},x".encode(), f"{rel[3]},{names[3]},x,y".encode())
     (tmp_path / "wide.csv").write_bytes(wide)
     with pytest.raises(ConfigError, match=rf"wide.csv line {where[rel[3]]}: 4 fields where "

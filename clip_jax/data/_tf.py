@@ -108,4 +108,17 @@ def unreadable_scheme(path: str) -> str:
     return scheme if scheme and scheme not in tf.io.gfile.get_registered_schemes() else ""
 
 
-__all__ = ["tf", "unreadable_scheme"]
+def file_problem(path: str) -> str:
+    """'' when `path` exists for TensorFlow's file systems, 'missing' when it does not, else
+    why it cannot be asked (one line): a `gs://` path without network or credentials, a
+    bucket this account cannot read, a scheme no file system reads. `tf.io.gfile.exists`
+    raises for those, which would stop a whole table on one row."""
+    if unreadable_scheme(path):
+        return f"TensorFlow reads no {unreadable_scheme(path)}:// files"
+    try:
+        return "" if tf.io.gfile.exists(path) else "missing"
+    except tf.errors.OpError as error:
+        return " ".join(str(error.message or error).split())[:200]
+
+
+__all__ = ["tf", "unreadable_scheme", "file_problem"]

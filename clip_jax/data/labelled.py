@@ -51,7 +51,7 @@ from clip_jax.data import shifts
 from clip_jax.data.options import IMAGE_COLUMNS, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
-from clip_jax.data._tf import tf, unreadable_scheme
+from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.data.image_folder import DECODE_ERRORS, walk_once
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
@@ -303,13 +303,21 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         raise ConfigError(f"{path}: its image paths are URLs ({lines[0]}: {files[0]!r}) and "
                           f"TensorFlow reads no {unreadable_scheme(files[0])}:// files; download "
                           "the images first (e.g. with img2dataset) and list the local files.")
-    missing = {i for i, f in enumerate(files) if i not in urls and not tf.io.gfile.exists(f)}
-    if len(missing) + len(urls) == len(files):
+    problems = {i: file_problem(f) for i, f in enumerate(files) if i not in urls}
+    missing = {i for i, why in problems.items() if why == "missing"}
+    unreachable = {i: why for i, why in problems.items() if why and why != "missing"}
+    if len(missing) + len(urls) + len(unreachable) == len(files):
+        if unreachable:
+            i, why = next(iter(unreachable.items()))
+            raise ConfigError(f"{path}: none of its {len(files)} images can be read "
+                              f"({lines[i]}: {files[i]!r}: {why}).")
         raise MissingFileError(f"{path}: none of its {len(files)} images exist ({lines[0]}: "
                                f"{files[0]!r}); relative paths are relative to the "
                                "table's folder.")
-    keep = [i for i in range(len(files)) if i not in missing and i not in urls]
+    keep = [i for i, why in sorted(problems.items()) if not why]
     skipped = {"missing file": [f"{lines[i]}: {files[i]}" for i in sorted(missing)],
+               "cannot be read": [f"{lines[i]}: {files[i]} ({why})"
+                                  for i, why in sorted(unreachable.items())],
                "URL, not a file": [f"{lines[i]}: {files[i]}" for i in sorted(urls)],
                "not UTF-8 text": [r.lines for r in bad_text]}
     out = _whole_files(f"table {path}", [files[i] for i in keep], labels[keep], names,

@@ -24,7 +24,7 @@ from concurrent import futures
 from typing import Any
 
 from clip_jax.data import text_lists
-from clip_jax.data._tf import tf, unreadable_scheme
+from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
@@ -249,7 +249,12 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
             f"{unreadable_scheme(urls[0])}:// files; download the images first (img2dataset "
             "writes webdataset shards: data.dataset='webdataset_shards') or list local files.")
     probe = [p for p in probe if not unreadable_scheme(p)]
-    if probe and not any(tf.io.gfile.exists(p) for p in probe):
+    problems = [file_problem(p) for p in probe]
+    if probe and "" not in problems and set(problems) != {"missing"}:
+        why = next(w for w in problems if w != "missing")
+        raise ConfigError(f"None of the first {len(probe)} images of {path} can be read (e.g. "
+                          f"{probe[problems.index(why)]!r}: {why}).")
+    if probe and "" not in problems:
         raise MissingFileError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
             f"{probe[0]!r}); set data.table.image_root to the folder the "
