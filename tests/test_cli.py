@@ -4,6 +4,7 @@ model computed directly, transformers and open_clip (HF_HUB_OFFLINE=1)."""
 import importlib.metadata
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -137,6 +138,19 @@ def test_outputs_that_are_files_of_another_kind_are_refused_first(vit_workdir, t
     code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output",
                        str(tmp_path))
     assert code == 2 and "is a folder; pass the index file to write" in err
+    code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output",
+                       str(photo / "x.npz"))
+    assert code == 2 and f"lies under {str(photo)!r}, which is a file" in err
+    # Export commands: into a file, under a file, or into a folder of other files (here a
+    # config.json that is not an export, and a training workdir) is one line, nothing written.
+    notes = tmp_path / "mydocs"
+    notes.mkdir()
+    (notes / "config.json").write_text("my notes")
+    for command in ("export-hf", "export-open-clip"):
+        for out in (photo, photo / "sub", notes, Path(vit_workdir[0])):
+            code, _, err = run(capsys, command, missing, str(out))
+            assert code == 2 and err.startswith("error: OUTPUT_DIR "), (command, out, err)
+    assert (notes / "config.json").read_text() == "my notes" and photo.read_bytes() == before
 
 
 def test_eval_uses_the_workdirs_training_config(vit_workdir, tmp_path, capsys):

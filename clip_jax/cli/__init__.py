@@ -235,9 +235,28 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_export_dir(path: str, previous_export: Callable[[str], bool]) -> None:
+    """OUTPUT_DIR of an export command must be new, empty or a previous export of the same
+    kind (`previous_export(path)`), and writable: a typo must not overwrite another folder's
+    config.json or a training workdir's. ConfigError (one line) before the model loads."""
+    from clip_jax.training import config_checks
+
+    if os.path.isfile(path):
+        raise ConfigError(f"OUTPUT_DIR {path!r} is a file; pass a folder (created if missing).")
+    if os.path.isdir(path) and os.listdir(path) and not previous_export(path):
+        held = sorted(os.listdir(path))
+        raise ConfigError(f"OUTPUT_DIR {path!r} holds other files ({', '.join(held[:4])}"
+                          f"{', ...' if len(held) > 4 else ''}), which the export could "
+                          "overwrite; pass a new or empty folder (a previous export of the same "
+                          "kind is overwritten).")
+    config_checks.check_workdir(path, "OUTPUT_DIR")
+
+
 def export_hf_command(args: argparse.Namespace) -> int:
+    from clip_jax.convert import hf_import
     from clip_jax.pretrained.factory import export_hf_from
 
+    check_export_dir(args.output_dir, hf_import.is_hf_directory)
     out = export_hf_from(args.source, args.output_dir, dtype=args.dtype)
     print(f"Wrote a transformers CLIPModel directory to {out}.")
     return 0
@@ -245,8 +264,10 @@ def export_hf_command(args: argparse.Namespace) -> int:
 
 def export_open_clip_command(args: argparse.Namespace) -> int:
     from clip_jax import load
-    from clip_jax.convert.open_clip_export import export_open_clip
+    from clip_jax.convert.open_clip_export import CONFIG_FILE, export_open_clip
 
+    check_export_dir(args.output_dir,
+                     lambda path: os.path.isfile(os.path.join(path, CONFIG_FILE)))
     module, variables = load(args.source)
     out = export_open_clip(module.config, variables, args.output_dir, dtype=args.dtype)
     print(f"Wrote an open_clip model to {out} (load with "

@@ -249,6 +249,12 @@ def check_output(output: str | os.PathLike) -> None:
     of another model, replaced): a typo must not replace a photo or a folder with an index.
     Cheap: `clip-jax index` checks it before loading the model."""
     output = os.fspath(output)
+    above = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise ConfigError(f"--output {output!r} lies under {above!r}, which is a file; pass a "
+                          "path in a folder.")
     if os.path.isdir(output):
         raise ConfigError(f"--output {output!r} is a folder; pass the index file to write "
                           "(e.g. images.npz).")
