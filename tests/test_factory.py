@@ -127,3 +127,21 @@ def test_a_workdir_loads_with_the_numerics_asked_for(tmp_path, saved_scan):
     module, loaded = clip_jax.load(tmp_path, model=saved.config.replace(param_dtype="bfloat16"))
     assert module.config.scan_layers is saved_scan
     assert {x.dtype for x in jax.tree.leaves(loaded)} == {np.dtype(jax.numpy.bfloat16)}
+
+
+def test_pretrained_given_a_whole_model_says_how_to_load_it(tmp_path):
+    """create_model(name, pretrained=a Hub repo id / a folder) was refused with 'a Hub repo id
+    or a local file works too', and a transformers model.safetensors as 'wrong preset'. Each
+    now says how such a model loads (clip_jax.load of it, or of its directory)."""
+    config = get_preset("test-vit")
+    hf_export.export_hf(config, random_variables(config, seed=1), tmp_path / "hf")
+    for tag, kind in (("acme/tiny-clip", "a Hub repo id"), (str(tmp_path / "hf"), "a folder")):
+        with pytest.raises(ConfigError, match=rf"pretrained='{tag}' is {kind}, which holds a "
+                                              rf"whole model: load it as the model, "
+                                              rf"clip_jax.load\('{tag}'\)"):
+            clip_jax.create_model("test-vit", pretrained=tag)
+    with pytest.raises(ConfigError, match=r"a transformers CLIPModel's .* load its whole "
+                                          r"directory"):
+        clip_jax.create_model("test-vit", pretrained=str(tmp_path / "hf" / "model.safetensors"))
+    loaded, _ = clip_jax.load(tmp_path / "hf")  # what the message says works
+    assert loaded.config.embed_dim == config.embed_dim

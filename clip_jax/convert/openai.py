@@ -307,6 +307,12 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     table = entries(config)
     expected = {e.key for e in table}
     unexpected = sorted(set(sd) - expected)
+    if unexpected and all(k.startswith(("text_model.", "vision_model.", "logit_scale",
+                                        "visual_projection.", "text_projection."))
+                          for k in sd):
+        raise ConfigError("This state dict is a transformers CLIPModel's (text_model.*, "
+                          "vision_model.*), not OpenAI's / open_clip's layout; load its whole "
+                          "directory (config.json beside it): clip_jax.load(DIRECTORY).")
     if unexpected:
         raise ConfigError(f"State dict has tensor(s) this architecture lacks, first {unexpected[0]!r} "
                           f"({len(unexpected)} in all): wrong preset, or a variant clip_jax does "

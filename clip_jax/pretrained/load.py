@@ -71,6 +71,11 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
     elif os.path.exists(name):
         raise ConfigError(f"pretrained={tag!r} names released weights, but {name!r} is a local "
                           "path; load it alone (pin its architecture with model=).")
+    elif os.path.isdir(tag) or "/" in tag:
+        kind = "a folder" if os.path.isdir(tag) else "a Hub repo id"
+        raise ConfigError(f"pretrained={tag!r} is {kind}, which holds a whole model: load it as "
+                          f"the model, clip_jax.load({tag!r}) (pretrained= takes a released "
+                          "tag such as 'openai', or a weights file).")
     else:
         base, entry = hub.lookup(name, tag)
         found = get_preset(base, activation="quick_gelu" if entry.quick_gelu else "gelu",

@@ -111,7 +111,8 @@ def lookup(name: str, tag: str) -> tuple[str, Pretrained]:
         known = f"tags for {base}: {tags}" if tags else (
             f"names: {sorted({n for n, _ in PRETRAINED})}")
         raise ConfigError(f"No pretrained weights {name!r} / {tag!r}; known {known} "
-                          "(clip_jax.list_pretrained()); a Hub repo id or a local file works too.")
+                          "(clip_jax.list_pretrained()); as the model itself, a Hub repo id or a "
+                          "local path works too.")
     return base, PRETRAINED[(base, tag)]
 
 
