@@ -188,7 +188,7 @@ def test_a_saturated_probe_baseline_gives_no_effective_robustness(caplog):
         0.3 - special.expit(special.logit(0.5) + special.logit(0.6) - special.logit(0.8)))
 
 
-def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypatch):
+def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypatch, caplog):
     """One probe (one L2 sweep, one refit) scores the reference and every shifted set, however
     many: each pair equals what `linear_probe` fitted for that set alone gives (the
     solver's agreement with scikit-learn: tests/test_evaluate_metrics.py)."""
@@ -223,3 +223,20 @@ def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypa
     for name, s in shifted.items():
         assert pairs[name] == [(alone(reference), alone(s))], name
     assert len({acc for ((_, acc),) in pairs.values()}) == 3  # the sets really differ
+
+    # A set with the same classes listed in another order was dropped silently (an ordered
+    # comparison meant for subsets); its labels are mapped by name. A real subset is named.
+    s = shifted["s1"]
+    order = ["c", "a", "d", "b"]
+    relabelled = SimpleNamespace(embeddings=SimpleNamespace(
+        images=s.embeddings.images,
+        labels=np.asarray([order.index(n) for n in np.array(s.class_names)[s.embeddings.labels]])),
+        class_names=order, indexed=False)
+    subset = SimpleNamespace(embeddings=s.embeddings, class_names=["a", "b", "c", "e"],
+                             indexed=False)
+    with caplog.at_level("WARNING"):
+        pairs = evaluator.probe_pairs(train, reference, {"other_order": relabelled,
+                                                          "subset": subset})
+    assert pairs == {"other_order": [(alone(reference), alone(s))]}
+    assert "subset: no linear-probe baseline (its 4 classes are not the reference's 4" in \
+        caplog.text

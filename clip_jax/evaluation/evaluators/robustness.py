@@ -170,15 +170,26 @@ def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> tuple[float, 
 def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
                 ) -> dict[str, list[tuple[float, float]]]:
     """Per shifted set, the (in-dist, shifted) accuracy of one linear probe fit on `train`
-    (fitted once: its L2 sweep and fit cost as much as all the scoring)."""
+    (fitted once: its L2 sweep and fit cost as much as all the scoring). A set with the
+    training classes in another order has its labels mapped by name, as its zero-shot scoring
+    matches them; a set with other classes (a subset, as imagenet_r) has no comparable
+    full-class accuracy and gets no pair, with a warning naming it."""
+    names = list(train.class_names)
     probe = linear_probe.fit_linear_probe(train.embeddings.images, train.embeddings.labels,
-                                          len(train.class_names))
+                                          len(names))
     ref = probe.accuracy(reference.embeddings.images, reference.embeddings.labels)
+    position = {n: k for k, n in enumerate(names)}
     pairs = {}
     for name, p in shifted.items():
-        if not p.indexed and list(p.class_names or []) not in ([], list(train.class_names)):
-            continue  # class subsets: the full-class probe has no comparable accuracy
-        pairs[name] = [(ref, probe.accuracy(p.embeddings.images, p.embeddings.labels))]
+        own, labels = list(p.class_names or []), np.asarray(p.embeddings.labels)
+        if not p.indexed and own and own != names:
+            if sorted(own) != sorted(names):
+                log.warning("%s: no linear-probe baseline (its %d classes are not the "
+                            "reference's %d, which the probe predicts); its zero-shot top-1 "
+                            "is still scored on its own classes.", name, len(own), len(names))
+                continue
+            labels = np.asarray([position[n] for n in own])[labels]
+        pairs[name] = [(ref, probe.accuracy(p.embeddings.images, labels))]
     return pairs
 
 
