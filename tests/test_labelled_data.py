@@ -305,6 +305,9 @@ def test_lists_saved_with_a_byte_order_mark_read_as_their_text(folder, tmp_path)
     (tmp_path / "latin.txt").write_bytes("cat\nsea lion\ncaf\u00e9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin.txt line 3 is not UTF-8 text; save the file"):
         zero_shot.read_class_names(str(tmp_path / "latin.txt"))
+    (tmp_path / "utf16.txt").write_bytes("\n".join(names).encode("utf-16"))  # Notepad "Unicode"
+    with pytest.raises(ConfigError, match=r"utf16.txt is UTF-16 or UTF-32 text"):
+        zero_shot.read_class_names(str(tmp_path / "utf16.txt"))
 
 
 def test_class_names_given_to_read_decide_a_tables_labels(folder, tmp_path):

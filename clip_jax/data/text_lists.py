@@ -11,12 +11,14 @@ from __future__ import annotations
 import codecs
 
 from clip_jax.errors import ConfigError
+from clip_jax_data import tables
 
 
 def entries(data: bytes, name: str) -> list[str]:
     """The non-blank lines of `data`, stripped of surrounding whitespace, a leading UTF-8
     byte-order mark dropped. Raises ConfigError naming `name` and the line of the first byte
-    that is not UTF-8."""
+    that is not UTF-8, or saying the file is UTF-16 / UTF-32 (`tables.check_utf8_start`)."""
+    tables.check_utf8_start(data[:1024], name)
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
