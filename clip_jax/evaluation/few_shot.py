@@ -86,7 +86,8 @@ def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: in
     if counts.min() < 2 * k:
         log.warning("Few-shot: these classes have fewer than 2 x %d training images, so the "
                     "%d-shot probes choose their L2 strength on fewer than %d held-out images "
-                    "of them (their count - %d): %s.", k, k, k, k,
+                    "of them (each class's training images, of which %d train the probe): %s.",
+                    k, k, k, k,
                     name_short_classes(counts, class_names, 2 * k))
 
 
