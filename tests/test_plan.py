@@ -39,6 +39,10 @@ def test_topology_names_follow_cloud_tpu(name, chips, slices, bounds):
 def test_bad_topology_name_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown TPU topology 'v7-4'"):
         tpu_topology.parse("v7-4")
+    # Colab's v2-8 (the notebooks' runtime) was "unknown"; it is named, with what to plan.
+    with pytest.raises(ValueError, match=r"'v2-8': clip-jax plan knows the chips .* not v2 "
+                                         r".* e.g. v5e-8"):
+        tpu_topology.parse("v2-8")
     with pytest.raises(ValueError, match="multiple of 2"):
         tpu_topology.parse("v4-9")
     # Cloud TPU's slice sizes: no 2-chip or 7-chip slice, no v5e/v6e slice above a 256-chip pod
