@@ -317,6 +317,16 @@ def test_single_inputs_paths_overlaps_and_unreadable_queries(folder, model, tmp_
     assert len(report.index) == len({p for p in distinct if pil_reads(p)}) == 7
     assert report.duplicates == len(named) - len(distinct) > 0
     assert "indexed once" in report.summary("dup.npz")
+    # A file linked by name, beside a folder link reaching it again: indexed once too.
+    (tmp_path / "links").mkdir()
+    os.symlink(folder / "a.png", tmp_path / "links" / "linked_a.png")
+    os.symlink(folder / "b", tmp_path / "links" / "b_again")
+    report = image_index.build_index([str(tmp_path / "links"), str(folder / "a.png"), sub],
+                                     encoder, str(tmp_path / "links.npz"), progress=False)
+    real = [os.path.realpath(p) for p in report.index.paths]
+    assert len(real) == len(set(real)) and os.path.realpath(folder / "a.png") in real
+    assert report.index.paths[0] == str(tmp_path / "links" / "b_again" / "c.jpg")  # first path
+    assert report.duplicates == 1 + len(image_folder.find_images([sub], True)[0])
 
     (tmp_path / "table.csv").write_text("filepath,title\na.png,a cat\n")
     with pytest.raises(ValueError, match="not an .npz archive") as error:

@@ -152,7 +152,8 @@ class BuildReport:
     duplicates: int = 0
 
     def summary(self, output: str) -> str:
-        again = (f"; {self.duplicates} file(s) named by more than one input, indexed once"
+        again = (f"; {self.duplicates} file(s) reached by more than one input or link, indexed "
+                 "once"
                  if self.duplicates else "")
         return (f"Indexed {len(self.index)} images into {output} ({self.embedded} embedded, "
                 f"{self.reused} reused); skipped {len(self.skipped)} unreadable file(s); "
@@ -179,8 +180,9 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     """Embed the images of `images` (files and folders; one path is one input) into the index
     file `output`.
 
-    Paths are stored absolute, in `find_images` order, each file once however many inputs
-    name it (`BuildReport.duplicates` counts the repeats). Resumable: see the module
+    Paths are stored absolute, in `find_images` order, each file once however many inputs or
+    links reach it (the first path to it is kept; `BuildReport.duplicates` counts the
+    repeats). Resumable: see the module
     docstring. Raises ValueError when `<output>.partial/` was written with another model
     (delete it or choose another output) or `output` is a file other than an index
     (`check_output`), FileNotFoundError for missing inputs or folders without images.
@@ -190,7 +192,10 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     images, output = [os.fspath(i) for i in images], os.fspath(output)
     check_output(output)
     found, ignored = find_images(images, recursive)
-    paths = list(dict.fromkeys(os.path.abspath(p) for p in found))
+    first: dict[str, str] = {}  # real file -> the first path that reached it
+    for p in found:
+        first.setdefault(os.path.realpath(p), os.path.abspath(p))
+    paths = list(first.values())
     fingerprint = model_fingerprint(encoder)
     partial = output + ".partial"
     known = _reusable(output, partial, fingerprint)
