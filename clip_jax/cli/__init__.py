@@ -241,15 +241,13 @@ def check_export_dir(path: str, previous_export: Callable[[str], bool]) -> None:
     config.json or a training workdir's. ConfigError (one line) before the model loads."""
     from clip_jax.training import config_checks
 
-    if os.path.isfile(path):
-        raise ConfigError(f"OUTPUT_DIR {path!r} is a file; pass a folder (created if missing).")
+    config_checks.check_workdir(path, "OUTPUT_DIR")  # a file, under a file, not writable
     if os.path.isdir(path) and os.listdir(path) and not previous_export(path):
         held = sorted(os.listdir(path))
         raise ConfigError(f"OUTPUT_DIR {path!r} holds other files ({', '.join(held[:4])}"
                           f"{', ...' if len(held) > 4 else ''}), which the export could "
                           "overwrite; pass a new or empty folder (a previous export of the same "
                           "kind is overwritten).")
-    config_checks.check_workdir(path, "OUTPUT_DIR")
 
 
 def export_hf_command(args: argparse.Namespace) -> int:

@@ -249,15 +249,9 @@ def run(config: Any, workdir: str) -> int:
 
 def _kept(workdir: str) -> str:
     """What an interrupted command leaves in `workdir`, and how to go on."""
-    from etils import epath
-
     from clip_jax.training import checkpoints
 
-    root = epath.Path(checkpoints.checkpoint_dir(workdir))
-    try:
-        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
-    except OSError:  # no workdir or checkpoints yet
-        steps = []
+    steps = checkpoints.saved_steps(workdir)
     if not steps:
         return f"no checkpoint was saved in {workdir}; the same command starts again."
     return (f"the checkpoints in {workdir} are kept; the same command resumes from the newest "

@@ -113,13 +113,17 @@ def walk_once(top: str, revisits: list[str],
         yield root, dirs, files
 
 
+def _first_few(names: Sequence[str]) -> str:
+    """'a, b, c, ...': the first three of `names`, for a warning that counts them all."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def warn_revisits(folder: str, revisits: list[str]) -> None:
     """One warning naming the folders `walk_once` did not enter again."""
     if revisits:
         log.warning("%s: %d linked folder(s) not searched: each leads back to a folder "
                     "searched already or to one above it (a second link, a loop): %s",
-                    folder, len(revisits),
-                    ", ".join(revisits[:3]) + (", ..." if len(revisits) > 3 else ""))
+                    folder, len(revisits), _first_few(revisits))
 
 
 def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
@@ -128,12 +132,11 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
         hidden += [os.path.join(root, d) for d in dirs if d.startswith(".")]
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         if not recursive:
-            unsearched = [d for d in dirs if not d.startswith(".")]
+            unsearched = list(dirs)  # hidden ones are out already
             if unsearched:
                 log.warning("%s: %d subfolder(s) not searched (%s); pass --recursive "
                             "(recursive=True) to include them", folder, len(unsearched),
-                            ", ".join(sorted(unsearched)[:3]) + (", ..." if len(unsearched) > 3
-                                                                  else ""))
+                            _first_few(sorted(unsearched)))
             dirs.clear()
         for name in files:
             path = os.path.join(root, name)
@@ -144,7 +147,7 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
     warn_revisits(folder, revisits)
     if hidden and recursive:
         log.warning("%s: %d hidden folder(s) not searched (%s)", folder, len(hidden),
-                    ", ".join(hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
+                    _first_few(hidden))
     relative.sort(key=lambda rel: rel.split(os.sep))
     return [os.path.join(folder, rel) for rel in relative], ignored
 

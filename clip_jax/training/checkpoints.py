@@ -453,13 +453,19 @@ def _refuse_other_layout(step_dir: epath.Path, saved: dict[str, tuple[int, ...]]
         f"--workdir (--config.init_from={workdir} starts from its weights).")
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of the checkpoints in `workdir`, ascending (none: no workdir or no save yet).
+    Lists folders only: no checkpoint is read."""
+    root = epath.Path(checkpoint_dir(workdir))
+    return sorted(ocp.utils.checkpoint_steps(root)) if root.is_dir() else []
+
+
 def check_resumable(workdir: str, abstract_state: Any, settings: dict[str, Any]) -> None:
     """`check_layout` of the newest checkpoint in `workdir` whose state metadata reads (none,
     or no workdir: nothing to check). Reads metadata only: cheap enough to run before the
     data source opens and before anything is written to `workdir`."""
     root = epath.Path(checkpoint_dir(workdir))
-    steps = ocp.utils.checkpoint_steps(root) if root.is_dir() else []
-    for step in sorted(steps, reverse=True):
+    for step in reversed(saved_steps(workdir)):
         saved = _saved_shapes(root / str(step))
         if saved is not None:  # a damaged one is skipped: restore_newest moves it aside
             _refuse_other_layout(root / str(step), saved, abstract_state, settings)

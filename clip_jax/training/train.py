@@ -28,8 +28,6 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 
 from clip_jax.errors import ConfigError
@@ -281,12 +279,12 @@ def _finished_step(plan: RunPlan, workdir: str) -> int | None:
     """The newest checkpoint's step when it is at or past `total_steps` and it reads back
     exactly (one full read; read-only: a workdir is not touched before the run is known to
     have work to do)."""
-    root = epath.Path(checkpoints.checkpoint_dir(workdir))
-    steps = ocp.utils.checkpoint_steps(root) if root.is_dir() else []
+    steps = checkpoints.saved_steps(workdir)
     if not steps or max(steps) < plan.total_steps:
         return None
     try:
-        checkpoints.verify_step(os.fspath(root / str(max(steps))))
+        checkpoints.verify_step(os.path.join(checkpoints.checkpoint_dir(workdir),
+                                             str(max(steps))))
     except Exception:  # noqa: BLE001 - any unreadable final state: resuming reports it and
         return None    # falls back to the newest good checkpoint
     return max(steps)
