@@ -177,6 +177,35 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
     assert (tmp_path / "few_shot_t.png").exists()
 
 
+def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, tmp_path):
+    """Test data with the training classes in another order (a table whose classnames.txt
+    lists them so) was refused; its labels are now mapped by name: the linear probe and the
+    few-shot probes score exactly as on the folder's own test split, and a class only one side
+    has is still refused."""
+    module, variables = model
+    test = labelled_data.read(str(folder), "test")
+    reordered = list(reversed(test.class_names))
+    (tmp_path / "classnames.txt").write_text("\n".join(reordered) + "\n")
+    pd.DataFrame({"filepath": test.files, "label": [test.class_names[y] for y in test.labels]}
+                 ).to_csv(tmp_path / "test.csv", index=False)
+    tasks = lambda test_dataset: dict(  # noqa: E731
+        linear_probe=evaluate.linear_probe_task(str(folder), "train", "test", l2="0.01",
+                                                test_dataset=test_dataset),
+        few_shot=evaluate.few_shot_task(str(folder), "train", "test", shots="1,2", seeds=2,
+                                        l2="0.01", test_dataset=test_dataset,
+                                        templates="simple"))
+    same, _ = evaluate.evaluate_model(config_for(**tasks(str(folder))), module, variables)
+    mapped, evaluation = evaluate.evaluate_model(config_for(**tasks(str(tmp_path / "test.csv"))),
+                                                 module, variables)
+    assert evaluation.provenance["few_shot/t"]["data"] == f"table {tmp_path}/test.csv"
+    assert mapped == pytest.approx(same, abs=1e-6)
+    assert 0 < same["few_shot/t/zero_shot_top1"] and 0 < same["linear_probe/t/accuracy"]
+    (tmp_path / "classnames.txt").write_text("\n".join(reordered + ["purple"]) + "\n")
+    with pytest.raises(ConfigError, match=r"only in the test data: 'purple' \(1\)"):
+        evaluate.evaluate_model(config_for(**tasks(str(tmp_path / "test.csv"))), module,
+                                variables)
+
+
 def imagenet_source(self, split, decoders=None, deserialize_method=None, **kwargs):
     """Mock random access: 12 images; imagenet_r / imagenet_a use 4 of the 1000 classes."""
     del decoders, deserialize_method, kwargs

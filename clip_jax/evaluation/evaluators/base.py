@@ -206,10 +206,11 @@ class Evaluator(abc.ABC):
 
 
 def check_same_classes(field: str, train: Pass, test: Pass) -> None:
-    """A probe's training and test data must have the same classes in the same order; the
-    ConfigError names the classes only one of them has (or says the order differs)."""
-    if train.class_names != test.class_names:
-        ours, theirs = list(train.class_names or []), list(test.class_names or [])
+    """A probe's training and test data must have the same classes; their order may differ
+    (the test labels are mapped by name, `class_order`). The ConfigError names the classes
+    only one of them has."""
+    ours, theirs = list(train.class_names or []), list(test.class_names or [])
+    if sorted(ours) != sorted(theirs):
         only = [f"only in the {what}: {', '.join(map(repr, names[:3]))}"
                 f"{', ...' if len(names) > 3 else ''} ({len(names)})"
                 for what, names in (("training data", [c for c in ours if c not in theirs]),
@@ -217,7 +218,26 @@ def check_same_classes(field: str, train: Pass, test: Pass) -> None:
                 if names]
         raise ConfigError(f"config.eval.{field}: the training data ({train.description}) "
                           f"and test data ({test.description}) have different classes "
-                          f"({'; '.join(only) or 'the same names in another order'}); give "
-                          "both the same classes in the same order (folders: the same class "
-                          "folders, an empty one stays a class; tables: --class-names / the "
-                          "task's class_names, or a classnames.txt beside them).")
+                          f"({'; '.join(only) or 'a name listed twice'}"
+                          "); give both the same classes (folders: the same class folders, an "
+                          "empty one stays a class; tables: --class-names / the task's "
+                          "class_names, or a classnames.txt beside them).")
+
+
+def class_order(train: Pass, test: Pass) -> np.ndarray | None:
+    """For test data with the training classes in another order (`check_same_classes`), the
+    position in the test's order of each training class, [K] int: `rows[order]` puts per-class
+    rows of the test's (class embeddings, names) in the training order, and
+    `in_training_order` its labels. None when the orders agree (or labels are bare indices)."""
+    ours, theirs = list(train.class_names or []), list(test.class_names or [])
+    if ours == theirs:
+        return None
+    position = {name: k for k, name in enumerate(theirs)}
+    return np.asarray([position[name] for name in ours])
+
+
+def in_training_order(labels: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """Test labels (indices into the test's class order) as indices into the training order."""
+    if order is None:
+        return labels
+    return np.argsort(order)[labels].astype(labels.dtype)

@@ -9,7 +9,8 @@ import ml_collections
 
 from clip_jax.evaluation import few_shot, linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
-                                                 check_same_classes, counts, floats, task_config)
+                                                 check_same_classes, class_order, counts,
+                                                 floats, in_training_order, task_config)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Passes
@@ -32,8 +33,10 @@ def few_shot_task(dataset: str = "", train_split: str = "", test_split: str = ""
 
 
 class FewShot(Evaluator):
-    """Needs: a labelled training split and a labelled test split with the same classes, and
-    the zero-shot classifier of the test split. Keeps its curves in `Records.details`."""
+    """Needs: a labelled training split and a labelled test split with the same classes (in
+    any order: the test labels and the zero-shot classifier's rows are put in the training
+    order, so the shots drawn depend on the training data alone), and the zero-shot
+    classifier of the test split. Keeps its curves in `Records.details`."""
 
     kind = "few_shot"
     make_task = staticmethod(few_shot_task)
@@ -57,11 +60,15 @@ class FewShot(Evaluator):
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         task, c, train = self.task, self.classifier, self.train
+        order = class_order(train, c.source)
+        classes, names = ctx.class_embeddings(c), list(c.class_names)
+        if order is not None:
+            classes, names = classes[order], [names[k] for k in order]
         results, detail = few_shot.evaluate(
             train.embeddings.images, train.embeddings.labels, c.source.embeddings.images,
-            c.source.embeddings.labels, ctx.class_embeddings(c), ctx.scale,
+            in_training_order(c.source.embeddings.labels, order), classes, ctx.scale,
             shots=self.shots, seeds=self.seeds, l2_grid=self.l2,
-            zero_shot_init=bool(task.zero_shot_init), class_names=c.class_names)
+            zero_shot_init=bool(task.zero_shot_init), class_names=names)
         ctx.records.details[self.key] = detail
         ctx.records.where(self.key, c.source, c)
         return {f"{self.key}/{k}": v for k, v in results.items()}

@@ -9,7 +9,8 @@ import ml_collections
 
 from clip_jax.evaluation import linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Evaluator, RunContext, check_labels,
-                                                 check_same_classes, floats, task_config)
+                                                 check_same_classes, class_order, floats,
+                                                 in_training_order, task_config)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Passes
@@ -32,7 +33,8 @@ def linear_probe_task(dataset: str = "", train_split: str = "", test_split: str 
 
 
 class LinearProbe(Evaluator):
-    """Needs: a labelled training split and a labelled test split with the same classes."""
+    """Needs: a labelled training split and a labelled test split with the same classes (in
+    any order: the test labels are mapped by name)."""
 
     kind = "linear_probe"
     make_task = staticmethod(linear_probe_task)
@@ -49,9 +51,10 @@ class LinearProbe(Evaluator):
         train, test = self.train, self.test
         check_labels(train.embeddings.labels, len(train.class_names), self.field,
                      train.description)
+        test_labels = in_training_order(test.embeddings.labels, class_order(train, test))
         results = linear_probe.linear_probe(
             train.embeddings.images, train.embeddings.labels, test.embeddings.images,
-            test.embeddings.labels, num_classes=len(train.iterable.label_names),
+            test_labels, num_classes=len(train.iterable.label_names),
             l2_grid=self.l2)
         ctx.records.where(self.key, test)
         return {f"{self.key}/{k}": v for k, v in results.items()}

@@ -14,7 +14,8 @@ from clip_jax.errors import ConfigError
 from clip_jax.evaluation import linear_probe, naming, robustness
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, Records,
-                                                 RunContext, check_labels, task_config)
+                                                 RunContext, check_labels, class_order,
+                                                 in_training_order, task_config)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Pass, Passes
@@ -178,7 +179,6 @@ def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
     probe = linear_probe.fit_linear_probe(train.embeddings.images, train.embeddings.labels,
                                           len(names))
     ref = probe.accuracy(reference.embeddings.images, reference.embeddings.labels)
-    position = {n: k for k, n in enumerate(names)}
     pairs = {}
     for name, p in shifted.items():
         own, labels = list(p.class_names or []), np.asarray(p.embeddings.labels)
@@ -188,7 +188,7 @@ def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
                             "reference's %d, which the probe predicts); its zero-shot top-1 "
                             "is still scored on its own classes.", name, len(own), len(names))
                 continue
-            labels = np.asarray([position[n] for n in own])[labels]
+            labels = in_training_order(labels, class_order(train, p))
         pairs[name] = [(ref, probe.accuracy(p.embeddings.images, labels))]
     return pairs
 
