@@ -273,6 +273,35 @@ def test_a_caption_trained_run_evaluates_other_datasets_on_their_labels(model, t
         np.mean((images @ classes.T).argmax(1) == labels))
 
 
+def test_a_tfds_name_with_a_config_is_a_dataset_on_the_command_line(model, tmp_path):
+    """`--zero-shot imagenet2012_subset/1pct@validation` holds '/', so it was taken for a
+    missing folder ("No labelled folder or table"); a registered TFDS name with a config or
+    version is a dataset (named with its config in the metric keys), scored as numpy scores
+    the mocked split; a '/' name that is neither is still refused in one line."""
+    module, variables = model
+    names = [f"thing {k}" for k in range(1000)]
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    config = eval_args("--zero-shot", "imagenet2012_subset/1pct:5.0.0@validation",
+                       "--class-names", str(tmp_path / "names.txt"), "--templates", "simple")
+    task = config.eval.zero_shot.imagenet2012_subset_1pct_validation
+    assert (task.dataset, task.split) == ("imagenet2012_subset/1pct:5.0.0", "validation")
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=imagenet_source):
+        metrics, _ = evaluate.evaluate_model(config, module, variables)
+        builder = tfds.builder("imagenet2012_subset/1pct")
+        examples = [builder.info.features.deserialize_example_np(r)
+                    for r in imagenet_source(builder, "validation")]
+    images = embed(module, variables, images=preprocess(
+        [Image.fromarray(e["image"]) for e in examples], module.config))
+    classes = class_embeddings(module, variables, names, templates.TEMPLATE_SETS["simple"])
+    labels = np.array([e["label"] for e in examples])
+    assert metrics["zero_shot/imagenet2012_subset_1pct_validation/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == labels))
+    with pytest.raises(ConfigError, match=r"^No labelled folder or table at 'photos/val', nor "
+                                          r"a TFDS dataset of that name"):
+        eval_args("--zero-shot", "photos/val@test")
+
+
 def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model, tmp_path,
                                                                    caplog):
     """A JPEG cut off in its pixel data and an empty class folder, among a folder's images:

@@ -90,9 +90,24 @@ def _source(spec: str, default_split: str = "test") -> tuple[str, str]:
     name, _, split = spec.partition("@")
     if labelled_data.is_source(name):
         return name, split
-    if os.path.sep in name and not os.path.exists(name):
-        raise ConfigError(f"No labelled folder or table at {name!r}.")
+    if os.path.sep in name and not os.path.exists(name) and not _is_tfds_name(name):
+        raise ConfigError(f"No labelled folder or table at {name!r}, nor a TFDS dataset of "
+                          "that name (name[/config][:version]).")
     return name, split or default_split
+
+
+def _is_tfds_name(name: str) -> bool:
+    """Whether `name` names a registered TFDS dataset with a config or version part
+    (`imagenet2012_subset/1pct`, `cifar10/plain:3.0.2`): it holds '/' without being a path.
+    Imports TFDS, so it is asked only of a '/' name that is not a file or folder."""
+    import tensorflow_datasets as tfds
+
+    try:
+        dataset, _ = tfds.core.naming.parse_builder_name_kwargs(name)
+        tfds.builder_cls(str(dataset))
+    except (ValueError, tfds.core.registered.DatasetNotFoundError):
+        return False
+    return True
 
 
 def has_sources(args: argparse.Namespace) -> bool:

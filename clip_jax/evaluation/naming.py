@@ -2,7 +2,8 @@
 
 A source is a TFDS name, a labelled folder or a CSV/TSV, with an optional `@split`. Its name is
 its last path component without a table's extension, plus `_<split>` when a split is given:
-`/data/pets@test` -> `pets_test`, `imagenet_v2` -> `imagenet_v2`. Sources given together that
+`/data/pets@test` -> `pets_test`, `imagenet_v2` -> `imagenet_v2`, a TFDS config
+`imagenet2012_subset/1pct:5.0.0` -> `imagenet2012_subset_1pct`. Sources given together that
 would share a name are told apart by their parent folders (`a/test.csv b/test.csv` -> `a_test`,
 `b_test`), so no result replaces another's under the same key.
 """
@@ -16,6 +17,9 @@ from collections.abc import Sequence
 from clip_jax.errors import ConfigError
 
 TABLE_EXTENSIONS = (".csv", ".tsv")
+# A TFDS name with its optional config and version, `name[/config][:version]`: its config is
+# part of its name (`imagenet2012_subset/1pct` -> `imagenet2012_subset_1pct`), its version not.
+TFDS_NAME = re.compile(r"[a-z]\w*(/[\w.-]+)?(:[\d.*]+)?")
 
 
 def _safe(text: str) -> str:
@@ -27,6 +31,8 @@ def _candidates(spec: str) -> list[str]:
     name, _, split = spec.partition("@")
     path = os.path.abspath(name) if os.path.exists(name) else os.path.normpath(name)
     parts = [p for p in path.split(os.sep) if p not in ("", ".")] or [name]
+    if not os.path.exists(name) and TFDS_NAME.fullmatch(name):
+        parts = [name.split(":")[0].replace("/", "_")]
     stem, extension = os.path.splitext(parts[-1])
     if extension.lower() in TABLE_EXTENSIONS:
         parts[-1] = stem
