@@ -206,6 +206,35 @@ def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, 
                                 variables)
 
 
+def test_robustness_warns_of_a_shifted_set_that_is_the_probe_data_or_the_reference(
+        folder, model, tmp_path, caplog):
+    """`--robustness DIR --shifted DIR/@train`: the probe baseline was scored on the images it
+    was fit on without a word, and `DIR/` and `DIR` were two listings (each hidden file warned
+    twice) and two embeddings of one split. A path is one pass however it is written; a
+    shifted set that is the probe's training data, or the reference itself, is named."""
+    import shutil
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder, root)
+    (root / "train" / "red" / ".DS_Store").write_bytes(b"Bud1")
+    config = config_for(robustness=evaluate.robustness_task(
+        str(root), shifts="", shifted=f"{root}/@train,{root}/./test", baseline="linear_probe",
+        templates="simple"))
+    with caplog.at_level("WARNING"):
+        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    said = [r.getMessage() for r in caplog.records]
+    assert sum(".DS_Store" in m for m in said) == 1
+    assert any(m.startswith("robustness/t: the shifted set(s) colours_train are the data the "
+                            f"linear-probe baseline is fit on (image folder {root}/train)")
+               for m in said), said
+    assert any(m.startswith("robustness/t: the shifted set(s) test are the reference set "
+                            f"itself (image folder {root}/test)") for m in said), said
+    train = [p for p in evaluation.passes.passes if p.split == "train"]
+    assert len(train) == 1 and train[0].data.dataset == str(root)
+    assert metrics["robustness/t/test_drop"] == 0
+
+
 def imagenet_source(self, split, decoders=None, deserialize_method=None, **kwargs):
     """Mock random access: 12 images; imagenet_r / imagenet_a use 4 of the 1000 classes."""
     del decoders, deserialize_method, kwargs

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any
 
 import ml_collections
@@ -54,6 +55,14 @@ class Pass:
     @property
     def class_names(self) -> list[str] | None:
         return self.iterable.label_names
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        """The images an opened pass reads, before any shift: a labelled folder or table by
+        the folder or file it resolved to (`dir@train` and `dir/train` alike), a TFDS
+        dataset by name and split."""
+        local = labelled_data.is_source(self.data.dataset)
+        return self.description, "" if local else self.split
 
 
 class Passes:
@@ -141,6 +150,9 @@ class Passes:
                 "--evaluators retrieval, or config.eval.evaluators='retrieval'), or give the "
                 "task a labelled dataset (an image folder, a CSV with a label column, or a "
                 "dataset with a ClassLabel named by label_key).")
+        if labelled_data.is_source(data.dataset) and "://" not in data.dataset:
+            data = data.copy_and_resolve_references()  # `dir/`, `./dir`: one pass, one listing
+            data.dataset = os.path.normpath(data.dataset)
         base = {k: v for k, v in data.to_dict().items() if k not in ("label_key", "caption_key")}
         key = json.dumps(base, sort_keys=True, default=str)
         spec = class_names if labelled_data.source_kind(data.dataset) == "table" else ""

@@ -87,12 +87,31 @@ class Robustness(Evaluator):
 
     def check(self) -> None:
         """A shifted table of bare class indices indexes the reference's classes: an index
-        beyond them fails here, before any image is embedded."""
+        beyond them fails here, before any image is embedded. A shifted set that is the
+        reference itself, or the linear probe's training data, is warned about: its drop is 0
+        by construction, or the probe is scored on images it was fit on (its baseline point
+        and effective robustness optimistic)."""
         c = self.classifier
         for p in self.shifted.values():
             if p.indexed:
                 check_labels(p.listed_labels, len(c.class_names), self.field, p.description,
                              c.source.description)
+        same = [name for name, p in self.shifted.items()
+                if not p.shift and p.origin == c.source.origin]
+        if same:
+            log.warning("%s: the shifted set(s) %s are the reference set itself (%s), so their "
+                        "drop is 0 by construction; give a shifted copy of its classes.",
+                        self.key, ", ".join(same), c.source.description)
+        if self.train is None:
+            return
+        fit = [name for name, p in self.shifted.items()
+               if not p.shift and p.origin == self.train.origin]
+        if fit:
+            log.warning("%s: the shifted set(s) %s are the data the linear-probe baseline is "
+                        "fit on (%s): the probe is scored on its own training images there, "
+                        "so their baseline and effective robustness are optimistic; shift a "
+                        "held-out split, or fit the probe on another split (the task's "
+                        "train_split).", self.key, ", ".join(fit), self.train.description)
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         c, classes = self.classifier, ctx.class_embeddings(self.classifier)
