@@ -342,8 +342,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if finished is not None:
         if jax.process_index() == 0:
             print(f"The run in {workdir} is finished (checkpoint at step {finished}, "
-                  f"total_steps={plan.total_steps}); nothing to do. Raise "
-                  "--config.total_steps to train further.")
+                  f"total_steps={plan.total_steps}); nothing to do. Raise config.total_steps "
+                  "(--config.total_steps=N) to train further, or give another workdir to "
+                  "start a new run.")
         return {}
     # Nothing is written to the workdir before the data source has opened (writer: lazily).
     writer = MetricWriter(workdir, plan.total_steps, enabled=jax.process_index() == 0)
