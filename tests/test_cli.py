@@ -2,8 +2,10 @@
 model computed directly, transformers and open_clip (HF_HUB_OFFLINE=1)."""
 
 import importlib.metadata
+import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 import subprocess
 import sys
@@ -332,6 +334,40 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
         field = override.split("=")[0]
         assert str(error.value).startswith(f"{field} is a section of the config, not a value")
         assert f"e.g. {example} " in str(error.value)
+
+
+def test_an_optional_field_set_by_the_config_file_can_be_unset_from_the_command_line(
+        tmp_path):
+    """A config file giving SigLIP's bias: `--config.model.logit_bias_init=None` failed as
+    "could not convert string to float: 'None'" (absl parses with the current value's type).
+    An optional field (an ml_collections placeholder) takes None, as a Python assignment
+    does; a required field is refused in one line naming it, and so is an unknown one."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+
+    (tmp_path / "sig.py").write_text(
+        "from clip_jax.configs import tiny\n\n\ndef get_config():\n"
+        "    c = tiny.get_config()\n    c.loss = 'sigmoid'\n"
+        "    c.model.logit_bias_init = -10.0\n    c.peak_flops_per_device = 1e12\n"
+        "    return c\n")
+    argv = ["clip-jax train", f"--config={tmp_path / 'sig.py'}", "--workdir=w",
+            "--config.model.logit_bias_init=None", "--config.peak_flops_per_device=None",
+            "--config.batch_size=32"]
+    config, _ = entry.load(argv, flags.FlagValues())
+    spec = importlib.util.spec_from_file_location("sig", tmp_path / "sig.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = module.get_config()
+    expected.model.logit_bias_init = expected.peak_flops_per_device = None
+    expected.batch_size = 32
+    assert config.to_dict() == expected.to_dict()
+    for override, message in (
+            ("--config.total_steps=None", "--config.total_steps=None: config.total_steps is not "
+                                          "optional (it holds int "),
+            ("--config.model.bias=None", "cannot apply --config.model.bias=None: unknown field")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            entry.load([*argv[:3], override], flags.FlagValues())
 
 
 def test_eval_without_a_config_uses_the_base_configs_sections(tmp_path):

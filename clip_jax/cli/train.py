@@ -104,7 +104,7 @@ def define_config_flag(values: Any, argv: Sequence[str], help_text: str) -> None
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, help_text, flag_values=values,
-                                    lock_config=True, sys_argv=list(argv))
+                                    lock_config=True, sys_argv=_none_overrides(argv)[0])
 
 
 def define_flags(values: Any, argv: Sequence[str]) -> None:
@@ -132,6 +132,7 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
     from absl import flags
     from ml_collections import ConfigDict
 
+    argv, to_none = _none_overrides(argv)
     try:
         rest = values(list(argv))
     except flags.Error as e:
@@ -161,7 +162,45 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
         except OSError as e:
             cause = str(e.__cause__ or e).strip().splitlines()
             raise ConfigError(f"cannot load --config: {cause[-1].strip()}") from None
+    for field in to_none:
+        _set_none(config, field)
     return rest
+
+
+def _none_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`argv` without its `--config.FIELD=None` overrides, and their fields. absl parses a
+    value with the type of the field's current value, so `--config.model.logit_bias_init=None`
+    failed as "could not convert string to float" where a config file set a bias: such
+    overrides are applied after the config has loaded (`_set_none`)."""
+    kept, fields = [], []
+    for arg in argv:
+        field, _, value = arg[len("--config."):].partition("=")
+        if arg.startswith("--config.") and value == "None":
+            fields.append(field)
+        else:
+            kept.append(arg)
+    return kept, fields
+
+
+def _set_none(config: Any, field: str) -> None:
+    """Sets an optional field (an ml_collections placeholder: `logit_bias_init`,
+    `peak_flops_per_device`, ...) to None; ConfigError for a field that is not optional or not
+    there."""
+    from ml_collections.config_dict import FieldReference
+
+    *parents, name = field.split(".")
+    section = config
+    for part in parents:
+        section = section.get(part) if hasattr(section, "get") else None
+    fields = getattr(section, "_fields", {})
+    if name not in fields:
+        raise ConfigError(f"cannot apply --config.{field}=None: unknown field; the fields are "
+                          "those of the config file (clip_jax/configs/base.py for the shared "
+                          "ones).")
+    if not isinstance(fields[name], FieldReference):
+        raise ConfigError(f"--config.{field}=None: config.{field} is not optional (it holds "
+                          f"{type(fields[name]).__name__} {fields[name]!r}); give it a value.")
+    section[name] = None
 
 
 def _culprit(argv: Sequence[str], error: str) -> str:
