@@ -606,3 +606,53 @@ def test_ctrl_c_before_training_says_what_is_kept(tmp_path, monkeypatch, capsys)
         (tmp_path / "run" / "checkpoints" / str(step)).mkdir(parents=True)
     assert train_cli.run(tiny.get_config(), str(tmp_path / "run")) == 130
     assert "the same command resumes from the newest (step 12)" in capsys.readouterr().err
+
+
+def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_path,
+                                                                  monkeypatch):
+    """A warmup as long as the run, both towers locked, a logit bias under a softmax loss: each
+    trained without a word. Each is one warning at the start of `train.train` (before the
+    compile), and true of what would run: with that warmup the schedule only rises."""
+    import logging
+
+    from clip_jax.training import optim
+
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
+
+    class Compiled(Exception):
+        pass
+
+    def compile_train_step(*_):
+        raise Compiled
+
+    monkeypatch.setattr(train_step, "compile_train_step", compile_train_step)
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger(train.__name__).addHandler(handler)
+    try:
+        cases = {"warmup_steps": ("warmup_steps=30 >= config.total_steps=20: the learning "
+                                  "rate rises for the whole run and never decays"),
+                 "locked": "lock_image and config.lock_text are both set: only logit_scale",
+                 "bias": "logit_bias_init=-10.0 with loss='softmax': softmax is unchanged"}
+        for case, message in cases.items():
+            config = tiny.get_config()
+            config.update({"warmup_steps": {"warmup_steps": 30},
+                           "locked": {"lock_image": True, "lock_text": True}}.get(case, {}))
+            if case == "bias":
+                config.model.logit_bias_init = -10.0
+            said.clear()
+            with pytest.raises(Compiled):
+                train.train(config, str(tmp_path / case))
+            assert len(said) == 1 and message in said[0], (case, said)
+        said.clear()
+        with pytest.raises(Compiled):
+            train.train(tiny.get_config(), str(tmp_path / "plain"))
+        assert said == []
+    finally:
+        logging.getLogger(train.__name__).removeHandler(handler)
+    config = tiny.get_config()
+    config.warmup_steps = 30
+    schedule = optim.learning_rate_schedule(config)
+    rates = [float(schedule(step)) for step in range(config.total_steps)]
+    assert rates == sorted(rates) and rates[-1] < config.optimizer.lr

@@ -205,6 +205,28 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         check_dataset(resolve_config(config.data))
 
 
+def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool) -> list[str]:
+    """Combinations that run but rarely do what was meant, one sentence each (logged as
+    warnings when a run starts, `train.validate_config`): a warmup as long as the run (the
+    learning rate never decays), both towers locked (only the temperature trains), a logit
+    bias under a loss that does not use one (`loss_uses_bias` False: a constant added to every
+    logit leaves softmax unchanged, so the bias gets no gradient)."""
+    said = []
+    if config.total_steps > 0 and config.warmup_steps >= config.total_steps:
+        said.append(f"config.warmup_steps={config.warmup_steps} >= config.total_steps="
+                    f"{config.total_steps}: the learning rate rises for the whole run and never "
+                    "decays; give a warmup shorter than the run.")
+    if config.lock_image and config.lock_text:
+        said.append("config.lock_image and config.lock_text are both set: only logit_scale "
+                    "(and logit_bias) will train; unlock one tower (LiT locks the image tower).")
+    if config.model.logit_bias_init is not None and not loss_uses_bias:
+        said.append(f"config.model.logit_bias_init={config.model.logit_bias_init} with "
+                    f"loss={config.loss!r}: softmax is unchanged by a bias added to every "
+                    "logit, so it never trains; unset it (--config.model.logit_bias_init=None) "
+                    "or use a sigmoid loss.")
+    return said
+
+
 def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:
     """Builds the dataset if missing and checks its train split and features against the
     model: what `train_pipeline.make_train_iterator` would find, without starting it."""

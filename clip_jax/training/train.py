@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -46,6 +47,9 @@ from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models import attention
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import get_preset
+
+logger = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; the newest checkpoint on disk is from before it happened."""
@@ -337,6 +341,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     hardware.quiet_libtpu_without_tpu()
     validate_config(config, jax.device_count(), jax.process_count(),
                     jax.devices()[0].platform)
+    if jax.process_index() == 0:
+        for warning in config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias):
+            logger.warning(warning)
     plan = RunPlan.from_config(config)
     finished = _finished_step(plan, workdir)
     if finished is not None:
