@@ -420,7 +420,35 @@ MISCONFIGURATIONS = [
     (["WORKDIR=/proc/clip_jax/run"], "--workdir", None),  # not writable, even for root
     (["CONFIG={tmp}/no_such_config.py"], "--config", None),
     (["CONFIG=vit_b17"], "vit_b16", None),  # a bare name: the bundled ones are listed
+    # Mistakes inside a config file (`_config_files`): a misspelt field was added silently and
+    # the run trained with the default; a file that fails to load blamed an innocent override.
+    (["CONFIG={tmp}/typo.py"], "typo.py sets config.lock_images (did you mean lock_image?), "
+                               "config.model.dtyp (did you mean model.dtype?), "
+                               "config.optimizer.learning_rate, which are not fields", None),
+    (["CONFIG={tmp}/typo.py", "--config.model.dtype=float32"], "config.model.dtyp (did you "
+                                                               "mean model.dtype?)", None),
+    (["CONFIG={tmp}/no_get_config.py", "--config.total_steps=1"],
+     "no_get_config.py: it has no get_config()", "total_steps"),
+    (["CONFIG={tmp}/locked_key.py", "--config.total_steps=1"],
+     "locked_key.py line 5 (c.data.table.nmae = 'x'): 'nmae' is not a field of that section; "
+     "did you mean 'name'?", "total_steps"),
+    (["CONFIG={tmp}/wrong_type.py"], "wrong_type.py line 5 (c.batch_size = '32'): TypeError",
+     "Traceback"),
+    (["CONFIG={tmp}/syntax.py", "--config.total_steps=1"], "syntax.py line 2: SyntaxError",
+     "total_steps"),
 ]
+
+
+def _config_files(tmp_path):
+    """Config files with the mistakes of the `CONFIG={tmp}/...` cases above."""
+    head = "from clip_jax.configs import tiny\n\ndef get_config():\n    c = tiny.get_config()\n"
+    for name, body in {"typo": "    c.lock_images = True\n    c.optimizer.learning_rate = 1e-4\n"
+                               "    c.model.dtyp = 'float32'\n",
+                       "locked_key": "    c.data.table.nmae = 'x'\n",
+                       "wrong_type": "    c.batch_size = '32'\n"}.items():
+        (tmp_path / f"{name}.py").write_text(head + body + "    return c\n")
+    (tmp_path / "no_get_config.py").write_text("batch_size = 32\n")
+    (tmp_path / "syntax.py").write_text("from clip_jax.configs import tiny\ndef get_config(:\n")
 # C++ logging of TensorFlow, and the notes of a dataset build (the missing-images case builds).
 _NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ",
           "Downloading and preparing dataset", "Dataset image_text_table downloaded",
@@ -439,6 +467,7 @@ def test_misconfigurations_are_one_line_before_compiling(tfds_dir, tmp_path, mon
 
     assert len(MISCONFIGURATIONS) >= 30
     tmp = _table(tmp_path)
+    _config_files(tmp)
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
 
     def compile_train_step(*_):

@@ -23,7 +23,6 @@ exception keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -155,13 +154,15 @@ def search_command(args: argparse.Namespace) -> int:
 
 def load_config_file(path: str):
     """`get_config()` of a config file (configs/demo.py) or of a bundled config's name (demo)."""
-    from clip_jax.cli import train
+    from clip_jax.cli import config_file, train
 
     path = train.resolve_config_path(path)
-    spec = importlib.util.spec_from_file_location("clip_jax_cli_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    problem = config_file.load_problem(path)
+    if problem:
+        raise ConfigError(problem)
+    config = config_file.load(path)
+    config_file.check_known_fields(config, f"the config file {path.partition(':')[0]}")
+    return config
 
 
 def eval_config(path: str, config_file: str | None, sources_given: bool = False):

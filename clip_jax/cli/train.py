@@ -132,7 +132,13 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
     from absl import flags
     from ml_collections import ConfigDict
 
+    from clip_jax.cli import config_file
+
     argv, to_none = _none_overrides(argv)
+    source = _config_value(argv)
+    problem = config_file.load_problem(source) if source else ""
+    if problem:  # said as the file's own, not as a failure of the override that loaded it
+        raise ConfigError(problem)
     try:
         rest = values(list(argv))
     except flags.Error as e:
@@ -162,9 +168,22 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
         except OSError as e:
             cause = str(e.__cause__ or e).strip().splitlines()
             raise ConfigError(f"cannot load --config: {cause[-1].strip()}") from None
+        config = values["config"].value
+    if source:
+        config_file.check_known_fields(config, f"the config file {source.partition(':')[0]}")
     for field in to_none:
         _set_none(config, field)
     return rest
+
+
+def _config_value(argv: Sequence[str]) -> str:
+    """The value of `--config FILE` / `--config=FILE` in `argv` ("" when absent)."""
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(("--config=", "-config=")):
+            return arg.partition("=")[2]
+    return ""
 
 
 def _none_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
