@@ -185,3 +185,38 @@ def test_the_eta_leaves_out_the_first_step_once_the_clock_restarts(tmp_path):
     writer.close()
     # 7 steps left x 1 s (not 7 x 12 s / 3 steps = 28 s).
     assert out.getvalue().strip().endswith("eta 7s"), out.getvalue()
+
+
+def test_the_eta_counts_the_evaluations_and_saves_still_to_come(tmp_path):
+    """The trial's run: 30 steps, an evaluation every 12 and at the end, a save every 10 and
+    at the end; "eta 1s" was shown with 22.7 s of evaluation left. The ETA adds each kind's
+    pauses still to come at its last duration, and reads '>' (a lower bound) while a kind
+    has not been timed yet."""
+    out, clock = io.StringIO(), _Clock()
+    writer = MetricWriter(str(tmp_path), 30, stream=out, clock=clock)
+    writer.resume(0)
+    writer.expect("eval", 12)
+    writer.expect("save", 10)
+    writer.start()
+    clock.now += 5.0  # steps 1-5 at 1 s
+    writer.progress(5, {"loss": 2.0})
+    clock.now += 5.0  # steps 6-10
+    with writer.paused("save"):
+        clock.now += 2.0
+    clock.now += 2.0  # steps 11-12
+    with writer.paused("eval"):
+        clock.now += 10.0
+    writer.progress(12, {"loss": 2.0})
+    writer.close()
+    lines = out.getvalue().splitlines()
+    # Step 5: 25 steps left at 1 s, no pause timed yet: saves at 10, 20, 30 and evaluations
+    # at 12, 24, 30 still to come.
+    assert lines[0].endswith("eta >25s"), lines
+    # Step 12: 18 steps + saves at 20, 30 (2 s each) + evaluations at 24, 30 (10 s each).
+    assert lines[1].endswith(f"eta {18 + 2 * 2 + 2 * 10}s"), lines
+    counts = [[writer._display.pauses_left(kind, step) for step in (0, 10, 11, 24, 29, 30)]
+              for kind in ("eval", "save")]
+    assert counts == [[sum(1 for s in range(a + 1, 31) if s % 12 == 0 or s == 30)
+                       for a in (0, 10, 11, 24, 29, 30)],
+                      [sum(1 for s in range(a + 1, 31) if s % 10 == 0 or s == 30)
+                       for a in (0, 10, 11, 24, 29, 30)]]

@@ -517,8 +517,11 @@ class _RecordingWriter:
     def progress(self, step, metrics):
         pass
 
+    def expect(self, kind, every_steps):
+        pass
+
     @contextlib.contextmanager
-    def paused(self):
+    def paused(self, kind=""):
         yield
 
 

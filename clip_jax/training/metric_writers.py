@@ -35,10 +35,13 @@ _BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 class Progress:
     """Training progress and notes on `stream` (default stdout).
 
-    The rate and ETA count only the steps run in this process since `start(step)`, without
-    the time spent inside `paused()` (evaluation): after a resume the display starts at the
-    restored step and its ETA is (steps left) x (seconds per step measured here), not skewed
-    by the steps the checkpoint already holds or by compilation.
+    The rate counts only the steps run in this process since `start(step)`, without the time
+    spent inside `paused(kind)` (an evaluation, a checkpoint save): after a resume the display
+    starts at the restored step, not skewed by the steps the checkpoint already holds or by
+    compilation. The ETA is (steps left) x (seconds per step measured here) plus, for each
+    kind of pause announced with `expect(kind, every_steps)`, the pauses still to come (at
+    every multiple of `every_steps` and at the last step) x the last one's duration; before a
+    kind's first pause its cost is unknown and the ETA reads `>` (a lower bound).
 
     `tty` (default: `stream.isatty()`) picks a tqdm bar (True) or plain lines (False);
     `clock` (seconds, default `time.monotonic`) is what the rate is measured with.
@@ -53,6 +56,8 @@ class Progress:
         self._bar: tqdm | None = None
         self._start_step = 0
         self._started = self._paused = 0.0
+        self._every: dict[str, int] = {}  # kind of pause -> its period in steps (0: last only)
+        self._last_pause: dict[str, float] = {}  # kind -> the last one's seconds
 
     @property
     def stream(self) -> TextIO:
@@ -84,29 +89,54 @@ class Progress:
         """Rate and ETA count from `step` and now on (the bar, if any, stays as it is)."""
         self._start_step, self._started, self._paused = step, self._clock(), 0.0
 
+    def expect(self, kind: str, every_steps: int) -> None:
+        """Pauses of `kind` come after every step that is a multiple of `every_steps` (0:
+        none but the last) and after the last step: the ETA counts those still to come."""
+        self._every[kind] = every_steps
+
     @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Time inside this block (an evaluation, a checkpoint wait) is not training time."""
+    def paused(self, kind: str = "") -> Iterator[None]:
+        """Time inside this block (an evaluation, a checkpoint wait) is not training time; for
+        an expected `kind` its duration prices that kind's remaining pauses in the ETA."""
         t0 = self._clock()
         try:
             yield
         finally:
             self._paused += self._clock() - t0
+            if kind:
+                self._last_pause[kind] = self._clock() - t0
 
-    def eta_seconds(self, step: int) -> float | None:
-        """Seconds to `total_steps` at this process's mean training rate (None before a step)."""
+    def pauses_left(self, kind: str, step: int) -> int:
+        """How many pauses of `kind` come after step `step` (`expect`)."""
+        every, total = self._every[kind], self.total_steps
+        if step >= total:
+            return 0
+        periodic = total // every - step // every if every > 0 else 0
+        return periodic + (every <= 0 or total % every != 0)
+
+    def eta_seconds(self, step: int) -> tuple[float, bool] | None:
+        """Seconds to the end of the run at this process's mean training rate plus the pauses
+        still to come, and whether that is exact (False: a lower bound, some kind of pause
+        not yet timed); None before a step."""
         ran = step - self._start_step
         seconds = self._clock() - self._started - self._paused
         if ran <= 0 or seconds <= 0:
             return None
-        return (self.total_steps - step) * seconds / ran
+        eta, exact = (self.total_steps - step) * seconds / ran, True
+        for kind in self._every:
+            left = self.pauses_left(kind, step)
+            if left and kind not in self._last_pause:
+                exact = False
+            eta += left * self._last_pause.get(kind, 0.0)
+        return eta, exact
 
     def update(self, step: int, metrics: Mapping[str, float]) -> None:
         """Shows step `step` with its loss, learning rate, images/s and MFU (those present)."""
         fields = {name: format_value(name, metrics[key]) for key, name in _SHOWN.items()
                   if key in metrics}
         eta = self.eta_seconds(step)
-        fields["eta"] = format_duration(eta) if eta is not None else "?"
+        fields["eta"] = ("?" if eta is None else
+                         ("" if eta[1] else ">") + format_duration(eta[0]))
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix({k.replace("/", "_"): v for k, v in fields.items()},
@@ -253,9 +283,16 @@ class MetricWriter:
         if self._display is not None:
             self._display.update(step, metrics)
 
-    def paused(self) -> contextlib.AbstractContextManager[None]:
-        """A block (evaluation) whose time the rate and ETA leave out."""
-        return self._display.paused() if self._display is not None else contextlib.nullcontext()
+    def expect(self, kind: str, every_steps: int) -> None:
+        """Pauses of `kind` to come (`Progress.expect`), counted in the ETA."""
+        if self._display is not None:
+            self._display.expect(kind, every_steps)
+
+    def paused(self, kind: str = "") -> contextlib.AbstractContextManager[None]:
+        """A block (evaluation, checkpoint save) whose time the rate leaves out; the ETA prices
+        the remaining pauses of an expected `kind` with it."""
+        return (self._display.paused(kind) if self._display is not None
+                else contextlib.nullcontext())
 
     def log(self, message: str) -> None:
         if not self.enabled:

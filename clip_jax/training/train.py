@@ -529,6 +529,9 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
     pending: list[Any] = []
     last: dict[str, float] = {}
     extra = dict(loop.first_record)
+    writer.expect("save", plan.checkpoint_every_steps)
+    if loop.evaluation is not None:
+        writer.expect("eval", loop.evaluation.every_steps)
     writer.start()
     t_last, steps_since = time.time(), 0
     try:
@@ -577,7 +580,7 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             extra = {}
             writer.progress(done, last)
             if save:
-                with writer.paused():  # nor is checkpointing (an async save's copy included)
+                with writer.paused("save"):  # nor is checkpointing (an async save's copy)
                     try:
                         loop.checkpointer.save(done, state, loop.checkpoint_meta(done),
                                                force=final)
@@ -587,7 +590,7 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
                             loop.checkpointer)) from None
                 t_last = time.time()
             if evaluate_now:
-                with writer.paused():  # evaluation time is not training throughput
+                with writer.paused("eval"):  # evaluation time is not training throughput
                     t0 = time.time()
                     results = loop.evaluation.run(state.params, state.batch_stats)
                     seconds = time.time() - t0
