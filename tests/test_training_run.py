@@ -642,9 +642,10 @@ def test_ctrl_c_before_training_says_what_is_kept(tmp_path, monkeypatch, capsys)
 
 def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_path,
                                                                   monkeypatch):
-    """A warmup as long as the run, both towers locked, a logit bias under a softmax loss: each
-    trained without a word. Each is one warning at the start of `train.train` (before the
-    compile), and true of what would run: with that warmup the schedule only rises."""
+    """A warmup as long as the run, both towers locked, a logit bias under a softmax loss, a
+    training split smaller than the batch: each trained without a word. Each is one warning
+    at the start of `train.train` (before the compile), and true of what would run: with that
+    warmup the schedule only rises."""
     import logging
 
     from clip_jax.training import optim
@@ -661,18 +662,23 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     said = []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())
-    logging.getLogger(train.__name__).addHandler(handler)
+    logging.getLogger("clip_jax").addHandler(handler)
     try:
         cases = {"warmup_steps": ("warmup_steps=30 >= config.total_steps=20: the learning "
                                   "rate rises for the whole run and never decays"),
                  "locked": "lock_image and config.lock_text are both set: only logit_scale",
-                 "bias": "logit_bias_init=-10.0 with loss='softmax': softmax is unchanged"}
+                 "bias": "logit_bias_init=-10.0 with loss='softmax': softmax is unchanged",
+                 "small": "has 10 examples, fewer than config.batch_size=32: every batch holds "
+                          "each about 3.2 times"}
         for case, message in cases.items():
             config = tiny.get_config()
             config.update({"warmup_steps": {"warmup_steps": 30},
                            "locked": {"lock_image": True, "lock_text": True}}.get(case, {}))
             if case == "bias":
                 config.model.logit_bias_init = -10.0
+            if case == "small":
+                config.data.synthetic.num_train = 10
+                config.data.data_dir = str(tmp_path / "ten")
             said.clear()
             with pytest.raises(Compiled):
                 train.train(config, str(tmp_path / case))
@@ -682,7 +688,7 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
             train.train(tiny.get_config(), str(tmp_path / "plain"))
         assert said == []
     finally:
-        logging.getLogger(train.__name__).removeHandler(handler)
+        logging.getLogger("clip_jax").removeHandler(handler)
     config = tiny.get_config()
     config.warmup_steps = 30
     schedule = optim.learning_rate_schedule(config)

@@ -10,6 +10,7 @@ then the data pipeline is built before the step is compiled).
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 import tempfile
@@ -23,6 +24,8 @@ from clip_jax_data.options import TableOptions
 from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import ACTIVATIONS, ATTENTION, DTYPES, REMAT_POLICIES
+
+log = logging.getLogger(__name__)
 
 MODES = ("train", "eval")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -227,9 +230,12 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool) -> list[str
     return said
 
 
-def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:
+def check_data_source(data: ml_collections.ConfigDict, model: Any, batch_size: int = 0
+                      ) -> None:
     """Builds the dataset if missing and checks its train split and features against the
-    model: what `train_pipeline.make_train_iterator` would find, without starting it."""
+    model: what `train_pipeline.make_train_iterator` would find, without starting it. A
+    split smaller than the global `batch_size` is warned about: every batch then repeats
+    examples, and the contrastive loss scores a repeated pair as a negative of itself."""
     from clip_jax.data import options, schema, sources
 
     data = options.resolve_config(data)
@@ -239,4 +245,10 @@ def check_data_source(data: ml_collections.ConfigDict, model: Any) -> None:
     if len(source) == 0:
         raise ConfigError(f"data.train_split={data.train_split!r} of {builder.info.full_name} "
                          "is empty; name a split with examples.")
+    if len(source) < batch_size:
+        log.warning("data.train_split=%r of %s has %d examples, fewer than config.batch_size=%d: "
+                    "every batch holds each about %.1f times, and the contrastive loss scores "
+                    "a repeated image-caption pair as a negative of itself; use a batch_size "
+                    "of at most %d, or more data.", data.train_split, builder.info.full_name,
+                    len(source), batch_size, batch_size / len(source), len(source))
     schema.make_schema(builder, data, model, with_label=False)

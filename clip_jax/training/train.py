@@ -371,7 +371,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # The data source is opened (built if missing) before the workdir is written to and
         # long before compiling: a missing table, column, image or split fails in seconds.
         writer.log("Opening the data source (building it if missing) ...")
-        config_checks.check_data_source(config.data, model)
+        config_checks.check_data_source(config.data, model, config.batch_size)
         # So is the evaluation's data (splits, label and caption features): a bad eval source
         # costs seconds, before the workdir is written to or anything compiles.
         if config.eval.every_steps > 0:
