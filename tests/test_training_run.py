@@ -609,6 +609,13 @@ def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
     shapes = {**data, "dataset": "synthetic_shapes"}
     assert train.stream_changes(saved, shapes, 0) == (
         "data.dataset 'image_text_table' -> 'synthetic_shapes'")
+    # Locking a tower on resume (LiT from a run that trained both) is named too.
+    config.lock_image, config.optimizer.lr = True, 1e-4
+    plan = train.RunPlan.from_config(config)
+    assert train.field_changes(saved, plan.locks) == "lock_image False -> True"
+    assert train.field_changes(saved, plan.schedule) == (
+        f"optimizer.lr {saved['optimizer']['lr']} -> 0.0001")
+    config.lock_image, config.optimizer.lr = False, saved["optimizer"]["lr"]
 
     assert train.write_config(config, str(tmp_path), 0) == ""
     first = (tmp_path / "config.json").read_text()

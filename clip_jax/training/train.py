@@ -58,6 +58,9 @@ class NonFiniteLossError(RuntimeError):
 DIVERGED_DIR = "diverged_checkpoints"
 # Fields that shape the learning-rate schedule: changing one on resume moves the learning rate.
 SCHEDULE_FIELDS = ("total_steps", "warmup_steps", "optimizer.lr", "optimizer.end_lr_factor")
+# Fields that decide which tower trains: locking one on resume freezes it from then on
+# (unlocking one is refused: its optimizer moments were never saved).
+LOCK_FIELDS = ("lock_image", "lock_text")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
@@ -168,8 +171,9 @@ def _model_flops(config: ml_collections.ConfigDict, setup: train_step.Setup,
 class RunPlan:
     """The numbers the training loop runs by, read from the config once (`from_config`).
 
-    `schedule` holds the fields that shape the learning-rate schedule (`SCHEDULE_FIELDS`) and
-    `data` the data section, to compare with a checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
+    `schedule` holds the fields that shape the learning-rate schedule (`SCHEDULE_FIELDS`),
+    `locks` the tower locks (`LOCK_FIELDS`) and `data` the data section, to compare with a
+    checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
     last) 1-based step to trace with `jax.profiler`, or None.
     """
 
@@ -180,6 +184,7 @@ class RunPlan:
     seed: int
     prng_impl: str
     schedule: dict[str, Any]
+    locks: dict[str, Any]
     data: dict[str, Any]
     profile_steps: tuple[int, int] | None
 
@@ -190,6 +195,7 @@ class RunPlan:
                    checkpoint_every_steps=config.checkpoint.every_steps, seed=config.seed,
                    prng_impl=config.prng_impl,
                    schedule={f: _field(config, f) for f in SCHEDULE_FIELDS},
+                   locks={f: _field(config, f) for f in LOCK_FIELDS},
                    data=config.data.to_dict(),
                    profile_steps=parse_profile_steps(config.get("profile_steps", "")))
 
@@ -238,10 +244,14 @@ def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Check
             f"checkpoint at step {latest} was trained with; keep it, or start a new workdir "
             "with config.init_from pointing at this one.")
     log(f"Resumed from step {latest} (data position {meta['data_position']}).")
-    changed = schedule_changes(meta.get("config") or {}, plan.schedule)
+    changed = field_changes(meta.get("config") or {}, plan.schedule)
     if changed:
         log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
             f"learning rate follows the new schedule from step {latest} on.")
+    changed = field_changes(meta.get("config") or {}, plan.locks)
+    if changed:
+        log(f"warning: resuming with a tower newly locked ({changed}); it stays as trained "
+            f"to step {latest} from then on (its optimizer moments are dropped).")
     changed = stream_changes(meta.get("config") or {}, plan.data, plan.seed)
     if changed:
         log(f"warning: resuming on other training data or order ({changed}); batch "
@@ -270,11 +280,11 @@ def stream_changes(saved: dict[str, Any], data: dict[str, Any], seed: int) -> st
                                  if old.get(k) != new.get(k)])
 
 
-def schedule_changes(saved: dict[str, Any], schedule: dict[str, Any]) -> str:
-    """'total_steps 20 -> 30, optimizer.lr 0.001 -> 0.002' for the schedule fields that differ
-    between a checkpoint's recorded training config and `schedule` (`RunPlan.schedule`, keyed
-    by the dotted field names); '' if none."""
-    pairs = [(f, _field(saved, f), schedule.get(f)) for f in SCHEDULE_FIELDS]
+def field_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """'total_steps 20 -> 30, optimizer.lr 0.001 -> 0.002' for the fields of `current` (keyed
+    by dotted names: `RunPlan.schedule`, `RunPlan.locks`) whose value differs in a
+    checkpoint's recorded training config `saved` (where it recorded one); '' if none."""
+    pairs = [(f, _field(saved, f), value) for f, value in current.items()]
     return ", ".join(f"{f} {old} -> {new}" for f, old, new in pairs
                      if old is not None and old != new)
 
