@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import tarfile
 
 import numpy as np
@@ -191,6 +192,32 @@ def test_pattern_matching_nothing_is_an_error(tmp_path):
     config.webdataset.name = "empty"
     config.webdataset.train_shards = str(tmp_path / "*.tar")
     with pytest.raises(FileNotFoundError, match="matches no files"):
+        sources.prepare(config)
+
+
+def test_a_range_naming_shards_that_do_not_exist_is_an_error(tmp_path, shards):
+    """`{00000..00005}.tar` with two of the six there built and trained on a third of the data
+    with a warning only. A shard img2dataset left out stays a counted bad source (the fixture's
+    range misses one of six), but more than `max_bad_fraction` of a range missing is an
+    error naming how many and which, before anything is read."""
+    import glob
+    import shutil
+
+    there = sorted(glob.glob(os.path.join(shards[0], "*.tar")))
+    for i, path in enumerate(there[:2]):
+        shutil.copy(path, tmp_path / f"{i:05d}.tar")
+    config = data_options.default_config()
+    config.dataset = "webdataset_shards"
+    config.data_dir = str(tmp_path / "tfds")
+    config.webdataset.name = "range"
+    config.webdataset.train_shards = str(tmp_path / "{00000..00005}.tar")
+    absent = [str(tmp_path / f"{i:05d}.tar") for i in range(6) if not os.path.exists(
+        tmp_path / f"{i:05d}.tar")]
+    assert len(absent) == 4
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"data.webdataset.train_shards: 4 of the 6 shards it names do not exist "
+            f"({', '.join(absent[:3])}, ...), more than data.build.max_bad_fraction=0.5; fix the "
+            "range")):
         sources.prepare(config)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-from clip_jax.data._tf import tf, unreadable_scheme
+from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
@@ -113,10 +113,21 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
         options = self.builder_config.shards
         splits, inputs = {}, []
         for split, shards in split_shards(options).items():
+            field = _SPLIT_FIELDS[split]
             if not shards:
-                field = _SPLIT_FIELDS[split]
                 raise MissingFileError(f"data.webdataset.{field}={getattr(options, field)!r} "
                                        "matches no files.")
+            # A range names shards one by one: img2dataset leaves out a shard that failed
+            # (a bad source, counted), but most of them missing is a typo in the range.
+            missing = [shard for shard in shards if file_problem(shard) == "missing"]
+            limit = self.builder_config.clean.max_bad_fraction
+            if len(missing) > limit * len(shards):
+                raise MissingFileError(
+                    f"data.webdataset.{field}: {len(missing)} of the {len(shards)} shards it "
+                    f"names do not exist ({', '.join(missing[:3])}"
+                    f"{', ...' if len(missing) > 3 else ''}), more than "
+                    f"data.build.max_bad_fraction={limit}; fix the range, or name the shards "
+                    "that are there with a glob (*.tar).")
             splits[split] = self._generate_examples(split, shards)
             inputs += shards
         if not splits:
