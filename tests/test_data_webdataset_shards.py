@@ -195,6 +195,29 @@ def test_pattern_matching_nothing_is_an_error(tmp_path):
         sources.prepare(config)
 
 
+def test_extensions_may_be_spelt_with_a_dot_and_in_capitals(shards, tmp_path):
+    """`image_extensions=".JPG, .png"` kept its dots, so no `jpg` member matched and the build
+    failed with every sample unusable: the options read as extensions however spelt. Every
+    sample of the shard with a jpg or png image and a txt caption (counted from the tar
+    itself) is kept."""
+    root = shards[0]
+    with tarfile.open(os.path.join(root, "00000.tar")) as tar:
+        members = {}
+        for name in tar.getnames():
+            key, _, ext = name.partition(".")
+            members.setdefault(key, set()).add(ext)
+    expected = sorted(k for k, exts in members.items() if "txt" in exts and exts & {"jpg", "png"})
+    config = data_options.default_config()
+    config.dataset = "webdataset_shards"
+    config.data_dir = str(tmp_path)
+    config.webdataset.update(name="dots", train_shards=os.path.join(root, "00000.tar"),
+                             image_extensions=".JPG, .png", caption_extension=".TXT")
+    source = sources.prepare(config).as_data_source(
+        "train", decoders={"image": tfds.decode.SkipDecoding()})
+    kept = sorted(source[i]["key"].decode().split("/")[1] for i in range(len(source)))
+    assert kept == expected and len(expected) == 6
+
+
 def test_a_range_naming_shards_that_do_not_exist_is_an_error(tmp_path, shards):
     """`{00000..00005}.tar` with two of the six there built and trained on a third of the data
     with a warning only. A shard img2dataset left out stays a counted bad source (the fixture's

@@ -139,8 +139,8 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
                            ) -> Iterator[tuple[str, dict[str, Any]]]:
         config = self.builder_config
         report = records.BuildReport(split, config.clean)
-        image_exts = [e.strip().lower() for e in config.shards.image_extensions.split(",")]
-        caption_ext = config.shards.caption_extension.lower()
+        image_exts = [extension(e) for e in config.shards.image_extensions.split(",")]
+        caption_ext = extension(config.shards.caption_extension)
         with futures.ThreadPoolExecutor(config.shards.num_threads) as pool:
             for number, shard in enumerate(shards):
                 samples = _samples(shard, report)
@@ -237,6 +237,12 @@ def _header_blocks() -> type[tarfile.TarInfo]:
             return super().frombuf(buf, encoding, errors)
 
     return HeaderBlocks
+
+
+def extension(text: str) -> str:
+    """A member extension as the options may spell it (`.JPG`, ` jpg`) as a sample keys it:
+    `jpg`."""
+    return text.strip().lower().lstrip(".")
 
 
 def _clean_sample(sample: tuple[int, str, dict[str, bytes]], image_exts: list[str],
