@@ -412,6 +412,8 @@ MISCONFIGURATIONS = [
     ([*TABLE, "--config.data.table.train_path={tmp}/captions.csv",
       "--config.data.table.validation_path={tmp}/captions.csv", "--config.eval.every_steps=5",
       "--config.eval.evaluators=zero_shot"], "data.label_key='label' is not a feature", None),
+    (["--config.eval.every_steps=0", "--config.eval.evaluators=zero_shot,bogus"],
+     "config.eval.evaluators has unknown evaluator(s) ['bogus']", None),  # checked, though off
     (["--config.profile_steps=5-3"], "config.profile_steps: '5-3' is not 'first,last'", None),
     (["--config.profile_steps=5,3"], "config.profile_steps: '5,3'", None),
     (["--config.init_from={tmp}/no_run"], "No checkpoint at", None),
@@ -650,7 +652,8 @@ def test_ctrl_c_before_training_says_what_is_kept(tmp_path, monkeypatch, capsys)
 def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_path,
                                                                   monkeypatch):
     """A warmup as long as the run, both towers locked, a logit bias under a softmax loss, a
-    training split smaller than the batch: each trained without a word. Each is one warning
+    training split smaller than the batch, a periodic evaluation without evaluators, a trace
+    after the last step: each trained without a word. Each is one warning
     at the start of `train.train` (before the compile), and true of what would run: with that
     warmup the schedule only rises."""
     import logging
@@ -676,11 +679,18 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                  "locked": "lock_image and config.lock_text are both set: only logit_scale",
                  "bias": "logit_bias_init=-10.0 with loss='softmax': softmax is unchanged",
                  "small": "has 10 examples, fewer than config.batch_size=32: every batch holds "
-                          "each about 3.2 times"}
+                          "each about 3.2 times",
+                 "no_evaluator": "config.eval.every_steps=5 but config.eval.evaluators is "
+                                 "empty: no periodic evaluation will run",
+                 "late_trace": "config.profile_steps='30,31' starts after the run's last step "
+                               "(total_steps=20): no trace will be taken"}
         for case, message in cases.items():
             config = tiny.get_config()
             config.update({"warmup_steps": {"warmup_steps": 30},
-                           "locked": {"lock_image": True, "lock_text": True}}.get(case, {}))
+                           "locked": {"lock_image": True, "lock_text": True},
+                           "late_trace": {"profile_steps": "30,31"}}.get(case, {}))
+            if case == "no_evaluator":
+                config.eval.update(every_steps=5, evaluators="")
             if case == "bias":
                 config.model.logit_bias_init = -10.0
             if case == "small":

@@ -210,10 +210,11 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool) -> list[str]:
     """Combinations that run but rarely do what was meant, one sentence each (logged as
-    warnings when a run starts, `train.validate_config`): a warmup as long as the run (the
-    learning rate never decays), both towers locked (only the temperature trains), a logit
-    bias under a loss that does not use one (`loss_uses_bias` False: a constant added to every
-    logit leaves softmax unchanged, so the bias gets no gradient)."""
+    warnings when a run starts, `train.train`): a warmup as long as the run (the learning
+    rate never decays), both towers locked (only the temperature trains), a periodic
+    evaluation with no evaluator (none runs), a logit bias under a loss that does not use one
+    (`loss_uses_bias` False: a constant added to every logit leaves softmax unchanged, so the
+    bias gets no gradient)."""
     said = []
     if config.total_steps > 0 and config.warmup_steps >= config.total_steps:
         said.append(f"config.warmup_steps={config.warmup_steps} >= config.total_steps="
@@ -222,6 +223,10 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool) -> list[str
     if config.lock_image and config.lock_text:
         said.append("config.lock_image and config.lock_text are both set: only logit_scale "
                     "(and logit_bias) will train; unlock one tower (LiT locks the image tower).")
+    if config.eval.every_steps > 0 and not config.eval.evaluators.strip():
+        said.append(f"config.eval.every_steps={config.eval.every_steps} but "
+                    "config.eval.evaluators is empty: no periodic evaluation will run; name "
+                    "the evaluators (e.g. 'zero_shot,retrieval') or set every_steps=0.")
     if config.model.logit_bias_init is not None and not loss_uses_bias:
         said.append(f"config.model.logit_bias_init={config.model.logit_bias_init} with "
                     f"loss={config.loss!r}: softmax is unchanged by a bias added to every "

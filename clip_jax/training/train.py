@@ -89,7 +89,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
              "processes", f"use a multiple of {process_count}")
     attention.check_platform(config.model.attention, platform)
     data_options.resolve_config(config.data)
-    if config.eval.every_steps > 0 and evaluate.enabled_evaluators(config.eval):
+    # The evaluator names are checked even with the periodic evaluation off: a config file's
+    # typo would otherwise surface only at a later `--config.mode=eval`.
+    if evaluate.enabled_evaluators(config.eval) and config.eval.every_steps > 0:
         evaluate.declare(config)  # the periodic evaluation's tasks, checked before compiling
 
 
@@ -351,10 +353,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     hardware.quiet_libtpu_without_tpu()
     validate_config(config, jax.device_count(), jax.process_count(),
                     jax.devices()[0].platform)
+    plan = RunPlan.from_config(config)
     if jax.process_index() == 0:
         for warning in config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias):
             logger.warning(warning)
-    plan = RunPlan.from_config(config)
+        if plan.profile_steps and plan.profile_steps[0] > plan.total_steps:
+            logger.warning("config.profile_steps=%r starts after the run's last step "
+                           "(total_steps=%d): no trace will be taken.", config.profile_steps,
+                           plan.total_steps)
     finished = _finished_step(plan, workdir)
     if finished is not None:
         if jax.process_index() == 0:
