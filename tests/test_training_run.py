@@ -226,6 +226,34 @@ def test_init_from_refuses_a_conflicting_model_name(tfds_dir, tmp_path, monkeypa
     assert "\n" not in str(error.value)
 
 
+def test_init_from_with_another_activation_is_named(tmp_path):
+    """Fine-tuning open_clip weights (trained with gelu) with `--config.model.activation=
+    quick_gelu` was accepted without a word: the architecture check compares shapes. The
+    activation the model will use and the weights' own are named; None keeps theirs."""
+    import torch
+
+    from reference import open_clip_model
+
+    config = tiny.get_config()
+    weights = open_clip_model(train_step.model_config(config), seed=3)
+    torch.save(weights.state_dict(), tmp_path / "weights.pt")
+    config.init_from, config.model.name = str(tmp_path / "weights.pt"), ""
+    theirs = train_step.model_config(tiny.get_config()).activation
+    other = next(a for a in ("gelu", "quick_gelu") if a != theirs)
+    said = []
+    config.model.activation = other
+    model, _ = train._model_and_weights(config, said.append)
+    assert model.activation == other
+    assert [m for m in said if m.startswith("warning:")] == [
+        f"warning: config.model.activation={other!r} replaces the {theirs!r} the init_from "
+        "weights were trained with: the model starts from outputs other than theirs "
+        "(--config.model.activation=None keeps theirs)."]
+    said.clear()
+    config.model.activation = None
+    model, _ = train._model_and_weights(config, said.append)
+    assert model.activation == theirs and not any(m.startswith("warning:") for m in said)
+
+
 # End to end, in a fresh process each: one mistake per stage of the entry point (the config
 # file, the flag parser, the checks after jax starts), through main.py and the installed command.
 @pytest.mark.parametrize("command,config,override,message", [

@@ -449,6 +449,11 @@ def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], N
     module, variables = loading.load(config.init_from)
     _check_init_from_model(config, module.config)
     model = train_step.model_config(config, module.config)
+    if model.activation != module.config.activation:
+        log(f"warning: config.model.activation={model.activation!r} replaces the "
+            f"{module.config.activation!r} the init_from weights were trained with: the model "
+            "starts from outputs other than theirs (--config.model.activation=None keeps "
+            "theirs).")
     return model, _adapt_imported(variables, module.config, model)
 
 
