@@ -281,25 +281,32 @@ def test_a_caption_trained_run_evaluates_other_datasets_on_their_labels(model, t
     does); `clip-jax eval RUN --zero-shot imagenet2012@validation` inherited that key and was
     refused ("needs labels but its label_key is ''") although the dataset has its `label`. A
     task on another dataset starts from the default feature keys."""
-    module, variables = model
     names = [f"thing {k}" for k in range(1000)]
     (tmp_path / "names.txt").write_text("\n".join(names))
     config = config_for(zero_shot=evaluate.zero_shot_task(
         "imagenet2012", split="validation", templates="simple",
         class_names=str(tmp_path / "names.txt")))
     config.data.label_key, config.data.image_key = "", "jpg"  # the training data's features
+    metrics, expected = zero_shot_on_mocked(model, config, "imagenet2012", names,
+                                            ("a photo of a {}.",))
+    assert metrics["zero_shot/t/top1"] == pytest.approx(expected)
+
+
+def zero_shot_on_mocked(model, config, dataset, names, prompts):
+    """`config`'s metrics on mocked TFDS data (`imagenet_source`), and the top-1 numpy gives
+    on the same examples with the classifier of `names` x `prompts`."""
+    module, variables = model
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=imagenet_source):
         metrics, _ = evaluate.evaluate_model(config, module, variables)
-        builder = tfds.builder("imagenet2012")
+        builder = tfds.builder(dataset)
         examples = [builder.info.features.deserialize_example_np(r)
                     for r in imagenet_source(builder, "test")]
     images = embed(module, variables, images=preprocess(
         [Image.fromarray(e["image"]) for e in examples], module.config))
-    classes = class_embeddings(module, variables, names, ("a photo of a {}.",))
+    classes = class_embeddings(module, variables, names, prompts)
     labels = np.array([e["label"] for e in examples])
-    assert metrics["zero_shot/t/top1"] == pytest.approx(
-        np.mean((images @ classes.T).argmax(1) == labels))
+    return metrics, np.mean((images @ classes.T).argmax(1) == labels)
 
 
 def test_a_tfds_name_with_a_config_is_a_dataset_on_the_command_line(model, tmp_path):
@@ -307,25 +314,16 @@ def test_a_tfds_name_with_a_config_is_a_dataset_on_the_command_line(model, tmp_p
     missing folder ("No labelled folder or table"); a registered TFDS name with a config or
     version is a dataset (named with its config in the metric keys), scored as numpy scores
     the mocked split; a '/' name that is neither is still refused in one line."""
-    module, variables = model
     names = [f"thing {k}" for k in range(1000)]
     (tmp_path / "names.txt").write_text("\n".join(names))
     config = eval_args("--zero-shot", "imagenet2012_subset/1pct:5.0.0@validation",
                        "--class-names", str(tmp_path / "names.txt"), "--templates", "simple")
     task = config.eval.zero_shot.imagenet2012_subset_1pct_validation
     assert (task.dataset, task.split) == ("imagenet2012_subset/1pct:5.0.0", "validation")
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                                as_data_source_fn=imagenet_source):
-        metrics, _ = evaluate.evaluate_model(config, module, variables)
-        builder = tfds.builder("imagenet2012_subset/1pct")
-        examples = [builder.info.features.deserialize_example_np(r)
-                    for r in imagenet_source(builder, "validation")]
-    images = embed(module, variables, images=preprocess(
-        [Image.fromarray(e["image"]) for e in examples], module.config))
-    classes = class_embeddings(module, variables, names, templates.TEMPLATE_SETS["simple"])
-    labels = np.array([e["label"] for e in examples])
+    metrics, expected = zero_shot_on_mocked(model, config, "imagenet2012_subset/1pct", names,
+                                            templates.TEMPLATE_SETS["simple"])
     assert metrics["zero_shot/imagenet2012_subset_1pct_validation/top1"] == pytest.approx(
-        np.mean((images @ classes.T).argmax(1) == labels))
+        expected)
     with pytest.raises(ConfigError, match=r"^No labelled folder or table at 'photos/val', nor "
                                           r"a TFDS dataset of that name"):
         eval_args("--zero-shot", "photos/val@test")
