@@ -96,4 +96,3 @@ def check_known_fields(config: ml_collections.ConfigDict, source: str) -> None:
         raise ConfigError(f"{source} sets {', '.join(unknown)}, which "
                           f"{'is not a field' if len(unknown) == 1 else 'are not fields'}; the "
                           "fields are those of clip_jax/configs/base.py.")
-
