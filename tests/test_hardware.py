@@ -48,6 +48,22 @@ def test_cpu_peak_is_the_best_plausible_measurement_seen(tmp_path, monkeypatch):
     assert json.loads(path.read_text())[key] == pytest.approx(peak * shared)
 
 
+def test_cpu_devices_of_other_processes_on_this_machine_share_its_peak(tmp_path, monkeypatch):
+    """Two local processes of 4 CPU devices each (the README's two-process command) gave
+    each device the machine's peak over 4, so MFU read twice the truth: the devices of every
+    process on this machine share it. One process: its own devices only."""
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(hardware, "measure_matmul_flops", lambda *a: 8e11)
+    assert hardware.processes_on_this_host() == 1
+    local = len(jax.local_devices(backend="cpu"))
+    assert hardware.peak_flops(dtype="float32")[0] == 8e11 / local
+    monkeypatch.setattr(hardware, "processes_on_this_host", lambda: 2)
+    peak, source = hardware.peak_flops(dtype="float32")
+    assert peak == 8e11 / (2 * local)
+    assert source.endswith(f"; split over the {2 * local} CPU devices of the 2 processes on "
+                           "this machine")
+
+
 def test_spec_sheet_for_known_accelerators():
     class FakeTPU:
         device_kind, platform = "TPU v5 lite", "tpu"

@@ -346,13 +346,16 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
-    """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1) == 1 process x 8 devices."""
+    """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1) == 1 process x 8 devices,
+    with MFU against the same per-device peak."""
     address = f"127.0.0.1:{_free_port()}"
     procs = [start_run(tmp_path, tfds_dir, devices=4, JAX_COORDINATOR_ADDRESS=address,
                     JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
     results = [finish(p) for p in procs]
     for code, out in results:
         assert code == 0, out
+    # Both processes' CPU devices share this machine's cores: MFU divides its peak by all 8.
+    assert "split over the 8 CPU devices of the 2 processes on this machine" in results[0][1]
     multi = logged(tmp_path)  # written by process 0 only
     single = logged(uninterrupted[0])
     assert sorted(multi) == sorted(single)

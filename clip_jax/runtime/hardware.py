@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import time
+import zlib
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Dense bf16 peak FLOP/s per chip (per device as JAX sees it), from the vendors' spec sheets.
 # Order matters: the first substring found in `device_kind` wins ("TPU v5 lite" before "TPU v5").
@@ -97,7 +100,9 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     understates the peak (and so overstates MFU), so it never lowers the stored value, unless
     the stored one is over `IMPLAUSIBLE_PEAK_RATIO` times the new one (a mistimed run, not
     load). MFU on such a machine means "of the best this machine's XLA matmul has reached".
-    A process's several CPU devices share its cores, so each gets that peak over their count.
+    A process's several CPU devices share its cores, so each gets that peak over their count,
+    and so do the CPU devices of the job's other processes on this machine
+    (`processes_on_this_host`; every process must call this, as every process compiles).
     """
     if override:
         return float(override), "config.peak_flops_per_device"
@@ -107,11 +112,30 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     if spec:
         return spec[1], f"spec sheet ({spec[0]}, dense bf16)"
     # CPU devices of one process (--xla_force_host_platform_device_count) share its cores:
-    # the matmul, timed on one of them with all the cores, is all of them together.
-    shared = jax.local_device_count(device.platform) if device.platform == "cpu" else 1
+    # the matmul, timed on one of them with all the cores, is all of them together; so do
+    # those of the job's other processes on this machine (two local processes, as in tests).
+    local, processes = 1, 1
+    if device.platform == "cpu":
+        local, processes = jax.local_device_count(device.platform), processes_on_this_host()
     peak, source = _timed_peak(device, dtype)
-    share = f"; split over this process's {shared} CPU devices" if shared > 1 else ""
-    return peak / shared, source + share
+    if processes > 1:
+        source += (f"; split over the {local * processes} CPU devices of the {processes} "
+                   "processes on this machine")
+    elif local > 1:
+        source += f"; split over this process's {local} CPU devices"
+    return peak / (local * processes), source
+
+
+def processes_on_this_host() -> int:
+    """How many of the job's processes run on this machine (by host name, gathered from every
+    process: a collective, so every process must call it); 1 for a single process."""
+    if jax.process_count() == 1:
+        return 1
+    from jax.experimental import multihost_utils
+
+    mine = zlib.crc32(socket.gethostname().encode()) % (2 ** 31 - 1)  # fits an int32
+    hosts = np.asarray(multihost_utils.process_allgather(np.int64(mine)))
+    return int(np.sum(hosts == mine))
 
 
 def _timed_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
