@@ -212,11 +212,12 @@ def test_the_eta_counts_the_evaluations_and_saves_still_to_come(tmp_path):
     # Step 5: 25 steps left at 1 s, no pause timed yet: saves at 10, 20, 30 and evaluations
     # at 12, 24, 30 still to come.
     assert lines[0].endswith("eta >25s"), lines
-    # Step 12: 18 steps + saves at 20, 30 (2 s each) + evaluations at 24, 30 (10 s each).
-    assert lines[1].endswith(f"eta {18 + 2 * 2 + 2 * 10}s"), lines
-    counts = [[writer._display.pauses_left(kind, step) for step in (0, 10, 11, 24, 29, 30)]
-              for kind in ("eval", "save")]
-    assert counts == [[sum(1 for s in range(a + 1, 31) if s % 12 == 0 or s == 30)
-                       for a in (0, 10, 11, 24, 29, 30)],
-                      [sum(1 for s in range(a + 1, 31) if s % 10 == 0 or s == 30)
-                       for a in (0, 10, 11, 24, 29, 30)]]
+    # Step 12 is shown before its own evaluation (as run_loop shows a step, then saves and
+    # evaluates it): 18 steps + saves at 20, 30 (2 s each) + evaluations at 12, 24, 30 (10 s).
+    assert lines[1].endswith(f"eta {18 + 2 * 2 + 3 * 10}s"), lines
+    shown = (1, 10, 11, 24, 29, 30, 31)
+    for kind, every in (("eval", 12), ("save", 10), ("final", 0)):
+        writer._display.expect(kind, every)
+        assert [writer._display.pauses_left(kind, step) for step in shown] == [
+            sum(1 for s in range(step, 31) if (every and s % every == 0) or s == 30)
+            for step in shown], kind

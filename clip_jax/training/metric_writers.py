@@ -91,7 +91,8 @@ class Progress:
 
     def expect(self, kind: str, every_steps: int) -> None:
         """Pauses of `kind` come after every step that is a multiple of `every_steps` (0:
-        none but the last) and after the last step: the ETA counts those still to come."""
+        none but the last) and after the last step, each after that step is shown: the ETA
+        counts those still to come."""
         self._every[kind] = every_steps
 
     @contextlib.contextmanager
@@ -107,11 +108,13 @@ class Progress:
                 self._last_pause[kind] = self._clock() - t0
 
     def pauses_left(self, kind: str, step: int) -> int:
-        """How many pauses of `kind` come after step `step` (`expect`)."""
+        """How many pauses of `kind` are still to come when step `step` is shown (`expect`):
+        those at `step` itself too, since a step is shown before its own save or
+        evaluation."""
         every, total = self._every[kind], self.total_steps
-        if step >= total:
+        if step > total:
             return 0
-        periodic = total // every - step // every if every > 0 else 0
+        periodic = total // every - (step - 1) // every if every > 0 else 0
         return periodic + (every <= 0 or total % every != 0)
 
     def eta_seconds(self, step: int) -> tuple[float, bool] | None:
