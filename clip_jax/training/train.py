@@ -14,6 +14,7 @@ built (sources opened, tf.data graph made) before the compile.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -42,6 +43,7 @@ from clip_jax.runtime import sharding
 from clip_jax.training import losses
 from clip_jax.training import train_step
 from clip_jax.training import checkpoints
+from clip_jax.training import workdir_lock
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models import attention
@@ -372,6 +374,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # Nothing is written to the workdir before the data source has opened (writer: lazily).
     writer = MetricWriter(workdir, plan.total_steps, enabled=jax.process_index() == 0)
     checkpointer = guard = None
+    lock = contextlib.ExitStack()
     try:
         cache = hardware.enable_compilation_cache(config.get("compilation_cache_dir", "auto"))
         mesh = sharding.create_mesh(config.mesh)
@@ -393,6 +396,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if config.eval.every_steps > 0:
             writer.log("Setting up the periodic evaluation ...")
         evaluation = evaluate.for_training(config, setup.module, mesh, setup.state_shardings)
+        if jax.process_index() == 0:  # one run per workdir, from its first write to its end
+            lock.enter_context(workdir_lock.hold(workdir))
         checkpointer = Checkpointer(workdir, plan.checkpoint_every_steps,
                                     config.checkpoint.keep, config.checkpoint.asynchronous)
         state, position = _restore_or_init(plan, setup, checkpointer, variables, writer.log)
@@ -437,6 +442,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if guard is not None:
             guard.close()
         writer.close()
+        lock.close()
 
 
 def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
