@@ -461,6 +461,12 @@ MISCONFIGURATIONS = [
                                "config.optimizer.learning_rate, which are not fields", None),
     (["CONFIG={tmp}/typo.py", "--config.model.dtype=float32"], "config.model.dtyp (did you "
                                                                "mean model.dtype?)", None),
+    (["CONFIG={tmp}/task_typo.py"], "config.eval.zero_shot.heldout.templats (did you mean "
+                                    "eval.zero_shot.heldout.templates?)", "config.eval.zero_shot."
+                                                                          "mine"),
+    # A relative path (the test runs in {tmp}) still gets its line named.
+    (["CONFIG=relative.py"], "relative.py line 5 (c.data.synthetic.num_trian = 10): "
+                             "'num_trian' is not a field", None),
     (["CONFIG={tmp}/no_get_config.py", "--config.total_steps=1"],
      "no_get_config.py: it has no get_config()", "total_steps"),
     (["CONFIG={tmp}/locked_key.py", "--config.total_steps=1"],
@@ -479,6 +485,9 @@ def _config_files(tmp_path):
     for name, body in {"typo": "    c.lock_images = True\n    c.optimizer.learning_rate = 1e-4\n"
                                "    c.model.dtyp = 'float32'\n",
                        "locked_key": "    c.data.table.nmae = 'x'\n",
+                       "task_typo": "    c.eval.zero_shot.heldout.templats = 'simple'\n"
+                                    "    c.eval.zero_shot.mine = dict(dataset='x', split='a')\n",
+                       "relative": "    c.data.synthetic.num_trian = 10\n",
                        "wrong_type": "    c.batch_size = '32'\n"}.items():
         (tmp_path / f"{name}.py").write_text(head + body + "    return c\n")
     (tmp_path / "no_get_config.py").write_text("batch_size = 32\n")
@@ -502,6 +511,7 @@ def test_misconfigurations_are_one_line_before_compiling(tfds_dir, tmp_path, mon
     assert len(MISCONFIGURATIONS) >= 30
     tmp = _table(tmp_path)
     _config_files(tmp)
+    monkeypatch.chdir(tmp)
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
 
     def compile_train_step(*_):

@@ -5,7 +5,8 @@ A config file's `get_config()` returns an ml_collections ConfigDict that it may 
 `c.optimizer.learning_rate = 1e-4` (the field is `lr`) or `c.lock_images = True` added a field
 nothing reads and the run trained with the defaults. Every field must be one of
 `clip_jax/configs/base.py`'s (`check_known_fields`); the evaluation tasks under
-`eval.<kind>.<task>` are named by the user and are left to the evaluators' own checks. A file
+`eval.<kind>.<task>` are named by the user, and their fields are those of the kind's default
+task (`templats` for `templates` is refused there too). A file
 that fails to load at all is named with its own error (`load_problem`), not the `--config.X=Y`
 override that happened to make ml_collections load it.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import re
 import traceback
 
@@ -45,7 +47,7 @@ def load_problem(value: str) -> str:
         load(value)
     except Exception as error:  # noqa: BLE001 - whatever the user's file raises is reported
         frame = next((f for f in reversed(traceback.extract_tb(error.__traceback__))
-                      if f.filename == path), None)
+                      if os.path.abspath(f.filename) == os.path.abspath(path)), None)
         if isinstance(error, SyntaxError):
             where = f" line {error.lineno}"
         else:
@@ -71,7 +73,8 @@ def _said(error: Exception) -> str:
 def unknown_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
                    prefix: str = "") -> list[str]:
     """The dotted paths of `config` that `reference` lacks, each with a did-you-mean among
-    its siblings where one is close; `OPEN_SECTIONS` are not searched below their names."""
+    its siblings where one is close; under `OPEN_SECTIONS` the task names are free and each
+    task's fields are checked against the kind's default task."""
     found = []
     for key in config.keys():
         path = f"{prefix}{key}"
@@ -80,9 +83,15 @@ def unknown_fields(config: ml_collections.ConfigDict, reference: ml_collections.
             found.append(f"config.{path}" + (f" (did you mean {prefix}{close[0]}?)" if close
                                              else ""))
         elif (isinstance(config[key], ml_collections.ConfigDict)
-              and isinstance(reference[key], ml_collections.ConfigDict)
-              and path not in OPEN_SECTIONS):
-            found += unknown_fields(config[key], reference[key], f"{path}.")
+              and isinstance(reference[key], ml_collections.ConfigDict)):
+            if path not in OPEN_SECTIONS:
+                found += unknown_fields(config[key], reference[key], f"{path}.")
+                continue
+            # Task names are free; a task's fields are those of the kind's default task.
+            template = reference[key][next(iter(reference[key].keys()))]
+            for task in config[key].keys():
+                if isinstance(config[key][task], ml_collections.ConfigDict):
+                    found += unknown_fields(config[key][task], template, f"{path}.{task}.")
     return found
 
 
