@@ -235,6 +235,35 @@ def test_robustness_warns_of_a_shifted_set_that_is_the_probe_data_or_the_referen
     assert metrics["robustness/t/test_drop"] == 0
 
 
+def test_class_names_listing_a_folders_classes_in_another_order_map_by_name(folder, model,
+                                                                           caplog):
+    """`--class-names red,green,blue` on a folder whose classes read blue, green, red renamed
+    them by position (blue images scored as 'red', silently). The same names in any order map
+    by name: zero-shot scores as with the folder's own names; names that are some of the
+    folder's at other positions are warned about."""
+    module, variables = model
+    test = labelled_data.read(str(folder), "test")
+    task = lambda names: config_for(zero_shot=evaluate.zero_shot_task(  # noqa: E731
+        str(folder), templates="simple", class_names=names))
+    reordered = ",".join(reversed(test.class_names))
+    assert reordered != ",".join(test.class_names)
+    images = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in test.files], module.config))
+    classes = class_embeddings(module, variables, list(test.class_names),
+                               templates.TEMPLATE_SETS["simple"])
+    predicted = (images @ classes.T).argmax(1)
+    for names in (reordered, ""):
+        metrics, evaluation = evaluate.evaluate_model(task(names), module, variables)
+        np.testing.assert_array_equal(evaluation.predictions["t"][:, 0], predicted)
+        assert metrics["zero_shot/t/top1"] == pytest.approx(np.mean(predicted == test.labels),
+                                                            abs=1e-6), names
+    with caplog.at_level("WARNING"):
+        evaluate.evaluate_model(task(f"{test.class_names[2]},purple,{test.class_names[1]}"),
+                                module, variables)
+    assert any("replace the dataset's classes by position" in r.getMessage()
+               for r in caplog.records)
+
+
 def imagenet_source(self, split, decoders=None, deserialize_method=None, **kwargs):
     """Mock random access: 12 images; imagenet_r / imagenet_a use 4 of the 1000 classes."""
     del decoders, deserialize_method, kwargs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,6 +26,8 @@ from clip_jax.evaluation import zero_shot
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Pass, Passes
+
+log = logging.getLogger(__name__)
 
 # Per-task overrides of the data config a labelled task accepts.
 LABEL_DATA = ("data_dir", "image_key", "label_key")
@@ -111,6 +114,8 @@ class Classifier:
                 f"config.eval.{field}.class_names gives {len(self.class_names)} names but the "
                 f"dataset has {len(dataset_names)} classes; give one name per class, in label "
                 "order.")
+        if self.class_spec and dataset_names and not self.source.class_spec:
+            self.class_names = in_label_order(self.class_names, dataset_names, field)
         spec = self.template_spec or ("" if self.source.templates else "default")
         try:
             self.templates = (templates_lib.get_templates(spec) if spec
@@ -122,6 +127,26 @@ class Classifier:
     def templates_label(self) -> str:
         spec = self.template_spec or ("source file" if self.source.templates else "default")
         return f"{spec} ({len(self.templates)})"
+
+
+def in_label_order(given: Sequence[str], dataset_names: Sequence[str], field: str) -> list[str]:
+    """Class names given for a source that names its classes itself (a folder, a TFDS
+    ClassLabel), in its label order. The same names in another order (underscores read as
+    spaces, as the folder names are) are mapped by name; other names replace the dataset's by
+    position (nicer names for `n01440764`), with a warning when some of them are the dataset's
+    own names at other positions, which a positional reading would mislabel."""
+    key = lambda name: name.replace("_", " ").strip()  # noqa: E731
+    position = {key(name): k for k, name in enumerate(given)}
+    if sorted(position) == sorted(map(key, dataset_names)) and len(position) == len(given):
+        return [given[position[key(name)]] for name in dataset_names]
+    moved = [(name, given[k]) for k, name in enumerate(dataset_names)
+             if key(given[k]) != key(name) and key(name) in position]
+    if moved:
+        log.warning("config.eval.%s.class_names: the names replace the dataset's classes by "
+                    "position (%s), but some are class names of the dataset at other "
+                    "positions; give exactly its classes (in any order) to map them by name.",
+                    field, ", ".join(f"{a!r} -> {b!r}" for a, b in moved[:3]))
+    return list(given)
 
 
 @dataclasses.dataclass
