@@ -19,6 +19,7 @@ from clip_jax.evaluation import report as eval_report
 from clip_jax.evaluation import evaluate
 from clip_jax.evaluation import few_shot
 from clip_jax.data import sources
+from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
 from clip_jax.evaluation import templates
 from clip_jax.models import create_model, l2_normalize
@@ -353,9 +354,37 @@ def test_a_tfds_name_with_a_config_is_a_dataset_on_the_command_line(model, tmp_p
                                             templates.TEMPLATE_SETS["simple"])
     assert metrics["zero_shot/imagenet2012_subset_1pct_validation/top1"] == pytest.approx(
         expected)
-    with pytest.raises(ConfigError, match=r"^No labelled folder or table at 'photos/val', nor "
-                                          r"a TFDS dataset of that name"):
+    with pytest.raises(ConfigError, match=r"^No labelled folder or table at 'photos/val': not "
+                                          r"a file or folder, nor a TFDS dataset"):
         eval_args("--zero-shot", "photos/val@test")
+
+
+@pytest.mark.parametrize("spec,message", [
+    # each was a traceback after the model had loaded
+    ("cifar10/plain:3.0.2@test", "TFDS dataset cifar10 has no config 'plain' (it has none)"),
+    ("imagenet_v2/matchd", "TFDS dataset imagenet_v2 has no config 'matchd' (its configs: "
+                           "matched-frequency, threshold-0.7, topimages)"),
+    ("cifar10:9.9.9", "Dataset cifar10 cannot be loaded at version 9.9.9, only: 3.0.2"),
+    ("cifr10@test", "nor a TFDS dataset (Dataset cifr10 not found; did you mean cifar10"),
+    ("tfds:cifar10@test", "nor a TFDS dataset (Namespace tfds not found"),
+    ("/no/such/folder@test", "No labelled folder or table at '/no/such/folder': no such file"),
+])
+def test_a_tfds_name_tfds_cannot_construct_is_one_line_before_the_model(spec, message):
+    """What TFDS itself says of the name (config, version, namespace, did-you-mean), checked
+    when the command line is read."""
+    with pytest.raises(ConfigError) as error:
+        eval_args("--zero-shot", spec)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_dataset_needing_a_manual_download_says_so(tmp_path):
+    """imagenet2012's files cannot be downloaded by TFDS: its build failed with TFDS's
+    AssertionError traceback; it is one line naming the folder the files go into."""
+    config = data_options.default_config()
+    config.dataset, config.data_dir = "imagenet2012", str(tmp_path)
+    with pytest.raises(ConfigError, match=r"^imagenet2012/[\d.]+ needs a manual download "
+                                          rf"\(Manual directory {tmp_path}/downloads/manual "):
+        sources.prepare(config)
 
 
 def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model, tmp_path,

@@ -347,7 +347,7 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
     single = [r for r in read_jsonl(workdir / "metrics.jsonl") if "zero_shot/heldout/top1" in r]
     assert multi["step"] == 8
     for key, value in single[-1].items():
-        if key != "step":
+        if key not in ("step", "eval_seconds"):  # the training loop's own timing
             assert multi[key] == pytest.approx(value, abs=1.01 / 20), key
 
 

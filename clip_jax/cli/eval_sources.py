@@ -82,32 +82,61 @@ def shift_names(text: str) -> str:
     return text
 
 
-def _source(spec: str, default_split: str = "test") -> tuple[str, str]:
+def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple[str, str]:
     """(dataset, split) of a source spec; a TFDS name without `@split` reads
-    `default_split`, a labelled folder its own default."""
+    `default_split`, a labelled folder its own default. A name that is neither a labelled
+    folder or table nor a TFDS dataset TFDS can construct (its config and version included;
+    `data_dir` holds datasets built elsewhere) is a ConfigError, before any model loads."""
     from clip_jax.data import labelled as labelled_data
 
     name, _, split = spec.partition("@")
     if labelled_data.is_source(name):
         return name, split
-    if os.path.sep in name and not os.path.exists(name) and not _is_tfds_name(name):
-        raise ConfigError(f"No labelled folder or table at {name!r}, nor a TFDS dataset of "
-                          "that name (name[/config][:version]).")
+    problem = _tfds_problem(name, data_dir)
+    if problem:
+        what = "No labelled folder or table at" if os.path.sep in name else "No dataset"
+        raise ConfigError(f"{what} {name!r}: {problem}")
     return name, split or default_split
 
 
-def _is_tfds_name(name: str) -> bool:
-    """Whether `name` names a registered TFDS dataset with a config or version part
-    (`imagenet2012_subset/1pct`, `cifar10/plain:3.0.2`): it holds '/' without being a path.
-    Imports TFDS, so it is asked only of a '/' name that is not a file or folder."""
+def _tfds_problem(name: str, data_dir: str) -> str:
+    """'' when TFDS constructs the builder `name` (`cifar10`, `imagenet2012_subset/1pct`,
+    `cifar10:3.0.2`; nothing is downloaded or read); else why not, in one line: not a name at
+    all, an unknown dataset (with TFDS's closest names) or namespace, config or version."""
+    import difflib
+
     import tensorflow_datasets as tfds
 
     try:
-        dataset, _ = tfds.core.naming.parse_builder_name_kwargs(name)
-        tfds.builder_cls(str(dataset))
-    except (ValueError, tfds.core.registered.DatasetNotFoundError):
-        return False
-    return True
+        dataset, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
+    except ValueError:
+        return "no such file or folder."
+    try:
+        builder = tfds.builder_cls(str(dataset))
+    except tfds.core.registered.DatasetNotFoundError as error:
+        try:  # a dataset prepared in data_dir by code not registered here
+            tfds.builder(name, data_dir=data_dir or None)
+            return ""
+        except Exception:  # noqa: BLE001 - said as not found, below
+            pass
+        close = difflib.get_close_matches(str(dataset),
+                                          tfds.list_builders(with_community_datasets=False),
+                                          n=3, cutoff=0.6)
+        said = next((line.strip().rstrip(".") for line in str(error).splitlines()
+                     if line.strip()), "not found")
+        return (f"not a file or folder, nor a TFDS dataset ({said}"
+                + (f"; did you mean {', '.join(close)}?" if close else "") + ").")
+    config, configs = kwargs.get("config"), list(builder.builder_configs)
+    if config and config not in configs:
+        return (f"TFDS dataset {dataset} has no config {config!r} ("
+                + (f"its configs: {', '.join(configs[:8])}{', ...' if len(configs) > 8 else ''}"
+                   if configs else "it has none") + ").")
+    try:
+        tfds.builder(name, data_dir=data_dir or None)
+    except (ValueError, AssertionError) as error:
+        said = " ".join(str(error).split()).split('": ', 1)[-1]  # past TFDS's kwargs dump
+        return f"TFDS cannot construct it ({said[:200]})."
+    return ""
 
 
 def has_sources(args: argparse.Namespace) -> bool:
@@ -169,21 +198,22 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
         ev[flag] = ml_collections.ConfigDict()
     specs = args.zero_shot or []
     for spec, name in zip(specs, naming.source_names(specs, "--zero-shot")):
-        dataset, split = _source(spec)
+        dataset, split = _source(spec, data_dir=config.data.data_dir)
         ev.zero_shot[name] = evaluate.zero_shot_task(
             dataset, split, compare_prompts=args.compare_prompts, **prompts)
     for flag, make in (("linear_probe", evaluate.linear_probe_task),
                        ("few_shot", evaluate.few_shot_task)):
         if getattr(args, flag):
             train_spec, test_spec = getattr(args, flag)
-            (train, train_split), (test, test_split) = (_source(train_spec, "train"),
-                                                        _source(test_spec))
+            (train, train_split), (test, test_split) = (
+                _source(train_spec, "train", config.data.data_dir),
+                _source(test_spec, data_dir=config.data.data_dir))
             extra = (dict(shots=args.shots, seeds=args.seeds, **prompts) if flag == "few_shot"
                      else dict(class_names=args.class_names))
             ev[flag][naming.source_name(test)] = make(train, train_split=train_split or "",
                                              test_split=test_split, test_dataset=test, **extra)
     if args.robustness:
-        dataset, split = _source(args.robustness)
+        dataset, split = _source(args.robustness, data_dir=config.data.data_dir)
         ev.robustness[naming.source_name(args.robustness)] = evaluate.robustness_task(
             dataset, split, shifts=args.shifts, shifted=args.shifted, baseline=args.baseline,
             **prompts)
@@ -221,7 +251,8 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str =
     from clip_jax.data.options import default_config
     from clip_jax.evaluation import evaluate
 
-    name, split = _source(spec) if not spec.lower().endswith((".csv", ".tsv")) else (spec, "")
+    name, split = (_source(spec, data_dir=config.data.data_dir)
+                   if not spec.lower().endswith((".csv", ".tsv")) else (spec, ""))
     if spec.lower().endswith((".csv", ".tsv")):
         columns = labelled.table_columns(spec)
         table = default_config().table

@@ -114,8 +114,16 @@ def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
     bars off unless stderr is a terminal (in a log file each redraw is one more line)."""
     if not sys.stderr.isatty():
         tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(sys.stderr):
-        builder.download_and_prepare(file_format="array_record")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(file_format="array_record")
+    except AssertionError as error:  # TFDS asserts a manual download's folder is there
+        said = " ".join(str(error).split())
+        if "Manual directory" not in said:
+            raise
+        raise ConfigError(f"{builder.info.full_name} needs a manual download ({said[:200]}); "
+                          "put its files there (its TFDS catalog page says which), then "
+                          "run again.") from None
 
 
 def _run_once(action: Any, done: Any, name: str) -> None:
