@@ -643,6 +643,12 @@ def test_eval_sources_that_share_a_name_keep_their_own_results(tmp_path, monkeyp
     assert source_names(["lab@train", "lab@test", "x/y/blur", "blur"], "shifted",
                         taken=["blur", "noise"]) == ["lab_train", "lab_test", "y_blur",
                                                        f"{tmp_path.name}_blur"]
+    # Folder names in any script keep their letters (they were all '_': `lab dir/日本` and
+    # `lab dir/中国` became one task, the second's results replacing the first's); names no
+    # folder tells apart are numbered.
+    assert source_names(["lab dir/日本", "lab dir/中国", "tëst 日本@test"], "--zero-shot") == [
+        "日本", "中国", "tëst_日本_test"]
+    assert source_names(["###", "$$$", "a b"], "--zero-shot") == ["___", "____2", "a_b"]
     args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv",
                                     f"{tmp_path}/a/test.csv"])
     with pytest.raises(ConfigError, match=r"--zero-shot: '.*/a/test.csv' is given twice"):

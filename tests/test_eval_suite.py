@@ -219,9 +219,10 @@ def test_robustness_warns_of_a_shifted_set_that_is_the_probe_data_or_the_referen
     root = tmp_path / "colours"
     shutil.copytree(folder, root)
     (root / "train" / "red" / ".DS_Store").write_bytes(b"Bud1")
+    os.symlink(root / "test", tmp_path / "link")  # the reference through a link
     config = config_for(robustness=evaluate.robustness_task(
-        str(root), shifts="", shifted=f"{root}/@train,{root}/./test", baseline="linear_probe",
-        templates="simple"))
+        str(root), shifts="", shifted=f"{root}/@train,{root}/./test,{tmp_path / 'link'}",
+        baseline="linear_probe", templates="simple"))
     with caplog.at_level("WARNING"):
         metrics, evaluation = evaluate.evaluate_model(config, module, variables)
     said = [r.getMessage() for r in caplog.records]
@@ -229,8 +230,8 @@ def test_robustness_warns_of_a_shifted_set_that_is_the_probe_data_or_the_referen
     assert any(m.startswith("robustness/t: the shifted set(s) colours_train are the data the "
                             f"linear-probe baseline is fit on (image folder {root}/train)")
                for m in said), said
-    assert any(m.startswith("robustness/t: the shifted set(s) test are the reference set "
-                            f"itself (image folder {root}/test)") for m in said), said
+    assert any(m.startswith("robustness/t: the shifted set(s) test, link are the reference "
+                            f"set itself (image folder {root}/test)") for m in said), said
     train = [p for p in evaluation.passes.passes if p.split == "train"]
     assert len(train) == 1 and train[0].data.dataset == str(root)
     assert metrics["robustness/t/test_drop"] == 0

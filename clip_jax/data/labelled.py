@@ -87,17 +87,25 @@ class LabelledImages:
     skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> what
     split: str = ""
     indexed: bool = False
+    path: str = ""  # the class folders' folder, the table or the shards' folder
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def location(self) -> str:
+        """The folder or file read (`path`) as its real path, links and `..` resolved: two
+        sources spelt differently are the same images when their locations are equal."""
+        return os.path.realpath(self.path)
 
-def _whole_files(description: str, files: list[str], labels: Sequence[int],
+
+def _whole_files(kind: str, path: str, files: list[str], labels: Sequence[int],
                  class_names: list[str], skipped: dict[str, list[str]] | None = None
                  ) -> LabelledImages:
     n = len(files)
-    return LabelledImages(description, files, np.full(n, -1, np.int64), np.full(n, -1, np.int64),
-                          np.asarray(labels, np.int32), class_names, None, skipped or {})
+    return LabelledImages(f"{kind} {path}", files, np.full(n, -1, np.int64),
+                          np.full(n, -1, np.int64), np.asarray(labels, np.int32), class_names,
+                          None, skipped or {}, path=path)
 
 
 def source_kind(path: str) -> str:
@@ -185,7 +193,7 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
         log.warning("image folder %s: no images in class folder(s) %s; they stay classes "
                     "(labels keep their order), with no accuracy of their own",
                     folder, ", ".join(empty))
-    out = _whole_files(f"image folder {folder}", files, labels, classes, skipped)
+    out = _whole_files("image folder", folder, files, labels, classes, skipped)
     out.split = split
     return out
 
@@ -320,7 +328,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
                                   for i, why in sorted(unreachable.items())],
                "URL, not a file": [f"{lines[i]}: {files[i]}" for i in sorted(urls)],
                "not UTF-8 text": [r.lines for r in bad_text]}
-    out = _whole_files(f"table {path}", [files[i] for i in keep], labels[keep], names,
+    out = _whole_files("table", path, [files[i] for i in keep], labels[keep], names,
                        {why: what for why, what in skipped.items() if what})
     out.indexed = indexed and class_names is None
     return out
@@ -405,7 +413,7 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
         raise MissingFileError(f"No sample with an image and a .cls in {folder!r}.")
     return LabelledImages(f"webdataset {folder}", files, np.asarray(offsets, np.int64),
                           np.asarray(lengths, np.int64), np.asarray(labels, np.int32),
-                          class_names, templates, skipped, split)
+                          class_names, templates, skipped, split, path=folder)
 
 
 READERS: dict[str, Callable[..., LabelledImages]] = {

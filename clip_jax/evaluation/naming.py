@@ -23,7 +23,8 @@ TFDS_NAME = re.compile(r"[a-z]\w*(/[\w.-]+)?(:[\d.*]+)?")
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+    """Letters (any script: `日本`, `tëst`), digits, `_` and `-` kept; anything else `_`."""
+    return re.sub(r"[^\w-]", "_", text)
 
 
 def _candidates(spec: str) -> list[str]:
@@ -67,6 +68,20 @@ def source_names(specs: Sequence[str], what: str, taken: Sequence[str] = ()) -> 
         clashing = [i for i, n in enumerate(names) if (names.count(n) > 1 or n in taken)
                     and depth[i] < len(candidates[i]) - 1]
         if not clashing:
-            return names
+            return _numbered(names, taken)
         for i in clashing:
             depth[i] += 1
+
+
+def _numbered(names: list[str], taken: Sequence[str]) -> list[str]:
+    """`names` with a `_2`, `_3`, ... on each repeat of an earlier one (or of a `taken` name)
+    that no parent folder told apart, so that no source's results replace another's."""
+    used, out = set(taken), []
+    for name in names:
+        unique, k = name, 1
+        while unique in used:
+            k += 1
+            unique = f"{name}_{k}"
+        used.add(unique)
+        out.append(unique)
+    return out

@@ -51,6 +51,7 @@ class Pass:
     # The split's labels as listed before any image is read (labelled folders and tables):
     # what a task can check before the model runs. None where only reading gives them.
     listed_labels: np.ndarray | None = None
+    location: str = ""  # a labelled folder or table: the real path it read (`origin`)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -59,10 +60,9 @@ class Pass:
     @property
     def origin(self) -> tuple[str, str]:
         """The images an opened pass reads, before any shift: a labelled folder or table by
-        the folder or file it resolved to (`dir@train` and `dir/train` alike), a TFDS
-        dataset by name and split."""
-        local = labelled_data.is_source(self.data.dataset)
-        return self.description, "" if local else self.split
+        the real path of the folder or file it resolved to (`dir@train`, `dir/train`, its
+        absolute path and a link to it alike), a TFDS dataset by name and split."""
+        return (self.location, "") if self.location else (self.description, self.split)
 
 
 class Passes:
@@ -218,7 +218,7 @@ def _open(p: Pass, model_config: Any, batch: int,
                                                  prefetch_batches=p.data.prefetch_batches)
         p.description, p.templates = images.description, images.templates
         p.shown_split, p.indexed = images.split, images.indexed
-        p.listed_labels = images.labels
+        p.listed_labels, p.location = images.labels, images.location
         return
     p.description = p.data.dataset
     p.data.label_key = p.data.label_key if p.labels else ""
