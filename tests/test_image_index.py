@@ -6,6 +6,7 @@ reading the command outputs."""
 import io
 import json
 import os
+import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -258,6 +259,20 @@ def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys)
     text = reference_text(module, variables, "a photo of a dog")
     assert [r["path"] for r in rows] == [good[i] for i in np.argsort(-(reference @ text),
                                                                       kind="stable")]
+
+    # The model at the recorded path changed since (a run that trained on): said, with or
+    # without --model, as the search compares another model's text with these images.
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    out_other = str(tmp_path / "other.npz")
+    assert cli.main(["index", str(folder), "--model", str(other), "--output", out_other]) == 0
+    capsys.readouterr()
+    shutil.rmtree(other)
+    hf_export.export_hf(module.config, clip_jax.create_model("test-vit", rng=4)[1], str(other))
+    for extra in ([], ["--model", str(other)]):
+        assert cli.main(["search", out_other, "a photo of a dog", *extra]) == 0
+        assert (f"warning: {other} holds another model now than when {out_other} was built"
+                in capsys.readouterr().err), extra
 
     labels = ["cat", "dog", "red car"]
     assert cli.main(["zero-shot", "--model", path, "--labels", ",".join(labels), "--recursive",

@@ -134,10 +134,16 @@ def search_command(args: argparse.Namespace) -> int:
     if not model:
         raise ConfigError(f"{args.index!r} does not record its model; pass --model.")
     encoder = Encoder(*load(model))
-    if args.model and image_index.model_fingerprint(encoder) != index.meta.get("fingerprint"):
-        print(f"warning: --model {model} is not the model {args.index} was built with "
-              f"({index.meta.get('model')}); scores compare different embeddings.",
-              file=sys.stderr)
+    if image_index.model_fingerprint(encoder) != index.meta.get("fingerprint"):
+        where = os.path.abspath(model) if os.path.exists(model) else model
+        if where == index.meta.get("model"):  # a run that trained on, or a path reused
+            print(f"warning: {model} holds another model now than when {args.index} was "
+                  "built; scores compare different embeddings: re-index with clip-jax index "
+                  f"IMAGES --model {model}.", file=sys.stderr)
+        else:
+            print(f"warning: --model {model} is not the model {args.index} was built with "
+                  f"({index.meta.get('model')}); scores compare different embeddings.",
+                  file=sys.stderr)
     query = args.query if args.image is None else pathlib.Path(args.image)
     matches = image_index.search(index, query, encoder, args.top)
     if args.output == "csv":
