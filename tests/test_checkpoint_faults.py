@@ -191,6 +191,30 @@ def test_load_with_no_good_checkpoint_is_one_line(saved, tmp_path):
     assert "\n" not in str(error.value) and "tried steps 2, 1" in str(error.value)
 
 
+def test_load_during_a_run_passes_over_a_step_the_run_removed(saved, tmp_path, monkeypatch,
+                                                              capfd):
+    """`clip_jax.load(WORKDIR)` while the run saves: its `keep` policy removed the step being
+    read, which was reported as corrupt ("No checkpoint ... restores", 1 call in 17 in the
+    trial). A step gone while read is passed over silently and the steps are listed again:
+    here the run saved step 3 (step 2's state) and removed step 2 meanwhile."""
+    source, variables = saved
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    read_meta, moved = checkpoints._read_meta_file, []
+
+    def saving_meanwhile(step_dir):
+        if step_dir.name == str(STEPS[-1]) and not moved:
+            moved.append(step_dir)
+            os.rename(step_dir, step_dir.parent / str(STEPS[-1] + 1))
+        return read_meta(step_dir)
+
+    monkeypatch.setattr(checkpoints, "_read_meta_file", saving_meanwhile)
+    capfd.readouterr()
+    _, restored = clip_jax.load(str(workdir))
+    assert moved and "warning" not in capfd.readouterr().err
+    _assert_equal(restored["params"], _state(variables, STEPS[-1])["params"])
+
+
 def test_a_nan_state_is_never_saved(tmp_path):
     checkpointer = Checkpointer(str(tmp_path), 1, 3, asynchronous=False)
     state = {"params": {"w": np.array([1.0, np.nan], np.float32)}, "step": np.int32(1)}

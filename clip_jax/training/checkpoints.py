@@ -328,17 +328,25 @@ def _read_meta_file(step_dir: epath.Path) -> dict[str, Any]:
 
 
 def _first_readable(path: str, read: Callable[[epath.Path], Any]) -> Any:
-    """`read(step_dir)` of the newest checkpoint it succeeds on; one warning line per skip."""
-    failures = []
-    for step_dir in _candidates(path):
+    """`read(step_dir)` of the newest checkpoint it succeeds on; one warning line per skip.
+
+    A run may be saving into the workdir meanwhile: a step its `checkpoint.keep` removes while
+    it is read is not corrupt, so it is passed over without a warning and the steps are
+    listed again (the run has saved a newer one)."""
+    failures, tried = [], set()
+    while pending := [d for d in _candidates(path) if d.name not in tried]:
+        step_dir = pending[0]
+        tried.add(step_dir.name)
         try:
             return read(step_dir)
         except Exception as error:  # noqa: BLE001 - any failure means: not restorable
+            if not step_dir.exists():
+                continue
             failures.append(step_dir.name)
             print(f"warning: skipping checkpoint {step_dir} (cannot restore it: "
                   f"{reason(error)})", file=sys.stderr)
     raise CorruptCheckpointError(f"No checkpoint under {path!r} restores (tried steps "
-                                 f"{', '.join(failures)}; reasons above).")
+                                 f"{', '.join(failures) or 'none left'}; reasons above).")
 
 
 def read_meta(path: str) -> dict[str, Any]:
