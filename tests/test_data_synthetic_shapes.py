@@ -123,3 +123,22 @@ def test_png_storage_is_lossless(tmp_path):
     png = build(str(tmp_path), image_format="png", num_train=16, num_validation=16, num_test=16)
     example = decoded(png, "test", decoders={"image": tfds.decode.SkipDecoding()})[0]
     assert Image.open(io.BytesIO(example["image"])).format == "PNG"
+
+
+@pytest.mark.parametrize("error", [OSError(30, "Read-only file system", "/data/downloads"),
+                                   PermissionError(13, "Permission denied", "/data/downloads")])
+def test_an_unwritable_data_dir_is_one_line(tmp_path, monkeypatch, error):
+    """A read-only TFDS_DATA_DIR (a shared cache mounted read-only) on a dataset's first use
+    was TFDS's OSError traceback; it is one line naming the folder and the fix."""
+    from clip_jax.data import options, sources
+
+    def refuse(*_, **__):
+        raise error
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+    config = options.default_config()
+    config.data_dir = str(tmp_path)
+    with pytest.raises(ConfigError, match=(
+            rf"^Cannot build synthetic_shapes/\S+ in {tmp_path}\S* \({error.strerror}: "
+            r"/data/downloads\); it is built once where it is read: point data.data_dir")):
+        sources.prepare(config)

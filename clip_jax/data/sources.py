@@ -9,6 +9,7 @@ examples by index inside a tf.data graph.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -124,6 +125,19 @@ def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
         raise ConfigError(f"{builder.info.full_name} needs a manual download ({said[:200]}); "
                           "put its files there (its TFDS catalog page says which), then "
                           "run again.") from None
+    except PermissionError as error:  # EACCES / EPERM: a folder this user cannot write
+        raise _unwritable(builder, error) from None
+    except OSError as error:
+        if error.errno != errno.EROFS:
+            raise
+        raise _unwritable(builder, error) from None
+
+
+def _unwritable(builder: tfds.core.DatasetBuilder, error: OSError) -> ConfigError:
+    return ConfigError(
+        f"Cannot build {builder.info.full_name} in {builder.data_dir} ({error.strerror}: "
+        f"{error.filename}); it is built once where it is read: point data.data_dir (or "
+        "TFDS_DATA_DIR) at a writable folder, or build it there once with write access.")
 
 
 def _run_once(action: Any, done: Any, name: str) -> None:
