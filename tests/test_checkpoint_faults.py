@@ -16,7 +16,7 @@ import pytest
 
 import clip_jax
 from clip_jax.errors import ConfigError
-from clip_jax.training import checkpoints
+from clip_jax.training import checkpoints, train
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.models import create_model
 from compile_count import backend_compiles
@@ -213,6 +213,40 @@ def test_load_during_a_run_passes_over_a_step_the_run_removed(saved, tmp_path, m
     _, restored = clip_jax.load(str(workdir))
     assert moved and "warning" not in capfd.readouterr().err
     _assert_equal(restored["params"], _state(variables, STEPS[-1])["params"])
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error(saved, tmp_path, monkeypatch, capsys):
+    """The checkpoints folder removed while an asynchronous save wrote into it: the run died
+    with hundreds of orbax tracebacks. The failure (surfacing at the next save or the final
+    wait) is one CheckpointWriteError naming the folder and the newest saved step, which the
+    command prints as one line, exit code 4."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+
+    source, variables = saved
+    checkpointer = Checkpointer(str(tmp_path / "run"), 1, 3, asynchronous=True)
+    meta = {"model": {}, "data_position": 1, "batch_size": 8}
+    checkpointer.save(1, _state(variables, 1), {**meta, "step": 1}, force=True)
+    checkpointer.wait()
+
+    def vanished(*_, **__):
+        raise ValueError("NOT_FOUND: Error writing in OCDBT database at local file")
+
+    monkeypatch.setattr(checkpointer.manager, "save", vanished)
+    with pytest.raises(checkpoints.CheckpointWriteError, match=(
+            rf"^writing a checkpoint into {tmp_path}/run/checkpoints failed \(ValueError: "
+            r"NOT_FOUND: .*\); the newest saved checkpoint is step 1: check the folder")):
+        checkpointer.save(2, _state(variables, 2), {**meta, "step": 2}, force=True)
+    checkpointer.close()
+
+    def failing(config, workdir):
+        raise checkpoints.CheckpointWriteError("writing a checkpoint into X failed")
+
+    monkeypatch.setattr(train, "train", failing)
+    argv = ["main.py", "--config=tiny", f"--workdir={tmp_path / 'w'}"]
+    assert entry.run(*entry.load(argv, flags.FlagValues())) == 4
+    assert capsys.readouterr().err.splitlines()[-1] == "error: writing a checkpoint into X failed"
 
 
 def test_a_nan_state_is_never_saved(tmp_path):

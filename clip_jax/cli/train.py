@@ -11,7 +11,9 @@ DIR/config.until_step_<step>.json).
 Exit codes: 0 done, finished or preempted (SIGTERM: before the first step the process exits at
 once, there being nothing new to save; after it, at the next step boundary with a checkpoint);
 2 a bad config, workdir or data source (`ConfigError`: one line on stderr, before anything is
-compiled); 3 training diverged (NaN/Inf; the line names the last good checkpoint); 130
+compiled); 3 training diverged (NaN/Inf; the line names the last good checkpoint); 4 a
+checkpoint could not be written (its folder removed, a full disk; the line names the newest
+saved one); 130
 interrupted by Ctrl-C before training took it over (after that the first Ctrl-C saves at the
 next step boundary and exits 0, as SIGTERM does; a second one stops at once).
 Any other exception is a bug and keeps its traceback.
@@ -32,6 +34,7 @@ from clip_jax.errors import ConfigError
 PREEMPTED_EXIT_CODE = 0
 CONFIG_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
+SAVE_FAILED_EXIT_CODE = 4  # a checkpoint could not be written (folder gone, disk full)
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for SIGINT
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "configs")
@@ -284,7 +287,7 @@ def run(config: Any, workdir: str) -> int:
     A ConfigError is printed as one `error: ...` line on stderr; other exceptions propagate."""
     try:
         prepare(config, workdir)
-        from clip_jax.training import train
+        from clip_jax.training import checkpoints, train
 
         try:
             if config.mode == "train":
@@ -296,6 +299,9 @@ def run(config: Any, workdir: str) -> int:
         except train.NonFiniteLossError as e:
             print(f"error: {e}", file=sys.stderr)
             return DIVERGED_EXIT_CODE
+        except checkpoints.CheckpointWriteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return SAVE_FAILED_EXIT_CODE
     except ConfigError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE

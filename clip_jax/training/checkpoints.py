@@ -52,6 +52,11 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint's files do not restore to what was saved."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (its folder removed while saving, a full disk, a
+    quota): the run cannot go on safely."""
+
+
 def _absolute(path: str) -> str:
     """A local path made absolute (orbax refuses relative ones); URLs (gs://...) unchanged."""
     return path if "://" in path else os.path.abspath(path)
@@ -237,9 +242,12 @@ class Checkpointer:
             raise NonFiniteStateError(f"{len(bad)} of {len(checksums)} state arrays hold NaN/Inf "
                                       f"at step {step} (first: {bad[0]})")
         meta = {**meta, "checksums": checksums}
-        return self.manager.save(
-            step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                             META: ocp.args.JsonSave(meta)}), force=True)
+        try:  # an asynchronous save's failure surfaces at the next save (or `wait`)
+            return self.manager.save(
+                step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+                                                 META: ocp.args.JsonSave(meta)}), force=True)
+        except Exception as error:  # noqa: BLE001 - any failure to write is this one error
+            raise self._write_error(error) from error
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """The state at `step`, laid out as `abstract_state`'s shardings (any mesh), verified
@@ -293,7 +301,19 @@ class Checkpointer:
         return os.fspath(target)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - see `save`
+            raise self._write_error(error) from error
+
+    def _write_error(self, error: Exception) -> CheckpointWriteError:
+        saved = saved_steps(self.workdir)
+        return CheckpointWriteError(
+            f"writing a checkpoint into {checkpoint_dir(self.workdir)} failed "
+            f"({reason(error)[:200]}); "
+            f"the newest saved checkpoint is "
+            f"{f'step {max(saved)}' if saved else 'none'}: check the folder is still there and "
+            "the disk has room, then run the same command to resume.")
 
     def close(self) -> None:
         self.manager.close()

@@ -437,8 +437,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return last
     finally:
         if checkpointer is not None:
-            checkpointer.wait()
-            checkpointer.close()
+            try:
+                checkpointer.wait()
+            finally:
+                checkpointer.close()
         if guard is not None:
             guard.close()
         writer.close()
