@@ -365,7 +365,11 @@ def test_an_optional_field_set_by_the_config_file_can_be_unset_from_the_command_
     for override, message in (
             ("--config.total_steps=None", "--config.total_steps=None: config.total_steps is not "
                                           "optional (it holds int "),
-            ("--config.model.bias=None", "cannot apply --config.model.bias=None: unknown field")):
+            ("--config.model.bias=None", "cannot apply --config.model.bias=None: unknown field"),
+            ("--config.model.activaton=None", "unknown field; did you mean model.activation?"),
+            ("--config.eval.zero_shot.heldout=None", "config.eval.zero_shot.heldout is a "
+                                                     "section, not a value"),
+            ("--config.init_from=None", "give it a value (empty: --config.init_from=).")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             entry.load([*argv[:3], override], flags.FlagValues())
 

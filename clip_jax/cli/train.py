@@ -21,6 +21,7 @@ Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import signal
@@ -208,6 +209,7 @@ def _set_none(config: Any, field: str) -> None:
     """Sets an optional field (an ml_collections placeholder: `logit_bias_init`,
     `peak_flops_per_device`, ...) to None; ConfigError for a field that is not optional or not
     there."""
+    from ml_collections import ConfigDict
     from ml_collections.config_dict import FieldReference
 
     *parents, name = field.split(".")
@@ -216,12 +218,20 @@ def _set_none(config: Any, field: str) -> None:
         section = section.get(part) if hasattr(section, "get") else None
     fields = getattr(section, "_fields", {})
     if name not in fields:
-        raise ConfigError(f"cannot apply --config.{field}=None: unknown field; the fields are "
-                          "those of the config file (clip_jax/configs/base.py for the shared "
-                          "ones).")
-    if not isinstance(fields[name], FieldReference):
+        close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)
+        hint = f"did you mean {'.'.join([*parents, close[0]])}?" if close else (
+            "the fields are those of the config file (clip_jax/configs/base.py for the shared "
+            "ones).")
+        raise ConfigError(f"cannot apply --config.{field}=None: unknown field; {hint}")
+    value = fields[name]
+    if isinstance(value, ConfigDict):
+        raise ConfigError(f"--config.{field}=None: config.{field} is a section, not a value; "
+                          "set its fields one by one (an evaluation task is left out by "
+                          "config.eval.evaluators).")
+    if not isinstance(value, FieldReference):
+        empty = f" (empty: --config.{field}=)" if isinstance(value, str) else ""
         raise ConfigError(f"--config.{field}=None: config.{field} is not optional (it holds "
-                          f"{type(fields[name]).__name__} {fields[name]!r}); give it a value.")
+                          f"{type(value).__name__} {value!r}); give it a value{empty}.")
     section[name] = None
 
 
