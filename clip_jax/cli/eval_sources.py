@@ -37,7 +37,8 @@ SOURCE_FLAGS = ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieva
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The source, prompt and output flags of `clip-jax eval`."""
     parser.add_argument("--zero-shot", nargs="+", metavar="SRC",
-                        help="zero-shot accuracy on each labelled folder / CSV / wds / TFDS@split")
+                        help="zero-shot accuracy on each labelled folder / CSV / wds / TFDS "
+                             "name[/config][:version][@split]")
     parser.add_argument("--linear-probe", nargs=2, metavar=("TRAIN", "TEST"),
                         help="linear probe fit on TRAIN, scored on TEST")
     parser.add_argument("--few-shot", nargs=2, metavar=("TRAIN", "TEST"),

@@ -241,7 +241,7 @@ def _gib(x: float) -> str:
 def format_plan(p: Plan) -> str:
     """The human-readable report of one plan."""
     mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
-    lines = [f"{p.topology}: {p.chips} {p.chip} chips"
+    lines = [f"{p.topology}: {p.chips} {p.chip} chip{'s' if p.chips != 1 else ''}"
              f"{f' in {p.slices} slices' if p.slices > 1 else ''}, mesh {mesh}; batch "
              f"{p.batch_size:,} ({p.batch_size // p.chips:,} per chip), "
              f"microbatches {p.microbatches}, remat {p.remat_policy}, loss {p.loss}; "
@@ -285,8 +285,9 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     log = (lambda _: None) if as_json else print
     if not as_json:
         print(format_plan(result))
-        print(f"Trying what the config allows (remat, fsdp, microbatches; up to "
-              f"{budget_seconds:.0f} s of compiling):")
+        if budget_seconds > 0:
+            print(f"Trying what the config allows (remat, fsdp, microbatches; up to "
+                  f"{budget_seconds:.0f} s of compiling):")
     alternatives = search(config, topology, budget_seconds, log=log) if budget_seconds > 0 else []
     if as_json:
         print(json.dumps({**to_json(result), "alternatives": [to_json(a) for a in alternatives]}))
@@ -296,6 +297,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
             print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches}")
             print(format_plan(a))
     else:
-        print("No fitting alternative found in the budget: lower the batch size, use "
-              "loss=chunked_softmax/chunked_sigmoid, or a bigger slice.")
+        searched = ("No fitting alternative found in the budget" if budget_seconds > 0 else
+                    "No alternatives tried (--search-seconds 0)")
+        print(f"{searched}: lower the batch size, use loss=chunked_softmax/chunked_sigmoid, or "
+              "a bigger slice.")
     return 1
