@@ -380,8 +380,12 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
 def _export_arguments(x: argparse.ArgumentParser) -> None:
     from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
-    x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT")
-    x.add_argument("output_dir", metavar="OUTPUT_DIR")
+    x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT",
+                   help="what clip_jax.load reads: a training workdir (its newest checkpoint), "
+                        "a checkpoints/<step> folder, an OpenAI/open_clip file, a transformers "
+                        "folder, a released name or a Hub id")
+    x.add_argument("output_dir", metavar="OUTPUT_DIR",
+                   help="a new or empty folder, or an earlier export of the same kind")
     x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
                    help="stored weight dtype (default fp32)")
 
