@@ -657,3 +657,29 @@ def test_eval_sources_that_share_a_name_keep_their_own_results(tmp_path, monkeyp
                                     f"{tmp_path}/a/test.csv"])
     with pytest.raises(ConfigError, match=r"--zero-shot: '.*/a/test.csv' is given twice"):
         eval_sources.apply(base.get_config("test-vit"), args)
+
+
+def test_warnings_of_a_command_line_task_are_said_in_flag_terms():
+    """`clip-jax eval --zero-shot DIR --class-names ...` warned about
+    `config.eval.zero_shot.DIR.class_names`, a config path the user never wrote; inside the
+    eval command a warning is rewritten as its errors are (`in_flag_terms`), and only there."""
+    import logging
+
+    from clip_jax.cli import eval_sources
+    from clip_jax.runtime import logs
+
+    seen = []
+    handler = logging.Handler()
+    handler.set_name(logs._HANDLER_NAME)  # the handler `show_warnings` installs
+    handler.emit = lambda record: seen.append(handler.format(record))
+    top, logger = logging.getLogger("clip_jax"), logging.getLogger("clip_jax.evaluation.x")
+    top.addHandler(handler)
+    origins = {"zero_shot.colours": "--zero-shot colours"}
+    try:
+        with logs.warnings_rewritten(lambda m: eval_sources.in_flag_terms(m, origins)):
+            logger.warning("config.eval.%s.class_names: by position", "zero_shot.colours")
+        logger.warning("config.eval.zero_shot.colours.class_names: elsewhere")
+    finally:
+        top.removeHandler(handler)
+    assert seen == ["--zero-shot colours (class_names): by position",
+                    "config.eval.zero_shot.colours.class_names: elsewhere"]

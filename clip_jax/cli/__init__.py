@@ -23,6 +23,7 @@ exception keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -222,14 +223,16 @@ def eval_command(args: argparse.Namespace) -> int:
     from clip_jax.training import checkpoints
     from clip_jax.training.metric_writers import MetricWriter
 
+    in_flag_terms = functools.partial(eval_cli.in_flag_terms, origins=origins)
     try:
-        evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
-        module, variables = load(args.path)
-        module = CLIP(module.config.replace(dtype=config.model.dtype))
-        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+        with logs.warnings_rewritten(in_flag_terms):
+            evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
+            module, variables = load(args.path)
+            module = CLIP(module.config.replace(dtype=config.model.dtype))
+            metrics, evaluation = evaluate.evaluate_model(config, module, variables)
     except ConfigError as error:  # in the flags' terms where a flag made the task
         kind = MissingFileError if isinstance(error, MissingFileError) else ConfigError
-        raise kind(eval_cli.in_flag_terms(str(error), origins)) from None
+        raise kind(in_flag_terms(str(error))) from None
     step = checkpoints.read_meta(args.path)["step"] if checkpoints.is_workdir(args.path) else 0
     if args.output:
         writer = MetricWriter(args.output, 0, 0, enabled=jax.process_index() == 0,

@@ -10,9 +10,11 @@ the same style as the entry points' `error: ...` lines.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 _HANDLER_NAME = "clip_jax.runtime.logs"
@@ -36,6 +38,25 @@ def show_warnings() -> None:
 def _lower_level(record: logging.LogRecord) -> bool:
     record.levelname_lower = record.levelname.lower()
     return True
+
+
+@contextlib.contextmanager
+def warnings_rewritten(rewrite: Callable[[str], str]) -> Iterator[None]:
+    """Inside the block, every warning `show_warnings` prints is `rewrite(message)` first: a
+    command says a config path the user never wrote in the terms of the flag that made it."""
+    def apply(record: logging.LogRecord) -> bool:
+        record.msg, record.args = rewrite(record.getMessage()), ()
+        return True
+
+    handlers = [h for h in logging.getLogger("clip_jax").handlers
+                if h.get_name() == _HANDLER_NAME]
+    for handler in handlers:
+        handler.addFilter(apply)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(apply)
 
 
 def setup_console() -> None:
