@@ -164,10 +164,7 @@ def load_config_file(path: str):
     from clip_jax.cli import config_file, train
 
     path = train.resolve_config_path(path)
-    problem = config_file.load_problem(path)
-    if problem:
-        raise ConfigError(problem)
-    config = config_file.load(path)
+    config = config_file.load_checked(path)
     config_file.check_known_fields(config, f"the config file {path.partition(':')[0]}")
     return config
 

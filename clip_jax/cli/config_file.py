@@ -7,7 +7,7 @@ nothing reads and the run trained with the defaults. Every field must be one of
 `clip_jax/configs/base.py`'s (`check_known_fields`); the evaluation tasks under
 `eval.<kind>.<task>` are named by the user, and their fields are those of the kind's default
 task (`templats` for `templates` is refused there too). A file
-that fails to load at all is named with its own error (`load_problem`), not the `--config.X=Y`
+that fails to load at all is named with its own error (`load_checked`), not the `--config.X=Y`
 override that happened to make ml_collections load it.
 """
 
@@ -38,13 +38,13 @@ def load(value: str) -> ml_collections.ConfigDict:
     return module.get_config(*([arg] if arg else []))
 
 
-def load_problem(value: str) -> str:
-    """"" when the config file `value` loads alone; else one line naming the file, the line
-    of it at fault and the error (a syntax error, no `get_config`, a locked section's unknown
-    key with ml_collections' did-you-mean)."""
+def load_checked(value: str) -> ml_collections.ConfigDict:
+    """`load(value)`, or ConfigError in one line naming the file, the line of it at fault and
+    the error (a syntax error, no `get_config`, a locked section's unknown key with
+    ml_collections' did-you-mean)."""
     path = value.partition(":")[0]
     try:
-        load(value)
+        return load(value)
     except Exception as error:  # noqa: BLE001 - whatever the user's file raises is reported
         frame = next((f for f in reversed(traceback.extract_tb(error.__traceback__))
                       if os.path.abspath(f.filename) == os.path.abspath(path)), None)
@@ -52,8 +52,7 @@ def load_problem(value: str) -> str:
             where = f" line {error.lineno}"
         else:
             where = f" line {frame.lineno} ({frame.line})" if frame else ""
-        return f"cannot load the config file {path}{where}: {_said(error)}"
-    return ""
+        raise ConfigError(f"cannot load the config file {path}{where}: {_said(error)}") from None
 
 
 def _said(error: Exception) -> str:

@@ -104,9 +104,9 @@ def _tfds_problem(name: str, data_dir: str) -> str:
     """'' when TFDS constructs the builder `name` (`cifar10`, `imagenet2012_subset/1pct`,
     `cifar10:3.0.2`; nothing is downloaded or read); else why not, in one line: not a name at
     all, an unknown dataset (with TFDS's closest names) or namespace, config or version."""
-    import difflib
-
     import tensorflow_datasets as tfds
+
+    from clip_jax.data import sources
 
     try:
         dataset, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
@@ -120,9 +120,7 @@ def _tfds_problem(name: str, data_dir: str) -> str:
             return ""
         except Exception:  # noqa: BLE001 - said as not found, below
             pass
-        close = difflib.get_close_matches(str(dataset),
-                                          tfds.list_builders(with_community_datasets=False),
-                                          n=3, cutoff=0.6)
+        close = sources.close_dataset_names(str(dataset))
         said = next((line.strip().rstrip(".") for line in str(error).splitlines()
                      if line.strip()), "not found")
         return (f"not a file or folder, nor a TFDS dataset ({said}"

@@ -140,9 +140,8 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
 
     argv, to_none = _none_overrides(argv)
     source = _config_value(argv)
-    problem = config_file.load_problem(source) if source else ""
-    if problem:  # said as the file's own, not as a failure of the override that loaded it
-        raise ConfigError(problem)
+    if source:  # a file that fails to load is said as such, not as the override's failure
+        config_file.load_checked(source)
     try:
         rest = values(list(argv))
     except flags.Error as e:

@@ -9,13 +9,14 @@ examples by index inside a tf.data graph.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -58,6 +59,13 @@ BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuild
     "image_text_table": _image_text_table,
     "webdataset_shards": _webdataset_shards,
 }
+
+
+def close_dataset_names(name: str, ours: Sequence[str] = ()) -> list[str]:
+    """Up to three of TFDS's registered datasets (and `ours`) whose names are close to `name`:
+    the did-you-mean of an unknown dataset name."""
+    return difflib.get_close_matches(name, [*ours, *tfds.list_builders(
+        with_community_datasets=False)], n=3, cutoff=0.6)
 
 
 def get_builder(config: DataConfig) -> tfds.core.DatasetBuilder:

@@ -143,19 +143,20 @@ class Passes:
         `class_names` (a file or comma-separated list) are read with a table source, whose
         labels they decide; other sources name their classes themselves (the evaluators'
         `Classifier` renames them)."""
-        if labels and not data.label_key and not labelled_data.is_source(data.dataset):
+        kind = labelled_data.source_kind(data.dataset)  # "" for a TFDS name
+        if labels and not data.label_key and not kind:
             raise ConfigError(
                 f"classification on {data.dataset} ({split or data.eval_split}) needs labels but "
                 "its label_key is '' (captions only); evaluate retrieval alone (clip-jax eval "
                 "--evaluators retrieval, or config.eval.evaluators='retrieval'), or give the "
                 "task a labelled dataset (an image folder, a CSV with a label column, or a "
                 "dataset with a ClassLabel named by label_key).")
-        if labelled_data.is_source(data.dataset) and "://" not in data.dataset:
+        if kind and "://" not in data.dataset:
             data = data.copy_and_resolve_references()  # `dir/`, `./dir`: one pass, one listing
             data.dataset = os.path.normpath(data.dataset)
         base = {k: v for k, v in data.to_dict().items() if k not in ("label_key", "caption_key")}
         key = json.dumps(base, sort_keys=True, default=str)
-        spec = class_names if labelled_data.source_kind(data.dataset) == "table" else ""
+        spec = class_names if kind == "table" else ""
         for p in self.passes:
             p_base = {k: v for k, v in p.data.to_dict().items()
                       if k not in ("label_key", "caption_key")}

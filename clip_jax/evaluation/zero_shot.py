@@ -46,6 +46,11 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
 
 
+def readable(name: str) -> str:
+    """A dataset's label name as prompts say it: underscores read as spaces (`aquarium_fish`)."""
+    return name.replace("_", " ")
+
+
 def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> list[str]:
     """Class names from a file (one per line), a comma-separated list, or, for "", the
     dataset's own label names with underscores read as spaces (`aquarium_fish`)."""
@@ -53,7 +58,7 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
         if not dataset_names:
             raise ConfigError("The dataset has no label names; give class names as a file with "
                              "one name per line or a comma-separated list.")
-        return [name.replace("_", " ") for name in dataset_names]
+        return [readable(name) for name in dataset_names]
     if os.path.isfile(spec):
         names = text_lists.read_entries(spec)
     else:

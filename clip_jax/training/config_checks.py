@@ -9,7 +9,6 @@ then the data pipeline is built before the step is compiled).
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import os
@@ -169,9 +168,9 @@ def check_dataset(data: ml_collections.ConfigDict) -> None:
         return
     except tfds.core.registered.DatasetNotFoundError:
         pass
-    known = tfds.list_builders(with_community_datasets=False)
-    base = name.split(":")[0].split("/")[0]
-    close = difflib.get_close_matches(base, [*OUR_DATASETS, *known], n=3, cutoff=0.6)
+    from clip_jax.data import sources
+
+    close = sources.close_dataset_names(name.split(":")[0].split("/")[0], OUR_DATASETS)
     hint = f"did you mean {', '.join(close)}?" if close else (
         f"use {', '.join(OUR_DATASETS)} or a TFDS name (tfds.list_builders())")
     raise ConfigError(f"data.dataset={name!r} is not a known dataset; {hint}")

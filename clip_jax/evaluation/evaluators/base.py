@@ -135,7 +135,7 @@ def in_label_order(given: Sequence[str], dataset_names: Sequence[str], field: st
     spaces, as the folder names are) are mapped by name; other names replace the dataset's by
     position (nicer names for `n01440764`), with a warning when some of them are the dataset's
     own names at other positions, which a positional reading would mislabel."""
-    key = lambda name: name.replace("_", " ").strip()  # noqa: E731
+    key = lambda name: zero_shot.readable(name).strip()  # noqa: E731
     position = {key(name): k for k, name in enumerate(given)}
     if sorted(position) == sorted(map(key, dataset_names)) and len(position) == len(given):
         return [given[position[key(name)]] for name in dataset_names]
