@@ -298,6 +298,7 @@ def test_train_help_lists_its_flags_and_configs(flag, capsys):
     assert out.startswith("usage: clip-jax train --config FILE_OR_NAME --workdir DIR")
     assert "--workdir: Directory" in out and "--config: Config file" in out
     assert "Exit codes:" in out and "vit_b16" in out and "--helpfull" in out
+    assert "'None'" not in out  # a required flag has no default to show
 
 
 def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):

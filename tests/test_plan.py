@@ -218,3 +218,16 @@ def test_a_plan_without_collectives_says_none():
                       collective_counts={"all-reduce": 0})
     line = [x for x in plan_lib.format_plan(p).splitlines() if "collectives" in x]
     assert line == ["  collectives per chip per step: none"]
+
+
+def test_plan_warns_as_train_starts(capsys, caplog):
+    """A plan of a run that would start with warnings gives them too (it printed none)."""
+    code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
+                     "--config.lock_image=True", "--config.lock_text=True",
+                     "--config.total_steps=50", "--config.warmup_steps=50"])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["fits"]  # stdout stays one JSON line
+    said = err + caplog.text
+    assert "lock_image and config.lock_text are both set" in said
+    assert "warmup_steps=50 >= config.total_steps=50" in said

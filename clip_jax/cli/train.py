@@ -13,9 +13,8 @@ once, there being nothing new to save; after it, at the next step boundary with 
 2 a bad config, workdir or data source (`ConfigError`: one line on stderr, before anything is
 compiled); 3 training diverged (NaN/Inf; the line names the last good checkpoint); 4 a
 checkpoint could not be written (its folder removed, a full disk; the line names the newest
-saved one); 130
-interrupted by Ctrl-C before training took it over (after that the first Ctrl-C saves at the
-next step boundary and exits 0, as SIGTERM does; a second one stops at once).
+saved one); 130 interrupted by Ctrl-C before training took it over (after that the first Ctrl-C
+saves at the next step boundary and exits 0, as SIGTERM does; a second one stops at once).
 Any other exception is a bug and keeps its traceback.
 """
 
@@ -345,8 +344,14 @@ def help_text(program: str) -> str:
     values = flags.FlagValues()
     define_flags(values, [program])
     return (f"usage: {program} --config FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...]"
-            f"\n\n{__doc__.strip()}\n{values.module_help(__name__)}\n\nconfigs: "
+            f"\n\n{__doc__.strip()}\n{_without_none_default(values.module_help(__name__))}"
+            f"\n\nconfigs: "
             f"{', '.join(config_names())}\nabsl's flags (logging, flag files): --helpfull")
+
+
+def _without_none_default(flags_help: str) -> str:
+    """absl prints a required flag's unset default as "(default: 'None')"."""
+    return re.sub(r"\n\s*\(default: 'None'\)", "", flags_help)
 
 
 def main(argv: Sequence[str]) -> int:

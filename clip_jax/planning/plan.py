@@ -277,7 +277,9 @@ def to_json(p: Plan) -> dict[str, Any]:
 
 def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
         budget_seconds: float = 900.0) -> int:
-    """The command: prints the plan (and fitting alternatives); 0 fits, 1 does not."""
+    """The command: prints the plan (and fitting alternatives); 0 fits, 1 does not. The
+    warnings `clip-jax train` starts with are logged first (stderr)."""
+    train.warn_unusual(config, train.RunPlan.from_config(config))
     result = plan(config, topology)
     if result.fits:
         print(json.dumps(to_json(result)) if as_json else format_plan(result))

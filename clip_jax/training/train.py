@@ -347,6 +347,17 @@ def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None
             "train the init_from architecture, or drop init_from.")
 
 
+def warn_unusual(config: ml_collections.ConfigDict, plan: RunPlan) -> None:
+    """Logs the start-of-run warnings (`config_checks.unusual`, and a profile trace after the
+    last step); `clip-jax plan` gives the same ones before its compile."""
+    for warning in config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias):
+        logger.warning(warning)
+    if plan.profile_steps and plan.profile_steps[0] > plan.total_steps:
+        logger.warning("config.profile_steps=%r starts after the run's last step "
+                       "(total_steps=%d): no trace will be taken.", config.profile_steps,
+                       plan.total_steps)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.total_steps` (or until preempted); returns the last logged metrics
     (plus `compile_seconds` and `seconds_to_first_step`, from this call to the first step's
@@ -357,12 +368,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     jax.devices()[0].platform)
     plan = RunPlan.from_config(config)
     if jax.process_index() == 0:
-        for warning in config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias):
-            logger.warning(warning)
-        if plan.profile_steps and plan.profile_steps[0] > plan.total_steps:
-            logger.warning("config.profile_steps=%r starts after the run's last step "
-                           "(total_steps=%d): no trace will be taken.", config.profile_steps,
-                           plan.total_steps)
+        warn_unusual(config, plan)
     finished = _finished_step(plan, workdir)
     if finished is not None:
         if jax.process_index() == 0:
