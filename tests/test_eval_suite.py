@@ -13,6 +13,7 @@ pytest.importorskip("sklearn")  # the test extra; without it these tests skip
 from sklearn.linear_model import LogisticRegression
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
+import clip_jax
 from clip_jax import cli
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import report as eval_report
@@ -636,3 +637,50 @@ def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_pat
     assert err.startswith(f"error: --linear-probe {root}: the training data ") and \
         "config.eval" not in err
 
+
+
+def smallnorb_source(self, split, decoders=None, deserialize_method=None, **kwargs):
+    """Mock random access: 10 greyscale smallnorb examples, whose labels sit in
+    `label_category` and four other ClassLabels, none named `label`."""
+    del split, decoders, deserialize_method, kwargs
+    rng = np.random.default_rng(5)
+    features = self.info.features
+    return [features.serialize_example({
+        "image": rng.integers(0, 256, (96, 96, 1), dtype=np.uint8),
+        "image2": rng.integers(0, 256, (96, 96, 1), dtype=np.uint8),
+        **{key: int(rng.integers(0, features[key].num_classes))
+           for key in ("label_category", "instance", "label_elevation", "label_azimuth",
+                       "label_lighting")}}) for _ in range(10)]
+
+
+def test_eval_cli_names_the_label_feature_of_a_tfds_dataset(model, tmp_path, capsys):
+    """smallnorb has no `label`: `clip-jax eval --zero-shot smallnorb@test` could not be run
+    from the command line (the error asked for data.label_key, which no flag sets).
+    `--label-key` names the ClassLabel; without it the error lists the dataset's ClassLabels."""
+    module, variables = model
+    clip_jax.save(module, variables, str(tmp_path / "m"))
+    run = ["eval", str(tmp_path / "m"), "--zero-shot", "smallnorb@test", "--templates", "simple"]
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=smallnorb_source):
+        assert cli.main(run) == 2
+        features = tfds.builder("smallnorb").info.features
+        class_labels = [k for k in features.keys()
+                        if isinstance(features[k], tfds.features.ClassLabel)]
+        error = capsys.readouterr().err
+        assert "--label-key 'label' is not a feature" in error
+        assert f"({', '.join(class_labels)})" in error
+        assert cli.main(run + ["--label-key", "label_category"]) == 0
+        out = capsys.readouterr().out
+        examples = [features.deserialize_example_np(r)
+                    for r in smallnorb_source(tfds.builder("smallnorb"), "test")]
+    names = features["label_category"].names
+    images = embed(module, variables, images=preprocess(
+        [Image.fromarray(e["image"][..., 0]).convert("RGB") for e in examples], module.config))
+    classes = class_embeddings(module, variables, names, ("a photo of a {}.",))
+    labels = np.array([e["label_category"] for e in examples])
+    expected = np.mean((images @ classes.T).argmax(1) == labels)
+    row = next(line for line in out.splitlines() if line.startswith("| zero_shot | ")
+               and "| top1 |" in line)
+    cells = [c.strip() for c in row.split("|")]
+    assert float(cells[4]) == pytest.approx(expected, abs=5e-5)
+    assert cells[8] == "5"  # label_category's classes, not instance's 10

@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption-column", default="",
                         help="--retrieval table's caption column (default: the first of "
                              f"{', '.join(CAPTION_COLUMNS)} in its header)")
+    parser.add_argument("--image-key", default="",
+                        help="TFDS sources' image feature (default: image)")
+    parser.add_argument("--label-key", default="",
+                        help="TFDS sources' ClassLabel feature (default: label; e.g. "
+                             "smallnorb's label_category)")
     parser.add_argument("--templates", default="",
                         help="prompt template set (default, simple, synthetic_shapes) or file "
                              "(default: the source's templates file, else 'default')")
@@ -145,6 +150,8 @@ def has_sources(args: argparse.Namespace) -> bool:
 # option -> the source flags it shapes (its value is read by no other)
 OPTION_SOURCES = {
     "image_column": ("retrieval",), "caption_column": ("retrieval",),
+    "image_key": ("zero_shot", "linear_probe", "few_shot", "robustness"),
+    "label_key": ("zero_shot", "linear_probe", "few_shot", "robustness"),
     "templates": ("zero_shot", "few_shot", "robustness"),
     "compare_prompts": ("zero_shot", "few_shot", "robustness"),
     "class_names": ("zero_shot", "linear_probe", "few_shot", "robustness"),
@@ -191,7 +198,8 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
     if args.class_names:
         read_labels(args.class_names, "--class-names")
     ev = config.eval
-    prompts = dict(templates=args.templates, class_names=args.class_names)
+    keys = dict(image_key=args.image_key, label_key=args.label_key)
+    prompts = dict(templates=args.templates, class_names=args.class_names, **keys)
     enabled = []
     for flag in SOURCE_FLAGS:
         ev[flag] = ml_collections.ConfigDict()
@@ -208,7 +216,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
                 _source(train_spec, "train", config.data.data_dir),
                 _source(test_spec, data_dir=config.data.data_dir))
             extra = (dict(shots=args.shots, seeds=args.seeds, **prompts) if flag == "few_shot"
-                     else dict(class_names=args.class_names))
+                     else dict(class_names=args.class_names, **keys))
             ev[flag][naming.source_name(test)] = make(train, train_split=train_split or "",
                                              test_split=test_split, test_dataset=test, **extra)
     if args.robustness:
@@ -233,7 +241,11 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
 def in_flag_terms(message: str, origins: dict[str, str]) -> str:
     """`message` with each `config.eval.<kind>.<task>[.<field>]` of a command-line task said
     as the flag that made it (`--robustness folder2 (baseline)`): the user never wrote the
-    config path."""
+    config path. With command-line tasks, `data.label_key` / `data.image_key` are the
+    `--label-key` / `--image-key` flags that set them."""
+    if origins:
+        message = re.sub(r"\bdata\.(label|image)_key=", lambda m: f"--{m.group(1)}-key ",
+                         message)
     for task in sorted(origins, key=len, reverse=True):
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
                          lambda m, flag=origins[task]: flag + (f" ({m.group(1)})"

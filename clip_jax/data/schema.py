@@ -155,10 +155,13 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
         keys["caption_key"] = config.caption_key
     if with_label and config.label_key:
         keys["label_key"] = config.label_key
+    classes = [p for p in feature_paths(features)
+               if isinstance(feature(features, p), tfds.features.ClassLabel)]
+    named = (f"name a ClassLabel feature ({', '.join(classes)})" if classes
+             else f"{name} has no ClassLabel feature; use another dataset")
     label_fix = ("set data.label_key='' to evaluate without labels" if with_captions
-                 else "name a ClassLabel feature")
-    class_fix = ("name a ClassLabel feature or set data.label_key=''" if with_captions
-                 else "name a ClassLabel feature")
+                 else named)
+    class_fix = f"{named} or set data.label_key=''" if with_captions else named
     for field, path in keys.items():
         if feature(features, path) is None:
             fix = label_fix if field == "label_key" else f"set data.{field} to one of them"
