@@ -170,3 +170,23 @@ def test_tensorflow_or_keras_imported_first_is_taken_as_it_is(first):
             "assert int(tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64),\n"
             "                                           lambda a, b: a + b)) == 3\n")
     run_python(code)
+
+
+def test_a_caption_dict_reads_its_one_text_feature(coco_config):
+    """coco_captions' `captions` is a sequence of {id, text}: the default caption_key
+    ('captions') failed inside tf.data with a TensorFlow TypeError (`clip-jax eval --retrieval
+    coco_captions@val`). It reads the one text feature inside, as 'captions/text' does."""
+    coco_config.caption_key = "captions"
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=fake_source):
+        evaluation = list(eval_pipeline.make_eval_iterable(coco_config, MODEL, batch_size=10,
+                                                           process_index=0, process_count=1))
+        coco_config.caption_key = "objects"  # a dict without text: named, with what is text
+        with pytest.raises(ConfigError, match=r"caption_key='objects' of coco_captions.* is "
+                                              r"not text.*captions/text"):
+            train_pipeline.make_train_iterator(coco_config, MODEL, global_batch_size=8, seed=0,
+                                               process_index=0, process_count=1)
+    for row in range(10):
+        texts = coco_example(row)["captions"]["text"]
+        np.testing.assert_array_equal(evaluation[0]["captions_tokens"][row][:len(texts)],
+                                      tokenizer.tokenize(texts, 16))

@@ -42,8 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
         ~/tensorflow_datasets); may be gs://.
       train_split, eval_split: TFDS split names, slicing allowed (`train[:90%]`).
       image_key, caption_key, tokens_key, label_key: feature paths, nested with "/"
-        (`captions/text` for coco_captions). `caption_key` may name a Text feature or a
-        sequence of them; `tokens_key` stored tokens ("" = none); `label_key` a ClassLabel for
+        (`captions/text` for coco_captions). `caption_key` may name a Text feature, a
+        sequence of them, or a dict holding one (`captions` reads `captions/text`); `tokens_key` stored tokens ("" = none); `label_key` a ClassLabel for
         zero-shot evaluation ("" = none; only the eval pipeline reads it).
       tokenize: `auto` (stored tokens when the dataset has them, long enough for the model,
         else tokenise captions in the pipeline), `stored` or `pipeline`.

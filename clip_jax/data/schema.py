@@ -99,6 +99,28 @@ def feature_paths(features: Any, prefix: str = "") -> list[str]:
     return paths
 
 
+def _is_text(node: Any) -> bool:
+    """A Text feature, a string Tensor, or a Sequence of either (an image's captions)."""
+    if isinstance(node, tfds.features.Sequence):
+        node = node.feature
+    return isinstance(node, tfds.features.Text) or (
+        isinstance(node, tfds.features.Tensor) and node.dtype in (tf.string, np.object_))
+
+
+def text_path(features: Any, path: str) -> str | None:
+    """The caption feature `path` names: itself when it is text, else the one text feature
+    inside the dict it names (coco_captions' `captions` -> `captions/text`, beside its
+    caption ids); None when it names no such feature."""
+    node = feature(features, path)
+    if node is None or _is_text(node):
+        return None if node is None else path
+    inner = node.feature if isinstance(node, tfds.features.Sequence) else node
+    if not isinstance(inner, tfds.features.FeaturesDict):
+        return None
+    texts = [p for p in feature_paths(inner) if _is_text(feature(inner, p))]
+    return f"{path}/{texts[0]}" if len(texts) == 1 else None
+
+
 def fit_tokens(tokens: tf.Tensor, context_length: int, eot: int) -> tf.Tensor:
     """Tokens stored at length T -> exactly `tokenize(text, context_length)` for L <= T.
 
@@ -170,14 +192,20 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
     label = keys.get("label_key", "")
     if label and not isinstance(feature(features, label), tfds.features.ClassLabel):
         raise ConfigError(f"data.label_key={label!r} of {name} is not a ClassLabel; {class_fix}.")
+    captions = text_path(features, config.caption_key) if with_captions else ""
+    if captions is None:
+        texts = [p for p in feature_paths(features) if _is_text(feature(features, p))]
+        raise ConfigError(f"data.caption_key={config.caption_key!r} of {name} is not text "
+                          f"(nor a dict holding one text feature); name a text feature "
+                          f"({', '.join(texts) or 'it has none'}).")
     use_stored = with_captions and _use_stored_tokens(features, name, config, model_config)
-    paths = [config.image_key] + ([config.caption_key] if with_captions else []) + (
+    paths = [config.image_key] + ([captions] if with_captions else []) + (
         [label] if label else []) + ([config.tokens_key] if use_stored else [])
     partial = tfds.decode.PartialDecoding(
         nest(paths, True), decoders=nest([config.image_key], tfds.decode.SkipDecoding()))
     return Schema(
         features=partial.extract_features(features), decoders=partial.decoders,
-        image_key=config.image_key, caption_key=config.caption_key if with_captions else "",
+        image_key=config.image_key, caption_key=captions,
         tokens_key=config.tokens_key if use_stored else "", label_key=label,
         context_length=model_config.context_length)
 
