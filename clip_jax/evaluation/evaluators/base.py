@@ -163,11 +163,13 @@ class Records:
     def where(self, key: str, p: Pass, classifier: Classifier | None = None,
               classes: int | None = None) -> None:
         """Records that the numbers under `key` come from pass `p` (scored among `classes`,
-        by default the classifier's or `p`'s). `key` is a task, `<kind>/<task>`, or one of its
-        metrics, `<kind>/<task>/<metric>`, computed on other data than the task's (a
-        robustness task's shifted sets): `report.rows` takes the metric's own first."""
+        by default the classifier's or `p`'s; "" for a pass without labels, as retrieval's).
+        `key` is a task, `<kind>/<task>`, or one of its metrics, `<kind>/<task>/<metric>`,
+        computed on other data than the task's (a robustness task's shifted sets):
+        `report.rows` takes the metric's own first."""
         if classes is None:
-            classes = len(classifier.class_names) if classifier else len(p.class_names or [])
+            classes = (len(classifier.class_names) if classifier else
+                       len(p.class_names) if p.class_names is not None else "")
         self.provenance[key] = {
             "data": p.description,
             "split": (p.split or p.shown_split) + (f" +{p.shift}" if p.shift else ""),
