@@ -653,7 +653,7 @@ def smallnorb_source(self, split, decoders=None, deserialize_method=None, **kwar
                        "label_lighting")}}) for _ in range(10)]
 
 
-def test_eval_cli_names_the_label_feature_of_a_tfds_dataset(model, tmp_path, capsys):
+def test_eval_cli_names_the_label_feature_of_a_tfds_dataset(model, folder, tmp_path, capsys):
     """smallnorb has no `label`: `clip-jax eval --zero-shot smallnorb@test` could not be run
     from the command line (the error asked for data.label_key, which no flag sets).
     `--label-key` names the ClassLabel; without it the error lists the dataset's ClassLabels."""
@@ -684,3 +684,7 @@ def test_eval_cli_names_the_label_feature_of_a_tfds_dataset(model, tmp_path, cap
     cells = [c.strip() for c in row.split("|")]
     assert float(cells[4]) == pytest.approx(expected, abs=5e-5)
     assert cells[8] == "5"  # label_category's classes, not instance's 10
+    # A folder has no features to name: the flag would be ignored, so it is refused.
+    assert cli.main(["eval", str(tmp_path / "m"), "--zero-shot", str(folder),
+                     "--label-key", "label_category"]) == 2
+    assert "--label-key name TFDS features, and no source here" in capsys.readouterr().err

@@ -224,6 +224,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
         ev.robustness[naming.source_name(args.robustness)] = evaluate.robustness_task(
             dataset, split, shifts=args.shifts, shifted=args.shifted, baseline=args.baseline,
             **prompts)
+    _check_keys_used(args, ev)
     if args.retrieval:
         _retrieval(config, args.retrieval, args.image_column, args.caption_column)
     for flag in SOURCE_FLAGS:
@@ -236,6 +237,24 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
              "retrieval": [args.retrieval] if args.retrieval else []}
     return {f"{flag}.{name}": f"--{flag.replace('_', '-')} {spec}"
             for flag in SOURCE_FLAGS for name, spec in zip(ev[flag], given[flag])}
+
+
+def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) -> None:
+    """ConfigError for `--image-key` / `--label-key` when every classification source is a
+    labelled folder or table, whose images and labels are found without feature names."""
+    from clip_jax.data import labelled as labelled_data
+
+    given = [_flag(k) for k in ("image_key", "label_key") if getattr(args, k)]
+    if not given:
+        return
+    datasets = [task.get(field) for flag in ("zero_shot", "linear_probe", "few_shot",
+                                            "robustness") for task in ev[flag].values()
+                for field in ("dataset", "test_dataset")]
+    datasets += [name.strip().partition("@")[0] for name in args.shifted.split(",")]
+    if all(labelled_data.is_source(d) for d in datasets if d):
+        raise ConfigError(f"{' and '.join(given)} name TFDS features, and no source here is "
+                          "a TFDS dataset (folders and tables give their own images and "
+                          f"labels); drop {' and '.join(given)}.")
 
 
 def in_flag_terms(message: str, origins: dict[str, str]) -> str:
