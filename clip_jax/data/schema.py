@@ -184,9 +184,13 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
     label_fix = ("set data.label_key='' to evaluate without labels" if with_captions
                  else named)
     class_fix = f"{named} or set data.label_key=''" if with_captions else named
+    texts = [p for p in feature_paths(features) if _is_text(feature(features, p))]
+    text_fix = (f"name a text feature ({', '.join(texts)})" if texts else
+                f"{name} has no text feature: train on an image-caption dataset")
+    fixes = {"label_key": label_fix, "caption_key": text_fix}
     for field, path in keys.items():
         if feature(features, path) is None:
-            fix = label_fix if field == "label_key" else f"set data.{field} to one of them"
+            fix = fixes.get(field, f"set data.{field} to one of them")
             raise ConfigError(f"data.{field}={path!r} is not a feature of {name} (features: "
                               f"{feature_paths(features)}); {fix}.")
     label = keys.get("label_key", "")
@@ -194,10 +198,8 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
         raise ConfigError(f"data.label_key={label!r} of {name} is not a ClassLabel; {class_fix}.")
     captions = text_path(features, config.caption_key) if with_captions else ""
     if captions is None:
-        texts = [p for p in feature_paths(features) if _is_text(feature(features, p))]
         raise ConfigError(f"data.caption_key={config.caption_key!r} of {name} is not text "
-                          f"(nor a dict holding one text feature); name a text feature "
-                          f"({', '.join(texts) or 'it has none'}).")
+                          f"(nor a dict holding one text feature); {text_fix}.")
     use_stored = with_captions and _use_stored_tokens(features, name, config, model_config)
     paths = [config.image_key] + ([captions] if with_captions else []) + (
         [label] if label else []) + ([config.tokens_key] if use_stored else [])

@@ -249,10 +249,10 @@ def check_data_source(data: ml_collections.ConfigDict, model: Any, batch_size: i
     if len(source) == 0:
         raise ConfigError(f"data.train_split={data.train_split!r} of {builder.info.full_name} "
                          "is empty; name a split with examples.")
+    schema.make_schema(builder, data, model, with_label=False)
     if len(source) < batch_size:
         log.warning("data.train_split=%r of %s has %d examples, fewer than config.batch_size=%d: "
                     "every batch holds each about %.1f times, and the contrastive loss scores "
                     "a repeated image-caption pair as a negative of itself; use a batch_size "
                     "of at most %d, or more data.", data.train_split, builder.info.full_name,
                     len(source), batch_size, batch_size / len(source), len(source))
-    schema.make_schema(builder, data, model, with_label=False)
