@@ -190,3 +190,20 @@ def test_a_caption_dict_reads_its_one_text_feature(coco_config):
         texts = coco_example(row)["captions"]["text"]
         np.testing.assert_array_equal(evaluation[0]["captions_tokens"][row][:len(texts)],
                                       tokenizer.tokenize(texts, 16))
+
+
+@pytest.mark.parametrize("dataset, fix", [
+    ("mnist", "mnist/3.0.1 has no text feature: train on an image-caption dataset"),
+    ("coco_captions", r"name a text feature \(captions/text\)")])
+def test_a_missing_caption_feature_names_the_text_ones(dataset, fix):
+    """The fix names what TFDS's FeaturesDict holds as text (it said "set data.caption_key to
+    one of them" of features none of which is a caption)."""
+    from clip_jax.data import schema
+
+    config = data_options.resolve_config(data_options.default_config())
+    config.caption_key = "caption"
+    features = tfds.builder(dataset).info.features
+    assert ("captions" in features) == (dataset == "coco_captions")
+    with pytest.raises(ConfigError, match=f"data.caption_key='caption' is not a feature of "
+                                          f".*; {fix}"):
+        schema.make_schema(tfds.builder(dataset), config, MODEL, with_label=False)
