@@ -145,3 +145,59 @@ def test_not_a_checkpoint(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match="Not a CLIP state dict"):
         clip_jax.load(str(tmp_path / "other.pt"))
+
+
+def _tiny_open_clip_cfgs():
+    config = get_preset("test-vit", activation="gelu")
+    v, t = config.vision, config.text
+    vision = dict(image_size=v.image_size, layers=v.layers, width=v.width,
+                  patch_size=v.patch_size, head_width=v.head_width, mlp_ratio=v.mlp_ratio)
+    text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
+                heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio)
+    return config, vision, text
+
+
+def test_a_custom_text_clip_file_loads(tmp_path):
+    """open_clip's CustomTextCLIP keeps its text tower under `text.`: its bare weights file was
+    "Not a CLIP state dict" while its open_clip directory loaded."""
+    config, vision, text = _tiny_open_clip_cfgs()
+    torch.manual_seed(1)
+    ref = open_clip.model.CustomTextCLIP(config.embed_dim, vision, text).eval()
+    assert any(k.startswith("text.token_embedding") for k in ref.state_dict())
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              str(tmp_path / "custom.safetensors"))
+    module, variables = clip_jax.load(str(tmp_path / "custom.safetensors"),
+                                      model="test-vit", activation="gelu")
+    images, tokens = random_inputs(module.config)
+    img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
+    ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+
+
+def test_towers_clip_jax_lacks_are_named(tmp_path):
+    """A CoCa's captioning decoder and a timm image tower were "Not a CLIP state dict"
+    (missing text keys the file has) or a generic refusal: the tower is named."""
+    config, vision, text = _tiny_open_clip_cfgs()
+    coca = open_clip.coca_model.CoCa(config.embed_dim, dict(text, layers=1), text, vision)
+    torch.save(coca.state_dict(), tmp_path / "coca.pt")
+    with pytest.raises(ConfigError, match=r"Unsupported model: .*CoCa captioning decoder"):
+        clip_jax.load(str(tmp_path / "coca.pt"))
+    timm_vision = dict(image_size=32, timm_model_name="vit_tiny_patch16_224",
+                       timm_model_pretrained=False, timm_pool="token", timm_proj="linear")
+    timm_clip = open_clip.model.CLIP(config.embed_dim, timm_vision, text)
+    torch.save(timm_clip.state_dict(), tmp_path / "timm.pt")
+    with pytest.raises(ConfigError, match=r"Unsupported model: .*timm image tower"):
+        clip_jax.load(str(tmp_path / "timm.pt"))
+
+
+def test_a_bare_file_with_another_vocabulary_warns_of_its_tokenizer(tmp_path, caplog):
+    """A bare file records neither the tokenizer nor the pooling: with 1000 token embeddings
+    (not OpenAI's BPE's 49408) the load warned of the head count and activation only."""
+    config = get_preset("test-vit", activation="gelu")
+    ref = open_clip_model(config.replace(text={"vocab_size": 1000}))
+    torch.save(ref.state_dict(), tmp_path / "small_vocab.pt")
+    module, _ = clip_jax.load(str(tmp_path / "small_vocab.pt"))
+    assert module.config.text.vocab_size == ref.vocab_size == 1000
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "tokenizer" in warning and "1000 token embeddings" in warning
+    assert "OpenAI's pooling" in warning

@@ -140,7 +140,6 @@ def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = Non
     if activation is not None:
         found = found.replace(activation=activation)
     state = openai.read_state_dict(os.fspath(weights or weights_file(directory)))
-    state = {k.removeprefix("text."): v for k, v in state.items()}  # open_clip's CustomTextCLIP
     return openai.from_state_dict(state, found)
 
 

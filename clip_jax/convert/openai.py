@@ -151,12 +151,13 @@ _QKV = re.compile(r"^(.*)\.in_proj_(weight|bias)$")
 
 
 def canonicalize(state_dict: Mapping[str, Any]) -> StateDict:
-    """Numpy arrays under canonical keys: unwraps `state_dict`/`module.`, splits fused qkv."""
+    """Numpy arrays under canonical keys: unwraps `state_dict`/`module.`, splits fused qkv,
+    and drops the `text.` of open_clip's `CustomTextCLIP` (its text tower as a submodule)."""
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
     out: StateDict = {}
     for key, value in state_dict.items():
-        key = key.removeprefix("module.")
+        key = key.removeprefix("module.").removeprefix("text.")
         array = to_numpy(value)
         if (m := _QKV.match(key)) is not None:
             for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
@@ -203,11 +204,7 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
     activation is QuickGELU for OpenAI's shapes, else GELU. One warning says what was assumed
     and how to pass it instead.
     """
-    missing = [k for k in ("token_embedding.weight", "positional_embedding", "text_projection",
-                           "ln_final.weight") if k not in sd]
-    if missing:
-        raise ConfigError(f"Not a CLIP state dict: missing {missing}; expected OpenAI/open_clip "
-                          "key names (e.g. 'visual.conv1.weight', 'transformer.resblocks.0...').")
+    _check_towers(sd)
     text_width = sd["ln_final.weight"].shape[0]
     text = TextConfig(
         context_length=sd["positional_embedding"].shape[0],
@@ -222,15 +219,12 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
             patch_size=patch,
             mlp_ratio=mlp_ratio_of(
                 sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0], width))
-    elif "visual.attnpool.positional_embedding" in sd:
+    else:
         depths = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{s}.")})
                        for s in (1, 2, 3, 4))
         grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
         vision = VisionConfig(image_size=grid * 32, layers=depths,
                               width=sd["visual.layer1.0.conv1.weight"].shape[0], patch_size=None)
-    else:
-        raise ConfigError("Unsupported image tower: neither a ViT ('visual.proj') nor a "
-                          "ModifiedResNet ('visual.attnpool.*'); timm/other towers are not supported.")
     config = CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text)
     preset = _matching_preset(config)
     if preset is not None:
@@ -244,13 +238,49 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
         guessed["activation"] = f"activation {activation!r} (" + (
             f"OpenAI's {preset} has these shapes" if preset in OPENAI_NAMES
             else "open_clip's default") + ")"
+    if config.text.vocab_size != TextConfig().vocab_size:
+        guessed["tokenizer"] = (
+            f"OpenAI's BPE tokenizer, though the text tower has {config.text.vocab_size} token "
+            f"embeddings, not that tokenizer's {TextConfig().vocab_size}: a model trained "
+            "with another tokenizer (and perhaps other text pooling) is not one clip_jax "
+            "implements")
     if guessed:
         log.warning(
-            "The weights do not record the %s; assumed %s. If that is wrong, pass model= (a "
-            "preset name or CLIPConfig) and activation=, or keep the model's "
-            "open_clip_config.json beside the file.", " or ".join(guessed),
+            "The weights do not record the %s; assumed %s, and OpenAI's pooling (class token, "
+            "end-of-text token under a causal mask). If that is wrong, pass model= (a preset "
+            "name or CLIPConfig) and activation=, or keep the model's open_clip_config.json "
+            "beside the file (it records them).", " or ".join(guessed),
             "; ".join(guessed.values()))
     return config.replace(activation=activation)
+
+
+# Key prefixes of open_clip towers clip_jax does not implement -> what they are.
+_OTHER_TOWERS = {
+    "text_decoder.": "a CoCa captioning decoder ('text_decoder.*')",
+    "visual.trunk.": "a timm image tower ('visual.trunk.*': EVA, ConvNeXt, MobileCLIP, ...)",
+    "transformer.embeddings.": "a Hugging Face text tower ('text.transformer.embeddings.*')",
+    "transformer.encoder.": "a Hugging Face text tower ('text.transformer.encoder.*')",
+}
+
+
+def _check_towers(sd: StateDict) -> None:
+    """ConfigError naming the tower a state dict holds that clip_jax does not implement (or
+    the CLIP keys it lacks); both towers' keys are OpenAI's / open_clip's otherwise."""
+    for prefix, what in _OTHER_TOWERS.items():
+        if any(k.startswith(prefix) for k in sd):
+            raise ConfigError(f"Unsupported model: the state dict holds {what}; clip_jax "
+                              "implements OpenAI's ViT and ModifiedResNet image towers and "
+                              "causal text tower.")
+    missing = [k for k in ("token_embedding.weight", "positional_embedding", "text_projection",
+                           "ln_final.weight") if k not in sd]
+    towers = sorted({".".join(k.split(".")[:2]) for k in sd if k.startswith("visual.")})
+    if towers and "visual.proj" not in sd and "visual.attnpool.positional_embedding" not in sd:
+        raise ConfigError("Unsupported image tower: neither a ViT ('visual.proj') nor a "
+                          f"ModifiedResNet ('visual.attnpool.*'); it has {', '.join(towers[:4])}.")
+    if missing or not towers:
+        missing += [] if towers else ["visual.*"]
+        raise ConfigError(f"Not a CLIP state dict: missing {missing}; expected OpenAI/open_clip "
+                          "key names (e.g. 'visual.conv1.weight', 'transformer.resblocks.0...').")
 
 
 def _signature(c: CLIPConfig) -> tuple:
