@@ -499,3 +499,28 @@ def test_import_errors(tmp_path):
     source = _save_hf_dir(_hf_model(), tmp_path / "full")
     with pytest.raises(ConfigError, match="does not match.*vision.width is 64"):
         clip_jax.load(str(source), model=get_preset("test-vit", activation="gelu"))
+
+
+@pytest.mark.parametrize("setting", [{"resample": 2}, {"do_normalize": False},
+                                     {"do_center_crop": False}])
+def test_an_image_processor_we_do_not_follow_is_warned_about(tmp_path, caplog, setting):
+    """A processor resampling bilinearly or not normalising was loaded without a word, its
+    statistics taken and the rest dropped; the pixels then differ from CLIPImageProcessor's."""
+    directory = _save_hf_dir(_hf_model(), tmp_path)
+    config = json.loads((directory / "preprocessor_config.json").read_text())
+    (directory / "preprocessor_config.json").write_text(json.dumps({**config, **setting}))
+    module, _ = clip_jax.load(str(directory))
+    processor = transformers.CLIPImageProcessor.from_pretrained(directory)
+    for image in _test_images()[:2]:  # the pixels (or, uncropped, their shape) differ
+        theirs = processor(images=[image], return_tensors="np")["pixel_values"][0]
+        ours = preprocess([image], module.config)[0].transpose(2, 0, 1)
+        assert theirs.shape != ours.shape or np.abs(theirs - ours).max() > 1e-2
+    (key, value), = setting.items()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"{key}={value!r}" in w and "raw-image inputs will differ" in w
+               for w in warnings), warnings
+
+
+def test_the_default_image_processor_gives_no_warning(tmp_path, caplog):
+    module, _ = clip_jax.load(str(_save_hf_dir(_hf_model(), tmp_path)))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -69,3 +69,31 @@ def test_bf16_export(tmp_path):
     kernel = variables["params"]["visual"]["conv1"]["kernel"]  # HWIO
     expected = torch.from_numpy(kernel).permute(3, 2, 0, 1)
     assert torch.equal(model.visual.conv1.weight, expected.bfloat16().float())
+
+
+@pytest.mark.parametrize("setting", [{"resize_mode": "squash"}, {"interpolation": "bilinear"}])
+def test_an_open_clip_preprocess_we_do_not_follow_is_warned_about(tmp_path, caplog, setting):
+    """open_clip configs with `resize_mode: squash` or bilinear interpolation (some of its
+    hub configs) loaded without a word; the images then differ from open_clip's transform."""
+    import json
+
+    from PIL import Image
+
+    import clip_jax
+    from clip_jax.data.preprocess import preprocess
+
+    config = get_preset("test-vit")
+    open_clip_export.export_open_clip(config, random_variables(config), tmp_path)
+    raw = json.loads((tmp_path / "open_clip_config.json").read_text())
+    raw["preprocess_cfg"].update(setting)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(raw))
+    module, _ = clip_jax.load(str(tmp_path))
+    transform = open_clip.image_transform(
+        config.vision.image_size, is_train=False, mean=config.image_mean, std=config.image_std,
+        **setting)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 90, 3), np.uint8))
+    theirs = transform(image).numpy().transpose(1, 2, 0)
+    assert np.abs(theirs - preprocess([image], module.config)[0]).max() > 1e-2
+    (key, value), = setting.items()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"{key}={value!r}" in w and "inputs will differ" in w for w in warnings), warnings

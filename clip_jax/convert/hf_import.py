@@ -149,6 +149,13 @@ def _square(value: Any, name: str) -> int:
     return int(value)
 
 
+# CLIPImageProcessor settings clip_jax.data.preprocess follows (their defaults): any other
+# value of one makes that processor's pixels differ from ours.
+_PROCESSOR_STEPS = {"do_resize": True, "resample": 3, "do_center_crop": True,
+                    "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                    "do_convert_rgb": True}
+
+
 def _image_statistics(directory: Path, image_size: int
                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation of the directory's image processor (OpenAI's when it has none)."""
@@ -161,11 +168,16 @@ def _image_statistics(directory: Path, image_size: int
     size, crop = processor.get("size", image_size), processor.get("crop_size", image_size)
     size = size.get("shortest_edge", size) if isinstance(size, dict) else size
     crop = crop.get("height", crop) if isinstance(crop, dict) else crop
-    if (size, crop) != (image_size, image_size) or not processor.get("do_center_crop", True):
+    ours = {"size": image_size, "crop_size": image_size, **_PROCESSOR_STEPS}
+    theirs = {**processor, "size": size, "crop_size": crop}
+    differ = [f"{k}={theirs[k]!r} (clip_jax: {v!r})" for k, v in ours.items()
+              if k in theirs and theirs[k] != v]
+    if differ:
         log.warning(
-            "%s resizes to %s and crops to %s; clip_jax.data.preprocess resizes the shortest side to "
-            "the model's image size (%d) and centre-crops, so raw-image inputs will differ.",
-            directory, size, crop, image_size)
+            "%s's image processor sets %s; clip_jax.data.preprocess resizes the shortest side "
+            "to the model's image size (%d) with bicubic filtering, centre-crops, scales to "
+            "[0, 1] and normalises, so raw-image inputs will differ.",
+            directory, ", ".join(differ), image_size)
     return (tuple(float(x) for x in processor.get("image_mean", OPENAI_IMAGE_MEAN)),
             tuple(float(x) for x in processor.get("image_std", OPENAI_IMAGE_STD)))
 

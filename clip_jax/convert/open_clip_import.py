@@ -10,6 +10,7 @@ tokenizers...) are refused by name instead of being silently ignored.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +18,8 @@ from typing import Any, Mapping
 from clip_jax.convert import openai
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig, config_differences
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -74,14 +77,26 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
     vision["image_size"] = _square(vision.get("image_size", 224), source)
     text = {k: text_raw[k] for k in _TEXT_READ if k in text_raw}
     preprocess = raw.get("preprocess_cfg", {})
-    config = CLIPConfig(
-        embed_dim=model_cfg["embed_dim"], vision=VisionConfig(**vision), text=TextConfig(**text),
-        activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
-        logit_bias_init=model_cfg.get("init_logit_bias"))
+    try:
+        config = CLIPConfig(
+            embed_dim=model_cfg["embed_dim"], vision=VisionConfig(**vision),
+            text=TextConfig(**text), activation="quick_gelu" if model_cfg.get("quick_gelu")
+            else "gelu", logit_bias_init=model_cfg.get("init_logit_bias"))
+    except ConfigError as error:  # said of the file, whose model clip_jax cannot build
+        raise ConfigError(f"{source}: clip_jax does not implement this model: "
+                          f"{str(error).removeprefix('Invalid model config: ')}") from None
     if "mean" in preprocess:
         config = config.replace(image_mean=tuple(preprocess["mean"]))
     if "std" in preprocess:
         config = config.replace(image_std=tuple(preprocess["std"]))
+    ours = {"size": config.vision.image_size, "interpolation": "bicubic",
+            "resize_mode": "shortest"}
+    differ = [f"{k}={preprocess[k]!r} (clip_jax: {v!r})" for k, v in ours.items()
+              if preprocess.get(k) not in (None, v, [v, v])]
+    if differ:
+        log.warning("%s: preprocess_cfg sets %s; clip_jax.data.preprocess resizes the shortest "
+                    "side to the model's image size with bicubic filtering and centre-crops, so "
+                    "raw-image inputs will differ from open_clip's.", source, ", ".join(differ))
     return config
 
 
