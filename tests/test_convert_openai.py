@@ -201,3 +201,26 @@ def test_a_bare_file_with_another_vocabulary_warns_of_its_tokenizer(tmp_path, ca
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "tokenizer" in warning and "1000 token embeddings" in warning
     assert "OpenAI's pooling" in warning
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt", ".safetensors"])
+def test_a_cut_off_or_empty_weights_file_is_one_error(tmp_path, suffix):
+    """A truncated .npz was a zipfile traceback (the other formats were one line already);
+    an empty file is said to be empty."""
+    ref = open_clip_model(get_preset("test-vit", activation="gelu"))
+    sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    whole = tmp_path / f"whole{suffix}"
+    if suffix == ".npz":
+        np.savez(whole, **{k: v.numpy() for k, v in sd.items()})
+    elif suffix == ".pt":
+        torch.save(sd, whole)
+    else:
+        save_file(sd, str(whole))
+    clip_jax.load(str(whole), model="test-vit")  # the whole file loads
+    data = whole.read_bytes()
+    (tmp_path / f"half{suffix}").write_bytes(data[: len(data) // 2])
+    (tmp_path / f"empty{suffix}").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"half\.\w+' (is not a readable|could not be read)"):
+        clip_jax.load(str(tmp_path / f"half{suffix}"), model="test-vit")
+    with pytest.raises(ConfigError, match=r"empty\.\w+' is empty \(0 bytes\)"):
+        clip_jax.load(str(tmp_path / f"empty{suffix}"), model="test-vit")

@@ -84,6 +84,9 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     """
     if not os.path.isfile(path):
         raise MissingFileError(f"No checkpoint file at {path!r}.")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"{path!r} is empty (0 bytes): an interrupted copy or download? "
+                          "Fetch the file again.")
     with open(path, "rb") as f:
         magic = f.read(8)
     if path.endswith(".safetensors"):
@@ -92,8 +95,12 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         except Exception as e:
             raise ConfigError(f"{path!r} is not a readable safetensors file: {e}") from e
     if path.endswith(".npz"):
-        with np.load(path) as f:
-            return dict(f)
+        try:
+            with np.load(path) as f:
+                return dict(f)
+        except Exception as e:  # noqa: BLE001 - zipfile, EOF, pickle: all "unreadable"
+            raise ConfigError(f"{path!r} is not a readable .npz file: {type(e).__name__}: "
+                              f"{e}") from e
     if not (magic.startswith(b"PK") or magic[:2] == b"\x80\x02"):
         raise ConfigError(f"{path!r} is not a checkpoint: expected .safetensors, .npz or a "
                           "PyTorch .pt/.pth/.bin file.")
@@ -102,14 +109,14 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     except ImportError as e:
         raise ImportError(f"Reading the PyTorch file {path!r} needs torch (pip install torch), "
                           "or convert it to .safetensors first.") from e
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl")
-                                        for n in zipfile.ZipFile(path).namelist()):
-        state = torch.jit.load(path, map_location="cpu").state_dict()
-    else:
-        try:
+    try:
+        if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl")
+                                            for n in zipfile.ZipFile(path).namelist()):
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+        else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ConfigError(f"{path!r} could not be read as a PyTorch checkpoint: {e}") from e
+    except Exception as e:
+        raise ConfigError(f"{path!r} could not be read as a PyTorch checkpoint: {e}") from e
     if not isinstance(state, Mapping):
         raise ConfigError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
     return dict(state)
