@@ -9,7 +9,7 @@ import torch
 from safetensors.numpy import load_file
 
 from clip_jax.convert import open_clip_export
-from clip_jax.models import get_preset
+from clip_jax.models import CLIP, get_preset
 from clip_jax.models.layers import stack_layers
 from clip_jax.data.tokenizer import default_tokenizer
 from reference import open_clip_outputs, random_inputs
@@ -97,3 +97,30 @@ def test_an_open_clip_preprocess_we_do_not_follow_is_warned_about(tmp_path, capl
     (key, value), = setting.items()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(f"{key}={value!r}" in w and "inputs will differ" in w for w in warnings), warnings
+
+
+def test_a_model_with_a_logit_bias_loads_back(tmp_path):
+    """`clip_jax.save` of a sigmoid-loss model (and open_clip's own such model) could not be
+    read by `clip_jax.load` ("a variant clip_jax does not implement"): the bias is loaded,
+    from the directory and from the bare weights file."""
+    import clip_jax
+
+    config = get_preset("test-vit", logit_bias_init=-10.0)
+    variables = random_variables(config)
+    variables["params"]["logit_bias"] = np.float32(-7.25)
+    clip_jax.save(CLIP(config), variables, str(tmp_path / "ours"))
+    module, loaded = clip_jax.load(str(tmp_path / "ours"))
+    assert float(loaded["params"]["logit_bias"]) == -7.25
+    assert module.config.logit_bias_init == -10.0
+    bare, bare_variables = clip_jax.load(str(tmp_path / "ours" / open_clip_export.WEIGHTS_FILE))
+    assert float(bare_variables["params"]["logit_bias"]) == -7.25
+    assert bare.config.logit_bias_init is not None
+    reference, _ = _load(tmp_path / "ours")  # open_clip's own model with a bias, saved by it
+    reference.logit_bias.data.fill_(-3.5)
+    torch.save(reference.state_dict(), tmp_path / "theirs.pt")
+    _, theirs = clip_jax.load(str(tmp_path / "theirs.pt"))
+    assert float(theirs["params"]["logit_bias"]) == -3.5
+    images, tokens = random_inputs(config)
+    img, txt = our_outputs(config, theirs, images, tokens)[:2]
+    ref_img, ref_txt, _ = open_clip_outputs(reference, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5

@@ -48,7 +48,8 @@ def _to_hf(entry: openai.Entry, array: np.ndarray) -> np.ndarray:
 def hf_state_dict(config: CLIPConfig, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """HF `CLIPModel` tensors (numpy, our dtype) of host variables, scanned or not."""
     check_exportable(config)
-    return {hf_key(e.key): _to_hf(e, a) for e, a in _iter_host(variables, config)}
+    return {hf_key(e.key): _to_hf(e, a) for e, a in _iter_host(variables, config)
+            if e.key != "logit_bias"}  # CLIPModel has none (`export_hf` warns)
 
 
 def _iter_host(variables: Mapping[str, Any], config: CLIPConfig):

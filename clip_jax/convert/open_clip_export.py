@@ -23,14 +23,12 @@ CONFIG_FILE = "open_clip_config.json"
 
 
 def open_clip_state_dict(config: CLIPConfig, variables: Mapping[str, Any]) -> openai.StateDict:
-    """The state dict open_clip's `CLIP` loads strictly: `to_state_dict` plus the buffers and
-    parameters outside the canonical table (BatchNorm step counters, SigLIP's logit bias)."""
+    """The state dict open_clip's `CLIP` loads strictly: `to_state_dict` plus the buffers
+    outside the canonical table (BatchNorm step counters)."""
     state = openai.to_state_dict(variables, config)
     for key in [k for k in state if k.endswith(".running_mean")]:
         # Only read by BatchNorm with momentum=None; open_clip's strict load requires them.
         state[key.removesuffix("running_mean") + "num_batches_tracked"] = np.array(0, np.int64)
-    if config.logit_bias_init is not None:
-        state["logit_bias"] = np.asarray(variables["params"]["logit_bias"])
     return state
 
 

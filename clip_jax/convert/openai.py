@@ -111,7 +111,8 @@ def entries(config: CLIPConfig) -> list[Entry]:
         *_layer_norm("ln_final", params + ("text", "ln_final")),
         Entry("text_projection", params + ("text", "text_projection")),
         Entry("logit_scale", params + ("logit_scale",)),
-    ]
+    ] + ([Entry("logit_bias", params + ("logit_bias",))]  # SigLIP-style sigmoid loss
+         if config.logit_bias_init is not None else [])
     if v.is_resnet:
         return table + _resnet(v)
     vis = params + ("visual",)
@@ -229,6 +230,8 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
     preset = _matching_preset(config)
     if preset is not None:
         config = PRESETS[preset]
+    if "logit_bias" in sd:  # trained with a sigmoid loss (open_clip --siglip, clip_jax)
+        config = config.replace(logit_bias_init=float(sd["logit_bias"]))
     guessed = {}
     if preset is None:
         guessed["head count"] = (f"head width 64 (vision {config.vision.heads} heads, text "
