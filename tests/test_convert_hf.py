@@ -524,3 +524,24 @@ def test_an_image_processor_we_do_not_follow_is_warned_about(tmp_path, caplog, s
 def test_the_default_image_processor_gives_no_warning(tmp_path, caplog):
     module, _ = clip_jax.load(str(_save_hf_dir(_hf_model(), tmp_path)))
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_param_dtype_given_with_model_casts_every_source(tmp_path):
+    """`clip_jax.load(src, model=config.replace(param_dtype="bfloat16"))` said bfloat16 and
+    kept every weight float32 for HF, open_clip and bare-file sources (a workdir was cast)."""
+    import flax
+
+    directory = _save_hf_dir(_hf_model(), tmp_path / "hf")
+    module, full = clip_jax.load(str(directory))
+    clip_jax.save(module, full, str(tmp_path / "oc"))
+    bf16 = module.config.replace(param_dtype="bfloat16")
+    # The dtypes the model itself declares (logit_scale stays float32), from Flax's init.
+    declared = jax.eval_shape(lambda: CLIP(bf16).init(
+        jax.random.key(0), np.zeros((1, 32, 32, 3)), np.zeros((1, 16), np.int32)))
+    declared = jax.tree.map(lambda x: x.dtype, flax.linen.unbox(declared))
+    for source in (directory, tmp_path / "oc", tmp_path / "oc" / "open_clip_model.safetensors"):
+        loaded_module, loaded = clip_jax.load(str(source), model=bf16)
+        assert loaded_module.config.param_dtype == "bfloat16"
+        assert jax.tree.map(lambda x: x.dtype, loaded) == declared, source
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b.astype(a.dtype)),
+                     loaded, full)

@@ -187,9 +187,15 @@ def fuse_qkv(canonical: StateDict) -> StateDict:
 
 def variable_shapes(config: CLIPConfig) -> dict[Path, tuple[int, ...]]:
     """Shapes of every variable of the unscanned model, without allocating anything."""
+    return {path: leaf.shape for path, leaf in _abstract_variables(config).items()}
+
+
+def _abstract_variables(config: CLIPConfig) -> dict[Path, jax.ShapeDtypeStruct]:
+    """Shape and dtype (`param_dtype`, or float32 where the model fixes it) of every
+    variable of the unscanned model, without allocating anything."""
     module = CLIP(config.replace(scan_layers=False, remat_policy="none"))
     abstract = jax.eval_shape(lambda: nn.unbox(init_variables(module, jax.random.key(0))))
-    return {tuple(k.key for k in path): leaf.shape
+    return {tuple(k.key for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
 
 
@@ -324,7 +330,8 @@ def iter_variables(variables: Mapping[str, Any], config: CLIPConfig) -> Iterator
 
 def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = None, *,
                     activation: str | None = None) -> tuple[CLIPConfig, dict[str, Any]]:
-    """clip_jax variables (numpy) from an OpenAI/open_clip state dict.
+    """clip_jax variables (numpy, in the dtypes `config` gives them: `param_dtype`) from an
+    OpenAI/open_clip state dict.
 
     Without `config` the architecture is inferred from the shapes. Every tensor is checked:
     the first missing, unexpected or mis-shaped one raises a ConfigError naming it.
@@ -336,7 +343,7 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
         config = infer_config(sd, activation)
     elif activation is not None:
         config = config.replace(activation=activation)
-    shapes = variable_shapes(config)
+    abstract = _abstract_variables(config)
     table = entries(config)
     expected = {e.key for e in table}
     unexpected = sorted(set(sd) - expected)
@@ -356,13 +363,14 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
             raise ConfigError(f"State dict lacks {entry.key!r} (needed for a {_describe(config)}); "
                               "wrong preset or a truncated checkpoint.")
         array = sd[entry.key]
-        want = shapes[entry.path]
+        want = abstract[entry.path].shape
         if array.size != math.prod(want) or _torch_shape(want, entry) != array.shape:
             raise ConfigError(
                 f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
                 f"{_torch_shape(want, entry)} for a {_describe(config)}; pick the preset that "
                 "matches the checkpoint or omit it to infer the architecture.")
-        _assign(variables, entry.path, to_ours(array.astype(np.float32), entry, want))
+        dtype = np.dtype(abstract[entry.path].dtype)  # the model's: param_dtype casts
+        _assign(variables, entry.path, to_ours(array.astype(dtype), entry, want))
     if config.scan_layers:
         variables = stack_layers(variables)
     return config, variables
