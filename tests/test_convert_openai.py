@@ -224,3 +224,20 @@ def test_a_cut_off_or_empty_weights_file_is_one_error(tmp_path, suffix):
         clip_jax.load(str(tmp_path / f"half{suffix}"), model="test-vit")
     with pytest.raises(ConfigError, match=r"empty\.\w+' is empty \(0 bytes\)"):
         clip_jax.load(str(tmp_path / f"empty{suffix}"), model="test-vit")
+
+
+def test_a_head_width_that_cannot_be_guessed_says_how_to_pass_it(tmp_path):
+    """Width 96 in heads of 48: the guess (64) does not divide it, and the error read as if
+    the user had written a config ("use a multiple of vision.head_width=64")."""
+    config = get_preset("test-vit", activation="gelu").replace(
+        vision={"width": 96, "head_width": 48})
+    ref = open_clip_model(config)
+    torch.save(ref.state_dict(), tmp_path / "heads48.pt")
+    with pytest.raises(ConfigError, match=r"do not record the head count, and head width 64 "
+                                          r"does not fit them .*pass model="):
+        clip_jax.load(str(tmp_path / "heads48.pt"))
+    module, variables = clip_jax.load(str(tmp_path / "heads48.pt"), model=config)
+    images, tokens = random_inputs(config)
+    img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
+    ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5

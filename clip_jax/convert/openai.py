@@ -232,7 +232,14 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
         grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
         vision = VisionConfig(image_size=grid * 32, layers=depths,
                               width=sd["visual.layer1.0.conv1.weight"].shape[0], patch_size=None)
-    config = CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text)
+    try:
+        config = CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text)
+    except ConfigError as error:  # the guessed head width (64) does not fit the shapes
+        raise ConfigError(
+            "The weights do not record the head count, and head width 64 does not fit them "
+            f"({str(error).removeprefix('Invalid model config: ')}); pass model= (a preset "
+            "name or CLIPConfig with the model's heads), or keep the model's "
+            "open_clip_config.json beside the file.") from None
     preset = _matching_preset(config)
     if preset is not None:
         config = PRESETS[preset]
