@@ -359,6 +359,11 @@ def test_exported_tokenizer_matches_ours_on_corpus(tokenizer_dirs):
     ids, mask = _hf_ids(consumers["CLIPTokenizer(tokenizer.json)"], CORPUS)
     for text, encoding, row, valid in zip(CORPUS, raw.encode_batch(CORPUS), ids, mask):
         assert encoding.ids == row[valid == 1].tolist(), text  # truncated to 77, EOT last
+    # transformers 5's tokenizer classes ignore the file's truncation (README): only the
+    # `tokenizers` library above, and `truncation=True`, stop at 77.
+    long = "word " * 300
+    assert len(consumers["AutoTokenizer"](long)["input_ids"]) == 302
+    assert len(raw.encode(long).ids) == 77
 
 
 def test_tokenizer_json_is_transformers_own_pipeline(tokenizer_dirs):
