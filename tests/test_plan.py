@@ -131,6 +131,31 @@ def test_hlo_stats_counts_every_collective_of_a_ring():
     assert stats.collective_bytes["all-reduce"] == 4 + dim * 4
 
 
+def test_hlo_stats_counts_a_tpu_reduce_scatter_as_one():
+    """The gradients of fsdp-sharded weights (gathered for the matmuls) compile for TPU to
+    an all-reduce inside an `all-reduce-scatter` fusion, each chip keeping its shard: it was
+    counted as an all-reduce, and a plan with fsdp showed no reduce-scatter at all."""
+    tpu_topology.devices(tpu_topology.parse("v5e-4"))
+    mesh = Mesh(np.asarray(_v5e_2x2()), ("x",))
+    dim, layers = 256, 3
+    sharded = NamedSharding(mesh, P("x"))
+
+    def loss(ws, h):
+        for w in ws:
+            h = jnp.tanh(h @ w)
+        return h.sum()
+
+    ws = [jax.ShapeDtypeStruct((dim, dim), jnp.float32, sharding=sharded)] * layers
+    h = jax.ShapeDtypeStruct((512, dim), jnp.float32, sharding=sharded)
+    text = jax.jit(jax.grad(loss), out_shardings=[sharded] * layers).lower(ws, h).compile(
+        ).as_text()
+    assert "%all-reduce-scatter" in text  # the TPU form this is about
+    stats = hlo_stats.analyze(text)
+    assert stats.collective_counts["reduce-scatter"] == 1  # the three gradients, combined
+    assert stats.collective_counts["all-reduce"] == 0
+    assert stats.collective_bytes["reduce-scatter"] == layers * dim * dim * 4  # operands, f32
+
+
 @pytest.mark.slow
 def test_tiny_plan_matches_xla_and_exits_0(capsys):
     code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json"])

@@ -18,7 +18,8 @@ often it runs per step (a loop body by its trip count, read from the loop condit
   an upper bound);
 - collectives by kind: the bytes each chip sends or receives, taken as the result size for
   all-gather and the operand size for reduce-scatter, all-reduce, all-to-all and
-  collective-permute. Every collective instruction counts, times its computation's runs; the
+  collective-permute (a TPU reduce-scatter is an all-reduce inside an `all-reduce-scatter`
+  fusion, and counts as a reduce-scatter). Every collective instruction counts, times its computation's runs; the
   copies of one asynchronous collective in its start / update / done fusions count once.
 
 All numbers are per device (an SPMD program is the program of one device).
@@ -265,6 +266,11 @@ def _instruction_bytes(inst: Instruction, shapes: dict[str, str],
     return out + sum(operand_bytes)
 
 
+# The TPU compiler writes a reduce-scatter as a fusion of this name: an all-reduce whose
+# result each chip slices to its shard, run as one reduce-scatter.
+_REDUCE_SCATTER_FUSION = "all-reduce-scatter"
+
+
 def _collective_key(computation: str, inst: Instruction, in_fusion: bool) -> tuple[str, ...]:
     """What makes a collective one transfer. Outside fusions every instruction is its own
     (the TPU compiler reuses `channel_id`s: in a CLIP step every collective had channel 1).
@@ -293,6 +299,8 @@ def analyze(text: str) -> HloStats:
             if inst.opcode in ("dot", "convolution"):
                 flops += times * _matmul_flops(inst, shapes)
             kind = inst.opcode.removesuffix("-start")
+            if kind == "all-reduce" and name.startswith(_REDUCE_SCATTER_FUSION):
+                kind = "reduce-scatter"
             if kind in COLLECTIVES:
                 size = (shape_bytes(inst.shape) if kind == "all-gather" else
                         sum(shape_bytes(shapes.get(o, "")) for o in inst.operands))
