@@ -687,4 +687,32 @@ def test_eval_cli_names_the_label_feature_of_a_tfds_dataset(model, folder, tmp_p
     # A folder has no features to name: the flag would be ignored, so it is refused.
     assert cli.main(["eval", str(tmp_path / "m"), "--zero-shot", str(folder),
                      "--label-key", "label_category"]) == 2
-    assert "--label-key name TFDS features, and no source here" in capsys.readouterr().err
+    assert "and every source here is an image folder or webdataset" in capsys.readouterr().err
+
+
+def test_a_tables_columns_are_named_by_the_key_flags(model, folder, tmp_path, capsys):
+    """A labelled CSV whose header holds neither a known image nor a known label column
+    (`picture,species`) could not be evaluated without renaming its header; `--image-key` /
+    `--label-key` name them, as they name a TFDS dataset's features."""
+    module, variables = model
+    clip_jax.save(module, variables, str(tmp_path / "m"))
+    files = sorted((folder / "test").glob("*/*.png"))
+    species = [f.parent.name for f in files]
+    pd.DataFrame({"picture": [str(f) for f in files], "species": species}).to_csv(
+        tmp_path / "pets.csv", index=False)
+    run = ["eval", str(tmp_path / "m"), "--zero-shot", str(tmp_path / "pets.csv"),
+           "--templates", "simple"]
+    assert cli.main(run) == 2
+    error = capsys.readouterr().err
+    assert "has no image column" in error and "set --image-key" in error
+    assert cli.main(run + ["--image-key", "picture", "--label-key", "species"]) == 0
+    out = capsys.readouterr().out
+    names = sorted(set(species))
+    images = embed(module, variables, images=preprocess([Image.open(f) for f in files],
+                                                        module.config))
+    classes = class_embeddings(module, variables, names, ("a photo of a {}.",))
+    expected = np.mean((images @ classes.T).argmax(1) == [names.index(s) for s in species])
+    row = next(line for line in out.splitlines() if "| top1 |" in line)
+    assert float(row.split("|")[4]) == pytest.approx(expected, abs=5e-5)
+    assert cli.main(run + ["--image-key", "picture", "--label-key", "breed"]) == 2  # named
+    assert "label column 'breed' is not in" in capsys.readouterr().err

@@ -54,10 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--retrieval table's caption column (default: the first of "
                              f"{', '.join(CAPTION_COLUMNS)} in its header)")
     parser.add_argument("--image-key", default="",
-                        help="TFDS sources' image feature (default: image)")
+                        help="TFDS sources' image feature (default: image), or tables' image "
+                             "column (default: found by header)")
     parser.add_argument("--label-key", default="",
-                        help="TFDS sources' ClassLabel feature (default: label; e.g. "
-                             "smallnorb's label_category)")
+                        help="TFDS sources' ClassLabel feature (default: label; smallnorb: "
+                             "label_category), or tables' label column (default: by header)")
     parser.add_argument("--templates", default="",
                         help="prompt template set (default, simple, synthetic_shapes) or file "
                              "(default: the source's templates file, else 'default')")
@@ -240,8 +241,9 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
 
 
 def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) -> None:
-    """ConfigError for `--image-key` / `--label-key` when every classification source is a
-    labelled folder or table, whose images and labels are found without feature names."""
+    """ConfigError for `--image-key` / `--label-key` when every classification source is an
+    image folder or a webdataset, whose images and labels are found without names (a TFDS
+    dataset's features and a table's columns have names)."""
     from clip_jax.data import labelled as labelled_data
 
     given = [_flag(k) for k in ("image_key", "label_key") if getattr(args, k)]
@@ -251,10 +253,10 @@ def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) ->
                                             "robustness") for task in ev[flag].values()
                 for field in ("dataset", "test_dataset")]
     datasets += [name.strip().partition("@")[0] for name in args.shifted.split(",")]
-    if all(labelled_data.is_source(d) for d in datasets if d):
-        raise ConfigError(f"{' and '.join(given)} name TFDS features, and no source here is "
-                          "a TFDS dataset (folders and tables give their own images and "
-                          f"labels); drop {' and '.join(given)}.")
+    if all(labelled_data.source_kind(d) in ("image_folder", "wds") for d in datasets if d):
+        raise ConfigError(f"{' and '.join(given)} name a TFDS dataset's features or a table's "
+                          "columns, and every source here is an image folder or webdataset "
+                          f"(laid out, not named); drop {' and '.join(given)}.")
 
 
 def in_flag_terms(message: str, origins: dict[str, str]) -> str:
@@ -263,8 +265,8 @@ def in_flag_terms(message: str, origins: dict[str, str]) -> str:
     config path. With command-line tasks, `data.label_key` / `data.image_key` are the
     `--label-key` / `--image-key` flags that set them."""
     if origins:
-        message = re.sub(r"\bdata\.(label|image)_key=", lambda m: f"--{m.group(1)}-key ",
-                         message)
+        message = re.sub(r"\bdata\.(label|image)_key(=?)",
+                         lambda m: f"--{m.group(1)}-key" + (" " if m.group(2) else ""), message)
     for task in sorted(origins, key=len, reverse=True):
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
                          lambda m, flag=origins[task]: flag + (f" ({m.group(1)})"

@@ -255,8 +255,10 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     if not table.records:
         raise ConfigError(f"{path} has no rows; list one image path and label per row.")
     columns = list(table.header)
-    image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
-    label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path)
+    image_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path,
+                            "data.image_key")
+    label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path,
+                            "data.label_key")
     long = [r for r in table.records if len(r.fields) > len(columns)]
     if long:
         raise ConfigError(f"{path} {long[0].lines}: {len(long[0].fields)} fields where the header "
@@ -417,21 +419,29 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
 
 
 READERS: dict[str, Callable[..., LabelledImages]] = {
-    "image_folder": lambda path, split, names: read_image_folder(path, split),
-    "table": lambda path, split, names: read_table(path, class_names=names),
-    "wds": lambda path, split, names: read_wds(path, split),
+    "image_folder": lambda path, split, names, columns: read_image_folder(path, split),
+    "table": lambda path, split, names, columns: read_table(path, *columns, class_names=names),
+    "wds": lambda path, split, names, columns: read_wds(path, split),
 }
 
 
-def read(path: str, split: str = "", class_names: Sequence[str] | None = None
-         ) -> LabelledImages:
+def read(path: str, split: str = "", class_names: Sequence[str] | None = None,
+         image_column: str = "", label_column: str = "") -> LabelledImages:
     """The labelled images at `path` (any layout of the module docstring). `class_names`
-    name a table's classes (`read_table`); folders and webdatasets name their own."""
+    name a table's classes (`read_table`), and `image_column` / `label_column` its columns
+    ("" = found by header); folders and webdatasets name their own (ConfigError if given)."""
     kind = source_kind(path)
     if not kind:
         raise MissingFileError(f"{path!r} is neither an image folder, a .csv/.tsv table nor a "
                                "CLIP_benchmark webdataset folder.")
-    images = READERS[kind](path, split, class_names)
+    given = [f"data.{k}_key={v!r}" for k, v in (("image", image_column),
+                                                  ("label", label_column)) if v]
+    if given and kind != "table":
+        raise ConfigError(f"{' and '.join(given)} names a column, but {path} is "
+                          f"{'an image folder' if kind == 'image_folder' else 'a webdataset'}, "
+                          "which has none (its images and labels are found as they are laid "
+                          "out); drop it for this source.")
+    images = READERS[kind](path, split, class_names, (image_column, label_column))
     if images.skipped:
         log.warning("%s: skipped %s", images.description, "; ".join(
             f"{len(what)} ({why}: {', '.join(what[:3])}{', ...' if len(what) > 3 else ''})"

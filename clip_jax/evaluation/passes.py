@@ -91,6 +91,9 @@ class Passes:
                 task_data[field] = task[field]
         if dataset:
             task_data.dataset = dataset
+        if labelled_data.is_source(task_data.dataset):  # a table's columns, or none
+            for field in ("image_key", "label_key"):
+                task_data[field] = task.get(field, "")
         return task_data
 
     @staticmethod
@@ -179,7 +182,7 @@ class Passes:
         """Builds every pass's input pipeline (`batch` images per process). A labelled folder
         or table is listed once however many passes read it (its synthetic shifts), so what
         it skips (hidden, not an image) is warned about once."""
-        listed: dict[tuple[str, str, str], labelled_data.LabelledImages] = {}
+        listed: dict[tuple[str, ...], labelled_data.LabelledImages] = {}
         for p in self.passes:
             _open(p, model_config, batch, listed)
 
@@ -207,12 +210,12 @@ class Passes:
 
 
 def _open(p: Pass, model_config: Any, batch: int,
-          listed: dict[tuple[str, str, str], labelled_data.LabelledImages]) -> None:
+          listed: dict[tuple[str, ...], labelled_data.LabelledImages]) -> None:
     if labelled_data.is_source(p.data.dataset):
-        source = (p.data.dataset, p.split, p.class_spec)
+        source = (p.data.dataset, p.split, p.class_spec, p.data.image_key, p.data.label_key)
         if source not in listed:
             names = zero_shot.read_class_names(p.class_spec) if p.class_spec else None
-            listed[source] = labelled_data.read(*source[:2], names)
+            listed[source] = labelled_data.read(*source[:2], names, *source[3:])
         images = listed[source]
         p.iterable = labelled_data.make_iterable(images, model_config, batch_size=batch,
                                                  shift=p.shift,
