@@ -31,7 +31,7 @@ def zero_shot_task(dataset: str = "", split: str = "", templates: str = "",
     `class_names` "" = the dataset's label names, else a file or a comma-separated list;
     `compare_prompts` also reports top-1 for the bare class name and for the first template
     alone next to the ensemble's; `data`: data_dir, image_key, label_key overrides ("" = the
-    data config's)."""
+    data config's; for a labelled table, its image and label columns, "" = found by header)."""
     return task_config(dict(dataset=dataset, split=split, templates=templates,
                             class_names=class_names, compare_prompts=compare_prompts),
                        LABEL_DATA, data)
