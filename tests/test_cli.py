@@ -218,10 +218,10 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
     from clip_jax.cli import eval_sources
 
     (tmp_path / "other.csv").write_text("filepath,words\nx.png,y\n")
-    with pytest.raises(ConfigError, match=r"no caption column .*'words'.*set --caption-column"):
+    with pytest.raises(ConfigError, match=r"no caption column .*'words'.*set --caption-key"):
         eval_sources._retrieval(base.get_config("test-vit"), str(tmp_path / "other.csv"))
     config = base.get_config("test-vit")
-    eval_sources._retrieval(config, str(tmp_path / "other.csv"), caption_column="words")
+    eval_sources._retrieval(config, str(tmp_path / "other.csv"), caption_key="words")
     assert config.data.table.caption_column == "words"
 
 
@@ -503,9 +503,9 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "--templates applies to --zero-shot or --few-shot or "
                                         "--robustness, which is not given; add it or drop "
                                         "--templates."),
-    (["eval", "--zero-shot", "cifar10", "--caption-column", "text"],
-     "--caption-column applies to --retrieval, which is not given; add it or drop "
-     "--caption-column."),
+    (["eval", "--zero-shot", "cifar10", "--caption-column", "text"],  # --caption-key's alias
+     "--caption-key applies to --retrieval, which is not given; add it or drop "
+     "--caption-key."),
 ])
 def test_labels_and_prompts_are_checked_before_the_model_loads(argv, message, tmp_path,
                                                                capsys):

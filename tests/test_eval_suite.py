@@ -716,3 +716,35 @@ def test_a_tables_columns_are_named_by_the_key_flags(model, folder, tmp_path, ca
     assert float(row.split("|")[4]) == pytest.approx(expected, abs=5e-5)
     assert cli.main(run + ["--image-key", "picture", "--label-key", "breed"]) == 2  # named
     assert "label column 'breed' is not in" in capsys.readouterr().err
+
+
+def test_retrieval_on_a_tfds_caption_dataset_names_its_features(model, tmp_path, capsys):
+    """`--retrieval coco_captions@val` (its `captions` a dict of id and text) ran into a
+    TensorFlow TypeError; the text inside is read, and `--caption-key` names another
+    feature, in flag terms when it is missing."""
+    from test_data_tfds_any import coco_example, fake_source
+
+    module, variables = model
+    clip_jax.save(module, variables, str(tmp_path / "m"))
+    run = ["eval", str(tmp_path / "m"), "--retrieval", "coco_captions@val", "--batch-size", "8"]
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=fake_source):
+        assert cli.main(run + ["--output", str(tmp_path / "out")]) == 0
+        assert cli.main(run + ["--caption-key", "title"]) == 2
+    assert "--caption-key 'title' is not a feature of coco_captions" in capsys.readouterr().err
+    (record,) = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    builder = tfds.builder("coco_captions")  # the images as stored: JPEG-encoded by TFDS
+    stored = [builder.info.features.deserialize_example_np(r)
+              for r in fake_source(builder, "val")]
+    images = embed(module, variables, images=preprocess(
+        [Image.fromarray(e["image"]) for e in stored], module.config))
+    texts = [t for n in range(24) for t in coco_example(n)["captions"]["text"]]
+    owners = np.repeat(np.arange(24), [len(coco_example(n)["captions"]["text"])
+                                       for n in range(24)])
+    captions = embed(module, variables, tokens=tokenize(texts, module.config.context_length))
+    sims = images @ captions.T  # recall@k by numpy: the right caption / image in the top k
+    for k in (1, 5, 10):
+        i2t = np.mean([np.any(owners[np.argsort(-row)[:k]] == i) for i, row in enumerate(sims)])
+        t2i = np.mean([j in np.argsort(-col)[:k] for j, col in zip(owners, sims.T)])
+        assert record[f"retrieval/coco_captions_val/i2t_r{k}"] == pytest.approx(i2t, abs=1e-6)
+        assert record[f"retrieval/coco_captions_val/t2i_r{k}"] == pytest.approx(t2i, abs=1e-6)

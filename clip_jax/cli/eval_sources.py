@@ -8,7 +8,9 @@
                               against --baseline (linear_probe, or IN:SHIFTED pairs)
   --retrieval TABLE           image-text retrieval on a CSV/TSV of image paths and captions
                               (built once as an `image_text_table` of its own; columns by
-                              header or --image-column / --caption-column) or a TFDS name
+                              header or --image-key / --caption-key) or a TFDS name
+  --image-key, --label-key    a TFDS source's features or a table's columns, where the
+  --caption-key               defaults (`image`, `label`, `captions`; known headers) miss
 
 A source (SRC, TRAIN, TEST) is a labelled image folder, a .csv/.tsv with image and label
 columns, a CLIP_benchmark webdataset folder (`clip_jax.data.labelled`), or a TFDS name with an
@@ -47,18 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="zero-shot on SRC and its shifted versions (--shifts, --shifted)")
     parser.add_argument("--retrieval", metavar="TABLE",
                         help="retrieval on a CSV/TSV of images and captions, or a TFDS name")
-    parser.add_argument("--image-column", default="",
-                        help="--retrieval table's image-path column (default: the first of "
-                             f"{', '.join(IMAGE_COLUMNS)} in its header)")
-    parser.add_argument("--caption-column", default="",
-                        help="--retrieval table's caption column (default: the first of "
-                             f"{', '.join(CAPTION_COLUMNS)} in its header)")
-    parser.add_argument("--image-key", default="",
-                        help="TFDS sources' image feature (default: image), or tables' image "
-                             "column (default: found by header)")
+    parser.add_argument("--image-key", "--image-column", default="", dest="image_key",
+                        help="TFDS sources' image feature (default: image), or tables' "
+                             "image-path column (default: the first of "
+                             f"{', '.join(IMAGE_COLUMNS)} in the header)")
     parser.add_argument("--label-key", default="",
                         help="TFDS sources' ClassLabel feature (default: label; smallnorb: "
                              "label_category), or tables' label column (default: by header)")
+    parser.add_argument("--caption-key", "--caption-column", default="", dest="caption_key",
+                        help="--retrieval source's caption feature (TFDS; default: captions, "
+                             "or the one text feature inside it) or column (a table; default: "
+                             f"the first of {', '.join(CAPTION_COLUMNS)} in its header)")
     parser.add_argument("--templates", default="",
                         help="prompt template set (default, simple, synthetic_shapes) or file "
                              "(default: the source's templates file, else 'default')")
@@ -150,9 +151,9 @@ def has_sources(args: argparse.Namespace) -> bool:
 
 # option -> the source flags it shapes (its value is read by no other)
 OPTION_SOURCES = {
-    "image_column": ("retrieval",), "caption_column": ("retrieval",),
-    "image_key": ("zero_shot", "linear_probe", "few_shot", "robustness"),
+    "image_key": ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieval"),
     "label_key": ("zero_shot", "linear_probe", "few_shot", "robustness"),
+    "caption_key": ("retrieval",),
     "templates": ("zero_shot", "few_shot", "robustness"),
     "compare_prompts": ("zero_shot", "few_shot", "robustness"),
     "class_names": ("zero_shot", "linear_probe", "few_shot", "robustness"),
@@ -227,7 +228,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
             **prompts)
     _check_keys_used(args, ev)
     if args.retrieval:
-        _retrieval(config, args.retrieval, args.image_column, args.caption_column)
+        _retrieval(config, args.retrieval, args.image_key, args.caption_key)
     for flag in SOURCE_FLAGS:
         if ev[flag]:
             enabled.append(flag)
@@ -262,10 +263,10 @@ def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) ->
 def in_flag_terms(message: str, origins: dict[str, str]) -> str:
     """`message` with each `config.eval.<kind>.<task>[.<field>]` of a command-line task said
     as the flag that made it (`--robustness folder2 (baseline)`): the user never wrote the
-    config path. With command-line tasks, `data.label_key` / `data.image_key` are the
-    `--label-key` / `--image-key` flags that set them."""
+    config path. With command-line tasks, `data.label_key` / `image_key` / `caption_key` are
+    the `--label-key` / `--image-key` / `--caption-key` flags that set them."""
     if origins:
-        message = re.sub(r"\bdata\.(label|image)_key(=?)",
+        message = re.sub(r"\bdata\.(label|image|caption)_key(=?)",
                          lambda m: f"--{m.group(1)}-key" + (" " if m.group(2) else ""), message)
     for task in sorted(origins, key=len, reverse=True):
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
@@ -274,11 +275,12 @@ def in_flag_terms(message: str, origins: dict[str, str]) -> str:
     return message
 
 
-def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str = "",
-               caption_column: str = "") -> None:
-    """A TFDS name, or a CSV/TSV built as an `image_text_table` of its own: the table section
-    starts from the defaults (the training run's tables, columns and image root are not
-    this table's), holds only the test split, and names the columns found in the header."""
+def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = "",
+               caption_key: str = "") -> None:
+    """A TFDS name (its features `image_key`, `caption_key`; "" = the defaults), or a CSV/TSV
+    built as an `image_text_table` of its own: the table section starts from the defaults
+    (the training run's tables, columns and image root are not this table's), holds only
+    the test split, and names the columns given or found in the header."""
     from clip_jax.data import labelled
     from clip_jax.data.options import default_config
     from clip_jax.evaluation import evaluate
@@ -290,14 +292,15 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_column: str =
         table = default_config().table
         table.update(
             name=table_dataset_name(spec), test_path=os.path.abspath(spec), group_by_image=True,
-            image_column=labelled.pick_column(columns, image_column, IMAGE_COLUMNS, "image",
-                                              spec, "--image-column"),
-            caption_column=labelled.pick_column(columns, caption_column, CAPTION_COLUMNS,
-                                                "caption", spec, "--caption-column"))
+            image_column=labelled.pick_column(columns, image_key, IMAGE_COLUMNS, "image",
+                                              spec, "--image-key"),
+            caption_column=labelled.pick_column(columns, caption_key, CAPTION_COLUMNS,
+                                                "caption", spec, "--caption-key"))
         config.data.dataset = "image_text_table"
         config.data.table = table
-        name, split = "", "test"
-    config.eval.retrieval[naming.source_name(spec)] = evaluate.retrieval_task(name, split)
+        name, split, image_key, caption_key = "", "test", "", ""
+    config.eval.retrieval[naming.source_name(spec)] = evaluate.retrieval_task(
+        name, split, image_key=image_key, caption_key=caption_key)
 
 
 def table_dataset_name(path: str) -> str:
