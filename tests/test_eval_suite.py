@@ -730,7 +730,7 @@ def test_retrieval_on_a_tfds_caption_dataset_names_its_features(model, tmp_path,
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=fake_source):
         assert cli.main(run + ["--output", str(tmp_path / "out")]) == 0
-        assert cli.main(run + ["--caption-key", "title"]) == 2
+        assert cli.main(run + ["--caption-key", "title", "--image-key", "image"]) == 2
     assert "--caption-key 'title' is not a feature of coco_captions" in capsys.readouterr().err
     (record,) = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
     builder = tfds.builder("coco_captions")  # the images as stored: JPEG-encoded by TFDS

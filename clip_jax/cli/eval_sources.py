@@ -254,6 +254,7 @@ def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) ->
                                             "robustness") for task in ev[flag].values()
                 for field in ("dataset", "test_dataset")]
     datasets += [name.strip().partition("@")[0] for name in args.shifted.split(",")]
+    datasets += [args.retrieval.partition("@")[0]] if args.retrieval else []
     if all(labelled_data.source_kind(d) in ("image_folder", "wds") for d in datasets if d):
         raise ConfigError(f"{' and '.join(given)} name a TFDS dataset's features or a table's "
                           "columns, and every source here is an image folder or webdataset "
