@@ -20,7 +20,7 @@ import numpy as np
 
 from clip_jax.convert.host import read_tensors, to_numpy
 from clip_jax.errors import ConfigError
-from clip_jax.models.clip import CLIP, init_variables
+from clip_jax.models.clip import abstract_variables
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import OPENAI_NAMES, PRESETS
@@ -193,8 +193,8 @@ def variable_shapes(config: CLIPConfig) -> dict[Path, tuple[int, ...]]:
 def _abstract_variables(config: CLIPConfig) -> dict[Path, jax.ShapeDtypeStruct]:
     """Shape and dtype (`param_dtype`, or float32 where the model fixes it) of every
     variable of the unscanned model, without allocating anything."""
-    module = CLIP(config.replace(scan_layers=False, remat_policy="none"))
-    abstract = jax.eval_shape(lambda: nn.unbox(init_variables(module, jax.random.key(0))))
+    abstract = nn.unbox(abstract_variables(config.replace(scan_layers=False,
+                                                          remat_policy="none")))
     return {tuple(k.key for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
 

@@ -122,9 +122,9 @@ def with_numerics(module: CLIP, variables: Variables, **overrides: Any
     config = module.config.replace(**overrides)
     if config.scan_layers != module.config.scan_layers:
         variables = (stack_layers if config.scan_layers else unstack_layers)(variables)
-    dtype = np.dtype(jnp.dtype(config.param_dtype))
-    variables = jax.tree.map(
-        lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, variables)
+    declared = nn.unbox(abstract_variables(config))  # param_dtype; logit_scale stays float32
+    variables = jax.tree.map(lambda x, a: x.astype(a.dtype) if jnp.issubdtype(
+        x.dtype, jnp.floating) else x, variables, declared)
     return CLIP(config), variables
 
 
@@ -153,10 +153,12 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     init_fn = functools.partial(init_variables, module)
     if isinstance(rng, jax.core.Tracer):
         return module, nn.unbox(init_fn(rng))
-    return module, sample_variables(init_fn, _abstract_variables(config), rng, shardings)
+    return module, sample_variables(init_fn, abstract_variables(config), rng, shardings)
 
 
 @functools.lru_cache(maxsize=32)
-def _abstract_variables(config: CLIPConfig) -> Variables:
-    """The boxed shapes, dtypes and initialisers of one architecture's variables."""
+def abstract_variables(config: CLIPConfig) -> Variables:
+    """The boxed shapes, dtypes (`param_dtype`, or float32 where the model fixes it:
+    `logit_scale`, `logit_bias`) and initialisers of one architecture's variables; traced
+    once per config and process."""
     return jax.eval_shape(functools.partial(init_variables, CLIP(config)), jax.random.key(0))
