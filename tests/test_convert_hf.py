@@ -550,3 +550,26 @@ def test_param_dtype_given_with_model_casts_every_source(tmp_path):
         assert jax.tree.map(lambda x: x.dtype, loaded) == declared, source
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b.astype(a.dtype)),
                      loaded, full)
+
+
+def test_a_transformers_5_processor_file_gives_the_image_statistics(tmp_path, caplog):
+    """transformers 5's `CLIPProcessor.save_pretrained` writes `processor_config.json` (its
+    image processor inside) and no `preprocessor_config.json`: the directory loaded with
+    OpenAI's mean/std, saying it had no processor, and its pixels differed from CLIPProcessor's."""
+    model = _hf_model()
+    model.save_pretrained(tmp_path)
+    default_tokenizer().save_hf(tmp_path)
+    image_processor = transformers.CLIPImageProcessor(
+        image_mean=[0.5, 0.4, 0.3], image_std=[0.25, 0.2, 0.3], size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32})
+    transformers.CLIPProcessor(image_processor=image_processor,
+                               tokenizer=transformers.CLIPTokenizer.from_pretrained(tmp_path)
+                               ).save_pretrained(tmp_path)
+    assert (tmp_path / "processor_config.json").is_file()
+    (tmp_path / "preprocessor_config.json").unlink(missing_ok=True)
+    module, _ = clip_jax.load(str(tmp_path))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    processor = transformers.CLIPProcessor.from_pretrained(tmp_path)
+    images = _test_images()
+    theirs = processor(images=images, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(preprocess(images, module.config), theirs, atol=1e-6)

@@ -1,6 +1,6 @@
 """Import Hugging Face `transformers.CLIPModel` directories as clip_jax configs and variables.
 
-`config.json` (and `preprocessor_config.json` for the image statistics) give the `CLIPConfig`;
+`config.json` (and the image processor's file for the image statistics) give the `CLIPConfig`;
 the weights (single or sharded safetensors, or PyTorch `.bin`) are renamed through
 `clip_jax.convert.hf_keys` onto the canonical table of `clip_jax.convert.openai` and checked
 tensor by tensor. A directory clip_jax cannot compute exactly (SigLIP, one tower only, other
@@ -54,7 +54,7 @@ def is_hf_directory(path: PathLike) -> bool:
 
 
 def read_config(directory: PathLike) -> CLIPConfig:
-    """Our config of a transformers CLIP directory (config.json + preprocessor_config.json).
+    """Our config of a transformers CLIP directory (config.json + its image processor's file).
 
     Raises FileNotFoundError (no config.json) or ConfigError (a model clip_jax cannot compute).
     """
@@ -149,6 +149,10 @@ def _square(value: Any, name: str) -> int:
     return int(value)
 
 
+# Where a transformers directory keeps its image processor's settings: transformers 4's file,
+# then transformers 5's processor file (its "image_processor" entry).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
 # CLIPImageProcessor settings clip_jax.data.preprocess follows (their defaults): any other
 # value of one makes that processor's pixels differ from ours.
 _PROCESSOR_STEPS = {"do_resize": True, "resample": 3, "do_center_crop": True,
@@ -158,13 +162,18 @@ _PROCESSOR_STEPS = {"do_resize": True, "resample": 3, "do_center_crop": True,
 
 def _image_statistics(directory: Path, image_size: int
                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation of the directory's image processor (OpenAI's when it has none)."""
-    path = directory / "preprocessor_config.json"
-    if not path.is_file():
-        log.warning("%s has no preprocessor_config.json; assuming OpenAI's image mean/std.",
-                    directory)
+    """Normalisation of the directory's image processor (OpenAI's when it has none): its
+    `preprocessor_config.json`, or the `image_processor` of the `processor_config.json`
+    that transformers 5's `CLIPProcessor.save_pretrained` writes instead."""
+    processor = None
+    if (directory / PROCESSOR_FILES[0]).is_file():
+        processor = _read_json(directory / PROCESSOR_FILES[0])
+    elif (directory / PROCESSOR_FILES[1]).is_file():
+        processor = _read_json(directory / PROCESSOR_FILES[1]).get("image_processor")
+    if not isinstance(processor, dict):
+        log.warning("%s has no image processor (%s); assuming OpenAI's image mean/std.",
+                    directory, " or ".join(PROCESSOR_FILES))
         return OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
-    processor = _read_json(path)
     size, crop = processor.get("size", image_size), processor.get("crop_size", image_size)
     size = size.get("shortest_edge", size) if isinstance(size, dict) else size
     crop = crop.get("height", crop) if isinstance(crop, dict) else crop

@@ -17,7 +17,7 @@ from clip_jax.training import checkpoints
 
 # Files fetched from a transformers CLIP repository (the first weights file found is used).
 HF_CONFIG_FILES = ("config.json",)
-HF_OPTIONAL_FILES = ("preprocessor_config.json",)
+HF_OPTIONAL_FILES = hf_import.PROCESSOR_FILES
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 
