@@ -207,3 +207,22 @@ def test_a_missing_caption_feature_names_the_text_ones(dataset, fix):
     with pytest.raises(ConfigError, match=f"data.caption_key='caption' is not a feature of "
                                           f".*; {fix}"):
         schema.make_schema(tfds.builder(dataset), config, MODEL, with_label=False)
+
+
+@pytest.mark.parametrize("dataset, key, message", [
+    ("voc", "objects/label", r"holds one label per element of the sequence 'objects' .*"
+                             r"has no ClassLabel of one label per image"),
+    ("voc", "label", r"is not a feature of voc.*has no ClassLabel of one label per image"),
+    ("cifar10_h", "human_labels", r"one label per element of the sequence 'human_labels' .*"
+                                  r"name a ClassLabel feature \(label\)")])
+def test_a_label_per_element_is_not_a_class_per_image(dataset, key, message):
+    """voc's `objects/label` (one ClassLabel per object) was offered as a label key, accepted,
+    and ended in a traceback (no static shape); a sequence of ClassLabels was "not a
+    ClassLabel". Only per-image ClassLabels are offered."""
+    from clip_jax.data import schema
+
+    config = data_options.resolve_config(data_options.default_config())
+    config.label_key = key
+    with pytest.raises(ConfigError, match=message):
+        schema.make_schema(tfds.builder(dataset), config, MODEL, with_label=True,
+                           with_captions=False)

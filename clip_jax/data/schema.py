@@ -85,6 +85,20 @@ def feature(features: Any, path: str) -> Any | None:
     return node
 
 
+def sequence_on_path(features: Any, path: str) -> str:
+    """The path of the Sequence feature `path` lies in or is ("" when none): a ClassLabel
+    there is one label per element (voc's `objects/label`), not one per image."""
+    node, walked = features, []
+    for part in path.split("/"):
+        if isinstance(node, tfds.features.Sequence):
+            return "/".join(walked)
+        if not isinstance(node, tfds.features.FeaturesDict) or part not in node.keys():
+            return ""
+        node = node[part]
+        walked.append(part)
+    return path if isinstance(node, tfds.features.Sequence) else ""
+
+
 def feature_paths(features: Any, prefix: str = "") -> list[str]:
     """Every leaf feature's path, for error messages that list what a dataset has."""
     paths = []
@@ -177,10 +191,11 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
         keys["caption_key"] = config.caption_key
     if with_label and config.label_key:
         keys["label_key"] = config.label_key
-    classes = [p for p in feature_paths(features)
-               if isinstance(feature(features, p), tfds.features.ClassLabel)]
+    classes = [p for p in feature_paths(features)  # one label per image, not per element
+               if isinstance(feature(features, p), tfds.features.ClassLabel)
+               and not sequence_on_path(features, p)]
     named = (f"name a ClassLabel feature ({', '.join(classes)})" if classes
-             else f"{name} has no ClassLabel feature; use another dataset")
+             else f"{name} has no ClassLabel of one label per image; use another dataset")
     label_fix = ("set data.label_key='' to evaluate without labels" if with_captions
                  else named)
     class_fix = f"{named} or set data.label_key=''" if with_captions else named
@@ -194,6 +209,11 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
             raise ConfigError(f"data.{field}={path!r} is not a feature of {name} (features: "
                               f"{feature_paths(features)}); {fix}.")
     label = keys.get("label_key", "")
+    if label and sequence_on_path(features, label):
+        raise ConfigError(
+            f"data.label_key={label!r} of {name} holds one label per element of the sequence "
+            f"{sequence_on_path(features, label)!r} (several per image, or none); "
+            f"classification needs one per image: {class_fix}.")
     if label and not isinstance(feature(features, label), tfds.features.ClassLabel):
         raise ConfigError(f"data.label_key={label!r} of {name} is not a ClassLabel; {class_fix}.")
     captions = text_path(features, config.caption_key) if with_captions else ""
