@@ -241,3 +241,22 @@ def test_a_head_width_that_cannot_be_guessed_says_how_to_pass_it(tmp_path):
     img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
     ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
     assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: {f"model.{k}": v for k, v in sd.items()},
+    lambda sd: {f"clip.{k}": v for k, v in sd.items()},
+    lambda sd: {"model": sd, "optimizer": {"lr": 1.0}, "epoch": 3},
+    lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3},
+    lambda sd: {f"module.model.{k}": v for k, v in sd.items()}])
+def test_a_state_dict_under_a_wrapper_or_prefix_loads(tmp_path, wrap):
+    """A model kept as a submodule (`model.`, `clip.`) or a checkpoint holding it under
+    `model` was "Not a CLIP state dict: missing [...]" although every key was there."""
+    ref = open_clip_model(get_preset("test-vit", activation="gelu"))
+    torch.save(wrap(ref.state_dict()), tmp_path / "wrapped.pt")
+    module, variables = clip_jax.load(str(tmp_path / "wrapped.pt"), model="test-vit",
+                                      activation="gelu")
+    images, tokens = random_inputs(module.config)
+    img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
+    ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import math
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -151,14 +151,35 @@ def to_torch(array: np.ndarray, entry: Entry) -> np.ndarray:
 _QKV = re.compile(r"^(.*)\.in_proj_(weight|bias)$")
 
 
+# Entries a training checkpoint keeps its model's state dict under (open_clip, timm, ...).
+_WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
+
+
+def _outer_prefix(keys: Iterable[str]) -> str:
+    """The prefix every CLIP key of a state dict carries (`module.` of DataParallel, a
+    wrapper module's `model.` / `clip.`), found at its text tower's positional embedding."""
+    keys = set(keys)
+    for key in keys:
+        if key.endswith("positional_embedding") and not key.endswith("visual.positional_embedding"):
+            prefix = key.removesuffix("positional_embedding").removesuffix("text.")
+            if f"{prefix}text_projection" in keys or f"{prefix}text.text_projection" in keys:
+                return prefix
+    return ""
+
+
 def canonicalize(state_dict: Mapping[str, Any]) -> StateDict:
-    """Numpy arrays under canonical keys: unwraps `state_dict`/`module.`, splits fused qkv,
-    and drops the `text.` of open_clip's `CustomTextCLIP` (its text tower as a submodule)."""
-    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
-        state_dict = state_dict["state_dict"]
+    """Numpy arrays under canonical keys: unwraps a training checkpoint (`state_dict`,
+    `model`, ...) and the prefix of the module that held the model (`module.`, `model.`),
+    splits fused qkv, and drops the `text.` of open_clip's `CustomTextCLIP` (its text tower
+    as a submodule)."""
+    for wrapper in _WRAPPERS:
+        if isinstance(state_dict.get(wrapper), Mapping):
+            state_dict = state_dict[wrapper]
+            break
+    outer = _outer_prefix(state_dict)
     out: StateDict = {}
     for key, value in state_dict.items():
-        key = key.removeprefix("module.").removeprefix("text.")
+        key = key.removeprefix(outer).removeprefix("text.")
         array = to_numpy(value)
         if (m := _QKV.match(key)) is not None:
             for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
