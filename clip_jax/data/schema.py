@@ -191,7 +191,8 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
         keys["caption_key"] = config.caption_key
     if with_label and config.label_key:
         keys["label_key"] = config.label_key
-    classes = [p for p in feature_paths(features)  # one label per image, not per element
+    every = feature_paths(features)
+    classes = [p for p in every  # one label per image, not per element
                if isinstance(feature(features, p), tfds.features.ClassLabel)
                and not sequence_on_path(features, p)]
     named = (f"name a ClassLabel feature ({', '.join(classes)})" if classes
@@ -199,7 +200,7 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
     label_fix = ("set data.label_key='' to evaluate without labels" if with_captions
                  else named)
     class_fix = f"{named} or set data.label_key=''" if with_captions else named
-    texts = [p for p in feature_paths(features) if _is_text(feature(features, p))]
+    texts = [p for p in every if _is_text(feature(features, p))]
     text_fix = (f"name a text feature ({', '.join(texts)})" if texts else
                 f"{name} has no text feature: train on an image-caption dataset")
     fixes = {"label_key": label_fix, "caption_key": text_fix}
@@ -207,13 +208,14 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
         if feature(features, path) is None:
             fix = fixes.get(field, f"set data.{field} to one of them")
             raise ConfigError(f"data.{field}={path!r} is not a feature of {name} (features: "
-                              f"{feature_paths(features)}); {fix}.")
+                              f"{every}); {fix}.")
     label = keys.get("label_key", "")
-    if label and sequence_on_path(features, label):
+    sequence = sequence_on_path(features, label) if label else ""
+    if sequence:
         raise ConfigError(
             f"data.label_key={label!r} of {name} holds one label per element of the sequence "
-            f"{sequence_on_path(features, label)!r} (several per image, or none); "
-            f"classification needs one per image: {class_fix}.")
+            f"{sequence!r} (several per image, or none); classification needs one per image: "
+            f"{class_fix}.")
     if label and not isinstance(feature(features, label), tfds.features.ClassLabel):
         raise ConfigError(f"data.label_key={label!r} of {name} is not a ClassLabel; {class_fix}.")
     captions = text_path(features, config.caption_key) if with_captions else ""
