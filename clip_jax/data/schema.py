@@ -210,13 +210,15 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
             raise ConfigError(f"data.{field}={path!r} is not a feature of {name} (features: "
                               f"{every}); {fix}.")
     label = keys.get("label_key", "")
+    node = feature(features, label) if label else None
+    element = node.feature if isinstance(node, tfds.features.Sequence) else node
     sequence = sequence_on_path(features, label) if label else ""
-    if sequence:
+    if sequence and isinstance(element, tfds.features.ClassLabel):
         raise ConfigError(
             f"data.label_key={label!r} of {name} holds one label per element of the sequence "
             f"{sequence!r} (several per image, or none); classification needs one per image: "
             f"{class_fix}.")
-    if label and not isinstance(feature(features, label), tfds.features.ClassLabel):
+    if label and not isinstance(node, tfds.features.ClassLabel):
         raise ConfigError(f"data.label_key={label!r} of {name} is not a ClassLabel; {class_fix}.")
     captions = text_path(features, config.caption_key) if with_captions else ""
     if captions is None:
