@@ -248,10 +248,18 @@ def test_a_head_width_that_cannot_be_guessed_says_how_to_pass_it(tmp_path):
     lambda sd: {f"clip.{k}": v for k, v in sd.items()},
     lambda sd: {"model": sd, "optimizer": {"lr": 1.0}, "epoch": 3},
     lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3},
-    lambda sd: {f"module.model.{k}": v for k, v in sd.items()}])
+    lambda sd: {f"module.model.{k}": v for k, v in sd.items()},
+    lambda sd: {"state_dict": {"model": sd}},  # nested twice
+    lambda sd: {"state_dict_ema": sd, "epoch": 3},  # timm: only the average kept
+    lambda sd: {"ema": {f"module.{k}": v for k, v in sd.items()}},
+    lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},  # torch.compile'd model
+    lambda sd: {(f"model.{k}" if k.startswith("visual.") else k): v for k, v in sd.items()},
+    lambda sd: {k.replace("visual.", "visual.module.", 1): v for k, v in sd.items()}])
 def test_a_state_dict_under_a_wrapper_or_prefix_loads(tmp_path, wrap):
     """A model kept as a submodule (`model.`, `clip.`) or a checkpoint holding it under
-    `model` was "Not a CLIP state dict: missing [...]" although every key was there."""
+    `model` was "Not a CLIP state dict: missing [...]" although every key was there; so were
+    weights nested twice, kept under an EMA entry only, or with a prefix on one tower's keys
+    (a DataParallel image tower, `visual.module.*`)."""
     ref = open_clip_model(get_preset("test-vit", activation="gelu"))
     torch.save(wrap(ref.state_dict()), tmp_path / "wrapped.pt")
     module, variables = clip_jax.load(str(tmp_path / "wrapped.pt"), model="test-vit",
@@ -260,3 +268,42 @@ def test_a_state_dict_under_a_wrapper_or_prefix_loads(tmp_path, wrap):
     img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
     ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
     assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+
+
+def _ema_copy(sd):
+    return {k: v * 0.5 + 0.01 if v.is_floating_point() else v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("layout", ["entries", "flat", "unprefixed"])
+def test_a_checkpoint_with_trained_and_ema_weights_loads_the_one_asked_for(tmp_path, caplog,
+                                                                          layout):
+    """A file with both the trained weights and their moving average loaded the trained ones
+    without a word, and `model_ema.*` keys beside `model.*` ones were "tensors this architecture
+    lacks". Each copy is checked against open_clip running that copy."""
+    config = get_preset("test-vit", activation="gelu")
+    trained = open_clip_model(config)
+    averaged = open_clip_model(config)
+    averaged.load_state_dict(_ema_copy(trained.state_dict()))
+    sd, ema = trained.state_dict(), averaged.state_dict()
+    checkpoint = {
+        "entries": {"state_dict": sd, "state_dict_ema": ema, "epoch": 2},
+        "flat": {**{f"model.{k}": v for k, v in sd.items()},
+                 **{f"model_ema.{k}": v for k, v in ema.items()}},
+        "unprefixed": {**sd, **{f"ema.{k}": v for k, v in ema.items()}},
+    }[layout]
+    torch.save(checkpoint, tmp_path / "both.pt")
+    images, tokens = random_inputs(config)
+    for use_ema, ref, warned in ((False, trained, "Pass ema=True"), (True, averaged, "passed over")):
+        caplog.clear()
+        module, variables = clip_jax.load(str(tmp_path / "both.pt"), model=config, ema=use_ema)
+        img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
+        ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
+        assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+        assert warned in caplog.text
+
+
+def test_ema_true_on_a_checkpoint_without_an_average_is_an_error(tmp_path):
+    ref = open_clip_model(get_preset("test-vit", activation="gelu"))
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "plain.pt")
+    with pytest.raises(ConfigError, match="ema=True, but the checkpoint holds no EMA weights"):
+        clip_jax.load(str(tmp_path / "plain.pt"), model="test-vit", ema=True)

@@ -148,3 +148,29 @@ def test_pretrained_given_a_whole_model_says_how_to_load_it(tmp_path):
         clip_jax.create_model("test-vit", pretrained=str(tmp_path / "hf" / "model.safetensors"))
     loaded, _ = clip_jax.load(tmp_path / "hf")  # what the message says works
     assert loaded.config.embed_dim == config.embed_dim
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_config_with_a_pretrained_file_loads_that_file(tmp_path, as_dict):
+    """create_model(CLIPConfig or dict, pretrained=FILE) raised a raw TypeError from
+    os.fspath, and create_model_and_transforms silently gave a random init. The config now
+    pins the file's architecture (head width 32, not the guessed 64: open_clip is the
+    reference); a released tag with a config says to name the architecture."""
+    import torch
+    from reference import open_clip_model
+    config = get_preset("test-vit", activation="gelu").replace(vision={"head_width": 32})
+    ref = open_clip_model(config)
+    torch.save(ref.state_dict(), tmp_path / "weights.pt")
+    given = config.to_dict() if as_dict else config
+    images, tokens = random_inputs(config, batch=2)
+    r_img, r_txt, _ = open_clip_outputs(ref, images, tokens)
+    for module, variables in (
+            clip_jax.create_model(given, pretrained=str(tmp_path / "weights.pt")),
+            clip_jax.create_model_and_transforms(given, tmp_path / "weights.pt")[:2]):
+        assert module.config == config
+        img, txt, _ = module.apply(variables, images, tokens)
+        np.testing.assert_allclose(img, r_img, atol=1e-5)
+        np.testing.assert_allclose(txt, r_txt, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"pretrained='openai' with a model config must be a "
+                                          r"weights file.*create_model\('ViT-B-32'"):
+        clip_jax.create_model(given, pretrained="openai")

@@ -12,13 +12,14 @@ import dataclasses
 import logging
 import math
 import re
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from clip_jax.convert.host import read_tensors, to_numpy
+from clip_jax.convert.unwrap import unwrap
 from clip_jax.errors import ConfigError
 from clip_jax.models.clip import abstract_variables
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
@@ -151,35 +152,13 @@ def to_torch(array: np.ndarray, entry: Entry) -> np.ndarray:
 _QKV = re.compile(r"^(.*)\.in_proj_(weight|bias)$")
 
 
-# Entries a training checkpoint keeps its model's state dict under (open_clip, timm, ...).
-_WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
-
-
-def _outer_prefix(keys: Iterable[str]) -> str:
-    """The prefix every CLIP key of a state dict carries (`module.` of DataParallel, a
-    wrapper module's `model.` / `clip.`), found at its text tower's positional embedding."""
-    keys = set(keys)
-    for key in keys:
-        if key.endswith("positional_embedding") and not key.endswith("visual.positional_embedding"):
-            prefix = key.removesuffix("positional_embedding").removesuffix("text.")
-            if f"{prefix}text_projection" in keys or f"{prefix}text.text_projection" in keys:
-                return prefix
-    return ""
-
-
-def canonicalize(state_dict: Mapping[str, Any]) -> StateDict:
-    """Numpy arrays under canonical keys: unwraps a training checkpoint (`state_dict`,
-    `model`, ...) and the prefix of the module that held the model (`module.`, `model.`),
-    splits fused qkv, and drops the `text.` of open_clip's `CustomTextCLIP` (its text tower
-    as a submodule)."""
-    for wrapper in _WRAPPERS:
-        if isinstance(state_dict.get(wrapper), Mapping):
-            state_dict = state_dict[wrapper]
-            break
-    outer = _outer_prefix(state_dict)
+def canonicalize(state_dict: Mapping[str, Any], *, ema: bool = False) -> StateDict:
+    """Numpy arrays under canonical keys: the model's weights found in a training checkpoint
+    (`clip_jax.convert.unwrap`: wrapper entries, module prefixes, the trained or, with `ema`,
+    the averaged copy), fused qkv split, and the `text.` of open_clip's `CustomTextCLIP` (its
+    text tower as a submodule) dropped."""
     out: StateDict = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix(outer).removeprefix("text.")
+    for key, value in unwrap(state_dict, ema=ema).items():
         array = to_numpy(value)
         if (m := _QKV.match(key)) is not None:
             for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
@@ -424,7 +403,7 @@ def _describe(config: CLIPConfig) -> str:
 _NOT_PARAMETERS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
-def read_state_dict(path: str) -> StateDict:
+def read_state_dict(path: str, *, ema: bool = False) -> StateDict:
     """Canonical tensors of a `.safetensors`, `.npz` or PyTorch (`.pt`/`.pth`/`.bin`) checkpoint
-    (`clip_jax.convert.host.read_tensors`, then `canonicalize`)."""
-    return canonicalize(read_tensors(path))
+    (`clip_jax.convert.host.read_tensors`, then `canonicalize`; `ema` takes its EMA copy)."""
+    return canonicalize(read_tensors(path), ema=ema)

@@ -25,7 +25,7 @@ from clip_jax.convert.open_clip_export import export_open_clip
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.models.clip import CLIP, with_numerics
+from clip_jax.models.clip import CLIP, as_config, with_numerics
 from clip_jax.models.config import CLIPConfig
 from clip_jax.models.presets import PRESETS, get_preset
 from clip_jax.pretrained import load as loading
@@ -39,13 +39,14 @@ def list_models() -> list[str]:
 
 
 def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0, *,
-                 pretrained: str | None = None, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
+                 pretrained: str | os.PathLike | None = None, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
     """`clip_jax.create_model`: `(module, variables)`, variables as plain arrays.
 
     Without `pretrained`, a random init (`clip_jax.models.create_model`: drawn on the host, no
     compilation; traceable under `jax.eval_shape`). With `pretrained` (a tag from
     `clip_jax.list_pretrained()` or a weights file) the released weights, as
-    `clip_jax.load(name, pretrained)` gives them; `overrides` then may only change numerics
+    `clip_jax.load(name, pretrained)` gives them; a config (not a name) then pins the
+    architecture of a weights file, and a tag needs a name. `overrides` then may only change numerics
     (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError. Parameters are
     stored in `param_dtype` (float32 unless overridden).
 
@@ -54,12 +55,26 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     `clip_jax.load` raises for `pretrained` weights that are missing or not what they claim.
     """
     if pretrained is not None:
-        return with_numerics(*loading.load(name_or_config, pretrained), **overrides)
+        return with_numerics(*_load_pretrained(name_or_config, pretrained), **overrides)
     return models.create_model(name_or_config, rng, **overrides)
 
 
+def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os.PathLike
+                     ) -> tuple[CLIP, dict[str, Any]]:
+    """`clip_jax.load` of `pretrained` for an architecture given by name, or by a config (which
+    then pins the architecture of a weights file; a released tag needs a name)."""
+    if not isinstance(architecture, (CLIPConfig, dict)):
+        return loading.load(architecture, pretrained)
+    if not os.path.isfile(pretrained):
+        raise ConfigError(f"pretrained={os.fspath(pretrained)!r} with a model config must be a "
+                          "weights file; released weights are named with their architecture: "
+                          "create_model('ViT-B-32', pretrained='openai') "
+                          "(clip_jax.list_pretrained()).")
+    return loading.load(os.fspath(pretrained), model=as_config(architecture))
+
+
 def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | dict,
-                                pretrained: str | None = None,
+                                pretrained: str | os.PathLike | None = None,
                                 **overrides: Any
                                 ) -> tuple[CLIP, dict[str, Any], Callable[..., np.ndarray]]:
     """`(module, variables, transform)`, like open_clip's helper; `transform(images)` is
@@ -71,10 +86,12 @@ def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | d
     Raises what `create_model` or `clip_jax.load` raise: MissingFileError (a FileNotFoundError)
     when nothing is there, ConfigError for files or arguments that contradict each other.
     """
-    is_architecture = isinstance(name_or_path, (CLIPConfig, dict)) or (
-        pretrained is None and _is_preset(name_or_path))
-    if is_architecture:
+    is_architecture = isinstance(name_or_path, (CLIPConfig, dict)) or _is_preset(name_or_path)
+    if is_architecture and pretrained is None:
         module, variables = models.create_model(name_or_path, **overrides)
+    elif is_architecture:
+        module, variables = with_numerics(*_load_pretrained(name_or_path, pretrained),
+                                          **overrides)
     else:
         module, variables = with_numerics(*loading.load(name_or_path, pretrained), **overrides)
     return module, variables, functools.partial(preprocess, config=module.config)

@@ -23,7 +23,7 @@ HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
          model: str | CLIPConfig | None = None, activation: str | None = None,
-         revision: str | None = None, token: str | bool | None = None
+         revision: str | None = None, token: str | bool | None = None, ema: bool = False
          ) -> tuple[CLIP, dict[str, Any]]:
     """`(module, variables)` (numpy variables) from any source:
 
@@ -41,6 +41,9 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     `model` (a preset name or config) pins the architecture or sets numerics (`scan_layers`,
     `dtype`); `activation` overrides the activation. A bare weights file reveals neither head
     counts nor the activation: they are then inferred and a warning says how to pass them.
+    A training checkpoint's weights are found under its wrapper entries and module prefixes
+    (`state_dict`, `module.`, ...); `ema=True` loads its exponential moving average instead of
+    the trained weights (a warning names the copy passed over either way).
     Raises FileNotFoundError (nothing there) or ConfigError (a file that is not what it
     claims, or arguments that contradict it).
     """
@@ -52,16 +55,17 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     elif pretrained is None and (named := hub.split_name(spec)) is not None:
         spec, pretrained = named
     if pretrained is not None:
-        return _load_named(spec, pretrained, config, activation, revision, token)
+        return _load_named(spec, pretrained, config, activation, revision, token, ema)
     if os.path.exists(spec):
-        return _load_local(spec, config, activation)
+        return _load_local(spec, config, activation, ema)
     if hub.is_repo_id(spec):
-        return _load_repo(spec, config, activation, revision, token)
+        return _load_repo(spec, config, activation, revision, token, ema)
     raise MissingFileError(not_found(spec))
 
 
 def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str | None,
-                revision: str | None, token: str | bool | None) -> tuple[CLIP, dict[str, Any]]:
+                revision: str | None, token: str | bool | None, ema: bool
+                ) -> tuple[CLIP, dict[str, Any]]:
     if os.path.isfile(tag):  # pretrained= a local file, as open_clip allows
         found, weights = get_preset(name), Path(tag)
         entry = hub.PRETRAINED.get((hub.base_name(name), "openai"))
@@ -87,14 +91,21 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
         found = config
     if activation is not None:
         found = found.replace(activation=activation)
-    state = openai.read_state_dict(os.fspath(weights))
+    state = openai.read_state_dict(os.fspath(weights), ema=ema)
     found, variables = openai.from_state_dict(state, found)
     return CLIP(found), variables
 
 
-def _load_local(path: str, config: CLIPConfig | None, activation: str | None
+def _no_ema(ema: bool, source: str, what: str) -> None:
+    if ema:
+        raise ConfigError(f"ema=True, but {source!r} is {what}, which holds no EMA weights; "
+                          "load it without ema=True.")
+
+
+def _load_local(path: str, config: CLIPConfig | None, activation: str | None, ema: bool
                 ) -> tuple[CLIP, dict[str, Any]]:
     if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
+        _no_ema(ema, path, "a clip_jax workdir")
         module, variables = checkpoints.load_model(path)
         if config is None:
             return module, variables
@@ -104,10 +115,12 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None
                               "omit the model argument to use the checkpoint's own.")
         return with_numerics(module, variables, **numerics)
     if hf_import.is_hf_directory(path):
+        _no_ema(ema, path, "a transformers directory")
         config, variables = hf_import.load_hf(path, config, activation=activation)
         return CLIP(config), variables
     if open_clip_import.is_open_clip_directory(path):
-        config, variables = open_clip_import.load_open_clip(path, config, activation=activation)
+        config, variables = open_clip_import.load_open_clip(path, config, activation=activation,
+                                                            ema=ema)
         return CLIP(config), variables
     if os.path.isdir(path):
         raise ConfigError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/), a "
@@ -119,9 +132,9 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None
                           f"{os.path.dirname(path) or '.'!r}; load that directory instead.")
     if config is None and open_clip_import.is_open_clip_directory(beside):
         config, variables = open_clip_import.load_open_clip(beside, weights=path,
-                                                            activation=activation)
+                                                            activation=activation, ema=ema)
         return CLIP(config), variables
-    config, variables = openai.from_state_dict(openai.read_state_dict(path), config,
+    config, variables = openai.from_state_dict(openai.read_state_dict(path, ema=ema), config,
                                                activation=activation)
     return CLIP(config), variables
 
@@ -160,10 +173,15 @@ def _is_transformers_clip(config_file: Path) -> bool:
 
 
 def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,
-               revision: str | None, token: str | bool | None) -> tuple[CLIP, dict[str, Any]]:
+               revision: str | None, token: str | bool | None, ema: bool
+               ) -> tuple[CLIP, dict[str, Any]]:
     kind, directory = repo_files(repo_id, revision, token)
-    loader = hf_import.load_hf if kind == "transformers" else open_clip_import.load_open_clip
-    config, variables = loader(directory, config, activation=activation)
+    if kind == "transformers":
+        _no_ema(ema, repo_id, "a transformers repo")
+        config, variables = hf_import.load_hf(directory, config, activation=activation)
+    else:
+        config, variables = open_clip_import.load_open_clip(directory, config,
+                                                            activation=activation, ema=ema)
     return CLIP(config), variables
 
 
