@@ -18,7 +18,10 @@ Both: UTF-8 (a leading byte-order mark dropped; bytes that are not UTF-8 are kep
 as surrogate escapes so that only their row is lost); lines end at `\\n`, `\\r\\n` or `\\r`;
 blank lines and lines of spaces / tabs (when the tab is not the delimiter) are skipped, as
 pandas skips them; the first non-blank record is the header, its names used as pandas reads
-them (quotes removed, nothing stripped).
+them (quotes removed, nothing stripped; a repeated name made unique as pandas makes it, the
+second `caption` read as `caption.1`: `unique_names`). A column asked for by a name that
+differs from the header's only by surrounding spaces (`image, label` written with a space
+after the comma) is that column (`find_column`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ import codecs
 import csv
 import dataclasses
 import io
+import logging
 from collections.abc import Iterable, Iterator
 
 from clip_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 QUOTING = {"csv": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 # Appended after the last line: if it ends up inside a field, a quote was never closed.
@@ -129,7 +135,12 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
     if not records:
         raise ValueError(f"{name} is empty (no header row).")
     header = records.pop(0)
-    return Table(header=header.fields, header_lines=header.last_line - header.first_line + 1,
+    names = unique_names(header.fields)
+    renamed = [f"{old!r} -> {new!r}" for old, new in zip(header.fields, names) if old != new]
+    if renamed:
+        log.warning("%s: the header repeats column names; as pandas reads them, the repeats "
+                    "are renamed (%s): name them so to use them.", name, ", ".join(renamed))
+    return Table(header=names, header_lines=header.last_line - header.first_line + 1,
                  records=records, blank_lines=blank, physical_lines=len(lines))
 
 
@@ -153,20 +164,49 @@ def read_head(path: str, *, delimiter: str, quoting: str, records: int = 1
                     break
     if not found:
         raise ValueError(f"{path} is empty (no header row).")
-    return found[0].fields, found[1:]
+    return unique_names(found[0].fields), found[1:]
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Header names as pandas' `read_csv` makes a repeated name unique: the second `a` is
+    `a.1`, the third `a.2`, skipping any suffix a name of the header already has (so no
+    column is lost to a duplicate and each can be named)."""
+    taken, seen, out = set(names), set(), []
+    for name in names:
+        new = name
+        if name in seen:
+            k = 1
+            while f"{name}.{k}" in taken:
+                k += 1
+            new = f"{name}.{k}"
+            taken.add(new)
+        seen.add(new)
+        out.append(new)
+    return out
+
+
+def find_column(header: list[str], name: str) -> str | None:
+    """The header's name for the column `name` asks for: `name` itself, else the one header
+    name equal to it but for surrounding spaces (a header `image, label`); None if none or
+    several are."""
+    if name in header:
+        return name
+    near = [h for h in header if h.strip() == name.strip()]
+    return near[0] if len(near) == 1 else None
 
 
 def column_indices(header: list[str], columns: dict[str, str], *, name: str, delimiter: str,
                    quoting: str) -> dict[str, int]:
     """The position in `header` of each column `columns` names (config field -> column name,
-    e.g. {"caption_column": "title"}): the first of duplicate names, as pandas' `df[name]`.
+    e.g. {"caption_column": "title"}), found by `find_column`.
 
     Raises ConfigError for a name the header lacks: the columns there are, and the fix (a
-    header name that differs only by quotes or spaces is named as the one meant).
+    header name that differs only by quotes is named as the one meant).
     """
     found = {}
     for field, column in columns.items():
-        if column not in header:
+        match = find_column(header, column)
+        if match is None:
             near = [h for h in header if h.strip().strip('"') == column]
             hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
                     + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
@@ -174,7 +214,7 @@ def column_indices(header: list[str], columns: dict[str, str], *, name: str, del
             raise ConfigError(f"data.table.{field}={column!r} is not a column of {name} "
                               f"(columns: {header}, delimiter {delimiter!r}, quoting "
                               f"{quoting!r}); {hint}.")
-        found[field] = header.index(column)
+        found[field] = header.index(match)
     return found
 
 

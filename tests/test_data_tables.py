@@ -106,6 +106,8 @@ CASES = {
     "blank lines before header": ("\n\r\n  \nfilepath,title\na.jpg,x\n", ",", "csv", {}),
     "nul byte": ("filepath,title\na.jpg,x\x00y\n", ",", "csv", {}),
     "unicode": ("filepath,title\n猫.jpg,ein Bär 🐻\n", ",", "csv", {}),
+    "repeated names": ("title,filepath,title,title.1,title\na.jpg,b,c,d,e\n", ",", "csv", {}),
+    "space after the delimiter": ("filepath, title\na.jpg, x\n", ",", "csv", {}),
 }
 
 
@@ -202,3 +204,25 @@ def test_utf16_and_utf32_tables_are_named_not_read_as_garbled_columns(encoding, 
         with pytest.raises(ConfigError, match=r"unicode.txt is UTF-16 or UTF-32 text .* save it "
                                               r"as UTF-8"):
             read()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_repeated_header_names_are_made_unique_as_pandas_makes_them(seed):
+    """A repeated column name silently hid its second column (every lookup found the first);
+    pandas renames the repeats (`a.1`, skipping names the header has), so each can be named."""
+    rng = np.random.default_rng(seed)
+    names = ["a", "a.1", "a.2", "a.1.1", "b", "b.1"]
+    for _ in range(300):
+        header = list(rng.choice(names, size=rng.integers(1, 8)))
+        text = (",".join(header) + "\n" + ",".join("x" * len(header)) + "\n").encode()
+        assert tables.unique_names(header) == list(pd.read_csv(io.BytesIO(text)).columns)
+
+
+def test_a_column_is_found_whatever_the_spaces_around_its_header_name():
+    header = ["filepath", " title", "label ", "a", " a"]
+    assert tables.find_column(header, "title") == " title"
+    assert tables.find_column(header, " label") == "label "
+    assert tables.find_column(header, "a") == "a"  # exact first
+    assert tables.find_column(header, "  a  ") is None  # two near names: neither
+    assert tables.column_indices(header, {"caption_column": "title"}, name="t.csv",
+                                 delimiter=",", quoting="csv") == {"caption_column": 1}

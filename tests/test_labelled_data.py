@@ -549,3 +549,28 @@ def test_class_indices_written_as_floats_read_as_indices(folder, tmp_path):
                                           r"is not one of the 3 class names given; the column "
                                           r"mixes class indices with names \(line 4: "):
         labelled_data.read(str(tmp_path / "mixed.csv"), class_names=CLASSES)
+
+
+def test_a_table_with_spaced_or_repeated_header_names_reads_as_pandas(folder, tmp_path, caplog):
+    """`image, label` (a space after the comma) found no label column, and a header naming
+    `label` twice hid the second one. Labels are checked against pandas reading the same
+    file (`label.1` is its name for the repeat)."""
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    names = [src.class_names[y] for y in src.labels]
+    coarse = ["animal"] * len(names)
+    rows = "".join(f"{p},{n},{c}\n" for p, n, c in zip(rel, coarse, names))
+    (tmp_path / "spaced.csv").write_text("image, label, species\n" + rows.replace(",", ", "))
+    got = labelled_data.read(str(tmp_path / "spaced.csv"), label_column="species")
+    theirs = pd.read_csv(tmp_path / "spaced.csv")
+    assert list(theirs.columns) == ["image", " label", " species"]
+    expected = pd.Categorical(theirs[" species"].str.strip())
+    np.testing.assert_array_equal(got.labels, expected.codes)
+    assert labelled_data.read(str(tmp_path / "spaced.csv")).class_names == ["animal"]
+
+    (tmp_path / "repeated.csv").write_text("image,label,label\n" + rows)
+    got = labelled_data.read(str(tmp_path / "repeated.csv"), label_column="label.1")
+    theirs = pd.read_csv(tmp_path / "repeated.csv")
+    np.testing.assert_array_equal(got.labels, pd.Categorical(theirs["label.1"]).codes)
+    assert got.class_names == sorted(set(names))
+    assert "'label' -> 'label.1'" in caplog.text

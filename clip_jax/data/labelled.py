@@ -200,16 +200,18 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
 
 def pick_column(columns: list[str], given: str, candidates: Sequence[str], what: str,
                  path: str, option: str = "") -> str:
-    """`given` if it is a column, else the first of `candidates` that is; ConfigError naming
-    the columns and the fix (`option`, the flag or field that names the column; without one,
-    renaming the header)."""
+    """The header's name of column `given`, else of the first of `candidates` there (names
+    matched as `tables.find_column` matches them: surrounding spaces aside); ConfigError
+    naming the columns and the fix (`option`, the flag or field that names the column;
+    without one, renaming the header)."""
     fix = f"set {option}" if option else f"rename its header to one of {list(candidates)}"
     if given:
-        if given not in columns:
+        match = tables.find_column(columns, given)
+        if match is None:
             raise ConfigError(f"{what} column {given!r} is not in {path} (columns: {columns}); "
                               f"{fix}.")
-        return given
-    found = [c for c in candidates if c in columns]
+        return match
+    found = [m for c in candidates if (m := tables.find_column(columns, c)) is not None]
     if not found:
         raise ConfigError(f"{path} has no {what} column (looked for {list(candidates)}; "
                           f"columns: {columns}); {fix}.")
