@@ -573,3 +573,25 @@ def test_a_transformers_5_processor_file_gives_the_image_statistics(tmp_path, ca
     images = _test_images()
     theirs = processor(images=images, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
     np.testing.assert_allclose(preprocess(images, module.config), theirs, atol=1e-6)
+
+
+def test_disagreeing_processor_files_are_read_as_transformers_reads_them(tmp_path, caplog):
+    """A directory with both `processor_config.json` (its `image_processor` entry) and an
+    older `preprocessor_config.json` of other statistics loaded the latter; transformers 5
+    reads the former. Pixels are checked against CLIPImageProcessor of the same directory."""
+    model = _hf_model()
+    model.save_pretrained(tmp_path)
+    transformers.CLIPImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.3, 0.3, 0.3],
+                                    size={"shortest_edge": 32},
+                                    crop_size={"height": 32, "width": 32}
+                                    ).save_pretrained(tmp_path)
+    older = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    newer = {**older, "image_mean": [0.6, 0.5, 0.4], "image_std": [0.2, 0.25, 0.3]}
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": newer}))
+    module, _ = clip_jax.load(str(tmp_path))
+    theirs = transformers.CLIPImageProcessor.from_pretrained(tmp_path)
+    assert module.config.image_mean == pytest.approx(theirs.image_mean)
+    images = _test_images()
+    pixels = theirs(images=images, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(preprocess(images, module.config), pixels, atol=1e-6)
+    assert "processor_config.json and preprocessor_config.json disagree (image_mean" in caplog.text

@@ -149,9 +149,10 @@ def _square(value: Any, name: str) -> int:
     return int(value)
 
 
-# Where a transformers directory keeps its image processor's settings: transformers 4's file,
-# then transformers 5's processor file (its "image_processor" entry).
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+# Where a transformers directory keeps its image processor's settings: transformers 5's
+# processor file (its "image_processor" entry), then the image processor's own file; the
+# order transformers 5's `ImageProcessingMixin.get_image_processor_dict` reads them in.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 # CLIPImageProcessor settings clip_jax.data.preprocess follows (their defaults): any other
 # value of one makes that processor's pixels differ from ours.
@@ -162,14 +163,24 @@ _PROCESSOR_STEPS = {"do_resize": True, "resample": 3, "do_center_crop": True,
 
 def _image_statistics(directory: Path, image_size: int
                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation of the directory's image processor (OpenAI's when it has none): its
-    `preprocessor_config.json`, or the `image_processor` of the `processor_config.json`
-    that transformers 5's `CLIPProcessor.save_pretrained` writes instead."""
-    processor = None
+    """Normalisation of the directory's image processor (OpenAI's when it has none), read as
+    transformers 5 reads it: the `image_processor` entry of `processor_config.json` (what
+    `CLIPProcessor.save_pretrained` writes), else `preprocessor_config.json`. Where both
+    exist and disagree, a warning names the settings (transformers 4 reads the latter)."""
+    nested = plain = None
     if (directory / PROCESSOR_FILES[0]).is_file():
-        processor = _read_json(directory / PROCESSOR_FILES[0])
-    elif (directory / PROCESSOR_FILES[1]).is_file():
-        processor = _read_json(directory / PROCESSOR_FILES[1]).get("image_processor")
+        nested = _read_json(directory / PROCESSOR_FILES[0]).get("image_processor")
+    if (directory / PROCESSOR_FILES[1]).is_file():
+        plain = _read_json(directory / PROCESSOR_FILES[1])
+    processor = nested if isinstance(nested, dict) else plain
+    if isinstance(nested, dict) and isinstance(plain, dict):
+        differ = [f"{k} {nested.get(k)!r} vs {plain.get(k)!r}" for k in
+                  ("image_mean", "image_std", "size", "crop_size", *_PROCESSOR_STEPS)
+                  if nested.get(k) != plain.get(k) and (k in nested or k in plain)]
+        if differ:
+            log.warning("%s: %s and %s disagree (%s); following the first, as transformers 5 "
+                        "does (transformers 4 reads the second).", directory,
+                        *PROCESSOR_FILES, "; ".join(differ))
     if not isinstance(processor, dict):
         log.warning("%s has no image processor (%s); assuming OpenAI's image mean/std.",
                     directory, " or ".join(PROCESSOR_FILES))
