@@ -225,6 +225,44 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
     assert config.data.table.caption_column == "words"
 
 
+def test_a_retrieval_tables_columns_are_its_own_whatever_the_config_says(tmp_path, capsys):
+    """With a --config whose data.image_key / caption_key name another dataset's features,
+    `--retrieval table.csv --image-key picture --caption-key text` failed on the config's
+    keys, said as flags the user never passed; the table's own columns are read."""
+    import pandas as pd
+
+    import clip_jax
+    from clip_jax.evaluation.metrics import retrieval_metrics
+
+    module, variables = create_model("test-vit")
+    clip_jax.save(module, variables, tmp_path / "m")
+    (tmp_path / "cfg.py").write_text(
+        "from clip_jax.configs import base\n\ndef get_config():\n"
+        "    config = base.get_config('test-vit')\n"
+        "    config.data.image_key, config.data.caption_key = 'jpg', 'txt'\n"
+        f"    config.data.data_dir = {str(tmp_path / 'tfds')!r}\n"
+        "    config.model.dtype = 'float32'\n    return config\n")
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+        rows += [(f"{i}.png", f"a photo {i}"), (f"{i}.png", f"image {i} again")]
+    pd.DataFrame(rows, columns=["picture", "text"]).to_csv(tmp_path / "t.csv", index=False)
+    code, out, err = run(capsys, "eval", str(tmp_path / "m"), "--config", str(tmp_path / "cfg.py"),
+                         "--retrieval", str(tmp_path / "t.csv"), "--image-key", "picture",
+                         "--caption-key", "text", "--batch-size", "2", "--output",
+                         str(tmp_path / "out"))
+    assert code == 0, err
+    (record,) = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    images = preprocess([Image.open(tmp_path / f"{i}.png") for i in range(3)], module.config)
+    img, txt, _ = module.apply(variables, images, tokenize([t for _, t in rows],
+                                                           module.config.context_length))
+    want = retrieval_metrics(np.asarray(img), np.asarray(txt), np.repeat(np.arange(3), 2))
+    for name, value in want.items():
+        assert record[f"retrieval/t/{name}"] == pytest.approx(value, abs=1e-6), name
+
+
 def test_export_hf_loads_in_transformers(vit_workdir, tmp_path, capsys):
     workdir, module, variables = vit_workdir
     code, out, _ = run(capsys, "export-hf", workdir, str(tmp_path / "hf"))

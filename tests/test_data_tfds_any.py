@@ -226,3 +226,23 @@ def test_a_label_per_element_is_not_a_class_per_image(dataset, key, message):
     with pytest.raises(ConfigError, match=message):
         schema.make_schema(tfds.builder(dataset), config, MODEL, with_label=True,
                            with_captions=False)
+
+
+def test_feature_names_holding_a_slash_are_found():
+    """coco_captions' top-level `image/id` and `image/filename` were listed among its
+    features and then called "not a feature" (the path was split at every "/"). TFDS's
+    own FeaturesDict is the reference for what each path names."""
+    from clip_jax.data import schema
+
+    features = tfds.builder("coco_captions").info.features
+    assert "image/id" in features.keys() and "image/filename" in features.keys()
+    for path in schema.feature_paths(features):
+        assert schema.feature(features, path) is not None, path
+    assert schema.split_path(features, "image/filename") == ["image/filename"]
+    assert schema.split_path(features, "captions/text") == ["captions", "text"]
+    assert schema.feature(features, "image/filename") is features["image/filename"]
+    assert schema.feature(features, "captions/text") is features["captions"].feature["text"]
+    assert schema.sequence_on_path(features, "objects/label") == "objects"
+    assert schema.feature(features, "image/nothing") is None
+    example = {"image/id": 7, "captions": {"text": "x"}}
+    assert schema.lookup(example, "image/id") == 7 and schema.lookup(example, "captions/text") == "x"

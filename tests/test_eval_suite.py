@@ -667,8 +667,13 @@ def test_eval_cli_names_the_label_feature_of_a_tfds_dataset(model, folder, tmp_p
         class_labels = [k for k in features.keys()
                         if isinstance(features[k], tfds.features.ClassLabel)]
         error = capsys.readouterr().err
-        assert "--label-key 'label' is not a feature" in error
+        assert "--label-key (not given, so 'label') is not a feature" in error
         assert f"({', '.join(class_labels)})" in error
+        # A default the user never passed was said as if passed (`--caption-key 'captions'`).
+        assert cli.main(["eval", str(tmp_path / "m"), "--retrieval", "smallnorb@test"]) == 2
+        error = capsys.readouterr().err
+        assert "--caption-key (not given, so 'captions') is not a feature of smallnorb" in error
+        assert "has no text feature" in error
         assert cli.main(run + ["--label-key", "label_category"]) == 0
         out = capsys.readouterr().out
         examples = [features.deserialize_example_np(r)
@@ -731,7 +736,13 @@ def test_retrieval_on_a_tfds_caption_dataset_names_its_features(model, tmp_path,
                                 as_data_source_fn=fake_source):
         assert cli.main(run + ["--output", str(tmp_path / "out")]) == 0
         assert cli.main(run + ["--caption-key", "title", "--image-key", "image"]) == 2
-    assert "--caption-key 'title' is not a feature of coco_captions" in capsys.readouterr().err
+        assert "--caption-key 'title' is not a feature of coco_captions" in capsys.readouterr().err
+        # A text feature as the image ran into a TensorFlow shape error in the JPEG decoder.
+        for key, what in (("captions/text", "text inside the sequence 'captions'"),
+                          ("captions", "a sequence"), ("image/id", "a Tensor of int64")):
+            assert cli.main(run + ["--image-key", key]) == 2
+            assert (f"--image-key {key!r} of coco_captions/2014/1.1.0 is not an image ({what}); "
+                    "name an image feature (image)") in capsys.readouterr().err
     (record,) = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
     builder = tfds.builder("coco_captions")  # the images as stored: JPEG-encoded by TFDS
     stored = [builder.info.features.deserialize_example_np(r)

@@ -220,7 +220,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from clip_jax.training import checkpoints
     from clip_jax.training.metric_writers import MetricWriter
 
-    in_flag_terms = functools.partial(eval_cli.in_flag_terms, origins=origins)
+    given = frozenset(k for k in ("image_key", "label_key", "caption_key") if getattr(args, k))
+    in_flag_terms = functools.partial(eval_cli.in_flag_terms, origins=origins, given=given)
     try:
         with logs.warnings_rewritten(in_flag_terms):
             evaluate.declare(config)  # the flags' and config's mistakes, before the model loads

@@ -261,19 +261,31 @@ def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) ->
                           f"(laid out, not named); drop {' and '.join(given)}.")
 
 
-def in_flag_terms(message: str, origins: dict[str, str]) -> str:
+def in_flag_terms(message: str, origins: dict[str, str], given: frozenset[str] = frozenset()
+                  ) -> str:
     """`message` with each `config.eval.<kind>.<task>[.<field>]` of a command-line task said
     as the flag that made it (`--robustness folder2 (baseline)`): the user never wrote the
     config path. With command-line tasks, `data.label_key` / `image_key` / `caption_key` are
-    the `--label-key` / `--image-key` / `--caption-key` flags that set them."""
+    the `--label-key` / `--image-key` / `--caption-key` flags; a value the user did not give
+    (`given`: the flags given, `{"label_key"}`) is said as such, `--label-key (not given, so
+    'label')`, and advice (`set data.label_key=''`) names the flag."""
     if origins:
-        message = re.sub(r"\bdata\.(label|image|caption)_key(=?)",
-                         lambda m: f"--{m.group(1)}-key" + (" " if m.group(2) else ""), message)
+        message = re.sub(r"(\bset )?\bdata\.((label|image|caption)_key)(?:=('[^']*'|\"[^\"]*\"))?",
+                         lambda m: _key_flag(m, given), message)
     for task in sorted(origins, key=len, reverse=True):
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
                          lambda m, flag=origins[task]: flag + (f" ({m.group(1)})"
                                                                if m.group(1) else ""), message)
     return message
+
+
+def _key_flag(match: re.Match, given: frozenset[str]) -> str:
+    """One `[set ]data.<kind>_key[=VALUE]` of `in_flag_terms` in flag terms."""
+    advice, field, kind, value = match.groups()
+    flag = f"--{kind}-key"
+    if advice or field in given or value is None:
+        return (advice or "") + flag + (f" {value}" if value is not None else "")
+    return f"{flag} (not given, so {value})"
 
 
 def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = "",
@@ -299,7 +311,9 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = ""
                                                 "caption", spec, "--caption-key"))
         config.data.dataset = "image_text_table"
         config.data.table = table
-        name, split, image_key, caption_key = "", "test", "", ""
+        defaults = default_config()  # the built table's features: never the --config's keys
+        name, split = "", "test"
+        image_key, caption_key = defaults.image_key, defaults.caption_key
     config.eval.retrieval[naming.source_name(spec)] = evaluate.retrieval_task(
         name, split, image_key=image_key, caption_key=caption_key)
 

@@ -9,6 +9,7 @@ pipeline (`tokenize_in_graph`): `data.tokenize` chooses, `make_schema` decides a
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from typing import Any
 
@@ -53,20 +54,41 @@ class Schema:
                           self.context_length, tokenizer.default_tokenizer().eot_token_id)
 
 
+def split_path(tree: Any, path: str) -> list[str] | None:
+    """The keys a "/"-separated feature path walks through `tree` (a FeaturesDict, looking
+    through Sequences, or a parsed example), or None where it leaves the tree. A key may
+    itself hold "/" (coco_captions' top-level `image/id`): at each level the longest key
+    the rest of the path starts with is taken."""
+    parts, rest, node = [], path, tree
+    while rest:
+        if isinstance(node, tfds.features.Sequence):
+            node = node.feature
+        if not hasattr(node, "keys"):
+            return None
+        key = max((k for k in node.keys() if rest == k or rest.startswith(k + "/")), key=len,
+                  default=None)
+        if key is None:
+            return None
+        parts.append(key)
+        node, rest = node[key], rest[len(key) + 1:]
+    return parts
+
+
 def lookup(example: Any, path: str) -> Any:
     """The value at a "/"-separated feature path of a (parsed) example."""
     node: Any = example
-    for part in path.split("/"):
+    for part in split_path(example, path) or [path]:
         node = node[part]
     return node
 
 
-def nest(paths: list[str], leaf: Any) -> dict[str, Any]:
-    """{"a/b", "c"} -> {"a": {"b": leaf}, "c": leaf}: the nested form TFDS decoders take."""
+def nest(features: Any, paths: list[str], leaf: Any) -> dict[str, Any]:
+    """{"a/b", "c"} -> {"a": {"b": leaf}, "c": leaf}: the nested form TFDS decoders take
+    (keys as `split_path` finds them in `features`)."""
     tree: dict[str, Any] = {}
     for path in paths:
         node = tree
-        *parents, last = path.split("/")
+        *parents, last = split_path(features, path)
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = leaf
@@ -75,13 +97,12 @@ def nest(paths: list[str], leaf: Any) -> dict[str, Any]:
 
 def feature(features: Any, path: str) -> Any | None:
     """The TFDS feature at `path` (looking through Sequence), or None if there is none."""
+    parts = split_path(features, path)
+    if parts is None:
+        return None
     node = features
-    for part in path.split("/"):
-        if isinstance(node, tfds.features.Sequence):
-            node = node.feature
-        if not isinstance(node, tfds.features.FeaturesDict) or part not in node.keys():
-            return None
-        node = node[part]
+    for part in parts:
+        node = (node.feature if isinstance(node, tfds.features.Sequence) else node)[part]
     return node
 
 
@@ -89,11 +110,9 @@ def sequence_on_path(features: Any, path: str) -> str:
     """The path of the Sequence feature `path` lies in or is ("" when none): a ClassLabel
     there is one label per element (voc's `objects/label`), not one per image."""
     node, walked = features, []
-    for part in path.split("/"):
+    for part in split_path(features, path) or []:
         if isinstance(node, tfds.features.Sequence):
             return "/".join(walked)
-        if not isinstance(node, tfds.features.FeaturesDict) or part not in node.keys():
-            return ""
         node = node[part]
         walked.append(part)
     return path if isinstance(node, tfds.features.Sequence) else ""
@@ -176,6 +195,11 @@ def tokenize_in_graph(strings: tf.Tensor, context_length: int) -> tf.Tensor:
     return tf.ensure_shape(tokens, strings.shape.concatenate([context_length]))
 
 
+# Text features that identify a record rather than describe its image (cifar10's `id`,
+# coco's `image/filename`): never offered as captions, though they may be named.
+_RECORD_FIELDS = r"^(?:\w+_)?(?:id|ids|key|filename|file_name|path|url)$"
+
+
 def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
                 model_config: CLIPConfig, *, with_label: bool,
                 with_captions: bool = True) -> Schema:
@@ -200,7 +224,8 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
     label_fix = ("set data.label_key='' to evaluate without labels" if with_captions
                  else named)
     class_fix = f"{named} or set data.label_key=''" if with_captions else named
-    texts = [p for p in every if _is_text(feature(features, p))]
+    texts = [p for p in every if _is_text(feature(features, p))
+             and not re.search(_RECORD_FIELDS, p.rsplit("/", 1)[-1])]
     text_fix = (f"name a text feature ({', '.join(texts)})" if texts else
                 f"{name} has no text feature: train on an image-caption dataset")
     fixes = {"label_key": label_fix, "caption_key": text_fix}
@@ -209,6 +234,20 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
             fix = fixes.get(field, f"set data.{field} to one of them")
             raise ConfigError(f"data.{field}={path!r} is not a feature of {name} (features: "
                               f"{every}); {fix}.")
+    image, in_sequence = feature(features, config.image_key), sequence_on_path(
+        features, config.image_key)
+    if not isinstance(image, tfds.features.Image) or in_sequence:
+        images = [p for p in every if isinstance(feature(features, p), tfds.features.Image)
+                  and not sequence_on_path(features, p)]
+        fix = (f"name an image feature ({', '.join(images)})" if images else
+               f"{name} has no feature of one image per example; use another dataset")
+        kind = "text" if _is_text(image) else f"a {type(image).__name__}" + (
+            f" of {tf.as_dtype(image.dtype).name}"
+            if isinstance(image, tfds.features.Tensor) else "")
+        what = ("a sequence" if in_sequence == config.image_key else
+                kind + (f" inside the sequence {in_sequence!r}" if in_sequence else ""))
+        raise ConfigError(f"data.image_key={config.image_key!r} of {name} is not an image "
+                          f"({what}); {fix}.")
     label = keys.get("label_key", "")
     node = feature(features, label) if label else None
     element = node.feature if isinstance(node, tfds.features.Sequence) else node
@@ -228,7 +267,8 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
     paths = [config.image_key] + ([captions] if with_captions else []) + (
         [label] if label else []) + ([config.tokens_key] if use_stored else [])
     partial = tfds.decode.PartialDecoding(
-        nest(paths, True), decoders=nest([config.image_key], tfds.decode.SkipDecoding()))
+        nest(features, paths, True),
+        decoders=nest(features, [config.image_key], tfds.decode.SkipDecoding()))
     return Schema(
         features=partial.extract_features(features), decoders=partial.decoders,
         image_key=config.image_key, caption_key=captions,
