@@ -39,16 +39,17 @@ def list_models() -> list[str]:
 
 
 def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0, *,
-                 pretrained: str | os.PathLike | None = None, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
+                 pretrained: str | os.PathLike | None = None, **overrides: Any
+                 ) -> tuple[CLIP, dict[str, Any]]:
     """`clip_jax.create_model`: `(module, variables)`, variables as plain arrays.
 
     Without `pretrained`, a random init (`clip_jax.models.create_model`: drawn on the host, no
     compilation; traceable under `jax.eval_shape`). With `pretrained` (a tag from
     `clip_jax.list_pretrained()` or a weights file) the released weights, as
     `clip_jax.load(name, pretrained)` gives them; a config (not a name) then pins the
-    architecture of a weights file, and a tag needs a name. `overrides` then may only change numerics
-    (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError. Parameters are
-    stored in `param_dtype` (float32 unless overridden).
+    architecture of a weights file, and a tag needs a name. `overrides` then may only change
+    numerics (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError.
+    Parameters are stored in `param_dtype` (float32 unless overridden).
 
     Raises ConfigError for an unknown preset name (the known ones listed) or override,
     TypeError for a `name_or_config` that is no name, CLIPConfig or dict, and what
