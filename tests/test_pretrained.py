@@ -298,3 +298,17 @@ def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monke
         for load in (clip_jax.load, clip_jax.create_model_and_transforms):
             with pytest.raises(FileNotFoundError, match=message):
                 load(path)
+
+
+def test_a_local_folder_shadowing_a_hub_id_says_so(tmp_path, monkeypatch):
+    """With a folder `acme/` here, `acme/clip48` is a local path and the Hub repo of that
+    name is never tried; the error said nothing of the repo the user may have meant."""
+    (tmp_path / "acme" / "clip48").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", None)  # must not be called
+    hint = r"the Hub repo '{}' is not tried while acme/ is a folder here"
+    with pytest.raises(ConfigError, match=hint.format("acme/clip48")):
+        clip_jax.load("acme/clip48")  # the folder exists but holds no model
+    with pytest.raises(FileNotFoundError, match=r"acme/ has no 'clip49'.*" + hint.format(
+            "acme/clip49")):
+        clip_jax.load("acme/clip49")

@@ -125,7 +125,8 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None, em
     if os.path.isdir(path):
         raise ConfigError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/), a "
                           "Hugging Face CLIP directory (config.json) nor an open_clip directory "
-                          f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint file.")
+                          f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint "
+                          f"file{hub.shadowed_repo_hint(path)}.")
     beside = os.path.dirname(os.path.abspath(path))
     if hf_import.is_hf_directory(beside):  # its weights alone lack the config's key names
         raise ConfigError(f"{path!r} is the weights file of the Hugging Face CLIP directory "
@@ -213,7 +214,7 @@ def not_found(spec: str, local: bool = False) -> str:
     name that is not a path (`local=False`), that it is no checkpoint, repo id or release."""
     listing = _local_listing(spec)
     if listing is not None and (local or os.path.dirname(spec.rstrip("/"))):
-        return listing + "."
+        return listing + hub.shadowed_repo_hint(spec) + "."
     if local:
         return f"No checkpoint at {spec!r}: no such file or folder."
     try:

@@ -134,6 +134,16 @@ def is_repo_id(spec: str) -> bool:
     return bool(_REPO_ID.match(spec)) and not os.path.isdir(spec.split("/")[0])
 
 
+def shadowed_repo_hint(spec: str) -> str:
+    """' (...)' saying the Hub repo `spec` names was not tried because its `org` is a local
+    folder (`is_repo_id`), or '' when that is not so."""
+    org = spec.split("/")[0]
+    if not _REPO_ID.match(spec) or not os.path.isdir(org):
+        return ""
+    return (f" (the Hub repo {spec!r} is not tried while {org}/ is a folder here: run from "
+            "another directory to load it from the Hub)")
+
+
 def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = None,
              token: str | bool | None = None, required: bool = True) -> Path | None:
     """The local path of the first of `filenames` the repo has, fetched into (or found in)
