@@ -168,13 +168,36 @@ def test_eval_uses_the_workdirs_training_config(vit_workdir, tmp_path, capsys):
     assert f"top1 {record['zero_shot/heldout/top1']:.4f}" in out
 
 
+def write_captioned_pngs(folder, count, shape, seed, captions):
+    """`count` random PNGs `0.png`, ... in `folder`; rows (file, caption) for each caption
+    template (formatted with the image's index), image by image."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png")
+        rows += [(f"{i}.png", template.format(i)) for template in captions]
+    return rows
+
+
+def recalls_of(module, variables, folder, rows):
+    """numpy-side retrieval metrics of the model's own embeddings of the rows' images (in
+    file order) and captions: the reference a retrieval evaluation must reproduce."""
+    from clip_jax.evaluation.metrics import retrieval_metrics
+
+    files = list(dict.fromkeys(file for file, _ in rows))
+    images = preprocess([Image.open(folder / file) for file in files], module.config)
+    img, txt, _ = module.apply(variables, images, tokenize([caption for _, caption in rows],
+                                                           module.config.context_length))
+    return retrieval_metrics(np.asarray(l2_normalize(img)), np.asarray(l2_normalize(txt)),
+                             np.asarray([files.index(file) for file, _ in rows]))
+
+
 def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, capsys):
     """A run trained on a table with other column names and its own train/validation tables:
     `--retrieval captions.csv` (open_clip's header) builds only that table's test split, and
     its recalls equal those of the model's embeddings computed directly."""
     import pandas as pd
-
-    from clip_jax.evaluation.metrics import retrieval_metrics
 
     train_csv = tmp_path / "train.csv"
     train_csv.write_text("img,caption\n")
@@ -182,12 +205,8 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
     module, variables = make_workdir(workdir, "test-vit", data_dir, table=dict(
         name="training", train_path=str(train_csv), validation_path=str(train_csv),
         image_column="img", caption_column="caption"))
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
-            tmp_path / f"{i}.png")
-        rows += [(f"{i}.png", f"photo number {i}"), (f"{i}.png", f"picture {i}, again")]
+    rows = write_captioned_pngs(tmp_path, 5, (40, 48), 0,
+                                ("photo number {}", "picture {}, again"))
     pd.DataFrame(rows, columns=["filepath", "title"]).to_csv(tmp_path / "captions.csv",
                                                             index=False)
     for images_kept in (5, 3):  # the table, then the same file edited: evaluated afresh
@@ -199,13 +218,7 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
                              str(output))
         assert code == 0, err
         (record,) = [json.loads(line) for line in open(output / "metrics.jsonl")]
-        images = preprocess([Image.open(tmp_path / f"{i}.png") for i in range(images_kept)],
-                            module.config)
-        texts = [caption for _, caption in rows[:2 * images_kept]]
-        img, txt, _ = module.apply(variables, images,
-                                   tokenize(texts, module.config.context_length))
-        want = retrieval_metrics(np.asarray(l2_normalize(img)), np.asarray(l2_normalize(txt)),
-                                 np.repeat(np.arange(images_kept), 2))
+        want = recalls_of(module, variables, tmp_path, rows[:2 * images_kept])
         for name, value in want.items():
             assert record[f"retrieval/captions/{name}"] == pytest.approx(value, abs=1e-6), name
         row = next(line for line in out.splitlines() if "| retrieval | captions | i2t_r1 |" in line)
@@ -232,7 +245,6 @@ def test_a_retrieval_tables_columns_are_its_own_whatever_the_config_says(tmp_pat
     import pandas as pd
 
     import clip_jax
-    from clip_jax.evaluation.metrics import retrieval_metrics
 
     module, variables = create_model("test-vit")
     clip_jax.save(module, variables, tmp_path / "m")
@@ -242,12 +254,7 @@ def test_a_retrieval_tables_columns_are_its_own_whatever_the_config_says(tmp_pat
         "    config.data.image_key, config.data.caption_key = 'jpg', 'txt'\n"
         f"    config.data.data_dir = {str(tmp_path / 'tfds')!r}\n"
         "    config.model.dtype = 'float32'\n    return config\n")
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(
-            tmp_path / f"{i}.png")
-        rows += [(f"{i}.png", f"a photo {i}"), (f"{i}.png", f"image {i} again")]
+    rows = write_captioned_pngs(tmp_path, 3, (36, 40), 3, ("a photo {}", "image {} again"))
     pd.DataFrame(rows, columns=["picture", "text"]).to_csv(tmp_path / "t.csv", index=False)
     code, out, err = run(capsys, "eval", str(tmp_path / "m"), "--config", str(tmp_path / "cfg.py"),
                          "--retrieval", str(tmp_path / "t.csv"), "--image-key", "picture",
@@ -255,10 +262,7 @@ def test_a_retrieval_tables_columns_are_its_own_whatever_the_config_says(tmp_pat
                          str(tmp_path / "out"))
     assert code == 0, err
     (record,) = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
-    images = preprocess([Image.open(tmp_path / f"{i}.png") for i in range(3)], module.config)
-    img, txt, _ = module.apply(variables, images, tokenize([t for _, t in rows],
-                                                           module.config.context_length))
-    want = retrieval_metrics(np.asarray(img), np.asarray(txt), np.repeat(np.arange(3), 2))
+    want = recalls_of(module, variables, tmp_path, rows)
     for name, value in want.items():
         assert record[f"retrieval/t/{name}"] == pytest.approx(value, abs=1e-6), name
 
