@@ -248,11 +248,41 @@ def test_bare_file_says_what_it_assumed(offline, tmp_path, caplog):
     # The true activation (QuickGELU) is not in the weights: the one assumed is named, with the fix.
     assert "activation 'gelu'" in warnings[0] and "model=" in warnings[0]
     assert module.config.activation == "gelu"
-    # transformers' weights file alone has HF key names: its directory is what loads.
-    hf_dir = Path(huggingface_hub.snapshot_download(HF_REPO))
-    with pytest.raises(ConfigError, match=r"model.safetensors' is the weights file of the "
-                                          r"Hugging Face CLIP directory .*; load that directory"):
-        clip_jax.load(hf_dir / "model.safetensors")
+
+
+def test_weights_files_in_a_transformers_folder_load_with_the_config_that_fits(offline,
+                                                                                 tmp_path):
+    """A transformers folder also holding other checkpoints: HF-named tensors (its own
+    model.safetensors, a fine-tuning checkpoint under a wrapper) load with its config.json,
+    equal to transformers running them; an open_clip state dict dropped there loads as itself
+    (it was refused as "the weights file of the Hugging Face CLIP directory")."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for file in Path(huggingface_hub.snapshot_download(HF_REPO)).iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    whole = clip_jax.load(folder)
+    own = clip_jax.load(folder / "model.safetensors")
+    assert own[0].config == whole[0].config
+    jax.tree.map(np.testing.assert_array_equal, own[1], whole[1])
+
+    tuned = _perturbed(transformers.CLIPModel.from_pretrained(folder), 7)
+    torch.save({"epoch": 3, "state_dict": tuned.state_dict()}, folder / "epoch_3.pt")
+    module, variables = clip_jax.load(folder / "epoch_3.pt")
+    assert module.config == whole[0].config
+    images, tokens = random_inputs(module.config, batch=2)
+    with torch.no_grad():
+        theirs = tuned(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+                       input_ids=torch.from_numpy(tokens).long())
+    img, txt, _ = module.apply(variables, images, tokens)
+    np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
+    np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)
+
+    expected = clip_jax.load(f"hf-hub:{OC_REPO}")
+    blob = huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors")
+    (folder / "open_clip.safetensors").write_bytes(Path(blob).read_bytes())
+    module, variables = clip_jax.load(folder / "open_clip.safetensors",
+                                      model=expected[0].config)
+    jax.tree.map(np.testing.assert_array_equal, variables, expected[1])
 
 
 def test_get_tokenizer_uses_the_models_context_and_vocabulary(offline):

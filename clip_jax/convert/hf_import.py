@@ -245,13 +245,15 @@ def from_hf_state_dict(tensors: Mapping[str, np.ndarray], config: CLIPConfig
 
 
 def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
-            activation: str | None = None) -> tuple[CLIPConfig, dict[str, Any]]:
+            activation: str | None = None, tensors: Mapping[str, np.ndarray] | None = None
+            ) -> tuple[CLIPConfig, dict[str, Any]]:
     """`(config, variables)` of a transformers CLIP directory (variables as numpy arrays).
 
     The architecture, activation and image statistics come from the directory. A given
     `config` (e.g. a training config with `scan_layers`, `dtype`, `remat_policy`) must describe
     the same model (else ConfigError); its numerics settings are kept. `activation` overrides
-    the directory's.
+    the directory's. `tensors` (HF-named, e.g. a fine-tuning checkpoint saved beside the
+    directory's config.json) replace the directory's own weights.
     """
     directory = Path(directory)
     found = read_config(directory)
@@ -264,7 +266,8 @@ def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
         found = config
     if activation is not None:
         found = found.replace(activation=activation)
-    return found, from_hf_state_dict(read_weights(directory), found)
+    return found, from_hf_state_dict(read_weights(directory) if tensors is None else tensors,
+                                     found)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -8,6 +8,8 @@ table: `hf_key` maps a canonical key to HF's, and only the two output projection
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # Canonical keys outside the transformer blocks, and their HF names.
 _TOP_LEVEL = {
     "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
@@ -32,6 +34,15 @@ TRANSPOSED = ("text_projection", "visual.proj")
 # The LayerNorm epsilon of clip_jax's CLIP blocks (`clip_jax.models.layers`), written to and
 # required of every HF config.
 LAYER_NORM_EPS = 1e-5
+# Every key of a transformers CLIPModel state dict starts with one of these.
+HF_KEY_PREFIXES = ("text_model.", "vision_model.", "logit_scale", "visual_projection.",
+                   "text_projection.")
+
+
+def is_hf_state_dict(keys: Iterable[str]) -> bool:
+    """Whether tensors named `keys` are a transformers CLIPModel's (not OpenAI's layout)."""
+    keys = list(keys)
+    return bool(keys) and all(k.startswith(HF_KEY_PREFIXES) for k in keys)
 
 
 def hf_key(canonical_key: str) -> str:

@@ -141,13 +141,15 @@ def weights_file(directory: str | os.PathLike) -> Path:
 
 
 def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = None, *,
-                   weights: str | os.PathLike | None = None, activation: str | None = None,
-                   ema: bool = False) -> tuple[CLIPConfig, dict[str, Any]]:
+                   weights: str | os.PathLike | Mapping[str, Any] | None = None,
+                   activation: str | None = None, ema: bool = False
+                   ) -> tuple[CLIPConfig, dict[str, Any]]:
     """`(config, variables)` of an open_clip directory (variables as numpy arrays).
 
     The architecture comes from `open_clip_config.json`; a given `config` must describe the same
-    model (its numerics settings are kept). `weights` picks a file other than the default;
-    `ema` loads a training checkpoint's EMA copy (`clip_jax.convert.unwrap`).
+    model (its numerics settings are kept). `weights` picks a file other than the default, or
+    gives tensors already read; `ema` loads a training checkpoint's EMA copy
+    (`clip_jax.convert.unwrap`).
     """
     found = read_config(directory)
     if config is not None:
@@ -155,7 +157,10 @@ def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = Non
         found = config
     if activation is not None:
         found = found.replace(activation=activation)
-    state = openai.read_state_dict(os.fspath(weights or weights_file(directory)), ema=ema)
+    if isinstance(weights, Mapping):
+        state = weights
+    else:
+        state = openai.read_state_dict(os.fspath(weights or weights_file(directory)), ema=ema)
     return openai.from_state_dict(state, found)
 
 

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from clip_jax.convert.hf_keys import is_hf_state_dict
 from clip_jax.convert.host import read_tensors, to_numpy
 from clip_jax.convert.unwrap import unwrap
 from clip_jax.errors import ConfigError
@@ -354,9 +355,7 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     table = entries(config)
     expected = {e.key for e in table}
     unexpected = sorted(set(sd) - expected)
-    if unexpected and all(k.startswith(("text_model.", "vision_model.", "logit_scale",
-                                        "visual_projection.", "text_projection."))
-                          for k in sd):
+    if unexpected and is_hf_state_dict(sd):
         raise ConfigError("This state dict is a transformers CLIPModel's (text_model.*, "
                           "vision_model.*), not OpenAI's / open_clip's layout; load its whole "
                           "directory (config.json beside it): clip_jax.load(DIRECTORY).")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clip_jax.convert import hf_import, open_clip_import, openai
+from clip_jax.convert import hf_import, hf_keys, open_clip_import, openai
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, as_config, with_numerics
 from clip_jax.models.config import NUMERICS, CLIPConfig
@@ -36,7 +36,8 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
       directory, an open_clip directory (`open_clip_config.json` + weights, what
       `clip_jax.save` and `clip-jax export-open-clip` write), or an OpenAI / open_clip state
       dict file (`.pt`, `.bin`, `.safetensors`, `.npz`; `open_clip_config.json` beside it is
-      used when present).
+      used when present), or a file of transformers-named tensors in a transformers directory
+      (a fine-tuning checkpoint beside its config.json).
 
     `model` (a preset name or config) pins the architecture or sets numerics (`scan_layers`,
     `dtype`); `activation` overrides the activation. A bare weights file reveals neither head
@@ -127,17 +128,23 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None, em
                           "Hugging Face CLIP directory (config.json) nor an open_clip directory "
                           f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint "
                           f"file{hub.shadowed_repo_hint(path)}.")
-    beside = os.path.dirname(os.path.abspath(path))
-    if hf_import.is_hf_directory(beside):  # its weights alone lack the config's key names
-        raise ConfigError(f"{path!r} is the weights file of the Hugging Face CLIP directory "
-                          f"{os.path.dirname(path) or '.'!r}; load that directory instead.")
-    if config is None and open_clip_import.is_open_clip_directory(beside):
-        config, variables = open_clip_import.load_open_clip(beside, weights=path,
-                                                            activation=activation, ema=ema)
-        return CLIP(config), variables
-    config, variables = openai.from_state_dict(openai.read_state_dict(path, ema=ema), config,
-                                               activation=activation)
+    config, variables = _load_file(path, config, activation, ema)
     return CLIP(config), variables
+
+
+def _load_file(path: str, config: CLIPConfig | None, activation: str | None, ema: bool
+               ) -> tuple[CLIPConfig, dict[str, Any]]:
+    """A weights file, with the config of the folder it sits in when that describes it: a
+    transformers config.json for HF-named tensors (the folder's own weights, or a fine-tuning
+    checkpoint beside them), open_clip_config.json for OpenAI-named ones. Otherwise the file
+    alone (its architecture inferred), whatever else the folder holds."""
+    state = openai.read_state_dict(path, ema=ema)
+    beside = os.path.dirname(os.path.abspath(path))
+    if hf_keys.is_hf_state_dict(state) and hf_import.is_hf_directory(beside):
+        return hf_import.load_hf(beside, config, activation=activation, tensors=state)
+    if config is None and open_clip_import.is_open_clip_directory(beside):
+        return open_clip_import.load_open_clip(beside, weights=state, activation=activation)
+    return openai.from_state_dict(state, config, activation=activation)
 
 
 def repo_files(repo_id: str, revision: str | None = None, token: str | bool | None = None,
