@@ -433,16 +433,20 @@ def test_eval_without_a_config_uses_the_base_configs_sections(tmp_path):
 
 
 def test_warnings_read_alike_under_every_command():
-    """The entry points show clip_jax's warnings as one `warning: ...` line, also where absl's
-    handler sits on the root logger (`clip-jax train`), which must not print them again."""
+    """The entry points show clip_jax's warnings (the dataset builders' `clip_jax_data` too:
+    a table's repeated header came out as `WARNING:clip_jax_data.tables:...`) as one
+    `warning: ...` line, also where absl's handler sits on the root logger (`clip-jax train`),
+    which must not print them again."""
     code = ("import logging; from absl import logging as absl_logging; "
             "absl_logging.use_absl_handler(); from clip_jax.runtime import logs; "
             "logs.show_warnings(); logs.show_warnings(); "
             "logging.getLogger('clip_jax.data.sources').warning('skipped %d of %d', 1, 2); "
-            "logging.getLogger('clip_jax.data.sources').info('not shown')")
+            "logging.getLogger('clip_jax.data.sources').info('not shown'); "
+            "logging.getLogger('clip_jax_data.tables').warning('renamed %s', 'label.1')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stderr.strip().splitlines() == ["warning: skipped 1 of 2"]
+    assert out.stderr.strip().splitlines() == ["warning: skipped 1 of 2",
+                                               "warning: renamed label.1"]
 
 
 def test_a_closed_output_pipe_is_one_warning_not_a_traceback():

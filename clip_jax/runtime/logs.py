@@ -18,21 +18,24 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 _HANDLER_NAME = "clip_jax.runtime.logs"
+# The project's packages: the library and its dataset builders (`data/`, `clip_jax_data`).
+LOGGERS = ("clip_jax", "clip_jax_data")
 
 
 def show_warnings() -> None:
-    """Sends the `clip_jax` loggers' warnings (and worse) to stderr as `warning: <message>`,
-    without passing them on to the root logger's handlers. Idempotent."""
-    logger = logging.getLogger("clip_jax")
-    if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
-    handler.addFilter(_lower_level)
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
+    """Sends the project loggers' (`LOGGERS`) warnings (and worse) to stderr as
+    `warning: <message>`, without passing them on to the root logger's handlers. Idempotent."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
+            continue
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_HANDLER_NAME)
+        handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
+        handler.addFilter(_lower_level)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 def _lower_level(record: logging.LogRecord) -> bool:
@@ -48,7 +51,7 @@ def warnings_rewritten(rewrite: Callable[[str], str]) -> Iterator[None]:
         record.msg, record.args = rewrite(record.getMessage()), ()
         return True
 
-    handlers = [h for h in logging.getLogger("clip_jax").handlers
+    handlers = [h for name in LOGGERS for h in logging.getLogger(name).handlers
                 if h.get_name() == _HANDLER_NAME]
     for handler in handlers:
         handler.addFilter(apply)
