@@ -56,6 +56,7 @@ class Progress:
         self._bar: tqdm | None = None
         self._start_step = 0
         self._started = self._paused = 0.0
+        self._first_step_timed = False  # the clock runs from start(), one-off costs included
         self._every: dict[str, int] = {}  # kind of pause -> its period in steps (0: last only)
         self._last_pause: dict[str, float] = {}  # kind -> the last one's seconds
 
@@ -77,8 +78,11 @@ class Progress:
             return False
 
     def start(self, step: int) -> None:
-        """Training starts (or resumes) at `step`: the clock for rate and ETA starts now."""
+        """Training starts (or resumes) at `step`: the clock for rate and ETA starts now, and
+        the step after it, which carries the one-off costs, shows no ETA (`restart` from the
+        next step on)."""
         self.restart(step)
+        self._first_step_timed = True
         if self.tty:
             # tqdm's own rate and remaining time would count the run's first step (compilation
             # aside, its first batch and executable run): the bar shows ours in the postfix.
@@ -88,6 +92,7 @@ class Progress:
     def restart(self, step: int) -> None:
         """Rate and ETA count from `step` and now on (the bar, if any, stays as it is)."""
         self._start_step, self._started, self._paused = step, self._clock(), 0.0
+        self._first_step_timed = False
 
     def expect(self, kind: str, every_steps: int) -> None:
         """Pauses of `kind` come after every step that is a multiple of `every_steps` (0:
@@ -120,10 +125,12 @@ class Progress:
     def eta_seconds(self, step: int) -> tuple[float, bool] | None:
         """Seconds to the end of the run at this process's mean training rate plus the pauses
         still to come, and whether that is exact (False: a lower bound, some kind of pause
-        not yet timed); None before a step."""
+        not yet timed); None before a step, and on the first step of a run or resume alone
+        (its time is mostly the first batch and the executable's first run: a run of 300
+        0.06 s steps showed `eta >1m15s` there)."""
         ran = step - self._start_step
         seconds = self._clock() - self._started - self._paused
-        if ran <= 0 or seconds <= 0:
+        if ran <= 0 or seconds <= 0 or (ran == 1 and self._first_step_timed):
             return None
         eta, exact = (self.total_steps - step) * seconds / ran, True
         for kind in self._every:
