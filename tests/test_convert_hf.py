@@ -479,6 +479,39 @@ def test_round_trip_is_bit_identical(tmp_path, dtype):
             assert theirs[tower].get(key) == ours[tower].get(key), (tower, key)
 
 
+def test_an_export_into_a_transformers_folder_replaces_its_model_files(tmp_path):
+    """`export-hf` into a user's transformers folder (sharded weights, transformers 5's
+    processor_config.json, a README): the stale processor_config.json was left and
+    transformers (and clip_jax) read its statistics instead of the exported model's. The
+    folder's model files are now the export's alone, other files stay, and exporting a folder
+    into itself keeps the model exactly."""
+    user, other = tmp_path / "user", tmp_path / "other"
+    _save_hf_dir(_hf_model(seed=1), user, max_shard_size="100KB")
+    transformers.CLIPImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.3, 0.3, 0.3],
+                                    size={"shortest_edge": 32},
+                                    crop_size={"height": 32, "width": 32}
+                                    ).save_pretrained(user)
+    (user / "processor_config.json").write_text(json.dumps(
+        {"image_processor": json.loads((user / "preprocessor_config.json").read_text())}))
+    (user / "README.md").write_text("# my model")
+    assert (user / "model.safetensors.index.json").is_file()
+    model = _hf_model(seed=2)
+    _save_hf_dir(model, other)
+    export_hf_from(other, user)
+    names = sorted(p.name for p in user.iterdir())
+    assert "processor_config.json" not in names and "README.md" in names, names
+    assert not [n for n in names if n.startswith("model-") or n.endswith(".index.json")], names
+    processor = transformers.CLIPImageProcessor.from_pretrained(user)
+    assert processor.image_mean == pytest.approx([0.5, 0.5, 0.5])  # `other`'s statistics
+    images, tokens = random_inputs(clip_jax.load(str(other))[0].config, batch=2)
+    expected = hf_outputs(model, images, tokens)
+    for _ in range(2):  # the export, then the folder exported into itself
+        err = errors(hf_outputs(load_hf_model(user), images, tokens), expected)
+        assert err["image"] <= 1e-6 and err["text"] <= 1e-6, err
+        export_hf_from(user, user)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
 def _write_config(directory, **raw):
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps(raw))

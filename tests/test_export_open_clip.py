@@ -124,3 +124,23 @@ def test_a_model_with_a_logit_bias_loads_back(tmp_path):
     img, txt = our_outputs(config, theirs, images, tokens)[:2]
     ref_img, ref_txt, _ = open_clip_outputs(reference, images, tokens)
     assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+
+
+def test_an_export_over_an_earlier_model_leaves_none_of_its_files(tmp_path):
+    """Exporting into a folder holding another model of this format: its PyTorch weights file
+    (which open_clip can read beside the new safetensors) goes, unrelated files stay, and
+    open_clip loads the new model."""
+    config = get_preset("test-vit")
+    old, new = random_variables(config, seed=1), random_variables(config, seed=2)
+    open_clip_export.export_open_clip(config, old, tmp_path)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in
+                load_file(tmp_path / open_clip_export.WEIGHTS_FILE).items()},
+               tmp_path / "open_clip_pytorch_model.bin")
+    (tmp_path / "notes.txt").write_text("kept")
+    open_clip_export.export_open_clip(config, new, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", open_clip_export.CONFIG_FILE, open_clip_export.WEIGHTS_FILE]
+    model, _ = _load(tmp_path)
+    images, tokens = random_inputs(config)
+    np.testing.assert_allclose(open_clip_outputs(model, images, tokens)[0],
+                               our_outputs(config, new, images, tokens)[0], atol=1e-5)

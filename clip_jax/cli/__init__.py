@@ -244,8 +244,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def check_export_dir(path: str, previous_export: Callable[[str], bool]) -> None:
-    """OUTPUT_DIR of an export command must be new, empty or a previous export of the same
-    kind (`previous_export(path)`), and writable: a typo must not overwrite another folder's
+    """OUTPUT_DIR of an export command must be new, empty or a model folder of the same
+    format (`previous_export(path)`), and writable: a typo must not overwrite another folder's
     config.json or a training workdir's. ConfigError (one line) before the model loads."""
     from clip_jax.training import config_checks
 
@@ -254,8 +254,8 @@ def check_export_dir(path: str, previous_export: Callable[[str], bool]) -> None:
         held = sorted(os.listdir(path))
         raise ConfigError(f"OUTPUT_DIR {path!r} holds other files ({', '.join(held[:4])}"
                           f"{', ...' if len(held) > 4 else ''}), which the export could "
-                          "overwrite; pass a new or empty folder (a previous export of the same "
-                          "kind is overwritten).")
+                          "overwrite; pass a new or empty folder (a model folder of the same "
+                          "format has its model files replaced).")
 
 
 def export_hf_command(args: argparse.Namespace) -> int:
@@ -386,7 +386,8 @@ def _export_arguments(x: argparse.ArgumentParser) -> None:
                         "a checkpoints/<step> folder, an OpenAI/open_clip file, a transformers "
                         "folder, a released name or a Hub id")
     x.add_argument("output_dir", metavar="OUTPUT_DIR",
-                   help="a new or empty folder, or an earlier export of the same kind")
+                   help="a new or empty folder, or a model folder of the same format "
+                        "(its model files are replaced, other files kept)")
     x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
                    help="stored weight dtype (default fp32)")
 

@@ -12,6 +12,7 @@ use `clip_jax.pretrained.factory.export_hf_from` (the `clip-jax export-hf` comma
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,12 +22,22 @@ import numpy as np
 from clip_jax.convert import openai
 from clip_jax.convert.hf_keys import LAYER_NORM_EPS, TRANSPOSED, hf_key
 from clip_jax.convert.hf_tokenizer import save_tokenizer
-from clip_jax.convert.host import PathLike, host_variables, save_safetensors, write_json
+from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
+                                   write_model_folder)
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig, canonical_dtype
 
 log = logging.getLogger(__name__)
+
+# The files of a transformers model folder (`save_pretrained` of a model, its processor and
+# tokenizer, any version and weight format): an export replaces those it does not write.
+MODEL_FILES = re.compile(
+    r"config\.json|generation_config\.json|(pre)?processor_config\.json|"
+    r"(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?"
+    r"\.(safetensors|bin|h5|msgpack)(\.index\.json)?|"
+    r"tokenizer(_config)?\.json|vocab\.(json|txt)|merges\.txt|special_tokens_map\.json|"
+    r"added_tokens\.json|chat_template\.(json|jinja)")
 
 
 def check_exportable(config: CLIPConfig) -> None:
@@ -115,6 +126,9 @@ def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: Path
               dtype: str = "float32", tokenizer: Tokenizer | None = None) -> Path:
     """Writes a directory that `transformers.CLIPModel/CLIPProcessor.from_pretrained` load.
 
+    The files go in as one unit (`host.write_model_folder`): a transformers folder written
+    over keeps none of its earlier model files (`MODEL_FILES`), only files of other kinds.
+
     `variables` may be numpy or (sharded, multi-host) jax arrays, scanned or not: every process
     must call this; tensors are gathered to host memory one at a time and process 0 writes.
     `dtype` ('float32', 'bfloat16'/'bf16', 'float16'/'fp16') is the stored weight dtype.
@@ -140,10 +154,12 @@ def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: Path
     if jax.process_index() != 0:
         return output_dir
     tensors = hf_state_dict(config, host)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(tensors, output_dir / "model.safetensors", dtype)
-    write_json(output_dir / "config.json", hf_config(config, dtype, tokenizer), sort_keys=True)
-    write_json(output_dir / "preprocessor_config.json", preprocessor_config(config),
-               sort_keys=True)
-    save_tokenizer(tokenizer, output_dir, config.context_length)
-    return output_dir
+
+    def write(folder: Path) -> None:
+        save_safetensors(tensors, folder / "model.safetensors", dtype)
+        write_json(folder / "config.json", hf_config(config, dtype, tokenizer), sort_keys=True)
+        write_json(folder / "preprocessor_config.json", preprocessor_config(config),
+                   sort_keys=True)
+        save_tokenizer(tokenizer, folder, config.context_length)
+
+    return write_model_folder(output_dir, write, lambda name: bool(MODEL_FILES.fullmatch(name)))

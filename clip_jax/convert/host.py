@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Mapping
 
 import flax
@@ -147,3 +151,29 @@ def write_json(path: PathLike, content: Mapping[str, Any], *, sort_keys: bool = 
     """`content` as indented UTF-8 JSON with a final newline (the files' committed layout)."""
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(content, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def write_model_folder(output_dir: PathLike, write: Callable[[Path], None],
+                       replaces: Callable[[str], bool]) -> Path:
+    """Writes an exported model into `output_dir` (created if needed) as one unit: `write`
+    fills a fresh sibling folder, whose files then replace their namesakes, and the files of
+    an earlier model of the same format that this export did not write (`replaces(name)`:
+    say a transformers 5 `processor_config.json`, which transformers reads before the new
+    `preprocessor_config.json`, or another model's weight shards) are removed. Other files
+    (a README, logs) are kept. A failed `write` leaves `output_dir` as it was; reading the
+    source model from `output_dir` itself is safe (files are replaced, never rewritten)."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.export-", dir=output_dir.parent))
+    try:
+        write(staging)
+        output_dir.mkdir(exist_ok=True)
+        written = set(os.listdir(staging))
+        for name in sorted(written):
+            os.replace(staging / name, output_dir / name)
+        for name in sorted(os.listdir(output_dir)):
+            if name not in written and replaces(name) and (output_dir / name).is_file():
+                os.remove(output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir

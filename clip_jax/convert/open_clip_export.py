@@ -15,11 +15,15 @@ import jax
 import numpy as np
 
 from clip_jax.convert import openai
-from clip_jax.convert.host import PathLike, host_variables, save_safetensors, write_json
+from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
+                                   write_model_folder)
 from clip_jax.models.config import CLIPConfig, canonical_dtype
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
+# An open_clip model folder's files: an export replaces those it does not write (an earlier
+# model's PyTorch weights, which open_clip would otherwise find beside the new ones).
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, "open_clip_pytorch_model.bin")
 
 
 def open_clip_state_dict(config: CLIPConfig, variables: Mapping[str, Any]) -> openai.StateDict:
@@ -58,15 +62,18 @@ def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_di
     """Writes `open_clip_model.safetensors` + `open_clip_config.json` into `output_dir`.
 
     Same contract as `clip_jax.convert.hf_export.export_hf`: numpy or sharded jax variables,
-    scanned or not; every process calls it, tensors are gathered one at a time, process 0 writes.
-    An unknown `dtype` raises ConfigError before anything is gathered.
+    scanned or not; every process calls it, tensors are gathered one at a time, process 0 writes
+    (as one unit: an earlier model's `MODEL_FILES` there are replaced or removed). An unknown `dtype` raises ConfigError before anything is gathered.
     """
     canonical_dtype(dtype, "export dtype")
     host = host_variables(variables)
     output_dir = Path(output_dir)
     if jax.process_index() != 0:
         return output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(open_clip_state_dict(config, host), output_dir / WEIGHTS_FILE, dtype)
-    write_json(output_dir / CONFIG_FILE, open_clip_config(config))
-    return output_dir
+    state = open_clip_state_dict(config, host)
+
+    def write(folder: Path) -> None:
+        save_safetensors(state, folder / WEIGHTS_FILE, dtype)
+        write_json(folder / CONFIG_FILE, open_clip_config(config))
+
+    return write_model_folder(output_dir, write, MODEL_FILES.__contains__)
