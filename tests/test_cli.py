@@ -301,6 +301,49 @@ def test_export_open_clip_of_a_resnet(tmp_path, capsys):
         cli.main(["export-hf", "a", "b", "--dtype", "int8"])
 
 
+def test_the_weights_flags_read_what_a_checkpoint_file_does_not_say(tmp_path, capsys):
+    """A training checkpoint of a custom open_clip architecture (32-wide vision heads, which
+    the shapes do not tell) with an EMA copy: the warnings said `ema=True` / `model=`, which
+    no command took. `--architecture CONFIG.json` (open_clip's model config) and `--ema` export
+    the average, equal to open_clip running it; an index built so records them for search."""
+    model_cfg = {"embed_dim": 32, "quick_gelu": True,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                                "head_width": 32},
+                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64,
+                              "heads": 2, "layers": 2}}
+    (tmp_path / "arch.json").write_text(json.dumps(model_cfg))
+    kwargs = dict(embed_dim=32, vision_cfg=model_cfg["vision_cfg"],
+                  text_cfg=model_cfg["text_cfg"], quick_gelu=True)
+    torch.manual_seed(0)
+    trained, average = (open_clip.model.CLIP(**kwargs).eval() for _ in range(2))
+    with torch.no_grad():
+        for p in average.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save({"epoch": 2, "state_dict": trained.state_dict(),
+                "state_dict_ema": average.state_dict()}, tmp_path / "epoch_2.pt")
+    code, _, err = run(capsys, "export-open-clip", str(tmp_path / "epoch_2.pt"),
+                       str(tmp_path / "oc"), "--ema", "--architecture", str(tmp_path / "arch.json"))
+    assert code == 0, err
+    exported, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        want, got = (m.eval().encode_image(pixels).numpy() for m in (average, exported))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_captioned_pngs(photos, 3, (40, 40), 1, ())
+    code, _, err = run(capsys, "index", str(photos), "--model", str(tmp_path / "epoch_2.pt"),
+                       "--ema", "--architecture", str(tmp_path / "arch.json"), "--output",
+                       str(tmp_path / "i.npz"))
+    assert code == 0, err
+    code, out, err = run(capsys, "search", str(tmp_path / "i.npz"), "a photo")
+    assert code == 0 and "warning" not in err, err  # loaded as indexed: the same embeddings
+    code, _, err = run(capsys, "search", str(tmp_path / "i.npz"))
+    assert code == 2 and "No query: give a text query" in err, err
+
+
 def test_eval_of_a_model_without_a_dataset_asks_for_one(tmp_path, capsys):
     """A checkpoint that records no training config names no dataset: refuse, naming --config,
     instead of evaluating on a default the user never chose."""

@@ -250,6 +250,32 @@ def test_bare_file_says_what_it_assumed(offline, tmp_path, caplog):
     assert module.config.activation == "gelu"
 
 
+def test_open_clips_model_config_json_names_the_architecture(offline, tmp_path):
+    """open_clip's own model config (`model_configs/*.json`: embed_dim, vision_cfg, text_cfg),
+    how a custom architecture is written down, was refused as a preset name, as a dict and as
+    the open_clip_config.json beside a file; each now pins the architecture (32-wide vision
+    heads, which the shapes alone would get wrong) as open_clip_config.json's model_cfg does."""
+    expected = clip_jax.load(f"hf-hub:{OC_REPO}")
+    blob = Path(huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors"))
+    (tmp_path / "beside").mkdir()
+    bare = tmp_path / "beside" / "weights.safetensors"
+    bare.write_bytes(blob.read_bytes())
+    (tmp_path / "arch.json").write_text(json.dumps(OC_CONFIG["model_cfg"]))
+    (tmp_path / "beside" / "open_clip_config.json").write_text(
+        json.dumps(OC_CONFIG["model_cfg"]))
+    sources = {"file": dict(model=str(tmp_path / "arch.json")),
+               "dict": dict(model=OC_CONFIG["model_cfg"]), "beside": {}}
+    for name, kwargs in sources.items():
+        module, variables = clip_jax.load(bare, **kwargs)
+        # open_clip's preprocessing defaults (no preprocess_cfg given): OpenAI's statistics.
+        assert module.config == expected[0].config.replace(
+            image_mean=get_preset("ViT-B/32").image_mean,
+            image_std=get_preset("ViT-B/32").image_std), name
+        jax.tree.map(np.testing.assert_array_equal, variables, expected[1])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        clip_jax.load(bare, model=str(tmp_path / "missing.json"))
+
+
 def test_weights_files_in_a_transformers_folder_load_with_the_config_that_fits(offline,
                                                                                  tmp_path):
     """A transformers folder also holding other checkpoints: HF-named tensors (its own

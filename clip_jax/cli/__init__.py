@@ -30,6 +30,7 @@ import pathlib
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from clip_jax.cli.arg_types import alpha_mode, positive_int, read_labels, seconds
 from clip_jax.runtime import logs
@@ -48,10 +49,24 @@ def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
               "image extension or hidden ignored.", file=sys.stderr)
 
 
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `clip_jax.load` keywords the weights flags (`_weights_arguments`) set."""
+    options = {"model": args.architecture, "activation": args.activation, "ema": args.ema}
+    return {k: v for k, v in options.items() if v}
+
+
+def load_model(source: str, args: argparse.Namespace,
+               recorded: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """`clip_jax.load(source, ...)` with the weights flags (or, where none is given, the
+    `recorded` options: those an index was built with)."""
+    from clip_jax import load
+
+    return load(source, **(load_options(args) or recorded or {}))
+
+
 def zero_shot_command(args: argparse.Namespace) -> int:
     import csv
 
-    from clip_jax import load
     from clip_jax.data import image_folder
     from clip_jax.evaluation import templates
     from clip_jax.evaluation import zero_shot
@@ -59,7 +74,7 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels, "--labels")
     prompts = templates.get_templates(args.templates)
     paths, ignored = image_folder.find_images(args.images, args.recursive)
-    module, variables = load(args.model)
+    module, variables = load_model(args.model, args)
     classifier = zero_shot.ZeroShotClassifier(module, variables,
                                               exif_transpose=args.exif_transpose, alpha=args.alpha)
     label_embeddings = classifier.embed_labels(labels, prompts)
@@ -91,19 +106,19 @@ def zero_shot_command(args: argparse.Namespace) -> int:
 
 
 def index_command(args: argparse.Namespace) -> int:
-    from clip_jax import load
     from clip_jax.data import image_folder
     from clip_jax.inference import image_index
     from clip_jax.inference.encoder import Encoder
 
     image_folder.check_inputs(args.images)  # before the model loads
     image_index.check_output(args.output)
-    encoder = Encoder(*load(args.model))
+    encoder = Encoder(*load_model(args.model, args))
     try:
         report = image_index.build_index(
             args.images, encoder, args.output, recursive=args.recursive,
             batch_size=args.batch_size, save_every=args.save_every,
-            model_name=os.path.abspath(args.model) if os.path.exists(args.model) else args.model)
+            model_name=os.path.abspath(args.model) if os.path.exists(args.model) else args.model,
+            model_options=load_options(args))
     except KeyboardInterrupt:
         print(f"\nInterrupted: finished batches are kept in {args.output}.partial/; run the "
               "same command to go on from there.", file=sys.stderr)
@@ -116,13 +131,15 @@ def index_command(args: argparse.Namespace) -> int:
 def search_command(args: argparse.Namespace) -> int:
     import csv
 
-    from clip_jax import load
     from clip_jax.data import image_folder
     from clip_jax.inference import image_index
     from clip_jax.inference.encoder import Encoder
 
-    if (args.query is None) == (args.image is None):
-        raise ConfigError("Give either a text query or --image QUERY_IMAGE (not both).")
+    if args.query is not None and args.image is not None:
+        raise ConfigError("Give either a text query or --image QUERY_IMAGE, not both.")
+    if args.query is None and args.image is None:
+        raise ConfigError("No query: give a text query (clip-jax search INDEX \"a red car\") or "
+                          "--image QUERY_IMAGE.")
     if args.image is not None and not os.path.isfile(args.image):
         raise MissingFileError(f"No query image at {args.image!r}; check --image.")
     if args.image is not None and (failed := image_folder.check_image(args.image)):
@@ -134,7 +151,8 @@ def search_command(args: argparse.Namespace) -> int:
     model = args.model or index.meta.get("model")
     if not model:
         raise ConfigError(f"{args.index!r} does not record its model; pass --model.")
-    encoder = Encoder(*load(model))
+    recorded = index.meta.get("model_options", {}) if args.model is None else {}
+    encoder = Encoder(*load_model(model, args, recorded))
     if image_index.model_fingerprint(encoder) != index.meta.get("fingerprint"):
         where = os.path.abspath(model) if os.path.exists(model) else model
         if where == index.meta.get("model"):  # a run that trained on, or a path reused
@@ -214,7 +232,6 @@ def eval_command(args: argparse.Namespace) -> int:
 
     import jax
 
-    from clip_jax import load
     from clip_jax.evaluation import evaluate
     from clip_jax.models.clip import CLIP
     from clip_jax.training import checkpoints
@@ -225,7 +242,7 @@ def eval_command(args: argparse.Namespace) -> int:
     try:
         with logs.warnings_rewritten(in_flag_terms):
             evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
-            module, variables = load(args.path)
+            module, variables = load_model(args.path, args)
             module = CLIP(module.config.replace(dtype=config.model.dtype))
             metrics, evaluation = evaluate.evaluate_model(config, module, variables)
     except ConfigError as error:  # in the flags' terms where a flag made the task
@@ -263,18 +280,17 @@ def export_hf_command(args: argparse.Namespace) -> int:
     from clip_jax.pretrained.factory import export_hf_from
 
     check_export_dir(args.output_dir, hf_import.is_hf_directory)
-    out = export_hf_from(args.source, args.output_dir, dtype=args.dtype)
+    out = export_hf_from(args.source, args.output_dir, dtype=args.dtype, **load_options(args))
     print(f"Wrote a transformers CLIPModel directory to {out}.")
     return 0
 
 
 def export_open_clip_command(args: argparse.Namespace) -> int:
-    from clip_jax import load
     from clip_jax.convert.open_clip_export import CONFIG_FILE, export_open_clip
 
     check_export_dir(args.output_dir,
                      lambda path: os.path.isfile(os.path.join(path, CONFIG_FILE)))
-    module, variables = load(args.source)
+    module, variables = load_model(args.source, args)
     out = export_open_clip(module.config, variables, args.output_dir, dtype=args.dtype)
     print(f"Wrote an open_clip model to {out} (load with "
           f"open_clip.create_model_and_transforms('local-dir:{out}')).")
@@ -316,6 +332,23 @@ def plan_command(args: argparse.Namespace) -> int:
         return 3
 
 
+def _weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to read a weights file that does not say it all (`clip_jax.load`'s keywords)."""
+    group = parser.add_argument_group(
+        "reading the weights", "for a checkpoint file that does not record everything "
+        "(clip_jax.load's model=, activation=, ema=)")
+    group.add_argument("--architecture", metavar="NAME_OR_JSON",
+                       help="the model's architecture: a preset (ViT-B-32, RN50, ...; "
+                            "clip_jax.list_models()) or open_clip's model config JSON; default: "
+                            "the config beside the file, else inferred from the shapes")
+    group.add_argument("--activation", choices=("gelu", "quick_gelu"),
+                       help="the activation the model was trained with (default: the config's, "
+                            "else inferred)")
+    group.add_argument("--ema", action="store_true",
+                       help="load a training checkpoint's exponential moving average of the "
+                            "weights instead of the trained weights")
+
+
 def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
     z.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
     z.add_argument("--labels", required=True,
@@ -337,6 +370,7 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
     z.add_argument("--batch-size", type=positive_int, default=64,
                    help="images decoded and embedded at once (default 64)")
     z.add_argument("images", nargs="+", help="image files and/or folders of images")
+    _weights_arguments(z)
 
 
 def _index_arguments(i: argparse.ArgumentParser) -> None:
@@ -349,6 +383,7 @@ def _index_arguments(i: argparse.ArgumentParser) -> None:
                    help="images per batch (default 64)")
     i.add_argument("--save-every", type=positive_int, default=4096, help="save progress every "
                    "N embedded images, so an interrupted run resumes there (default 4096)")
+    _weights_arguments(i)
 
 
 def _search_arguments(q: argparse.ArgumentParser) -> None:
@@ -359,6 +394,7 @@ def _search_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--model", help="model to embed the query (default: the index's own)")
     q.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv")
+    _weights_arguments(q)
 
 
 def _eval_arguments(e: argparse.ArgumentParser) -> None:
@@ -376,6 +412,7 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
                    "TensorBoard, the results to DIR/results.json and results.csv, and plots")
     eval_cli.add_arguments(e)
+    _weights_arguments(e)
 
 
 def _export_arguments(x: argparse.ArgumentParser) -> None:
@@ -390,6 +427,7 @@ def _export_arguments(x: argparse.ArgumentParser) -> None:
                         "(its model files are replaced, other files kept)")
     x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
                    help="stored weight dtype (default fp32)")
+    _weights_arguments(x)
 
 
 def _demo_arguments(d: argparse.ArgumentParser) -> None:

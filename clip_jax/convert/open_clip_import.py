@@ -50,14 +50,25 @@ def is_open_clip_directory(path: str | os.PathLike) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
+def is_open_clip_config(raw: Any) -> bool:
+    """Whether `raw` is open_clip's `open_clip_config.json` (`{"model_cfg": ...}`) or a bare
+    model config (`{"embed_dim", "vision_cfg", "text_cfg"}`: open_clip's `model_configs/*.json`,
+    how a custom architecture is written down)."""
+    return isinstance(raw, Mapping) and ("model_cfg" in raw
+                                         or {"vision_cfg", "text_cfg"} <= set(raw))
+
+
 def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> CLIPConfig:
-    """Our `CLIPConfig` of open_clip's `{"model_cfg": ..., "preprocess_cfg": ...}`.
+    """Our `CLIPConfig` of open_clip's `{"model_cfg": ..., "preprocess_cfg": ...}`, or of a bare
+    model config (`is_open_clip_config`; open_clip's preprocessing defaults then apply).
 
     Raises ConfigError naming the first field clip_jax cannot honour.
     """
-    model_cfg = raw.get("model_cfg")
+    model_cfg = raw.get("model_cfg", raw if is_open_clip_config(raw) else None)
     if not isinstance(model_cfg, Mapping):
-        raise ConfigError(f"{source} has no 'model_cfg' object; it is not an open_clip config.")
+        raise ConfigError(f"{source} has neither a 'model_cfg' object nor open_clip's model "
+                          "config fields (embed_dim, vision_cfg, text_cfg); it is not an "
+                          "open_clip config.")
     extra = sorted(set(model_cfg) - _MODEL_INERT)
     if extra:
         raise ConfigError(f"{source}: model_cfg.{extra[0]} (e.g. CoCa's multimodal decoder) is not "
@@ -76,7 +87,7 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
     vision.setdefault("patch_size", 16)  # open_clip's default, for ViTs
     vision["image_size"] = _square(vision.get("image_size", 224), source)
     text = {k: text_raw[k] for k in _TEXT_READ if k in text_raw}
-    preprocess = raw.get("preprocess_cfg", {})
+    preprocess = raw.get("preprocess_cfg", {}) if "model_cfg" in raw else {}
     try:
         config = CLIPConfig(
             embed_dim=model_cfg["embed_dim"], vision=VisionConfig(**vision),

@@ -117,10 +117,11 @@ def _report(chosen: str, skipped: list[str], ema: bool, used_ema: bool) -> None:
     if ema and not used_ema:
         raise ConfigError("ema=True, but the checkpoint holds no EMA weights (no "
                           f"{'/'.join(EMA_WRAPPERS)} entry, no 'ema' key prefix); load it "
-                          "without ema=True.")
+                          "without ema=True (--ema).")
     if skipped and not ema:
         log.warning("The checkpoint also holds an exponential moving average of the weights "
-                    "(%s); loaded the trained weights. Pass ema=True to load the average.",
+                    "(%s); loaded the trained weights. Pass ema=True (--ema in the clip-jax "
+                    "commands) to load the average.",
                     ", ".join(skipped))
     elif skipped:
         log.warning("Loaded the EMA weights (%s); the trained weights (%s) were passed over.",

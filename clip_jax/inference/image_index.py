@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -175,12 +175,13 @@ def model_fingerprint(encoder: Encoder) -> str:
 
 def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder: Encoder,
                 output: str | os.PathLike, *, recursive: bool = True, batch_size: int = 64,
-                save_every: int = 4096, model_name: str = "", progress: bool = True
-                ) -> BuildReport:
+                save_every: int = 4096, model_name: str = "", progress: bool = True,
+                model_options: Mapping[str, Any] | None = None) -> BuildReport:
     """Embed the images of `images` (files and folders; one path is one input) into the index
     file `output`.
 
-    Paths are stored absolute, in `find_images` order, each file once however many inputs or
+    `model_name` and `model_options` (the `clip_jax.load` keywords it was read with, e.g.
+    `ema`) are recorded for `clip-jax search` to load the same model. Paths are stored absolute, in `find_images` order, each file once however many inputs or
     links reach it (the first path to it is kept; `BuildReport.duplicates` counts the
     repeats). Resumable: see the module
     docstring. Raises ValueError when `<output>.partial/` was written with another model
@@ -240,7 +241,8 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
         np.stack([done[p] for p in kept]) if kept else np.zeros((0, dim), np.float32), kept,
         np.asarray([stats[p][0] for p in kept], np.int64),
         np.asarray([stats[p][1] for p in kept], np.int64),
-        {"model": model_name, "fingerprint": fingerprint, "embed_dim": dim,
+        {"model": model_name, "model_options": dict(model_options or {}),
+         "fingerprint": fingerprint, "embed_dim": dim,
          "inputs": [os.path.abspath(i) for i in images], "recursive": recursive,
          "ignored": ignored, "skipped": [dataclasses.asdict(s) for s in skipped]})
     index.save(output)

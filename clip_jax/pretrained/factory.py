@@ -71,7 +71,7 @@ def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os
                           "weights file; released weights are named with their architecture: "
                           "create_model('ViT-B-32', pretrained='openai') "
                           "(clip_jax.list_pretrained()).")
-    return loading.load(os.fspath(pretrained), model=as_config(architecture))
+    return loading.load(os.fspath(pretrained), model=architecture)
 
 
 def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | dict,
@@ -168,11 +168,12 @@ def save(module: CLIP, variables: dict[str, Any], directory: str | os.PathLike, 
 
 
 def export_hf_from(source: str | os.PathLike, output_dir: str | os.PathLike, *,
-                   dtype: str = "float32") -> Path:
+                   dtype: str = "float32", **load_options: Any) -> Path:
     """`clip_jax.convert.hf_export.export_hf` of anything `clip_jax.load` reads (workdir, state
     dict file, HF or open_clip directory, released name, Hub id); an HF directory's own tokenizer
     is carried over (read first: a directory without usable tokenizer files fails before the
-    weights load). The `clip-jax export-hf` command."""
+    weights load). `load_options` are `clip_jax.load`'s keywords (`model`, `activation`,
+    `ema`). The `clip-jax export-hf` command."""
     tokenizer = load_tokenizer(source) if hf_import.is_hf_directory(source) else None
-    module, variables = loading.load(os.fspath(source))
+    module, variables = loading.load(os.fspath(source), **load_options)
     return export_hf(module.config, variables, output_dir, dtype=dtype, tokenizer=tokenizer)

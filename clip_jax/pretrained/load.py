@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from clip_jax.convert import hf_import, hf_keys, open_clip_import, openai
 from clip_jax.errors import ConfigError, MissingFileError
@@ -22,7 +22,7 @@ HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 
 def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
-         model: str | CLIPConfig | None = None, activation: str | None = None,
+         model: str | os.PathLike | CLIPConfig | Mapping[str, Any] | None = None, activation: str | None = None,
          revision: str | None = None, token: str | bool | None = None, ema: bool = False
          ) -> tuple[CLIP, dict[str, Any]]:
     """`(module, variables)` (numpy variables) from any source:
@@ -39,8 +39,9 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
       used when present), or a file of transformers-named tensors in a transformers directory
       (a fine-tuning checkpoint beside its config.json).
 
-    `model` (a preset name or config) pins the architecture or sets numerics (`scan_layers`,
-    `dtype`); `activation` overrides the activation. A bare weights file reveals neither head
+    `model` (a preset name, a config or its dict, or open_clip's model config: a
+    `model_configs/*.json` file or `open_clip_config.json`, or their dict; `model_config`) pins
+    the architecture or sets numerics (`scan_layers`, `dtype`); `activation` overrides the activation. A bare weights file reveals neither head
     counts nor the activation: they are then inferred and a warning says how to pass them.
     A training checkpoint's weights are found under its wrapper entries and module prefixes
     (`state_dict`, `module.`, ...); `ema=True` loads its exponential moving average instead of
@@ -49,7 +50,7 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     claims, or arguments that contradict it).
     """
     spec = os.fspath(name_or_path)
-    config = None if model is None else as_config(model)
+    config = None if model is None else model_config(model)
     if isinstance(name_or_path, os.PathLike):  # a path, never a name or a Hub id
         if pretrained is None and not os.path.exists(spec):
             raise MissingFileError(not_found(spec, local=True))
@@ -62,6 +63,23 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     if hub.is_repo_id(spec):
         return _load_repo(spec, config, activation, revision, token, ema)
     raise MissingFileError(not_found(spec))
+
+
+def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> CLIPConfig:
+    """The architecture `model=` names: a preset name, a `CLIPConfig` or its dict, or open_clip's
+    model config (a `.json` file or its dict: `open_clip_config.json`'s layout, or the bare
+    `{"embed_dim", "vision_cfg", "text_cfg"}` of open_clip's `model_configs/`, how a custom
+    open_clip architecture is written down). MissingFileError for a `.json` path that is not
+    there; ConfigError for a config clip_jax cannot build."""
+    source = "model="
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".json"):
+        source = os.fspath(model)
+        if not os.path.isfile(source):
+            raise MissingFileError(f"model={source!r}: no such file (a model config JSON).")
+        model = json.loads(Path(source).read_text(encoding="utf-8"))
+    if open_clip_import.is_open_clip_config(model):
+        return open_clip_import.config_from_open_clip(model, source)
+    return as_config(dict(model) if isinstance(model, Mapping) else model)
 
 
 def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str | None,
@@ -100,7 +118,7 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
 def _no_ema(ema: bool, source: str, what: str) -> None:
     if ema:
         raise ConfigError(f"ema=True, but {source!r} is {what}, which holds no EMA weights; "
-                          "load it without ema=True.")
+                          "load it without ema=True (--ema).")
 
 
 def _load_local(path: str, config: CLIPConfig | None, activation: str | None, ema: bool
