@@ -238,6 +238,14 @@ def test_bare_repo_id_with_a_non_clip_config_json_is_read_as_open_clip(offline):
     jax.tree.map(np.testing.assert_array_equal, ours[1], expected[1])
 
 
+def test_a_transformers_repo_named_with_hf_hub_loads(offline):
+    """`hf-hub:` (open_clip's spelling) on a transformers repo said none of
+    ['open_clip_config.json'] was in the cache, though the repo was there whole."""
+    ours, expected = clip_jax.load(f"hf-hub:{HF_REPO}"), clip_jax.load(HF_REPO)
+    assert ours[0].config == expected[0].config
+    jax.tree.map(np.testing.assert_array_equal, ours[1], expected[1])
+
+
 def test_bare_file_says_what_it_assumed(offline, tmp_path, caplog):
     blob = Path(huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors"))
     bare = tmp_path / "weights.safetensors"

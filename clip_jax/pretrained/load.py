@@ -30,8 +30,9 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     - released weights by open_clip's name and tag: `load("ViT-B-32", "openai")`,
       `load("RN50", pretrained="openai")`, `load("ViT-B-32:openai")` (`list_pretrained()`);
     - a Hugging Face Hub repo: a transformers CLIP repo (`"openai/clip-vit-base-patch32"`) or an
-      open_clip one (`"hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"`), through huggingface_hub
-      (its cache, `HF_HUB_OFFLINE`, `revision`, `token`);
+      open_clip one (`"hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"`; either format with or
+      without `hf-hub:`), through huggingface_hub (its cache, `HF_HUB_OFFLINE`, `revision`,
+      `token`);
     - a local path: a clip_jax training workdir (newest checkpoint), a transformers CLIP
       directory, an open_clip directory (`open_clip_config.json` + weights, what
       `clip_jax.save` and `clip-jax export-open-clip` write), or an OpenAI / open_clip state
@@ -167,30 +168,46 @@ def _load_file(path: str, config: CLIPConfig | None, activation: str | None, ema
 
 def repo_files(repo_id: str, revision: str | None = None, token: str | bool | None = None,
                *, tokenizer: bool = False) -> tuple[str, Path]:
-    """`(format, local directory)` of a Hub repo: `"transformers"` (config.json) or
-    `"open_clip"` (open_clip_config.json, or any repo named with `hf-hub:`), with the files
-    loading needs fetched into huggingface_hub's cache (plus tokenizer files if asked)."""
+    """`(format, local directory)` of a Hub repo: `"transformers"` (a CLIP config.json) or
+    `"open_clip"` (open_clip_config.json), with the files loading needs fetched into
+    huggingface_hub's cache (plus tokenizer files if asked). A bare id is tried as transformers
+    first, one named with `hf-hub:` (open_clip's spelling) as open_clip first."""
     kw = dict(revision=revision, token=token)
     bare = repo_id.removeprefix(hub.OPEN_CLIP_PREFIX)
+    readers = (_open_clip_repo, _transformers_repo)
     if not repo_id.startswith(hub.OPEN_CLIP_PREFIX):
-        config = hub.download(bare, HF_CONFIG_FILES, required=False, **kw)
-        if config is not None and not _is_transformers_clip(config):  # e.g. timm's config.json
-            config = None if hub.download(bare, (open_clip_import.CONFIG_FILE,), required=False,
-                                          **kw) else config
-        if config is not None:
-            for name in HF_OPTIONAL_FILES + (HF_TOKENIZER_FILES if tokenizer else ()):
-                hub.download(bare, (name,), required=False, **kw)
-            weights = hub.download(bare, hf_import.WEIGHT_FILES, **kw)
-            if weights.name.endswith(".index.json"):
-                shards = json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()
-                for shard in sorted(set(shards)):
-                    hub.download(bare, (shard,), **kw)
-            return "transformers", config.parent
-    config = hub.download(bare, (open_clip_import.CONFIG_FILE,), required=False, **kw)
-    if config is None:  # neither format: name both, or the error would name open_clip's only
-        candidates = (() if repo_id.startswith(hub.OPEN_CLIP_PREFIX) else HF_CONFIG_FILES)
-        raise hub.missing_files(bare, candidates + (open_clip_import.CONFIG_FILE,), revision)
-    hub.download(bare, open_clip_import.WEIGHT_FILES, **kw)
+        readers = readers[::-1]
+    for reader in readers:
+        found = reader(bare, tokenizer, kw)
+        if found is not None:
+            return found
+    other = hub.download(bare, HF_CONFIG_FILES, required=False, **kw)
+    if other is not None:  # another library's config.json: its model_type is said by name
+        return "transformers", other.parent
+    raise hub.missing_files(bare, HF_CONFIG_FILES + (open_clip_import.CONFIG_FILE,), revision)
+
+
+def _transformers_repo(repo_id: str, tokenizer: bool, kw: dict[str, Any]
+                       ) -> tuple[str, Path] | None:
+    config = hub.download(repo_id, HF_CONFIG_FILES, required=False, **kw)
+    if config is None or not _is_transformers_clip(config):  # e.g. timm's config.json
+        return None
+    for name in HF_OPTIONAL_FILES + (HF_TOKENIZER_FILES if tokenizer else ()):
+        hub.download(repo_id, (name,), required=False, **kw)
+    weights = hub.download(repo_id, hf_import.WEIGHT_FILES, **kw)
+    if weights.name.endswith(".index.json"):
+        shards = json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()
+        for shard in sorted(set(shards)):
+            hub.download(repo_id, (shard,), **kw)
+    return "transformers", config.parent
+
+
+def _open_clip_repo(repo_id: str, tokenizer: bool, kw: dict[str, Any]
+                    ) -> tuple[str, Path] | None:
+    config = hub.download(repo_id, (open_clip_import.CONFIG_FILE,), required=False, **kw)
+    if config is None:
+        return None
+    hub.download(repo_id, open_clip_import.WEIGHT_FILES, **kw)
     return "open_clip", config.parent
 
 
