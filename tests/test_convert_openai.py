@@ -226,6 +226,24 @@ def test_a_cut_off_or_empty_weights_file_is_one_error(tmp_path, suffix):
         clip_jax.load(str(tmp_path / f"empty{suffix}"), model="test-vit")
 
 
+def test_files_that_are_no_state_dict_say_what_they_are(tmp_path):
+    """A whole pickled model (`torch.save(model)`) gave torch's weights_only traceback text
+    (advising `add_safe_globals`); a text file or a Git LFS pointer named `.pt` was said to
+    need a `.pt` name. Each is one line naming what the file is and what to do."""
+    torch.save(open_clip_model(get_preset("test-vit", activation="gelu")),
+               tmp_path / "model.pt")
+    with pytest.raises(ConfigError, match=r"pickled Python objects .* torch\.save\(model\.state_"
+                                          r"dict\(\), PATH\)\.$"):
+        clip_jax.load(str(tmp_path / "model.pt"))
+    (tmp_path / "page.pt").write_text("<html>Not found</html>")
+    with pytest.raises(ConfigError, match=r"bytes are none of safetensors, \.npz or PyTorch"):
+        clip_jax.load(str(tmp_path / "page.pt"))
+    (tmp_path / "lfs.bin").write_text("version https://git-lfs.github.com/spec/v1\n"
+                                      "oid sha256:abc\nsize 12\n")
+    with pytest.raises(ConfigError, match=r"is a Git LFS pointer, not the file"):
+        clip_jax.load(str(tmp_path / "lfs.bin"))
+
+
 def test_a_head_width_that_cannot_be_guessed_says_how_to_pass_it(tmp_path):
     """Width 96 in heads of 48: the guess (64) does not divide it, and the error read as if
     the user had written a config ("use a multiple of vision.head_width=64")."""

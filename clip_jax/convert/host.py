@@ -105,9 +105,13 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         except Exception as e:  # noqa: BLE001 - zipfile, EOF, pickle: all "unreadable"
             raise ConfigError(f"{path!r} is not a readable .npz file: {type(e).__name__}: "
                               f"{e}") from e
+    if magic.startswith(b"version "):  # "version https://git-lfs.github.com/spec/v1"
+        raise ConfigError(f"{path!r} is a Git LFS pointer, not the file: fetch it (git lfs "
+                          "pull, or download the file itself).")
     if not (magic.startswith(b"PK") or magic[:2] == b"\x80\x02"):
-        raise ConfigError(f"{path!r} is not a checkpoint: expected .safetensors, .npz or a "
-                          "PyTorch .pt/.pth/.bin file.")
+        raise ConfigError(f"{path!r} is not a checkpoint: its bytes are none of safetensors, "
+                          ".npz or PyTorch's zip or pickle formats (a text or HTML file saved "
+                          "under that name?).")
     try:
         import torch
     except ImportError as e:
@@ -120,6 +124,11 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if "Weights only load failed" in str(e):  # torch's refusal to unpickle objects
+            raise ConfigError(
+                f"{path!r} holds pickled Python objects besides tensors (a whole model saved "
+                "with torch.save(model)?), which are not unpickled here: loading them can run "
+                "any code. Save the weights alone: torch.save(model.state_dict(), PATH).") from e
         raise ConfigError(f"{path!r} could not be read as a PyTorch checkpoint: {e}") from e
     if not isinstance(state, Mapping):
         raise ConfigError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
