@@ -115,6 +115,8 @@ def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_pat
     (root / ".ipynb_checkpoints").mkdir()
     picture(1).save(root / ".ipynb_checkpoints" / "x.png")
     (root / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # beside the class folders: was unsaid
+    picture(4).save(root / "stray.png")  # in no class: torchvision leaves it out too
     picture(2).save(root / "dog" / "._0.png")
     (root / "dog" / ".thumbs").mkdir()
     picture(3).save(root / "dog" / ".thumbs" / "t.png")
@@ -126,11 +128,12 @@ def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_pat
         == [(os.path.relpath(p, clean), y) for p, y in theirs.samples]
     assert ours.skipped == {
         "hidden folder": [str(root / ".ipynb_checkpoints")],
-        "hidden file": [str(root / "cat" / ".DS_Store"), str(root / "dog" / "._0.png"),
-                        str(root / "dog" / ".thumbs" / "t.png")],
+        "hidden file": [str(root / ".DS_Store"), str(root / "cat" / ".DS_Store"),
+                        str(root / "dog" / "._0.png"), str(root / "dog" / ".thumbs" / "t.png")],
+        "outside any class folder": [str(root / "stray.png")],
         "not an image file": [str(root / "cat" / "notes.txt")]}
     assert "no images in class folder(s) zebra" in caplog.text
-    assert f"3 (hidden file: {root / 'cat' / '.DS_Store'}" in caplog.text
+    assert f"4 (hidden file: {root / '.DS_Store'}" in caplog.text
 
     files = [ours.files[0], str(tmp_path / "gone.png"), ours.files[1]]
     pd.DataFrame({"filepath": files, "label": ["cat", "dog", "cat"]}).to_csv(

@@ -158,11 +158,15 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     folder, split = _split_root(root, split, "image folder")
     skipped: dict[str, list[str]] = {}
     classes = []
-    for name in _subdirs(folder):
+    subdirs = _subdirs(folder)
+    for name in subdirs:
         if name.startswith("."):  # .ipynb_checkpoints, .git, ...: never a class
             skipped.setdefault("hidden folder", []).append(os.path.join(folder, name))
         else:
             classes.append(name)
+    for name in sorted(set(n.rstrip("/") for n in tf.io.gfile.listdir(folder)) - set(subdirs)):
+        why = "hidden file" if name.startswith(".") else "outside any class folder"
+        skipped.setdefault(why, []).append(os.path.join(folder, name))
     if len(classes) < 2:
         raise ConfigError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it "
                           "out as <root>/<class name>/<image files> with at least 2 classes.")
