@@ -444,6 +444,11 @@ MISCONFIGURATIONS = [
     ([*TABLE, "--config.data.table.train_path={tmp}/captions.csv",
       "--config.data.table.validation_path={tmp}/captions.csv", "--config.eval.every_steps=5",
       "--config.eval.evaluators=zero_shot"], "data.label_key='label' is not a feature", None),
+    # ... saying at once what a label-less run needs: both fixes (it took two reruns).
+    ([*TABLE, "--config.data.table.train_path={tmp}/captions.csv",
+      "--config.data.table.validation_path={tmp}/captions.csv", "--config.eval.every_steps=5"],
+     "set data.label_key='' to evaluate without labels (retrieval only: also "
+     "config.eval.evaluators='retrieval'", None),
     (["--config.eval.every_steps=0", "--config.eval.evaluators=zero_shot,bogus"],
      "config.eval.evaluators has unknown evaluator(s) ['bogus']", None),  # checked, though off
     (["--config.profile_steps=5-3"], "config.profile_steps: '5-3' is not 'first,last'", None),

@@ -221,8 +221,9 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
                and not sequence_on_path(features, p)]
     named = (f"name a ClassLabel feature ({', '.join(classes)})" if classes
              else f"{name} has no ClassLabel of one label per image; use another dataset")
-    label_fix = ("set data.label_key='' to evaluate without labels" if with_captions
-                 else named)
+    label_fix = ("set data.label_key='' to evaluate without labels (retrieval only: also "
+                 "config.eval.evaluators='retrieval', as the classifying evaluators need them)"
+                 if with_captions else named)
     class_fix = f"{named} or set data.label_key=''" if with_captions else named
     texts = [p for p in every if _is_text(feature(features, p))
              and not re.search(_RECORD_FIELDS, p.rsplit("/", 1)[-1])]
