@@ -32,6 +32,12 @@ class SyntheticOptions:
     seed: int = 0
 
 
+# Header names under which a table's image-path and caption columns are looked for when none
+# is named (open_clip's defaults first), and offered when the one named is not there.
+IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
+CAPTION_COLUMNS = ("title", "caption", "text", "captions", "description")
+
+
 @dataclasses.dataclass(frozen=True)
 class TableOptions:
     """What `image_text_table` builds (`table.*`)."""
@@ -62,6 +68,11 @@ class TableOptions:
         fields = ("image_column", "caption_column") + (("label_column",) if self.label_column
                                                         else ())
         return {field: getattr(self, field) for field in fields}
+
+    @staticmethod
+    def usual_columns() -> dict[str, tuple[str, ...]]:
+        """Config field -> the usual header names of its column (offered in errors)."""
+        return {"image_column": IMAGE_COLUMNS, "caption_column": CAPTION_COLUMNS}
 
 
 @dataclasses.dataclass(frozen=True)

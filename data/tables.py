@@ -31,7 +31,7 @@ import csv
 import dataclasses
 import io
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from clip_jax.errors import ConfigError
 
@@ -196,21 +196,27 @@ def find_column(header: list[str], name: str) -> str | None:
 
 
 def column_indices(header: list[str], columns: dict[str, str], *, name: str, delimiter: str,
-                   quoting: str) -> dict[str, int]:
+                   quoting: str, usual: Mapping[str, Sequence[str]] | None = None
+                   ) -> dict[str, int]:
     """The position in `header` of each column `columns` names (config field -> column name,
     e.g. {"caption_column": "title"}), found by `find_column`.
 
     Raises ConfigError for a name the header lacks: the columns there are, and the fix (a
-    header name that differs only by quotes is named as the one meant).
+    header name that differs only by quotes is named as the one meant, else one of the
+    field's `usual` names the header has: `caption` for a caption column set to `title`).
     """
     found = {}
     for field, column in columns.items():
         match = find_column(header, column)
         if match is None:
             near = [h for h in header if h.strip().strip('"') == column]
+            likely = [m for u in (usual or {}).get(field, ())
+                      if (m := find_column(header, u)) is not None]
             hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
                     + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
-                    if near else f"set data.table.{field} (or data.table.delimiter)")
+                    if near else f"the header has {likely[0]!r}: set "
+                    f"data.table.{field}={likely[0].strip()!r}" if likely
+                    else f"set data.table.{field} (or data.table.delimiter)")
             raise ConfigError(f"data.table.{field}={column!r} is not a column of {name} "
                               f"(columns: {header}, delimiter {delimiter!r}, quoting "
                               f"{quoting!r}); {hint}.")

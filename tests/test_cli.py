@@ -707,6 +707,10 @@ def test_train_data_mistakes_are_reported_before_tensorflow_loads(tmp_path):
     for overrides, message in (
             ([*table, "--config.data.table.name=t", "--config.data.table.image_column=image"],
              "data.table.caption_column='title' is not a column of"),
+            ([*table, "--config.data.table.name=t"],  # the usual names the header has: offered
+             "the header has 'image': set data.table.image_column='image'"),
+            ([*table, "--config.data.table.name=t", "--config.data.table.image_column=image"],
+             "the header has 'caption': set data.table.caption_column='caption'"),
             ([*table, "--config.data.table.image_column=image",
               "--config.data.table.caption_column=caption"], "Invalid data.table.name=''"),
             (["--config.data.augment.ratio=(2.0,1.0)"], "data.augment.ratio")):

@@ -18,17 +18,13 @@ import ml_collections
 
 from clip_jax.data.preprocess import background_colour
 from clip_jax.errors import ConfigError
+from clip_jax_data.options import CAPTION_COLUMNS, IMAGE_COLUMNS  # noqa: F401 (re-exported)
 from clip_jax_data.options import CleanOptions, SyntheticOptions, TableOptions, WebdatasetOptions
 
 TABLE_QUOTING = ("auto", "csv", "none")
 TOKENIZE_MODES = ("auto", "stored", "pipeline")
 DataConfig = Mapping[str, Any] | ml_collections.ConfigDict
 
-
-# Header names under which a table's image-path and caption columns are looked for when none
-# is named (open_clip's defaults first).
-IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
-CAPTION_COLUMNS = ("title", "caption", "text", "captions", "description")
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -193,7 +193,7 @@ def check_table_columns(table: TableOptions) -> None:
             raise ConfigError(f"data.table.{field}={path!r} cannot be read "
                               f"({error.strerror or error}).") from None
         tables.column_indices(header, table.used_columns(), name=path, delimiter=delimiter,
-                              quoting=quoting)
+                              quoting=quoting, usual=table.usual_columns())
         if not rows:
             raise ConfigError(f"data.table.{field}={path!r} has a header but no rows; list one "
                               "image path and caption per row.")

@@ -215,7 +215,8 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
     parsed = tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path)
     header = parsed.header
     columns = tables.column_indices(header, table.used_columns(), name=path,
-                                    delimiter=delimiter, quoting=quoting)
+                                    delimiter=delimiter, quoting=quoting,
+                                    usual=table.usual_columns())
     root = table.image_root or os.path.dirname(path)
     if table.image_root and not tf.io.gfile.isdir(root):
         raise MissingFileError(f"data.table.image_root={root!r} is not a directory.")
