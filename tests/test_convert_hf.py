@@ -559,6 +559,26 @@ def test_an_image_processor_we_do_not_follow_is_warned_about(tmp_path, caplog, s
                for w in warnings), warnings
 
 
+def test_a_processor_that_resizes_beyond_its_crop_is_followed_both_ways(tmp_path, caplog):
+    """Shortest edge 40, crop 32 (the 256 -> 224 style): it was warned about (twice) and export
+    rewrote it to 32, so HF -> clip_jax -> HF changed the model's preprocessing. Now the
+    pixels equal CLIPImageProcessor's, nothing is warned, and the export keeps the resize."""
+    directory = _save_hf_dir(_hf_model(), tmp_path / "hf")
+    config = json.loads((directory / "preprocessor_config.json").read_text())
+    (directory / "preprocessor_config.json").write_text(json.dumps(
+        {**config, "size": {"shortest_edge": 40}}))
+    module, _ = clip_jax.load(str(directory))
+    assert module.config.resize_size == 40 and module.config.image_size == 32
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    images = _test_images()
+    for source in (directory, export_hf_from(directory, tmp_path / "back")):
+        processor = transformers.CLIPImageProcessor.from_pretrained(source)
+        theirs = processor(images=images, return_tensors="np")["pixel_values"]
+        np.testing.assert_allclose(preprocess(images, module.config),
+                                   theirs.transpose(0, 2, 3, 1), atol=1e-5)
+    assert clip_jax.load(str(tmp_path / "back"))[0].config == module.config
+
+
 def test_the_default_image_processor_gives_no_warning(tmp_path, caplog):
     module, _ = clip_jax.load(str(_save_hf_dir(_hf_model(), tmp_path)))
     assert not [r for r in caplog.records if r.levelname == "WARNING"]

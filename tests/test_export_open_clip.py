@@ -144,3 +144,17 @@ def test_an_export_over_an_earlier_model_leaves_none_of_its_files(tmp_path):
     images, tokens = random_inputs(config)
     np.testing.assert_allclose(open_clip_outputs(model, images, tokens)[0],
                                our_outputs(config, new, images, tokens)[0], atol=1e-5)
+
+
+def test_a_resize_before_the_crop_survives_save_and_load(tmp_path, caplog):
+    """open_clip has no resize other than to the image size: the export warns, records the
+    resize under a key open_clip ignores (its strict load still succeeds), and clip_jax reads
+    it back."""
+    import clip_jax
+
+    config = get_preset("test-vit", resize_size=40)
+    variables = random_variables(config)
+    open_clip_export.export_open_clip(config, variables, tmp_path)
+    assert "resize to 40 before the crop" in caplog.text
+    _load(tmp_path)
+    assert clip_jax.load(str(tmp_path))[0].config == config

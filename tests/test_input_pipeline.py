@@ -157,10 +157,10 @@ def test_eval_padding_decodes_nothing(config, monkeypatch, batch_size):
 
     decoded, decode = [], tf_preprocess.eval_image
 
-    def counting(encoded, size):
+    def counting(encoded, size, resize=None):
         seen = tf.numpy_function(lambda: decoded.append(1) or np.int32(0), [], tf.int32)
         with tf.control_dependencies([seen]):
-            return decode(tf.identity(encoded), size)
+            return decode(tf.identity(encoded), size, resize)
 
     monkeypatch.setattr(tf_preprocess, "eval_image", counting)
     for p, count in ((0, NUM_VALIDATION // 2), (1, NUM_VALIDATION - NUM_VALIDATION // 2)):

@@ -109,7 +109,7 @@ def preprocessor_config(config: CLIPConfig) -> dict[str, Any]:
         "image_processor_type": "CLIPImageProcessor",
         "processor_class": "CLIPProcessor",
         "do_resize": True,
-        "size": {"shortest_edge": size},
+        "size": {"shortest_edge": config.resize_shortest_side},
         "resample": 3,  # PIL.Image.BICUBIC
         "do_center_crop": True,
         "crop_size": {"height": size, "width": size},

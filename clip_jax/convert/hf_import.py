@@ -77,7 +77,7 @@ def read_config(directory: PathLike) -> CLIPConfig:
             f"{directory}: text_config.eos_token_id {eos!r} is not the largest token id "
             f"({text['vocab_size'] - 1}); clip_jax pools the text tower at argmax(token ids), "
             "which equals HF's first-eos pooling only for OpenAI-style vocabularies.")
-    mean, std = _image_statistics(directory, _square(vision["image_size"], "image_size"))
+    mean, std, resize = _image_processor(directory, _square(vision["image_size"], "image_size"))
     return CLIPConfig(
         embed_dim=raw.get("projection_dim", 512),
         vision=VisionConfig(
@@ -91,7 +91,7 @@ def read_config(directory: PathLike) -> CLIPConfig:
             width=text["hidden_size"], heads=text["num_attention_heads"],
             layers=text["num_hidden_layers"],
             mlp_ratio=openai.mlp_ratio_of(text["intermediate_size"], text["hidden_size"])),
-        activation=activation, image_mean=mean, image_std=std,
+        activation=activation, image_mean=mean, image_std=std, resize_size=resize,
         logit_scale_init=float(raw.get("logit_scale_init_value", 2.6592)))
 
 
@@ -161,10 +161,11 @@ _PROCESSOR_STEPS = {"do_resize": True, "resample": 3, "do_center_crop": True,
                     "do_convert_rgb": True}
 
 
-def _image_statistics(directory: Path, image_size: int
-                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation of the directory's image processor (OpenAI's when it has none), read as
-    transformers 5 reads it: the `image_processor` entry of `processor_config.json` (what
+def _image_processor(directory: Path, image_size: int
+                     ) -> tuple[tuple[float, ...], tuple[float, ...], int | None]:
+    """`(mean, std, resize_size)` of the directory's image processor (OpenAI's normalisation
+    and no separate resize when it has none; `resize_size` set where it resizes the shortest
+    side beyond the crop, 256 then 224, say), read as transformers 5 reads it: the `image_processor` entry of `processor_config.json` (what
     `CLIPProcessor.save_pretrained` writes), else `preprocessor_config.json`. Where both
     exist and disagree, a warning names the settings (transformers 4 reads the latter)."""
     nested = plain = None
@@ -184,22 +185,32 @@ def _image_statistics(directory: Path, image_size: int
     if not isinstance(processor, dict):
         log.warning("%s has no image processor (%s); assuming OpenAI's image mean/std.",
                     directory, " or ".join(PROCESSOR_FILES))
-        return OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
+        return OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, None
     size, crop = processor.get("size", image_size), processor.get("crop_size", image_size)
     size = size.get("shortest_edge", size) if isinstance(size, dict) else size
     crop = crop.get("height", crop) if isinstance(crop, dict) else crop
-    ours = {"size": image_size, "crop_size": image_size, **_PROCESSOR_STEPS}
+    cropped = processor.get("do_center_crop", True)
+    resize = size if cropped and isinstance(size, int) and size > image_size else None
+    ours = {"size": resize or image_size, "crop_size": image_size, **_PROCESSOR_STEPS}
     theirs = {**processor, "size": size, "crop_size": crop}
+    if not cropped:  # its crop size is never used
+        theirs.pop("crop_size")
     differ = [f"{k}={theirs[k]!r} (clip_jax: {v!r})" for k, v in ours.items()
               if k in theirs and theirs[k] != v]
-    if differ:
+    if differ and (directory, tuple(differ)) not in _WARNED:
+        _WARNED.add((directory, tuple(differ)))
         log.warning(
             "%s's image processor sets %s; clip_jax.data.preprocess resizes the shortest side "
-            "to the model's image size (%d) with bicubic filtering, centre-crops, scales to "
-            "[0, 1] and normalises, so raw-image inputs will differ.",
-            directory, ", ".join(differ), image_size)
+            "(to %d) with bicubic filtering, centre-crops to the model's image size (%d), "
+            "scales to [0, 1] and normalises, so raw-image inputs will differ.",
+            directory, ", ".join(differ), resize or image_size, image_size)
     return (tuple(float(x) for x in processor.get("image_mean", OPENAI_IMAGE_MEAN)),
-            tuple(float(x) for x in processor.get("image_std", OPENAI_IMAGE_STD)))
+            tuple(float(x) for x in processor.get("image_std", OPENAI_IMAGE_STD)), resize)
+
+
+# (directory, settings) already warned about: loading a model and then its tokenizer reads
+# the processor twice (`create_model_and_transforms` + `get_tokenizer`).
+_WARNED: set[tuple[Path, tuple[str, ...]]] = set()
 
 
 def read_weights(directory: PathLike) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ open_clip's Hub repositories, so `open_clip.create_model_and_transforms('local-d
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +19,8 @@ from clip_jax.convert import openai
 from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
                                    write_model_folder)
 from clip_jax.models.config import CLIPConfig, canonical_dtype
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
@@ -52,9 +55,12 @@ def open_clip_config(config: CLIPConfig) -> dict[str, Any]:
                       heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio))
     if config.logit_bias_init is not None:
         model_cfg["init_logit_bias"] = config.logit_bias_init
-    return {"model_cfg": model_cfg,
-            "preprocess_cfg": dict(mean=list(config.image_mean), std=list(config.image_std),
-                                   interpolation="bicubic", resize_mode="shortest")}
+    preprocess_cfg: dict[str, Any] = dict(mean=list(config.image_mean),
+                                          std=list(config.image_std), interpolation="bicubic",
+                                          resize_mode="shortest")
+    if config.resize_size is not None:  # clip_jax's own key: open_clip reads only its own
+        preprocess_cfg["resize_size"] = config.resize_size
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
 
 
 def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_dir: PathLike, *,
@@ -66,6 +72,11 @@ def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_di
     (as one unit: an earlier model's `MODEL_FILES` there are replaced or removed). An unknown `dtype` raises ConfigError before anything is gathered.
     """
     canonical_dtype(dtype, "export dtype")
+    if config.resize_size not in (None, config.image_size):
+        log.warning("open_clip's preprocessing resizes the shortest side to the image size "
+                    "(%d): this model's resize to %d before the crop is recorded for clip_jax "
+                    "only, so open_clip's raw-image inputs will differ.", config.image_size,
+                    config.resize_size)
     host = host_variables(variables)
     output_dir = Path(output_dir)
     if jax.process_index() != 0:

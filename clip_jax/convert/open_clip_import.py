@@ -100,6 +100,8 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
         config = config.replace(image_mean=tuple(preprocess["mean"]))
     if "std" in preprocess:
         config = config.replace(image_std=tuple(preprocess["std"]))
+    if preprocess.get("resize_size"):  # written by clip_jax's export; open_clip ignores it
+        config = config.replace(resize_size=int(preprocess["resize_size"]))
     ours = {"size": config.vision.image_size, "interpolation": "bicubic",
             "resize_mode": "shortest"}
     differ = [f"{k}={preprocess[k]!r} (clip_jax: {v!r})" for k, v in ours.items()

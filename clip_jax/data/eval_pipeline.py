@@ -210,7 +210,8 @@ def _make(config: ml_collections.ConfigDict, model_config: CLIPConfig, batch_siz
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         parsed = schema.parse(item["serialized"])
-        image = tf_preprocess.eval_image(lookup(parsed, schema.image_key), size)
+        image = tf_preprocess.eval_image(lookup(parsed, schema.image_key), size,
+                                         model_config.resize_shortest_side)
         out = {"images": shifts.apply(shift, image, item["index"])}  # uint8: the model normalises
         if with_captions:
             out.update(_captions(schema, parsed, max_captions))

@@ -556,7 +556,8 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
         pixels = tf.cond(tf.strings.length(encoded) > 0,
                          lambda: tf_preprocess.decode_rgb(encoded),
                          lambda: tf.ensure_shape(pixels, [None, None, 3]))
-        image = tf_preprocess.resize_and_center_crop(pixels, size)
+        image = tf_preprocess.resize_and_center_crop(pixels, size,
+                                                     model_config.resize_shortest_side)
         image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
         image = tf.ensure_shape(image, [size, size, 3])
         return mask_padding({"images": image, "label": item["label"]},

@@ -104,14 +104,16 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return size, size * width // height
 
 
-def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [size, size, 3]: shortest side to `size`, then centre crop.
+def resize_and_center_crop(image: np.ndarray, size: int, resize: int | None = None
+                           ) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: shortest side to `resize` (default `size`,
+    >= `size`), then the centre `size` x `size` crop.
 
     Only the pixels inside the crop are computed; each equals the full resize's pixel because
     every output pixel depends only on its own weights.
     """
     height, width = image.shape[:2]
-    new_h, new_w = resized_shape(height, width, size)
+    new_h, new_w = resized_shape(height, width, resize or size)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     if new_w != width:  # horizontal pass first, as torch does
         image = _resize_axis(image, 1, new_w, left, size)
@@ -241,7 +243,8 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
 def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig, *,
                exif_transpose: bool = True,
                alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
-    """Images -> float32 [N, S, S, 3] model input (S = `config.image_size`).
+    """Images -> float32 [N, S, S, 3] model input (S = `config.image_size`; the shortest side
+    is first resized to `config.resize_shortest_side`).
 
     Accepts one image or a sequence: PIL images, uint8 arrays ([H, W], [H, W, 1|3|4]) or file
     paths. Matches `transformers.CLIPImageProcessor` configured with the same size, mean and
@@ -264,6 +267,6 @@ def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig, *,
     out = np.empty((len(images), config.image_size, config.image_size, 3), np.float32)
     for n, image in enumerate(images):
         rgb = to_rgb_uint8(image, exif_transpose=exif_transpose, alpha=alpha)
-        crop = resize_and_center_crop(rgb, config.image_size)
+        crop = resize_and_center_crop(rgb, config.image_size, config.resize_shortest_side)
         out[n] = (crop.astype(np.float32) - mean) / std
     return out

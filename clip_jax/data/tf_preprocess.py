@@ -85,16 +85,18 @@ def _resize_rows(image: tf.Tensor, out_size: tf.Tensor, start: tf.Tensor | int,
     return tf.clip_by_value(tf.bitwise.right_shift(acc, precision), 0, 255)
 
 
-def resize_and_center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+def resize_and_center_crop(image: tf.Tensor, size: int, resize: int | None = None
+                           ) -> tf.Tensor:
     """uint8 [H, W, 3] -> uint8 [size, size, 3], bit-exact with `clip_jax.data.preprocess`.
 
-    Shortest side to `size` with torch's antialiased uint8 bicubic (horizontal pass first),
-    then the centre crop; only the pixels inside the crop are computed.
+    Shortest side to `resize` (default `size`) with torch's antialiased uint8 bicubic
+    (horizontal pass first), then the centre crop; only the pixels inside it are computed.
     """
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
-    new_h = tf.where(width <= height, size * height // width, size)
-    new_w = tf.where(width <= height, size, size * width // height)
+    short = resize or size
+    new_h = tf.where(width <= height, short * height // width, short)
+    new_w = tf.where(width <= height, short, short * width // height)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     columns = tf.reshape(tf.transpose(tf.cast(image, tf.int32), [1, 0, 2]), [width, height * 3])
     columns = tf.cond(new_w != width, lambda: _resize_rows(columns, new_w, left, size),
@@ -132,9 +134,10 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
             tf.io.decode_image(encoded, channels=3, expand_animations=False), [None, None, 3]))
 
 
-def eval_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
-    """Encoded image -> uint8 [size, size, 3]: decode, shortest side to `size`, centre crop."""
-    return resize_and_center_crop(decode_rgb(encoded), size)
+def eval_image(encoded: tf.Tensor, size: int, resize: int | None = None) -> tf.Tensor:
+    """Encoded image -> uint8 [size, size, 3]: decode, shortest side to `resize` (default
+    `size`), centre crop."""
+    return resize_and_center_crop(decode_rgb(encoded), size, resize)
 
 
 def crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor,

@@ -130,6 +130,9 @@ class CLIPConfig:
     axis); `remat_policy` recomputes block activations in the backward pass to save memory.
     `attention` picks the attention kernel (`clip_jax.models.attention`; `auto`: cuDNN on GPU,
     XLA elsewhere, TPU included until the Pallas kernel is measured faster there).
+    `resize_size` is the shortest side an image is resized to before the centre crop to
+    `vision.image_size` (None: the image size itself, as OpenAI's models are used; a
+    transformers processor with `size.shortest_edge` 256 and `crop_size` 224 sets 256).
     """
 
     embed_dim: int = 512
@@ -138,6 +141,7 @@ class CLIPConfig:
     activation: str = "gelu"
     image_mean: tuple[float, float, float] = OPENAI_IMAGE_MEAN
     image_std: tuple[float, float, float] = OPENAI_IMAGE_STD
+    resize_size: int | None = None
     logit_scale_init: float = math.log(1 / 0.07)
     logit_bias_init: float | None = None
     dtype: str = "float32"
@@ -161,6 +165,9 @@ class CLIPConfig:
             (self.text.width % self.text.heads == 0, "text.width",
              f"a multiple of text.heads={self.text.heads}"),
             (self.text.context_length >= 2, "text.context_length", "at least 2 (SOT and EOT)"),
+            (self.resize_size is None or self.resize_size >= self.vision.image_size,
+             "resize_size", f"None or at least vision.image_size={self.vision.image_size} "
+             "(the centre crop is taken from the resized image)"),
         ]
         v = self.vision
         if v.is_resnet:
@@ -190,6 +197,11 @@ class CLIPConfig:
     @property
     def image_size(self) -> int:
         return self.vision.image_size
+
+    @property
+    def resize_shortest_side(self) -> int:
+        """The shortest side images are resized to before the centre crop."""
+        return self.resize_size or self.vision.image_size
 
     @property
     def context_length(self) -> int:
@@ -274,6 +286,7 @@ def config_differences(given: CLIPConfig, found: CLIPConfig) -> list[str]:
     fields = {
         "embed_dim": lambda c: c.embed_dim, "activation": lambda c: c.activation,
         "image_mean": lambda c: tuple(c.image_mean), "image_std": lambda c: tuple(c.image_std),
+        "resize_size": lambda c: c.resize_shortest_side,
         **{f"vision.{f}": (lambda c, f=f: getattr(c.vision, f)) for f in (
             "image_size", "layers", "width", "patch_size", "heads", "mlp_dim")},
         **{f"text.{f}": (lambda c, f=f: getattr(c.text, f)) for f in (
