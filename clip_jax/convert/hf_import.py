@@ -165,8 +165,9 @@ def _image_processor(directory: Path, image_size: int
                      ) -> tuple[tuple[float, ...], tuple[float, ...], int | None]:
     """`(mean, std, resize_size)` of the directory's image processor (OpenAI's normalisation
     and no separate resize when it has none; `resize_size` set where it resizes the shortest
-    side beyond the crop, 256 then 224, say), read as transformers 5 reads it: the `image_processor` entry of `processor_config.json` (what
-    `CLIPProcessor.save_pretrained` writes), else `preprocessor_config.json`. Where both
+    side beyond the crop, 256 then 224, say), read as transformers 5 reads it: the
+    `image_processor` entry of `processor_config.json` (what `CLIPProcessor.save_pretrained`
+    writes), else `preprocessor_config.json`. Where both
     exist and disagree, a warning names the settings (transformers 4 reads the latter)."""
     nested = plain = None
     if (directory / PROCESSOR_FILES[0]).is_file():

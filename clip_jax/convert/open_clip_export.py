@@ -69,7 +69,8 @@ def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_di
 
     Same contract as `clip_jax.convert.hf_export.export_hf`: numpy or sharded jax variables,
     scanned or not; every process calls it, tensors are gathered one at a time, process 0 writes
-    (as one unit: an earlier model's `MODEL_FILES` there are replaced or removed). An unknown `dtype` raises ConfigError before anything is gathered.
+    (as one unit: an earlier model's `MODEL_FILES` there are replaced or removed). An unknown
+    `dtype` raises ConfigError before anything is gathered.
     """
     canonical_dtype(dtype, "export dtype")
     if config.resize_size not in (None, config.image_size):

@@ -181,12 +181,12 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     file `output`.
 
     `model_name` and `model_options` (the `clip_jax.load` keywords it was read with, e.g.
-    `ema`) are recorded for `clip-jax search` to load the same model. Paths are stored absolute, in `find_images` order, each file once however many inputs or
-    links reach it (the first path to it is kept; `BuildReport.duplicates` counts the
-    repeats). Resumable: see the module
-    docstring. Raises ValueError when `<output>.partial/` was written with another model
-    (delete it or choose another output) or `output` is a file other than an index
-    (`check_output`), FileNotFoundError for missing inputs or folders without images.
+    `ema`) are recorded for `clip-jax search` to load the same model. Paths are stored
+    absolute, in `find_images` order, each file once however many inputs or links reach it
+    (the first path to it is kept; `BuildReport.duplicates` counts the repeats). Resumable:
+    see the module docstring. Raises ValueError when `<output>.partial/` was written with
+    another model (delete it or choose another output) or `output` is a file other than an
+    index (`check_output`), FileNotFoundError for missing inputs or folders without images.
     Single-host: the model runs on one process's devices.
     """
     images = [images] if isinstance(images, (str, os.PathLike)) else list(images)

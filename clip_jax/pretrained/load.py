@@ -22,9 +22,9 @@ HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 
 def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
-         model: str | os.PathLike | CLIPConfig | Mapping[str, Any] | None = None, activation: str | None = None,
-         revision: str | None = None, token: str | bool | None = None, ema: bool = False
-         ) -> tuple[CLIP, dict[str, Any]]:
+         model: str | os.PathLike | CLIPConfig | Mapping[str, Any] | None = None,
+         activation: str | None = None, revision: str | None = None,
+         token: str | bool | None = None, ema: bool = False) -> tuple[CLIP, dict[str, Any]]:
     """`(module, variables)` (numpy variables) from any source:
 
     - released weights by open_clip's name and tag: `load("ViT-B-32", "openai")`,
@@ -42,8 +42,9 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
 
     `model` (a preset name, a config or its dict, or open_clip's model config: a
     `model_configs/*.json` file or `open_clip_config.json`, or their dict; `model_config`) pins
-    the architecture or sets numerics (`scan_layers`, `dtype`); `activation` overrides the activation. A bare weights file reveals neither head
-    counts nor the activation: they are then inferred and a warning says how to pass them.
+    the architecture or sets numerics (`scan_layers`, `dtype`); `activation` overrides the
+    activation. A bare weights file reveals neither head counts nor the activation: they are
+    then inferred and a warning says how to pass them.
     A training checkpoint's weights are found under its wrapper entries and module prefixes
     (`state_dict`, `module.`, ...); `ema=True` loads its exponential moving average instead of
     the trained weights (a warning names the copy passed over either way).
