@@ -340,6 +340,9 @@ def test_the_weights_flags_read_what_a_checkpoint_file_does_not_say(tmp_path, ca
     assert code == 0, err
     code, out, err = run(capsys, "search", str(tmp_path / "i.npz"), "a photo")
     assert code == 0 and "warning" not in err, err  # loaded as indexed: the same embeddings
+    code, out, err = run(capsys, "search", str(tmp_path / "i.npz"), "a photo", "--activation",
+                         "quick_gelu")  # one flag given: the other recorded options still hold
+    assert code == 0 and "warning" not in err, err
     code, _, err = run(capsys, "search", str(tmp_path / "i.npz"))
     assert code == 2 and "No query: give a text query" in err, err
 

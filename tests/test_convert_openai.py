@@ -131,8 +131,16 @@ def test_mismatched_preset_names_first_tensor():
         convert.from_state_dict(sd, other)
     with pytest.raises(ConfigError, match="lacks 'transformer.resblocks.2"):
         convert.from_state_dict(sd, get_preset("test-vit").replace(text={"layers": 3}))
-    with pytest.raises(ConfigError, match="tensor\\(s\\) this architecture lacks"):
+    # The surplus tensors' names are split-q/k/v ones the file does not hold: the depths
+    # that differ are said, as the file's own counts.
+    with pytest.raises(ConfigError, match=r"tensor\(s\) this architecture lacks.* in all; "
+                                          r"the weights have 2 vision layers, the architecture "
+                                          r"1\)"):
         convert.from_state_dict(sd, get_preset("test-vit").replace(vision={"layers": 1}))
+    with pytest.raises(ConfigError, match=r"the weights have 2 text layers, the architecture 1 "
+                                          r"and 2 vision layers, the architecture 1\)"):
+        convert.from_state_dict(sd, get_preset("test-vit").replace(vision={"layers": 1},
+                                                                   text={"layers": 1}))
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -235,13 +243,17 @@ def test_files_that_are_no_state_dict_say_what_they_are(tmp_path):
     with pytest.raises(ConfigError, match=r"pickled Python objects .* torch\.save\(model\.state_"
                                           r"dict\(\), PATH\)\.$"):
         clip_jax.load(str(tmp_path / "model.pt"))
-    (tmp_path / "page.pt").write_text("<html>Not found</html>")
+    for suffix in (".pt", ".bin", ".safetensors", ".npz"):  # what a clone without git-lfs has
+        (tmp_path / f"page{suffix}").write_text("<html>Not found</html>")
+        with pytest.raises(ConfigError, match=r"it holds text \(b'<html>Not found"):
+            clip_jax.load(str(tmp_path / f"page{suffix}"))
+        (tmp_path / f"lfs{suffix}").write_text("version https://git-lfs.github.com/spec/v1\n"
+                                               "oid sha256:abc\nsize 12\n")
+        with pytest.raises(ConfigError, match=r"is a Git LFS pointer, not the file"):
+            clip_jax.load(str(tmp_path / f"lfs{suffix}"))
+    (tmp_path / "odd.pt").write_bytes(b"\x01\x02binary")
     with pytest.raises(ConfigError, match=r"bytes are none of safetensors, \.npz or PyTorch"):
-        clip_jax.load(str(tmp_path / "page.pt"))
-    (tmp_path / "lfs.bin").write_text("version https://git-lfs.github.com/spec/v1\n"
-                                      "oid sha256:abc\nsize 12\n")
-    with pytest.raises(ConfigError, match=r"is a Git LFS pointer, not the file"):
-        clip_jax.load(str(tmp_path / "lfs.bin"))
+        clip_jax.load(str(tmp_path / "odd.pt"))
 
 
 def test_a_head_width_that_cannot_be_guessed_says_how_to_pass_it(tmp_path):

@@ -223,3 +223,31 @@ def test_the_eta_counts_the_evaluations_and_saves_still_to_come(tmp_path):
         assert [writer._display.pauses_left(kind, step) for step in shown] == [
             sum(1 for s in range(step, 31) if (every and s % every == 0) or s == 30)
             for step in shown], kind
+
+
+def test_a_lower_bound_under_a_second_is_no_eta(tmp_path):
+    """A 6-step run of fast steps whose final save has not been timed read `eta >0s` on
+    every step: a bound that says nothing is shown as unknown; an exact one as it is."""
+    out, clock = io.StringIO(), _Clock()
+    writer = MetricWriter(str(tmp_path), 6, stream=out, clock=clock)
+    writer.resume(0)
+    writer.expect("save", 0)
+    writer.start()
+    clock.now += 0.1
+    writer.progress(1, {"loss": 2.0})
+    writer.restart_clock(1)
+    for step in range(2, 7):
+        clock.now += 0.01
+        writer.progress(step, {"loss": 2.0})
+    with writer.paused("save"):
+        clock.now += 0.5
+    writer.close()
+    assert [line.split()[-1] for line in out.getvalue().splitlines()] == ["?"] * 6
+    writer = MetricWriter(str(tmp_path / "b"), 6, stream=out, clock=clock)
+    writer.resume(0)
+    writer.start()
+    writer.restart_clock(0)
+    clock.now += 0.05
+    writer.progress(5, {"loss": 2.0})  # no pause expected: exact, under a second
+    writer.close()
+    assert out.getvalue().splitlines()[-1].endswith("eta 0s")

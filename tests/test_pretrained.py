@@ -272,6 +272,7 @@ def test_open_clips_model_config_json_names_the_architecture(offline, tmp_path):
     (tmp_path / "beside" / "open_clip_config.json").write_text(
         json.dumps(OC_CONFIG["model_cfg"]))
     sources = {"file": dict(model=str(tmp_path / "arch.json")),
+               "text": dict(model=json.dumps(OC_CONFIG["model_cfg"])),  # --architecture '{..}'
                "dict": dict(model=OC_CONFIG["model_cfg"]), "beside": {}}
     for name, kwargs in sources.items():
         module, variables = clip_jax.load(bare, **kwargs)
@@ -282,6 +283,11 @@ def test_open_clips_model_config_json_names_the_architecture(offline, tmp_path):
         jax.tree.map(np.testing.assert_array_equal, variables, expected[1])
     with pytest.raises(FileNotFoundError, match="no such file"):
         clip_jax.load(bare, model=str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="Unknown model 'tiny-custom'.* open_clip's model "
+                                          "config as a .json file"):
+        clip_jax.load(bare, model="tiny-custom")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        clip_jax.load(bare, model='{"embed_dim": 32,')
 
 
 def test_weights_files_in_a_transformers_folder_load_with_the_config_that_fits(offline,

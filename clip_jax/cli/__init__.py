@@ -57,11 +57,11 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_model(source: str, args: argparse.Namespace,
                recorded: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """`clip_jax.load(source, ...)` with the weights flags (or, where none is given, the
-    `recorded` options: those an index was built with)."""
+    """`clip_jax.load(source, ...)` with the weights flags, each over the `recorded` option of
+    its name (those an index was built with)."""
     from clip_jax import load
 
-    return load(source, **(load_options(args) or recorded or {}))
+    return load(source, **{**(recorded or {}), **load_options(args)})
 
 
 def zero_shot_command(args: argparse.Namespace) -> int:
@@ -339,8 +339,9 @@ def _weights_arguments(parser: argparse.ArgumentParser) -> None:
         "(clip_jax.load's model=, activation=, ema=)")
     group.add_argument("--architecture", metavar="NAME_OR_JSON",
                        help="the model's architecture: a preset (ViT-B-32, RN50, ...; "
-                            "clip_jax.list_models()) or open_clip's model config JSON; default: "
-                            "the config beside the file, else inferred from the shapes")
+                            "clip_jax.list_models()) or open_clip's model config (a .json file "
+                            "or its JSON text); default: the config beside the file, else "
+                            "inferred from the shapes")
     group.add_argument("--activation", choices=("gelu", "quick_gelu"),
                        help="the activation the model was trained with (default: the config's, "
                             "else inferred)")

@@ -92,7 +92,14 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path!r} is empty (0 bytes): an interrupted copy or download? "
                           "Fetch the file again.")
     with open(path, "rb") as f:
-        magic = f.read(8)
+        magic = f.read(64)
+    if magic.startswith(b"version https://git-lfs"):  # a clone made without git-lfs
+        raise ConfigError(f"{path!r} is a Git LFS pointer, not the file: fetch it (git lfs "
+                          "pull, or download the file itself).")
+    if all(32 <= b < 127 or b in b"\t\n\r" for b in magic):  # every binary format has others
+        raise ConfigError(f"{path!r} is not a checkpoint: it holds text ({magic[:24]!r}...), "
+                          "an HTML page or a server's reply saved under that name? Download "
+                          "the file again.")
     if path.endswith(".safetensors"):
         try:
             return load_file(path)
@@ -105,13 +112,10 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         except Exception as e:  # noqa: BLE001 - zipfile, EOF, pickle: all "unreadable"
             raise ConfigError(f"{path!r} is not a readable .npz file: {type(e).__name__}: "
                               f"{e}") from e
-    if magic.startswith(b"version "):  # "version https://git-lfs.github.com/spec/v1"
-        raise ConfigError(f"{path!r} is a Git LFS pointer, not the file: fetch it (git lfs "
-                          "pull, or download the file itself).")
     if not (magic.startswith(b"PK") or magic[:2] == b"\x80\x02"):
         raise ConfigError(f"{path!r} is not a checkpoint: its bytes are none of safetensors, "
-                          ".npz or PyTorch's zip or pickle formats (a text or HTML file saved "
-                          "under that name?).")
+                          ".npz or PyTorch's zip or pickle formats (a text file saved under "
+                          "that name?).")
     try:
         import torch
     except ImportError as e:

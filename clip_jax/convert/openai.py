@@ -204,6 +204,17 @@ def _count_blocks(sd: StateDict, prefix: str) -> int:
     return len({k.split(".")[2 + prefix.count(".")] for k in sd if k.startswith(prefix + ".resblocks.")})
 
 
+def _depths_differ(sd: StateDict, config: CLIPConfig) -> str:
+    """`; the weights have 2 text layers, the architecture 1` where the transformer depths
+    differ (the usual cause of surplus tensors), else ""."""
+    towers = [("text", "transformer", config.text.layers)]
+    if not config.vision.is_resnet:
+        towers.append(("vision", "visual.transformer", config.vision.layers))
+    said = [f"{found} {name} layers, the architecture {want}" for name, prefix, want in towers
+            if (found := _count_blocks(sd, prefix)) != want]
+    return "; the weights have " + " and ".join(said) if said else ""
+
+
 def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
     """Reconstructs the architecture from tensor shapes (as OpenAI's `build_model` does).
 
@@ -362,9 +373,9 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
                           "vision_model.*), not OpenAI's / open_clip's layout; load its whole "
                           "directory (config.json beside it): clip_jax.load(DIRECTORY).")
     if unexpected:
-        raise ConfigError(f"State dict has tensor(s) this architecture lacks, first {unexpected[0]!r} "
-                          f"({len(unexpected)} in all): wrong preset, or a variant clip_jax does "
-                          "not implement.")
+        raise ConfigError(f"State dict has tensor(s) this architecture lacks, first "
+                          f"{unexpected[0]!r} ({len(unexpected)} in all{_depths_differ(sd, config)})"
+                          ": wrong architecture, or a variant clip_jax does not implement.")
     variables: dict[str, Any] = {}
     for entry in table:
         if entry.key not in sd:

@@ -69,19 +69,34 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
 
 def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> CLIPConfig:
     """The architecture `model=` names: a preset name, a `CLIPConfig` or its dict, or open_clip's
-    model config (a `.json` file or its dict: `open_clip_config.json`'s layout, or the bare
-    `{"embed_dim", "vision_cfg", "text_cfg"}` of open_clip's `model_configs/`, how a custom
-    open_clip architecture is written down). MissingFileError for a `.json` path that is not
-    there; ConfigError for a config clip_jax cannot build."""
+    model config (a `.json` file, its text or its dict: `open_clip_config.json`'s layout, or
+    the bare `{"embed_dim", "vision_cfg", "text_cfg"}` of open_clip's `model_configs/`, how a
+    custom open_clip architecture is written down). MissingFileError for a `.json` path that
+    is not there; ConfigError for invalid JSON or a config clip_jax cannot build."""
     source = "model="
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".json"):
         source = os.fspath(model)
         if not os.path.isfile(source):
             raise MissingFileError(f"model={source!r}: no such file (a model config JSON).")
-        model = json.loads(Path(source).read_text(encoding="utf-8"))
+        model = _parse_json(Path(source).read_text(encoding="utf-8"), source)
+    elif isinstance(model, str) and model.lstrip().startswith("{"):
+        model = _parse_json(model, "model= (JSON text)")
     if open_clip_import.is_open_clip_config(model):
         return open_clip_import.config_from_open_clip(model, source)
-    return as_config(dict(model) if isinstance(model, Mapping) else model)
+    try:
+        return as_config(dict(model) if isinstance(model, Mapping) else model)
+    except ConfigError as error:
+        if not isinstance(model, str):
+            raise
+        raise ConfigError(f"{error} An architecture of your own: open_clip's model config "
+                          "as a .json file (or its JSON text).") from None
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"{source} is not valid JSON: {error}.") from None
 
 
 def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str | None,

@@ -145,7 +145,7 @@ class Progress:
         fields = {name: format_value(name, metrics[key]) for key, name in _SHOWN.items()
                   if key in metrics}
         eta = self.eta_seconds(step)
-        fields["eta"] = ("?" if eta is None else
+        fields["eta"] = ("?" if eta is None or (not eta[1] and eta[0] < 1) else  # not ">0s"
                          ("" if eta[1] else ">") + format_duration(eta[0]))
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
