@@ -9,10 +9,12 @@ import pytest
 pytest.importorskip("scipy")  # the test extra; without it these tests skip
 pytest.importorskip("sklearn")
 from scipy import optimize, special, stats
+from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import few_shot
+from clip_jax.evaluation import linear_probe
 from clip_jax.evaluation import robustness
 
 
@@ -70,6 +72,103 @@ def test_zero_shot_initialised_probe_reaches_the_prior_centred_optimum():
     # A very strong pull keeps the weights at the prior (the zero-shot classifier).
     stiff = linear_probe.fit_logistic_regression(x, y, k, 1e4, prior=prior)
     np.testing.assert_allclose(stiff.weights, prior, atol=1e-3)
+
+
+def clip_like_digits():
+    """scikit-learn's digits as CLIP-like embeddings: pixels / 16 + 1, L2-normalised, so every
+    vector shares a large common component (the mean has norm 0.98; the report's random-model
+    embeddings, 0.99) and the classes differ in a small spread around it. Train: the first
+    1,000; test: the other 797."""
+    x, y = load_digits(return_X_y=True)
+    x = x / 16 + 1
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return x[:1000], y[:1000], x[1000:], y[1000:]
+
+
+def scikit_learn_k_shot(train_x, train_y, test_x, test_y, k, seed, grid):
+    """(test accuracy, chosen l2) of `few_shot.probe_accuracy`'s protocol (the same draws and
+    first-best rule) with scikit-learn's LogisticRegression solved to convergence in float64
+    (newton-cg, which does not stop short on flat optima), and the steps its lbfgs takes at the
+    grid's weakest l2."""
+    rng = np.random.default_rng(seed)
+    fit = few_shot.sample_shots(train_y, k, rng)
+    val = few_shot.sample_shots(train_y, k, rng, exclude=fit)
+    x = train_x.astype(np.float64)
+    models = [LogisticRegression(C=1 / (l2 * len(fit)), solver="newton-cg", tol=1e-10,
+                                 max_iter=1000).fit(x[fit], train_y[fit]) for l2 in grid]
+    best = int(np.argmax([m.score(x[val], train_y[val]) for m in models]))
+    steps = LogisticRegression(C=1 / (grid[0] * len(fit)), tol=1e-8, max_iter=10_000).fit(
+        x[fit], train_y[fit]).n_iter_[0]
+    return (models[best].score(test_x.astype(np.float64), test_y), grid[best]), steps
+
+
+@pytest.mark.parametrize("k", [2, 16])
+def test_weak_l2_probes_pick_scikit_learns_l2_and_score_its_accuracy(k, caplog):
+    """Nearly collinear embeddings make weak-l2 fits ill-conditioned (scikit-learn's own lbfgs
+    takes 200-550 steps at l2 = 1e-6 here). The former 100-step cap stopped them short, which
+    moved their validation scores and so the l2 picked (16 shots, seed 0: 1e-5, not 1e-6) and
+    the test accuracies (2 shots, seed 0: 0.7001, not 0.6989). Converged fits give
+    scikit-learn's l2 and accuracy for every draw, and no warning."""
+    train_x, train_y, test_x, test_y = clip_like_digits()
+    grid = list(linear_probe.DEFAULT_L2)
+    with caplog.at_level("WARNING", logger=few_shot.__name__):
+        for seed in range(3):
+            accuracy, l2 = few_shot.probe_accuracy(train_x, train_y, test_x, test_y, 10, k,
+                                                   seed, grid, pad_to=16 * 10)
+            (expected, expected_l2), steps = scikit_learn_k_shot(
+                train_x, train_y, test_x, test_y, k, seed, grid)
+            assert steps > 100
+            assert l2 == expected_l2, seed
+            assert accuracy == pytest.approx(expected, abs=0.1 / len(test_y)), seed
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_a_fit_stopped_at_the_cap_is_named_in_one_warning(monkeypatch, caplog):
+    """Whatever stops a curve's fits short, one warning per curve names the probes, the l2
+    values and the steps, never silence."""
+    train_x, train_y, test_x, test_y = clip_like_digits()
+    monkeypatch.setattr(few_shot, "MAX_ITER", 3)
+    with caplog.at_level("WARNING", logger=few_shot.__name__):
+        few_shot.few_shot_curve(train_x, train_y, test_x, test_y, 10, shots=[2, 4], seeds=2,
+                                l2_grid=[1e-6, 1e-5])
+    warnings = [r.getMessage() for r in caplog.records if r.name == few_shot.__name__]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Few-shot: 8 L-BFGS fits of the probes (2, 4 shots, 2 seeds) "
+                                  "stopped before the gradient norm reached 1e-06 (cap: 3 "
+                                  "iterations, few_shot.MAX_ITER): l2 1e-06: 4 fits, 3 iterations")
+    assert "; l2 1e-05: 4 fits, 3 iterations" in warnings[0]
+
+
+def test_strong_pulls_to_a_clip_scale_prior_converge_within_100_steps():
+    """Zero-shot-initialised probes at the strongest pulls with a CLIP-scale prior (100 x unit
+    class embeddings) on nearly collinear embeddings: the prior's logits differ by tens between
+    classes, which the unpenalised biases must cancel while the weights stay pinned. The fits
+    converge (the former solver ran into its 100-step cap at l2 = 10) to the prior-centred
+    optimum that scipy finds in float64."""
+    train_x, train_y, _, _ = clip_like_digits()
+    fit = few_shot.sample_shots(train_y, 8, np.random.default_rng(0))
+    x, y = train_x[fit], train_y[fit]
+    d, k = x.shape[1], 10
+    classes = np.random.default_rng(1).normal(size=(k, d))
+    prior = (100 * (classes / np.linalg.norm(classes, axis=1, keepdims=True)).T)
+
+    def objective(theta, l2):  # and its gradient
+        w, b = theta[:d * k].reshape(d, k), theta[d * k:]
+        logits = x.astype(np.float64) @ w + b
+        ce = np.mean(special.logsumexp(logits, axis=1) - logits[np.arange(len(y)), y])
+        residual = special.softmax(logits, axis=1) - np.eye(k)[y]
+        grad = np.concatenate([(x.T @ residual / len(y) + l2 * (w - prior)).ravel(),
+                               residual.mean(axis=0)])
+        return ce + 0.5 * l2 * np.sum((w - prior) ** 2), grad
+
+    for l2 in (1.0, 10.0):
+        ours = linear_probe.fit_logistic_regression(x, y, k, l2, prior=prior, max_iter=100)
+        assert ours.converged and ours.gradient_norm < linear_probe.TOL, l2
+        best = optimize.minimize(objective, np.concatenate([prior.ravel(), np.zeros(k)]),
+                                 args=(l2,), jac=True, method="L-BFGS-B",
+                                 options=dict(maxiter=100_000, ftol=1e-15, gtol=1e-10))
+        got = objective(np.concatenate([ours.weights.ravel(), ours.bias]), l2)[0]
+        assert got == pytest.approx(best.fun, rel=1e-8), l2
 
 
 def test_matching_shots_interpolates_in_log_k():

@@ -7,7 +7,9 @@ on the whole test set. Features are the L2-normalised image embeddings as they a
 standardisation, which k = 1 cannot estimate), so a probe can also start from, and be pulled
 towards, the zero-shot classifier: W0 = exp(logit_scale) * text class embeddings, penalty
 (l2 / 2) ||W - W0||^2, which equals zero-shot as l2 grows and fits the shots as it shrinks.
-Results over seeds are reported as mean and standard deviation.
+Results over seeds are reported as mean and standard deviation. Every fit is solved to
+convergence (`linear_probe._solve`), so the plain probe's l2 and accuracy are scikit-learn's for
+the same draws; fits that stop at `MAX_ITER` short of it are named in a warning.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from clip_jax.evaluation import linear_probe
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = 3
 PRIOR_L2 = linear_probe.DEFAULT_L2 + (1.0, 10.0)  # strong pulls reach the zero-shot classifier
-# L-BFGS steps per probe: scikit-learn's LogisticRegression default. Few-shot data are often
-# separable, where weak L2 never lets the gradient reach a tight tolerance; the step cap
-# bounds the cost (hundreds of probes per curve) instead.
-MAX_ITER = 100
+# L-BFGS steps per probe fit. A cap of 100 (scikit-learn's default) stopped weak-l2 fits far
+# from their optimum (l2 = 1e-6 needed ~1,500 steps on raw embeddings), which lowered their
+# validation scores, so the l2 chosen and the test accuracy depended on the cap and on float
+# rounding. With the solver's centring and scaling (`linear_probe._solve`) such fits converge
+# in a few hundred steps; the cap only bounds the cost of a curve's hundreds of fits when one
+# cannot converge, and every fit that reaches it is named in a warning (read at call time).
+MAX_ITER = 1000
 # Classes named in a message about classes short of training images; the rest are counted.
 MAX_NAMED = 5
 
@@ -94,22 +99,49 @@ def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: in
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                    test_y: np.ndarray, num_classes: int, k: int, seed: int,
                    l2_grid: Sequence[float], prior: np.ndarray | None = None,
-                   pad_to: int | None = None) -> tuple[float, float]:
+                   pad_to: int | None = None,
+                   unconverged: list[tuple[float, linear_probe.LogisticRegression]] | None = None
+                   ) -> tuple[float, float]:
     """(test accuracy, chosen l2) of one k-shot probe drawn with `seed`; `pad_to` as in
-    `linear_probe.fit_logistic_regression`."""
+    `linear_probe.fit_logistic_regression`. Fits that stop at `MAX_ITER` unconverged are
+    appended to `unconverged` as (l2, model) for the caller to report once; without that list
+    they are warned about here."""
     rng = np.random.default_rng(seed)
     fit = sample_shots(train_y, k, rng)
     val = sample_shots(train_y, k, rng, exclude=fit)
-    best = l2_grid[0]
-    if len(l2_grid) > 1 and len(val):
-        scores = [np.mean(linear_probe.fit_logistic_regression(
-            train_x[fit], train_y[fit], num_classes, l2, prior=prior, max_iter=MAX_ITER,
-            pad_to=pad_to)
-            .predict(train_x[val]) == train_y[val]) for l2 in l2_grid]
-        best = l2_grid[int(np.argmax(scores))]
-    model = linear_probe.fit_logistic_regression(train_x[fit], train_y[fit], num_classes, best,
-                                                 prior=prior, max_iter=MAX_ITER, pad_to=pad_to)
-    return float(np.mean(model.predict(test_x) == test_y)), float(best)
+    grid = list(l2_grid) if len(l2_grid) > 1 and len(val) else list(l2_grid)[:1]
+    # The probe is fit on the k shots whatever l2 the held-out shots pick: the sweep's fit at
+    # that l2 is the probe (the same data, solver and start), not refit.
+    models = [linear_probe.fit_logistic_regression(train_x[fit], train_y[fit], num_classes, l2,
+                                                   prior=prior, max_iter=MAX_ITER,
+                                                   pad_to=pad_to) for l2 in grid]
+    best = 0
+    if len(grid) > 1:
+        best = int(np.argmax([np.mean(m.predict(train_x[val]) == train_y[val])
+                              for m in models]))
+    capped = [(l2, m) for l2, m in zip(grid, models) if not m.converged]
+    if unconverged is not None:
+        unconverged.extend(capped)
+    elif capped:
+        warn_unconverged(f"{k}-shot probe (seed {seed})", capped)
+    return float(np.mean(models[best].predict(test_x) == test_y)), float(grid[best])
+
+
+def warn_unconverged(probes: str,
+                     capped: Sequence[tuple[float, linear_probe.LogisticRegression]]) -> None:
+    """One warning naming, per l2, the fits of `probes` that stopped before converging:
+    their validation scores (hence the l2 chosen) and accuracies may not be the optimum's."""
+    parts = []
+    for l2 in sorted({l2 for l2, _ in capped}):
+        models = [m for v, m in capped if v == l2]
+        parts.append(f"l2 {l2:g}: {len(models)} fit{'s' if len(models) > 1 else ''}, "
+                     f"{max(m.iterations for m in models)} iterations, gradient norm up to "
+                     f"{max(m.gradient_norm for m in models):.2g}")
+    log.warning("Few-shot: %d L-BFGS fit%s of the %s stopped before the gradient norm "
+                "reached %g (cap: %d iterations, few_shot.MAX_ITER): %s. The l2 chosen and the "
+                "accuracy may differ from the converged optimum's (scikit-learn's).",
+                len(capped), "s" if len(capped) > 1 else "", probes, linear_probe.TOL, MAX_ITER,
+                "; ".join(parts))
 
 
 def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -118,7 +150,8 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                    l2_grid: Sequence[float] = linear_probe.DEFAULT_L2,
                    prior: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per k, test accuracies float [seeds] of k-shot probes (seeds 0..seeds-1); classes are
-    named by their index in `check_shots`' error (`evaluate` checks first, with names)."""
+    named by their index in `check_shots`' error (`evaluate` checks first, with names). Fits
+    that stop at `MAX_ITER` unconverged are named in one warning for the whole curve."""
     if seeds < 1 or not shots or min(shots) < 1:
         raise ConfigError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
                          f"seeds={seeds}).")
@@ -126,10 +159,16 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     check_shots(train_y, [str(c) for c in range(num_classes)], max(shots))
     pad_to = max(shots) * num_classes  # every k shares one compiled solver
-    return {k: np.asarray([probe_accuracy(train_x, train_y, test_x, test_y, num_classes, k, s,
-                                          list(l2_grid), prior, pad_to)[0]
-                           for s in range(seeds)])
-            for k in shots}
+    unconverged: list[tuple[float, linear_probe.LogisticRegression]] = []
+    curve = {k: np.asarray([probe_accuracy(train_x, train_y, test_x, test_y, num_classes, k, s,
+                                           list(l2_grid), prior, pad_to, unconverged)[0]
+                            for s in range(seeds)])
+             for k in shots}
+    if unconverged:
+        kind = "zero-shot-initialised probes" if prior is not None else "probes"
+        warn_unconverged(f"{kind} ({', '.join(map(str, shots))} shots, {seeds} seeds)",
+                         unconverged)
+    return curve
 
 
 def matching_shots(shots: Sequence[int], accuracy: Sequence[float], target: float
