@@ -25,7 +25,7 @@ from clip_jax.convert.open_clip_export import export_open_clip
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.models.clip import CLIP, as_config, with_numerics
+from clip_jax.models.clip import CLIP, with_numerics
 from clip_jax.models.config import CLIPConfig
 from clip_jax.models.presets import PRESETS, get_preset
 from clip_jax.pretrained import load as loading
