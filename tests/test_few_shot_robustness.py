@@ -202,6 +202,22 @@ def test_few_shot_refuses_more_shots_than_a_class_has(per_class, missing):
         few_shot.few_shot_curve(x, y, x, y, 4, shots=[1, 16], seeds=1, l2_grid=[1e-2])
 
 
+@pytest.mark.parametrize("labels, message", [
+    (lambda y: np.where(y == 3, 4, y), r"test_y\[\d+\] is 4, outside 0..3 \(num_classes=4\)"),
+    (lambda y: y - 1, r"test_y\[\d+\] is -1, outside 0..3"),
+    (lambda y: np.array(list("abcd"))[y], "test_y must be integer class indices"),
+])
+def test_few_shot_refuses_labels_that_are_not_class_indices(labels, message, monkeypatch):
+    """A test label that is not a class index is refused before any probe is fit (a label past
+    the classes scored as always wrong, a negative one as the last class)."""
+    x, y = blobs(6)
+    monkeypatch.setattr(linear_probe, "_solve", None)
+    with pytest.raises(ValueError, match=message):
+        few_shot.few_shot_curve(x, y, x, labels(y), 4, shots=[1], seeds=1, l2_grid=[1e-2])
+    with pytest.raises(ValueError, match=message):
+        few_shot.evaluate(x, y, x, labels(y), np.eye(4, x.shape[1]), 10.0, shots=[1], seeds=1)
+
+
 def counted(names, y, fewer_than):
     """'name (count), ...' of the classes with fewer than `fewer_than` labels in `y`, fewest
     first, as pandas counts them."""

@@ -80,3 +80,36 @@ def test_a_fit_stopped_at_the_cap_is_named_in_one_warning(monkeypatch, caplog):
         "out the validation split): 3 iterations, gradient norm ")
     assert f"; l2 {probe.l2:g} (the chosen strength, refit on all 400 training examples): 3 " \
         "iterations" in warnings[0]
+
+
+@pytest.mark.parametrize("train_labels, num_classes, message", [
+    (lambda y: y, 5, r"train_y\[\d+\] is [5-9], outside 0..4 \(num_classes=5\)"),
+    (lambda y: y - 1, None, r"train_y\[\d+\] is -1, outside >= 0"),
+    (lambda y: y - 1, 10, r"train_y\[\d+\] is -1, outside 0..9"),
+    (lambda y: np.array([f"digit {v}" for v in y]), None, r"dtype <U7; map class names"),
+    (lambda y: y + 0.5, None, "dtype float64"),
+    (lambda y: y[:, None], None, r"shape \(400, 1\)"),
+])
+def test_labels_that_are_not_class_indices_are_refused_before_any_fit(
+        train_labels, num_classes, message, monkeypatch):
+    """scikit-learn takes any labels (it maps them through np.unique); our probes take class
+    indices, so anything else is refused up front, naming the first bad label: a label beyond
+    num_classes ran the solver to its cap (~100 s) and scored ~chance, a negative one wrapped
+    to the last class and scored 0.82 where the same data labelled 0..9 score 0.92."""
+    train_x, train_y, test_x, test_y = correlated_digits()
+    monkeypatch.setattr(linear_probe, "_solve", None)  # any fit would fail on this instead
+    with pytest.raises(ValueError, match=message):
+        linear_probe.linear_probe(train_x, train_labels(train_y), test_x, test_y,
+                                  num_classes=num_classes)
+
+
+def test_integral_float_labels_give_the_integer_labels_probe():
+    """Integral floats (pandas' dtype for a label column with gaps) are class indices: the
+    probe equals the one on int labels and scikit-learn's protocol."""
+    train_x, train_y, test_x, test_y = correlated_digits(spread=1)
+    grid = [1e-1]
+    as_float = linear_probe.linear_probe(train_x, train_y.astype(np.float64), test_x,
+                                         test_y.astype(np.float32), l2_grid=grid)
+    expected, expected_l2 = scikit_learn_protocol(train_x, train_y, test_x, test_y, grid)
+    assert as_float["l2"] == expected_l2
+    assert as_float["accuracy"] == pytest.approx(expected, abs=1 / len(test_y))

@@ -156,7 +156,8 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
         raise ConfigError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
                          f"seeds={seeds}).")
     train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
-    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
+    test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
     check_shots(train_y, [str(c) for c in range(num_classes)], max(shots))
     pad_to = max(shots) * num_classes  # every k shares one compiled solver
     unconverged: list[tuple[float, linear_probe.LogisticRegression]] = []
@@ -207,6 +208,8 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     num_classes = len(class_embeddings)
     names = list(class_names) if class_names is not None else [str(c) for c in
                                                                 range(num_classes)]
+    train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
+    test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
     largest = max(shots, default=0)  # no shots: `few_shot_curve` says what to give
     check_shots(train_y, names, largest)
     warn_short_validation(train_y, names, largest)

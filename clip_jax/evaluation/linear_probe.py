@@ -74,6 +74,40 @@ class LogisticRegression:
         return np.asarray(jax.nn.softmax(self.logits(x), axis=1))
 
 
+def class_indices(labels: np.ndarray, num_classes: int | None = None,
+                  name: str = "labels") -> np.ndarray:
+    """`labels` as int64 class indices [N], checked before any fit: integers (or integral
+    floats, as pandas gives for a column with gaps) in 0..num_classes-1 (any non-negative
+    value without `num_classes`).
+
+    Checked up front because the solver would not refuse them: a label >= num_classes runs
+    it to its cap and scores ~chance, a negative one wraps to the last class. Raises
+    ValueError naming the first bad label, its position and the fix.
+    """
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one class index per example [N], got shape "
+                         f"{array.shape}.")
+    integral = array.dtype != np.bool_ and (np.issubdtype(array.dtype, np.integer) or (
+        np.issubdtype(array.dtype, np.floating) and bool(np.all(np.isfinite(array)))
+        and bool(np.all(array == np.round(array)))))
+    if not integral:
+        raise ValueError(f"{name} must be integer class indices 0..K-1, got dtype "
+                         f"{array.dtype}; map class names to indices first: "
+                         "`names, y = np.unique(labels, return_inverse=True)`.")
+    array = array.astype(np.int64)
+    too_large = array >= num_classes if num_classes is not None else np.zeros_like(array, bool)
+    bad = np.flatnonzero((array < 0) | too_large)
+    if bad.size:
+        at = int(bad[0])
+        allowed = (f"0..{num_classes - 1} (num_classes={num_classes})"
+                   if num_classes is not None else ">= 0")
+        raise ValueError(f"{name}[{at}] is {array[at]}, outside {allowed}; labels must be class "
+                         "indices 0..num_classes-1 (`np.unique(labels, return_inverse=True)` "
+                         "maps any labels to them).")
+    return array
+
+
 def _objective(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, offset: jax.Array,
                l2: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean cross-entropy of logits `offset` + x V + c over the rows where `mask` is 1
@@ -172,7 +206,7 @@ def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: 
     max_iter = MAX_ITER if max_iter is None else int(max_iter)
     tol = TOL if tol is None else float(tol)
     x = jnp.asarray(x, jnp.float32)
-    y = jnp.asarray(y, jnp.int32)
+    y = jnp.asarray(class_indices(y, num_classes), jnp.int32)
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"Expected features [N, D] and labels [N], got {x.shape} and {y.shape}.")
     w0 = (jnp.zeros((x.shape[1], num_classes), jnp.float32) if prior is None
@@ -215,7 +249,8 @@ class LinearProbe:
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
         """Top-1 accuracy on features x [N, D] with labels y [N] (as the training set's)."""
         x = (np.asarray(x, np.float32) - self.mean) / self.std
-        return float(np.mean(self.model.predict(x) == np.asarray(y)))
+        y = class_indices(y, len(self.model.bias))
+        return float(np.mean(self.model.predict(x) == y))
 
 
 def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, *,
@@ -233,7 +268,7 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     """
     train_x = np.asarray(train_x, np.float32)
     mean, std = _moments(train_x)
-    train_x, train_y = (train_x - mean) / std, np.asarray(train_y)
+    train_x, train_y = (train_x - mean) / std, class_indices(train_y, num_classes, "train_y")
     grid = list(l2_grid)
     if not grid:
         raise ValueError("l2_grid is empty; give at least one regularisation strength.")
@@ -273,9 +308,11 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                  l2_grid: Sequence[float] = DEFAULT_L2, validation_fraction: float = 0.2,
                  seed: int = 0) -> dict[str, float]:
     """{"accuracy": test top-1, "l2": the strength chosen} of `fit_linear_probe` on the
-    training set (`num_classes` default: the largest label seen + 1)."""
-    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-    k = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    training set (`num_classes` default: the largest label seen + 1). Raises ValueError for
+    labels that are not class indices below `num_classes` (`class_indices`)."""
+    train_y = class_indices(train_y, num_classes, "train_y")
+    test_y = class_indices(test_y, num_classes, "test_y")
+    k = num_classes or int(max(train_y.max(initial=0), test_y.max(initial=0))) + 1
     probe = fit_linear_probe(train_x, train_y, k, l2_grid=l2_grid,
                              validation_fraction=validation_fraction, seed=seed)
     return {"accuracy": probe.accuracy(test_x, test_y), "l2": probe.l2}
