@@ -69,6 +69,10 @@ def test_bf16_export(tmp_path):
     kernel = variables["params"]["visual"]["conv1"]["kernel"]  # HWIO
     expected = torch.from_numpy(kernel).permute(3, 2, 0, 1)
     assert torch.equal(model.visual.conv1.weight, expected.bfloat16().float())
+    # The temperature is a scalar open_clip keeps in float32 at low precision: so is it here
+    # (in bfloat16, exp(ln 30) read back as 30.15).
+    assert weights["logit_scale"].dtype == np.float32
+    assert model.logit_scale.item() == float(np.float32(variables["params"]["logit_scale"]))
 
 
 @pytest.mark.parametrize("setting", [{"resize_mode": "squash"}, {"interpolation": "bilinear"}])

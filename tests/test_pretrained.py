@@ -28,6 +28,7 @@ import clip_jax
 from clip_jax.pretrained import registry as hub
 from clip_jax.errors import ConfigError
 from clip_jax.models import get_preset
+from clip_jax.models.clip import CLIP
 from hub_cache import add_repo
 from reference import open_clip_outputs, random_inputs
 
@@ -382,3 +383,38 @@ def test_a_local_folder_shadowing_a_hub_id_says_so(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"acme/ has no 'clip49'.*" + hint.format(
             "acme/clip49")):
         clip_jax.load("acme/clip49")
+
+
+def test_a_state_dict_in_memory_loads_as_its_file_would(tmp_path):
+    """`clip_jax.load(model.state_dict())` raised "expected str, bytes or os.PathLike object,
+    not dict". An open_clip state dict (torch tensors, also under a training checkpoint's
+    wrapper and DDP prefixes, with an EMA copy) and transformers-named tensors with `model=`
+    give the reference models' embeddings."""
+    reference = _perturbed(open_clip.model.CLIP(**_model_kwargs(OC_CONFIG["model_cfg"])), 4)
+    average = _perturbed(open_clip.model.CLIP(**_model_kwargs(OC_CONFIG["model_cfg"])), 5)
+    arch = OC_CONFIG["model_cfg"]
+    state = reference.state_dict()
+    wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()},
+               "state_dict_ema": average.state_dict()}
+    config = clip_jax.load(state, model=arch)[0].config
+    images, tokens = random_inputs(config, batch=3)
+    apply = jax.jit(CLIP(config).apply)  # one compile for the three loads
+    for source, expected_model, kw in ((state, reference, {}), (wrapped, reference, {}),
+                                       (wrapped, average, {"ema": True})):
+        module, variables = clip_jax.load(source, model=arch, **kw)
+        assert module.config == config
+        ours = apply(variables, images, tokens)
+        for got, want in zip(ours, open_clip_outputs(expected_model, images, tokens)):
+            np.testing.assert_allclose(got, want, atol=TOL)
+    hf = transformers.CLIPModel.from_pretrained(_hf_tiny(tmp_path)["config.json"].parent).eval()
+    with pytest.raises(ConfigError, match="transformers' names .* pass model="):
+        clip_jax.load(hf.state_dict())
+    expected_config = clip_jax.load(tmp_path / "hf")[0].config
+    module, variables = clip_jax.load(hf.state_dict(), model=expected_config)
+    images, tokens = random_inputs(expected_config, batch=3)
+    with torch.no_grad():
+        theirs = hf(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+                    input_ids=torch.from_numpy(tokens).long())
+    img, txt, _ = module.apply(variables, images, tokens)
+    np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
+    np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)

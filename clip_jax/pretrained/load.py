@@ -21,7 +21,7 @@ HF_OPTIONAL_FILES = hf_import.PROCESSOR_FILES
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 
-def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
+def load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | None = None, *,
          model: str | os.PathLike | CLIPConfig | Mapping[str, Any] | None = None,
          activation: str | None = None, revision: str | None = None,
          token: str | bool | None = None, ema: bool = False) -> tuple[CLIP, dict[str, Any]]:
@@ -38,7 +38,10 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
       `clip_jax.save` and `clip-jax export-open-clip` write), or an OpenAI / open_clip state
       dict file (`.pt`, `.bin`, `.safetensors`, `.npz`; `open_clip_config.json` beside it is
       used when present), or a file of transformers-named tensors in a transformers directory
-      (a fine-tuning checkpoint beside its config.json).
+      (a fine-tuning checkpoint beside its config.json);
+    - a state dict in memory (`open_clip_model.state_dict()`, torch / numpy / jax tensors,
+      also a training checkpoint's dict); transformers-named tensors need `model`, which
+      their keys cannot reveal (or load the folder `save_pretrained` writes).
 
     `model` (a preset name, a config or its dict, or open_clip's model config: a
     `model_configs/*.json` file or `open_clip_config.json`, or their dict; `model_config`) pins
@@ -51,8 +54,13 @@ def load(name_or_path: str | os.PathLike, pretrained: str | None = None, *,
     Raises FileNotFoundError (nothing there) or ConfigError (a file that is not what it
     claims, or arguments that contradict it).
     """
-    spec = os.fspath(name_or_path)
     config = None if model is None else model_config(model)
+    if isinstance(name_or_path, Mapping):
+        if pretrained is not None:
+            raise ConfigError("pretrained= names released weights; a state dict is weights "
+                              "already: pass one or the other.")
+        return _load_state_dict(name_or_path, config, activation, ema)
+    spec = os.fspath(name_or_path)
     if isinstance(name_or_path, os.PathLike):  # a path, never a name or a Hub id
         if pretrained is None and not os.path.exists(spec):
             raise MissingFileError(not_found(spec, local=True))
@@ -167,6 +175,24 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None, em
     return CLIP(config), variables
 
 
+def _load_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None,
+                     activation: str | None, ema: bool) -> tuple[CLIP, dict[str, Any]]:
+    """A state dict in memory: OpenAI/open_clip-named tensors as a file of them loads, HF-named
+    ones with the `config` they need (their keys do not give head counts or image stats)."""
+    state = openai.canonicalize(state_dict, ema=ema)
+    if hf_keys.is_hf_state_dict(state):
+        if config is None:
+            raise ConfigError("This state dict has transformers' names (text_model.*, "
+                              "vision_model.*), whose config is not in it: pass model= (a "
+                              "preset name or CLIPConfig), or save_pretrained the model and load "
+                              "that folder.")
+        if activation is not None:
+            config = config.replace(activation=activation)
+        return CLIP(config), hf_import.from_hf_state_dict(state, config)
+    config, variables = openai.from_state_dict(state, config, activation=activation)
+    return CLIP(config), variables
+
+
 def _load_file(path: str, config: CLIPConfig | None, activation: str | None, ema: bool
                ) -> tuple[CLIPConfig, dict[str, Any]]:
     """A weights file, with the config of the folder it sits in when that describes it: a
@@ -242,6 +268,17 @@ def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,
         config, variables = open_clip_import.load_open_clip(directory, config,
                                                             activation=activation, ema=ema)
     return CLIP(config), variables
+
+
+def infers_architecture(spec: str) -> bool:
+    """Whether `load(spec)` would infer the architecture from tensor shapes: a weights file
+    with neither a transformers config.json nor open_clip_config.json in its folder (every
+    other source records its own). Such a file takes a `model=` without a mismatch check."""
+    if not os.path.isfile(spec):
+        return False
+    beside = os.path.dirname(os.path.abspath(spec))
+    return not (hf_import.is_hf_directory(beside)
+                or open_clip_import.is_open_clip_directory(beside))
 
 
 def check_source(spec: str) -> None:
