@@ -222,9 +222,51 @@ def test_init_from_refuses_a_conflicting_model_name(tfds_dir, tmp_path, monkeypa
     config.init_from = str(tmp_path / "weights.pt")
     config.model.name = "ViT-B/32"
     monkeypatch.setattr(train_step, "compile_train_step", None)  # must not get that far
-    with pytest.raises(ValueError, match="different architectures .*model.name=''") as error:
+    with pytest.raises(ValueError, match="does not fit config.model.name='ViT-B/32': .* or to "
+                                         "'' to infer it from the file") as error:
         train.train(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value)
+
+
+def test_init_from_a_bare_file_takes_its_architecture_from_model_name(tmp_path):
+    """A bare training checkpoint of a custom architecture (32-wide vision heads, 2 text heads:
+    shapes cannot show them) trained a 1-head model, and the warning's fix (`model=`) did not
+    exist in `clip-jax train`. model.name gives the architecture as open_clip's --model does:
+    a preset, or open_clip's model config JSON, as a file or its text."""
+    import open_clip
+    import torch
+
+    from clip_jax.convert import openai as convert
+    from clip_jax.models.layers import unstack_layers
+
+    arch = {"embed_dim": 32, "quick_gelu": True,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
+                           "head_width": 32},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
+                         "layers": 1}}
+    torch.manual_seed(0)
+    reference = open_clip.model.CLIP(arch["embed_dim"], arch["vision_cfg"], arch["text_cfg"],
+                                     quick_gelu=True)
+    torch.save({"epoch": 2, "state_dict": {f"module.{k}": v for k, v in
+                                           reference.state_dict().items()}},
+               tmp_path / "epoch_2.pt")
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    config = tiny.get_config()
+    config.init_from = str(tmp_path / "epoch_2.pt")
+    config.model.name = ""
+    guessed, _ = train._model_and_weights(config, lambda _: None)
+    assert (guessed.vision.heads, guessed.text.heads) == (1, 1)  # head width 64, guessed
+    for name in (str(tmp_path / "arch.json"), json.dumps(arch)):
+        config.model.name = name
+        model, variables = train._model_and_weights(config, lambda _: None)
+        assert (model.vision.heads, model.text.heads, model.activation) == (2, 2, "quick_gelu")
+        expected = convert.from_state_dict(reference.state_dict(), model.replace(
+            scan_layers=False))[1]
+        jax.tree.map(np.testing.assert_array_equal,
+                     unstack_layers(variables) if model.scan_layers else variables, expected)
+    config.model.name = "test-vit"  # another architecture: said with both fixes
+    with pytest.raises(ValueError, match="does not fit config.model.name='test-vit': "):
+        train._model_and_weights(config, lambda _: None)
 
 
 def test_init_from_with_another_activation_is_named(tmp_path):
@@ -463,7 +505,12 @@ MISCONFIGURATIONS = [
     # the run trained with the default; a file that fails to load blamed an innocent override.
     (["CONFIG={tmp}/typo.py"], "typo.py sets config.lock_images (did you mean lock_image?), "
                                "config.model.dtyp (did you mean model.dtype?), "
-                               "config.optimizer.learning_rate, which are not fields", None),
+                               "config.optimizer.learning_rate (did you mean optimizer.lr?), "
+                               "which are not fields", None),
+    # Other codebases' names for our fields (optax's learning_rate, open_clip's wd), too far
+    # from ours for a did-you-mean by spelling, are said by name.
+    (["--config.optimizer.learning_rate=1e-4"], "did you mean --config.optimizer.lr?", None),
+    (["--config.optimizer.wd=0.1"], "did you mean --config.optimizer.weight_decay?", None),
     (["CONFIG={tmp}/typo.py", "--config.model.dtype=float32"], "config.model.dtyp (did you "
                                                                "mean model.dtype?)", None),
     (["CONFIG={tmp}/task_typo.py"], "config.eval.zero_shot.heldout.templats (did you mean "

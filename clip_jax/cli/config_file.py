@@ -28,6 +28,34 @@ OPEN_SECTIONS = ("eval.zero_shot", "eval.retrieval", "eval.linear_probe", "eval.
                  "eval.robustness")
 
 
+# Other codebases' names (open_clip's training flags, big_vision's and optax's fields) for
+# fields of ours: too far from ours in spelling for a did-you-mean, so said by name.
+SYNONYMS = {
+    "learning_rate": "optimizer.lr", "wd": "optimizer.weight_decay",
+    "beta1": "optimizer.b1", "beta2": "optimizer.b2", "epsilon": "optimizer.eps",
+    "clip_grad_norm": "optimizer.grad_clip_norm", "max_grad_norm": "optimizer.grad_clip_norm",
+    "grad_clip": "optimizer.grad_clip_norm", "warmup": "warmup_steps",
+    "steps": "total_steps", "num_steps": "total_steps", "max_steps": "total_steps",
+    "train_steps": "total_steps", "num_train_steps": "total_steps",
+    "accum_freq": "microbatches", "grad_accum_steps": "microbatches",
+    "gradient_accumulation_steps": "microbatches", "pretrained": "init_from",
+    "grad_checkpointing": "model.remat_policy", "gradient_checkpointing": "model.remat_policy",
+    "remat": "model.remat_policy", "precision": "model.dtype", "scan": "model.scan_layers",
+    "lock_image_tower": "lock_image", "lock_text_tower": "lock_text", "siglip": "loss",
+}
+
+
+def suggestion(field: str, siblings: list[str]) -> str | None:
+    """The field a mistyped dotted `field` probably means: a `SYNONYMS` entry for its last
+    name (another codebase's spelling), else the closest of `siblings` (its section's
+    fields) by spelling; None when neither."""
+    *parents, name = field.split(".")
+    if name in SYNONYMS:
+        return SYNONYMS[name]
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    return ".".join([*parents, close[0]]) if close else None
+
+
 def load(value: str) -> ml_collections.ConfigDict:
     """`get_config()` of the file `PATH` (or `get_config(ARG)` for `PATH:ARG`, as
     ml_collections' `--config` passes it)."""
@@ -78,9 +106,8 @@ def unknown_fields(config: ml_collections.ConfigDict, reference: ml_collections.
     for key in config.keys():
         path = f"{prefix}{key}"
         if key not in reference.keys():
-            close = difflib.get_close_matches(key, list(reference.keys()), n=1, cutoff=0.6)
-            found.append(f"config.{path}" + (f" (did you mean {prefix}{close[0]}?)" if close
-                                             else ""))
+            close = suggestion(path, list(reference.keys()))
+            found.append(f"config.{path}" + (f" (did you mean {close}?)" if close else ""))
         elif (isinstance(config[key], ml_collections.ConfigDict)
               and isinstance(reference[key], ml_collections.ConfigDict)):
             if path not in OPEN_SECTIONS:

@@ -20,7 +20,6 @@ Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import signal
@@ -160,9 +159,14 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
         if text[:1] in "'\"":  # a KeyError's message comes quoted
             text = text[1:-1].encode().decode("unicode_escape")
         text = " ".join(text.replace("'", "").split())
-        raise ConfigError(f"cannot apply {_culprit(argv, text)}: unknown field or wrong type "
-                          f"({text}); the fields and their types are those of the config file "
-                          "(clip_jax/configs/base.py for the shared ones).") from None
+        culprit = _culprit(argv, text)
+        synonym = config_file.SYNONYMS.get(
+            culprit.removeprefix("--config.").partition("=")[0].rsplit(".", 1)[-1])
+        hint = (f"did you mean --config.{synonym}?" if synonym and "Did you mean" not in text
+                else "the fields and their types are those of the config file "
+                "(clip_jax/configs/base.py for the shared ones).")
+        raise ConfigError(f"cannot apply {culprit}: unknown field or wrong type ({text}); "
+                          f"{hint}") from None
     config = values["config"].value
     if not isinstance(config, ConfigDict):  # config_flags defers a load failure to first use
         try:
@@ -210,14 +214,16 @@ def _set_none(config: Any, field: str) -> None:
     from ml_collections import ConfigDict
     from ml_collections.config_dict import FieldReference
 
+    from clip_jax.cli import config_file
+
     *parents, name = field.split(".")
     section = config
     for part in parents:
         section = section.get(part) if hasattr(section, "get") else None
     fields = getattr(section, "_fields", {})
     if name not in fields:
-        close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)
-        hint = f"did you mean {'.'.join([*parents, close[0]])}?" if close else (
+        close = config_file.suggestion(field, list(fields))
+        hint = f"did you mean {close}?" if close else (
             "the fields are those of the config file (clip_jax/configs/base.py for the shared "
             "ones).")
         raise ConfigError(f"cannot apply --config.{field}=None: unknown field; {hint}")

@@ -24,7 +24,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.mode = "train"  # or "eval": evaluate `init_from` / the workdir's newest checkpoint
 
     c.model = ml_collections.ConfigDict(dict(
-        name=model,
+        name=model,  # a preset, or open_clip's model config JSON (a file or its text)
         activation=ml_collections.config_dict.placeholder(str),  # None: the preset's
         dtype="bfloat16",
         param_dtype="float32",
@@ -34,7 +34,8 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
         logit_scale_init=ml_collections.config_dict.placeholder(float),
         logit_bias_init=ml_collections.config_dict.placeholder(float),
     ))
-    # Start from imported weights (OpenAI/open_clip file, HF directory or clip_jax workdir).
+    # Start from imported weights (OpenAI/open_clip file, HF directory or clip_jax workdir); a
+    # bare weights file is read as model.name's architecture ('' infers it from the shapes).
     c.init_from = ""
 
     c.batch_size = PAPER_BATCH  # global, over all hosts
@@ -56,6 +57,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
 
+    # every_steps: also at the end (and on SIGTERM / Ctrl-C); 0 saves at the end only.
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, asynchronous=True))
     c.log_every_steps = 50
     c.prng_impl = "threefry2x32"  # "rbg"/"unsafe_rbg" compile and run faster on TPU

@@ -251,8 +251,8 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
             "The weights do not record the head count, and head width 64 does not fit them "
             f"({str(error).removeprefix('Invalid model config: ')}); pass model= (a preset "
             "name, CLIPConfig or open_clip model config JSON with the model's heads; "
-            "--architecture in the clip-jax commands), or keep the model's "
-            "open_clip_config.json beside the file.") from None
+            "--architecture in the clip-jax commands, config.model.name in clip-jax train), or "
+            "keep the model's open_clip_config.json beside the file.") from None
     preset = _matching_preset(config)
     if preset is not None:
         config = PRESETS[preset]
@@ -278,7 +278,8 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
             "The weights do not record the %s; assumed %s, and OpenAI's pooling (class token, "
             "end-of-text token under a causal mask). If that is wrong, pass model= (a preset "
             "name, CLIPConfig or open_clip model config JSON) and activation= (--architecture "
-            "and --activation in the clip-jax commands), or keep the model's "
+            "and --activation in the clip-jax commands, config.model.name and "
+            "config.model.activation in clip-jax train), or keep the model's "
             "open_clip_config.json beside the file (it records them).", " or ".join(guessed),
             "; ".join(guessed.values()))
     return config.replace(activation=activation)

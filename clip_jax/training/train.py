@@ -48,7 +48,6 @@ from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models import attention
 from clip_jax.models.layers import stack_layers, unstack_layers
-from clip_jax.models.presets import get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     if config.init_from:
         loading.check_source(config.init_from)
     else:
-        get_preset(config.model.name)
+        loading.model_config(config.model.name)
     parse_profile_steps(config.get("profile_steps", ""))
     mesh = sharding.mesh_shape(config.mesh, num_devices)
     shards = mesh[0] * mesh[1]
@@ -334,7 +333,7 @@ def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None
     """`model.name` and `init_from` must not name two architectures: refuse a conflict."""
     if not config.model.name:
         return
-    preset = get_preset(config.model.name)
+    preset = loading.model_config(config.model.name)
     fields = lambda c: {"embed_dim": c.embed_dim, **{  # noqa: E731
         f"{tower}.{k}": v for tower in ("vision", "text")
         for k, v in vars(getattr(c, tower)).items()}}
@@ -460,7 +459,19 @@ def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], N
     if not config.init_from:
         return train_step.model_config(config), None
     log(f"Loading the init_from weights {config.init_from} ...")
-    module, variables = loading.load(config.init_from)
+    # A bare weights file records no head counts or activation: model.name gives them, as
+    # open_clip's --model does for --pretrained; every other source records its own.
+    pinned = bool(config.model.name) and loading.infers_architecture(config.init_from)
+    try:
+        module, variables = loading.load(config.init_from,
+                                         model=config.model.name if pinned else None)
+    except ConfigError as error:
+        if not pinned:
+            raise
+        raise ConfigError(f"config.init_from {config.init_from!r} does not fit "
+                          f"config.model.name={config.model.name!r}: {error} Set "
+                          "--config.model.name to its architecture (a preset, or open_clip's "
+                          "model config .json), or to '' to infer it from the file.") from None
     _check_init_from_model(config, module.config)
     model = train_step.model_config(config, module.config)
     if model.activation != module.config.activation:

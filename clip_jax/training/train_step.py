@@ -27,7 +27,7 @@ from clip_jax.training import optim
 from clip_jax.runtime import host_tuning, sharding
 from clip_jax.models.clip import CLIP, create_model, init_variables
 from clip_jax.models.config import CLIPConfig
-from clip_jax.models.presets import get_preset
+from clip_jax.pretrained import load as loading
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -42,9 +42,10 @@ class TrainState:
 
 
 def model_config(config: ml_collections.ConfigDict, base: CLIPConfig | None = None) -> CLIPConfig:
-    """The architecture (a preset, or `base` from an imported checkpoint) plus config numerics."""
+    """The architecture (`model.name`: a preset, or open_clip's model config JSON, a file or
+    its text; or `base` from an imported checkpoint) plus config numerics."""
     m = config.model
-    model = base if base is not None else get_preset(m.name)
+    model = base if base is not None else loading.model_config(m.name)
     changes = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
                    remat_policy=m.remat_policy, attention=m.get("attention", "auto"))
     for field in ("activation", "logit_scale_init", "logit_bias_init"):
