@@ -31,8 +31,11 @@ def test_cpu_peak_is_the_best_plausible_measurement_seen(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "measure_matmul_flops", lambda *a: 1e11)  # a loaded machine
     stored[key] = 3e11  # a better earlier measurement: kept
     path.write_text(json.dumps(stored))
+    assert hardware.peak_flops(dtype="float32")[0] == 3e11 / shared
+    stored[key] = 4.8e11  # 4.8x today's: what a suite and two runs cost the 2-core box; kept
+    path.write_text(json.dumps(stored))
     assert hardware.peak_flops(dtype="float32") == (
-        3e11 / shared,
+        4.8e11 / shared,
         f"timed 2048x2048 float32 matmul: the best seen on this machine, kept in {path}{share}")
     stored[key] = 6.1e15  # no load explains 61000x: a mistimed run, replaced
     path.write_text(json.dumps(stored))
