@@ -458,6 +458,7 @@ def test_an_optional_field_set_by_the_config_file_can_be_unset_from_the_command_
                                           "optional (it holds int "),
             ("--config.model.bias=None", "cannot apply --config.model.bias=None: unknown field"),
             ("--config.model.activaton=None", "unknown field; did you mean model.activation?"),
+            ("--config.learning_rate=None", "unknown field; did you mean optimizer.lr?"),
             ("--config.eval.zero_shot.heldout=None", "config.eval.zero_shot.heldout is a "
                                                      "section, not a value"),
             ("--config.init_from=None", "give it a value (empty: --config.init_from=).")):
@@ -513,8 +514,8 @@ def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
 
 @pytest.mark.parametrize("argv, flag, problem", [
     (["zero-shot", "--labels", "a,b", "--alpha", "pinkish"], "--alpha",
-     "invalid value 'pinkish': use 'drop' (as OpenAI / open_clip) or a colour name or hex code "
-     "such as 'white' or '#808080'"),
+     "invalid value 'pinkish': use 'drop' (keep the colours stored under transparent pixels, "
+     "as transformers' load_image) or a colour name or hex code such as 'white' or '#808080'"),
     (["zero-shot", "--labels", "a,b", "--top", "0"], "--top",
      "invalid value '0': give a whole number >= 1"),
     (["zero-shot", "--labels", "a,b", "--top", "-1"], "--top",
@@ -575,14 +576,15 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
     (["zero-shot", "--labels", "LABELS_FILE"],
      "--labels file 'LABELS_FILE' repeats the label(s) ['cat', 'dog']; give each label once."),
     (["zero-shot", "--labels", "a,b", "--templates", "nope"],
-     "Unknown template set 'nope': use one of ['default', 'simple', 'synthetic_shapes'] or the "
-     "path of a text file with one template (containing '{}') per line."),
+     "Unknown template set 'nope': use one of ['default', 'simple', 'synthetic_shapes'], the "
+     "path of a text file with one template (containing '{}') per line, or one template with "
+     "exactly one '{}'."),
     (["eval", "--zero-shot", "cifar10", "--class-names", "cat,dog,cat"],
      "--class-names 'cat,dog,cat' repeats the label(s) ['cat']; give each label once."),
     (["eval", "--zero-shot", "cifar10", "--templates", "nope"],
      "--templates: Unknown template set 'nope': use one of ['default', 'simple', "
-     "'synthetic_shapes'] or the path of a text file with one template (containing '{}') per "
-     "line."),
+     "'synthetic_shapes'], the path of a text file with one template (containing '{}') per "
+     "line, or one template with exactly one '{}'."),
     (["eval", "--zero-shot", "cifar10", "--evaluators", "zero_shot,zero_shots"],
      "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),

@@ -148,19 +148,24 @@ def test_class_embedding_is_the_renormalised_mean_of_normalised_prompts():
     def embed(tokens):
         return np.array([by_tokens[tuple(t)] for t in tokens], np.float32)
 
+    tokenize16 = lambda texts: tokenize(texts, 16)  # noqa: E731
     got = zero_shot.class_embeddings(embed, ["cat", "dog"], ["a photo of a {}.", "a {} drawing"],
-                                     16)
+                                     tokenize16)
     expected = np.array([[1.6, 0.8], [0.8, 1.6]]) / np.hypot(1.6, 0.8)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     # Names as NumPy gives them (np.unique of a label column), or from a generator.
     for names in (np.array(["cat", "dog"]), (n for n in ["cat", "dog"])):
         np.testing.assert_allclose(zero_shot.class_embeddings(
-            embed, names, ["a photo of a {}.", "a {} drawing"], 16), expected, rtol=1e-6)
+            embed, names, ["a photo of a {}.", "a {} drawing"], tokenize16), expected, rtol=1e-6)
+    # One template given as a string (not a set name or file) is that template.
+    np.testing.assert_allclose(zero_shot.class_embeddings(embed, ["cat", "dog"], "a {} drawing",
+                                                          tokenize16),
+                               np.array([[0.6, 0.8], [0.8, 0.6]]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("names, templates_given, problem", [
     ("red,green", ["a {}"], "not one string"),  # was 9 one-character classes
-    (["red", "green"], "a {} square", "Unknown template set"),  # was iterated per character
+    (["red", "green"], "a {} {} square", "Unknown template set"),  # was iterated per character
     (["red", "green"], ["no slot"], "exactly one"),  # was one prompt for every class
     ([], ["a {}"], "one or more non-empty"), (["red", " "], ["a {}"], "one or more non-empty"),
     (["red", "green"], [], "is empty"),  # both were numpy reshape errors
@@ -174,7 +179,7 @@ def test_class_embeddings_refuse_what_would_score_the_wrong_classes(names, templ
         raise AssertionError("embedded before the inputs were checked")
 
     with pytest.raises(ConfigError, match=problem):
-        zero_shot.class_embeddings(embed, names, templates_given, 16)
+        zero_shot.class_embeddings(embed, names, templates_given, tokenize)
 
 
 def test_templates_and_class_names(tmp_path):
@@ -188,6 +193,9 @@ def test_templates_and_class_names(tmp_path):
         "synthetic_shapes"]
     with pytest.raises(ConfigError, match="Unknown template set 'nope'"):
         templates.get_templates("nope")
+    assert templates.get_templates("a photo of a {}.") == ("a photo of a {}.",)  # one template
+    with pytest.raises(ConfigError, match="or one template with exactly one"):
+        templates.get_templates("a {} of a {}")
     with pytest.raises(ConfigError, match="exactly one"):
         templates.get_templates(["no placeholder"])
     assert zero_shot.read_class_names("", ["aquarium_fish", "cat"]) == ["aquarium fish", "cat"]

@@ -185,6 +185,57 @@ def test_index_and_search_match_brute_force(folder, model, tmp_path):
     np.testing.assert_allclose([m.score for m in matches], (reference @ text)[expected], atol=2e-6)
 
 
+def test_search_normalises_embeddings_warns_of_paths_and_refuses_another_model(folder, model,
+                                                                                tmp_path):
+    """The trial's traps: an unnormalised float embedding scored 7.85 (called a cosine), a
+    path given as a str was silently searched as text, k=-1 said "negative dimensions", and
+    another model's encoder got meaningless scores; against NumPy's cosine similarities."""
+    import pathlib
+
+    import jax.numpy as jnp
+
+    from clip_jax.errors import ConfigError
+
+    _, module, variables = model
+    encoder = Encoder(module, variables)
+    index = image_index.build_index([str(folder)], encoder, tmp_path / "i.npz",
+                                    progress=False).index
+    reference = reference_embeddings(module, variables, index.paths)
+    raw = np.asarray(module.apply(variables, clip_jax.preprocess(index.paths[2], module.config),
+                                  method=module.encode_image))[0]
+    assert np.linalg.norm(raw) > 1.5  # unnormalised, as encode_image returns it
+    cosine = reference @ (raw / np.linalg.norm(raw.astype(np.float64)))
+    expected = np.argsort(-cosine, kind="stable")[:4]
+    for query in (raw, jnp.asarray(raw)):
+        matches = image_index.search(index, query, encoder, k=4)
+        assert [m.path for m in matches] == [index.paths[i] for i in expected]
+        np.testing.assert_allclose([m.score for m in matches], cosine[expected], atol=2e-6)
+    with pytest.raises(ValueError, match="all zeros"):
+        image_index.search(index, np.zeros_like(raw), encoder)
+
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"k={k!r}: ask for at least one match"):
+            image_index.search(index, "a red car", encoder, k=k)
+    with pytest.raises(ValueError, match=r"k=0: ask for at least one match"):
+        index.top_k(reference[:1], k=0)
+
+    image = index.paths[2]
+    text = reference_text(module, variables, image)  # a str is a text, whatever it names
+    with pytest.warns(UserWarning, match=r"searched as text, though it names an image file.*"
+                      r"pathlib\.Path"):
+        matches = image_index.search(index, image, encoder, k=3)
+    np.testing.assert_allclose([m.score for m in matches],
+                               np.sort(reference @ text)[::-1][:3], atol=2e-6)
+    matches = image_index.search(index, pathlib.Path(image), encoder, k=1)
+    assert matches[0].path == image and matches[0].score == pytest.approx(1.0, abs=2e-6)
+
+    other = Encoder(*clip_jax.create_model("test-vit", rng=4))  # same width, other weights
+    for query in ("a red car", pathlib.Path(image)):
+        with pytest.raises(ConfigError, match=r"The index was built with another model "
+                           r"\(fingerprint [0-9a-f]{16}\) than the encoder's"):
+            image_index.search(index, query, other)
+
+
 def test_load_refuses_what_is_not_an_index(tmp_path):
     (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04 not really a zip")
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
@@ -260,8 +311,9 @@ def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys)
     assert [r["path"] for r in rows] == [good[i] for i in np.argsort(-(reference @ text),
                                                                       kind="stable")]
 
-    # The model at the recorded path changed since (a run that trained on): said, with or
-    # without --model, as the search compares another model's text with these images.
+    # The model at the recorded path changed since (a run that trained on): refused, with or
+    # without --model, as the search would compare another model's text with these images
+    # (it used to warn and print meaningless scores); the same model elsewhere is searched.
     other = tmp_path / "other"
     shutil.copytree(path, other)
     out_other = str(tmp_path / "other.npz")
@@ -270,9 +322,17 @@ def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys)
     shutil.rmtree(other)
     hf_export.export_hf(module.config, clip_jax.create_model("test-vit", rng=4)[1], str(other))
     for extra in ([], ["--model", str(other)]):
-        assert cli.main(["search", out_other, "a photo of a dog", *extra]) == 0
-        assert (f"warning: {other} holds another model now than when {out_other} was built"
-                in capsys.readouterr().err), extra
+        assert cli.main(["search", out_other, "a photo of a dog", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"error: {other} holds another model now than when {out_other} was built"), extra
+    assert cli.main(["search", out, "a photo of a dog", "--model", str(other)]) == 2
+    assert f"error: --model {other} is not the model {out} was built with ({path})" in (
+        capsys.readouterr().err)
+    assert cli.main(["search", out_other, "a photo of a dog", "--model", path,
+                     "--output", "json"]) == 0  # the indexed model, moved: its own ranking
+    assert [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()] == [
+        good[i] for i in np.argsort(-(reference @ text), kind="stable")]
 
     labels = ["cat", "dog", "red car"]
     assert cli.main(["zero-shot", "--model", path, "--labels", ",".join(labels), "--recursive",

@@ -162,6 +162,33 @@ def test_wrong_input_shapes_get_clear_errors(tiny):
         module.apply(variables, images, np.zeros((3, 99), np.int32))
 
 
+def test_token_ids_outside_the_vocabulary_are_refused_on_the_host(tiny):
+    """An id past the embedding table gave NaN embeddings and a negative one silently read
+    another token (what another vocabulary's ids do); text gave "'list' has no attribute
+    'ndim'". Eager calls and `Encoder.embed_tokens` now say what is wrong; under jit nothing
+    is checked, so compiled steps are unchanged."""
+    from clip_jax.inference.encoder import Encoder
+
+    module, variables, (images, tokens) = tiny
+    vocab = module.config.text.vocab_size
+    encoder = Encoder(module, variables)
+    for bad, row in ((vocab, 1), (60000, 2), (-5, 0)):
+        ids = np.array(tokens)
+        ids[row, 1] = bad
+        message = rf"Token id {bad} in row {row} is outside the model's vocabulary \[0, {vocab}\)"
+        with pytest.raises(ValueError, match=message):
+            module.apply(variables, ids, method=module.encode_text)
+        with pytest.raises(ValueError, match=message):
+            module.apply(variables, images, jnp.asarray(ids))
+        with pytest.raises(ValueError, match=message):
+            encoder.embed_tokens(ids)
+        jax.jit(lambda v, t: module.apply(v, t, method=module.encode_text))(variables, ids)
+    with pytest.raises(TypeError, match="not text: tokenize first"):
+        module.apply(variables, ["a photo of a cat"], method=module.encode_text)
+    with pytest.raises(TypeError, match="must be integers, got float32"):
+        module.apply(variables, np.zeros((1, 4), np.float32), method=module.encode_text)
+
+
 @pytest.mark.parametrize("offset,spread", [
     (0.0, 1.0),
     (30.0, 1.0),  # a residual stream whose mean dwarfs its std

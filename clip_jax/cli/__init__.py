@@ -64,6 +64,18 @@ def load_model(source: str, args: argparse.Namespace,
     return load(source, **{**(recorded or {}), **load_options(args)})
 
 
+def load_model_and_tokenizer(source: str, args: argparse.Namespace,
+                             recorded: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """`load_model` and the model's own tokenizer, for `Encoder` / evaluation `tokenizer=`
+    (None for OpenAI's vocabulary): its tokenizer files are read first, so that their
+    mistakes are said before the weights load (`factory.own_vocabulary`)."""
+    from clip_jax.pretrained import factory
+
+    vocabulary = factory.own_vocabulary(source)
+    module, variables = load_model(source, args, recorded)
+    return module, variables, factory.tokenizer_for(vocabulary, module.config)
+
+
 def zero_shot_command(args: argparse.Namespace) -> int:
     import csv
 
@@ -74,8 +86,8 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels, "--labels")
     prompts = templates.get_templates(args.templates)
     paths, ignored = image_folder.find_images(args.images, args.recursive)
-    module, variables = load_model(args.model, args)
-    classifier = zero_shot.ZeroShotClassifier(module, variables,
+    module, variables, tokenizer = load_model_and_tokenizer(args.model, args)
+    classifier = zero_shot.ZeroShotClassifier(module, variables, tokenizer=tokenizer,
                                               exif_transpose=args.exif_transpose, alpha=args.alpha)
     label_embeddings = classifier.embed_labels(labels, prompts)
     top = min(args.top, len(labels))
@@ -152,17 +164,19 @@ def search_command(args: argparse.Namespace) -> int:
     if not model:
         raise ConfigError(f"{args.index!r} does not record its model; pass --model.")
     recorded = index.meta.get("model_options", {}) if args.model is None else {}
-    encoder = Encoder(*load_model(model, args, recorded))
-    if image_index.model_fingerprint(encoder) != index.meta.get("fingerprint"):
+    module, variables, tokenizer = load_model_and_tokenizer(model, args, recorded)
+    encoder = Encoder(module, variables, tokenizer=tokenizer)
+    recorded_fingerprint = index.meta.get("fingerprint")
+    if recorded_fingerprint and image_index.model_fingerprint(encoder) != recorded_fingerprint:
         where = os.path.abspath(model) if os.path.exists(model) else model
         if where == index.meta.get("model"):  # a run that trained on, or a path reused
-            print(f"warning: {model} holds another model now than when {args.index} was "
-                  "built; scores compare different embeddings: re-index with clip-jax index "
-                  f"IMAGES --model {model}.", file=sys.stderr)
-        else:
-            print(f"warning: --model {model} is not the model {args.index} was built with "
-                  f"({index.meta.get('model')}); scores compare different embeddings.",
-                  file=sys.stderr)
+            raise ConfigError(f"{model} holds another model now than when {args.index} was "
+                              "built, so scores would compare different embeddings; re-index "
+                              f"with clip-jax index IMAGES --model {model} --output "
+                              f"{args.index}.")
+        raise ConfigError(f"--model {model} is not the model {args.index} was built with "
+                          f"({index.meta.get('model')}), so scores would compare different "
+                          "embeddings; omit --model, or index the images with this one.")
     query = args.query if args.image is None else pathlib.Path(args.image)
     matches = image_index.search(index, query, encoder, args.top)
     if args.output == "csv":
@@ -242,9 +256,10 @@ def eval_command(args: argparse.Namespace) -> int:
     try:
         with logs.warnings_rewritten(in_flag_terms):
             evaluate.declare(config)  # the flags' and config's mistakes, before the model loads
-            module, variables = load_model(args.path, args)
+            module, variables, tokenizer = load_model_and_tokenizer(args.path, args)
             module = CLIP(module.config.replace(dtype=config.model.dtype))
-            metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+            metrics, evaluation = evaluate.evaluate_model(config, module, variables,
+                                                          tokenizer=tokenizer)
     except ConfigError as error:  # in the flags' terms where a flag made the task
         kind = MissingFileError if isinstance(error, MissingFileError) else ConfigError
         raise kind(in_flag_terms(str(error))) from None
@@ -355,8 +370,9 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
     z.add_argument("--labels", required=True,
                    help="comma-separated labels, or a file with one label per line")
     z.add_argument("--templates", default="simple",
-                   help="prompt template set (simple, default, synthetic_shapes) or a file "
-                        "with one template per line (default: 'a photo of a {}.')")
+                   help="prompt template set (simple, default, synthetic_shapes), a file "
+                        "with one template per line, or one template, e.g. 'a sketch of a {}' "
+                        "(default: 'a photo of a {}.')")
     z.add_argument("--top", type=positive_int, default=3,
                    help="labels shown per image (default 3)")
     z.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
@@ -392,7 +408,8 @@ def _search_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("query", nargs="?", help="text query, e.g. \"a red car\"")
     q.add_argument("--image", help="query image file instead of a text")
     q.add_argument("--top", type=positive_int, default=10, help="matches shown (default 10)")
-    q.add_argument("--model", help="model to embed the query (default: the index's own)")
+    q.add_argument("--model", help="model to embed the query (default: the index's own; it "
+                   "must be that model, e.g. moved to another path)")
     q.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv")
     _weights_arguments(q)

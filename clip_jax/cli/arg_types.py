@@ -55,8 +55,9 @@ def alpha_mode(text: str) -> str:
         background_colour(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: use {ALPHA_DROP!r} (as OpenAI / open_clip) or a colour "
-            "name or hex code such as 'white' or '#808080'") from None
+            f"invalid value {text!r}: use {ALPHA_DROP!r} (keep the colours stored under "
+            "transparent pixels, as transformers' load_image) or a colour name or hex code "
+            "such as 'white' or '#808080'") from None
     return text
 
 

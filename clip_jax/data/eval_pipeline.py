@@ -27,6 +27,7 @@ from clip_jax.data.options import DataConfig, check_shift, resolve_config
 from clip_jax.data.schema import Schema, feature, lookup, make_schema, tokenize_in_graph
 from clip_jax.data.sources import READ_CHUNK, READ_PARALLELISM, data_source, prepare, reader
 from clip_jax.data.tf_data import dataset_options, graph, resolve_processes
+from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig
 
@@ -151,16 +152,27 @@ def batch_eval_examples(examples: tf.data.Dataset, piece: ProcessSlice, prefetch
 def make_eval_iterable(
         data_config: DataConfig, model_config: CLIPConfig, *, batch_size: int,
         split: str | None = None, process_index: int | None = None,
-        process_count: int | None = None) -> EvalIterable:
+        process_count: int | None = None,
+        tokenize: TextTokenizer | None = None) -> EvalIterable:
     """Eval batches of `split` (default data.eval_split), `batch_size` examples per process.
 
     Images, all captions (`captions_tokens`, `captions_mask`, `tokens`) and, when
     data.label_key is set, `label`. The eval transform, after the model's on-device
     normalisation, is bit-exact with `clip_jax.data.preprocess` and transformers'
-    CLIPImageProcessor.
+    CLIPImageProcessor. `tokenize`: a model's own tokenizer (texts -> int32 [N, L],
+    `clip_jax.get_tokenizer`), which then tokenizes every caption in the pipeline, as stored
+    tokens are OpenAI's (`clip_jax_data.records`): ConfigError with data.tokenize='stored'.
+    None: OpenAI's, and stored tokens as data.tokenize says.
     """
-    return _make(resolve_config(data_config), model_config, batch_size, split, process_index,
-                 process_count, with_captions=True, shift="")
+    config = resolve_config(data_config)
+    if tokenize is not None:
+        if config.tokenize == "stored":
+            raise ConfigError("data.tokenize='stored', but the model has its own vocabulary and "
+                              "stored tokens are OpenAI's; use data.tokenize='auto' or "
+                              "'pipeline'.")
+        config.tokenize = "pipeline"
+    return _make(config, model_config, batch_size, split, process_index, process_count,
+                 with_captions=True, shift="", tokenize=tokenize)
 
 
 def make_classification_iterable(
@@ -182,8 +194,10 @@ def make_classification_iterable(
 
 def _make(config: ml_collections.ConfigDict, model_config: CLIPConfig, batch_size: int,
           split: str | None, process_index: int | None, process_count: int | None, *,
-          with_captions: bool, shift: str) -> EvalIterable:
-    """The one eval input path: a TFDS split read by index, in order, padded."""
+          with_captions: bool, shift: str,
+          tokenize: TextTokenizer | None = None) -> EvalIterable:
+    """The one eval input path: a TFDS split read by index, in order, padded; captions
+    tokenized with `tokenize` (None: OpenAI's) when not stored."""
     resolve_processes(process_index, process_count)  # both checked before the dataset is built
     check_batch_size(batch_size)
     split = split or config.eval_split
@@ -223,7 +237,7 @@ def _make(config: ml_collections.ConfigDict, model_config: CLIPConfig, batch_siz
         batch = dict(batch)
         if "captions" in batch:
             batch["captions_tokens"] = tokenize_in_graph(batch.pop("captions"),
-                                                         schema.context_length)
+                                                         schema.context_length, tokenize)
             batch["captions_tokens"] *= tf.cast(batch["captions_mask"][..., None], tf.int32)
         batch["tokens"] = batch["captions_tokens"][:, 0]
         return batch

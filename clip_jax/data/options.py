@@ -157,7 +157,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
          "data.build.caption_fallback_encoding", "'' (skip non-UTF-8 captions) or a Python "
          "codec name such as 'latin-1' or 'cp1252'"),
         (_is_alpha(c.build.alpha), "data.build.alpha",
-         "'drop' (as OpenAI / open_clip) or a background colour such as 'white' or '#808080'"),
+         "'drop' (keep the stored colours, as transformers' load_image) or a background colour "
+         "such as 'white' or '#808080'"),
     ]
     if c.dataset == "image_text_table":
         checks += [

@@ -13,12 +13,21 @@ integer accumulation, a horizontal pass rounded to uint8, then a vertical pass. 
 reproduces that kernel exactly in integer arithmetic, so the outputs match to float32
 rounding. `clip_jax.data.tf_preprocess` runs the same arithmetic inside tf.data.
 
-OpenAI's original pipeline and open_clip's (torchvision on PIL images) differ in two ways.
-Pillow's resampler is off by one uint8 level (0.0152 after normalisation) on about 0.4 % of
-the values. And torchvision's `CenterCrop` rounds the crop offset half to even where
-transformers (and we) round down: when the long side exceeds the crop by m pixels with
+Images are converted to RGB first (`image.convert("RGB")` for PIL modes, dropping alpha by
+default), then resized: with the default options the output equals `CLIPImageProcessor`'s on
+`image.convert("RGB")` for every 8-bit PIL mode (16-bit images are rescaled where Pillow
+clips: `to_rgb_uint8`). OpenAI's original pipeline and open_clip's (torchvision on PIL images)
+differ in three ways. Pillow's resampler is off by one uint8 level (0.0152 after normalisation)
+on about 0.4 % of the values. torchvision's `CenterCrop` rounds the crop offset half to even
+where transformers (and we) round down: when the long side exceeds the crop by m pixels with
 m % 4 == 3 (about a quarter of the sizes of arbitrary photos), their crop starts one pixel
-further along it, so their whole image is shifted by one pixel against ours.
+further along it, so their whole image is shifted by one pixel against ours. And they resize
+in the image's own mode and convert to RGB afterwards, which agrees with converting first (to
+the level above) for RGB, L and CMYK images only: Pillow resizes RGBA and LA with 8-bit
+premultiplied alpha, so fully transparent areas come out black whatever colour they store and
+partly transparent ones lose precision the lower their alpha (measured: up to 4 levels at
+alpha 128, 44 at alpha 8); P (palette) and 1 (bilevel) images with nearest neighbour; YCbCr
+and HSV per channel in that colour space.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Union
 
 import numpy as np
@@ -36,6 +45,9 @@ from clip_jax.errors import MissingFileError
 from clip_jax.models.config import CLIPConfig, normalization_constants
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
+
+# The last axis of one [H, W, C] image array: grey, grey + alpha, RGB, RGBA.
+_CHANNELS = (1, 2, 3, 4)
 
 # torch's antialiased bicubic: Keys cubic with a = -0.5 (as Pillow), support 2 input pixels at
 # scale 1, widened by the downscaling factor.
@@ -133,10 +145,12 @@ _EXIF_ORIENTATION = 0x0112  # EXIF tag; 1 = upright, 2-8 = mirrored and/or rotat
 def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None:
     """The RGB colour transparent pixels are composited onto, or None to drop alpha.
 
-    `alpha` is `"drop"` (discard the alpha channel, keep the stored colours: OpenAI's and
-    open_clip's `image.convert("RGB")`, and transformers' pipelines, whose `load_image` does
-    the same), a Pillow colour name or `#rrggbb` (`"white"` is what `CLIPImageProcessor` does
-    when handed an RGBA image), or an (r, g, b) tuple of 0..255. Raises ValueError otherwise.
+    `alpha` is `"drop"` (discard the alpha channel and keep the colours stored under it:
+    `image.convert("RGB")`, as transformers' `load_image` and so its pipelines do; OpenAI and
+    open_clip convert after resizing, which turns fully transparent areas black: see the
+    module docstring), a Pillow colour name or `#rrggbb` (`"white"` is what
+    `CLIPImageProcessor` does when handed an RGBA image), or an (r, g, b) tuple of 0..255.
+    Raises ValueError otherwise.
     """
     if isinstance(alpha, str):
         if alpha == ALPHA_DROP:
@@ -148,7 +162,7 @@ def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None
     elif len(alpha) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in alpha):
         return tuple(alpha)  # type: ignore[return-value]
     raise ValueError(f"alpha={alpha!r} is neither 'drop' nor a background colour; use 'drop' "
-                     "(as OpenAI / open_clip), a colour such as 'white' or '#808080', or an "
+                     "(keep the stored colours), a colour such as 'white' or '#808080', or an "
                      "(r, g, b) tuple.")
 
 
@@ -169,14 +183,29 @@ class UnreadableImageError(OSError):
         self.reason = reason
 
 
+def _uint8_hint(dtype: np.dtype) -> str:
+    """How to turn pixels of `dtype` into uint8 0..255: floats are often in [0, 1], where a
+    plain clip-and-cast would give a nearly black image."""
+    if np.issubdtype(dtype, np.floating):
+        return ("(x * 255).round().clip(0, 255).astype(np.uint8) for floats in [0, 1], "
+                "np.clip(x, 0, 255).round().astype(np.uint8) for floats in 0..255")
+    if dtype == np.bool_:
+        return "x.astype(np.uint8) * 255"
+    if dtype == np.uint16:
+        return "(x / 257).round().astype(np.uint8) for 16-bit data (0..65535)"
+    return "np.clip(x, 0, 255).astype(np.uint8)"
+
+
 def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
                  alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
-    """A PIL image, array or image file path as uint8 [H, W, 3] RGB.
+    """A PIL image, array (numpy, jax or any array-like) or image file path as uint8
+    [H, W, 3] RGB.
 
     `exif_transpose` turns photos upright by their EXIF orientation (files and PIL images;
-    arrays carry none). `alpha` says what happens to transparency (`background_colour`): by
-    default it is dropped, as the references preprocess. Grayscale is replicated; 16-bit
-    images are rescaled to 8 bits.
+    arrays carry none). `alpha` says what happens to transparency (`background_colour`), for
+    RGBA and LA images and [H, W, 4] and [H, W, 2] (grey + alpha) arrays alike: by default it
+    is dropped (`image.convert("RGB")`). Grayscale is replicated; 16-bit images are rescaled
+    to 8 bits. Arrays: TypeError unless uint8, ValueError unless [H, W] or [H, W, 1|2|3|4].
     """
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
@@ -197,16 +226,17 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"Image arrays must be uint8 (0..255), got {array.dtype}; convert with "
-                        "np.clip(x, 0, 255).astype(np.uint8) or pass a PIL image.")
+                        f"{_uint8_hint(array.dtype)}, or pass a PIL image.")
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"Image arrays must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
-                         f"got shape {array.shape}.")
+    if array.ndim != 3 or array.shape[2] not in _CHANNELS:
+        raise ValueError(f"Image arrays must be [H, W] or [H, W, C] with C in 1..4 (grey, "
+                         f"grey + alpha, RGB, RGBA), got shape {array.shape}.")
     if array.shape[2] == 1:
         return np.repeat(array, 3, axis=2)
-    if array.shape[2] == 4:
-        return np.asarray(pil_to_rgb(Image.fromarray(array, "RGBA"), alpha), np.uint8)
+    if array.shape[2] in (2, 4):  # through PIL, so that `alpha` applies as to PIL images
+        mode = "LA" if array.shape[2] == 2 else "RGBA"
+        return np.asarray(pil_to_rgb(Image.fromarray(array, mode), alpha), np.uint8)
     return array
 
 
@@ -240,33 +270,102 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
         return image.convert("RGB")
 
 
-def preprocess(images: ImageLike | Sequence[ImageLike], config: CLIPConfig, *,
+def _is_array(x: object) -> bool:
+    """numpy arrays, jax.Arrays and other array-likes (`__array__` and `shape`)."""
+    return isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "shape"))
+
+
+def _channels_first(shape: tuple[int, ...], fix: str) -> str:
+    return (f"Image arrays are channels-last ([H, W, C]); shape {shape} looks channels-first "
+            f"(PyTorch's layout): transpose it with {fix}.")
+
+
+def _one_image(image: object, where: str) -> ImageLike:
+    """`image` if it is one image (array-likes as numpy arrays), else the error saying why."""
+    if isinstance(image, (Image.Image, str, os.PathLike)):
+        return image
+    if not _is_array(image):
+        raise TypeError(f"{where} is a {type(image).__name__}, not an image: each image is a PIL "
+                        "image, a file path or an array ([H, W] or [H, W, C]); pass pixel values "
+                        "as np.asarray(x, np.uint8).")
+    array = np.asarray(image)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in _CHANNELS):
+        return array
+    if array.ndim == 3 and array.shape[0] in _CHANNELS:
+        raise ValueError(f"{where}: " + _channels_first(array.shape, "np.transpose(x, (1, 2, 0))"))
+    raise ValueError(f"{where} has shape {array.shape}, not one image ([H, W] or [H, W, C] with "
+                     "C in 1..4).")
+
+
+def image_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
+    """The images in `images`, one per list item (array-likes as numpy arrays): the one rule
+    for "one image or a batch" that `preprocess` and `Encoder.embed_images` share.
+
+    One image: a PIL image, a path, an [H, W] array or an [H, W, C] array with C in 1..4
+    (grey, grey + alpha, RGB, RGBA). A batch: an [N, H, W, C] array, an [N, H, W] array of
+    greyscale images, a list or tuple, or an iterator (a generator); every item must be one
+    image. A 3-D array with a last axis over 4 and a first axis of 2, 3 or 4 is refused
+    rather than read as 2 to 4 greyscale images: it looks channels-first (PyTorch's
+    [C, H, W]), an easy mistake that would silently embed each colour channel as an image;
+    so is an [N, C, H, W] batch. Both raise ValueError saying how to transpose them; arrays
+    of other shapes and items that are not one image raise ValueError too, other types
+    (None, a dict, bytes) TypeError.
+    """
+    if isinstance(images, (Image.Image, str, os.PathLike)):
+        return [images]
+    if _is_array(images):
+        array = np.asarray(images)
+        if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in _CHANNELS):
+            return [array]
+        if array.ndim == 3 and array.shape[0] in (2, 3, 4):
+            raise ValueError(_channels_first(array.shape, "np.transpose(x, (1, 2, 0))") + (
+                " For a batch of 2 to 4 greyscale images pass an [N, H, W, 1] array "
+                "(x[..., None]) or a list."))
+        if array.ndim == 3:  # [N, H, W]: greyscale images
+            return list(array)
+        if array.ndim == 4 and array.shape[3] in _CHANNELS:
+            return list(array)
+        if array.ndim == 4 and array.shape[1] in _CHANNELS:
+            raise ValueError(_channels_first(array.shape, "np.transpose(x, (0, 2, 3, 1))"))
+        raise ValueError(f"Image arrays must be [H, W] or [H, W, C] (one image) or [N, H, W] or "
+                         f"[N, H, W, C] (a batch), C in 1..4, got shape {array.shape}.")
+    if isinstance(images, Iterator) or (
+            isinstance(images, Sequence) and not isinstance(images, (bytes, bytearray))):
+        return [_one_image(image, f"images[{n}]") for n, image in enumerate(images)]
+    raise TypeError("images must be a PIL image, an image file path, a uint8 array ([H, W] or "
+                    "[H, W, C] for one image, [N, H, W] or [N, H, W, C] for a batch; C in 1..4) "
+                    f"or a list or iterator of images, got {type(images).__name__}.")
+
+
+def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig, *,
                exif_transpose: bool = True,
                alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
     """Images -> float32 [N, S, S, 3] model input (S = `config.image_size`; the shortest side
     is first resized to `config.resize_shortest_side`).
 
-    Accepts one image or a sequence: PIL images, uint8 arrays ([H, W], [H, W, 1|3|4]) or file
-    paths. Matches `transformers.CLIPImageProcessor` configured with the same size, mean and
-    std to float32 rounding (see the module docstring). Photos are first turned upright by
+    Accepts one image or a batch (`image_list` says which): PIL images, uint8 arrays (numpy,
+    jax or other array-likes) or file paths. Matches `transformers.CLIPImageProcessor`
+    configured with the same size, mean and std to float32 rounding, for every 8-bit PIL
+    mode on `image.convert("RGB")` (see the module docstring). Photos are first turned upright by
     their EXIF orientation (`exif_transpose=False` to keep the stored pixel order) and
-    transparency is dropped as OpenAI and open_clip do (`alpha`: see `background_colour`;
-    `alpha="white"` is what `CLIPImageProcessor` does with an RGBA image).
-    Raises ValueError for a bad `alpha` before reading any image; then, per image,
-    MissingFileError for a path with no file, PIL's UnidentifiedImageError for a file that is
-    not an image, OSError naming the file for one that is empty or cannot be decoded
-    (truncated), TypeError for an array that is not uint8 and ValueError for one of another
-    shape.
+    transparency is dropped, keeping the colours stored under it (`alpha`: see
+    `background_colour`; `alpha="white"` is what `CLIPImageProcessor` does with an RGBA
+    image; OpenAI and open_clip differ here, as the module docstring says).
+    Raises ValueError for a bad `alpha` and `image_list`'s errors before reading any image;
+    then, per image, MissingFileError for a path with no file, PIL's UnidentifiedImageError
+    for a file that is not an image, OSError naming the file for one that is empty or cannot
+    be decoded (truncated), TypeError for an array that is not uint8 and ValueError for an
+    image with no pixels (zero height or width).
     """
     background_colour(alpha)
-    if isinstance(images, (Image.Image, str, os.PathLike)) or (
-            isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8
-            and (images.ndim == 2 or images.shape[-1] in (1, 3, 4))):
-        images = [images]
+    images = image_list(images)
     mean, std = normalization_constants(config)
     out = np.empty((len(images), config.image_size, config.image_size, 3), np.float32)
     for n, image in enumerate(images):
         rgb = to_rgb_uint8(image, exif_transpose=exif_transpose, alpha=alpha)
+        if 0 in rgb.shape[:2]:
+            raise ValueError(f"images[{n}] has zero height or width (shape {rgb.shape} as RGB): "
+                             "there is nothing to resize; leave it out.")
         crop = resize_and_center_crop(rgb, config.image_size, config.resize_shortest_side)
         out[n] = (crop.astype(np.float32) - mean) / std
     return out

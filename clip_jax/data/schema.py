@@ -180,18 +180,22 @@ def fit_tokens(tokens: tf.Tensor, context_length: int, eot: int) -> tf.Tensor:
     return tf.concat([kept[..., :-1], last[..., None]], axis=-1)
 
 
-def _tokenize_strings(strings: np.ndarray, context_length: int) -> np.ndarray:
+def _tokenize_strings(strings: np.ndarray, context_length: int,
+                      tokenize: tokenizer.TextTokenizer | None) -> np.ndarray:
     texts = [s.decode("utf-8", errors="replace") for s in strings.reshape(-1)]
     with _TOKENIZE_LOCK:
-        tokens = tokenizer.tokenize(texts, context_length)
+        tokens = (tokenizer.tokenize(texts, context_length) if tokenize is None
+                  else np.asarray(tokenize(texts), np.int32))
     return tokens.reshape(*strings.shape, context_length)
 
 
-def tokenize_in_graph(strings: tf.Tensor, context_length: int) -> tf.Tensor:
+def tokenize_in_graph(strings: tf.Tensor, context_length: int,
+                      tokenize: tokenizer.TextTokenizer | None = None) -> tf.Tensor:
     """Captions (string [...]) -> int32 [..., context_length] tokens, inside a tf.data graph
-    (the Python tokenizer under a lock, as one `tf.numpy_function`)."""
-    tokens = tf.numpy_function(lambda s: _tokenize_strings(s, context_length), [strings],
-                               tf.int32, stateful=False)
+    (the Python tokenizer under a lock, as one `tf.numpy_function`). `tokenize`: a model's
+    own tokenizer (texts -> [N, context_length], `clip_jax.get_tokenizer`); None: OpenAI's."""
+    tokens = tf.numpy_function(lambda s: _tokenize_strings(s, context_length, tokenize),
+                               [strings], tf.int32, stateful=False)
     return tf.ensure_shape(tokens, strings.shape.concatenate([context_length]))
 
 

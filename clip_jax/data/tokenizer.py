@@ -50,7 +50,7 @@ import html
 import itertools
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -59,6 +59,8 @@ import numpy as np
 import regex
 import tokenizers
 from tokenizers import pre_tokenizers
+
+from clip_jax.errors import ConfigError
 
 SOT_TEXT = "<start_of_text>"
 EOT_TEXT = "<end_of_text>"
@@ -73,6 +75,9 @@ HF_MERGES_HEADER = "#version: 0.2"
 OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # Bound on memoised words (a few hundred bytes each); the cache is dropped and refilled past it.
 MAX_CACHED_WORDS = 1 << 18
+# A model's tokenizer: texts -> int32 ids [N, context_length] (what `clip_jax.get_tokenizer`
+# returns, and what inference and evaluation take as `tokenizer=`).
+TextTokenizer = Callable[[Sequence[str]], np.ndarray]
 # Words per Rust input when BPE-ing unseen words; enough inputs remain for Rust's thread pool.
 _WORDS_PER_BPE_CALL = 256
 
@@ -253,6 +258,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self._id_to_token)
 
+    def same_as(self, other: Tokenizer) -> bool:
+        """Whether both give the same ids for every text: the same merges in the same order
+        (the vocabulary follows from them)."""
+        return self._merges == other._merges
+
     def _encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, BPE-ing the words no earlier call has seen in one Rust batch."""
         word_lists = []
@@ -375,3 +385,16 @@ def tokenize(
     for a single str). Raises TypeError for texts that are not str or an iterable of str, or a
     non-int `context_length`, and ValueError for a `context_length` below 2."""
     return default_tokenizer()(texts, context_length=context_length)
+
+
+def openai_for(vocab_size: int, context_length: int) -> TextTokenizer:
+    """OpenAI's tokenizer at `context_length` (texts -> int32 [N, context_length]) for a model
+    of `vocab_size` token embeddings. ConfigError when those are fewer than OpenAI's vocabulary:
+    the model was trained with its own, and OpenAI's ids would read past its embedding table
+    (NaN embeddings)."""
+    openai = default_tokenizer()
+    if vocab_size < openai.vocab_size:
+        raise ConfigError(f"The model has {vocab_size} token embeddings, fewer than OpenAI's "
+                          f"tokenizer's {openai.vocab_size}: it has its own vocabulary; pass "
+                          "tokenizer=clip_jax.get_tokenizer(<model dir or repo>).")
+    return functools.partial(openai, context_length=context_length)

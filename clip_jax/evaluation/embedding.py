@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from clip_jax.runtime import sharding
 from clip_jax.models.clip import CLIP, init_variables, l2_normalize
+from clip_jax.models.text import check_token_ids
 
 Variables = dict[str, Any]
 # Prompts folded per image slot of one text call (COCO's 5 captions per image).
@@ -50,6 +51,7 @@ class Embedder:
     def __init__(self, module: CLIP, mesh: Mesh, rules: Sequence[tuple[str, Any]],
                  shardings: Variables, local_batch: int, captions: int = TEXT_ROWS_PER_IMAGE):
         self.module, self.mesh, self.captions = module, mesh, captions
+        self.vocab_size = module.config.text.vocab_size
         self.local_batch = _round_local_batch(local_batch, mesh)
         rules = tuple(tuple(r) for r in rules)
 
@@ -80,7 +82,8 @@ class Embedder:
     def embed_split(self, variables: Variables, batches: Iterable[Mapping[str, np.ndarray]],
                     *, captions: bool) -> SplitEmbeddings:
         """Embeddings of every real example of an eval iterable (per-process batches of
-        `local_batch` with `mask`), in split order; `captions` also embeds `captions_tokens`."""
+        `local_batch` with `mask`), in split order; `captions` also embeds `captions_tokens`.
+        ValueError for a caption token outside the model's vocabulary (`check_token_ids`)."""
         images, masks, index, labels, texts, text_masks = [], [], [], [], [], []
         with jax.set_mesh(self.mesh):
             for batch in batches:
@@ -93,7 +96,7 @@ class Embedder:
                 if "label" in batch:
                     labels.append(self._global(batch["label"]))
                 if captions:
-                    tokens = batch["captions_tokens"]
+                    tokens = check_token_ids(batch["captions_tokens"], self.vocab_size)
                     texts.append(self._texts(variables, self._global(tokens)))
                     text_masks.append(self._global(batch["captions_mask"]))
         gathered = _gather([images, masks, index, labels, texts, text_masks])
@@ -110,7 +113,9 @@ class Embedder:
         return out
 
     def embed_texts(self, variables: Variables, tokens: np.ndarray) -> np.ndarray:
-        """Embeddings of the same token rows [N, L] on every process (e.g. prompts)."""
+        """Embeddings of the same token rows [N, L] on every process (e.g. prompts). ValueError
+        for an id outside the model's vocabulary (`check_token_ids`), which would embed as NaN."""
+        tokens = check_token_ids(tokens, self.vocab_size)
         per_call = self.global_batch * self.captions
         n, length = tokens.shape
         padded = np.zeros((math.ceil(n / per_call) * per_call, length), tokens.dtype)

@@ -27,6 +27,8 @@ import numpy as np
 
 from clip_jax.training import checkpoints
 from clip_jax.data import options as data_options
+from clip_jax.data.tokenizer import TextTokenizer, openai_for
+from clip_jax.pretrained import factory
 from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
 from clip_jax.errors import ConfigError
@@ -88,15 +90,21 @@ class Evaluation:
 
     `tasks` holds one `Evaluator` per configured task, in `EVALUATORS` order; after `run`,
     `predictions`, `sizes`, `provenance` and `details` hold what `Records` describes.
+    `tokenizer` (texts -> int32 [N, L]) is the model's own (`clip_jax.get_tokenizer`), for
+    prompts and captions (stored tokens are then not used: they are OpenAI's); None: OpenAI's,
+    refused (ConfigError, before any data is read) for a model with a smaller vocabulary.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, module: CLIP, mesh: Any,
-                 shardings: Variables, evaluators: Sequence[str] | None = None):
+                 shardings: Variables, evaluators: Sequence[str] | None = None,
+                 tokenizer: TextTokenizer | None = None):
         self.evaluators, self.passes, self.tasks = declare(config, evaluators)
         self.module = module
+        self.tokenize = tokenizer or openai_for(module.config.text.vocab_size,
+                                                module.config.context_length)
         self.embedder = Embedder(module, mesh, config.logical_axis_rules, shardings,
                                  config.eval.batch_size)
-        self.passes.open(module.config, self.embedder.local_batch)
+        self.passes.open(module.config, self.embedder.local_batch, tokenizer)
         for task in self.tasks:
             for classifier in task.classifiers():
                 classifier.resolve(task.field)
@@ -118,11 +126,10 @@ class Evaluation:
         """
         self.passes.embed(self.embedder, variables)
         embed_texts = lambda tokens: self.embedder.embed_texts(variables, tokens)  # noqa: E731
-        length = self.module.config.context_length
         classes = {id(c): zero_shot.class_embeddings(embed_texts, c.class_names, c.templates,
-                                                     length)
+                                                     self.tokenize)
                    for task in self.tasks for c in task.classifiers()}
-        ctx = RunContext(variables, embed_texts, length, classes, self.records)
+        ctx = RunContext(variables, embed_texts, self.tokenize, classes, self.records)
         metrics: dict[str, float] = {}
         for task in self.tasks:
             metrics.update(task.run(ctx))
@@ -175,23 +182,27 @@ def shard_variables(variables: Variables, shardings: Variables) -> Variables:
 
 
 def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: Variables,
-                   evaluators: Sequence[str] | None = None) -> tuple[dict[str, float], Evaluation]:
-    """Runs the configured evaluators on host `variables`, sharded over `config.mesh`."""
+                   evaluators: Sequence[str] | None = None,
+                   tokenizer: TextTokenizer | None = None) -> tuple[dict[str, float], Evaluation]:
+    """Runs the configured evaluators on host `variables`, sharded over `config.mesh`;
+    `tokenizer`: the model's own, or None for OpenAI's (`Evaluation`)."""
     mesh = sharding.create_mesh(config.mesh)
     shardings = variable_shardings(module, mesh, config.logical_axis_rules)
-    evaluation = Evaluation(config, module, mesh, shardings, evaluators)
+    evaluation = Evaluation(config, module, mesh, shardings, evaluators, tokenizer)
     return evaluation.run(shard_variables(variables, shardings)), evaluation
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads) or else the newest
-    checkpoint of `workdir`; writes the metrics to `workdir` (at the checkpoint's step, 0 for
-    an import) and prints them."""
+    """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads, with its own
+    vocabulary: `factory.own_vocabulary`) or else the newest checkpoint of `workdir`; writes
+    the metrics to `workdir` (at the checkpoint's step, 0 for an import) and prints them."""
     source = config.init_from or workdir
+    vocabulary = factory.own_vocabulary(source)  # tokenizer files: before the weights
     module, variables = loading.load(source)
     step = checkpoints.read_meta(source)["step"] if checkpoints.is_workdir(source) else 0
     module = CLIP(module.config.replace(dtype=config.model.dtype))
-    metrics, _ = evaluate_model(config, module, variables)
+    metrics, _ = evaluate_model(config, module, variables,
+                                tokenizer=factory.tokenizer_for(vocabulary, module.config))
     writer = MetricWriter(workdir, 0, 0, enabled=jax.process_index() == 0, progress=False)
     try:
         writer.write(step, metrics)

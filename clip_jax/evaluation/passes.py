@@ -17,6 +17,7 @@ import numpy as np
 from clip_jax.data import eval_pipeline
 from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
+from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, SplitEmbeddings, Variables
@@ -178,13 +179,15 @@ class Passes:
         self.passes.append(Pass(data, split, labels, captions, shift, class_spec=spec))
         return self.passes[-1]
 
-    def open(self, model_config: Any, batch: int) -> None:
-        """Builds every pass's input pipeline (`batch` images per process). A labelled folder
-        or table is listed once however many passes read it (its synthetic shifts), so what
-        it skips (hidden, not an image) is warned about once."""
+    def open(self, model_config: Any, batch: int, tokenize: TextTokenizer | None = None) -> None:
+        """Builds every pass's input pipeline (`batch` images per process; captions tokenized
+        with `tokenize`, the model's own tokenizer, or None for OpenAI's:
+        `eval_pipeline.make_eval_iterable`). A labelled folder or table is listed once however
+        many passes read it (its synthetic shifts), so what it skips (hidden, not an image) is
+        warned about once."""
         listed: dict[tuple[str, ...], labelled_data.LabelledImages] = {}
         for p in self.passes:
-            _open(p, model_config, batch, listed)
+            _open(p, model_config, batch, listed, tokenize)
 
     def embed(self, embedder: Embedder, variables: Variables) -> None:
         """Embeds every pass; warns with the count when images were left out as unreadable
@@ -210,7 +213,8 @@ class Passes:
 
 
 def _open(p: Pass, model_config: Any, batch: int,
-          listed: dict[tuple[str, ...], labelled_data.LabelledImages]) -> None:
+          listed: dict[tuple[str, ...], labelled_data.LabelledImages],
+          tokenize: TextTokenizer | None) -> None:
     if labelled_data.is_source(p.data.dataset):
         source = (p.data.dataset, p.split, p.class_spec, p.data.image_key, p.data.label_key)
         if source not in listed:
@@ -230,8 +234,8 @@ def _open(p: Pass, model_config: Any, batch: int,
         if p.shift:
             raise ConfigError("Synthetic shifts apply to classification sources only: list the shift "
                               "under a zero-shot / robustness task, not retrieval.")
-        p.iterable = eval_pipeline.make_eval_iterable(p.data, model_config,
-                                                      batch_size=batch, split=p.split)
+        p.iterable = eval_pipeline.make_eval_iterable(p.data, model_config, batch_size=batch,
+                                                      split=p.split, tokenize=tokenize)
     else:
         p.iterable = eval_pipeline.make_classification_iterable(
             p.data, model_config, batch_size=batch, split=p.split, shift=p.shift)

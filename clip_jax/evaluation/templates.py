@@ -48,17 +48,21 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 
 
 def get_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Templates from a set name (`TEMPLATE_SETS`), a text file (one template per line) or a
-    sequence; ConfigError for an unknown name, an empty set or a template without one '{}'."""
+    """Templates from a set name (`TEMPLATE_SETS`), a text file (one template per line), one
+    template (a string with one '{}' that is neither: `"a photo of a {}."`) or a sequence;
+    ConfigError for an unknown name, an empty set or a template without one '{}'."""
     if isinstance(spec, str):
         if spec in TEMPLATE_SETS:
             templates = TEMPLATE_SETS[spec]
         elif os.path.isfile(spec):
             templates = tuple(text_lists.read_entries(spec))
+        elif spec.count("{}") == 1:
+            templates = (spec,)
         else:
             raise ConfigError(f"Unknown template set {spec!r}: use one of "
-                              f"{sorted(TEMPLATE_SETS)} or the path of a text file with one "
-                              "template (containing '{}') per line.")
+                              f"{sorted(TEMPLATE_SETS)}, the path of a text file with one "
+                              "template (containing '{}') per line, or one template with "
+                              "exactly one '{}'.")
     else:
         templates = tuple(spec)
     if not templates:

@@ -19,17 +19,20 @@ from clip_jax.evaluation import templates as templates_lib
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.preprocess import ImageLike
 from clip_jax.data import text_lists
-from clip_jax.data.tokenizer import tokenize
+from clip_jax.data.tokenizer import TextTokenizer
 
 
 def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
-                     templates: Sequence[str], context_length: int) -> np.ndarray:
+                     templates: str | Sequence[str], tokenize: TextTokenizer) -> np.ndarray:
     """[K, E]: per class, the renormalised mean of its normalised prompt embeddings.
 
-    `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E]. `class_names`:
-    any iterable of K >= 1 names (a list, a NumPy array of str); `templates`: what `templates.get_templates` accepts (a set
-    name, a file, or templates with one '{}' each). Raises ConfigError for a single string of
-    names (it would be K one-character classes), no names, an empty name, or bad templates.
+    `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E]; `tokenize`
+    maps the N prompts to those tokens, with the model's own vocabulary (`Encoder.tokenize`,
+    `clip_jax.get_tokenizer(model)`). `class_names`: any iterable of K >= 1 names (a list, a
+    NumPy array of str); `templates`: what `templates.get_templates` accepts (a set name, a
+    file, one template or templates with one '{}' each). Raises ConfigError for a single
+    string of names (it would be K one-character classes), no names, an empty name, or bad
+    templates, before anything is tokenized.
     """
     if isinstance(class_names, str):
         raise ConfigError(f"Class names must be a list of names, e.g. ['cat', 'dog'], not one "
@@ -40,7 +43,7 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
         raise ConfigError(f"Class names {list(class_names)[:5]!r} must be one or more "
                           "non-empty strings.")
     templates = templates_lib.get_templates(templates)
-    tokens = tokenize(templates_lib.prompts(class_names, templates), context_length)
+    tokens = tokenize(templates_lib.prompts(class_names, templates))
     embeddings = np.asarray(embed_texts(tokens), np.float32)
     mean = embeddings.reshape(len(templates), len(class_names), -1).mean(axis=0)
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
@@ -78,15 +81,18 @@ class ZeroShotClassifier(Encoder):
     """
 
     def embed_labels(self, labels: Sequence[str],
-                     templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
-        return class_embeddings(self.embed_tokens, labels, templates,
-                                self.module.config.context_length)
+                     templates: str | Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
+        """[K, E] float32 class embeddings of `labels` (`class_embeddings`), the prompts
+        tokenized by `Encoder.tokenize` (the Encoder's `tokenizer`)."""
+        return class_embeddings(self.embed_tokens, labels, templates, self.tokenize)
 
     def probabilities(self, images: Sequence[ImageLike], labels: Sequence[str],
-                      templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
-        """[N, K] softmax over the labels of exp(logit_scale) * cosine similarity."""
-        return self.probabilities_of(self.embed_images(images),
-                                     self.embed_labels(labels, templates))
+                      templates: str | Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
+        """[N, K] softmax over the labels of exp(logit_scale) * cosine similarity. The labels
+        are embedded first, so their mistakes (and a missing `tokenizer`) are raised before
+        any image is read."""
+        labels = self.embed_labels(labels, templates)
+        return self.probabilities_of(self.embed_images(images), labels)
 
     def probabilities_of(self, image_embeddings: np.ndarray,
                          label_embeddings: np.ndarray) -> np.ndarray:

@@ -8,18 +8,18 @@ mesh go through `clip_jax.evaluation.embedding.Embedder` instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image
 
 from clip_jax.data.image_folder import SkippedImage, read_image
-from clip_jax.data.preprocess import ImageLike, preprocess
-from clip_jax.data.tokenizer import tokenize
+from clip_jax.data.preprocess import ImageLike, image_list, preprocess
+from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.errors import ConfigError
 from clip_jax.models.clip import CLIP, l2_normalize
+from clip_jax.models.text import check_token_ids
 
 BATCH = 32  # rows per call: any number of inputs reuses one compiled function
 
@@ -29,9 +29,14 @@ class Encoder:
     (e.g. `clip_jax.load(...)`). Inputs are padded to multiples of `batch_size` rows."""
 
     def __init__(self, module: CLIP, variables: dict[str, Any], batch_size: int = BATCH, *,
-                 exif_transpose: bool = True, alpha: str | Sequence[int] = "drop"):
-        """`exif_transpose` and `alpha` are `clip_jax.data.preprocess`'s image options."""
+                 tokenizer: TextTokenizer | None = None, exif_transpose: bool = True,
+                 alpha: str | Sequence[int] = "drop"):
+        """`tokenizer`: the model's own, `clip_jax.get_tokenizer(<model dir or repo>)`, for a
+        model trained with its own vocabulary; None: OpenAI's at the model's context length
+        (`tokenize`). `exif_transpose` and `alpha` are `clip_jax.data.preprocess`'s image
+        options."""
         self.module, self.variables, self.batch_size = module, variables, batch_size
+        self.tokenizer = tokenizer
         self.image_options = {"exif_transpose": exif_transpose, "alpha": alpha}
         self._images = jax.jit(lambda v, x: l2_normalize(
             module.apply(v, x, method=module.encode_image)))
@@ -52,32 +57,46 @@ class Encoder:
         """Preprocessed images float32 [N, S, S, 3] (`clip_jax.data.preprocess`) -> [N, E]."""
         return self._batched(self._images, pixels)
 
-    def embed_images(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
-        """PIL images, uint8 arrays or file paths -> [N, E]; one image (a path, a PIL image, a
-        uint8 [H, W, C] array) gives [1, E]. A file that cannot be decoded raises ConfigError
-        naming it and why (`clip_jax.data.image_folder.read_image`)."""
-        if isinstance(images, (str, os.PathLike, Image.Image)) or (
-                isinstance(images, np.ndarray) and images.ndim <= 3):
-            images = [images]
+    def embed_images(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
+        """PIL images, uint8 arrays (numpy, jax) or file paths -> [N, E], one row per image as
+        `preprocess` counts them (`clip_jax.data.preprocess.image_list`: one image gives
+        [1, E], an [N, H, W(, C)] array N rows) and with its errors. A file that cannot be
+        decoded raises ConfigError naming it and why (`clip_jax.data.image_folder.read_image`)."""
         pixels = []
-        for image in images:
+        for image in image_list(images):
             if isinstance(image, (str, os.PathLike)):
                 image = read_image(os.fspath(image), self.module.config, **self.image_options)
                 if isinstance(image, SkippedImage):
                     raise ConfigError(f"Cannot read the image {image.path!r}: {image.reason}.")
                 pixels.append(image)
             else:
-                pixels.append(preprocess(image, self.module.config, **self.image_options)[0])
+                pixels.append(preprocess([image], self.module.config, **self.image_options)[0])
         size = self.module.config.vision.image_size
         return self.embed_pixels(np.stack(pixels) if pixels
                                  else np.zeros((0, size, size, 3), np.float32))
 
     def embed_tokens(self, tokens: np.ndarray) -> np.ndarray:
-        """int32 tokens [N, L] -> [N, E]."""
-        return self._batched(self._texts, tokens)
+        """int tokens [N, L] -> [N, E]. Raises ValueError naming an id outside the model's
+        vocabulary (`check_token_ids`), which would embed as NaN or as another token."""
+        vocab_size = self.module.config.text.vocab_size
+        return self._batched(self._texts, check_token_ids(tokens, vocab_size))
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """int32 [N, L] ids of `texts` with `tokenizer`, or OpenAI's at the model's context
+        length. Without `tokenizer`, a model whose vocabulary is smaller than OpenAI's was
+        trained with its own, whose ids OpenAI's do not give: ConfigError naming the fix
+        (`openai_for`), before anything is tokenized. ValueError for a tokenizer that does not
+        give one row per text."""
+        config = self.module.config
+        tokenizer = self.tokenizer or openai_for(config.text.vocab_size, config.context_length)
+        tokens = np.asarray(tokenizer(texts))
+        if tokens.ndim != 2 or len(tokens) != len(texts):
+            raise ValueError(f"The tokenizer gave shape {tokens.shape} for {len(texts)} texts; "
+                             "it must return int32 ids [N texts, L] (clip_jax.get_tokenizer).")
+        return tokens
 
     def embed_texts(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Strings (tokenized with clip_jax's tokenizer at the model's context length) -> [N, E];
-        one string is one text ([1, E]), not a sequence of characters."""
+        """Strings (tokenized by `tokenize`) -> [N, E]; one string is one text ([1, E]), not a
+        sequence of characters. Raises what `tokenize` and `embed_tokens` raise."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.embed_tokens(tokenize(texts, self.module.config.context_length))
+        return self.embed_tokens(self.tokenize(texts))

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.inference.encoder import Encoder
-from clip_jax.data.image_folder import SkippedImage, find_images, iter_batches
+from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
 from clip_jax.data.preprocess import ImageLike
 
 FORMAT = "clip_jax.inference.image_index/1"
@@ -103,8 +104,10 @@ class ImageIndex:
 
         `queries` [E] or [Q, E] are L2-normalised embeddings (`Encoder.embed_texts` /
         `embed_images`). Rows are sorted by decreasing score, equal scores by lower index.
-        Raises ConfigError when the queries' width differs from the index's (another model).
+        Raises ConfigError when the queries' width differs from the index's (another model),
+        ValueError for `k` < 1 (`check_k`).
         """
+        check_k(k)
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.shape[1] != self.embeddings.shape[1]:
             raise ConfigError(f"Queries have {queries.shape[1]}-d embeddings, the index "
@@ -162,12 +165,14 @@ class BuildReport:
 
 def model_fingerprint(encoder: Encoder) -> str:
     """A short hash of the architecture and of the first values of every weight: an index is
-    only extended with embeddings of the same model."""
+    only extended, and searched, with embeddings of the same model."""
     digest = hashlib.sha256(json.dumps(encoder.module.config.to_dict(), sort_keys=True,
                                        default=str).encode())
     leaves = jax.tree_util.tree_flatten_with_path(encoder.variables)[0]
     for key, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        head = np.asarray(jnp.ravel(leaf)[:1024], np.float32)
+        # A view of a host array (`clip_jax.load`'s): `search` computes this for every query.
+        flat = leaf.reshape(-1) if isinstance(leaf, np.ndarray) else jnp.ravel(leaf)
+        head = np.asarray(flat[:1024], np.float32)
         digest.update(jax.tree_util.keystr(key).encode() + str(np.shape(leaf)).encode()
                       + head.tobytes())
     return digest.hexdigest()[:16]
@@ -308,17 +313,49 @@ def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np
 
 def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Encoder,
            k: int = 10) -> list[Match]:
-    """Top-k images of `index` for one query: a text (`str`), an image (`pathlib.Path` or other
-    path-like, PIL image, uint8 array) or a float embedding [E]; at most k `Match`es, best
-    first. Raises ConfigError for an image that cannot be read (the file and the reason) or
-    an embedding of another width than the index's."""
+    """Top-k images of `index` for one query: a text (`str`, tokenized by the encoder's
+    `tokenizer`), an image (`pathlib.Path` or other path-like, PIL image, uint8 array) or a
+    float embedding [E] (NumPy or JAX; L2-normalised here, so scores are cosine
+    similarities); at most k `Match`es, best first.
+
+    A `str` is always a text: one naming an existing image file is searched as text with a
+    warning saying how to search by the image. A text or image query is embedded by
+    `encoder`, which must hold the model the index was built with (compared by
+    `model_fingerprint` when the index records one: another model's scores are meaningless).
+    Raises ValueError for `k` < 1 or an all-zero embedding and ConfigError for another model
+    than the index's, before anything is embedded; ConfigError for an image that cannot be
+    read (the file and the reason) or an embedding of another width than the index's.
+    """
+    check_k(k)
+    if isinstance(query, (np.ndarray, jax.Array)) and jnp.issubdtype(query.dtype, jnp.floating):
+        embedding = np.asarray(query, np.float32)
+        norm = np.linalg.norm(embedding, axis=-1, keepdims=True)
+        if not np.all(norm > 0):
+            raise ValueError("The query embedding is all zeros, so it has no direction to "
+                             "search by; pass the embedding of a text or an image.")
+        return index.search(embedding / norm, k)[0]
+    recorded = index.meta.get("fingerprint")
+    if recorded and (ours := model_fingerprint(encoder)) != recorded:
+        raise ConfigError(f"The index was built with another model "
+                          f"({index.meta.get('model') or 'fingerprint ' + recorded}) than the "
+                          f"encoder's (fingerprint {ours}), so scores would compare different "
+                          "embeddings; search with the index's model, or rebuild the index "
+                          "with this one (build_index).")
     if isinstance(query, str):
+        if os.path.isfile(query) and query.lower().endswith(IMAGE_EXTENSIONS):
+            warnings.warn(f"The query {query!r} is searched as text, though it names an image "
+                          f"file; to search by the image, pass pathlib.Path({query!r}) or a "
+                          "PIL image.", stacklevel=2)
         embedding = encoder.embed_texts([query])[0]
-    elif isinstance(query, np.ndarray) and query.dtype != np.uint8:
-        embedding = query
     else:
         embedding = encoder.embed_images([query])[0]
     return index.search(embedding, k)[0]
+
+
+def check_k(k: int) -> None:
+    """ValueError unless `k`, the number of matches asked for, is an int >= 1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k={k!r}: ask for at least one match, an int >= 1.")
 
 
 def _stat(path: str) -> tuple[int, int]:

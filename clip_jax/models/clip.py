@@ -16,7 +16,7 @@ from clip_jax.models.initializers import Constant, sample_variables, with_axes
 from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.models.presets import get_preset
 from clip_jax.models.resnet import ModifiedResNet
-from clip_jax.models.text import TextTransformer
+from clip_jax.models.text import TextTransformer, check_token_ids
 from clip_jax.models.vit import VisionTransformer
 
 Variables = dict[str, Any]
@@ -36,13 +36,34 @@ def normalize_images(images: jax.Array, config: CLIPConfig) -> jax.Array:
     host: within 2 ulp of CLIPImageProcessor (tested). A 256-entry lookup table is bit-exact,
     but the TPU compiler turns that gather into 8 GiB of temporaries for a ViT-B/16 step at
     512 images per chip (`clip-jax plan`: 16.6 vs 8.6 GiB per chip).
-    Float images are taken as already normalised (`clip_jax.data.preprocess`).
+    Float images are taken as already normalised (`clip_jax.data.preprocess`). Any other dtype
+    (int32, uint16, bool) raises TypeError: integer pixels 0..255 would otherwise pass as if
+    normalised, a silently wrong embedding. The check reads the static dtype, so compiled
+    functions are unchanged.
     """
-    if images.dtype != jnp.uint8:
+    if jnp.issubdtype(images.dtype, jnp.floating):
         return images
+    if images.dtype != jnp.uint8:
+        raise TypeError(f"Image pixels must be uint8 (0..255, normalised here) or floats already "
+                        f"normalised (clip_jax.preprocess), got {images.dtype}; cast 0..255 "
+                        "pixels with np.clip(x, 0, 255).astype(np.uint8) or pass "
+                        "clip_jax.preprocess(images, config).")
     mean, std = normalization_constants(config)
     inverse = (1.0 / std.astype(np.float64)).astype(np.float32)
     return (images.astype(jnp.float32) - jnp.asarray(mean)) * jnp.asarray(inverse)
+
+
+def _image_array(images: Any) -> jax.Array:
+    """A list or other array-like of images as one array, or TypeError saying what to pass:
+    `jnp.asarray`'s own errors (inhomogeneous shape, not a numeric type) do not say it."""
+    try:
+        return jnp.asarray(images)
+    except (TypeError, ValueError) as error:
+        reason = str(error).splitlines()[0]
+        raise TypeError(f"encode_image takes an image array [N, S, S, 3] (uint8 0..255 or floats "
+                        f"from clip_jax.preprocess), got a {type(images).__name__} that is not "
+                        f"one ({reason}); pass clip_jax.preprocess(images, config) for PIL "
+                        "images, paths or images of other sizes.") from error
 
 
 class CLIP(nn.Module):
@@ -70,13 +91,26 @@ class CLIP(nn.Module):
     def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Unnormalised image embeddings [N, embed_dim] in the compute `dtype`, from images
         [N, image_size, image_size, 3]: uint8 (0..255, normalised here with the model's mean
-        and std) or float already normalised (`clip_jax.preprocess`)."""
+        and std) or float already normalised (`clip_jax.preprocess`). A list of such images
+        (or another array-like) is stacked with `jnp.asarray`; TypeError when it cannot be
+        (PIL images of other sizes, paths) or for other pixel dtypes (`normalize_images`)."""
+        if not isinstance(images, (jax.Array, np.ndarray)):
+            images = _image_array(images)
         return self.visual(normalize_images(images, self.config), train)
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         """Unnormalised text embeddings [N, embed_dim] in the compute `dtype`, from int32
-        tokens [N, context_length] (`clip_jax.tokenize`; the end-of-text token, the largest
-        id, marks where each text's embedding is read)."""
+        tokens [N, context_length] (`clip_jax.get_tokenizer(model)`; the end-of-text token,
+        the largest id, marks where each text's embedding is read).
+
+        Concrete tokens (an eager call, not a jit trace: the compiled steps are unchanged) are
+        checked on the host first (`check_token_ids`): TypeError for text or non-integer ids,
+        ValueError for an id outside [0, vocab_size), which would give NaN or another token.
+        """
+        concrete = not isinstance(tokens, jax.core.Tracer)
+        if concrete and getattr(tokens, "is_fully_addressable", True):  # else not on one host
+            ids = check_token_ids(tokens, self.config.text.vocab_size)
+            tokens = tokens if isinstance(tokens, jax.Array) else ids
         return self.text(tokens)
 
     def __call__(self, images: jax.Array, tokens: jax.Array,

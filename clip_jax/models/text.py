@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from clip_jax.models.config import CLIPConfig
 from clip_jax.models.initializers import Normal
 from clip_jax.models.layers import RESIDUAL, LayerNorm, Transformer, constrain, param_with_axes
+
+
+def check_token_ids(tokens: Any, vocab_size: int) -> np.ndarray:
+    """`tokens` (int ids [N, L], or [..., L]) as a NumPy integer array, checked on the host.
+
+    The embedding lookup is silent about bad ids: an id >= `vocab_size` reads NaN and a
+    negative one wraps around to another token, which is what ids from another vocabulary
+    (OpenAI's tokenizer on a model trained with its own) give. Raises TypeError for text
+    (tokenize first) or non-integer ids, ValueError naming the first id outside
+    [0, vocab_size), its row and `vocab_size`.
+    """
+    ids = np.asarray(tokens)
+    if ids.dtype.kind in "USO":
+        raise TypeError("Text models take int token ids [N, L], not text: tokenize first, "
+                        "with the model's tokenizer: clip_jax.get_tokenizer(model)(texts).")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"Token ids must be integers, got {ids.dtype}; tokenize with "
+                        "clip_jax.get_tokenizer(model)(texts).")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        row = int(where[0]) if ids.ndim <= 2 else tuple(int(i) for i in where[:-1])
+        raise ValueError(f"Token id {ids[tuple(where)]} in row {row} is outside the model's "
+                         f"vocabulary [0, {vocab_size}): tokenize with the model's own tokenizer, "
+                         "clip_jax.get_tokenizer(<model dir or repo>).")
+    return ids
 
 
 class TextTransformer(nn.Module):

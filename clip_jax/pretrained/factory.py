@@ -23,7 +23,7 @@ from clip_jax.convert.hf_export import export_hf
 from clip_jax.convert.hf_tokenizer import load_tokenizer
 from clip_jax.convert.open_clip_export import export_open_clip
 from clip_jax.data.preprocess import preprocess
-from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
+from clip_jax.data.tokenizer import TextTokenizer, Tokenizer, default_tokenizer, openai_for
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, with_numerics
 from clip_jax.models.config import CLIPConfig
@@ -116,7 +116,44 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
         config = model_or_config
     else:
         config, tokenizer = _config_and_tokenizer(os.fspath(model_or_config), revision, token)
-    tokenizer = tokenizer or default_tokenizer()
+    return _bind(tokenizer or default_tokenizer(), config)
+
+
+def own_vocabulary(spec: str | os.PathLike, *, revision: str | None = None,
+                   token: str | bool | None = None) -> Tokenizer | None:
+    """The tokenizer a model source carries itself: a transformers directory's (or that of
+    the one a weights file sits in) or a transformers Hub repo's. None where that is OpenAI's
+    vocabulary, and for the sources that carry none (released names, workdirs, open_clip
+    folders, bare weights files), which use OpenAI's. Reads only tokenizer files, never the
+    weights: the `clip-jax` commands call it before loading the model, then `tokenizer_for`.
+    Raises what `hf_tokenizer.load_tokenizer` raises (MissingFileError for a transformers
+    directory without tokenizer files whose vocabulary is not OpenAI's size)."""
+    spec, tokenizer = os.fspath(spec), None
+    if hub.split_name(spec) is None:  # released weights use OpenAI's vocabulary
+        if os.path.exists(spec):
+            directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
+            if hf_import.is_hf_directory(directory):
+                tokenizer = load_tokenizer(directory)
+        elif hub.is_repo_id(spec):
+            kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
+            tokenizer = load_tokenizer(directory) if kind == "transformers" else None
+    return None if tokenizer is None or tokenizer.same_as(default_tokenizer()) else tokenizer
+
+
+def tokenizer_for(vocabulary: Tokenizer | None, config: CLIPConfig) -> TextTokenizer | None:
+    """`own_vocabulary(...)` at the loaded model's context length: the `tokenizer=` of
+    `Encoder` and evaluation, None for OpenAI's vocabulary (their default). ConfigError when
+    the vocabulary is larger than the model's token embedding table, or for None, when the
+    table is smaller than OpenAI's vocabulary (`openai_for`)."""
+    if vocabulary is None:
+        openai_for(config.text.vocab_size, config.context_length)
+        return None
+    return _bind(vocabulary, config)
+
+
+def _bind(tokenizer: Tokenizer, config: CLIPConfig) -> TextTokenizer:
+    """`tokenizer` at the model's context length; ConfigError when its vocabulary is larger
+    than the model's token embedding table."""
     if tokenizer.vocab_size > config.text.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model "
                           f"{config.text.vocab_size} embeddings; pass the model's own tokenizer "

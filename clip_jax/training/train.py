@@ -38,6 +38,8 @@ from clip_jax.evaluation import evaluate
 from clip_jax.runtime import hardware
 from clip_jax.data import options as data_options
 from clip_jax.data import train_pipeline
+from clip_jax.data.tokenizer import default_tokenizer
+from clip_jax.pretrained import factory
 from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
 from clip_jax.training import losses
@@ -459,6 +461,11 @@ def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], N
     if not config.init_from:
         return train_step.model_config(config), None
     log(f"Loading the init_from weights {config.init_from} ...")
+    if factory.own_vocabulary(config.init_from) is not None:
+        raise ConfigError(f"config.init_from {config.init_from!r} has its own tokenizer "
+                          "vocabulary, but training tokenizes captions with OpenAI's BPE: its "
+                          "text tower would read other tokens. Start from a model with "
+                          "OpenAI's vocabulary, or evaluate this one (clip-jax eval).")
     # A bare weights file records no head counts or activation: model.name gives them, as
     # open_clip's --model does for --pretrained; every other source records its own.
     pinned = bool(config.model.name) and loading.infers_architecture(config.init_from)
@@ -473,6 +480,11 @@ def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], N
                           "--config.model.name to its architecture (a preset, or open_clip's "
                           "model config .json), or to '' to infer it from the file.") from None
     _check_init_from_model(config, module.config)
+    if module.config.text.vocab_size < default_tokenizer().vocab_size:
+        raise ConfigError(f"config.init_from {config.init_from!r} has "
+                          f"{module.config.text.vocab_size} token embeddings, fewer than "
+                          "OpenAI's BPE vocabulary training tokenizes captions with: it was "
+                          "trained with its own. Start from a model with OpenAI's vocabulary.")
     model = train_step.model_config(config, module.config)
     if model.activation != module.config.activation:
         log(f"warning: config.model.activation={model.activation!r} replaces the "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import ml_collections
 import numpy as np
 
+from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import templates as templates_lib
 from clip_jax.evaluation import zero_shot
@@ -180,12 +181,13 @@ class Records:
 
 @dataclasses.dataclass
 class RunContext:
-    """One run's shared inputs: the variables, the text embedder, and every classifier's
+    """One run's shared inputs: the variables, the text embedder (int32 tokens [N, L] ->
+    [N, E]) and tokenizer (texts -> tokens, the model's vocabulary), and every classifier's
     class embeddings [K, E] (keyed by `id(classifier)`)."""
 
     variables: Any
     embed_texts: Callable[[np.ndarray], np.ndarray]
-    context_length: int
+    tokenize: TextTokenizer
     classes: dict[int, np.ndarray]
     records: Records
 

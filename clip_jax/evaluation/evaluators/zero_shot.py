@@ -63,7 +63,7 @@ class ZeroShot(Evaluator):
         if c.compare_prompts:
             for label, templates in (("class_name", ("{}",)), ("one_template", c.templates[:1])):
                 single = zero_shot.class_embeddings(ctx.embed_texts, c.class_names, templates,
-                                                    ctx.context_length)
+                                                    ctx.tokenize)
                 results[f"top1_{label}"] = eval_metrics.zero_shot_metrics(
                     emb.images, single, emb.labels)["top1"]
         records = ctx.records
