@@ -6,6 +6,7 @@ reading the command outputs."""
 import io
 import json
 import os
+import re
 import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -234,6 +235,77 @@ def test_search_normalises_embeddings_warns_of_paths_and_refuses_another_model(f
         with pytest.raises(ConfigError, match=r"The index was built with another model "
                            r"\(fingerprint [0-9a-f]{16}\) than the encoder's"):
             image_index.search(index, query, other)
+
+
+def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
+    """The trial's traps: a [Q, E] float query and a batch of images silently searched row 0
+    only, a list of texts was read as one image ("images[0] is a list"), NaN was called "all
+    zeros", float32 values near the maximum gave all-zero scores (the norm overflowed), and
+    a query of another width ended with "()" for an index recording no model name. Against
+    NumPy's cosine ranking of the same vectors."""
+    import jax.numpy as jnp
+
+    from clip_jax.errors import ConfigError
+
+    _, module, variables = model
+    encoder = Encoder(module, variables)
+    rng = np.random.default_rng(5)
+    dim = module.config.embed_dim
+    embeddings = rng.standard_normal((6, dim))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    index = image_index.ImageIndex(embeddings.astype(np.float32), [f"{i}.png" for i in range(6)])
+
+    def ranking(query, k=6):
+        cosine = embeddings @ (query / np.linalg.norm(query))
+        order = np.argsort(-cosine, kind="stable")[:k]
+        return [index.paths[i] for i in order], cosine[order]
+
+    def check(matches, query, k=6):
+        paths, scores = ranking(np.asarray(query, np.float64).reshape(-1), k)
+        assert [m.path for m in matches] == paths
+        np.testing.assert_allclose([m.score for m in matches], scores, rtol=0, atol=2e-6)
+
+    queries = rng.standard_normal((2, dim)).astype(np.float32)
+    for query in (queries[:1], jnp.asarray(queries[1:]), np.full(dim, 3e38, np.float32)):
+        check(image_index.search(index, query, encoder), query)
+    for many in (queries, jnp.asarray(queries), queries[None]):
+        with pytest.raises(ValueError, match=re.escape(
+                f"search takes one query embedding, [E] or [1, E], got shape {many.shape} "
+                "(image arrays are uint8); for several queries use index.top_k(embeddings, k)")):
+            image_index.search(index, many, encoder)
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # the fix it names
+    for row, (srow, irow) in zip(queries, zip(*index.top_k(unit, 6))):
+        paths, scores = ranking(row.astype(np.float64))
+        assert [index.paths[i] for i in irow] == paths
+        np.testing.assert_allclose(srow, scores, rtol=0, atol=2e-6)
+    for bad in (np.nan, np.inf, -np.inf):
+        query = queries[0].copy()
+        query[3] = bad
+        with pytest.raises(ValueError, match=r"^The query embedding holds NaN or Inf"):
+            image_index.search(index, query, encoder)
+
+    for query in (["a cat", "a dog"], ("a cat",), None, {"text": "a cat"}):
+        with pytest.raises(TypeError) as error:
+            image_index.search(index, query, encoder)
+        assert str(error.value) == (
+            "search takes one query, a str (text), a pathlib.Path, a PIL image, an image array "
+            f"or an embedding, got a {type(query).__name__}; for several texts use "
+            "index.top_k(encoder.embed_texts([...]), k).")
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for query in (image, image[None], jnp.asarray(image)):
+        check(image_index.search(index, query, encoder, k=3),
+              reference_embeddings(module, variables, [image])[0], k=3)
+    with pytest.raises(ValueError, match=re.escape(
+            "search takes one image, got an array of 2 (shape (2, 40, 50, 3)); for several use "
+            "index.top_k(encoder.embed_images(images), k).")):
+        image_index.search(index, np.stack([image, image]), encoder)
+
+    narrow = queries[0, :dim // 2]
+    with pytest.raises(ConfigError, match=rf"index {dim}-d: search with the index's model\.$"):
+        image_index.search(index, narrow, encoder)
+    index.meta["model"] = "ViT-Q"
+    with pytest.raises(ConfigError, match=r"search with the index's model \(ViT-Q\)\.$"):
+        image_index.search(index, narrow, encoder)
 
 
 def test_load_refuses_what_is_not_an_index(tmp_path):

@@ -123,6 +123,26 @@ def test_channels_first_arrays_are_refused_with_the_fix(encoder, shape, fix):
         np.testing.assert_allclose(preprocess(list(array), CONFIG), grey, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("bands", [5, 8])
+def test_arrays_of_5_to_8_bands_are_refused_not_read_as_greyscale_rows(encoder, bands):
+    """[40, 40, 5] was read as 40 greyscale images 5 px wide; now ValueError naming the shape,
+    whose two fixes give the processor's results. A last axis of 9 stays a greyscale batch."""
+    array = pixels(40, 50, bands, seed=bands)
+    for images in (array, jnp.asarray(array)):
+        for call in (lambda x: preprocess(x, CONFIG), encoder.embed_images):
+            with pytest.raises(ValueError, match=re.escape(
+                    f"Image arrays have 1 to 4 channels, got shape (40, 50, {bands}): not one "
+                    "image [H, W, C]")):
+                call(images)
+    np.testing.assert_allclose(preprocess(array[..., :3], CONFIG), reference([pil(array[..., :3])]),
+                               rtol=0, atol=1e-5)
+    narrow = reference([pil(image) for image in array])
+    np.testing.assert_allclose(preprocess(array[..., None], CONFIG), narrow, rtol=0, atol=1e-5)
+    nine = pixels(40, 50, 9)
+    np.testing.assert_allclose(preprocess(nine, CONFIG), reference([pil(i) for i in nine]),
+                               rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("image", [
     np.zeros((0, 0, 3), np.uint8), np.zeros((0, 7, 3), np.uint8), np.zeros((5, 0), np.uint8),
     np.zeros((6, 0, 9), np.uint8), Image.new("RGB", (0, 4)), Image.new("L", (4, 0))])

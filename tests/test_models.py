@@ -1,5 +1,7 @@
 """Model family: parameter counts, numerics options, config validation."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -160,6 +162,54 @@ def test_wrong_input_shapes_get_clear_errors(tiny):
         module.apply(variables, images[:, :-1], tokens)
     with pytest.raises(ValueError, match="tokens of shape"):
         module.apply(variables, images, np.zeros((3, 99), np.int32))
+
+
+def test_channels_first_images_are_told_to_transpose(tiny):
+    """NCHW floats (PyTorch's layout) were told to "resize"; the fix is the transpose, which
+    gives the NHWC embeddings. The check reads static shapes, so it holds under jit too."""
+    module, variables, (images, tokens) = tiny
+    size = module.config.vision.image_size
+    encode = lambda x: module.apply(variables, x, method=module.encode_image)  # noqa: E731
+    nchw = np.transpose(images, (0, 3, 1, 2))
+    for call in (encode, jax.jit(encode), lambda x: module.apply(variables, x, tokens)):
+        with pytest.raises(ValueError) as error:
+            call(nchw)
+        assert str(error.value).splitlines()[0] == (  # jit appends a note on its frames
+            f"Expected images of shape [batch, {size}, {size}, 3] (NHWC, normalised), got "
+            f"{nchw.shape}, which looks channels-first (PyTorch's NCHW): transpose it with "
+            "np.transpose(x, (0, 2, 3, 1)).")
+    np.testing.assert_array_equal(encode(np.transpose(nchw, (0, 2, 3, 1))), encode(images))
+    with pytest.raises(ValueError, match=re.escape(f"got (1, 1, {size + 8}, {size + 8}), which "
+                                                   "looks channels-first") + ".*then make it "
+                                                   f"{size} x {size} RGB"):
+        encode(np.zeros((1, 1, size + 8, size + 8), np.float32))
+    with pytest.raises(ValueError, match=r"\(1, 40, 40, 3\); resize with clip_jax.data.prep"):
+        encode(np.zeros((1, 40, 40, 3), np.float32))
+
+
+def test_encoder_shape_errors_name_the_callers_shape_and_its_tokenizer(tiny):
+    """`Encoder` checked shapes after padding the rows to `batch_size`, so it reported
+    (32, ...) for the caller's (3, ...), and suggested OpenAI's `clip_jax.tokenize`, wrong
+    for a model with its own vocabulary."""
+    from clip_jax.inference.encoder import Encoder
+
+    module, variables, (images, tokens) = tiny
+    encoder = Encoder(module, variables)
+    length = module.config.context_length
+    for ids, shape in ((np.concatenate([tokens, tokens], 1), (3, 2 * length)),
+                       (tokens[0], (length,))):
+        with pytest.raises(ValueError) as error:
+            encoder.embed_tokens(ids)
+        assert str(error.value) == (
+            f"Expected tokens of shape [N, length <= {length}], got {shape}; tokenize with "
+            "Encoder.tokenize(texts), which uses the model's tokenizer "
+            "(clip_jax.get_tokenizer(model)) at its context length.")
+    with pytest.raises(ValueError, match=re.escape(f"got {(3, 3) + images.shape[1:3]}, which "
+                                                   "looks channels-first")):
+        encoder.embed_pixels(np.transpose(images, (0, 3, 1, 2)))
+    reference = np.asarray(module.apply(variables, tokens, method=module.encode_text))
+    np.testing.assert_allclose(encoder.embed_tokens(tokens), reference / np.linalg.norm(
+        reference, axis=1, keepdims=True), rtol=0, atol=1e-5)
 
 
 def test_token_ids_outside_the_vocabulary_are_refused_on_the_host(tiny):

@@ -48,6 +48,9 @@ ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 
 # The last axis of one [H, W, C] image array: grey, grey + alpha, RGB, RGBA.
 _CHANNELS = (1, 2, 3, 4)
+# A 3-D array whose last axis is 5 to this is refused, not read as greyscale images of that
+# width: it is a multi-band array or a mistake far more often than a batch of 5-8 px images.
+_MAX_BANDS = 8
 
 # torch's antialiased bicubic: Keys cubic with a = -0.5 (as Pillow), support 2 input pixels at
 # scale 1, widened by the downscaling factor.
@@ -270,7 +273,7 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
         return image.convert("RGB")
 
 
-def _is_array(x: object) -> bool:
+def is_array(x: object) -> bool:
     """numpy arrays, jax.Arrays and other array-likes (`__array__` and `shape`)."""
     return isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "shape"))
 
@@ -284,7 +287,7 @@ def _one_image(image: object, where: str) -> ImageLike:
     """`image` if it is one image (array-likes as numpy arrays), else the error saying why."""
     if isinstance(image, (Image.Image, str, os.PathLike)):
         return image
-    if not _is_array(image):
+    if not is_array(image):
         raise TypeError(f"{where} is a {type(image).__name__}, not an image: each image is a PIL "
                         "image, a file path or an array ([H, W] or [H, W, C]); pass pixel values "
                         "as np.asarray(x, np.uint8).")
@@ -307,13 +310,15 @@ def image_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
     image. A 3-D array with a last axis over 4 and a first axis of 2, 3 or 4 is refused
     rather than read as 2 to 4 greyscale images: it looks channels-first (PyTorch's
     [C, H, W]), an easy mistake that would silently embed each colour channel as an image;
-    so is an [N, C, H, W] batch. Both raise ValueError saying how to transpose them; arrays
-    of other shapes and items that are not one image raise ValueError too, other types
+    so is an [N, C, H, W] batch. Both raise ValueError saying how to transpose them. A 3-D
+    array with a last axis of 5 to 8 (a multi-band image such as [40, 40, 5]) is refused too:
+    read as [N, H, W] it would silently become N greyscale images 5 to 8 px wide. Arrays of
+    other shapes and items that are not one image raise ValueError as well, other types
     (None, a dict, bytes) TypeError.
     """
     if isinstance(images, (Image.Image, str, os.PathLike)):
         return [images]
-    if _is_array(images):
+    if is_array(images):
         array = np.asarray(images)
         if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in _CHANNELS):
             return [array]
@@ -321,6 +326,11 @@ def image_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
             raise ValueError(_channels_first(array.shape, "np.transpose(x, (1, 2, 0))") + (
                 " For a batch of 2 to 4 greyscale images pass an [N, H, W, 1] array "
                 "(x[..., None]) or a list."))
+        if array.ndim == 3 and 4 < array.shape[2] <= _MAX_BANDS:
+            raise ValueError(f"Image arrays have 1 to 4 channels, got shape {array.shape}: not "
+                             "one image [H, W, C], and too narrow to be a batch of greyscale "
+                             "images [N, H, W]; pass [H, W, C] with C in 1..4 (e.g. x[..., :3]) "
+                             "or, for narrow greyscale images, [N, H, W, 1] (x[..., None]).")
         if array.ndim == 3:  # [N, H, W]: greyscale images
             return list(array)
         if array.ndim == 4 and array.shape[3] in _CHANNELS:

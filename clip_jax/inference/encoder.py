@@ -20,6 +20,7 @@ from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.errors import ConfigError
 from clip_jax.models.clip import CLIP, l2_normalize
 from clip_jax.models.text import check_token_ids
+from clip_jax.models.vit import check_image_shape
 
 BATCH = 32  # rows per call: any number of inputs reuses one compiled function
 
@@ -54,7 +55,10 @@ class Encoder:
         return np.concatenate(out)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Preprocessed images float32 [N, S, S, 3] (`clip_jax.data.preprocess`) -> [N, E]."""
+        """Preprocessed images float32 [N, S, S, 3] (`clip_jax.data.preprocess`) -> [N, E].
+        ValueError for another shape (`check_image_shape`), checked before the rows are padded
+        to `batch_size`, so that it names the caller's shape."""
+        check_image_shape(pixels, self.module.config.vision.image_size)
         return self._batched(self._images, pixels)
 
     def embed_images(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
@@ -76,10 +80,18 @@ class Encoder:
                                  else np.zeros((0, size, size, 3), np.float32))
 
     def embed_tokens(self, tokens: np.ndarray) -> np.ndarray:
-        """int tokens [N, L] -> [N, E]. Raises ValueError naming an id outside the model's
-        vocabulary (`check_token_ids`), which would embed as NaN or as another token."""
-        vocab_size = self.module.config.text.vocab_size
-        return self._batched(self._texts, check_token_ids(tokens, vocab_size))
+        """int tokens [N, L <= context_length] -> [N, E]. Raises `check_token_ids`' TypeError
+        (text, non-integer ids) and ValueError (an id outside the model's vocabulary, which
+        would embed as NaN or as another token), and ValueError for another shape, checked
+        here before the rows are padded to `batch_size`, so that it names the caller's shape."""
+        text = self.module.config.text
+        ids = check_token_ids(tokens, text.vocab_size)
+        if ids.ndim != 2 or ids.shape[1] > text.context_length:
+            raise ValueError(f"Expected tokens of shape [N, length <= {text.context_length}], got "
+                             f"{ids.shape}; tokenize with Encoder.tokenize(texts), which uses the "
+                             "model's tokenizer (clip_jax.get_tokenizer(model)) at its context "
+                             "length.")
+        return self._batched(self._texts, ids)
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """int32 [N, L] ids of `texts` with `tokenizer`, or OpenAI's at the model's context

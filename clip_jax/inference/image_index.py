@@ -34,12 +34,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
-from clip_jax.data.preprocess import ImageLike
+from clip_jax.data.preprocess import ImageLike, image_list, is_array
 
 FORMAT = "clip_jax.inference.image_index/1"
 _SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)
@@ -110,9 +111,10 @@ class ImageIndex:
         check_k(k)
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         if queries.shape[1] != self.embeddings.shape[1]:
+            name = self.meta.get("model")  # "" for an index built from Python without one
             raise ConfigError(f"Queries have {queries.shape[1]}-d embeddings, the index "
-                             f"{self.embeddings.shape[1]}-d: search with the index's model "
-                             f"({self.meta.get('model', 'unknown')}).")
+                             f"{self.embeddings.shape[1]}-d: search with the index's model"
+                             f"{f' ({name})' if name else ''}.")
         k = min(k, len(self))
         scores, indices = np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k),
                                                                               np.int64)
@@ -314,26 +316,48 @@ def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np
 def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Encoder,
            k: int = 10) -> list[Match]:
     """Top-k images of `index` for one query: a text (`str`, tokenized by the encoder's
-    `tokenizer`), an image (`pathlib.Path` or other path-like, PIL image, uint8 array) or a
-    float embedding [E] (NumPy or JAX; L2-normalised here, so scores are cosine
-    similarities); at most k `Match`es, best first.
+    `tokenizer`), an image (`pathlib.Path` or other path-like, PIL image, uint8 array [H, W]
+    or [H, W, C], or one such image in a batch of one) or a float embedding [E] or [1, E]
+    (NumPy or JAX; L2-normalised here, so scores are cosine similarities); at most k `Match`es,
+    best first. Several queries go through `index.top_k` / `index.search`, which take
+    embeddings [Q, E] (`encoder.embed_texts([...])`, `encoder.embed_images([...])`).
 
     A `str` is always a text: one naming an existing image file is searched as text with a
     warning saying how to search by the image. A text or image query is embedded by
     `encoder`, which must hold the model the index was built with (compared by
     `model_fingerprint` when the index records one: another model's scores are meaningless).
-    Raises ValueError for `k` < 1 or an all-zero embedding and ConfigError for another model
-    than the index's, before anything is embedded; ConfigError for an image that cannot be
-    read (the file and the reason) or an embedding of another width than the index's.
+    Raises, before anything is embedded: TypeError for anything that is not one query (a
+    list of texts would be read as one image), ValueError for `k` < 1, for several embeddings
+    or images (only the first would be ranked), for an embedding holding NaN or Inf or all
+    zeros (no direction to rank by), and ConfigError for another model than the index's. Then
+    ConfigError for an image that cannot be read (the file and the reason) or an embedding
+    of another width than the index's.
     """
     check_k(k)
     if isinstance(query, (np.ndarray, jax.Array)) and jnp.issubdtype(query.dtype, jnp.floating):
-        embedding = np.asarray(query, np.float32)
-        norm = np.linalg.norm(embedding, axis=-1, keepdims=True)
-        if not np.all(norm > 0):
+        embedding = np.asarray(query, np.float64)  # float64: no overflow in the norm
+        if embedding.ndim != 1 and embedding.shape[:-1] != (1,):
+            raise ValueError(f"search takes one query embedding, [E] or [1, E], got shape "
+                             f"{embedding.shape} (image arrays are uint8); for several queries "
+                             "use index.top_k(embeddings, k), which ranks each row of [Q, E].")
+        embedding = embedding.reshape(-1)
+        if not np.isfinite(embedding).all():
+            raise ValueError("The query embedding holds NaN or Inf, so it has no direction to "
+                             "search by; check the computation that produced it.")
+        norm = np.linalg.norm(embedding)
+        if norm == 0:
             raise ValueError("The query embedding is all zeros, so it has no direction to "
                              "search by; pass the embedding of a text or an image.")
-        return index.search(embedding / norm, k)[0]
+        return index.search((embedding / norm).astype(np.float32), k)[0]
+    if not isinstance(query, (str, os.PathLike, Image.Image)) and not is_array(query):
+        raise TypeError(f"search takes one query, a str (text), a pathlib.Path, a PIL image, an "
+                        f"image array or an embedding, got a {type(query).__name__}; for "
+                        "several texts use index.top_k(encoder.embed_texts([...]), k).")
+    images = None if isinstance(query, str) else image_list(query)
+    if images is not None and len(images) != 1:
+        raise ValueError(f"search takes one image, got an array of {len(images)} (shape "
+                         f"{np.shape(query)}); for several use "
+                         "index.top_k(encoder.embed_images(images), k).")
     recorded = index.meta.get("fingerprint")
     if recorded and (ours := model_fingerprint(encoder)) != recorded:
         raise ConfigError(f"The index was built with another model "
@@ -348,7 +372,7 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
                           "PIL image.", stacklevel=2)
         embedding = encoder.embed_texts([query])[0]
     else:
-        embedding = encoder.embed_images([query])[0]
+        embedding = encoder.embed_images(images)[0]
     return index.search(embedding, k)[0]
 
 

@@ -66,7 +66,20 @@ class PatchEmbedding(nn.Module):
 
 
 def check_image_shape(images: jax.Array, size: int) -> None:
-    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-        raise ValueError(
-            f"Expected images of shape [batch, {size}, {size}, 3] (NHWC, normalised), got "
-            f"{tuple(images.shape)}; resize with clip_jax.data.preprocess or the input pipeline.")
+    """ValueError unless `images` is [N, size, size, 3] (NHWC), naming the fix.
+
+    An array that looks channels-first ([N, C, H, W] with C in 1..4 and W over 4, PyTorch's
+    layout) gets the transpose as its fix, not a resize. The check reads the static shape only,
+    so compiled functions are unchanged.
+    """
+    shape = tuple(images.shape)
+    if len(shape) == 4 and shape[1:] == (size, size, 3):
+        return
+    expected = (f"Expected images of shape [batch, {size}, {size}, 3] (NHWC, normalised), got "
+                f"{shape}")
+    if len(shape) == 4 and 1 <= shape[1] <= 4 and shape[3] > 4:
+        then = ("" if shape[1:] == (3, size, size) else
+                f", then make it {size} x {size} RGB (clip_jax.data.preprocess)")
+        raise ValueError(f"{expected}, which looks channels-first (PyTorch's NCHW): transpose it "
+                         f"with np.transpose(x, (0, 2, 3, 1)){then}.")
+    raise ValueError(f"{expected}; resize with clip_jax.data.preprocess or the input pipeline.")
