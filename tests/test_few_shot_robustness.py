@@ -203,8 +203,9 @@ def test_few_shot_refuses_more_shots_than_a_class_has(per_class, missing):
 
 
 @pytest.mark.parametrize("labels, message", [
-    (lambda y: np.where(y == 3, 4, y), r"test_y\[\d+\] is 4, outside 0..3 \(num_classes=4\)"),
-    (lambda y: y - 1, r"test_y\[\d+\] is -1, outside 0..3"),
+    (lambda y: np.where(y == 3, 4, y),
+     r"test_y\[\d+\] is 4, not a class index 0..3 \(num_classes=4\)"),
+    (lambda y: y - 1, r"test_y\[\d+\] is -1, not a class index 0..3"),
     (lambda y: np.array(list("abcd"))[y], "test_y must be integer class indices"),
 ])
 def test_few_shot_refuses_labels_that_are_not_class_indices(labels, message, monkeypatch):

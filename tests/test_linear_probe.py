@@ -83,11 +83,15 @@ def test_a_fit_stopped_at_the_cap_is_named_in_one_warning(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("train_labels, num_classes, message", [
-    (lambda y: y, 5, r"train_y\[\d+\] is [5-9], outside 0..4 \(num_classes=5\)"),
-    (lambda y: y - 1, None, r"train_y\[\d+\] is -1, outside >= 0"),
-    (lambda y: y - 1, 10, r"train_y\[\d+\] is -1, outside 0..9"),
+    (lambda y: y, 5, r"train_y\[\d+\] is [5-9], not a class index 0..4 \(num_classes=5\)"),
+    (lambda y: y - 1, None, r"train_y\[\d+\] is -1, not a class index 0, 1, 2, ..."),
+    (lambda y: y - 1, 10, r"train_y\[\d+\] is -1, not a class index 0..9"),
     (lambda y: np.array([f"digit {v}" for v in y]), None, r"dtype <U7; map class names"),
-    (lambda y: y + 0.5, None, "dtype float64"),
+    (lambda y: y + 0.5, None, r"train_y\[0\] is 0.5, not a class index"),
+    (lambda y: np.where(y == y[3], np.nan, y), None, r"train_y\[3\] is nan, not a class"),
+    (lambda y: np.where(y == y[2], 1e20, y), None, r"train_y\[2\] is 1e\+20, not a class"),
+    (lambda y: np.where(y == y[0], 10 ** 12, y), None,
+     r"The labels go up to 1000000000000 but take 11 distinct values: ids, not class indices"),
     (lambda y: y[:, None], None, r"shape \(400, 1\)"),
 ])
 def test_labels_that_are_not_class_indices_are_refused_before_any_fit(

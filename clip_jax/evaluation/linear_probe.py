@@ -24,6 +24,10 @@ import numpy as np
 import optax
 
 DEFAULT_L2 = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+# Without num_classes, labels whose largest value is this many times the number of distinct ones
+# (and over 1,000) are taken for ids rather than class indices: the probe would have a weight
+# column per value up to the largest (one id of 1e12 asked for 256 TB).
+MAX_UNSEEN_CLASSES_FACTOR = 10
 # L-BFGS steps per fit. Weak l2 on standardised but correlated features needs thousands: ~3,500
 # at l2 = 1e-6 on a random model's 400 x 32 embeddings, ~2,600 on the tests' correlated digits
 # (scikit-learn's float64 lbfgs ~3,300 there). The former cap, 1,000, stopped such fits short,
@@ -88,24 +92,20 @@ def class_indices(labels: np.ndarray, num_classes: int | None = None,
     if array.ndim != 1:
         raise ValueError(f"{name} must be one class index per example [N], got shape "
                          f"{array.shape}.")
-    integral = array.dtype != np.bool_ and (np.issubdtype(array.dtype, np.integer) or (
-        np.issubdtype(array.dtype, np.floating) and bool(np.all(np.isfinite(array)))
-        and bool(np.all(array == np.round(array)))))
-    if not integral:
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer)
+                                       or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{name} must be integer class indices 0..K-1, got dtype "
                          f"{array.dtype}; map class names to indices first: "
                          "`names, y = np.unique(labels, return_inverse=True)`.")
-    array = array.astype(np.int64)
-    too_large = array >= num_classes if num_classes is not None else np.zeros_like(array, bool)
-    bad = np.flatnonzero((array < 0) | too_large)
-    if bad.size:
-        at = int(bad[0])
+    top = num_classes if num_classes is not None else 2 ** 62  # int64-safe without a bound
+    bad = ~np.isfinite(array) | (array != np.round(array)) | (array < 0) | (array >= top)
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
         allowed = (f"0..{num_classes - 1} (num_classes={num_classes})"
-                   if num_classes is not None else ">= 0")
-        raise ValueError(f"{name}[{at}] is {array[at]}, outside {allowed}; labels must be class "
-                         "indices 0..num_classes-1 (`np.unique(labels, return_inverse=True)` "
-                         "maps any labels to them).")
-    return array
+                   if num_classes is not None else "0, 1, 2, ...")
+        raise ValueError(f"{name}[{at}] is {array[at].item()!r}, not a class index {allowed}; "
+                         "map any labels to them with `np.unique(labels, return_inverse=True)`.")
+    return array.astype(np.int64)
 
 
 def _objective(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, offset: jax.Array,
@@ -313,6 +313,11 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     train_y = class_indices(train_y, num_classes, "train_y")
     test_y = class_indices(test_y, num_classes, "test_y")
     k = num_classes or int(max(train_y.max(initial=0), test_y.max(initial=0))) + 1
+    distinct = len(np.union1d(train_y, test_y))
+    if num_classes is None and k > max(MAX_UNSEEN_CLASSES_FACTOR * distinct, 1000):
+        raise ValueError(f"The labels go up to {k - 1} but take {distinct} distinct values: ids, "
+                         f"not class indices? A probe of {k} classes would be built; map them "
+                         "with `np.unique(labels, return_inverse=True)`, or pass num_classes.")
     probe = fit_linear_probe(train_x, train_y, k, l2_grid=l2_grid,
                              validation_fraction=validation_fraction, seed=seed)
     return {"accuracy": probe.accuracy(test_x, test_y), "l2": probe.l2}
