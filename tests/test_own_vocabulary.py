@@ -251,7 +251,10 @@ def test_training_from_a_model_with_its_own_vocabulary_is_refused(own, tmp_path)
     """Training tokenizes captions with OpenAI's BPE: from such a model (its folder, or its
     weights file copied out alone, whose table is smaller than that vocabulary) the text tower
     would read other tokens, or NaN. Refused in one line, naming the source."""
+    import safetensors.numpy
+
     from clip_jax.configs import tiny
+    from clip_jax.convert import open_clip_export
     from clip_jax.training import train
 
     directory, model = own
@@ -261,10 +264,31 @@ def test_training_from_a_model_with_its_own_vocabulary_is_refused(own, tmp_path)
     with pytest.raises(ConfigError, match="has its own tokenizer vocabulary, but training "
                                           "tokenizes captions with OpenAI's BPE"):
         train._model_and_weights(config, lambda _: None)
-    clip_jax.save(*clip_jax.load(directory), tmp_path / "open_clip")
-    (tmp_path / "weights.safetensors").write_bytes(
-        (tmp_path / "open_clip" / "open_clip_model.safetensors").read_bytes())
+    module, variables = clip_jax.load(directory)
+    safetensors.numpy.save_file(open_clip_export.open_clip_state_dict(module.config, variables),
+                                tmp_path / "weights.safetensors")
     config.init_from = str(tmp_path / "weights.safetensors")
     with pytest.raises(ConfigError, match=f"has {model.config.text_config.vocab_size} token "
                                           "embeddings, fewer than OpenAI's BPE vocabulary"):
         train._model_and_weights(config, lambda _: None)
+
+
+def test_open_clips_layout_refuses_a_model_with_its_own_vocabulary(own, tmp_path):
+    """open_clip's folder records no tokenizer: `clip_jax.save` and `clip-jax export-open-clip`
+    wrote one for this model without a word, and nothing (clip_jax included) could then read
+    its texts. Refused, naming export-hf, which carries the vocabulary (checked against
+    transformers' tokenizer of the exported folder)."""
+    directory, _ = own
+    with pytest.raises(ConfigError, match="has its own tokenizer vocabulary .1514 tokens, not "
+                                          "OpenAI's 49408.*export-hf"):
+        clip_jax.save(*clip_jax.load(directory), tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+    assert cli.main(["export-open-clip", directory, str(tmp_path / "oc")]) == 2
+    assert not (tmp_path / "oc").exists()
+    assert cli.main(["export-hf", directory, str(tmp_path / "hf")]) == 0
+    theirs = transformers.CLIPTokenizer.from_pretrained(tmp_path / "hf")
+    ours = clip_jax.get_tokenizer(tmp_path / "hf")(["a red car", "dog"])
+    expected = theirs(["a red car", "dog"], padding="max_length", max_length=CONTEXT)["input_ids"]
+    for mine, want in zip(ours, expected):
+        n = want.index(theirs.eos_token_id) + 1
+        assert list(mine[:n]) == want[:n]

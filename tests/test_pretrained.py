@@ -409,12 +409,17 @@ def test_a_state_dict_in_memory_loads_as_its_file_would(tmp_path):
     hf = transformers.CLIPModel.from_pretrained(_hf_tiny(tmp_path)["config.json"].parent).eval()
     with pytest.raises(ConfigError, match="transformers' names .* pass model="):
         clip_jax.load(hf.state_dict())
+    # transformers' own config (object or dict) names its architecture and activation
+    # (quick_gelu, transformers' default; the dict of clip_jax's config would say gelu).
     expected_config = clip_jax.load(tmp_path / "hf")[0].config
-    module, variables = clip_jax.load(hf.state_dict(), model=expected_config)
     images, tokens = random_inputs(expected_config, batch=3)
     with torch.no_grad():
         theirs = hf(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
                     input_ids=torch.from_numpy(tokens).long())
-    img, txt, _ = module.apply(variables, images, tokens)
-    np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
-    np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)
+    apply = jax.jit(CLIP(expected_config).apply)
+    for model in (hf.config, hf.config.to_dict(), expected_config):
+        module, variables = clip_jax.load(hf.state_dict(), model=model)
+        assert module.config == expected_config
+        img, txt, _ = apply(variables, images, tokens)
+        np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
+        np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)

@@ -59,25 +59,34 @@ def read_config(directory: PathLike) -> CLIPConfig:
     Raises FileNotFoundError (no config.json) or ConfigError (a model clip_jax cannot compute).
     """
     directory = Path(directory)
-    raw = _read_json(directory / "config.json")
-    _check_model_type(raw, directory)
+    return config_from_hf(_read_json(directory / "config.json"), directory, directory)
+
+
+def config_from_hf(raw: Mapping[str, Any], source: PathLike | str,
+                   directory: Path | None = None) -> CLIPConfig:
+    """Our config of a transformers `CLIPConfig` as a dict (config.json's, or `.to_dict()` of
+    one in memory); `directory` holds its image processor (OpenAI's statistics without one).
+    ConfigError names `source` for a model clip_jax cannot compute."""
+    _check_model_type(raw, source)
     text = _sub_config(raw, "text", _HF_TEXT_DEFAULTS)
     vision = _sub_config(raw, "vision", _HF_VISION_DEFAULTS)
-    activation = _activation(text["hidden_act"], vision["hidden_act"], directory)
+    activation = _activation(text["hidden_act"], vision["hidden_act"], source)
     for name, sub in (("text_config", text), ("vision_config", vision)):
         if not math.isclose(sub["layer_norm_eps"], LAYER_NORM_EPS):
-            raise ConfigError(f"{directory}: {name}.layer_norm_eps is {sub['layer_norm_eps']}, "
+            raise ConfigError(f"{source}: {name}.layer_norm_eps is {sub['layer_norm_eps']}, "
                               f"but clip_jax's CLIP LayerNorm uses {LAYER_NORM_EPS}.")
     if vision["num_channels"] != 3:
-        raise ConfigError(f"{directory}: vision_config.num_channels is "
+        raise ConfigError(f"{source}: vision_config.num_channels is "
                           f"{vision['num_channels']}; clip_jax models take RGB images (3).")
     eos = text["eos_token_id"]
     if eos not in (_LEGACY_EOS, text["vocab_size"] - 1):
         raise ConfigError(
-            f"{directory}: text_config.eos_token_id {eos!r} is not the largest token id "
+            f"{source}: text_config.eos_token_id {eos!r} is not the largest token id "
             f"({text['vocab_size'] - 1}); clip_jax pools the text tower at argmax(token ids), "
             "which equals HF's first-eos pooling only for OpenAI-style vocabularies.")
-    mean, std, resize = _image_processor(directory, _square(vision["image_size"], "image_size"))
+    size = _square(vision["image_size"], "image_size")
+    mean, std, resize = (_image_processor(directory, size) if directory is not None
+                         else (OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, None))
     return CLIPConfig(
         embed_dim=raw.get("projection_dim", 512),
         vision=VisionConfig(
@@ -109,7 +118,7 @@ def _sub_config(raw: Mapping[str, Any], tower: str, defaults: Mapping[str, Any]
     return {**defaults, **(legacy if legacy is not None else raw.get(f"{tower}_config") or {})}
 
 
-def _check_model_type(raw: Mapping[str, Any], directory: Path) -> None:
+def _check_model_type(raw: Mapping[str, Any], directory: PathLike | str) -> None:
     model_type = raw.get("model_type")
     architectures = raw.get("architectures") or ["CLIPModel"]
     if model_type == "clip" and "CLIPModel" in architectures:
@@ -133,7 +142,7 @@ def _check_model_type(raw: Mapping[str, Any], directory: Path) -> None:
                       f"model_type {model_type!r}, expected 'clip' (transformers.CLIPModel).")
 
 
-def _activation(text_act: str, vision_act: str, directory: Path) -> str:
+def _activation(text_act: str, vision_act: str, directory: PathLike | str) -> str:
     if text_act != vision_act or text_act not in ACTIVATIONS:
         raise ConfigError(
             f"{directory}: hidden_act is {text_act!r} (text) / {vision_act!r} (vision); clip_jax "

@@ -139,13 +139,16 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     return dict(state)
 
 
-def save_safetensors(tensors: Mapping[str, np.ndarray], path: PathLike, dtype: str) -> None:
-    """Floating tensors cast to `dtype`, except scalars (`logit_scale`, `logit_bias`), which
-    stay float32 as open_clip's low-precision conversion keeps them: a bfloat16 logit_scale of
-    ln 30 reads back as exp = 30.15, a 0.5 % change of every zero-shot temperature. Metadata
-    `format: pt`, as transformers writes it."""
+def save_safetensors(tensors: Mapping[str, np.ndarray], path: PathLike, dtype: str, *,
+                     float32_scalars: bool = False) -> None:
+    """Floating tensors cast to `dtype`; with `float32_scalars`, scalars (`logit_scale`,
+    `logit_bias`) stay float32, as open_clip's low-precision conversion keeps them (a bfloat16
+    logit_scale of ln 30 reads back as exp = 30.15, a 0.5 % change of every zero-shot
+    temperature; transformers casts them with the rest). Metadata `format: pt`, as
+    transformers writes it."""
     target = numpy_dtype(dtype)
-    cast = {k: np.asarray(v.astype(target if v.ndim else np.float32, copy=False)
+    cast = {k: np.asarray(v.astype(np.float32 if float32_scalars and not v.ndim else target,
+                                   copy=False)
                           if is_float(v) else v,
                           order="C")  # unlike np.ascontiguousarray, keeps 0-d shapes
             for k, v in tensors.items()}

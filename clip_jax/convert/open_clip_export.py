@@ -18,9 +18,13 @@ import numpy as np
 from clip_jax.convert import openai
 from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
                                    write_model_folder)
-from clip_jax.models.config import CLIPConfig, canonical_dtype
+from clip_jax.errors import ConfigError
+from clip_jax.models.config import CLIPConfig, TextConfig, canonical_dtype
 
 log = logging.getLogger(__name__)
+# OpenAI's BPE vocabulary: the tokenizer clip_jax (and open_clip, without hf_tokenizer_name)
+# reads an open_clip folder with.
+OPENAI_VOCAB_SIZE = TextConfig().vocab_size
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
@@ -63,6 +67,17 @@ def open_clip_config(config: CLIPConfig) -> dict[str, Any]:
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
 
 
+def check_openai_vocabulary(vocab_size: int, what: str) -> None:
+    """ConfigError unless `vocab_size` is OpenAI's BPE vocabulary's: the only tokenizer an
+    open_clip folder written here can be read with (`what` names the model in the message)."""
+    if vocab_size != OPENAI_VOCAB_SIZE:
+        raise ConfigError(f"{what} has its own tokenizer vocabulary ({vocab_size} tokens, not "
+                          f"OpenAI's {OPENAI_VOCAB_SIZE}), which open_clip's layout cannot "
+                          "record: export it with clip-jax export-hf (clip_jax.convert.hf_export"
+                          ".export_hf(..., tokenizer=)), which writes its vocab.json and "
+                          "merges.txt.")
+
+
 def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_dir: PathLike, *,
                      dtype: str = "float32") -> Path:
     """Writes `open_clip_model.safetensors` + `open_clip_config.json` into `output_dir`.
@@ -70,9 +85,12 @@ def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_di
     Same contract as `clip_jax.convert.hf_export.export_hf`: numpy or sharded jax variables,
     scanned or not; every process calls it, tensors are gathered one at a time, process 0 writes
     (as one unit: an earlier model's `MODEL_FILES` there are replaced or removed). An unknown
-    `dtype` raises ConfigError before anything is gathered.
+    `dtype` raises ConfigError before anything is gathered, and so does a model whose token
+    table is not OpenAI's vocabulary's size: open_clip's layout records no tokenizer (its
+    models name a Hub one), so the folder would be read with OpenAI's, ids past the table.
     """
     canonical_dtype(dtype, "export dtype")
+    check_openai_vocabulary(config.text.vocab_size, "this model")
     if config.resize_size not in (None, config.image_size):
         log.warning("open_clip's preprocessing resizes the shortest side to the image size "
                     "(%d): this model's resize to %d before the crop is recorded for clip_jax "
@@ -85,7 +103,7 @@ def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_di
     state = open_clip_state_dict(config, host)
 
     def write(folder: Path) -> None:
-        save_safetensors(state, folder / WEIGHTS_FILE, dtype)
+        save_safetensors(state, folder / WEIGHTS_FILE, dtype, float32_scalars=True)
         write_json(folder / CONFIG_FILE, open_clip_config(config))
 
     return write_model_folder(output_dir, write, MODEL_FILES.__contains__)

@@ -387,8 +387,9 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
         if array.size != math.prod(want) or _torch_shape(want, entry) != array.shape:
             raise ConfigError(
                 f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
-                f"{_torch_shape(want, entry)} for a {_describe(config)}; pick the preset that "
-                "matches the checkpoint or omit it to infer the architecture.")
+                f"{_torch_shape(want, entry)} for a {_describe(config)}; pick the config that "
+                "matches the checkpoint (an OpenAI/open_clip state dict can also omit it to "
+                "infer the architecture).")
         dtype = np.dtype(abstract[entry.path].dtype)  # the model's: param_dtype casts
         _assign(variables, entry.path, to_ours(array.astype(dtype), entry, want))
     if config.scan_layers:

@@ -396,5 +396,6 @@ def openai_for(vocab_size: int, context_length: int) -> TextTokenizer:
     if vocab_size < openai.vocab_size:
         raise ConfigError(f"The model has {vocab_size} token embeddings, fewer than OpenAI's "
                           f"tokenizer's {openai.vocab_size}: it has its own vocabulary; pass "
-                          "tokenizer=clip_jax.get_tokenizer(<model dir or repo>).")
+                          "tokenizer=clip_jax.get_tokenizer(<model dir or repo>) (the clip-jax "
+                          "commands read it from a model folder's vocab.json and merges.txt).")
     return functools.partial(openai, context_length=context_length)

@@ -76,11 +76,13 @@ def load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | 
 
 
 def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> CLIPConfig:
-    """The architecture `model=` names: a preset name, a `CLIPConfig` or its dict, or open_clip's
-    model config (a `.json` file, its text or its dict: `open_clip_config.json`'s layout, or
-    the bare `{"embed_dim", "vision_cfg", "text_cfg"}` of open_clip's `model_configs/`, how a
-    custom open_clip architecture is written down). MissingFileError for a `.json` path that
-    is not there; ConfigError for invalid JSON or a config clip_jax cannot build."""
+    """The architecture `model=` names: a preset name, a `CLIPConfig` or its dict, open_clip's model
+    config (a `.json` file, its text or its dict: `open_clip_config.json`'s layout, or the bare
+    `{"embed_dim", "vision_cfg", "text_cfg"}` of open_clip's `model_configs/`, how a custom
+    open_clip architecture is written down), or transformers' `CLIPConfig` (the object, its dict
+    or its config.json; image statistics OpenAI's, as it holds none). MissingFileError for a
+    `.json` path that is not there; ConfigError for invalid JSON or a config clip_jax cannot
+    build."""
     source = "model="
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".json"):
         source = os.fspath(model)
@@ -89,6 +91,10 @@ def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> C
         model = _parse_json(Path(source).read_text(encoding="utf-8"), source)
     elif isinstance(model, str) and model.lstrip().startswith("{"):
         model = _parse_json(model, "model= (JSON text)")
+    if callable(getattr(model, "to_dict", None)):  # a transformers config object
+        model = model.to_dict()
+    if isinstance(model, Mapping) and model.get("model_type") == "clip":
+        return hf_import.config_from_hf(model, source)
     if open_clip_import.is_open_clip_config(model):
         return open_clip_import.config_from_open_clip(model, source)
     try:
@@ -183,9 +189,9 @@ def _load_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None,
     if hf_keys.is_hf_state_dict(state):
         if config is None:
             raise ConfigError("This state dict has transformers' names (text_model.*, "
-                              "vision_model.*), whose config is not in it: pass model= (a "
-                              "preset name or CLIPConfig), or save_pretrained the model and load "
-                              "that folder.")
+                              "vision_model.*), whose config is not in it: pass model= (the "
+                              "transformers model's config, e.g. model=hf_model.config), or "
+                              "save_pretrained the model and load that folder.")
         if activation is not None:
             config = config.replace(activation=activation)
         return CLIP(config), hf_import.from_hf_state_dict(state, config)
