@@ -24,6 +24,7 @@ _EXPORTS = {
     "Encoder": "clip_jax.inference.encoder",
     "ImageIndex": "clip_jax.inference.image_index",
     "PRESETS": "clip_jax.models",
+    "ZeroShotClassifier": "clip_jax.evaluation.zero_shot",
     "build_index": "clip_jax.inference.image_index",
     "create_model": "clip_jax.pretrained.factory",
     "create_model_and_transforms": "clip_jax.pretrained.factory",

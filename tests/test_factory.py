@@ -174,3 +174,15 @@ def test_a_config_with_a_pretrained_file_loads_that_file(tmp_path, as_dict):
     with pytest.raises(ConfigError, match=r"pretrained='openai' with a model config must be a "
                                           r"weights file.*create_model\('ViT-B-32'"):
         clip_jax.create_model(given, pretrained="openai")
+
+
+def test_every_public_name_resolves_to_its_definition():
+    """The names README uses at the top level (`clip_jax.ZeroShotClassifier` beside
+    `clip_jax.Encoder` and `clip_jax.search` was missing) resolve, each to the object its
+    module defines."""
+    import importlib
+
+    assert "ZeroShotClassifier" in clip_jax.__all__
+    for name in clip_jax.__all__:
+        module = importlib.import_module(clip_jax._EXPORTS[name])
+        assert getattr(clip_jax, name) is getattr(module, name), name

@@ -511,6 +511,10 @@ MISCONFIGURATIONS = [
     # from ours for a did-you-mean by spelling, are said by name.
     (["--config.optimizer.learning_rate=1e-4"], "did you mean --config.optimizer.lr?", None),
     (["--config.optimizer.wd=0.1"], "did you mean --config.optimizer.weight_decay?", None),
+    (["--config.lr=1e-4"], "did you mean --config.optimizer.lr?", None),
+    # An architecture file that is not there is said before init_from's weights are read.
+    (["--config.model.name={tmp}/no_arch.json", "--config.init_from=ViT-B-32:openai"],
+     "config.model.name: model=", "init_from"),
     (["CONFIG={tmp}/typo.py", "--config.model.dtype=float32"], "config.model.dtyp (did you "
                                                                "mean model.dtype?)", None),
     (["CONFIG={tmp}/task_typo.py"], "config.eval.zero_shot.heldout.templats (did you mean "

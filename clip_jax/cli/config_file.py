@@ -42,6 +42,9 @@ SYNONYMS = {
     "grad_checkpointing": "model.remat_policy", "gradient_checkpointing": "model.remat_policy",
     "remat": "model.remat_policy", "precision": "model.dtype", "scan": "model.scan_layers",
     "lock_image_tower": "lock_image", "lock_text_tower": "lock_text", "siglip": "loss",
+    # Our own optimizer fields, given outside their section.
+    "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "b1": "optimizer.b1",
+    "b2": "optimizer.b2", "eps": "optimizer.eps", "grad_clip_norm": "optimizer.grad_clip_norm",
 }
 
 

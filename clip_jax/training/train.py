@@ -74,10 +74,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
         raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
     config_checks.check_fields(config)
+    if config.model.name or not config.init_from:  # '' alone: the error lists the presets
+        try:
+            loading.model_config(config.model.name)
+        except ConfigError as error:
+            raise ConfigError(f"config.model.name: {error}") from None
     if config.init_from:
         loading.check_source(config.init_from)
-    else:
-        loading.model_config(config.model.name)
     parse_profile_steps(config.get("profile_steps", ""))
     mesh = sharding.mesh_shape(config.mesh, num_devices)
     shards = mesh[0] * mesh[1]
