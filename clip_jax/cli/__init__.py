@@ -66,14 +66,10 @@ def load_model(source: str, args: argparse.Namespace,
 
 def load_model_and_tokenizer(source: str, args: argparse.Namespace,
                              recorded: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
-    """`load_model` and the model's own tokenizer, for `Encoder` / evaluation `tokenizer=`
-    (None for OpenAI's vocabulary): its tokenizer files are read first, so that their
-    mistakes are said before the weights load (`factory.own_vocabulary`)."""
+    """`load_model` and the model's own tokenizer (`factory.load_with_tokenizer`)."""
     from clip_jax.pretrained import factory
 
-    vocabulary = factory.own_vocabulary(source)
-    module, variables = load_model(source, args, recorded)
-    return module, variables, factory.tokenizer_for(vocabulary, module.config)
+    return factory.load_with_tokenizer(source, **{**(recorded or {}), **load_options(args)})
 
 
 def zero_shot_command(args: argparse.Namespace) -> int:

@@ -29,7 +29,6 @@ from clip_jax.training import checkpoints
 from clip_jax.data import options as data_options
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.pretrained import factory
-from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import report
@@ -194,15 +193,13 @@ def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: V
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads, with its own
-    vocabulary: `factory.own_vocabulary`) or else the newest checkpoint of `workdir`; writes
+    vocabulary: `factory.load_with_tokenizer`) or else the newest checkpoint of `workdir`; writes
     the metrics to `workdir` (at the checkpoint's step, 0 for an import) and prints them."""
     source = config.init_from or workdir
-    vocabulary = factory.own_vocabulary(source)  # tokenizer files: before the weights
-    module, variables = loading.load(source)
+    module, variables, tokenizer = factory.load_with_tokenizer(source)
     step = checkpoints.read_meta(source)["step"] if checkpoints.is_workdir(source) else 0
     module = CLIP(module.config.replace(dtype=config.model.dtype))
-    metrics, _ = evaluate_model(config, module, variables,
-                                tokenizer=factory.tokenizer_for(vocabulary, module.config))
+    metrics, _ = evaluate_model(config, module, variables, tokenizer=tokenizer)
     writer = MetricWriter(workdir, 0, 0, enabled=jax.process_index() == 0, progress=False)
     try:
         writer.write(step, metrics)

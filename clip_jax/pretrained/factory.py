@@ -115,8 +115,21 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
     elif isinstance(model_or_config, CLIPConfig):
         config = model_or_config
     else:
-        config, tokenizer = _config_and_tokenizer(os.fspath(model_or_config), revision, token)
+        spec = os.fspath(model_or_config)
+        config = _config(spec, revision, token)
+        tokenizer = own_vocabulary(spec, revision=revision, token=token)
     return _bind(tokenizer or default_tokenizer(), config)
+
+
+def load_with_tokenizer(source: str | os.PathLike, **load_options: Any
+                        ) -> tuple[CLIP, dict[str, Any], TextTokenizer | None]:
+    """`clip_jax.load(source, **load_options)` and the model's own tokenizer for `Encoder` /
+    evaluation `tokenizer=` (None: OpenAI's vocabulary, their default). The tokenizer files
+    are read first (`own_vocabulary`), so that their mistakes are said before the weights
+    load; then `tokenizer_for`'s checks against the loaded model."""
+    vocabulary = own_vocabulary(source)
+    module, variables = loading.load(source, **load_options)
+    return module, variables, tokenizer_for(vocabulary, module.config)
 
 
 def own_vocabulary(spec: str | os.PathLike, *, revision: str | None = None,
@@ -161,25 +174,24 @@ def _bind(tokenizer: Tokenizer, config: CLIPConfig) -> TextTokenizer:
     return functools.partial(tokenizer, context_length=config.context_length)
 
 
-def _config_and_tokenizer(spec: str, revision: str | None, token: str | bool | None
-                          ) -> tuple[CLIPConfig, Tokenizer | None]:
+def _config(spec: str, revision: str | None, token: str | bool | None) -> CLIPConfig:
+    """The architecture `spec` names, read without its weights where its files say it."""
     named = hub.split_name(spec)
     if named is not None:
-        return get_preset(hub.lookup(*named)[0]), None
+        return get_preset(hub.lookup(*named)[0])
     if _is_preset(spec):
-        return get_preset(spec), None
+        return get_preset(spec)
     if os.path.exists(spec):
         directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
         if hf_import.is_hf_directory(directory):
-            return hf_import.read_config(directory), load_tokenizer(directory)
+            return hf_import.read_config(directory)
         if open_clip_import.is_open_clip_directory(directory):
-            return open_clip_import.read_config(directory), None
-        return loading.load(spec)[0].config, None
+            return open_clip_import.read_config(directory)
+        return loading.load(spec)[0].config
     if hub.is_repo_id(spec):
         kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
-        if kind == "transformers":
-            return hf_import.read_config(directory), load_tokenizer(directory)
-        return open_clip_import.read_config(directory), None
+        return (hf_import.read_config(directory) if kind == "transformers"
+                else open_clip_import.read_config(directory))
     raise MissingFileError(loading.not_found(spec))
 
 
