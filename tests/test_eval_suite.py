@@ -19,6 +19,7 @@ from clip_jax.errors import ConfigError
 from clip_jax.evaluation import report as eval_report
 from clip_jax.evaluation import evaluate
 from clip_jax.evaluation import few_shot
+from clip_jax.evaluation import imagenet_subsets
 from clip_jax.data import sources
 from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
@@ -268,15 +269,29 @@ def test_class_names_listing_a_folders_classes_in_another_order_map_by_name(fold
 
 
 def imagenet_source(self, split, decoders=None, deserialize_method=None, **kwargs):
-    """Mock random access: 12 images; imagenet_r / imagenet_a use 4 of the 1000 classes."""
+    """Mock random access: 12 images; imagenet_r / imagenet_a use 4 of their 200 classes and,
+    as a mislabelled copy might, one class outside them."""
     del decoders, deserialize_method, kwargs
     rng = np.random.default_rng(len(self.name))
-    subset = self.name in evaluate.SUBSET_DATASETS
-    labels = [(7, 42, 300, 999)[i % 4] if subset else int(rng.integers(0, 1000))
-              for i in range(12)]
+    if self.name in imagenet_subsets.SUBSETS:
+        names = self.info.features["label"].names
+        wnids = imagenet_subsets.SUBSETS[self.name]
+        labels = [names.index(wnids[(0, 60, 130, 199)[i % 4]]) for i in range(11)]
+        labels.append(next(k for k, w in enumerate(names) if w not in wnids))
+    else:
+        labels = [int(rng.integers(0, 1000)) for _ in range(12)]
     return [self.info.features.serialize_example({
         "image": rng.integers(0, 256, (24, 30, 3), dtype=np.uint8), "label": y,
         "file_name": f"{i}.jpeg"}) for i, y in enumerate(labels)]
+
+
+def test_the_fixed_imagenet_subsets_are_200_of_tfds_imagenet_classes():
+    """Each list names 200 distinct classes, every one a class of TFDS's imagenet2012 (whose
+    ClassLabel labels imagenet_r and imagenet_a): a mistyped id would fail here."""
+    names = set(tfds.builder("imagenet2012").info.features["label"].names)
+    for dataset, wnids in imagenet_subsets.SUBSETS.items():
+        assert len(set(wnids)) == 200 and set(wnids) <= names, dataset
+        assert tfds.builder(dataset).info.features["label"].num_classes == 1000, dataset
 
 
 def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
@@ -300,8 +315,10 @@ def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
         labels = np.array([e["label"] for e in examples])
         scores = images @ classes.T
         if name in evaluate.SUBSET_DATASETS:
-            present = np.unique(labels)
-            expected = np.mean(present[scores[:, present].argmax(1)] == labels)
+            # Among the 200 classes, whichever 4 the data hold; the 12th image is a miss.
+            wnids = builders[name].info.features["label"].names
+            subset = np.asarray([wnids.index(w) for w in imagenet_subsets.SUBSETS[name]])
+            expected = np.mean(subset[scores[:, subset].argmax(1)] == labels)
         else:
             expected = np.mean(scores.argmax(1) == labels)
         key = "reference_top1" if name == "imagenet2012" else f"{name}_top1"
@@ -429,6 +446,43 @@ def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model
     assert caplog.text.count(".DS_Store") == 1, caplog.text  # the skipped hidden file, too
 
 
+def test_a_clip_benchmark_webdataset_is_scored_with_its_own_templates_file(folder, model,
+                                                                          tmp_path):
+    """CLIP_benchmark writes `zeroshot_classification_templates.txt` with a `{c}` slot (filled
+    by `template.format(c=name)`); that file was refused. Zero-shot now scores with it, equal
+    to the reference filled that way; a bad line is refused naming the file."""
+    import io
+    import tarfile
+
+    module, variables = model
+    test = labelled_data.read(str(folder), "test")
+    raw = ["a photo of a {c}.", "a {c} colour"]
+    root = tmp_path / "wds"
+    os.makedirs(root / "test")
+    (root / "classnames.txt").write_text("\n".join(test.class_names) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(raw) + "\n")
+    with tarfile.open(root / "test" / "0.tar", "w") as tar:
+        for i, (path, label) in enumerate(zip(test.files, test.labels)):
+            for ext, data in (("png", open(path, "rb").read()), ("cls", str(label).encode())):
+                info = tarfile.TarInfo(f"s{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    config = config_for(zero_shot=evaluate.zero_shot_task(str(root)))
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    images = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in test.files], module.config))
+    tokens = tokenize([t.format(c=name) for t in raw for name in test.class_names], 16)
+    emb = embed(module, variables, tokens=tokens).reshape(len(raw), len(test.class_names), -1)
+    classes = emb.mean(0) / np.linalg.norm(emb.mean(0), axis=1, keepdims=True)
+    assert metrics["zero_shot/t/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == test.labels), abs=1e-6)
+    assert evaluation.provenance["zero_shot/t"]["templates"] == "source file (2)"
+    (root / "zeroshot_classification_templates.txt").write_text("a {c} and a {}\n")
+    with pytest.raises(ConfigError, match="these in .*wds/zeroshot_classification_templates.txt "
+                                          "do not"):
+        evaluate.evaluate_model(config, module, variables)
+
+
 def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     from clip_jax.convert.hf_export import export_hf
 
@@ -446,6 +500,16 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     assert set(frame.evaluator) == {"zero_shot", "linear_probe"}
     code = cli.main(["eval", str(tmp_path / "hf"), "--zero-shot", str(tmp_path / "nowhere/x")])
     assert code == 2 and "No labelled folder or table" in capsys.readouterr().err
+    # A table in a format not read (JSON lines) was "no such file or folder", though it exists.
+    frame = pd.DataFrame({"filepath": [str(f) for f in (folder / "test").glob("*/*.png")],
+                          "label": "red"})
+    for flag in ("--zero-shot", "--retrieval"):
+        for suffix, lines in ((".jsonl", True), (".json", False)):
+            path = tmp_path / f"labels{suffix}"
+            frame.to_json(path, orient="records", lines=lines)
+            code = cli.main(["eval", str(tmp_path / "hf"), flag, str(path)])
+            err = capsys.readouterr().err
+            assert code == 2 and f"'{path}' is a file but not a table clip_jax reads" in err, err
 
 
 def index_tables(folder, root):

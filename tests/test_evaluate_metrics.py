@@ -207,6 +207,24 @@ def test_templates_and_class_names(tmp_path):
         zero_shot.read_class_names("cat")
 
 
+def test_clip_benchmark_templates_fill_as_it_fills_them(tmp_path):
+    """CLIP_benchmark's datasets ship `zeroshot_classification_templates.txt` with a `{c}` slot,
+    filled by `template.format(c=classname)`; such a file was refused. The prompts now equal
+    that fill (str.format is the reference); a template with no slot, two, or both spellings
+    is refused naming the file read."""
+    raw = ["a photo of a {c}.", "itap of the {c}", "{c}", "a bad photo of a {}."]
+    path = tmp_path / "zeroshot_classification_templates.txt"
+    path.write_text("\n".join(raw) + "\n")
+    names = ["tench", "sea lion", "a {x} b"]
+    want = [t.format(c=n) if "{c}" in t else t.replace("{}", n) for t in raw for n in names]
+    assert templates.prompts(names, templates.get_templates(str(path))) == want
+    assert templates.get_templates("a sketch of a {c}") == ("a sketch of a {}",)
+    for bad in ("a {c} and a {}", "{c} {c}", "no slot"):
+        path.write_text(f"a photo of a {{c}}.\n{bad}\n")
+        with pytest.raises(ConfigError, match=rf"these in {path} do not: \['{bad}'\]"):
+            templates.get_templates(str(path))
+
+
 @pytest.fixture(scope="module")
 def digits():
     x, y = load_digits(return_X_y=True)

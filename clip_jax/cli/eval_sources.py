@@ -101,6 +101,11 @@ def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple
     name, _, split = spec.partition("@")
     if labelled_data.is_source(name):
         return name, split
+    if os.path.isfile(name):
+        raise ConfigError(
+            f"{name!r} is a file but not a table clip_jax reads: tables are .csv or .tsv (read as "
+            "pandas reads them); convert it, e.g. a JSON-lines file with pandas.read_json(path, "
+            "lines=True).to_csv('table.csv', index=False).")
     problem = _tfds_problem(name, data_dir)
     if problem:
         what = "No labelled folder or table at" if os.path.sep in name else "No dataset"

@@ -88,6 +88,7 @@ class LabelledImages:
     split: str = ""
     indexed: bool = False
     path: str = ""  # the class folders' folder, the table or the shards' folder
+    templates_file: str = ""  # where `templates` were read
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -421,7 +422,8 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
         raise MissingFileError(f"No sample with an image and a .cls in {folder!r}.")
     return LabelledImages(f"webdataset {folder}", files, np.asarray(offsets, np.int64),
                           np.asarray(lengths, np.int64), np.asarray(labels, np.int32),
-                          class_names, templates, skipped, split, path=folder)
+                          class_names, templates, skipped, split, path=folder,
+                          templates_file=templates_path if templates else "")
 
 
 READERS: dict[str, Callable[..., LabelledImages]] = {

@@ -43,6 +43,7 @@ class Pass:
     embeddings: SplitEmbeddings | None = None
     description: str = ""
     templates: tuple[str, ...] | None = None  # the source's own templates file, if any
+    templates_file: str = ""
     shown_split: str = ""  # the split a labelled folder resolved "" to
     # The class names given for a table source (file or comma-separated list; "" = its own),
     # read with it because they decide its labels; `indexed`: it has class indices, no names.
@@ -225,6 +226,7 @@ def _open(p: Pass, model_config: Any, batch: int,
                                                  shift=p.shift,
                                                  prefetch_batches=p.data.prefetch_batches)
         p.description, p.templates = images.description, images.templates
+        p.templates_file = images.templates_file
         p.shown_split, p.indexed = images.split, images.indexed
         p.listed_labels, p.location = images.labels, images.location
         return

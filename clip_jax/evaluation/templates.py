@@ -1,6 +1,7 @@
 """Prompt templates for zero-shot classification: named sets, or your own list or file.
 
-A template is a string with one `{}` where the class name goes. Zero-shot classification
+A template is a string with one `{}` where the class name goes (CLIP_benchmark's `{c}` is read
+as `{}`, so its datasets' `zeroshot_classification_templates.txt` work). Zero-shot classification
 embeds every template filled with every class name and averages each class's normalised
 embeddings (a prompt ensemble), so several phrasings smooth out the quirks of any one.
 """
@@ -46,17 +47,32 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "synthetic_shapes": SHAPES,
 }
 
+# Spellings of the class-name slot: ours (and big_vision's), and CLIP_benchmark's (its templates
+# files are filled with `template.format(c=classname)`). A template holds exactly one of them.
+PLACEHOLDERS = ("{}", "{c}")
 
-def get_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
+
+def _with_slot(template: str) -> str | None:
+    """`template` with its one class-name slot spelt `{}`; None unless it has exactly one."""
+    if sum(template.count(slot) for slot in PLACEHOLDERS) != 1:
+        return None
+    return template.replace("{c}", "{}")
+
+
+def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...]:
     """Templates from a set name (`TEMPLATE_SETS`), a text file (one template per line), one
-    template (a string with one '{}' that is neither: `"a photo of a {}."`) or a sequence;
-    ConfigError for an unknown name, an empty set or a template without one '{}'."""
+    template (a string with one '{}' that is neither: `"a photo of a {}."`) or a sequence,
+    each returned with its slot spelt '{}' (`PLACEHOLDERS`: '{c}' too); ConfigError for an
+    unknown name, an empty set or a template without exactly one slot, naming the file read
+    (`source`: the file a sequence was read from)."""
+    source = f" in {source}" if source else ""
     if isinstance(spec, str):
         if spec in TEMPLATE_SETS:
             templates = TEMPLATE_SETS[spec]
         elif os.path.isfile(spec):
             templates = tuple(text_lists.read_entries(spec))
-        elif spec.count("{}") == 1:
+            source = f" in {spec}"
+        elif _with_slot(spec) is not None:
             templates = (spec,)
         else:
             raise ConfigError(f"Unknown template set {spec!r}: use one of "
@@ -68,11 +84,11 @@ def get_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
     if not templates:
         raise ConfigError(f"Template set {spec!r} is empty; give at least one template with "
                           "'{}'.")
-    bad = [t for t in templates if t.count("{}") != 1]
+    bad = [t for t in templates if _with_slot(t) is None]
     if bad:
-        raise ConfigError(f"Every template needs exactly one '{{}}' for the class name; these do "
-                          f"not: {bad}.")
-    return templates
+        raise ConfigError(f"Every template needs exactly one '{{}}' (or '{{c}}') for the class "
+                          f"name; these{source} do not: {bad}.")
+    return tuple(_with_slot(t) for t in templates)
 
 
 def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:

@@ -117,12 +117,15 @@ class Classifier:
                 "order.")
         if self.class_spec and dataset_names and not self.source.class_spec:
             self.class_names = in_label_order(self.class_names, dataset_names, field)
-        spec = self.template_spec or ("" if self.source.templates else "default")
-        try:
-            self.templates = (templates_lib.get_templates(spec) if spec
-                              else self.source.templates)
-        except ConfigError as e:
-            raise ConfigError(f"config.eval.{field}.templates: {e}") from None
+        if self.template_spec or not self.source.templates:
+            spec = self.template_spec or "default"
+            try:
+                self.templates = templates_lib.get_templates(spec)
+            except ConfigError as e:
+                raise ConfigError(f"config.eval.{field}.templates: {e}") from None
+        else:
+            self.templates = templates_lib.get_templates(self.source.templates,
+                                                         self.source.templates_file)
 
     @property
     def templates_label(self) -> str:

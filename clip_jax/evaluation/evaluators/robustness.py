@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import linear_probe, naming, robustness
+from clip_jax.evaluation import imagenet_subsets, linear_probe, naming, robustness
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, Records,
                                                  RunContext, check_labels, class_order,
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # TFDS datasets labelled in ImageNet's 1000 classes that hold only 200 of them: scored among
-# the classes present, as their authors evaluate them (Hendrycks et al.).
-SUBSET_DATASETS = ("imagenet_r", "imagenet_a")
+# those 200 (`imagenet_subsets`), as their authors evaluate them (Hendrycks et al.).
+SUBSET_DATASETS = tuple(imagenet_subsets.SUBSETS)
 # Names a shifted set may not take: its `<name>_top1` would be the reference's, or a mean's.
 RESERVED = ("reference", "mean", "mean_shifted", "linear_probe_reference")
 
@@ -162,19 +162,17 @@ class Robustness(Evaluator):
 def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> tuple[float, int]:
     """Top-1 of `c`'s classifier on pass `p`, and the number of classes it is scored among.
     `p`'s labels index its own class names: a dataset whose classes are a subset of the
-    reference's (a folder of 200 ImageNet classes, or `SUBSET_DATASETS`) is scored among that
-    subset. A table of bare class indices (`Pass.indexed`) has no names of its own: its
+    reference's (a folder of 200 ImageNet classes) is scored among that subset, and
+    `SUBSET_DATASETS` among their fixed 200 classes (`subset_top1`). A table of bare class indices (`Pass.indexed`) has no names of its own: its
     labels index the reference's classes."""
     emb = p.embeddings
     names = p.class_names or c.class_names
     if p is c.source or p.indexed or list(names) == list(c.source.class_names or c.class_names):
         check_labels(emb.labels, len(classes), f"robustness.{c.name}", p.description,
                      "" if p is c.source else c.source.description)
-        if p.data.dataset.split("/")[0].split(":")[0] in SUBSET_DATASETS:
-            present = np.unique(emb.labels)
-            remap = np.searchsorted(present, emb.labels)
-            return (eval_metrics.zero_shot_metrics(emb.images, classes[present], remap)["top1"],
-                    len(present))
+        subset = imagenet_subsets.SUBSETS.get(p.data.dataset.split("/")[0].split(":")[0])
+        if subset is not None:
+            return subset_top1(p, classes, subset, c.name)
         return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"], len(classes)
     reference = list(c.source.class_names or c.class_names)
     missing = [n for n in names if n not in reference]
@@ -185,6 +183,30 @@ def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> tuple[float, 
     subset = np.asarray([reference.index(n) for n in names])
     top1 = eval_metrics.zero_shot_metrics(emb.images, classes[subset], emb.labels)["top1"]
     return top1, len(subset)
+
+
+def subset_top1(p: Pass, classes: np.ndarray, wnids: Sequence[str], task: str
+                ) -> tuple[float, int]:
+    """Top-1 of pass `p` (labelled in ImageNet's 1000 classes, its ClassLabel names WordNet
+    ids) among the classes `wnids`, and their number. An image labelled outside them can
+    never be right: it counts as a miss, and a warning counts such images."""
+    names = {name: k for k, name in enumerate(p.class_names or ())}
+    missing = [w for w in wnids if w not in names]
+    if missing:
+        raise ConfigError(f"config.eval.robustness.{task}: {p.description}'s class names are "
+                          f"not ImageNet's WordNet ids ({missing[:3]} missing), so its "
+                          f"{len(wnids)} classes cannot be found among them.")
+    ids = np.asarray([names[w] for w in wnids])
+    labels = p.embeddings.labels
+    position = {int(k): i for i, k in enumerate(ids)}
+    remap = np.asarray([position.get(int(y), -1) for y in labels])
+    outside = int(np.sum(remap < 0))
+    if outside:
+        log.warning("Robustness %s: %d of %d images of %s are labelled outside its %d classes; "
+                    "they count as misses.", task, outside, len(labels), p.description,
+                    len(wnids))
+    top1 = eval_metrics.zero_shot_metrics(p.embeddings.images, classes[ids], remap)["top1"]
+    return top1, len(ids)
 
 
 def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
