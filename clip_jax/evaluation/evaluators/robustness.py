@@ -163,8 +163,9 @@ def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> tuple[float, 
     """Top-1 of `c`'s classifier on pass `p`, and the number of classes it is scored among.
     `p`'s labels index its own class names: a dataset whose classes are a subset of the
     reference's (a folder of 200 ImageNet classes) is scored among that subset, and
-    `SUBSET_DATASETS` among their fixed 200 classes (`subset_top1`). A table of bare class indices (`Pass.indexed`) has no names of its own: its
-    labels index the reference's classes."""
+    `SUBSET_DATASETS` among their fixed 200 classes (`subset_top1`). A table of bare class
+    indices (`Pass.indexed`) has no names of its own: its labels index the reference's
+    classes."""
     emb = p.embeddings
     names = p.class_names or c.class_names
     if p is c.source or p.indexed or list(names) == list(c.source.class_names or c.class_names):
