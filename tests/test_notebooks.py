@@ -23,7 +23,7 @@ EXPECTED = {
     "zero_shot_and_retrieval.ipynb": ["skipped ", "broken.jpg", "Indexed 16 images",
                                       "zero-shot top-1 on 16 labelled images"],
     "train_on_tpu.ipynb": ["zero-shot top-1 during training (step, value): [(6,",
-                           "newest checkpoint step: 12"],
+                           "newest checkpoint step: 12", "'images_per_second': "],
     "finetune_and_export.ipynb": ["zero-shot top-1 before fine-tuning", "LiT, image tower locked",
                                   "model.safetensors", "open_clip_config.json",
                                   "transformers pipeline: same top label on 4/4",

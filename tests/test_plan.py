@@ -205,6 +205,24 @@ def test_plan_that_does_not_fit_exits_1(capsys):
     assert result["total_bytes"] > result["hbm_bytes"] and result["alternatives"] == []
 
 
+def test_the_advice_of_a_plan_that_does_not_fit_names_real_config_fields():
+    """Without a search the advice left out the knobs the search turns (remat, fsdp,
+    micro-batches). Every `--config.FIELD` it names must be a field of the config."""
+    import re
+
+    from clip_jax.configs import base
+    from clip_jax.planning import plan as plan_lib
+
+    advice = plan_lib.NO_FIT_ADVICE["not searched"]
+    fields = re.findall(r"--config\.([\w.]+)=", advice)
+    assert {"model.remat_policy", "mesh.fsdp", "microbatches", "loss"} <= set(fields)
+    config = base.get_config("tiny")
+    for field in fields:
+        node = config
+        for part in field.split("."):
+            node = node[part]  # KeyError for a field the config lacks
+
+
 def test_config_errors_exit_2(capsys):
     assert cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4",
                      "--config.loss=bogus"]) == 2

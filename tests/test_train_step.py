@@ -149,6 +149,21 @@ def test_mesh_that_does_not_fit_is_a_clear_error():
         sharding.create_mesh({"data": -1, "fsdp": 3, "tensor": 1})
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_a_mesh_axis_that_does_not_divide_a_width_names_the_logical_axis(scan):
+    """tensor=4 over test-vit's 2 attention heads: the error named the parameter but not its
+    logical axis ("map that logical axis to None"), so the user had to work out that dim 0
+    of (2, 32) is the heads. It now names `heads`, its size, and the tensor sizes that fit."""
+    config = _config()
+    config.model.scan_layers = scan
+    mesh = sharding.create_mesh({"data": 2, "fsdp": 1, "tensor": 4})
+    with pytest.raises(ConfigError, match=r"cannot be split 4 ways over mesh axes \('tensor',\): "
+                                          r"its logical axis 'heads' has size 2; make the product "
+                                          r"of config.mesh.tensor one of \[1, 2\], or map 'heads' "
+                                          r"to None in config.logical_axis_rules."):
+        train_step.setup(config, train_step.model_config(config), mesh)
+
+
 def test_sigmoid_loss_matches_numpy():
     rng = np.random.default_rng(0)
     img, txt = (x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -51,6 +51,18 @@ _OOM = re.compile(r"(?:Used |\()([\d.]+)([KMGT]?)\)? (?:of |exceeds available HB
                   r"([\d.]+)([KMGT]?)", re.IGNORECASE)
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
+# What to change when the plan does not fit, by whether the search ran (it tries the remat
+# policies, fsdp sizes and micro-batch counts the config allows).
+_LAST_RESORTS = ("lower the batch size, use --config.loss=chunked_softmax (or chunked_sigmoid), "
+                 "or a bigger slice.")
+NO_FIT_ADVICE: dict[str, str] = {
+    "searched": f"No fitting alternative found in the budget: {_LAST_RESORTS}",
+    "not searched": ("No alternatives tried (--search-seconds 0): give --search-seconds to try "
+                     "the remat policies, fsdp sizes and micro-batch counts, or set them "
+                     "(--config.model.remat_policy=full, --config.mesh.fsdp=N, "
+                     f"--config.microbatches=N); else {_LAST_RESORTS}"),
+}
+
 
 @dataclasses.dataclass
 class Plan:
@@ -299,8 +311,5 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
             print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches}")
             print(format_plan(a))
     else:
-        searched = ("No fitting alternative found in the budget" if budget_seconds > 0 else
-                    "No alternatives tried (--search-seconds 0)")
-        print(f"{searched}: lower the batch size, use loss=chunked_softmax/chunked_sigmoid, or "
-              "a bigger slice.")
+        print(NO_FIT_ADVICE["searched" if budget_seconds > 0 else "not searched"])
     return 1

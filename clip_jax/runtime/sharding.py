@@ -102,18 +102,28 @@ def logical_shardings(boxed: Any, mesh: Mesh, rules: Rules) -> Any:
     return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
 
 
-def check_divisible(mesh: Mesh, shapes: Any, shardings: Any) -> None:
-    """Fails early, naming the parameter, when a sharded dimension does not divide evenly."""
-    flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+def check_divisible(mesh: Mesh, boxed: Any, shardings: Any) -> None:
+    """Fails early, naming the parameter, its logical axis and the mesh sizes that would fit,
+    when a sharded dimension does not divide evenly. `boxed`: the (abstract) variables boxed
+    with logical axis names, as `logical_shardings` takes them."""
+    flat_shapes = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
+    flat_logical = jax.tree.leaves(nn.get_partition_spec(boxed), is_leaf=_is_spec)
     flat_shardings = jax.tree.leaves(shardings)
-    for (path, leaf), sharding in zip(flat_shapes, flat_shardings):
-        for dim, axes in zip(leaf.shape, sharding.spec):
+    for (path, leaf), logical, sharding in zip(flat_shapes, flat_logical, flat_shardings):
+        names = (*(logical or ()), *[None] * leaf.ndim)  # an unboxed leaf has no names
+        for dim, axes, name in zip(leaf.shape, sharding.spec, names):
             if axes is None:
                 continue
-            ways = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            ways = math.prod(mesh.shape[a] for a in axes)
             if dim % ways:
-                name = jax.tree_util.keystr(path)
+                fits = [k for k in range(1, dim + 1) if dim % k == 0]
                 raise ConfigError(
-                    f"Parameter {name} of shape {leaf.shape} cannot be split {ways} ways over "
-                    f"mesh axes {axes}; change config.mesh or map that logical axis to None in "
-                    "config.logical_axis_rules.")
+                    f"Parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} cannot be "
+                    f"split {ways} ways over mesh axes {axes}: its logical axis {name!r} has "
+                    f"size {dim}; make the product of config.mesh.{', config.mesh.'.join(axes)} "
+                    f"one of {fits}, or map {name!r} to None in config.logical_axis_rules.")
+
+
+def _is_spec(x: Any) -> bool:
+    return x is None or isinstance(x, P)

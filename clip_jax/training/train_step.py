@@ -123,7 +123,7 @@ def setup(config: ml_collections.ConfigDict, model: CLIPConfig, mesh: Mesh) -> S
     tx = optim.make_optimizer(config, nn.unbox(boxed["params"]), names)
     abstract_state = jax.eval_shape(functools.partial(_init_state, module, tx), jax.random.key(0))
     params_shardings = sharding.logical_shardings(boxed["params"], mesh, rules)
-    sharding.check_divisible(mesh, abstract_state.params, params_shardings)
+    sharding.check_divisible(mesh, boxed["params"], params_shardings)
     state_shardings = TrainState(
         step=sharding.replicated(mesh), params=params_shardings,
         opt_state=_follow_params(abstract_state.opt_state, params_shardings, mesh),
