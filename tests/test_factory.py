@@ -1,6 +1,7 @@
 """open_clip-style helpers: save/load round trips (read back by open_clip too), the export
 directory loading back, create_model_and_transforms, create_model's cache and eval_shape."""
 
+import dataclasses
 import os
 import stat
 
@@ -124,6 +125,20 @@ def test_a_workdir_loads_with_the_numerics_asked_for(tmp_path, saved_scan):
         for got, want in zip(module.apply(loaded, images, texts), expected):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
+    # Another architecture is refused naming what differs (it named nothing).
+    other = saved.config.replace(text=dataclasses.replace(saved.config.text, heads=4))
+    with pytest.raises(ConfigError, match=r"different architecture than the model given "
+                                          r"\(text.heads is 4, the checkpoint's 2\)"):
+        clip_jax.load(tmp_path, model=other)
+    # A workdir's checkpoints folder, or a folder of runs, is pointed to the workdir(s).
+    with pytest.raises(ConfigError, match=rf"inside the workdir '{tmp_path}': pass that"):
+        clip_jax.load(tmp_path / "checkpoints")
+    runs = tmp_path.parent / f"runs_{saved_scan}"
+    runs.mkdir()
+    os.symlink(tmp_path, runs / "run_a")
+    with pytest.raises(ConfigError, match=rf"holds 1 workdir\(s\): pass one, e.g. "
+                                          rf"'{runs / 'run_a'}'"):
+        clip_jax.load(runs)
     module, loaded = clip_jax.load(tmp_path, model=saved.config.replace(param_dtype="bfloat16"))
     assert module.config.scan_layers is saved_scan
     # The dtypes a new bf16 model has: bf16, but logit_scale float32 (it was cast to bf16).

@@ -152,6 +152,33 @@ def _no_ema(ema: bool, source: str, what: str) -> None:
                           "load it without ema=True (--ema).")
 
 
+def _workdirs_near(path: str) -> str:
+    """A hint naming the workdir a folder belongs to (its `checkpoints/`) or the workdirs it
+    holds (a folder of runs), for the error of a folder that is no model itself."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if checkpoints.is_workdir(parent):
+        return f" (it is inside the workdir {parent!r}: pass that)"
+    runs = sorted(name for name in os.listdir(path)
+                  if checkpoints.is_workdir(os.path.join(path, name)))
+    if runs:
+        shown = ", ".join(repr(os.path.join(path, r)) for r in runs[:3])
+        return f" (it holds {len(runs)} workdir(s): pass one, e.g. {shown})"
+    return ""
+
+
+def _differing_fields(given: Mapping[str, Any], found: Mapping[str, Any], prefix: str = ""
+                      ) -> list[str]:
+    """`"field is X, the checkpoint's Y"` for each (nested) config field that differs."""
+    said = []
+    for key in sorted(set(given) | set(found)):
+        mine, theirs = given.get(key), found.get(key)
+        if isinstance(mine, Mapping) and isinstance(theirs, Mapping):
+            said += _differing_fields(mine, theirs, f"{prefix}{key}.")
+        elif mine != theirs and key not in NUMERICS:
+            said.append(f"{prefix}{key} is {mine!r}, the checkpoint's {theirs!r}")
+    return said
+
+
 def _load_local(path: str, config: CLIPConfig | None, activation: str | None, ema: bool
                 ) -> tuple[CLIP, dict[str, Any]]:
     if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
@@ -161,8 +188,10 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None, em
             return module, variables
         numerics = {field: getattr(config, field) for field in NUMERICS}
         if config != module.config.replace(**numerics):
-            raise ConfigError(f"{path!r} holds a different architecture than the model given; "
-                              "omit the model argument to use the checkpoint's own.")
+            differences = _differing_fields(config.to_dict(), module.config.to_dict())
+            raise ConfigError(f"{path!r} holds a different architecture than the model given "
+                              f"({'; '.join(differences)}); omit the model argument (or "
+                              "--architecture) to use the checkpoint's own.")
         return with_numerics(module, variables, **numerics)
     if hf_import.is_hf_directory(path):
         _no_ema(ema, path, "a transformers directory")
@@ -176,7 +205,7 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None, em
         raise ConfigError(f"{path!r} is neither a clip_jax workdir (checkpoints/<step>/), a "
                           "Hugging Face CLIP directory (config.json) nor an open_clip directory "
                           f"({open_clip_import.CONFIG_FILE}); pass one of those or a checkpoint "
-                          f"file{hub.shadowed_repo_hint(path)}.")
+                          f"file{_workdirs_near(path)}{hub.shadowed_repo_hint(path)}.")
     config, variables = _load_file(path, config, activation, ema)
     return CLIP(config), variables
 
