@@ -153,6 +153,9 @@ def _timed_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
     measured = measure_matmul_flops(dtype, device)
     if measured <= cached.get(key, 0.0) <= IMPLAUSIBLE_PEAK_RATIO * measured:
         return float(cached[key]), f"{how}: the best seen on this machine, kept in {path}"
+    before = cached.get(key)
+    why = ("the first on this machine" if before is None else "a new best" if measured > before
+           else f"replacing {before:.3g} FLOP/s, over {IMPLAUSIBLE_PEAK_RATIO:g}x this, as mistimed")
     cached[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,7 @@ def _timed_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
         tmp.replace(path)
     except OSError:
         return measured, f"{how} (cache {path} not writable)"
-    return measured, f"{how}, measured now: a new best, kept in {path}"
+    return measured, f"{how}, measured now ({why}), kept in {path}"
 
 
 # Backends whose executables run correctly when loaded back from JAX's persistent cache. With
