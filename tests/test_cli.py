@@ -457,8 +457,10 @@ def test_an_optional_field_set_by_the_config_file_can_be_unset_from_the_command_
             ("--config.total_steps=None", "--config.total_steps=None: config.total_steps is not "
                                           "optional (it holds int "),
             ("--config.model.bias=None", "cannot apply --config.model.bias=None: unknown field"),
-            ("--config.model.activaton=None", "unknown field; did you mean model.activation?"),
-            ("--config.learning_rate=None", "unknown field; did you mean optimizer.lr?"),
+            ("--config.model.activaton=None", "unknown field 'model.activaton'; did you mean "
+                                              "--config.model.activation?"),
+            ("--config.learning_rate=None", "unknown field 'learning_rate'; did you mean "
+                                            "--config.optimizer.lr?"),
             ("--config.eval.zero_shot.heldout=None", "config.eval.zero_shot.heldout is a "
                                                      "section, not a value"),
             ("--config.init_from=None", "give it a value (empty: --config.init_from=).")):
@@ -784,3 +786,209 @@ def test_warnings_of_a_command_line_task_are_said_in_flag_terms():
         top.removeHandler(handler)
     assert seen == ["--zero-shot colours (class_names): by position",
                     "config.eval.zero_shot.colours.class_names: elsewhere"]
+
+
+def _train_error(argv):
+    """The one line `clip-jax train ARGV` prints for a mistake in its command line (what
+    `train.main` prints of the ConfigError `load` raises), with nothing loaded or trained."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+
+    with pytest.raises(ConfigError) as error:
+        entry.load(["clip-jax train", *argv], flags.FlagValues())
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("flag, says", [
+    (["--batch-size", "16"], "use --config.batch_size=16."),
+    (["--batch_size=16"], "use --config.batch_size=16."),
+    (["--lr", "1e-4"], "use --config.optimizer.lr=1e-4."),
+    (["--wd", "0.1"], "use --config.optimizer.weight_decay=0.1."),
+    (["--warmup", "100"], "use --config.warmup_steps=100."),
+    (["--epochs", "3"], "use --config.total_steps=VALUE (optimizer steps, not epochs"),
+    (["--train-data", "x.csv"], "use --config.data.table.train_path=VALUE (a CSV/TSV table) or "
+                                "--config.data.webdataset.train_shards=VALUE"),
+    (["--precision", "amp"], "use --config.model.dtype=VALUE (float32, bfloat16 or float16)."),
+    (["--model", "ViT-B-32"], "use --config.model.name=ViT-B-32."),
+    (["--pretrained", "openai"], "use --config.init_from=openai."),
+    (["--workers", "8"], "use --config.data.table.num_threads=VALUE or "
+                         "--config.data.webdataset.num_threads=VALUE"),  # not "workdir?"
+    (["--total-steps", "5"], "use --config.total_steps=5."),
+])
+def test_other_trainers_flags_name_the_config_field_that_does_their_job(flag, says):
+    """open_clip's / transformers' flags on `clip-jax train` said only "Unknown command line
+    flag 'batch-size'" (and `--workers`: "Did you mean: workdir?"); each now names the
+    --config.FIELD doing its job, from config_file.SYNONYMS or the base config's own names."""
+    message = _train_error(["--config=tiny", "--workdir=w", *flag])
+    name = flag[0].partition("=")[0]
+    assert message.startswith(f"{name} is not a flag of clip-jax train"), message
+    assert says in message and "workdir ?" not in message, message
+    # An unknown flag with no such field still says how the command takes its settings.
+    assert "--config.FIELD=VALUE" in _train_error(["--config=tiny", "--workdir=w", "--frob=1"])
+
+
+def test_plan_names_the_config_field_of_another_trainers_flag(capsys):
+    code, _, err = run(capsys, "plan", "--config", "tiny", "--topology", "v5e-8",
+                       "--batch-size", "64")
+    assert (code, err) == (2, "error: --batch-size is not a flag of clip-jax plan (it takes "
+                              "--config, --config.FIELD=VALUE and the flags of --help); use "
+                              "--config.batch_size=64.\n")
+
+
+@pytest.mark.parametrize("override, says", [
+    ("--config.batch-size=16", "cannot apply --config.batch-size=16: unknown field "
+                               "'batch-size'; did you mean --config.batch_size (field names "
+                               "use '_', not '-')?"),
+    ("--config.data.table.train-path=x.csv", "did you mean --config.data.table.train_path "
+                                             "(field names use '_', not '-')?"),
+    ("--config.optimizer.learning-rate=1", "did you mean --config.optimizer.lr (field names"),
+    ("--config.Batch_Size=16", "did you mean --config.batch_size?"),
+    ("--config.epochs=3", "did you mean --config.total_steps (optimizer steps, not epochs"),
+    ("--config.optimizer.foo=1", "unknown field 'optimizer.foo'; the fields are those of"),
+])
+def test_an_override_of_no_field_is_named_before_absl_parses_it(override, says):
+    """`--config.batch-size=16` said "unknown field or wrong type (malformed node or string
+    on line 1: <ast.Name object at 0x...>)": absl read the hyphen as Python. Every override's
+    field is looked up in the loaded config first and a miss named with its fix."""
+    message = _train_error(["--config=tiny", "--workdir=w", "--config.total_steps=3", override])
+    assert says in message and "ast." not in message, message
+
+
+def test_a_config_file_returning_a_dict_is_one_line(tmp_path, capsys):
+    """`get_config()` returning a dict failed with "AttributeError: 'dict' object has no
+    attribute 'mode'" (a traceback); anything not a ConfigDict is refused by name, for train,
+    plan and eval --config alike."""
+    for value in ("{'batch_size': 4}", "None"):
+        (tmp_path / "d.py").write_text(f"def get_config():\n    return {value}\n")
+        message = _train_error([f"--config={tmp_path / 'd.py'}", "--workdir=w"])
+        kind = "dict" if value != "None" else "NoneType"
+        assert message.startswith(f"the config file {tmp_path / 'd.py'}: get_config() returned "
+                                  f"a {kind}; return an ml_collections.ConfigDict"), message
+    code, _, err = run(capsys, "plan", "--config", str(tmp_path / "d.py"), "--topology", "v5e-8")
+    assert code == 2 and "returned a NoneType" in err and len(err.splitlines()) == 1
+    code, _, err = run(capsys, "eval", str(tmp_path), "--config", str(tmp_path / "d.py"))
+    assert code == 2 and "returned a NoneType" in err and len(err.splitlines()) == 1
+
+
+def test_an_index_output_naming_a_folder_is_refused_first(vit_workdir, tmp_path, monkeypatch,
+                                                          capsys):
+    """`--output newidx/` (no such folder yet) embedded every image, then failed with
+    NotADirectoryError, leaving `..tmp-PID` in the current folder and `newidx/.partial/`. A
+    path that cannot be a file is one line before the model loads, nothing written; a
+    missing folder above a file name is created."""
+    from clip_jax.inference import image_index
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_captioned_pngs(photos, 2, (40, 40), 0, ())
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    missing = str(tmp_path / "no-model")
+    for output in ("newidx/", "newidx/sub/", ".", "..", "newidx/.", "/"):
+        code, _, err = run(capsys, "index", str(photos), "--model", missing, "--output", output)
+        assert code == 2 and len(err.splitlines()) == 1, (output, err)
+        assert err.startswith(f"error: --output {output!r} names a folder, not a file"), err
+    assert os.listdir(work) == []
+    code, out, err = run(capsys, "index", str(photos), "--model", vit_workdir[0], "--output",
+                         "new/deep/i.npz")
+    assert code == 0 and os.listdir(work / "new" / "deep") == ["i.npz"], err
+    # A save that fails leaves no temporary file beside its target.
+    with pytest.raises(OSError):
+        image_index._save_npz(str(work / "gone") + os.sep, x=np.zeros(2))
+    assert sorted(os.listdir(work)) == ["new"]
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--labels", "mylabels.txt", "--labels 'mylabels.txt': no such file"),
+    ("--labels", "lists/animals", "--labels 'lists/animals': no such file"),
+    ("--labels", "Classes.CSV", "--labels 'Classes.CSV': no such file"),
+    ("--labels", "DIR", "--labels 'DIR': is a folder"),
+    ("--templates", "nonexist_templates.txt", "--templates 'nonexist_templates.txt': no such "
+                                              "file"),
+    ("--templates", "prompts/mine", "--templates 'prompts/mine': no such file"),
+])
+def test_a_missing_labels_or_templates_file_is_said_so(flag, value, says, tmp_path, capsys):
+    """A file name that is not there was read as inline text: `--labels mylabels.txt` gave
+    "1 class(es) ... needs at least 2", `--templates x.txt` "Unknown template set". A value
+    that looks like a file (.txt/.csv/.tsv, or a path separator without a comma) is named
+    as missing, before the model loads; labels and templates given inline are unchanged."""
+    value = str(tmp_path) if value == "DIR" else value
+    says = says.replace("'DIR'", repr(str(tmp_path)))
+    other = {"--labels": ["--templates", "simple"], "--templates": ["--labels", "a,b"]}[flag]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_captioned_pngs(photos, 1, (40, 40), 0, ())
+    code, out, err = run(capsys, "zero-shot", "--model", str(tmp_path / "no-model"), flag,
+                         value, *other, str(photos))
+    assert (code, out) == (2, "") and err.startswith(f"error: {says}; ") and len(
+        err.splitlines()) == 1, err
+    for inline in (["--labels", "AC/DC,Blur"], ["--labels", "a,b", "--templates",
+                                                 "a photo of a {} / a sketch"]):
+        code, _, err = run(capsys, "zero-shot", "--model", str(tmp_path / "no-model"), *inline,
+                           str(photos))
+        assert code == 2 and "no such file" not in err and "no-model" in err, err
+
+
+def test_an_image_path_as_a_text_query_warns_in_flag_terms(vit_workdir, tmp_path, capsys):
+    """`clip-jax search INDEX photo.jpg` printed Python's UserWarning with its file and line
+    and the library's advice (pass pathlib.Path); the command says one `warning:` line naming
+    --image, before the model loads, and still searches the text."""
+    import warnings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_captioned_pngs(photos, 2, (40, 40), 0, ())
+    index = str(tmp_path / "i.npz")
+    assert run(capsys, "index", str(photos), "--model", vit_workdir[0], "--output", index)[0] == 0
+    query = str(photos / sorted(os.listdir(photos))[0])
+    for given, says in ((query, "names an image file"),
+                        ("holiday.jpg", "looks like an image file name")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code, out, err = run(capsys, "search", index, given, "--top", "1")
+        assert code == 0 and len(out.splitlines()) == 1, err
+        assert [str(w.message) for w in caught] == []
+        assert err == (f"warning: the query {given!r} is searched as text, though it {says}; "
+                       f"to search by the image, pass --image {given}.\n")
+
+
+def test_zero_shot_csv_has_one_column_per_name(vit_workdir, tmp_path, capsys):
+    """`--output csv` with a label named `path` or `label` wrote `path,label,path,label,cat`,
+    which pandas reads back as path.1 / label.1. Such labels are refused (before the model
+    loads); any other header reads back as written."""
+    pandas = pytest.importorskip("pandas")
+    import io
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_captioned_pngs(photos, 2, (40, 40), 0, ())
+    for labels in ("path,cat", "dog,label"):
+        code, out, err = run(capsys, "zero-shot", "--model", str(tmp_path / "no-model"),
+                             "--labels", labels, "--output", "csv", str(photos))
+        clash = "path" if labels.startswith("path") else "label"
+        assert (code, out) == (2, ""), err
+        assert err.startswith(f"error: --labels has {clash!r}, a column of --output csv's own "
+                              "(path, label, then one per label)"), err
+    code, out, err = run(capsys, "zero-shot", "--model", vit_workdir[0], "--labels",
+                         "paths,Label,cat", "--output", "csv", str(photos))
+    assert code == 0, err
+    table = pandas.read_csv(io.StringIO(out))
+    assert list(table.columns) == ["path", "label", "paths", "Label", "cat"]
+    assert len(table) == 2 and set(table["label"]) <= {"paths", "Label", "cat"}
+
+
+def test_demo_help_gives_the_readmes_measured_time(capsys):
+    """`clip-jax demo --help` said "~8 minutes on 2 cores" where the README measures 9 min
+    17 s: the help gives the README's figure (read from its wall-time row here) and no other."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    measured = re.search(r"\| wall time: training \+ evaluation [^|]*\| ([\d]+ min [\d]+ s) "
+                         r"from start", readme).group(1)
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert measured in help_text, help_text
+    assert not re.search(r"\d+[- ]minute", help_text), help_text

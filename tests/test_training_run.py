@@ -809,3 +809,66 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     schedule = optim.learning_rate_schedule(config)
     rates = [float(schedule(step)) for step in range(config.total_steps)]
     assert rates == sorted(rates) and rates[-1] < config.optimizer.lr
+
+
+def test_a_model_folder_is_refused_as_a_workdir(tmp_path, monkeypatch, capsys):
+    """`clip-jax train --workdir DIR` on a transformers model folder (`clip-jax export-hf`'s)
+    replaced its config.json with the run's config. A folder holding a config.json that no
+    run wrote is refused in one line (exit 2) before anything loads or compiles, its files
+    left as they were; a new, empty or other folder (the user's notes, config file), a run
+    stopped before its first checkpoint, and a workdir with checkpoints pass."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+    from clip_jax.convert.hf_export import export_hf
+    from clip_jax.models import create_model
+    from clip_jax.training import config_checks
+
+    def compile_train_step(*_):
+        raise AssertionError("compiled a refused run")
+
+    monkeypatch.setattr(train_step, "compile_train_step", compile_train_step)
+    hf = tmp_path / "exp_hf"
+    module, variables = create_model("test-vit")
+    export_hf(module.config, variables, hf)
+    only_config = tmp_path / "only_config"  # a config.json that no run wrote
+    only_config.mkdir()
+    (only_config / "config.json").write_text('{"model_type": "clip"}')
+    for folder in (hf, only_config):
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        argv = ["clip-jax train", "--config=tiny", f"--workdir={folder}",
+                "--config.total_steps=1"]
+        assert entry.run(*entry.load(argv, flags.FlagValues())) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: --workdir {str(folder)!r} holds a config.json that is not a "
+                       "training run's (a model folder?), which training would overwrite; pass "
+                       "a new or empty folder (to start from a model folder's weights: "
+                       "--config.init_from=DIR).\n"), err
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    own = tmp_path / "own"  # the user's own files beside the run: nothing of theirs is written
+    own.mkdir()
+    (own / "my_config.py").write_text("")
+    (own / "notes.txt").write_text("")
+    # Accepted: what a run writes, before and after its first checkpoint.
+    stopped = tmp_path / "stopped"  # a run stopped before its first checkpoint
+    train.write_config(tiny.get_config(), str(stopped), 0)
+    config = tiny.get_config()
+    config.batch_size = 16
+    train.write_config(config, str(stopped), 8)  # a resumed run's kept config
+    for name in ("metrics.jsonl", "metrics.jsonl.partial", ".clip_jax.lock", ".DS_Store"):
+        (stopped / name).write_text("")
+    (stopped / "tensorboard").mkdir()
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints" / "4").mkdir(parents=True)
+    (resumed / "notes.txt").write_text("my notes")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "hidden").mkdir()
+    (tmp_path / "hidden" / ".DS_Store").write_text("")
+    for folder in (stopped, resumed, own, tmp_path / "empty", tmp_path / "hidden",
+                   tmp_path / "missing" / "run", "gs://bucket/run"):
+        config_checks.check_run(tiny.get_config(), str(folder))
+    # Evaluating (`--config.mode=eval`) writes only metrics: any folder takes them.
+    config = tiny.get_config()
+    config.mode = "eval"
+    config_checks.check_run(config, str(hf))

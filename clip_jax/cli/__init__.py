@@ -27,17 +27,22 @@ import functools
 import json
 import os
 import pathlib
+import shlex
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clip_jax.cli.arg_types import alpha_mode, positive_int, read_labels, seconds
+from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, read_labels,
+                                   seconds)
 from clip_jax.runtime import logs
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
 OUTPUT_FORMATS = ("text", "json", "csv")
+# zero-shot --output csv: these columns, then one per label (so no label may be named so).
+CSV_COLUMNS = ("path", "label")
 
 
 def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
@@ -80,6 +85,12 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     from clip_jax.evaluation import zero_shot
 
     labels = read_labels(args.labels, "--labels")
+    if args.output == "csv" and (clash := [c for c in CSV_COLUMNS if c in labels]):
+        raise ConfigError(f"--labels has {clash[0]!r}, a column of --output csv's own "
+                          f"({', '.join(CSV_COLUMNS)}, then one per label), so the header "
+                          f"would name two columns {clash[0]!r}; rename that label (e.g. "
+                          f"'a {clash[0]}') or use --output json.")
+    check_list_file(args.templates, "--templates")
     prompts = templates.get_templates(args.templates)
     paths, ignored = image_folder.find_images(args.images, args.recursive)
     module, variables, tokenizer = load_model_and_tokenizer(args.model, args)
@@ -89,7 +100,7 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     top = min(args.top, len(labels))
     writer = csv.writer(sys.stdout, lineterminator="\n") if args.output == "csv" else None
     if writer:
-        writer.writerow(["path", "label", *labels])
+        writer.writerow([*CSV_COLUMNS, *labels])
     skipped, done = [], 0
     for batch in image_folder.iter_batches(paths, module.config, args.batch_size,
                                            **classifier.image_options):
@@ -155,6 +166,12 @@ def search_command(args: argparse.Namespace) -> int:
                           "check --image.")
     if args.query is not None and not args.query.strip():
         raise ConfigError("The text query is empty; give the words to search for.")
+    if args.query is not None and args.query.lower().endswith(image_folder.IMAGE_EXTENSIONS):
+        # At the command line the fix is --image (the library's warning names pathlib.Path).
+        where = ("names an image file" if os.path.isfile(args.query)
+                 else "looks like an image file name")
+        print(f"warning: the query {args.query!r} is searched as text, though it {where}; to "
+              f"search by the image, pass --image {shlex.quote(args.query)}.", file=sys.stderr)
     index = image_index.ImageIndex.load(args.index)
     model = args.model or index.meta.get("model")
     if not model:
@@ -174,7 +191,9 @@ def search_command(args: argparse.Namespace) -> int:
                           f"({index.meta.get('model')}), so scores would compare different "
                           "embeddings; omit --model, or index the images with this one.")
     query = args.query if args.image is None else pathlib.Path(args.image)
-    matches = image_index.search(index, query, encoder, args.top)
+    with warnings.catch_warnings():  # said above, in the command line's terms
+        warnings.filterwarnings("ignore", message=r"The query .* is searched as text")
+        matches = image_index.search(index, query, encoder, args.top)
     if args.output == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["rank", "score", "path"])
@@ -319,10 +338,13 @@ def plan_command(args: argparse.Namespace) -> int:
     itself failed (traceback on stderr), so that a crash never reads as "does not fit"."""
     from absl import flags
 
-    from clip_jax.cli import train
+    from clip_jax.cli import config_file, train
     from clip_jax.planning import plan
 
     unknown = [a for a in args.overrides if not a.startswith("--config.")]
+    for flag in (a.partition("=")[0] for a in unknown if a.startswith("-")):
+        if problem := config_file.unknown_flag_error(flag, ["clip-jax plan", *args.overrides]):
+            raise ConfigError(problem)
     if unknown:
         raise ConfigError(f"unrecognised arguments {unknown}; overrides look like "
                           "--config.batch_size=4096 (as for clip-jax train).")
@@ -378,8 +400,9 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
                         "colour to composite onto, e.g. 'white' or '#808080'")
     z.add_argument("--recursive", action="store_true", help="also search subfolders")
     z.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
-                   help="text (default), json (one object per line) or csv (every label's "
-                        "probability)")
+                   help="text (default), json (one object per line) or csv (a header row, "
+                        "then per image: path, label (the top one), then one column per label "
+                        "with its probability; labels named 'path' or 'label' are refused)")
     z.add_argument("--batch-size", type=positive_int, default=64,
                    help="images decoded and embedded at once (default 64)")
     z.add_argument("images", nargs="+", help="image files and/or folders of images")

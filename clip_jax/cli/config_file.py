@@ -28,8 +28,11 @@ OPEN_SECTIONS = ("eval.zero_shot", "eval.retrieval", "eval.linear_probe", "eval.
                  "eval.robustness")
 
 
-# Other codebases' names (open_clip's training flags, big_vision's and optax's fields) for
-# fields of ours: too far from ours in spelling for a did-you-mean, so said by name.
+# Other codebases' names (open_clip's and transformers' training flags, big_vision's and optax's
+# fields) for what does their job here: too far from ours in spelling for a did-you-mean, so
+# said by name. Keys are read with '-' as '_' (`--batch-size`); a value is a dotted field of
+# ours, alternatives joined by " or ", each with an optional " (note)"; or a flag ("--workdir").
+# One table for a config file's field, a `--config.FIELD` override and a `clip-jax train --FLAG`.
 SYNONYMS = {
     "learning_rate": "optimizer.lr", "wd": "optimizer.weight_decay",
     "beta1": "optimizer.b1", "beta2": "optimizer.b2", "epsilon": "optimizer.eps",
@@ -40,23 +43,138 @@ SYNONYMS = {
     "accum_freq": "microbatches", "grad_accum_steps": "microbatches",
     "gradient_accumulation_steps": "microbatches", "pretrained": "init_from",
     "grad_checkpointing": "model.remat_policy", "gradient_checkpointing": "model.remat_policy",
-    "remat": "model.remat_policy", "precision": "model.dtype", "scan": "model.scan_layers",
+    "remat": "model.remat_policy", "precision": "model.dtype (float32, bfloat16 or float16)",
+    "scan": "model.scan_layers",
     "lock_image_tower": "lock_image", "lock_text_tower": "lock_text", "siglip": "loss",
     # Our own optimizer fields, given outside their section.
     "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "b1": "optimizer.b1",
     "b2": "optimizer.b2", "eps": "optimizer.eps", "grad_clip_norm": "optimizer.grad_clip_norm",
+    # open_clip's and transformers' flags whose job a field (or --workdir) does.
+    "epochs": "total_steps (optimizer steps, not epochs: epochs x examples / batch_size)",
+    "num_train_epochs": "total_steps (optimizer steps, not epochs: epochs x examples / "
+                        "batch_size)",
+    "per_device_train_batch_size": "batch_size (global: over all devices and hosts)",
+    "train_batch_size": "batch_size",
+    "model": "model.name", "model_name_or_path": "init_from",
+    "train_data": "data.table.train_path (a CSV/TSV table) or data.webdataset.train_shards "
+                  "(img2dataset tar shards)",
+    "val_data": "data.table.validation_path (a CSV/TSV table) or "
+                "data.webdataset.validation_shards (img2dataset tar shards)",
+    "dataset_type": "data.dataset", "csv_img_key": "data.table.image_column",
+    "csv_caption_key": "data.table.caption_column", "csv_separator": "data.table.delimiter",
+    "workers": "data.table.num_threads or data.webdataset.num_threads (threads building the "
+               "dataset; the input pipeline tunes its own)",
+    "save_frequency": "checkpoint.every_steps (steps, not epochs)",
+    "output_dir": "--workdir", "logs": "--workdir",
+    "resume": "--workdir (a workdir with checkpoints resumes from the newest)",
 }
 
 
+def _normal(name: str) -> str:
+    """A name as SYNONYMS and the config spell it: `--batch-size`, `Batch_Size` -> batch_size."""
+    return name.replace("-", "_").lower()
+
+
 def suggestion(field: str, siblings: list[str]) -> str | None:
-    """The field a mistyped dotted `field` probably means: a `SYNONYMS` entry for its last
-    name (another codebase's spelling), else the closest of `siblings` (its section's
-    fields) by spelling; None when neither."""
+    """The field a mistyped dotted `field` probably means: its siblings' spelling of it with
+    '-' read as '_' (`batch-size`) or another case, a `SYNONYMS` entry for its last name
+    (another codebase's spelling), else the closest of `siblings` (its section's fields) by
+    spelling; None when none. A SYNONYMS value may hold alternatives and notes (`as_flags`)."""
     *parents, name = field.split(".")
-    if name in SYNONYMS:
-        return SYNONYMS[name]
+    same = [s for s in siblings if _normal(s) == _normal(name)]
+    if same:
+        return ".".join([*parents, same[0]])
+    if _normal(name) in SYNONYMS:
+        return SYNONYMS[_normal(name)]
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     return ".".join([*parents, close[0]]) if close else None
+
+
+def as_flags(target: str, value: str | None = None) -> str:
+    """A `suggestion` as command-line overrides: `optimizer.lr` -> `--config.optimizer.lr`,
+    with `=value` when a value is given ("" -> VALUE; VALUE too when the target has a note,
+    which says what the value is: another flag's `--epochs 3` or `--precision amp` is no
+    value of ours), each alternative of "a or b" so, notes kept; a flag (`--workdir`) as it
+    is."""
+    out = []
+    alternatives = re.findall(r"(\S+)(?: \(([^)]*)\))?", target)
+    if value is not None:
+        value = "=" + (value if value and not any(n for _, n in alternatives) else "VALUE")
+    for field, note in alternatives:
+        if field == "or":
+            continue
+        if not field.startswith("-"):
+            field = f"--config.{field}{value or ''}"
+        out.append(field + (f" ({note})" if note else ""))
+    return " or ".join(out)
+
+
+def flag_suggestion(flag: str) -> str | None:
+    """The `--config.FIELD` doing the job of a flag `clip-jax train` lacks (`--batch-size`,
+    open_clip's `--lr`, `--epochs`): a `SYNONYMS` entry, else a field of the base config of
+    that name (top level, or the one leaf so named); None when neither."""
+    from clip_jax.configs import base
+
+    name = _normal(flag.lstrip("-"))
+    if name in SYNONYMS:
+        return SYNONYMS[name]
+    config = base.get_config()
+    if name in config.keys() and not isinstance(config[name], ml_collections.ConfigDict):
+        return name
+    leaves = [path for path in _leaves(config) if path.rsplit(".", 1)[-1] == name]
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def unknown_flag_error(flag: str, argv: list[str]) -> str | None:
+    """What to say of a flag `--flag` that `argv[0]` (clip-jax train or plan) lacks but whose
+    job a config field does (`flag_suggestion`): that field as an override with the value
+    given; None when no field does it. absl said only "Unknown command line flag
+    'batch-size'", and told `--workers` "Did you mean: workdir?"."""
+    target = flag_suggestion(flag)
+    if target is None:
+        return None
+    value = ""
+    for i, arg in enumerate(argv):
+        name, equals, given = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == flag.lstrip("-"):
+            following = argv[i + 1] if i + 1 < len(argv) else ""
+            value = given if equals else "" if following.startswith("-") else following
+            break
+    return (f"--{flag.lstrip('-')} is not a flag of {argv[0]} (it takes --config, "
+            f"--config.FIELD=VALUE and the flags of --help); use {as_flags(target, value)}.")
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Dotted paths of every value (not section) of `config`."""
+    found = []
+    for key in config.keys():
+        if isinstance(config[key], ml_collections.ConfigDict):
+            found += _leaves(config[key], f"{prefix}{key}.")
+        else:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def override_error(config: ml_collections.ConfigDict, override: str) -> str | None:
+    """Why the command-line override `--config.PATH=VALUE` names no field of `config` (the
+    loaded config file), with the field it probably means; None when PATH is a field, or
+    lies where ml_collections rather than this walk decides (inside a list, `[i]`). Said
+    before absl parses it: absl reads `batch-size` as a Python expression and reported
+    "malformed node or string" instead of the hyphen."""
+    path = override.partition("=")[0].lstrip("-").removeprefix("no").removeprefix("config.")
+    node, done = config, []
+    for part in path.split("."):
+        if "[" in part or not isinstance(node, ml_collections.ConfigDict):
+            return None
+        if part not in node.keys():
+            close = suggestion(".".join([*done, part]), list(node.keys()))
+            hyphen = " (field names use '_', not '-')" if "-" in part else ""
+            hint = (f"did you mean {as_flags(close)}{hyphen}?" if close else
+                    "the fields are those of the config file (clip_jax/configs/base.py for the "
+                    "shared ones).")
+            return f"cannot apply {override}: unknown field {'.'.join([*done, part])!r}; {hint}"
+        node, done = node[part], [*done, part]
+    return None
 
 
 def load(value: str) -> ml_collections.ConfigDict:
@@ -72,10 +190,12 @@ def load(value: str) -> ml_collections.ConfigDict:
 def load_checked(value: str) -> ml_collections.ConfigDict:
     """`load(value)`, or ConfigError in one line naming the file, the line of it at fault and
     the error (a syntax error, no `get_config`, a locked section's unknown key with
-    ml_collections' did-you-mean)."""
+    ml_collections' did-you-mean), or that `get_config()` returned no ConfigDict (a dict:
+    refused rather than converted, since a dict's fields would escape the base config's
+    names and types, and ml_collections' own `--config` loading needs a ConfigDict)."""
     path = value.partition(":")[0]
     try:
-        return load(value)
+        config = load(value)
     except Exception as error:  # noqa: BLE001 - whatever the user's file raises is reported
         frame = next((f for f in reversed(traceback.extract_tb(error.__traceback__))
                       if os.path.abspath(f.filename) == os.path.abspath(path)), None)
@@ -84,6 +204,12 @@ def load_checked(value: str) -> ml_collections.ConfigDict:
         else:
             where = f" line {frame.lineno} ({frame.line})" if frame else ""
         raise ConfigError(f"cannot load the config file {path}{where}: {_said(error)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):  # ml_collections locks it: a dict
+        raise ConfigError(  # failed as "'dict' object has no attribute 'mode'" (a traceback)
+            f"the config file {path}: get_config() returned a {type(config).__name__}; return "
+            "an ml_collections.ConfigDict: the base config with fields changed (c = "
+            "base.get_config(); c.batch_size = 256; return c; as clip_jax/configs/tiny.py).")
+    return config
 
 
 def _said(error: Exception) -> str:

@@ -136,14 +136,23 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
 
     from clip_jax.cli import config_file
 
-    argv, to_none = _none_overrides(argv)
     source = _config_value(argv)
     if source:  # a file that fails to load is said as such, not as the override's failure
-        config_file.load_checked(source)
+        loaded = config_file.load_checked(source)
+        for override in _overrides(argv):
+            if problem := config_file.override_error(loaded, override):
+                raise ConfigError(problem)
+    argv, to_none = _none_overrides(argv)
     try:
         rest = values(list(argv))
     except flags.Error as e:
         text = " ".join(str(e).split())
+        unknown = re.match(r"Unknown command line flag '([^']+)'", text)
+        if unknown and (problem := config_file.unknown_flag_error(unknown.group(1), argv)):
+            raise ConfigError(problem) from None
+        if unknown and "Did you mean" not in text:
+            raise ConfigError(f"{text}; {argv[0]} takes --config, --workdir and "
+                              "--config.FIELD=VALUE (see --help).") from None
         section = re.search(r"flag --(config\.[\w.]+)=(\S*): Failed to parse .* as a "
                             r"ConfigDict", text)
         if section:
@@ -162,7 +171,8 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
         culprit = _culprit(argv, text)
         synonym = config_file.SYNONYMS.get(
             culprit.removeprefix("--config.").partition("=")[0].rsplit(".", 1)[-1])
-        hint = (f"did you mean --config.{synonym}?" if synonym and "Did you mean" not in text
+        hint = (f"did you mean {config_file.as_flags(synonym)}?"
+                if synonym and "Did you mean" not in text
                 else "the fields and their types are those of the config file "
                 "(clip_jax/configs/base.py for the shared ones).")
         raise ConfigError(f"cannot apply {culprit}: unknown field or wrong type ({text}); "
@@ -180,6 +190,18 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
     for field in to_none:
         _set_none(config, field)
     return rest
+
+
+def _overrides(argv: Sequence[str]) -> list[str]:
+    """The `--config.FIELD=VALUE` overrides of `argv` (`--config.FIELD VALUE` as FIELD=VALUE;
+    absl's `-config.`, `--noconfig.` spellings too)."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg.lstrip("-").removeprefix("no").startswith("config.") and arg.startswith("-"):
+            value = argv[i + 1] if "=" not in arg and i + 1 < len(argv) else ""
+            found.append(arg if "=" in arg or value.startswith("-") or not value
+                         else f"{arg}={value}")
+    return found
 
 
 def _config_value(argv: Sequence[str]) -> str:

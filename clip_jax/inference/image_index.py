@@ -260,9 +260,17 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
 
 def check_output(output: str | os.PathLike) -> None:
     """ConfigError unless `output` is new or an image index (whose embeddings are reused or,
-    of another model, replaced): a typo must not replace a photo or a folder with an index.
-    Cheap: `clip-jax index` checks it before loading the model."""
+    of another model, replaced): a typo must not replace a photo or a folder with an index,
+    and a path naming a folder (`newidx/`, `.`) is no file name (every image was embedded,
+    then the save failed). A missing folder above it is created. Cheap: `clip-jax index`
+    checks it before loading the model."""
     output = os.fspath(output)
+    separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    if output.endswith(separators) or os.path.basename(output) in ("", ".", ".."):
+        example = os.path.join(output.rstrip("".join(separators)) or os.sep, "images.npz")
+        raise ConfigError(f"--output {output!r} names a folder, not a file; pass the index "
+                          f"file to write, e.g. {example!r} (its folder is created if "
+                          "missing).")
     above = os.path.dirname(os.path.abspath(output))
     while not os.path.exists(above):
         above = os.path.dirname(above)
@@ -411,6 +419,11 @@ def _save_npz(path: str, **arrays: np.ndarray) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no stray temporary file is left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

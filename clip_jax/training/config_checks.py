@@ -9,6 +9,7 @@ then the data pipeline is built before the step is compiled).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -139,6 +140,32 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
                 os.rmdir(path)
 
 
+def check_training_workdir(workdir: str) -> None:
+    """A folder to train in may hold anything but a config.json no run wrote: training writes
+    its own config.json there, and a transformers model folder (`clip-jax export-hf`'s) had
+    its config replaced, a typo away from the run meant. Refused in one line, naming the
+    fix; a workdir with checkpoints/ resumes whatever it holds; gs:// is left to storage."""
+    if "://" in workdir or os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return
+    config = os.path.join(workdir, "config.json")
+    if os.path.isfile(config) and not _run_config(config):
+        raise ConfigError(
+            f"--workdir {workdir!r} holds a config.json that is not a training run's (a model "
+            "folder?), which training would overwrite; pass a new or empty folder (to start "
+            "from a model folder's weights: --config.init_from=DIR).")
+
+
+def _run_config(path: str) -> bool:
+    """Whether the JSON file `path` is a run's config as `train.write_config` writes it (a
+    transformers config.json names a model_type and no total_steps)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and "total_steps" in recorded and "model" in recorded
+
+
 def check_dataset(data: ml_collections.ConfigDict) -> None:
     """The dataset name exists (closest names suggested); table files are files whose headers
     have the columns named."""
@@ -200,9 +227,12 @@ def check_table_columns(table: TableOptions) -> None:
 
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """All of the above, in the order a user would fix them."""
+    """All of the above, in the order a user would fix them (a training run's workdir:
+    `check_training_workdir`)."""
     check_fields(config)
     check_workdir(workdir)
+    if _lookup(config, "mode")[1] in ("train", None):  # eval writes metrics only, no config
+        check_training_workdir(workdir)
     if _lookup(config, "data.dataset")[0]:
         check_dataset(resolve_config(config.data))
 
