@@ -413,6 +413,8 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
     assert sys.path == before
     with pytest.raises(ConfigError, match="'vit_b17': no such config file.* vit_b16, vit_b32"):
         entry.resolve_config_path("vit_b17")
+    with pytest.raises(ConfigError, match="'configs': is a folder, not a config file; pass a"):
+        entry.resolve_config_path("configs")  # it said "no such config file" of a folder
     with pytest.raises(ConfigError, match="cannot apply --config.optimizer.lrr=1"):
         entry.load(["clip-jax train", "--config=tiny", "--workdir=w", "--config.optimizer.lrr=1"],
                    flags.FlagValues())

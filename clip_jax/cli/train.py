@@ -84,7 +84,8 @@ def resolve_config_path(value: str) -> str:
     bundled = os.path.join(CONFIGS_DIR, f"{path}.py")
     if path in config_names():
         return bundled + colon + arg
-    raise ConfigError(f"--config {value!r}: no such config file; pass a path (configs/vit_b16.py) "
+    what = "is a folder, not a config file" if os.path.isdir(path) else "no such config file"
+    raise ConfigError(f"--config {value!r}: {what}; pass a path (configs/vit_b16.py) "
                       f"or one of {', '.join(config_names())}.")
 
 
