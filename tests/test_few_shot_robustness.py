@@ -280,6 +280,29 @@ def test_single_pair_baseline_keeps_the_logit_drop():
         robustness.parse_pairs("0.7-0.5")
 
 
+def test_drops_and_means_compare_sets_scored_among_the_same_classes():
+    """A set scored among fewer classes than the reference (`drop_from`: the reference's
+    top-1 among the same classes) has its drop measured from that, or none (None); the means
+    average only the `averaged` sets. Against a pandas table of the same numbers."""
+    line = robustness.fit_baseline([(0.8, 0.6)])
+    table = pd.DataFrame({"top1": [0.7, 0.5, 0.9, 0.4], "averaged": [True, True, False, False]},
+                         index=["grey", "blur", "sub", "bare"])
+    metrics = robustness.metrics(0.8, dict(table.top1), {n: line for n in table.index},
+                                 drop_from={"sub": 0.95, "bare": None},
+                                 averaged=list(table.index[table.averaged]))
+    assert metrics["grey_drop"] == pytest.approx(0.8 - 0.7)
+    assert metrics["sub_drop"] == pytest.approx(0.95 - 0.9)
+    assert "bare_drop" not in metrics and metrics["bare_top1"] == 0.4
+    kept = table[table.averaged]
+    assert metrics["mean_shifted_top1"] == pytest.approx(kept.top1.mean())
+    expected = kept.top1 - special.expit(special.logit(0.8) + line[1])
+    assert metrics["mean_effective_robustness"] == pytest.approx(expected.mean())
+    assert metrics["sub_effective_robustness"] == pytest.approx(  # on the baseline's own axes
+        0.9 - special.expit(special.logit(0.8) + line[1]))
+    none = robustness.metrics(0.8, {"sub": 0.9}, {}, drop_from={"sub": 0.95}, averaged=[])
+    assert "mean_shifted_top1" not in none and none["sub_drop"] == pytest.approx(0.05)
+
+
 def test_a_saturated_probe_baseline_gives_no_effective_robustness(caplog):
     """Separable classes: the probe (like scikit-learn's) scores 1.0 in distribution, whose
     logit is infinite; the set gets a warning naming the accuracies and no effective
@@ -328,7 +351,7 @@ def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypa
 
     train, reference = source(0, 0.6), source(1, 0.6)
     shifted = {f"s{i}": source(2 + i, 0.6 + 0.5 * i) for i in range(3)}
-    pairs = evaluator.probe_pairs(train, reference, shifted)
+    pairs = evaluator.probe_pairs(train, reference, shifted, "robustness/t")
     assert len(fits) == len(linear_probe.DEFAULT_L2) + 1 and set(pairs) == set(shifted)
 
     def alone(s):
@@ -352,7 +375,7 @@ def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypa
                              indexed=False)
     with caplog.at_level("WARNING"):
         pairs = evaluator.probe_pairs(train, reference, {"other_order": relabelled,
-                                                          "subset": subset})
+                                                          "subset": subset}, "robustness/t")
     assert pairs == {"other_order": [(alone(reference), alone(s))]}
-    assert "subset: no linear-probe baseline (its 4 classes are not the reference's 4" in \
-        caplog.text
+    assert ("robustness/t: subset has no linear-probe baseline (its 4 classes are not the "
+            "reference's 4") in caplog.text

@@ -34,6 +34,8 @@ PRIOR_L2 = linear_probe.DEFAULT_L2 + (1.0, 10.0)  # strong pulls reach the zero-
 MAX_ITER = 1000
 # Classes named in a message about classes short of training images; the rest are counted.
 MAX_NAMED = 5
+# What begins a warning when the caller names no task (the evaluator passes `few_shot/<task>`).
+TASK = "Few-shot"
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +85,18 @@ def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None
             "images.")
 
 
-def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None:
+def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: int,
+                          task: str = TASK) -> None:
     """Logs one warning naming the classes with fewer than 2k training examples: the
     validation draw that picks the L2 strength of their k-shot probes gets fewer than k of
-    them (none: the grid's first value is used). Once per evaluation, not per probe kind."""
+    them (none: the grid's first value is used). Once per evaluation, not per probe kind;
+    `task` names the evaluation (`few_shot/<task>`), as a run may hold several."""
     counts = class_counts(train_y, len(class_names))
     if counts.min() < 2 * k:
-        log.warning("Few-shot: these classes have fewer than 2 x %d training images, so the "
+        log.warning("%s: these classes have fewer than 2 x %d training images, so the "
                     "%d-shot probes choose their L2 strength on fewer than %d held-out images "
                     "of them (each class's training images, of which %d train the probe): %s.",
-                    k, k, k, k,
+                    task, k, k, k, k,
                     name_short_classes(counts, class_names, 2 * k))
 
 
@@ -100,12 +104,12 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                    test_y: np.ndarray, num_classes: int, k: int, seed: int,
                    l2_grid: Sequence[float], prior: np.ndarray | None = None,
                    pad_to: int | None = None,
-                   unconverged: list[tuple[float, linear_probe.LogisticRegression]] | None = None
-                   ) -> tuple[float, float]:
+                   unconverged: list[tuple[float, linear_probe.LogisticRegression]] | None = None,
+                   task: str = TASK) -> tuple[float, float]:
     """(test accuracy, chosen l2) of one k-shot probe drawn with `seed`; `pad_to` as in
     `linear_probe.fit_logistic_regression`. Fits that stop at `MAX_ITER` unconverged are
     appended to `unconverged` as (l2, model) for the caller to report once; without that list
-    they are warned about here."""
+    they are warned about here, under `task`."""
     rng = np.random.default_rng(seed)
     fit = sample_shots(train_y, k, rng)
     val = sample_shots(train_y, k, rng, exclude=fit)
@@ -123,35 +127,39 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     if unconverged is not None:
         unconverged.extend(capped)
     elif capped:
-        warn_unconverged(f"{k}-shot probe (seed {seed})", capped)
+        warn_unconverged(f"{k}-shot probe (seed {seed})", capped, task)
     return float(np.mean(models[best].predict(test_x) == test_y)), float(grid[best])
 
 
 def warn_unconverged(probes: str,
-                     capped: Sequence[tuple[float, linear_probe.LogisticRegression]]) -> None:
-    """One warning naming, per l2, the fits of `probes` that stopped before converging:
-    their validation scores (hence the l2 chosen) and accuracies may not be the optimum's."""
+                     capped: Sequence[tuple[float, linear_probe.LogisticRegression]],
+                     task: str = TASK) -> None:
+    """One warning, under `task`, naming per l2 the fits of `probes` that stopped before
+    converging: their validation scores (hence the l2 chosen) and accuracies may not be the
+    optimum's."""
     parts = []
     for l2 in sorted({l2 for l2, _ in capped}):
         models = [m for v, m in capped if v == l2]
         parts.append(f"l2 {l2:g}: {len(models)} fit{'s' if len(models) > 1 else ''}, "
                      f"{max(m.iterations for m in models)} iterations, gradient norm up to "
                      f"{max(m.gradient_norm for m in models):.2g}")
-    log.warning("Few-shot: %d L-BFGS fit%s of the %s stopped before the gradient norm "
+    log.warning("%s: %d L-BFGS fit%s of the %s stopped before the gradient norm "
                 "reached %g (cap: %d iterations, few_shot.MAX_ITER): %s. The l2 chosen and the "
                 "accuracy may differ from the converged optimum's (scikit-learn's).",
-                len(capped), "s" if len(capped) > 1 else "", probes, linear_probe.TOL, MAX_ITER,
-                "; ".join(parts))
+                task, len(capped), "s" if len(capped) > 1 else "", probes, linear_probe.TOL,
+                MAX_ITER, "; ".join(parts))
 
 
 def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                    test_y: np.ndarray, num_classes: int, *,
                    shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = DEFAULT_SEEDS,
                    l2_grid: Sequence[float] = linear_probe.DEFAULT_L2,
-                   prior: np.ndarray | None = None) -> dict[int, np.ndarray]:
+                   prior: np.ndarray | None = None, task: str = TASK
+                   ) -> dict[int, np.ndarray]:
     """Per k, test accuracies float [seeds] of k-shot probes (seeds 0..seeds-1); classes are
     named by their index in `check_shots`' error (`evaluate` checks first, with names). Fits
-    that stop at `MAX_ITER` unconverged are named in one warning for the whole curve."""
+    that stop at `MAX_ITER` unconverged are named in one warning for the whole curve, under
+    `task`."""
     if seeds < 1 or not shots or min(shots) < 1:
         raise ConfigError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
                          f"seeds={seeds}).")
@@ -168,7 +176,7 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     if unconverged:
         kind = "zero-shot-initialised probes" if prior is not None else "probes"
         warn_unconverged(f"{kind} ({', '.join(map(str, shots))} shots, {seeds} seeds)",
-                         unconverged)
+                         unconverged, task)
     return curve
 
 
@@ -195,10 +203,12 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
              class_embeddings: np.ndarray, logit_scale: float, *,
              shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = DEFAULT_SEEDS,
              l2_grid: Sequence[float] = linear_probe.DEFAULT_L2, zero_shot_init: bool = True,
-             class_names: Sequence[str] | None = None
+             class_names: Sequence[str] | None = None, task: str = TASK
              ) -> tuple[dict[str, float], dict[str, object]]:
     """Few-shot metrics and the curve behind the plot; `class_names` (default: the indices)
-    name the classes short of training images in the error and the warning.
+    name the classes short of training images in the error and the warning, and `task` (the
+    evaluator's `few_shot/<task>`) begins every warning, so that those of two tasks of one
+    run are told apart.
 
     Metrics: `zero_shot_top1` (nearest class embedding on the test set), per k
     `{k}shot_top1` and `{k}shot_top1_std` (over seeds), with `zero_shot_init` also
@@ -212,7 +222,7 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
     largest = max(shots, default=0)  # no shots: `few_shot_curve` says what to give
     check_shots(train_y, names, largest)
-    warn_short_validation(train_y, names, largest)
+    warn_short_validation(train_y, names, largest, task)
     zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
     metrics: dict[str, float] = {"zero_shot_top1": zero_shot}
     detail: dict[str, object] = {"shots": list(shots), "zero_shot": zero_shot}
@@ -222,7 +232,7 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
                                    list(l2_grid) + [v for v in PRIOR_L2 if v > max(l2_grid)])
     for kind, (prior, grid) in kinds.items():
         curve = few_shot_curve(train_x, train_y, test_x, test_y, num_classes, shots=shots,
-                               seeds=seeds, l2_grid=grid, prior=prior)
+                               seeds=seeds, l2_grid=grid, prior=prior, task=task)
         prefix = "" if kind == "linear_probe" else "zero_shot_init_"
         for k, acc in curve.items():
             metrics[f"{prefix}{k}shot_top1"] = float(acc.mean())

@@ -28,6 +28,8 @@ DEFAULT_L2 = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 # (and over 1,000) are taken for ids rather than class indices: the probe would have a weight
 # column per value up to the largest (one id of 1e12 asked for 256 TB).
 MAX_UNSEEN_CLASSES_FACTOR = 10
+# What begins a warning when the caller names no task (the evaluators pass their own).
+TASK = "Linear probe"
 # L-BFGS steps per fit. Weak l2 on standardised but correlated features needs thousands: ~3,500
 # at l2 = 1e-6 on a random model's 400 x 32 embeddings, ~2,600 on the tests' correlated digits
 # (scikit-learn's float64 lbfgs ~3,300 there). The former cap, 1,000, stopped such fits short,
@@ -246,16 +248,19 @@ class LinearProbe:
     std: np.ndarray
     l2: float
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The class index [N] predicted for each of features x [N, D]."""
+        return self.model.predict((np.asarray(x, np.float32) - self.mean) / self.std)
+
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
         """Top-1 accuracy on features x [N, D] with labels y [N] (as the training set's)."""
-        x = (np.asarray(x, np.float32) - self.mean) / self.std
         y = class_indices(y, len(self.model.bias))
-        return float(np.mean(self.model.predict(x) == y))
+        return float(np.mean(self.predict(x) == y))
 
 
 def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, *,
                      l2_grid: Sequence[float] = DEFAULT_L2, validation_fraction: float = 0.2,
-                     seed: int = 0) -> LinearProbe:
+                     seed: int = 0, task: str = TASK) -> LinearProbe:
     """A logistic regression on standardised features, fitted once to be scored on any
     number of test sets (a robustness baseline scores one probe on every shifted set).
 
@@ -263,7 +268,8 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     examples picks the one of best validation accuracy (the first such in grid order); the
     classifier is then refit on all training examples. Fits that stop at the `MAX_ITER` cap
     unconverged are named in one warning (their validation scores, hence the l2 chosen, or
-    the final accuracy may not be the optimum's). Raises ValueError for an empty grid or too
+    the final accuracy may not be the optimum's), begun with `task` (the evaluator's
+    `linear_probe/<task>`: a run may fit several probes). Raises ValueError for an empty grid or too
     few examples to hold some out.
     """
     train_x = np.asarray(train_x, np.float32)
@@ -294,10 +300,10 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
                             "training examples)", model))
     if unconverged:
         log.warning(
-            "Linear probe: %d L-BFGS fit%s stopped before the gradient norm reached %g (cap: "
+            "%s: %d L-BFGS fit%s stopped before the gradient norm reached %g (cap: "
             "%d iterations, linear_probe.MAX_ITER): %s. The l2 chosen and the accuracy may "
             "differ from the converged optimum's (scikit-learn's).",
-            len(unconverged), "s" if len(unconverged) > 1 else "", TOL, MAX_ITER,
+            task, len(unconverged), "s" if len(unconverged) > 1 else "", TOL, MAX_ITER,
             "; ".join(f"l2 {what}: {m.iterations} iterations, gradient norm "
                       f"{m.gradient_norm:.2g}" for what, m in unconverged))
     return LinearProbe(model, mean, std, float(best))
@@ -306,7 +312,7 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                  test_y: np.ndarray, *, num_classes: int | None = None,
                  l2_grid: Sequence[float] = DEFAULT_L2, validation_fraction: float = 0.2,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, task: str = TASK) -> dict[str, float]:
     """{"accuracy": test top-1, "l2": the strength chosen} of `fit_linear_probe` on the
     training set (`num_classes` default: the largest label seen + 1). Raises ValueError for
     labels that are not class indices below `num_classes` (`class_indices`)."""
@@ -319,5 +325,5 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                          f"not class indices? A probe of {k} classes would be built; map them "
                          "with `np.unique(labels, return_inverse=True)`, or pass num_classes.")
     probe = fit_linear_probe(train_x, train_y, k, l2_grid=l2_grid,
-                             validation_fraction=validation_fraction, seed=seed)
+                             validation_fraction=validation_fraction, seed=seed, task=task)
     return {"accuracy": probe.accuracy(test_x, test_y), "l2": probe.l2}

@@ -192,12 +192,21 @@ class Passes:
 
     def embed(self, embedder: Embedder, variables: Variables) -> None:
         """Embeds every pass; warns with the count when images were left out as unreadable
-        (each is named where it was read), so every metric's image count is explained."""
+        (each is named where it was read), so every metric's image count is explained. A
+        pass left with no image at all is a ConfigError naming it and the count, raised as
+        soon as it is embedded: every metric of it would be the mean of nothing (NaN), for
+        every evaluator reading it."""
         said = set()  # the shifted copies of a source read (and leave out) the same files
         for p in self.passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
             left_out = p.iterable.num_examples - len(p.embeddings.images)
             split = p.shown_split or p.split
+            if not len(p.embeddings.images):
+                raise ConfigError(
+                    f"{p.description}{f' ({split})' if split else ''}: none of its "
+                    f"{p.iterable.num_examples} image(s) could be read (each is named in a "
+                    "warning above), so it has no metrics; replace or remove the unreadable "
+                    "files, or evaluate other data.")
             if left_out and not p.reported:  # once per run, not at every periodic eval
                 p.reported = True
                 if (p.description, split, left_out) in said:
@@ -230,7 +239,7 @@ def _open(p: Pass, model_config: Any, batch: int,
         p.shown_split, p.indexed = images.split, images.indexed
         p.listed_labels, p.location = images.labels, images.location
         return
-    p.description = p.data.dataset
+    p.description = built_description(p.data, p.split or p.data.eval_split)
     p.data.label_key = p.data.label_key if p.labels else ""
     if p.captions:
         if p.shift:
@@ -241,3 +250,28 @@ def _open(p: Pass, model_config: Any, batch: int,
     else:
         p.iterable = eval_pipeline.make_classification_iterable(
             p.data, model_config, batch_size=batch, split=p.split, shift=p.shift)
+
+
+# Built datasets named in results by the file (or shards) a split is built from: the builder's
+# name (`image_text_table`) says nothing about which table the numbers come from.
+BUILT_FILES = {"image_text_table": ("table", "table", "path"),
+               "webdataset_shards": ("webdataset", "webdataset shards", "shards")}
+
+
+def built_description(data: ml_collections.ConfigDict, split: str) -> str:
+    """How results name a TFDS source: `table caps.csv` for an `image_text_table` split (its
+    `data.table.<split>_path`), `webdataset shards PATTERN` for `webdataset_shards`, as a
+    labelled table is `table data/x.csv`; a path under the working directory is shown
+    relative to it (the command line's `--retrieval caps.csv` is built from its absolute
+    path). Any other dataset, or a split the builder does not name, by the dataset's name."""
+    if data.dataset not in BUILT_FILES:
+        return data.dataset
+    section, kind, suffix = BUILT_FILES[data.dataset]
+    base = split.partition("[")[0].strip()
+    path = str(data[section].get(f"{base}_{suffix}", "") or "")
+    if not path:
+        return data.dataset
+    if os.path.isabs(path) and "://" not in path:
+        relative = os.path.relpath(path)
+        path = path if relative.startswith(os.pardir) else relative
+    return f"{kind} {path}"

@@ -13,7 +13,7 @@ same logit drop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -72,18 +72,32 @@ def parse_pairs(spec: str) -> list[tuple[float, float]]:
 
 
 def metrics(reference: float, shifted: dict[str, float],
-            lines: dict[str, tuple[float, float]]) -> dict[str, float]:
+            lines: dict[str, tuple[float, float]],
+            drop_from: Mapping[str, float | None] | None = None,
+            averaged: Collection[str] | None = None) -> dict[str, float]:
     """`reference_top1`, and per shifted set `<name>_top1`, `<name>_drop` and, where it has a
-    baseline line, `<name>_effective_robustness`; plus their means over shifted sets."""
+    baseline line, `<name>_effective_robustness`; plus their means over the `averaged` sets
+    (default: all; a mean over none is left out).
+
+    The drop is `reference` minus the set's top-1, or for a set in `drop_from` (one scored
+    among fewer classes than the reference) the reference's top-1 among those same classes
+    minus it: an accuracy among fewer classes is an easier task's, so the drop compares like
+    with like (None there: no drop, the reference having no images of those classes). The
+    effective robustness keeps `reference` on the baseline line's axis, as its pairs are."""
+    drop_from = drop_from or {}
+    averaged = list(shifted) if averaged is None else [n for n in shifted if n in averaged]
     out = {"reference_top1": float(reference)}
     for name, acc in shifted.items():
         out[f"{name}_top1"] = float(acc)
-        out[f"{name}_drop"] = float(reference - acc)
+        start = drop_from[name] if name in drop_from else reference
+        if start is not None:
+            out[f"{name}_drop"] = float(start - acc)
         if name in lines:
             out[f"{name}_effective_robustness"] = effective_robustness(reference, acc,
                                                                        lines[name])
-    out["mean_shifted_top1"] = float(np.mean(list(shifted.values())))
-    robust = [out[f"{n}_effective_robustness"] for n in shifted if n in lines]
+    if averaged:
+        out["mean_shifted_top1"] = float(np.mean([shifted[n] for n in averaged]))
+    robust = [out[f"{n}_effective_robustness"] for n in averaged if n in lines]
     if robust:
         out["mean_effective_robustness"] = float(np.mean(robust))
     return out

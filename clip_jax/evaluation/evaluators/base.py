@@ -237,39 +237,50 @@ class Evaluator(abc.ABC):
         """Metrics named `<kind>/<task>/<metric>` from the passes' embeddings."""
 
 
-def check_same_classes(field: str, train: Pass, test: Pass) -> None:
-    """A probe's training and test data must have the same classes; their order may differ
-    (the test labels are mapped by name, `class_order`). The ConfigError names the classes
-    only one of them has."""
+def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False) -> None:
+    """A probe's test classes must be training classes, matched by name in any order (the
+    test labels are mapped, `training_index`); a test lacking some training classes (a val
+    folder without them) is scored among all the training classes, as a scikit-learn
+    classifier fit on the training data is. Test classes the training data lacks are refused
+    unless `unseen` (the evaluator scores their images, as misses, and warns); test data
+    sharing no class with the training data (nothing could be right), or naming a class
+    twice, is always refused. The ConfigError names the classes only one side has."""
     ours, theirs = list(train.class_names or []), list(test.class_names or [])
-    if sorted(ours) != sorted(theirs):
-        only = [f"only in the {what}: {', '.join(map(repr, names[:3]))}"
-                f"{', ...' if len(names) > 3 else ''} ({len(names)})"
-                for what, names in (("training data", [c for c in ours if c not in theirs]),
-                                    ("test data", [c for c in theirs if c not in ours]))
-                if names]
-        raise ConfigError(f"config.eval.{field}: the training data ({train.description}) "
-                          f"and test data ({test.description}) have different classes "
-                          f"({'; '.join(only) or 'a name listed twice'}"
-                          "); give both the same classes (folders: the same class folders, an "
-                          "empty one stays a class; tables: --class-names / the task's "
-                          "class_names, or a classnames.txt beside them).")
+    extra = [c for c in theirs if c not in ours]
+    twice = len(set(ours)) < len(ours) or len(set(theirs)) < len(theirs)
+    if not twice and (not extra or unseen and len(extra) < len(theirs)):
+        return
+    only = [f"only in the {what}: {', '.join(map(repr, names[:3]))}"
+            f"{', ...' if len(names) > 3 else ''} ({len(names)})"
+            for what, names in (("training data", [c for c in ours if c not in theirs]),
+                                ("test data", extra)) if names]
+    if twice:
+        problem = "a class named twice"
+    elif unseen:
+        problem = f"no class in common ({'; '.join(only)})"
+    else:
+        problem = f"test classes the training data lacks ({'; '.join(only)})"
+    raise ConfigError(f"config.eval.{field}: the training data ({train.description}) "
+                      f"and test data ({test.description}) have {problem}; give the training "
+                      "data every test class (folders: the same class folders, an empty one "
+                      "stays a class; tables: --class-names / the task's class_names, or a "
+                      "classnames.txt beside them).")
 
 
-def class_order(train: Pass, test: Pass) -> np.ndarray | None:
-    """For test data with the training classes in another order (`check_same_classes`), the
-    position in the test's order of each training class, [K] int: `rows[order]` puts per-class
-    rows of the test's (class embeddings, names) in the training order, and
-    `in_training_order` its labels. None when the orders agree (or labels are bare indices)."""
+def training_index(train: Pass, test: Pass) -> np.ndarray | None:
+    """For each class of the test data, in its own order, the index of the training class of
+    the same name, or -1 for a class the training data lacks (`check_test_classes`), int
+    [K_test]; None when both list the same classes in the same order."""
     ours, theirs = list(train.class_names or []), list(test.class_names or [])
     if ours == theirs:
         return None
-    position = {name: k for k, name in enumerate(theirs)}
-    return np.asarray([position[name] for name in ours])
+    position = {name: k for k, name in enumerate(ours)}
+    return np.asarray([position.get(name, -1) for name in theirs], np.int64)
 
 
-def in_training_order(labels: np.ndarray, order: np.ndarray | None) -> np.ndarray:
-    """Test labels (indices into the test's class order) as indices into the training order."""
-    if order is None:
+def training_labels(labels: np.ndarray, index: np.ndarray | None) -> np.ndarray:
+    """Test labels (indices into the test's classes) as indices into the training classes
+    (`training_index`; -1 for a class the training data lacks)."""
+    if index is None:
         return labels
-    return np.argsort(order)[labels].astype(labels.dtype)
+    return index[np.asarray(labels, np.int64)]

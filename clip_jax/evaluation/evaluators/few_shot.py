@@ -9,8 +9,8 @@ import ml_collections
 
 from clip_jax.evaluation import few_shot, linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
-                                                 check_same_classes, class_order, counts,
-                                                 floats, in_training_order, task_config)
+                                                 check_test_classes, counts, floats,
+                                                 task_config, training_index, training_labels)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Passes
@@ -33,10 +33,12 @@ def few_shot_task(dataset: str = "", train_split: str = "", test_split: str = ""
 
 
 class FewShot(Evaluator):
-    """Needs: a labelled training split and a labelled test split with the same classes (in
-    any order: the test labels and the zero-shot classifier's rows are put in the training
-    order, so the shots drawn depend on the training data alone), and the zero-shot
-    classifier of the test split. Keeps its curves in `Records.details`."""
+    """Needs: a labelled training split, a labelled test split whose classes are training
+    classes (matched by name in any order; a test split lacking some is scored among all of
+    them, as the probes predict), and the zero-shot classifier of the training classes, so
+    that zero-shot and the probes choose among the same classes and the shots drawn depend
+    on the training data alone. A test class the training data lacks is refused: k-shot
+    probes need k training images of every class. Keeps its curves in `Records.details`."""
 
     kind = "few_shot"
     make_task = staticmethod(few_shot_task)
@@ -46,29 +48,26 @@ class FewShot(Evaluator):
         self.shots = counts(task.shots, f"{self.field}.shots")
         self.seeds = counts(task.seeds, f"{self.field}.seeds")[0]
         self.l2 = floats(task.l2, f"{self.field}.l2")
-        self.train, test = passes.train_test(task)
-        self.classifier = Classifier(name, test, task.templates, task.class_names)
+        self.train, self.test = passes.train_test(task)
+        self.classifier = Classifier(name, self.train, task.templates, task.class_names)
 
     def classifiers(self) -> list[Classifier]:
         return [self.classifier]
 
     def check(self) -> None:
-        check_same_classes(self.field, self.train, self.classifier.source)
+        check_test_classes(self.field, self.train, self.test)
         if self.train.listed_labels is not None:  # a class short of shots fails before embedding
             few_shot.check_shots(self.train.listed_labels, self.train.class_names,
                                  max(self.shots))
 
     def run(self, ctx: RunContext) -> dict[str, float]:
-        task, c, train = self.task, self.classifier, self.train
-        order = class_order(train, c.source)
-        classes, names = ctx.class_embeddings(c), list(c.class_names)
-        if order is not None:
-            classes, names = classes[order], [names[k] for k in order]
+        task, c, train, test = self.task, self.classifier, self.train, self.test
         results, detail = few_shot.evaluate(
-            train.embeddings.images, train.embeddings.labels, c.source.embeddings.images,
-            in_training_order(c.source.embeddings.labels, order), classes, ctx.scale,
-            shots=self.shots, seeds=self.seeds, l2_grid=self.l2,
-            zero_shot_init=bool(task.zero_shot_init), class_names=names)
+            train.embeddings.images, train.embeddings.labels, test.embeddings.images,
+            training_labels(test.embeddings.labels, training_index(train, test)),
+            ctx.class_embeddings(c), ctx.scale, shots=self.shots, seeds=self.seeds,
+            l2_grid=self.l2, zero_shot_init=bool(task.zero_shot_init),
+            class_names=list(c.class_names), task=self.key)
         ctx.records.details[self.key] = detail
-        ctx.records.where(self.key, c.source, c)
+        ctx.records.where(self.key, test, c)
         return {f"{self.key}/{k}": v for k, v in results.items()}

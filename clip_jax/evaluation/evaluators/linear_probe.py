@@ -3,17 +3,24 @@ linear_probe`), fit on a training split and scored on a test split."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import ml_collections
+import numpy as np
 
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Evaluator, RunContext, check_labels,
-                                                 check_same_classes, class_order, floats,
-                                                 in_training_order, task_config)
+                                                 check_test_classes, floats, task_config,
+                                                 training_index, training_labels)
+from clip_jax.evaluation.few_shot import MAX_NAMED
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Passes
+
+log = logging.getLogger(__name__)
 
 
 def linear_probe_task(dataset: str = "", train_split: str = "", test_split: str = "",
@@ -33,8 +40,11 @@ def linear_probe_task(dataset: str = "", train_split: str = "", test_split: str 
 
 
 class LinearProbe(Evaluator):
-    """Needs: a labelled training split and a labelled test split with the same classes (in
-    any order: the test labels are mapped by name)."""
+    """Needs: a labelled training split and a labelled test split whose classes are training
+    classes, matched by name in any order (a test split lacking some is scored among all the
+    training classes). A test class without training images (absent from the training data,
+    or listed there with no image) cannot be predicted: its images count as misses, as
+    scikit-learn's `score` counts them, and one warning per task names such classes."""
 
     kind = "linear_probe"
     make_task = staticmethod(linear_probe_task)
@@ -43,18 +53,61 @@ class LinearProbe(Evaluator):
         super().__init__(name, task, passes)
         self.l2 = floats(task.l2, f"{self.field}.l2")
         self.train, self.test = passes.train_test(task)
+        self.warned = False  # the classes it cannot predict are named once, not at every eval
 
     def check(self) -> None:
-        check_same_classes(self.field, self.train, self.test)
+        check_test_classes(self.field, self.train, self.test, unseen=True)
+        if self.train.listed_labels is not None:  # one class only fails before embedding
+            self.learnt_classes(self.train.listed_labels)
+
+    def learnt_classes(self, labels: np.ndarray) -> np.ndarray:
+        """The classes with training images (`labels`), which the probe learns (scikit-learn's
+        `classes_`); ConfigError for fewer than 2, which no probe separates."""
+        learnt = np.unique(labels)
+        if len(learnt) < 2:
+            shown = ", ".join(self.train.class_names[k] for k in learnt)
+            raise ConfigError(
+                f"config.eval.{self.field}: the training data ({self.train.description}) has "
+                f"images of {len(learnt)} class(es) ({shown}); a probe needs images of at "
+                "least 2, so give it training images of more classes.")
+        return learnt
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         train, test = self.train, self.test
-        check_labels(train.embeddings.labels, len(train.class_names), self.field,
-                     train.description)
-        test_labels = in_training_order(test.embeddings.labels, class_order(train, test))
-        results = linear_probe.linear_probe(
-            train.embeddings.images, train.embeddings.labels, test.embeddings.images,
-            test_labels, num_classes=len(train.iterable.label_names),
-            l2_grid=self.l2)
-        ctx.records.where(self.key, test)
-        return {f"{self.key}/{k}": v for k, v in results.items()}
+        names = list(train.class_names)
+        check_labels(train.embeddings.labels, len(names), self.field, train.description)
+        check_labels(test.embeddings.labels, len(test.class_names), self.field,
+                     test.description)
+        # A test image of a class without training images is a miss (-1 matches no class).
+        learnt = self.learnt_classes(train.embeddings.labels)
+        position = np.full(len(names) + 1, -1, np.int64)  # [-1] stays -1
+        position[learnt] = np.arange(len(learnt))
+        test_labels = training_labels(test.embeddings.labels, training_index(train, test))
+        train_y, test_y = position[train.embeddings.labels], position[test_labels]
+        if not self.warned:
+            self.warned = True
+            warn_unpredictable(self.key, test.class_names, test.embeddings.labels,
+                               test_y < 0)
+        probe = linear_probe.fit_linear_probe(train.embeddings.images, train_y, len(learnt),
+                                              l2_grid=self.l2, task=self.key)
+        accuracy = float(np.mean(probe.predict(test.embeddings.images) == test_y))
+        ctx.records.where(self.key, test, classes=len(learnt))
+        return {f"{self.key}/accuracy": accuracy, f"{self.key}/l2": probe.l2}
+
+
+def warn_unpredictable(task: str, class_names: Sequence[str], labels: np.ndarray,
+                       missed: np.ndarray) -> None:
+    """One warning naming the test classes (with their image counts) whose images `missed`
+    [N] marks as unpredictable (no training images), so that an accuracy they lower is not
+    read as the model's; nothing when there are none."""
+    if not missed.any():
+        return
+    counts = np.bincount(labels[missed], minlength=len(class_names))
+    classes = [k for k in np.argsort(-counts, kind="stable") if counts[k]]
+    shown = ", ".join(f"{class_names[k]} ({counts[k]})" for k in classes[:MAX_NAMED])
+    more = f" and {len(classes) - MAX_NAMED} more" if len(classes) > MAX_NAMED else ""
+    log.warning("%s: %d test class(es) have no training images, so their %d of %d test "
+                "images can never be predicted right and count as misses (as scikit-learn's "
+                "score counts them): %s%s; add training images of them, or leave them out of "
+                "the test data.", task, len(classes), int(missed.sum()), len(labels), shown,
+                more)

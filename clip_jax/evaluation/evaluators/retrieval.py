@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 
+from clip_jax.errors import ConfigError
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import Evaluator, RunContext, task_config
 
@@ -33,6 +34,12 @@ class Retrieval(Evaluator):
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         emb = self.source.embeddings
+        if not len(emb.texts):  # every recall would be the mean of nothing (NaN)
+            split = self.source.shown_split or self.source.split
+            raise ConfigError(f"config.eval.{self.field}: {self.source.description}"
+                              f"{f' ({split})' if split else ''} has {len(emb.images)} "
+                              "image(s) but no caption, so retrieval has nothing to rank; "
+                              "give it a split with captions (or name them with caption_key).")
         results = eval_metrics.retrieval_metrics(emb.images, emb.texts, emb.text_image)
         ctx.records.sizes[self.key] = {"images": len(emb.images), "texts": len(emb.texts)}
         ctx.records.where(self.key, self.source)

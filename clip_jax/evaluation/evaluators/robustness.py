@@ -14,8 +14,8 @@ from clip_jax.errors import ConfigError
 from clip_jax.evaluation import imagenet_subsets, linear_probe, naming, robustness
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, Records,
-                                                 RunContext, check_labels, class_order,
-                                                 in_training_order, task_config)
+                                                 RunContext, check_labels, task_config,
+                                                 training_index, training_labels)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Pass, Passes
@@ -81,6 +81,7 @@ class Robustness(Evaluator):
         elif task.baseline:
             baseline_pairs(task.baseline, list(self.shifted), name)
         self.classifier = Classifier(name, reference, task.templates, task.class_names)
+        self.warned = False  # sets scored among fewer classes are named once, not every eval
 
     def classifiers(self) -> list[Classifier]:
         return [self.classifier]
@@ -115,27 +116,46 @@ class Robustness(Evaluator):
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         c, classes = self.classifier, ctx.class_embeddings(self.classifier)
-        scored = {name: zero_shot_top1(p, c, classes)
+        scored = {name: zero_shot_top1(p, c, classes, self.key)
                   for name, p in {"reference": c.source, **self.shifted}.items()}
         accuracy = {name: top1 for name, (top1, _) in scored.items()}
         reference = accuracy.pop("reference")
-        baseline = (probe_pairs(self.train, c.source, self.shifted) if self.train is not None
+        count = {name: len(classes) if ids is None else len(ids)
+                 for name, (_, ids) in scored.items()}
+        # Sets scored among fewer classes than the reference: an easier task. Their drop is
+        # measured from the reference among the same classes and the means leave them out;
+        # but imagenet_r / imagenet_a keep the CLIP paper's convention, their 200-way scores
+        # set against the reference's full top-1 and averaged with the other sets.
+        fewer = [n for n in self.shifted if count[n] < count["reference"]
+                 and fixed_subset(self.shifted[n]) is None]
+        drop_from = {n: reference_top1_among(c.source, classes, scored[n][1]) for n in fewer}
+        averaged = [n for n in self.shifted if n not in fewer]
+        if not self.warned:  # once per task, not at every periodic evaluation
+            self.warned = True
+            warn_fewer_classes(self.key, fewer, count, drop_from)
+        baseline = (probe_pairs(self.train, c.source, self.shifted, self.key)
+                    if self.train is not None
                     else baseline_pairs(self.task.baseline, list(self.shifted), c.name))
         lines = baseline_lines(baseline, self.key)
-        results = robustness.metrics(reference, accuracy, lines)
+        results = robustness.metrics(reference, accuracy, lines, drop_from, averaged)
         if self.train is not None and baseline:  # the probe's own accuracies, shown beside ours
             results["linear_probe_reference_top1"] = next(iter(baseline.values()))[0][0]
             results.update({f"{n}_linear_probe_top1": pairs[0][1]
                             for n, pairs in baseline.items()})
         ctx.records.details[self.key] = {"reference": reference, "shifted": accuracy,
-                                         "lines": lines, "baseline_points": baseline}
-        self._where(ctx.records, set(results), {n: k for n, (_, k) in scored.items()})
+                                         "lines": lines, "baseline_points": baseline,
+                                         "classes": count, "drop_from": drop_from,
+                                         "averaged": averaged}
+        self._where(ctx.records, set(results), count, averaged, drop_from)
         return {f"{self.key}/{k}": v for k, v in results.items()}
 
-    def _where(self, records: Records, metrics: set[str], classes: dict[str, int]) -> None:
+    def _where(self, records: Records, metrics: set[str], classes: dict[str, int],
+               averaged: Sequence[str], drop_from: Mapping[str, float | None]) -> None:
         """Where each of `metrics` comes from: a shifted set's rows from that set (a synthetic
-        shift's from the reference, shifted), the means from the sets they average, the rest
-        from the reference; `classes`: how many classes each set was scored among."""
+        shift's from the reference, shifted; a drop measured from the reference among fewer
+        classes says so), the means from the sets they average (`averaged`, and the ones
+        left out), the rest from the reference; `classes`: how many classes each set was
+        scored among."""
         c = self.classifier
         records.where(self.key, c.source, c, classes["reference"])
         probe = {"linear_probe_reference_top1": c.source}  # the probe's, among its classes
@@ -143,38 +163,54 @@ class Robustness(Evaluator):
             for metric in (f"{name}_top1", f"{name}_drop", f"{name}_effective_robustness"):
                 if metric in metrics:
                     records.where(f"{self.key}/{metric}", p, c, classes[name])
+            if f"{name}_drop" in metrics and name in drop_from:
+                records.provenance[f"{self.key}/{name}_drop"]["data"] += (
+                    f" vs the reference among the same {classes[name]} classes")
             probe[f"{name}_linear_probe_top1"] = p
         for metric, p in probe.items():
             if metric in metrics:
                 records.where(f"{self.key}/{metric}", p, classes=len(self.train.class_names))
+        left = [n for n in self.shifted if n not in averaged]
         for mean, part in (("mean_shifted_top1", "top1"),
                            ("mean_effective_robustness", "effective_robustness")):
             if mean in metrics:
-                names = [n for n in self.shifted if f"{n}_{part}" in metrics]
+                names = [n for n in averaged if f"{n}_{part}" in metrics]
                 sets = [records.provenance[f"{self.key}/{n}_{part}"] for n in names]
+                counts = sorted({classes[n] for n in names})
                 records.provenance[f"{self.key}/{mean}"] = {
-                    "data": "mean over " + ", ".join(names),
+                    "data": "mean over " + ", ".join(names) + (
+                        f" (left out, scored among fewer classes: {', '.join(left)})"
+                        if left else ""),
                     "split": ", ".join(s["split"] for s in sets),
                     "images": sum(s["images"] for s in sets),
-                    "classes": len(c.class_names), "templates": c.templates_label}
+                    "classes": (counts[0] if len(counts) == 1
+                                else ", ".join(str(classes[n]) for n in names)),
+                    "templates": c.templates_label}
 
 
-def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> tuple[float, int]:
-    """Top-1 of `c`'s classifier on pass `p`, and the number of classes it is scored among.
-    `p`'s labels index its own class names: a dataset whose classes are a subset of the
-    reference's (a folder of 200 ImageNet classes) is scored among that subset, and
-    `SUBSET_DATASETS` among their fixed 200 classes (`subset_top1`). A table of bare class
-    indices (`Pass.indexed`) has no names of its own: its labels index the reference's
-    classes."""
+def fixed_subset(p: Pass) -> tuple[str, ...] | None:
+    """The fixed class list (`imagenet_subsets.SUBSETS`) a TFDS dataset such as imagenet_r is
+    scored among, or None."""
+    return imagenet_subsets.SUBSETS.get(p.data.dataset.split("/")[0].split(":")[0])
+
+
+def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray, task: str
+                   ) -> tuple[float, np.ndarray | None]:
+    """Top-1 of `c`'s classifier on pass `p`, and the reference classes it is scored among
+    (indices; None: all of them). `p`'s labels index its own class names: a dataset whose
+    classes are a subset of the reference's (a folder of 200 ImageNet classes) is scored
+    among that subset, and `SUBSET_DATASETS` among their fixed 200 classes (`subset_top1`).
+    A table of bare class indices (`Pass.indexed`) has no names of its own: its labels index
+    the reference's classes. `task` (`robustness/<task>`) begins any warning."""
     emb = p.embeddings
     names = p.class_names or c.class_names
     if p is c.source or p.indexed or list(names) == list(c.source.class_names or c.class_names):
         check_labels(emb.labels, len(classes), f"robustness.{c.name}", p.description,
                      "" if p is c.source else c.source.description)
-        subset = imagenet_subsets.SUBSETS.get(p.data.dataset.split("/")[0].split(":")[0])
+        subset = fixed_subset(p)
         if subset is not None:
-            return subset_top1(p, classes, subset, c.name)
-        return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"], len(classes)
+            return subset_top1(p, classes, subset, c.name, task)
+        return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"], None
     reference = list(c.source.class_names or c.class_names)
     missing = [n for n in names if n not in reference]
     if missing:
@@ -183,18 +219,53 @@ def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray) -> tuple[float, 
                           "reference's class names.")
     subset = np.asarray([reference.index(n) for n in names])
     top1 = eval_metrics.zero_shot_metrics(emb.images, classes[subset], emb.labels)["top1"]
-    return top1, len(subset)
+    return top1, subset
 
 
-def subset_top1(p: Pass, classes: np.ndarray, wnids: Sequence[str], task: str
-                ) -> tuple[float, int]:
+def reference_top1_among(reference: Pass, classes: np.ndarray, ids: np.ndarray
+                         ) -> float | None:
+    """Top-1 of the reference's images of the classes `ids` (indices into `classes`, the
+    reference's), scored among those classes only: what a set scored among them is compared
+    with. None when the reference has no image of them."""
+    position = np.full(len(classes), -1, np.int64)
+    position[ids] = np.arange(len(ids))
+    own = position[np.asarray(reference.embeddings.labels, np.int64)]
+    keep = own >= 0
+    if not keep.any():
+        return None
+    return eval_metrics.zero_shot_metrics(reference.embeddings.images[keep], classes[ids],
+                                          own[keep])["top1"]
+
+
+def warn_fewer_classes(task: str, fewer: Sequence[str], count: Mapping[str, int],
+                       drop_from: Mapping[str, float | None]) -> None:
+    """One warning naming the shifted sets scored among fewer classes than the reference
+    (`fewer`: imagenet_r / imagenet_a are not among them), which the means leave out and
+    whose drop is measured among their classes (or missing), and why."""
+    if not fewer:
+        return
+    total = count["reference"]
+    shown = ", ".join(f"{n} ({count[n]} of {total} classes"
+                      + ("; no drop: the reference has no image of them" if drop_from[n] is None
+                         else "") + ")" for n in fewer)
+    log.warning("%s: %s %s scored among fewer classes than the reference, an easier task: "
+                "the drop is measured from the reference's top-1 among the same classes, and "
+                "mean_shifted_top1 / mean_effective_robustness leave %s out (they average the "
+                "sets scored among all %d classes, and imagenet_r / imagenet_a among their "
+                "200, as the CLIP paper does).", task, shown,
+                "is" if len(fewer) == 1 else "are", "it" if len(fewer) == 1 else "them", total)
+
+
+def subset_top1(p: Pass, classes: np.ndarray, wnids: Sequence[str], name: str, task: str
+                ) -> tuple[float, np.ndarray]:
     """Top-1 of pass `p` (labelled in ImageNet's 1000 classes, its ClassLabel names WordNet
-    ids) among the classes `wnids`, and their number. An image labelled outside them can
-    never be right: it counts as a miss, and a warning counts such images."""
+    ids) among the classes `wnids`, and their indices. An image labelled outside them can
+    never be right: it counts as a miss, and a warning (begun with `task`) counts such
+    images."""
     names = {name: k for k, name in enumerate(p.class_names or ())}
     missing = [w for w in wnids if w not in names]
     if missing:
-        raise ConfigError(f"config.eval.robustness.{task}: {p.description}'s class names are "
+        raise ConfigError(f"config.eval.robustness.{name}: {p.description}'s class names are "
                           f"not ImageNet's WordNet ids ({missing[:3]} missing), so its "
                           f"{len(wnids)} classes cannot be found among them.")
     ids = np.asarray([names[w] for w in wnids])
@@ -203,34 +274,34 @@ def subset_top1(p: Pass, classes: np.ndarray, wnids: Sequence[str], task: str
     remap = np.asarray([position.get(int(y), -1) for y in labels])
     outside = int(np.sum(remap < 0))
     if outside:
-        log.warning("Robustness %s: %d of %d images of %s are labelled outside its %d classes; "
-                    "they count as misses.", task, outside, len(labels), p.description,
-                    len(wnids))
+        log.warning("%s: %d of %d images of %s are labelled outside its %d classes; they "
+                    "count as misses.", task, outside, len(labels), p.description, len(wnids))
     top1 = eval_metrics.zero_shot_metrics(p.embeddings.images, classes[ids], remap)["top1"]
-    return top1, len(ids)
+    return top1, ids
 
 
-def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass]
+def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass], task: str
                 ) -> dict[str, list[tuple[float, float]]]:
     """Per shifted set, the (in-dist, shifted) accuracy of one linear probe fit on `train`
     (fitted once: its L2 sweep and fit cost as much as all the scoring). A set with the
     training classes in another order has its labels mapped by name, as its zero-shot scoring
     matches them; a set with other classes (a subset, as imagenet_r) has no comparable
-    full-class accuracy and gets no pair, with a warning naming it."""
+    full-class accuracy and gets no pair, with a warning naming it (begun with `task`)."""
     names = list(train.class_names)
     probe = linear_probe.fit_linear_probe(train.embeddings.images, train.embeddings.labels,
-                                          len(names))
+                                          len(names), task=f"{task} (linear-probe baseline)")
     ref = probe.accuracy(reference.embeddings.images, reference.embeddings.labels)
     pairs = {}
     for name, p in shifted.items():
         own, labels = list(p.class_names or []), np.asarray(p.embeddings.labels)
         if not p.indexed and own and own != names:
             if sorted(own) != sorted(names):
-                log.warning("%s: no linear-probe baseline (its %d classes are not the "
+                log.warning("%s: %s has no linear-probe baseline (its %d classes are not the "
                             "reference's %d, which the probe predicts); its zero-shot top-1 "
-                            "is still scored on its own classes.", name, len(own), len(names))
+                            "is still scored on its own classes.", task, name, len(own),
+                            len(names))
                 continue
-            labels = in_training_order(labels, class_order(train, p))
+            labels = training_labels(labels, training_index(train, p))
         pairs[name] = [(ref, probe.accuracy(p.embeddings.images, labels))]
     return pairs
 
