@@ -933,6 +933,10 @@ def test_a_missing_labels_or_templates_file_is_said_so(flag, value, says, tmp_pa
         code, _, err = run(capsys, "zero-shot", "--model", str(tmp_path / "no-model"), *inline,
                            str(photos))
         assert code == 2 and "no such file" not in err and "no-model" in err, err
+    if flag == "--templates":  # clip-jax eval's --templates too, before the model loads
+        code, out, err = run(capsys, "eval", str(tmp_path / "no-model"), "--zero-shot",
+                             str(photos), flag, value)
+        assert (code, out) == (2, "") and err.startswith(f"error: {says}; "), err
 
 
 def test_an_image_path_as_a_text_query_warns_in_flag_terms(vit_workdir, tmp_path, capsys):

@@ -28,7 +28,7 @@ from typing import Any
 
 import ml_collections
 
-from clip_jax.cli.arg_types import positive_int, positive_ints, read_labels
+from clip_jax.cli.arg_types import check_list_file, positive_int, positive_ints, read_labels
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, parse_shifts
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import naming
@@ -199,6 +199,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
     from clip_jax.evaluation import templates
 
     if args.templates:  # else read once the data are built, after the model has loaded
+        check_list_file(args.templates, "--templates")
         try:
             templates.get_templates(args.templates)
         except ConfigError as error:
