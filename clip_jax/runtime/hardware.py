@@ -155,7 +155,8 @@ def _timed_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
         return float(cached[key]), f"{how}: the best seen on this machine, kept in {path}"
     before = cached.get(key)
     why = ("the first on this machine" if before is None else "a new best" if measured > before
-           else f"replacing {before:.3g} FLOP/s, over {IMPLAUSIBLE_PEAK_RATIO:g}x this, as mistimed")
+           else f"replacing {before:.3g} FLOP/s, over {IMPLAUSIBLE_PEAK_RATIO:g}x this, as "
+           "mistimed")
     cached[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
