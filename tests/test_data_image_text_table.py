@@ -286,7 +286,8 @@ def test_more_changed_inputs_are_refused(inputs, tmp_path, monkeypatch, change):
     else:
         names.write_text("dog\ncat\n")
     changed = names if change == "class_names_edited" else table
-    with pytest.raises(ConfigError, match=rf"built from {changed}, which has changed since"):
+    how = "is gone" if change == "deleted" else "has changed since"
+    with pytest.raises(ConfigError, match=rf"built from {changed}, which {how}"):
         prepare("labelled.csv")
 
 

@@ -337,7 +337,8 @@ def test_rewritten_or_appearing_shards_are_not_reused(tmp_path, monkeypatch):
     config.webdataset.train_shards = str(tmp_path / "{00000..00001}.tar")
     sources.prepare(config)
     write_tar(str(tmp_path / "00001.tar"), [sample("000010000", 1, b"late")])
-    with pytest.raises(ConfigError, match=r"00001.tar, which has changed since"):
+    with pytest.raises(ConfigError, match=r"00001.tar, which was missing at the build and "
+                                          r"exists now"):  # not "has changed": never read
         sources.prepare(config)
     os.remove(tmp_path / "00001.tar")
     sources.prepare(config)
@@ -372,5 +373,6 @@ def test_shards_appearing_under_a_glob_are_not_left_out(tmp_path):
     os.remove(tmp_path / "train" / "b.tar")
     sources.prepare(config)
     write_tar(str(tmp_path / "val" / "1.tar"), [sample("000000004", 4, b"late val")])
-    with pytest.raises(ConfigError, match=r"val/1.tar, which has changed since"):
+    with pytest.raises(ConfigError, match=r"val/1.tar, which was missing at the build and "
+                                          r"exists now"):
         sources.prepare(config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import difflib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,8 +103,28 @@ def resolve_config(config: DataConfig | None) -> ml_collections.ConfigDict:
     """
     merged = default_config()
     _merge(merged, {} if config is None else config, "data")
+    _expand_user(merged)
     _check(merged)
     return merged
+
+
+# Local paths a user may start with `~` (comma-separated patterns for shards): expanded as a
+# shell would, since `--config.data.table.train_path=~/t.csv` reaches us unexpanded (bash
+# expands `~` only at the start of a word) and was then "does not exist" or `cwd/~/t.csv`.
+USER_PATHS = ("data_dir", "table.train_path", "table.validation_path", "table.test_path",
+              "table.image_root", "table.class_names", "webdataset.train_shards",
+              "webdataset.validation_shards", "webdataset.test_shards")
+
+
+def _expand_user(c: ml_collections.ConfigDict) -> None:
+    for field in USER_PATHS:
+        *sections, name = field.split(".")
+        node = c
+        for section in sections:
+            node = node[section]
+        parts = node[name].split(",")
+        if any(part.strip().startswith("~") for part in parts):
+            node[name] = ",".join(os.path.expanduser(part.strip()) for part in parts)
 
 
 def _merge(target: ml_collections.ConfigDict, given: Mapping[str, Any], path: str) -> None:
@@ -178,6 +199,10 @@ def _check(c: ml_collections.ConfigDict) -> None:
             (any((c.webdataset.train_shards, c.webdataset.validation_shards,
                   c.webdataset.test_shards)), "data.webdataset.train_shards",
              "a glob or brace pattern of .tar shards, e.g. '/data/{00000..00099}.tar'"),
+            (c.webdataset.caption_extension.lower().lstrip(".") != "json",
+             "data.webdataset.caption_extension",
+             "'txt', the caption's own member (img2dataset writes it there too; a .json is "
+             "the sample's metadata, whose whole text would be trained on as the caption)"),
         ]
     for ok, field, fix in checks:
         if not ok:

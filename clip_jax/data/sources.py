@@ -188,9 +188,11 @@ def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
             + rebuild)
     stale = changed_inputs(inputs)
     if stale:
+        how = ("was missing at the build and exists now" if inputs[stale[0]].get("missing")
+               else "is gone" if not tf.io.gfile.exists(stale[0]) else "has changed since")
         raise ConfigError(
-            f"{builder.data_dir} was built from {stale[0]}, which has changed since "
-            f"({len(stale)} of {len(inputs)} input files changed or gone); " + rebuild)
+            f"{builder.data_dir} was built from {stale[0]}, which {how} ({len(stale)} of "
+            f"{len(inputs)} input files changed, appeared or gone); " + rebuild)
     current = getattr(builder, "build_inputs", None)
     new = [path for path in current() if path not in inputs] if current else []
     if new:

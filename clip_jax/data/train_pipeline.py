@@ -3,9 +3,11 @@
 Global batch `k` holds the examples at global positions `k * G .. (k+1) * G - 1` (G = global
 batch size); position `q` is example `shuffle_e(q mod N)` of the split, where `shuffle_e` is a
 seeded random permutation of the N examples for epoch `e = q // N` (TensorFlow's stateless
-`index_shuffle`: O(1) per index, no table). Process `p` of `P` produces positions
-`k * G + p * G/P ..` of every batch, so processes read disjoint examples, and every example is
-augmented with a stateless RNG keyed by `(seed, q)`. Batch `k` is therefore a pure function of
+`index_shuffle`: O(1) per index, no table, keyed by `permutation_seed`). Process `p` of `P`
+produces positions `k * G + p * G/P ..` of every batch, so processes read disjoint examples
+(within an epoch: the one batch spanning two epochs, when `N` is not a multiple of `G`, can
+hold an example twice, once from each; up to G^2 / 4N such pairs are expected per epoch), and
+every example is augmented with a stateless RNG keyed by `(seed, q)`. Batch `k` is therefore a pure function of
 `(seed, k)`: a run resumed at batch `k` reads exactly the examples that come next (no replay,
 no skip) without touching the earlier ones, and the global batches do not even depend on the
 number of processes. Random access needs the ArrayRecord format, which every builder here
@@ -33,6 +35,16 @@ from clip_jax.models.config import CLIPConfig
 
 _MAX_POSITION = 1 << 62  # training streams are infinite in practice
 _PERMUTATION_STREAM, _AUGMENT_STREAM = 1, 2
+
+
+def permutation_seed(seed: int) -> np.ndarray:
+    """The key of the epoch permutations, int64 [3] (the epoch is added to the last word):
+    `seed` hashed to three full 64-bit words by numpy's `SeedSequence`. `index_shuffle` keys
+    its rounds with the words as given, and small ones (the default seed 0, epoch 1) left
+    whole stretches of the split in order: a 100-example epoch kept 49 examples in place,
+    where a random permutation keeps about 1."""
+    words = np.random.SeedSequence([seed, _PERMUTATION_STREAM]).generate_state(3, np.uint64)
+    return words.view(np.int64)
 
 
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
@@ -93,14 +105,15 @@ def make_train_iterator(
     size = model_config.image_size
     scale, ratio = tuple(config.augment.scale), tuple(config.augment.ratio)
     augment_key = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
+    permutation_key = permutation_seed(seed)
 
     def positions(start: tf.Tensor) -> dict[str, tf.Tensor]:
         t = start + tf.range(READ_CHUNK, dtype=tf.int64)  # this process's running position
         q = (t // local) * global_batch_size + process_index * local + t % local
         epoch, offset = q // num_examples, q % num_examples
-        seeds = tf.stack([tf.fill(tf.shape(q), tf.constant(seed, tf.int64)),
-                          tf.fill(tf.shape(q), tf.constant(_PERMUTATION_STREAM, tf.int64)),
-                          epoch], axis=1)
+        seeds = tf.stack([tf.fill(tf.shape(q), tf.constant(permutation_key[0])),
+                          tf.fill(tf.shape(q), tf.constant(permutation_key[1])),
+                          tf.constant(permutation_key[2]) + epoch], axis=1)
         index = tf.raw_ops.RandomIndexShuffle(index=offset, seed=seeds,
                                               max_index=tf.constant(num_examples - 1, tf.int64),
                                               rounds=4)
