@@ -67,6 +67,26 @@ def test_image_folder_reads_as_torchvision_and_tfds(folder):
         labelled_data.read(str(folder), "valid")
 
 
+def test_a_split_root_is_read_as_splits_beside_hidden_folders_and_with_valid(folder, tmp_path):
+    """A `.ipynb_checkpoints/` beside `train/` and `test/` made plain ROOT two classes, "test"
+    and "train" (every image of both splits, scored 2-way, exit 0); Roboflow's and Keras'
+    `valid/` did the same. Hidden folders are no split, and `valid` is one: plain ROOT reads
+    the split torchvision's ImageFolder reads at ROOT/test (or ROOT/valid)."""
+    import shutil
+
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "split"
+    shutil.copytree(folder, root)
+    (root / ".ipynb_checkpoints").mkdir()
+    auto = labelled_data.read(str(root))
+    assert auto.split == "test" and auto.files == [p for p, _ in ImageFolder(
+        str(root / "test")).samples]
+    shutil.move(root / "test", root / "valid")
+    auto = labelled_data.read(str(root))
+    assert auto.split == "valid" and auto.class_names == ImageFolder(str(root / "valid")).classes
+
+
 def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, caplog):
     """A linked folder inside a class folder was followed by the eval reader but silently
     left out by `find_images` (`clip-jax index` / `zero-shot --recursive`), and a link back

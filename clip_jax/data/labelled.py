@@ -9,10 +9,10 @@ labels, class names and, where the layout has them, prompt templates:
                 a link to a folder searched already or above it not followed, and reported);
                 optional split folders `root/<split>/<class>/...` as
                 TFDS's `ImageFolder` reads them (`split` picks one; "" = the root itself, or
-                the first of test / validation / val / train when the root holds only such
-                folders). Hidden folders and files (`.ipynb_checkpoints/`, `.DS_Store`,
-                `._photo.jpg`) are neither classes nor images; a class folder without images
-                stays a class (a warning names it).
+                the first of test / validation / val / valid / train when the root holds
+                only such folders, hidden ones aside). Hidden folders and files
+                (`.ipynb_checkpoints/`, `.DS_Store`, `._photo.jpg`) are neither classes nor
+                images; a class folder without images stays a class (a warning names it).
   table         a .csv / .tsv (pandas' dialect, `clip_jax_data.tables`: quoting, BOM, CRLF;
                 messages name the file's physical lines) with an image-path column
                 (relative paths are relative to the table's folder; rows whose image is
@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 _EMPTY_REPORTED: set[str] = set()  # folders whose empty classes were named in a warning
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-SPLIT_FOLDERS = ("test", "validation", "val", "train")
+SPLIT_FOLDERS = ("test", "validation", "val", "valid", "train")  # `valid`: Roboflow's, Keras'
 LABEL_COLUMNS = ("label", "class", "target", "label_name", "class_name")
 WDS_CLASSNAMES = "classnames.txt"
 WDS_TEMPLATES = "zeroshot_classification_templates.txt"
@@ -142,7 +142,7 @@ def _split_root(root: str, split: str, layout: str) -> tuple[str, str]:
             raise MissingFileError(f"No split folder {path!r} in the {layout} {root!r}; "
                                    f"folders there: {sorted(_subdirs(root))}.")
         return path, split
-    present = _subdirs(root)
+    present = [name for name in _subdirs(root) if not name.startswith(".")]  # never a split
     if present and all(name in SPLIT_FOLDERS for name in present):
         chosen = next(name for name in SPLIT_FOLDERS if name in present)
         return os.path.join(root, chosen), chosen
