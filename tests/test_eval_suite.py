@@ -300,7 +300,9 @@ def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
     (tmp_path / "names.txt").write_text("\n".join(names))
     config = config_for(robustness=evaluate.robustness_task(
         "imagenet2012", split="validation", shifted="imagenet_v2,imagenet_r,imagenet_sketch",
-        templates="simple", class_names=str(tmp_path / "names.txt")))
+        templates="simple", class_names=str(tmp_path / "names.txt")),
+        zero_shot=evaluate.zero_shot_task("imagenet_r", split="test", templates="simple",
+                                          class_names=str(tmp_path / "names.txt")))
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=imagenet_source):
         metrics, _ = evaluate.evaluate_model(config, module, variables)
@@ -319,6 +321,16 @@ def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
             wnids = builders[name].info.features["label"].names
             subset = np.asarray([wnids.index(w) for w in imagenet_subsets.SUBSETS[name]])
             expected = np.mean(subset[scores[:, subset].argmax(1)] == labels)
+            if name == "imagenet_r":  # zero-shot on it alone too, as CLIP_benchmark scores it
+                top5 = subset[np.argsort(-scores[:, subset], axis=1, kind="stable")[:, :5]]
+                assert metrics["zero_shot/t/top1"] == pytest.approx(expected)
+                assert metrics["zero_shot/t/top5"] == pytest.approx(
+                    np.mean((top5 == labels[:, None]).any(1)))
+                inside = np.isin(labels, subset)  # the 12th image: a miss, no class of its own
+                recall = [np.mean(subset[scores[labels == k][:, subset].argmax(1)] == k)
+                          for k in np.unique(labels[inside])]
+                assert metrics["zero_shot/t/mean_per_class_recall"] == pytest.approx(
+                    np.mean(recall))
         else:
             expected = np.mean(scores.argmax(1) == labels)
         key = "reference_top1" if name == "imagenet2012" else f"{name}_top1"

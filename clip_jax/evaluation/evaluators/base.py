@@ -22,6 +22,7 @@ import numpy as np
 
 from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
+from clip_jax.evaluation import imagenet_subsets
 from clip_jax.evaluation import templates as templates_lib
 from clip_jax.evaluation import zero_shot
 
@@ -284,3 +285,36 @@ def training_labels(labels: np.ndarray, index: np.ndarray | None) -> np.ndarray:
     if index is None:
         return labels
     return index[np.asarray(labels, np.int64)]
+
+
+def fixed_subset(p: Pass) -> tuple[str, ...] | None:
+    """The fixed class list (`imagenet_subsets.SUBSETS`, WordNet ids) a TFDS dataset such as
+    imagenet_r is scored among, or None."""
+    return imagenet_subsets.SUBSETS.get(p.data.dataset.split("/")[0].split(":")[0])
+
+
+def fixed_classes(p: Pass, field: str, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a pass of a dataset scored among a fixed class list (`fixed_subset`: imagenet_r,
+    imagenet_a, labelled in ImageNet's 1000 classes), the label indices of those classes
+    int [K] and the pass's labels as positions among them int [N]; None for other datasets.
+    An image labelled outside them can never be right: its position is -1 (a miss), and a
+    warning begun with `task` counts such images. ConfigError (naming `field`) when the
+    pass's class names are not WordNet ids."""
+    wnids = fixed_subset(p)
+    if wnids is None:
+        return None
+    names = {n: k for k, n in enumerate(p.class_names or ())}
+    missing = [w for w in wnids if w not in names]
+    if missing:
+        raise ConfigError(f"config.eval.{field}: {p.description}'s class names are not "
+                          f"ImageNet's WordNet ids ({missing[:3]} missing), so its "
+                          f"{len(wnids)} classes cannot be found among them.")
+    ids = np.asarray([names[w] for w in wnids])
+    position = np.full(len(names), -1, np.int64)
+    position[ids] = np.arange(len(ids))
+    remap = position[np.asarray(p.embeddings.labels, np.int64)]
+    outside = int(np.sum(remap < 0))
+    if outside:
+        log.warning("%s: %d of %d images of %s are labelled outside its %d classes; they "
+                    "count as misses.", task, outside, len(remap), p.description, len(wnids))
+    return ids, remap

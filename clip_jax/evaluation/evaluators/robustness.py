@@ -14,8 +14,9 @@ from clip_jax.errors import ConfigError
 from clip_jax.evaluation import imagenet_subsets, linear_probe, naming, robustness
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, Records,
-                                                 RunContext, check_labels, task_config,
-                                                 training_index, training_labels)
+                                                 RunContext, check_labels, fixed_classes,
+                                                 fixed_subset, task_config, training_index,
+                                                 training_labels)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Pass, Passes
@@ -188,18 +189,12 @@ class Robustness(Evaluator):
                     "templates": c.templates_label}
 
 
-def fixed_subset(p: Pass) -> tuple[str, ...] | None:
-    """The fixed class list (`imagenet_subsets.SUBSETS`) a TFDS dataset such as imagenet_r is
-    scored among, or None."""
-    return imagenet_subsets.SUBSETS.get(p.data.dataset.split("/")[0].split(":")[0])
-
-
 def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray, task: str
                    ) -> tuple[float, np.ndarray | None]:
     """Top-1 of `c`'s classifier on pass `p`, and the reference classes it is scored among
     (indices; None: all of them). `p`'s labels index its own class names: a dataset whose
     classes are a subset of the reference's (a folder of 200 ImageNet classes) is scored
-    among that subset, and `SUBSET_DATASETS` among their fixed 200 classes (`subset_top1`).
+    among that subset, and `SUBSET_DATASETS` among their fixed 200 classes (`fixed_classes`).
     A table of bare class indices (`Pass.indexed`) has no names of its own: its labels index
     the reference's classes. `task` (`robustness/<task>`) begins any warning."""
     emb = p.embeddings
@@ -207,9 +202,10 @@ def zero_shot_top1(p: Pass, c: Classifier, classes: np.ndarray, task: str
     if p is c.source or p.indexed or list(names) == list(c.source.class_names or c.class_names):
         check_labels(emb.labels, len(classes), f"robustness.{c.name}", p.description,
                      "" if p is c.source else c.source.description)
-        subset = fixed_subset(p)
-        if subset is not None:
-            return subset_top1(p, classes, subset, c.name, task)
+        fixed = fixed_classes(p, f"robustness.{c.name}", task)
+        if fixed is not None:
+            ids, remap = fixed
+            return eval_metrics.zero_shot_metrics(emb.images, classes[ids], remap)["top1"], ids
         return eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)["top1"], None
     reference = list(c.source.class_names or c.class_names)
     missing = [n for n in names if n not in reference]
@@ -254,30 +250,6 @@ def warn_fewer_classes(task: str, fewer: Sequence[str], count: Mapping[str, int]
                 "sets scored among all %d classes, and imagenet_r / imagenet_a among their "
                 "200, as the CLIP paper does).", task, shown,
                 "is" if len(fewer) == 1 else "are", "it" if len(fewer) == 1 else "them", total)
-
-
-def subset_top1(p: Pass, classes: np.ndarray, wnids: Sequence[str], name: str, task: str
-                ) -> tuple[float, np.ndarray]:
-    """Top-1 of pass `p` (labelled in ImageNet's 1000 classes, its ClassLabel names WordNet
-    ids) among the classes `wnids`, and their indices. An image labelled outside them can
-    never be right: it counts as a miss, and a warning (begun with `task`) counts such
-    images."""
-    names = {name: k for k, name in enumerate(p.class_names or ())}
-    missing = [w for w in wnids if w not in names]
-    if missing:
-        raise ConfigError(f"config.eval.robustness.{name}: {p.description}'s class names are "
-                          f"not ImageNet's WordNet ids ({missing[:3]} missing), so its "
-                          f"{len(wnids)} classes cannot be found among them.")
-    ids = np.asarray([names[w] for w in wnids])
-    labels = p.embeddings.labels
-    position = {int(k): i for i, k in enumerate(ids)}
-    remap = np.asarray([position.get(int(y), -1) for y in labels])
-    outside = int(np.sum(remap < 0))
-    if outside:
-        log.warning("%s: %d of %d images of %s are labelled outside its %d classes; they "
-                    "count as misses.", task, outside, len(labels), p.description, len(wnids))
-    top1 = eval_metrics.zero_shot_metrics(p.embeddings.images, classes[ids], remap)["top1"]
-    return top1, ids
 
 
 def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass], task: str

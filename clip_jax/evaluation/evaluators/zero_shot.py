@@ -11,7 +11,7 @@ import numpy as np
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
-                                                 check_labels, task_config)
+                                                 check_labels, fixed_classes, task_config)
 
 # Per-class accuracies are kept for the report's plot up to this many classes.
 MAX_PLOTTED_CLASSES = 100
@@ -59,22 +59,28 @@ class ZeroShot(Evaluator):
         c = self.classifier
         emb, classes = c.source.embeddings, ctx.class_embeddings(c)
         check_labels(emb.labels, len(c.class_names), self.field, c.source.description)
-        results = eval_metrics.zero_shot_metrics(emb.images, classes, emb.labels)
+        # imagenet_r / imagenet_a: scored among their 200 classes, as their authors and
+        # CLIP_benchmark score them (labels as positions among them; the rest are misses).
+        ids, labels = fixed_classes(c.source, self.field, self.key) or (None, emb.labels)
+        names = c.class_names if ids is None else [c.class_names[k] for k in ids]
+        among = (lambda x: x) if ids is None else (lambda x: x[ids])  # noqa: E731
+        results = eval_metrics.zero_shot_metrics(emb.images, among(classes), labels)
         if c.compare_prompts:
             for label, templates in (("class_name", ("{}",)), ("one_template", c.templates[:1])):
                 single = zero_shot.class_embeddings(ctx.embed_texts, c.class_names, templates,
                                                     ctx.tokenize)
                 results[f"top1_{label}"] = eval_metrics.zero_shot_metrics(
-                    emb.images, single, emb.labels)["top1"]
+                    emb.images, among(single), labels)["top1"]
         records = ctx.records
-        records.predictions[self.name] = eval_metrics.top_k_indices(emb.images, classes, 5)
-        records.sizes[self.key] = {"images": len(emb.images), "classes": len(c.class_names)}
-        records.where(self.key, c.source, c)
-        if len(c.class_names) <= MAX_PLOTTED_CLASSES:
-            top1 = records.predictions[self.name][:, 0] == emb.labels
+        top5 = eval_metrics.top_k_indices(emb.images, among(classes), 5)
+        records.predictions[self.name] = top5 if ids is None else ids[top5]  # class indices
+        records.sizes[self.key] = {"images": len(emb.images), "classes": len(names)}
+        records.where(self.key, c.source, c, len(names))
+        if len(names) <= MAX_PLOTTED_CLASSES:
+            top1 = top5[:, 0] == labels
             records.details[f"per_class/{self.name}"] = {
-                "class_names": c.class_names,
+                "class_names": names,
                 # None for a class without test images: it has no accuracy, not 0 %.
-                "accuracy": [float(top1[emb.labels == k].mean()) if np.any(emb.labels == k)
-                             else None for k in range(len(c.class_names))]}
+                "accuracy": [float(top1[labels == k].mean()) if np.any(labels == k)
+                             else None for k in range(len(names))]}
         return {f"{self.key}/{k}": v for k, v in results.items()}
