@@ -581,14 +581,14 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "--labels file 'LABELS_FILE' repeats the label(s) ['cat', 'dog']; give each label once."),
     (["zero-shot", "--labels", "a,b", "--templates", "nope"],
      "Unknown template set 'nope': use one of ['default', 'simple', 'synthetic_shapes'], the "
-     "path of a text file with one template (containing '{}') per line, or one template with "
-     "exactly one '{}'."),
+     "path of a text file with one template (containing '{}' or '{c}') per line, or one "
+     "template with exactly one '{}'."),
     (["eval", "--zero-shot", "cifar10", "--class-names", "cat,dog,cat"],
      "--class-names 'cat,dog,cat' repeats the label(s) ['cat']; give each label once."),
     (["eval", "--zero-shot", "cifar10", "--templates", "nope"],
      "--templates: Unknown template set 'nope': use one of ['default', 'simple', "
-     "'synthetic_shapes'], the path of a text file with one template (containing '{}') per "
-     "line, or one template with exactly one '{}'."),
+     "'synthetic_shapes'], the path of a text file with one template (containing '{}' or "
+     "'{c}') per line, or one template with exactly one '{}'."),
     (["eval", "--zero-shot", "cifar10", "--evaluators", "zero_shot,zero_shots"],
      "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),
@@ -819,6 +819,10 @@ def _train_error(argv):
     (["--workers", "8"], "use --config.data.table.num_threads=VALUE or "
                          "--config.data.webdataset.num_threads=VALUE"),  # not "workdir?"
     (["--total-steps", "5"], "use --config.total_steps=5."),
+    (["--siglip"], "use --config.loss=VALUE (sigmoid or chunked_sigmoid)."),
+    (["--grad-checkpointing"], "use --config.model.remat_policy=VALUE (full, dots or "
+                               "dots_no_batch)."),
+    (["--bf16"], "use --config.model.dtype=VALUE (bfloat16)."),
 ])
 def test_other_trainers_flags_name_the_config_field_that_does_their_job(flag, says):
     """open_clip's / transformers' flags on `clip-jax train` said only "Unknown command line
@@ -873,6 +877,16 @@ def test_a_config_file_returning_a_dict_is_one_line(tmp_path, capsys):
     assert code == 2 and "returned a NoneType" in err and len(err.splitlines()) == 1
     code, _, err = run(capsys, "eval", str(tmp_path), "--config", str(tmp_path / "d.py"))
     assert code == 2 and "returned a NoneType" in err and len(err.splitlines()) == 1
+    # A run's config.json given as --config: "AttributeError: 'NoneType' object has no
+    # attribute 'loader'"; now what it is, and how to resume or start from that run.
+    run_dir = tmp_path / "run1"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    message = _train_error([f"--config={run_dir / 'config.json'}", "--workdir=w"])
+    assert message == (f"the config file {run_dir / 'config.json'} is JSON; config files are "
+                       "Python files with get_config() (as clip_jax/configs/tiny.py). A run's "
+                       f"config.json is its record: to resume that run pass --workdir {run_dir}; "
+                       f"to start another from it, --config.init_from={run_dir}."), message
 
 
 def test_an_index_output_naming_a_folder_is_refused_first(vit_workdir, tmp_path, monkeypatch,

@@ -529,6 +529,11 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
             code = cli.main(["eval", str(tmp_path / "hf"), flag, str(path)])
             err = capsys.readouterr().err
             assert code == 2 and f"'{path}' is a file but not a table clip_jax reads" in err, err
+            # The conversion it names gives the table back (pandas is the reference).
+            convert = err.split("convert it: ")[1].split(" (a list")[0].rstrip(".\n")
+            namespace = {"pandas": pd, "path": str(path)}
+            exec(convert.replace("'table.csv'", repr(str(tmp_path / "t.csv"))), namespace)
+            pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), frame)
 
 
 def index_tables(folder, root):

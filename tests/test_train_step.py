@@ -158,8 +158,8 @@ def test_a_mesh_axis_that_does_not_divide_a_width_names_the_logical_axis(scan):
     config.model.scan_layers = scan
     mesh = sharding.create_mesh({"data": 2, "fsdp": 1, "tensor": 4})
     with pytest.raises(ConfigError, match=r"cannot be split 4 ways over mesh axes \('tensor',\): "
-                                          r"its logical axis 'heads' has size 2; make the product "
-                                          r"of config.mesh.tensor one of \[1, 2\], or map 'heads' "
+                                          r"its logical axis 'heads' has size 2; make "
+                                          r"config.mesh.tensor one of \[1, 2\], or map 'heads' "
                                           r"to None in config.logical_axis_rules."):
         train_step.setup(config, train_step.model_config(config), mesh)
 

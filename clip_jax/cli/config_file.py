@@ -42,10 +42,12 @@ SYNONYMS = {
     "train_steps": "total_steps", "num_train_steps": "total_steps",
     "accum_freq": "microbatches", "grad_accum_steps": "microbatches",
     "gradient_accumulation_steps": "microbatches", "pretrained": "init_from",
-    "grad_checkpointing": "model.remat_policy", "gradient_checkpointing": "model.remat_policy",
-    "remat": "model.remat_policy", "precision": "model.dtype (float32, bfloat16 or float16)",
+    "grad_checkpointing": "model.remat_policy (full, dots or dots_no_batch)",
+    "gradient_checkpointing": "model.remat_policy (full, dots or dots_no_batch)",
+    "remat": "model.remat_policy (full, dots or dots_no_batch)",
+    "bf16": "model.dtype (bfloat16)", "fp16": "model.dtype (float16)", "precision": "model.dtype (float32, bfloat16 or float16)",
     "scan": "model.scan_layers",
-    "lock_image_tower": "lock_image", "lock_text_tower": "lock_text", "siglip": "loss",
+    "lock_image_tower": "lock_image", "lock_text_tower": "lock_text", "siglip": "loss (sigmoid or chunked_sigmoid)",
     # Our own optimizer fields, given outside their section.
     "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "b1": "optimizer.b1",
     "b2": "optimizer.b2", "eps": "optimizer.eps", "grad_clip_norm": "optimizer.grad_clip_norm",
@@ -194,6 +196,12 @@ def load_checked(value: str) -> ml_collections.ConfigDict:
     refused rather than converted, since a dict's fields would escape the base config's
     names and types, and ml_collections' own `--config` loading needs a ConfigDict)."""
     path = value.partition(":")[0]
+    if path.lower().endswith(".json"):  # a workdir's record: importing it failed on 'loader'
+        run = os.path.dirname(path) or "."
+        raise ConfigError(
+            f"the config file {path} is JSON; config files are Python files with get_config() "
+            f"(as clip_jax/configs/tiny.py). A run's config.json is its record: to resume that "
+            f"run pass --workdir {run}; to start another from it, --config.init_from={run}.")
     try:
         config = load(value)
     except Exception as error:  # noqa: BLE001 - whatever the user's file raises is reported

@@ -91,6 +91,16 @@ def shift_names(text: str) -> str:
     return text
 
 
+# Table formats pandas reads that clip_jax does not, and the line converting one to a CSV.
+CONVERSIONS = {
+    ".jsonl": "pandas.read_json(path, lines=True).to_csv('table.csv', index=False)",
+    ".json": "pandas.read_json(path).to_csv('table.csv', index=False) (a list of rows; "
+             "lines=True for one JSON object per line)",
+    ".parquet": "pandas.read_parquet(path).to_csv('table.csv', index=False)",
+    ".xlsx": "pandas.read_excel(path).to_csv('table.csv', index=False)",
+}
+
+
 def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple[str, str]:
     """(dataset, split) of a source spec; a TFDS name without `@split` reads
     `default_split`, a labelled folder its own default. A name that is neither a labelled
@@ -102,10 +112,11 @@ def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple
     if labelled_data.is_source(name):
         return name, split
     if os.path.isfile(name):
+        suffix = os.path.splitext(name)[1].lower()
+        how = CONVERSIONS.get(suffix, "")
         raise ConfigError(
             f"{name!r} is a file but not a table clip_jax reads: tables are .csv or .tsv (read as "
-            "pandas reads them); convert it, e.g. a JSON-lines file with pandas.read_json(path, "
-            "lines=True).to_csv('table.csv', index=False).")
+            f"pandas reads them){f'; convert it: {how}' if how else ''}.")
     problem = _tfds_problem(name, data_dir)
     if problem:
         what = "No labelled folder or table at" if os.path.sep in name else "No dataset"

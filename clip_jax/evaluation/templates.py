@@ -77,8 +77,8 @@ def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...
         else:
             raise ConfigError(f"Unknown template set {spec!r}: use one of "
                               f"{sorted(TEMPLATE_SETS)}, the path of a text file with one "
-                              "template (containing '{}') per line, or one template with "
-                              "exactly one '{}'.")
+                              "template (containing '{}' or '{c}') per line, or one template "
+                              "with exactly one '{}'.")
     else:
         templates = tuple(spec)
     if not templates:

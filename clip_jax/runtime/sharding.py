@@ -121,8 +121,13 @@ def check_divisible(mesh: Mesh, boxed: Any, shardings: Any) -> None:
                 raise ConfigError(
                     f"Parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} cannot be "
                     f"split {ways} ways over mesh axes {axes}: its logical axis {name!r} has "
-                    f"size {dim}; make the product of config.mesh.{', config.mesh.'.join(axes)} "
-                    f"one of {fits}, or map {name!r} to None in config.logical_axis_rules.")
+                    f"size {dim}; make {_mesh_fields(axes)} one of {fits}, or map {name!r} to "
+                    "None in config.logical_axis_rules.")
+
+
+def _mesh_fields(axes: Sequence[str]) -> str:
+    fields = [f"config.mesh.{a}" for a in axes]
+    return fields[0] if len(fields) == 1 else f"the product of {' x '.join(fields)}"
 
 
 def _is_spec(x: Any) -> bool:
