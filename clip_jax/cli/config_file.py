@@ -45,9 +45,11 @@ SYNONYMS = {
     "grad_checkpointing": "model.remat_policy (full, dots or dots_no_batch)",
     "gradient_checkpointing": "model.remat_policy (full, dots or dots_no_batch)",
     "remat": "model.remat_policy (full, dots or dots_no_batch)",
-    "bf16": "model.dtype (bfloat16)", "fp16": "model.dtype (float16)", "precision": "model.dtype (float32, bfloat16 or float16)",
+    "bf16": "model.dtype (bfloat16)", "fp16": "model.dtype (float16)",
+    "precision": "model.dtype (float32, bfloat16 or float16)",
     "scan": "model.scan_layers",
-    "lock_image_tower": "lock_image", "lock_text_tower": "lock_text", "siglip": "loss (sigmoid or chunked_sigmoid)",
+    "lock_image_tower": "lock_image", "lock_text_tower": "lock_text",
+    "siglip": "loss (sigmoid or chunked_sigmoid)",
     # Our own optimizer fields, given outside their section.
     "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "b1": "optimizer.b1",
     "b2": "optimizer.b2", "eps": "optimizer.eps", "grad_clip_norm": "optimizer.grad_clip_norm",
