@@ -7,11 +7,12 @@ seeded random permutation of the N examples for epoch `e = q // N` (TensorFlow's
 produces positions `k * G + p * G/P ..` of every batch, so processes read disjoint examples
 (within an epoch: the one batch spanning two epochs, when `N` is not a multiple of `G`, can
 hold an example twice, once from each; up to G^2 / 4N such pairs are expected per epoch), and
-every example is augmented with a stateless RNG keyed by `(seed, q)`. Batch `k` is therefore
-a pure function of `(seed, k)`: a run resumed at batch `k` reads exactly the examples that
-come next (no replay, no skip) without touching the earlier ones, and the global batches do
-not even depend on the number of processes. Random access needs the ArrayRecord format, which every builder here
-writes; datasets prepared as TFRecord are converted once (`clip_jax.data.sources`).
+every example is augmented with a stateless RNG keyed by `(seed, q)`. Batch `k` is therefore a
+pure function of `(seed, k)`: a run resumed at batch `k` reads exactly the examples that come
+next (no replay, no skip) without touching the earlier ones, and the global batches do not even
+depend on the number of processes. Random access needs the ArrayRecord format, which every
+builder here writes; datasets prepared as TFRecord are converted once
+(`clip_jax.data.sources`).
 
 TensorFlow sees no accelerator (`clip_jax.data._tf`); the trainer turns the host-local batches
 into global arrays (e.g. `jax.make_array_from_process_local_data`).
