@@ -85,6 +85,13 @@ def test_a_split_root_is_read_as_splits_beside_hidden_folders_and_with_valid(fol
     shutil.move(root / "test", root / "valid")
     auto = labelled_data.read(str(root))
     assert auto.split == "valid" and auto.class_names == ImageFolder(str(root / "valid")).classes
+    # A folder unzipped on a Mac carries __MACOSX/ (AppleDouble copies): no split, no class.
+    (root / "__MACOSX" / "valid").mkdir(parents=True)
+    auto = labelled_data.read(str(root))
+    assert auto.split == "valid" and auto.class_names == ImageFolder(str(root / "valid")).classes
+    classes = ImageFolder(str(root / "valid")).classes
+    (root / "valid" / "__MACOSX").mkdir()
+    assert labelled_data.read(str(root)).class_names == classes
 
 
 def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, caplog):

@@ -142,11 +142,17 @@ def _split_root(root: str, split: str, layout: str) -> tuple[str, str]:
             raise MissingFileError(f"No split folder {path!r} in the {layout} {root!r}; "
                                    f"folders there: {sorted(_subdirs(root))}.")
         return path, split
-    present = [name for name in _subdirs(root) if not name.startswith(".")]  # never a split
+    present = [name for name in _subdirs(root) if not _metadata_folder(name)]  # never a split
     if present and all(name in SPLIT_FOLDERS for name in present):
         chosen = next(name for name in SPLIT_FOLDERS if name in present)
         return os.path.join(root, chosen), chosen
     return root, ""
+
+
+def _metadata_folder(name: str) -> bool:
+    """A hidden folder (`.ipynb_checkpoints`, `.git`) or the `__MACOSX` folder macOS zips
+    carry (AppleDouble copies of the files): tools' metadata, never a split or a class."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _subdirs(root: str) -> list[str]:
@@ -161,7 +167,7 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     classes = []
     subdirs = _subdirs(folder)
     for name in subdirs:
-        if name.startswith("."):  # .ipynb_checkpoints, .git, ...: never a class
+        if _metadata_folder(name):  # .ipynb_checkpoints, .git, __MACOSX: never a class
             skipped.setdefault("hidden folder", []).append(os.path.join(folder, name))
         else:
             classes.append(name)
