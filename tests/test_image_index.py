@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -227,6 +228,10 @@ def test_search_normalises_embeddings_warns_of_paths_and_refuses_another_model(f
         matches = image_index.search(index, image, encoder, k=3)
     np.testing.assert_allclose([m.score for m in matches],
                                np.sort(reference @ text)[::-1][:3], atol=2e-6)
+    with warnings.catch_warnings():  # a caller that says so itself turns the warning off
+        warnings.simplefilter("error")
+        quiet = image_index.search(index, image, encoder, k=3, warn_image_name=False)
+    assert [m.path for m in quiet] == [m.path for m in matches]
     matches = image_index.search(index, pathlib.Path(image), encoder, k=1)
     assert matches[0].path == image and matches[0].score == pytest.approx(1.0, abs=2e-6)
 

@@ -191,9 +191,7 @@ def search_command(args: argparse.Namespace) -> int:
                           f"({index.meta.get('model')}), so scores would compare different "
                           "embeddings; omit --model, or index the images with this one.")
     query = args.query if args.image is None else pathlib.Path(args.image)
-    with warnings.catch_warnings():  # said above, in the command line's terms
-        warnings.filterwarnings("ignore", message=r"The query .* is searched as text")
-        matches = image_index.search(index, query, encoder, args.top)
+    matches = image_index.search(index, query, encoder, args.top, warn_image_name=False)
     if args.output == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["rank", "score", "path"])

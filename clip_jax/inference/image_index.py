@@ -322,7 +322,7 @@ def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np
 
 
 def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Encoder,
-           k: int = 10) -> list[Match]:
+           k: int = 10, warn_image_name: bool = True) -> list[Match]:
     """Top-k images of `index` for one query: a text (`str`, tokenized by the encoder's
     `tokenizer`), an image (`pathlib.Path` or other path-like, PIL image, uint8 array [H, W]
     or [H, W, C], or one such image in a batch of one) or a float embedding [E] or [1, E]
@@ -331,7 +331,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
     embeddings [Q, E] (`encoder.embed_texts([...])`, `encoder.embed_images([...])`).
 
     A `str` is always a text: one naming an existing image file is searched as text with a
-    warning saying how to search by the image. A text or image query is embedded by
+    warning saying how to search by the image (`warn_image_name=False` for a caller that
+    says so in its own terms, as `clip-jax search` does with `--image`). A text or image query is embedded by
     `encoder`, which must hold the model the index was built with (compared by
     `model_fingerprint` when the index records one: another model's scores are meaningless).
     Raises, before anything is embedded: TypeError for anything that is not one query (a
@@ -374,7 +375,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
                           "embeddings; search with the index's model, or rebuild the index "
                           "with this one (build_index).")
     if isinstance(query, str):
-        if os.path.isfile(query) and query.lower().endswith(IMAGE_EXTENSIONS):
+        if (warn_image_name and os.path.isfile(query)
+                and query.lower().endswith(IMAGE_EXTENSIONS)):
             warnings.warn(f"The query {query!r} is searched as text, though it names an image "
                           f"file; to search by the image, pass pathlib.Path({query!r}) or a "
                           "PIL image.", stacklevel=2)
