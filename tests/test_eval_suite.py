@@ -19,6 +19,7 @@ from clip_jax.errors import ConfigError
 from clip_jax.evaluation import report as eval_report
 from clip_jax.evaluation import evaluate
 from clip_jax.evaluation import few_shot
+from clip_jax.evaluation import imagenet_names
 from clip_jax.evaluation import imagenet_subsets
 from clip_jax.data import sources
 from clip_jax.data import options as data_options
@@ -294,6 +295,64 @@ def test_the_fixed_imagenet_subsets_are_200_of_tfds_imagenet_classes():
         assert tfds.builder(dataset).info.features["label"].num_classes == 1000, dataset
 
 
+def test_wordnet_id_classes_read_as_openais_names_with_the_papers_templates(model, tmp_path):
+    """ImageNet names its classes by WordNet id (TFDS imagenet2012's ClassLabel, `n01440764/`
+    folders on disk), so the default prompts were "a photo of a n01440764.". Such classes
+    read as OpenAI's names with the paper's 80 templates, as open_clip's zero_shot_metadata
+    lists them, and are scored as numpy scores those prompts; ids outside ImageNet-1k are
+    refused, naming them."""
+    metadata = pytest.importorskip("open_clip.zero_shot_metadata")
+    module, variables = model
+    wnids = tfds.builder("imagenet2012").info.features["label"].names
+    assert list(imagenet_names.class_names()) == wnids
+    assert list(imagenet_names.class_names().values()) == list(metadata.IMAGENET_CLASSNAMES)
+    assert [t.replace("{}", "sea lion") for t in templates.TEMPLATE_SETS["openai_imagenet"]] \
+        == [t("sea lion") for t in metadata.OPENAI_IMAGENET_TEMPLATES]
+
+    picked = (0, 1, 657, 744)  # 657 and 744 are both "missile" to OpenAI: a tie, lower wins
+    rng = np.random.default_rng(5)
+    for k in picked:
+        os.makedirs(tmp_path / "val" / wnids[k])
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+                tmp_path / "val" / wnids[k] / f"{i}.png")
+    metrics, evaluation = evaluate.evaluate_model(
+        config_for(zero_shot=evaluate.zero_shot_task(str(tmp_path / "val"))), module, variables)
+    names = [metadata.IMAGENET_CLASSNAMES[k] for k in picked]
+    prompts = [t(c) for t in metadata.OPENAI_IMAGENET_TEMPLATES for c in names]
+    emb = embed(module, variables, tokens=tokenize(prompts, 16)).reshape(80, len(names), -1)
+    classes = emb.mean(0) / np.linalg.norm(emb.mean(0), axis=1, keepdims=True)
+    files = sorted((tmp_path / "val").glob("*/*.png"))
+    images = embed(module, variables, images=preprocess([Image.open(f) for f in files],
+                                                          module.config))
+    labels = np.repeat(np.arange(len(picked)), 3)
+    assert metrics["zero_shot/t/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == labels))
+    assert evaluation.provenance["zero_shot/t"]["templates"] == "openai_imagenet (80)"
+
+    os.makedirs(tmp_path / "val" / "n99999999")  # an ImageNet-21k id among them
+    Image.open(files[0]).save(tmp_path / "val" / "n99999999" / "0.png")
+    with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.t: The class names are "
+                                          r"WordNet ids, 1 of them not among ImageNet-1k's "
+                                          r"1000 \(\['n99999999'\]\).*--class-names"):
+        evaluate.evaluate_model(config_for(zero_shot=evaluate.zero_shot_task(
+            str(tmp_path / "val"), templates="simple")), module, variables)
+
+
+def test_tfds_imagenet_zero_shot_defaults_to_openais_names(model):
+    """TFDS imagenet2012 without class names: its 1000 classes are prompted by OpenAI's names
+    (open_clip's list), one template given."""
+    metadata = pytest.importorskip("open_clip.zero_shot_metadata")
+    config = config_for(zero_shot=evaluate.zero_shot_task(
+        "imagenet2012", split="validation", templates="simple"))
+    predictions = []
+    metrics, expected = zero_shot_on_mocked(model, config, "imagenet2012",
+                                            list(metadata.IMAGENET_CLASSNAMES),
+                                            ("a photo of a {}.",), predictions)
+    assert metrics["zero_shot/t/top1"] == pytest.approx(expected)
+    np.testing.assert_array_equal(*predictions)  # 12 images' picks among 1000 classes
+
+
 def test_tfds_shifted_imagenets_score_on_their_classes(model, tmp_path):
     module, variables = model
     names = [f"thing {k}" for k in range(1000)]
@@ -360,13 +419,14 @@ def test_a_caption_trained_run_evaluates_other_datasets_on_their_labels(model, t
     assert metrics["zero_shot/t/top1"] == pytest.approx(expected)
 
 
-def zero_shot_on_mocked(model, config, dataset, names, prompts):
+def zero_shot_on_mocked(model, config, dataset, names, prompts, predictions=None):
     """`config`'s metrics on mocked TFDS data (`imagenet_source`), and the top-1 numpy gives
-    on the same examples with the classifier of `names` x `prompts`."""
+    on the same examples with the classifier of `names` x `prompts`; with `predictions` (a
+    list), the task `t`'s top-1 predictions and numpy's are appended to it."""
     module, variables = model
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=imagenet_source):
-        metrics, _ = evaluate.evaluate_model(config, module, variables)
+        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
         builder = tfds.builder(dataset)
         examples = [builder.info.features.deserialize_example_np(r)
                     for r in imagenet_source(builder, "test")]
@@ -374,6 +434,8 @@ def zero_shot_on_mocked(model, config, dataset, names, prompts):
         [Image.fromarray(e["image"]) for e in examples], module.config))
     classes = class_embeddings(module, variables, names, prompts)
     labels = np.array([e["label"] for e in examples])
+    if predictions is not None:
+        predictions += [evaluation.predictions["t"][:, 0], (images @ classes.T).argmax(1)]
     return metrics, np.mean((images @ classes.T).argmax(1) == labels)
 
 

@@ -386,9 +386,9 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
     z.add_argument("--labels", required=True,
                    help="comma-separated labels, or a file with one label per line")
     z.add_argument("--templates", default="simple",
-                   help="prompt template set (simple, default, synthetic_shapes), a file "
-                        "with one template per line, or one template, e.g. 'a sketch of a {}' "
-                        "(default: 'a photo of a {}.')")
+                   help="prompt template set (simple, default, synthetic_shapes, "
+                        "openai_imagenet), a file with one template per line, or one template, "
+                        "e.g. 'a sketch of a {}' (default: 'a photo of a {}.')")
     z.add_argument("--top", type=positive_int, default=3,
                    help="labels shown per image (default 3)")
     z.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,

@@ -61,9 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or the one text feature inside it) or column (a table; default: "
                              f"the first of {', '.join(CAPTION_COLUMNS)} in its header)")
     parser.add_argument("--templates", default="",
-                        help="prompt template set (default, simple, synthetic_shapes), file "
-                             "or one template with '{}' (default: the source's templates file, "
-                             "else 'default')")
+                        help="prompt template set (default, simple, synthetic_shapes, "
+                             "openai_imagenet), file or one template with '{}' (default: the "
+                             "source's templates file, else 'openai_imagenet' for ImageNet's "
+                             "WordNet-id classes, else 'default')")
     parser.add_argument("--class-names", default="",
                         help="class names file or comma-separated list (default: the source's)")
     parser.add_argument("--compare-prompts", action="store_true",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from importlib import resources
 
 from clip_jax.data import text_lists
 from clip_jax.errors import ConfigError
@@ -40,11 +41,18 @@ SHAPES = (
     "the {} in the center.",
 )
 
+# The CLIP paper's 80 ImageNet templates (OpenAI's prompt-engineering notebook; the licence and
+# provenance are in assets/LICENSE_imagenet_prompts.txt), the default of datasets labelled by
+# WordNet id (`imagenet_names`).
+OPENAI_IMAGENET = tuple((resources.files("clip_jax") / "assets" / "openai_imagenet_templates.txt")
+                        .read_text("utf-8").splitlines())
+
 # Named template sets, `config.eval.<kind>.<task>.templates` names -> templates.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "default": DEFAULT,
     "simple": ("a photo of a {}.",),
     "synthetic_shapes": SHAPES,
+    "openai_imagenet": OPENAI_IMAGENET,
 }
 
 # Spellings of the class-name slot: ours (and big_vision's), and CLIP_benchmark's (its templates

@@ -22,6 +22,7 @@ import numpy as np
 
 from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
+from clip_jax.evaluation import imagenet_names
 from clip_jax.evaluation import imagenet_subsets
 from clip_jax.evaluation import templates as templates_lib
 from clip_jax.evaluation import zero_shot
@@ -99,18 +100,24 @@ class Classifier:
     compare_prompts: bool = False
     templates: tuple[str, ...] = ()
     class_names: list[str] = dataclasses.field(default_factory=list)
+    default_templates: str = "default"  # `templates.TEMPLATE_SETS` name used when none is given
 
     def resolve(self, field: str) -> None:
         """Reads class names and templates once the source pass is open. A table of class
         indices without names is refused: prompts made of "0", "1", ... would score nothing
-        meaningful."""
+        meaningful. Classes named by ImageNet WordNet id (TFDS imagenet2012 and its shifted
+        copies, `n01440764/` folders) take OpenAI's names and, unless templates are given, the
+        paper's 80 templates (`imagenet_names`)."""
         if self.source.indexed:
             raise ConfigError(
                 f"config.eval.{field}: the labels of {self.source.description} are class "
                 "indices and zero-shot prompts need class names; give them with --class-names "
                 f"FILE_OR_LIST (config.eval.{field}.class_names) or a classnames.txt beside it.")
         dataset_names = self.source.class_names
-        self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
+        try:
+            self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
+        except ConfigError as e:
+            raise ConfigError(f"config.eval.{field}: {e}") from None
         if dataset_names and len(self.class_names) != len(dataset_names):
             raise ConfigError(
                 f"config.eval.{field}.class_names gives {len(self.class_names)} names but the "
@@ -118,8 +125,10 @@ class Classifier:
                 "order.")
         if self.class_spec and dataset_names and not self.source.class_spec:
             self.class_names = in_label_order(self.class_names, dataset_names, field)
+        if imagenet_names.are_wordnet_ids(dataset_names or ()):
+            self.default_templates = "openai_imagenet"  # the paper's, with OpenAI's names
         if self.template_spec or not self.source.templates:
-            spec = self.template_spec or "default"
+            spec = self.template_spec or self.default_templates
             try:
                 self.templates = templates_lib.get_templates(spec)
             except ConfigError as e:
@@ -130,7 +139,8 @@ class Classifier:
 
     @property
     def templates_label(self) -> str:
-        spec = self.template_spec or ("source file" if self.source.templates else "default")
+        spec = self.template_spec or ("source file" if self.source.templates
+                                      else self.default_templates)
         return f"{spec} ({len(self.templates)})"
 
 

@@ -27,8 +27,10 @@ def zero_shot_task(dataset: str = "", split: str = "", templates: str = "",
     labelled image folder / CSV / CLIP_benchmark webdataset folder (`clip_jax.data.labelled`);
     `split` "" = the data config's eval split (a labelled folder: its test split, or itself);
     `templates` a set of `clip_jax.evaluation.templates.TEMPLATE_SETS` or a file (one template
-    per line), "" = the source's own templates file if it has one, else `default`;
-    `class_names` "" = the dataset's label names, else a file or a comma-separated list;
+    per line), "" = the source's own templates file if it has one, else `openai_imagenet`
+    (the paper's 80) for classes named by ImageNet WordNet id, else `default`;
+    `class_names` "" = the dataset's label names (OpenAI's names for WordNet ids:
+    `clip_jax.evaluation.imagenet_names`), else a file or a comma-separated list;
     `compare_prompts` also reports top-1 for the bare class name and for the first template
     alone next to the ensemble's; `data`: data_dir, image_key, label_key overrides ("" = the
     data config's; for a labelled table, its image and label columns, "" = found by header)."""
