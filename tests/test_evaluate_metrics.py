@@ -207,6 +207,22 @@ def test_templates_and_class_names(tmp_path):
         zero_shot.read_class_names("cat")
 
 
+def test_sun397_class_paths_read_as_words():
+    """TFDS sun397 names its classes as paths under a first-letter folder (`/b/bakery/shop`):
+    the prompts were "a photo of a /b/bakery/shop.". Each reads as its words; all 397 stay
+    distinct and keep every word of their path (checked against TFDS's own list)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    assert zero_shot.read_class_names("", ["/a/abbey", "/b/bakery/shop", "/c/car_interior/"
+                                           "frontseat"]) == ["abbey", "bakery shop",
+                                                             "car interior frontseat"]
+    paths = tfds.builder("sun397").info.features["label"].names
+    names = zero_shot.read_class_names("", paths)
+    assert len(paths) == 397 and len(set(names)) == 397
+    for path, name in zip(paths, names):
+        assert name.split() == path.replace("_", " ").replace("/", " ").split()[1:], path
+    assert zero_shot.read_class_names("", ["a/b", "/ab/c"]) == ["a/b", "/ab/c"]  # not that form
+
+
 def test_clip_benchmark_templates_fill_as_it_fills_them(tmp_path):
     """CLIP_benchmark's datasets ship `zeroshot_classification_templates.txt` with a `{c}` slot,
     filled by `template.format(c=classname)`; such a file was refused. The prompts now equal

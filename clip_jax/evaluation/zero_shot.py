@@ -51,7 +51,12 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
 
 
 def readable(name: str) -> str:
-    """A dataset's label name as prompts say it: underscores read as spaces (`aquarium_fish`)."""
+    """A dataset's label name as prompts say it: underscores read as spaces (`aquarium_fish`),
+    and a name written as a path, as TFDS sun397 writes its classes (`/b/bakery/shop`, under
+    a folder per first letter), read as its words after that letter ("bakery shop")."""
+    parts = [part for part in name.split("/") if part]
+    if name.startswith("/") and len(parts) > 1 and len(parts[0]) == 1:
+        name = " ".join(parts[1:])
     return name.replace("_", " ")
 
 
