@@ -337,3 +337,53 @@ def test_ema_true_on_a_checkpoint_without_an_average_is_an_error(tmp_path):
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "plain.pt")
     with pytest.raises(ConfigError, match="ema=True, but the checkpoint holds no EMA weights"):
         clip_jax.load(str(tmp_path / "plain.pt"), model="test-vit", ema=True)
+
+
+def test_open_clip_fields_that_leave_the_model_unchanged_load_and_match(tmp_path, caplog):
+    """final_ln_after_pool (the final LayerNorm is per token, the pooling picks one token),
+    text pad_id (read only by embed_cls) and block_type "default" (open_clip's own default)
+    were refused as unimplemented, though open_clip computes the same model with them: such
+    a folder loads and matches open_clip. A text projection with a bias is named, file or
+    folder; another vocabulary than the BPE's in a folder is warned of, as a bare file is."""
+    import json
+
+    config, vision, text = _tiny_open_clip_cfgs()
+    vision = dict(vision, final_ln_after_pool=True, block_type="default")
+    text = dict(text, final_ln_after_pool=True, pad_id=1, block_type="default")
+    torch.manual_seed(3)
+    ref = open_clip.model.CLIP(config.embed_dim, vision, text).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
+    model_cfg = {"embed_dim": config.embed_dim, "vision_cfg": vision, "text_cfg": text}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    module, variables = clip_jax.load(str(folder))
+    images, tokens = random_inputs(module.config)
+    for got, want in zip(jax.jit(module.apply)(variables, images, tokens),
+                         open_clip_outputs(ref, images, tokens)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not caplog.records
+
+    biased = dict(text, proj_bias=True)
+    with_bias = open_clip.model.CLIP(config.embed_dim, vision, biased)
+    torch.save(with_bias.state_dict(), tmp_path / "biased.pt")
+    with pytest.raises(ConfigError, match=r"Unsupported model: .*text projection with a bias"):
+        clip_jax.load(str(tmp_path / "biased.pt"))
+    with pytest.raises(ConfigError, match=r"text_cfg.proj_bias=True is not implemented"):
+        clip_jax.load(str(tmp_path / "biased.pt"), model=dict(model_cfg, text_cfg=biased))
+
+    small = dict(text, vocab_size=1000)
+    folder = tmp_path / "small"
+    folder.mkdir()
+    torch.save(open_clip.model.CLIP(config.embed_dim, vision, small).state_dict(),
+               folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": dict(model_cfg, text_cfg=small)}))
+    module, _ = clip_jax.load(str(folder))
+    assert module.config.text.vocab_size == 1000
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1000 token embeddings, not the 49408 of OpenAI's BPE tokenizer" in warning

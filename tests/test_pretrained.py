@@ -423,3 +423,50 @@ def test_a_state_dict_in_memory_loads_as_its_file_would(tmp_path):
         img, txt, _ = apply(variables, images, tokens)
         np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
         np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)
+
+
+def test_a_model_given_for_a_file_is_checked_against_the_config_beside_it(offline, tmp_path):
+    """A weights file in an open_clip folder loaded with model= skipped the folder's
+    open_clip_config.json unchecked: a GELU config for QuickGELU weights loaded silently with
+    the wrong activation (embeddings off by ~1e-2). It is refused as for the folder; the same
+    architecture loads."""
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    for file in Path(huggingface_hub.snapshot_download(OC_REPO)).iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    weights = folder / "open_clip_model.safetensors"
+    stored = clip_jax.load(folder)[0].config
+    assert stored.activation == "quick_gelu"
+    for source in (folder, weights):
+        with pytest.raises(ConfigError, match=r"does not match .*open_clip_config.json: "
+                                              r"activation is 'gelu', the directory's "
+                                              r"'quick_gelu'"):
+            clip_jax.load(source, model=stored.replace(activation="gelu"))
+    module, _ = clip_jax.load(weights, model=stored.replace(scan_layers=True))
+    assert module.config == stored.replace(scan_layers=True)
+
+
+def test_transformers_tensors_in_a_file_load_with_model_as_in_memory(tmp_path):
+    """A file of transformers-named tensors with no config.json beside it was refused even
+    with model= ("load its whole directory"), while the same tensors in memory loaded; it
+    loads, equal to transformers. Non-CLIP transformers configs as model= (SigLIP, one
+    tower) are named, as their directories are, not listed as unknown fields."""
+    hf = transformers.CLIPModel.from_pretrained(_hf_tiny(tmp_path)["config.json"].parent).eval()
+    (tmp_path / "alone").mkdir()
+    safetensors.torch.save_file(hf.state_dict(), tmp_path / "alone" / "weights.safetensors")
+    with pytest.raises(ConfigError, match="transformers' names .* pass model="):
+        clip_jax.load(tmp_path / "alone" / "weights.safetensors")
+    for model in (hf.config, str(tmp_path / "hf" / "config.json")):
+        module, variables = clip_jax.load(tmp_path / "alone" / "weights.safetensors",
+                                          model=model)
+        images, tokens = random_inputs(module.config, batch=2)
+        with torch.no_grad():
+            theirs = hf(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+                        input_ids=torch.from_numpy(tokens).long())
+        img, txt, _ = module.apply(variables, images, tokens)
+        np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
+        np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)
+    for config, says in ((transformers.SiglipConfig(), "is a siglip model"),
+                         (transformers.CLIPTextConfig(), "holds only the text tower")):
+        with pytest.raises(ConfigError, match=f"^model= {says}"):
+            clip_jax.load(hf.state_dict(), model=config)

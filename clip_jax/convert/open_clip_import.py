@@ -30,18 +30,23 @@ _VISION_READ = ("layers", "width", "head_width", "mlp_ratio", "patch_size", "ima
 _TEXT_READ = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio")
 _DEFAULTS = {
     "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
-    "pos_embed_type": "learnable", "final_ln_after_pool": False, "act_kwargs": None,
-    "norm_kwargs": None, "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
-    "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
-    "timm_model_name": None, "hf_model_name": None, "hf_tokenizer_name": None,
-    "tokenizer_mode": None, "tokenizer_kwargs": None, "embed_cls": False, "pad_id": 0,
-    "no_causal_mask": False, "proj_bias": False, "proj_type": "linear",
+    "pos_embed_type": "learnable", "act_kwargs": None, "norm_kwargs": None, "block_type": None,
+    "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "timm_model_name": None,
+    "hf_model_name": None, "hf_tokenizer_name": None, "tokenizer_mode": None,
+    "tokenizer_kwargs": None, "embed_cls": False, "no_causal_mask": False, "proj_bias": False,
+    "proj_type": "linear",
 }
+# Other values that name the default: open_clip resolves block_type None to "default".
+_ALSO_DEFAULT = {"block_type": ("default",)}
 _POOL = {"vision_cfg": "tok", "text_cfg": "argmax"}
+# final_ln_after_pool: the final LayerNorm is per token, so normalising the one pooled token
+# (the only pooling _POOL allows) equals pooling the normalised tokens; pad_id marks padding
+# only for embed_cls's mask (refused above).
 _INERT = {"patch_dropout", "output_tokens", "attn_pooler_queries", "attn_pooler_heads",
           "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
           "timm_drop_path", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type", "eos_id",
-          "pool_type"}
+          "pool_type", "final_ln_after_pool", "pad_id"}
 _MODEL_INERT = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale",
                 "init_logit_bias", "custom_text", "cast_dtype"}
 
@@ -96,6 +101,12 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
     except ConfigError as error:  # said of the file, whose model clip_jax cannot build
         raise ConfigError(f"{source}: clip_jax does not implement this model: "
                           f"{str(error).removeprefix('Invalid model config: ')}") from None
+    if config.text.vocab_size != TextConfig().vocab_size:
+        log.warning("%s: the text tower has %d token embeddings, not the %d of OpenAI's BPE "
+                    "tokenizer, and open_clip's layout records no tokenizer of its own: "
+                    "tokenize texts with the one the model was trained with "
+                    "(hf_tokenizer.load_tokenizer of its vocab.json and merges.txt).", source,
+                    config.text.vocab_size, TextConfig().vocab_size)
     if "mean" in preprocess:
         config = config.replace(image_mean=tuple(preprocess["mean"]))
     if "std" in preprocess:
@@ -120,7 +131,7 @@ def _check_supported(tower: str, fields: Mapping[str, Any], source: str) -> None
         if key not in _DEFAULTS:
             raise ConfigError(f"{source}: unknown {tower}.{key}={value!r}; clip_jax cannot tell "
                               "whether it changes the model, so it does not load it.")
-        if value != _DEFAULTS[key]:
+        if value != _DEFAULTS[key] and value not in _ALSO_DEFAULT.get(key, ()):
             raise ConfigError(f"{source}: {tower}.{key}={value!r} is not implemented in clip_jax "
                               f"(only {_DEFAULTS[key]!r}); this model cannot be loaded.")
     pool = fields.get("pool_type", _POOL[tower])

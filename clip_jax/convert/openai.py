@@ -291,6 +291,8 @@ _OTHER_TOWERS = {
     "visual.trunk.": "a timm image tower ('visual.trunk.*': EVA, ConvNeXt, MobileCLIP, ...)",
     "transformer.embeddings.": "a Hugging Face text tower ('text.transformer.embeddings.*')",
     "transformer.encoder.": "a Hugging Face text tower ('text.transformer.encoder.*')",
+    "text_projection.weight": "a text projection with a bias ('text_projection.weight' and "
+                              "'.bias': open_clip's text_cfg proj_bias=True)",
 }
 
 
@@ -301,7 +303,7 @@ def _check_towers(sd: StateDict) -> None:
         if any(k.startswith(prefix) for k in sd):
             raise ConfigError(f"Unsupported model: the state dict holds {what}; clip_jax "
                               "implements OpenAI's ViT and ModifiedResNet image towers and "
-                              "causal text tower.")
+                              "causal text tower, with bias-free projections.")
     missing = [k for k in ("token_embedding.weight", "positional_embedding", "text_projection",
                            "ln_final.weight") if k not in sd]
     towers = sorted({".".join(k.split(".")[:2]) for k in sd if k.startswith("visual.")})

@@ -93,7 +93,7 @@ def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> C
         model = _parse_json(model, "model= (JSON text)")
     if callable(getattr(model, "to_dict", None)):  # a transformers config object
         model = model.to_dict()
-    if isinstance(model, Mapping) and model.get("model_type") == "clip":
+    if isinstance(model, Mapping) and "model_type" in model:  # transformers', CLIP or not
         return hf_import.config_from_hf(model, source)
     if open_clip_import.is_open_clip_config(model):
         return open_clip_import.config_from_open_clip(model, source)
@@ -214,33 +214,43 @@ def _load_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None,
                      activation: str | None, ema: bool) -> tuple[CLIP, dict[str, Any]]:
     """A state dict in memory: OpenAI/open_clip-named tensors as a file of them loads, HF-named
     ones with the `config` they need (their keys do not give head counts or image stats)."""
-    state = openai.canonicalize(state_dict, ema=ema)
+    config, variables = _from_tensors(openai.canonicalize(state_dict, ema=ema), config,
+                                      activation)
+    return CLIP(config), variables
+
+
+def _from_tensors(state: Mapping[str, Any], config: CLIPConfig | None, activation: str | None
+                  ) -> tuple[CLIPConfig, dict[str, Any]]:
+    """Canonical tensors with no config beside them: OpenAI/open_clip-named ones with their
+    architecture given or inferred, HF-named ones with the `config` they need (their keys do
+    not give head counts or image stats)."""
     if hf_keys.is_hf_state_dict(state):
         if config is None:
             raise ConfigError("This state dict has transformers' names (text_model.*, "
                               "vision_model.*), whose config is not in it: pass model= (the "
-                              "transformers model's config, e.g. model=hf_model.config), or "
-                              "save_pretrained the model and load that folder.")
+                              "transformers model's config, e.g. model=hf_model.config or its "
+                              "config.json), or load the folder save_pretrained writes.")
         if activation is not None:
             config = config.replace(activation=activation)
-        return CLIP(config), hf_import.from_hf_state_dict(state, config)
-    config, variables = openai.from_state_dict(state, config, activation=activation)
-    return CLIP(config), variables
+        return config, hf_import.from_hf_state_dict(state, config)
+    return openai.from_state_dict(state, config, activation=activation)
 
 
 def _load_file(path: str, config: CLIPConfig | None, activation: str | None, ema: bool
                ) -> tuple[CLIPConfig, dict[str, Any]]:
     """A weights file, with the config of the folder it sits in when that describes it: a
     transformers config.json for HF-named tensors (the folder's own weights, or a fine-tuning
-    checkpoint beside them), open_clip_config.json for OpenAI-named ones. Otherwise the file
-    alone (its architecture inferred), whatever else the folder holds."""
+    checkpoint beside them), open_clip_config.json for OpenAI-named ones; a `config` given is
+    checked against it, as for the folder. Otherwise the file alone (its architecture given by
+    `config` or inferred), whatever else the folder holds."""
     state = openai.read_state_dict(path, ema=ema)
     beside = os.path.dirname(os.path.abspath(path))
     if hf_keys.is_hf_state_dict(state) and hf_import.is_hf_directory(beside):
         return hf_import.load_hf(beside, config, activation=activation, tensors=state)
-    if config is None and open_clip_import.is_open_clip_directory(beside):
-        return open_clip_import.load_open_clip(beside, weights=state, activation=activation)
-    return openai.from_state_dict(state, config, activation=activation)
+    if not hf_keys.is_hf_state_dict(state) and open_clip_import.is_open_clip_directory(beside):
+        return open_clip_import.load_open_clip(beside, config, weights=state,
+                                               activation=activation)
+    return _from_tensors(state, config, activation)
 
 
 def repo_files(repo_id: str, revision: str | None = None, token: str | bool | None = None,
@@ -308,7 +318,8 @@ def _load_repo(repo_id: str, config: CLIPConfig | None, activation: str | None,
 def infers_architecture(spec: str) -> bool:
     """Whether `load(spec)` would infer the architecture from tensor shapes: a weights file
     with neither a transformers config.json nor open_clip_config.json in its folder (every
-    other source records its own). Such a file takes a `model=` without a mismatch check."""
+    other source records its own, and a `model=` is checked against it). Such a file takes a
+    `model=` without a mismatch check."""
     if not os.path.isfile(spec):
         return False
     beside = os.path.dirname(os.path.abspath(spec))
