@@ -527,6 +527,46 @@ def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model
     assert caplog.text.count(".DS_Store") == 1, caplog.text  # the skipped hidden file, too
 
 
+def test_a_jpeg_damaged_inside_its_scan_is_left_out_and_named(folder, model, tmp_path,
+                                                              caplog):
+    """A whole JPEG (start and end markers in place) with scrambled bytes inside its scan
+    data passed the file check, and TensorFlow's decoder then stopped the whole evaluation
+    with a traceback naming no file. It is left out and named; the metrics are numpy's over
+    the other images, at a batch size where the dropped image's slot decides whether the
+    last batch is full (every image counted, none lost with it)."""
+    import io
+    import shutil
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder / "test", root)
+    encoded = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)).save(
+        encoded, format="JPEG", quality=90)
+    damaged = bytearray(encoded.getvalue())
+    middle = len(damaged) // 2
+    damaged[middle:middle + 200] = bytes(0 if b == 0xFF else (b * 7 + 13) % 256
+                                         for b in damaged[middle:middle + 200])
+    (root / "blue" / "damaged.jpg").write_bytes(bytes(damaged))
+    with pytest.raises(tf.errors.InvalidArgumentError):  # what stopped the evaluation
+        tf.io.decode_jpeg(bytes(damaged), channels=3)
+    test = labelled_data.read(str(folder), "test")
+    config = config_for(zero_shot=evaluate.zero_shot_task(str(root), templates="simple"))
+    config.eval.batch_size = 4  # 16 images: the 15 readable ones fill 4 batches only with padding
+    with caplog.at_level("WARNING"):
+        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    images = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in test.files], module.config))
+    classes = class_embeddings(module, variables, list(test.class_names),
+                               templates.TEMPLATE_SETS["simple"])
+    assert metrics["zero_shot/t/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == test.labels), abs=1e-6)
+    assert evaluation.sizes["zero_shot/t"]["images"] == len(test)
+    assert f"skipped unreadable image {root / 'blue' / 'damaged.jpg'}: its data is damaged" \
+        in caplog.text
+    assert f"1 of {len(test) + 1} images unreadable" in caplog.text
+
+
 def test_a_clip_benchmark_webdataset_is_scored_with_its_own_templates_file(folder, model,
                                                                           tmp_path):
     """CLIP_benchmark writes `zeroshot_classification_templates.txt` with a `{c}` slot (filled

@@ -139,9 +139,12 @@ def batch_eval_examples(examples: tf.data.Dataset, piece: ProcessSlice, prefetch
                         = None, max_captions: int = 0) -> EvalIterable:
     """This process's examples (`piece.count`, in order, each with `mask` and `index`) ->
     the EvalIterable of their batches, padded to `piece.slots` (`padding_examples`);
-    `finish` maps each batch (e.g. tokenising captions)."""
-    padding = padding_examples(examples.element_spec, piece.slots - piece.count)
-    dataset = examples.concatenate(padding).batch(piece.batch_size, drop_remainder=True)
+    `finish` maps each batch (e.g. tokenising captions). An example a reader drops (an image
+    whose decode failed, `labelled.make_iterable`) is made up by padding at the end, so every
+    process still yields `piece.num_batches` batches."""
+    padding = padding_examples(examples.element_spec, piece.slots)
+    dataset = examples.concatenate(padding).take(piece.slots)
+    dataset = dataset.batch(piece.batch_size, drop_remainder=True)
     if finish is not None:
         dataset = dataset.map(graph(finish))
     dataset = dataset.prefetch(prefetch_batches)

@@ -545,7 +545,10 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
     in order, padded with `mask` False so every process yields the same number of batches
     (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
-    (`read_checked_image`) is masked out like padding, with a warning naming it."""
+    (`read_checked_image`) is masked out like padding, with a warning naming it; one whose
+    data is damaged inside a whole file (TensorFlow's decoder fails on it, which no error
+    handler inside the graph can catch per image) is dropped, its slot made up by padding,
+    and named by `report_dropped` once the split is read."""
     shift = check_shift(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
@@ -573,4 +576,18 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
 
     dataset = tf.data.Dataset.from_tensor_slices({**columns, "index": tf.constant(index)})
     dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors()
     return batch_eval_examples(dataset, piece, prefetch_batches, list(images.class_names), n)
+
+
+def report_dropped(images: LabelledImages, read: np.ndarray) -> None:
+    """Names, in one warning each, the images of `images` whose index is not in `read` (int
+    [M], the indices that reached the model) and that no check has named already: the ones
+    TensorFlow's decoder failed on (`make_iterable`)."""
+    for i in np.setdiff1d(np.arange(len(images)), read):
+        path, offset = images.files[i].encode(), int(images.offsets[i])
+        if (path, offset) not in _REPORTED:
+            _REPORTED.add((path, offset))
+            where = f" (bytes {offset}+{int(images.lengths[i])})" if offset >= 0 else ""
+            log.warning("skipped unreadable image %s%s: its data is damaged (TensorFlow "
+                        "could not decode it)", images.files[i], where)

@@ -105,7 +105,7 @@ class Embedder:
         order = np.argsort(index[masks], kind="stable")
         keep = np.flatnonzero(masks)[order]
         out = SplitEmbeddings(images=images[keep],
-                              labels=None if labels is None else labels[keep])
+                              labels=None if labels is None else labels[keep], index=index[keep])
         if captions:
             text_masks = text_masks[keep]
             out.texts = texts[keep][text_masks]
@@ -133,11 +133,13 @@ class Embedder:
 
 @dataclasses.dataclass
 class SplitEmbeddings:
-    """Host arrays for one split: images [N, E], labels [N] (or None), and when captions were
-    embedded, texts [M, E] with text_image [M] (the image each caption belongs to)."""
+    """Host arrays for one split: images [N, E], labels [N] (or None), index int64 [N] (each
+    image's place in the split: the ones a reader left out are missing), and when captions
+    were embedded, texts [M, E] with text_image [M] (the image each caption belongs to)."""
 
     images: np.ndarray
     labels: np.ndarray | None = None
+    index: np.ndarray | None = None
     texts: np.ndarray | None = None
     text_image: np.ndarray | None = None
 

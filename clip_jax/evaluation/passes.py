@@ -54,6 +54,7 @@ class Pass:
     # what a task can check before the model runs. None where only reading gives them.
     listed_labels: np.ndarray | None = None
     location: str = ""  # a labelled folder or table: the real path it read (`origin`)
+    images: labelled_data.LabelledImages | None = None  # a labelled folder or table's listing
 
     @property
     def class_names(self) -> list[str] | None:
@@ -199,6 +200,8 @@ class Passes:
         said = set()  # the shifted copies of a source read (and leave out) the same files
         for p in self.passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
+            if p.images is not None:
+                labelled_data.report_dropped(p.images, p.embeddings.index)
             left_out = p.iterable.num_examples - len(p.embeddings.images)
             split = p.shown_split or p.split
             if not len(p.embeddings.images):
@@ -236,7 +239,7 @@ def _open(p: Pass, model_config: Any, batch: int,
                                                  prefetch_batches=p.data.prefetch_batches)
         p.description, p.templates = images.description, images.templates
         p.templates_file = images.templates_file
-        p.shown_split, p.indexed = images.split, images.indexed
+        p.shown_split, p.indexed, p.images = images.split, images.indexed, images
         p.listed_labels, p.location = images.labels, images.location
         return
     p.description = built_description(p.data, p.split or p.data.eval_split)
