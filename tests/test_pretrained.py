@@ -332,6 +332,13 @@ def test_get_tokenizer_uses_the_models_context_and_vocabulary(offline):
         ["a photo of a cat"])
     np.testing.assert_array_equal(tokens, expected.numpy())
     assert tokens.shape == (1, 16)
+    # Every listed architecture, in OpenAI's spelling too ("ViT-B/32" was read as a Hub
+    # repo id and not found): open_clip's tokenizer of that model.
+    texts = ["a photo of a cat", "Ünïcode &amp; émoji 🐈 " * 20]
+    for name in clip_jax.list_models():
+        ours = clip_jax.get_tokenizer(name)(texts)
+        context = get_preset(name).context_length
+        np.testing.assert_array_equal(ours, open_clip.tokenize(texts, context).numpy(), name)
 
 
 def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monkeypatch):

@@ -141,6 +141,8 @@ def own_vocabulary(spec: str | os.PathLike, *, revision: str | None = None,
     weights: the `clip-jax` commands call it before loading the model, then `tokenizer_for`.
     Raises what `hf_tokenizer.load_tokenizer` raises (MissingFileError for a transformers
     directory without tokenizer files whose vocabulary is not OpenAI's size)."""
+    if _is_preset(spec):  # "ViT-B/32" is a preset, not a Hub repo id: OpenAI's vocabulary
+        return None
     spec, tokenizer = os.fspath(spec), None
     if hub.split_name(spec) is None:  # released weights use OpenAI's vocabulary
         if os.path.exists(spec):
