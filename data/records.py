@@ -122,6 +122,9 @@ def _clean_image(data: bytes, options: CleanOptions, name: str) -> tuple[bytes, 
             conversions.append("exif_transposed")
             image, reencode = upright, True
     rgb = pil_to_rgb(image, options.alpha)
+    if rgb is not image and not reencode:  # an RGB PNG's transparent colour, composited
+        conversions.append("transparent_colour_composited")
+        reencode = True
     side = options.resize_shortest_side
     if side and min(rgb.size) > side:
         scale = side / min(rgb.size)
@@ -187,8 +190,12 @@ def clean_caption(raw: bytes | str, options: CleanOptions) -> tuple[str, list[st
             conversions.append(f"caption_decoded_as_{options.caption_fallback_encoding}")
     else:
         text = raw
-    text = text.replace("\x00", " ").strip()
-    if not text:
+    # What the tokenizer reads, unchanged but for what it would drop too (so that the stored
+    # caption tokenizes as OpenAI's tokenizer tokenizes the raw one): NULs (ftfy deletes
+    # them: "a\x00b" is one word) and surrounding ASCII whitespace. Python's wider strip()
+    # also took a leading U+0085, which ftfy reads as "…".
+    text = text.replace("\x00", "").strip(" \t\n\r\f\v")
+    if not text.strip():
         raise BadRecord("empty_caption", "empty caption")
     return text, conversions
 

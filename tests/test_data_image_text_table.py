@@ -341,19 +341,24 @@ def test_builders_store_photos_upright_by_exif_orientation(orientation):
     assert kept == jpeg and conversions == []
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB+key", "L+key"])
 def test_builders_drop_alpha_or_composite_onto_build_alpha(mode):
     """Transparent PNGs: alpha dropped like PIL's convert("RGB") by default, composited onto
-    `build.alpha` when it names a colour (first principles: a * c + (1 - a) * background)."""
+    `build.alpha` when it names a colour (first principles: a * c + (1 - a) * background).
+    An RGB PNG's transparent colour (tRNS) was kept byte for byte, never composited."""
     from clip_jax_data import records
 
     rgb = photo(30, 40)
     alpha = np.linspace(0, 255, 40, dtype=np.uint8)[None, :].repeat(30, 0)
     image = {"RGBA": lambda: Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
              "LA": lambda: Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA"),
-             "P": lambda: Image.fromarray(rgb).quantize(32)}[mode]()
+             "P": lambda: Image.fromarray(rgb).quantize(32),
+             "RGB+key": lambda: Image.fromarray(rgb),
+             "L+key": lambda: Image.fromarray(rgb[..., 0])}[mode]()
     if mode == "P":
         image.info["transparency"] = bytes(range(0, 256, 8))
+    if mode.endswith("+key"):  # the top-left pixel's value is the transparent colour
+        image.info["transparency"] = image.getpixel((0, 0))
     png = encode(image, "PNG")
     data, conversions = records.clean_image(png, records.CleanOptions(), "t.png")
     source = Image.open(io.BytesIO(png))
@@ -362,6 +367,7 @@ def test_builders_drop_alpha_or_composite_onto_build_alpha(mode):
     data, _ = records.clean_image(png, records.CleanOptions(alpha="#204060"), "t.png")
     rgba = np.asarray(source.convert("RGBA"), np.float64)
     a = rgba[..., 3:] / 255
+    assert (a == 0).any()
     over = rgba[..., :3] * a + np.array([0x20, 0x40, 0x60]) * (1 - a)
     assert np.abs(np.asarray(Image.open(io.BytesIO(data)), np.float64) - over).max() <= 1
 
@@ -585,3 +591,22 @@ def test_a_table_saved_in_cp1252_is_refused_with_the_encoding_fix(inputs, tmp_pa
     assert report["kept"] == 4 and sorted(c for cs in examples.values() for c in cs) == [
         f"caf\u00e9 cr\u00e8me {k}" for k in range(4)]
 
+
+
+def test_stored_captions_tokenize_as_open_clip_tokenizes_the_raw_ones():
+    """The builders stored "a\\x00b" as "a b" (two words; OpenAI's tokenizer, through ftfy,
+    reads one) and stripped a leading U+0085 (which ftfy reads as "…"): the stored tokens
+    differed from open_clip's of the raw caption. A caption that is only whitespace (or NULs)
+    is skipped as empty, where open_clip would train on an empty text."""
+    open_clip = pytest.importorskip("open_clip")
+    from clip_jax_data import records
+
+    options = records.CleanOptions()
+    captions = ["a\x00b nul caption", "\x85next line", " \u3000padded\u3000 ", "tab\tsep\n",
+                "\xa0nbsp first", "cat 🐈\x00", "&amp;amp; double", "x\x85", "\u2028lines\u2029"]
+    stored = [records.clean_caption(c, options)[0] for c in captions]
+    np.testing.assert_array_equal(records.tokenize(stored),
+                                  open_clip.tokenize(captions, records.TOKEN_LENGTH).numpy())
+    for empty in ("", " \x00 ", "\u3000\n", "\x00"):
+        with pytest.raises(records.BadRecord, match="empty caption"):
+            records.clean_caption(empty, options)

@@ -477,6 +477,30 @@ def test_eval_batches_equal_preprocess_of_pillow_images(folder):
             np.testing.assert_allclose(got * std + mean, grey, atol=1e-3)
 
 
+def test_sixteen_bit_greyscale_pngs_are_rescaled_as_transformers_reads_the_rescaled_pixels(
+        tmp_path):
+    """A 16-bit greyscale PNG went to TensorFlow's decoder, which keeps the high byte: one
+    level off `clip_jax.preprocess`'s v * 255 / 65535 on many pixels. The eval batches are
+    CLIPImageProcessor's output on the numpy-rescaled 8-bit image."""
+    transformers = pytest.importorskip("transformers")
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 65536, (23, 31), dtype=np.uint16)
+    values[0, :4] = (0, 255, 65280, 65535)
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        Image.fromarray(values).save(tmp_path / name / "deep.png")
+    assert Image.open(tmp_path / "a" / "deep.png").mode.startswith("I")
+    images = labelled_data.read(str(tmp_path), "")
+    (batch,) = labelled_data.make_iterable(images, MODEL, batch_size=2)
+    grey = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": MODEL.image_size},
+        crop_size={"height": MODEL.image_size, "width": MODEL.image_size},
+        image_mean=list(MODEL.image_mean), image_std=list(MODEL.image_std))
+    want = processor(images=[np.stack([grey] * 3, -1)], return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(batch["images"][0], want[0].transpose(1, 2, 0), atol=1e-5)
+
+
 def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
     """An empty file, a text file, a cut-off header, a JPEG and a PNG cut off in their
     pixel data (headers intact: only a full decode finds them), and a broken link (it stopped

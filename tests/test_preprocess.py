@@ -108,13 +108,22 @@ def transparent_images() -> dict[str, Image.Image]:
     palette.info["transparency"] = 3  # one palette entry transparent
     palette_bytes = Image.fromarray(rgb).quantize(64)
     palette_bytes.info["transparency"] = bytes(range(0, 256, 4))  # per-entry alpha
+    keyed = rgb.copy()  # an RGB / greyscale PNG's one transparent colour (its tRNS chunk)
+    keyed[:30, :50] = (10, 200, 30)
+    rgb_key = Image.fromarray(keyed)
+    rgb_key.info["transparency"] = (10, 200, 30)
+    grey = np.where(alpha == 0, 7, rgb[..., 1]).astype(np.uint8)
+    grey_key = Image.fromarray(grey, "L")
+    grey_key.info["transparency"] = 7
     return {"RGBA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
             "LA": Image.fromarray(np.dstack([rgb[..., 1], alpha]), "LA"),
             "PA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA").convert("PA"),
-            "P+transparency": palette, "P+alpha bytes": palette_bytes}
+            "P+transparency": palette, "P+alpha bytes": palette_bytes,
+            "RGB+key": rgb_key, "L+key": grey_key}
 
 
-@pytest.mark.parametrize("name", ["RGBA", "LA", "PA", "P+transparency", "P+alpha bytes"])
+@pytest.mark.parametrize("name", ["RGBA", "LA", "PA", "P+transparency", "P+alpha bytes",
+                                  "RGB+key", "L+key"])
 def test_transparency_is_dropped_by_default_as_the_references_do(vit_b16, name, tmp_path):
     """Default: alpha dropped exactly like `image.convert("RGB")` (transformers' load_image,
     i.e. its pipelines; OpenAI and open_clip convert after resizing, tested below), also from
@@ -135,6 +144,7 @@ def test_transparency_is_dropped_by_default_as_the_references_do(vit_b16, name, 
     # A background colour: out = a * colour + (1 - a) * background (first principles).
     rgba = np.asarray(image.convert("RGBA"), np.float64)
     a = rgba[..., 3:] / 255
+    assert (a == 0).any()  # Pillow reads the transparency, whatever its form
     over = rgba[..., :3] * a + np.array([128, 64, 0]) * (1 - a)
     got = to_rgb_uint8(image, alpha="#804000").astype(np.float64)
     assert np.abs(got - over).max() <= 1

@@ -8,6 +8,7 @@ module docstring's list stays true.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import string
@@ -448,6 +449,17 @@ def test_rejects_non_int_context_length(ours, context_length):
 def test_rejects_non_str_texts(ours, texts):
     with pytest.raises(TypeError, match="texts must"):
         ours(texts)
+
+
+def test_a_missing_caption_in_a_column_is_named_by_position(ours):
+    """A pandas column with an empty row (NaN) said only "got an element of type float": in
+    millions of captions, the row is what the user needs."""
+    pandas = pytest.importorskip("pandas")
+    column = pandas.read_csv(io.StringIO("caption\na cat\n\nthree\n\"\"\n"),
+                             skip_blank_lines=False)["caption"]
+    assert column.isna().tolist() == [False, True, False, True]
+    with pytest.raises(TypeError, match=r"got a float nan at position 1 \(a missing value"):
+        ours(column.tolist())
 
 
 def test_encode_and_decode_reject_bad_input(ours):

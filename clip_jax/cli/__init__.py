@@ -394,8 +394,9 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
     z.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
                    help="turn photos upright by their EXIF orientation (default: on)")
     z.add_argument("--alpha", default="drop", type=alpha_mode,
-                   help="transparency: 'drop' (default, as OpenAI / open_clip) or a background "
-                        "colour to composite onto, e.g. 'white' or '#808080'")
+                   help="transparency: 'drop' (default: convert('RGB'), keeping the colours "
+                        "stored under transparent pixels, as transformers' pipelines do) or a "
+                        "background colour to composite onto, e.g. 'white' or '#808080'")
     z.add_argument("--recursive", action="store_true", help="also search subfolders")
     z.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv (a header row, "

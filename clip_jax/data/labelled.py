@@ -505,8 +505,10 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
 
     * a whole JPEG (`jpeg_is_complete`) or a PNG whose chunks pass their CRCs: (its bytes, a
       placeholder, True), decoded by TensorFlow outside the GIL, as every eval source is;
-    * anything else PIL reads whole (TIFF, WebP, GIF, BMP, ...): (b"", uint8 [H, W, 3], True),
-      decoded here as torchvision's `ImageFolder` reads it (RGB, alpha dropped, no EXIF turn);
+    * anything else PIL reads whole (TIFF, WebP, GIF, BMP, 16-bit greyscale PNG, ...): (b"",
+      uint8 [H, W, 3], True), decoded here as torchvision's `ImageFolder` reads it (RGB, alpha
+      dropped, no EXIF turn), but 16-bit and float images rescaled to 8 bits as
+      `clip_jax.preprocess` rescales them (Pillow's convert("RGB") clips them at 255);
     * an empty file, not an image, one cut off in its pixel data, or a file that cannot be
       read (a broken link, no permission): (b"", a 1x1 placeholder, False) with a warning
       naming the file; the pipeline masks it out of the results.
@@ -520,7 +522,9 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
         if jpeg_is_complete(data):
             return data, _PLACEHOLDER, True
         with Image.open(io.BytesIO(data)) as image:
-            if image.format == "PNG":
+            # 16-bit greyscale PNGs (Pillow's I;16 / I) go the Pillow way too: TensorFlow's
+            # decoder keeps the high byte, `clip_jax.preprocess` rescales v * 255 / 65535.
+            if image.format == "PNG" and not image.mode.startswith("I"):
                 image.verify()
                 return data, _PLACEHOLDER, True
             return b"", to_rgb_uint8(image, exif_transpose=False), True

@@ -245,9 +245,12 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
 
 def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> Image.Image:
     """Any PIL mode as 8-bit RGB: alpha dropped or composited (`background_colour`), 16/32-bit
-    scaled, CMYK and palettes converted."""
+    scaled, CMYK and palettes converted. Transparency is an alpha channel, a palette's
+    transparent entries, or an RGB or greyscale PNG's one transparent colour (its tRNS key,
+    Pillow's `info["transparency"]`)."""
     background = background_colour(alpha)
-    if image.mode == "RGB":
+    keyed = image.mode in ("RGB", "L", "P") and "transparency" in image.info
+    if image.mode == "RGB" and not (keyed and background is not None):
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, np.float64)
@@ -260,8 +263,7 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
             top = 255.0
         gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed
     if has_alpha and background is not None:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))

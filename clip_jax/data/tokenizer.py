@@ -266,11 +266,12 @@ class Tokenizer:
     def _encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, BPE-ing the words no earlier call has seen in one Rust batch."""
         word_lists = []
-        for text in texts:
+        for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise TypeError(
-                    f"texts must contain str only, got an element of type {type(text).__name__}"
-                )
+                missing = " (a missing value: drop or fill the empty rows)" if (
+                    isinstance(text, float) and text != text) else ""
+                raise TypeError(f"texts must contain str only, got a {type(text).__name__} "
+                                f"{text!r} at position {i}{missing}")
             word_lists.append(_split_words(text))
         # A local reference keeps this call consistent if another thread replaces the cache.
         word_ids = self._word_ids
