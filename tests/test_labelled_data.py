@@ -67,6 +67,26 @@ def test_image_folder_reads_as_torchvision_and_tfds(folder):
         labelled_data.read(str(folder), "valid")
 
 
+def test_netpbm_files_are_images_as_torchvision_reads_them(tmp_path):
+    """`.ppm` / `.pgm` files, which torchvision's ImageFolder reads, were skipped as "not an
+    image file"; they are listed as it lists them and read whole."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    assert set(IMG_EXTENSIONS) <= set(labelled_data.IMAGE_EXTENSIONS)
+    for name, ext in (("cat", ".ppm"), ("dog", ".pgm"), ("dog", ".png")):
+        os.makedirs(tmp_path / name, exist_ok=True)
+        image = picture(len(ext) + len(name))
+        (image if ext != ".pgm" else image.convert("L")).save(tmp_path / name / f"x{ext}")
+    ours = labelled_data.read(str(tmp_path), "")
+    theirs = ImageFolder(str(tmp_path))
+    assert list(zip(ours.files, ours.labels.tolist())) == theirs.samples and not ours.skipped
+    (batch,) = labelled_data.make_iterable(ours, MODEL, batch_size=3)
+    assert batch["mask"].all()
+    np.testing.assert_array_equal(batch["images"], preprocess(
+        [Image.open(f).convert("RGB") for f in ours.files], MODEL))
+
+
 def test_a_split_root_is_read_as_splits_beside_hidden_folders_and_with_valid(folder, tmp_path):
     """A `.ipynb_checkpoints/` beside `train/` and `test/` made plain ROOT two classes, "test"
     and "train" (every image of both splits, scored 2-way, exit 0); Roboflow's and Keras'

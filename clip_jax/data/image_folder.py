@@ -26,7 +26,9 @@ from clip_jax.errors import MissingFileError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import preprocess
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included), and GIF.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+                    ".pgm")
 # Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
 # What Pillow raises for a file it cannot read (shared with `clip_jax.data.labelled`).
 log = logging.getLogger(__name__)

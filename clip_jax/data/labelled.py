@@ -52,7 +52,7 @@ from clip_jax.data.options import IMAGE_COLUMNS, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
-from clip_jax.data.image_folder import DECODE_ERRORS, walk_once
+from clip_jax.data.image_folder import DECODE_ERRORS, IMAGE_EXTENSIONS, walk_once
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
@@ -64,7 +64,6 @@ from clip_jax.data.preprocess import normalization_constants, to_rgb_uint8
 log = logging.getLogger(__name__)
 _EMPTY_REPORTED: set[str] = set()  # folders whose empty classes were named in a warning
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLIT_FOLDERS = ("test", "validation", "val", "valid", "train")  # `valid`: Roboflow's, Keras'
 LABEL_COLUMNS = ("label", "class", "target", "label_name", "class_name")
 WDS_CLASSNAMES = "classnames.txt"
