@@ -232,6 +232,37 @@ def test_weight_decay_spares_gains_biases_and_temperature():
     assert not decayed["['logit_scale']"]
 
 
+@pytest.mark.parametrize("name", ["test-vit", "test-resnet"])
+def test_weight_decay_covers_the_values_open_clip_decays(name):
+    """open_clip decays every tensor but gains, biases, 1-D parameters and logit_scale
+    (`p.ndim < 2 or "bn"/"ln"/"bias"/"logit_scale" in name`); the attention's q/k/v biases,
+    [heads, head_dim] here, were decayed too. The decayed values number the same as
+    open_clip's on the same architecture, and no bias is among them."""
+    pytest.importorskip("open_clip")
+    from reference import open_clip_model
+
+    config = base.get_config(name)
+    config.model.dtype = "float32"
+    config.optimizer.lr, config.warmup_steps = 0.1, 0
+    config.optimizer.b1 = config.optimizer.b2 = 0.0  # zero grads: the update is the decay alone
+    config.optimizer.grad_clip_norm = 0.0
+    mesh = sharding.create_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    model = train_step.model_config(config)
+    s = train_step.setup(config, model, mesh)
+    params = jax.tree.map(np.ones_like, jax.device_get(s.init_state(jax.random.key(0)).params))
+    updates, _ = s.tx.update(jax.tree.map(np.zeros_like, params), s.tx.init(params), params)
+    decayed = {jax.tree_util.keystr(p): u.size for p, u
+               in jax.tree_util.tree_flatten_with_path(updates)[0] if np.any(u != 0)}
+    assert not [k for k in decayed if k.endswith("['bias']")]
+
+    def excluded(key, p):
+        return p.ndim < 2 or any(w in key for w in ("bn", "ln", "bias", "logit_scale"))
+
+    theirs = sum(p.numel() for k, p in open_clip_model(model).named_parameters()
+                 if not excluded(k, p))
+    assert sum(decayed.values()) == theirs
+
+
 def test_logit_scale_is_clamped_to_between_1_and_100():
     config = _config()
     config.optimizer.lr, config.warmup_steps = 10.0, 0

@@ -107,14 +107,18 @@ def adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: float, weigh
 
 
 def decay_mask(axis_names: Any) -> Callable[[Any], Any]:
-    """True for matrices and kernels; False for gains, biases, 1-D embeddings, the temperature.
+    """True for matrices and kernels; False for gains, biases, 1-D embeddings, the temperature
+    (open_clip's rule, and the paper's: decay on weights only).
 
     Decided on logical axis names without the scan `layers` axis, so a scanned LayerNorm
-    scale [layers, width] is still a gain. Returned as a function of the (possibly partially
-    masked, for locked towers) parameter tree, looked up by path.
+    scale [layers, width] is still a gain, and by name for biases: the attention's q/k/v
+    biases are [heads, head_dim], two axes, and were decayed. Returned as a function of the
+    (possibly partially masked, for locked towers) parameter tree, looked up by path.
     """
     def decays(path, names) -> bool:
         if any(getattr(k, "key", None) in NO_DECAY for k in path):
+            return False
+        if getattr(path[-1], "key", None) == "bias":
             return False
         return len([n for n in names if n != "layers"]) >= 2
 
