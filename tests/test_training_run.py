@@ -781,7 +781,9 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                  "no_evaluator": "config.eval.every_steps=5 but config.eval.evaluators is "
                                  "empty: no periodic evaluation will run",
                  "late_trace": "config.profile_steps='30,31' starts after the run's last step "
-                               "(total_steps=20): no trace will be taken"}
+                               "(total_steps=20): no trace will be taken",
+                 "batch_norm": "config.microbatches=2 with a trained ResNet image tower: its "
+                               "BatchNorm normalises each micro-batch"}
         for case, message in cases.items():
             config = tiny.get_config()
             config.update({"warmup_steps": {"warmup_steps": 30},
@@ -791,6 +793,8 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                 config.eval.update(every_steps=5, evaluators="")
             if case == "bias":
                 config.model.logit_bias_init = -10.0
+            if case == "batch_norm":
+                config.model.name, config.microbatches = "test-resnet", 2
             if case == "small":
                 config.data.synthetic.num_train = 10
                 config.data.data_dir = str(tmp_path / "ten")

@@ -237,14 +237,23 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         check_dataset(resolve_config(config.data))
 
 
-def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool) -> list[str]:
+def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
+            batch_norm: bool = False) -> list[str]:
     """Combinations that run but rarely do what was meant, one sentence each (logged as
     warnings when a run starts, `train.train`): a warmup as long as the run (the learning
     rate never decays), both towers locked (only the temperature trains), a periodic
     evaluation with no evaluator (none runs), a logit bias under a loss that does not use one
     (`loss_uses_bias` False: a constant added to every logit leaves softmax unchanged, so the
-    bias gets no gradient)."""
+    bias gets no gradient), micro-batches through a trained image tower with BatchNorm
+    (`batch_norm`: a ResNet; its statistics are each micro-batch's, so the accumulated step
+    is not the full batch's)."""
     said = []
+    if config.microbatches > 1 and batch_norm and not config.lock_image:
+        said.append(f"config.microbatches={config.microbatches} with a trained ResNet image "
+                    "tower: its BatchNorm normalises each micro-batch by that micro-batch's "
+                    "statistics (and updates its running ones once per micro-batch), so the "
+                    "loss and gradients are not the full batch's as they are for a ViT; use "
+                    "microbatches=1 (more devices or remat), or lock_image.")
     if config.total_steps > 0 and config.warmup_steps >= config.total_steps:
         said.append(f"config.warmup_steps={config.warmup_steps} >= config.total_steps="
                     f"{config.total_steps}: the learning rate rises for the whole run and never "

@@ -354,7 +354,10 @@ def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None
 def warn_unusual(config: ml_collections.ConfigDict, plan: RunPlan) -> None:
     """Logs the start-of-run warnings (`config_checks.unusual`, and a profile trace after the
     last step); `clip-jax plan` gives the same ones before its compile."""
-    for warning in config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias):
+    name = config.model.name  # '' = the init_from checkpoint's, read later
+    batch_norm = bool(name) and loading.model_config(name).vision.is_resnet
+    for warning in config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias,
+                                         batch_norm):
         logger.warning(warning)
     if plan.profile_steps and plan.profile_steps[0] > plan.total_steps:
         logger.warning("config.profile_steps=%r starts after the run's last step "
