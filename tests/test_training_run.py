@@ -153,6 +153,25 @@ def test_ctrl_c_saves_and_a_closed_output_pipe_does_not_stop_a_run(tfds_dir, tmp
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_the_compile_exits_130_without_crashing(tfds_dir, tmp_path):
+    """Ctrl-C while XLA compiled the step printed its one line, then the interpreter's
+    teardown under the compiling thread crashed (SIGSEGV, exit -11, 2 of 2 runs)."""
+    proc = start_run(tmp_path, tfds_dir)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Compiling the train step" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    code, out = finish(proc)
+    out = "".join(seen) + out
+    assert code == 130, out
+    assert "error: interrupted (Ctrl-C); no checkpoint was saved" in out
+    assert "Fatal Python error" not in out
+
+
+@pytest.mark.slow
 def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted, tfds_dir,
                                                                    tmp_path):
     source, _ = uninterrupted

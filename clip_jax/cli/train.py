@@ -25,7 +25,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from clip_jax.errors import ConfigError
@@ -39,13 +39,17 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "configs")
 
 
-def exit_at_once_on_sigterm() -> None:
-    """Until training takes SIGTERM over (`train.PreemptionGuard`), SIGTERM exits at once.
+def exit_at_once_before_training() -> None:
+    """Until training takes SIGTERM and SIGINT over (`train.PreemptionGuard`), each exits at
+    once: SIGTERM with code 0, Ctrl-C with 130, saying what the workdir keeps.
 
     Python runs signal handlers only between bytecodes, so a handler alone would wait for a
     long import or XLA compilation to finish; the signal's wake-up byte, written by the C-level
-    handler, is read by a thread that exits even while the main thread is inside C++. Once the
-    guard installs its own handler, the thread leaves SIGTERM to it.
+    handler, is read by a thread that exits even while the main thread is inside C++. Ctrl-C
+    as Python's KeyboardInterrupt did worse: raised inside a garbage-collection callback it was
+    ignored (the run went on training), and the interpreter's teardown under the compiling
+    thread crashed (SIGSEGV). A Ctrl-C the shell told this process to ignore (`cmd &`) stays
+    ignored. Once the guard installs its own handlers, the thread leaves both to it.
     """
     def stop(*_) -> None:
         sys.stdout.flush()
@@ -53,18 +57,33 @@ def exit_at_once_on_sigterm() -> None:
               "same command to resume).", file=sys.stderr, flush=True)
         os._exit(PREEMPTED_EXIT_CODE)
 
+    def interrupt(*_) -> None:
+        sys.stdout.flush()
+        kept = f"; {_kept(_STARTED[0], _listed_steps)}" if _STARTED else ""
+        print(f"error: interrupted (Ctrl-C){kept}", file=sys.stderr, flush=True)
+        os._exit(INTERRUPTED_EXIT_CODE)
+
+    handlers = {signal.SIGTERM: stop}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handlers[signal.SIGINT] = interrupt
+
     def watch(fd: int) -> None:
         while True:
             received = os.read(fd, 64)
-            if (bytes([signal.SIGTERM]) in received
-                    and signal.getsignal(signal.SIGTERM) is stop):
-                stop()
+            for signum, handler in handlers.items():
+                if bytes([signum]) in received and signal.getsignal(signum) is handler:
+                    handler()
 
     read, write = os.pipe()
     os.set_blocking(write, False)
-    signal.signal(signal.SIGTERM, stop)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
     signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-    threading.Thread(target=watch, args=(read,), daemon=True, name="sigterm-watch").start()
+    threading.Thread(target=watch, args=(read,), daemon=True, name="signal-watch").start()
+
+
+# The workdir of the run this process started (`run`), for what a Ctrl-C before training says.
+_STARTED: list[str] = []
 
 
 def config_names() -> list[str]:
@@ -322,6 +341,7 @@ def quiet_absl_logging() -> None:
 def run(config: Any, workdir: str) -> int:
     """Checks (`prepare`), then trains or evaluates; the exit code (see the module docstring).
     A ConfigError is printed as one `error: ...` line on stderr; other exceptions propagate."""
+    _STARTED[:] = [workdir]
     try:
         prepare(config, workdir)
         from clip_jax.training import checkpoints, train
@@ -348,11 +368,25 @@ def run(config: Any, workdir: str) -> int:
     return 0
 
 
-def _kept(workdir: str) -> str:
-    """What an interrupted command leaves in `workdir`, and how to go on."""
-    from clip_jax.training import checkpoints
+def _listed_steps(workdir: str) -> list[int]:
+    """The finished checkpoints' steps by folder name alone (orbax writes `N.orbax-checkpoint-
+    tmp` and renames it `N` when done): what a signal handler on another thread can read while
+    the main thread may hold the import lock."""
+    try:
+        return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))
+                      if n.isdigit())
+    except OSError:
+        return []
 
-    steps = checkpoints.saved_steps(workdir)
+
+def _kept(workdir: str, saved_steps: Callable[[str], list[int]] | None = None) -> str:
+    """What an interrupted command leaves in `workdir`, and how to go on (`saved_steps`:
+    `checkpoints.saved_steps` unless given)."""
+    if saved_steps is None:
+        from clip_jax.training import checkpoints
+
+        saved_steps = checkpoints.saved_steps
+    steps = saved_steps(workdir)
     if not steps:
         return f"no checkpoint was saved in {workdir}; the same command starts again."
     return (f"the checkpoints in {workdir} are kept; the same command resumes from the newest "
@@ -409,9 +443,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 def console(argv: Sequence[str] | None = None) -> int:
-    """The process entry: SIGTERM handling first (importing JAX takes seconds), then the
-    malloc re-exec (`runtime.host_tuning`), then `main`."""
-    exit_at_once_on_sigterm()
+    """The process entry: SIGTERM and Ctrl-C handling first (importing JAX takes seconds),
+    then the malloc re-exec (`runtime.host_tuning`), then `main`."""
+    exit_at_once_before_training()
     from clip_jax.runtime import logs
     from clip_jax.runtime.host_tuning import reexec_with_huge_pages
 
