@@ -38,6 +38,12 @@ from clip_jax.errors import ConfigError
 log = logging.getLogger(__name__)
 
 QUOTING = {"csv": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+# The cells pandas' read_csv reads as missing (NaN) by default: "NaN", "nan", "N/A", "NULL",
+# "None", ... (pandas keeps the list in `pandas._libs.parsers.STR_NA_VALUES`; it has no
+# public name). A caption cell holding one is a missing caption, not a text to train on.
+MISSING_VALUES = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN",
+                            "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN",
+                            "None", "n/a", "nan", "null"})
 # Appended after the last line: if it ends up inside a field, a quote was never closed.
 _SENTINEL = "\ue000end of table\ue001"
 

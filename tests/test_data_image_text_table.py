@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from images import with_orientation
@@ -570,6 +571,31 @@ def test_an_ungrouped_eval_split_with_repeated_images_is_noted(inputs, tmp_path,
     assert note.startswith(f"3 image(s) are on several rows (e.g. images/{GOOD[0]}: line 2, "
                            "line 3), each row its own example")
     assert "group_by_image=True" in note and caplog.text.count(note) == 1  # not twice
+
+
+def test_captions_pandas_reads_as_missing_are_skipped_as_pandas_drops_them(inputs, tmp_path):
+    """Captions `NaN`, `nan`, `N/A` (how pandas and spreadsheets write a missing value) were
+    trained on as text. The kept rows are the ones pandas' read_csv(...).dropna() keeps."""
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from clip_jax_data import tables
+
+    assert tables.MISSING_VALUES == STR_NA_VALUES  # the list this pandas reads as missing
+    root, _ = inputs
+    captions = ["NaN", "a real caption", "nan", " N/A ", "NULL", "None", "null island",
+                "Nan", "#N/A", "n/a", "NA", "NAN?"]
+    rows = [f"images/{GOOD[k % 3]},{c}" for k, c in enumerate(captions)]
+    (tmp_path / "na.csv").write_text("filepath,title\n" + "\n".join(rows) + "\n")
+    config = table_config(root, str(tmp_path / "tfds"), name="na",
+                          train_path=str(tmp_path / "na.csv"), image_root=root)
+    config.build.max_bad_fraction = 0.9
+    examples, report = build_report(config)
+    kept = sorted(c for cs in examples.values() for c in cs)
+    frame = pd.read_csv(tmp_path / "na.csv")
+    frame["title"] = frame["title"].str.strip()  # pandas matches a padded cell only stripped
+    frame = pd.read_csv(io.StringIO(frame.to_csv(index=False))).dropna()
+    assert kept == sorted(frame["title"])
+    assert report["skipped_by_reason"] == {"empty_caption": len(captions) - len(kept)}
 
 
 def test_a_table_saved_in_cp1252_is_refused_with_the_encoding_fix(inputs, tmp_path):
