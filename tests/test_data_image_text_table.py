@@ -433,7 +433,7 @@ def test_tables_from_the_issue(inputs, tmp_path):
                                          r"quoted field that is never closed"):
         sources.prepare(table_config(root, str(tmp_path), name="csv",
                                 train_path=os.path.join(root, "open.csv")))
-    assert not os.path.exists(os.path.join(str(tmp_path), "image_text_table", "csv", "1.0.0",
+    assert not os.path.exists(os.path.join(str(tmp_path), "image_text_table", "csv", "1.1.0",
                                            "bad_records.json"))
 
 

@@ -66,8 +66,12 @@ def _is_file(spec: str) -> bool:
 class ImageTextTable(tfds.core.GeneratorBasedBuilder):
     """Image-caption pairs from a CSV/TSV table; see the module docstring."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Captions stored as OpenAI's tokenizer reads them (NULs dropped, "
+                              "only ASCII whitespace stripped); captions pandas reads as missing "
+                              "(NaN, N/A, ...) skipped; an RGB PNG's transparent colour "
+                              "composited onto build.alpha."}
     BUILDER_CONFIG_CLASS = ImageTextTableConfig
     code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
 

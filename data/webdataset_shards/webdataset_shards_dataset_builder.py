@@ -92,8 +92,11 @@ def _expand_braces(pattern: str) -> list[str]:
 class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
     """Image-caption pairs from img2dataset webdataset shards; see the module docstring."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Captions stored as OpenAI's tokenizer reads them (NULs dropped, "
+                              "only ASCII whitespace stripped); an RGB PNG's transparent colour "
+                              "composited onto build.alpha."}
     BUILDER_CONFIG_CLASS = WebdatasetConfig
     code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
 
