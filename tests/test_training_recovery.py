@@ -29,6 +29,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
     assert code == 3, out
     assert "NaN/Inf" in out and "last good checkpoint is step 4" in out
     assert "changed learning-rate schedule (total_steps 4 -> 12" in out
+    assert "changed optimizer settings (optimizer.grad_clip_norm 1.0 -> 0.0)" in out
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
 
 

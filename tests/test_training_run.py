@@ -663,7 +663,7 @@ def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_eve
 
     plan = train.RunPlan(total_steps=4, batch_size=8, log_every_steps=log_every,
                          checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
-                         schedule={}, locks={}, data={}, profile_steps=None)
+                         schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     guard = type("Guard", (), {"should_stop": lambda self, step: False})()
     checkpointer = type("NoCheckpoints", (), {"save": lambda self, *a, **k: None})()
@@ -691,7 +691,7 @@ def test_logged_rates_leave_out_checkpoint_saves():
 
     plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
                          checkpoint_every_steps=2, seed=0, prng_impl="threefry2x32",
-                         schedule={}, locks={}, data={}, profile_steps=None)
+                         schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     saved = []
     checkpointer = type("SlowCheckpoints", (), {

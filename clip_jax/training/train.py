@@ -64,6 +64,9 @@ SCHEDULE_FIELDS = ("total_steps", "warmup_steps", "optimizer.lr", "optimizer.end
 # Fields that decide which tower trains: locking one on resume freezes it from then on
 # (unlocking one is refused: its optimizer moments were never saved).
 LOCK_FIELDS = ("lock_image", "lock_text")
+# Fields of the update rule besides the schedule: changed on resume, they apply from then on.
+OPTIMIZER_FIELDS = ("optimizer.weight_decay", "optimizer.b1", "optimizer.b2", "optimizer.eps",
+                    "optimizer.grad_clip_norm")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
@@ -180,8 +183,8 @@ class RunPlan:
     """The numbers the training loop runs by, read from the config once (`from_config`).
 
     `schedule` holds the fields that shape the learning-rate schedule (`SCHEDULE_FIELDS`),
-    `locks` the tower locks (`LOCK_FIELDS`) and `data` the data section, to compare with a
-    checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
+    `optimizer` the rest of the update rule (`OPTIMIZER_FIELDS`), `locks` the tower locks
+    (`LOCK_FIELDS`) and `data` the data section, to compare with a checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
     last) 1-based step to trace with `jax.profiler`, or None.
     """
 
@@ -192,6 +195,7 @@ class RunPlan:
     seed: int
     prng_impl: str
     schedule: dict[str, Any]
+    optimizer: dict[str, Any]
     locks: dict[str, Any]
     data: dict[str, Any]
     profile_steps: tuple[int, int] | None
@@ -203,6 +207,7 @@ class RunPlan:
                    checkpoint_every_steps=config.checkpoint.every_steps, seed=config.seed,
                    prng_impl=config.prng_impl,
                    schedule={f: _field(config, f) for f in SCHEDULE_FIELDS},
+                   optimizer={f: _field(config, f) for f in OPTIMIZER_FIELDS},
                    locks={f: _field(config, f) for f in LOCK_FIELDS},
                    data=config.data.to_dict(),
                    profile_steps=parse_profile_steps(config.get("profile_steps", "")))
@@ -256,6 +261,10 @@ def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Check
     if changed:
         log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
             f"learning rate follows the new schedule from step {latest} on.")
+    changed = field_changes(meta.get("config") or {}, plan.optimizer)
+    if changed:
+        log(f"warning: resuming with changed optimizer settings ({changed}); the updates "
+            f"follow them from step {latest} on (Adam's moments are kept).")
     changed = field_changes(meta.get("config") or {}, plan.locks)
     if changed:
         log(f"warning: resuming with a tower newly locked ({changed}); it stays as trained "
@@ -290,7 +299,7 @@ def stream_changes(saved: dict[str, Any], data: dict[str, Any], seed: int) -> st
 
 def field_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
     """'total_steps 20 -> 30, optimizer.lr 0.001 -> 0.002' for the fields of `current` (keyed
-    by dotted names: `RunPlan.schedule`, `RunPlan.locks`) whose value differs in a
+    by dotted names: `RunPlan.schedule`, `RunPlan.optimizer`, `RunPlan.locks`) whose value differs in a
     checkpoint's recorded training config `saved` (where it recorded one); '' if none."""
     pairs = [(f, _field(saved, f), value) for f, value in current.items()]
     return ", ".join(f"{f} {old} -> {new}" for f, old, new in pairs
