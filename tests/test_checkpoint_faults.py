@@ -140,6 +140,7 @@ def test_training_resumes_from_the_newest_good_checkpoint(damaged, capfd, device
     checkpointer = Checkpointer(workdir, 1, 3, asynchronous=False)
     lines, reported = [], []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what Python would print
+    checkpoints._quiet_closed_event_loops()  # from the start: earlier tests' reads end late
     step, state, meta = checkpointer.restore_newest(abstract, lines.append)
     remaining = checkpointer.all_steps()
     checkpointer.close()
