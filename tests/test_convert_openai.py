@@ -371,8 +371,10 @@ def test_open_clip_fields_that_leave_the_model_unchanged_load_and_match(tmp_path
     biased = dict(text, proj_bias=True)
     with_bias = open_clip.model.CLIP(config.embed_dim, vision, biased)
     torch.save(with_bias.state_dict(), tmp_path / "biased.pt")
-    with pytest.raises(ConfigError, match=r"Unsupported model: .*text projection with a bias"):
-        clip_jax.load(str(tmp_path / "biased.pt"))
+    for kwargs in ({}, {"model": "test-vit"}):
+        with pytest.raises(ConfigError, match=r"Unsupported model: .*text projection with a "
+                                              r"bias"):
+            clip_jax.load(str(tmp_path / "biased.pt"), **kwargs)
     with pytest.raises(ConfigError, match=r"text_cfg.proj_bias=True is not implemented"):
         clip_jax.load(str(tmp_path / "biased.pt"), model=dict(model_cfg, text_cfg=biased))
 

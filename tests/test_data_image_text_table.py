@@ -591,10 +591,8 @@ def test_captions_pandas_reads_as_missing_are_skipped_as_pandas_drops_them(input
     config.build.max_bad_fraction = 0.9
     examples, report = build_report(config)
     kept = sorted(c for cs in examples.values() for c in cs)
-    frame = pd.read_csv(tmp_path / "na.csv")
-    frame["title"] = frame["title"].str.strip()  # pandas matches a padded cell only stripped
-    frame = pd.read_csv(io.StringIO(frame.to_csv(index=False))).dropna()
-    assert kept == sorted(frame["title"])
+    frame = pd.read_csv(tmp_path / "na.csv").dropna()  # " N/A " is a caption to pandas too
+    assert kept == sorted(frame["title"].str.strip())
     assert report["skipped_by_reason"] == {"empty_caption": len(captions) - len(kept)}
 
 

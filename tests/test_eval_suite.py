@@ -301,6 +301,8 @@ def test_wordnet_id_classes_read_as_openais_names_with_the_papers_templates(mode
     read as OpenAI's names with the paper's 80 templates, as open_clip's zero_shot_metadata
     lists them, and are scored as numpy scores those prompts; ids outside ImageNet-1k are
     refused, naming them."""
+    import shutil
+
     metadata = pytest.importorskip("open_clip.zero_shot_metadata")
     module, variables = model
     wnids = tfds.builder("imagenet2012").info.features["label"].names
@@ -329,10 +331,26 @@ def test_wordnet_id_classes_read_as_openais_names_with_the_papers_templates(mode
     assert metrics["zero_shot/t/top1"] == pytest.approx(
         np.mean((images @ classes.T).argmax(1) == labels))
     assert evaluation.provenance["zero_shot/t"]["templates"] == "openai_imagenet (80)"
+    # Names given for such a folder are matched by the names its prompts use: OpenAI's names
+    # in another order (they were applied by position: the tench folder prompted "goldfish"),
+    # or the ids themselves (prompted as "n01440764").
+    predicted = evaluation.predictions["t"][:, 0]
+    for given in (",".join(reversed(names)), ",".join(wnids[k] for k in reversed(picked))):
+        again, other = evaluate.evaluate_model(config_for(zero_shot=evaluate.zero_shot_task(
+            str(tmp_path / "val"), class_names=given)), module, variables)
+        np.testing.assert_array_equal(other.predictions["t"][:, 0], predicted)
+        assert again["zero_shot/t/top1"] == metrics["zero_shot/t/top1"], given
+
+    (tmp_path / "mixed").mkdir()  # a known id among plain names reads as its name too
+    shutil.copytree(tmp_path / "val" / wnids[0], tmp_path / "mixed" / wnids[0])
+    shutil.copytree(tmp_path / "val" / wnids[1], tmp_path / "mixed" / "sea_lion")
+    mixed = evaluate.evaluate_model(config_for(zero_shot=evaluate.zero_shot_task(
+        str(tmp_path / "mixed"), templates="simple")), module, variables)[1]
+    assert mixed.details["per_class/t"]["class_names"] == ["tench", "sea lion"]
 
     os.makedirs(tmp_path / "val" / "n99999999")  # an ImageNet-21k id among them
     Image.open(files[0]).save(tmp_path / "val" / "n99999999" / "0.png")
-    with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.t: The class names are "
+    with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.t: The class names hold "
                                           r"WordNet ids, 1 of them not among ImageNet-1k's "
                                           r"1000 \(\['n99999999'\]\).*--class-names"):
         evaluate.evaluate_model(config_for(zero_shot=evaluate.zero_shot_task(

@@ -365,8 +365,10 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
           if not k.endswith("num_batches_tracked") and k not in _NOT_PARAMETERS}
     if config is None:
         config = infer_config(sd, activation)
-    elif activation is not None:
-        config = config.replace(activation=activation)
+    else:
+        _check_towers(sd)  # a tower or projection clip_jax lacks is named, config or not
+        if activation is not None:
+            config = config.replace(activation=activation)
     abstract = _abstract_variables(config)
     table = entries(config)
     expected = {e.key for e in table}

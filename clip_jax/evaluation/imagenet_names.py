@@ -38,14 +38,17 @@ def are_wordnet_ids(names: Sequence[str]) -> bool:
     return bool(names) and all(WORDNET_ID.fullmatch(n) for n in names)
 
 
-def openai_names(wnids: Sequence[str]) -> list[str]:
-    """OpenAI's class names for `wnids`, in their order. Raises ConfigError naming the ids that
-    are not ImageNet-1k classes (an ImageNet-21k subset has names of its own to give)."""
+def openai_names(labels: Sequence[str], strict: bool = True) -> list[str]:
+    """`labels` with each WordNet id replaced by OpenAI's class name, in their order (a list
+    of ids, or ids among plain names, as a dataset's classes or as names given for them).
+    Raises ConfigError naming the ids that are not ImageNet-1k classes (an ImageNet-21k
+    subset has names of its own to give): as prompts they would score near chance;
+    `strict=False` keeps them as they are."""
     names = class_names()
-    unknown = [w for w in wnids if w not in names]
-    if unknown:
-        raise ConfigError(f"The class names are WordNet ids, {len(unknown)} of them not among "
+    unknown = [w for w in labels if WORDNET_ID.fullmatch(w) and w not in names]
+    if unknown and strict:
+        raise ConfigError(f"The class names hold WordNet ids, {len(unknown)} of them not among "
                           f"ImageNet-1k's 1000 ({unknown[:3]}), so they have no readable name "
                           "here; give class names (--class-names FILE_OR_LIST, or the task's "
                           "class_names), one per class in label order.")
-    return [names[w] for w in wnids]
+    return [names.get(label, label) for label in labels]

@@ -62,16 +62,14 @@ def readable(name: str) -> str:
 
 def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> list[str]:
     """Class names from a file (one per line), a comma-separated list, or, for "", the
-    dataset's own label names: OpenAI's names where they are ImageNet's WordNet ids
-    (`imagenet_names`: `n01440764` is "tench"), else with underscores read as spaces
-    (`aquarium_fish`). ConfigError for WordNet ids outside ImageNet-1k."""
+    dataset's own label names as prompts say them: an ImageNet WordNet id as OpenAI's name for
+    it (`imagenet_names`: `n01440764` is "tench"; ConfigError for ids outside ImageNet-1k),
+    underscores read as spaces (`aquarium_fish`)."""
     if not spec:
         if not dataset_names:
             raise ConfigError("The dataset has no label names; give class names as a file with "
                              "one name per line or a comma-separated list.")
-        if imagenet_names.are_wordnet_ids(dataset_names):
-            return imagenet_names.openai_names(dataset_names)
-        return [readable(name) for name in dataset_names]
+        return [readable(name) for name in imagenet_names.openai_names(dataset_names)]
     if os.path.isfile(spec):
         names = text_lists.read_entries(spec)
     else:

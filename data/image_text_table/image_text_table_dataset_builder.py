@@ -341,9 +341,9 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
         try:
             cell = row.caption.decode("utf-8", "replace") if isinstance(
                 row.caption, bytes) else row.caption
-            if cell.strip() in tables.MISSING_VALUES and cell.strip():
-                raise records.BadRecord("empty_caption", f"caption {cell.strip()!r}, a missing "
-                                        "value as pandas reads the table")
+            if cell and cell in tables.MISSING_VALUES:  # exactly: pandas keeps " NaN"
+                raise records.BadRecord("empty_caption", f"caption {cell!r}, a missing value "
+                                        "as pandas reads the table")
             caption, conversions = records.clean_caption(row.caption, clean)
         except records.BadRecord as error:
             outcomes.append((key, error))

@@ -114,8 +114,9 @@ class Classifier:
                 "indices and zero-shot prompts need class names; give them with --class-names "
                 f"FILE_OR_LIST (config.eval.{field}.class_names) or a classnames.txt beside it.")
         dataset_names = self.source.class_names
-        try:
-            self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
+        try:  # WordNet ids, the dataset's or given, are prompted by OpenAI's names for them
+            self.class_names = imagenet_names.openai_names(
+                zero_shot.read_class_names(self.class_spec, dataset_names))
         except ConfigError as e:
             raise ConfigError(f"config.eval.{field}: {e}") from None
         if dataset_names and len(self.class_names) != len(dataset_names):
@@ -124,7 +125,10 @@ class Classifier:
                 f"dataset has {len(dataset_names)} classes; give one name per class, in label "
                 "order.")
         if self.class_spec and dataset_names and not self.source.class_spec:
-            self.class_names = in_label_order(self.class_names, dataset_names, field)
+            # Matched by the names prompts use (OpenAI's for WordNet ids, given or listed;
+            # ids without one, e.g. ImageNet-21k's, as they are: the given names replace them).
+            listed = imagenet_names.openai_names(dataset_names, strict=False)
+            self.class_names = in_label_order(self.class_names, listed, field)
         if imagenet_names.are_wordnet_ids(dataset_names or ()):
             self.default_templates = "openai_imagenet"  # the paper's, with OpenAI's names
         if self.template_spec or not self.source.templates:
@@ -148,14 +152,18 @@ def in_label_order(given: Sequence[str], dataset_names: Sequence[str], field: st
     """Class names given for a source that names its classes itself (a folder, a TFDS
     ClassLabel), in its label order. The same names in another order (underscores read as
     spaces, as the folder names are) are mapped by name; other names replace the dataset's by
-    position (nicer names for `n01440764`), with a warning when some of them are the dataset's
-    own names at other positions, which a positional reading would mislabel."""
+    position, with a warning when some of them are the dataset's own names at other
+    positions, which a positional reading would mislabel. `dataset_names` are the names its
+    prompts would use (OpenAI's for WordNet ids)."""
     key = lambda name: zero_shot.readable(name).strip()  # noqa: E731
-    position = {key(name): k for k, name in enumerate(given)}
-    if sorted(position) == sorted(map(key, dataset_names)) and len(position) == len(given):
-        return [given[position[key(name)]] for name in dataset_names]
+    if sorted(map(key, given)) == sorted(map(key, dataset_names)):  # the same names, as many
+        unused: dict[str, list[int]] = {}
+        for k, name in enumerate(given):
+            unused.setdefault(key(name), []).append(k)
+        return [given[unused[key(name)].pop(0)] for name in dataset_names]
+    keys = set(map(key, given))
     moved = [(name, given[k]) for k, name in enumerate(dataset_names)
-             if key(given[k]) != key(name) and key(name) in position]
+             if key(given[k]) != key(name) and key(name) in keys]
     if moved:
         log.warning("config.eval.%s.class_names: the names replace the dataset's classes by "
                     "position (%s), but some are class names of the dataset at other "
