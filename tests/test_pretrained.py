@@ -85,6 +85,17 @@ def _hf_tiny(tmp):
     return {p.name: p for p in (tmp / "hf").iterdir()}
 
 
+def _assert_matches_transformers(module, variables, hf_model):
+    """`module`'s image and text embeddings equal `hf_model`'s on the same random inputs."""
+    images, tokens = random_inputs(module.config, batch=2)
+    with torch.no_grad():
+        theirs = hf_model(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+                          input_ids=torch.from_numpy(tokens).long())
+    img, txt, _ = module.apply(variables, images, tokens)
+    np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
+    np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)
+
+
 def _b32_openai(tmp):
     """OpenAI's ViT-B/32 architecture with random weights, as a .bin only (no safetensors)."""
     model = _perturbed(open_clip.create_model("ViT-B-32-quickgelu"), 3)
@@ -310,13 +321,7 @@ def test_weights_files_in_a_transformers_folder_load_with_the_config_that_fits(o
     torch.save({"epoch": 3, "state_dict": tuned.state_dict()}, folder / "epoch_3.pt")
     module, variables = clip_jax.load(folder / "epoch_3.pt")
     assert module.config == whole[0].config
-    images, tokens = random_inputs(module.config, batch=2)
-    with torch.no_grad():
-        theirs = tuned(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
-                       input_ids=torch.from_numpy(tokens).long())
-    img, txt, _ = module.apply(variables, images, tokens)
-    np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
-    np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)
+    _assert_matches_transformers(module, variables, tuned)
 
     expected = clip_jax.load(f"hf-hub:{OC_REPO}")
     blob = huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors")
@@ -466,13 +471,7 @@ def test_transformers_tensors_in_a_file_load_with_model_as_in_memory(tmp_path):
     for model in (hf.config, str(tmp_path / "hf" / "config.json")):
         module, variables = clip_jax.load(tmp_path / "alone" / "weights.safetensors",
                                           model=model)
-        images, tokens = random_inputs(module.config, batch=2)
-        with torch.no_grad():
-            theirs = hf(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
-                        input_ids=torch.from_numpy(tokens).long())
-        img, txt, _ = module.apply(variables, images, tokens)
-        np.testing.assert_allclose(img, theirs.image_embeds.numpy(), atol=TOL)
-        np.testing.assert_allclose(txt, theirs.text_embeds.numpy(), atol=TOL)
+        _assert_matches_transformers(module, variables, hf)
     for config, says in ((transformers.SiglipConfig(), "is a siglip model"),
                          (transformers.CLIPTextConfig(), "holds only the text tower")):
         with pytest.raises(ConfigError, match=f"^model= {says}"):

@@ -332,8 +332,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
 
     A `str` is always a text: one naming an existing image file is searched as text with a
     warning saying how to search by the image (`warn_image_name=False` for a caller that
-    says so in its own terms, as `clip-jax search` does with `--image`). A text or image query is embedded by
-    `encoder`, which must hold the model the index was built with (compared by
+    says so in its own terms, as `clip-jax search` does with `--image`). A text or image
+    query is embedded by `encoder`, which must hold the model the index was built with (compared by
     `model_fingerprint` when the index records one: another model's scores are meaningless).
     Raises, before anything is embedded: TypeError for anything that is not one query (a
     list of texts would be read as one image), ValueError for `k` < 1, for several embeddings

@@ -184,8 +184,9 @@ class RunPlan:
 
     `schedule` holds the fields that shape the learning-rate schedule (`SCHEDULE_FIELDS`),
     `optimizer` the rest of the update rule (`OPTIMIZER_FIELDS`), `locks` the tower locks
-    (`LOCK_FIELDS`) and `data` the data section, to compare with a checkpoint's; `profile_steps` is `config.profile_steps` parsed: (first,
-    last) 1-based step to trace with `jax.profiler`, or None.
+    (`LOCK_FIELDS`) and `data` the data section, to compare with a checkpoint's;
+    `profile_steps` is `config.profile_steps` parsed: (first, last) 1-based step to trace
+    with `jax.profiler`, or None.
     """
 
     total_steps: int
@@ -299,8 +300,9 @@ def stream_changes(saved: dict[str, Any], data: dict[str, Any], seed: int) -> st
 
 def field_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
     """'total_steps 20 -> 30, optimizer.lr 0.001 -> 0.002' for the fields of `current` (keyed
-    by dotted names: `RunPlan.schedule`, `RunPlan.optimizer`, `RunPlan.locks`) whose value differs in a
-    checkpoint's recorded training config `saved` (where it recorded one); '' if none."""
+    by dotted names: `RunPlan.schedule`, `RunPlan.optimizer`, `RunPlan.locks`) whose value
+    differs in a checkpoint's recorded training config `saved` (where it recorded one); ''
+    if none."""
     pairs = [(f, _field(saved, f), value) for f, value in current.items()]
     return ", ".join(f"{f} {old} -> {new}" for f, old, new in pairs
                      if old is not None and old != new)
