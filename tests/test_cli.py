@@ -580,15 +580,15 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
     (["zero-shot", "--labels", "LABELS_FILE"],
      "--labels file 'LABELS_FILE' repeats the label(s) ['cat', 'dog']; give each label once."),
     (["zero-shot", "--labels", "a,b", "--templates", "nope"],
-     "Unknown template set 'nope': use one of ['default', 'simple', 'synthetic_shapes'], the "
-     "path of a text file with one template (containing '{}' or '{c}') per line, or one "
-     "template with exactly one '{}'."),
+     "Unknown template set 'nope': use one of ['default', 'openai_imagenet', 'simple', "
+     "'synthetic_shapes'], the path of a text file with one template (containing '{}' or "
+     "'{c}') per line, or one template with exactly one '{}'."),
     (["eval", "--zero-shot", "cifar10", "--class-names", "cat,dog,cat"],
      "--class-names 'cat,dog,cat' repeats the label(s) ['cat']; give each label once."),
     (["eval", "--zero-shot", "cifar10", "--templates", "nope"],
-     "--templates: Unknown template set 'nope': use one of ['default', 'simple', "
-     "'synthetic_shapes'], the path of a text file with one template (containing '{}' or "
-     "'{c}') per line, or one template with exactly one '{}'."),
+     "--templates: Unknown template set 'nope': use one of ['default', 'openai_imagenet', "
+     "'simple', 'synthetic_shapes'], the path of a text file with one template (containing "
+     "'{}' or '{c}') per line, or one template with exactly one '{}'."),
     (["eval", "--zero-shot", "cifar10", "--evaluators", "zero_shot,zero_shots"],
      "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),

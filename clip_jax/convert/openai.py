@@ -291,8 +291,8 @@ _OTHER_TOWERS = {
     "visual.trunk.": "a timm image tower ('visual.trunk.*': EVA, ConvNeXt, MobileCLIP, ...)",
     "transformer.embeddings.": "a Hugging Face text tower ('text.transformer.embeddings.*')",
     "transformer.encoder.": "a Hugging Face text tower ('text.transformer.encoder.*')",
-    "text_projection.weight": "a text projection with a bias ('text_projection.weight' and "
-                              "'.bias': open_clip's text_cfg proj_bias=True)",
+    "text_projection.bias": "a text projection with a bias ('text_projection.weight' and "
+                            "'.bias': open_clip's text_cfg proj_bias=True)",
 }
 
 
@@ -366,7 +366,8 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     if config is None:
         config = infer_config(sd, activation)
     else:
-        _check_towers(sd)  # a tower or projection clip_jax lacks is named, config or not
+        if not is_hf_state_dict(sd):  # transformers' names are said below
+            _check_towers(sd)  # a tower or projection clip_jax lacks is named, config or not
         if activation is not None:
             config = config.replace(activation=activation)
     abstract = _abstract_variables(config)
