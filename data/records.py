@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -171,8 +171,11 @@ def _format_of_extension(ext: str) -> str | None:
             "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}.get(ext)
 
 
-def clean_caption(raw: bytes | str, options: CleanOptions) -> tuple[str, list[str]]:
-    """Raw caption -> (stripped text, conversions). Raises `BadRecord` if empty or undecodable.
+def clean_caption(raw: bytes | str, options: CleanOptions,
+                  missing_values: Collection[str] = ()) -> tuple[str, list[str]]:
+    """Raw caption -> (stripped text, conversions). Raises `BadRecord` if empty, undecodable,
+    or exactly one of `missing_values` (a table's cells that pandas reads as missing:
+    `tables.MISSING_VALUES`; compared before stripping, as pandas keeps " NaN").
 
     Bytes must be UTF-8 (a BOM is dropped); with `caption_fallback_encoding` set, other bytes
     are decoded with it instead of being skipped.
@@ -180,7 +183,7 @@ def clean_caption(raw: bytes | str, options: CleanOptions) -> tuple[str, list[st
     conversions = []
     if isinstance(raw, bytes):
         try:
-            text = raw.decode("utf-8-sig")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             if not options.caption_fallback_encoding:
                 raise BadRecord("caption_not_utf8",
@@ -190,6 +193,10 @@ def clean_caption(raw: bytes | str, options: CleanOptions) -> tuple[str, list[st
             conversions.append(f"caption_decoded_as_{options.caption_fallback_encoding}")
     else:
         text = raw
+    if text and text in missing_values:
+        raise BadRecord("empty_caption", f"caption {text!r}, a missing value as pandas reads "
+                        "the table")
+    text = text.removeprefix("\ufeff")
     # What the tokenizer reads, unchanged but for what it would drop too (so that the stored
     # caption tokenizes as OpenAI's tokenizer tokenizes the raw one): NULs (ftfy deletes
     # them: "a\x00b" is one word) and surrounding ASCII whitespace. Python's wider strip()

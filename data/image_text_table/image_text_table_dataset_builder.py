@@ -339,12 +339,8 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
     captions, outcomes = [], []
     for key, row in zip(keys, group):
         try:
-            cell = row.caption.decode("utf-8", "replace") if isinstance(
-                row.caption, bytes) else row.caption
-            if cell and cell in tables.MISSING_VALUES:  # exactly: pandas keeps " NaN"
-                raise records.BadRecord("empty_caption", f"caption {cell!r}, a missing value "
-                                        "as pandas reads the table")
-            caption, conversions = records.clean_caption(row.caption, clean)
+            caption, conversions = records.clean_caption(row.caption, clean,
+                                                         tables.MISSING_VALUES)
         except records.BadRecord as error:
             outcomes.append((key, error))
             continue

@@ -114,9 +114,10 @@ class Classifier:
                 "indices and zero-shot prompts need class names; give them with --class-names "
                 f"FILE_OR_LIST (config.eval.{field}.class_names) or a classnames.txt beside it.")
         dataset_names = self.source.class_names
-        try:  # WordNet ids, the dataset's or given, are prompted by OpenAI's names for them
-            self.class_names = imagenet_names.openai_names(
-                zero_shot.read_class_names(self.class_spec, dataset_names))
+        try:  # WordNet ids, the dataset's (read so already) or given, take OpenAI's names
+            self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
+            if self.class_spec:
+                self.class_names = imagenet_names.openai_names(self.class_names)
         except ConfigError as e:
             raise ConfigError(f"config.eval.{field}: {e}") from None
         if dataset_names and len(self.class_names) != len(dataset_names):
