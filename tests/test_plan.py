@@ -274,3 +274,19 @@ def test_plan_warns_as_train_starts(capsys, caplog):
     said = err + caplog.text
     assert "lock_image and config.lock_text are both set" in said
     assert "warmup_steps=50 >= config.total_steps=50" in said
+
+
+def test_plan_takes_the_architecture_from_init_from_as_train_does(tmp_path, capsys):
+    """`model.name=''` with `init_from` (what train's own error advises for fine-tuning) was
+    refused as "Unknown model ''": the plan is of init_from's architecture."""
+    import clip_jax
+
+    module, variables = clip_jax.create_model(train_step.model_config(tiny.get_config()))
+    clip_jax.save(module, variables, tmp_path / "m")
+    code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
+                     "--config.model.name=", f"--config.init_from={tmp_path / 'm'}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    # Data parallel: every chip holds all f32 parameters, counted from the saved weights.
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    assert json.loads(out.strip().splitlines()[-1])["param_bytes"] == 4 * n_params

@@ -273,11 +273,11 @@ def test_init_from_a_bare_file_takes_its_architecture_from_model_name(tmp_path):
     config = tiny.get_config()
     config.init_from = str(tmp_path / "epoch_2.pt")
     config.model.name = ""
-    guessed, _ = train._model_and_weights(config, lambda _: None)
+    guessed, _ = train.model_and_weights(config, lambda _: None)
     assert (guessed.vision.heads, guessed.text.heads) == (1, 1)  # head width 64, guessed
     for name in (str(tmp_path / "arch.json"), json.dumps(arch)):
         config.model.name = name
-        model, variables = train._model_and_weights(config, lambda _: None)
+        model, variables = train.model_and_weights(config, lambda _: None)
         assert (model.vision.heads, model.text.heads, model.activation) == (2, 2, "quick_gelu")
         expected = convert.from_state_dict(reference.state_dict(), model.replace(
             scan_layers=False))[1]
@@ -285,7 +285,7 @@ def test_init_from_a_bare_file_takes_its_architecture_from_model_name(tmp_path):
                      unstack_layers(variables) if model.scan_layers else variables, expected)
     config.model.name = "test-vit"  # another architecture: said with both fixes
     with pytest.raises(ValueError, match="does not fit config.model.name='test-vit': "):
-        train._model_and_weights(config, lambda _: None)
+        train.model_and_weights(config, lambda _: None)
 
 
 def test_init_from_with_another_activation_is_named(tmp_path):
@@ -304,7 +304,7 @@ def test_init_from_with_another_activation_is_named(tmp_path):
     other = next(a for a in ("gelu", "quick_gelu") if a != theirs)
     said = []
     config.model.activation = other
-    model, _ = train._model_and_weights(config, said.append)
+    model, _ = train.model_and_weights(config, said.append)
     assert model.activation == other
     assert [m for m in said if m.startswith("warning:")] == [
         f"warning: config.model.activation={other!r} replaces the {theirs!r} the init_from "
@@ -312,7 +312,7 @@ def test_init_from_with_another_activation_is_named(tmp_path):
         "(--config.model.activation=None keeps theirs)."]
     said.clear()
     config.model.activation = None
-    model, _ = train._model_and_weights(config, said.append)
+    model, _ = train.model_and_weights(config, said.append)
     assert model.activation == theirs and not any(m.startswith("warning:") for m in said)
 
 
@@ -381,6 +381,7 @@ def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):
     from clip_jax.pretrained import load as loading
     from clip_jax.convert import openai as convert
     from clip_jax.models.layers import unstack_layers
+    from clip_jax.training import checkpoints
     from reference import open_clip_model
 
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
@@ -398,6 +399,11 @@ def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(imported)[0],
                             jax.tree.leaves(trained)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    # Resuming reads the checkpoint, not init_from: the weights file may be gone by then.
+    os.remove(tmp_path / "weights.pt")
+    config.total_steps = 2
+    train.train(config, str(tmp_path / "run"))
+    assert checkpoints.saved_steps(str(tmp_path / "run"))[-1] == 2
 
 
 def _free_port():

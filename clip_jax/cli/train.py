@@ -323,7 +323,7 @@ def prepare(config: Any, workdir: str) -> None:
         from clip_jax.training import train
 
         train.validate_config(config, jax.device_count(), jax.process_count(),
-                              jax.devices()[0].platform)
+                              jax.devices()[0].platform, workdir)
 
 
 def quiet_absl_logging() -> None:

@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from clip_jax.models.config import CLIPConfig
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
 from clip_jax.training import train
@@ -124,8 +125,10 @@ def _oom(error: Exception) -> tuple[float, float] | None:
     return float(used) * _UNITS[unit.upper()], float(total) * _UNITS[total_unit.upper()]
 
 
-def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: bool = True) -> Plan:
+def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: bool = True,
+         base: CLIPConfig | None = None) -> Plan:
     """Compiles the config's train step for `topology` (e.g. 'v5e-256') and measures it.
+    `base`: the architecture when `model.name` is '' (`init_from`'s: `init_from_architecture`).
 
     Raises ValueError (one line) for a bad topology name or a config that cannot run there
     (mesh, batch divisibility, loss, ...), before compiling.
@@ -135,7 +138,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
                           "tpu")
     shape = sharding.mesh_shape(config.mesh, topo.devices_total)
     mesh = tpu_topology.make_mesh(topo, shape, sharding.MESH_AXES)
-    model = train_step.model_config(config)
+    model = train_step.model_config(config, base)
     s = train_step.setup(config, model, mesh)
     result = Plan(topology, topo.chip.family, topo.devices_total, topo.slices,
                   dict(zip(sharding.MESH_AXES, shape)), config.batch_size, config.microbatches,
@@ -220,9 +223,9 @@ def _apply(config, changes, shards, tensor):
 
 
 def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: float = 900.0,
-           keep: int = 5, log=print) -> list[Plan]:
+           keep: int = 5, log=print, base: CLIPConfig | None = None) -> list[Plan]:
     """Compiles `candidates` until `budget_seconds` pass or `keep` fit; fitting plans, fastest
-    roofline step first."""
+    roofline step first (`base` as `plan` takes it)."""
     topo = tpu_topology.parse(topology)
     deadline = time.time() + budget_seconds
     fitting = []
@@ -230,7 +233,7 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
         if time.time() >= deadline or len(fitting) >= keep:
             break
         try:
-            p = plan(variant, topology)
+            p = plan(variant, topology, base=base)
         except ValueError as error:
             log(f"  skipped {_describe(variant)}: {error}")
             continue
@@ -287,12 +290,21 @@ def to_json(p: Plan) -> dict[str, Any]:
             for k, v in dataclasses.asdict(p).items()}
 
 
+def init_from_architecture(config: ml_collections.ConfigDict) -> CLIPConfig | None:
+    """The architecture `clip-jax train` would take from `init_from` when `model.name` is ''
+    (its weights are read once, as train reads them); None when model.name names one."""
+    if config.model.name or not config.init_from:
+        return None
+    return train.model_and_weights(config, lambda _: None)[0]
+
+
 def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
         budget_seconds: float = 900.0) -> int:
     """The command: prints the plan (and fitting alternatives); 0 fits, 1 does not. The
     warnings `clip-jax train` starts with are logged first (stderr)."""
     train.warn_unusual(config, train.RunPlan.from_config(config))
-    result = plan(config, topology)
+    base = init_from_architecture(config)
+    result = plan(config, topology, base=base)
     if result.fits:
         print(json.dumps(to_json(result)) if as_json else format_plan(result))
         return 0
@@ -302,7 +314,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
         if budget_seconds > 0:
             print(f"Trying what the config allows (remat, fsdp, microbatches; up to "
                   f"{budget_seconds:.0f} s of compiling):")
-    alternatives = search(config, topology, budget_seconds, log=log) if budget_seconds > 0 else []
+    alternatives = (search(config, topology, budget_seconds, log=log, base=base)
+                    if budget_seconds > 0 else [])
     if as_json:
         print(json.dumps({**to_json(result), "alternatives": [to_json(a) for a in alternatives]}))
     elif alternatives:

@@ -392,6 +392,18 @@ def read_meta(path: str) -> dict[str, Any]:
     return _first_readable(path, read)
 
 
+def saved_model(workdir: str) -> tuple[int, CLIPConfig] | None:
+    """(step, model config) of the newest checkpoint in `workdir` whose metadata reads; None
+    when it has none (no workdir, no save yet, or none readable: the run starts afresh)."""
+    if not saved_steps(workdir):
+        return None
+    try:
+        meta = read_meta(workdir)
+    except (CorruptCheckpointError, MissingFileError):
+        return None
+    return meta["step"], CLIPConfig.from_dict(meta["model"])
+
+
 class _StepMetadataNotice(logging.Filter):
     """Drops orbax's "Metadata file does not exist: <step>/state/_CHECKPOINT_METADATA".
 

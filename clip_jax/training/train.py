@@ -70,9 +70,10 @@ OPTIMIZER_FIELDS = ("optimizer.weight_decay", "optimizer.b1", "optimizer.b2", "o
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
-                    process_count: int, platform: str) -> None:
+                    process_count: int, platform: str, workdir: str = "") -> None:
     """Checks the config against itself and the machine (`num_devices` devices of `platform`,
-    in `process_count` processes) before anything is built or compiled."""
+    in `process_count` processes) before anything is built or compiled. `init_from` must name
+    weights unless the run resumes in `workdir` (which holds its weights then)."""
     def fail(field: str, problem: str, fix: str) -> None:
         raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
@@ -82,7 +83,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
             loading.model_config(config.model.name)
         except ConfigError as error:
             raise ConfigError(f"config.model.name: {error}") from None
-    if config.init_from:
+    if config.init_from and not (workdir and checkpoints.saved_steps(workdir)):
         loading.check_source(config.init_from)
     parse_profile_steps(config.get("profile_steps", ""))
     mesh = sharding.mesh_shape(config.mesh, num_devices)
@@ -240,13 +241,14 @@ def _field(tree: Any, field: str) -> Any:
 
 
 def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Checkpointer,
-                     variables: dict[str, Any] | None, log: Callable[[str], None],
+                     initial: Callable[[], dict[str, Any] | None], log: Callable[[str], None],
                      ) -> tuple[train_step.TrainState, int]:
     """(state, data position): the newest restorable checkpoint's, else a fresh state (from
-    `variables`, the imported weights, when given)."""
+    `initial()`, the imported weights, when it gives any: read only then)."""
     log(f"Looking for a checkpoint in {checkpoints.checkpoint_dir(checkpointer.workdir)} ...")
     restored = checkpointer.restore_newest(setup.abstract_state, log)
     if restored is None:
+        variables = initial()
         origin = "the imported weights" if variables is not None else f"seed {plan.seed}"
         log(f"No checkpoint to resume: starting at step 0 from {origin}.")
         rng = jax.random.key(plan.seed, impl=plan.prng_impl)
@@ -383,7 +385,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     launched = time.time()
     hardware.quiet_libtpu_without_tpu()
     validate_config(config, jax.device_count(), jax.process_count(),
-                    jax.devices()[0].platform)
+                    jax.devices()[0].platform, workdir)
     plan = RunPlan.from_config(config)
     if jax.process_index() == 0:
         warn_unusual(config, plan)
@@ -405,7 +407,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         writer.log(f"Mesh {dict(mesh.shape)} over {mesh.devices.size} "
                    f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
                    f"compilation cache: {cache or 'off'}.")
-        model, variables = _model_and_weights(config, writer.log)
+        model, variables = model_and_weights(config, writer.log, workdir)
         setup = train_step.setup(config, model, mesh)
         # A workdir's checkpoints must be this config's model and optimizer: a changed
         # architecture is refused here, before anything in the workdir is touched.
@@ -424,7 +426,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             lock.enter_context(workdir_lock.hold(workdir))
         checkpointer = Checkpointer(workdir, plan.checkpoint_every_steps,
                                     config.checkpoint.keep, config.checkpoint.asynchronous)
-        state, position = _restore_or_init(plan, setup, checkpointer, variables, writer.log)
+
+        def initial() -> dict[str, Any] | None:
+            """The imported weights; read now if a resume skipped them but none of its
+            checkpoints restored (all damaged): the run starts from init_from after all."""
+            if variables is None and config.init_from:
+                return model_and_weights(config, writer.log)[1]
+            return variables
+
+        state, position = _restore_or_init(plan, setup, checkpointer, initial, writer.log)
         del variables
         start = int(jax.device_get(state.step))
         kept = write_config(config, workdir, start)
@@ -471,12 +481,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         lock.close()
 
 
-def _model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
-                       ) -> tuple[Any, dict[str, Any] | None]:
+def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
+                      workdir: str = "") -> tuple[Any, dict[str, Any] | None]:
     """(model config, imported variables or None): the preset's architecture, or
-    `config.init_from`'s weights in the layout the trained model needs."""
+    `config.init_from`'s weights in the layout the trained model needs. A run resuming in
+    `workdir` takes its weights from its checkpoint, so `init_from` is not read then (its
+    architecture is the checkpoint's): a workdir resumes offline, on another machine, or
+    after the init_from folder is gone."""
     if not config.init_from:
         return train_step.model_config(config), None
+    saved = checkpoints.saved_model(workdir) if workdir else None
+    if saved is not None:
+        log(f"Resuming: the weights come from the checkpoint at step {saved[0]}, so "
+            f"init_from {config.init_from} is not read.")
+        return train_step.model_config(config, saved[1]), None
     log(f"Loading the init_from weights {config.init_from} ...")
     if factory.own_vocabulary(config.init_from) is not None:
         raise ConfigError(f"config.init_from {config.init_from!r} has its own tokenizer "
