@@ -249,6 +249,30 @@ def test_shifted_sets_named_like_the_reference_or_a_mean_take_their_folder(tmp_p
     assert list(task.shifted) == ["greyscale", "a_reference", "b_mean", "night"]
 
 
+def test_a_config_task_names_its_split_as_the_command_line_does(tmp_path):
+    """`dataset="photos/@test"` in a config file (the command line's `SRC@split`) ended in a
+    TFDS parsing traceback once the model had loaded; it reads as dataset and split, and a
+    split given twice, differently, is one line before any data is read."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            os.makedirs(tmp_path / "photos" / split / name)
+            Image.new("RGB", (8, 8)).save(tmp_path / "photos" / split / name / "0.png")
+    photos = tmp_path / "photos"
+    config = small_config(tmp_path, evaluators="zero_shot,linear_probe")
+    config.eval.zero_shot = {"mine": evaluate.zero_shot_task(f"{photos}/@train")}
+    config.eval.linear_probe = {"mine": evaluate.linear_probe_task(
+        f"{photos}@train", test_dataset=f"{photos}@test")}
+    _, _, (zero_shot, probe) = evaluate.declare(config)
+    assert zero_shot.classifier.source.split == "train"
+    assert (probe.train.split, probe.test.split) == ("train", "test")
+    config.eval.zero_shot = {"mine": evaluate.zero_shot_task(f"{photos}@train", split="test")}
+    with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.mine: dataset=.*names split "
+                       r"'train' but split='test'; give the split once\.$"):
+        evaluate.declare(config)
+
+
 class MeanImage(evaluators.Evaluator):
     """A new evaluator, written as the registry asks: the norm of the mean image embedding."""
 

@@ -35,7 +35,7 @@ from clip_jax.evaluation import report
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, Variables, variable_shardings
 from clip_jax.evaluation.evaluators import EVALUATORS, Evaluator
-from clip_jax.evaluation.evaluators.base import Records, RunContext
+from clip_jax.evaluation.evaluators.base import Records, RunContext, split_at
 from clip_jax.evaluation.evaluators.robustness import SUBSET_DATASETS
 from clip_jax.evaluation.options import (check_evaluators, default_config, enabled_evaluators,
                                          few_shot_task, linear_probe_task, retrieval_task,
@@ -76,7 +76,8 @@ def declare(config: ml_collections.ConfigDict, evaluators: Sequence[str] | None 
 
 def _task(kind: str, name: str, task: ml_collections.ConfigDict, passes: Passes) -> Evaluator:
     try:
-        return EVALUATORS[kind](name, task, passes)
+        cls = EVALUATORS[kind]
+        return cls(name, split_at(task, cls.split_fields, f"{kind}.{name}"), passes)
     except ConfigError as error:
         if str(error).startswith("config."):
             raise

@@ -30,6 +30,8 @@ def default_config() -> ml_collections.ConfigDict:
         eval split with the evaluator's `default_task`. Add one in a config file with e.g.
         `c.eval.zero_shot.cifar10 = options.zero_shot_task("cifar10", split="test")` or
         `c.eval.zero_shot.pets = options.zero_shot_task("/data/pets")` (a labelled folder).
+        A dataset field may name its split as the command line does, "/data/pets@test"
+        (`evaluators.base.split_at`).
     """
     tasks = {kind: ml_collections.ConfigDict({"heldout": cls.make_task(**cls.default_task)})
              for kind, cls in EVALUATORS.items()}

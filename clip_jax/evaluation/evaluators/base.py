@@ -46,6 +46,26 @@ def task_config(fields: dict[str, Any], data_fields: Sequence[str],
     return ml_collections.ConfigDict({**fields, **{k: data.get(k, "") for k in data_fields}})
 
 
+def split_at(task: ml_collections.ConfigDict, split_fields: Mapping[str, str], field: str
+             ) -> ml_collections.ConfigDict:
+    """`task` with each dataset field written `SRC@split`, as the command line takes sources
+    (`photos/@test`, `cifar10@train`), read as that source and split: its split field
+    (`split_fields`) set, a copy. ConfigError naming `config.eval.<field>` when the split
+    field already names another split."""
+    task = ml_collections.ConfigDict(task.to_dict())
+    for dataset_field, split_field in split_fields.items():
+        source, at, split = str(task.get(dataset_field, "")).partition("@")
+        if not at:
+            continue
+        given = task.get(split_field, "")
+        if given and given != split:
+            raise ConfigError(f"config.eval.{field}: {dataset_field}={task[dataset_field]!r} "
+                              f"names split {split!r} but {split_field}={given!r}; give the "
+                              "split once.")
+        task[dataset_field], task[split_field] = source, split
+    return task
+
+
 def floats(spec: Any, field: str) -> list[float]:
     """'1e-4,1e-3' -> [1e-4, 1e-3]; ConfigError naming `config.eval.<field>` when empty or
     not numbers."""
@@ -231,6 +251,8 @@ class Evaluator(abc.ABC):
     kind: ClassVar[str]
     make_task: ClassVar[Callable[..., ml_collections.ConfigDict]]
     default_task: ClassVar[dict[str, Any]] = {}
+    # Dataset field -> the split field a `SRC@split` written in it sets (`split_at`).
+    split_fields: ClassVar[dict[str, str]] = {"dataset": "split"}
 
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         self.name, self.task = name, task

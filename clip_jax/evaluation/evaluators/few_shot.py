@@ -41,6 +41,7 @@ class FewShot(Evaluator):
     probes need k training images of every class. Keeps its curves in `Records.details`."""
 
     kind = "few_shot"
+    split_fields = {"dataset": "train_split", "test_dataset": "test_split"}
     make_task = staticmethod(few_shot_task)
 
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):

@@ -47,6 +47,7 @@ class LinearProbe(Evaluator):
     scikit-learn's `score` counts them, and one warning per task names such classes."""
 
     kind = "linear_probe"
+    split_fields = {"dataset": "train_split", "test_dataset": "test_split"}
     make_task = staticmethod(linear_probe_task)
 
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
