@@ -166,6 +166,15 @@ def test_eval_uses_the_workdirs_training_config(vit_workdir, tmp_path, capsys):
     assert set(record) == {"step", "zero_shot/heldout/top1", "zero_shot/heldout/top5",
                            "zero_shot/heldout/mean_per_class_recall"}
     assert f"top1 {record['zero_shot/heldout/top1']:.4f}" in out
+    # results.csv says which checkpoint and compute dtype (the run's recorded one) gave them.
+    import pandas as pd
+
+    from clip_jax.training import checkpoints
+
+    frame = pd.read_csv(tmp_path / "results.csv")
+    trained_in = checkpoints.read_meta(workdir)["config"]["model"]["dtype"]
+    assert (frame.step == 7).all() and (frame.dtype == trained_in).all()
+    assert f"(step 7), {trained_in} compute" in out
 
 
 def write_captioned_pngs(folder, count, shape, seed, captions):

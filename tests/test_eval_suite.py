@@ -140,7 +140,7 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
 
     where = evaluation.provenance["zero_shot/t"]
     assert where == {"data": f"image folder {folder}/test", "split": "test", "images": 15,
-                     "classes": 3, "templates": "default (12)"}
+                     "unreadable": 0, "classes": 3, "templates": "default (12)"}
     table = eval_report.rows(metrics, evaluation.provenance, "test-vit")
     # Each row names the data, split and image count its number comes from (trial s29): the
     # shifted training split its own, a synthetic shift the reference's, a mean all it averages.
@@ -637,6 +637,9 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     assert f"image folder {folder}/test | test | 15 | 3 | simple (1) |" in out
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(frame.evaluator) == {"zero_shot", "linear_probe"}
+    # An export computes in float32 and has no step; no image was left out.
+    assert "float32 compute" in out and (frame.dtype == "float32").all()
+    assert frame.step.isna().all() and (frame.unreadable == 0).all()
     code = cli.main(["eval", str(tmp_path / "hf"), "--zero-shot", str(tmp_path / "nowhere/x")])
     assert code == 2 and "No labelled folder or table" in capsys.readouterr().err
     # A table in a format not read (JSON lines) was "no such file or folder", though it exists.

@@ -256,6 +256,10 @@ def eval_command(args: argparse.Namespace) -> int:
         config.eval.evaluators = args.evaluators
     if args.batch_size:
         config.eval.batch_size = args.batch_size
+    if args.dtype:
+        from clip_jax.models.config import canonical_dtype
+
+        config.model.dtype = canonical_dtype(args.dtype, "--dtype")
 
     import jax
 
@@ -276,15 +280,17 @@ def eval_command(args: argparse.Namespace) -> int:
     except ConfigError as error:  # in the flags' terms where a flag made the task
         kind = MissingFileError if isinstance(error, MissingFileError) else ConfigError
         raise kind(in_flag_terms(str(error))) from None
-    step = checkpoints.read_meta(args.path)["step"] if checkpoints.is_workdir(args.path) else 0
+    step = checkpoints.read_meta(args.path)["step"] if checkpoints.is_workdir(args.path) else ""
     if args.output:
         writer = MetricWriter(args.output, 0, 0, enabled=jax.process_index() == 0,
                               progress=False)
-        writer.write(step, metrics)
+        writer.write(step or 0, metrics)
         writer.close()
-    print(evaluate.format_metrics(metrics, title=evaluate.checkpoint_title(args.path)))
+    title = f"{evaluate.checkpoint_title(args.path)}, {config.model.dtype} compute"
+    print(evaluate.format_metrics(metrics, title=title))
     if jax.process_index() == 0:
-        print("\n" + eval_cli.report(metrics, evaluation, args.path, args.output))
+        print("\n" + eval_cli.report(metrics, evaluation, args.path, args.output, step,
+                                     config.model.dtype))
     return 0
 
 
@@ -435,6 +441,7 @@ def _search_arguments(q: argparse.ArgumentParser) -> None:
 
 def _eval_arguments(e: argparse.ArgumentParser) -> None:
     from clip_jax.cli import eval_sources as eval_cli
+    from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
     e.add_argument("path", help="workdir, checkpoint file or HF directory")
     e.add_argument("--config", help="config file whose data and eval sections to use "
@@ -447,6 +454,10 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
                    help="images per batch (default: the config's)")
     e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
                    "TensorBoard, the results to DIR/results.json and results.csv, and plots")
+    e.add_argument("--dtype", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
+                   help="compute dtype (default: the config's model.dtype: a workdir's "
+                   "training one, as its periodic evaluation ran; else fp32, as clip_jax.load "
+                   "and exports compute)")
     eval_cli.add_arguments(e)
     _weights_arguments(e)
 

@@ -348,12 +348,13 @@ def table_dataset_name(path: str) -> str:
     return f"{naming.source_name(path)}_{sha.hexdigest()[:8]}"
 
 
-def report(metrics: dict[str, float], evaluation: Any, model: str,
-           output: str | None) -> str:
-    """The markdown results table of an `evaluate.Evaluation`'s run; with `output`, also results.json/.csv and the plots."""
+def report(metrics: dict[str, float], evaluation: Any, model: str, output: str | None,
+           step: int | str = "", dtype: str = "") -> str:
+    """The markdown results table of an `evaluate.Evaluation`'s run; with `output`, also
+    results.json/.csv (with the checkpoint `step` and compute `dtype`) and the plots."""
     from clip_jax.evaluation import report as eval_report
 
-    table = eval_report.rows(metrics, evaluation.provenance, model)
+    table = eval_report.rows(metrics, evaluation.provenance, model, step, dtype)
     text = eval_report.markdown(table)
     if output:
         paths = eval_report.write(output, table, evaluation.details)

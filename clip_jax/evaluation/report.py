@@ -1,9 +1,10 @@
 """Evaluation results as people read them: a markdown table, JSON + CSV files, plots.
 
 Results are in long format, one row per task and metric as CLIP_benchmark's result tables
-(`dataset`, `model`, `task`, `metric`, `value`), plus where each number comes from: the data,
-split, number of images and classes, and the prompt templates (`Evaluation.provenance`; a
-robustness task's shifted-set rows name that set, its means the sets averaged).
+(`dataset`, `model`, `task`, `metric`, `value`), plus the model's checkpoint step and compute
+dtype, and where each number comes from: the data, split, number of images (and of unreadable
+ones left out) and classes, and the prompt templates (`Evaluation.provenance`; a robustness
+task's shifted-set rows name that set, its means the sets averaged).
 `write` puts `results.json`, `results.csv` and the plots in an output directory:
 `few_shot_<task>.png` (k-shot probe accuracy with its spread over seeds and the zero-shot
 line), `robustness_<task>.png` (in-distribution vs shifted accuracy with the baseline line,
@@ -20,21 +21,24 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ("dataset", "model", "task", "metric", "value", "evaluator", "split", "images",
-           "classes", "templates")
+COLUMNS = ("dataset", "model", "step", "dtype", "task", "metric", "value", "evaluator",
+           "split", "images", "unreadable", "classes", "templates")
 
 
 def rows(metrics: Mapping[str, float], provenance: Mapping[str, Mapping[str, Any]],
-         model: str) -> list[dict[str, Any]]:
+         model: str, step: int | str = "", dtype: str = "") -> list[dict[str, Any]]:
     """One row per metric `<evaluator>/<task>/<metric...>`, with the metric's own provenance
-    where it has one (a robustness task's shifted set), else the task's."""
+    where it has one (a robustness task's shifted set), else the task's. `step`: the
+    checkpoint's training step ("" for an import, whose step is unknown); `dtype`: the
+    compute dtype the model ran in (bfloat16 moves accuracies by ~1e-2 on small sets)."""
     out = []
     for key, value in metrics.items():
         evaluator, task, metric = key.split("/", 2)
         where = provenance.get(key) or provenance.get(f"{evaluator}/{task}", {})
-        out.append({"dataset": where.get("data", task), "model": model, "task": task,
-                    "metric": metric, "value": float(value), "evaluator": evaluator,
-                    "split": where.get("split", ""), "images": where.get("images", ""),
+        out.append({"dataset": where.get("data", task), "model": model, "step": step,
+                    "dtype": dtype, "task": task, "metric": metric, "value": float(value),
+                    "evaluator": evaluator, "split": where.get("split", ""),
+                    "images": where.get("images", ""), "unreadable": where.get("unreadable", ""),
                     "classes": where.get("classes", ""), "templates": where.get("templates", "")})
     return out
 

@@ -218,6 +218,8 @@ class Records:
             "data": p.description,
             "split": (p.split or p.shown_split) + (f" +{p.shift}" if p.shift else ""),
             "images": int(len(p.embeddings.images)),
+            # Images read from the source but left out of its numbers (warned about by name).
+            "unreadable": int(p.iterable.num_examples - len(p.embeddings.images)),
             "classes": classes,
             "templates": classifier.templates_label if classifier else ""}
 
