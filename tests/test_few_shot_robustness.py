@@ -139,6 +139,25 @@ def test_a_fit_stopped_at_the_cap_is_named_in_one_warning(monkeypatch, caplog):
     assert "; l2 1e-05: 4 fits, 3 iterations" in warnings[0]
 
 
+def test_short_validation_warning_counts_the_held_out_images_per_class(caplog):
+    """A class of exactly k training images has none held out for the L2 choice (it said
+    "fewer than k held-out images (8)", the 8 being its training count)."""
+    counts = {"emu": 8, "dog": 10, "cat": 20}
+    train_y = np.repeat(np.arange(3), list(counts.values()))
+    rng = np.random.default_rng(0)
+    fit = few_shot.sample_shots(train_y, 8, rng)
+    held = np.bincount(train_y[few_shot.sample_shots(train_y, 8, rng, exclude=fit)], minlength=3)
+    with caplog.at_level("WARNING"):
+        few_shot.warn_short_validation(train_y, list(counts), 8, "few_shot/t")
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert held.tolist() == [0, 2, 8]  # what the validation draw holds per class
+    assert said.endswith(": emu (none of 8), dog (2 of 10).")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        few_shot.warn_short_validation(np.repeat(np.arange(3), 8), list(counts), 8)
+    assert caplog.records[0].getMessage().endswith("the grid's first L2 strength.")
+
+
 def test_strong_pulls_to_a_clip_scale_prior_converge_within_100_steps():
     """Zero-shot-initialised probes at the strongest pulls with a CLIP-scale prior (100 x unit
     class embeddings) on nearly collinear embeddings: the prior's logits differ by tens between

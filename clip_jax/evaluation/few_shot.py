@@ -93,11 +93,16 @@ def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: in
     `task` names the evaluation (`few_shot/<task>`), as a run may hold several."""
     counts = class_counts(train_y, len(class_names))
     if counts.min() < 2 * k:
-        log.warning("%s: these classes have fewer than 2 x %d training images, so the "
-                    "%d-shot probes choose their L2 strength on fewer than %d held-out images "
-                    "of them (each class's training images, of which %d train the probe): %s.",
-                    task, k, k, k, k,
-                    name_short_classes(counts, class_names, 2 * k))
+        short = [c for c in np.argsort(counts, kind="stable") if counts[c] < 2 * k]
+        held = [f"{class_names[c]} ({max(counts[c] - k, 0) or 'none'} of {counts[c]})"
+                for c in short[:MAX_NAMED]]
+        more = f" and {len(short) - MAX_NAMED} more" if len(short) > MAX_NAMED else ""
+        none = (" No class has one: the probes take the grid's first L2 strength."
+                if counts.max() <= k else "")
+        log.warning("%s: these classes have fewer than 2 x %d training images, so the %d-shot "
+                    "probes pick their L2 strength on fewer than %d held-out images of them "
+                    "(held out of the training images, after the %d shots): %s%s.%s",
+                    task, k, k, k, k, ", ".join(held), more, none)
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
