@@ -637,6 +637,8 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     assert f"image folder {folder}/test | test | 15 | 3 | simple (1) |" in out
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(frame.evaluator) == {"zero_shot", "linear_probe"}
+    # A probe is named after its test source, split included (it dropped the `@test`).
+    assert set(frame.query("evaluator == 'linear_probe'").task) == {f"{folder.name}_test"}
     # An export computes in float32 and has no step; no image was left out.
     assert "float32 compute" in out and (frame.dtype == "float32").all()
     assert frame.step.isna().all() and (frame.unreadable == 0).all()

@@ -648,3 +648,22 @@ def test_a_table_with_spaced_or_repeated_header_names_reads_as_pandas(folder, tm
     np.testing.assert_array_equal(got.labels, pd.Categorical(theirs["label.1"]).codes)
     assert got.class_names == sorted(set(names))
     assert "'label' -> 'label.1'" in caplog.text
+
+
+def test_an_unclosed_quote_is_named_not_called_an_empty_table(tmp_path):
+    """A labelled table whose quote never closes (pandas: "EOF inside string") was refused as
+    "is empty"; the error names the line its record starts on."""
+    import csv
+
+    path = tmp_path / "labels.csv"
+    path.write_text('filepath,label\na.png,red\nb.png,"blue\nc.png,green\n')
+    with pytest.raises(pd.errors.ParserError, match="EOF inside string"):
+        pd.read_csv(path)
+    with pytest.raises(ConfigError, match=r"line 3 .*never closed"):
+        labelled_data.read(str(path), "")
+    # A caption table's TSV is read unquoted, as its builder reads it and as pandas does with
+    # QUOTE_NONE: a caption starting with `"` is text (it was refused as "is empty").
+    captions = tmp_path / "captions.tsv"
+    captions.write_text('filepath\ttitle\na.png\t"starts with a quote\nb.png\tfine\n')
+    expected = list(pd.read_csv(captions, sep="\t", quoting=csv.QUOTE_NONE).columns)
+    assert labelled_data.table_columns(str(captions)) == expected == ["filepath", "title"]

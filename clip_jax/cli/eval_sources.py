@@ -238,7 +238,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
                 _source(test_spec, data_dir=config.data.data_dir))
             extra = (dict(shots=args.shots, seeds=args.seeds, **prompts) if flag == "few_shot"
                      else dict(class_names=args.class_names, **keys))
-            ev[flag][naming.source_name(test)] = make(train, train_split=train_split or "",
+            ev[flag][naming.source_name(test_spec)] = make(train, train_split=train_split or "",
                                              test_split=test_split, test_dataset=test, **extra)
     if args.robustness:
         dataset, split = _source(args.robustness, data_dir=config.data.data_dir)
@@ -275,7 +275,8 @@ def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) ->
     datasets += [name.strip().partition("@")[0] for name in args.shifted.split(",")]
     datasets += [args.retrieval.partition("@")[0]] if args.retrieval else []
     if all(labelled_data.source_kind(d) in ("image_folder", "wds") for d in datasets if d):
-        raise ConfigError(f"{' and '.join(given)} name a TFDS dataset's features or a table's "
+        verb = "names" if len(given) == 1 else "name"
+        raise ConfigError(f"{' and '.join(given)} {verb} a TFDS dataset's features or a table's "
                           "columns, and every source here is an image folder or webdataset "
                           f"(laid out, not named); drop {' and '.join(given)}.")
 

@@ -228,27 +228,35 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
     return found[0]
 
 
-def _read_table_file(path: str) -> tables.Table:
+def _delimiter(path: str) -> str:
+    return "\t" if path.lower().endswith(".tsv") else ","
+
+
+def _read_table_file(path: str, quoting: str = "csv") -> tables.Table:
     """A .csv / .tsv (by extension) in `clip_jax_data.tables`' pandas dialect (quoting, BOM,
-    CRLF, blank lines skipped), quoted fields on both, as pandas' `read_csv` quotes by
-    default; each record keeps its physical line, so every message names the line an editor
+    CRLF, blank lines skipped), by default quoted fields on both, as pandas' `read_csv` quotes
+    by default; each record keeps its physical line, so every message names the line an editor
     shows. Bytes that are not UTF-8 are kept as surrogate escapes (`tables.is_utf8`): only
-    the rows holding them are lost, not the table."""
+    the rows holding them are lost, not the table. Raises `tables.TableError` naming the line
+    of a quote never closed."""
     if not tf.io.gfile.exists(path):
         raise MissingFileError(f"No table at {path!r}.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     try:
-        return tables.read_table(data, delimiter="\t" if path.lower().endswith(".tsv") else ",",
-                                 quoting="csv", name=path)
+        return tables.read_table(data, delimiter=_delimiter(path), quoting=quoting, name=path)
+    except tables.TableError:
+        raise
     except ValueError as error:  # no header row
-        raise ConfigError(f"{path} is empty; give it a header row and one image path and "
-                          "label per row.") from error
+        raise ConfigError(f"{path} is empty; give it a header row, then one row per "
+                          "image.") from error
 
 
 def table_columns(path: str) -> list[str]:
-    """The header of a .csv / .tsv, as `read_table` reads it."""
-    return list(_read_table_file(path).header)
+    """The header of a .csv / .tsv of captions, in the dialect the image_text_table builder
+    reads it with (`tables.default_quoting`: a TSV unquoted, its captions may start with
+    `"`)."""
+    return list(_read_table_file(path, tables.default_quoting(_delimiter(path))).header)
 
 
 def read_table(path: str, image_column: str = "", label_column: str = "",
