@@ -30,7 +30,8 @@ def rows(metrics: Mapping[str, float], provenance: Mapping[str, Mapping[str, Any
     """One row per metric `<evaluator>/<task>/<metric...>`, with the metric's own provenance
     where it has one (a robustness task's shifted set), else the task's. `step`: the
     checkpoint's training step ("" for an import, whose step is unknown); `dtype`: the
-    compute dtype the model ran in (bfloat16 moves accuracies by ~1e-2 on small sets)."""
+    compute dtype the model ran in (a bfloat16 run scores other numbers than its float32
+    export)."""
     out = []
     for key, value in metrics.items():
         evaluator, task, metric = key.split("/", 2)
