@@ -119,11 +119,14 @@ def default_quoting(delimiter: str) -> str:
     return "none" if delimiter == "\t" else "csv"
 
 
-def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table") -> Table:
+def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table",
+               unquoted_option: str = "data.table.quoting='none'") -> Table:
     """Parses a whole table file (see the module docstring for the dialect).
 
     Raises `TableError` (with the 1-based line) for an unclosed quote or a field over
-    Python's csv field size limit, and ValueError for an empty table or a bad option.
+    Python's csv field size limit, and ValueError for an empty table or a bad option. The
+    unclosed quote's message offers `unquoted_option` (the setting that reads the table
+    without quote processing; "" where the caller has none).
     """
     check_utf8_start(data[:1024], name)
     if data.startswith(codecs.BOM_UTF8):
@@ -133,7 +136,7 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
     records: list[Record] = []
     blank = 0
     for record in _records(io.StringIO(text, newline=""), lines, delimiter=delimiter,
-                           quoting=quoting, name=name):
+                           quoting=quoting, name=name, unquoted_option=unquoted_option):
         if record is None:
             blank += 1
         else:
@@ -231,7 +234,8 @@ def column_indices(header: list[str], columns: dict[str, str], *, name: str, del
 
 
 def _records(physical: Iterable[str], seen: list[str], *, delimiter: str, quoting: str,
-             name: str) -> Iterator[Record | None]:
+             name: str, unquoted_option: str = "data.table.quoting='none'",
+             ) -> Iterator[Record | None]:
     """The records of a table's physical lines (with their terminators) in order, None for
     each blank line; `seen` collects the lines read. Raises as `read_table` does."""
     if quoting not in QUOTING:
@@ -255,12 +259,13 @@ def _records(physical: Iterable[str], seen: list[str], *, delimiter: str, quotin
         if any(_SENTINEL in field for field in fields):
             if fields == [_SENTINEL]:
                 return
+            unquoted = (f", or read the table without quote processing ({unquoted_option})"
+                        if unquoted_option else "")
             raise TableError(
                 f"{name}: the record starting at line {first} has a quoted field that is never "
                 f"closed: it runs to the end of the file (line {len(seen)}), as pandas' "
                 "'EOF inside string' error says. Close or double the quote (\"\" inside a quoted "
-                "field), or read the table without quote processing (data.table.quoting='none').",
-                first)
+                f"field){unquoted}.", first)
         if first == last and not seen[first - 1].rstrip("\r\n").strip(blank_chars):
             yield None
         else:

@@ -244,7 +244,8 @@ def _read_table_file(path: str, quoting: str = "csv") -> tables.Table:
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     try:
-        return tables.read_table(data, delimiter=_delimiter(path), quoting=quoting, name=path)
+        return tables.read_table(data, delimiter=_delimiter(path), quoting=quoting, name=path,
+                                 unquoted_option="")  # labelled tables are read one way
     except tables.TableError:
         raise
     except ValueError as error:  # no header row
