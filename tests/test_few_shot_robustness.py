@@ -258,7 +258,12 @@ def test_few_shot_warns_once_naming_every_short_class(caplog):
                           zero_shot_init=True, class_names=names)
     warnings = [r.getMessage() for r in caplog.records if r.name == few_shot.__name__]
     assert len(warnings) == 1
-    assert warnings[0].endswith(": " + ", ".join(counted(names, y, 8)) + ".")
+    # Each short class with the images left after its 4 shots, of its training images.
+    counts = np.bincount(y)
+    held = [f"{names[c]} ({counts[c] - 4 or 'none'} of {counts[c]})"
+            for c in np.argsort(counts, kind="stable") if counts[c] < 8]
+    assert held == ["fox (none of 4)", "dog (1 of 5)", "emu (3 of 7)"]
+    assert warnings[0].endswith(": " + ", ".join(held) + ".")
     assert "cat" not in warnings[0] and "fewer than 4 held-out images" in warnings[0]
 
 
