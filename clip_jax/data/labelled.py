@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data import shifts
-from clip_jax.data.options import IMAGE_COLUMNS, check_shift
+from clip_jax.data.options import IMAGE_COLUMNS, TableOptions, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
@@ -228,10 +228,6 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
     return found[0]
 
 
-def _delimiter(path: str) -> str:
-    return "\t" if path.lower().endswith(".tsv") else ","
-
-
 def _read_table_file(path: str, quoting: str = "csv") -> tables.Table:
     """A .csv / .tsv (by extension) in `clip_jax_data.tables`' pandas dialect (quoting, BOM,
     CRLF, blank lines skipped), by default quoted fields on both, as pandas' `read_csv` quotes
@@ -244,7 +240,8 @@ def _read_table_file(path: str, quoting: str = "csv") -> tables.Table:
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     try:
-        return tables.read_table(data, delimiter=_delimiter(path), quoting=quoting, name=path,
+        return tables.read_table(data, delimiter=TableOptions().dialect(path)[0],
+                                 quoting=quoting, name=path,
                                  unquoted_option="")  # labelled tables are read one way
     except tables.TableError:
         raise
@@ -255,9 +252,9 @@ def _read_table_file(path: str, quoting: str = "csv") -> tables.Table:
 
 def table_columns(path: str) -> list[str]:
     """The header of a .csv / .tsv of captions, in the dialect the image_text_table builder
-    reads it with (`tables.default_quoting`: a TSV unquoted, its captions may start with
+    reads it with (`TableOptions.dialect`: a TSV unquoted, its captions may start with
     `"`)."""
-    return list(_read_table_file(path, tables.default_quoting(_delimiter(path))).header)
+    return list(_read_table_file(path, TableOptions().dialect(path)[1]).header)
 
 
 def read_table(path: str, image_column: str = "", label_column: str = "",

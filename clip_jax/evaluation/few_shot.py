@@ -15,7 +15,7 @@ the same draws; fits that stop at `MAX_ITER` short of it are named in a warning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -60,11 +60,13 @@ def class_counts(train_y: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
 
 
-def name_short_classes(counts: np.ndarray, class_names: Sequence[str], fewer_than: int) -> str:
+def name_short_classes(counts: np.ndarray, class_names: Sequence[str], fewer_than: int,
+                       describe: Callable[[int], str] = str) -> str:
     """'emu (3), dog (5) and 2 more': the classes with fewer than `fewer_than` examples
-    (`counts`), fewest first, by name with their counts (the first `MAX_NAMED`); "" if none."""
+    (`counts`), fewest first, by name with `describe` of their count (the first
+    `MAX_NAMED`); "" if none."""
     short = [c for c in np.argsort(counts, kind="stable") if counts[c] < fewer_than]
-    named = ", ".join(f"{class_names[c]} ({counts[c]})" for c in short[:MAX_NAMED])
+    named = ", ".join(f"{class_names[c]} ({describe(counts[c])})" for c in short[:MAX_NAMED])
     return named + (f" and {len(short) - MAX_NAMED} more" if len(short) > MAX_NAMED else "")
 
 
@@ -93,16 +95,14 @@ def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: in
     `task` names the evaluation (`few_shot/<task>`), as a run may hold several."""
     counts = class_counts(train_y, len(class_names))
     if counts.min() < 2 * k:
-        short = [c for c in np.argsort(counts, kind="stable") if counts[c] < 2 * k]
-        held = [f"{class_names[c]} ({max(counts[c] - k, 0) or 'none'} of {counts[c]})"
-                for c in short[:MAX_NAMED]]
-        more = f" and {len(short) - MAX_NAMED} more" if len(short) > MAX_NAMED else ""
+        held = name_short_classes(counts, class_names, 2 * k,
+                                  lambda n: f"{max(n - k, 0) or 'none'} of {n}")
         none = (" No class has one: the probes take the grid's first L2 strength."
                 if counts.max() <= k else "")
         log.warning("%s: these classes have fewer than 2 x %d training images, so the %d-shot "
                     "probes pick their L2 strength on fewer than %d held-out images of them "
-                    "(held out of the training images, after the %d shots): %s%s.%s",
-                    task, k, k, k, k, ", ".join(held), more, none)
+                    "(held out of the training images, after the %d shots): %s.%s",
+                    task, k, k, k, k, held, none)
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
