@@ -6,6 +6,7 @@ implementation of the documented rule: ties go to the lower index.
 """
 
 import inspect
+import re
 import subprocess
 import sys
 
@@ -165,7 +166,11 @@ def test_class_embedding_is_the_renormalised_mean_of_normalised_prompts():
 
 @pytest.mark.parametrize("names, templates_given, problem", [
     ("red,green", ["a {}"], "not one string"),  # was 9 one-character classes
-    (["red", "green"], "a {} {} square", "Unknown template set"),  # was iterated per character
+    # was iterated per character; then called an "Unknown template set"
+    (["red", "green"], "a {} {} square", re.escape(
+        "Every template needs exactly one '{}' (or '{c}') for the class name; these do not: "
+        "['a {} {} square']")),
+    (["red", "green"], "a {c} or a {}", re.escape("these do not: ['a {c} or a {}']")),
     (["red", "green"], ["no slot"], "exactly one"),  # was one prompt for every class
     ([], ["a {}"], "one or more non-empty"), (["red", " "], ["a {}"], "one or more non-empty"),
     (["red", "green"], [], "is empty"),  # both were numpy reshape errors
@@ -194,8 +199,8 @@ def test_templates_and_class_names(tmp_path):
     with pytest.raises(ConfigError, match="Unknown template set 'nope'"):
         templates.get_templates("nope")
     assert templates.get_templates("a photo of a {}.") == ("a photo of a {}.",)  # one template
-    with pytest.raises(ConfigError, match="or one template with exactly one"):
-        templates.get_templates("a {} of a {}")
+    with pytest.raises(ConfigError, match=r"^Every template needs exactly one '\{\}'"):
+        templates.get_templates("a {} of a {}")  # a template (not a set name) with two slots
     with pytest.raises(ConfigError, match="exactly one"):
         templates.get_templates(["no placeholder"])
     assert zero_shot.read_class_names("", ["aquarium_fish", "cat"]) == ["aquarium fish", "cat"]

@@ -152,13 +152,17 @@ def test_batches_skip_what_pil_cannot_read(folder, model):
 def test_top_k_matches_numpy_ranking_with_ties():
     rng = np.random.default_rng(1)  # small integers: exact float32 products, many ties
     embeddings = rng.integers(-2, 3, (50, 8)).astype(np.float32)
-    embeddings[[7, 30, 41]] = embeddings[3]
+    embeddings[[3, 7, 30, 41]] = [2, -2, 2, 1, -1, 1, 1, 0]
     index = image_index.ImageIndex(embeddings, [f"{i}.png" for i in range(50)])
-    queries = np.concatenate([embeddings[3:4], rng.integers(-2, 3, (4, 8)).astype(np.float32)])
+    # queries whose norm is a power of two, so top_k's normalisation keeps every score exact
+    candidates = rng.integers(-2, 3, (400, 8))
+    norms = (candidates ** 2).sum(1)
+    queries = np.concatenate([embeddings[3:4], candidates[np.isin(norms, (4, 16))][:4]])
+    assert queries.shape == (5, 8)
     for k in (1, 4, 50, 80):
         scores, indices = index.top_k(queries, k)
         for q, srow, irow in zip(queries, scores, indices):
-            exact = embeddings @ q
+            exact = embeddings @ (q / np.sqrt((q.astype(np.float64) ** 2).sum()))
             order = np.lexsort((np.arange(50), -exact))[:k]
             np.testing.assert_array_equal(irow, order)
             np.testing.assert_array_equal(srow, exact[order])
@@ -278,11 +282,18 @@ def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
                 f"search takes one query embedding, [E] or [1, E], got shape {many.shape} "
                 "(image arrays are uint8); for several queries use index.top_k(embeddings, k)")):
             image_index.search(index, many, encoder)
-    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # the fix it names
-    for row, (srow, irow) in zip(queries, zip(*index.top_k(unit, 6))):
+    # top_k takes unnormalised rows too (open_clip's encode_text features): each row is
+    # normalised, so the scores are numpy's cosines whatever the row's scale
+    scaled = np.concatenate([queries * [[7.5], [0.01]], np.full((1, dim), 3e38)]).astype(np.float32)
+    for row, (srow, irow) in zip(scaled, zip(*index.top_k(scaled, 6))):
         paths, scores = ranking(row.astype(np.float64))
         assert [index.paths[i] for i in irow] == paths
         np.testing.assert_allclose(srow, scores, rtol=0, atol=2e-6)
+    for bad, problem in ((np.nan, "holds NaN or Inf"), (0.0, "is all zeros")):
+        rows = scaled.copy()
+        rows[1] = rows[1] * 0 + bad
+        with pytest.raises(ValueError, match=rf"^Query row 1 \(of 3\) {problem}"):
+            index.top_k(rows, 2)
     for bad in (np.nan, np.inf, -np.inf):
         query = queries[0].copy()
         query[3] = bad
@@ -361,6 +372,52 @@ def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path)
         json.dump({"fingerprint": image_index.model_fingerprint(Counting(module, variables))}, f)
     with pytest.raises(ValueError, match="another model"):
         image_index.build_index([str(folder)], other, out, progress=False)
+
+
+def test_index_records_its_image_options_reuses_only_equal_ones_and_search_reads_by_them(
+        model, tmp_path, capsys):
+    path, module, variables = model
+    rng = np.random.default_rng(7)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rgba = rng.integers(0, 256, (40, 52, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(np.arange(52) < 26, 0, 255)  # left half transparent
+    Image.fromarray(rgba, "RGBA").save(photos / "logo.png")
+    Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(photos / "p.png")
+    logo = Image.open(photos / "logo.png")
+    on_white = Image.alpha_composite(Image.new("RGBA", logo.size, "white"), logo).convert("RGB")
+    references = {"white": reference_embeddings(module, variables, [on_white])[0],
+                  "drop": reference_embeddings(module, variables, [logo.convert("RGB")])[0]}
+    assert references["white"] @ references["drop"] < 0.999  # the option matters
+    out = str(tmp_path / "logos.npz")
+
+    def index(*flags):
+        assert cli.main(["index", str(photos), "--model", path, "--output", out, *flags]) == 0
+        loaded = image_index.ImageIndex.load(out)
+        return capsys.readouterr().out, loaded, loaded.paths.index(str(photos / "logo.png"))
+
+    summary, loaded, i = index("--alpha", "white")
+    assert "(2 embedded, 0 reused)" in summary
+    assert loaded.meta["image_options"] == {"exif_transpose": True, "alpha": [255, 255, 255]}
+    np.testing.assert_allclose(loaded.embeddings[i], references["white"], atol=2e-6)
+    assert "(0 embedded, 2 reused)" in index("--alpha", "#FFFFFF")[0]  # the same colour
+    assert cli.main(["search", out, "--image", str(photos / "logo.png"), "--output", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert table["path"][0] == str(photos / "logo.png")
+    np.testing.assert_allclose(table["score"][0], 1.0, atol=1e-5)  # read on white, as indexed
+
+    summary, loaded, i = index("--alpha", "drop", "--no-exif-transpose")
+    assert "(2 embedded, 0 reused)" in summary  # other options: nothing reused
+    np.testing.assert_allclose(loaded.embeddings[i], references["drop"], atol=2e-6)
+
+    os.makedirs(out + ".partial")
+    with open(out + ".partial/model.json", "w") as f:
+        json.dump({"fingerprint": loaded.meta["fingerprint"]}, f)  # the defaults, implied
+    assert cli.main(["index", str(photos), "--model", path, "--output", out, "--alpha",
+                     "#808080", "--no-exif-transpose"]) == 2
+    assert ("holds an unfinished index read with other image options (--alpha drop "
+            "--exif-transpose, now --alpha #808080 --no-exif-transpose); rerun with those"
+            ) in capsys.readouterr().err
 
 
 def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys):

@@ -131,7 +131,8 @@ def index_command(args: argparse.Namespace) -> int:
 
     image_folder.check_inputs(args.images)  # before the model loads
     image_index.check_output(args.output)
-    encoder = Encoder(*load_model(args.model, args))
+    encoder = Encoder(*load_model(args.model, args), exif_transpose=args.exif_transpose,
+                      alpha=args.alpha)
     try:
         report = image_index.build_index(
             args.images, encoder, args.output, recursive=args.recursive,
@@ -178,7 +179,9 @@ def search_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.index!r} does not record its model; pass --model.")
     recorded = index.meta.get("model_options", {}) if args.model is None else {}
     module, variables, tokenizer = load_model_and_tokenizer(model, args, recorded)
-    encoder = Encoder(module, variables, tokenizer=tokenizer)
+    # an image query is read as the index's images were (`clip-jax index --alpha ...`)
+    encoder = Encoder(module, variables, tokenizer=tokenizer,
+                      **index.meta.get("image_options", {}))
     recorded_fingerprint = index.meta.get("fingerprint")
     if recorded_fingerprint and image_index.model_fingerprint(encoder) != recorded_fingerprint:
         where = os.path.abspath(model) if os.path.exists(model) else model
@@ -397,12 +400,7 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
                         "e.g. 'a sketch of a {}' (default: 'a photo of a {}.')")
     z.add_argument("--top", type=positive_int, default=3,
                    help="labels shown per image (default 3)")
-    z.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
-                   help="turn photos upright by their EXIF orientation (default: on)")
-    z.add_argument("--alpha", default="drop", type=alpha_mode,
-                   help="transparency: 'drop' (default: convert('RGB'), keeping the colours "
-                        "stored under transparent pixels, as transformers' pipelines do) or a "
-                        "background colour to composite onto, e.g. 'white' or '#808080'")
+    _image_arguments(z)
     z.add_argument("--recursive", action="store_true", help="also search subfolders")
     z.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv (a header row, "
@@ -412,6 +410,16 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
                    help="images decoded and embedded at once (default 64)")
     z.add_argument("images", nargs="+", help="image files and/or folders of images")
     _weights_arguments(z)
+
+
+def _image_arguments(p: argparse.ArgumentParser) -> None:
+    """How image files are read (`clip_jax.data.preprocess`'s options)."""
+    p.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
+                   help="turn photos upright by their EXIF orientation (default: on)")
+    p.add_argument("--alpha", default="drop", type=alpha_mode,
+                   help="transparency: 'drop' (default: convert('RGB'), keeping the colours "
+                        "stored under transparent pixels, as transformers' pipelines do) or a "
+                        "background colour to composite onto, e.g. 'white' or '#808080'")
 
 
 def _index_arguments(i: argparse.ArgumentParser) -> None:
@@ -424,6 +432,7 @@ def _index_arguments(i: argparse.ArgumentParser) -> None:
                    help="images per batch (default 64)")
     i.add_argument("--save-every", type=positive_int, default=4096, help="save progress every "
                    "N embedded images, so an interrupted run resumes there (default 4096)")
+    _image_arguments(i)
     _weights_arguments(i)
 
 

@@ -80,8 +80,8 @@ def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...
         elif os.path.isfile(spec):
             templates = tuple(text_lists.read_entries(spec))
             source = f" in {spec}"
-        elif _with_slot(spec) is not None:
-            templates = (spec,)
+        elif any(slot in spec for slot in PLACEHOLDERS):
+            templates = (spec,)  # one template; refused below unless it has exactly one slot
         else:
             raise ConfigError(f"Unknown template set {spec!r}: use one of "
                               f"{sorted(TEMPLATE_SETS)}, the path of a text file with one "

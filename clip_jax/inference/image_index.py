@@ -6,7 +6,7 @@ float32 embeddings [N, E], the image paths, each file's size and mtime, and a JS
 (model fingerprint, skipped files). It is resumable: finished batches are saved every
 `save_every` images to `<output>.partial/`, and a rerun (after an interruption, or on a folder
 that grew) re-embeds only files not already in the partial parts or the previous index, with the
-same model, size and mtime.
+same model, image options (`recorded_image_options`), size and mtime.
 
 Search is exact: cosine similarity against every embedding (one matrix product) and top-k with
 ties to the lower index. `benchmarks/image_search.py` compared it with faiss (exact flat index)
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
-from clip_jax.data.preprocess import ImageLike, image_list, is_array
+from clip_jax.data.preprocess import ALPHA_DROP, ImageLike, background_colour, image_list, is_array
 
 FORMAT = "clip_jax.inference.image_index/1"
 _SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)
@@ -103,13 +103,15 @@ class ImageIndex:
     def top_k(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine top-k: (scores float32 [Q, k'], indices int64 [Q, k']), k' = min(k, N).
 
-        `queries` [E] or [Q, E] are L2-normalised embeddings (`Encoder.embed_texts` /
-        `embed_images`). Rows are sorted by decreasing score, equal scores by lower index.
-        Raises ConfigError when the queries' width differs from the index's (another model),
-        ValueError for `k` < 1 (`check_k`).
+        `queries` [E] or [Q, E] are embeddings (`Encoder.embed_texts` / `embed_images`, or
+        another library's unnormalised features); each row is L2-normalised here, so scores
+        are cosine similarities. Rows are sorted by decreasing score, equal scores by lower
+        index. Raises ConfigError when the queries' width differs from the index's (another
+        model), ValueError for `k` < 1 (`check_k`) and for a query holding NaN or Inf or all
+        zeros (no direction to rank by).
         """
         check_k(k)
-        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        queries = unit_rows(queries)
         if queries.shape[1] != self.embeddings.shape[1]:
             name = self.meta.get("model")  # "" for an index built from Python without one
             raise ConfigError(f"Queries have {queries.shape[1]}-d embeddings, the index "
@@ -180,6 +182,21 @@ def model_fingerprint(encoder: Encoder) -> str:
     return digest.hexdigest()[:16]
 
 
+# What an index written before image options were recorded was read with (the defaults then).
+_DEFAULT_IMAGE_OPTIONS = {"exif_transpose": True, "alpha": ALPHA_DROP}
+
+
+def recorded_image_options(encoder: Encoder) -> dict[str, Any]:
+    """The encoder's image options as an index records them (JSON): `exif_transpose` and
+    `alpha`, "drop" or the [r, g, b] background, however it was spelled ('white', '#fff').
+    Embeddings made with other options differ (transparent areas, rotated photos), so a
+    rebuild reuses only those made with equal options, and `clip-jax search --image` reads
+    its query with them."""
+    colour = background_colour(encoder.image_options["alpha"])
+    return {"exif_transpose": bool(encoder.image_options["exif_transpose"]),
+            "alpha": list(colour) if colour else ALPHA_DROP}
+
+
 def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder: Encoder,
                 output: str | os.PathLike, *, recursive: bool = True, batch_size: int = 64,
                 save_every: int = 4096, model_name: str = "", progress: bool = True,
@@ -204,15 +221,15 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     for p in found:
         first.setdefault(os.path.realpath(p), os.path.abspath(p))
     paths = list(first.values())
-    fingerprint = model_fingerprint(encoder)
+    fingerprint, options = model_fingerprint(encoder), recorded_image_options(encoder)
     partial = output + ".partial"
-    known = _reusable(output, partial, fingerprint)
+    known = _reusable(output, partial, fingerprint, options)
     stats = {p: _stat(p) for p in paths}
     done = {p: known[p][0] for p in paths if p in known and known[p][1] == stats[p]}
     todo = [p for p in paths if p not in done]
     os.makedirs(partial, exist_ok=True)
     with open(os.path.join(partial, "model.json"), "w", encoding="utf-8") as f:
-        json.dump({"fingerprint": fingerprint, "model": model_name}, f)
+        json.dump({"fingerprint": fingerprint, "model": model_name, "image_options": options}, f)
 
     skipped: list[SkippedImage] = []
     pending_paths, pending = [], []
@@ -249,7 +266,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
         np.asarray([stats[p][0] for p in kept], np.int64),
         np.asarray([stats[p][1] for p in kept], np.int64),
         {"model": model_name, "model_options": dict(model_options or {}),
-         "fingerprint": fingerprint, "embed_dim": dim,
+         "fingerprint": fingerprint, "image_options": options, "embed_dim": dim,
          "inputs": [os.path.abspath(i) for i in images], "recursive": recursive,
          "ignored": ignored, "skipped": [dataclasses.asdict(s) for s in skipped]})
     index.save(output)
@@ -289,13 +306,16 @@ def check_output(output: str | os.PathLike) -> None:
                               "or delete it first.") from None
 
 
-def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np.ndarray, tuple]]:
+def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, Any]
+              ) -> dict[str, tuple[np.ndarray, tuple]]:
     """path -> (embedding, (size, mtime)) from a previous index and unfinished parts of this
-    model; a partial folder of another model is refused, a previous index of one is ignored."""
+    model and image options; a partial folder of others is refused, a previous index of
+    others is ignored (every image is embedded again)."""
     known = {}
     if os.path.isfile(output):  # an index (`check_output`)
         old = ImageIndex.load(output)
-        if old.meta.get("fingerprint") == fingerprint:
+        if (old.meta.get("fingerprint") == fingerprint
+                and old.meta.get("image_options", _DEFAULT_IMAGE_OPTIONS) == options):
             for p, e, s, m in zip(old.paths, old.embeddings, old.sizes, old.mtimes):
                 known[p] = (e, (int(s), int(m)))
     state = os.path.join(partial, "model.json")
@@ -306,6 +326,10 @@ def _reusable(output: str, partial: str, fingerprint: str) -> dict[str, tuple[np
             raise ConfigError(f"{partial!r} holds an unfinished index of another model "
                              f"({previous.get('model') or previous.get('fingerprint')}); delete "
                              "it or choose another --output.")
+        if (before := previous.get("image_options", _DEFAULT_IMAGE_OPTIONS)) != options:
+            raise ConfigError(f"{partial!r} holds an unfinished index read with other image "
+                              f"options ({_describe(before)}, now {_describe(options)}); rerun "
+                              "with those, or delete it or choose another --output.")
     for name in sorted(glob.glob(os.path.join(partial, "part-*.npz"))):
         try:
             with np.load(name, allow_pickle=False) as data:
@@ -344,20 +368,12 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
     """
     check_k(k)
     if isinstance(query, (np.ndarray, jax.Array)) and jnp.issubdtype(query.dtype, jnp.floating):
-        embedding = np.asarray(query, np.float64)  # float64: no overflow in the norm
+        embedding = np.asarray(query)
         if embedding.ndim != 1 and embedding.shape[:-1] != (1,):
             raise ValueError(f"search takes one query embedding, [E] or [1, E], got shape "
                              f"{embedding.shape} (image arrays are uint8); for several queries "
                              "use index.top_k(embeddings, k), which ranks each row of [Q, E].")
-        embedding = embedding.reshape(-1)
-        if not np.isfinite(embedding).all():
-            raise ValueError("The query embedding holds NaN or Inf, so it has no direction to "
-                             "search by; check the computation that produced it.")
-        norm = np.linalg.norm(embedding)
-        if norm == 0:
-            raise ValueError("The query embedding is all zeros, so it has no direction to "
-                             "search by; pass the embedding of a text or an image.")
-        return index.search((embedding / norm).astype(np.float32), k)[0]
+        return index.search(embedding.reshape(-1), k)[0]
     if not isinstance(query, (str, os.PathLike, Image.Image)) and not is_array(query):
         raise TypeError(f"search takes one query, a str (text), a pathlib.Path, a PIL image, an "
                         f"image array or an embedding, got a {type(query).__name__}; for "
@@ -384,6 +400,33 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
     else:
         embedding = encoder.embed_images(images)[0]
     return index.search(embedding, k)[0]
+
+
+def unit_rows(queries: np.ndarray) -> np.ndarray:
+    """Query embeddings [E] or [Q, E] (any float array) as L2-normalised float32 rows [Q, E].
+
+    The norm is taken in float64 (no overflow). Raises ValueError naming the query (its row
+    when there are several) that holds NaN or Inf or is all zeros: it has no direction.
+    """
+    rows = np.atleast_2d(np.asarray(queries, np.float64))
+    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    for problem, bad, fix in (
+            ("holds NaN or Inf", ~np.isfinite(rows).all(-1), "check the computation that "
+             "produced it"),
+            ("is all zeros", norms[:, 0] == 0, "pass the embedding of a text or an image")):
+        if bad.any():
+            which = ("The query embedding" if len(rows) == 1
+                     else f"Query row {int(np.argmax(bad))} (of {len(rows)})")
+            raise ValueError(f"{which} {problem}, so it has no direction to search by; {fix}.")
+    return (rows / norms).astype(np.float32)
+
+
+def _describe(options: Mapping[str, Any]) -> str:
+    """Image options as the command-line flags that give them."""
+    alpha = options["alpha"]
+    colour = alpha if isinstance(alpha, str) else "#{:02x}{:02x}{:02x}".format(*alpha)
+    exif = "--exif-transpose" if options["exif_transpose"] else "--no-exif-transpose"
+    return f"--alpha {colour} {exif}"
 
 
 def check_k(k: int) -> None:
