@@ -299,6 +299,10 @@ def test_export_open_clip_of_a_resnet(tmp_path, capsys):
     module, variables = make_workdir(tmp_path / "rn", "test-resnet")
     code, out, _ = run(capsys, "export-open-clip", str(tmp_path / "rn"), str(tmp_path / "oc"))
     assert code == 0 and "local-dir:" in out
+    # the note on open_clip's own transforms names the size open_clip's config records
+    size = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())[
+        "model_cfg"]["vision_cfg"]["image_size"]
+    assert f"CLIPImageProcessor (image size {size}, mean/std as in open_clip_config" in out
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
     images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():
