@@ -505,6 +505,30 @@ def test_a_dataset_needing_a_manual_download_says_so(tmp_path):
         sources.prepare(config)
 
 
+def test_a_dataset_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
+    """An eval task on cifar10, not built and offline: TFDS's requests retried, then a
+    194-line ConnectionError traceback. It is one line naming the dataset, the folder and
+    where to build it."""
+    import requests
+    import tensorflow_datasets as tfds
+
+    def offline(self, **kwargs):
+        raise requests.exceptions.ConnectionError(
+            "HTTPSConnectionPool(host='www.cs.toronto.edu', port=443): Max retries exceeded")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    config = data_options.default_config()
+    config.dataset, config.data_dir = "cifar10", str(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        sources.prepare(config)
+    said = str(error.value)
+    assert said.startswith(f"Cannot download cifar10/3.0.2 to build it in {tmp_path}/cifar10/"
+                           "3.0.2 (ConnectionError: HTTPSConnectionPool(host='www.cs.toronto."
+                           "edu', port=443): Max retries exceeded); build it where it can be "
+                           "downloaded (tfds build cifar10 --data_dir DIR)")
+    assert "\n" not in said
+
+
 def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model, tmp_path,
                                                                    caplog):
     """A JPEG cut off in its pixel data and an empty class folder, among a folder's images:

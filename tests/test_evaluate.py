@@ -240,9 +240,14 @@ def test_shifted_sets_named_like_the_reference_or_a_mean_take_their_folder(tmp_p
     """Folders named `reference` or `mean` as shifted sets would report `reference_top1` /
     `mean_effective_robustness`, the task's own metrics: their parent folder tells them apart.
     Declared only (no data read)."""
+    from PIL import Image
+
     config = small_config(tmp_path, evaluators="robustness")
     specs = [str(tmp_path / "a" / "reference"), str(tmp_path / "b" / "mean"),
              str(tmp_path / "c" / "night")]
+    for spec in specs:  # the sources must exist to be declared
+        os.makedirs(os.path.join(spec, "cat"))
+        Image.new("RGB", (8, 8)).save(os.path.join(spec, "cat", "0.png"))
     config.eval.robustness = {"mine": evaluate.robustness_task(
         shifted=",".join(specs), shifts="greyscale", baseline="")}
     _, _, (task,) = evaluate.declare(config)
@@ -271,6 +276,39 @@ def test_a_config_task_names_its_split_as_the_command_line_does(tmp_path):
     with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.mine: dataset=.*names split "
                        r"'train' but split='test'; give the split once\.$"):
         evaluate.declare(config)
+
+
+@pytest.mark.parametrize("kind, fields", [
+    ("zero_shot", {"dataset": "{missing}"}),
+    ("linear_probe", {"dataset": "{photos}", "test_dataset": "{missing}@test"}),
+    ("few_shot", {"dataset": "{missing}@train", "test_dataset": "{photos}"}),
+    ("robustness", {"dataset": "{photos}", "shifted": "{missing}", "baseline": ""}),
+    ("retrieval", {"dataset": "{missing}"}),
+])
+def test_a_config_task_on_a_missing_folder_or_unknown_dataset_is_one_line_when_declared(
+        tmp_path, kind, fields):
+    """A periodic-eval task on a folder that does not exist was read as a TFDS name: an
+    84-line parsing traceback after the training data had opened. Declared, it is one
+    ConfigError naming the task and the path; an unknown TFDS name gets TFDS's closest."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        os.makedirs(photos / name)
+        Image.new("RGB", (8, 8)).save(photos / name / "0.png")
+    config = small_config(tmp_path, evaluators=kind)
+    make = getattr(evaluate, f"{kind}_task")
+    for missing, said in ((str(tmp_path / "no_such_pets"), "No labelled folder or table at "
+                           f"'{tmp_path / 'no_such_pets'}': no such file or folder."),
+                          ("cifar1000", "No dataset 'cifar1000': not a file or folder, nor a "
+                           "TFDS dataset (")):
+        config.eval[kind] = {"mine": make(**{k: v.format(photos=photos, missing=missing)
+                                             for k, v in fields.items()})}
+        with pytest.raises(ConfigError) as error:
+            evaluate.declare(config)
+        assert str(error.value).startswith(f"config.eval.{kind}.mine: {said}")
+        assert "\n" not in str(error.value)
+    assert "did you mean cifar10" in str(error.value)
 
 
 class MeanImage(evaluators.Evaluator):

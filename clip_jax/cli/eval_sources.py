@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 
 from clip_jax.cli.arg_types import check_list_file, positive_int, positive_ints, read_labels
+from clip_jax.data import source_check
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, parse_shifts
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import naming
@@ -92,75 +93,18 @@ def shift_names(text: str) -> str:
     return text
 
 
-# Table formats pandas reads that clip_jax does not, and the line converting one to a CSV.
-CONVERSIONS = {
-    ".jsonl": "pandas.read_json(path, lines=True).to_csv('table.csv', index=False)",
-    ".json": "pandas.read_json(path).to_csv('table.csv', index=False) (a list of rows; "
-             "lines=True for one JSON object per line)",
-    ".parquet": "pandas.read_parquet(path).to_csv('table.csv', index=False)",
-    ".xlsx": "pandas.read_excel(path).to_csv('table.csv', index=False)",
-}
-
-
 def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple[str, str]:
     """(dataset, split) of a source spec; a TFDS name without `@split` reads
     `default_split`, a labelled folder its own default. A name that is neither a labelled
-    folder or table nor a TFDS dataset TFDS can construct (its config and version included;
-    `data_dir` holds datasets built elsewhere) is a ConfigError, before any model loads."""
+    folder or table nor a TFDS dataset TFDS can construct (`source_check.source_problem`) is
+    a ConfigError, before any model loads."""
     from clip_jax.data import labelled as labelled_data
 
     name, _, split = spec.partition("@")
-    if labelled_data.is_source(name):
-        return name, split
-    if os.path.isfile(name):
-        suffix = os.path.splitext(name)[1].lower()
-        how = CONVERSIONS.get(suffix, "")
-        raise ConfigError(
-            f"{name!r} is a file but not a table clip_jax reads: tables are .csv or .tsv (read as "
-            f"pandas reads them){f'; convert it: {how}' if how else ''}.")
-    problem = _tfds_problem(name, data_dir)
+    problem = source_check.source_problem(name, data_dir)
     if problem:
-        what = "No labelled folder or table at" if os.path.sep in name else "No dataset"
-        raise ConfigError(f"{what} {name!r}: {problem}")
-    return name, split or default_split
-
-
-def _tfds_problem(name: str, data_dir: str) -> str:
-    """'' when TFDS constructs the builder `name` (`cifar10`, `imagenet2012_subset/1pct`,
-    `cifar10:3.0.2`; nothing is downloaded or read); else why not, in one line: not a name at
-    all, an unknown dataset (with TFDS's closest names) or namespace, config or version."""
-    import tensorflow_datasets as tfds
-
-    from clip_jax.data import sources
-
-    try:
-        dataset, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
-    except ValueError:
-        return "no such file or folder."
-    try:
-        builder = tfds.builder_cls(str(dataset))
-    except tfds.core.registered.DatasetNotFoundError as error:
-        try:  # a dataset prepared in data_dir by code not registered here
-            tfds.builder(name, data_dir=data_dir or None)
-            return ""
-        except Exception:  # noqa: BLE001 - said as not found, below
-            pass
-        close = sources.close_dataset_names(str(dataset))
-        said = next((line.strip().rstrip(".") for line in str(error).splitlines()
-                     if line.strip()), "not found")
-        return (f"not a file or folder, nor a TFDS dataset ({said}"
-                + (f"; did you mean {', '.join(close)}?" if close else "") + ").")
-    config, configs = kwargs.get("config"), list(builder.builder_configs)
-    if config and config not in configs:
-        return (f"TFDS dataset {dataset} has no config {config!r} ("
-                + (f"its configs: {', '.join(configs[:8])}{', ...' if len(configs) > 8 else ''}"
-                   if configs else "it has none") + ").")
-    try:
-        tfds.builder(name, data_dir=data_dir or None)
-    except (ValueError, AssertionError) as error:
-        said = " ".join(str(error).split()).split('": ', 1)[-1]  # past TFDS's kwargs dump
-        return f"TFDS cannot construct it ({said[:200]})."
-    return ""
+        raise ConfigError(problem)
+    return name, split if labelled_data.is_source(name) else split or default_split
 
 
 def has_sources(args: argparse.Namespace) -> bool:

@@ -136,9 +136,26 @@ def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
     except PermissionError as error:  # EACCES / EPERM: a folder this user cannot write
         raise _unwritable(builder, error) from None
     except OSError as error:
+        if _download_failed(error):
+            said = " ".join(str(error).split())
+            raise ConfigError(
+                f"Cannot download {builder.info.full_name} to build it in {builder.data_dir} "
+                f"({type(error).__name__}: {said[:160]}); build it where it can be downloaded "
+                f"(tfds build {builder.name} --data_dir DIR) and point data.data_dir (or "
+                "TFDS_DATA_DIR) at that folder, or read other data.") from None
         if error.errno != errno.EROFS:
             raise
         raise _unwritable(builder, error) from None
+
+
+def _download_failed(error: OSError) -> bool:
+    """A failed download of a dataset's files (no network, host unreachable, HTTP error):
+    TFDS downloads with `requests` (its errors are OSErrors) or urllib."""
+    import urllib.error
+
+    import requests
+
+    return isinstance(error, (requests.exceptions.RequestException, urllib.error.URLError))
 
 
 def _unwritable(builder: tfds.core.DatasetBuilder, error: OSError) -> ConfigError:

@@ -27,6 +27,7 @@ import numpy as np
 
 from clip_jax.training import checkpoints
 from clip_jax.data import options as data_options
+from clip_jax.data.source_check import source_problem
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.pretrained import factory
 from clip_jax.runtime import sharding
@@ -75,13 +76,25 @@ def declare(config: ml_collections.ConfigDict, evaluators: Sequence[str] | None 
 
 
 def _task(kind: str, name: str, task: ml_collections.ConfigDict, passes: Passes) -> Evaluator:
+    before = len(passes.passes)
     try:
         cls = EVALUATORS[kind]
-        return cls(name, split_at(task, cls.split_fields, f"{kind}.{name}"), passes)
+        evaluator = cls(name, split_at(task, cls.split_fields, f"{kind}.{name}"), passes)
+        _check_sources(passes.passes[before:], data_options.resolve_config(passes.data))
+        return evaluator
     except ConfigError as error:
         if str(error).startswith("config."):
             raise
         raise ConfigError(f"config.eval.{kind}.{name}: {error}") from None
+
+
+def _check_sources(new: Sequence[Any], training: ml_collections.ConfigDict) -> None:
+    """ConfigError for a pass on a source that is neither a labelled folder or table nor a
+    TFDS dataset (a missing folder was read as a dataset name, deep in TFDS, after the
+    training data had opened). The training data itself is checked by the run."""
+    for dataset, data_dir in sorted({(p.data.dataset, p.data.data_dir) for p in new}):
+        if dataset != training.dataset and (problem := source_problem(dataset, data_dir)):
+            raise ConfigError(problem)
 
 
 class Evaluation:

@@ -386,6 +386,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     hardware.quiet_libtpu_without_tpu()
     validate_config(config, jax.device_count(), jax.process_count(),
                     jax.devices()[0].platform, workdir)
+    if jax.process_index() == 0:  # a live run in the workdir: said now, not after the data
+        workdir_lock.check_free(workdir)
     plan = RunPlan.from_config(config)
     if jax.process_index() == 0:
         warn_unusual(config, plan)

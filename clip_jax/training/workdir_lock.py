@@ -38,20 +38,42 @@ def hold(workdir: str) -> Iterator[None]:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
     with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                yield  # a file system without locks: run unlocked, as on gs://
-                return
-            raise ConfigError(f"--workdir {workdir} is in use by another run ({_holder(f)}); "
-                              "wait for it to end, or give another --workdir.") from None
+        if not _lock(f, workdir):
+            yield  # a file system without locks: run unlocked, as on gs://
+            return
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
         f.flush()
         yield
+
+
+def check_free(workdir: str) -> None:
+    """Raises `hold`'s ConfigError now when another run holds the workdir's lock, writing
+    nothing (a run takes the lock at its first write, after its data source has opened, which
+    can take minutes of dataset building). The lock is tried and let go at once."""
+    path = os.path.join(workdir, LOCK_FILE)
+    if "://" in workdir or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            _lock(f, workdir)
+    except OSError:  # unreadable: `hold` reports it when the run takes the lock
+        return
+
+
+def _lock(f, workdir: str) -> bool:
+    """Takes the exclusive lock on the open lock file `f`: True when taken, False where the
+    file system has no locks; ConfigError naming the holder when another run has it."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise ConfigError(f"--workdir {workdir} is in use by another run ({_holder(f)}); "
+                          "wait for it to end, or give another --workdir.") from None
+    return True
 
 
 def _holder(f) -> str:

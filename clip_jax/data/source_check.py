@@ -1,0 +1,79 @@
+"""Is an evaluation source readable: a labelled folder or table, or a TFDS dataset TFDS can
+construct? Asked of `clip-jax eval`'s source flags and of a config's eval tasks before any
+model loads or data is read, so a typo or a missing folder is one line, not a traceback from
+TFDS parsing the path as a dataset name.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Table formats pandas reads that clip_jax does not, and the line converting one to a CSV.
+CONVERSIONS = {
+    ".jsonl": "pandas.read_json(path, lines=True).to_csv('table.csv', index=False)",
+    ".json": "pandas.read_json(path).to_csv('table.csv', index=False) (a list of rows; "
+             "lines=True for one JSON object per line)",
+    ".parquet": "pandas.read_parquet(path).to_csv('table.csv', index=False)",
+    ".xlsx": "pandas.read_excel(path).to_csv('table.csv', index=False)",
+}
+
+
+def source_problem(name: str, data_dir: str = "") -> str:
+    """'' when `name` (no `@split`) is a labelled folder or table (`clip_jax.data.labelled`)
+    or a TFDS dataset TFDS constructs (`cifar10`, `imagenet2012_subset/1pct`, `cifar10:3.0.2`;
+    `data_dir` holds datasets built elsewhere; nothing is downloaded or read); else why not,
+    one sentence: a file that is no table (with its conversion), no such path, an unknown
+    dataset (with TFDS's closest names), config or version."""
+    from clip_jax.data import labelled
+
+    if labelled.is_source(name):
+        return ""
+    if os.path.isfile(name):
+        how = CONVERSIONS.get(os.path.splitext(name)[1].lower(), "")
+        return (f"{name!r} is a file but not a table clip_jax reads: tables are .csv or .tsv "
+                f"(read as pandas reads them){f'; convert it: {how}' if how else ''}.")
+    problem = _tfds_problem(name, data_dir)
+    if not problem:
+        return ""
+    what = "No labelled folder or table at" if os.path.sep in name else "No dataset"
+    return f"{what} {name!r}: {problem}"
+
+
+def _tfds_problem(name: str, data_dir: str) -> str:
+    """'' when TFDS constructs the builder `name`; else why not, in one line: not a name at
+    all, an unknown dataset (with TFDS's closest names) or namespace, config or version."""
+    import tensorflow_datasets as tfds
+
+    from clip_jax.data import sources
+
+    try:
+        dataset, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
+    except ValueError:
+        return "no such file or folder."
+    if str(dataset) in sources.BUILDERS:  # ours: built from the data config's options
+        return ""
+    try:
+        builder = tfds.builder_cls(str(dataset))
+    except tfds.core.registered.DatasetNotFoundError as error:
+        try:  # a dataset prepared in data_dir by code not registered here
+            tfds.builder(name, data_dir=data_dir or None)
+            return ""
+        except Exception:  # noqa: BLE001 - said as not found, below
+            pass
+        close = sources.close_dataset_names(str(dataset))
+        said = next((line.strip().rstrip(".") for line in str(error).splitlines()
+                     if line.strip()), "not found")
+        return (f"not a file or folder, nor a TFDS dataset ({said}"
+                + (f"; did you mean {', '.join(close)}?" if close else "") + ").")
+    config, configs = kwargs.get("config"), list(builder.builder_configs)
+    if config and config not in configs:
+        return (f"TFDS dataset {dataset} has no config {config!r} ("
+                + (f"its configs: {', '.join(configs[:8])}{', ...' if len(configs) > 8 else ''}"
+                   if configs else "it has none") + ").")
+    try:
+        tfds.builder(name, data_dir=data_dir or None)
+    except (ValueError, AssertionError) as error:
+        said = " ".join(str(error).split()).split('": ', 1)[-1]  # past TFDS's kwargs dump
+        return f"TFDS cannot construct it ({said[:200]})."
+    return ""
+
