@@ -22,6 +22,7 @@ from clip_jax.errors import ConfigError
 from clip_jax.training import train
 from clip_jax.training import train_step
 from clip_jax.configs import tiny
+from clip_jax.models.presets import get_preset
 
 from training_runs import ROOT, finish, logged, records, run_env, start_run
 
@@ -185,6 +186,12 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
     assert code == 0, out
     assert "is finished (checkpoint at step 12, total_steps=12)" in out
     assert "Compiling" not in out and "compiled" not in out and "0/12" not in out
+    # another model on the finished run: said, not "raise total_steps" (which then failed)
+    code, out = finish(start_run(workdir, tfds_dir, "--config.model.name=demo-vit"))
+    ours, theirs = (get_preset(n) for n in ("demo-vit", "test-vit"))
+    assert code == 2 and ours.embed_dim != theirs.embed_dim, out
+    assert (f"is finished (checkpoint at step 12) and trained another model than this "
+            f"config's (embed_dim {ours.embed_dim} vs {theirs.embed_dim}, ") in out, out
 
     data = max((p for p in (workdir / "checkpoints" / "12" / "state").rglob("*") if p.is_file()),
                key=lambda p: p.stat().st_size)

@@ -191,6 +191,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
              "'' (tab for .tsv, else comma) or one character"),
             (c.table.quoting in TABLE_QUOTING, "data.table.quoting",
              f"one of {TABLE_QUOTING} (auto: none for tab-separated, csv otherwise)"),
+            (c.table.num_threads >= 1, "data.table.num_threads",
+             "1 or more threads reading the images (default 16)"),
         ]
     if c.dataset == "webdataset_shards":
         checks += [
@@ -203,10 +205,16 @@ def _check(c: ml_collections.ConfigDict) -> None:
              "data.webdataset.caption_extension",
              "'txt', the caption's own member (img2dataset writes it there too; a .json is "
              "the sample's metadata, whose whole text would be trained on as the caption)"),
+            (c.webdataset.num_threads >= 1, "data.webdataset.num_threads",
+             "1 or more threads reading the shards (default 16)"),
         ]
     for ok, field, fix in checks:
         if not ok:
             raise ConfigError(f"Invalid {field}={_get(c, field)!r}; use {fix}.")
+    if c.data_dir and "://" not in c.data_dir and os.path.isfile(c.data_dir):
+        raise ConfigError(f"Invalid data.data_dir={c.data_dir!r}: it is a file; use the folder "
+                          "datasets are built in and read from ('' for TFDS's default, "
+                          "~/tensorflow_datasets, or TFDS_DATA_DIR).")
 
 
 def _is_codec(name: str) -> bool:

@@ -347,16 +347,22 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, step: int = 0)
     return kept
 
 
+def architecture_diff(ours: Any, theirs: Any) -> list[str]:
+    """'field ours vs theirs' for each architecture field (embed_dim, the towers' shapes)
+    in which two model configs differ; compute settings (dtype, remat, attention) are not
+    architecture."""
+    fields = lambda c: {"embed_dim": c.embed_dim, **{  # noqa: E731
+        f"{tower}.{k}": v for tower in ("vision", "text")
+        for k, v in vars(getattr(c, tower)).items()}}
+    a, b = fields(ours), fields(theirs)
+    return [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)]
+
+
 def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None:
     """`model.name` and `init_from` must not name two architectures: refuse a conflict."""
     if not config.model.name:
         return
-    preset = loading.model_config(config.model.name)
-    fields = lambda c: {"embed_dim": c.embed_dim, **{  # noqa: E731
-        f"{tower}.{k}": v for tower in ("vision", "text")
-        for k, v in vars(getattr(c, tower)).items()}}
-    ours, theirs = fields(preset), fields(base)
-    diff = [f"{k} {ours[k]} vs {theirs[k]}" for k in ours if ours[k] != theirs.get(k)]
+    diff = architecture_diff(loading.model_config(config.model.name), base)
     if diff:
         raise ConfigError(
             f"config.model.name={config.model.name!r} and config.init_from's weights are "
@@ -393,6 +399,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         warn_unusual(config, plan)
     finished = _finished_step(plan, workdir)
     if finished is not None:
+        saved = checkpoints.saved_model(workdir)
+        if saved and not config.init_from and (
+                diff := architecture_diff(train_step.model_config(config), saved[1])):
+            raise ConfigError(
+                f"The run in {workdir} is finished (checkpoint at step {finished}) and trained "
+                f"another model than this config's ({', '.join(diff[:3])}: this config's vs "
+                "the run's); give another --workdir to train this one.")
         if jax.process_index() == 0:
             print(f"The run in {workdir} is finished (checkpoint at step {finished}, "
                   f"total_steps={plan.total_steps}); nothing to do. Raise config.total_steps "
