@@ -420,6 +420,21 @@ def test_index_records_its_image_options_reuses_only_equal_ones_and_search_reads
             ) in capsys.readouterr().err
 
 
+def test_progress_into_a_log_file_is_one_line_per_save(folder, model, tmp_path, capsys):
+    """stderr not a terminal (a job's log): tqdm's redraws filled it with carriage-return
+    lines; each save is now one plain line with the count so far, the rate and what is left."""
+    _, module, variables = model
+    paths, _ = image_folder.find_images([str(folder)], recursive=True)
+    image_index.build_index([str(folder)], Encoder(module, variables), tmp_path / "p.npz",
+                            batch_size=2, save_every=2)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    counts = [(int(m[1]), int(m[2])) for m in re.finditer(
+        r"^index: (\d+)/(\d+) images \([\d.]+ img/s(, [\d.]+ min to go)?\), saved$", err, re.M)]
+    assert len(counts) >= 3 and counts[-1] == (len(paths), len(paths))
+    assert [c for c, _ in counts] == sorted({c for c, _ in counts})  # growing, one per save
+
+
 def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys):
     path, module, variables = model
     out = str(tmp_path / "cli.npz")

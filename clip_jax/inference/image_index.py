@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -234,8 +235,11 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     skipped: list[SkippedImage] = []
     pending_paths, pending = [], []
     part = len(glob.glob(os.path.join(partial, "part-*.npz")))
-    bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, file=sys.stderr,
-               dynamic_ncols=True, desc="index")
+    # A terminal gets a bar; a log file one line per save (each redraw would be a line there).
+    lines = progress and bool(todo) and not sys.stderr.isatty()
+    bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo or lines,
+               file=sys.stderr, dynamic_ncols=True, desc="index")
+    started, read = time.monotonic(), 0
 
     def flush() -> None:
         nonlocal part, pending_paths, pending
@@ -246,6 +250,9 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
             part += 1
             for p, e in zip(pending_paths, np.concatenate(pending)):
                 done[p] = e
+            if lines:
+                print(_progress_line(read, len(todo), time.monotonic() - started),
+                      file=sys.stderr, flush=True)
         pending_paths, pending = [], []
 
     for batch in iter_batches(todo, encoder.module.config, batch_size, **encoder.image_options):
@@ -254,6 +261,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
             pending.append(encoder.embed_pixels(batch.images))
             pending_paths += batch.paths
         bar.update(len(batch.paths) + len(batch.skipped))
+        read += len(batch.paths) + len(batch.skipped)
         if len(pending_paths) >= save_every:
             flush()
     flush()
@@ -273,6 +281,13 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     shutil.rmtree(partial)
     return BuildReport(index, len(kept) - (len(paths) - len(todo)), len(paths) - len(todo),
                        skipped, ignored, len(found) - len(paths))
+
+
+def _progress_line(read: int, total: int, seconds: float) -> str:
+    """'index: 4096/10000 images (41.0 img/s, 2.4 min to go), saved': a log file's progress."""
+    rate = read / seconds if seconds > 0 else 0.0
+    left = f", {(total - read) / rate / 60:.1f} min to go" if rate and read < total else ""
+    return f"index: {read}/{total} images ({rate:.1f} img/s{left}), saved"
 
 
 def check_output(output: str | os.PathLike) -> None:
