@@ -63,6 +63,24 @@ def test_other_resolution_and_statistics():
                                rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("size, shape", [
+    (32, (2400, 2600)),  # a 75x downscale: 301-tap filters, summed in float64
+    (64, (2000, 2600)),  # 31x: 125 taps, float32 (every partial sum below 2**24)
+    (224, (1500, 4000)),  # a wide photo: both passes as matmuls
+    (224, (600, 1000)),  # the horizontal pass a matmul, the vertical a tap loop
+])
+def test_large_downscales_match_clip_image_processor_exactly(size, shape):
+    """Large passes run as float matmuls of split int16 weights (`_tap_matmul`, 4x faster on
+    a 12-MP photo than a loop over taps): still exactly torch's integer arithmetic, which
+    `CLIPImageProcessor` runs, as long and wide as the filter gets (a 32-px model indexing
+    photos)."""
+    config = get_preset("test-vit").replace(vision={"image_size": size, "patch_size": 8})
+    arrays = [photo(*shape, 3)]
+    np.testing.assert_allclose(preprocess(arrays, config),
+                               reference(config, [Image.fromarray(a) for a in arrays]),
+                               rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("resize", [256, 225, 300])
 def test_resize_then_crop_matches_clip_image_processor(images, resize):
     """A processor resizing the shortest side beyond the crop (256 then 224, ImageNet-style)
