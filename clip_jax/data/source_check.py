@@ -76,4 +76,3 @@ def _tfds_problem(name: str, data_dir: str) -> str:
         said = " ".join(str(error).split()).split('": ', 1)[-1]  # past TFDS's kwargs dump
         return f"TFDS cannot construct it ({said[:200]})."
     return ""
-
