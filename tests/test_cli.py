@@ -747,7 +747,9 @@ def test_train_data_mistakes_are_reported_before_tensorflow_loads(tmp_path):
               "--config.data.webdataset.num_threads=0"],
              "Invalid data.webdataset.num_threads=0; use 1 or more threads"),
             ([f"--config.data.data_dir={tmp_path / 't.tsv'}"],
-             f"Invalid data.data_dir='{tmp_path / 't.tsv'}': it is a file; use the folder")):
+             f"Invalid data.data_dir='{tmp_path / 't.tsv'}': it is a file; use the folder"),
+            ([f"--config.data.data_dir={tmp_path / 't.tsv' / 'sub'}"],
+             f"'{tmp_path / 't.tsv'}' above it is a file; use the folder")):
         argv = ["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), *overrides]
         result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
                                 text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)

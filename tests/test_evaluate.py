@@ -300,6 +300,8 @@ def test_a_config_task_on_a_missing_folder_or_unknown_dataset_is_one_line_when_d
     make = getattr(evaluate, f"{kind}_task")
     for missing, said in ((str(tmp_path / "no_such_pets"), "No labelled folder or table at "
                            f"'{tmp_path / 'no_such_pets'}': no such file or folder."),
+                          (str(tmp_path / "pets.tsv"), f"No table at '{tmp_path / 'pets.tsv'}': "
+                           "no such file."),
                           ("cifar1000", "No dataset 'cifar1000': not a file or folder, nor a "
                            "TFDS dataset (")):
         config.eval[kind] = {"mine": make(**{k: v.format(photos=photos, missing=missing)

@@ -289,6 +289,16 @@ def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
         paths, scores = ranking(row.astype(np.float64))
         assert [index.paths[i] for i in irow] == paths
         np.testing.assert_allclose(srow, scores, rtol=0, atol=2e-6)
+    # float64 rows far beyond float32's range are directions too (were all-zero scores, or
+    # refused as "all zeros")
+    for scale in (1e-200, 1e200):
+        (srow,), (irow,) = index.top_k(queries[:1].astype(np.float64) * scale, 6)
+        paths, scores = ranking(queries[0].astype(np.float64))
+        assert [index.paths[i] for i in irow] == paths
+        np.testing.assert_allclose(srow, scores, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match=r"^Query embeddings are \[E\] or \[Q, E\], got shape "
+                                         r"\(1, 2, \d+\)"):
+        index.top_k(queries[None], 2)
     for bad, problem in ((np.nan, "holds NaN or Inf"), (0.0, "is all zeros")):
         rows = scaled.copy()
         rows[1] = rows[1] * 0 + bad

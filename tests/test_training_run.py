@@ -192,6 +192,13 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
     assert code == 2 and ours.embed_dim != theirs.embed_dim, out
     assert (f"is finished (checkpoint at step 12) and trained another model than this "
             f"config's (embed_dim {ours.embed_dim} vs {theirs.embed_dim}, ") in out, out
+    # an activation (the arrays fit): finished, or resumed with more steps, it is refused
+    other = next(a for a in ("quick_gelu", "gelu") if a != theirs.activation)
+    for more in ([], ["--config.total_steps=16"]):
+        code, out = finish(start_run(workdir, tfds_dir, f"--config.model.activation={other}",
+                                     *more))
+        assert code == 2 and f"(activation {other} vs {theirs.activation}: this config's" in out
+        assert "Compiling" not in out, out
 
     data = max((p for p in (workdir / "checkpoints" / "12" / "state").rglob("*") if p.is_file()),
                key=lambda p: p.stat().st_size)

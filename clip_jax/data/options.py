@@ -211,10 +211,22 @@ def _check(c: ml_collections.ConfigDict) -> None:
     for ok, field, fix in checks:
         if not ok:
             raise ConfigError(f"Invalid {field}={_get(c, field)!r}; use {fix}.")
-    if c.data_dir and "://" not in c.data_dir and os.path.isfile(c.data_dir):
-        raise ConfigError(f"Invalid data.data_dir={c.data_dir!r}: it is a file; use the folder "
+    if c.data_dir and "://" not in c.data_dir and (blocker := _not_a_folder(c.data_dir)):
+        raise ConfigError(f"Invalid data.data_dir={c.data_dir!r}: {blocker}; use the folder "
                           "datasets are built in and read from ('' for TFDS's default, "
                           "~/tensorflow_datasets, or TFDS_DATA_DIR).")
+
+
+def _not_a_folder(path: str) -> str:
+    """Why `path` can be neither a folder nor created as one ('' when it can): it, or the
+    nearest existing path above it, is not a directory."""
+    probe = os.path.abspath(os.path.expanduser(path))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if os.path.isdir(probe):
+        return ""
+    return "it is a file" if probe == os.path.abspath(os.path.expanduser(path)) else (
+        f"{probe!r} above it is a file")
 
 
 def _is_codec(name: str) -> bool:

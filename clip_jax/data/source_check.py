@@ -26,6 +26,8 @@ def source_problem(name: str, data_dir: str = "") -> str:
     dataset (with TFDS's closest names), config or version."""
     from clip_jax.data import labelled
 
+    if labelled.source_kind(name) == "table" and "://" not in name and not os.path.isfile(name):
+        return f"No table at {name!r}: no such file."
     if labelled.is_source(name):
         return ""
     if os.path.isfile(name):

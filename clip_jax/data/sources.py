@@ -140,7 +140,7 @@ def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
             said = " ".join(str(error).split())
             raise ConfigError(
                 f"Cannot download {builder.info.full_name} to build it in {builder.data_dir} "
-                f"({type(error).__name__}: {said[:160]}); build it where it can be downloaded "
+                f"({type(error).__name__}: {said[:400]}); build it where it can be downloaded "
                 f"(tfds build {builder.name} --data_dir DIR) and point data.data_dir (or "
                 "TFDS_DATA_DIR) at that folder, or read other data.") from None
         if error.errno != errno.EROFS:

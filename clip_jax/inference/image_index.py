@@ -420,20 +420,24 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
 def unit_rows(queries: np.ndarray) -> np.ndarray:
     """Query embeddings [E] or [Q, E] (any float array) as L2-normalised float32 rows [Q, E].
 
-    The norm is taken in float64 (no overflow). Raises ValueError naming the query (its row
-    when there are several) that holds NaN or Inf or is all zeros: it has no direction.
+    Computed in float64, each row scaled by its largest entry first (1e-200 and 1e200 alike
+    are directions). Raises ValueError for another shape, and naming the query (its row when
+    there are several) that holds NaN or Inf or is all zeros: it has no direction.
     """
     rows = np.atleast_2d(np.asarray(queries, np.float64))
-    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    if rows.ndim != 2:
+        raise ValueError(f"Query embeddings are [E] or [Q, E], got shape {rows.shape}.")
+    finite = np.isfinite(rows).all(-1)
+    largest = np.abs(np.where(finite[:, None], rows, 0.0)).max(-1)
     for problem, bad, fix in (
-            ("holds NaN or Inf", ~np.isfinite(rows).all(-1), "check the computation that "
-             "produced it"),
-            ("is all zeros", norms[:, 0] == 0, "pass the embedding of a text or an image")):
+            ("holds NaN or Inf", ~finite, "check the computation that produced it"),
+            ("is all zeros", largest == 0, "pass the embedding of a text or an image")):
         if bad.any():
             which = ("The query embedding" if len(rows) == 1
                      else f"Query row {int(np.argmax(bad))} (of {len(rows)})")
             raise ValueError(f"{which} {problem}, so it has no direction to search by; {fix}.")
-    return (rows / norms).astype(np.float32)
+    rows = rows / largest[:, None]  # largest entry 1: the norm neither overflows nor underflows
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _describe(options: Mapping[str, Any]) -> str:

@@ -351,11 +351,22 @@ def architecture_diff(ours: Any, theirs: Any) -> list[str]:
     """'field ours vs theirs' for each architecture field (embed_dim, the towers' shapes)
     in which two model configs differ; compute settings (dtype, remat, attention) are not
     architecture."""
-    fields = lambda c: {"embed_dim": c.embed_dim, **{  # noqa: E731
+    fields = lambda c: {"embed_dim": c.embed_dim, "activation": c.activation, **{  # noqa: E731
         f"{tower}.{k}": v for tower in ("vision", "text")
         for k, v in vars(getattr(c, tower)).items()}}
     a, b = fields(ours), fields(theirs)
     return [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)]
+
+
+def _check_same_architecture(workdir: str, model: Any) -> None:
+    """A resume whose arrays fit (`check_resumable`) can still change what they compute (the
+    activation, the head count): refused, naming the fields, rather than training on."""
+    saved = checkpoints.saved_model(workdir)
+    if saved and (diff := architecture_diff(model, saved[1])):
+        raise ConfigError(
+            f"The checkpoint at step {saved[0]} in {workdir} is of another model than this "
+            f"config's ({', '.join(diff[:3])}: this config's vs the checkpoint's), though its "
+            "arrays fit; set those fields as the run had them, or give another --workdir.")
 
 
 def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None:
@@ -428,6 +439,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # architecture is refused here, before anything in the workdir is touched.
         checkpoints.check_resumable(workdir, setup.abstract_state, checkpoints.layout_settings(
             config.to_dict(), model.to_dict()))
+        _check_same_architecture(workdir, model)
         # The data source is opened (built if missing) before the workdir is written to and
         # long before compiling: a missing table, column, image or split fails in seconds.
         writer.log("Opening the data source (building it if missing) ...")
