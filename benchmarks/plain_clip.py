@@ -4,6 +4,8 @@
 `optax.adamw`, the same architecture and FLOPs as clip_jax's presets (QuickGELU, pre-LN,
 causal text tower pooled at the end-of-text token, OpenAI's ModifiedResNet with attention
 pooling). Nothing is tuned: it is the yardstick `benchmarks/train_step.py` holds clip_jax to.
+`dtype` is every layer's compute dtype (linen's own `dtype` argument; parameters stay fp32),
+and the towers' outputs are cast to fp32 before the normalisation and the loss.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ def quick_gelu(x):
 class Block(nn.Module):
     heads: int
     causal: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         mask = nn.make_causal_mask(x[..., 0]) if self.causal else None
-        h = nn.LayerNorm(epsilon=1e-5)(x)
-        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(h, h, mask=mask)
-        h = nn.LayerNorm(epsilon=1e-5)(x)
-        h = nn.Dense(x.shape[-1])(quick_gelu(nn.Dense(4 * x.shape[-1])(h)))
+        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype)(
+            h, h, mask=mask)
+        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
+        dense = lambda n: nn.Dense(n, dtype=self.dtype)  # noqa: E731
+        h = dense(x.shape[-1])(quick_gelu(dense(4 * x.shape[-1])(h)))
         return x + h
 
 
@@ -39,33 +44,41 @@ class ViT(nn.Module):
     width: int
     layers: int
     embed: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images, train):
-        x = nn.Conv(self.width, (self.patch,) * 2, strides=self.patch, use_bias=False)(images)
+        x = nn.Conv(self.width, (self.patch,) * 2, strides=self.patch, use_bias=False,
+                    dtype=self.dtype)(images)
         x = x.reshape(x.shape[0], -1, self.width)
-        cls = self.param("cls", nn.initializers.normal(0.02), (self.width,))
+        cls = self.param("cls", nn.initializers.normal(0.02), (self.width,)).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
-        x = x + self.param("pos", nn.initializers.normal(0.02), x.shape[1:])
-        x = nn.LayerNorm(epsilon=1e-5)(x)
+        x = x + self.param("pos", nn.initializers.normal(0.02), x.shape[1:]).astype(x.dtype)
+        x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
         for _ in range(self.layers):
-            x = Block(self.width // 64)(x)
-        return nn.Dense(self.embed, use_bias=False)(nn.LayerNorm(epsilon=1e-5)(x[:, 0]))
+            x = Block(self.width // 64, dtype=self.dtype)(x)
+        x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x[:, 0])
+        return nn.Dense(self.embed, use_bias=False, dtype=self.dtype)(x)
 
 
 class Bottleneck(nn.Module):
     planes: int
     stride: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train):
-        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)  # noqa: E731
+        def bn():
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                dtype=self.dtype)
+
+        conv = lambda n, k: nn.Conv(n, (k, k), use_bias=False, dtype=self.dtype)  # noqa: E731
         pool = lambda y: nn.avg_pool(y, (self.stride,) * 2, (self.stride,) * 2)  # noqa: E731
-        out = nn.relu(bn()(nn.Conv(self.planes, (1, 1), use_bias=False)(x)))
-        out = nn.relu(bn()(nn.Conv(self.planes, (3, 3), use_bias=False)(out)))
-        out = bn()(nn.Conv(4 * self.planes, (1, 1), use_bias=False)(pool(out)))
+        out = nn.relu(bn()(conv(self.planes, 1)(x)))
+        out = nn.relu(bn()(conv(self.planes, 3)(out)))
+        out = bn()(conv(4 * self.planes, 1)(pool(out)))
         if self.stride > 1 or x.shape[-1] != 4 * self.planes:
-            x = bn()(nn.Conv(4 * self.planes, (1, 1), use_bias=False)(pool(x)))
+            x = bn()(conv(4 * self.planes, 1)(pool(x)))
         return nn.relu(out + x)
 
 
@@ -73,21 +86,28 @@ class ResNet(nn.Module):
     layers: tuple[int, ...]
     width: int
     embed: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images, train):
-        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)  # noqa: E731
-        x = nn.relu(bn()(nn.Conv(self.width // 2, (3, 3), 2, use_bias=False)(images)))
-        x = nn.relu(bn()(nn.Conv(self.width // 2, (3, 3), use_bias=False)(x)))
-        x = nn.relu(bn()(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
+        def bn():
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                dtype=self.dtype)
+
+        conv = lambda n, s=1: nn.Conv(n, (3, 3), s, use_bias=False, dtype=self.dtype)  # noqa: E731
+        x = nn.relu(bn()(conv(self.width // 2, 2)(images)))
+        x = nn.relu(bn()(conv(self.width // 2)(x)))
+        x = nn.relu(bn()(conv(self.width)(x)))
         x = nn.avg_pool(x, (2, 2), (2, 2))
         for stage, depth in enumerate(self.layers):
             for i in range(depth):
-                x = Bottleneck(self.width * 2 ** stage, 2 if stage and not i else 1)(x, train)
+                x = Bottleneck(self.width * 2 ** stage, 2 if stage and not i else 1,
+                               dtype=self.dtype)(x, train)
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
-        x = x + self.param("pos", nn.initializers.normal(0.02), x.shape[1:])
-        attn = nn.MultiHeadDotProductAttention(num_heads=self.width // 2, out_features=self.embed)
+        x = x + self.param("pos", nn.initializers.normal(0.02), x.shape[1:]).astype(x.dtype)
+        attn = nn.MultiHeadDotProductAttention(num_heads=self.width // 2, out_features=self.embed,
+                                               dtype=self.dtype)
         return attn(x[:, :1], x)[:, 0]
 
 
@@ -95,16 +115,17 @@ class Text(nn.Module):
     width: int
     layers: int
     embed: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, tokens):
-        x = nn.Embed(49408, self.width)(tokens)
-        x = x + self.param("pos", nn.initializers.normal(0.01), x.shape[1:])
+        x = nn.Embed(49408, self.width, dtype=self.dtype)(tokens)
+        x = x + self.param("pos", nn.initializers.normal(0.01), x.shape[1:]).astype(x.dtype)
         for _ in range(self.layers):
-            x = Block(self.width // 64, causal=True)(x)
-        x = nn.LayerNorm(epsilon=1e-5)(x)
+            x = Block(self.width // 64, causal=True, dtype=self.dtype)(x)
+        x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
         x = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
-        return nn.Dense(self.embed, use_bias=False)(x)
+        return nn.Dense(self.embed, use_bias=False, dtype=self.dtype)(x)
 
 
 class PlainCLIP(nn.Module):
@@ -113,19 +134,24 @@ class PlainCLIP(nn.Module):
 
     @nn.compact
     def __call__(self, images, tokens, train=True):
-        norm = lambda e: e / jnp.linalg.norm(e, axis=-1, keepdims=True)  # noqa: E731
         scale = jnp.exp(self.param("logit_scale", nn.initializers.constant(2.6593), ()))
-        return norm(self.visual(images, train)), norm(self.text(tokens)), scale
+        return _unit(self.visual(images, train)), _unit(self.text(tokens)), scale
 
 
-def plain_clip(config: Any) -> PlainCLIP:
-    """The baseline for a clip_jax `CLIPConfig` (only its dimensions are read)."""
+def _unit(features):
+    features = features.astype(jnp.float32)
+    return features / jnp.linalg.norm(features, axis=-1, keepdims=True)
+
+
+def plain_clip(config: Any, dtype: Any = jnp.float32) -> PlainCLIP:
+    """The baseline for a clip_jax `CLIPConfig` (only its dimensions are read), computing in
+    `dtype`."""
     v, t = config.vision, config.text
     if v.is_resnet:
-        visual = ResNet(v.layers, v.width, config.embed_dim)
+        visual = ResNet(v.layers, v.width, config.embed_dim, dtype)
     else:
-        visual = ViT(v.patch_size, v.width, v.layers, config.embed_dim)
-    return PlainCLIP(visual, Text(t.width, t.layers, config.embed_dim))
+        visual = ViT(v.patch_size, v.width, v.layers, config.embed_dim, dtype)
+    return PlainCLIP(visual, Text(t.width, t.layers, config.embed_dim, dtype))
 
 
 def make_train_step(model: PlainCLIP, tx: optax.GradientTransformation):

@@ -2,17 +2,23 @@
 
     python benchmarks/train_step.py --models ViT-B/32 RN50 --batch 16 --steps 5 --repeats 3
     python benchmarks/train_step.py --models ViT-B/32 --compile-only --repeats 5
+    python benchmarks/train_step.py --device gpu --dtype bfloat16 --batch 256 --steps 20
 
-Every side runs one full step (forward, symmetric contrastive loss, backward, AdamW update) in
-fp32 on random data, each in its own subprocess (so peak RSS is that side's alone):
+Every side runs one full step (forward, symmetric contrastive loss, backward, AdamW update) on
+random data, each in its own subprocess (so peak memory is that side's alone), in fp32 on the
+CPU by default. `--device gpu` runs every side on the first GPU (JAX's and torch's) and reports
+peak GPU memory instead of RSS; `--dtype bfloat16` is mixed precision on every side (our
+`config.model.dtype`, the plain side's module dtype, open_clip under `torch.autocast`, as its
+`--precision amp_bf16` trains), parameters and optimizer state in fp32 everywhere.
 - `clip_jax`: our compiled train step (uint8 images normalised on the device), with
   `scan_layers` off and on;
 - `plain flax`: `benchmarks/plain_clip.py`, the same architecture as the obvious linen code
   with `optax.adamw`;
 - `open_clip`: open_clip's model, ClipLoss and torch.optim.AdamW, `torch.set_num_threads`
   equal to the CPU count JAX uses.
-The header line after the settings gives both frameworks' fp32 matmul peak on this CPU (the
-bound on any ratio to open_clip: XLA's and PyTorch's kernels rank differently per CPU).
+The header line after the settings gives both frameworks' matmul peak at the compute dtype on
+this device (the bound on any ratio to open_clip: XLA's and PyTorch's kernels rank differently
+per CPU).
 Every side gets the malloc huge-page setting the `clip-jax` entry points restart with
 (`clip_jax.runtime.host_tuning`; on the 2-core development machine it took 5-16 % off
 our ViT-B/32 step in two paired runs). Repeats alternate the sides (ABC, BCA, ...) so that
@@ -38,6 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("clip_jax", "clip_jax scan", "plain flax", "open_clip")
 COMPILED_SIDES = SIDES[:3]
 MATMUL_SIDES = ("xla", "torch")
+DEVICES = ("cpu", "gpu")
+TORCH_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+MATMUL_SIZES = {"cpu": 2048, "gpu": 8192}
+MEMORY_NAMES = {"cpu": "RSS", "gpu": "GPU memory"}
+# Each side's JAX on the device asked for, or failing rather than falling back to another.
+DEVICE_ENV = {"cpu": {"JAX_PLATFORMS": "cpu"}, "gpu": {"JAX_PLATFORMS": "cuda"}}
 sys.path.insert(0, str(ROOT))
 from clip_jax.runtime.host_tuning import huge_page_environ  # noqa: E402  (imports no JAX)
 
@@ -67,9 +79,9 @@ def _time_steps(run, steps: int) -> list[float]:
     return times
 
 
-def clip_jax_step(model: str, batch: int, scan: bool) -> tuple:
-    """(compiled step, train state, random batch dict, compile seconds): our fp32 step on one
-    device, as every benchmark of it builds it."""
+def clip_jax_step(model: str, batch: int, scan: bool, dtype: str = "float32") -> tuple:
+    """(compiled step, train state, random batch dict, compile seconds): our step at compute
+    `dtype` on JAX's first device, as every benchmark of it builds it."""
     import jax
 
     from clip_jax.runtime import sharding
@@ -77,7 +89,7 @@ def clip_jax_step(model: str, batch: int, scan: bool) -> tuple:
     from clip_jax.configs import base
 
     config = base.get_config(model)
-    config.model.dtype, config.model.scan_layers, config.batch_size = "float32", scan, batch
+    config.model.dtype, config.model.scan_layers, config.batch_size = dtype, scan, batch
     config.compilation_cache_dir = ""
     mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     s = train_step.setup(config, train_step.model_config(config), mesh)
@@ -89,10 +101,10 @@ def clip_jax_step(model: str, batch: int, scan: bool) -> tuple:
     return compiled, state, {"images": images, "tokens": tokens}, compile_s
 
 
-def run_clip_jax(model: str, batch: int, steps: int, scan: bool) -> dict:
+def run_clip_jax(model: str, batch: int, steps: int, scan: bool, dtype: str) -> dict:
     import jax
 
-    compiled, state, data, compile_s = clip_jax_step(model, batch, scan)
+    compiled, state, data, compile_s = clip_jax_step(model, batch, scan, dtype)
     box = [state]
 
     def run():
@@ -104,7 +116,7 @@ def run_clip_jax(model: str, batch: int, steps: int, scan: bool) -> dict:
             "h2d_bytes_per_step_float32_images": data["images"].size * 4 + data["tokens"].nbytes}
 
 
-def run_plain_flax(model: str, batch: int, steps: int) -> dict:
+def run_plain_flax(model: str, batch: int, steps: int, dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -113,7 +125,7 @@ def run_plain_flax(model: str, batch: int, steps: int) -> dict:
     from clip_jax.models.presets import get_preset
 
     cfg = get_preset(model)
-    net = plain_clip.plain_clip(cfg)
+    net = plain_clip.plain_clip(cfg, dtype=jnp.dtype(dtype))
     images, tokens = _random_batch(batch, cfg.image_size)
     images = images.astype("float32") / 255.0  # the plain side gets float images, as it would
     variables = jax.jit(net.init)(jax.random.key(0), jnp.asarray(images[:1]), tokens[:1])
@@ -133,68 +145,104 @@ def run_plain_flax(model: str, batch: int, steps: int) -> dict:
     return {"compile_s": compile_s, "step_s": _time_steps(run, steps)}
 
 
-def run_open_clip(model: str, batch: int, steps: int, threads: int) -> dict:
+def run_open_clip(model: str, batch: int, steps: int, threads: int, device: str,
+                  dtype: str) -> dict:
+    import contextlib
+
     import open_clip
     import torch
 
     from clip_jax.models.presets import open_clip_name
 
     torch.set_num_threads(threads)
-    net = open_clip.create_model(open_clip_name(model), pretrained=None).train()
+    on = TORCH_DEVICES[device]
+    net = open_clip.create_model(open_clip_name(model), pretrained=None).train().to(on)
     loss_fn = open_clip.ClipLoss()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6,
                             weight_decay=0.2)
     size = net.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    images = torch.randn(batch, 3, size, size)
-    tokens = torch.randint(1, 49407, (batch, 77))
+    images = torch.randn(batch, 3, size, size, device=on)
+    tokens = torch.randint(1, 49407, (batch, 77), device=on)
+    mixed = (torch.autocast(on, dtype=getattr(torch, dtype)) if dtype != "float32"
+             else contextlib.nullcontext())
 
     def run():
-        img, txt, scale = net(images, tokens)
-        loss = loss_fn(img, txt, scale)
+        with mixed:
+            img, txt, scale = net(images, tokens)
+            loss = loss_fn(img, txt, scale)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if on == "cuda":
+            torch.cuda.synchronize()
 
     return {"compile_s": None, "step_s": _time_steps(run, steps)}
 
 
-def matmul_gflops(framework: str, threads: int) -> float:
-    """fp32 matmul rate of `framework` ("xla" or "torch"), GFLOP/s, measured as the MFU peak is
-    (`hardware.measure_matmul_flops`: median of timed 2048 x 2048 calls): the ceiling the
-    step's matmuls (73 % of ViT-B/32's kernel time) run against, so a ratio to open_clip is
-    read against the ratio of the two frameworks' own rates on this CPU."""
+def matmul_gflops(framework: str, threads: int, device: str, dtype: str) -> float:
+    """`dtype` matmul rate of `framework` ("xla" or "torch") on `device`, GFLOP/s, measured as
+    the MFU peak is (`hardware.measure_matmul_flops`: median of timed square calls, 2048 on a
+    CPU, 8192 on a GPU, which a 2048 one does not fill): the ceiling the step's matmuls (73 %
+    of ViT-B/32's kernel time on the CPU) run against, so a ratio to open_clip is read against
+    the ratio of the two frameworks' own rates on this device."""
     from clip_jax.runtime import hardware
 
+    size = MATMUL_SIZES[device]
     if framework == "xla":
-        return hardware.measure_matmul_flops("float32") / 1e9
+        return hardware.measure_matmul_flops(dtype, size=size) / 1e9
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.ones(hardware.MATMUL_SIZE, hardware.MATMUL_SIZE)
-    times = _time_steps(lambda: a @ a, hardware.MATMUL_REPEATS)
-    return 2 * hardware.MATMUL_SIZE ** 3 / statistics.median(times) / 1e9
+    a = torch.randn(size, size, device=TORCH_DEVICES[device]).to(getattr(torch, dtype))
+
+    def matmul():
+        a @ a
+        if device == "gpu":
+            torch.cuda.synchronize()
+
+    times = _time_steps(matmul, hardware.MATMUL_REPEATS)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def peak_memory_gb(side: str, device: str) -> float:
+    """The process's peak host RSS on a CPU; on a GPU its peak device memory in use (JAX's
+    allocator statistics, torch's `max_memory_allocated`), not the pool JAX reserves."""
+    if device == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    if side == "open_clip":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 1e9
+    import jax
+
+    return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 1e9
 
 
 def worker(args) -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     if args.side in MATMUL_SIDES:
-        print("RESULT " + json.dumps({"gflops": matmul_gflops(args.side, args.threads)}))
+        gflops = matmul_gflops(args.side, args.threads, args.device, args.dtype)
+        print("RESULT " + json.dumps({"gflops": gflops}))
         return
     if args.side.startswith("clip_jax"):
-        out = run_clip_jax(args.model, args.batch, args.steps, scan=args.side.endswith("scan"))
+        out = run_clip_jax(args.model, args.batch, args.steps, args.side.endswith("scan"),
+                           args.dtype)
     elif args.side == "plain flax":
-        out = run_plain_flax(args.model, args.batch, args.steps)
+        out = run_plain_flax(args.model, args.batch, args.steps, args.dtype)
     else:
-        out = run_open_clip(args.model, args.batch, args.steps, args.threads)
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        out = run_open_clip(args.model, args.batch, args.steps, args.threads, args.device,
+                            args.dtype)
+    out["peak_memory_gb"] = peak_memory_gb(args.side, args.device)
     print("RESULT " + json.dumps(out))
 
 
 def _spawn(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--side", side, "--model", args.model or "",
-           "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_ENV)
+           "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads),
+           "--device", args.device, "--dtype", args.dtype]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                         env={**(_ENV or os.environ), **DEVICE_ENV[args.device]})
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")
@@ -208,15 +256,16 @@ def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
 
 
-def table(model: str, runs: list[dict[str, dict]]) -> str:
+def table(model: str, runs: list[dict[str, dict]], device: str = "cpu") -> str:
     """Markdown rows: absolute medians and per-repeat ratios with [min, max] over repeats."""
-    rows = [f"| {model} | | img/s | peak RSS (GB) | compile (s) | img/s vs open_clip | "
-            "img/s vs plain | RSS vs open_clip | compile vs plain |",
+    memory = MEMORY_NAMES[device]
+    rows = [f"| {model} | | img/s | peak {memory} (GB) | compile (s) | img/s vs open_clip | "
+            f"img/s vs plain | {memory} vs open_clip | compile vs plain |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for side in SIDES:
         r = [run[side] for run in runs]
         img = [x["img_s"] for x in r]
-        rss = [x["peak_rss_gb"] for x in r]
+        rss = [x["peak_memory_gb"] for x in r]
         comp = [x["compile_s"] for x in r if x["compile_s"] is not None]
         ratio = lambda key, other, vals: [  # noqa: E731
             v / run[other][key] for v, run in zip(vals, runs)]
@@ -225,7 +274,7 @@ def table(model: str, runs: list[dict[str, dict]]) -> str:
             _spread(comp, "{:.0f}") if comp else "-",
             _spread(ratio("img_s", "open_clip", img)),
             _spread(ratio("img_s", "plain flax", img)),
-            _spread(ratio("peak_rss_gb", "open_clip", rss)),
+            _spread(ratio("peak_memory_gb", "open_clip", rss)),
             _spread([c / run["plain flax"]["compile_s"] for c, run in zip(comp, runs)])
             if comp else "-"]) + " |")
     return "\n".join(rows)
@@ -252,6 +301,18 @@ def cpu_model() -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
+def gpu_model(device: str) -> str:
+    """", on <GPU name>" for --device gpu (from nvidia-smi, where it runs), else ""."""
+    if device != "gpu":
+        return ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ", on a GPU"
+    return f", on {out.splitlines()[0].strip()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ViT-B/32", "RN50"])
@@ -264,6 +325,10 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true",
                         help="only the compiled sides' compile time (no steps, no open_clip): "
                              "cheap enough for the repeats this noisy figure needs")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where every side runs (gpu: JAX's and torch's first GPU)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (bfloat16: mixed precision, fp32 parameters)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=SIDES + MATMUL_SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,19 +339,27 @@ def main() -> None:
         args.steps = 0
     steps = "compile only" if args.compile_only else f"{args.steps} timed steps per process"
     threads = "" if args.compile_only else f", open_clip threads {args.threads}"
-    print(f"fp32, batch {args.batch}, {steps}, {args.repeats} alternating repeats, "
-          f"{os.cpu_count()} CPUs ({cpu_model()}){threads}")
+    print(f"{args.dtype}, batch {args.batch}, {steps}, {args.repeats} alternating repeats, "
+          f"{os.cpu_count()} CPUs ({cpu_model()}){threads}{gpu_model(args.device)}")
     if not args.compile_only:
         peak = {side: _spawn(side, args)["gflops"] for side in MATMUL_SIDES}
-        print(f"fp32 2048 x 2048 matmul, median of 5: XLA {peak['xla']:.0f} GFLOP/s, PyTorch "
-              f"{peak['torch']:.0f} GFLOP/s ({peak['xla'] / peak['torch']:.2f}x)", flush=True)
+        size = MATMUL_SIZES[args.device]
+        print(f"{args.dtype} {size} x {size} matmul, median of 5: XLA {peak['xla']:.0f} GFLOP/s, "
+              f"PyTorch {peak['torch']:.0f} GFLOP/s ({peak['xla'] / peak['torch']:.2f}x)",
+              flush=True)
     for model in args.models:
         args.model = model
         runs = []
         for r in range(args.repeats):
             order = sides[r % len(sides):] + sides[:r % len(sides)]
-            runs.append({side: _spawn(side, args) for side in order})
-        print(compile_table(model, runs) if args.compile_only else table(model, runs))
+            runs.append({})
+            for side in order:
+                runs[-1][side] = result = _spawn(side, args)
+                print(f"  {model}, repeat {r + 1}, {side}: "
+                      + (f"{result['img_s']:.1f} img/s" if "img_s" in result else "compiled"),
+                      file=sys.stderr, flush=True)
+        print(compile_table(model, runs) if args.compile_only
+              else table(model, runs, args.device))
         h2d = runs[0]["clip_jax"]
         print(f"host -> device bytes per step: {h2d['h2d_bytes_per_step']:,} (uint8 images) vs "
               f"{h2d['h2d_bytes_per_step_float32_images']:,} (float32 images)", flush=True)

@@ -95,6 +95,37 @@ def test_pallas_kernel_on_a_mesh_runs_per_shard_and_matches_the_reference():
         np.testing.assert_allclose(g, r, atol=2e-5, rtol=0)
 
 
+def _relative(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("causal,length", [(False, 50), (True, 77), (False, 257)])
+def test_cudnn_is_exact_to_its_dtype_and_is_what_auto_runs_on_gpu(dtype, causal, length):
+    """cuDNN flash attention's output error against the float64 reference, and its gradients'
+    against XLA's at fp32 (highest matmul precision), stay within 1.5x of the XLA kernel's at
+    the same half-precision dtype; `auto` compiles to cuDNN's fused attention there."""
+    q, k, v = (x.astype(dtype) for x in _qkv(length, length, batch=4, heads=12, dim=64))
+    expected = _reference(*(x.astype(jnp.float32) for x in (q, k, v)), causal)
+    with jax.default_matmul_precision("highest"):
+        exact = jax.grad(_loss("xla", causal), argnums=(0, 1, 2))(
+            *(x.astype(jnp.float32) for x in (q, k, v)))
+    errors = {}
+    for kernel in ("cudnn", "xla"):
+        out = jax.jit(lambda *a, kernel=kernel: dot_product_attention(
+            *a, causal=causal, implementation=kernel))(q, k, v)
+        grads = jax.jit(jax.grad(_loss(kernel, causal), argnums=(0, 1, 2)))(q, k, v)
+        errors[kernel] = (_relative(out, expected),
+                          max(_relative(g, e) for g, e in zip(grads, exact)))
+    assert errors["cudnn"][0] <= 1.5 * errors["xla"][0], errors
+    assert errors["cudnn"][1] <= 1.5 * errors["xla"][1], errors
+    hlo = jax.jit(lambda *a: dot_product_attention(*a, causal=causal)).lower(
+        q, k, v).compile().as_text()
+    assert "cudnn$fmha" in hlo
+
+
 @pytest.mark.parametrize("platform,dtype,expected", [
     ("cpu", jnp.bfloat16, "xla"), ("gpu", jnp.bfloat16, "cudnn"), ("cuda", jnp.float16, "cudnn"),
     ("gpu", jnp.float32, "xla"), ("tpu", jnp.bfloat16, "xla"), ("rocm", jnp.bfloat16, "xla")])
