@@ -280,6 +280,19 @@ def test_single_image_and_bad_inputs(vit_b16, tmp_path):
         preprocess(str(tmp_path / "empty.jpg"), vit_b16)
 
 
+def test_config_may_be_a_preset_name(images):
+    """A preset name stands for its config (ViT-L/14@336: 336 px, CLIPImageProcessor's own
+    configuration of it as the reference); other objects are a one-line TypeError."""
+    config = get_preset("ViT-L/14@336")
+    out = preprocess(list(images[:2]), "ViT-L/14@336")
+    assert out.shape == (2, 336, 336, 3)
+    np.testing.assert_allclose(out, reference(config, images[:2]), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="Unknown model 'ViT-Q/99'"):
+        preprocess(images[0], "ViT-Q/99")
+    with pytest.raises(TypeError, match="CLIPConfig .* or a preset name.*got dict"):
+        preprocess(images[0], {"image_size": 224})
+
+
 def test_sixteen_bit_images_are_rescaled(vit_b16):
     values = np.random.default_rng(0).integers(0, 65536, (40, 50), dtype=np.uint16)
     image = Image.fromarray(values)

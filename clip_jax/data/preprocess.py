@@ -43,6 +43,7 @@ from PIL import Image, ImageColor, ImageOps
 
 from clip_jax.errors import MissingFileError
 from clip_jax.models.config import CLIPConfig, normalization_constants
+from clip_jax.models.presets import get_preset
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 
@@ -386,11 +387,21 @@ def image_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
                     f"or a list or iterator of images, got {type(images).__name__}.")
 
 
-def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig, *,
+def _model_config(config: CLIPConfig | str) -> CLIPConfig:
+    if isinstance(config, str):
+        return get_preset(config)
+    if not isinstance(config, CLIPConfig):
+        raise TypeError("config must be the model's CLIPConfig (module.config) or a preset name "
+                        f"such as 'ViT-B/32', got {type(config).__name__}.")
+    return config
+
+
+def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str, *,
                exif_transpose: bool = True,
                alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
     """Images -> float32 [N, S, S, 3] model input (S = `config.image_size`; the shortest side
-    is first resized to `config.resize_shortest_side`).
+    is first resized to `config.resize_shortest_side`). `config` is the model's CLIPConfig
+    (`module.config`) or a preset name (`"ViT-B/32"`; `clip_jax.list_models()`).
 
     Accepts one image or a batch (`image_list` says which): PIL images, uint8 arrays (numpy,
     jax or other array-likes) or file paths. Matches `transformers.CLIPImageProcessor`
@@ -400,12 +411,14 @@ def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig, *,
     transparency is dropped, keeping the colours stored under it (`alpha`: see
     `background_colour`; `alpha="white"` is what `CLIPImageProcessor` does with an RGBA
     image; OpenAI and open_clip differ here, as the module docstring says).
-    Raises ValueError for a bad `alpha` and `image_list`'s errors before reading any image;
+    Raises ConfigError for an unknown preset name, TypeError for a `config` that is neither,
+    ValueError for a bad `alpha` and `image_list`'s errors before reading any image;
     then, per image, MissingFileError for a path with no file, PIL's UnidentifiedImageError
     for a file that is not an image, OSError naming the file for one that is empty or cannot
     be decoded (truncated), TypeError for an array that is not uint8 and ValueError for an
     image with no pixels (zero height or width).
     """
+    config = _model_config(config)
     background_colour(alpha)
     images = image_list(images)
     mean, std = normalization_constants(config)
