@@ -532,7 +532,12 @@ def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
 @pytest.mark.parametrize("argv, flag, problem", [
     (["zero-shot", "--labels", "a,b", "--alpha", "pinkish"], "--alpha",
      "invalid value 'pinkish': use 'drop' (keep the colours stored under transparent pixels, "
-     "as transformers' load_image) or a colour name or hex code such as 'white' or '#808080'"),
+     "as transformers' load_image) or an opaque colour name or hex code such as 'white' or "
+     "'#808080'"),
+    (["zero-shot", "--labels", "a,b", "--alpha", "rgba(255,255,255,0)"], "--alpha",
+     "invalid value 'rgba(255,255,255,0)': use 'drop' (keep the colours stored under "
+     "transparent pixels, as transformers' load_image) or an opaque colour name or hex code "
+     "such as 'white' or '#808080'"),
     (["zero-shot", "--labels", "a,b", "--top", "0"], "--top",
      "invalid value '0': give a whole number >= 1"),
     (["zero-shot", "--labels", "a,b", "--top", "-1"], "--top",

@@ -299,6 +299,14 @@ def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
     with pytest.raises(ValueError, match=r"^Query embeddings are \[E\] or \[Q, E\], got shape "
                                          r"\(1, 2, \d+\)"):
         index.top_k(queries[None], 2)
+    # complex rows would lose their imaginary part in the cast; strings would fail in numpy
+    for bad in (queries[:1] + 1j * queries[1:2], queries[:1].astype(str)):
+        with pytest.raises(TypeError, match=rf"^Query embeddings must be real numbers, got "
+                                            rf"dtype {bad.dtype}"):
+            index.top_k(bad, 2)
+    # integer rows are directions too (an int embedding from a hashed feature, say)
+    (srow,), (irow,) = index.top_k(np.sign(queries[:1]).astype(np.int8), 3)
+    assert [index.paths[i] for i in irow] == ranking(np.sign(queries[0]).astype(np.float64))[0][:3]
     for bad, problem in ((np.nan, "holds NaN or Inf"), (0.0, "is all zeros")):
         rows = scaled.copy()
         rows[1] = rows[1] * 0 + bad

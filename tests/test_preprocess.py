@@ -169,6 +169,12 @@ def test_transparency_is_dropped_by_default_as_the_references_do(vit_b16, name, 
     np.testing.assert_array_equal(to_rgb_uint8(image, alpha=(128, 64, 0)), got)
     with pytest.raises(ValueError, match="neither 'drop' nor a background colour"):
         preprocess(image, vit_b16, alpha="transparent-ish")
+    # A background with its own alpha is refused (it would be read as opaque); alpha 255 is
+    # the same colour.
+    for spelling in ("rgba(128, 64, 0, 0)", "#80400080", "#8408"):
+        with pytest.raises(ValueError, match="background must be opaque"):
+            preprocess(image, vit_b16, alpha=spelling)
+    np.testing.assert_array_equal(to_rgb_uint8(image, alpha="#804000ff"), got)
 
 
 def open_clip_transform(config):

@@ -56,7 +56,7 @@ def alpha_mode(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid value {text!r}: use {ALPHA_DROP!r} (keep the colours stored under "
-            "transparent pixels, as transformers' load_image) or a colour name or hex code "
+            "transparent pixels, as transformers' load_image) or an opaque colour name or hex code "
             "such as 'white' or '#808080'") from None
     return text
 

@@ -191,15 +191,23 @@ def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None
     open_clip convert after resizing, which turns fully transparent areas black: see the
     module docstring), a Pillow colour name or `#rrggbb` (`"white"` is what
     `CLIPImageProcessor` does when handed an RGBA image), or an (r, g, b) tuple of 0..255.
-    Raises ValueError otherwise.
+    Raises ValueError otherwise, and for a colour that is not opaque (`rgba(...)`, `#rrggbbaa`
+    with alpha below 255): a background shows through nothing, so its own alpha has no
+    meaning and reading it as opaque would hide the mistake.
     """
     if isinstance(alpha, str):
         if alpha == ALPHA_DROP:
             return None
         try:
-            return tuple(ImageColor.getrgb(alpha)[:3])  # type: ignore[return-value]
+            colour = ImageColor.getrgb(alpha)
         except ValueError:
-            pass
+            colour = None
+        if colour is not None and len(colour) == 4 and colour[3] != 255:
+            raise ValueError(f"alpha={alpha!r} is a colour with alpha {colour[3]}; the "
+                             "background must be opaque: give its RGB alone, e.g. "
+                             f"'#{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}'.")
+        if colour is not None:
+            return tuple(colour[:3])  # type: ignore[return-value]
     elif len(alpha) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in alpha):
         return tuple(alpha)  # type: ignore[return-value]
     raise ValueError(f"alpha={alpha!r} is neither 'drop' nor a background colour; use 'drop' "

@@ -80,7 +80,7 @@ def _task(kind: str, name: str, task: ml_collections.ConfigDict, passes: Passes)
     try:
         cls = EVALUATORS[kind]
         evaluator = cls(name, split_at(task, cls.split_fields, f"{kind}.{name}"), passes)
-        _check_sources(passes.passes[before:], data_options.resolve_config(passes.data))
+        _check_sources(passes.passes[before:], passes.data)
         return evaluator
     except ConfigError as error:
         if str(error).startswith("config."):

@@ -421,10 +421,15 @@ def unit_rows(queries: np.ndarray) -> np.ndarray:
     """Query embeddings [E] or [Q, E] (any float array) as L2-normalised float32 rows [Q, E].
 
     Computed in float64, each row scaled by its largest entry first (1e-200 and 1e200 alike
-    are directions). Raises ValueError for another shape, and naming the query (its row when
-    there are several) that holds NaN or Inf or is all zeros: it has no direction.
+    are directions). Raises TypeError for a complex, string or object array (a cast would drop
+    or garble it), ValueError for another shape, and naming the query (its row when there are
+    several) that holds NaN or Inf or is all zeros: it has no direction.
     """
-    rows = np.atleast_2d(np.asarray(queries, np.float64))
+    given = np.asarray(queries)
+    if given.dtype.kind not in "fiub":
+        raise TypeError(f"Query embeddings must be real numbers, got dtype {given.dtype}: pass "
+                        "the float array that encode_text / encode_image returned.")
+    rows = np.atleast_2d(given.astype(np.float64))
     if rows.ndim != 2:
         raise ValueError(f"Query embeddings are [E] or [Q, E], got shape {rows.shape}.")
     finite = np.isfinite(rows).all(-1)

@@ -49,6 +49,7 @@ from clip_jax.training import workdir_lock
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models import attention
+from clip_jax.models.config import CLIPConfig
 from clip_jax.models.layers import stack_layers, unstack_layers
 
 logger = logging.getLogger(__name__)
@@ -358,10 +359,11 @@ def architecture_diff(ours: Any, theirs: Any) -> list[str]:
     return [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)]
 
 
-def _check_same_architecture(workdir: str, model: Any) -> None:
+def _check_same_architecture(workdir: str, model: Any,
+                             saved: tuple[int, CLIPConfig] | None) -> None:
     """A resume whose arrays fit (`check_resumable`) can still change what they compute (the
-    activation, the head count): refused, naming the fields, rather than training on."""
-    saved = checkpoints.saved_model(workdir)
+    activation, the head count): refused, naming the fields, rather than training on.
+    `saved`: the workdir's `checkpoints.saved_model`."""
     if saved and (diff := architecture_diff(model, saved[1])):
         raise ConfigError(
             f"The checkpoint at step {saved[0]} in {workdir} is of another model than this "
@@ -409,8 +411,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if jax.process_index() == 0:
         warn_unusual(config, plan)
     finished = _finished_step(plan, workdir)
+    # The newest checkpoint's model, read once: the finished run's, the resumed weights'
+    # architecture, and the check that this config computes the same model.
+    saved = checkpoints.saved_model(workdir)
     if finished is not None:
-        saved = checkpoints.saved_model(workdir)
         if saved and not config.init_from and (
                 diff := architecture_diff(train_step.model_config(config), saved[1])):
             raise ConfigError(
@@ -433,13 +437,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         writer.log(f"Mesh {dict(mesh.shape)} over {mesh.devices.size} "
                    f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
                    f"compilation cache: {cache or 'off'}.")
-        model, variables = model_and_weights(config, writer.log, workdir)
+        model, variables = model_and_weights(config, writer.log, saved)
         setup = train_step.setup(config, model, mesh)
         # A workdir's checkpoints must be this config's model and optimizer: a changed
         # architecture is refused here, before anything in the workdir is touched.
         checkpoints.check_resumable(workdir, setup.abstract_state, checkpoints.layout_settings(
             config.to_dict(), model.to_dict()))
-        _check_same_architecture(workdir, model)
+        _check_same_architecture(workdir, model, saved)
         # The data source is opened (built if missing) before the workdir is written to and
         # long before compiling: a missing table, column, image or split fails in seconds.
         writer.log("Opening the data source (building it if missing) ...")
@@ -509,15 +513,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
 
 def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
-                      workdir: str = "") -> tuple[Any, dict[str, Any] | None]:
+                      saved: tuple[int, CLIPConfig] | None = None
+                      ) -> tuple[Any, dict[str, Any] | None]:
     """(model config, imported variables or None): the preset's architecture, or
-    `config.init_from`'s weights in the layout the trained model needs. A run resuming in
-    `workdir` takes its weights from its checkpoint, so `init_from` is not read then (its
-    architecture is the checkpoint's): a workdir resumes offline, on another machine, or
-    after the init_from folder is gone."""
+    `config.init_from`'s weights in the layout the trained model needs. A run resuming from a
+    checkpoint (`saved`: its workdir's `checkpoints.saved_model`) takes its weights from it, so
+    `init_from` is not read then (its architecture is the checkpoint's): a workdir resumes
+    offline, on another machine, or after the init_from folder is gone."""
     if not config.init_from:
         return train_step.model_config(config), None
-    saved = checkpoints.saved_model(workdir) if workdir else None
     if saved is not None:
         log(f"Resuming: the weights come from the checkpoint at step {saved[0]}, so "
             f"init_from {config.init_from} is not read.")
