@@ -353,7 +353,7 @@ def test_load_refuses_what_is_not_an_index(tmp_path):
         image_index.ImageIndex.load(str(tmp_path / "absent.npz"))
 
 
-def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path):
+def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path, capsys):
     _, module, variables = model
     out = str(tmp_path / "resume.npz")
 
@@ -390,6 +390,13 @@ def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path)
         json.dump({"fingerprint": image_index.model_fingerprint(Counting(module, variables))}, f)
     with pytest.raises(ValueError, match="another model"):
         image_index.build_index([str(folder)], other, out, progress=False)
+    shutil.rmtree(out + ".partial")  # a finished index of another model: embedded again, said
+    capsys.readouterr()
+    report = image_index.build_index([str(folder)], other, out, progress=False)
+    assert (report.reused, report.embedded) == (0, 7)
+    assert re.search(rf"^note: the index {re.escape(out)} was built with another model "
+                     r"\([0-9a-f]{16}\), so none of its 7 embeddings is reused",
+                     capsys.readouterr().err)  # built by the API: no model name, its fingerprint
 
 
 def test_index_records_its_image_options_reuses_only_equal_ones_and_search_reads_by_them(
@@ -408,11 +415,14 @@ def test_index_records_its_image_options_reuses_only_equal_ones_and_search_reads
                   "drop": reference_embeddings(module, variables, [logo.convert("RGB")])[0]}
     assert references["white"] @ references["drop"] < 0.999  # the option matters
     out = str(tmp_path / "logos.npz")
+    errors = []
 
     def index(*flags):
         assert cli.main(["index", str(photos), "--model", path, "--output", out, *flags]) == 0
         loaded = image_index.ImageIndex.load(out)
-        return capsys.readouterr().out, loaded, loaded.paths.index(str(photos / "logo.png"))
+        captured = capsys.readouterr()
+        errors.append(captured.err)
+        return captured.out, loaded, loaded.paths.index(str(photos / "logo.png"))
 
     summary, loaded, i = index("--alpha", "white")
     assert "(2 embedded, 0 reused)" in summary
@@ -425,7 +435,10 @@ def test_index_records_its_image_options_reuses_only_equal_ones_and_search_reads
     np.testing.assert_allclose(table["score"][0], 1.0, atol=1e-5)  # read on white, as indexed
 
     summary, loaded, i = index("--alpha", "drop", "--no-exif-transpose")
-    assert "(2 embedded, 0 reused)" in summary  # other options: nothing reused
+    assert "(2 embedded, 0 reused)" in summary  # other options: nothing reused, and said
+    assert (f"note: the index {out} was built with other image options (--alpha #ffffff "
+            "--exif-transpose, now --alpha drop --no-exif-transpose), so none of its 2 "
+            "embeddings is reused: every image is embedded again.") in errors[-1]
     np.testing.assert_allclose(loaded.embeddings[i], references["drop"], atol=2e-6)
 
     os.makedirs(out + ".partial")

@@ -325,14 +325,21 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
               ) -> dict[str, tuple[np.ndarray, tuple]]:
     """path -> (embedding, (size, mtime)) from a previous index and unfinished parts of this
     model and image options; a partial folder of others is refused, a previous index of
-    others is ignored (every image is embedded again)."""
+    others is ignored (every image is embedded again, as a note on stderr says)."""
     known = {}
     if os.path.isfile(output):  # an index (`check_output`)
         old = ImageIndex.load(output)
-        if (old.meta.get("fingerprint") == fingerprint
-                and old.meta.get("image_options", _DEFAULT_IMAGE_OPTIONS) == options):
+        before = old.meta.get("image_options", _DEFAULT_IMAGE_OPTIONS)
+        if old.meta.get("fingerprint") == fingerprint and before == options:
             for p, e, s, m in zip(old.paths, old.embeddings, old.sizes, old.mtimes):
                 known[p] = (e, (int(s), int(m)))
+        else:
+            other = (f"another model ({old.meta.get('model') or old.meta.get('fingerprint')})"
+                     if old.meta.get("fingerprint") != fingerprint else
+                     f"other image options ({_describe(before)}, now {_describe(options)})")
+            print(f"note: the index {output} was built with {other}, so none of its "
+                  f"{len(old.paths)} embeddings is reused: every image is embedded again.",
+                  file=sys.stderr)
     state = os.path.join(partial, "model.json")
     if os.path.isfile(state):
         with open(state, encoding="utf-8") as f:
