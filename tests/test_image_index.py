@@ -304,6 +304,10 @@ def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
         with pytest.raises(TypeError, match=rf"^Query embeddings must be real numbers, got "
                                             rf"dtype {bad.dtype}"):
             index.top_k(bad, 2)
+    # a bf16 model's features (ml_dtypes' bfloat16, numpy kind "V") are numbers
+    (srow,), (irow,) = index.top_k(jnp.asarray(queries[:1], jnp.bfloat16), 3)
+    assert [index.paths[i] for i in irow] == ranking(
+        np.asarray(jnp.asarray(queries[0], jnp.bfloat16), np.float64))[0][:3]
     # integer rows are directions too (an int embedding from a hashed feature, say)
     (srow,), (irow,) = index.top_k(np.sign(queries[:1]).astype(np.int8), 3)
     assert [index.paths[i] for i in irow] == ranking(np.sign(queries[0]).astype(np.float64))[0][:3]

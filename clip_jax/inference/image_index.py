@@ -433,7 +433,7 @@ def unit_rows(queries: np.ndarray) -> np.ndarray:
     several) that holds NaN or Inf or is all zeros: it has no direction.
     """
     given = np.asarray(queries)
-    if given.dtype.kind not in "fiub":
+    if given.dtype.kind in "cUSOMm":  # bfloat16 is kind "V": numbers, cast exactly
         raise TypeError(f"Query embeddings must be real numbers, got dtype {given.dtype}: pass "
                         "the float array that encode_text / encode_image returned.")
     rows = np.atleast_2d(given.astype(np.float64))
