@@ -19,9 +19,10 @@ peak GPU memory instead of RSS; `--dtype bfloat16` is mixed precision on every s
 The header line after the settings gives both frameworks' matmul peak at the compute dtype on
 this device (the bound on any ratio to open_clip: XLA's and PyTorch's kernels rank differently
 per CPU).
-Every side gets the malloc huge-page setting the `clip-jax` entry points restart with
-(`clip_jax.runtime.host_tuning`; on the 2-core development machine it took 5-16 % off
-our ViT-B/32 step in two paired runs). Repeats alternate the sides (ABC, BCA, ...) so that
+Every side gets the process tuning the `clip-jax` entry points apply
+(`clip_jax.runtime.host_tuning`: malloc huge pages, which took 5-16 % off our ViT-B/32 step on
+the 2-core development machine in two paired runs; XLA:CPU's own convolutions for both JAX
+sides). Repeats alternate the sides (ABC, BCA, ...) so that
 machine load hits all alike; each figure in the table is a ratio to open_clip (or to plain
 flax for compile time) formed within one repeat, printed as the median and [min, max] over
 repeats.
@@ -51,11 +52,13 @@ MEMORY_NAMES = {"cpu": "RSS", "gpu": "GPU memory"}
 # Each side's JAX on the device asked for, or failing rather than falling back to another.
 DEVICE_ENV = {"cpu": {"JAX_PLATFORMS": "cpu"}, "gpu": {"JAX_PLATFORMS": "cuda"}}
 sys.path.insert(0, str(ROOT))
-from clip_jax.runtime.host_tuning import huge_page_environ  # noqa: E402  (imports no JAX)
+from clip_jax.runtime import host_tuning  # noqa: E402  (imports no JAX)
 
-# Every side runs with the malloc setting `clip-jax train` restarts itself with (huge pages for
-# the step's temporaries, `runtime.host_tuning`), PyTorch included, so no side gets it alone.
-_ENV = huge_page_environ()
+# Every side runs with the process tuning `clip-jax train` applies (`runtime.host_tuning`: huge
+# pages for the step's temporaries, XLA:CPU's convolutions), PyTorch included, so no side gets
+# it alone.
+host_tuning.add_xla_cpu_flags()
+_ENV = host_tuning.huge_page_environ()
 
 
 def _random_batch(batch: int, size: int, length: int = 77):

@@ -352,8 +352,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     from clip_jax.runtime import logs
-    from clip_jax.runtime.host_tuning import reexec_with_huge_pages
+    from clip_jax.runtime.host_tuning import tune_process
 
-    reexec_with_huge_pages()
+    tune_process()
     logs.setup_console()
     sys.exit(main())

@@ -85,3 +85,51 @@ def test_release_freed_memory_returns_the_heap_to_the_os(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, check=True,
         timeout=120).stdout.split()
     assert released == "True" and float(freed_mib) > 200, (released, freed_mib)
+
+
+@pytest.mark.parametrize("given, version, expected", [
+    ("", "0.10.2", "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"),
+    ("--xla_force_host_platform_device_count=8", "0.10.2",
+     "--xla_force_host_platform_device_count=8 "
+     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"),
+    # the user's own value of the flag wins
+    ("--xla_cpu_experimental_ynn_fusion_type=dot", "0.10.2",
+     "--xla_cpu_experimental_ynn_fusion_type=dot"),
+    # a jaxlib it was not measured with (which may not know the flag: XLA would abort)
+    ("--xla_dump_to=/tmp/x", "0.11.2", "--xla_dump_to=/tmp/x"),
+    ("", None, "")])
+def test_xla_cpu_flags(given, version, expected):
+    assert host_tuning.xla_cpu_flags(given, version) == expected
+
+
+CONV_SCRIPT = """
+import numpy as np, torch
+from clip_jax.runtime import host_tuning
+host_tuning.add_xla_cpu_flags()
+import jax, jax.numpy as jnp
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((2, 3, 17, 17)), rng.standard_normal((8, 3, 3, 3))
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)))
+out, grad = jax.value_and_grad(lambda w: jnp.sum(jnp.sin(conv(x, w))))(w.astype(np.float32))
+tx, tw = torch.tensor(x), torch.tensor(w, requires_grad=True)
+ref = torch.sin(torch.nn.functional.conv2d(tx, tw, stride=2, padding=1)).sum()
+ref.backward()
+print(__import__("os").environ.get("XLA_FLAGS", ""))
+print(abs(float(out) - ref.item()) < 1e-4, np.abs(np.asarray(grad) - tw.grad.numpy()).max() < 1e-4)
+"""
+
+
+def test_the_entry_points_xla_flags_are_accepted_and_convolutions_stay_exact(tmp_path):
+    """This jaxlib takes the flags `tune_process` adds (an unknown one would abort XLA), and a
+    strided, padded convolution and its weight gradient under them match torch's (float64)."""
+    pytest.importorskip("torch")
+    script = tmp_path / "conv.py"
+    script.write_text(CONV_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         check=True, timeout=300).stdout.splitlines()
+    from importlib import metadata
+
+    if metadata.version("jaxlib").startswith(host_tuning.XLA_CPU_FLAGS_JAXLIB):
+        assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in out[0]
+    assert out[1] == "True True"

@@ -38,7 +38,7 @@ from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, r
                                    seconds)
 from clip_jax.runtime import logs
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.runtime.host_tuning import reexec_with_huge_pages
+from clip_jax.runtime.host_tuning import tune_process
 
 OUTPUT_FORMATS = ("text", "json", "csv")
 # zero-shot --output csv: these columns, then one per label (so no label may be named so).
@@ -568,7 +568,7 @@ def console() -> int:
         from clip_jax.cli import train
 
         return train.console(["clip-jax train", *sys.argv[2:]])
-    reexec_with_huge_pages()
+    tune_process()
     logs.setup_console()
     return main()
 

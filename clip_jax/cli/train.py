@@ -444,11 +444,11 @@ def main(argv: Sequence[str]) -> int:
 
 def console(argv: Sequence[str] | None = None) -> int:
     """The process entry: SIGTERM and Ctrl-C handling first (importing JAX takes seconds),
-    then the malloc re-exec (`runtime.host_tuning`), then `main`."""
+    then the XLA:CPU flags and the malloc re-exec (`runtime.host_tuning`), then `main`."""
     exit_at_once_before_training()
     from clip_jax.runtime import logs
-    from clip_jax.runtime.host_tuning import reexec_with_huge_pages
+    from clip_jax.runtime.host_tuning import tune_process
 
-    reexec_with_huge_pages()
+    tune_process()
     logs.setup_console()
     return main(sys.argv if argv is None else argv)
