@@ -1044,3 +1044,12 @@ def test_demo_help_gives_the_readmes_measured_time(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert measured in help_text, help_text
     assert not re.search(r"\d+[- ]minute", help_text), help_text
+
+
+def test_eval_exif_transpose_flag_sets_the_data_config():
+    """`--no-exif-transpose` reaches config.data.build.exif_transpose, which the labelled
+    eval sources read by (tests/test_labelled_data.py); unset, the config's value stays."""
+    parse = cli.parser().parse_args
+    assert parse(["eval", "w", "--no-exif-transpose"]).exif_transpose is False
+    assert parse(["eval", "w", "--exif-transpose"]).exif_transpose is True
+    assert parse(["eval", "w"]).exif_transpose is None

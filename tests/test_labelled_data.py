@@ -456,9 +456,9 @@ def test_eval_padding_reads_no_file(folder, monkeypatch, batch_size):
     images = labelled_data.read(str(folder), "test")
     reads, read = [], labelled_data.read_checked_image
 
-    def counting(path, offset, length):
+    def counting(path, offset, length, **options):
         reads.append(path)
-        return read(path, offset, length)
+        return read(path, offset, length, **options)
 
     monkeypatch.setattr(labelled_data, "read_checked_image", counting)
     batches = list(labelled_data.make_iterable(images, MODEL, batch_size=batch_size,
@@ -667,3 +667,29 @@ def test_an_unclosed_quote_is_named_not_called_an_empty_table(tmp_path):
     captions.write_text('filepath\ttitle\na.png\t"starts with a quote\nb.png\tfine\n')
     expected = list(pd.read_csv(captions, sep="\t", quoting=csv.QUOTE_NONE).columns)
     assert labelled_data.table_columns(str(captions)) == expected == ["filepath", "title"]
+
+
+@pytest.mark.parametrize("exif_transpose", [True, False])
+def test_eval_reads_photos_upright_by_their_exif_orientation(tmp_path, exif_transpose):
+    """A phone photo stored sideways with an EXIF Orientation is evaluated as Pillow's
+    `ImageOps.exif_transpose` shows it (as `clip_jax.preprocess` and the dataset builders read
+    it), JPEG and PNG alike; `exif_transpose=False` reads the stored pixels, as torchvision's
+    ImageFolder does."""
+    from images import with_orientation
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(3)
+    for n, (orientation, fmt) in enumerate([(6, "JPEG"), (3, "PNG"), (8, "JPEG"), (1, "JPEG"),
+                                            (5, "PNG")]):
+        upright = rng.integers(0, 256, (20 + 2 * n, 31, 3), dtype=np.uint8)
+        (tmp_path / "test" / f"c{n % 2}").mkdir(parents=True, exist_ok=True)
+        path = tmp_path / "test" / f"c{n % 2}" / f"p{n}.{fmt.lower().replace('jpeg', 'jpg')}"
+        path.write_bytes(with_orientation(upright, orientation, fmt))
+    images = labelled_data.read(str(tmp_path), "test")
+    turn = ImageOps.exif_transpose if exif_transpose else (lambda im: im)
+    want = preprocess([turn(Image.open(f)).convert("RGB") for f in images.files], MODEL,
+                      exif_transpose=False)
+    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=8,
+                                               exif_transpose=exif_transpose))
+    got = np.concatenate([b["images"][b["mask"]] for b in batches])
+    np.testing.assert_array_equal(got, want)

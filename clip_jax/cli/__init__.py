@@ -263,6 +263,8 @@ def eval_command(args: argparse.Namespace) -> int:
         from clip_jax.models.config import canonical_dtype
 
         config.model.dtype = canonical_dtype(args.dtype, "--dtype")
+    if args.exif_transpose is not None:
+        config.data.build.exif_transpose = args.exif_transpose
 
     import jax
 
@@ -471,6 +473,11 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
                    help="compute dtype (default: the config's model.dtype: a workdir's "
                    "training one, as its periodic evaluation ran; else fp32, as clip_jax.load "
                    "and exports compute)")
+    e.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=None,
+                   help="turn labelled folders' and tables' photos upright by their EXIF "
+                   "orientation, as the dataset builders store training images (default: the "
+                   "config's data.build.exif_transpose, on; --no-exif-transpose reads the stored "
+                   "pixels, as torchvision's ImageFolder and CLIP_benchmark do)")
     eval_cli.add_arguments(e)
     _weights_arguments(e)
 

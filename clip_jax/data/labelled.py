@@ -38,6 +38,7 @@ warning, never dropped silently. `make_iterable` turns a set into the eval batch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -479,6 +480,8 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
+_ORIENTATION = 0x0112  # EXIF tag: 1 upright, 2-8 mirrored and/or turned
+_TURNED = range(2, 9)
 _REPORTED: set[tuple[bytes, int]] = set()  # unreadable images already named in a warning
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field (TEM, RSTn, SOI)
 
@@ -503,17 +506,32 @@ def jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
-def read_checked_image(path: bytes, offset: np.int64, length: np.int64
-                       ) -> tuple[bytes, np.ndarray, bool]:
+def _orientation(image: Image.Image) -> int:
+    """The EXIF Orientation an opened image's header holds (1 when none), read from the raw
+    EXIF block without decoding or loading anything, so that `verify` can still follow (a
+    PNG's `getexif` loads the pixels to look for an eXIf chunk after them)."""
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(_ORIENTATION, 1)
+
+
+def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
+                       exif_transpose: bool = True) -> tuple[bytes, np.ndarray, bool]:
     """One image of a `LabelledImages`, checked before the pipeline decodes it, as
     (encoded, pixels, readable):
 
-    * a whole JPEG (`jpeg_is_complete`) or a PNG whose chunks pass their CRCs: (its bytes, a
-      placeholder, True), decoded by TensorFlow outside the GIL, as every eval source is;
-    * anything else PIL reads whole (TIFF, WebP, GIF, BMP, 16-bit greyscale PNG, ...): (b"",
-      uint8 [H, W, 3], True), decoded here as torchvision's `ImageFolder` reads it (RGB, alpha
-      dropped, no EXIF turn), but 16-bit and float images rescaled to 8 bits as
-      `clip_jax.preprocess` rescales them (Pillow's convert("RGB") clips them at 255);
+    * a whole JPEG (`jpeg_is_complete`) or a PNG whose chunks pass their CRCs, stored upright
+      (no EXIF orientation, or `exif_transpose` False): (its bytes, a placeholder, True),
+      decoded by TensorFlow outside the GIL, as every eval source is;
+    * anything else PIL reads whole (TIFF, WebP, GIF, BMP, 16-bit greyscale PNG, a photo
+      with an EXIF orientation, ...): (b"", uint8 [H, W, 3], True), decoded here as
+      `clip_jax.preprocess` reads it: RGB, alpha dropped, turned upright by its EXIF
+      orientation (as the dataset builders store training images, `data.build.exif_transpose`;
+      torchvision's `ImageFolder`, and so CLIP_benchmark, does not turn it), 16-bit and float
+      images rescaled to 8 bits (Pillow's convert("RGB") clips them at 255);
     * an empty file, not an image, one cut off in its pixel data, or a file that cannot be
       read (a broken link, no permission): (b"", a 1x1 placeholder, False) with a warning
       naming the file; the pipeline masks it out of the results.
@@ -524,15 +542,16 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
         data = read_image_bytes(path, offset, length)
         if not data:
             raise ValueError("empty file (0 bytes)")
-        if jpeg_is_complete(data):
-            return data, _PLACEHOLDER, True
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            turned = exif_transpose and _orientation(image) in _TURNED
+            if jpeg_is_complete(data) and not turned:
+                return data, _PLACEHOLDER, True
             # 16-bit greyscale PNGs (Pillow's I;16 / I) go the Pillow way too: TensorFlow's
             # decoder keeps the high byte, `clip_jax.preprocess` rescales v * 255 / 65535.
-            if image.format == "PNG" and not image.mode.startswith("I"):
+            if image.format == "PNG" and not image.mode.startswith("I") and not turned:
                 image.verify()
                 return data, _PLACEHOLDER, True
-            return b"", to_rgb_uint8(image, exif_transpose=False), True
+            return b"", to_rgb_uint8(image, exif_transpose=exif_transpose), True
     except Image.UnidentifiedImageError:
         reason = "not an image PIL can identify"
     except DECODE_ERRORS as error:
@@ -550,14 +569,16 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64
 
 def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
                   shift: str = "", prefetch_batches: int = 2, process_index: int | None = None,
-                  process_count: int | None = None) -> EvalIterable:
+                  process_count: int | None = None, exif_transpose: bool = True
+                  ) -> EvalIterable:
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
     in order, padded with `mask` False so every process yields the same number of batches
     (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
     (`read_checked_image`) is masked out like padding, with a warning naming it; one whose
     data is damaged inside a whole file (TensorFlow's decoder fails on it, which no error
     handler inside the graph can catch per image) is dropped, its slot made up by padding,
-    and named by `report_dropped` once the split is read."""
+    and named by `report_dropped` once the split is read. Photos are turned upright by their
+    EXIF orientation unless `exif_transpose` is False (`read_checked_image`)."""
     shift = check_shift(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
@@ -570,7 +591,8 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         encoded, pixels, readable = tf.numpy_function(
-            read_checked_image, [item["file"], item["offset"], item["length"]],
+            functools.partial(read_checked_image, exif_transpose=exif_transpose),
+            [item["file"], item["offset"], item["length"]],
             (tf.string, tf.uint8, tf.bool), stateful=False)
         encoded = tf.ensure_shape(encoded, [])
         pixels = tf.cond(tf.strings.length(encoded) > 0,

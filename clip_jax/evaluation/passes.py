@@ -236,7 +236,8 @@ def _open(p: Pass, model_config: Any, batch: int,
         images = listed[source]
         p.iterable = labelled_data.make_iterable(images, model_config, batch_size=batch,
                                                  shift=p.shift,
-                                                 prefetch_batches=p.data.prefetch_batches)
+                                                 prefetch_batches=p.data.prefetch_batches,
+                                                 exif_transpose=p.data.build.exif_transpose)
         p.description, p.templates = images.description, images.templates
         p.templates_file = images.templates_file
         p.shown_split, p.indexed, p.images = images.split, images.indexed, images
