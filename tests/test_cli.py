@@ -1053,3 +1053,4 @@ def test_eval_exif_transpose_flag_sets_the_data_config():
     assert parse(["eval", "w", "--no-exif-transpose"]).exif_transpose is False
     assert parse(["eval", "w", "--exif-transpose"]).exif_transpose is True
     assert parse(["eval", "w"]).exif_transpose is None
+    assert parse(["eval", "w", "--robustness", "d", "--train-split", "val"]).train_split == "val"

@@ -238,6 +238,20 @@ def test_robustness_warns_of_a_shifted_set_that_is_the_probe_data_or_the_referen
     train = [p for p in evaluation.passes.passes if p.split == "train"]
     assert len(train) == 1 and train[0].data.dataset == str(root)
     assert metrics["robustness/t/test_drop"] == 0
+    # A folder with no split folders: the probe is fit on the reference set itself (its
+    # shifted copies are its own training images), which is said; so is --train-split naming
+    # the reference's own split.
+    for dataset, train_split in ((str(root / "test"), ""), (str(root), "test")):
+        caplog.clear()
+        config = config_for(robustness=evaluate.robustness_task(
+            dataset, shifts="greyscale", baseline="linear_probe", templates="simple",
+            train_split=train_split))
+        with caplog.at_level("WARNING"):
+            evaluate.evaluate_model(config, module, variables)
+        assert any(r.getMessage().startswith(
+            "robustness/t: the linear-probe baseline is fit on the reference set itself "
+            f"(image folder {root}/test)") for r in caplog.records), (
+            dataset, [r.getMessage() for r in caplog.records])
 
 
 def test_class_names_listing_a_folders_classes_in_another_order_map_by_name(folder, model,

@@ -5,7 +5,8 @@
   --few-shot TRAIN TEST       k-shot probes (--shots, --seeds) next to zero-shot on TEST
   --robustness SRC            zero-shot on SRC and on shifted versions (--shifts) and/or other
                               datasets with the same classes (--shifted), effective robustness
-                              against --baseline (linear_probe, or IN:SHIFTED pairs)
+                              against --baseline (linear_probe, or IN:SHIFTED pairs; the
+                              probe is fit on SRC's train split, or --train-split)
   --retrieval TABLE           image-text retrieval on a CSV/TSV of image paths and captions
                               (built once as an `image_text_table` of its own; columns by
                               header or --image-key / --caption-key) or a TFDS name
@@ -81,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(imagenet_v2, imagenet_r@test, folders)")
     parser.add_argument("--baseline", default="linear_probe",
                         help="robustness baseline: linear_probe, IN:SHIFTED pairs, or ''")
+    parser.add_argument("--train-split", default="",
+                        help="the split of --robustness's source the linear-probe baseline is "
+                             "fit on (default: its train split; for a folder with no split "
+                             "folders, the folder itself, which is warned about)")
 
 
 def shift_names(text: str) -> str:
@@ -121,6 +126,7 @@ OPTION_SOURCES = {
     "class_names": ("zero_shot", "linear_probe", "few_shot", "robustness"),
     "shots": ("few_shot",), "seeds": ("few_shot",),
     "shifts": ("robustness",), "shifted": ("robustness",), "baseline": ("robustness",),
+    "train_split": ("robustness",),
 }
 
 
@@ -188,7 +194,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
         dataset, split = _source(args.robustness, data_dir=config.data.data_dir)
         ev.robustness[naming.source_name(args.robustness)] = evaluate.robustness_task(
             dataset, split, shifts=args.shifts, shifted=args.shifted, baseline=args.baseline,
-            **prompts)
+            train_split=args.train_split, **prompts)
     _check_keys_used(args, ev)
     if args.retrieval:
         _retrieval(config, args.retrieval, args.image_key, args.caption_key)

@@ -92,7 +92,7 @@ class Robustness(Evaluator):
         beyond them fails here, before any image is embedded. A shifted set that is the
         reference itself, or the linear probe's training data, is warned about: its drop is 0
         by construction, or the probe is scored on images it was fit on (its baseline point
-        and effective robustness optimistic)."""
+        and effective robustness optimistic); so is a probe fit on the reference set itself."""
         c = self.classifier
         for p in self.shifted.values():
             if p.indexed:
@@ -105,6 +105,14 @@ class Robustness(Evaluator):
                         "drop is 0 by construction; give a shifted copy of its classes.",
                         self.key, ", ".join(same), c.source.description)
         if self.train is None:
+            return
+        if self.train.origin == c.source.origin:
+            log.warning("%s: the linear-probe baseline is fit on the reference set itself (%s): "
+                        "its in-distribution accuracy is measured on its own training images "
+                        "and the synthetic shifts are copies of them, so the baseline and "
+                        "effective robustness are optimistic; give a source with train and "
+                        "test splits, or the split to fit on (--train-split, the task's "
+                        "train_split).", self.key, c.source.description)
             return
         fit = [name for name, p in self.shifted.items()
                if not p.shift and p.origin == self.train.origin]
