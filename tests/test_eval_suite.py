@@ -283,6 +283,35 @@ def test_class_names_listing_a_folders_classes_in_another_order_map_by_name(fold
                for r in caplog.records)
 
 
+def test_a_sources_own_names_given_with_underscores_change_nothing(folder, model, tmp_path):
+    """Folder `deep_red/` is prompted as "deep red"; `--class-names` listing the folder names
+    as written (`deep_red`) prompted "deep_red" and changed the accuracy. Given names matched
+    by name are said as the source's own; a table labelled `deep_red` takes the names file's
+    "deep red" as that class."""
+    import shutil
+
+    module, variables = model
+    root = tmp_path / "shades"
+    for name in COLOURS:
+        shutil.copytree(folder / "test" / name, root / f"deep_{name}_tone")
+    test = labelled_data.read(str(root))
+    said = [name.replace("_", " ") for name in test.class_names]
+    images = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in test.files], module.config))
+    classes = class_embeddings(module, variables, said, templates.TEMPLATE_SETS["simple"])
+    predicted = (images @ classes.T).argmax(1)
+    assert len(set(predicted)) > 1  # the names matter to the scores
+    for names in ("", ",".join(test.class_names), ",".join(reversed(said))):
+        _, evaluation = evaluate.evaluate_model(config_for(zero_shot=evaluate.zero_shot_task(
+            str(root), templates="simple", class_names=names)), module, variables)
+        np.testing.assert_array_equal(evaluation.predictions["t"][:, 0], predicted, names)
+    table = tmp_path / "shades.csv"
+    pd.DataFrame({"filepath": test.files,
+                  "label": [test.class_names[y] for y in test.labels]}).to_csv(table, index=False)
+    read = labelled_data.read(str(table), class_names=said)
+    np.testing.assert_array_equal(read.labels, test.labels)
+
+
 def imagenet_source(self, split, decoders=None, deserialize_method=None, **kwargs):
     """Mock random access: 12 images; imagenet_r / imagenet_a use 4 of their 200 classes and,
     as a mislabelled copy might, one class outside them."""

@@ -314,8 +314,12 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         names = index_class_names(path, labels, class_names, lines)
     else:
         names = list(class_names) if class_names is not None else sorted(set(raw))
-        index = {name: k for k, name in enumerate(names)}
-        unknown = [i for i, y in enumerate(raw) if y not in index]
+        # A label matches a given name as written, else with underscores read as spaces on
+        # both sides, as prompts say folder and label names (`café_crème` is "café crème").
+        index = {**{_spaced(name): k for k, name in enumerate(names)},
+                 **{name: k for k, name in enumerate(names)}}
+        lookup = [y if y in index else _spaced(y) for y in raw]
+        unknown = [i for i, y in enumerate(lookup) if y not in index]
         if unknown:
             i, word = unknown[0], indices.index(None)
             mixed = (f"; the column mixes class indices with names ({lines[word]}: "
@@ -324,7 +328,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
                      "give the names in a file, one per line" if "," in raw[i] else "")
             raise ConfigError(f"{path} {lines[i]}: label {raw[i]!r} is not one of the "
                               f"{len(names)} class names given{mixed}{comma}.")
-        labels = np.asarray([index[y] for y in raw], np.int64)
+        labels = np.asarray([index[y] for y in lookup], np.int64)
     root = os.path.dirname(path)
     files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p) for _, p, _ in rows]
     urls = {i for i, f in enumerate(files) if unreadable_scheme(f)}
@@ -516,6 +520,10 @@ def _orientation(image: Image.Image) -> int:
     exif = Image.Exif()
     exif.load(raw)
     return exif.get(_ORIENTATION, 1)
+
+
+def _spaced(name: str) -> str:
+    return name.replace("_", " ")
 
 
 def read_checked_image(path: bytes, offset: np.int64, length: np.int64,

@@ -172,7 +172,9 @@ class Classifier:
 def in_label_order(given: Sequence[str], dataset_names: Sequence[str], field: str) -> list[str]:
     """Class names given for a source that names its classes itself (a folder, a TFDS
     ClassLabel), in its label order. The same names in another order (underscores read as
-    spaces, as the folder names are) are mapped by name; other names replace the dataset's by
+    spaces, as the folder names are) are mapped by name and said as the dataset's own are
+    (`café_crème` given for a folder `café_crème/` is "café crème", as without the names), so
+    giving a source's own names changes nothing; other names replace the dataset's by
     position, with a warning when some of them are the dataset's own names at other
     positions, which a positional reading would mislabel. `dataset_names` are the names its
     prompts would use (OpenAI's for WordNet ids)."""
@@ -181,7 +183,7 @@ def in_label_order(given: Sequence[str], dataset_names: Sequence[str], field: st
         unused: dict[str, list[int]] = {}
         for k, name in enumerate(given):
             unused.setdefault(key(name), []).append(k)
-        return [given[unused[key(name)].pop(0)] for name in dataset_names]
+        return [key(given[unused[key(name)].pop(0)]) for name in dataset_names]
     keys = set(map(key, given))
     moved = [(name, given[k]) for k, name in enumerate(dataset_names)
              if key(given[k]) != key(name) and key(name) in keys]
