@@ -161,7 +161,8 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
         evaluator, task, metric, value = [c.strip() for c in line.strip("|").split("|")][:4]
         assert float(value) == pytest.approx(metrics[f"{evaluator}/{task}/{metric}"], rel=2e-3,
                                              abs=5e-5)
-    assert [eval_report.number(v) for v in (1e-6, 0.93751, 0.0)] == ["1e-06", "0.9375", "0.0000"]
+    assert [eval_report.number(v) for v in (1e-6, 0.93751, 0.0, -1.39e-17, -3e-4)] == [
+        "1e-06", "0.9375", "0.0000", "0.0000", "-0.0003"]
     paths = eval_report.write(str(tmp_path), table, evaluation.details)
     frame = pd.read_csv(tmp_path / "results.csv")
     assert len(frame) == len(metrics)

@@ -46,8 +46,11 @@ def rows(metrics: Mapping[str, float], provenance: Mapping[str, Mapping[str, Any
 
 def number(value: float) -> str:
     """4 decimals (accuracies, recalls), or 3 significant digits for magnitudes 4 decimals
-    would show as 0.0000 (a chosen L2 strength of 1e-6)."""
-    return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+    would show as 0.0000 (a chosen L2 strength of 1e-6); below 1e-12 it is the rounding noise
+    of a difference of equal numbers (an effective robustness of 0 read as -1.39e-17): 0."""
+    if abs(value) <= 1e-12:
+        return f"{0.0:.4f}"
+    return f"{value:.3g}" if abs(value) < 1e-3 else f"{value:.4f}"
 
 
 def markdown(table: Sequence[Mapping[str, Any]]) -> str:

@@ -218,7 +218,8 @@ class Records:
                        len(p.class_names) if p.class_names is not None else "")
         self.provenance[key] = {
             "data": p.description,
-            "split": (p.split or p.shown_split) + (f" +{p.shift}" if p.shift else ""),
+            "split": " ".join(filter(None, (p.split or p.shown_split,
+                                            f"+{p.shift}" if p.shift else ""))),
             "images": int(len(p.embeddings.images)),
             # Images read from the source but left out of its numbers (warned about by name).
             "unreadable": int(p.iterable.num_examples - len(p.embeddings.images)),
