@@ -852,6 +852,10 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     schedule = optim.learning_rate_schedule(config)
     rates = [float(schedule(step)) for step in range(config.total_steps)]
     assert rates == sorted(rates) and rates[-1] < config.optimizer.lr
+    # the warmup's own slope, as open_clip's cosine_lr ramps (base_lr * (s + 1) / warmup at
+    # its step s, our step s + 1): not squeezed into the run
+    np.testing.assert_allclose(rates, config.optimizer.lr * np.arange(config.total_steps) / 30,
+                               rtol=1e-5)  # float32 rates
 
 
 def test_a_model_folder_is_refused_as_a_workdir(tmp_path, monkeypatch, capsys):

@@ -17,9 +17,14 @@ NO_DECAY = ("logit_scale", "logit_bias")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup from 0 to `config.optimizer.lr`, then cosine decay to `end_lr_factor`."""
+    """Linear warmup from 0 to `config.optimizer.lr`, then cosine decay to `end_lr_factor`.
+
+    Step s of the warmup is at s / warmup_steps of the peak (open_clip's `cosine_lr` ramp,
+    one step later: its step s is at (s + 1) / warmup_steps). A warmup longer than the run
+    keeps that slope, as open_clip's does, so the run ends below the peak (the start-up checks
+    warn of it); it is not squeezed into the run."""
     opt = config.optimizer
-    warmup = min(config.warmup_steps, config.total_steps)
+    warmup = config.warmup_steps
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=opt.lr, warmup_steps=warmup,
         decay_steps=max(config.total_steps, warmup + 1), end_value=opt.lr * opt.end_lr_factor)
