@@ -60,7 +60,7 @@ from clip_jax.data.tf_data import graph
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig
 from clip_jax_data import tables
-from clip_jax.data.preprocess import normalization_constants, to_rgb_uint8
+from clip_jax.data.preprocess import EXIF_ORIENTATION, normalization_constants, to_rgb_uint8
 
 log = logging.getLogger(__name__)
 _EMPTY_REPORTED: set[str] = set()  # folders whose empty classes were named in a warning
@@ -484,8 +484,11 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
-_ORIENTATION = 0x0112  # EXIF tag: 1 upright, 2-8 mirrored and/or turned
-_TURNED = range(2, 9)
+_TURNED = range(2, 9)  # EXIF orientations other than upright (1): mirrored and/or turned
+# A JPEG's EXIF block is an APP1 segment opening with this mark (anywhere before the scan:
+# the whole file is searched, a fast byte scan; a chance match in the pixels costs a header
+# parse only).
+_EXIF_MARK = b"Exif\x00\x00"
 _REPORTED: set[tuple[bytes, int]] = set()  # unreadable images already named in a warning
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field (TEM, RSTn, SOI)
 
@@ -519,7 +522,7 @@ def _orientation(image: Image.Image) -> int:
         return 1
     exif = Image.Exif()
     exif.load(raw)
-    return exif.get(_ORIENTATION, 1)
+    return exif.get(EXIF_ORIENTATION, 1)
 
 
 def _spaced(name: str) -> str:
@@ -550,9 +553,12 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
         data = read_image_bytes(path, offset, length)
         if not data:
             raise ValueError("empty file (0 bytes)")
+        complete = jpeg_is_complete(data)
+        if complete and not (exif_transpose and _EXIF_MARK in data):
+            return data, _PLACEHOLDER, True  # no EXIF block to turn by: no header parse
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             turned = exif_transpose and _orientation(image) in _TURNED
-            if jpeg_is_complete(data) and not turned:
+            if complete and not turned:
                 return data, _PLACEHOLDER, True
             # 16-bit greyscale PNGs (Pillow's I;16 / I) go the Pillow way too: TensorFlow's
             # decoder keeps the high byte, `clip_jax.preprocess` rescales v * 255 / 65535.

@@ -180,7 +180,7 @@ def resize_and_center_crop(image: np.ndarray, size: int, resize: int | None = No
 
 
 ALPHA_DROP = "drop"
-_EXIF_ORIENTATION = 0x0112  # EXIF tag; 1 = upright, 2-8 = mirrored and/or rotated
+EXIF_ORIENTATION = 0x0112  # EXIF tag; 1 = upright, 2-8 = mirrored and/or rotated
 
 
 def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None:
@@ -202,11 +202,11 @@ def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None
             colour = ImageColor.getrgb(alpha)
         except ValueError:
             colour = None
-        if colour is not None and len(colour) == 4 and colour[3] != 255:
-            raise ValueError(f"alpha={alpha!r} is a colour with alpha {colour[3]}; the "
-                             "background must be opaque: give its RGB alone, e.g. "
-                             f"'#{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}'.")
         if colour is not None:
+            if len(colour) == 4 and colour[3] != 255:
+                raise ValueError(f"alpha={alpha!r} is a colour with alpha {colour[3]}; the "
+                                 "background must be opaque: give its RGB alone, e.g. "
+                                 f"'#{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}'.")
             return tuple(colour[:3])  # type: ignore[return-value]
     elif len(alpha) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in alpha):
         return tuple(alpha)  # type: ignore[return-value]
@@ -218,7 +218,7 @@ def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None
 def exif_transposed(image: Image.Image) -> Image.Image:
     """`image` turned upright by its EXIF Orientation tag, as browsers, Pillow's
     `ImageOps.exif_transpose` and transformers' `load_image` do; unchanged without one."""
-    if image.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1):
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
         return image
     return ImageOps.exif_transpose(image)
 
