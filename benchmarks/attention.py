@@ -11,7 +11,9 @@ error and relative Frobenius error against a float64 numpy reference computed fr
 (rounded) inputs, the gradients' relative error against the `xla` kernel in fp32 at the
 highest matmul precision, and the median time of a jitted forward + backward in ms, with its
 ratio to `xla` at the same dtype (below 1 is faster). This is how `auto`'s choice per platform
-is checked: a kernel it picks must be exact to its dtype and faster than XLA.
+is checked: a kernel it picks must be exact to its dtype and faster than XLA. A shape the
+cuDNN kernel refuses (`clip_jax.models.attention.cudnn_takes`; `auto` runs XLA there) gets a row
+with JAX's reason instead of numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clip_jax.models.attention import KERNEL_PLATFORMS, KERNELS, dot_product_attention  # noqa: E402
+from clip_jax.models.attention import (KERNEL_PLATFORMS, KERNELS, cudnn_takes,  # noqa: E402
+                                       dot_product_attention)
 
 # (name, tokens, heads, causal): the attention shapes CLIP's towers run.
 SHAPES = (("ViT-B/32 image", 50, 12, False), ("ViT-B/16 image", 197, 12, False),
@@ -87,6 +90,12 @@ def rows(batch: int, repeats: int, seed: int = 0) -> list[dict]:
         xla_ms = {}
         for kernel in kernels:
             for dtype in KERNEL_DTYPES[kernel]:
+                refused = kernel == "cudnn" and cudnn_takes(shape, shape, dtype, causal)
+                if refused:  # `auto` runs XLA for this shape
+                    out.append({"shape": name, "tokens": length, "heads": heads,
+                                "causal": causal, "kernel": kernel, "dtype": dtype,
+                                "refused": refused})
+                    continue
                 qkv = [jnp.asarray(x, dtype) for x in qkv32]
                 forward = jax.jit(lambda q, k, v, kernel=kernel: dot_product_attention(
                     q, k, v, causal=causal, implementation=kernel))
@@ -114,6 +123,11 @@ def table(results: list[dict]) -> str:
     lines = ["| shape | kernel | dtype | max abs error | relative error | grad relative error "
              "| fwd+bwd (ms) | time vs xla |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
+        if r.get("refused"):
+            lines.append(f"| {r['shape']} ({r['tokens']} tokens{', causal' if r['causal'] else ''}"
+                         f") | {r['kernel']} | {r['dtype']} | refused: {r['refused']} "
+                         "| | | | |")
+            continue
         ratio = f"{r['vs_xla']:.2f}" if r["vs_xla"] is not None else "-"
         lines.append(f"| {r['shape']} ({r['tokens']} tokens{', causal' if r['causal'] else ''}) "
                      f"| {r['kernel']} | {r['dtype']} | {r['max_abs_error']:.1e} | "

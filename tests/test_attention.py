@@ -6,6 +6,7 @@ AOT compile (libtpu + jax.experimental.topologies), in a subprocess because libt
 own environment. cuDNN needs a GPU; `auto` resolves to it only there.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clip_jax.errors import ConfigError
+from clip_jax.models import attention
 from clip_jax.models.attention import dot_product_attention, pooled_attention, resolve
 
 
@@ -44,7 +47,8 @@ def _loss(implementation, causal):
                                                   (False, 1, 50)])
 def test_xla_matches_float64_reference(causal, q_len, kv_len):
     q, k, v = _qkv(q_len, kv_len)
-    out = dot_product_attention(q, k, v, causal=causal, implementation="xla")
+    with jax.default_matmul_precision("highest"):  # a GPU's default fp32 matmul is TF32
+        out = dot_product_attention(q, k, v, causal=causal, implementation="xla")
     np.testing.assert_allclose(out, _reference(q, k, v, causal), atol=2e-6, rtol=0)
 
 
@@ -54,12 +58,12 @@ def test_pallas_kernel_matches_xla_in_tpu_interpreter():
     from jax.experimental.pallas import tpu as pltpu
 
     q, k, v = _qkv(20, 20, batch=1, heads=1, dim=64)
-    with pltpu.force_tpu_interpret_mode():
+    with pltpu.force_tpu_interpret_mode(), jax.default_matmul_precision("highest"):
         out = jax.jit(lambda *a: dot_product_attention(*a, causal=True,
                                                        implementation="pallas"))(q, k, v)
         grads = jax.jit(jax.grad(_loss("pallas", True), argnums=(0, 1, 2)))(q, k, v)
+        ref_grads = jax.grad(_loss("xla", True), argnums=(0, 1, 2))(q, k, v)
     np.testing.assert_allclose(out, _reference(q, k, v, True), atol=2e-6, rtol=0)
-    ref_grads = jax.grad(_loss("xla", True), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(g, r, atol=2e-5, rtol=0)
 
@@ -102,12 +106,21 @@ def _relative(a, b) -> float:
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("causal,length", [(False, 50), (True, 77), (False, 257)])
+@pytest.mark.parametrize("causal,length", [(False, 50), (True, 77), (False, 196), (False, 257)])
 def test_cudnn_is_exact_to_its_dtype_and_is_what_auto_runs_on_gpu(dtype, causal, length):
-    """cuDNN flash attention's output error against the float64 reference, and its gradients'
-    against XLA's at fp32 (highest matmul precision), stay within 1.5x of the XLA kernel's at
-    the same half-precision dtype; `auto` compiles to cuDNN's fused attention there."""
+    """Where JAX's cuDNN attention takes the shape, its output error against the float64
+    reference, and its gradients' against XLA's at fp32 (highest matmul precision), stay within
+    1.5x of the XLA kernel's at the same half-precision dtype, and `auto` compiles to cuDNN's
+    fused attention; where it refuses (odd lengths on some JAX releases), `auto` compiles to
+    XLA's and an explicit `cudnn` is a ConfigError."""
     q, k, v = (x.astype(dtype) for x in _qkv(length, length, batch=4, heads=12, dim=64))
+    auto_hlo = jax.jit(jax.grad(_loss("auto", causal), argnums=(0, 1, 2))).lower(
+        q, k, v).compile().as_text()
+    if attention.cudnn_takes(q.shape, k.shape, jnp.dtype(dtype).name, causal):
+        assert "cudnn$fmha" not in auto_hlo
+        with pytest.raises(ConfigError, match="config.model.attention='cudnn'"):
+            dot_product_attention(q, k, v, causal=causal, implementation="cudnn")
+        return
     expected = _reference(*(x.astype(jnp.float32) for x in (q, k, v)), causal)
     with jax.default_matmul_precision("highest"):
         exact = jax.grad(_loss("xla", causal), argnums=(0, 1, 2))(
@@ -121,9 +134,60 @@ def test_cudnn_is_exact_to_its_dtype_and_is_what_auto_runs_on_gpu(dtype, causal,
                           max(_relative(g, e) for g, e in zip(grads, exact)))
     assert errors["cudnn"][0] <= 1.5 * errors["xla"][0], errors
     assert errors["cudnn"][1] <= 1.5 * errors["xla"][1], errors
-    hlo = jax.jit(lambda *a: dot_product_attention(*a, causal=causal)).lower(
-        q, k, v).compile().as_text()
-    assert "cudnn$fmha" in hlo
+    assert "cudnn$fmha" in auto_hlo
+
+
+def _cudnn_refusing_odd_lengths(calls: list):
+    """A stand-in for JAX's cuDNN call on a CPU: XLA's values, but like jax 0.11's cuDNN path
+    it raises NotImplementedError for an odd sequence length when the backward pass is traced
+    (its custom_vjp forward rule), not on a forward-only call."""
+    def kernel(q, k, v, causal):
+        run = jax.custom_vjp(lambda q, k, v: attention._xla(q, k, v, causal))
+
+        def forward(q, k, v):
+            if q.shape[1] % 2 or k.shape[1] % 2:
+                raise NotImplementedError(f"Unsupported sequence length Q {q.shape[1]}, "
+                                          f"KV {k.shape[1]}.")
+            calls.append(q.shape)
+            return run(q, k, v), (q, k, v)
+
+        def backward(saved, grad):
+            return jax.vjp(lambda *a: attention._xla(*a, causal), *saved)[1](grad)
+        run.defvjp(forward, backward)
+        return run(q, k, v)
+    return kernel
+
+
+@pytest.fixture
+def gpu_with_fussy_cudnn(monkeypatch):
+    calls = []
+    monkeypatch.setitem(attention.KERNELS, "cudnn", _cudnn_refusing_odd_lengths(calls))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    attention.cudnn_takes.cache_clear()
+    yield calls
+    attention.cudnn_takes.cache_clear()
+
+
+@pytest.mark.parametrize("length,runs_cudnn", [(50, True), (77, False), (197, False)])
+def test_auto_falls_back_to_xla_where_cudnn_refuses_the_backward(gpu_with_fussy_cudnn, length,
+                                                                 runs_cudnn):
+    """The refusal comes only when the gradient is traced, and under jax.checkpoint (the
+    towers' remat) that is after the layer's own call has returned: the choice is made before
+    the call, so training a remat layer still gets a kernel that differentiates, and its
+    gradient is the float64 reference's."""
+    calls = gpu_with_fussy_cudnn
+    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(length, length, dim=64))
+    grad = jax.jit(jax.grad(jax.checkpoint(_loss("auto", True)), argnums=(0, 1, 2)))
+    with jax.default_matmul_precision("highest"):
+        grads = grad(q, k, v)
+        exact = jax.grad(_loss("xla", True), argnums=(0, 1, 2))(
+            *(x.astype(jnp.float32) for x in (q, k, v)))
+    assert bool(calls) is runs_cudnn  # forward rules traced past the length check
+    for g, e in zip(grads, exact):
+        assert _relative(g, e) < 2e-2
+    refusal = pytest.raises(ConfigError, match="Unsupported sequence length.*use 'auto'")
+    with contextlib.nullcontext() if runs_cudnn else refusal:
+        dot_product_attention(q, k, v, causal=True, implementation="cudnn")
 
 
 @pytest.mark.parametrize("platform,dtype,expected", [

@@ -8,8 +8,10 @@
   kept out of the softmax with segment ids. XLA cannot partition a Mosaic kernel, so on a
   mesh the kernel runs inside a `shard_map` over the batch and head axes that the logical
   axis rules give `activation_batch` / `activation_heads` (sequence and head_dim stay whole).
-- `auto`: cuDNN on GPU in half precision, XLA otherwise (TPU included: CLIP's sequences are
-  short, 50-257 image tokens and 77 text tokens, and padding them to 128-token blocks has not
+- `auto`: cuDNN on GPU in half precision where cuDNN takes the shape for forward and backward
+  (`cudnn_takes`: JAX refuses some, e.g. odd sequence lengths such as ViT-B/16's 197 tokens or
+  the text tower's 77 on jax 0.11 with an H200), XLA otherwise (TPU included: CLIP's sequences
+  are short, 50-257 image tokens and 77 text tokens, and padding them to 128-token blocks has not
   been measured against XLA's fused attention on a TPU; choose `pallas` explicitly to try it).
 
 All take and return [batch, length, heads, head_dim] (the projections' layout, so no
@@ -153,10 +155,44 @@ def resolve(name: str, dtype: jnp.dtype, platform: str | None = None) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=None)
+def cudnn_takes(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype: str,
+                causal: bool) -> str | None:
+    """None where JAX's cuDNN flash attention takes these [batch, length, heads, head_dim]
+    shapes for the forward and the backward pass, else JAX's reason (one line).
+
+    JAX checks the shapes when the cuDNN call is traced (head_dim a multiple of 8 and at most
+    128 or 256; some versions refuse odd sequence lengths when training), and the rule moves
+    between JAX releases, so it is asked, not copied: one abstract trace of the gradient
+    (`jax.eval_shape`, nothing compiled or run), cached per shape.
+    """
+    q = jax.ShapeDtypeStruct(q_shape, jnp.dtype(dtype))
+    kv = jax.ShapeDtypeStruct(kv_shape, jnp.dtype(dtype))
+
+    def loss(q, k, v):
+        return jnp.sum(KERNELS["cudnn"](q, k, v, causal).astype(jnp.float32))
+    try:
+        jax.eval_shape(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv)
+    except NotImplementedError as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
                           implementation: str = "auto") -> jax.Array:
     """softmax(q k^T / sqrt(head_dim) [+ causal mask]) v over [batch, length, heads, head_dim].
 
-    With `causal`, query i sees keys <= i (queries and keys aligned at position 0).
+    With `causal`, query i sees keys <= i (queries and keys aligned at position 0). Where
+    `auto` means cuDNN and cuDNN refuses the shapes (`cudnn_takes`), XLA runs instead; an
+    explicit `cudnn` raises ConfigError there, naming JAX's reason.
     """
-    return KERNELS[resolve(implementation, q.dtype)](q, k, v, causal)
+    name = resolve(implementation, q.dtype)
+    if name == "cudnn":
+        refused = cudnn_takes(q.shape, k.shape, jnp.dtype(q.dtype).name, causal)
+        if refused and implementation == "cudnn":
+            raise ConfigError(
+                f"config.model.attention='cudnn' cannot run this attention (q {q.shape}, "
+                f"k {k.shape}, causal={causal}): JAX says {refused!r}; use 'auto' (XLA where "
+                "cuDNN refuses) or 'xla'.")
+        name = "xla" if refused else name
+    return KERNELS[name](q, k, v, causal)
