@@ -407,3 +407,46 @@ def test_model_flops_are_those_of_the_loop_free_step(monkeypatch):
             == train._model_flops(looped, looped_setup, looped_step) == expected)
     monkeypatch.setattr(train_step, "lower_train_step", None)  # no twin is traced
     assert train._model_flops(plain, plain_setup, plain_step) == expected
+
+
+def _numpy_softmax_grads(img, txt, scale):
+    """d loss / d (img, txt, scale) of CLIP's symmetric cross-entropy in float64 numpy:
+    G = (softmax over rows + softmax over columns - 2 I) / 2N of the scaled cosines, a true
+    pair's softmax - 1 written as minus the other pairs' share (~1e-20 where every pair is
+    confident: softmax itself rounds to 1 there, even in float64)."""
+    img, txt = img.astype(np.float64), txt.astype(np.float64)
+    logits = scale * img @ txt.T
+    pair = np.eye(len(img), dtype=bool)
+
+    def softmax_less_identity(z, axis):
+        e = np.exp(z - z.max(axis, keepdims=True))
+        p = e / e.sum(axis, keepdims=True)
+        return np.where(pair, -np.where(pair, 0.0, p).sum(axis, keepdims=True), p)
+    g = (softmax_less_identity(logits, 1) + softmax_less_identity(logits, 0)) / (2 * len(img))
+    return scale * g @ txt, scale * g.T @ img, np.sum(g * (img @ txt.T))
+
+
+@pytest.mark.parametrize("name,scale,noise", [
+    ("chunked_softmax", 100.0, 0.02), ("chunked_softmax", 100.0, 0.3),
+    ("chunked_softmax", 10.0, 0.3), ("softmax", 10.0, 0.3)])
+def test_softmax_gradients_match_float64(name, scale, noise):
+    """Gradients within 1e-4 of the largest, against float64 numpy. At logit_scale's ceiling
+    (100) with captions near their images every pair is confidently right and the gradients
+    are ~1e-20: the chunked backward must resolve them (it once carried a float32 floor of
+    ~6e-6 at batch 256). Plain `softmax` is held to this only at scale 10: at 100 its
+    autodiff rounds a true pair's softmax to 1, as open_clip's cross-entropy does, and its
+    ~1e-20 gradients lose their own size (never more)."""
+    mesh = sharding.create_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((64, 32))
+    txt = img + noise * rng.standard_normal((64, 32))
+    img, txt = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (img, txt))
+    img, txt = img.astype(np.float32), txt.astype(np.float32)
+    loss_fn = losses.LOSSES[name].make(mesh, 4)
+    emb = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, 2))  # noqa: E731
+    with jax.set_mesh(mesh):
+        grads = jax.jit(jax.grad(lambda *a: loss_fn(*a)[0], argnums=(0, 1, 2)))(
+            emb(img), emb(txt), jnp.float32(scale))
+    for got, want in zip(grads, _numpy_softmax_grads(img, txt, scale)):
+        error = np.abs(np.asarray(got, np.float64) - want).max()
+        assert error <= 1e-4 * np.abs(want).max(), (error, np.abs(want).max())

@@ -100,24 +100,32 @@ def _varying(*xs: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(cast(x) for x in xs)
 
 
-def _online_update(stats: tuple[jax.Array, jax.Array, jax.Array], logits: jax.Array, axis: int,
-                   base: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Running (max, sum of exp(x - max), argmax) after a block of logits along `axis`.
+def _online_update(stats: tuple[jax.Array, ...], logits: jax.Array, true_pair: jax.Array,
+                   axis: int, base: jax.Array) -> tuple[jax.Array, ...]:
+    """Running (max, sum of exp(x - max), the same sum without the true pair, argmax) after a
+    block of logits along `axis`; `true_pair` (bool, the block's shape) marks i == j.
 
     `base` is the global index of the block's first element along `axis`; earlier blocks win
     ties, so the argmax is the first maximal index, as `jnp.argmax` returns.
     """
-    m, s, idx = stats
+    m, s, s_off, idx = stats
     block_max = jnp.max(logits, axis=axis)
     idx = jnp.where(block_max > m, jnp.argmax(logits, axis=axis) + base, idx)
     m_new = jnp.maximum(m, block_max)
-    s_new = s * jnp.exp(m - m_new) + jnp.sum(
-        jnp.exp(logits - jnp.expand_dims(m_new, axis)), axis=axis)
-    return m_new, s_new, idx
+    rescale = jnp.exp(m - m_new)
+    e = jnp.exp(logits - jnp.expand_dims(m_new, axis))
+    return (m_new, s * rescale + jnp.sum(e, axis=axis),
+            s_off * rescale + jnp.sum(jnp.where(true_pair, 0.0, e), axis=axis), idx)
 
 
 def _init_stats(n: int) -> tuple[jax.Array, ...]:
-    return _varying(jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,), jnp.int32))
+    return _varying(jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)),
+                    jnp.zeros((n,), jnp.int32))
+
+
+def _true_pairs(row_start: jax.Array, rows: int, col_start: jax.Array, cols: int) -> jax.Array:
+    """[rows, cols] bool: where a block's global row index equals its global column index."""
+    return ((row_start + jnp.arange(rows))[:, None] == (col_start + jnp.arange(cols))[None, :])
 
 
 def _forward_stats(img, txt_all, scale, offset, rows, cols):
@@ -130,9 +138,11 @@ def _forward_stats(img, txt_all, scale, offset, rows, cols):
 
         def over_rows(col_stats, inputs):
             img_block, i, *row_block = inputs
-            logits = scale * img_block @ txt_block.T
-            row_block = _online_update(tuple(row_block), logits, 1, j * cols)
-            return _online_update(col_stats, logits, 0, offset + i * rows), row_block
+            logits = scale * (img_block @ txt_block.T)
+            true_pair = _true_pairs(offset + i * rows, rows, j * cols, cols)
+            row_block = _online_update(tuple(row_block), logits, true_pair, 1, j * cols)
+            return (_online_update(col_stats, logits, true_pair, 0, offset + i * rows),
+                    row_block)
 
         col_stats, row_stats = jax.lax.scan(
             over_rows, _init_stats(cols),
@@ -158,13 +168,16 @@ def _chunked_fwd(img, txt, scale, rows, cols):
     txt_all = jax.lax.all_gather(txt, BATCH_AXES, tiled=True)
     big_n = txt_all.shape[0]
     offset = jax.lax.axis_index(BATCH_AXES) * n
-    (m_row, s_row, idx_row), (m_col, s_col, idx_col) = _forward_stats(
+    (m_row, s_row, off_row, idx_row), (m_col, s_col, off_col, idx_col) = _forward_stats(
         img, txt_all, scale, offset, rows, cols)
     m_glob = jax.lax.pmax(m_col, BATCH_AXES)
-    s_glob = jax.lax.psum(s_col * jnp.exp(m_col - m_glob), BATCH_AXES)
+    rescale = jnp.exp(m_col - m_glob)
+    s_glob = jax.lax.psum(s_col * rescale, BATCH_AXES)
+    off_glob = jax.lax.psum(off_col * rescale, BATCH_AXES)
     idx_glob = jax.lax.pmin(jnp.where(m_col == m_glob, idx_col, big_n), BATCH_AXES)
-    lse_row = m_row + jnp.log(s_row)
-    lse_col = m_glob + jnp.log(s_glob)
+    log_s_row, log_s_col = jnp.log(s_row), jnp.log(s_glob)
+    lse_row = m_row + log_s_row
+    lse_col = m_glob + log_s_col
     diag = scale * jnp.sum(img * txt, axis=-1)
     local_cols = jax.lax.dynamic_slice_in_dim(lse_col, offset, n)
     loss = jax.lax.psum(jnp.sum(lse_row - diag) + jnp.sum(local_cols - diag), BATCH_AXES)
@@ -173,7 +186,15 @@ def _chunked_fwd(img, txt, scale, rows, cols):
     i2t = jax.lax.psum(jnp.sum(idx_row == own), BATCH_AXES) / big_n
     t2i = jax.lax.psum(jnp.sum(jax.lax.dynamic_slice_in_dim(idx_glob, offset, n) == own),
                        BATCH_AXES) / big_n
-    return loss, i2t, t2i, (img, txt_all, scale, lse_row, lse_col, offset)
+    # The backward pass recomputes each probability from (max, log of the sum), never from
+    # their sum, the log-sum-exp: a number near the largest logit (~100) whose float32
+    # rounding (~4e-6) would be copied into every probability. A true pair's softmax - 1 is
+    # -(the other pairs' share), ~1e-20 where every pair is confident, kept from the forward
+    # sums rather than recomputed as a probability near 1 less 1.
+    pair_row = -off_row / s_row
+    pair_col = -off_glob / s_glob
+    return loss, i2t, t2i, (img, txt_all, scale, (m_row, log_s_row, pair_row),
+                            (m_glob, log_s_col, pair_col), offset)
 
 
 def _core_fwd(img, txt, scale, rows, cols):
@@ -182,40 +203,45 @@ def _core_fwd(img, txt, scale, rows, cols):
 
 
 def _core_bwd(rows, cols, residuals, cotangents):
-    """Recomputes each similarity block; G = g/2N (softmax_row + softmax_col - 2 I)."""
-    img, txt_all, scale, lse_row, lse_col, offset = residuals
+    """Recomputes each similarity block; G = g/2N (softmax_row + softmax_col - 2 I), the true
+    pairs' entries taken from the forward pass (where every pair is confidently right they
+    are ~1e-20, and taking the identity off after the matmuls left a float32 floor of ~6e-6
+    in the gradients at batch 256 that `softmax_loss`'s autodiff does not have)."""
+    img, txt_all, scale, (m_row, log_s_row, pair_row), (m_col, log_s_col, pair_col), \
+        offset = residuals
     g = cotangents[0]
     n, big_n = img.shape[0], txt_all.shape[0]
     coef = g / (2 * big_n)
 
     def over_cols(d_img, inputs):
-        txt_block, lse_col_block = inputs
+        txt_block, m_col_block, log_s_col_block, pair_col_block, j = inputs
 
         def over_rows(carry, inputs):
             d_txt_block, d_scale = carry
-            img_block, lse_row_block = inputs
+            img_block, m_row_block, log_s_row_block, pair_row_block, i = inputs
             dots = img_block @ txt_block.T
             logits = scale * dots
-            grad = coef * (jnp.exp(logits - lse_row_block[:, None])
-                           + jnp.exp(logits - lse_col_block[None, :]))
+            p_row = jnp.exp((logits - m_row_block[:, None]) - log_s_row_block[:, None])
+            p_col = jnp.exp((logits - m_col_block[None, :]) - log_s_col_block[None, :])
+            grad = coef * jnp.where(_true_pairs(offset + i * rows, rows, j * cols, cols),
+                                    pair_row_block[:, None] + pair_col_block[None, :],
+                                    p_row + p_col)
             d_txt_block = d_txt_block + scale * grad.T @ img_block
             return (d_txt_block, d_scale + jnp.sum(grad * dots)), scale * grad @ txt_block
 
         init = _varying(jnp.zeros_like(txt_block), jnp.zeros(()))
         (d_txt_block, d_scale), d_img_blocks = jax.lax.scan(
-            over_rows, init, (_blocks(img, rows), _blocks(lse_row, rows)))
+            over_rows, init, (_blocks(img, rows), _blocks(m_row, rows), _blocks(log_s_row, rows),
+                              _blocks(pair_row, rows), jnp.arange(n // rows)))
         return d_img + d_img_blocks.reshape(n, -1), (d_txt_block, d_scale)
 
     d_img, (d_txt_blocks, d_scales) = jax.lax.scan(
-        over_cols, *_varying(jnp.zeros_like(img)), (_blocks(txt_all, cols), _blocks(lse_col, cols)))
+        over_cols, *_varying(jnp.zeros_like(img)),
+        (_blocks(txt_all, cols), _blocks(m_col, cols), _blocks(log_s_col, cols),
+         _blocks(pair_col, cols), jnp.arange(big_n // cols)))
     d_txt = jax.lax.psum_scatter(d_txt_blocks.reshape(big_n, -1), BATCH_AXES,
                                  scatter_dimension=0, tiled=True)
-    # The -2I/2N term touches only the true pairs, all of them local.
-    txt = jax.lax.dynamic_slice_in_dim(txt_all, offset, n)
-    d_img = d_img - 2 * coef * scale * txt
-    d_txt = d_txt - 2 * coef * scale * img
-    d_scale = jnp.sum(d_scales) - 2 * coef * jnp.sum(img * txt)
-    return d_img, d_txt, jax.lax.psum(d_scale, BATCH_AXES)
+    return d_img, d_txt, jax.lax.psum(jnp.sum(d_scales), BATCH_AXES)
 
 
 _chunked_core.defvjp(_core_fwd, _core_bwd)
