@@ -264,16 +264,21 @@ def test_a_plan_without_collectives_says_none():
 
 
 def test_plan_warns_as_train_starts(capsys, caplog):
-    """A plan of a run that would start with warnings gives them too (it printed none)."""
+    """A plan of a run that would start with warnings gives them too (it printed none), for
+    the planned topology's devices."""
     code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
                      "--config.lock_image=True", "--config.lock_text=True",
-                     "--config.total_steps=50", "--config.warmup_steps=50"])
+                     "--config.total_steps=50", "--config.warmup_steps=50",
+                     "--config.loss=chunked_softmax", "--config.loss_chunk_size=6",
+                     "--config.batch_size=28"])
     assert code == 0
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["fits"]  # stdout stays one JSON line
     said = err + caplog.text
     assert "lock_image and config.lock_text are both set" in said
     assert "warmup_steps=50 >= config.total_steps=50" in said
+    # over the topology's 4 chips, not this host's 8 devices: 7 rows each, a prime
+    assert "splits the per-device batch of 7 into blocks of 1" in said
 
 
 def test_plan_takes_the_architecture_from_init_from_as_train_does(tmp_path, capsys):

@@ -790,7 +790,7 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                                                                   monkeypatch):
     """A warmup as long as the run, both towers locked, a logit bias under a softmax loss, a
     training split smaller than the batch, a periodic evaluation without evaluators, a trace
-    after the last step: each trained without a word. Each is one warning
+    after the last step, a chunked loss cut into tiny blocks: each trained without a word. Each is one warning
     at the start of `train.train` (before the compile), and true of what would run: with that
     warmup the schedule only rises."""
     import logging
@@ -822,7 +822,10 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                  "late_trace": "config.profile_steps='30,31' starts after the run's last step "
                                "(total_steps=20): no trace will be taken",
                  "batch_norm": "config.microbatches=2 with a trained ResNet image tower: its "
-                               "BatchNorm normalises each micro-batch"}
+                               "BatchNorm normalises each micro-batch",
+                 "tiny_blocks": "config.loss='chunked_softmax' splits the per-device batch of "
+                                "7 into blocks of 1 (the largest divisor of 7 up to "
+                                "config.loss_chunk_size=6), 49 small matmuls per pass"}
         for case, message in cases.items():
             config = tiny.get_config()
             config.update({"warmup_steps": {"warmup_steps": 30},
@@ -834,6 +837,8 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                 config.model.logit_bias_init = -10.0
             if case == "batch_norm":
                 config.model.name, config.microbatches = "test-resnet", 2
+            if case == "tiny_blocks":  # 56 rows over 8 devices: 7 each, a prime
+                config.update(loss="chunked_softmax", loss_chunk_size=6, batch_size=56)
             if case == "small":
                 config.data.synthetic.num_train = 10
                 config.data.data_dir = str(tmp_path / "ten")

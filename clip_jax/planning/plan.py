@@ -302,7 +302,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
         budget_seconds: float = 900.0) -> int:
     """The command: prints the plan (and fitting alternatives); 0 fits, 1 does not. The
     warnings `clip-jax train` starts with are logged first (stderr)."""
-    train.warn_unusual(config, train.RunPlan.from_config(config))
+    train.warn_unusual(config, train.RunPlan.from_config(config),
+                       tpu_topology.parse(topology).devices_total)
     base = init_from_architecture(config)
     result = plan(config, topology, base=base)
     if result.fits:

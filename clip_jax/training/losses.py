@@ -87,6 +87,38 @@ def _chunk(n: int, chunk_size: int) -> int:
     return c
 
 
+# The block dimension of each chunked loss: (what it divides, as a function of the global
+# batch and the number of batch shards).
+_CHUNKED_DIMENSIONS: dict[str, tuple[tuple[str, Callable[[int, int], int]], ...]] = {
+    "chunked_softmax": (("per-device batch", lambda batch, shards: batch // shards),
+                        ("global batch", lambda batch, shards: batch)),
+    "chunked_sigmoid": (("per-device batch", lambda batch, shards: batch // shards),),
+}
+# A block this much smaller than it could be (min(dimension, chunk_size)) is worth a warning:
+# the loss then runs (dimension / block)^2 tiny matmuls where a few large ones would do.
+_SMALL_BLOCK = 4
+
+
+def small_block_warning(name: str, batch_size: int, batch_shards: int,
+                        chunk_size: int) -> str | None:
+    """One sentence when a chunked loss's similarity blocks would be far smaller than
+    `chunk_size` allows (`_chunk` takes the largest divisor, so a batch with no divisor near
+    the chunk size gets tiny blocks: 4094 rows per device and chunk size 1024 give 178-row
+    blocks; a prime count gives 1), else None; None for the unchunked losses."""
+    for what, dimension in _CHUNKED_DIMENSIONS.get(name, ()):
+        n = dimension(batch_size, batch_shards)
+        if n < 1:
+            return None
+        block = _chunk(n, chunk_size)
+        if block * _SMALL_BLOCK <= min(n, chunk_size):
+            return (f"config.loss={name!r} splits the {what} of {n} into blocks of {block} "
+                    f"(the largest divisor of {n} up to config.loss_chunk_size={chunk_size}), "
+                    f"{(n // block) ** 2:,} small matmuls per pass; make config.batch_size "
+                    f"give a {what} that is a multiple of a size near {chunk_size}, or set "
+                    "loss_chunk_size to a divisor of it.")
+    return None
+
+
 def _blocks(x: jax.Array, size: int) -> jax.Array:
     return x.reshape(x.shape[0] // size, size, *x.shape[1:])
 

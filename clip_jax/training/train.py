@@ -383,13 +383,23 @@ def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None
             "train the init_from architecture, or drop init_from.")
 
 
-def warn_unusual(config: ml_collections.ConfigDict, plan: RunPlan) -> None:
-    """Logs the start-of-run warnings (`config_checks.unusual`, and a profile trace after the
-    last step); `clip-jax plan` gives the same ones before its compile."""
+def warn_unusual(config: ml_collections.ConfigDict, plan: RunPlan,
+                 num_devices: int | None = None) -> None:
+    """Logs the start-of-run warnings (`config_checks.unusual`, a chunked loss's small blocks
+    over `num_devices` devices (default: this run's), and a profile trace after the last
+    step); `clip-jax plan` gives the same ones before its compile."""
     name = config.model.name  # '' = the init_from checkpoint's, read later
     batch_norm = bool(name) and loading.model_config(name).vision.is_resnet
-    for warning in config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias,
-                                         batch_norm):
+    warnings = config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias,
+                                     batch_norm)
+    try:
+        data, fsdp, _ = sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
+    except ConfigError:  # reported by the mesh's own check, with its fix
+        data = fsdp = 0
+    if data * fsdp:
+        warnings.append(losses.small_block_warning(config.loss, config.batch_size, data * fsdp,
+                                                   config.loss_chunk_size))
+    for warning in filter(None, warnings):
         logger.warning(warning)
     if plan.profile_steps and plan.profile_steps[0] > plan.total_steps:
         logger.warning("config.profile_steps=%r starts after the run's last step "
