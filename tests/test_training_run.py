@@ -791,8 +791,8 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     """A warmup as long as the run, both towers locked, a logit bias under a softmax loss, a
     training split smaller than the batch, a periodic evaluation without evaluators, a trace
     after the last step, a chunked loss cut into tiny blocks: each trained without a word.
-    Each is one warning at the start of `train.train` (before the compile), and true of what would run: with that
-    warmup the schedule only rises."""
+    Each is one warning at the start of `train.train` (before the compile), and true of what
+    would run: with that warmup the schedule only rises."""
     import logging
 
     from clip_jax.training import optim
