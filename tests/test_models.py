@@ -298,7 +298,32 @@ def test_resnet_batch_norm_matches_flax_batch_norm(train):
     got, got_stats = ours.apply(variables, x, mutable=["batch_stats"])
     want, want_stats = ref.apply(variables, x, mutable=["batch_stats"])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got_stats, want_stats)
+    if not train:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got_stats,
+                     want_stats)
+
+
+@pytest.mark.reference
+def test_resnet_batch_norm_running_statistics_update_as_torch():
+    """One train-mode call moves the running mean and variance as torch's batch_norm does
+    (open_clip's ResNet): momentum 0.1 in torch's terms, the unbiased variance n / (n - 1)
+    over the n = batch x height x width values per channel (Flax's keeps the biased one)."""
+    torch = pytest.importorskip("torch")
+    from clip_jax.models.resnet import BatchNorm
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, 2, 2, 5)) * 2 + rng.uniform(-2, 2, 5)).astype(np.float32)
+    mean, var = rng.uniform(-1, 1, 5), rng.uniform(0.5, 2, 5)
+    variables = nn.unbox(BatchNorm(True).init(jax.random.key(0), x))
+    variables["batch_stats"] = {"mean": jnp.asarray(mean, jnp.float32),
+                                "var": jnp.asarray(var, jnp.float32)}
+    _, updated = BatchNorm(True).apply(variables, x, mutable=["batch_stats"])
+    running_mean, running_var = torch.tensor(mean), torch.tensor(var)
+    torch.nn.functional.batch_norm(torch.tensor(x, dtype=torch.float64).permute(0, 3, 1, 2),
+                                   running_mean, running_var, training=True, momentum=0.1,
+                                   eps=1e-5)
+    np.testing.assert_allclose(updated["batch_stats"]["mean"], running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(updated["batch_stats"]["var"], running_var.numpy(), rtol=1e-5)
 
 
 def test_resnet_batch_norm_train_gradients_equal_torch():

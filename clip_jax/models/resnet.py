@@ -57,7 +57,9 @@ class BatchNorm(nn.Module):
     """Batch normalisation over the channels of NHWC, with Flax's `nn.BatchNorm` formulas.
 
     Train mode normalises by the batch's float32 mean and `E[x^2] - E[x]^2` variance and
-    updates the running statistics (`momentum` 0.9, biased variance, as Flax); eval mode uses
+    updates the running statistics (`momentum` 0.9 here is torch's 0.1), the variance's with
+    the unbiased n / (n - 1) estimate over the n values per channel, as torch's BatchNorm2d
+    (open_clip's ResNet) does; Flax's `nn.BatchNorm` keeps the biased one. Eval mode uses
     them. Written out (not `nn.BatchNorm`) so the running statistics carry their initialisers
     (`with_axes`, logical axis "norm") and `create_model` draws the whole ResNet on the host.
     The output is `x * m + (bias - mean * m)` with `m = scale * rsqrt(var + epsilon)`, Flax's
@@ -89,7 +91,9 @@ class BatchNorm(nn.Module):
             mean = x.mean(axes)
             var = jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
             if not self.is_initializing():
-                for name, batch in (("mean", mean), ("var", var)):
+                count = x.size // x.shape[-1]
+                unbiased = var * (count / (count - 1)) if count > 1 else var
+                for name, batch in (("mean", mean), ("var", unbiased)):
                     stat = running[name]
                     stat.value = self.momentum * stat.value + (1 - self.momentum) * batch
         else:
