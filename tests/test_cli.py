@@ -1054,3 +1054,20 @@ def test_eval_exif_transpose_flag_sets_the_data_config():
     assert parse(["eval", "w", "--exif-transpose"]).exif_transpose is True
     assert parse(["eval", "w"]).exif_transpose is None
     assert parse(["eval", "w", "--robustness", "d", "--train-split", "val"]).train_split == "val"
+
+
+def test_json_output_writes_non_ascii_names_as_themselves_where_stdout_can(monkeypatch):
+    """`--output json` printed café_猫.jpg as caf\\u00e9_\\u732b.jpg: on a UTF-8 stdout the
+    line holds the characters; on an ASCII one, and for a name with undecodable bytes (a
+    lone surrogate from os.listdir), the escapes; json.loads reads back the same record."""
+    import io
+
+    record = {"path": "flat/café_猫_🐱.jpg", "top": [{"label": "猫", "probability": 0.5}]}
+    broken = {"path": os.fsdecode(b"caf\xe9.jpg"), "rank": 1}
+    for encoding, readable in (("utf-8", True), ("ascii", False)):
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding=encoding))
+        line = cli.json_line(record)
+        assert ("café_猫_🐱" in line) is readable and json.loads(line) == record
+        line = cli.json_line(broken)
+        assert line.isascii() and json.loads(line) == broken
+        print(line)  # writable

@@ -1152,7 +1152,8 @@ def test_every_evaluators_warnings_name_their_task(model, folder, tmp_path, monk
     for task in tasks:
         assert any(m.startswith(f"{task}: ") or m.startswith(f"{task} (") for m in said), task
     for task in ("few_shot/hard", "few_shot/easy"):
-        assert any(m.startswith(f"{task}: these classes have fewer than 2 x 4") for m in said)
+        assert any(m.startswith(f"{task}: some classes have fewer than 2 x k training images "
+                              "for k = 4") for m in said)
         assert any(m.startswith(f"{task}: ") and "L-BFGS fit" in m for m in said)
     assert any(m.startswith("robustness/rob (linear-probe baseline): ") and "L-BFGS" in m
                for m in said)

@@ -151,11 +151,23 @@ def test_short_validation_warning_counts_the_held_out_images_per_class(caplog):
         few_shot.warn_short_validation(train_y, list(counts), 8, "few_shot/t")
     (said,) = [r.getMessage() for r in caplog.records]
     assert held.tolist() == [0, 2, 8]  # what the validation draw holds per class
-    assert said.endswith(": emu (none of 8), dog (2 of 10).")
+    assert said.endswith("at 8 shots: emu (none of 8), dog (2 of 10). Up to 4 shots, every "
+                         "class keeps as many held-out images as shots.")
     caplog.clear()
     with caplog.at_level("WARNING"):
         few_shot.warn_short_validation(np.repeat(np.arange(3), 8), list(counts), 8)
-    assert caplog.records[0].getMessage().endswith("the grid's first L2 strength.")
+    assert "the grid's first L2 strength." in caplog.records[0].getMessage()
+    # Every shot count short of held-out images is named, not only the largest (the trial's
+    # 6 images per class with shots 1, 2, 4, 6: the 4-shot probes hold out 2 of 4).
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        few_shot.warn_short_validation(np.repeat(np.arange(3), 6), list(counts), [1, 2, 4, 6])
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "for k = 4 and 6, so" in said and "Up to 3 shots" in said
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        few_shot.warn_short_validation(np.repeat(np.arange(3), 6), list(counts), [1, 2, 3])
+    assert caplog.records == []
 
 
 def test_strong_pulls_to_a_clip_scale_prior_converge_within_100_steps():

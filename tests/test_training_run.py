@@ -374,7 +374,8 @@ def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypa
     out = capsys.readouterr().out
     notes = ["Mesh ", "Opening the data source", "Looking for a checkpoint", "No checkpoint",
              "Starting the input pipeline", "Compiling the train step", "compiled in",
-             "First step (1 of 2)", "step 1/2  loss", "Evaluation at step 2 ("]
+             "First step (1 of 2)", "step 1/2  loss", "Evaluation at step 2 (",
+             f"Finished: step 2 of 2 saved in {tmp_path / 'checkpoints'}, "]
     assert [out.find(n) for n in notes] == sorted(out.find(n) for n in notes), out
     assert all(n in out for n in notes), out
 

@@ -112,8 +112,8 @@ def zero_shot_command(args: argparse.Namespace) -> int:
             if writer:
                 writer.writerow([path, labels[best[0]], *(f"{p:.6g}" for p in row)])
             elif args.output == "json":
-                print(json.dumps({"path": path, "top": [{"label": labels[k],
-                                  "probability": float(row[k])} for k in best]}))
+                print(json_line({"path": path, "top": [{"label": labels[k],
+                                 "probability": float(row[k])} for k in best]}))
             else:
                 print(f"{path}: " + ", ".join(f"{labels[k]} {row[k]:.1%}" for k in best))
         sys.stdout.flush()
@@ -201,7 +201,7 @@ def search_command(args: argparse.Namespace) -> int:
         writer.writerows([rank, f"{m.score:.6f}", m.path] for rank, m in enumerate(matches, 1))
     for rank, m in enumerate(matches, 1):
         if args.output == "json":
-            print(json.dumps({"rank": rank, "score": m.score, "path": m.path}))
+            print(json_line({"rank": rank, "score": m.score, "path": m.path}))
         elif args.output == "text":
             print(f"{rank:>3}  {m.score:.4f}  {m.path}")
     return 0
@@ -547,6 +547,19 @@ def parser() -> argparse.ArgumentParser:
         add_arguments(command)
         command.set_defaults(run=run)
     return p
+
+
+def json_line(record: dict) -> str:
+    """`record` as one line of JSON for stdout, non-ASCII file names and labels as themselves
+    (café_猫.jpg, not caf\\u00e9_\\u732b.jpg) where stdout's encoding can write them; else, and
+    for a name that is not valid Unicode (undecodable bytes), the \\u escapes: valid JSON
+    either way."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(record)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

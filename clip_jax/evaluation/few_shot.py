@@ -83,26 +83,36 @@ def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None
         raise ConfigError(
             f"{k}-shot probes need {k} training images per class; these classes have fewer: "
             f"{name_short_classes(counts, class_names, k)}. Lower the largest shot count "
-            f"(--shots / eval.few_shot.<task>.shots) to <= {counts.min()}, or add training "
-            "images.")
+            f"(--shots / eval.few_shot.<task>.shots) to <= {counts.min()} (<= "
+            f"{counts.min() // 2} also keeps as many held-out images as shots to pick each "
+            "probe's L2 strength), or add training images.")
 
 
-def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str], k: int,
-                          task: str = TASK) -> None:
-    """Logs one warning naming the classes with fewer than 2k training examples: the
-    validation draw that picks the L2 strength of their k-shot probes gets fewer than k of
-    them (none: the grid's first value is used). Once per evaluation, not per probe kind;
-    `task` names the evaluation (`few_shot/<task>`), as a run may hold several."""
+def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str],
+                          shots: int | Sequence[int], task: str = TASK) -> None:
+    """Logs one warning naming every shot count k (of `shots`) some class has fewer than 2k
+    training examples for, and, at the largest, those classes: the validation draw that picks
+    the L2 strength of their k-shot probes gets fewer than k of them (none: the grid's first
+    value is used); it ends with the largest shot count every class has 2k for. Once per
+    evaluation, not per probe kind; `task` names the evaluation (`few_shot/<task>`), as a
+    run may hold several."""
     counts = class_counts(train_y, len(class_names))
-    if counts.min() < 2 * k:
-        held = name_short_classes(counts, class_names, 2 * k,
-                                  lambda n: f"{max(n - k, 0) or 'none'} of {n}")
-        none = (" No class has one: the probes take the grid's first L2 strength."
-                if counts.max() <= k else "")
-        log.warning("%s: these classes have fewer than 2 x %d training images, so the %d-shot "
-                    "probes pick their L2 strength on fewer than %d held-out images of them "
-                    "(held out of the training images, after the %d shots): %s.%s",
-                    task, k, k, k, k, held, none)
+    short = sorted(k for k in ({shots} if isinstance(shots, int) else set(shots))
+                   if counts.min() < 2 * k)
+    if not short:
+        return
+    k = short[-1]
+    held = name_short_classes(counts, class_names, 2 * k,
+                              lambda n: f"{max(n - k, 0) or 'none'} of {n}")
+    none = (" No class has one: the probes take the grid's first L2 strength."
+            if counts.max() <= k else "")
+    which = ", ".join(map(str, short[:-1])) + " and " * (len(short) > 1) + str(k)
+    keep = (f" Up to {counts.min() // 2} shots, every class keeps as many held-out images as "
+            "shots." if counts.min() >= 2 else "")
+    log.warning("%s: some classes have fewer than 2 x k training images for k = %s, so "
+                "their k-shot probes pick their L2 strength on fewer than k held-out images "
+                "of them (held out of the training images, after the k shots); at %d shots: "
+                "%s.%s%s", task, which, k, held, none, keep)
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -227,7 +237,7 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
     largest = max(shots, default=0)  # no shots: `few_shot_curve` says what to give
     check_shots(train_y, names, largest)
-    warn_short_validation(train_y, names, largest, task)
+    warn_short_validation(train_y, names, shots, task)
     zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
     metrics: dict[str, float] = {"zero_shot_top1": zero_shot}
     detail: dict[str, object] = {"shots": list(shots), "zero_shot": zero_shot}

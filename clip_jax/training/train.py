@@ -507,6 +507,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             first_record={"compile_seconds": compile_seconds,
                           "seconds_to_first_step": time_to_first_step})
         last = run_loop(loop, state, start)
+        checkpointer.wait()  # the last save written, so the closing line is true
+        if max(checkpoints.saved_steps(workdir), default=0) == plan.total_steps:
+            writer.log(f"Finished: step {plan.total_steps} of {plan.total_steps} saved in "
+                       f"{checkpoints.checkpoint_dir(workdir)}, "
+                       f"{(time.time() - launched) / 60:.1f} min after launch.")
         last["compile_seconds"] = compile_seconds
         last["seconds_to_first_step"] = time_to_first_step
         return last
