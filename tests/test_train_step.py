@@ -450,3 +450,22 @@ def test_softmax_gradients_match_float64(name, scale, noise):
     for got, want in zip(grads, _numpy_softmax_grads(img, txt, scale)):
         error = np.abs(np.asarray(got, np.float64) - want).max()
         assert error <= 1e-4 * np.abs(want).max(), (error, np.abs(want).max())
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("warmup,total", [(3, 10), (1, 5), (0, 6), (8, 5), (4, 1)])
+def test_learning_rate_schedule_is_open_clips_cosine_lr(warmup, total):
+    """Our rate at each optimizer update equals open_clip's `cosine_lr` at that step (end
+    factor 0, its end): the first update runs at lr / warmup (not 0), a 1-step warmup runs
+    its one step at the peak, and a warmup longer than the run keeps its slope."""
+    torch = pytest.importorskip("torch")
+    scheduler = pytest.importorskip("open_clip_train.scheduler")
+    from clip_jax.training import optim
+
+    config = _config(warmup_steps=warmup, total_steps=total)
+    config.optimizer.lr, config.optimizer.end_lr_factor = 5e-4, 0.0
+    ours = optim.learning_rate_schedule(config)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    theirs = scheduler.cosine_lr(optimizer, 5e-4, warmup, total)
+    np.testing.assert_allclose([float(ours(step)) for step in range(total)],
+                               [theirs(step) for step in range(total)], rtol=1e-5, atol=1e-12)

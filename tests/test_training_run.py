@@ -117,9 +117,11 @@ def test_preempted_and_killed_runs_resume_bit_identically(uninterrupted, tfds_di
 
 
 def _schedule(step, lr=1e-3, warmup=5, total=12, end=0.0):
-    """The paper's linear warmup then cosine decay, in plain numpy (tiny config's values)."""
+    """The paper's linear warmup then cosine decay, in plain numpy (tiny config's values),
+    as open_clip's cosine_lr ramps: update `step` (0-based) of the warmup at (step + 1) /
+    warmup of the peak."""
     if step < warmup:
-        return lr * step / warmup
+        return lr * (step + 1) / warmup
     return end + (lr - end) * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
 
 
@@ -859,8 +861,8 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     rates = [float(schedule(step)) for step in range(config.total_steps)]
     assert rates == sorted(rates) and rates[-1] < config.optimizer.lr
     # the warmup's own slope, as open_clip's cosine_lr ramps (base_lr * (s + 1) / warmup at
-    # its step s, our step s + 1): not squeezed into the run
-    np.testing.assert_allclose(rates, config.optimizer.lr * np.arange(config.total_steps) / 30,
+    # its step s): not squeezed into the run
+    np.testing.assert_allclose(rates, config.optimizer.lr * np.arange(1, 21) / 30,
                                rtol=1e-5)  # float32 rates
 
 

@@ -17,17 +17,20 @@ NO_DECAY = ("logit_scale", "logit_bias")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup from 0 to `config.optimizer.lr`, then cosine decay to `end_lr_factor`.
-
-    Step s of the warmup is at s / warmup_steps of the peak (open_clip's `cosine_lr` ramp,
-    one step later: its step s is at (s + 1) / warmup_steps). A warmup longer than the run
-    keeps that slope, as open_clip's does, so the run ends below the peak (the start-up checks
-    warn of it); it is not squeezed into the run."""
-    opt = config.optimizer
-    warmup = config.warmup_steps
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt.lr, warmup_steps=warmup,
-        decay_steps=max(config.total_steps, warmup + 1), end_value=opt.lr * opt.end_lr_factor)
+    """open_clip's `cosine_lr`: update u (0-based, the optimizer's count) of the warmup runs at
+    (u + 1) / warmup_steps of `config.optimizer.lr`, so the first update already trains (a
+    ramp from 0 spent it on Adam's moments alone, and a 1-step run with warmup trained
+    nothing); from update `warmup_steps` on, cosine decay from the peak towards
+    `end_lr_factor` x peak at `total_steps` (open_clip's end: 0). A warmup longer than the run
+    keeps its slope, as open_clip's does, so the run ends below the peak (the start-up checks
+    warn of it)."""
+    opt, warmup = config.optimizer, config.warmup_steps
+    cosine = optax.cosine_decay_schedule(opt.lr, max(config.total_steps - warmup, 1),
+                                         alpha=opt.end_lr_factor)
+    if warmup <= 0:
+        return cosine
+    ramp = optax.linear_schedule(opt.lr / warmup, opt.lr, max(warmup - 1, 1))
+    return optax.join_schedules([ramp, cosine], [warmup])
 
 
 def _layer_free_path(path: tuple) -> tuple[str, ...]:
