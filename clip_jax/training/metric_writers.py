@@ -175,7 +175,7 @@ _SHOWN = {"loss": "loss", "learning_rate": "lr", "images_per_second": "img/s", "
 def format_value(name: str, value: float) -> str:
     """A progress-line value: loss 4 significant digits, trailing zeros kept (`4.000`, not
     `4`), lr `2.9e-3`, img/s whole numbers (3 digits below 100), mfu a percentage."""
-    if name == "lr":  # warmup starts at 0: "0", not a loss-style "0.000"
+    if name == "lr":  # a zero rate (lr=0, a fully decayed end) as "0", not "0.000"
         mantissa, exponent = f"{value:.1e}".split("e")
         return f"{mantissa}e{int(exponent)}" if value else "0"
     if name == "img/s":
