@@ -361,6 +361,7 @@ class BuildReport:
         self.bad_sources: list[dict[str, Any]] = []
         self.sources: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.fix = ""
 
     def source_lines(self, accounting: dict[str, Any]) -> None:
         """How a source file's physical lines were used (header, blank, in records), so that
@@ -381,11 +382,15 @@ class BuildReport:
         if len(self.skipped) < _LISTED_KEYS:
             self.skipped.append({"key": key, "reason": error.reason, "detail": str(error)})
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, *, fix: bool = False) -> None:
         """A one-line finding about the split as a whole that is not a skipped record (e.g.
         one image on several rows), for `bad_records.json`; every run that opens the dataset
-        warns with it (`clip_jax.data.sources`), the run that built it included."""
+        warns with it (`clip_jax.data.sources`), the run that built it included. With `fix`,
+        the finding names the likely cause of the skipped records (a table read with the
+        wrong quoting), so it is also the advice of `finish`'s error instead of `FIXES`'."""
         self.notes.append(text)
+        if fix:
+            self.fix = text
 
     def bad_source(self, source: str, detail: str, records_read: int) -> None:
         """A whole file (tar shard, CSV) that failed part-way or entirely: never silent."""
@@ -430,9 +435,9 @@ class BuildReport:
             first = "; ".join(f"{s['key']}: {s['detail']}" for s in examples)
             common = max((r for r in self.skipped_by_reason if r != HIDDEN_MEMBER),
                          key=self.skipped_by_reason.__getitem__, default="")
+            advice = self.fix or FIXES.get(common, "Check the paths and column / extension names")
             raise ConfigError(
                 f"Split {self.split!r}: {bad} of {records_read} records are unusable "
                 f"({summary['skipped_by_reason']}; e.g. {first or 'no records found'}). "
-                f"{FIXES.get(common, 'Check the paths and column / extension names')}, or "
-                f"raise data.build.max_bad_fraction (now {self.options.max_bad_fraction}) if "
-                "this is expected.")
+                f"{advice}, or raise data.build.max_bad_fraction (now "
+                f"{self.options.max_bad_fraction}) if this is expected.")

@@ -18,10 +18,15 @@ Both: UTF-8 (a leading byte-order mark dropped; bytes that are not UTF-8 are kep
 as surrogate escapes so that only their row is lost); lines end at `\\n`, `\\r\\n` or `\\r`;
 blank lines and lines of spaces / tabs (when the tab is not the delimiter) are skipped, as
 pandas skips them; the first non-blank record is the header, its names used as pandas reads
-them (quotes removed, nothing stripped; a repeated name made unique as pandas makes it, the
-second `caption` read as `caption.1`: `unique_names`). A column asked for by a name that
-differs from the header's only by surrounding spaces (`image, label` written with a space
-after the comma) is that column (`find_column`).
+them (quotes removed, nothing stripped; an empty name read as `Unnamed: 2` for the third
+column, and a repeated name made unique as pandas makes it, the second `caption` read as
+`caption.1`: `unique_names`). A column asked for by a name that differs from the header's
+only by surrounding spaces (`image, label` written with a space after the comma) is that
+column (`find_column`).
+
+A table read with `"none"` that a CSV writer quoted (pandas' `to_csv(sep="\\t")` quotes a
+caption holding a quote, tab or line break) keeps its quotes and splits such captions;
+`csv_quoting_hint` says so, since no single field proves it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import csv
 import dataclasses
 import io
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from clip_jax.errors import ConfigError
@@ -44,6 +50,8 @@ QUOTING = {"csv": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 MISSING_VALUES = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN",
                             "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN",
                             "None", "n/a", "nan", "null"})
+# A whole field as a CSV writer quotes it: in quotes, a quote inside doubled (`"a ""b"" c"`).
+_QUOTED = re.compile(r'"(?:[^"]|"")*"', re.DOTALL)
 # Appended after the last line: if it ends up inside a field, a quote was never closed.
 _SENTINEL = "\ue000end of table\ue001"
 
@@ -128,15 +136,11 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
     unclosed quote's message offers `unquoted_option` (the setting that reads the table
     without quote processing; "" where the caller has none).
     """
-    check_utf8_start(data[:1024], name)
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    text = data.decode("utf-8", errors="surrogateescape")
     lines: list[str] = []
     records: list[Record] = []
     blank = 0
-    for record in _records(io.StringIO(text, newline=""), lines, delimiter=delimiter,
-                           quoting=quoting, name=name, unquoted_option=unquoted_option):
+    for record in _records(_text(data, name), lines, delimiter=delimiter, quoting=quoting,
+                           name=name, unquoted_option=unquoted_option):
         if record is None:
             blank += 1
         else:
@@ -145,12 +149,56 @@ def read_table(data: bytes, *, delimiter: str, quoting: str, name: str = "table"
         raise ValueError(f"{name} is empty (no header row).")
     header = records.pop(0)
     names = unique_names(header.fields)
-    renamed = [f"{old!r} -> {new!r}" for old, new in zip(header.fields, names) if old != new]
+    renamed = [f"{old!r} -> {new!r}" for old, new in zip(_named(header.fields), names)
+               if old != new]
     if renamed:
         log.warning("%s: the header repeats column names; as pandas reads them, the repeats "
                     "are renamed (%s): name them so to use them.", name, ", ".join(renamed))
     return Table(header=names, header_lines=header.last_line - header.first_line + 1,
                  records=records, blank_lines=blank, physical_lines=len(lines))
+
+
+def _text(data: bytes, name: str) -> io.StringIO:
+    """A table file's bytes as text to parse: UTF-8 (checked by `check_utf8_start`), a
+    byte-order mark dropped, other bytes kept as surrogate escapes."""
+    check_utf8_start(data[:1024], name)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    return io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline="")
+
+
+def csv_quoting_hint(data: bytes, table: Table, *, delimiter: str, quoting: str,
+                     name: str) -> str:
+    """The fix for a table read without quote processing that a CSV writer quoted, else "".
+
+    No field proves it (a web caption may start with a quote), so the reading is never
+    changed: the hint needs a field that starts with a quote, a file that CSV quoting reads
+    strictly (every quote closed at the end of its field, as a writer closes it), and that
+    reading to fit better: fewer records whose field count is not the header's (a tab or line
+    break inside quotes), or no more of them and a field quoted whole with doubled quotes
+    (`"a ""b"" c"`, a caption holding a quote)."""
+    if quoting != "none":
+        return ""
+    opened = [(r, f) for r in table.records for f in r.fields if f.startswith('"')]
+    if not opened:
+        return ""
+    escaped = [(r, f) for r, f in opened if _QUOTED.fullmatch(f) and '""' in f[1:-1]]
+    quoted = (r for r in _records(_text(data, name), [], delimiter=delimiter, quoting="csv",
+                                  name=name, strict=True) if r is not None)
+    try:
+        width = len(next(quoted).fields)  # the header's, read so
+        ragged_quoted = sum(len(r.fields) != width for r in quoted)
+    except TableError:
+        return ""
+    ragged = sum(len(r.fields) != len(table.header) for r in table.records)
+    if not (ragged_quoted < ragged or (escaped and ragged_quoted <= ragged)):
+        return ""
+    record, field = (escaped or opened)[0]
+    return (f"{name} looks quoted by a CSV writer (e.g. {record.lines}: {field[:40]!r}"
+            f"{'...' * (len(field) > 40)}; pandas' to_csv(sep='\\t') quotes a caption holding "
+            "a quote, tab or line break) but is read without quote processing (quoting "
+            "'none'), which keeps the quotes and splits such fields: set "
+            "data.table.quoting='csv'")
 
 
 def read_head(path: str, *, delimiter: str, quoting: str, records: int = 1
@@ -177,21 +225,28 @@ def read_head(path: str, *, delimiter: str, quoting: str, records: int = 1
 
 
 def unique_names(names: list[str]) -> list[str]:
-    """Header names as pandas' `read_csv` makes a repeated name unique: the second `a` is
-    `a.1`, the third `a.2`, skipping any suffix a name of the header already has (so no
-    column is lost to a duplicate and each can be named)."""
-    taken, seen, out = set(names), set(), []
-    for name in names:
-        new = name
-        if name in seen:
-            k = 1
-            while f"{name}.{k}" in taken:
-                k += 1
-            new = f"{name}.{k}"
-            taken.add(new)
-        seen.add(new)
-        out.append(new)
+    """Header names as pandas' `read_csv` reads them, so that each column can be named as
+    pandas users name it: an empty name is `Unnamed: i` (`_named`), and a repeated name is
+    made unique, the second `a` read as `a.1`, the third as `a.2`, skipping a suffix the
+    header already has; unnamed columns are renamed after the named ones, so these keep their
+    names (pandas' `mangle_dupe_names`, step for step)."""
+    out = _named(names)
+    counts: dict[str, int] = {}
+    for i in sorted(range(len(names)), key=lambda i: not names[i]):  # the named ones first
+        old = new = out[i]
+        count = counts.get(old, 0)
+        while count:
+            counts[old] = count + 1
+            new = f"{old}.{count}"
+            count = count + 1 if new in out else counts.get(new, 0)
+        out[i] = new
+        counts[new] = 1
     return out
+
+
+def _named(names: list[str]) -> list[str]:
+    """Header names with an empty one read as pandas names it: `Unnamed: 2` for the third."""
+    return [name or f"Unnamed: {i}" for i, name in enumerate(names)]
 
 
 def find_column(header: list[str], name: str) -> str | None:
@@ -235,15 +290,16 @@ def column_indices(header: list[str], columns: dict[str, str], *, name: str, del
 
 def _records(physical: Iterable[str], seen: list[str], *, delimiter: str, quoting: str,
              name: str, unquoted_option: str = "data.table.quoting='none'",
-             ) -> Iterator[Record | None]:
+             strict: bool = False) -> Iterator[Record | None]:
     """The records of a table's physical lines (with their terminators) in order, None for
-    each blank line; `seen` collects the lines read. Raises as `read_table` does."""
+    each blank line; `seen` collects the lines read. Raises as `read_table` does; with
+    `strict`, also for text after a closing quote (which no CSV writer puts there)."""
     if quoting not in QUOTING:
         raise ValueError(f"quoting={quoting!r}; use one of {sorted(QUOTING)}.")
     if len(delimiter) != 1:
         raise ValueError(f"delimiter={delimiter!r} must be one character.")
     reader = csv.reader(_lines(physical, seen), delimiter=delimiter, quoting=QUOTING[quoting],
-                        doublequote=True, strict=False, skipinitialspace=False)
+                        doublequote=True, strict=strict, skipinitialspace=False)
     blank_chars = " \t".replace(delimiter, "")
     previous_end = 0
     while True:

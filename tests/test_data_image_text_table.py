@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -219,8 +220,12 @@ def test_configuration_errors_are_clear(inputs, tmp_path):
 def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):
     root, _ = inputs
     with pytest.raises(ConfigError, match=r"built with different options "
-                                         r"\(\['table.group_by_image'\]: \[False\] -> \[True\]\).*new name"):
+                                         r"\(data.table.group_by_image: False -> True\).*new name"):
         sources.prepare(table_config(root, data_dir, group_by_image=True))
+    rebuilt = table_config(root, data_dir)  # named as the config field, not the builder's own
+    rebuilt.build.jpeg_quality = 80
+    with pytest.raises(ConfigError, match=r"\(data.build.jpeg_quality: 95 -> 80\); give"):
+        sources.prepare(rebuilt)
     # How many threads build it does not change what was built: reused as it is.
     sources.prepare(table_config(root, data_dir, num_threads=3))
 
@@ -250,7 +255,7 @@ def test_a_table_is_one_input_however_typed_and_is_not_reused_once_changed(
                and "bad_records.json" in r.getMessage() for r in caplog.records)
     assert len(builder.as_data_source("train")) == 2
     prepare(tmp_path, str(project / "t.csv"))   # the same file, typed absolute: reused
-    with pytest.raises(ConfigError, match=r"built with different options \(\['table.train_path'\]"):
+    with pytest.raises(ConfigError, match=r"built with different options \(data.table.train_path: "):
         prepare(other)
     table = project / "t.csv"
     os.utime(table, ns=(1, 1))                  # touched, same bytes: reused
@@ -426,6 +431,7 @@ def test_tables_from_the_issue(inputs, tmp_path):
         root, str(tmp_path), name="tsv", train_path=os.path.join(root, "quote.tsv")))
     assert examples == {"images/rgb.jpg": ['"Hello world'], "images/gray.jpg": ["second"]}
     assert report["total"] == 2 and report["sources"][0]["quoting"] == "none"
+    assert "notes" not in report  # a caption may open a quote: no hint of CSV quoting
     with open(os.path.join(root, "open.csv"), "w") as f:
         f.write('filepath,title\nimages/rgb.jpg,ok\nimages/gray.jpg,"unterminated caption\n'
                 'images/rgb.png,x\nimages/cmyk.jpg,y\n')
@@ -435,6 +441,68 @@ def test_tables_from_the_issue(inputs, tmp_path):
                                 train_path=os.path.join(root, "open.csv")))
     assert not os.path.exists(os.path.join(str(tmp_path), "image_text_table", "csv", "1.1.0",
                                            "bad_records.json"))
+
+
+def test_a_tsv_quoted_by_pandas_gets_the_quoting_fix(inputs, tmp_path, caplog):
+    """A TSV from pandas' to_csv(sep="\\t") read with the TSV default (no quote processing):
+    captions with a tab or line break were skipped as malformed rows and the rest kept with
+    CSV quoting ('"a ""quoted"" one"', '"two'), and nothing hinted at the fix. The warning at
+    start, and the error past max_bad_fraction, name the file and data.table.quoting='csv',
+    with which the captions are pandas' read_csv(sep="\\t") ones; a plain TSV gets no hint."""
+    root, _ = inputs
+    captions = ["plain caption", 'a "quoted" one', "tab\there", "two\nlines",
+                '"starts with a quote', "caf\u00e9, au lait"]
+    path = str(tmp_path / "quoted.tsv")
+    pd.DataFrame({"filepath": [f"images/{name}" for name in GOOD[:6]], "title": captions}
+                 ).to_csv(path, sep="\t", index=False)
+    config = table_config(root, str(tmp_path / "tfds"), name="quoted", train_path=path,
+                          image_root=root)
+    with caplog.at_level("WARNING", logger="clip_jax.data.sources"):
+        examples, report = build_report(config)
+    assert examples["images/rgb.png"] == ['"a ""quoted"" one"']  # the reading's, not pandas'
+    assert report["skipped_by_reason"] == {"malformed_row": 2}
+    (hint,) = report["notes"]
+    assert hint.startswith(f"{path} looks quoted by a CSV writer (e.g. line 3: ")
+    assert hint.endswith("set data.table.quoting='csv'")
+    warned = [r.getMessage() for r in caplog.records if "/quoted/" in r.getMessage()]
+    assert len(warned) == 2 and "skipped 2 of 7 records (malformed_row: 2)" in warned[0]
+    assert warned[1].endswith(f" train: {hint}")
+    config.table.name, config.build.max_bad_fraction = "strict", 0.1
+    with pytest.raises(ConfigError, match=r"2 of 7 records are unusable .*quoted.tsv looks "
+                                          r"quoted by a CSV writer .*set data.table.quoting="
+                                          r"'csv', or raise data.build.max_bad_fraction"):
+        sources.prepare(config)
+    config.table.name, config.table.quoting = "csv", "csv"
+    examples, report = build_report(config)
+    frame = pd.read_csv(path, sep="\t")
+    assert examples == {p: [c] for p, c in zip(frame["filepath"], frame["title"])}
+    assert report["kept"] == 6 and "notes" not in report
+    plain = str(tmp_path / "plain.tsv")
+    pd.DataFrame({"filepath": [f"images/{name}" for name in GOOD[:3]],
+                  "title": ["one", "two's", "5 inch"]}).to_csv(plain, sep="\t", index=False)
+    _, report = build_report(table_config(root, str(tmp_path / "tfds"), name="plain",
+                                          train_path=plain, image_root=root))
+    assert report["kept"] == 3 and "notes" not in report
+
+
+def test_an_unnamed_column_is_named_as_pandas_names_it(inputs, tmp_path):
+    """A header `filepath,title,` (an unnamed third column) listed its columns as
+    ['filepath', 'title', '']; pandas calls the third `Unnamed: 2`, and so does the build:
+    data.table.caption_column='Unnamed: 2' reads it and errors list it by that name."""
+    root, _ = inputs
+    path = tmp_path / "unnamed.csv"
+    path.write_text("filepath,title,\nimages/rgb.jpg,a title,the caption\n")
+    columns = list(pd.read_csv(path).columns)
+    assert columns[2] == "Unnamed: 2"
+    examples, _ = build_report(table_config(root, str(tmp_path / "tfds"), name="unnamed",
+                                            train_path=str(path), caption_column=columns[2],
+                                            image_root=root))
+    assert examples == {"images/rgb.jpg": ["the caption"]}
+    listed = re.escape(f"(columns: {columns}")
+    with pytest.raises(ConfigError, match=rf"is not a column .*{listed}"):
+        sources.prepare(table_config(root, str(tmp_path / "tfds"), name="missing",
+                                     train_path=str(path), caption_column="text",
+                                     image_root=root))
 
 
 def test_stored_tokens_fit_the_model_in_train_and_eval_pipelines(inputs, tmp_path):

@@ -108,6 +108,8 @@ CASES = {
     "unicode": ("filepath,title\n猫.jpg,ein Bär 🐻\n", ",", "csv", {}),
     "repeated names": ("title,filepath,title,title.1,title\na.jpg,b,c,d,e\n", ",", "csv", {}),
     "space after the delimiter": ("filepath, title\na.jpg, x\n", ",", "csv", {}),
+    "trailing delimiter in the header": ("filepath,title,\na.jpg,x,\n", ",", "csv", {}),
+    "unnamed and repeated names": (',Unnamed: 0,"",a,a\n1,2,3,4,5\n', ",", "csv", {}),
 }
 
 
@@ -207,15 +209,82 @@ def test_utf16_and_utf32_tables_are_named_not_read_as_garbled_columns(encoding, 
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_repeated_header_names_are_made_unique_as_pandas_makes_them(seed):
+def test_repeated_and_empty_header_names_are_read_as_pandas_reads_them(seed):
     """A repeated column name silently hid its second column (every lookup found the first);
-    pandas renames the repeats (`a.1`, skipping names the header has), so each can be named."""
+    pandas renames the repeats (`a.1`, skipping names the header has), so each can be named.
+    An empty name (`filepath,title,`) was listed as '' where pandas reads `Unnamed: 2`, and
+    unnamed columns are renamed after the named ones (`,Unnamed: 0` reads `Unnamed: 0.1`
+    first)."""
     rng = np.random.default_rng(seed)
-    names = ["a", "a.1", "a.2", "a.1.1", "b", "b.1"]
+    names = ["a", "a.1", "a.2", "a.1.1", "b", "b.1", "", "Unnamed: 0", "Unnamed: 1",
+             "Unnamed: 0.1"]
     for _ in range(300):
         header = list(rng.choice(names, size=rng.integers(1, 8)))
+        if header == [""]:
+            continue  # a blank line: no header at all
         text = (",".join(header) + "\n" + ",".join("x" * len(header)) + "\n").encode()
-        assert tables.unique_names(header) == list(pd.read_csv(io.BytesIO(text)).columns)
+        expected = list(pd.read_csv(io.BytesIO(text), index_col=False).columns)
+        assert tables.unique_names(header) == expected
+        assert tables.read_table(text, delimiter=",", quoting="csv").header == expected
+
+
+def test_an_unnamed_column_is_named_and_listed_as_pandas_names_it():
+    """`data.table.caption_column='Unnamed: 2'` finds a column whose header name is empty,
+    and a missing column's error lists it by that name, not as ''."""
+    header = tables.read_table(b"filepath,title,\na.jpg,x,y\n", delimiter=",",
+                               quoting="csv").header
+    assert header == list(pd.read_csv(io.BytesIO(b"filepath,title,\na.jpg,x,y\n")).columns)
+    assert tables.column_indices(header, {"caption_column": "Unnamed: 2"}, name="t.csv",
+                                 delimiter=",", quoting="csv") == {"caption_column": 2}
+    with pytest.raises(ConfigError, match=r"columns: \['filepath', 'title', 'Unnamed: 2'\]"):
+        tables.column_indices(header, {"caption_column": "text"}, name="t.csv", delimiter=",",
+                              quoting="csv")
+
+
+CAPTIONS_PANDAS_QUOTES = ["plain caption", 'a "quoted" one', "tab\there", "two\nlines",
+                          '"starts with a quote', "café, au lait"]
+
+
+def pandas_tsv(captions: list[str]) -> bytes:
+    """A TSV as pandas writes it (the independent reference): fields holding a quote, tab or
+    line break quoted, inner quotes doubled."""
+    frame = pd.DataFrame({"filepath": [f"{i}.jpg" for i in range(len(captions))],
+                          "title": captions})
+    return frame.to_csv(sep="\t", index=False).encode()
+
+
+def quoting_hint(data: bytes, quoting: str = "none") -> str:
+    table = tables.read_table(data, delimiter="\t", quoting=quoting, name="t.tsv")
+    return tables.csv_quoting_hint(data, table, delimiter="\t", quoting=quoting, name="t.tsv")
+
+
+@pytest.mark.parametrize("captions", [CAPTIONS_PANDAS_QUOTES, ['a "quoted" one', "plain"],
+                                      ["tab\there", "plain"], ["two\nlines", "plain"]])
+def test_a_tsv_quoted_by_pandas_and_read_unquoted_gets_the_fix(captions):
+    """pandas' to_csv(sep="\\t") quotes such captions; read without quote processing (the TSV
+    default) they kept their quotes or split into malformed rows, and nothing said why. The
+    hint names the file and the option, and with it the captions are pandas' own."""
+    data = pandas_tsv(captions)
+    hint = quoting_hint(data)
+    assert hint.startswith("t.tsv looks quoted by a CSV writer (e.g. line ")
+    assert hint.endswith("set data.table.quoting='csv'") and "\n" not in hint
+    table = tables.read_table(data, delimiter="\t", quoting="csv")
+    assert [r.fields for r in table.records] == pandas_rows(data, sep="\t")[1]
+    assert quoting_hint(data, "csv") == ""
+
+
+@pytest.mark.parametrize("text", [
+    CASES["issue tsv, no quoting"][0],                          # web captions open quotes
+    # ... beside a malformed row: CSV quoting reads it with text after a closing quote
+    'filepath\ttitle\na\t"Hello world\nb\tthird\textra\nc\t"quoted" caption\n',
+    'filepath\ttitle\na\t"The Great Gatsby"\nb\tx\ty\nc\t"5"" screen\n',  # never closed
+    'filepath\ttitle\na\t"The Great Gatsby"\nb\tx\ty\n',                # quoted whole, no ""
+    "filepath\ttitle\na\tplain\nb\tx\ty\n",                             # no quote at all
+])
+def test_a_tsv_with_quotes_no_csv_writer_put_there_gets_no_hint(text):
+    """A caption may start with a quote in an unquoted TSV (web captions do), beside a
+    malformed row: reading it with CSV quoting would swallow rows or fail, so no hint."""
+    assert quoting_hint(text.encode()) == ""
 
 
 def test_a_column_is_found_whatever_the_spaces_around_its_header_name():

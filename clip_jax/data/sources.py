@@ -180,6 +180,18 @@ def _run_once(action: Any, done: Any, name: str) -> None:
         action()
 
 
+# The builder configs' sections (build_options.json) and the config fields they come from.
+_CONFIG_SECTIONS = {"table": "data.table", "shards": "data.webdataset", "clean": "data.build"}
+
+
+def _config_field(key: str) -> str:
+    """A build option's dotted key (`clean.jpeg_quality`) as the config field a user sets
+    (`data.build.jpeg_quality`)."""
+    section, _, field = key.partition(".")
+    return f"{_CONFIG_SECTIONS[section]}.{field}" if field and section in _CONFIG_SECTIONS \
+        else key
+
+
 def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
     """A table / webdataset dataset reused under its name must come from the same options and
     the same input files (`records.changed_inputs`: tables by content, shards by size and
@@ -199,10 +211,10 @@ def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
     rebuild = "give the dataset a new name or delete that directory to rebuild it."
     if built != wanted:
         changed = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
-        raise ConfigError(
-            f"{builder.data_dir} was built with different options ({changed}: "
-            f"{[built.get(k) for k in changed]} -> {[wanted.get(k) for k in changed]}); "
-            + rebuild)
+        said = ", ".join(f"{_config_field(k)}: {built.get(k)!r} -> {wanted.get(k)!r}"
+                         for k in changed)
+        raise ConfigError(f"{builder.data_dir} was built with different options ({said}); "
+                          + rebuild)
     stale = changed_inputs(inputs)
     if stale:
         how = ("was missing at the build and exists now" if inputs[stale[0]].get("missing")

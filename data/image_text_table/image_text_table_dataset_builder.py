@@ -97,10 +97,13 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split, *rows) for split, rows in loaded.items()}
 
     def _generate_examples(self, split: str, rows: list[_Row], root: str,
-                           lines: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+                           lines: dict[str, Any], quoting_hint: str
+                           ) -> Iterator[tuple[int, dict[str, Any]]]:
         config = self.builder_config
         report = records.BuildReport(split, config.clean)
         report.source_lines(lines)
+        if quoting_hint:
+            report.note(quoting_hint, fix=True)
         groups = _group(rows, config.table.group_by_image)
         if split != "train" and not config.table.group_by_image:
             note = _repeated_images(rows)
@@ -156,7 +159,7 @@ def label_names(table: TableOptions) -> list[str]:
     found = set()
     for field in _SPLIT_FIELDS.values():
         if getattr(table, field):
-            rows, _, _ = _load_rows(getattr(table, field), table)
+            rows, *_ = _load_rows(getattr(table, field), table)
             found |= {r.label for r in rows if not r.problem}
     if all(_is_index(v) for v in found):
         raise ConfigError(f"data.table.label_column={table.label_column!r} holds class indices; "
@@ -200,9 +203,12 @@ class _Row:
         return f"{self.lines}: {self.path if tables.is_utf8(self.path) else ascii(self.path)}"
 
 
-def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[str, Any]]:
-    """The table's records as `_Row`s, the folder image paths are relative to, and how every
-    physical line was used (`tables.Table.line_accounting`).
+def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[str, Any], str]:
+    """The table's records as `_Row`s, the folder image paths are relative to, how every
+    physical line was used (`tables.Table.line_accounting`), and the fix for a table read
+    without quote processing that looks quoted by a CSV writer (`tables.csv_quoting_hint`;
+    "" for none): its malformed rows and quoted captions are then the reading's, not the
+    table's.
 
     Fields are matched to the header as pandas does: a row with fewer fields than the header
     is kept when it has the image and caption fields (pandas fills the rest with NaN); a row
@@ -264,8 +270,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
             f"None of the first {len(probe)} images of {path} exist (e.g. "
             f"{probe[0]!r}); set data.table.image_root to the folder the "
             "image paths are relative to.")
+    hint = tables.csv_quoting_hint(data, parsed, delimiter=delimiter, quoting=quoting, name=path)
     return rows, root, {"source": path, "delimiter": delimiter, "quoting": quoting,
-                        **parsed.line_accounting()}
+                        **parsed.line_accounting()}, hint
 
 
 def _resolve(root: str, path: str) -> str:
