@@ -255,7 +255,8 @@ def test_a_table_is_one_input_however_typed_and_is_not_reused_once_changed(
                and "bad_records.json" in r.getMessage() for r in caplog.records)
     assert len(builder.as_data_source("train")) == 2
     prepare(tmp_path, str(project / "t.csv"))   # the same file, typed absolute: reused
-    with pytest.raises(ConfigError, match=r"built with different options \(data.table.train_path: "):
+    with pytest.raises(ConfigError,
+                       match=r"built with different options \(data.table.train_path: "):
         prepare(other)
     table = project / "t.csv"
     os.utime(table, ns=(1, 1))                  # touched, same bytes: reused
