@@ -21,6 +21,7 @@ from clip_jax.evaluation import evaluate
 from clip_jax.evaluation import few_shot
 from clip_jax.evaluation import imagenet_names
 from clip_jax.evaluation import imagenet_subsets
+from clip_jax.evaluation import plot_fonts
 from clip_jax.data import sources
 from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
@@ -157,18 +158,27 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
                                   "test +greyscale, test +invert, train",
                                   2 * n_test + n_train)}.items():
         assert tuple(rows.loc[metric, ["dataset", "split", "images"]]) == where, metric
+    # Top-5 among the folder's 3 classes would be 1 whatever the model: it does not apply.
+    assert metrics["zero_shot/t/top5"] is None
     for line in eval_report.markdown(table).splitlines()[2:]:  # every value legible, none 0.0000
         evaluator, task, metric, value = [c.strip() for c in line.strip("|").split("|")][:4]
-        assert float(value) == pytest.approx(metrics[f"{evaluator}/{task}/{metric}"], rel=2e-3,
-                                             abs=5e-5)
+        expected = metrics[f"{evaluator}/{task}/{metric}"]
+        if expected is None:
+            assert value == "-"
+        else:
+            assert float(value) == pytest.approx(expected, rel=2e-3, abs=5e-5)
     assert [eval_report.number(v) for v in (1e-6, 0.93751, 0.0, -1.39e-17, -3e-4)] == [
         "1e-06", "0.9375", "0.0000", "0.0000", "-0.0003"]
     paths = eval_report.write(str(tmp_path), table, evaluation.details)
     frame = pd.read_csv(tmp_path / "results.csv")
     assert len(frame) == len(metrics)
     for row in frame.itertuples():
-        assert row.value == pytest.approx(metrics[f"{row.evaluator}/{row.task}/{row.metric}"])
-    assert json.load(open(tmp_path / "results.json"))["results"][0]["metric"] == "top1"
+        expected = metrics[f"{row.evaluator}/{row.task}/{row.metric}"]
+        assert np.isnan(row.value) if expected is None else row.value == pytest.approx(expected)
+    assert ",t,top5,,zero_shot," in (tmp_path / "results.csv").read_text()
+    results = json.load(open(tmp_path / "results.json"))["results"]
+    assert results[0]["metric"] == "top1"
+    assert [r["value"] for r in results if r["metric"] == "top5"] == [None]
     for path in paths[2:]:
         assert Image.open(path).size[0] > 100
     assert {os.path.basename(p) for p in paths[2:]} == {
@@ -180,6 +190,58 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
     assert not (tmp_path / "few_shot_gone.png").exists()
     assert (tmp_path / "few_notes.png").exists() and (tmp_path / "per_class.txt").exists()
     assert (tmp_path / "few_shot_t.png").exists()
+
+
+def bundled_fonts_only(monkeypatch):
+    """Matplotlib's font list cut to the fonts it ships, none with CJK characters (Last
+    Resort's are boxes): a machine without a CJK font."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [
+        f for f in font_manager.fontManager.ttflist
+        if f.fname.startswith(matplotlib.get_data_path())])
+
+
+def plot_warnings(caplog, recwarn, class_names, path):
+    """The report's warnings and Python's UserWarnings (Matplotlib's) of a per-class plot."""
+    caplog.clear()
+    recwarn.clear()
+    detail = {"class_names": class_names, "accuracy": [0.5, 1.0, 0.25, None][:len(class_names)]}
+    with caplog.at_level("WARNING"):
+        eval_report.plot_per_class(detail, str(path), "t")
+    assert Image.open(path).size[0] > 100
+    said = [r.getMessage() for r in caplog.records if r.name == plot_fonts.__name__]
+    return said, [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_labels_the_plot_font_lacks_are_one_warning_naming_them(tmp_path, monkeypatch, caplog,
+                                                                recwarn):
+    """A trial's CJK class names printed Matplotlib's multi-line `UserWarning: Glyph 40644
+    (\\N{CJK UNIFIED IDEOGRAPH-9EC4}) missing from font(s) DejaVu Sans.` once per character,
+    and the plot showed boxes. Without a font that has them, one warning names the labels
+    drawn with boxes, in the plot's order (a class without test images is not drawn), and
+    that the results keep the names; ASCII labels warn of nothing."""
+    bundled_fonts_only(monkeypatch)
+    said, python = plot_warnings(caplog, recwarn, ["黄色", "red", "青色", "蓝色"],
+                                 tmp_path / "cjk.png")
+    assert python == [] and len(said) == 1 and "\n" not in said[0], (python, said)
+    assert said[0].startswith(f"{tmp_path / 'cjk.png'}: the plot's font (DejaVu Sans) lacks "
+                              "characters of '青色', '黄色', drawn as boxes there (results.csv "
+                              "and results.json keep the names); install a font"), said
+    assert plot_warnings(caplog, recwarn, ["yellow", "red"], tmp_path / "ascii.png") == ([], [])
+
+
+def test_labels_the_plot_font_lacks_fall_back_to_an_installed_font_with_them(tmp_path, caplog,
+                                                                             recwarn):
+    """`⌒` is not in DejaVu Sans, Matplotlib's default font, but is in DejaVu Sans Mono, which
+    Matplotlib ships: the label takes it from there (Matplotlib's font fallback), so no
+    character is a box and nothing warns."""
+    from matplotlib import font_manager, ft2font
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    assert ord("⌒") not in ft2font.FT2Font(str(default)).get_charmap()
+    assert plot_warnings(caplog, recwarn, ["arc ⌒", "red"], tmp_path / "arc.png") == ([], [])
 
 
 def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, tmp_path):
@@ -702,6 +764,9 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert f"| zero_shot | colours0 | top1 |" in out.replace(folder.name, "colours0")
+    # Top-5 among 3 classes does not apply: `-` in the summary lines and the table.
+    assert "top5 -" in out and "| zero_shot | colours0 | top5 | - |" in out.replace(
+        folder.name, "colours0")
     assert f"image folder {folder}/test | test | 15 | 3 | simple (1) |" in out
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(frame.evaluator) == {"zero_shot", "linear_probe"}

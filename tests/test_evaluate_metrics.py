@@ -56,7 +56,30 @@ def test_zero_shot_top1_top5_and_mean_per_class_recall():
 def test_zero_shot_with_fewer_than_five_classes():
     scores = np.array([[0.1, 0.9, 0.0], [0.2, 0.1, 0.0]], np.float32)
     metrics = eval_metrics.zero_shot_metrics(scores, one_hot_keys(3), np.array([1, 2]))
-    assert metrics == {"top1": 0.5, "top5": 1.0, "mean_per_class_recall": 0.5}
+    assert metrics == {"top1": 0.5, "top5": None, "mean_per_class_recall": 0.5}
+
+
+@pytest.mark.parametrize("classes", [2, 4, 5, 6, 7, 12])
+def test_top5_is_scikit_learns_and_absent_where_every_class_is_in_the_top_5(classes):
+    """A trial's 4- and 5-class sources reported top5 1.0000: among 5 classes or fewer every
+    label is in the top 5 by construction. It is None there (`-` in the printed lines), and
+    scikit-learn's top_k_accuracy_score beyond (continuous scores: no ties)."""
+    from sklearn.metrics import top_k_accuracy_score
+
+    from clip_jax.evaluation import evaluate
+
+    rng = np.random.default_rng(classes)
+    scores = rng.standard_normal((60, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, 60)
+    top5 = eval_metrics.zero_shot_metrics(scores, one_hot_keys(classes), labels)["top5"]
+    if classes <= 5:
+        assert top5 is None
+        line = evaluate.format_metrics({"zero_shot/t/top1": 0.5, "zero_shot/t/top5": top5})
+        assert line == "  zero_shot/t  top1 0.5000  top5 -"
+    else:
+        assert top5 == pytest.approx(top_k_accuracy_score(labels, scores, k=5,
+                                                          labels=range(classes)))
+        assert 0 < top5 < 1
 
 
 def test_retrieval_several_captions_and_ties():

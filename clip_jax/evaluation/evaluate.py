@@ -127,7 +127,7 @@ class Evaluation:
         self.predictions, self.sizes = self.records.predictions, self.records.sizes
         self.provenance, self.details = self.records.provenance, self.records.details
 
-    def run(self, variables: Variables) -> dict[str, float]:
+    def run(self, variables: Variables) -> dict[str, float | None]:
         """All enabled metrics for `variables` (sharded as the embedder expects).
 
         Also keeps each zero-shot task's top-5 predictions [N, 5] of this run, in split order,
@@ -143,7 +143,7 @@ class Evaluation:
                                                      self.tokenize)
                    for task in self.tasks for c in task.classifiers()}
         ctx = RunContext(variables, embed_texts, self.tokenize, classes, self.records)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float | None] = {}
         for task in self.tasks:
             metrics.update(task.run(ctx))
         self.passes.release()
@@ -166,7 +166,7 @@ class PeriodicEvaluation:
     def is_due(self, step: int, last_step: bool) -> bool:
         return last_step or step % self.every_steps == 0
 
-    def run(self, params: Any, batch_stats: Any) -> dict[str, float]:
+    def run(self, params: Any, batch_stats: Any) -> dict[str, float | None]:
         return self.evaluation.run(_variables(params, batch_stats))
 
 
@@ -196,7 +196,8 @@ def shard_variables(variables: Variables, shardings: Variables) -> Variables:
 
 def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: Variables,
                    evaluators: Sequence[str] | None = None,
-                   tokenizer: TextTokenizer | None = None) -> tuple[dict[str, float], Evaluation]:
+                   tokenizer: TextTokenizer | None = None
+                   ) -> tuple[dict[str, float | None], Evaluation]:
     """Runs the configured evaluators on host `variables`, sharded over `config.mesh`;
     `tokenizer`: the model's own, or None for OpenAI's (`Evaluation`)."""
     mesh = sharding.create_mesh(config.mesh)
@@ -205,7 +206,7 @@ def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: V
     return evaluation.run(shard_variables(variables, shardings)), evaluation
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
     """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads, with its own
     vocabulary: `factory.load_with_tokenizer`) or else the newest checkpoint of `workdir`; writes
     the metrics to `workdir` (at the checkpoint's step, 0 for an import) and prints them."""
@@ -232,12 +233,13 @@ def checkpoint_title(source: str) -> str:
     return source
 
 
-def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
-    """Metrics grouped by task, one line each: `zero_shot/heldout  top1 0.953  top5 0.998`."""
+def format_metrics(metrics: Mapping[str, float | None], title: str = "") -> str:
+    """Metrics grouped by task, one line each: `zero_shot/heldout  top1 0.953  top5 0.998`
+    (`top5 -` where it does not apply: `report.number`)."""
     groups: dict[str, list[str]] = {}
     for key, value in metrics.items():
         group, _, name = key.rpartition("/")
-        shown = report.number(value) if isinstance(value, float) else str(value)
+        shown = report.number(value) if value is None or isinstance(value, float) else str(value)
         groups.setdefault(group, []).append(f"{name} {shown}")
     width = max((len(g) for g in groups), default=0)
     lines = [title] if title else []

@@ -43,13 +43,15 @@ def top_k_indices(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
 
 
 def zero_shot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray,
-                      labels: np.ndarray) -> dict[str, float]:
+                      labels: np.ndarray) -> dict[str, float | None]:
     """Top-1, top-5 accuracy and mean per-class recall of nearest-class-embedding predictions.
 
     Mean per-class recall averages the top-1 recall of the classes present in `labels` (a
-    class without test images has no recall). With fewer than 5 classes top-5 is 1. A label
-    of -1 (an image of a class outside those scored, as imagenet_r's mislabelled ones) is a
-    miss in top-1 and top-5 and no class of its own.
+    class without test images has no recall). Top-5 is None (not applicable) among 5 classes
+    or fewer: every class is then among the 5, so its 1.0 would say nothing of the model
+    (CLIP_benchmark reports NaN there). A label of -1 (an image of a class outside those
+    scored, as imagenet_r's mislabelled ones) is a miss in top-1 and top-5 and no class of
+    its own.
     """
     labels = np.asarray(labels)
     top = top_k_indices(image_embeddings, class_embeddings, 5)
@@ -57,7 +59,8 @@ def zero_shot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray
     top1 = hit[:, 0]
     present = np.unique(labels[labels >= 0])
     recall = [top1[labels == c].mean() for c in present]
-    return {"top1": float(top1.mean()), "top5": float(hit.any(axis=1).mean()),
+    top5 = float(hit.any(axis=1).mean()) if len(class_embeddings) > 5 else None
+    return {"top1": float(top1.mean()), "top5": top5,
             "mean_per_class_recall": float(np.mean(recall))}
 
 

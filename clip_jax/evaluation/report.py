@@ -8,7 +8,10 @@ task's shifted-set rows name that set, its means the sets averaged).
 `write` puts `results.json`, `results.csv` and the plots in an output directory:
 `few_shot_<task>.png` (k-shot probe accuracy with its spread over seeds and the zero-shot
 line), `robustness_<task>.png` (in-distribution vs shifted accuracy with the baseline line,
-logit axes) and `per_class_<task>.png` (zero-shot accuracy per class).
+logit axes) and `per_class_<task>.png` (zero-shot accuracy per class), saved by
+`plot_fonts.save` (labels in characters Matplotlib's font lacks). A metric that does not
+apply (None: top-5 among 5 classes or fewer) is `-` in the table, empty in the CSV and null in
+the JSON.
 """
 
 from __future__ import annotations
@@ -21,33 +24,40 @@ from typing import Any
 
 import numpy as np
 
+from clip_jax.evaluation import plot_fonts
+
 COLUMNS = ("dataset", "model", "step", "dtype", "task", "metric", "value", "evaluator",
            "split", "images", "unreadable", "classes", "templates")
 
 
-def rows(metrics: Mapping[str, float], provenance: Mapping[str, Mapping[str, Any]],
+def rows(metrics: Mapping[str, float | None], provenance: Mapping[str, Mapping[str, Any]],
          model: str, step: int | str = "", dtype: str = "") -> list[dict[str, Any]]:
     """One row per metric `<evaluator>/<task>/<metric...>`, with the metric's own provenance
     where it has one (a robustness task's shifted set), else the task's. `step`: the
     checkpoint's training step ("" for an import, whose step is unknown); `dtype`: the
     compute dtype the model ran in (a bfloat16 run scores other numbers than its float32
-    export)."""
+    export). A metric that does not apply keeps its row, value None: every task of a kind
+    has the same rows, and the reader sees why one has no number."""
     out = []
     for key, value in metrics.items():
         evaluator, task, metric = key.split("/", 2)
         where = provenance.get(key) or provenance.get(f"{evaluator}/{task}", {})
         out.append({"dataset": where.get("data", task), "model": model, "step": step,
-                    "dtype": dtype, "task": task, "metric": metric, "value": float(value),
+                    "dtype": dtype, "task": task, "metric": metric,
+                    "value": None if value is None else float(value),
                     "evaluator": evaluator, "split": where.get("split", ""),
                     "images": where.get("images", ""), "unreadable": where.get("unreadable", ""),
                     "classes": where.get("classes", ""), "templates": where.get("templates", "")})
     return out
 
 
-def number(value: float) -> str:
+def number(value: float | None) -> str:
     """4 decimals (accuracies, recalls), or 3 significant digits for magnitudes 4 decimals
     would show as 0.0000 (a chosen L2 strength of 1e-6); below 1e-12 it is the rounding noise
-    of a difference of equal numbers (an effective robustness of 0 read as -1.39e-17): 0."""
+    of a difference of equal numbers (an effective robustness of 0 read as -1.39e-17): 0.
+    `-` for a metric that does not apply (None), which a 1.0000 would pass off as perfect."""
+    if value is None:
+        return "-"
     if abs(value) <= 1e-12:
         return f"{0.0:.4f}"
     return f"{value:.3g}" if abs(value) < 1e-3 else f"{value:.4f}"
@@ -132,9 +142,7 @@ def plot_few_shot(detail: Mapping[str, Any], path: str, title: str, ax: Any = No
     ax.set(xlabel="labelled examples per class", ylabel="test accuracy", title=title)
     ax.legend(fontsize=8)
     if own:
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        plot_fonts.save(plt, fig, path)
 
 
 def plot_robustness(detail: Mapping[str, Any], path: str, title: str, ax: Any = None) -> None:
@@ -164,9 +172,7 @@ def plot_robustness(detail: Mapping[str, Any], path: str, title: str, ax: Any = 
            title=f"{title}: o model, x / -- baseline")
     ax.legend(fontsize=7)
     if own:
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        plot_fonts.save(plt, fig, path)
 
 
 def plot_per_class(detail: Mapping[str, Any], path: str, title: str) -> None:
@@ -179,9 +185,7 @@ def plot_per_class(detail: Mapping[str, Any], path: str, title: str) -> None:
     ax.barh(np.arange(len(names)), acc[order])
     ax.set_yticks(np.arange(len(names)), [names[i] for i in order], fontsize=7)
     ax.set(xlabel="zero-shot top-1 accuracy", xlim=(0, 1), title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_fonts.save(plt, fig, path)
 
 
 PLOTS = {"few_shot": plot_few_shot, "robustness": plot_robustness, "per_class": plot_per_class}

@@ -280,8 +280,10 @@ class Evaluator(abc.ABC):
         """Checks needing the opened passes (e.g. train and test classes agree)."""
 
     @abc.abstractmethod
-    def run(self, ctx: RunContext) -> dict[str, float]:
-        """Metrics named `<kind>/<task>/<metric>` from the passes' embeddings."""
+    def run(self, ctx: RunContext) -> dict[str, float | None]:
+        """Metrics named `<kind>/<task>/<metric>` from the passes' embeddings; None for one
+        that does not apply to this data (top-5 among 5 classes or fewer), so every task of a
+        kind reports the same metrics."""
 
 
 def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False) -> None:

@@ -1,5 +1,6 @@
 """Zero-shot classification: top-1/top-5 (and balanced accuracy) of the prompt-ensemble
-classifier on one labelled split (`clip_jax.evaluation.zero_shot`)."""
+classifier on one labelled split (`clip_jax.evaluation.zero_shot`); top-5 is None among 5
+classes or fewer (`metrics.zero_shot_metrics`)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class ZeroShot(Evaluator):
     def classifiers(self) -> list[Classifier]:
         return [self.classifier]
 
-    def run(self, ctx: RunContext) -> dict[str, float]:
+    def run(self, ctx: RunContext) -> dict[str, float | None]:
         c = self.classifier
         emb, classes = c.source.embeddings, ctx.class_embeddings(c)
         check_labels(emb.labels, len(c.class_names), self.field, c.source.description)
