@@ -1071,3 +1071,22 @@ def test_json_output_writes_non_ascii_names_as_themselves_where_stdout_can(monke
         line = cli.json_line(broken)
         assert line.isascii() and json.loads(line) == broken
         print(line)  # writable
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "utf-8"])
+def test_names_the_terminal_cannot_show_do_not_kill_a_command(encoding):
+    """Under PYTHONIOENCODING=ascii a CJK file name killed `clip-jax zero-shot` and `search`
+    (text and csv output) with UnicodeEncodeError. The entry points' console setup makes such
+    a name print escaped there; on UTF-8 a name with undecodable bytes prints as its bytes."""
+    code = ("import os; from clip_jax.runtime import logs; logs.setup_console(); "
+            "print('flat/café_猫.jpg'); print(os.fsdecode(b'caf\\xe9.jpg')); "
+            "import sys; print('猫', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": encoding})
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    if encoding == "ascii":
+        assert first == rb"flat/caf\xe9_\u732b.jpg" and proc.stderr.strip() == rb"\u732b"
+        assert second == rb"caf\udce9.jpg"
+    else:
+        assert first == "flat/café_猫.jpg".encode() and second == b"caf\xe9.jpg"

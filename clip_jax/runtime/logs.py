@@ -10,6 +10,7 @@ the same style as the entry points' `error: ...` lines.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import os
@@ -63,9 +64,25 @@ def warnings_rewritten(rewrite: Callable[[str], str]) -> Iterator[None]:
 
 
 def setup_console() -> None:
-    """What every entry point calls first: `survive_closed_output`, then `show_warnings`."""
+    """What every entry point calls first: `write_any_text`, `survive_closed_output`, then
+    `show_warnings`."""
+    write_any_text()
     survive_closed_output()
     show_warnings()
+
+
+def write_any_text() -> None:
+    """Makes stdout and stderr write any file name or label instead of raising
+    UnicodeEncodeError at the first one their encoding lacks (a CJK name under
+    PYTHONIOENCODING=ascii killed `clip-jax zero-shot` mid-listing): on a UTF-8 stream a name
+    with undecodable bytes (os.listdir's surrogate escapes) is written as those bytes, the
+    file's own name; on any other encoding, what it lacks is written as `\\u732b`-style
+    escapes. A stream whose error handler was chosen (not 'strict') is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) != "strict" or not hasattr(stream, "reconfigure"):
+            continue
+        utf8 = codecs.lookup(stream.encoding or "ascii").name == "utf-8"
+        stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
 
 
 def survive_closed_output() -> None:
