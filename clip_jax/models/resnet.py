@@ -56,7 +56,8 @@ class Conv(nn.Module):
 class BatchNorm(nn.Module):
     """Batch normalisation over the channels of NHWC, with Flax's `nn.BatchNorm` formulas.
 
-    Train mode normalises by the batch's float32 mean and `E[x^2] - E[x]^2` variance and
+    Train mode normalises by the batch's float32 mean and one-pass variance (shifted by one
+    value of each channel, so a large mean does not cancel it away) and
     updates the running statistics (`momentum` 0.9 here is torch's 0.1), the variance's with
     the unbiased n / (n - 1) estimate over the n values per channel, as torch's BatchNorm2d
     (open_clip's ResNet) does; Flax's `nn.BatchNorm` keeps the biased one. Eval mode uses
@@ -89,7 +90,13 @@ class BatchNorm(nn.Module):
         if self.train:
             axes = tuple(range(x.ndim - 1))
             mean = x.mean(axes)
-            var = jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
+            # E[(x - c)^2] - (E[x] - c)^2 with c one value of each channel (a constant to
+            # autodiff: the variance does not depend on it): the one-pass form keeps its
+            # backward needing only `x`, and the shift keeps it exact where a channel's mean
+            # is large against its spread (c = 0, E[x^2] - E[x]^2, lost the variance to
+            # float32 cancellation: 19 % off torch's at a mean 1000 spreads wide).
+            shift = jax.lax.stop_gradient(x[(0,) * len(axes)])
+            var = jnp.maximum(0.0, jnp.square(x - shift).mean(axes) - jnp.square(mean - shift))
             if not self.is_initializing():
                 count = x.size // x.shape[-1]
                 unbiased = var * (count / (count - 1)) if count > 1 else var
