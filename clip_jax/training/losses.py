@@ -115,7 +115,7 @@ def small_block_warning(name: str, batch_size: int, batch_shards: int,
                     f"(the largest divisor of {n} up to config.loss_chunk_size={chunk_size}), "
                     f"{(n // block) ** 2:,} small matmuls per pass; make config.batch_size "
                     f"give a {what} that is a multiple of a size near {chunk_size}, or set "
-                    "loss_chunk_size to a divisor of it.")
+                    "config.loss_chunk_size to a divisor of it.")
     return None
 
 
