@@ -107,7 +107,7 @@ def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str],
     none = (" No class has one: the probes take the grid's first L2 strength."
             if counts.max() <= k else "")
     which = ", ".join(map(str, short[:-1])) + " and " * (len(short) > 1) + str(k)
-    most = counts.min() // 2
+    most = int(counts.min()) // 2
     keep = (f" Up to {most} shot{'s' * (most > 1)}, every class keeps as many held-out images "
             "as shots." if most else "")
     log.warning("%s: some classes have fewer than 2 x k training images for k = %s, so "
