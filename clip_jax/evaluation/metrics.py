@@ -49,9 +49,9 @@ def zero_shot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray
     Mean per-class recall averages the top-1 recall of the classes present in `labels` (a
     class without test images has no recall). Top-5 is None (not applicable) among 5 classes
     or fewer: every class is then among the 5, so its 1.0 would say nothing of the model
-    (CLIP_benchmark reports NaN below 5 classes and that 1.0 at exactly 5). A label of -1 (an image of a class outside those
-    scored, as imagenet_r's mislabelled ones) is a miss in top-1 and top-5 and no class of
-    its own.
+    (CLIP_benchmark reports NaN below 5 classes and that 1.0 at exactly 5). A label of -1
+    (an image of a class outside those scored, as imagenet_r's mislabelled ones) is a miss
+    in top-1 and top-5 and no class of its own.
     """
     labels = np.asarray(labels)
     top = top_k_indices(image_embeddings, class_embeddings, 5)
