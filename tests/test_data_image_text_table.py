@@ -222,6 +222,10 @@ def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):
     with pytest.raises(ConfigError, match=r"built with different options "
                                          r"\(data.table.group_by_image: False -> True\).*new name"):
         sources.prepare(table_config(root, data_dir, group_by_image=True))
+    # The dialect 'auto' means for the table's extension, spelled out, is the same dataset.
+    sources.prepare(table_config(root, data_dir, quoting="csv", delimiter=","))
+    with pytest.raises(ConfigError, match=r"\(data.table.quoting: \['csv'\] -> \['none'\]\)"):
+        sources.prepare(table_config(root, data_dir, quoting="none"))
     rebuilt = table_config(root, data_dir)  # named as the config field, not the builder's own
     rebuilt.build.jpeg_quality = 80
     with pytest.raises(ConfigError, match=r"\(data.build.jpeg_quality: 95 -> 80\); give"):

@@ -9,6 +9,7 @@ examples by index inside a tf.data graph.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import errno
 import functools
@@ -192,6 +193,23 @@ def _config_field(key: str) -> str:
         else key
 
 
+def _as_read(options: dict[str, Any]) -> dict[str, Any]:
+    """Build options with a table's `delimiter` and `quoting` as each split's table is read
+    with them (`TableOptions.dialect`): `quoting='none'` spelled out for a .tsv is what
+    'auto' meant, and the same dataset, not a changed option."""
+    from clip_jax_data.options import TableOptions
+
+    table = options.get("table")
+    if not isinstance(table, dict):
+        return options
+    known = {f.name for f in dataclasses.fields(TableOptions)}
+    read = TableOptions(**{k: v for k, v in table.items() if k in known})
+    paths = [p for p in (read.train_path, read.validation_path, read.test_path) if p]
+    dialects = [read.dialect(p) for p in paths]
+    return {**options, "table": {**table, "delimiter": [d for d, _ in dialects],
+                                 "quoting": [q for _, q in dialects]}}
+
+
 def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
     """A table / webdataset dataset reused under its name must come from the same options and
     the same input files (`records.changed_inputs`: tables by content, shards by size and
@@ -206,8 +224,8 @@ def _check_build_options(builder: tfds.core.DatasetBuilder) -> None:
     with tf.io.gfile.GFile(path) as f:
         recorded = json.load(f)
     inputs = recorded.pop(INPUTS_KEY, {})
-    built = build_identity(recorded)
-    wanted = build_identity(build_options(builder.builder_config))
+    built = build_identity(_as_read(recorded))
+    wanted = build_identity(_as_read(build_options(builder.builder_config)))
     rebuild = "give the dataset a new name or delete that directory to rebuild it."
     if built != wanted:
         changed = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
