@@ -275,8 +275,9 @@ def test_few_shot_warns_once_naming_every_short_class(caplog):
     held = [f"{names[c]} ({counts[c] - 4 or 'none'} of {counts[c]})"
             for c in np.argsort(counts, kind="stable") if counts[c] < 8]
     assert held == ["fox (none of 4)", "dog (1 of 5)", "emu (3 of 7)"]
-    assert warnings[0].endswith(": " + ", ".join(held) + ".")
-    assert "cat" not in warnings[0] and "fewer than 4 held-out images" in warnings[0]
+    assert warnings[0].endswith("at 4 shots: " + ", ".join(held) + ". Up to 2 shots, every "
+                                "class keeps as many held-out images as shots.")
+    assert "cat" not in warnings[0] and "for k = 4, so their k-shot probes" in warnings[0]
 
 
 def test_many_short_classes_are_counted_after_the_first_few():
