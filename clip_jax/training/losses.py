@@ -66,10 +66,7 @@ def chunked_softmax_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
                          chunk_size: int = 1024) -> tuple[jax.Array, Metrics]:
     """`softmax_loss` without materialising N x N logits (see the module docstring)."""
     del bias
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    local = img.shape[0] // shards
-    rows = _chunk(local, chunk_size)
-    cols = _chunk(img.shape[0], chunk_size)
+    rows, cols = block_sizes("chunked_softmax", img.shape[0], _batch_shards(mesh), chunk_size)
     fn = jax.shard_map(
         functools.partial(_chunked_local, rows=rows, cols=cols), mesh=mesh,
         in_specs=(P(BATCH_AXES), P(BATCH_AXES), P()), out_specs=(P(), P(), P()),
@@ -94,6 +91,18 @@ _CHUNKED_DIMENSIONS: dict[str, tuple[tuple[str, Callable[[int, int], int]], ...]
                         ("global batch", lambda batch, shards: batch)),
     "chunked_sigmoid": (("per-device batch", lambda batch, shards: batch // shards),),
 }
+def _batch_shards(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def block_sizes(name: str, batch_size: int, batch_shards: int, chunk_size: int
+                ) -> tuple[int, ...]:
+    """The block size along each of chunked loss `name`'s blocked dimensions
+    (`_CHUNKED_DIMENSIONS`): the largest divisor of the dimension up to `chunk_size`."""
+    return tuple(_chunk(dimension(batch_size, batch_shards), chunk_size)
+                 for _, dimension in _CHUNKED_DIMENSIONS[name])
+
+
 # A block this much smaller than it could be (min(dimension, chunk_size)) is worth a warning:
 # the loss then runs (dimension / block)^2 tiny matmuls where a few large ones would do.
 _SMALL_BLOCK = 4
@@ -105,11 +114,12 @@ def small_block_warning(name: str, batch_size: int, batch_shards: int,
     `chunk_size` allows (`_chunk` takes the largest divisor, so a batch with no divisor near
     the chunk size gets tiny blocks: 4094 rows per device and chunk size 1024 give 178-row
     blocks; a prime count gives 1), else None; None for the unchunked losses."""
-    for what, dimension in _CHUNKED_DIMENSIONS.get(name, ()):
+    dimensions = _CHUNKED_DIMENSIONS.get(name, ())
+    if not dimensions or batch_size < batch_shards:
+        return None
+    for (what, dimension), block in zip(dimensions, block_sizes(name, batch_size, batch_shards,
+                                                                chunk_size)):
         n = dimension(batch_size, batch_shards)
-        if n < 1:
-            return None
-        block = _chunk(n, chunk_size)
         if block * _SMALL_BLOCK <= min(n, chunk_size):
             return (f"config.loss={name!r} splits the {what} of {n} into blocks of {block} "
                     f"(the largest divisor of {n} up to config.loss_chunk_size={chunk_size}), "
@@ -290,8 +300,8 @@ def chunked_sigmoid_loss(img: jax.Array, txt: jax.Array, scale: jax.Array,
     nothing grows with the number of devices. Raises ConfigError without a bias.
     """
     check_loss("chunked_sigmoid", bias is not None)
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    cols = _chunk(img.shape[0] // shards, chunk_size)
+    shards = _batch_shards(mesh)
+    (cols,) = block_sizes("chunked_sigmoid", img.shape[0], shards, chunk_size)
     fn = jax.shard_map(
         functools.partial(_ring_core, cols=cols, shards=shards), mesh=mesh,
         in_specs=(P(BATCH_AXES), P(BATCH_AXES), P(), P()), out_specs=(P(), P(), P()),
