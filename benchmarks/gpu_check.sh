@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks, by stage (all four take about 14 minutes on one H200, so a machine lent
-# 10 minutes per command runs them in two calls):
+# The GPU checks, by stage (all take about 20 minutes on one H200, so a machine lent 10 minutes
+# per command runs them in several calls):
 #   env         versions and the GPU
 #   attention   every attention kernel's error and fwd+bwd time (benchmarks/attention.py)
 #   tests       the cuDNN parity tests (tests/test_attention.py)
-#   train_step  bf16 train steps of ViT-B/32 and RN50 against plain Flax and open_clip
+#   vit         bf16 ViT-B/32 train steps against plain Flax and open_clip
+#   rn50        the same for RN50
+#   vit_xla     our ViT-B/32 step on XLA's attention against plain Flax (which uses XLA's): the
+#               fused cuDNN kernel's share of our step time and of our compile time
 #
 #     bash benchmarks/gpu_check.sh                 # every stage
-#     bash benchmarks/gpu_check.sh env train_step  # the named stages
+#     bash benchmarks/gpu_check.sh env rn50        # the named stages
 #
 # Results are printed and, where $OUT is set, written there (one file per stage).
 set -u
@@ -32,13 +35,18 @@ tests_stage() {
   timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=line tests/test_attention.py \
     -k "cudnn or xla or auto"
 }
-train_step_stage() {
-  timeout 420 python3 benchmarks/train_step.py --device gpu --dtype bfloat16 \
-    --models ViT-B/32 RN50 --batch 256 --steps 10 --repeats 1
+train_step() {  # $1: the stage's time limit in seconds; the rest: train_step.py arguments
+  local limit=$1
+  shift
+  timeout "$limit" python3 benchmarks/train_step.py --device gpu --dtype bfloat16 --batch 256 \
+    --steps 10 --repeats 1 "$@"
 }
+vit_stage() { train_step 330 --models ViT-B/32; }
+rn50_stage() { train_step 330 --models RN50; }
+vit_xla_stage() { train_step 200 --models ViT-B/32 --sides clip_jax "plain flax" --attention xla; }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env attention tests train_step)
+[ ${#stages[@]} -eq 0 ] && stages=(env attention tests vit rn50 vit_xla)
 for stage in "${stages[@]}"; do
   "${stage}_stage" 2>&1 | tee "$out/$stage.txt"
 done

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py --models ViT-B/32 RN50 --batch 16 --steps 5 --repeats 3
     python benchmarks/train_step.py --models ViT-B/32 --compile-only --repeats 5
     python benchmarks/train_step.py --device gpu --dtype bfloat16 --batch 256 --steps 20
+    python benchmarks/train_step.py --sides clip_jax "plain flax" --attention xla --compile-only
 
 Every side runs one full step (forward, symmetric contrastive loss, backward, AdamW update) on
 random data, each in its own subprocess (so peak memory is that side's alone), in fp32 on the
@@ -25,7 +26,9 @@ the 2-core development machine in two paired runs; XLA:CPU's own convolutions fo
 sides). Repeats alternate the sides (ABC, BCA, ...) so that
 machine load hits all alike; each figure in the table is a ratio to open_clip (or to plain
 flax for compile time) formed within one repeat, printed as the median and [min, max] over
-repeats.
+repeats. `--sides` runs a subset (a ratio whose reference side did not run reads `-`);
+`--attention` sets our sides' `config.model.attention` (default: the config's `auto`), to
+tell a kernel's share of the step or of the compile time from the rest.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ MEMORY_NAMES = {"cpu": "RSS", "gpu": "GPU memory"}
 # Each side's JAX on the device asked for, or failing rather than falling back to another.
 DEVICE_ENV = {"cpu": {"JAX_PLATFORMS": "cpu"}, "gpu": {"JAX_PLATFORMS": "cuda"}}
 sys.path.insert(0, str(ROOT))
+from clip_jax.models.config import ATTENTION  # noqa: E402  (imports no JAX)
 from clip_jax.runtime import host_tuning  # noqa: E402  (imports no JAX)
 
 # Every side runs with the process tuning `clip-jax train` applies (`runtime.host_tuning`: huge
@@ -82,9 +86,11 @@ def _time_steps(run, steps: int) -> list[float]:
     return times
 
 
-def clip_jax_step(model: str, batch: int, scan: bool, dtype: str = "float32") -> tuple:
+def clip_jax_step(model: str, batch: int, scan: bool, dtype: str = "float32",
+                  attention: str | None = None) -> tuple:
     """(compiled step, train state, random batch dict, compile seconds): our step at compute
-    `dtype` on JAX's first device, as every benchmark of it builds it."""
+    `dtype` on JAX's first device, as every benchmark of it builds it; `attention` overrides
+    `config.model.attention` where given."""
     import jax
 
     from clip_jax.runtime import sharding
@@ -94,6 +100,8 @@ def clip_jax_step(model: str, batch: int, scan: bool, dtype: str = "float32") ->
     config = base.get_config(model)
     config.model.dtype, config.model.scan_layers, config.batch_size = dtype, scan, batch
     config.compilation_cache_dir = ""
+    if attention:
+        config.model.attention = attention
     mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     s = train_step.setup(config, train_step.model_config(config), mesh)
     state = s.init_state(jax.random.key(0))
@@ -104,10 +112,11 @@ def clip_jax_step(model: str, batch: int, scan: bool, dtype: str = "float32") ->
     return compiled, state, {"images": images, "tokens": tokens}, compile_s
 
 
-def run_clip_jax(model: str, batch: int, steps: int, scan: bool, dtype: str) -> dict:
+def run_clip_jax(model: str, batch: int, steps: int, scan: bool, dtype: str,
+                 attention: str | None) -> dict:
     import jax
 
-    compiled, state, data, compile_s = clip_jax_step(model, batch, scan, dtype)
+    compiled, state, data, compile_s = clip_jax_step(model, batch, scan, dtype, attention)
     box = [state]
 
     def run():
@@ -230,7 +239,7 @@ def worker(args) -> None:
         return
     if args.side.startswith("clip_jax"):
         out = run_clip_jax(args.model, args.batch, args.steps, args.side.endswith("scan"),
-                           args.dtype)
+                           args.dtype, args.attention)
     elif args.side == "plain flax":
         out = run_plain_flax(args.model, args.batch, args.steps, args.dtype)
     else:
@@ -244,6 +253,8 @@ def _spawn(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--side", side, "--model", args.model or "",
            "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads),
            "--device", args.device, "--dtype", args.dtype]
+    if args.attention:
+        cmd += ["--attention", args.attention]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False,
                          env={**(_ENV or os.environ), **DEVICE_ENV[args.device]})
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -259,37 +270,42 @@ def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
 
 
+def _ratio(runs: list[dict[str, dict]], side: str, other: str, key: str) -> str:
+    """`side`'s `key` over `other`'s within each repeat, as median [min, max]; "-" where either
+    side did not run or has no such figure (open_clip has no compile time)."""
+    if other not in runs[0] or side not in runs[0] or runs[0][side].get(key) is None:
+        return "-"
+    return _spread([run[side][key] / run[other][key] for run in runs])
+
+
 def table(model: str, runs: list[dict[str, dict]], device: str = "cpu") -> str:
-    """Markdown rows: absolute medians and per-repeat ratios with [min, max] over repeats."""
+    """Markdown rows, one per side that ran: absolute medians and per-repeat ratios with
+    [min, max] over repeats."""
     memory = MEMORY_NAMES[device]
     rows = [f"| {model} | | img/s | peak {memory} (GB) | compile (s) | img/s vs open_clip | "
             f"img/s vs plain | {memory} vs open_clip | compile vs plain |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for side in SIDES:
+    for side in [s for s in SIDES if s in runs[0]]:
         r = [run[side] for run in runs]
-        img = [x["img_s"] for x in r]
-        rss = [x["peak_memory_gb"] for x in r]
         comp = [x["compile_s"] for x in r if x["compile_s"] is not None]
-        ratio = lambda key, other, vals: [  # noqa: E731
-            v / run[other][key] for v, run in zip(vals, runs)]
         rows.append(" | ".join([
-            f"| {model}", side, _spread(img, "{:.1f}"), _spread(rss, "{:.1f}"),
+            f"| {model}", side, _spread([x["img_s"] for x in r], "{:.1f}"),
+            _spread([x["peak_memory_gb"] for x in r], "{:.1f}"),
             _spread(comp, "{:.0f}") if comp else "-",
-            _spread(ratio("img_s", "open_clip", img)),
-            _spread(ratio("img_s", "plain flax", img)),
-            _spread(ratio("peak_memory_gb", "open_clip", rss)),
-            _spread([c / run["plain flax"]["compile_s"] for c, run in zip(comp, runs)])
-            if comp else "-"]) + " |")
+            _ratio(runs, side, "open_clip", "img_s"),
+            _ratio(runs, side, "plain flax", "img_s"),
+            _ratio(runs, side, "open_clip", "peak_memory_gb"),
+            _ratio(runs, side, "plain flax", "compile_s")]) + " |")
     return "\n".join(rows)
 
 
 def compile_table(model: str, runs: list[dict[str, dict]]) -> str:
     """Markdown rows for --compile-only: compile seconds and the per-repeat ratio to plain."""
     rows = [f"| {model} | | compile (s) | compile vs plain |", "|---|---|---:|---:|"]
-    for side in COMPILED_SIDES:
+    for side in [s for s in COMPILED_SIDES if s in runs[0]]:
         comp = [run[side]["compile_s"] for run in runs]
-        ratio = [c / run["plain flax"]["compile_s"] for c, run in zip(comp, runs)]
-        rows.append(f"| {model} | {side} | {_spread(comp, '{:.1f}')} | {_spread(ratio)} |")
+        rows.append(f"| {model} | {side} | {_spread(comp, '{:.1f}')} | "
+                    f"{_ratio(runs, side, 'plain flax', 'compile_s')} |")
     return "\n".join(rows)
 
 
@@ -332,19 +348,25 @@ def main() -> None:
                         help="where every side runs (gpu: JAX's and torch's first GPU)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype (bfloat16: mixed precision, fp32 parameters)")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES),
+                        help="the sides to run (default: all)")
+    parser.add_argument("--attention", choices=ATTENTION,
+                        help="our sides' config.model.attention (default: the config's)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=SIDES + MATMUL_SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    sides = COMPILED_SIDES if args.compile_only else SIDES
+    sides = [s for s in SIDES if s in args.sides
+             and (s in COMPILED_SIDES or not args.compile_only)]
     if args.compile_only:
         args.steps = 0
     steps = "compile only" if args.compile_only else f"{args.steps} timed steps per process"
     threads = "" if args.compile_only else f", open_clip threads {args.threads}"
+    attention = f", attention {args.attention}" if args.attention else ""
     print(f"{args.dtype}, batch {args.batch}, {steps}, {args.repeats} alternating repeats, "
-          f"{os.cpu_count()} CPUs ({cpu_model()}){threads}{gpu_model(args.device)}")
-    if not args.compile_only:
+          f"{os.cpu_count()} CPUs ({cpu_model()}){threads}{attention}{gpu_model(args.device)}")
+    if "open_clip" in sides:  # the bound on a ratio to open_clip
         peak = {side: _spawn(side, args)["gflops"] for side in MATMUL_SIDES}
         size = MATMUL_SIZES[args.device]
         print(f"{args.dtype} {size} x {size} matmul, median of 5: XLA {peak['xla']:.0f} GFLOP/s, "
@@ -363,9 +385,11 @@ def main() -> None:
                       file=sys.stderr, flush=True)
         print(compile_table(model, runs) if args.compile_only
               else table(model, runs, args.device))
-        h2d = runs[0]["clip_jax"]
-        print(f"host -> device bytes per step: {h2d['h2d_bytes_per_step']:,} (uint8 images) vs "
-              f"{h2d['h2d_bytes_per_step_float32_images']:,} (float32 images)", flush=True)
+        h2d = runs[0].get("clip_jax") or runs[0].get("clip_jax scan")
+        if h2d:
+            print(f"host -> device bytes per step: {h2d['h2d_bytes_per_step']:,} (uint8 "
+                  f"images) vs {h2d['h2d_bytes_per_step_float32_images']:,} (float32 images)",
+                  flush=True)
 
 
 if __name__ == "__main__":
