@@ -106,13 +106,15 @@ def _relative(a, b) -> float:
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("causal,length", [(False, 50), (True, 77), (False, 196), (False, 257)])
+@pytest.mark.parametrize("causal,length", [(False, 50), (True, 77), (False, 196), (False, 257),
+                                           (True, 256)])
 def test_cudnn_is_exact_to_its_dtype_and_is_what_auto_runs_on_gpu(dtype, causal, length):
     """Where JAX's cuDNN attention takes the shape, its output error against the float64
     reference, and its gradients' against XLA's at fp32 (highest matmul precision), stay within
     1.5x of the XLA kernel's at the same half-precision dtype, and `auto` compiles to cuDNN's
-    fused attention; where it refuses (odd lengths on some JAX releases), `auto` compiles to
-    XLA's and an explicit `cudnn` is a ConfigError."""
+    fused attention from AUTO_CUDNN_MIN_TOKENS tokens on (XLA's below); where it refuses (odd
+    lengths on some JAX releases), `auto` compiles to XLA's and an explicit `cudnn` is a
+    ConfigError."""
     q, k, v = (x.astype(dtype) for x in _qkv(length, length, batch=4, heads=12, dim=64))
     auto_hlo = jax.jit(jax.grad(_loss("auto", causal), argnums=(0, 1, 2))).lower(
         q, k, v).compile().as_text()
@@ -134,7 +136,7 @@ def test_cudnn_is_exact_to_its_dtype_and_is_what_auto_runs_on_gpu(dtype, causal,
                           max(_relative(g, e) for g, e in zip(grads, exact)))
     assert errors["cudnn"][0] <= 1.5 * errors["xla"][0], errors
     assert errors["cudnn"][1] <= 1.5 * errors["xla"][1], errors
-    assert "cudnn$fmha" in auto_hlo
+    assert ("cudnn$fmha" in auto_hlo) is (length >= attention.AUTO_CUDNN_MIN_TOKENS)
 
 
 def _cudnn_refusing_odd_lengths(calls: list):
@@ -168,7 +170,7 @@ def gpu_with_fussy_cudnn(monkeypatch):
     attention.cudnn_takes.cache_clear()
 
 
-@pytest.mark.parametrize("length,runs_cudnn", [(50, True), (77, False), (197, False)])
+@pytest.mark.parametrize("length,runs_cudnn", [(128, True), (197, False), (257, False)])
 def test_auto_falls_back_to_xla_where_cudnn_refuses_the_backward(gpu_with_fussy_cudnn, length,
                                                                  runs_cudnn):
     """The refusal comes only when the gradient is traced, and under jax.checkpoint (the
@@ -188,6 +190,20 @@ def test_auto_falls_back_to_xla_where_cudnn_refuses_the_backward(gpu_with_fussy_
     refusal = pytest.raises(ConfigError, match="Unsupported sequence length.*use 'auto'")
     with contextlib.nullcontext() if runs_cudnn else refusal:
         dot_product_attention(q, k, v, causal=True, implementation="cudnn")
+
+
+@pytest.mark.parametrize("length", [2, 50, 76, attention.AUTO_CUDNN_MIN_TOKENS - 2])
+def test_auto_keeps_short_sequences_on_xla(gpu_with_fussy_cudnn, length):
+    """Shorter than one flash-attention block, `auto` runs XLA's attention on a GPU even where
+    cuDNN takes the shape (cuDNN was no faster there and added compile time); an explicit
+    `cudnn` still runs cuDNN."""
+    calls = gpu_with_fussy_cudnn
+    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(length, length, dim=64))
+    grad = jax.grad(_loss("auto", False), argnums=(0, 1, 2))
+    jax.jit(grad).lower(q, k, v)
+    assert not calls
+    jax.jit(jax.grad(_loss("cudnn", False), argnums=(0, 1, 2))).lower(q, k, v)
+    assert calls
 
 
 @pytest.mark.parametrize("platform,dtype,expected", [

@@ -128,8 +128,9 @@ class CLIPConfig:
     `param_dtype` is the storage dtype of the parameters. `scan_layers` stacks each transformer's
     blocks under one `nn.scan` (fast compiles for deep models; parameters gain a leading `layers`
     axis); `remat_policy` recomputes block activations in the backward pass to save memory.
-    `attention` picks the attention kernel (`clip_jax.models.attention`; `auto`: cuDNN on GPU,
-    XLA elsewhere, TPU included until the Pallas kernel is measured faster there).
+    `attention` picks the attention kernel (`clip_jax.models.attention`; `auto`: cuDNN on GPU
+    for sequences of 128 tokens or more that it takes, XLA elsewhere, TPU included until the
+    Pallas kernel is measured faster there).
     `resize_size` is the shortest side an image is resized to before the centre crop to
     `vision.image_size` (None: the image size itself, as OpenAI's models are used; a
     transformers processor with `size.shortest_edge` 256 and `crop_size` 224 sets 256).
