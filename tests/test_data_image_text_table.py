@@ -200,6 +200,45 @@ def test_caption_fallback_encoding_and_grouping(inputs, tmp_path):
                        "images/gray.jpg": ["two"]}
 
 
+def test_what_group_by_image_joins_is_counted_against_pandas(inputs, tmp_path, caplog):
+    """group_by_image joined rows silently: a duplicated row became a second copy of its
+    image's caption (counted twice by retrieval) and a row with another label lost it. The
+    build's notes give the counts pandas gives for the same table (rows sharing an image,
+    (image, caption) duplicates, images with several labels), and every start warns them."""
+    import pandas as pd
+
+    root, _ = inputs
+    names = ["rgb.jpg", "gray.jpg", "rgb.png", "rgb.jpg", "rgb.jpg", "rgb.png", "cmyk.jpg",
+             "gray.jpg", "rgb.png"]
+    captions = ["a cat", "a dog", "a bird", "a cat ", "another cat", "a bird", "a fox",
+                "a dog", "a third bird"]
+    labels = ["cat", "dog", "bird", "cat", "cat", "bird", "fox", "puppy", "bird"]
+    table = pd.DataFrame({"filepath": [f"images/{n}" for n in names], "title": captions,
+                          "label": labels})
+    table.to_csv(tmp_path / "grouped.csv", index=False)
+    config = table_config(root, str(tmp_path / "tfds"), name="joined", group_by_image=True,
+                          label_column="label", train_path=str(tmp_path / "grouped.csv"),
+                          image_root=root)
+    with caplog.at_level("WARNING"):
+        _, report = build_report(config)
+    sizes = table.groupby("filepath").size()
+    shared, repeated = sizes[sizes > 1], table.assign(
+        title=table.title.str.strip()).duplicated(["filepath", "title"])
+    several_labels = (table.groupby("filepath").label.nunique() > 1).sum()
+    joined, repeats, clashes = report["notes"]
+    assert joined.startswith(f"group_by_image: {shared.sum()} rows share {len(shared)} image(s)"
+                             " (e.g. images/rgb.jpg: line 2, line 5, line 6)")
+    first = table.index[repeated][0]
+    original = table.index[(table.filepath == table.filepath[first])
+                           & (table.title.str.strip() == table.title[first].strip())][0]
+    assert repeats.startswith(f"{repeated.sum()} row(s) repeat a caption their image already "
+                              f"has (e.g. line {first + 2} = line {original + 2}: ")
+    assert clashes.startswith(f"{several_labels} image(s) have rows with different labels "
+                              "(e.g. images/gray.jpg: line 3 'dog', line 9 'puppy')")
+    for note in report["notes"]:
+        assert note in caplog.text
+
+
 def test_configuration_errors_are_clear(inputs, tmp_path):
     root, _ = inputs
     with pytest.raises(ConfigError, match=r"data.table.caption_column='text' is not a column .*"

@@ -105,7 +105,10 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         if quoting_hint:
             report.note(quoting_hint, fix=True)
         groups = _group(rows, config.table.group_by_image)
-        if split != "train" and not config.table.group_by_image:
+        if config.table.group_by_image:
+            for note in _grouping_notes(groups):
+                report.note(note)
+        elif split != "train":
             note = _repeated_images(rows)
             if note:
                 report.note(note)
@@ -298,6 +301,42 @@ def _repeated_images(rows: list[_Row]) -> str:
             f"{found[1].lines}), each row its own example: retrieval on this split counts one "
             "picture as several images; set data.table.group_by_image=True to give each image "
             "all its captions, as `clip-jax eval --retrieval` reads a table.")
+
+
+def _grouping_notes(groups: list[list[_Row]]) -> list[str]:
+    """What `group_by_image` joined, so no row disappears into another unsaid: how many rows
+    became how many images, rows that repeat a caption their image already has (kept: the
+    caption then counts twice in text -> image retrieval), and images whose rows name
+    different labels (the first row's is the image's)."""
+    joined = [group for group in groups if len(group) > 1]
+    if not joined:
+        return []
+    rows = sum(len(group) for group in joined)
+    notes = [f"group_by_image: {rows} rows share {len(joined)} image(s) (e.g. {joined[0][0].path}"
+             f": {', '.join(row.lines for row in joined[0][:3])}), each image now one example "
+             "with all its rows' captions."]
+    repeats, clashes = [], []
+    for group in joined:
+        seen: dict[bytes, _Row] = {}
+        for row in group:
+            earlier = seen.setdefault(row.caption.strip(), row)
+            if earlier is not row:
+                repeats.append((row, earlier))
+        if len({row.label for row in group}) > 1:
+            clashes.append(group)
+    if repeats:
+        row, earlier = repeats[0]
+        notes.append(f"{len(repeats)} row(s) repeat a caption their image already has (e.g. "
+                     f"{row.lines} = {earlier.lines}: {row.path}), kept, so the caption counts "
+                     "that many more times in text -> image retrieval; delete the repeated rows "
+                     "to count each once.")
+    if clashes:
+        first = clashes[0]
+        labels = ", ".join(f"{row.lines} {row.label!r}" for row in first[:3])
+        notes.append(f"{len(clashes)} image(s) have rows with different labels (e.g. "
+                     f"{first[0].path}: {labels}); each image keeps its first row's label: "
+                     "correct the table's labels.")
+    return notes
 
 
 def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
