@@ -131,7 +131,24 @@ def test_hidden_files_and_folders_are_left_out_as_the_eval_reader_leaves_them(tm
     assert paths == [str(tmp_path / name / "photo.jpg") for name in ("cat", "dog")]
     assert ignored == 4
     assert "2 hidden folder(s) not searched" in caplog.text
+    assert "without an image extension" not in caplog.text  # hidden files are not named
     assert labelled.read(str(tmp_path)).files == paths
+
+
+def test_files_without_an_image_extension_are_named(tmp_path, caplog):
+    """`clip-jax zero-shot` / `index` on a folder counted the files they ignored but never
+    named them: an iPhone's `.heic` photos were left out with only a count at the end."""
+    for rel in ("b/IMG_2.HEIC", "a/IMG_1.heic", "a/notes.txt", "a/cat.jpg", "a/.DS_Store",
+                "readme", "c/d/e.jpeg.bak"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        paths, ignored = image_folder.find_images([str(tmp_path)], recursive=True)
+    assert paths == [str(tmp_path / "a" / "cat.jpg")] and ignored == 6
+    first = ", ".join(os.path.join(*rel) for rel in (("a", "IMG_1.heic"), ("a", "notes.txt"),
+                                                      ("b", "IMG_2.HEIC")))
+    assert (f"{tmp_path}: 5 file(s) without an image extension ignored ({first}, ...)"
+            in caplog.text)
 
 
 def test_batches_skip_what_pil_cannot_read(folder, model):

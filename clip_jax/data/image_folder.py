@@ -129,7 +129,7 @@ def warn_revisits(folder: str, revisits: list[str]) -> None:
 
 
 def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
-    relative, ignored, revisits, hidden = [], 0, [], []
+    relative, ignored, revisits, hidden, other = [], 0, [], [], []
     for root, dirs, files in walk_once(folder, revisits):
         hidden += [os.path.join(root, d) for d in dirs if d.startswith(".")]
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -146,7 +146,13 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
                 relative.append(os.path.relpath(path, folder))
             else:
                 ignored += 1
+                if not name.startswith("."):  # hidden ones are the OS's (.DS_Store, ._x.jpg)
+                    other.append(os.path.relpath(path, folder))
     warn_revisits(folder, revisits)
+    if other:
+        log.warning("%s: %d file(s) without an image extension ignored (%s); give a file "
+                    "explicitly to read it whatever its name", folder, len(other),
+                    _first_few(sorted(other, key=lambda rel: rel.split(os.sep))))
     if hidden and recursive:
         log.warning("%s: %d hidden folder(s) not searched (%s)", folder, len(hidden),
                     _first_few(hidden))
