@@ -428,6 +428,12 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
         entry.resolve_config_path("vit_b17")
     with pytest.raises(ConfigError, match="'configs': is a folder, not a config file; pass a"):
         entry.resolve_config_path("configs")  # it said "no such config file" of a folder
+    monkeypatch.chdir(os.path.dirname(root))  # the README's paths, typed outside a checkout
+    for given, bundled in (("configs/vit_b16.py", "vit_b16"), ("my/tiny.py:x", "tiny:x")):
+        with pytest.raises(ConfigError, match=rf"^--config '{given}': no such config file here; "
+                                              rf"the bundled config of that name is --config "
+                                              rf"{bundled}\.$"):
+            entry.resolve_config_path(given)
     with pytest.raises(ConfigError, match="cannot apply --config.optimizer.lrr=1"):
         entry.load(["clip-jax train", "--config=tiny", "--workdir=w", "--config.optimizer.lrr=1"],
                    flags.FlagValues())

@@ -1,6 +1,8 @@
 """The sharded train step on 8 fake CPU devices: equal to one device, exact accumulation,
 really sharded parameters, optimizer semantics."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,9 +161,39 @@ def test_a_mesh_axis_that_does_not_divide_a_width_names_the_logical_axis(scan):
     mesh = sharding.create_mesh({"data": 2, "fsdp": 1, "tensor": 4})
     with pytest.raises(ConfigError, match=r"cannot be split 4 ways over mesh axes \('tensor',\): "
                                           r"its logical axis 'heads' has size 2; make "
-                                          r"config.mesh.tensor one of \[1, 2\], or map 'heads' "
-                                          r"to None in config.logical_axis_rules."):
+                                          r"config.mesh.tensor one of \[1, 2\] \(the sizes "
+                                          r"that split every parameter sharded over "
+                                          r"\('tensor',\)\), or map 'heads' to None in "
+                                          r"config.logical_axis_rules."):
         train_step.setup(config, train_step.model_config(config), mesh)
+
+
+def test_the_mesh_sizes_offered_fit_every_parameter():
+    """ViT-B/32's shapes at tensor=16 were told "one of [1, 2, 4, 8]" (the text tower's 8
+    heads), and 8 then failed on the image tower's 12. Every size the error offers must pass
+    the check, and every other size that divides the devices must fail it."""
+    import flax.linen as nn
+
+    shapes = {"text_heads": ((8, 64), ("heads", "kv")), "image_heads": ((12, 64), ("heads", "kv")),
+              "text_mlp": ((512, 2048), ("embed", "mlp")),
+              "image_mlp": ((768, 3072), ("embed", "mlp")), "vocab": ((49408, 512), ("vocab", None))}
+    boxed = {k: nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32), names)
+             for k, (shape, names) in shapes.items()}
+    split = [shape[names.index(n)] for shape, names in shapes.values() for n in names
+             if n and dict(sharding.DEFAULT_RULES)[n] == "tensor"]
+
+    def check(tensor):
+        mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": tensor})
+        sharding.check_divisible(mesh, boxed, sharding.logical_shardings(
+            boxed, mesh, sharding.DEFAULT_RULES))
+
+    with pytest.raises(ConfigError, match=r"one of \[(.*)\] \(the sizes") as error:
+        check(8)
+    offered = [int(k) for k in error.value.args[0].split("one of [")[1].split("]")[0].split(",")]
+    assert offered == [k for k in range(1, 13) if not np.any(np.mod(split, k))]
+    for tensor in (1, 2, 4, 8):
+        with contextlib.nullcontext() if tensor in offered else pytest.raises(ConfigError):
+            check(tensor)
 
 
 def test_sigmoid_loss_matches_numpy():

@@ -104,8 +104,12 @@ def resolve_config_path(value: str) -> str:
     if path in config_names():
         return bundled + colon + arg
     what = "is a folder, not a config file" if os.path.isdir(path) else "no such config file"
-    raise ConfigError(f"--config {value!r}: {what}; pass a path (configs/vit_b16.py) "
-                      f"or one of {', '.join(config_names())}.")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem in config_names():  # e.g. the README's configs/vit_b16.py, typed outside a checkout
+        raise ConfigError(f"--config {value!r}: {what} here; the bundled config of that name is "
+                          f"--config {stem}{colon}{arg}.")
+    raise ConfigError(f"--config {value!r}: {what}; pass a config file's path or one of "
+                      f"{', '.join(config_names())}.")
 
 
 def with_config_resolved(argv: Sequence[str]) -> list[str]:
