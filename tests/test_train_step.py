@@ -176,7 +176,8 @@ def test_the_mesh_sizes_offered_fit_every_parameter():
 
     shapes = {"text_heads": ((8, 64), ("heads", "kv")), "image_heads": ((12, 64), ("heads", "kv")),
               "text_mlp": ((512, 2048), ("embed", "mlp")),
-              "image_mlp": ((768, 3072), ("embed", "mlp")), "vocab": ((49408, 512), ("vocab", None))}
+              "image_mlp": ((768, 3072), ("embed", "mlp")),
+              "vocab": ((49408, 512), ("vocab", None))}
     boxed = {k: nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32), names)
              for k, (shape, names) in shapes.items()}
     split = [shape[names.index(n)] for shape, names in shapes.values() for n in names
