@@ -53,6 +53,27 @@ def test_cpu_peak_is_the_best_plausible_measurement_seen(tmp_path, monkeypatch):
     assert json.loads(path.read_text())[key] == pytest.approx(peak * shared)
 
 
+def test_a_best_another_process_stores_meanwhile_is_not_lowered(tmp_path, monkeypatch):
+    """Two processes on one machine measure at once: one that read the cache before the
+    other stored a new best wrote its own lower figure over it (trial s42Z saw the "best
+    seen" fall between runs). The cache is read after measuring, under a lock."""
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path))
+    path = tmp_path / "peak_flops.json"
+    device = jax.devices()[0]
+    key = (f"{device.platform}|{device.device_kind}|float32|{os.cpu_count()}|"
+           f"{jax.__version__}")
+    path.write_text(json.dumps({key: 1e11, "other|key": 5.0}))
+
+    def measure_while_another_stores(*args):
+        path.write_text(json.dumps({key: 9e11, "other|key": 5.0}))  # the other process
+        return 4e11  # this one's: better than what was there at its start, not the best
+    monkeypatch.setattr(hardware, "measure_matmul_flops", measure_while_another_stores)
+    peak, source = hardware.peak_flops(dtype="float32")
+    local = len(jax.local_devices(backend="cpu"))
+    assert peak == 9e11 / local and "the best seen on this machine" in source
+    assert json.loads(path.read_text()) == {key: 9e11, "other|key": 5.0}
+
+
 def test_cpu_devices_of_other_processes_on_this_machine_share_its_peak(tmp_path, monkeypatch):
     """Two local processes of 4 CPU devices each (the README's two-process command) gave
     each device the machine's peak over 4, so MFU read twice the truth: the devices of every

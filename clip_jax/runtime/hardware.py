@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import statistics
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -142,30 +144,55 @@ def processes_on_this_host() -> int:
 
 def _timed_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
     """(the best plausible timed matmul FLOP/s of `device`'s kind, where it came from):
-    `peak_flops`'s measurement and cache."""
+    `peak_flops`'s measurement and cache. The cache is read after the measurement, under a
+    lock: the job's other processes on this machine measure at the same time, and one that
+    read the file before another wrote a new best would write its own lower figure over it."""
     key = f"{device.platform}|{device.device_kind}|{dtype}|{os.cpu_count()}|{jax.__version__}"
     path = cache_dir() / "peak_flops.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
     how = f"timed {MATMUL_SIZE}x{MATMUL_SIZE} {dtype} matmul"
     measured = measure_matmul_flops(dtype, device)
-    if measured <= cached.get(key, 0.0) <= IMPLAUSIBLE_PEAK_RATIO * measured:
-        return float(cached[key]), f"{how}: the best seen on this machine, kept in {path}"
-    before = cached.get(key)
-    why = ("the first on this machine" if before is None else "a new best" if measured > before
-           else f"replacing {before:.3g} FLOP/s, over {IMPLAUSIBLE_PEAK_RATIO:g}x this, as "
-           "mistimed")
-    cached[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cached, indent=1))
-        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache: read, not written
+    try:
+        with _locked(path.with_suffix(".lock")):
+            try:
+                cached = json.loads(path.read_text())
+            except (OSError, ValueError):
+                cached = {}
+            if measured <= cached.get(key, 0.0) <= IMPLAUSIBLE_PEAK_RATIO * measured:
+                return float(cached[key]), f"{how}: the best seen on this machine, kept in {path}"
+            before = cached.get(key)
+            why = ("the first on this machine" if before is None else "a new best"
+                   if measured > before else f"replacing {before:.3g} FLOP/s, over "
+                   f"{IMPLAUSIBLE_PEAK_RATIO:g}x this, as mistimed")
+            cached[key] = measured
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cached, indent=1))
+            tmp.replace(path)
     except OSError:
         return measured, f"{how} (cache {path} not writable)"
     return measured, f"{how}, measured now ({why}), kept in {path}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created) for the block, where the OS has them
+    (`fcntl`: Linux and macOS, every TPU and GPU host) and the folder is writable; elsewhere
+    no lock (a read-only cache is still read)."""
+    try:
+        import fcntl
+        handle = open(path, "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # Backends whose executables run correctly when loaded back from JAX's persistent cache. With
