@@ -126,7 +126,7 @@ _PLATFORM_CHOICE = {"gpu": "cudnn", "cuda": "cudnn"}
 # of each head's [length, length] scores by tiling them in blocks of 64-128 rows; a sequence
 # shorter than one block has nothing to tile. Measured on an H200 (jax 0.11.2, bf16, batch
 # 256): the ViT-B/32 train step (50 image tokens) ran 4861 img/s on cuDNN against 4800 on XLA,
-# but compiled in 54 s against 44 s (plain Flax: 34 s), one cuDNN graph per layer and pass.
+# but compiled in 54 s against 44 s (plain Flax: 34 s).
 AUTO_CUDNN_MIN_TOKENS = 128
 # Kernels that only some platforms have (the others run everywhere).
 KERNEL_PLATFORMS: dict[str, tuple[str, ...]] = {"cudnn": ("gpu", "cuda"), "pallas": ("tpu",)}
