@@ -322,6 +322,29 @@ def test_hidden_members_are_counted_but_split_no_sample_nor_fail_a_build(tmp_pat
         report.finish(str(tmp_path))
 
 
+def test_a_member_repeating_an_extension_in_another_case_is_counted(tmp_path):
+    """`k.jpg` and `k.JPG` in one sample: the later one silently replaced the earlier one.
+    The first is kept, as read, and the other is a counted skip naming both."""
+    from clip_jax_data.options import CleanOptions
+    from clip_jax_data.records import BuildReport
+    from clip_jax_data.webdataset_shards import webdataset_shards_dataset_builder as builder
+
+    path = str(tmp_path / "dup.tar")
+    members = [("a.jpg", jpeg(1)), ("a.JPG", jpeg(2)), ("a.txt", b"one"), ("a.Txt", b"two"),
+               ("b.jpg", jpeg(3)), ("b.txt", b"three")]
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    report = BuildReport("train", CleanOptions())
+    read = {key: files for _, key, files in builder._samples(path, report)}
+    assert read == {"a": {"jpg": jpeg(1), "txt": b"one"}, "b": {"jpg": jpeg(3), "txt": b"three"}}
+    assert report.skipped_by_reason == {"duplicate_member": 2}
+    assert [s["key"] for s in report.skipped] == ["dup.tar/a.JPG", "dup.tar/a.Txt"]
+    assert "sample 'a' already has a '.jpg' member" in report.skipped[0]["detail"]
+
+
 def test_rewritten_or_appearing_shards_are_not_reused(tmp_path, monkeypatch):
     """A relative pattern and its absolute form are one dataset; a shard rewritten with other
     contents (another size), or a listed shard that was missing at build time and now exists,
