@@ -203,24 +203,30 @@ def test_caption_fallback_encoding_and_grouping(inputs, tmp_path):
 def test_what_group_by_image_joins_is_counted_against_pandas(inputs, tmp_path, caplog):
     """group_by_image joined rows silently: a duplicated row became a second copy of its
     image's caption (counted twice by retrieval) and a row with another label lost it. The
-    build's notes give the counts pandas gives for the same table (rows sharing an image,
-    (image, caption) duplicates, images with several labels), and every start warns them."""
+    build's notes give the counts pandas gives for the rows the build keeps (rows sharing an
+    image, (image, caption) duplicates, images with several labels; rows of a missing image
+    or with an empty caption are skipped, so joined nothing), and every start warns them."""
     import pandas as pd
 
     root, _ = inputs
     names = ["rgb.jpg", "gray.jpg", "rgb.png", "rgb.jpg", "rgb.jpg", "rgb.png", "cmyk.jpg",
-             "gray.jpg", "rgb.png"]
+             "gray.jpg", "rgb.png", "gone.jpg", "gone.jpg", "cmyk.jpg", "rgb.png"]
     captions = ["a cat", "a dog", "a bird", "a cat ", "another cat", "a bird", "a fox",
-                "a dog", "a third bird"]
-    labels = ["cat", "dog", "bird", "cat", "cat", "bird", "fox", "puppy", "bird"]
+                "a dog", "a third bird", "a ghost", "a ghost", "  ", "a bird"]
+    labels = ["cat", "dog", "bird", "cat", "cat", "bird", "fox", "puppy", "bird", "cat", "dog",
+              "cat", "bird"]
     table = pd.DataFrame({"filepath": [f"images/{n}" for n in names], "title": captions,
                           "label": labels})
     table.to_csv(tmp_path / "grouped.csv", index=False)
     config = table_config(root, str(tmp_path / "tfds"), name="joined", group_by_image=True,
                           label_column="label", train_path=str(tmp_path / "grouped.csv"),
                           image_root=root)
+    config.build.max_bad_fraction = 1.0
     with caplog.at_level("WARNING"):
         _, report = build_report(config)
+    table = table[table.filepath.map(lambda path: os.path.exists(os.path.join(root, path)))
+                  & (table.title.str.strip() != "")]
+    assert report["skipped"] == 3  # two rows of a missing image, an empty caption
     sizes = table.groupby("filepath").size()
     shared, repeated = sizes[sizes > 1], table.assign(
         title=table.title.str.strip()).duplicated(["filepath", "title"])

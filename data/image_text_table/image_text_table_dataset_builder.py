@@ -105,10 +105,8 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         if quoting_hint:
             report.note(quoting_hint, fix=True)
         groups = _group(rows, config.table.group_by_image)
-        if config.table.group_by_image:
-            for note in _grouping_notes(groups):
-                report.note(note)
-        elif split != "train":
+        joined = []  # the kept (row, caption)s of each image several kept rows share
+        if not config.table.group_by_image and split != "train":
             note = _repeated_images(rows)
             if note:
                 report.note(note)
@@ -125,6 +123,10 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                             report.skip(key, outcome)
                         else:
                             report.keep(key, outcome)
+                    if image is not None and len(captions) > 1:
+                        kept = [row for row, (_, outcome) in zip(group, outcomes)
+                                if not isinstance(outcome, records.BadRecord)]
+                        joined.append(list(zip(kept, captions)))
                     if image is not None and captions:
                         ready.append((group[0].first_line, group[0].path, image, captions,
                                       _label_index(group[0].label, names)))
@@ -137,6 +139,8 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                         example["label"] = label
                     yield row, example
                     offset += len(captions)
+        for note in _grouping_notes(joined):
+            report.note(note)
         report.finish(self.data_dir)
 
 
@@ -303,27 +307,27 @@ def _repeated_images(rows: list[_Row]) -> str:
             "all its captions, as `clip-jax eval --retrieval` reads a table.")
 
 
-def _grouping_notes(groups: list[list[_Row]]) -> list[str]:
-    """What `group_by_image` joined, so no row disappears into another unsaid: how many rows
-    became how many images, rows that repeat a caption their image already has (kept: the
-    caption then counts twice in text -> image retrieval), and images whose rows name
-    different labels (the first row's is the image's)."""
-    joined = [group for group in groups if len(group) > 1]
+def _grouping_notes(joined: list[list[tuple[_Row, str]]]) -> list[str]:
+    """What `group_by_image` joined, so no row disappears into another unsaid: `joined` holds,
+    per image that several kept rows share, each kept row with its cleaned caption. Notes how
+    many rows became how many images, rows that repeat a caption their image already has
+    (kept: the caption then counts twice in text -> image retrieval), and images whose rows
+    name different labels (the first row's is the image's)."""
     if not joined:
         return []
-    rows = sum(len(group) for group in joined)
-    notes = [f"group_by_image: {rows} rows share {len(joined)} image(s) (e.g. {joined[0][0].path}"
-             f": {', '.join(row.lines for row in joined[0][:3])}), each image now one example "
-             "with all its rows' captions."]
+    first = [row for row, _ in joined[0]]
+    notes = [f"group_by_image: {sum(map(len, joined))} rows share {len(joined)} image(s) (e.g. "
+             f"{first[0].path}: {', '.join(row.lines for row in first[:3])}), each image now "
+             "one example with all its rows' captions."]
     repeats, clashes = [], []
     for group in joined:
-        seen: dict[bytes, _Row] = {}
-        for row in group:
-            earlier = seen.setdefault(row.caption.strip(), row)
+        seen: dict[str, _Row] = {}
+        for row, caption in group:
+            earlier = seen.setdefault(caption, row)
             if earlier is not row:
                 repeats.append((row, earlier))
-        if len({row.label for row in group}) > 1:
-            clashes.append(group)
+        if len({row.label for row, _ in group}) > 1:
+            clashes.append([row for row, _ in group])
     if repeats:
         row, earlier = repeats[0]
         notes.append(f"{len(repeats)} row(s) repeat a caption their image already has (e.g. "
@@ -331,10 +335,10 @@ def _grouping_notes(groups: list[list[_Row]]) -> list[str]:
                      "that many more times in text -> image retrieval; delete the repeated rows "
                      "to count each once.")
     if clashes:
-        first = clashes[0]
-        labels = ", ".join(f"{row.lines} {row.label!r}" for row in first[:3])
+        rows = clashes[0]
+        labels = ", ".join(f"{row.lines} {row.label!r}" for row in rows[:3])
         notes.append(f"{len(clashes)} image(s) have rows with different labels (e.g. "
-                     f"{first[0].path}: {labels}); each image keeps its first row's label: "
+                     f"{rows[0].path}: {labels}); each image keeps its first row's label: "
                      "correct the table's labels.")
     return notes
 
