@@ -208,7 +208,8 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     `model_name` and `model_options` (the `clip_jax.load` keywords it was read with, e.g.
     `ema`) are recorded for `clip-jax search` to load the same model. Paths are stored
     absolute, in `find_images` order, each file once however many inputs or links reach it
-    (the first path to it is kept; `BuildReport.duplicates` counts the repeats). Resumable:
+    (the file's own path where one of them is, with no link on the way, else the first path
+    to it; `BuildReport.duplicates` counts the repeats). Resumable:
     see the module docstring. Raises ValueError when `<output>.partial/` was written with
     another model (delete it or choose another output) or `output` is a file other than an
     index (`check_output`), FileNotFoundError for missing inputs or folders without images.
@@ -218,10 +219,12 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     images, output = [os.fspath(i) for i in images], os.fspath(output)
     check_output(output)
     found, ignored = find_images(images, recursive)
-    first: dict[str, str] = {}  # real file -> the first path that reached it
+    chosen: dict[str, str] = {}  # real file -> its own path, else the first path to reach it
     for p in found:
-        first.setdefault(os.path.realpath(p), os.path.abspath(p))
-    paths = list(first.values())
+        real, path = os.path.realpath(p), os.path.abspath(p)
+        if real not in chosen or path == real:
+            chosen[real] = path
+    paths = list(chosen.values())
     fingerprint, options = model_fingerprint(encoder), recorded_image_options(encoder)
     partial = output + ".partial"
     known = _reusable(output, partial, fingerprint, options)
@@ -237,7 +240,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     part = len(glob.glob(os.path.join(partial, "part-*.npz")))
     # A terminal gets a bar; a log file one line per save (each redraw would be a line there).
     lines = progress and bool(todo) and not sys.stderr.isatty()
-    bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo or lines,
+    bar = tqdm(total=len(todo), unit="file", disable=not progress or not todo or lines,
                file=sys.stderr, dynamic_ncols=True, desc="index")
     started, read = time.monotonic(), 0
 
@@ -284,10 +287,11 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
 
 
 def _progress_line(read: int, total: int, seconds: float) -> str:
-    """'index: 4096/10000 images (41.0 img/s, 2.4 min to go), saved': a log file's progress."""
+    """'index: 4096/10000 files read (41.0 files/s, 2.4 min to go), saved': a log file's
+    progress (files: the unreadable ones, skipped, count as read)."""
     rate = read / seconds if seconds > 0 else 0.0
     left = f", {(total - read) / rate / 60:.1f} min to go" if rate and read < total else ""
-    return f"index: {read}/{total} images ({rate:.1f} img/s{left}), saved"
+    return f"index: {read}/{total} files read ({rate:.1f} files/s{left}), saved"
 
 
 def check_output(output: str | os.PathLike) -> None:
