@@ -135,20 +135,36 @@ def test_hidden_files_and_folders_are_left_out_as_the_eval_reader_leaves_them(tm
     assert labelled.read(str(tmp_path)).files == paths
 
 
-def test_files_without_an_image_extension_are_named(tmp_path, caplog):
+def test_files_without_an_image_extension_are_named(tmp_path, caplog, model):
     """`clip-jax zero-shot` / `index` on a folder counted the files they ignored but never
-    named them: an iPhone's `.heic` photos were left out with only a count at the end."""
-    for rel in ("b/IMG_2.HEIC", "a/IMG_1.heic", "a/notes.txt", "a/cat.jpg", "a/.DS_Store",
-                "readme", "c/d/e.jpeg.bak"):
+    named them; iPhone photos (.heic), which Pillow cannot decode without a plugin, were then
+    said to lack an image extension, with advice (pass them explicitly) that failed too. AVIF
+    photos, which this Pillow decodes, were ignored."""
+    from PIL import features
+
+    assert features.check("avif")  # Pillow's wheels decode AVIF (constraints.txt pins one)
+    for rel in ("b/IMG_2.HEIC", "a/IMG_1.heic", "a/notes.txt", "a/.DS_Store", "readme",
+                "c/d/e.jpeg.bak"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
+        (tmp_path / rel).write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (tmp_path / "a").mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "a" / "cat.jpg")
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(tmp_path / "a" / "dog.AVIF", "AVIF")
     with caplog.at_level("WARNING"):
         paths, ignored = image_folder.find_images([str(tmp_path)], recursive=True)
-    assert paths == [str(tmp_path / "a" / "cat.jpg")] and ignored == 6
-    first = ", ".join(os.path.join(*rel) for rel in (("a", "IMG_1.heic"), ("a", "notes.txt"),
-                                                      ("b", "IMG_2.HEIC")))
-    assert (f"{tmp_path}: 5 file(s) without an image extension ignored ({first}, ...)"
-            in caplog.text)
+    assert paths == [str(tmp_path / "a" / "cat.jpg"), str(tmp_path / "a" / "dog.AVIF")]
+    assert ignored == 6
+    heif, other = (", ".join(os.path.join(*rel) for rel in rels) for rels in (
+        (("a", "IMG_1.heic"), ("b", "IMG_2.HEIC")),
+        (("a", "notes.txt"), ("c", "d", "e.jpeg.bak"), ("readme",))))
+    assert (f"{tmp_path}: 2 photo(s) ignored ({heif}): HEIF photo: Pillow decodes it only "
+            "with the pillow-heif plugin; convert it to JPEG") in caplog.text
+    assert f"{tmp_path}: 3 file(s) without an image extension ignored ({other});" in caplog.text
+    config = model[1].config
+    pixels = image_folder.read_image(paths[1], config)
+    assert pixels[..., 1].mean() > pixels[..., 0].mean() + 1  # green, normalised
+    skipped = image_folder.read_image(str(tmp_path / "b" / "IMG_2.HEIC"), config)
+    assert skipped.reason.startswith("HEIF photo: Pillow decodes it only with the pillow-heif")
 
 
 def test_batches_skip_what_pil_cannot_read(folder, model):

@@ -20,19 +20,38 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 
 from clip_jax.errors import MissingFileError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import preprocess
 
-# torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included), and GIF.
+log = logging.getLogger(__name__)
+# Phones' photo formats that Pillow decodes only with a plugin (pillow-heif) or a codec its
+# build may lack (AVIF: in Pillow's wheels from 11.3 on): extension -> why not, and the fix.
+_PLUGIN_FORMATS = {
+    ".heic": "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG",
+    ".heif": "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG",
+    ".avif": "AVIF photo: this Pillow has no AVIF codec; upgrade Pillow (its wheels have one "
+             "from 11.3) or convert it to JPEG"}
+# torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included), GIF, and those of
+# `_PLUGIN_FORMATS` this Pillow decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
-                    ".pgm")
+                    ".pgm") + tuple(
+    ext for ext in _PLUGIN_FORMATS if (features.check("avif") if ext == ".avif"
+                                       else ext in Image.registered_extensions()))
 # Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
 # What Pillow raises for a file it cannot read (shared with `clip_jax.data.labelled`).
-log = logging.getLogger(__name__)
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def undecodable_format(name: str) -> str:
+    """For a file in a phone photo format this Pillow cannot decode (`_PLUGIN_FORMATS`), the
+    one-line reason and fix; else ""."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in _PLUGIN_FORMATS or ext in IMAGE_EXTENSIONS:
+        return ""
+    return _PLUGIN_FORMATS[ext]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +168,16 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
                 if not name.startswith("."):  # hidden ones are the OS's (.DS_Store, ._x.jpg)
                     other.append(os.path.relpath(path, folder))
     warn_revisits(folder, revisits)
+    other.sort(key=lambda rel: rel.split(os.sep))
+    photos = [rel for rel in other if undecodable_format(rel)]
+    if photos:
+        log.warning("%s: %d photo(s) ignored (%s): %s", folder, len(photos), _first_few(photos),
+                    undecodable_format(photos[0]))
+    other = [rel for rel in other if rel not in photos]
     if other:
         log.warning("%s: %d file(s) without an image extension ignored (%s); give a file "
                     "explicitly to read it whatever its name", folder, len(other),
-                    _first_few(sorted(other, key=lambda rel: rel.split(os.sep))))
+                    _first_few(other))
     if hidden and recursive:
         log.warning("%s: %d hidden folder(s) not searched (%s)", folder, len(hidden),
                     _first_few(hidden))
@@ -187,7 +212,7 @@ def _attempt(path: str, read: Callable[[], Any]) -> Any:
             return SkippedImage(path, "empty file (0 bytes)")
         return read()
     except Image.UnidentifiedImageError:
-        return SkippedImage(path, "not an image PIL can identify")
+        return SkippedImage(path, undecodable_format(path) or "not an image PIL can identify")
     except DECODE_ERRORS as error:
         text = getattr(error, "reason", None) or str(error)  # the file is named already
         message = text.splitlines()[0] if text else type(error).__name__
