@@ -267,7 +267,11 @@ def _spawn(side: str, args) -> dict:
 
 
 def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+    """'median [min, max]'; one sample alone, without a spread it does not have."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return (f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, "
+            f"{fmt.format(max(values))}]")
 
 
 def _ratio(runs: list[dict[str, dict]], side: str, other: str, key: str) -> str:
