@@ -162,6 +162,7 @@ def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_pat
     (root / ".ipynb_checkpoints").mkdir()
     picture(1).save(root / ".ipynb_checkpoints" / "x.png")
     (root / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "cat" / "IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # an iPhone's photo
     (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # beside the class folders: was unsaid
     picture(4).save(root / "stray.png")  # in no class: torchvision leaves it out too
     picture(2).save(root / "dog" / "._0.png")
@@ -178,7 +179,9 @@ def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_pat
         "hidden file": [str(root / ".DS_Store"), str(root / "cat" / ".DS_Store"),
                         str(root / "dog" / "._0.png"), str(root / "dog" / ".thumbs" / "t.png")],
         "outside any class folder": [str(root / "stray.png")],
-        "not an image file": [str(root / "cat" / "notes.txt")]}
+        "not an image file": [str(root / "cat" / "notes.txt")],
+        "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG": [
+            str(root / "cat" / "IMG_1.HEIC")]}
     assert "no images in class folder(s) zebra" in caplog.text
     assert f"4 (hidden file: {root / '.DS_Store'}" in caplog.text
 

@@ -53,7 +53,8 @@ from clip_jax.data.options import IMAGE_COLUMNS, TableOptions, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
-from clip_jax.data.image_folder import DECODE_ERRORS, IMAGE_EXTENSIONS, walk_once
+from clip_jax.data.image_folder import (DECODE_ERRORS, IMAGE_EXTENSIONS, undecodable_format,
+                                       walk_once)
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
@@ -186,7 +187,8 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
             for f in sorted(names):
                 path = os.path.join(directory, f)
                 why = ("hidden file" if hidden or f.startswith(".")  # .DS_Store, ._photo.jpg
-                       else "" if _is_image(f) else "not an image file")
+                       else "" if _is_image(f)
+                       else undecodable_format(f) or "not an image file")
                 if why:
                     skipped.setdefault(why, []).append(path)
                 else:
@@ -567,7 +569,7 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
                 return data, _PLACEHOLDER, True
             return b"", to_rgb_uint8(image, exif_transpose=exif_transpose), True
     except Image.UnidentifiedImageError:
-        reason = "not an image PIL can identify"
+        reason = undecodable_format(path.decode()) or "not an image PIL can identify"
     except DECODE_ERRORS as error:
         reason = str(error)
     except tf.errors.NotFoundError:
