@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -206,8 +207,6 @@ def test_what_group_by_image_joins_is_counted_against_pandas(inputs, tmp_path, c
     build's notes give the counts pandas gives for the rows the build keeps (rows sharing an
     image, (image, caption) duplicates, images with several labels; rows of a missing image
     or with an empty caption are skipped, so joined nothing), and every start warns them."""
-    import pandas as pd
-
     root, _ = inputs
     names = ["rgb.jpg", "gray.jpg", "rgb.png", "rgb.jpg", "rgb.jpg", "rgb.png", "cmyk.jpg",
              "gray.jpg", "rgb.png", "gone.jpg", "gone.jpg", "cmyk.jpg", "rgb.png"]
@@ -243,6 +242,27 @@ def test_what_group_by_image_joins_is_counted_against_pandas(inputs, tmp_path, c
                               "(e.g. images/gray.jpg: line 3 'dog', line 9 'puppy')")
     for note in report["notes"]:
         assert note in caplog.text
+
+
+def test_a_killed_builds_leftover_folder_is_named(inputs, tmp_path, caplog):
+    """A build killed mid-way (SIGKILL, a lost machine, `clip-jax train`'s SIGTERM before
+    training, which exits at once) leaves TFDS's partial copy beside the dataset, and every
+    later build started another: the next build names the leftovers to delete. The folder is
+    made by TFDS's own naming function, so the pattern is TFDS's."""
+    from tensorflow_datasets.core.utils import file_utils
+
+    root, _ = inputs
+    config = table_config(root, str(tmp_path / "tfds"), name="killed")
+    config.build.max_bad_fraction = 1.0
+    data_dir = str(sources.get_builder(config).data_dir)
+    left = file_utils._get_incomplete_dir(data_dir).rstrip("/")
+    os.makedirs(left)
+    (Path(left) / "image_text_table-train.array_record-00000-of-00001").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        sources.prepare(config)
+    assert sources.interrupted_builds(data_dir) == [left]  # not the finished build's own
+    assert (f"1 folder(s) left by interrupted builds of image_text_table/killed/1.1.0 are not "
+            f"reused and take disk space: {left}; delete them") in caplog.text
 
 
 def test_configuration_errors_are_clear(inputs, tmp_path):

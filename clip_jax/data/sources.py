@@ -113,9 +113,23 @@ def _build_once(builder: tfds.core.DatasetBuilder) -> None:
     def build() -> None:
         print(f"Building {builder.info.full_name} in {builder.data_dir} (first use) ...",
               file=sys.stderr)
+        left = interrupted_builds(str(builder.data_dir))
+        if left:
+            log.warning("%d folder(s) left by interrupted builds of %s are not reused and "
+                        "take disk space: %s; delete them once no other job is building it",
+                        len(left), builder.info.full_name, ", ".join(left))
         _build_quietly(builder)
 
     _run_once(build, lambda: _is_prepared(builder), f"build {builder.info.full_name}")
+
+
+def interrupted_builds(data_dir: str) -> list[str]:
+    """The folders TFDS writes a build of `data_dir` into (`incomplete.XXXXXX_<version>`
+    beside it) that are still there: a build stopped without Python's cleanup (SIGKILL, a
+    machine lost, or `clip-jax train`'s SIGTERM / Ctrl-C before training, which exit at once)
+    leaves its partial copy, and the next build starts a new one."""
+    parent, version = os.path.split(data_dir.rstrip("/"))
+    return sorted(tf.io.gfile.glob(f"{parent}/incomplete.*_{version}"))
 
 
 def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
