@@ -167,6 +167,29 @@ def test_files_without_an_image_extension_are_named(tmp_path, caplog, model):
     assert skipped.reason.startswith("HEIF photo: Pillow decodes it only with the pillow-heif")
 
 
+def test_a_folder_link_sorting_before_its_folder_is_the_one_left_out(tmp_path, caplog):
+    """`album -> photos` beside `photos`: the link sorted first, so the walk entered it and
+    pruned the real folder, and the index stored every file under the link's path (trial
+    s43V); a link deeper in the tree to a folder walked later did the same. The link is now
+    the second path, whatever the order, and the warning names it."""
+    for rel in ("photos/x.jpg", "photos/sub/y.png", "c/z.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    os.symlink("photos", tmp_path / "album")
+    (tmp_path / "a").mkdir()
+    os.symlink(os.path.join("..", "c"), tmp_path / "a" / "link_to_c")
+    with caplog.at_level("WARNING"):
+        paths, _ = image_folder.find_images([str(tmp_path)], recursive=True)
+    assert paths == [os.path.realpath(p) for p in paths]  # every file under its own path
+    assert sorted(paths) == sorted(str(tmp_path / rel) for rel in (
+        "photos/x.jpg", "photos/sub/y.png", "c/z.jpg"))
+    left_out = f"{tmp_path / 'album'}, {tmp_path / 'a' / 'link_to_c'}"  # in walk order
+    assert f"2 linked folder(s) not searched: each leads to a folder searched under another " \
+           f"path or to one above it (a second link, a loop): {left_out}" in caplog.text
+    paths, _ = image_folder.find_images([str(tmp_path / "album")], recursive=True)
+    assert paths == [str(tmp_path / "album" / "sub" / "y.png"), str(tmp_path / "album" / "x.jpg")]
+
+
 def test_batches_skip_what_pil_cannot_read(folder, model):
     _, module, _ = model
     paths, _ = image_folder.find_images([str(folder)], recursive=True)

@@ -114,24 +114,37 @@ def walk_once(top: str, revisits: list[str],
     """`walk`'s top-down (folder, subfolders, files), following symlinked folders, with every
     subfolder pruned before it is yielded, and appended to `revisits` for the caller to
     report, whose real path was already entered (a second link to a folder would repeat its
-    images) or holds the folder being walked (a link to an ancestor, above `top` too: it would
-    loop forever, or walk the classes beside a class folder under that class). `walk`:
-    `os.walk` with links followed, or `tf.io.gfile.walk` (which follows them; `gs://` paths
-    have none)."""
+    images), is a folder under `top` that the walk reaches without links (a link to it is
+    pruned, whichever sorts first, so files keep their own paths), or holds the folder being
+    walked (a link to an ancestor, above `top` too: it would loop forever, or walk the classes
+    beside a class folder under that class). `walk`: `os.walk` with links followed, or
+    `tf.io.gfile.walk` (which follows them; `gs://` paths have none)."""
     real = lambda path: path if "://" in path else os.path.realpath(path)  # noqa: E731
+    # Folders reached without following a link (hidden ones aside: both readers leave them
+    # out): a link to one of them is the second path to it.
+    own = set() if "://" in top else set(_own_folders(top))
     seen = {real(top)}
     for root, dirs, files in walk(top):
         keep, here = [], real(root)
         for name in sorted(dirs):  # the first of two paths to a folder is kept, every time
             path = os.path.join(root, name.rstrip("/"))
             target = real(path)
-            if target in seen or here.startswith(target.rstrip("/") + "/"):
+            linked_own = target in own and os.path.islink(path)
+            if target in seen or linked_own or here.startswith(target.rstrip("/") + "/"):
                 revisits.append(path)
             else:
                 seen.add(target)
                 keep.append(name)
         dirs[:] = keep
         yield root, dirs, files
+
+
+def _own_folders(top: str) -> Iterator[str]:
+    """The real paths of the folders under `top` (itself included) reached without following a
+    link, hidden ones and what they hold aside."""
+    for root, dirs, _ in os.walk(top):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield os.path.realpath(root)
 
 
 def _first_few(names: Sequence[str]) -> str:
@@ -142,8 +155,8 @@ def _first_few(names: Sequence[str]) -> str:
 def warn_revisits(folder: str, revisits: list[str]) -> None:
     """One warning naming the folders `walk_once` did not enter again."""
     if revisits:
-        log.warning("%s: %d linked folder(s) not searched: each leads back to a folder "
-                    "searched already or to one above it (a second link, a loop): %s",
+        log.warning("%s: %d linked folder(s) not searched: each leads to a folder searched "
+                    "under another path or to one above it (a second link, a loop): %s",
                     folder, len(revisits), _first_few(revisits))
 
 
