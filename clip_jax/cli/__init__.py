@@ -50,8 +50,8 @@ def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     if skipped or ignored:
-        print(f"{len(skipped)} unreadable image file(s) skipped; {ignored} file(s) without an "
-              "image extension or hidden ignored.", file=sys.stderr)
+        print(f"{len(skipped)} unreadable image file(s) skipped; {ignored} other file(s) "
+              "ignored (hidden, or named in a warning above).", file=sys.stderr)
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:

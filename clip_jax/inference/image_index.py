@@ -165,7 +165,8 @@ class BuildReport:
                  if self.duplicates else "")
         return (f"Indexed {len(self.index)} images into {output} ({self.embedded} embedded, "
                 f"{self.reused} reused); skipped {len(self.skipped)} unreadable file(s); "
-                f"ignored {self.ignored} file(s) without an image extension or hidden{again}.")
+                f"ignored {self.ignored} other file(s) (hidden, or named in a warning above)"
+                f"{again}.")
 
 
 def model_fingerprint(encoder: Encoder) -> str:
