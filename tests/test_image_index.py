@@ -144,7 +144,7 @@ def test_files_without_an_image_extension_are_named(tmp_path, caplog, model):
 
     assert features.check("avif")  # Pillow's wheels decode AVIF (constraints.txt pins one)
     for rel in ("b/IMG_2.HEIC", "a/IMG_1.heic", "a/notes.txt", "a/.DS_Store", "readme",
-                "c/d/e.jpeg.bak"):
+                "c/d/e.jpeg.bak", "b/IMG_3.hif", "heif_named.jpg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"\x00\x00\x00\x18ftypheic")
     (tmp_path / "a").mkdir(exist_ok=True)
@@ -152,19 +152,24 @@ def test_files_without_an_image_extension_are_named(tmp_path, caplog, model):
     Image.new("RGB", (8, 8), (10, 200, 10)).save(tmp_path / "a" / "dog.AVIF", "AVIF")
     with caplog.at_level("WARNING"):
         paths, ignored = image_folder.find_images([str(tmp_path)], recursive=True)
-    assert paths == [str(tmp_path / "a" / "cat.jpg"), str(tmp_path / "a" / "dog.AVIF")]
-    assert ignored == 6
+    assert paths == [str(tmp_path / "a" / "cat.jpg"), str(tmp_path / "a" / "dog.AVIF"),
+                     str(tmp_path / "heif_named.jpg")]
+    assert ignored == 7
     heif, other = (", ".join(os.path.join(*rel) for rel in rels) for rels in (
-        (("a", "IMG_1.heic"), ("b", "IMG_2.HEIC")),
+        (("a", "IMG_1.heic"), ("b", "IMG_2.HEIC"), ("b", "IMG_3.hif")),
         (("a", "notes.txt"), ("c", "d", "e.jpeg.bak"), ("readme",))))
-    assert (f"{tmp_path}: 2 photo(s) ignored ({heif}): HEIF photo: Pillow decodes it only "
+    assert (f"{tmp_path}: 3 photo(s) ignored ({heif}): HEIF photo: Pillow decodes it only "
             "with the pillow-heif plugin; convert it to JPEG") in caplog.text
     assert f"{tmp_path}: 3 file(s) without an image extension ignored ({other});" in caplog.text
     config = model[1].config
     pixels = image_folder.read_image(paths[1], config)
     assert pixels[..., 1].mean() > pixels[..., 0].mean() + 1  # green, normalised
-    skipped = image_folder.read_image(str(tmp_path / "b" / "IMG_2.HEIC"), config)
-    assert skipped.reason.startswith("HEIF photo: Pillow decodes it only with the pillow-heif")
+    for name in ("b/IMG_2.HEIC", "heif_named.jpg"):  # by extension, by its ftyp brand
+        assert image_folder.read_image(str(tmp_path / name), config).reason == (
+            "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG")
+    (tmp_path / "text.jpg").write_bytes(b"not a picture at all")
+    assert image_folder.read_image(str(tmp_path / "text.jpg"), config).reason == (
+        "not an image PIL can identify")
 
 
 def test_a_folder_link_sorting_before_its_folder_is_the_one_left_out(tmp_path, caplog):

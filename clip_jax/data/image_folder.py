@@ -28,30 +28,37 @@ from clip_jax.data.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 # Phones' photo formats that Pillow decodes only with a plugin (pillow-heif) or a codec its
-# build may lack (AVIF: in Pillow's wheels from 11.3 on): extension -> why not, and the fix.
+# build may lack (AVIF: in Pillow's wheels from 11.3 on): why not, and the fix; their
+# extensions (.hif: Canon's HEIF; .heics / .avifs: sequences) and ISO-BMFF `ftyp` brands.
 _PLUGIN_FORMATS = {
-    ".heic": "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG",
-    ".heif": "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG",
-    ".avif": "AVIF photo: this Pillow has no AVIF codec; upgrade Pillow (its wheels have one "
-             "from 11.3) or convert it to JPEG"}
+    "HEIF": "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG",
+    "AVIF": "AVIF photo: this Pillow has no AVIF codec; upgrade Pillow (its wheels have one "
+            "from 11.3) or convert it to JPEG"}
+_PLUGIN_EXTENSIONS = {".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".heics": "HEIF",
+                      ".avif": "AVIF", ".avifs": "AVIF"}
+_PLUGIN_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
+                                   b"hevm", b"hevs", b"mif1", b"msf1"), "HEIF"),
+                  b"avif": "AVIF", b"avis": "AVIF"}
 # torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included), GIF, and those of
-# `_PLUGIN_FORMATS` this Pillow decodes.
+# `_PLUGIN_EXTENSIONS` this Pillow decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
                     ".pgm") + tuple(
-    ext for ext in _PLUGIN_FORMATS if (features.check("avif") if ext == ".avif"
-                                       else ext in Image.registered_extensions()))
+    ext for ext, kind in _PLUGIN_EXTENSIONS.items()
+    if (features.check("avif") if kind == "AVIF" else ext in Image.registered_extensions()))
 # Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
 # What Pillow raises for a file it cannot read (shared with `clip_jax.data.labelled`).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def undecodable_format(name: str) -> str:
-    """For a file in a phone photo format this Pillow cannot decode (`_PLUGIN_FORMATS`), the
-    one-line reason and fix; else ""."""
+def undecodable_format(name: str, head: bytes = b"") -> str:
+    """For a file in a phone photo format this Pillow cannot decode, the one-line reason and
+    fix, else "": by the `ftyp` brand in its first 12 bytes `head` where given (a HEIF photo
+    named .jpg), else by its extension."""
     ext = os.path.splitext(name)[1].lower()
-    if ext not in _PLUGIN_FORMATS or ext in IMAGE_EXTENSIONS:
-        return ""
-    return _PLUGIN_FORMATS[ext]
+    kind = (_PLUGIN_BRANDS.get(head[8:12], "") if head[4:8] == b"ftyp"
+            else _PLUGIN_EXTENSIONS.get(ext, ""))
+    decoded = {k for e, k in _PLUGIN_EXTENSIONS.items() if e in IMAGE_EXTENSIONS}
+    return "" if kind in decoded else _PLUGIN_FORMATS.get(kind, "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +232,10 @@ def _attempt(path: str, read: Callable[[], Any]) -> Any:
             return SkippedImage(path, "empty file (0 bytes)")
         return read()
     except Image.UnidentifiedImageError:
-        return SkippedImage(path, undecodable_format(path) or "not an image PIL can identify")
+        with open(path, "rb") as f:
+            head = f.read(12)
+        return SkippedImage(path, undecodable_format(path, head)
+                            or "not an image PIL can identify")
     except DECODE_ERRORS as error:
         text = getattr(error, "reason", None) or str(error)  # the file is named already
         message = text.splitlines()[0] if text else type(error).__name__

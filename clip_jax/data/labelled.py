@@ -569,7 +569,8 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
                 return data, _PLACEHOLDER, True
             return b"", to_rgb_uint8(image, exif_transpose=exif_transpose), True
     except Image.UnidentifiedImageError:
-        reason = undecodable_format(path.decode()) or "not an image PIL can identify"
+        reason = (undecodable_format(path.decode(), data[:12])
+                  or "not an image PIL can identify")
     except DECODE_ERRORS as error:
         reason = str(error)
     except tf.errors.NotFoundError:
