@@ -245,6 +245,14 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
     config = base.get_config("test-vit")
     eval_sources._retrieval(config, str(tmp_path / "other.csv"), caption_key="words")
     assert config.data.table.caption_column == "words"
+    # Paths written relative to the working folder, not the table's: the advice was a config
+    # field (data.table.image_root) that no eval flag sets (trial s43V).
+    (tmp_path / "sub").mkdir()
+    pd.DataFrame(rows[:2], columns=["filepath", "title"]).to_csv(tmp_path / "sub" / "c.csv",
+                                                                index=False)
+    code, _, err = run(capsys, "eval", str(workdir), "--retrieval", str(tmp_path / "sub" / "c.csv"))
+    assert code != 0 and "image_root" not in err
+    assert "write the table's image paths relative to the table's own folder" in err
 
 
 def test_a_retrieval_tables_columns_are_its_own_whatever_the_config_says(tmp_path, capsys):

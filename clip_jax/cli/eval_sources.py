@@ -238,10 +238,15 @@ def in_flag_terms(message: str, origins: dict[str, str], given: frozenset[str] =
     config path. With command-line tasks, `data.label_key` / `image_key` / `caption_key` are
     the `--label-key` / `--image-key` / `--caption-key` flags; a value the user did not give
     (`given`: the flags given, `{"label_key"}`) is said as such, `--label-key (not given, so
-    'label')`, and advice (`set data.label_key=''`) names the flag."""
+    'label')`, and advice (`set data.label_key=''`) names the flag; advice to set
+    `data.table.image_root`, which no flag sets, says where the table's paths are read from."""
     if origins:
         message = re.sub(r"(\bset )?\bdata\.((label|image|caption)_key)(?:=('[^']*'|\"[^\"]*\"))?",
                          lambda m: _key_flag(m, given), message)
+        message = message.replace(  # a table named on the command line has no image_root
+            "set data.table.image_root to the folder the image paths are relative to",
+            "write the table's image paths relative to the table's own folder (where clip-jax "
+            "eval reads them from) or absolute")
     for task in sorted(origins, key=len, reverse=True):
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
                          lambda m, flag=origins[task]: flag + (f" ({m.group(1)})"
