@@ -37,9 +37,12 @@ _HASH_CHUNK = 8 << 20
 _STAT_THREADS = 32
 _LISTED_KEYS = 10_000  # skipped keys listed in the report; counts are always complete
 _EXAMPLE_KEYS = 20     # example keys listed per conversion kind
-# Skipped and counted, but no record: a hidden file inside a shard (macOS's `._*` beside every
-# file of a tar made on a Mac) does not count towards `max_bad_fraction`.
+# Skipped and counted, but no record, so outside `max_bad_fraction`: a hidden file inside a
+# shard (macOS's `._*` beside every file of a tar made on a Mac), and a sample's second member
+# of one extension (`k.JPG` beside `k.jpg`; the sample is kept).
 HIDDEN_MEMBER = "hidden_member"
+DUPLICATE_MEMBER = "duplicate_member"
+MEMBER_REASONS = (HIDDEN_MEMBER, DUPLICATE_MEMBER)
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +417,7 @@ class BuildReport:
 
     def finish(self, dataset_dir: str) -> None:
         """Logs the summary, merges it into `bad_records.json`, enforces `max_bad_fraction` (of
-        the records, `HIDDEN_MEMBER`s aside)."""
+        the records, `MEMBER_REASONS` aside)."""
         from clip_jax.data._tf import tf
 
         summary = self.summary()
@@ -428,12 +431,12 @@ class BuildReport:
         report[self.split] = summary
         with tf.io.gfile.GFile(path, "w") as f:
             json.dump(report, f, indent=1)
-        hidden = self.skipped_by_reason[HIDDEN_MEMBER]
-        records_read, bad = self.total - hidden, self.total - self.kept - hidden
+        members = sum(self.skipped_by_reason[reason] for reason in MEMBER_REASONS)
+        records_read, bad = self.total - members, self.total - self.kept - members
         if records_read == 0 or bad > self.options.max_bad_fraction * records_read:
-            examples = [s for s in self.skipped if s["reason"] != HIDDEN_MEMBER][:3]
+            examples = [s for s in self.skipped if s["reason"] not in MEMBER_REASONS][:3]
             first = "; ".join(f"{s['key']}: {s['detail']}" for s in examples)
-            common = max((r for r in self.skipped_by_reason if r != HIDDEN_MEMBER),
+            common = max((r for r in self.skipped_by_reason if r not in MEMBER_REASONS),
                          key=self.skipped_by_reason.__getitem__, default="")
             advice = self.fix or FIXES.get(common, "Check the paths and column / extension names")
             raise ConfigError(

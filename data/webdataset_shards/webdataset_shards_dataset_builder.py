@@ -201,7 +201,7 @@ def _samples(shard: str, report: records.BuildReport
                     key, files = member_key, {}
                 if ext.lower() in files:  # k.jpg and k.JPG: one sample cannot hold both
                     report.skip(f"{os.path.basename(shard)}/{member.name}", records.BadRecord(
-                        "duplicate_member", f"sample {key!r} already has a '.{ext.lower()}' "
+                        records.DUPLICATE_MEMBER, f"sample {key!r} already has a '.{ext.lower()}' "
                         "member (extensions compare without case); the first one is kept"))
                     continue
                 files[ext.lower()] = tar.extractfile(member).read()
