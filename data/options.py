@@ -38,6 +38,11 @@ IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
 CAPTION_COLUMNS = ("title", "caption", "text", "captions", "description")
 
 
+# The fix a table build gives when none of its first images exist; `clip-jax eval`, whose
+# tables have no image_root flag, says it in its own terms (`cli.eval_sources.in_flag_terms`).
+IMAGE_ROOT_ADVICE = "set data.table.image_root to the folder the image paths are relative to"
+
+
 @dataclasses.dataclass(frozen=True)
 class TableOptions:
     """What `image_text_table` builds (`table.*`)."""

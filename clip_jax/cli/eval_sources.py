@@ -32,6 +32,7 @@ import ml_collections
 from clip_jax.cli.arg_types import check_list_file, positive_int, positive_ints, read_labels
 from clip_jax.data import source_check
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, parse_shifts
+from clip_jax_data.options import IMAGE_ROOT_ADVICE
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import naming
 
@@ -244,9 +245,8 @@ def in_flag_terms(message: str, origins: dict[str, str], given: frozenset[str] =
         message = re.sub(r"(\bset )?\bdata\.((label|image|caption)_key)(?:=('[^']*'|\"[^\"]*\"))?",
                          lambda m: _key_flag(m, given), message)
         message = message.replace(  # a table named on the command line has no image_root
-            "set data.table.image_root to the folder the image paths are relative to",
-            "write the table's image paths relative to the table's own folder (where clip-jax "
-            "eval reads them from) or absolute")
+            IMAGE_ROOT_ADVICE, "write the table's image paths relative to the table's own "
+            "folder (where clip-jax eval reads them from) or absolute")
     for task in sorted(origins, key=len, reverse=True):
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
                          lambda m, flag=origins[task]: flag + (f" ({m.group(1)})"

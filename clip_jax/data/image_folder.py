@@ -45,6 +45,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
                     ".pgm") + tuple(
     ext for ext, kind in _PLUGIN_EXTENSIONS.items()
     if (features.check("avif") if kind == "AVIF" else ext in Image.registered_extensions()))
+# The kinds of `_PLUGIN_FORMATS` this Pillow decodes (no reason to give for them).
+_DECODED_KINDS = {kind for ext, kind in _PLUGIN_EXTENSIONS.items() if ext in IMAGE_EXTENSIONS}
 # Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
 # What Pillow raises for a file it cannot read (shared with `clip_jax.data.labelled`).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -57,8 +59,7 @@ def undecodable_format(name: str, head: bytes = b"") -> str:
     ext = os.path.splitext(name)[1].lower()
     kind = (_PLUGIN_BRANDS.get(head[8:12], "") if head[4:8] == b"ftyp"
             else _PLUGIN_EXTENSIONS.get(ext, ""))
-    decoded = {k for e, k in _PLUGIN_EXTENSIONS.items() if e in IMAGE_EXTENSIONS}
-    return "" if kind in decoded else _PLUGIN_FORMATS.get(kind, "")
+    return "" if kind in _DECODED_KINDS else _PLUGIN_FORMATS.get(kind, "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,16 +128,14 @@ def walk_once(top: str, revisits: list[str],
     beside a class folder under that class). `walk`: `os.walk` with links followed, or
     `tf.io.gfile.walk` (which follows them; `gs://` paths have none)."""
     real = lambda path: path if "://" in path else os.path.realpath(path)  # noqa: E731
-    # Folders reached without following a link (hidden ones aside: both readers leave them
-    # out): a link to one of them is the second path to it.
-    own = set() if "://" in top else set(_own_folders(top))
-    seen = {real(top)}
+    top_real = real(top)
+    seen = {top_real}
     for root, dirs, files in walk(top):
         keep, here = [], real(root)
         for name in sorted(dirs):  # the first of two paths to a folder is kept, every time
             path = os.path.join(root, name.rstrip("/"))
             target = real(path)
-            linked_own = target in own and os.path.islink(path)
+            linked_own = os.path.islink(path) and _reached_without_links(target, top_real)
             if target in seen or linked_own or here.startswith(target.rstrip("/") + "/"):
                 revisits.append(path)
             else:
@@ -146,12 +145,14 @@ def walk_once(top: str, revisits: list[str],
         yield root, dirs, files
 
 
-def _own_folders(top: str) -> Iterator[str]:
-    """The real paths of the folders under `top` (itself included) reached without following a
-    link, hidden ones and what they hold aside."""
-    for root, dirs, _ in os.walk(top):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        yield os.path.realpath(root)
+def _reached_without_links(target: str, top: str) -> bool:
+    """Whether the walk of real folder `top` reaches real folder `target` without a link:
+    `target` lies under `top` through no hidden folder (both readers leave those out). A real
+    path has no link in it, so being under `top` is the whole test: no second walk needed."""
+    rel = os.path.relpath(target, top)
+    parts = rel.split(os.sep)
+    return rel != os.curdir and parts[0] != os.pardir and not any(
+        p.startswith(".") for p in parts)
 
 
 def _first_few(names: Sequence[str]) -> str:
@@ -189,11 +190,12 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
                     other.append(os.path.relpath(path, folder))
     warn_revisits(folder, revisits)
     other.sort(key=lambda rel: rel.split(os.sep))
-    photos = [rel for rel in other if undecodable_format(rel)]
+    reasons = [undecodable_format(rel) for rel in other]
+    photos = [rel for rel, reason in zip(other, reasons) if reason]
     if photos:
         log.warning("%s: %d photo(s) ignored (%s): %s", folder, len(photos), _first_few(photos),
-                    undecodable_format(photos[0]))
-    other = [rel for rel in other if rel not in photos]
+                    next(filter(None, reasons)))
+    other = [rel for rel, reason in zip(other, reasons) if not reason]
     if other:
         log.warning("%s: %d file(s) without an image extension ignored (%s); give a file "
                     "explicitly to read it whatever its name", folder, len(other),

@@ -91,6 +91,8 @@ _CHUNKED_DIMENSIONS: dict[str, tuple[tuple[str, Callable[[int, int], int]], ...]
                         ("global batch", lambda batch, shards: batch)),
     "chunked_sigmoid": (("per-device batch", lambda batch, shards: batch // shards),),
 }
+
+
 def _batch_shards(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 

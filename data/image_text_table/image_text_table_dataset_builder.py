@@ -29,7 +29,7 @@ from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables
-from clip_jax_data.options import CleanOptions, TableOptions
+from clip_jax_data.options import IMAGE_ROOT_ADVICE, CleanOptions, TableOptions
 
 _SPLIT_FIELDS = {"train": "train_path", "validation": "validation_path", "test": "test_path"}
 _BATCH = 256        # records cleaned concurrently
@@ -275,8 +275,7 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
     if probe and "" not in problems:
         raise MissingFileError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
-            f"{probe[0]!r}); set data.table.image_root to the folder the "
-            "image paths are relative to.")
+            f"{probe[0]!r}); {IMAGE_ROOT_ADVICE}.")
     hint = tables.csv_quoting_hint(data, parsed, delimiter=delimiter, quoting=quoting, name=path)
     return rows, root, {"source": path, "delimiter": delimiter, "quoting": quoting,
                         **parsed.line_accounting()}, hint
