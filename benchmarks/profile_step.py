@@ -2,8 +2,10 @@
 
     python benchmarks/profile_step.py --model RN50 [--batch 16] [--scan] [--top 15]
 
-Compiles our train step (fp32, random data), runs two warm-up steps, then traces one with
-`jax.profiler` and XLA:CPU's per-kernel trace events (`--xla_cpu_enable_xprof_traceme`). Each
+Compiles our train step (fp32, random data; malloc on huge pages, as `clip-jax train` runs it:
+`runtime.host_tuning`), runs two warm-up steps, times one (wall, CPU and page faults), then
+traces one with `jax.profiler` and XLA:CPU's per-kernel trace events
+(`--xla_cpu_enable_xprof_traceme`). Each
 kernel is matched to its fusion in the compiled HLO and put in a class by what the fusion
 computes: matmul, convolution (a weight gradient is an unstrided convolution whose window is the
 whole feature map), dynamic-update-slice / dynamic-slice (a scanned tower's stacked residuals and
@@ -22,6 +24,7 @@ import gzip
 import json
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -71,10 +74,13 @@ def main() -> None:
     parser.add_argument("--scan", action="store_true", help="scan_layers=True")
     parser.add_argument("--top", type=int, default=15, help="most expensive kernels listed")
     args = parser.parse_args()
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    from clip_jax.runtime import host_tuning
+
+    host_tuning.reexec_with_huge_pages()  # profile the step as `clip-jax train` runs it
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"),
                                                      "--xla_cpu_enable_xprof_traceme=true")))
-    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     import jax
 
     from train_step import clip_jax_step
@@ -83,6 +89,10 @@ def main() -> None:
     for _ in range(2):
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    untraced, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             t0 = time.perf_counter()
@@ -104,6 +114,10 @@ def main() -> None:
     memory = compiled.memory_analysis()
     print(f"XLA buffers: arguments {memory.argument_size_in_bytes / 1e9:.2f} GB, temporaries "
           f"{memory.temp_size_in_bytes / 1e9:.2f} GB")
+    print(f"untraced step: {untraced * 1e3:,.0f} ms wall, {after.ru_utime - before.ru_utime:.2f} s "
+          f"user + {after.ru_stime - before.ru_stime:.2f} s system CPU, "
+          f"{after.ru_minflt - before.ru_minflt:,} page faults (XLA maps the temporaries afresh "
+          f"at every call; the kernel zero-fills each page on its first touch)")
     print("| class | ms | share |\n|---|---:|---:|")
     for name, ms in per_class.most_common():
         print(f"| {name} | {ms:,.0f} | {ms / total:.0%} |")

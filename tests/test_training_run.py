@@ -4,6 +4,7 @@ mesh: test_training_recovery.py)."""
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -486,6 +487,20 @@ MISCONFIGURATIONS = [
     (["--config.log_every_steps=0"], "config.log_every_steps", None),
     (["--config.loss_chunk_size=0"], "config.loss_chunk_size", None),
     (["--config.model.logit_scale_init=nan"], "config.model.logit_scale_init", None),
+    # The scale, not its log (SigLIP's 10 for ln 10): training ran step 1 at e^10, then clamped.
+    (["--config.model.logit_scale_init=10"],
+     "config.model.logit_scale_init=10.0 is invalid; use the log of the logit scale, in "
+     "[0, ln 100 = 4.60517]", None),
+    (["--config.model.logit_scale_init=-0.5"], "the log of the logit scale, in [0, ln 100", None),
+    # A value absl cannot parse as the field's type named Python's int() and no fix.
+    (["--config.total_steps=abc"], "--config.total_steps=abc is not an integer; use an integer "
+                                   ">= 1, e.g. --config.total_steps=", "int()"),
+    (["--config.optimizer.lr=1e-4x"], "--config.optimizer.lr=1e-4x is not a number; use a "
+                                      "finite number in [0, inf), e.g. --config.optimizer.lr=",
+     None),
+    (["--config.model.scan_layers=maybe"], "--config.model.scan_layers=maybe is not true or "
+                                           "false; use true or false", None),
+    (["--config.model.logit_bias_init=x"], "is not a number; use a finite number or None", None),
     (["--config.peak_flops_per_device=-1"], "config.peak_flops_per_device", None),
     (["--config.eval.every_steps=-1"], "config.eval.every_steps", None),
     (["--config.eval.batch_size=0"], "config.eval.batch_size", None),
@@ -864,6 +879,18 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     # its step s): not squeezed into the run
     np.testing.assert_allclose(rates, config.optimizer.lr * np.arange(1, 21) / 30,
                                rtol=1e-5)  # float32 rates
+
+
+def test_logit_scale_init_in_the_clamped_range_is_taken():
+    """The log of the logit scale anywhere in the range training clamps it to (ln 100 as
+    typed, 4.6052, included) passes the field checks; the scale itself does not
+    (`MISCONFIGURATIONS`)."""
+    from clip_jax.training import config_checks
+
+    for value in (None, 0, 0.0, math.log(10), math.log(1 / 0.07), math.log(100), 4.6052):
+        config = tiny.get_config()
+        config.model.logit_scale_init = value
+        config_checks.check_fields(config)
 
 
 def test_a_model_folder_is_refused_as_a_workdir(tmp_path, monkeypatch, capsys):

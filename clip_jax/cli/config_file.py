@@ -181,6 +181,34 @@ def override_error(config: ml_collections.ConfigDict, override: str) -> str | No
     return None
 
 
+# What absl parses a field's override as, by the type of the field (or its placeholder).
+_KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+def value_type_error(config: ml_collections.ConfigDict, path: str, value: str) -> str | None:
+    """What to say of `--config.PATH=VALUE` that absl could not parse as the field's type
+    (its "invalid literal for int() with base 10" named no fix): the type, the field's range
+    where `training.config_checks` has one, and the file's own value as an example. None for a
+    path that is no such field of `config` (the loaded config file)."""
+    from clip_jax.training import config_checks
+
+    *parents, name = path.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node.keys():
+            return None
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node.keys():
+        return None
+    kind = _KINDS.get(node.get_type(name))
+    if kind is None:
+        return None
+    use = config_checks.FIELDS.get(path, (None, kind))[1]
+    current = node[name]
+    example = "" if current is None else f", e.g. --config.{path}={current}"
+    return f"--config.{path}={value} is not {kind}; use {use}{example}."
+
+
 def load(value: str) -> ml_collections.ConfigDict:
     """`get_config()` of the file `PATH` (or `get_config(ARG)` for `PATH:ARG`, as
     ml_collections' `--config` passes it)."""

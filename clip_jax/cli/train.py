@@ -186,6 +186,9 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
             raise ConfigError(f"--{field} is a section of the config, not a value: set its "
                               f"fields one by one, e.g. {example} (the fields: the config "
                               "file, clip_jax/configs/base.py for the shared ones).") from None
+        typed = re.match(r"flag --config\.([\w.]+)=(.*?): ", text)
+        if typed and source and (problem := config_file.value_type_error(loaded, *typed.groups())):
+            raise ConfigError(problem) from None
         raise ConfigError(text) from None
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         text = str(e)

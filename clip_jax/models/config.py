@@ -19,6 +19,10 @@ from clip_jax.errors import ConfigError
 
 OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+# The range training clamps `logit_scale` to (optim.clamp_logit_scale): a temperature
+# exp(logit_scale) in [1, 100]: the CLIP paper clips it so the logits are never scaled by more
+# than 100, which it found training needs for stability.
+LOGIT_SCALE_RANGE = (0.0, math.log(100.0))
 ACTIVATIONS = ("quick_gelu", "gelu")
 # The dtype names every part of clip_jax accepts (model, optimizer, export). Exports and the CLI
 # also take the short spellings of `DTYPE_ALIASES`; `canonical_dtype` resolves them.

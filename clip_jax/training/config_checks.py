@@ -23,7 +23,8 @@ from clip_jax_data.options import TableOptions
 
 from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
-from clip_jax.models.config import ACTIVATIONS, ATTENTION, DTYPES, REMAT_POLICIES
+from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
+                                     REMAT_POLICIES)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def _real(low: float, high: float = math.inf, open_high: bool = False, open_low:
                 and (v < high if open_high else v <= high))
 
     lo, hi = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
-    text = f"a finite number in {lo}{low:g}, {high:g}{hi}" + (" or None" if optional else "")
+    span = "" if low == -math.inf and high == math.inf else f" in {lo}{low:g}, {high:g}{hi}"
+    text = f"a finite number{span}" + (" or None" if optional else "")
     return ok, text
 
 
@@ -86,7 +88,10 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dtype": _one_of(DTYPES),
     "model.param_dtype": _one_of(DTYPES),
     "optimizer.moments_dtype": _one_of(DTYPES),
-    "model.logit_scale_init": _real(-math.inf, optional=True),
+    "model.logit_scale_init": (
+        _real(LOGIT_SCALE_RANGE[0], LOGIT_SCALE_RANGE[1] + 1e-4, optional=True)[0],  # 4.6052 ok
+        f"the log of the logit scale, in [0, ln 100 = {LOGIT_SCALE_RANGE[1]:.5f}] (training "
+        "clamps it there; CLIP 2.6593 = ln(1 / 0.07), SigLIP 2.302585 = ln 10) or None"),
     "model.logit_bias_init": _real(-math.inf, optional=True),
     "eval.every_steps": _integer(0),
     "eval.batch_size": _integer(1),

@@ -140,13 +140,26 @@ class Progress:
             eta += left * self._last_pause.get(kind, 0.0)
         return eta, exact
 
+    def eta_text(self, step: int) -> str:
+        """`eta_seconds` as shown: `5m12s`, `>5m12s` (a lower bound), `?` (none, or a bound
+        under a second: `>0s` says nothing), and on the last step, where only pauses not yet
+        timed are left, what they are (`0s + save`: the final save, whose time is unknown)."""
+        eta = self.eta_seconds(step)
+        if eta is None:
+            return "?"
+        if eta[1]:
+            return format_duration(eta[0])
+        if eta[0] >= 1:
+            return ">" + format_duration(eta[0])
+        untimed = [kind for kind in self._every
+                   if kind not in self._last_pause and self.pauses_left(kind, step)]
+        return "0s + " + " + ".join(untimed) if step >= self.total_steps else "?"
+
     def update(self, step: int, metrics: Mapping[str, float]) -> None:
         """Shows step `step` with its loss, learning rate, images/s and MFU (those present)."""
         fields = {name: format_value(name, metrics[key]) for key, name in _SHOWN.items()
                   if key in metrics}
-        eta = self.eta_seconds(step)
-        fields["eta"] = ("?" if eta is None or (not eta[1] and eta[0] < 1) else  # not ">0s"
-                         ("" if eta[1] else ">") + format_duration(eta[0]))
+        fields["eta"] = self.eta_text(step)
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix({k.replace("/", "_"): v for k, v in fields.items()},

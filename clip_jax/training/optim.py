@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import math
 import re
 from typing import Any, Callable, NamedTuple
 
@@ -12,7 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-MAX_LOGIT_SCALE = math.log(100.0)
+from clip_jax.models.config import LOGIT_SCALE_RANGE
+
 NO_DECAY = ("logit_scale", "logit_bias")
 
 
@@ -160,4 +160,4 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
 
 def clamp_logit_scale(params: dict[str, Any]) -> dict[str, Any]:
     """Keeps the temperature exp(logit_scale) within [1, 100], as CLIP training does."""
-    return {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
+    return {**params, "logit_scale": jnp.clip(params["logit_scale"], *LOGIT_SCALE_RANGE)}
