@@ -90,6 +90,16 @@ def test_cpu_devices_of_other_processes_on_this_machine_share_its_peak(tmp_path,
                            "this machine")
 
 
+def test_the_matmul_is_timed_on_a_device_of_this_process(tmp_path, monkeypatch):
+    """Process 1 of a two-process job timed its matmul on `jax.devices()[0]`, process 0's
+    device (8.15e15 FLOP/s, then stored as the machine's best): the default device is this
+    process's first. Here `jax.devices()` leads with a device no process can run on."""
+    monkeypatch.setenv("CLIP_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(hardware.jax, "devices", lambda *a: ["another process's device"])
+    assert hardware.measure_matmul_flops("float32", size=64) > 0
+    assert hardware.peak_flops(dtype="float32")[0] > 0
+
+
 def test_spec_sheet_for_known_accelerators():
     class FakeTPU:
         device_kind, platform = "TPU v5 lite", "tpu"

@@ -299,30 +299,19 @@ def _culprit(argv: Sequence[str], error: str) -> str:
     return overrides[-1] if len(overrides) == 1 else "one of " + ", ".join(overrides)
 
 
-def initialize_distributed(config: Any) -> None:
-    """Starts jax.distributed before anything touches the devices, when asked to."""
-    import jax
-
-    dist = config.distributed
-    address = dist.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-    if address:
-        num = dist.num_processes if dist.num_processes > 0 else int(os.environ["JAX_NUM_PROCESSES"])
-        pid = dist.process_id if dist.process_id >= 0 else int(os.environ["JAX_PROCESS_ID"])
-        jax.distributed.initialize(address, num_processes=num, process_id=pid)
-    elif dist.initialize:
-        jax.distributed.initialize()
-
-
 def prepare(config: Any, workdir: str) -> None:
     """Every check of a run that reads no data, in the order a user would fix them, then the
     devices: field domains, the workdir, the dataset name (ConfigError, in milliseconds); then
-    jax.distributed and, to train, the config against this job's devices (mesh, batch
+    jax.distributed, every process's config against process 0's and, to train, the config
+    against this job's devices (mesh, batch
     divisibility, model name, dtypes, loss). Nothing is compiled and no dataset is built; the
     data source itself is opened by `train.train` before it compiles."""
+    from clip_jax.runtime import distributed
     from clip_jax.training import config_checks
 
     config_checks.check_run(config, workdir)
-    initialize_distributed(config)
+    distributed.initialize(config.distributed)
+    distributed.check_same_config(config)
     import jax
 
     jax.config.update("jax_default_prng_impl", config.prng_impl)

@@ -71,9 +71,10 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
 
     # Multi-host: TPU pods and SLURM are detected by jax.distributed.initialize(); elsewhere give
     # the coordinator explicitly (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-    # JAX_PROCESS_ID).
+    # JAX_PROCESS_ID). Each process waits up to timeout_seconds (JAX's default) for the others.
     c.distributed = ml_collections.ConfigDict(dict(
-        initialize=False, coordinator_address="", num_processes=-1, process_id=-1))
+        initialize=False, coordinator_address="", num_processes=-1, process_id=-1,
+        timeout_seconds=300))
 
     c.data = data_options.default_config()
     # Zero-shot / retrieval / linear-probe evaluation: during training every `every_steps`

@@ -1,1 +1,2 @@
-"""Where a run executes: device mesh and logical-axis rules, hardware facts, host tuning."""
+"""Where a run executes: device mesh and logical-axis rules, hardware facts, host tuning, and
+joining a multi-process job."""

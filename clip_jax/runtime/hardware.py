@@ -80,7 +80,7 @@ def measure_matmul_flops(dtype: str, device: jax.Device | None = None,
                          size: int = MATMUL_SIZE) -> float:
     """FLOP/s of one jitted [size, size] @ [size, size] at `dtype`: the median of
     `MATMUL_REPEATS` timed calls, so that one mistimed call cannot set the peak."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]  # another process's cannot run here
     a = jax.device_put(jnp.ones((size, size), dtype), device)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
@@ -110,7 +110,7 @@ def peak_flops(device: jax.Device | None = None, override: float | None = None,
     """
     if override:
         return float(override), "config.peak_flops_per_device"
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]  # another process's cannot run here
     kind = device.device_kind
     spec = next(((name, peak) for name, peak in PEAK_FLOPS if name in kind), None)
     if spec:

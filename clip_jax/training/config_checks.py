@@ -93,6 +93,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"the log of the logit scale, in [0, ln 100 = {LOGIT_SCALE_RANGE[1]:.5f}] (training "
         "clamps it there; CLIP 2.6593 = ln(1 / 0.07), SigLIP 2.302585 = ln 10) or None"),
     "model.logit_bias_init": _real(-math.inf, optional=True),
+    "distributed.timeout_seconds": _integer(1),
     "eval.every_steps": _integer(0),
     "eval.batch_size": _integer(1),
 }

@@ -1,0 +1,176 @@
+"""Joining a multi-process job (`jax.distributed`): the job's coordinates checked before the
+wait, a note while waiting, and every process's config compared before anything compiles.
+
+A pod's processes each read their own command line, so a config edited on one host, or a
+variable missing on one, used to train on silently (different learning rates per process,
+exit 0) or fail with a Python traceback; a process whose coordinator never came waited five
+minutes without a word, then aborted. Each of those is now one `ConfigError` line naming the
+fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from clip_jax.errors import ConfigError
+
+# config.distributed field -> the environment variable that gives it when the field is unset.
+ENVIRONMENT = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
+               "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+# Sections that may differ between the job's processes (each its own process id).
+PER_PROCESS = ("distributed",)
+
+
+class Job(NamedTuple):
+    """Where this process belongs: the coordinator's host:port, the job's size, its rank."""
+
+    address: str
+    num_processes: int
+    process_id: int
+
+
+def _given(dist: Any, field: str, environ: Mapping[str, str], unset: Any) -> tuple[Any, str]:
+    """(value, where it came from) of a `config.distributed` field, from the environment
+    variable when the field is `unset`."""
+    if dist[field] != unset:
+        return dist[field], f"config.distributed.{field}"
+    return environ.get(ENVIRONMENT[field], ""), ENVIRONMENT[field]
+
+
+def _count(value: Any, source: str, low: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or number < low:
+        shown = f"={value!r}" if value != "" else " is not set"
+        raise ConfigError(f"{source}{shown}: a multi-process job needs an integer >= {low} "
+                          f"there (every process: the same {ENVIRONMENT['num_processes']}, "
+                          f"its own {ENVIRONMENT['process_id']} from 0).")
+    return number
+
+
+def job(dist: Any, environ: Mapping[str, str] = os.environ) -> Job | None:
+    """This process's `Job` from `config.distributed` (fields set there win) or the
+    `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` variables; None when
+    no coordinator is given (one process, or `config.distributed.initialize`'s detection).
+    ConfigError for an address without a port, a size or rank missing or not an integer,
+    or a rank outside the job."""
+    address, source = _given(dist, "coordinator_address", environ, "")
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{source}={address!r}: give the coordinator as host:port (process "
+                          "0's machine and a free port, e.g. 10.0.0.2:8476).")
+    num = _count(*_given(dist, "num_processes", environ, -1), low=1)
+    pid_value, pid_source = _given(dist, "process_id", environ, -1)
+    pid = _count(pid_value, pid_source, low=0)
+    if pid >= num:
+        raise ConfigError(f"{pid_source}={pid} is not a process of this {num}-process job; "
+                          f"number the processes 0 to {num - 1}.")
+    return Job(address, num, pid)
+
+
+def wait_for_coordinator(found: Job, timeout_s: float, clock: Any = time.monotonic) -> float:
+    """Seconds left of `timeout_s` once the coordinator's port accepts a connection (process 0
+    opens it when it starts); ConfigError when it never does. Processes other than 0 check
+    this first: JAX ends a process whose coordinator never came with an abort and a stack
+    trace, which no Python code can turn into a message."""
+    host, _, port = found.address.rpartition(":")
+    deadline = clock() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return max(deadline - clock(), 1.0)
+        except OSError:
+            if clock() >= deadline:
+                break
+            time.sleep(0.5)
+    raise ConfigError(
+        f"process {found.process_id} of {found.num_processes} found no coordinator at "
+        f"{found.address} within {timeout_s:g} s: start process 0 there (it hosts the "
+        f"coordinator), give every process that address, or raise "
+        "config.distributed.timeout_seconds.")
+
+
+def initialize(dist: Any, environ: Mapping[str, str] = os.environ) -> None:
+    """Starts `jax.distributed` before anything touches the devices, when asked to: with the
+    `job` given, after a note saying what this process waits for and for how long
+    (`config.distributed.timeout_seconds`) and, on processes other than 0, once the
+    coordinator answers (`wait_for_coordinator`); on TPU pods and SLURM by JAX's own
+    detection (`config.distributed.initialize`). ConfigError for a bad `job` or no
+    coordinator; a job that never completes (a process missing) is ended by JAX itself."""
+    import jax
+
+    found = job(dist, environ)
+    if found is None:
+        if dist.initialize:
+            jax.distributed.initialize(initialization_timeout=dist.timeout_seconds)
+        return
+    role = "coordinator" if found.process_id == 0 else "process"
+    print(f"Joining the job at {found.address} as {role} {found.process_id} of "
+          f"{found.num_processes} (waiting up to {dist.timeout_seconds} s for the others: "
+          "config.distributed.timeout_seconds)", flush=True)
+    left = dist.timeout_seconds
+    if found.process_id:
+        left = wait_for_coordinator(found, dist.timeout_seconds)
+    jax.distributed.initialize(found.address, num_processes=found.num_processes,
+                               process_id=found.process_id, initialization_timeout=int(left))
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
+def config_differences(configs: list[dict[str, Any]]) -> list[str]:
+    """`field: process 0 has X, process i has Y` for each field (outside `PER_PROCESS`) where a
+    process's config (plain dicts, one per process) differs from process 0's."""
+    flat = [{k: v for k, v in _flat(c).items() if k.split(".")[0] not in PER_PROCESS}
+            for c in configs]
+    found = []
+    for field in sorted(set().union(*flat)):
+        values = [f.get(field, "(no such field)") for f in flat]
+        others = [(i, v) for i, v in enumerate(values) if v != values[0]]
+        if others:
+            said = ", ".join(f"process {i} {v!r}" for i, v in others[:3])
+            more = f" (and {len(others) - 3} more)" if len(others) > 3 else ""
+            found.append(f"config.{field}: process 0 {values[0]!r}, {said}{more}")
+    return found
+
+
+def check_same_config(config: Any) -> None:
+    """ConfigError, on every process, when the job's processes were given different configs
+    (each gathers every process's: a collective, so every process must call it; nothing on one
+    process). A config edited on one host trained on with per-process learning rates."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return
+    text = json.dumps(config.to_dict(), sort_keys=True, default=repr).encode()
+    lengths = multihost_utils.process_allgather(np.array([len(text)], np.int64))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[:len(text)] = np.frombuffer(text, np.uint8)
+    gathered = multihost_utils.process_allgather(padded).reshape(jax.process_count(), -1)
+    configs = [json.loads(bytes(row[:int(n)]).decode())
+               for row, n in zip(gathered, np.ravel(lengths))]
+    differences = config_differences(configs)
+    if differences:
+        raise ConfigError(
+            f"the job's {len(configs)} processes were given different configs ("
+            + "; ".join(differences[:5])
+            + (f"; {len(differences) - 5} more" if len(differences) > 5 else "")
+            + "): give every process the same --config file and --config.* overrides.")

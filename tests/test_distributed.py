@@ -1,0 +1,87 @@
+"""Joining a multi-process job: its coordinates checked before the wait, no silent wait for a
+coordinator that never comes, and one config for the whole job."""
+
+import socket
+
+import ml_collections
+import pytest
+
+from clip_jax.errors import ConfigError
+from clip_jax.runtime import distributed
+
+ENV = {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:8476", "JAX_NUM_PROCESSES": "4",
+       "JAX_PROCESS_ID": "3"}
+
+
+def _dist(**fields):
+    return ml_collections.ConfigDict({
+        "initialize": False, "coordinator_address": "", "num_processes": -1, "process_id": -1,
+        "timeout_seconds": 300, **fields})
+
+
+def test_the_job_comes_from_the_environment_unless_the_config_sets_it():
+    assert distributed.job(_dist(), {}) is None  # one process
+    assert distributed.job(_dist(), ENV) == ("10.0.0.2:8476", 4, 3)
+    assert distributed.job(_dist(num_processes=2, process_id=1), ENV) == ("10.0.0.2:8476", 2, 1)
+    assert distributed.job(_dist(coordinator_address="[::1]:9000", num_processes=1,
+                                 process_id=0), {}) == ("[::1]:9000", 1, 0)
+
+
+@pytest.mark.parametrize("env, said", [
+    # Each raised a traceback: KeyError 'JAX_NUM_PROCESSES', int()'s ValueError, jax's own.
+    ({"JAX_NUM_PROCESSES": None}, "JAX_NUM_PROCESSES is not set: a multi-process job needs an "
+                                  "integer >= 1 there"),
+    ({"JAX_PROCESS_ID": "abc"}, "JAX_PROCESS_ID='abc': a multi-process job needs an integer "
+                                ">= 0 there"),
+    ({"JAX_NUM_PROCESSES": "0"}, "JAX_NUM_PROCESSES='0': a multi-process job needs an integer "
+                                 ">= 1"),
+    ({"JAX_PROCESS_ID": "-1"}, "JAX_PROCESS_ID='-1'"),
+    ({"JAX_PROCESS_ID": "4"}, "JAX_PROCESS_ID=4 is not a process of this 4-process job; number "
+                              "the processes 0 to 3."),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2"}, "JAX_COORDINATOR_ADDRESS='10.0.0.2': give the "
+                                              "coordinator as host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:http"}, "give the coordinator as host:port"),
+])
+def test_a_bad_job_is_one_line_naming_the_variable(env, said):
+    environ = {k: v for k, v in {**ENV, **env}.items() if v is not None}
+    with pytest.raises(ConfigError) as error:
+        distributed.job(_dist(), environ)
+    assert said in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_field_set_in_the_config_is_named_as_such():
+    with pytest.raises(ConfigError, match=r"^config.distributed.process_id=5 is not a process"):
+        distributed.job(_dist(process_id=5), ENV)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_no_coordinator_is_one_line_after_the_timeout_not_a_silent_wait():
+    """Process 1 started alone printed nothing for five minutes, then JAX aborted it."""
+    job = distributed.Job(f"127.0.0.1:{_free_port()}", 2, 1)  # nothing listens there
+    with pytest.raises(ConfigError, match=r"^process 1 of 2 found no coordinator at "
+                                          r"127\.0\.0\.1:\d+ within 1 s: start process 0"):
+        distributed.wait_for_coordinator(job, 1.0)
+    with socket.socket() as listening:  # a coordinator's open port: no wait
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        left = distributed.wait_for_coordinator(distributed.Job(f"127.0.0.1:{port}", 2, 1), 30)
+    assert 25 < left <= 30
+
+
+def test_config_differences_name_the_fields_and_processes():
+    same = {"optimizer": {"lr": 1e-3, "b1": 0.9}, "batch_size": 32,
+            "distributed": {"process_id": 0}}
+    other = {"optimizer": {"lr": 5e-2, "b1": 0.9}, "batch_size": 32,
+             "distributed": {"process_id": 1}}  # per process: not a difference
+    assert distributed.config_differences([same, dict(same, distributed={"process_id": 1})]) == []
+    assert distributed.config_differences([same, same, other]) == [
+        "config.optimizer.lr: process 0 0.001, process 2 0.05"]
+    extra = dict(same, loss="sigmoid")
+    assert distributed.config_differences([same, extra]) == [
+        "config.loss: process 0 '(no such field)', process 1 'sigmoid'"]
