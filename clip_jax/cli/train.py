@@ -303,9 +303,9 @@ def prepare(config: Any, workdir: str) -> None:
     """Every check of a run that reads no data, in the order a user would fix them, then the
     devices: field domains, the workdir, the dataset name (ConfigError, in milliseconds); then
     jax.distributed, every process's config against process 0's and, to train, the config
-    against this job's devices (mesh, batch
-    divisibility, model name, dtypes, loss). Nothing is compiled and no dataset is built; the
-    data source itself is opened by `train.train` before it compiles."""
+    against this job's devices (mesh, batch divisibility, model name, dtypes, loss). Nothing is
+    compiled and no dataset is built; the data source itself is opened by `train.train` before
+    it compiles."""
     from clip_jax.runtime import distributed
     from clip_jax.training import config_checks
 

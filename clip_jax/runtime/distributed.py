@@ -136,8 +136,9 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(configs: list[dict[str, Any]]) -> list[str]:
-    """`field: process 0 has X, process i has Y` for each field (outside `PER_PROCESS`) where a
-    process's config (plain dicts, one per process) differs from process 0's."""
+    """`config.FIELD: process 0 X, process i Y` for each field (outside `PER_PROCESS`) where a
+    process's config (plain dicts, one per process) differs from process 0's (the first three
+    such processes named)."""
     flat = [{k: v for k, v in _flat(c).items() if k.split(".")[0] not in PER_PROCESS}
             for c in configs]
     found = []
