@@ -452,20 +452,32 @@ def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
 @pytest.mark.slow
 def test_processes_given_different_configs_stop_before_compiling(tfds_dir, tmp_path):
     """A learning rate edited on one host trained on with two (loss 6.38 against 3.84 at step
-    2) and exit 0, process 0's config recorded as the run's: every process now stops with one
-    line naming the field, before the step compiles or a checkpoint is written."""
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [start_run(tmp_path, tfds_dir, *([f"--config.optimizer.lr={lr}"] if lr else []),
-                       devices=4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                       JAX_PROCESS_ID=str(i)) for i, lr in enumerate([None, 0.05])]
-    for code, out in map(finish, procs):
-        errors = [line for line in out.splitlines() if line.startswith("error: ")]
-        assert code == 2 and errors == [
-            "error: the job's 2 processes were given different configs (config.optimizer.lr: "
-            "process 0 0.001, process 1 0.05): give every process the same --config file and "
-            "--config.* overrides."], out
-        assert "Compiling" not in out, out
-    assert not (tmp_path / "checkpoints").exists()
+    2) and exit 0, process 0's config recorded as the run's; a workdir of each process's own
+    trained, then hung in the first save (every process waiting for process 0 to create its
+    folder). Every process now stops with one line naming what differs, before the step
+    compiles or a checkpoint is written."""
+    cases = {  # per process: (workdir, overrides); what every process's one line says
+        "lr": ([("run", []), ("run", ["--config.optimizer.lr=0.05"])],
+               "error: the job's 2 processes were given different configs (config.optimizer.lr: "
+               "process 0 0.001, process 1 0.05): give every process the same --config file "
+               "and --config.* overrides."),
+        "workdir": ([("run", []), ("own", [])],
+                    f"error: --workdir differs between the job's processes (process 0 "
+                    f"'{tmp_path}/workdir/run', process 1 '{tmp_path}/workdir/own'): give every "
+                    "process the same folder, on storage they all see (a shared file system or "
+                    "a gs:// bucket)."),
+    }
+    for case, (processes, said) in cases.items():
+        address = f"127.0.0.1:{_free_port()}"
+        procs = [start_run(tmp_path / case / workdir, tfds_dir, *overrides, devices=4,
+                           JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                           JAX_PROCESS_ID=str(i))
+                 for i, (workdir, overrides) in enumerate(processes)]
+        for code, out in map(finish, procs):
+            errors = [line for line in out.splitlines() if line.startswith("error: ")]
+            assert code == 2 and errors == [said.replace("/workdir/", f"/{case}/")], out
+            assert "Compiling" not in out, out
+        assert not list((tmp_path / case).glob("*/checkpoints")), case
 
 
 def _table(tmp_path):

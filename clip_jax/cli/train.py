@@ -302,16 +302,16 @@ def _culprit(argv: Sequence[str], error: str) -> str:
 def prepare(config: Any, workdir: str) -> None:
     """Every check of a run that reads no data, in the order a user would fix them, then the
     devices: field domains, the workdir, the dataset name (ConfigError, in milliseconds); then
-    jax.distributed, every process's config against process 0's and, to train, the config
-    against this job's devices (mesh, batch divisibility, model name, dtypes, loss). Nothing is
-    compiled and no dataset is built; the data source itself is opened by `train.train` before
-    it compiles."""
+    jax.distributed, every process's config and workdir against process 0's and, to train,
+    the config against this job's devices (mesh, batch divisibility, model name, dtypes,
+    loss). Nothing is compiled and no dataset is built; the data source itself is opened by
+    `train.train` before it compiles."""
     from clip_jax.runtime import distributed
     from clip_jax.training import config_checks
 
     config_checks.check_run(config, workdir)
     distributed.initialize(config.distributed)
-    distributed.check_same_config(config)
+    distributed.check_same_config(config, workdir)
     import jax
 
     jax.config.update("jax_default_prng_impl", config.prng_impl)

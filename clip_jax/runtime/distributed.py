@@ -1,11 +1,12 @@
 """Joining a multi-process job (`jax.distributed`): the job's coordinates checked before the
-wait, a note while waiting, and every process's config compared before anything compiles.
+wait, a note while waiting, and every process's config and workdir compared before anything
+compiles.
 
-A pod's processes each read their own command line, so a config edited on one host, or a
-variable missing on one, used to train on silently (different learning rates per process,
-exit 0) or fail with a Python traceback; a process whose coordinator never came waited five
-minutes without a word, then aborted. Each of those is now one `ConfigError` line naming the
-fix.
+A pod's processes each read their own command line, so a config edited on one host trained
+on silently (different learning rates per process, exit 0), a workdir of each host's own hung
+in the first save, and a variable missing on one failed with a Python traceback; a process
+whose coordinator never came waited five minutes without a word, then aborted. Each of those
+is now one `ConfigError` line naming the fix.
 """
 
 from __future__ import annotations
@@ -152,26 +153,41 @@ def config_differences(configs: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-def check_same_config(config: Any) -> None:
+def _where(workdir: str) -> str:
+    """The folder a process means by `workdir`: a relative path is its own working folder's."""
+    return workdir if "://" in workdir else os.path.abspath(workdir)
+
+
+def check_same_config(config: Any, workdir: str) -> None:
     """ConfigError, on every process, when the job's processes were given different configs
-    (each gathers every process's: a collective, so every process must call it; nothing on one
-    process). A config edited on one host trained on with per-process learning rates."""
+    or workdirs (each gathers every process's: a collective, so every process must call it;
+    nothing on one process). A config edited on one host trained on with per-process learning
+    rates; a workdir of each host's own trained, then hung in the first save, every process
+    waiting for process 0 to create its folder."""
     import jax
     from jax.experimental import multihost_utils
 
     if jax.process_count() == 1:
         return
-    text = json.dumps(config.to_dict(), sort_keys=True, default=repr).encode()
+    mine = {"config": config.to_dict(), "workdir": _where(workdir)}
+    text = json.dumps(mine, sort_keys=True, default=repr).encode()
     lengths = multihost_utils.process_allgather(np.array([len(text)], np.int64))
     padded = np.zeros(int(np.max(lengths)), np.uint8)
     padded[:len(text)] = np.frombuffer(text, np.uint8)
     gathered = multihost_utils.process_allgather(padded).reshape(jax.process_count(), -1)
-    configs = [json.loads(bytes(row[:int(n)]).decode())
-               for row, n in zip(gathered, np.ravel(lengths))]
-    differences = config_differences(configs)
+    every = [json.loads(bytes(row[:int(n)]).decode())
+             for row, n in zip(gathered, np.ravel(lengths))]
+    workdirs = [p["workdir"] for p in every]
+    if len(set(workdirs)) > 1:
+        said = ", ".join(f"process {i} {w!r}" for i, w in enumerate(workdirs) if w != workdirs[0])
+        raise ConfigError(
+            f"--workdir differs between the job's processes (process 0 {workdirs[0]!r}, "
+            f"{said}): give every process the same folder, on storage they all see (a "
+            "shared file system or a gs:// bucket).")
+    differences = config_differences([p["config"] for p in every])
     if differences:
         raise ConfigError(
-            f"the job's {len(configs)} processes were given different configs ("
+            f"the job's {len(every)} processes were given different configs ("
             + "; ".join(differences[:5])
             + (f"; {len(differences) - 5} more" if len(differences) > 5 else "")
             + "): give every process the same --config file and --config.* overrides.")
