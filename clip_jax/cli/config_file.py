@@ -192,13 +192,9 @@ def value_type_error(config: ml_collections.ConfigDict, path: str, value: str) -
     path that is no such field of `config` (the loaded config file)."""
     from clip_jax.training import config_checks
 
-    *parents, name = path.split(".")
-    node = config
-    for part in parents:
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node.keys():
-            return None
-        node = node[part]
-    if not isinstance(node, ml_collections.ConfigDict) or name not in node.keys():
+    section, _, name = path.rpartition(".")
+    present, node = config_checks.lookup(config, section) if section else (True, config)
+    if not (present and isinstance(node, ml_collections.ConfigDict) and name in node.keys()):
         return None
     kind = _KINDS.get(node.get_type(name))
     if kind is None:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
+from flax import traverse_util
 
 from clip_jax.errors import ConfigError
 
@@ -80,19 +81,19 @@ def job(dist: Any, environ: Mapping[str, str] = os.environ) -> Job | None:
     return Job(address, num, pid)
 
 
-def wait_for_coordinator(found: Job, timeout_s: float, clock: Any = time.monotonic) -> float:
+def wait_for_coordinator(found: Job, timeout_s: float) -> float:
     """Seconds left of `timeout_s` once the coordinator's port accepts a connection (process 0
     opens it when it starts); ConfigError when it never does. Processes other than 0 check
     this first: JAX ends a process whose coordinator never came with an abort and a stack
     trace, which no Python code can turn into a message."""
     host, _, port = found.address.rpartition(":")
-    deadline = clock() + timeout_s
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
-                return max(deadline - clock(), 1.0)
+                return max(deadline - time.monotonic(), 1.0)
         except OSError:
-            if clock() >= deadline:
+            if time.monotonic() >= deadline:
                 break
             time.sleep(0.5)
     raise ConfigError(
@@ -127,21 +128,12 @@ def initialize(dist: Any, environ: Mapping[str, str] = os.environ) -> None:
                                process_id=found.process_id, initialization_timeout=int(left))
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}."))
-    return out
-
-
 def config_differences(configs: list[dict[str, Any]]) -> list[str]:
     """`config.FIELD: process 0 X, process i Y` for each field (outside `PER_PROCESS`) where a
     process's config (plain dicts, one per process) differs from process 0's (the first three
     such processes named)."""
-    flat = [{k: v for k, v in _flat(c).items() if k.split(".")[0] not in PER_PROCESS}
-            for c in configs]
+    flat = [{k: v for k, v in traverse_util.flatten_dict(c, sep=".").items()
+             if k.split(".")[0] not in PER_PROCESS} for c in configs]
     found = []
     for field in sorted(set().union(*flat)):
         values = [f.get(field, "(no such field)") for f in flat]

@@ -99,7 +99,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _lookup(config: ml_collections.ConfigDict, field: str) -> tuple[bool, Any]:
+def lookup(config: ml_collections.ConfigDict, field: str) -> tuple[bool, Any]:
     node: Any = config
     for part in field.split("."):
         if not hasattr(node, "keys") or part not in node.keys():
@@ -111,7 +111,7 @@ def _lookup(config: ml_collections.ConfigDict, field: str) -> tuple[bool, Any]:
 def check_fields(config: ml_collections.ConfigDict) -> None:
     """Every field of `FIELDS` the config has must lie in its domain (lr=-1, inf, nan: no)."""
     for field, (ok, domain) in FIELDS.items():
-        present, value = _lookup(config, field)
+        present, value = lookup(config, field)
         if present and not ok(value):
             raise ConfigError(f"config.{field}={value!r} is invalid; use {domain}.")
 
@@ -237,9 +237,9 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     `check_training_workdir`)."""
     check_fields(config)
     check_workdir(workdir)
-    if _lookup(config, "mode")[1] in ("train", None):  # eval writes metrics only, no config
+    if lookup(config, "mode")[1] in ("train", None):  # eval writes metrics only, no config
         check_training_workdir(workdir)
-    if _lookup(config, "data.dataset")[0]:
+    if lookup(config, "data.dataset")[0]:
         check_dataset(resolve_config(config.data))
 
 

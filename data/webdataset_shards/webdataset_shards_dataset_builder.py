@@ -193,18 +193,19 @@ def _samples(shard: str, report: records.BuildReport
                     continue
                 directory, base = os.path.split(member.name)
                 stem, _, ext = base.partition(".")
+                ext = ext.lower()  # k.jpg and k.JPG are one member kind
                 member_key = os.path.join(directory, stem)
                 if member_key != key:
                     if key is not None:
                         yield read, key, files
                         read += 1
                     key, files = member_key, {}
-                if ext.lower() in files:  # k.jpg and k.JPG: one sample cannot hold both
+                if ext in files:  # one sample cannot hold both
                     report.skip(f"{os.path.basename(shard)}/{member.name}", records.BadRecord(
-                        records.DUPLICATE_MEMBER, f"sample {key!r} already has a '.{ext.lower()}' "
+                        records.DUPLICATE_MEMBER, f"sample {key!r} already has a '.{ext}' "
                         "member (extensions compare without case); the first one is kept"))
                     continue
-                files[ext.lower()] = tar.extractfile(member).read()
+                files[ext] = tar.extractfile(member).read()
         if key is not None:
             yield read, key, files
             read += 1
