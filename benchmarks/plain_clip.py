@@ -5,7 +5,9 @@
 causal text tower pooled at the end-of-text token, OpenAI's ModifiedResNet with attention
 pooling). Nothing is tuned: it is the yardstick `benchmarks/train_step.py` holds clip_jax to.
 `dtype` is every layer's compute dtype (linen's own `dtype` argument; parameters stay fp32),
-and the towers' outputs are cast to fp32 before the normalisation and the loss.
+and the towers' outputs are cast to fp32 before the normalisation and the loss. `scan=True`
+runs each transformer stack as linen's `nn.scan` over one block, the way Flax users write
+`scan_layers`, so that clip_jax's scanned step has a scanned yardstick too.
 """
 
 from __future__ import annotations
@@ -39,12 +41,37 @@ class Block(nn.Module):
         return x + h
 
 
+class ScanBlock(nn.Module):
+    """`Block` in `nn.scan`'s (carry, input) -> (carry, output) form."""
+
+    heads: int
+    causal: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, _):
+        return Block(self.heads, self.causal, self.dtype)(x), None
+
+
+def stack(x, layers: int, heads: int, causal: bool, dtype: Any, scan: bool):
+    """`layers` blocks on `x`: unrolled, or one `nn.scan` over stacked parameters. Called from
+    inside a compact module, whose scope the blocks join."""
+    if not scan:
+        for _ in range(layers):
+            x = Block(heads, causal, dtype)(x)
+        return x
+    blocks = nn.scan(ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                     length=layers)
+    return blocks(heads, causal, dtype)(x, None)[0]
+
+
 class ViT(nn.Module):
     patch: int
     width: int
     layers: int
     embed: int
     dtype: Any = jnp.float32
+    scan: bool = False
 
     @nn.compact
     def __call__(self, images, train):
@@ -55,8 +82,7 @@ class ViT(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
         x = x + self.param("pos", nn.initializers.normal(0.02), x.shape[1:]).astype(x.dtype)
         x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
-        for _ in range(self.layers):
-            x = Block(self.width // 64, dtype=self.dtype)(x)
+        x = stack(x, self.layers, self.width // 64, False, self.dtype, self.scan)
         x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x[:, 0])
         return nn.Dense(self.embed, use_bias=False, dtype=self.dtype)(x)
 
@@ -116,13 +142,13 @@ class Text(nn.Module):
     layers: int
     embed: int
     dtype: Any = jnp.float32
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens):
         x = nn.Embed(49408, self.width, dtype=self.dtype)(tokens)
         x = x + self.param("pos", nn.initializers.normal(0.01), x.shape[1:]).astype(x.dtype)
-        for _ in range(self.layers):
-            x = Block(self.width // 64, causal=True, dtype=self.dtype)(x)
+        x = stack(x, self.layers, self.width // 64, True, self.dtype, self.scan)
         x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
         x = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
         return nn.Dense(self.embed, use_bias=False, dtype=self.dtype)(x)
@@ -143,15 +169,16 @@ def _unit(features):
     return features / jnp.linalg.norm(features, axis=-1, keepdims=True)
 
 
-def plain_clip(config: Any, dtype: Any = jnp.float32) -> PlainCLIP:
+def plain_clip(config: Any, dtype: Any = jnp.float32, scan: bool = False) -> PlainCLIP:
     """The baseline for a clip_jax `CLIPConfig` (only its dimensions are read), computing in
-    `dtype`."""
+    `dtype`, its transformer stacks scanned where `scan` (ResNet stages stay unrolled, as in
+    clip_jax)."""
     v, t = config.vision, config.text
     if v.is_resnet:
         visual = ResNet(v.layers, v.width, config.embed_dim, dtype)
     else:
-        visual = ViT(v.patch_size, v.width, v.layers, config.embed_dim, dtype)
-    return PlainCLIP(visual, Text(t.width, t.layers, config.embed_dim, dtype))
+        visual = ViT(v.patch_size, v.width, v.layers, config.embed_dim, dtype, scan)
+    return PlainCLIP(visual, Text(t.width, t.layers, config.embed_dim, dtype, scan))
 
 
 def make_train_step(model: PlainCLIP, tx: optax.GradientTransformation):

@@ -14,7 +14,8 @@ peak GPU memory instead of RSS; `--dtype bfloat16` is mixed precision on every s
 - `clip_jax`: our compiled train step (uint8 images normalised on the device), with
   `scan_layers` off and on;
 - `plain flax`: `benchmarks/plain_clip.py`, the same architecture as the obvious linen code
-  with `optax.adamw`;
+  with `optax.adamw`; `plain flax scan` the same with its transformer stacks in `nn.scan`
+  (the column "vs plain scan": is a scanned step's cost the scan's or ours?);
 - `open_clip`: open_clip's model, ClipLoss and torch.optim.AdamW, `torch.set_num_threads`
   equal to the CPU count JAX uses.
 The header line after the settings gives both frameworks' matmul peak at the compute dtype on
@@ -45,8 +46,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("clip_jax", "clip_jax scan", "plain flax", "open_clip")
-COMPILED_SIDES = SIDES[:3]
+SIDES = ("clip_jax", "clip_jax scan", "plain flax", "plain flax scan", "open_clip")
+COMPILED_SIDES = SIDES[:4]
 MATMUL_SIDES = ("xla", "torch")
 DEVICES = ("cpu", "gpu")
 TORCH_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
@@ -128,7 +129,7 @@ def run_clip_jax(model: str, batch: int, steps: int, scan: bool, dtype: str,
             "h2d_bytes_per_step_float32_images": data["images"].size * 4 + data["tokens"].nbytes}
 
 
-def run_plain_flax(model: str, batch: int, steps: int, dtype: str) -> dict:
+def run_plain_flax(model: str, batch: int, steps: int, dtype: str, scan: bool) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -137,7 +138,7 @@ def run_plain_flax(model: str, batch: int, steps: int, dtype: str) -> dict:
     from clip_jax.models.presets import get_preset
 
     cfg = get_preset(model)
-    net = plain_clip.plain_clip(cfg, dtype=jnp.dtype(dtype))
+    net = plain_clip.plain_clip(cfg, dtype=jnp.dtype(dtype), scan=scan)
     images, tokens = _random_batch(batch, cfg.image_size)
     images = images.astype("float32") / 255.0  # the plain side gets float images, as it would
     variables = jax.jit(net.init)(jax.random.key(0), jnp.asarray(images[:1]), tokens[:1])
@@ -237,11 +238,11 @@ def worker(args) -> None:
         gflops = matmul_gflops(args.side, args.threads, args.device, args.dtype)
         print("RESULT " + json.dumps({"gflops": gflops}))
         return
+    scan = args.side.endswith(" scan")
     if args.side.startswith("clip_jax"):
-        out = run_clip_jax(args.model, args.batch, args.steps, args.side.endswith("scan"),
-                           args.dtype, args.attention)
-    elif args.side == "plain flax":
-        out = run_plain_flax(args.model, args.batch, args.steps, args.dtype)
+        out = run_clip_jax(args.model, args.batch, args.steps, scan, args.dtype, args.attention)
+    elif args.side.startswith("plain flax"):
+        out = run_plain_flax(args.model, args.batch, args.steps, args.dtype, scan)
     else:
         out = run_open_clip(args.model, args.batch, args.steps, args.threads, args.device,
                             args.dtype)
@@ -287,8 +288,8 @@ def table(model: str, runs: list[dict[str, dict]], device: str = "cpu") -> str:
     [min, max] over repeats."""
     memory = MEMORY_NAMES[device]
     rows = [f"| {model} | | img/s | peak {memory} (GB) | compile (s) | img/s vs open_clip | "
-            f"img/s vs plain | {memory} vs open_clip | compile vs plain |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            f"img/s vs plain | img/s vs plain scan | {memory} vs open_clip | compile vs plain |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for side in [s for s in SIDES if s in runs[0]]:
         r = [run[side] for run in runs]
         comp = [x["compile_s"] for x in r if x["compile_s"] is not None]
@@ -298,6 +299,7 @@ def table(model: str, runs: list[dict[str, dict]], device: str = "cpu") -> str:
             _spread(comp, "{:.0f}") if comp else "-",
             _ratio(runs, side, "open_clip", "img_s"),
             _ratio(runs, side, "plain flax", "img_s"),
+            _ratio(runs, side, "plain flax scan", "img_s"),
             _ratio(runs, side, "open_clip", "peak_memory_gb"),
             _ratio(runs, side, "plain flax", "compile_s")]) + " |")
     return "\n".join(rows)
