@@ -550,6 +550,12 @@ MISCONFIGURATIONS = [
     (["--config.loss=l2"], "config.loss: unknown loss 'l2'", None),
     (["--config.model.name=ViT-X/1"], "Unknown model 'ViT-X/1'", None),
     (["--config.mesh.data=3"], "needs 3 devices but 8 are available", None),
+    # A mesh size absl cannot parse named no range, and -1 (its placeholder) as the example.
+    (["--config.mesh.data=x"], "--config.mesh.data=x is not an integer; use an integer >= 1, or "
+                               "-1 for the rest of the devices, e.g. --config.mesh.data=-1.",
+     None),
+    (["--config.mesh.tensor=0"], "config.mesh.tensor=0 is invalid; use an integer >= 1, or -1",
+     None),
     (["--config.data.augment.scale=(0.5,2.0)"], "data.augment.scale", None),
     (["--config.data.eval_max_captions=-1"], "data.eval_max_captions", None),
     (["--config.optimizer.lrr=1", "--config.batch_size=8"], "optimizer.lrr", "batch_size"),

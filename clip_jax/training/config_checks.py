@@ -25,6 +25,7 @@ from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
                                      REMAT_POLICIES)
+from clip_jax.runtime.sharding import MESH_AXES
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ def _number(value: Any) -> bool:
 def _integer(low: int) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
             f"an integer >= {low}")
+
+
+def _mesh_size() -> tuple[Callable[[Any], bool], str]:
+    ok = _integer(1)[0]
+    return (lambda v: ok(v) or (v == -1 and not isinstance(v, bool)),
+            "an integer >= 1, or -1 for the rest of the devices")
 
 
 def _real(low: float, high: float = math.inf, open_high: bool = False, open_low: bool = False,
@@ -93,6 +100,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"the log of the logit scale, in [0, ln 100 = {LOGIT_SCALE_RANGE[1]:.5f}] (training "
         "clamps it there; CLIP 2.6593 = ln(1 / 0.07), SigLIP 2.302585 = ln 10) or None"),
     "model.logit_bias_init": _real(-math.inf, optional=True),
+    **{f"mesh.{axis}": _mesh_size() for axis in MESH_AXES},
     "distributed.timeout_seconds": _integer(1),
     "eval.every_steps": _integer(0),
     "eval.batch_size": _integer(1),
