@@ -168,7 +168,7 @@ def _text(data: bytes, name: str) -> io.StringIO:
 
 
 def csv_quoting_hint(data: bytes, table: Table, *, delimiter: str, quoting: str,
-                     name: str) -> str:
+                     name: str, fix: str = "set data.table.quoting='csv'") -> str:
     """The fix for a table read without quote processing that a CSV writer quoted, else "".
 
     No field proves it (a web caption may start with a quote), so the reading is never
@@ -176,7 +176,8 @@ def csv_quoting_hint(data: bytes, table: Table, *, delimiter: str, quoting: str,
     strictly (every quote closed at the end of its field, as a writer closes it), and that
     reading to fit better: fewer records whose field count is not the header's (a tab or line
     break inside quotes), or no more of them and a field quoted whole with doubled quotes
-    (`"a ""b"" c"`, a caption holding a quote)."""
+    (`"a ""b"" c"`, a caption holding a quote). `fix` ends the message: the setting (or what
+    to do to the file) that reads it quoted."""
     if quoting != "none":
         return ""
     opened = [(r, f) for r in table.records for f in r.fields if f.startswith('"')]
@@ -197,8 +198,7 @@ def csv_quoting_hint(data: bytes, table: Table, *, delimiter: str, quoting: str,
     return (f"{name} looks quoted by a CSV writer (e.g. {record.lines}: {field[:40]!r}"
             f"{'...' * (len(field) > 40)}; pandas' to_csv(sep='\\t') quotes a caption holding "
             "a quote, tab or line break) but is read without quote processing (quoting "
-            "'none'), which keeps the quotes and splits such fields: set "
-            "data.table.quoting='csv'")
+            f"'none'), which keeps the quotes and splits such fields: {fix}")
 
 
 def read_head(path: str, *, delimiter: str, quoting: str, records: int = 1

@@ -672,6 +672,66 @@ def test_an_unclosed_quote_is_named_not_called_an_empty_table(tmp_path):
     assert labelled_data.table_columns(str(captions)) == expected == ["filepath", "title"]
 
 
+def test_a_tsv_is_one_row_per_line_and_empty_cells_are_skipped_and_named(folder, tmp_path,
+                                                                        caplog):
+    """A labelled .tsv was read with CSV quoting: a free-text cell starting with `"` ran on
+    over the following rows, merging them into one record, and they vanished from the
+    evaluation unsaid (an odd count of such cells refused the file instead). It is read as its
+    builder reads a .tsv, one row per line, as pandas reads it with QUOTE_NONE. A row with an
+    empty image path or label was a refusal naming only the first; every such row is skipped
+    and named, the rest read as pandas reads the rows that have both."""
+    import csv
+
+    src = labelled_data.read(str(folder), "test")
+    names = [src.class_names[y] for y in src.labels]
+    notes = ["ok"] * len(names)
+    notes[1], notes[5] = '"odd quote', 'said "hi'
+    lines = ["filepath\tlabel\tnote"] + [f"{f}\t{n}\t{x}" for f, n, x in
+                                         zip(src.files, names, notes)]
+    path = tmp_path / "notes.tsv"
+    path.write_text("\r\n".join(lines) + "\r\n")
+    theirs = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE)
+    assert len(pd.read_csv(path, sep="\t")) < len(theirs) == len(names)  # quoting merges rows
+    got = labelled_data.read(str(path))
+    assert got.files == list(theirs["filepath"]) and not got.skipped
+    np.testing.assert_array_equal(got.labels, pd.Categorical(theirs["label"]).codes)
+
+    lines[3] = f"\t{names[2]}\tok"
+    lines[5] = f"{src.files[4]}\t \tok"
+    lines[6] = f"{src.files[5]}\t"
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger=labelled_data.__name__):
+        got = labelled_data.read(str(path))
+    theirs = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, skipinitialspace=True)
+    kept = theirs.dropna(subset=["filepath", "label"])
+    assert got.files == list(kept["filepath"])
+    np.testing.assert_array_equal(got.labels, pd.Categorical(
+        kept["label"], categories=sorted(set(kept["label"]))).codes)
+    assert got.skipped == {"empty image path or label": ["line 4", "line 6", "line 7"]}
+    assert "3 (empty image path or label: line 4, line 6, line 7)" in caplog.text
+    (tmp_path / "blank.csv").write_text("filepath,label\n,cat\na.png,\n")
+    with pytest.raises(ConfigError, match=r"blank.csv: no row has both an image path and a label "
+                                          r"\(e.g. line 2\); fill the 'filepath' and 'label'"):
+        labelled_data.read(str(tmp_path / "blank.csv"))
+
+    # A .tsv that pandas' to_csv quoted (a path holding a quote) is read as written, and named.
+    quoted = tmp_path / "q"
+    quoted.mkdir()
+    picture(0).save(quoted / 'say "cheese".png')
+    picture(1).save(quoted / "plain.png")
+    pd.DataFrame({"filepath": ['say "cheese".png', "plain.png"], "label": ["a", "b"]}).to_csv(
+        quoted / "t.tsv", sep="\t", index=False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=labelled_data.__name__):
+        got = labelled_data.read(str(quoted / "t.tsv"))
+    assert got.files == [str(quoted / "plain.png")]
+    as_written = os.path.join(str(quoted), '"say ""cheese"".png"')
+    assert got.skipped == {"missing file": [f"line 2: {as_written}"]}
+    assert "looks quoted by a CSV writer" in caplog.text
+    assert "save it without quotes (pandas: to_csv(sep='\\t', quoting=csv.QUOTE_NONE))" in \
+        caplog.text
+
+
 @pytest.mark.parametrize("exif_transpose", [True, False])
 def test_eval_reads_photos_upright_by_their_exif_orientation(tmp_path, exif_transpose):
     """A phone photo stored sideways with an EXIF Orientation is evaluated as Pillow's

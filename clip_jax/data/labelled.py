@@ -13,10 +13,12 @@ labels, class names and, where the layout has them, prompt templates:
                 only such folders, hidden ones aside). Hidden folders and files
                 (`.ipynb_checkpoints/`, `.DS_Store`, `._photo.jpg`) are neither classes nor
                 images; a class folder without images stays a class (a warning names it).
-  table         a .csv / .tsv (pandas' dialect, `clip_jax_data.tables`: quoting, BOM, CRLF;
-                messages name the file's physical lines) with an image-path column
-                (relative paths are relative to the table's folder; rows whose image is
-                missing, or whose path or label is not UTF-8 text, are skipped and reported)
+  table         a .csv / .tsv in the dialect the dataset builders read tables with
+                (`clip_jax_data.tables`: a .csv quoted as pandas reads it, a .tsv without
+                quote processing, one record per line; BOM, CRLF; messages name the file's
+                physical lines) with an image-path column (relative paths are relative to
+                the table's folder; rows whose image is missing, whose path or label is
+                empty, or not UTF-8 text, are skipped and reported)
                 and a label column, all class indices (0..K-1) or all class names; class names
                 given to the reader (`read(..., class_names=...)`), else a `classnames.txt`
                 beside the table, name its indices or fix the order of its names.
@@ -28,11 +30,11 @@ labels, class names and, where the layout has them, prompt templates:
 A table of class indices without names reads with the indices as names ("0", "1", ...;
 `LabelledImages.indexed`): enough for probes, which need labels only, while zero-shot
 evaluators refuse it and ask for names. Whatever a reader skips (not an image, hidden, a
-table row's missing file or non-UTF-8 text, a sample without a class or with a .cls that is
-not an index, a hidden tar member) is listed in `LabelledImages.skipped` and named in a
-warning, never dropped silently. `make_iterable` turns a set into the eval batches the evaluators embed
-(same transform as every other eval source, optionally with a synthetic shift from
-`clip_jax.data.shifts`).
+table row's missing file, empty cell or non-UTF-8 text, a sample without a class or with a
+.cls that is not an index, a hidden tar member) is listed in `LabelledImages.skipped` and
+named in a warning, never dropped silently. `make_iterable` turns a set into the eval batches the
+evaluators embed (same transform as every other eval source, optionally with a synthetic
+shift from `clip_jax.data.shifts`).
 """
 
 from __future__ import annotations
@@ -231,33 +233,43 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
     return found[0]
 
 
-def _read_table_file(path: str, quoting: str = "csv") -> tables.Table:
-    """A .csv / .tsv (by extension) in `clip_jax_data.tables`' pandas dialect (quoting, BOM,
-    CRLF, blank lines skipped), by default quoted fields on both, as pandas' `read_csv` quotes
-    by default; each record keeps its physical line, so every message names the line an editor
-    shows. Bytes that are not UTF-8 are kept as surrogate escapes (`tables.is_utf8`): only
-    the rows holding them are lost, not the table. Raises `tables.TableError` naming the line
-    of a quote never closed."""
+# What a labelled .tsv that a CSV writer quoted should become: these tables have no option.
+_REQUOTE_FIX = ("save it without quotes (pandas: to_csv(sep='\\t', quoting=csv.QUOTE_NONE)) or "
+                "as a .csv")
+
+
+def _read_table_file(path: str) -> tuple[tables.Table, str]:
+    """A .csv / .tsv (by extension) in the dialect the image_text_table builder reads it with
+    (`TableOptions.dialect`, `clip_jax_data.tables`): a .csv's quoted fields as pandas reads
+    them; a .tsv without quote processing, every line one record, since a free-text column
+    may start with an unbalanced `"`, which quoting would run on over the following rows,
+    merging them into one. BOM, CRLF, blank lines skipped; each record keeps its physical
+    line, so every message names the line an editor shows. Bytes that are not UTF-8 are kept
+    as surrogate escapes (`tables.is_utf8`): only the rows holding them are lost, not the
+    table. Also returns the warning for a .tsv that looks quoted by a CSV writer
+    (`tables.csv_quoting_hint`), else "". Raises `tables.TableError` naming the line of a
+    .csv's quote never closed."""
     if not tf.io.gfile.exists(path):
         raise MissingFileError(f"No table at {path!r}.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
+    delimiter, quoting = TableOptions().dialect(path)
     try:
-        return tables.read_table(data, delimiter=TableOptions().dialect(path)[0],
-                                 quoting=quoting, name=path,
-                                 unquoted_option="")  # labelled tables are read one way
+        table = tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path,
+                                  unquoted_option="")  # labelled tables are read one way
     except tables.TableError:
         raise
     except ValueError as error:  # no header row
         raise ConfigError(f"{path} is empty; give it a header row, then one row per "
                           "image.") from error
+    return table, tables.csv_quoting_hint(data, table, delimiter=delimiter, quoting=quoting,
+                                          name=path, fix=_REQUOTE_FIX)
 
 
 def table_columns(path: str) -> list[str]:
-    """The header of a .csv / .tsv of captions, in the dialect the image_text_table builder
-    reads it with (`TableOptions.dialect`: a TSV unquoted, its captions may start with
-    `"`)."""
-    return list(_read_table_file(path, TableOptions().dialect(path)[1]).header)
+    """The header of a .csv / .tsv, as `read_table` and the image_text_table builder read it
+    (`TableOptions.dialect`: a TSV unquoted, its captions may start with `"`)."""
+    return list(_read_table_file(path)[0].header)
 
 
 def read_table(path: str, image_column: str = "", label_column: str = "",
@@ -269,10 +281,13 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     they are class names, mapped to the given names' order, or, without given names, to their
     sorted order. The names are needed here, not after reading, because they decide the labels.
     Raises ConfigError naming the line (the file's physical line) of the first bad row: more
-    fields than the header, an empty path or label, labels that mix names and indices, or a
-    label that is not one of `class_names`.
+    fields than the header, labels that mix names and indices, or a label that is not one of
+    `class_names`; and when no row has both a path and a label. Rows with an empty path or
+    label are skipped and named, as rows whose image is missing.
     """
-    table = _read_table_file(path)
+    table, quoting_hint = _read_table_file(path)
+    if quoting_hint:
+        log.warning("%s", quoting_hint)
     if not table.records:
         raise ConfigError(f"{path} has no rows; list one image path and label per row.")
     columns = list(table.header)
@@ -292,11 +307,13 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         raise ConfigError(f"{path}: no row's image path and label are UTF-8 text; save the "
                           "table as UTF-8.")
     rows = [row for row in rows if tables.is_utf8(row[1]) and tables.is_utf8(row[2])]
+    empty = [r.lines for r, p, y in rows if not p.strip() or not y.strip()]
+    if len(empty) == len(rows):
+        raise ConfigError(f"{path}: no row has both an image path and a label (e.g. "
+                          f"{empty[0]}); fill the {image_col!r} and {label_col!r} columns, or "
+                          "name others (--image-key, --label-key).")
+    rows = [row for row in rows if row[1].strip() and row[2].strip()]
     lines = [r.lines for r, _, _ in rows]
-    empty = [i for i, (_, p, y) in enumerate(rows) if not p.strip() or not y.strip()]
-    if empty:
-        raise ConfigError(f"{path} {lines[empty[0]]}: empty image path or label "
-                          f"({len(empty)} such row(s)); fill or remove them.")
     raw = [y.strip() for _, _, y in rows]
     if class_names is None:
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
@@ -354,6 +371,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
                "cannot be read": [f"{lines[i]}: {files[i]} ({why})"
                                   for i, why in sorted(unreachable.items())],
                "URL, not a file": [f"{lines[i]}: {files[i]}" for i in sorted(urls)],
+               "empty image path or label": empty,
                "not UTF-8 text": [r.lines for r in bad_text]}
     out = _whole_files("table", path, [files[i] for i in keep], labels[keep], names,
                        {why: what for why, what in skipped.items() if what})
