@@ -289,6 +289,11 @@ def test_many_short_classes_are_counted_after_the_first_few():
         named + f" and {8 - few_shot.MAX_NAMED} more")
     with pytest.raises(ConfigError, match=re.escape(f"have fewer: {named} and 3 more. Lower")):
         few_shot.check_shots(y, names, 10)
+    # The smallest class has 1 image: the fix offered no "<= 0" shots (not a shot count).
+    with pytest.raises(ConfigError, match=re.escape("shots) to <= 1, or add training")):
+        few_shot.check_shots(y, names, 2)
+    with pytest.raises(ConfigError, match=re.escape("to <= 3 (<= 1 also keeps as many held-out")):
+        few_shot.check_shots(np.repeat(np.arange(3), [5, 3, 4]), names[:3], 4)
 
 
 def test_baseline_fit_agrees_with_scipy_linregress_on_logits():

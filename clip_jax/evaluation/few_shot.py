@@ -80,12 +80,13 @@ def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None
             f"{name_short_classes(counts, class_names, 1)}. Add training images, or remove "
             "the class from both splits.")
     if counts.min() < k:
+        held_out = (f" (<= {counts.min() // 2} also keeps as many held-out images as shots to "
+                    "pick each probe's L2 strength)" if counts.min() >= 2 else "")
         raise ConfigError(
             f"{k}-shot probes need {k} training images per class; these classes have fewer: "
             f"{name_short_classes(counts, class_names, k)}. Lower the largest shot count "
-            f"(--shots / eval.few_shot.<task>.shots) to <= {counts.min()} (<= "
-            f"{counts.min() // 2} also keeps as many held-out images as shots to pick each "
-            "probe's L2 strength), or add training images.")
+            f"(--shots / eval.few_shot.<task>.shots) to <= {counts.min()}{held_out}, or add "
+            "training images.")
 
 
 def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str],

@@ -9,6 +9,7 @@ with the sharded model.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 
@@ -22,9 +23,13 @@ from clip_jax.data.preprocess import ImageLike
 from clip_jax.data import text_lists
 from clip_jax.data.tokenizer import TextTokenizer
 
+log = logging.getLogger(__name__)
+_IDENTICAL_REPORTED: set[str] = set()  # warnings already given (a periodic eval repeats them)
+
 
 def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
-                     templates: str | Sequence[str], tokenize: TextTokenizer) -> np.ndarray:
+                     templates: str | Sequence[str], tokenize: TextTokenizer,
+                     refuse_identical: bool = False) -> np.ndarray:
     """[K, E]: per class, the renormalised mean of its normalised prompt embeddings.
 
     `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E]; `tokenize`
@@ -33,7 +38,11 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     NumPy array of str); `templates`: what `templates.get_templates` accepts (a set name, a
     file, one template or templates with one '{}' each). Raises ConfigError for a single
     string of names (it would be K one-character classes), no names, an empty name, or bad
-    templates, before anything is tokenized.
+    templates, before anything is tokenized. Classes whose prompts tokenize identically
+    (`identical_classes`: `Cat` and `cat` to CLIP's lower-casing tokenizer) get one embedding,
+    so they tie and the first always wins: ConfigError before embedding where
+    `refuse_identical` (labels a user typed), else a warning (a dataset's names: OpenAI's
+    ImageNet names hold `missile` and `sunglasses` twice, as the paper evaluated them).
     """
     if isinstance(class_names, str):
         raise ConfigError(f"Class names must be a list of names, e.g. ['cat', 'dog'], not one "
@@ -45,9 +54,35 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
                           "non-empty strings.")
     templates = templates_lib.get_templates(templates)
     tokens = tokenize(templates_lib.prompts(class_names, templates))
+    same = identical_classes(class_names, tokens, len(templates))
+    if same:
+        said = "; ".join(" = ".join(map(repr, group)) for group in same)
+        if refuse_identical:
+            raise ConfigError(f"Labels {said} give identical prompts to this model's tokenizer "
+                              "(CLIP's lower-cases text and cleans its spaces); give each class "
+                              "a name the model can tell apart.")
+        if said not in _IDENTICAL_REPORTED:
+            _IDENTICAL_REPORTED.add(said)
+            log.warning("class names %s give identical prompts to this model's tokenizer: "
+                        "their images tie and go to the first, the others' recall reads 0",
+                        said)
     embeddings = np.asarray(embed_texts(tokens), np.float32)
     mean = embeddings.reshape(len(templates), len(class_names), -1).mean(axis=0)
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+def identical_classes(class_names: Sequence[str], tokens: np.ndarray,
+                      num_templates: int) -> list[list[str]]:
+    """Groups of two or more of `class_names` whose prompts are the same tokens under every
+    template (`tokens`: [num_templates * K, L], template-major as `templates.prompts` orders
+    the prompts), in class order: the model cannot tell them apart."""
+    k = len(class_names)
+    per_class = np.asarray(tokens).reshape(num_templates, k, -1).transpose(1, 0, 2).reshape(k, -1)
+    _, inverse = np.unique(per_class, axis=0, return_inverse=True)
+    groups: dict[int, list[str]] = {}
+    for name, group in zip(class_names, inverse.ravel()):
+        groups.setdefault(int(group), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def readable(name: str) -> str:
@@ -92,7 +127,8 @@ class ZeroShotClassifier(Encoder):
                      templates: str | Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
         """[K, E] float32 class embeddings of `labels` (`class_embeddings`), the prompts
         tokenized by `Encoder.tokenize` (the Encoder's `tokenizer`)."""
-        return class_embeddings(self.embed_tokens, labels, templates, self.tokenize)
+        return class_embeddings(self.embed_tokens, labels, templates, self.tokenize,
+                                refuse_identical=True)
 
     def probabilities(self, images: Sequence[ImageLike], labels: Sequence[str],
                       templates: str | Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
