@@ -1,5 +1,7 @@
 """Importing OpenAI / open_clip state dicts, checked against open_clip with random weights."""
 
+import re
+
 import jax
 import numpy as np
 import pytest  # noqa: E402
@@ -254,6 +256,18 @@ def test_files_that_are_no_state_dict_say_what_they_are(tmp_path):
     (tmp_path / "odd.pt").write_bytes(b"\x01\x02binary")
     with pytest.raises(ConfigError, match=r"bytes are none of safetensors, \.npz or PyTorch"):
         clip_jax.load(str(tmp_path / "odd.pt"))
+    # A model folder's config or tokenizer file given for the folder was "Download the file
+    # again"; the folder is the fix.
+    import transformers
+
+    folder = tmp_path / "hf_model"
+    transformers.CLIPConfig().save_pretrained(folder)
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    for name in ("config.json", "merges.txt"):
+        with pytest.raises(ConfigError, match=re.escape(
+                f"{name}' is a text file, not a checkpoint; for a model folder (transformers' "
+                f"or open_clip's: a config beside the weights) pass the folder: '{folder}'.")):
+            clip_jax.load(str(folder / name))
 
 
 def test_a_head_width_that_cannot_be_guessed_says_how_to_pass_it(tmp_path):

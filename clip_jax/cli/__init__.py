@@ -41,6 +41,10 @@ from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import tune_process
 
 OUTPUT_FORMATS = ("text", "json", "csv")
+# Every command that takes a model takes what `clip_jax.load` reads.
+MODEL_HELP = ("what clip_jax.load reads: a training workdir (its newest checkpoint), a "
+              "checkpoints/<step> folder, an OpenAI/open_clip file, a transformers or open_clip "
+              "folder, a released name (ViT-B-32:openai) or a Hub id")
 # zero-shot --output csv: these columns, then one per label (so no label may be named so).
 CSV_COLUMNS = ("path", "label")
 
@@ -397,7 +401,7 @@ def _weights_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
-    z.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
+    z.add_argument("--model", required=True, help=MODEL_HELP)
     z.add_argument("--labels", required=True,
                    help="comma-separated labels, or a file with one label per line")
     z.add_argument("--templates", default="simple",
@@ -430,7 +434,7 @@ def _image_arguments(p: argparse.ArgumentParser) -> None:
 
 def _index_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("images", nargs="+", help="image files and/or folders of images")
-    i.add_argument("--model", required=True, help="workdir, checkpoint file or HF directory")
+    i.add_argument("--model", required=True, help=MODEL_HELP)
     i.add_argument("--output", required=True, help="index file to write (.npz)")
     i.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="search subfolders (default: yes)")
@@ -458,7 +462,7 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
     from clip_jax.cli import eval_sources as eval_cli
     from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
-    e.add_argument("path", help="workdir, checkpoint file or HF directory")
+    e.add_argument("path", help=MODEL_HELP)
     e.add_argument("--config", help="config file whose data and eval sections to use "
                    "(default: a workdir's own training config; required for other models unless "
                    "--zero-shot / --linear-probe / --few-shot / --robustness / --retrieval name "
@@ -485,10 +489,7 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
 def _export_arguments(x: argparse.ArgumentParser) -> None:
     from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
-    x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT",
-                   help="what clip_jax.load reads: a training workdir (its newest checkpoint), "
-                        "a checkpoints/<step> folder, an OpenAI/open_clip file, a transformers "
-                        "folder, a released name or a Hub id")
+    x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT", help=MODEL_HELP)
     x.add_argument("output_dir", metavar="OUTPUT_DIR",
                    help="a new or empty folder, or a model folder of the same format "
                         "(its model files are replaced, other files kept)")

@@ -97,6 +97,10 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path!r} is a Git LFS pointer, not the file: fetch it (git lfs "
                           "pull, or download the file itself).")
     if all(32 <= b < 127 or b in b"\t\n\r" for b in magic):  # every binary format has others
+        if path.lower().endswith((".json", ".txt")):  # a model folder's config or tokenizer
+            raise ConfigError(f"{path!r} is a text file, not a checkpoint; for a model folder "
+                              "(transformers' or open_clip's: a config beside the weights) pass "
+                              f"the folder: {os.path.dirname(os.path.abspath(path))!r}.")
         raise ConfigError(f"{path!r} is not a checkpoint: it holds text ({magic[:24]!r}...), "
                           "an HTML page or a server's reply saved under that name? Download "
                           "the file again.")
