@@ -1,5 +1,6 @@
 """Model family: parameter counts, numerics options, config validation."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -385,6 +386,59 @@ def test_resnet_batch_norm_train_gradients_equal_torch():
 def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
     with pytest.raises(ConfigError, match=f"Unknown model config field.*{named}"):
         create_model("test-vit", **overrides)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,in_dims", [
+    ((2, 9, 5), (5, 12), 1),  # widening: the kernel gradient's left operand is x
+    ((2, 9, 12), (12, 5), 1),  # narrowing: dy
+    ((2, 9, 3, 4), (3, 4, 7), 2),  # two input axes (an output projection over heads)
+    ((2, 9, 6), (6, 2, 3), 1),  # two output axes (per-head projections)
+    ((2, 9, 6), (6, 3, 2), 1),
+])
+def test_linear_and_its_gradients_equal_torch(x_shape, k_shape, in_dims):
+    """`layers.linear`'s hand-written backward (the narrower of x and dy as the kernel
+    gradient's left operand) against torch's float64 autograd of the same contraction."""
+    from clip_jax.models.layers import linear
+
+    rng = np.random.default_rng(sum(x_shape) + sum(k_shape))
+    x = rng.normal(size=x_shape).astype(np.float32)
+    k = rng.normal(size=k_shape).astype(np.float32)
+    out, vjp = jax.vjp(lambda x, k: linear(x, k, in_dims), x, k)
+    dout = rng.normal(size=out.shape).astype(np.float32)
+    dx, dk = vjp(jnp.asarray(dout))
+    xt, kt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, k))
+    ref = torch.tensordot(xt, kt, dims=in_dims)
+    ref.backward(torch.tensor(dout, dtype=torch.float64))
+    for ours, theirs in ((out, ref.detach()), (dx, xt.grad), (dk, kt.grad)):
+        assert ours.shape == theirs.shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["dots", "dots_no_batch"])
+def test_remat_dot_policies_save_linear_outputs_as_jax_saves_dots(policy, capsys):
+    """A custom VJP's dots are invisible to JAX's dot policies (they recomputed every layer's
+    matmuls): the two dot policies save `linear`'s outputs where JAX's stock policy saves the
+    same network's plain `dot_general` outputs, and nothing else."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from clip_jax.models.layers import _REMAT_POLICIES, linear
+
+    stock = {"dots": jax.checkpoint_policies.checkpoint_dots,
+             "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+    def net(matmul, x, w1, w2):
+        return jnp.sum(jnp.tanh(matmul(jax.nn.relu(matmul(x, w1)), w2)))
+
+    def dot(x, w):
+        return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+    args = (jnp.ones((2, 8, 4)), jnp.ones((4, 16)), jnp.ones((16, 4)))
+    saved = []
+    for matmul, rule in ((dot, stock[policy]), (linear, _REMAT_POLICIES[policy])):
+        print_saved_residuals(jax.checkpoint(functools.partial(net, matmul), policy=rule), *args)
+        saved.append(sorted(line.split()[0] for line in capsys.readouterr().out.splitlines()))
+    assert saved[0] == saved[1] == sorted(["f32[2,8,4]", "f32[4,16]", "f32[16,4]",
+                                           "f32[2,8,16]", "f32[2,8,4]"])
 
 
 @pytest.mark.parametrize("kernel,stride,size", [(1, 1, 9), (3, 1, 9), (3, 2, 10), (3, 2, 9)])
