@@ -238,7 +238,7 @@ _REQUOTE_FIX = ("save it without quotes (pandas: to_csv(sep='\\t', quoting=csv.Q
                 "as a .csv")
 
 
-def _read_table_file(path: str) -> tuple[tables.Table, str]:
+def _read_table_file(path: str) -> tuple[tables.Table, bytes]:
     """A .csv / .tsv (by extension) in the dialect the image_text_table builder reads it with
     (`TableOptions.dialect`, `clip_jax_data.tables`): a .csv's quoted fields as pandas reads
     them; a .tsv without quote processing, every line one record, since a free-text column
@@ -246,24 +246,21 @@ def _read_table_file(path: str) -> tuple[tables.Table, str]:
     merging them into one. BOM, CRLF, blank lines skipped; each record keeps its physical
     line, so every message names the line an editor shows. Bytes that are not UTF-8 are kept
     as surrogate escapes (`tables.is_utf8`): only the rows holding them are lost, not the
-    table. Also returns the warning for a .tsv that looks quoted by a CSV writer
-    (`tables.csv_quoting_hint`), else "". Raises `tables.TableError` naming the line of a
-    .csv's quote never closed."""
+    table. Also returns the file's bytes (for `tables.csv_quoting_hint`). Raises
+    `tables.TableError` naming the line of a .csv's quote never closed."""
     if not tf.io.gfile.exists(path):
         raise MissingFileError(f"No table at {path!r}.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     delimiter, quoting = TableOptions().dialect(path)
     try:
-        table = tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path,
-                                  unquoted_option="")  # labelled tables are read one way
+        return tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path,
+                                 unquoted_option=""), data  # labelled tables are read one way
     except tables.TableError:
         raise
     except ValueError as error:  # no header row
         raise ConfigError(f"{path} is empty; give it a header row, then one row per "
                           "image.") from error
-    return table, tables.csv_quoting_hint(data, table, delimiter=delimiter, quoting=quoting,
-                                          name=path, fix=_REQUOTE_FIX)
 
 
 def table_columns(path: str) -> list[str]:
@@ -285,7 +282,10 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     `class_names`; and when no row has both a path and a label. Rows with an empty path or
     label are skipped and named, as rows whose image is missing.
     """
-    table, quoting_hint = _read_table_file(path)
+    table, data = _read_table_file(path)
+    delimiter, quoting = TableOptions().dialect(path)
+    quoting_hint = tables.csv_quoting_hint(data, table, delimiter=delimiter, quoting=quoting,
+                                           name=path, fix=_REQUOTE_FIX)
     if quoting_hint:
         log.warning("%s", quoting_hint)
     if not table.records:

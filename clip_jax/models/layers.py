@@ -27,15 +27,18 @@ Dtype = Any
 RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
 HIDDEN = ("activation_batch", "activation_length", "activation_mlp")
 
-# `linear`'s outputs are dots without batch axes: saved by both dot policies.
+
+def _and_linear(policy: Callable[..., bool]) -> Callable[..., bool]:
+    """`policy`, also saving `linear`'s outputs (dots without batch axes, which a custom VJP
+    hides from the dot policies)."""
+    return jax.checkpoint_policies.save_from_both_policies(
+        policy, jax.checkpoint_policies.save_only_these_names("linear"))
+
+
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.checkpoint_dots,
-        jax.checkpoint_policies.save_only_these_names("linear")),
-    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names("linear")),
+    "dots": _and_linear(jax.checkpoint_policies.checkpoint_dots),
+    "dots_no_batch": _and_linear(jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
 }
 
 
@@ -128,7 +131,7 @@ def _linear_dims(ndim: int, in_dims: int) -> Any:
 
 
 def _linear_forward(x, kernel, in_dims):
-    return _linear(x, kernel, in_dims), (x, kernel)
+    return jax.lax.dot_general(x, kernel, _linear_dims(x.ndim, in_dims)), (x, kernel)
 
 
 def _linear_backward(in_dims, residuals, dy):
