@@ -396,8 +396,8 @@ def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
     ((2, 9, 6), (6, 3, 2), 1),
 ])
 def test_linear_and_its_gradients_equal_torch(x_shape, k_shape, in_dims):
-    """`layers.linear`'s hand-written backward (the narrower of x and dy as the kernel
-    gradient's left operand) against torch's float64 autograd of the same contraction."""
+    """`layers.linear`'s hand-written backward (2-D matmuls over the flattened axes) against
+    torch's float64 autograd of the same contraction."""
     from clip_jax.models.layers import linear
 
     rng = np.random.default_rng(sum(x_shape) + sum(k_shape))
@@ -412,6 +412,25 @@ def test_linear_and_its_gradients_equal_torch(x_shape, k_shape, in_dims):
     for ours, theirs in ((out, ref.detach()), (dx, xt.grad), (dk, kt.grad)):
         assert ours.shape == theirs.shape and ours.dtype == np.float32
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,in_dims", [
+    ((4, 6, 6, 8), (8, 16), 1),  # a 1x1 convolution over [batch, height, width, channels]
+    ((2, 5, 3, 4), (3, 4, 6), 2),  # an output projection over heads
+    ((2, 5, 6), (6, 2, 3), 1),  # per-head projections
+])
+def test_linear_backward_moves_no_operand_on_cpu(x_shape, k_shape, in_dims):
+    """XLA:CPU lowers a dot contracting several axes by transposing an operand first, with the
+    operand's producer fused into the transpose (JAX's own gradient of these contractions does
+    that); `linear`'s 2-D backward leaves the compiled gradient without a transpose or copy."""
+    from clip_jax.models.layers import linear
+
+    def loss(x, k):
+        return jnp.sum(jnp.tanh(linear(jax.nn.relu(x), k, in_dims)))
+
+    args = (jnp.ones(x_shape), jnp.ones(k_shape))
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile().as_text()
+    assert not re.findall(r"= \S+ (?:transpose|copy)\(", hlo)
 
 
 @pytest.mark.parametrize("policy", ["dots", "dots_no_batch"])
