@@ -397,8 +397,8 @@ def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
     ((2, 9, 6), (6, 3, 2), 1),
 ])
 def test_linear_and_its_gradients_equal_torch(x_shape, k_shape, in_dims):
-    """`layers.linear`'s hand-written backward (2-D matmuls over the flattened axes) against
-    torch's float64 autograd of the same contraction."""
+    """`layers.linear`'s hand-written backward (the kernel gradient a 2-D matmul over the
+    flattened batch axes) against torch's float64 autograd of the same contraction."""
     from clip_jax.models.layers import linear
 
     rng = np.random.default_rng(sum(x_shape) + sum(k_shape))

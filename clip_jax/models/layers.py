@@ -8,7 +8,6 @@ mentions mesh axes.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -124,17 +123,16 @@ def linear(x: jax.Array, kernel: jax.Array, in_dims: int = 1) -> jax.Array:
     return checkpoint_name(_linear(x, kernel, in_dims), "linear")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _linear(x: jax.Array, kernel: jax.Array, in_dims: int) -> jax.Array:
-    return jax.lax.dot_general(x, kernel, _linear_dims(x.ndim, in_dims))
+def _contract(x: jax.Array, kernel: jax.Array, in_dims: int) -> jax.Array:
+    return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - in_dims, x.ndim)),
+                                            tuple(range(in_dims))), ((), ())))
 
 
-def _linear_dims(ndim: int, in_dims: int) -> Any:
-    return (tuple(range(ndim - in_dims, ndim)), tuple(range(in_dims))), ((), ())
+_linear = jax.custom_vjp(_contract, nondiff_argnums=(2,))
 
 
 def _linear_forward(x, kernel, in_dims):
-    return jax.lax.dot_general(x, kernel, _linear_dims(x.ndim, in_dims)), (x, kernel)
+    return _contract(x, kernel, in_dims), (x, kernel)
 
 
 def _linear_backward(in_dims, residuals, dy):

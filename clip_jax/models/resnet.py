@@ -25,7 +25,7 @@ class Conv(nn.Module):
     """A bias-free NHWC convolution with an HWIO `kernel` and symmetric "same" padding.
 
     A 1x1, stride-1 convolution (the bottlenecks' and shortcuts' projections) is computed as a
-    matmul over the channels (`layers.linear`, whose gradients are 2-D matmuls over the
+    matmul over the channels (`layers.linear`, whose kernel gradient is a 2-D matmul over the
     flattened pixels): the same numbers, but its gradients are matmuls too. As a
     convolution, XLA:CPU runs its weight gradient as a convolution whose features are the batch
     and transposes every activation for it (3.6-7x slower than the matmul on a 56 x 56 map at
