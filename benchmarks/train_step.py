@@ -21,10 +21,12 @@ peak GPU memory instead of RSS; `--dtype bfloat16` is mixed precision on every s
 The header line after the settings gives both frameworks' matmul peak at the compute dtype on
 this device (the bound on any ratio to open_clip: XLA's and PyTorch's kernels rank differently
 per CPU).
-Every side gets the process tuning the `clip-jax` entry points apply
+Every JAX side gets the process tuning the `clip-jax` entry points apply
 (`clip_jax.runtime.host_tuning`: malloc huge pages, which took 5-16 % off our ViT-B/32 step on
-the 2-core development machine in two paired runs; XLA:CPU's own convolutions for both JAX
-sides). Repeats alternate the sides (ABC, BCA, ...) so that
+the 2-core development machine in two paired runs; XLA:CPU's own convolutions). The PyTorch
+sides (open_clip, its matmul peak) run in the environment the benchmark was started in, as
+open_clip's users run it: with malloc's huge-page tunable, PyTorch's 2048^2 fp32 matmul on that
+machine fell from 300-330 GFLOP/s to 74-98 in half of its calls. Repeats alternate the sides (ABC, BCA, ...) so that
 machine load hits all alike; each figure in the table is a ratio to open_clip (or to plain
 flax for compile time) formed within one repeat, printed as the median and [min, max] over
 repeats. `--sides` runs a subset (a ratio whose reference side did not run reads `-`);
@@ -49,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("clip_jax", "clip_jax scan", "plain flax", "plain flax scan", "open_clip")
 COMPILED_SIDES = SIDES[:4]
 MATMUL_SIDES = ("xla", "torch")
+TORCH_SIDES = ("open_clip", "torch")  # spawned without our host tuning (see the docstring)
 DEVICES = ("cpu", "gpu")
 TORCH_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
 MATMUL_SIZES = {"cpu": 2048, "gpu": 8192}
@@ -59,9 +62,8 @@ sys.path.insert(0, str(ROOT))
 from clip_jax.models.config import ATTENTION  # noqa: E402  (imports no JAX)
 from clip_jax.runtime import host_tuning  # noqa: E402  (imports no JAX)
 
-# Every side runs with the process tuning `clip-jax train` applies (`runtime.host_tuning`: huge
-# pages for the step's temporaries, XLA:CPU's convolutions), PyTorch included, so no side gets
-# it alone.
+# The JAX sides run with the process tuning `clip-jax train` applies (`runtime.host_tuning`: huge
+# pages for the step's temporaries, XLA:CPU's convolutions); the PyTorch sides without it.
 host_tuning.add_xla_cpu_flags()
 _ENV = host_tuning.huge_page_environ()
 
@@ -250,6 +252,14 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def side_environ(side: str, device: str) -> dict[str, str]:
+    """The environment `side`'s subprocess runs in: the JAX sides with our host tuning (as
+    `clip-jax train` runs), the PyTorch sides (`TORCH_SIDES`) as they were started, both with
+    `device`'s `DEVICE_ENV`."""
+    tuned = None if side in TORCH_SIDES else _ENV
+    return {**(tuned or os.environ), **DEVICE_ENV[device]}
+
+
 def _spawn(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--side", side, "--model", args.model or "",
            "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads),
@@ -257,7 +267,7 @@ def _spawn(side: str, args) -> dict:
     if args.attention:
         cmd += ["--attention", args.attention]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                         env={**(_ENV or os.environ), **DEVICE_ENV[args.device]})
+                         env=side_environ(side, args.device))
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")

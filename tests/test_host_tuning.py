@@ -133,3 +133,23 @@ def test_the_entry_points_xla_flags_are_accepted_and_convolutions_stay_exact(tmp
     if metadata.version("jaxlib").startswith(host_tuning.XLA_CPU_FLAGS_JAXLIB):
         assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in out[0]
     assert out[1] == "True True"
+
+
+def test_train_step_benchmark_gives_the_tuning_to_the_jax_sides_only(monkeypatch):
+    """The huge-page tunable slowed PyTorch's fp32 matmul on the development machine (74-98
+    against 300-330 GFLOP/s in half its calls), so open_clip must run as its users run it."""
+    import importlib.util
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import appends flags
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv(host_tuning._DONE, raising=False)
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "train_step.py")
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tunable = lambda env: "glibc.malloc.hugetlb=1" in env.get("GLIBC_TUNABLES", "")  # noqa: E731
+    for side in bench.SIDES + bench.MATMUL_SIDES:
+        env = bench.side_environ(side, "cpu")
+        assert env["JAX_PLATFORMS"] == "cpu"
+        torch_side = side in ("open_clip", "torch")
+        assert tunable(env) == (applies() and not torch_side), side
