@@ -532,6 +532,12 @@ MISCONFIGURATIONS = [
     (["--config.model.scan_layers=maybe"], "--config.model.scan_layers=maybe is not true or "
                                            "false; use true or false", None),
     (["--config.model.logit_bias_init=x"], "is not a number; use a finite number or None", None),
+    (["--config.model.logit_bias_init=none"], "--config.model.logit_bias_init=none: None is "
+                                              "spelled with a capital N", None),
+    (["--config.peak_flops_per_device=NONE"], "capital N (--config.peak_flops_per_device=None)",
+     None),
+    # A second --config: absl named a field "defined twice".
+    (["--config={tmp}/relative.py"], "--config is given 2 times (", "defined twice"),
     (["--config.peak_flops_per_device=-1"], "config.peak_flops_per_device", None),
     (["--config.eval.every_steps=-1"], "config.eval.every_steps", None),
     (["--config.eval.batch_size=0"], "config.eval.batch_size", None),

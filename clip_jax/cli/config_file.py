@@ -200,6 +200,8 @@ def value_type_error(config: ml_collections.ConfigDict, path: str, value: str) -
     if kind is None:
         return None
     use = config_checks.FIELDS.get(path, (None, kind))[1]
+    if value.strip().lower() == "none" and use.endswith("None"):
+        return f"--config.{path}={value}: None is spelled with a capital N (--config.{path}=None)."
     current = node[name]
     example = "" if current is None else f", e.g. --config.{path}={current}"
     return f"--config.{path}={value} is not {kind}; use {use}{example}."

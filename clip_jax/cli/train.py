@@ -160,7 +160,12 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
 
     from clip_jax.cli import config_file
 
-    source = _config_value(argv)
+    sources = _config_values(argv)
+    if len(sources) > 1:  # absl said "The flag 'config.FIELD' is defined twice"
+        raise ConfigError(f"--config is given {len(sources)} times ({', '.join(sources)}): give "
+                          "one config file or name, and change its fields with "
+                          "--config.FIELD=VALUE.")
+    source = next(iter(sources), "")
     if source:  # a file that fails to load is said as such, not as the override's failure
         loaded = config_file.load_checked(source)
         for override in _overrides(argv):
@@ -231,14 +236,15 @@ def _overrides(argv: Sequence[str]) -> list[str]:
     return found
 
 
-def _config_value(argv: Sequence[str]) -> str:
-    """The value of `--config FILE` / `--config=FILE` in `argv` ("" when absent)."""
+def _config_values(argv: Sequence[str]) -> list[str]:
+    """The values of every `--config FILE` / `--config=FILE` in `argv`, in order."""
+    values = []
     for i, arg in enumerate(argv):
         if arg in ("--config", "-config") and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(("--config=", "-config=")):
-            return arg.partition("=")[2]
-    return ""
+            values.append(argv[i + 1])
+        elif arg.startswith(("--config=", "-config=")):
+            values.append(arg.partition("=")[2])
+    return values
 
 
 def _none_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
