@@ -26,7 +26,7 @@ Every JAX side gets the process tuning the `clip-jax` entry points apply
 the 2-core development machine in two paired runs; XLA:CPU's own convolutions). The PyTorch
 sides (open_clip, its matmul peak) run in the environment the benchmark was started in, as
 open_clip's users run it: with malloc's huge-page tunable, PyTorch's 2048^2 fp32 matmul on that
-machine fell from 300-330 GFLOP/s to 74-98 in half of its calls. Repeats alternate the sides
+machine fell from 275-330 GFLOP/s to 74-98 in five of twelve timings. Repeats alternate the sides
 (ABC, BCA, ...) so that machine load hits all alike; each figure in the table is a ratio to
 open_clip (or to plain flax for compile time) formed within one repeat, printed as the median
 and [min, max] over repeats. `--sides` runs a subset (a ratio whose reference side did not

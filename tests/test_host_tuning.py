@@ -137,7 +137,7 @@ def test_the_entry_points_xla_flags_are_accepted_and_convolutions_stay_exact(tmp
 
 def test_train_step_benchmark_gives_the_tuning_to_the_jax_sides_only(monkeypatch):
     """The huge-page tunable slowed PyTorch's fp32 matmul on the development machine (74-98
-    against 300-330 GFLOP/s in half its calls), so open_clip must run as its users run it."""
+    against 275-330 GFLOP/s in five of twelve timings), so open_clip runs as its users run it."""
     import importlib.util
 
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import appends flags
