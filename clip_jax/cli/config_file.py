@@ -181,6 +181,14 @@ def override_error(config: ml_collections.ConfigDict, override: str) -> str | No
     return None
 
 
+def is_optional(section: ml_collections.ConfigDict, name: str) -> bool:
+    """Whether `section.name` may be None: an ml_collections placeholder (`FieldReference`,
+    e.g. `logit_bias_init`, `peak_flops_per_device`), which keeps its type while None."""
+    from ml_collections.config_dict import FieldReference
+
+    return isinstance(getattr(section, "_fields", {}).get(name), FieldReference)
+
+
 # What absl parses a field's override as, by the type of the field (or its placeholder).
 _KINDS = {bool: "true or false", int: "an integer", float: "a number"}
 
@@ -200,7 +208,7 @@ def value_type_error(config: ml_collections.ConfigDict, path: str, value: str) -
     if kind is None:
         return None
     use = config_checks.FIELDS.get(path, (None, kind))[1]
-    if value.strip().lower() == "none" and use.endswith("None"):
+    if value.strip().lower() == "none" and is_optional(node, name):
         return f"--config.{path}={value}: None is spelled with a capital N (--config.{path}=None)."
     current = node[name]
     example = "" if current is None else f", e.g. --config.{path}={current}"

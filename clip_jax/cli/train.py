@@ -267,7 +267,6 @@ def _set_none(config: Any, field: str) -> None:
     `peak_flops_per_device`, ...) to None; ConfigError for a field that is not optional or not
     there."""
     from ml_collections import ConfigDict
-    from ml_collections.config_dict import FieldReference
 
     from clip_jax.cli import config_file
 
@@ -287,7 +286,7 @@ def _set_none(config: Any, field: str) -> None:
         raise ConfigError(f"--config.{field}=None: config.{field} is a section, not a value; "
                           "set its fields one by one (an evaluation task is left out by "
                           "config.eval.evaluators).")
-    if not isinstance(value, FieldReference):
+    if not config_file.is_optional(section, name):
         empty = f" (empty: --config.{field}=)" if isinstance(value, str) else ""
         raise ConfigError(f"--config.{field}=None: config.{field} is not optional (it holds "
                           f"{type(value).__name__} {value!r}); give it a value{empty}.")
