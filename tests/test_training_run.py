@@ -450,6 +450,23 @@ def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_process_missing_ends_the_others_with_one_line_not_an_abort(tfds_dir, tmp_path):
+    """Processes 0 and 1 of a 3-process job started without process 2 waited out the timeout,
+    then JAX aborted each (exit -6, "Check failure stack trace" and a C++ backtrace)."""
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [start_run(tmp_path, tfds_dir, "--config.distributed.timeout_seconds=5", devices=4,
+                       JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="3",
+                       JAX_PROCESS_ID=str(i)) for i in range(2)]
+    for i, (code, out) in enumerate(map(finish, procs)):
+        errors = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert code == 2 and errors == [
+            f"error: process {i} of 3 waited 5 s at {address} and the job did not complete: "
+            "start all 3 processes (ids 0 to 2) with this coordinator address, or raise "
+            "config.distributed.timeout_seconds."], out
+        assert "Check failure" not in out and "Compiling" not in out, out
+
+
+@pytest.mark.slow
 def test_processes_given_different_configs_stop_before_compiling(tfds_dir, tmp_path):
     """A learning rate edited on one host trained on with two (loss 6.38 against 3.84 at step
     2) and exit 0, process 0's config recorded as the run's; a workdir of each process's own

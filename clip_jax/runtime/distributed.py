@@ -6,7 +6,9 @@ A pod's processes each read their own command line, so a config edited on one ho
 on silently (different learning rates per process, exit 0), a workdir of each host's own hung
 in the first save, and a variable missing on one failed with a Python traceback; a process
 whose coordinator never came waited five minutes without a word, then aborted. Each of those
-is now one `ConfigError` line naming the fix.
+is now one `ConfigError` line naming the fix. A job that never completes (a process not
+started) ended every waiting process in JAX's abort and a C++ stack trace; it now ends them
+with one `error:` line and exit code 2, as a config error does (`_exit_if_still_waiting`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -28,6 +32,11 @@ ENVIRONMENT = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
                "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 # Sections that may differ between the job's processes (each its own process id).
 PER_PROCESS = ("distributed",)
+# Seconds JAX's own deadline runs past ours: JAX aborts the process when it expires, so ours
+# (a clear message, then exit) must come first.
+JAX_DEADLINE_GRACE_S = 30
+# The command line's exit code for a config error (`clip_jax.cli`).
+CONFIG_ERROR_EXIT = 2
 
 
 class Job(NamedTuple):
@@ -103,29 +112,62 @@ def wait_for_coordinator(found: Job, timeout_s: float) -> float:
         "config.distributed.timeout_seconds.")
 
 
+def _exit_if_still_waiting(seconds: float, message: str) -> threading.Timer:
+    """A started daemon timer that, unless cancelled within `seconds`, prints `error:
+    {message}` to stderr and ends the process with `CONFIG_ERROR_EXIT`. JAX's
+    `distributed.initialize` blocks in C++ until every process has joined and, at its
+    deadline, aborts with a stack trace; no exception reaches Python, so only an exit from
+    another thread can put the cause and the fix in its place."""
+    def fire() -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(CONFIG_ERROR_EXIT)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def initialize(dist: Any, environ: Mapping[str, str] = os.environ) -> None:
     """Starts `jax.distributed` before anything touches the devices, when asked to: with the
     `job` given, after a note saying what this process waits for and for how long
     (`config.distributed.timeout_seconds`) and, on processes other than 0, once the
     coordinator answers (`wait_for_coordinator`); on TPU pods and SLURM by JAX's own
     detection (`config.distributed.initialize`). ConfigError for a bad `job` or no
-    coordinator; a job that never completes (a process missing) is ended by JAX itself."""
-    import jax
-
+    coordinator; a job that does not complete within the timeout (a process missing) ends this
+    process with one `error:` line and exit code 2 (`_exit_if_still_waiting`)."""
     found = job(dist, environ)
+    timeout = dist.timeout_seconds
     if found is None:
-        if dist.initialize:
-            jax.distributed.initialize(initialization_timeout=dist.timeout_seconds)
+        if not dist.initialize:
+            return
+        _join(timeout, "the job JAX detected (config.distributed.initialize) did not complete "
+              f"within {timeout} s: start the same command on every host of the job, or raise "
+              "config.distributed.timeout_seconds.")
         return
     role = "coordinator" if found.process_id == 0 else "process"
     print(f"Joining the job at {found.address} as {role} {found.process_id} of "
-          f"{found.num_processes} (waiting up to {dist.timeout_seconds} s for the others: "
+          f"{found.num_processes} (waiting up to {timeout} s for the others: "
           "config.distributed.timeout_seconds)", flush=True)
-    left = dist.timeout_seconds
+    left = timeout
     if found.process_id:
-        left = wait_for_coordinator(found, dist.timeout_seconds)
-    jax.distributed.initialize(found.address, num_processes=found.num_processes,
-                               process_id=found.process_id, initialization_timeout=int(left))
+        left = wait_for_coordinator(found, timeout)
+    _join(left, f"process {found.process_id} of {found.num_processes} waited {timeout} s at "
+                f"{found.address} and the job did not complete: start all "
+                f"{found.num_processes} processes (ids 0 to {found.num_processes - 1}) with this "
+                "coordinator address, or raise config.distributed.timeout_seconds.",
+          coordinator_address=found.address, num_processes=found.num_processes,
+          process_id=found.process_id)
+
+
+def _join(seconds: float, message: str, **job: Any) -> None:
+    """`jax.distributed.initialize(**job)`, ended by `_exit_if_still_waiting(seconds, message)`
+    if the job has not completed by then (JAX's own, aborting deadline comes later)."""
+    import jax
+
+    watchdog = _exit_if_still_waiting(seconds, message)
+    jax.distributed.initialize(initialization_timeout=int(seconds) + JAX_DEADLINE_GRACE_S, **job)
+    watchdog.cancel()
 
 
 def config_differences(configs: list[dict[str, Any]]) -> list[str]:
