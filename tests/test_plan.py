@@ -172,6 +172,8 @@ def test_tiny_plan_matches_xla_and_exits_0(capsys):
     assert result["alias_bytes"] == mem.alias_size_in_bytes
     assert result["temp_bytes"] == mem.temp_size_in_bytes
     assert result["fits"] and result["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    # Against the compiler's limit, as a plan that does not fit is (not the chip's 16 GiB).
+    assert result["hbm_bytes"] == plan_lib.usable_hbm_bytes("v5e-4") < result["chip_hbm_bytes"]
     # Data parallel: every chip holds all f32 parameters and two f32 Adam moments.
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abstract_state.params))
     assert result["param_bytes"] == 4 * n_params
@@ -203,6 +205,7 @@ def test_plan_that_does_not_fit_exits_1(capsys):
     assert (result["chips"], result["slices"], result["mesh"]["data"]) == (2, 2, 2)
     assert not result["fits"]
     assert result["total_bytes"] > result["hbm_bytes"] and result["alternatives"] == []
+    assert result["hbm_bytes"] == plan_lib.usable_hbm_bytes("2xv5e-1")
 
 
 def test_the_advice_of_a_plan_that_does_not_fit_names_real_config_fields():
@@ -253,10 +256,29 @@ def test_model_flops_of_a_pallas_config_are_counted_with_einsum_attention():
     assert pallas == plan_lib._model_flops(config, model) > 0
 
 
+@pytest.mark.parametrize("name", ["v4-8", "v5e-4", "v5p-8", "v6e-4"])
+def test_usable_hbm_is_the_compilers_limit(name):
+    """A plan that compiled was reported against the chip's capacity (a v5e's "of 16.00 GiB"),
+    one that did not against the compiler's ("of 15.75 GiB"). The limit is now read from the
+    compiler: a program just under it compiles, one just over it is refused."""
+    usable = plan_lib.usable_hbm_bytes(name)
+    one = jax.sharding.SingleDeviceSharding(tpu_topology.devices(tpu_topology.parse(name))[0])
+
+    def output_of(fraction):
+        n = int(fraction * usable) // 4
+        return jax.jit(lambda: jnp.ones(n, jnp.float32), out_shardings=one).lower().compile()
+
+    assert output_of(0.995).memory_analysis().output_size_in_bytes > 0.99 * usable
+    with pytest.raises(Exception, match="RESOURCE_EXHAUSTED"):
+        output_of(1.005)
+    chip = tpu_topology.CHIPS[tpu_topology.parse(name).chip.family]
+    assert 0.95 * chip.hbm_bytes < usable < 1.05 * chip.hbm_bytes
+
+
 def test_a_plan_without_collectives_says_none():
     """One chip: the report says "none" rather than ending the line empty."""
     p = plan_lib.Plan("v6e-1", "v6e", 1, 1, {"data": 1, "fsdp": 1, "tensor": 1}, 8, 1, "none",
-                      "softmax", True, 32 * 2**30, 1.0,
+                      "softmax", True, 31.25 * 2**30, 32 * 2**30, 1.0,
                       collective_bytes_per_chip={"all-reduce": 0.0},
                       collective_counts={"all-reduce": 0})
     line = [x for x in plan_lib.format_plan(p).splitlines() if "collectives" in x]

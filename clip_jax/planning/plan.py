@@ -5,8 +5,10 @@ remat, mesh and logical-axis rules) for compile-only devices of a Cloud TPU slic
 (`tpu_topology`), without any TPU, and reports per chip:
 
 - memory: XLA's `memory_analysis()` (arguments, temporaries, outputs, donated aliases) against
-  the chip's HBM; parameter and optimizer-state bytes from the state's shardings. A program too
-  big for HBM is refused by the TPU compiler: its "Used X of Y hbm" is reported instead;
+  the HBM the TPU compiler lets a program use (`usable_hbm_bytes`: less than the chip's, e.g.
+  15.75 of a v5e's 16 GiB); parameter and optimizer-state bytes from the state's shardings. A
+  program too big for HBM is refused by the TPU compiler: its "Used X of Y hbm" is reported
+  instead;
 - FLOPs per step: model FLOPs as the training loop's MFU counts them (XLA's count of the
   unrolled, remat-free, single-micro-batch step, all chips) and the compiled program's matmul
   FLOPs with loop trip counts and remat recomputation (`hlo_stats`);
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -32,6 +35,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -51,6 +55,8 @@ HOST_CHIPS = 4  # chips per TPU VM host in multi-host slices (v4, v5e, v5p, v6e)
 _OOM = re.compile(r"(?:Used |\()([\d.]+)([KMGT]?)\)? (?:of |exceeds available HBM \()"
                   r"([\d.]+)([KMGT]?)", re.IGNORECASE)
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# A buffer bigger than any chip's HBM: the compiler's refusal of it states the usable HBM.
+_PROBE_BYTES = 2**42
 
 # What to change when the plan does not fit, by whether the search ran (it tries the remat
 # policies, fsdp sizes and micro-batch counts the config allows).
@@ -79,7 +85,8 @@ class Plan:
     remat_policy: str
     loss: str
     fits: bool
-    hbm_bytes: float
+    hbm_bytes: float  # what the TPU compiler lets one program use (`usable_hbm_bytes`)
+    chip_hbm_bytes: float  # the chip's published capacity (`tpu_topology.CHIPS`)
     compile_seconds: float
     error: str = ""
     argument_bytes: float = math.nan
@@ -125,6 +132,24 @@ def _oom(error: Exception) -> tuple[float, float] | None:
     return float(used) * _UNITS[unit.upper()], float(total) * _UNITS[total_unit.upper()]
 
 
+@functools.lru_cache(maxsize=None)
+def usable_hbm_bytes(topology: str) -> float | None:
+    """Bytes of HBM the TPU compiler lets one program use on a chip of `topology` (e.g.
+    'v5e-256'), read from its refusal of a program that needs 4 TiB ("... exceeds available
+    HBM (15.75G)"); None when the refusal does not say. With libtpu 0.0.42: v4 30.75 GiB of
+    32, v5e 15.75 of 16, v5p 95.74 of 95 (Google's "95 GB"), v6e 31.25 of 32. A plan that
+    compiles uses at most this much; the chip's own capacity would overstate the room left."""
+    devices = tpu_topology.devices(tpu_topology.parse(topology))
+    one = jax.sharding.SingleDeviceSharding(devices[0])
+    probe = jax.jit(lambda: jnp.zeros(_PROBE_BYTES // 4, jnp.float32), out_shardings=one)
+    try:
+        probe.lower().compile()
+    except Exception as error:  # noqa: BLE001 - XLA raises its own types
+        oom = _oom(error)
+        return oom[1] if oom else None
+    return None
+
+
 def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: bool = True,
          base: CLIPConfig | None = None) -> Plan:
     """Compiles the config's train step for `topology` (e.g. 'v5e-256') and measures it.
@@ -142,7 +167,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
     s = train_step.setup(config, model, mesh)
     result = Plan(topology, topo.chip.family, topo.devices_total, topo.slices,
                   dict(zip(sharding.MESH_AXES, shape)), config.batch_size, config.microbatches,
-                  model.remat_policy, config.loss, False, topo.chip.hbm_bytes, 0.0)
+                  model.remat_policy, config.loss, False,
+                  usable_hbm_bytes(topology) or topo.chip.hbm_bytes, topo.chip.hbm_bytes, 0.0)
     result.param_bytes = _shard_bytes(s.abstract_state.params, s.state_shardings.params)
     result.opt_state_bytes = _shard_bytes(s.abstract_state.opt_state,
                                           s.state_shardings.opt_state)
@@ -267,7 +293,8 @@ def format_plan(p: Plan) -> str:
     lines += [
         f"  memory per chip: arguments {_gib(p.argument_bytes)} + outputs {_gib(p.output_bytes)}"
         f" - donated {_gib(p.alias_bytes)} + temporaries {_gib(p.temp_bytes)} = "
-        f"{_gib(p.total_bytes)} of {_gib(p.hbm_bytes)} HBM -> "
+        f"{_gib(p.total_bytes)} of {_gib(p.hbm_bytes)} HBM usable ({_gib(p.chip_hbm_bytes)} on "
+        "the chip) -> "
         f"{'fits' if p.fits else 'DOES NOT FIT'}",
         f"  state per chip: parameters {_gib(p.param_bytes)}, optimizer state "
         f"{_gib(p.opt_state_bytes)}",

@@ -29,7 +29,8 @@ class Chip:
     Sources, Cloud TPU system architecture pages (docs.cloud.google.com/tpu/docs/{v4,v5e,v5p,
     v6e}): v4 275 TFLOP/s, 32 GiB HBM2 at 1,200 GB/s; v5e 197 TFLOP/s, 16 GB at 819 GB/s;
     v5p 459 TFLOP/s, 95 GB at 2,765 GB/s; v6e (Trillium) 918 TFLOP/s, 32 GB at 1,640 GB/s.
-    The capacities are binary (the v5e compiler reports 15.75 GiB usable of its 16 GiB).
+    The capacities are binary and the chip's; a plan measures against what the TPU compiler
+    lets a program use (`plan.usable_hbm_bytes`: 15.75 GiB of a v5e's 16).
     """
 
     family: str
