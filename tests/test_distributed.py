@@ -85,3 +85,28 @@ def test_config_differences_name_the_fields_and_processes():
     extra = dict(same, loss="sigmoid")
     assert distributed.config_differences([same, extra]) == [
         "config.loss: process 0 '(no such field)', process 1 'sigmoid'"]
+
+
+def test_the_watchdog_is_cancelled_when_joining_fails(monkeypatch):
+    """A join that raises (a bad address, a refused port) must not leave the timer that would
+    end the process later with "the job did not complete"."""
+    import jax
+
+    timers = []
+
+    class Timer:
+        cancelled = False
+
+        def cancel(self):
+            self.cancelled = True
+
+    def refuse(**kwargs):
+        raise RuntimeError("connection refused")
+
+    monkeypatch.setattr(distributed, "_exit_if_still_waiting",
+                        lambda seconds, message: timers.append(Timer()) or timers[-1])
+    monkeypatch.setattr(jax.distributed, "initialize", refuse)
+    with pytest.raises(RuntimeError, match="connection refused"):
+        distributed.initialize(_dist(coordinator_address="127.0.0.1:1", num_processes=2,
+                                     process_id=0))
+    assert len(timers) == 1 and timers[0].cancelled

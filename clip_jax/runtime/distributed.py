@@ -166,8 +166,11 @@ def _join(seconds: float, message: str, **job: Any) -> None:
     import jax
 
     watchdog = _exit_if_still_waiting(seconds, message)
-    jax.distributed.initialize(initialization_timeout=int(seconds) + JAX_DEADLINE_GRACE_S, **job)
-    watchdog.cancel()
+    try:
+        jax.distributed.initialize(initialization_timeout=int(seconds) + JAX_DEADLINE_GRACE_S,
+                                   **job)
+    finally:
+        watchdog.cancel()
 
 
 def config_differences(configs: list[dict[str, Any]]) -> list[str]:
