@@ -41,12 +41,31 @@ def test_the_job_comes_from_the_environment_unless_the_config_sets_it():
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2"}, "JAX_COORDINATOR_ADDRESS='10.0.0.2': give the "
                                               "coordinator as host:port"),
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:http"}, "give the coordinator as host:port"),
+    # Waited out the timeout, then "found no coordinator".
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:99999"}, "give the coordinator as host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:0"}, "give the coordinator as host:port"),
+    # No address: each process trained alone, as process 0 of 1, with exit 0.
+    ({"JAX_COORDINATOR_ADDRESS": None}, "JAX_NUM_PROCESSES=4 and JAX_PROCESS_ID=3 are set but "
+                                        "no coordinator is: set JAX_COORDINATOR_ADDRESS"),
+    ({"JAX_COORDINATOR_ADDRESS": None, "JAX_PROCESS_ID": "0"},
+     "JAX_NUM_PROCESSES=4 is set but no coordinator is"),
+    ({"JAX_COORDINATOR_ADDRESS": None, "JAX_NUM_PROCESSES": None},
+     "JAX_PROCESS_ID=3 is set but no coordinator is"),
 ])
 def test_a_bad_job_is_one_line_naming_the_variable(env, said):
     environ = {k: v for k, v in {**ENV, **env}.items() if v is not None}
     with pytest.raises(ConfigError) as error:
         distributed.job(_dist(), environ)
     assert said in str(error.value) and "\n" not in str(error.value)
+
+
+def test_one_process_needs_no_address_and_detection_needs_none():
+    assert distributed.job(_dist(), {"JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}) is None
+    # config.distributed.initialize: JAX's own detection (TPU pods, SLURM) finds the job.
+    assert distributed.job(_dist(initialize=True), {"JAX_NUM_PROCESSES": "4"}) is None
+    with pytest.raises(ConfigError, match=r"^config.distributed.num_processes=2 is set but no "
+                                          r"coordinator is"):
+        distributed.job(_dist(num_processes=2), {})
 
 
 def test_a_field_set_in_the_config_is_named_as_such():

@@ -68,17 +68,39 @@ def _count(value: Any, source: str, low: int) -> int:
     return number
 
 
+def _refuse_a_job_without_address(dist: Any, environ: Mapping[str, str]) -> None:
+    """ConfigError when a multi-process job's size or rank is given (more than one process, or
+    a rank above 0) with no coordinator and no `config.distributed.initialize`: each process
+    trained alone, as process 0 of 1, with exit 0."""
+    if dist.initialize:
+        return
+    given = {field: _given(dist, field, environ, -1) for field in ("num_processes", "process_id")}
+    given = {field: (value, source) for field, (value, source) in given.items() if value != ""}
+    low = {"num_processes": 1, "process_id": 0}
+    joined = [f"{source}={value}" for field, (value, source) in given.items()
+              if _count(value, source, low[field]) > low[field]]
+    if joined:
+        raise ConfigError(f"{' and '.join(joined)} {'is' if len(joined) == 1 else 'are'} set "
+                          "but no coordinator is: set "
+                          f"{ENVIRONMENT['coordinator_address']} (or "
+                          "config.distributed.coordinator_address) to process 0's host:port on "
+                          "every process, or leave the job variables unset to train as one "
+                          "process.")
+
+
 def job(dist: Any, environ: Mapping[str, str] = os.environ) -> Job | None:
     """This process's `Job` from `config.distributed` (fields set there win) or the
     `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` variables; None when
     no coordinator is given (one process, or `config.distributed.initialize`'s detection).
-    ConfigError for an address without a port, a size or rank missing or not an integer,
-    or a rank outside the job."""
+    ConfigError for an address without a port (or one outside 1-65535), a size or rank
+    missing or not an integer, a rank outside the job, or a job of several processes given
+    without an address (`_refuse_a_job_without_address`)."""
     address, source = _given(dist, "coordinator_address", environ, "")
     if not address:
+        _refuse_a_job_without_address(dist, environ)
         return None
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 2**16:
         raise ConfigError(f"{source}={address!r}: give the coordinator as host:port (process "
                           "0's machine and a free port, e.g. 10.0.0.2:8476).")
     num = _count(*_given(dist, "num_processes", environ, -1), low=1)
