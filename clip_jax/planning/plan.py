@@ -4,11 +4,14 @@ Compiles the real train step (`train_step.lower_train_step`: the config's loss, 
 remat, mesh and logical-axis rules) for compile-only devices of a Cloud TPU slice
 (`tpu_topology`), without any TPU, and reports per chip:
 
-- memory: XLA's `memory_analysis()` (arguments, temporaries, outputs, donated aliases) against
-  the HBM the TPU compiler lets a program use (`usable_hbm_bytes`: less than the chip's, e.g.
-  15.75 of a v5e's 16 GiB); parameter and optimizer-state bytes from the state's shardings. A
-  program too big for HBM is refused by the TPU compiler: its "Used X of Y hbm" is reported
-  instead;
+- memory: XLA's `memory_analysis()` (arguments + outputs - donated aliases + temporaries)
+  against the HBM the TPU compiler lets a program use (`usable_hbm_bytes`: less than the
+  chip's, e.g. 15.75 of a v5e's 16 GiB); parameter and optimizer-state bytes from the state's
+  shardings. The compiler refuses a program early when its estimate of the temporaries alone
+  exceeds that (reported then, with the state added for the total); past that check it
+  compiles programs `memory_analysis` puts over the limit (a ViT-B/16 step on a v5e: 18.01 GiB,
+  16.18 of them temporaries), which the plan reports as not fitting: without a TPU to run them
+  on, the analysis is the conservative reading;
 - FLOPs per step: model FLOPs as the training loop's MFU counts them (XLA's count of the
   unrolled, remat-free, single-micro-batch step, all chips) and the compiled program's matmul
   FLOPs with loop trip counts and remat recomputation (`hlo_stats`);
@@ -32,7 +35,7 @@ import json
 import math
 import re
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,17 +61,27 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # A buffer bigger than any chip's HBM: the compiler's refusal of it states the usable HBM.
 _PROBE_BYTES = 2**42
 
-# What to change when the plan does not fit, by whether the search ran (it tries the remat
-# policies, fsdp sizes and micro-batch counts the config allows).
-_LAST_RESORTS = ("lower the batch size, use --config.loss=chunked_softmax (or chunked_sigmoid), "
-                 "or a bigger slice.")
-NO_FIT_ADVICE: dict[str, str] = {
-    "searched": f"No fitting alternative found in the budget: {_LAST_RESORTS}",
-    "not searched": ("No alternatives tried (--search-seconds 0): give --search-seconds to try "
-                     "the remat policies, fsdp sizes and micro-batch counts, or set them "
-                     "(--config.model.remat_policy=full, --config.mesh.fsdp=N, "
-                     f"--config.microbatches=N); else {_LAST_RESORTS}"),
-}
+# The memory-saving loss for each loss that has one (`losses.LOSSES`).
+_CHUNKED = {"softmax": "chunked_softmax", "sigmoid": "chunked_sigmoid"}
+
+
+def no_fit_advice(config: ml_collections.ConfigDict, searched: bool) -> str:
+    """What to change when the plan does not fit and no alternative was found, naming only
+    settings the config does not already use: the knobs the search turns (remat, fsdp,
+    micro-batches) when it did not run, then the last resorts (a smaller batch, the chunked
+    loss, a bigger slice)."""
+    last = ["lower the batch size"]
+    if config.loss in _CHUNKED:
+        last.append(f"use --config.loss={_CHUNKED[config.loss]}")
+    last_resorts = f"{', '.join(last)} or use a bigger slice."
+    if searched:
+        return f"No fitting alternative found in the budget: {last_resorts}"
+    knobs = ["--config.mesh.fsdp=N", "--config.microbatches=N"]
+    if config.model.remat_policy != "full":
+        knobs.insert(0, "--config.model.remat_policy=full")
+    return ("No alternatives tried (--search-seconds 0): give --search-seconds to try the "
+            "remat policies, fsdp sizes and micro-batch counts, or set them "
+            f"({', '.join(knobs)}); else {last_resorts}")
 
 
 @dataclasses.dataclass
@@ -124,12 +137,23 @@ def _model_flops(config: ml_collections.ConfigDict, model: Any) -> float:
     return train._model_flops(plain, train_step.setup(plain, model, mesh)) or math.nan
 
 
-def _oom(error: Exception) -> tuple[float, float] | None:
+class Refusal(NamedTuple):
+    """The TPU compiler's out-of-memory refusal: bytes it says are needed and usable, and
+    whether the needed bytes are the temporaries alone (its check before scheduling)."""
+
+    needed: float
+    usable: float
+    temporaries_only: bool
+
+
+def _oom(error: Exception) -> Refusal | None:
     match = _OOM.search(str(error))
     if not match:
         return None
     used, unit, total, total_unit = match.groups()
-    return float(used) * _UNITS[unit.upper()], float(total) * _UNITS[total_unit.upper()]
+    return Refusal(round(float(used) * _UNITS[unit.upper()]),
+                   round(float(total) * _UNITS[total_unit.upper()]),
+                   "temporaries" in match.string[max(0, match.start() - 40):match.end()])
 
 
 @functools.lru_cache(maxsize=None)
@@ -182,10 +206,17 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
         if oom is None:
             raise
         result.compile_seconds = time.time() - t0
-        result.total_bytes, result.hbm_bytes = oom
-        result.error = (f"the TPU compiler refuses it: {oom[0] / 2**30:.2f} GiB needed, "
-                        f"{oom[1] / 2**30:.2f} GiB of HBM available "
-                        f"({str(error).splitlines()[0][:200]})")
+        result.hbm_bytes = oom.usable
+        if oom.temporaries_only:  # the state is in HBM too: the total is at least both
+            state = result.param_bytes + result.opt_state_bytes
+            result.temp_bytes, result.total_bytes = oom.needed, oom.needed + state
+            needed = (f"temporaries alone {_gib(oom.needed)} (+ {_gib(state)} of parameters "
+                      "and optimizer state)")
+        else:
+            result.total_bytes = oom.needed
+            needed = f"{_gib(oom.needed)} needed"
+        result.error = (f"the TPU compiler refuses it: {needed}, {_gib(oom.usable)} of HBM "
+                        f"usable ({str(error).splitlines()[0][:200]})")
         return result
     result.compile_seconds = time.time() - t0
     _measure(result, compiled, topo)
@@ -334,7 +365,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     base = init_from_architecture(config)
     result = plan(config, topology, base=base)
     if result.fits:
-        print(json.dumps(to_json(result)) if as_json else format_plan(result))
+        print(json.dumps({**to_json(result), "alternatives": []}) if as_json
+              else format_plan(result))
         return 0
     log = (lambda _: None) if as_json else print
     if not as_json:
@@ -352,5 +384,5 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
             print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches}")
             print(format_plan(a))
     else:
-        print(NO_FIT_ADVICE["searched" if budget_seconds > 0 else "not searched"])
+        print(no_fit_advice(config, searched=budget_seconds > 0))
     return 1
