@@ -291,6 +291,16 @@ def test_table_messages_name_the_files_physical_lines(folder, tmp_path, monkeypa
                                           r"comma-separated list: give the names in a file"):
         labelled_data.read_table(str(tmp_path / "comma.csv"),
                                  class_names=["cat", "dog", "sea", "lion"])
+    # Names read from the classnames.txt beside the table: no advice to put them in a file.
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    (beside / "comma.csv").write_bytes(comma)
+    (beside / "classnames.txt").write_text("cat\ndog\nsea\nlion\n")
+    with pytest.raises(ConfigError) as error:
+        labelled_data.read_table(str(beside / "comma.csv"))
+    assert str(error.value).endswith(
+        f"label 'sea, lion' is not one of the 4 class names in {beside / 'classnames.txt'}; "
+        "add it to classnames.txt or fix the label.")
     urls = data.replace(rel[1].encode(), b"https://example.com/cat.jpg")
     (tmp_path / "urls.csv").write_bytes(urls)
     got = labelled_data.read(str(tmp_path / "urls.csv"))

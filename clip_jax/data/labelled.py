@@ -315,10 +315,11 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     rows = [row for row in rows if row[1].strip() and row[2].strip()]
     lines = [r.lines for r, _, _ in rows]
     raw = [y.strip() for _, _, y in rows]
+    names_from = "given"
     if class_names is None:
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
-            class_names = read_entries(beside)
+            class_names, names_from = read_entries(beside), f"in {beside}"
     indices = [_index(y) for y in raw]
     indexed = None not in indices
     numbers = [i for i, k in enumerate(indices) if k is not None]
@@ -343,10 +344,14 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
             i, word = unknown[0], indices.index(None)
             mixed = (f"; the column mixes class indices with names ({lines[word]}: "
                      f"{raw[word]!r}): use one kind throughout" if indices[i] is not None else "")
+            # Only names from the caller may have come as a comma-separated list.
             comma = ("; a name holding a comma cannot be given in a comma-separated list: "
-                     "give the names in a file, one per line" if "," in raw[i] else "")
+                     "give the names in a file, one per line"
+                     if "," in raw[i] and names_from == "given" else "")
+            add = f"; add it to {WDS_CLASSNAMES} or fix the label" if names_from != "given" \
+                else ""
             raise ConfigError(f"{path} {lines[i]}: label {raw[i]!r} is not one of the "
-                              f"{len(names)} class names given{mixed}{comma}.")
+                              f"{len(names)} class names {names_from}{mixed}{comma}{add}.")
         labels = np.asarray([index[y] for y in lookup], np.int64)
     root = os.path.dirname(path)
     files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p) for _, p, _ in rows]
