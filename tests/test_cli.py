@@ -804,6 +804,12 @@ def test_eval_sources_that_share_a_name_keep_their_own_results(tmp_path, monkeyp
     assert source_names(["lab dir/日本", "lab dir/中国", "tëst 日本@test"], "--zero-shot") == [
         "日本", "中国", "tëst_日本_test"]
     assert source_names(["###", "$$$", "a b"], "--zero-shot") == ["___", "____2", "a_b"]
+    # One folder's .csv and .tsv of a name: told apart by the extension (they were
+    # `<whole path>_test` and `<whole path>_test_2`).
+    (tmp_path / "a" / "test.tsv").write_text("filepath\tlabel\nx.png\tcat\n")
+    assert source_names(["a/test.csv", "a/test.tsv", "b/test.csv"],
+                        "--zero-shot") == ["a_test", "test_tsv", "b_test"]
+    assert source_names(["a/test.csv", "a/test.tsv"], "--zero-shot") == ["test_csv", "test_tsv"]
     args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv",
                                     f"{tmp_path}/a/test.csv"])
     with pytest.raises(ConfigError, match=r"--zero-shot: '.*/a/test.csv' is given twice"):

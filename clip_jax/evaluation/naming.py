@@ -4,8 +4,9 @@ A source is a TFDS name, a labelled folder or a CSV/TSV, with an optional `@spli
 its last path component without a table's extension, plus `_<split>` when a split is given:
 `/data/pets@test` -> `pets_test`, `imagenet_v2` -> `imagenet_v2`, a TFDS config
 `imagenet2012_subset/1pct:5.0.0` -> `imagenet2012_subset_1pct`. Sources given together that
-would share a name are told apart by their parent folders (`a/test.csv b/test.csv` -> `a_test`,
-`b_test`), so no result replaces another's under the same key.
+would share a name are told apart by a table's extension (`test.csv test.tsv` -> `test_csv`,
+`test_tsv`) or their parent folders (`a/test.csv b/test.csv` -> `a_test`, `b_test`), so no
+result replaces another's under the same key.
 """
 
 from __future__ import annotations
@@ -35,10 +36,16 @@ def _candidates(spec: str) -> list[str]:
     if not os.path.exists(name) and TFDS_NAME.fullmatch(name):
         parts = [name.split(":")[0].replace("/", "_")]
     stem, extension = os.path.splitext(parts[-1])
+    # A table is named without its extension, unless that is what tells it apart (`test.csv`
+    # and `test.tsv` in one folder: `test_csv`, `test_tsv`); each depth of folders is tried
+    # without, then with it.
+    endings = [""]
     if extension.lower() in TABLE_EXTENSIONS:
         parts[-1] = stem
+        endings.append("_" + extension[1:].lower())
     suffix = f"_{split}" if split else ""
-    return [_safe("_".join(parts[-depth:]) + suffix) for depth in range(1, len(parts) + 1)]
+    return [_safe("_".join(parts[-depth:]) + ending + suffix)
+            for depth in range(1, len(parts) + 1) for ending in endings]
 
 
 def source_name(spec: str) -> str:
