@@ -59,6 +59,7 @@ def test_bad_topology_name_is_a_clear_error():
     with pytest.raises(ValueError, match="0xv5e-8: .* at least 1"):
         tpu_topology.parse("0xv5e-8")
     assert tpu_topology.parse("v5e-1").bounds == (1, 1)
+    assert tpu_topology.parse(" V5E-16 \n").name == "V5E-16"  # the report echoed the blanks
 
 
 def test_multi_slice_mesh_puts_only_the_data_axis_across_slices():

@@ -189,7 +189,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
     mesh = tpu_topology.make_mesh(topo, shape, sharding.MESH_AXES)
     model = train_step.model_config(config, base)
     s = train_step.setup(config, model, mesh)
-    result = Plan(topology, topo.chip.family, topo.devices_total, topo.slices,
+    result = Plan(topo.name, topo.chip.family, topo.devices_total, topo.slices,
                   dict(zip(sharding.MESH_AXES, shape)), config.batch_size, config.microbatches,
                   model.remat_policy, config.loss, False,
                   usable_hbm_bytes(topology) or topo.chip.hbm_bytes, topo.chip.hbm_bytes, 0.0)

@@ -127,7 +127,7 @@ def parse(name: str) -> Topology:
     if slices < 1:
         raise ConfigError(f"{name}: a multi-slice prefix counts slices (2x{family}-{count}); "
                          "use at least 1.")
-    return Topology(name, chip, chips, slices, _grid(chips, chip.dims))
+    return Topology(name.strip(), chip, chips, slices, _grid(chips, chip.dims))
 
 
 def devices(topology: Topology) -> list[Any]:
