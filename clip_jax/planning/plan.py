@@ -161,7 +161,7 @@ def usable_hbm_bytes(topology: str) -> float | None:
     """Bytes of HBM the TPU compiler lets one program use on a chip of `topology` (e.g.
     'v5e-256'), read from its refusal of a program that needs 4 TiB ("... exceeds available
     HBM (15.75G)"); None when the refusal does not say. With libtpu 0.0.42: v4 30.75 GiB of
-    32, v5e 15.75 of 16, v5p 95.74 of 95 (Google's "95 GB"), v6e 31.25 of 32. A plan that
+    32, v5e 15.75 of 16, v5p 95.74 of 96, v6e 31.25 of 32. A plan that
     compiles uses at most this much; the chip's own capacity would overstate the room left."""
     devices = tpu_topology.devices(tpu_topology.parse(topology))
     one = jax.sharding.SingleDeviceSharding(devices[0])
@@ -170,7 +170,7 @@ def usable_hbm_bytes(topology: str) -> float | None:
         probe.lower().compile()
     except Exception as error:  # noqa: BLE001 - XLA raises its own types
         oom = _oom(error)
-        return oom[1] if oom else None
+        return oom.usable if oom else None
     return None
 
 
