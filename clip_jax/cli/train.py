@@ -51,13 +51,19 @@ def exit_at_once_before_training() -> None:
     thread crashed (SIGSEGV). A Ctrl-C the shell told this process to ignore (`cmd &`) stays
     ignored. Once the guard installs its own handlers, the thread leaves both to it.
     """
+    # The handler and the watching thread may both see one signal: the first to take the lock
+    # prints and exits, the other waits for that exit (the message was printed twice).
+    exiting = threading.Lock()
+
     def stop(*_) -> None:
+        exiting.acquire()
         sys.stdout.flush()
         print("Stopped by SIGTERM before the first training step; nothing new to save (run the "
               "same command to resume).", file=sys.stderr, flush=True)
         os._exit(PREEMPTED_EXIT_CODE)
 
     def interrupt(*_) -> None:
+        exiting.acquire()
         sys.stdout.flush()
         kept = f"; {_kept(_STARTED[0], _listed_steps)}" if _STARTED else ""
         print(f"error: interrupted (Ctrl-C){kept}", file=sys.stderr, flush=True)

@@ -549,10 +549,14 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
                           "OpenAI's vocabulary, or evaluate this one (clip-jax eval).")
     # A bare weights file records no head counts or activation: model.name gives them, as
     # open_clip's --model does for --pretrained; every other source records its own.
-    pinned = bool(config.model.name) and loading.infers_architecture(config.init_from)
+    # Nor, then, does a --config.model.activation given contradict the file: it is the one
+    # the inference would otherwise assume (and warn about).
+    bare = loading.infers_architecture(config.init_from)
+    pinned = bool(config.model.name) and bare
     try:
-        module, variables = loading.load(config.init_from,
-                                         model=config.model.name if pinned else None)
+        module, variables = loading.load(
+            config.init_from, model=config.model.name if pinned else None,
+            activation=config.model.activation if bare else None)
     except ConfigError as error:
         if not pinned:
             raise
