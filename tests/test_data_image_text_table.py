@@ -274,6 +274,17 @@ def test_configuration_errors_are_clear(inputs, tmp_path):
         sources.prepare(table_config(root, str(tmp_path), name="b", image_root=os.path.join(root, "images")))
     with pytest.raises(FileNotFoundError, match="image_root='/nonexistent' is not a directory"):
         sources.prepare(table_config(root, str(tmp_path), name="c", image_root="/nonexistent"))
+    # `title, filepath`: the column is found, but its cells keep the space after each comma
+    # (as pandas reads them): the advice was to set image_root.
+    spaced = os.path.join(str(tmp_path), "spaced.csv")
+    with open(spaced, "w") as f:
+        f.write("title, filepath\n" + "".join(
+            f"a photo named {name}, {os.path.join(root, 'images', name)}\n" for name in GOOD))
+    assert pd.read_csv(spaced)[" filepath"].str.startswith(" ").all()
+    with pytest.raises(FileNotFoundError, match=r"its image paths have spaces around them "
+                                                r"\(e\.g\. ' /.*'\): remove the spaces"):
+        sources.prepare(table_config(root, str(tmp_path), name="s", train_path=spaced,
+                                     image_column="filepath", caption_column="title"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         sources.prepare(table_config(root, str(tmp_path), name="d", train_path="/nonexistent.csv"))
     strict = table_config(root, str(tmp_path), name="e")

@@ -273,9 +273,13 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
         raise ConfigError(f"None of the first {len(probe)} images of {path} can be read (e.g. "
                           f"{probe[problems.index(why)]!r}: {why}).")
     if probe and "" not in problems:
+        # A space after each delimiter is part of the next cell (as pandas reads it).
+        spaced = [r.path for r in rows[:_PROBE_ROWS] if r.path and r.path != r.path.strip()]
+        advice = (f"its image paths have spaces around them (e.g. {spaced[0]!r}): remove the "
+                  "spaces after the delimiters in the table" if spaced else IMAGE_ROOT_ADVICE)
         raise MissingFileError(
             f"None of the first {len(probe)} images of {path} exist (e.g. "
-            f"{probe[0]!r}); {IMAGE_ROOT_ADVICE}.")
+            f"{probe[0]!r}); {advice}.")
     hint = tables.csv_quoting_hint(data, parsed, delimiter=delimiter, quoting=quoting, name=path)
     return rows, root, {"source": path, "delimiter": delimiter, "quoting": quoting,
                         **parsed.line_accounting()}, hint
