@@ -94,7 +94,7 @@ class Report:
             f"  retrieval among the same {self.num_test} images and their "
             f"{self.num_captions} captions:",
             f"      text->image R@1 {pct(m['retrieval/heldout/t2i_r1'])}   chance "
-            f"{pct(1 / self.num_test)}   R@5 {pct(m['retrieval/heldout/t2i_r5'])}",
+            f"{_two_digits(100 / self.num_test)} %   R@5 {pct(m['retrieval/heldout/t2i_r5'])}",
             f"      image->text R@1 {pct(m['retrieval/heldout/i2t_r1'])}   "
             f"R@5 {pct(m['retrieval/heldout/i2t_r5'])}",
             f"  wall time {sum(s.values()):.0f} s: dataset {s['build']:.0f} s, training "
@@ -115,14 +115,17 @@ class Report:
         shots = ", ".join(f"{k}: {pct(m[f'few_shot/heldout/{k}shot_top1']).strip()}"
                           for k in SUITE_SHOTS)
         match = m["few_shot/heldout/matching_shots"]
-        bound = {-1: "<= ", 0: "", 1: ">= "}[int(m["few_shot/heldout/matching_bound"])]
+        matching = {-1: f"<= the {match:.0f}-shot probe (the fewest shots tried)",
+                    0: f"= a {match:.1f}-shot probe",
+                    1: f">= the {match:.0f}-shot probe (the most shots tried)"}[
+                        int(m["few_shot/heldout/matching_bound"])]
         shifted = ", ".join(f"{s} {pct(m[f'robustness/heldout/{s}_top1']).strip()}"
                             for s in SUITE_SHIFTS)
         return [
             f"  few-shot  linear probes on <= {SUITE_TRAIN} training images (mean of "
             f"{SUITE_SEEDS} draws) vs zero-shot {pct(m['few_shot/heldout/zero_shot_top1']).strip()}"
             f" on <= {SUITE_TEST} test images:",
-            f"      {shots} shots per class; zero-shot = {bound}{match:.1f}-shot probe",
+            f"      {shots} shots per class; zero-shot {matching}",
             f"  shifts    zero-shot top-1 {pct(m['robustness/heldout/reference_top1']).strip()} "
             f"-> {shifted}",
             f"      effective robustness vs a linear probe's logit drop: mean "
@@ -289,6 +292,12 @@ def plot_grid(images: Sequence[np.ndarray], predicted: Sequence[str], true: Sequ
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _two_digits(x: float) -> str:
+    """`x` (> 0) to two significant digits, at least one decimal: a chance of 1 in 2,400 is
+    0.042 %, not the 0.0 % one decimal gives."""
+    return f"{x:.{max(1, 1 - math.floor(math.log10(x)))}f}"
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str, chance: float) -> None:

@@ -1110,3 +1110,13 @@ def test_names_the_terminal_cannot_show_do_not_kill_a_command(encoding):
         assert second == rb"caf\udce9.jpg"
     else:
         assert first == "flat/café_猫.jpg".encode() and second == b"caf\xe9.jpg"
+
+
+def test_every_command_help_opens_with_what_it_does(capsys):
+    """`clip-jax demo --help` began with its usage and options, without the line
+    `clip-jax --help` lists for it (python -m clip_jax.demo --help had one)."""
+    for name, (help_text, _, _) in cli.COMMANDS.items():
+        with pytest.raises(SystemExit):
+            cli.parser().parse_args([name, "--help"])
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert " ".join(f"{help_text[0].upper()}{help_text[1:]}.".split()) in out, name

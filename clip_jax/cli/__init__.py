@@ -544,7 +544,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("train", add_help=False, help="train or evaluate from a config: --config "
                    "FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...] (as python main.py)")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text)
+        # The one line `clip-jax --help` lists, atop the command's own --help too.
+        command = sub.add_parser(name, help=help_text,
+                                 description=f"{help_text[0].upper()}{help_text[1:]}.")
         add_arguments(command)
         command.set_defaults(run=run)
     return p
