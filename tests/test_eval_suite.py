@@ -592,6 +592,10 @@ def test_a_tfds_name_with_a_config_is_a_dataset_on_the_command_line(model, tmp_p
     ("cifr10@test", "nor a TFDS dataset (Dataset cifr10 not found; did you mean cifar10"),
     ("tfds:cifar10@test", "nor a TFDS dataset (Namespace tfds not found"),
     ("/no/such/folder@test", "No labelled folder or table at '/no/such/folder': no such file"),
+    # webdataset shards: "No labelled folder or table at ...: no such file or folder."
+    ("wds/{00000..00001}.tar", "'wds/{00000..00001}.tar' names webdataset shards: the sources "
+                               "here are labelled folders, CSV/TSV tables and TFDS names"),
+    ("/data/shards/00000.tar@test", "names webdataset shards"),
 ])
 def test_a_tfds_name_tfds_cannot_construct_is_one_line_before_the_model(spec, message):
     """What TFDS itself says of the name (config, version, namespace, did-you-mean), checked

@@ -26,6 +26,12 @@ def source_problem(name: str, data_dir: str = "") -> str:
     dataset (with TFDS's closest names), config or version."""
     from clip_jax.data import labelled
 
+    if ".tar" in name.lower() and not os.path.isdir(name):
+        return (f"{name!r} names webdataset shards: the sources here are labelled folders, "
+                "CSV/TSV tables and TFDS names; evaluate image-caption shards from a config "
+                "(data.webdataset.validation_shards: clip-jax eval WORKDIR, or during "
+                "training), or a CLIP_benchmark folder of .tar files with .cls labels "
+                "(root/test/*.tar).")
     if labelled.source_kind(name) == "table" and "://" not in name and not os.path.isfile(name):
         return f"No table at {name!r}: no such file."
     if labelled.is_source(name):
