@@ -345,13 +345,15 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
             mixed = (f"; the column mixes class indices with names ({lines[word]}: "
                      f"{raw[word]!r}): use one kind throughout" if indices[i] is not None else "")
             # Only names from the caller may have come as a comma-separated list.
-            comma = ("; a name holding a comma cannot be given in a comma-separated list: "
-                     "give the names in a file, one per line"
-                     if "," in raw[i] and names_from == "given" else "")
-            add = f"; add it to {WDS_CLASSNAMES} or fix the label" if names_from != "given" \
-                else ""
+            if names_from != "given":
+                fix = f"; add it to {WDS_CLASSNAMES} or fix the label"
+            elif "," in raw[i]:
+                fix = ("; a name holding a comma cannot be given in a comma-separated list: "
+                       "give the names in a file, one per line")
+            else:
+                fix = ""
             raise ConfigError(f"{path} {lines[i]}: label {raw[i]!r} is not one of the "
-                              f"{len(names)} class names {names_from}{mixed}{comma}{add}.")
+                              f"{len(names)} class names {names_from}{mixed}{fix}.")
         labels = np.asarray([index[y] for y in lookup], np.int64)
     root = os.path.dirname(path)
     files = [p if "://" in p or os.path.isabs(p) else os.path.join(root, p) for _, p, _ in rows]

@@ -45,6 +45,7 @@ import numpy as np
 from clip_jax.models.config import CLIPConfig
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
+from clip_jax.training import losses
 from clip_jax.training import train
 from clip_jax.training import train_step
 from clip_jax.planning import topology as tpu_topology
@@ -61,8 +62,9 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # A buffer bigger than any chip's HBM: the compiler's refusal of it states the usable HBM.
 _PROBE_BYTES = 2**42
 
-# The memory-saving loss for each loss that has one (`losses.LOSSES`).
-_CHUNKED = {"softmax": "chunked_softmax", "sigmoid": "chunked_sigmoid"}
+# The memory-saving loss for each loss that has one: the inverse of `LossSpec.unchunked`.
+_CHUNKED = {spec.unchunked: name for name, spec in losses.LOSSES.items()
+            if name != spec.unchunked}
 
 
 def no_fit_advice(config: ml_collections.ConfigDict, searched: bool) -> str:

@@ -30,6 +30,8 @@ from clip_jax.errors import ConfigError
 # config.distributed field -> the environment variable that gives it when the field is unset.
 ENVIRONMENT = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
                "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+# The least value of each count a job gives (`_count`).
+_LOWEST = {"num_processes": 1, "process_id": 0}
 # Sections that may differ between the job's processes (each its own process id).
 PER_PROCESS = ("distributed",)
 # Seconds JAX's own deadline runs past ours: JAX aborts the process when it expires, so ours
@@ -74,11 +76,9 @@ def _refuse_a_job_without_address(dist: Any, environ: Mapping[str, str]) -> None
     trained alone, as process 0 of 1, with exit 0."""
     if dist.initialize:
         return
-    given = {field: _given(dist, field, environ, -1) for field in ("num_processes", "process_id")}
-    given = {field: (value, source) for field, (value, source) in given.items() if value != ""}
-    low = {"num_processes": 1, "process_id": 0}
+    given = {field: _given(dist, field, environ, -1) for field in _LOWEST}
     joined = [f"{source}={value}" for field, (value, source) in given.items()
-              if _count(value, source, low[field]) > low[field]]
+              if value != "" and _count(value, source, _LOWEST[field]) > _LOWEST[field]]
     if joined:
         raise ConfigError(f"{' and '.join(joined)} {'is' if len(joined) == 1 else 'are'} set "
                           "but no coordinator is: set "
@@ -103,9 +103,9 @@ def job(dist: Any, environ: Mapping[str, str] = os.environ) -> Job | None:
     if not host or not port.isdigit() or not 0 < int(port) < 2**16:
         raise ConfigError(f"{source}={address!r}: give the coordinator as host:port (process "
                           "0's machine and a free port, e.g. 10.0.0.2:8476).")
-    num = _count(*_given(dist, "num_processes", environ, -1), low=1)
+    num = _count(*_given(dist, "num_processes", environ, -1), low=_LOWEST["num_processes"])
     pid_value, pid_source = _given(dist, "process_id", environ, -1)
-    pid = _count(pid_value, pid_source, low=0)
+    pid = _count(pid_value, pid_source, low=_LOWEST["process_id"])
     if pid >= num:
         raise ConfigError(f"{pid_source}={pid} is not a process of this {num}-process job; "
                           f"number the processes 0 to {num - 1}.")
