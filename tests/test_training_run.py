@@ -388,6 +388,19 @@ def test_an_activation_given_for_a_bare_weights_file_is_taken_without_contradict
     assert "assumed activation" in caplog.text
 
 
+def test_the_compile_log_names_the_init_from_source_when_model_name_is_empty():
+    """With `--config.model.name=''` (the architecture read from init_from) the compile log
+    said "Model (2-layer ViT ...)", naming nothing."""
+    config = tiny.get_config()
+    model = train_step.model_config(config)
+    named = train.describe_model(config, model, 1_500_000)
+    assert named.startswith(f"Model {config.model.name} ({model.vision.layers}-layer ViT image "
+                            f"tower, {model.text.layers}-layer text tower), 1.5M params"), named
+    config.init_from, config.model.name = "/runs/ft/weights.pt", ""
+    assert train.describe_model(config, model, 1_500_000).startswith(
+        "Model of init_from /runs/ft/weights.pt (")
+
+
 # End to end, in a fresh process each: one mistake per stage of the entry point (the config
 # file, the flag parser, the checks after jax starts), through main.py and the installed command.
 @pytest.mark.parametrize("command,config,override,message", [

@@ -592,14 +592,22 @@ def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
     peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
                                             dtype=model.dtype)
     flops = _model_flops(config, setup, lowered)
+    log(f"{describe_model(config, model, _count(setup.abstract_state.params))}; train step "
+        f"compiled in {seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device "
+        f"({peak_source}).")
+    return compiled, seconds, flops, peak
+
+
+def describe_model(config: ml_collections.ConfigDict, model: Any, params: int) -> str:
+    """'Model NAME (TOWERS), N M params' for the compile log; NAME is `config.model.name`, or
+    the init_from source when the architecture is read from it (model.name '')."""
     layers = model.vision.layers
     towers = (f"ModifiedResNet image tower (blocks {'-'.join(map(str, layers))})"
               if isinstance(layers, (tuple, list)) else f"{layers}-layer ViT image tower")
-    name = f"{config.model.name} " if config.model.name else ""
-    log(f"Model {name}({towers}, {model.text.layers}-layer text tower), "
-        f"{_count(setup.abstract_state.params) / 1e6:.1f}M params; train step compiled in "
-        f"{seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device ({peak_source}).")
-    return compiled, seconds, flops, peak
+    name = (f"{config.model.name} " if config.model.name else
+            f"of init_from {config.init_from} " if config.init_from else "")
+    return (f"Model {name}({towers}, {model.text.layers}-layer text tower), "
+            f"{params / 1e6:.1f}M params")
 
 
 def _adapt_imported(variables: dict[str, Any], base: Any, model: Any) -> dict[str, Any]:
