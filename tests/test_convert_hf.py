@@ -6,6 +6,7 @@ our model on the same inputs; imports are compared with transformers' outputs.
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -531,6 +532,16 @@ def test_import_errors(tmp_path):
                                     text_config={"hidden_act": "gelu_new"}))
     with pytest.raises(FileNotFoundError, match="No weights in .*expected one of"):
         clip_jax.load(_write_config(tmp_path / "w", model_type="clip"))
+    # A model transformers computes (it drops the pixels past the last whole patch) that
+    # clip_jax does not: said of the folder, not as an "Invalid model config" of the user's.
+    odd = _write_config(tmp_path / "p", model_type="clip",
+                        vision_config={"image_size": 70, "patch_size": 16})
+    with pytest.raises(ConfigError, match=f"^{re.escape(odd)}: clip_jax does not implement "
+                       r"this model: vision.image_size=70; use a multiple of "):
+        clip_jax.load(odd)
+    with pytest.raises(ConfigError, match=r"/h: clip_jax does not implement .*vision.width"):
+        clip_jax.load(_write_config(tmp_path / "h", model_type="clip",
+                                    vision_config={"hidden_size": 96, "num_attention_heads": 5}))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="Hugging Face CLIP directory"):
         clip_jax.load(str(tmp_path / "empty"))

@@ -85,23 +85,29 @@ def config_from_hf(raw: Mapping[str, Any], source: PathLike | str,
             f"({text['vocab_size'] - 1}); clip_jax pools the text tower at argmax(token ids), "
             "which equals HF's first-eos pooling only for OpenAI-style vocabularies.")
     size = _square(vision["image_size"], "image_size")
-    mean, std, resize = (_image_processor(directory, size) if directory is not None
-                         else (OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, None))
-    return CLIPConfig(
-        embed_dim=raw.get("projection_dim", 512),
-        vision=VisionConfig(
-            image_size=_square(vision["image_size"], "image_size"),
-            layers=vision["num_hidden_layers"], width=vision["hidden_size"],
-            patch_size=_square(vision["patch_size"], "patch_size"),
-            head_width=vision["hidden_size"] // vision["num_attention_heads"],
-            mlp_ratio=openai.mlp_ratio_of(vision["intermediate_size"], vision["hidden_size"])),
-        text=TextConfig(
-            context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
-            width=text["hidden_size"], heads=text["num_attention_heads"],
-            layers=text["num_hidden_layers"],
-            mlp_ratio=openai.mlp_ratio_of(text["intermediate_size"], text["hidden_size"])),
-        activation=activation, image_mean=mean, image_std=std, resize_size=resize,
-        logit_scale_init=float(raw.get("logit_scale_init_value", 2.6592)))
+    try:
+        config = CLIPConfig(
+            embed_dim=raw.get("projection_dim", 512),
+            vision=VisionConfig(
+                image_size=size, layers=vision["num_hidden_layers"], width=vision["hidden_size"],
+                patch_size=_square(vision["patch_size"], "patch_size"),
+                head_width=vision["hidden_size"] // vision["num_attention_heads"],
+                mlp_ratio=openai.mlp_ratio_of(vision["intermediate_size"],
+                                              vision["hidden_size"])),
+            text=TextConfig(
+                context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
+                width=text["hidden_size"], heads=text["num_attention_heads"],
+                layers=text["num_hidden_layers"],
+                mlp_ratio=openai.mlp_ratio_of(text["intermediate_size"], text["hidden_size"])),
+            activation=activation,
+            logit_scale_init=float(raw.get("logit_scale_init_value", 2.6592)))
+        if directory is None:
+            return config
+        mean, std, resize = _image_processor(directory, size)
+        return config.replace(image_mean=mean, image_std=std, resize_size=resize)
+    except ConfigError as error:  # said of the source, whose model clip_jax cannot build
+        raise ConfigError(f"{source}: clip_jax does not implement this model: "
+                          f"{str(error).removeprefix('Invalid model config: ')}") from None
 
 
 def text_vocab_size(raw: Mapping[str, Any]) -> int:
