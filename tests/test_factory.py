@@ -165,6 +165,34 @@ def test_pretrained_given_a_whole_model_says_how_to_load_it(tmp_path):
     assert loaded.config.embed_dim == config.embed_dim
 
 
+def test_create_model_of_a_folder_or_file_loads_its_weights(tmp_path):
+    """create_model('/path/to/model') answered "Unknown model '/path/to/model'; choose one of
+    [presets]" though create_model_and_transforms loads the same path (and open_clip's
+    create_model loads 'hf-hub:' names). A path now loads; a typo of a preset still lists them."""
+    import torch
+    from reference import open_clip_model
+    config = get_preset("test-vit", activation="gelu")
+    variables = random_variables(config, seed=2)
+    hf_export.export_hf(config, variables, tmp_path / "hf")
+    ref = open_clip_model(config, seed=5)
+    torch.save(ref.state_dict(), tmp_path / "weights.pt")
+    module, loaded = clip_jax.create_model(str(tmp_path / "hf"))
+    assert module.config.vision == config.vision and module.config.text == config.text
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(a, b)
+    images, tokens = random_inputs(config, batch=2)
+    r_img, r_txt, _ = open_clip_outputs(ref, images, tokens)
+    module, loaded = clip_jax.create_model(tmp_path / "weights.pt", param_dtype="bfloat16")
+    assert {x.dtype for x in jax.tree.leaves(loaded["params"]["visual"])} == {np.dtype("bfloat16")}
+    module, loaded = clip_jax.create_model(str(tmp_path / "weights.pt"))
+    img, txt, _ = module.apply(loaded, images, tokens)
+    np.testing.assert_allclose(img, r_img, atol=1e-5)
+    np.testing.assert_allclose(txt, r_txt, atol=1e-5)
+    for typo in ("ViT-B/33", "ViT-B-33", "vitb32"):
+        with pytest.raises(ConfigError, match=rf"Unknown model '{typo}'; choose one of "):
+            clip_jax.create_model(typo)
+
+
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_a_config_with_a_pretrained_file_loads_that_file(tmp_path, as_dict):
     """create_model(CLIPConfig or dict, pretrained=FILE) raised a raw TypeError from

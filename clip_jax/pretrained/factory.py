@@ -51,13 +51,31 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     numerics (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError.
     Parameters are stored in `param_dtype` (float32 unless overridden).
 
+    A name of weights rather than of an architecture (a local file or folder, `hf-hub:ORG/NAME`,
+    a released `"ViT-B-32:openai"`) loads them, as `create_model_and_transforms` and open_clip's
+    `create_model` do.
+
     Raises ConfigError for an unknown preset name (the known ones listed) or override,
     TypeError for a `name_or_config` that is no name, CLIPConfig or dict, and what
     `clip_jax.load` raises for `pretrained` weights that are missing or not what they claim.
     """
     if pretrained is not None:
         return with_numerics(*_load_pretrained(name_or_config, pretrained), **overrides)
+    if _names_weights(name_or_config):
+        return with_numerics(*loading.load(os.fspath(name_or_config)), **overrides)
     return models.create_model(name_or_config, rng, **overrides)
+
+
+def _names_weights(name: Any) -> bool:
+    """Whether `name` (not a preset) names weights unmistakably: an existing path, an open_clip
+    `hf-hub:` id or a released `name:tag`. A bare `org/name` is left to the preset check, whose
+    error lists the architectures: `ViT-B/33` is likelier a typo than a Hub repo."""
+    if isinstance(name, os.PathLike):
+        return True
+    if not isinstance(name, str) or _is_preset(name):
+        return False
+    return (os.path.exists(name) or name.startswith(hub.OPEN_CLIP_PREFIX)
+            or hub.split_name(name) is not None)
 
 
 def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os.PathLike
