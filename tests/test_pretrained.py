@@ -8,6 +8,7 @@ and are the reference for the embeddings.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ import transformers
 
 import clip_jax
 from clip_jax.pretrained import registry as hub
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models import get_preset
 from clip_jax.models.clip import CLIP
 from hub_cache import add_repo
@@ -476,3 +477,22 @@ def test_transformers_tensors_in_a_file_load_with_model_as_in_memory(tmp_path):
                          (transformers.CLIPTextConfig(), "holds only the text tower")):
         with pytest.raises(ConfigError, match=f"^model= {says}"):
             clip_jax.load(hf.state_dict(), model=config)
+
+
+def test_a_cached_hub_model_without_tokenizer_files_says_how_to_fetch_them(tmp_path,
+                                                                           monkeypatch):
+    """A transformers repo in the Hub cache with no tokenizer files and its own vocabulary size
+    was told to copy vocab.json and merges.txt into the cache's snapshot folder (whose files
+    are links huggingface_hub manages); it is now told the download that puts them there."""
+    from test_cli import _hf_clip_without_tokenizer
+
+    _hf_clip_without_tokenizer(tmp_path / "model", vocab_size=1000)
+    files = {name: tmp_path / "model" / name for name in os.listdir(tmp_path / "model")}
+    snapshot = add_repo(tmp_path / "cache", "acme/own-vocab", files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(MissingFileError, match=re.escape(
+            "vocab_size 1000 is not OpenAI's 49408; it is the Hugging Face cache's copy of "
+            "acme/own-vocab: add the files to the cache with `hf download acme/own-vocab "
+            f"vocab.json merges.txt --revision {snapshot.name}` while online")):
+        clip_jax.get_tokenizer("acme/own-vocab")

@@ -107,12 +107,24 @@ def _openai_tokenizer_for(directory: Path) -> Tokenizer:
     if vocab_size == tokenizer.vocab_size:
         log.warning("%s has no tokenizer files; using OpenAI's CLIP vocabulary, which its "
                     "%d-token embedding table matches (if the model was trained with another "
-                    "vocabulary, copy its vocab.json and merges.txt into %s).", directory,
-                    vocab_size, directory)
+                    "vocabulary, %s).", directory, vocab_size, _how_to_add_files(directory))
         return tokenizer
     size = (f" and its vocab_size {vocab_size} is not OpenAI's {tokenizer.vocab_size}"
             if vocab_size else "")
     raise MissingFileError(
         f"{directory} has no tokenizer files (vocab.json + merges.txt, or tokenizer.json){size}; "
-        "copy the model's own vocab.json and merges.txt from its original repository into "
-        f"{directory}.")
+        f"{_how_to_add_files(directory)}.")
+
+
+def _how_to_add_files(directory: Path) -> str:
+    """How the model's vocab.json and merges.txt get into `directory`: copied there, or, for a
+    snapshot in the Hugging Face cache (`models--ORG--NAME/snapshots/REV`, whose files are
+    links huggingface_hub manages), downloaded from its repo into the cache."""
+    snapshots, repo = directory.parent, directory.parent.parent.name
+    if snapshots.name == "snapshots" and repo.startswith("models--"):
+        repo_id = repo.removeprefix("models--").replace("--", "/")
+        return (f"it is the Hugging Face cache's copy of {repo_id}: add the files to the cache "
+                f"with `hf download {repo_id} vocab.json merges.txt --revision {directory.name}` "
+                "while online (a repo without them: its model's original repository has them)")
+    return ("copy the model's own vocab.json and merges.txt from its original repository into "
+            f"{directory}")
