@@ -388,6 +388,41 @@ def test_an_activation_given_for_a_bare_weights_file_is_taken_without_contradict
     assert "assumed activation" in caplog.text
 
 
+def test_init_from_ema_starts_from_the_checkpoints_average(tmp_path, caplog):
+    """`clip-jax train` had no way to start from a checkpoint's exponential moving average
+    (the loader took the trained weights and said to save the average first).
+    `config.init_from_ema` loads it, as `ema=True` / `--ema` do elsewhere."""
+    import torch
+
+    from reference import open_clip_model
+
+    from clip_jax.convert import openai as convert
+    from clip_jax.models.layers import unstack_layers
+
+    config = tiny.get_config()
+    model = train_step.model_config(config)
+    trained, average = (open_clip_model(model, seed=s).state_dict() for s in (3, 4))
+    torch.save({"state_dict": trained, "state_dict_ema": average}, tmp_path / "ckpt.pt")
+    config.init_from = str(tmp_path / "ckpt.pt")
+    for ema, expected in ((False, trained), (True, average)):
+        config.init_from_ema = ema
+        caplog.clear()
+        loaded, variables = train.model_and_weights(config, lambda _: None)
+        want = convert.from_state_dict(expected, loaded.replace(scan_layers=False))[1]
+        jax.tree.map(np.testing.assert_array_equal,
+                     unstack_layers(variables) if loaded.scan_layers else variables, want)
+        assert ("--config.init_from_ema=True in clip-jax train" in caplog.text) is not ema
+    torch.save(trained, tmp_path / "plain.pt")
+    config.init_from = str(tmp_path / "plain.pt")
+    with pytest.raises(ConfigError, match=r"^config.init_from_ema: ema=True, but the checkpoint "
+                                          r"holds no EMA weights"):
+        train.model_and_weights(config, lambda _: None)
+    config.init_from = ""
+    with pytest.raises(ConfigError, match=r"^config.init_from_ema: is True but config.init_from "
+                                          r"is empty; set config.init_from to the checkpoint"):
+        train.validate_config(config, 8, 1, "cpu")
+
+
 def test_the_compile_log_names_the_init_from_source_when_model_name_is_empty():
     """With `--config.model.name=''` (the architecture read from init_from) the compile log
     said "Model (2-layer ViT ...)", naming nothing."""

@@ -37,6 +37,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     # Start from imported weights (OpenAI/open_clip file, HF directory or clip_jax workdir); a
     # bare weights file is read as model.name's architecture ('' infers it from the shapes).
     c.init_from = ""
+    c.init_from_ema = False  # start from the checkpoint's exponential moving average instead
 
     c.batch_size = PAPER_BATCH  # global, over all hosts
     c.total_steps = math.ceil(PAPER_EPOCHS * PAPER_PAIRS / PAPER_BATCH)

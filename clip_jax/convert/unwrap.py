@@ -121,9 +121,8 @@ def _report(chosen: str, skipped: list[str], ema: bool, used_ema: bool) -> None:
     if skipped and not ema:
         log.warning("The checkpoint also holds an exponential moving average of the weights "
                     "(%s); loaded the trained weights. Pass ema=True (--ema in clip-jax "
-                    "zero-shot, index, search, eval and export-*) to load the average; to "
-                    "train from it, save it first (clip_jax.save(*clip_jax.load(PATH, "
-                    "ema=True), DIR)) and give DIR as init_from.",
+                    "zero-shot, index, search, eval and export-*; "
+                    "--config.init_from_ema=True in clip-jax train) to load the average.",
                     ", ".join(skipped))
     elif skipped:
         log.warning("Loaded the EMA weights (%s); the trained weights (%s) were passed over.",

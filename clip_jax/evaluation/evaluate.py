@@ -208,10 +208,11 @@ def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: V
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
     """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads, with its own
-    vocabulary: `factory.load_with_tokenizer`) or else the newest checkpoint of `workdir`; writes
+    vocabulary: `factory.load_with_tokenizer`; its average with `config.init_from_ema`) or else the newest checkpoint of `workdir`; writes
     the metrics to `workdir` (at the checkpoint's step, 0 for an import) and prints them."""
     source = config.init_from or workdir
-    module, variables, tokenizer = factory.load_with_tokenizer(source)
+    ema = bool(config.init_from) and config.get("init_from_ema", False)
+    module, variables, tokenizer = factory.load_with_tokenizer(source, ema=ema)
     step = checkpoints.read_meta(source)["step"] if checkpoints.is_workdir(source) else 0
     module = CLIP(module.config.replace(dtype=config.model.dtype))
     metrics, _ = evaluate_model(config, module, variables, tokenizer=tokenizer)

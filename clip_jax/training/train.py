@@ -86,6 +86,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
             raise ConfigError(f"config.model.name: {error}") from None
     if config.init_from and not (workdir and checkpoints.saved_steps(workdir)):
         loading.check_source(config.init_from)
+    if config.get("init_from_ema", False) and not config.init_from:
+        fail("init_from_ema", "is True but config.init_from is empty",
+             "set config.init_from to the checkpoint holding the average")
     parse_profile_steps(config.get("profile_steps", ""))
     mesh = sharding.mesh_shape(config.mesh, num_devices)
     shards = mesh[0] * mesh[1]
@@ -553,11 +556,14 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
     # the inference would otherwise assume (and warn about).
     bare = loading.infers_architecture(config.init_from)
     pinned = bool(config.model.name) and bare
+    ema = config.get("init_from_ema", False)
     try:
         module, variables = loading.load(
             config.init_from, model=config.model.name if pinned else None,
-            activation=config.model.activation if bare else None)
+            activation=config.model.activation if bare else None, ema=ema)
     except ConfigError as error:
+        if ema and str(error).startswith("ema=True"):
+            raise ConfigError(f"config.init_from_ema: {error}") from None
         if not pinned:
             raise
         raise ConfigError(f"config.init_from {config.init_from!r} does not fit "
