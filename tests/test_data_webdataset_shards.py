@@ -277,7 +277,7 @@ def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
     with open(path, "wb") as f:
         f.write(data)
     report = BuildReport("train", CleanOptions())
-    read = list(builder._samples(path, report))
+    read = list(builder._samples(path, report, []))
     expected = {"after the first sample": 1, "after the last member": 3,
                 "after a caption, before its sample's json": 2, "inside a header": 2,
                 "a damaged header": 1}[cut]
@@ -309,7 +309,7 @@ def test_hidden_members_are_counted_but_split_no_sample_nor_fail_a_build(tmp_pat
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     report = BuildReport("train", CleanOptions(max_bad_fraction=0.5))
-    read = list(builder._samples(path, report))
+    read = list(builder._samples(path, report, []))
     assert [(key, sorted(files)) for _, key, files in read] == [
         ("000000000", ["jpg", "txt"]), ("000000001", ["jpg", "txt"])]
     for _, key, _ in read:
@@ -338,7 +338,7 @@ def test_a_member_repeating_an_extension_in_another_case_is_counted(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     report = BuildReport("train", CleanOptions(max_bad_fraction=0.1))
-    read = {key: files for _, key, files in builder._samples(path, report)}
+    read = {key: files for _, key, files in builder._samples(path, report, [])}
     assert read == {"a": {"jpg": jpeg(1), "txt": b"one"}, "b": {"jpg": jpeg(3), "txt": b"three"}}
     assert report.skipped_by_reason == {"duplicate_member": 2}
     assert [s["key"] for s in report.skipped] == ["dup.tar/a.JPG", "dup.tar/a.Txt"]
@@ -402,3 +402,60 @@ def test_shards_appearing_under_a_glob_are_not_left_out(tmp_path):
     with pytest.raises(ConfigError, match=r"val/1.tar, which was missing at the build and "
                                           r"exists now"):
         sources.prepare(config)
+
+
+def _tar_of_members(path: str, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _adjacent_groups(path: str) -> list[tuple[str, list[str]]]:
+    """The samples webdataset's rule makes of a tar (consecutive members sharing a key),
+    straight from tarfile's listing."""
+    groups: list[tuple[str, list[str]]] = []
+    for name in tarfile.open(path).getnames():
+        key, ext = name.split(".", 1)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(ext)
+        else:
+            groups.append((key, [ext]))
+    return groups
+
+
+def test_a_samples_members_apart_in_the_tar_are_named_as_the_cause(tmp_path):
+    """A tar holding every image, then every caption (members of a sample not adjacent) was
+    reported as missing_caption and missing_image records, and a key repeated later in a
+    shard was kept without a word. Both are now one note naming the keys and the fix, in
+    bad_records.json, the build's warning and the error of a build that fails on it."""
+    os.makedirs(tmp_path / "wds")
+    apart = str(tmp_path / "wds" / "apart.tar")
+    _tar_of_members(apart, [("a.jpg", jpeg(1)), ("b.jpg", jpeg(2)), ("a.txt", b"one"),
+                            ("b.txt", b"two"), ("c.jpg", jpeg(3)), ("c.txt", b"three"),
+                            ("d.jpg", jpeg(4)), ("d.txt", b"four"),
+                            ("c.jpg", jpeg(5)), ("c.txt", b"three again")])
+    groups = _adjacent_groups(apart)
+    complete = [key for key, exts in groups if sorted(exts) == ["jpg", "txt"]]
+    config = data_options.default_config()
+    config.dataset, config.label_key = "webdataset_shards", ""
+    config.data_dir = str(tmp_path / "tfds")
+    config.webdataset.name = "apart"
+    config.webdataset.train_shards = apart
+    config.build.max_bad_fraction = 0.5
+    with pytest.raises(ConfigError, match=r"4 of 7 records are unusable .*3 sample key\(s\) "
+                                          r"appear again later in their shard, after other "
+                                          r"samples \(e.g. apart.tar/a, apart.tar/b, apart.tar/c\)"
+                                          r".*Put each sample's files together in the tar"):
+        sources.prepare(config)
+    config.build.max_bad_fraction = 1.0
+    config.webdataset.name = "apart_kept"
+    builder = sources.prepare(config)
+    source = builder.as_data_source("train")
+    assert sorted(source[i]["key"].decode() for i in range(len(source))) == sorted(
+        f"apart.tar/{key}" for key in complete)
+    with open(os.path.join(builder.data_dir, "bad_records.json")) as f:
+        report = json.load(f)["train"]
+    assert report["skipped_by_reason"] == {"missing_caption": 2, "missing_image": 2}
+    assert report["notes"][0].startswith("3 sample key(s) appear again later")

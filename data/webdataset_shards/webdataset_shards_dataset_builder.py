@@ -144,9 +144,10 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
         report = records.BuildReport(split, config.clean)
         image_exts = [extension(e) for e in config.shards.image_extensions.split(",")]
         caption_ext = extension(config.shards.caption_extension)
+        repeated: list[str] = []
         with futures.ThreadPoolExecutor(config.shards.num_threads) as pool:
             for number, shard in enumerate(shards):
-                samples = _samples(shard, report)
+                samples = _samples(shard, report, repeated)
                 while batch := list(itertools.islice(samples, _BATCH)):
                     cleaned = pool.map(
                         lambda sample: _clean_sample(sample, image_exts, caption_ext,
@@ -164,14 +165,27 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
                     for (example_key, name, image, caption), row in zip(ready, tokens):
                         yield example_key, {"image": image, "captions": [caption],
                                             "tokens": row[None], "key": name}
+        if repeated:
+            report.note(_apart_note(repeated), fix=True)
         report.finish(self.data_dir)
 
 
-def _samples(shard: str, report: records.BuildReport
+def _apart_note(repeated: list[str]) -> str:
+    """The finding for samples whose key comes back later in its shard (`shard/key` each)."""
+    return (f"{len(repeated)} sample key(s) appear again later in their shard, after other "
+            f"samples (e.g. {', '.join(repeated[:3])}): a webdataset sample is its adjacent "
+            "members only, so each part was read as a sample of its own (kept with an image and "
+            "a caption, else skipped as missing_image / missing_caption). Put each sample's "
+            "files together in the tar (e.g. create it from a name-sorted file list)")
+
+
+def _samples(shard: str, report: records.BuildReport, repeated: list[str]
              ) -> Iterator[tuple[int, str, dict[str, bytes]]]:
     """`(position, key, {extension: bytes})` per sample of a shard, streaming.
 
-    Members of a sample are consecutive in a webdataset tar. A read error ends the shard: the
+    Members of a sample are consecutive in a webdataset tar; a key met again after other
+    samples starts a sample of its own, as webdataset reads it, and is appended to `repeated`
+    (`shard/key`) for the split's note. A read error ends the shard: the
     samples read so far are kept and the error is reported. So does every stop that `tarfile`
     takes quietly for the end of the archive: a shard cut off between two members or inside a
     header, or a header block that is not a header. A whole tar ends with a block of zeros
@@ -179,7 +193,7 @@ def _samples(shard: str, report: records.BuildReport
     is reported.
     """
     read = 0
-    key, files = None, {}
+    key, files, seen = None, {}, set()
     headers = _header_blocks()
     try:
         with tf.io.gfile.GFile(shard, "rb") as f, \
@@ -199,7 +213,10 @@ def _samples(shard: str, report: records.BuildReport
                     if key is not None:
                         yield read, key, files
                         read += 1
+                    if member_key in seen:
+                        repeated.append(f"{os.path.basename(shard)}/{member_key}")
                     key, files = member_key, {}
+                    seen.add(member_key)
                 if ext in files:  # one sample cannot hold both
                     report.skip(f"{os.path.basename(shard)}/{member.name}", records.BadRecord(
                         records.DUPLICATE_MEMBER, f"sample {key!r} already has a '.{ext}' "
