@@ -285,9 +285,10 @@ def test_unbuilt_dataset_without_build_if_missing(tmp_path):
 
 
 def test_a_first_build_leaves_stdout_alone(tmp_path, capfd):
-    """Building on first use prints one line of ours to stderr; TFDS's notices go to stderr
-    too (stdout may be a command's --json result) and, stderr being no terminal here, no
-    progress-bar redraws reach it."""
+    """Building on first use prints one line of ours to stderr (stdout may be a command's
+    --json result); stderr being no terminal here, no progress-bar redraws reach it. TFDS's
+    "Downloading and preparing dataset Unknown size ..." (of local files: nothing downloads)
+    and "... downloaded and prepared" are not printed."""
     config = data_options.default_config()
     config.data_dir = str(tmp_path)
     config.synthetic.update(image_size=16, num_train=8, num_validation=4, num_test=4)
@@ -296,4 +297,5 @@ def test_a_first_build_leaves_stdout_alone(tmp_path, capfd):
     assert out == ""
     assert f"Building {builder.info.full_name} in {builder.data_dir} (first use) ..." in err
     assert "\r" not in err and "Generating splits" not in err
+    assert "Downloading" not in err and "downloaded" not in err, err
     assert len(builder.as_data_source("train")) == 8

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import errno
 import functools
+import io
 import json
 import logging
 import os
@@ -135,11 +136,15 @@ def interrupted_builds(data_dir: str) -> list[str]:
 def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
     """`download_and_prepare`, with TFDS's notices (printed to stdout) sent to stderr, so a
     command's stdout holds only its own output (a `--json` result, a table), and its progress
-    bars off unless stderr is a terminal (in a log file each redraw is one more line)."""
+    bars off unless stderr is a terminal (in a log file each redraw is one more line). A
+    builder of local files (`BUILDERS`) downloads nothing, and TFDS's "Downloading and preparing
+    dataset Unknown size ..." / "... downloaded and prepared" would say otherwise: its notices
+    are dropped (`_build_once` says what is built, `_report_skipped` what came of it)."""
     if not sys.stderr.isatty():
         tfds.disable_progress_bar()
+    local = type(builder).__module__.startswith("clip_jax_data.")
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(io.StringIO() if local else sys.stderr):
             builder.download_and_prepare(file_format="array_record")
     except AssertionError as error:  # TFDS asserts a manual download's folder is there
         said = " ".join(str(error).split())
