@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from clip_jax.errors import ConfigError
+from clip_jax.training.collapse import CollapseWatch
 from clip_jax.training import train
 from clip_jax.training import train_step
 from clip_jax.configs import tiny
@@ -824,6 +825,7 @@ class _RecordingWriter:
     def __init__(self):
         self.records: list[tuple[int, dict]] = []
         self.clock_restarts: list[int] = []
+        self.lines: list[str] = []
 
     def restart_clock(self, step):
         self.clock_restarts.append(step)
@@ -839,6 +841,9 @@ class _RecordingWriter:
 
     def expect(self, kind, every_steps):
         pass
+
+    def log(self, text):
+        self.lines.append(text)
 
     @contextlib.contextmanager
     def paused(self, kind=""):
@@ -905,6 +910,33 @@ def test_logged_rates_leave_out_checkpoint_saves():
     assert saved == [2, 4, 6] and [step for step, _ in writer.records] == [2, 4, 6]
     for step, record in writer.records[1:]:  # the windows right after a save
         assert record["seconds_per_step"] < 0.2, (step, record)
+
+
+def test_a_loss_back_at_chance_inside_a_logged_window_is_warned_about_once():
+    """A fine-tune whose lr is too high falls from its pretrained loss back to ln(batch)
+    within the first logged window: the mean logged then never showed the low loss, so each
+    step's loss is what the collapse watch reads."""
+    chance = math.log(8)
+    trace = iter([1.0, 3.0, chance, chance, chance, chance])
+
+    def step_fn(state, batch):
+        return state, {"loss": np.float32(next(trace)), "grad_norm": np.float32(1.0)}
+
+    plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=3,
+                         checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
+                         schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
+    writer = _RecordingWriter()
+    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+                           data=iter([{}] * 6), checkpointer=type("NoCheckpoints", (), {
+                               "save": lambda self, *a, **k: None})(), writer=writer,
+                           guard=type("Guard", (), {"should_stop": lambda self, step: False})(),
+                           checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0,
+                           collapse=CollapseWatch(8, 0.01))
+    train.run_loop(loop, None, 0)
+    assert writer.records[0][1]["loss"] > 0.9 * chance  # the window's mean hides the low loss
+    assert len(writer.lines) == 1 and writer.lines[0].startswith(
+        f"warning: at step 3 the loss is {chance:.4f}, chance (ln 8 = {chance:.4f}")
+    assert "after 1.0000 at step 1" in writer.lines[0]
 
 
 def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):

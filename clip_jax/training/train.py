@@ -47,6 +47,7 @@ from clip_jax.training import train_step
 from clip_jax.training import checkpoints
 from clip_jax.training import workdir_lock
 from clip_jax.training.checkpoints import Checkpointer
+from clip_jax.training.collapse import CollapseWatch
 from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models import attention
 from clip_jax.models.config import CLIPConfig
@@ -507,6 +508,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             checkpointer=checkpointer, writer=writer, guard=guard, checkpoint_meta=meta,
             model_flops=flops, peak_flops=peak, evaluation=evaluation,
             profile=StepProfile(plan.profile_steps, os.path.join(workdir, "tensorboard")),
+            collapse=(CollapseWatch(plan.batch_size, config.optimizer.lr)
+                      if losses.loss_spec(config.loss).unchunked == "softmax" else None),
             first_record={"compile_seconds": compile_seconds,
                           "seconds_to_first_step": time_to_first_step})
         last = run_loop(loop, state, start)
@@ -660,7 +663,7 @@ class TrainLoop:
 
     `checkpoint_meta(step)` is the metadata saved with the checkpoint of `step`;
     `first_record` (compile and startup seconds) is added to the first metrics record this
-    process writes.
+    process writes; `collapse` (softmax losses) warns once when the loss falls back to chance.
     """
 
     plan: RunPlan
@@ -676,6 +679,7 @@ class TrainLoop:
     evaluation: evaluate.PeriodicEvaluation | None = None
     profile: StepProfile | None = None
     first_record: dict[str, float] = dataclasses.field(default_factory=dict)
+    collapse: CollapseWatch | None = None
 
 
 def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
@@ -736,6 +740,10 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
             writer.write(done, {**last, **extra})
             extra = {}
             writer.progress(done, last)
+            for n, m in zip(range(done - len(values) + 1, done + 1), values):
+                collapsed = loop.collapse and loop.collapse.check(n, float(m["loss"]))
+                if collapsed:
+                    writer.log(collapsed)
             if save:
                 with writer.paused("save"):  # nor is checkpointing (an async save's copy)
                     try:

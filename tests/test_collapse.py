@@ -1,0 +1,47 @@
+"""The warning of a run whose softmax loss falls back to chance after it had learned."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clip_jax.training import losses
+from clip_jax.training.collapse import CollapseWatch
+
+
+@pytest.mark.parametrize("batch", [8, 256])
+def test_chance_is_the_loss_of_collapsed_features(batch):
+    """Every image embedded alike and every caption alike (a collapsed model): the softmax
+    loss is what the watch takes for chance, and numpy's cross entropy of a uniform guess
+    among `batch` captions."""
+    rng = np.random.default_rng(0)
+    direction = rng.standard_normal(16)
+    img = np.tile(direction / np.linalg.norm(direction), (batch, 1)).astype(np.float32)
+    txt = np.tile(rng.standard_normal(16), (batch, 1)).astype(np.float32)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    loss, _ = losses.softmax_loss(jnp.asarray(img), jnp.asarray(txt), jnp.float32(100.0))
+    uniform = -np.log(np.full(batch, 1.0 / batch)).mean()
+    assert CollapseWatch(batch, 1e-3).chance == pytest.approx(uniform, rel=1e-12)
+    assert float(loss) == pytest.approx(uniform, rel=1e-5)
+
+
+def test_a_fine_tune_falling_back_to_chance_is_said_once():
+    watch = CollapseWatch(64, 1e-3)
+    chance = math.log(64)
+    trace = [(10, 1.2), (20, 0.9), (30, 2.5), (40, chance * 1.005), (50, chance), (60, 0.8)]
+    said = [(step, watch.check(step, loss)) for step, loss in trace]
+    assert [step for step, text in said if text] == [40]
+    text = said[3][1]
+    assert text.startswith(f"warning: at step 40 the loss is {chance * 1.005:.4f}, chance "
+                           f"(ln 64 = {chance:.4f}")
+    assert "after 0.9000 at step 20" in text and "config.optimizer.lr (now 0.001)" in text
+
+
+def test_a_run_from_scratch_still_at_chance_is_not_warned_about():
+    """A model trained from scratch starts at chance and may stay there a while: only a
+    fall back from below 0.9 ln(batch) is a collapse."""
+    watch = CollapseWatch(128, 5e-4)
+    chance = math.log(128)
+    assert not any(watch.check(step, loss) for step, loss in
+                   [(1, chance * 1.002), (2, chance), (3, chance * 0.95), (4, chance * 0.999)])
