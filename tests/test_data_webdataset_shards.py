@@ -287,7 +287,7 @@ def test_shard_cut_between_members_is_a_bad_source(tmp_path, cut, compress):
     whole = str(tmp_path / "whole.tar")
     write_tar(whole, samples)
     report = BuildReport("train", CleanOptions())
-    assert len(list(builder._samples(whole, report))) == 3 and not report.bad_sources
+    assert len(list(builder._samples(whole, report, []))) == 3 and not report.bad_sources
 
 
 def test_hidden_members_are_counted_but_split_no_sample_nor_fail_a_build(tmp_path):
