@@ -766,3 +766,30 @@ def test_eval_reads_photos_upright_by_their_exif_orientation(tmp_path, exif_tran
                                                exif_transpose=exif_transpose))
     got = np.concatenate([b["images"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(got, want)
+
+
+def test_file_names_that_are_not_utf8_read_and_such_class_names_are_refused(tmp_path):
+    """`café.jpg` saved in latin-1 (an old zip, a Windows share) stopped a whole evaluation
+    with TensorFlow's UnicodeDecodeError while listing the folder. Such a file reads like any
+    other (torchvision's ImageFolder lists it too, and PIL gives the pixels); a class folder so
+    named is refused in one line: its name is the text the prompts say."""
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "photos"
+    for k, name in enumerate(["cat", "dog"]):
+        os.makedirs(root / name)
+        picture(k).save(root / name / "plain.png")
+    odd = os.fsdecode(os.fsencode(str(root / "dog")) + b"/caf\xe9.png")
+    picture(7).save(odd)
+    images = labelled_data.read(str(root))
+    theirs = ImageFolder(str(root))
+    assert list(zip(images.files, images.labels.tolist())) == theirs.samples
+    assert odd in images.files
+    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=4))
+    got = np.concatenate([b["images"][b["mask"]] for b in batches])
+    want = preprocess([Image.open(f).convert("RGB") for f in images.files], MODEL)
+    np.testing.assert_array_equal(got, want)
+    os.makedirs(os.fsdecode(os.fsencode(str(root)) + b"/caf\xe9"))
+    with pytest.raises(ConfigError, match=r"^Class folder b'caf\\xe9' in .* is not named in "
+                                          r"UTF-8 .*: rename it"):
+        labelled_data.read(str(root))

@@ -46,6 +46,7 @@ import logging
 import os
 import tarfile
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -158,9 +159,37 @@ def _metadata_folder(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def _listdir(folder: str) -> list[str]:
+    """The names in a folder: `os.listdir` for a local one (a name that is not UTF-8, from an
+    old zip or a Windows share, comes back surrogate-escaped, where TensorFlow's listing
+    raises UnicodeDecodeError), TensorFlow's for a URL (`gs://`)."""
+    if "://" not in folder:
+        return os.listdir(folder)
+    return [n.rstrip("/") for n in tf.io.gfile.listdir(folder)]
+
+
+def _walk(folder: str) -> Callable[[str], Any]:
+    """The walk `walk_once` takes for `folder`: `os.walk` (links followed) for a local one, as
+    `_listdir` lists, TensorFlow's for a URL."""
+    return functools.partial(os.walk, followlinks=True) if "://" not in folder else (
+        tf.io.gfile.walk)
+
+
 def _subdirs(root: str) -> list[str]:
-    return sorted(n.rstrip("/") for n in tf.io.gfile.listdir(root)
-                  if tf.io.gfile.isdir(os.path.join(root, n.rstrip("/"))))
+    isdir = os.path.isdir if "://" not in root else tf.io.gfile.isdir
+    return sorted(n for n in _listdir(root) if isdir(os.path.join(root, n)))
+
+
+def _check_class_name(folder: str, name: str) -> None:
+    """ConfigError for a class folder whose name is not UTF-8 (surrogate-escaped by
+    `_listdir`): the name is the class name prompts are written with, and it has no text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"Class folder {name.encode('utf-8', 'surrogateescape')!r} in "
+                          f"{folder!r} is not named in UTF-8 (an old zip or a Windows share's "
+                          "encoding): rename it; its name is the class name the prompts "
+                          "say.") from None
 
 
 def read_image_folder(root: str, split: str = "") -> LabelledImages:
@@ -173,8 +202,9 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
         if _metadata_folder(name):  # .ipynb_checkpoints, .git, __MACOSX: never a class
             skipped.setdefault("hidden folder", []).append(os.path.join(folder, name))
         else:
+            _check_class_name(folder, name)
             classes.append(name)
-    for name in sorted(set(n.rstrip("/") for n in tf.io.gfile.listdir(folder)) - set(subdirs)):
+    for name in sorted(set(_listdir(folder)) - set(subdirs)):
         why = "hidden file" if name.startswith(".") else "outside any class folder"
         skipped.setdefault(why, []).append(os.path.join(folder, name))
     if len(classes) < 2:
@@ -182,7 +212,7 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
                           "out as <root>/<class name>/<image files> with at least 2 classes.")
     files, labels, revisits = [], [], []
     for label, name in enumerate(classes):
-        walked = list(walk_once(os.path.join(folder, name), revisits, tf.io.gfile.walk))
+        walked = list(walk_once(os.path.join(folder, name), revisits, _walk(folder)))
         for directory, _, names in sorted(walked):
             hidden = any(p.startswith(".") for p in
                          os.path.relpath(directory, folder).split(os.sep))
@@ -503,7 +533,7 @@ def read(path: str, split: str = "", class_names: Sequence[str] | None = None,
 def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
     """The encoded bytes of one image of a `LabelledImages`: the whole file (`offset` -1) or
     `length` bytes from `offset` inside a tar shard."""
-    with tf.io.gfile.GFile(path.decode(), "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:  # bytes: a name need not be UTF-8
         if offset < 0:
             return f.read()
         f.seek(int(offset))
@@ -594,7 +624,7 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
                 return data, _PLACEHOLDER, True
             return b"", to_rgb_uint8(image, exif_transpose=exif_transpose), True
     except Image.UnidentifiedImageError:
-        reason = (undecodable_format(path.decode(), data[:12])
+        reason = (undecodable_format(os.fsdecode(path), data[:12])
                   or "not an image PIL can identify")
     except DECODE_ERRORS as error:
         reason = str(error)
@@ -605,7 +635,7 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
     where = f" (bytes {offset}+{length})" if offset >= 0 else ""
     if (path, int(offset)) not in _REPORTED:  # once per process, not at every periodic eval
         _REPORTED.add((path, int(offset)))
-        log.warning("skipped unreadable image %s%s: %s", path.decode(), where, reason)
+        log.warning("skipped unreadable image %s%s: %s", os.fsdecode(path), where, reason)
     return b"", _PLACEHOLDER, False
 
 
@@ -627,7 +657,8 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     index = np.arange(piece.first, piece.last, dtype=np.int64)
     size = model_config.image_size
     mean, std = normalization_constants(model_config)
-    table = {"file": np.asarray(images.files, dtype=object), "offset": images.offsets,
+    table = {"file": np.asarray([os.fsencode(f) for f in images.files], dtype=object),
+             "offset": images.offsets,
              "length": images.lengths, "label": images.labels}
     columns = {k: tf.constant(v[index]) for k, v in table.items()}
 
@@ -658,7 +689,7 @@ def report_dropped(images: LabelledImages, read: np.ndarray) -> None:
     [M], the indices that reached the model) and that no check has named already: the ones
     TensorFlow's decoder failed on (`make_iterable`)."""
     for i in np.setdiff1d(np.arange(len(images)), read):
-        path, offset = images.files[i].encode(), int(images.offsets[i])
+        path, offset = os.fsencode(images.files[i]), int(images.offsets[i])
         if (path, offset) not in _REPORTED:
             _REPORTED.add((path, offset))
             where = f" (bytes {offset}+{int(images.lengths[i])})" if offset >= 0 else ""
