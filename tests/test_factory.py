@@ -229,3 +229,22 @@ def test_every_public_name_resolves_to_its_definition():
     for name in clip_jax.__all__:
         module = importlib.import_module(clip_jax._EXPORTS[name])
         assert getattr(clip_jax, name) is getattr(module, name), name
+
+
+def test_a_vocabulary_whose_end_of_text_is_not_its_largest_id_is_refused(tmp_path):
+    """The text tower reads each text at argmax(token ids): a vocabulary numbering its
+    end-of-text token below another token would be read at the wrong place, silently."""
+    import json
+
+    from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
+    from clip_jax.pretrained import factory
+
+    default_tokenizer().save_hf(tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    vocab["<|endoftext|>"], vocab["a"] = vocab["a"], vocab["<|endoftext|>"]
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    tokenizer = Tokenizer.from_hf(tmp_path)
+    assert tokenizer(["a"])[0, :3].tolist() == [49406, 320, vocab["<|endoftext|>"]]
+    with pytest.raises(ConfigError, match=r"end-of-text token has id 64, not its largest "
+                                          r"\(49407\)"):
+        factory.tokenizer_for(tokenizer, get_preset("test-vit"))

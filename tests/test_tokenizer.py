@@ -366,15 +366,39 @@ def test_save_hf_and_from_hf_round_trip(reference, hf_dir):
     np.testing.assert_array_equal(loaded(texts), reference_ids(reference, texts))
 
 
-def test_from_hf_rejects_inconsistent_vocab(hf_dir, tmp_path):
+def test_a_vocab_numbering_the_tokens_its_own_way_gives_transformers_ids(hf_dir, tmp_path):
+    """A vocab.json that numbers the merges' tokens in another order (transformers reads it:
+    the merges split, the vocabulary numbers) was refused as "vocab.json does not match
+    merges.txt", and, as tokenizer.json, named a temporary folder. Its ids are now
+    transformers'; a vocabulary of other tokens is refused naming the files."""
+    from clip_jax.convert.hf_tokenizer import load_tokenizer
+    from clip_jax.errors import ConfigError
+
     vocab = json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8"))
+    vocab["cat</w>"], vocab["dog</w>"] = vocab["dog</w>"], vocab["cat</w>"]
     vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
     (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (tmp_path / "merges.txt").write_text(
-        (hf_dir / "merges.txt").read_text(encoding="utf-8"), encoding="utf-8"
-    )
-    with pytest.raises(ValueError, match="does not match"):
-        Tokenizer.from_hf(tmp_path)
+        (hf_dir / "merges.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    hf = transformers.CLIPTokenizer.from_pretrained(tmp_path)
+    texts = ASCII_CAPTIONS + ["a cat and a dog", "ab ba aab"]
+    out = hf(texts, padding="max_length", truncation=True, max_length=77, return_tensors="np")
+    want = np.where(out["attention_mask"] == 1, out["input_ids"], 0)
+    for loaded in (Tokenizer.from_hf(tmp_path), load_tokenizer(tmp_path)):
+        np.testing.assert_array_equal(loaded(texts), want)
+        assert not loaded.same_as(Tokenizer.from_hf(hf_dir))
+    hf.save_pretrained(tmp_path / "json")  # tokenizer.json alone, as transformers 5 writes
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "json" / name).unlink(missing_ok=True)
+    np.testing.assert_array_equal(load_tokenizer(tmp_path / "json")(texts), want)
+    del vocab["dog</w>"]
+    vocab["zqxjv</w>"] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/vocab.json and merges.txt: the "
+                                          r"vocabulary \(49408 tokens\) is not the 49408 the "
+                                          r"merges make \(e.g. not made by any merge: "
+                                          r"\['zqxjv</w>'\]; made but missing: \['dog</w>'\]\)"):
+        load_tokenizer(tmp_path)
 
 
 ASCII_CAPTIONS = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import tokenizers
@@ -77,20 +76,24 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
     directory) or ConfigError (not a CLIP BPE tokenizer).
     """
     directory = Path(directory)
-    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-        return Tokenizer.from_hf(directory)
-    if not (directory / "tokenizer.json").is_file():
-        return _openai_tokenizer_for(directory)
-    model = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8")).get("model", {})
-    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
-        raise ConfigError(f"{directory}/tokenizer.json is not a CLIP byte-level BPE tokenizer "
-                          f"(model type {model.get('type')!r}); copy the model's own "
-                          "vocab.json and merges.txt beside it.")
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    with tempfile.TemporaryDirectory() as tmp:  # Tokenizer.from_hf checks vocab against merges
-        (Path(tmp) / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
-        (Path(tmp) / "merges.txt").write_text("\n".join(merges), encoding="utf-8")
-        return Tokenizer.from_hf(tmp)
+    try:
+        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+            return Tokenizer.from_hf(directory)
+        if not (directory / "tokenizer.json").is_file():
+            return _openai_tokenizer_for(directory)
+        model = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8")).get(
+            "model", {})
+        if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+            raise ConfigError(f"{directory}/tokenizer.json is not a CLIP byte-level BPE "
+                              f"tokenizer (model type {model.get('type')!r}); copy the model's "
+                              "own vocab.json and merges.txt beside it.")
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        return Tokenizer.from_hf_vocab(merges, model["vocab"], f"{directory}/tokenizer.json")
+    except ConfigError:
+        raise
+    except ValueError as error:  # files that are no CLIP BPE pair: said of the folder
+        raise ConfigError(f"{error}; clip_jax reads CLIP's byte-level BPE (transformers' "
+                          "CLIPTokenizer files) only.") from None
 
 
 def _openai_tokenizer_for(directory: Path) -> Tokenizer:

@@ -50,7 +50,7 @@ import html
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -158,6 +158,20 @@ def _check_context_length(context_length: int) -> int:
     return int(context_length)
 
 
+def _numbered(tokens: list[str], ids: Mapping[str, int]) -> list[str]:
+    """`tokens` in the order `ids` numbers them; ValueError unless `ids` numbers exactly these
+    tokens 0..N-1 (naming a few that differ)."""
+    if set(ids) != set(tokens):
+        extra, missing = sorted(set(ids) - set(tokens)), sorted(set(tokens) - set(ids))
+        raise ValueError(
+            f"the vocabulary ({len(ids)} tokens) is not the {len(tokens)} the merges make "
+            f"(e.g. not made by any merge: {extra[:3]}; made but missing: {missing[:3]}): the "
+            "files are not one CLIP BPE tokenizer's")
+    if sorted(ids.values()) != list(range(len(tokens))):
+        raise ValueError(f"the vocabulary's ids are not 0..{len(tokens) - 1}, each once")
+    return sorted(tokens, key=ids.__getitem__)
+
+
 def _build_word_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> tokenizers.Tokenizer:
     """Rust byte-level BPE of space-separated words (our words never contain whitespace)."""
     model = tokenizers.models.BPE(
@@ -180,15 +194,21 @@ def _build_word_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> tok
 class Tokenizer:
     """OpenAI CLIP tokenizer: ``tokenizer(texts) -> int32 [N, context_length]``."""
 
-    def __init__(self, merges: Sequence[tuple[str, str]]):
-        """Build from the ordered BPE merges; the vocabulary follows from them as in OpenAI CLIP."""
+    def __init__(self, merges: Sequence[tuple[str, str]], ids: Mapping[str, int] | None = None):
+        """Build from the ordered BPE merges; the vocabulary follows from them as in OpenAI CLIP
+        (bytes, bytes + `</w>`, one token per merge, SOT, EOT). `ids` (token -> id, the
+        specials spelt `SOT_TEXT` / `EOT_TEXT`) numbers that vocabulary otherwise: a vocab.json
+        that orders the same tokens its own way. ValueError when `ids` holds other tokens or
+        is not numbered 0..N-1."""
         merges = [(a, b) for a, b in merges]
         symbols = list(_byte_to_symbol().values())
         tokens = symbols + [s + END_OF_WORD for s in symbols] + [a + b for a, b in merges]
         tokens += [SOT_TEXT, EOT_TEXT]
-        vocab = {t: i for i, t in enumerate(tokens)}
-        if len(vocab) != len(tokens):
+        if len(set(tokens)) != len(tokens):
             raise ValueError("BPE merges produce duplicate vocabulary entries")
+        if ids is not None:
+            tokens = _numbered(tokens, ids)
+        vocab = {t: i for i, t in enumerate(tokens)}
         self._merges = merges
         self._id_to_token = tokens
         self._vocab = vocab
@@ -207,26 +227,31 @@ class Tokenizer:
 
     @classmethod
     def from_hf(cls, directory: str | Path) -> Tokenizer:
-        """Load a Hugging Face CLIP ``vocab.json`` + ``merges.txt`` pair.
-
-        The merges determine the vocabulary, so ``vocab.json`` is only checked against it (with
-        HF's spelling of the special tokens); a mismatch means the files are not OpenAI CLIP's.
-        """
+        """Load a Hugging Face CLIP ``vocab.json`` + ``merges.txt`` pair (`from_hf_vocab`)."""
         directory = Path(directory)
-        lines = (directory / "merges.txt").read_text(encoding="utf-8").split("\n")
+        return cls.from_hf_vocab(
+            (directory / "merges.txt").read_text(encoding="utf-8").split("\n"),
+            json.loads((directory / "vocab.json").read_text(encoding="utf-8")),
+            f"{directory}/vocab.json and merges.txt")
+
+    @classmethod
+    def from_hf_vocab(cls, merge_lines: Sequence[str], hf_vocab: Mapping[str, int],
+                      source: str) -> Tokenizer:
+        """A tokenizer of Hugging Face CLIP merges (`"a b"` lines, an optional `#version`
+        header) and vocabulary (token -> id, HF's spelling of the special tokens).
+
+        The merges decide how text splits, the vocabulary what each token's id is, as in
+        transformers. ValueError naming `source` when the vocabulary does not hold exactly the
+        tokens the merges make (not one CLIP BPE's pair of files)."""
+        lines = list(merge_lines)
         if lines and lines[0].startswith("#version"):
             lines = lines[1:]
         merges = [_parse_merge(line) for line in lines if line.strip()][:NUM_MERGES]
-        tokenizer = cls(merges)
-        hf_vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
         renamed = {HF_SOT_TEXT: SOT_TEXT, HF_EOT_TEXT: EOT_TEXT}
-        vocab = {renamed.get(t, t): i for t, i in hf_vocab.items()}
-        if vocab != tokenizer._vocab:
-            mismatched = sorted(set(vocab.items()) ^ set(tokenizer._vocab.items()))[:5]
-            raise ValueError(
-                f"vocab.json does not match merges.txt in {directory}, e.g. {mismatched}"
-            )
-        return tokenizer
+        try:
+            return cls(merges, {renamed.get(t, t): i for t, i in hf_vocab.items()})
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
 
     def save_hf(self, directory: str | Path) -> None:
         """Write ``vocab.json`` and ``merges.txt`` in Hugging Face's CLIP format."""
@@ -259,9 +284,9 @@ class Tokenizer:
         return len(self._id_to_token)
 
     def same_as(self, other: Tokenizer) -> bool:
-        """Whether both give the same ids for every text: the same merges in the same order
-        (the vocabulary follows from them)."""
-        return self._merges == other._merges
+        """Whether both give the same ids for every text: the same merges in the same order,
+        and the same ids for the tokens they make."""
+        return self._merges == other._merges and self._id_to_token == other._id_to_token
 
     def _encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, BPE-ing the words no earlier call has seen in one Rust batch."""

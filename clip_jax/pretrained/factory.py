@@ -186,11 +186,17 @@ def tokenizer_for(vocabulary: Tokenizer | None, config: CLIPConfig) -> TextToken
 
 def _bind(tokenizer: Tokenizer, config: CLIPConfig) -> TextTokenizer:
     """`tokenizer` at the model's context length; ConfigError when its vocabulary is larger
-    than the model's token embedding table."""
+    than the model's token embedding table, or numbers its end-of-text token below another
+    (the text tower reads each text at argmax(token ids), which must be that token)."""
     if tokenizer.vocab_size > config.text.vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model "
                           f"{config.text.vocab_size} embeddings; pass the model's own tokenizer "
                           "directory.")
+    if tokenizer.eot_token_id != tokenizer.vocab_size - 1:
+        raise ConfigError(f"The tokenizer's end-of-text token has id {tokenizer.eot_token_id}, "
+                          f"not its largest ({tokenizer.vocab_size - 1}): a CLIP text tower "
+                          "reads each text at its largest token id, so this vocabulary cannot "
+                          "be used with it.")
     return functools.partial(tokenizer, context_length=config.context_length)
 
 
