@@ -710,3 +710,30 @@ def test_a_broken_link_in_a_folder_is_skipped_and_named(folder, model, tmp_path)
     assert str(root / "linked.png") in report.index.paths
     reasons = {s.path: s.reason for s in report.skipped}
     assert reasons[str(root / "broken.jpg")] == "no such file"
+
+
+def test_an_index_of_nothing_readable_is_refused_and_not_written(model, tmp_path, capsys):
+    """`clip-jax index` of files none of which PIL reads wrote an empty index and exited 0,
+    and searching it printed nothing, exit 0 (zero-shot on the same folder said it in one
+    line). Now nothing is written and the reasons are named; an empty index an earlier
+    version wrote is refused by search."""
+    from clip_jax.errors import ConfigError
+
+    path, module, variables = model
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "text.jpg").write_text("not an image")
+    assert not any(pil_reads(str(p)) for p in root.iterdir())
+    out = tmp_path / "i.npz"
+    with pytest.raises(ConfigError, match=r"^None of the 2 image file\(s\) could be read "
+                                          r"\(text.jpg: .*; zero.jpg: .*\); no index written"):
+        image_index.build_index(str(root), Encoder(module, variables), out, progress=False)
+    assert not os.path.exists(out) and not os.path.exists(f"{out}.partial")
+    assert cli.main(["index", str(root), "--model", path, "--output", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: None of the 2 image file(s)")
+    dim = module.config.embed_dim
+    image_index.ImageIndex(np.zeros((0, dim), np.float32), [], np.zeros(0, np.int64),
+                           np.zeros(0, np.int64), {"model": path}).save(out)
+    assert cli.main(["search", str(out), "a cat"]) == 2
+    assert "holds no images" in capsys.readouterr().err

@@ -178,6 +178,10 @@ def search_command(args: argparse.Namespace) -> int:
         print(f"warning: the query {args.query!r} is searched as text, though it {where}; to "
               f"search by the image, pass --image {shlex.quote(args.query)}.", file=sys.stderr)
     index = image_index.ImageIndex.load(args.index)
+    if not len(index):  # written by an earlier version, which kept an index of nothing
+        raise ConfigError(f"{args.index} holds no images (none of its "
+                          f"{len(index.meta.get('skipped', []))} file(s) could be read); "
+                          "index readable images first.")
     model = args.model or index.meta.get("model")
     if not model:
         raise ConfigError(f"{args.index!r} does not record its model; pass --model.")

@@ -213,7 +213,8 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     to it; `BuildReport.duplicates` counts the repeats). Resumable:
     see the module docstring. Raises ValueError when `<output>.partial/` was written with
     another model (delete it or choose another output) or `output` is a file other than an
-    index (`check_output`), FileNotFoundError for missing inputs or folders without images.
+    index (`check_output`), FileNotFoundError for missing inputs or folders without images,
+    ConfigError (nothing written) when none of the images found can be read.
     Single-host: the model runs on one process's devices.
     """
     images = [images] if isinstance(images, (str, os.PathLike)) else list(images)
@@ -272,9 +273,15 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     bar.close()
 
     kept = [p for p in paths if p in done]
+    if not kept:  # an index of nothing would make every search answer nothing, silently
+        shutil.rmtree(partial)
+        reasons = "; ".join(f"{os.path.basename(s.path)}: {s.reason}" for s in skipped[:3])
+        raise ConfigError(f"None of the {len(paths)} image file(s) could be read ({reasons}"
+                          f"{'; ...' if len(skipped) > 3 else ''}); no index written to "
+                          f"{output}.")
     dim = encoder.module.config.embed_dim
     index = ImageIndex(
-        np.stack([done[p] for p in kept]) if kept else np.zeros((0, dim), np.float32), kept,
+        np.stack([done[p] for p in kept]), kept,
         np.asarray([stats[p][0] for p in kept], np.int64),
         np.asarray([stats[p][1] for p in kept], np.int64),
         {"model": model_name, "model_options": dict(model_options or {}),
