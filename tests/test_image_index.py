@@ -737,3 +737,23 @@ def test_an_index_of_nothing_readable_is_refused_and_not_written(model, tmp_path
                            np.zeros(0, np.int64), {"model": path}).save(out)
     assert cli.main(["search", str(out), "a cat"]) == 2
     assert "holds no images" in capsys.readouterr().err
+
+
+def test_search_after_the_indexs_model_moved_says_to_pass_model(folder, model, tmp_path,
+                                                               capsys):
+    """The model folder recorded in the index moved: search answered "No checkpoint at
+    '<path>': ..." without saying the path came from the index, nor that --model fixes it."""
+    import shutil
+
+    path, _, _ = model
+    shutil.copytree(path, tmp_path / "model")
+    out = str(tmp_path / "i.npz")
+    assert cli.main(["index", str(folder / "b"), "--model", str(tmp_path / "model"),
+                     "--output", out]) == 0
+    (tmp_path / "model").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert cli.main(["search", out, "a cat"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} was built with the model at {tmp_path / 'model'}, which is not there "
+        "now; pass --model with where it is (the same weights: the index checks them).\n")
+    assert cli.main(["search", out, "a cat", "--model", str(tmp_path / "moved")]) == 0

@@ -185,6 +185,10 @@ def search_command(args: argparse.Namespace) -> int:
     model = args.model or index.meta.get("model")
     if not model:
         raise ConfigError(f"{args.index!r} does not record its model; pass --model.")
+    if args.model is None and os.path.isabs(model) and not os.path.exists(model):
+        raise MissingFileError(f"{args.index} was built with the model at {model}, which is not "
+                               "there now; pass --model with where it is (the same weights: "
+                               "the index checks them).")
     recorded = index.meta.get("model_options", {}) if args.model is None else {}
     module, variables, tokenizer = load_model_and_tokenizer(model, args, recorded)
     # an image query is read as the index's images were (`clip-jax index --alpha ...`)
