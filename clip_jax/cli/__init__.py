@@ -436,8 +436,11 @@ def _image_arguments(p: argparse.ArgumentParser) -> None:
                    help="turn photos upright by their EXIF orientation (default: on)")
     p.add_argument("--alpha", default="drop", type=alpha_mode,
                    help="transparency: 'drop' (default: convert('RGB'), keeping the colours "
-                        "stored under transparent pixels, as transformers' pipelines do) or a "
-                        "background colour to composite onto, e.g. 'white' or '#808080'")
+                        "stored under transparent pixels, as transformers' pipelines do for "
+                        "RGBA and LA images; for an image with one transparent colour, a "
+                        "palette entry or a PNG's tRNS key, they composite onto white, which "
+                        "'white' gives) or a background colour to composite onto, e.g. 'white' "
+                        "or '#808080'")
 
 
 def _index_arguments(i: argparse.ArgumentParser) -> None:
