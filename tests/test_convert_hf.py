@@ -551,7 +551,8 @@ def test_import_errors(tmp_path):
 
 
 @pytest.mark.parametrize("setting", [{"resample": 2}, {"do_normalize": False},
-                                     {"do_center_crop": False}])
+                                     {"do_center_crop": False},
+                                     {"crop_size": {"height": 32, "width": 24}}])
 def test_an_image_processor_we_do_not_follow_is_warned_about(tmp_path, caplog, setting):
     """A processor resampling bilinearly or not normalising was loaded without a word, its
     statistics taken and the rest dropped; the pixels then differ from CLIPImageProcessor's."""

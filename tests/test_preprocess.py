@@ -402,3 +402,16 @@ def test_centre_crop_offset_rounds_down_where_torchvision_rounds_half_to_even(vi
             expected = image[:, start:start + 224] if axis else image[start:start + 224]
             np.testing.assert_array_equal(tv, expected)
             assert np.array_equal(ours, tv) == (shift == 0), margin
+
+
+def test_a_model_folder_given_as_config_says_to_load_it_first(tmp_path):
+    """`preprocess(image, "/path/to/model")` answered "Unknown model '/path/to/model'; choose
+    one of [presets]": a path is answered with how to get its config."""
+    from clip_jax.errors import ConfigError
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ConfigError, match=rf"config='{tmp_path}' is a path; .*clip_jax.load\("
+                                          rf"'{tmp_path}'\), then config=module.config"):
+        preprocess(image, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"Unknown model 'ViT-B/33'"):
+        preprocess(image, "ViT-B/33")

@@ -204,7 +204,8 @@ def _image_processor(directory: Path, image_size: int
         return OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, None
     size, crop = processor.get("size", image_size), processor.get("crop_size", image_size)
     size = size.get("shortest_edge", size) if isinstance(size, dict) else size
-    crop = crop.get("height", crop) if isinstance(crop, dict) else crop
+    if isinstance(crop, dict) and crop.get("height") == crop.get("width", crop.get("height")):
+        crop = crop.get("height", crop)  # square: {"height": 224, "width": 224} is 224
     cropped = processor.get("do_center_crop", True)
     resize = size if cropped and isinstance(size, int) and size > image_size else None
     ours = {"size": resize or image_size, "crop_size": image_size, **_PROCESSOR_STEPS}

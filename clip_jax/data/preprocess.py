@@ -41,7 +41,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from clip_jax.errors import MissingFileError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig, normalization_constants
 from clip_jax.models.presets import get_preset
 
@@ -396,6 +396,10 @@ def image_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
 
 
 def _model_config(config: CLIPConfig | str) -> CLIPConfig:
+    if isinstance(config, str) and os.path.exists(config):
+        raise ConfigError(f"config={config!r} is a path; pass the loaded model's config: "
+                          f"module, variables = clip_jax.load({config!r}), then "
+                          "config=module.config (a model's statistics and size are in it).")
     if isinstance(config, str):
         return get_preset(config)
     if not isinstance(config, CLIPConfig):
@@ -419,11 +423,13 @@ def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str
     transparency is dropped, keeping the colours stored under it (`alpha`: see
     `background_colour`; `alpha="white"` is what `CLIPImageProcessor` does with an RGBA
     image; OpenAI and open_clip differ here, as the module docstring says).
-    Raises ConfigError for an unknown preset name, TypeError for a `config` that is neither,
+    Raises ConfigError for an unknown preset name (or a path: load the model first),
+    TypeError for a `config` that is neither,
     ValueError for a bad `alpha` and `image_list`'s errors before reading any image;
     then, per image, MissingFileError for a path with no file, PIL's UnidentifiedImageError
     for a file that is not an image, OSError naming the file for one that is empty or cannot
-    be decoded (truncated), TypeError for an array that is not uint8 and ValueError for an
+    be decoded (truncated), PIL's DecompressionBombError for one over twice
+    `PIL.Image.MAX_IMAGE_PIXELS` (raise that limit for trusted huge scans), TypeError for an array that is not uint8 and ValueError for an
     image with no pixels (zero height or width).
     """
     config = _model_config(config)
