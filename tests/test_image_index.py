@@ -757,3 +757,25 @@ def test_search_after_the_indexs_model_moved_says_to_pass_model(folder, model, t
         f"error: {out} was built with the model at {tmp_path / 'model'}, which is not there "
         "now; pass --model with where it is (the same weights: the index checks them).\n")
     assert cli.main(["search", out, "a cat", "--model", str(tmp_path / "moved")]) == 0
+
+
+def test_reindexing_after_files_are_deleted_says_how_many_were_left_out(folder, model,
+                                                                       tmp_path):
+    """Indexing a folder again after some of its images were deleted left them out of the
+    index without a word in the summary."""
+    import shutil
+
+    _, module, variables = model
+    root = tmp_path / "photos"
+    shutil.copytree(folder, root)
+    out = str(tmp_path / "i.npz")
+    first = image_index.build_index(str(root), Encoder(module, variables), out, progress=False)
+    assert first.dropped == 0 and "left out" not in first.summary(out)
+    gone = first.index.paths[:2]
+    for path in gone:
+        os.remove(path)
+    again = image_index.build_index(str(root), Encoder(module, variables), out, progress=False)
+    assert set(first.index.paths) - set(again.index.paths) == set(gone)
+    assert again.dropped == 2 and again.reused == len(again.index)
+    assert again.summary(out).endswith("; 2 file(s) of the previous index left out (deleted, "
+                                       "or not under these inputs).")

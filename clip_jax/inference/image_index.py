@@ -149,8 +149,9 @@ def _top_k_row(row: np.ndarray, k: int) -> np.ndarray:
 @dataclasses.dataclass
 class BuildReport:
     """What `build_index` did: the index, images embedded now and reused, files skipped (with
-    reasons), files ignored (no image extension, or hidden: `find_images`), and files named
-    again by overlapping inputs (indexed once)."""
+    reasons), files ignored (no image extension, or hidden: `find_images`), files named
+    again by overlapping inputs (indexed once), and files of the previous index (or of an
+    unfinished one) that these inputs no longer reach (`dropped`)."""
 
     index: ImageIndex = dataclasses.field(repr=False)
     embedded: int
@@ -158,15 +159,18 @@ class BuildReport:
     skipped: list[SkippedImage]
     ignored: int
     duplicates: int = 0
+    dropped: int = 0
 
     def summary(self, output: str) -> str:
         again = (f"; {self.duplicates} file(s) reached by more than one input or link, indexed "
                  "once"
                  if self.duplicates else "")
+        gone = (f"; {self.dropped} file(s) of the previous index left out (deleted, or not "
+                "under these inputs)" if self.dropped else "")
         return (f"Indexed {len(self.index)} images into {output} ({self.embedded} embedded, "
                 f"{self.reused} reused); skipped {len(self.skipped)} unreadable file(s); "
                 f"ignored {self.ignored} other file(s) (hidden, or named in a warning above)"
-                f"{again}.")
+                f"{again}{gone}.")
 
 
 def model_fingerprint(encoder: Encoder) -> str:
@@ -291,7 +295,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     index.save(output)
     shutil.rmtree(partial)
     return BuildReport(index, len(kept) - (len(paths) - len(todo)), len(paths) - len(todo),
-                       skipped, ignored, len(found) - len(paths))
+                       skipped, ignored, len(found) - len(paths), len(set(known) - set(paths)))
 
 
 def _progress_line(read: int, total: int, seconds: float) -> str:
