@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -779,3 +780,26 @@ def test_reindexing_after_files_are_deleted_says_how_many_were_left_out(folder, 
     assert again.dropped == 2 and again.reused == len(again.index)
     assert again.summary(out).endswith("; 2 file(s) of the previous index left out (deleted, "
                                        "or not under these inputs).")
+
+
+def test_sigterm_while_indexing_keeps_the_batches_and_says_so(folder, model, tmp_path,
+                                                              monkeypatch, capsys):
+    """SIGTERM (a job scheduler's stop) ended `clip-jax index` with exit 143 and no word; it
+    now does what Ctrl-C does: one line saying where the finished batches are, exit 143."""
+    import signal
+
+    path, _, _ = model
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not stop the build")
+
+    monkeypatch.setattr(image_index, "build_index", terminated)
+    out = str(tmp_path / "x.npz")
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["index", str(folder), "--model", path, "--output", out]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"Terminated: finished batches are kept in {out}.partial/; run the same "
+                   "command to go on from there."]
+    assert signal.getsignal(signal.SIGTERM) == before

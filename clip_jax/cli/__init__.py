@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -137,6 +138,13 @@ def index_command(args: argparse.Namespace) -> int:
     image_index.check_output(args.output)
     encoder = Encoder(*load_model(args.model, args), exif_transpose=args.exif_transpose,
                       alpha=args.alpha)
+    signals: list[int] = []
+
+    def terminated(signum: int, frame: Any) -> None:  # a job scheduler's stop: as Ctrl-C
+        signals.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         report = image_index.build_index(
             args.images, encoder, args.output, recursive=args.recursive,
@@ -144,9 +152,12 @@ def index_command(args: argparse.Namespace) -> int:
             model_name=os.path.abspath(args.model) if os.path.exists(args.model) else args.model,
             model_options=load_options(args))
     except KeyboardInterrupt:
-        print(f"\nInterrupted: finished batches are kept in {args.output}.partial/; run the "
-              "same command to go on from there.", file=sys.stderr)
-        return 130
+        print(f"\n{'Terminated' if signals else 'Interrupted'}: finished batches are kept in "
+              f"{args.output}.partial/; run the same command to go on from there.",
+              file=sys.stderr)
+        return 128 + (signals[0] if signals else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     report_skipped(report.skipped, report.ignored)
     print(report.summary(args.output))
     return 0
