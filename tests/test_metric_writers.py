@@ -216,7 +216,32 @@ def test_the_eta_counts_the_evaluations_and_saves_still_to_come(tmp_path):
     assert lines[0].endswith("eta >25s"), lines
     # Step 12 is shown before its own evaluation (as run_loop shows a step, then saves and
     # evaluates it): 18 steps + saves at 20, 30 (2 s each) + evaluations at 12, 24, 30 (10 s).
-    assert lines[1].endswith(f"eta {18 + 2 * 2 + 3 * 10}s"), lines
+    # Each kind timed once, its first pause's one-off costs (compiling the evaluation,
+    # setting the writer up) included: an upper bound (the trial's first evaluation took
+    # 11.9 s, the next 2.3 s, and `eta 16s` was shown 5 s from the end).
+    assert lines[1].endswith(f"eta <{18 + 2 * 2 + 3 * 10}s"), lines
+    out = io.StringIO()
+    writer = MetricWriter(str(tmp_path / "b"), 30, stream=out, clock=clock)
+    writer.resume(0)
+    writer.expect("eval", 12)
+    writer.expect("save", 10)
+    writer.start()
+    for steps, shown, pause, seconds in ((10, 10, "save", 2.0), (2, 12, "eval", 10.0),
+                                         (8, 20, "save", 0.5), (4, 24, "eval", 3.0),
+                                         (1, 25, "", 0.0)):
+        clock.now += steps  # 1 s a step
+        writer.progress(shown, {"loss": 2.0})
+        with writer.paused(pause):
+            clock.now += seconds
+    writer.close()
+    etas = [line.split("eta ")[-1] for line in out.getvalue().splitlines()]
+    # Step 20 (shown before its save): each kind timed once, at its first pause: 10 steps +
+    # saves at 20, 30 (2 s) + evaluations at 24, 30 (10 s), an upper bound. Step 24: saves
+    # timed twice (the last, 0.5 s, prices the one at 30), evaluations once: still '<'.
+    # Step 25: both timed twice: exact, each at its last duration.
+    assert etas[2:] == ["<" + format_duration(10 + 2 * 2 + 2 * 10),
+                        "<" + format_duration(6 + 0.5 + 2 * 10),
+                        format_duration(5 + 0.5 + 3)], etas
     shown = (1, 10, 11, 24, 29, 30, 31)
     for kind, every in (("eval", 12), ("save", 10), ("final", 0)):
         writer._display.expect(kind, every)

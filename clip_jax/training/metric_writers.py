@@ -16,6 +16,7 @@ log file where a carriage-return bar becomes one long line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -40,8 +41,10 @@ class Progress:
     starts at the restored step, not skewed by the steps the checkpoint already holds or by
     compilation. The ETA is (steps left) x (seconds per step measured here) plus, for each
     kind of pause announced with `expect(kind, every_steps)`, the pauses still to come (at
-    every multiple of `every_steps` and at the last step) x the last one's duration; before a
-    kind's first pause its cost is unknown and the ETA reads `>` (a lower bound).
+    every multiple of `every_steps` and at the last step) x the last one's duration. Before a
+    kind's first pause its cost is unknown and the ETA reads `>` (a lower bound); after the
+    first alone it reads `<` (an upper bound: the first evaluation compiles its functions and
+    the first save sets its writer up, costs the later ones do not have); `~` when both hold.
 
     `tty` (default: `stream.isatty()`) picks a tqdm bar (True) or plain lines (False);
     `clock` (seconds, default `time.monotonic`) is what the rate is measured with.
@@ -59,6 +62,7 @@ class Progress:
         self._first_step_timed = False  # the clock runs from start(), one-off costs included
         self._every: dict[str, int] = {}  # kind of pause -> its period in steps (0: last only)
         self._last_pause: dict[str, float] = {}  # kind -> the last one's seconds
+        self._pause_count: collections.Counter[str] = collections.Counter()
 
     @property
     def stream(self) -> TextIO:
@@ -111,6 +115,7 @@ class Progress:
             self._paused += self._clock() - t0
             if kind:
                 self._last_pause[kind] = self._clock() - t0
+                self._pause_count[kind] += 1
 
     def pauses_left(self, kind: str, step: int) -> int:
         """How many pauses of `kind` are still to come when step `step` is shown (`expect`):
@@ -122,35 +127,39 @@ class Progress:
         periodic = total // every - (step - 1) // every if every > 0 else 0
         return periodic + (every <= 0 or total % every != 0)
 
-    def eta_seconds(self, step: int) -> tuple[float, bool] | None:
+    def eta_seconds(self, step: int) -> tuple[float, str] | None:
         """Seconds to the end of the run at this process's mean training rate plus the pauses
-        still to come, and whether that is exact (False: a lower bound, some kind of pause
-        not yet timed); None before a step, and on the first step of a run or resume alone
-        (its time is mostly the first batch and the executable's first run: a run of 300
-        0.06 s steps showed `eta >1m15s` there)."""
+        still to come, and how sure: "" exact, ">" a lower bound (some kind of pause not yet
+        timed), "<" an upper bound (some kind timed once only, its first pause's one-off
+        costs included), "~" both; None before a step, and on the first step of a run or
+        resume alone (its time is mostly the first batch and the executable's first run: a
+        run of 300 0.06 s steps showed `eta >1m15s` there)."""
         ran = step - self._start_step
         seconds = self._clock() - self._started - self._paused
         if ran <= 0 or seconds <= 0 or (ran == 1 and self._first_step_timed):
             return None
-        eta, exact = (self.total_steps - step) * seconds / ran, True
+        eta, lower, upper = (self.total_steps - step) * seconds / ran, False, False
         for kind in self._every:
             left = self.pauses_left(kind, step)
-            if left and kind not in self._last_pause:
-                exact = False
+            lower |= bool(left) and kind not in self._last_pause
+            upper |= bool(left) and self._pause_count[kind] == 1
             eta += left * self._last_pause.get(kind, 0.0)
-        return eta, exact
+        return eta, {(False, False): "", (True, False): ">", (False, True): "<",
+                     (True, True): "~"}[lower, upper]
 
     def eta_text(self, step: int) -> str:
-        """`eta_seconds` as shown: `5m12s`, `>5m12s` (a lower bound), `?` (none, or a bound
-        under a second: `>0s` says nothing), and on the last step, where only pauses not yet
-        timed are left, what they are (`0s + save`: the final save, whose time is unknown)."""
+        """`eta_seconds` as shown: `5m12s`, with its bound (`>5m12s`, `<5m12s`, `~5m12s`), `?`
+        (none, or a lower bound under a second: `>0s` says nothing), and on the last step,
+        where only pauses not yet timed are left, what they are (`0s + save`: the final save,
+        whose time is unknown)."""
         eta = self.eta_seconds(step)
         if eta is None:
             return "?"
-        if eta[1]:
-            return format_duration(eta[0])
-        if eta[0] >= 1:
-            return ">" + format_duration(eta[0])
+        seconds, bound = eta
+        if bound in ("", "<"):  # an upper bound under a second: done, as good as exact
+            return (bound if seconds >= 1 else "") + format_duration(seconds)
+        if seconds >= 1:
+            return bound + format_duration(seconds)
         untimed = [kind for kind in self._every
                    if kind not in self._last_pause and self.pauses_left(kind, step)]
         return "0s + " + " + ".join(untimed) if step >= self.total_steps else "?"
