@@ -247,7 +247,7 @@ def _make(config: ml_collections.ConfigDict, model_config: CLIPConfig, batch_siz
 
     dataset = tf.data.Dataset.range(0, piece.count, READ_CHUNK)
     dataset = dataset.map(graph(chunk))
-    dataset = dataset.map(lambda item: {**item, "serialized": read(item["index"])},
+    dataset = dataset.map(graph(lambda item: {**item, "serialized": read(item["index"])}),
                           num_parallel_calls=READ_PARALLELISM, deterministic=True)
     dataset = dataset.unbatch().take(piece.count)
     dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE,
@@ -283,7 +283,7 @@ def split_max_captions(source: Any, schema: Schema, key: tuple[str, str, str]) -
         read = reader(source)
         dataset = tf.data.Dataset.range(0, len(source), READ_CHUNK).map(graph(
             lambda start: start + tf.range(READ_CHUNK, dtype=tf.int64)))
-        dataset = dataset.map(lambda i: read(tf.minimum(i, len(source) - 1)),
+        dataset = dataset.map(graph(lambda i: read(tf.minimum(i, len(source) - 1))),
                               num_parallel_calls=READ_PARALLELISM, deterministic=False)
         dataset = dataset.unbatch().map(graph(lambda s: tf.size(schema.captions(
             schema.parse(s)))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)

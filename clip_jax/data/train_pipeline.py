@@ -144,7 +144,7 @@ def make_train_iterator(
 
     dataset = tf.data.Dataset.range(start_batch * local, _MAX_POSITION, READ_CHUNK)
     dataset = dataset.map(graph(positions))
-    dataset = dataset.map(lambda item: {**item, "serialized": read(item["index"])},
+    dataset = dataset.map(graph(lambda item: {**item, "serialized": read(item["index"])}),
                           num_parallel_calls=READ_PARALLELISM, deterministic=True)
     dataset = dataset.unbatch()
     dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE,
@@ -161,4 +161,4 @@ def _tokenize_captions(context_length: int) -> Any:
         batch = dict(batch)
         batch["tokens"] = tokenize_in_graph(batch.pop("caption"), context_length)
         return batch
-    return tokenize_batch
+    return graph(tokenize_batch)
