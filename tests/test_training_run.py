@@ -435,6 +435,9 @@ def test_the_compile_log_names_the_init_from_source_when_model_name_is_empty():
     config.init_from, config.model.name = "/runs/ft/weights.pt", ""
     assert train.describe_model(config, model, 1_500_000).startswith(
         "Model of init_from /runs/ft/weights.pt (")
+    # Resuming, the weights and architecture are the checkpoint's: init_from is not read.
+    assert train.describe_model(config, model, 1_500_000, resumed=True).startswith(
+        "Model of the checkpoint (")
 
 
 # End to end, in a fresh process each: one mistake per stage of the entry point (the config

@@ -495,7 +495,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # requested only after it: fetching it while the step compiled (in either thread) made
         # XLA:CPU deadlock in a collective of the first step after a restore onto another mesh
         # (tests/test_training_recovery.py::test_restore_onto_a_different_mesh, 3 runs of 3).
-        compiled, compile_seconds, flops, peak = _compile(config, setup, writer.log)
+        compiled, compile_seconds, flops, peak = _compile(config, setup, writer.log,
+                                                          resumed=bool(saved))
         time_to_first_step = time.time() - launched
         writer.log(f"First step ({start + 1} of {plan.total_steps}) {time_to_first_step:.1f}s "
                    "after launch.")
@@ -589,9 +590,11 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
 
 
 def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
-             log: Callable[[str], None]) -> tuple[Any, float, float | None, float]:
+             log: Callable[[str], None], resumed: bool = False
+             ) -> tuple[Any, float, float | None, float]:
     """(the compiled train step, its compile seconds, model FLOPs per step, peak FLOP/s per
-    device), saying what it compiles and how long it took."""
+    device), saying what it compiles (`resumed`: the checkpoint's model) and how long it
+    took."""
     log("Compiling the train step ...")
     t0 = time.time()
     lowered = train_step.lower_train_step(config, setup)
@@ -601,20 +604,23 @@ def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
     peak, peak_source = hardware.peak_flops(override=config.peak_flops_per_device,
                                             dtype=model.dtype)
     flops = _model_flops(config, setup, lowered)
-    log(f"{describe_model(config, model, _count(setup.abstract_state.params))}; train step "
+    log(f"{describe_model(config, model, _count(setup.abstract_state.params), resumed)}; "
+        "train step "
         f"compiled in {seconds:.1f}s; MFU against {peak / 1e12:.3g} TFLOP/s per device "
         f"({peak_source}).")
     return compiled, seconds, flops, peak
 
 
-def describe_model(config: ml_collections.ConfigDict, model: Any, params: int) -> str:
+def describe_model(config: ml_collections.ConfigDict, model: Any, params: int,
+                   resumed: bool = False) -> str:
     """'Model NAME (TOWERS), N M params' for the compile log; NAME is `config.model.name`, or
-    the init_from source when the architecture is read from it (model.name '')."""
+    where the architecture was read when model.name is '': the checkpoint resumed, else the
+    init_from source."""
     layers = model.vision.layers
     towers = (f"ModifiedResNet image tower (blocks {'-'.join(map(str, layers))})"
               if isinstance(layers, (tuple, list)) else f"{layers}-layer ViT image tower")
-    name = (f"{config.model.name} " if config.model.name else
-            f"of init_from {config.init_from} " if config.init_from else "")
+    name = (f"{config.model.name} " if config.model.name else "of the checkpoint " if resumed
+            else f"of init_from {config.init_from} " if config.init_from else "")
     return (f"Model {name}({towers}, {model.text.layers}-layer text tower), "
             f"{params / 1e6:.1f}M params")
 
