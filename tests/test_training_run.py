@@ -691,7 +691,8 @@ MISCONFIGURATIONS = [
     (["--config.optimizer.lrr=1", "--config.batch_size=8"], "optimizer.lrr", "batch_size"),
     (["--config.batch_size=abc", "--config.total_steps=3"], "batch_size", "total_steps"),
     (["--config.no_such_field=1"], "cannot apply --config.no_such_field=1", None),
-    (["--config.batch_size=36"], "config.batch_size: 36 is not divisible by data*fsdp (8)", None),
+    (["--config.batch_size=36"], "config.batch_size: 36 is not divisible by data*fsdp (8) x "
+     "microbatches (1); use a multiple of 8, e.g. 32 or 40", None),
     (["--config.data.dataset=coco_captionz"], "coco_captions", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/nope.csv"], "data.table.train_path", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/img"], "is a directory", None),
@@ -1029,6 +1030,7 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     try:
         cases = {"warmup_steps": ("warmup_steps=30 >= config.total_steps=20: the learning "
                                   "rate rises for the whole run and never decays"),
+                 "zero_lr": "config.optimizer.lr=0: no weight changes in the whole run",
                  "locked": "lock_image and config.lock_text are both set: only logit_scale",
                  "bias": "logit_bias_init=-10.0 with loss='softmax': softmax is unchanged",
                  "small": "has 10 examples, fewer than config.batch_size=32: every batch holds "
@@ -1047,6 +1049,8 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
             config.update({"warmup_steps": {"warmup_steps": 30},
                            "locked": {"lock_image": True, "lock_text": True},
                            "late_trace": {"profile_steps": "30,31"}}.get(case, {}))
+            if case == "zero_lr":
+                config.optimizer.lr = 0.0
             if case == "no_evaluator":
                 config.eval.update(every_steps=5, evaluators="")
             if case == "bias":

@@ -260,7 +260,7 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
         config = config.replace(logit_bias_init=float(sd["logit_bias"]))
     guessed = {}
     if preset is None:
-        guessed["head count"] = (f"head width 64 (vision {config.vision.heads} heads, text "
+        guessed["head count"] = (f"head width 64 (heads: vision {config.vision.heads}, text "
                                  f"{config.text.heads})")
     if activation is None:
         activation = "quick_gelu" if preset in OPENAI_NAMES else "gelu"

@@ -254,8 +254,8 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
             batch_norm: bool = False) -> list[str]:
     """Combinations that run but rarely do what was meant, one sentence each (logged as
-    warnings when a run starts, `train.train`): a warmup as long as the run (the learning
-    rate never decays), both towers locked (only the temperature trains), a periodic
+    warnings when a run starts, `train.train`): an lr of 0, a warmup as long as the run (the
+    learning rate never decays), both towers locked (only the temperature trains), a periodic
     evaluation with no evaluator (none runs), a logit bias under a loss that does not use one
     (`loss_uses_bias` False: a constant added to every logit leaves softmax unchanged, so the
     bias gets no gradient), micro-batches through a trained image tower with BatchNorm
@@ -268,6 +268,10 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
                     "statistics (and updates its running ones once per micro-batch), so the "
                     "loss and gradients are not the full batch's as they are for a ViT; use "
                     "microbatches=1 (more devices or remat), or lock_image.")
+    if config.optimizer.lr == 0:
+        said.append("config.optimizer.lr=0: no weight changes in the whole run (the schedule "
+                    "scales the lr); give a positive lr, or evaluate the weights with "
+                    "--config.mode=eval.")
     if config.total_steps > 0 and config.warmup_steps >= config.total_steps:
         said.append(f"config.warmup_steps={config.warmup_steps} >= config.total_steps="
                     f"{config.total_steps}: the learning rate rises for the whole run and never "

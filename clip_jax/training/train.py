@@ -98,7 +98,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
     if config.batch_size <= 0 or config.batch_size % per_step:
         fail("batch_size", f"{config.batch_size} is not divisible by data*fsdp "
              f"({shards}) x microbatches ({config.microbatches})",
-             f"use a multiple of {per_step}, e.g. {max(per_step, config.batch_size // per_step * per_step)}")
+             f"use a multiple of {per_step}, e.g. {_near_multiples(config.batch_size, per_step)}")
     if config.batch_size % process_count:
         fail("batch_size", f"{config.batch_size} is not divisible by the {process_count} "
              "processes", f"use a multiple of {process_count}")
@@ -532,6 +532,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             guard.close()
         writer.close()
         lock.close()
+
+
+def _near_multiples(value: int, step: int) -> str:
+    """'8 or 16': the multiples of `step` either side of `value` (the one above alone when
+    there is none below)."""
+    below = value // step * step
+    return f"{below} or {below + step}" if below > 0 else str(below + step)
 
 
 def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
