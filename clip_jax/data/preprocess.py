@@ -429,8 +429,9 @@ def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str
     then, per image, MissingFileError for a path with no file, PIL's UnidentifiedImageError
     for a file that is not an image, OSError naming the file for one that is empty or cannot
     be decoded (truncated), PIL's DecompressionBombError for one over twice
-    `PIL.Image.MAX_IMAGE_PIXELS` (raise that limit for trusted huge scans), TypeError for an array that is not uint8 and ValueError for an
-    image with no pixels (zero height or width).
+    `PIL.Image.MAX_IMAGE_PIXELS` (raise that limit for trusted huge scans), TypeError for an
+    array that is not uint8 and ValueError for an image with no pixels (zero height or
+    width).
     """
     config = _model_config(config)
     background_colour(alpha)

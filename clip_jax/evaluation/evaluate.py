@@ -208,8 +208,9 @@ def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: V
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
     """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads, with its own
-    vocabulary: `factory.load_with_tokenizer`; its average with `config.init_from_ema`) or else the newest checkpoint of `workdir`; writes
-    the metrics to `workdir` (at the checkpoint's step, 0 for an import) and prints them."""
+    vocabulary: `factory.load_with_tokenizer`; its average with `config.init_from_ema`) or
+    else the newest checkpoint of `workdir`; writes the metrics to `workdir` (at the
+    checkpoint's step, 0 for an import) and prints them."""
     source = config.init_from or workdir
     ema = bool(config.init_from) and config.get("init_from_ema", False)
     module, variables, tokenizer = factory.load_with_tokenizer(source, ema=ema)
