@@ -463,3 +463,45 @@ def test_retrieval_uses_every_caption_of_images_with_1_to_9_captions(tmp_path, m
     with pytest.raises(ValueError, match=r"data.eval_max_captions=5 but an image of split "
                                          r"'validation' .* has 9 captions.*eval_max_captions=0"):
         evaluate.evaluate_model(config, module, variables)
+
+
+def test_mode_eval_reads_init_from_as_training_does(tmp_path, monkeypatch):
+    """`--config.mode=eval` of a bare weights file ignored config.model.name and
+    config.model.activation (training reads the file's architecture from them: its head
+    counts cannot be seen in the shapes), so it evaluated a model of guessed heads; and
+    `config.init_from_ema` took no part. Both modes now read init_from alike."""
+    import open_clip
+    import torch
+
+    from clip_jax.configs import tiny
+
+    arch = {"embed_dim": 32, "quick_gelu": True,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
+                           "head_width": 32},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
+                         "layers": 1}}
+    torch.manual_seed(0)
+    trained = open_clip.model.CLIP(32, arch["vision_cfg"], arch["text_cfg"], quick_gelu=True)
+    average = open_clip.model.CLIP(32, arch["vision_cfg"], arch["text_cfg"], quick_gelu=True)
+    torch.save({"state_dict": trained.state_dict(), "state_dict_ema": average.state_dict()},
+               tmp_path / "epoch_2.pt")
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+
+    class Evaluated(Exception):
+        pass
+
+    def evaluate_model(config, module, variables, **kwargs):
+        raise Evaluated(module.config, variables)
+
+    monkeypatch.setattr(evaluate, "evaluate_model", evaluate_model)
+    config = tiny.get_config()
+    config.mode, config.init_from = "eval", str(tmp_path / "epoch_2.pt")
+    config.model.name = str(tmp_path / "arch.json")
+    for ema, weights in ((False, trained), (True, average)):
+        config.init_from_ema = ema
+        with pytest.raises(Evaluated) as seen:
+            evaluate.evaluate_workdir(config, str(tmp_path / "out"))
+        model, variables = seen.value.args
+        assert (model.vision.heads, model.text.heads, model.activation) == (2, 2, "quick_gelu")
+        np.testing.assert_array_equal(variables["params"]["text"]["positional_embedding"],
+                                      weights.positional_embedding.detach().numpy())

@@ -30,6 +30,7 @@ from clip_jax.data import options as data_options
 from clip_jax.data.source_check import source_problem
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.pretrained import factory
+from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import report
@@ -208,12 +209,14 @@ def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: V
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
     """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads, with its own
-    vocabulary: `factory.load_with_tokenizer`; its average with `config.init_from_ema`) or
-    else the newest checkpoint of `workdir`; writes the metrics to `workdir` (at the
+    vocabulary: `factory.load_with_tokenizer`; read as training reads it,
+    `load.init_from_options`) or else the newest checkpoint of `workdir`; writes the metrics to `workdir` (at the
     checkpoint's step, 0 for an import) and prints them."""
     source = config.init_from or workdir
-    ema = bool(config.init_from) and config.get("init_from_ema", False)
-    module, variables, tokenizer = factory.load_with_tokenizer(source, ema=ema)
+    options = loading.init_from_options(
+        config.init_from, config.model.name, config.model.activation,
+        config.get("init_from_ema", False)) if config.init_from else {}
+    module, variables, tokenizer = factory.load_with_tokenizer(source, **options)
     step = checkpoints.read_meta(source)["step"] if checkpoints.is_workdir(source) else 0
     module = CLIP(module.config.replace(dtype=config.model.dtype))
     metrics, _ = evaluate_model(config, module, variables, tokenizer=tokenizer)

@@ -327,6 +327,17 @@ def infers_architecture(spec: str) -> bool:
                 or open_clip_import.is_open_clip_directory(beside))
 
 
+def init_from_options(source: str, model_name: str, activation: str | None, ema: bool
+                      ) -> dict[str, Any]:
+    """The `load` keywords a training config's `init_from` is read with: a bare weights file
+    records no head counts or activation, so `model.name` (when set) and `model.activation`
+    give them, as open_clip's --model does for --pretrained; every other source records its
+    own (and a `model=` would be checked against it). `ema`: `config.init_from_ema`."""
+    bare = infers_architecture(source)
+    return {"model": model_name if bare and model_name else None,
+            "activation": activation if bare else None, "ema": ema}
+
+
 def check_source(spec: str) -> None:
     """Raises MissingFileError (as `load` would) when `spec` names nothing `load` reads: not a
     released name, a local path or a Hub repo id. Reads no weights: a run checks its

@@ -561,19 +561,16 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
                           "vocabulary, but training tokenizes captions with OpenAI's BPE: its "
                           "text tower would read other tokens. Start from a model with "
                           "OpenAI's vocabulary, or evaluate this one (clip-jax eval).")
-    # A bare weights file records no head counts or activation: model.name gives them, as
-    # open_clip's --model does for --pretrained; every other source records its own.
-    # Nor, then, does a --config.model.activation given contradict the file: it is the one
-    # the inference would otherwise assume (and warn about).
-    bare = loading.infers_architecture(config.init_from)
-    pinned = bool(config.model.name) and bare
-    ema = config.get("init_from_ema", False)
+    # A --config.model.activation given for a bare file does not contradict it: it is the
+    # one the inference would otherwise assume (and warn about).
+    options = loading.init_from_options(config.init_from, config.model.name,
+                                        config.model.activation,
+                                        config.get("init_from_ema", False))
+    pinned = options["model"] is not None
     try:
-        module, variables = loading.load(
-            config.init_from, model=config.model.name if pinned else None,
-            activation=config.model.activation if bare else None, ema=ema)
+        module, variables = loading.load(config.init_from, **options)
     except ConfigError as error:
-        if ema and str(error).startswith("ema=True"):
+        if options["ema"] and str(error).startswith("ema=True"):
             raise ConfigError(f"config.init_from_ema: {error}") from None
         if not pinned:
             raise
