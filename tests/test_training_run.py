@@ -1037,6 +1037,9 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                           "each about 3.2 times",
                  "no_evaluator": "config.eval.every_steps=5 but config.eval.evaluators is "
                                  "empty: no periodic evaluation will run",
+                 "kind_not_run": "config.eval.linear_probe has task(s) ['mine'] but "
+                                 "config.eval.evaluators='zero_shot' does not name "
+                                 "linear_probe: they will not run",
                  "late_trace": "config.profile_steps='30,31' starts after the run's last step "
                                "(total_steps=20): no trace will be taken",
                  "batch_norm": "config.microbatches=2 with a trained ResNet image tower: its "
@@ -1053,6 +1056,9 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                 config.optimizer.lr = 0.0
             if case == "no_evaluator":
                 config.eval.update(every_steps=5, evaluators="")
+            if case == "kind_not_run":
+                config.eval.update(every_steps=5, evaluators="zero_shot")
+                config.eval.linear_probe.mine = config.eval.linear_probe.heldout
             if case == "bias":
                 config.model.logit_bias_init = -10.0
             if case == "batch_norm":

@@ -256,9 +256,9 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
     """Combinations that run but rarely do what was meant, one sentence each (logged as
     warnings when a run starts, `train.train`): an lr of 0, a warmup as long as the run (the
     learning rate never decays), both towers locked (only the temperature trains), a periodic
-    evaluation with no evaluator (none runs), a logit bias under a loss that does not use one
-    (`loss_uses_bias` False: a constant added to every logit leaves softmax unchanged, so the
-    bias gets no gradient), micro-batches through a trained image tower with BatchNorm
+    evaluation with no evaluator (none runs) or with tasks of a kind it does not run, a logit
+    bias under a loss that does not use one (`loss_uses_bias` False: a constant added to
+    every logit leaves softmax unchanged, so the bias gets no gradient), micro-batches through a trained image tower with BatchNorm
     (`batch_norm`: a ResNet; its statistics are each micro-batch's, so the accumulated step
     is not the full batch's)."""
     said = []
@@ -283,11 +283,30 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
         said.append(f"config.eval.every_steps={config.eval.every_steps} but "
                     "config.eval.evaluators is empty: no periodic evaluation will run; name "
                     "the evaluators (e.g. 'zero_shot,retrieval') or set every_steps=0.")
+    if config.eval.every_steps > 0:
+        said += _tasks_not_run(config.eval)
     if config.model.logit_bias_init is not None and not loss_uses_bias:
         said.append(f"config.model.logit_bias_init={config.model.logit_bias_init} with "
                     f"loss={config.loss!r}: softmax is unchanged by a bias added to every "
                     "logit, so it never trains; unset it (--config.model.logit_bias_init=None) "
                     "or use a sigmoid loss.")
+    return said
+
+
+def _tasks_not_run(eval_config: ml_collections.ConfigDict) -> list[str]:
+    """A sentence per evaluator kind given tasks of its own (beyond the default `heldout`)
+    that `eval.evaluators` does not name: they would be skipped without a word."""
+    from clip_jax.evaluation import options as eval_options
+
+    enabled, defaults = (set(eval_options.enabled_evaluators(eval_config)),
+                         eval_options.default_config())
+    said = []
+    for kind in eval_options.EVALUATORS:
+        added = sorted(set(eval_config[kind]) - set(defaults[kind])) if kind in eval_config else []
+        if added and kind not in enabled:
+            said.append(f"config.eval.{kind} has task(s) {added} but config.eval.evaluators="
+                        f"{eval_config.evaluators!r} does not name {kind}: they will not run; "
+                        f"add {kind} to config.eval.evaluators.")
     return said
 
 
