@@ -213,6 +213,13 @@ def test_config_errors_name_the_field(data_dir, model):
     config.eval.zero_shot.heldout.label_key = "captions"
     with pytest.raises(ValueError, match="label_key='captions'.*not a ClassLabel"):
         evaluate.evaluate_model(config, module, variables)
+    # A split the dataset lacks, found when the pass opens: said of the task that asked for
+    # it (it read "split='tset': Unknown split", naming no field), as data.eval_split is.
+    config = small_config(data_dir, evaluators="zero_shot,retrieval")
+    config.eval.retrieval.mine = evaluators.retrieval_task(split="tset")
+    with pytest.raises(ConfigError, match=r"^config.eval.retrieval.mine: split='tset': "
+                                          r"Unknown split 'tset'"):
+        evaluate.evaluate_model(config, module, variables)
 
 
 @pytest.mark.parametrize("kind, field, value, problem", [

@@ -78,6 +78,7 @@ def declare(config: ml_collections.ConfigDict, evaluators: Sequence[str] | None 
 
 def _task(kind: str, name: str, task: ml_collections.ConfigDict, passes: Passes) -> Evaluator:
     before = len(passes.passes)
+    passes.declaring = f"config.eval.{kind}.{name}"
     try:
         cls = EVALUATORS[kind]
         evaluator = cls(name, split_at(task, cls.split_fields, f"{kind}.{name}"), passes)

@@ -55,6 +55,7 @@ class Pass:
     listed_labels: np.ndarray | None = None
     location: str = ""  # a labelled folder or table: the real path it read (`origin`)
     images: labelled_data.LabelledImages | None = None  # a labelled folder or table's listing
+    task: str = ""  # the first task that asked for it (`config.eval.<kind>.<name>`)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -76,6 +77,7 @@ class Passes:
     def __init__(self, data: ml_collections.ConfigDict):
         self.data = data
         self.passes: list[Pass] = []
+        self.declaring = ""  # the task being declared: its new passes' `task`
 
     def task_data(self, task: ml_collections.ConfigDict, dataset: str | None = None
                   ) -> ml_collections.ConfigDict:
@@ -178,7 +180,8 @@ class Passes:
             if captions and not p.captions:
                 p.captions, p.data.caption_key = True, data.caption_key
             return p
-        self.passes.append(Pass(data, split, labels, captions, shift, class_spec=spec))
+        self.passes.append(Pass(data, split, labels, captions, shift, class_spec=spec,
+                                task=self.declaring))
         return self.passes[-1]
 
     def open(self, model_config: Any, batch: int, tokenize: TextTokenizer | None = None) -> None:
@@ -189,7 +192,12 @@ class Passes:
         warned about once."""
         listed: dict[tuple[str, ...], labelled_data.LabelledImages] = {}
         for p in self.passes:
-            _open(p, model_config, batch, listed, tokenize)
+            try:
+                _open(p, model_config, batch, listed, tokenize)
+            except ConfigError as error:  # a split or feature the data lacks: say whose task
+                if not p.task or str(error).startswith("config."):
+                    raise
+                raise ConfigError(f"{p.task}: {error}") from None
 
     def embed(self, embedder: Embedder, variables: Variables) -> None:
         """Embeds every pass; warns with the count when images were left out as unreadable
