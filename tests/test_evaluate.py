@@ -213,6 +213,11 @@ def test_config_errors_name_the_field(data_dir, model):
     config.eval.zero_shot.heldout.label_key = "captions"
     with pytest.raises(ValueError, match="label_key='captions'.*not a ClassLabel"):
         evaluate.evaluate_model(config, module, variables)
+    # A keyword that is no field of the task: the task's own fields are listed too (only the
+    # data overrides were, and `template` got no hint of `templates`).
+    with pytest.raises(ConfigError, match=r"Unknown task field\(s\) \['template'\] \(did you "
+                                          r"mean 'templates'\?\); known: \['class_names', "):
+        evaluators.zero_shot_task(split="test", template="simple")
     # A split the dataset lacks, found when the pass opens: said of the task that asked for
     # it (it read "split='tset': Unknown split", naming no field), as data.eval_split is.
     config = small_config(data_dir, evaluators="zero_shot,retrieval")

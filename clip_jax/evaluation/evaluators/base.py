@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import difflib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,7 +43,11 @@ def task_config(fields: dict[str, Any], data_fields: Sequence[str],
     config's). Raises ConfigError naming an unknown override."""
     unknown = sorted(set(data) - set(data_fields))
     if unknown:
-        raise ConfigError(f"Unknown task field(s) {unknown}; known: {sorted(data_fields)}.")
+        known = sorted([*fields, *data_fields])
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ConfigError(f"Unknown task field(s) {unknown}"
+                          f"{f' (did you mean {close[0]!r}?)' if close else ''}; known: "
+                          f"{known}.")
     return ml_collections.ConfigDict({**fields, **{k: data.get(k, "") for k in data_fields}})
 
 
