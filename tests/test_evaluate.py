@@ -391,6 +391,10 @@ def test_evaluation_during_training(trained):
     standalone = evaluate.evaluate_workdir(config, str(workdir))
     for key, value in standalone.items():
         assert evals[8][key] == pytest.approx(value, abs=1.01 / 20), key
+    # Its record is marked: a third record at step 8 was told from the run's by nothing.
+    last = read_jsonl(workdir / "metrics.jsonl")[-1]
+    assert last["step"] == 8 and last["mode"] == "eval" and all(
+        "mode" not in r for r in records)
 
 
 def _free_port():

@@ -211,8 +211,9 @@ def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: V
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
     """Evaluates `config.init_from` (any checkpoint `clip_jax.load` reads, with its own
     vocabulary: `factory.load_with_tokenizer`; read as training reads it,
-    `load.init_from_options`) or else the newest checkpoint of `workdir`; writes the metrics to `workdir` (at the
-    checkpoint's step, 0 for an import) and prints them."""
+    `load.init_from_options`) or else the newest checkpoint of `workdir`; writes the metrics
+    to `workdir` (at the checkpoint's step, 0 for an import; a record of its own, marked
+    `"mode": "eval"`, beside any the training run wrote at that step) and prints them."""
     source = config.init_from or workdir
     options = loading.init_from_options(
         config.init_from, config.model.name, config.model.activation,
@@ -223,7 +224,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     metrics, _ = evaluate_model(config, module, variables, tokenizer=tokenizer)
     writer = MetricWriter(workdir, 0, 0, enabled=jax.process_index() == 0, progress=False)
     try:
-        writer.write(step, metrics)
+        writer.write(step, {**metrics, "mode": "eval"})
     finally:
         writer.close()
     if jax.process_index() == 0:
