@@ -124,6 +124,9 @@ def test_compilation_cache_is_on_where_cached_executables_run(tmp_path, monkeypa
         assert path == (expected if cached else None)
         assert (jax.config.jax_compilation_cache_dir == str(expected)) is cached
         assert hardware.enable_compilation_cache("") is None
+        # The run's log says why the cache is off: a path given on CPU read only "off".
+        assert hardware.cache_off_reason("") == "off"
+        assert hardware.cache_off_reason(given).startswith(f"off on {backend} (")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
 

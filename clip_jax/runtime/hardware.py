@@ -202,6 +202,15 @@ def _locked(path: Path) -> Iterator[None]:
 CACHEABLE_BACKENDS = ("tpu", "gpu")
 
 
+def cache_off_reason(directory: str) -> str:
+    """Why `enable_compilation_cache(directory)` left the cache off, for the run's log:
+    `off` (config.compilation_cache_dir ''), or the backend it does not cache for."""
+    if not directory:
+        return "off"
+    return (f"off on {jax.default_backend()} (cached multi-device CPU executables abort in "
+            f"jax {jax.__version__}; {', '.join(CACHEABLE_BACKENDS)} only)")
+
+
 def enable_compilation_cache(directory: str) -> Path | None:
     """Turns on JAX's persistent compilation cache in `directory` ("auto": `cache_dir()/xla`,
     "": off) and returns it, so a resumed or repeated run loads its executables instead of

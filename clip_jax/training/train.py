@@ -446,11 +446,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     checkpointer = guard = None
     lock = contextlib.ExitStack()
     try:
-        cache = hardware.enable_compilation_cache(config.get("compilation_cache_dir", "auto"))
+        cache_dir = config.get("compilation_cache_dir", "auto")
+        cache = hardware.enable_compilation_cache(cache_dir)
         mesh = sharding.create_mesh(config.mesh)
         writer.log(f"Mesh {dict(mesh.shape)} over {mesh.devices.size} "
                    f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
-                   f"compilation cache: {cache or 'off'}.")
+                   f"compilation cache: {cache or hardware.cache_off_reason(cache_dir)}.")
         model, variables = model_and_weights(config, writer.log, saved)
         setup = train_step.setup(config, model, mesh)
         # A workdir's checkpoints must be this config's model and optimizer: a changed
