@@ -753,8 +753,8 @@ MISCONFIGURATIONS = [
     (["CONFIG={tmp}/locked_key.py", "--config.total_steps=1"],
      "locked_key.py line 5 (c.data.table.nmae = 'x'): 'nmae' is not a field of that section; "
      "did you mean 'name'?", "total_steps"),
-    (["CONFIG={tmp}/wrong_type.py"], "wrong_type.py line 5 (c.batch_size = '32'): TypeError",
-     "Traceback"),
+    (["CONFIG={tmp}/wrong_type.py"], "wrong_type.py line 5 (c.batch_size = '32'): batch_size "
+     "is an int field, given 32 (a str); write it as a whole number.", "Traceback"),
     (["CONFIG={tmp}/syntax.py", "--config.total_steps=1"], "syntax.py line 2: SyntaxError",
      "total_steps"),
 ]

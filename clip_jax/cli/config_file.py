@@ -262,6 +262,14 @@ def _said(error: Exception) -> str:
     message = " ".join(str(error).replace('"', "'").split())
     if isinstance(error, AttributeError) and "get_config" in message:
         return "it has no get_config(); define one returning the ConfigDict."
+    cast = re.search(r"Could not override field '([^']+)' \(reference\)\. (.*) is of original "
+                     r"type <class '(\w+)'> and cannot be casted to type <class '(\w+)'>",
+                     message)
+    if cast:  # ml_collections' words read backwards: the field's type is the second one
+        field, value, given, wanted = cast.groups()
+        form = "a whole number" if wanted == "int" else f"a {wanted}"
+        return (f"{field} is {'an' if wanted[0] in 'aeiou' else 'a'} {wanted} field, given "
+                f"{value} (a {given}); write it as {form}.")
     key = re.search(r"Key '([^']+)' does not exist", message)
     if key:
         close = re.search(r"Did you mean '([^']+)' instead", message)
