@@ -12,6 +12,17 @@ import torch
 from clip_jax.models.config import CLIPConfig
 
 
+# An open_clip model config whose head counts its weights' shapes cannot show (vision head
+# width 32, 2 text heads; a bare state dict is read with head width 64): what a config's
+# `model.name` must give for such a file.
+HIDDEN_HEADS_ARCH = {
+    "embed_dim": 32, "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
+                   "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
+                 "layers": 1}}
+
+
 def open_clip_model(config: CLIPConfig, seed: int = 0) -> open_clip.model.CLIP:
     """open_clip's CLIP with the same architecture, random weights and non-trivial BN state."""
     v, t = config.vision, config.text

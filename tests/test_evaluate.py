@@ -489,13 +489,10 @@ def test_mode_eval_reads_init_from_as_training_does(tmp_path, monkeypatch):
     import open_clip
     import torch
 
+    from reference import HIDDEN_HEADS_ARCH as arch
+
     from clip_jax.configs import tiny
 
-    arch = {"embed_dim": 32, "quick_gelu": True,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
-                           "head_width": 32},
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
-                         "layers": 1}}
     torch.manual_seed(0)
     trained = open_clip.model.CLIP(32, arch["vision_cfg"], arch["text_cfg"], quick_gelu=True)
     average = open_clip.model.CLIP(32, arch["vision_cfg"], arch["text_cfg"], quick_gelu=True)

@@ -296,14 +296,11 @@ def test_init_from_a_bare_file_takes_its_architecture_from_model_name(tmp_path):
     import open_clip
     import torch
 
+    from reference import HIDDEN_HEADS_ARCH as arch
+
     from clip_jax.convert import openai as convert
     from clip_jax.models.layers import unstack_layers
 
-    arch = {"embed_dim": 32, "quick_gelu": True,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
-                           "head_width": 32},
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
-                         "layers": 1}}
     torch.manual_seed(0)
     reference = open_clip.model.CLIP(arch["embed_dim"], arch["vision_cfg"], arch["text_cfg"],
                                      quick_gelu=True)

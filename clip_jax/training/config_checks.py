@@ -258,9 +258,9 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
     learning rate never decays), both towers locked (only the temperature trains), a periodic
     evaluation with no evaluator (none runs) or with tasks of a kind it does not run, a logit
     bias under a loss that does not use one (`loss_uses_bias` False: a constant added to
-    every logit leaves softmax unchanged, so the bias gets no gradient), micro-batches through a trained image tower with BatchNorm
-    (`batch_norm`: a ResNet; its statistics are each micro-batch's, so the accumulated step
-    is not the full batch's)."""
+    every logit leaves softmax unchanged, so the bias gets no gradient), micro-batches
+    through a trained image tower with BatchNorm (`batch_norm`: a ResNet; its statistics are
+    each micro-batch's, so the accumulated step is not the full batch's)."""
     said = []
     if config.microbatches > 1 and batch_norm and not config.lock_image:
         said.append(f"config.microbatches={config.microbatches} with a trained ResNet image "
