@@ -142,7 +142,7 @@ def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
     are dropped (`_build_once` says what is built, `_report_skipped` what came of it)."""
     if not sys.stderr.isatty():
         tfds.disable_progress_bar()
-    local = type(builder).__module__.startswith("clip_jax_data.")
+    local = builder.name in BUILDERS
     try:
         with contextlib.redirect_stdout(io.StringIO() if local else sys.stderr):
             builder.download_and_prepare(file_format="array_record")

@@ -20,7 +20,7 @@ _AT_CHANCE = 0.01
 
 @dataclasses.dataclass
 class CollapseWatch:
-    """Feed it each logged loss (`check`); it returns the warning once, the first time a loss
+    """Feed it each step's loss (`check`); it returns the warning once, the first time a loss
     that had fallen below 0.9 ln(batch) is back within 1 % of ln(batch).
 
     `batch_size`: the global batch the loss is computed over (the whole batch: GradCache and

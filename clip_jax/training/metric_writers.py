@@ -62,7 +62,7 @@ class Progress:
         self._first_step_timed = False  # the clock runs from start(), one-off costs included
         self._every: dict[str, int] = {}  # kind of pause -> its period in steps (0: last only)
         self._last_pause: dict[str, float] = {}  # kind -> the last one's seconds
-        self._pause_count: collections.Counter[str] = collections.Counter()
+        self._pause_count: collections.Counter[str] = collections.Counter()  # kind -> timed
 
     @property
     def stream(self) -> TextIO:
@@ -141,7 +141,7 @@ class Progress:
         eta, lower, upper = (self.total_steps - step) * seconds / ran, False, False
         for kind in self._every:
             left = self.pauses_left(kind, step)
-            lower |= bool(left) and kind not in self._last_pause
+            lower |= bool(left) and self._pause_count[kind] == 0
             upper |= bool(left) and self._pause_count[kind] == 1
             eta += left * self._last_pause.get(kind, 0.0)
         return eta, {(False, False): "", (True, False): ">", (False, True): "<",
@@ -161,7 +161,7 @@ class Progress:
         if seconds >= 1:
             return bound + format_duration(seconds)
         untimed = [kind for kind in self._every
-                   if kind not in self._last_pause and self.pauses_left(kind, step)]
+                   if not self._pause_count[kind] and self.pauses_left(kind, step)]
         return "0s + " + " + ".join(untimed) if step >= self.total_steps else "?"
 
     def update(self, step: int, metrics: Mapping[str, float]) -> None:
