@@ -123,6 +123,36 @@ def test_accumulated_gradients_equal_full_batch(reference):
     _assert_same(_grads({"data": 2, "fsdp": 2, "tensor": 1}, microbatches=4), reference)
 
 
+def _step_outputs(name, mesh_spec, microbatches, scan):
+    """(loss, grads, batch_stats) of one step's gradient function, as numpy."""
+    config = base.get_config(name)
+    config.model.dtype, config.model.scan_layers = "float32", scan
+    config.batch_size, config.microbatches = BATCH, microbatches
+    devices = jax.devices()[: int(np.prod(list(mesh_spec.values())))]
+    mesh = sharding.create_mesh(mesh_spec, devices)
+    s = train_step.setup(config, train_step.model_config(config), mesh)
+    state = s.init_state(jax.random.key(0))
+    with jax.set_mesh(mesh):
+        loss, _, stats, grads = jax.jit(train_step.make_grad_fn(config, s))(
+            state.params, state.batch_stats, _batch(config))
+    return jax.device_get((loss, grads, stats))
+
+
+@pytest.mark.parametrize("name", ["test-vit", "test-resnet"])
+def test_gradients_summed_per_data_shard_equal_one_device(name):
+    """With scanned layers, micro-batch gradients are summed on each `data` shard apart and
+    reduced once (a vmap over the shards, tensor-sharded heads inside it), and a ResNet's
+    BatchNorm, inside that vmap, still normalises by the whole micro-batch's statistics: loss,
+    gradients and updated running statistics equal the same accumulation on one device."""
+    one = _step_outputs(name, {"data": 1, "fsdp": 1, "tensor": 1}, 2, True)
+    split = _step_outputs(name, {"data": 4, "fsdp": 1, "tensor": 2}, 2, True)
+    np.testing.assert_allclose(split[0], one[0], rtol=1e-5)
+    _assert_same((split[0], {}, split[1]), (one[0], {}, one[1]))
+    assert jax.tree.structure(split[2]) == jax.tree.structure(one[2])
+    for mine, ref in zip(jax.tree.leaves(split[2]), jax.tree.leaves(one[2])):
+        np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_fsdp_and_tensor_really_shard_params():
     config = _config()
     mesh = sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
@@ -142,6 +172,19 @@ def test_fsdp_and_tensor_really_shard_params():
     assert out_params["text"]["transformer"]["resblocks"]["block"]["c_fc"]["kernel"].spec == c_fc.spec
     mu = jax.tree.leaves(state_in.opt_state, is_leaf=lambda x: hasattr(x, "spec"))
     assert sum(m.spec == c_fc.spec for m in mu) >= 3  # the kernel and its two Adam moments
+
+
+def test_rules_without_an_axis_keep_the_other_axes():
+    rules = (("activation_batch", ("data", "fsdp")), ("embed", "fsdp"), ("mine", "data"),
+             ("mlp", "tensor"), ("kv", None))
+    assert sharding.without_axis(rules, "data") == (
+        ("activation_batch", ("fsdp",)), ("embed", ("fsdp",)), ("mine", None),
+        ("mlp", ("tensor",)), ("kv", None))
+    mesh = sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    split = {"a": jax.sharding.NamedSharding(mesh, P(None, ("data", "fsdp"))),
+             "b": jax.sharding.NamedSharding(mesh, P("tensor"))}
+    assert sharding.uses_axis(split, "data") and sharding.uses_axis(split, "tensor")
+    assert not sharding.uses_axis({"b": split["b"]}, "data")
 
 
 def test_mesh_that_does_not_fit_is_a_clear_error():

@@ -94,6 +94,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def uses_axis(shardings: Any, axis: str) -> bool:
+    """Whether any NamedSharding in the tree splits a dimension over mesh `axis`."""
+    def axes(entry: Any) -> tuple:
+        return entry if isinstance(entry, tuple) else (entry,)
+
+    return any(axis in axes(entry) for s in jax.tree.leaves(shardings) for entry in s.spec)
+
+
+def without_axis(rules: Rules, axis: str) -> Rules:
+    """The logical axis rules with mesh `axis` taken out of every entry (nothing left: None),
+    for code that runs once per shard of that axis (a `vmap` with `spmd_axis_name=axis`)."""
+    def drop(entry: Any) -> Any:
+        rest = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a != axis)
+        return None if rest in ((), (None,)) else rest
+
+    return tuple((name, drop(entry)) for name, entry in rules)
+
+
 def logical_shardings(boxed: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a tree of (abstract) variables boxed with logical axis names.
 

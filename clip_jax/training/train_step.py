@@ -5,7 +5,9 @@
 step is one jit-compiled function with explicit in/out shardings and a donated state; with
 `microbatches > 1` it accumulates gradients exactly (GradCache): embed every micro-batch without
 keeping activations, take the loss gradient w.r.t. all embeddings of the global batch, then
-back-propagate each micro-batch with its slice of that gradient.
+back-propagate each micro-batch with its slice of that gradient. With scanned layers the
+micro-batches' parameter gradients are summed on each device apart (a `vmap` over the `data`
+mesh axis) and reduced across devices once per step (`_data_shard_backprop`).
 """
 
 from __future__ import annotations
@@ -192,18 +194,23 @@ def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
         (loss, metrics), (d_img, d_txt, d_logit) = jax.value_and_grad(
             loss_of, argnums=(0, 1, 2), has_aux=True)(img, txt, {k: frozen[k] for k in logit_keys})
 
+        def vjp_of(module, stats, images_mb, tokens_mb, d_img_mb, d_txt_mb):
+            _, vjp, new_stats = jax.vjp(
+                lambda p: _embed(module, config.lock_image, _freeze(p, config), stats,
+                                 images_mb, tokens_mb), params, has_aux=True)
+            return vjp((d_img_mb, d_txt_mb))[0], new_stats
+
+        backprop, partial_shape, reduce = _data_shard_backprop(vjp_of, s)
+
         def backprop_one(carry, mb):
             grads, stats = carry
-            images_mb, tokens_mb, d_img_mb, d_txt_mb = mb
-            embeddings, vjp, new_stats = jax.vjp(
-                lambda p: embed(_freeze(p, config), stats, images_mb, tokens_mb), params,
-                has_aux=True)
-            (g,) = vjp((d_img_mb, d_txt_mb))
+            g, new_stats = backprop(stats, *mb)
             return (jax.tree.map(jnp.add, grads, g), new_stats), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(partial_shape(p), p.dtype), params)
         (grads, stats), _ = jax.lax.scan(
             backprop_one, (zeros, batch_stats), (images, tokens, split(d_img), split(d_txt)))
+        grads = reduce(grads)
         grads = {**grads, **{k: grads[k] + d_logit[k] for k in logit_keys}}
         return loss, metrics, stats, grads
 
@@ -214,6 +221,46 @@ def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
             return compute(params, batch_stats, batch)
 
     return grad_fn
+
+
+# The vmap axis of `_data_shard_backprop` (one index per `data` shard of the batch).
+DATA_SHARDS = "data_shards"
+
+
+def _data_shard_backprop(vjp_of: Callable, s: Setup) -> tuple[Callable, Callable, Callable]:
+    """How each micro-batch's parameter gradients are computed and summed: `(backprop,
+    partial_shape, reduce)`, `backprop(stats, images, tokens, d_img, d_txt) -> (grads, stats)`.
+
+    Each `data` shard of the batch yields its own gradients (a `vmap` over the `data` mesh
+    axis, `spmd_axis_name`), kept apart on its devices ([data, *shape] partial sums) until
+    `reduce` sums them once per step. Summed per micro-batch instead, the all-reduce over `data`
+    ran in every micro-batch with `scan_layers` (XLA moves it out of the micro-batch loop only
+    for unrolled layers): ViT-B/32 on v5e-8 (`clip-jax plan`, batch 8192, microbatches 32)
+    7,612 MiB (x1474) -> 577 MiB (x7) per chip per step, 4.98 -> 4.74 GiB. BatchNorm
+    statistics stay the whole batch's (`CLIP.batch_axis_name`).
+
+    Gradients are summed as they come (no vmap) where that is no worse: unrolled layers (the
+    same collectives, 60 MiB fewer temporaries in the case above), no `data` axis, parameters
+    sharded over `data` (custom rules), or `fsdp` > 1: with data=2 x fsdp=4 the vmap traded
+    7,666 MiB of all-reduce for 8,292 MiB of
+    collective-permute (57,038 -> 58,448 MiB moved per chip per step).
+    """
+    data = s.mesh.shape["data"]
+    if (data == 1 or s.mesh.shape["fsdp"] > 1 or not s.module.config.scan_layers
+            or sharding.uses_axis(s.state_shardings.params, "data")):
+        return functools.partial(vjp_of, s.module), lambda p: p.shape, lambda g: g
+
+    local = jax.vmap(functools.partial(vjp_of, CLIP(s.module.config, DATA_SHARDS)),
+                     in_axes=(None, 0, 0, 0, 0), axis_name=DATA_SHARDS, spmd_axis_name="data")
+    rules = sharding.without_axis(s.rules, "data")
+
+    def backprop(stats, *micro_batch):
+        pieces = [_split_data_shards(x, data, s.mesh) for x in micro_batch]
+        with nn.logical_axis_rules(rules):
+            grads, stats = local(stats, *pieces)
+        return grads, jax.tree.map(lambda x: x[0], stats)
+
+    return backprop, lambda p: (data, *p.shape), lambda g: jax.tree.map(lambda x: x.sum(0), g)
 
 
 def make_train_step(config: ml_collections.ConfigDict, s: Setup) -> Callable:
@@ -241,6 +288,13 @@ def _split_microbatches(x: jax.Array, microbatches: int, mesh: Mesh) -> jax.Arra
     n = x.shape[0]
     x = x.reshape(n // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
     spec = P(None, sharding.BATCH_AXES, *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _split_data_shards(x: jax.Array, data: int, mesh: Mesh) -> jax.Array:
+    """[N, ...] -> [data, N/data, ...]: the rows each `data` shard holds, without moving any."""
+    x = x.reshape(data, -1, *x.shape[1:])
+    spec = P("data", tuple(a for a in sharding.BATCH_AXES if a != "data"), *[None] * (x.ndim - 2))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
