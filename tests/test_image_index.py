@@ -803,3 +803,37 @@ def test_sigterm_while_indexing_keeps_the_batches_and_says_so(folder, model, tmp
     assert err == [f"Terminated: finished batches are kept in {out}.partial/; run the same "
                    "command to go on from there."]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_text_output_keeps_one_line_per_image_whatever_the_file_name(model, tmp_path, capsys):
+    """A file name with a line break (legal on Linux; a scraper's title) printed over two lines
+    of `zero-shot` and `search` text output, so a line no longer was an image. Such a name
+    prints quoted and escaped; CSV and JSON keep the name itself (pandas and json read it)."""
+    from PIL import Image
+
+    path, _, _ = model
+    root = tmp_path / "odd"
+    root.mkdir()
+    names = ["plain.png", "two\nlines.png", "tab\there.png"]
+    rng = np.random.default_rng(1)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / name)
+    assert cli.main(["zero-shot", "--model", path, "--labels", "cat,dog", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert sorted(line.rsplit(": ", 1)[0] for line in lines) == sorted(
+        [str(root / "plain.png"), repr(str(root / "two\nlines.png")),
+         repr(str(root / "tab\there.png"))])
+    assert cli.main(["zero-shot", "--model", path, "--labels", "cat,dog", "--output", "csv",
+                     str(root)]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert sorted(table["path"]) == sorted(str(root / n) for n in names)
+    out = str(tmp_path / "odd.npz")
+    assert cli.main(["index", str(root), "--model", path, "--output", out]) == 0
+    capsys.readouterr()
+    assert cli.main(["search", out, "a photo of a dog"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and any(repr(str(root / "two\nlines.png")) in x for x in lines)
+    assert cli.main(["search", out, "a photo of a dog", "--output", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["path"] for r in rows) == sorted(os.path.abspath(root / n) for n in names)

@@ -31,6 +31,7 @@ import shlex
 import signal
 import sys
 import traceback
+import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,10 +51,20 @@ MODEL_HELP = ("what clip_jax.load reads: a training workdir (its newest checkpoi
 CSV_COLUMNS = ("path", "label")
 
 
+def text_path(path: str) -> str:
+    """A file name for one line of text output: as it is, or, where it holds a line break or
+    another control character, Python's quoted and escaped form ('a\\nb.jpg'), so one image
+    stays one line. JSON and CSV output keep the name itself (they quote it); bytes that are
+    not UTF-8 print as they are (`logs.setup_console`)."""
+    if any(unicodedata.category(c) == "Cc" for c in path):
+        return repr(path)
+    return path
+
+
 def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
     """Every file not processed, with its reason, on stderr (stdout stays machine-readable)."""
     for item in skipped:
-        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+        print(f"skipped {text_path(item.path)}: {item.reason}", file=sys.stderr)
     if skipped or ignored:
         print(f"{len(skipped)} unreadable image file(s) skipped; {ignored} other file(s) "
               "ignored (hidden, or named in a warning above).", file=sys.stderr)
@@ -120,7 +131,8 @@ def zero_shot_command(args: argparse.Namespace) -> int:
                 print(json_line({"path": path, "top": [{"label": labels[k],
                                  "probability": float(row[k])} for k in best]}))
             else:
-                print(f"{path}: " + ", ".join(f"{labels[k]} {row[k]:.1%}" for k in best))
+                print(f"{text_path(path)}: "
+                      + ", ".join(f"{labels[k]} {row[k]:.1%}" for k in best))
         sys.stdout.flush()
         done += len(batch.paths)
     report_skipped(skipped, ignored)
@@ -226,7 +238,7 @@ def search_command(args: argparse.Namespace) -> int:
         if args.output == "json":
             print(json_line({"rank": rank, "score": m.score, "path": m.path}))
         elif args.output == "text":
-            print(f"{rank:>3}  {m.score:.4f}  {m.path}")
+            print(f"{rank:>3}  {m.score:.4f}  {text_path(m.path)}")
     return 0
 
 
