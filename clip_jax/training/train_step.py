@@ -269,14 +269,28 @@ def make_train_step(config: ml_collections.ConfigDict, s: Setup) -> Callable:
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         loss, metrics, stats, grads = grad_fn(state.params, state.batch_stats, batch)
-        updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
-        params = optim.clamp_logit_scale(optax.apply_updates(state.params, updates))
-        metrics = {**metrics, "loss": loss, "grad_norm": optim.global_norm(grads),
+        params, opt_state, grad_norm = apply_gradients(s, state, grads)
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
                    "logit_scale": jnp.exp(params["logit_scale"]),
                    "learning_rate": optim.learning_rate_schedule(config)(state.step)}
         return TrainState(state.step + 1, params, opt_state, stats), metrics
 
     return train_step
+
+
+def apply_gradients(s: Setup, state: TrainState, grads: Any) -> tuple[Any, Any, jax.Array]:
+    """(params, opt_state, grad_norm) after the optimizer update with `grads`: the step's work
+    past the model's forward and backward passes, which MFU does not count as model FLOPs."""
+    updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+    params = optim.clamp_logit_scale(optax.apply_updates(state.params, updates))
+    return params, opt_state, optim.global_norm(grads)
+
+
+def lower_apply_gradients(s: Setup) -> Any:
+    """`apply_gradients` lowered for the state's shapes and shardings (to count its FLOPs)."""
+    with jax.set_mesh(s.mesh):
+        return jax.jit(functools.partial(apply_gradients, s)).lower(
+            s.abstract_state, s.abstract_state.params)
 
 
 def _split_microbatches(x: jax.Array, microbatches: int, mesh: Mesh) -> jax.Array:
