@@ -142,3 +142,25 @@ def test_an_unwritable_data_dir_is_one_line(tmp_path, monkeypatch, error):
             rf"^Cannot build synthetic_shapes/\S+ in {tmp_path}\S* \({error.strerror}: "
             r"/data/downloads\); it is built once where it is read: point data.data_dir")):
         sources.prepare(config)
+
+
+def test_a_dataset_another_process_built_is_read_with_its_splits(tmp_path, monkeypatch):
+    """The first two-process run on a fresh data_dir: process 0 built the dataset while
+    process 1 waited, then process 1 read it through the builder it had made before the
+    files existed, which knows no splits: `KeyError: Trying to access splits['train'] but
+    splits is empty`, and process 0 hung in its first collective. Here "process 0" builds
+    with its own builder while this one waits."""
+    from clip_jax.data import options, sources
+
+    config = options.default_config()
+    config.data_dir = str(tmp_path)
+    config.synthetic.update(OPTIONS)
+
+    def process_0_builds(action, done, name):
+        build(str(tmp_path))
+        assert done()
+
+    monkeypatch.setattr(sources, "_run_once", process_0_builds)
+    builder = sources.prepare(config)
+    source = sources.data_source(builder, "train", False, "data.train_split")
+    assert len(source) == OPTIONS["num_train"]

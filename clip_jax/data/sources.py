@@ -101,6 +101,9 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
                 f"Dataset {builder.info.full_name} is not built in {builder.data_dir}; build it "
                 "(data/README.md) or set data.build_if_missing=True.")
         _build_once(builder)
+        # Read again: where another process (process 0) built it, this builder was made
+        # before the files existed and knows no splits (a KeyError on 'train').
+        builder = get_builder(config)
     _check_build_options(builder)
     _report_skipped(builder.info.full_name, str(builder.data_dir))
     return builder
