@@ -93,6 +93,24 @@ def test_no_coordinator_is_one_line_after_the_timeout_not_a_silent_wait():
     assert 25 < left <= 30
 
 
+def test_a_coordinator_port_in_use_is_one_line_not_a_segfault():
+    """Process 0 given a port another program (or a hung earlier job) listens on ended with
+    gRPC's "Failed to add port to server" and a segmentation fault (exit 139)."""
+    for address in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as taken:
+            taken.bind((address, 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(ConfigError, match=rf"^process 0 cannot host the coordinator at "
+                                                  rf"127\.0\.0\.1:{port}: port {port} is in use "
+                                                  r"on this machine .* another free port"):
+                distributed.check_coordinator_port(distributed.Job(f"127.0.0.1:{port}", 2, 0))
+    free = _free_port()  # nothing there (the probe closed again): JAX may take it
+    distributed.check_coordinator_port(distributed.Job(f"127.0.0.1:{free}", 2, 0))
+    with socket.socket() as again:
+        again.bind(("0.0.0.0", free))
+
+
 def test_config_differences_name_the_fields_and_processes():
     same = {"optimizer": {"lr": 1e-3, "b1": 0.9}, "batch_size": 32,
             "distributed": {"process_id": 0}}

@@ -565,8 +565,8 @@ def test_a_process_missing_ends_the_others_with_one_line_not_an_abort(tfds_dir, 
         errors = [line for line in out.splitlines() if line.startswith("error: ")]
         assert code == 2 and errors == [
             f"error: process {i} of 3 waited 5 s at {address} and the job did not complete: "
-            "start all 3 processes (ids 0 to 2) with this coordinator address, or raise "
-            "config.distributed.timeout_seconds."], out
+            "start all 3 processes (ids 0 to 2, each id once) with this coordinator address, "
+            "or raise config.distributed.timeout_seconds."], out
         assert "Check failure" not in out and "Compiling" not in out, out
 
 

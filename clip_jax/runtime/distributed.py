@@ -13,6 +13,7 @@ with one `error:` line and exit code 2, as a config error does (`_exit_if_still_
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -134,6 +135,28 @@ def wait_for_coordinator(found: Job, timeout_s: float) -> float:
         "config.distributed.timeout_seconds.")
 
 
+def check_coordinator_port(found: Job) -> None:
+    """ConfigError when process 0 cannot open the coordinator's port on this machine (JAX
+    listens on every interface, `[::]:port`): a port another program or an earlier job still
+    holds, or another process of this job also given id 0 and already listening. JAX's own
+    bind failure ends the process with a segmentation fault (exit 139)."""
+    port = int(found.address.rpartition(":")[2])
+    for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+                probe.bind((anywhere, port))
+            return
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"process 0 cannot host the coordinator at {found.address}: port {port} is "
+                    "in use on this machine (another program, a job still running or shutting "
+                    "down, or another process also given id 0); stop it, or give every process "
+                    "another free port in the coordinator address.") from None
+    # Neither family could be tried (no network stack to probe): JAX's own bind decides.
+
+
 def _exit_if_still_waiting(seconds: float, message: str) -> threading.Timer:
     """A started daemon timer that, unless cancelled within `seconds`, prints `error:
     {message}` to stderr and ends the process with `CONFIG_ERROR_EXIT`. JAX's
@@ -167,6 +190,8 @@ def initialize(dist: Any, environ: Mapping[str, str] = os.environ) -> None:
               f"within {timeout} s: start the same command on every host of the job, or raise "
               "config.distributed.timeout_seconds.")
         return
+    if found.process_id == 0:
+        check_coordinator_port(found)
     role = "coordinator" if found.process_id == 0 else "process"
     print(f"Joining the job at {found.address} as {role} {found.process_id} of "
           f"{found.num_processes} (waiting up to {timeout} s for the others: "
@@ -176,8 +201,9 @@ def initialize(dist: Any, environ: Mapping[str, str] = os.environ) -> None:
         left = wait_for_coordinator(found, timeout)
     _join(left, f"process {found.process_id} of {found.num_processes} waited {timeout} s at "
                 f"{found.address} and the job did not complete: start all "
-                f"{found.num_processes} processes (ids 0 to {found.num_processes - 1}) with this "
-                "coordinator address, or raise config.distributed.timeout_seconds.",
+                f"{found.num_processes} processes (ids 0 to {found.num_processes - 1}, each id "
+                "once) with this coordinator address, or raise "
+                "config.distributed.timeout_seconds.",
           coordinator_address=found.address, num_processes=found.num_processes,
           process_id=found.process_id)
 
