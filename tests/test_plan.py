@@ -266,6 +266,35 @@ def test_the_advice_of_a_plan_that_does_not_fit_names_real_config_fields():
     assert "--config.loss=chunked_sigmoid" in plan_lib.no_fit_advice(config, searched=True)
 
 
+def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
+    """ViT-B/16 on v5e-64 at batch 32,768 needed 62.3 GiB of temporaries per chip against
+    1.7 GiB of parameters and optimizer state; the advice listed fsdp and the chunked loss
+    first, and neither made it fit (61.1 / 62.3 GiB) where full remat or micro-batches did.
+    The advice now names the sizes and only the knobs that shrink a term that matters: the
+    logits of a 32,768 batch over 64 chips are 2 x 4 x 512 x 32,768 bytes = 0.125 GiB."""
+    from clip_jax.configs import base
+
+    gib = 2.0**30
+
+    def refused(temp, params, batch, chips):
+        config = base.get_config("vit_b16")
+        config.batch_size, config.model.remat_policy = batch, "none"
+        result = plan_lib.Plan("v5e-64", "v5e", chips, 1, {"data": chips, "fsdp": 1, "tensor": 1},
+                               batch, 1, "none", config.loss, False, 15.75 * gib, 16 * gib, 0.0)
+        result.temp_bytes, result.param_bytes, result.opt_state_bytes = temp, params, 2 * params
+        return plan_lib.no_fit_advice(config, searched=False, result=result)
+
+    activations = refused(62.3 * gib, 0.56 * gib, 32768, 64)
+    assert activations.startswith("Per chip it needs 62.30 GiB of temporaries (activations, "
+                                  "logits) and 1.68 GiB of parameters and optimizer state.")
+    assert "--config.model.remat_policy=full, --config.microbatches=N;" in activations
+    assert "mesh.fsdp" not in activations and "chunked" not in activations
+    weights = refused(4.0 * gib, 6.0 * gib, 4096, 64)  # a big model's state dominates
+    assert "--config.mesh.fsdp=N" in weights
+    logits = refused(20.0 * gib, 0.01 * gib, 65536, 2)  # 32,768 rows x 65,536: 16 GiB
+    assert "--config.loss=chunked_softmax" in logits
+
+
 def test_config_errors_exit_2(capsys):
     assert cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4",
                      "--config.loss=bogus"]) == 2
