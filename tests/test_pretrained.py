@@ -222,8 +222,14 @@ def test_missing_offline_names_the_cache(offline):
     for spec in (("ViT-B-32", "no-such-tag"), ("ViT-B-32:opnai",), ("ViT-B/32:opnai",)):
         with pytest.raises(ConfigError, match=r"known tags for ViT-B-32: \[.*'openai'"):
             clip_jax.load(*spec)
-    with pytest.raises(FileNotFoundError, match="is an architecture, not weights"):
-        clip_jax.load("ViT-B-32")
+    # An architecture names no weights; the advice works on the command line too (it said
+    # "pass pretrained=", a Python argument), and a preset's slash is no Hub org/name.
+    for spec in ("ViT-B-32", "ViT-B/32"):
+        with pytest.raises(FileNotFoundError, match=(
+                rf"^'{spec}' is an architecture, not weights: name a checkpoint or released "
+                r"weights as NAME:TAG \(its released weights are .*ViT-B-32:openai\); a random "
+                rf"init is clip_jax.create_model\('{spec}'\)")):
+            clip_jax.load(spec)
     # A repo id not in the cache could be either format: both config files are named.
     with pytest.raises(FileNotFoundError, match=r"'nosuch-org/clip': none of \['config.json', "
                                                 r"'open_clip_config.json'\] .*HF_HUB_OFFLINE"):

@@ -70,9 +70,18 @@ def load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | 
         return _load_named(spec, pretrained, config, activation, revision, token, ema)
     if os.path.exists(spec):
         return _load_local(spec, config, activation, ema)
-    if hub.is_repo_id(spec):
+    if hub.is_repo_id(spec) and not _is_architecture(spec):
         return _load_repo(spec, config, activation, revision, token, ema)
     raise MissingFileError(not_found(spec))
+
+
+def _is_architecture(spec: str) -> bool:
+    """A preset name (`ViT-B/32`: its slash reads as a Hub `org/name`)."""
+    try:
+        get_preset(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> CLIPConfig:
@@ -345,7 +354,7 @@ def check_source(spec: str) -> None:
     named = hub.split_name(spec)
     if named is not None:
         hub.lookup(*named)  # a mistyped tag: ConfigError listing the known ones
-    elif not os.path.exists(spec) and not hub.is_repo_id(spec):
+    elif not os.path.exists(spec) and (not hub.is_repo_id(spec) or _is_architecture(spec)):
         raise MissingFileError(not_found(spec))
 
 
@@ -369,10 +378,14 @@ def not_found(spec: str, local: bool = False) -> str:
         return listing + hub.shadowed_repo_hint(spec) + "."
     if local:
         return f"No checkpoint at {spec!r}: no such file or folder."
-    try:
-        get_preset(spec)
-    except ValueError:
+    if not _is_architecture(spec):
         return (f"No checkpoint at {spec!r}: not a local path, a Hub repo id (org/name) or a "
                 "released name (clip_jax.list_pretrained()).")
-    return (f"{spec!r} is an architecture, not weights: pass pretrained= one of its tags "
-            "(clip_jax.list_pretrained()), or use clip_jax.create_model for a random init.")
+    base = hub.base_name(spec)
+    tags = sorted(t for n, t in hub.list_pretrained() if n == base)
+    released = (f"its released weights are {', '.join(f'{base}:{t}' for t in tags[:3])}"
+                f"{', ...' if len(tags) > 3 else ''}" if tags
+                else "no weights of it are released (clip_jax.list_pretrained())")
+    return (f"{spec!r} is an architecture, not weights: name a checkpoint or released weights "
+            f"as NAME:TAG ({released}); a random init is clip_jax.create_model({spec!r}) or "
+            "a training run.")
