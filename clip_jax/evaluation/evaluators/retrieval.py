@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -12,6 +13,8 @@ from clip_jax.evaluation.evaluators.base import Evaluator, RunContext, task_conf
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Passes
+
+log = logging.getLogger(__name__)
 
 
 def retrieval_task(dataset: str = "", split: str = "", **data: str) -> ml_collections.ConfigDict:
@@ -40,6 +43,14 @@ class Retrieval(Evaluator):
                               f"{f' ({split})' if split else ''} has {len(emb.images)} "
                               "image(s) but no caption, so retrieval has nothing to rank; "
                               "give it a split with captions (or name them with caption_key).")
+        shared, bound = eval_metrics.shared_captions(emb.texts, emb.text_image)
+        if shared:
+            log.warning("config.eval.%s: %d of %d captions of %s are also another image's "
+                        "caption (the same text); all copies rank the same image first, so "
+                        "text->image R@1 cannot exceed %.1f%% and image->text scores count the "
+                        "other images' copies as misses; give each image its own caption (or "
+                        "evaluate class names with zero-shot).", self.field, shared,
+                        len(emb.texts), self.source.description, 100 * bound)
         results = eval_metrics.retrieval_metrics(emb.images, emb.texts, emb.text_image)
         ctx.records.sizes[self.key] = {"images": len(emb.images), "texts": len(emb.texts)}
         ctx.records.where(self.key, self.source)
