@@ -236,14 +236,15 @@ def _data_shard_backprop(vjp_of: Callable, s: Setup) -> tuple[Callable, Callable
     `reduce` sums them once per step. Summed per micro-batch instead, the all-reduce over `data`
     ran in every micro-batch with `scan_layers` (XLA moves it out of the micro-batch loop only
     for unrolled layers): ViT-B/32 on v5e-8 (`clip-jax plan`, batch 8192, microbatches 32)
-    7,612 MiB (x1474) -> 577 MiB (x7) per chip per step, 4.98 -> 4.74 GiB. BatchNorm
+    7,612 MiB (x1474) -> 577 MiB (x7) per chip per step, 4.98 -> 4.74 GiB; with tensor=2
+    (data=4) all-reduce 24,892 -> 21,370 MiB, the rest being the heads' activations. BatchNorm
     statistics stay the whole batch's (`CLIP.batch_axis_name`).
 
     Gradients are summed as they come (no vmap) where that is no worse: unrolled layers (the
     same collectives, 60 MiB fewer temporaries in the case above), no `data` axis, parameters
     sharded over `data` (custom rules), or `fsdp` > 1: with data=2 x fsdp=4 the vmap traded
-    7,666 MiB of all-reduce for 8,292 MiB of
-    collective-permute (57,038 -> 58,448 MiB moved per chip per step).
+    7,666 MiB of all-reduce for 8,292 MiB of collective-permute (57,038 -> 58,448 MiB moved
+    per chip per step).
     """
     data = s.mesh.shape["data"]
     if (data == 1 or s.mesh.shape["fsdp"] > 1 or not s.module.config.scan_layers
