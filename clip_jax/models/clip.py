@@ -76,16 +76,11 @@ class CLIP(nn.Module):
     """
 
     config: CLIPConfig
-    # A vmap axis that splits the batch, which a ResNet's BatchNorm averages its statistics
-    # over (`BatchNorm.axis_name`); None outside the train step's per-device accumulation.
-    batch_axis_name: str | None = None
 
     def setup(self):
         cfg = self.config
-        if cfg.vision.is_resnet:
-            self.visual = ModifiedResNet(cfg, self.batch_axis_name)
-        else:
-            self.visual = VisionTransformer(cfg)
+        tower = ModifiedResNet if cfg.vision.is_resnet else VisionTransformer
+        self.visual = tower(cfg)
         self.text = TextTransformer(cfg)
         self.logit_scale = self.param(
             "logit_scale", with_axes(Constant(cfg.logit_scale_init), ()), (), jnp.float32)

@@ -78,27 +78,32 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
     micro-batches) when it did not run, then the last resorts (a smaller batch, the chunked
     loss, a bigger slice). With the refused plan's `result`, only knobs that shrink a term
     that matters (`_WORTH` of the bytes needed): remat and micro-batches for the temporaries
-    (activations), fsdp for parameters and optimizer state, the chunked loss for the [rows per
-    chip, batch] f32 logits and their gradient; ViT-B/16 on v5e-64 at batch 32,768 needs 62.3
-    GiB of temporaries against 1.7 GiB of state and 0.1 GiB of logits, and fsdp or the chunked
-    loss did not make it fit."""
+    (activations), fsdp for parameters and optimizer state, the chunked loss first for the
+    [rows per chip, batch] f32 logits and their gradient (micro-batches keep the whole batch's
+    logits); ViT-B/16 on v5e-64 at batch 32,768 needs 62.3 GiB of temporaries against 1.7 GiB
+    of state and 0.1 GiB of logits, and fsdp or the chunked loss did not make it fit."""
     temporaries, state, logits = _memory_terms(config, result)
     needed = temporaries + state
     worth = lambda term: result is None or term >= _WORTH * needed  # noqa: E731
+    chunked = (f"--config.loss={_CHUNKED[config.loss]}" if config.loss in _CHUNKED
+               and worth(logits) else None)
     last = ["lower the batch size"]
-    if config.loss in _CHUNKED and worth(logits):
-        last.append(f"use --config.loss={_CHUNKED[config.loss]}")
+    if chunked and result is None:
+        last.append(f"use {chunked}")
     last_resorts = f"{', '.join(last)} or use a bigger slice."
     said = "" if result is None else (
-        f"Per chip it needs {_gib(temporaries)} of temporaries (activations, logits) and "
-        f"{_gib(state)} of parameters and optimizer state. ")
+        f"Per chip it needs {_gib(temporaries)} of temporaries (of them {_gib(logits)} the "
+        f"loss's logits and their gradient) and {_gib(state)} of parameters and optimizer "
+        "state. ")
+    knobs = [chunked] if chunked and result is not None else []
     if searched:
-        return f"{said}No fitting alternative found in the budget: {last_resorts}"
-    knobs = []
-    if worth(temporaries):
+        tried = f"; else {', '.join(knobs)}," if knobs else ":"
+        return f"{said}No fitting alternative found in the budget{tried} {last_resorts}"
+    if worth(temporaries - (logits if result is not None else 0.0)):  # micro-batches keep them
         if config.model.remat_policy != "full":
             knobs.append("--config.model.remat_policy=full")
-        knobs.append("--config.microbatches=N")
+        more = f" (above {config.microbatches})" if config.microbatches > 1 else ""
+        knobs.append(f"--config.microbatches=N{more}")
     if worth(state):
         knobs.append("--config.mesh.fsdp=N")
     return (f"{said}No alternatives tried (--search-seconds 0): give --search-seconds to try "

@@ -200,7 +200,7 @@ def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
                                  images_mb, tokens_mb), params, has_aux=True)
             return vjp((d_img_mb, d_txt_mb))[0], new_stats
 
-        backprop, partial_shape, reduce = _data_shard_backprop(vjp_of, s)
+        backprop, partial_shape, reduce = _data_shard_backprop(vjp_of, s, config.lock_image)
 
         def backprop_one(carry, mb):
             grads, stats = carry
@@ -223,11 +223,8 @@ def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
     return grad_fn
 
 
-# The vmap axis of `_data_shard_backprop` (one index per `data` shard of the batch).
-DATA_SHARDS = "data_shards"
-
-
-def _data_shard_backprop(vjp_of: Callable, s: Setup) -> tuple[Callable, Callable, Callable]:
+def _data_shard_backprop(vjp_of: Callable, s: Setup, lock_image: bool
+                         ) -> tuple[Callable, Callable, Callable]:
     """How each micro-batch's parameter gradients are computed and summed: `(backprop,
     partial_shape, reduce)`, `backprop(stats, images, tokens, d_img, d_txt) -> (grads, stats)`.
 
@@ -237,29 +234,32 @@ def _data_shard_backprop(vjp_of: Callable, s: Setup) -> tuple[Callable, Callable
     ran in every micro-batch with `scan_layers` (XLA moves it out of the micro-batch loop only
     for unrolled layers): ViT-B/32 on v5e-8 (`clip-jax plan`, batch 8192, microbatches 32)
     7,612 MiB (x1474) -> 577 MiB (x7) per chip per step, 4.98 -> 4.74 GiB; with tensor=2
-    (data=4) all-reduce 24,892 -> 21,370 MiB, the rest being the heads' activations. BatchNorm
-    statistics stay the whole batch's (`CLIP.batch_axis_name`).
+    (data=4) all-reduce 24,892 -> 21,370 MiB, the rest being the heads' activations.
 
     Gradients are summed as they come (no vmap) where that is no worse: unrolled layers (the
     same collectives, 60 MiB fewer temporaries in the case above), no `data` axis, parameters
     sharded over `data` (custom rules), or `fsdp` > 1: with data=2 x fsdp=4 the vmap traded
     7,666 MiB of all-reduce for 8,292 MiB of collective-permute (57,038 -> 58,448 MiB moved
-    per chip per step).
+    per chip per step). Also where it is wrong: a trained ResNet image tower, whose BatchNorm
+    needs the whole micro-batch's statistics and whose convolutions' kernel gradients came out
+    wrong under the sharded vmap (jax 0.10.2, 8 CPU devices, one row per shard: 0.91 relative
+    error for a lone 3x3 convolution; XLA's partitioning of the vmapped gradient).
     """
     data = s.mesh.shape["data"]
+    trains_resnet = s.module.config.vision.is_resnet and not lock_image
     if (data == 1 or s.mesh.shape["fsdp"] > 1 or not s.module.config.scan_layers
-            or sharding.uses_axis(s.state_shardings.params, "data")):
+            or trains_resnet or sharding.uses_axis(s.state_shardings.params, "data")):
         return functools.partial(vjp_of, s.module), lambda p: p.shape, lambda g: g
 
-    local = jax.vmap(functools.partial(vjp_of, CLIP(s.module.config, DATA_SHARDS)),
-                     in_axes=(None, 0, 0, 0, 0), axis_name=DATA_SHARDS, spmd_axis_name="data")
+    local = jax.vmap(functools.partial(vjp_of, s.module), in_axes=(None, 0, 0, 0, 0),
+                     spmd_axis_name="data")
     rules = sharding.without_axis(s.rules, "data")
 
-    def backprop(stats, *micro_batch):
+    def backprop(stats, *micro_batch):  # no statistics move: a locked ResNet's or none
         pieces = [_split_data_shards(x, data, s.mesh) for x in micro_batch]
         with nn.logical_axis_rules(rules):
-            grads, stats = local(stats, *pieces)
-        return grads, jax.tree.map(lambda x: x[0], stats)
+            grads, _ = local(stats, *pieces)
+        return grads, stats
 
     return backprop, lambda p: (data, *p.shape), lambda g: jax.tree.map(lambda x: x.sum(0), g)
 
