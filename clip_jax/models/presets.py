@@ -79,6 +79,18 @@ def open_clip_name(name: str) -> str:
 _ALIASES = {open_clip_name(n): n for n in PRESETS if n != open_clip_name(n)}
 
 
+def is_preset(name: Any) -> bool:
+    """Whether `name` is a preset's name in any spelling `get_preset` takes (a `Path` never
+    is, whatever its text; `ViT-B/32` is one, though its slash reads as a Hub org/name)."""
+    if not isinstance(name, str):
+        return False
+    try:
+        get_preset(name)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def get_preset(name: str, **overrides: Any) -> CLIPConfig:
     """The config of a named architecture, accepting OpenAI and open_clip spellings; ConfigError
     listing the names for an unknown one."""

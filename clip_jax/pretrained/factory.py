@@ -27,7 +27,7 @@ from clip_jax.data.tokenizer import TextTokenizer, Tokenizer, default_tokenizer,
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, with_numerics
 from clip_jax.models.config import CLIPConfig
-from clip_jax.models.presets import PRESETS, get_preset
+from clip_jax.models.presets import PRESETS, get_preset, is_preset
 from clip_jax.pretrained import load as loading
 from clip_jax.pretrained import registry as hub
 
@@ -72,7 +72,7 @@ def _names_weights(name: Any) -> bool:
     error lists the architectures: `ViT-B/33` is likelier a typo than a Hub repo."""
     if isinstance(name, os.PathLike):
         return True
-    if not isinstance(name, str) or _is_preset(name):
+    if not isinstance(name, str) or is_preset(name):
         return False
     return (os.path.exists(name) or name.startswith(hub.OPEN_CLIP_PREFIX)
             or hub.split_name(name) is not None)
@@ -105,7 +105,7 @@ def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | d
     Raises what `create_model` or `clip_jax.load` raise: MissingFileError (a FileNotFoundError)
     when nothing is there, ConfigError for files or arguments that contradict each other.
     """
-    is_architecture = isinstance(name_or_path, (CLIPConfig, dict)) or _is_preset(name_or_path)
+    is_architecture = isinstance(name_or_path, (CLIPConfig, dict)) or is_preset(name_or_path)
     if is_architecture and pretrained is None:
         module, variables = models.create_model(name_or_path, **overrides)
     elif is_architecture:
@@ -159,7 +159,7 @@ def own_vocabulary(spec: str | os.PathLike, *, revision: str | None = None,
     weights: the `clip-jax` commands call it before loading the model, then `tokenizer_for`.
     Raises what `hf_tokenizer.load_tokenizer` raises (MissingFileError for a transformers
     directory without tokenizer files whose vocabulary is not OpenAI's size)."""
-    if _is_preset(spec):  # "ViT-B/32" is a preset, not a Hub repo id: OpenAI's vocabulary
+    if is_preset(spec):  # "ViT-B/32" is a preset, not a Hub repo id: OpenAI's vocabulary
         return None
     spec, tokenizer = os.fspath(spec), None
     if hub.split_name(spec) is None:  # released weights use OpenAI's vocabulary
@@ -205,7 +205,7 @@ def _config(spec: str, revision: str | None, token: str | bool | None) -> CLIPCo
     named = hub.split_name(spec)
     if named is not None:
         return get_preset(hub.lookup(*named)[0])
-    if _is_preset(spec):
+    if is_preset(spec):
         return get_preset(spec)
     if os.path.exists(spec):
         directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
@@ -219,17 +219,6 @@ def _config(spec: str, revision: str | None, token: str | bool | None) -> CLIPCo
         return (hf_import.read_config(directory) if kind == "transformers"
                 else open_clip_import.read_config(directory))
     raise MissingFileError(loading.not_found(spec))
-
-
-def _is_preset(name: Any) -> bool:
-    """Whether `name` is a preset's name (a `Path` never is, whatever its text)."""
-    if not isinstance(name, str):
-        return False
-    try:
-        get_preset(name)
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 def save(module: CLIP, variables: dict[str, Any], directory: str | os.PathLike, *,

@@ -11,7 +11,7 @@ from clip_jax.convert import hf_import, hf_keys, open_clip_import, openai
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, as_config, with_numerics
 from clip_jax.models.config import NUMERICS, CLIPConfig
-from clip_jax.models.presets import get_preset
+from clip_jax.models.presets import get_preset, is_preset
 from clip_jax.pretrained import registry as hub
 from clip_jax.training import checkpoints
 
@@ -70,18 +70,9 @@ def load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | 
         return _load_named(spec, pretrained, config, activation, revision, token, ema)
     if os.path.exists(spec):
         return _load_local(spec, config, activation, ema)
-    if hub.is_repo_id(spec) and not _is_architecture(spec):
+    if hub.is_repo_id(spec) and not is_preset(spec):
         return _load_repo(spec, config, activation, revision, token, ema)
     raise MissingFileError(not_found(spec))
-
-
-def _is_architecture(spec: str) -> bool:
-    """A preset name (`ViT-B/32`: its slash reads as a Hub `org/name`)."""
-    try:
-        get_preset(spec)
-    except ValueError:
-        return False
-    return True
 
 
 def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> CLIPConfig:
@@ -354,7 +345,7 @@ def check_source(spec: str) -> None:
     named = hub.split_name(spec)
     if named is not None:
         hub.lookup(*named)  # a mistyped tag: ConfigError listing the known ones
-    elif not os.path.exists(spec) and (not hub.is_repo_id(spec) or _is_architecture(spec)):
+    elif not os.path.exists(spec) and (not hub.is_repo_id(spec) or is_preset(spec)):
         raise MissingFileError(not_found(spec))
 
 
@@ -378,7 +369,7 @@ def not_found(spec: str, local: bool = False) -> str:
         return listing + hub.shadowed_repo_hint(spec) + "."
     if local:
         return f"No checkpoint at {spec!r}: no such file or folder."
-    if not _is_architecture(spec):
+    if not is_preset(spec):
         return (f"No checkpoint at {spec!r}: not a local path, a Hub repo id (org/name) or a "
                 "released name (clip_jax.list_pretrained()).")
     base = hub.base_name(spec)

@@ -49,6 +49,14 @@ class Job(NamedTuple):
     num_processes: int
     process_id: int
 
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
 
 def _given(dist: Any, field: str, environ: Mapping[str, str], unset: Any) -> tuple[Any, str]:
     """(value, where it came from) of a `config.distributed` field, from the environment
@@ -118,11 +126,10 @@ def wait_for_coordinator(found: Job, timeout_s: float) -> float:
     opens it when it starts); ConfigError when it never does. Processes other than 0 check
     this first: JAX ends a process whose coordinator never came with an abort and a stack
     trace, which no Python code can turn into a message."""
-    host, _, port = found.address.rpartition(":")
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            with socket.create_connection((found.host, found.port), timeout=1.0):
                 return max(deadline - time.monotonic(), 1.0)
         except OSError:
             if time.monotonic() >= deadline:
@@ -140,7 +147,7 @@ def check_coordinator_port(found: Job) -> None:
     listens on every interface, `[::]:port`): a port another program or an earlier job still
     holds, or another process of this job also given id 0 and already listening. JAX's own
     bind failure ends the process with a segmentation fault (exit 139)."""
-    port = int(found.address.rpartition(":")[2])
+    port = found.port
     for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
