@@ -1159,3 +1159,27 @@ def test_a_model_folder_is_refused_as_a_workdir(tmp_path, monkeypatch, capsys):
     config = tiny.get_config()
     config.mode = "eval"
     config_checks.check_run(config, str(hf))
+
+
+def test_a_workdir_probe_another_process_removed_is_probed_again(tmp_path, monkeypatch):
+    """Two processes of a job checking a new shared workdir at once: one removed the folder it
+    had created for its probe while the other was about to write its probe file there, and the
+    other stopped with "--workdir ... is not writable (No such file or directory)" (a flaky
+    two-process test). A probe file whose folder vanished is tried again; nothing is left."""
+    import tempfile
+
+    from clip_jax.training import config_checks
+
+    workdir = tmp_path / "new" / "run"
+    real, calls = tempfile.TemporaryFile, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the other process's cleanup got there first
+            os.rmdir(workdir)
+            raise FileNotFoundError(2, "No such file or directory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", racing)
+    config_checks.check_workdir(str(workdir))
+    assert len(calls) == 2 and not (tmp_path / "new").exists()

@@ -142,16 +142,23 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
         created.append(path)
         path = os.path.dirname(path)
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=workdir):
-            pass
+        for attempt in range(3):
+            os.makedirs(workdir, exist_ok=True)
+            try:
+                with tempfile.TemporaryFile(dir=workdir):
+                    break
+            except FileNotFoundError:  # another process of the job removed its probe folder
+                if attempt == 2:
+                    raise
     except OSError as error:
         raise ConfigError(f"{flag} {workdir!r} is not writable ({error.strerror or error}); "
                          "pass a directory you can write to.") from None
     finally:
         for path in created:
-            if os.path.isdir(path):
+            try:
                 os.rmdir(path)
+            except OSError:  # gone already, or another process of the job is using it
+                pass
 
 
 def check_training_workdir(workdir: str) -> None:
