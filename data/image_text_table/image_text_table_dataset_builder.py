@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -104,10 +105,10 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         report.source_lines(lines)
         if quoting_hint:
             report.note(quoting_hint, fix=True)
-        groups = _group(rows, config.table.group_by_image)
+        groups = _group(rows, config.table.group_by_image, root)
         joined = []  # the kept (row, caption)s of each image several kept rows share
         if not config.table.group_by_image and split != "train":
-            note = _repeated_images(rows)
+            note = _repeated_images(rows, root)
             if note:
                 report.note(note)
         names = label_names(config.table) if config.table.label_column else None
@@ -291,7 +292,20 @@ def _resolve(root: str, path: str) -> str:
     return os.path.join(root, path)
 
 
-def _repeated_images(rows: list[_Row]) -> str:
+def _image_file(root: str, path: str) -> str:
+    """The file a row's image path names, however the table spells it (relative or absolute,
+    `./`, `..`, through a symlink): rows are grouped and repeated images found by it, not by
+    the path's text, which counted one picture named four ways as four images."""
+    if not path:
+        return path
+    full = _resolve(root, path)
+    if "://" in full:
+        scheme, rest = full.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.realpath(full)
+
+
+def _repeated_images(rows: list[_Row], root: str) -> str:
     """A note when image paths repeat across rows of an evaluation split that is not grouped
     (a COCO-style table, one row per caption): each row is then its own example, so retrieval
     counts one picture as several images and a caption's hit must be its own row ('' when
@@ -299,13 +313,13 @@ def _repeated_images(rows: list[_Row]) -> str:
     by_path: dict[str, list[_Row]] = {}
     for row in rows:
         if not row.problem and row.path:
-            by_path.setdefault(row.path, []).append(row)
+            by_path.setdefault(_image_file(root, row.path), []).append(row)
     repeated = [(path, found) for path, found in by_path.items() if len(found) > 1]
     if not repeated:
         return ""
-    path, found = repeated[0]
-    return (f"{len(repeated)} image(s) are on several rows (e.g. {path}: {found[0].lines}, "
-            f"{found[1].lines}), each row its own example: retrieval on this split counts one "
+    _, found = repeated[0]
+    return (f"{len(repeated)} image(s) are on several rows (e.g. {found[0].path}: "
+            f"{found[0].lines}, {found[1].lines}), each row its own example: retrieval on this split counts one "
             "picture as several images; set data.table.group_by_image=True to give each image "
             "all its captions, as `clip-jax eval --retrieval` reads a table.")
 
@@ -346,7 +360,7 @@ def _grouping_notes(joined: list[list[tuple[_Row, str]]]) -> list[str]:
     return notes
 
 
-def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
+def _group(rows: list[_Row], by_image: bool, root: str) -> list[list[_Row]]:
     if not by_image:
         return [[row] for row in rows]
     groups: dict[str, list[_Row]] = {}
@@ -355,7 +369,7 @@ def _group(rows: list[_Row], by_image: bool) -> list[list[_Row]]:
         if row.problem:
             singles.append([row])
         else:
-            groups.setdefault(row.path, []).append(row)
+            groups.setdefault(_image_file(root, row.path), []).append(row)
     return sorted(list(groups.values()) + singles, key=lambda g: g[0].first_line)
 
 
