@@ -168,7 +168,8 @@ def _text(data: bytes, name: str) -> io.StringIO:
 
 
 def csv_quoting_hint(data: bytes, table: Table, *, delimiter: str, quoting: str,
-                     name: str, fix: str = "set data.table.quoting='csv'") -> str:
+                     name: str, fix: str = "set data.table.quoting='csv' (clip-jax eval "
+                                           "--retrieval: --quoting csv)") -> str:
     """The fix for a table read without quote processing that a CSV writer quoted, else "".
 
     No field proves it (a web caption may start with a quote), so the reading is never

@@ -545,7 +545,7 @@ def test_a_tsv_quoted_by_pandas_gets_the_quoting_fix(inputs, tmp_path, caplog):
     assert report["skipped_by_reason"] == {"malformed_row": 2}
     (hint,) = report["notes"]
     assert hint.startswith(f"{path} looks quoted by a CSV writer (e.g. line 3: ")
-    assert hint.endswith("set data.table.quoting='csv'")
+    assert hint.endswith("set data.table.quoting='csv' (clip-jax eval --retrieval: --quoting csv)")
     warned = [r.getMessage() for r in caplog.records if "/quoted/" in r.getMessage()]
     assert len(warned) == 2 and "skipped 2 of 7 records (malformed_row: 2)" in warned[0]
     assert warned[1].endswith(f" train: {hint}")

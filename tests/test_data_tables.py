@@ -267,7 +267,8 @@ def test_a_tsv_quoted_by_pandas_and_read_unquoted_gets_the_fix(captions):
     data = pandas_tsv(captions)
     hint = quoting_hint(data)
     assert hint.startswith("t.tsv looks quoted by a CSV writer (e.g. line ")
-    assert hint.endswith("set data.table.quoting='csv'") and "\n" not in hint
+    assert hint.endswith("set data.table.quoting='csv' (clip-jax eval --retrieval: --quoting "
+                         "csv)") and "\n" not in hint
     table = tables.read_table(data, delimiter="\t", quoting="csv")
     assert [r.fields for r in table.records] == pandas_rows(data, sep="\t")[1]
     assert quoting_hint(data, "csv") == ""

@@ -31,7 +31,7 @@ import ml_collections
 
 from clip_jax.cli.arg_types import check_list_file, positive_int, positive_ints, read_labels
 from clip_jax.data import source_check
-from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, parse_shifts
+from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, parse_shifts
 from clip_jax_data.options import IMAGE_ROOT_ADVICE
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import naming
@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--retrieval source's caption feature (TFDS; default: captions, "
                              "or the one text feature inside it) or column (a table; default: "
                              f"the first of {', '.join(CAPTION_COLUMNS)} in its header)")
+    parser.add_argument("--quoting", default="auto", choices=TABLE_QUOTING,
+                        help="how a --retrieval CSV/TSV is read: csv (quoted fields, as "
+                             "pandas' to_csv writes them), none (every line one row, quotes "
+                             "kept), auto (default: none for a .tsv, csv for a .csv)")
     parser.add_argument("--templates", default="",
                         help="prompt template set (default, simple, synthetic_shapes, "
                              "openai_imagenet), file or one template with '{}' (default: the "
@@ -121,7 +125,7 @@ def has_sources(args: argparse.Namespace) -> bool:
 OPTION_SOURCES = {
     "image_key": ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieval"),
     "label_key": ("zero_shot", "linear_probe", "few_shot", "robustness"),
-    "caption_key": ("retrieval",),
+    "caption_key": ("retrieval",), "quoting": ("retrieval",),
     "templates": ("zero_shot", "few_shot", "robustness"),
     "compare_prompts": ("zero_shot", "few_shot", "robustness"),
     "class_names": ("zero_shot", "linear_probe", "few_shot", "robustness"),
@@ -198,7 +202,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
             train_split=args.train_split, **prompts)
     _check_keys_used(args, ev)
     if args.retrieval:
-        _retrieval(config, args.retrieval, args.image_key, args.caption_key)
+        _retrieval(config, args.retrieval, args.image_key, args.caption_key, args.quoting)
     for flag in SOURCE_FLAGS:
         if ev[flag]:
             enabled.append(flag)
@@ -264,11 +268,12 @@ def _key_flag(match: re.Match, given: frozenset[str]) -> str:
 
 
 def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = "",
-               caption_key: str = "") -> None:
+               caption_key: str = "", quoting: str = "auto") -> None:
     """A TFDS name (its features `image_key`, `caption_key`; "" = the defaults), or a CSV/TSV
     built as an `image_text_table` of its own: the table section starts from the defaults
     (the training run's tables, columns and image root are not this table's), holds only
-    the test split, and names the columns given or found in the header."""
+    the test split, is read with `quoting` (`--quoting`), and names the columns given or
+    found in the header."""
     from clip_jax.data import labelled
     from clip_jax.data.options import default_config
     from clip_jax.evaluation import evaluate
@@ -279,7 +284,8 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = ""
         columns = labelled.table_columns(spec)
         table = default_config().table
         table.update(
-            name=table_dataset_name(spec), test_path=os.path.abspath(spec), group_by_image=True,
+            name=table_dataset_name(spec, quoting), test_path=os.path.abspath(spec),
+            group_by_image=True, quoting=quoting,
             image_column=labelled.pick_column(columns, image_key, IMAGE_COLUMNS, "image",
                                               spec, "--image-key"),
             caption_column=labelled.pick_column(columns, caption_key, CAPTION_COLUMNS,
@@ -293,14 +299,16 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = ""
         name, split, image_key=image_key, caption_key=caption_key)
 
 
-def table_dataset_name(path: str) -> str:
+def table_dataset_name(path: str, quoting: str = "auto") -> str:
     """The built dataset's name for a retrieval table: its stem and 8 hex digits of the
-    SHA-256 of its absolute path and bytes, so another folder's `val.csv`, or this one after
-    an edit, is built afresh instead of colliding with (or reusing) an earlier build."""
+    SHA-256 of its absolute path, bytes and `quoting` (when not auto), so another folder's
+    `val.csv`, this one after an edit, or read another way, is built afresh instead of
+    colliding with (or reusing) an earlier build."""
     from clip_jax_data.records import fingerprint
 
     content = fingerprint(path, digest=True)["sha256"]
-    sha = hashlib.sha256(f"{os.path.abspath(path)}\n{content}".encode())
+    read = "" if quoting == "auto" else f"\n{quoting}"
+    sha = hashlib.sha256(f"{os.path.abspath(path)}\n{content}{read}".encode())
     return f"{naming.source_name(path)}_{sha.hexdigest()[:8]}"
 
 
