@@ -146,6 +146,36 @@ def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, ca
     assert "3 linked folder(s) not searched" in caplog.text and again[2] in caplog.text
 
 
+def test_a_folder_linked_from_another_class_is_read_under_its_own_class_once(tmp_path, caplog):
+    """A class folder that is a link to another class (`SIX`, `six copy -> SIX`) and a link
+    to it inside a third (`One/sixlink -> ../SIX`) read SIX's images three times, under three
+    labels, and named only link loops (a trial: 80 images from 40 files). Each image is
+    read once, under the class folder that holds it, as torchvision's ImageFolder reads the
+    folder without the links; the links are named."""
+    import shutil
+
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "digits"
+    for k, name in enumerate(["One", "SIX", "seven"]):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            picture(10 * k + i).save(root / name / f"{i}.png")
+    shutil.copytree(root, tmp_path / "clean")
+    (root / "six copy").symlink_to(root / "SIX", target_is_directory=True)
+    (root / "One" / "sixlink").symlink_to("../SIX", target_is_directory=True)
+    with caplog.at_level("WARNING"):
+        ours = labelled_data.read(str(root))
+    theirs = ImageFolder(str(tmp_path / "clean"))
+    read = [(os.path.relpath(os.path.realpath(p), root), ours.class_names[y])
+            for p, y in zip(ours.files, ours.labels.tolist())]
+    assert sorted(read) == sorted((os.path.relpath(p, tmp_path / "clean"), theirs.classes[y])
+                                  for p, y in theirs.samples)
+    assert ours.skipped["linked folder searched already or above"] == [
+        str(root / "One" / "sixlink"), str(root / "six copy")]
+    assert "six copy" in caplog.text
+
+
 def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_path, caplog):
     """Hidden folders and files (a notebook's checkpoints, macOS metadata) are neither classes
     nor images, an empty class folder stays a class: files and labels as torchvision's

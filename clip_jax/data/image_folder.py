@@ -118,7 +118,8 @@ def check_inputs(inputs: Sequence[str]) -> None:
 
 def walk_once(top: str, revisits: list[str],
               walk: Callable[[str], Iterable[tuple[str, list[str], list[str]]]] = functools.partial(
-                  os.walk, followlinks=True)) -> Iterator[tuple[str, list[str], list[str]]]:
+                  os.walk, followlinks=True), seen: set[str] | None = None
+              ) -> Iterator[tuple[str, list[str], list[str]]]:
     """`walk`'s top-down (folder, subfolders, files), following symlinked folders, with every
     subfolder pruned before it is yielded, and appended to `revisits` for the caller to
     report, whose real path was already entered (a second link to a folder would repeat its
@@ -126,10 +127,12 @@ def walk_once(top: str, revisits: list[str],
     pruned, whichever sorts first, so files keep their own paths), or holds the folder being
     walked (a link to an ancestor, above `top` too: it would loop forever, or walk the classes
     beside a class folder under that class). `walk`: `os.walk` with links followed, or
-    `tf.io.gfile.walk` (which follows them; `gs://` paths have none)."""
-    real = lambda path: path if "://" in path else os.path.realpath(path)  # noqa: E731
-    top_real = real(top)
-    seen = {top_real}
+    `tf.io.gfile.walk` (which follows them; `gs://` paths have none). `seen`: real paths
+    entered or owned elsewhere (other class folders of one image folder), updated."""
+    top_real = real_path(top)
+    seen = set() if seen is None else seen
+    seen.add(top_real)
+    real = real_path
     for root, dirs, files in walk(top):
         keep, here = [], real(root)
         for name in sorted(dirs):  # the first of two paths to a folder is kept, every time
@@ -143,6 +146,11 @@ def walk_once(top: str, revisits: list[str],
                 keep.append(name)
         dirs[:] = keep
         yield root, dirs, files
+
+
+def real_path(path: str) -> str:
+    """A local path with its links resolved; a `scheme://` path as it is (no links)."""
+    return path if "://" in path else os.path.realpath(path)
 
 
 def _reached_without_links(target: str, top: str) -> bool:

@@ -57,7 +57,7 @@ from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.data.image_folder import (DECODE_ERRORS, IMAGE_EXTENSIONS, undecodable_format,
-                                       walk_once)
+                                       real_path, walk_once)
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
@@ -211,8 +211,15 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
         raise ConfigError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it "
                           "out as <root>/<class name>/<image files> with at least 2 classes.")
     files, labels, revisits = [], [], []
-    for label, name in enumerate(classes):
-        walked = list(walk_once(os.path.join(folder, name), revisits, _walk(folder)))
+    # A class folder's own images are its own: another class's link to it (or a class that
+    # is a link to it) is not searched, so no image is read under two labels.
+    tops = [os.path.join(folder, name) for name in classes]
+    seen = {real_path(top) for top in tops if not os.path.islink(top)}
+    for label, top in enumerate(tops):
+        if os.path.islink(top) and real_path(top) in seen:
+            revisits.append(top)
+            continue
+        walked = list(walk_once(top, revisits, _walk(folder), seen))
         for directory, _, names in sorted(walked):
             hidden = any(p.startswith(".") for p in
                          os.path.relpath(directory, folder).split(os.sep))
