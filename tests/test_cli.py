@@ -333,6 +333,24 @@ def test_a_quoted_retrieval_tsv_is_read_with_the_quoting_flag(tmp_path, capsys, 
     assert code == 2 and "--quoting applies to --retrieval" in err
 
 
+@pytest.mark.parametrize("layout", ["validation/cat", "cat"])
+def test_retrieval_on_an_image_folder_is_one_clear_error(tmp_path, capsys, layout):
+    """`--retrieval` on a labelled image folder crashed with KeyError 'captions_tokens' (a
+    folder with a validation split) or asked for a validation split (one without): an image
+    folder has labels, not captions, and the error says so before any model loads."""
+    import clip_jax
+
+    clip_jax.save(*create_model("test-vit"), tmp_path / "m")
+    (tmp_path / "pets" / layout).mkdir(parents=True)
+    write_captioned_pngs(tmp_path / "pets" / layout, 2, (36, 40), 0, ("{}",))
+    code, _, err = run(capsys, "eval", str(tmp_path / "m"), "--retrieval", str(tmp_path / "pets"))
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: --retrieval {tmp_path / 'pets'} is a labelled image folder: retrieval ranks "
+        "captions, and it has class labels, not captions; give a CSV/TSV of image paths and "
+        "captions or a TFDS caption dataset (coco_captions), and --zero-shot / --linear-probe "
+        "for the labelled images.")
+
+
 def test_export_hf_loads_in_transformers(vit_workdir, tmp_path, capsys):
     workdir, module, variables = vit_workdir
     code, out, _ = run(capsys, "export-hf", workdir, str(tmp_path / "hf"))

@@ -17,6 +17,7 @@ pytest.importorskip("transformers")  # the test extra; without it these tests sk
 from transformers import CLIPImageProcessor
 
 from clip_jax.data.preprocess import image_list, preprocess
+from clip_jax.errors import ConfigError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.models.clip import create_model
 from clip_jax.models.presets import get_preset
@@ -222,3 +223,14 @@ def test_encode_image_stacks_lists_of_images(encoder):
     with pytest.raises(TypeError, match=r"encode_image takes an image array .* got a list "
                                         r"that is not one .*clip_jax.preprocess\(images, config\)"):
         encode(ragged)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_an_encoder_batch_size_below_one_is_refused(encoder, batch_size):
+    """`Encoder(..., batch_size=-1)` embedded 3 texts as a (0, E) array, silently (0: a
+    ZeroDivision-like `range()` error); the API now refuses what `--batch-size` refuses."""
+    with pytest.raises(ConfigError, match=rf"Encoder batch_size={batch_size!r}: give a whole "
+                                          r"number of rows per call, 1 or more"):
+        Encoder(encoder.module, encoder.variables, batch_size=batch_size)
+    assert Encoder(encoder.module, encoder.variables, batch_size=np.int64(2)).embed_texts(
+        ["a", "b", "c"]).shape == (3, encoder.module.config.embed_dim)

@@ -278,6 +278,13 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = ""
     from clip_jax.data.options import default_config
     from clip_jax.evaluation import evaluate
 
+    kind = labelled.source_kind(spec.partition("@")[0])
+    if kind in ("image_folder", "wds"):
+        raise ConfigError(
+            f"--retrieval {spec} is a labelled {LAID_OUT[kind]}: retrieval ranks captions, "
+            "and it has class labels, not captions; give a CSV/TSV of image paths and "
+            "captions or a TFDS caption dataset (coco_captions), and --zero-shot / "
+            "--linear-probe for the labelled images.")
     name, split = (_source(spec, data_dir=config.data.data_dir)
                    if not spec.lower().endswith((".csv", ".tsv")) else (spec, ""))
     if spec.lower().endswith((".csv", ".tsv")):
@@ -297,6 +304,10 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = ""
         image_key, caption_key = defaults.image_key, defaults.caption_key
     config.eval.retrieval[naming.source_name(spec)] = evaluate.retrieval_task(
         name, split, image_key=image_key, caption_key=caption_key)
+
+
+# How a labelled source that is not a table is laid out, as messages name it.
+LAID_OUT = {"image_folder": "image folder", "wds": "webdataset (class shards)"}
 
 
 def table_dataset_name(path: str, quoting: str = "auto") -> str:

@@ -35,8 +35,13 @@ class Encoder:
         """`tokenizer`: the model's own, `clip_jax.get_tokenizer(<model dir or repo>)`, for a
         model trained with its own vocabulary; None: OpenAI's at the model's context length
         (`tokenize`). `exif_transpose` and `alpha` are `clip_jax.data.preprocess`'s image
-        options."""
-        self.module, self.variables, self.batch_size = module, variables, batch_size
+        options. Raises ConfigError for a `batch_size` below 1 (a negative one returned no
+        rows, silently)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ConfigError(f"Encoder batch_size={batch_size!r}: give a whole number of "
+                              f"rows per call, 1 or more (default {BATCH}).")
+        self.module, self.variables, self.batch_size = module, variables, int(batch_size)
         self.tokenizer = tokenizer
         self.image_options = {"exif_transpose": exif_transpose, "alpha": alpha}
         self._images = jax.jit(lambda v, x: l2_normalize(
