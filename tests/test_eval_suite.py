@@ -605,6 +605,23 @@ def test_a_tfds_name_tfds_cannot_construct_is_one_line_before_the_model(spec, me
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_typo_below_a_local_folder_is_named_as_a_path(tmp_path, monkeypatch):
+    """`--zero-shot data/splt` beside a folder `data/` holding `split/` was answered as a
+    TFDS name ("Dataset data not found; did you mean dart?") after ~11 s; it is a path with
+    a typo: the folder that exists, the part that does not and the closest names there."""
+    (tmp_path / "data" / "split" / "test").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for spec, said in (
+            ("data/splt@test", "No labelled folder or table at 'data/splt': no such file or "
+                               "folder (data has no 'splt'; did you mean 'split'?)."),
+            ("data/split/tset", "(data/split has no 'tset'; did you mean 'test'?)."),
+            ("data/zzz/test", "(data has no 'zzz')."),
+    ):
+        with pytest.raises(ConfigError) as error:
+            eval_args("--zero-shot", spec)
+        assert str(error.value).endswith(said) and "TFDS" not in str(error.value), error.value
+
+
 def test_a_dataset_needing_a_manual_download_says_so(tmp_path):
     """imagenet2012's files cannot be downloaded by TFDS: its build failed with TFDS's
     AssertionError traceback; it is one line naming the folder the files go into."""

@@ -40,11 +40,32 @@ def source_problem(name: str, data_dir: str = "") -> str:
         how = CONVERSIONS.get(os.path.splitext(name)[1].lower(), "")
         return (f"{name!r} is a file but not a table clip_jax reads: tables are .csv or .tsv "
                 f"(read as pandas reads them){f'; convert it: {how}' if how else ''}.")
+    missing = _missing_below_a_folder(name)
+    if missing:
+        return f"No labelled folder or table at {name!r}: {missing}"
     problem = _tfds_problem(name, data_dir)
     if not problem:
         return ""
     what = "No labelled folder or table at" if os.path.sep in name else "No dataset"
     return f"{what} {name!r}: {problem}"
+
+
+def _missing_below_a_folder(name: str) -> str:
+    """Why a relative path whose first folder exists here (`photos/tset`) is no source, with
+    the names closest to the missing part: it is a path with a typo, not a TFDS name with a
+    config (asked of TFDS, it answered 'Dataset photos not found' after ~10 s). '' otherwise."""
+    import difflib
+
+    parts = name.rstrip(os.sep).split(os.sep)
+    if "://" in name or os.path.isabs(name) or len(parts) < 2 or not os.path.isdir(parts[0]):
+        return ""
+    depth = 1
+    while depth < len(parts) and os.path.isdir(os.path.join(*parts[:depth + 1])):
+        depth += 1
+    parent, missing = os.path.join(*parts[:depth]), parts[depth]
+    close = difflib.get_close_matches(missing, sorted(os.listdir(parent)), n=3)
+    said = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"no such file or folder ({parent} has no {missing!r}{said})."
 
 
 def _tfds_problem(name: str, data_dir: str) -> str:
