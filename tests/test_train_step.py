@@ -138,17 +138,21 @@ def _step_outputs(name, mesh_spec, microbatches, scan):
     return jax.device_get((loss, grads, stats))
 
 
-@pytest.mark.parametrize("name, mesh", [("test-vit", (8, 1, 1)), ("test-vit", (4, 1, 2)),
-                                        ("test-resnet", (8, 1, 1))])
-def test_gradients_summed_per_data_shard_equal_one_device(name, mesh):
-    """With scanned layers, micro-batch gradients are summed on each `data` shard apart and
-    reduced once (a vmap over the shards; tensor-sharded heads inside it): loss, gradients and
+@pytest.mark.parametrize("name, mesh, scan", [
+    ("test-vit", (8, 1, 1), True), ("test-vit", (4, 1, 2), True), ("test-resnet", (8, 1, 1), True),
+    ("test-vit", (2, 4, 1), True), ("test-vit", (1, 8, 1), False),
+    ("test-resnet", (2, 4, 1), True)])
+def test_gradients_summed_per_batch_shard_equal_one_device(name, mesh, scan):
+    """With scanned layers, or fsdp-sharded parameters gathered once for all micro-batches,
+    micro-batch gradients are summed on each batch shard apart and reduced once (a vmap over
+    the `data` and `fsdp` shards; tensor-sharded heads inside it): loss, gradients and
     updated running statistics equal the same accumulation on one device, also with one row
-    per shard (16 rows, 2 micro-batches, data=8). A trained ResNet keeps the summation per
-    micro-batch: under the vmap its convolutions' kernel gradients were wrong at one row per
-    shard (2.2 relative error on the stem's conv3)."""
-    one = _step_outputs(name, {"data": 1, "fsdp": 1, "tensor": 1}, 2, True)
-    split = _step_outputs(name, dict(zip(sharding.MESH_AXES, mesh)), 2, True)
+    per shard (16 rows, 2 micro-batches, 8 shards). A trained ResNet keeps the summation per
+    micro-batch (with its parameters gathered under fsdp): under the vmap its convolutions'
+    kernel gradients were wrong at one row per shard (2.2 relative error on the stem's
+    conv3)."""
+    one = _step_outputs(name, {"data": 1, "fsdp": 1, "tensor": 1}, 2, scan)
+    split = _step_outputs(name, dict(zip(sharding.MESH_AXES, mesh)), 2, scan)
     np.testing.assert_allclose(split[0], one[0], rtol=1e-5)
     _assert_same((split[0], {}, split[1]), (one[0], {}, one[1]))
     assert jax.tree.structure(split[2]) == jax.tree.structure(one[2])
@@ -188,6 +192,11 @@ def test_rules_without_an_axis_keep_the_other_axes():
              "b": jax.sharding.NamedSharding(mesh, P("tensor"))}
     assert sharding.uses_axis(split, "data") and sharding.uses_axis(split, "tensor")
     assert not sharding.uses_axis({"b": split["b"]}, "data")
+    assert sharding.without_axis(rules, "data", "fsdp")[:2] == (
+        ("activation_batch", None), ("embed", None))
+    fsdp = {"c": jax.sharding.NamedSharding(mesh, P("fsdp", "tensor")), **split}
+    assert jax.tree.map(lambda s: s.spec, sharding.gathered(fsdp, "fsdp")) == {
+        "a": P(None, ("data",)), "b": P(("tensor",)), "c": P(None, ("tensor",))}
 
 
 def test_mesh_that_does_not_fit_is_a_clear_error():

@@ -104,10 +104,14 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
             knobs.append("--config.model.remat_policy=full")
         more = f" (above {config.microbatches})" if config.microbatches > 1 else ""
         knobs.append(f"--config.microbatches=N{more}")
+        if (config.microbatches > 1 and config.mesh.get("fsdp", 1) > 1
+                and not config.reshard_microbatches):  # whole parameters while it runs
+            knobs.append("--config.reshard_microbatches=True")
     if worth(state):
         knobs.append("--config.mesh.fsdp=N")
     return (f"{said}No alternatives tried (--search-seconds 0): give --search-seconds to try "
-            "the remat policies, fsdp sizes and micro-batch counts, or set "
+            "the remat policies, fsdp sizes and micro-batch counts (with fsdp, parameters "
+            "gathered in each micro-batch too), or set "
             f"{', '.join(knobs)}; else {last_resorts}")
 
 
@@ -151,6 +155,7 @@ class Plan:
     opt_state_bytes: float = math.nan
     model_flops: float = math.nan  # all chips
     compiled_flops: float = math.nan  # all chips
+    reshard_microbatches: bool = False  # fsdp + micro-batches: parameters gathered per micro-batch
     bytes_accessed_per_chip: float = math.nan
     collective_bytes_per_chip: dict[str, float] = dataclasses.field(default_factory=dict)
     collective_counts: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -233,6 +238,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
                   dict(zip(sharding.MESH_AXES, shape)), config.batch_size, config.microbatches,
                   model.remat_policy, config.loss, False,
                   usable_hbm_bytes(topology) or topo.chip.hbm_bytes, topo.chip.hbm_bytes, 0.0)
+    result.reshard_microbatches = bool(config.reshard_microbatches)
     result.param_bytes = _shard_bytes(s.abstract_state.params, s.state_shardings.params)
     result.opt_state_bytes = _shard_bytes(s.abstract_state.opt_state,
                                           s.state_shardings.opt_state)
@@ -288,8 +294,10 @@ def _measure(result: Plan, compiled: Any, topo: tpu_topology.Topology) -> None:
 def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
                ) -> list[ml_collections.ConfigDict]:
     """Variants of `config` that may use less memory: other remat policies, fsdp sizes (the
-    rest of the batch shards on data) and micro-batch counts the batch size allows; fewest
-    changes first, the strongest memory saving first within a group."""
+    rest of the batch shards on data), micro-batch counts the batch size allows and, where
+    fsdp and micro-batches meet, parameters re-gathered per micro-batch
+    (`reshard_microbatches`); fewest changes first, the strongest memory saving first within a
+    group."""
     tensor = sharding.mesh_shape(config.mesh, devices)[2]
     shards = devices // tensor
     remats = [r for r in REMAT_ORDER if r != config.model.remat_policy]
@@ -299,12 +307,15 @@ def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
     micro = [m for m in (64, 32, 16, 8, 4, 2, 1) if m != config.microbatches
              and config.batch_size % (shards * m) == 0]
     options = [[("remat", r) for r in remats], [("fsdp", f) for f in fsdps],
-               [("microbatches", m) for m in micro]]
+               [("microbatches", m) for m in micro],
+               [] if config.reshard_microbatches else [("reshard", True)]]
     variants = []
     for n in (1, 2, 3):
         for groups in itertools.combinations(options, n):
             for changes in itertools.product(*groups):
-                variants.append(_apply(config, dict(changes), shards, tensor))
+                c = _apply(config, dict(changes), shards, tensor)
+                if "reshard" not in dict(changes) or (c.mesh.fsdp > 1 and c.microbatches > 1):
+                    variants.append(c)
     return variants
 
 
@@ -316,6 +327,8 @@ def _apply(config, changes, shards, tensor):
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shards // changes["fsdp"], changes["fsdp"], tensor
     if "microbatches" in changes:
         c.microbatches = changes["microbatches"]
+    if "reshard" in changes:
+        c.reshard_microbatches = changes["reshard"]
     return c
 
 
@@ -343,11 +356,20 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
 
 def _describe(config: ml_collections.ConfigDict) -> str:
     return (f"remat={config.model.remat_policy} mesh={dict(config.mesh)} "
-            f"microbatches={config.microbatches}")
+            f"microbatches={config.microbatches}"
+            f"{' reshard_microbatches=True' if config.reshard_microbatches else ''}")
 
 
 def _gib(x: float) -> str:
     return f"{x / 2**30:.2f} GiB" if abs(x) >= 2**29 else f"{x / 2**20:.1f} MiB"
+
+
+def _gathering(p: Plan) -> str:
+    """How fsdp-sharded parameters meet the micro-batches ('' where they do not)."""
+    if p.mesh["fsdp"] == 1 or p.microbatches == 1:
+        return ""
+    return (" (parameters gathered in each)" if p.reshard_microbatches
+            else " (parameters gathered once)")
 
 
 def format_plan(p: Plan) -> str:
@@ -356,7 +378,8 @@ def format_plan(p: Plan) -> str:
     lines = [f"{p.topology}: {p.chips} {p.chip} chip{'s' if p.chips != 1 else ''}"
              f"{f' in {p.slices} slices' if p.slices > 1 else ''}, mesh {mesh}; batch "
              f"{p.batch_size:,} ({p.batch_size // p.chips:,} per chip), "
-             f"microbatches {p.microbatches}, remat {p.remat_policy}, loss {p.loss}; "
+             f"microbatches {p.microbatches}{_gathering(p)}, remat {p.remat_policy}, "
+             f"loss {p.loss}; "
              f"compiled in {p.compile_seconds:.1f} s"]
     if p.error:
         lines.append(f"  {p.error} -> DOES NOT FIT")
@@ -412,7 +435,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     if not as_json:
         print(format_plan(result))
         if budget_seconds > 0:
-            print(f"Trying what the config allows (remat, fsdp, microbatches; up to "
+            print(f"Trying what the config allows (remat, fsdp, microbatches, "
+                  f"reshard_microbatches; up to "
                   f"{budget_seconds:.0f} s of compiling):")
     alternatives = (search(config, topology, budget_seconds, log=log, base=base)
                     if budget_seconds > 0 else [])
@@ -421,7 +445,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     elif alternatives:
         print("Fitting alternatives, fastest roofline first:")
         for a in alternatives:
-            print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches}")
+            print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches}"
+                  f"{' reshard_microbatches=True' if a.reshard_microbatches else ''}")
             print(format_plan(a))
     else:
         print(no_fit_advice(config, searched=budget_seconds > 0, result=result))

@@ -102,14 +102,23 @@ def uses_axis(shardings: Any, axis: str) -> bool:
     return any(axis in axes(entry) for s in jax.tree.leaves(shardings) for entry in s.spec)
 
 
-def without_axis(rules: Rules, axis: str) -> Rules:
-    """The logical axis rules with mesh `axis` taken out of every entry (nothing left: None),
-    for code that runs once per shard of that axis (a `vmap` with `spmd_axis_name=axis`)."""
-    def drop(entry: Any) -> Any:
-        rest = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a != axis)
-        return None if rest in ((), (None,)) else rest
+def _drop(entry: Any, axes: Sequence[str]) -> Any:
+    """A rule's or spec's mesh-axis entry without `axes` (nothing left: None)."""
+    rest = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a not in axes)
+    return None if rest in ((), (None,)) else rest
 
-    return tuple((name, drop(entry)) for name, entry in rules)
+
+def without_axis(rules: Rules, *axes: str) -> Rules:
+    """The logical axis rules with mesh `axes` taken out of every entry, for code that runs
+    once per shard of those axes (a `vmap` with `spmd_axis_name=axes`)."""
+    return tuple((name, _drop(entry, axes)) for name, entry in rules)
+
+
+def gathered(shardings: Any, axis: str) -> Any:
+    """The NamedShardings of a tree with no dimension split over mesh `axis`: replicated over
+    it (what an all-gather over `axis` leaves)."""
+    return jax.tree.map(
+        lambda s: NamedSharding(s.mesh, P(*(_drop(e, (axis,)) for e in s.spec))), shardings)
 
 
 def logical_shardings(boxed: Any, mesh: Mesh, rules: Rules) -> Any:

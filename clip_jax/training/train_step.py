@@ -5,15 +5,17 @@
 step is one jit-compiled function with explicit in/out shardings and a donated state; with
 `microbatches > 1` it accumulates gradients exactly (GradCache): embed every micro-batch without
 keeping activations, take the loss gradient w.r.t. all embeddings of the global batch, then
-back-propagate each micro-batch with its slice of that gradient. With scanned layers the
-micro-batches' parameter gradients are summed on each device apart (a `vmap` over the `data`
-mesh axis) and reduced across devices once per step (`_data_shard_backprop`).
+back-propagate each micro-batch with its slice of that gradient. `fsdp`-sharded parameters
+are all-gathered once for all micro-batches, and with scanned layers or gathered parameters the
+micro-batches' parameter gradients are summed on each device apart (a `vmap` over the batch
+mesh axes) and reduced across devices once per step (`_shard_backprop`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import flax
@@ -177,6 +179,9 @@ def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
         return loss, metrics, stats, grads
 
     def accumulated(params, batch_stats, batch):
+        if gathers_params(config, s):  # once, not in each micro-batch's forward and backward
+            params = jax.lax.with_sharding_constraint(
+                params, sharding.gathered(s.state_shardings.params, "fsdp"))
         frozen = _freeze(params, config)
         split = lambda x: _split_microbatches(x, microbatches, s.mesh)  # noqa: E731
         images, tokens = split(batch["images"]), split(batch["tokens"])
@@ -200,7 +205,7 @@ def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
                                  images_mb, tokens_mb), params, has_aux=True)
             return vjp((d_img_mb, d_txt_mb))[0], new_stats
 
-        backprop, partial_shape, reduce = _data_shard_backprop(vjp_of, s, config.lock_image)
+        backprop, partial_shape, reduce = _shard_backprop(vjp_of, config, s)
 
         def backprop_one(carry, mb):
             grads, stats = carry
@@ -223,45 +228,74 @@ def make_grad_fn(config: ml_collections.ConfigDict, s: Setup) -> Callable:
     return grad_fn
 
 
-def _data_shard_backprop(vjp_of: Callable, s: Setup, lock_image: bool
-                         ) -> tuple[Callable, Callable, Callable]:
+def gathers_params(config: ml_collections.ConfigDict, s: Setup) -> bool:
+    """Whether the micro-batched step all-gathers the `fsdp`-sharded parameters once, for all
+    its micro-batches (unless `config.reshard_microbatches`)."""
+    return (config.microbatches > 1 and s.mesh.shape["fsdp"] > 1
+            and not config.reshard_microbatches)
+
+
+def _local_axes(config: ml_collections.ConfigDict, s: Setup) -> tuple[str, ...]:
+    """The batch mesh axes over which each shard sums its micro-batches' gradients apart (see
+    `_shard_backprop`); () where they are summed as they come."""
+    gathers = gathers_params(config, s)
+    held = s.state_shardings.params
+    held = sharding.gathered(held, "fsdp") if gathers else held
+    axes = tuple(a for a in sharding.BATCH_AXES if s.mesh.shape[a] > 1)
+    trains_resnet = s.module.config.vision.is_resnet and not config.lock_image
+    if (not axes or trains_resnet or not (gathers or s.module.config.scan_layers)
+            or (s.mesh.shape["fsdp"] > 1 and not gathers)
+            or any(sharding.uses_axis(held, a) for a in axes)):
+        return ()
+    return axes
+
+
+def _shard_backprop(vjp_of: Callable, config: ml_collections.ConfigDict, s: Setup
+                    ) -> tuple[Callable, Callable, Callable]:
     """How each micro-batch's parameter gradients are computed and summed: `(backprop,
     partial_shape, reduce)`, `backprop(stats, images, tokens, d_img, d_txt) -> (grads, stats)`.
 
-    Each `data` shard of the batch yields its own gradients (a `vmap` over the `data` mesh
-    axis, `spmd_axis_name`), kept apart on its devices ([data, *shape] partial sums) until
-    `reduce` sums them once per step. Summed per micro-batch instead, the all-reduce over `data`
-    ran in every micro-batch with `scan_layers` (XLA moves it out of the micro-batch loop only
-    for unrolled layers): ViT-B/32 on v5e-8 (`clip-jax plan`, batch 8192, microbatches 32)
-    7,612 MiB (x1474) -> 577 MiB (x7) per chip per step, 4.98 -> 4.74 GiB; with tensor=2
-    (data=4) all-reduce 24,892 -> 21,370 MiB, the rest being the heads' activations.
+    Each batch shard (`data`, and `fsdp` where the parameters are gathered) yields its own
+    gradients (a `vmap` over those mesh axes, `spmd_axis_name`), kept apart on its devices
+    ([shards, *shape] partial sums) until `reduce` sums them once per step into the
+    parameters' shardings. Summed per micro-batch instead, XLA reduced them in every
+    micro-batch with `scan_layers` (it moves the all-reduce out of the micro-batch loop only
+    for unrolled layers without fsdp): ViT-B/32 on v5e-8 (`clip-jax plan`, batch 8192,
+    microbatches 32) 7,612 MiB (x1474) -> 577 MiB (x7) of all-reduce per chip per step, 4.98
+    -> 4.74 GiB; with tensor=2 (data=4) 24,892 -> 21,370 MiB, the rest being the heads'
+    activations; with data=2 x fsdp=4, parameters gathered once, 57,038 -> 924 MiB moved by
+    all collectives (the README's gradient-accumulation paragraph).
 
-    Gradients are summed as they come (no vmap) where that is no worse: unrolled layers (the
-    same collectives, 60 MiB fewer temporaries in the case above), no `data` axis, parameters
-    sharded over `data` (custom rules), or `fsdp` > 1: with data=2 x fsdp=4 the vmap traded
-    7,666 MiB of all-reduce for 8,292 MiB of collective-permute (57,038 -> 58,448 MiB moved
-    per chip per step). Also where it is wrong: a trained ResNet image tower, whose BatchNorm
-    needs the whole micro-batch's statistics and whose convolutions' kernel gradients came out
-    wrong under the sharded vmap (jax 0.10.2, 8 CPU devices, one row per shard: 0.91 relative
-    error for a lone 3x3 convolution; XLA's partitioning of the vmapped gradient).
+    Gradients are summed as they come (no vmap) where that is no worse: unrolled layers
+    without gathered parameters (the same collectives, 60 MiB fewer temporaries in the first
+    case above), `fsdp` > 1 with `reshard_microbatches` (with data=2 x fsdp=4 a vmap over
+    `data` alone traded 7,666 MiB of all-reduce for 8,292 MiB of collective-permute), and
+    parameters sharded over a batch axis (custom rules). Also where it is wrong: a trained
+    ResNet image tower, whose BatchNorm needs the whole micro-batch's statistics and whose
+    convolutions' kernel gradients came out wrong under the sharded vmap (jax 0.10.2, 8 CPU
+    devices, one row per shard: 0.91 relative error for a lone 3x3 convolution; XLA's
+    partitioning of the vmapped gradient).
     """
-    data = s.mesh.shape["data"]
-    trains_resnet = s.module.config.vision.is_resnet and not lock_image
-    if (data == 1 or s.mesh.shape["fsdp"] > 1 or not s.module.config.scan_layers
-            or trains_resnet or sharding.uses_axis(s.state_shardings.params, "data")):
-        return functools.partial(vjp_of, s.module), lambda p: p.shape, lambda g: g
+    def to_params(grads):
+        return jax.lax.with_sharding_constraint(grads, s.state_shardings.params)
 
+    axes = _local_axes(config, s)
+    if not axes:
+        return functools.partial(vjp_of, s.module), lambda p: p.shape, to_params
+
+    shards = math.prod(s.mesh.shape[a] for a in axes)
     local = jax.vmap(functools.partial(vjp_of, s.module), in_axes=(None, 0, 0, 0, 0),
-                     spmd_axis_name="data")
-    rules = sharding.without_axis(s.rules, "data")
+                     spmd_axis_name=axes)
+    rules = sharding.without_axis(s.rules, *axes)
 
     def backprop(stats, *micro_batch):  # no statistics move: a locked ResNet's or none
-        pieces = [_split_data_shards(x, data, s.mesh) for x in micro_batch]
+        pieces = [_split_shards(x, axes, s.mesh) for x in micro_batch]
         with nn.logical_axis_rules(rules):
             grads, _ = local(stats, *pieces)
         return grads, stats
 
-    return backprop, lambda p: (data, *p.shape), lambda g: jax.tree.map(lambda x: x.sum(0), g)
+    return (backprop, lambda p: (shards, *p.shape),
+            lambda g: to_params(jax.tree.map(lambda x: x.sum(0), g)))
 
 
 def make_train_step(config: ml_collections.ConfigDict, s: Setup) -> Callable:
@@ -306,11 +340,13 @@ def _split_microbatches(x: jax.Array, microbatches: int, mesh: Mesh) -> jax.Arra
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def _split_data_shards(x: jax.Array, data: int, mesh: Mesh) -> jax.Array:
-    """[N, ...] -> [data, N/data, ...]: the rows each `data` shard holds, without moving any."""
-    x = x.reshape(data, -1, *x.shape[1:])
-    spec = P("data", tuple(a for a in sharding.BATCH_AXES if a != "data"), *[None] * (x.ndim - 2))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+def _split_shards(x: jax.Array, axes: tuple[str, ...], mesh: Mesh) -> jax.Array:
+    """[N, ...] -> [shards, N/shards, ...]: the rows each shard of the batch mesh `axes` holds,
+    without moving any."""
+    x = x.reshape(math.prod(mesh.shape[a] for a in axes), -1, *x.shape[1:])
+    rest = tuple(a for a in sharding.BATCH_AXES if a not in axes) or None
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, P(axes, rest, *[None] * (x.ndim - 2))))
 
 
 def _merge_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
