@@ -93,6 +93,9 @@ class LabelledImages:
     indexed: bool = False
     path: str = ""  # the class folders' folder, the table or the shards' folder
     templates_file: str = ""  # where `templates` were read
+    # The classnames.txt `class_names` were read from (a table's, a webdataset's): names a
+    # user wrote, said in prompts as written, as --class-names are ("" = none).
+    names_file: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -352,7 +355,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     rows = [row for row in rows if row[1].strip() and row[2].strip()]
     lines = [r.lines for r, _, _ in rows]
     raw = [y.strip() for _, _, y in rows]
-    names_from = "given"
+    names_from, beside = "given", ""
     if class_names is None:
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
@@ -420,6 +423,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     out = _whole_files("table", path, [files[i] for i in keep], labels[keep], names,
                        {why: what for why, what in skipped.items() if what})
     out.indexed = indexed and class_names is None
+    out.names_file = beside if names_from != "given" else ""
     return out
 
 
@@ -503,7 +507,8 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
     return LabelledImages(f"webdataset {folder}", files, np.asarray(offsets, np.int64),
                           np.asarray(lengths, np.int64), np.asarray(labels, np.int32),
                           class_names, templates, skipped, split, path=folder,
-                          templates_file=templates_path if templates else "")
+                          templates_file=templates_path if templates else "",
+                          names_file=os.path.join(root, WDS_CLASSNAMES))
 
 
 READERS: dict[str, Callable[..., LabelledImages]] = {

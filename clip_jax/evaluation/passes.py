@@ -44,6 +44,7 @@ class Pass:
     description: str = ""
     templates: tuple[str, ...] | None = None  # the source's own templates file, if any
     templates_file: str = ""
+    names_file: str = ""  # a labelled source's classnames.txt, if its names came from one
     shown_split: str = ""  # the split a labelled folder resolved "" to
     # The class names given for a table source (file or comma-separated list; "" = its own),
     # read with it because they decide its labels; `indexed`: it has class indices, no names.
@@ -247,7 +248,7 @@ def _open(p: Pass, model_config: Any, batch: int,
                                                  prefetch_batches=p.data.prefetch_batches,
                                                  exif_transpose=p.data.build.exif_transpose)
         p.description, p.templates = images.description, images.templates
-        p.templates_file = images.templates_file
+        p.templates_file, p.names_file = images.templates_file, images.names_file
         p.shown_split, p.indexed, p.images = images.split, images.indexed, images
         p.listed_labels, p.location = images.labels, images.location
         return

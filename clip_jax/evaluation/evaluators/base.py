@@ -140,7 +140,10 @@ class Classifier:
                 f"FILE_OR_LIST (config.eval.{field}.class_names) or a classnames.txt beside it.")
         dataset_names = self.source.class_names
         try:  # WordNet ids, the dataset's (read so already) or given, take OpenAI's names
-            self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
+            if not self.class_spec and self.source.names_file:  # a user's file: as written,
+                self.class_names = imagenet_names.openai_names(dataset_names)  # as given
+            else:
+                self.class_names = zero_shot.read_class_names(self.class_spec, dataset_names)
             if self.class_spec:
                 self.class_names = imagenet_names.openai_names(self.class_names)
         except ConfigError as e:
