@@ -114,6 +114,40 @@ def test_a_split_root_is_read_as_splits_beside_hidden_folders_and_with_valid(fol
     assert labelled_data.read(str(root)).class_names == classes
 
 
+def test_split_folders_beside_a_class_folder_are_warned_of(tmp_path, caplog):
+    """`train/`, `test/` and a stray `extra class/` were read as three classes, silently (a
+    trial's zero-shot top-1 0.56 on them). Every folder is still a class (one class named
+    `train` is CIFAR-100's), as torchvision's ImageFolder reads it, and a warning names the
+    split-like folders, the others and the fix; `@test` reads the split."""
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "mixed"
+    for k, name in enumerate(["train/cat", "test/cat", "extra class"]):
+        (root / name).mkdir(parents=True)
+        picture(k).save(root / name / "0.png")
+    with caplog.at_level("WARNING"):
+        ours = labelled_data.read(str(root))
+        labelled_data.read(str(root))
+    assert ours.class_names == ImageFolder(str(root)).classes == ["extra class", "test", "train"]
+    said = (f"image folder {root}: test, train look like split folders but sit beside "
+            f"'extra class', so every folder there is read as a class; move 'extra class' out "
+            f"of it, or name the split ({root}@test)")
+    assert caplog.text.count(said) == 1
+    caplog.clear()
+    (root / "test" / "dog").mkdir()
+    picture(5).save(root / "test" / "dog" / "0.png")
+    with caplog.at_level("WARNING"):
+        assert labelled_data.read(str(root), "test").class_names == ["cat", "dog"]
+    assert "look like split folders" not in caplog.text
+    (tmp_path / "cifar" / "train").mkdir(parents=True)  # a class named train: no warning
+    (tmp_path / "cifar" / "tulip").mkdir()
+    for k, name in enumerate(["train", "tulip"]):
+        picture(k).save(tmp_path / "cifar" / name / "0.png")
+    with caplog.at_level("WARNING"):
+        assert labelled_data.read(str(tmp_path / "cifar")).class_names == ["train", "tulip"]
+    assert "look like split folders" not in caplog.text
+
+
 def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, caplog):
     """A linked folder inside a class folder was followed by the eval reader but silently
     left out by `find_images` (`clip-jax index` / `zero-shot --recursive`), and a link back

@@ -153,7 +153,23 @@ def _split_root(root: str, split: str, layout: str) -> tuple[str, str]:
     if present and all(name in SPLIT_FOLDERS for name in present):
         chosen = next(name for name in SPLIT_FOLDERS if name in present)
         return os.path.join(root, chosen), chosen
+    splits = [name for name in present if name in SPLIT_FOLDERS]  # one, "train", is a CIFAR-100
+    if len(splits) > 1 and (root, layout) not in _MIXED_REPORTED:  # class: two are not classes
+        _MIXED_REPORTED.add((root, layout))
+        others = [name for name in present if name not in SPLIT_FOLDERS]
+        log.warning("%s %s: %s look like split folders but sit beside %s, so every folder "
+                    "there is read as a class; move %s out of it, or name the split "
+                    "(%s@%s)", layout, root, ", ".join(splits), _quoted(others),
+                    _quoted(others), root, splits[0])
     return root, ""
+
+
+_MIXED_REPORTED: set[tuple[str, str]] = set()  # warned once per folder, however often read
+
+
+def _quoted(names: Sequence[str]) -> str:
+    """'a', 'b', 'c', ...: the first three of `names`, quoted, for a warning."""
+    return ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
 
 
 def _metadata_folder(name: str) -> bool:
