@@ -1311,6 +1311,23 @@ def test_probes_score_a_test_split_lacking_some_training_classes(model, folder, 
                                                                      abs=1.01 / len(x_test))
 
 
+def test_a_probe_fit_on_its_test_data_is_warned_about(model, folder, caplog):
+    """`--linear-probe DIR DIR` (or `--few-shot`) fit the probe on the images it was scored
+    on, without a word (0.97 in a trial), where --robustness warns the same; both probes now
+    say so, naming the data; distinct splits of one folder say nothing."""
+    module, variables = model
+    test = str(folder / "test")
+    for flag, extra in (("--linear-probe", ()), ("--few-shot", ("--shots", "1", "--seeds",
+                                                                 "1", "--templates", "simple"))):
+        for train, warned in ((test, True), (f"{folder}@train", False)):
+            config = eval_args(flag, train, f"{folder}/./test", *extra)
+            caplog.clear()
+            with caplog.at_level("WARNING"):
+                evaluate.evaluate_model(config, module, variables)
+            said = f"the probe is fit on the test data itself (image folder {test})"
+            assert (said in caplog.text) == warned, (flag, train, caplog.text)
+
+
 def test_a_linear_probe_test_class_without_training_images_is_warned_about(model, folder,
                                                                          tmp_path, caplog):
     """`--linear-probe train.csv test_extra.csv --class-names ...,magenta`: the test images of

@@ -301,7 +301,14 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
     classifier fit on the training data is. Test classes the training data lacks are refused
     unless `unseen` (the evaluator scores their images, as misses, and warns); test data
     sharing no class with the training data (nothing could be right), or naming a class
-    twice, is always refused. The ConfigError names the classes only one side has."""
+    twice, is always refused. The ConfigError names the classes only one side has. Training
+    data that is the test data (one folder given for both) is warned about: the probe is
+    scored on the images it was fit on."""
+    if train.origin == test.origin:
+        log.warning("config.eval.%s: the probe is fit on the test data itself (%s), so its "
+                    "accuracy is measured on its own training images and is optimistic; give "
+                    "a source with train and test splits (DIR@train DIR@test) or a held-out "
+                    "set.", field, test.description)
     ours, theirs = list(train.class_names or []), list(test.class_names or [])
     extra = [c for c in theirs if c not in ours]
     twice = len(set(ours)) < len(ours) or len(set(theirs)) < len(theirs)
