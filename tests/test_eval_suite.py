@@ -268,7 +268,7 @@ def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, 
     assert mapped == pytest.approx(same, abs=1e-6)
     assert 0 < same["few_shot/t/zero_shot_top1"] and 0 < same["linear_probe/t/accuracy"]
     (tmp_path / "classnames.txt").write_text("\n".join(reordered + ["purple"]) + "\n")
-    with pytest.raises(ConfigError, match=r"only in the test data: 'purple' \(1\)"):
+    with pytest.raises(ConfigError, match=r"only in the test data: 'purple' \(1 class\)"):
         evaluate.evaluate_model(config_for(**tasks(str(tmp_path / "test.csv"))), module,
                                 variables)
 
@@ -1019,7 +1019,7 @@ def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_pat
     monkeypatch.setattr(Embedder, "embed_split", lambda *a, **k: pytest.fail("embedded"))
     config = config_for(few_shot=evaluate.few_shot_task(str(root), shots="1", seeds=1))
     with pytest.raises(ConfigError, match=r"have test classes the training data lacks \(only in "
-                                          r"the test data: 'purple' \(1\)\); .*folders: the "
+                                          r"the test data: 'purple' \(1 class\)\); .*folders: the "
                                           r"same class folders"):
         evaluate.evaluate_model(config, module, variables)
     # From the command line the task is named by the flag that made it, not a config path.
@@ -1029,7 +1029,7 @@ def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_pat
     assert cli.main(["eval", str(tmp_path / "hf"), "--few-shot", f"{root}@train",
                      str(root), "--shots", "1", "--batch-size", "8"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --few-shot {root}: the training data ") and \
+    assert err.startswith(f"error: --few-shot {root}@train {root}: the training data ") and \
         "config.eval" not in err
     monkeypatch.undo()
     config = config_for(linear_probe=evaluate.linear_probe_task(str(root), l2="0.01"))
@@ -1380,8 +1380,8 @@ def test_a_probe_with_no_test_class_among_the_training_classes_is_refused(model,
     config = config_for(linear_probe=evaluate.linear_probe_task(
         str(folder), "train", "", test_dataset=str(tmp_path / "test.csv")))
     with pytest.raises(ConfigError, match=r"have no class in common \(only in the training "
-                                          r"data: 'blue', 'green', 'red' \(3\); only in the "
-                                          r"test data: '0', '1', '2' \(3\)\)"):
+                                          r"data: 'blue', 'green', 'red' \(3 classes\); only "
+                                          r"in the test data: '0', '1', '2' \(3 classes\)\)"):
         evaluate.evaluate_model(config, module, variables)
 
 

@@ -158,7 +158,8 @@ def check_options_used(args: argparse.Namespace) -> None:
 def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[str, str]:
     """Replaces `config.eval`'s tasks and evaluators with the sources given on the command
     line (unchanged when none is given); `check_options_used` first. Returns each task's
-    origin, `{"zero_shot.cifar10": "--zero-shot cifar10@test"}`, for `in_flag_terms`."""
+    origin, `{"zero_shot.cifar10": "--zero-shot cifar10@test"}` (a probe's: both its
+    sources, `--linear-probe TRAIN TEST`), for `in_flag_terms`."""
     check_options_used(args)
     if not has_sources(args):
         return {}
@@ -207,8 +208,8 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
         if ev[flag]:
             enabled.append(flag)
     ev.evaluators = ",".join(enabled)
-    given = {"zero_shot": specs, "linear_probe": [a[1] for a in [args.linear_probe] if a],
-             "few_shot": [a[1] for a in [args.few_shot] if a],
+    given = {"zero_shot": specs, "linear_probe": [" ".join(a) for a in [args.linear_probe] if a],
+             "few_shot": [" ".join(a) for a in [args.few_shot] if a],
              "robustness": [args.robustness] if args.robustness else [],
              "retrieval": [args.retrieval] if args.retrieval else []}
     return {f"{flag}.{name}": f"--{flag.replace('_', '-')} {spec}"

@@ -315,7 +315,7 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
     if not twice and (not extra or unseen and len(extra) < len(theirs)):
         return
     only = [f"only in the {what}: {', '.join(map(repr, names[:3]))}"
-            f"{', ...' if len(names) > 3 else ''} ({len(names)})"
+            f"{', ...' if len(names) > 3 else ''} ({len(names)} class{'es' * (len(names) > 1)})"
             for what, names in (("training data", [c for c in ours if c not in theirs]),
                                 ("test data", extra)) if names]
     if twice:
