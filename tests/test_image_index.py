@@ -625,6 +625,8 @@ def test_single_inputs_paths_overlaps_and_unreadable_queries(folder, model, tmp_
         encoder.embed_images([one, str(folder / "trunc.jpg")])
     with pytest.raises(ValueError, match="absent.png': no such file"):
         encoder.embed_images(str(folder / "absent.png"))
+    with pytest.raises(ValueError, match="b': a folder, not an image file"):  # was: no such file
+        encoder.embed_images(str(folder / "b"))
 
     sub = str(folder / "b")
     report = image_index.build_index(sub, encoder, tmp_path / "one.npz", progress=False)

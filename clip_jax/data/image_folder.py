@@ -237,7 +237,8 @@ def _attempt(path: str, read: Callable[[], Any]) -> Any:
     """`read()`, or the SkippedImage saying why `path` could not be read."""
     try:
         if not os.path.isfile(path):
-            return SkippedImage(path, "no such file")
+            return SkippedImage(path, "a folder, not an image file" if os.path.isdir(path)
+                                else "no such file")
         if os.path.getsize(path) == 0:
             return SkippedImage(path, "empty file (0 bytes)")
         return read()
