@@ -148,6 +148,24 @@ def test_split_folders_beside_a_class_folder_are_warned_of(tmp_path, caplog):
     assert "look like split folders" not in caplog.text
 
 
+def test_an_image_beside_the_split_folders_is_named(tmp_path):
+    """`root/stray.png` beside `root/test/<class>/` was left out of `root`'s test split
+    without a word (an image beside class folders is named); it is named now, as torchvision
+    leaves it out of ImageFolder(root/test) too."""
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "photos"
+    for k, name in enumerate(["test/cat", "test/dog", "train/cat", "train/dog"]):
+        (root / name).mkdir(parents=True)
+        picture(k).save(root / name / "0.png")
+    picture(9).save(root / "stray.png")
+    (root / "notes.txt").write_text("not data")
+    for split in ("", "train"):
+        ours = labelled_data.read(str(root), split)
+        assert ours.files == [p for p, _ in ImageFolder(str(root / (split or "test"))).samples]
+        assert ours.skipped == {"outside any split folder": [str(root / "stray.png")]}
+
+
 def test_symlinked_folders_are_followed_once_by_both_folder_readers(tmp_path, caplog):
     """A linked folder inside a class folder was followed by the eval reader but silently
     left out by `find_images` (`clip-jax index` / `zero-shot --recursive`), and a link back

@@ -215,6 +215,11 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     """`root[/split]/<class>/**/<image>`; see the module docstring."""
     folder, split = _split_root(root, split, "image folder")
     skipped: dict[str, list[str]] = {}
+    if split:  # images beside the split folders belong to no split: named, not dropped unsaid
+        beside = [os.path.join(root, name) for name in sorted(set(_listdir(root))
+                  - set(_subdirs(root))) if _is_image(name) and not name.startswith(".")]
+        if beside:
+            skipped["outside any split folder"] = beside
     classes = []
     subdirs = _subdirs(folder)
     for name in subdirs:
