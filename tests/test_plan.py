@@ -189,8 +189,13 @@ def test_tiny_plan_matches_xla_and_exits_0(capsys):
     # the compiled step's total, which adds the optimizer update and layout work.
     assert 0.5 * 4 * xla_flops <= result["model_flops"] <= 4 * xla_flops
     chip = tpu_topology.CHIPS["v5e"]
+    # Collectives run at ICI's rate, as the v5e page's all-reduce bandwidth per pod has it.
+    assert chip.ici_bandwidth == pytest.approx(51.2e12 / 256)
+    moved = sum(result["collective_bytes_per_chip"].values())
+    assert moved > 0 and result["ici_seconds"] == pytest.approx(moved / chip.ici_bandwidth)
     step = max(result["compiled_flops"] / 4 / chip.peak_flops,
-               result["bytes_accessed_per_chip"] / chip.hbm_bandwidth)
+               result["bytes_accessed_per_chip"] / chip.hbm_bandwidth,
+               moved / chip.ici_bandwidth)
     assert result["step_seconds"] == pytest.approx(step)
     assert result["images_per_second"] == pytest.approx(32 / step)
 

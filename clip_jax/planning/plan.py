@@ -16,9 +16,10 @@ remat, mesh and logical-axis rules) for compile-only devices of a Cloud TPU slic
   unrolled, remat-free, single-micro-batch step, all chips) and the compiled program's matmul
   FLOPs with loop trip counts and remat recomputation (`hlo_stats`);
 - HBM bytes accessed and collective bytes by kind (`hlo_stats`);
-- a roofline bound: step time >= max(compiled FLOPs / peak, bytes / HBM bandwidth) with the
-  chip's published peak and bandwidth (`tpu_topology.CHIPS`), hence images/s and MFU ceilings.
-  Collectives are assumed overlapped; the bound ignores interconnect time.
+- a roofline bound: step time >= max(compiled FLOPs / peak, bytes / HBM bandwidth,
+  collective bytes / ICI bandwidth) with the chip's published peak and bandwidths
+  (`tpu_topology.CHIPS`), hence images/s and MFU ceilings. Collectives are assumed overlapped
+  with the compute (a max, not a sum).
 
 When the config does not fit, `search` compiles variants the config allows (remat policies,
 fsdp sizes, micro-batch counts) within a time budget and returns the fitting ones, fastest
@@ -161,6 +162,7 @@ class Plan:
     collective_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     compute_seconds: float = math.nan
     memory_seconds: float = math.nan
+    ici_seconds: float = math.nan
     step_seconds: float = math.nan
     images_per_second: float = math.nan
     mfu_ceiling: float = math.nan
@@ -286,7 +288,8 @@ def _measure(result: Plan, compiled: Any, topo: tpu_topology.Topology) -> None:
     result.collective_counts = stats.collective_counts
     result.compute_seconds = stats.flops / topo.chip.peak_flops
     result.memory_seconds = stats.bytes_accessed / topo.chip.hbm_bandwidth
-    result.step_seconds = max(result.compute_seconds, result.memory_seconds)
+    result.ici_seconds = sum(stats.collective_bytes.values()) / topo.chip.ici_bandwidth
+    result.step_seconds = max(result.compute_seconds, result.memory_seconds, result.ici_seconds)
     result.images_per_second = result.batch_size / result.step_seconds
     result.mfu_ceiling = result.model_flops / devices / result.step_seconds / topo.chip.peak_flops
 
@@ -400,7 +403,8 @@ def format_plan(p: Plan) -> str:
             for k, v in p.collective_bytes_per_chip.items() if p.collective_counts[k])
             or "none"),
         f"  roofline: compute {p.compute_seconds * 1e3:,.1f} ms, HBM {p.memory_seconds * 1e3:,.1f}"
-        f" ms -> step >= {p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
+        f" ms, ICI {p.ici_seconds * 1e3:,.1f} ms -> step >= {p.step_seconds * 1e3:,.1f} ms: <= "
+        f"{p.images_per_second:,.0f} img/s, "
         f"MFU <= {p.mfu_ceiling:.1%}",
     ]
     return "\n".join(lines)

@@ -33,12 +33,19 @@ class Chip:
     more than the published 95.
     The capacities are binary and the chip's; a plan measures against what the TPU compiler
     lets a program use (`plan.usable_hbm_bytes`: 15.75 GiB of a v5e's 16).
+    `ici_bandwidth`, the rate one chip's collectives run at, is the same pages' all-reduce
+    bandwidth per pod over its chips: v4 1.1 PB/s / 4,096 = 268.6 GB/s, v5e 51.2 TB/s / 256 =
+    200 GB/s, v6e 102.4 TB/s / 256 = 400 GB/s; v5p's page gives no pod figure, so its 1,200
+    GB/s of bidirectional ICI per chip is halved, as v5e's 400 and v6e's 800 GB/s are to
+    theirs: 600 GB/s. Across slices the data-center network is far slower (v5p: 50 Gbps per
+    chip); the plan's bound uses ICI's rate for every collective.
     """
 
     family: str
     peak_flops: float  # bf16 FLOP/s
     hbm_bytes: float
     hbm_bandwidth: float  # bytes/s
+    ici_bandwidth: float  # bytes/s of collectives per chip (see above)
     dims: int  # 2: a 2D torus of single-core chips; 3: a 3D torus of megacore chips
     cores_per_chip: int  # how the accelerator-type name counts: TensorCores per chip
     max_chips: int  # the largest single slice (a pod)
@@ -55,10 +62,10 @@ class Chip:
 
 
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 275e12, 32 * 2**30, 1200e9, 3, 2, 4096),
-    "v5e": Chip("v5e", 197e12, 16 * 2**30, 819e9, 2, 1, 256),
-    "v5p": Chip("v5p", 459e12, 96 * 2**30, 2765e9, 3, 2, 8192),
-    "v6e": Chip("v6e", 918e12, 32 * 2**30, 1640e9, 2, 1, 256),
+    "v4": Chip("v4", 275e12, 32 * 2**30, 1200e9, 1.1e15 / 4096, 3, 2, 4096),
+    "v5e": Chip("v5e", 197e12, 16 * 2**30, 819e9, 51.2e12 / 256, 2, 1, 256),
+    "v5p": Chip("v5p", 459e12, 96 * 2**30, 2765e9, 1200e9 / 2, 3, 2, 8192),
+    "v6e": Chip("v6e", 918e12, 32 * 2**30, 1640e9, 102.4e12 / 256, 2, 1, 256),
 }
 ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
 
