@@ -344,6 +344,9 @@ def test_candidates_are_valid_configs_fewest_changes_first():
     # parameters per micro-batch where fsdp and micro-batches meet (2 x 3)
     assert len(variants) == 47 + 6
     assert sum(v.reshard_microbatches for v in variants) == 6
+    config.mesh.data, config.mesh.fsdp, config.microbatches = 1, -1, 2  # fsdp: the 4 devices
+    assert any(v.reshard_microbatches and v.mesh.fsdp == -1
+               for v in plan_lib.candidates(config, 4))
     for v in variants:
         train.validate_config(v, 4, 1, "tpu")
     assert plan_lib._describe(variants[0]) == "remat=full mesh={'data': -1, 'fsdp': 1, " \

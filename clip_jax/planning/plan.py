@@ -317,7 +317,8 @@ def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
         for groups in itertools.combinations(options, n):
             for changes in itertools.product(*groups):
                 c = _apply(config, dict(changes), shards, tensor)
-                if "reshard" not in dict(changes) or (c.mesh.fsdp > 1 and c.microbatches > 1):
+                fsdp = sharding.mesh_shape(c.mesh, devices)[1]  # a -1 resolved
+                if "reshard" not in dict(changes) or (fsdp > 1 and c.microbatches > 1):
                     variants.append(c)
     return variants
 
