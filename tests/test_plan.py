@@ -303,9 +303,11 @@ def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
     def refused(temp, params, batch, chips, fsdp=1, microbatches=1):
         config = base.get_config("vit_b16")
         config.batch_size, config.model.remat_policy = batch, "none"
-        config.mesh.fsdp, config.microbatches = fsdp, microbatches
-        result = plan_lib.Plan("v5e-64", "v5e", chips, 1, {"data": chips, "fsdp": 1, "tensor": 1},
-                               batch, 1, "none", config.loss, False, 15.75 * gib, 16 * gib, 0.0)
+        config.microbatches = microbatches
+        config.mesh.data, config.mesh.fsdp = (chips // fsdp, -1) if fsdp > 1 else (-1, 1)
+        mesh = {"data": chips // fsdp, "fsdp": fsdp, "tensor": 1}  # fsdp=-1 resolved
+        result = plan_lib.Plan("v5e-64", "v5e", chips, 1, mesh, batch, 1, "none", config.loss,
+                               False, 15.75 * gib, 16 * gib, 0.0)
         result.temp_bytes, result.param_bytes, result.opt_state_bytes = temp, params, 2 * params
         return plan_lib.no_fit_advice(config, searched=False, result=result)
 

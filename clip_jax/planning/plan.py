@@ -105,7 +105,8 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
             knobs.append("--config.model.remat_policy=full")
         more = f" (above {config.microbatches})" if config.microbatches > 1 else ""
         knobs.append(f"--config.microbatches=N{more}")
-        if (config.microbatches > 1 and config.mesh.get("fsdp", 1) > 1
+        fsdp = result.mesh["fsdp"] if result is not None else config.mesh.get("fsdp", 1)
+        if (config.microbatches > 1 and fsdp > 1
                 and not config.reshard_microbatches):  # whole parameters while it runs
             knobs.append("--config.reshard_microbatches=True")
     if worth(state):
