@@ -552,7 +552,8 @@ def test_a_tsv_quoted_by_pandas_gets_the_quoting_fix(inputs, tmp_path, caplog):
     config.table.name, config.build.max_bad_fraction = "strict", 0.1
     with pytest.raises(ConfigError, match=r"2 of 7 records are unusable .*quoted.tsv looks "
                                           r"quoted by a CSV writer .*set data.table.quoting="
-                                          r"'csv', or raise data.build.max_bad_fraction"):
+                                          r"'csv' \(clip-jax eval --retrieval: --quoting "
+                                          r"csv\), or raise data.build.max_bad_fraction"):
         sources.prepare(config)
     config.table.name, config.table.quoting = "csv", "csv"
     examples, report = build_report(config)
