@@ -319,8 +319,8 @@ def _repeated_images(rows: list[_Row], root: str) -> str:
         return ""
     _, found = repeated[0]
     return (f"{len(repeated)} image(s) are on several rows (e.g. {found[0].path}: "
-            f"{found[0].lines}, {found[1].lines}), each row its own example: retrieval on this split counts one "
-            "picture as several images; set data.table.group_by_image=True to give each image "
+            f"{found[0].lines}, {found[1].lines}), each row its own example: retrieval on this "
+            "split counts one picture as several images; set data.table.group_by_image=True to give each image "
             "all its captions, as `clip-jax eval --retrieval` reads a table.")
 
 
