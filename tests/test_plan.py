@@ -328,7 +328,18 @@ def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
     # batch's logits (a trial's microbatches=8 and remat left 24.2 of 25.5 GiB): only the
     # chunked loss is named.
     logits = refused(17.0 * gib, 0.01 * gib, 65536, 2)
-    assert "set --config.loss=chunked_softmax;" in logits and "microbatches" not in logits
+    assert "The logits alone need more than the 15.75 GiB usable: set " \
+        "--config.loss=chunked_softmax (the same loss" in logits
+    assert "microbatches" not in logits and "remat" not in logits
+    # A trial's tiny config at batch 262,144 on 16 chips (fsdp=2, 2 micro-batches): 48.15 GiB
+    # of temporaries, 32 of them logits, 19 MiB of state. remat, more micro-batches and
+    # re-gathering the parameters were named too, and none can help what overflows alone.
+    overflow = refused(48.15 * gib, 19.4 * 2**20 / 3, 262144, 16, fsdp=2, microbatches=2)
+    assert "(of them 32.00 GiB the loss's logits" in overflow
+    assert "reshard" not in overflow and "remat" not in overflow
+    # Whole parameters matter where they are a tenth of what is needed: named then only.
+    big_params = refused(20.0 * gib, 0.5 * gib, 32768, 64, fsdp=8, microbatches=4)
+    assert "--config.reshard_microbatches=True" in big_params
 
 
 def test_config_errors_exit_2(capsys):
@@ -342,17 +353,19 @@ def test_config_errors_exit_2(capsys):
 def test_candidates_are_valid_configs_fewest_changes_first():
     config = tiny.get_config()
     variants = plan_lib.candidates(config, 4)
-    # 3 remat x 2 fsdp x 3 microbatch options, 1 to 3 changes, and re-gathering the
-    # parameters per micro-batch where fsdp and micro-batches meet (2 x 3)
-    assert len(variants) == 47 + 6
+    # The chunked loss, 3 remat x 2 fsdp x 3 microbatch options, 1 to 3 changes, and
+    # re-gathering the parameters per micro-batch where fsdp and micro-batches meet (2 x 3):
+    # 47 without the loss and the re-gathering, 1 + 8 + 21 with the loss, 6 re-gathering.
+    assert len(variants) == 47 + 30 + 6
     assert sum(v.reshard_microbatches for v in variants) == 6
+    assert variants[0].loss == "chunked_softmax" and variants[1].loss == config.loss
     config.mesh.data, config.mesh.fsdp, config.microbatches = 1, -1, 2  # fsdp: the 4 devices
     assert any(v.reshard_microbatches and v.mesh.fsdp == -1
                for v in plan_lib.candidates(config, 4))
     for v in variants:
         train.validate_config(v, 4, 1, "tpu")
-    assert plan_lib._describe(variants[0]) == "remat=full mesh={'data': -1, 'fsdp': 1, " \
-        "'tensor': 1} microbatches=1"
+    assert plan_lib._describe(variants[1]) == "remat=full mesh={'data': -1, 'fsdp': 1, " \
+        "'tensor': 1} microbatches=1 loss=softmax"
 
 
 def test_model_flops_of_a_pallas_config_are_counted_with_einsum_attention():

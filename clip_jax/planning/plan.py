@@ -21,8 +21,9 @@ remat, mesh and logical-axis rules) for compile-only devices of a Cloud TPU slic
   (`tpu_topology.CHIPS`), hence images/s and MFU ceilings. Collectives are assumed overlapped
   with the compute (a max, not a sum).
 
-When the config does not fit, `search` compiles variants the config allows (remat policies,
-fsdp sizes, micro-batch counts) within a time budget and returns the fitting ones, fastest
+When the config does not fit, `search` compiles variants the config allows (the chunked
+loss, remat policies, fsdp sizes, micro-batch counts, parameters gathered per micro-batch)
+within a time budget and returns the fitting ones, fastest
 roofline first.
 """
 
@@ -97,6 +98,9 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
         f"loss's logits and their gradient) and {_gib(state)} of parameters and optimizer "
         "state. ")
     knobs = [chunked] if chunked and result is not None else []
+    if knobs and logits >= result.hbm_bytes:  # nothing else shrinks what alone overflows
+        return (f"{said}The logits alone need more than the {_gib(result.hbm_bytes)} usable: "
+                f"set {chunked} (the same loss and gradients in chunks); else {last_resorts}")
     if searched:
         tried = f"; else {', '.join(knobs)}," if knobs else ":"
         return f"{said}No fitting alternative found in the budget{tried} {last_resorts}"
@@ -106,8 +110,9 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
         more = f" (above {config.microbatches})" if config.microbatches > 1 else ""
         knobs.append(f"--config.microbatches=N{more}")
         fsdp = result.mesh["fsdp"] if result is not None else config.mesh.get("fsdp", 1)
-        if (config.microbatches > 1 and fsdp > 1
-                and not config.reshard_microbatches):  # whole parameters while it runs
+        whole = math.nan if result is None else 2 * fsdp * result.param_bytes  # + grad sums
+        if (config.microbatches > 1 and fsdp > 1 and not config.reshard_microbatches
+                and worth(whole)):  # whole parameters and gradient sums while it runs
             knobs.append("--config.reshard_microbatches=True")
     if worth(state):
         knobs.append("--config.mesh.fsdp=N")
@@ -297,7 +302,9 @@ def _measure(result: Plan, compiled: Any, topo: tpu_topology.Topology) -> None:
 
 def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
                ) -> list[ml_collections.ConfigDict]:
-    """Variants of `config` that may use less memory: other remat policies, fsdp sizes (the
+    """Variants of `config` that may use less memory: the chunked form of its loss (the same
+    loss and gradients, first: the [rows, batch] logits overflow where nothing else helps),
+    other remat policies, fsdp sizes (the
     rest of the batch shards on data), micro-batch counts the batch size allows and, where
     fsdp and micro-batches meet, parameters re-gathered per micro-batch
     (`reshard_microbatches`); fewest changes first, the strongest memory saving first within a
@@ -310,7 +317,8 @@ def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
              and ((shards // f) % slices == 0 or (shards // f == 1 and f % slices == 0))]
     micro = [m for m in (64, 32, 16, 8, 4, 2, 1) if m != config.microbatches
              and config.batch_size % (shards * m) == 0]
-    options = [[("remat", r) for r in remats], [("fsdp", f) for f in fsdps],
+    chunked = [("loss", _CHUNKED[config.loss])] if config.loss in _CHUNKED else []
+    options = [chunked, [("remat", r) for r in remats], [("fsdp", f) for f in fsdps],
                [("microbatches", m) for m in micro],
                [] if config.reshard_microbatches else [("reshard", True)]]
     variants = []
@@ -334,6 +342,8 @@ def _apply(config, changes, shards, tensor):
         c.microbatches = changes["microbatches"]
     if "reshard" in changes:
         c.reshard_microbatches = changes["reshard"]
+    if "loss" in changes:
+        c.loss = changes["loss"]
     return c
 
 
@@ -361,7 +371,7 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
 
 def _describe(config: ml_collections.ConfigDict) -> str:
     return (f"remat={config.model.remat_policy} mesh={dict(config.mesh)} "
-            f"microbatches={config.microbatches}"
+            f"microbatches={config.microbatches} loss={config.loss}"
             f"{' reshard_microbatches=True' if config.reshard_microbatches else ''}")
 
 
@@ -441,7 +451,7 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     if not as_json:
         print(format_plan(result))
         if budget_seconds > 0:
-            print(f"Trying what the config allows (remat, fsdp, microbatches, "
+            print(f"Trying what the config allows (chunked loss, remat, fsdp, microbatches, "
                   f"reshard_microbatches; up to "
                   f"{budget_seconds:.0f} s of compiling):")
     alternatives = (search(config, topology, budget_seconds, log=log, base=base)
@@ -451,8 +461,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     elif alternatives:
         print("Fitting alternatives, fastest roofline first:")
         for a in alternatives:
-            print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches}"
-                  f"{' reshard_microbatches=True' if a.reshard_microbatches else ''}")
+            print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches} "
+                  f"loss={a.loss}{' reshard_microbatches=True' if a.reshard_microbatches else ''}")
             print(format_plan(a))
     else:
         print(no_fit_advice(config, searched=budget_seconds > 0, result=result))
