@@ -303,12 +303,7 @@ def test_a_quoted_retrieval_tsv_is_read_with_the_quoting_flag(tmp_path, capsys, 
                                                             index=False)
     read = pd.read_csv(tmp_path / "q.tsv", sep="\t")
     assert list(map(tuple, read.itertuples(index=False))) == rows
-    data = ["--config", str(tmp_path / "cfg.py")]
-    (tmp_path / "cfg.py").write_text(
-        "from clip_jax.configs import base\n\ndef get_config():\n"
-        "    config = base.get_config('test-vit')\n"
-        f"    config.data.data_dir = {str(tmp_path / 'tfds')!r}\n"
-        "    config.model.dtype = 'float32'\n    return config\n")
+    data = ["--data-dir", str(tmp_path / "tfds")]  # the built tables go there
     with caplog.at_level("WARNING"):
         code, _, err = run(capsys, "eval", str(tmp_path / "m"), *data, "--retrieval",
                            str(tmp_path / "q.tsv"), "--batch-size", "2")
@@ -328,6 +323,7 @@ def test_a_quoted_retrieval_tsv_is_read_with_the_quoting_flag(tmp_path, capsys, 
     want = recalls_of(module, variables, tmp_path, rows)
     for name, value in want.items():
         assert record[f"retrieval/q/{name}"] == pytest.approx(value, abs=1e-6), name
+    assert len(list((tmp_path / "tfds" / "image_text_table").glob("q_*"))) == 2  # two quotings
     code, _, err = run(capsys, "eval", str(tmp_path / "m"), "--zero-shot", str(tmp_path),
                        "--quoting", "csv")
     assert code == 2 and "--quoting applies to --retrieval" in err

@@ -289,6 +289,8 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.output:
         config_checks.check_workdir(args.output, "--output")
     config = eval_config(args.path, args.config, eval_cli.has_sources(args))
+    if args.data_dir:  # before the sources are checked: TFDS names are looked up there
+        config.data.data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
     origins = eval_cli.apply(config, args)
     if args.evaluators:
         config.eval.evaluators = args.evaluators
@@ -501,6 +503,9 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
                    "(default: a workdir's own training config; required for other models unless "
                    "--zero-shot / --linear-probe / --few-shot / --robustness / --retrieval name "
                    "the data)")
+    e.add_argument("--data-dir", help="where TFDS datasets are read and a --retrieval table "
+                   "is built (default: the config's data.data_dir, else TFDS's: "
+                   "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
     e.add_argument("--evaluators", help="comma-separated subset of zero_shot,retrieval,"
                    "linear_probe,few_shot,robustness (default: the config's)")
     e.add_argument("--batch-size", type=positive_int,
