@@ -409,6 +409,23 @@ def test_a_plan_without_collectives_says_none():
     assert line == ["  collectives per chip per step: none"]
 
 
+def test_small_collectives_and_multi_slice_rooflines_are_said_plainly():
+    """A 16,384-byte all-to-all printed as "0.0 MiB (x1)"; and a multi-slice plan's roofline
+    did not say that its ICI term is optimistic there (the data-centre network is slower)."""
+    def text(slices):
+        p = plan_lib.Plan("2xv5e-8", "v5e", 16, slices, {"data": 16, "fsdp": 1, "tensor": 1},
+                          64, 1, "none", "softmax", True, 15.75 * 2**30, 16 * 2**30, 1.0,
+                          collective_bytes_per_chip={"all-to-all": 16384.0,
+                                                     "all-reduce": 3 * 2**20},
+                          collective_counts={"all-to-all": 1, "all-reduce": 2})
+        p.compute_seconds = p.memory_seconds = p.ici_seconds = p.step_seconds = 0.1
+        return plan_lib.format_plan(p)
+
+    assert "all-to-all 16.0 KiB (x1), all-reduce 3.0 MiB (x2)" in text(2)
+    assert "ICI 100.0 ms (at ICI rate: optimistic across slices) -> step" in text(2)
+    assert "optimistic" not in text(1)
+
+
 def test_plan_warns_as_train_starts(capsys, caplog):
     """A plan of a run that would start with warnings gives them too (it printed none), for
     the planned topology's devices."""

@@ -379,6 +379,11 @@ def _gib(x: float) -> str:
     return f"{x / 2**30:.2f} GiB" if abs(x) >= 2**29 else f"{x / 2**20:.1f} MiB"
 
 
+def _mib(x: float) -> str:
+    """Collective bytes in MiB, comparable across kinds; KiB below 0.1 MiB (not '0.0 MiB')."""
+    return f"{x / 2**20:,.1f} MiB" if x >= 0.1 * 2**20 else f"{x / 2**10:,.1f} KiB"
+
+
 def _gathering(p: Plan) -> str:
     """How fsdp-sharded parameters meet the micro-batches ('' where they do not)."""
     if p.mesh["fsdp"] == 1 or p.microbatches == 1:
@@ -411,12 +416,12 @@ def format_plan(p: Plan) -> str:
         f"{p.compiled_flops:.3e} (matmuls, remat included); HBM bytes accessed per chip "
         f"{p.bytes_accessed_per_chip / 1e9:.1f} GB",
         "  collectives per chip per step: " + (", ".join(
-            f"{k} {v / 2**20:,.1f} MiB (x{p.collective_counts[k]})"
+            f"{k} {_mib(v)} (x{p.collective_counts[k]})"
             for k, v in p.collective_bytes_per_chip.items() if p.collective_counts[k])
             or "none"),
         f"  roofline: compute {p.compute_seconds * 1e3:,.1f} ms, HBM {p.memory_seconds * 1e3:,.1f}"
-        f" ms, ICI {p.ici_seconds * 1e3:,.1f} ms -> step >= {p.step_seconds * 1e3:,.1f} ms: <= "
-        f"{p.images_per_second:,.0f} img/s, "
+        f" ms, ICI {p.ici_seconds * 1e3:,.1f} ms"
+        f"{' (at ICI rate: optimistic across slices)' * (p.slices > 1)} -> step >= {p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
         f"MFU <= {p.mfu_ceiling:.1%}",
     ]
     return "\n".join(lines)
