@@ -421,7 +421,8 @@ def format_plan(p: Plan) -> str:
             or "none"),
         f"  roofline: compute {p.compute_seconds * 1e3:,.1f} ms, HBM {p.memory_seconds * 1e3:,.1f}"
         f" ms, ICI {p.ici_seconds * 1e3:,.1f} ms"
-        f"{' (at ICI rate: optimistic across slices)' * (p.slices > 1)} -> step >= {p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
+        f"{' (at ICI rate: optimistic across slices)' * (p.slices > 1)} -> step >= "
+        f"{p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
         f"MFU <= {p.mfu_ceiling:.1%}",
     ]
     return "\n".join(lines)
