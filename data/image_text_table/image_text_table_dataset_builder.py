@@ -320,8 +320,8 @@ def _repeated_images(rows: list[_Row], root: str) -> str:
     _, found = repeated[0]
     return (f"{len(repeated)} image(s) are on several rows (e.g. {found[0].path}: "
             f"{found[0].lines}, {found[1].lines}), each row its own example: retrieval on this "
-            "split counts one picture as several images; set data.table.group_by_image=True to give each image "
-            "all its captions, as `clip-jax eval --retrieval` reads a table.")
+            "split counts one picture as several images; set data.table.group_by_image=True "
+            "to give each image all its captions, as `clip-jax eval --retrieval` reads a table.")
 
 
 def _grouping_notes(joined: list[list[tuple[_Row, str]]]) -> list[str]:
