@@ -197,7 +197,7 @@ def csv_quoting_hint(data: bytes, table: Table, *, delimiter: str, quoting: str,
         return ""
     record, field = (escaped or opened)[0]
     return (f"{name} looks quoted by a CSV writer (e.g. {record.lines}: {field[:40]!r}"
-            f"{'...' * (len(field) > 40)}; pandas' to_csv(sep='\\t') quotes a caption holding "
+            f"{'...' * (len(field) > 40)}; pandas' to_csv(sep='\\t') quotes a field holding "
             "a quote, tab or line break) but is read without quote processing (quoting "
             f"'none'), which keeps the quotes and splits such fields: {fix}")
 

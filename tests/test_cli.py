@@ -875,7 +875,12 @@ def test_eval_sources_that_share_a_name_keep_their_own_results(tmp_path, monkeyp
     assert source_names(["a/test.csv", "a/test.tsv"], "--zero-shot") == ["test_csv", "test_tsv"]
     args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv",
                                     f"{tmp_path}/a/test.csv"])
-    with pytest.raises(ConfigError, match=r"--zero-shot: '.*/a/test.csv' is given twice"):
+    with pytest.raises(ConfigError, match=r"--zero-shot: '.*/a/test.csv' is given twice \(also "
+                                          r"as 'a/test.csv'\); give each source once."):
+        eval_sources.apply(base.get_config("test-vit"), args)
+    # The same spelling twice said "(as 'a/test.csv' too)" of itself.
+    args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv", "a/test.csv"])
+    with pytest.raises(ConfigError, match=r"^--zero-shot: 'a/test.csv' is given twice; give "):
         eval_sources.apply(base.get_config("test-vit"), args)
 
 

@@ -65,8 +65,8 @@ def source_names(specs: Sequence[str], what: str, taken: Sequence[str] = ()) -> 
         name, _, split = spec.partition("@")
         key = (os.path.abspath(name) if os.path.exists(name) else name, split)
         if key in seen:
-            raise ConfigError(f"{what}: {spec!r} is given twice (as {seen[key]!r} too); give "
-                              "each source once.")
+            also = "" if seen[key] == spec else f" (also as {seen[key]!r})"
+            raise ConfigError(f"{what}: {spec!r} is given twice{also}; give each source once.")
         seen[key] = spec
     candidates = [_candidates(spec) for spec in specs]
     depth = [0] * len(specs)
