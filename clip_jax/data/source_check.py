@@ -62,6 +62,8 @@ def _missing_below_a_folder(name: str) -> str:
     depth = 1
     while depth < len(parts) and os.path.isdir(os.path.join(*parts[:depth + 1])):
         depth += 1
+    if depth == len(parts):  # all there: not this problem
+        return ""
     parent, missing = os.path.join(*parts[:depth]), parts[depth]
     close = difflib.get_close_matches(missing, sorted(os.listdir(parent)), n=3)
     said = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
