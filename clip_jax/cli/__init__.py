@@ -615,8 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
     if args.command == "plan":
         args.overrides = extra  # --config.FIELD=VALUE, as clip-jax train takes them
-    elif args.command == "eval" and any(a.startswith("--config.") for a in extra):
-        override = next(a for a in extra if a.startswith("--config."))
+    elif args.command == "eval" and (override := next(
+            (a for a in extra if a.startswith("--config.")), None)):
         print(f"error: clip-jax eval takes no --config.FIELD=VALUE overrides ({override}): set "
               "the field in the file given as --config, or use eval's own flags (a --retrieval "
               "table's reading: --quoting, --image-key, --caption-key; see clip-jax eval "

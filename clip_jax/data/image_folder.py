@@ -132,12 +132,11 @@ def walk_once(top: str, revisits: list[str],
     top_real = real_path(top)
     seen = set() if seen is None else seen
     seen.add(top_real)
-    real = real_path
     for root, dirs, files in walk(top):
-        keep, here = [], real(root)
+        keep, here = [], real_path(root)
         for name in sorted(dirs):  # the first of two paths to a folder is kept, every time
             path = os.path.join(root, name.rstrip("/"))
-            target = real(path)
+            target = real_path(path)
             linked_own = os.path.islink(path) and _reached_without_links(target, top_real)
             if target in seen or linked_own or here.startswith(target.rstrip("/") + "/"):
                 revisits.append(path)
@@ -163,7 +162,7 @@ def _reached_without_links(target: str, top: str) -> bool:
         p.startswith(".") for p in parts)
 
 
-def _first_few(names: Sequence[str]) -> str:
+def first_few(names: Sequence[str]) -> str:
     """'a, b, c, ...': the first three of `names`, for a warning that counts them all."""
     return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
@@ -173,7 +172,7 @@ def warn_revisits(folder: str, revisits: list[str]) -> None:
     if revisits:
         log.warning("%s: %d linked folder(s) not searched: each leads to a folder searched "
                     "under another path or to one above it (a second link, a loop): %s",
-                    folder, len(revisits), _first_few(revisits))
+                    folder, len(revisits), first_few(revisits))
 
 
 def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
@@ -186,7 +185,7 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
             if unsearched:
                 log.warning("%s: %d subfolder(s) not searched (%s); pass --recursive "
                             "(recursive=True) to include them", folder, len(unsearched),
-                            _first_few(sorted(unsearched)))
+                            first_few(sorted(unsearched)))
             dirs.clear()
         for name in files:
             path = os.path.join(root, name)
@@ -201,16 +200,16 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
     reasons = [undecodable_format(rel) for rel in other]
     photos = [rel for rel, reason in zip(other, reasons) if reason]
     if photos:
-        log.warning("%s: %d photo(s) ignored (%s): %s", folder, len(photos), _first_few(photos),
+        log.warning("%s: %d photo(s) ignored (%s): %s", folder, len(photos), first_few(photos),
                     next(filter(None, reasons)))
     other = [rel for rel, reason in zip(other, reasons) if not reason]
     if other:
         log.warning("%s: %d file(s) without an image extension ignored (%s); give a file "
                     "explicitly to read it whatever its name", folder, len(other),
-                    _first_few(other))
+                    first_few(other))
     if hidden and recursive:
         log.warning("%s: %d hidden folder(s) not searched (%s)", folder, len(hidden),
-                    _first_few(hidden))
+                    first_few(hidden))
     relative.sort(key=lambda rel: rel.split(os.sep))
     return [os.path.join(folder, rel) for rel in relative], ignored
 

@@ -57,7 +57,7 @@ from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.data.image_folder import (DECODE_ERRORS, IMAGE_EXTENSIONS, undecodable_format,
-                                       real_path, walk_once)
+                                       first_few, real_path, walk_once)
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
@@ -156,20 +156,15 @@ def _split_root(root: str, split: str, layout: str) -> tuple[str, str]:
     splits = [name for name in present if name in SPLIT_FOLDERS]  # one, "train", is a CIFAR-100
     if len(splits) > 1 and (root, layout) not in _MIXED_REPORTED:  # class: two are not classes
         _MIXED_REPORTED.add((root, layout))
-        others = [name for name in present if name not in SPLIT_FOLDERS]
+        quoted = first_few([repr(name) for name in present if name not in SPLIT_FOLDERS])
         log.warning("%s %s: %s look like split folders but sit beside %s, so every folder "
                     "there is read as a class; move %s out of it, or name the split "
-                    "(%s@%s)", layout, root, ", ".join(splits), _quoted(others),
-                    _quoted(others), root, splits[0])
+                    "(%s@%s)", layout, root, ", ".join(splits), quoted, quoted, root,
+                    splits[0])
     return root, ""
 
 
 _MIXED_REPORTED: set[tuple[str, str]] = set()  # warned once per folder, however often read
-
-
-def _quoted(names: Sequence[str]) -> str:
-    """'a', 'b', 'c', ...: the first three of `names`, quoted, for a warning."""
-    return ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
 
 
 def _metadata_folder(name: str) -> bool:

@@ -370,9 +370,14 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
 
 
 def _describe(config: ml_collections.ConfigDict) -> str:
-    return (f"remat={config.model.remat_policy} mesh={dict(config.mesh)} "
-            f"microbatches={config.microbatches} loss={config.loss}"
-            f"{' reshard_microbatches=True' if config.reshard_microbatches else ''}")
+    return _settings(config.model.remat_policy, dict(config.mesh), config.microbatches,
+                     config.loss, config.reshard_microbatches)
+
+
+def _settings(remat: str, mesh: dict, microbatches: int, loss: str, reshard: bool) -> str:
+    """The settings the search turns, as a config or a plan has them."""
+    return (f"remat={remat} mesh={mesh} microbatches={microbatches} loss={loss}"
+            f"{' reshard_microbatches=True' if reshard else ''}")
 
 
 def _gib(x: float) -> str:
@@ -467,8 +472,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     elif alternatives:
         print("Fitting alternatives, fastest roofline first:")
         for a in alternatives:
-            print(f"* remat={a.remat_policy} mesh={a.mesh} microbatches={a.microbatches} "
-                  f"loss={a.loss}{' reshard_microbatches=True' if a.reshard_microbatches else ''}")
+            print("* " + _settings(a.remat_policy, a.mesh, a.microbatches, a.loss,
+                                   a.reshard_microbatches))
             print(format_plan(a))
     else:
         print(no_fit_advice(config, searched=budget_seconds > 0, result=result))
