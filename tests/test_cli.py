@@ -244,7 +244,7 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
         eval_sources._retrieval(base.get_config("test-vit"), str(tmp_path / "other.csv"))
     config = base.get_config("test-vit")
     eval_sources._retrieval(config, str(tmp_path / "other.csv"), caption_key="words")
-    assert config.data.table.caption_column == "words"
+    assert config.eval.retrieval.other.caption_key == "words"
     # Paths written relative to the working folder, not the table's: the advice was a config
     # field (data.table.image_root) that no eval flag sets (trial s43V).
     (tmp_path / "sub").mkdir()
@@ -343,8 +343,8 @@ def test_retrieval_on_an_image_folder_is_one_clear_error(tmp_path, capsys, layou
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"error: --retrieval {tmp_path / 'pets'} is a labelled image folder: retrieval ranks "
         "captions, and it has class labels, not captions; give a CSV/TSV of image paths and "
-        "captions or a TFDS caption dataset (coco_captions), and --zero-shot / --linear-probe "
-        "for the labelled images.")
+        "captions or a TFDS caption dataset (coco_captions), and zero-shot or linear-probe "
+        "tasks (--zero-shot / --linear-probe) for the labelled images.")
 
 
 def test_export_hf_loads_in_transformers(vit_workdir, tmp_path, capsys):

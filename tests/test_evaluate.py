@@ -481,6 +481,52 @@ def test_retrieval_uses_every_caption_of_images_with_1_to_9_captions(tmp_path, m
         evaluate.evaluate_model(config, module, variables)
 
 
+def test_a_config_retrieval_task_reads_its_own_caption_table(data_dir, tmp_path, model):
+    """`retrieval_task("caps.tsv")` in a config whose training data is another dataset: the
+    table is built on its own (its columns named by the task), its recalls equal a numpy
+    ranking of the model's embeddings of the files and captions, and the training data's
+    zero-shot task runs beside it. It was read as a labelled table: "has no label column;
+    set data.label_key" (trial A)."""
+    from clip_jax.evaluation.metrics import retrieval_metrics
+
+    module, variables = model
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (30, 36 + i, 3), dtype=np.uint8)).save(
+            tmp_path / f"p {i}.png")
+        rows += [(f"p {i}.png", f"picture {i} of {n}") for n in range(1 + i % 2)]
+    lines = ["words\tnote\tfile"] + [f"{caption}\tx\t{file}" for file, caption in rows]
+    (tmp_path / "caps.tsv").write_text("\n".join(lines) + "\n")
+    config = small_config(data_dir, evaluators="zero_shot,retrieval")
+    config.eval.retrieval = {"caps": evaluators.retrieval_task(
+        str(tmp_path / "caps.tsv"), image_key="file", caption_key="words")}
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+
+    files = list(dict.fromkeys(file for file, _ in rows))
+    images = preprocess([tmp_path / file for file in files], module.config)
+    image_emb = reference_embeddings(module, variables, images=images)
+    text_emb = reference_embeddings(module, variables, tokens=tokenize(
+        [caption for _, caption in rows], module.config.context_length))
+    want = retrieval_metrics(image_emb, text_emb, np.array([files.index(f) for f, _ in rows]))
+    assert evaluation.sizes["retrieval/caps"] == {"images": 6, "texts": 9}
+    for name, value in want.items():
+        assert metrics[f"retrieval/caps/{name}"] == pytest.approx(value, abs=1e-6), name
+    assert "zero_shot/heldout/top1" in metrics
+    for task, problem in [
+            (dict(caption_key="caption"), r"caption column 'caption' is not in .*caps.tsv "
+                                          r".*set config.eval.retrieval.caps.caption_key"),
+            (dict(split="train"), r"a caption table .* is one split, 'test', not 'train'"),
+            (dict(quoting="always"), r"quoting='always' .* use one of"),
+            (dict(dataset=str(tmp_path / "photos")), r"is a labelled image folder: retrieval "
+                                                     r"ranks captions")]:
+        (tmp_path / "photos" / "cat").mkdir(parents=True, exist_ok=True)
+        fields = {"dataset": str(tmp_path / "caps.tsv"), "image_key": "file", **task}
+        config.eval.retrieval = {"caps": evaluators.retrieval_task(**fields)}
+        with pytest.raises(ConfigError, match=r"^config.eval.retrieval.caps: .*" + problem):
+            evaluate.declare(config)
+
+
 def test_mode_eval_reads_init_from_as_training_does(tmp_path, monkeypatch):
     """`--config.mode=eval` of a bare weights file ignored config.model.name and
     config.model.activation (training reads the file's architecture from them: its head

@@ -21,7 +21,6 @@ optional `@split` (`cifar10@test`). Each task is named after its source.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 
@@ -271,57 +270,21 @@ def _key_flag(match: re.Match, given: frozenset[str]) -> str:
 def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = "",
                caption_key: str = "", quoting: str = "auto") -> None:
     """A TFDS name (its features `image_key`, `caption_key`; "" = the defaults), or a CSV/TSV
-    built as an `image_text_table` of its own: the table section starts from the defaults
-    (the training run's tables, columns and image root are not this table's), holds only
-    the test split, is read with `quoting` (`--quoting`), and names the columns given or
-    found in the header."""
-    from clip_jax.data import labelled
-    from clip_jax.data.options import default_config
+    of image paths and captions, built as an `image_text_table` of its own
+    (`retrieval.caption_table`) with `quoting` (`--quoting`) and the columns given or found
+    in the header, checked here, before the model loads."""
     from clip_jax.evaluation import evaluate
+    from clip_jax.evaluation.evaluators import retrieval
 
-    kind = labelled.source_kind(spec.partition("@")[0])
-    if kind in ("image_folder", "wds"):
-        raise ConfigError(
-            f"--retrieval {spec} is a labelled {LAID_OUT[kind]}: retrieval ranks captions, "
-            "and it has class labels, not captions; give a CSV/TSV of image paths and "
-            "captions or a TFDS caption dataset (coco_captions), and --zero-shot / "
-            "--linear-probe for the labelled images.")
-    name, split = (_source(spec, data_dir=config.data.data_dir)
-                   if not spec.lower().endswith((".csv", ".tsv")) else (spec, ""))
+    retrieval.refuse_labelled(spec.partition("@")[0], f"--retrieval {spec}")
     if spec.lower().endswith((".csv", ".tsv")):
-        columns = labelled.table_columns(spec)
-        table = default_config().table
-        table.update(
-            name=table_dataset_name(spec, quoting), test_path=os.path.abspath(spec),
-            group_by_image=True, quoting=quoting,
-            image_column=labelled.pick_column(columns, image_key, IMAGE_COLUMNS, "image",
-                                              spec, "--image-key"),
-            caption_column=labelled.pick_column(columns, caption_key, CAPTION_COLUMNS,
-                                                "caption", spec, "--caption-key"))
-        config.data.dataset = "image_text_table"
-        config.data.table = table
-        defaults = default_config()  # the built table's features: never the --config's keys
-        name, split = "", "test"
-        image_key, caption_key = defaults.image_key, defaults.caption_key
+        name, split = os.path.abspath(spec), ""
+        image_key, caption_key = retrieval.table_columns(spec, image_key, caption_key,
+                                                         ("--image-key", "--caption-key"))
+    else:
+        name, split = _source(spec, data_dir=config.data.data_dir)
     config.eval.retrieval[naming.source_name(spec)] = evaluate.retrieval_task(
-        name, split, image_key=image_key, caption_key=caption_key)
-
-
-# How a labelled source that is not a table is laid out, as messages name it.
-LAID_OUT = {"image_folder": "image folder", "wds": "webdataset (class shards)"}
-
-
-def table_dataset_name(path: str, quoting: str = "auto") -> str:
-    """The built dataset's name for a retrieval table: its stem and 8 hex digits of the
-    SHA-256 of its absolute path, bytes and `quoting` (when not auto), so another folder's
-    `val.csv`, this one after an edit, or read another way, is built afresh instead of
-    colliding with (or reusing) an earlier build."""
-    from clip_jax_data.records import fingerprint
-
-    content = fingerprint(path, digest=True)["sha256"]
-    read = "" if quoting == "auto" else f"\n{quoting}"
-    sha = hashlib.sha256(f"{os.path.abspath(path)}\n{content}{read}".encode())
-    return f"{naming.source_name(path)}_{sha.hexdigest()[:8]}"
+        name, split, image_key=image_key, caption_key=caption_key, quoting=quoting)
 
 
 def report(metrics: dict[str, float], evaluation: Any, model: str, output: str | None,

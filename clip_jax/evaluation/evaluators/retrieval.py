@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import ml_collections
 
+from clip_jax.data import labelled
+from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, default_config
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import metrics as eval_metrics
+from clip_jax.evaluation import naming
 from clip_jax.evaluation.evaluators.base import Evaluator, RunContext, task_config
 
 if TYPE_CHECKING:
@@ -19,9 +24,79 @@ log = logging.getLogger(__name__)
 
 def retrieval_task(dataset: str = "", split: str = "", **data: str) -> ml_collections.ConfigDict:
     """An image-text retrieval task over all captions of each image of `split`;
-    `data`: data_dir, image_key, caption_key overrides."""
+    `data`: data_dir, image_key, caption_key overrides. `dataset` may be a CSV/TSV of image
+    paths and captions (`caption_table`): its columns are then image_key / caption_key (else
+    found by header), `quoting` says how it is read (`data.table.quoting`), and it has one
+    split, `test`."""
     return task_config(dict(dataset=dataset, split=split),
-                       ("data_dir", "image_key", "caption_key"), data)
+                       ("data_dir", "image_key", "caption_key", "quoting"), data)
+
+
+# A labelled source that is not a table, as messages name it: it has labels, not captions.
+LAID_OUT = {"image_folder": "image folder", "wds": "webdataset (class shards)"}
+
+
+def refuse_labelled(dataset: str, given: str) -> None:
+    """ConfigError when `dataset` is a labelled image folder or class-sharded webdataset:
+    retrieval ranks captions, which they lack. `given` says where the user named it."""
+    kind = labelled.source_kind(dataset)
+    if kind in LAID_OUT:
+        raise ConfigError(
+            f"{given} is a labelled {LAID_OUT[kind]}: retrieval ranks captions, and it has "
+            "class labels, not captions; give a CSV/TSV of image paths and captions or a TFDS "
+            "caption dataset (coco_captions), and zero-shot or linear-probe tasks "
+            "(--zero-shot / --linear-probe) for the labelled images.")
+
+
+def table_columns(path: str, image_column: str, caption_column: str, options: tuple[str, str]
+                  ) -> tuple[str, str]:
+    """The image and caption columns of the caption table `path`: the ones given, else the
+    first known header (`IMAGE_COLUMNS`, `CAPTION_COLUMNS`: open_clip's filepath / title
+    first). ConfigError naming the columns found and `options` (the image's and the
+    caption's field or flag) to set."""
+    columns = labelled.table_columns(path)
+    return (labelled.pick_column(columns, image_column, IMAGE_COLUMNS, "image", path,
+                                 options[0]),
+            labelled.pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path,
+                                 options[1]))
+
+
+def caption_table(data: ml_collections.ConfigDict, path: str, image_column: str = "",
+                  caption_column: str = "", quoting: str = "auto",
+                  options: tuple[str, str] = ("image_key", "caption_key")
+                  ) -> ml_collections.ConfigDict:
+    """`data` reading the CSV/TSV `path` as an `image_text_table` of its own, whatever table
+    the training run reads: the table section starts from the defaults, holds `path` as its
+    one split (`test`), groups rows naming one image file (all its captions are that image's),
+    is read with `quoting` and built under `data.data_dir` as `table_dataset_name`; its
+    features are the built table's. Raises ConfigError for a bad `quoting` or a column that
+    is not there (`table_columns`)."""
+    if quoting not in TABLE_QUOTING:
+        raise ConfigError(f"quoting={quoting!r} for {path}: use one of {TABLE_QUOTING} (auto: "
+                          "none for tab-separated, csv otherwise).")
+    image_column, caption_column = table_columns(path, image_column, caption_column, options)
+    defaults = default_config()
+    table = defaults.table
+    table.update(name=table_dataset_name(path, quoting), test_path=os.path.abspath(path),
+                 group_by_image=True, quoting=quoting, image_column=image_column,
+                 caption_column=caption_column)
+    data = data.copy_and_resolve_references()
+    data.dataset, data.table = "image_text_table", table
+    data.image_key, data.caption_key = defaults.image_key, defaults.caption_key
+    return data
+
+
+def table_dataset_name(path: str, quoting: str = "auto") -> str:
+    """The built dataset's name for a caption table: its stem and 8 hex digits of the
+    SHA-256 of its absolute path, bytes and `quoting` (when not auto), so another folder's
+    `val.csv`, this one after an edit, or read another way, is built afresh instead of
+    colliding with (or reusing) an earlier build."""
+    from clip_jax_data.records import fingerprint
+
+    content = fingerprint(path, digest=True)["sha256"]
+    read = "" if quoting == "auto" else f"\n{quoting}"
+    sha = hashlib.sha256(f"{os.path.abspath(path)}\n{content}{read}".encode())
+    return f"{naming.source_name(path)}_{sha.hexdigest()[:8]}"
 
 
 class Retrieval(Evaluator):
@@ -33,7 +108,18 @@ class Retrieval(Evaluator):
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
         data = passes.task_data(task)
-        self.source = passes.source(data, task.split or data.eval_split, captions=True)
+        refuse_labelled(data.dataset, f"config.eval.{self.field}: {data.dataset}")
+        split = task.split or data.eval_split
+        if labelled.source_kind(data.dataset) == "table":
+            field = f"config.eval.{self.field}"
+            if task.split not in ("", "test"):
+                raise ConfigError(f"{field}: a caption table ({data.dataset}) is one split, "
+                                  f"'test', not {task.split!r}; leave split empty.")
+            data = caption_table(data, data.dataset, task.get("image_key", ""),
+                                 task.get("caption_key", ""), task.get("quoting") or "auto",
+                                 (f"{field}.image_key", f"{field}.caption_key"))
+            split = "test"
+        self.source = passes.source(data, split, captions=True)
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         emb = self.source.embeddings
