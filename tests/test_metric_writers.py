@@ -179,14 +179,60 @@ def test_the_eta_leaves_out_the_first_step_once_the_clock_restarts(tmp_path):
     writer.resume(0)
     writer.start()
     clock.now += 10.0  # step 1: the first batch and the executable's first run
-    writer.progress(1, {"loss": 2.0})  # no ETA from that step alone (it read 1m30s)
+    rates = {"loss": 2.0, "images_per_second": 12.8, "mfu": 0.012}
+    writer.progress(1, rates)  # no ETA from that step alone (it read 1m30s)
     writer.restart_clock(1)
     clock.now += 2.0  # steps 2 and 3: 1 s each
-    writer.progress(3, {"loss": 2.0})
+    writer.progress(3, {**rates, "images_per_second": 128.0, "mfu": 0.12})
     writer.close()
-    # 7 steps left x 1 s (not 7 x 12 s / 3 steps = 28 s).
+    # 7 steps left x 1 s (not 7 x 12 s / 3 steps = 28 s). The first step's rates are its
+    # one-off costs too: a resume's first step alone showed 70 img/s of a steady 600 (trial B).
     first, last = out.getvalue().strip().splitlines()
-    assert first.endswith("eta ?") and last.endswith("eta 7s"), out.getvalue()
+    assert first == "step 1/10  loss 2.000  img/s ?  mfu ?  eta ?", first
+    assert last == "step 3/10  loss 2.000  img/s 128  mfu 12%  eta 7s", last
+
+
+def test_compilation_inside_a_pause_is_left_out_of_the_next_ones_price(tmp_path):
+    """The first evaluation compiles (5.6 s of it, the next ones 0.4-0.6 s: the ETA read
+    `<17s` 7.1 s from the end, trial B): its compile seconds do not price those to come."""
+    out, clock, compiled = io.StringIO(), _Clock(), _Clock(0.0)
+    writer = MetricWriter(str(tmp_path), 30, stream=out, clock=clock, compiling=compiled)
+    writer.resume(0)
+    writer.expect("eval", 10)
+    writer.start()
+    clock.now += 10.0  # steps 1-10 at 1 s
+    writer.progress(10, {"loss": 2.0})
+    with writer.paused("eval"):
+        clock.now += 6.0
+        compiled.now += 5.5  # of which compiling its functions
+    clock.now += 1.0  # step 11
+    writer.progress(11, {"loss": 2.0})
+    writer.close()
+    etas = [line.split("eta ")[-1] for line in out.getvalue().splitlines()]
+    # Step 11: 19 steps at 1 s (the pause is not training time) + evaluations at 20 and 30
+    # at 0.5 s each: 20 s, not 19 + 2 x 6 = 31 s.
+    assert etas[1] == "<20s", etas
+
+
+def test_compile_seconds_counts_what_jax_compiles():
+    """`compile_seconds` grows by the compilation of a function never compiled before, by
+    no more than the wall time of lowering and compiling it, and not on its second call."""
+    import time
+
+    import jax
+    import numpy as np
+
+    from clip_jax.training.metric_writers import compile_seconds
+
+    before = compile_seconds()
+    f = jax.jit(lambda x: np.float32(time.time() % 1) + x * 2)  # a constant no cache has seen
+    t0 = time.perf_counter()
+    f(np.ones(3, np.float32)).block_until_ready()
+    wall = time.perf_counter() - t0
+    during = compile_seconds() - before
+    assert 0 < during <= wall
+    f(np.ones(3, np.float32)).block_until_ready()
+    assert compile_seconds() - before == during
 
 
 def test_the_eta_counts_the_evaluations_and_saves_still_to_come(tmp_path):

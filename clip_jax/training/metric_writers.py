@@ -43,19 +43,24 @@ class Progress:
     kind of pause announced with `expect(kind, every_steps)`, the pauses still to come (at
     every multiple of `every_steps` and at the last step) x the last one's duration. Before a
     kind's first pause its cost is unknown and the ETA reads `>` (a lower bound); after the
-    first alone it reads `<` (an upper bound: the first evaluation compiles its functions and
-    the first save sets its writer up, costs the later ones do not have); `~` when both hold.
+    first alone it reads `<` (an upper bound: the first save sets its writer up, the first
+    evaluation lists or builds its data, costs the later ones do not have); `~` when both
+    hold. The compilation inside a pause (`compiling`'s count; the first evaluation compiles
+    its functions, minutes on a pod) is left out of the price of those to come.
 
     `tty` (default: `stream.isatty()`) picks a tqdm bar (True) or plain lines (False);
-    `clock` (seconds, default `time.monotonic`) is what the rate is measured with.
+    `clock` (seconds, default `time.monotonic`) is what the rate is measured with, and
+    `compiling` (default `compile_seconds`) the seconds this process has spent compiling.
     """
 
     def __init__(self, total_steps: int, stream: TextIO | None = None, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 compiling: Callable[[], float] | None = None):
         self.total_steps = total_steps
         self._stream = stream
         self._tty = tty
         self._clock = clock
+        self._compiling = compiling or compile_seconds
         self._bar: tqdm | None = None
         self._start_step = 0
         self._started = self._paused = 0.0
@@ -108,13 +113,14 @@ class Progress:
     def paused(self, kind: str = "") -> Iterator[None]:
         """Time inside this block (an evaluation, a checkpoint wait) is not training time; for
         an expected `kind` its duration prices that kind's remaining pauses in the ETA."""
-        t0 = self._clock()
+        t0, compiled = self._clock(), self._compiling()
         try:
             yield
         finally:
-            self._paused += self._clock() - t0
+            seconds = self._clock() - t0
+            self._paused += seconds
             if kind:
-                self._last_pause[kind] = self._clock() - t0
+                self._last_pause[kind] = max(0.0, seconds - (self._compiling() - compiled))
                 self._pause_count[kind] += 1
 
     def pauses_left(self, kind: str, step: int) -> int:
@@ -165,9 +171,12 @@ class Progress:
         return "0s + " + " + ".join(untimed) if step >= self.total_steps else "?"
 
     def update(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Shows step `step` with its loss, learning rate, images/s and MFU (those present)."""
-        fields = {name: format_value(name, metrics[key]) for key, name in _SHOWN.items()
-                  if key in metrics}
+        """Shows step `step` with its loss, learning rate, images/s and MFU (those present);
+        `?` for the rates of the first step of a run or resume shown alone, whose time is
+        mostly one-off costs (a resume's showed 70 img/s of a steady 600)."""
+        first = self._first_step_timed and step == self._start_step + 1
+        fields = {name: "?" if first and name in _RATES else format_value(name, metrics[key])
+                  for key, name in _SHOWN.items() if key in metrics}
         fields["eta"] = self.eta_text(step)
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
@@ -192,6 +201,36 @@ class Progress:
 
 # metrics key -> the short name a progress line shows it under
 _SHOWN = {"loss": "loss", "learning_rate": "lr", "images_per_second": "img/s", "mfu": "mfu"}
+_RATES = ("img/s", "mfu")
+
+# jax.monitoring's duration events for getting an executable: XLA's compile, or reading one
+# from the persistent compilation cache (never nested in each other, unlike tracing's).
+_COMPILE_EVENTS = frozenset({"/jax/core/compile/backend_compile_duration",
+                             "/jax/compilation_cache/cache_retrieval_time_sec"})
+
+
+class _CompileTime:
+    """The running total behind `compile_seconds`: one listener per process."""
+
+    seconds = 0.0
+    listening = False
+
+    @classmethod
+    def record(cls, event: str, duration: float, **_: Any) -> None:
+        if event in _COMPILE_EVENTS:
+            cls.seconds += duration
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling executables (or reading them from the
+    persistent cache) since it was first asked, from `jax.monitoring`'s events: a difference
+    of two calls is the compilation between them."""
+    if not _CompileTime.listening:
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(_CompileTime.record)
+        _CompileTime.listening = True
+    return _CompileTime.seconds
 
 
 def format_value(name: str, value: float) -> str:
@@ -240,19 +279,20 @@ class MetricWriter:
 
     Nothing is written to `workdir` before the first `resume` or `write`. With `progress`,
     `start(step)` begins the display and `progress(step, metrics)` updates it; `stream`,
-    `tty` and `clock` go to `Progress`.
+    `tty`, `clock` and `compiling` go to `Progress`.
     """
 
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool = True,
                  progress: bool = True, stream: TextIO | None = None, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 compiling: Callable[[], float] | None = None):
         self.enabled = enabled
         self.workdir = workdir
         self.start_step = start_step
         self._path = os.path.join(workdir, "metrics.jsonl")
         self._events = self._jsonl = None
-        self._display = (Progress(total_steps, stream, tty, clock) if enabled and progress
-                         else None)
+        self._display = (Progress(total_steps, stream, tty, clock, compiling)
+                         if enabled and progress else None)
 
     def _open(self) -> None:
         if self._jsonl is None:
