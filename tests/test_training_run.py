@@ -647,6 +647,10 @@ MISCONFIGURATIONS = [
     # A value absl cannot parse as the field's type named Python's int() and no fix.
     (["--config.total_steps=abc"], "--config.total_steps=abc is not an integer; use an integer "
                                    ">= 1, e.g. --config.total_steps=", "int()"),
+    # A whole number in float notation (`1e3` steps) is said as the integer it is (trial B).
+    (["--config.total_steps=1e3"], "--config.total_steps=1e3 is not an integer; use an integer "
+                                   ">= 1: write 1e3 as --config.total_steps=1000.", None),
+    (["--config.total_steps=2.5"], "use an integer >= 1, e.g. --config.total_steps=", None),
     (["--config.optimizer.lr=1e-4x"], "--config.optimizer.lr=1e-4x is not a number; use a "
                                       "finite number in [0, inf), e.g. --config.optimizer.lr=",
      None),

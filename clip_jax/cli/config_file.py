@@ -212,7 +212,19 @@ def value_type_error(config: ml_collections.ConfigDict, path: str, value: str) -
         return f"--config.{path}={value}: None is spelled with a capital N (--config.{path}=None)."
     current = node[name]
     example = "" if current is None else f", e.g. --config.{path}={current}"
+    whole = _whole_number(value) if kind == _KINDS[int] else None
+    if whole is not None:  # `1e5` steps: absl's int() takes digits only
+        example = f": write {value} as --config.{path}={whole}"
     return f"--config.{path}={value} is not {kind}; use {use}{example}."
+
+
+def _whole_number(value: str) -> int | None:
+    """`1e5`, `2.5e3`, `100.0` as the integer they are; None for anything else."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
 
 
 def load(value: str) -> ml_collections.ConfigDict:
