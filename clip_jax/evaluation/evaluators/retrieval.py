@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 
-from clip_jax.data import labelled
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, default_config
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import metrics as eval_metrics
@@ -39,6 +38,8 @@ LAID_OUT = {"image_folder": "image folder", "wds": "webdataset (class shards)"}
 def refuse_labelled(dataset: str, given: str) -> None:
     """ConfigError when `dataset` is a labelled image folder or class-sharded webdataset:
     retrieval ranks captions, which they lack. `given` says where the user named it."""
+    from clip_jax.data import labelled  # TensorFlow: not when a config file imports the tasks
+
     kind = labelled.source_kind(dataset)
     if kind in LAID_OUT:
         raise ConfigError(
@@ -54,6 +55,8 @@ def table_columns(path: str, image_column: str, caption_column: str, options: tu
     first known header (`IMAGE_COLUMNS`, `CAPTION_COLUMNS`: open_clip's filepath / title
     first). ConfigError naming the columns found and `options` (the image's and the
     caption's field or flag) to set."""
+    from clip_jax.data import labelled
+
     columns = labelled.table_columns(path)
     return (labelled.pick_column(columns, image_column, IMAGE_COLUMNS, "image", path,
                                  options[0]),
@@ -106,11 +109,14 @@ class Retrieval(Evaluator):
     make_task = staticmethod(retrieval_task)
 
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
+        from clip_jax.data import labelled
+        from clip_jax.data._tf import tf
+
         super().__init__(name, task, passes)
         data = passes.task_data(task)
         refuse_labelled(data.dataset, f"config.eval.{self.field}: {data.dataset}")
         split = task.split or data.eval_split
-        if labelled.source_kind(data.dataset) == "table":
+        if labelled.source_kind(data.dataset) == "table" and tf.io.gfile.exists(data.dataset):
             field = f"config.eval.{self.field}"
             if task.split not in ("", "test"):
                 raise ConfigError(f"{field}: a caption table ({data.dataset}) is one split, "
