@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 pytest.importorskip("sklearn")  # the test extra; without it these tests skip
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
 
 from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS starts TensorFlow)
 import clip_jax
@@ -1357,6 +1358,12 @@ def test_a_linear_probe_test_class_without_training_images_is_warned_about(model
     probe.fit((x_train - mean) / std, y_train)  # two classes: it never predicts 'blue'
     assert metrics["linear_probe/test/accuracy"] == pytest.approx(
         probe.score((x_test - mean) / std, y_test), abs=1.01 / len(x_test))
+    # Mean per-class recall, 'blue' at 0 among the test classes (trial A: top-1 only was
+    # reported on an unbalanced test set).
+    fewest = min(np.sum(y_test == c) for c in set(y_test))
+    assert metrics["linear_probe/test/mean_per_class_recall"] == pytest.approx(
+        balanced_accuracy_score(y_test, probe.predict((x_test - mean) / std)),
+        abs=1.01 / fewest / len(set(y_test)))
     blue = int(np.sum(y_test == "blue"))
     assert (f"linear_probe/test: 1 test class(es) have no training images, so their {blue} of "
             f"{len(y_test)} test images can never be predicted right and count as misses"

@@ -12,6 +12,7 @@ import numpy as np
 
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import linear_probe
+from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Evaluator, RunContext, check_labels,
                                                  check_test_classes, floats, task_config,
                                                  training_index, training_labels)
@@ -91,9 +92,12 @@ class LinearProbe(Evaluator):
                                test_y < 0)
         probe = linear_probe.fit_linear_probe(train.embeddings.images, train_y, len(learnt),
                                               l2_grid=self.l2, task=self.key)
-        accuracy = float(np.mean(probe.predict(test.embeddings.images) == test_y))
+        correct = probe.predict(test.embeddings.images) == test_y
         ctx.records.where(self.key, test, classes=len(learnt))
-        return {f"{self.key}/accuracy": accuracy, f"{self.key}/l2": probe.l2}
+        return {f"{self.key}/accuracy": float(np.mean(correct)),
+                f"{self.key}/mean_per_class_recall": eval_metrics.mean_per_class_recall(
+                    correct, test.embeddings.labels),
+                f"{self.key}/l2": probe.l2}
 
 
 def warn_unpredictable(task: str, class_names: Sequence[str], labels: np.ndarray,
