@@ -189,8 +189,15 @@ def test_create_model_of_a_folder_or_file_loads_its_weights(tmp_path):
     np.testing.assert_allclose(img, r_img, atol=1e-5)
     np.testing.assert_allclose(txt, r_txt, atol=1e-5)
     for typo in ("ViT-B/33", "ViT-B-33", "vitb32"):
-        with pytest.raises(ConfigError, match=rf"Unknown model '{typo}'; choose one of "):
+        with pytest.raises(ConfigError, match=rf"Unknown model '{typo}'; choose one of ") as e:
             clip_jax.create_model(typo)
+        assert ("Hub repo" in str(e.value)) == ("/" in typo)
+    # A Hub repo's id (not in the cache either) says where such weights load (trial A).
+    with pytest.raises(ConfigError, match=r"Unknown model 'myorg/tiny-clip'; choose one of .* "
+                                          r"If 'myorg/tiny-clip' is a Hugging Face Hub repo, "
+                                          r"load its weights with "
+                                          r"clip_jax.load\('myorg/tiny-clip'\)"):
+        clip_jax.create_model("myorg/tiny-clip")
 
 
 @pytest.mark.parametrize("as_dict", [False, True])

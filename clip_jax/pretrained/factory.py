@@ -55,7 +55,8 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     a released `"ViT-B-32:openai"`) loads them, as `create_model_and_transforms` and open_clip's
     `create_model` do.
 
-    Raises ConfigError for an unknown preset name (the known ones listed) or override,
+    Raises ConfigError for an unknown preset name (the known ones listed; for a Hub-like
+    `org/name`, where its weights load) or override,
     TypeError for a `name_or_config` that is no name, CLIPConfig or dict, and what
     `clip_jax.load` raises for `pretrained` weights that are missing or not what they claim.
     """
@@ -63,6 +64,15 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
         return with_numerics(*_load_pretrained(name_or_config, pretrained), **overrides)
     if _names_weights(name_or_config):
         return with_numerics(*loading.load(os.fspath(name_or_config)), **overrides)
+    if isinstance(name_or_config, str) and not is_preset(name_or_config) and hub.is_repo_id(
+            name_or_config):
+        try:
+            get_preset(name_or_config)
+        except ConfigError as error:  # the architectures listed, and where Hub weights load
+            raise ConfigError(
+                f"{error} If {name_or_config!r} is a Hugging Face Hub repo, load its weights "
+                f"with clip_jax.load({name_or_config!r}) or create_model_and_transforms("
+                f"{name_or_config!r}).") from None
     return models.create_model(name_or_config, rng, **overrides)
 
 
