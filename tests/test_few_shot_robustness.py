@@ -233,6 +233,37 @@ def test_few_shot_refuses_more_shots_than_a_class_has(per_class, missing):
         few_shot.few_shot_curve(x, y, x, y, 4, shots=[1, 16], seeds=1, l2_grid=[1e-2])
 
 
+def test_shot_counts_a_class_lacks_are_left_out_and_the_rest_scored(caplog):
+    """`--shots 1,2,4,8,16` with a class of 3 training images stopped the whole sweep (trial
+    A): 1 and 2 shots are scored as on their own, 4 and up are None, named in one warning
+    with the short class; with no shot count possible it is still refused."""
+    x, y = blobs(12)
+    keep = np.concatenate([np.flatnonzero(y == c)[:n] for c, n in enumerate((12, 3, 7, 5))])
+    x, y = x[np.sort(keep)], y[np.sort(keep)]
+    tx, ty = blobs(10, seed=5)
+    names = ["cat", "dog", "emu", "fox"]
+    classes = np.eye(4, x.shape[1], dtype=np.float32)
+    with caplog.at_level("WARNING", logger=few_shot.__name__):
+        metrics, detail = few_shot.evaluate(x, y, tx, ty, classes, 10.0, shots=[1, 2, 4, 8],
+                                            seeds=2, l2_grid=[1e-2], zero_shot_init=False,
+                                            class_names=names)
+    alone = few_shot.few_shot_curve(x, y, tx, ty, 4, shots=[1, 2], seeds=2, l2_grid=[1e-2])
+    for k in (1, 2):
+        assert metrics[f"{k}shot_top1"] == pytest.approx(alone[k].mean())
+        assert metrics[f"{k}shot_top1_std"] == pytest.approx(alone[k].std())
+    assert all(metrics[f"{k}shot_top1{std}"] is None for k in (4, 8) for std in ("", "_std"))
+    assert detail["shots"] == [1, 2] and len(detail["linear_probe"]["mean"]) == 2
+    skipped = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert skipped == ["Few-shot: 4/8-shot probes left out (their metrics empty): these classes "
+                       "have fewer training images: dog (3); add training images to score "
+                       "them."]
+    with pytest.raises(ConfigError, match=r"4-shot probes need 4 training images per class; "
+                                          r"these classes have fewer: dog \(3\)\. Lower the shot "
+                                          r"counts .* to <= 3"):
+        few_shot.evaluate(x, y, tx, ty, classes, 10.0, shots=[4, 8], seeds=1, l2_grid=[1e-2],
+                          zero_shot_init=False, class_names=names)
+
+
 @pytest.mark.parametrize("labels, message", [
     (lambda y: np.where(y == 3, 4, y),
      r"test_y\[\d+\] is 4, not a class index 0..3 \(num_classes=4\)"),

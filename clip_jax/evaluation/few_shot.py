@@ -84,9 +84,26 @@ def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None
                     "pick each probe's L2 strength)" if counts.min() >= 2 else "")
         raise ConfigError(
             f"{k}-shot probes need {k} training images per class; these classes have fewer: "
-            f"{name_short_classes(counts, class_names, k)}. Lower the largest shot count "
+            f"{name_short_classes(counts, class_names, k)}. Lower the shot counts "
             f"(--shots / eval.few_shot.<task>.shots) to <= {counts.min()}{held_out}, or add "
             "training images.")
+
+
+def feasible_shots(train_y: np.ndarray, class_names: Sequence[str], shots: Sequence[int],
+                   task: str = TASK) -> list[int]:
+    """The shot counts of `shots` every class has training images for; one warning naming
+    those left out and the classes short of the smallest of them (their metrics are None: a
+    "k-shot" result drawn from fewer would be mislabelled). ConfigError (`check_shots`) when
+    none is left or a class has no training image."""
+    check_shots(train_y, class_names, min(shots, default=0))
+    counts = class_counts(train_y, len(class_names))
+    skipped = [k for k in shots if k > counts.min()]
+    if skipped:
+        log.warning("%s: %s-shot probes left out (their metrics empty): these classes have "
+                    "fewer training images: %s; add training images to score them.", task,
+                    "/".join(map(str, skipped)),
+                    name_short_classes(counts, class_names, min(skipped)))
+    return [k for k in shots if k <= counts.min()]
 
 
 def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str],
@@ -221,7 +238,7 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
              shots: Sequence[int] = DEFAULT_SHOTS, seeds: int = DEFAULT_SEEDS,
              l2_grid: Sequence[float] = linear_probe.DEFAULT_L2, zero_shot_init: bool = True,
              class_names: Sequence[str] | None = None, task: str = TASK
-             ) -> tuple[dict[str, float], dict[str, object]]:
+             ) -> tuple[dict[str, float | None], dict[str, object]]:
     """Few-shot metrics and the curve behind the plot; `class_names` (default: the indices)
     name the classes short of training images in the error and the warning, and `task` (the
     evaluator's `few_shot/<task>`) begins every warning, so that those of two tasks of one
@@ -230,18 +247,18 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     Metrics: `zero_shot_top1` (nearest class embedding on the test set), per k
     `{k}shot_top1` and `{k}shot_top1_std` (over seeds), with `zero_shot_init` also
     `zero_shot_init_{k}shot_top1[_std]`, and `matching_shots` / `matching_bound`
-    (`matching_shots` on the plain probe's mean curve).
+    (`matching_shots` on the plain probe's mean curve). A k some class has fewer training
+    images for is left out (`feasible_shots`: a warning, its metrics None).
     """
     num_classes = len(class_embeddings)
     names = list(class_names) if class_names is not None else [str(c) for c in
                                                                 range(num_classes)]
     train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
     test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
-    largest = max(shots, default=0)  # no shots: `few_shot_curve` says what to give
-    check_shots(train_y, names, largest)
+    asked, shots = list(shots), feasible_shots(train_y, names, shots, task) if shots else []
     warn_short_validation(train_y, names, shots, task)
     zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
-    metrics: dict[str, float] = {"zero_shot_top1": zero_shot}
+    metrics: dict[str, float | None] = {"zero_shot_top1": zero_shot}
     detail: dict[str, object] = {"shots": list(shots), "zero_shot": zero_shot}
     kinds = {"linear_probe": (None, list(l2_grid))}
     if zero_shot_init:
@@ -251,9 +268,10 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
         curve = few_shot_curve(train_x, train_y, test_x, test_y, num_classes, shots=shots,
                                seeds=seeds, l2_grid=grid, prior=prior, task=task)
         prefix = "" if kind == "linear_probe" else "zero_shot_init_"
-        for k, acc in curve.items():
-            metrics[f"{prefix}{k}shot_top1"] = float(acc.mean())
-            metrics[f"{prefix}{k}shot_top1_std"] = float(acc.std())
+        for k in asked:
+            acc = curve.get(k)
+            metrics[f"{prefix}{k}shot_top1"] = None if acc is None else float(acc.mean())
+            metrics[f"{prefix}{k}shot_top1_std"] = None if acc is None else float(acc.std())
         detail[kind] = {"mean": [float(a.mean()) for a in curve.values()],
                         "std": [float(a.std()) for a in curve.values()]}
     k, bound = matching_shots(list(shots), detail["linear_probe"]["mean"], zero_shot)

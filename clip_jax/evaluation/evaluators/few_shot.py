@@ -57,9 +57,9 @@ class FewShot(Evaluator):
 
     def check(self) -> None:
         check_test_classes(self.field, self.train, self.test)
-        if self.train.listed_labels is not None:  # a class short of shots fails before embedding
+        if self.train.listed_labels is not None:  # no shot count possible: before embedding
             few_shot.check_shots(self.train.listed_labels, self.train.class_names,
-                                 max(self.shots))
+                                 min(self.shots))
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         task, c, train, test = self.task, self.classifier, self.train, self.test
