@@ -337,6 +337,12 @@ def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
     overflow = refused(48.15 * gib, 19.4 * 2**20 / 3, 262144, 16, fsdp=2, microbatches=2)
     assert "(of them 32.00 GiB the loss's logits" in overflow
     assert "reshard" not in overflow and "remat" not in overflow
+    # State that alone overflows the chip needs fsdp, however small beside the temporaries
+    # (a trial's ViT-bigG-14 on v5e-8: 28.38 GiB of state, 5488.64 GiB of temporaries; the
+    # advice named remat and micro-batches only).
+    huge = refused(5488.64 * gib, 28.38 * gib / 3, 4096, 8)
+    assert huge.startswith("Per chip it needs 5.36 TiB of temporaries")
+    assert "--config.microbatches=N, --config.mesh.fsdp=N;" in huge
     # Whole parameters matter where they are a tenth of what is needed: named then only.
     big_params = refused(20.0 * gib, 0.5 * gib, 32768, 64, fsdp=8, microbatches=4)
     assert "--config.reshard_microbatches=True" in big_params

@@ -79,14 +79,18 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
     settings the config does not already use: the knobs the search turns (remat, fsdp,
     micro-batches) when it did not run, then the last resorts (a smaller batch, the chunked
     loss, a bigger slice). With the refused plan's `result`, only knobs that shrink a term
-    that matters (`_WORTH` of the bytes needed): remat and micro-batches for the temporaries
+    that matters (`_WORTH` of the bytes needed, or more than the chip's HBM alone): remat and
+    micro-batches for the temporaries
     (activations), fsdp for parameters and optimizer state, the chunked loss first for the
     [rows per chip, batch] f32 logits and their gradient (micro-batches keep the whole batch's
     logits); ViT-B/16 on v5e-64 at batch 32,768 needs 62.3 GiB of temporaries against 1.7 GiB
     of state and 0.1 GiB of logits, and fsdp or the chunked loss did not make it fit."""
     temporaries, state, logits = _memory_terms(config, result)
     needed = temporaries + state
-    worth = lambda term: result is None or term >= _WORTH * needed  # noqa: E731
+    usable = math.inf if result is None else result.hbm_bytes
+    # A term matters when it is a share of the total, or when it alone overflows the chip
+    # (ViT-bigG-14 on v5e-8: 28.38 GiB of state beside 5.36 TiB of temporaries).
+    worth = lambda term: result is None or term >= min(_WORTH * needed, usable)  # noqa: E731
     chunked = (f"--config.loss={_CHUNKED[config.loss]}" if config.loss in _CHUNKED
                and worth(logits) else None)
     last = ["lower the batch size"]
@@ -381,6 +385,9 @@ def _settings(remat: str, mesh: dict, microbatches: int, loss: str, reshard: boo
 
 
 def _gib(x: float) -> str:
+    """Bytes in GiB, MiB below half a GiB, TiB from 1,024 GiB (a plan far past any chip)."""
+    if abs(x) >= 2**40:
+        return f"{x / 2**40:.2f} TiB"
     return f"{x / 2**30:.2f} GiB" if abs(x) >= 2**29 else f"{x / 2**20:.1f} MiB"
 
 
