@@ -917,6 +917,30 @@ def test_logged_rates_leave_out_checkpoint_saves():
         assert record["seconds_per_step"] < 0.2, (step, record)
 
 
+@pytest.mark.parametrize("stop_at, said", [(4, ["Preempted: saved step 4; run the same "
+                                                  "command to resume."]), (6, [])])
+def test_a_preemption_says_resume_only_when_steps_are_left(stop_at, said):
+    """SIGTERM agreed on at the last step printed 'Preempted: saved step 6; run the same
+    command to resume.' and then 'Finished: step 6 of 6' (trial C): at the last step the run
+    is finished, and only that is said."""
+    def step_fn(state, batch):
+        return state, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
+
+    plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
+                         checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
+                         schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
+    writer, saved = _RecordingWriter(), []
+    guard = type("Guard", (), {"should_stop": lambda self, step: step == stop_at,
+                               "reason": "Preempted"})()
+    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+                           data=iter([{}] * 6), writer=writer, guard=guard,
+                           checkpointer=type("Saves", (), {
+                               "save": lambda self, step, *a, **k: saved.append(step)})(),
+                           checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0)
+    train.run_loop(loop, None, 0)
+    assert saved == [stop_at] and writer.lines == said
+
+
 def test_a_loss_back_at_chance_inside_a_logged_window_is_warned_about_once():
     """A fine-tune whose lr is too high falls from its pretrained loss back to ln(batch)
     within the first logged window: the mean logged then never showed the low loss, so each
@@ -984,6 +1008,13 @@ def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["data"]["table"][
         "train_path"] == "b.csv"
     assert sorted(os.listdir(tmp_path)) == ["config.json", "config.until_step_8.json"]
+    # The resumed run's note says what changed (it read "The config changed" alone, trial C).
+    old, new = (json.loads((tmp_path / f).read_text())
+                for f in ("config.until_step_8.json", "config.json"))
+    new["mesh"].update(data=2, fsdp=4)
+    assert train.config_changes(old, new) == (
+        "data.table.train_path 'a.csv' -> 'b.csv', mesh.data -1 -> 2, mesh.fsdp 1 -> 4")
+    assert train.config_changes(old, new, shown=1).endswith("'b.csv' and 2 more")
 
 
 def test_ctrl_c_before_training_says_what_is_kept(tmp_path, monkeypatch, capsys):

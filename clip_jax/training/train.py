@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from clip_jax.errors import ConfigError
@@ -319,6 +320,16 @@ def field_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
                      if old is not None and old != new)
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any], shown: int = 5) -> str:
+    """'mesh.data 8 -> 2, mesh.fsdp 1 -> 4' for the fields (dotted names) whose values differ
+    between two configs as plain dicts: the first `shown` by name, then a count of the rest."""
+    a, b = (traverse_util.flatten_dict(c, sep=".") for c in (old, new))
+    changed = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted({*a, *b})
+               if a.get(k) != b.get(k)]
+    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+    return ", ".join(changed[:shown]) + more
+
+
 def _finished_step(plan: RunPlan, workdir: str) -> int | None:
     """The newest checkpoint's step when it is at or past `total_steps` and it reads back
     exactly (one full read; read-only: a workdir is not touched before the run is known to
@@ -489,8 +500,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         start = int(jax.device_get(state.step))
         kept = write_config(config, workdir, start)
         if kept:
-            writer.log(f"The config changed: the one steps 1-{start} were trained with is kept "
-                       f"as {kept}; config.json is this run's.")
+            with open(kept, encoding="utf-8") as f:
+                changes = config_changes(json.load(f),
+                                         json.loads(config.to_json_best_effort()))
+            writer.log(f"The config changed ({changes}): the one steps 1-{start} were trained "
+                       f"with is kept as {kept}; config.json is this run's.")
         writer.resume(start)
         writer.log(f"Starting the input pipeline at batch {position} ...")
         data = train_pipeline.make_train_iterator(
@@ -778,7 +792,7 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
                 writer.log(evaluate.format_metrics(
                     results, title=f"Evaluation at step {done} ({seconds:.1f}s):"))
                 t_last = time.time()
-            if stop:
+            if stop and done < plan.total_steps:  # at the last step the run is finished
                 writer.log(f"{loop.guard.reason}: saved step {done}; run the same command to "
                            "resume.")
                 break
