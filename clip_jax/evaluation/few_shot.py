@@ -95,6 +95,7 @@ def feasible_shots(train_y: np.ndarray, class_names: Sequence[str], shots: Seque
     those left out and the classes short of the smallest of them (their metrics are None: a
     "k-shot" result drawn from fewer would be mislabelled). ConfigError (`check_shots`) when
     none is left or a class has no training image."""
+    # No shots at all pass here: `few_shot_curve` says what to give.
     check_shots(train_y, class_names, min(shots, default=0))
     counts = class_counts(train_y, len(class_names))
     skipped = [k for k in shots if k > counts.min()]
@@ -255,7 +256,7 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
                                                                 range(num_classes)]
     train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
     test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
-    asked, shots = list(shots), feasible_shots(train_y, names, shots, task) if shots else []
+    asked, shots = list(shots), feasible_shots(train_y, names, shots, task)
     warn_short_validation(train_y, names, shots, task)
     zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
     metrics: dict[str, float | None] = {"zero_shot_top1": zero_shot}

@@ -179,10 +179,10 @@ def _normalised(x: jax.Array, mean: jax.Array, rstd: jax.Array) -> jax.Array:
 
 
 def _layer_norm_forward(x, scale, bias):
-    mean = jnp.mean(x.astype(jnp.float32), axis=-1, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x.astype(jnp.float32) - mean), axis=-1,
-                                  keepdims=True) + 1e-5)
-    y = _normalised(x, mean, rstd)
+    wide = x.astype(jnp.float32)
+    mean = jnp.mean(wide, axis=-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(wide - mean), axis=-1, keepdims=True) + 1e-5)
+    y = _normalised(wide, mean, rstd)
     kept = (y, None) if x.dtype == jnp.float32 else (x, mean)
     return y * scale + bias, (*kept, rstd, scale)
 

@@ -64,16 +64,16 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
         return with_numerics(*_load_pretrained(name_or_config, pretrained), **overrides)
     if _names_weights(name_or_config):
         return with_numerics(*loading.load(os.fspath(name_or_config)), **overrides)
-    if isinstance(name_or_config, str) and not is_preset(name_or_config) and hub.is_repo_id(
-            name_or_config):
-        try:
-            get_preset(name_or_config)
-        except ConfigError as error:  # the architectures listed, and where Hub weights load
-            raise ConfigError(
-                f"{error} If {name_or_config!r} is a Hugging Face Hub repo, load its weights "
-                f"with clip_jax.load({name_or_config!r}) or create_model_and_transforms("
-                f"{name_or_config!r}).") from None
-    return models.create_model(name_or_config, rng, **overrides)
+    try:
+        return models.create_model(name_or_config, rng, **overrides)
+    except ConfigError as error:  # an unknown `org/name`: the architectures, and Hub weights
+        if not (isinstance(name_or_config, str) and not is_preset(name_or_config)
+                and hub.is_repo_id(name_or_config)):
+            raise
+        raise ConfigError(
+            f"{error} If {name_or_config!r} is a Hugging Face Hub repo, load its weights with "
+            f"clip_jax.load({name_or_config!r}) or create_model_and_transforms("
+            f"{name_or_config!r}).") from None
 
 
 def _names_weights(name: Any) -> bool:

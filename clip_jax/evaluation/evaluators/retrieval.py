@@ -35,9 +35,10 @@ def retrieval_task(dataset: str = "", split: str = "", **data: str) -> ml_collec
 LAID_OUT = {"image_folder": "image folder", "wds": "webdataset (class shards)"}
 
 
-def refuse_labelled(dataset: str, given: str) -> None:
-    """ConfigError when `dataset` is a labelled image folder or class-sharded webdataset:
-    retrieval ranks captions, which they lack. `given` says where the user named it."""
+def refuse_labelled(dataset: str, given: str) -> str:
+    """`labelled.source_kind(dataset)` ("table" for a CSV/TSV, "" for a TFDS name); ConfigError
+    when it is a labelled image folder or class-sharded webdataset: retrieval ranks captions,
+    which they lack. `given` says where the user named it."""
     from clip_jax.data import labelled  # TensorFlow: not when a config file imports the tasks
 
     kind = labelled.source_kind(dataset)
@@ -47,6 +48,7 @@ def refuse_labelled(dataset: str, given: str) -> None:
             "class labels, not captions; give a CSV/TSV of image paths and captions or a TFDS "
             "caption dataset (coco_captions), and zero-shot or linear-probe tasks "
             "(--zero-shot / --linear-probe) for the labelled images.")
+    return kind
 
 
 def table_columns(path: str, image_column: str, caption_column: str, options: tuple[str, str]
@@ -109,14 +111,13 @@ class Retrieval(Evaluator):
     make_task = staticmethod(retrieval_task)
 
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
-        from clip_jax.data import labelled
         from clip_jax.data._tf import tf
 
         super().__init__(name, task, passes)
         data = passes.task_data(task)
-        refuse_labelled(data.dataset, f"config.eval.{self.field}: {data.dataset}")
+        kind = refuse_labelled(data.dataset, f"config.eval.{self.field}: {data.dataset}")
         split = task.split or data.eval_split
-        if labelled.source_kind(data.dataset) == "table" and tf.io.gfile.exists(data.dataset):
+        if kind == "table" and tf.io.gfile.exists(data.dataset):
             field = f"config.eval.{self.field}"
             if task.split not in ("", "test"):
                 raise ConfigError(f"{field}: a caption table ({data.dataset}) is one split, "
