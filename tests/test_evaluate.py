@@ -498,9 +498,16 @@ def test_a_config_retrieval_task_reads_its_own_caption_table(data_dir, tmp_path,
         rows += [(f"p {i}.png", f"picture {i} of {n}") for n in range(1 + i % 2)]
     lines = ["words\tnote\tfile"] + [f"{caption}\tx\t{file}" for file, caption in rows]
     (tmp_path / "caps.tsv").write_text("\n".join(lines) + "\n")
+    # The same rows, every field quoted as csv.QUOTE_ALL writes them, header included: its
+    # columns were looked up in the header read unquoted ('"file"').
+    quoted = ['"words"\t"note"\t"file"'] + [f'"{c}"\t"x"\t"{f}"' for f, c in rows]
+    (tmp_path / "quoted.tsv").write_text("\n".join(quoted) + "\n")
     config = small_config(data_dir, evaluators="zero_shot,retrieval")
-    config.eval.retrieval = {"caps": evaluators.retrieval_task(
-        str(tmp_path / "caps.tsv"), image_key="file", caption_key="words")}
+    config.eval.retrieval = {
+        "caps": evaluators.retrieval_task(str(tmp_path / "caps.tsv"), image_key="file",
+                                          caption_key="words"),
+        "quoted": evaluators.retrieval_task(str(tmp_path / "quoted.tsv"), image_key="file",
+                                            caption_key="words", quoting="csv")}
     metrics, evaluation = evaluate.evaluate_model(config, module, variables)
 
     files = list(dict.fromkeys(file for file, _ in rows))
@@ -509,9 +516,10 @@ def test_a_config_retrieval_task_reads_its_own_caption_table(data_dir, tmp_path,
     text_emb = reference_embeddings(module, variables, tokens=tokenize(
         [caption for _, caption in rows], module.config.context_length))
     want = retrieval_metrics(image_emb, text_emb, np.array([files.index(f) for f, _ in rows]))
-    assert evaluation.sizes["retrieval/caps"] == {"images": 6, "texts": 9}
-    for name, value in want.items():
-        assert metrics[f"retrieval/caps/{name}"] == pytest.approx(value, abs=1e-6), name
+    for task in ("caps", "quoted"):
+        assert evaluation.sizes[f"retrieval/{task}"] == {"images": 6, "texts": 9}
+        for name, value in want.items():
+            assert metrics[f"retrieval/{task}/{name}"] == pytest.approx(value, abs=1e-6), name
     assert "zero_shot/heldout/top1" in metrics
     for task, problem in [
             (dict(caption_key="caption"), r"caption column 'caption' is not in .*caps.tsv "

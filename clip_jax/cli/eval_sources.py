@@ -280,7 +280,8 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = ""
     if spec.lower().endswith((".csv", ".tsv")):
         name, split = os.path.abspath(spec), ""
         image_key, caption_key = retrieval.table_columns(spec, image_key, caption_key,
-                                                         ("--image-key", "--caption-key"))
+                                                         ("--image-key", "--caption-key"),
+                                                         quoting)
     else:
         name, split = _source(spec, data_dir=config.data.data_dir)
     config.eval.retrieval[naming.source_name(spec)] = evaluate.retrieval_task(

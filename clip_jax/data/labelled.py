@@ -294,9 +294,10 @@ _REQUOTE_FIX = ("save it without quotes (pandas: to_csv(sep='\\t', quoting=csv.Q
                 "as a .csv")
 
 
-def _read_table_file(path: str) -> tuple[tables.Table, bytes]:
+def _read_table_file(path: str, quoting: str = "auto") -> tuple[tables.Table, bytes]:
     """A .csv / .tsv (by extension) in the dialect the image_text_table builder reads it with
-    (`TableOptions.dialect`, `clip_jax_data.tables`): a .csv's quoted fields as pandas reads
+    (`TableOptions.dialect`, `clip_jax_data.tables`; `quoting` as `data.table.quoting`, for a
+    caption table read another way): a .csv's quoted fields as pandas reads
     them; a .tsv without quote processing, every line one record, since a free-text column
     may start with an unbalanced `"`, which quoting would run on over the following rows,
     merging them into one. BOM, CRLF, blank lines skipped; each record keeps its physical
@@ -308,7 +309,7 @@ def _read_table_file(path: str) -> tuple[tables.Table, bytes]:
         raise MissingFileError(f"No table at {path!r}.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
-    delimiter, quoting = TableOptions().dialect(path)
+    delimiter, quoting = TableOptions(quoting=quoting).dialect(path)
     try:
         return tables.read_table(data, delimiter=delimiter, quoting=quoting, name=path,
                                  unquoted_option=""), data  # labelled tables are read one way
@@ -319,10 +320,11 @@ def _read_table_file(path: str) -> tuple[tables.Table, bytes]:
                           "image.") from error
 
 
-def table_columns(path: str) -> list[str]:
+def table_columns(path: str, quoting: str = "auto") -> list[str]:
     """The header of a .csv / .tsv, as `read_table` and the image_text_table builder read it
-    (`TableOptions.dialect`: a TSV unquoted, its captions may start with `"`)."""
-    return list(_read_table_file(path)[0].header)
+    (`TableOptions.dialect`: by default a TSV unquoted, its captions may start with `"`; a
+    caption table's `quoting` otherwise)."""
+    return list(_read_table_file(path, quoting)[0].header)
 
 
 def read_table(path: str, image_column: str = "", label_column: str = "",
@@ -339,7 +341,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     label are skipped and named, as rows whose image is missing.
     """
     table, data = _read_table_file(path)
-    delimiter, quoting = TableOptions().dialect(path)
+    delimiter, quoting = TableOptions(quoting=quoting).dialect(path)
     quoting_hint = tables.csv_quoting_hint(data, table, delimiter=delimiter, quoting=quoting,
                                            name=path, fix=_REQUOTE_FIX)
     if quoting_hint:

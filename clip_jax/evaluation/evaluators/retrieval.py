@@ -51,15 +51,15 @@ def refuse_labelled(dataset: str, given: str) -> str:
     return kind
 
 
-def table_columns(path: str, image_column: str, caption_column: str, options: tuple[str, str]
-                  ) -> tuple[str, str]:
-    """The image and caption columns of the caption table `path`: the ones given, else the
-    first known header (`IMAGE_COLUMNS`, `CAPTION_COLUMNS`: open_clip's filepath / title
-    first). ConfigError naming the columns found and `options` (the image's and the
-    caption's field or flag) to set."""
+def table_columns(path: str, image_column: str, caption_column: str, options: tuple[str, str],
+                  quoting: str = "auto") -> tuple[str, str]:
+    """The image and caption columns of the caption table `path`, its header read with
+    `quoting`: the ones given, else the first known header (`IMAGE_COLUMNS`,
+    `CAPTION_COLUMNS`: open_clip's filepath / title first). ConfigError naming the columns
+    found and `options` (the image's and the caption's field or flag) to set."""
     from clip_jax.data import labelled
 
-    columns = labelled.table_columns(path)
+    columns = labelled.table_columns(path, quoting)
     return (labelled.pick_column(columns, image_column, IMAGE_COLUMNS, "image", path,
                                  options[0]),
             labelled.pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path,
@@ -79,7 +79,8 @@ def caption_table(data: ml_collections.ConfigDict, path: str, image_column: str 
     if quoting not in TABLE_QUOTING:
         raise ConfigError(f"quoting={quoting!r} for {path}: use one of {TABLE_QUOTING} (auto: "
                           "none for tab-separated, csv otherwise).")
-    image_column, caption_column = table_columns(path, image_column, caption_column, options)
+    image_column, caption_column = table_columns(path, image_column, caption_column, options,
+                                                 quoting)
     defaults = default_config()
     table = defaults.table
     table.update(name=table_dataset_name(path, quoting), test_path=os.path.abspath(path),
