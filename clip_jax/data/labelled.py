@@ -341,7 +341,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     label are skipped and named, as rows whose image is missing.
     """
     table, data = _read_table_file(path)
-    delimiter, quoting = TableOptions(quoting=quoting).dialect(path)
+    delimiter, quoting = TableOptions().dialect(path)
     quoting_hint = tables.csv_quoting_hint(data, table, delimiter=delimiter, quoting=quoting,
                                            name=path, fix=_REQUOTE_FIX)
     if quoting_hint:
