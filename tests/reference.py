@@ -23,16 +23,22 @@ HIDDEN_HEADS_ARCH = {
                  "layers": 1}}
 
 
-def open_clip_model(config: CLIPConfig, seed: int = 0) -> open_clip.model.CLIP:
-    """open_clip's CLIP with the same architecture, random weights and non-trivial BN state."""
+def open_clip_model_cfg(config: CLIPConfig) -> dict:
+    """open_clip's model config of a ViT or ResNet CLIP, as its `model_configs/*.json` write it
+    (written out here field by field, not by clip_jax's exporter)."""
     v, t = config.vision, config.text
     vision = dict(image_size=v.image_size, layers=v.layers, width=v.width,
                   patch_size=v.patch_size, head_width=v.head_width, mlp_ratio=v.mlp_ratio)
     text = dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
                 heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio)
+    return dict(embed_dim=config.embed_dim, quick_gelu=config.activation == "quick_gelu",
+                vision_cfg=vision, text_cfg=text)
+
+
+def open_clip_model(config: CLIPConfig, seed: int = 0) -> open_clip.model.CLIP:
+    """open_clip's CLIP with the same architecture, random weights and non-trivial BN state."""
     torch.manual_seed(seed)
-    model = open_clip.model.CLIP(config.embed_dim, vision, text,
-                                 quick_gelu=config.activation == "quick_gelu").eval()
+    model = open_clip.model.CLIP(**open_clip_model_cfg(config)).eval()
     with torch.no_grad():  # random BatchNorm statistics and affine params, not the identity
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -226,6 +226,46 @@ def test_a_config_with_a_pretrained_file_loads_that_file(tmp_path, as_dict):
         clip_jax.create_model(given, pretrained="openai")
 
 
+def test_an_open_clip_model_config_is_an_architecture(tmp_path):
+    """An open_clip model config (`model_configs/*.json`, how a custom open_clip architecture
+    is written down) was refused by create_model as "a text file, not a checkpoint ... pass the
+    folder", as a dict with "Unknown model config field(s)", and with pretrained= as "Unknown
+    model"; get_tokenizer of a bare weights file whose head count is not in it asked for a
+    model= it does not take. open_clip's model of that config is the reference."""
+    import json
+    import torch
+    from reference import open_clip_model, open_clip_model_cfg
+    config = get_preset("test-vit", activation="gelu").replace(
+        vision={"width": 48, "head_width": 16}, text={"context_length": 12})
+    ref = open_clip_model(config)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "weights").mkdir()
+    arch = tmp_path / "configs" / "my-arch.json"
+    arch.write_text(json.dumps(open_clip_model_cfg(config)))
+    weights = tmp_path / "weights" / "bare.pt"
+    torch.save(ref.state_dict(), weights)
+    for given in (arch, str(arch), open_clip_model_cfg(config)):
+        assert clip_jax.create_model(given)[0].config == config
+        assert clip_jax.create_model_and_transforms(given)[0].config == config
+    images, tokens = random_inputs(config, batch=2)
+    r_img, r_txt, _ = open_clip_outputs(ref, images, tokens)
+    for module, variables in (clip_jax.create_model(str(arch), pretrained=weights),
+                              clip_jax.create_model_and_transforms(arch, weights)[:2]):
+        img, txt, _ = module.apply(variables, images, tokens)
+        np.testing.assert_allclose(img, r_img, atol=1e-5)
+        np.testing.assert_allclose(txt, r_txt, atol=1e-5)
+    with pytest.raises(ConfigError, match="head count"):  # the weights alone do not say it
+        clip_jax.load(weights)
+    texts = ["a photo of a cat", "an é and a 猫 " * 5]
+    np.testing.assert_array_equal(clip_jax.get_tokenizer(weights)(texts), open_clip.get_tokenizer(
+        "ViT-B-32", context_length=12)(texts).numpy())
+    # A config beside weights files is a model folder's: its weights, not a random init.
+    beside = tmp_path / "weights" / "open_clip_config.json"
+    beside.write_text(arch.read_text())
+    with pytest.raises(ConfigError, match="pass the folder"):
+        clip_jax.create_model(beside)
+
+
 def test_every_public_name_resolves_to_its_definition():
     """The names README uses at the top level (`clip_jax.ZeroShotClassifier` beside
     `clip_jax.Encoder` and `clip_jax.search` was missing) resolve, each to the object its

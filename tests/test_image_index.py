@@ -623,7 +623,7 @@ def test_single_inputs_paths_overlaps_and_unreadable_queries(folder, model, tmp_
     np.testing.assert_allclose(encoder.embed_images(pathlib.Path(one)), encoder.embed_images([one]))
     with pytest.raises(ValueError, match="trunc.jpg.*truncated"):
         encoder.embed_images([one, str(folder / "trunc.jpg")])
-    with pytest.raises(ValueError, match="absent.png': no such file"):
+    with pytest.raises(FileNotFoundError, match="No image file at '.*absent.png'"):
         encoder.embed_images(str(folder / "absent.png"))
     with pytest.raises(ValueError, match="b': a folder, not an image file"):  # was: no such file
         encoder.embed_images(str(folder / "b"))

@@ -234,3 +234,28 @@ def test_an_encoder_batch_size_below_one_is_refused(encoder, batch_size):
         Encoder(encoder.module, encoder.variables, batch_size=batch_size)
     assert Encoder(encoder.module, encoder.variables, batch_size=np.int64(2)).embed_texts(
         ["a", "b", "c"]).shape == (3, encoder.module.config.embed_dim)
+
+
+def test_bad_image_files_raise_the_same_errors_through_preprocess_and_encoder(tmp_path, encoder):
+    """`Encoder.embed_images` raised ConfigError for a file `preprocess` raised an OSError for,
+    so `except OSError` skipped a bad file in one and crashed in the other; a folder given as
+    an image said "[Errno 21] Is a directory". The built-in error types are the reference: a
+    missing path is a FileNotFoundError, a folder or an undecodable file an OSError, each also
+    a ConfigError (one line at the command line) naming the path."""
+    good = tmp_path / "good.png"
+    Image.fromarray(pixels(40, 30, 3)).save(good)
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    (tmp_path / "not_image.jpg").write_text("hello")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "folder.jpg").mkdir()
+    cases = {"missing.jpg": FileNotFoundError, "folder.jpg": OSError, "cut.png": OSError,
+             "not_image.jpg": OSError, "empty.jpg": OSError}
+    for name, expected in cases.items():
+        path = str(tmp_path / name)
+        for read in (lambda: preprocess(path, CONFIG), lambda: encoder.embed_images([good, path])):
+            with pytest.raises(expected, match=re.escape(path)) as raised:
+                read()
+            assert name == "not_image.jpg" or isinstance(raised.value, ConfigError), name
+    with pytest.raises(OSError, match="a folder, not an image file"):
+        preprocess(tmp_path / "folder.jpg", CONFIG)

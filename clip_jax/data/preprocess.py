@@ -41,7 +41,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.errors import ConfigError, MissingFileError, UnreadableImageError
 from clip_jax.models.config import CLIPConfig, normalization_constants
 from clip_jax.models.presets import get_preset
 
@@ -223,15 +223,6 @@ def exif_transposed(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-class UnreadableImageError(OSError):
-    """An image file PIL opens but cannot decode (cut off, damaged): the message names the
-    file, `reason` is PIL's own words."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path!r}: {reason}")
-        self.reason = reason
-
-
 def _uint8_hint(dtype: np.dtype) -> str:
     """How to turn pixels of `dtype` into uint8 0..255: floats are often in [0, 1], where a
     plain clip-and-cast would give a nearly black image."""
@@ -259,7 +250,9 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
             raise MissingFileError(f"No image file at {os.fspath(image)!r}.")
-        if os.path.isfile(image) and os.path.getsize(image) == 0:  # as the folder readers say
+        if os.path.isdir(image):
+            raise UnreadableImageError(os.fspath(image), "a folder, not an image file")
+        if os.path.getsize(image) == 0:  # as the folder readers say
             raise UnreadableImageError(os.fspath(image), "empty file (0 bytes)")
         try:
             with Image.open(image) as opened:
@@ -427,8 +420,9 @@ def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str
     TypeError for a `config` that is neither,
     ValueError for a bad `alpha` and `image_list`'s errors before reading any image;
     then, per image, MissingFileError for a path with no file, PIL's UnidentifiedImageError
-    for a file that is not an image, OSError naming the file for one that is empty or cannot
-    be decoded (truncated), PIL's DecompressionBombError for one over twice
+    for a file that is not an image, `clip_jax.errors.UnreadableImageError` (an OSError)
+    naming the file for a folder or a file that is empty or cannot be decoded (truncated),
+    PIL's DecompressionBombError for one over twice
     `PIL.Image.MAX_IMAGE_PIXELS` (raise that limit for trusted huge scans), TypeError for an
     array that is not uint8 and ValueError for an image with no pixels (zero height or
     width).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 
 from clip_jax import models
-from clip_jax.convert import hf_import, open_clip_import
+from clip_jax.convert import hf_import, hf_keys, open_clip_import, openai
 from clip_jax.convert.hf_export import export_hf
 from clip_jax.convert.hf_tokenizer import load_tokenizer
 from clip_jax.convert.open_clip_export import export_open_clip
@@ -30,6 +31,10 @@ from clip_jax.models.config import CLIPConfig
 from clip_jax.models.presets import PRESETS, get_preset, is_preset
 from clip_jax.pretrained import load as loading
 from clip_jax.pretrained import registry as hub
+
+
+# The files a model folder keeps its weights in (safetensors, PyTorch, numpy).
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
 
 
 def list_models() -> list[str]:
@@ -47,7 +52,11 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     compilation; traceable under `jax.eval_shape`). With `pretrained` (a tag from
     `clip_jax.list_pretrained()` or a weights file) the released weights, as
     `clip_jax.load(name, pretrained)` gives them; a config (not a name) then pins the
-    architecture of a weights file, and a tag needs a name. `overrides` then may only change
+    architecture of a weights file, and a tag needs a name. A config is a `CLIPConfig` or its
+    dict, or any model config `clip_jax.load(model=...)` reads (`loading.model_config`):
+    open_clip's (a `model_configs/*.json` file or its dict, how a custom open_clip architecture
+    is written down) or transformers' (a `config.json`, its dict or the object). `overrides`
+    then may only change
     numerics (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError.
     Parameters are stored in `param_dtype` (float32 unless overridden).
 
@@ -62,6 +71,9 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     """
     if pretrained is not None:
         return with_numerics(*_load_pretrained(name_or_config, pretrained), **overrides)
+    config = _architecture(name_or_config)
+    if config is not None:
+        return models.create_model(config, rng, **overrides)
     if _names_weights(name_or_config):
         return with_numerics(*loading.load(os.fspath(name_or_config)), **overrides)
     try:
@@ -74,6 +86,30 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
             f"{error} If {name_or_config!r} is a Hugging Face Hub repo, load its weights with "
             f"clip_jax.load({name_or_config!r}) or create_model_and_transforms("
             f"{name_or_config!r}).") from None
+
+
+def _architecture(spec: Any) -> CLIPConfig | None:
+    """The CLIPConfig of an architecture given by a config rather than a preset name: a
+    `CLIPConfig`, a dict (ours, open_clip's or transformers'), a transformers config object, or
+    a model config `.json` file (open_clip's or transformers'); None for anything else (preset
+    names, weights, and a `.json` beside weights files: the config of a model folder, which
+    `clip_jax.load` then asks for as the folder rather than giving random weights silently).
+    Raises what `loading.model_config` raises for a config it cannot build."""
+    if isinstance(spec, CLIPConfig):
+        return spec
+    is_json = isinstance(spec, (str, os.PathLike)) and os.fspath(spec).endswith(".json")
+    if is_json and _beside_weights(os.fspath(spec)):
+        return None
+    if is_json or isinstance(spec, Mapping) or callable(getattr(spec, "to_dict", None)):
+        return loading.model_config(spec)
+    return None
+
+
+def _beside_weights(path: str) -> bool:
+    """Whether the folder of `path` holds a weights file (`WEIGHTS_SUFFIXES`)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.isdir(folder) and any(name.endswith(WEIGHTS_SUFFIXES)
+                                         for name in os.listdir(folder))
 
 
 def _names_weights(name: Any) -> bool:
@@ -92,14 +128,15 @@ def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os
                      ) -> tuple[CLIP, dict[str, Any]]:
     """`clip_jax.load` of `pretrained` for an architecture given by name, or by a config (which
     then pins the architecture of a weights file; a released tag needs a name)."""
-    if not isinstance(architecture, (CLIPConfig, dict)):
+    config = _architecture(architecture)
+    if config is None:
         return loading.load(architecture, pretrained)
     if not os.path.isfile(pretrained):
         raise ConfigError(f"pretrained={os.fspath(pretrained)!r} with a model config must be a "
                           "weights file; released weights are named with their architecture: "
                           "create_model('ViT-B-32', pretrained='openai') "
                           "(clip_jax.list_pretrained()).")
-    return loading.load(os.fspath(pretrained), model=architecture)
+    return loading.load(os.fspath(pretrained), model=config)
 
 
 def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | dict,
@@ -110,19 +147,21 @@ def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | d
     `clip_jax.data.preprocess` for this model (resize shortest side, centre crop, the model's mean
     and std): float32 `[N, size, size, 3]`.
 
-    A preset name, `CLIPConfig` or config dict without `pretrained` gives a random init
-    (`create_model`); with it, or with a path or Hub id, the weights `clip_jax.load` finds.
+    A preset name or a config (`CLIPConfig`, a dict, or open_clip's or transformers' model config
+    as `create_model` takes it) without `pretrained` gives a random init (`create_model`); with
+    it, or with a path or Hub id, the weights `clip_jax.load` finds.
     Raises what `create_model` or `clip_jax.load` raise: MissingFileError (a FileNotFoundError)
     when nothing is there, ConfigError for files or arguments that contradict each other.
     """
-    is_architecture = isinstance(name_or_path, (CLIPConfig, dict)) or is_preset(name_or_path)
-    if is_architecture and pretrained is None:
-        module, variables = models.create_model(name_or_path, **overrides)
-    elif is_architecture:
-        module, variables = with_numerics(*_load_pretrained(name_or_path, pretrained),
-                                          **overrides)
-    else:
+    config = _architecture(name_or_path)
+    architecture = name_or_path if config is None else config
+    if config is None and not is_preset(name_or_path):
         module, variables = with_numerics(*loading.load(name_or_path, pretrained), **overrides)
+    elif pretrained is None:
+        module, variables = models.create_model(architecture, **overrides)
+    else:
+        module, variables = with_numerics(*_load_pretrained(architecture, pretrained),
+                                          **overrides)
     return module, variables, functools.partial(preprocess, config=module.config)
 
 
@@ -133,20 +172,22 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
     own vocabulary when it has one (a transformers directory or Hub repo); OpenAI's otherwise.
 
     Accepts a module, a config, a preset or released name (`"ViT-B-32"`, `"ViT-B-32:openai"`),
-    a local model directory or file, or a Hub repo id. Raises MissingFileError when the name
-    or path names nothing, ConfigError when the model's own vocabulary is larger than its
-    token embedding table.
+    a local model directory, weights file or model config `.json`, or a Hub repo id. A bare
+    weights file needs only its text tower's embedding tables (the context length and the
+    vocabulary size are their rows), not an architecture `clip_jax.load` could infer. Raises
+    MissingFileError when the name or path names nothing, ConfigError when the model's own
+    vocabulary is larger than its token embedding table or a weights file has no text tower.
     """
     tokenizer: Tokenizer | None = None
     if isinstance(model_or_config, CLIP):
-        config = model_or_config.config
-    elif isinstance(model_or_config, CLIPConfig):
-        config = model_or_config
+        model_or_config = model_or_config.config
+    if isinstance(model_or_config, CLIPConfig):
+        context_length, vocab_size = _text_shape(model_or_config)
     else:
         spec = os.fspath(model_or_config)
-        config = _config(spec, revision, token)
+        context_length, vocab_size = _named_text_shape(spec, revision, token)
         tokenizer = own_vocabulary(spec, revision=revision, token=token)
-    return _bind(tokenizer or default_tokenizer(), config)
+    return _bind(tokenizer or default_tokenizer(), context_length, vocab_size)
 
 
 def load_with_tokenizer(source: str | os.PathLike, **load_options: Any
@@ -191,44 +232,69 @@ def tokenizer_for(vocabulary: Tokenizer | None, config: CLIPConfig) -> TextToken
     if vocabulary is None:
         openai_for(config.text.vocab_size, config.context_length)
         return None
-    return _bind(vocabulary, config)
+    return _bind(vocabulary, *_text_shape(config))
 
 
-def _bind(tokenizer: Tokenizer, config: CLIPConfig) -> TextTokenizer:
+def _bind(tokenizer: Tokenizer, context_length: int, vocab_size: int) -> TextTokenizer:
     """`tokenizer` at the model's context length; ConfigError when its vocabulary is larger
     than the model's token embedding table, or numbers its end-of-text token below another
     (the text tower reads each text at argmax(token ids), which must be that token)."""
-    if tokenizer.vocab_size > config.text.vocab_size:
+    if tokenizer.vocab_size > vocab_size:
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model "
-                          f"{config.text.vocab_size} embeddings; pass the model's own tokenizer "
+                          f"{vocab_size} embeddings; pass the model's own tokenizer "
                           "directory.")
     if tokenizer.eot_token_id != tokenizer.vocab_size - 1:
         raise ConfigError(f"The tokenizer's end-of-text token has id {tokenizer.eot_token_id}, "
                           f"not its largest ({tokenizer.vocab_size - 1}): a CLIP text tower "
                           "reads each text at its largest token id, so this vocabulary cannot "
                           "be used with it.")
-    return functools.partial(tokenizer, context_length=config.context_length)
+    return functools.partial(tokenizer, context_length=context_length)
 
 
-def _config(spec: str, revision: str | None, token: str | bool | None) -> CLIPConfig:
-    """The architecture `spec` names, read without its weights where its files say it."""
+def _text_shape(config: CLIPConfig) -> tuple[int, int]:
+    """`(context_length, vocab_size)`: all a tokenizer needs of a model."""
+    return config.context_length, config.text.vocab_size
+
+
+def _named_text_shape(spec: str, revision: str | None, token: str | bool | None
+                      ) -> tuple[int, int]:
+    """`_text_shape` of the model `spec` names, read without its weights where its files say
+    its architecture, and from the embedding tables alone of a bare weights file."""
     named = hub.split_name(spec)
     if named is not None:
-        return get_preset(hub.lookup(*named)[0])
+        return _text_shape(get_preset(hub.lookup(*named)[0]))
     if is_preset(spec):
-        return get_preset(spec)
+        return _text_shape(get_preset(spec))
     if os.path.exists(spec):
         directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
         if hf_import.is_hf_directory(directory):
-            return hf_import.read_config(directory)
+            return _text_shape(hf_import.read_config(directory))
         if open_clip_import.is_open_clip_directory(directory):
-            return open_clip_import.read_config(directory)
-        return loading.load(spec)[0].config
+            return _text_shape(open_clip_import.read_config(directory))
+        if spec.endswith(".json"):
+            return _text_shape(loading.model_config(spec))
+        if os.path.isfile(spec):
+            return _tensors_text_shape(spec)
+        return _text_shape(loading.load(spec)[0].config)
     if hub.is_repo_id(spec):
         kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
-        return (hf_import.read_config(directory) if kind == "transformers"
-                else open_clip_import.read_config(directory))
+        return _text_shape(hf_import.read_config(directory) if kind == "transformers"
+                           else open_clip_import.read_config(directory))
     raise MissingFileError(loading.not_found(spec))
+
+
+def _tensors_text_shape(path: str) -> tuple[int, int]:
+    """`_text_shape` of a weights file: the rows of its positional and token embedding tables
+    (OpenAI's / open_clip's names or transformers')."""
+    state = openai.read_state_dict(path)
+    rows = []
+    for key in ("positional_embedding", "token_embedding.weight"):
+        found = next((state[k] for k in (key, hf_keys.hf_key(key)) if k in state), None)
+        if found is None:
+            raise ConfigError(f"{path!r} has no {key} (nor transformers' "
+                              f"{hf_keys.hf_key(key)}): no CLIP text tower to tokenize for.")
+        rows.append(int(found.shape[0]))
+    return rows[0], rows[1]
 
 
 def save(module: CLIP, variables: dict[str, Any], directory: str | os.PathLike, *,
