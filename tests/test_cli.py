@@ -232,7 +232,7 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
             assert record[f"retrieval/captions/{name}"] == pytest.approx(value, abs=1e-6), name
         row = next(line for line in out.splitlines() if "| retrieval | captions | i2t_r1 |" in line)
         assert row.endswith(f"| test | {images_kept} |  |  |")  # no classes (it said 0)
-    built = sorted((data_dir / "image_text_table").glob("captions_*/1.1.0"))
+    built = sorted((data_dir / "image_text_table").glob("captions_*/1.2.0"))
     assert len(built) == 2
     options = json.loads((built[0] / "build_options.json").read_text())["table"]
     assert (options["train_path"], options["validation_path"]) == ("", "")

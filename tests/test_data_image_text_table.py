@@ -262,7 +262,7 @@ def test_a_killed_builds_leftover_folder_is_named(inputs, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         sources.prepare(config)
     assert sources.interrupted_builds(data_dir) == [left]  # not the finished build's own
-    assert (f"1 folder(s) left by interrupted builds of image_text_table/killed/1.1.0 are not "
+    assert (f"1 folder(s) left by interrupted builds of image_text_table/killed/1.2.0 are not "
             f"reused and take disk space: {left}; delete them") in caplog.text
 
 
@@ -521,7 +521,7 @@ def test_tables_from_the_issue(inputs, tmp_path):
                                          r"quoted field that is never closed"):
         sources.prepare(table_config(root, str(tmp_path), name="csv",
                                 train_path=os.path.join(root, "open.csv")))
-    assert not os.path.exists(os.path.join(str(tmp_path), "image_text_table", "csv", "1.1.0",
+    assert not os.path.exists(os.path.join(str(tmp_path), "image_text_table", "csv", "1.2.0",
                                            "bad_records.json"))
 
 
@@ -817,3 +817,46 @@ def test_stored_captions_tokenize_as_open_clip_tokenizes_the_raw_ones():
     for empty in ("", " \x00 ", "\u3000\n", "\x00"):
         with pytest.raises(records.BadRecord, match="empty caption"):
             records.clean_caption(empty, options)
+
+
+def _stored_labels(builder) -> dict[str, int]:
+    source = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
+    return {source[i]["key"].decode(): int(source[i]["label"]) for i in range(len(source))}
+
+
+@pytest.mark.parametrize("names,cells", [
+    (["zéro", "one, uno", "3", "四", "Six"], ["3", "zéro", "四", "3", "Six", "one, uno", "3"]),
+    (["1", "2", "3", "4", "5"], ["1", "5", "2", "3", "4", "1", "2"]),  # classes named 1..5
+    (["7", "cat", "10"], ["10", "7", "cat", "10", "7", "cat", "7"]),
+])
+def test_a_class_named_by_a_number_keeps_its_label(inputs, tmp_path, names, cells):
+    """Trial E: a class named "3" among named classes was stored as index 3 (another class),
+    without a word, given class_names or not; classes named 1..5 were shifted by one. The
+    column is read as a whole: a label that is a given class name is that class. The reference
+    is pandas' reading of the table as text and its categorical codes in the file's order."""
+    root, _ = inputs
+    pd.DataFrame({"filepath": [f"images/{n}" for n in GOOD[:len(cells)]],
+                  "title": "a photo", "label": cells}).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    table = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
+    expected = dict(zip(table.filepath, pd.Categorical(table.label, categories=names).codes))
+    config = table_config(root, str(tmp_path / "tfds"), name="numbered",
+                          train_path=str(tmp_path / "t.csv"), image_root=root,
+                          label_column="label", class_names=str(tmp_path / "names.txt"))
+    assert _stored_labels(sources.prepare(config)) == {k: int(v) for k, v in expected.items()}
+    if not all(cell.isdigit() for cell in cells):  # without names, the column is ambiguous
+        config.table.update(name="numbered_unnamed", class_names="")
+        with pytest.raises(ConfigError, match=r"mixes class names .* with numbers"):
+            sources.prepare(config)
+
+
+def test_a_missing_class_names_file_is_refused_before_the_build(inputs, tmp_path):
+    """Trial E: `class_names=/tmp/nonexist.txt` was read as a list of one name, and every
+    record skipped as unknown_label by a build that then failed."""
+    root, _ = inputs
+    config = table_config(root, str(tmp_path / "tfds"), name="nonames", label_column="title",
+                          class_names=str(tmp_path / "names.txt"))
+    with pytest.raises(FileNotFoundError, match=r"data.table.class_names=.*names.txt': no such "
+                                                r"file; give the file of class names"):
+        sources.prepare(config)
+    assert not (tmp_path / "tfds").exists()

@@ -875,3 +875,26 @@ def test_file_names_that_are_not_utf8_read_and_such_class_names_are_refused(tmp_
     with pytest.raises(ConfigError, match=r"^Class folder b'caf\\xe9' in .* is not named in "
                                           r"UTF-8 .*: rename it"):
         labelled_data.read(str(root))
+
+
+def test_classes_named_by_numbers_are_read_as_their_names(folder, tmp_path):
+    """Labels that are all integers were always indices, so classes named "1".."5" (given,
+    or in a classnames.txt beside the table) were read shifted by one: "5" out of range, "1"
+    the second class. Every label being a given name as written, they are names; pandas'
+    categorical codes in the names' order are the reference."""
+    src = labelled_data.read(str(folder), "test")
+    rel = [os.path.relpath(f, tmp_path) for f in src.files]
+    names = ["1", "2", "3", "4", "5"]
+    cells = [names[i % len(names)] for i in range(len(rel))]
+    pd.DataFrame({"filepath": rel, "label": cells}).to_csv(tmp_path / "t.csv", index=False)
+    table = pd.read_csv(tmp_path / "t.csv", dtype=str)
+    expected = pd.Categorical(table.label, categories=names).codes
+    got = labelled_data.read(str(tmp_path / "t.csv"), class_names=names)
+    np.testing.assert_array_equal(got.labels, expected)
+    (tmp_path / "classnames.txt").write_text("\n".join(names) + "\n")
+    np.testing.assert_array_equal(labelled_data.read(str(tmp_path / "t.csv")).labels, expected)
+    # Indices 0..4 with the same names stay indices: not every label is a name.
+    indexed = [str(i % len(names)) for i in range(len(rel))]
+    pd.DataFrame({"filepath": rel, "label": indexed}).to_csv(tmp_path / "t.csv", index=False)
+    np.testing.assert_array_equal(labelled_data.read(str(tmp_path / "t.csv")).labels,
+                                  [int(i) for i in indexed])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from clip_jax.data import text_lists
 from clip_jax.errors import ConfigError, MissingFileError
 
 
@@ -61,20 +62,11 @@ def alpha_mode(text: str) -> str:
     return text
 
 
-# Endings that make a flag's value a file name rather than a label or a template set's name.
-LIST_FILE_EXTENSIONS = (".txt", ".csv", ".tsv")
-
-
 def check_list_file(spec: str, flag: str) -> None:
     """MissingFileError when a flag that takes a file or inline text (`--labels`,
-    `--templates`) is given what looks like a file (`LIST_FILE_EXTENSIONS`, or a path
-    separator and no comma) that is not there: read as inline text, `mylabels.txt` was
-    "1 class(es) ... needs at least 2" and `my_templates.txt` an "Unknown template set"."""
-    separators = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
-    looks_like_file = (spec.lower().endswith(LIST_FILE_EXTENSIONS)
-                       or (any(sep in spec for sep in separators) and "," not in spec))
-    if looks_like_file and "{" not in spec and not os.path.isfile(spec):  # '{}': a template
-        what = "is a folder" if os.path.isdir(spec) else "no such file"
+    `--templates`) names a file that is not there (`text_lists.missing_list_file`)."""
+    what = text_lists.missing_list_file(spec)
+    if what:
         raise MissingFileError(f"{flag} {spec!r}: {what}; check the path (one entry per "
                                "line), or give the entries inline.")
 

@@ -332,7 +332,8 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     """A CSV/TSV of image paths and labels; see the module docstring.
 
     Labels that are all integers are class indices, named by `class_names` (else a
-    `classnames.txt` beside the table, else the indices themselves: `indexed`); otherwise
+    `classnames.txt` beside the table, else the indices themselves: `indexed`), unless every
+    one is one of those names as written (classes named by numbers); otherwise
     they are class names, mapped to the given names' order, or, without given names, to their
     sorted order. The names are needed here, not after reading, because they decide the labels.
     Raises ConfigError naming the line (the file's physical line) of the first bad row: more
@@ -379,7 +380,10 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         if tf.io.gfile.exists(beside):
             class_names, names_from = read_entries(beside), f"in {beside}"
     indices = [_index(y) for y in raw]
-    indexed = None not in indices
+    # Integers are indices unless every label is a given class name as written (classes
+    # named "1".."10", or "3" among words): those are names, not a shifted index.
+    indexed = None not in indices and not (class_names is not None
+                                           and set(raw) <= set(class_names))
     numbers = [i for i, k in enumerate(indices) if k is not None]
     if numbers and not indexed and class_names is None:
         word = indices.index(None)

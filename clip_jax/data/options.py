@@ -18,7 +18,8 @@ from typing import Any
 import ml_collections
 
 from clip_jax.data.preprocess import background_colour
-from clip_jax.errors import ConfigError
+from clip_jax.data import text_lists
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax_data.options import CAPTION_COLUMNS, IMAGE_COLUMNS  # noqa: F401 (re-exported)
 from clip_jax_data.options import CleanOptions, SyntheticOptions, TableOptions, WebdatasetOptions
 
@@ -211,6 +212,10 @@ def _check(c: ml_collections.ConfigDict) -> None:
     for ok, field, fix in checks:
         if not ok:
             raise ConfigError(f"Invalid {field}={_get(c, field)!r}; use {fix}.")
+    names = c.table.class_names if c.dataset == "image_text_table" else ""
+    if names and (why := text_lists.missing_list_file(names)):
+        raise MissingFileError(f"data.table.class_names={names!r}: {why}; give the file of "
+                               "class names (one per line), or the names comma-separated.")
     if c.data_dir and "://" not in c.data_dir and (blocker := _not_a_folder(c.data_dir)):
         raise ConfigError(f"Invalid data.data_dir={c.data_dir!r}: {blocker}; use the folder "
                           "datasets are built in and read from ('' for TFDS's default, "

@@ -9,9 +9,30 @@ that class's records, and the first zero-shot label carry an invisible character
 from __future__ import annotations
 
 import codecs
+import os
 
 from clip_jax.errors import ConfigError
 from clip_jax_data import tables
+
+
+# Endings that make a value a file name rather than inline entries (a label, a template set).
+LIST_FILE_EXTENSIONS = (".txt", ".csv", ".tsv")
+
+
+def missing_list_file(spec: str) -> str:
+    """Why `spec`, a value that is a file or inline entries (`--labels`, `--templates`,
+    `data.table.class_names`), names a file that is not there ("no such file", "is a folder"),
+    or "": it looks like a file (`LIST_FILE_EXTENSIONS`, or a path separator and no comma; no
+    '{}', which makes it a template) and no local file is there. Read as inline text,
+    `mylabels.txt` was "1 class(es) ... needs at least 2", `my_templates.txt` an "Unknown
+    template set" and `names.txt` a dataset of one class. Remote paths (`gs://`) are left to
+    their reader."""
+    separators = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
+    looks_like_file = (spec.lower().endswith(LIST_FILE_EXTENSIONS)
+                       or (any(sep in spec for sep in separators) and "," not in spec))
+    if not looks_like_file or "{" in spec or "://" in spec or os.path.isfile(spec):
+        return ""
+    return "is a folder" if os.path.isdir(spec) else "no such file"
 
 
 def entries(data: bytes, name: str) -> list[str]:

@@ -8,8 +8,8 @@ a caption column (`title`), names configurable. Relative paths are resolved agai
 sequential records instead of millions of small files. With `group_by_image`, rows that share
 an image become one example with several captions (e.g. COCO / Flickr30k style tables for
 retrieval evaluation). With `label_column`, each example also gets a ClassLabel `label` (the
-column holds class names or indices; names from `class_names`, else the sorted distinct
-labels of the tables), so zero-shot and linear-probe evaluation can read the built table.
+column holds class names or indices, read as a whole: `LabelColumn`), so zero-shot and
+linear-probe evaluation can read the built table.
 
 Each dataset gets a name (the builder config name), so several tables live side by side in
 one data_dir; the options it was built from are kept in `build_options.json`.
@@ -67,12 +67,16 @@ def _is_file(spec: str) -> bool:
 class ImageTextTable(tfds.core.GeneratorBasedBuilder):
     """Image-caption pairs from a CSV/TSV table; see the module docstring."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "1.1.0": "Captions stored as OpenAI's tokenizer reads them (NULs dropped, "
                               "only ASCII whitespace stripped); captions pandas reads as missing "
                               "(NaN, N/A, ...) skipped; an RGB PNG's transparent colour "
-                              "composited onto build.alpha."}
+                              "composited onto build.alpha.",
+                     "1.2.0": "A label column read as a whole (LabelColumn): a label that is a "
+                              "given class name is that class, never an index (a class named "
+                              "'3' was stored as index 3); a column mixing names and numbers "
+                              "without class_names is refused."}
     BUILDER_CONFIG_CLASS = ImageTextTableConfig
     code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
 
@@ -111,11 +115,11 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
             note = _repeated_images(rows, root)
             if note:
                 report.note(note)
-        names = label_names(config.table) if config.table.label_column else None
+        labels = label_column(config.table) if config.table.label_column else None
         with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
             for start in range(0, len(groups), _BATCH):
                 batch = groups[start:start + _BATCH]
-                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean, names),
+                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean, labels),
                                    batch)
                 ready = []
                 for group, (image, captions, outcomes) in zip(batch, cleaned):
@@ -130,13 +134,13 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                         joined.append(list(zip(kept, captions)))
                     if image is not None and captions:
                         ready.append((group[0].first_line, group[0].path, image, captions,
-                                      _label_index(group[0].label, names)))
+                                      -1 if labels is None else labels.index(group[0].label)))
                 tokens = records.tokenize([c for _, _, _, caps, _ in ready for c in caps])
                 offset = 0
                 for row, path, image, captions, label in ready:
                     example = {"image": image, "captions": captions, "key": path,
                                "tokens": tokens[offset:offset + len(captions)]}
-                    if names is not None:
+                    if labels is not None:
                         example["label"] = label
                     yield row, example
                     offset += len(captions)
@@ -145,10 +149,68 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         report.finish(self.data_dir)
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelColumn:
+    """How the label column reads, decided on the whole column (`label_column`): the class
+    `names`, and whether its cells are `"names"`, `"indices"` into them, or `"mixed"` (given
+    names: a cell that is one of them as written is that class, any other integer an index).
+    Trying a cell as an index first read a class named "3" as index 3, another class."""
+
+    names: list[str]
+    kind: str
+
+    def index(self, value: str) -> int:
+        """The class index of a label cell; BadRecord (skipped and counted) for a label that
+        is no class name, or an index out of range."""
+        if self.kind != "indices" and value in self.names:
+            return self.names.index(value)
+        if self.kind != "names" and _is_index(value) and int(value) < len(self.names):
+            return int(value)
+        what = "class index" if self.kind == "indices" else "label"
+        raise records.BadRecord("unknown_label", f"{what} {value!r} is not one of the "
+                                f"{len(self.names)} class names (data.table.class_names)")
+
+
+def label_column(table: TableOptions) -> LabelColumn:
+    """The label column of every table read as a whole. With `class_names`: names when every
+    label is one of them as written (classes may be named by numbers), else indices when
+    every label is an integer, else mixed. Without: the sorted distinct labels as the names;
+    ConfigError for a column of indices (their names are needed) or one mixing names with
+    integers (a number there may be a class's name or another's index)."""
+    labels = _labels(table)
+    if table.class_names:
+        names = label_names(table)
+        if labels <= set(names):
+            return LabelColumn(names, "names")
+        return LabelColumn(names, "indices" if all(map(_is_index, labels)) else "mixed")
+    numbers = sorted(v for v in labels if _is_index(v))
+    if numbers and len(numbers) == len(labels):
+        raise ConfigError(f"data.table.label_column={table.label_column!r} holds class indices; "
+                          "give their names with data.table.class_names (a file or a list).")
+    if numbers:
+        word = sorted(labels - set(numbers))[0]
+        raise ConfigError(f"data.table.label_column={table.label_column!r} mixes class names "
+                          f"({word!r}) with numbers ({numbers[0]!r}); give every class name "
+                          "with data.table.class_names (a file or a list; a number that is one "
+                          "of them is that class, another an index), or use one kind "
+                          "throughout.")
+    return LabelColumn(sorted(labels), "names")
+
+
+def _labels(table: TableOptions) -> set[str]:
+    """The distinct labels of the usable rows of every table."""
+    found = set()
+    for field in _SPLIT_FIELDS.values():
+        if getattr(table, field):
+            rows, *_ = _load_rows(getattr(table, field), table)
+            found |= {r.label for r in rows if not r.problem}
+    return found
+
+
 def label_names(table: TableOptions) -> list[str]:
     """Class names of the label column: `class_names` (a file, one per line, or a
-    comma-separated list; ConfigError for an empty or repeated name), else the sorted distinct
-    non-integer labels of every table."""
+    comma-separated list; ConfigError for an empty or repeated name), else `label_column`'s
+    (the sorted distinct labels of every table)."""
     spec = table.class_names
     if spec:
         if tf.io.gfile.exists(spec):
@@ -164,31 +226,11 @@ def label_names(table: TableOptions) -> list[str]:
             raise ConfigError(f"data.table.class_names={spec!r} repeats {duplicates}; give "
                               "each class name once.")
         return names
-    found = set()
-    for field in _SPLIT_FIELDS.values():
-        if getattr(table, field):
-            rows, *_ = _load_rows(getattr(table, field), table)
-            found |= {r.label for r in rows if not r.problem}
-    if all(_is_index(v) for v in found):
-        raise ConfigError(f"data.table.label_column={table.label_column!r} holds class indices; "
-                          "give their names with data.table.class_names (a file or a list).")
-    return sorted(v for v in found if not _is_index(v))
+    return label_column(table).names
 
 
 def _is_index(value: str) -> bool:
     return value.isdigit()
-
-
-def _label_index(value: str, names: list[str] | None) -> int:
-    """The class index of a label cell (a class name or an index), or BadRecord."""
-    if names is None:
-        return -1
-    if _is_index(value) and int(value) < len(names):
-        return int(value)
-    if value in names:
-        return names.index(value)
-    raise records.BadRecord("unknown_label", f"label {value!r} is not one of the "
-                            f"{len(names)} class names (data.table.class_names)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +416,7 @@ def _group(rows: list[_Row], by_image: bool, root: str) -> list[list[_Row]]:
 
 
 def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
-                 names: list[str] | None = None
+                 labels: LabelColumn | None = None
                  ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
     """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""
     first = group[0]
@@ -386,7 +428,8 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
     try:
         if not path:
             raise records.BadRecord("missing_file", "empty image path")
-        _label_index(first.label, names)
+        if labels is not None:
+            labels.index(first.label)
         if not tables.is_utf8(path):
             raise records.BadRecord("bad_path", "image path is not valid UTF-8")
         full = _resolve(root, path)
