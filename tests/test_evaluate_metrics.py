@@ -290,6 +290,11 @@ def test_templates_and_class_names(tmp_path):
         "synthetic_shapes"]
     with pytest.raises(ConfigError, match="Unknown template set 'nope'"):
         templates.get_templates("nope")
+    # A file name with no file (a config's task field, not only --templates) says so (trial E).
+    for missing in ("nope.txt", str(tmp_path / "prompts")):
+        with pytest.raises(FileNotFoundError, match=f"The templates file '{missing}': no such "
+                                                    "file; check the path"):
+            templates.get_templates(missing)
     assert templates.get_templates("a photo of a {}.") == ("a photo of a {}.",)  # one template
     with pytest.raises(ConfigError, match=r"^Every template needs exactly one '\{\}'"):
         templates.get_templates("a {} of a {}")  # a template (not a set name) with two slots

@@ -624,6 +624,11 @@ MISCONFIGURATIONS = [
     (["--config.optimizer.lr=inf"], "config.optimizer.lr", None),
     (["--config.optimizer.lr=nan"], "config.optimizer.lr", None),
     (["--config.batch_size=0"], "config.batch_size", None),
+    # numpy's SeedSequence raised after the input pipeline had started (trial F).
+    (["--config.seed=-1"], "config.seed=-1 is invalid; use an integer in [0, 9223372036854775807]",
+     None),
+    (["--config.seed=99999999999999999999"], "config.seed=99999999999999999999 is invalid",
+     None),
     (["--config.batch_size=-32"], "config.batch_size", None),
     (["--config.total_steps=0"], "config.total_steps", None),
     (["--config.warmup_steps=-1"], "config.warmup_steps", None),
@@ -758,6 +763,9 @@ MISCONFIGURATIONS = [
      "is an int field, given 32 (a str); write it as a whole number.", "Traceback"),
     (["CONFIG={tmp}/syntax.py", "--config.total_steps=1"], "syntax.py line 2: SyntaxError",
      "total_steps"),
+    # A ConfigDict not built on the base config ran until it read a field it lacks (trial F).
+    (["CONFIG={tmp}/not_base.py"], "not_base.py lacks config.checkpoint, config.compilation_cache_dir, "
+     "config.data, config.distributed, config.eval and ", "Traceback"),
 ]
 
 
@@ -773,6 +781,9 @@ def _config_files(tmp_path):
                        "wrong_type": "    c.batch_size = '32'\n"}.items():
         (tmp_path / f"{name}.py").write_text(head + body + "    return c\n")
     (tmp_path / "no_get_config.py").write_text("batch_size = 32\n")
+    (tmp_path / "not_base.py").write_text(
+        "import ml_collections\n\ndef get_config():\n    c = ml_collections.ConfigDict()\n"
+        "    c.batch_size = 8\n    return c\n")
     (tmp_path / "syntax.py").write_text("from clip_jax.configs import tiny\ndef get_config(:\n")
 # C++ logging of TensorFlow, and the notes of a dataset build (the missing-images case builds).
 _NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ",

@@ -314,13 +314,38 @@ def unknown_fields(config: ml_collections.ConfigDict, reference: ml_collections.
     return found
 
 
+def missing_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                   prefix: str = "") -> list[str]:
+    """The dotted paths of `reference` (sections whole, not their fields) that `config` lacks;
+    the tasks under `OPEN_SECTIONS` are the user's to name, so none is missing."""
+    found = []
+    for key in reference.keys():
+        path = f"{prefix}{key}"
+        if key not in config.keys():
+            found.append(f"config.{path}")
+        elif (isinstance(reference[key], ml_collections.ConfigDict)
+              and isinstance(config[key], ml_collections.ConfigDict)
+              and path not in OPEN_SECTIONS):
+            found += missing_fields(config[key], reference[key], f"{path}.")
+    return found
+
+
 def check_known_fields(config: ml_collections.ConfigDict, source: str) -> None:
     """ConfigError naming every field of `config` (loaded from `source`, a file) that the base
     config lacks: a misspelt field would otherwise be added silently and never read."""
     from clip_jax.configs import base
 
-    unknown = unknown_fields(config, base.get_config())
+    reference = base.get_config()
+    unknown = unknown_fields(config, reference)
     if unknown:
         raise ConfigError(f"{source} sets {', '.join(unknown)}, which "
                           f"{'is not a field' if len(unknown) == 1 else 'are not fields'}; the "
                           "fields are those of clip_jax/configs/base.py.")
+    missing = missing_fields(config, reference)
+    if missing:  # a ConfigDict built from nothing: the run failed on the first one it read
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                          else "")
+        raise ConfigError(f"{source} lacks {shown}; start get_config() from the base config "
+                          "and change fields: c = base.get_config() (from clip_jax.configs "
+                          "import base; or a bundled config such as tiny), c.batch_size = 8, "
+                          "return c.")

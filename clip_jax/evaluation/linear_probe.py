@@ -1,7 +1,9 @@
 """Linear probe: multinomial logistic regression on frozen image features, in JAX.
 
 The CLIP paper's protocol (section 3.2): L2-regularised logistic regression on the image
-embeddings, the regularisation strength chosen on a validation split held out from the
+embeddings (standardised here with the training features' mean and population standard
+deviation, scikit-learn's `StandardScaler`: one scale for every dimension conditions the
+L-BFGS fit), the regularisation strength chosen on a validation split held out from the
 training features, then refit on all of them and scored on the test split. Full-batch L-BFGS
 (optax) solves the strictly convex problem to a gradient-norm tolerance, so the result is the
 optimum scikit-learn's `LogisticRegression` finds (same C = 1 / (l2 * n)), without adding a

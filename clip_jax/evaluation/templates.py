@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from clip_jax.data import text_lists
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 
 # Written for this project: short, generic phrasings of a photo of one object.
 DEFAULT = (
@@ -70,8 +70,8 @@ def _with_slot(template: str) -> str | None:
 def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...]:
     """Templates from a set name (`TEMPLATE_SETS`), a text file (one template per line), one
     template (a string with one '{}' that is neither: `"a photo of a {}."`) or a sequence,
-    each returned with its slot spelt '{}' (`PLACEHOLDERS`: '{c}' too); ConfigError for an
-    unknown name, an empty set or a template without exactly one slot, naming the file read
+    each returned with its slot spelt '{}' (`PLACEHOLDERS`: '{c}' too); MissingFileError for
+    a file name (`text_lists.missing_list_file`) with no file, ConfigError for an unknown name, an empty set or a template without exactly one slot, naming the file read
     (`source`: the file a sequence was read from)."""
     source = f" in {source}" if source else ""
     if isinstance(spec, str):
@@ -82,6 +82,10 @@ def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...
             source = f" in {spec}"
         elif any(slot in spec for slot in PLACEHOLDERS):
             templates = (spec,)  # one template; refused below unless it has exactly one slot
+        elif text_lists.missing_list_file(spec):
+            raise MissingFileError(f"The templates file {spec!r}: "
+                                   f"{text_lists.missing_list_file(spec)}; check the path (one "
+                                   f"template per line), or use one of {sorted(TEMPLATE_SETS)}.")
         else:
             raise ConfigError(f"Unknown template set {spec!r}: use one of "
                               f"{sorted(TEMPLATE_SETS)}, the path of a text file with one "

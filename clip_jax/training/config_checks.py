@@ -39,9 +39,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _integer(low: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
-            f"an integer >= {low}")
+def _integer(low: int, high: int | None = None) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= low
+                       and (high is None or v <= high)),
+            f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
 
 
 def _mesh_size() -> tuple[Callable[[Any], bool], str]:
@@ -73,6 +74,9 @@ def _one_of(choices: tuple[Any, ...], optional: bool = False) -> tuple[Callable[
 FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mode": _one_of(MODES),
     "prng_impl": _one_of(PRNG_IMPLS),
+    # numpy's SeedSequence (the data order) takes no negative seed, tf.int64 (augmentation)
+    # none above 2**63 - 1.
+    "seed": _integer(0, 2**63 - 1),
     "batch_size": _integer(1),
     "total_steps": _integer(1),
     "warmup_steps": _integer(0),
