@@ -764,8 +764,9 @@ MISCONFIGURATIONS = [
     (["CONFIG={tmp}/syntax.py", "--config.total_steps=1"], "syntax.py line 2: SyntaxError",
      "total_steps"),
     # A ConfigDict not built on the base config ran until it read a field it lacks (trial F).
-    (["CONFIG={tmp}/not_base.py"], "not_base.py lacks config.checkpoint, config.compilation_cache_dir, "
-     "config.data, config.distributed, config.eval and ", "Traceback"),
+    (["CONFIG={tmp}/not_base.py"], "not_base.py lacks config.checkpoint, "
+     "config.compilation_cache_dir, config.data, config.distributed, config.eval and ",
+     "Traceback"),
 ]
 
 

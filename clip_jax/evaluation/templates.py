@@ -71,7 +71,8 @@ def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...
     """Templates from a set name (`TEMPLATE_SETS`), a text file (one template per line), one
     template (a string with one '{}' that is neither: `"a photo of a {}."`) or a sequence,
     each returned with its slot spelt '{}' (`PLACEHOLDERS`: '{c}' too); MissingFileError for
-    a file name (`text_lists.missing_list_file`) with no file, ConfigError for an unknown name, an empty set or a template without exactly one slot, naming the file read
+    a file name (`text_lists.missing_list_file`) with no file, ConfigError for an unknown
+    name, an empty set or a template without exactly one slot, naming the file read
     (`source`: the file a sequence was read from)."""
     source = f" in {source}" if source else ""
     if isinstance(spec, str):
