@@ -906,7 +906,7 @@ def test_warnings_of_a_command_line_task_are_said_in_flag_terms():
         logger.warning("config.eval.zero_shot.colours.class_names: elsewhere")
     finally:
         top.removeHandler(handler)
-    assert seen == ["--zero-shot colours (class_names): by position",
+    assert seen == ["--zero-shot colours (--class-names): by position",
                     "config.eval.zero_shot.colours.class_names: elsewhere"]
 
 

@@ -142,7 +142,7 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
 
     where = evaluation.provenance["zero_shot/t"]
     assert where == {"data": f"image folder {folder}/test", "split": "test", "images": 15,
-                     "unreadable": 0, "classes": 3, "templates": "default (12)"}
+                     "unreadable": 0, "skipped": 0, "classes": 3, "templates": "default (12)"}
     table = eval_report.rows(metrics, evaluation.provenance, "test-vit")
     # Each row names the data, split and image count its number comes from (trial s29): the
     # shifted training split its own, a synthetic shift the reference's, a mean all it averages.
@@ -243,6 +243,37 @@ def test_labels_the_plot_font_lacks_fall_back_to_an_installed_font_with_them(tmp
     default = font_manager.findfont(font_manager.FontProperties())
     assert ord("⌒") not in ft2font.FT2Font(str(default)).get_charmap()
     assert plot_warnings(caplog, recwarn, ["arc ⌒", "red"], tmp_path / "arc.png") == ([], [])
+
+
+def test_a_tables_skipped_rows_reach_the_results_and_repeated_rows_are_warned(
+        folder, model, tmp_path, caplog):
+    """Trial E: rows skipped for a missing image were said on the console only (results.csv
+    and results.json read `unreadable 0`), and rows repeating an image were scored again
+    without a word. pandas counts both: rows whose file is not there, and `duplicated` rows."""
+    module, variables = model
+    test = labelled_data.read(str(folder), "test")
+    names = [test.class_names[y] for y in test.labels]
+    files = [*test.files, str(tmp_path / "gone.png"), test.files[0], test.files[1],
+             f"{tmp_path}/../{tmp_path.name}/nope.png"]
+    other = next(name for name in test.class_names if name != names[1])
+    labels = [*names, names[0], names[0], other, names[0]]
+    pd.DataFrame({"filepath": files, "label": labels}).to_csv(tmp_path / "t.csv", index=False)
+    table = pd.read_csv(tmp_path / "t.csv")
+    exists = table.filepath.map(os.path.exists)
+    repeated = table[exists].filepath.map(os.path.realpath).duplicated()
+    config = config_for(zero_shot=evaluate.zero_shot_task(str(tmp_path / "t.csv"),
+                                                          templates="simple"))
+    with caplog.at_level("WARNING"):
+        metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    where = evaluation.provenance["zero_shot/t"]
+    assert (where["images"], where["skipped"]) == (exists.sum(), (~exists).sum())
+    assert (f"{repeated.sum()} row(s) list an image file a row above lists already (line "
+            f"{len(test.files) + 3} repeats line 2: {test.files[0]}), 1 of them with another "
+            "label;") in caplog.text
+    eval_report.write(str(tmp_path / "out"), eval_report.rows(
+        metrics, evaluation.provenance, "test-vit"), evaluation.details)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(results.skipped) == {(~exists).sum()}
 
 
 def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, tmp_path):

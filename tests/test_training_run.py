@@ -684,6 +684,10 @@ MISCONFIGURATIONS = [
     (["--config.model.attention=cudnn"], "'cudnn' runs on gpu devices only", None),
     (["--config.model.dtype=bf16"], "config.model.dtype='bf16' is invalid", None),
     (["--config.loss=l2"], "config.loss: unknown loss 'l2'", None),
+    (["--config.loss=softmaxx"], "unknown loss 'softmaxx'; did you mean 'softmax'? use one of",
+     None),
+    # absl reads a tuple field's one value as a 1-tuple: said as typed (trial F).
+    (["--config.data.augment.scale=0.5"], "Invalid data.augment.scale=0.5; use (min, max)", None),
     (["--config.model.name=ViT-X/1"], "Unknown model 'ViT-X/1'", None),
     (["--config.mesh.data=3"], "needs 3 devices but 8 are available", None),
     # A mesh size absl cannot parse named no range, and -1 (its placeholder) as the example.
@@ -734,9 +738,12 @@ MISCONFIGURATIONS = [
     (["CONFIG=vit_b17"], "vit_b16", None),  # a bare name: the bundled ones are listed
     # Mistakes inside a config file (`_config_files`): a misspelt field was added silently and
     # the run trained with the default; a file that fails to load blamed an innocent override.
-    (["CONFIG={tmp}/typo.py"], "typo.py sets config.lock_images (did you mean lock_image?), "
-                               "config.model.dtyp (did you mean model.dtype?), "
-                               "config.optimizer.learning_rate (did you mean optimizer.lr?), "
+    # ... each with the line that sets it (an unlocked section took it silently: trial F).
+    (["CONFIG={tmp}/typo.py"], "typo.py sets config.lock_images (line 5: c.lock_images = True; "
+                               "did you mean lock_image?), config.model.dtyp (line 7: "
+                               "c.model.dtyp = 'float32'; did you mean model.dtype?), "
+                               "config.optimizer.learning_rate (line 6: "
+                               "c.optimizer.learning_rate = 1e-4; did you mean optimizer.lr?), "
                                "which are not fields", None),
     # Other codebases' names for our fields (optax's learning_rate, open_clip's wd), too far
     # from ours for a did-you-mean by spelling, are said by name.
@@ -746,10 +753,11 @@ MISCONFIGURATIONS = [
     # An architecture file that is not there is said before init_from's weights are read.
     (["--config.model.name={tmp}/no_arch.json", "--config.init_from=ViT-B-32:openai"],
      "config.model.name: model=", "init_from"),
-    (["CONFIG={tmp}/typo.py", "--config.model.dtype=float32"], "config.model.dtyp (did you "
-                                                               "mean model.dtype?)", None),
-    (["CONFIG={tmp}/task_typo.py"], "config.eval.zero_shot.heldout.templats (did you mean "
-                                    "eval.zero_shot.heldout.templates?)", "config.eval.zero_shot."
+    (["CONFIG={tmp}/typo.py", "--config.model.dtype=float32"], "config.model.dtyp (line 7: "
+     "c.model.dtyp = 'float32'; did you mean model.dtype?)", None),
+    (["CONFIG={tmp}/task_typo.py"], "config.eval.zero_shot.heldout.templats (line 5: "
+     "c.eval.zero_shot.heldout.templats = 'simple'; did you mean "
+     "eval.zero_shot.heldout.templates?)", "config.eval.zero_shot."
                                                                           "mine"),
     # A relative path (the test runs in {tmp}) still gets its line named.
     (["CONFIG=relative.py"], "relative.py line 5 (c.data.synthetic.num_trian = 10): "

@@ -248,7 +248,7 @@ def load_config_file(path: str):
 
     path = train.resolve_config_path(path)
     config = config_file.load_checked(path)
-    config_file.check_known_fields(config, f"the config file {path.partition(':')[0]}")
+    config_file.check_known_fields(config, path)
     return config
 
 

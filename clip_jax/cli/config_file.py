@@ -291,16 +291,16 @@ def _said(error: Exception) -> str:
 
 
 def unknown_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-                   prefix: str = "") -> list[str]:
+                   prefix: str = "") -> list[tuple[str, str]]:
     """The dotted paths of `config` that `reference` lacks, each with a did-you-mean among
-    its siblings where one is close; under `OPEN_SECTIONS` the task names are free and each
-    task's fields are checked against the kind's default task."""
+    its siblings where one is close (else ""); under `OPEN_SECTIONS` the task names are free
+    and each task's fields are checked against the kind's default task."""
     found = []
     for key in config.keys():
         path = f"{prefix}{key}"
         if key not in reference.keys():
             close = suggestion(path, list(reference.keys()))
-            found.append(f"config.{path}" + (f" (did you mean {close}?)" if close else ""))
+            found.append((f"config.{path}", f"did you mean {close}?" if close else ""))
         elif (isinstance(config[key], ml_collections.ConfigDict)
               and isinstance(reference[key], ml_collections.ConfigDict)):
             if path not in OPEN_SECTIONS:
@@ -330,13 +330,34 @@ def missing_fields(config: ml_collections.ConfigDict, reference: ml_collections.
     return found
 
 
-def check_known_fields(config: ml_collections.ConfigDict, source: str) -> None:
-    """ConfigError naming every field of `config` (loaded from `source`, a file) that the base
-    config lacks: a misspelt field would otherwise be added silently and never read."""
+def assignment_line(path: str, field: str) -> str:
+    """`line N: text` of the first line of the config file at `path` that assigns the last
+    part of the dotted `field` (`c.optimizer.learning_rate = 1e-4`, `c["my_note"] = 1`), or
+    "": an unlocked section takes a misspelt field silently, so no error names its line."""
+    name = re.escape(field.rsplit(".", 1)[-1])
+    pattern = re.compile(rf"(\.{name}|\[\s*['\"]{name}['\"]\s*\])\s*=[^=]")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    found = next((n for n, line in enumerate(lines, 1) if pattern.search(line)), None)
+    return f"line {found}: {lines[found - 1].strip()}" if found else ""
+
+
+def check_known_fields(config: ml_collections.ConfigDict, path: str) -> None:
+    """ConfigError naming every field of `config` (loaded from the config file `path`,
+    `PATH[:ARG]`) that the base config lacks, each with the line that sets it: a misspelt
+    field would otherwise be added silently and never read."""
     from clip_jax.configs import base
 
+    path = path.partition(":")[0]
+    source = f"the config file {path}"
     reference = base.get_config()
-    unknown = unknown_fields(config, reference)
+    unknown = []
+    for field, hint in unknown_fields(config, reference):
+        said = "; ".join(filter(None, (assignment_line(path, field), hint)))
+        unknown.append(f"{field} ({said})" if said else field)
     if unknown:
         raise ConfigError(f"{source} sets {', '.join(unknown)}, which "
                           f"{'is not a field' if len(unknown) == 1 else 'are not fields'}; the "

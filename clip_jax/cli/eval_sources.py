@@ -72,7 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "source's templates file, else 'openai_imagenet' for ImageNet's "
                              "WordNet-id classes, else 'default')")
     parser.add_argument("--class-names", default="",
-                        help="class names file or comma-separated list (default: the source's)")
+                        help="class names file or comma-separated list (default: the "
+                             "source's); one list for every labelled source of the command "
+                             "(--zero-shot, probes, --robustness): sources with other classes "
+                             "take a clip-jax eval each")
     parser.add_argument("--compare-prompts", action="store_true",
                         help="zero-shot also with the bare class name and one template")
     parser.add_argument("--shots", default="1,2,4,8,16", type=positive_ints,
@@ -239,7 +242,7 @@ def _check_keys_used(args: argparse.Namespace, ev: ml_collections.ConfigDict) ->
 def in_flag_terms(message: str, origins: dict[str, str], given: frozenset[str] = frozenset()
                   ) -> str:
     """`message` with each `config.eval.<kind>.<task>[.<field>]` of a command-line task said
-    as the flag that made it (`--robustness folder2 (baseline)`): the user never wrote the
+    as the flag that made it (`--robustness folder2 (--baseline)`): the user never wrote the
     config path. With command-line tasks, `data.label_key` / `image_key` / `caption_key` are
     the `--label-key` / `--image-key` / `--caption-key` flags; a value the user did not give
     (`given`: the flags given, `{"label_key"}`) is said as such, `--label-key (not given, so
@@ -253,9 +256,16 @@ def in_flag_terms(message: str, origins: dict[str, str], given: frozenset[str] =
             "folder (where clip-jax eval reads them from) or absolute")
     for task in sorted(origins, key=len, reverse=True):
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
-                         lambda m, flag=origins[task]: flag + (f" ({m.group(1)})"
-                                                               if m.group(1) else ""), message)
+                         lambda m, flag=origins[task]: flag + _option_said(m.group(1)), message)
     return message
+
+
+def _option_said(field: str | None) -> str:
+    """A task field of `in_flag_terms` as the option that set it: ` (--class-names)` where a
+    flag shared by the command's sources did (`OPTION_SOURCES`), else ` (field)`."""
+    if not field:
+        return ""
+    return f" ({_flag(field) if field in OPTION_SOURCES else field})"
 
 
 def _key_flag(match: re.Match, given: frozenset[str]) -> str:

@@ -224,7 +224,7 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
             raise ConfigError(f"cannot load --config: {cause[-1].strip()}") from None
         config = values["config"].value
     if source:
-        config_file.check_known_fields(config, f"the config file {source.partition(':')[0]}")
+        config_file.check_known_fields(config, source)
     for field in to_none:
         _set_none(config, field)
     return rest

@@ -320,6 +320,29 @@ def _read_table_file(path: str, quoting: str = "auto") -> tuple[tables.Table, by
                           "image.") from error
 
 
+def _warn_repeats(path: str, files: Sequence[str], labels: np.ndarray,
+                  lines: Sequence[str]) -> None:
+    """Warns once, with the count and the first case, about rows listing an image file an
+    earlier row lists (however the path is spelt): each row is scored, so the image counts
+    once per row in every metric; with another label it is also scored against both."""
+    first: dict[str, int] = {}
+    repeats = []
+    for i, file in enumerate(files):
+        key = file if "://" in file else os.path.normcase(os.path.realpath(file))
+        if key in first:
+            repeats.append((i, first[key]))
+        else:
+            first[key] = i
+    if repeats:
+        i, j = repeats[0]
+        relabelled = sum(labels[i] != labels[j] for i, j in repeats)
+        log.warning("%s: %d row(s) list an image file a row above lists already (%s repeats "
+                    "%s: %s)%s; each row is scored, so such an image counts once per row: "
+                    "remove the repeated rows to score each image once.", path, len(repeats),
+                    lines[i], lines[j], files[i],
+                    f", {relabelled} of them with another label" if relabelled else "")
+
+
 def table_columns(path: str, quoting: str = "auto") -> list[str]:
     """The header of a .csv / .tsv, as `read_table` and the image_text_table builder read it
     (`TableOptions.dialect`: by default a TSV unquoted, its captions may start with `"`; a
@@ -436,6 +459,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
                                f"{files[0]!r}); relative paths are relative to the "
                                "table's folder.")
     keep = [i for i, why in sorted(problems.items()) if not why]
+    _warn_repeats(path, [files[i] for i in keep], labels[keep], [lines[i] for i in keep])
     skipped = {"missing file": [f"{lines[i]}: {files[i]}" for i in sorted(missing)],
                "cannot be read": [f"{lines[i]}: {files[i]} ({why})"
                                   for i, why in sorted(unreachable.items())],

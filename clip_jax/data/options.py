@@ -211,7 +211,9 @@ def _check(c: ml_collections.ConfigDict) -> None:
         ]
     for ok, field, fix in checks:
         if not ok:
-            raise ConfigError(f"Invalid {field}={_get(c, field)!r}; use {fix}.")
+            value = _get(c, field)  # `--config.data.augment.scale=0.5` arrives as (0.5,)
+            shown = value[0] if isinstance(value, tuple) and len(value) == 1 else value
+            raise ConfigError(f"Invalid {field}={shown!r}; use {fix}.")
     names = c.table.class_names if c.dataset == "image_text_table" else ""
     if names and (why := text_lists.missing_list_file(names)):
         raise MissingFileError(f"data.table.class_names={names!r}: {why}; give the file of "

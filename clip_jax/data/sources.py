@@ -294,9 +294,9 @@ def _report_skipped(name: str, data_dir: str) -> None:
         bad = summary.get("bad_sources") or []
         if bad:  # a missing or cut-off shard: its unread records are in no count above
             first = bad[0]
-            log.warning("%s %s: %d source(s) could not be read to the end (first: %s after %d "
-                        "records: %s); listed under bad_sources in %s", name, split, len(bad),
-                        first["source"], first["records_read"], first["detail"], path)
+            log.warning("%s %s: %d source(s) could not be read, or not to the end (first: %s, "
+                        "%d record(s) read: %s); listed under bad_sources in %s", name, split,
+                        len(bad), first["source"], first["records_read"], first["detail"], path)
 
 
 # Our builders' split -> the option its inputs come from, for an unknown split's error.

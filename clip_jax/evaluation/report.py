@@ -3,8 +3,9 @@
 Results are in long format, one row per task and metric as CLIP_benchmark's result tables
 (`dataset`, `model`, `task`, `metric`, `value`), plus the model's checkpoint step and compute
 dtype, and where each number comes from: the data, split, number of images (and of unreadable
-ones left out) and classes, and the prompt templates (`Evaluation.provenance`; a robustness
-task's shifted-set rows name that set, its means the sets averaged).
+ones left out, and of the entries its reader skipped before reading images) and classes, and
+the prompt templates (`Evaluation.provenance`; a robustness task's shifted-set rows name that
+set, its means the sets averaged).
 `write` puts `results.json`, `results.csv` and the plots in an output directory:
 `few_shot_<task>.png` (k-shot probe accuracy with its spread over seeds and the zero-shot
 line), `robustness_<task>.png` (in-distribution vs shifted accuracy with the baseline line,
@@ -27,7 +28,7 @@ import numpy as np
 from clip_jax.evaluation import plot_fonts
 
 COLUMNS = ("dataset", "model", "step", "dtype", "task", "metric", "value", "evaluator",
-           "split", "images", "unreadable", "classes", "templates")
+           "split", "images", "unreadable", "skipped", "classes", "templates")
 
 
 def rows(metrics: Mapping[str, float | None], provenance: Mapping[str, Mapping[str, Any]],
@@ -47,6 +48,7 @@ def rows(metrics: Mapping[str, float | None], provenance: Mapping[str, Mapping[s
                     "value": None if value is None else float(value),
                     "evaluator": evaluator, "split": where.get("split", ""),
                     "images": where.get("images", ""), "unreadable": where.get("unreadable", ""),
+                    "skipped": where.get("skipped", ""),
                     "classes": where.get("classes", ""), "templates": where.get("templates", "")})
     return out
 

@@ -20,6 +20,7 @@ return `(loss, metrics)`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from typing import Callable
 
@@ -453,7 +454,10 @@ LOSSES: dict[str, LossSpec] = {
 def loss_spec(name: str) -> LossSpec:
     """The `LOSSES` entry of `config.loss`; ConfigError for an unknown name."""
     if name not in LOSSES:
-        raise ConfigError(f"config.loss: unknown loss {name!r}; use one of {tuple(LOSSES)}.")
+        close = difflib.get_close_matches(str(name), list(LOSSES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"config.loss: unknown loss {name!r}; {hint}use one of "
+                          f"{tuple(LOSSES)}.")
     return LOSSES[name]
 
 

@@ -231,6 +231,10 @@ class Records:
             "images": int(len(p.embeddings.images)),
             # Images read from the source but left out of its numbers (warned about by name).
             "unreadable": int(p.iterable.num_examples - len(p.embeddings.images)),
+            # Entries a labelled folder, table or webdataset's reader left out before reading
+            # any image (a row with a missing file; named in its warning); "" for TFDS data.
+            "skipped": (sum(map(len, p.images.skipped.values())) if p.images is not None
+                        else ""),
             "classes": classes,
             "templates": classifier.templates_label if classifier else ""}
 
