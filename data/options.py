@@ -68,11 +68,17 @@ class TableOptions:
         quoting = tables.default_quoting(delimiter) if self.quoting == "auto" else self.quoting
         return delimiter, quoting
 
+    @property
+    def captions_from_labels(self) -> bool:
+        """Whether each example's caption is its class name: no caption column, a label
+        column (a labelled table for fine-tuning; `data.caption_templates` makes prompts)."""
+        return not self.caption_column and bool(self.label_column)
+
     def used_columns(self) -> dict[str, str]:
         """Config field -> the column name it names, for each column a build reads."""
-        fields = ("image_column", "caption_column") + (("label_column",) if self.label_column
-                                                        else ())
-        return {field: getattr(self, field) for field in fields}
+        fields = ("image_column",) + (() if self.captions_from_labels else ("caption_column",))
+        return {field: getattr(self, field)
+                for field in fields + (("label_column",) if self.label_column else ())}
 
     @staticmethod
     def usual_columns() -> dict[str, tuple[str, ...]]:

@@ -860,3 +860,55 @@ def test_a_missing_class_names_file_is_refused_before_the_build(inputs, tmp_path
                                                 r"file; give the file of class names"):
         sources.prepare(config)
     assert not (tmp_path / "tfds").exists()
+
+
+@pytest.mark.parametrize("class_names", ["", "given"])
+def test_a_labelled_table_trains_on_its_class_names_in_prompt_templates(inputs, tmp_path,
+                                                                        class_names):
+    """Trial E: fine-tuning on a labelled table needed a caption column written by hand.
+    With `table.caption_column=''` each example's caption is its class name (indices named
+    by class_names), and `data.caption_templates` puts it in a template drawn per example.
+    The reference: open_clip's tokenizer of every template filled with pandas' label of the
+    example's row (each row's key is its image path)."""
+    import open_clip
+
+    root, _ = inputs
+    names = ["zéro", "one, uno", "三"]
+    cells = ["三", "zéro", "one, uno", "三", "zéro", "三", "one, uno", "zéro", "三", "三"]
+    if class_names:
+        cells = [str(names.index(cell)) for cell in cells]
+        (tmp_path / "names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    pd.DataFrame({"filepath": [f"images/{n}" for n in GOOD[:len(cells)]],
+                  "label": cells}).to_csv(tmp_path / "t.csv", index=False)
+    table = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
+    label_of = dict(zip(table.filepath, table.label))
+    prompt_templates = ["a photo of a {}.", "{} art"]
+    config = table_config(root, str(tmp_path / "tfds"), name="prompts",
+                          train_path=str(tmp_path / "t.csv"), image_root=root,
+                          caption_column="", label_column="label",
+                          class_names=str(tmp_path / "names.txt") if class_names else "")
+    config.caption_templates = str(tmp_path / "templates.txt")
+    (tmp_path / "templates.txt").write_text("\n".join(prompt_templates) + "\n")
+    model = get_preset("test-vit")
+    batch = next(train_pipeline.make_train_iterator(
+        config, model, global_batch_size=10, seed=0, process_index=0, process_count=1,
+        return_index=True))
+    source = sources.prepare(config).as_data_source(
+        "train", decoders={"image": tfds.decode.SkipDecoding()})
+    drawn = set()
+    for index, tokens in zip(batch["index"], batch["tokens"]):
+        cell = label_of[source[int(index)]["key"].decode()]
+        name = names[int(cell)] if class_names else cell
+        options = open_clip.tokenize([t.format(name) for t in prompt_templates],
+                                     context_length=16).numpy()
+        (match,) = [k for k, row in enumerate(options) if np.array_equal(row, tokens)]
+        drawn.add(match)
+    assert drawn == {0, 1}  # both templates drawn in 10 examples (seed 0)
+    config.tokenize = "stored"
+    with pytest.raises(ConfigError, match="data.caption_templates makes each caption in the "
+                                          "pipeline"):
+        data_options.resolve_config(config)
+    config.update(tokenize="auto", caption_templates="prompts.txt")
+    with pytest.raises(FileNotFoundError, match="data.caption_templates: The templates file "
+                                                "'prompts.txt': no such file"):
+        data_options.resolve_config(config)

@@ -26,7 +26,7 @@ from clip_jax.evaluation import plot_fonts
 from clip_jax.data import sources
 from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
-from clip_jax.evaluation import templates
+from clip_jax.data import templates
 from clip_jax.models import create_model, l2_normalize
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import tokenize

@@ -25,7 +25,7 @@ from clip_jax.evaluation import evaluators
 from clip_jax.data import eval_pipeline
 from clip_jax.data import sources
 from clip_jax.runtime import sharding
-from clip_jax.evaluation import templates
+from clip_jax.data import templates
 from clip_jax.training import train
 from clip_jax.models import create_model, l2_normalize
 from clip_jax.data.preprocess import preprocess

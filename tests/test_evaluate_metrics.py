@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation import linear_probe
-from clip_jax.evaluation import templates
+from clip_jax.data import templates
 from clip_jax.evaluation import zero_shot
 from clip_jax.data.tokenizer import tokenize
 

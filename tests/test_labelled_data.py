@@ -427,7 +427,7 @@ def test_lists_saved_with_a_byte_order_mark_read_as_their_text(folder, tmp_path)
     in the first entry of every one-per-line file: a names table then "missed" its first
     class, a built dataset dropped that class's records, the first zero-shot label carried it.
     Every reader now reads such a file as its text; bytes that are not UTF-8 name the line."""
-    from clip_jax.evaluation import templates
+    from clip_jax.data import templates
     from clip_jax_data.options import TableOptions
     from clip_jax_data.image_text_table.image_text_table_dataset_builder import label_names
 

@@ -28,7 +28,7 @@ from clip_jax import cli  # noqa: E402
 from clip_jax.data.tokenizer import Tokenizer  # noqa: E402
 from clip_jax.errors import ConfigError  # noqa: E402
 from clip_jax.evaluation import evaluate  # noqa: E402
-from clip_jax.evaluation import templates as templates_lib  # noqa: E402
+from clip_jax.data import templates as templates_lib  # noqa: E402
 from clip_jax.evaluation.metrics import retrieval_metrics  # noqa: E402
 from clip_jax.evaluation.zero_shot import ZeroShotClassifier  # noqa: E402
 from clip_jax.inference import image_index  # noqa: E402

@@ -97,7 +97,7 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     import csv
 
     from clip_jax.data import image_folder
-    from clip_jax.evaluation import templates
+    from clip_jax.data import templates
     from clip_jax.evaluation import zero_shot
 
     labels = read_labels(args.labels, "--labels")

@@ -166,7 +166,7 @@ def apply(config: ml_collections.ConfigDict, args: argparse.Namespace) -> dict[s
     if not has_sources(args):
         return {}
     from clip_jax.evaluation import evaluate
-    from clip_jax.evaluation import templates
+    from clip_jax.data import templates
 
     if args.templates:  # else read once the data are built, after the model has loaded
         check_list_file(args.templates, "--templates")

@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 
 from clip_jax.data.preprocess import background_colour
-from clip_jax.data import text_lists
+from clip_jax.data import templates, text_lists
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax_data.options import CAPTION_COLUMNS, IMAGE_COLUMNS  # noqa: F401 (re-exported)
 from clip_jax_data.options import CleanOptions, SyntheticOptions, TableOptions, WebdatasetOptions
@@ -45,6 +45,12 @@ def default_config() -> ml_collections.ConfigDict:
         zero-shot evaluation ("" = none; only the eval pipeline reads it).
       tokenize: `auto` (stored tokens when the dataset has them, long enough for the model,
         else tokenise captions in the pipeline), `stored` or `pipeline`.
+      caption_templates: "" (train on the captions as stored), or prompt templates each
+        training caption is put in, one drawn per example (`clip_jax.data.templates`: a set
+        name, a file, or one template with '{}'): with captions that are class names (a
+        table's `table.caption_column=''` with a `table.label_column`), fine-tuning on
+        prompts as zero-shot evaluation writes them. Captions are then tokenised in the
+        pipeline.
       build_if_missing: build (or convert to ArrayRecord) the dataset on first use.
       augment.scale, augment.ratio: RandomResizedCrop area fraction and aspect-ratio ranges.
       eval_max_captions: caption slots per image in eval batches (retrieval): 0 = the split's
@@ -64,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
         "tokens_key": "tokens",
         "label_key": "label",
         "tokenize": "auto",
+        "caption_templates": "",
         "build_if_missing": True,
         "augment": {"scale": (0.9, 1.0), "ratio": (3 / 4, 4 / 3)},
         "eval_max_captions": 0,
@@ -83,15 +90,17 @@ BUILDER_SECTIONS = {"synthetic_shapes": ("synthetic",), "image_text_table": ("ta
 # Fields that decide which training examples are read, in which order (with the builder's
 # section); the rest (prefetching, evaluation, augmentation ranges) do not.
 STREAM_FIELDS = ("dataset", "data_dir", "train_split", "image_key", "caption_key", "tokens_key",
-                 "tokenize")
+                 "tokenize", "caption_templates")
 
 
 def stream_fields(data: DataConfig) -> dict[str, Any]:
     """{dotted field: value} of a data section (resolved, or as a checkpoint recorded it) for
     the fields that decide the training stream: `STREAM_FIELDS` and the dataset's builder
     section (`table.train_path`, ...). Two sections with equal results feed the same examples in
-    the same order, so a resumed run's data position means the same thing in both."""
-    out = {field: data.get(field) for field in STREAM_FIELDS}
+    the same order, so a resumed run's data position means the same thing in both. A field
+    a checkpoint's older config lacks reads as its default (what that run used)."""
+    defaults = default_config()
+    out = {field: data.get(field, defaults[field]) for field in STREAM_FIELDS}
     for section in BUILDER_SECTIONS.get(data.get("dataset"), ()):
         out.update({f"{section}.{k}": v for k, v in dict(data.get(section) or {}).items()})
     return out
@@ -194,6 +203,9 @@ def _check(c: ml_collections.ConfigDict) -> None:
              f"one of {TABLE_QUOTING} (auto: none for tab-separated, csv otherwise)"),
             (c.table.num_threads >= 1, "data.table.num_threads",
              "1 or more threads reading the images (default 16)"),
+            (bool(c.table.caption_column or c.table.label_column), "data.table.caption_column",
+             "the caption column's name, or '' with data.table.label_column set (each caption "
+             "is then the row's class name)"),
         ]
     if c.dataset == "webdataset_shards":
         checks += [
@@ -214,6 +226,14 @@ def _check(c: ml_collections.ConfigDict) -> None:
             value = _get(c, field)  # `--config.data.augment.scale=0.5` arrives as (0.5,)
             shown = value[0] if isinstance(value, tuple) and len(value) == 1 else value
             raise ConfigError(f"Invalid {field}={shown!r}; use {fix}.")
+    if c.caption_templates:
+        if c.tokenize == "stored":
+            raise ConfigError("data.caption_templates makes each caption in the pipeline, so "
+                              "it is tokenised there: use data.tokenize='auto' or 'pipeline'.")
+        try:
+            templates.get_templates(c.caption_templates)
+        except ConfigError as error:
+            raise type(error)(f"data.caption_templates: {error}") from None
     names = c.table.class_names if c.dataset == "image_text_table" else ""
     if names and (why := text_lists.missing_list_file(names)):
         raise MissingFileError(f"data.table.class_names={names!r}: {why}; give the file of "

@@ -283,7 +283,10 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
 
 def _use_stored_tokens(features: Any, name: str, config: ml_collections.ConfigDict,
                        model_config: CLIPConfig) -> bool:
-    """data.tokenize applied: stored tokens when asked for, or (auto) long enough."""
+    """data.tokenize applied: stored tokens when asked for, or (auto) long enough; never
+    with `data.caption_templates` (the captions are made in the pipeline)."""
+    if config.caption_templates:
+        return False
     tokens_feature = feature(features, config.tokens_key) if config.tokens_key else None
     stored_length = tokens_feature.shape[-1] if tokens_feature is not None else 0
     length = model_config.context_length

@@ -20,12 +20,12 @@ into global arrays (e.g. `jax.make_array_from_process_local_data`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from clip_jax.data import tf_preprocess
+from clip_jax.data import templates, tf_preprocess
 from clip_jax.data._tf import tf
 from clip_jax.data.options import DataConfig, resolve_config
 from clip_jax.data.schema import lookup, make_schema, tokenize_in_graph
@@ -36,6 +36,8 @@ from clip_jax.models.config import CLIPConfig
 
 _MAX_POSITION = 1 << 62  # training streams are infinite in practice
 _PERMUTATION_STREAM, _AUGMENT_STREAM = 1, 2
+# Folded into an example's augmentation key: its caption's template (the caption pick is 1).
+_TEMPLATE_STREAM = 2
 
 
 def permutation_seed(seed: int) -> np.ndarray:
@@ -107,6 +109,8 @@ def make_train_iterator(
     scale, ratio = tuple(config.augment.scale), tuple(config.augment.ratio)
     augment_key = tf.constant([seed, _AUGMENT_STREAM], tf.int64)
     permutation_key = permutation_seed(seed)
+    prompts = (caption_prompts(templates.get_templates(config.caption_templates))
+               if config.caption_templates else None)
 
     def positions(start: tf.Tensor) -> dict[str, tf.Tensor]:
         t = start + tf.range(READ_CHUNK, dtype=tf.int64)  # this process's running position
@@ -137,7 +141,8 @@ def make_train_iterator(
         if schema.tokens_key:
             out["tokens"] = schema.caption_tokens(parsed)[pick]
         else:
-            out["caption"] = captions[pick]
+            out["caption"] = (captions[pick] if prompts is None
+                              else prompts(captions[pick], key))
         if return_index:
             out["index"] = item["index"]
         return out
@@ -154,6 +159,22 @@ def make_train_iterator(
         dataset = dataset.map(_tokenize_captions(schema.context_length))
     dataset = dataset.prefetch(config.prefetch_batches)
     return TrainIterator(dataset.with_options(dataset_options()), start_batch, local, num_examples)
+
+
+def caption_prompts(prompt_templates: Sequence[str]
+                    ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """`(caption, key) -> prompt`: a scalar string caption put in one of `prompt_templates`
+    (each with one '{}'), drawn uniformly by the stateless `key` (an example's augmentation
+    key, folded with its own stream), so that batch `k` stays a pure function of (seed, k)."""
+    prefixes, suffixes = zip(*(template.split("{}", 1) for template in prompt_templates))
+    prefixes, suffixes = tf.constant(prefixes), tf.constant(suffixes)
+
+    def prompt(caption: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+        draw_key = tf.random.experimental.stateless_fold_in(key, _TEMPLATE_STREAM, alg="philox")
+        t = tf.random.stateless_uniform([], draw_key, minval=0, maxval=len(prompt_templates),
+                                        dtype=tf.int32, alg="philox")
+        return tf.strings.join([prefixes[t], caption, suffixes[t]])
+    return prompt
 
 
 def _tokenize_captions(context_length: int) -> Any:

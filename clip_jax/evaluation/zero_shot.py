@@ -17,7 +17,7 @@ import numpy as np
 
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import imagenet_names
-from clip_jax.evaluation import templates as templates_lib
+from clip_jax.data import templates as templates_lib
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.preprocess import ImageLike
 from clip_jax.data import text_lists

@@ -119,8 +119,8 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
             for start in range(0, len(groups), _BATCH):
                 batch = groups[start:start + _BATCH]
-                cleaned = pool.map(lambda group: _clean_group(group, root, config.clean, labels),
-                                   batch)
+                cleaned = pool.map(lambda group: _clean_group(
+                    group, root, config.clean, labels, config.table.captions_from_labels), batch)
                 ready = []
                 for group, (image, captions, outcomes) in zip(batch, cleaned):
                     for key, outcome in outcomes:
@@ -297,8 +297,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
         if problem:
             rows.append(_Row(record.first_line, record.lines, "", b"", problem))
             continue
-        caption = fields[columns["caption_column"]].encode("utf-8", errors="surrogateescape")
         label = fields[columns["label_column"]].strip() if table.label_column else ""
+        caption = ("" if table.captions_from_labels else fields[columns["caption_column"]]
+                   ).encode("utf-8", errors="surrogateescape")
         rows.append(_Row(record.first_line, record.lines, fields[columns["image_column"]],
                          caption, conversions=conversions, label=label))
     probe = [_resolve(root, r.path) for r in rows[:_PROBE_ROWS]
@@ -416,9 +417,10 @@ def _group(rows: list[_Row], by_image: bool, root: str) -> list[list[_Row]]:
 
 
 def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
-                 labels: LabelColumn | None = None
+                 labels: LabelColumn | None = None, label_captions: bool = False
                  ) -> tuple[bytes | None, list[str], list[tuple[str, Any]]]:
-    """(image bytes or None, good captions, per-row outcome: conversions or BadRecord)."""
+    """(image bytes or None, good captions, per-row outcome: conversions or BadRecord);
+    `label_captions`: each caption is the class name of the group's label (`labels`)."""
     first = group[0]
     keys = [row.key for row in group]
     if first.problem:
@@ -429,7 +431,7 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
         if not path:
             raise records.BadRecord("missing_file", "empty image path")
         if labels is not None:
-            labels.index(first.label)
+            label = labels.index(first.label)
         if not tables.is_utf8(path):
             raise records.BadRecord("bad_path", "image path is not valid UTF-8")
         full = _resolve(root, path)
@@ -448,9 +450,9 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
         return None, [], [(key, error) for key in keys]
     captions, outcomes = [], []
     for key, row in zip(keys, group):
-        try:
-            caption, conversions = records.clean_caption(row.caption, clean,
-                                                         tables.MISSING_VALUES)
+        try:  # without a caption column, the class name (each row of a group: its first's)
+            raw = labels.names[label].encode() if label_captions else row.caption
+            caption, conversions = records.clean_caption(raw, clean, tables.MISSING_VALUES)
         except records.BadRecord as error:
             outcomes.append((key, error))
             continue

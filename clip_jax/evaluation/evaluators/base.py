@@ -25,7 +25,7 @@ from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import imagenet_names
 from clip_jax.evaluation import imagenet_subsets
-from clip_jax.evaluation import templates as templates_lib
+from clip_jax.data import templates as templates_lib
 from clip_jax.evaluation import zero_shot
 
 if TYPE_CHECKING:

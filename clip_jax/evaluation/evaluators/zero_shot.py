@@ -27,7 +27,7 @@ def zero_shot_task(dataset: str = "", split: str = "", templates: str = "",
     """A zero-shot classification task. `dataset` "" = the training data, a TFDS name, or a
     labelled image folder / CSV / CLIP_benchmark webdataset folder (`clip_jax.data.labelled`);
     `split` "" = the data config's eval split (a labelled folder: its test split, or itself);
-    `templates` a set of `clip_jax.evaluation.templates.TEMPLATE_SETS` or a file (one template
+    `templates` a set of `clip_jax.data.templates.TEMPLATE_SETS` or a file (one template
     per line), "" = the source's own templates file if it has one, else `openai_imagenet`
     (the paper's 80) for classes named by ImageNet WordNet id, else `default`;
     `class_names` "" = the dataset's label names (OpenAI's names for WordNet ids:
