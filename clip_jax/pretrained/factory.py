@@ -56,8 +56,8 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     dict, or any model config `clip_jax.load(model=...)` reads (`loading.model_config`):
     open_clip's (a `model_configs/*.json` file or its dict, how a custom open_clip architecture
     is written down) or transformers' (a `config.json`, its dict or the object). `overrides`
-    then may only change
-    numerics (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`), else ConfigError.
+    then may only change numerics (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`),
+    else ConfigError.
     Parameters are stored in `param_dtype` (float32 unless overridden).
 
     A name of weights rather than of an architecture (a local file or folder, `hf-hub:ORG/NAME`,
