@@ -102,6 +102,17 @@ class Table:
                 "multiline_records": sum(r.last_line > r.first_line for r in self.records)}
 
 
+def class_index(text: str) -> int | None:
+    """A label cell as a class index: "3", "-1", and "3.0" (what pandas writes for an integer
+    column that had a missing value); None for anything else (a class name, "2.5", "²"). One
+    rule for the labelled tables `clip-jax eval` reads and the ones `image_text_table` builds."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
 def is_utf8(text: str) -> bool:
     """False for a field holding bytes that are not UTF-8 (read as surrogate escapes)."""
     try:

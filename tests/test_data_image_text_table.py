@@ -828,6 +828,7 @@ def _stored_labels(builder) -> dict[str, int]:
     (["zéro", "one, uno", "3", "四", "Six"], ["3", "zéro", "四", "3", "Six", "one, uno", "3"]),
     (["1", "2", "3", "4", "5"], ["1", "5", "2", "3", "4", "1", "2"]),  # classes named 1..5
     (["7", "cat", "10"], ["10", "7", "cat", "10", "7", "cat", "7"]),
+    (["a", "b", "c"], ["2", "0", "1.0", "2", "1", "0", "2.0"]),  # indices as pandas writes them
 ])
 def test_a_class_named_by_a_number_keeps_its_label(inputs, tmp_path, names, cells):
     """Trial E: a class named "3" among named classes was stored as index 3 (another class),
@@ -839,15 +840,48 @@ def test_a_class_named_by_a_number_keeps_its_label(inputs, tmp_path, names, cell
                   "title": "a photo", "label": cells}).to_csv(tmp_path / "t.csv", index=False)
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     table = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
-    expected = dict(zip(table.filepath, pd.Categorical(table.label, categories=names).codes))
+    indices = set(table.label) - set(names)  # a column of indices when none is a name
+    codes = (table.label.astype(float).astype(int) if indices
+             else pd.Categorical(table.label, categories=names).codes)
+    expected = dict(zip(table.filepath, codes))
     config = table_config(root, str(tmp_path / "tfds"), name="numbered",
                           train_path=str(tmp_path / "t.csv"), image_root=root,
                           label_column="label", class_names=str(tmp_path / "names.txt"))
     assert _stored_labels(sources.prepare(config)) == {k: int(v) for k, v in expected.items()}
-    if not all(cell.isdigit() for cell in cells):  # without names, the column is ambiguous
+    if not indices and not all(cell.isdigit() for cell in cells):  # ambiguous without names
         config.table.update(name="numbered_unnamed", class_names="")
         with pytest.raises(ConfigError, match=r"mixes class names .* with numbers"):
             sources.prepare(config)
+
+
+@pytest.mark.parametrize("cells,refused", [
+    # Numbers among names that are none of the class names (trial G: "0" was stored as the
+    # first class, "5" as the sixth, where `clip-jax eval` refuses the column).
+    (["cat", "3", "0", "dog", "5"], "mixes class names with numbers that are none of "
+                                    "data.table.class_names ('0')"),
+    (["²", "cat", "3"], None),  # `str.isdigit` took "²" for an index: int() raised
+])
+def test_a_column_mixing_names_and_numbers_reads_as_clip_jax_eval_reads_it(
+        inputs, tmp_path, cells, refused):
+    root, _ = inputs
+    names = ["cat", "3", "dog", "²"]
+    paths = [os.path.join(root, "images", n) for n in GOOD[:len(cells)]]
+    pd.DataFrame({"filepath": paths, "title": "a photo", "label": cells}).to_csv(
+        tmp_path / "t.csv", index=False)
+    config = table_config(root, str(tmp_path / "tfds"), name="mixed",
+                          train_path=str(tmp_path / "t.csv"), image_root=root,
+                          label_column="label", class_names=",".join(names))
+    from clip_jax.data import labelled
+    if refused:
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            sources.prepare(config)
+        with pytest.raises(ConfigError, match="the column mixes class indices with names"):
+            labelled.read(str(tmp_path / "t.csv"), class_names=names)
+        return
+    expected = {p: names.index(c) for p, c in zip(paths, cells)}
+    assert _stored_labels(sources.prepare(config)) == expected
+    got = labelled.read(str(tmp_path / "t.csv"), class_names=names)
+    assert list(got.labels) == [names.index(c) for c in cells]
 
 
 def test_a_missing_class_names_file_is_refused_before_the_build(inputs, tmp_path):

@@ -302,6 +302,9 @@ def test_templates_and_class_names(tmp_path):
         templates.get_templates(["no placeholder"])
     assert zero_shot.read_class_names("", ["aquarium_fish", "cat"]) == ["aquarium fish", "cat"]
     assert zero_shot.read_class_names("cat, dog ,car") == ["cat", "dog", "car"]
+    # A file name with no file was a list of one class name (trial G).
+    with pytest.raises(FileNotFoundError, match="The class names file 'nmes.txt': no such file"):
+        zero_shot.read_class_names("nmes.txt")
     names = tmp_path / "names.txt"
     names.write_text("tench\ngoldfish\n")
     assert zero_shot.read_class_names(str(names)) == ["tench", "goldfish"]

@@ -259,7 +259,19 @@ def test_an_open_clip_model_config_is_an_architecture(tmp_path):
     texts = ["a photo of a cat", "an é and a 猫 " * 5]
     np.testing.assert_array_equal(clip_jax.get_tokenizer(weights)(texts), open_clip.get_tokenizer(
         "ViT-B-32", context_length=12)(texts).numpy())
-    # A config beside weights files is a model folder's: its weights, not a random init.
+    for given in (open_clip_model_cfg(config), clip_jax.models.get_preset("test-vit")):
+        np.testing.assert_array_equal(clip_jax.get_tokenizer(given)(texts),
+                                      open_clip.get_tokenizer("ViT-B-32", context_length=len(
+                                          clip_jax.get_tokenizer(given)(texts)[0]))(texts))
+    # Beside the weights, as open_clip users keep them (trial G: refused as a folder's config).
+    (tmp_path / "weights" / "my-arch.json").write_text(arch.read_text())
+    for module, variables in (
+            clip_jax.create_model(tmp_path / "weights" / "my-arch.json", pretrained=weights),
+            clip_jax.create_model_and_transforms(tmp_path / "weights" / "my-arch.json",
+                                                 weights)[:2]):
+        np.testing.assert_allclose(module.apply(variables, images, tokens)[0], r_img, atol=1e-5)
+    assert clip_jax.create_model(tmp_path / "weights" / "my-arch.json")[0].config == config
+    # A model folder's own config beside its weights: the folder's weights, not a random init.
     beside = tmp_path / "weights" / "open_clip_config.json"
     beside.write_text(arch.read_text())
     with pytest.raises(ConfigError, match="pass the folder"):

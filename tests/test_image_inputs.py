@@ -249,13 +249,18 @@ def test_bad_image_files_raise_the_same_errors_through_preprocess_and_encoder(tm
     (tmp_path / "not_image.jpg").write_text("hello")
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "folder.jpg").mkdir()
-    cases = {"missing.jpg": FileNotFoundError, "folder.jpg": OSError, "cut.png": OSError,
-             "not_image.jpg": OSError, "empty.jpg": OSError}
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    cases = {"missing.jpg": FileNotFoundError, "link.jpg": FileNotFoundError,
+             "folder.jpg": OSError, "cut.png": OSError, "not_image.jpg": OSError,
+             "empty.jpg": OSError}
     for name, expected in cases.items():
         path = str(tmp_path / name)
+        said = set()  # preprocess raised PIL's own error for a file that is no image (trial G)
         for read in (lambda: preprocess(path, CONFIG), lambda: encoder.embed_images([good, path])):
             with pytest.raises(expected, match=re.escape(path)) as raised:
                 read()
-            assert name == "not_image.jpg" or isinstance(raised.value, ConfigError), name
+            assert isinstance(raised.value, ConfigError), name
+            said.add((type(raised.value), str(raised.value)))
+        assert len(said) == 1, said
     with pytest.raises(OSError, match="a folder, not an image file"):
         preprocess(tmp_path / "folder.jpg", CONFIG)

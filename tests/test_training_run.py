@@ -728,6 +728,12 @@ MISCONFIGURATIONS = [
      "config.eval.evaluators='retrieval'", None),
     (["--config.eval.every_steps=0", "--config.eval.evaluators=zero_shot,bogus"],
      "config.eval.evaluators has unknown evaluator(s) ['bogus']", None),  # checked, though off
+    # A task's templates or class names file that is not there, though off (trial G: unsaid,
+    # or read as a list of one class name).
+    (["--config.eval.zero_shot.heldout.templates=my_templates.txt"],
+     "config.eval.zero_shot.heldout.templates='my_templates.txt': no such file", None),
+    (["--config.eval.zero_shot.heldout.class_names={tmp}/nmes.txt"],
+     "config.eval.zero_shot.heldout.class_names=", None),
     (["--config.profile_steps=5-3"], "config.profile_steps: '5-3' is not 'first,last'", None),
     (["--config.profile_steps=5,3"], "config.profile_steps: '5,3'", None),
     (["--config.init_from={tmp}/no_run"], "No checkpoint at", None),

@@ -20,48 +20,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, features
+from PIL import Image
 
-from clip_jax.errors import MissingFileError
+from clip_jax.errors import MissingFileError, UnreadableImageError
 from clip_jax.models.config import CLIPConfig
-from clip_jax.data.preprocess import preprocess
+from clip_jax.data.preprocess import (DECODE_ERRORS, IMAGE_EXTENSIONS, preprocess,
+                                      undecodable_format)
 
 log = logging.getLogger(__name__)
-# Phones' photo formats that Pillow decodes only with a plugin (pillow-heif) or a codec its
-# build may lack (AVIF: in Pillow's wheels from 11.3 on): why not, and the fix; their
-# extensions (.hif: Canon's HEIF; .heics / .avifs: sequences) and ISO-BMFF `ftyp` brands.
-_PLUGIN_FORMATS = {
-    "HEIF": "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG",
-    "AVIF": "AVIF photo: this Pillow has no AVIF codec; upgrade Pillow (its wheels have one "
-            "from 11.3) or convert it to JPEG"}
-_PLUGIN_EXTENSIONS = {".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".heics": "HEIF",
-                      ".avif": "AVIF", ".avifs": "AVIF"}
-_PLUGIN_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
-                                   b"hevm", b"hevs", b"mif1", b"msf1"), "HEIF"),
-                  b"avif": "AVIF", b"avis": "AVIF"}
-# torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included), GIF, and those of
-# `_PLUGIN_EXTENSIONS` this Pillow decodes.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
-                    ".pgm") + tuple(
-    ext for ext, kind in _PLUGIN_EXTENSIONS.items()
-    if (features.check("avif") if kind == "AVIF" else ext in Image.registered_extensions()))
-# The kinds of `_PLUGIN_FORMATS` this Pillow decodes (no reason to give for them).
-_DECODED_KINDS = {kind for ext, kind in _PLUGIN_EXTENSIONS.items() if ext in IMAGE_EXTENSIONS}
-# Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
-# What Pillow raises for a file it cannot read (shared with `clip_jax.data.labelled`).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def undecodable_format(name: str, head: bytes = b"") -> str:
-    """For a file in a phone photo format this Pillow cannot decode, the one-line reason and
-    fix, else "": by the `ftyp` brand in its first 12 bytes `head` where given (a HEIF photo
-    named .jpg), else by its extension."""
-    ext = os.path.splitext(name)[1].lower()
-    kind = (_PLUGIN_BRANDS.get(head[8:12], "") if head[4:8] == b"ftyp"
-            else _PLUGIN_EXTENSIONS.get(ext, ""))
-    return "" if kind in _DECODED_KINDS else _PLUGIN_FORMATS.get(kind, "")
-
-
 @dataclasses.dataclass(frozen=True)
 class SkippedImage:
     """A file that was not embedded, and why (one line)."""
@@ -237,10 +203,12 @@ def _attempt(path: str, read: Callable[[], Any]) -> Any:
     try:
         if not os.path.isfile(path):
             return SkippedImage(path, "a folder, not an image file" if os.path.isdir(path)
-                                else "no such file")
+                                else "a broken link" if os.path.islink(path) else "no such file")
         if os.path.getsize(path) == 0:
             return SkippedImage(path, "empty file (0 bytes)")
         return read()
+    except UnreadableImageError as error:  # `preprocess` said why, in these words
+        return SkippedImage(path, error.reason)
     except Image.UnidentifiedImageError:
         with open(path, "rb") as f:
             head = f.read(12)

@@ -56,15 +56,15 @@ from clip_jax.data.options import IMAGE_COLUMNS, TableOptions, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
-from clip_jax.data.image_folder import (DECODE_ERRORS, IMAGE_EXTENSIONS, undecodable_format,
-                                       first_few, real_path, walk_once)
+from clip_jax.data.image_folder import first_few, real_path, walk_once
 from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig
 from clip_jax_data import tables
-from clip_jax.data.preprocess import EXIF_ORIENTATION, normalization_constants, to_rgb_uint8
+from clip_jax.data.preprocess import (DECODE_ERRORS, EXIF_ORIENTATION, IMAGE_EXTENSIONS,
+                                      normalization_constants, to_rgb_uint8, undecodable_format)
 
 log = logging.getLogger(__name__)
 _EMPTY_REPORTED: set[str] = set()  # folders whose empty classes were named in a warning
@@ -323,8 +323,8 @@ def _read_table_file(path: str, quoting: str = "auto") -> tuple[tables.Table, by
 def _warn_repeats(path: str, files: Sequence[str], labels: np.ndarray,
                   lines: Sequence[str]) -> None:
     """Warns once, with the count and the first case, about rows listing an image file an
-    earlier row lists (however the path is spelt): each row is scored, so the image counts
-    once per row in every metric; with another label it is also scored against both."""
+    earlier row lists (however the path is spelt): each row is used, so the image counts once
+    per row in every metric or fit; with another label it counts under both."""
     first: dict[str, int] = {}
     repeats = []
     for i, file in enumerate(files):
@@ -337,8 +337,9 @@ def _warn_repeats(path: str, files: Sequence[str], labels: np.ndarray,
         i, j = repeats[0]
         relabelled = sum(labels[i] != labels[j] for i, j in repeats)
         log.warning("%s: %d row(s) list an image file a row above lists already (%s repeats "
-                    "%s: %s)%s; each row is scored, so such an image counts once per row: "
-                    "remove the repeated rows to score each image once.", path, len(repeats),
+                    "%s: %s)%s; each row is used (scored, or fit on in a probe's training "
+                    "split), so such an image counts once per row: remove the repeated rows "
+                    "to count each image once.", path, len(repeats),
                     lines[i], lines[j], files[i],
                     f", {relabelled} of them with another label" if relabelled else "")
 
@@ -402,7 +403,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
             class_names, names_from = read_entries(beside), f"in {beside}"
-    indices = [_index(y) for y in raw]
+    indices = [tables.class_index(y) for y in raw]
     # Integers are indices unless every label is a given class name as written (classes
     # named "1".."10", or "3" among words): those are names, not a shifted index.
     indexed = None not in indices and not (class_names is not None
@@ -492,16 +493,6 @@ def index_class_names(path: str, labels: np.ndarray, class_names: Sequence[str] 
     return list(class_names)
 
 
-def _index(text: str) -> int | None:
-    """A label as a class index: "3", "-1", and "3.0" (what pandas writes for an integer
-    column that had a missing value); None for anything else (a class name, "2.5")."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return int(value) if value.is_integer() else None
-
-
 def read_wds(root: str, split: str = "") -> LabelledImages:
     """CLIP_benchmark's webdataset layout; see the module docstring."""
     folder, split = _split_root(root, split, "webdataset")
@@ -536,7 +527,7 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
                 why = "no image" if image is None else "no .cls"
                 skipped.setdefault(why, []).append(f"{shard}:{key}")
                 continue
-            label = _index(classes[key])
+            label = tables.class_index(classes[key])
             if label is None:
                 skipped.setdefault("a .cls that is not a class index", []).append(
                     f"{shard}:{key} ({classes[key][:40]!r})")

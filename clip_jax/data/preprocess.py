@@ -39,13 +39,47 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageColor, ImageOps
+from PIL import Image, ImageColor, ImageOps, features
 
 from clip_jax.errors import ConfigError, MissingFileError, UnreadableImageError
 from clip_jax.models.config import CLIPConfig, normalization_constants
 from clip_jax.models.presets import get_preset
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
+
+# Phones' photo formats that Pillow decodes only with a plugin (pillow-heif) or a codec its
+# build may lack (AVIF: in Pillow's wheels from 11.3 on): why not, and the fix; their
+# extensions (.hif: Canon's HEIF; .heics / .avifs: sequences) and ISO-BMFF `ftyp` brands.
+_PLUGIN_FORMATS = {
+    "HEIF": "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG",
+    "AVIF": "AVIF photo: this Pillow has no AVIF codec; upgrade Pillow (its wheels have one "
+            "from 11.3) or convert it to JPEG"}
+_PLUGIN_EXTENSIONS = {".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".heics": "HEIF",
+                      ".avif": "AVIF", ".avifs": "AVIF"}
+_PLUGIN_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
+                                   b"hevm", b"hevs", b"mif1", b"msf1"), "HEIF"),
+                  b"avif": "AVIF", b"avis": "AVIF"}
+# torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included), GIF, and those of
+# `_PLUGIN_EXTENSIONS` this Pillow decodes.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+                    ".pgm") + tuple(
+    ext for ext, kind in _PLUGIN_EXTENSIONS.items()
+    if (features.check("avif") if kind == "AVIF" else ext in Image.registered_extensions()))
+# The kinds of `_PLUGIN_FORMATS` this Pillow decodes (no reason to give for them).
+_DECODED_KINDS = {kind for ext, kind in _PLUGIN_EXTENSIONS.items() if ext in IMAGE_EXTENSIONS}
+# Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
+# What Pillow raises for a file it cannot read (shared with the folder and table readers).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def undecodable_format(name: str, head: bytes = b"") -> str:
+    """For a file in a phone photo format this Pillow cannot decode, the one-line reason and
+    fix, else "": by the `ftyp` brand in its first 12 bytes `head` where given (a HEIF photo
+    named .jpg), else by its extension."""
+    ext = os.path.splitext(name)[1].lower()
+    kind = (_PLUGIN_BRANDS.get(head[8:12], "") if head[4:8] == b"ftyp"
+            else _PLUGIN_EXTENSIONS.get(ext, ""))
+    return "" if kind in _DECODED_KINDS else _PLUGIN_FORMATS.get(kind, "")
 
 # The last axis of one [H, W, C] image array: grey, grey + alpha, RGB, RGBA.
 _CHANNELS = (1, 2, 3, 4)
@@ -249,18 +283,25 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     """
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
-            raise MissingFileError(f"No image file at {os.fspath(image)!r}.")
+            raise MissingFileError(f"No image file at {os.fspath(image)!r}" + (
+                f": it is a broken link (to {os.readlink(image)!r})." if os.path.islink(image)
+                else "."))
         if os.path.isdir(image):
             raise UnreadableImageError(os.fspath(image), "a folder, not an image file")
         if os.path.getsize(image) == 0:  # as the folder readers say
             raise UnreadableImageError(os.fspath(image), "empty file (0 bytes)")
+        path = os.fspath(image)
         try:
-            with Image.open(image) as opened:
+            with Image.open(path) as opened:
                 return to_rgb_uint8(opened, exif_transpose=exif_transpose, alpha=alpha)
         except Image.UnidentifiedImageError:
-            raise  # its message names the file
-        except OSError as error:  # "image file is truncated": name the file it is about
-            raise UnreadableImageError(os.fspath(image), str(error)) from error
+            with open(path, "rb") as f:
+                head = f.read(12)
+            raise UnreadableImageError(path, undecodable_format(path, head)
+                                       or "not an image PIL can identify") from None
+        except (OSError, SyntaxError) as error:  # "image file is truncated": name the file
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UnreadableImageError(path, f"cannot decode: {text}") from error
     if isinstance(image, Image.Image):
         if exif_transpose:
             image = exif_transposed(image)
@@ -419,10 +460,10 @@ def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str
     Raises ConfigError for an unknown preset name (or a path: load the model first),
     TypeError for a `config` that is neither,
     ValueError for a bad `alpha` and `image_list`'s errors before reading any image;
-    then, per image, MissingFileError for a path with no file, PIL's UnidentifiedImageError
-    for a file that is not an image, `clip_jax.errors.UnreadableImageError` (an OSError)
-    naming the file for a folder or a file that is empty or cannot be decoded (truncated),
-    PIL's DecompressionBombError for one over twice
+    then, per image, MissingFileError for a path with no file,
+    `clip_jax.errors.UnreadableImageError` (an OSError) naming the file and why for a folder
+    or a file that is empty, not an image or cannot be decoded (truncated), as
+    `Encoder.embed_images` says them, PIL's DecompressionBombError for one over twice
     `PIL.Image.MAX_IMAGE_PIXELS` (raise that limit for trusted huge scans), TypeError for an
     array that is not uint8 and ValueError for an image with no pixels (zero height or
     width).

@@ -8,12 +8,17 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from clip_jax.errors import ConfigError
+from clip_jax.data import text_lists
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.evaluation.evaluators import (EVALUATORS, few_shot_task, linear_probe_task,
                                             retrieval_task, robustness_task, zero_shot_task)
 
-__all__ = ["EVALUATORS", "check_evaluators", "default_config", "enabled_evaluators", "few_shot_task",
-           "linear_probe_task", "retrieval_task", "robustness_task", "zero_shot_task"]
+__all__ = ["EVALUATORS", "check_evaluators", "check_task_files", "default_config",
+           "enabled_evaluators", "few_shot_task", "linear_probe_task", "retrieval_task",
+           "robustness_task", "zero_shot_task"]
+
+# Task fields that hold a file name or their entries inline.
+LIST_FIELDS = ("templates", "class_names")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -52,3 +57,18 @@ def check_evaluators(names: Sequence[str], field: str) -> list[str]:
         raise ConfigError(f"{field} has unknown evaluator(s) {unknown}; use a "
                           f"comma-separated subset of {','.join(EVALUATORS)}.")
     return list(names)
+
+
+def check_task_files(eval_config: ml_collections.ConfigDict) -> None:
+    """MissingFileError naming the field for a task's `LIST_FIELDS` value that names a file
+    that is not there (`text_lists.missing_list_file`), every task, evaluated or not: read
+    inline, `names.txt` was one class name, and a typo surfaced only at a later evaluation."""
+    for kind in EVALUATORS:
+        for task, fields in (eval_config.get(kind) or {}).items():
+            for field in LIST_FIELDS:
+                value = fields.get(field) if hasattr(fields, "get") else None
+                why = text_lists.missing_list_file(value) if isinstance(value, str) else ""
+                if why:
+                    raise MissingFileError(
+                        f"config.eval.{kind}.{task}.{field}={value!r}: {why}; check the path "
+                        "(one entry per line), or give the entries inline.")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.evaluation import imagenet_names
 from clip_jax.data import templates as templates_lib
 from clip_jax.inference.encoder import Encoder
@@ -99,7 +99,8 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
     """Class names from a file (one per line), a comma-separated list, or, for "", the
     dataset's own label names as prompts say them: an ImageNet WordNet id as OpenAI's name for
     it (`imagenet_names`: `n01440764` is "tench"; ConfigError for ids outside ImageNet-1k),
-    underscores read as spaces (`aquarium_fish`)."""
+    underscores read as spaces (`aquarium_fish`). MissingFileError for a file name
+    (`text_lists.missing_list_file`) with no file: read as a list, it was one class."""
     if not spec:
         if not dataset_names:
             raise ConfigError("The dataset has no label names; give class names as a file with "
@@ -107,6 +108,10 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
         return [readable(name) for name in imagenet_names.openai_names(dataset_names)]
     if os.path.isfile(spec):
         names = text_lists.read_entries(spec)
+    elif text_lists.missing_list_file(spec):
+        raise MissingFileError(f"The class names file {spec!r}: "
+                               f"{text_lists.missing_list_file(spec)}; check the path (one name "
+                               "per line), or give the names comma-separated.")
     else:
         names = [name.strip() for name in spec.split(",") if name.strip()]
     if len(names) < 2:

@@ -7,17 +7,15 @@ mesh go through `clip_jax.evaluation.embedding.Embedder` instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from clip_jax.data.image_folder import SkippedImage, read_image
 from clip_jax.data.preprocess import ImageLike, image_list, preprocess
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
-from clip_jax.errors import ConfigError, MissingFileError, UnreadableImageError
+from clip_jax.errors import ConfigError
 from clip_jax.models.clip import CLIP, l2_normalize
 from clip_jax.models.text import check_token_ids
 from clip_jax.models.vit import check_image_shape
@@ -69,21 +67,12 @@ class Encoder:
     def embed_images(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
         """PIL images, uint8 arrays (numpy, jax) or file paths -> [N, E], one row per image as
         `preprocess` counts them (`clip_jax.data.preprocess.image_list`: one image gives
-        [1, E], an [N, H, W(, C)] array N rows) and with its errors. A path with no file raises
+        [1, E], an [N, H, W(, C)] array N rows) and with its errors: a path with no file raises
         MissingFileError (a FileNotFoundError); a folder or a file that cannot be decoded
-        raises `clip_jax.errors.UnreadableImageError` (an OSError) naming it and why
-        (`clip_jax.data.image_folder.read_image`'s reasons). Both are ConfigErrors too."""
-        pixels = []
-        for image in image_list(images):
-            if isinstance(image, (str, os.PathLike)):
-                if not os.path.exists(image):
-                    raise MissingFileError(f"No image file at {os.fspath(image)!r}.")
-                image = read_image(os.fspath(image), self.module.config, **self.image_options)
-                if isinstance(image, SkippedImage):
-                    raise UnreadableImageError(image.path, image.reason)
-                pixels.append(image)
-            else:
-                pixels.append(preprocess([image], self.module.config, **self.image_options)[0])
+        `clip_jax.errors.UnreadableImageError` (an OSError) naming it and why. Both are
+        ConfigErrors too."""
+        pixels = [preprocess([image], self.module.config, **self.image_options)[0]
+                  for image in image_list(images)]
         size = self.module.config.vision.image_size
         return self.embed_pixels(np.stack(pixels) if pixels
                                  else np.zeros((0, size, size, 3), np.float32))

@@ -33,8 +33,9 @@ from clip_jax.pretrained import load as loading
 from clip_jax.pretrained import registry as hub
 
 
-# The files a model folder keeps its weights in (safetensors, PyTorch, numpy).
+# The files a model folder keeps its weights in (safetensors, PyTorch, numpy), and its config.
 WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
+FOLDER_CONFIGS = (open_clip_import.CONFIG_FILE, "config.json")
 
 
 def list_models() -> list[str]:
@@ -88,28 +89,31 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
             f"{name_or_config!r}).") from None
 
 
-def _architecture(spec: Any) -> CLIPConfig | None:
+def _architecture(spec: Any, weights_given: bool = False) -> CLIPConfig | None:
     """The CLIPConfig of an architecture given by a config rather than a preset name: a
     `CLIPConfig`, a dict (ours, open_clip's or transformers'), a transformers config object, or
     a model config `.json` file (open_clip's or transformers'); None for anything else (preset
-    names, weights, and a `.json` beside weights files: the config of a model folder, which
-    `clip_jax.load` then asks for as the folder rather than giving random weights silently).
+    names, weights). Without `weights_given` (a `pretrained=`), a model folder's own config
+    (`open_clip_config.json` or `config.json` beside weights files) is None too: the folder's
+    weights, which `clip_jax.load` then asks for as the folder, not random ones silently.
     Raises what `loading.model_config` raises for a config it cannot build."""
     if isinstance(spec, CLIPConfig):
         return spec
     is_json = isinstance(spec, (str, os.PathLike)) and os.fspath(spec).endswith(".json")
-    if is_json and _beside_weights(os.fspath(spec)):
+    if is_json and not weights_given and _folder_config(os.fspath(spec)):
         return None
     if is_json or isinstance(spec, Mapping) or callable(getattr(spec, "to_dict", None)):
         return loading.model_config(spec)
     return None
 
 
-def _beside_weights(path: str) -> bool:
-    """Whether the folder of `path` holds a weights file (`WEIGHTS_SUFFIXES`)."""
+def _folder_config(path: str) -> bool:
+    """Whether `path` is a model folder's own config: named as transformers' and open_clip's
+    folders name it, beside a weights file (`WEIGHTS_SUFFIXES`). `my_arch.json` beside
+    `epoch_3.pt` is an architecture, as open_clip's `--model` reads it."""
     folder = os.path.dirname(os.path.abspath(path))
-    return os.path.isdir(folder) and any(name.endswith(WEIGHTS_SUFFIXES)
-                                         for name in os.listdir(folder))
+    return (os.path.basename(path) in FOLDER_CONFIGS and os.path.isdir(folder)
+            and any(name.endswith(WEIGHTS_SUFFIXES) for name in os.listdir(folder)))
 
 
 def _names_weights(name: Any) -> bool:
@@ -128,7 +132,7 @@ def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os
                      ) -> tuple[CLIP, dict[str, Any]]:
     """`clip_jax.load` of `pretrained` for an architecture given by name, or by a config (which
     then pins the architecture of a weights file; a released tag needs a name)."""
-    config = _architecture(architecture)
+    config = _architecture(architecture, weights_given=True)
     if config is None:
         return loading.load(architecture, pretrained)
     if not os.path.isfile(pretrained):
@@ -153,7 +157,7 @@ def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | d
     Raises what `create_model` or `clip_jax.load` raise: MissingFileError (a FileNotFoundError)
     when nothing is there, ConfigError for files or arguments that contradict each other.
     """
-    config = _architecture(name_or_path)
+    config = _architecture(name_or_path, weights_given=pretrained is not None)
     architecture = name_or_path if config is None else config
     if config is None and not is_preset(name_or_path):
         module, variables = with_numerics(*loading.load(name_or_path, pretrained), **overrides)
@@ -171,7 +175,8 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
     """`tokenizer(texts) -> int32 [N, context_length]` for a model: its context length, and its
     own vocabulary when it has one (a transformers directory or Hub repo); OpenAI's otherwise.
 
-    Accepts a module, a config, a preset or released name (`"ViT-B-32"`, `"ViT-B-32:openai"`),
+    Accepts a module, a config (as `create_model` takes one: ours, open_clip's or transformers',
+    as a dict, object or `.json`), a preset or released name (`"ViT-B-32"`, `"ViT-B-32:openai"`),
     a local model directory, weights file or model config `.json`, or a Hub repo id. A bare
     weights file needs only its text tower's embedding tables (the context length and the
     vocabulary size are their rows), not an architecture `clip_jax.load` could infer. Raises
@@ -181,8 +186,12 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
     tokenizer: Tokenizer | None = None
     if isinstance(model_or_config, CLIP):
         model_or_config = model_or_config.config
-    if isinstance(model_or_config, CLIPConfig):
-        context_length, vocab_size = _text_shape(model_or_config)
+    if not isinstance(model_or_config, (str, os.PathLike)):  # a config: ours, a dict, HF's
+        config = _architecture(model_or_config, weights_given=True)
+        if config is None:
+            raise TypeError(f"get_tokenizer takes a model, a config, a name or a path, not "
+                            f"{type(model_or_config).__name__}.")
+        context_length, vocab_size = _text_shape(config)
     else:
         spec = os.fspath(model_or_config)
         context_length, vocab_size = _named_text_shape(spec, revision, token)

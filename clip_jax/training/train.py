@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 from clip_jax.errors import ConfigError
 from clip_jax.training import config_checks
 from clip_jax.evaluation import evaluate
+from clip_jax.evaluation import options as eval_options
 from clip_jax.runtime import hardware
 from clip_jax.data import options as data_options
 from clip_jax.data import train_pipeline
@@ -105,8 +106,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
              "processes", f"use a multiple of {process_count}")
     attention.check_platform(config.model.attention, platform)
     data_options.resolve_config(config.data)
-    # The evaluator names are checked even with the periodic evaluation off: a config file's
-    # typo would otherwise surface only at a later `--config.mode=eval`.
+    # The evaluator names and task files are checked even with the periodic evaluation off: a
+    # config file's typo would otherwise surface only at a later `--config.mode=eval`.
+    eval_options.check_task_files(config.eval)
     if evaluate.enabled_evaluators(config.eval) and config.eval.every_steps > 0:
         evaluate.declare(config)  # the periodic evaluation's tasks, checked before compiling
 

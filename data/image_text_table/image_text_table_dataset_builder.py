@@ -151,50 +151,61 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass(frozen=True)
 class LabelColumn:
-    """How the label column reads, decided on the whole column (`label_column`): the class
-    `names`, and whether its cells are `"names"`, `"indices"` into them, or `"mixed"` (given
-    names: a cell that is one of them as written is that class, any other integer an index).
-    Trying a cell as an index first read a class named "3" as index 3, another class."""
+    """How the label column reads, decided on the whole column (`label_column`) by the rules
+    `clip-jax eval` reads a labelled table with (`clip_jax.data.labelled.read_table`): the
+    class `names`, and whether the cells are indices into them (`indexed`) or names. Trying
+    each cell as an index first read a class named "3" as index 3, another class."""
 
     names: list[str]
-    kind: str
+    indexed: bool
 
     def index(self, value: str) -> int:
         """The class index of a label cell; BadRecord (skipped and counted) for a label that
-        is no class name, or an index out of range."""
-        if self.kind != "indices" and value in self.names:
-            return self.names.index(value)
-        if self.kind != "names" and _is_index(value) and int(value) < len(self.names):
-            return int(value)
-        what = "class index" if self.kind == "indices" else "label"
-        raise records.BadRecord("unknown_label", f"{what} {value!r} is not one of the "
-                                f"{len(self.names)} class names (data.table.class_names)")
+        is no class name, or an index outside 0..K-1."""
+        if not self.indexed:
+            if value in self.names:
+                return self.names.index(value)
+            raise records.BadRecord("unknown_label", f"label {value!r} is not one of the "
+                                    f"{len(self.names)} class names (data.table.class_names)")
+        index = tables.class_index(value)
+        if index is not None and 0 <= index < len(self.names):
+            return index
+        raise records.BadRecord("unknown_label", f"class index {value!r} is outside 0.."
+                                f"{len(self.names) - 1} (the {len(self.names)} class names of "
+                                "data.table.class_names)")
 
 
 def label_column(table: TableOptions) -> LabelColumn:
     """The label column of every table read as a whole. With `class_names`: names when every
     label is one of them as written (classes may be named by numbers), else indices when
-    every label is an integer, else mixed. Without: the sorted distinct labels as the names;
+    every label is an integer (`tables.class_index`), else names, where a label that is a
+    number but no name is refused (an index, or a name missing from the list?) and any other
+    label not in the list is a bad record. Without: the sorted distinct labels as the names;
     ConfigError for a column of indices (their names are needed) or one mixing names with
-    integers (a number there may be a class's name or another's index)."""
+    numbers (a number there may be a class's name or another's index)."""
     labels = _labels(table)
+    numbers = sorted(v for v in labels if tables.class_index(v) is not None)
     if table.class_names:
         names = label_names(table)
-        if labels <= set(names):
-            return LabelColumn(names, "names")
-        return LabelColumn(names, "indices" if all(map(_is_index, labels)) else "mixed")
-    numbers = sorted(v for v in labels if _is_index(v))
-    if numbers and len(numbers) == len(labels):
+        if labels <= set(names) or len(numbers) < len(labels):
+            stray = [v for v in numbers if v not in names]
+            if stray:
+                raise ConfigError(
+                    f"data.table.label_column={table.label_column!r} mixes class names with "
+                    f"numbers that are none of data.table.class_names ({stray[0]!r}); use one "
+                    f"kind throughout: names from the list, or indices 0..{len(names) - 1}.")
+            return LabelColumn(names, False)
+        return LabelColumn(names, True)
+    if labels and len(numbers) == len(labels):
         raise ConfigError(f"data.table.label_column={table.label_column!r} holds class indices; "
                           "give their names with data.table.class_names (a file or a list).")
     if numbers:
         word = sorted(labels - set(numbers))[0]
         raise ConfigError(f"data.table.label_column={table.label_column!r} mixes class names "
                           f"({word!r}) with numbers ({numbers[0]!r}); give every class name "
-                          "with data.table.class_names (a file or a list; a number that is one "
-                          "of them is that class, another an index), or use one kind "
+                          "with data.table.class_names (a file or a list), or use one kind "
                           "throughout.")
-    return LabelColumn(sorted(labels), "names")
+    return LabelColumn(sorted(labels), False)
 
 
 def _labels(table: TableOptions) -> set[str]:
@@ -227,10 +238,6 @@ def label_names(table: TableOptions) -> list[str]:
                               "each class name once.")
         return names
     return label_column(table).names
-
-
-def _is_index(value: str) -> bool:
-    return value.isdigit()
 
 
 @dataclasses.dataclass(frozen=True)

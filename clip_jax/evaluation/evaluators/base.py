@@ -136,8 +136,9 @@ class Classifier:
         if self.source.indexed:
             raise ConfigError(
                 f"config.eval.{field}: the labels of {self.source.description} are class "
-                "indices and zero-shot prompts need class names; give them with --class-names "
-                f"FILE_OR_LIST (config.eval.{field}.class_names) or a classnames.txt beside it.")
+                "indices and zero-shot prompts need class names; give them with "
+                f"config.eval.{field}.class_names (a file, one per line, or a comma-separated "
+                "list) or a classnames.txt beside it.")
         dataset_names = self.source.class_names
         try:  # WordNet ids, the dataset's (read so already) or given, take OpenAI's names
             if not self.class_spec and self.source.names_file:  # a user's file: as written,
