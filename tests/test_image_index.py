@@ -465,6 +465,20 @@ def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path,
                      capsys.readouterr().err)  # built by the API: no model name, its fingerprint
 
 
+def test_an_interruption_keeps_the_batches_embedded_since_the_last_save(folder, model,
+                                                                        tmp_path):
+    """Trial H: Ctrl-C between saves (default every 4096 images) lost every batch embedded
+    since the last one, while the message said they were kept."""
+    _, module, variables = model
+    out = str(tmp_path / "kept.npz")
+    with pytest.raises(KeyboardInterrupt):
+        image_index.build_index([str(folder)], interrupted_at(3)(module, variables), out,
+                                batch_size=2, save_every=1000, progress=False)
+    report = image_index.build_index([str(folder)], Encoder(module, variables), out,
+                                     batch_size=2, progress=False)
+    assert (report.reused, report.embedded) == (4, 3)  # the two batches before the third
+
+
 def test_index_records_its_image_options_reuses_only_equal_ones_and_search_reads_by_them(
         model, tmp_path, capsys):
     path, module, variables = model
@@ -495,16 +509,27 @@ def test_index_records_its_image_options_reuses_only_equal_ones_and_search_reads
     assert loaded.meta["image_options"] == {"exif_transpose": True, "alpha": [255, 255, 255]}
     np.testing.assert_allclose(loaded.embeddings[i], references["white"], atol=2e-6)
     assert "(0 embedded, 2 reused)" in index("--alpha", "#FFFFFF")[0]  # the same colour
+    # One image with other options: the index's other image is left out, and counted
+    # (trial H: the summary said nothing of it).
+    shutil.copy(out, tmp_path / "one.npz")
+    assert cli.main(["index", str(photos / "p.png"), "--model", path, "--output",
+                     str(tmp_path / "one.npz"), "--alpha", "drop"]) == 0
+    assert "1 file(s) of the previous index left out" in capsys.readouterr().out
     assert cli.main(["search", out, "--image", str(photos / "logo.png"), "--output", "csv"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert table["path"][0] == str(photos / "logo.png")
     np.testing.assert_allclose(table["score"][0], 1.0, atol=1e-5)  # read on white, as indexed
+    # The Python search too, whatever the encoder's options (trial H: it read the query with
+    # the encoder's, alpha dropped, and the logo did not find itself).
+    (top,) = image_index.search(loaded, photos / "logo.png", Encoder(module, variables), k=1)
+    assert top.path == str(photos / "logo.png")
+    np.testing.assert_allclose(top.score, 1.0, atol=1e-5)
 
     summary, loaded, i = index("--alpha", "drop", "--no-exif-transpose")
     assert "(2 embedded, 0 reused)" in summary  # other options: nothing reused, and said
     assert (f"note: the index {out} was built with other image options (--alpha #ffffff "
             "--exif-transpose, now --alpha drop --no-exif-transpose), so none of its 2 "
-            "embeddings is reused: every image is embedded again.") in errors[-1]
+            "embeddings is reused: the images given are embedded again.") in errors[-1]
     np.testing.assert_allclose(loaded.embeddings[i], references["drop"], atol=2e-6)
 
     os.makedirs(out + ".partial")
@@ -802,8 +827,8 @@ def test_sigterm_while_indexing_keeps_the_batches_and_says_so(folder, model, tmp
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["index", str(folder), "--model", path, "--output", out]) == 143
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"Terminated: finished batches are kept in {out}.partial/; run the same "
-                   "command to go on from there."]
+    assert err == [f"Terminated: the images embedded so far are kept in {out}.partial/; run "
+                   "the same command to go on from there."]
     assert signal.getsignal(signal.SIGTERM) == before
 
 

@@ -164,8 +164,8 @@ def index_command(args: argparse.Namespace) -> int:
             model_name=os.path.abspath(args.model) if os.path.exists(args.model) else args.model,
             model_options=load_options(args))
     except KeyboardInterrupt:
-        print(f"\n{'Terminated' if signals else 'Interrupted'}: finished batches are kept in "
-              f"{args.output}.partial/; run the same command to go on from there.",
+        print(f"\n{'Terminated' if signals else 'Interrupted'}: the images embedded so far are "
+              f"kept in {args.output}.partial/; run the same command to go on from there.",
               file=sys.stderr)
         return 128 + (signals[0] if signals else signal.SIGINT)
     finally:
@@ -207,7 +207,9 @@ def search_command(args: argparse.Namespace) -> int:
                           "index readable images first.")
     model = args.model or index.meta.get("model")
     if not model:
-        raise ConfigError(f"{args.index!r} does not record its model; pass --model.")
+        raise ConfigError(f"{args.index!r} does not record its model's name (built by "
+                          "clip_jax.build_index without model_name=); pass --model with the "
+                          "model it was built with (the index checks its weights).")
     if args.model is None and os.path.isabs(model) and not os.path.exists(model):
         raise MissingFileError(f"{args.index} was built with the model at {model}, which is not "
                                "there now; pass --model with where it is (the same weights: "
@@ -225,9 +227,12 @@ def search_command(args: argparse.Namespace) -> int:
                               "built, so scores would compare different embeddings; re-index "
                               f"with clip-jax index IMAGES --model {model} --output "
                               f"{args.index}.")
+        built = index.meta.get("model") or f"weights fingerprint {index.meta.get('fingerprint')}"
+        fix = ("omit --model" if index.meta.get("model") else "pass the model it was built "
+               "with")
         raise ConfigError(f"--model {model} is not the model {args.index} was built with "
-                          f"({index.meta.get('model')}), so scores would compare different "
-                          "embeddings; omit --model, or index the images with this one.")
+                          f"({built}), so scores would compare different embeddings; {fix}, "
+                          "or index the images with this one.")
     query = args.query if args.image is None else pathlib.Path(args.image)
     matches = image_index.search(index, query, encoder, args.top, warn_image_name=False)
     if args.output == "csv":

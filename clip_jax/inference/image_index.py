@@ -4,7 +4,8 @@
 skipped with a reason) and the model's image tower, and writes one `.npz` file: L2-normalised
 float32 embeddings [N, E], the image paths, each file's size and mtime, and a JSON header
 (model fingerprint, skipped files). It is resumable: finished batches are saved every
-`save_every` images to `<output>.partial/`, and a rerun (after an interruption, or on a folder
+`save_every` images, and at an interruption (KeyboardInterrupt: Ctrl-C, or SIGTERM as the CLI
+maps it), to `<output>.partial/`, and a rerun (after an interruption, or on a folder
 that grew) re-embeds only files not already in the partial parts or the previous index, with the
 same model, image options (`recorded_image_options`), size and mtime.
 
@@ -41,7 +42,8 @@ from tqdm import tqdm
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
-from clip_jax.data.preprocess import ALPHA_DROP, ImageLike, background_colour, image_list, is_array
+from clip_jax.data.preprocess import (ALPHA_DROP, ImageLike, background_colour, image_list,
+                                      is_array, preprocess)
 
 FORMAT = "clip_jax.inference.image_index/1"
 _SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)
@@ -233,7 +235,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     paths = list(chosen.values())
     fingerprint, options = model_fingerprint(encoder), recorded_image_options(encoder)
     partial = output + ".partial"
-    known = _reusable(output, partial, fingerprint, options)
+    known, previous_paths = _reusable(output, partial, fingerprint, options)
     stats = {p: _stat(p) for p in paths}
     done = {p: known[p][0] for p in paths if p in known and known[p][1] == stats[p]}
     todo = [p for p in paths if p not in done]
@@ -264,15 +266,20 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
                       file=sys.stderr, flush=True)
         pending_paths, pending = [], []
 
-    for batch in iter_batches(todo, encoder.module.config, batch_size, **encoder.image_options):
-        skipped += batch.skipped
-        if batch.paths:
-            pending.append(encoder.embed_pixels(batch.images))
-            pending_paths += batch.paths
-        bar.update(len(batch.paths) + len(batch.skipped))
-        read += len(batch.paths) + len(batch.skipped)
-        if len(pending_paths) >= save_every:
-            flush()
+    try:
+        for batch in iter_batches(todo, encoder.module.config, batch_size,
+                                  **encoder.image_options):
+            skipped += batch.skipped
+            if batch.paths:
+                pending.append(encoder.embed_pixels(batch.images))
+                pending_paths += batch.paths
+            bar.update(len(batch.paths) + len(batch.skipped))
+            read += len(batch.paths) + len(batch.skipped)
+            if len(pending_paths) >= save_every:
+                flush()
+    except KeyboardInterrupt:  # Ctrl-C or a scheduler's stop: keep what was embedded so far
+        flush()
+        raise
     flush()
     bar.close()
 
@@ -295,7 +302,8 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     index.save(output)
     shutil.rmtree(partial)
     return BuildReport(index, len(kept) - (len(paths) - len(todo)), len(paths) - len(todo),
-                       skipped, ignored, len(found) - len(paths), len(set(known) - set(paths)))
+                       skipped, ignored, len(found) - len(paths),
+                       len((set(known) | set(previous_paths)) - set(paths)))
 
 
 def _progress_line(read: int, total: int, seconds: float) -> str:
@@ -338,13 +346,15 @@ def check_output(output: str | os.PathLike) -> None:
 
 
 def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, Any]
-              ) -> dict[str, tuple[np.ndarray, tuple]]:
+              ) -> tuple[dict[str, tuple[np.ndarray, tuple]], list[str]]:
     """path -> (embedding, (size, mtime)) from a previous index and unfinished parts of this
-    model and image options; a partial folder of others is refused, a previous index of
-    others is ignored (every image is embedded again, as a note on stderr says)."""
-    known = {}
+    model and image options, and the previous index's paths (reused or not: those not given
+    now are left out, and counted); a partial folder of others is refused, a previous index
+    of others is not reused (the images given are embedded again, as a note says)."""
+    known, previous_paths = {}, []
     if os.path.isfile(output):  # an index (`check_output`)
         old = ImageIndex.load(output)
+        previous_paths = list(old.paths)
         before = old.meta.get("image_options", _DEFAULT_IMAGE_OPTIONS)
         if old.meta.get("fingerprint") == fingerprint and before == options:
             for p, e, s, m in zip(old.paths, old.embeddings, old.sizes, old.mtimes):
@@ -354,8 +364,8 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
                      if old.meta.get("fingerprint") != fingerprint else
                      f"other image options ({_describe(before)}, now {_describe(options)})")
             print(f"note: the index {output} was built with {other}, so none of its "
-                  f"{len(old.paths)} embeddings is reused: every image is embedded again.",
-                  file=sys.stderr)
+                  f"{len(old.paths)} embeddings is reused: the images given are embedded "
+                  "again.", file=sys.stderr)
     state = os.path.join(partial, "model.json")
     if os.path.isfile(state):
         with open(state, encoding="utf-8") as f:
@@ -380,7 +390,7 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
             continue
         for p, e, s in part:
             known[p] = (e, (int(s[0]), int(s[1])))
-    return known
+    return known, previous_paths
 
 
 def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Encoder,
@@ -396,7 +406,9 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
     warning saying how to search by the image (`warn_image_name=False` for a caller that
     says so in its own terms, as `clip-jax search` does with `--image`). A text or image
     query is embedded by `encoder`, which must hold the model the index was built with (compared by
-    `model_fingerprint` when the index records one: another model's scores are meaningless).
+    `model_fingerprint` when the index records one: another model's scores are meaningless); an
+    image query is read with the image options the index records (`recorded_image_options`:
+    EXIF rotation, alpha), as its images were, whatever the encoder's.
     Raises, before anything is embedded: TypeError for anything that is not one query (a
     list of texts would be read as one image), ValueError for `k` < 1, for several embeddings
     or images (only the first would be ranked), for an embedding holding NaN or Inf or all
@@ -436,7 +448,9 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
                           "PIL image.", stacklevel=2)
         embedding = encoder.embed_texts([query])[0]
     else:
-        embedding = encoder.embed_images(images)[0]
+        options = index.meta.get("image_options", _DEFAULT_IMAGE_OPTIONS)
+        embedding = encoder.embed_pixels(preprocess(images, encoder.module.config,
+                                                    **options))[0]
     return index.search(embedding, k)[0]
 
 
