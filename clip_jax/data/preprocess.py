@@ -81,6 +81,7 @@ def undecodable_format(name: str, head: bytes = b"") -> str:
             else _PLUGIN_EXTENSIONS.get(ext, ""))
     return "" if kind in _DECODED_KINDS else _PLUGIN_FORMATS.get(kind, "")
 
+
 # The last axis of one [H, W, C] image array: grey, grey + alpha, RGB, RGBA.
 _CHANNELS = (1, 2, 3, 4)
 # A 3-D array whose last axis is 5 to this is refused, not read as greyscale images of that
@@ -299,7 +300,9 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
                 head = f.read(12)
             raise UnreadableImageError(path, undecodable_format(path, head)
                                        or "not an image PIL can identify") from None
-        except (OSError, SyntaxError) as error:  # "image file is truncated": name the file
+        except ConfigError:
+            raise
+        except (OSError, SyntaxError, ValueError) as error:  # "image file is truncated"
             text = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise UnreadableImageError(path, f"cannot decode: {text}") from error
     if isinstance(image, Image.Image):

@@ -73,10 +73,12 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                               "only ASCII whitespace stripped); captions pandas reads as missing "
                               "(NaN, N/A, ...) skipped; an RGB PNG's transparent colour "
                               "composited onto build.alpha.",
-                     "1.2.0": "A label column read as a whole (LabelColumn): a label that is a "
-                              "given class name is that class, never an index (a class named "
-                              "'3' was stored as index 3); a column mixing names and numbers "
-                              "without class_names is refused."}
+                     "1.2.0": "A label column read as a whole, by clip-jax eval's rules "
+                              "(LabelColumn): a label that is a given class name is that class, "
+                              "never an index (a class named '3' was stored as index 3); indices "
+                              "as pandas writes them ('3.0'); numbers among names refused unless "
+                              "they are class names; an empty label skipped (it was a class); "
+                              "caption_column '' captions each example with its class name."}
     BUILDER_CONFIG_CLASS = ImageTextTableConfig
     code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
 
@@ -161,7 +163,10 @@ class LabelColumn:
 
     def index(self, value: str) -> int:
         """The class index of a label cell; BadRecord (skipped and counted) for a label that
-        is no class name, or an index outside 0..K-1."""
+        is no class name, an index outside 0..K-1, or empty (`empty_label`: as `clip-jax eval`
+        skips it; it was a class named "")."""
+        if not value:
+            raise records.BadRecord("empty_label", "the label cell is empty")
         if not self.indexed:
             if value in self.names:
                 return self.names.index(value)
@@ -209,12 +214,12 @@ def label_column(table: TableOptions) -> LabelColumn:
 
 
 def _labels(table: TableOptions) -> set[str]:
-    """The distinct labels of the usable rows of every table."""
+    """The distinct labels of the usable rows of every table (an empty cell is no label)."""
     found = set()
     for field in _SPLIT_FIELDS.values():
         if getattr(table, field):
             rows, *_ = _load_rows(getattr(table, field), table)
-            found |= {r.label for r in rows if not r.problem}
+            found |= {r.label for r in rows if not r.problem and r.label}
     return found
 
 
