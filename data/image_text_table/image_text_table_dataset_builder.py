@@ -462,9 +462,11 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
         return None, [], [(key, error) for key in keys]
     captions, outcomes = [], []
     for key, row in zip(keys, group):
-        try:  # without a caption column, the class name (each row of a group: its first's)
+        try:  # without a caption column, the class name (each row of a group: its first's),
+            # which is no missing value whatever its text (a class named "NA" keeps its rows)
             raw = labels.names[label].encode() if label_captions else row.caption
-            caption, conversions = records.clean_caption(raw, clean, tables.MISSING_VALUES)
+            caption, conversions = records.clean_caption(
+                raw, clean, frozenset() if label_captions else tables.MISSING_VALUES)
         except records.BadRecord as error:
             outcomes.append((key, error))
             continue
