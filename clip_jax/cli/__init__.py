@@ -216,9 +216,8 @@ def search_command(args: argparse.Namespace) -> int:
                                "the index checks them).")
     recorded = index.meta.get("model_options", {}) if args.model is None else {}
     module, variables, tokenizer = load_model_and_tokenizer(model, args, recorded)
-    # an image query is read as the index's images were (`clip-jax index --alpha ...`)
-    encoder = Encoder(module, variables, tokenizer=tokenizer,
-                      **index.meta.get("image_options", {}))
+    # an image query is read as the index's images were (`search`: the index's options)
+    encoder = Encoder(module, variables, tokenizer=tokenizer)
     recorded_fingerprint = index.meta.get("fingerprint")
     if recorded_fingerprint and image_index.model_fingerprint(encoder) != recorded_fingerprint:
         where = os.path.abspath(model) if os.path.exists(model) else model

@@ -330,17 +330,21 @@ def missing_fields(config: ml_collections.ConfigDict, reference: ml_collections.
     return found
 
 
-def assignment_line(path: str, field: str) -> str:
-    """`line N: text` of the first line of the config file at `path` that assigns the last
-    part of the dotted `field` (`c.optimizer.learning_rate = 1e-4`, `c["my_note"] = 1`), or
-    "": an unlocked section takes a misspelt field silently, so no error names its line."""
-    name = re.escape(field.rsplit(".", 1)[-1])
-    pattern = re.compile(rf"(\.{name}|\[\s*['\"]{name}['\"]\s*\])\s*=[^=]")
+def _source_lines(path: str) -> list[str]:
+    """The lines of the config file at `path` ([] if it cannot be read as text)."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            return f.read().splitlines()
     except (OSError, UnicodeDecodeError):
-        return ""
+        return []
+
+
+def assignment_line(lines: list[str], field: str) -> str:
+    """`line N: text` of the first of a config file's `lines` that assigns the last part of
+    the dotted `field` (`c.optimizer.learning_rate = 1e-4`, `c["my_note"] = 1`), or "": an
+    unlocked section takes a misspelt field silently, so no error names its line."""
+    name = re.escape(field.rsplit(".", 1)[-1])
+    pattern = re.compile(rf"(\.{name}|\[\s*['\"]{name}['\"]\s*\])\s*=[^=]")
     found = next((n for n, line in enumerate(lines, 1) if pattern.search(line)), None)
     return f"line {found}: {lines[found - 1].strip()}" if found else ""
 
@@ -354,9 +358,11 @@ def check_known_fields(config: ml_collections.ConfigDict, path: str) -> None:
     path = path.partition(":")[0]
     source = f"the config file {path}"
     reference = base.get_config()
+    found = unknown_fields(config, reference)
+    lines = _source_lines(path) if found else []
     unknown = []
-    for field, hint in unknown_fields(config, reference):
-        said = "; ".join(filter(None, (assignment_line(path, field), hint)))
+    for field, hint in found:
+        said = "; ".join(filter(None, (assignment_line(lines, field), hint)))
         unknown.append(f"{field} ({said})" if said else field)
     if unknown:
         raise ConfigError(f"{source} sets {', '.join(unknown)}, which "

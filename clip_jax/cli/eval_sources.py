@@ -79,19 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-prompts", action="store_true",
                         help="zero-shot also with the bare class name and one template")
     parser.add_argument("--shots", default="1,2,4,8,16", type=positive_ints,
-                        help="few-shot k values (default: 1,2,4,8,16)")
+                        help="few-shot k values (default: %(default)s)")
     parser.add_argument("--seeds", type=positive_int, default=3,
-                        help="few-shot draws per k (default: 3)")
+                        help="few-shot draws per k (default: %(default)s)")
     parser.add_argument("--shifts", default="greyscale,blur,noise,jpeg,sketch,occlusion",
                         type=shift_names,
                         help="synthetic shifts for --robustness (or 'all', or ''; default: "
-                             "greyscale,blur,noise,jpeg,sketch,occlusion)")
+                             "%(default)s)")
     parser.add_argument("--shifted", default="",
                         help="comma-separated shifted datasets for --robustness "
                              "(imagenet_v2, imagenet_r@test, folders)")
     parser.add_argument("--baseline", default="linear_probe",
-                        help="robustness baseline: linear_probe (the default), IN:SHIFTED "
-                             "pairs, or ''")
+                        help="robustness baseline: linear_probe, IN:SHIFTED pairs, or '' "
+                             "(default: %(default)s)")
     parser.add_argument("--train-split", default="",
                         help="the split of --robustness's source the linear-probe baseline is "
                              "fit on (default: its train split; for a folder with no split "

@@ -83,9 +83,8 @@ def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...
             source = f" in {spec}"
         elif any(slot in spec for slot in PLACEHOLDERS):
             templates = (spec,)  # one template; refused below unless it has exactly one slot
-        elif text_lists.missing_list_file(spec):
-            raise MissingFileError(f"The templates file {spec!r}: "
-                                   f"{text_lists.missing_list_file(spec)}; check the path (one "
+        elif why := text_lists.missing_list_file(spec):
+            raise MissingFileError(f"The templates file {spec!r}: {why}; check the path (one "
                                    f"template per line), or use one of {sorted(TEMPLATE_SETS)}.")
         else:
             raise ConfigError(f"Unknown template set {spec!r}: use one of "

@@ -108,9 +108,8 @@ def read_class_names(spec: str, dataset_names: Sequence[str] | None = None) -> l
         return [readable(name) for name in imagenet_names.openai_names(dataset_names)]
     if os.path.isfile(spec):
         names = text_lists.read_entries(spec)
-    elif text_lists.missing_list_file(spec):
-        raise MissingFileError(f"The class names file {spec!r}: "
-                               f"{text_lists.missing_list_file(spec)}; check the path (one name "
+    elif why := text_lists.missing_list_file(spec):
+        raise MissingFileError(f"The class names file {spec!r}: {why}; check the path (one name "
                                "per line), or give the names comma-separated.")
     else:
         names = [name.strip() for name in spec.split(",") if name.strip()]

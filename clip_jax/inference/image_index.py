@@ -194,6 +194,12 @@ def model_fingerprint(encoder: Encoder) -> str:
 _DEFAULT_IMAGE_OPTIONS = {"exif_transpose": True, "alpha": ALPHA_DROP}
 
 
+def image_options_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The image options an index's (or a partial build's) header records; an index written
+    before they were recorded was read with the defaults."""
+    return meta.get("image_options", _DEFAULT_IMAGE_OPTIONS)
+
+
 def recorded_image_options(encoder: Encoder) -> dict[str, Any]:
     """The encoder's image options as an index records them (JSON): `exif_transpose` and
     `alpha`, "drop" or the [r, g, b] background, however it was spelled ('white', '#fff').
@@ -355,7 +361,7 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
     if os.path.isfile(output):  # an index (`check_output`)
         old = ImageIndex.load(output)
         previous_paths = list(old.paths)
-        before = old.meta.get("image_options", _DEFAULT_IMAGE_OPTIONS)
+        before = image_options_of(old.meta)
         if old.meta.get("fingerprint") == fingerprint and before == options:
             for p, e, s, m in zip(old.paths, old.embeddings, old.sizes, old.mtimes):
                 known[p] = (e, (int(s), int(m)))
@@ -374,7 +380,7 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
             raise ConfigError(f"{partial!r} holds an unfinished index of another model "
                              f"({previous.get('model') or previous.get('fingerprint')}); delete "
                              "it or choose another --output.")
-        if (before := previous.get("image_options", _DEFAULT_IMAGE_OPTIONS)) != options:
+        if (before := image_options_of(previous)) != options:
             raise ConfigError(f"{partial!r} holds an unfinished index read with other image "
                               f"options ({_describe(before)}, now {_describe(options)}); rerun "
                               "with those, or delete it or choose another --output.")
@@ -448,9 +454,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
                           "PIL image.", stacklevel=2)
         embedding = encoder.embed_texts([query])[0]
     else:
-        options = index.meta.get("image_options", _DEFAULT_IMAGE_OPTIONS)
         embedding = encoder.embed_pixels(preprocess(images, encoder.module.config,
-                                                    **options))[0]
+                                                    **image_options_of(index.meta)))[0]
     return index.search(embedding, k)[0]
 
 

@@ -82,8 +82,9 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
     that matters (`_WORTH` of the bytes needed, or more than the chip's HBM alone): remat and
     micro-batches for the temporaries (activations), fsdp for parameters and optimizer state,
     the chunked loss first for the [rows per chip, batch] f32 logits and their gradient
-    (micro-batches keep the whole batch's logits); ViT-B/16 on v5e-64 at batch 32,768 needs 62.3 GiB of temporaries against 1.7 GiB
-    of state and 0.1 GiB of logits, and fsdp or the chunked loss did not make it fit."""
+    (micro-batches keep the whole batch's logits); ViT-B/16 on v5e-64 at batch 32,768 needs
+    62.3 GiB of temporaries against 1.7 GiB of state and 0.1 GiB of logits, and fsdp or the
+    chunked loss did not make it fit."""
     temporaries, state, logits = _memory_terms(config, result)
     needed = temporaries + state
     usable = math.inf if result is None else result.hbm_bytes

@@ -194,7 +194,9 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
         context_length, vocab_size = _text_shape(config)
     else:
         spec = os.fspath(model_or_config)
-        context_length, vocab_size = _named_text_shape(spec, revision, token)
+        config = _named_config(spec, revision, token)
+        context_length, vocab_size = (_tensors_text_shape(spec) if config is None
+                                      else _text_shape(config))
         tokenizer = own_vocabulary(spec, revision=revision, token=token)
     return _bind(tokenizer or default_tokenizer(), context_length, vocab_size)
 
@@ -265,30 +267,31 @@ def _text_shape(config: CLIPConfig) -> tuple[int, int]:
     return config.context_length, config.text.vocab_size
 
 
-def _named_text_shape(spec: str, revision: str | None, token: str | bool | None
-                      ) -> tuple[int, int]:
-    """`_text_shape` of the model `spec` names, read without its weights where its files say
-    its architecture, and from the embedding tables alone of a bare weights file."""
+def _named_config(spec: str, revision: str | None, token: str | bool | None
+                  ) -> CLIPConfig | None:
+    """The architecture `spec` names, read without its weights where its files say it; None
+    for a bare weights file (whose head counts need not be inferable: `_tensors_text_shape`
+    reads what a tokenizer needs of it)."""
     named = hub.split_name(spec)
     if named is not None:
-        return _text_shape(get_preset(hub.lookup(*named)[0]))
+        return get_preset(hub.lookup(*named)[0])
     if is_preset(spec):
-        return _text_shape(get_preset(spec))
+        return get_preset(spec)
     if os.path.exists(spec):
         directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
         if hf_import.is_hf_directory(directory):
-            return _text_shape(hf_import.read_config(directory))
+            return hf_import.read_config(directory)
         if open_clip_import.is_open_clip_directory(directory):
-            return _text_shape(open_clip_import.read_config(directory))
+            return open_clip_import.read_config(directory)
         if spec.endswith(".json"):
-            return _text_shape(loading.model_config(spec))
+            return loading.model_config(spec)
         if os.path.isfile(spec):
-            return _tensors_text_shape(spec)
-        return _text_shape(loading.load(spec)[0].config)
+            return None
+        return loading.load(spec)[0].config
     if hub.is_repo_id(spec):
         kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
-        return _text_shape(hf_import.read_config(directory) if kind == "transformers"
-                           else open_clip_import.read_config(directory))
+        return (hf_import.read_config(directory) if kind == "transformers"
+                else open_clip_import.read_config(directory))
     raise MissingFileError(loading.not_found(spec))
 
 
