@@ -4,6 +4,7 @@
 * `image_text_table`: a CSV/TSV of image paths and captions (open_clip's convention);
 * `webdataset_shards`: img2dataset webdataset tar shards;
 * `records`: the build-time checks they share (repair or skip bad records, and report them).
+* `local_info`: their DatasetInfo, which never looks them up in TFDS's public bucket.
 
 Importing a builder's subpackage registers it with TFDS. See data/README.md.
 """

@@ -3,6 +3,7 @@
 import glob
 import io
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS 
 from clip_jax.data import eval_pipeline
 from clip_jax.data import train_pipeline
 from clip_jax.data import options as data_options
+from clip_jax.data import sources
 from clip_jax.errors import ConfigError
 from clip_jax.data import tokenizer
 from clip_jax.models.presets import get_preset
@@ -246,3 +248,22 @@ def test_feature_names_holding_a_slash_are_found():
     assert schema.feature(features, "image/nothing") is None
     example = {"image/id": 7, "captions": {"text": "x"}}
     assert schema.lookup(example, "image/id") == 7 and schema.lookup(example, "captions/text") == "x"
+
+
+@pytest.mark.parametrize("dataset", sorted(sources.BUILDERS))
+def test_our_builders_leave_no_temporary_folder(dataset, tmp_path, monkeypatch):
+    """TFDS's lookup of an unprepared dataset in its bucket made a temporary folder it never
+    removed (`DatasetInfo.initialize_from_bucket`): one stray /tmp/tmp*tfds per builder made."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    (tmp_path / "train.csv").write_text("filepath,title\na.png,a caption\n")
+    config = data_options.default_config()
+    config.dataset = dataset
+    config.data_dir = str(tmp_path / "tfds")
+    config.table.name = config.webdataset.name = "mine"
+    config.table.train_path = str(tmp_path / "train.csv")
+    config.webdataset.train_shards = str(tmp_path / "00000.tar")
+    builder = sources.get_builder(config)
+    assert not builder.is_prepared()  # so TFDS did look for its info
+    assert os.listdir(temporary) == []

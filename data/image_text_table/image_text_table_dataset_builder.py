@@ -30,6 +30,7 @@ from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables
+from clip_jax_data.local_info import LocalDatasetInfo
 from clip_jax_data.options import IMAGE_ROOT_ADVICE, CleanOptions, TableOptions
 
 _SPLIT_FIELDS = {"train": "train_path", "validation": "validation_path", "test": "test_path"}
@@ -86,8 +87,8 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
         table = self.builder_config.table
         extra = ({"label": tfds.features.ClassLabel(names=label_names(table))}
                  if table.label_column else None)
-        return self.dataset_info_from_configs(description=__doc__,
-                                              features=records.image_text_features(extra))
+        return LocalDatasetInfo(builder=self, description=__doc__,
+                                features=records.image_text_features(extra))
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         del dl_manager  # local or gs:// files, read directly

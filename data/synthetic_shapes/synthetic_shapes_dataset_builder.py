@@ -30,6 +30,7 @@ from clip_jax.data._tf import tf  # noqa: F401  (hides accelerators before TFDS 
 from clip_jax.errors import ConfigError
 import tensorflow_datasets as tfds
 
+from clip_jax_data.local_info import LocalDatasetInfo
 from clip_jax_data.options import SyntheticOptions
 from clip_jax_data.records import TOKEN_LENGTH, module_code_path, tokenize
 from clip_jax_data.synthetic_shapes import render
@@ -89,7 +90,8 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
-        return self.dataset_info_from_configs(
+        return LocalDatasetInfo(
+            builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(size, size, 3),

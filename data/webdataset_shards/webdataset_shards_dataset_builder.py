@@ -26,6 +26,7 @@ from clip_jax.errors import ConfigError, MissingFileError
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records
+from clip_jax_data.local_info import LocalDatasetInfo
 from clip_jax_data.options import CleanOptions, WebdatasetOptions
 
 _SPLIT_FIELDS = {"train": "train_shards", "validation": "validation_shards",
@@ -101,8 +102,8 @@ class WebdatasetShards(tfds.core.GeneratorBasedBuilder):
     code_path = tfds.core.utils.classproperty(classmethod(records.module_code_path))
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(description=__doc__,
-                                              features=records.image_text_features())
+        return LocalDatasetInfo(builder=self, description=__doc__,
+                                features=records.image_text_features())
 
     def build_inputs(self) -> list[str]:
         """Every shard the config's patterns match now, split by split: what a build reads,
