@@ -688,6 +688,9 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),
     (["search", "--image", "QUERY"], "No query image at 'QUERY'; check --image."),
+    (["search", "--image", "FOLDER"], "--image takes one query image, and 'FOLDER' is a "
+                                      "folder; pass one of its images (to search with many, "
+                                      "run one search per image)."),
     (["index", "QUERY"], "No image file or folder at 'QUERY'."),
     # an option no given source reads would be silently ignored
     (["eval", "--zero-shot", "cifar10", "--shots", "1,2"],
@@ -710,8 +713,10 @@ def test_labels_and_prompts_are_checked_before_the_model_loads(argv, message, tm
     model = str(tmp_path / "no_model")
     command, *rest = [str(labels) if a == "LABELS_FILE" else a for a in argv]
     message = message.replace("LABELS_FILE", str(labels))
-    message = message.replace("QUERY", str(tmp_path / "q.jpg"))
-    rest = [str(tmp_path / "q.jpg") if a == "QUERY" else a for a in rest]
+    named = {"QUERY": str(tmp_path / "q.jpg"), "FOLDER": str(tmp_path)}
+    for name, path in named.items():
+        message = message.replace(name, path)
+    rest = [named.get(a, a) for a in rest]
     positional = {"zero-shot": ["--model", model, str(tmp_path)], "eval": [model],
                   "search": [str(tmp_path / "index.npz")],
                   "index": ["--model", model, "--output", str(tmp_path / "o.npz")]}[command]

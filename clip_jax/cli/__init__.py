@@ -187,6 +187,9 @@ def search_command(args: argparse.Namespace) -> int:
     if args.query is None and args.image is None:
         raise ConfigError("No query: give a text query (clip-jax search INDEX \"a red car\") or "
                           "--image QUERY_IMAGE.")
+    if args.image is not None and os.path.isdir(args.image):
+        raise ConfigError(f"--image takes one query image, and {args.image!r} is a folder; pass "
+                          "one of its images (to search with many, run one search per image).")
     if args.image is not None and not os.path.isfile(args.image):
         raise MissingFileError(f"No query image at {args.image!r}; check --image.")
     if args.image is not None and (failed := image_folder.check_image(args.image)):
