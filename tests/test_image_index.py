@@ -552,10 +552,20 @@ def test_progress_into_a_log_file_is_one_line_per_save(folder, model, tmp_path, 
     err = capsys.readouterr().err
     assert "\r" not in err
     counts = [(int(m[1]), int(m[2])) for m in re.finditer(
-        r"^index: (\d+)/(\d+) files read \([\d.]+ files/s(, [\d.]+ min to go)?\), saved$", err,
-        re.M)]
+        r"^index: (\d+)/(\d+) files read \([\d.]+ files/s"
+        r"(, (\d+s|\d+m\d\ds|\d+h\d\dm) to go)?\), saved$", err, re.M)]
     assert len(counts) >= 3 and counts[-1] == (len(paths), len(paths))
     assert [c for c, _ in counts] == sorted({c for c, _ in counts})  # growing, one per save
+
+
+@pytest.mark.parametrize("read,total,seconds,left", [
+    (4096, 10000, 100.0, ", 2m24s to go"), (95, 100, 95.0, ", 5s to go"),
+    (100, 100, 80.0, ""), (1, 20_000, 1.0, ", 5h33m to go")])
+def test_a_progress_line_says_what_is_left_in_the_units_it_needs(read, total, seconds, left):
+    """Near the end it read '0.1 min to go' (and '0.0 min to go')."""
+    rate = read / seconds
+    assert image_index._progress_line(read, total, seconds) == (
+        f"index: {read}/{total} files read ({rate:.1f} files/s{left}), saved")
 
 
 def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys):

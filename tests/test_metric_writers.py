@@ -8,8 +8,8 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from clip_jax.training.metric_writers import (MetricWriter, Progress, format_duration,
-                                              format_value)
+from clip_jax.runtime.logs import format_duration
+from clip_jax.training.metric_writers import MetricWriter, Progress, format_value
 
 
 def _tensorboard(workdir):

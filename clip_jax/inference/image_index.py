@@ -40,6 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.runtime.logs import format_duration
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
 from clip_jax.data.preprocess import (ALPHA_DROP, ImageLike, background_colour, image_list,
@@ -313,10 +314,10 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
 
 
 def _progress_line(read: int, total: int, seconds: float) -> str:
-    """'index: 4096/10000 files read (41.0 files/s, 2.4 min to go), saved': a log file's
+    """'index: 4096/10000 files read (41.0 files/s, 2m24s to go), saved': a log file's
     progress (files: the unreadable ones, skipped, count as read)."""
     rate = read / seconds if seconds > 0 else 0.0
-    left = f", {(total - read) / rate / 60:.1f} min to go" if rate and read < total else ""
+    left = f", {format_duration((total - read) / rate)} to go" if rate and read < total else ""
     return f"index: {read}/{total} files read ({rate:.1f} files/s{left}), saved"
 
 

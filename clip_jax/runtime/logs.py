@@ -127,3 +127,14 @@ class _ClosedSafe:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def format_duration(seconds: float) -> str:
+    """`42s`, `5m12s`, `3h07m` (rounded to the second, then to the minute past an hour)."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"

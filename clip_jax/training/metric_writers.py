@@ -29,6 +29,8 @@ from tensorboard.compat.proto.event_pb2 import SessionLog
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tqdm import tqdm
 
+from clip_jax.runtime.logs import format_duration
+
 
 _BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
@@ -244,17 +246,6 @@ def format_value(name: str, value: float) -> str:
     if name == "mfu":
         return f"{value * 100:.2g}%"
     return f"{value:#.4g}".rstrip(".")
-
-
-def format_duration(seconds: float) -> str:
-    """`42s`, `5m12s`, `3h07m` (rounded to the second, then to the minute past an hour)."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _wait_for_a_later_second(events_dir: str) -> None:
