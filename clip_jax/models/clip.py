@@ -13,7 +13,7 @@ import numpy as np
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import NUMERICS, CLIPConfig, normalization_constants
 from clip_jax.models.initializers import Constant, sample_variables, with_axes
-from clip_jax.models.layers import stack_layers, unstack_layers
+from clip_jax.models.layers import stack_layers, unstack_layers, unstacked_path
 from clip_jax.models.presets import get_preset
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer, check_token_ids
@@ -178,6 +178,7 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     distribution is `module.init`'s, the numbers are not. Traceable:
     `jax.eval_shape(lambda: create_model("ViT-L/14")[1])` gives the shapes without allocating,
     and inside `jax.jit` it is `module.init`. `clip_jax.create_model` adds `pretrained=`.
+    A seed gives the same weights with `scan_layers` on or off (`stack_layers` of the other).
     """
     config = as_config(name_or_config, **overrides)
     module = CLIP(config)
@@ -187,7 +188,8 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     init_fn = functools.partial(init_variables, module)
     if isinstance(rng, jax.core.Tracer):
         return module, nn.unbox(init_fn(rng))
-    return module, sample_variables(init_fn, abstract_variables(config), rng, shardings)
+    return module, sample_variables(init_fn, abstract_variables(config), rng, shardings,
+                                    layer_path=unstacked_path)
 
 
 @functools.lru_cache(maxsize=32)

@@ -182,7 +182,9 @@ def with_axes(init: Initializer, names: tuple[str | None, ...]) -> Callable[...,
 
 
 def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variables,
-                     rng: jax.Array, shardings: Any = None) -> Variables:
+                     rng: jax.Array, shardings: Any = None,
+                     layer_path: Callable[[tuple[Any, ...], int], tuple[Any, ...] | None]
+                     | None = None) -> Variables:
     """Plain-array variables shaped like `abstract` (= `jax.eval_shape(init_fn, rng)`).
 
     `init_fn(rng)` returns boxed variables; parameters boxed by `with_axes` are drawn on the
@@ -191,6 +193,9 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
     laid out as those: every process draws the same numbers and transfers only the shards its
     own devices hold, so a multi-host mesh needs no compile and no cross-host comparison. The
     rest come from `jax.jit(init_fn)` pruned to them. `rng` must be concrete (not traced).
+    A variable stacked on a leading layers axis (`nn.scan`'s) is drawn layer by layer, each
+    layer seeded by `layer_path(path, layer)` (the path it has unstacked) where that is not
+    None: the scanned model then has the unrolled one's weights, not others of the same law.
     """
     seed = [int(w) for w in np.asarray(jax.random.key_data(rng)).ravel()]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(
@@ -199,13 +204,22 @@ def sample_variables(init_fn: Callable[[jax.Array], Variables], abstract: Variab
     drawn = [i for i, (_, leaf) in enumerate(leaves)
              if isinstance(leaf, Initialized) and leaf.init is not None]
 
+    def generator(path: tuple[Any, ...]) -> np.random.Generator:
+        name = jax.tree_util.keystr(path).encode()
+        return np.random.Generator(np.random.SFC64(np.random.SeedSequence(
+            [*seed, zlib.crc32(name)])))
+
     def draw(i: int) -> jax.Array:
         """One variable, placed as soon as drawn: host memory holds a few variables at once."""
         path, leaf = leaves[i]
-        name = jax.tree_util.keystr(path).encode()
-        gen = np.random.Generator(np.random.SFC64(np.random.SeedSequence([*seed, zlib.crc32(name)])))
-        value = leaf.value
-        drawn = leaf.init.sample(gen, tuple(value.shape), leaf.draw_shape, value.dtype)
+        value, shape = leaf.value, leaf.draw_shape
+        stacked = layer_path is not None and value.ndim == len(shape) + 1
+        layers = [layer_path(path, j) for j in range(value.shape[0])] if stacked else []
+        if layers and None not in layers:
+            drawn = np.stack([leaf.init.sample(generator(p), shape, shape, value.dtype)
+                              for p in layers])
+        else:
+            drawn = leaf.init.sample(generator(path), tuple(value.shape), shape, value.dtype)
         if placements is None:
             return jax.device_put(drawn)
         return jax.make_array_from_callback(drawn.shape, placements[i], lambda index: drawn[index])

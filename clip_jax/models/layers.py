@@ -431,6 +431,17 @@ def stack_layers(tree: Any) -> Any:
     return out
 
 
+def unstacked_path(path: tuple[Any, ...], layer: int) -> tuple[Any, ...] | None:
+    """The key path (`jax.tree_util`'s) that `unstack_layers` gives layer `layer` of a stacked
+    variable (`.../resblocks/block/...` -> `.../resblocks_{layer}/...`); None for a path
+    outside a scanned stack."""
+    names = [getattr(k, "key", None) for k in path]
+    for i in range(len(names) - 1):
+        if names[i:i + 2] == ["resblocks", "block"]:
+            return (*path[:i], jax.tree_util.DictKey(f"resblocks_{layer}"), *path[i + 2:])
+    return None
+
+
 def unstack_layers(tree: Any) -> Any:
     """Inverse of `stack_layers`: one `resblocks_{i}` entry per layer."""
     if not isinstance(tree, dict):
