@@ -759,6 +759,14 @@ MISCONFIGURATIONS = [
     # An architecture file that is not there is said before init_from's weights are read.
     (["--config.model.name={tmp}/no_arch.json", "--config.init_from=ViT-B-32:openai"],
      "config.model.name: model=", "init_from"),
+    # ... also where setattr or update() sets it (trial G).
+    (["CONFIG={tmp}/typo_calls.py"], "typo_calls.py sets config.model.dtyp (line 6: "
+                                     "c.model.update({'dtyp': 'float32'}); did you mean "
+                                     "model.dtype?), config.optimizer.learning_rate (line 5: "
+                                     "setattr(c.optimizer, \"learning_rate\", 1e-4); did you "
+                                     "mean optimizer.lr?), config.optimizer.wdecay (line 7: "
+                                     "c.optimizer.update(b2=0.98, wdecay=0.1); did you mean "
+                                     "optimizer.weight_decay?)", None),
     (["CONFIG={tmp}/typo.py", "--config.model.dtype=float32"], "config.model.dtyp (line 7: "
      "c.model.dtyp = 'float32'; did you mean model.dtype?)", None),
     (["CONFIG={tmp}/task_typo.py"], "config.eval.zero_shot.heldout.templats (line 5: "
@@ -789,6 +797,9 @@ def _config_files(tmp_path):
     head = "from clip_jax.configs import tiny\n\ndef get_config():\n    c = tiny.get_config()\n"
     for name, body in {"typo": "    c.lock_images = True\n    c.optimizer.learning_rate = 1e-4\n"
                                "    c.model.dtyp = 'float32'\n",
+                       "typo_calls": "    setattr(c.optimizer, \"learning_rate\", 1e-4)\n"
+                                     "    c.model.update({'dtyp': 'float32'})\n"
+                                     "    c.optimizer.update(b2=0.98, wdecay=0.1)\n",
                        "locked_key": "    c.data.table.nmae = 'x'\n",
                        "task_typo": "    c.eval.zero_shot.heldout.templats = 'simple'\n"
                                     "    c.eval.zero_shot.mine = dict(dataset='x', split='a')\n",

@@ -341,12 +341,18 @@ def _source_lines(path: str) -> list[str]:
 
 def assignment_line(lines: list[str], field: str) -> str:
     """`line N: text` of the first of a config file's `lines` that assigns the last part of
-    the dotted `field` (`c.optimizer.learning_rate = 1e-4`, `c["my_note"] = 1`), or "": an
-    unlocked section takes a misspelt field silently, so no error names its line."""
+    the dotted `field` (`c.optimizer.learning_rate = 1e-4`, `c["my_note"] = 1`; else
+    `setattr(c.model, "dtyp", ...)`; else a key or keyword, as `c.model.update({"dtyp": ...})`
+    or `update(dtyp=...)` write it), or "": an unlocked section takes a misspelt field
+    silently, so no error names its line."""
     name = re.escape(field.rsplit(".", 1)[-1])
-    pattern = re.compile(rf"(\.{name}|\[\s*['\"]{name}['\"]\s*\])\s*=[^=]")
-    found = next((n for n, line in enumerate(lines, 1) if pattern.search(line)), None)
-    return f"line {found}: {lines[found - 1].strip()}" if found else ""
+    quoted = rf"['\"]{name}['\"]"
+    for pattern in (rf"(\.{name}|\[\s*{quoted}\s*\])\s*=[^=]", rf"setattr\(.*,\s*{quoted}\s*,",
+                    rf"{quoted}\s*:", rf"[(,]\s*{name}\s*=[^=]"):
+        found = next((n for n, line in enumerate(lines, 1) if re.search(pattern, line)), None)
+        if found:
+            return f"line {found}: {lines[found - 1].strip()}"
+    return ""
 
 
 def check_known_fields(config: ml_collections.ConfigDict, path: str) -> None:
