@@ -162,3 +162,43 @@ def test_a_resize_before_the_crop_survives_save_and_load(tmp_path, caplog):
     assert "resize to 40 before the crop" in caplog.text
     _load(tmp_path)
     assert clip_jax.load(str(tmp_path))[0].config == config
+
+
+def test_the_python_exports_check_their_folder_as_the_commands_do(tmp_path):
+    """`clip_jax.save`, `export_hf` and `export_hf_from` wrote into any folder (the commands
+    refuse): beside a project's files, or into a folder holding the other format's model,
+    which clip_jax.load and open_clip then read as two different models (trial K). Each is one
+    ConfigError before anything is written, naming the folder."""
+    from test_convert_hf import _hf_model, _save_hf_dir
+
+    import clip_jax
+    from clip_jax.convert.hf_export import export_hf
+    from clip_jax.errors import ConfigError
+    from clip_jax.pretrained.factory import export_hf_from
+
+    config = get_preset("test-vit")
+    module, variables = CLIP(config), random_variables(config, seed=1)
+    project, hf_folder, oc_folder = tmp_path / "project", tmp_path / "hf", tmp_path / "oc"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    _save_hf_dir(_hf_model(), hf_folder)
+    clip_jax.save(module, variables, oc_folder)
+    before = {p: sorted(p.iterdir()) for p in (project, hf_folder, oc_folder)}
+    cases = [
+        (lambda: clip_jax.save(module, variables, project), "holds other files (notes.txt)"),
+        (lambda: export_hf(config, variables, project), "holds other files (notes.txt)"),
+        (lambda: export_hf_from(hf_folder, project), "holds other files (notes.txt)"),
+        (lambda: clip_jax.save(module, variables, hf_folder),
+         "holds model files for transformers (config.json)"),
+        (lambda: export_hf(config, variables, oc_folder),
+         "holds model files for open_clip (open_clip_config.json)"),
+        (lambda: export_hf_from(hf_folder, oc_folder),
+         "holds model files for open_clip (open_clip_config.json)"),
+    ]
+    for export, said in cases:
+        with pytest.raises(ConfigError) as raised:
+            export()
+        assert said in str(raised.value) and "\n" not in str(raised.value)
+    assert before == {p: sorted(p.iterdir()) for p in before}
+    clip_jax.save(module, variables, oc_folder)  # the same format: its model files replaced
+    export_hf(config, variables, tmp_path / "new")

@@ -1240,7 +1240,7 @@ def test_a_workdir_probe_another_process_removed_is_probed_again(tmp_path, monke
     two-process test). A probe file whose folder vanished is tried again; nothing is left."""
     import tempfile
 
-    from clip_jax.training import config_checks
+    from clip_jax.runtime import folders
 
     workdir = tmp_path / "new" / "run"
     real, calls = tempfile.TemporaryFile, []
@@ -1253,5 +1253,5 @@ def test_a_workdir_probe_another_process_removed_is_probed_again(tmp_path, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tempfile, "TemporaryFile", racing)
-    config_checks.check_workdir(str(workdir))
+    folders.check_writable_dir(str(workdir))
     assert len(calls) == 2 and not (tmp_path / "new").exists()

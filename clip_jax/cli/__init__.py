@@ -290,11 +290,11 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
 def eval_command(args: argparse.Namespace) -> int:
     from clip_jax.cli import eval_sources as eval_cli
 
-    from clip_jax.training import config_checks
+    from clip_jax.runtime.folders import check_writable_dir
 
     # The path and the flags are checked before TensorFlow and the evaluators load (~10 s).
     if args.output:
-        config_checks.check_workdir(args.output, "--output")
+        check_writable_dir(args.output, "--output")
     config = eval_config(args.path, args.config, eval_cli.has_sources(args))
     if args.data_dir:  # before the sources are checked: TFDS names are looked up there
         config.data.data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
@@ -343,26 +343,11 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_export_dir(path: str, previous_export: Callable[[str], bool]) -> None:
-    """OUTPUT_DIR of an export command must be new, empty or a model folder of the same
-    format (`previous_export(path)`), and writable: a typo must not overwrite another folder's
-    config.json or a training workdir's. ConfigError (one line) before the model loads."""
-    from clip_jax.training import config_checks
-
-    config_checks.check_workdir(path, "OUTPUT_DIR")  # a file, under a file, not writable
-    if os.path.isdir(path) and os.listdir(path) and not previous_export(path):
-        held = sorted(os.listdir(path))
-        raise ConfigError(f"OUTPUT_DIR {path!r} holds other files ({', '.join(held[:4])}"
-                          f"{', ...' if len(held) > 4 else ''}), which the export could "
-                          "overwrite; pass a new or empty folder (a model folder of the same "
-                          "format has its model files replaced).")
-
-
 def export_hf_command(args: argparse.Namespace) -> int:
-    from clip_jax.convert import hf_import
+    from clip_jax.convert.output_dir import check_export_dir
     from clip_jax.pretrained.factory import export_hf_from
 
-    check_export_dir(args.output_dir, hf_import.is_hf_directory)
+    check_export_dir(args.output_dir, "transformers", "OUTPUT_DIR")  # in the command's terms
     out = export_hf_from(args.source, args.output_dir, dtype=args.dtype, **load_options(args))
     print(f"Wrote a transformers CLIPModel directory to {out}.")
     return 0
@@ -370,9 +355,9 @@ def export_hf_command(args: argparse.Namespace) -> int:
 
 def export_open_clip_command(args: argparse.Namespace) -> int:
     from clip_jax.convert.open_clip_export import CONFIG_FILE, export_open_clip
+    from clip_jax.convert.output_dir import check_export_dir
 
-    check_export_dir(args.output_dir,
-                     lambda path: os.path.isfile(os.path.join(path, CONFIG_FILE)))
+    check_export_dir(args.output_dir, "open_clip", "OUTPUT_DIR")  # before the model loads
     module, variables = load_model(args.source, args)
     out = export_open_clip(module.config, variables, args.output_dir, dtype=args.dtype)
     print(f"Wrote an open_clip model to {out} (load with "

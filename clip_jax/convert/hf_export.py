@@ -22,6 +22,7 @@ import numpy as np
 from clip_jax.convert import openai
 from clip_jax.convert.hf_keys import LAYER_NORM_EPS, TRANSPOSED, hf_key
 from clip_jax.convert.hf_tokenizer import save_tokenizer
+from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
                                    write_model_folder)
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
@@ -134,10 +135,12 @@ def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: Path
     `dtype` ('float32', 'bfloat16'/'bf16', 'float16'/'fp16') is the stored weight dtype.
     `tokenizer` defaults to OpenAI's vocabulary; pass `hf_tokenizer.load_tokenizer(dir)` for an
     imported model. Raises ConfigError (ResNet tower, unknown dtype, tokenizer larger than the
-    model's vocabulary, incomplete variables) before writing anything.
+    model's vocabulary, incomplete variables, an `output_dir` that holds other files or an
+    open_clip model: `output_dir.check_export_dir`) before writing anything.
     """
     check_exportable(config)
     canonical_dtype(dtype, "export dtype")
+    check_export_dir(output_dir, "transformers")
     if config.logit_bias_init is not None:
         log.warning(
             "HF CLIPModel has no logit bias: the SigLIP logit_bias is not exported. Embeddings "

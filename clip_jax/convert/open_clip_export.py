@@ -16,6 +16,8 @@ import jax
 import numpy as np
 
 from clip_jax.convert import openai
+from clip_jax.convert.open_clip_import import CONFIG_FILE
+from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
                                    write_model_folder)
 from clip_jax.errors import ConfigError
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 OPENAI_VOCAB_SIZE = TextConfig().vocab_size
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
-CONFIG_FILE = "open_clip_config.json"
 # An open_clip model folder's files: an export replaces those it does not write (an earlier
 # model's PyTorch weights, which open_clip would otherwise find beside the new ones).
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, "open_clip_pytorch_model.bin")
@@ -88,9 +89,12 @@ def export_open_clip(config: CLIPConfig, variables: Mapping[str, Any], output_di
     `dtype` raises ConfigError before anything is gathered, and so does a model whose token
     table is not OpenAI's vocabulary's size: open_clip's layout records no tokenizer (its
     models name a Hub one), so the folder would be read with OpenAI's, ids past the table.
+    So does an `output_dir` that holds other files or a transformers model
+    (`output_dir.check_export_dir`).
     """
     canonical_dtype(dtype, "export dtype")
     check_openai_vocabulary(config.text.vocab_size, "this model")
+    check_export_dir(output_dir, "open_clip")
     if config.resize_size not in (None, config.image_size):
         log.warning("open_clip's preprocessing resizes the shortest side to the image size "
                     "(%d): this model's resize to %d before the crop is recorded for clip_jax "

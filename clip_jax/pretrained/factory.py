@@ -23,6 +23,7 @@ from clip_jax.convert import hf_import, hf_keys, open_clip_import, openai
 from clip_jax.convert.hf_export import export_hf
 from clip_jax.convert.hf_tokenizer import load_tokenizer
 from clip_jax.convert.open_clip_export import export_open_clip
+from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import TextTokenizer, Tokenizer, default_tokenizer, openai_for
 from clip_jax.errors import ConfigError, MissingFileError
@@ -325,7 +326,9 @@ def export_hf_from(source: str | os.PathLike, output_dir: str | os.PathLike, *,
     dict file, HF or open_clip directory, released name, Hub id); an HF directory's own tokenizer
     is carried over (read first: a directory without usable tokenizer files fails before the
     weights load). `load_options` are `clip_jax.load`'s keywords (`model`, `activation`,
-    `ema`). The `clip-jax export-hf` command."""
+    `ema`). The `clip-jax export-hf` command. `output_dir` is checked first
+    (`clip_jax.convert.output_dir.check_export_dir`), before the model loads."""
+    check_export_dir(output_dir, "transformers")
     tokenizer = load_tokenizer(source) if hf_import.is_hf_directory(source) else None
     module, variables = loading.load(os.fspath(source), **load_options)
     return export_hf(module.config, variables, output_dir, dtype=dtype, tokenizer=tokenizer)

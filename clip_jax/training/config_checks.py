@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
                                      REMAT_POLICIES)
+from clip_jax.runtime.folders import check_writable_dir
 from clip_jax.runtime.sharding import MESH_AXES
 
 log = logging.getLogger(__name__)
@@ -128,43 +128,6 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}={value!r} is invalid; use {domain}.")
 
 
-def check_workdir(workdir: str, flag: str = "--workdir") -> None:
-    """A local workdir (or any output folder; `flag` names it in the errors) must be, or be
-    creatable as, a directory this process can write to.
-
-    Probed by creating it and a temporary file in it; what the probe created is removed again,
-    so a run refused later leaves nothing behind. URLs (gs://...) are left to the storage layer.
-    """
-    if "://" in workdir:
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"{flag} {workdir!r} is a file; pass a directory (created if "
-                         "missing).")
-    created = []
-    path = os.path.abspath(workdir)
-    while not os.path.exists(path):
-        created.append(path)
-        path = os.path.dirname(path)
-    try:
-        for attempt in range(3):
-            os.makedirs(workdir, exist_ok=True)
-            try:
-                with tempfile.TemporaryFile(dir=workdir):
-                    break
-            except FileNotFoundError:  # another process of the job removed its probe folder
-                if attempt == 2:
-                    raise
-    except OSError as error:
-        raise ConfigError(f"{flag} {workdir!r} is not writable ({error.strerror or error}); "
-                         "pass a directory you can write to.") from None
-    finally:
-        for path in created:
-            try:
-                os.rmdir(path)
-            except OSError:  # gone already, or another process of the job is using it
-                pass
-
-
 def check_training_workdir(workdir: str) -> None:
     """A folder to train in may hold anything but a config.json no run wrote: training writes
     its own config.json there, and a transformers model folder (`clip-jax export-hf`'s) had
@@ -255,7 +218,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """All of the above, in the order a user would fix them (a training run's workdir:
     `check_training_workdir`)."""
     check_fields(config)
-    check_workdir(workdir)
+    check_writable_dir(workdir)
     if lookup(config, "mode")[1] in ("train", None):  # eval writes metrics only, no config
         check_training_workdir(workdir)
     if lookup(config, "data.dataset")[0]:

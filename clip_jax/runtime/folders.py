@@ -1,0 +1,45 @@
+"""Output folders: a path a command will write into is checked before anything expensive."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from clip_jax.errors import ConfigError
+
+
+def check_writable_dir(workdir: str, flag: str = "--workdir") -> None:
+    """A local workdir (or any output folder; `flag` names it in the errors) must be, or be
+    creatable as, a directory this process can write to.
+
+    Probed by creating it and a temporary file in it; what the probe created is removed again,
+    so a run refused later leaves nothing behind. URLs (gs://...) are left to the storage layer.
+    """
+    if "://" in workdir:
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"{flag} {workdir!r} is a file; pass a directory (created if "
+                         "missing).")
+    created = []
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    try:
+        for attempt in range(3):
+            os.makedirs(workdir, exist_ok=True)
+            try:
+                with tempfile.TemporaryFile(dir=workdir):
+                    break
+            except FileNotFoundError:  # another process of the job removed its probe folder
+                if attempt == 2:
+                    raise
+    except OSError as error:
+        raise ConfigError(f"{flag} {workdir!r} is not writable ({error.strerror or error}); "
+                         "pass a directory you can write to.") from None
+    finally:
+        for path in created:
+            try:
+                os.rmdir(path)
+            except OSError:  # gone already, or another process of the job is using it
+                pass
