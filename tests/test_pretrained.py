@@ -502,3 +502,35 @@ def test_a_cached_hub_model_without_tokenizer_files_says_how_to_fetch_them(tmp_p
             "acme/own-vocab: add the files to the cache with `hf download acme/own-vocab "
             f"vocab.json merges.txt --revision {snapshot.name}` while online")):
         clip_jax.get_tokenizer("acme/own-vocab")
+
+
+def test_weights_with_nan_or_infinity_are_refused_at_load(tmp_path):
+    """A weights file with overwritten bytes (header intact) loaded without a word, like in
+    open_clip, and every feature was NaN; `clip-jax export-hf` passed the NaNs on (trial K).
+    The error names the variable and counts what numpy counts in the damaged tensor."""
+    import struct
+
+    from safetensors.numpy import load_file
+
+    config = get_preset("test-vit")
+    folder = tmp_path / "damaged"
+    clip_jax.save(CLIP(config), clip_jax.create_model(config, 0)[1], folder)
+    weights = folder / "open_clip_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    header_size = struct.unpack("<Q", raw[:8])[0]
+    start, _ = json.loads(raw[8:8 + header_size])["visual.proj"]["data_offsets"]
+    at = 8 + header_size + start
+    raw[at:at + 40] = b"\xff" * 40  # ten float32 NaNs
+    weights.write_bytes(bytes(raw))
+    proj = load_file(weights)["visual.proj"]
+    bad = int((~np.isfinite(proj)).sum())
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{folder}: {bad} of the {proj.size} values of params/visual/proj are NaN or "
+            "infinite: the file is damaged")):
+        clip_jax.load(folder)
+    state = open_clip.create_model("RN50").state_dict()
+    state["visual.layer1.0.conv1.weight"][0, 0, 0, 0] = float("inf")
+    state["text_projection"][1, 2] = float("-inf")
+    with pytest.raises(ConfigError, match=r"^the state dict: 1 of the \d+ values of "
+                                          r"\S+ are NaN or infinite \(and 1 more variables\)"):
+        clip_jax.load(state)
