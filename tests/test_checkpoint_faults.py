@@ -159,6 +159,34 @@ def test_training_resumes_from_the_newest_good_checkpoint(damaged, capfd, device
     _quiet(capfd.readouterr().err)
 
 
+@pytest.mark.parametrize("name", ["2.orbax-checkpoint-tmp", "2.orbax-checkpoint-tmp-1733450762"])
+def test_an_unfinished_save_is_removed_at_resume_and_said(saved, tmp_path, caplog, name):
+    """A run killed while its step-2 save was being written (orbax's temporary folder left):
+    the resumed run said nothing of it, and orbax removed it only when step 2 was saved
+    again, with an absl warning among the progress lines (a trial's kill -9 and resume)."""
+    source, variables = saved
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    folder = workdir / "checkpoints"
+    os.rename(folder / "2", folder / name)
+    previous = _state(variables, 1)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                            previous)
+    checkpointer = Checkpointer(str(workdir), 1, 3, asynchronous=False)
+    lines = []
+    with caplog.at_level("WARNING", logger="absl"):
+        step, state, _ = checkpointer.restore_newest(abstract, lines.append)
+        assert step == 1 and sorted(os.listdir(folder)) == ["1"]
+        _assert_equal(state, previous)
+        checkpointer.save(2, _state(variables, 2), {"step": 2, "data_position": 2,
+                                                    "batch_size": 8, "model": {}}, force=True)
+    checkpointer.close()
+    assert lines == ["Removed the unfinished checkpoint of step 2 (the run stopped while "
+                     "writing it; it cannot be resumed from)."]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert sorted(os.listdir(folder)) == ["1", "2"]
+
+
 def test_load_falls_back_to_the_newest_good_checkpoint(damaged, capfd):
     workdir, newest, previous = damaged
     capfd.readouterr()

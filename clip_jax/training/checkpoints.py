@@ -280,7 +280,9 @@ class Checkpointer:
         Each damaged checkpoint is reported in one line and moved to
         `<workdir>/corrupt_checkpoints/<step>` (kept for inspection, out of the run's way); a
         healthy one of another state layout raises ConfigError (`check_layout`) and stays.
+        Saves the run stopped in the middle of are removed first (`discard_unfinished`).
         """
+        self.discard_unfinished(log)
         for step in reversed(self.all_steps()):
             check_layout(epath.Path(checkpoint_dir(self.workdir)) / str(step), abstract_state)
             try:
@@ -292,6 +294,33 @@ class Checkpointer:
                 continue
             return step, state, meta
         return None
+
+    def discard_unfinished(self, log: Callable[[str], None]) -> list[int]:
+        """Removes the folders of saves a stopped run left unfinished (orbax's
+        `<step>.orbax-checkpoint-tmp*`) and says which steps they were; returns them.
+
+        orbax removed one only when the resumed run saved that step again, with an absl line
+        in the middle of the progress lines, and a run killed two steps after its step-10 save
+        began resumed from step 5 with no word about step 10 (a trial). All processes must
+        call it; process 0 removes."""
+        from jax.experimental import multihost_utils
+
+        folder = epath.Path(checkpoint_dir(self.workdir))
+        names = ocp.path.step.tmp_checkpoints(folder)
+        if not names:
+            return []
+        steps = sorted({ocp.path.step.step_from_checkpoint_name(name) for name in names})
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("clip_jax discard unfinished checkpoints")
+        if jax.process_index() == 0:
+            for name in names:
+                (folder / name).rmtree()
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("clip_jax discarded unfinished checkpoints")
+        shown = ", ".join(map(str, steps))
+        log(f"Removed the unfinished checkpoint of step{'s' * (len(steps) > 1)} {shown} (the "
+            "run stopped while writing it; it cannot be resumed from).")
+        return steps
 
     def move_aside(self, step: int, folder: str) -> str:
         """Moves checkpoint `step` to `<workdir>/<folder>/<step>` (all processes must call)."""
