@@ -59,7 +59,7 @@ def test_divergence_names_a_checkpoint_that_is_good(tfds_dir, tmp_path, lr):
 
 
 @pytest.mark.slow
-def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
+def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
     config = tiny.get_config()
     config.total_steps, config.checkpoint.every_steps = 2, 2
@@ -76,10 +76,17 @@ def test_restore_onto_a_different_mesh(tfds_dir, tmp_path, monkeypatch):
     state222, meta = saved.restore(2, s222.abstract_state)
     saved.close()
     assert meta["data_position"] == 2
+    # The mesh it was saved on is recorded (config.json keeps data=-1 as given: a trial).
+    assert meta["mesh"] == {"shape": {"data": 8, "fsdp": 1, "tensor": 1}, "devices": 8,
+                            "processes": 1}
     kernel = state222.params["text"]["transformer"]["resblocks_0"]["c_fc"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     for a, b in zip(jax.tree.leaves(jax.device_get(state8)), jax.tree.leaves(jax.device_get(state222))):
         np.testing.assert_array_equal(a, b)
-    config.total_steps = 3  # and training continues on the new mesh
+    config.total_steps = 3  # and training continues on the new mesh, saying so
+    capsys.readouterr()
     last = train.train(config, str(tmp_path))
     assert np.isfinite(last["loss"])
+    assert ("Resumed from step 2 (data position 2; saved on data=8 x fsdp=1 x tensor=1 (8 "
+            "devices, 1 process), now data=2 x fsdp=2 x tensor=2 (8 devices, 1 process))."
+            ) in capsys.readouterr().out

@@ -4,9 +4,10 @@
 clip_jax/configs/vit_b16.py) or the name of one in clip_jax/configs (vit_b16). Running the same
 command again resumes from the newest checkpoint in DIR (a finished run says so and exits).
 Override any config field on the command line, e.g. `--config.batch_size=4096
---config.model.name=ViT-L/14`; `--config.mode=eval` evaluates instead. The resolved config is
-written to DIR/config.json (a resumed run whose config changed keeps the earlier one as
-DIR/config.until_step_<step>.json).
+--config.model.name=ViT-L/14`; `--config.mode=eval` evaluates instead. The config, file and
+overrides, is written to DIR/config.json (a resumed run whose config changed keeps the earlier
+one as DIR/config.until_step_<step>.json); a mesh axis of -1 stays -1 there (each checkpoint
+records the mesh it was saved on, and a resume onto another one says so).
 
 Exit codes: 0 done, finished or preempted (SIGTERM: before the first step the process exits at
 once, there being nothing new to save; after it, at the next step boundary with a checkpoint);

@@ -245,6 +245,21 @@ def parse_profile_steps(value: str) -> tuple[int, int] | None:
     return first, last
 
 
+def mesh_record(mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """The mesh a checkpoint is saved on, in its meta: the axis sizes as resolved (config.json
+    keeps the config's `-1`, which a resume elsewhere resolves anew), devices, processes."""
+    return {"shape": dict(mesh.shape), "devices": int(mesh.devices.size),
+            "processes": jax.process_count()}
+
+
+def _mesh_text(record: dict[str, Any]) -> str:
+    """'data=4 x fsdp=2 x tensor=1 (8 devices, 1 process)'."""
+    shape = " x ".join(f"{axis}={size}" for axis, size in record["shape"].items())
+    processes = record["processes"]
+    return (f"{shape} ({record['devices']} devices, {processes} "
+            f"process{'es' * (processes != 1)})")
+
+
 def _field(tree: Any, field: str) -> Any:
     """`tree`'s value at dotted `field` ("optimizer.lr"), None where a part is missing."""
     for part in field.split("."):
@@ -271,7 +286,10 @@ def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Check
             f"config.batch_size={plan.batch_size} differs from the {meta['batch_size']} the "
             f"checkpoint at step {latest} was trained with; keep it, or start a new workdir "
             "with config.init_from pointing at this one.")
-    log(f"Resumed from step {latest} (data position {meta['data_position']}).")
+    saved_on, now = meta.get("mesh"), mesh_record(setup.mesh)
+    moved = f"; saved on {_mesh_text(saved_on)}, now {_mesh_text(now)}" if (
+        saved_on and saved_on != now) else ""
+    log(f"Resumed from step {latest} (data position {meta['data_position']}{moved}).")
     changed = field_changes(meta.get("config") or {}, plan.schedule)
     if changed:
         log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
@@ -523,7 +541,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                    "after launch.")
         meta = lambda step: {"step": step, "data_position": position + step - start,  # noqa: E731
                              "batch_size": plan.batch_size, "model": model.to_dict(),
-                             "config": config.to_dict()}
+                             "config": config.to_dict(), "mesh": mesh_record(mesh)}
         guard = PreemptionGuard()  # from here on SIGTERM means: save at the next step boundary
         loop = TrainLoop(
             plan=plan, step_fn=compiled, batch_shardings=setup.batch_shardings, data=data,
