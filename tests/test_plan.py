@@ -290,6 +290,24 @@ def test_the_advice_of_a_plan_that_does_not_fit_names_real_config_fields():
     assert "--config.loss=chunked_sigmoid" in plan_lib.no_fit_advice(config, searched=True)
 
 
+def test_a_search_stopped_by_its_budget_says_so_and_names_the_untried_knobs():
+    """A trial's search (ViT-B/16, batch 32,768 on v4-32, 240 s) compiled 3 alternatives and
+    ended "No fitting alternative found in the budget: lower the batch size or use a bigger
+    slice", though remat=full with 2 micro-batches, untried, fitted."""
+    from clip_jax.configs import base
+
+    config = base.get_config("tiny")
+    config.loss, config.model.remat_policy = "chunked_softmax", "none"
+    stopped = plan_lib.no_fit_advice(config, searched=True, untried=40)
+    assert "reached its --search-seconds with 40 alternatives untried" in stopped
+    assert "--config.model.remat_policy=full" in stopped and "microbatches=N" in stopped
+    finished = plan_lib.no_fit_advice(config, searched=True, untried=0)
+    assert "untried" not in finished and "remat_policy" not in finished
+    # A budget spent before the first compile leaves every candidate untried (none compiled).
+    assert plan_lib.search(config, "v5e-8", budget_seconds=1e-9, log=None) == (
+        [], len(plan_lib.candidates(config, 8)))
+
+
 def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
     """ViT-B/16 on v5e-64 at batch 32,768 needed 62.3 GiB of temporaries per chip against
     1.7 GiB of parameters and optimizer state; the advice listed fsdp and the chunked loss

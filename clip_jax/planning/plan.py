@@ -74,10 +74,12 @@ _WORTH = 0.1
 
 
 def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
-                  result: Plan | None = None) -> str:
+                  result: Plan | None = None, untried: int = 0) -> str:
     """What to change when the plan does not fit and no alternative was found, naming only
     settings the config does not already use: the knobs the search turns (remat, fsdp,
-    micro-batches) when it did not run, then the last resorts (a smaller batch, the chunked
+    micro-batches) when it did not run or stopped at its budget with `untried` alternatives
+    left (a bigger budget first: a trial's search compiled 3 of them in 240 s, and remat with
+    micro-batches, untried, fitted), then the last resorts (a smaller batch, the chunked
     loss, a bigger slice). With the refused plan's `result`, only knobs that shrink a term
     that matters (`_WORTH` of the bytes needed, or more than the chip's HBM alone): remat and
     micro-batches for the temporaries (activations), fsdp for parameters and optimizer state,
@@ -105,9 +107,9 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
     if knobs and logits >= result.hbm_bytes:  # nothing else shrinks what alone overflows
         return (f"{said}The logits alone need more than the {_gib(result.hbm_bytes)} usable: "
                 f"set {chunked} (the same loss and gradients in chunks); else {last_resorts}")
-    if searched:
+    if searched and not untried:
         tried = f"; else {', '.join(knobs)}," if knobs else ":"
-        return f"{said}No fitting alternative found in the budget{tried} {last_resorts}"
+        return f"{said}No fitting alternative found{tried} {last_resorts}"
     if worth(temporaries - (logits if result is not None else 0.0)):  # micro-batches keep them
         if config.model.remat_policy != "full":
             knobs.append("--config.model.remat_policy=full")
@@ -120,6 +122,11 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
             knobs.append("--config.reshard_microbatches=True")
     if worth(state):
         knobs.append("--config.mesh.fsdp=N")
+    if searched:
+        return (f"{said}The search reached its --search-seconds with {untried} alternatives "
+                "untried: give it more seconds to try them (remat policies, fsdp sizes and "
+                f"micro-batch counts, in twos and threes), or set {', '.join(knobs)}; else "
+                f"{last_resorts}")
     return (f"{said}No alternatives tried (--search-seconds 0): give --search-seconds to try "
             "the remat policies, fsdp sizes and micro-batch counts (with fsdp, parameters "
             "gathered in each micro-batch too), or set "
@@ -351,16 +358,27 @@ def _apply(config, changes, shards, tensor):
     return c
 
 
+class Search(NamedTuple):
+    """What `search` found: the fitting plans, fastest roofline step first, and how many
+    candidates the budget left uncompiled."""
+
+    fitting: list[Plan]
+    untried: int
+
+
 def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: float = 900.0,
-           keep: int = 5, log=print, base: CLIPConfig | None = None) -> list[Plan]:
-    """Compiles `candidates` until `budget_seconds` pass or `keep` fit; fitting plans, fastest
-    roofline step first (`base` as `plan` takes it)."""
+           keep: int = 5, log=print, base: CLIPConfig | None = None) -> Search:
+    """Compiles `candidates` until `budget_seconds` pass or `keep` fit (`base` as `plan`
+    takes it)."""
     topo = tpu_topology.parse(topology)
     deadline = time.time() + budget_seconds
     fitting = []
-    for variant in candidates(config, topo.devices_total, topo.slices):
-        if time.time() >= deadline or len(fitting) >= keep:
+    variants = candidates(config, topo.devices_total, topo.slices)
+    for i, variant in enumerate(variants):
+        if len(fitting) >= keep:
             break
+        if time.time() >= deadline:
+            return Search(sorted(fitting, key=lambda p: p.step_seconds), len(variants) - i)
         try:
             p = plan(variant, topology, base=base)
         except ValueError as error:
@@ -370,7 +388,7 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
             f"({p.total_bytes / 2**30:.2f} GiB, compiled in {p.compile_seconds:.0f} s)")
         if p.fits:
             fitting.append(p)
-    return sorted(fitting, key=lambda p: p.step_seconds)
+    return Search(sorted(fitting, key=lambda p: p.step_seconds), 0)
 
 
 def _describe(config: ml_collections.ConfigDict) -> str:
@@ -472,8 +490,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
             print(f"Trying what the config allows (chunked loss, remat, fsdp, microbatches, "
                   f"reshard_microbatches; up to "
                   f"{budget_seconds:.0f} s of compiling):")
-    alternatives = (search(config, topology, budget_seconds, log=log, base=base)
-                    if budget_seconds > 0 else [])
+    alternatives, untried = (search(config, topology, budget_seconds, log=log, base=base)
+                             if budget_seconds > 0 else ([], 0))
     if as_json:
         print(json.dumps({**to_json(result), "alternatives": [to_json(a) for a in alternatives]}))
     elif alternatives:
@@ -483,5 +501,6 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
                                    a.reshard_microbatches))
             print(format_plan(a))
     else:
-        print(no_fit_advice(config, searched=budget_seconds > 0, result=result))
+        print(no_fit_advice(config, searched=budget_seconds > 0, result=result,
+                            untried=untried))
     return 1
