@@ -361,6 +361,14 @@ def test_logit_scale_is_clamped_to_between_1_and_100():
     assert metrics["logit_scale"] == pytest.approx(np.exp(after.params["logit_scale"]))
 
 
+def test_the_sigmoid_losss_learnt_bias_is_a_metric():
+    """SigLIP users watch the bias with the scale; metrics.jsonl had logit_scale alone."""
+    _, after, metrics = _one_step(_config(loss="sigmoid"))
+    assert float(after.params["logit_bias"]) != -10.0  # it learnt
+    assert metrics["logit_bias"] == pytest.approx(float(after.params["logit_bias"]))
+    assert "logit_bias" not in _one_step(_config())[2]
+
+
 def test_fused_adamw_equals_optax_chain_over_steps():
     """The one-pass AdamW equals optax's clip -> adam -> masked decay -> schedule composition."""
     import optax

@@ -114,7 +114,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
 
 
 # Logged as the value at the logged step; every other metric is the mean since the last log.
-STEP_VALUES = ("learning_rate", "logit_scale")
+STEP_VALUES = ("learning_rate", "logit_scale", "logit_bias")
 
 
 class PreemptionGuard:

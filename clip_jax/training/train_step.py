@@ -308,6 +308,8 @@ def make_train_step(config: ml_collections.ConfigDict, s: Setup) -> Callable:
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
                    "logit_scale": jnp.exp(params["logit_scale"]),
                    "learning_rate": optim.learning_rate_schedule(config)(state.step)}
+        if "logit_bias" in params:  # the sigmoid loss's learnt bias (SigLIP's b)
+            metrics["logit_bias"] = params["logit_bias"].astype(jnp.float32)
         return TrainState(state.step + 1, params, opt_state, stats), metrics
 
     return train_step
