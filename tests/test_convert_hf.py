@@ -442,6 +442,31 @@ def test_import_reproduces_transformers(tmp_path):
         clip_jax.load(str(tmp_path), model=c.replace(activation="quick_gelu"))
 
 
+
+def test_an_activation_replacing_the_recorded_one_is_warned_about(tmp_path, caplog):
+    """`activation=` replaced the activation a folder's config records without a word, where
+    `model=` with another activation is refused (trial K). It still replaces it (the weights
+    then compute what transformers computes with that hidden_act), with one warning; the
+    recorded activation given again is no change and no warning."""
+    model = _hf_model()
+    _save_hf_dir(model, tmp_path)
+    with caplog.at_level("WARNING", logger="clip_jax"):
+        module, variables = clip_jax.load(str(tmp_path), activation="gelu")
+    assert module.config.activation == "gelu" and not caplog.records
+    with caplog.at_level("WARNING", logger="clip_jax"):
+        module, variables = clip_jax.load(str(tmp_path), activation="quick_gelu")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"activation='quick_gelu' replaces the 'gelu' that {tmp_path}/config.json records: the "
+        "outputs are not the model's unless that record is wrong (omit activation= to use it)."]
+    model.config.text_config.hidden_act = model.config.vision_config.hidden_act = "quick_gelu"
+    relabelled = transformers.CLIPModel(model.config).eval()
+    relabelled.load_state_dict(model.state_dict())
+    images, tokens = random_inputs(module.config, batch=2)
+    err = errors(our_outputs(module.config, variables, images, tokens),
+                 hf_outputs(relabelled, images, tokens))
+    assert err["image"] <= 1e-5 and err["text"] <= 1e-5, err
+
+
 def test_import_legacy_config_and_sharded_weights(tmp_path):
     """Pre-2023 configs (eos_token_id 2: argmax pooling, `*_config_dict`), sharded files."""
     model = _hf_model({"text_config": dict(hidden_size=64, intermediate_size=256,

@@ -24,7 +24,8 @@ from clip_jax.convert.hf_keys import LAYER_NORM_EPS, TRANSPOSED, hf_key
 from clip_jax.convert.host import PathLike
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import (ACTIVATIONS, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, CLIPConfig,
-                                    TextConfig, VisionConfig, config_differences)
+                                    TextConfig, VisionConfig, config_differences,
+                                    with_activation)
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +281,9 @@ def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
     The architecture, activation and image statistics come from the directory. A given
     `config` (e.g. a training config with `scan_layers`, `dtype`, `remat_policy`) must describe
     the same model (else ConfigError); its numerics settings are kept. `activation` overrides
-    the directory's. `tensors` (HF-named, e.g. a fine-tuning checkpoint saved beside the
-    directory's config.json) replace the directory's own weights.
+    the directory's (with a warning: `with_activation`). `tensors` (HF-named, e.g. a
+    fine-tuning checkpoint saved beside the directory's config.json) replace the directory's
+    own weights.
     """
     directory = Path(directory)
     found = read_config(directory)
@@ -292,8 +294,7 @@ def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,
                 f"The model config given does not match {directory}: {', '.join(differences)}. "
                 "Omit it to use the directory's config, or fix those fields.")
         found = config
-    if activation is not None:
-        found = found.replace(activation=activation)
+    found = with_activation(found, activation, f"{directory}/config.json")
     return found, from_hf_state_dict(read_weights(directory) if tensors is None else tensors,
                                      found)
 

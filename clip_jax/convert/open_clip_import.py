@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 from clip_jax.convert import openai
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig, config_differences
+from clip_jax.models.config import (CLIPConfig, TextConfig, VisionConfig, config_differences,
+                                     with_activation)
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,7 @@ def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = Non
     if config is not None:
         check_same(config, found, directory)
         found = config
-    if activation is not None:
-        found = found.replace(activation=activation)
+    found = with_activation(found, activation, f"{directory}/{CONFIG_FILE}")
     if isinstance(weights, Mapping):
         state = weights
     else:

@@ -7,6 +7,7 @@ statistics, context length and vocabulary from here, so they can never disagree 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import types
@@ -16,6 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from clip_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -282,6 +285,20 @@ def normalization_constants(config: CLIPConfig) -> tuple[np.ndarray, np.ndarray]
 # The fields that say how to run a model (precision, layout, memory), not what it computes:
 # the only ones that may change on loaded weights.
 NUMERICS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+
+
+def with_activation(found: CLIPConfig, activation: str | None, source: Any) -> CLIPConfig:
+    """`found` (a model folder's config, read from `source`) with `activation` where one is
+    given. A warning when that replaces the one the folder records: `activation=` exists for
+    weights whose config does not say it (a bare file), and replacing a recorded one gives
+    another function of the same weights (a trial loaded a GELU folder as quick_gelu without
+    a word, where `model=` of another activation is refused)."""
+    if activation is None or activation == found.activation:
+        return found
+    log.warning("activation=%r replaces the %r that %s records: the outputs are not the "
+                "model's unless that record is wrong (omit activation= to use it).",
+                activation, found.activation, source)
+    return found.replace(activation=activation)
 
 
 def config_differences(given: CLIPConfig, found: CLIPConfig) -> list[str]:

@@ -50,8 +50,9 @@ def load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | 
     `model` (a preset name, a config or its dict, or open_clip's model config: a
     `model_configs/*.json` file or `open_clip_config.json`, or their dict; `model_config`) pins
     the architecture or sets numerics (`scan_layers`, `dtype`); `activation` overrides the
-    activation. A bare weights file reveals neither head counts nor the activation: they are
-    then inferred and a warning says how to pass them.
+    activation (with a warning where a folder's config records another). A bare weights file
+    reveals neither head counts nor the activation: they are then inferred and a warning says
+    how to pass them.
     A training checkpoint's weights are found under its wrapper entries and module prefixes
     (`state_dict`, `module.`, ...); `ema=True` loads its exponential moving average instead of
     the trained weights (a warning names the copy passed over either way).
