@@ -467,6 +467,31 @@ def test_an_activation_replacing_the_recorded_one_is_warned_about(tmp_path, capl
     assert err["image"] <= 1e-5 and err["text"] <= 1e-5, err
 
 
+@pytest.mark.parametrize("changed, key", [
+    ({"text_config": {"max_position_embeddings": 32}},
+     "text_model.embeddings.position_embedding.weight"),
+    ({"projection_dim": 40}, "text_projection.weight"),  # stored transposed in clip_jax
+])
+def test_a_config_json_of_another_model_is_said_in_the_folders_terms(tmp_path, changed, key):
+    """A transformers folder whose config.json is another model's was reported in open_clip's
+    names and with open_clip's advice ('Shape mismatch at positional_embedding ... an
+    OpenAI/open_clip state dict can also omit it'), never saying config.json (trial K). Both
+    shapes are transformers' own, as its state dicts hold them."""
+    model = _hf_model()
+    _save_hf_dir(model, tmp_path / "mine")
+    other = _hf_model({k: {**model.config.to_dict()[k], **v} if isinstance(v, dict) else v
+                       for k, v in changed.items()})
+    other.config.save_pretrained(tmp_path / "theirs")
+    shutil.copy(tmp_path / "theirs" / "config.json", tmp_path / "mine" / "config.json")
+    found, wanted = tuple(model.state_dict()[key].shape), tuple(other.state_dict()[key].shape)
+    with pytest.raises(ConfigError) as raised:
+        clip_jax.load(str(tmp_path / "mine"))
+    assert str(raised.value) == (
+        f"The weights do not fit their config.json: {key!r} is {found} in the weights and "
+        f"{wanted} by config.json; the config.json is another model's (or the weights are): "
+        "keep each model's config.json beside its own weights.")
+
+
 def test_import_legacy_config_and_sharded_weights(tmp_path):
     """Pre-2023 configs (eos_token_id 2: argmax pooling, `*_config_dict`), sharded files."""
     model = _hf_model({"text_config": dict(hidden_size=64, intermediate_size=256,

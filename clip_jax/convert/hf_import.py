@@ -270,7 +270,15 @@ def from_hf_state_dict(tensors: Mapping[str, np.ndarray], config: CLIPConfig
     if missing:
         raise ConfigError(f"The weights lack {missing[0]!r} ({len(missing)} missing in all); "
                           "the file is truncated or belongs to another config.json.")
-    return openai.from_state_dict(canonical, config)[1]
+    try:
+        return openai.from_state_dict(canonical, config)[1]
+    except openai.ShapeMismatch as error:  # said in the directory's terms, not open_clip's
+        layout = (lambda shape: shape[::-1]) if error.key in TRANSPOSED else tuple
+        raise ConfigError(
+            f"The weights do not fit their config.json: {hf_key(error.key)!r} is "
+            f"{layout(error.found)} in the weights and {layout(error.wanted)} by config.json; "
+            "the config.json is another model's (or the weights are): keep each model's "
+            "config.json beside its own weights.") from None
 
 
 def load_hf(directory: PathLike, config: CLIPConfig | None = None, *,

@@ -33,6 +33,17 @@ StateDict = dict[str, np.ndarray]
 Path = tuple[str, ...]  # (collection, module, ..., variable)
 
 
+class ShapeMismatch(ConfigError):
+    """A tensor whose shape is not the one the architecture gives it: `key` (canonical name),
+    the `found` and `wanted` shapes (PyTorch layout), for callers that word it in their
+    format's terms (`hf_import`: config.json against the weights)."""
+
+    def __init__(self, message: str, key: str, found: tuple[int, ...],
+                 wanted: tuple[int, ...]):
+        super().__init__(message)
+        self.key, self.found, self.wanted = key, found, wanted
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One tensor: its canonical PyTorch key, our variable path, and how the layout differs.
@@ -390,11 +401,12 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
         array = sd[entry.key]
         want = abstract[entry.path].shape
         if array.size != math.prod(want) or _torch_shape(want, entry) != array.shape:
-            raise ConfigError(
+            raise ShapeMismatch(
                 f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
                 f"{_torch_shape(want, entry)} for a {_describe(config)}; pick the config that "
                 "matches the checkpoint (an OpenAI/open_clip state dict can also omit it to "
-                "infer the architecture).")
+                "infer the architecture).", entry.key, tuple(array.shape),
+                tuple(_torch_shape(want, entry)))
         dtype = np.dtype(abstract[entry.path].dtype)  # the model's: param_dtype casts
         _assign(variables, entry.path, to_ours(array.astype(dtype), entry, want))
     if config.scan_layers:
