@@ -526,7 +526,7 @@ def test_weights_with_nan_or_infinity_are_refused_at_load(tmp_path):
     bad = int((~np.isfinite(proj)).sum())
     with pytest.raises(ConfigError, match=re.escape(
             f"{folder}: {bad} of the {proj.size} values of params/visual/proj are NaN or "
-            "infinite: the file is damaged")):
+            "infinite: the weights are damaged")):
         clip_jax.load(folder)
     state = open_clip.create_model("RN50").state_dict()
     state["visual.layer1.0.conv1.weight"][0, 0, 0, 0] = float("inf")

@@ -22,9 +22,9 @@ import numpy as np
 from clip_jax.convert import openai
 from clip_jax.convert.hf_keys import LAYER_NORM_EPS, TRANSPOSED, hf_key
 from clip_jax.convert.hf_tokenizer import save_tokenizer
-from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
                                    write_model_folder)
+from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.data.tokenizer import Tokenizer, default_tokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig, canonical_dtype

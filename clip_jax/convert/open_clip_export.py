@@ -16,10 +16,10 @@ import jax
 import numpy as np
 
 from clip_jax.convert import openai
-from clip_jax.convert.open_clip_import import CONFIG_FILE
-from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.convert.host import (PathLike, host_variables, save_safetensors, write_json,
                                    write_model_folder)
+from clip_jax.convert.open_clip_import import CONFIG_FILE
+from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig, TextConfig, canonical_dtype
 

@@ -40,11 +40,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.runtime.logs import format_duration
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
 from clip_jax.data.preprocess import (ALPHA_DROP, ImageLike, background_colour, image_list,
                                       is_array, preprocess)
+from clip_jax.runtime.logs import format_duration
 
 FORMAT = "clip_jax.inference.image_index/1"
 _SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)

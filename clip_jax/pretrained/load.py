@@ -85,8 +85,8 @@ def check_finite(variables: Mapping[str, Any], source: str) -> None:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         others = f" (and {len(bad) - 1} more variables)" if len(bad) > 1 else ""
         raise ConfigError(f"{source}: {count} of the {size} values of {name} are NaN or "
-                          f"infinite{others}: the file is damaged (copy or download it "
-                          "again) or holds a diverged run's weights.")
+                          f"infinite{others}: the weights are damaged (copy or download "
+                          "them again) or a diverged run's.")
 
 
 def _load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | None,
