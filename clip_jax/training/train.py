@@ -366,10 +366,11 @@ def _finished_step(plan: RunPlan, workdir: str) -> int | None:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str, step: int = 0) -> str:
-    """Records the resolved config as `<workdir>/config.json` (atomically; process 0) for a
-    run starting at `step`. A different config.json already there, when resuming (`step` >
-    0), is kept as `config.until_step_<step>.json`, so that what the first `step` steps were
-    trained with stays in the workdir: returns that file's path ('' when none was kept)."""
+    """Records the config (file and overrides; the mesh as given, each checkpoint's meta has
+    it resolved: `mesh_record`) as `<workdir>/config.json` (atomically; process 0) for a run
+    starting at `step`. A different config.json already there, when resuming (`step` > 0), is
+    kept as `config.until_step_<step>.json`, so that what the first `step` steps were trained
+    with stays in the workdir: returns that file's path ('' when none was kept)."""
     if jax.process_index() or "://" in workdir:
         return ""
     os.makedirs(workdir, exist_ok=True)
