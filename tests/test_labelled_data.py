@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clip_jax.data._tf import tf  # hides accelerators before TFDS starts TensorFlow
-from clip_jax.data import image_folder, labelled as labelled_data
+from clip_jax.data import image_folder, labelled as labelled_data, source_check
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.data.preprocess import normalization_constants, preprocess
 from clip_jax.errors import ConfigError
@@ -735,7 +735,8 @@ def test_a_table_with_spaced_or_repeated_header_names_reads_as_pandas(folder, tm
     assert list(theirs.columns) == ["image", " label", " species"]
     expected = pd.Categorical(theirs[" species"].str.strip())
     np.testing.assert_array_equal(got.labels, expected.codes)
-    assert labelled_data.read(str(tmp_path / "spaced.csv")).class_names == ["animal"]
+    with pytest.raises(ConfigError, match=r"has 1 class \('animal'\)"):  # ' label' found
+        labelled_data.read(str(tmp_path / "spaced.csv"))
 
     (tmp_path / "repeated.csv").write_text("image,label,label\n" + rows)
     got = labelled_data.read(str(tmp_path / "repeated.csv"), label_column="label.1")
@@ -898,3 +899,36 @@ def test_classes_named_by_numbers_are_read_as_their_names(folder, tmp_path):
     pd.DataFrame({"filepath": rel, "label": indexed}).to_csv(tmp_path / "t.csv", index=False)
     np.testing.assert_array_equal(labelled_data.read(str(tmp_path / "t.csv")).labels,
                                   [int(i) for i in indexed])
+
+
+def test_a_table_split_a_single_class_and_a_lone_lookalike_label(folder, tmp_path, caplog):
+    """A table read with '@validation' was read whole and recorded as that split; a table of
+    one class scored 100 %; a misspelt label ('sevn') became a class of its own unsaid (trial
+    M). The split and the single class are refused in one line; the lone label is warned
+    about with its line, as pandas counts the rows."""
+    files = labelled_data.read(str(folder), "test").files
+    rel = [os.path.relpath(f, tmp_path) for f in files]
+    labels = ["seven"] * 5 + ["sevn"] + ["cat", "car"] * 3
+    frame = pd.DataFrame({"filepath": rel[:len(labels)], "label": labels})
+    frame.to_csv(tmp_path / "typo.csv", index=False)
+    table = tmp_path / "typo.csv"
+    assert source_check.split_problem(str(table), "validation") == (
+        f"{table}@validation: a table has no splits, and all its rows would be read as "
+        f"'validation'; give the table of that split itself ({table} without @).")
+    assert source_check.split_problem(str(folder), "validation") == ""
+    with caplog.at_level("WARNING", logger="clip_jax"):
+        read = labelled_data.read(str(tmp_path / "typo.csv"))
+    counts = frame["label"].value_counts()
+    assert len(read.class_names) == frame["label"].nunique() == 4
+    lone = [r.getMessage() for r in caplog.records if "a class of its own" in r.getMessage()]
+    line = int(frame.index[frame["label"] == "sevn"][0]) + 2  # the header is line 1
+    assert lone == [f"{tmp_path / 'typo.csv'} line {line}: label 'sevn', on this row alone, is "
+                    f"a class of its own beside 'seven' ({counts['seven']} rows); if it is "
+                    "misspelt, fix it, or give the class names (--class-names) to have labels "
+                    "outside them refused."]  # 'cat' and 'car' are alike but not alone
+    frame.assign(label="one").to_csv(tmp_path / "one.csv", index=False)
+    with pytest.raises(ConfigError, match=r"one.csv has 1 class \('one'\); a classification "
+                                          r"needs at least 2"):
+        labelled_data.read(str(tmp_path / "one.csv"))
+    assert len(labelled_data.read(str(tmp_path / "one.csv"),
+                                  class_names=["one", "two"]).class_names) == 2

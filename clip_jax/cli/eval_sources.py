@@ -30,7 +30,8 @@ import ml_collections
 
 from clip_jax.cli.arg_types import check_list_file, positive_int, positive_ints, read_labels
 from clip_jax.data import source_check
-from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, parse_shifts
+from clip_jax.data.options import (CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, TABLE_SUFFIXES,
+                                   parse_shifts)
 from clip_jax_data.options import IMAGE_ROOT_ADVICE
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import naming
@@ -77,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(--zero-shot, probes, --robustness): sources with other classes "
                              "take a clip-jax eval each")
     parser.add_argument("--compare-prompts", action="store_true",
-                        help="zero-shot also with the bare class name and one template")
+                        help="zero-shot also with the bare class name and with the "
+                             "template set's first template alone (top1_bare_name, "
+                             "top1_one_template)")
     parser.add_argument("--shots", default="1,2,4,8,16", type=positive_ints,
                         help="few-shot k values (default: %(default)s)")
     parser.add_argument("--seeds", type=positive_int, default=3,
@@ -117,6 +120,9 @@ def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple
 
     name, _, split = spec.partition("@")
     problem = source_check.source_problem(name, data_dir)
+    if problem:
+        raise ConfigError(problem)
+    problem = source_check.split_problem(name, split)
     if problem:
         raise ConfigError(problem)
     return name, split if labelled_data.is_source(name) else split or default_split
@@ -290,7 +296,7 @@ def _retrieval(config: ml_collections.ConfigDict, spec: str, image_key: str = ""
     from clip_jax.evaluation.evaluators import retrieval
 
     retrieval.refuse_labelled(spec.partition("@")[0], f"--retrieval {spec}")
-    if spec.lower().endswith((".csv", ".tsv")):
+    if spec.lower().endswith(TABLE_SUFFIXES):
         name, split = os.path.abspath(spec), ""
         image_key, caption_key = retrieval.table_columns(spec, image_key, caption_key,
                                                          ("--image-key", "--caption-key"),

@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data import shifts
-from clip_jax.data.options import IMAGE_COLUMNS, TableOptions, check_shift
+from clip_jax.data.options import IMAGE_COLUMNS, TABLE_SUFFIXES, TableOptions, check_shift
 from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
@@ -118,7 +118,7 @@ def _whole_files(kind: str, path: str, files: list[str], labels: Sequence[int],
 
 def source_kind(path: str) -> str:
     """`table`, `wds` or `image_folder` for a path; "" when it is none of them (a TFDS name)."""
-    if path.lower().endswith((".csv", ".tsv")):
+    if path.lower().endswith(TABLE_SUFFIXES):
         return "table"
     if not tf.io.gfile.isdir(path):
         return ""
@@ -344,6 +344,25 @@ def _warn_repeats(path: str, files: Sequence[str], labels: np.ndarray,
                     f", {relabelled} of them with another label" if relabelled else "")
 
 
+def _warn_lone_lookalikes(path: str, labels: Sequence[str], lines: Sequence[str]) -> None:
+    """Warns about each class named by one row alone whose name is close to a class of more
+    rows (difflib's ratio >= 0.8): a misspelt label ('sevn' beside 'seven') makes a class of
+    its own when no class names are given, and shows only as one more class."""
+    import difflib
+
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    common = [name for name, n in counts.items() if n > 1]
+    for name, n in counts.items():
+        close = difflib.get_close_matches(name, common, n=1, cutoff=0.8) if n == 1 else []
+        if close:
+            log.warning("%s %s: label %r, on this row alone, is a class of its own beside %r "
+                        "(%d rows); if it is misspelt, fix it, or give the class names "
+                        "(--class-names) to have labels outside them refused.", path,
+                        lines[list(labels).index(name)], name, close[0], counts[close[0]])
+
+
 def table_columns(path: str, quoting: str = "auto") -> list[str]:
     """The header of a .csv / .tsv, as `read_table` and the image_text_table builder read it
     (`TableOptions.dialect`: by default a TSV unquoted, its captions may start with `"`; a
@@ -419,6 +438,8 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
         labels = np.asarray(indices, np.int64)
         names = index_class_names(path, labels, class_names, lines)
     else:
+        if class_names is None:
+            _warn_lone_lookalikes(path, raw, lines)
         names = list(class_names) if class_names is not None else sorted(set(raw))
         # A label matches a given name as written, else with underscores read as spaces on
         # both sides, as prompts say folder and label names (`café_crème` is "café crème").
@@ -572,6 +593,11 @@ def read(path: str, split: str = "", class_names: Sequence[str] | None = None,
                           "which has none (its images and labels are found as they are laid "
                           "out); drop it for this source.")
     images = READERS[kind](path, split, class_names, (image_column, label_column))
+    if len(images.class_names) < 2:  # every image would be right: 100 %, a false result
+        raise ConfigError(f"{images.description} has {len(images.class_names)} class "
+                          f"({images.class_names[0]!r}); a classification needs at least 2: "
+                          "give all the class names (--class-names) or label rows of other "
+                          "classes.")
     if images.skipped:
         log.warning("%s: skipped %s", images.description, "; ".join(
             f"{len(what)} ({why}: {', '.join(what[:3])}{', ...' if len(what) > 3 else ''})"

@@ -23,6 +23,9 @@ from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax_data.options import CAPTION_COLUMNS, IMAGE_COLUMNS  # noqa: F401 (re-exported)
 from clip_jax_data.options import CleanOptions, SyntheticOptions, TableOptions, WebdatasetOptions
 
+# A table of images and labels or captions (`clip_jax.data.labelled.read_table`).
+TABLE_SUFFIXES = (".csv", ".tsv")
+
 TABLE_QUOTING = ("auto", "csv", "none")
 TOKENIZE_MODES = ("auto", "stored", "pipeline")
 DataConfig = Mapping[str, Any] | ml_collections.ConfigDict

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from clip_jax.data.options import TABLE_SUFFIXES
+
 # Table formats pandas reads that clip_jax does not, and the line converting one to a CSV.
 CONVERSIONS = {
     ".jsonl": "pandas.read_json(path, lines=True).to_csv('table.csv', index=False)",
@@ -16,6 +18,18 @@ CONVERSIONS = {
     ".parquet": "pandas.read_parquet(path).to_csv('table.csv', index=False)",
     ".xlsx": "pandas.read_excel(path).to_csv('table.csv', index=False)",
 }
+
+
+
+
+def split_problem(name: str, split: str) -> str:
+    """'' unless `split` is written after a table (`test.csv@validation`), else why that is
+    refused: a table has no splits, and its rows were read whole and recorded as that split
+    (a trial's results.csv said `validation` of a table of test rows)."""
+    if split and name.lower().endswith(TABLE_SUFFIXES):
+        return (f"{name}@{split}: a table has no splits, and all its rows would be read as "
+                f"{split!r}; give the table of that split itself ({name} without @).")
+    return ""
 
 
 def source_problem(name: str, data_dir: str = "") -> str:

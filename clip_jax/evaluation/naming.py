@@ -15,9 +15,9 @@ import os
 import re
 from collections.abc import Sequence
 
+from clip_jax.data.options import TABLE_SUFFIXES
 from clip_jax.errors import ConfigError
 
-TABLE_EXTENSIONS = (".csv", ".tsv")
 # A TFDS name with its optional config and version, `name[/config][:version]`: its config is
 # part of its name (`imagenet2012_subset/1pct` -> `imagenet2012_subset_1pct`), its version not.
 TFDS_NAME = re.compile(r"[a-z]\w*(/[\w.-]+)?(:[\d.*]+)?")
@@ -40,7 +40,7 @@ def _candidates(spec: str) -> list[str]:
     # and `test.tsv` in one folder: `test_csv`, `test_tsv`); each depth of folders is tried
     # without, then with it.
     endings = [""]
-    if extension.lower() in TABLE_EXTENSIONS:
+    if extension.lower() in TABLE_SUFFIXES:
         parts[-1] = stem
         endings.append("_" + extension[1:].lower())
     suffix = f"_{split}" if split else ""

@@ -153,6 +153,8 @@ class Passes:
         labels they decide; other sources name their classes themselves (the evaluators'
         `Classifier` renames them)."""
         kind = labelled_data.source_kind(data.dataset)  # "" for a TFDS name
+        if kind == "table":  # no splits: a task's split field names its other source's
+            split = ""
         if labels and not data.label_key and not kind:
             raise ConfigError(
                 f"classification on {data.dataset} ({split or data.eval_split}) needs labels but "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import ml_collections
 import numpy as np
 
+from clip_jax.data import source_check
 from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import imagenet_names
@@ -62,6 +63,9 @@ def split_at(task: ml_collections.ConfigDict, split_fields: Mapping[str, str], f
         source, at, split = str(task.get(dataset_field, "")).partition("@")
         if not at:
             continue
+        problem = source_check.split_problem(source, split)
+        if problem:
+            raise ConfigError(f"config.eval.{field}.{dataset_field}: {problem}")
         given = task.get(split_field, "")
         if given and given != split:
             raise ConfigError(f"config.eval.{field}: {dataset_field}={task[dataset_field]!r} "
