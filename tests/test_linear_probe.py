@@ -117,3 +117,24 @@ def test_integral_float_labels_give_the_integer_labels_probe():
     expected, expected_l2 = scikit_learn_protocol(train_x, train_y, test_x, test_y, grid)
     assert as_float["l2"] == expected_l2
     assert as_float["accuracy"] == pytest.approx(expected, abs=1 / len(test_y))
+
+
+def test_a_choice_at_the_strong_end_of_the_grid_is_warned_about(caplog):
+    """Few, noisy examples favour strong regularisation: the default grid's strongest l2,
+    1e-1, was chosen without a word (trial M), where a stronger one may score better. The
+    chosen l2 is scikit-learn's under the same protocol; the warning names it and the next."""
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    noisy = x[:100] + np.random.default_rng(1).normal(0, 8, (100, 64)).astype(np.float32)
+    grid = list(linear_probe.DEFAULT_L2)
+    _, expected_l2 = scikit_learn_protocol(noisy, y[:100], x[1200:], y[1200:], grid)
+    assert expected_l2 == max(grid)
+    with caplog.at_level("WARNING", logger=linear_probe.__name__):
+        result = linear_probe.linear_probe(noisy, y[:100], x[1200:], y[1200:], num_classes=10,
+                                           task="linear_probe/noisy")
+    assert result["l2"] == expected_l2
+    assert [r.getMessage() for r in caplog.records] == [
+        "linear_probe/noisy: the l2 chosen, 0.1, is the strongest of the grid (1e-06, 1e-05, "
+        "0.0001, 0.001, 0.01, 0.1) and scored better on the held-out split than 0.01: a "
+        "stronger one may score better still; extend the grid (the task's l2: "
+        "config.eval.linear_probe.<task>.l2 or linear_probe_task(l2=...))."]

@@ -296,6 +296,7 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
                 unconverged.append((f"{l2:g} (on the {len(fit)} examples left after holding "
                                     "out the validation split)", model))
         best = grid[int(np.argmax(scores))]
+        _warn_grid_edge(task, grid, scores, best)
     model = fit_logistic_regression(train_x, train_y, num_classes, best)
     if not model.converged:
         unconverged.append((f"{best:g} (the chosen strength, refit on all {len(train_x)} "
@@ -309,6 +310,22 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
             "; ".join(f"l2 {what}: {m.iterations} iterations, gradient norm "
                       f"{m.gradient_norm:.2g}" for what, m in unconverged))
     return LinearProbe(model, mean, std, float(best))
+
+
+def _warn_grid_edge(task: str, grid: Sequence[float], scores: Sequence[float],
+                    best: float) -> None:
+    """Warns when the strength chosen is the grid's strongest and scored strictly better than
+    the next weaker one: a stronger one may score better still (a trial's probe chose 1e-1,
+    the top of the default grid, without a word). The weak end needs no such word: 1e-6 is
+    already next to no penalty, where the fit is the unregularised one."""
+    order = np.argsort(grid)
+    edge, inner = order[-1], order[-2] if len(grid) > 1 else order[-1]
+    if len(grid) > 2 and grid[edge] == best and scores[edge] > scores[inner]:
+        log.warning("%s: the l2 chosen, %g, is the strongest of the grid (%s) and scored "
+                    "better on the held-out split than %g: a stronger one may score better "
+                    "still; extend the grid (the task's l2: config.eval.linear_probe.<task>.l2 "
+                    "or linear_probe_task(l2=...)).", task, best,
+                    ", ".join(f"{v:g}" for v in grid), grid[inner])
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
