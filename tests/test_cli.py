@@ -857,10 +857,14 @@ def test_eval_sources_that_share_a_name_keep_their_own_results(tmp_path, monkeyp
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "test.csv").write_text("filepath,label\nx.png,cat\n")
     args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv", "b/test.csv",
-                                    "imagenet_v2", "b/test.csv@validation"])
+                                    "imagenet_v2"])
     config = base.get_config("test-vit")
     eval_sources.apply(config, args)
-    assert list(config.eval.zero_shot) == ["a_test", "b_test", "imagenet_v2", "test_validation"]
+    assert list(config.eval.zero_shot) == ["a_test", "b_test", "imagenet_v2"]
+    # A table has no splits: `b/test.csv@validation` was read whole, recorded as validation.
+    with pytest.raises(ConfigError, match=r"^b/test.csv@validation: a table has no splits"):
+        eval_sources.apply(base.get_config("test-vit"), cli.parser().parse_args(
+            ["eval", "model", "--zero-shot", "b/test.csv@validation"]))
     assert [config.eval.zero_shot[n].dataset for n in ("a_test", "b_test")] == [
         "a/test.csv", "b/test.csv"]
     assert source_names(["lab@train", "lab@test", "x/y/blur", "blur"], "shifted",

@@ -142,7 +142,8 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
 
     where = evaluation.provenance["zero_shot/t"]
     assert where == {"data": f"image folder {folder}/test", "split": "test", "images": 15,
-                     "unreadable": 0, "skipped": 0, "classes": 3, "templates": "default (12)"}
+                     "unreadable": 0, "skipped": 0, "classes": 3, "templates": "default (12)",
+                     "trained_on": ""}
     table = eval_report.rows(metrics, evaluation.provenance, "test-vit")
     # Each row names the data, split and image count its number comes from (trial s29): the
     # shifted training split its own, a synthetic shift the reference's, a mean all it averages.
@@ -297,6 +298,12 @@ def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, 
     mapped, evaluation = evaluate.evaluate_model(config_for(**tasks(str(tmp_path / "test.csv"))),
                                                  module, variables)
     assert evaluation.provenance["few_shot/t"]["data"] == f"table {tmp_path}/test.csv"
+    # What each probe was fit on is recorded beside what it was scored on (trial M: the
+    # results never said "train").
+    n_train = len(labelled_data.read(str(folder), "train").files)
+    for key in ("linear_probe/t", "few_shot/t"):
+        assert evaluation.provenance[key]["trained_on"] == (
+            f"image folder {folder}/train (train): {n_train} images"), key
     assert mapped == pytest.approx(same, abs=1e-6)
     assert 0 < same["few_shot/t/zero_shot_top1"] and 0 < same["linear_probe/t/accuracy"]
     (tmp_path / "classnames.txt").write_text("\n".join(reordered + ["purple"]) + "\n")

@@ -288,6 +288,12 @@ def test_a_config_task_names_its_split_as_the_command_line_does(tmp_path):
     with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.mine: dataset=.*names split "
                        r"'train' but split='test'; give the split once\.$"):
         evaluate.declare(config)
+    # A table has no splits: written with one, it was read whole and recorded as that split.
+    (tmp_path / "pets.csv").write_text("filepath,label\nphotos/train/cat/0.png,cat\n")
+    config.eval.zero_shot = {"mine": evaluate.zero_shot_task(f"{tmp_path}/pets.csv@validation")}
+    with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.mine.dataset: .*pets.csv"
+                       r"@validation: a table has no splits"):
+        evaluate.declare(config)
 
 
 @pytest.mark.parametrize("kind, fields", [

@@ -28,7 +28,7 @@ import numpy as np
 from clip_jax.evaluation import plot_fonts
 
 COLUMNS = ("dataset", "model", "step", "dtype", "task", "metric", "value", "evaluator",
-           "split", "images", "unreadable", "skipped", "classes", "templates")
+           "split", "images", "unreadable", "skipped", "classes", "templates", "trained_on")
 
 
 def rows(metrics: Mapping[str, float | None], provenance: Mapping[str, Mapping[str, Any]],
@@ -49,7 +49,8 @@ def rows(metrics: Mapping[str, float | None], provenance: Mapping[str, Mapping[s
                     "evaluator": evaluator, "split": where.get("split", ""),
                     "images": where.get("images", ""), "unreadable": where.get("unreadable", ""),
                     "skipped": where.get("skipped", ""),
-                    "classes": where.get("classes", ""), "templates": where.get("templates", "")})
+                    "classes": where.get("classes", ""), "templates": where.get("templates", ""),
+                    "trained_on": where.get("trained_on", "")})
     return out
 
 

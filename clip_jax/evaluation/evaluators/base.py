@@ -15,6 +15,7 @@ import abc
 import dataclasses
 import difflib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,7 +65,7 @@ def split_at(task: ml_collections.ConfigDict, split_fields: Mapping[str, str], f
         if not at:
             continue
         problem = source_check.split_problem(source, split)
-        if problem:
+        if problem and os.path.exists(source):  # a missing table is said as such, later
             raise ConfigError(f"config.eval.{field}.{dataset_field}: {problem}")
         given = task.get(split_field, "")
         if given and given != split:
@@ -220,12 +221,14 @@ class Records:
     details: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def where(self, key: str, p: Pass, classifier: Classifier | None = None,
-              classes: int | None = None) -> None:
+              classes: int | None = None, trained_on: Pass | None = None) -> None:
         """Records that the numbers under `key` come from pass `p` (scored among `classes`,
         by default the classifier's or `p`'s; "" for a pass without labels, as retrieval's).
         `key` is a task, `<kind>/<task>`, or one of its metrics, `<kind>/<task>/<metric>`,
         computed on other data than the task's (a robustness task's shifted sets):
-        `report.rows` takes the metric's own first."""
+        `report.rows` takes the metric's own first. `trained_on`: the pass a probe was fit on
+        (its data, split, image and skipped counts: a probe's number is not reproducible from
+        its test set alone)."""
         if classes is None:
             classes = (len(classifier.class_names) if classifier else
                        len(p.class_names) if p.class_names is not None else "")
@@ -241,7 +244,16 @@ class Records:
             "skipped": (sum(map(len, p.images.skipped.values())) if p.images is not None
                         else ""),
             "classes": classes,
-            "templates": classifier.templates_label if classifier else ""}
+            "templates": classifier.templates_label if classifier else "",
+            "trained_on": _summary(trained_on) if trained_on is not None else ""}
+
+
+def _summary(p: Pass) -> str:
+    """'table train.csv (train): 120 images, 1 skipped': a training pass in one cell."""
+    split = p.split or p.shown_split
+    skipped = sum(map(len, p.images.skipped.values())) if p.images is not None else 0
+    return (f"{p.description}{f' ({split})' if split else ''}: {len(p.embeddings.images)} "
+            f"images{f', {skipped} skipped' if skipped else ''}")
 
 
 @dataclasses.dataclass

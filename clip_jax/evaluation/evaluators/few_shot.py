@@ -70,5 +70,5 @@ class FewShot(Evaluator):
             l2_grid=self.l2, zero_shot_init=bool(task.zero_shot_init),
             class_names=list(c.class_names), task=self.key)
         ctx.records.details[self.key] = detail
-        ctx.records.where(self.key, test, c)
+        ctx.records.where(self.key, test, c, trained_on=self.train)
         return {f"{self.key}/{k}": v for k, v in results.items()}

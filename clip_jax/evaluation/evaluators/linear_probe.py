@@ -93,7 +93,7 @@ class LinearProbe(Evaluator):
         probe = linear_probe.fit_linear_probe(train.embeddings.images, train_y, len(learnt),
                                               l2_grid=self.l2, task=self.key)
         correct = probe.predict(test.embeddings.images) == test_y
-        ctx.records.where(self.key, test, classes=len(learnt))
+        ctx.records.where(self.key, test, classes=len(learnt), trained_on=train)
         return {f"{self.key}/accuracy": float(np.mean(correct)),
                 f"{self.key}/mean_per_class_recall": eval_metrics.mean_per_class_recall(
                     correct, test.embeddings.labels),

@@ -178,7 +178,8 @@ class Robustness(Evaluator):
             probe[f"{name}_linear_probe_top1"] = p
         for metric, p in probe.items():
             if metric in metrics:
-                records.where(f"{self.key}/{metric}", p, classes=len(self.train.class_names))
+                records.where(f"{self.key}/{metric}", p, classes=len(self.train.class_names),
+                              trained_on=self.train)
         left = [n for n in self.shifted if n not in averaged]
         for mean, part in (("mean_shifted_top1", "top1"),
                            ("mean_effective_robustness", "effective_robustness")):
