@@ -425,3 +425,18 @@ def test_locking_a_tower_on_resume_restores_and_unlocking_is_refused(tmp_path):
                 checkpointer.restore_newest(s2.abstract_state, print)
             assert checkpointer.all_steps() == [3]
         checkpointer.close()
+
+
+def test_activation_given_for_a_workdir_replaces_its_own_with_a_warning(saved, caplog):
+    """`clip_jax.load(WORKDIR, activation=...)` (and `--activation`) was ignored without a
+    word, where a model folder's recorded activation is replaced with a warning (trial L)."""
+    workdir = str(saved[0])
+    module, _ = clip_jax.load(workdir)
+    other = next(a for a in ("gelu", "quick_gelu") if a != module.config.activation)
+    with caplog.at_level("WARNING", logger="clip_jax"):
+        replaced, _ = clip_jax.load(workdir, activation=other)
+    assert replaced.config == module.config.replace(activation=other)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"activation={other!r} replaces the {module.config.activation!r} that {workdir}'s "
+        "checkpoint records: the outputs are not the model's unless that record is wrong "
+        "(omit activation= to use it)."]

@@ -7,14 +7,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from clip_jax.convert import hf_import, hf_keys, open_clip_import, openai
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, as_config, with_numerics
-from clip_jax.models.config import NUMERICS, CLIPConfig
+from clip_jax.models.config import NUMERICS, CLIPConfig, with_activation
 from clip_jax.models.presets import get_preset, is_preset
 from clip_jax.pretrained import registry as hub
 from clip_jax.training import checkpoints
@@ -58,41 +54,8 @@ def load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | 
     the trained weights (a warning names the copy passed over either way).
     Raises FileNotFoundError (nothing there) or ConfigError (a file that is not what it
     claims, arguments that contradict it, or weights with NaN or infinite values:
-    `check_finite`).
+    `clip_jax.convert.openai.check_finite`, naming the tensor as the checkpoint does).
     """
-    module, variables = _load(name_or_path, pretrained, model, activation, revision, token, ema)
-    check_finite(variables, os.fspath(name_or_path) if isinstance(
-        name_or_path, (str, os.PathLike)) else "the state dict")
-    return module, variables
-
-
-def check_finite(variables: Mapping[str, Any], source: str) -> None:
-    """ConfigError naming the first variable with NaN or infinite values, and how many.
-
-    Weights whose bytes were overwritten (a damaged copy outside the Hub cache's SHA-256
-    checks) or saved from a diverged run load without complaint in torch, open_clip and
-    transformers, and then every output is NaN. One sum per variable finds them (a NaN or an
-    infinity makes it non-finite; ~0.06 s per 100M float32 numbers on the CI machine, against
-    ~1.8 s for `np.isfinite` over each): only a variable whose sum is not finite is counted.
-    """
-    bad = [(path, count, np.size(value))
-           for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]
-           if jnp.issubdtype(value.dtype, jnp.inexact)
-           and not np.isfinite(np.sum(value, dtype=np.float32))
-           and (count := int(np.size(value) - np.isfinite(np.asarray(value)).sum()))]
-    if bad:
-        path, count, size = bad[0]
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        others = f" (and {len(bad) - 1} more variables)" if len(bad) > 1 else ""
-        raise ConfigError(f"{source}: {count} of the {size} values of {name} are NaN or "
-                          f"infinite{others}: the weights are damaged (copy or download "
-                          "them again) or a diverged run's.")
-
-
-def _load(name_or_path: str | os.PathLike | Mapping[str, Any], pretrained: str | None,
-          model: str | os.PathLike | CLIPConfig | Mapping[str, Any] | None,
-          activation: str | None, revision: str | None, token: str | bool | None, ema: bool
-          ) -> tuple[CLIP, dict[str, Any]]:
     config = None if model is None else model_config(model)
     if isinstance(name_or_path, Mapping):
         if pretrained is not None:
@@ -223,6 +186,7 @@ def _load_local(path: str, config: CLIPConfig | None, activation: str | None, em
     if checkpoints.is_workdir(path):  # first: a workdir's config.json is the run's
         _no_ema(ema, path, "a clip_jax workdir")
         module, variables = checkpoints.load_model(path)
+        module = CLIP(with_activation(module.config, activation, f"{path}'s checkpoint"))
         if config is None:
             return module, variables
         numerics = {field: getattr(config, field) for field in NUMERICS}
