@@ -560,7 +560,8 @@ def test_an_export_into_a_transformers_folder_replaces_its_model_files(tmp_path)
         err = errors(hf_outputs(load_hf_model(user), images, tokens), expected)
         assert err["image"] <= 1e-6 and err["text"] <= 1e-6, err
         export_hf_from(user, user)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    assert not [p for folder in (tmp_path, user) for p in folder.iterdir()
+                if p.name.startswith(".")]  # no staging left
 
 
 def _write_config(directory, **raw):

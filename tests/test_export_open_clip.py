@@ -1,5 +1,8 @@
 """Export in open_clip's format, checked by loading it with open_clip itself (strict load)."""
 
+import os
+import tempfile
+
 import numpy as np
 import pytest  # noqa: E402
 pytest.importorskip("open_clip")  # the test extra; without it these tests skip
@@ -164,7 +167,7 @@ def test_a_resize_before_the_crop_survives_save_and_load(tmp_path, caplog):
     assert clip_jax.load(str(tmp_path))[0].config == config
 
 
-def test_the_python_exports_check_their_folder_as_the_commands_do(tmp_path):
+def test_the_python_exports_check_their_folder_as_the_commands_do(tmp_path, monkeypatch):
     """`clip_jax.save`, `export_hf` and `export_hf_from` wrote into any folder (the commands
     refuse): beside a project's files, or into a folder holding the other format's model,
     which clip_jax.load and open_clip then read as two different models (trial K). Each is one
@@ -202,3 +205,20 @@ def test_the_python_exports_check_their_folder_as_the_commands_do(tmp_path):
     assert before == {p: sorted(p.iterdir()) for p in before}
     clip_jax.save(module, variables, oc_folder)  # the same format: its model files replaced
     export_hf(config, variables, tmp_path / "new")
+    # A writable folder under a read-only one (a container's bind mount): the export was
+    # staged beside it and failed after the whole export (trial L). A folder holding only
+    # hidden entries is as good as empty.
+    mount = tmp_path / "mount"
+    (mount / "out").mkdir(parents=True)
+    (mount / "out" / ".DS_Store").write_bytes(b"\0")
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, dir=None, **kwargs):  # as the read-only mount refuses (root may not)
+        if dir is not None and os.path.samefile(dir, mount):
+            raise PermissionError(13, "Permission denied", os.fspath(dir))
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    clip_jax.save(module, variables, mount / "out")
+    assert sorted(p.name for p in (mount / "out").iterdir()) == [
+        ".DS_Store", "open_clip_config.json", "open_clip_model.safetensors"]

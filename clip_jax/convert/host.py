@@ -183,24 +183,30 @@ def write_json(path: PathLike, content: Mapping[str, Any], *, sort_keys: bool = 
 def write_model_folder(output_dir: PathLike, write: Callable[[Path], None],
                        replaces: Callable[[str], bool]) -> Path:
     """Writes an exported model into `output_dir` (created if needed) as one unit: `write`
-    fills a fresh sibling folder, whose files then replace their namesakes, and the files of
-    an earlier model of the same format that this export did not write (`replaces(name)`:
-    say a transformers 5 `processor_config.json`, which transformers reads before the new
-    `preprocessor_config.json`, or another model's weight shards) are removed. Other files
-    (a README, logs) are kept. A failed `write` leaves `output_dir` as it was; reading the
-    source model from `output_dir` itself is safe (files are replaced, never rewritten)."""
+    fills a fresh hidden folder inside it, whose files then replace their namesakes, and the
+    files of an earlier model of the same format that this export did not write
+    (`replaces(name)`: say a transformers 5 `processor_config.json`, which transformers reads
+    before the new `preprocessor_config.json`, or another model's weight shards) are removed.
+    Other files (a README, logs) are kept. A failed `write` leaves `output_dir` as it was (a
+    folder it created is removed again); reading the source model from `output_dir` itself
+    is safe (files are replaced, never rewritten). Staged inside, not beside: a writable
+    folder under a read-only one (a container's bind mount) failed after the whole export."""
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.export-", dir=output_dir.parent))
+    created = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir))
     try:
         write(staging)
-        output_dir.mkdir(exist_ok=True)
         written = set(os.listdir(staging))
         for name in sorted(written):
             os.replace(staging / name, output_dir / name)
         for name in sorted(os.listdir(output_dir)):
             if name not in written and replaces(name) and (output_dir / name).is_file():
                 os.remove(output_dir / name)
+    except BaseException:
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir

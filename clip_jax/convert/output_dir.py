@@ -28,12 +28,14 @@ FORMATS: dict[str, tuple[Callable[[str], bool], str]] = {
 
 def check_export_dir(path: str | os.PathLike, export_format: str, name: str = "output_dir"
                      ) -> None:
-    """ConfigError (one line, naming `name`) unless `path` is new, empty, or a model folder of
-    `export_format` ('transformers' or 'open_clip', whose model files the export replaces)
-    holding no model of the other format, and writable."""
+    """ConfigError (one line, naming `name`) unless `path` is new, empty (but for hidden
+    entries), or a model folder of `export_format` ('transformers' or 'open_clip', whose model
+    files the export replaces) holding no model of the other format, and writable."""
     path = os.fspath(path)
     check_writable_dir(path, name)
-    if not (os.path.isdir(path) and os.listdir(path)):
+    held = sorted(entry for entry in os.listdir(path) if not entry.startswith(".")) if (
+        os.path.isdir(path)) else []
+    if not held:  # hidden entries (.DS_Store, .git) are no one's model and stay as they are
         return
     for other, (holds, marker) in FORMATS.items():
         if other != export_format and holds(path):
@@ -43,7 +45,6 @@ def check_export_dir(path: str | os.PathLike, export_format: str, name: str = "o
                 "clip_jax.load and open_clip would read different ones; pass a new or empty "
                 "folder.")
     if not FORMATS[export_format][0](path):
-        held = sorted(os.listdir(path))
         raise ConfigError(f"{name} {path!r} holds other files ({', '.join(held[:4])}"
                           f"{', ...' if len(held) > 4 else ''}), which the export could "
                           "overwrite; pass a new or empty folder (a model folder of the same "
