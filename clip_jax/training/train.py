@@ -255,8 +255,8 @@ def mesh_record(mesh: jax.sharding.Mesh) -> dict[str, Any]:
 def _mesh_text(record: dict[str, Any]) -> str:
     """'data=4 x fsdp=2 x tensor=1 (8 devices, 1 process)'."""
     shape = " x ".join(f"{axis}={size}" for axis, size in record["shape"].items())
-    processes = record["processes"]
-    return (f"{shape} ({record['devices']} devices, {processes} "
+    devices, processes = record["devices"], record["processes"]
+    return (f"{shape} ({devices} device{'s' * (devices != 1)}, {processes} "
             f"process{'es' * (processes != 1)})")
 
 
