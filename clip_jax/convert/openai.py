@@ -172,7 +172,8 @@ def canonicalize(state_dict: Mapping[str, Any], *, ema: bool = False,
     text tower as a submodule) dropped. ConfigError when a tensor holds NaN or infinite
     values (`check_finite`; `source` names the file in it)."""
     tensors = {key: to_numpy(value) for key, value in unwrap(state_dict, ema=ema).items()}
-    check_finite(tensors, source)
+    check_finite({k: v for k, v in tensors.items()  # not buffers: OpenAI's attn_mask is -inf
+                  if k.rsplit(".", 1)[-1] not in _NOT_PARAMETERS}, source)
     out: StateDict = {}
     for key, array in tensors.items():
         if (m := _QKV.match(key)) is not None:
@@ -456,7 +457,8 @@ def _describe(config: CLIPConfig) -> str:
     return f"{tower} width {v.width} at {v.image_size}px, embed_dim {config.embed_dim}"
 
 
-# Entries that are not parameters: OpenAI TorchScript metadata, derived causal-mask buffers.
+# Entries that are not parameters: OpenAI TorchScript metadata, derived causal-mask buffers
+# (-inf above the diagonal: never checked for finite values).
 _NOT_PARAMETERS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
