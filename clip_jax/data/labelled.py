@@ -348,11 +348,10 @@ def _warn_lone_lookalikes(path: str, labels: Sequence[str], lines: Sequence[str]
     """Warns about each class named by one row alone whose name is close to a class of more
     rows (difflib's ratio >= 0.8): a misspelt label ('sevn' beside 'seven') makes a class of
     its own when no class names are given, and shows only as one more class."""
+    import collections
     import difflib
 
-    counts: dict[str, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
+    counts = collections.Counter(labels)
     common = [name for name, n in counts.items() if n > 1]
     for name, n in counts.items():
         close = difflib.get_close_matches(name, common, n=1, cutoff=0.8) if n == 1 else []

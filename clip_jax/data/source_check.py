@@ -20,8 +20,6 @@ CONVERSIONS = {
 }
 
 
-
-
 def split_problem(name: str, split: str) -> str:
     """'' unless `split` is written after a table (`test.csv@validation`), else why that is
     refused: a table has no splits, and its rows were read whole and recorded as that split

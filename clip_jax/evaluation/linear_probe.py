@@ -318,9 +318,8 @@ def _warn_grid_edge(task: str, grid: Sequence[float], scores: Sequence[float],
     the next weaker one: a stronger one may score better still (a trial's probe chose 1e-1,
     the top of the default grid, without a word). The weak end needs no such word: 1e-6 is
     already next to no penalty, where the fit is the unregularised one."""
-    order = np.argsort(grid)
-    edge, inner = order[-1], order[-2] if len(grid) > 1 else order[-1]
-    if len(grid) > 2 and grid[edge] == best and scores[edge] > scores[inner]:
+    edge, inner = np.argsort(grid)[-2:][::-1]
+    if grid[edge] == best and scores[edge] > scores[inner]:
         log.warning("%s: the l2 chosen, %g, is the strongest of the grid (%s) and scored "
                     "better on the held-out split than %g: a stronger one may score better "
                     "still; extend the grid (the task's l2: config.eval.linear_probe.<task>.l2 "
