@@ -304,6 +304,7 @@ def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, 
     for key in ("linear_probe/t", "few_shot/t"):
         assert evaluation.provenance[key]["trained_on"] == (
             f"image folder {folder}/train (train): {n_train} images"), key
+    assert evaluation.provenance["few_shot/t/zero_shot_top1"]["trained_on"] == ""  # trial N
     assert mapped == pytest.approx(same, abs=1e-6)
     assert 0 < same["few_shot/t/zero_shot_top1"] and 0 < same["linear_probe/t/accuracy"]
     (tmp_path / "classnames.txt").write_text("\n".join(reordered + ["purple"]) + "\n")

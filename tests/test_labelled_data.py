@@ -920,12 +920,23 @@ def test_a_table_split_a_single_class_and_a_lone_lookalike_label(folder, tmp_pat
         read = labelled_data.read(str(tmp_path / "typo.csv"))
     counts = frame["label"].value_counts()
     assert len(read.class_names) == frame["label"].nunique() == 4
-    lone = [r.getMessage() for r in caplog.records if "a class of its own" in r.getMessage()]
+    lone = [r.getMessage() for r in caplog.records if "class of its own" in r.getMessage()]
     line = int(frame.index[frame["label"] == "sevn"][0]) + 2  # the header is line 1
-    assert lone == [f"{tmp_path / 'typo.csv'} line {line}: label 'sevn', on this row alone, is "
-                    f"a class of its own beside 'seven' ({counts['seven']} rows); if it is "
-                    "misspelt, fix it, or give the class names (--class-names) to have labels "
-                    "outside them refused."]  # 'cat' and 'car' are alike but not alone
+    assert lone == [f"{table}: 1 label(s) on one row alone, one edit from a class of several "
+                    f"rows, each made a class of its own: 'sevn' (line {line}) beside 'seven' "
+                    f"({counts['seven']} rows); if misspelt, fix them, or give the class names "
+                    "(--class-names) to have labels outside them refused."]  # cat, car: not alone
+    # Numbered classes of one row each (a long tail) are no typos; a swap of neighbours is.
+    caplog.clear()
+    tail = [f"sku-{k:03d}" for k in range(12) for _ in range(max(1, 6 // (k + 1)))]
+    labels = ["four"] * 3 + ["fuor"] + tail  # sku-004 .. sku-011: one row each
+    pd.DataFrame({"filepath": [rel[i % len(rel)] for i in range(len(labels))],
+                  "label": labels}).to_csv(tmp_path / "tail.csv", index=False)
+    with caplog.at_level("WARNING", logger="clip_jax"):
+        labelled_data.read(str(tmp_path / "tail.csv"))
+    lone = [r.getMessage() for r in caplog.records if "class of its own" in r.getMessage()]
+    assert len(lone) == 1 and "1 label(s)" in lone[0] and "'fuor' (line 5) beside 'four'" in (
+        lone[0]), lone
     frame.assign(label="one").to_csv(tmp_path / "one.csv", index=False)
     with pytest.raises(ConfigError, match=r"one.csv has 1 class \('one'\); a classification "
                                           r"needs at least 2"):

@@ -526,8 +526,8 @@ def test_weights_with_nan_or_infinity_are_refused_at_load(tmp_path):
     proj = load_file(weights)["visual.proj"]
     bad = int((~np.isfinite(proj)).sum())
     with pytest.raises(ConfigError, match=re.escape(
-            f"{weights}: {bad} of the {proj.size} values of visual.proj are NaN or "
-            "infinite: the weights are damaged")):
+            f"{weights}: NaN or infinite weights: {bad} of the {proj.size} values of "
+            "visual.proj; the weights are damaged")):
         clip_jax.load(folder)
     state = open_clip.create_model("RN50").state_dict()
     fused = "transformer.resblocks.1.attn.in_proj_weight"
@@ -536,9 +536,12 @@ def test_weights_with_nan_or_infinity_are_refused_at_load(tmp_path):
         state[fused][part * width, 0] = float("nan")
     expected = int((~torch.isfinite(state[fused])).sum())
     with pytest.raises(ConfigError, match=re.escape(
-            f"the state dict: {expected} of the {state[fused].numel()} values of {fused} are "
-            "NaN or infinite: ")):
+            f"the state dict: NaN or infinite weights: {expected} of the "
+            f"{state[fused].numel()} values of {fused}; ")):
         clip_jax.load(state)
-    state["visual.layer1.0.conv1.weight"][0, 0, 0, 0] = float("inf")
-    with pytest.raises(ConfigError, match=r"are NaN or infinite \(and 1 more tensor\): "):
+    conv = "visual.layer1.0.conv1.weight"  # each damaged tensor is named (trial N)
+    state[conv].view(-1)[:2] = float("inf")
+    with pytest.raises(ConfigError) as raised:
         clip_jax.load(state)
+    assert f"2 of the {state[conv].numel()} values of {conv}" in str(raised.value)
+    assert f"{expected} of the {state[fused].numel()} values of {fused}" in str(raised.value)

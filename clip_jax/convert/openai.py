@@ -199,12 +199,10 @@ def check_finite(tensors: Mapping[str, np.ndarray], source: str) -> None:
            and not np.isfinite(np.sum(array, dtype=np.float32))
            and (count := int(array.size - np.isfinite(array).sum()))]
     if bad:
-        key, count, size = bad[0]
-        more = len(bad) - 1
-        others = f" (and {more} more tensor{'s' * (more > 1)})" if more else ""
-        raise ConfigError(f"{source}: {count} of the {size} values of {key} are NaN or "
-                          f"infinite{others}: the weights are damaged (copy or download them "
-                          "again) or a diverged run's.")
+        named = "; ".join(f"{count} of the {size} values of {key}" for key, count, size in bad[:3])
+        more = f"; and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
+        raise ConfigError(f"{source}: NaN or infinite weights: {named}{more}; the weights are "
+                          "damaged (copy or download them again) or a diverged run's.")
 
 
 def fuse_qkv(canonical: StateDict) -> StateDict:

@@ -71,4 +71,5 @@ class FewShot(Evaluator):
             class_names=list(c.class_names), task=self.key)
         ctx.records.details[self.key] = detail
         ctx.records.where(self.key, test, c, trained_on=self.train)
+        ctx.records.where(f"{self.key}/zero_shot_top1", test, c)  # no probe: fit on nothing
         return {f"{self.key}/{k}": v for k, v in results.items()}
