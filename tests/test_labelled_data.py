@@ -4,6 +4,7 @@ images for the eval batches."""
 
 import io
 import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -943,3 +944,29 @@ def test_a_table_split_a_single_class_and_a_lone_lookalike_label(folder, tmp_pat
         labelled_data.read(str(tmp_path / "one.csv"))
     assert len(labelled_data.read(str(tmp_path / "one.csv"),
                                   class_names=["one", "two"]).class_names) == 2
+
+
+def test_one_class_sources_are_refused_with_their_own_fix(folder, tmp_path):
+    """A source of one class would score 100 %: refused once, in `read`, with the fix its kind
+    takes (the advice was a table's, `--class-names`, which a folder refuses); a folder of loose
+    images has no class folders at all and is told its layout."""
+    shutil.copytree(folder / "test" / CLASSES[0], tmp_path / "one" / CLASSES[0])
+    with pytest.raises(ConfigError) as refused:
+        labelled_data.read(str(tmp_path / "one"))
+    assert str(refused.value) == (f"image folder {tmp_path / 'one'} has 1 class "
+                                  f"({CLASSES[0]!r}); a classification needs at least 2: add a "
+                                  "folder per other class beside it.")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    picture(0).save(loose / "a.png")
+    with pytest.raises(ConfigError, match=r"has no class folders; lay it out as <root>/<class "
+                                          r"name>/<image files>"):
+        labelled_data.read(str(loose))
+    buffer = io.BytesIO()
+    picture(1).save(buffer, format="PNG")
+    write_wds(tmp_path / "wds", "test", [("s0", {"png": buffer.getvalue(), "cls": b"0"})],
+              ["red"])
+    with pytest.raises(ConfigError, match=r"1 class \('red'\); a classification needs at least "
+                                          r"2: name every class in its classnames.txt, one per "
+                                          r"line, in label order\.$"):
+        labelled_data.read(str(tmp_path / "wds"), "test")

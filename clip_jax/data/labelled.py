@@ -227,9 +227,9 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
     for name in sorted(set(_listdir(folder)) - set(subdirs)):
         why = "hidden file" if name.startswith(".") else "outside any class folder"
         skipped.setdefault(why, []).append(os.path.join(folder, name))
-    if len(classes) < 2:
-        raise ConfigError(f"Image folder {folder!r} has {len(classes)} class folder(s); lay it "
-                          "out as <root>/<class name>/<image files> with at least 2 classes.")
+    if not classes:  # a folder of loose images: the layout is wrong, not the class count
+        raise ConfigError(f"Image folder {folder!r} has no class folders; lay it out as "
+                          "<root>/<class name>/<image files> with at least 2 classes.")
     files, labels, revisits = [], [], []
     # A class folder's own images are its own: another class's link to it (or a class that
     # is a link to it) is not searched, so no image is read under two labels.
@@ -602,6 +602,13 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
                           names_file=os.path.join(root, WDS_CLASSNAMES))
 
 
+# How to give a source of one class its other classes, by kind (`read`'s refusal).
+MORE_CLASSES = {
+    "image_folder": "add a folder per other class beside it",
+    "table": "give all the class names (--class-names) or label rows of other classes",
+    "wds": f"name every class in its {WDS_CLASSNAMES}, one per line, in label order",
+}
+
 READERS: dict[str, Callable[..., LabelledImages]] = {
     "image_folder": lambda path, split, names, columns: read_image_folder(path, split),
     "table": lambda path, split, names, columns: read_table(path, *columns, class_names=names),
@@ -629,8 +636,7 @@ def read(path: str, split: str = "", class_names: Sequence[str] | None = None,
     if len(images.class_names) < 2:  # every image would be right: 100 %, a false result
         raise ConfigError(f"{images.description} has {len(images.class_names)} class "
                           f"({images.class_names[0]!r}); a classification needs at least 2: "
-                          "give all the class names (--class-names) or label rows of other "
-                          "classes.")
+                          f"{MORE_CLASSES[kind]}.")
     if images.skipped:
         log.warning("%s: skipped %s", images.description, "; ".join(
             f"{len(what)} ({why}: {', '.join(what[:3])}{', ...' if len(what) > 3 else ''})"

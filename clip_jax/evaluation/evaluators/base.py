@@ -241,17 +241,22 @@ class Records:
             "unreadable": int(p.iterable.num_examples - len(p.embeddings.images)),
             # Entries a labelled folder, table or webdataset's reader left out before reading
             # any image (a row with a missing file; named in its warning); "" for TFDS data.
-            "skipped": (sum(map(len, p.images.skipped.values())) if p.images is not None
-                        else ""),
+            "skipped": _skipped(p) if p.images is not None else "",
             "classes": classes,
             "templates": classifier.templates_label if classifier else "",
             "trained_on": _summary(trained_on) if trained_on is not None else ""}
 
 
+def _skipped(p: Pass) -> int:
+    """How many entries `p`'s labelled reader left out (each reason's list, summed); 0 for TFDS
+    data, which has no such reader."""
+    return sum(map(len, p.images.skipped.values())) if p.images is not None else 0
+
+
 def _summary(p: Pass) -> str:
     """'table train.csv (train): 120 images, 1 skipped': a training pass in one cell."""
     split = p.split or p.shown_split
-    skipped = sum(map(len, p.images.skipped.values())) if p.images is not None else 0
+    skipped = _skipped(p)
     return (f"{p.description}{f' ({split})' if split else ''}: {len(p.embeddings.images)} "
             f"images{f', {skipped} skipped' if skipped else ''}")
 
