@@ -439,4 +439,4 @@ def test_activation_given_for_a_workdir_replaces_its_own_with_a_warning(saved, c
     assert [r.getMessage() for r in caplog.records] == [
         f"activation={other!r} replaces the {module.config.activation!r} that {workdir}'s "
         "checkpoint records: the outputs are not the model's unless that record is wrong "
-        "(omit activation= to use it)."]
+        "(omit activation= / --activation to use it)."]

@@ -457,7 +457,8 @@ def test_an_activation_replacing_the_recorded_one_is_warned_about(tmp_path, capl
         module, variables = clip_jax.load(str(tmp_path), activation="quick_gelu")
     assert [r.getMessage() for r in caplog.records] == [
         f"activation='quick_gelu' replaces the 'gelu' that {tmp_path}/config.json records: the "
-        "outputs are not the model's unless that record is wrong (omit activation= to use it)."]
+        "outputs are not the model's unless that record is wrong (omit activation= / "
+        "--activation to use it)."]
     model.config.text_config.hidden_act = model.config.vision_config.hidden_act = "quick_gelu"
     relabelled = transformers.CLIPModel(model.config).eval()
     relabelled.load_state_dict(model.state_dict())

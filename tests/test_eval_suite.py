@@ -35,6 +35,8 @@ from clip_jax.configs import base
 import jax
 import tensorflow_datasets as tfds
 
+from compile_count import backend_compiles
+
 COLOURS = {"red": 0, "green": 1, "blue": 2}
 
 
@@ -79,6 +81,19 @@ def config_for(**tasks):
     for kind, task in tasks.items():
         config.eval[kind] = {"t": task}
     return config
+
+
+def test_evaluating_the_same_model_again_compiles_nothing(folder, model):
+    """`evaluate_model` built new jitted embedding functions on every call: evaluating
+    checkpoints in a loop (or a model rebuilt from the same config) compiled the image and
+    text towers again each time. The functions are kept per model, mesh and shardings."""
+    module, variables = model
+    config = config_for(zero_shot=evaluate.zero_shot_task(str(folder), templates="default"))
+    first, _ = evaluate.evaluate_model(config, module, variables)
+    with backend_compiles() as compiles:
+        again, _ = evaluate.evaluate_model(config, clip_jax.models.CLIP(module.config),
+                                           variables)
+    assert again == first and compiles == []
 
 
 def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, model, tmp_path):

@@ -874,3 +874,26 @@ def test_text_output_keeps_one_line_per_image_whatever_the_file_name(model, tmp_
     assert cli.main(["search", out, "a photo of a dog", "--output", "json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(r["path"] for r in rows) == sorted(os.path.abspath(root / n) for n in names)
+
+
+def test_an_encoder_built_again_for_the_same_model_compiles_nothing(model):
+    """Every `Encoder` jitted its own image and text functions: a zero-shot classifier or an
+    index search rebuilt per call (a notebook cell run twice, new weights of the same model)
+    compiled both towers again. Their embeddings still follow the variables given."""
+    from compile_count import backend_compiles
+
+    _, module, variables = model
+    pixels = np.random.default_rng(1).random((3, 32, 32, 3), np.float32)
+    tokens = clip_jax.tokenize(["a red car", "a dog"], module.config.context_length)
+    Encoder(module, variables).embed_pixels(pixels), Encoder(module, variables).embed_tokens(tokens)
+    other = clip_jax.create_model("test-vit", rng=4)[1]
+    with backend_compiles() as compiles:
+        again = Encoder(clip_jax.models.CLIP(module.config), other, batch_size=32)
+        images, texts = again.embed_pixels(pixels), again.embed_tokens(tokens)
+    assert compiles == []
+    expected = np.asarray(module.apply(other, pixels, method=module.encode_image))
+    np.testing.assert_allclose(images, expected / np.linalg.norm(expected, axis=1, keepdims=True),
+                               atol=2e-6)
+    expected = np.asarray(module.apply(other, tokens, method=module.encode_text))
+    np.testing.assert_allclose(texts, expected / np.linalg.norm(expected, axis=1, keepdims=True),
+                               atol=2e-6)

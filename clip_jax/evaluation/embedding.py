@@ -10,8 +10,9 @@ process yields the same number of eval batches) and every process receives all e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -53,23 +54,9 @@ class Embedder:
         self.module, self.mesh, self.captions = module, mesh, captions
         self.vocab_size = module.config.text.vocab_size
         self.local_batch = _round_local_batch(local_batch, mesh)
-        rules = tuple(tuple(r) for r in rules)
-
-        def images(variables: Variables, x: jax.Array) -> jax.Array:
-            with nn.logical_axis_rules(rules):
-                return l2_normalize(module.apply(variables, x, method=module.encode_image))
-
-        def texts(variables: Variables, tokens: jax.Array) -> jax.Array:
-            n, c, length = tokens.shape
-            with nn.logical_axis_rules(rules):
-                out = module.apply(variables, tokens.reshape(n * c, length),
-                                   method=module.encode_text)
-            return l2_normalize(out).reshape(n, c, -1)
-
-        self._images = jax.jit(images, in_shardings=(shardings, sharding.batch_sharding(mesh, 4)),
-                               out_shardings=sharding.batch_sharding(mesh, 2))
-        self._texts = jax.jit(texts, in_shardings=(shardings, sharding.batch_sharding(mesh, 3)),
-                              out_shardings=sharding.batch_sharding(mesh, 3))
+        leaves, treedef = jax.tree.flatten(shardings)
+        self._images, self._texts = _embedding_functions(
+            module, mesh, _rules_tuple(rules), treedef, tuple(leaves))
 
     @property
     def global_batch(self) -> int:
@@ -129,6 +116,38 @@ class Embedder:
                 outputs.append(self._texts(variables, array))
         (embeddings,) = _gather([outputs])
         return np.concatenate(embeddings).reshape(len(padded), -1)[:n]
+
+
+def _rules_tuple(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """Logical axis rules as nested tuples (a workdir's config.json gives lists): hashable."""
+    return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                 for name, axes in rules)
+
+
+@functools.lru_cache(maxsize=8)
+def _embedding_functions(module: CLIP, mesh: Mesh, rules: tuple[tuple[str, Any], ...],
+                         treedef: Any, leaves: tuple[Any, ...]) -> tuple[Callable, Callable]:
+    """The jitted image and text functions of one model (a CLIP module is hashable by its
+    config), mesh, rules and variable shardings, made once per process: a jitted function
+    keeps its compiled programs, so an `Embedder` built again for the same model (an
+    `evaluate_model` call per checkpoint, a notebook's loop) compiles nothing more."""
+    shardings = jax.tree.unflatten(treedef, leaves)
+
+    def images(variables: Variables, x: jax.Array) -> jax.Array:
+        with nn.logical_axis_rules(rules):
+            return l2_normalize(module.apply(variables, x, method=module.encode_image))
+
+    def texts(variables: Variables, tokens: jax.Array) -> jax.Array:
+        n, c, length = tokens.shape
+        with nn.logical_axis_rules(rules):
+            out = module.apply(variables, tokens.reshape(n * c, length),
+                               method=module.encode_text)
+        return l2_normalize(out).reshape(n, c, -1)
+
+    return (jax.jit(images, in_shardings=(shardings, sharding.batch_sharding(mesh, 4)),
+                    out_shardings=sharding.batch_sharding(mesh, 2)),
+            jax.jit(texts, in_shardings=(shardings, sharding.batch_sharding(mesh, 3)),
+                    out_shardings=sharding.batch_sharding(mesh, 3)))
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ mesh go through `clip_jax.evaluation.embedding.Embedder` instead.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -21,6 +22,16 @@ from clip_jax.models.text import check_token_ids
 from clip_jax.models.vit import check_image_shape
 
 BATCH = 32  # rows per call: any number of inputs reuses one compiled function
+
+
+@functools.lru_cache(maxsize=8)
+def _embedding_functions(module: CLIP) -> tuple[Callable, Callable]:
+    """The jitted image and text functions of one model (a CLIP module is hashable by its
+    config), made once per process: a jitted function keeps its compiled programs, so an
+    `Encoder` built again for the same model (new weights, a notebook cell run twice)
+    compiles nothing more."""
+    return (jax.jit(lambda v, x: l2_normalize(module.apply(v, x, method=module.encode_image))),
+            jax.jit(lambda v, t: l2_normalize(module.apply(v, t, method=module.encode_text))))
 
 
 class Encoder:
@@ -42,10 +53,7 @@ class Encoder:
         self.module, self.variables, self.batch_size = module, variables, int(batch_size)
         self.tokenizer = tokenizer
         self.image_options = {"exif_transpose": exif_transpose, "alpha": alpha}
-        self._images = jax.jit(lambda v, x: l2_normalize(
-            module.apply(v, x, method=module.encode_image)))
-        self._texts = jax.jit(lambda v, t: l2_normalize(
-            module.apply(v, t, method=module.encode_text)))
+        self._images, self._texts = _embedding_functions(module)
         self.scale = float(np.exp(np.asarray(variables["params"]["logit_scale"], np.float32)))
 
     def _batched(self, fn: Callable, x: np.ndarray) -> np.ndarray:

@@ -296,8 +296,8 @@ def with_activation(found: CLIPConfig, activation: str | None, source: Any) -> C
     if activation is None or activation == found.activation:
         return found
     log.warning("activation=%r replaces the %r that %s records: the outputs are not the "
-                "model's unless that record is wrong (omit activation= to use it).",
-                activation, found.activation, source)
+                "model's unless that record is wrong (omit activation= / --activation to use "
+                "it).", activation, found.activation, source)
     return found.replace(activation=activation)
 
 
