@@ -308,6 +308,33 @@ def test_a_search_stopped_by_its_budget_says_so_and_names_the_untried_knobs():
         [], len(plan_lib.candidates(config, 8)))
 
 
+def test_a_search_begins_no_compile_it_cannot_finish_in_its_budget(monkeypatch, capsys):
+    """`plan --search-seconds 1` ran for minutes on a model whose step compiles in minutes (a
+    compile cannot be stopped once begun). A compile is begun only with the longest compile
+    seen so far, the config's own plan's first, still inside the budget."""
+    config = tiny.get_config()
+    gib, calls = 2.0**30, []
+
+    def too_big(variant, topology, base=None):  # compiled in 30 s, does not fit
+        calls.append(variant)
+        result = plan_lib.Plan(topology, "v5e", 8, 1, {"data": 8, "fsdp": 1, "tensor": 1},
+                               variant.batch_size, variant.microbatches, "none", variant.loss,
+                               False, 15.75 * gib, 16 * gib, 30.0)
+        result.temp_bytes, result.param_bytes, result.opt_state_bytes = 20 * gib, gib, 2 * gib
+        result.argument_bytes = result.output_bytes = result.alias_bytes = 0.0
+        result.total_bytes = 23 * gib
+        return result
+
+    monkeypatch.setattr(plan_lib, "plan", too_big)
+    candidates = len(plan_lib.candidates(config, 8))
+    assert plan_lib.run(config, "v5e-8", budget_seconds=20) == 1 and len(calls) == 1
+    assert f"reached its --search-seconds with {candidates} alternatives untried" in (
+        capsys.readouterr().out)
+    calls.clear()
+    assert plan_lib.run(config, "v5e-8", budget_seconds=45) == 1
+    assert len(calls) == 1 + candidates  # no time passes here: every compile fits in 45 s
+
+
 def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
     """ViT-B/16 on v5e-64 at batch 32,768 needed 62.3 GiB of temporaries per chip against
     1.7 GiB of parameters and optimizer state; the advice listed fsdp and the chunked loss

@@ -543,8 +543,8 @@ def _plan_arguments(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("--json", action="store_true", help="one JSON object on stdout")
     pl.add_argument("--search-seconds", type=seconds, default=900.0,
                     help="when it does not fit: compile time allowed for alternatives (remat, "
-                         "fsdp, microbatches), checked before each compile, so the last one "
-                         "may end past it; 0 to skip (default 900)")
+                         "fsdp, microbatches); a compile is begun only when the longest so "
+                         "far would still end inside it; 0 to skip (default 900)")
 
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]

@@ -367,9 +367,12 @@ class Search(NamedTuple):
 
 
 def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: float = 900.0,
-           keep: int = 5, log=print, base: CLIPConfig | None = None) -> Search:
+           keep: int = 5, log=print, base: CLIPConfig | None = None,
+           compile_seconds: float = 0.0) -> Search:
     """Compiles `candidates` until `budget_seconds` pass or `keep` fit (`base` as `plan`
-    takes it)."""
+    takes it). A compile cannot be stopped once begun, so none is begun that would end past
+    the budget by the longest compile seen so far (from `compile_seconds`, the config's own
+    plan's): `--search-seconds 1` on a model whose step compiles in minutes ran for minutes."""
     topo = tpu_topology.parse(topology)
     deadline = time.time() + budget_seconds
     fitting = []
@@ -377,7 +380,7 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
     for i, variant in enumerate(variants):
         if len(fitting) >= keep:
             break
-        if time.time() >= deadline:
+        if time.time() + compile_seconds >= deadline:
             return Search(sorted(fitting, key=lambda p: p.step_seconds), len(variants) - i)
         try:
             p = plan(variant, topology, base=base)
@@ -386,6 +389,7 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
             continue
         log(f"  {_describe(variant)}: {'fits' if p.fits else 'does not fit'} "
             f"({p.total_bytes / 2**30:.2f} GiB, compiled in {p.compile_seconds:.0f} s)")
+        compile_seconds = max(compile_seconds, p.compile_seconds)
         if p.fits:
             fitting.append(p)
     return Search(sorted(fitting, key=lambda p: p.step_seconds), 0)
@@ -490,7 +494,8 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
             print(f"Trying what the config allows (chunked loss, remat, fsdp, microbatches, "
                   f"reshard_microbatches; up to "
                   f"{budget_seconds:.0f} s of compiling):")
-    alternatives, untried = (search(config, topology, budget_seconds, log=log, base=base)
+    alternatives, untried = (search(config, topology, budget_seconds, log=log, base=base,
+                                    compile_seconds=result.compile_seconds)
                              if budget_seconds > 0 else ([], 0))
     if as_json:
         print(json.dumps({**to_json(result), "alternatives": [to_json(a) for a in alternatives]}))
