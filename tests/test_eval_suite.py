@@ -96,6 +96,23 @@ def test_evaluating_the_same_model_again_compiles_nothing(folder, model):
     assert again == first and compiles == []
 
 
+def test_a_resnet_with_running_statistics_evaluates_as_its_reference(folder):
+    """`evaluate_model` (and `clip-jax eval`) of any ResNet failed with "sharding should be an
+    instance of jax.sharding" (trial P): its BatchNorm statistics' shardings kept their
+    initialiser boxes. Zero-shot top-1 against the model applied directly."""
+    module, variables = create_model("test-resnet", rng=5)
+    assert variables["batch_stats"]
+    config = config_for(zero_shot=evaluate.zero_shot_task(str(folder), templates="default"))
+    config.model.name = "test-resnet"
+    metrics, _ = evaluate.evaluate_model(config, module, variables)
+    test = labelled_data.read(str(folder), "test")
+    images = embed(module, variables, images=preprocess(
+        [Image.open(f).convert("RGB") for f in test.files], module.config))
+    classes = class_embeddings(module, variables, list(test.class_names), templates.DEFAULT)
+    assert metrics["zero_shot/t/top1"] == pytest.approx(
+        np.mean((images @ classes.T).argmax(1) == test.labels), abs=1e-6)
+
+
 def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, model, tmp_path):
     module, variables = model
     config = config_for(

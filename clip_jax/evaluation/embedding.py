@@ -37,7 +37,7 @@ def variable_shardings(module: CLIP, mesh: Mesh, rules: Sequence[tuple[str, Any]
     out = {"params": sharding.logical_shardings(boxed["params"], mesh, rules)}
     if boxed.get("batch_stats"):
         out["batch_stats"] = jax.tree.map(lambda _: sharding.replicated(mesh),
-                                          boxed["batch_stats"])
+                                          nn.unbox(boxed["batch_stats"]))
     return out
 
 
