@@ -345,7 +345,7 @@ def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
 
     gib = 2.0**30
 
-    def refused(temp, params, batch, chips, fsdp=1, microbatches=1):
+    def refused(temp, params, batch, chips, fsdp=1, microbatches=1, untried=None):
         config = base.get_config("vit_b16")
         config.batch_size, config.model.remat_policy = batch, "none"
         config.microbatches = microbatches
@@ -354,7 +354,8 @@ def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
         result = plan_lib.Plan("v5e-64", "v5e", chips, 1, mesh, batch, 1, "none", config.loss,
                                False, 15.75 * gib, 16 * gib, 0.0)
         result.temp_bytes, result.param_bytes, result.opt_state_bytes = temp, params, 2 * params
-        return plan_lib.no_fit_advice(config, searched=False, result=result)
+        return plan_lib.no_fit_advice(config, searched=untried is not None, result=result,
+                                      untried=untried or 0)
 
     activations = refused(62.3 * gib, 0.56 * gib, 32768, 64)
     assert activations.startswith("Per chip it needs 62.30 GiB of temporaries (of them 128.0 "
@@ -376,6 +377,11 @@ def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
     assert "The logits alone need more than the 15.75 GiB usable: set " \
         "--config.loss=chunked_softmax (the same loss" in logits
     assert "microbatches" not in logits and "remat" not in logits
+    # A search stopped by its budget before any compile said the same: whether it tried
+    # anything could not be told (trial P, --search-seconds 1).
+    assert "untried" not in refused(17.0 * gib, 0.01 * gib, 65536, 2, untried=0)
+    assert refused(17.0 * gib, 0.01 * gib, 65536, 2, untried=12).endswith(
+        "(The search reached its --search-seconds with 12 alternatives untried.)")
     # A trial's tiny config at batch 262,144 on 16 chips (fsdp=2, 2 micro-batches): 48.15 GiB
     # of temporaries, 32 of them logits, 19 MiB of state. remat, more micro-batches and
     # re-gathering the parameters were named too, and none can help what overflows alone.

@@ -605,7 +605,8 @@ def read_wds(root: str, split: str = "") -> LabelledImages:
 # How to give a source of one class its other classes, by kind (`read`'s refusal).
 MORE_CLASSES = {
     "image_folder": "add a folder per other class beside it",
-    "table": "give all the class names (--class-names) or label rows of other classes",
+    "table": "give all the class names (--class-names, class_names=) or label rows of other "
+             "classes",
     "wds": f"name every class in its {WDS_CLASSNAMES}, one per line, in label order",
 }
 
@@ -619,8 +620,10 @@ READERS: dict[str, Callable[..., LabelledImages]] = {
 def read(path: str, split: str = "", class_names: Sequence[str] | None = None,
          image_column: str = "", label_column: str = "") -> LabelledImages:
     """The labelled images at `path` (any layout of the module docstring). `class_names`
-    name a table's classes (`read_table`), and `image_column` / `label_column` its columns
-    ("" = found by header); folders and webdatasets name their own (ConfigError if given)."""
+    name a table's classes (`read_table`); folders and webdatasets name their own and do not
+    read it (the evaluators map names given for them onto the source's own, by name or by
+    position). `image_column` / `label_column` name a table's columns ("" = found by header);
+    ConfigError if given for another source. ConfigError for a source of one class."""
     kind = source_kind(path)
     if not kind:
         raise MissingFileError(f"{path!r} is neither an image folder, a .csv/.tsv table nor a "

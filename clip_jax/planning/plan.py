@@ -105,8 +105,11 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
         "state. ")
     knobs = [chunked] if chunked and result is not None else []
     if knobs and logits >= result.hbm_bytes:  # nothing else shrinks what alone overflows
+        stopped = (f" (The search reached its --search-seconds with {untried} alternatives "
+                   "untried.)" if searched and untried else "")
         return (f"{said}The logits alone need more than the {_gib(result.hbm_bytes)} usable: "
-                f"set {chunked} (the same loss and gradients in chunks); else {last_resorts}")
+                f"set {chunked} (the same loss and gradients in chunks); else "
+                f"{last_resorts}{stopped}")
     if searched and not untried:
         tried = f"; else {', '.join(knobs)}," if knobs else ":"
         return f"{said}No fitting alternative found{tried} {last_resorts}"
