@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from clip_jax.runtime import sharding
-from clip_jax.models.clip import CLIP, init_variables, l2_normalize
+from clip_jax.models.clip import CLIP, image_features, init_variables, text_features
 from clip_jax.models.text import check_token_ids
 
 Variables = dict[str, Any]
@@ -32,7 +32,16 @@ TEXT_ROWS_PER_IMAGE = 5
 
 def variable_shardings(module: CLIP, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Variables:
     """Shardings of `module`'s variables from their logical axis names (BatchNorm statistics
-    replicated), for a model that was not built by the trainer (imported, or a workdir)."""
+    replicated), for a model that was not built by the trainer (imported, or a workdir).
+    Traced once per model config, mesh and rules (an `evaluate_model` call per checkpoint
+    traces nothing more); each call gets its own dicts."""
+    cached = _variable_shardings(module, mesh, sharding.hashable_rules(rules))
+    return jax.tree.map(lambda s: s, cached)
+
+
+@functools.lru_cache(maxsize=8)
+def _variable_shardings(module: CLIP, mesh: Mesh, rules: tuple[tuple[str, Any], ...]
+                        ) -> Variables:
     boxed = jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
     out = {"params": sharding.logical_shardings(boxed["params"], mesh, rules)}
     if boxed.get("batch_stats"):
@@ -56,7 +65,7 @@ class Embedder:
         self.local_batch = _round_local_batch(local_batch, mesh)
         leaves, treedef = jax.tree.flatten(shardings)
         self._images, self._texts = _embedding_functions(
-            module, mesh, _rules_tuple(rules), treedef, tuple(leaves))
+            module, mesh, sharding.hashable_rules(rules), treedef, tuple(leaves))
 
     @property
     def global_batch(self) -> int:
@@ -118,12 +127,6 @@ class Embedder:
         return np.concatenate(embeddings).reshape(len(padded), -1)[:n]
 
 
-def _rules_tuple(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
-    """Logical axis rules as nested tuples (a workdir's config.json gives lists): hashable."""
-    return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-                 for name, axes in rules)
-
-
 @functools.lru_cache(maxsize=8)
 def _embedding_functions(module: CLIP, mesh: Mesh, rules: tuple[tuple[str, Any], ...],
                          treedef: Any, leaves: tuple[Any, ...]) -> tuple[Callable, Callable]:
@@ -135,14 +138,13 @@ def _embedding_functions(module: CLIP, mesh: Mesh, rules: tuple[tuple[str, Any],
 
     def images(variables: Variables, x: jax.Array) -> jax.Array:
         with nn.logical_axis_rules(rules):
-            return l2_normalize(module.apply(variables, x, method=module.encode_image))
+            return image_features(module, variables, x)
 
     def texts(variables: Variables, tokens: jax.Array) -> jax.Array:
         n, c, length = tokens.shape
         with nn.logical_axis_rules(rules):
-            out = module.apply(variables, tokens.reshape(n * c, length),
-                               method=module.encode_text)
-        return l2_normalize(out).reshape(n, c, -1)
+            return text_features(module, variables, tokens.reshape(n * c, length)).reshape(
+                n, c, -1)
 
     return (jax.jit(images, in_shardings=(shardings, sharding.batch_sharding(mesh, 4)),
                     out_shardings=sharding.batch_sharding(mesh, 2)),

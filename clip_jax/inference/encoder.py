@@ -17,7 +17,7 @@ import numpy as np
 from clip_jax.data.preprocess import ImageLike, image_list, preprocess
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.errors import ConfigError
-from clip_jax.models.clip import CLIP, l2_normalize
+from clip_jax.models.clip import CLIP, image_features, text_features
 from clip_jax.models.text import check_token_ids
 from clip_jax.models.vit import check_image_shape
 
@@ -30,8 +30,8 @@ def _embedding_functions(module: CLIP) -> tuple[Callable, Callable]:
     config), made once per process: a jitted function keeps its compiled programs, so an
     `Encoder` built again for the same model (new weights, a notebook cell run twice)
     compiles nothing more."""
-    return (jax.jit(lambda v, x: l2_normalize(module.apply(v, x, method=module.encode_image))),
-            jax.jit(lambda v, t: l2_normalize(module.apply(v, t, method=module.encode_text))))
+    return (jax.jit(functools.partial(image_features, module)),
+            jax.jit(functools.partial(text_features, module)))
 
 
 class Encoder:

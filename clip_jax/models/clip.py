@@ -123,6 +123,18 @@ class CLIP(nn.Module):
         return image_embeds, text_embeds, jnp.exp(self.logit_scale.astype(jnp.float32))
 
 
+def image_features(module: CLIP, variables: Variables, images: jax.Array) -> jax.Array:
+    """L2-normalised image embeddings [N, embed_dim] (`CLIP.encode_image`'s inputs and dtype):
+    what zero-shot, retrieval and search compare, one function for every caller to jit."""
+    return l2_normalize(module.apply(variables, images, method=module.encode_image))
+
+
+def text_features(module: CLIP, variables: Variables, tokens: jax.Array) -> jax.Array:
+    """L2-normalised text embeddings [N, embed_dim] from int32 tokens [N, context_length]
+    (`CLIP.encode_text`)."""
+    return l2_normalize(module.apply(variables, tokens, method=module.encode_text))
+
+
 def dummy_inputs(config: CLIPConfig, batch: int = 1) -> tuple[jax.Array, jax.Array]:
     size = config.vision.image_size
     return (jnp.zeros((batch, size, size, 3), jnp.float32),

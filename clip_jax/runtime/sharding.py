@@ -108,6 +108,14 @@ def _drop(entry: Any, axes: Sequence[str]) -> Any:
     return None if rest in ((), (None,)) else rest
 
 
+def hashable_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """The logical axis rules as nested tuples, a rule's list of mesh axes included (a
+    workdir's config.json and `config.logical_axis_rules` give lists): a key for caches of
+    compiled functions, and what `nn.logical_axis_rules` takes."""
+    return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                 for name, axes in rules)
+
+
 def without_axis(rules: Rules, *axes: str) -> Rules:
     """The logical axis rules with mesh `axes` taken out of every entry, for code that runs
     once per shard of those axes (a `vmap` with `spmd_axis_name=axes`)."""

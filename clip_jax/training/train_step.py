@@ -121,7 +121,7 @@ def _init_state(module: CLIP, tx: optax.GradientTransformation, rng: jax.Array) 
 def setup(config: ml_collections.ConfigDict, model: CLIPConfig, mesh: Mesh) -> Setup:
     """Model, optimizer and the shardings of state and batch, all from the config."""
     module = CLIP(model)
-    rules = tuple(tuple(r) for r in config.logical_axis_rules)
+    rules = sharding.hashable_rules(config.logical_axis_rules)
     boxed = jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
     names = _axis_names(boxed["params"])
     tx = optim.make_optimizer(config, nn.unbox(boxed["params"]), names)
