@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from clip_jax import lazy
+
 # Public name -> the module that defines it.
 _EXPORTS = {
     "CLIP": "clip_jax.models",
@@ -39,6 +41,7 @@ _EXPORTS = {
     "tokenize": "clip_jax.data.tokenizer",
 }
 __all__ = sorted(_EXPORTS)
+_submodules = lazy.submodules(__name__)
 
 
 def __getattr__(name: str) -> Any:
@@ -47,12 +50,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as error:
-        if error.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return _submodules(name)
 
 
 def __dir__() -> list[str]:

@@ -135,7 +135,7 @@ def test_outputs_that_are_files_of_another_kind_are_refused_first(vit_workdir, t
                                          "directory (created if missing).")
     code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output", str(photo))
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert f"--output {str(photo)!r} exists and is not a clip_jax image index" in err
+    assert f"index file {str(photo)!r} (--output) exists and is not a clip_jax image" in err
     assert photo.read_bytes() == before
     code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output",
                        str(tmp_path))
@@ -1036,7 +1036,8 @@ def test_an_index_output_naming_a_folder_is_refused_first(vit_workdir, tmp_path,
     for output in ("newidx/", "newidx/sub/", ".", "..", "newidx/.", "/"):
         code, _, err = run(capsys, "index", str(photos), "--model", missing, "--output", output)
         assert code == 2 and len(err.splitlines()) == 1, (output, err)
-        assert err.startswith(f"error: --output {output!r} names a folder, not a file"), err
+        assert err.startswith(f"error: The index file {output!r} (--output) names a folder, "
+                              "not a file"), err
     assert os.listdir(work) == []
     code, out, err = run(capsys, "index", str(photos), "--model", vit_workdir[0], "--output",
                          "new/deep/i.npz")

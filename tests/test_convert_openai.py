@@ -267,7 +267,8 @@ def test_files_that_are_no_state_dict_say_what_they_are(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(
                 f"{name}' is a text file, not a checkpoint; for a model folder (transformers' "
                 f"or open_clip's: a config beside the weights) pass the folder: '{folder}'; "
-                f"a model config alone is an architecture: clip_jax.create_model(config)")):
+                f"a model config alone is an architecture: clip_jax.create_model(json.load("
+                f"open('{folder / name}'))) for random weights")):
             clip_jax.load(str(folder / name))
 
 

@@ -274,8 +274,13 @@ def test_an_open_clip_model_config_is_an_architecture(tmp_path):
     # A model folder's own config beside its weights: the folder's weights, not a random init.
     beside = tmp_path / "weights" / "open_clip_config.json"
     beside.write_text(arch.read_text())
-    with pytest.raises(ConfigError, match="pass the folder"):
+    with pytest.raises(ConfigError, match="pass the folder") as refused:
         clip_jax.create_model(beside)
+    # Its advice is not the call just refused (trial Q); the random-weights one works.
+    advice = str(refused.value)
+    assert f"create_model({str(tmp_path / 'weights')!r})" in advice
+    assert f"create_model(json.load(open({str(beside)!r})))" in advice
+    assert clip_jax.create_model(json.load(open(beside)))[0].config == config
 
 
 def test_every_public_name_resolves_to_its_definition():

@@ -344,6 +344,11 @@ def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
                 f"search takes one query embedding, [E] or [1, E], got shape {many.shape} "
                 "(image arrays are uint8); for several queries use index.top_k(embeddings, k)")):
             image_index.search(index, many, encoder)
+    # An embedding of another dtype was read as an image ("Image arrays must be [H, W] ...")
+    for ints in (np.ones(dim, np.int32), jnp.ones(dim, jnp.int8), np.ones(dim, np.uint8)):
+        with pytest.raises(ValueError, match=re.escape(
+                f"search got a 1-D {ints.dtype} array of {dim}: an embedding query is float")):
+            image_index.search(index, ints, encoder)
     # top_k takes unnormalised rows too (open_clip's encode_text features): each row is
     # normalised, so the scores are numpy's cosines whatever the row's scale
     scaled = np.concatenate([queries * [[7.5], [0.01]], np.full((1, dim), 3e38)]).astype(np.float32)

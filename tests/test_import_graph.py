@@ -10,7 +10,8 @@ initialises on the way are not edges (the convention of import-linter and pydeps
 Layering, lowest first. A module may import its own unit and the units of lower layers only;
 units on one layer are independent of each other.
 
- 0  errors                    ConfigError, imported by everyone
+ 0  errors, lazy              ConfigError, imported by everyone; packages' modules
+                              imported on first attribute access
  1  runtime                   mesh and sharding rules, hardware facts, host tuning
  2  models                    configs (and the one dtype table), presets, layers, towers, CLIP
  3  data                      tokenizer, preprocessing, input pipelines, eval sources
@@ -38,14 +39,18 @@ composes them) and nothing of training. A new package or top-level module must b
 from __future__ import annotations
 
 import ast
+import json
+import re
 from pathlib import Path
 
 import pytest
 
+from fresh_python import run_python
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = (
-    ("clip_jax.errors",),
+    ("clip_jax.errors", "clip_jax.lazy"),
     ("clip_jax.runtime",),
     ("clip_jax.models",),
     ("clip_jax.data",),
@@ -241,3 +246,37 @@ def test_packages_import_only_lower_layers(graph):
                 violations.append(f"{module}:{line} imports {target} ({source}, layer "
                                   f"{LAYER[source]} -> {destination}, layer {LAYER[destination]})")
     assert not violations, "imports against the layering:\n" + "\n".join(sorted(violations))
+
+
+RESOLVE = """
+import functools, sys
+import clip_jax
+names = {names}
+failed = []
+for name in names:
+    try:
+        found = functools.reduce(getattr, name.split(".")[1:], clip_jax)
+    except AttributeError as error:
+        failed.append(f"{{name}}: {{error}}")
+        continue
+    if name in sys.modules and found is not sys.modules[name]:
+        failed.append(f"{{name}} resolved to {{found!r}}")
+assert not failed, failed
+assert not hasattr(clip_jax.models, "no_such_module")
+assert not hasattr(clip_jax, "no_such_package")
+"""
+
+
+def test_every_path_resolves_after_a_bare_import_clip_jax():
+    """`import clip_jax` and then a dotted path the README names
+    (`clip_jax.convert.hf_export.export_hf`, `clip_jax.pretrained.factory.export_hf_from`)
+    raised AttributeError unless the process had imported that module some other way (trial
+    Q). In a fresh interpreter: the README's `clip_jax.` paths first (nothing else imported
+    yet), then every module of the package, deepest first (but `python -m`'s `__main__`);
+    a name that is no module stays AttributeError."""
+    readme = (ROOT / "README.md").read_text()
+    named = sorted(set(re.findall(r"\bclip_jax(?:\.[A-Za-z_]\w*)+", readme)))
+    assert "clip_jax.convert.hf_export.export_hf" in named  # the extraction finds them
+    every_module = sorted((m for m in modules(ROOT) if not m.endswith(".__main__")),  # runs
+                          key=lambda m: (-m.count("."), m))
+    run_python(RESOLVE.format(names=json.dumps(named + every_module)))

@@ -32,10 +32,10 @@ import signal
 import sys
 import traceback
 import unicodedata
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from clip_jax import lazy
 from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, read_labels,
                                    seconds)
 from clip_jax.runtime import logs
@@ -43,6 +43,7 @@ from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import tune_process
 
 OUTPUT_FORMATS = ("text", "json", "csv")
+__getattr__ = lazy.submodules(__name__)  # `clip_jax.cli.train` after `import clip_jax`
 # Every command that takes a model takes what `clip_jax.load` reads.
 MODEL_HELP = ("what clip_jax.load reads: a training workdir (its newest checkpoint), a "
               "checkpoints/<step> folder, an OpenAI/open_clip file, a transformers or open_clip "
@@ -633,4 +634,3 @@ def console() -> int:
     tune_process()
     logs.setup_console()
     return main()
-

@@ -12,3 +12,7 @@
 Nothing here loads by name or path: `clip_jax.pretrained` composes these into `clip_jax.load`,
 `clip_jax.save` and `export_hf_from`.
 """
+
+from clip_jax import lazy
+
+__getattr__ = lazy.submodules(__name__)

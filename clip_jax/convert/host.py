@@ -102,8 +102,9 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
                               "(transformers' or open_clip's: a config beside the weights) pass "
                               f"the folder: {os.path.dirname(os.path.abspath(path))!r}; a "
                               "model config alone is an architecture: clip_jax.create_model("
-                              "config) for random weights, clip_jax.load(weights, "
-                              "model=config) to pin a weights file's.")
+                              f"json.load(open({path!r}))) for random weights, "
+                              f"clip_jax.load(weights, model={path!r}) to pin a weights "
+                              "file's.")
         raise ConfigError(f"{path!r} is not a checkpoint: it holds text ({magic[:24]!r}...), "
                           "an HTML page or a server's reply saved under that name? Download "
                           "the file again.")

@@ -331,25 +331,25 @@ def check_output(output: str | os.PathLike) -> None:
     separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
     if output.endswith(separators) or os.path.basename(output) in ("", ".", ".."):
         example = os.path.join(output.rstrip("".join(separators)) or os.sep, "images.npz")
-        raise ConfigError(f"--output {output!r} names a folder, not a file; pass the index "
-                          f"file to write, e.g. {example!r} (its folder is created if "
-                          "missing).")
+        raise ConfigError(f"The index file {output!r} (--output) names a folder, not a file; "
+                          f"pass the index file to write, e.g. {example!r} (its folder is "
+                          "created if missing).")
     above = os.path.dirname(os.path.abspath(output))
     while not os.path.exists(above):
         above = os.path.dirname(above)
     if not os.path.isdir(above):
-        raise ConfigError(f"--output {output!r} lies under {above!r}, which is a file; pass a "
-                          "path in a folder.")
+        raise ConfigError(f"The index file {output!r} (--output) lies under {above!r}, which "
+                          "is a file; pass a path in a folder.")
     if os.path.isdir(output):
-        raise ConfigError(f"--output {output!r} is a folder; pass the index file to write "
-                          "(e.g. images.npz).")
+        raise ConfigError(f"The index file {output!r} (--output) is a folder; pass the index "
+                          "file to write (e.g. images.npz).")
     if os.path.exists(output):
         try:
             ImageIndex.load(output)
         except ValueError:
-            raise ConfigError(f"--output {output!r} exists and is not a clip_jax image index, "
-                              "so it is not overwritten; pass a new file name (e.g. images.npz) "
-                              "or delete it first.") from None
+            raise ConfigError(f"The index file {output!r} (--output) exists and is not a "
+                              "clip_jax image index, so it is not overwritten; pass a new file "
+                              "name (e.g. images.npz) or delete it first.") from None
 
 
 def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, Any]
@@ -380,11 +380,11 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
         if previous.get("fingerprint") != fingerprint:
             raise ConfigError(f"{partial!r} holds an unfinished index of another model "
                              f"({previous.get('model') or previous.get('fingerprint')}); delete "
-                             "it or choose another --output.")
+                             "it or choose another index file (--output).")
         if (before := image_options_of(previous)) != options:
             raise ConfigError(f"{partial!r} holds an unfinished index read with other image "
                               f"options ({_describe(before)}, now {_describe(options)}); rerun "
-                              "with those, or delete it or choose another --output.")
+                              "with those, or delete it or choose another index file (--output).")
     for name in sorted(glob.glob(os.path.join(partial, "part-*.npz"))):
         try:
             with np.load(name, allow_pickle=False) as data:
@@ -418,7 +418,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
     EXIF rotation, alpha), as its images were, whatever the encoder's.
     Raises, before anything is embedded: TypeError for anything that is not one query (a
     list of texts would be read as one image), ValueError for `k` < 1, for several embeddings
-    or images (only the first would be ranked), for an embedding holding NaN or Inf or all
+    or images (only the first would be ranked), for a 1-D array that is not float (an
+    embedding of ints, read as an image before), for an embedding holding NaN or Inf or all
     zeros (no direction to rank by), and ConfigError for another model than the index's. Then
     ConfigError for an image that cannot be read (the file and the reason) or an embedding
     of another width than the index's.
@@ -431,6 +432,10 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
                              f"{embedding.shape} (image arrays are uint8); for several queries "
                              "use index.top_k(embeddings, k), which ranks each row of [Q, E].")
         return index.search(embedding.reshape(-1), k)[0]
+    if is_array(query) and np.ndim(query) == 1:  # no image has one axis: an embedding of ints
+        raise ValueError(f"search got a 1-D {np.asarray(query).dtype} array of "
+                         f"{np.shape(query)[0]}: an embedding query is float, [E] or [1, E] "
+                         "(.astype(np.float32)); image arrays are uint8 [H, W] or [H, W, C].")
     if not isinstance(query, (str, os.PathLike, Image.Image)) and not is_array(query):
         raise TypeError(f"search takes one query, a str (text), a pathlib.Path, a PIL image, an "
                         f"image array or an embedding, got a {type(query).__name__}; for "

@@ -76,6 +76,7 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     config = _architecture(name_or_config)
     if config is not None:
         return models.create_model(config, rng, **overrides)
+    _refuse_folder_config(name_or_config)
     if _names_weights(name_or_config):
         return with_numerics(*loading.load(os.fspath(name_or_config)), **overrides)
     try:
@@ -115,6 +116,21 @@ def _folder_config(path: str) -> bool:
     folder = os.path.dirname(os.path.abspath(path))
     return (os.path.basename(path) in FOLDER_CONFIGS and os.path.isdir(folder)
             and any(name.endswith(WEIGHTS_SUFFIXES) for name in os.listdir(folder)))
+
+
+def _refuse_folder_config(spec: Any) -> None:
+    """ConfigError for a model folder's own config given without `pretrained=`, naming both
+    fixes: the folder (its weights) and the file's contents (random weights in that
+    architecture). `clip_jax.load`'s advice for a text file would have suggested the very
+    call that was refused."""
+    path = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else ""
+    if path.endswith(".json") and _folder_config(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        raise ConfigError(
+            f"{path!r} is the own config of the model folder {folder!r}, beside its weights: "
+            f"pass the folder for those weights (create_model({folder!r})), or the file's "
+            f"contents for random weights in its architecture (create_model(json.load(open("
+            f"{path!r})))).")
 
 
 def _names_weights(name: Any) -> bool:
