@@ -10,8 +10,11 @@ Tiers (markers, declared in setup.cfg):
   them with `pytest.importorskip`, so without the extra they are skipped, not collection errors.
 """
 
+import glob
 import os
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -19,6 +22,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+SESSION_START = time.time()
 REFERENCE_PACKAGES = ("torch", "open_clip", "transformers", "sklearn", "scipy", "reference")
 
 
@@ -56,3 +60,15 @@ def _missing(package: str) -> bool:
         return importlib.util.find_spec(package) is None
     except (ImportError, ValueError):
         return True
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """TFDS (`DatasetInfo.initialize_from_bucket`) makes an empty temporary folder for every
+    catalogue builder made without its data (imagenet2012 under `tfds.testing.mock_data`),
+    about 100 a run; the empty ones this session made are removed (rmdir: never a full one)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "tmp*tfds")):
+        try:
+            if os.stat(path).st_mtime >= SESSION_START:
+                os.rmdir(path)
+        except OSError:
+            pass
