@@ -124,14 +124,14 @@ class CLIP(nn.Module):
 
 
 def image_features(module: CLIP, variables: Variables, images: jax.Array) -> jax.Array:
-    """L2-normalised image embeddings [N, embed_dim] (`CLIP.encode_image`'s inputs and dtype):
+    """L2-normalised float32 image embeddings [N, embed_dim] from `CLIP.encode_image`'s inputs:
     what zero-shot, retrieval and search compare, one function for every caller to jit."""
     return l2_normalize(module.apply(variables, images, method=module.encode_image))
 
 
 def text_features(module: CLIP, variables: Variables, tokens: jax.Array) -> jax.Array:
-    """L2-normalised text embeddings [N, embed_dim] from int32 tokens [N, context_length]
-    (`CLIP.encode_text`)."""
+    """L2-normalised float32 text embeddings [N, embed_dim] from int32 tokens [N,
+    context_length] (`CLIP.encode_text`)."""
     return l2_normalize(module.apply(variables, tokens, method=module.encode_text))
 
 
