@@ -81,6 +81,12 @@ class Record:
             return f"line {self.first_line}"
         return f"lines {self.first_line}-{self.last_line}"
 
+    def extra_fields(self, width: int) -> list[str]:
+        """The fields past a header of `width` names that hold something. Empty ones (a
+        trailing delimiter, as spreadsheet exports write) are no extra data: the training
+        build ignores them (counted as `trailing_empty_fields`) and so do the eval readers."""
+        return [field for field in self.fields[width:] if field]
+
 
 @dataclasses.dataclass
 class Table:

@@ -421,6 +421,16 @@ def test_table_messages_name_the_files_physical_lines(folder, tmp_path, monkeypa
     with pytest.raises(ConfigError, match=rf"wide.csv line {where[rel[3]]}: 4 fields where "
                                           r"the header has 3 \(1 such row"):
         labelled_data.read(str(tmp_path / "wide.csv"))
+    # A trailing delimiter (empty extra fields, as spreadsheets export) is no extra data: the
+    # training build keeps such a row; the eval reader refused the table (trial R). Every
+    # row ending so reads as the same table without it (pandas' reading, above).
+    trailing = data.replace(b",x\r\n", b",x,\r\n").replace(b'lines"\r\n', b'lines",,\r\n')
+    assert trailing.count(b",\r\n") == 6  # every record
+    (tmp_path / "trailing.csv").write_bytes(trailing)
+    plain = labelled_data.read(str(tmp_path / "t.csv"))
+    got = labelled_data.read(str(tmp_path / "trailing.csv"))
+    assert got.files == plain.files and got.class_names == plain.class_names
+    np.testing.assert_array_equal(got.labels, plain.labels)
 
 
 def test_lists_saved_with_a_byte_order_mark_read_as_their_text(folder, tmp_path):

@@ -430,7 +430,7 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
                             "data.image_key")
     label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path,
                             "data.label_key")
-    long = [r for r in table.records if len(r.fields) > len(columns)]
+    long = [r for r in table.records if r.extra_fields(len(columns))]
     if long:
         raise ConfigError(f"{path} {long[0].lines}: {len(long[0].fields)} fields where the header "
                           f"has {len(columns)} ({len(long)} such row(s)); quote a path or label "

@@ -297,16 +297,15 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
     rows = []
     for record in parsed.records:
         fields, width = record.fields, len(header)
-        extra = fields[width:]
         conversions: tuple[str, ...] = ()
-        if any(extra):
+        if record.extra_fields(width):
             problem = f"{len(fields)} fields, the header has {width}"
         elif len(fields) < needed:
             problem = (f"{len(fields)} field{'s' * (len(fields) != 1)}, the header has {width} "
                        f"(no {header[needed - 1]!r})")
         else:
             problem = ""
-            conversions = ("trailing_empty_fields",) if extra else ()
+            conversions = ("trailing_empty_fields",) if len(fields) > width else ()
         if problem:
             rows.append(_Row(record.first_line, record.lines, "", b"", problem))
             continue
