@@ -823,18 +823,20 @@ def test_train_data_mistakes_are_reported_before_tensorflow_loads(tmp_path):
             ([*table, "--config.data.table.name=t", "--config.data.table.image_column=image"],
              "the header has 'caption': set data.table.caption_column='caption'"),
             ([*table, "--config.data.table.image_column=image",
-              "--config.data.table.caption_column=caption"], "Invalid data.table.name=''"),
+              "--config.data.table.caption_column=caption"],
+             "config.data.table.name='' is invalid"),
             (["--config.data.augment.ratio=(2.0,1.0)"], "data.augment.ratio"),
             # a ThreadPoolExecutor traceback once the build had started; then a TFDS one
             ([*table, "--config.data.table.name=t", "--config.data.table.image_column=image",
               "--config.data.table.caption_column=caption", "--config.data.table.num_threads=0"],
-             "Invalid data.table.num_threads=0; use 1 or more threads"),
+             "config.data.table.num_threads=0 is invalid; use 1 or more threads"),
             (["--config.data.dataset=webdataset_shards", "--config.data.webdataset.name=w",
               f"--config.data.webdataset.train_shards={tmp_path}/{{0..1}}.tar",
               "--config.data.webdataset.num_threads=0"],
-             "Invalid data.webdataset.num_threads=0; use 1 or more threads"),
+             "config.data.webdataset.num_threads=0 is invalid; use 1 or more threads"),
             ([f"--config.data.data_dir={tmp_path / 't.tsv'}"],
-             f"Invalid data.data_dir='{tmp_path / 't.tsv'}': it is a file; use the folder"),
+             f"config.data.data_dir='{tmp_path / 't.tsv'}' is invalid: it is a file; use the "
+             "folder"),
             ([f"--config.data.data_dir={tmp_path / 't.tsv' / 'sub'}"],
              f"'{tmp_path / 't.tsv'}' above it is a file; use the folder")):
         argv = ["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), *overrides]

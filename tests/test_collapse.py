@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_jax.training import losses
+from clip_jax.configs import tiny
+from clip_jax.training import config_checks, losses
 from clip_jax.training.collapse import CollapseWatch
 
 
@@ -24,6 +25,28 @@ def test_chance_is_the_loss_of_collapsed_features(batch):
     uniform = -np.log(np.full(batch, 1.0 / batch)).mean()
     assert CollapseWatch(batch, 1e-3).chance == pytest.approx(uniform, rel=1e-12)
     assert float(loss) == pytest.approx(uniform, rel=1e-5)
+
+
+def test_a_batch_of_one_pair_is_warned_about_under_a_softmax_loss():
+    """`--config.batch_size=1` ran to the end with loss 0.000 at every step and no word (trial
+    R): chance among one caption is log 1 = 0, so the softmax loss is 0 for any features and
+    nothing trains. The start-up warnings say so; the sigmoid loss, which still pulls the
+    pair together, is not warned about."""
+    rng = np.random.default_rng(1)
+    img, txt = (x / np.linalg.norm(x) for x in rng.standard_normal((2, 1, 16)).astype(np.float32))
+    loss, _ = losses.softmax_loss(jnp.asarray(img), jnp.asarray(txt), jnp.float32(100.0))
+    assert float(loss) == 0.0
+    sigmoid, _ = losses.sigmoid_loss(jnp.asarray(img), jnp.asarray(txt), jnp.float32(10.0),
+                                     jnp.float32(-10.0))
+    assert float(sigmoid) > 0.0
+    config = tiny.get_config()
+    config.batch_size = 1
+    said = config_checks.unusual(config, loss_uses_bias=False)
+    assert len(said) == 1 and said[0].startswith("config.batch_size=1 with loss='softmax': a "
+                                                 "softmax over one image-caption pair is 1")
+    assert config_checks.unusual(config, loss_uses_bias=True) == []
+    config.batch_size = 2
+    assert config_checks.unusual(config, loss_uses_bias=False) == []
 
 
 def test_a_fine_tune_falling_back_to_chance_is_said_once():

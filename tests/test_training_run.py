@@ -687,7 +687,8 @@ MISCONFIGURATIONS = [
     (["--config.loss=softmaxx"], "unknown loss 'softmaxx'; did you mean 'softmax'? use one of",
      None),
     # absl reads a tuple field's one value as a 1-tuple: said as typed (trial F).
-    (["--config.data.augment.scale=0.5"], "Invalid data.augment.scale=0.5; use (min, max)", None),
+    (["--config.data.augment.scale=0.5"],
+     "config.data.augment.scale=0.5 is invalid; use (min, max)", None),
     (["--config.model.name=ViT-X/1"], "Unknown model 'ViT-X/1'", None),
     (["--config.mesh.data=3"], "needs 3 devices but 8 are available", None),
     # A mesh size absl cannot parse named no range, and -1 (its placeholder) as the example.

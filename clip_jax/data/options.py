@@ -228,7 +228,7 @@ def _check(c: ml_collections.ConfigDict) -> None:
         if not ok:
             value = _get(c, field)  # `--config.data.augment.scale=0.5` arrives as (0.5,)
             shown = value[0] if isinstance(value, tuple) and len(value) == 1 else value
-            raise ConfigError(f"Invalid {field}={shown!r}; use {fix}.")
+            raise ConfigError(f"config.{field}={shown!r} is invalid; use {fix}.")
     if c.caption_templates:
         if c.tokenize == "stored":
             raise ConfigError("data.caption_templates makes each caption in the pipeline, so "
@@ -242,8 +242,8 @@ def _check(c: ml_collections.ConfigDict) -> None:
         raise MissingFileError(f"data.table.class_names={names!r}: {why}; give the file of "
                                "class names (one per line), or the names comma-separated.")
     if c.data_dir and "://" not in c.data_dir and (blocker := _not_a_folder(c.data_dir)):
-        raise ConfigError(f"Invalid data.data_dir={c.data_dir!r}: {blocker}; use the folder "
-                          "datasets are built in and read from ('' for TFDS's default, "
+        raise ConfigError(f"config.data.data_dir={c.data_dir!r} is invalid: {blocker}; use the "
+                          "folder datasets are built in and read from ('' for TFDS's default, "
                           "~/tensorflow_datasets, or TFDS_DATA_DIR).")
 
 

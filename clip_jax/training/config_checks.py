@@ -229,7 +229,8 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
             batch_norm: bool = False) -> list[str]:
     """Combinations that run but rarely do what was meant, one sentence each (logged as
     warnings when a run starts, `train.train`): an lr of 0, a warmup as long as the run (the
-    learning rate never decays), both towers locked (only the temperature trains), a periodic
+    learning rate never decays), a batch of one pair under a softmax loss (its loss is 0 for
+    any weights), both towers locked (only the temperature trains), a periodic
     evaluation with no evaluator (none runs) or with tasks of a kind it does not run, a logit
     bias under a loss that does not use one (`loss_uses_bias` False: a constant added to
     every logit leaves softmax unchanged, so the bias gets no gradient), micro-batches
@@ -250,6 +251,11 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
         said.append(f"config.warmup_steps={config.warmup_steps} >= config.total_steps="
                     f"{config.total_steps}: the learning rate rises for the whole run and never "
                     "decays; give a warmup shorter than the run.")
+    if config.batch_size < 2 and not loss_uses_bias:
+        said.append(f"config.batch_size={config.batch_size} with loss={config.loss!r}: a "
+                    "softmax over one image-caption pair is 1 whatever the weights, so the loss "
+                    "is 0 and nothing trains; use a batch of 2 or more (the paper's: 32,768) "
+                    "or a sigmoid loss.")
     if config.lock_image and config.lock_text:
         said.append("config.lock_image and config.lock_text are both set: only logit_scale "
                     "(and logit_bias) will train; unlock one tower (LiT locks the image tower).")

@@ -71,7 +71,7 @@ def make_config(**options: Any) -> SyntheticShapesConfig:
     ]
     for ok, field, fix in checks:
         if not ok:
-            raise ConfigError(f"Invalid data.synthetic.{field}: use {fix}.")
+            raise ConfigError(f"config.data.synthetic.{field} is invalid; use {fix}.")
     name = f"{values['image_size']}px" + "".join(
         f"-{k}{values[k]}" for k in _OPTIONS
         if k != "image_size" and values[k] != getattr(defaults, k))
