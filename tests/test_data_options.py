@@ -22,9 +22,11 @@ def test_reading_the_data_config_imports_no_tensorflow():
 
 
 @pytest.mark.parametrize("given, field", [
-    ({"augment": {"scale": (0.5, 2.0)}}, r"data.augment.scale=\(0.5, 2.0\); use \(min, max\)"),
-    ({"build": {"jpeg_quality": 0}}, r"data.build.jpeg_quality=0; use 1..100"),
-    ({"dataset": "image_text_table"}, r"data.table.name=''; use a name for the built dataset"),
+    ({"augment": {"scale": (0.5, 2.0)}},
+     r"^config.data.augment.scale=\(0.5, 2.0\) is invalid; use \(min, max\)"),
+    ({"build": {"jpeg_quality": 0}}, r"^config.data.build.jpeg_quality=0 is invalid; use 1..100"),
+    ({"dataset": "image_text_table"},
+     r"^config.data.table.name='' is invalid; use a name for the built dataset"),
 ])
 def test_config_mistakes_name_the_field_and_the_fix(given, field):
     with pytest.raises(ConfigError, match=field):
@@ -35,8 +37,8 @@ def test_webdataset_captions_cannot_be_read_from_the_json_metadata():
     """`caption_extension="json"` trained on each sample's whole metadata object (including
     `"caption": null`) as its caption, silently; it is refused naming the fix."""
     for extension in ("json", ".JSON"):
-        with pytest.raises(ConfigError, match=r"data.webdataset.caption_extension='.*'; use "
-                                              r"'txt', the caption's own member"):
+        with pytest.raises(ConfigError, match=r"data.webdataset.caption_extension='.*' is "
+                                              r"invalid; use 'txt', the caption's own member"):
             data_options.resolve_config({"dataset": "webdataset_shards", "webdataset": {
                 "name": "w", "train_shards": "/d/{0..1}.tar", "caption_extension": extension}})
 

@@ -1053,6 +1053,15 @@ def test_a_built_table_keeps_its_label_column(folder, model, tmp_path):
                                          r"image_text_table \(test\) needs labels but its "
                                          r"label_key is '' .*--evaluators retrieval"):
         evaluate.evaluate_model(config, module, variables)
+    # A split the table config does not build is said first, for every evaluator: it read as
+    # a lack of labels alone, and the advice (retrieval) then failed on the split (trial R).
+    retrieval = config_for(retrieval=evaluate.retrieval_task())
+    retrieval.data = config.data
+    for case in (config, retrieval):
+        case.data.eval_split = "validation"
+        with pytest.raises(ConfigError, match=r": image_text_table has no 'validation' split: "
+                                              r"data.table.validation_path is empty; set it"):
+            evaluate.evaluate_model(case, module, variables)
 
 
 def test_few_shot_refuses_a_class_without_training_images_before_embedding(

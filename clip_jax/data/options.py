@@ -90,6 +90,24 @@ def default_config() -> ml_collections.ConfigDict:
 # data.dataset -> the section of builder options that decides its examples (a TFDS name: none).
 BUILDER_SECTIONS = {"synthetic_shapes": ("synthetic",), "image_text_table": ("table", "build"),
                     "webdataset_shards": ("webdataset", "build")}
+# Our builders' splits -> the option their inputs come from (empty: the split is not built).
+SPLIT_SOURCES = {"image_text_table": "table.{split}_path",
+                 "webdataset_shards": "webdataset.{split}_shards"}
+
+
+def unbuilt_split(data: DataConfig, split: str) -> str:
+    """For our table and webdataset builders, the config field (`data.table.validation_path`)
+    left empty for `split` (TFDS slicing such as `validation[:10%]` included), so that the
+    split does not exist; "" when it is set, or for other datasets (whose splits only their
+    builder knows). Reads no data: an evaluator's early checks name it before any other."""
+    option = SPLIT_SOURCES.get(data.dataset)
+    base = split.partition("[")[0]
+    if option is None or base not in ("train", "validation", "test"):
+        return ""
+    section, field = option.format(split=base).split(".")
+    return "" if data[section][field] else f"data.{section}.{field}"
+
+
 # Fields that decide which training examples are read, in which order (with the builder's
 # section); the rest (prefetching, evaluation, augmentation ranges) do not.
 STREAM_FIELDS = ("dataset", "data_dir", "train_split", "image_key", "caption_key", "tokens_key",

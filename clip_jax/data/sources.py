@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from clip_jax.data._tf import tf
-from clip_jax.data.options import DataConfig, resolve_config
+from clip_jax.data.options import SPLIT_SOURCES, DataConfig, resolve_config
 from clip_jax.errors import ConfigError
 
 import tensorflow_datasets as tfds  # after clip_jax.data._tf: TensorFlow must not see accelerators
@@ -299,11 +299,6 @@ def _report_skipped(name: str, data_dir: str) -> None:
                         len(bad), first["source"], first["records_read"], first["detail"], path)
 
 
-# Our builders' split -> the option its inputs come from, for an unknown split's error.
-_SPLIT_SOURCES = {"image_text_table": "data.table.{split}_path",
-                  "webdataset_shards": "data.webdataset.{split}_shards"}
-
-
 def data_source(builder: tfds.core.DatasetBuilder, split: str, allow_convert: bool,
                  field: str) -> Any:
     """Random access to the serialised examples of `split` (named by config `field`)."""
@@ -311,9 +306,9 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str, allow_convert: bo
     try:
         return builder.as_data_source(split, deserialize_method=raw)
     except ValueError as error:  # e.g. an unknown split name
-        hint = _SPLIT_SOURCES.get(builder.name)
-        more = (f" {builder.name} builds a split from {hint.format(split=split)}: set it (and "
-                f"a new data.{hint.split('.')[1]}.name, a new build) or name a built split"
+        hint = SPLIT_SOURCES.get(builder.name)
+        more = (f" {builder.name} builds a split from data.{hint.format(split=split)}: set it "
+                f"(and a new data.{hint.split('.')[0]}.name, a new build) or name a built split"
                 if hint and split in ("train", "validation", "test") else "")
         raise ConfigError(f"{field}={split!r}: {error}{more}") from error
     except NotImplementedError as error:  # prepared as TFRecord only: no random access
