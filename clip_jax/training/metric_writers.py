@@ -48,7 +48,9 @@ class Progress:
     first alone it reads `<` (an upper bound: the first save sets its writer up, the first
     evaluation lists or builds its data, costs the later ones do not have); `~` when both
     hold. The compilation inside a pause (`compiling`'s count; the first evaluation compiles
-    its functions, minutes on a pod) is left out of the price of those to come.
+    its functions, minutes on a pod) is left out of the price of those to come. The bounds
+    are the pauses' only: the steps left are priced at the mean rate so far, which early in
+    a run is often still rising, so an early `>` can exceed the time the run takes.
 
     `tty` (default: `stream.isatty()`) picks a tqdm bar (True) or plain lines (False);
     `clock` (seconds, default `time.monotonic`) is what the rate is measured with, and
