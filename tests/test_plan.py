@@ -328,11 +328,28 @@ def test_a_search_begins_no_compile_it_cannot_finish_in_its_budget(monkeypatch, 
     monkeypatch.setattr(plan_lib, "plan", too_big)
     candidates = len(plan_lib.candidates(config, 8))
     assert plan_lib.run(config, "v5e-8", budget_seconds=20) == 1 and len(calls) == 1
-    assert f"reached its --search-seconds with {candidates} alternatives untried" in (
-        capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert f"reached its --search-seconds with {candidates} alternatives untried" in out
+    assert "  compiling " not in out
     calls.clear()
     assert plan_lib.run(config, "v5e-8", budget_seconds=45) == 1
     assert len(calls) == 1 + candidates  # no time passes here: every compile fits in 45 s
+    # Each compile is named as it begins (a trial's search sat silent for minutes on one).
+    out = capsys.readouterr().out
+    assert out.count("  compiling remat=") == candidates
+    assert "was refused in" not in out
+    # A compile the compiler refused early (here the config's own) is a poor guide to the
+    # next one's length, and the search says so as it starts.
+
+    def refused_early(variant, topology, base=None):
+        result = too_big(variant, topology, base)
+        result.error = "the TPU compiler refuses it"
+        return result
+
+    monkeypatch.setattr(plan_lib, "plan", refused_early)
+    assert plan_lib.run(config, "v5e-8", budget_seconds=45) == 1
+    assert ("this config's compile was refused in 30 s, before its end: a compile that runs "
+            "to the end can take minutes") in capsys.readouterr().out
 
 
 def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():

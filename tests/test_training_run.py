@@ -716,8 +716,13 @@ MISCONFIGURATIONS = [
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv",
       "--config.data.table.image_root={tmp}/img"], "image", None),
     ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv", "--config.data.label_key=",
-      "--config.eval.every_steps=5", "--config.eval.evaluators=zero_shot,retrieval"],
+      "--config.data.table.validation_path={tmp}/missing.csv", "--config.eval.every_steps=5",
+      "--config.eval.evaluators=zero_shot,retrieval"],
      "config.eval.zero_shot.heldout: classification on image_text_table", None),
+    # No validation table: said before the lack of labels, whose advice then failed (trial R).
+    ([*TABLE, "--config.data.table.train_path={tmp}/missing.csv", "--config.data.label_key=",
+      "--config.eval.every_steps=5", "--config.eval.evaluators=zero_shot,retrieval"],
+     "image_text_table has no 'validation' split: data.table.validation_path is empty", None),
     # The periodic evaluation is set up (its data read) before the train step compiles.
     ([*TABLE, "--config.data.table.train_path={tmp}/captions.csv",
       "--config.data.table.validation_path={tmp}/captions.csv", "--config.eval.every_steps=5",

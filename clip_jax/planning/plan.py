@@ -375,7 +375,9 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
     """Compiles `candidates` until `budget_seconds` pass or `keep` fit (`base` as `plan`
     takes it). A compile cannot be stopped once begun, so none is begun that would end past
     the budget by the longest compile seen so far (from `compile_seconds`, the config's own
-    plan's): `--search-seconds 1` on a model whose step compiles in minutes ran for minutes."""
+    plan's): `--search-seconds 1` on a model whose step compiles in minutes ran for minutes.
+    Each compile is announced (`log`) as it begins: one the compiler does not refuse early can
+    take far longer than those it did, and a trial's search sat silent for minutes on one."""
     topo = tpu_topology.parse(topology)
     deadline = time.time() + budget_seconds
     fitting = []
@@ -385,6 +387,7 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
             break
         if time.time() + compile_seconds >= deadline:
             return Search(sorted(fitting, key=lambda p: p.step_seconds), len(variants) - i)
+        log(f"  compiling {_describe(variant)} ...")
         try:
             p = plan(variant, topology, base=base)
         except ValueError as error:
@@ -494,9 +497,12 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     if not as_json:
         print(format_plan(result))
         if budget_seconds > 0:
+            early = (f"; this config's compile was refused in {result.compile_seconds:.0f} s, "
+                     "before its end: a compile that runs to the end can take minutes"
+                     if result.error else "")
             print(f"Trying what the config allows (chunked loss, remat, fsdp, microbatches, "
-                  f"reshard_microbatches; up to "
-                  f"{budget_seconds:.0f} s of compiling):")
+                  f"reshard_microbatches; up to {budget_seconds:.0f} s of compiling, and a "
+                  f"compile once begun runs to its end{early}):")
     alternatives, untried = (search(config, topology, budget_seconds, log=log, base=base,
                                     compile_seconds=result.compile_seconds)
                              if budget_seconds > 0 else ([], 0))
