@@ -963,8 +963,20 @@ def test_tables_of_class_indices_take_the_class_names_given(folder, model, tmp_p
     assert metrics["linear_probe/test/accuracy"] == pytest.approx(
         reference.score((emb["test"] - mean) / std, frames["test"].label), abs=1.01 / 15)
     with pytest.raises(ValueError, match="zero_shot.test: the labels of table .*test.csv are "
-                                         "class indices and zero-shot prompts need class names"):
+                                         "class indices and zero-shot prompts need class names"
+                       ) as refused:
         evaluate.evaluate_model(eval_args("--zero-shot", test), module, variables)
+    # As the command says it: the advice names the flag ("give them with --zero-shot
+    # test.csv (--class-names) (a file ..." read garbled: trial S).
+    from clip_jax.cli import eval_sources
+
+    config = config_for()
+    origins = eval_sources.apply(config, cli.parser().parse_args(["eval", "m", "--zero-shot",
+                                                                  test]))
+    said = eval_sources.in_flag_terms(str(refused.value), origins)
+    assert said.startswith(f"--zero-shot {test}: the labels of table ")
+    assert said.endswith("need class names; give them with --class-names (a file, one per "
+                         "line, or a comma-separated list) or a classnames.txt beside it.")
     with pytest.raises(ValueError, match=r"test.csv has class indices up to 2 \(3 classes, "
                                          r"line \d+\) but 2 class names were given"):
         evaluate.evaluate_model(eval_args("--zero-shot", test, "--class-names", "blue,green"),

@@ -264,6 +264,10 @@ def in_flag_terms(message: str, origins: dict[str, str], given: frozenset[str] =
             IMAGE_ROOT_ADVICE, "write the table's image paths relative to the table's own "
             "folder (where clip-jax eval reads them from) or absolute")
     for task in sorted(origins, key=len, reverse=True):
+        message = re.sub(  # advice names the flag alone: "give them with --class-names"
+            rf"\b(with|set|give) config\.eval\.{re.escape(task)}\.(\w+)\b(?![\w.])",
+            lambda m: f"{m.group(1)} {_flag(m.group(2))}" if m.group(2) in OPTION_SOURCES
+            else m.group(0), message)
         message = re.sub(rf"config\.eval\.{re.escape(task)}(?:\.(\w+))?\b(?![\w.])",
                          lambda m, flag=origins[task]: flag + _option_said(m.group(1)), message)
     return message
