@@ -413,9 +413,10 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
     they are class names, mapped to the given names' order, or, without given names, to their
     sorted order. The names are needed here, not after reading, because they decide the labels.
     Raises ConfigError naming the line (the file's physical line) of the first bad row: more
-    fields than the header, labels that mix names and indices, or a label that is not one of
-    `class_names`; and when no row has both a path and a label. Rows with an empty path or
-    label are skipped and named, as rows whose image is missing.
+    non-empty fields than the header (a trailing delimiter's empty ones are ignored, as the
+    training build ignores them), labels that mix names and indices, or a label that is not
+    one of `class_names`; and when no row has both a path and a label. Rows with an empty path
+    or label are skipped and named, as rows whose image is missing.
     """
     table, data = _read_table_file(path)
     delimiter, quoting = TableOptions().dialect(path)
