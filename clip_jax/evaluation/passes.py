@@ -155,14 +155,15 @@ class Passes:
         kind = labelled_data.source_kind(data.dataset)  # "" for a TFDS name
         if kind == "table":  # no splits: a task's split field names its other source's
             split = ""
-        if not kind and (unset := data_options.unbuilt_split(data, split or data.eval_split)):
+        named = split or data.eval_split  # a task's own split, else the data's
+        if not kind and (unset := data_options.unbuilt_split(data, named)):
             raise ConfigError(
-                f"{data.dataset} has no {split or data.eval_split!r} split: {unset} is empty; "
+                f"{data.dataset} has no {named!r} split: {unset} is empty; "
                 "set it to that split's file(s) (a new build), or evaluate on data of your own "
                 "(clip-jax eval --zero-shot FOLDER_OR_TABLE, --retrieval TABLE).")
         if labels and not data.label_key and not kind:
             raise ConfigError(
-                f"classification on {data.dataset} ({split or data.eval_split}) needs labels but "
+                f"classification on {data.dataset} ({named}) needs labels but "
                 "its label_key is '' (captions only); evaluate retrieval alone (clip-jax eval "
                 "--evaluators retrieval, or config.eval.evaluators='retrieval'), or give the "
                 "task a labelled dataset (an image folder, a CSV with a label column, or a "

@@ -328,28 +328,28 @@ def check_output(output: str | os.PathLike) -> None:
     then the save failed). A missing folder above it is created. Cheap: `clip-jax index`
     checks it before loading the model."""
     output = os.fspath(output)
+    given = f"The index file {output!r} (--output)"  # a flag, or build_index's argument
     separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
     if output.endswith(separators) or os.path.basename(output) in ("", ".", ".."):
         example = os.path.join(output.rstrip("".join(separators)) or os.sep, "images.npz")
-        raise ConfigError(f"The index file {output!r} (--output) names a folder, not a file; "
-                          f"pass the index file to write, e.g. {example!r} (its folder is "
-                          "created if missing).")
+        raise ConfigError(f"{given} names a folder, not a file; pass the index file to "
+                          f"write, e.g. {example!r} (its folder is created if missing).")
     above = os.path.dirname(os.path.abspath(output))
     while not os.path.exists(above):
         above = os.path.dirname(above)
     if not os.path.isdir(above):
-        raise ConfigError(f"The index file {output!r} (--output) lies under {above!r}, which "
-                          "is a file; pass a path in a folder.")
+        raise ConfigError(f"{given} lies under {above!r}, which is a file; pass a path in a "
+                          "folder.")
     if os.path.isdir(output):
-        raise ConfigError(f"The index file {output!r} (--output) is a folder; pass the index "
-                          "file to write (e.g. images.npz).")
+        raise ConfigError(f"{given} is a folder; pass the index file to write (e.g. "
+                          "images.npz).")
     if os.path.exists(output):
         try:
             ImageIndex.load(output)
         except ValueError:
-            raise ConfigError(f"The index file {output!r} (--output) exists and is not a "
-                              "clip_jax image index, so it is not overwritten; pass a new file "
-                              "name (e.g. images.npz) or delete it first.") from None
+            raise ConfigError(f"{given} exists and is not a clip_jax image index, so it is "
+                              "not overwritten; pass a new file name (e.g. images.npz) or "
+                              "delete it first.") from None
 
 
 def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, Any]

@@ -104,9 +104,9 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
         f"loss's logits and their gradient) and {_gib(state)} of parameters and optimizer "
         "state. ")
     knobs = [chunked] if chunked and result is not None else []
+    reached = f"The search reached its --search-seconds with {untried} alternatives untried"
     if knobs and logits >= result.hbm_bytes:  # nothing else shrinks what alone overflows
-        stopped = (f" (The search reached its --search-seconds with {untried} alternatives "
-                   "untried.)" if searched and untried else "")
+        stopped = f" ({reached}.)" if searched and untried else ""
         return (f"{said}The logits alone need more than the {_gib(result.hbm_bytes)} usable: "
                 f"set {chunked} (the same loss and gradients in chunks); else "
                 f"{last_resorts}{stopped}")
@@ -126,10 +126,9 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
     if worth(state):
         knobs.append("--config.mesh.fsdp=N")
     if searched:
-        return (f"{said}The search reached its --search-seconds with {untried} alternatives "
-                "untried: give it more seconds to try them (remat policies, fsdp sizes and "
-                f"micro-batch counts, in twos and threes), or set {', '.join(knobs)}; else "
-                f"{last_resorts}")
+        return (f"{said}{reached}: give it more seconds to try them (remat policies, fsdp "
+                "sizes and micro-batch counts, in twos and threes), or set "
+                f"{', '.join(knobs)}; else {last_resorts}")
     return (f"{said}No alternatives tried (--search-seconds 0): give --search-seconds to try "
             "the remat policies, fsdp sizes and micro-batch counts (with fsdp, parameters "
             "gathered in each micro-batch too), or set "
