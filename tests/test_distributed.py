@@ -9,6 +9,8 @@ import pytest
 from clip_jax.errors import ConfigError
 from clip_jax.runtime import distributed
 
+from jobs import free_port
+
 ENV = {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:8476", "JAX_NUM_PROCESSES": "4",
        "JAX_PROCESS_ID": "3"}
 
@@ -73,15 +75,9 @@ def test_a_field_set_in_the_config_is_named_as_such():
         distributed.job(_dist(process_id=5), ENV)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_no_coordinator_is_one_line_after_the_timeout_not_a_silent_wait():
     """Process 1 started alone printed nothing for five minutes, then JAX aborted it."""
-    job = distributed.Job(f"127.0.0.1:{_free_port()}", 2, 1)  # nothing listens there
+    job = distributed.Job(f"127.0.0.1:{free_port()}", 2, 1)  # nothing listens there
     with pytest.raises(ConfigError, match=r"^process 1 of 2 found no coordinator at "
                                           r"127\.0\.0\.1:\d+ within 1 s: start process 0"):
         distributed.wait_for_coordinator(job, 1.0)
@@ -105,7 +101,7 @@ def test_a_coordinator_port_in_use_is_one_line_not_a_segfault():
                                                   rf"127\.0\.0\.1:{port}: port {port} is in use "
                                                   r"on this machine .* another free port"):
                 distributed.check_coordinator_port(distributed.Job(f"127.0.0.1:{port}", 2, 0))
-    free = _free_port()  # nothing there (the probe closed again): JAX may take it
+    free = free_port()  # nothing there (the probe closed again): JAX may take it
     distributed.check_coordinator_port(distributed.Job(f"127.0.0.1:{free}", 2, 0))
     with socket.socket() as again:
         again.bind(("0.0.0.0", free))

@@ -6,7 +6,6 @@ evaluation during training and standalone, in one and in two processes."""
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -33,6 +32,8 @@ from clip_jax.data.tokenizer import tokenize
 from clip_jax.configs import base, tiny
 
 import tensorflow_datasets as tfds
+
+from jobs import run_job, shown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -403,31 +404,25 @@ def test_evaluation_during_training(trained):
         "mode" not in r for r in records)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_evaluate_like_one(trained, tmp_path):
     """main.py --config.mode=eval on 2 processes x 4 CPU devices (jax.distributed)."""
     config, workdir = trained
-    address = f"127.0.0.1:{_free_port()}"
     cmd = [sys.executable, "main.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
            "--config.mode=eval", f"--config.init_from={workdir}",
            f"--config.data.data_dir={config.data.data_dir}",
            "--config.data.synthetic.image_size=32", "--config.data.synthetic.num_train=60",
            "--config.data.synthetic.num_validation=20", "--config.data.synthetic.num_test=36",
-           "--config.eval.batch_size=8", "--config.eval.zero_shot.heldout.templates=synthetic_shapes"]
-    procs = []
-    for i in range(2):
+           "--config.eval.batch_size=8", "--config.distributed.timeout_seconds=120",
+           "--config.eval.zero_shot.heldout.templates=synthetic_shapes"]
+
+    def start(address, i):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=4")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    results = run_job(start, 2, timeout=300)
+    assert [code for code, _ in results] == [0, 0], shown(results)
+    outputs = [out for _, out in results]
     assert "zero_shot/heldout" in outputs[0] and "zero_shot/heldout" not in outputs[1]
     (multi,) = read_jsonl(tmp_path / "metrics.jsonl")  # process 0 writes, at the source's step
     single = [r for r in read_jsonl(workdir / "metrics.jsonl") if "zero_shot/heldout/top1" in r]

@@ -8,7 +8,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from clip_jax.training import train_step
 from clip_jax.configs import tiny
 from clip_jax.models.presets import get_preset
 
+from jobs import free_port, run_job, shown
 from training_runs import ROOT, finish, logged, records, run_env, start_run
 
 
@@ -528,22 +528,14 @@ def test_init_from_an_open_clip_checkpoint(tfds_dir, tmp_path, monkeypatch):
     assert checkpoints.saved_steps(str(tmp_path / "run"))[-1] == 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
     """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1) == 1 process x 8 devices,
     with MFU against the same per-device peak."""
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [start_run(tmp_path, tfds_dir, devices=4, JAX_COORDINATOR_ADDRESS=address,
-                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
-    results = [finish(p) for p in procs]
-    for code, out in results:
-        assert code == 0, out
+    results = run_job(lambda address, i: start_run(
+        tmp_path, tfds_dir, "--config.distributed.timeout_seconds=120", devices=4,
+        JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)), 2)
+    assert [code for code, _ in results] == [0, 0], shown(results)
     # Both processes' CPU devices share this machine's cores: MFU divides its peak by all 8.
     assert "split over the 8 CPU devices of the 2 processes on this machine" in results[0][1]
     multi = logged(tmp_path)  # written by process 0 only
@@ -557,17 +549,18 @@ def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
 def test_a_process_missing_ends_the_others_with_one_line_not_an_abort(tfds_dir, tmp_path):
     """Processes 0 and 1 of a 3-process job started without process 2 waited out the timeout,
     then JAX aborted each (exit -6, "Check failure stack trace" and a C++ backtrace)."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     procs = [start_run(tmp_path, tfds_dir, "--config.distributed.timeout_seconds=5", devices=4,
                        JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="3",
                        JAX_PROCESS_ID=str(i)) for i in range(2)]
-    for i, (code, out) in enumerate(map(finish, procs)):
+    results = [finish(p) for p in procs]
+    for i, (code, out) in enumerate(results):
         errors = [line for line in out.splitlines() if line.startswith("error: ")]
         assert code == 2 and errors == [
             f"error: process {i} of 3 waited 5 s at {address} and the job did not complete: "
             "start all 3 processes (ids 0 to 2, each id once) with this coordinator address, "
-            "or raise config.distributed.timeout_seconds."], out
-        assert "Check failure" not in out and "Compiling" not in out, out
+            "or raise config.distributed.timeout_seconds."], shown(results)
+        assert "Check failure" not in out and "Compiling" not in out, shown(results)
 
 
 @pytest.mark.slow
@@ -589,15 +582,18 @@ def test_processes_given_different_configs_stop_before_compiling(tfds_dir, tmp_p
                     "a gs:// bucket)."),
     }
     for case, (processes, said) in cases.items():
-        address = f"127.0.0.1:{_free_port()}"
-        procs = [start_run(tmp_path / case / workdir, tfds_dir, *overrides, devices=4,
-                           JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                           JAX_PROCESS_ID=str(i))
-                 for i, (workdir, overrides) in enumerate(processes)]
-        for code, out in map(finish, procs):
+        def start(address, i, case=case, processes=processes):
+            workdir, overrides = processes[i]
+            return start_run(tmp_path / case / workdir, tfds_dir, *overrides,
+                             "--config.distributed.timeout_seconds=120", devices=4,
+                             JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                             JAX_PROCESS_ID=str(i))
+        results = run_job(start, len(processes))
+        for code, out in results:
             errors = [line for line in out.splitlines() if line.startswith("error: ")]
-            assert code == 2 and errors == [said.replace("/workdir/", f"/{case}/")], out
-            assert "Compiling" not in out, out
+            assert code == 2 and errors == [said.replace("/workdir/", f"/{case}/")], \
+                shown(results)
+            assert "Compiling" not in out, shown(results)
         assert not list((tmp_path / case).glob("*/checkpoints")), case
 
 
