@@ -289,6 +289,12 @@ def build_options(builder_config: Any) -> dict[str, Any]:
 THROUGHPUT_OPTIONS = ("num_threads",)
 
 
+# Limits that decide only whether a build fails, never what it keeps: a dataset built under a
+# limit is the dataset any looser limit builds, so raising one reuses it (`clip_jax.data.sources`)
+# while lowering one is a different option (the build might have failed under it).
+FAILURE_LIMITS = ("clean.max_bad_fraction",)
+
+
 def build_identity(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`build_options` flattened to dotted keys (`table.image_column`), without
     `THROUGHPUT_OPTIONS`: what must match for a built dataset to be reused."""

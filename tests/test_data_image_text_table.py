@@ -1,6 +1,7 @@
 """The image_text_table builder on a generated CSV with deliberately bad records."""
 
 import collections
+import glob
 import io
 import json
 import os
@@ -309,6 +310,27 @@ def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):
         sources.prepare(rebuilt)
     # How many threads build it does not change what was built: reused as it is.
     sources.prepare(table_config(root, data_dir, num_threads=3))
+
+
+def test_a_looser_bad_record_limit_reuses_the_build_and_a_stricter_one_is_refused(
+        built, inputs, data_dir):
+    """The built split has 8 of 19 records unusable (0.42) under the default limit 0.5. That
+    limit only decides whether a build fails, so 0.9 gets the very files built; 0.45 is refused
+    as a changed option, as a stricter limit could have failed the build."""
+    root, _ = inputs
+    builder, _, report = built
+    assert report["skipped"] / report["total"] < 0.45
+    files = {path: os.stat(path).st_mtime_ns for path in glob.glob(f"{builder.data_dir}/*")}
+    looser = table_config(root, data_dir)
+    looser.build.max_bad_fraction = 0.9
+    assert sources.prepare(looser).data_dir == builder.data_dir
+    assert {path: os.stat(path).st_mtime_ns
+            for path in glob.glob(f"{builder.data_dir}/*")} == files
+    stricter = table_config(root, data_dir)
+    stricter.build.max_bad_fraction = 0.45
+    with pytest.raises(ConfigError, match=r"built with different options "
+                                          r"\(data.build.max_bad_fraction: 0.5 -> 0.45\); give"):
+        sources.prepare(stricter)
 
 
 def test_a_table_is_one_input_however_typed_and_is_not_reused_once_changed(
