@@ -360,6 +360,49 @@ def test_init_from_with_another_activation_is_named(tmp_path):
     assert model.activation == theirs and not any(m.startswith("warning:") for m in said)
 
 
+def test_logit_scale_and_bias_given_in_the_config_replace_the_init_from_weights(tmp_path):
+    """SigLIP's recipe from a CLIP checkpoint (`logit_scale_init=log 10`, `logit_bias_init=-10`)
+    added the bias but kept the checkpoint's logit scale without a word: the first loss was
+    the imported scale's. A value set in the config now replaces the weights' (named); unset,
+    theirs are kept as open_clip saved them."""
+    import open_clip
+    import torch
+
+    from reference import open_clip_model_cfg
+
+    config = tiny.get_config()
+    shape = open_clip_model_cfg(train_step.model_config(config))
+    for bias in (None, -10.0):  # a CLIP checkpoint, and a SigLIP one with its own bias
+        torch.manual_seed(0)
+        reference = open_clip.model.CLIP(**shape, init_logit_bias=bias)
+        torch.save(reference.state_dict(), tmp_path / "weights.pt")
+        config.init_from, config.model.name = str(tmp_path / "weights.pt"), ""
+        theirs = {"logit_scale": reference.logit_scale.item()}
+        if bias is not None:
+            theirs["logit_bias"] = reference.logit_bias.item()
+        config.model.logit_scale_init = config.model.logit_bias_init = None
+        said = []
+        _, variables = train.model_and_weights(config, said.append)
+        for param, value in theirs.items():
+            assert float(variables["params"][param]) == pytest.approx(value, abs=1e-7)
+        assert ("logit_bias" in variables["params"]) is (bias is not None)
+        assert not any(m.startswith("warning:") for m in said), said
+        config.model.logit_scale_init, config.model.logit_bias_init = math.log(10), -5.0
+        said = []
+        _, variables = train.model_and_weights(config, said.append)
+        assert float(variables["params"]["logit_scale"]) == pytest.approx(math.log(10))
+        assert float(variables["params"]["logit_bias"]) == -5.0
+        expected = [f"warning: config.model.logit_scale_init={math.log(10):g} replaces the "
+                    f"init_from weights' logit_scale {theirs['logit_scale']:g}, a logit scale "
+                    f"of 10 instead of {math.exp(theirs['logit_scale']):.3g} (leave "
+                    "config.model.logit_scale_init unset to keep theirs)."]
+        if bias is not None:  # a CLIP checkpoint's missing bias is added, not replaced
+            expected.append("warning: config.model.logit_bias_init=-5 replaces the init_from "
+                            "weights' logit_bias -10 (leave config.model.logit_bias_init "
+                            "unset to keep theirs).")
+        assert [m for m in said if m.startswith("warning:")] == expected
+
+
 def test_an_activation_given_for_a_bare_weights_file_is_taken_without_contradiction(
         tmp_path, caplog):
     """A bare state dict records no activation: with `--config.model.activation` given, the

@@ -630,7 +630,28 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
             f"{module.config.activation!r} the init_from weights were trained with: the model "
             "starts from outputs other than theirs (--config.model.activation=None keeps "
             "theirs).")
-    return model, _adapt_imported(variables, module.config, model)
+    replaced = {param: config.model[field] for field, param in _INIT_VALUES.items()
+                if config.model.get(field) is not None and param in variables["params"]
+                and not np.isclose(np.asarray(variables["params"][param]), config.model[field])}
+    for field, param in _INIT_VALUES.items():
+        if param in replaced:
+            theirs = float(np.asarray(variables["params"][param]))
+            log(f"warning: config.model.{field}={replaced[param]:g} replaces the init_from "
+                f"weights' {param} {theirs:g}{_as_temperature(param, theirs, replaced[param])} "
+                f"(leave config.model.{field} unset to keep theirs).")
+    return model, _adapt_imported(variables, module.config, model, replaced)
+
+
+# Config fields that give a scalar parameter's initial value, and that parameter: set
+# explicitly, they replace an imported model's value (the SigLIP recipe from a CLIP checkpoint
+# sets both), since the config's default is a placeholder that leaves theirs alone.
+_INIT_VALUES = {"logit_scale_init": "logit_scale", "logit_bias_init": "logit_bias"}
+
+
+def _as_temperature(param: str, theirs: float, mine: float) -> str:
+    """', a logit scale of X instead of Y' for `logit_scale` (stored as a log)."""
+    return (f", a logit scale of {math.exp(mine):.3g} instead of {math.exp(theirs):.3g}"
+            if param == "logit_scale" else "")
 
 
 def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,
@@ -669,11 +690,15 @@ def describe_model(config: ml_collections.ConfigDict, model: Any, params: int,
             f"{params / 1e6:.1f}M params")
 
 
-def _adapt_imported(variables: dict[str, Any], base: Any, model: Any) -> dict[str, Any]:
+def _adapt_imported(variables: dict[str, Any], base: Any, model: Any,
+                    replaced: dict[str, float]) -> dict[str, Any]:
     """Imported weights in the trained model's layout: layers stacked or not as
-    `model.scan_layers` says, and a logit bias added when a CLIP checkpoint starts SigLIP."""
+    `model.scan_layers` says, the `replaced` scalar parameters set to their new values, and a
+    logit bias added when a CLIP checkpoint starts SigLIP."""
     if base.scan_layers != model.scan_layers:
         variables = stack_layers(variables) if model.scan_layers else unstack_layers(variables)
+    for param, value in replaced.items():
+        variables["params"][param] = np.float32(value)
     if model.logit_bias_init is not None and "logit_bias" not in variables["params"]:
         variables["params"]["logit_bias"] = np.float32(model.logit_bias_init)  # CLIP -> SigLIP
     return variables
