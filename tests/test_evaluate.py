@@ -482,6 +482,36 @@ def test_retrieval_uses_every_caption_of_images_with_1_to_9_captions(tmp_path, m
         evaluate.evaluate_model(config, module, variables)
 
 
+def test_a_warning_about_the_data_is_given_once_per_evaluation_not_at_every_run(
+        data_dir, tmp_path, model, caplog):
+    """A caption table whose images share captions warned before each of a training run's
+    periodic evaluations, the same line every time (trial T). Each `Evaluation` now gives it
+    at its first run; another `Evaluation` (another cell, another run) gives it again."""
+    module, variables = model
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'a photo' if i < 3 else f'picture {i}'}")
+    (tmp_path / "caps.csv").write_text("\n".join(["file,words", *rows]) + "\n")
+    config = small_config(data_dir, evaluators="retrieval")
+    config.eval.retrieval = {"caps": evaluators.retrieval_task(
+        str(tmp_path / "caps.csv"), image_key="file", caption_key="words")}
+    said = lambda: [r.getMessage() for r in caplog.records  # noqa: E731
+                    if "are also another image's caption" in r.getMessage()]
+    with caplog.at_level("WARNING"):
+        _, evaluation = evaluate.evaluate_model(config, module, variables)
+        assert len(said()) == 1 and "3 of 5 captions" in said()[0]
+        shardings = embedding.variable_shardings(module, sharding.create_mesh(config.mesh),
+                                                 config.logical_axis_rules)
+        for _ in range(2):
+            evaluation.run(evaluate.shard_variables(variables, shardings))
+        assert len(said()) == 1
+        evaluate.evaluate_model(config, module, variables)
+        assert len(said()) == 2
+
+
 def test_a_config_retrieval_task_reads_its_own_caption_table(data_dir, tmp_path, model):
     """`retrieval_task("caps.tsv")` in a config whose training data is another dataset: the
     table is built on its own (its columns named by the task), its recalls equal a numpy

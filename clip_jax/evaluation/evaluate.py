@@ -33,7 +33,7 @@ from clip_jax.pretrained import factory
 from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import report
+from clip_jax.evaluation import once, report
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, Variables, variable_shardings
 from clip_jax.evaluation.evaluators import EVALUATORS, Evaluator
@@ -126,19 +126,25 @@ class Evaluation:
         for task in self.tasks:
             task.check()
         self.records = Records()
+        self.warned: set[str] = set()  # data warnings given, once per Evaluation (`once`)
         self.predictions, self.sizes = self.records.predictions, self.records.sizes
         self.provenance, self.details = self.records.provenance, self.records.details
 
     def run(self, variables: Variables) -> dict[str, float | None]:
         """All enabled metrics for `variables` (sharded as the embedder expects).
 
-        Also keeps each zero-shot task's top-5 predictions [N, 5] of this run, in split order,
+        A warning about the data is given at the first run only (`once`). Also keeps each
+        zero-shot task's top-5 predictions [N, 5] of this run, in split order,
         in `self.predictions[task]`, the counts behind each metric in `self.sizes`
         (`zero_shot/<task>`: images, classes; `retrieval/<task>`: images, texts), where each
         task's numbers (or one metric's, when computed on other data: a robustness task's
         shifted sets) come from in `self.provenance` (data, split, images, classes,
         templates) and the curves behind the plots in `self.details` (`eval_report`).
         """
+        with once.scope(self.warned):
+            return self._run(variables)
+
+    def _run(self, variables: Variables) -> dict[str, float | None]:
         self.passes.embed(self.embedder, variables)
         embed_texts = lambda tokens: self.embedder.embed_texts(variables, tokens)  # noqa: E731
         classes = {id(c): zero_shot.class_embeddings(embed_texts, c.class_names, c.templates,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import linear_probe
+from clip_jax.evaluation import linear_probe, once
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = 3
@@ -100,10 +100,10 @@ def feasible_shots(train_y: np.ndarray, class_names: Sequence[str], shots: Seque
     counts = class_counts(train_y, len(class_names))
     skipped = [k for k in shots if k > counts.min()]
     if skipped:
-        log.warning("%s: %s-shot probes left out (their metrics empty): these classes have "
-                    "fewer training images: %s; add training images to score them.", task,
-                    "/".join(map(str, skipped)),
-                    name_short_classes(counts, class_names, min(skipped)))
+        once.warning(log, "%s: %s-shot probes left out (their metrics empty): these classes "
+                     "have fewer training images: %s; add training images to score them.", task,
+                     "/".join(map(str, skipped)),
+                     name_short_classes(counts, class_names, min(skipped)))
     return [k for k in shots if k <= counts.min()]
 
 
@@ -129,10 +129,10 @@ def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str],
     most = int(counts.min()) // 2
     keep = (f" Up to {most} shot{'s' * (most > 1)}, every class keeps as many held-out images "
             "as shots." if most else "")
-    log.warning("%s: some classes have fewer than 2 x k training images for k = %s, so "
-                "their k-shot probes pick their L2 strength on fewer than k held-out images "
-                "of them (held out of the training images, after the k shots); at %d shots: "
-                "%s.%s%s", task, which, k, held, none, keep)
+    once.warning(log, "%s: some classes have fewer than 2 x k training images for k = %s, so "
+                 "their k-shot probes pick their L2 strength on fewer than k held-out images of "
+                 "them (held out of the training images, after the k shots); at %d shots: "
+                 "%s.%s%s", task, which, k, held, none, keep)
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,

@@ -19,7 +19,7 @@ from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
 from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import zero_shot
+from clip_jax.evaluation import once, zero_shot
 from clip_jax.evaluation.embedding import Embedder, SplitEmbeddings, Variables
 
 log = logging.getLogger(__name__)
@@ -232,9 +232,9 @@ class Passes:
                 if (p.description, split, left_out) in said:
                     continue
                 said.add((p.description, split, left_out))
-                log.warning("%s%s: %d of %d images unreadable, left out of its metrics",
-                            p.description, f" ({split})" if split else "", left_out,
-                            p.iterable.num_examples)
+                once.warning(log, "%s%s: %d of %d images unreadable, left out of its metrics",
+                             p.description, f" ({split})" if split else "", left_out,
+                             p.iterable.num_examples)
 
     def release(self) -> None:
         """Drops the embeddings of the last run."""

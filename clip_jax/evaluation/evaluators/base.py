@@ -25,7 +25,7 @@ import numpy as np
 from clip_jax.data import source_check
 from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import imagenet_names
+from clip_jax.evaluation import imagenet_names, once
 from clip_jax.evaluation import imagenet_subsets
 from clip_jax.data import templates as templates_lib
 from clip_jax.evaluation import zero_shot
@@ -404,6 +404,7 @@ def fixed_classes(p: Pass, field: str, task: str) -> tuple[np.ndarray, np.ndarra
     remap = position[np.asarray(p.embeddings.labels, np.int64)]
     outside = int(np.sum(remap < 0))
     if outside:
-        log.warning("%s: %d of %d images of %s are labelled outside its %d classes; they "
-                    "count as misses.", task, outside, len(remap), p.description, len(wnids))
+        once.warning(log, "%s: %d of %d images of %s are labelled outside its %d classes; "
+                     "they count as misses.", task, outside, len(remap), p.description,
+                     len(wnids))
     return ids, remap

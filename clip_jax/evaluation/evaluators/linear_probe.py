@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import linear_probe
+from clip_jax.evaluation import linear_probe, once
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Evaluator, RunContext, check_labels,
                                                  check_test_classes, floats, task_config,
@@ -111,8 +111,8 @@ def warn_unpredictable(task: str, class_names: Sequence[str], labels: np.ndarray
     classes = [k for k in np.argsort(-counts, kind="stable") if counts[k]]
     shown = ", ".join(f"{class_names[k]} ({counts[k]})" for k in classes[:MAX_NAMED])
     more = f" and {len(classes) - MAX_NAMED} more" if len(classes) > MAX_NAMED else ""
-    log.warning("%s: %d test class(es) have no training images, so their %d of %d test "
-                "images can never be predicted right and count as misses (as scikit-learn's "
-                "score counts them): %s%s; add training images of them, or leave them out of "
-                "the test data.", task, len(classes), int(missed.sum()), len(labels), shown,
-                more)
+    once.warning(log, "%s: %d test class(es) have no training images, so their %d of %d "
+                 "test images can never be predicted right and count as misses (as "
+                 "scikit-learn's score counts them): %s%s; add training images of them, or "
+                 "leave them out of the test data.", task, len(classes), int(missed.sum()),
+                 len(labels), shown, more)

@@ -12,7 +12,7 @@ import ml_collections
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, default_config
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import metrics as eval_metrics
-from clip_jax.evaluation import naming
+from clip_jax.evaluation import naming, once
 from clip_jax.evaluation.evaluators.base import Evaluator, RunContext, task_config
 
 if TYPE_CHECKING:
@@ -139,12 +139,12 @@ class Retrieval(Evaluator):
                               "give it a split with captions (or name them with caption_key).")
         shared, bound = eval_metrics.shared_captions(emb.texts, emb.text_image)
         if shared:
-            log.warning("config.eval.%s: %d of %d captions of %s are also another image's "
-                        "caption (the same text); all copies rank the same image first, so "
-                        "text->image R@1 cannot exceed %.1f%% and image->text scores count the "
-                        "other images' copies as misses; give each image its own caption (or "
-                        "evaluate class names with zero-shot).", self.field, shared,
-                        len(emb.texts), self.source.description, 100 * bound)
+            once.warning(log, "config.eval.%s: %d of %d captions of %s are also another "
+                         "image's caption (the same text); all copies rank the same image "
+                         "first, so text->image R@1 cannot exceed %.1f%% and image->text scores "
+                         "count the other images' copies as misses; give each image its own "
+                         "caption (or evaluate class names with zero-shot).", self.field,
+                         shared, len(emb.texts), self.source.description, 100 * bound)
         results = eval_metrics.retrieval_metrics(emb.images, emb.texts, emb.text_image)
         ctx.records.sizes[self.key] = {"images": len(emb.images), "texts": len(emb.texts)}
         ctx.records.where(self.key, self.source)

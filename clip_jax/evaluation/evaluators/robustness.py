@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from clip_jax.errors import ConfigError
-from clip_jax.evaluation import imagenet_subsets, linear_probe, naming, robustness
+from clip_jax.evaluation import imagenet_subsets, linear_probe, naming, once, robustness
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, Records,
                                                  RunContext, check_labels, fixed_classes,
@@ -253,12 +253,12 @@ def warn_fewer_classes(task: str, fewer: Sequence[str], count: Mapping[str, int]
     shown = ", ".join(f"{n} ({count[n]} of {total} classes"
                       + ("; no drop: the reference has no image of them" if drop_from[n] is None
                          else "") + ")" for n in fewer)
-    log.warning("%s: %s %s scored among fewer classes than the reference, an easier task: "
-                "the drop is measured from the reference's top-1 among the same classes, and "
-                "mean_shifted_top1 / mean_effective_robustness leave %s out (they average the "
-                "sets scored among all %d classes, and imagenet_r / imagenet_a among their "
-                "200, as the CLIP paper does).", task, shown,
-                "is" if len(fewer) == 1 else "are", "it" if len(fewer) == 1 else "them", total)
+    once.warning(log, "%s: %s %s scored among fewer classes than the reference, an easier "
+                 "task: the drop is measured from the reference's top-1 among the same "
+                 "classes, and mean_shifted_top1 / mean_effective_robustness leave %s out (they "
+                 "average the sets scored among all %d classes, and imagenet_r / imagenet_a "
+                 "among their 200, as the CLIP paper does).", task, shown,
+                 "is" if len(fewer) == 1 else "are", "it" if len(fewer) == 1 else "them", total)
 
 
 def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass], task: str
@@ -277,10 +277,10 @@ def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass], task:
         own, labels = list(p.class_names or []), np.asarray(p.embeddings.labels)
         if not p.indexed and own and own != names:
             if sorted(own) != sorted(names):
-                log.warning("%s: %s has no linear-probe baseline (its %d classes are not the "
-                            "reference's %d, which the probe predicts); its zero-shot top-1 "
-                            "is still scored on its own classes.", task, name, len(own),
-                            len(names))
+                once.warning(log, "%s: %s has no linear-probe baseline (its %d classes are "
+                             "not the reference's %d, which the probe predicts); its zero-shot "
+                             "top-1 is still scored on its own classes.", task, name, len(own),
+                             len(names))
                 continue
             labels = training_labels(labels, training_index(train, p))
         pairs[name] = [(ref, probe.accuracy(p.embeddings.images, labels))]
