@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -153,3 +154,32 @@ def test_train_step_benchmark_gives_the_tuning_to_the_jax_sides_only(monkeypatch
         assert env["JAX_PLATFORMS"] == "cpu"
         torch_side = side in ("open_clip", "torch")
         assert tunable(env) == (applies() and not torch_side), side
+
+
+RESTARTING = """
+import os, sys, time
+if not os.environ.get("RESTARTED"):
+    time.sleep(1.5)  # imports and work before the restart
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+              dict(os.environ, RESTARTED="1"))
+from clip_jax.runtime.launch import process_start_time
+print(process_start_time(), time.time())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the start is read from Linux's /proc")
+def test_the_process_start_is_its_launch_across_a_restart(tmp_path):
+    """'First step N s after launch' counted from `train.train`'s call, leaving out imports,
+    the restart and a job's join (trial U: a peer 20 s late changed nothing). The start
+    `clip-jax train` passes is the process's, as the parent's clock saw it, restart or not."""
+    from clip_jax.runtime.launch import process_start_time
+
+    script = tmp_path / "restarting.py"
+    script.write_text(RESTARTING)
+    before = time.time()
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    after = time.time()
+    started, printed = map(float, out.split())
+    assert before - 0.05 <= started <= before + 1.0 < printed - 0.5 <= after
+    assert process_start_time() < before  # this test's own process started earlier

@@ -352,11 +352,12 @@ def run(config: Any, workdir: str) -> int:
     _STARTED[:] = [workdir]
     try:
         prepare(config, workdir)
+        from clip_jax.runtime import launch
         from clip_jax.training import checkpoints, train
 
         try:
             if config.mode == "train":
-                train.train(config, workdir)
+                train.train(config, workdir, launched=launch.process_start_time())
             else:
                 from clip_jax.evaluation import evaluate
 

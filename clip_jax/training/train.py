@@ -447,11 +447,14 @@ def warn_unusual(config: ml_collections.ConfigDict, plan: RunPlan,
                        plan.total_steps)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, workdir: str,
+          launched: float | None = None) -> dict[str, float]:
     """Trains to `config.total_steps` (or until preempted); returns the last logged metrics
-    (plus `compile_seconds` and `seconds_to_first_step`, from this call to the first step's
-    launch: state restore or init, compile or cache load, input pipeline)."""
-    launched = time.time()
+    (plus `compile_seconds` and `seconds_to_first_step`, from `launched` to the first step's
+    launch: state restore or init, compile or cache load, input pipeline). `launched`
+    (`time.time()` seconds): when the command started (`clip-jax train` passes its process's
+    start, `runtime.launch`); None: this call."""
+    launched = launched or time.time()
     hardware.quiet_libtpu_without_tpu()
     validate_config(config, jax.device_count(), jax.process_count(),
                     jax.devices()[0].platform, workdir)
