@@ -231,6 +231,38 @@ def test_a_mesh_axis_that_does_not_divide_a_width_names_the_logical_axis(scan):
         train_step.setup(config, train_step.model_config(config), mesh)
 
 
+def test_the_rules_the_error_advises_are_given_on_the_command_line(tmp_path):
+    """"map 'heads' to None in config.logical_axis_rules" could not be followed from the
+    command line: ml_collections refused to override a list ("Type <class 'list'> ... is not
+    supported for overriding", trial U). The rules given as a tuple now parse, and with
+    heads and activation_heads on None the tensor=4 mesh sets up, the head weights replicated
+    over `tensor`; a mesh axis that does not exist is one line naming the rule."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+    from clip_jax.training import config_checks
+
+    rules = tuple((name, None if name in ("heads", "activation_heads") else axes)
+                  for name, axes in sharding.DEFAULT_RULES)
+    argv = ["main.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+            f"--config.logical_axis_rules={rules!r}"]
+    config, _ = entry.load(argv, flags.FlagValues())
+    assert sharding.hashable_rules(config.logical_axis_rules) == rules
+    config.model.name, config.model.dtype = "test-vit", "float32"
+    config.mesh = {"data": 2, "fsdp": 1, "tensor": 4}
+    mesh = sharding.create_mesh(config.mesh)
+    setup = train_step.setup(config, train_step.model_config(config), mesh)
+    attention = [s for path, s in jax.tree_util.tree_flatten_with_path(
+        setup.state_shardings.params)[0] if "['attn']" in jax.tree_util.keystr(path)]
+    assert attention and not sharding.uses_axis(attention, "tensor")
+    assert sharding.uses_axis(setup.state_shardings.params, "tensor")  # the MLPs still are
+    for bad in ((("heads", "tensors"),), (("embed", ("fsdp", "fsdp")),), (("embed",),)):
+        config.logical_axis_rules = bad
+        with pytest.raises(ConfigError, match=r"^config.logical_axis_rules\[0\]=.* is "
+                                              r"invalid; use \(logical name, mesh axes\) pairs"):
+            config_checks.check_fields(config)
+
+
 def test_the_mesh_sizes_offered_fit_every_parameter():
     """ViT-B/32's shapes at tensor=16 were told "one of [1, 2, 4, 8]" (the text tower's 8
     heads), and 8 then failed on the image tower's 12. Every size the error offers must pass

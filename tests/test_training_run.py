@@ -658,6 +658,11 @@ TABLE = ["--config.data.dataset=image_text_table", "--config.data.table.name=t",
 # (overrides or other arguments, what the one stderr line must name, what it must not name)
 MISCONFIGURATIONS = [
     (["--config.prng_impl=mt19937"], "config.prng_impl", None),
+    # flax's traceback once the model was built ("Resource axis: fsdpx ... is not found")
+    (["--config.logical_axis_rules=(('embed', 'fsdpx'),)"],
+     "config.logical_axis_rules[0]=('embed', 'fsdpx') is invalid", None),
+    (["--config.logical_axis_rules=(('embed', ('data', 'data')),)"],
+     "config.logical_axis_rules[0]=('embed', ('data', 'data')) is invalid", None),
     (["--config.mode=test"], "train, eval", None),
     (["--config.optimizer.lr=-1"], "config.optimizer.lr", None),
     (["--config.optimizer.lr=inf"], "config.optimizer.lr", None),

@@ -62,7 +62,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
     c.lock_text = False
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.logical_axis_rules = [list(r) for r in sharding.DEFAULT_RULES]
+    c.logical_axis_rules = tuple(sharding.DEFAULT_RULES)
 
     # every_steps: also at the end (and on SIGTERM / Ctrl-C); 0 saves at the end only.
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, asynchronous=True))

@@ -25,7 +25,7 @@ from clip_jax.errors import ConfigError
 from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
                                      REMAT_POLICIES)
 from clip_jax.runtime.folders import check_writable_dir
-from clip_jax.runtime.sharding import MESH_AXES
+from clip_jax.runtime.sharding import MESH_AXES, check_rules
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
         present, value = lookup(config, field)
         if present and not ok(value):
             raise ConfigError(f"config.{field}={value!r} is invalid; use {domain}.")
+    if "logical_axis_rules" in config:
+        check_rules(config.logical_axis_rules)
 
 
 def check_training_workdir(workdir: str) -> None:
