@@ -581,6 +581,8 @@ def test_two_processes_match_one(uninterrupted, tfds_dir, tmp_path):
     assert [code for code, _ in results] == [0, 0], shown(results)
     # Both processes' CPU devices share this machine's cores: MFU divides its peak by all 8.
     assert "split over the 8 CPU devices of the 2 processes on this machine" in results[0][1]
+    assert ("Process 1 of 2: finished with step 12 saved; process 0's log has the run."
+            in results[1][1].splitlines())
     multi = logged(tmp_path)  # written by process 0 only
     single = logged(uninterrupted[0])
     assert sorted(multi) == sorted(single)

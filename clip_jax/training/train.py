@@ -558,10 +558,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                           "seconds_to_first_step": time_to_first_step})
         last = run_loop(loop, state, start)
         checkpointer.wait()  # the last save written, so the closing line is true
-        if max(checkpoints.saved_steps(workdir), default=0) == plan.total_steps:
+        saved = max(checkpoints.saved_steps(workdir), default=0)
+        if saved == plan.total_steps:
             writer.log(f"Finished: step {plan.total_steps} of {plan.total_steps} saved in "
                        f"{checkpoints.checkpoint_dir(workdir)}, "
                        f"{(time.time() - launched) / 60:.1f} min after launch.")
+        if jax.process_index():  # its only line since joining: a host's log says it ended
+            print(f"Process {jax.process_index()} of {jax.process_count()}: "
+                  f"{'finished' if saved == plan.total_steps else 'stopped'} with step {saved} "
+                  "saved; process 0's log has the run.", flush=True)
         last["compile_seconds"] = compile_seconds
         last["seconds_to_first_step"] = time_to_first_step
         return last
