@@ -206,10 +206,13 @@ def initialize(dist: Any, environ: Mapping[str, str] = os.environ) -> None:
     left = timeout
     if found.process_id:
         left = wait_for_coordinator(found, timeout)
+    # Another program holding the port answers the wait for the coordinator, too: process 0
+    # then stops at once, saying so, and its log is where the cause is.
+    ours = " (process 0's log says if it could not host it)" if found.process_id else ""
     _join(left, f"process {found.process_id} of {found.num_processes} waited {timeout} s at "
                 f"{found.address} and the job did not complete: start all "
                 f"{found.num_processes} processes (ids 0 to {found.num_processes - 1}, each id "
-                "once) with this coordinator address, or raise "
+                f"once) with this coordinator address{ours}, or raise "
                 "config.distributed.timeout_seconds.",
           coordinator_address=found.address, num_processes=found.num_processes,
           process_id=found.process_id)
