@@ -1,6 +1,7 @@
 """Scaled dot-product attention kernels, chosen by name (`config.model.attention`).
 
-- `xla`: einsum attention, logits and softmax in fp32; runs everywhere.
+- `xla`: einsum attention, the softmax in fp32 on logits of the compute dtype (bf16 logits are
+  rounded to bf16 before the cast); runs everywhere.
 - `cudnn`: the same call with `implementation="cudnn"` (cuDNN flash attention, GPU only, fp16 /
   bf16 inputs).
 - `pallas`: the Pallas TPU flash-attention kernel (`jax.experimental.pallas.ops.tpu`), TPU only.
@@ -49,8 +50,9 @@ def _jax_nn(implementation: str) -> Kernel:
 
 
 def _xla(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
-    """Plain einsum attention with fp32 logits and softmax (bit-identical under nn.scan and an
-    unrolled loop, which `jax.nn.dot_product_attention`'s XLA path is not: 1 ulp apart)."""
+    """Plain einsum attention, the softmax in fp32 on logits of the inputs' dtype (bit-identical
+    under nn.scan and an unrolled loop, which `jax.nn.dot_product_attention`'s XLA path is not:
+    1 ulp apart)."""
     visible = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), dtype=bool)) if causal else None
     return _einsum_attention(q, k, v, visible)
 
