@@ -280,7 +280,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error(saved, tmp_path, monke
         checkpointer.save(2, _state(variables, 2), {**meta, "step": 2}, force=True)
     checkpointer.close()
 
-    def failing(config, workdir):
+    def failing(config, workdir, launched=None):
         raise checkpoints.CheckpointWriteError("writing a checkpoint into X failed")
 
     monkeypatch.setattr(train, "train", failing)
