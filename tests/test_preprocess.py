@@ -307,6 +307,30 @@ def test_sixteen_bit_images_are_rescaled(vit_b16):
     np.testing.assert_array_equal(to_rgb_uint8(image), np.repeat(expected[..., None], 3, -1))
 
 
+def test_the_scale_of_16_bit_and_float_images_comes_from_their_mode_not_their_pixels(
+        tmp_path):
+    """A 16-bit PGM whose brightest value was 255 (of 65535) came out at 255, and one a level
+    brighter at 1: 8-bit or 16-bit was guessed from the brightest pixel; floats likewise (0.5
+    read as 128 when the brightest was 1.0, as 0 when it was 1.01). 16-bit modes now scale by
+    v * 255 / 65535 (numpy below) whatever the values; float images convert as Pillow converts
+    them, the references' pixels."""
+    for top in (255, 256, 1000, 65535):
+        for maxval in (65535, 4095):  # Pillow spreads any maxval over 0..65535
+            values = np.array([[0, top // 3, top]], np.int64) * maxval // 65535
+            path = tmp_path / f"{top}_{maxval}.pgm"
+            path.write_bytes(f"P5 3 1 {maxval}\n".encode() + values.astype(">u2").tobytes())
+            with Image.open(path) as image:
+                assert image.mode == "I"
+                spread = np.asarray(image, np.float64)
+                want = np.round(spread * 255 / 65535).astype(np.uint8)
+                np.testing.assert_array_equal(to_rgb_uint8(image)[..., 0], want)
+            np.testing.assert_array_equal(to_rgb_uint8(path)[..., 0], want)
+    for values in ([0.0, 0.5, 1.0], [0.0, 0.5, 1.01], [0.0, 127.6, 300.0]):
+        image = Image.fromarray(np.array([values], np.float32))
+        assert image.mode == "F"
+        np.testing.assert_array_equal(to_rgb_uint8(image), np.asarray(image.convert("RGB")))
+
+
 @pytest.mark.parametrize("encoding", ["png", "jpeg", "jpeg420"])
 def test_tf_eval_transform_matches_clip_image_processor(vit_b16, images, encoding):
     """The tf.data eval transform on encoded files vs the processor on Pillow-decoded ones."""

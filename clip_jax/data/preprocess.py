@@ -326,25 +326,27 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     return array
 
 
+# Pillow's modes of 16-bit greyscale: the I;16 family (16-bit PNGs and TIFFs) and I, which
+# 16-bit PGM / PPM files open as, spread over 0..65535 whatever their maxval. The scale comes
+# from the mode, never from the pixels: a rule by the brightest value (8-bit when it is 255 or
+# less) made a dark 16-bit image 255 times brighter than one a level lighter (trial W).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
 def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> Image.Image:
-    """Any PIL mode as 8-bit RGB: alpha dropped or composited (`background_colour`), 16/32-bit
-    scaled, CMYK and palettes converted. Transparency is an alpha channel, a palette's
-    transparent entries, or an RGB or greyscale PNG's one transparent colour (its tRNS key,
-    Pillow's `info["transparency"]`)."""
+    """Any PIL mode as 8-bit RGB: alpha dropped or composited (`background_colour`), CMYK and
+    palettes converted, `SIXTEEN_BIT_MODES` scaled by v * 255 / 65535 (a 32-bit `I` image
+    holding 8-bit values: `image.convert("L")` first), float (`F`) images as Pillow converts
+    them, values 0..255 clipped (what the references see). Transparency is an alpha channel,
+    a palette's transparent entries, or an RGB or greyscale PNG's one transparent colour (its
+    tRNS key, Pillow's `info["transparency"]`)."""
     background = background_colour(alpha)
     keyed = image.mode in ("RGB", "L", "P") and "transparency" in image.info
     if image.mode == "RGB" and not (keyed and background is not None):
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image, np.float64)
-        peak = values.max(initial=0.0)
-        if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
-            top = 65535.0  # 16-bit data (Pillow opens 16-bit grayscale PNGs as I;16 or I)
-        elif image.mode == "F" and peak <= 1.0:
-            top = 1.0
-        else:
-            top = 255.0
-        gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        gray = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed
     if has_alpha and background is not None:

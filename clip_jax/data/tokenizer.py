@@ -35,9 +35,10 @@ there is no pure-Python "slow" CLIP tokenizer left to compare with):
   characters ftfy deletes (NUL, ESC with terminal escapes, DEL, BOM, ``\x1c``-``\x1f``) become
   tokens, and ``\x85`` is whitespace rather than ftfy's ``…``;
 * it lowercases character by character, so a word-final ``Σ`` becomes ``σ``, not Python's ``ς``;
-* its special tokens are spelled ``<|startoftext|>`` / ``<|endoftext|>`` and recognised anywhere
-  in the text, so literal ``<|endoftext|>`` becomes token 49407 where OpenAI sees punctuation
-  and letters, while OpenAI's literal ``<end_of_text>`` is plain text to HF;
+* its special tokens are spelled ``<|startoftext|>`` / ``<|endoftext|>`` (as OpenAI's original
+  package spells them) and recognised anywhere in the text, so literal ``<|endoftext|>``
+  becomes token 49407 where open_clip's tokenizer (the reference here) sees punctuation and
+  letters, while open_clip's literal ``<end_of_text>`` is plain text to HF;
 * its regex is case-sensitive (OpenAI's IGNORECASE makes ``'ſ`` a contraction);
 * it pads with ``<|endoftext|>`` (49407) by default where OpenAI pads with 0.
 """
