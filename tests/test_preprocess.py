@@ -305,6 +305,8 @@ def test_sixteen_bit_images_are_rescaled(vit_b16):
     assert image.mode.startswith("I;16")
     expected = np.round(values / 257.0).astype(np.uint8)
     np.testing.assert_array_equal(to_rgb_uint8(image), np.repeat(expected[..., None], 3, -1))
+    native = Image.frombytes("I;16N", image.size, values.tobytes())  # was clipped at 255
+    np.testing.assert_array_equal(to_rgb_uint8(native), np.repeat(expected[..., None], 3, -1))
 
 
 def test_the_scale_of_16_bit_and_float_images_comes_from_their_mode_not_their_pixels(

@@ -326,11 +326,12 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
     return array
 
 
-# Pillow's modes of 16-bit greyscale: the I;16 family (16-bit PNGs and TIFFs) and I, which
-# 16-bit PGM / PPM files open as, spread over 0..65535 whatever their maxval. The scale comes
-# from the mode, never from the pixels: a rule by the brightest value (8-bit when it is 255 or
-# less) made a dark 16-bit image 255 times brighter than one a level lighter (trial W).
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+# Pillow's modes of 16-bit greyscale: the I;16 family (16-bit PNGs and TIFFs; I;16N in native
+# byte order) and I, which 16-bit PGM / PPM files open as, spread over 0..65535 whatever their
+# maxval. The scale comes from the mode, never from the pixels: a rule by the brightest value
+# (8-bit when it is 255 or less) made a dark 16-bit image 255 times brighter than one a level
+# lighter (trial W).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> Image.Image:
