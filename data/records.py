@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from clip_jax.data import tokenizer
-from clip_jax.data.preprocess import exif_transposed, pil_to_rgb
+from clip_jax.data.preprocess import SIXTEEN_BIT_MODES, exif_transposed, pil_to_rgb
 from clip_jax.errors import ConfigError
 from clip_jax_data.options import CleanOptions
 
@@ -111,7 +111,7 @@ def _clean_image(data: bytes, options: CleanOptions, name: str) -> tuple[bytes, 
         image.load()
     except Exception as error:
         raise BadRecord("corrupt", f"truncated or corrupt image data ({error})") from error
-    if sixteen_bit or image.mode.startswith("I;16") or image.mode == "I":
+    if sixteen_bit or image.mode in SIXTEEN_BIT_MODES:
         conversions.append("16bit_to_8bit")
         reencode = True
     elif image.mode != "RGB":

@@ -34,7 +34,7 @@ from clip_jax.data.preprocess import preprocess  # noqa: E402
 from clip_jax.data.tokenizer import default_tokenizer  # noqa: E402
 from clip_jax.errors import ConfigError  # noqa: E402
 from clip_jax.pretrained.factory import export_hf_from  # noqa: E402
-from jobs import free_port, shown  # noqa: E402
+from jobs import run_job, shown  # noqa: E402
 from reference import random_inputs  # noqa: E402
 from test_tokenizer import CORPUS  # noqa: E402
 
@@ -214,12 +214,11 @@ hf_export.export_hf(config, tree, os.path.join(sys.argv[3], "plain"))
 def test_multihost_export_gathers_and_writes_from_process_zero(tmp_path):
     """Two JAX processes (gloo collectives on CPU), every tensor sharded across both."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    port = free_port()
-    workers = [subprocess.Popen([sys.executable, "-c", MULTIHOST_WORKER, str(i), str(port),
-                                 str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
-    results = [(w.communicate(timeout=120)[0], w.returncode) for w in workers]
-    assert [code for _, code in results] == [0, 0], shown([(c, out) for out, c in results])
+    results = run_job(lambda address, i: subprocess.Popen(
+        [sys.executable, "-c", MULTIHOST_WORKER, str(i), address.rpartition(":")[2],
+         str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        2, retry_stalled_join=False, timeout=120)
+    assert [code for code, _ in results] == [0, 0], shown(results)
     plain, sharded = (load_file(tmp_path / d / "model.safetensors") for d in ("plain", "sharded"))
     assert plain.keys() == sharded.keys()
     for key in plain:

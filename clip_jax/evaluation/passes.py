@@ -50,7 +50,6 @@ class Pass:
     # read with it because they decide its labels; `indexed`: it has class indices, no names.
     class_spec: str = ""
     indexed: bool = False
-    reported: bool = False  # its unreadable images have been counted in a warning
     # The split's labels as listed before any image is read (labelled folders and tables):
     # what a task can check before the model runs. None where only reading gives them.
     listed_labels: np.ndarray | None = None
@@ -214,7 +213,6 @@ class Passes:
         pass left with no image at all is a ConfigError naming it and the count, raised as
         soon as it is embedded: every metric of it would be the mean of nothing (NaN), for
         every evaluator reading it."""
-        said = set()  # the shifted copies of a source read (and leave out) the same files
         for p in self.passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
             if p.images is not None:
@@ -227,11 +225,7 @@ class Passes:
                     f"{p.iterable.num_examples} image(s) could be read (each is named in a "
                     "warning above), so it has no metrics; replace or remove the unreadable "
                     "files, or evaluate other data.")
-            if left_out and not p.reported:  # once per run, not at every periodic eval
-                p.reported = True
-                if (p.description, split, left_out) in said:
-                    continue
-                said.add((p.description, split, left_out))
+            if left_out:  # once per Evaluation: its shifted copies read the same files too
                 once.warning(log, "%s%s: %d of %d images unreadable, left out of its metrics",
                              p.description, f" ({split})" if split else "", left_out,
                              p.iterable.num_examples)

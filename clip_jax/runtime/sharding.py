@@ -108,23 +108,33 @@ def _drop(entry: Any, axes: Sequence[str]) -> Any:
     return None if rest in ((), (None,)) else rest
 
 
-def check_rules(rules: Any, field: str = "config.logical_axis_rules") -> None:
-    """ConfigError naming the first rule that is not a (logical name, mesh axes) pair whose
-    mesh axes are None, one of `MESH_AXES` or a sequence of them, each once. flax's own check
-    came at the first sharded parameter, as a traceback ("Resource axis: fsdpx ... is not found
-    in mesh"), once the model had been built."""
+def _is_pair(rule: Any) -> bool:
+    """A (logical name, anything) pair."""
+    return (isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
+            and isinstance(rule[0], str))
+
+
+def _names_mesh_axes(axes: Any) -> bool:
+    """None, one of `MESH_AXES`, or a sequence of them, each once."""
+    named = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return (isinstance(named, Sequence) and len(set(named)) == len(named)
+            and all(a in MESH_AXES for a in named))
+
+
+def check_rules(rules: Any) -> None:
+    """ConfigError naming the first rule of `config.logical_axis_rules` that is not a (logical
+    name, mesh axes) pair whose mesh axes are None, one of `MESH_AXES` or a sequence of them,
+    each once. flax's own check came at the first sharded parameter, as a traceback
+    ("Resource axis: fsdpx ... is not found in mesh"), once the model had been built."""
+    field = "config.logical_axis_rules"
     fix = (f"use (logical name, mesh axes) pairs, the mesh axes None, one of {list(MESH_AXES)} "
            "or a tuple of them, e.g. ('embed', 'fsdp')")
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
         raise ConfigError(f"{field}={rules!r} is invalid; {fix}.")
     for i, rule in enumerate(rules):
-        ok = (isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
-              and isinstance(rule[0], str))
-        axes = rule[1] if ok else None
-        named = [] if axes is None else [axes] if isinstance(axes, str) else axes
-        if not ok or not isinstance(named, Sequence) or len(set(named)) != len(named) or any(
-                a not in MESH_AXES for a in named):
-            raise ConfigError(f"{field}[{i}]={tuple(rule) if ok else rule!r} is invalid; "
+        pair = _is_pair(rule)
+        if not (pair and _names_mesh_axes(rule[1])):
+            raise ConfigError(f"{field}[{i}]={tuple(rule) if pair else rule!r} is invalid; "
                               f"{fix}.")
 
 

@@ -638,15 +638,17 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
             f"{module.config.activation!r} the init_from weights were trained with: the model "
             "starts from outputs other than theirs (--config.model.activation=None keeps "
             "theirs).")
-    replaced = {param: config.model[field] for field, param in _INIT_VALUES.items()
-                if config.model.get(field) is not None and param in variables["params"]
-                and not np.isclose(np.asarray(variables["params"][param]), config.model[field])}
+    replaced = {}
     for field, param in _INIT_VALUES.items():
-        if param in replaced:
-            theirs = float(np.asarray(variables["params"][param]))
-            log(f"warning: config.model.{field}={replaced[param]:g} replaces the init_from "
-                f"weights' {param} {theirs:g}{_as_temperature(param, theirs, replaced[param])} "
-                f"(leave config.model.{field} unset to keep theirs).")
+        mine = config.model.get(field)
+        if mine is None or param not in variables["params"]:
+            continue
+        theirs = float(np.asarray(variables["params"][param]))
+        if not np.isclose(theirs, mine):
+            replaced[param] = mine
+            log(f"warning: config.model.{field}={mine:g} replaces the init_from weights' "
+                f"{param} {theirs:g}{_as_temperature(param, theirs, mine)} (leave "
+                f"config.model.{field} unset to keep theirs).")
     return model, _adapt_imported(variables, module.config, model, replaced)
 
 
