@@ -3,6 +3,7 @@ really sharded parameters, optimizer semantics."""
 
 import contextlib
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -261,6 +262,63 @@ def test_the_rules_the_error_advises_are_given_on_the_command_line(tmp_path):
         with pytest.raises(ConfigError, match=r"^config.logical_axis_rules\[0\]=.* is "
                                               r"invalid; use \(logical name, mesh axes\) pairs"):
             config_checks.check_fields(config)
+
+
+def test_the_logical_names_are_those_the_layers_use(monkeypatch):
+    """`check_rules` refuses a rule naming anything outside `sharding.LOGICAL_NAMES` and warns
+    of those no rule names, so that set must be exactly the names the layers give parameters
+    and activations: collected here from the boxed parameters and from every constraint and
+    mesh-axis lookup made while a ViT and a ResNet CLIP, scanned and not, run."""
+    import flax.linen as nn
+
+    from clip_jax.models.clip import CLIP, dummy_inputs, init_variables
+
+    used = set()
+    for hook in ("with_logical_constraint", "logical_to_mesh_axes"):
+        def record(x, *args, _original=getattr(nn, hook), _hook=hook, **kwargs):
+            used.update(a for a in (args[0] if _hook == "with_logical_constraint" else x) if a)
+            return _original(x, *args, **kwargs)
+
+        monkeypatch.setattr(nn, hook, record)
+    for name, scan in itertools.product(["test-vit", "test-resnet"], [True, False]):
+        run = _config()
+        run.model = base.get_config(name).model
+        run.model.scan_layers = scan
+        config = train_step.model_config(run)
+        module = CLIP(config)
+        boxed = jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
+        specs = jax.tree.leaves(nn.get_partition_spec(boxed["params"]),
+                                is_leaf=lambda x: isinstance(x, P))
+        used.update(a for spec in specs for a in spec if a)
+        with nn.logical_axis_rules(sharding.DEFAULT_RULES):
+            jax.eval_shape(lambda v: module.apply(v, *dummy_inputs(config, 2)), nn.unbox(boxed))
+    assert used == sharding.LOGICAL_NAMES
+
+
+def test_a_rule_for_a_name_no_layer_uses_is_refused_and_a_missing_one_warned(caplog):
+    """A rule list given whole (the command line replaces it) that named 'head' for 'heads'
+    sharded nothing and said nothing; one that left out `activation_batch` had every device
+    compute the whole batch, silently."""
+    from clip_jax.training import config_checks
+
+    config = _config()
+    config.logical_axis_rules = (("head", None),)
+    with pytest.raises(ConfigError, match=r"^config.logical_axis_rules\[0\] names 'head', which "
+                                          r"no layer uses; use the model's names: "
+                                          r"activation_batch, .*heads.*\.$"):
+        config_checks.check_fields(config)
+    config.logical_axis_rules = (("heads", None), ("embed", "fsdp"))
+    with caplog.at_level("WARNING"):
+        config_checks.check_fields(config)
+        config_checks.check_fields(config)
+    warned = [r.getMessage() for r in caplog.records if "names no rule" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(
+        "config.logical_axis_rules names no rule for 'activation_batch', 'activation_length'")
+    assert "'heads'" not in warned[0] and "'embed'" not in warned[0]
+    caplog.clear()
+    config.logical_axis_rules = sharding.DEFAULT_RULES
+    config_checks.check_fields(config)
+    assert not caplog.records
 
 
 def test_the_mesh_sizes_offered_fit_every_parameter():

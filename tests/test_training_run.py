@@ -666,6 +666,9 @@ MISCONFIGURATIONS = [
      "config.logical_axis_rules[0]=('embed', 'fsdpx') is invalid", None),
     (["--config.logical_axis_rules=(('embed', ('data', 'data')),)"],
      "config.logical_axis_rules[0]=('embed', ('data', 'data')) is invalid", None),
+    # a typo for 'heads' that sharded nothing, silently
+    (["--config.logical_axis_rules=(('head', None),)"],
+     "config.logical_axis_rules[0] names 'head', which no layer uses", None),
     (["--config.mode=test"], "train, eval", None),
     (["--config.optimizer.lr=-1"], "config.optimizer.lr", None),
     (["--config.optimizer.lr=inf"], "config.optimizer.lr", None),

@@ -45,6 +45,10 @@ DEFAULT_RULES: Rules = (
     ("conv_in", None),
     ("conv_out", "fsdp"),
 )
+# Every logical name a layer gives a parameter or an activation (tests/test_train_step.py
+# collects them from the models), in DEFAULT_RULES' order.
+LOGICAL_NAMES_IN_ORDER = tuple(name for name, _ in DEFAULT_RULES)
+LOGICAL_NAMES = frozenset(LOGICAL_NAMES_IN_ORDER)
 
 
 def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
@@ -121,11 +125,16 @@ def _names_mesh_axes(axes: Any) -> bool:
             and all(a in MESH_AXES for a in named))
 
 
-def check_rules(rules: Any) -> None:
-    """ConfigError naming the first rule of `config.logical_axis_rules` that is not a (logical
-    name, mesh axes) pair whose mesh axes are None, one of `MESH_AXES` or a sequence of them,
-    each once. flax's own check came at the first sharded parameter, as a traceback
-    ("Resource axis: fsdpx ... is not found in mesh"), once the model had been built."""
+def check_rules(rules: Any) -> tuple[str, ...]:
+    """The model's logical names (`LOGICAL_NAMES`) that no rule of `config.logical_axis_rules`
+    names: they are replicated, which a rule list given whole (a command-line override) may
+    do by omission, leaving `activation_batch` computed whole on every device.
+
+    Raises ConfigError naming the first rule that is not a (logical name, mesh axes) pair
+    whose mesh axes are None, one of `MESH_AXES` or a sequence of them, each once, or whose
+    name no layer uses (a typo such as 'head' would otherwise shard nothing, silently).
+    flax's own check came at the first sharded parameter, as a traceback ("Resource axis:
+    fsdpx ... is not found in mesh"), once the model had been built."""
     field = "config.logical_axis_rules"
     fix = (f"use (logical name, mesh axes) pairs, the mesh axes None, one of {list(MESH_AXES)} "
            "or a tuple of them, e.g. ('embed', 'fsdp')")
@@ -136,6 +145,11 @@ def check_rules(rules: Any) -> None:
         if not (pair and _names_mesh_axes(rule[1])):
             raise ConfigError(f"{field}[{i}]={tuple(rule) if pair else rule!r} is invalid; "
                               f"{fix}.")
+        if rule[0] not in LOGICAL_NAMES:
+            raise ConfigError(f"{field}[{i}] names {rule[0]!r}, which no layer uses; use the "
+                              f"model's names: {', '.join(sorted(LOGICAL_NAMES))}.")
+    named = {rule[0] for rule in rules}
+    return tuple(name for name in LOGICAL_NAMES_IN_ORDER if name not in named)
 
 
 def hashable_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:

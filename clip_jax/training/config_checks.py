@@ -9,6 +9,7 @@ then the data pipeline is built before the step is compiled).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -127,7 +128,19 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
         if present and not ok(value):
             raise ConfigError(f"config.{field}={value!r} is invalid; use {domain}.")
     if "logical_axis_rules" in config:
-        check_rules(config.logical_axis_rules)
+        unnamed = check_rules(config.logical_axis_rules)
+        if unnamed:
+            _warn_unnamed(unnamed)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unnamed(names: tuple[str, ...]) -> None:
+    """Once per process and set of names: a run checks its fields more than once (the CLI's
+    checks, then `train.validate_config`'s)."""
+    log.warning("config.logical_axis_rules names no rule for %s: replicated, so every device "
+                "holds (or, for activation_*, computes) them whole; pair each with None to "
+                "mean it, or with mesh axes to shard it (the defaults: "
+                "runtime.sharding.DEFAULT_RULES).", ", ".join(map(repr, names)))
 
 
 def check_training_workdir(workdir: str) -> None:
