@@ -414,6 +414,56 @@ def test_robustness_warns_of_a_shifted_set_that_is_the_probe_data_or_the_referen
             dataset, [r.getMessage() for r in caplog.records])
 
 
+@pytest.mark.parametrize("test_classes", [("red", "green", "blue", "yellow"), ("red", "green")])
+def test_robustness_probe_baseline_scores_test_classes_as_the_linear_probe_does(
+        folder, model, tmp_path, caplog, test_classes):
+    """A test split with a class the train split lacks crashed the linear-probe baseline
+    ("labels[14] is 5, not a class index 0..4"), and one lacking a training class lost it
+    ("its 4 classes are not the reference's 5": the 5 were the train split's), though
+    `--linear-probe` scores both (trial Y). The baseline's accuracies, on the reference and
+    its shifted copy, now equal scikit-learn's probe fit on the train split at the l2 the
+    linear_probe task picks, an unseen class's images counted as misses."""
+    import shutil
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder / "train", root / "train")
+    for name in test_classes:
+        source = folder / "test" / ("red" if name == "yellow" else name)
+        shutil.copytree(source, root / "test" / name)
+    for f in (root / "test" / "yellow").glob("*.png") if "yellow" in test_classes else ():
+        pixels = np.asarray(Image.open(f)).copy()
+        pixels[..., 1] = pixels[..., 0]  # red + green
+        Image.fromarray(pixels).save(f)
+    config = config_for(
+        linear_probe=evaluate.linear_probe_task(str(root)),
+        robustness=evaluate.robustness_task(str(root), shifts="greyscale",
+                                            baseline="linear_probe", templates="simple"))
+    with caplog.at_level("WARNING"):
+        metrics, _ = evaluate.evaluate_model(config, module, variables)
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("no linear-probe baseline" in m for m in said), said
+    assert any(m.startswith("robustness/t (linear-probe baseline): 1 test class(es) have no "
+                            "training images") for m in said) == ("yellow" in test_classes)
+
+    splits = {split: labelled_data.read(str(root), split) for split in ("train", "test")}
+    pil = {split: [Image.open(f).convert("RGB") for f in d.files] for split, d in splits.items()}
+    train_x = embed(module, variables, images=preprocess(pil["train"], module.config))
+    mean, std = train_x.mean(0), np.maximum(train_x.std(0), 1e-6)
+    l2 = metrics["linear_probe/t/l2"]
+    probe = LogisticRegression(C=1 / (l2 * len(train_x)), tol=1e-10, max_iter=10_000)
+    probe.fit((train_x - mean) / std, np.asarray(splits["train"].class_names)[
+        splits["train"].labels])
+    truth = np.asarray(splits["test"].class_names)[splits["test"].labels]
+    for key, images in (("reference", pil["test"]),
+                        ("greyscale", [p.convert("L").convert("RGB") for p in pil["test"]])):
+        x = embed(module, variables, images=preprocess(images, module.config))
+        expected = np.mean(probe.predict((x - mean) / std) == truth)
+        assert metrics[f"robustness/t/{key}_linear_probe_top1"
+                       if key != "reference" else "robustness/t/linear_probe_reference_top1"
+                       ] == pytest.approx(expected, abs=1.01 / len(truth)), key
+
+
 def test_class_names_listing_a_folders_classes_in_another_order_map_by_name(folder, model,
                                                                            caplog):
     """`--class-names red,green,blue` on a folder whose classes read blue, green, red renamed
@@ -881,7 +931,7 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
                      "--output", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0
-    assert f"| zero_shot | colours0 | top1 |" in out.replace(folder.name, "colours0")
+    assert "| zero_shot | colours0 | top1 |" in out.replace(folder.name, "colours0")
     # Top-5 among 3 classes does not apply: `-` in the summary lines and the table.
     assert "top5 -" in out and "| zero_shot | colours0 | top5 | - |" in out.replace(
         folder.name, "colours0")

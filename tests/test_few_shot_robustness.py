@@ -424,7 +424,8 @@ def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypa
 
     train, reference = source(0, 0.6), source(1, 0.6)
     shifted = {f"s{i}": source(2 + i, 0.6 + 0.5 * i) for i in range(3)}
-    pairs = evaluator.probe_pairs(train, reference, shifted, "robustness/t")
+    classifier = SimpleNamespace(source=reference, class_names=reference.class_names)
+    pairs = evaluator.probe_pairs(train, classifier, shifted, "robustness.t", "robustness/t")
     assert len(fits) == len(linear_probe.DEFAULT_L2) + 1 and set(pairs) == set(shifted)
 
     def alone(s):
@@ -447,8 +448,9 @@ def test_the_probe_baseline_is_fit_once_and_scored_on_every_shifted_set(monkeypa
     subset = SimpleNamespace(embeddings=s.embeddings, class_names=["a", "b", "c", "e"],
                              indexed=False)
     with caplog.at_level("WARNING"):
-        pairs = evaluator.probe_pairs(train, reference, {"other_order": relabelled,
-                                                          "subset": subset}, "robustness/t")
+        pairs = evaluator.probe_pairs(train, classifier, {"other_order": relabelled,
+                                                           "subset": subset},
+                                      "robustness.t", "robustness/t")
     assert pairs == {"other_order": [(alone(reference), alone(s))]}
     assert ("robustness/t: subset has no linear-probe baseline (its 4 classes are not the "
             "reference's 4") in caplog.text

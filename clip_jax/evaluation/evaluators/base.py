@@ -361,8 +361,13 @@ def training_index(train: Pass, test: Pass) -> np.ndarray | None:
     """For each class of the test data, in its own order, the index of the training class of
     the same name, or -1 for a class the training data lacks (`check_test_classes`), int
     [K_test]; None when both list the same classes in the same order."""
-    ours, theirs = list(train.class_names or []), list(test.class_names or [])
-    if ours == theirs:
+    return names_index(train.class_names or [], test.class_names or [])
+
+
+def names_index(ours: Sequence[str], theirs: Sequence[str]) -> np.ndarray | None:
+    """For each of class names `theirs`, its index among `ours`, or -1, int [len(theirs)];
+    None when the two lists are the same."""
+    if list(ours) == list(theirs):
         return None
     position = {name: k for k, name in enumerate(ours)}
     return np.asarray([position.get(name, -1) for name in theirs], np.int64)

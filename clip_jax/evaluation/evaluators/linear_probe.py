@@ -19,7 +19,7 @@ from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Evaluator, RunConte
 from clip_jax.evaluation.few_shot import MAX_NAMED
 
 if TYPE_CHECKING:
-    from clip_jax.evaluation.passes import Passes
+    from clip_jax.evaluation.passes import Pass, Passes
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +60,17 @@ class LinearProbe(Evaluator):
     def check(self) -> None:
         check_test_classes(self.field, self.train, self.test, unseen=True)
         if self.train.listed_labels is not None:  # one class only fails before embedding
-            self.learnt_classes(self.train.listed_labels)
-
-    def learnt_classes(self, labels: np.ndarray) -> np.ndarray:
-        """The classes with training images (`labels`), which the probe learns (scikit-learn's
-        `classes_`); ConfigError for fewer than 2, which no probe separates."""
-        learnt = np.unique(labels)
-        if len(learnt) < 2:
-            shown = ", ".join(self.train.class_names[k] for k in learnt)
-            raise ConfigError(
-                f"config.eval.{self.field}: the training data ({self.train.description}) has "
-                f"images of {len(learnt)} class(es) ({shown}); a probe needs images of at "
-                "least 2, so give it training images of more classes.")
-        return learnt
+            learnt_classes(self.train, self.train.listed_labels, self.field)
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         train, test = self.train, self.test
-        names = list(train.class_names)
-        check_labels(train.embeddings.labels, len(names), self.field, train.description)
+        check_labels(train.embeddings.labels, len(train.class_names), self.field,
+                     train.description)
         check_labels(test.embeddings.labels, len(test.class_names), self.field,
                      test.description)
-        # A test image of a class without training images is a miss (-1 matches no class).
-        learnt = self.learnt_classes(train.embeddings.labels)
-        position = np.full(len(names) + 1, -1, np.int64)  # [-1] stays -1
-        position[learnt] = np.arange(len(learnt))
-        test_labels = training_labels(test.embeddings.labels, training_index(train, test))
-        train_y, test_y = position[train.embeddings.labels], position[test_labels]
+        learnt = learnt_classes(train, train.embeddings.labels, self.field)
+        train_y = probe_targets(train, learnt, train.embeddings.labels, None)
+        test_y = probe_targets(train, learnt, test.embeddings.labels, training_index(train, test))
         if not self.warned:
             self.warned = True
             warn_unpredictable(self.key, test.class_names, test.embeddings.labels,
@@ -98,6 +83,31 @@ class LinearProbe(Evaluator):
                 f"{self.key}/mean_per_class_recall": eval_metrics.mean_per_class_recall(
                     correct, test.embeddings.labels),
                 f"{self.key}/l2": probe.l2}
+
+
+def learnt_classes(train: Pass, labels: np.ndarray, field: str) -> np.ndarray:
+    """The classes of `train` with training images (`labels`, int [N]), which a probe learns
+    (scikit-learn's `classes_`); ConfigError naming `field` for fewer than 2, which no probe
+    separates."""
+    learnt = np.unique(labels)
+    if len(learnt) < 2:
+        shown = ", ".join(train.class_names[k] for k in learnt)
+        raise ConfigError(
+            f"config.eval.{field}: the training data ({train.description}) has images of "
+            f"{len(learnt)} class(es) ({shown}); a probe needs images of at least 2, so give "
+            "it training images of more classes.")
+    return learnt
+
+
+def probe_targets(train: Pass, learnt: np.ndarray, labels: np.ndarray,
+                  index: np.ndarray | None) -> np.ndarray:
+    """`labels` int [N] of a labelled set, as the classes of a probe fit on `learnt`
+    (`learnt_classes`): positions among them, and -1, which no prediction matches (a miss),
+    for a class without training images. `index` maps the set's classes onto the training
+    classes by name (`training_index`; None: they are the training classes)."""
+    position = np.full(len(train.class_names) + 1, -1, np.int64)  # [-1] stays -1
+    position[learnt] = np.arange(len(learnt))
+    return position[training_labels(labels, index)]
 
 
 def warn_unpredictable(task: str, class_names: Sequence[str], labels: np.ndarray,

@@ -14,9 +14,11 @@ from clip_jax.errors import ConfigError
 from clip_jax.evaluation import imagenet_subsets, linear_probe, naming, once, robustness
 from clip_jax.evaluation import metrics as eval_metrics
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, Records,
-                                                 RunContext, check_labels, fixed_classes,
-                                                 fixed_subset, task_config, training_index,
-                                                 training_labels)
+                                                 RunContext, check_labels, check_test_classes,
+                                                 fixed_classes, fixed_subset, names_index,
+                                                 task_config)
+from clip_jax.evaluation.evaluators.linear_probe import (learnt_classes, probe_targets,
+                                                         warn_unpredictable)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Pass, Passes
@@ -92,7 +94,9 @@ class Robustness(Evaluator):
         beyond them fails here, before any image is embedded. A shifted set that is the
         reference itself, or the linear probe's training data, is warned about: its drop is 0
         by construction, or the probe is scored on images it was fit on (its baseline point
-        and effective robustness optimistic); so is a probe fit on the reference set itself."""
+        and effective robustness optimistic); so is a probe fit on the reference set itself.
+        A probe's training data must share a class with the reference, as a linear_probe
+        task's test data must (`check_test_classes`)."""
         c = self.classifier
         for p in self.shifted.values():
             if p.indexed:
@@ -114,6 +118,7 @@ class Robustness(Evaluator):
                         "test splits, or the split to fit on (--train-split, the task's "
                         "train_split).", self.key, c.source.description)
             return
+        check_test_classes(self.field, self.train, c.source, unseen=True)
         fit = [name for name, p in self.shifted.items()
                if not p.shift and p.origin == self.train.origin]
         if fit:
@@ -142,7 +147,7 @@ class Robustness(Evaluator):
         if not self.warned:  # once per task, not at every periodic evaluation
             self.warned = True
             warn_fewer_classes(self.key, fewer, count, drop_from)
-        baseline = (probe_pairs(self.train, c.source, self.shifted, self.key)
+        baseline = (probe_pairs(self.train, c, self.shifted, self.field, self.key)
                     if self.train is not None
                     else baseline_pairs(self.task.baseline, list(self.shifted), c.name))
         lines = baseline_lines(baseline, self.key)
@@ -178,8 +183,8 @@ class Robustness(Evaluator):
             probe[f"{name}_linear_probe_top1"] = p
         for metric, p in probe.items():
             if metric in metrics:
-                records.where(f"{self.key}/{metric}", p, classes=len(self.train.class_names),
-                              trained_on=self.train)
+                records.where(f"{self.key}/{metric}", p, trained_on=self.train,
+                              classes=len(np.unique(self.train.embeddings.labels)))
         left = [n for n in self.shifted if n not in averaged]
         for mean, part in (("mean_shifted_top1", "top1"),
                            ("mean_effective_robustness", "effective_robustness")):
@@ -261,29 +266,41 @@ def warn_fewer_classes(task: str, fewer: Sequence[str], count: Mapping[str, int]
                  "is" if len(fewer) == 1 else "are", "it" if len(fewer) == 1 else "them", total)
 
 
-def probe_pairs(train: Pass, reference: Pass, shifted: Mapping[str, Pass], task: str
-                ) -> dict[str, list[tuple[float, float]]]:
+def probe_pairs(train: Pass, c: Classifier, shifted: Mapping[str, Pass], field: str,
+                task: str) -> dict[str, list[tuple[float, float]]]:
     """Per shifted set, the (in-dist, shifted) accuracy of one linear probe fit on `train`
-    (fitted once: its L2 sweep and fit cost as much as all the scoring). A set with the
-    training classes in another order has its labels mapped by name, as its zero-shot scoring
-    matches them; a set with other classes (a subset, as imagenet_r) has no comparable
-    full-class accuracy and gets no pair, with a warning naming it (begun with `task`)."""
-    names = list(train.class_names)
-    probe = linear_probe.fit_linear_probe(train.embeddings.images, train.embeddings.labels,
-                                          len(names), task=f"{task} (linear-probe baseline)")
-    ref = probe.accuracy(reference.embeddings.images, reference.embeddings.labels)
+    (fitted once: its L2 sweep and fit cost as much as all the scoring), scored as the
+    linear_probe evaluator scores a test set: labels matched to the training classes by
+    name, among the training classes with images, an image of any other class a miss (one
+    warning names those classes). A set with the reference's classes, in any order, is
+    paired; one with other classes (a subset, as imagenet_r) has no comparable accuracy and
+    gets no pair, with a warning naming it. `field` names the task in errors, `task`
+    (`robustness/<task>`) begins the warnings."""
+    baseline = f"{task} (linear-probe baseline)"
+    reference = list(c.source.class_names or c.class_names)
+    learnt = learnt_classes(train, train.embeddings.labels, field)
+    probe = linear_probe.fit_linear_probe(
+        train.embeddings.images, probe_targets(train, learnt, train.embeddings.labels, None),
+        len(learnt), task=baseline)
+
+    def accuracy(p: Pass, names: Sequence[str]) -> float:
+        labels = np.asarray(p.embeddings.labels)
+        targets = probe_targets(train, learnt, labels, names_index(train.class_names, names))
+        if p is c.source:
+            warn_unpredictable(baseline, names, labels, targets < 0)
+        return float(np.mean(probe.predict(p.embeddings.images) == targets))
+
+    ref = accuracy(c.source, reference)
     pairs = {}
     for name, p in shifted.items():
-        own, labels = list(p.class_names or []), np.asarray(p.embeddings.labels)
-        if not p.indexed and own and own != names:
-            if sorted(own) != sorted(names):
-                once.warning(log, "%s: %s has no linear-probe baseline (its %d classes are "
-                             "not the reference's %d, which the probe predicts); its zero-shot "
-                             "top-1 is still scored on its own classes.", task, name, len(own),
-                             len(names))
-                continue
-            labels = training_labels(labels, training_index(train, p))
-        pairs[name] = [(ref, probe.accuracy(p.embeddings.images, labels))]
+        own = reference if p.indexed or not p.class_names else list(p.class_names)
+        if sorted(own) != sorted(reference):
+            once.warning(log, "%s: %s has no linear-probe baseline (its %d classes are not "
+                         "the reference's %d, on which the probe's in-distribution accuracy "
+                         "is measured); its zero-shot top-1 is still scored on its own "
+                         "classes.", task, name, len(own), len(reference))
+            continue
+        pairs[name] = [(ref, accuracy(p, own))]
     return pairs
 
 
