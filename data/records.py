@@ -445,8 +445,14 @@ class BuildReport:
             common = max((r for r in self.skipped_by_reason if r not in MEMBER_REASONS),
                          key=self.skipped_by_reason.__getitem__, default="")
             advice = self.fix or FIXES.get(common, "Check the paths and column / extension names")
+            aside = {r: n for r, n in summary["skipped_by_reason"].items() if r in MEMBER_REASONS}
+            if records_read == 0:  # no limit would keep anything: the data itself is missing
+                raise ConfigError(f"Split {self.split!r}: no records found"
+                                  f"{f' (only {aside})' if aside else ''}. {advice}.")
+            counted = {r: n for r, n in summary["skipped_by_reason"].items() if r not in aside}
             raise ConfigError(
                 f"Split {self.split!r}: {bad} of {records_read} records are unusable "
-                f"({summary['skipped_by_reason']}; e.g. {first or 'no records found'}). "
+                f"({counted}{f'; also skipped, not counted as records: {aside}' if aside else ''}"
+                f"; e.g. {first}). "
                 f"{advice}, or raise data.build.max_bad_fraction (now "
                 f"{self.options.max_bad_fraction}) if this is expected.")

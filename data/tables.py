@@ -36,6 +36,7 @@ import csv
 import dataclasses
 import io
 import logging
+import mimetypes
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -277,6 +278,16 @@ def find_column(header: list[str], name: str) -> str | None:
     return near[0] if len(near) == 1 else None
 
 
+def headerless_hint(header: Sequence[str]) -> str:
+    """The fix for a table without a header line, whose first row was read as the header (as
+    pandas reads it): "" unless a header name is an image file name (by its extension), which
+    no column is named."""
+    paths = [h for h in header if (mimetypes.guess_type(h.strip())[0] or "").startswith("image/")]
+    return (f"its first line names an image file ({paths[0]!r}), so it is a row, not a header: "
+            "add a first line naming the columns (e.g. filepath,title), as pandas reads the "
+            "first line as the header too" if paths else "")
+
+
 def column_indices(header: list[str], columns: dict[str, str], *, name: str, delimiter: str,
                    quoting: str, usual: Mapping[str, Sequence[str]] | None = None
                    ) -> dict[str, int]:
@@ -294,11 +305,12 @@ def column_indices(header: list[str], columns: dict[str, str], *, name: str, del
             near = [h for h in header if h.strip().strip('"') == column]
             likely = [m for u in (usual or {}).get(field, ())
                       if (m := find_column(header, u)) is not None]
+            row = headerless_hint(header)
             hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
                     + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")
                     if near else f"the header has {likely[0]!r}: set "
                     f"data.table.{field}={likely[0].strip()!r}" if likely
-                    else f"set data.table.{field} (or data.table.delimiter)")
+                    else row if row else f"set data.table.{field} (or data.table.delimiter)")
             raise ConfigError(f"data.table.{field}={column!r} is not a column of {name} "
                               f"(columns: {header}, delimiter {delimiter!r}, quoting "
                               f"{quoting!r}); {hint}.")

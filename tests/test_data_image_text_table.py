@@ -293,6 +293,19 @@ def test_configuration_errors_are_clear(inputs, tmp_path):
     strict.build.max_bad_fraction = 0.1
     with pytest.raises(ConfigError, match=r"8 of 19 records are unusable.*build.max_bad_fraction"):
         sources.prepare(strict)
+    # A header alone: "0 of 0 records are unusable ... or raise data.build.max_bad_fraction"
+    # under `clip-jax eval --retrieval` (trial Y), which no limit could fix.
+    headers = ("filepath,title\n", "filepath,title\r\n\r\n", "\ufefftitle\tfilepath\n")
+    for i, text in enumerate(headers):
+        header_only = os.path.join(str(tmp_path), f"header_{i}.{'tsv' if i == 2 else 'csv'}")
+        with open(header_only, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        assert pd.read_csv(header_only, sep=None, engine="python").empty
+        with pytest.raises(ConfigError, match=rf"^Table '{header_only}' has a header but no rows; "
+                                              r"list one image path and caption \(or label\) "
+                                              r"per row\.$"):
+            sources.prepare(table_config(root, str(tmp_path), name=f"h{i}",
+                                         train_path=header_only))
 
 
 def test_reusing_a_name_with_other_inputs_is_refused(built, inputs, data_dir):

@@ -296,3 +296,35 @@ def test_a_column_is_found_whatever_the_spaces_around_its_header_name():
     assert tables.find_column(header, "  a  ") is None  # two near names: neither
     assert tables.column_indices(header, {"caption_column": "title"}, name="t.csv",
                                  delimiter=",", quoting="csv") == {"caption_column": 1}
+
+
+@pytest.mark.parametrize("first_row", ["imgs/red_0.jpg,a red thing", "a red thing,photos/A.PNG",
+                                       "scan 1.webp\tthe first scan"])
+def test_a_table_without_a_header_line_is_told_to_add_one(tmp_path, first_row):
+    """A table whose first line is a row: "has no image column (... columns:
+    ['imgs/red_0.jpg', 'a red thing']); set --image-key", and following that advice would
+    have read the row as the header and lost it (trial Y). When a header name is an image
+    file name, both the training build's and the evaluation's column errors say the line is
+    a row and to add a header line; the header is what pandas reads it to be."""
+    from clip_jax.data import labelled
+
+    delimiter = "\t" if "\t" in first_row else ","
+    path = tmp_path / ("t.tsv" if delimiter == "\t" else "t.csv")
+    path.write_text(first_row + "\n" + first_row.replace("0", "1") + "\n")
+    header = list(pd.read_csv(path, sep=delimiter).columns)
+    image = next(h for h in header if "." in h)
+    assert tables.read_head(str(path), delimiter=delimiter, quoting="none")[0] == header
+    fix = (rf"its first line names an image file \('{re.escape(image)}'\), so it is a row, not "
+           r"a header: add a first line naming the columns \(e\.g\. filepath,title\), as "
+           r"pandas reads the first line as the header too\.$")
+    with pytest.raises(ConfigError, match=r"data.table.image_column='filepath' is not a column "
+                                          r".*; " + fix):
+        tables.column_indices(header, {"image_column": "filepath"}, name=str(path),
+                              delimiter=delimiter, quoting="none")
+    with pytest.raises(ConfigError, match=r"has no image column .*; " + fix):
+        labelled.pick_column(header, "", ("filepath", "image"), "image", str(path), "--image-key")
+    with pytest.raises(ConfigError, match=r"image column 'path' is not in .*; " + fix):
+        labelled.pick_column(header, "path", ("filepath",), "image", str(path), "--image-key")
+    # A header naming no image file keeps the usual advice.
+    with pytest.raises(ConfigError, match=r"; set --image-key\.$"):
+        labelled.pick_column(["a", "b"], "", ("filepath",), "image", str(path), "--image-key")

@@ -318,7 +318,17 @@ def test_hidden_members_are_counted_but_split_no_sample_nor_fail_a_build(tmp_pat
     report.finish(str(tmp_path))
     for key in ("bad1", "bad2", "bad3"):
         report.skip(key, BadRecord("corrupt", "truncated"))
-    with pytest.raises(ConfigError, match=r"3 of 5 records are unusable .*e\.g\. bad1: "):
+    with pytest.raises(ConfigError, match=r"3 of 5 records are unusable \(\{'corrupt': 3\}; "
+                                          r"also skipped, not counted as records: "
+                                          r"\{'hidden_member': 6\}; e\.g\. bad1: "):
+        report.finish(str(tmp_path))
+    # Only AppleDouble members: no limit would keep anything, so the limit is not offered
+    # ("0 of 0 records are unusable ... or raise data.build.max_bad_fraction", trial Y).
+    report = BuildReport("train", CleanOptions(max_bad_fraction=0.5))
+    _tar_of_members(str(tmp_path / "hidden.tar"), [("._a.jpg", b"\0"), ("._a.txt", b"\0")])
+    assert not list(builder._samples(str(tmp_path / "hidden.tar"), report, []))
+    with pytest.raises(ConfigError, match=r"^Split 'train': no records found \(only "
+                                          r"\{'hidden_member': 2\}\)\. [^,]*\.$"):
         report.finish(str(tmp_path))
 
 

@@ -276,7 +276,8 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
     matched as `tables.find_column` matches them: surrounding spaces aside); ConfigError
     naming the columns and the fix (`option`, the flag or field that names the column;
     without one, renaming the header)."""
-    fix = f"set {option}" if option else f"rename its header to one of {list(candidates)}"
+    fix = tables.headerless_hint(columns) or (
+        f"set {option}" if option else f"rename its header to one of {list(candidates)}")
     if given:
         match = tables.find_column(columns, given)
         if match is None:

@@ -290,6 +290,9 @@ def _load_rows(path: str, table: TableOptions) -> tuple[list[_Row], str, dict[st
     columns = tables.column_indices(header, table.used_columns(), name=path,
                                     delimiter=delimiter, quoting=quoting,
                                     usual=table.usual_columns())
+    if not parsed.records:
+        raise ConfigError(f"Table {path!r} has a header but no rows; list one image path and "
+                          "caption (or label) per row.")
     root = table.image_root or os.path.dirname(path)
     if table.image_root and not tf.io.gfile.isdir(root):
         raise MissingFileError(f"data.table.image_root={root!r} is not a directory.")
