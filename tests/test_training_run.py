@@ -1057,7 +1057,8 @@ def test_a_loss_back_at_chance_inside_a_logged_window_is_warned_about_once():
     train.run_loop(loop, None, 0)
     assert writer.records[0][1]["loss"] > 0.9 * chance  # the window's mean hides the low loss
     assert len(writer.lines) == 1 and writer.lines[0].startswith(
-        f"warning: at step 3 the loss is {chance:.4f}, chance (ln 8 = {chance:.4f}")
+        f"warning: at step 5 the loss is {chance:.4f}, chance (ln 8 = {chance:.4f}")
+    assert "since step 3" in writer.lines[0]
     assert "after 1.0000 at step 1" in writer.lines[0]
 
 
