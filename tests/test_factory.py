@@ -2,7 +2,9 @@
 directory loading back, create_model_and_transforms, create_model's cache and eval_shape."""
 
 import dataclasses
+import json
 import os
+import re
 import stat
 
 import jax
@@ -16,6 +18,8 @@ import clip_jax
 from clip_jax.convert import hf_export
 from clip_jax.errors import ConfigError
 from clip_jax.models import get_preset
+from clip_jax.pretrained import load as loading
+from clip_jax.pretrained import registry as hub
 from reference import open_clip_outputs, random_inputs
 from test_convert_hf import random_variables
 
@@ -188,8 +192,10 @@ def test_create_model_of_a_folder_or_file_loads_its_weights(tmp_path):
     img, txt, _ = module.apply(loaded, images, tokens)
     np.testing.assert_allclose(img, r_img, atol=1e-5)
     np.testing.assert_allclose(txt, r_txt, atol=1e-5)
-    for typo in ("ViT-B/33", "ViT-B-33", "vitb32"):
-        with pytest.raises(ConfigError, match=rf"Unknown model '{typo}'; choose one of ") as e:
+    for typo, meant in (("ViT-B/33", "ViT-B/32"), ("ViT-B-33", "ViT-B-32"),
+                        ("vitb32", "ViT-B/32")):
+        with pytest.raises(ConfigError, match=rf"Unknown model '{typo}'; did you mean "
+                                              rf"'{meant}'.*\? Otherwise choose one of ") as e:
             clip_jax.create_model(typo)
         assert ("Hub repo" in str(e.value)) == ("/" in typo)
     # A Hub repo's id (not in the cache either) says where such weights load (trial A).
@@ -312,3 +318,41 @@ def test_a_vocabulary_whose_end_of_text_is_not_its_largest_id_is_refused(tmp_pat
     with pytest.raises(ConfigError, match=r"end-of-text token has id 64, not its largest "
                                           r"\(49407\)"):
         factory.tokenizer_for(tokenizer, get_preset("test-vit"))
+
+
+def test_names_as_openai_and_open_clip_spell_them():
+    """OpenAI's `clip.available_models()` spells the 336 px ViT-L/14 `ViT-L/14@336px`, which
+    was refused ("Unknown model"), and the registry's docstring mapped it to a name it does
+    not hold; a near miss got the whole list and no suggestion; an architecture open_clip
+    ships a model config for (ViT-B-16-plus-240) got "Unknown model", though that file
+    builds it (trial X)."""
+    openai_names = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16",
+                    "ViT-L/14", "ViT-L/14@336px")  # clip.available_models(), OpenAI's package
+    for name in openai_names:
+        base = hub.base_name(name)
+        assert "openai" in open_clip.list_pretrained_tags_by_model(base), name
+        assert hub.lookup(name, "openai")[0] == base
+        ours = get_preset(name)
+        assert ours == get_preset(base + "-quickgelu")  # OpenAI's releases are QuickGELU
+        reference = open_clip.get_model_config(base)
+        assert ours.embed_dim == reference["embed_dim"]
+        assert ours.vision.image_size == reference["vision_cfg"]["image_size"]
+    for typo, meant in (("vit-b/32", "ViT-B/32"), ("RN50-x4", "RN50x4"), ("rn50x16", "RN50x16"),
+                        (" ViT-L/14 ", "ViT-L/14"), ("ViT-L-14-336px", "ViT-L-14-336")):
+        with pytest.raises(ConfigError, match=rf"^Unknown model '{re.escape(typo)}'; did you "
+                                              rf"mean '{re.escape(meant)}'"):
+            get_preset(typo)
+    with pytest.raises(ConfigError, match=r"^Unknown model 'ViT-X/99'; choose one of "):
+        get_preset("ViT-X/99")
+    for name in ("ViT-B-16-plus-240", "ViT-M-32", "ViT-H-14-378-quickgelu"):
+        path = os.path.join(os.path.dirname(open_clip.__file__), "model_configs", f"{name}.json")
+        assert os.path.isfile(path)
+        with pytest.raises(ConfigError, match=r"open_clip's model config of that name builds "
+                                              rf"it: create_model\('{re.escape(path)}'\)\.$"):
+            clip_jax.create_model(name)
+        with pytest.raises(ConfigError, match=rf"builds it: pass '{re.escape(path)}'\.$"):
+            loading.model_config(name)
+        config = json.load(open(path))
+        shapes = jax.eval_shape(lambda: clip_jax.create_model(path)[1])  # noqa: B023
+        width = config["vision_cfg"]["width"]
+        assert shapes["params"]["visual"]["class_embedding"].shape == (width,)

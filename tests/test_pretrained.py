@@ -202,17 +202,36 @@ def test_registry_matches_open_clip():
 
 
 def test_corrupt_cached_blob_is_refused(offline):
-    blob = Path(os.path.realpath(
-        huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors")))
+    """Checked once per blob as it is: a blob damaged after a good load in the same process,
+    or a snapshot link pointed at another blob, loaded on unchecked (the check was cached on
+    the link's path, trial X)."""
+    import hashlib
+
+    link = Path(huggingface_hub.hf_hub_download(OC_REPO, "open_clip_model.safetensors"))
+    blob = Path(os.path.realpath(link))
     original = blob.read_bytes()
+    assert hashlib.sha256(original).hexdigest() == blob.name  # an LFS blob, named by its hash
+    clip_jax.load(f"hf-hub:{OC_REPO}")
     try:
         blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-        hub.verify_lfs_sha256.cache_clear()
-        with pytest.raises(ConfigError, match="corrupt: SHA-256"):
+        os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 10**9))
+        with pytest.raises(ConfigError, match=rf"corrupt: SHA-256 \w+ but the Hub published "
+                                              rf"{blob.name}; delete {blob} and load again"):
             clip_jax.load(f"hf-hub:{OC_REPO}")
     finally:
         blob.write_bytes(original)
-        hub.verify_lfs_sha256.cache_clear()
+    clip_jax.load(f"hf-hub:{OC_REPO}")
+    other = blob.with_name("0" * 64)
+    other.write_bytes(original)
+    link.unlink()
+    link.symlink_to(os.path.relpath(other, link.parent))
+    try:
+        with pytest.raises(ConfigError, match=f"the Hub published {other.name}"):
+            clip_jax.load(f"hf-hub:{OC_REPO}")
+    finally:
+        link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+        other.unlink()
 
 
 def test_missing_offline_names_the_cache(offline):

@@ -8,6 +8,8 @@ mean OpenAI's models here; pass `activation="gelu"` for open_clip's GELU text to
 
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Any
 
 from clip_jax.errors import ConfigError
@@ -91,18 +93,38 @@ def is_preset(name: Any) -> bool:
     return True
 
 
+def openai_spelling(name: str) -> str:
+    """`name` without the `px` OpenAI's `clip.available_models()` puts after an image size
+    (`ViT-L/14@336px` -> `ViT-L/14@336`, our preset's name)."""
+    return re.sub(r"@(\d+)px$", r"@\1", name)
+
+
+def close_names(name: str) -> list[str]:
+    """The preset names (in any spelling `get_preset` takes) closest to a name it refused,
+    case aside: `vit-b/32` -> `ViT-B/32`, `RN50-x4` -> `RN50x4`."""
+    spellings = {n.lower(): n for n in [*PRESETS, *_ALIASES]}
+    close = [spellings[m] for m in
+             difflib.get_close_matches(name.strip().lower(), spellings, n=6, cutoff=0.75)]
+    presets = [_ALIASES.get(n, n) for n in close]  # one spelling per architecture, the closest
+    return [n for i, n in enumerate(close) if presets[i] not in presets[:i]][:3]
+
+
 def get_preset(name: str, **overrides: Any) -> CLIPConfig:
     """The config of a named architecture, accepting OpenAI and open_clip spellings; ConfigError
-    listing the names for an unknown one."""
+    listing the names (the closest first) for an unknown one."""
     activation = None
-    key = name
+    key = openai_spelling(name)
     if key.endswith("-quickgelu"):
         key, activation = key[: -len("-quickgelu")], "quick_gelu"
     if key in _ALIASES:
         key, activation = _ALIASES[key], activation or "gelu"
     if key not in PRESETS:
-        raise ConfigError(f"Unknown model {name!r}; choose one of {sorted(PRESETS)} "
-                          "(open_clip spellings such as 'ViT-B-32' or 'RN50-quickgelu' work too).")
+        close = close_names(name)
+        raise ConfigError(f"Unknown model {name!r}; "
+                          + (f"did you mean {' or '.join(map(repr, close))}? Otherwise "
+                             if close else "")
+                          + f"choose one of {sorted(PRESETS)} (open_clip spellings such as "
+                          "'ViT-B-32' or 'RN50-quickgelu' work too).")
     config = PRESETS[key]
     if activation is not None:
         config = config.replace(activation=activation)

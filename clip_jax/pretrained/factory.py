@@ -81,14 +81,17 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
         return with_numerics(*loading.load(os.fspath(name_or_config)), **overrides)
     try:
         return models.create_model(name_or_config, rng, **overrides)
-    except ConfigError as error:  # an unknown `org/name`: the architectures, and Hub weights
-        if not (isinstance(name_or_config, str) and not is_preset(name_or_config)
-                and hub.is_repo_id(name_or_config)):
+    except ConfigError as error:  # an unknown name: the architectures, and where it may be
+        name = name_or_config if isinstance(name_or_config, str) else ""
+        json_file = hub.open_clip_config_file(name)
+        hints = [f"open_clip's model config of that name builds it: create_model({json_file!r})."
+                 ] if json_file else []
+        if name and not is_preset(name) and hub.is_repo_id(name):
+            hints.append(f"If {name!r} is a Hugging Face Hub repo, load its weights with "
+                         f"clip_jax.load({name!r}) or create_model_and_transforms({name!r}).")
+        if not hints:
             raise
-        raise ConfigError(
-            f"{error} If {name_or_config!r} is a Hugging Face Hub repo, load its weights with "
-            f"clip_jax.load({name_or_config!r}) or create_model_and_transforms("
-            f"{name_or_config!r}).") from None
+        raise ConfigError(" ".join([str(error), *hints])) from None
 
 
 def _architecture(spec: Any, weights_given: bool = False) -> CLIPConfig | None:

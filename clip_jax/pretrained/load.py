@@ -104,8 +104,11 @@ def model_config(model: str | os.PathLike | CLIPConfig | Mapping[str, Any]) -> C
     except ConfigError as error:
         if not isinstance(model, str):
             raise
-        raise ConfigError(f"{error} An architecture of your own: open_clip's model config "
-                          "as a .json file (or its JSON text).") from None
+        json_file = hub.open_clip_config_file(model)
+        raise ConfigError(f"{error} " + (
+            f"open_clip's model config of that name builds it: pass {json_file!r}."
+            if json_file else "An architecture of your own: open_clip's model config as a "
+            ".json file (or its JSON text).")) from None
 
 
 def _parse_json(text: str, source: str) -> Any:

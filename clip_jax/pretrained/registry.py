@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Sequence
 
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
+from clip_jax.models.presets import openai_spelling
 
 OPEN_CLIP_PREFIX = "hf-hub:"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -98,8 +100,8 @@ def list_pretrained(as_str: bool = False) -> list[tuple[str, str]] | list[str]:
 
 def base_name(name: str) -> str:
     """The registry's spelling of a model name: `ViT-B/32`, `ViT-B-32-quickgelu` -> `ViT-B-32`,
-    `ViT-L/14@336px` -> `ViT-L-14-336px`."""
-    return name.removesuffix("-quickgelu").replace("/", "-").replace("@", "-")
+    `ViT-L/14@336px` (OpenAI's) and `ViT-L/14@336` -> `ViT-L-14-336`."""
+    return openai_spelling(name.removesuffix("-quickgelu")).replace("/", "-").replace("@", "-")
 
 
 def lookup(name: str, tag: str) -> tuple[str, Pretrained]:
@@ -114,6 +116,18 @@ def lookup(name: str, tag: str) -> tuple[str, Pretrained]:
                           "(clip_jax.list_pretrained()); as the model itself, a Hub repo id or a "
                           "local path works too.")
     return base, PRETRAINED[(base, tag)]
+
+
+def open_clip_config_file(name: str) -> str | None:
+    """The installed open_clip's model config of architecture `name` (its
+    `model_configs/<name>.json`, e.g. `ViT-B-16-plus-240`), which `model=` takes as a path;
+    None without open_clip or such a file. open_clip is located, not imported (torch)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations or "/" in name or not name.strip():
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model_configs",
+                        f"{name.strip()}.json")
+    return path if os.path.isfile(path) else None
 
 
 def split_name(spec: str) -> tuple[str, str] | None:
@@ -194,12 +208,18 @@ def missing_files(repo_id: str, filenames: Sequence[str], revision: str | None =
     return MissingFileError(f"{repo_id!r}{at}: none of {list(filenames)} found in {where}.")
 
 
-@functools.cache
 def verify_lfs_sha256(path: str) -> None:
     """Checks a cached Hub file against the SHA-256 its blob is named by (Git LFS files only;
     huggingface_hub names a blob by the Hub's ETag, the SHA-256 for LFS files). Once per
-    process per file: hashing reads the whole file (about 1 s/GB)."""
+    process per blob as it is now (its name, size and modification time): hashing reads the
+    whole file (about 1 s/GB), and a snapshot's link may come to point at another blob."""
     blob = os.path.realpath(path)
+    stat = os.stat(blob)
+    _verify_blob(path, blob, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _verify_blob(path: str, blob: str, size: int, mtime_ns: int) -> None:
     expected = os.path.basename(blob)
     if not _LFS_SHA256.match(expected):
         return
