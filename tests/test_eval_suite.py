@@ -4,6 +4,7 @@ images with numpy / scikit-learn, and the results files against pandas."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -136,6 +137,12 @@ def test_folder_zero_shot_few_shot_and_robustness_match_the_reference(folder, mo
     for key, prompts in (("top1_class_name", ("{}",)), ("top1_one_template", templates.DEFAULT[:1])):
         assert metrics[f"zero_shot/t/{key}"] == pytest.approx(
             top1(images, class_embeddings(module, variables, names, prompts)), abs=1e-6)
+    # `clip-jax eval --help` names the metrics --compare-prompts adds (it said top1_bare_name)
+    compared = {k.split("/")[-1] for k in metrics if k.startswith("zero_shot/t/top1_")}
+    helped = next(a.help for a in next(
+        p for p in cli.parser()._subparsers._group_actions[0].choices.values()
+        if p.prog.endswith(" eval"))._actions if "--compare-prompts" in a.option_strings)
+    assert compared == set(re.findall(r"top1_\w+", helped)), helped
 
     train_emb = embed(module, variables, images=preprocess(
         [Image.open(f).convert("RGB") for f in train.files], module.config))

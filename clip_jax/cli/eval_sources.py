@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "take a clip-jax eval each")
     parser.add_argument("--compare-prompts", action="store_true",
                         help="zero-shot also with the bare class name and with the "
-                             "template set's first template alone (top1_bare_name, "
+                             "template set's first template alone (top1_class_name, "
                              "top1_one_template)")
     parser.add_argument("--shots", default="1,2,4,8,16", type=positive_ints,
                         help="few-shot k values (default: %(default)s)")
