@@ -505,6 +505,40 @@ def test_config_errors_exit_2_with_one_line(tfds_dir, tmp_path, command, config,
 
 
 @pytest.mark.slow
+def test_a_checkpoint_write_failure_stops_the_run_at_once_in_one_line(uninterrupted, tfds_dir,
+                                                                       tmp_path):
+    """A full disk (trial Z): the asynchronous save of step 20 failed, the run trained on to
+    the next save before it said so, and exit code 4's "one line" came after 300-635 lines
+    of orbax's tracebacks. A file size limit (RLIMIT_FSIZE: writes past 3 MB fail, as on a
+    full disk) makes every save fail here: the run stops at the first logged step after the
+    failure, before the next save, with one line on stderr and no traceback; the next run
+    removes the unfinished checkpoint."""
+    import resource
+
+    del uninterrupted  # built the dataset, whose files the limit would cut short
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--config",
+           os.path.join(ROOT, "configs", "tiny.py"), "--workdir", str(tmp_path / "run"),
+           "--config.log_every_steps=1", "--config.checkpoint.every_steps=20",
+           "--config.total_steps=60"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(tfds_dir, TF_CPP_MIN_LOG_LEVEL="3"),
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                                (3 << 20, 3 << 20)))
+    lines = [line for line in proc.stderr.splitlines() if line and not line.startswith(_NOISE)]
+    assert proc.returncode == 4 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: writing a checkpoint into {tmp_path / 'run'}/checkpoints "
+                               "failed (") and "the newest saved checkpoint is none" in lines[0]
+    steps = [int(m.group(1)) for m in re.finditer(r"^step (\d+)/60", proc.stdout, re.M)]
+    assert 20 <= max(steps) < 40, proc.stdout  # the save at 40 would have said it before
+    assert "Traceback" not in proc.stderr + proc.stdout
+    proc = subprocess.run([*cmd[:-1], "--config.total_steps=2"], cwd=tmp_path,
+                          env=run_env(tfds_dir, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Removed the unfinished checkpoint of step 20" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
 def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypatch, capsys):
     """profile_steps writes a jax.profiler trace TensorBoard reads; compile and eval seconds go
     on the records where they happen; the notes name each phase before it starts."""
@@ -948,6 +982,20 @@ class _RecordingWriter:
         yield
 
 
+class _Saves:
+    """A checkpointer stand-in for `train.run_loop`: calls `on_save(step)` at each save; no
+    save fails."""
+
+    def __init__(self, on_save=lambda step: None):
+        self.on_save = on_save
+
+    def save(self, step, *args, **kwargs):
+        self.on_save(step)
+
+    def raise_failed_save(self):
+        pass
+
+
 @pytest.mark.parametrize("log_every,start,first_logged", [
     (1, 0, 1), (3, 0, 3),
     (2, 2, 4),  # a resumed run: this process's first step is step 3
@@ -970,7 +1018,7 @@ def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_eve
                          schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     guard = type("Guard", (), {"should_stop": lambda self, step: False})()
-    checkpointer = type("NoCheckpoints", (), {"save": lambda self, *a, **k: None})()
+    checkpointer = _Saves()
     loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 4), checkpointer=checkpointer, writer=writer,
                            guard=guard, checkpoint_meta=lambda step: {}, model_flops=None,
@@ -998,8 +1046,7 @@ def test_logged_rates_leave_out_checkpoint_saves():
                          schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     saved = []
-    checkpointer = type("SlowCheckpoints", (), {
-        "save": lambda self, step, *a, **k: (saved.append(step), time.sleep(0.5))})()
+    checkpointer = _Saves(lambda step: (saved.append(step), time.sleep(0.5)))
     loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 6), checkpointer=checkpointer, writer=writer,
                            guard=type("Guard", (), {"should_stop": lambda self, step: False})(),
@@ -1027,8 +1074,7 @@ def test_a_preemption_says_resume_only_when_steps_are_left(stop_at, said):
                                "reason": "Preempted"})()
     loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 6), writer=writer, guard=guard,
-                           checkpointer=type("Saves", (), {
-                               "save": lambda self, step, *a, **k: saved.append(step)})(),
+                           checkpointer=_Saves(saved.append),
                            checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0)
     train.run_loop(loop, None, 0)
     assert saved == [stop_at] and writer.lines == said
@@ -1049,8 +1095,7 @@ def test_a_loss_back_at_chance_inside_a_logged_window_is_warned_about_once():
                          schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
-                           data=iter([{}] * 6), checkpointer=type("NoCheckpoints", (), {
-                               "save": lambda self, *a, **k: None})(), writer=writer,
+                           data=iter([{}] * 6), checkpointer=_Saves(), writer=writer,
                            guard=type("Guard", (), {"should_stop": lambda self, step: False})(),
                            checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0,
                            collapse=CollapseWatch(8, 0.01))

@@ -617,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     elif extra:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    from clip_jax.runtime import hardware
+
+    hardware.quiet_libtpu_without_tpu()  # before any command starts JAX's backends
     try:
         return args.run(args)
     except ConfigError as error:

@@ -318,10 +318,11 @@ def prepare(config: Any, workdir: str) -> None:
     the config against this job's devices (mesh, batch divisibility, model name, dtypes,
     loss). Nothing is compiled and no dataset is built; the data source itself is opened by
     `train.train` before it compiles."""
-    from clip_jax.runtime import distributed
+    from clip_jax.runtime import distributed, hardware
     from clip_jax.training import config_checks
 
     config_checks.check_run(config, workdir)
+    hardware.quiet_libtpu_without_tpu()  # before jax.distributed starts the backends
     distributed.initialize(config.distributed)
     distributed.check_same_config(config, workdir)
     import jax
@@ -336,14 +337,23 @@ def prepare(config: Any, workdir: str) -> None:
 
 def quiet_absl_logging() -> None:
     """WARNING unless --verbosity was given: orbax and TF are chatty at INFO, and TFDS warns on
-    every table/webdataset builder made from options rather than by name."""
+    every table/webdataset builder made from options rather than by name. orbax's error
+    reports with tracebacks are left out too: each failure of a checkpoint write or read
+    reaches the run as an exception, which the command says in one line (a full disk gave
+    four tracebacks, 300 lines, before the line promised); --verbosity shows them."""
     from absl import flags, logging
 
     if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
         return
     logging.set_verbosity(logging.WARNING)
-    logging.ABSLLogger.manager.getLogger("absl").addFilter(
-        lambda record: "Using custom data configuration" not in record.getMessage())
+    logging.ABSLLogger.manager.getLogger("absl").addFilter(_shown)
+
+
+def _shown(record: Any) -> bool:
+    """Whether the absl logger shows `record` in the quiet default (`quiet_absl_logging`)."""
+    orbax_traceback = (record.exc_info is not None and f"{os.sep}orbax{os.sep}" in
+                       record.pathname)
+    return not orbax_traceback and "Using custom data configuration" not in record.getMessage()
 
 
 def run(config: Any, workdir: str) -> int:

@@ -45,7 +45,8 @@ NO_TPU_ENV = {"TPU_ACCELERATOR_TYPE": "v5litepod-1", "TPU_WORKER_HOSTNAMES": "lo
 
 def quiet_libtpu_without_tpu() -> None:
     """Keeps libtpu quiet where there is no TPU; call it before JAX's backends start (the
-    first `jax.devices()`): `train.train` does, first thing.
+    first `jax.devices()`): `train.train` does, first thing, and so do the `clip-jax`
+    commands, before `jax.distributed` or anything else starts them.
 
     With libtpu installed (clip_jax's compile-only TPU planning uses it) and JAX_PLATFORMS
     unset, JAX tries the TPU backend when its backends start, even on a CPU or GPU machine;

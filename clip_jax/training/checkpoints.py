@@ -160,30 +160,39 @@ def reason(error: BaseException) -> str:
     return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3] + "..."
 
 
+def _is_orbax_echo(error: BaseException | None) -> bool:
+    """An error that only echoes a failed read or write of one array (see
+    `_quiet_closed_event_loops`)."""
+    return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+            or str(error).startswith(_ARRAY_READ_ERROR))
+
+
 def _quiet_closed_event_loops() -> None:
-    """Drops orbax's per-array reports after a failed restore.
+    """Drops orbax's per-array reports after a failed restore or save.
 
-    When one array of a checkpoint fails to read, orbax closes its event loop while TensorStore
-    still completes the other reads; their callbacks report RuntimeError('Event loop is closed')
-    through `sys.unraisablehook`, once per array, and each other read of the damaged file its
+    When one array of a checkpoint fails to read (or write: a full disk), orbax closes its
+    event loop while TensorStore still completes the other arrays; their callbacks report
+    RuntimeError('Event loop is closed'), once per array, through `sys.unraisablehook` (a
+    restore) or `sys.excepthook` (a save's writes), and each other read of a damaged file its
     own "Encountered error while reading array index" with TensorStore's whole spec (220
-    tracebacks, 14,000 lines, for one cut-off file). That noise says nothing the restore error
-    did not; every other unraisable report is passed on.
+    tracebacks, 14,000 lines, for one cut-off file; 53 for a save on a full disk). That
+    noise says nothing the one-line restore or write error does not; every other report is
+    passed on.
     """
-    previous = sys.unraisablehook
-    if getattr(previous, "clip_jax_quiet", False):
+    if getattr(sys.unraisablehook, "clip_jax_quiet", False):
         return
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
 
-    def hook(report: Any) -> None:
-        error = report.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        if str(error).startswith(_ARRAY_READ_ERROR):
-            return
-        previous(report)
+    def quiet_unraisable(report: Any) -> None:
+        if not _is_orbax_echo(report.exc_value):
+            unraisable(report)
 
-    hook.clip_jax_quiet = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
+    def quiet_excepthook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+        if not _is_orbax_echo(error):
+            excepthook(kind, error, trace)
+
+    quiet_unraisable.clip_jax_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
 
 
 def _check_meta(meta: Any, keys: tuple[str, ...] = META_KEYS) -> dict[str, Any]:
@@ -226,6 +235,8 @@ class Checkpointer:
 
     def __init__(self, workdir: str, every_steps: int, keep: int, asynchronous: bool = True):
         _save_from_one_replica()
+        _quiet_closed_event_loops()
+        self.unconfirmed = False  # an asynchronous save started and not yet seen to succeed
         self.every_steps = every_steps
         self.workdir = _absolute(workdir)
         options = ocp.CheckpointManagerOptions(
@@ -255,12 +266,39 @@ class Checkpointer:
             raise NonFiniteStateError(f"{len(bad)} of {len(checksums)} state arrays hold NaN/Inf "
                                       f"at step {step} (first: {bad[0]})")
         meta = {**meta, "checksums": checksums}
-        try:  # an asynchronous save's failure surfaces at the next save (or `wait`)
-            return self.manager.save(
+        try:  # an earlier asynchronous save's failure surfaces here too (and in `wait`)
+            started = self.manager.save(
                 step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                                  META: ocp.args.JsonSave(meta)}), force=True)
         except Exception as error:  # noqa: BLE001 - any failure to write is this one error
             raise self._write_error(error) from error
+        self.unconfirmed = started
+        return started
+
+    def raise_failed_save(self) -> None:
+        """CheckpointWriteError if an asynchronous save has ended in failure; waits for none
+        in progress. Called at every logged step, so that a run whose save failed (a full
+        disk) stops there rather than at the next save, a whole checkpoint interval later.
+        Every process must call it: they agree (one failed, all raise), as a process that
+        stopped alone would leave the others waiting in the next step's collectives."""
+        failure = None
+        if self.unconfirmed and not self.manager.is_saving_in_progress():
+            self.unconfirmed = False
+            try:
+                self.manager.wait_until_finished()  # finished: returns or raises at once
+            except Exception as error:  # noqa: BLE001 - see `save`
+                failure = self._write_error(error)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            failed = np.asarray(multihost_utils.process_allgather(np.int32(failure is not None)))
+            if failure is None and failed.any():
+                failure = CheckpointWriteError(
+                    f"process {int(np.argmax(failed))} failed to write a checkpoint into "
+                    f"{checkpoint_dir(self.workdir)} (its log says why); check the folder is "
+                    "still there and the disk has room, then run the same command to resume.")
+        if failure is not None:
+            raise failure
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """The state at `step`, laid out as `abstract_state`'s shardings (any mesh), verified

@@ -829,6 +829,7 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
                 collapsed = loop.collapse and loop.collapse.check(n, float(m["loss"]))
                 if collapsed:
                     writer.log(collapsed)
+            loop.checkpointer.raise_failed_save()
             if save:
                 with writer.paused("save"):  # nor is checkpointing (an async save's copy)
                     try:
