@@ -986,14 +986,17 @@ class _Saves:
     """A checkpointer stand-in for `train.run_loop`: calls `on_save(step)` at each save; no
     save fails."""
 
-    def __init__(self, on_save=lambda step: None):
-        self.on_save = on_save
+    def __init__(self, on_save=lambda step: None, on_wait=lambda: None):
+        self.on_save, self.on_wait = on_save, on_wait
 
     def save(self, step, *args, **kwargs):
         self.on_save(step)
 
     def raise_failed_save(self):
         pass
+
+    def wait(self):
+        self.on_wait()
 
 
 @pytest.mark.parametrize("log_every,start,first_logged", [
@@ -1072,12 +1075,15 @@ def test_a_preemption_says_resume_only_when_steps_are_left(stop_at, said):
     writer, saved = _RecordingWriter(), []
     guard = type("Guard", (), {"should_stop": lambda self, step: step == stop_at,
                                "reason": "Preempted"})()
+    # "saved step 4" was said when the asynchronous save began: it is said once written
+    written = lambda: saved.append(f"written, {len(writer.lines)} lines said")  # noqa: E731
     loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 6), writer=writer, guard=guard,
-                           checkpointer=_Saves(saved.append),
+                           checkpointer=_Saves(saved.append, written),
                            checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0)
     train.run_loop(loop, None, 0)
-    assert saved == [stop_at] and writer.lines == said
+    assert writer.lines == said
+    assert saved == [stop_at, "written, 0 lines said"] if said else saved == [stop_at]
 
 
 def test_a_loss_back_at_chance_inside_a_logged_window_is_warned_about_once():
@@ -1154,6 +1160,11 @@ def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
     assert train.config_changes(old, new) == (
         "data.table.train_path 'a.csv' -> 'b.csv', mesh.data -1 -> 2, mesh.fsdp 1 -> 4")
     assert train.config_changes(old, new, shown=1).endswith("'b.csv' and 2 more")
+    # A second change, at step 20: the config kept there covers steps 9-20, not 1-20 (trial Z)
+    assert train._kept_since(str(tmp_path), 8) == 0
+    config.data.table.train_path = "c.csv"
+    assert train.write_config(config, str(tmp_path), 20).endswith("config.until_step_20.json")
+    assert train._kept_since(str(tmp_path), 20) == 8
 
 
 def test_ctrl_c_before_training_says_what_is_kept(tmp_path, monkeypatch, capsys):

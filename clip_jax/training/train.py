@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -119,7 +120,9 @@ STEP_VALUES = ("learning_rate", "logit_scale", "logit_bias")
 
 class PreemptionGuard:
     """Tells the loop to checkpoint and stop when the job is preempted (SIGTERM) or, in a
-    single process, at the first Ctrl-C (SIGINT; a second one interrupts at once, unsaved).
+    single process, at the first Ctrl-C (SIGINT; a second one interrupts at once, unsaved,
+    unless the save has begun: the run then exits once it is written, as a checkpoint is never
+    left half-written).
 
     With several processes, all must stop at the same step: JAX's preemption sync point (set
     up by `jax.distributed.initialize`) agrees on it; a single process watches the signals
@@ -143,7 +146,8 @@ class PreemptionGuard:
         self._flag.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print("Ctrl-C: saving after this step, then stopping (Ctrl-C again stops at once, "
-              "without saving).", file=sys.stderr, flush=True)
+              "without saving, unless the save has begun: it is finished first).",
+              file=sys.stderr, flush=True)
 
     def should_stop(self, step: int) -> bool:
         if self._multi:
@@ -388,6 +392,14 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, step: int = 0)
     return kept
 
 
+def _kept_since(workdir: str, step: int) -> int:
+    """The step an earlier kept config (`config.until_step_<k>.json`, k < `step`) ends at, the
+    newest such; 0 when none: the config.json kept at `step` covers the steps after it."""
+    ends = [int(m.group(1)) for name in os.listdir(workdir)
+            if (m := re.fullmatch(r"config\.until_step_(\d+)\.json", name))]
+    return max((k for k in ends if k < step), default=0)
+
+
 def architecture_diff(ours: Any, theirs: Any) -> list[str]:
     """'field ours vs theirs' for each architecture field (embed_dim, the towers' shapes)
     in which two model configs differ; compute settings (dtype, remat, attention) are not
@@ -527,8 +539,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             with open(kept, encoding="utf-8") as f:
                 changes = config_changes(json.load(f),
                                          json.loads(config.to_json_best_effort()))
-            writer.log(f"The config changed ({changes}): the one steps 1-{start} were trained "
-                       f"with is kept as {kept}; config.json is this run's.")
+            writer.log(f"The config changed ({changes}): the one steps "
+                       f"{_kept_since(workdir, start) + 1}-{start} were trained with is kept "
+                       f"as {kept}; config.json is this run's.")
         writer.resume(start)
         writer.log(f"Starting the input pipeline at batch {position} ...")
         data = train_pipeline.make_train_iterator(
@@ -850,6 +863,7 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
                     results, title=f"Evaluation at step {done} ({seconds:.1f}s):"))
                 t_last = time.time()
             if stop and done < plan.total_steps:  # at the last step the run is finished
+                loop.checkpointer.wait()  # written, so "saved" is true
                 writer.log(f"{loop.guard.reason}: saved step {done}; run the same command to "
                            "resume.")
                 break
