@@ -983,3 +983,23 @@ def test_a_labelled_table_trains_on_its_class_names_in_prompt_templates(inputs, 
     with pytest.raises(FileNotFoundError, match="data.caption_templates: The templates file "
                                                 "'prompts.txt': no such file"):
         data_options.resolve_config(config)
+
+
+def test_a_broken_link_is_named_so(inputs, data_dir, tmp_path):
+    """A row naming a symlink whose target is gone read "image file not found: .../a.jpg",
+    though the file is there as a link (the evaluation's folders say "a broken link", trial
+    Y); the skip now says it is one, and to what."""
+    root, _ = inputs
+    os.symlink(os.path.join(root, "images", "rgb.jpg"), tmp_path / "good.jpg")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "broken.jpg")
+    assert not os.path.exists(tmp_path / "broken.jpg") and os.path.islink(tmp_path / "broken.jpg")
+    write_table(str(tmp_path / "links.csv"), [(b"good.jpg", b"a link"), (b"good.jpg", b"again"),
+                                              (b"broken.jpg", b"a broken link")])
+    builder = sources.prepare(table_config(root, data_dir, name="links",
+                                           train_path=str(tmp_path / "links.csv")))
+    with open(os.path.join(builder.data_dir, "bad_records.json")) as f:
+        report = json.load(f)["train"]
+    assert report["skipped_by_reason"] == {"missing_file": 1}
+    assert report["skipped_records"][0]["detail"] == (
+        f"image file not found: {tmp_path / 'broken.jpg'} (a broken link, to "
+        f"{tmp_path / 'gone.jpg'})")

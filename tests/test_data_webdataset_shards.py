@@ -469,3 +469,26 @@ def test_a_samples_members_apart_in_the_tar_are_named_as_the_cause(tmp_path):
         report = json.load(f)["train"]
     assert report["skipped_by_reason"] == {"missing_caption": 2, "missing_image": 2}
     assert report["notes"][0].startswith("3 sample key(s) appear again later")
+
+
+def test_a_dotted_member_name_is_explained_when_it_loses_its_sample(tmp_path):
+    """`photo.v2.jpg` / `photo.v2.txt` is key `photo` with extensions `v2.jpg` / `v2.txt`, as
+    webdataset's own reader splits it at the first dot: the skip said only "no image (jpg,
+    ...) among ['v2.jpg', 'v2.txt']" (trial Y). It now says where the key ends."""
+    from clip_jax_data.options import CleanOptions
+    from clip_jax_data.records import BadRecord, BuildReport
+    from clip_jax_data.webdataset_shards import webdataset_shards_dataset_builder as builder
+
+    path = str(tmp_path / "dots.tar")
+    _tar_of_members(path, [("photo.v2.jpg", jpeg(0)), ("photo.v2.txt", b"a dotted name"),
+                           ("plain.jpg", jpeg(1)), ("plain.txt", b"fine")])
+    reference = [("photo", ["v2.jpg", "v2.txt"]), ("plain", ["jpg", "txt"])]  # webdataset's
+    report = BuildReport("train", CleanOptions(max_bad_fraction=0.5))
+    read = list(builder._samples(path, report, []))
+    assert [(key, sorted(files)) for _, key, files in read] == reference
+    cleaned = [builder._clean_sample(s, ["jpg", "png"], "txt", CleanOptions()) for s in read]
+    assert isinstance(cleaned[0], BadRecord) and cleaned[0].reason == "missing_image"
+    assert str(cleaned[0]).endswith(
+        "(a sample's key ends at the first dot of a member's name, as webdataset reads it: "
+        "'photo.v2.jpg' is key 'photo'; rename such members)")
+    assert not isinstance(cleaned[1], BadRecord)

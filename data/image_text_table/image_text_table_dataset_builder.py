@@ -457,7 +457,9 @@ def _clean_group(group: list[_Row], root: str, clean: CleanOptions,
             with tf.io.gfile.GFile(full, "rb") as f:
                 data = f.read()
         except tf.errors.NotFoundError as error:
-            raise records.BadRecord("missing_file", f"image file not found: {full}") from error
+            link = "://" not in full and os.path.islink(full)
+            raise records.BadRecord("missing_file", f"image file not found: {full}" + (
+                f" (a broken link, to {os.readlink(full)})" if link else "")) from error
         except (OSError, tf.errors.OpError) as error:
             raise records.BadRecord("unreadable_file", f"cannot read {full}: {error}") from error
         image, image_conversions = records.clean_image(data, clean, name=path)

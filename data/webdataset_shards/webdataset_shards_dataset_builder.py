@@ -278,12 +278,16 @@ def _clean_sample(sample: tuple[int, str, dict[str, bytes]], image_exts: list[st
     _, key, files = sample
     try:
         image_ext = next((ext for ext in image_exts if ext in files), None)
+        dotted = [f"{key}.{ext}" for ext in sorted(files) if "." in ext]
+        hint = (f" (a sample's key ends at the first dot of a member's name, as webdataset "
+                f"reads it: {dotted[0]!r} is key {key!r}; rename such members)" if dotted else "")
         if image_ext is None:
             raise records.BadRecord(
-                "missing_image", f"no image ({', '.join(image_exts)}) among {sorted(files)}")
+                "missing_image", f"no image ({', '.join(image_exts)}) among {sorted(files)}"
+                + hint)
         if caption_ext not in files:
             raise records.BadRecord("missing_caption",
-                                    f"no .{caption_ext} caption among {sorted(files)}")
+                                    f"no .{caption_ext} caption among {sorted(files)}{hint}")
         caption, caption_conversions = records.clean_caption(files[caption_ext], clean)
         image, conversions = records.clean_image(files[image_ext], clean, name=f"{key}.{image_ext}")
     except records.BadRecord as error:
