@@ -1003,3 +1003,29 @@ def test_a_broken_link_is_named_so(inputs, data_dir, tmp_path):
     assert report["skipped_records"][0]["detail"] == (
         f"image file not found: {tmp_path / 'broken.jpg'} (a broken link, to "
         f"{tmp_path / 'gone.jpg'})")
+
+
+def test_a_lone_lookalike_label_is_warned_about_at_the_build(inputs, tmp_path, caplog):
+    """`clip-jax eval --zero-shot labels.csv` warned that 'gren' (one row) beside 'green' was
+    likely a typo, but training on the same table with data.table.label_column made it a
+    class of its own unsaid (trial Y). The build says so too, naming the table's line as
+    pandas counts it; given class names, it does not (labels outside them are refused)."""
+    root, _ = inputs
+    labels = ["green"] * 4 + ["gren"] + ["red", "blue"] * 2 + ["bleu", "pink"]
+    table = pd.DataFrame({"filepath": ["images/rgb.jpg"] * len(labels),
+                          "title": [f"a {label} thing" for label in labels], "label": labels})
+    table.to_csv(tmp_path / "typo.csv", index=False)
+    config = table_config(root, str(tmp_path / "tfds"), name="typo", label_column="label",
+                          train_path=str(tmp_path / "typo.csv"), image_root=root)
+    with caplog.at_level("WARNING"):
+        build_report(config)
+    said = [r.getMessage() for r in caplog.records if "class of its own" in r.getMessage()]
+    line = int(table.index[table.label == "gren"][0]) + 2  # the header is line 1
+    counts = table.label.value_counts()
+    swapped = int(table.index[table.label == "bleu"][0]) + 2
+    assert said == [f"data.table.label_column='label': 2 label(s) on one row alone, one edit "
+                    f"from a class of several rows, each made a class of its own: 'gren' "
+                    f"(typo.csv line {line}) beside 'green' ({counts['green']} rows), 'bleu' "
+                    f"(typo.csv line {swapped}) beside 'blue' ({counts['blue']} rows); if "
+                    "misspelt, fix them, or give the class names (data.table.class_names) to "
+                    "have labels outside them refused."]  # 'pink', alone too, is like none

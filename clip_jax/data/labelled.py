@@ -44,7 +44,6 @@ import functools
 import io
 import logging
 import os
-import re
 import tarfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -346,48 +345,14 @@ def _warn_repeats(path: str, files: Sequence[str], labels: np.ndarray,
                     f", {relabelled} of them with another label" if relabelled else "")
 
 
-def _one_edit_apart(a: str, b: str) -> bool:
-    """Whether one insertion, deletion, substitution or swap of neighbours turns `a` into `b`
-    (Damerau's edit distance 1)."""
-    if a == b or abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) != len(b):
-        short, long = sorted((a, b), key=len)
-        return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
-    diff = [i for i in range(len(a)) if a[i] != b[i]]
-    return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
-                              and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
-
-
-def _deletions(name: str) -> set[str]:
-    """`name` and each string one character shorter: two names one edit apart share one."""
-    return {name, *(name[:i] + name[i + 1:] for i in range(len(name)))}
-
-
 def _warn_lone_lookalikes(path: str, labels: Sequence[str], lines: Sequence[str]) -> None:
     """One warning naming the labels found on one row alone that are one edit from a class of
-    several rows (`sevn`, `fuor` beside `four`; `Seven` beside `seven`): misspelt, each makes
-    a class of its own when no class names are given, and shows only as one more class.
-    Labels that differ only in digits (`sku-020` beside `sku-010`) are numbered classes, not
-    typos: a trial's long-tailed table of 40 of them drew 20 warnings from a looser rule.
-    Candidates come from an index of one-character deletions, so a table of many classes
-    costs about its total label length."""
+    several rows (`tables.lone_lookalikes`): misspelt, each makes a class of its own when no
+    class names are given, and shows only as one more class."""
     import collections
 
     counts = collections.Counter(labels)
-    index: dict[str, list[str]] = collections.defaultdict(list)
-    for near in (name for name, n in counts.items() if n > 1):
-        for key in _deletions(near) | {near.casefold()}:
-            index[key].append(near)
-    letters = lambda name: re.sub(r"\d", "", name)  # noqa: E731
-    found = {}
-    for name in (name for name, n in counts.items() if n == 1):
-        near = next((near for key in sorted(_deletions(name) | {name.casefold()})
-                     for near in index.get(key, ())
-                     if (_one_edit_apart(name, near) or name.casefold() == near.casefold())
-                     and letters(name) != letters(near)), None)
-        if near is not None:
-            found[name] = near
+    found = tables.lone_lookalikes(counts)
     if found:
         shown = [f"{name!r} ({lines[list(labels).index(name)]}) beside {near!r} "
                  f"({counts[near]} rows)" for name, near in list(found.items())[:3]]

@@ -17,7 +17,10 @@ one data_dir; the options it was built from are kept in `build_options.json`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
+import logging
 import os
 import posixpath
 from collections.abc import Iterator
@@ -36,6 +39,8 @@ from clip_jax_data.options import IMAGE_ROOT_ADVICE, CleanOptions, TableOptions
 _SPLIT_FIELDS = {"train": "train_path", "validation": "validation_path", "test": "test_path"}
 _BATCH = 256        # records cleaned concurrently
 _PROBE_ROWS = 20    # rows checked up front to catch a wrong image_root
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -211,17 +216,48 @@ def label_column(table: TableOptions) -> LabelColumn:
                           f"({word!r}) with numbers ({numbers[0]!r}); give every class name "
                           "with data.table.class_names (a file or a list), or use one kind "
                           "throughout.")
+    _warn_lone_lookalikes(table)
     return LabelColumn(sorted(labels), False)
 
 
-def _labels(table: TableOptions) -> set[str]:
-    """The distinct labels of the usable rows of every table (an empty cell is no label)."""
-    found = set()
+def _labelled_rows(table: TableOptions) -> Iterator[tuple[str, _Row]]:
+    """(table path, row) of every usable labelled row of every table (an empty cell is no
+    label)."""
     for field in _SPLIT_FIELDS.values():
         if getattr(table, field):
             rows, *_ = _load_rows(getattr(table, field), table)
-            found |= {r.label for r in rows if not r.problem and r.label}
-    return found
+            yield from ((getattr(table, field), r) for r in rows if not r.problem and r.label)
+
+
+def _labels(table: TableOptions) -> set[str]:
+    """The distinct labels of the usable rows of every table."""
+    return {row.label for _, row in _labelled_rows(table)}
+
+
+def _warn_lone_lookalikes(table: TableOptions) -> None:
+    """One warning naming the labels of one row alone one edit from a label of several rows
+    (`tables.lone_lookalikes`), where the classes are the labels found: a misspelt `gren`
+    beside `green` trains as a class of its own, one more class and nothing else to see."""
+    where: dict[str, str] = {}
+    counts: collections.Counter[str] = collections.Counter()
+    for path, row in _labelled_rows(table):
+        counts[row.label] += 1
+        where.setdefault(row.label, f"{os.path.basename(path)} {row.lines}")
+    found = tables.lone_lookalikes(counts)
+    if found:
+        shown = [f"{name!r} ({where[name]}) beside {near!r} ({counts[near]} rows)"
+                 for name, near in list(found.items())[:3]]
+        _warn_once(f"data.table.label_column={table.label_column!r}: {len(found)} label(s) on "
+                   "one row alone, one edit from a class of several rows, each made a class of "
+                   f"its own: {', '.join(shown)}{', ...' if len(found) > 3 else ''}; if "
+                   "misspelt, fix them, or give the class names (data.table.class_names) to "
+                   "have labels outside them refused.")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """`message` once per process: a build reads the label column more than once."""
+    log.warning("%s", message)
 
 
 def label_names(table: TableOptions) -> list[str]:
