@@ -308,6 +308,30 @@ def test_search_normalises_embeddings_warns_of_paths_and_refuses_another_model(f
             image_index.search(index, query, other)
 
 
+def test_a_duplicate_image_ranks_after_its_first_copy_in_any_batch():
+    """Two bit-identical rows scored 0.2337056100 and 0.2337056249 in one batched matrix
+    product (OpenBLAS puts them in different blocks), and a later copy ranked before its first
+    in 45 of 200 batched queries (trial AD). Every row duplicated: each pair scores alike, the
+    first copy first, whether the queries come as one batch or one by one, and the ranking
+    is numpy's float64 cosine order with ties to the lower index."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((289, 64)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    embeddings = np.concatenate([base, base])  # row i and row 289 + i are one image
+    index = image_index.ImageIndex(embeddings, [f"{i}.png" for i in range(len(embeddings))])
+    queries = rng.standard_normal((200, 64)).astype(np.float32)
+    batched = index.top_k(queries, 20)
+    single = [index.top_k(q, 20) for q in queries]
+    for q, (scores, indices), (one_scores, one_indices) in zip(queries, zip(*batched), single):
+        np.testing.assert_array_equal(indices, one_indices[0])
+        np.testing.assert_array_equal(scores, one_scores[0])
+        assert np.all(indices[0::2] < 289) and np.all(indices[1::2] == indices[0::2] + 289)
+        np.testing.assert_array_equal(scores[0::2], scores[1::2])
+        cosine = base.astype(np.float64) @ (q / np.linalg.norm(q.astype(np.float64)))
+        np.testing.assert_array_equal(indices[0::2], np.argsort(-cosine, kind="stable")[:10])
+        np.testing.assert_allclose(scores[0::2], cosine[indices[0::2]], rtol=0, atol=1e-7)
+
+
 def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
     """The trial's traps: a [Q, E] float query and a batch of images silently searched row 0
     only, a list of texts was read as one image ("images[0] is a list"), NaN was called "all
@@ -344,6 +368,12 @@ def test_search_takes_exactly_one_query_and_names_what_is_wrong_with_it(model):
                 f"search takes one query embedding, [E] or [1, E], got shape {many.shape} "
                 "(image arrays are uint8); for several queries use index.top_k(embeddings, k)")):
             image_index.search(index, many, encoder)
+    # An empty text was searched from Python (ranking by the embedding of nothing) while
+    # `clip-jax search ""` refused it (trial AD)
+    for empty in ("", "   "):
+        with pytest.raises(ValueError, match=r"^The text query is empty; give the words to "
+                                             r"search for\.$"):
+            image_index.search(index, empty, encoder)
     # An embedding of another dtype was read as an image ("Image arrays must be [H, W] ...")
     for ints in (np.ones(dim, np.int32), jnp.ones(dim, jnp.int8), np.ones(dim, np.uint8)):
         with pytest.raises(ValueError, match=re.escape(
@@ -468,6 +498,14 @@ def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path,
     assert re.search(rf"^note: the index {re.escape(out)} was built with another model "
                      r"\([0-9a-f]{16}\), so none of its 7 embeddings is reused",
                      capsys.readouterr().err)  # built by the API: no model name, its fingerprint
+    # Other weights under the model name the index records (a run that trained on) read "was
+    # built with another model (/path)", the path of the model given now (trial AD)
+    image_index.build_index([str(folder)], other, out, progress=False, model_name="/m")
+    capsys.readouterr()
+    image_index.build_index([str(folder)], Counting(module, variables), out, progress=False,
+                            model_name="/m")
+    assert f"note: the index {out} was built with other weights at the same path (/m), so " in (
+        capsys.readouterr().err)
 
 
 def test_an_interruption_keeps_the_batches_embedded_since_the_last_save(folder, model,
@@ -573,9 +611,22 @@ def test_a_progress_line_says_what_is_left_in_the_units_it_needs(read, total, se
         f"index: {read}/{total} files read ({rate:.1f} files/s{left}), saved")
 
 
-def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys):
+def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys, monkeypatch):
     path, module, variables = model
     out = str(tmp_path / "cli.npz")
+    # --batch-size is the model's batch too: the image tower was compiled at the Encoder's
+    # default 32 rows whatever was asked (trial AD)
+    padded = []
+    batched = Encoder._batched
+    monkeypatch.setattr(Encoder, "_batched", lambda self, fn, x: padded.append(
+        self.batch_size) or batched(self, fn, x))
+    assert cli.main(["index", str(folder), "--model", path, "--output", out,
+                     "--batch-size", "5"]) == 0
+    assert cli.main(["zero-shot", str(folder), "--model", path, "--labels", "a,b",
+                     "--batch-size", "3"]) == 0
+    assert set(padded) == {5, 3}, padded
+    monkeypatch.undo()
+    os.remove(out)
     assert cli.main(["index", str(folder), "--model", path, "--output", out]) == 0
     captured = capsys.readouterr()
     assert "Indexed 7 images" in captured.out and "3 unreadable" in captured.err

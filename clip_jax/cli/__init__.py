@@ -111,7 +111,8 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     prompts = templates.get_templates(args.templates)
     paths, ignored = image_folder.find_images(args.images, args.recursive)
     module, variables, tokenizer = load_model_and_tokenizer(args.model, args)
-    classifier = zero_shot.ZeroShotClassifier(module, variables, tokenizer=tokenizer,
+    classifier = zero_shot.ZeroShotClassifier(module, variables, args.batch_size,
+                                              tokenizer=tokenizer,
                                               exif_transpose=args.exif_transpose, alpha=args.alpha)
     label_embeddings = classifier.embed_labels(labels, prompts)
     top = min(args.top, len(labels))
@@ -149,8 +150,8 @@ def index_command(args: argparse.Namespace) -> int:
 
     image_folder.check_inputs(args.images)  # before the model loads
     image_index.check_output(args.output)
-    encoder = Encoder(*load_model(args.model, args), exif_transpose=args.exif_transpose,
-                      alpha=args.alpha)
+    encoder = Encoder(*load_model(args.model, args), args.batch_size,
+                      exif_transpose=args.exif_transpose, alpha=args.alpha)
     signals: list[int] = []
 
     def terminated(signum: int, frame: Any) -> None:  # a job scheduler's stop: as Ctrl-C
@@ -468,7 +469,7 @@ def _index_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="search subfolders (default: yes)")
     i.add_argument("--batch-size", type=positive_int, default=64,
-                   help="images per batch (default 64)")
+                   help="images decoded and embedded at once (default 64)")
     i.add_argument("--save-every", type=positive_int, default=4096, help="save progress every "
                    "N embedded images, so an interrupted run resumes there (default 4096)")
     _image_arguments(i)

@@ -48,6 +48,9 @@ from clip_jax.runtime.logs import format_duration
 
 FORMAT = "clip_jax.inference.image_index/1"
 _SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)
+# How far below the k-th float32 score a row may be and still belong above it exactly: many
+# times the float32 rounding of a dot product of unit vectors.
+_NOISE = 64 * float(np.finfo(np.float32).eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +131,7 @@ class ImageIndex:
         for start in range(0, len(queries), rows):
             block = queries[start:start + rows] @ self.embeddings.T
             for r, row in enumerate(block, start):
-                indices[r] = _top_k_row(row, k)
-                scores[r] = row[indices[r]]
+                indices[r], scores[r] = _top_k_row(row, k, queries[r], self.embeddings)
         return scores, indices
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Match]]:
@@ -139,14 +141,25 @@ class ImageIndex:
                 for srow, irow in zip(scores, indices)]
 
 
-def _top_k_row(row: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values of `row`, ties to the lower index."""
+def _top_k_row(row: np.ndarray, k: int, query: np.ndarray, embeddings: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, scores) of the k best of `row` = `embeddings @ query` [N], ties to the lower
+    index.
+
+    A matrix product's float32 scores of two identical rows can differ in their last bits by
+    where its blocking puts them (a duplicate photo ranked before its first copy in 45 of 200
+    batched queries, trial AD). So the rows within float32 noise of the k-th score are scored
+    again, each as the same float64 sum over its own elements, and rounded to float32:
+    identical rows then score alike wherever they are.
+    """
     if k == 0:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
     kth = np.partition(row, len(row) - k)[len(row) - k]
-    candidates = np.flatnonzero(row >= kth)
-    order = np.lexsort((candidates, -row[candidates]))
-    return candidates[order[:k]]
+    candidates = np.flatnonzero(row >= kth - _NOISE * max(1.0, abs(float(kth))))
+    exact = (embeddings[candidates].astype(np.float64) * query.astype(np.float64)).sum(
+        axis=1).astype(np.float32)
+    order = np.lexsort((candidates, -exact))[:k]
+    return candidates[order], exact[order]
 
 
 @dataclasses.dataclass
@@ -242,7 +255,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     paths = list(chosen.values())
     fingerprint, options = model_fingerprint(encoder), recorded_image_options(encoder)
     partial = output + ".partial"
-    known, previous_paths = _reusable(output, partial, fingerprint, options)
+    known, previous_paths = _reusable(output, partial, fingerprint, options, model_name)
     stats = {p: _stat(p) for p in paths}
     done = {p: known[p][0] for p in paths if p in known and known[p][1] == stats[p]}
     todo = [p for p in paths if p not in done]
@@ -352,8 +365,8 @@ def check_output(output: str | os.PathLike) -> None:
                               "delete it first.") from None
 
 
-def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, Any]
-              ) -> tuple[dict[str, tuple[np.ndarray, tuple]], list[str]]:
+def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, Any],
+              model_name: str = "") -> tuple[dict[str, tuple[np.ndarray, tuple]], list[str]]:
     """path -> (embedding, (size, mtime)) from a previous index and unfinished parts of this
     model and image options, and the previous index's paths (reused or not: those not given
     now are left out, and counted); a partial folder of others is refused, a previous index
@@ -367,7 +380,9 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
             for p, e, s, m in zip(old.paths, old.embeddings, old.sizes, old.mtimes):
                 known[p] = (e, (int(s), int(m)))
         else:
-            other = (f"another model ({old.meta.get('model') or old.meta.get('fingerprint')})"
+            named = old.meta.get("model")
+            other = ((f"other weights at the same path ({named})" if named and named == model_name
+                      else f"another model ({named or old.meta.get('fingerprint')})")
                      if old.meta.get("fingerprint") != fingerprint else
                      f"other image options ({_describe(before)}, now {_describe(options)})")
             print(f"note: the index {output} was built with {other}, so none of its "
@@ -417,7 +432,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
     image query is read with the image options the index records (`recorded_image_options`:
     EXIF rotation, alpha), as its images were, whatever the encoder's.
     Raises, before anything is embedded: TypeError for anything that is not one query (a
-    list of texts would be read as one image), ValueError for `k` < 1, for several embeddings
+    list of texts would be read as one image), ValueError for `k` < 1, for an empty text (or
+    one of spaces alone), for several embeddings
     or images (only the first would be ranked), for a 1-D array that is not float (an
     embedding of ints, read as an image before), for an embedding holding NaN or Inf or all
     zeros (no direction to rank by), and ConfigError for another model than the index's. Then
@@ -440,6 +456,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
         raise TypeError(f"search takes one query, a str (text), a pathlib.Path, a PIL image, an "
                         f"image array or an embedding, got a {type(query).__name__}; for "
                         "several texts use index.top_k(encoder.embed_texts([...]), k).")
+    if isinstance(query, str) and not query.strip():  # "" ranked the index by nothing said
+        raise ValueError("The text query is empty; give the words to search for.")
     images = None if isinstance(query, str) else image_list(query)
     if images is not None and len(images) != 1:
         raise ValueError(f"search takes one image, got an array of {len(images)} (shape "
