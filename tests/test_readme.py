@@ -46,3 +46,26 @@ def test_readme_block_runs(tmp_path, lang, code, line):
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, f"README.md:{line}\n{result.stderr[-3000:]}"
+
+
+def test_the_layout_table_names_every_module_of_each_package():
+    """The Layout table's row for each package names each of its modules: `collapse.py`
+    (trial AF) was missing from the training row. A module named in a row must exist there,
+    too. Subpackages (`evaluators/`) are named as folders."""
+    text = README.read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):]
+    rows = dict(re.findall(r"^\| `(clip_jax/\w+/)` \| (.*) \|$", layout, re.M))
+    root = README.parent
+    packages = sorted(p.name for p in (root / "clip_jax").iterdir()
+                      if (p / "__init__.py").is_file())
+    assert sorted(r.split("/")[1] for r in rows) == packages
+    for row, holds in rows.items():
+        folder = root / row
+        modules = {p.name for p in folder.glob("*.py") if p.name != "__init__.py"}
+        subpackages = {f"{p.parent.name}/" for p in folder.glob("*/__init__.py")}
+        named = set(re.findall(r"`(\w+\.py)`", holds))
+        assert named - {p.name for p in folder.rglob("*.py")} == set(), (row, "absent")
+        if "one config per model" in holds:  # clip_jax/configs/: the presets' configs
+            modules = {m for m in modules if "get_config" not in (folder / m).read_text()}
+        assert modules - named == set(), (row, "modules missing from the README's Layout")
+        assert {s for s in subpackages if f"`{s}" not in holds} == set(), row
