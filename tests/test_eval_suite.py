@@ -745,6 +745,10 @@ def test_a_tfds_name_with_a_config_is_a_dataset_on_the_command_line(model, tmp_p
     ("cifar10:9.9.9", "Dataset cifar10 cannot be loaded at version 9.9.9, only: 3.0.2"),
     ("cifr10@test", "nor a TFDS dataset (Dataset cifr10 not found; did you mean cifar10"),
     ("tfds:cifar10@test", "nor a TFDS dataset (Namespace tfds not found"),
+    # no TFDS name as written: "no such file or folder." alone (trial AK)
+    ("cifar-10@test", "No dataset 'cifar-10': no such file or folder, nor a TFDS dataset name; "
+                      "did you mean cifar10, cifar100"),
+    ("Oxford-Flowers102", "did you mean oxford_flowers102"),
     ("/no/such/folder@test", "No labelled folder or table at '/no/such/folder': no such file"),
     # webdataset shards: "No labelled folder or table at ...: no such file or folder."
     ("wds/{00000..00001}.tar", "'wds/{00000..00001}.tar' names webdataset shards: the sources "

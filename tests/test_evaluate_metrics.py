@@ -278,6 +278,24 @@ def test_classes_the_tokenizer_cannot_tell_apart_are_refused_or_named(caplog, mo
             zero_shot.class_embeddings(embed, ["missile", "tank", "missile"], given, tokenize)
     assert caplog.text.count("class names 'missile' = 'missile' give identical prompts") == 1
 
+    # Scored among some classes only (imagenet_r: 200 of ImageNet's 1000), a tie is one
+    # between scored classes: OpenAI's names tie missile and sunglasses among the 1000, and
+    # no pair among imagenet_r's or imagenet_a's 200 (the warning was given for them, trial AK)
+    assert zero_shot.identical_classes(names, tokenize(templates.prompts(names, given)),
+                                       len(given), scored=[0, 1, 4]) == []
+    assert zero_shot.identical_classes(names, tokenize(templates.prompts(names, given)),
+                                       len(given), scored=[5, 2, 0]) == [["Cat", "cat"]]
+    from clip_jax.evaluation import imagenet_names, imagenet_subsets
+
+    wnids = sorted(imagenet_names.class_names())
+    openai = imagenet_names.openai_names(wnids)
+    tokens = tokenize(templates.prompts(openai, ["{}"]))
+    assert [sorted(set(g)) for g in zero_shot.identical_classes(openai, tokens, 1)] == [
+        ["missile"], ["sunglasses"]]
+    for subset in ("imagenet_r", "imagenet_a"):
+        ids = [wnids.index(w) for w in imagenet_subsets.SUBSETS[subset]]
+        assert zero_shot.identical_classes(openai, tokens, 1, scored=ids) == [], subset
+
 
 def test_templates_and_class_names(tmp_path):
     assert templates.prompts(["red circle", "blue {x}"], ["a {}.", "{}"]) == [

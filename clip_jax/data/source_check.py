@@ -91,8 +91,11 @@ def _tfds_problem(name: str, data_dir: str) -> str:
 
     try:
         dataset, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
-    except ValueError:
-        return "no such file or folder."
+    except ValueError:  # no TFDS name as written (`cifar-10`): TFDS's closest, if any
+        close = sources.close_dataset_names(name.split(":")[0].split("/")[0].lower())
+        return ("no such file or folder." if not close else
+                f"no such file or folder, nor a TFDS dataset name; did you mean "
+                f"{', '.join(close)}?")
     if str(dataset) in sources.BUILDERS:  # ours: built from the data config's options
         return ""
     try:

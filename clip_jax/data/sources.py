@@ -153,7 +153,7 @@ def _build_quietly(builder: tfds.core.DatasetBuilder) -> None:
         said = " ".join(str(error).split())
         if "Manual directory" not in said:
             raise
-        raise ConfigError(f"{builder.info.full_name} needs a manual download ({said[:200]}); "
+        raise ConfigError(f"{builder.info.full_name} needs a manual download ({said[:600]}); "
                           "put its files there (its TFDS catalog page says which), then "
                           "run again.") from None
     except PermissionError as error:  # EACCES / EPERM: a folder this user cannot write

@@ -37,7 +37,7 @@ from clip_jax.evaluation import once, report
 from clip_jax.evaluation import zero_shot
 from clip_jax.evaluation.embedding import Embedder, Variables, variable_shardings
 from clip_jax.evaluation.evaluators import EVALUATORS, Evaluator
-from clip_jax.evaluation.evaluators.base import Records, RunContext, split_at
+from clip_jax.evaluation.evaluators.base import Records, RunContext, scored_classes, split_at
 from clip_jax.evaluation.evaluators.robustness import SUBSET_DATASETS
 from clip_jax.evaluation.options import (check_evaluators, default_config, enabled_evaluators,
                                          few_shot_task, linear_probe_task, retrieval_task,
@@ -148,7 +148,7 @@ class Evaluation:
         self.passes.embed(self.embedder, variables)
         embed_texts = lambda tokens: self.embedder.embed_texts(variables, tokens)  # noqa: E731
         classes = {id(c): zero_shot.class_embeddings(embed_texts, c.class_names, c.templates,
-                                                     self.tokenize)
+                                                     self.tokenize, scored=scored_classes(c))
                    for task in self.tasks for c in task.classifiers()}
         ctx = RunContext(variables, embed_texts, self.tokenize, classes, self.records)
         metrics: dict[str, float | None] = {}

@@ -29,7 +29,8 @@ _IDENTICAL_REPORTED: set[str] = set()  # warnings already given (a periodic eval
 
 def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
                      templates: str | Sequence[str], tokenize: TextTokenizer,
-                     refuse_identical: bool = False) -> np.ndarray:
+                     refuse_identical: bool = False,
+                     scored: Sequence[int] | None = None) -> np.ndarray:
     """[K, E]: per class, the renormalised mean of its normalised prompt embeddings.
 
     `embed_texts` maps int32 tokens [N, L] to L2-normalised embeddings [N, E]; `tokenize`
@@ -42,7 +43,9 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     (`identical_classes`: `Cat` and `cat` to CLIP's lower-casing tokenizer) get one embedding,
     so they tie and the first always wins: ConfigError before embedding where
     `refuse_identical` (labels a user typed), else a warning (a dataset's names: OpenAI's
-    ImageNet names hold `missile` and `sunglasses` twice, as the paper evaluated them).
+    ImageNet names hold `missile` and `sunglasses` twice, as the paper evaluated them), but
+    only for ties among the classes `scored` (indices; None: all): imagenet_r is scored among
+    200 of the 1000, where neither pair ties.
     """
     if isinstance(class_names, str):
         raise ConfigError(f"Class names must be a list of names, e.g. ['cat', 'dog'], not one "
@@ -54,7 +57,7 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
                           "non-empty strings.")
     templates = templates_lib.get_templates(templates)
     tokens = tokenize(templates_lib.prompts(class_names, templates))
-    same = identical_classes(class_names, tokens, len(templates))
+    same = identical_classes(class_names, tokens, len(templates), scored)
     if same:
         said = "; ".join(" = ".join(map(repr, group)) for group in same)
         if refuse_identical:
@@ -71,17 +74,20 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
 
 
-def identical_classes(class_names: Sequence[str], tokens: np.ndarray,
-                      num_templates: int) -> list[list[str]]:
-    """Groups of two or more of `class_names` whose prompts are the same tokens under every
-    template (`tokens`: [num_templates * K, L], template-major as `templates.prompts` orders
-    the prompts), in class order: the model cannot tell them apart."""
+def identical_classes(class_names: Sequence[str], tokens: np.ndarray, num_templates: int,
+                      scored: Sequence[int] | None = None) -> list[list[str]]:
+    """Groups of two or more of `class_names` (of those `scored`, indices; None: all) whose
+    prompts are the same tokens under every template (`tokens`: [num_templates * K, L],
+    template-major as `templates.prompts` orders the prompts), in class order: the model
+    cannot tell them apart."""
     k = len(class_names)
     per_class = np.asarray(tokens).reshape(num_templates, k, -1).transpose(1, 0, 2).reshape(k, -1)
     _, inverse = np.unique(per_class, axis=0, return_inverse=True)
+    kept = set(range(k)) if scored is None else {int(i) for i in scored}
     groups: dict[int, list[str]] = {}
-    for name, group in zip(class_names, inverse.ravel()):
-        groups.setdefault(int(group), []).append(name)
+    for i, (name, group) in enumerate(zip(class_names, inverse.ravel())):
+        if i in kept:
+            groups.setdefault(int(group), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
 
 

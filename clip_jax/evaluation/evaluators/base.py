@@ -387,6 +387,16 @@ def fixed_subset(p: Pass) -> tuple[str, ...] | None:
     return imagenet_subsets.SUBSETS.get(p.data.dataset.split("/")[0].split(":")[0])
 
 
+def scored_classes(c: Classifier) -> np.ndarray | None:
+    """The indices of `c`'s classes its source is scored among: a `fixed_subset` dataset's
+    (imagenet_r: 200 of ImageNet's 1000), else None (all of them)."""
+    wnids = fixed_subset(c.source)
+    if wnids is None:
+        return None
+    names = {n: k for k, n in enumerate(c.source.class_names or ())}
+    return np.asarray([names[w] for w in wnids if w in names], np.int64)
+
+
 def fixed_classes(p: Pass, field: str, task: str) -> tuple[np.ndarray, np.ndarray] | None:
     """For a pass of a dataset scored among a fixed class list (`fixed_subset`: imagenet_r,
     imagenet_a, labelled in ImageNet's 1000 classes), the label indices of those classes
