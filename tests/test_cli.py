@@ -604,6 +604,48 @@ def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
     assert proc.wait(timeout=60) == 0, err
     assert err.splitlines() == ["warning: standard output was closed (its reader exited); "
                                 "carrying on without it.", "done"]
+    # stdout on a full disk (/dev/full: every write ENOSPC) was a traceback that killed a
+    # run, its last steps unsaved (trial AL): dropped the same way, said once
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["warning: standard output cannot be written (No space "
+                                        "left on device); carrying on without it.", "done"]
+
+
+def test_a_removed_current_directory_and_an_unstartable_platform_are_one_line(
+        tmp_path, monkeypatch, capsys):
+    """Trial AL: a shell in a removed folder got FileNotFoundError tracebacks naming no path
+    (and `clip-jax search rel.npz` "No index file"), and JAX_PLATFORMS=gpu on a machine
+    without one a traceback (train) or every healthy checkpoint called damaged (zero-shot)."""
+    import jax
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    for argv in (["search", "x.npz", "red"], ["index", "photos", "--model", "m", "--output",
+                                              "x.npz"]):
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == (
+            "error: The current directory no longer exists (removed while the shell was in "
+            "it); cd to an existing folder, or give absolute paths.\n")
+    monkeypatch.chdir(tmp_path)
+
+    def unstartable():
+        raise RuntimeError("Unable to initialize backend 'rocm': Backend 'rocm' is not in the "
+                           "list of known backends: ['cpu', 'tpu'].")
+
+    monkeypatch.setattr(jax, "devices", unstartable)
+    monkeypatch.setenv("JAX_PLATFORMS", "gpu")
+    assert cli.main(["search", "x.npz", "red"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: JAX_PLATFORMS='gpu', but JAX cannot start it here (Unable to initialize backend "
+        "'rocm': ")
+    monkeypatch.delenv("JAX_PLATFORMS")
+    with pytest.raises(RuntimeError, match="Unable to initialize"):  # not ours to explain
+        cli.main(["search", "x.npz", "red"])
 
 
 @pytest.mark.parametrize("argv, flag, problem", [

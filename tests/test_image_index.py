@@ -470,6 +470,17 @@ def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path,
             embedded.append(len(pixels))
             return super().embed_pixels(pixels)
 
+    # A model.json cut short (a full disk, trial AL) failed every rerun with a JSONDecodeError:
+    # it is skipped with a warning, and its parts, of a model it no longer names, go too
+    shutil.copytree(out + ".partial", tmp_path / "kept.partial")
+    (tmp_path / "resume.npz.partial" / "model.json").write_text("")
+    report = image_index.build_index([str(folder)], Counting(module, variables), out,
+                                     batch_size=2, progress=False)
+    assert (report.reused, report.embedded, sum(embedded)) == (0, 7, 7)
+    assert "skipping the unreadable progress file" in capsys.readouterr().err
+    os.remove(out)
+    shutil.copytree(tmp_path / "kept.partial", out + ".partial")
+    embedded.clear()
     report = image_index.build_index([str(folder)], Counting(module, variables), out,
                                      batch_size=2, progress=False)
     # saved before the interruption: batches [a.png, b/c.jpg] and [b/d/e.png, b/d/f.webp]

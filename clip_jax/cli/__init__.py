@@ -619,9 +619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     from clip_jax.runtime import hardware
+    from clip_jax.runtime.folders import check_current_directory
 
     hardware.quiet_libtpu_without_tpu()  # before any command starts JAX's backends
     try:
+        check_current_directory()
+        hardware.check_backends()
         return args.run(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -324,6 +324,7 @@ def prepare(config: Any, workdir: str) -> None:
     config_checks.check_run(config, workdir)
     hardware.quiet_libtpu_without_tpu()  # before jax.distributed starts the backends
     distributed.initialize(config.distributed)
+    hardware.check_backends()
     distributed.check_same_config(config, workdir)
     import jax
 
@@ -446,7 +447,10 @@ def main(argv: Sequence[str]) -> int:
         return 0
 
     def parse(args: list[str]) -> list[str]:
+        from clip_jax.runtime.folders import check_current_directory
+
         try:
+            check_current_directory()
             load(args, flags.FLAGS)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)

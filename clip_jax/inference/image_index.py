@@ -260,8 +260,15 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     done = {p: known[p][0] for p in paths if p in known and known[p][1] == stats[p]}
     todo = [p for p in paths if p not in done]
     os.makedirs(partial, exist_ok=True)
-    with open(os.path.join(partial, "model.json"), "w", encoding="utf-8") as f:
-        json.dump({"fingerprint": fingerprint, "model": model_name, "image_options": options}, f)
+    state = os.path.join(partial, "model.json")
+    try:  # renamed into place whole, as the parts are
+        with open(f"{state}.tmp-{os.getpid()}", "w", encoding="utf-8") as f:
+            json.dump({"fingerprint": fingerprint, "model": model_name,
+                       "image_options": options}, f)
+        os.replace(f"{state}.tmp-{os.getpid()}", state)
+    finally:
+        if os.path.exists(f"{state}.tmp-{os.getpid()}"):
+            os.remove(f"{state}.tmp-{os.getpid()}")
 
     skipped: list[SkippedImage] = []
     pending_paths, pending = [], []
@@ -389,9 +396,21 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
                   f"{len(old.paths)} embeddings is reused: the images given are embedded "
                   "again.", file=sys.stderr)
     state = os.path.join(partial, "model.json")
+    previous = None
     if os.path.isfile(state):
-        with open(state, encoding="utf-8") as f:
-            previous = json.load(f)
+        try:
+            with open(state, encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, ValueError) as error:  # an older build's, cut short by a full disk
+            stale = glob.glob(os.path.join(partial, "part-*.npz"))
+            for name in stale:  # of a model no file says: never to be read as this one's
+                os.remove(name)
+            print(f"warning: skipping the unreadable progress file {state} "
+                  f"({type(error).__name__}: {error}); the {len(stale)} unfinished part(s) "
+                  "beside it, of a model it no longer names, are removed and their images "
+                  "embedded again.", file=sys.stderr)
+            return known, previous_paths
+    if previous is not None:
         if previous.get("fingerprint") != fingerprint:
             raise ConfigError(f"{partial!r} holds an unfinished index of another model "
                              f"({previous.get('model') or previous.get('fingerprint')}); delete "

@@ -8,6 +8,17 @@ import tempfile
 from clip_jax.errors import ConfigError
 
 
+def check_current_directory() -> None:
+    """ConfigError when the current directory was removed while the shell was in it: every
+    relative path (a workdir, an output) then failed in `os.path.abspath` with a bare
+    FileNotFoundError traceback naming no path, and a relative index read as missing."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise ConfigError("The current directory no longer exists (removed while the shell was "
+                          "in it); cd to an existing folder, or give absolute paths.") from None
+
+
 def check_writable_dir(workdir: str, flag: str = "--workdir") -> None:
     """A local workdir (or any output folder; `flag` names it in the errors) must be, or be
     creatable as, a directory this process can write to.

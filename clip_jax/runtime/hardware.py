@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clip_jax.errors import ConfigError
+
 # Dense bf16 peak FLOP/s per chip (per device as JAX sees it), from the vendors' spec sheets.
 # Order matters: the first substring found in `device_kind` wins ("TPU v5 lite" before "TPU v5").
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -66,6 +68,23 @@ def quiet_libtpu_without_tpu() -> None:
         return
     for name, value in NO_TPU_ENV.items():
         os.environ.setdefault(name, value)
+
+
+def check_backends() -> None:
+    """Starts JAX's backends; ConfigError when the platform JAX_PLATFORMS names cannot start
+    (`gpu` on a machine without one): training failed with a traceback, and a command that
+    restores weights called each healthy checkpoint damaged ("cannot restore it: Unable to
+    initialize backend 'rocm'"). Other failures are JAX's own."""
+    try:
+        jax.devices()
+    except RuntimeError as error:
+        platforms = os.environ.get("JAX_PLATFORMS")
+        if not platforms:
+            raise
+        said = str(error).strip().splitlines()[0][:200]
+        raise ConfigError(f"JAX_PLATFORMS={platforms!r}, but JAX cannot start it here "
+                          f"({said}); unset JAX_PLATFORMS, or set it to a platform this "
+                          "machine has (e.g. cpu).") from None
 
 
 def cache_dir() -> Path:

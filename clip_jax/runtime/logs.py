@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -96,10 +97,16 @@ def survive_closed_output() -> None:
             setattr(sys, name, _ClosedSafe(stream, name))
 
 
+# Write errors of an output that will not take more (its disk full): dropped as a closed pipe.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 class _ClosedSafe:
-    """A text stream that, once a write or flush meets a closed pipe, points its file
-    descriptor at os.devnull (so Python's final flush and C-level writes are quiet too) and
-    goes on; everything else is the wrapped stream's."""
+    """A text stream that, once a write or flush meets a closed pipe or a full disk, points
+    its file descriptor at os.devnull (so Python's final flush and C-level writes are quiet
+    too) and goes on; everything else is the wrapped stream's. A run whose log file filled
+    its disk died with a traceback and unsaved steps; its checkpoints say for themselves
+    whether their own disk has room."""
 
     def __init__(self, stream: TextIO, name: str):
         self._stream, self._name = stream, name
@@ -107,23 +114,27 @@ class _ClosedSafe:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._closed()
+        except OSError as error:
+            self._closed(error)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._closed()
+        except OSError as error:
+            self._closed(error)
 
-    def _closed(self) -> None:
+    def _closed(self, error: OSError) -> None:
+        if not isinstance(error, BrokenPipeError) and error.errno not in _FULL:
+            raise error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self._stream.fileno())
         os.close(devnull)
+        why = ("was closed (its reader exited)" if isinstance(error, BrokenPipeError)
+               else f"cannot be written ({error.strerror})")
         if self._name == "stdout":
-            print("warning: standard output was closed (its reader exited); carrying on "
-                  "without it.", file=sys.stderr, flush=True)
+            print(f"warning: standard output {why}; carrying on without it.", file=sys.stderr,
+                  flush=True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
