@@ -372,7 +372,8 @@ def test_get_tokenizer_uses_the_models_context_and_vocabulary(offline):
         np.testing.assert_array_equal(ours, open_clip.tokenize(texts, context).numpy(), name)
 
 
-def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monkeypatch):
+def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monkeypatch,
+                                                                  hub_home):
     """Online, with the Hub out of reach (a closed local port; huggingface_hub's retry sleeps
     skipped): a repo not in the cache fails at its first file, naming the connection error
     rather than a file missing from the repository. A mistyped `runs/name` beside a `runs/`
@@ -386,11 +387,19 @@ def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monke
         monkeypatch.setattr(huggingface_hub.constants, name, value)
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
     with pytest.raises(FileNotFoundError, match=r"Could not reach the Hugging Face Hub for "
-                                                r"'nosuch-org/clip' \(.*refused.*\) and "
-                                                r"config.json is not in the local cache"):
+                                                r"'nosuch-org/clip' \(.*refused.*\) and none "
+                                                r"of \['config.json', 'open_clip_config.json'\] "
+                                                r"is in the local cache"):
         clip_jax.load("nosuch-org/clip")
     with pytest.raises(FileNotFoundError, match="Could not reach the Hugging Face Hub"):
         clip_jax.load("ViT-B-32", "openai")
+    # Repos the cache holds load from it, as transformers loads them: a transformers repo
+    # without the optional processor files (save_pretrained writes none) failed at
+    # preprocessor_config.json (trial AL), and an open_clip repo named bare at config.json
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_home / "hub"))
+    for repo in (HF_REPO, OC_REPO, f"hf-hub:{OC_REPO}"):
+        module, _ = clip_jax.load(repo)
+        assert module.config.embed_dim == 32, repo
     (tmp_path / "runs" / "run_1").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", None)  # must not be called

@@ -274,19 +274,21 @@ def repo_files(repo_id: str, revision: str | None = None, token: str | bool | No
         found = reader(bare, tokenizer, kw)
         if found is not None:
             return found
-    other = hub.download(bare, HF_CONFIG_FILES, required=False, **kw)
+    other = hub.download(bare, HF_CONFIG_FILES, required=False, extra=True, **kw)
     if other is not None:  # another library's config.json: its model_type is said by name
         return "transformers", other.parent
+    # Neither config: the Hub out of reach with neither cached, or the repo has neither
+    hub.download(bare, HF_CONFIG_FILES + (open_clip_import.CONFIG_FILE,), **kw)
     raise hub.missing_files(bare, HF_CONFIG_FILES + (open_clip_import.CONFIG_FILE,), revision)
 
 
 def _transformers_repo(repo_id: str, tokenizer: bool, kw: dict[str, Any]
                        ) -> tuple[str, Path] | None:
-    config = hub.download(repo_id, HF_CONFIG_FILES, required=False, **kw)
+    config = hub.download(repo_id, HF_CONFIG_FILES, required=False, extra=True, **kw)
     if config is None or not _is_transformers_clip(config):  # e.g. timm's config.json
         return None
     for name in HF_OPTIONAL_FILES + (HF_TOKENIZER_FILES if tokenizer else ()):
-        hub.download(repo_id, (name,), required=False, **kw)
+        hub.download(repo_id, (name,), required=False, extra=True, **kw)
     weights = hub.download(repo_id, hf_import.WEIGHT_FILES, **kw)
     if weights.name.endswith(".index.json"):
         shards = json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()
@@ -297,7 +299,8 @@ def _transformers_repo(repo_id: str, tokenizer: bool, kw: dict[str, Any]
 
 def _open_clip_repo(repo_id: str, tokenizer: bool, kw: dict[str, Any]
                     ) -> tuple[str, Path] | None:
-    config = hub.download(repo_id, (open_clip_import.CONFIG_FILE,), required=False, **kw)
+    config = hub.download(repo_id, (open_clip_import.CONFIG_FILE,), required=False, extra=True,
+                          **kw)
     if config is None:
         return None
     hub.download(repo_id, open_clip_import.WEIGHT_FILES, **kw)

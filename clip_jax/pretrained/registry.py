@@ -159,23 +159,28 @@ def shadowed_repo_hint(spec: str) -> str:
 
 
 def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = None,
-             token: str | bool | None = None, required: bool = True) -> Path | None:
+             token: str | bool | None = None, required: bool = True,
+             extra: bool = False) -> Path | None:
     """The local path of the first of `filenames` the repo has, fetched into (or found in)
-    huggingface_hub's cache. Missing everywhere: FileNotFoundError if `required`, else None."""
+    huggingface_hub's cache. Missing everywhere: FileNotFoundError if `required`, else None.
+
+    With the Hub out of reach (and HF_HUB_OFFLINE unset), the cache answers: a file not
+    cached is passed over for the next of `filenames`; when none is cached, FileNotFoundError
+    says the Hub could not be reached, unless the file is an `extra` (a processor or
+    tokenizer file loading goes on without), which is None then, as offline. A cached
+    transformers repo without `preprocessor_config.json` (transformers 5 writes
+    `processor_config.json`) failed to load so, though complete."""
     from huggingface_hub import constants, errors, hf_hub_download
 
+    unreachable: Exception | None = None
     for filename in filenames:
         try:
             path = hf_hub_download(repo_id, filename, revision=revision, token=token,
                                    library_name="clip_jax")
         except errors.LocalEntryNotFoundError as e:  # offline, or the Hub out of reach
-            if constants.is_offline_mode():
-                continue  # not in the cache: `missing_files` says so
-            raise MissingFileError(
-                f"Could not reach the Hugging Face Hub for {repo_id!r} "
-                f"({_first_line(e.__cause__ or e)}) and {filename} is not in the local cache; "
-                "check the connection (HF_ENDPOINT, proxies), or set HF_HUB_OFFLINE=1 to "
-                "load only cached files.") from e
+            if not constants.is_offline_mode():
+                unreachable = e
+            continue  # not in the cache: the next name, else `missing_files` says so
         except errors.EntryNotFoundError:  # not in the repo
             continue
         except errors.RepositoryNotFoundError as e:
@@ -186,6 +191,12 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
                                    f"{revision!r}.") from e
         verify_lfs_sha256(path)
         return Path(path)
+    if unreachable is not None and not extra:
+        raise MissingFileError(
+            f"Could not reach the Hugging Face Hub for {repo_id!r} "
+            f"({_first_line(unreachable.__cause__ or unreachable)}) and none of "
+            f"{list(filenames)} is in the local cache; check the connection (HF_ENDPOINT, "
+            "proxies), or set HF_HUB_OFFLINE=1 to load only cached files.") from unreachable
     if not required:
         return None
     raise missing_files(repo_id, filenames, revision)
