@@ -614,6 +614,36 @@ def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
                                         "left on device); carrying on without it.", "done"]
 
 
+def test_orbax_tracebacks_are_left_out_of_the_quiet_console():
+    """A failed checkpoint write's one line came after orbax's logged tracebacks, and (in
+    one CI run of 2) asyncio's "_GatheringFuture exception was never retrieved" for orbax's
+    writes: records with a traceback logged by orbax, or through its frames, are left out by
+    default; others, asyncio's included, are shown."""
+    import logging
+    import sys
+
+    from clip_jax.cli import train as entry
+
+    def raised(filename):
+        scope = {}
+        exec(compile("def write():\n    raise ValueError('OUT_OF_RANGE: Error writing')\n",
+                     filename, "exec"), scope)
+        try:
+            scope["write"]()
+        except ValueError:
+            return sys.exc_info()
+
+    def record(logger, path, exc_info):
+        return logging.LogRecord(logger, logging.ERROR, path, 1, "failed", None, exc_info)
+
+    orbax = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+    asyncio = "/usr/lib/python3.11/asyncio/base_events.py"
+    assert not entry._shown(record("asyncio", asyncio, raised(orbax)))
+    assert not entry._shown(record("absl", orbax, raised("/elsewhere/x.py")))
+    assert entry._shown(record("asyncio", asyncio, raised("/elsewhere/x.py")))
+    assert entry._shown(record("absl", orbax, None))  # orbax's warnings without a traceback
+
+
 def test_a_removed_current_directory_and_an_unstartable_platform_are_one_line(
         tmp_path, monkeypatch, capsys):
     """Trial AL: a shell in a removed folder got FileNotFoundError tracebacks naming no path

@@ -347,13 +347,20 @@ def quiet_absl_logging() -> None:
     if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
         return
     logging.set_verbosity(logging.WARNING)
-    logging.ABSLLogger.manager.getLogger("absl").addFilter(_shown)
+    for name in ("absl", "asyncio"):  # asyncio: orbax's writes' "exception was never retrieved"
+        logging.ABSLLogger.manager.getLogger(name).addFilter(_shown)
 
 
 def _shown(record: Any) -> bool:
-    """Whether the absl logger shows `record` in the quiet default (`quiet_absl_logging`)."""
-    orbax_traceback = (record.exc_info is not None and f"{os.sep}orbax{os.sep}" in
-                       record.pathname)
+    """Whether a record of the absl or asyncio logger is shown in the quiet default
+    (`quiet_absl_logging`): not one with a traceback logged by orbax or through its code."""
+    import traceback
+
+    orbax = f"{os.sep}orbax{os.sep}"
+    trace = record.exc_info[2] if record.exc_info else None
+    orbax_traceback = bool(record.exc_info) and (
+        orbax in record.pathname
+        or any(orbax in frame.filename for frame in traceback.extract_tb(trace)))
     return not orbax_traceback and "Using custom data configuration" not in record.getMessage()
 
 
