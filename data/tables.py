@@ -385,6 +385,22 @@ def _deletions(name: str) -> set[str]:
     return {name, *(name[:i] + name[i + 1:] for i in range(len(name)))}
 
 
+def lookalikes_message(counts: Mapping[str, int], where: Mapping[str, str], source: str,
+                       class_names_option: str) -> str | None:
+    """The warning for `lone_lookalikes(counts)` (None when there are none), naming up to three
+    with `where` each was found (label -> its row) and the option (`class_names_option`) whose
+    class names would have such labels refused; `source` begins it (the table or option)."""
+    found = lone_lookalikes(counts)
+    if not found:
+        return None
+    shown = [f"{name!r} ({where[name]}) beside {near!r} ({counts[near]} rows)"
+             for name, near in list(found.items())[:3]]
+    return (f"{source}: {len(found)} label(s) on one row alone, one edit from a class of "
+            f"several rows, each made a class of its own: {', '.join(shown)}"
+            f"{', ...' if len(found) > 3 else ''}; if misspelt, fix them, or give the class "
+            f"names ({class_names_option}) to have labels outside them refused.")
+
+
 def lone_lookalikes(counts: Mapping[str, int]) -> dict[str, str]:
     """Labels (of `counts`: label -> rows) found on one row alone that are one edit from a
     label of several rows (`sevn`, `fuor` beside `four`; `Seven` beside `seven`), each with

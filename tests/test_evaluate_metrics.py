@@ -25,6 +25,7 @@ from clip_jax.evaluation import linear_probe
 from clip_jax.data import templates
 from clip_jax.evaluation import zero_shot
 from clip_jax.data.tokenizer import tokenize
+from clip_jax.runtime import logs
 
 
 def one_hot_keys(n, dim=None):
@@ -272,7 +273,7 @@ def test_classes_the_tokenizer_cannot_tell_apart_are_refused_or_named(caplog, mo
             "Labels 'Cat' = 'cat' = '  CAT '; 'dog' = 'Dog' give identical prompts")):
         zero_shot.class_embeddings(lambda t: pytest.fail("embedded"), names, given, tokenize,
                                    refuse_identical=True)
-    monkeypatch.setattr(zero_shot, "_IDENTICAL_REPORTED", set())  # ImageNet tests warned too
+    monkeypatch.setattr(logs, "_WARNED", set())  # ImageNet tests warned too
     for _ in range(2):  # a periodic evaluation repeats the call: one warning
         with caplog.at_level("WARNING", logger=zero_shot.__name__):
             zero_shot.class_embeddings(embed, ["missile", "tank", "missile"], given, tokenize)

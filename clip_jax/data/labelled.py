@@ -351,15 +351,10 @@ def _warn_lone_lookalikes(path: str, labels: Sequence[str], lines: Sequence[str]
     class names are given, and shows only as one more class."""
     import collections
 
-    counts = collections.Counter(labels)
-    found = tables.lone_lookalikes(counts)
-    if found:
-        shown = [f"{name!r} ({lines[list(labels).index(name)]}) beside {near!r} "
-                 f"({counts[near]} rows)" for name, near in list(found.items())[:3]]
-        log.warning("%s: %d label(s) on one row alone, one edit from a class of several rows, "
-                    "each made a class of its own: %s%s; if misspelt, fix them, or give the "
-                    "class names (--class-names) to have labels outside them refused.", path,
-                    len(found), ", ".join(shown), ", ..." if len(found) > 3 else "")
+    where = {label: line for label, line in zip(reversed(labels), reversed(lines))}  # first
+    said = tables.lookalikes_message(collections.Counter(labels), where, path, "--class-names")
+    if said:
+        log.warning("%s", said)
 
 
 def table_columns(path: str, quoting: str = "auto") -> list[str]:

@@ -22,9 +22,9 @@ from clip_jax.inference.encoder import Encoder
 from clip_jax.data.preprocess import ImageLike
 from clip_jax.data import text_lists
 from clip_jax.data.tokenizer import TextTokenizer
+from clip_jax.runtime.logs import warn_once
 
 log = logging.getLogger(__name__)
-_IDENTICAL_REPORTED: set[str] = set()  # warnings already given (a periodic eval repeats them)
 
 
 def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
@@ -64,11 +64,8 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
             raise ConfigError(f"Labels {said} give identical prompts to this model's tokenizer "
                               "(CLIP's lower-cases text and cleans its spaces); give each class "
                               "a name the model can tell apart.")
-        if said not in _IDENTICAL_REPORTED:
-            _IDENTICAL_REPORTED.add(said)
-            log.warning("class names %s give identical prompts to this model's tokenizer: "
-                        "their images tie and go to the first, the others' recall reads 0",
-                        said)
+        warn_once(log, "class names %s give identical prompts to this model's tokenizer: "
+                  "their images tie and go to the first, the others' recall reads 0", said)
     embeddings = np.asarray(embed_texts(tokens), np.float32)
     mean = embeddings.reshape(len(templates), len(class_names), -1).mean(axis=0)
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)

@@ -30,8 +30,8 @@ import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -261,14 +261,8 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     todo = [p for p in paths if p not in done]
     os.makedirs(partial, exist_ok=True)
     state = os.path.join(partial, "model.json")
-    try:  # renamed into place whole, as the parts are
-        with open(f"{state}.tmp-{os.getpid()}", "w", encoding="utf-8") as f:
-            json.dump({"fingerprint": fingerprint, "model": model_name,
-                       "image_options": options}, f)
-        os.replace(f"{state}.tmp-{os.getpid()}", state)
-    finally:
-        if os.path.exists(f"{state}.tmp-{os.getpid()}"):
-            os.remove(f"{state}.tmp-{os.getpid()}")
+    record = {"fingerprint": fingerprint, "model": model_name, "image_options": options}
+    _write_atomically(state, lambda f: f.write(json.dumps(record).encode()))
 
     skipped: list[SkippedImage] = []
     pending_paths, pending = [], []
@@ -569,13 +563,18 @@ def _or_zeros(x: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def _save_npz(path: str, **arrays: np.ndarray) -> None:
-    """np.savez to a temporary name, then an atomic rename: never a half-written file."""
+    _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """`write` to a temporary name, then an atomic rename: never a half-written file (a full
+    disk, Ctrl-C, kill -9), so a rerun finds either the whole old file or the whole new one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except BaseException:  # a full disk, Ctrl-C: no stray temporary file is left behind
         if os.path.exists(tmp):

@@ -267,44 +267,44 @@ def repo_files(repo_id: str, revision: str | None = None, token: str | bool | No
     first, one named with `hf-hub:` (open_clip's spelling) as open_clip first."""
     kw = dict(revision=revision, token=token)
     bare = repo_id.removeprefix(hub.OPEN_CLIP_PREFIX)
-    readers = (_open_clip_repo, _transformers_repo)
+    kinds = ("open_clip", "transformers")
     if not repo_id.startswith(hub.OPEN_CLIP_PREFIX):
-        readers = readers[::-1]
-    for reader in readers:
-        found = reader(bare, tokenizer, kw)
-        if found is not None:
-            return found
-    other = hub.download(bare, HF_CONFIG_FILES, required=False, extra=True, **kw)
+        kinds = kinds[::-1]
+    other, unreachable = None, None
+    for kind in kinds:
+        config, why = hub.fetch(bare, _CONFIG_FILES[kind], **kw)
+        unreachable = unreachable or why
+        if config is None:
+            continue
+        if kind == "transformers" and not _is_transformers_clip(config):  # e.g. timm's
+            other = config
+            continue
+        _FETCH_REST[kind](bare, tokenizer, kw)
+        return kind, config.parent
     if other is not None:  # another library's config.json: its model_type is said by name
         return "transformers", other.parent
     # Neither config: the Hub out of reach with neither cached, or the repo has neither
-    hub.download(bare, HF_CONFIG_FILES + (open_clip_import.CONFIG_FILE,), **kw)
-    raise hub.missing_files(bare, HF_CONFIG_FILES + (open_clip_import.CONFIG_FILE,), revision)
+    raise hub.not_found(bare, HF_CONFIG_FILES + (open_clip_import.CONFIG_FILE,), kw["revision"],
+                        unreachable)
 
 
-def _transformers_repo(repo_id: str, tokenizer: bool, kw: dict[str, Any]
-                       ) -> tuple[str, Path] | None:
-    config = hub.download(repo_id, HF_CONFIG_FILES, required=False, extra=True, **kw)
-    if config is None or not _is_transformers_clip(config):  # e.g. timm's config.json
-        return None
+def _transformers_rest(repo_id: str, tokenizer: bool, kw: dict[str, Any]) -> None:
     for name in HF_OPTIONAL_FILES + (HF_TOKENIZER_FILES if tokenizer else ()):
-        hub.download(repo_id, (name,), required=False, extra=True, **kw)
+        hub.download(repo_id, (name,), optional=True, **kw)
     weights = hub.download(repo_id, hf_import.WEIGHT_FILES, **kw)
     if weights.name.endswith(".index.json"):
         shards = json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()
         for shard in sorted(set(shards)):
             hub.download(repo_id, (shard,), **kw)
-    return "transformers", config.parent
 
 
-def _open_clip_repo(repo_id: str, tokenizer: bool, kw: dict[str, Any]
-                    ) -> tuple[str, Path] | None:
-    config = hub.download(repo_id, (open_clip_import.CONFIG_FILE,), required=False, extra=True,
-                          **kw)
-    if config is None:
-        return None
+def _open_clip_rest(repo_id: str, tokenizer: bool, kw: dict[str, Any]) -> None:
     hub.download(repo_id, open_clip_import.WEIGHT_FILES, **kw)
-    return "open_clip", config.parent
+
+
+# A repo's format is known by its config file; the rest of what loading it needs, by format.
+_CONFIG_FILES = {"transformers": HF_CONFIG_FILES, "open_clip": (open_clip_import.CONFIG_FILE,)}
+_FETCH_REST = {"transformers": _transformers_rest, "open_clip": _open_clip_rest}
 
 
 def _is_transformers_clip(config_file: Path) -> bool:

@@ -159,17 +159,27 @@ def shadowed_repo_hint(spec: str) -> str:
 
 
 def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = None,
-             token: str | bool | None = None, required: bool = True,
-             extra: bool = False) -> Path | None:
+             token: str | bool | None = None, optional: bool = False) -> Path | None:
     """The local path of the first of `filenames` the repo has, fetched into (or found in)
-    huggingface_hub's cache. Missing everywhere: FileNotFoundError if `required`, else None.
+    huggingface_hub's cache. None of them to be had: None if `optional` (a processor or
+    tokenizer file loading goes on without), else MissingFileError from `not_found`."""
+    path, unreachable = fetch(repo_id, filenames, revision=revision, token=token)
+    if path is not None or optional:
+        return path
+    raise not_found(repo_id, filenames, revision, unreachable)
 
-    With the Hub out of reach (and HF_HUB_OFFLINE unset), the cache answers: a file not
-    cached is passed over for the next of `filenames`; when none is cached, FileNotFoundError
-    says the Hub could not be reached, unless the file is an `extra` (a processor or
-    tokenizer file loading goes on without), which is None then, as offline. A cached
-    transformers repo without `preprocessor_config.json` (transformers 5 writes
-    `processor_config.json`) failed to load so, though complete."""
+
+def fetch(repo_id: str, filenames: Sequence[str], *, revision: str | None = None,
+          token: str | bool | None = None) -> tuple[Path | None, Exception | None]:
+    """`(path, unreachable)`: the local path of the first of `filenames` the repo has (else
+    None), and the error that kept the Hub out of reach if one did (None when it answered, or
+    offline by HF_HUB_OFFLINE).
+
+    With the Hub out of reach, the cache answers: a file not cached is passed over for the next
+    of `filenames`, as transformers does offline. A cached transformers repo without
+    `preprocessor_config.json` (transformers 5 writes `processor_config.json`) failed to load
+    so, though complete. Raises MissingFileError for a repo or revision the Hub says is not
+    there."""
     from huggingface_hub import constants, errors, hf_hub_download
 
     unreachable: Exception | None = None
@@ -180,7 +190,7 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
         except errors.LocalEntryNotFoundError as e:  # offline, or the Hub out of reach
             if not constants.is_offline_mode():
                 unreachable = e
-            continue  # not in the cache: the next name, else `missing_files` says so
+            continue  # not in the cache: the next name, else `not_found` says so
         except errors.EntryNotFoundError:  # not in the repo
             continue
         except errors.RepositoryNotFoundError as e:
@@ -190,33 +200,34 @@ def download(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
             raise MissingFileError(f"Hub repository {repo_id!r} has no revision "
                                    f"{revision!r}.") from e
         verify_lfs_sha256(path)
-        return Path(path)
-    if unreachable is not None and not extra:
-        raise MissingFileError(
+        return Path(path), None
+    return None, unreachable
+
+
+def not_found(repo_id: str, filenames: Sequence[str], revision: str | None = None,
+              unreachable: Exception | None = None) -> MissingFileError:
+    """The error for a repo (at `revision`) none of `filenames` was had from, saying where it
+    looked (offline: only huggingface_hub's local cache), or that the Hub could not be reached
+    (`unreachable`, from `fetch`) and the cache lacks them."""
+    from huggingface_hub import constants
+
+    if unreachable is not None:
+        error = MissingFileError(
             f"Could not reach the Hugging Face Hub for {repo_id!r} "
             f"({_first_line(unreachable.__cause__ or unreachable)}) and none of "
             f"{list(filenames)} is in the local cache; check the connection (HF_ENDPOINT, "
-            "proxies), or set HF_HUB_OFFLINE=1 to load only cached files.") from unreachable
-    if not required:
-        return None
-    raise missing_files(repo_id, filenames, revision)
+            "proxies), or set HF_HUB_OFFLINE=1 to load only cached files.")
+        error.__cause__ = unreachable
+        return error
+    where = ("the local Hugging Face cache (HF_HUB_OFFLINE is set; unset it or download the "
+             "repo there first)" if constants.is_offline_mode() else "the repository")
+    at = f" at revision {revision!r}" if revision else ""
+    return MissingFileError(f"{repo_id!r}{at}: none of {list(filenames)} found in {where}.")
 
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:200]
-
-
-def missing_files(repo_id: str, filenames: Sequence[str], revision: str | None = None
-                  ) -> MissingFileError:
-    """The error for a repo (at `revision`) that has none of `filenames`, saying where it looked
-    (offline: only huggingface_hub's local cache)."""
-    from huggingface_hub import constants
-
-    where = ("the local Hugging Face cache (HF_HUB_OFFLINE is set; unset it or download the "
-             "repo there first)" if constants.is_offline_mode() else "the repository")
-    at = f" at revision {revision!r}" if revision else ""
-    return MissingFileError(f"{repo_id!r}{at}: none of {list(filenames)} found in {where}.")
 
 
 def verify_lfs_sha256(path: str) -> None:

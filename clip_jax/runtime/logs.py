@@ -24,6 +24,19 @@ _HANDLER_NAME = "clip_jax.runtime.logs"
 LOGGERS = ("clip_jax", "clip_jax_data")
 
 
+_WARNED: set[tuple[str, str]] = set()
+
+
+def warn_once(logger: logging.Logger, message: str, *args: Any) -> None:
+    """`logger.warning(message, *args)` once per process and text: a run checks its config,
+    reads its tables and prepares its data more than once (the CLI's checks, then the
+    trainer's; each periodic evaluation), and the same warning repeated buries the rest."""
+    key = (logger.name, message % args if args else message)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message, *args)
+
+
 def show_warnings() -> None:
     """Sends the project loggers' (`LOGGERS`) warnings (and worse) to stderr as
     `warning: <message>`, without passing them on to the root logger's handlers. Idempotent."""

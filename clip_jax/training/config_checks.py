@@ -9,7 +9,6 @@ then the data pipeline is built before the step is compiled).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from clip_jax.errors import ConfigError
 from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
                                      REMAT_POLICIES)
 from clip_jax.runtime.folders import check_writable_dir
+from clip_jax.runtime.logs import warn_once
 from clip_jax.runtime.sharding import MESH_AXES, check_rules
 
 log = logging.getLogger(__name__)
@@ -130,17 +130,11 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     if "logical_axis_rules" in config:
         unnamed = check_rules(config.logical_axis_rules)
         if unnamed:
-            _warn_unnamed(unnamed)
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_unnamed(names: tuple[str, ...]) -> None:
-    """Once per process and set of names: a run checks its fields more than once (the CLI's
-    checks, then `train.validate_config`'s)."""
-    log.warning("config.logical_axis_rules names no rule for %s: replicated, so every device "
-                "holds (or, for activation_*, computes) them whole; pair each with None to "
-                "mean it, or with mesh axes to shard it (the defaults: "
-                "runtime.sharding.DEFAULT_RULES).", ", ".join(map(repr, names)))
+            warn_once(log, "config.logical_axis_rules names no rule for %s: replicated, so "
+                      "every device holds (or, for activation_*, computes) them whole; pair "
+                      "each with None to mean it, or with mesh axes to shard it (the "
+                      "defaults: runtime.sharding.DEFAULT_RULES).",
+                      ", ".join(map(repr, unnamed)))
 
 
 def check_training_workdir(workdir: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
 import os
 import posixpath
@@ -30,6 +29,7 @@ from typing import Any
 from clip_jax.data import text_lists
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.runtime.logs import warn_once
 import tensorflow_datasets as tfds
 
 from clip_jax_data import records, tables
@@ -243,21 +243,11 @@ def _warn_lone_lookalikes(table: TableOptions) -> None:
     for path, row in _labelled_rows(table):
         counts[row.label] += 1
         where.setdefault(row.label, f"{os.path.basename(path)} {row.lines}")
-    found = tables.lone_lookalikes(counts)
-    if found:
-        shown = [f"{name!r} ({where[name]}) beside {near!r} ({counts[near]} rows)"
-                 for name, near in list(found.items())[:3]]
-        _warn_once(f"data.table.label_column={table.label_column!r}: {len(found)} label(s) on "
-                   "one row alone, one edit from a class of several rows, each made a class of "
-                   f"its own: {', '.join(shown)}{', ...' if len(found) > 3 else ''}; if "
-                   "misspelt, fix them, or give the class names (data.table.class_names) to "
-                   "have labels outside them refused.")
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_once(message: str) -> None:
-    """`message` once per process: a build reads the label column more than once."""
-    log.warning("%s", message)
+    said = tables.lookalikes_message(counts, where,
+                                     f"data.table.label_column={table.label_column!r}",
+                                     "data.table.class_names")
+    if said:  # once per process: a build reads the label column more than once
+        warn_once(log, "%s", said)
 
 
 def label_names(table: TableOptions) -> list[str]:
