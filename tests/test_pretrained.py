@@ -386,11 +386,17 @@ def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monke
                         "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")):
         monkeypatch.setattr(huggingface_hub.constants, name, value)
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    asked, download = [], huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name, **kw: asked.append(name) or download(repo, name, **kw))
     with pytest.raises(FileNotFoundError, match=r"Could not reach the Hugging Face Hub for "
                                                 r"'nosuch-org/clip' \(.*refused.*\) and none "
                                                 r"of \['config.json', 'open_clip_config.json'\] "
                                                 r"is in the local cache"):
         clip_jax.load("nosuch-org/clip")
+    # Each name asked for once: offline each try costs huggingface_hub's retries (about 25 s)
+    assert sorted(asked) == ["config.json", "open_clip_config.json"]
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     with pytest.raises(FileNotFoundError, match="Could not reach the Hugging Face Hub"):
         clip_jax.load("ViT-B-32", "openai")
     # Repos the cache holds load from it, as transformers loads them: a transformers repo
