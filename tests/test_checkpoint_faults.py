@@ -419,7 +419,9 @@ def test_locking_a_tower_on_resume_restores_and_unlocking_is_refused(tmp_path):
             assert step == 3
             _assert_equal(restored.params, jax.device_get(state.params))
         else:
-            with pytest.raises(ConfigError, match="lock_image True -> False"):
+            with pytest.raises(ConfigError, match=r"\(changed: lock_image True -> False \(a "
+                               r"tower locked in training has no optimizer moments saved: "
+                               r"unlocking it on resume, lock_image, is not supported\); step 3"):
                 checkpoints.check_resumable(workdir, s2.abstract_state, settings2)
             with pytest.raises(ConfigError, match="another model or optimizer state"):
                 checkpointer.restore_newest(s2.abstract_state, print)

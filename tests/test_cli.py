@@ -495,8 +495,12 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
         assert config.to_dict() == expected, given
         assert cli.load_config_file(given).to_dict() == expected, given
     assert sys.path == before
-    with pytest.raises(ConfigError, match="'vit_b17': no such config file.* vit_b16, vit_b32"):
+    with pytest.raises(ConfigError, match="'vit_b17': no such config file; did you mean "
+                                          "--config vit_b16\\? Or .* vit_b16, vit_b32"):
         entry.resolve_config_path("vit_b17")
+    with pytest.raises(ConfigError, match="'tinyy': no such config file; did you mean --config "
+                                          "tiny\\? Or pass"):
+        entry.resolve_config_path("tinyy")
     with pytest.raises(ConfigError, match="'configs': is a folder, not a config file; pass a"):
         entry.resolve_config_path("configs")  # it said "no such config file" of a folder
     monkeypatch.chdir(os.path.dirname(root))  # the README's paths, typed outside a checkout
@@ -1057,6 +1061,11 @@ def test_plan_names_the_config_field_of_another_trainers_flag(capsys):
     ("--config.Batch_Size=16", "did you mean --config.batch_size?"),
     ("--config.epochs=3", "did you mean --config.total_steps (optimizer steps, not epochs"),
     ("--config.optimizer.foo=1", "unknown field 'optimizer.foo'; the fields are those of"),
+    # A field of another section, by its own name (trial AM)
+    ("--config.model.lock_image=True", "unknown field 'model.lock_image'; did you mean "
+                                       "--config.lock_image?"),
+    ("--config.optimizer.batch_size=8", "did you mean --config.batch_size or "
+                                        "--config.eval.batch_size?"),
 ])
 def test_an_override_of_no_field_is_named_before_absl_parses_it(override, says):
     """`--config.batch-size=16` said "unknown field or wrong type (malformed node or string

@@ -213,6 +213,28 @@ def test_a_bare_file_with_another_vocabulary_warns_of_its_tokenizer(tmp_path, ca
     assert "OpenAI's pooling" in warning
 
 
+def test_a_bare_file_of_a_presets_shapes_says_it_took_that_presets_head_counts(tmp_path,
+                                                                                caplog):
+    """Head counts are not in the weights: a file of test-vit's shapes with other heads loads
+    with test-vit's (features off by up to 1.4), and the warning named only the activation
+    (trial AM). It names the preset and its heads; with model= the features are open_clip's."""
+    preset = get_preset("test-vit", activation="gelu")
+    config = preset.replace(vision={"head_width": preset.vision.head_width // 2},
+                            text={"heads": preset.text.heads * 2})
+    ref = open_clip_model(config)
+    torch.save(ref.state_dict(), tmp_path / "heads.pt")
+    module, _ = clip_jax.load(str(tmp_path / "heads.pt"))
+    assert module.config == preset
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (f"assumed the head counts of 'test-vit', whose shapes these are (heads: vision "
+            f"{preset.vision.heads}, text {preset.text.heads})") in warning
+    module, variables = clip_jax.load(str(tmp_path / "heads.pt"), model=config)
+    images, tokens = random_inputs(config)
+    img, txt, _ = jax.jit(module.apply)(variables, images, tokens)
+    ref_img, ref_txt, _ = open_clip_outputs(ref, images, tokens)
+    assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".pt", ".safetensors"])
 def test_a_cut_off_or_empty_weights_file_is_one_error(tmp_path, suffix):
     """A truncated .npz was a zipfile traceback (the other formats were one line already);

@@ -104,6 +104,35 @@ def test_hlo_stats_counts_loop_trips_and_collectives():
     assert many.collective_counts["all-gather"] == layers
 
 
+_PREFETCHED = """HloModule m
+
+%fused_add (param_0: f32[1024,256], param_1: f32[1024,256]) -> f32[1024,256] {
+  %param_0 = f32[1024,256]{1,0:T(8,128)} parameter(0)
+  %param_1 = f32[1024,256]{1,0:T(8,128)S(1)} parameter(1)
+  ROOT %add.1 = f32[1024,256]{1,0:T(8,128)} add(%param_0, %param_1)
+}
+
+ENTRY %main (p0: f32[1024,256], p1: f32[1024,256]) -> f32[1024,256] {
+  %p0 = f32[1024,256]{1,0:T(8,128)} parameter(0)
+  %p1 = f32[1024,256]{1,0:T(8,128)} parameter(1)
+  %copy-start = (f32[1024,256]{1,0:T(8,128)S(1)}, f32[1024,256]{1,0:T(8,128)}, u32[]{:S(2)}) \
+copy-start(%p1)
+  %copy-done = f32[1024,256]{1,0:T(8,128)S(1)} copy-done(%copy-start)
+  ROOT %fusion = f32[1024,256]{1,0:T(8,128)} fusion(%p0, %copy-done), kind=kLoop, \
+calls=%fused_add
+}
+"""
+
+
+def test_hlo_stats_counts_hbm_bytes_only():
+    """An operand the TPU compiler prefetched into VMEM (`S(1)`) is read from HBM once, by its
+    copy-start; reads of it from VMEM are no HBM traffic. Counting them (and the copy's
+    tuple) had doubled the tiny plan's bytes against XLA's own count (trial AN)."""
+    array = 1024 * 256 * 4
+    # The copy reads p1; the add reads p0 and writes its result: 3 arrays through HBM.
+    assert hlo_stats.analyze(_PREFETCHED).bytes_accessed == 3 * array
+
+
 def test_hlo_stats_counts_every_collective_of_a_ring():
     """A `ppermute` ring in a scan and a `psum` after it: the TPU compiler gives all of them
     channel_id 1, and each still counts (the ring once per trip, in f32 as sent)."""
@@ -185,6 +214,9 @@ def test_tiny_plan_matches_xla_and_exits_0(capsys):
     # a large share in a model this small (measured: 0.62x XLA's on this step).
     xla_flops = compiled.cost_analysis()["flops"]
     assert 0.5 * xla_flops <= result["compiled_flops"] / 4 < xla_flops
+    # XLA's bytes accessed count every operand and result, in any memory; ours HBM's only.
+    assert 0.5 * compiled.cost_analysis()["bytes accessed"] <= result[
+        "bytes_accessed_per_chip"] <= compiled.cost_analysis()["bytes accessed"]
     # The model FLOPs (XLA's count of the lowered step, before TPU optimisations) lie below
     # the compiled step's total, which adds the optimizer update and layout work.
     assert 0.5 * 4 * xla_flops <= result["model_flops"] <= 4 * xla_flops
@@ -198,6 +230,9 @@ def test_tiny_plan_matches_xla_and_exits_0(capsys):
                moved / chip.ici_bandwidth)
     assert result["step_seconds"] == pytest.approx(step)
     assert result["images_per_second"] == pytest.approx(32 / step)
+    # The whole run's roofline time: the planner's first question (trial AN)
+    assert result["total_steps"] == config.total_steps
+    assert result["run_seconds"] == pytest.approx(config.total_steps * step)
 
 
 @pytest.mark.slow
@@ -493,11 +528,13 @@ def test_small_collectives_and_multi_slice_rooflines_are_said_plainly():
                                                      "all-reduce": 3 * 2**20},
                           collective_counts={"all-to-all": 1, "all-reduce": 2})
         p.compute_seconds = p.memory_seconds = p.ici_seconds = p.step_seconds = 0.1
+        p.total_steps, p.run_seconds = 390_625, 390_625 * 0.8182  # ViT-B/32's 12.8B samples
         return plan_lib.format_plan(p)
 
     assert "all-to-all 16.0 KiB (x1), all-reduce 3.0 MiB (x2)" in text(2)
     assert "ICI 100.0 ms (at ICI rate: optimistic across slices) -> step" in text(2)
     assert "optimistic" not in text(1)
+    assert "  run: 390,625 steps (config.total_steps) take >= 88h47m (3.7 days)" in text(1)
 
 
 def test_plan_warns_as_train_starts(capsys, caplog):

@@ -382,6 +382,9 @@ def plan_command(args: argparse.Namespace) -> int:
     itself failed (traceback on stderr), so that a crash never reads as "does not fit"."""
     from absl import flags
 
+    from clip_jax.planning import topology
+    topology.parse(args.topology)  # a typo said at once, not after JAX and the model import
+
     from clip_jax.cli import config_file, train
     from clip_jax.planning import plan
 

@@ -171,7 +171,8 @@ def override_error(config: ml_collections.ConfigDict, override: str) -> str | No
         if "[" in part or not isinstance(node, ml_collections.ConfigDict):
             return None
         if part not in node.keys():
-            close = suggestion(".".join([*done, part]), list(node.keys()))
+            close = (suggestion(".".join([*done, part]), list(node.keys()))
+                     or _elsewhere(config, part))
             hyphen = " (field names use '_', not '-')" if "-" in part else ""
             hint = (f"did you mean {as_flags(close)}{hyphen}?" if close else
                     "the fields are those of the config file (clip_jax/configs/base.py for the "
@@ -179,6 +180,14 @@ def override_error(config: ml_collections.ConfigDict, override: str) -> str | No
             return f"cannot apply {override}: unknown field {'.'.join([*done, part])!r}; {hint}"
         node, done = node[part], [*done, part]
     return None
+
+
+def _elsewhere(config: ml_collections.ConfigDict, name: str) -> str | None:
+    """The fields of that name in other sections (`lock_image` for `model.lock_image`) as "a or
+    b" (`as_flags`' alternatives), else None."""
+    found = [path for path in _leaves(config)
+             if _normal(path.rpartition(".")[2]) == _normal(name)]
+    return " or ".join(found[:3]) or None
 
 
 def is_optional(section: ml_collections.ConfigDict, name: str) -> bool:

@@ -21,6 +21,7 @@ Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import signal
@@ -115,7 +116,9 @@ def resolve_config_path(value: str) -> str:
     if stem in config_names():  # e.g. the README's configs/vit_b16.py, typed outside a checkout
         raise ConfigError(f"--config {value!r}: {what} here; the bundled config of that name is "
                           f"--config {stem}{colon}{arg}.")
-    raise ConfigError(f"--config {value!r}: {what}; pass a config file's path or one of "
+    close = difflib.get_close_matches(stem, config_names(), n=1, cutoff=0.6)
+    hint = f"did you mean --config {close[0]}{colon}{arg}? Or " if close else ""
+    raise ConfigError(f"--config {value!r}: {what}; {hint}pass a config file's path or one of "
                       f"{', '.join(config_names())}.")
 
 

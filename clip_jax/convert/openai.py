@@ -257,7 +257,8 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
     Head counts and the activation are not visible in the weights: head width 64 is assumed
     unless the shapes match a named preset (open_clip's ViT-H/g/bigG use wider heads), and the
     activation is QuickGELU for OpenAI's shapes, else GELU. One warning says what was assumed
-    and how to pass it instead.
+    (the preset's head counts too: a model of a preset's shapes with other heads loads with
+    wrong features) and how to pass it instead.
     """
     _check_towers(sd)
     text_width = sd["ln_final.weight"].shape[0]
@@ -294,10 +295,9 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
         config = PRESETS[preset]
     if "logit_bias" in sd:  # trained with a sigmoid loss (open_clip --siglip, clip_jax)
         config = config.replace(logit_bias_init=float(sd["logit_bias"]))
-    guessed = {}
-    if preset is None:
-        guessed["head count"] = (f"head width 64 (heads: vision {config.vision.heads}, text "
-                                 f"{config.text.heads})")
+    heads = f"heads: vision {config.vision.heads}, text {config.text.heads}"
+    guessed = {"head count": f"head width 64 ({heads})" if preset is None else
+               f"the head counts of {preset!r}, whose shapes these are ({heads})"}
     if activation is None:
         activation = "quick_gelu" if preset in OPENAI_NAMES else "gelu"
         guessed["activation"] = f"activation {activation!r} (" + (
@@ -309,15 +309,14 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
             f"embeddings, not that tokenizer's {TextConfig().vocab_size}: a model trained "
             "with another tokenizer (and perhaps other text pooling) is not one clip_jax "
             "implements")
-    if guessed:
-        log.warning(
-            "The weights do not record the %s; assumed %s, and OpenAI's pooling (class token, "
-            "end-of-text token under a causal mask). If that is wrong, pass model= (a preset "
-            "name, CLIPConfig or open_clip model config JSON) and activation= (--architecture "
-            "and --activation in the clip-jax commands, config.model.name and "
-            "config.model.activation in clip-jax train), or keep the model's "
-            "open_clip_config.json beside the file (it records them).", " or ".join(guessed),
-            "; ".join(guessed.values()))
+    log.warning(
+        "The weights do not record the %s; assumed %s, and OpenAI's pooling (class token, "
+        "end-of-text token under a causal mask). If that is wrong, pass model= (a preset "
+        "name, CLIPConfig or open_clip model config JSON) and activation= (--architecture "
+        "and --activation in the clip-jax commands, config.model.name and "
+        "config.model.activation in clip-jax train), or keep the model's "
+        "open_clip_config.json beside the file (it records them).", " or ".join(guessed),
+        "; ".join(guessed.values()))
     return config.replace(activation=activation)
 
 

@@ -11,7 +11,10 @@ often it runs per step (a loop body by its trip count, read from the loop condit
   padding or the holes of a strided convolution's gradient) - the matrix-unit work, remat
   recomputation included;
 - bytes accessed: operand + result bytes of every instruction outside fusions (a fusion's
-  internals stay on chip), the quantity a roofline divides by HBM bandwidth; as in XLA's
+  internals stay on chip), the quantity a roofline divides by HBM bandwidth: arrays in HBM
+  only, not those the TPU compiler placed in another memory space (`S(1)` in the layout is
+  VMEM, on chip: a prefetched embedding table counted again at each use had doubled a small
+  model's total against XLA's own count); as in XLA's
   cost analysis, an operand only read through `dynamic-slice` (a scanned layer's weights)
   counts the slice, and an in-place `dynamic-update-slice` counts the update (one fusion
   level deep: a slice inside a nested fusion still counts its whole operand, so the total is
@@ -45,6 +48,9 @@ _FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "whil
          "async-done", "async-update", "send-done", "recv-done"}
 
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+# An array with its layout: `f32[8,128]{1,0:T(8,128)S(1)}`, memory space 1 (none: 0, HBM).
+_LAID_OUT = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+_OTHER_MEMORY = re.compile(r"S\([1-9]\d*\)")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s")
 _CALLEES = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation|"
                       r"branch_computations)=(\{[^}]*\}|%[\w.\-]+)")
@@ -74,6 +80,13 @@ def shape_bytes(shape: str) -> float:
     """Bytes of an HLO shape string (arrays and tuples of arrays; layouts ignored)."""
     return sum(DTYPE_BYTES.get(dtype, 0) * math.prod(_dims(dims))
                for dtype, dims in _ARRAY.findall(shape))
+
+
+def hbm_bytes(shape: str) -> float:
+    """`shape_bytes` of the arrays of `shape` in memory space 0 (HBM; a layout without `S(n)`)."""
+    return sum(DTYPE_BYTES.get(dtype, 0) * math.prod(_dims(dims))
+               for dtype, dims, layout in _LAID_OUT.findall(shape)
+               if not _OTHER_MEMORY.search(layout))
 
 
 def _dims(dims: str) -> list[int]:
@@ -236,7 +249,7 @@ def _sliced_reads(fused: list[Instruction]) -> dict[int, float]:
     for name, number in params.items():
         users = [i for i in fused if name in i.operands]
         if users and all(u.opcode in _SLICING and u.operands[0] == name for u in users):
-            reads[number] = sum(shape_bytes(u.shape) for u in users)
+            reads[number] = sum(hbm_bytes(u.shape) for u in users)
         elif users and all(u.opcode == "dynamic-update-slice" and u.operands[0] == name
                            for u in users):
             reads[number] = 0.0  # updated in place
@@ -245,23 +258,26 @@ def _sliced_reads(fused: list[Instruction]) -> dict[int, float]:
 
 def _instruction_bytes(inst: Instruction, shapes: dict[str, str],
                        computations: dict[str, list[Instruction]]) -> float:
-    operand_bytes = [shape_bytes(shapes.get(o, "")) for o in inst.operands]
+    operand_bytes = [hbm_bytes(shapes.get(o, "")) for o in inst.operands]
     if inst.opcode in _SLICING:
-        return 2 * shape_bytes(inst.shape)
+        return 2 * hbm_bytes(inst.shape)
     if inst.opcode == "dynamic-update-slice":
         return 2 * operand_bytes[1]
-    out = shape_bytes(inst.shape)
+    if inst.opcode == "copy-start":  # (destination, source, context): the source is read once
+        destination = _LAID_OUT.search(inst.shape)
+        return sum(operand_bytes) + (hbm_bytes(destination.group(0)) if destination else 0.0)
+    out = hbm_bytes(inst.shape)
     if inst.opcode == "fusion":
         callee = re.search(r"calls=%([\w.\-]+)", inst.attrs)
         fused = computations.get(callee.group(1), []) if callee else []
         for number, read in _sliced_reads(fused).items():
-            if number < len(operand_bytes):
-                operand_bytes[number] = read
+            if number < len(operand_bytes):  # an operand not in HBM stays 0
+                operand_bytes[number] = min(operand_bytes[number], read)
         fused_shapes = {i.name: i.shape for i in fused}
         updates = [i for i in fused if i.opcode == "dynamic-update-slice"]
         if updates and fused and fused[-1].opcode in ("dynamic-update-slice", "tuple"):
             # In-place updates write their update, not the whole buffer.
-            out -= sum(shape_bytes(u.shape) - shape_bytes(fused_shapes.get(u.operands[1], ""))
+            out -= sum(hbm_bytes(u.shape) - hbm_bytes(fused_shapes.get(u.operands[1], ""))
                        for u in updates)
     return out + sum(operand_bytes)
 

@@ -47,6 +47,7 @@ import numpy as np
 from clip_jax.models.config import CLIPConfig
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
+from clip_jax.runtime.logs import format_duration
 from clip_jax.training import losses
 from clip_jax.training import train
 from clip_jax.training import train_step
@@ -185,6 +186,8 @@ class Plan:
     step_seconds: float = math.nan
     images_per_second: float = math.nan
     mfu_ceiling: float = math.nan
+    total_steps: int = 0  # config.total_steps: the run `run_seconds` times
+    run_seconds: float = math.nan  # total_steps x step_seconds: the run's roofline time
 
 
 def _shard_bytes(abstract: Any, shardings: Any) -> float:
@@ -260,6 +263,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
                   model.remat_policy, config.loss, False,
                   usable_hbm_bytes(topology) or topo.chip.hbm_bytes, topo.chip.hbm_bytes, 0.0)
     result.reshard_microbatches = bool(config.reshard_microbatches)
+    result.total_steps = int(config.total_steps)
     result.param_bytes = _shard_bytes(s.abstract_state.params, s.state_shardings.params)
     result.opt_state_bytes = _shard_bytes(s.abstract_state.opt_state,
                                           s.state_shardings.opt_state)
@@ -311,6 +315,7 @@ def _measure(result: Plan, compiled: Any, topo: tpu_topology.Topology) -> None:
     result.step_seconds = max(result.compute_seconds, result.memory_seconds, result.ici_seconds)
     result.images_per_second = result.batch_size / result.step_seconds
     result.mfu_ceiling = result.model_flops / devices / result.step_seconds / topo.chip.peak_flops
+    result.run_seconds = result.total_steps * result.step_seconds
 
 
 def candidates(config: ml_collections.ConfigDict, devices: int, slices: int = 1,
@@ -463,6 +468,9 @@ def format_plan(p: Plan) -> str:
         f"{' (at ICI rate: optimistic across slices)' * (p.slices > 1)} -> step >= "
         f"{p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
         f"MFU <= {p.mfu_ceiling:.1%}",
+        f"  run: {p.total_steps:,} steps (config.total_steps) take >= "
+        f"{format_duration(p.run_seconds)}"
+        + (f" ({p.run_seconds / 86400:.1f} days)" if p.run_seconds >= 86400 else ""),
     ]
     return "\n".join(lines)
 

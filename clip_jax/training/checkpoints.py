@@ -526,7 +526,11 @@ def _changes(step_dir: epath.Path, ours: dict[str, Any]) -> str:
     saved = layout_settings(meta.get("config") or {}, meta["model"])
     changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items()
                if saved.get(k) != v and not (saved.get(k) is None and k in LAYOUT_FIELDS)]
-    return ", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+    unlocked = [k for k in ("lock_image", "lock_text") if saved.get(k) and not ours.get(k)]
+    why = (f" (a tower locked in training has no optimizer moments saved: unlocking it on "
+           f"resume, {' and '.join(unlocked)}, is not supported)" if unlocked else "")
+    return (", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+            + why)
 
 
 def check_layout(step_dir: epath.Path, abstract_state: Any,
@@ -566,11 +570,12 @@ def _refuse_other_layout(step_dir: epath.Path, saved: dict[str, tuple[int, ...]]
     changes = _changes(step_dir, settings) if settings is not None else ""
     workdir = step_dir.parent.parent
     raise ConfigError(
-        f"{workdir} holds checkpoints of another model or optimizer state (step {step_dir.name}: "
-        f"{len(differ)} arrays missing or reshaped; first {first}: {shape(saved)} there, "
-        f"{shape(ours)} in this config{'; changed: ' + changes if changes else ''}). Resume "
-        f"with the config it was trained with ({workdir / 'config.json'}), or train in a new "
-        f"--workdir (--config.init_from={workdir} starts from its weights).")
+        f"{workdir} holds checkpoints of another model or optimizer state "
+        f"({'changed: ' + changes + '; ' if changes else ''}step {step_dir.name}: "
+        f"{len(differ)} arrays missing or reshaped, first {first}: {shape(saved)} there, "
+        f"{shape(ours)} in this config). Resume with the config it was trained with "
+        f"({workdir / 'config.json'}), or train in a new --workdir "
+        f"(--config.init_from={workdir} starts from its weights).")
 
 
 def saved_steps(workdir: str) -> list[int]:
