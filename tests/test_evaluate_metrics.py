@@ -279,6 +279,26 @@ def test_classes_the_tokenizer_cannot_tell_apart_are_refused_or_named(caplog, mo
             zero_shot.class_embeddings(embed, ["missile", "tank", "missile"], given, tokenize)
     assert caplog.text.count("class names 'missile' = 'missile' give identical prompts") == 1
 
+    # Tied by the context length (trial AR): open_clip's tokenizer at 16 tokens cuts the
+    # prompts before the colour, and the error says so rather than blaming case and spaces
+    long = ["a very long label name that goes on and on and on and on " + c
+            for c in ("red", "blue")]
+    cut = open_clip.get_tokenizer("ViT-B-32", context_length=16)(long).numpy()
+    assert (cut[0] == cut[1]).all() and (cut[:, -1] != 0).all()
+    with pytest.raises(ConfigError, match=r"give identical prompts to this model's tokenizer "
+                                          r"\(their prompts fill its 16-token context and are "
+                                          r"cut there"):
+        zero_shot.class_embeddings(lambda t: pytest.fail("embedded"), long, ["{}"],
+                                   lambda texts: tokenize(texts, 16), refuse_identical=True)
+    # Names that print alike are shown escaped: 'café' = 'café' showed no difference
+    with pytest.raises(ConfigError, match=re.escape(
+            "Labels 'caf\\xe9' = 'cafe\\u0301' give identical prompts to this model's "
+            "tokenizer (CLIP's lower-cases text, cleans its spaces, repairs mis-decoded text "
+            "with ftfy, unescapes HTML and normalises Unicode)")):
+        zero_shot.class_embeddings(lambda t: pytest.fail("embedded"),
+                                   ["caf\u00e9", "cafe\u0301"], given, tokenize,
+                                   refuse_identical=True)
+
     # Scored among some classes only (imagenet_r: 200 of ImageNet's 1000), a tie is one
     # between scored classes: OpenAI's names tie missile and sunglasses among the 1000, and
     # no pair among imagenet_r's or imagenet_a's 200 (the warning was given for them, trial AK)

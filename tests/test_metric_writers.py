@@ -325,3 +325,23 @@ def test_a_lower_bound_under_a_second_is_no_eta(tmp_path):
     writer.progress(5, {"loss": 2.0})  # no pause expected: exact, under a second
     writer.close()
     assert out.getvalue().splitlines()[-1].endswith("eta 0s")
+
+
+def test_the_last_steps_eta_counts_a_timed_evaluation_before_the_untimed_save(tmp_path):
+    """The last step read `eta 0s + save` with an evaluation timed at 0.9 s still to run
+    before the save (trial AP): the time known comes first, rounded as every ETA is."""
+    out, clock = io.StringIO(), _Clock()
+    writer = MetricWriter(str(tmp_path), 6, stream=out, clock=clock)
+    writer.resume(0)
+    writer.expect("eval", 3)
+    writer.expect("save", 0)
+    writer.start()
+    writer.restart_clock(0)
+    for step in range(1, 7):
+        clock.now += 0.01
+        writer.progress(step, {"loss": 2.0})
+        if step == 3:
+            with writer.paused("eval"):
+                clock.now += 0.9
+    writer.close()
+    assert out.getvalue().splitlines()[-1].endswith("eta 1s + save")

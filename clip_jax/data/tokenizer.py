@@ -39,7 +39,11 @@ there is no pure-Python "slow" CLIP tokenizer left to compare with):
   package spells them) and recognised anywhere in the text, so literal ``<|endoftext|>``
   becomes token 49407 where open_clip's tokenizer (the reference here) sees punctuation and
   letters, while open_clip's literal ``<end_of_text>`` is plain text to HF;
-* its regex is case-sensitive (OpenAI's IGNORECASE makes ``'ſ`` a contraction);
+* its regex is case-sensitive (OpenAI's IGNORECASE makes ``'ſ`` a contraction, and drops
+  some combining marks, e.g. U+0345 in a run of them, that match none of its alternatives
+  under IGNORECASE, where HF keeps them);
+* its letter class follows its own Unicode tables: code points ``regex`` reads as letters
+  and Python 3.11's ``unicodedata`` as unassigned (U+0558, U+058B) split differently;
 * it pads with ``<|endoftext|>`` (49407) by default where OpenAI pads with 0.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -59,16 +60,38 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     tokens = tokenize(templates_lib.prompts(class_names, templates))
     same = identical_classes(class_names, tokens, len(templates), scored)
     if same:
-        said = "; ".join(" = ".join(map(repr, group)) for group in same)
+        said = "; ".join(" = ".join(map(_shown(group), group)) for group in same)
+        why = _why_identical(np.asarray(tokens), class_names, same, len(templates))
         if refuse_identical:
             raise ConfigError(f"Labels {said} give identical prompts to this model's tokenizer "
-                              "(CLIP's lower-cases text and cleans its spaces); give each class "
-                              "a name the model can tell apart.")
-        warn_once(log, "class names %s give identical prompts to this model's tokenizer: "
-                  "their images tie and go to the first, the others' recall reads 0", said)
+                              f"({why}); give each class a name the model can tell apart.")
+        warn_once(log, "class names %s give identical prompts to this model's tokenizer (%s): "
+                  "their images tie and go to the first, the others' recall reads 0", said,
+                  why)
     embeddings = np.asarray(embed_texts(tokens), np.float32)
     mean = embeddings.reshape(len(templates), len(class_names), -1).mean(axis=0)
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+def _shown(group: Sequence[str]) -> Callable[[object], str]:
+    """`repr`, or `ascii` for names that print alike (`café` composed and decomposed, `ﬁsh`
+    and `fish`): a message saying 'café' = 'café' showed no difference at all."""
+    alike = len({unicodedata.normalize("NFKC", name) for name in group}) < len(group)
+    return ascii if alike else repr
+
+
+def _why_identical(tokens: np.ndarray, class_names: Sequence[str], groups: list[list[str]],
+                   num_templates: int) -> str:
+    """Why tied prompts tie: every one fills the model's context (the tokenizer cuts it there,
+    so they differ only past it), else the tokenizer's cleaning of text."""
+    rows = tokens.reshape(num_templates, len(class_names), -1)
+    index = {name: i for i, name in enumerate(class_names)}
+    tied = [index[name] for group in groups for name in group]
+    if np.all(rows[:, tied, -1] != 0):
+        return (f"their prompts fill its {rows.shape[-1]}-token context and are cut there, so "
+                "they differ only past it: shorten the names or the templates")
+    return ("CLIP's lower-cases text, cleans its spaces, repairs mis-decoded text with ftfy, "
+            "unescapes HTML and normalises Unicode")
 
 
 def identical_classes(class_names: Sequence[str], tokens: np.ndarray, num_templates: int,

@@ -160,8 +160,9 @@ class Progress:
     def eta_text(self, step: int) -> str:
         """`eta_seconds` as shown: `5m12s`, with its bound (`>5m12s`, `<5m12s`, `~5m12s`), `?`
         (none, or a lower bound under a second: `>0s` says nothing), and on the last step,
-        where only pauses not yet timed are left, what they are (`0s + save`: the final save,
-        whose time is unknown)."""
+        where pauses not yet timed are left, what they are after the time known (`0s + save`:
+        the final save, whose time is unknown; `1s + save` with a timed final evaluation of
+        0.9 s to run first)."""
         eta = self.eta_seconds(step)
         if eta is None:
             return "?"
@@ -172,7 +173,9 @@ class Progress:
             return bound + format_duration(seconds)
         untimed = [kind for kind in self._every
                    if not self._pause_count[kind] and self.pauses_left(kind, step)]
-        return "0s + " + " + ".join(untimed) if step >= self.total_steps else "?"
+        if step < self.total_steps:
+            return "?"
+        return " + ".join([format_duration(seconds), *untimed])
 
     def update(self, step: int, metrics: Mapping[str, float]) -> None:
         """Shows step `step` with its loss, learning rate, images/s and MFU (those present);
