@@ -306,7 +306,9 @@ def _restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Check
     if changed:
         log(f"warning: resuming with a tower newly locked ({changed}); it stays as trained "
             f"to step {latest} from then on (its optimizer moments are dropped).")
-    changed = stream_changes(meta.get("config") or {}, plan.data, plan.seed)
+    changed = ", ".join(filter(None, (stream_changes(meta.get("config") or {}, plan.data,
+                                                     plan.seed),
+                                      train_pipeline.order_change(meta))))
     if changed:
         log(f"warning: resuming on other training data or order ({changed}); batch "
             f"{meta['data_position']} of the new stream comes next.")
@@ -558,7 +560,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                    "after launch.")
         meta = lambda step: {"step": step, "data_position": position + step - start,  # noqa: E731
                              "batch_size": plan.batch_size, "model": model.to_dict(),
-                             "config": config.to_dict(), "mesh": mesh_record(mesh)}
+                             "config": config.to_dict(), "mesh": mesh_record(mesh),
+                             "data_order": train_pipeline.DATA_ORDER}
         guard = PreemptionGuard()  # from here on SIGTERM means: save at the next step boundary
         loop = TrainLoop(
             plan=plan, step_fn=compiled, batch_shardings=setup.batch_shardings, data=data,
