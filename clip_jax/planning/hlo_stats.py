@@ -47,9 +47,8 @@ _FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "whil
          "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
          "async-done", "async-update", "send-done", "recv-done"}
 
-_ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 # An array with its layout: `f32[8,128]{1,0:T(8,128)S(1)}`, memory space 1 (none: 0, HBM).
-_LAID_OUT = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
 _OTHER_MEMORY = re.compile(r"S\([1-9]\d*\)")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s")
 _CALLEES = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation|"
@@ -79,14 +78,13 @@ class HloStats:
 def shape_bytes(shape: str) -> float:
     """Bytes of an HLO shape string (arrays and tuples of arrays; layouts ignored)."""
     return sum(DTYPE_BYTES.get(dtype, 0) * math.prod(_dims(dims))
-               for dtype, dims in _ARRAY.findall(shape))
+               for dtype, dims, _ in _ARRAY.findall(shape))
 
 
 def hbm_bytes(shape: str) -> float:
     """`shape_bytes` of the arrays of `shape` in memory space 0 (HBM; a layout without `S(n)`)."""
-    return sum(DTYPE_BYTES.get(dtype, 0) * math.prod(_dims(dims))
-               for dtype, dims, layout in _LAID_OUT.findall(shape)
-               if not _OTHER_MEMORY.search(layout))
+    return sum(shape_bytes(array.group(0)) for array in _ARRAY.finditer(shape)
+               if not _OTHER_MEMORY.search(array.group(3) or ""))
 
 
 def _dims(dims: str) -> list[int]:
@@ -264,7 +262,7 @@ def _instruction_bytes(inst: Instruction, shapes: dict[str, str],
     if inst.opcode == "dynamic-update-slice":
         return 2 * operand_bytes[1]
     if inst.opcode == "copy-start":  # (destination, source, context): the source is read once
-        destination = _LAID_OUT.search(inst.shape)
+        destination = _ARRAY.search(inst.shape)
         return sum(operand_bytes) + (hbm_bytes(destination.group(0)) if destination else 0.0)
     out = hbm_bytes(inst.shape)
     if inst.opcode == "fusion":
