@@ -333,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_ROOT}/<timestamp>); an existing one is resumed or reused")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps (default: configs/demo.py's 3500; the whole run "
-                             "took 7 min 7 s on 2 CPU cores, as the README measures); fewer, "
+                             "took 7 min 20 s on 2 CPU cores, as the README measures); fewer, "
                              "e.g. 300, for a quick look at the whole path")
 
 

@@ -468,10 +468,11 @@ def format_plan(p: Plan) -> str:
         f"{' (at ICI rate: optimistic across slices)' * (p.slices > 1)} -> step >= "
         f"{p.step_seconds * 1e3:,.1f} ms: <= {p.images_per_second:,.0f} img/s, "
         f"MFU <= {p.mfu_ceiling:.1%}",
-        f"  run: {p.total_steps:,} steps (config.total_steps) take >= "
-        f"{format_duration(p.run_seconds)}"
-        + (f" ({p.run_seconds / 86400:.1f} days)" if p.run_seconds >= 86400 else ""),
     ]
+    if math.isfinite(p.run_seconds):  # a Plan built without a config's total_steps has none
+        lines.append(f"  run: {p.total_steps:,} steps (config.total_steps) take >= "
+                     f"{format_duration(p.run_seconds)}"
+                     + (f" ({p.run_seconds / 86400:.1f} days)" if p.run_seconds >= 86400 else ""))
     return "\n".join(lines)
 
 
