@@ -1091,14 +1091,46 @@ def test_a_config_file_returning_a_dict_is_one_line(tmp_path, capsys):
     assert code == 2 and "returned a NoneType" in err and len(err.splitlines()) == 1
     # A run's config.json given as --config: "AttributeError: 'NoneType' object has no
     # attribute 'loader'"; now what it is, and how to resume or start from that run.
+    # The resume advice only for a run's (trial AU: it was given for any JSON file, and
+    # --workdir alone resumes nothing: the run's --config is needed again).
     run_dir = tmp_path / "run1"
-    run_dir.mkdir()
+    (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
     message = _train_error([f"--config={run_dir / 'config.json'}", "--workdir=w"])
     assert message == (f"the config file {run_dir / 'config.json'} is JSON; config files are "
                        "Python files with get_config() (as clip_jax/configs/tiny.py). A run's "
-                       f"config.json is its record: to resume that run pass --workdir {run_dir}; "
-                       f"to start another from it, --config.init_from={run_dir}."), message
+                       "config.json is its record: to resume that run, give its own --config "
+                       f"and overrides again with --workdir {run_dir}; to start another from "
+                       f"its weights, --config.init_from={run_dir}."), message
+    for name, kind in (("other.json", "JSON"), ("cfg.yaml", "YAML"), ("cfg.yml", "YAML")):
+        (tmp_path / name).write_text("batch_size: 4\n")
+        message = _train_error([f"--config={tmp_path / name}", "--workdir=w"])
+        assert message == (f"the config file {tmp_path / name} is {kind}; config files are "
+                           "Python files with get_config() (as clip_jax/configs/tiny.py)."), message
+    # A Python config of any name loads (it failed on 'NoneType' object has no attribute
+    # 'loader'), as ml_collections loads it; and arguments absl leaves over are refused, where
+    # an override after a stray "\ " was lost unsaid.
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+
+    (tmp_path / "mytiny").write_text(Path(entry.resolve_config_path("tiny")).read_text())
+    config, _ = entry.load(["clip-jax train", f"--config={tmp_path / 'mytiny'}", "--workdir=w",
+                            "--config.total_steps=7"], flags.FlagValues())
+    assert config.total_steps == 7
+    message = _train_error(["--config=tiny", "--workdir=w", " --config.total_steps=3"])
+    assert message.startswith("unrecognised arguments [' --config.total_steps=3']: clip-jax "
+                              "train takes --config, --workdir and overrides"), message
+
+
+def test_eval_of_a_missing_model_says_so_before_asking_for_data(tmp_path, monkeypatch, capsys):
+    """`clip-jax eval runs/demo/X` (no such run) said it 'records no dataset to evaluate on'
+    and suggested a config path that exists only in a checkout (trial AU)."""
+    (tmp_path / "runs" / "demo" / "Y").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "eval", "runs/demo/X")
+    assert code == 2 and err.startswith("error: No checkpoint at 'runs/demo/X': runs/demo/ has "
+                                        "no 'X' (it holds: Y)"), err
 
 
 def test_an_index_output_naming_a_folder_is_refused_first(vit_workdir, tmp_path, monkeypatch,

@@ -283,10 +283,13 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
         config = base.get_config()
         config.model.dtype = "float32"
         return config
+    from clip_jax.pretrained import load
+
+    load.check_source(path)  # a mistyped model path is said as such, not as "no dataset"
     raise ConfigError(f"{path!r} records no dataset to evaluate on; name one with --zero-shot "
                      "DIR_OR_CSV (or --linear-probe / --few-shot / --robustness / --retrieval), "
-                     "or pass --config FILE whose data and eval sections name one (e.g. "
-                     "--config configs/demo.py for the synthetic shapes).")
+                     "or pass --config FILE or NAME whose data and eval sections name one (e.g. "
+                     "--config demo for the synthetic shapes).")
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -563,7 +566,8 @@ COMMANDS: dict[str, Command] = {
               index_command),
     "search": ("top images of an index for a text or an image", _search_arguments,
                search_command),
-    "eval": ("zero-shot / retrieval / linear-probe evaluation", _eval_arguments, eval_command),
+    "eval": ("zero-shot, retrieval, linear-probe, few-shot and robustness evaluation",
+             _eval_arguments, eval_command),
     "export-hf": ("export to a transformers CLIPModel directory (ViT models)", _export_arguments,
                   export_hf_command),
     "export-open-clip": ("export to open_clip's format (every model, ResNets included)",

@@ -14,6 +14,7 @@ override that happened to make ml_collections load it.
 from __future__ import annotations
 
 import difflib
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -240,7 +241,9 @@ def load(value: str) -> ml_collections.ConfigDict:
     """`get_config()` of the file `PATH` (or `get_config(ARG)` for `PATH:ARG`, as
     ml_collections' `--config` passes it)."""
     path, _, arg = value.partition(":")
-    spec = importlib.util.spec_from_file_location("clip_jax_config_file", path)
+    # Python whatever the file's name (`mytiny`, `run.cfg`), as ml_collections loads it
+    loader = importlib.machinery.SourceFileLoader("clip_jax_config_file", path)
+    spec = importlib.util.spec_from_file_location("clip_jax_config_file", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(*([arg] if arg else []))
@@ -253,12 +256,16 @@ def load_checked(value: str) -> ml_collections.ConfigDict:
     refused rather than converted, since a dict's fields would escape the base config's
     names and types, and ml_collections' own `--config` loading needs a ConfigDict)."""
     path = value.partition(":")[0]
-    if path.lower().endswith(".json"):  # a workdir's record: importing it failed on 'loader'
+    kind = _DATA_FILES.get(os.path.splitext(path)[1].lower())
+    if kind:  # importing it failed on 'loader', or as Python on its first line
         run = os.path.dirname(path) or "."
-        raise ConfigError(
-            f"the config file {path} is JSON; config files are Python files with get_config() "
-            f"(as clip_jax/configs/tiny.py). A run's config.json is its record: to resume that "
-            f"run pass --workdir {run}; to start another from it, --config.init_from={run}.")
+        record = (f" A run's config.json is its record: to resume that run, give its own "
+                  f"--config and overrides again with --workdir {run}; to start another from "
+                  f"its weights, --config.init_from={run}."
+                  if os.path.basename(path) == "config.json"
+                  and os.path.isdir(os.path.join(run, "checkpoints")) else "")
+        raise ConfigError(f"the config file {path} is {kind}; config files are Python files "
+                          f"with get_config() (as clip_jax/configs/tiny.py).{record}")
     try:
         config = load(value)
     except Exception as error:  # noqa: BLE001 - whatever the user's file raises is reported
@@ -275,6 +282,10 @@ def load_checked(value: str) -> ml_collections.ConfigDict:
             "an ml_collections.ConfigDict: the base config with fields changed (c = "
             "base.get_config(); c.batch_size = 256; return c; as clip_jax/configs/tiny.py).")
     return config
+
+
+# Data formats a config file is sometimes written in (other codebases' YAML), by suffix.
+_DATA_FILES = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}
 
 
 def _said(error: Exception) -> str:

@@ -57,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "image-path column (default: the first of "
                              f"{', '.join(IMAGE_COLUMNS)} in the header)")
     parser.add_argument("--label-key", default="",
-                        help="TFDS sources' ClassLabel feature (default: label; smallnorb: "
-                             "label_category), or tables' label column (default: by header)")
+                        help="TFDS sources' ClassLabel feature (default: label; smallnorb's "
+                             "classes need label_category), or tables' label column (default: "
+                             "by header)")
     parser.add_argument("--caption-key", "--caption-column", default="", dest="caption_key",
                         help="--retrieval source's caption feature (TFDS; default: captions, "
                              "or the one text feature inside it) or column (a table; default: "

@@ -158,7 +158,11 @@ def load(argv: Sequence[str], values: Any) -> tuple[Any, str]:
     defined on and parsed into the absl FlagValues `values`; ConfigError for any mistake."""
     argv = with_config_resolved(argv)
     define_flags(values, argv)
-    parse_flags(argv, values)
+    stray = parse_flags(argv, values)[1:]
+    if stray:  # absl leaves them to the program, which took none: an override lost unsaid
+        raise ConfigError(f"unrecognised arguments {stray}: {argv[0]} takes --config, --workdir "
+                          "and overrides written --config.FIELD=VALUE (no space around '=', "
+                          "none before '--', as a line continuation '\\ ' leaves).")
     return values["config"].value, values["workdir"].value
 
 
