@@ -226,7 +226,7 @@ def test_a_bare_file_of_a_presets_shapes_says_it_took_that_presets_head_counts(t
     module, _ = clip_jax.load(str(tmp_path / "heads.pt"))
     assert module.config == preset
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert (f"assumed the head counts of 'test-vit', whose shapes these are (heads: vision "
+    assert (f"; the head counts of 'test-vit', whose shapes these are (heads: vision "
             f"{preset.vision.heads}, text {preset.text.heads})") in warning
     module, variables = clip_jax.load(str(tmp_path / "heads.pt"), model=config)
     images, tokens = random_inputs(config)

@@ -295,28 +295,30 @@ def infer_config(sd: StateDict, activation: str | None = None) -> CLIPConfig:
         config = PRESETS[preset]
     if "logit_bias" in sd:  # trained with a sigmoid loss (open_clip --siglip, clip_jax)
         config = config.replace(logit_bias_init=float(sd["logit_bias"]))
-    heads = f"heads: vision {config.vision.heads}, text {config.text.heads}"
-    guessed = {"head count": f"head width 64 ({heads})" if preset is None else
-               f"the head counts of {preset!r}, whose shapes these are ({heads})"}
+    guessed = {}
     if activation is None:
         activation = "quick_gelu" if preset in OPENAI_NAMES else "gelu"
         guessed["activation"] = f"activation {activation!r} (" + (
             f"OpenAI's {preset} has these shapes" if preset in OPENAI_NAMES
             else "open_clip's default") + ")"
+    heads = f"heads: vision {config.vision.heads}, text {config.text.heads}"
+    guessed["head count"] = (f"head width 64 ({heads})" if preset is None else
+                             f"the head counts of {preset!r}, whose shapes these are ({heads})")
     if config.text.vocab_size != TextConfig().vocab_size:
         guessed["tokenizer"] = (
             f"OpenAI's BPE tokenizer, though the text tower has {config.text.vocab_size} token "
             f"embeddings, not that tokenizer's {TextConfig().vocab_size}: a model trained "
             "with another tokenizer (and perhaps other text pooling) is not one clip_jax "
             "implements")
+    fixes = ["model= (a preset name, CLIPConfig or open_clip model config JSON; --architecture "
+             "in the clip-jax commands, config.model.name in clip-jax train)"]
+    if "activation" in guessed:  # one given is not said again (a run's config.model.activation)
+        fixes.append("activation= (--activation, config.model.activation)")
     log.warning(
         "The weights do not record the %s; assumed %s, and OpenAI's pooling (class token, "
-        "end-of-text token under a causal mask). If that is wrong, pass model= (a preset "
-        "name, CLIPConfig or open_clip model config JSON) and activation= (--architecture "
-        "and --activation in the clip-jax commands, config.model.name and "
-        "config.model.activation in clip-jax train), or keep the model's "
-        "open_clip_config.json beside the file (it records them).", " or ".join(guessed),
-        "; ".join(guessed.values()))
+        "end-of-text token under a causal mask). If that is wrong, pass %s, or keep the "
+        "model's open_clip_config.json beside the file (it records them).",
+        " or ".join(guessed), "; ".join(guessed.values()), " and ".join(fixes))
     return config.replace(activation=activation)
 
 
