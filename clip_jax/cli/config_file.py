@@ -126,7 +126,7 @@ def flag_suggestion(flag: str) -> str | None:
     config = base.get_config()
     if name in config.keys() and not isinstance(config[name], ml_collections.ConfigDict):
         return name
-    leaves = [path for path in _leaves(config) if path.rsplit(".", 1)[-1] == name]
+    leaves = _leaves_named(config, name)
     return leaves[0] if len(leaves) == 1 else None
 
 
@@ -147,6 +147,13 @@ def unknown_flag_error(flag: str, argv: list[str]) -> str | None:
             break
     return (f"--{flag.lstrip('-')} is not a flag of {argv[0]} (it takes --config, "
             f"--config.FIELD=VALUE and the flags of --help); use {as_flags(target, value)}.")
+
+
+def _leaves_named(config: ml_collections.ConfigDict, name: str) -> list[str]:
+    """Dotted paths of the values of `config` whose own name is `name` (as `_normal` spells
+    it), in any section."""
+    return [path for path in _leaves(config)
+            if _normal(path.rpartition(".")[2]) == _normal(name)]
 
 
 def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -186,9 +193,7 @@ def override_error(config: ml_collections.ConfigDict, override: str) -> str | No
 def _elsewhere(config: ml_collections.ConfigDict, name: str) -> str | None:
     """The fields of that name in other sections (`lock_image` for `model.lock_image`) as "a or
     b" (`as_flags`' alternatives), else None."""
-    found = [path for path in _leaves(config)
-             if _normal(path.rpartition(".")[2]) == _normal(name)]
-    return " or ".join(found[:3]) or None
+    return " or ".join(_leaves_named(config, name)[:3]) or None
 
 
 def is_optional(section: ml_collections.ConfigDict, name: str) -> bool:
