@@ -10,6 +10,7 @@ Tiers (markers, declared in setup.cfg):
   them with `pytest.importorskip`, so without the extra they are skipped, not collection errors.
 """
 
+import collections
 import glob
 import os
 import sys
@@ -35,6 +36,24 @@ def _uses_reference(module) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    _mark_reference(items)
+    _heaviest_files_first(items)
+
+
+def _heaviest_files_first(items):
+    """Files with the most `slow` tests first, then by test count (each file's tests in their
+    own order). `--dist loadfile` hands files to the two workers in this order
+    (`--no-loadscope-reorder`, setup.cfg): xdist's own order, by test count alone, left the
+    notebooks and the demo (about 250 s of end-to-end runs in 10 tests) to the end, where one
+    worker ran them while the other had finished."""
+    slow, count = collections.Counter(), collections.Counter()
+    for item in items:
+        count[item.path] += 1
+        slow[item.path] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: (-slow[item.path], -count[item.path]))
+
+
+def _mark_reference(items):
     marked = {}
     for item in items:
         module = getattr(item, "module", None)

@@ -27,10 +27,10 @@ def quick_config(data_dir):
     are learnt first) in well under a minute."""
     config = demo.demo_config()
     config.model.name = "test-vit"
-    config.batch_size, config.total_steps, config.warmup_steps = 64, 160, 20
+    config.batch_size, config.total_steps, config.warmup_steps = 64, 120, 15
     config.optimizer.lr = 3e-3
     config.log_every_steps, config.checkpoint.every_steps = 20, 0
-    config.eval.every_steps, config.eval.batch_size = 80, 48
+    config.eval.every_steps, config.eval.batch_size = 60, 48
     config.data.data_dir = str(data_dir)
     config.data.synthetic.update(num_train=1536, num_validation=96, num_test=96)
     return config
@@ -49,7 +49,7 @@ def test_demo_reports_scores_chance_and_pictures(demo_run):
     text = report.text(config)
     m = report.metrics
     assert report.num_classes == 48 and report.num_test == 96
-    assert report.num_captions == 96 * 5 and report.trained_steps == 160
+    assert report.num_captions == 96 * 5 and report.trained_steps == 120
     assert f"top-1 {100 * m['zero_shot/heldout/top1']:5.1f} %   chance   2.1 %" in text
     assert f"text->image R@1 {100 * m['retrieval/heldout/t2i_r1']:5.1f} %   chance 1.0 %" in text
     assert demo._two_digits(100 / 2400) == "0.042"  # one decimal said 0.0 %
@@ -70,7 +70,7 @@ def test_demo_reports_scores_chance_and_pictures(demo_run):
         with Image.open(path) as image:
             assert image.format == "PNG" and abs(image.size[0] - size[0]) < 100
     records = [json.loads(line) for line in open(os.path.join(report.workdir, "metrics.jsonl"))]
-    assert [r["step"] for r in records if "zero_shot/heldout/top1" in r] == [80, 160]
+    assert [r["step"] for r in records if "zero_shot/heldout/top1" in r] == [60, 120]
 
 
 @pytest.mark.slow

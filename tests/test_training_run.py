@@ -178,7 +178,11 @@ def test_ctrl_c_during_the_compile_exits_130_without_crashing(tfds_dir, tmp_path
 
 @pytest.mark.slow
 def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted, tfds_dir,
-                                                                   tmp_path):
+                                                                   tmp_path, monkeypatch,
+                                                                   capsys):
+    """The finished run's checks are `train.train`'s, before any compile (in this process:
+    how a ConfigError exits 2 in one line is test_config_errors_exit_2_with_one_line's); the
+    resume past a garbled checkpoint is the command's, output and all."""
     source, _ = uninterrupted
     recorded = json.loads((source / "config.json").read_text())
     assert recorded["total_steps"] == 12 and recorded["checkpoint"]["every_steps"] == 4
@@ -186,23 +190,36 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
     import shutil
 
     shutil.copytree(source, workdir)
-    code, out = finish(start_run(workdir, tfds_dir))  # the same command again: nothing to do
-    assert code == 0, out
-    assert "is finished (checkpoint at step 12, total_steps=12)" in out
-    assert "Compiling" not in out and "compiled" not in out and "0/12" not in out
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
+    compiles = []
+    monkeypatch.setattr(train_step, "compile_train_step", lambda *a: compiles.append(a))
+
+    def same_command(**changes):
+        config = tiny.get_config()
+        config.log_every_steps, config.checkpoint.every_steps, config.total_steps = 1, 4, 12
+        for field, value in changes.items():
+            section, _, name = field.rpartition(".")
+            (config[section] if section else config)[name] = value
+        return train.train(config, str(workdir))
+
+    same_command()  # the same command again: nothing to do
+    out = capsys.readouterr().out
+    assert "is finished (checkpoint at step 12, total_steps=12)" in out, out
+    assert "Compiling" not in out and "0/12" not in out and not compiles
     # another model on the finished run: said, not "raise total_steps" (which then failed)
-    code, out = finish(start_run(workdir, tfds_dir, "--config.model.name=demo-vit"))
     ours, theirs = (get_preset(n) for n in ("demo-vit", "test-vit"))
-    assert code == 2 and ours.embed_dim != theirs.embed_dim, out
-    assert (f"is finished (checkpoint at step 12) and trained another model than this "
-            f"config's (embed_dim {ours.embed_dim} vs {theirs.embed_dim}, ") in out, out
+    assert ours.embed_dim != theirs.embed_dim
+    with pytest.raises(ConfigError, match=re.escape(
+            f"is finished (checkpoint at step 12) and trained another model than this "
+            f"config's (embed_dim {ours.embed_dim} vs {theirs.embed_dim}, ")):
+        same_command(**{"model.name": "demo-vit"})
     # an activation (the arrays fit): finished, or resumed with more steps, it is refused
     other = next(a for a in ("quick_gelu", "gelu") if a != theirs.activation)
-    for more in ([], ["--config.total_steps=16"]):
-        code, out = finish(start_run(workdir, tfds_dir, f"--config.model.activation={other}",
-                                     *more))
-        assert code == 2 and f"(activation {other} vs {theirs.activation}: this config's" in out
-        assert "Compiling" not in out, out
+    for more in ({}, {"total_steps": 16}):
+        with pytest.raises(ConfigError, match=re.escape(
+                f"(activation {other} vs {theirs.activation}: this config's")):
+            same_command(**{"model.activation": other}, **more)
+        assert not compiles
 
     data = max((p for p in (workdir / "checkpoints" / "12" / "state").rglob("*") if p.is_file()),
                key=lambda p: p.stat().st_size)
