@@ -170,8 +170,8 @@ def _signature_format(data: bytes) -> str | None:
 
 
 def _format_of_extension(ext: str) -> str | None:
-    return {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF",
-            "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}.get(ext)
+    """The Pillow format an extension (`jpg`, `jfif`) names, as Pillow registers them."""
+    return Image.registered_extensions().get(f".{ext}")
 
 
 def clean_caption(raw: bytes | str, options: CleanOptions,

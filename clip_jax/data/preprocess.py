@@ -59,10 +59,14 @@ _PLUGIN_EXTENSIONS = {".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".heics"
 _PLUGIN_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
                                    b"hevm", b"hevs", b"mif1", b"msf1"), "HEIF"),
                   b"avif": "AVIF", b"avis": "AVIF"}
-# torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included), GIF, and those of
-# `_PLUGIN_EXTENSIONS` this Pillow decodes.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
-                    ".pgm") + tuple(
+# The formats of torchvision's ImageFolder's extensions (netpbm's .ppm / .pgm included) and
+# GIF, under every extension Pillow registers for them (JPEG's .jfif and .jpe, as Windows and
+# browsers save photos, APNG, netpbm's .pbm / .pnm / .pfm), then those of `_PLUGIN_EXTENSIONS`
+# this Pillow decodes.
+_FOLDER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+IMAGE_EXTENSIONS = tuple(sorted(
+    (ext for ext, kind in Image.registered_extensions().items() if kind in _FOLDER_FORMATS),
+    key=lambda ext: (_FOLDER_FORMATS.index(Image.registered_extensions()[ext]), ext))) + tuple(
     ext for ext, kind in _PLUGIN_EXTENSIONS.items()
     if (features.check("avif") if kind == "AVIF" else ext in Image.registered_extensions()))
 # The kinds of `_PLUGIN_FORMATS` this Pillow decodes (no reason to give for them).
