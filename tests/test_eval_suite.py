@@ -1197,6 +1197,23 @@ def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_pat
     assert metrics["linear_probe/t/accuracy"] <= 15 / 16
 
 
+def test_an_empty_test_class_folder_the_training_split_lacks_is_not_refused(folder, model,
+                                                                           tmp_path):
+    """An empty class folder in test/ alone was refused as a class the training data lacks,
+    whose advice (the same class folders in train/) met few-shot's refusal of a training
+    class without images. It has no image to score: the probes run, on the other classes."""
+    import shutil
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder, root)
+    (root / "test" / "purple").mkdir()
+    config = config_for(few_shot=evaluate.few_shot_task(str(root), shots="1", seeds=1))
+    metrics, evaluation = evaluate.evaluate_model(config, module, variables)
+    assert 0 <= metrics["few_shot/t/1shot_top1"] <= 1
+    assert evaluation.provenance["few_shot/t"]["images"] == 5 * len(COLOURS)
+
+
 def smallnorb_source(self, split, decoders=None, deserialize_method=None, **kwargs):
     """Mock random access: 10 greyscale smallnorb examples, whose labels sit in
     `label_category` and four other ClassLabels, none named `label`."""

@@ -329,14 +329,18 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
     sharing no class with the training data (nothing could be right), or naming a class
     twice, is always refused. The ConfigError names the classes only one side has. Training
     data that is the test data (one folder given for both) is warned about: the probe is
-    scored on the images it was fit on."""
+    scored on the images it was fit on. A test class listed with no image (an empty class
+    folder) is never scored, so the training data need not have it: the advice to add it
+    there led to few-shot's "training images of every class" refusal."""
     if train.origin == test.origin:
         log.warning("config.eval.%s: the probe is fit on the test data itself (%s), so its "
                     "accuracy is measured on its own training images and is optimistic; give "
                     "a source with train and test splits (DIR@train DIR@test) or a held-out "
                     "set.", field, test.description)
     ours, theirs = list(train.class_names or []), list(test.class_names or [])
-    extra = [c for c in theirs if c not in ours]
+    listed = (np.bincount(test.listed_labels, minlength=len(theirs))
+              if test.listed_labels is not None else np.ones(len(theirs), np.int64))
+    extra = [c for c, n in zip(theirs, listed) if c not in ours and n]
     twice = len(set(ours)) < len(ours) or len(set(theirs)) < len(theirs)
     if not twice and (not extra or unseen and len(extra) < len(theirs)):
         return
@@ -352,8 +356,8 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
         problem = f"test classes the training data lacks ({'; '.join(only)})"
     raise ConfigError(f"config.eval.{field}: the training data ({train.description}) "
                       f"and test data ({test.description}) have {problem}; give the training "
-                      "data every test class (folders: the same class folders, an empty one "
-                      "stays a class; tables: --class-names / the task's class_names, or a "
+                      "data images of every test class (folders: the same class folders; "
+                      "tables: --class-names / the task's class_names, or a "
                       "classnames.txt beside them).")
 
 
