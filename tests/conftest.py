@@ -1,6 +1,11 @@
 """Test-wide setup and tiers.
 
-8 fake CPU devices for the sharding tests, set before JAX is imported.
+8 fake CPU devices for the sharding tests, set before JAX is imported, and no LLVM
+optimisation of the CPU code XLA compiles in this process (`--xla_backend_optimization_level=0`):
+the suite's many small programs spend more time compiling than running, and it cut
+tests/test_models.py with tests/test_initializers.py from 191 to 116 CPU-seconds. XLA's own
+HLO passes (fusion, layouts, sharding) run as ever; the end-to-end runs in subprocesses
+(tests/training_runs.py, the notebooks) compile as users' runs do.
 
 Tiers (markers, declared in setup.cfg):
 - `slow`: end-to-end runs (training subprocesses, notebooks, the demo's code path);
@@ -10,7 +15,6 @@ Tiers (markers, declared in setup.cfg):
   them with `pytest.importorskip`, so without the extra they are skipped, not collection errors.
 """
 
-import collections
 import glob
 import os
 import sys
@@ -20,7 +24,8 @@ import time
 import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+                           + " --xla_force_host_platform_device_count=8"
+                           + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SESSION_START = time.time()
@@ -36,24 +41,6 @@ def _uses_reference(module) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    _mark_reference(items)
-    _heaviest_files_first(items)
-
-
-def _heaviest_files_first(items):
-    """Files with the most `slow` tests first, then by test count (each file's tests in their
-    own order). `--dist loadfile` hands files to the two workers in this order
-    (`--no-loadscope-reorder`, setup.cfg): xdist's own order, by test count alone, left the
-    notebooks and the demo (about 250 s of end-to-end runs in 10 tests) to the end, where one
-    worker ran them while the other had finished."""
-    slow, count = collections.Counter(), collections.Counter()
-    for item in items:
-        count[item.path] += 1
-        slow[item.path] += item.get_closest_marker("slow") is not None
-    items.sort(key=lambda item: (-slow[item.path], -count[item.path]))
-
-
-def _mark_reference(items):
     marked = {}
     for item in items:
         module = getattr(item, "module", None)

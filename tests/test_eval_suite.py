@@ -346,7 +346,10 @@ def test_probes_map_test_classes_listed_in_another_order_by_name(folder, model, 
     assert evaluation.provenance["few_shot/t/zero_shot_top1"]["trained_on"] == ""  # trial N
     assert mapped == pytest.approx(same, abs=1e-6)
     assert 0 < same["few_shot/t/zero_shot_top1"] and 0 < same["linear_probe/t/accuracy"]
+    # A class only the test data has, with an image (with none, there is nothing to score).
     (tmp_path / "classnames.txt").write_text("\n".join(reordered + ["purple"]) + "\n")
+    with open(tmp_path / "test.csv", "a") as f:
+        f.write(f"{test.files[0]},purple\n")
     with pytest.raises(ConfigError, match=r"only in the test data: 'purple' \(1 class\)"):
         evaluate.evaluate_model(config_for(**tasks(str(tmp_path / "test.csv"))), module,
                                 variables)

@@ -64,11 +64,12 @@ _PLUGIN_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", 
 # browsers save photos, APNG, netpbm's .pbm / .pnm / .pfm), then those of `_PLUGIN_EXTENSIONS`
 # this Pillow decodes.
 _FOLDER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+_REGISTERED = Image.registered_extensions()  # ".jfif" -> "JPEG", ...
 IMAGE_EXTENSIONS = tuple(sorted(
-    (ext for ext, kind in Image.registered_extensions().items() if kind in _FOLDER_FORMATS),
-    key=lambda ext: (_FOLDER_FORMATS.index(Image.registered_extensions()[ext]), ext))) + tuple(
+    (ext for ext, kind in _REGISTERED.items() if kind in _FOLDER_FORMATS),
+    key=lambda ext: (_FOLDER_FORMATS.index(_REGISTERED[ext]), ext))) + tuple(
     ext for ext, kind in _PLUGIN_EXTENSIONS.items()
-    if (features.check("avif") if kind == "AVIF" else ext in Image.registered_extensions()))
+    if (features.check("avif") if kind == "AVIF" else ext in _REGISTERED))
 # The kinds of `_PLUGIN_FORMATS` this Pillow decodes (no reason to give for them).
 _DECODED_KINDS = {kind for ext, kind in _PLUGIN_EXTENSIONS.items() if ext in IMAGE_EXTENSIONS}
 # Errors that mean "this file is not a readable image"; anything else is a bug and propagates.
