@@ -133,8 +133,15 @@ def flag_suggestion(flag: str) -> str | None:
 def unknown_flag_error(flag: str, argv: list[str]) -> str | None:
     """What to say of a flag `--flag` that `argv[0]` (clip-jax train or plan) lacks but whose
     job a config field does (`flag_suggestion`): that field as an override with the value
-    given; None when no field does it. absl said only "Unknown command line flag
+    given; a misspelt override (`--confg.batch_size=8`, `--Config.x`) as `--config.` spelt;
+    None when no field does it. absl said only "Unknown command line flag
     'batch-size'", and told `--workers` "Did you mean: workdir?"."""
+    head, dot, field = flag.lstrip("-").partition(".")
+    if dot and head != "config" and difflib.get_close_matches(head.lower(), ["config"], 1, 0.7):
+        value = next((a.partition("=")[2] for a in argv
+                      if a.partition("=")[0].lstrip("-") == flag.lstrip("-")), "")
+        return (f"--{flag.lstrip('-')} is not a flag of {argv[0]}; did you mean "
+                f"--config.{field}{'=' + value if value else ''}?")
     target = flag_suggestion(flag)
     if target is None:
         return None
