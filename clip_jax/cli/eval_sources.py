@@ -30,8 +30,8 @@ import ml_collections
 
 from clip_jax.cli.arg_types import check_list_file, positive_int, positive_ints, read_labels
 from clip_jax.data import source_check
-from clip_jax.data.options import (CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, TABLE_SUFFIXES,
-                                   parse_shifts)
+from clip_jax.data.options import (CAPTION_COLUMNS, DEFAULT_SHIFTS, IMAGE_COLUMNS, TABLE_QUOTING,
+                                   TABLE_SUFFIXES, parse_shifts)
 from clip_jax_data.options import IMAGE_ROOT_ADVICE
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import naming
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="few-shot k values (default: %(default)s)")
     parser.add_argument("--seeds", type=positive_int, default=3,
                         help="few-shot draws per k (default: %(default)s)")
-    parser.add_argument("--shifts", default="greyscale,blur,noise,jpeg,sketch,occlusion",
+    parser.add_argument("--shifts", default=DEFAULT_SHIFTS,
                         type=shift_names,
                         help="synthetic shifts for --robustness (or 'all', or ''; default: "
                              "%(default)s)")

@@ -308,6 +308,10 @@ def _get(c: ml_collections.ConfigDict, field: str) -> Any:
 # registry holds their TensorFlow code): flags and configs are checked without loading it.
 SHIFT_NAMES = ("greyscale", "invert", "hue_rotate", "blur", "noise", "jpeg", "sketch",
                "occlusion", "downscale_upscale")
+# The shifts a robustness evaluation runs when none are named (`clip-jax eval --shifts`, a
+# config task's default): colour, focus, sensor noise, compression, style (ImageNet-Sketch's
+# kind of shift) and occlusion, one each.
+DEFAULT_SHIFTS = "greyscale,blur,noise,jpeg,sketch,occlusion"
 
 
 def check_shift(name: str) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import ml_collections
 import numpy as np
 
+from clip_jax.data.options import DEFAULT_SHIFTS
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import imagenet_subsets, linear_probe, naming, once, robustness
 from clip_jax.evaluation import metrics as eval_metrics
@@ -56,7 +57,7 @@ class Robustness(Evaluator):
 
     kind = "robustness"
     make_task = staticmethod(robustness_task)
-    default_task = dict(shifts="greyscale,blur,noise,occlusion", baseline="linear_probe")
+    default_task = dict(shifts=DEFAULT_SHIFTS, baseline="linear_probe")
 
     def __init__(self, name: str, task: ml_collections.ConfigDict, passes: Passes):
         super().__init__(name, task, passes)
