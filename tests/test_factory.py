@@ -320,6 +320,32 @@ def test_a_vocabulary_whose_end_of_text_is_not_its_largest_id_is_refused(tmp_pat
         factory.tokenizer_for(tokenizer, get_preset("test-vit"))
 
 
+def test_unsupported_config_fields_are_named_for_what_they_are():
+    """Refusals whose text misled (trial AY): `nonscalar_logit_scale` was called "CoCa's
+    multimodal decoder", `block_type='custom'` was said to allow "only None" (open_clip's
+    'default' loads too), and an `eos_token_id` written as a list read "[49407] is not the
+    largest token id (49407)". Configs as open_clip's ViT-B-32 and transformers write them."""
+    import transformers
+
+    from clip_jax.convert.hf_import import config_from_hf
+    from clip_jax.convert.open_clip_import import config_from_open_clip
+
+    oc = {"model_cfg": open_clip.get_model_config("ViT-B-32")}
+    with pytest.raises(ConfigError, match=r"nonscalar_logit_scale \(a logit_scale of shape "
+                                          r"\[1\], not a scalar\) is not supported"):
+        config_from_open_clip({"model_cfg": {**oc["model_cfg"], "nonscalar_logit_scale": True}})
+    custom = {**oc["model_cfg"], "vision_cfg": {**oc["model_cfg"]["vision_cfg"],
+                                                "block_type": "custom"}}
+    with pytest.raises(ConfigError, match=r"block_type='custom' is not implemented in clip_jax "
+                                          r"\(only None or 'default'\)"):
+        config_from_open_clip({"model_cfg": custom})
+    hf = transformers.CLIPConfig().to_dict()
+    hf["text_config"]["eos_token_id"] = [49407]
+    with pytest.raises(ConfigError, match=r"eos_token_id is \[49407\], not one token id.*; "
+                                          r"write 49407\."):
+        config_from_hf(hf, "config.json")
+
+
 def test_names_as_openai_and_open_clip_spell_them():
     """OpenAI's `clip.available_models()` spells the 336 px ViT-L/14 `ViT-L/14@336px`, which
     was refused ("Unknown model"), and the registry's docstring mapped it to a name it does

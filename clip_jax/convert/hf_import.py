@@ -80,6 +80,10 @@ def config_from_hf(raw: Mapping[str, Any], source: PathLike | str,
         raise ConfigError(f"{source}: vision_config.num_channels is "
                           f"{vision['num_channels']}; clip_jax models take RGB images (3).")
     eos = text["eos_token_id"]
+    if not isinstance(eos, int) or isinstance(eos, bool):
+        raise ConfigError(f"{source}: text_config.eos_token_id is {eos!r}, not one token id "
+                          "(transformers' CLIPTextModel pools at a single id); write "
+                          f"{text['vocab_size'] - 1}.")
     if eos not in (_LEGACY_EOS, text["vocab_size"] - 1):
         raise ConfigError(
             f"{source}: text_config.eos_token_id {eos!r} is not the largest token id "

@@ -50,6 +50,9 @@ _INERT = {"patch_dropout", "output_tokens", "attn_pooler_queries", "attn_pooler_
           "pool_type", "final_ln_after_pool", "pad_id"}
 _MODEL_INERT = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale",
                 "init_logit_bias", "custom_text", "cast_dtype"}
+# What an unsupported model_cfg field is, where its name does not say.
+_MODEL_NOTES = {"multimodal_cfg": " (CoCa's multimodal text decoder)",
+                "nonscalar_logit_scale": " (a logit_scale of shape [1], not a scalar)"}
 
 
 def is_open_clip_directory(path: str | os.PathLike) -> bool:
@@ -77,8 +80,8 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
                           "open_clip config.")
     extra = sorted(set(model_cfg) - _MODEL_INERT)
     if extra:
-        raise ConfigError(f"{source}: model_cfg.{extra[0]} (e.g. CoCa's multimodal decoder) is not "
-                          "supported by clip_jax, which implements the two-tower CLIP only.")
+        raise ConfigError(f"{source}: model_cfg.{extra[0]}{_MODEL_NOTES.get(extra[0], '')} is "
+                          "not supported by clip_jax, which implements the two-tower CLIP only.")
     vision_raw = dict(model_cfg.get("vision_cfg", {}))
     text_raw = dict(model_cfg.get("text_cfg", {}))
     for tower, fields in (("vision_cfg", vision_raw), ("text_cfg", text_raw)):
@@ -133,8 +136,9 @@ def _check_supported(tower: str, fields: Mapping[str, Any], source: str) -> None
             raise ConfigError(f"{source}: unknown {tower}.{key}={value!r}; clip_jax cannot tell "
                               "whether it changes the model, so it does not load it.")
         if value != _DEFAULTS[key] and value not in _ALSO_DEFAULT.get(key, ()):
+            taken = " or ".join(map(repr, (_DEFAULTS[key], *_ALSO_DEFAULT.get(key, ()))))
             raise ConfigError(f"{source}: {tower}.{key}={value!r} is not implemented in clip_jax "
-                              f"(only {_DEFAULTS[key]!r}); this model cannot be loaded.")
+                              f"(only {taken}); this model cannot be loaded.")
     pool = fields.get("pool_type", _POOL[tower])
     if pool != _POOL[tower]:
         raise ConfigError(f"{source}: {tower}.pool_type={pool!r} is not implemented in clip_jax "
