@@ -654,8 +654,15 @@ def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys,
     assert list(table["path"]) == [good[i] for i in expected]
     np.testing.assert_allclose(table["score"], (reference @ query)[expected], atol=1e-5)
 
-    assert cli.main(["search", out, "a photo of a dog", "--output", "json"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # The query after an option (trial AZ: argparse said "unrecognized arguments").
+    assert cli.main(["search", out, "--output", "json", "a photo of a dog"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert "context" not in captured.err
+    # A query longer than the context is cut, as OpenAI's tokenizer cuts it: said (trial AZ).
+    assert cli.main(["search", out, "a photo of a dog " * 20, "--top", "1"]) == 0
+    assert (f"the query fills the model's {module.config.context_length}-token context"
+            in capsys.readouterr().err)
     text = reference_text(module, variables, "a photo of a dog")
     assert [r["path"] for r in rows] == [good[i] for i in np.argsort(-(reference @ text),
                                                                       kind="stable")]

@@ -33,7 +33,7 @@ import sys
 import traceback
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clip_jax import lazy
 from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, read_labels,
@@ -41,6 +41,9 @@ from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, r
 from clip_jax.runtime import logs
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import tune_process
+
+if TYPE_CHECKING:  # the commands import JAX-backed modules when they run, not at import
+    from clip_jax.inference.encoder import Encoder
 
 OUTPUT_FORMATS = ("text", "json", "csv")
 __getattr__ = lazy.submodules(__name__)  # `clip_jax.cli.train` after `import clip_jax`
@@ -177,6 +180,14 @@ def index_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cut_query(encoder: Encoder, query: str) -> int:
+    """The model's context length where the tokenised `query` fills it (its words past the
+    context are cut, as OpenAI's tokenizer cuts them, without a word), else 0."""
+    tokens = encoder.tokenize([query])
+    pad = getattr(encoder.tokenizer, "pad_token_id", 0)
+    return tokens.shape[-1] if tokens[0, -1] != pad else 0
+
+
 def search_command(args: argparse.Namespace) -> int:
     import csv
 
@@ -237,6 +248,9 @@ def search_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model {model} is not the model {args.index} was built with "
                           f"({built}), so scores would compare different embeddings; {fix}, "
                           "or index the images with this one.")
+    if args.image is None and (cut := _cut_query(encoder, args.query)):
+        print(f"warning: the query fills the model's {cut}-token context, so any words past "
+              "it are not searched; shorten the query to its key words.", file=sys.stderr)
     query = args.query if args.image is None else pathlib.Path(args.image)
     matches = image_index.search(index, query, encoder, args.top, warn_image_name=False)
     if args.output == "csv":
@@ -606,6 +620,30 @@ def json_line(record: dict) -> str:
     return text
 
 
+# A command's last positional argument, which argparse leaves over when an option comes
+# before it (`search INDEX --top 3 "a red car"`, `zero-shot M a.jpg --labels x b.jpg`).
+_TRAILING_POSITIONALS = {"search": "query", "zero-shot": "images", "index": "images"}
+
+
+def _take_trailing_positionals(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """`extra` (what `parse_known_args` did not take) less the words that belong to the
+    command's last positional argument (`_TRAILING_POSITIONALS`), which get them: argparse
+    fills positionals only from words before the first option, and said "unrecognized
+    arguments: a red car"."""
+    field = _TRAILING_POSITIONALS.get(args.command)
+    words = [a for a in extra if not a.startswith("-")]
+    if not field or not words or len(words) < len(extra):  # an unknown option: said as such
+        return extra
+    value = getattr(args, field)
+    if isinstance(value, list):
+        value.extend(words)
+    elif value is None and len(words) == 1:
+        setattr(args, field, words[0])
+    else:
+        return extra
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`clip-jax ARGS`; the exit code. `train` goes to `clip_jax.cli.train.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -614,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return train.main(["clip-jax train", *argv[1:]])
     args, extra = parser().parse_known_args(argv)
+    extra = _take_trailing_positionals(args, extra)
     if args.command == "plan":
         args.overrides = extra  # --config.FIELD=VALUE, as clip-jax train takes them
     elif args.command == "eval" and (override := next(
