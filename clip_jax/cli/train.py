@@ -360,7 +360,10 @@ def quiet_absl_logging() -> None:
 
 def _shown(record: Any) -> bool:
     """Whether a record of the absl or asyncio logger is shown in the quiet default
-    (`quiet_absl_logging`): not one with a traceback logged by orbax or through its code."""
+    (`quiet_absl_logging`): not one with a traceback logged by orbax or through its code, nor
+    asyncio's report of a future whose exception came from native code with no Python frame
+    (tensorstore's, which orbax writes through: a failed write's other futures, 150 lines
+    after the one-line error in one CI run)."""
     import traceback
 
     orbax = f"{os.sep}orbax{os.sep}"
@@ -368,7 +371,9 @@ def _shown(record: Any) -> bool:
     orbax_traceback = bool(record.exc_info) and (
         orbax in record.pathname
         or any(orbax in frame.filename for frame in traceback.extract_tb(trace)))
-    return not orbax_traceback and "Using custom data configuration" not in record.getMessage()
+    native = record.name == "asyncio" and bool(record.exc_info) and trace is None
+    return (not orbax_traceback and not native
+            and "Using custom data configuration" not in record.getMessage())
 
 
 def run(config: Any, workdir: str) -> int:
