@@ -1047,14 +1047,15 @@ def test_other_trainers_flags_name_the_config_field_that_does_their_job(flag, sa
     assert "--config.FIELD=VALUE" in _train_error(["--config=tiny", "--workdir=w", "--frob=1"])
 
 
-@pytest.mark.parametrize("typed", ["--confg.batch_size=8", "--Config.batch_size=8",
-                                   "--conifg.batch_size=8"])
+@pytest.mark.parametrize("typed", [["--confg.batch_size=8"], ["--Config.batch_size=8"],
+                                   ["--conifg.batch_size=8"], ["--confg.batch_size", "8"]])
 def test_a_misspelt_config_prefix_is_spelt_out(typed, capsys):
     """`--confg.batch_size=8` said only "Unknown command line flag 'confg.batch_size'" (train)
-    or "unrecognised arguments" (plan); both now give the override as meant."""
+    or "unrecognised arguments" (plan); both now give the override as meant, its value written
+    with '=' or after a space."""
     meant = "did you mean --config.batch_size=8?"
-    assert meant in _train_error(["--config=tiny", "--workdir=w", typed])
-    code, _, err = run(capsys, "plan", "--config", "tiny", "--topology", "v5e-8", typed)
+    assert meant in _train_error(["--config=tiny", "--workdir=w", *typed])
+    code, _, err = run(capsys, "plan", "--config", "tiny", "--topology", "v5e-8", *typed)
     assert code == 2 and meant in err, err
 
 

@@ -1,6 +1,7 @@
 """Model family: parameter counts, numerics options, config validation."""
 
 import functools
+import logging
 import math
 import re
 
@@ -212,6 +213,33 @@ def test_encoder_shape_errors_name_the_callers_shape_and_its_tokenizer(tiny):
     reference = np.asarray(module.apply(variables, tokens, method=module.encode_text))
     np.testing.assert_allclose(encoder.embed_tokens(tokens), reference / np.linalg.norm(
         reference, axis=1, keepdims=True), rtol=0, atol=1e-5)
+
+
+def test_texts_that_fill_the_context_are_said_to_be_cut(caplog):
+    """A search query or zero-shot label longer than the model's context was cut there
+    without a word (trial AZ). The texts said to fill it are those whose open_clip tokens
+    leave no padding, counted per call, once per text."""
+    from clip_jax.evaluation.zero_shot import ZeroShotClassifier
+
+    module, variables = create_model("test-vit")
+    length = module.config.context_length
+    long = "a photo of a red car parked " * 20
+    texts = ["a dog", long, "tiny " * (length - 2), "tiny " * (length - 3), "cat"]
+    filled = (open_clip.tokenize(texts, context_length=length)[:, -1] != 0).numpy()
+    assert filled.tolist() == [False, True, True, False, False]
+    classifier = ZeroShotClassifier(module, variables)
+    context = f"the model's {length}-token context, so any words past it are cut"
+    with caplog.at_level(logging.WARNING, "clip_jax"):
+        classifier.tokenize(texts)
+        classifier.tokenize(texts)
+        classifier.tokenize(["a dog"])
+        classifier.tokenize(["a cat " * 40])
+        classifier.embed_labels(["dog", "long label " * 40], "a photo of a {}.")
+    assert [r.getMessage().partition(context)[0] for r in caplog.records] == [
+        f"2 of 5 texts (the first {long[:57] + '...'!r}) fill ",
+        f"the text {('a cat ' * 40)[:57] + '...'!r} fills ",
+        f"1 of 2 texts (the first {('a photo of a ' + 'long label ' * 40)[:57] + '...'!r}) "
+        "fill "]
 
 
 def test_token_ids_outside_the_vocabulary_are_refused_on_the_host(tiny):

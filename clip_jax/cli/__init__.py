@@ -33,7 +33,7 @@ import sys
 import traceback
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clip_jax import lazy
 from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, read_labels,
@@ -41,9 +41,6 @@ from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, r
 from clip_jax.runtime import logs
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import tune_process
-
-if TYPE_CHECKING:  # the commands import JAX-backed modules when they run, not at import
-    from clip_jax.inference.encoder import Encoder
 
 OUTPUT_FORMATS = ("text", "json", "csv")
 __getattr__ = lazy.submodules(__name__)  # `clip_jax.cli.train` after `import clip_jax`
@@ -180,14 +177,6 @@ def index_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cut_query(encoder: Encoder, query: str) -> int:
-    """The model's context length where the tokenised `query` fills it (its words past the
-    context are cut, as OpenAI's tokenizer cuts them, without a word), else 0."""
-    tokens = encoder.tokenize([query])
-    pad = getattr(encoder.tokenizer, "pad_token_id", 0)
-    return tokens.shape[-1] if tokens[0, -1] != pad else 0
-
-
 def search_command(args: argparse.Namespace) -> int:
     import csv
 
@@ -248,9 +237,6 @@ def search_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model {model} is not the model {args.index} was built with "
                           f"({built}), so scores would compare different embeddings; {fix}, "
                           "or index the images with this one.")
-    if args.image is None and (cut := _cut_query(encoder, args.query)):
-        print(f"warning: the query fills the model's {cut}-token context, so any words past "
-              "it are not searched; shorten the query to its key words.", file=sys.stderr)
     query = args.query if args.image is None else pathlib.Path(args.image)
     matches = image_index.search(index, query, encoder, args.top, warn_image_name=False)
     if args.output == "csv":

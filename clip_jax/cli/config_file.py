@@ -138,22 +138,26 @@ def unknown_flag_error(flag: str, argv: list[str]) -> str | None:
     'batch-size'", and told `--workers` "Did you mean: workdir?"."""
     head, dot, field = flag.lstrip("-").partition(".")
     if dot and head != "config" and difflib.get_close_matches(head.lower(), ["config"], 1, 0.7):
-        value = next((a.partition("=")[2] for a in argv
-                      if a.partition("=")[0].lstrip("-") == flag.lstrip("-")), "")
+        value = _given_value(flag, argv)
         return (f"--{flag.lstrip('-')} is not a flag of {argv[0]}; did you mean "
                 f"--config.{field}{'=' + value if value else ''}?")
     target = flag_suggestion(flag)
     if target is None:
         return None
-    value = ""
+    return (f"--{flag.lstrip('-')} is not a flag of {argv[0]} (it takes --config, "
+            f"--config.FIELD=VALUE and the flags of --help); use "
+            f"{as_flags(target, _given_value(flag, argv))}.")
+
+
+def _given_value(flag: str, argv: list[str]) -> str:
+    """The value `argv` gives `flag`, written `--flag=VALUE` or `--flag VALUE`; "" when none
+    (a bare switch, or one followed by another flag)."""
     for i, arg in enumerate(argv):
         name, equals, given = arg.lstrip("-").partition("=")
         if arg.startswith("-") and name == flag.lstrip("-"):
             following = argv[i + 1] if i + 1 < len(argv) else ""
-            value = given if equals else "" if following.startswith("-") else following
-            break
-    return (f"--{flag.lstrip('-')} is not a flag of {argv[0]} (it takes --config, "
-            f"--config.FIELD=VALUE and the flags of --help); use {as_flags(target, value)}.")
+            return given if equals else "" if following.startswith("-") else following
+    return ""
 
 
 def _leaves_named(config: ml_collections.ConfigDict, name: str) -> list[str]:

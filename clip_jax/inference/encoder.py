@@ -8,6 +8,7 @@ mesh go through `clip_jax.evaluation.embedding.Embedder` instead.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,9 @@ from clip_jax.errors import ConfigError
 from clip_jax.models.clip import CLIP, image_features, text_features
 from clip_jax.models.text import check_token_ids
 from clip_jax.models.vit import check_image_shape
+from clip_jax.runtime.logs import warn_once
+
+log = logging.getLogger(__name__)
 
 BATCH = 32  # rows per call: any number of inputs reuses one compiled function
 
@@ -104,13 +108,27 @@ class Encoder:
         length. Without `tokenizer`, a model whose vocabulary is smaller than OpenAI's was
         trained with its own, whose ids OpenAI's do not give: ConfigError naming the fix
         (`openai_for`), before anything is tokenized. ValueError for a tokenizer that does not
-        give one row per text."""
+        give one row per text.
+
+        Texts that fill the context (no padding left) are cut there, as OpenAI's tokenizer cuts
+        them, so any words past it play no part: said once per text, as a warning on this
+        module's logger (a search query or zero-shot label read in part was silent)."""
         config = self.module.config
         tokenizer = self.tokenizer or openai_for(config.text.vocab_size, config.context_length)
         tokens = np.asarray(tokenizer(texts))
         if tokens.ndim != 2 or len(tokens) != len(texts):
             raise ValueError(f"The tokenizer gave shape {tokens.shape} for {len(texts)} texts; "
                              "it must return int32 ids [N texts, L] (clip_jax.get_tokenizer).")
+        pad = getattr(self.tokenizer, "pad_token_id", 0)
+        if len(tokens) and (filled := np.flatnonzero(tokens[:, -1] != pad)).size:
+            first = str(texts[filled[0]])
+            shown = first if len(first) <= 60 else first[:57] + "..."
+            which, them = ((f"the text {shown!r} fills", "it") if len(texts) == 1 else
+                           (f"{filled.size} of {len(texts)} texts (the first {shown!r}) fill",
+                            "them"))
+            warn_once(log, "%s the model's %d-token context, so any words past it are cut (as "
+                      "OpenAI's tokenizer cuts them) and play no part; shorten %s to the key "
+                      "words", which, tokens.shape[1], them)
         return tokens
 
     def embed_texts(self, texts: str | Sequence[str]) -> np.ndarray:
