@@ -1,11 +1,12 @@
 """Test-wide setup and tiers.
 
 8 fake CPU devices for the sharding tests, set before JAX is imported, and no LLVM
-optimisation of the CPU code XLA compiles in this process (`--xla_backend_optimization_level=0`):
-the suite's many small programs spend more time compiling than running, and it cut
-tests/test_models.py with tests/test_initializers.py from 191 to 116 CPU-seconds. XLA's own
-HLO passes (fusion, layouts, sharding) run as ever; the end-to-end runs in subprocesses
-(tests/training_runs.py, the notebooks) compile as users' runs do.
+optimisation of the CPU code XLA compiles (`training_runs.QUICK_COMPILE`), here and in the
+end-to-end runs' subprocesses (`training_runs.xla_flags`, the notebooks): the suite's many
+small programs spend more time compiling than running. It cut tests/test_models.py with
+tests/test_initializers.py from 191 to 116 CPU-seconds, and three training-run tests from 232
+to 178. XLA's own HLO passes (fusion, layouts, sharding) run as ever. The demo's test, whose
+run is mostly computation, runs it in a subprocess that compiles as users' runs do.
 
 Tiers (markers, declared in setup.cfg):
 - `slow`: end-to-end runs (training subprocesses, notebooks, the demo's code path);
@@ -23,9 +24,9 @@ import time
 
 import pytest
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8"
-                           + " --xla_backend_optimization_level=0").strip()
+from training_runs import xla_flags
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SESSION_START = time.time()

@@ -34,6 +34,7 @@ from clip_jax.configs import base, tiny
 import tensorflow_datasets as tfds
 
 from jobs import run_job, shown
+from training_runs import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -417,7 +418,7 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
 
     def start(address, i):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+                   JAX_PROCESS_ID=str(i), XLA_FLAGS=xla_flags(4))
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     results = run_job(start, 2, timeout=300)

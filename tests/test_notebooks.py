@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from training_runs import QUICK_COMPILE
+
 nbformat = pytest.importorskip("nbformat")  # the test extra (nbclient); without it this skips
 NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
@@ -43,7 +45,7 @@ def test_notebook_executes_with_tiny_settings(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PYTHONPATH", ROOT)  # configs/ (the notebooks run in a clone)
-    monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device, as on a CPU runtime
+    monkeypatch.setenv("XLA_FLAGS", QUICK_COMPILE)  # one CPU device, as on a CPU runtime
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)

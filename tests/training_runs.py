@@ -7,11 +7,19 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# No LLVM optimisation of the CPU code XLA compiles: the suite's small programs and short runs
+# spend more time compiling than running (conftest.py sets it for the test processes).
+QUICK_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices):
+    """XLA_FLAGS of a test's subprocess: `devices` forced host devices, `QUICK_COMPILE`."""
+    return f"--xla_force_host_platform_device_count={devices} {QUICK_COMPILE}"
 
 
 def run_env(tfds_dir, devices=8, **extra):
     env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, **extra)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     return env
 
 
