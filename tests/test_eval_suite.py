@@ -28,15 +28,15 @@ from clip_jax.data import sources
 from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
 from clip_jax.data import templates
-from clip_jax.models import create_model, l2_normalize
+from clip_jax.models import create_model
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import tokenize
 from clip_jax.configs import base
 
-import jax
 import tensorflow_datasets as tfds
 
 from compile_count import backend_compiles
+from unsharded import embed
 
 COLOURS = {"red": 0, "green": 1, "blue": 2}
 
@@ -58,14 +58,6 @@ def folder(tmp_path_factory):
                 pixels[..., channel] += 150
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     return root
-
-
-def embed(module, variables, images=None, tokens=None):
-    if images is not None:
-        return np.asarray(jax.jit(lambda v, x: l2_normalize(
-            module.apply(v, x, method=module.encode_image)))(variables, images))
-    return np.asarray(jax.jit(lambda v, t: l2_normalize(
-        module.apply(v, t, method=module.encode_text)))(variables, tokens))
 
 
 def class_embeddings(module, variables, names, prompts):

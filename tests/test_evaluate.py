@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,7 +25,7 @@ from clip_jax.data import sources
 from clip_jax.runtime import sharding
 from clip_jax.data import templates
 from clip_jax.training import train
-from clip_jax.models import create_model, l2_normalize
+from clip_jax.models import create_model
 from clip_jax.data.preprocess import preprocess
 from clip_jax.data.tokenizer import tokenize
 from clip_jax.configs import base, tiny
@@ -35,6 +34,7 @@ import tensorflow_datasets as tfds
 
 from jobs import run_job, shown
 from training_runs import xla_flags
+from unsharded import embed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,15 +62,6 @@ def model():
     return create_model("test-vit", rng=3)
 
 
-def reference_embeddings(module, variables, images=None, tokens=None):
-    """The model on one device, unsharded, in one batch."""
-    if images is not None:
-        return np.asarray(jax.jit(lambda v, x: l2_normalize(
-            module.apply(v, x, method=module.encode_image)))(variables, images))
-    return np.asarray(jax.jit(lambda v, t: l2_normalize(
-        module.apply(v, t, method=module.encode_text)))(variables, tokens))
-
-
 def read_split(config, split):
     """Images decoded by Pillow, captions and labels, straight from the built dataset."""
     builder = sources.prepare(config.data)
@@ -90,9 +81,9 @@ def test_metrics_match_an_independent_computation(data_dir, model):
     assert evaluation.embedder.local_batch == 16
     assert len(evaluation.passes.passes) == 2  # test split shared by the three tasks; train split
 
-    image_emb = reference_embeddings(module, variables, images=preprocess(images, module.config))
+    image_emb = embed(module, variables, images=preprocess(images, module.config))
     prompts = templates.prompts(names, templates.SHAPES)
-    prompt_emb = reference_embeddings(module, variables, tokens=tokenize(prompts, 16))
+    prompt_emb = embed(module, variables, tokens=tokenize(prompts, 16))
     classes = prompt_emb.reshape(len(templates.SHAPES), len(names), -1).mean(0)
     classes /= np.linalg.norm(classes, axis=1, keepdims=True)
     scores = image_emb @ classes.T
@@ -105,7 +96,7 @@ def test_metrics_match_an_independent_computation(data_dir, model):
     assert metrics["zero_shot/heldout/mean_per_class_recall"] == pytest.approx(
         balanced_accuracy_score(labels, scores.argmax(1)), abs=tol * len(names))
 
-    text_emb = reference_embeddings(module, variables,
+    text_emb = embed(module, variables,
                                     tokens=tokenize([c for cs in captions for c in cs], 16))
     owner = np.repeat(np.arange(n), [len(cs) for cs in captions])
     sims = image_emb @ text_emb.T
@@ -136,16 +127,16 @@ def test_embedder_returns_every_example_in_split_order(data_dir, model):
     sharded = evaluate.shard_variables(variables, shardings)
     got = embedder.embed_split(sharded, batches, captions=True)
     images, captions, labels, _ = read_split(config, "test")
-    np.testing.assert_allclose(got.images, reference_embeddings(
+    np.testing.assert_allclose(got.images, embed(
         module, variables, images=preprocess(images, module.config)), atol=2e-5)
     np.testing.assert_array_equal(got.labels, labels)
     flat = [c for cs in captions for c in cs]
-    np.testing.assert_allclose(got.texts, reference_embeddings(
+    np.testing.assert_allclose(got.texts, embed(
         module, variables, tokens=tokenize(flat, 16)), atol=2e-5)
     np.testing.assert_array_equal(got.text_image, np.repeat(np.arange(len(captions)), 5))
     prompts = tokenize([f"prompt {i}" for i in range(130)], 16)  # 130 = 3 calls of 8 x 5, padded
     np.testing.assert_allclose(embedder.embed_texts(sharded, prompts),
-                               reference_embeddings(module, variables, tokens=prompts), atol=2e-5)
+                               embed(module, variables, tokens=prompts), atol=2e-5)
 
 
 CIFAR_COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30],
@@ -179,9 +170,9 @@ def test_zero_shot_on_a_mock_tfds_classification_dataset(tmp_path, model):
         names = tfds.builder("cifar10").info.features["label"].names
     examples = [cifar_example(n) for n in range(27)]
     labels = np.array([e["label"] for e in examples])
-    image_emb = reference_embeddings(module, variables, images=preprocess(
+    image_emb = embed(module, variables, images=preprocess(
         [e["image"] for e in examples], module.config))
-    prompt_emb = reference_embeddings(module, variables, tokens=tokenize(
+    prompt_emb = embed(module, variables, tokens=tokenize(
         templates.prompts(names, templates.DEFAULT), 16))
     classes = prompt_emb.reshape(len(templates.DEFAULT), len(names), -1).mean(0)
     classes /= np.linalg.norm(classes, axis=1, keepdims=True)
@@ -359,7 +350,7 @@ def test_a_registered_evaluator_runs_and_shares_the_pass(data_dir, model, monkey
     assert len(evaluation.passes.passes) == 1  # zero_shot and mean_image read test once
     assert [type(t) for t in evaluation.tasks] == [evaluators.ZeroShot, MeanImage]
     images, _, _, _ = read_split(config, "test")
-    image_emb = reference_embeddings(module, variables, images=preprocess(images, module.config))
+    image_emb = embed(module, variables, images=preprocess(images, module.config))
     assert metrics["mean_image/heldout/norm"] == pytest.approx(
         np.linalg.norm(image_emb.mean(0)), rel=1e-4)
     assert "zero_shot/heldout/top1" in metrics
@@ -464,8 +455,8 @@ def test_retrieval_uses_every_caption_of_images_with_1_to_9_captions(tmp_path, m
     images = [np.asarray(Image.open(io.BytesIO(e["image"])).convert("RGB")) for e in examples]
     texts = [c.decode() for e in examples for c in e["captions"]]
     owner = np.repeat(np.arange(9), [len(e["captions"]) for e in examples])
-    image_emb = reference_embeddings(module, variables, images=preprocess(images, module.config))
-    text_emb = reference_embeddings(module, variables, tokens=tokenize(texts, 16))
+    image_emb = embed(module, variables, images=preprocess(images, module.config))
+    text_emb = embed(module, variables, tokens=tokenize(texts, 16))
     sims = image_emb @ text_emb.T
     i2t_best = np.array([min(np.argsort(-sims[i], kind="stable").tolist().index(j)
                              for j in np.flatnonzero(owner == i)) for i in range(9)])
@@ -544,8 +535,8 @@ def test_a_config_retrieval_task_reads_its_own_caption_table(data_dir, tmp_path,
 
     files = list(dict.fromkeys(file for file, _ in rows))
     images = preprocess([tmp_path / file for file in files], module.config)
-    image_emb = reference_embeddings(module, variables, images=images)
-    text_emb = reference_embeddings(module, variables, tokens=tokenize(
+    image_emb = embed(module, variables, images=images)
+    text_emb = embed(module, variables, tokens=tokenize(
         [caption for _, caption in rows], module.config.context_length))
     want = retrieval_metrics(image_emb, text_emb, np.array([files.index(f) for f, _ in rows]))
     for task in ("caps", "quoted"):

@@ -1215,13 +1215,13 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
 
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
 
-    class Compiled(Exception):
+    class Compiled(Exception):  # raised where the state is made, well before the compile
         pass
 
-    def compile_train_step(*_):
+    def restore_or_init(*_):
         raise Compiled
 
-    monkeypatch.setattr(train_step, "compile_train_step", compile_train_step)
+    monkeypatch.setattr(train, "_restore_or_init", restore_or_init)
     said = []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())
