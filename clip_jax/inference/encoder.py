@@ -111,8 +111,9 @@ class Encoder:
         give one row per text.
 
         Texts that fill the context (no padding left) are cut there, as OpenAI's tokenizer cuts
-        them, so any words past it play no part: said once per text, as a warning on this
-        module's logger (a search query or zero-shot label read in part was silent)."""
+        them, so any words past it play no part: said as one warning per call on this
+        module's logger, naming the first such text (a search query or zero-shot label read in
+        part was silent); the same warning is not repeated (`warn_once`)."""
         config = self.module.config
         tokenizer = self.tokenizer or openai_for(config.text.vocab_size, config.context_length)
         tokens = np.asarray(tokenizer(texts))
