@@ -143,6 +143,13 @@ def test_outputs_that_are_files_of_another_kind_are_refused_first(vit_workdir, t
     code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output",
                        str(photo / "x.npz"))
     assert code == 2 and f"lies under {str(photo)!r}, which is a file" in err
+    # A folder it cannot write to (even as root): one line, as the other outputs say it (a
+    # PermissionError traceback after the model loaded, trial BA).
+    code, _, err = run(capsys, "index", str(tmp_path), "--model", missing, "--output",
+                       "/proc/clip_jax/x.npz")
+    assert (code, err) == (2, "error: The index file's folder '/proc/clip_jax' is not writable "
+                              "(No such file or directory); pass a directory you can write "
+                              "to.\n")
     # Export commands: into a file, under a file, or into a folder of other files (here a
     # config.json that is not an export, and a training workdir) is one line, nothing written.
     notes = tmp_path / "mydocs"

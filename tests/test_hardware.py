@@ -152,3 +152,21 @@ def test_libtpu_is_quieted_only_without_a_tpu(monkeypatch, chips, platforms, use
     assert os.environ.get("TPU_ACCELERATOR_TYPE") == expected
     assert os.environ.get("TPU_WORKER_HOSTNAMES") == ("localhost" if chips == 0 and not platforms
                                                       else None)
+
+
+def test_the_cache_has_a_folder_without_a_home(monkeypatch):
+    """HOME unset and a user id with no passwd entry (`docker run --user 1234`): Path.home()
+    raises, which ended a run at its compile (trial BA); the cache goes to the temp folder."""
+    import pathlib
+    import tempfile
+
+    for name in ("CLIP_JAX_CACHE", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(pathlib.Path, "home", staticmethod(no_home))
+    assert hardware.cache_dir() == pathlib.Path(tempfile.gettempdir()) / f"clip_jax-{os.getuid()}"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x")
+    assert hardware.cache_dir() == pathlib.Path("/x/clip_jax")

@@ -48,6 +48,18 @@ def test_user_setting_wins(tmp_path):
     assert lines == ["start", "argv ['--flag', 'x y'] tunables glibc.malloc.hugetlb=0"]
 
 
+def test_a_restart_that_cannot_run_leaves_the_process_as_it_is(monkeypatch):
+    """An interpreter this user cannot run again (trial BA: a PermissionError traceback ended
+    even `clip-jax --help`), and a closed stdout (None: an AttributeError): both go on."""
+    def refused(*_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(host_tuning, "huge_page_environ", lambda: dict(os.environ))
+    monkeypatch.setattr(os, "execve", refused)
+    monkeypatch.setattr(sys, "stdout", None)
+    assert host_tuning.reexec_with_huge_pages() is None
+
+
 @pytest.mark.parametrize("mode, on_request", [
     ("always [madvise] never\n", True), ("[always] madvise never\n", False),
     ("always madvise [never]\n", False)])

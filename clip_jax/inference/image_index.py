@@ -44,6 +44,7 @@ from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
 from clip_jax.data.preprocess import (ALPHA_DROP, ImageLike, background_colour, image_list,
                                       is_array, preprocess)
+from clip_jax.runtime.folders import check_writable_dir
 from clip_jax.runtime.logs import format_duration
 
 FORMAT = "clip_jax.inference.image_index/1"
@@ -357,6 +358,9 @@ def check_output(output: str | os.PathLike) -> None:
     if os.path.isdir(output):
         raise ConfigError(f"{given} is a folder; pass the index file to write (e.g. "
                           "images.npz).")
+    # Its folder takes the file and the unfinished parts beside it (a PermissionError
+    # traceback after the model loaded, trial BA).
+    check_writable_dir(os.path.dirname(os.path.abspath(output)), "The index file's folder")
     if os.path.exists(output):
         try:
             ImageIndex.load(output)

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import statistics
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -89,11 +90,17 @@ def check_backends() -> None:
 
 def cache_dir() -> Path:
     """clip_jax's user-level cache: $CLIP_JAX_CACHE, else $XDG_CACHE_HOME/clip_jax, else
-    ~/.cache/clip_jax (compiled executables, measured peaks)."""
+    ~/.cache/clip_jax (compiled executables, measured peaks); with no home at all (HOME unset
+    and a user id without a passwd entry, as `docker run --user 1234` gives: Path.home()
+    raised RuntimeError at the compile, trial BA), clip_jax-UID in the temporary folder."""
     if os.environ.get("CLIP_JAX_CACHE"):
         return Path(os.environ["CLIP_JAX_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "clip_jax"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "clip_jax"
+    try:
+        return Path.home() / ".cache" / "clip_jax"
+    except RuntimeError:
+        return Path(tempfile.gettempdir()) / f"clip_jax-{os.getuid()}"
 
 
 def measure_matmul_flops(dtype: str, device: jax.Device | None = None,

@@ -89,13 +89,20 @@ def add_xla_cpu_flags() -> None:
 def reexec_with_huge_pages() -> None:
     """Restarts this process with malloc using transparent huge pages, where that helps
     (`huge_page_environ`; a no-op where it returns None). Call it first thing in `__main__`.
+    An optional speed-up: where the interpreter cannot be run again (its path not readable by
+    this user, trial BA: a PermissionError traceback ended even `--help`) or stdout is closed
+    (None), the process goes on as it is.
     """
     env = huge_page_environ()
     if env is None:
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:
+        return
 
 
 def release_freed_memory() -> bool:
