@@ -329,7 +329,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str, chance: float) -> 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options, shared by `python -m clip_jax.demo` and `clip-jax demo`."""
-    parser.add_argument("--workdir", help="run directory (default: a new "
+    parser.add_argument("--workdir", type=os.path.expanduser,  # `--workdir=~/x`: unexpanded
+                        help="run directory (default: a new "
                         f"{DEFAULT_ROOT}/<timestamp>); an existing one is resumed or reused")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps (default: configs/demo.py's 3500; the whole run "

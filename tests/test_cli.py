@@ -1271,6 +1271,80 @@ def test_zero_shot_csv_has_one_column_per_name(vit_workdir, tmp_path, capsys):
     assert len(table) == 2 and set(table["label"]) <= {"paths", "Label", "cat"}
 
 
+@pytest.mark.parametrize("argv, dest", [
+    (["index", "--model=~/m", "--output=~/i.npz", "~/photos"], ("model", "output", "images")),
+    (["zero-shot", "--model=~/m", "--labels", "a,b", "~/p.jpg"], ("model", "images")),
+    (["search", "~/i.npz", "q", "--model=~/m", "--image=~/p.jpg"], ("index", "model", "image")),
+    (["eval", "~/run", "--config=~/c.py", "--data-dir=~/tfds", "--output=~/out",
+      "--zero-shot=~/photos", "--retrieval=~/t.csv", "--robustness=~/photos"],
+     ("path", "config", "data_dir", "output", "zero_shot", "retrieval", "robustness")),
+    (["eval", "~/run", "--linear-probe", "~/a", "~/b", "--few-shot", "~/a", "~/b"],
+     ("linear_probe", "few_shot")),
+    (["export-hf", "~/run", "~/hf"], ("source", "output_dir")),
+    (["demo", "--workdir=~/demo"], ("workdir",)),
+])
+def test_a_path_flag_given_with_equals_and_a_tilde_is_the_home_folder(argv, dest, monkeypatch):
+    """`--output=~/x` reaches the program unexpanded (bash expands `~` only at a word's start):
+    the index, the evaluation's results and the demo's run went into a folder named '~' in
+    the current one. Every path flag is expanded as os.path.expanduser (the shell's rule)."""
+    monkeypatch.setenv("HOME", "/home/someone")
+    args = cli.parser().parse_args(argv)
+    for name in dest:
+        value = getattr(args, name)
+        for path in value if isinstance(value, list) else [value]:
+            assert path.startswith("/home/someone/"), (name, path)
+
+
+def test_a_training_workdir_given_with_equals_and_a_tilde_is_the_home_folder(monkeypatch):
+    from absl import flags
+
+    from clip_jax.cli import train as train_cli
+
+    monkeypatch.setenv("HOME", "/home/someone")
+    _, workdir = train_cli.load(["clip-jax train", "--config=tiny", "--workdir=~/run"],
+                                flags.FlagValues())
+    assert workdir == "/home/someone/run"
+
+
+def _in_c_locale(text):
+    """`text` as Python gives an argument in a locale that is not UTF-8 (LC_ALL=C,
+    PYTHONUTF8=0, PYTHONCOERCECLOCALE=0): its bytes decoded as ASCII, the others escaped."""
+    return text.encode("utf-8").decode("ascii", "surrogateescape")
+
+
+def test_an_argument_in_a_c_locale_is_the_text_typed(vit_workdir, tmp_path, capsys):
+    """In a locale that is not UTF-8, a query, labels and templates reached the tokenizer as
+    surrogate escapes ('caf\\udcc3\\udca9'): other tokens, other rankings, no warning.
+    They are read as the UTF-8 text typed: the same output as the text itself (the
+    simulation of the locale is Python's own, checked in a subprocess); bytes that are not
+    UTF-8 are one line."""
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    typed = ["café crème", "猫 noir", "une photo de {}"]
+    seen = subprocess.run([sys.executable, "-c", "import sys; print(ascii(sys.argv[1:]))",
+                           *typed], env=env, check=True, capture_output=True, text=True)
+    assert seen.stdout.strip() == ascii([_in_c_locale(t) for t in typed])
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_captioned_pngs(photos, 3, (40, 40), 0, ())
+    index = str(tmp_path / "i.npz")
+    assert run(capsys, "index", str(photos), "--model", vit_workdir[0], "--output", index)[0] == 0
+    outputs = []
+    for text in (str, _in_c_locale):
+        outputs.append([
+            run(capsys, "zero-shot", "--model", vit_workdir[0], "--labels",
+                text(f"{typed[0]},{typed[1]},dog"), "--templates", text(typed[2]), "--output",
+                "json", str(photos))[:2],
+            run(capsys, "search", index, text(typed[1]), "--output", "json")[:2]])
+    assert outputs[0] == outputs[1]
+    (code, shown), (searched, _) = outputs[0]
+    assert code == searched == 0 and '"label": "猫 noir"' in shown
+    latin1 = "caf\xe9".encode("latin-1").decode("ascii", "surrogateescape")
+    assert run(capsys, "search", index, latin1) == (
+        2, "", "error: The query 'caf\\xe9' is not UTF-8 text (typed in another encoding); "
+               "give it in UTF-8.\n")
+
+
 def test_demo_help_gives_the_readmes_measured_time(capsys):
     """`clip-jax demo --help` said "~8 minutes on 2 cores" where the README measures 9 min
     17 s: the help gives the README's figure (read from its wall-time row here) and no other."""

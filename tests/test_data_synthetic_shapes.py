@@ -140,8 +140,56 @@ def test_an_unwritable_data_dir_is_one_line(tmp_path, monkeypatch, error):
     config.data_dir = str(tmp_path)
     with pytest.raises(ConfigError, match=(
             rf"^Cannot build synthetic_shapes/\S+ in {tmp_path}\S* \({error.strerror}: "
-            r"/data/downloads\); it is built once where it is read: point data.data_dir")):
+            r"/data/downloads\); it is built once where it is read: point TFDS_DATA_DIR")):
         sources.prepare(config)
+
+
+def test_no_home_for_tfds_default_folder_is_one_line(tmp_path, monkeypatch):
+    """HOME unset and no passwd entry for the uid (`docker run --user 1234`): TFDS's default
+    `~/tensorflow_datasets` stayed unexpanded, and the dataset was built into a folder named
+    '~' in the current one. Refused before any build; TFDS_DATA_DIR mends it."""
+    import pwd
+
+    from tensorflow_datasets.core import constants
+
+    from clip_jax.data import options, sources
+
+    def no_entry(uid):
+        raise KeyError(uid)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.setattr(constants, "DATA_DIR", constants.get_default_data_dir())  # at import
+    with pytest.raises(ConfigError, match=r"^This user \(uid \d+\) has no home folder .*; "
+                                          r"set TFDS_DATA_DIR \(or config.data.data_dir\)"):
+        sources.prepare(options.default_config())
+    assert os.listdir(tmp_path) == []
+    config = options.default_config()
+    config.data_dir = str(tmp_path / "tfds")
+    assert sources.get_builder(config).data_dir.startswith(str(tmp_path / "tfds"))
+
+
+@pytest.mark.parametrize("field", ["config.data.data_dir", "TFDS_DATA_DIR"])
+def test_a_data_dir_whose_name_is_not_utf8_is_one_line(tmp_path, monkeypatch, field):
+    """TensorFlow's file layer encodes paths as UTF-8 and raised UnicodeEncodeError (a
+    traceback) on a folder named in other bytes; one line naming where the folder was given."""
+    from clip_jax.data import options, sources
+
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/tfds\xe9")
+    config = options.default_config()
+    if field == "TFDS_DATA_DIR":  # as TFDS reads it at its import
+        from tensorflow_datasets.core import constants
+
+        monkeypatch.setenv("TFDS_DATA_DIR", folder)
+        monkeypatch.setattr(constants, "DATA_DIR", constants.get_default_data_dir())
+    else:
+        config.data_dir = folder
+    with pytest.raises(ConfigError, match=rf"^{field} '{tmp_path}/tfds\\xe9' is not a UTF-8 "
+                                          "name, and TensorFlow's file layer"):
+        sources.prepare(config)
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_dataset_another_process_built_is_read_with_its_splits(tmp_path, monkeypatch):

@@ -5,6 +5,8 @@ images for the eval batches."""
 import io
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -910,9 +912,28 @@ def test_file_names_that_are_not_utf8_read_and_such_class_names_are_refused(tmp_
     want = preprocess([Image.open(f).convert("RGB") for f in images.files], MODEL)
     np.testing.assert_array_equal(got, want)
     os.makedirs(os.fsdecode(os.fsencode(str(root)) + b"/caf\xe9"))
-    with pytest.raises(ConfigError, match=r"^Class folder b'caf\\xe9' in .* is not named in "
+    with pytest.raises(ConfigError, match=r"^Class folder 'caf\\xe9' in .* is not named in "
                                           r"UTF-8 .*: rename it"):
         labelled_data.read(str(root))
+
+
+def test_utf8_class_folders_listed_in_a_c_locale_keep_their_names(tmp_path):
+    """With LC_ALL=C, PYTHONUTF8=0 and PYTHONCOERCECLOCALE=0 (some containers, cron) Python
+    lists a folder named `café` in UTF-8 as 'caf\\udcc3\\udca9', and such a class folder was
+    refused as "not named in UTF-8". Read in that locale, in a subprocess, the class names
+    are torchvision's ImageFolder's in a UTF-8 process, and every image is read."""
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "photos"
+    for k, name in enumerate(["café crème", "猫", "dog"]):
+        os.makedirs(root / name)
+        picture(k).save(root / name / f"{name}.png")
+    code = ("import sys; from clip_jax.data import labelled; d = labelled.read(sys.argv[1]); "
+            "print(ascii(d.class_names), len(d.files), sys.getfilesystemencoding())")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    out = subprocess.run([sys.executable, "-c", code, str(root)], env=env, check=True,
+                         capture_output=True, text=True).stdout.split("\n")[-2]
+    assert out == f"{ascii(ImageFolder(str(root)).classes)} 3 ascii"
 
 
 def test_classes_named_by_numbers_are_read_as_their_names(folder, tmp_path):

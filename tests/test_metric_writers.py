@@ -4,6 +4,7 @@ one, with its rate and ETA measured on a clock the test moves."""
 
 import io
 import json
+import os
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,10 +44,11 @@ def test_a_fresh_start_forgets_steps_logged_before_any_checkpoint(tmp_path):
     """Also when both writers open in one second of one process with event-file counters 9
     and 10 (TensorBoard's names then sorted the second file first, and its purge came before
     the step it should remove: a failure that depended on how many writers ran before)."""
-    from tensorboard.summary.writer import event_file_writer
+    import itertools
 
-    while event_file_writer._global_uid.get() % 10 != 8:  # the next file gets ...9
-        pass
+    from clip_jax.training import metric_writers
+
+    metric_writers._event_file_ids = itertools.count(9)  # the first file gets ...9
     first = MetricWriter(str(tmp_path), 4, 0, progress=False)
     first.write(1, {"loss": 1.0})
     first.close()
@@ -56,6 +58,29 @@ def test_a_fresh_start_forgets_steps_logged_before_any_checkpoint(tmp_path):
     again.close()
     assert _tensorboard(tmp_path) == [(1, 2.0)]
     assert (tmp_path / "metrics.jsonl").read_text().count('"step"') == 1
+
+
+def test_a_workdir_whose_name_is_not_utf8_gets_its_logs(tmp_path):
+    """A folder name that is not UTF-8 (Python holds its bytes as surrogate escapes) failed
+    in TensorFlow's gfile after the run's work; the events are TensorBoard's own reader's,
+    read once the folder is renamed, and closing after a failed open raised AttributeError."""
+    workdir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run\xff")
+    first = MetricWriter(workdir, 3, 0, progress=False)
+    for step in (1, 2, 3):
+        first.write(step, {"loss": float(step)})
+    first.close()
+    resumed = MetricWriter(workdir, 3, 0, progress=False)
+    resumed.resume(1)
+    resumed.write(2, {"loss": 20.0})
+    resumed.close()
+    os.rename(workdir, tmp_path / "run")
+    assert _tensorboard(tmp_path / "run") == [(1, 1.0), (2, 20.0)]
+
+    (tmp_path / "file").write_text("")
+    broken = MetricWriter(str(tmp_path / "file" / "run"), 3, 0, progress=False)
+    with pytest.raises(NotADirectoryError):
+        broken.write(1, {"loss": 1.0})
+    broken.close()
 
 
 class _Clock:

@@ -1363,6 +1363,25 @@ def test_a_model_folder_is_refused_as_a_workdir(tmp_path, monkeypatch, capsys):
     config_checks.check_run(config, str(hf))
 
 
+def test_a_workdir_whose_name_is_not_utf8_is_one_line_before_the_run(tmp_path):
+    """A workdir named in bytes that are not UTF-8 trained, then failed at the first save
+    (TensorStore's "Unable to cast Python instance of type <class 'str'>"), and loading such a
+    checkpoint failed alike: one line first, naming the path with its bytes escaped."""
+    import clip_jax
+    from clip_jax.training import checkpoints, config_checks
+
+    run = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run\xff")
+    with pytest.raises(ConfigError, match=rf"^--workdir '{tmp_path}/run\\xff' is not a UTF-8 "
+                                          "name, and TensorStore"):
+        config_checks.check_run(tiny.get_config(), run)
+    assert os.listdir(tmp_path) == []
+    os.makedirs(os.path.join(run, "checkpoints", "4"))
+    for load in (clip_jax.load, checkpoints.load_model, checkpoints.read_meta):
+        with pytest.raises(ConfigError, match=r"^The checkpoint path '.*/run\\xff' is not a "
+                                              "UTF-8 name"):
+            load(run)
+
+
 def test_a_workdir_probe_another_process_removed_is_probed_again(tmp_path, monkeypatch):
     """Two processes of a job checking a new shared workdir at once: one removed the folder it
     had created for its probe while the other was about to write its probe file there, and the

@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from clip_jax import lazy
-from clip_jax.cli.arg_types import (alpha_mode, check_list_file, positive_int, read_labels,
-                                   seconds)
+from clip_jax.cli.arg_types import (alpha_mode, check_list_file, local_path, positive_int,
+                                   read_labels, read_text_flags, seconds)
 from clip_jax.runtime import logs
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import tune_process
@@ -434,7 +434,7 @@ def _weights_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
-    z.add_argument("--model", required=True, help=MODEL_HELP)
+    z.add_argument("--model", required=True, type=local_path, help=MODEL_HELP)
     z.add_argument("--labels", required=True,
                    help="comma-separated labels, or a file with one label per line")
     z.add_argument("--templates", default="simple",
@@ -451,7 +451,8 @@ def _zero_shot_arguments(z: argparse.ArgumentParser) -> None:
                         "with its probability; labels named 'path' or 'label' are refused)")
     z.add_argument("--batch-size", type=positive_int, default=64,
                    help="images decoded and embedded at once (default 64)")
-    z.add_argument("images", nargs="+", help="image files and/or folders of images")
+    z.add_argument("images", nargs="+", type=local_path,
+                   help="image files and/or folders of images")
     _weights_arguments(z)
 
 
@@ -469,9 +470,10 @@ def _image_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _index_arguments(i: argparse.ArgumentParser) -> None:
-    i.add_argument("images", nargs="+", help="image files and/or folders of images")
-    i.add_argument("--model", required=True, help=MODEL_HELP)
-    i.add_argument("--output", required=True, help="index file to write (.npz)")
+    i.add_argument("images", nargs="+", type=local_path,
+                   help="image files and/or folders of images")
+    i.add_argument("--model", required=True, type=local_path, help=MODEL_HELP)
+    i.add_argument("--output", required=True, type=local_path, help="index file to write (.npz)")
     i.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="search subfolders (default: yes)")
     i.add_argument("--batch-size", type=positive_int, default=64,
@@ -483,11 +485,12 @@ def _index_arguments(i: argparse.ArgumentParser) -> None:
 
 
 def _search_arguments(q: argparse.ArgumentParser) -> None:
-    q.add_argument("index", help="index file written by `clip-jax index`")
+    q.add_argument("index", type=local_path, help="index file written by `clip-jax index`")
     q.add_argument("query", nargs="?", help="text query, e.g. \"a red car\"")
-    q.add_argument("--image", help="query image file instead of a text")
+    q.add_argument("--image", type=local_path, help="query image file instead of a text")
     q.add_argument("--top", type=positive_int, default=10, help="matches shown (default 10)")
-    q.add_argument("--model", help="model to embed the query (default: the index's own; it "
+    q.add_argument("--model", type=local_path,
+                   help="model to embed the query (default: the index's own; it "
                    "must be that model, e.g. moved to another path)")
     q.add_argument("--output", default="text", choices=OUTPUT_FORMATS,
                    help="text (default), json (one object per line) or csv")
@@ -498,19 +501,22 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
     from clip_jax.cli import eval_sources as eval_cli
     from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
-    e.add_argument("path", help=MODEL_HELP)
-    e.add_argument("--config", help="config file whose data and eval sections to use "
+    e.add_argument("path", type=local_path, help=MODEL_HELP)
+    e.add_argument("--config", type=local_path,
+                   help="config file whose data and eval sections to use "
                    "(default: a workdir's own training config; required for other models unless "
                    "--zero-shot / --linear-probe / --few-shot / --robustness / --retrieval name "
                    "the data)")
-    e.add_argument("--data-dir", help="where TFDS datasets are read and a --retrieval table "
+    e.add_argument("--data-dir", type=local_path,
+                   help="where TFDS datasets are read and a --retrieval table "
                    "is built (default: the config's data.data_dir, else TFDS's: "
                    "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
     e.add_argument("--evaluators", help="comma-separated subset of zero_shot,retrieval,"
                    "linear_probe,few_shot,robustness (default: the config's)")
     e.add_argument("--batch-size", type=positive_int,
                    help="images per batch (default: the config's)")
-    e.add_argument("--output", help="also write the metrics to DIR/metrics.jsonl and "
+    e.add_argument("--output", type=local_path,
+                   help="also write the metrics to DIR/metrics.jsonl and "
                    "TensorBoard, the results to DIR/results.json and results.csv, and plots")
     e.add_argument("--dtype", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
                    help="compute dtype (default: the config's model.dtype: a workdir's "
@@ -528,8 +534,9 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
 def _export_arguments(x: argparse.ArgumentParser) -> None:
     from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
-    x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT", help=MODEL_HELP)
-    x.add_argument("output_dir", metavar="OUTPUT_DIR",
+    x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT", type=local_path,
+                   help=MODEL_HELP)
+    x.add_argument("output_dir", metavar="OUTPUT_DIR", type=local_path,
                    help="a new or empty folder, or a model folder of the same format "
                         "(its model files are replaced, other files kept)")
     x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),
@@ -656,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hardware.quiet_libtpu_without_tpu()  # before any command starts JAX's backends
     try:
         check_current_directory()
+        read_text_flags(args)
         hardware.check_backends()
         return args.run(args)
     except ConfigError as error:

@@ -8,6 +8,15 @@ import os
 
 from clip_jax.data import text_lists
 from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.runtime.os_text import os_text, shown
+
+
+def local_path(text: str) -> str:
+    """argparse type of a path flag: a leading `~` expanded as the shell expands it at the
+    start of a word. `--output=~/runs` and `--model=~/clip` reach the program unexpanded
+    (the shell expands `~` only at a word's start), and were written into a folder named '~'
+    in the current one, or not found."""
+    return os.path.expanduser(text)
 
 
 def positive_int(text: str) -> int:
@@ -88,3 +97,25 @@ def read_labels(spec: str, flag: str) -> list[str]:
         raise ConfigError(f"{flag} {where} repeats the label(s) {duplicates}; give each label "
                           "once.")
     return labels
+
+
+# The flags whose value is text the model reads (or a file of it), by their argparse dest ->
+# how a message names them.
+TEXT_FLAGS = {"query": "The query", "labels": "--labels", "class_names": "--class-names",
+              "templates": "--templates"}
+
+
+def read_text_flags(args: argparse.Namespace) -> None:
+    """Each of `TEXT_FLAGS` in `args` as the text typed (`os_text`): in a locale that is not
+    UTF-8 (LC_ALL=C, PYTHONUTF8=0) Python holds the non-ASCII bytes of an argument as escapes,
+    and a query or label reached the tokenizer as other words, ranking silently wrong. A value
+    naming an existing file stays the path it is. ConfigError for bytes that are not UTF-8."""
+    for dest, flag in TEXT_FLAGS.items():
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or os.path.exists(value):
+            continue
+        try:
+            setattr(args, dest, os_text(value))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{flag} '{shown(value)}' is not UTF-8 text (typed in another "
+                              "encoding); give it in UTF-8.") from None

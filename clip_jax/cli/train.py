@@ -163,7 +163,8 @@ def load(argv: Sequence[str], values: Any) -> tuple[Any, str]:
         raise ConfigError(f"unrecognised arguments {stray}: {argv[0]} takes --config, --workdir "
                           "and overrides written --config.FIELD=VALUE (no space around '=', "
                           "none before '--', as a line continuation '\\ ' leaves).")
-    return values["config"].value, values["workdir"].value
+    # `--workdir=~/runs` reaches us unexpanded (the shell expands `~` at a word's start only)
+    return values["config"].value, os.path.expanduser(values["workdir"].value)
 
 
 def parse_flags(argv: Sequence[str], values: Any) -> list[str]:

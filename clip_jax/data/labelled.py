@@ -62,6 +62,7 @@ from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_
 from clip_jax.data.tf_data import graph
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig
+from clip_jax.runtime.os_text import os_text, shown
 from clip_jax_data import tables
 from clip_jax.data.preprocess import (DECODE_ERRORS, EXIF_ORIENTATION, IMAGE_EXTENSIONS,
                                       normalization_constants, to_rgb_uint8, undecodable_format)
@@ -194,16 +195,16 @@ def _subdirs(root: str) -> list[str]:
     return sorted(n for n in _listdir(root) if isdir(os.path.join(root, n)))
 
 
-def _check_class_name(folder: str, name: str) -> None:
-    """ConfigError for a class folder whose name is not UTF-8 (surrogate-escaped by
-    `_listdir`): the name is the class name prompts are written with, and it has no text."""
+def _class_name(folder: str, name: str) -> str:
+    """The class name a class folder's name spells (`os_text`: a UTF-8 name listed in a locale
+    that is not UTF-8 is read as UTF-8); ConfigError for a name that is not UTF-8: it is the
+    class name prompts are written with, and it has no text."""
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(f"Class folder {name.encode('utf-8', 'surrogateescape')!r} in "
-                          f"{folder!r} is not named in UTF-8 (an old zip or a Windows share's "
-                          "encoding): rename it; its name is the class name the prompts "
-                          "say.") from None
+        return os_text(name)
+    except UnicodeDecodeError:
+        raise ConfigError(f"Class folder '{shown(name)}' in {folder!r} is not named in UTF-8 "
+                          "(an old zip or a Windows share's encoding): rename it; its name is "
+                          "the class name the prompts say.") from None
 
 
 def read_image_folder(root: str, split: str = "") -> LabelledImages:
@@ -215,14 +216,14 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
                   - set(_subdirs(root))) if _is_image(name) and not name.startswith(".")]
         if beside:
             skipped["outside any split folder"] = beside
-    classes = []
+    classes = []  # the class folders' names, as the OS gives them (for their paths)
     subdirs = _subdirs(folder)
     for name in subdirs:
         if _metadata_folder(name):  # .ipynb_checkpoints, .git, __MACOSX: never a class
             skipped.setdefault("hidden folder", []).append(os.path.join(folder, name))
         else:
-            _check_class_name(folder, name)
             classes.append(name)
+    class_names = [_class_name(folder, name) for name in classes]
     for name in sorted(set(_listdir(folder)) - set(subdirs)):
         why = "hidden file" if name.startswith(".") else "outside any class folder"
         skipped.setdefault(why, []).append(os.path.join(folder, name))
@@ -258,13 +259,13 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
         raise MissingFileError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                                f"{folder!r}.")
     present = set(labels)
-    empty = [name for k, name in enumerate(classes) if k not in present]
+    empty = [name for k, name in enumerate(class_names) if k not in present]
     if empty and folder not in _EMPTY_REPORTED:  # once per folder, however many tasks read it
         _EMPTY_REPORTED.add(folder)
         log.warning("image folder %s: no images in class folder(s) %s; they stay classes "
                     "(labels keep their order), with no accuracy of their own",
                     folder, ", ".join(empty))
-    out = _whole_files("image folder", folder, files, labels, classes, skipped)
+    out = _whole_files("image folder", folder, files, labels, class_names, skipped)
     out.split = split
     return out
 

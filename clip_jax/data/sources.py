@@ -27,6 +27,7 @@ import numpy as np
 from clip_jax.data._tf import tf
 from clip_jax.data.options import SPLIT_SOURCES, DataConfig, resolve_config
 from clip_jax.errors import ConfigError
+from clip_jax.runtime.folders import check_utf8_name
 
 import tensorflow_datasets as tfds  # after clip_jax.data._tf: TensorFlow must not see accelerators
 
@@ -75,7 +76,27 @@ def get_builder(config: DataConfig) -> tfds.core.DatasetBuilder:
     config = resolve_config(config)
     if config.dataset in BUILDERS:
         return BUILDERS[config.dataset](config)
-    return tfds.builder(config.dataset, data_dir=config.data_dir or None)
+    return tfds.builder(config.dataset, data_dir=data_dir(config))
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str | None:
+    """`config.data_dir`, or None for TFDS's default ($TFDS_DATA_DIR, else
+    ~/tensorflow_datasets); ConfigError where TFDS would build in the wrong place or fail: a
+    default with no home to put it in (HOME unset and no passwd entry for this user, as in a
+    container run as an arbitrary uid; TFDS then made a folder named '~' in the current one),
+    or a folder whose name is not UTF-8 (TensorFlow's file layer fails on it)."""
+    from tensorflow_datasets.core import constants
+
+    where = config.data_dir or constants.DATA_DIR  # what TFDS read at its import
+    if where.startswith("~"):
+        raise ConfigError(f"This user (uid {os.getuid()}) has no home folder (HOME is unset and "
+                          f"no passwd entry names one), so TFDS would build in a folder named "
+                          f"'~' here; set TFDS_DATA_DIR (or config.data.data_dir) to the folder "
+                          "datasets are built in.")
+    flag = ("config.data.data_dir" if config.data_dir else
+            "TFDS_DATA_DIR" if "TFDS_DATA_DIR" in os.environ else "TFDS's data folder")
+    check_utf8_name(where, flag, "TensorFlow's file layer, which TFDS builds and reads through,")
+    return config.data_dir or None
 
 
 def _our_builder(cls: type, builder_config: tfds.core.BuilderConfig,
@@ -83,7 +104,7 @@ def _our_builder(cls: type, builder_config: tfds.core.BuilderConfig,
     # TFDS insists that a predefined config is passed by name.
     name = builder_config.name
     chosen = name if name in cls.builder_configs else builder_config
-    return cls(data_dir=config.data_dir or None, config=chosen, file_format="array_record")
+    return cls(data_dir=data_dir(config), config=chosen, file_format="array_record")
 
 
 def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
@@ -184,8 +205,9 @@ def _download_failed(error: OSError) -> bool:
 def _unwritable(builder: tfds.core.DatasetBuilder, error: OSError) -> ConfigError:
     return ConfigError(
         f"Cannot build {builder.info.full_name} in {builder.data_dir} ({error.strerror}: "
-        f"{error.filename}); it is built once where it is read: point data.data_dir (or "
-        "TFDS_DATA_DIR) at a writable folder, or build it there once with write access.")
+        f"{error.filename}); it is built once where it is read: point TFDS_DATA_DIR (or "
+        "config.data.data_dir; clip-jax eval's --data-dir) at a writable folder, or build it "
+        "there once with write access.")
 
 
 def _run_once(action: Any, done: Any, name: str) -> None:

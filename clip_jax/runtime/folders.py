@@ -6,6 +6,7 @@ import os
 import tempfile
 
 from clip_jax.errors import ConfigError
+from clip_jax.runtime.os_text import os_text, shown
 
 
 def check_current_directory() -> None:
@@ -17,6 +18,27 @@ def check_current_directory() -> None:
     except FileNotFoundError:
         raise ConfigError("The current directory no longer exists (removed while the shell was "
                           "in it); cd to an existing folder, or give absolute paths.") from None
+
+
+def check_utf8_name(path: str, flag: str, reader: str) -> None:
+    """ConfigError when `path` cannot reach `reader`, a library taking UTF-8 paths only
+    (TensorStore, TensorFlow's gfile), which failed on it after the work: a name made of
+    other bytes (Latin-1 from an old archive), or a UTF-8 name that Python read in a locale
+    that is not UTF-8 (both held as surrogate escapes, `os_text`). `flag` names the path in
+    the error; the name is shown with its bytes escaped."""
+    try:
+        path.encode("utf-8")
+        return
+    except UnicodeEncodeError:
+        pass
+    try:
+        os_text(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag} '{shown(path)}' is not a UTF-8 name, and {reader} takes "
+                          "UTF-8 paths only; rename it or pass another.") from None
+    raise ConfigError(f"{flag} '{shown(path)}' was read in a locale that is not UTF-8, and "
+                      f"{reader} takes UTF-8 paths only; run with PYTHONUTF8=1 (or "
+                      "LC_ALL=C.UTF-8).")
 
 
 def check_writable_dir(workdir: str, flag: str = "--workdir") -> None:

@@ -31,6 +31,7 @@ from etils import epath
 from orbax.checkpoint._src.metadata import array_metadata_store
 
 from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.runtime.folders import check_utf8_name
 from clip_jax.models.clip import CLIP
 from clip_jax.models.config import CLIPConfig
 
@@ -58,7 +59,9 @@ class CheckpointWriteError(RuntimeError):
 
 
 def _absolute(path: str) -> str:
-    """A local path made absolute (orbax refuses relative ones); URLs (gs://...) unchanged."""
+    """A local path made absolute (orbax refuses relative ones); URLs (gs://...) unchanged.
+    ConfigError for a name that is not UTF-8, which TensorStore cannot open."""
+    check_utf8_name(path, "The checkpoint path", "TensorStore (orbax's array store)")
     return path if "://" in path else os.path.abspath(path)
 
 

@@ -24,7 +24,7 @@ from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
                                      REMAT_POLICIES)
-from clip_jax.runtime.folders import check_writable_dir
+from clip_jax.runtime.folders import check_utf8_name, check_writable_dir
 from clip_jax.runtime.logs import warn_once
 from clip_jax.runtime.sharding import MESH_AXES, check_rules
 
@@ -227,6 +227,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """All of the above, in the order a user would fix them (a training run's workdir:
     `check_training_workdir`)."""
     check_fields(config)
+    check_utf8_name(workdir, "--workdir", "TensorStore, which writes and reads the checkpoints,")
     check_writable_dir(workdir)
     if lookup(config, "mode")[1] in ("train", None):  # eval writes metrics only, no config
         check_training_workdir(workdir)

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import os
+import socket
+import struct
 import sys
 import time
 from typing import Any, Callable, Iterator, Mapping, TextIO
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.proto.event_pb2 import SessionLog
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tqdm import tqdm
 
 from clip_jax.runtime.logs import format_duration
@@ -270,6 +273,40 @@ def _wait_for_a_later_second(events_dir: str) -> None:
         time.sleep(max(seconds) + 1 - time.time())
 
 
+_event_file_ids = itertools.count()  # the last part of an event file's name, per process
+
+
+class EventFile:
+    """A TensorBoard event file in the folder `logdir`, written with Python's own `open`.
+
+    TensorBoard's `EventFileWriter` opens files through TensorFlow's gfile, which encodes the
+    path as UTF-8 and so fails (UnicodeEncodeError) on a folder whose name is not UTF-8 (bytes
+    Python holds as surrogate escapes), after a run's work is done; here the name goes to the
+    OS as Python got it. The file is TensorBoard's: `events.out.tfevents.<second>.<host>.<pid>.
+    <n>`, TFRecord framing (length, masked CRC-32C of the length, data, masked CRC-32C of the
+    data, little-endian), a `file_version` event first. Each `add_event` is written through
+    to the OS at once: no writer thread, nothing lost at exit.
+    """
+
+    def __init__(self, logdir: str):
+        os.makedirs(logdir, exist_ok=True)
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_event_file_ids)}")
+        self.path = os.path.join(logdir, name)
+        self._file = open(self.path, "wb")
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        data = event.SerializeToString()
+        length = struct.pack("<Q", len(data))
+        self._file.write(b"".join([length, struct.pack("<I", masked_crc32c(length)), data,
+                                   struct.pack("<I", masked_crc32c(data))]))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class MetricWriter:
     """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard; shows progress on stdout.
 
@@ -296,7 +333,7 @@ class MetricWriter:
             self._jsonl = open(self._path, "a")
             events = os.path.join(self.workdir, "tensorboard")
             _wait_for_a_later_second(events)
-            self._events = EventFileWriter(events)
+            self._events = EventFile(events)
 
     def resume(self, step: int) -> None:
         """Forgets every record after `step` (the restored checkpoint's; 0 for a fresh start)
@@ -320,7 +357,6 @@ class MetricWriter:
         self._events.add_event(event_pb2.Event(
             wall_time=time.time(), step=step + 1,
             session_log=event_pb2.SessionLog(status=SessionLog.START)))
-        self._events.flush()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -333,7 +369,6 @@ class MetricWriter:
                   for k, v in metrics.items() if isinstance(v, (int, float))]
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step,
                                                summary=summary_pb2.Summary(value=values)))
-        self._events.flush()
 
     def start(self) -> None:
         """The first step is about to run: rate and ETA are measured from now on."""
@@ -375,9 +410,9 @@ class MetricWriter:
             return
         if self._display is not None:
             self._display.close()
-        if self._jsonl is not None:
-            self._events.close()
-            self._jsonl.close()
+        for file in (self._events, self._jsonl):  # either may be missing: _open failed
+            if file is not None:
+                file.close()
 
 
 def _step_of(line: str) -> int | None:
