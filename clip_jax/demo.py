@@ -366,4 +366,4 @@ if __name__ == "__main__":
 
     tune_process()
     logs.setup_console()
-    sys.exit(main())
+    sys.exit(logs.exit_status(main))

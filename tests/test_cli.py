@@ -605,8 +605,10 @@ def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
     """`clip-jax ... | head -1`: the command goes on (exit 0) with stdout dropped and says so
     once; python's own `print` to the closed pipe would raise BrokenPipeError."""
     code = ("from clip_jax.runtime import logs; logs.setup_console(); import sys\n"
-            "for i in range(200000): print('line', i)\n"
-            "print('done', file=sys.stderr)")
+            "def main():\n"
+            "    for i in range(200000): print('line', i)\n"
+            "    print('done', file=sys.stderr)\n"
+            "sys.exit(logs.exit_status(main))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "line 0\n"
@@ -616,13 +618,22 @@ def test_a_closed_output_pipe_is_one_warning_not_a_traceback():
     assert err.splitlines() == ["warning: standard output was closed (its reader exited); "
                                 "carrying on without it.", "done"]
     # stdout on a full disk (/dev/full: every write ENOSPC) was a traceback that killed a
-    # run, its last steps unsaved (trial AL): dropped the same way, said once
+    # run, its last steps unsaved (trial AL): dropped the same way, said once; but the
+    # output is lost, so the status is a failure (it was 0, trial BA)
+    full_disk = ["warning: standard output cannot be written (No space left on device); "
+                 "carrying on without it.", "done", "error: standard output could not be "
+                 "written (No space left on device), so this command's output is incomplete; "
+                 "free space there (or write elsewhere) and run it again."]
     with open("/dev/full", "w") as full:
         proc = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE,
                               text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines() == ["warning: standard output cannot be written (No space "
-                                        "left on device); carrying on without it.", "done"]
+    assert (proc.returncode, proc.stderr.splitlines()) == (1, full_disk)
+    # the same of the command itself, whose --help exits through argparse's SystemExit
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "clip-jax"),
+                               "--help"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    assert (proc.returncode, proc.stderr.splitlines()) == (1, [full_disk[0], full_disk[2]])
 
 
 def test_orbax_tracebacks_are_left_out_of_the_quiet_console():
@@ -1304,6 +1315,39 @@ def test_a_training_workdir_given_with_equals_and_a_tilde_is_the_home_folder(mon
     _, workdir = train_cli.load(["clip-jax train", "--config=tiny", "--workdir=~/run"],
                                 flags.FlagValues())
     assert workdir == "/home/someone/run"
+
+
+def test_a_csv_stdout_cannot_write_is_refused_before_the_model_loads(vit_workdir, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Under PYTHONIOENCODING=ascii `--output csv` wrote 'café.png' as 'caf\\xe9.png', a path
+    no program finds, with exit 0. Refused in one line before the model loads (the model path
+    of the first runs does not exist), naming the fix; a stream that can write the names
+    (Latin-1 here) passes the check, and the csv module reads each name back as itself."""
+    import csv
+    import io
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_captioned_pngs(photos, 1, (40, 40), 0, ())
+    os.rename(photos / os.listdir(photos)[0], photos / "café.png")
+    for labels, encoding, bad in (("cat,dog", "ascii", str(photos / "café.png")),
+                                  ("猫,dog", "latin-1", "猫")):
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="backslashreplace")
+        monkeypatch.setattr(sys, "stdout", stdout)
+        code = cli.main(["zero-shot", "--model", str(tmp_path / "none"), "--labels", labels,
+                         "--output", "csv", str(photos)])
+        err = capsys.readouterr().err
+        assert (code, stdout.buffer.getvalue()) == (2, b"")
+        assert err == (f"error: --output csv: standard output's encoding ({encoding}) cannot "
+                       f"write {bad!r}; run with PYTHONIOENCODING=utf-8, or use --output json "
+                       "(which escapes what it cannot write).\n")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", errors="backslashreplace")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert cli.main(["zero-shot", "--model", vit_workdir[0], "--labels", "crème,dog",
+                     "--output", "csv", str(photos)]) == 0
+    stdout.flush()
+    rows = list(csv.reader(io.StringIO(stdout.buffer.getvalue().decode("latin-1"))))
+    assert [rows[0][2:], rows[1][0]] == [["crème", "dog"], str(photos / "café.png")]
 
 
 def _in_c_locale(text):

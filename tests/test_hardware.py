@@ -170,3 +170,5 @@ def test_the_cache_has_a_folder_without_a_home(monkeypatch):
     assert hardware.cache_dir() == pathlib.Path(tempfile.gettempdir()) / f"clip_jax-{os.getuid()}"
     monkeypatch.setenv("XDG_CACHE_HOME", "/x")
     assert hardware.cache_dir() == pathlib.Path("/x/clip_jax")
+    monkeypatch.setenv("XDG_CACHE_HOME", "x")  # relative: ignored, as the XDG spec says
+    assert hardware.cache_dir() == pathlib.Path(tempfile.gettempdir()) / f"clip_jax-{os.getuid()}"

@@ -6,6 +6,7 @@ published slice shapes.
 """
 
 import json
+import os
 import re
 
 import jax
@@ -60,6 +61,26 @@ def test_bad_topology_name_is_a_clear_error():
         tpu_topology.parse("0xv5e-8")
     assert tpu_topology.parse("v5e-1").bounds == (1, 1)
     assert tpu_topology.parse(" V5E-16 \n").name == "V5E-16"  # the report echoed the blanks
+
+
+def test_libtpu_logs_where_this_user_can_write(monkeypatch, tmp_path):
+    """`clip-jax plan` run by a second user on a shared machine: libtpu's /tmp/tpu_logs was
+    the first user's, and libtpu printed some 200 lines failing to log there. Another folder
+    is given where that one cannot be written (/proc/1, unwritable even by root here); the
+    user's own TPU_LOG_DIR, and a writable default, are left as they are."""
+    for name in ("TPU_LOG_DIR", "TPU_ACCELERATOR_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tpu_topology, "LIBTPU_LOG_DIR", "/proc/1")
+    tpu_topology.set_libtpu_env(tpu_topology.parse("v5e-8"))
+    assert os.environ["TPU_LOG_DIR"] == f"/proc/1-{os.getuid()}"
+    assert os.environ["TPU_ACCELERATOR_TYPE"] == "v5e-8"
+    monkeypatch.setenv("TPU_LOG_DIR", "/mine")
+    tpu_topology.set_libtpu_env(tpu_topology.parse("v5e-8"))
+    assert os.environ["TPU_LOG_DIR"] == "/mine"
+    monkeypatch.delenv("TPU_LOG_DIR")
+    monkeypatch.setattr(tpu_topology, "LIBTPU_LOG_DIR", str(tmp_path))
+    tpu_topology.set_libtpu_env(tpu_topology.parse("v5e-8"))
+    assert "TPU_LOG_DIR" not in os.environ
 
 
 def test_multi_slice_mesh_puts_only_the_data_axis_across_slices():

@@ -62,6 +62,23 @@ def text_path(path: str) -> str:
     return path
 
 
+def check_csv_output(values: Sequence[str]) -> None:
+    """ConfigError, before the model loads, when standard output's encoding cannot write one
+    of `values` (a label, a file name) into a CSV as itself: under PYTHONIOENCODING=ascii (or
+    a Latin-1 locale) a name was written as `caf\\xe9.jpg` escapes, a path no program finds,
+    with exit 0. A name's undecodable bytes are written as those bytes (`logs`)."""
+    encoding = sys.stdout.encoding or "utf-8"
+    for value in values:
+        try:
+            value.encode(encoding, "surrogateescape")
+        except UnicodeEncodeError:
+            raise ConfigError(f"--output csv: standard output's encoding ({encoding}) cannot "
+                              f"write {value!r}; run with PYTHONIOENCODING=utf-8, or use --output "
+                              "json (which escapes what it cannot write).") from None
+        except LookupError:  # an encoding Python does not know: left to the stream
+            return
+
+
 def report_skipped(skipped: Sequence, ignored: int = 0) -> None:
     """Every file not processed, with its reason, on stderr (stdout stays machine-readable)."""
     for item in skipped:
@@ -110,6 +127,8 @@ def zero_shot_command(args: argparse.Namespace) -> int:
     check_list_file(args.templates, "--templates")
     prompts = templates.get_templates(args.templates)
     paths, ignored = image_folder.find_images(args.images, args.recursive)
+    if args.output == "csv":
+        check_csv_output([*labels, *paths])
     module, variables, tokenizer = load_model_and_tokenizer(args.model, args)
     classifier = zero_shot.ZeroShotClassifier(module, variables, args.batch_size,
                                               tokenizer=tokenizer,
@@ -210,6 +229,8 @@ def search_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.index} holds no images (none of its "
                           f"{len(index.meta.get('skipped', []))} file(s) could be read); "
                           "index readable images first.")
+    if args.output == "csv":
+        check_csv_output(index.paths)
     model = args.model or index.meta.get("model")
     if not model:
         raise ConfigError(f"{args.index!r} does not record its model's name (built by "
@@ -680,4 +701,4 @@ def console() -> int:
         return train.console(["clip-jax train", *sys.argv[2:]])
     tune_process()
     logs.setup_console()
-    return main()
+    return logs.exit_status(main)

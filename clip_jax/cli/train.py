@@ -494,4 +494,4 @@ def console(argv: Sequence[str] | None = None) -> int:
 
     tune_process()
     logs.setup_console()
-    return main(sys.argv if argv is None else argv)
+    return logs.exit_status(lambda: main(sys.argv if argv is None else argv))

@@ -137,16 +137,30 @@ def parse(name: str) -> Topology:
     return Topology(name.strip(), chip, chips, slices, _grid(chips, chip.dims))
 
 
+# Where libtpu writes its logs unless TPU_LOG_DIR says otherwise.
+LIBTPU_LOG_DIR = "/tmp/tpu_logs"
+
+
+def set_libtpu_env(topology: Topology) -> None:
+    """What libtpu reads as it loads, each unless the user set it: the accelerator type and
+    TPU_WORKER_HOSTNAMES=localhost (no TPU VM metadata to ask), several compile-only
+    processes allowed, and, where libtpu's log folder is another user's (a shared machine:
+    libtpu printed some 200 lines failing to write there), TPU_LOG_DIR of this user's."""
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.family}-{topology.chips}")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if os.path.isdir(LIBTPU_LOG_DIR) and not os.access(LIBTPU_LOG_DIR, os.W_OK):
+        os.environ.setdefault("TPU_LOG_DIR", f"{LIBTPU_LOG_DIR}-{os.getuid()}")
+
+
 def devices(topology: Topology) -> list[Any]:
     """Compile-only devices of the topology (all slices), from libtpu.
 
-    Sets TPU_ACCELERATOR_TYPE and TPU_WORKER_HOSTNAMES=localhost (if unset) so that libtpu
-    does not look for a TPU VM; the CPU backend stays the default (JAX_PLATFORMS untouched).
+    Sets libtpu's variables first (`set_libtpu_env`); the CPU backend stays the default
+    (JAX_PLATFORMS untouched).
     Raises ValueError when libtpu is missing.
     """
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.family}-{topology.chips}")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other compile-only processes
+    set_libtpu_env(topology)
     from jax.experimental import topologies
 
     bounds = topology.bounds + (1,) * (3 - len(topology.bounds))

@@ -89,13 +89,14 @@ def check_backends() -> None:
 
 
 def cache_dir() -> Path:
-    """clip_jax's user-level cache: $CLIP_JAX_CACHE, else $XDG_CACHE_HOME/clip_jax, else
+    """clip_jax's user-level cache: $CLIP_JAX_CACHE, else $XDG_CACHE_HOME/clip_jax (an
+    absolute one: a relative one made a cache in each folder a command ran from), else
     ~/.cache/clip_jax (compiled executables, measured peaks); with no home at all (HOME unset
     and a user id without a passwd entry, as `docker run --user 1234` gives: Path.home()
     raised RuntimeError at the compile, trial BA), clip_jax-UID in the temporary folder."""
     if os.environ.get("CLIP_JAX_CACHE"):
         return Path(os.environ["CLIP_JAX_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
+    if os.path.isabs(os.environ.get("XDG_CACHE_HOME", "")):  # the XDG spec: relative ignored
         return Path(os.environ["XDG_CACHE_HOME"]) / "clip_jax"
     try:
         return Path.home() / ".cache" / "clip_jax"

@@ -112,6 +112,7 @@ def survive_closed_output() -> None:
 
 # Write errors of an output that will not take more (its disk full): dropped as a closed pipe.
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_LOST: list[str] = []  # why standard output lost what was written to it (a full disk's error)
 
 
 class _ClosedSafe:
@@ -145,12 +146,36 @@ class _ClosedSafe:
         os.close(devnull)
         why = ("was closed (its reader exited)" if isinstance(error, BrokenPipeError)
                else f"cannot be written ({error.strerror})")
+        if self._name == "stdout" and error.errno in _FULL:
+            _LOST.append(error.strerror or str(error))
         if self._name == "stdout":
             print(f"warning: standard output {why}; carrying on without it.", file=sys.stderr,
                   flush=True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def exit_status(entry: Callable[[], int | None]) -> int:
+    """The exit status of `entry` (an entry point's body, returning or `sys.exit`ing it, as
+    argparse's --help and absl's `app.run` do): 1 instead of success when standard output met
+    a full disk. The command carried on (a run's last steps and checkpoints matter more than
+    its log), but what it printed, a command's very result (`clip-jax zero-shot ... --output
+    json > out.json`), is lost, and exit 0 told a script it was there. A closed pipe
+    (`| head -1`) is its reader's choice: the status stands. `sys.exit("message")` passes."""
+    try:
+        status = entry() or 0
+    except SystemExit as stop:
+        if not isinstance(stop.code, (int, type(None))):
+            raise
+        status = stop.code or 0
+    sys.stdout.flush()  # what is still buffered meets the disk now (`_ClosedSafe` catches)
+    if _LOST and status == 0:
+        print(f"error: standard output could not be written ({_LOST[0]}), so this command's "
+              "output is incomplete; free space there (or write elsewhere) and run it again.",
+              file=sys.stderr, flush=True)
+        return 1
+    return status
 
 
 def format_duration(seconds: float) -> str:
