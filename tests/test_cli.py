@@ -1306,15 +1306,24 @@ def test_a_path_flag_given_with_equals_and_a_tilde_is_the_home_folder(argv, dest
             assert path.startswith("/home/someone/"), (name, path)
 
 
-def test_a_training_workdir_given_with_equals_and_a_tilde_is_the_home_folder(monkeypatch):
-    from absl import flags
-
+def test_a_training_workdir_and_config_given_with_equals_and_a_tilde_are_at_home(
+        monkeypatch, tmp_path, capsys):
+    """`clip-jax train --workdir=~/run` trained into './~/run' (trial BB), and
+    `--config=~/my.py` was "no such config file"."""
     from clip_jax.cli import train as train_cli
 
-    monkeypatch.setenv("HOME", "/home/someone")
-    _, workdir = train_cli.load(["clip-jax train", "--config=tiny", "--workdir=~/run"],
-                                flags.FlagValues())
-    assert workdir == "/home/someone/run"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my.py").write_text("")
+    assert train_cli.resolve_config_path("~/my.py:arg") == f"{tmp_path}/my.py:arg"
+    seen = []
+
+    def prepare(config, workdir):
+        seen.append(workdir)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(train_cli, "prepare", prepare)
+    assert train_cli.run(None, "~/run") == 2
+    assert seen == [f"{tmp_path}/run"]
 
 
 def test_a_csv_stdout_cannot_write_is_refused_before_the_model_loads(vit_workdir, tmp_path,
@@ -1348,6 +1357,48 @@ def test_a_csv_stdout_cannot_write_is_refused_before_the_model_loads(vit_workdir
     stdout.flush()
     rows = list(csv.reader(io.StringIO(stdout.buffer.getvalue().decode("latin-1"))))
     assert [rows[0][2:], rows[1][0]] == [["crème", "dog"], str(photos / "café.png")]
+
+
+@pytest.mark.parametrize("argv, field, value", [
+    (["search", "i.npz", "--top", "1", "--", "-red"], "query", "-red"),
+    (["search", "i.npz", "--top", "1", "red"], "query", "red"),
+    (["zero-shot", "--model", "m", "a", "--labels", "x,y", "--", "-b"], "images", ["a", "-b"]),
+    (["index", "--model", "m", "a", "--output", "o", "--", "-b", "c"], "images",
+     ["a", "-b", "c"]),
+])
+def test_words_after_a_double_dash_are_the_trailing_positional(argv, field, value):
+    """`search INDEX --top 1 -- "-red"` said "unrecognized arguments: -- -red" (trial BB):
+    after `--` every word is the command's last positional argument, as argparse reads `--`
+    before the options."""
+    args, extra = cli.parser().parse_known_args(argv)
+    assert cli._take_trailing_positionals(args, extra) == []
+    assert getattr(args, field) == value
+    args, extra = cli.parser().parse_known_args(["search", "i.npz", "--top", "1", "--bad"])
+    assert cli._take_trailing_positionals(args, extra) == ["--bad"]
+
+
+def test_the_c_locale_writes_labels_and_names_as_a_utf8_locale_does(tmp_path):
+    """LC_ALL=C with PYTHONUTF8=0: stdout is ASCII passing undecodable bytes through, so a
+    label typed in UTF-8 (read as the text typed) raised UnicodeEncodeError mid-listing, JSON
+    paths came out as '\\udcc3\\udca9' escapes, and a second `clip-jax index` reused none
+    of its UTF-8-named entries. The same program in a UTF-8 locale is the reference: the same
+    bytes on stdout, and the index's paths are os.listdir's in either."""
+    (tmp_path / "café 猫.png").write_bytes(b"")
+    code = ("import os, sys; from clip_jax.runtime import logs; logs.setup_console()\n"
+            "from clip_jax.cli import json_line, text_path\n"
+            "from clip_jax.inference.image_index import _decode, _encode\n"
+            "name, = os.listdir(sys.argv[1])\n"
+            "print(sys.argv[2], text_path(name), json_line({'path': name, 'top': [sys.argv[2]]}))\n"
+            "print(_decode(_encode([name])) == [name], bytes(_encode([name])))\n")
+    outputs = []
+    for locale in ("C", "C.UTF-8"):
+        env = dict(os.environ, LC_ALL=locale, PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+        outputs.append(subprocess.run([sys.executable, "-c", code, str(tmp_path), "crème 猫"],
+                                      env=env, capture_output=True, check=True).stdout)
+    assert outputs[0] == outputs[1]
+    assert outputs[1].decode("utf-8").splitlines() == [
+        'crème 猫 café 猫.png {"path": "café 猫.png", "top": ["crème 猫"]}',
+        f"True {'café 猫.png'.encode()}"]
 
 
 def _in_c_locale(text):

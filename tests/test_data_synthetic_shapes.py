@@ -6,6 +6,8 @@ import glob
 import hashlib
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -169,6 +171,16 @@ def test_no_home_for_tfds_default_folder_is_one_line(tmp_path, monkeypatch):
     config = options.default_config()
     config.data_dir = str(tmp_path / "tfds")
     assert sources.get_builder(config).data_dir.startswith(str(tmp_path / "tfds"))
+    # TensorFlow's Keras made './~/.keras' at import: a process with no home, from the start
+    code = ("import pwd, sys\n"
+            "def no_entry(uid): raise KeyError(uid)\n"
+            "pwd.getpwuid = no_entry\n"
+            "from clip_jax.data._tf import tf\n"
+            "import tensorflow_datasets\n")
+    env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    assert "~" not in os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("field", ["config.data.data_dir", "TFDS_DATA_DIR"])

@@ -39,6 +39,7 @@ from clip_jax import lazy
 from clip_jax.cli.arg_types import (alpha_mode, check_list_file, local_path, positive_int,
                                    read_labels, read_text_flags, seconds)
 from clip_jax.runtime import logs
+from clip_jax.runtime.os_text import os_text
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.host_tuning import tune_process
 
@@ -66,11 +67,13 @@ def check_csv_output(values: Sequence[str]) -> None:
     """ConfigError, before the model loads, when standard output's encoding cannot write one
     of `values` (a label, a file name) into a CSV as itself: under PYTHONIOENCODING=ascii (or
     a Latin-1 locale) a name was written as `caf\\xe9.jpg` escapes, a path no program finds,
-    with exit 0. A name's undecodable bytes are written as those bytes (`logs`)."""
+    with exit 0. A name's undecodable bytes are written as those bytes, and in the C locale
+    the rest in UTF-8 (`logs.write_any_text`): lossless."""
     encoding = sys.stdout.encoding or "utf-8"
+    lossless = getattr(sys.stdout, "errors", None) == logs.UTF8_BYTES
     for value in values:
         try:
-            value.encode(encoding, "surrogateescape")
+            value.encode(encoding, logs.UTF8_BYTES if lossless else "surrogateescape")
         except UnicodeEncodeError:
             raise ConfigError(f"--output csv: standard output's encoding ({encoding}) cannot "
                               f"write {value!r}; run with PYTHONIOENCODING=utf-8, or use --output "
@@ -625,13 +628,31 @@ def json_line(record: dict) -> str:
     """`record` as one line of JSON for stdout, non-ASCII file names and labels as themselves
     (café_猫.jpg, not caf\\u00e9_\\u732b.jpg) where stdout's encoding can write them; else, and
     for a name that is not valid Unicode (undecodable bytes), the \\u escapes: valid JSON
-    either way."""
+    either way. A name in UTF-8 listed in the C locale (its bytes held as escapes, `os_text`)
+    is written as the name it spells, as in a UTF-8 locale, not as those escapes."""
+    record = {key: _json_text(value) for key, value in record.items()}
     text = json.dumps(record, ensure_ascii=False)
+    in_utf8 = getattr(sys.stdout, "errors", None) == logs.UTF8_BYTES  # the C locale's stdout
     try:
-        text.encode(sys.stdout.encoding or "utf-8")
+        text.encode("utf-8" if in_utf8 else sys.stdout.encoding or "utf-8")
     except (UnicodeEncodeError, LookupError):
         text = json.dumps(record)
     return text
+
+
+def _json_text(value: Any) -> Any:
+    """A JSON value's strings as `os_text` reads them, where it can (nested lists and
+    dicts too); a name whose bytes are not UTF-8 stays as it is."""
+    if isinstance(value, str):
+        try:
+            return os_text(value)
+        except UnicodeDecodeError:
+            return value
+    if isinstance(value, list):
+        return [_json_text(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_text(item) for key, item in value.items()}
+    return value
 
 
 # A command's last positional argument, which argparse leaves over when an option comes
@@ -643,11 +664,13 @@ def _take_trailing_positionals(args: argparse.Namespace, extra: list[str]) -> li
     """`extra` (what `parse_known_args` did not take) less the words that belong to the
     command's last positional argument (`_TRAILING_POSITIONALS`), which get them: argparse
     fills positionals only from words before the first option, and said "unrecognized
-    arguments: a red car"."""
+    arguments: a red car". Words after a `--` are the positional's whatever they start with
+    (`search INDEX --top 1 -- "-red"`, a query or file name starting with '-')."""
     field = _TRAILING_POSITIONALS.get(args.command)
-    words = [a for a in extra if not a.startswith("-")]
-    if not field or not words or len(words) < len(extra):  # an unknown option: said as such
-        return extra
+    cut = extra.index("--") if "--" in extra else len(extra)  # after it: words, dash or not
+    words = [a for a in extra[:cut] if not a.startswith("-")] + extra[cut + 1:]
+    if not field or not words or len(words) < len(extra) - (cut < len(extra)):
+        return extra  # an unknown option: said as such
     value = getattr(args, field)
     if isinstance(value, list):
         value.extend(words)

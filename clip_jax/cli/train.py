@@ -106,8 +106,9 @@ def resolve_config_path(value: str) -> str:
     A `:ARG` suffix (passed to `get_config(ARG)` by ml_collections) is kept.
     """
     path, colon, arg = value.partition(":")
+    path = os.path.expanduser(path)  # `--config=~/my.py`: the shell expands no `~` after '='
     if os.path.isfile(path):
-        return value
+        return path + colon + arg
     bundled = os.path.join(CONFIGS_DIR, f"{path}.py")
     if path in config_names():
         return bundled + colon + arg
@@ -163,8 +164,7 @@ def load(argv: Sequence[str], values: Any) -> tuple[Any, str]:
         raise ConfigError(f"unrecognised arguments {stray}: {argv[0]} takes --config, --workdir "
                           "and overrides written --config.FIELD=VALUE (no space around '=', "
                           "none before '--', as a line continuation '\\ ' leaves).")
-    # `--workdir=~/runs` reaches us unexpanded (the shell expands `~` at a word's start only)
-    return values["config"].value, os.path.expanduser(values["workdir"].value)
+    return values["config"].value, values["workdir"].value
 
 
 def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
@@ -379,7 +379,10 @@ def _shown(record: Any) -> bool:
 
 def run(config: Any, workdir: str) -> int:
     """Checks (`prepare`), then trains or evaluates; the exit code (see the module docstring).
-    A ConfigError is printed as one `error: ...` line on stderr; other exceptions propagate."""
+    A ConfigError is printed as one `error: ...` line on stderr; other exceptions propagate.
+    A `~` leading `workdir` is the home folder: `--workdir=~/runs` reaches us unexpanded (the
+    shell expands `~` only at a word's start), and the run went into a folder named '~'."""
+    workdir = os.path.expanduser(workdir)
     _STARTED[:] = [workdir]
     try:
         prepare(config, workdir)

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import sys
+import tempfile
 from types import ModuleType
 
 # TensorFlow announces at import, once per process (twice for main.py, which re-executes
@@ -22,6 +23,11 @@ from types import ModuleType
 # Warnings and errors still show; values the user set win.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# With no home folder (HOME unset and no passwd entry: a container run as an arbitrary uid),
+# TensorFlow's Keras made its config folder './~/.keras' in the current one at import.
+if os.path.expanduser("~") == "~":
+    os.environ.setdefault("KERAS_HOME", os.path.join(tempfile.gettempdir(),
+                                                     f"keras-{os.getuid()}"))
 
 # absl WARNING lines a user can do nothing about, one substring each, with who logs them.
 KNOWN_NOISE = (

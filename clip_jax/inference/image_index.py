@@ -553,12 +553,17 @@ def _stat(path: str) -> tuple[int, int]:
 
 
 def _encode(paths: Sequence[str]) -> np.ndarray:
-    """Paths as one uint8 buffer of NUL-separated UTF-8 (NUL cannot occur in a path)."""
+    """Paths as one uint8 buffer of their NUL-separated bytes (NUL cannot occur in a path): a
+    name's undecodable bytes as themselves, the rest in UTF-8, the file system's bytes."""
     return np.frombuffer("\0".join(paths).encode("utf-8", "surrogateescape"), np.uint8)
 
 
 def _decode(buffer: np.ndarray) -> list[str]:
-    text = bytes(buffer).decode("utf-8", "surrogateescape")
+    """`_encode`'s paths as this process's os functions spell them (`os.fsdecode`): in the C
+    locale (LC_ALL=C, PYTHONUTF8=0) a UTF-8 name comes back as os.listdir lists it, so a
+    second `clip-jax index` reuses its entry (it embedded them all again) and search's paths
+    open."""
+    text = os.fsdecode(bytes(buffer))
     return text.split("\0") if text else []
 
 

@@ -85,18 +85,45 @@ def setup_console() -> None:
     show_warnings()
 
 
+# The error handler of an ASCII stream in the C locale: what ASCII lacks is written in UTF-8.
+UTF8_BYTES = "clip_jax.utf8_bytes"
+
+
+def _utf8_bytes(error: UnicodeError) -> tuple[bytes, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    return error.object[error.start:error.end].encode("utf-8", "surrogateescape"), error.end
+
+
+codecs.register_error(UTF8_BYTES, _utf8_bytes)
+
+
 def write_any_text() -> None:
     """Makes stdout and stderr write any file name or label instead of raising
     UnicodeEncodeError at the first one their encoding lacks (a CJK name under
-    PYTHONIOENCODING=ascii killed `clip-jax zero-shot` mid-listing): on a UTF-8 stream a name
-    with undecodable bytes (os.listdir's surrogate escapes) is written as those bytes, the
-    file's own name; on any other encoding, what it lacks is written as `\\u732b`-style
-    escapes. A stream whose error handler was chosen (not 'strict') is left as it is."""
-    for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) != "strict" or not hasattr(stream, "reconfigure"):
+    PYTHONIOENCODING=ascii killed `clip-jax zero-shot` mid-listing):
+    - a UTF-8 stream writes a name's undecodable bytes (os.listdir's surrogate escapes) as
+      those bytes, the file's own name;
+    - a stream Python opened in the C locale (LC_ALL=C with PYTHONUTF8=0: ASCII, passing
+      undecodable bytes through) writes file names as their bytes and the rest (a label
+      typed in UTF-8, `os_text`) in UTF-8 (`UTF8_BYTES`), where it raised UnicodeEncodeError;
+    - any other encoding (PYTHONIOENCODING=ascii, latin-1) writes what it lacks as
+      `\\u732b`-style escapes.
+    A stream whose error handler was chosen otherwise is left as it is."""
+    def utf8(stream: TextIO) -> bool:
+        return codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "utf-8"
+
+    # Python gives stdout 'surrogateescape' in the C locale only (stderr: 'backslashreplace')
+    c_locale = getattr(sys.stdout, "errors", None) == "surrogateescape" and not utf8(sys.stdout)
+    for stream, c_locale_errors in ((sys.stdout, "surrogateescape"),
+                                    (sys.stderr, "backslashreplace")):
+        errors = getattr(stream, "errors", None)
+        if not hasattr(stream, "reconfigure"):
             continue
-        utf8 = codecs.lookup(stream.encoding or "ascii").name == "utf-8"
-        stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+        if errors == "strict":
+            stream.reconfigure(errors="surrogateescape" if utf8(stream) else "backslashreplace")
+        elif c_locale and errors == c_locale_errors and not utf8(stream):
+            stream.reconfigure(errors=UTF8_BYTES)
 
 
 def survive_closed_output() -> None:
