@@ -89,6 +89,32 @@ def test_evaluating_the_same_model_again_compiles_nothing(folder, model):
     assert again == first and compiles == []
 
 
+def test_zero_shot_prompts_cut_at_the_context_are_said(folder, model, tmp_path, caplog):
+    """`clip-jax eval`'s zero-shot tokenised its prompts without the check `clip-jax
+    zero-shot` and search make: a long template or class name was cut at the model's context
+    unsaid. The prompts said to fill it are those whose open_clip tokens leave no padding."""
+    import logging
+
+    import open_clip
+
+    module, variables = model
+    length = module.config.context_length
+    chosen = ("a {}.", "a blurry photo of a {} " + "seen from far away " * 3)
+    (tmp_path / "templates.txt").write_text("\n".join(chosen))
+    config = config_for(zero_shot=evaluate.zero_shot_task(
+        str(folder), templates=str(tmp_path / "templates.txt")))
+    with caplog.at_level(logging.WARNING, "clip_jax"):
+        evaluate.evaluate_model(config, module, variables)
+    prompts = templates.prompts(labelled_data.read(str(folder), "test").class_names, chosen)
+    filled = (open_clip.tokenize(prompts, context_length=length)[:, -1] != 0).numpy()
+    first = prompts[int(np.flatnonzero(filled)[0])]
+    said = [r.getMessage() for r in caplog.records if "context" in r.getMessage()]
+    assert said == [f"{filled.sum()} of {len(prompts)} texts (the first {first[:57] + '...'!r}) "
+                    f"fill the model's {length}-token context, so any words past it are cut (as "
+                    "OpenAI's tokenizer cuts them) and play no part; shorten them to the key "
+                    "words"]
+
+
 def test_a_resnet_with_running_statistics_evaluates_as_its_reference(folder):
     """`evaluate_model` (and `clip-jax eval`) of any ResNet failed with "sharding should be an
     instance of jax.sharding" (trial P): its BatchNorm statistics' shardings kept their

@@ -29,6 +29,7 @@ from clip_jax.training import checkpoints
 from clip_jax.data import options as data_options
 from clip_jax.data.source_check import source_problem
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
+from clip_jax.inference.encoder import warn_if_cut
 from clip_jax.pretrained import factory
 from clip_jax.pretrained import load as loading
 from clip_jax.runtime import sharding
@@ -117,6 +118,7 @@ class Evaluation:
         self.module = module
         self.tokenize = tokenizer or openai_for(module.config.text.vocab_size,
                                                 module.config.context_length)
+        self._pad_id = getattr(tokenizer, "pad_token_id", 0)  # OpenAI's pads with 0
         self.embedder = Embedder(module, mesh, config.logical_axis_rules, shardings,
                                  config.eval.batch_size)
         self.passes.open(module.config, self.embedder.local_batch, tokenizer)
@@ -144,11 +146,19 @@ class Evaluation:
         with once.scope(self.warned):
             return self._run(variables)
 
+    def _tokenize_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """The zero-shot prompts' tokens, warning of those cut at the model's context (long
+        class names or templates), as `clip-jax zero-shot` and search warn of theirs."""
+        tokens = np.asarray(self.tokenize(prompts))
+        warn_if_cut(prompts, tokens, self._pad_id)
+        return tokens
+
     def _run(self, variables: Variables) -> dict[str, float | None]:
         self.passes.embed(self.embedder, variables)
         embed_texts = lambda tokens: self.embedder.embed_texts(variables, tokens)  # noqa: E731
         classes = {id(c): zero_shot.class_embeddings(embed_texts, c.class_names, c.templates,
-                                                     self.tokenize, scored=scored_classes(c))
+                                                     self._tokenize_prompts,
+                                                     scored=scored_classes(c))
                    for task in self.tasks for c in task.classifiers()}
         ctx = RunContext(variables, embed_texts, self.tokenize, classes, self.records)
         metrics: dict[str, float | None] = {}

@@ -38,6 +38,22 @@ def _embedding_functions(module: CLIP) -> tuple[Callable, Callable]:
             jax.jit(functools.partial(text_features, module)))
 
 
+def warn_if_cut(texts: Sequence[str], tokens: np.ndarray, pad_id: int) -> None:
+    """One warning (`warn_once`, this module's logger) naming the first of `texts` whose
+    tokens (int32 [N, L], one row per text) fill the context, leaving no `pad_id` at the end:
+    such a text is cut there, as OpenAI's tokenizer cuts it, and its words past the context
+    play no part (a search query or zero-shot prompt read in part was silent)."""
+    if not len(tokens) or not (filled := np.flatnonzero(tokens[:, -1] != pad_id)).size:
+        return
+    first = str(texts[filled[0]])
+    shown = first if len(first) <= 60 else first[:57] + "..."
+    which, them = ((f"the text {shown!r} fills", "it") if len(texts) == 1 else
+                   (f"{filled.size} of {len(texts)} texts (the first {shown!r}) fill", "them"))
+    warn_once(log, "%s the model's %d-token context, so any words past it are cut (as "
+              "OpenAI's tokenizer cuts them) and play no part; shorten %s to the key words",
+              which, tokens.shape[1], them)
+
+
 class Encoder:
     """L2-normalised float32 embeddings [N, E] of images and texts from `(module, variables)`
     (e.g. `clip_jax.load(...)`). Inputs are padded to multiples of `batch_size` rows."""
@@ -120,16 +136,7 @@ class Encoder:
         if tokens.ndim != 2 or len(tokens) != len(texts):
             raise ValueError(f"The tokenizer gave shape {tokens.shape} for {len(texts)} texts; "
                              "it must return int32 ids [N texts, L] (clip_jax.get_tokenizer).")
-        pad = getattr(self.tokenizer, "pad_token_id", 0)
-        if len(tokens) and (filled := np.flatnonzero(tokens[:, -1] != pad)).size:
-            first = str(texts[filled[0]])
-            shown = first if len(first) <= 60 else first[:57] + "..."
-            which, them = ((f"the text {shown!r} fills", "it") if len(texts) == 1 else
-                           (f"{filled.size} of {len(texts)} texts (the first {shown!r}) fill",
-                            "them"))
-            warn_once(log, "%s the model's %d-token context, so any words past it are cut (as "
-                      "OpenAI's tokenizer cuts them) and play no part; shorten %s to the key "
-                      "words", which, tokens.shape[1], them)
+        warn_if_cut(texts, tokens, getattr(self.tokenizer, "pad_token_id", 0))
         return tokens
 
     def embed_texts(self, texts: str | Sequence[str]) -> np.ndarray:
