@@ -69,6 +69,9 @@ PRESETS: dict[str, CLIPConfig] = {
         text=TextConfig(context_length=16, width=64, heads=2, layers=2)),
 }
 
+# The demo's and the tests' models, made to learn the generated synthetic_shapes data.
+TOY_NAMES = ("demo-vit", "test-vit", "test-resnet")
+
 OPENAI_NAMES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16",
                 "ViT-L/14", "ViT-L/14@336")
 

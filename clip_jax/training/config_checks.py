@@ -24,6 +24,7 @@ from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
                                      REMAT_POLICIES)
+from clip_jax.models.presets import TOY_NAMES
 from clip_jax.runtime.folders import check_utf8_name, check_writable_dir
 from clip_jax.runtime.logs import warn_once
 from clip_jax.runtime.sharding import MESH_AXES, check_rules
@@ -245,7 +246,9 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
     bias under a loss that does not use one (`loss_uses_bias` False: a constant added to
     every logit leaves softmax unchanged, so the bias gets no gradient), micro-batches
     through a trained image tower with BatchNorm (`batch_norm`: a ResNet; its statistics are
-    each micro-batch's, so the accumulated step is not the full batch's)."""
+    each micro-batch's, so the accumulated step is not the full batch's), and a model other
+    than the demo's or tests' training on the default generated shapes (a paper config run
+    as it ships trained ViT-B/32 on coloured shapes)."""
     said = []
     if config.microbatches > 1 and batch_norm and not config.lock_image:
         said.append(f"config.microbatches={config.microbatches} with a trained ResNet image "
@@ -275,6 +278,13 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
                     "the evaluators (e.g. 'zero_shot,retrieval') or set every_steps=0.")
     if config.eval.every_steps > 0:
         said += _tasks_not_run(config.eval)
+    if config.data.dataset == "synthetic_shapes" and config.model.name not in TOY_NAMES:
+        said.append(f"config.data.dataset='synthetic_shapes' (the default) with the model "
+                    f"{config.model.name or config.init_from!r}: it trains on generated "
+                    "coloured shapes, the demo's toy data, not image-caption pairs; set "
+                    "config.data.dataset to your data (image_text_table with "
+                    "data.table.train_path, webdataset_shards, or a TFDS name: the README's "
+                    "Data section).")
     if config.model.logit_bias_init is not None and not loss_uses_bias:
         said.append(f"config.model.logit_bias_init={config.model.logit_bias_init} with "
                     f"loss={config.loss!r}: softmax is unchanged by a bias added to every "
