@@ -1507,3 +1507,17 @@ def test_every_command_help_opens_with_what_it_does(capsys):
             cli.parser().parse_args([name, "--help"])
         out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         assert " ".join(f"{help_text[0].upper()}{help_text[1:]}.".split()) in out, name
+
+
+@pytest.mark.parametrize("config", [["--config", "tiny"], ["--config=tiny"]])
+def test_an_override_before_the_config_flag_applies(config):
+    """`clip-jax train --config.data.dataset=... --config tiny` was absl's "Found
+    --config.data.dataset=... in argv before a value for --config was specified" (trial BC):
+    flags go in any order, as everywhere else."""
+    from absl import flags
+
+    from clip_jax.cli import train as train_cli
+
+    loaded, workdir = train_cli.load(["clip-jax train", "--workdir=w", "--config.batch_size=4",
+                                      *config, "--config.seed=7"], flags.FlagValues())
+    assert (loaded.batch_size, loaded.seed, workdir) == (4, 7, "w")

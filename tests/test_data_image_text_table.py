@@ -246,6 +246,36 @@ def test_what_group_by_image_joins_is_counted_against_pandas(inputs, tmp_path, c
         assert note in caplog.text
 
 
+def test_repeated_training_pairs_are_counted_against_pandas(inputs, tmp_path, caplog):
+    """A training table with rows repeating an earlier row's image and caption (a table
+    concatenated twice) trained on those pairs that many more times without a word (trial
+    BC). The build's note counts pandas' duplicated (file, caption) among the rows it keeps,
+    and every start warns it; rows of a missing image or with an empty caption are skipped,
+    so repeat nothing."""
+    root, _ = inputs
+    names = ["rgb.jpg", "gray.jpg", "rgb.jpg", "./rgb.jpg", "gray.jpg", "gone.jpg", "gone.jpg",
+             "rgb.png", "rgb.png"]
+    captions = ["a cat", "a dog", "a cat ", "a cat", "a puppy", "a ghost", "a ghost", "  ",
+                "  "]
+    table = pd.DataFrame({"filepath": [f"images/{n}" for n in names], "title": captions})
+    table.to_csv(tmp_path / "pairs.csv", index=False)
+    config = table_config(root, str(tmp_path / "tfds"), name="pairs", image_root=root,
+                          train_path=str(tmp_path / "pairs.csv"))
+    config.build.max_bad_fraction = 1.0
+    with caplog.at_level("WARNING"):
+        _, report = build_report(config)
+    kept = table[table.filepath.map(lambda path: os.path.exists(os.path.join(root, path)))
+                 & (table.title.str.strip() != "")]
+    files = kept.filepath.map(lambda path: os.path.realpath(os.path.join(root, path)))
+    repeated = kept.assign(file=files, title=kept.title.str.strip()).duplicated(
+        ["file", "title"])
+    assert report["skipped"] == len(table) - len(kept)
+    (note,) = report["notes"]
+    assert note.startswith(f"{repeated.sum()} row(s) repeat an earlier row's image and caption "
+                           "(e.g. line 4 = line 2: images/rgb.jpg), kept")
+    assert note in caplog.text
+
+
 def test_a_killed_builds_leftover_folder_is_named(inputs, tmp_path, caplog):
     """A build killed mid-way (SIGKILL, a lost machine, `clip-jax train`'s SIGTERM before
     training, which exits at once) leaves TFDS's partial copy beside the dataset, and every

@@ -843,8 +843,9 @@ MISCONFIGURATIONS = [
      "config.eval.zero_shot.heldout.class_names=", None),
     (["--config.profile_steps=5-3"], "config.profile_steps: '5-3' is not 'first,last'", None),
     (["--config.profile_steps=5,3"], "config.profile_steps: '5,3'", None),
-    (["--config.init_from={tmp}/no_run"], "No checkpoint at", None),
-    (["--config.init_from=ViT-B-32:opnai"], "known tags for ViT-B-32", None),
+    (["--config.init_from={tmp}/no_run"], "config.init_from: No checkpoint at", None),
+    (["--config.init_from=ViT-B-32:opnai"], "config.init_from: No pretrained weights "
+     "'ViT-B-32' / 'opnai'; known tags for ViT-B-32", None),
     (["WORKDIR={tmp}/missing.csv"], "--workdir", None),  # a file
     (["WORKDIR=/proc/clip_jax/run"], "--workdir", None),  # not writable, even for root
     (["CONFIG={tmp}/no_such_config.py"], "--config", None),

@@ -124,14 +124,25 @@ def resolve_config_path(value: str) -> str:
 
 
 def with_config_resolved(argv: Sequence[str]) -> list[str]:
-    """`argv` with the value of `--config NAME` / `--config=NAME` resolved to a file path."""
+    """`argv` (argv[0] the program) with the value of `--config NAME` / `--config=NAME`
+    resolved to a file path, and moved before the first `--config.FIELD=VALUE` override:
+    absl refused an override given first ("Found --config.data.dataset=... in argv before a
+    value for --config was specified"), though flags go in any order elsewhere."""
     argv = list(argv)
+    at = None
     for i, arg in enumerate(argv):
         if arg in ("--config", "-config") and i + 1 < len(argv):
             argv[i + 1] = resolve_config_path(argv[i + 1])
+            at = at if at is not None else (i, 2)
         elif arg.startswith(("--config=", "-config=")):
             flag, _, value = arg.partition("=")
             argv[i] = f"{flag}={resolve_config_path(value)}"
+            at = at if at is not None else (i, 1)
+    if at is not None:
+        start, width = at
+        given = argv[start:start + width]
+        del argv[start:start + width]
+        argv[1:1] = given
     return argv
 
 

@@ -89,7 +89,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
         except ConfigError as error:
             raise ConfigError(f"config.model.name: {error}") from None
     if config.init_from and not (workdir and checkpoints.saved_steps(workdir)):
-        loading.check_source(config.init_from)
+        try:
+            loading.check_source(config.init_from)
+        except ConfigError as error:  # "No checkpoint at ...": name the field that gave it
+            raise type(error)(f"config.init_from: {error}") from None
     if config.get("init_from_ema", False) and not config.init_from:
         fail("init_from_ema", "is True but config.init_from is empty",
              "set config.init_from to the checkpoint holding the average")

@@ -123,6 +123,7 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
             note = _repeated_images(rows, root)
             if note:
                 report.note(note)
+        pairs = []  # a training split's kept (row, caption)s, for `_repeated_pairs`
         labels = label_column(config.table) if config.table.label_column else None
         with futures.ThreadPoolExecutor(config.table.num_threads) as pool:
             for start in range(0, len(groups), _BATCH):
@@ -140,6 +141,9 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                         kept = [row for row, (_, outcome) in zip(group, outcomes)
                                 if not isinstance(outcome, records.BadRecord)]
                         joined.append(list(zip(kept, captions)))
+                    if image is not None and captions and split == "train" and not (
+                            config.table.group_by_image):
+                        pairs.append((group[0], tuple(captions)))
                     if image is not None and captions:
                         ready.append((group[0].first_line, group[0].path, image, captions,
                                       -1 if labels is None else labels.index(group[0].label)))
@@ -152,8 +156,9 @@ class ImageTextTable(tfds.core.GeneratorBasedBuilder):
                         example["label"] = label
                     yield row, example
                     offset += len(captions)
-        for note in _grouping_notes(joined):
-            report.note(note)
+        for note in [*_grouping_notes(joined), _repeated_pairs(pairs, root)]:
+            if note:
+                report.note(note)
         report.finish(self.data_dir)
 
 
@@ -406,6 +411,25 @@ def _repeated_images(rows: list[_Row], root: str) -> str:
             f"{found[0].lines}, {found[1].lines}), each row its own example: retrieval on this "
             "split counts one picture as several images; set data.table.group_by_image=True "
             "to give each image all its captions, as `clip-jax eval --retrieval` reads a table.")
+
+
+def _repeated_pairs(pairs: list[tuple[_Row, tuple[str, ...]]], root: str) -> str:
+    """A note when kept rows of a training split (`pairs`: each with its cleaned captions)
+    repeat an earlier row's image and caption (a table concatenated twice, a scrape run
+    again): each is its own example, so the pair is trained on that many more times, which
+    was unsaid ('' when no pair repeats; grouped rows are `_grouping_notes`')."""
+    seen: dict[tuple[str, tuple[str, ...]], _Row] = {}
+    repeats = []
+    for row, caption in pairs:
+        earlier = seen.setdefault((_image_file(root, row.path), caption), row)
+        if earlier is not row:
+            repeats.append((row, earlier))
+    if not repeats:
+        return ""
+    row, earlier = repeats[0]
+    return (f"{len(repeats)} row(s) repeat an earlier row's image and caption (e.g. "
+            f"{row.lines} = {earlier.lines}: {row.path}), kept, each trained on as one more "
+            "example of that pair; delete the repeated rows to train on each pair once.")
 
 
 def _grouping_notes(joined: list[list[tuple[_Row, str]]]) -> list[str]:
