@@ -129,20 +129,18 @@ def with_config_resolved(argv: Sequence[str]) -> list[str]:
     absl refused an override given first ("Found --config.data.dataset=... in argv before a
     value for --config was specified"), though flags go in any order elsewhere."""
     argv = list(argv)
-    at = None
+    given: list[tuple[int, int]] = []  # (index, words) of each --config
     for i, arg in enumerate(argv):
         if arg in ("--config", "-config") and i + 1 < len(argv):
             argv[i + 1] = resolve_config_path(argv[i + 1])
-            at = at if at is not None else (i, 2)
+            given.append((i, 2))
         elif arg.startswith(("--config=", "-config=")):
             flag, _, value = arg.partition("=")
             argv[i] = f"{flag}={resolve_config_path(value)}"
-            at = at if at is not None else (i, 1)
-    if at is not None:
-        start, width = at
-        given = argv[start:start + width]
-        del argv[start:start + width]
-        argv[1:1] = given
+            given.append((i, 1))
+    if given:  # the first: a second is refused by `parse_flags`, naming both
+        start, words = given[0]
+        argv[1:1] = [argv.pop(start) for _ in range(words)]
     return argv
 
 

@@ -92,7 +92,11 @@ UTF8_BYTES = "clip_jax.utf8_bytes"
 def _utf8_bytes(error: UnicodeError) -> tuple[bytes, int]:
     if not isinstance(error, UnicodeEncodeError):
         raise error
-    return error.object[error.start:error.end].encode("utf-8", "surrogateescape"), error.end
+    text = error.object[error.start:error.end]
+    try:  # a file name's undecodable bytes (U+DC80..U+DCFF) as themselves
+        return text.encode("utf-8", "surrogateescape"), error.end
+    except UnicodeEncodeError:  # another lone surrogate: no bytes are its own
+        return text.encode("ascii", "backslashreplace"), error.end
 
 
 codecs.register_error(UTF8_BYTES, _utf8_bytes)
