@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -73,14 +74,40 @@ def clean_image(data: bytes, options: CleanOptions, name: str = "") -> tuple[byt
         raise BadRecord("conversion_failed", f"{type(error).__name__}: {error}") from error
 
 
+_PIL_LIMIT = threading.Lock()
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """`Image.open`, under Pillow's decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS,
+    an error at open) only where `max_pixels` (`build.max_pixels`, checked by the caller) is
+    no larger: a build given a higher limit for huge scans had them refused by Pillow's anyway.
+    Pillow reads its limit at open, a module global: lifted for this open alone, under a lock
+    (the builder's other threads then open with no bomb check, and their images meet the
+    caller's `max_pixels` check all the same)."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        pass
+    with _PIL_LIMIT:  # read inside: another thread's lift has been undone
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and max_pixels <= 2 * limit:
+            return Image.open(io.BytesIO(data))  # Pillow's error again, for the caller
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
 def _clean_image(data: bytes, options: CleanOptions, name: str) -> tuple[bytes, list[str]]:
     if not data:
         raise BadRecord("empty_file", "zero-byte image file")
     conversions: list[str] = []
     try:
-        image = Image.open(io.BytesIO(data))
+        image = _open(data, options.max_pixels)
     except Image.DecompressionBombError as error:
-        raise BadRecord("too_large", str(error)) from error
+        raise BadRecord("too_large", f"{error} (over max_pixels={options.max_pixels} "
+                        "too)") from error
     except Exception as error:  # Pillow raises several types for undecodable data
         # UnidentifiedImageError's message only names the in-memory file object
         cause = "" if isinstance(error, Image.UnidentifiedImageError) else f": {error}"

@@ -525,6 +525,30 @@ def test_builders_drop_alpha_or_composite_onto_build_alpha(mode):
     assert np.abs(np.asarray(Image.open(io.BytesIO(data)), np.float64) - over).max() <= 1
 
 
+def test_max_pixels_above_pillows_own_limit_keeps_the_images_it_allows(monkeypatch):
+    """Pillow refuses, at open, an image over twice PIL.Image.MAX_IMAGE_PIXELS, so a build
+    given a higher build.max_pixels (huge scans) still skipped them as too_large. Within
+    max_pixels the image is kept, pixels equal to Pillow's decode with no limit; over it,
+    refused; Pillow's limit is left as it was."""
+    from clip_jax_data import records
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # refuses over 2,000 pixels
+    png = encode(Image.fromarray(photo(40, 100)), "PNG")  # 4,000 pixels
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(png))
+    data, _ = records.clean_image(png, records.CleanOptions(max_pixels=5000), "scan.png")
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))),
+                                  np.asarray(Image.open(io.BytesIO(png))))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for max_pixels in (3000, 1500):  # refused by the build's check; by Pillow's, said so
+        with pytest.raises(records.BadRecord) as refused:
+            records.clean_image(png, records.CleanOptions(max_pixels=max_pixels), "scan.png")
+        assert refused.value.reason == "too_large"
+    assert str(refused.value).endswith("(over max_pixels=1500 too)")
+
+
 def build_report(config) -> tuple[dict, dict]:
     builder = sources.prepare(config)
     source = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
