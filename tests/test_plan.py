@@ -6,6 +6,7 @@ published slice shapes.
 """
 
 import json
+import math
 import os
 import re
 
@@ -17,6 +18,7 @@ from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clip_jax import cli
+from clip_jax.errors import ConfigError
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
 from clip_jax.training import train
@@ -83,13 +85,25 @@ def test_libtpu_logs_where_this_user_can_write(monkeypatch, tmp_path):
     assert "TPU_LOG_DIR" not in os.environ
 
 
-def test_multi_slice_mesh_puts_only_the_data_axis_across_slices():
-    mesh = tpu_topology.make_mesh(tpu_topology.parse("2xv5e-4"), (4, 2, 1), sharding.MESH_AXES)
+@pytest.mark.parametrize("name, shape", [("2xv5e-4", (4, 2, 1)), ("2xv5e-16", (16, 2, 1)),
+                                         ("2xv5e-16", (4, 8, 1)), ("2xv5e-16", (2, 8, 2)),
+                                         ("2xv5e-16", (1, 32, 1))])
+def test_multi_slice_mesh_puts_only_the_data_axis_across_slices(name, shape):
+    """Each slice holds whole fsdp and tensor groups; the data axis (fsdp when data is 1)
+    spans the slices. An fsdp of 2 or 8 inside a 4x4 v5e slice failed to place ("Failed to
+    find assignment for logical_axis_index 1", a traceback from `clip-jax plan`, trial BD)."""
+    mesh = tpu_topology.make_mesh(tpu_topology.parse(name), shape, sharding.MESH_AXES)
     slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
-    assert slices.shape == (4, 2, 1)
-    # Each fsdp group (a row) stays inside one slice; the data axis spans both slices.
-    assert (slices == slices[:, :1]).all() and set(slices[:, 0, 0]) == {0, 1}
-    with pytest.raises(ValueError, match="multiple of the 2 slices"):
+    assert slices.shape == shape
+    assert len({d.id for d in mesh.devices.flat}) == math.prod(shape)
+    across = 0 if shape[0] > 1 else 1  # each index along it: one slice's whole groups
+    assert all(len(set(group.flat)) == 1 for group in np.moveaxis(slices, across, 0))
+    assert set(slices.flat) == {0, 1}
+
+
+def test_a_multi_slice_mesh_whose_cross_slice_axis_does_not_divide_is_one_line():
+    with pytest.raises(ConfigError, match=r"^config.mesh: the fsdp axis \(1\) must be a "
+                                          "multiple of the 2 slices"):
         tpu_topology.make_mesh(tpu_topology.parse("2xv5e-4"), (1, 1, 8), sharding.MESH_AXES)
 
 
@@ -467,6 +481,10 @@ def test_the_advice_names_the_knobs_for_the_memory_that_does_not_fit():
     huge = refused(5488.64 * gib, 28.38 * gib / 3, 4096, 8)
     assert huge.startswith("Per chip it needs 5.36 TiB of temporaries")
     assert "--config.microbatches=N, --config.mesh.fsdp=N;" in huge
+    # One image per data shard (a trial's ViT-bigG-14 on v5e-8 at batch 8): no micro-batch
+    # count divides it, and passing one back was refused (exit 2): not named; fsdp is.
+    one_each = refused(40.95 * gib, 28.38 * gib / 3, 8, 8)
+    assert "microbatches" not in one_each and "--config.mesh.fsdp=N" in one_each
     # Whole parameters matter where they are a tenth of what is needed: named then only.
     big_params = refused(20.0 * gib, 0.5 * gib, 32768, 64, fsdp=8, microbatches=4)
     assert "--config.reshard_microbatches=True" in big_params

@@ -118,8 +118,11 @@ def no_fit_advice(config: ml_collections.ConfigDict, searched: bool,
         if config.model.remat_policy != "full":
             knobs.append("--config.model.remat_policy=full")
         more = f" (above {config.microbatches})" if config.microbatches > 1 else ""
-        knobs.append(f"--config.microbatches=N{more}")
         fsdp = result.mesh["fsdp"] if result is not None else config.mesh.get("fsdp", 1)
+        shard_rows = math.inf if result is None else (
+            config.batch_size // (result.mesh["data"] * fsdp))
+        if shard_rows >= 2 * config.microbatches:  # else no micro-batch count divides it
+            knobs.append(f"--config.microbatches=N{more}")
         whole = math.nan if result is None else 2 * fsdp * result.param_bytes  # + grad sums
         if (config.microbatches > 1 and fsdp > 1 and not config.reshard_microbatches
                 and worth(whole)):  # whole parameters and gradient sums while it runs

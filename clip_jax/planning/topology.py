@@ -17,8 +17,6 @@ import os
 import re
 from typing import Any
 
-import numpy as np
-
 from clip_jax.errors import ConfigError
 
 
@@ -178,25 +176,9 @@ def devices(topology: Topology) -> list[Any]:
 
 
 def make_mesh(topology: Topology, shape: tuple[int, int, int], axis_names: tuple[str, ...]):
-    """A (data, fsdp, tensor) mesh over the topology, laid out along its interconnect.
+    """A (data, fsdp, tensor) mesh over the topology's compile-only devices, laid out as a
+    run on it lays its mesh out (`sharding.interconnect_mesh`: across slices only the data
+    axis, or fsdp when data is 1)."""
+    from clip_jax.runtime.sharding import interconnect_mesh
 
-    With several slices the slowest (data-centre network) links carry only the data axis, or
-    fsdp when data is 1: the axis split across slices must be a multiple of the slice count.
-    """
-    import jax
-    from jax.experimental import mesh_utils
-
-    devs = devices(topology)
-    if topology.slices == 1:
-        return jax.make_mesh(shape, axis_names, devices=devs,
-                             axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
-    axis = 0 if shape[0] > 1 else 1
-    if shape[axis] % topology.slices:
-        raise ConfigError(f"config.mesh: the {axis_names[axis]} axis ({shape[axis]}) must be a "
-                         f"multiple of the {topology.slices} slices of {topology.name}.")
-    ici = list(shape)
-    ici[axis] //= topology.slices
-    dcn = [1] * len(shape)
-    dcn[axis] = topology.slices
-    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devs)
-    return jax.sharding.Mesh(np.asarray(grid), axis_names)
+    return interconnect_mesh(shape, devices(topology), axis_names)
