@@ -327,6 +327,9 @@ def test_plan_that_does_not_fit_exits_1(capsys):
     assert not result["fits"]
     assert result["total_bytes"] > result["hbm_bytes"] and result["alternatives"] == []
     assert result["hbm_bytes"] == plan_lib.usable_hbm_bytes("2xv5e-1")
+    # The advice the text gives, in the JSON too (it had none: trial BD).
+    assert result["advice"].startswith("Per chip it needs ") and result["untried"] == 0
+    assert "--config.loss=chunked_softmax" in result["advice"]
     # The compiler's early refusal counts the temporaries alone; the state lives in HBM too
     # (the total was the temporaries, and temp_bytes was null).
     assert result["total_bytes"] == pytest.approx(

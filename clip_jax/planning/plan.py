@@ -517,8 +517,11 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
     alternatives, untried = (search(config, topology, budget_seconds, log=log, base=base,
                                     compile_seconds=result.compile_seconds)
                              if budget_seconds > 0 else ([], 0))
-    if as_json:
-        print(json.dumps({**to_json(result), "alternatives": [to_json(a) for a in alternatives]}))
+    if as_json:  # the text's advice too, where nothing fits, and what the search left
+        print(json.dumps({**to_json(result), "alternatives": [to_json(a) for a in alternatives],
+                          "untried": untried, "advice": "" if alternatives else no_fit_advice(
+                              config, searched=budget_seconds > 0, result=result,
+                              untried=untried)}))
     elif alternatives:
         print("Fitting alternatives, fastest roofline first:")
         for a in alternatives:
