@@ -70,7 +70,7 @@ def check_csv_output(values: Sequence[str]) -> None:
     with exit 0. A name's undecodable bytes are written as those bytes, and in the C locale
     the rest in UTF-8 (`logs.write_any_text`): lossless."""
     encoding = sys.stdout.encoding or "utf-8"
-    lossless = getattr(sys.stdout, "errors", None) == logs.UTF8_BYTES
+    lossless = logs.stdout_in_utf8()
     for value in values:
         try:
             value.encode(encoding, logs.UTF8_BYTES if lossless else "surrogateescape")
@@ -632,9 +632,8 @@ def json_line(record: dict) -> str:
     is written as the name it spells, as in a UTF-8 locale, not as those escapes."""
     record = {key: _json_text(value) for key, value in record.items()}
     text = json.dumps(record, ensure_ascii=False)
-    in_utf8 = getattr(sys.stdout, "errors", None) == logs.UTF8_BYTES  # the C locale's stdout
     try:
-        text.encode("utf-8" if in_utf8 else sys.stdout.encoding or "utf-8")
+        text.encode("utf-8" if logs.stdout_in_utf8() else sys.stdout.encoding or "utf-8")
     except (UnicodeEncodeError, LookupError):
         text = json.dumps(record)
     return text

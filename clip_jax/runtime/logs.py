@@ -102,6 +102,12 @@ def _utf8_bytes(error: UnicodeError) -> tuple[bytes, int]:
 codecs.register_error(UTF8_BYTES, _utf8_bytes)
 
 
+def stdout_in_utf8() -> bool:
+    """Whether stdout writes what its (ASCII) encoding lacks in UTF-8: the C locale's stdout
+    after `write_any_text`, which loses nothing."""
+    return getattr(sys.stdout, "errors", None) == UTF8_BYTES
+
+
 def write_any_text() -> None:
     """Makes stdout and stderr write any file name or label instead of raising
     UnicodeEncodeError at the first one their encoding lacks (a CJK name under
