@@ -10,6 +10,7 @@ import io
 import json
 import os
 from importlib import resources
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -292,3 +293,33 @@ def test_open_clips_layout_refuses_a_model_with_its_own_vocabulary(own, tmp_path
     for mine, want in zip(ours, expected):
         n = want.index(theirs.eos_token_id) + 1
         assert list(mine[:n]) == want[:n]
+
+
+def test_export_hf_of_a_hub_repo_carries_its_own_vocabulary(own, tmp_path, monkeypatch):
+    """`clip-jax export-hf ORG/NAME` of a transformers repo with its own vocabulary was
+    refused ("the tokenizer has 49408 tokens but the model only 1514 embeddings"), which
+    said to put the files in the directory it exports, though the repo had them (trial BE):
+    only a local directory's tokenizer was read. The exported folder tokenizes as
+    transformers' tokenizer of the repo, and its features are transformers' own."""
+    import huggingface_hub
+
+    from hub_cache import add_repo
+
+    directory, model = own
+    files = {p.name: p for p in Path(directory).iterdir()}
+    add_repo(tmp_path / "cache", "acme/own-vocab", files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["export-hf", "acme/own-vocab", str(tmp_path / "hf")]) == 0
+    texts = ["a red car", "dog and café"]
+    theirs = transformers.CLIPTokenizer.from_pretrained(directory)
+    expected = theirs(texts, padding="max_length", max_length=CONTEXT)["input_ids"]
+    exported = transformers.CLIPTokenizer.from_pretrained(tmp_path / "hf")
+    assert exported(texts, padding="max_length", max_length=CONTEXT)["input_ids"] == expected
+    ids = torch.tensor(expected)
+    with torch.no_grad():
+        got = transformers.CLIPModel.from_pretrained(tmp_path / "hf").get_text_features(
+            input_ids=ids)
+        want = model.get_text_features(input_ids=ids)
+    np.testing.assert_allclose(getattr(got, "pooler_output", got).numpy(),
+                               getattr(want, "pooler_output", want).numpy(), atol=1e-5)

@@ -151,8 +151,9 @@ def export_hf(config: CLIPConfig, variables: Mapping[str, Any], output_dir: Path
         raise ConfigError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model only "
                           f"{config.text.vocab_size} embeddings; pass the model's own tokenizer "
                           "(from Python: tokenizer=hf_tokenizer.load_tokenizer(DIR) of its "
-                          "vocab.json and merges.txt; `clip-jax export-hf` reads them only from "
-                          "the transformers directory it exports: put the model's own there).")
+                          "vocab.json and merges.txt; `clip-jax export-hf` reads them from the "
+                          "transformers directory or Hub repo it exports: put the model's own "
+                          "there).")
     host = host_variables(variables)
     output_dir = Path(output_dir)
     if jax.process_index() != 0:

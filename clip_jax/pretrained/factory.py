@@ -342,12 +342,14 @@ def save(module: CLIP, variables: dict[str, Any], directory: str | os.PathLike, 
 def export_hf_from(source: str | os.PathLike, output_dir: str | os.PathLike, *,
                    dtype: str = "float32", **load_options: Any) -> Path:
     """`clip_jax.convert.hf_export.export_hf` of anything `clip_jax.load` reads (workdir, state
-    dict file, HF or open_clip directory, released name, Hub id); an HF directory's own tokenizer
-    is carried over (read first: a directory without usable tokenizer files fails before the
-    weights load). `load_options` are `clip_jax.load`'s keywords (`model`, `activation`,
+    dict file, HF or open_clip directory, released name, Hub id); a transformers directory's or
+    repo's own tokenizer is carried over (read first: one without usable tokenizer files fails
+    before the weights load). `load_options` are `clip_jax.load`'s keywords (`model`, `activation`,
     `ema`). The `clip-jax export-hf` command. `output_dir` is checked first
-    (`clip_jax.convert.output_dir.check_export_dir`), before the model loads."""
+    (`clip_jax.convert.output_dir.check_export_dir`), before the model loads. A model's own
+    vocabulary is read where `own_vocabulary` finds it, a transformers Hub repo's included
+    (only a local directory's was: a repo id with its own vocabulary was refused)."""
     check_export_dir(output_dir, "transformers")
-    tokenizer = load_tokenizer(source) if hf_import.is_hf_directory(source) else None
+    tokenizer = own_vocabulary(source)
     module, variables = loading.load(os.fspath(source), **load_options)
     return export_hf(module.config, variables, output_dir, dtype=dtype, tokenizer=tokenizer)
