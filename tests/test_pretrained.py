@@ -579,3 +579,29 @@ def test_weights_with_nan_or_infinity_are_refused_at_load(tmp_path):
         clip_jax.load(state)
     assert f"2 of the {state[conv].numel()} values of {conv}" in str(raised.value)
     assert f"{expected} of the {state[fused].numel()} values of {fused}" in str(raised.value)
+
+
+def test_create_model_and_transforms_loads_a_hub_revision(tmp_path, monkeypatch):
+    """`create_model_and_transforms(repo, revision="v2")` was refused ("With loaded weights
+    only ... can be overridden, not ['revision']"), though the README names `revision=` and
+    `clip_jax.load` took it (trial BE). Each revision's weights are transformers' at that
+    revision; a random init refuses a revision rather than dropping it."""
+    first = _hf_tiny(tmp_path / "main")
+    second = tmp_path / "v2"
+    _perturbed(transformers.CLIPModel.from_pretrained(first["config.json"].parent),
+               5).save_pretrained(second)
+    cache = tmp_path / "cache"
+    add_repo(cache, "acme/two", first)
+    add_repo(cache, "acme/two", {p.name: p for p in second.iterdir()}, revision="v2")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    for revision in ("v2", None):
+        theirs = transformers.CLIPModel.from_pretrained("acme/two", revision=revision,
+                                                        cache_dir=str(cache)).eval()
+        for module, variables in (
+                clip_jax.create_model_and_transforms("acme/two", revision=revision)[:2],
+                clip_jax.create_model("hf-hub:acme/two", revision=revision)):
+            _assert_matches_transformers(module, variables, theirs)
+    with pytest.raises(ConfigError, match="revision= name a Hugging Face Hub revision or login"
+                                          ", but this builds a random init"):
+        clip_jax.create_model_and_transforms("test-vit", revision="v2")

@@ -46,7 +46,8 @@ def list_models() -> list[str]:
 
 
 def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int = 0, *,
-                 pretrained: str | os.PathLike | None = None, **overrides: Any
+                 pretrained: str | os.PathLike | None = None, revision: str | None = None,
+                 token: str | bool | None = None, **overrides: Any
                  ) -> tuple[CLIP, dict[str, Any]]:
     """`clip_jax.create_model`: `(module, variables)`, variables as plain arrays.
 
@@ -59,7 +60,8 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     open_clip's (a `model_configs/*.json` file or its dict, how a custom open_clip architecture
     is written down) or transformers' (a `config.json`, its dict or the object). `overrides`
     then may only change numerics (`dtype`, `param_dtype`, `scan_layers`, `remat_policy`),
-    else ConfigError.
+    else ConfigError. `revision` and `token` are the Hub's, as `clip_jax.load` takes them
+    (ConfigError for a random init, which reads no Hub).
     Parameters are stored in `param_dtype` (float32 unless overridden).
 
     A name of weights rather than of an architecture (a local file or folder, `hf-hub:ORG/NAME`,
@@ -71,16 +73,19 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     TypeError for a `name_or_config` that is no name, CLIPConfig or dict, and what
     `clip_jax.load` raises for `pretrained` weights that are missing or not what they claim.
     """
+    hub_options = _hub_options(revision, token)
     if pretrained is not None:
-        return with_numerics(*_load_pretrained(name_or_config, pretrained), **overrides)
+        return with_numerics(*_load_pretrained(name_or_config, pretrained, hub_options),
+                             **overrides)
     config = _architecture(name_or_config)
     if config is not None:
-        return models.create_model(config, rng, **overrides)
+        return models.create_model(config, rng, **_no_hub(hub_options, overrides))
     _refuse_folder_config(name_or_config)
     if _names_weights(name_or_config):
-        return with_numerics(*loading.load(os.fspath(name_or_config)), **overrides)
+        return with_numerics(*loading.load(os.fspath(name_or_config), **hub_options),
+                             **overrides)
     try:
-        return models.create_model(name_or_config, rng, **overrides)
+        return models.create_model(name_or_config, rng, **_no_hub(hub_options, overrides))
     except ConfigError as error:  # an unknown name: the architectures, and where it may be
         name = name_or_config if isinstance(name_or_config, str) else ""
         json_file = hub.open_clip_config_file(name)
@@ -92,6 +97,22 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
         if not hints:
             raise
         raise ConfigError(" ".join([str(error), *hints])) from None
+
+
+def _hub_options(revision: str | None, token: str | bool | None) -> dict[str, Any]:
+    """The Hub keywords given, as `clip_jax.load` takes them."""
+    return {k: v for k, v in (("revision", revision), ("token", token)) if v is not None}
+
+
+def _no_hub(hub_options: Mapping[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides`, after refusing Hub keywords for a random init (which reads no Hub: a
+    `revision=` there would be dropped unsaid)."""
+    if hub_options:
+        raise ConfigError(f"{', '.join(f'{k}=' for k in hub_options)} name a Hugging Face Hub "
+                          "revision or login, but this builds a random init from an "
+                          "architecture: give a Hub repo id or hf-hub: name to load its "
+                          "weights, or leave them out.")
+    return overrides
 
 
 def _architecture(spec: Any, weights_given: bool = False) -> CLIPConfig | None:
@@ -148,13 +169,14 @@ def _names_weights(name: Any) -> bool:
             or hub.split_name(name) is not None)
 
 
-def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os.PathLike
+def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os.PathLike,
+                     hub_options: Mapping[str, Any] | None = None
                      ) -> tuple[CLIP, dict[str, Any]]:
     """`clip_jax.load` of `pretrained` for an architecture given by name, or by a config (which
     then pins the architecture of a weights file; a released tag needs a name)."""
     config = _architecture(architecture, weights_given=True)
     if config is None:
-        return loading.load(architecture, pretrained)
+        return loading.load(architecture, pretrained, **(hub_options or {}))
     if not os.path.isfile(pretrained):
         raise ConfigError(f"pretrained={os.fspath(pretrained)!r} with a model config must be a "
                           "weights file; released weights are named with their architecture: "
@@ -164,7 +186,8 @@ def _load_pretrained(architecture: str | CLIPConfig | dict, pretrained: str | os
 
 
 def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | dict,
-                                pretrained: str | os.PathLike | None = None,
+                                pretrained: str | os.PathLike | None = None, *,
+                                revision: str | None = None, token: str | bool | None = None,
                                 **overrides: Any
                                 ) -> tuple[CLIP, dict[str, Any], Callable[..., np.ndarray]]:
     """`(module, variables, transform)`, like open_clip's helper; `transform(images)` is
@@ -173,19 +196,23 @@ def create_model_and_transforms(name_or_path: str | os.PathLike | CLIPConfig | d
 
     A preset name or a config (`CLIPConfig`, a dict, or open_clip's or transformers' model config
     as `create_model` takes it) without `pretrained` gives a random init (`create_model`); with
-    it, or with a path or Hub id, the weights `clip_jax.load` finds.
+    it, or with a path or Hub id, the weights `clip_jax.load` finds (`revision` and `token`:
+    the Hub's, as it takes them; a random init refuses them).
     Raises what `create_model` or `clip_jax.load` raise: MissingFileError (a FileNotFoundError)
     when nothing is there, ConfigError for files or arguments that contradict each other.
     """
+    hub_options = _hub_options(revision, token)
     config = _architecture(name_or_path, weights_given=pretrained is not None)
     architecture = name_or_path if config is None else config
     if config is None and not is_preset(name_or_path):
-        module, variables = with_numerics(*loading.load(name_or_path, pretrained), **overrides)
+        module, variables = with_numerics(*loading.load(name_or_path, pretrained,
+                                                        **hub_options), **overrides)
     elif pretrained is None:
-        module, variables = models.create_model(architecture, **overrides)
+        module, variables = models.create_model(architecture,
+                                                **_no_hub(hub_options, overrides))
     else:
-        module, variables = with_numerics(*_load_pretrained(architecture, pretrained),
-                                          **overrides)
+        module, variables = with_numerics(*_load_pretrained(architecture, pretrained,
+                                                            hub_options), **overrides)
     return module, variables, functools.partial(preprocess, config=module.config)
 
 
