@@ -382,3 +382,33 @@ def test_names_as_openai_and_open_clip_spell_them():
         shapes = jax.eval_shape(lambda: clip_jax.create_model(path)[1])  # noqa: B023
         width = config["vision_cfg"]["width"]
         assert shapes["params"]["visual"]["class_embedding"].shape == (width,)
+
+
+def test_open_clips_models_from_other_libraries_towers_are_named():
+    """open_clip's SigLIP, ConvNeXt and EVA models (timm image towers) and its multilingual
+    ones (transformers text towers) were refused by the field alone, e.g. "vision_cfg.
+    timm_model_name='vit_base_patch16_siglip_224' is not implemented" (trial BE). Every model
+    config open_clip ships that has such a tower is refused in one line saying which library's
+    tower it is."""
+    from clip_jax.convert.open_clip_import import config_from_open_clip
+
+    says = {("vision_cfg", "timm_model_name"): "an image tower from timm",
+            ("text_cfg", "hf_model_name"): "a text tower from transformers",
+            ("text_cfg", "hf_tokenizer_name"): "a transformers tokenizer"}
+    plain_vision = open_clip.get_model_config("ViT-B-32")["vision_cfg"]
+    seen = set()
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name)
+        cfg.pop("multimodal_cfg", None)  # CoCa's decoder, refused first and named so
+        if not cfg.get("vision_cfg", {}).get("timm_model_name"):
+            cfg["vision_cfg"] = plain_vision  # the text tower's own refusal (CLIPA's image
+            # tower is refused first for its no_ln_pre)
+        found = [s for (tower, key), s in says.items() if cfg.get(tower, {}).get(key)]
+        if not found:
+            continue
+        with pytest.raises(ConfigError) as refused:
+            config_from_open_clip({"model_cfg": cfg}, name)
+        message = str(refused.value)
+        assert "\n" not in message and any(s in message for s in found), (name, message)
+        seen.update(s for s in found if s in message)
+    assert seen == set(says.values())

@@ -373,7 +373,7 @@ def test_get_tokenizer_uses_the_models_context_and_vocabulary(offline):
 
 
 def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monkeypatch,
-                                                                  hub_home):
+                                                                  hub_home, caplog):
     """Online, with the Hub out of reach (a closed local port; huggingface_hub's retry sleeps
     skipped): a repo not in the cache fails at its first file, naming the connection error
     rather than a file missing from the repository. A mistyped `runs/name` beside a `runs/`
@@ -386,17 +386,28 @@ def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monke
                         "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")):
         monkeypatch.setattr(huggingface_hub.constants, name, value)
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
-    asked, download = [], huggingface_hub.hf_hub_download
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo, name, **kw: asked.append(name) or download(repo, name, **kw))
+    monkeypatch.setattr(hub, "_unreachable", {})
+    asked, online, download = [], [], huggingface_hub.hf_hub_download
+
+    def counted(repo, name, **kw):
+        asked.append(name)
+        if not kw.get("local_files_only"):
+            online.append(name)
+        return download(repo, name, **kw)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", counted)
     with pytest.raises(FileNotFoundError, match=r"Could not reach the Hugging Face Hub for "
                                                 r"'nosuch-org/clip' \(.*refused.*\) and none "
                                                 r"of \['config.json', 'open_clip_config.json'\] "
                                                 r"is in the local cache"):
         clip_jax.load("nosuch-org/clip")
-    # Each name asked for once: offline each try costs huggingface_hub's retries (about 25 s)
+    # Each name asked for once, and the Hub only for the first: each try costs
+    # huggingface_hub's retries (about 25 s), and a cached repo of eight files took minutes
+    # with the network down (trial BE); one warning says the cache alone answers for a while.
     assert sorted(asked) == ["config.json", "open_clip_config.json"]
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert len(online) == 1
+    warned = lambda: sum("is out of reach" in r.getMessage() for r in caplog.records)  # noqa
+    assert warned() == 1
     with pytest.raises(FileNotFoundError, match="Could not reach the Hugging Face Hub"):
         clip_jax.load("ViT-B-32", "openai")
     # Repos the cache holds load from it, as transformers loads them: a transformers repo
@@ -406,6 +417,16 @@ def test_an_unreachable_hub_says_so_and_a_local_typo_stays_local(tmp_path, monke
     for repo in (HF_REPO, OC_REPO, f"hf-hub:{OC_REPO}"):
         module, _ = clip_jax.load(repo)
         assert module.config.embed_dim == 32, repo
+    assert len(online) == 1 and warned() == 1
+    # Once its time is up, the Hub is asked again, until it fails a file the cache lacks
+    # (a cached file's failed check is huggingface_hub's silent fallback to the cache): here
+    # config.json, cached, then processor_config.json, not cached; then the cache alone.
+    for endpoint, (_, error) in hub._unreachable.items():
+        hub._unreachable[endpoint] = (0.0, error)
+    clip_jax.load(HF_REPO)
+    clip_jax.load(HF_REPO)
+    assert online[1:] == ["config.json", "processor_config.json"] and warned() == 2
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     (tmp_path / "runs" / "run_1").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", None)  # must not be called
@@ -605,3 +626,63 @@ def test_create_model_and_transforms_loads_a_hub_revision(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="revision= name a Hugging Face Hub revision or login"
                                           ", but this builds a random init"):
         clip_jax.create_model_and_transforms("test-vit", revision="v2")
+
+
+def test_models_clip_jax_cannot_import_are_named_before_their_tokenizer(tmp_path, monkeypatch,
+                                                                         capsys, caplog):
+    """A transformers SigLIP repo (its own vocabulary, no CLIP tokenizer files) was answered
+    by the commands with the tokenizer's absence and the advice to download vocab.json and
+    merges.txt, which would not help; a CLIPVisionModelWithProjection repo logged a tokenizer
+    warning before its refusal (trial BE). The model type is now said first, as
+    `clip_jax.load` says it, for a Hub repo and for its local folder alike."""
+    from clip_jax import cli
+
+    models = {
+        "acme/siglip": (transformers.SiglipModel(transformers.SiglipConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, vocab_size=1000),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=2, image_size=32, patch_size=16))),
+            "is a siglip model"),
+        "acme/vision-only": (transformers.CLIPVisionModelWithProjection(
+            transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=1, num_attention_heads=2,
+                                          image_size=32, patch_size=16, projection_dim=16)),
+            "holds only the image tower"),
+    }
+    cache = tmp_path / "cache"
+    for repo, (model, _) in models.items():
+        model.save_pretrained(tmp_path / repo)
+        add_repo(cache, repo, {p.name: p for p in (tmp_path / repo).iterdir()})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    (tmp_path / "cat.png").write_bytes(b"")  # never read: the model is refused first
+    capsys.readouterr()  # transformers' saving progress
+    for repo, (_, says) in models.items():
+        for source in (repo, str(tmp_path / repo)):
+            caplog.clear()
+            assert cli.main(["zero-shot", "--model", source, "--labels", "cat,dog",
+                             str(tmp_path / "cat.png")]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and says in err, (source, err)
+            assert "vocab.json" not in err and not caplog.records, (source, caplog.text)
+
+
+def test_offline_a_repo_without_model_files_is_told_from_one_not_cached(offline, tmp_path,
+                                                                        monkeypatch):
+    """Offline, a cached tokenizer-only repo and a mistyped id got the same line ("none of
+    [...] found in the local Hugging Face cache", trial BE). The first now names what the
+    cache holds of it; the second, the cached repos with close names."""
+    (tmp_path / "vocab.json").write_text("{}")
+    (tmp_path / "merges.txt").write_text("")
+    add_repo(offline, "tiny-org/tokenizer-only", {n: tmp_path / n
+                                                  for n in ("vocab.json", "merges.txt")})
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            "found in the local Hugging Face cache (HF_HUB_OFFLINE is set; unset it or download "
+            "the repo there first) (the cache's copy holds only: merges.txt, vocab.json).")):
+        clip_jax.load("tiny-org/tokenizer-only")
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"(cached repos with close names: {HF_REPO})")):
+        clip_jax.load("tiny-org/clip-fh")
+    with pytest.raises(FileNotFoundError, match=r"first\)\.$"):  # nothing close: no hint
+        clip_jax.load("other-org/something-else")

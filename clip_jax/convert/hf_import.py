@@ -63,6 +63,13 @@ def read_config(directory: PathLike) -> CLIPConfig:
     return config_from_hf(_read_json(directory / "config.json"), directory, directory)
 
 
+def check_clip_directory(directory: PathLike) -> None:
+    """ConfigError unless `directory`'s config.json is a transformers CLIPModel's (SigLIP, one
+    tower alone, another model): said before its tokenizer files are read, whose absence
+    would otherwise be the error, with advice to fetch files that would not help."""
+    _check_model_type(_read_json(Path(directory) / "config.json"), directory)
+
+
 def config_from_hf(raw: Mapping[str, Any], source: PathLike | str,
                    directory: Path | None = None) -> CLIPConfig:
     """Our config of a transformers `CLIPConfig` as a dict (config.json's, or `.to_dict()` of

@@ -53,6 +53,15 @@ _MODEL_INERT = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit
 # What an unsupported model_cfg field is, where its name does not say.
 _MODEL_NOTES = {"multimodal_cfg": " (CoCa's multimodal text decoder)",
                 "nonscalar_logit_scale": " (a logit_scale of shape [1], not a scalar)"}
+# What an unsupported tower field names: open_clip's models built from other libraries' towers
+# were refused by the field alone ("timm_model_name='vit_base_patch16_siglip_224'").
+_TOWER_NOTES = {
+    "timm_model_name": " (an image tower from timm: open_clip's SigLIP, ConvNeXt, EVA and other "
+                       "timm models)",
+    "hf_model_name": " (a text tower from transformers: multilingual and other Hugging Face "
+                     "text encoders)",
+    "hf_tokenizer_name": " (a transformers tokenizer, as SigLIP's and multilingual models use)",
+}
 
 
 def is_open_clip_directory(path: str | os.PathLike) -> bool:
@@ -137,8 +146,9 @@ def _check_supported(tower: str, fields: Mapping[str, Any], source: str) -> None
                               "whether it changes the model, so it does not load it.")
         if value != _DEFAULTS[key] and value not in _ALSO_DEFAULT.get(key, ()):
             taken = " or ".join(map(repr, (_DEFAULTS[key], *_ALSO_DEFAULT.get(key, ()))))
-            raise ConfigError(f"{source}: {tower}.{key}={value!r} is not implemented in clip_jax "
-                              f"(only {taken}); this model cannot be loaded.")
+            raise ConfigError(f"{source}: {tower}.{key}={value!r}{_TOWER_NOTES.get(key, '')} is "
+                              f"not implemented in clip_jax (only {taken}); this model cannot be "
+                              "loaded.")
     pool = fields.get("pool_type", _POOL[tower])
     if pool != _POOL[tower]:
         raise ConfigError(f"{source}: {tower}.pool_type={pool!r} is not implemented in clip_jax "

@@ -267,7 +267,9 @@ def own_vocabulary(spec: str | os.PathLike, *, revision: str | None = None,
     folders, bare weights files), which use OpenAI's. Reads only tokenizer files, never the
     weights: the `clip-jax` commands call it before loading the model, then `tokenizer_for`.
     Raises what `hf_tokenizer.load_tokenizer` raises (MissingFileError for a transformers
-    directory without tokenizer files whose vocabulary is not OpenAI's size)."""
+    directory without tokenizer files whose vocabulary is not OpenAI's size), and for a
+    transformers directory or repo of a model clip_jax cannot import (SigLIP, one tower),
+    `hf_import.check_clip_directory`'s ConfigError, first."""
     if is_preset(spec):  # "ViT-B/32" is a preset, not a Hub repo id: OpenAI's vocabulary
         return None
     spec, tokenizer = os.fspath(spec), None
@@ -275,10 +277,14 @@ def own_vocabulary(spec: str | os.PathLike, *, revision: str | None = None,
         if os.path.exists(spec):
             directory = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
             if hf_import.is_hf_directory(directory):
+                if directory == spec:  # a file there may be other weights, loaded as itself
+                    hf_import.check_clip_directory(directory)
                 tokenizer = load_tokenizer(directory)
         elif hub.is_repo_id(spec):
             kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
-            tokenizer = load_tokenizer(directory) if kind == "transformers" else None
+            if kind == "transformers":
+                hf_import.check_clip_directory(directory)
+                tokenizer = load_tokenizer(directory)
     return None if tokenizer is None or tokenizer.same_as(default_tokenizer()) else tokenizer
 
 

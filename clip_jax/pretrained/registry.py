@@ -19,14 +19,26 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Sequence
 
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
 from clip_jax.models.presets import openai_spelling
+from clip_jax.pretrained.cached import cached_hint
+
+log = logging.getLogger(__name__)
+
+# How long the Hub, once found out of reach, is not asked again: each file asked for costs
+# huggingface_hub's retries (about 25 s), and a cached repo of eight files took over three
+# minutes to load with the network down (trial BE). Meanwhile files come from the cache alone.
+UNREACHABLE_SECONDS = 300.0
+# Hub endpoint -> (monotonic time until which it is not asked, the error that said so).
+_unreachable: dict[str, tuple[float, Exception]] = {}
 
 OPEN_CLIP_PREFIX = "hf-hub:"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -178,18 +190,20 @@ def fetch(repo_id: str, filenames: Sequence[str], *, revision: str | None = None
     With the Hub out of reach, the cache answers: a file not cached is passed over for the next
     of `filenames`, as transformers does offline. A cached transformers repo without
     `preprocessor_config.json` (transformers 5 writes `processor_config.json`) failed to load
-    so, though complete. Raises MissingFileError for a repo or revision the Hub says is not
-    there."""
+    so, though complete. Once the Hub is found out of reach, it is not asked again for
+    `UNREACHABLE_SECONDS` (one warning says so): the files come from the cache alone.
+    Raises MissingFileError for a repo or revision the Hub says is not there."""
     from huggingface_hub import constants, errors, hf_hub_download
 
     unreachable: Exception | None = None
     for filename in filenames:
+        down = _out_of_reach(constants.ENDPOINT)
         try:
             path = hf_hub_download(repo_id, filename, revision=revision, token=token,
-                                   library_name="clip_jax")
+                                   library_name="clip_jax", local_files_only=down is not None)
         except errors.LocalEntryNotFoundError as e:  # offline, or the Hub out of reach
             if not constants.is_offline_mode():
-                unreachable = e
+                unreachable = down or _found_out_of_reach(constants.ENDPOINT, e)
             continue  # not in the cache: the next name, else `not_found` says so
         except errors.EntryNotFoundError:  # not in the repo
             continue
@@ -204,6 +218,22 @@ def fetch(repo_id: str, filenames: Sequence[str], *, revision: str | None = None
     return None, unreachable
 
 
+def _out_of_reach(endpoint: str) -> Exception | None:
+    """The error that found `endpoint` out of reach in the last `UNREACHABLE_SECONDS`, or None."""
+    until, error = _unreachable.get(endpoint, (0.0, None))
+    return error if time.monotonic() < until else None
+
+
+def _found_out_of_reach(endpoint: str, error: Exception) -> Exception:
+    """Records `endpoint` as out of reach (`error`), with one warning; returns `error`."""
+    _unreachable[endpoint] = (time.monotonic() + UNREACHABLE_SECONDS, error)
+    log.warning("The Hugging Face Hub (%s) is out of reach (%s): for the next %.0f minutes "
+                "files come from the local cache alone, without asking it again; set "
+                "HF_HUB_OFFLINE=1 to skip the wait altogether.", endpoint,
+                _first_line(error.__cause__ or error), UNREACHABLE_SECONDS / 60)
+    return error
+
+
 def not_found(repo_id: str, filenames: Sequence[str], revision: str | None = None,
               unreachable: Exception | None = None) -> MissingFileError:
     """The error for a repo (at `revision`) none of `filenames` was had from, saying where it
@@ -215,14 +245,18 @@ def not_found(repo_id: str, filenames: Sequence[str], revision: str | None = Non
         error = MissingFileError(
             f"Could not reach the Hugging Face Hub for {repo_id!r} "
             f"({_first_line(unreachable.__cause__ or unreachable)}) and none of "
-            f"{list(filenames)} is in the local cache; check the connection (HF_ENDPOINT, "
-            "proxies), or set HF_HUB_OFFLINE=1 to load only cached files.")
+            f"{list(filenames)} is in the local cache{cached_hint(repo_id, revision)}; check "
+            "the connection (HF_ENDPOINT, proxies), or set HF_HUB_OFFLINE=1 to load only "
+            "cached files.")
         error.__cause__ = unreachable
         return error
+    offline = constants.is_offline_mode()
     where = ("the local Hugging Face cache (HF_HUB_OFFLINE is set; unset it or download the "
-             "repo there first)" if constants.is_offline_mode() else "the repository")
+             "repo there first)" if offline else "the repository")
     at = f" at revision {revision!r}" if revision else ""
-    return MissingFileError(f"{repo_id!r}{at}: none of {list(filenames)} found in {where}.")
+    hint = cached_hint(repo_id, revision) if offline else ""
+    return MissingFileError(f"{repo_id!r}{at}: none of {list(filenames)} found in {where}"
+                            f"{hint}.")
 
 
 def _first_line(error: BaseException) -> str:
