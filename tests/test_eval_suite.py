@@ -1176,6 +1176,11 @@ def test_few_shot_refuses_a_class_without_training_images_before_embedding(
     config = config_for(few_shot=evaluate.few_shot_task(str(root), shots="1", seeds=1))
     with pytest.raises(ConfigError, match=r"these have none: purple \(0\)"):
         evaluate.evaluate_model(config, module, variables)
+    # Empty in both splits, the class has nothing to score: it needs no shots, and the run
+    # goes on to embed (trial BF: one stray empty folder stopped the whole few-shot run).
+    (root / "test" / "purple" / "0.png").unlink()
+    with pytest.raises(pytest.fail.Exception, match="embedded"):
+        evaluate.evaluate_model(config, module, variables)
 
 
 def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_path, monkeypatch,

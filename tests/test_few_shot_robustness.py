@@ -223,14 +223,15 @@ def test_few_shot_curve_gives_mean_and_spread_over_seeds():
 @pytest.mark.parametrize("per_class,missing", [(6, None), (30, 2)])
 def test_few_shot_refuses_more_shots_than_a_class_has(per_class, missing):
     x, y = blobs(per_class)
-    if missing is not None:  # a class absent from the training set
+    tx, ty = x, y
+    if missing is not None:  # a class absent from the training set (not from the test set)
         x, y = x[y != missing], y[y != missing]
     # A class without training images is named as such: lowering the shots cannot help it.
     expected = (rf"training images of every class; these have none: {missing} \(0\)\. Add"
                 if missing is not None else "16-shot probes need 16 .* have fewer: " + re.escape(
                     ", ".join(f"{c} ({per_class})" for c in range(4))) + r"\. ")
     with pytest.raises(ConfigError, match=expected):
-        few_shot.few_shot_curve(x, y, x, y, 4, shots=[1, 16], seeds=1, l2_grid=[1e-2])
+        few_shot.few_shot_curve(x, y, tx, ty, 4, shots=[1, 16], seeds=1, l2_grid=[1e-2])
 
 
 def test_shot_counts_a_class_lacks_are_left_out_and_the_rest_scored(caplog):
@@ -262,6 +263,30 @@ def test_shot_counts_a_class_lacks_are_left_out_and_the_rest_scored(caplog):
                                           r"counts .* to <= 3"):
         few_shot.evaluate(x, y, tx, ty, classes, 10.0, shots=[4, 8], seeds=1, l2_grid=[1e-2],
                           zero_shot_init=False, class_names=names)
+
+
+def test_a_class_with_no_image_in_either_split_needs_no_shots():
+    """An empty class folder in both splits stopped `--few-shot` ("training images of every
+    class; these have none: empty (0)"), while zero-shot and the linear probe took the same
+    folders (trial BF). It has no test image to score, so it needs no shots: the probes are
+    those without it, and zero-shot still chooses among every class (numpy's argmax). A class
+    with test images but no training image is still refused."""
+    x, y = blobs(12)
+    tx, ty = blobs(10, seed=5)
+    names = ["cat", "dog", "emu", "fox"]
+    classes = np.eye(5, x.shape[1], dtype=np.float32)
+    options = dict(shots=[1, 2, 4], seeds=2, l2_grid=[1e-2, 1e-4])
+    with_empty, _ = few_shot.evaluate(x, y, tx, ty, classes, 10.0, class_names=names + ["none"],
+                                      **options)
+    without, _ = few_shot.evaluate(x, y, tx, ty, classes[:4], 10.0, class_names=names,
+                                   **options)
+    probes = [k for k in without if "shot_top1" in k and not k.startswith("zero_shot_top1")]
+    assert len(probes) == 12
+    assert {k: with_empty[k] for k in probes} == {k: without[k] for k in probes}
+    assert with_empty["zero_shot_top1"] == np.mean(np.argmax(tx @ classes.T, axis=1) == ty)
+    few_shot.check_shots(y, names + ["none"], 4, test_y=ty)
+    with pytest.raises(ConfigError, match=r"these have none: none \(0\)"):
+        few_shot.check_shots(y, names + ["none"], 4, test_y=np.append(ty, 4))
 
 
 @pytest.mark.parametrize("labels, message", [

@@ -60,6 +60,22 @@ def class_counts(train_y: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
 
 
+def scored_counts(train_y: np.ndarray, class_names: Sequence[str],
+                  test_y: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """`(counts, names)`: training examples per class and the class names, of the classes
+    that need shots: all but those with no image in either split (`test_y`, training class
+    indices, -1 for none; None: all classes need them). Such a class (an empty class folder
+    in both splits) is never a target, and refusing it stopped a whole few-shot run that
+    zero-shot and the linear probe take (trial BF); it stays a class the probes choose from,
+    as zero-shot's."""
+    counts = class_counts(train_y, len(class_names))
+    if test_y is None:
+        return counts, list(class_names)
+    test_y = np.asarray(test_y, np.int64)
+    keep = (counts > 0) | (class_counts(test_y[test_y >= 0], len(class_names)) > 0)
+    return counts[keep], [n for n, k in zip(class_names, keep) if k]
+
+
 def name_short_classes(counts: np.ndarray, class_names: Sequence[str], fewer_than: int,
                        describe: Callable[[int], str] = str) -> str:
     """'emu (3), dog (5) and 2 more': the classes with fewer than `fewer_than` examples
@@ -70,10 +86,12 @@ def name_short_classes(counts: np.ndarray, class_names: Sequence[str], fewer_tha
     return named + (f" and {len(short) - MAX_NAMED} more" if len(short) > MAX_NAMED else "")
 
 
-def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None:
+def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int,
+                test_y: np.ndarray | None = None) -> None:
     """Raises ConfigError, naming the classes short of k training examples, unless every class
-    has k: a "k-shot" result drawn from fewer would be mislabelled."""
-    counts = class_counts(train_y, len(class_names))
+    has k (`scored_counts`: one with no image in either split needs none): a "k-shot" result
+    drawn from fewer would be mislabelled."""
+    counts, class_names = scored_counts(train_y, class_names, test_y)
     if counts.min() == 0:
         raise ConfigError(
             f"few-shot probes need training images of every class; these have none: "
@@ -90,14 +108,14 @@ def check_shots(train_y: np.ndarray, class_names: Sequence[str], k: int) -> None
 
 
 def feasible_shots(train_y: np.ndarray, class_names: Sequence[str], shots: Sequence[int],
-                   task: str = TASK) -> list[int]:
-    """The shot counts of `shots` every class has training images for; one warning naming
-    those left out and the classes short of the smallest of them (their metrics are None: a
-    "k-shot" result drawn from fewer would be mislabelled). ConfigError (`check_shots`) when
-    none is left or a class has no training image."""
+                   task: str = TASK, test_y: np.ndarray | None = None) -> list[int]:
+    """The shot counts of `shots` every class (`scored_counts`) has training images for; one
+    warning naming those left out and the classes short of the smallest of them (their metrics
+    are None: a "k-shot" result drawn from fewer would be mislabelled). ConfigError
+    (`check_shots`) when none is left or a class has no training image."""
     # No shots at all pass here: `few_shot_curve` says what to give.
-    check_shots(train_y, class_names, min(shots, default=0))
-    counts = class_counts(train_y, len(class_names))
+    check_shots(train_y, class_names, min(shots, default=0), test_y)
+    counts, class_names = scored_counts(train_y, class_names, test_y)
     skipped = [k for k in shots if k > counts.min()]
     if skipped:
         once.warning(log, "%s: %s-shot probes left out (their metrics empty): these classes "
@@ -108,14 +126,16 @@ def feasible_shots(train_y: np.ndarray, class_names: Sequence[str], shots: Seque
 
 
 def warn_short_validation(train_y: np.ndarray, class_names: Sequence[str],
-                          shots: int | Sequence[int], task: str = TASK) -> None:
+                          shots: int | Sequence[int], task: str = TASK,
+                          test_y: np.ndarray | None = None) -> None:
     """Logs one warning naming every shot count k (of `shots`) some class has fewer than 2k
     training examples for, and, at the largest, those classes: the validation draw that picks
     the L2 strength of their k-shot probes gets fewer than k of them (none: the grid's first
     value is used); it ends with the largest shot count every class has 2k for. Once per
     evaluation, not per probe kind; `task` names the evaluation (`few_shot/<task>`), as a
-    run may hold several."""
-    counts = class_counts(train_y, len(class_names))
+    run may hold several. Classes with no image in either split (`test_y`) are passed over
+    (`scored_counts`)."""
+    counts, class_names = scored_counts(train_y, class_names, test_y)
     short = sorted(k for k in ({shots} if isinstance(shots, int) else set(shots))
                    if counts.min() < 2 * k)
     if not short:
@@ -201,7 +221,7 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
     train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
     test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
-    check_shots(train_y, [str(c) for c in range(num_classes)], max(shots))
+    check_shots(train_y, [str(c) for c in range(num_classes)], max(shots), test_y)
     pad_to = max(shots) * num_classes  # every k shares one compiled solver
     unconverged: list[tuple[float, linear_probe.LogisticRegression]] = []
     curve = {k: np.asarray([probe_accuracy(train_x, train_y, test_x, test_y, num_classes, k, s,
@@ -256,8 +276,8 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
                                                                 range(num_classes)]
     train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
     test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
-    asked, shots = list(shots), feasible_shots(train_y, names, shots, task)
-    warn_short_validation(train_y, names, shots, task)
+    asked, shots = list(shots), feasible_shots(train_y, names, shots, task, test_y)
+    warn_short_validation(train_y, names, shots, task, test_y)
     zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
     metrics: dict[str, float | None] = {"zero_shot_top1": zero_shot}
     detail: dict[str, object] = {"shots": list(shots), "zero_shot": zero_shot}

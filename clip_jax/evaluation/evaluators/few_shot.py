@@ -58,8 +58,10 @@ class FewShot(Evaluator):
     def check(self) -> None:
         check_test_classes(self.field, self.train, self.test)
         if self.train.listed_labels is not None:  # no shot count possible: before embedding
+            test = self.test.listed_labels
             few_shot.check_shots(self.train.listed_labels, self.train.class_names,
-                                 min(self.shots))
+                                 min(self.shots), None if test is None else training_labels(
+                                     test, training_index(self.train, self.test)))
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         task, c, train, test = self.task, self.classifier, self.train, self.test
