@@ -139,6 +139,36 @@ def test_hlo_stats_counts_loop_trips_and_collectives():
     assert many.collective_counts["all-gather"] == layers
 
 
+def test_convolution_flops_are_xlas_and_counted_in_closed_form():
+    """A convolution's valid (output, tap) pairs were counted one by one in Python: a weight
+    gradient XLA writes as a convolution whose window is the batch (32,768 x 32,768 pairs)
+    kept `clip-jax plan` of a chunked loss at batch 65,536 running for hours. Counted per
+    output position now; each count is XLA's own (`cost_analysis`) for transposed
+    (lhs-dilated) and rhs-dilated convolutions and a patch embedding's weight gradient, and
+    the count of a 16,384-tap window over 32,768 positions ("SAME" padding: all pairs less
+    the two edges' triangles) is had at once (its TPU compile here takes minutes)."""
+    tpu_topology.devices(tpu_topology.parse("v5e-4"))  # sets the libtpu environment
+    mesh = Mesh(np.asarray(_v5e_2x2()[:1]), ("x",))
+    conv = jax.lax.conv_general_dilated
+    cases = [
+        (lambda x, w: conv(x, w, (1, 1), ((2, 2), (1, 1)), lhs_dilation=(2, 3)),
+         (2, 3, 9, 7), (8, 3, 3, 3)),
+        (lambda x, w: conv(x, w, (1, 2), ((3, 3), (2, 2)), rhs_dilation=(2, 3)),
+         (2, 3, 12, 15), (4, 3, 3, 3)),
+        (lambda x, g: jax.grad(lambda w: (conv(x, w, (16, 16), "VALID") * g).sum())(
+            jnp.zeros((64, 3, 16, 16))), (512, 3, 64, 64), (512, 64, 4, 4)),
+    ]
+    for f, x, w in cases:
+        args = [jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, P()))
+                for s in (x, w)]
+        compiled = jax.jit(f).lower(*args).compile()
+        assert "convolution(" in compiled.as_text()
+        assert hlo_stats.analyze(compiled.as_text()).flops == compiled.cost_analysis()["flops"]
+    n, window, pad_lo = 32768, 16384, 8191
+    edges = pad_lo * (pad_lo + 1) // 2 + (window - 1 - pad_lo) * (window - pad_lo) // 2
+    assert hlo_stats._valid_taps(n, n, window, 1, pad_lo, 1, 1) == n * window - edges
+
+
 _PREFETCHED = """HloModule m
 
 %fused_add (param_0: f32[1024,256], param_1: f32[1024,256]) -> f32[1024,256] {

@@ -35,6 +35,8 @@ import math
 import re
 from collections import defaultdict
 
+import numpy as np
+
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 
 DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
@@ -207,10 +209,25 @@ def _window(attrs: str, rank: int) -> dict[str, list]:
 def _valid_taps(size: int, out: int, window: int, stride: int, pad_lo: int, lhs_dilate: int,
                 rhs_dilate: int) -> int:
     """(output position, kernel tap) pairs of one spatial dimension that land on a real input
-    element, not on padding or on the holes of a dilated (transposed-convolution) input."""
+    element, not on padding or on the holes of a dilated (transposed-convolution) input.
+
+    Counted in closed form per output position: tap k of output o reads input position
+    p = o*stride + k*rhs_dilate - pad_lo, real when 0 <= p <= (size-1)*lhs_dilate and
+    lhs_dilate divides p. Counting pair by pair took hours on a weight gradient XLA writes as
+    a convolution whose window is the batch (32,768 x 32,768 pairs: `clip-jax plan` of a
+    chunked loss at batch 65,536 never ended)."""
     last = (size - 1) * lhs_dilate
-    return sum(1 for o in range(out) for k in range(window)
-               if 0 <= (p := o * stride + k * rhs_dilate - pad_lo) <= last and p % lhs_dilate == 0)
+    base = np.arange(out, dtype=np.int64) * stride - pad_lo  # p at k = 0, per o
+    lo = np.maximum(0, -(base // rhs_dilate))  # first k with p >= 0: ceil(-base / rhs_dilate)
+    hi = np.minimum(window - 1, (last - base) // rhs_dilate)  # last k with p <= last
+    # p % lhs_dilate == 0 holds for k in one residue class modulo `period`, or for none.
+    common = math.gcd(rhs_dilate, lhs_dilate)
+    period = lhs_dilate // common
+    solvable = base % common == 0
+    first_k = (-(base // common) * pow(rhs_dilate // common, -1, period)) % period
+    first = lo + (first_k - lo) % period
+    counts = np.where(solvable & (first <= hi), (hi - first) // period + 1, 0)
+    return int(counts.sum())
 
 
 def _matmul_flops(inst: Instruction, shapes: dict[str, str]) -> float:
