@@ -549,6 +549,32 @@ def test_candidates_are_valid_configs_fewest_changes_first():
         "'tensor': 1} microbatches=1 loss=softmax"
 
 
+def test_each_alternatives_flags_give_it_back_through_the_command_line():
+    """Fitting alternatives were printed as `remat=full mesh={'data': 4, 'fsdp': 2, ...}`,
+    which no flag reads. Each now comes with its `--config.` flags; parsed by absl's config
+    flags (as `clip-jax plan` and train parse them) after the config file, they give every
+    search candidate's settings, the mesh as the devices resolve it."""
+    from absl import flags
+
+    from clip_jax.cli import train as train_cli
+
+    def settings(c, devices):
+        return (c.loss, c.model.remat_policy, c.microbatches, c.reshard_microbatches,
+                sharding.mesh_shape(c.mesh, devices))
+
+    for devices, mesh in ((8, {}), (16, dict(data=-1, fsdp=2, tensor=1))):
+        config = tiny.get_config()
+        config.mesh.update(mesh)
+        overrides = [f"--config.mesh.{k}={v}" for k, v in mesh.items()]
+        for variant in plan_lib.candidates(config, devices):
+            given = plan_lib.config_flags(variant, config, devices)
+            argv = ["clip-jax plan", "--config=configs/tiny.py", *overrides, *given.split()]
+            values = flags.FlagValues()
+            train_cli.define_config_flag(values, argv, "config file")
+            train_cli.parse_flags(argv, values)
+            assert settings(values.config, devices) == settings(variant, devices), given
+
+
 def test_model_flops_of_a_pallas_config_are_counted_with_einsum_attention():
     """`plan` counts model FLOPs by lowering the loop-free step on the host CPU, where the
     Pallas TPU kernel cannot lower: the count uses einsum attention, the same model FLOPs

@@ -191,6 +191,7 @@ class Plan:
     mfu_ceiling: float = math.nan
     total_steps: int = 0  # config.total_steps: the run `run_seconds` times
     run_seconds: float = math.nan  # total_steps x step_seconds: the run's roofline time
+    flags: str = ""  # a search's alternative: the `--config.` flags that turn the config into it
 
 
 def _shard_bytes(abstract: Any, shardings: Any) -> float:
@@ -404,19 +405,38 @@ def search(config: ml_collections.ConfigDict, topology: str, budget_seconds: flo
             f"({p.total_bytes / 2**30:.2f} GiB, compiled in {p.compile_seconds:.0f} s)")
         compile_seconds = max(compile_seconds, p.compile_seconds)
         if p.fits:
-            fitting.append(p)
+            fitting.append(dataclasses.replace(
+                p, flags=config_flags(variant, config, topo.devices_total)))
     return Search(sorted(fitting, key=lambda p: p.step_seconds), 0)
 
 
+# The settings a search turns, by the `--config.` field that holds each.
+_SEARCHED = ("loss", "model.remat_policy", "microbatches", "reshard_microbatches")
+
+
+def config_flags(variant: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                 devices: int) -> str:
+    """The `--config.FIELD=VALUE` flags that turn `config` into the search's `variant`, to
+    paste after the command (alternatives were printed as `mesh={'data': 4, ...}`, which no
+    flag reads): the searched fields that differ, and all three mesh axes where the mesh
+    does (as `devices` resolves a -1)."""
+    def field(c: ml_collections.ConfigDict, name: str) -> Any:
+        return functools.reduce(getattr, name.split("."), c)
+
+    flags = [f"--config.{name}={field(variant, name)}" for name in _SEARCHED
+             if field(variant, name) != field(config, name)]
+    mesh = sharding.mesh_shape(variant.mesh, devices)
+    if mesh != sharding.mesh_shape(config.mesh, devices):
+        flags += [f"--config.mesh.{axis}={n}" for axis, n in zip(("data", "fsdp", "tensor"),
+                                                                  mesh)]
+    return " ".join(flags)
+
+
 def _describe(config: ml_collections.ConfigDict) -> str:
-    return _settings(config.model.remat_policy, dict(config.mesh), config.microbatches,
-                     config.loss, config.reshard_microbatches)
-
-
-def _settings(remat: str, mesh: dict, microbatches: int, loss: str, reshard: bool) -> str:
-    """The settings the search turns, as a config or a plan has them."""
-    return (f"remat={remat} mesh={mesh} microbatches={microbatches} loss={loss}"
-            f"{' reshard_microbatches=True' if reshard else ''}")
+    """The settings the search turns, as a search candidate has them."""
+    return (f"remat={config.model.remat_policy} mesh={dict(config.mesh)} "
+            f"microbatches={config.microbatches} loss={config.loss}"
+            f"{' reshard_microbatches=True' if config.reshard_microbatches else ''}")
 
 
 def _gib(x: float) -> str:
@@ -523,10 +543,10 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
                               config, searched=budget_seconds > 0, result=result,
                               untried=untried)}))
     elif alternatives:
-        print("Fitting alternatives, fastest roofline first:")
+        print("Fitting alternatives, fastest roofline first (each headed by the flags that "
+              "give it):")
         for a in alternatives:
-            print("* " + _settings(a.remat_policy, a.mesh, a.microbatches, a.loss,
-                                   a.reshard_microbatches))
+            print(f"* {a.flags}")
             print(format_plan(a))
     else:
         print(no_fit_advice(config, searched=budget_seconds > 0, result=result,
