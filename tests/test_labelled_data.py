@@ -288,13 +288,15 @@ def test_hidden_entries_empty_classes_and_missing_rows_are_named(folder, tmp_pat
     assert ours.skipped == {
         "hidden folder": [str(root / ".ipynb_checkpoints")],
         "hidden file": [str(root / ".DS_Store"), str(root / "cat" / ".DS_Store"),
-                        str(root / "dog" / "._0.png"), str(root / "dog" / ".thumbs" / "t.png")],
+                        str(root / "dog" / "._0.png")],
+        # Under a class folder, a hidden folder's files (trial BF: called a "hidden file").
+        "in a hidden folder": [str(root / "dog" / ".thumbs" / "t.png")],
         "outside any class folder": [str(root / "stray.png")],
         "not an image file": [str(root / "cat" / "notes.txt")],
         "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG": [
             str(root / "cat" / "IMG_1.HEIC")]}
     assert "no images in class folder(s) zebra" in caplog.text
-    assert f"4 (hidden file: {root / '.DS_Store'}" in caplog.text
+    assert f"3 (hidden file: {root / '.DS_Store'}" in caplog.text
 
     files = [ours.files[0], str(tmp_path / "gone.png"), ours.files[1]]
     pd.DataFrame({"filepath": files, "label": ["cat", "dog", "cat"]}).to_csv(
@@ -1027,3 +1029,28 @@ def test_one_class_sources_are_refused_with_their_own_fix(folder, tmp_path):
                                           r"2: name every class in its classnames.txt, one per "
                                           r"line, in label order\.$"):
         labelled_data.read(str(tmp_path / "wds"), "test")
+
+
+def test_an_image_pillow_refuses_as_too_large_is_skipped_with_the_fix(tmp_path, monkeypatch,
+                                                                      caplog):
+    """An image over Pillow's pixel limit was skipped by `clip-jax eval` and `index` with
+    Pillow's bare "could be decompression bomb DOS attack" (trial BF): counted and named, but
+    with no fix. Both readers now add the limit and what to do; Pillow's own sentence, with
+    its pixel count, stays first."""
+    from clip_jax.models import get_preset
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # refuses over 2,000 pixels
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((50, 80, 3), np.uint8)).save(path)
+    with pytest.raises(Image.DecompressionBombError) as pillow:
+        Image.open(path)
+    said = str(pillow.value).splitlines()[0]
+    fix = ("(Pillow refuses images over 2 x PIL.Image.MAX_IMAGE_PIXELS = 2,000 pixels: "
+           "downscale it, or raise that limit from Python for trusted images)")
+    with caplog.at_level("WARNING"):
+        _, _, readable = labelled_data.read_checked_image(os.fsencode(path), np.int64(-1),
+                                                     np.int64(-1))
+    assert not readable
+    assert f"skipped unreadable image {path}: {said} {fix}" in caplog.text
+    (batch,) = image_folder.iter_batches([str(path)], get_preset("test-vit"), workers=1)
+    assert [s.reason for s in batch.skipped] == [f"cannot decode: {said} {fix}"]

@@ -503,7 +503,8 @@ def _index_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("--batch-size", type=positive_int, default=64,
                    help="images decoded and embedded at once (default 64)")
     i.add_argument("--save-every", type=positive_int, default=4096, help="save progress every "
-                   "N embedded images, so an interrupted run resumes there (default 4096)")
+                   "N embedded images (at the end of the batch that passes each multiple), so "
+                   "an interrupted run resumes there (default 4096)")
     _image_arguments(i)
     _weights_arguments(i)
 

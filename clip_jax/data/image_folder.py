@@ -24,8 +24,8 @@ from PIL import Image
 
 from clip_jax.errors import MissingFileError, UnreadableImageError
 from clip_jax.models.config import CLIPConfig
-from clip_jax.data.preprocess import (DECODE_ERRORS, IMAGE_EXTENSIONS, preprocess,
-                                      undecodable_format)
+from clip_jax.data.preprocess import (DECODE_ERRORS, IMAGE_EXTENSIONS, decode_reason,
+                                      preprocess, undecodable_format)
 
 log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +215,7 @@ def _attempt(path: str, read: Callable[[], Any]) -> Any:
         return SkippedImage(path, undecodable_format(path, head)
                             or "not an image PIL can identify")
     except DECODE_ERRORS as error:
-        text = getattr(error, "reason", None) or str(error)  # the file is named already
-        message = text.splitlines()[0] if text else type(error).__name__
-        return SkippedImage(path, f"cannot decode: {message}")
+        return SkippedImage(path, f"cannot decode: {decode_reason(error)}")
 
 
 def iter_batches(paths: Sequence[str], config: CLIPConfig, batch_size: int = 64,

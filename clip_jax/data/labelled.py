@@ -65,7 +65,8 @@ from clip_jax.models.config import CLIPConfig
 from clip_jax.runtime.os_text import os_text, shown
 from clip_jax_data import tables
 from clip_jax.data.preprocess import (DECODE_ERRORS, EXIF_ORIENTATION, IMAGE_EXTENSIONS,
-                                      normalization_constants, to_rgb_uint8, undecodable_format)
+                                      decode_reason, normalization_constants, to_rgb_uint8,
+                                      undecodable_format)
 
 log = logging.getLogger(__name__)
 _EMPTY_REPORTED: set[str] = set()  # folders whose empty classes were named in a warning
@@ -245,7 +246,8 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
                          os.path.relpath(directory, folder).split(os.sep))
             for f in sorted(names):
                 path = os.path.join(directory, f)
-                why = ("hidden file" if hidden or f.startswith(".")  # .DS_Store, ._photo.jpg
+                why = ("in a hidden folder" if hidden  # .ipynb_checkpoints/, .thumbs/
+                       else "hidden file" if f.startswith(".")  # .DS_Store, ._photo.jpg
                        else "" if _is_image(f)
                        else undecodable_format(f) or "not an image file")
                 if why:
@@ -707,7 +709,7 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
         reason = (undecodable_format(os.fsdecode(path), data[:12])
                   or "not an image PIL can identify")
     except DECODE_ERRORS as error:
-        reason = str(error)
+        reason = decode_reason(error)
     except tf.errors.NotFoundError:
         reason = "no such file (a broken link, or removed after the folder was listed)"
     except tf.errors.OpError as error:  # permission denied, an unreadable remote file, ...

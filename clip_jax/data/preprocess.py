@@ -77,6 +77,20 @@ _DECODED_KINDS = {kind for ext, kind in _PLUGIN_EXTENSIONS.items() if ext in IMA
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def decode_reason(error: Exception) -> str:
+    """Why an image of DECODE_ERRORS could not be read, in one line; Pillow's refusal of a huge
+    image ("could be decompression bomb DOS attack") also says the fix, which it lacked
+    (trial BF): downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS from Python for trusted
+    images (Pillow refuses any image over twice that limit)."""
+    text = getattr(error, "reason", None) or str(error)  # the file is named already
+    message = text.splitlines()[0] if text else type(error).__name__
+    if isinstance(error, Image.DecompressionBombError):
+        message += (f" (Pillow refuses images over 2 x PIL.Image.MAX_IMAGE_PIXELS = "
+                    f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels: downscale it, or raise that limit "
+                    "from Python for trusted images)")
+    return message
+
+
 def undecodable_format(name: str, head: bytes = b"") -> str:
     """For a file in a phone photo format this Pillow cannot decode, the one-line reason and
     fix, else "": by the `ftyp` brand in its first 12 bytes `head` where given (a HEIF photo
