@@ -492,3 +492,24 @@ def test_a_dotted_member_name_is_explained_when_it_loses_its_sample(tmp_path):
         "(a sample's key ends at the first dot of a member's name, as webdataset reads it: "
         "'photo.v2.jpg' is key 'photo'; rename such members)")
     assert not isinstance(cleaned[1], BadRecord)
+
+
+def test_a_sample_with_its_caption_only_in_json_metadata_is_told_why(tmp_path):
+    """img2dataset writes a .json of metadata beside each sample; a sample whose caption is
+    only there (under "caption") was skipped as "no .txt caption among ['jpg', 'json']",
+    with no word that the .json is not read (trial BG). The skip now says so and the fix;
+    a sample without a .json is skipped as before."""
+    from clip_jax_data.options import CleanOptions
+    from clip_jax_data.records import BadRecord, BuildReport
+    from clip_jax_data.webdataset_shards import webdataset_shards_dataset_builder as builder
+
+    path = str(tmp_path / "meta.tar")
+    _tar_of_members(path, [("a.jpg", jpeg(0)), ("a.json", b'{"caption": "a red car"}'),
+                           ("b.jpg", jpeg(1))])
+    read = list(builder._samples(path, BuildReport("train", CleanOptions()), []))
+    assert [(key, sorted(files)) for _, key, files in read] == [("a", ["jpg", "json"]),
+                                                                ("b", ["jpg"])]
+    with_json, bare = (builder._clean_sample(s, ["jpg"], "txt", CleanOptions()) for s in read)
+    assert isinstance(with_json, BadRecord) and with_json.reason == "missing_caption"
+    assert "its .json, img2dataset's metadata, is not read for a caption" in str(with_json)
+    assert isinstance(bare, BadRecord) and "json" not in str(bare)

@@ -286,8 +286,11 @@ def _clean_sample(sample: tuple[int, str, dict[str, bytes]], image_exts: list[st
                 "missing_image", f"no image ({', '.join(image_exts)}) among {sorted(files)}"
                 + hint)
         if caption_ext not in files:
-            raise records.BadRecord("missing_caption",
-                                    f"no .{caption_ext} caption among {sorted(files)}{hint}")
+            metadata = (" (its .json, img2dataset's metadata, is not read for a caption, even "
+                        "one under a 'caption' key: write captions as .txt members)"
+                        if "json" in files and not hint else "")
+            raise records.BadRecord("missing_caption", f"no .{caption_ext} caption among "
+                                    f"{sorted(files)}{hint}{metadata}")
         caption, caption_conversions = records.clean_caption(files[caption_ext], clean)
         image, conversions = records.clean_image(files[image_ext], clean, name=f"{key}.{image_ext}")
     except records.BadRecord as error:
