@@ -366,6 +366,32 @@ def test_save_hf_and_from_hf_round_trip(reference, hf_dir):
     np.testing.assert_array_equal(loaded(texts), reference_ids(reference, texts))
 
 
+def test_a_vocabulary_with_more_merges_than_openais_gives_transformers_ids(hf_dir, tmp_path):
+    """OpenAI's merges and two more (a vocabulary of 49,410 tokens) were refused as "not the
+    49408 the merges make": the merges were cut at OpenAI's count, which applies to OpenAI's
+    own file alone (trial BH). transformers reads them all; so do we, with its ids."""
+    from clip_jax.convert.hf_tokenizer import load_tokenizer
+
+    vocab = json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8"))
+    merges = (hf_dir / "merges.txt").read_text(encoding="utf-8").rstrip("\n").split("\n")
+    extra = [("q", "q</w>"), ("z", "q</w>")]
+    sot, eot = vocab.pop("<|startoftext|>"), vocab.pop("<|endoftext|>")
+    for a, b in extra:
+        vocab[a + b] = len(vocab)
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = sot + 2, eot + 2
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text(
+        "\n".join(merges + [f"{a} {b}" for a, b in extra]) + "\n", encoding="utf-8")
+    hf = transformers.CLIPTokenizer.from_pretrained(tmp_path)
+    texts = ASCII_CAPTIONS + ["a photo of a qq", "zq qq zqq", "QQ, zq!"]
+    out = hf(texts, padding="max_length", truncation=True, max_length=77, return_tensors="np")
+    want = np.where(out["attention_mask"] == 1, out["input_ids"], 0)
+    assert {49406, 49407} <= set(want.ravel().tolist())  # the two new tokens are used
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.vocab_size == 49410
+    np.testing.assert_array_equal(loaded(texts), want)
+
+
 def test_a_vocab_numbering_the_tokens_its_own_way_gives_transformers_ids(hf_dir, tmp_path):
     """A vocab.json that numbers the merges' tokens in another order (transformers reads it:
     the merges split, the vocabulary numbers) was refused as "vocab.json does not match

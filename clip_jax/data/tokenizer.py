@@ -251,7 +251,7 @@ class Tokenizer:
         lines = list(merge_lines)
         if lines and lines[0].startswith("#version"):
             lines = lines[1:]
-        merges = [_parse_merge(line) for line in lines if line.strip()][:NUM_MERGES]
+        merges = [_parse_merge(line) for line in lines if line.strip()]
         renamed = {HF_SOT_TEXT: SOT_TEXT, HF_EOT_TEXT: EOT_TEXT}
         try:
             return cls(merges, {renamed.get(t, t): i for t, i in hf_vocab.items()})
