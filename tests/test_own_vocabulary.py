@@ -323,3 +323,23 @@ def test_export_hf_of_a_hub_repo_carries_its_own_vocabulary(own, tmp_path, monke
         want = model.get_text_features(input_ids=ids)
     np.testing.assert_allclose(getattr(got, "pooler_output", got).numpy(),
                                getattr(want, "pooler_output", want).numpy(), atol=1e-5)
+
+
+def test_get_tokenizer_of_a_module_points_to_where_its_vocabulary_is(own, caplog):
+    """`get_tokenizer(module)`, the README's first pattern, said "the model 1514 embeddings;
+    pass the model's own tokenizer directory" for a model of its own vocabulary, without the
+    call that reads it; a module of more embeddings than OpenAI's vocabulary (a repo's own
+    vocabulary of 49,410 tokens) got OpenAI's ids without a word (trial BH). The first now
+    names get_tokenizer(<model dir or repo>), the second is warned of."""
+    import dataclasses
+
+    module, _ = clip_jax.load(own[0])
+    with pytest.raises(ConfigError, match=r"1514 token embeddings, fewer than OpenAI's .*"
+                                          r"clip_jax.get_tokenizer\(<model dir or repo>\)"):
+        clip_jax.get_tokenizer(module)
+    bigger = module.config.replace(text=dataclasses.replace(module.config.text,
+                                                            vocab_size=49410))
+    with caplog.at_level("WARNING"):
+        tokens = clip_jax.get_tokenizer(bigger)(["a red car"])
+    assert "49410 token embeddings, more than OpenAI's tokenizer's 49408" in caplog.text
+    assert tokens.shape == (1, CONTEXT)

@@ -411,6 +411,38 @@ def test_a_search_stopped_by_its_budget_says_so_and_names_the_untried_knobs():
         [], len(plan_lib.candidates(config, 8)))
 
 
+def test_a_search_that_found_a_fit_says_what_it_left_untried(monkeypatch, capsys):
+    """A search that ran out of seconds after its first fitting alternative listed that one
+    alone, as "fastest roofline first", and said nothing of the alternatives it had not
+    compiled (trial BH: 1 compiled in 200 s). It now says how many, as a search that found
+    none does. A fake plan of 30 s per compile on a fake clock: the config, then one."""
+    import time as time_module
+
+    config = tiny.get_config()
+    gib, clock = 2.0**30, [0.0]
+
+    def thirty_seconds(variant, topology, base=None):
+        clock[0] += 30.0
+        fits = variant.loss != config.loss
+        result = plan_lib.Plan(topology, "v5e", 8, 1, {"data": 8, "fsdp": 1, "tensor": 1},
+                               variant.batch_size, variant.microbatches, "none", variant.loss,
+                               False, 15.75 * gib, 16 * gib, 30.0)
+        result.total_bytes = (10 if fits else 23) * gib
+        result.temp_bytes, result.param_bytes, result.opt_state_bytes = 9 * gib, gib, 2 * gib
+        result.argument_bytes = result.output_bytes = result.alias_bytes = 0.0
+        result.fits = fits
+        return result
+
+    monkeypatch.setattr(plan_lib, "plan", thirty_seconds)
+    monkeypatch.setattr(time_module, "time", lambda: clock[0])
+    candidates = len(plan_lib.candidates(config, 8))
+    assert plan_lib.run(config, "v5e-8", budget_seconds=50) == 1
+    out = capsys.readouterr().out
+    assert "Fitting alternatives" in out and "* --config.loss=chunked_softmax\n" in out
+    assert (f"(The search reached its --search-seconds with {candidates - 1} alternatives "
+            "untried, faster ones possibly among them") in out
+
+
 def test_a_search_begins_no_compile_it_cannot_finish_in_its_budget(monkeypatch, capsys):
     """`plan --search-seconds 1` ran for minutes on a model whose step compiles in minutes (a
     compile cannot be stopped once begun). A compile is begun only with the longest compile

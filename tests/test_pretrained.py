@@ -623,9 +623,16 @@ def test_create_model_and_transforms_loads_a_hub_revision(tmp_path, monkeypatch)
                 clip_jax.create_model_and_transforms("acme/two", revision=revision)[:2],
                 clip_jax.create_model("hf-hub:acme/two", revision=revision)):
             _assert_matches_transformers(module, variables, theirs)
-    with pytest.raises(ConfigError, match="revision= name a Hugging Face Hub revision or login"
-                                          ", but this builds a random init"):
-        clip_jax.create_model_and_transforms("test-vit", revision="v2")
+    for create in (clip_jax.create_model_and_transforms, clip_jax.create_model):
+        with pytest.raises(ConfigError, match=r"^revision= names a Hugging Face Hub revision "
+                                              r"or login, but this builds a random init.*"
+                                              r"leave them out\.$"):
+            create("test-vit", revision="v2")
+    # Offline, a revision the cache lacks names those it has (it named the repo itself as a
+    # "close name": trial BH).
+    with pytest.raises(FileNotFoundError, match=r"at revision 'v3': .* \(the cache holds it "
+                                                r"at: main, v2\)\.$"):
+        clip_jax.load("acme/two", revision="v3")
 
 
 def test_models_clip_jax_cannot_import_are_named_before_their_tokenizer(tmp_path, monkeypatch,
@@ -665,6 +672,7 @@ def test_models_clip_jax_cannot_import_are_named_before_their_tokenizer(tmp_path
                              str(tmp_path / "cat.png")]) == 2
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and says in err, (source, err)
+            assert err.startswith(f"error: {source} "), err  # the repo id, not its snapshot
             assert "vocab.json" not in err and not caplog.records, (source, caplog.text)
 
 

@@ -63,11 +63,12 @@ def read_config(directory: PathLike) -> CLIPConfig:
     return config_from_hf(_read_json(directory / "config.json"), directory, directory)
 
 
-def check_clip_directory(directory: PathLike) -> None:
+def check_clip_directory(directory: PathLike, source: str | None = None) -> None:
     """ConfigError unless `directory`'s config.json is a transformers CLIPModel's (SigLIP, one
-    tower alone, another model): said before its tokenizer files are read, whose absence
-    would otherwise be the error, with advice to fetch files that would not help."""
-    _check_model_type(_read_json(Path(directory) / "config.json"), directory)
+    tower alone, another model), naming `source` (default: the directory; a Hub repo id for
+    its cached snapshot): said before its tokenizer files are read, whose absence would
+    otherwise be the error, with advice to fetch files that would not help."""
+    _check_model_type(_read_json(Path(directory) / "config.json"), source or directory)
 
 
 def config_from_hf(raw: Mapping[str, Any], source: PathLike | str,

@@ -146,9 +146,9 @@ def _check_supported(tower: str, fields: Mapping[str, Any], source: str) -> None
                               "whether it changes the model, so it does not load it.")
         if value != _DEFAULTS[key] and value not in _ALSO_DEFAULT.get(key, ()):
             taken = " or ".join(map(repr, (_DEFAULTS[key], *_ALSO_DEFAULT.get(key, ()))))
+            only = "" if key in _TOWER_NOTES else f" (only {taken})"
             raise ConfigError(f"{source}: {tower}.{key}={value!r}{_TOWER_NOTES.get(key, '')} is "
-                              f"not implemented in clip_jax (only {taken}); this model cannot be "
-                              "loaded.")
+                              f"not implemented in clip_jax{only}; this model cannot be loaded.")
     pool = fields.get("pool_type", _POOL[tower])
     if pool != _POOL[tower]:
         raise ConfigError(f"{source}: {tower}.pool_type={pool!r} is not implemented in clip_jax "

@@ -54,6 +54,7 @@ import gzip
 import html
 import itertools
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
@@ -66,6 +67,8 @@ import tokenizers
 from tokenizers import pre_tokenizers
 
 from clip_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SOT_TEXT = "<start_of_text>"
 EOT_TEXT = "<end_of_text>"
@@ -422,11 +425,23 @@ def openai_for(vocab_size: int, context_length: int) -> TextTokenizer:
     """OpenAI's tokenizer at `context_length` (texts -> int32 [N, context_length]) for a model
     of `vocab_size` token embeddings. ConfigError when those are fewer than OpenAI's vocabulary:
     the model was trained with its own, and OpenAI's ids would read past its embedding table
-    (NaN embeddings)."""
+    (NaN embeddings). More than OpenAI's: one warning (per size), as the model may have a
+    vocabulary of its own whose ids OpenAI's would silently differ from (trial BH: a module
+    of 49,410 embeddings got OpenAI's ids, not its repo's)."""
     openai = default_tokenizer()
     if vocab_size < openai.vocab_size:
         raise ConfigError(f"The model has {vocab_size} token embeddings, fewer than OpenAI's "
                           f"tokenizer's {openai.vocab_size}: it has its own vocabulary; pass "
                           "tokenizer=clip_jax.get_tokenizer(<model dir or repo>) (the clip-jax "
                           "commands read it from a model folder's vocab.json and merges.txt).")
+    if vocab_size > openai.vocab_size:
+        _warn_larger_table(vocab_size, openai.vocab_size)
     return functools.partial(openai, context_length=context_length)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_larger_table(vocab_size: int, openai_size: int) -> None:
+    log.warning("The model has %d token embeddings, more than OpenAI's tokenizer's %d: texts are "
+                "tokenized with OpenAI's, and if the model was trained with a vocabulary of "
+                "its own, clip_jax.get_tokenizer(<model dir or repo>) reads that one.",
+                vocab_size, openai_size)

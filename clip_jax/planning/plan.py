@@ -548,6 +548,10 @@ def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
         for a in alternatives:
             print(f"* {a.flags}")
             print(format_plan(a))
+        if untried:  # a fitting one found does not make the list the fastest (trial BH)
+            print(f"(The search reached its --search-seconds with {untried} alternatives "
+                  "untried, faster ones possibly among them: give more seconds to compare "
+                  "them.)")
     else:
         print(no_fit_advice(config, searched=budget_seconds > 0, result=result,
                             untried=untried))

@@ -16,8 +16,9 @@ MAX_LISTED = 8
 
 
 def cached_hint(repo_id: str, revision: str | None = None) -> str:
-    """" (the cache's copy at that revision holds only: a.json, b.txt)", or for a repo the
-    cache lacks " (cached repos with close names: org/name)", or "" where neither applies."""
+    """" (the cache's copy holds only: a.json, b.txt)", for a repo cached at other revisions
+    than the one asked " (the cache holds it at: main, v2)", for a repo the cache lacks
+    " (cached repos with close names: org/name)", or "" where none applies."""
     from huggingface_hub import constants, errors, snapshot_download
 
     try:
@@ -28,6 +29,10 @@ def cached_hint(repo_id: str, revision: str | None = None) -> str:
         files = sorted(os.path.relpath(os.path.join(root, name), folder)
                        for root, _, names in os.walk(folder) for name in names)
         return f" (the cache's copy holds only: {_listed(files) or 'no files'})"
+    refs = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"), "refs")
+    if os.path.isdir(refs):  # cached, at other revisions (a commit hash is its own name)
+        held = sorted(os.listdir(refs))
+        return f" (the cache holds it at: {_listed(held)})" if held else ""
     try:
         cached = [name.removeprefix("models--").replace("--", "/")
                   for name in os.listdir(constants.HF_HUB_CACHE) if name.startswith("models--")]

@@ -84,8 +84,9 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
     if _names_weights(name_or_config):
         return with_numerics(*loading.load(os.fspath(name_or_config), **hub_options),
                              **overrides)
+    overrides = _no_hub(hub_options, overrides)  # not under the unknown-name hints below
     try:
-        return models.create_model(name_or_config, rng, **_no_hub(hub_options, overrides))
+        return models.create_model(name_or_config, rng, **overrides)
     except ConfigError as error:  # an unknown name: the architectures, and where it may be
         name = name_or_config if isinstance(name_or_config, str) else ""
         json_file = hub.open_clip_config_file(name)
@@ -108,7 +109,8 @@ def _no_hub(hub_options: Mapping[str, Any], overrides: dict[str, Any]) -> dict[s
     """`overrides`, after refusing Hub keywords for a random init (which reads no Hub: a
     `revision=` there would be dropped unsaid)."""
     if hub_options:
-        raise ConfigError(f"{', '.join(f'{k}=' for k in hub_options)} name a Hugging Face Hub "
+        raise ConfigError(f"{' and '.join(f'{k}=' for k in hub_options)} "
+                          f"{'name' if len(hub_options) > 1 else 'names'} a Hugging Face Hub "
                           "revision or login, but this builds a random init from an "
                           "architecture: give a Hub repo id or hf-hub: name to load its "
                           "weights, or leave them out.")
@@ -229,6 +231,8 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
     vocabulary size are their rows), not an architecture `clip_jax.load` could infer. Raises
     MissingFileError when the name or path names nothing, ConfigError when the model's own
     vocabulary is larger than its token embedding table or a weights file has no text tower.
+    A module or config records no vocabulary: OpenAI's, refused for a table smaller than it
+    and warned of for a larger one (`openai_for`: pass the model's directory or repo id).
     """
     tokenizer: Tokenizer | None = None
     if isinstance(model_or_config, CLIP):
@@ -245,7 +249,9 @@ def get_tokenizer(model_or_config: CLIP | CLIPConfig | str | os.PathLike, *,
         context_length, vocab_size = (_tensors_text_shape(spec) if config is None
                                       else _text_shape(config))
         tokenizer = own_vocabulary(spec, revision=revision, token=token)
-    return _bind(tokenizer or default_tokenizer(), context_length, vocab_size)
+    if tokenizer is None:  # a module or config says nothing of where its vocabulary is
+        return openai_for(vocab_size, context_length)
+    return _bind(tokenizer, context_length, vocab_size)
 
 
 def load_with_tokenizer(source: str | os.PathLike, **load_options: Any
@@ -283,7 +289,7 @@ def own_vocabulary(spec: str | os.PathLike, *, revision: str | None = None,
         elif hub.is_repo_id(spec):
             kind, directory = loading.repo_files(spec, revision, token, tokenizer=True)
             if kind == "transformers":
-                hf_import.check_clip_directory(directory)
+                hf_import.check_clip_directory(directory, spec)
                 tokenizer = load_tokenizer(directory)
     return None if tokenizer is None or tokenizer.same_as(default_tokenizer()) else tokenizer
 
