@@ -881,8 +881,8 @@ def test_export_hf_of_a_directory_without_tokenizer_files(tmp_path, capsys, capl
     assert err == ("error: The tokenizer has 49408 tokens but the model only 1000 embeddings; "
                    "pass the model's own tokenizer (from Python: tokenizer=hf_tokenizer."
                    "load_tokenizer(DIR) of its vocab.json and merges.txt; `clip-jax export-hf` "
-                   "reads them only from the transformers directory it exports: put the model's "
-                   "own there).\n")
+                   "reads them from the transformers directory or Hub repo it exports: put the "
+                   "model's own there).\n")
 
 
 def test_eval_flag_mistakes_are_reported_before_tensorflow_loads(tmp_path):
