@@ -45,7 +45,7 @@ import io
 import logging
 import os
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -639,6 +639,15 @@ def jpeg_is_complete(data: bytes) -> bool:
     the walk skips by its length."""
     if data[:2] != b"\xff\xd8":
         return False
+    for marker, _, end in _jpeg_segments(data):
+        if marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", end) >= 0
+    return False
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, offset of its FF byte, end of its segment) of a JPEG's header segments, the
+    start of scan the last."""
     i = 2
     while i + 4 <= len(data) and data[i] == 0xFF:
         marker = data[i + 1]
@@ -646,10 +655,32 @@ def jpeg_is_complete(data: bytes) -> bool:
             i += 1 if marker == 0xFF else 2
             continue
         end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if marker == 0xDA:  # start of scan
-            return data.find(b"\xff\xd9", end) >= 0
+        yield marker, i, end
+        if marker == 0xDA:
+            return
         i = end
-    return False
+
+
+# Start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC, which share their range).
+_JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def check_jpeg_pixels(data: bytes) -> None:
+    """Pillow's decompression-bomb refusal (its `DecompressionBombError`, in its words) for a
+    JPEG over twice PIL.Image.MAX_IMAGE_PIXELS, read from its frame header: a whole JPEG goes
+    to TensorFlow's decoder, which has no such limit, without Pillow opening it, so `clip-jax
+    eval` decoded a JPEG that `clip-jax index` and PNGs of the same size were refused as
+    (trial BH)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    for marker, i, _ in _jpeg_segments(data):
+        if marker in _JPEG_FRAMES and limit is not None:
+            height, width = (int.from_bytes(data[j:j + 2], "big") for j in (i + 5, i + 7))
+            pixels = max(1, height) * max(1, width)
+            if pixels > 2 * limit:
+                raise Image.DecompressionBombError(
+                    f"Image size ({pixels} pixels) exceeds limit of {2 * limit} pixels, could "
+                    "be decompression bomb DOS attack.")
+            return
 
 
 def _orientation(image: Image.Image) -> int:
@@ -693,6 +724,8 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
         if not data:
             raise ValueError("empty file (0 bytes)")
         complete = jpeg_is_complete(data)
+        if complete:
+            check_jpeg_pixels(data)
         if complete and not (exif_transpose and _EXIF_MARK in data):
             return data, _PLACEHOLDER, True  # no EXIF block to turn by: no header parse
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
