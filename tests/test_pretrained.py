@@ -676,15 +676,19 @@ def test_models_clip_jax_cannot_import_are_named_before_their_tokenizer(tmp_path
             assert "vocab.json" not in err and not caplog.records, (source, caplog.text)
 
 
-def test_offline_a_repo_without_model_files_is_told_from_one_not_cached(offline, tmp_path,
+def test_offline_a_repo_without_model_files_is_told_from_one_not_cached(tmp_path,
                                                                         monkeypatch):
     """Offline, a cached tokenizer-only repo and a mistyped id got the same line ("none of
     [...] found in the local Hugging Face cache", trial BE). The first now names what the
     cache holds of it; the second, the cached repos with close names."""
     (tmp_path / "vocab.json").write_text("{}")
     (tmp_path / "merges.txt").write_text("")
-    add_repo(offline, "tiny-org/tokenizer-only", {n: tmp_path / n
-                                                  for n in ("vocab.json", "merges.txt")})
+    tokenizer_files = {n: tmp_path / n for n in ("vocab.json", "merges.txt")}
+    cache = tmp_path / "cache"  # this test's own: the module's shared cache stays as it is
+    add_repo(cache, "tiny-org/tokenizer-only", tokenizer_files)
+    add_repo(cache, HF_REPO, tokenizer_files)  # a name to be close to
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     with pytest.raises(FileNotFoundError, match=re.escape(
             "found in the local Hugging Face cache (HF_HUB_OFFLINE is set; unset it or download "
             "the repo there first) (the cache's copy holds only: merges.txt, vocab.json).")):
