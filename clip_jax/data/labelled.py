@@ -45,7 +45,7 @@ import io
 import logging
 import os
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -634,53 +634,39 @@ _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field 
 
 def jpeg_is_complete(data: bytes) -> bool:
     """Whether a JPEG's segments lead to a scan that an end-of-image marker closes (a file cut
-    off inside its entropy-coded data has none). Inside scan data every 0xFF byte is stuffed,
-    so FF D9 there is the real marker; an EXIF thumbnail's own markers sit in a segment that
-    the walk skips by its length."""
-    if data[:2] != b"\xff\xd8":
-        return False
-    for marker, _, end in _jpeg_segments(data):
-        if marker == 0xDA:  # start of scan
-            return data.find(b"\xff\xd9", end) >= 0
-    return False
-
-
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(marker, offset of its FF byte, end of its segment) of a JPEG's header segments, the
-    start of scan the last."""
-    i = 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xFF or marker in _JPEG_STANDALONE:
-            i += 1 if marker == 0xFF else 2
-            continue
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        yield marker, i, end
-        if marker == 0xDA:
-            return
-        i = end
+    off inside its entropy-coded data has none): `jpeg_header`'s first answer."""
+    return jpeg_header(data)[0]
 
 
 # Start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC, which share their range).
 _JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def check_jpeg_pixels(data: bytes) -> None:
-    """Pillow's decompression-bomb refusal (its `DecompressionBombError`, in its words) for a
-    JPEG over twice PIL.Image.MAX_IMAGE_PIXELS, read from its frame header: a whole JPEG goes
-    to TensorFlow's decoder, which has no such limit, without Pillow opening it, so `clip-jax
-    eval` decoded a JPEG that `clip-jax index` and PNGs of the same size were refused as
-    (trial BH)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    for marker, i, _ in _jpeg_segments(data):
-        if marker in _JPEG_FRAMES and limit is not None:
-            height, width = (int.from_bytes(data[j:j + 2], "big") for j in (i + 5, i + 7))
-            pixels = max(1, height) * max(1, width)
-            if pixels > 2 * limit:
-                raise Image.DecompressionBombError(
-                    f"Image size ({pixels} pixels) exceeds limit of {2 * limit} pixels, could "
-                    "be decompression bomb DOS attack.")
-            return
+def jpeg_header(data: bytes) -> tuple[bool, tuple[int, int] | None]:
+    """`(complete, size)` of a JPEG from one walk of its header segments: whether they lead
+    to a scan that an end-of-image marker closes (inside scan data every 0xFF byte is
+    stuffed, so FF D9 there is the real marker; an EXIF thumbnail's own markers sit in a
+    segment the walk skips by its length), and the (width, height) of its frame header
+    (None if none is found). The size lets a whole JPEG, which goes to TensorFlow's decoder
+    (no pixel limit) without Pillow opening it, meet Pillow's decompression-bomb limit as
+    every other image does (trial BH: `clip-jax eval` decoded a JPEG `clip-jax index`
+    refused)."""
+    if data[:2] != b"\xff\xd8":
+        return False, None
+    size, i = None, 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF or marker in _JPEG_STANDALONE:
+            i += 1 if marker == 0xFF else 2
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _JPEG_FRAMES and size is None:
+            size = (int.from_bytes(data[i + 7:i + 9], "big"),
+                    int.from_bytes(data[i + 5:i + 7], "big"))
+        if marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", end) >= 0, size
+        i = end
+    return False, size
 
 
 def _orientation(image: Image.Image) -> int:
@@ -723,9 +709,9 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
         data = read_image_bytes(path, offset, length)
         if not data:
             raise ValueError("empty file (0 bytes)")
-        complete = jpeg_is_complete(data)
-        if complete:
-            check_jpeg_pixels(data)
+        complete, size = jpeg_header(data)
+        if complete and size is not None:  # Pillow's own limit and words, as at its open
+            Image._decompression_bomb_check(size, error_only=True)
         if complete and not (exif_transpose and _EXIF_MARK in data):
             return data, _PLACEHOLDER, True  # no EXIF block to turn by: no header parse
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
