@@ -213,6 +213,11 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
             f"is finished (checkpoint at step 12) and trained another model than this "
             f"config's (embed_dim {ours.embed_dim} vs {theirs.embed_dim}, ")):
         same_command(**{"model.name": "demo-vit"})
+    # another batch size on the finished run: refused as a resume refuses it, not "finished"
+    with pytest.raises(ConfigError, match=re.escape(
+            "is finished (checkpoint at step 12) and was trained with batch_size 32, not "
+            "config.batch_size=64; keep it")):
+        same_command(batch_size=64)
     # an activation (the arrays fit): finished, or resumed with more steps, it is refused
     other = next(a for a in ("quick_gelu", "gelu") if a != theirs.activation)
     for more in ({}, {"total_steps": 16}):

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -462,16 +462,24 @@ def read_meta(path: str) -> dict[str, Any]:
     return _first_readable(path, read)
 
 
-def saved_model(workdir: str) -> tuple[int, CLIPConfig] | None:
-    """(step, model config) of the newest checkpoint in `workdir` whose metadata reads; None
-    when it has none (no workdir, no save yet, or none readable: the run starts afresh)."""
+class SavedRun(NamedTuple):
+    """What a workdir's newest readable checkpoint was trained as (`saved_model`)."""
+
+    step: int
+    model: CLIPConfig
+    batch_size: int | None  # global examples per step; None: a model saved outside training
+
+
+def saved_model(workdir: str) -> SavedRun | None:
+    """The newest checkpoint in `workdir` whose metadata reads; None when it has none (no
+    workdir, no save yet, or none readable: the run starts afresh)."""
     if not saved_steps(workdir):
         return None
     try:
         meta = read_meta(workdir)
     except (CorruptCheckpointError, MissingFileError):
         return None
-    return meta["step"], CLIPConfig.from_dict(meta["model"])
+    return SavedRun(meta["step"], CLIPConfig.from_dict(meta["model"]), meta.get("batch_size"))
 
 
 class _StepMetadataNotice(logging.Filter):

@@ -53,7 +53,6 @@ from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.training.collapse import CollapseWatch
 from clip_jax.training.metric_writers import MetricWriter
 from clip_jax.models import attention
-from clip_jax.models.config import CLIPConfig
 from clip_jax.models.layers import stack_layers, unstack_layers
 
 logger = logging.getLogger(__name__)
@@ -417,13 +416,13 @@ def architecture_diff(ours: Any, theirs: Any) -> list[str]:
 
 
 def _check_same_architecture(workdir: str, model: Any,
-                             saved: tuple[int, CLIPConfig] | None) -> None:
+                             saved: checkpoints.SavedRun | None) -> None:
     """A resume whose arrays fit (`check_resumable`) can still change what they compute (the
     activation, the head count): refused, naming the fields, rather than training on.
     `saved`: the workdir's `checkpoints.saved_model`."""
-    if saved and (diff := architecture_diff(model, saved[1])):
+    if saved and (diff := architecture_diff(model, saved.model)):
         raise ConfigError(
-            f"The checkpoint at step {saved[0]} in {workdir} is of another model than this "
+            f"The checkpoint at step {saved.step} in {workdir} is of another model than this "
             f"config's ({', '.join(diff[:3])}: this config's vs the checkpoint's), though its "
             "arrays fit; set those fields as the run had them, or give another --workdir.")
 
@@ -486,11 +485,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     saved = checkpoints.saved_model(workdir)
     if finished is not None:
         if saved and not config.init_from and (
-                diff := architecture_diff(train_step.model_config(config), saved[1])):
+                diff := architecture_diff(train_step.model_config(config), saved.model)):
             raise ConfigError(
                 f"The run in {workdir} is finished (checkpoint at step {finished}) and trained "
                 f"another model than this config's ({', '.join(diff[:3])}: this config's vs "
                 "the run's); give another --workdir to train this one.")
+        if saved and saved.batch_size not in (None, plan.batch_size):
+            raise ConfigError(
+                f"The run in {workdir} is finished (checkpoint at step {finished}) and was "
+                f"trained with batch_size {saved.batch_size}, not config.batch_size="
+                f"{plan.batch_size}; keep it (and raise config.total_steps to train further), "
+                "or give another --workdir (with config.init_from pointing at this one).")
         if jax.process_index() == 0:
             print(f"The run in {workdir} is finished (checkpoint at step {finished}, "
                   f"total_steps={plan.total_steps}); nothing to do. Raise config.total_steps "
@@ -609,7 +614,7 @@ def _near_multiples(value: int, step: int) -> str:
 
 
 def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], None],
-                      saved: tuple[int, CLIPConfig] | None = None
+                      saved: checkpoints.SavedRun | None = None
                       ) -> tuple[Any, dict[str, Any] | None]:
     """(model config, imported variables or None): the preset's architecture, or
     `config.init_from`'s weights in the layout the trained model needs. A run resuming from a
@@ -619,9 +624,9 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
     if not config.init_from:
         return train_step.model_config(config), None
     if saved is not None:
-        log(f"Resuming: the weights come from the checkpoint at step {saved[0]}, so "
+        log(f"Resuming: the weights come from the checkpoint at step {saved.step}, so "
             f"init_from {config.init_from} is not read.")
-        return train_step.model_config(config, saved[1]), None
+        return train_step.model_config(config, saved.model), None
     log(f"Loading the init_from weights {config.init_from} ...")
     if factory.own_vocabulary(config.init_from) is not None:
         raise ConfigError(f"config.init_from {config.init_from!r} has its own tokenizer "
