@@ -599,6 +599,16 @@ def test_warnings_read_alike_under_every_command():
                          check=True)
     assert out.stderr.strip().splitlines() == ["warning: skipped 1 of 2",
                                                "warning: renamed label.1"]
+    # huggingface_hub's retry lines came out twice, its own handler's and the root's
+    # (`WARNING:huggingface_hub.utils._http:Retrying in 1s`, trial BH)
+    code = ("import logging; from absl import logging as absl_logging; "
+            "from clip_jax.runtime import logs; logs.show_warnings(); "
+            "from huggingface_hub.utils import logging as hub_logging; "
+            "absl_logging.vlog(1, 'absl adds a root handler'); assert logging.root.handlers; "
+            "hub_logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stderr.strip().splitlines() == ["Retrying in 1s"]
 
 
 def test_a_closed_output_pipe_is_one_warning_not_a_traceback():

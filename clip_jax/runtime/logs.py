@@ -22,6 +22,10 @@ from typing import Any, TextIO
 _HANDLER_NAME = "clip_jax.runtime.logs"
 # The project's packages: the library and its dataset builders (`data/`, `clip_jax_data`).
 LOGGERS = ("clip_jax", "clip_jax_data")
+# Libraries that print their warnings with a handler of their own and yet pass them on to the
+# root logger (huggingface_hub documents its propagation as off, but leaves it on): behind the
+# root handler absl installs on its first log call, each of their lines came out twice.
+OWN_HANDLER_LOGGERS = ("huggingface_hub",)
 
 
 _WARNED: set[tuple[str, str]] = set()
@@ -39,7 +43,10 @@ def warn_once(logger: logging.Logger, message: str, *args: Any) -> None:
 
 def show_warnings() -> None:
     """Sends the project loggers' (`LOGGERS`) warnings (and worse) to stderr as
-    `warning: <message>`, without passing them on to the root logger's handlers. Idempotent."""
+    `warning: <message>`, without passing them on to the root logger's handlers, and keeps
+    `OWN_HANDLER_LOGGERS`' lines to their own handler's one copy. Idempotent."""
+    for name in OWN_HANDLER_LOGGERS:
+        logging.getLogger(name).propagate = False
     for name in LOGGERS:
         logger = logging.getLogger(name)
         if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
