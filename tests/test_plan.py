@@ -664,7 +664,9 @@ def test_small_collectives_and_multi_slice_rooflines_are_said_plainly():
     assert "all-to-all 16.0 KiB (x1), all-reduce 3.0 MiB (x2)" in text(2)
     assert "ICI 100.0 ms (at ICI rate: optimistic across slices) -> step" in text(2)
     assert "optimistic" not in text(1)
-    assert "  run: 390,625 steps (config.total_steps) take >= 88h47m (3.7 days)" in text(1)
+    # the images it sees, which a --config.batch_size override changes at the same steps
+    assert ("  run: 390,625 steps (config.total_steps) of 64 images (25,000,000 seen) take "
+            ">= 88h47m (3.7 days)") in text(1)
 
 
 def test_plan_warns_as_train_starts(capsys, caplog):

@@ -493,7 +493,8 @@ def format_plan(p: Plan) -> str:
         f"MFU <= {p.mfu_ceiling:.1%}",
     ]
     if math.isfinite(p.run_seconds):  # a Plan built without a config's total_steps has none
-        lines.append(f"  run: {p.total_steps:,} steps (config.total_steps) take >= "
+        lines.append(f"  run: {p.total_steps:,} steps (config.total_steps) of {p.batch_size:,}"
+                     f" images ({p.total_steps * p.batch_size:,} seen) take >= "
                      f"{format_duration(p.run_seconds)}"
                      + (f" ({p.run_seconds / 86400:.1f} days)" if p.run_seconds >= 86400 else ""))
     return "\n".join(lines)
