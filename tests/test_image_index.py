@@ -212,22 +212,27 @@ def test_batches_skip_what_pil_cannot_read(folder, model):
 
 
 def test_top_k_matches_numpy_ranking_with_ties():
-    rng = np.random.default_rng(1)  # small integers: exact float32 products, many ties
-    embeddings = rng.integers(-2, 3, (50, 8)).astype(np.float32)
-    embeddings[[3, 7, 30, 41]] = [2, -2, 2, 1, -1, 1, 1, 0]
+    rng = np.random.default_rng(1)  # small integers: many rows alike or at equal angles
+    raw = rng.integers(-2, 3, (50, 8)).astype(np.float64)
+    raw[[3, 7, 30, 41]] = [2, -2, 2, 1, -1, 1, 1, 0]
+    raw[raw.any(1) == 0, 0] = 1
+    raw[[5, 6]] = [raw[9], 2 * raw[9]]  # one direction at two lengths
+    embeddings = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
     index = image_index.ImageIndex(embeddings, [f"{i}.png" for i in range(50)])
-    # queries whose norm is a power of two, so top_k's normalisation keeps every score exact
-    candidates = rng.integers(-2, 3, (400, 8))
-    norms = (candidates ** 2).sum(1)
-    queries = np.concatenate([embeddings[3:4], candidates[np.isin(norms, (4, 16))][:4]])
-    assert queries.shape == (5, 8)
+    queries = np.concatenate([embeddings[3:4], rng.integers(-2, 3, (4, 8))]).astype(np.float32)
     for k in (1, 4, 50, 80):
         scores, indices = index.top_k(queries, k)
         for q, srow, irow in zip(queries, scores, indices):
-            exact = embeddings @ (q / np.sqrt((q.astype(np.float64) ** 2).sum()))
-            order = np.lexsort((np.arange(50), -exact))[:k]
+            # numpy's float64 cosine of the stored rows and the query, rounded to float32
+            rows, unit = embeddings.astype(np.float64), q.astype(np.float64)
+            cosine = ((rows @ unit) / (np.linalg.norm(rows, axis=1) * np.linalg.norm(unit))
+                      ).astype(np.float32)
+            order = np.lexsort((np.arange(50), -cosine))[:k]
             np.testing.assert_array_equal(irow, order)
-            np.testing.assert_array_equal(srow, exact[order])
+            np.testing.assert_allclose(srow, cosine[order], rtol=0, atol=1.2e-7)
+    # an image searched by its own embedding scores 1 (float32 unit rows scored 1.0000001)
+    own, _ = index.top_k(embeddings, 1)
+    assert (own[:, 0] == 1.0).all(), own[own[:, 0] != 1.0]
 
 
 def test_index_and_search_match_brute_force(folder, model, tmp_path):
@@ -839,6 +844,9 @@ def test_an_index_of_nothing_readable_is_refused_and_not_written(model, tmp_path
     (root / "text.jpg").write_text("not an image")
     assert not any(pil_reads(str(p)) for p in root.iterdir())
     out = tmp_path / "i.npz"
+    with pytest.raises(ValueError, match=r"^build_index got no images to index \(an empty "
+                                         r"list\); pass image files or folders\.$"):
+        image_index.build_index([], Encoder(module, variables), out, progress=False)
     with pytest.raises(ConfigError, match=r"^None of the 2 image file\(s\) could be read "
                                           r"\(text.jpg: .*; zero.jpg: .*\); no index written"):
         image_index.build_index(str(root), Encoder(module, variables), out, progress=False)

@@ -151,14 +151,17 @@ def _top_k_row(row: np.ndarray, k: int, query: np.ndarray, embeddings: np.ndarra
     where its blocking puts them (a duplicate photo ranked before its first copy in 45 of 200
     batched queries, trial AD). So the rows within float32 noise of the k-th score are scored
     again, each as the same float64 sum over its own elements, and rounded to float32:
-    identical rows then score alike wherever they are.
+    identical rows then score alike wherever they are. That sum is divided by both vectors'
+    float64 norms, so a score is a cosine, at most 1: float32 unit vectors are unit only to
+    their rounding, and an image searched by itself scored 1.0000001 (trial BI).
     """
     if k == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     kth = np.partition(row, len(row) - k)[len(row) - k]
     candidates = np.flatnonzero(row >= kth - _NOISE * max(1.0, abs(float(kth))))
-    exact = (embeddings[candidates].astype(np.float64) * query.astype(np.float64)).sum(
-        axis=1).astype(np.float32)
+    rows, unit = embeddings[candidates].astype(np.float64), query.astype(np.float64)
+    norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(unit)
+    exact = ((rows * unit).sum(axis=1) / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     order = np.lexsort((candidates, -exact))[:k]
     return candidates[order], exact[order]
 
@@ -240,11 +243,15 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     to it; `BuildReport.duplicates` counts the repeats). Resumable:
     see the module docstring. Raises ValueError when `<output>.partial/` was written with
     another model (delete it or choose another output) or `output` is a file other than an
-    index (`check_output`), FileNotFoundError for missing inputs or folders without images,
+    index (`check_output`) or `images` is an empty list, FileNotFoundError for missing inputs
+    or folders without images,
     ConfigError (nothing written) when none of the images found can be read.
     Single-host: the model runs on one process's devices.
     """
     images = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    if not images:
+        raise ValueError("build_index got no images to index (an empty list); pass image "
+                         "files or folders.")
     images, output = [os.fspath(i) for i in images], os.fspath(output)
     check_output(output)
     found, ignored = find_images(images, recursive)
