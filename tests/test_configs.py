@@ -53,3 +53,39 @@ def test_a_paper_config_run_as_it_ships_is_warned_that_it_trains_on_shapes():
     config = vit_b32.get_config()
     config.data.dataset = "image_text_table"
     assert warned(config) == []
+
+
+def test_a_model_switched_to_the_other_family_is_told_the_papers_adam_settings():
+    """`--config tiny --config.model.name=test-resnet` trained a ResNet with the ViT recipe's
+    Adam b2 0.98 and eps 1e-6 without a word (trial BJ); the paper (Radford et al. 2021,
+    appendix F) used 0.999 and 1e-8 for ResNets. Every bundled config, as it ships, has its
+    own family's settings; a value of one's own is not questioned."""
+    import importlib
+    import pkgutil
+
+    import clip_jax.configs
+    from clip_jax.configs import rn50, tiny
+    from clip_jax.models.presets import get_preset
+    from clip_jax.training import config_checks
+
+    def adam(config, resnet):
+        return [w for w in config_checks.unusual(config, False, resnet) if "Adam" in w]
+
+    for found in pkgutil.iter_modules(clip_jax.configs.__path__):
+        config = importlib.import_module(f"clip_jax.configs.{found.name}").get_config()
+        assert adam(config, get_preset(config.model.name).vision.is_resnet) == [], found.name
+    config = tiny.get_config()
+    config.model.name = "test-resnet"
+    assert adam(config, True) == [
+        "config.model.name='test-resnet' is a ResNet, but config.optimizer has the paper's ViT "
+        "Adam settings (b2=0.98, eps=1e-06); the paper trained ResNets with b2=0.999, "
+        "eps=1e-08: set --config.optimizer.b2=0.999 --config.optimizer.eps=1e-08 (the configs "
+        "of that family have them)."]
+    config.optimizer.b2, config.optimizer.eps = 0.999, 1e-8
+    assert adam(config, True) == []
+    config.optimizer.b2 = 0.995  # a setting of one's own
+    assert adam(config, True) == []
+    config = rn50.get_config()
+    config.model.name = "ViT-B/16"
+    assert "is a ViT, but config.optimizer has the paper's ResNet Adam settings" in adam(
+        config, False)[0]

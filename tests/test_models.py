@@ -140,6 +140,36 @@ def test_invalid_config_names_the_field(change, message):
         get_preset("test-vit").replace(**change)
 
 
+@pytest.mark.parametrize("name,change,message", [
+    # zero or negative sizes: a ZeroDivisionError, an IndexError inside JAX, or a model that
+    # ran on 0 x 0 images (trial BJ); now the first broken field, in one line
+    ("test-vit", dict(text=dict(heads=0)), "text.heads=0; use a positive integer."),
+    ("test-vit", dict(vision=dict(head_width=0)), "vision.head_width=0; use a positive "),
+    ("test-vit", dict(vision=dict(patch_size=0)), "vision.patch_size=0; use a positive "),
+    ("test-vit", dict(vision=dict(width=-64)), "vision.width=-64; use a positive integer."),
+    ("test-vit", dict(vision=dict(layers=0)), "vision.layers=0; use a positive integer (the "),
+    ("test-vit", dict(text=dict(layers=-1)), "text.layers=-1; use a positive integer (the "),
+    ("test-vit", dict(vision=dict(mlp_ratio=0.0)), "vision.mlp_ratio=0.0; use a positive "),
+    ("test-vit", dict(text=dict(vocab_size=0)), "text.vocab_size=0; use a positive integer."),
+    ("test-vit", dict(vision=dict(image_size=0)), "vision.image_size=0; use a positive "),
+    ("test-resnet", dict(vision=dict(image_size=0)), "vision.image_size=0; use a positive "),
+    ("test-resnet", dict(vision=dict(width=1)), "vision.width=1; use at least 2 for a ResNet"),
+    ("test-resnet", dict(vision=dict(layers=(1, 0, 1, 1))), "vision.layers=(1, 0, 1, 1); use "
+                                                            "4 positive stage depths."),
+    # a preset's invalid override is not sent to open_clip's config of the preset's name
+    ("RN50", dict(vision=dict(image_size=100)), "vision.image_size=100; use a multiple of 32 "
+                                                "for a ResNet."),
+])
+def test_nonpositive_sizes_are_one_config_error_before_any_array(name, change, message):
+    from clip_jax import create_model
+
+    with pytest.raises(ConfigError) as error:
+        create_model(name, **change)
+    text = str(error.value)
+    assert text.startswith(f"Invalid model config: {message}"), text
+    assert "\n" not in text and "open_clip" not in text, text
+
+
 def test_config_types_accept_numpy_numbers_and_ints_for_floats():
     """Values read from JSON or numpy files (np.int64 sizes, an int logit scale) are accepted."""
     config = get_preset("test-vit").replace(embed_dim=np.int64(16), logit_scale_init=2,

@@ -12,6 +12,7 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import numpy as np
@@ -161,39 +162,57 @@ class CLIPConfig:
     def __post_init__(self):
         for prefix, part in (("", self), ("vision.", self.vision), ("text.", self.text)):
             check_field_types(part, prefix)
-        checks = [
-            (self.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}"),
-            (self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
-            (self.param_dtype in DTYPES, "param_dtype", f"one of {DTYPES}"),
-            (self.remat_policy in REMAT_POLICIES, "remat_policy", f"one of {REMAT_POLICIES}"),
-            (self.attention in ATTENTION, "attention", f"one of {ATTENTION}"),
-            (self.embed_dim > 0, "embed_dim", "a positive integer"),
-            (len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean/image_std",
-             "three per-channel values (RGB)"),
-            (self.text.width % self.text.heads == 0, "text.width",
-             f"a multiple of text.heads={self.text.heads}"),
-            (self.text.context_length >= 2, "text.context_length", "at least 2 (SOT and EOT)"),
-            (self.resize_size is None or self.resize_size >= self.vision.image_size,
-             "resize_size", f"None or at least vision.image_size={self.vision.image_size} "
+        # Each check runs only once those before it hold (`width % heads` after `heads > 0`),
+        # so the first broken field is named, never a ZeroDivisionError.
+        v, t = self.vision, self.text
+        positive, depth = "a positive integer", "a positive integer (the number of blocks)"
+        checks: list[tuple[Callable[[], bool], str, str]] = [
+            (lambda: self.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}"),
+            (lambda: self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
+            (lambda: self.param_dtype in DTYPES, "param_dtype", f"one of {DTYPES}"),
+            (lambda: self.remat_policy in REMAT_POLICIES, "remat_policy",
+             f"one of {REMAT_POLICIES}"),
+            (lambda: self.attention in ATTENTION, "attention", f"one of {ATTENTION}"),
+            (lambda: self.embed_dim > 0, "embed_dim", positive),
+            (lambda: len(self.image_mean) == 3 and len(self.image_std) == 3,
+             "image_mean/image_std", "three per-channel values (RGB)"),
+            (lambda: t.vocab_size > 0, "text.vocab_size", positive),
+            (lambda: t.width > 0, "text.width", positive),
+            (lambda: t.heads > 0, "text.heads", positive),
+            (lambda: t.width % t.heads == 0, "text.width", f"a multiple of text.heads={t.heads}"),
+            (lambda: t.layers > 0, "text.layers", depth),
+            (lambda: t.mlp_ratio > 0, "text.mlp_ratio", "a positive number"),
+            (lambda: t.context_length >= 2, "text.context_length", "at least 2 (SOT and EOT)"),
+            (lambda: v.image_size > 0, "vision.image_size", positive),
+            (lambda: v.mlp_ratio > 0, "vision.mlp_ratio", "a positive number"),
+            (lambda: self.resize_size is None or self.resize_size >= v.image_size,
+             "resize_size", f"None or at least vision.image_size={v.image_size} "
              "(the centre crop is taken from the resized image)"),
         ]
-        v = self.vision
         if v.is_resnet:
             checks += [
-                (len(v.layers) == 4, "vision.layers", "an int (ViT) or 4 stage depths (ResNet)"),
-                (v.image_size % 32 == 0, "vision.image_size", "a multiple of 32 for a ResNet"),
+                (lambda: len(v.layers) == 4, "vision.layers",
+                 "an int (ViT) or 4 stage depths (ResNet)"),
+                (lambda: min(v.layers) > 0, "vision.layers", "4 positive stage depths"),
+                (lambda: v.width >= 2, "vision.width", "at least 2 for a ResNet (its "
+                 "attention pool has width * 32 // 64 heads)"),
+                (lambda: v.image_size % 32 == 0, "vision.image_size",
+                 "a multiple of 32 for a ResNet"),
             ]
         else:
             checks += [
-                (v.patch_size is not None and v.patch_size > 0, "vision.patch_size",
+                (lambda: v.layers > 0, "vision.layers", depth),
+                (lambda: v.width > 0, "vision.width", positive),
+                (lambda: v.patch_size is not None and v.patch_size > 0, "vision.patch_size",
                  "a positive integer for a ViT"),
-                (v.patch_size is not None and v.image_size % v.patch_size == 0,
-                 "vision.image_size", f"a multiple of vision.patch_size={v.patch_size}"),
-                (v.width % v.head_width == 0, "vision.width",
+                (lambda: v.image_size % v.patch_size == 0, "vision.image_size",
+                 f"a multiple of vision.patch_size={v.patch_size}"),
+                (lambda: v.head_width > 0, "vision.head_width", positive),
+                (lambda: v.width % v.head_width == 0, "vision.width",
                  f"a multiple of vision.head_width={v.head_width}"),
             ]
         for ok, field, fix in checks:
-            if not ok:
+            if not ok():
                 raise ConfigError(f"Invalid model config: {field}={self._get(field)!r}; use {fix}.")
 
     def _get(self, field: str) -> Any:

@@ -89,6 +89,8 @@ def create_model(name_or_config: str | CLIPConfig | dict, rng: jax.Array | int =
         return models.create_model(name_or_config, rng, **overrides)
     except ConfigError as error:  # an unknown name: the architectures, and where it may be
         name = name_or_config if isinstance(name_or_config, str) else ""
+        if is_preset(name):  # a known architecture: the error is its overrides'
+            raise
         json_file = hub.open_clip_config_file(name)
         hints = [f"open_clip's model config of that name builds it: create_model({json_file!r})."
                  ] if json_file else []

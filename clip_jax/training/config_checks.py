@@ -236,6 +236,11 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         check_dataset(resolve_config(config.data))
 
 
+# Adam's (b2, eps) in the paper's recipe (Radford et al. 2021, appendix F), by whether the
+# image tower is a ResNet: `configs/base.py` sets them per family.
+ADAM_RECIPES = {False: (0.98, 1e-6), True: (0.999, 1e-8)}
+
+
 def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
             batch_norm: bool = False) -> list[str]:
     """Combinations that run but rarely do what was meant, one sentence each (logged as
@@ -246,7 +251,9 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
     bias under a loss that does not use one (`loss_uses_bias` False: a constant added to
     every logit leaves softmax unchanged, so the bias gets no gradient), micro-batches
     through a trained image tower with BatchNorm (`batch_norm`: a ResNet; its statistics are
-    each micro-batch's, so the accumulated step is not the full batch's), and a model other
+    each micro-batch's, so the accumulated step is not the full batch's), a named model with
+    the other architecture family's Adam b2 and eps (`ADAM_RECIPES`: a ViT config switched to
+    a ResNet by `--config.model.name` kept the ViT's), and a model other
     than the demo's or tests' training on the default generated shapes (a paper config run
     as it ships trained ViT-B/32 on coloured shapes)."""
     said = []
@@ -256,6 +263,15 @@ def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
                     "statistics (and updates its running ones once per micro-batch), so the "
                     "loss and gradients are not the full batch's as they are for a ViT; use "
                     "microbatches=1 (more devices or remat), or lock_image.")
+    if config.model.name and (config.optimizer.b2, config.optimizer.eps) == ADAM_RECIPES[
+            not batch_norm]:
+        ours, theirs = ("ResNet", "ViT") if batch_norm else ("ViT", "ResNet")
+        b2, eps = ADAM_RECIPES[batch_norm]
+        said.append(f"config.model.name={config.model.name!r} is a {ours}, but config.optimizer "
+                    f"has the paper's {theirs} Adam settings (b2={config.optimizer.b2}, "
+                    f"eps={config.optimizer.eps}); the paper trained {ours}s with b2={b2}, "
+                    f"eps={eps}: set --config.optimizer.b2={b2} --config.optimizer.eps={eps} "
+                    "(the configs of that family have them).")
     if config.optimizer.lr == 0:
         said.append("config.optimizer.lr=0: no weight changes in the whole run (the schedule "
                     "scales the lr); give a positive lr, or evaluate the weights with "
