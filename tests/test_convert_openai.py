@@ -145,6 +145,23 @@ def test_mismatched_preset_names_first_tensor():
                                                                    text={"layers": 1}))
 
 
+@pytest.mark.parametrize("name", ["test-vit", "test-resnet"])
+def test_towers_of_two_widths_say_so_not_to_omit_a_config_already_omitted(name):
+    """An open_clip model whose text_projection is 8 wider than its image tower's output:
+    inferred from its shapes, it said "pick the config ... (a state dict can also omit it to
+    infer the architecture)", though none was given (trial BJ)."""
+    ref = open_clip_model(get_preset(name))
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    width = sd["text_projection"].shape[0]
+    sd["text_projection"] = np.zeros((width, sd["text_projection"].shape[1] + 8), np.float32)
+    with pytest.raises(ConfigError) as error:
+        convert.from_state_dict(sd)
+    assert re.match(r"Shape mismatch at 'visual\.(proj|attnpool\.c_proj\.weight)'.*; the "
+                    r"image tower's output width differs from the text tower's \(embed_dim "
+                    rf"{get_preset(name).embed_dim + 8}, from text_projection\)", str(error.value))
+    assert "omit" not in str(error.value)
+
+
 def test_not_a_checkpoint(tmp_path):
     bad = tmp_path / "notes.pt"
     bad.write_text("hello")

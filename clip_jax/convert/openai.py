@@ -400,7 +400,8 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     sd = canonicalize(state_dict)
     sd = {k: v for k, v in sd.items()
           if not k.endswith("num_batches_tracked") and k not in _NOT_PARAMETERS}
-    if config is None:
+    inferred = config is None
+    if inferred:
         config = infer_config(sd, activation)
     else:
         if not is_hf_state_dict(sd):  # transformers' names are said below
@@ -427,17 +428,33 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
         array = sd[entry.key]
         want = abstract[entry.path].shape
         if array.size != math.prod(want) or _torch_shape(want, entry) != array.shape:
+            fix = (_inconsistent(entry.key, config) if inferred else
+                   "pick the config that matches the checkpoint (an OpenAI/open_clip state "
+                   "dict can also omit it to infer the architecture).")
             raise ShapeMismatch(
                 f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
-                f"{_torch_shape(want, entry)} for a {_describe(config)}; pick the config that "
-                "matches the checkpoint (an OpenAI/open_clip state dict can also omit it to "
-                "infer the architecture).", entry.key, tuple(array.shape),
-                tuple(_torch_shape(want, entry)))
+                f"{_torch_shape(want, entry)} for a {_describe(config)}; {fix}", entry.key,
+                tuple(array.shape), tuple(_torch_shape(want, entry)))
         dtype = np.dtype(abstract[entry.path].dtype)  # the model's: param_dtype casts
         _assign(variables, entry.path, to_ours(array.astype(dtype), entry, want))
     if config.scan_layers:
         variables = stack_layers(variables)
     return config, variables
+
+
+def _inconsistent(key: str, config: CLIPConfig) -> str:
+    """Why a state dict disagrees with the architecture inferred from its own shapes: its
+    tensors contradict each other (no config to pick: it was inferred from them)."""
+    if key in _IMAGE_OUTPUTS:
+        return (f"the image tower's output width differs from the text tower's (embed_dim "
+                f"{config.embed_dim}, from text_projection), so the two towers do not share "
+                "an embedding space: not a CLIP model clip_jax can build.")
+    return ("the architecture was inferred from the checkpoint's own shapes, which contradict "
+            "each other there: a damaged checkpoint, or a variant clip_jax does not implement.")
+
+
+# The tensors that map the image tower onto the shared embedding (ViT, ResNet).
+_IMAGE_OUTPUTS = ("visual.proj", "visual.attnpool.c_proj.weight", "visual.attnpool.c_proj.bias")
 
 
 def to_state_dict(variables: Mapping[str, Any], config: CLIPConfig) -> StateDict:
