@@ -394,6 +394,8 @@ def test_evaluation_during_training(trained):
     last = read_jsonl(workdir / "metrics.jsonl")[-1]
     assert last["step"] == 8 and last["mode"] == "eval" and all(
         "mode" not in r for r in records)
+    # and timed as the run's evaluations are (it had no eval_seconds, trial BM)
+    assert 0 < last["eval_seconds"] and all("eval_seconds" in r for r in evals.values())
 
 
 def test_two_processes_evaluate_like_one(trained, tmp_path):

@@ -18,6 +18,7 @@ embed each image once).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -229,7 +230,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     vocabulary: `factory.load_with_tokenizer`; read as training reads it,
     `load.init_from_options`) or else the newest checkpoint of `workdir`; writes the metrics
     to `workdir` (at the checkpoint's step, 0 for an import; a record of its own, marked
-    `"mode": "eval"`, beside any the training run wrote at that step) and prints them."""
+    `"mode": "eval"`, with its `eval_seconds` as a training run's evaluations have, beside
+    any the training run wrote at that step) and prints them."""
     source = config.init_from or workdir
     options = loading.init_from_options(
         config.init_from, config.model.name, config.model.activation,
@@ -237,10 +239,12 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     module, variables, tokenizer = factory.load_with_tokenizer(source, **options)
     step = checkpoints.read_meta(source)["step"] if checkpoints.is_workdir(source) else 0
     module = CLIP(module.config.replace(dtype=config.model.dtype))
+    started = time.monotonic()
     metrics, _ = evaluate_model(config, module, variables, tokenizer=tokenizer)
+    seconds = time.monotonic() - started
     writer = MetricWriter(workdir, 0, 0, enabled=jax.process_index() == 0, progress=False)
     try:
-        writer.write(step, {**metrics, "mode": "eval"})
+        writer.write(step, {**metrics, "eval_seconds": seconds, "mode": "eval"})
     finally:
         writer.close()
     if jax.process_index() == 0:
