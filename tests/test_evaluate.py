@@ -220,6 +220,62 @@ def test_config_errors_name_the_field(data_dir, model):
         evaluate.evaluate_model(config, module, variables)
 
 
+class _Colours(tfds.core.GeneratorBasedBuilder):
+    """Prepared 3-class datasets of flat colours, whose splits vary (abstract: unregistered)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(32, 32, 3)),
+            "label": tfds.features.ClassLabel(names=["red", "green", "blue"])}))
+
+    def _generate_examples(self, n, labelled=True):
+        for i in range(n):
+            image = np.zeros((32, 32, 3), np.uint8)
+            image[..., i % 3] = 200
+            yield i, {"image": image, "label": i % 3 if labelled else -1}
+
+
+class ClipJaxTestNoTestSplit(_Colours):
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(9), "validation": self._generate_examples(6)}
+
+
+class ClipJaxTestUnlabelledTest(_Colours):
+    def _split_generators(self, dl_manager):  # as imagenet2012 with its test archive
+        return {"train": self._generate_examples(9), "validation": self._generate_examples(6),
+                "test": self._generate_examples(6, labelled=False)}
+
+
+def test_a_tfds_dataset_without_a_test_split_reads_its_validation_and_no_label_is_refused(
+        tmp_path, model):
+    """`clip-jax eval --zero-shot food101` (train and validation splits, as a usual
+    imagenet2012) said "Unknown split 'test'"; and imagenet2012's test split, labelled -1
+    throughout, would have scored 0 % without a word (trial BO)."""
+    from clip_jax.cli.eval_sources import _source
+
+    for builder in (ClipJaxTestNoTestSplit, ClipJaxTestUnlabelledTest):
+        builder(data_dir=str(tmp_path)).download_and_prepare()
+    no_test, unlabelled = "clip_jax_test_no_test_split", "clip_jax_test_unlabelled_test"
+    assert _source(no_test, data_dir=str(tmp_path)) == (no_test, "validation")
+    assert _source(no_test, "train", str(tmp_path)) == (no_test, "train")  # a probe's train
+    assert _source(f"{no_test}@train", data_dir=str(tmp_path)) == (no_test, "train")
+    assert _source(unlabelled, data_dir=str(tmp_path)) == (unlabelled, "test")
+    assert _source("cifar10", data_dir=str(tmp_path)) == ("cifar10", "test")  # not prepared
+    module, variables = model
+    config = small_config(tmp_path, evaluators="zero_shot")
+    del config.eval.zero_shot["heldout"]
+    config.eval.zero_shot.colours = evaluate.zero_shot_task(no_test, split="validation")
+    metrics, _ = evaluate.evaluate_model(config, module, variables)
+    assert 0 <= metrics["zero_shot/colours/top1"] <= 1
+    config.eval.zero_shot.colours = evaluate.zero_shot_task(unlabelled, split="test")
+    with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.colours: .* has 6 of 6 "
+                                          r"images labelled -1, TFDS's mark of an unlabelled "
+                                          r"example .*; evaluate a labelled split"):
+        evaluate.evaluate_model(config, module, variables)
+
+
 @pytest.mark.parametrize("kind, field, value, problem", [
     ("few_shot", "shots", "1,x", "is not comma-separated whole numbers >= 1"),
     ("few_shot", "shots", "0,2", "is not comma-separated whole numbers >= 1"),

@@ -115,7 +115,8 @@ def shift_names(text: str) -> str:
 
 def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple[str, str]:
     """(dataset, split) of a source spec; a TFDS name without `@split` reads
-    `default_split`, a labelled folder its own default. A name that is neither a labelled
+    `default_split` where it has it, else its first evaluation split
+    (`source_check.default_split`), a labelled folder its own default. A name that is neither a labelled
     folder or table nor a TFDS dataset TFDS can construct (`source_check.source_problem`) is
     a ConfigError, before any model loads."""
     from clip_jax.data import labelled as labelled_data
@@ -127,7 +128,9 @@ def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple
     problem = source_check.split_problem(name, split)
     if problem:
         raise ConfigError(problem)
-    return name, split if labelled_data.is_source(name) else split or default_split
+    if labelled_data.is_source(name) or split:
+        return name, split
+    return name, source_check.default_split(name, data_dir, default_split)
 
 
 def has_sources(args: argparse.Namespace) -> bool:

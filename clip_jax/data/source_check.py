@@ -30,6 +30,27 @@ def split_problem(name: str, split: str) -> str:
     return ""
 
 
+# The splits an evaluation reads by default, first present first (as a labelled folder's).
+EVAL_SPLITS = ("test", "validation", "train")
+
+
+def default_split(name: str, data_dir: str = "", preferred: str = "test") -> str:
+    """The split of TFDS dataset `name` an evaluation reads when none is given: `preferred`
+    where the prepared dataset has it (or its splits are not known yet: TFDS learns them when
+    it builds the dataset), else the first of `EVAL_SPLITS` it has. food101 and a usual
+    imagenet2012 (train and val archives) have no `test` split: asked for it, TFDS said
+    "Unknown split 'test'"."""
+    import tensorflow_datasets as tfds
+
+    try:
+        splits = set(tfds.builder(name, data_dir=data_dir or None).info.splits.keys())
+    except Exception:  # noqa: BLE001 - not a TFDS dataset: the source's own check says why
+        return preferred
+    if not splits or preferred in splits:
+        return preferred
+    return next((s for s in EVAL_SPLITS if s in splits), preferred)
+
+
 def source_problem(name: str, data_dir: str = "") -> str:
     """'' when `name` (no `@split`) is a labelled folder or table (`clip_jax.data.labelled`)
     or a TFDS dataset TFDS constructs (`cifar10`, `imagenet2012_subset/1pct`, `cifar10:3.0.2`;

@@ -103,10 +103,17 @@ def check_labels(labels: np.ndarray | None, num_classes: int, task: str,
                  source: str = "the data", reference: str = "") -> None:
     """Every label of `source` must index one of `num_classes` class names: its own, or
     those of `reference` (a robustness task's reference set, whose classes a shifted set's
-    labels index), named so that the error blames the data the names came from."""
+    labels index), named so that the error blames the data the names came from. A negative
+    label (TFDS's -1 of an unlabelled split) would be scored as a miss: ConfigError."""
     if labels is None:
         raise ConfigError(f"config.eval.{task}: {source} has no labels; name a ClassLabel "
                           "feature with data.label_key or use a labelled folder / CSV.")
+    if labels.size and labels.min() < 0:  # TFDS's ClassLabel for an unlabelled example
+        raise ConfigError(
+            f"config.eval.{task}: {source} has {int((labels < 0).sum())} of {labels.size} "
+            f"images labelled {int(labels.min())}, TFDS's mark of an unlabelled example (as in "
+            "imagenet2012's test split), which no class name matches; evaluate a labelled "
+            "split (e.g. @validation).")
     if labels.size and labels.max() >= num_classes:
         top = int(labels.max())
         if reference:
