@@ -119,7 +119,7 @@ def config_from_hf(raw: Mapping[str, Any], source: PathLike | str,
         mean, std, resize = _image_processor(directory, size)
         return config.replace(image_mean=mean, image_std=std, resize_size=resize)
     except ConfigError as error:  # said of the source, whose model clip_jax cannot build
-        raise ConfigError(f"{source}: clip_jax does not implement this model: "
+        raise ConfigError(f"{source}: clip_jax cannot build this model: "
                           f"{str(error).removeprefix('Invalid model config: ')}") from None
 
 

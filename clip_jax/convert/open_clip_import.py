@@ -112,7 +112,7 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
             text=TextConfig(**text), activation="quick_gelu" if model_cfg.get("quick_gelu")
             else "gelu", logit_bias_init=model_cfg.get("init_logit_bias"))
     except ConfigError as error:  # said of the file, whose model clip_jax cannot build
-        raise ConfigError(f"{source}: clip_jax does not implement this model: "
+        raise ConfigError(f"{source}: clip_jax cannot build this model: "
                           f"{str(error).removeprefix('Invalid model config: ')}") from None
     if config.text.vocab_size != TextConfig().vocab_size:
         log.warning("%s: the text tower has %d token embeddings, not the %d of OpenAI's BPE "

@@ -181,10 +181,11 @@ class CLIPConfig:
             (lambda: t.heads > 0, "text.heads", positive),
             (lambda: t.width % t.heads == 0, "text.width", f"a multiple of text.heads={t.heads}"),
             (lambda: t.layers > 0, "text.layers", depth),
-            (lambda: t.mlp_ratio > 0, "text.mlp_ratio", "a positive number"),
+            (lambda: 0 < t.mlp_ratio < math.inf, "text.mlp_ratio", "a positive finite number"),
             (lambda: t.context_length >= 2, "text.context_length", "at least 2 (SOT and EOT)"),
             (lambda: v.image_size > 0, "vision.image_size", positive),
-            (lambda: v.mlp_ratio > 0, "vision.mlp_ratio", "a positive number"),
+            (lambda: 0 < v.mlp_ratio < math.inf, "vision.mlp_ratio",
+             "a positive finite number"),
             (lambda: self.resize_size is None or self.resize_size >= v.image_size,
              "resize_size", f"None or at least vision.image_size={v.image_size} "
              "(the centre crop is taken from the resized image)"),
@@ -194,8 +195,9 @@ class CLIPConfig:
                 (lambda: len(v.layers) == 4, "vision.layers",
                  "an int (ViT) or 4 stage depths (ResNet)"),
                 (lambda: min(v.layers) > 0, "vision.layers", "4 positive stage depths"),
-                (lambda: v.width >= 2, "vision.width", "at least 2 for a ResNet (its "
-                 "attention pool has width * 32 // 64 heads)"),
+                (lambda: v.width >= 2 and v.width * 32 % v.heads == 0, "vision.width",
+                 "an even width, or another whose width * 32 splits into its attention "
+                 "pool's width * 32 // 64 heads, for a ResNet (as open_clip builds it)"),
                 (lambda: v.image_size % 32 == 0, "vision.image_size",
                  "a multiple of 32 for a ResNet"),
             ]
