@@ -228,8 +228,8 @@ def _found_out_of_reach(endpoint: str, error: Exception) -> Exception:
     """Records `endpoint` as out of reach (`error`), with one warning; returns `error`."""
     _unreachable[endpoint] = (time.monotonic() + UNREACHABLE_SECONDS, error)
     log.warning("The Hugging Face Hub (%s) is out of reach (%s): for the next %.0f minutes "
-                "files come from the local cache alone, without asking it again; set "
-                "HF_HUB_OFFLINE=1 to skip the wait altogether.", endpoint,
+                "this process reads files from the local cache alone, without asking it again; "
+                "set HF_HUB_OFFLINE=1 to skip the wait altogether (in every process).", endpoint,
                 _first_line(error.__cause__ or error), UNREACHABLE_SECONDS / 60)
     return error
 
