@@ -1249,6 +1249,8 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                                "(total_steps=20): no trace will be taken",
                  "batch_norm": "config.microbatches=2 with a trained ResNet image tower: its "
                                "BatchNorm normalises each micro-batch",
+                 "adam_family": "config.model.name='test-resnet' is a ResNet, but "
+                                "config.optimizer has the paper's ViT Adam settings",
                  "tiny_blocks": "config.loss='chunked_softmax' splits the per-device batch of "
                                 "7 into blocks of 1 (the largest divisor of 7 up to "
                                 "config.loss_chunk_size=6), 49 small matmuls per pass"}
@@ -1266,8 +1268,11 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
                 config.eval.linear_probe.mine = config.eval.linear_probe.heldout
             if case == "bias":
                 config.model.logit_bias_init = -10.0
-            if case == "batch_norm":
+            if case == "batch_norm":  # with a ResNet's Adam settings: no other warning
                 config.model.name, config.microbatches = "test-resnet", 2
+                config.optimizer.update(b2=0.999, eps=1e-8)
+            if case == "adam_family":
+                config.model.name = "test-resnet"
             if case == "tiny_blocks":  # 56 rows over 8 devices: 7 each, a prime
                 config.update(loss="chunked_softmax", loss_chunk_size=6, batch_size=56)
             if case == "small":
