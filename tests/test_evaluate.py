@@ -272,8 +272,17 @@ def test_a_tfds_dataset_without_a_test_split_reads_its_validation_and_no_label_i
     config.eval.zero_shot.colours = evaluate.zero_shot_task(unlabelled, split="test")
     with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.colours: .* has 6 of 6 "
                                           r"images labelled -1, TFDS's mark of an unlabelled "
-                                          r"example .*; evaluate a labelled split"):
+                                          r"example .*; evaluate a split with labels"):
         evaluate.evaluate_model(config, module, variables)
+    # few-shot probes too (a traceback from the solver's label check, trial BP), either side
+    del config.eval.zero_shot["colours"]
+    config.eval.evaluators = "few_shot"
+    for train_split, test_split in (("test", "validation"), ("train", "test")):
+        config.eval.few_shot.colours = evaluate.few_shot_task(
+            unlabelled, train_split=train_split, test_split=test_split, shots="1")
+        with pytest.raises(ConfigError, match=r"^config.eval.few_shot.colours: .* has 6 of 6 "
+                                              r"images labelled -1"):
+            evaluate.evaluate_model(config, module, variables)
 
 
 @pytest.mark.parametrize("kind, field, value, problem", [

@@ -209,6 +209,12 @@ def test_matching_shots_interpolates_in_log_k():
     assert k == pytest.approx(2 ** np.interp(0.58, acc, np.log2(shots)))
     assert few_shot.matching_shots(shots, acc, 0.2) == (1.0, -1)
     assert few_shot.matching_shots(shots, acc, 0.9) == (16.0, 1)
+    # shots in another order: the same curve (trial BP: [8, 1] gave 8, bound -1, for 2.83)
+    order = [3, 0, 4, 2, 1]
+    given = ([shots[i] for i in order], [acc[i] for i in order])
+    assert few_shot.matching_shots(*given, 0.58) == (k, 0)
+    assert few_shot.matching_shots(*given, 0.2) == (1.0, -1)
+    assert few_shot.matching_shots(*given, 0.9) == (16.0, 1)
 
 
 def test_few_shot_curve_gives_mean_and_spread_over_seeds():

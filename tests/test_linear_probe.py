@@ -107,6 +107,28 @@ def test_labels_that_are_not_class_indices_are_refused_before_any_fit(
                                   num_classes=num_classes)
 
 
+def test_features_with_nan_or_a_negative_l2_are_refused_before_any_fit(monkeypatch):
+    """A NaN feature row made every standardised column NaN: the probe ran to its cap and
+    scored 0.30 with only a convergence warning; a negative l2 diverged the same way (trial
+    BP). Both are refused up front, and test features of another width are named."""
+    train_x, train_y, test_x, test_y = correlated_digits()
+    broken = train_x.copy()
+    broken[[5, 9], 3] = [np.nan, np.inf]
+    fit = linear_probe._solve
+    monkeypatch.setattr(linear_probe, "_solve", None)  # any fit would fail on this instead
+    with pytest.raises(ValueError, match=r"^train_x\[5\] holds NaN or Inf \(2 of "):
+        linear_probe.linear_probe(broken, train_y, test_x, test_y)
+    for grid in ([-1.0], [1e-3, float("nan")], [float("inf")]):
+        with pytest.raises(ValueError, match=r"^l2_grid holds .*; every L2 strength is a "):
+            linear_probe.linear_probe(train_x, train_y, test_x, test_y, l2_grid=grid)
+    monkeypatch.setattr(linear_probe, "_solve", fit)
+    probe = linear_probe.fit_linear_probe(train_x, train_y, 10, l2_grid=[1e-1])
+    with pytest.raises(ValueError, match=r"features\[0\] holds NaN or Inf"):
+        probe.accuracy(np.full_like(test_x, np.nan), test_y)
+    with pytest.raises(ValueError, match=r"features have 15 dimensions, the probe was fit "):
+        probe.accuracy(test_x[:, :15], test_y)
+
+
 def test_integral_float_labels_give_the_integer_labels_probe():
     """Integral floats (pandas' dtype for a label column with gaps) are class indices: the
     probe equals the one on int labels and scikit-learn's protocol."""

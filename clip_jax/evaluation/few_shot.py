@@ -240,11 +240,14 @@ def matching_shots(shots: Sequence[int], accuracy: Sequence[float], target: floa
     """The k at which the few-shot curve first reaches `target` (zero-shot accuracy),
     interpolated linearly in log2 k between the bracketing shots.
 
-    Returns (k, bound): bound 0 when interpolated; -1 with k = shots[0] when even the fewest
-    shots reach the target; +1 with k = shots[-1] when no shot count does.
+    Returns (k, bound): bound 0 when interpolated; -1 with k the fewest shots when even they
+    reach the target; +1 with k the most shots when no shot count does. The (shots,
+    accuracy) pairs are read in increasing shots, in whatever order they are given.
     """
+    order = np.argsort(np.asarray(shots), kind="stable")
+    shots = [int(shots[i]) for i in order]
     k = np.log2(np.asarray(shots, np.float64))
-    acc = np.asarray(accuracy, np.float64)
+    acc = np.asarray(accuracy, np.float64)[order]
     if acc[0] >= target:
         return float(shots[0]), -1
     for i in range(1, len(acc)):
@@ -276,7 +279,8 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
                                                                 range(num_classes)]
     train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
     test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
-    asked, shots = list(shots), feasible_shots(train_y, names, shots, task, test_y)
+    asked = sorted(set(shots))  # the curve, its plot and `matching_shots` read k ascending
+    shots = feasible_shots(train_y, names, asked, task, test_y)
     warn_short_validation(train_y, names, shots, task, test_y)
     zero_shot = float(np.mean(np.argmax(test_x @ class_embeddings.T, axis=1) == test_y))
     metrics: dict[str, float | None] = {"zero_shot_top1": zero_shot}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from collections.abc import Sequence
 
 import jax
@@ -110,6 +111,35 @@ def class_indices(labels: np.ndarray, num_classes: int | None = None,
         raise ValueError(f"{name}[{at}] is {array[at].item()!r}, not a class index {allowed}; "
                          "map any labels to them with `np.unique(labels, return_inverse=True)`.")
     return array.astype(np.int64)
+
+
+def features(x: np.ndarray, name: str = "features") -> np.ndarray:
+    """`x` as float32 features [N, D], checked before any fit or prediction: a NaN or
+    infinite entry made every standardised column NaN and the fit ran to its cap, scoring
+    ~chance with only a convergence warning (trial BP). ValueError naming the first such
+    row, or another shape."""
+    array = np.asarray(x, np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be features [N, D], got shape {array.shape}.")
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        at = int(np.argmin(finite))
+        raise ValueError(f"{name}[{at}] holds NaN or Inf ({int((~finite).sum())} of "
+                         f"{len(array)} rows do); drop those rows or fix what computed them.")
+    return array
+
+
+def l2_strengths(grid: Sequence[float]) -> list[float]:
+    """`grid` as a list of L2 strengths, each finite and >= 0 (a negative one rewards large
+    weights: the fit diverged to NaN, scored as a probe); ValueError otherwise."""
+    values = [float(v) for v in grid]
+    if not values:
+        raise ValueError("l2_grid is empty; give at least one regularisation strength.")
+    bad = [v for v in values if not 0 <= v < math.inf]
+    if bad:
+        raise ValueError(f"l2_grid holds {bad[0]!r}; every L2 strength is a finite number "
+                         ">= 0 (the default grid: 1e-6 ... 1e-1).")
+    return values
 
 
 def _objective(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, offset: jax.Array,
@@ -209,7 +239,8 @@ def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: 
     """
     max_iter = MAX_ITER if max_iter is None else int(max_iter)
     tol = TOL if tol is None else float(tol)
-    x = jnp.asarray(x, jnp.float32)
+    l2 = l2_strengths([l2])[0]
+    x = jnp.asarray(features(x, "x"))
     y = jnp.asarray(class_indices(y, num_classes), jnp.int32)
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"Expected features [N, D] and labels [N], got {x.shape} and {y.shape}.")
@@ -252,7 +283,11 @@ class LinearProbe:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The class index [N] predicted for each of features x [N, D]."""
-        return self.model.predict((np.asarray(x, np.float32) - self.mean) / self.std)
+        x = features(x)
+        if x.shape[1] != len(self.mean):
+            raise ValueError(f"features have {x.shape[1]} dimensions, the probe was fit on "
+                             f"{len(self.mean)}: embed them with the same model.")
+        return self.model.predict((x - self.mean) / self.std)
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
         """Top-1 accuracy on features x [N, D] with labels y [N] (as the training set's)."""
@@ -271,15 +306,14 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     classifier is then refit on all training examples. Fits that stop at the `MAX_ITER` cap
     unconverged are named in one warning (their validation scores, hence the l2 chosen, or
     the final accuracy may not be the optimum's), begun with `task` (the evaluator's
-    `linear_probe/<task>`: a run may fit several probes). Raises ValueError for an empty grid or too
-    few examples to hold some out.
+    `linear_probe/<task>`: a run may fit several probes). Raises ValueError for features
+    holding NaN or Inf (`features`), an empty grid or a strength below 0 (`l2_strengths`), or
+    too few examples to hold some out.
     """
-    train_x = np.asarray(train_x, np.float32)
+    train_x = features(train_x, "train_x")
+    grid = l2_strengths(l2_grid)
     mean, std = _moments(train_x)
     train_x, train_y = (train_x - mean) / std, class_indices(train_y, num_classes, "train_y")
-    grid = list(l2_grid)
-    if not grid:
-        raise ValueError("l2_grid is empty; give at least one regularisation strength.")
     best, unconverged = grid[0], []
     if len(grid) > 1:
         order = np.random.default_rng(seed).permutation(len(train_x))

@@ -112,8 +112,8 @@ def check_labels(labels: np.ndarray | None, num_classes: int, task: str,
         raise ConfigError(
             f"config.eval.{task}: {source} has {int((labels < 0).sum())} of {labels.size} "
             f"images labelled {int(labels.min())}, TFDS's mark of an unlabelled example (as in "
-            "imagenet2012's test split), which no class name matches; evaluate a labelled "
-            "split (e.g. @validation).")
+            "imagenet2012's test split), which no class name matches; evaluate a split with "
+            "labels (SOURCE@split; imagenet2012's: validation).")
     if labels.size and labels.max() >= num_classes:
         top = int(labels.max())
         if reference:

@@ -9,8 +9,9 @@ import ml_collections
 
 from clip_jax.evaluation import few_shot, linear_probe
 from clip_jax.evaluation.evaluators.base import (LABEL_DATA, Classifier, Evaluator, RunContext,
-                                                 check_test_classes, counts, floats,
-                                                 task_config, training_index, training_labels)
+                                                 check_labels, check_test_classes, counts,
+                                                 floats, task_config, training_index,
+                                                 training_labels)
 
 if TYPE_CHECKING:
     from clip_jax.evaluation.passes import Passes
@@ -65,6 +66,8 @@ class FewShot(Evaluator):
 
     def run(self, ctx: RunContext) -> dict[str, float]:
         task, c, train, test = self.task, self.classifier, self.train, self.test
+        for p in (train, test):  # an unlabelled split (-1) is refused, as the probes refuse it
+            check_labels(p.embeddings.labels, len(p.class_names), self.field, p.description)
         results, detail = few_shot.evaluate(
             train.embeddings.images, train.embeddings.labels, test.embeddings.images,
             training_labels(test.embeddings.labels, training_index(train, test)),
