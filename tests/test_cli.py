@@ -589,26 +589,25 @@ def test_warnings_read_alike_under_every_command():
     a table's repeated header came out as `WARNING:clip_jax_data.tables:...`) as one
     `warning: ...` line, also where absl's handler sits on the root logger (`clip-jax train`),
     which must not print them again."""
-    code = ("import logging; from absl import logging as absl_logging; "
-            "absl_logging.use_absl_handler(); from clip_jax.runtime import logs; "
-            "logs.show_warnings(); logs.show_warnings(); "
-            "logging.getLogger('clip_jax.data.sources').warning('skipped %d of %d', 1, 2); "
-            "logging.getLogger('clip_jax.data.sources').info('not shown'); "
-            "logging.getLogger('clip_jax_data.tables').warning('renamed %s', 'label.1')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stderr.strip().splitlines() == ["warning: skipped 1 of 2",
-                                               "warning: renamed label.1"]
+    def stderr_lines(code):
+        return subprocess.run([sys.executable, "-c", "import logging; from absl import "
+                               "logging as absl_logging; from clip_jax.runtime import logs; "
+                               + code], capture_output=True, text=True,
+                              check=True).stderr.strip().splitlines()
+
+    assert stderr_lines(
+        "absl_logging.use_absl_handler(); logs.show_warnings(); logs.show_warnings(); "
+        "logging.getLogger('clip_jax.data.sources').warning('skipped %d of %d', 1, 2); "
+        "logging.getLogger('clip_jax.data.sources').info('not shown'); "
+        "logging.getLogger('clip_jax_data.tables').warning('renamed %s', 'label.1')"
+    ) == ["warning: skipped 1 of 2", "warning: renamed label.1"]
     # huggingface_hub's retry lines came out twice, its own handler's and the root's
     # (`WARNING:huggingface_hub.utils._http:Retrying in 1s`, trial BH)
-    code = ("import logging; from absl import logging as absl_logging; "
-            "from clip_jax.runtime import logs; logs.show_warnings(); "
-            "from huggingface_hub.utils import logging as hub_logging; "
-            "absl_logging.vlog(1, 'absl adds a root handler'); assert logging.root.handlers; "
-            "hub_logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stderr.strip().splitlines() == ["Retrying in 1s"]
+    assert stderr_lines(
+        "logs.show_warnings(); from huggingface_hub.utils import logging as hub_logging; "
+        "absl_logging.vlog(1, 'absl adds a root handler'); assert logging.root.handlers; "
+        "hub_logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s')"
+    ) == ["Retrying in 1s"]
 
 
 def test_a_closed_output_pipe_is_one_warning_not_a_traceback():

@@ -116,9 +116,9 @@ def shift_names(text: str) -> str:
 def _source(spec: str, default_split: str = "test", data_dir: str = "") -> tuple[str, str]:
     """(dataset, split) of a source spec; a TFDS name without `@split` reads
     `default_split` where it has it, else its first evaluation split
-    (`source_check.default_split`), a labelled folder its own default. A name that is neither a labelled
-    folder or table nor a TFDS dataset TFDS can construct (`source_check.source_problem`) is
-    a ConfigError, before any model loads."""
+    (`source_check.default_split`), a labelled folder its own default. A name that is
+    neither a labelled folder or table nor a TFDS dataset TFDS can construct
+    (`source_check.source_problem`) is a ConfigError, before any model loads."""
     from clip_jax.data import labelled as labelled_data
 
     name, _, split = spec.partition("@")

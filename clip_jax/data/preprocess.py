@@ -17,20 +17,20 @@ Images are converted to RGB first (`image.convert("RGB")` for PIL modes, droppin
 default), then resized: with the default options the output equals `CLIPImageProcessor`'s on
 `image.convert("RGB")` for every 8-bit PIL mode (16-bit images are rescaled where Pillow
 clips: `to_rgb_uint8`). OpenAI's original pipeline and open_clip's (torchvision on PIL images)
-differ in three ways. Pillow's resampler is off by one uint8 level (0.0152 after normalisation)
-on about 0.4 % of the values; for some sizes (300 x 1000 to 224 or 288 px) it also runs the
-vertical pass before the horizontal one, and as each pass clips to uint8, hard-edged content
-whose bicubic overshoot the first pass clips then differs by up to 15 levels on about a
-quarter of the values (photos do not: 0.2-0.6 % at one level). torchvision's `CenterCrop`
-rounds the crop offset half to even where transformers (and we) round down: when the long side exceeds the crop by m pixels with
-m % 4 == 3 (about a quarter of the sizes of arbitrary photos), their crop starts one pixel
-further along it, so their whole image is shifted by one pixel against ours. And they resize
-in the image's own mode and convert to RGB afterwards, which agrees with converting first (to
-the level above) for RGB, L and CMYK images only: Pillow resizes RGBA and LA with 8-bit
-premultiplied alpha, so fully transparent areas come out black whatever colour they store and
-partly transparent ones lose precision the lower their alpha (measured: up to 4 levels at
-alpha 128, 44 at alpha 8); P (palette) and 1 (bilevel) images with nearest neighbour; YCbCr
-and HSV per channel in that colour space.
+differ in three ways. Pillow's resampler is off by one uint8 level (0.0152 after
+normalisation) on about 0.4 % of the values; for some sizes (300 x 1000 to 224 or 288 px) it
+also runs the vertical pass before the horizontal one, and as each pass clips to uint8, hard-
+edged content whose bicubic overshoot the first pass clips then differs by up to 15 levels on
+about a quarter of the values (photos do not: 0.2-0.6 % at one level). torchvision's
+`CenterCrop` rounds the crop offset half to even where transformers (and we) round down: when
+the long side exceeds the crop by m pixels with m % 4 == 3 (about a quarter of the sizes of
+arbitrary photos), their crop starts one pixel further along it, so their whole image is
+shifted by one pixel against ours. And they resize in the image's own mode and convert to RGB
+afterwards, which agrees with converting first (to the level above) for RGB, L and CMYK images
+only: Pillow resizes RGBA and LA with 8-bit premultiplied alpha, so fully transparent areas
+come out black whatever colour they store and partly transparent ones lose precision the lower
+their alpha (measured: up to 4 levels at alpha 128, 44 at alpha 8); P (palette) and 1
+(bilevel) images with nearest neighbour; YCbCr and HSV per channel in that colour space.
 """
 
 from __future__ import annotations
