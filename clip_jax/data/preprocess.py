@@ -19,9 +19,9 @@ default), then resized: with the default options the output equals `CLIPImagePro
 clips: `to_rgb_uint8`). OpenAI's original pipeline and open_clip's (torchvision on PIL images)
 differ in three ways. Pillow's resampler is off by one uint8 level (0.0152 after
 normalisation) on about 0.4 % of the values; for some sizes (300 x 1000 to 224 or 288 px) it
-also runs the vertical pass before the horizontal one, and as each pass clips to uint8, hard-
-edged content whose bicubic overshoot the first pass clips then differs by up to 15 levels on
-about a quarter of the values (photos do not: 0.2-0.6 % at one level). torchvision's
+also runs the vertical pass before the horizontal one, and as each pass clips to uint8,
+hard-edged content whose bicubic overshoot the first pass clips then differs by up to 15
+levels on about a quarter of the values (photos do not: 0.2-0.6 % at one level). torchvision's
 `CenterCrop` rounds the crop offset half to even where transformers (and we) round down: when
 the long side exceeds the crop by m pixels with m % 4 == 3 (about a quarter of the sizes of
 arbitrary photos), their crop starts one pixel further along it, so their whole image is
