@@ -13,6 +13,7 @@ import ml_collections
 from clip_jax.data import options as data_options
 from clip_jax.evaluation import options as eval_options
 from clip_jax.runtime import sharding
+from clip_jax.training.config_checks import ADAM_RECIPES
 
 PAPER_EPOCHS, PAPER_PAIRS, PAPER_BATCH = 32, 400_000_000, 32768
 
@@ -54,7 +55,7 @@ def get_config(model: str = "ViT-B/32", lr: float = 5e-4, resnet: bool = False,
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=lr, end_lr_factor=0.0,
-        b1=0.9, b2=0.999 if resnet else 0.98, eps=1e-8 if resnet else 1e-6,
+        b1=0.9, b2=ADAM_RECIPES[resnet][0], eps=ADAM_RECIPES[resnet][1],
         weight_decay=0.2, grad_clip_norm=1.0,
         moments_dtype="float32",  # "bfloat16" halves optimizer memory
     ))

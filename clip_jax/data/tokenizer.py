@@ -67,6 +67,7 @@ import tokenizers
 from tokenizers import pre_tokenizers
 
 from clip_jax.errors import ConfigError
+from clip_jax.runtime.logs import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -435,13 +436,8 @@ def openai_for(vocab_size: int, context_length: int) -> TextTokenizer:
                           "tokenizer=clip_jax.get_tokenizer(<model dir or repo>) (the clip-jax "
                           "commands read it from a model folder's vocab.json and merges.txt).")
     if vocab_size > openai.vocab_size:
-        _warn_larger_table(vocab_size, openai.vocab_size)
+        warn_once(log, "The model has %d token embeddings, more than OpenAI's tokenizer's %d: "
+                  "texts are tokenized with OpenAI's, and if the model was trained with a "
+                  "vocabulary of its own, clip_jax.get_tokenizer(<model dir or repo>) reads "
+                  "that one.", vocab_size, openai.vocab_size)
     return functools.partial(openai, context_length=context_length)
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_larger_table(vocab_size: int, openai_size: int) -> None:
-    log.warning("The model has %d token embeddings, more than OpenAI's tokenizer's %d: texts are "
-                "tokenized with OpenAI's, and if the model was trained with a vocabulary of "
-                "its own, clip_jax.get_tokenizer(<model dir or repo>) reads that one.",
-                vocab_size, openai_size)

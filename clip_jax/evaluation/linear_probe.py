@@ -242,7 +242,7 @@ def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: 
     l2 = l2_strengths([l2])[0]
     x = jnp.asarray(features(x, "x"))
     y = jnp.asarray(class_indices(y, num_classes), jnp.int32)
-    if x.ndim != 2 or y.shape != (x.shape[0],):
+    if y.shape != (x.shape[0],):  # `features` checked x's rank
         raise ValueError(f"Expected features [N, D] and labels [N], got {x.shape} and {y.shape}.")
     w0 = (jnp.zeros((x.shape[1], num_classes), jnp.float32) if prior is None
           else jnp.asarray(prior, jnp.float32))

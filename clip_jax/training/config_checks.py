@@ -237,7 +237,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 # Adam's (b2, eps) in the paper's recipe (Radford et al. 2021, appendix F), by whether the
-# image tower is a ResNet: `configs/base.py` sets them per family.
+# image tower is a ResNet: `configs/base.py` sets them from here, `unusual` checks them.
 ADAM_RECIPES = {False: (0.98, 1e-6), True: (0.999, 1e-8)}
 
 
