@@ -126,6 +126,43 @@ def test_retrieval_image_is_a_hit_when_any_caption_is_retrieved():
     assert metrics["i2t_r1"] == 0.0
 
 
+_NAN_ROW = np.array([[1.0, 0.0], [np.nan, 0.0]], np.float32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: eval_metrics.zero_shot_metrics(_NAN_ROW, one_hot_keys(2), [0, 1]),
+     r"image_embeddings\[1\] holds NaN or Inf"),
+    (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2), one_hot_keys(2), [0, 2]),
+     r"labels\[1\] is 2, not a class index -1..1 \(num_classes=2\)"),
+    (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2), one_hot_keys(2), [0, -2]),
+     r"labels\[1\] is -2, not a class index -1..1"),
+    (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2), one_hot_keys(2), [0]),
+     r"labels has 1 entries for 2 image_embeddings"),
+    (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2, 3), one_hot_keys(2), [0, 1]),
+     r"image_embeddings have 3 dimensions where 2 are expected"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), _NAN_ROW, [0, 1]),
+     r"text_embeddings\[1\] holds NaN or Inf"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 2]),
+     r"text_image\[1\] is 2, not a class index 0..1"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1], ks=(0,)),
+     r"ks=\(0,\): recall@k needs whole numbers k >= 1"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1], ks=()),
+     r"ks=\(\): recall@k"),
+])
+def test_metrics_refuse_what_would_score_silently(call, message):
+    """NaN rows ranked anywhere, a label past the last class counted as a miss, -2 wrapped
+    around and ks=(0,) reported a recall@0 of 0, all without a word (trial BP)."""
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_zero_shot_metrics_score_a_label_of_minus_one_as_a_miss():
+    scores = np.array([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9]], np.float32)
+    metrics = eval_metrics.zero_shot_metrics(scores, one_hot_keys(2), [-1, 0, 1])
+    assert metrics["top1"] == pytest.approx(2 / 3)
+    assert metrics["mean_per_class_recall"] == 1.0
+
+
 def test_shared_captions_bound_text_to_image_recall():
     """A captions table whose captions repeat across images (class names as captions) gave
     R@1 of 1.5 % from a model with 87 % zero-shot accuracy, silently. `shared_captions`

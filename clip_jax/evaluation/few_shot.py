@@ -21,6 +21,7 @@ import numpy as np
 
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import linear_probe, once
+from clip_jax.evaluation.arrays import class_indices
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = 3
@@ -219,8 +220,8 @@ def few_shot_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
         raise ConfigError(f"Few-shot probes need shots >= 1 and seeds >= 1 (got shots={shots}, "
                          f"seeds={seeds}).")
     train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
-    train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
-    test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
+    train_y = class_indices(train_y, num_classes, "train_y")
+    test_y = class_indices(test_y, num_classes, "test_y")
     check_shots(train_y, [str(c) for c in range(num_classes)], max(shots), test_y)
     pad_to = max(shots) * num_classes  # every k shares one compiled solver
     unconverged: list[tuple[float, linear_probe.LogisticRegression]] = []
@@ -277,8 +278,8 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     num_classes = len(class_embeddings)
     names = list(class_names) if class_names is not None else [str(c) for c in
                                                                 range(num_classes)]
-    train_y = linear_probe.class_indices(train_y, num_classes, "train_y")
-    test_y = linear_probe.class_indices(test_y, num_classes, "test_y")
+    train_y = class_indices(train_y, num_classes, "train_y")
+    test_y = class_indices(test_y, num_classes, "test_y")
     asked = sorted(set(shots))  # the curve, its plot and `matching_shots` read k ascending
     shots = feasible_shots(train_y, names, asked, task, test_y)
     warn_short_validation(train_y, names, shots, task, test_y)

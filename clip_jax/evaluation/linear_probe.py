@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clip_jax.evaluation.arrays import class_indices, features
+
 DEFAULT_L2 = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 # Without num_classes, labels whose largest value is this many times the number of distinct ones
 # (and over 1,000) are taken for ids rather than class indices: the probe would have a weight
@@ -81,52 +83,6 @@ class LogisticRegression:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(jax.nn.softmax(self.logits(x), axis=1))
-
-
-def class_indices(labels: np.ndarray, num_classes: int | None = None,
-                  name: str = "labels") -> np.ndarray:
-    """`labels` as int64 class indices [N], checked before any fit: integers (or integral
-    floats, as pandas gives for a column with gaps) in 0..num_classes-1 (any non-negative
-    value without `num_classes`).
-
-    Checked up front because the solver would not refuse them: a label >= num_classes runs
-    it to its cap and scores ~chance, a negative one wraps to the last class. Raises
-    ValueError naming the first bad label, its position and the fix.
-    """
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one class index per example [N], got shape "
-                         f"{array.shape}.")
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer)
-                                       or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"{name} must be integer class indices 0..K-1, got dtype "
-                         f"{array.dtype}; map class names to indices first: "
-                         "`names, y = np.unique(labels, return_inverse=True)`.")
-    top = num_classes if num_classes is not None else 2 ** 62  # int64-safe without a bound
-    bad = ~np.isfinite(array) | (array != np.round(array)) | (array < 0) | (array >= top)
-    if bad.any():
-        at = int(np.flatnonzero(bad)[0])
-        allowed = (f"0..{num_classes - 1} (num_classes={num_classes})"
-                   if num_classes is not None else "0, 1, 2, ...")
-        raise ValueError(f"{name}[{at}] is {array[at].item()!r}, not a class index {allowed}; "
-                         "map any labels to them with `np.unique(labels, return_inverse=True)`.")
-    return array.astype(np.int64)
-
-
-def features(x: np.ndarray, name: str = "features") -> np.ndarray:
-    """`x` as float32 features [N, D], checked before any fit or prediction: a NaN or
-    infinite entry made every standardised column NaN and the fit ran to its cap, scoring
-    ~chance with only a convergence warning (trial BP). ValueError naming the first such
-    row, or another shape."""
-    array = np.asarray(x, np.float32)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be features [N, D], got shape {array.shape}.")
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        at = int(np.argmin(finite))
-        raise ValueError(f"{name}[{at}] holds NaN or Inf ({int((~finite).sum())} of "
-                         f"{len(array)} rows do); drop those rows or fix what computed them.")
-    return array
 
 
 def l2_strengths(grid: Sequence[float]) -> list[float]:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clip_jax.evaluation.arrays import class_indices, features, same_length
+
 _CHUNK = 1024  # queries ranked per call: bounds the [chunk, keys] similarity matrix
 
 
@@ -52,8 +54,14 @@ def zero_shot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray
     (CLIP_benchmark reports NaN below 5 classes and that 1.0 at exactly 5). A label of -1
     (an image of a class outside those scored, as imagenet_r's mislabelled ones) is a miss
     in top-1 and top-5 and no class of its own.
+
+    image_embeddings [N, D] and class_embeddings [K, D] (float, finite), labels [N] (int in
+    -1..K-1); ValueError naming the first entry that is not.
     """
-    labels = np.asarray(labels)
+    class_embeddings = features(class_embeddings, "class_embeddings")
+    image_embeddings = features(image_embeddings, "image_embeddings", class_embeddings.shape[1])
+    labels = class_indices(labels, len(class_embeddings), lowest=-1)
+    same_length("labels", labels, "image_embeddings", image_embeddings)
     top = top_k_indices(image_embeddings, class_embeddings, 5)
     hit = top == labels[:, None]
     top1 = hit[:, 0]
@@ -97,8 +105,18 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
     Image->text: an image is a hit at k when *any* of its captions is among the k nearest
     texts; images without a caption are left out. Text->image: a caption is a hit when its
     image is among the k nearest images.
+
+    image_embeddings [N, D] and text_embeddings [T, D] (float, finite), text_image [T] (int in
+    0..N-1), every k >= 1; ValueError naming the first that is not.
     """
-    text_image = np.asarray(text_image)
+    image_embeddings = features(image_embeddings, "image_embeddings")
+    text_embeddings = features(text_embeddings, "text_embeddings", image_embeddings.shape[1])
+    text_image = class_indices(text_image, len(image_embeddings), "text_image")
+    same_length("text_image", text_image, "text_embeddings", text_embeddings)
+    bad_ks = [k for k in ks if not isinstance(k, (int, np.integer)) or k < 1]
+    if not ks or bad_ks:
+        raise ValueError(f"ks={tuple(ks)!r}: recall@k needs whole numbers k >= 1, e.g. "
+                         "(1, 5, 10).")
     k_max = max(ks)
     i2t = text_image[top_k_indices(image_embeddings, text_embeddings, k_max)]
     has_caption = np.bincount(text_image, minlength=len(image_embeddings)) > 0
