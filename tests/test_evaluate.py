@@ -266,6 +266,23 @@ def test_a_tfds_dataset_without_a_test_split_reads_its_validation_and_no_label_i
     module, variables = model
     config = small_config(tmp_path, evaluators="zero_shot")
     del config.eval.zero_shot["heldout"]
+    # A split the prepared dataset lacks is refused when declared (TFDS said "Unknown split"
+    # once the pass opened), in any split expression and for a robustness probe's fit.
+    for split in ("test", "train[:50%]+test"):
+        config.eval.zero_shot.colours = evaluate.zero_shot_task(no_test, split=split)
+        with pytest.raises(ConfigError, match=r"^config.eval.zero_shot.colours: "
+                                              f"{no_test} has no split 'test' \\(its splits: "
+                                              r"train, validation\); read one of those"):
+            evaluate.declare(config)
+    for split in ("train[:50%]+validation", "all"):
+        config.eval.zero_shot.colours = evaluate.zero_shot_task(no_test, split=split)
+        evaluate.declare(config)
+    config.eval.robustness = {"colours": evaluate.robustness_task(
+        no_test, "validation", shifts="greyscale", baseline="linear_probe", train_split="tset")}
+    config.eval.evaluators = "robustness"
+    with pytest.raises(ConfigError, match=r"has no split 'tset' .*--train-split"):
+        evaluate.declare(config)
+    config.eval.evaluators = "zero_shot"
     config.eval.zero_shot.colours = evaluate.zero_shot_task(no_test, split="validation")
     metrics, _ = evaluate.evaluate_model(config, module, variables)
     assert 0 <= metrics["zero_shot/colours/top1"] <= 1

@@ -7,6 +7,7 @@ TFDS parsing the path as a dataset name.
 from __future__ import annotations
 
 import os
+import re
 
 from clip_jax.data.options import TABLE_SUFFIXES
 
@@ -49,6 +50,26 @@ def default_split(name: str, data_dir: str = "", preferred: str = "test") -> str
     if not splits or preferred in splits:
         return preferred
     return next((s for s in EVAL_SPLITS if s in splits), preferred)
+
+
+def missing_split(name: str, split: str, data_dir: str = "") -> str:
+    """'' unless TFDS dataset `name` is prepared and lacks a split that `split` reads (a
+    TFDS split expression: `train`, `train[:10%]+validation`, `all`), else why, naming the
+    splits it has. Asked before any model loads: TFDS said "Unknown split 'train'" only when
+    the pass opened (a robustness probe's default train split of a test-only dataset)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        splits = set(tfds.builder(name, data_dir=data_dir or None).info.splits.keys())
+    except Exception:  # noqa: BLE001 - not a TFDS dataset: the source's own check says why
+        return ""
+    wanted = {re.sub(r"\[.*\]$", "", part.strip()) for part in split.split("+")} - {"all"}
+    missing = sorted(wanted - splits)
+    if not splits or not missing:
+        return ""
+    return (f"{name} has no split {missing[0]!r} (its splits: {', '.join(sorted(splits))}); "
+            "read one of those (`SRC@split` on the command line, --train-split for a "
+            "robustness probe's fit, a task's split fields in a config).")
 
 
 def source_problem(name: str, data_dir: str = "") -> str:

@@ -27,8 +27,9 @@ import ml_collections
 import numpy as np
 
 from clip_jax.training import checkpoints
+from clip_jax.data import labelled as labelled_data
 from clip_jax.data import options as data_options
-from clip_jax.data.source_check import source_problem
+from clip_jax.data.source_check import missing_split, source_problem
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.inference.encoder import warn_if_cut
 from clip_jax.pretrained import factory
@@ -95,9 +96,15 @@ def _task(kind: str, name: str, task: ml_collections.ConfigDict, passes: Passes)
 def _check_sources(new: Sequence[Any], training: ml_collections.ConfigDict) -> None:
     """ConfigError for a pass on a source that is neither a labelled folder or table nor a
     TFDS dataset (a missing folder was read as a dataset name, deep in TFDS, after the
-    training data had opened). The training data itself is checked by the run."""
+    training data had opened), or on a split a prepared TFDS dataset lacks. The training
+    data itself is checked by the run."""
     for dataset, data_dir in sorted({(p.data.dataset, p.data.data_dir) for p in new}):
         if dataset != training.dataset and (problem := source_problem(dataset, data_dir)):
+            raise ConfigError(problem)
+    for dataset, data_dir, split in sorted({(p.data.dataset, p.data.data_dir, p.split)
+                                            for p in new}):
+        if (dataset != training.dataset and split and not labelled_data.is_source(dataset)
+                and (problem := missing_split(dataset, split, data_dir))):
             raise ConfigError(problem)
 
 
