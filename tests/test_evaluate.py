@@ -134,9 +134,14 @@ def test_embedder_returns_every_example_in_split_order(data_dir, model):
     np.testing.assert_allclose(got.texts, embed(
         module, variables, tokens=tokenize(flat, 16)), atol=2e-5)
     np.testing.assert_array_equal(got.text_image, np.repeat(np.arange(len(captions)), 5))
-    prompts = tokenize([f"prompt {i}" for i in range(130)], 16)  # 130 = 3 calls of 8 x 5, padded
-    np.testing.assert_allclose(embedder.embed_texts(sharded, prompts),
-                               embed(module, variables, tokens=prompts), atol=2e-5)
+    # Whole calls of 8 x 5 rows and a tail padded to 8 x a power of two: 130 = 3 x 40 + 10
+    # (16 rows), 3 (8), 40 (one call), 79 (40 + 39 in 40), none.
+    prompts = tokenize([f"prompt {i}" for i in range(130)], 16)
+    for n in (130, 3, 40, 79, 0):
+        np.testing.assert_allclose(embedder.embed_texts(sharded, prompts[:n]),
+                                   embed(module, variables, tokens=prompts[:n]), atol=2e-5)
+    assert [embedding.tail_rows(t, 8, 40) for t in (1, 8, 9, 16, 17, 33, 39)] == [
+        8, 8, 16, 16, 32, 40, 40]
 
 
 CIFAR_COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30],
