@@ -193,12 +193,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     from clip_jax.training import train
 
     config_checks.check_run(config, workdir)
+    saved = checkpoints.saved_model(workdir)
+    done_before = saved.step if saved else 0
+    if done_before >= config.total_steps:  # reused only if it is the demo's run
+        train.check_finished_run(config, workdir, done_before, saved)
     seconds: dict[str, float] = {}
     t = time.time()
     builder = sources.prepare(config.data)
     seconds["build"] = time.time() - t
 
-    done_before = _finished_steps(workdir)
     t = time.time()
     if done_before >= config.total_steps:
         print(f"Reusing the finished run in {workdir} (step {done_before}); pass another "
@@ -243,17 +246,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
                                                                          config.total_steps),
         final_loss=losses[-1] if losses else math.nan, seconds=seconds,
         report_png=report_png, curves_png=curves_png, suite=suite, suite_png=suite_png)
-
-
-def _finished_steps(workdir: str) -> int:
-    from clip_jax.training import checkpoints
-
-    if not checkpoints.is_workdir(workdir):
-        return 0
-    try:
-        return int(checkpoints.read_meta(workdir)["step"])
-    except FileNotFoundError:
-        return 0
 
 
 def _final_eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -764,6 +764,31 @@ def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path,
     assert err.strip().splitlines()[-1] == f"clip-jax {command}: error: argument {flag}: {problem}"
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["plan", "--config", "tiny", "--config", "vit_b16", "--topology", "v5e-8"],
+     "--config is given more than once; give it once."),
+    (["eval", "w", "--config", "a.py", "--config=b.py"],
+     "--config is given more than once; give it once."),
+    (["eval", "w", "--zero-shot", "a", "--zero-shot", "b"],
+     "--zero-shot is given more than once; give it once, with all its values (--zero-shot A "
+     "B)."),
+    (["eval", "w", "--linear-probe", "a", "b", "--linear-probe", "c", "d"],
+     "--linear-probe is given more than once; give it once."),
+])
+def test_a_config_or_source_given_twice_is_refused(argv, said, capsys):
+    """The last of two won silently (trial BS: `plan --config tiny --config vit_b16` planned
+    vit_b16 and compiled for minutes; `--zero-shot a --zero-shot b` evaluated b alone);
+    refused while parsing, before anything runs. Other options keep argparse's last-wins
+    (wrapper scripts append overrides to their defaults)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"clip-jax {argv[0]}: error: {said}"
+    args = cli.parser().parse_args(["zero-shot", "--model", "m", "a.jpg", "--labels", "a,b",
+                                    "--top", "1", "--top", "2"])
+    assert args.top == 2
+
+
 def test_accepted_alpha_and_count_values_pass_through(tmp_path):
     """The colours Pillow names and hex codes, 'drop', and counts from 1, as given."""
     for alpha in ("drop", "white", "#808080", "rgb(10,20,30)"):

@@ -116,6 +116,19 @@ def test_demo_reuses_a_finished_workdir_and_says_so(demo_runs):
 
 
 @pytest.mark.slow
+def test_demo_refuses_to_reuse_another_models_finished_run(demo_runs, monkeypatch, capsys):
+    """A finished run of another config (here test-vit, batch 64) in --workdir was reused and
+    reported as demo-vit's (trial BS); it is refused in one line, before the data build."""
+    _, report, _, _ = demo_runs
+    monkeypatch.setattr(sources, "prepare", None)  # must not get that far
+    assert demo.main(["--workdir", report.workdir, "--steps", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert re.fullmatch(r"error: The run in .* is finished \(checkpoint at step 120\) and "
+                        r"trained another model than this config's \(.*\); give another "
+                        r"--workdir to train this one.\n", err), err
+
+
+@pytest.mark.slow
 def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
     """The export of the demo's model in `pipeline("zero-shot-image-classification")` ranks
     the labels of held-out test images as our zero-shot does, with the same probabilities."""

@@ -869,6 +869,9 @@ MISCONFIGURATIONS = [
     (["--config.optimizer.learning_rate=1e-4"], "did you mean --config.optimizer.lr?", None),
     (["--config.optimizer.wd=0.1"], "did you mean --config.optimizer.weight_decay?", None),
     (["--config.lr=1e-4"], "did you mean --config.optimizer.lr?", None),
+    # A mistyped section is matched among those holding the rest (it said --config.mode).
+    (["--config.modle.name=test-vit"], "unknown field 'modle'; did you mean "
+                                       "--config.model.name?", None),
     # An architecture file that is not there is said before init_from's weights are read.
     (["--config.model.name={tmp}/no_arch.json", "--config.init_from=ViT-B-32:openai"],
      "config.model.name: model=", "init_from"),

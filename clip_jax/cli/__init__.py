@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from clip_jax import lazy
-from clip_jax.cli.arg_types import (alpha_mode, check_list_file, local_path, positive_int,
-                                   read_labels, read_text_flags, seconds)
+from clip_jax.cli.arg_types import (StoreOnce, alpha_mode, check_list_file, local_path,
+                                   positive_int, read_labels, read_text_flags, seconds)
 from clip_jax.runtime import logs
 from clip_jax.runtime.os_text import os_text
 from clip_jax.errors import ConfigError, MissingFileError
@@ -527,7 +527,7 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
     from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
     e.add_argument("path", type=local_path, help=MODEL_HELP)
-    e.add_argument("--config", type=local_path,
+    e.add_argument("--config", action=StoreOnce, type=local_path,
                    help="config file whose data and eval sections to use "
                    "(default: a workdir's own training config; required for other models unless "
                    "--zero-shot / --linear-probe / --few-shot / --robustness / --retrieval name "
@@ -576,8 +576,9 @@ def _demo_arguments(d: argparse.ArgumentParser) -> None:
 
 
 def _plan_arguments(pl: argparse.ArgumentParser) -> None:
-    pl.add_argument("--config", required=True, help="config file (configs/*.py) or name; override "
-                    "fields with --config.FIELD=VALUE as for clip-jax train")
+    pl.add_argument("--config", action=StoreOnce, required=True,
+                    help="config file (configs/*.py) or name; override fields with "
+                    "--config.FIELD=VALUE as for clip-jax train")
     pl.add_argument("--topology", required=True, help="Cloud TPU accelerator type: v5e-256, "
                     "v5litepod-64, v4-64, v5p-512, v6e-256, 2xv5e-256 (multi-slice)")
     pl.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -5,10 +5,29 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from clip_jax.data import text_lists
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.os_text import os_text, shown
+
+
+class StoreOnce(argparse.Action):
+    """argparse's `store`, refusing a second use of the option, for options whose second use
+    is a mistake rather than an override: a config (as `clip-jax train` refuses it; trial BS:
+    `plan --config tiny --config vit_b16` planned vit_b16, compiling for minutes) and the
+    sources of `eval` (`--zero-shot a --zero-shot b` evaluated b alone)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault("_options_given", set())
+        if option_string is not None and self.dest in given:
+            flag = "/".join(self.option_strings)
+            many = (f", with all its values ({self.option_strings[0]} A B)"
+                    if self.nargs in ("+", "*") else "")
+            parser.error(f"{flag} is given more than once; give it once{many}.")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
 
 
 def local_path(text: str) -> str:

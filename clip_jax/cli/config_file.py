@@ -19,6 +19,7 @@ import importlib.util
 import os
 import re
 import traceback
+from typing import Any
 
 import ml_collections
 
@@ -185,13 +186,19 @@ def override_error(config: ml_collections.ConfigDict, override: str) -> str | No
     before absl parses it: absl reads `batch-size` as a Python expression and reported
     "malformed node or string" instead of the hyphen."""
     path = override.partition("=")[0].lstrip("-").removeprefix("no").removeprefix("config.")
-    node, done = config, []
-    for part in path.split("."):
+    node, done, parts = config, [], path.split(".")
+    for i, part in enumerate(parts):
         if "[" in part or not isinstance(node, ml_collections.ConfigDict):
             return None
         if part not in node.keys():
-            close = (suggestion(".".join([*done, part]), list(node.keys()))
+            # A mistyped section is matched among those holding the rest of the path:
+            # `modle.name` is `model.name`, not the string field `mode` (trial BS).
+            rest = parts[i + 1:]
+            fits = [k for k in node.keys() if rest and _holds(node[k], rest)]
+            close = (suggestion(".".join([*done, part]), fits or list(node.keys()))
                      or _elsewhere(config, part))
+            if close and close.rpartition(".")[2] in fits:
+                close = ".".join([close, *rest])
             hyphen = " (field names use '_', not '-')" if "-" in part else ""
             hint = (f"did you mean {as_flags(close)}{hyphen}?" if close else
                     "the fields are those of the config file (clip_jax/configs/base.py for the "
@@ -199,6 +206,15 @@ def override_error(config: ml_collections.ConfigDict, override: str) -> str | No
             return f"cannot apply {override}: unknown field {'.'.join([*done, part])!r}; {hint}"
         node, done = node[part], [*done, part]
     return None
+
+
+def _holds(node: Any, path: list[str]) -> bool:
+    """Whether ConfigDict `node` has the dotted field `path` (a list of names)."""
+    for part in path:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node.keys():
+            return False
+        node = node[part]
+    return True
 
 
 def _elsewhere(config: ml_collections.ConfigDict, name: str) -> str | None:

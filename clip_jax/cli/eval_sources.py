@@ -28,8 +28,8 @@ from typing import Any
 
 import ml_collections
 
-from clip_jax.cli.arg_types import (check_list_file, local_path, positive_int, positive_ints,
-                                   read_labels)
+from clip_jax.cli.arg_types import (StoreOnce, check_list_file, local_path, positive_int,
+                                   positive_ints, read_labels)
 from clip_jax.data import source_check
 from clip_jax.data.options import (CAPTION_COLUMNS, DEFAULT_SHIFTS, IMAGE_COLUMNS, TABLE_QUOTING,
                                    TABLE_SUFFIXES, parse_shifts)
@@ -42,12 +42,15 @@ SOURCE_FLAGS = ("zero_shot", "linear_probe", "few_shot", "robustness", "retrieva
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The source, prompt and output flags of `clip-jax eval`."""
-    parser.add_argument("--zero-shot", nargs="+", metavar="SRC", type=local_path,
+    parser.add_argument("--zero-shot", nargs="+", action=StoreOnce, metavar="SRC",
+                        type=local_path,
                         help="zero-shot accuracy on each labelled folder / CSV / wds / TFDS "
                              "name[/config][:version][@split]")
-    parser.add_argument("--linear-probe", nargs=2, metavar=("TRAIN", "TEST"), type=local_path,
+    parser.add_argument("--linear-probe", nargs=2, action=StoreOnce, metavar=("TRAIN", "TEST"),
+                        type=local_path,
                         help="linear probe fit on TRAIN, scored on TEST")
-    parser.add_argument("--few-shot", nargs=2, metavar=("TRAIN", "TEST"), type=local_path,
+    parser.add_argument("--few-shot", nargs=2, action=StoreOnce, metavar=("TRAIN", "TEST"),
+                        type=local_path,
                         help="1..16-shot linear probes on TRAIN vs zero-shot, scored on TEST")
     parser.add_argument("--robustness", metavar="SRC", type=local_path,
                         help="zero-shot on SRC and its shifted versions (--shifts, --shifted)")

@@ -358,6 +358,26 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], shown: int = 5) -> 
     return ", ".join(changed[:shown]) + more
 
 
+def check_finished_run(config: ml_collections.ConfigDict, workdir: str, finished: int,
+                       saved: checkpoints.SavedRun | None) -> None:
+    """ConfigError unless the finished run in `workdir` (newest checkpoint `saved`, at step
+    `finished`) is this config's: the same model (unless it starts from `init_from`) and
+    batch size. Taken for this config's run, it would be reported as done (`clip-jax train`)
+    or evaluated as if trained with it (the demo reported a `tiny` run as demo-vit's)."""
+    if saved and not config.init_from and (
+            diff := architecture_diff(train_step.model_config(config), saved.model)):
+        raise ConfigError(
+            f"The run in {workdir} is finished (checkpoint at step {finished}) and trained "
+            f"another model than this config's ({', '.join(diff[:3])}: this config's vs "
+            "the run's); give another --workdir to train this one.")
+    if saved and saved.batch_size not in (None, config.batch_size):
+        raise ConfigError(
+            f"The run in {workdir} is finished (checkpoint at step {finished}) and was "
+            f"trained with batch_size {saved.batch_size}, not config.batch_size="
+            f"{config.batch_size}; keep it (and raise config.total_steps to train further), "
+            "or give another --workdir (with config.init_from pointing at this one).")
+
+
 def _finished_step(plan: RunPlan, workdir: str) -> int | None:
     """The newest checkpoint's step when it is at or past `total_steps` and it reads back
     exactly (one full read; read-only: a workdir is not touched before the run is known to
@@ -484,18 +504,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     # architecture, and the check that this config computes the same model.
     saved = checkpoints.saved_model(workdir)
     if finished is not None:
-        if saved and not config.init_from and (
-                diff := architecture_diff(train_step.model_config(config), saved.model)):
-            raise ConfigError(
-                f"The run in {workdir} is finished (checkpoint at step {finished}) and trained "
-                f"another model than this config's ({', '.join(diff[:3])}: this config's vs "
-                "the run's); give another --workdir to train this one.")
-        if saved and saved.batch_size not in (None, plan.batch_size):
-            raise ConfigError(
-                f"The run in {workdir} is finished (checkpoint at step {finished}) and was "
-                f"trained with batch_size {saved.batch_size}, not config.batch_size="
-                f"{plan.batch_size}; keep it (and raise config.total_steps to train further), "
-                "or give another --workdir (with config.init_from pointing at this one).")
+        check_finished_run(config, workdir, finished, saved)
         if jax.process_index() == 0:
             print(f"The run in {workdir} is finished (checkpoint at step {finished}, "
                   f"total_steps={plan.total_steps}); nothing to do. Raise config.total_steps "
