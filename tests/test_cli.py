@@ -804,6 +804,8 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "--labels 'a, b,a' repeats the label(s) ['a']; give each label once."),
     (["zero-shot", "--labels", "a,,b"], "--labels 'a,,b' has an empty label; remove the extra "
                                         "comma."),
+    (["zero-shot", "--labels", " "], "--labels ' ' has an empty label; give the labels, "
+                                     "comma-separated (a,b) or in a file."),
     (["zero-shot", "--labels", "LABELS_FILE"],
      "--labels file 'LABELS_FILE' repeats the label(s) ['cat', 'dog']; give each label once."),
     (["zero-shot", "--labels", "a,b", "--templates", "nope"],
@@ -1409,6 +1411,22 @@ def test_words_after_a_double_dash_are_the_trailing_positional(argv, field, valu
     assert getattr(args, field) == value
     args, extra = cli.parser().parse_known_args(["search", "i.npz", "--top", "1", "--bad"])
     assert cli._take_trailing_positionals(args, extra) == ["--bad"]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["zero-shot", "--model", "m", "a.jpg", "--labels", "a,b", "--bogus"],
+     "clip-jax zero-shot: error: unrecognized arguments: --bogus"),
+    (["search", "i.npz", "red", "blue"], "clip-jax search: error: unrecognized arguments: blue; "
+                                         "quote a query of several words: 'red blue'"),
+])
+def test_unknown_arguments_are_said_by_the_command(argv, said, capsys):
+    """They were said with the top-level usage (`clip-jax: error:`), naming no command, and
+    an unquoted query of two words with no hint (trial BS)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().splitlines()[-1] == said
+    assert err.startswith(f"usage: clip-jax {argv[0]} ")
 
 
 def test_the_c_locale_writes_labels_and_names_as_a_utf8_locale_does(tmp_path):

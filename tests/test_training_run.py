@@ -898,7 +898,7 @@ MISCONFIGURATIONS = [
      "locked_key.py line 5 (c.data.table.nmae = 'x'): 'nmae' is not a field of that section; "
      "did you mean 'name'?", "total_steps"),
     (["CONFIG={tmp}/wrong_type.py"], "wrong_type.py line 5 (c.batch_size = '32'): batch_size "
-     "is an int field, given 32 (a str); write it as a whole number.", "Traceback"),
+     "is an int field, given '32' (a str); write it as a whole number.", "Traceback"),
     (["CONFIG={tmp}/syntax.py", "--config.total_steps=1"], "syntax.py line 2: SyntaxError",
      "total_steps"),
     # A ConfigDict not built on the base config ran until it read a field it lacks (trial F).

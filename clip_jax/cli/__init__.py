@@ -615,6 +615,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: training, "
                                 "inference, evaluation, export.")
     sub = p.add_subparsers(dest="command", required=True)
+    p.commands = {}  # name -> its parser: a command's mistakes are said with its own usage
     sub.add_parser("train", add_help=False, help="train or evaluate from a config: --config "
                    "FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...] (as python main.py)")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
@@ -623,6 +624,7 @@ def parser() -> argparse.ArgumentParser:
                                  description=f"{help_text[0].upper()}{help_text[1:]}.")
         add_arguments(command)
         command.set_defaults(run=run)
+        p.commands[name] = command
     return p
 
 
@@ -689,7 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clip_jax.cli import train
 
         return train.main(["clip-jax train", *argv[1:]])
-    args, extra = parser().parse_known_args(argv)
+    top = parser()
+    args, extra = top.parse_known_args(argv)
     extra = _take_trailing_positionals(args, extra)
     if args.command == "plan":
         args.overrides = extra  # --config.FIELD=VALUE, as clip-jax train takes them
@@ -701,7 +704,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "--help).", file=sys.stderr)
         return 2
     elif extra:
-        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+        words = args.command == "search" and not any(a.startswith("-") for a in extra)
+        hint = (f"; quote a query of several words: {shlex.quote(' '.join([args.query, *extra]))}"
+                if words and args.query else "")
+        top.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     from clip_jax.runtime import hardware
     from clip_jax.runtime.folders import check_current_directory
 

@@ -108,7 +108,9 @@ def read_labels(spec: str, flag: str) -> list[str]:
 
     check_list_file(spec, flag)
     if not os.path.isfile(spec) and any(not name.strip() for name in spec.split(",")):
-        raise ConfigError(f"{flag} {spec!r} has an empty label; remove the extra comma.")
+        fix = ("give the labels, comma-separated (a,b) or in a file" if not spec.strip()
+               else "remove the extra comma")
+        raise ConfigError(f"{flag} {spec!r} has an empty label; {fix}.")
     labels = zero_shot.read_class_names(spec)
     duplicates = sorted({name for name in labels if labels.count(name) > 1})
     if duplicates:

@@ -333,7 +333,7 @@ def _said(error: Exception) -> str:
         field, value, given, wanted = cast.groups()
         form = "a whole number" if wanted == "int" else f"a {wanted}"
         return (f"{field} is {'an' if wanted[0] in 'aeiou' else 'a'} {wanted} field, given "
-                f"{value} (a {given}); write it as {form}.")
+                f"{repr(value) if given == 'str' else value} (a {given}); write it as {form}.")
     key = re.search(r"Key '([^']+)' does not exist", message)
     if key:
         close = re.search(r"Did you mean '([^']+)' instead", message)
