@@ -134,13 +134,13 @@ def test_embedder_returns_every_example_in_split_order(data_dir, model):
     np.testing.assert_allclose(got.texts, embed(
         module, variables, tokens=tokenize(flat, 16)), atol=2e-5)
     np.testing.assert_array_equal(got.text_image, np.repeat(np.arange(len(captions)), 5))
-    # Whole calls of 8 x 5 rows and a tail padded to 8 x a power of two: 130 = 3 x 40 + 10
-    # (16 rows), 3 (8), 40 (one call), 79 (40 + 39 in 40), none.
+    # Calls of 8 x 5 rows, the last padded (130 in 4, 79 in 2, 40 in 1); fewer rows in one
+    # call of 8 x a power of two (3 in 8, 17 in 32); none.
     prompts = tokenize([f"prompt {i}" for i in range(130)], 16)
-    for n in (130, 3, 40, 79, 0):
+    for n in (130, 3, 17, 40, 79, 0):
         np.testing.assert_allclose(embedder.embed_texts(sharded, prompts[:n]),
                                    embed(module, variables, tokens=prompts[:n]), atol=2e-5)
-    assert [embedding.tail_rows(t, 8, 40) for t in (1, 8, 9, 16, 17, 33, 39)] == [
+    assert [embedding.call_rows(t, 8, 40) for t in (1, 8, 9, 16, 17, 33, 39)] == [
         8, 8, 16, 16, 32, 40, 40]
 
 

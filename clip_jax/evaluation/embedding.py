@@ -113,39 +113,39 @@ class Embedder:
         prompts). ValueError for an id outside the model's vocabulary (`check_token_ids`),
         which would embed as NaN.
 
-        Rows go in calls of `global_batch * captions` (the caption pass's compiled shape);
-        the rows left over go in one call padded only to a power of two times the batch
-        shards (`tail_rows`): padded to a whole call, 48 prompts with the default eval batch
-        embedded 1,280 rows, 27x the work (trial BT: 403 s for a 16-image folder on a CPU)."""
+        Rows go in calls of `global_batch * captions` (the caption pass's compiled shape),
+        the last one padded. Fewer rows than one call go in one call padded only to a power
+        of two times the batch shards (`call_rows`): padded to a whole call, 48 prompts with
+        the default eval batch embedded 1,280 rows, 27x the work (trial BT: 403 s for a
+        16-image folder on a CPU). More keep the one shape: a second would be compiled for
+        their last call, which on a TPU takes longer than the padding it saves."""
         tokens = check_token_ids(tokens, self.vocab_size)
         n, length = tokens.shape
         per_call = self.global_batch * self.captions
-        whole, tail = divmod(n, per_call)
-        shapes = [(self.global_batch, self.captions)] * whole
-        if tail:
-            rows = tail_rows(tail, sharding.batch_size_per_shard(self.mesh), per_call)
-            shapes.append((self.global_batch, self.captions) if rows == per_call else (rows, 1))
+        rows = call_rows(n, sharding.batch_size_per_shard(self.mesh), per_call) if n else 0
+        shapes = ([(rows, 1)] if 0 < rows < per_call else
+                  [(self.global_batch, self.captions)] * math.ceil(n / per_call))
         spec = sharding.batch_sharding(self.mesh, 3)
         outputs, start = [], 0
         with jax.set_mesh(self.mesh):
-            for rows, captions in shapes:
-                chunk = np.zeros((rows * captions, length), tokens.dtype)
+            for batch, captions in shapes:
+                chunk = np.zeros((batch * captions, length), tokens.dtype)
                 chunk[:min(n - start, len(chunk))] = tokens[start:start + len(chunk)]
-                chunk = chunk.reshape(rows, captions, length)
+                chunk = chunk.reshape(batch, captions, length)
                 array = jax.make_array_from_callback(chunk.shape, spec, lambda i, c=chunk: c[i])
                 outputs.append(self._texts(variables, array))
-                start += rows * captions
+                start += len(chunk) * captions
         (embeddings,) = _gather([outputs])
         if not embeddings:
             return np.zeros((0, self.module.config.embed_dim), np.float32)
         return np.concatenate([e.reshape(-1, e.shape[-1]) for e in embeddings])[:n]
 
 
-def tail_rows(tail: int, shards: int, per_call: int) -> int:
-    """Rows of the call embedding the `tail` rows left after whole calls of `per_call`:
-    `shards` (the ways the batch is split) times the smallest power of two that holds them,
-    at most `per_call`. Powers of two bound the compiled shapes to a few per process."""
-    return min(per_call, shards * 2 ** math.ceil(math.log2(math.ceil(tail / shards))))
+def call_rows(n: int, shards: int, per_call: int) -> int:
+    """Rows of a call embedding n >= 1 rows: `shards` (the ways the batch is split) times the
+    smallest power of two that holds them, at most `per_call`. Powers of two bound the
+    compiled shapes to a few per process."""
+    return min(per_call, shards * 2 ** math.ceil(math.log2(math.ceil(n / shards))))
 
 
 @functools.lru_cache(maxsize=8)
