@@ -480,6 +480,10 @@ def test_train_help_lists_its_flags_and_configs(flag, capsys):
     assert "--workdir: Directory" in out and "--config: Config file" in out
     assert "Exit codes:" in out and "vit_b16" in out and "--helpfull" in out
     assert "'None'" not in out  # a required flag has no default to show
+    # --helpfull adds absl's flags (it printed absl's usage, naming the script, and exited 1)
+    assert entry.main(["clip-jax train", "--helpfull"]) == 0
+    full = capsys.readouterr().out
+    assert full.startswith(out.strip()) and "--verbosity" in full
 
 
 def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):

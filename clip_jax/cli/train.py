@@ -477,6 +477,9 @@ def main(argv: Sequence[str]) -> int:
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(help_text(argv[0]))
         return 0
+    if "--helpfull" in argv[1:]:  # absl's own printed `argv[0] [flags]` and exited 1
+        print(f"{help_text(argv[0])}\n\n{flags.FLAGS.get_help()}")
+        return 0
 
     def parse(args: list[str]) -> list[str]:
         from clip_jax.runtime.folders import check_current_directory
