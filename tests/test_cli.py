@@ -486,6 +486,20 @@ def test_train_help_lists_its_flags_and_configs(flag, capsys):
     assert full.startswith(out.strip()) and "--verbosity" in full
 
 
+@pytest.mark.parametrize("argv, missing", [(["--config=tiny"], "--workdir"),
+                                           (["--workdir", "w"], "--config")])
+def test_train_without_config_or_workdir_says_the_command_line(argv, missing, capsys):
+    """absl's "Flag --workdir must have a value other than None." named no fix (trial BS)."""
+    from absl import flags
+
+    from clip_jax.cli import train as entry
+
+    with pytest.raises(ConfigError, match=f"^{missing} is required: clip-jax train --config "
+                                          r"FILE_OR_NAME --workdir DIR \[--config.FIELD=VALUE "
+                                          r"...\] \(see --help\).$"):
+        entry.load(["clip-jax train", *argv], flags.FlagValues())
+
+
 def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
     """`--config` takes a path from the checkout root, the package's path, or a bare name;
     all load clip_jax/configs/NAME.py's get_config() and leave sys.path alone."""

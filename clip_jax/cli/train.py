@@ -200,6 +200,11 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
         rest = values(list(argv))
     except flags.Error as e:
         text = " ".join(str(e).split())
+        required = re.search(r"Flag --(config|workdir) must have a value other than None", text)
+        if required:  # absl's words named no fix
+            raise ConfigError(f"--{required.group(1)} is required: {argv[0]} --config "
+                              "FILE_OR_NAME --workdir DIR [--config.FIELD=VALUE ...] (see "
+                              "--help).") from None
         unknown = re.match(r"Unknown command line flag '([^']+)'", text)
         if unknown and (problem := config_file.unknown_flag_error(unknown.group(1), argv)):
             raise ConfigError(problem) from None
