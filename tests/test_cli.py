@@ -1447,6 +1447,13 @@ def test_unknown_arguments_are_said_by_the_command(argv, said, capsys):
     assert err.startswith(f"usage: clip-jax {argv[0]} ")
 
 
+def test_options_before_the_command_are_said_as_such(capsys):
+    """`clip-jax --config tiny train` said "invalid choice: 'tiny'" (trial BS)."""
+    assert cli.main(["--config", "tiny", "train", "--workdir", "w"]) == 2
+    assert capsys.readouterr().err == ("error: the command comes first, its options after it: "
+                                       "clip-jax train --config tiny --workdir w\n")
+
+
 def test_the_c_locale_writes_labels_and_names_as_a_utf8_locale_does(tmp_path):
     """LC_ALL=C with PYTHONUTF8=0: stdout is ASCII passing undecodable bytes through, so a
     label typed in UTF-8 (read as the text typed) raised UnicodeEncodeError mid-listing, JSON
