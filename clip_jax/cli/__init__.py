@@ -526,6 +526,9 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
     from clip_jax.cli import eval_sources as eval_cli
     from clip_jax.models.config import DTYPE_ALIASES, DTYPES  # loads JAX: after the re-exec
 
+    # The path first: a source list (`--zero-shot A B`) takes every word after it, so a path
+    # written last was read as a source and "path" was said missing (trial BS).
+    e.usage = "%(prog)s PATH [--zero-shot SRC [SRC ...]] [other options]"
     e.add_argument("path", type=local_path, help=MODEL_HELP)
     e.add_argument("--config", action=StoreOnce, type=local_path,
                    help="config file whose data and eval sections to use "
