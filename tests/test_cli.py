@@ -792,6 +792,10 @@ def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path,
      "B)."),
     (["eval", "w", "--linear-probe", "a", "b", "--linear-probe", "c", "d"],
      "--linear-probe is given more than once; give it once."),
+    (["eval", "w", "--robustness", "a", "--robustness", "b"],
+     "--robustness is given more than once; give it once."),
+    (["eval", "w", "--retrieval", "a.csv", "--retrieval=b.csv"],
+     "--retrieval is given more than once; give it once."),
 ])
 def test_a_config_or_source_given_twice_is_refused(argv, said, capsys):
     """The last of two won silently (trial BS: `plan --config tiny --config vit_b16` planned

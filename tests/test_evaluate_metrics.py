@@ -143,11 +143,25 @@ _NAN_ROW = np.array([[1.0, 0.0], [np.nan, 0.0]], np.float32)
     (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), _NAN_ROW, [0, 1]),
      r"text_embeddings\[1\] holds NaN or Inf"),
     (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 2]),
-     r"text_image\[1\] is 2, not a class index 0..1"),
+     r"text_image\[1\] is 2, not an image index 0..1; give one for each row"),
     (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1], ks=(0,)),
-     r"ks=\(0,\): recall@k needs whole numbers k >= 1"),
+     r"ks=\(0,\): recall@k needs a tuple of whole numbers k >= 1"),
     (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1], ks=()),
      r"ks=\(\): recall@k"),
+    # trial BU: empty inputs scored NaN or failed in numpy; bools, a bare int and a generator
+    # failed inside the ranking
+    (lambda: eval_metrics.zero_shot_metrics(np.zeros((0, 2)), one_hot_keys(2), []),
+     r"image_embeddings has no rows"),
+    (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2), np.zeros((0, 2)), [0, 1]),
+     r"class_embeddings has no rows"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), np.zeros((0, 2)), []),
+     r"text_embeddings has no rows"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1],
+                                            ks=(True,)), r"ks=\(True,\): recall@k"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1], ks=1),
+     r"ks=1: recall@k needs a tuple"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1],
+                                            ks=(k for k in (1, 5))), r"recall@k needs a tuple"),
 ])
 def test_metrics_refuse_what_would_score_silently(call, message):
     """NaN rows ranked anywhere, a label past the last class counted as a miss, -2 wrapped
@@ -161,6 +175,8 @@ def test_zero_shot_metrics_score_a_label_of_minus_one_as_a_miss():
     metrics = eval_metrics.zero_shot_metrics(scores, one_hot_keys(2), [-1, 0, 1])
     assert metrics["top1"] == pytest.approx(2 / 3)
     assert metrics["mean_per_class_recall"] == 1.0
+    every = eval_metrics.zero_shot_metrics(scores, one_hot_keys(2), [-1, -1, -1])
+    assert every["top1"] == 0.0 and np.isnan(every["mean_per_class_recall"])
 
 
 def test_shared_captions_bound_text_to_image_recall():

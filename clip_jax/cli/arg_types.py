@@ -16,7 +16,8 @@ class StoreOnce(argparse.Action):
     """argparse's `store`, refusing a second use of the option, for options whose second use
     is a mistake rather than an override: a config (as `clip-jax train` refuses it; trial BS:
     `plan --config tiny --config vit_b16` planned vit_b16, compiling for minutes) and the
-    sources of `eval` (`--zero-shot a --zero-shot b` evaluated b alone)."""
+    sources of `eval` (`--zero-shot a --zero-shot b` evaluated b alone; trial BU: the
+    same of `--robustness`, `--retrieval`)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:

@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--few-shot", nargs=2, action=StoreOnce, metavar=("TRAIN", "TEST"),
                         type=local_path,
                         help="1..16-shot linear probes on TRAIN vs zero-shot, scored on TEST")
-    parser.add_argument("--robustness", metavar="SRC", type=local_path,
+    parser.add_argument("--robustness", action=StoreOnce, metavar="SRC", type=local_path,
                         help="zero-shot on SRC and its shifted versions (--shifts, --shifted)")
-    parser.add_argument("--retrieval", metavar="TABLE", type=local_path,
+    parser.add_argument("--retrieval", action=StoreOnce, metavar="TABLE", type=local_path,
                         help="retrieval on a CSV/TSV of images and captions, or a TFDS name")
     parser.add_argument("--image-key", "--image-column", default="", dest="image_key",
                         help="TFDS sources' image feature (default: image), or tables' "

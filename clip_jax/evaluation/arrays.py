@@ -12,11 +12,12 @@ import numpy as np
 
 
 def class_indices(labels: np.ndarray, num_classes: int | None = None,
-                  name: str = "labels", lowest: int = 0) -> np.ndarray:
+                  name: str = "labels", lowest: int = 0, what: str = "a class index"
+                  ) -> np.ndarray:
     """`labels` as int64 class indices [N]: integers (or integral floats, as pandas gives for
     a column with gaps) in lowest..num_classes-1 (any value >= lowest without `num_classes`).
-    `lowest=-1` admits zero-shot's "no class scored" label (see `metrics.zero_shot_metrics`).
-    """
+    `lowest=-1` admits zero-shot's "no class scored" label (see `metrics.zero_shot_metrics`);
+    `what` names such an index in the error (a caption's image index is no class)."""
     array = np.asarray(labels)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one class index per example [N], got shape "
@@ -30,20 +31,28 @@ def class_indices(labels: np.ndarray, num_classes: int | None = None,
     bad = ~np.isfinite(array) | (array != np.round(array)) | (array < lowest) | (array >= top)
     if bad.any():
         at = int(np.flatnonzero(bad)[0])
-        allowed = (f"{lowest}..{num_classes - 1} (num_classes={num_classes})"
-                   if num_classes is not None else f"{lowest}, {lowest + 1}, {lowest + 2}, ...")
-        raise ValueError(f"{name}[{at}] is {array[at].item()!r}, not a class index {allowed}; "
-                         "map any labels to them with `np.unique(labels, return_inverse=True)`.")
+        classes = what == "a class index"
+        allowed = (f"{lowest}..{num_classes - 1}" if num_classes is not None
+                   else f"{lowest}, {lowest + 1}, {lowest + 2}, ...")
+        if classes and num_classes is not None:
+            allowed += f" (num_classes={num_classes})"
+        fix = ("map any labels to them with `np.unique(labels, return_inverse=True)`" if classes
+               else "give one for each row")
+        raise ValueError(f"{name}[{at}] is {array[at].item()!r}, not {what} {allowed}; {fix}.")
     return array.astype(np.int64)
 
 
-def features(x: np.ndarray, name: str = "features", width: int | None = None) -> np.ndarray:
-    """`x` as float32 features [N, D] (D == `width` when given). A NaN or infinite entry made
-    every standardised column NaN and a probe's fit ran to its cap, scoring ~chance with only
-    a convergence warning (trial BP); in a ranking it lands anywhere."""
+def features(x: np.ndarray, name: str = "features", width: int | None = None,
+             empty: bool = True) -> np.ndarray:
+    """`x` as float32 features [N, D] (D == `width` when given; N >= 1 unless `empty`). A NaN
+    or infinite entry made every standardised column NaN and a probe's fit ran to its cap,
+    scoring ~chance with only a convergence warning (trial BP); in a ranking it lands
+    anywhere."""
     array = np.asarray(x, np.float32)
     if array.ndim != 2:
         raise ValueError(f"{name} must be features [N, D], got shape {array.shape}.")
+    if not empty and not len(array):
+        raise ValueError(f"{name} has no rows; every metric would be the mean of nothing.")
     if width is not None and array.shape[1] != width:
         raise ValueError(f"{name} have {array.shape[1]} dimensions where {width} are expected: "
                          "embed both sides with the same model.")

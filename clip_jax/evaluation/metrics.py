@@ -10,6 +10,7 @@ keeps top-1 identical to the argmax prediction and makes every metric determinis
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +54,14 @@ def zero_shot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray
     or fewer: every class is then among the 5, so its 1.0 would say nothing of the model
     (CLIP_benchmark reports NaN below 5 classes and that 1.0 at exactly 5). A label of -1
     (an image of a class outside those scored, as imagenet_r's mislabelled ones) is a miss
-    in top-1 and top-5 and no class of its own.
+    in top-1 and top-5 and no class of its own (every label -1: mean per-class recall NaN).
 
     image_embeddings [N, D] and class_embeddings [K, D] (float, finite), labels [N] (int in
     -1..K-1); ValueError naming the first entry that is not.
     """
-    class_embeddings = features(class_embeddings, "class_embeddings")
-    image_embeddings = features(image_embeddings, "image_embeddings", class_embeddings.shape[1])
+    class_embeddings = features(class_embeddings, "class_embeddings", empty=False)
+    image_embeddings = features(image_embeddings, "image_embeddings", class_embeddings.shape[1],
+                                empty=False)
     labels = class_indices(labels, len(class_embeddings), lowest=-1)
     same_length("labels", labels, "image_embeddings", image_embeddings)
     top = top_k_indices(image_embeddings, class_embeddings, 5)
@@ -77,6 +79,8 @@ def mean_per_class_recall(correct: np.ndarray, labels: np.ndarray) -> float:
     (Pets, Flowers, Caltech-101, Aircraft), where top-1 is dominated by the large classes."""
     labels, correct = np.asarray(labels), np.asarray(correct, bool)
     present = np.unique(labels[labels >= 0])
+    if not len(present):  # every label -1: no class to average over (numpy warned)
+        return math.nan
     return float(np.mean([correct[labels == c].mean() for c in present]))
 
 
@@ -109,13 +113,17 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
     image_embeddings [N, D] and text_embeddings [T, D] (float, finite), text_image [T] (int in
     0..N-1), every k >= 1; ValueError naming the first that is not.
     """
-    image_embeddings = features(image_embeddings, "image_embeddings")
-    text_embeddings = features(text_embeddings, "text_embeddings", image_embeddings.shape[1])
-    text_image = class_indices(text_image, len(image_embeddings), "text_image")
+    image_embeddings = features(image_embeddings, "image_embeddings", empty=False)
+    text_embeddings = features(text_embeddings, "text_embeddings", image_embeddings.shape[1],
+                               empty=False)
+    text_image = class_indices(text_image, len(image_embeddings), "text_image",
+                               what="an image index")
     same_length("text_image", text_image, "text_embeddings", text_embeddings)
-    bad_ks = [k for k in ks if not isinstance(k, (int, np.integer)) or k < 1]
-    if not ks or bad_ks:
-        raise ValueError(f"ks={tuple(ks)!r}: recall@k needs whole numbers k >= 1, e.g. "
+    given = ks
+    ks = tuple(ks) if isinstance(ks, (tuple, list)) else ()
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
+                     for k in ks):
+        raise ValueError(f"ks={given!r}: recall@k needs a tuple of whole numbers k >= 1, e.g. "
                          "(1, 5, 10).")
     k_max = max(ks)
     i2t = text_image[top_k_indices(image_embeddings, text_embeddings, k_max)]
