@@ -15,6 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 import clip_jax
 from clip_jax.errors import ConfigError
@@ -427,6 +428,13 @@ def test_locking_a_tower_on_resume_restores_and_unlocking_is_refused(tmp_path):
                 checkpointer.restore_newest(s2.abstract_state, print)
             assert checkpointer.all_steps() == [3]
         checkpointer.close()
+    # Compute settings change no array: not named as a cause beside scan_layers (trial BV).
+    _, _, config, _ = runs[False]
+    model = train_step.model_config(config).replace(scan_layers=True, remat_policy="full",
+                                                    dtype="bfloat16")
+    step_dir = epath.Path(checkpoints.checkpoint_dir(str(tmp_path / "False"))) / "3"
+    assert checkpoints._changes(step_dir, checkpoints.layout_settings(
+        config.to_dict(), model.to_dict())) == "model.scan_layers False -> True"
 
 
 def test_activation_given_for_a_workdir_replaces_its_own_with_a_warning(saved, caplog):

@@ -478,7 +478,8 @@ def test_init_from_ema_starts_from_the_checkpoints_average(tmp_path, caplog):
     torch.save(trained, tmp_path / "plain.pt")
     config.init_from = str(tmp_path / "plain.pt")
     with pytest.raises(ConfigError, match=r"^config.init_from_ema: ema=True, but the checkpoint "
-                                          r"holds no EMA weights"):
+                                          r"holds no EMA weights .*; start from its trained "
+                                          r"weights with --config.init_from_ema=False.$"):
         train.model_and_weights(config, lambda _: None)
     config.init_from = ""
     with pytest.raises(ConfigError, match=r"^config.init_from_ema: is True but config.init_from "

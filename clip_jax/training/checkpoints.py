@@ -516,6 +516,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 # Training-config fields that decide the state's layout besides the model (a locked tower has
 # no optimizer moments), shown with the model's fields when a checkpoint does not fit.
 LAYOUT_FIELDS = ("model.name", "lock_image", "lock_text")
+# Model fields that change what is computed but not the arrays saved: not named as a cause
+# when a checkpoint does not fit (trial BV: `remat_policy 'none' -> 'full'` was listed beside
+# the scan_layers change that made it misfit, though remat alone resumes).
+COMPUTE_ONLY = ("model.dtype", "model.remat_policy", "model.attention")
 
 
 def layout_settings(config: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
@@ -536,7 +540,8 @@ def _changes(step_dir: epath.Path, ours: dict[str, Any]) -> str:
         return ""
     saved = layout_settings(meta.get("config") or {}, meta["model"])
     changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items()
-               if saved.get(k) != v and not (saved.get(k) is None and k in LAYOUT_FIELDS)]
+               if saved.get(k) != v and k not in COMPUTE_ONLY
+               and not (saved.get(k) is None and k in LAYOUT_FIELDS)]
     unlocked = [k for k in ("lock_image", "lock_text") if saved.get(k) and not ours.get(k)]
     why = (f" (a tower locked in training has no optimizer moments saved: unlocking it on "
            f"resume, {' and '.join(unlocked)}, is not supported)" if unlocked else "")

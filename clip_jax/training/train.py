@@ -651,8 +651,10 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
     try:
         module, variables = loading.load(config.init_from, **options)
     except ConfigError as error:
-        if options["ema"] and str(error).startswith("ema=True"):
-            raise ConfigError(f"config.init_from_ema: {error}") from None
+        if options["ema"] and str(error).startswith("ema=True"):  # the fix in this config's terms
+            said = str(error).removesuffix("; load it without ema=True (--ema).")
+            raise ConfigError(f"config.init_from_ema: {said}; start from its trained weights "
+                              "with --config.init_from_ema=False.") from None
         if not pinned:
             raise
         raise ConfigError(f"config.init_from {config.init_from!r} does not fit "
