@@ -162,6 +162,11 @@ _NAN_ROW = np.array([[1.0, 0.0], [np.nan, 0.0]], np.float32)
      r"ks=1: recall@k needs a tuple"),
     (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1],
                                             ks=(k for k in (1, 5))), r"recall@k needs a tuple"),
+    (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2).astype(str), one_hot_keys(2),
+                                            [0, 1]), r"image_embeddings must be real numbers, "
+                                                     r"got dtype <U32"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2) + 1j, [0, 1]),
+     r"text_embeddings must be real numbers, got dtype complex64"),
 ])
 def test_metrics_refuse_what_would_score_silently(call, message):
     """NaN rows ranked anywhere, a label past the last class counted as a miss, -2 wrapped
@@ -175,6 +180,8 @@ def test_zero_shot_metrics_score_a_label_of_minus_one_as_a_miss():
     metrics = eval_metrics.zero_shot_metrics(scores, one_hot_keys(2), [-1, 0, 1])
     assert metrics["top1"] == pytest.approx(2 / 3)
     assert metrics["mean_per_class_recall"] == 1.0
+    assert eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 1],
+                                          ks=np.array([1])) == {"i2t_r1": 1.0, "t2i_r1": 1.0}
     every = eval_metrics.zero_shot_metrics(scores, one_hot_keys(2), [-1, -1, -1])
     assert every["top1"] == 0.0 and np.isnan(every["mean_per_class_recall"])
 

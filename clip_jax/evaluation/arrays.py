@@ -48,7 +48,11 @@ def features(x: np.ndarray, name: str = "features", width: int | None = None,
     or infinite entry made every standardised column NaN and a probe's fit ran to its cap,
     scoring ~chance with only a convergence warning (trial BP); in a ranking it lands
     anywhere."""
-    array = np.asarray(x, np.float32)
+    given = np.asarray(x)
+    if given.dtype.kind in "bcUSOMm":  # a cast would drop or garble them (bfloat16 is "V")
+        raise ValueError(f"{name} must be real numbers, got dtype {given.dtype}; pass the "
+                         "embeddings as a float array.")
+    array = given.astype(np.float32)
     if array.ndim != 2:
         raise ValueError(f"{name} must be features [N, D], got shape {array.shape}.")
     if not empty and not len(array):

@@ -120,7 +120,8 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
                                what="an image index")
     same_length("text_image", text_image, "text_embeddings", text_embeddings)
     given = ks
-    ks = tuple(ks) if isinstance(ks, (tuple, list)) else ()
+    ks = tuple(ks.tolist() if isinstance(ks, np.ndarray) and ks.ndim == 1 else ks) \
+        if isinstance(ks, (tuple, list, np.ndarray)) else ()
     if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
                      for k in ks):
         raise ValueError(f"ks={given!r}: recall@k needs a tuple of whole numbers k >= 1, e.g. "
