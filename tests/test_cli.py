@@ -1456,6 +1456,10 @@ def test_options_before_the_command_are_said_as_such(capsys):
     assert cli.main(["--config", "tiny", "train", "--workdir", "w"]) == 2
     assert capsys.readouterr().err == ("error: the command comes first, its options after it: "
                                        "clip-jax train --config tiny --workdir w\n")
+    assert cli.main(["--config", "tiny"]) == 2
+    assert capsys.readouterr().err.startswith("error: the command comes first, its options after "
+                                              "it: clip-jax COMMAND --config tiny, COMMAND one "
+                                              "of train, zero-shot, index, ")
 
 
 def test_the_c_locale_writes_labels_and_names_as_a_utf8_locale_does(tmp_path):

@@ -691,10 +691,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`clip-jax ARGS`; the exit code. `train` goes to `clip_jax.cli.train.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     named = [a for a in argv if a in ("train", *COMMANDS)]
-    if argv and argv[0] not in ("train", *COMMANDS, "-h", "--help") and named:
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         # argparse said "invalid choice: 'tiny'" of `clip-jax --config tiny train`
-        print(f"error: the command comes first, its options after it: clip-jax {named[0]} "
-              f"{' '.join(a for a in argv if a != named[0])}", file=sys.stderr)
+        print("error: the command comes first, its options after it: " + (
+            f"clip-jax {named[0]} {' '.join(a for a in argv if a != named[0])}" if named else
+            f"clip-jax COMMAND {' '.join(argv)}, COMMAND one of train, {', '.join(COMMANDS)}"),
+            file=sys.stderr)
         return 2
     if argv[:1] == ["train"]:
         from clip_jax.cli import train
