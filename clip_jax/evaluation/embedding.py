@@ -118,7 +118,9 @@ class Embedder:
         of two times the batch shards (`call_rows`): padded to a whole call, 48 prompts with
         the default eval batch embedded 1,280 rows, 27x the work (trial BT: 403 s for a
         16-image folder on a CPU). More keep the one shape: a second would be compiled for
-        their last call, which on a TPU takes longer than the padding it saves."""
+        their last call, which on a TPU takes longer than the padding it saves. (Where
+        captions are embedded too, the small call is a second shape, compiled once per
+        process; its saving recurs at every evaluation.)"""
         tokens = check_token_ids(tokens, self.vocab_size)
         n, length = tokens.shape
         per_call = self.global_batch * self.captions
