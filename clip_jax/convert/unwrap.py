@@ -113,11 +113,15 @@ def _pick(prefixes: set[str], ema: bool) -> tuple[str | None, set[str]]:
     return picks[0], prefixes
 
 
+# The fix of an ema=True without an average, as the loading functions and commands take it
+# (`clip-jax train` says it in its config's terms instead).
+NO_EMA_FIX = "load it without ema=True (--ema)."
+
+
 def _report(chosen: str, skipped: list[str], ema: bool, used_ema: bool) -> None:
     if ema and not used_ema:
         raise ConfigError("ema=True, but the checkpoint holds no EMA weights (no "
-                          f"{'/'.join(EMA_WRAPPERS)} entry, no 'ema' key prefix); load it "
-                          "without ema=True (--ema).")
+                          f"{'/'.join(EMA_WRAPPERS)} entry, no 'ema' key prefix); {NO_EMA_FIX}")
     if skipped and not ema:
         log.warning("The checkpoint also holds an exponential moving average of the weights "
                     "(%s); loaded the trained weights. Pass ema=True (--ema in clip-jax "

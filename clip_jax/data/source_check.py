@@ -35,18 +35,25 @@ def split_problem(name: str, split: str) -> str:
 EVAL_SPLITS = ("test", "validation", "train")
 
 
+def prepared_splits(name: str, data_dir: str = "") -> set[str]:
+    """The split names of TFDS dataset `name` as prepared in `data_dir` (TFDS's default when
+    ""); empty when it is not prepared yet (TFDS learns them when it builds it) or is no TFDS
+    dataset (the source's own check says why)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return set(tfds.builder(name, data_dir=data_dir or None).info.splits.keys())
+    except Exception:  # noqa: BLE001 - not a TFDS dataset: said by `source_problem`
+        return set()
+
+
 def default_split(name: str, data_dir: str = "", preferred: str = "test") -> str:
     """The split of TFDS dataset `name` an evaluation reads when none is given: `preferred`
     where the prepared dataset has it (or its splits are not known yet: TFDS learns them when
     it builds the dataset), else the first of `EVAL_SPLITS` it has. food101 and a usual
     imagenet2012 (train and val archives) have no `test` split: asked for it, TFDS said
     "Unknown split 'test'"."""
-    import tensorflow_datasets as tfds
-
-    try:
-        splits = set(tfds.builder(name, data_dir=data_dir or None).info.splits.keys())
-    except Exception:  # noqa: BLE001 - not a TFDS dataset: the source's own check says why
-        return preferred
+    splits = prepared_splits(name, data_dir)
     if not splits or preferred in splits:
         return preferred
     return next((s for s in EVAL_SPLITS if s in splits), preferred)
@@ -57,12 +64,7 @@ def missing_split(name: str, split: str, data_dir: str = "") -> str:
     TFDS split expression: `train`, `train[:10%]+validation`, `all`), else why, naming the
     splits it has. Asked before any model loads: TFDS said "Unknown split 'train'" only when
     the pass opened (a robustness probe's default train split of a test-only dataset)."""
-    import tensorflow_datasets as tfds
-
-    try:
-        splits = set(tfds.builder(name, data_dir=data_dir or None).info.splits.keys())
-    except Exception:  # noqa: BLE001 - not a TFDS dataset: the source's own check says why
-        return ""
+    splits = prepared_splits(name, data_dir)
     wanted = {re.sub(r"\[.*\]$", "", part.strip()) for part in split.split("+")} - {"all"}
     missing = sorted(wanted - splits)
     if not splits or not missing:

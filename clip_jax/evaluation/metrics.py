@@ -119,13 +119,12 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
     text_image = class_indices(text_image, len(image_embeddings), "text_image",
                                what="an image index")
     same_length("text_image", text_image, "text_embeddings", text_embeddings)
-    given = ks
-    ks = tuple(ks.tolist() if isinstance(ks, np.ndarray) and ks.ndim == 1 else ks) \
-        if isinstance(ks, (tuple, list, np.ndarray)) else ()
-    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
-                     for k in ks):
-        raise ValueError(f"ks={given!r}: recall@k needs a tuple of whole numbers k >= 1, e.g. "
+    values = np.asarray(ks).tolist() if isinstance(ks, (tuple, list, np.ndarray)) else None
+    if not isinstance(values, list) or not values or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in values):
+        raise ValueError(f"ks={ks!r}: recall@k needs a tuple of whole numbers k >= 1, e.g. "
                          "(1, 5, 10).")
+    ks = tuple(values)
     k_max = max(ks)
     i2t = text_image[top_k_indices(image_embeddings, text_embeddings, k_max)]
     has_caption = np.bincount(text_image, minlength=len(image_embeddings)) > 0

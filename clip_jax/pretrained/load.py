@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clip_jax.convert import hf_import, hf_keys, open_clip_import, openai
+from clip_jax.convert.unwrap import NO_EMA_FIX
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, as_config, with_numerics
 from clip_jax.models.config import NUMERICS, CLIPConfig, with_activation
@@ -154,7 +155,7 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
 def _no_ema(ema: bool, source: str, what: str) -> None:
     if ema:
         raise ConfigError(f"ema=True, but {source!r} is {what}, which holds no EMA weights; "
-                          "load it without ema=True (--ema).")
+                          f"{NO_EMA_FIX}")
 
 
 def _workdirs_near(path: str) -> str:

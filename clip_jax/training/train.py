@@ -35,6 +35,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from clip_jax.errors import ConfigError
+from clip_jax.convert.unwrap import NO_EMA_FIX
 from clip_jax.training import config_checks
 from clip_jax.evaluation import evaluate
 from clip_jax.evaluation import options as eval_options
@@ -652,7 +653,7 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
         module, variables = loading.load(config.init_from, **options)
     except ConfigError as error:
         if options["ema"] and str(error).startswith("ema=True"):  # the fix in this config's terms
-            said = str(error).removesuffix("; load it without ema=True (--ema).")
+            said = str(error).removesuffix(f"; {NO_EMA_FIX}")
             raise ConfigError(f"config.init_from_ema: {said}; start from its trained weights "
                               "with --config.init_from_ema=False.") from None
         if not pinned:
