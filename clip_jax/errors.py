@@ -1,5 +1,9 @@
-"""The one error type for a user's mistake (a config field, a file, a row, a flag), and its
-kinds that Python callers also catch as the built-in errors of files."""
+"""The one error type for a user's mistake (a config field, a file, a row, a flag), its
+kinds that Python callers also catch as the built-in errors of files, and the did-you-mean
+hint its messages give for a mistyped name."""
+
+import difflib
+from collections.abc import Iterable
 
 
 class ConfigError(ValueError):
@@ -31,3 +35,10 @@ class UnreadableImageError(ConfigError, OSError):
         super().__init__(f"{path!r}: {reason}")
         self.path = path
         self.reason = reason
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for the entry of `known` closest to a mistyped `name`
+    (difflib's ratio >= 0.6), else "": the hint after the unknown name in a ConfigError."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -836,12 +836,14 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "'{c}') per line, or one template with exactly one '{}'."),
     (["eval", "--zero-shot", "cifar10", "--class-names", "cat,dog,cat"],
      "--class-names 'cat,dog,cat' repeats the label(s) ['cat']; give each label once."),
-    (["eval", "--zero-shot", "cifar10", "--templates", "nope"],
-     "--templates: Unknown template set 'nope': use one of ['default', 'openai_imagenet', "
+    (["eval", "--zero-shot", "cifar10", "--templates", "defualt"],
+     "--templates: Unknown template set 'defualt' (did you mean 'default'?): use one of "
+     "['default', 'openai_imagenet', "
      "'simple', 'synthetic_shapes'], the path of a text file with one template (containing "
      "'{}' or '{c}') per line, or one template with exactly one '{}'."),
-    (["eval", "--zero-shot", "cifar10", "--evaluators", "zero_shot,zero_shots"],
-     "config.eval.evaluators has unknown evaluator(s) ['zero_shots']; use a comma-separated "
+    (["eval", "--zero-shot", "cifar10", "--evaluators", "zero_shot,zero_shoot"],
+     "config.eval.evaluators has unknown evaluator(s) ['zero_shoot'] (did you mean "
+     "'zero_shot'?); use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),
     (["search", "--image", "QUERY"], "No query image at 'QUERY'; check --image."),
     (["search", "--image", "FOLDER"], "--image takes one query image, and 'FOLDER' is a "
@@ -1460,6 +1462,14 @@ def test_options_before_the_command_are_said_as_such(capsys):
     assert capsys.readouterr().err.startswith("error: the command comes first, its options after "
                                               "it: clip-jax COMMAND --config tiny, COMMAND one "
                                               "of train, zero-shot, index, ")
+
+
+def test_version_is_the_installed_distributions(capsys):
+    """`clip-jax --version` (there was none) prints what pip installed, exit 0."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"clip-jax {importlib.metadata.version('clip_jax')}\n"
 
 
 def test_the_c_locale_writes_labels_and_names_as_a_utf8_locale_does(tmp_path):

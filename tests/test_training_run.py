@@ -791,7 +791,7 @@ MISCONFIGURATIONS = [
     (["--config.model.attention=cudnn"], "'cudnn' runs on gpu devices only", None),
     (["--config.model.dtype=bf16"], "config.model.dtype='bf16' is invalid", None),
     (["--config.loss=l2"], "config.loss: unknown loss 'l2'", None),
-    (["--config.loss=softmaxx"], "unknown loss 'softmaxx'; did you mean 'softmax'? use one of",
+    (["--config.loss=softmaxx"], "unknown loss 'softmaxx' (did you mean 'softmax'?); use one of",
      None),
     # absl reads a tuple field's one value as a 1-tuple: said as typed (trial F).
     (["--config.data.augment.scale=0.5"],

@@ -617,6 +617,7 @@ COMMANDS: dict[str, Command] = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: training, "
                                 "inference, evaluation, export.")
+    p.add_argument("--version", action="version", version=f"clip-jax {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     p.commands = {}  # name -> its parser: a command's mistakes are said with its own usage
     sub.add_parser("train", add_help=False, help="train or evaluate from a config: --config "
@@ -629,6 +630,17 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         p.commands[name] = command
     return p
+
+
+def _version() -> str:
+    """The installed distribution's version (setup.cfg), or 'unknown' for a source tree that
+    was put on the path without being installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("clip_jax")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def json_line(record: dict) -> str:
@@ -691,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`clip-jax ARGS`; the exit code. `train` goes to `clip_jax.cli.train.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     named = [a for a in argv if a in ("train", *COMMANDS)]
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         # argparse said "invalid choice: 'tiny'" of `clip-jax --config tiny train`
         print("error: the command comes first, its options after it: " + (
             f"clip-jax {named[0]} {' '.join(a for a in argv if a != named[0])}" if named else

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from clip_jax.data import text_lists
-from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.errors import ConfigError, MissingFileError, did_you_mean
 
 # Written for this project: short, generic phrasings of a photo of one object.
 DEFAULT = (
@@ -87,7 +87,8 @@ def get_templates(spec: str | Sequence[str], source: str = "") -> tuple[str, ...
             raise MissingFileError(f"The templates file {spec!r}: {why}; check the path (one "
                                    f"template per line), or use one of {sorted(TEMPLATE_SETS)}.")
         else:
-            raise ConfigError(f"Unknown template set {spec!r}: use one of "
+            raise ConfigError(f"Unknown template set {spec!r}{did_you_mean(spec, TEMPLATE_SETS)}: "
+                              "use one of "
                               f"{sorted(TEMPLATE_SETS)}, the path of a text file with one "
                               "template (containing '{}' or '{c}') per line, or one template "
                               "with exactly one '{}'.")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from clip_jax.data import text_lists
-from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.errors import ConfigError, MissingFileError, did_you_mean
 from clip_jax.evaluation.evaluators import (EVALUATORS, few_shot_task, linear_probe_task,
                                             retrieval_task, robustness_task, zero_shot_task)
 
@@ -54,7 +54,8 @@ def check_evaluators(names: Sequence[str], field: str) -> list[str]:
     """`names` as a list; ConfigError naming `field` for a name not in `EVALUATORS`."""
     unknown = [n for n in names if n not in EVALUATORS]
     if unknown:
-        raise ConfigError(f"{field} has unknown evaluator(s) {unknown}; use a "
+        raise ConfigError(f"{field} has unknown evaluator(s) {unknown}"
+                          f"{did_you_mean(unknown[0], EVALUATORS)}; use a "
                           f"comma-separated subset of {','.join(EVALUATORS)}.")
     return list(names)
 

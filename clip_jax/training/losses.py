@@ -20,7 +20,6 @@ return `(loss, metrics)`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 from typing import Callable
 
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, did_you_mean
 from clip_jax.runtime.sharding import BATCH_AXES
 
 Metrics = dict[str, jax.Array]
@@ -454,10 +453,8 @@ LOSSES: dict[str, LossSpec] = {
 def loss_spec(name: str) -> LossSpec:
     """The `LOSSES` entry of `config.loss`; ConfigError for an unknown name."""
     if name not in LOSSES:
-        close = difflib.get_close_matches(str(name), list(LOSSES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"config.loss: unknown loss {name!r}; {hint}use one of "
-                          f"{tuple(LOSSES)}.")
+        raise ConfigError(f"config.loss: unknown loss {name!r}{did_you_mean(name, LOSSES)}; use "
+                          f"one of {tuple(LOSSES)}.")
     return LOSSES[name]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 
 from clip_jax.data import source_check
 from clip_jax.data.tokenizer import TextTokenizer
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, did_you_mean
 from clip_jax.evaluation import imagenet_names, once
 from clip_jax.evaluation import imagenet_subsets
 from clip_jax.data import templates as templates_lib
@@ -46,9 +45,8 @@ def task_config(fields: dict[str, Any], data_fields: Sequence[str],
     unknown = sorted(set(data) - set(data_fields))
     if unknown:
         known = sorted([*fields, *data_fields])
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        raise ConfigError(f"Unknown task field(s) {unknown}"
-                          f"{f' (did you mean {close[0]!r}?)' if close else ''}; known: "
+        raise ConfigError(f"Unknown task field(s) {unknown}{did_you_mean(unknown[0], known)}; "
+                          "known: "
                           f"{known}.")
     return ml_collections.ConfigDict({**fields, **{k: data.get(k, "") for k in data_fields}})
 
