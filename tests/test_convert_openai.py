@@ -145,6 +145,25 @@ def test_mismatched_preset_names_first_tensor():
                                                                    text={"layers": 1}))
 
 
+@pytest.mark.parametrize("key, cut", [
+    ("transformer.resblocks.0.attn.in_proj_weight", np.s_[:-1]),
+    ("transformer.resblocks.1.attn.in_proj_weight", np.s_[:, :-1]),
+    ("visual.transformer.resblocks.0.attn.in_proj_bias", np.s_[:-2]),
+    ("visual.transformer.resblocks.1.attn.in_proj_bias", np.s_[:-3]),
+])
+@pytest.mark.parametrize("config", [None, get_preset("test-vit")])
+def test_a_cut_fused_qkv_tensor_is_named_as_the_file_names_it(key, cut, config):
+    """A fused q/k/v tensor cut by one row gave numpy's "array split does not result in an
+    equal division"; cut by a column, an error named `q_proj`, a key the file lacks (trial
+    BX). The four cuts of the open_clip model's tensors, inferred or with a config."""
+    sd = {k: v.numpy() for k, v in open_clip_model(get_preset("test-vit")).state_dict().items()}
+    shape = sd[key][cut].shape
+    sd[key] = sd[key][cut]
+    with pytest.raises(ConfigError, match=rf"^the state dict: {re.escape(repr(key))} has shape "
+                                          rf"{re.escape(str(shape))}, not a fused q/k/v "):
+        convert.from_state_dict(sd, config)
+
+
 @pytest.mark.parametrize("name", ["test-vit", "test-resnet"])
 def test_towers_of_two_widths_say_so_not_to_omit_a_config_already_omitted(name):
     """An open_clip model whose text_projection is 8 wider than its image tower's output:

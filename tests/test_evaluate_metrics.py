@@ -139,7 +139,10 @@ _NAN_ROW = np.array([[1.0, 0.0], [np.nan, 0.0]], np.float32)
     (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2), one_hot_keys(2), [0]),
      r"labels has 1 entries for 2 image_embeddings"),
     (lambda: eval_metrics.zero_shot_metrics(one_hot_keys(2, 3), one_hot_keys(2), [0, 1]),
-     r"image_embeddings have 3 dimensions where 2 are expected"),
+     r"image_embeddings have 3 dimensions, class_embeddings 2: embed both with the same "
+     r"model\.$"),
+    (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2, 3), [0, 1]),
+     r"text_embeddings have 3 dimensions, image_embeddings 2: embed both"),
     (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), _NAN_ROW, [0, 1]),
      r"text_embeddings\[1\] holds NaN or Inf"),
     (lambda: eval_metrics.retrieval_metrics(one_hot_keys(2), one_hot_keys(2), [0, 2]),

@@ -342,3 +342,12 @@ def test_every_map_function_is_kept_from_autograph(config, monkeypatch):
     converted = [fn for fn in mapped if not hasattr(fn, "autograph_info__")
                  and not fn.__module__.startswith("tensorflow")]
     assert len(mapped) >= 6 and not converted, [fn.__qualname__ for fn in converted]
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 1.5, True, "4"])
+def test_an_eval_batch_size_that_is_not_a_whole_number_is_refused(batch_size):
+    """`check_batch_size(1.5)` passed, and a process slice then counted fractional batches
+    (trial BX); numpy's integers pass, and the slice's batch count is ceil(ceil(N / P) / B)."""
+    with pytest.raises(ValueError, match=r"must be a whole number of at least 1 \(examples "):
+        eval_pipeline.ProcessSlice.of(10, batch_size, 0, 1)
+    assert eval_pipeline.ProcessSlice.of(10, np.int64(4), 1, 2).num_batches == 2

@@ -129,6 +129,18 @@ def test_features_with_nan_or_a_negative_l2_are_refused_before_any_fit(monkeypat
         probe.accuracy(test_x[:, :15], test_y)
 
 
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.0, 1.5, float("nan")])
+def test_a_validation_fraction_outside_0_1_is_refused(fraction):
+    """0 and -0.5 held out one example silently; 1.5 was blamed on the data's size (trial
+    BX). With one l2 no split is held out, so any fraction is unused and fine."""
+    train_x, train_y, _, _ = correlated_digits()
+    with pytest.raises(ValueError, match=rf"^validation_fraction={fraction} is the share of "):
+        linear_probe.fit_linear_probe(train_x, train_y, 10, l2_grid=[1e-3, 1e-1],
+                                      validation_fraction=fraction)
+    linear_probe.fit_linear_probe(train_x[:20], train_y[:20], 10, l2_grid=[1e-1],
+                                  validation_fraction=fraction)
+
+
 def test_integral_float_labels_give_the_integer_labels_probe():
     """Integral floats (pandas' dtype for a label column with gaps) are class indices: the
     probe equals the one on int labels and scikit-learn's protocol."""

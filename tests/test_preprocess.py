@@ -99,6 +99,20 @@ def test_resize_then_crop_matches_clip_image_processor(images, resize):
         get_preset("ViT-B/16", resize_size=200)
 
 
+@pytest.mark.parametrize("resize", [0, 10, 223])
+def test_a_resize_below_the_crop_is_refused_not_cut_short(images, resize):
+    """`resize_and_center_crop(image, 24, resize=10)` returned a 7 x 7 image (trial BX); the
+    numpy and the tf.data functions now refuse a resize below the crop (0 was read as None)."""
+    from clip_jax.data.preprocess import resize_and_center_crop
+
+    message = rf"^resize={resize} is below the crop size 224: .* give resize >= 224"
+    with pytest.raises(ValueError, match=message):
+        resize_and_center_crop(images[0], 224, resize)
+    with pytest.raises(ValueError, match=message):
+        tp.resize_and_center_crop(tf.constant(images[0]), 224, resize)
+    assert resize_and_center_crop(images[0], 224, 224).shape == (224, 224, 3)
+
+
 def test_pil_modes_and_paths(vit_b16, tmp_path):
     rgb = photo(300, 410, 3)
     rgba = np.concatenate([rgb, np.linspace(0, 255, 410, dtype=np.uint8)[None, :, None]

@@ -65,6 +65,8 @@ _TOWER_NOTES = {
 
 
 def is_open_clip_directory(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder holding open_clip's `open_clip_config.json` (as its Hub
+    repositories and `export_open_clip` lay them out)."""
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
@@ -165,6 +167,8 @@ def _square(size: Any, source: str) -> int:
 
 
 def read_config(directory: str | os.PathLike) -> CLIPConfig:
+    """The CLIPConfig of `directory/open_clip_config.json`; ConfigError naming the file for a
+    model_cfg clip_jax cannot build (`config_from_open_clip`)."""
     path = Path(directory) / CONFIG_FILE
     return config_from_open_clip(json.loads(path.read_text(encoding="utf-8")), str(path))
 
@@ -203,6 +207,8 @@ def load_open_clip(directory: str | os.PathLike, config: CLIPConfig | None = Non
 
 
 def check_same(given: CLIPConfig, found: CLIPConfig, directory: Any) -> None:
+    """ConfigError listing the architecture fields where the `given` config differs from the
+    one `directory`'s config file gives (`found`): the weights were saved for that one."""
     differences = config_differences(given, found)
     if differences:
         raise ConfigError(f"The model config given does not match {directory}/{CONFIG_FILE}: "

@@ -177,11 +177,29 @@ def canonicalize(state_dict: Mapping[str, Any], *, ema: bool = False,
     out: StateDict = {}
     for key, array in tensors.items():
         if (m := _QKV.match(key)) is not None:
+            _check_fused(key, array, tensors.get(f"{m.group(1)}.in_proj_weight"), source)
             for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
                 out[f"{m.group(1)}.{name}.{m.group(2)}"] = part
         else:
             out[key] = array
     return out
+
+
+def _check_fused(key: str, array: np.ndarray, weight: np.ndarray | None, source: str) -> None:
+    """ConfigError naming `key` unless it is a fused q/k/v projection as PyTorch's
+    MultiheadAttention stores it: weight [3 x width, width], bias [3 x width] (the width of
+    its module's `weight`, when the file has it). A cut one split into unequal parts (numpy's
+    error) or was named by its derived `q_proj` key."""
+    bias = key.endswith("bias")
+    if bias:
+        want = array.ndim == 1 and (weight is None or array.shape[0] == weight.shape[0])
+    else:
+        want = array.ndim == 2 and array.shape[0] == 3 * array.shape[1]
+    if not want or array.shape[0] % 3:
+        layout = "[3 x width]" if bias else "[3 x width, width]"
+        raise ConfigError(f"{source}: {key!r} has shape {tuple(array.shape)}, not a fused q/k/v "
+                          f"projection's {layout}: a damaged checkpoint, or a variant clip_jax "
+                          "does not implement.")
 
 
 def check_finite(tensors: Mapping[str, np.ndarray], source: str) -> None:

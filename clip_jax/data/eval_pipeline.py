@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -97,9 +98,11 @@ class ProcessSlice:
 
 
 def check_batch_size(batch_size: int) -> None:
-    """Raises ValueError unless `batch_size` (examples per process) is at least 1."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1 (examples per process).")
+    """Raises ValueError unless `batch_size` (examples per process) is a whole number >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or \
+            batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a whole number of at least 1 "
+                         "(examples per process).")
 
 
 def mask_padding(example: dict[str, tf.Tensor], valid: tf.Tensor, index: tf.Tensor

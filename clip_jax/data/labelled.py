@@ -131,6 +131,8 @@ def source_kind(path: str) -> str:
 
 
 def is_source(path: str) -> bool:
+    """Whether `path` names a local labelled source (`source_kind`: a table file by its
+    suffix, a webdataset folder or an image folder) rather than a TFDS dataset name."""
     return bool(source_kind(path))
 
 

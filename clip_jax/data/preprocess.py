@@ -214,16 +214,28 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return size, size * width // height
 
 
+def shortest_side(size: int, resize: int | None) -> int:
+    """The side the shortest one is resized to before the centre `size` crop: `resize`, or
+    `size` when it is None. ValueError when it is below `size` (the crop would be cut short:
+    a 7 x 7 image asked for 24 x 24)."""
+    side = size if resize is None else resize
+    if side < size:
+        raise ValueError(f"resize={resize} is below the crop size {size}: the shortest side is "
+                         f"resized first and must hold the crop; give resize >= {size} (or "
+                         "None for the crop size).")
+    return side
+
+
 def resize_and_center_crop(image: np.ndarray, size: int, resize: int | None = None
                            ) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [size, size, 3]: shortest side to `resize` (default `size`,
-    >= `size`), then the centre `size` x `size` crop.
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: shortest side to `resize` (default `size`),
+    then the centre `size` x `size` crop. ValueError when `resize` < `size` (`shortest_side`).
 
     Only the pixels inside the crop are computed; each equals the full resize's pixel because
     every output pixel depends only on its own weights.
     """
     height, width = image.shape[:2]
-    new_h, new_w = resized_shape(height, width, resize or size)
+    new_h, new_w = resized_shape(height, width, shortest_side(size, resize))
     top, left = (new_h - size) // 2, (new_w - size) // 2
     if new_w != width:  # horizontal pass first, as torch does
         image = _resize_axis(image, 1, new_w, left, size)

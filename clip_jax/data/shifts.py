@@ -47,16 +47,19 @@ def _round_u8(x: tf.Tensor) -> tf.Tensor:
 
 
 def greyscale(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """ITU-R 601-2 luma in all three channels, as PIL's `convert("L")`."""
     del key
     return _grey3(_luma(image))
 
 
 def invert(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """255 - x in every channel, as PIL's `ImageOps.invert`."""
     del key
     return 255 - image
 
 
 def hue_rotate(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Hue turned by 180 degrees in HSV; saturation and value kept."""
     del key
     hsv = tf.image.rgb_to_hsv(tf.cast(image, tf.float32) / 255.0)
     hue = tf.math.floormod(hsv[..., 0] + 0.5, 1.0)
@@ -80,6 +83,7 @@ def blur_sigma(size: int) -> float:
 
 
 def blur(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Gaussian blur of sigma `blur_sigma(S)` px, reflected borders."""
     del key
     sigma = blur_sigma(image.shape[0])
     radius = max(1, math.ceil(3 * sigma))
@@ -93,6 +97,7 @@ NOISE_STD = 25.0
 
 
 def noise(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Additive Gaussian noise of sigma `NOISE_STD` (of 255), drawn from `key`, clipped."""
     z = tf.random.stateless_normal(tf.shape(image), key, alg=_RNG)
     return _round_u8(tf.cast(image, tf.float32) + NOISE_STD * z)
 
@@ -101,11 +106,13 @@ JPEG_QUALITY = 10
 
 
 def jpeg(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Re-encoded as JPEG at quality `JPEG_QUALITY`."""
     del key
     return tf.image.adjust_jpeg_quality(image, JPEG_QUALITY)
 
 
 def sketch(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Inverted Sobel edge magnitude of the luma: dark lines on white, in grey."""
     del key
     luma = tf.cast(_luma(image), tf.float32)[..., None]
     smooth = tf.constant([1.0, 2.0, 1.0])
@@ -129,6 +136,7 @@ def occlusion_box(size: int, key: tf.Tensor) -> tf.Tensor:
 
 
 def occlusion(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """A grey (`OCCLUSION_FILL`) square of side S // 2 at a place drawn from `key`."""
     size = image.shape[0]
     side = size // 2
     corner = occlusion_box(size, key)
@@ -143,6 +151,7 @@ DOWNSCALE = 4
 
 
 def downscale_upscale(image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Box downscale by `DOWNSCALE`, nearest-neighbour upscale back to S."""
     del key
     size = image.shape[0]
     small_size = max(1, size // DOWNSCALE)

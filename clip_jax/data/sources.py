@@ -386,6 +386,9 @@ def convert_to_array_record(data_dir: str) -> None:
 
 
 def read_records(source: Any, indices: np.ndarray) -> np.ndarray:
+    """The records of a random-access `source` at `indices` [N], as an object array [N] in
+    that order: one `__getitems__` call where the source has it (array_record reads a batch
+    at once), else one `source[i]` each."""
     keys = [int(i) for i in indices]
     getitems = getattr(source, "__getitems__", None)
     records = getitems(keys) if getitems else [source[k] for k in keys]

@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 from clip_jax.data._tf import tf
+from clip_jax.data.preprocess import shortest_side
 
 _CUBIC_SUPPORT = 2.0
 _MAX_PRECISION = 22
@@ -91,10 +92,11 @@ def resize_and_center_crop(image: tf.Tensor, size: int, resize: int | None = Non
 
     Shortest side to `resize` (default `size`) with torch's antialiased uint8 bicubic
     (horizontal pass first), then the centre crop; only the pixels inside it are computed.
+    ValueError when `resize` < `size` (`preprocess.shortest_side`), as the graph is traced.
     """
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
-    short = resize or size
+    short = shortest_side(size, resize)
     new_h = tf.where(width <= height, short * height // width, short)
     new_w = tf.where(width <= height, short, short * width // height)
     top, left = (new_h - size) // 2, (new_w - size) // 2

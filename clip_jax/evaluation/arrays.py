@@ -43,8 +43,9 @@ def class_indices(labels: np.ndarray, num_classes: int | None = None,
 
 
 def features(x: np.ndarray, name: str = "features", width: int | None = None,
-             empty: bool = True) -> np.ndarray:
-    """`x` as float32 features [N, D] (D == `width` when given; N >= 1 unless `empty`). A NaN
+             empty: bool = True, width_of: str = "the other side") -> np.ndarray:
+    """`x` as float32 features [N, D] (D == `width` when given, the width of `width_of`, named
+    in the error; N >= 1 unless `empty`). A NaN
     or infinite entry made every standardised column NaN and a probe's fit ran to its cap,
     scoring ~chance with only a convergence warning (trial BP); in a ranking it lands
     anywhere."""
@@ -58,8 +59,8 @@ def features(x: np.ndarray, name: str = "features", width: int | None = None,
     if not empty and not len(array):
         raise ValueError(f"{name} has no rows; every metric would be the mean of nothing.")
     if width is not None and array.shape[1] != width:
-        raise ValueError(f"{name} have {array.shape[1]} dimensions where {width} are expected: "
-                         "embed both sides with the same model.")
+        raise ValueError(f"{name} have {array.shape[1]} dimensions, {width_of} {width}: embed "
+                         "both with the same model.")
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         at = int(np.argmin(finite))

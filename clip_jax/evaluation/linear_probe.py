@@ -263,8 +263,10 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     unconverged are named in one warning (their validation scores, hence the l2 chosen, or
     the final accuracy may not be the optimum's), begun with `task` (the evaluator's
     `linear_probe/<task>`: a run may fit several probes). Raises ValueError for features
-    holding NaN or Inf (`features`), an empty grid or a strength below 0 (`l2_strengths`), or
-    too few examples to hold some out.
+    holding NaN or Inf (`features`), an empty grid or a strength below 0 (`l2_strengths`), a
+    `validation_fraction` outside (0, 1) with several strengths, or too few examples to hold
+    out at least one and fit on the rest (two at the least; a validation split of one example
+    scores each strength 0 or 1, so give more for a meaningful choice).
     """
     train_x = features(train_x, "train_x")
     grid = l2_strengths(l2_grid)
@@ -272,6 +274,10 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     train_x, train_y = (train_x - mean) / std, class_indices(train_y, num_classes, "train_y")
     best, unconverged = grid[0], []
     if len(grid) > 1:
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction={validation_fraction} is the share of the "
+                             "training examples held out to choose l2: give one between 0 and "
+                             "1 (exclusive), or one l2.")
         order = np.random.default_rng(seed).permutation(len(train_x))
         n_val = max(1, int(round(validation_fraction * len(train_x))))
         if n_val >= len(train_x):

@@ -61,7 +61,7 @@ def zero_shot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray
     """
     class_embeddings = features(class_embeddings, "class_embeddings", empty=False)
     image_embeddings = features(image_embeddings, "image_embeddings", class_embeddings.shape[1],
-                                empty=False)
+                                empty=False, width_of="class_embeddings")
     labels = class_indices(labels, len(class_embeddings), lowest=-1)
     same_length("labels", labels, "image_embeddings", image_embeddings)
     top = top_k_indices(image_embeddings, class_embeddings, 5)
@@ -115,7 +115,7 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
     """
     image_embeddings = features(image_embeddings, "image_embeddings", empty=False)
     text_embeddings = features(text_embeddings, "text_embeddings", image_embeddings.shape[1],
-                               empty=False)
+                               empty=False, width_of="image_embeddings")
     text_image = class_indices(text_image, len(image_embeddings), "text_image",
                                what="an image index")
     same_length("text_image", text_image, "text_embeddings", text_embeddings)

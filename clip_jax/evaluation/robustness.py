@@ -23,6 +23,8 @@ _EPS = 1e-4  # accuracies are clipped to [eps, 1 - eps] before the logit
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:
+    """float64 log(p / (1 - p)) of accuracies `p` (any shape), clipped to [1e-4, 1 - 1e-4]
+    first so that 0 and 1 give finite values (see `saturated`)."""
     p = np.clip(np.asarray(p, np.float64), _EPS, 1 - _EPS)
     return np.log(p / (1 - p))
 
@@ -51,6 +53,8 @@ def predicted(line: tuple[float, float], in_dist: float | np.ndarray) -> np.ndar
 
 
 def effective_robustness(in_dist: float, shifted: float, line: tuple[float, float]) -> float:
+    """Shifted accuracy minus the baseline `line`'s prediction at `in_dist` accuracy (both in
+    0..1; Taori et al. 2020): above 0, more robust than the baseline models' trend."""
     return float(shifted - predicted(line, in_dist))
 
 

@@ -66,6 +66,7 @@ def _absolute(path: str) -> str:
 
 
 def checkpoint_dir(workdir: str) -> str:
+    """`workdir/checkpoints` as an absolute path: where orbax keeps one folder per step."""
     return os.path.join(_absolute(workdir), "checkpoints")
 
 
@@ -234,7 +235,9 @@ def _save_from_one_replica() -> None:
 
 
 class Checkpointer:
-    """Saves every `every_steps` steps (and when asked), keeps the newest `keep`."""
+    """Saves every `every_steps` steps (and when asked), keeps the newest `keep`; with
+    `asynchronous` (the default) a save copies the state off the devices and writes it in a
+    background thread while training goes on (False: `save` returns once it is written)."""
 
     def __init__(self, workdir: str, every_steps: int, keep: int, asynchronous: bool = True):
         _save_from_one_replica()
@@ -249,9 +252,11 @@ class Checkpointer:
             epath.Path(checkpoint_dir(workdir)), options=options, item_names=(STATE, META))
 
     def latest_step(self) -> int | None:
+        """The newest finished checkpoint's step (None for none)."""
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """The steps of the finished checkpoints kept, ascending."""
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = False) -> bool:
@@ -384,6 +389,8 @@ class Checkpointer:
         return os.fspath(target)
 
     def wait(self) -> None:
+        """Blocks until the asynchronous save in flight (if any) is written; CheckpointWriteError
+        when it failed."""
         try:
             self.manager.wait_until_finished()
         except Exception as error:  # noqa: BLE001 - see `save`
@@ -399,10 +406,13 @@ class Checkpointer:
             "the disk has room, then run the same command to resume.")
 
     def close(self) -> None:
+        """Waits for a save in flight and releases orbax's threads (call once, at the end)."""
         self.manager.close()
 
 
 def is_workdir(path: str) -> bool:
+    """Whether `path` is a training workdir (it has `checkpoints/`) or one step's checkpoint
+    folder (it has the run's metadata item)."""
     return epath.Path(checkpoint_dir(path)).is_dir() or (epath.Path(path) / META).is_dir()
 
 
