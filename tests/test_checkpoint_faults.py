@@ -9,6 +9,7 @@ import gc
 import glob
 import logging
 import os
+import re
 import shutil
 import sys
 
@@ -56,6 +57,20 @@ def _remove(path):
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
+def _every_file(damage):
+    """`damage` applied to every file under a step's folder (a copy that wrote garbage)."""
+    def apply(step_dir):
+        for path in glob.glob(os.path.join(step_dir, "**"), recursive=True):
+            if os.path.isfile(path):
+                damage(path)
+    return apply
+
+
+def _random_bytes(path):
+    with open(path, "wb") as f:
+        f.write(np.random.default_rng(0).bytes(500))
+
+
 def _replace(text):
     def write(path):
         with open(path, "w") as f:
@@ -81,6 +96,10 @@ CORRUPTIONS = {
     "meta without model": ("meta/metadata", _replace('{"step": 2}')),
     "missing state": ("state", _remove),
     "missing meta item": ("meta", _remove),
+    # trial BY: said twice, with two reasons (the second UnicodeDecodeError or orbax's
+    # KeyError), after four orbax log lines
+    "every file garbage": ("", _every_file(_random_bytes)),
+    "every file removed": ("", _every_file(_remove)),
 }
 
 
@@ -128,7 +147,7 @@ def _quiet(err):
 
 @pytest.mark.parametrize("devices", [1, 8])
 def test_training_resumes_from_the_newest_good_checkpoint(damaged, capfd, devices,
-                                                          monkeypatch):
+                                                          monkeypatch, caplog):
     """Either the newest checkpoint still restores exactly what was saved (a file it does not
     need was damaged), or it is skipped in one line, moved aside, and step 1 restores. Read
     onto 8 devices, a cut-off array file printed one traceback per array read (220 for a tiny
@@ -138,11 +157,16 @@ def test_training_resumes_from_the_newest_good_checkpoint(damaged, capfd, device
     device = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
                                                            sharding=device), previous)
+    # the run's config checks look first, without a word: the restore below says it once
+    assert checkpoints.saved_model(workdir).step in STEPS and capfd.readouterr().err == ""
     checkpointer = Checkpointer(workdir, 1, 3, asynchronous=False)
     lines, reported = [], []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what Python would print
     checkpoints._quiet_closed_event_loops()  # from the start: earlier tests' reads end late
-    step, state, meta = checkpointer.restore_newest(abstract, lines.append)
+    with caplog.at_level("WARNING", logger="absl"):
+        step, state, meta = checkpointer.restore_newest(abstract, lines.append)
+    assert not [r for r in caplog.records if r.getMessage().startswith("Failed to")], \
+        caplog.text  # orbax's echo of what the line says
     remaining = checkpointer.all_steps()
     checkpointer.close()
     gc.collect()
@@ -156,12 +180,23 @@ def test_training_resumes_from_the_newest_good_checkpoint(damaged, capfd, device
         _assert_equal(state, previous)
         assert len(lines) == 1 and f"step {STEPS[-1]}" in lines[0], lines
         assert "TensorStore" not in lines[0] and len(lines[0]) < 400, lines  # said, not dumped
+        assert re.search(r"cannot restore it: (CorruptCheckpointError: |an array's data)",
+                         lines[0]), lines
         assert os.path.isdir(os.path.join(workdir, checkpoints.CORRUPT_DIR, str(STEPS[-1])))
     _quiet(capfd.readouterr().err)
 
 
-@pytest.mark.parametrize("name", ["2.orbax-checkpoint-tmp", "2.orbax-checkpoint-tmp-1733450762"])
-def test_an_unfinished_save_is_removed_at_resume_and_said(saved, tmp_path, caplog, name):
+@pytest.mark.parametrize("names, said", [
+    (["2.orbax-checkpoint-tmp"], "checkpoint of step 2 (left by a run stopped while writing "
+                                 "it; no run resumes from one)."),
+    (["2.orbax-checkpoint-tmp-1733450762"], "checkpoint of step 2 (left"),
+    # trial BY: two were said as "the unfinished checkpoint of steps 29, 33 (... writing it"
+    (["2.orbax-checkpoint-tmp", "5.orbax-checkpoint-tmp-17"],
+     "checkpoints of steps 2, 5 (left by a run stopped while writing them; no run resumes from "
+     "those)."),
+])
+def test_an_unfinished_save_is_removed_at_resume_and_said(saved, tmp_path, caplog, names,
+                                                           said):
     """A run killed while its step-2 save was being written (orbax's temporary folder left):
     the resumed run said nothing of it, and orbax removed it only when step 2 was saved
     again, with an absl warning among the progress lines (a trial's kill -9 and resume)."""
@@ -169,7 +204,9 @@ def test_an_unfinished_save_is_removed_at_resume_and_said(saved, tmp_path, caplo
     workdir = tmp_path / "run"
     shutil.copytree(source, workdir)
     folder = workdir / "checkpoints"
-    os.rename(folder / "2", folder / name)
+    os.rename(folder / "2", folder / names[0])
+    for name in names[1:]:
+        shutil.copytree(folder / "1", folder / name)
     previous = _state(variables, 1)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
                             previous)
@@ -182,8 +219,7 @@ def test_an_unfinished_save_is_removed_at_resume_and_said(saved, tmp_path, caplo
         checkpointer.save(2, _state(variables, 2), {"step": 2, "data_position": 2,
                                                     "batch_size": 8, "model": {}}, force=True)
     checkpointer.close()
-    assert lines == ["Removed the unfinished checkpoint of step 2 (the run stopped while "
-                     "writing it; it cannot be resumed from)."]
+    assert len(lines) == 1 and lines[0].startswith(f"Removed the unfinished {said}"), lines
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert sorted(os.listdir(folder)) == ["1", "2"]
 

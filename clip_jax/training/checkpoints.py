@@ -330,8 +330,11 @@ class Checkpointer:
         """
         self.discard_unfinished(log)
         for step in reversed(self.all_steps()):
-            check_layout(epath.Path(checkpoint_dir(self.workdir)) / str(step), abstract_state)
+            step_dir = epath.Path(checkpoint_dir(self.workdir)) / str(step)
+            check_layout(step_dir, abstract_state)
             try:
+                _state_tree(step_dir)  # their reasons read better than orbax's own failure's
+                _read_meta_file(step_dir)
                 state, meta = self.restore(step, abstract_state)
             except Exception as error:  # noqa: BLE001 - any failure means: not restorable
                 moved = self.move_aside(step, CORRUPT_DIR)
@@ -364,8 +367,10 @@ class Checkpointer:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("clip_jax discarded unfinished checkpoints")
         shown = ", ".join(map(str, steps))
-        log(f"Removed the unfinished checkpoint of step{'s' * (len(steps) > 1)} {shown} (the "
-            "run stopped while writing it; it cannot be resumed from).")
+        many = len(steps) > 1
+        log(f"Removed the unfinished checkpoint{'s' * many} of step{'s' * many} {shown} (left "
+            f"by a run stopped while writing {'them' if many else 'it'}; no run resumes from "
+            f"{'those' if many else 'one'}).")
         return steps
 
     def move_aside(self, step: int, folder: str) -> str:
@@ -440,8 +445,9 @@ def _read_meta_file(step_dir: epath.Path) -> dict[str, Any]:
     return _check_meta(meta)
 
 
-def _first_readable(path: str, read: Callable[[epath.Path], Any]) -> Any:
-    """`read(step_dir)` of the newest checkpoint it succeeds on; one warning line per skip.
+def _first_readable(path: str, read: Callable[[epath.Path], Any], warn: bool = True) -> Any:
+    """`read(step_dir)` of the newest checkpoint it succeeds on; one warning line per skip
+    (unless not `warn`).
 
     A run may be saving into the workdir meanwhile: a step its `checkpoint.keep` removes while
     it is read is not corrupt, so it is passed over without a warning and the steps are
@@ -456,20 +462,22 @@ def _first_readable(path: str, read: Callable[[epath.Path], Any]) -> Any:
             if not step_dir.exists():
                 continue
             failures.append(step_dir.name)
-            print(f"warning: skipping checkpoint {step_dir} (cannot restore it: "
-                  f"{reason(error)})", file=sys.stderr)
+            if warn:
+                print(f"warning: skipping checkpoint {step_dir} (cannot restore it: "
+                      f"{reason(error)})", file=sys.stderr)
     raise CorruptCheckpointError(f"No checkpoint under {path!r} restores (tried steps "
                                  f"{', '.join(failures) or 'none left'}; reasons above).")
 
 
-def read_meta(path: str) -> dict[str, Any]:
+def read_meta(path: str, warn: bool = True) -> dict[str, Any]:
     """The meta (model, step, training config) of the newest checkpoint whose meta and state
-    metadata read (the arrays themselves are checked by `load_model`)."""
+    metadata read (the arrays themselves are checked by `load_model`); a line on stderr for
+    each newer one skipped, unless not `warn`."""
     def read(step_dir: epath.Path) -> dict[str, Any]:
         _state_tree(step_dir)
         return _read_meta_file(step_dir)
 
-    return _first_readable(path, read)
+    return _first_readable(path, read, warn)
 
 
 class SavedRun(NamedTuple):
@@ -482,28 +490,38 @@ class SavedRun(NamedTuple):
 
 def saved_model(workdir: str) -> SavedRun | None:
     """The newest checkpoint in `workdir` whose metadata reads; None when it has none (no
-    workdir, no save yet, or none readable: the run starts afresh)."""
+    workdir, no save yet, or none readable: the run starts afresh). Damaged ones are passed
+    over without a word: the run's restore (`Checkpointer.restore_newest`) reports each one
+    once, as it moves it aside."""
     if not saved_steps(workdir):
         return None
     try:
-        meta = read_meta(workdir)
+        meta = read_meta(workdir, warn=False)
     except (CorruptCheckpointError, MissingFileError):
         return None
     return SavedRun(meta["step"], CLIPConfig.from_dict(meta["model"]), meta.get("batch_size"))
 
 
 class _StepMetadataNotice(logging.Filter):
-    """Drops orbax's "Metadata file does not exist: <step>/state/_CHECKPOINT_METADATA".
+    """Drops orbax's "Metadata file does not exist: <step>/state/_CHECKPOINT_METADATA", and
+    its "Failed to get item metadata" / "Failed to read Metadata file" of a damaged step.
 
     The read helpers open a step's `state` item directly, and orbax keeps that file one level
-    up, per step: the warning fired for every healthy checkpoint a command loaded. Any other
-    missing-metadata report is passed on.
+    up, per step: the warning fired for every healthy checkpoint a command loaded. A damaged
+    step's failed reads are said in our one line per step (`reason`), which orbax's two
+    log lines came before, three or four times over (trial BY). Any other missing-metadata
+    report is passed on.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         return not (text.startswith("Metadata file does not exist")
-                    and text.endswith(f"/{STATE}/_CHECKPOINT_METADATA"))
+                    and text.endswith(f"/{STATE}/_CHECKPOINT_METADATA")
+                    or text.startswith(_DAMAGED_STEP_NOTICES))
+
+
+_DAMAGED_STEP_NOTICES = ("Failed to get item metadata from directory ",
+                         "Failed to read Metadata file: ")
 
 
 def _quiet_item_metadata_notice() -> None:
