@@ -107,6 +107,19 @@ def test_a_multi_slice_mesh_whose_cross_slice_axis_does_not_divide_is_one_line()
         tpu_topology.make_mesh(tpu_topology.parse("2xv5e-4"), (1, 1, 8), sharding.MESH_AXES)
 
 
+@pytest.mark.parametrize("mesh, said", [
+    ({"data": 16}, "needs 16 devices but 4 are available"),
+    ({"data": 3, "fsdp": -1}, "does not divide the 4 devices"),
+])
+def test_a_mesh_the_topology_cannot_hold_names_the_topology(mesh, said):
+    """`plan --topology v5e-4 --config.mesh.data=16` said "4 are available", the topology
+    that has them unnamed (trial BS); said before anything compiles."""
+    config = tiny.get_config()
+    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **mesh})
+    with pytest.raises(ConfigError, match=rf"^v5e-4 has 4 chips: config.mesh=.* {said}"):
+        plan_lib.plan(config, "v5e-4")
+
+
 def _v5e_2x2():
     return topologies.get_topology_desc(
         topology_name="v5e:2x2", platform="tpu", chip_config_name="default",

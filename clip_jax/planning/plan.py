@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
@@ -256,9 +257,12 @@ def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: boo
     (mesh, batch divisibility, loss, ...), before compiling.
     """
     topo = tpu_topology.parse(topology)
+    try:  # "4 are available" said without the topology that has them
+        shape = sharding.mesh_shape(config.mesh, topo.devices_total)
+    except ConfigError as error:
+        raise ConfigError(f"{topo.name} has {topo.devices_total} chips: {error}") from None
     train.validate_config(config, topo.devices_total, max(1, topo.devices_total // HOST_CHIPS),
                           "tpu")
-    shape = sharding.mesh_shape(config.mesh, topo.devices_total)
     mesh = tpu_topology.make_mesh(topo, shape, sharding.MESH_AXES)
     model = train_step.model_config(config, base)
     s = train_step.setup(config, model, mesh)
