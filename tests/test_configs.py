@@ -72,6 +72,8 @@ def test_a_model_switched_to_the_other_family_is_told_the_papers_adam_settings()
         return [w for w in config_checks.unusual(config, False, resnet) if "Adam" in w]
 
     for found in pkgutil.iter_modules(clip_jax.configs.__path__):
+        if found.name == "fields":  # which fields a config has, no config itself
+            continue
         config = importlib.import_module(f"clip_jax.configs.{found.name}").get_config()
         assert adam(config, get_preset(config.model.name).vision.is_resnet) == [], found.name
     config = tiny.get_config()
@@ -89,3 +91,47 @@ def test_a_model_switched_to_the_other_family_is_told_the_papers_adam_settings()
     config.model.name = "ViT-B/16"
     assert "is a ViT, but config.optimizer has the paper's ResNet Adam settings" in adam(
         config, False)[0]
+
+
+@pytest.mark.parametrize("path, value, said", [
+    ("optimizer.learning_rate", 1e-3, r"^config\.optimizer\.learning_rate \(did you mean "
+                                      r"optimizer\.lr\?\) is not a field of a training config"),
+    ("lock_images", True, r"^config\.lock_images \(did you mean lock_image\?\) is not"),
+    ("eval.zero_shot.mine.templats", "simple", r"^config\.eval\.zero_shot\.mine\.templats \(did "
+                                               r"you mean eval\.zero_shot\.mine\.templates\?\)"),
+    ("epochs", 3, r"^config\.epochs \(did you mean total_steps \(optimizer steps, not epochs"),
+    ("model.zzz", 1, r"^config\.model\.zzz is not a field"),
+])
+def test_a_field_set_from_python_that_the_base_config_lacks_is_refused(path, value, said,
+                                                                        tmp_path):
+    """`c.optimizer.learning_rate = 1e-3; train.train(c, workdir)` trained 4 steps at the
+    default lr and wrote the unread field into config.json (trial CA): only config files and
+    flags were checked. Refused before the workdir is made."""
+    import ml_collections
+
+    from clip_jax.configs import tiny
+    from clip_jax.errors import ConfigError
+    from clip_jax.training import train
+
+    config = tiny.get_config()
+    *parents, name = path.split(".")
+    section = config
+    for part in parents:
+        if part not in section:
+            section[part] = ml_collections.ConfigDict()
+        section = section[part]
+    section[name] = value
+    with pytest.raises(ConfigError, match=said):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_built_from_nothing_names_what_it_lacks(tmp_path):
+    import ml_collections
+
+    from clip_jax.errors import ConfigError
+    from clip_jax.training import train
+
+    with pytest.raises(ConfigError, match=r"^The config lacks config\.checkpoint, .* and \d+ "
+                                          r"more; start from a config that has every field"):
+        train.train(ml_collections.ConfigDict({"batch_size": 8}), str(tmp_path / "run"))

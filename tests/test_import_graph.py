@@ -23,10 +23,11 @@ units on one layer are independent of each other.
  6  pretrained                `clip_jax.load` of every source, released-weights registry,
                               the open_clip-style factory (create_model(pretrained=), save)
  7  evaluation                evaluators, embedding passes, metrics, reports
- 8  training                  losses, optimizer, step, config checks, the loop (it evaluates
+ 8  configs                   the base config (every field a run has) and the shipped
+                              experiment configs; what fields exist, for every config check
+ 9  training                  losses, optimizer, step, config checks, the loop (it evaluates
                               and initialises from pretrained weights)
- 9  planning                  deviceless compile plans of the training step
-10  configs                   the shipped experiment configs (read the registries below)
+10  planning                  deviceless compile plans of the training step
 11  clip_jax                  the public API (`clip_jax/__init__.py`)
 12  demo                      the demo (`python -m clip_jax.demo`)
 13  cli                       the `clip-jax` command (its `demo` subcommand runs the demo)
@@ -58,9 +59,9 @@ LAYERS = (
     ("clip_jax.training.checkpoints", "clip_jax.training.metric_writers"),
     ("clip_jax.pretrained",),
     ("clip_jax.evaluation",),
+    ("clip_jax.configs",),
     ("clip_jax.training",),
     ("clip_jax.planning",),
-    ("clip_jax.configs",),
     ("clip_jax",),
     ("clip_jax.demo",),
     ("clip_jax.cli",),

@@ -4,7 +4,8 @@ otherwise pass unnoticed or be blamed on the command line.
 A config file's `get_config()` returns an ml_collections ConfigDict that it may extend freely, so
 `c.optimizer.learning_rate = 1e-4` (the field is `lr`) or `c.lock_images = True` added a field
 nothing reads and the run trained with the defaults. Every field must be one of
-`clip_jax/configs/base.py`'s (`check_known_fields`); the evaluation tasks under
+`clip_jax/configs/base.py`'s (`check_known_fields`: `clip_jax.configs.fields`' check, each
+field said with the file's line that sets it); the evaluation tasks under
 `eval.<kind>.<task>` are named by the user, and their fields are those of the kind's default
 task (`templats` for `templates` is refused there too). A file
 that fails to load at all is named with its own error (`load_checked`), not the `--config.X=Y`
@@ -23,77 +24,9 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax.configs.fields import (SYNONYMS, missing_fields, normal_name, suggestion,
+                                     unknown_fields)
 from clip_jax.errors import ConfigError
-
-# Sections whose keys are names the user chooses (evaluation tasks), not fields.
-OPEN_SECTIONS = ("eval.zero_shot", "eval.retrieval", "eval.linear_probe", "eval.few_shot",
-                 "eval.robustness")
-
-
-# Other codebases' names (open_clip's and transformers' training flags, big_vision's and optax's
-# fields) for what does their job here: too far from ours in spelling for a did-you-mean, so
-# said by name. Keys are read with '-' as '_' (`--batch-size`); a value is a dotted field of
-# ours, alternatives joined by " or ", each with an optional " (note)"; or a flag ("--workdir").
-# One table for a config file's field, a `--config.FIELD` override and a `clip-jax train --FLAG`.
-SYNONYMS = {
-    "learning_rate": "optimizer.lr", "wd": "optimizer.weight_decay",
-    "beta1": "optimizer.b1", "beta2": "optimizer.b2", "epsilon": "optimizer.eps",
-    "clip_grad_norm": "optimizer.grad_clip_norm", "max_grad_norm": "optimizer.grad_clip_norm",
-    "grad_clip": "optimizer.grad_clip_norm", "warmup": "warmup_steps",
-    "steps": "total_steps", "num_steps": "total_steps", "max_steps": "total_steps",
-    "train_steps": "total_steps", "num_train_steps": "total_steps",
-    "accum_freq": "microbatches", "grad_accum_steps": "microbatches",
-    "gradient_accumulation_steps": "microbatches", "pretrained": "init_from",
-    "grad_checkpointing": "model.remat_policy (full, dots or dots_no_batch)",
-    "gradient_checkpointing": "model.remat_policy (full, dots or dots_no_batch)",
-    "remat": "model.remat_policy (full, dots or dots_no_batch)",
-    "bf16": "model.dtype (bfloat16)", "fp16": "model.dtype (float16)",
-    "precision": "model.dtype (float32, bfloat16 or float16)",
-    "scan": "model.scan_layers",
-    "lock_image_tower": "lock_image", "lock_text_tower": "lock_text",
-    "siglip": "loss (sigmoid or chunked_sigmoid)",
-    # Our own optimizer fields, given outside their section.
-    "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "b1": "optimizer.b1",
-    "b2": "optimizer.b2", "eps": "optimizer.eps", "grad_clip_norm": "optimizer.grad_clip_norm",
-    # open_clip's and transformers' flags whose job a field (or --workdir) does.
-    "epochs": "total_steps (optimizer steps, not epochs: epochs x examples / batch_size)",
-    "num_train_epochs": "total_steps (optimizer steps, not epochs: epochs x examples / "
-                        "batch_size)",
-    "per_device_train_batch_size": "batch_size (global: over all devices and hosts)",
-    "train_batch_size": "batch_size",
-    "model": "model.name", "model_name_or_path": "init_from",
-    "train_data": "data.table.train_path (a CSV/TSV table) or data.webdataset.train_shards "
-                  "(img2dataset tar shards)",
-    "val_data": "data.table.validation_path (a CSV/TSV table) or "
-                "data.webdataset.validation_shards (img2dataset tar shards)",
-    "dataset_type": "data.dataset", "csv_img_key": "data.table.image_column",
-    "csv_caption_key": "data.table.caption_column", "csv_separator": "data.table.delimiter",
-    "workers": "data.table.num_threads or data.webdataset.num_threads (threads building the "
-               "dataset; the input pipeline tunes its own)",
-    "save_frequency": "checkpoint.every_steps (steps, not epochs)",
-    "output_dir": "--workdir", "logs": "--workdir",
-    "resume": "--workdir (a workdir with checkpoints resumes from the newest)",
-}
-
-
-def _normal(name: str) -> str:
-    """A name as SYNONYMS and the config spell it: `--batch-size`, `Batch_Size` -> batch_size."""
-    return name.replace("-", "_").lower()
-
-
-def suggestion(field: str, siblings: list[str]) -> str | None:
-    """The field a mistyped dotted `field` probably means: its siblings' spelling of it with
-    '-' read as '_' (`batch-size`) or another case, a `SYNONYMS` entry for its last name
-    (another codebase's spelling), else the closest of `siblings` (its section's fields) by
-    spelling; None when none. A SYNONYMS value may hold alternatives and notes (`as_flags`)."""
-    *parents, name = field.split(".")
-    same = [s for s in siblings if _normal(s) == _normal(name)]
-    if same:
-        return ".".join([*parents, same[0]])
-    if _normal(name) in SYNONYMS:
-        return SYNONYMS[_normal(name)]
-    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
-    return ".".join([*parents, close[0]]) if close else None
 
 
 def as_flags(target: str, value: str | None = None) -> str:
@@ -121,7 +54,7 @@ def flag_suggestion(flag: str) -> str | None:
     that name (top level, or the one leaf so named); None when neither."""
     from clip_jax.configs import base
 
-    name = _normal(flag.lstrip("-"))
+    name = normal_name(flag.lstrip("-"))
     if name in SYNONYMS:
         return SYNONYMS[name]
     config = base.get_config()
@@ -162,10 +95,10 @@ def _given_value(flag: str, argv: list[str]) -> str:
 
 
 def _leaves_named(config: ml_collections.ConfigDict, name: str) -> list[str]:
-    """Dotted paths of the values of `config` whose own name is `name` (as `_normal` spells
+    """Dotted paths of the values of `config` whose own name is `name` (as `normal_name` spells
     it), in any section."""
     return [path for path in _leaves(config)
-            if _normal(path.rpartition(".")[2]) == _normal(name)]
+            if normal_name(path.rpartition(".")[2]) == normal_name(name)]
 
 
 def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -340,46 +273,6 @@ def _said(error: Exception) -> str:
         return (f"{key.group(1)!r} is not a field of that section"
                 + (f"; did you mean {close.group(1)!r}?" if close else "."))
     return f"{type(error).__name__}: {message}"
-
-
-def unknown_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-                   prefix: str = "") -> list[tuple[str, str]]:
-    """The dotted paths of `config` that `reference` lacks, each with a did-you-mean among
-    its siblings where one is close (else ""); under `OPEN_SECTIONS` the task names are free
-    and each task's fields are checked against the kind's default task."""
-    found = []
-    for key in config.keys():
-        path = f"{prefix}{key}"
-        if key not in reference.keys():
-            close = suggestion(path, list(reference.keys()))
-            found.append((f"config.{path}", f"did you mean {close}?" if close else ""))
-        elif (isinstance(config[key], ml_collections.ConfigDict)
-              and isinstance(reference[key], ml_collections.ConfigDict)):
-            if path not in OPEN_SECTIONS:
-                found += unknown_fields(config[key], reference[key], f"{path}.")
-                continue
-            # Task names are free; a task's fields are those of the kind's default task.
-            template = reference[key][next(iter(reference[key].keys()))]
-            for task in config[key].keys():
-                if isinstance(config[key][task], ml_collections.ConfigDict):
-                    found += unknown_fields(config[key][task], template, f"{path}.{task}.")
-    return found
-
-
-def missing_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-                   prefix: str = "") -> list[str]:
-    """The dotted paths of `reference` (sections whole, not their fields) that `config` lacks;
-    the tasks under `OPEN_SECTIONS` are the user's to name, so none is missing."""
-    found = []
-    for key in reference.keys():
-        path = f"{prefix}{key}"
-        if key not in config.keys():
-            found.append(f"config.{path}")
-        elif (isinstance(reference[key], ml_collections.ConfigDict)
-              and isinstance(config[key], ml_collections.ConfigDict)
-              and path not in OPEN_SECTIONS):
-            found += missing_fields(config[key], reference[key], f"{path}.")
-    return found
 
 
 def _source_lines(path: str) -> list[str]:

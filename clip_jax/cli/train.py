@@ -95,9 +95,12 @@ _STARTED: list[str] = []
 
 
 def config_names() -> list[str]:
-    """The configs `--config NAME` accepts: clip_jax/configs/NAME.py."""
+    """The configs `--config NAME` accepts: clip_jax/configs/NAME.py, but for the package's
+    shared modules (`clip_jax.configs.SHARED`)."""
+    from clip_jax import configs
+
     return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR)
-                  if name.endswith(".py") and name not in ("__init__.py", "base.py"))
+                  if name.endswith(".py") and name[:-3] not in ("__init__", *configs.SHARED))
 
 
 def resolve_config_path(value: str) -> str:
@@ -183,6 +186,7 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
     from ml_collections import ConfigDict
 
     from clip_jax.cli import config_file
+    from clip_jax.configs.fields import SYNONYMS
 
     sources = _config_values(argv)
     if len(sources) > 1:  # absl said "The flag 'config.FIELD' is defined twice"
@@ -230,7 +234,7 @@ def parse_flags(argv: Sequence[str], values: Any) -> list[str]:
             text = text[1:-1].encode().decode("unicode_escape")
         text = " ".join(text.replace("'", "").split())
         culprit = _culprit(argv, text)
-        synonym = config_file.SYNONYMS.get(
+        synonym = SYNONYMS.get(
             culprit.removeprefix("--config.").partition("=")[0].rsplit(".", 1)[-1])
         hint = (f"did you mean {config_file.as_flags(synonym)}?"
                 if synonym and "Did you mean" not in text
@@ -298,6 +302,7 @@ def _set_none(config: Any, field: str) -> None:
     from ml_collections import ConfigDict
 
     from clip_jax.cli import config_file
+    from clip_jax.configs.fields import suggestion
 
     *parents, name = field.split(".")
     section = config
@@ -305,7 +310,7 @@ def _set_none(config: Any, field: str) -> None:
         section = section.get(part) if hasattr(section, "get") else None
     fields = getattr(section, "_fields", {})
     if name not in fields:
-        close = config_file.suggestion(field, list(fields))
+        close = suggestion(field, list(fields))
         hint = f"did you mean {close}?" if close else (
             "the fields are those of the config file (clip_jax/configs/base.py for the shared "
             "ones).")

@@ -13,7 +13,11 @@ import ml_collections
 from clip_jax.data import options as data_options
 from clip_jax.evaluation import options as eval_options
 from clip_jax.runtime import sharding
-from clip_jax.training.config_checks import ADAM_RECIPES
+
+# Adam's (b2, eps) in the paper's recipe (Radford et al. 2021, appendix F), by whether the
+# image tower is a ResNet: `get_config` sets them, `training.config_checks.unusual` checks a
+# config against them.
+ADAM_RECIPES = {False: (0.98, 1e-6), True: (0.999, 1e-8)}
 
 PAPER_EPOCHS, PAPER_PAIRS, PAPER_BATCH = 32, 400_000_000, 32768
 

@@ -20,6 +20,8 @@ import ml_collections
 from clip_jax_data import tables
 from clip_jax_data.options import TableOptions
 
+from clip_jax.configs import fields
+from clip_jax.configs.base import ADAM_RECIPES
 from clip_jax.data.options import resolve_config
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import (ACTIVATIONS, ATTENTION, DTYPES, LOGIT_SCALE_RANGE,
@@ -123,7 +125,10 @@ def lookup(config: ml_collections.ConfigDict, field: str) -> tuple[bool, Any]:
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
-    """Every field of `FIELDS` the config has must lie in its domain (lr=-1, inf, nan: no)."""
+    """Every field of the config must be the base config's (`fields.check_known`: a typo'd
+    one, set from Python, was never read), and every field of `FIELDS` it has must lie in its
+    domain (lr=-1, inf, nan: no)."""
+    fields.check_known(config)
     for field, (ok, domain) in FIELDS.items():
         present, value = lookup(config, field)
         if present and not ok(value):
@@ -234,11 +239,6 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         check_training_workdir(workdir)
     if lookup(config, "data.dataset")[0]:
         check_dataset(resolve_config(config.data))
-
-
-# Adam's (b2, eps) in the paper's recipe (Radford et al. 2021, appendix F), by whether the
-# image tower is a ResNet: `configs/base.py` sets them from here, `unusual` checks them.
-ADAM_RECIPES = {False: (0.98, 1e-6), True: (0.999, 1e-8)}
 
 
 def unusual(config: ml_collections.ConfigDict, loss_uses_bias: bool,
