@@ -166,9 +166,14 @@ def reason(error: BaseException) -> str:
 
 def _is_orbax_echo(error: BaseException | None) -> bool:
     """An error that only echoes a failed read or write of one array (see
-    `_quiet_closed_event_loops`)."""
+    `_quiet_closed_event_loops`): TensorStore's own, naming the checkpoint's OCDBT database,
+    too."""
     return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-            or str(error).startswith(_ARRAY_READ_ERROR))
+            or str(error).startswith(_ARRAY_READ_ERROR)
+            or isinstance(error, ValueError) and _TENSORSTORE_READ in str(error))
+
+
+_TENSORSTORE_READ = " in OCDBT database at "
 
 
 def _quiet_closed_event_loops() -> None:
@@ -197,6 +202,18 @@ def _quiet_closed_event_loops() -> None:
 
     quiet_unraisable.clip_jax_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+    logging.getLogger("asyncio").addFilter(_UnretrievedEcho())
+
+
+class _UnretrievedEcho(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a task whose exception is an
+    orbax echo (a read of a damaged checkpoint's array, logged with TensorStore's spec when the
+    task is collected)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith("Task exception was never retrieved")
+                    and _is_orbax_echo(error))
 
 
 def _check_meta(meta: Any, keys: tuple[str, ...] = META_KEYS) -> dict[str, Any]:
@@ -521,7 +538,7 @@ class _StepMetadataNotice(logging.Filter):
 
 
 _DAMAGED_STEP_NOTICES = ("Failed to get item metadata from directory ",
-                         "Failed to read Metadata file: ")
+                         "Failed to read Metadata file: ", "Failed to json parse Metadata file")
 
 
 def _quiet_item_metadata_notice() -> None:
@@ -643,6 +660,7 @@ def check_resumable(workdir: str, abstract_state: Any, settings: dict[str, Any])
 
 def _state_tree(step_dir: epath.Path) -> dict[str, Any]:
     _quiet_item_metadata_notice()
+    _quiet_closed_event_loops()  # a damaged step's metadata read echoes too (trial BZ)
     metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE)
     tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
     if not tree or "params" not in tree:
