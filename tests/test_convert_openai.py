@@ -150,18 +150,50 @@ def test_mismatched_preset_names_first_tensor():
     ("transformer.resblocks.1.attn.in_proj_weight", np.s_[:, :-1]),
     ("visual.transformer.resblocks.0.attn.in_proj_bias", np.s_[:-2]),
     ("visual.transformer.resblocks.1.attn.in_proj_bias", np.s_[:-3]),
+    ("transformer.resblocks.1.attn.in_proj_weight", np.s_[0, 0]),
 ])
-@pytest.mark.parametrize("config", [None, get_preset("test-vit")])
-def test_a_cut_fused_qkv_tensor_is_named_as_the_file_names_it(key, cut, config):
+@pytest.mark.parametrize("config, in_order", [(None, False), (get_preset("test-vit"), True)])
+def test_a_cut_fused_qkv_tensor_is_named_as_the_file_names_it(key, cut, config, in_order):
     """A fused q/k/v tensor cut by one row gave numpy's "array split does not result in an
     equal division"; cut by a column, an error named `q_proj`, a key the file lacks (trial
-    BX). The four cuts of the open_clip model's tensors, inferred or with a config."""
+    BX). The cuts of the open_clip model's tensors, inferred or with a config, in the model's
+    order and in a safetensors file's (sorted: each bias before its weight, which blamed the
+    whole bias for its weight's damage and failed on a 0-d weight, trial BZ)."""
     sd = {k: v.numpy() for k, v in open_clip_model(get_preset("test-vit")).state_dict().items()}
     shape = sd[key][cut].shape
     sd[key] = sd[key][cut]
+    sd = sd if in_order else dict(sorted(sd.items()))
     with pytest.raises(ConfigError, match=rf"^the state dict: {re.escape(repr(key))} has shape "
-                                          rf"{re.escape(str(shape))}, not a fused q/k/v "):
+                                          rf"{re.escape(str(shape))}(, not a fused q/k/v | and "
+                                          r"its weight .* \(192, 64\))"):
         convert.from_state_dict(sd, config)
+
+
+@pytest.mark.parametrize("key", ["transformer.resblocks.0.attn.in_proj_weight", "visual.conv1.weight",
+                                 "ln_final.bias"])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, bool, np.complex64])
+def test_weights_that_are_not_floating_point_are_refused(key, dtype):
+    """bool, int and complex weights loaded silently, cast (a complex one with only numpy's
+    ComplexWarning; trial BZ); float16 and float64 are cast as before."""
+    sd = {k: v.numpy() for k, v in open_clip_model(get_preset("test-vit")).state_dict().items()}
+    for ok in (np.float16, np.float64):
+        convert.from_state_dict({**sd, key: sd[key].astype(ok)})
+    with pytest.raises(ConfigError, match=rf"^'{re.escape(key)}' holds {np.dtype(dtype)} "
+                                          "values, not floating-point weights"):
+        convert.from_state_dict({**sd, key: sd[key].astype(dtype)})
+
+
+@pytest.mark.parametrize("in_order", [False, True])
+def test_a_fused_weight_and_bias_of_two_widths_are_named_together(in_order):
+    """A weight cut to [189, 63], itself well formed, beside its [192] bias: which one is
+    damaged cannot be told, so both are named, in either order (trial BZ)."""
+    sd = {k: v.numpy() for k, v in open_clip_model(get_preset("test-vit")).state_dict().items()}
+    key = "transformer.resblocks.0.attn.in_proj_"
+    sd[key + "weight"] = sd[key + "weight"][:-3, :-1]
+    sd = sd if in_order else dict(sorted(sd.items()))
+    with pytest.raises(ConfigError, match=rf"^the state dict: '{key}bias' has shape \(192,\) "
+                                          rf"and its weight '{key}weight' \(189, 63\): a fused "):
+        convert.from_state_dict(sd)
 
 
 @pytest.mark.parametrize("name", ["test-vit", "test-resnet"])

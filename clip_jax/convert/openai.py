@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from clip_jax.convert.hf_keys import is_hf_state_dict
-from clip_jax.convert.host import read_tensors, to_numpy
+from clip_jax.convert.host import is_float, read_tensors, to_numpy
 from clip_jax.convert.unwrap import unwrap
 from clip_jax.errors import ConfigError
 from clip_jax.models.clip import abstract_variables
@@ -187,19 +187,37 @@ def canonicalize(state_dict: Mapping[str, Any], *, ema: bool = False,
 
 def _check_fused(key: str, array: np.ndarray, weight: np.ndarray | None, source: str) -> None:
     """ConfigError naming `key` unless it is a fused q/k/v projection as PyTorch's
-    MultiheadAttention stores it: weight [3 x width, width], bias [3 x width] (the width of
-    its module's `weight`, when the file has it). A cut one split into unequal parts (numpy's
-    error) or was named by its derived `q_proj` key."""
+    MultiheadAttention stores it: weight [3 x width, width], bias [3 x width]; a bias and its
+    module's `weight` that are each well formed but of two widths are named together (either
+    may be the damaged one; a damaged weight alone is named as itself, read before or after
+    its bias). A cut one split into unequal parts (numpy's error) or was named by its derived
+    `q_proj` key."""
+    if not is_float(array):
+        raise ConfigError(not_float(key, array))
     bias = key.endswith("bias")
-    if bias:
-        want = array.ndim == 1 and (weight is None or array.shape[0] == weight.shape[0])
-    else:
-        want = array.ndim == 2 and array.shape[0] == 3 * array.shape[1]
-    if not want or array.shape[0] % 3:
+    want = (array.ndim == 1 and array.shape[0] % 3 == 0) if bias else _is_fused_weight(array)
+    if not want:
         layout = "[3 x width]" if bias else "[3 x width, width]"
         raise ConfigError(f"{source}: {key!r} has shape {tuple(array.shape)}, not a fused q/k/v "
                           f"projection's {layout}: a damaged checkpoint, or a variant clip_jax "
                           "does not implement.")
+    if bias and weight is not None and _is_fused_weight(weight) and \
+            weight.shape[0] != array.shape[0]:
+        raise ConfigError(f"{source}: {key!r} has shape {tuple(array.shape)} and its weight "
+                          f"{key[:-4] + 'weight'!r} {tuple(weight.shape)}: a fused q/k/v "
+                          "projection's are [3 x width] and [3 x width, width] of one width; a "
+                          "damaged checkpoint, or a variant clip_jax does not implement.")
+
+
+def not_float(key: str, array: np.ndarray) -> str:
+    """Why tensor `key` is refused as weights: its dtype is not floating point (bool, int or
+    complex weights were cast and loaded without a word)."""
+    return (f"{key!r} holds {array.dtype} values, not floating-point weights: a damaged or "
+            "mislabelled file, or not a model's weights.")
+
+
+def _is_fused_weight(array: np.ndarray) -> bool:
+    return array.ndim == 2 and array.shape[0] == 3 * array.shape[1] > 0
 
 
 def check_finite(tensors: Mapping[str, np.ndarray], source: str) -> None:
@@ -213,7 +231,8 @@ def check_finite(tensors: Mapping[str, np.ndarray], source: str) -> None:
     numbers on the CI machine, against ~1.8 s for `np.isfinite` over each); only a tensor
     whose sum is not finite is counted."""
     bad = [(key, count, array.size) for key, array in tensors.items()
-           if jax.numpy.issubdtype(array.dtype, jax.numpy.inexact)  # bfloat16 too
+           if jax.numpy.issubdtype(array.dtype, jax.numpy.floating)  # bfloat16 too (complex:
+           # not weights, `not_float`)
            and not np.isfinite(np.sum(array, dtype=np.float32))
            and (count := int(array.size - np.isfinite(array).sum()))]
     if bad:
@@ -413,7 +432,8 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     OpenAI/open_clip state dict.
 
     Without `config` the architecture is inferred from the shapes. Every tensor is checked:
-    the first missing, unexpected or mis-shaped one raises a ConfigError naming it.
+    the first missing, unexpected, mis-shaped or not floating-point one raises a ConfigError
+    naming it (float16, bfloat16 and float64 are cast to the model's dtypes).
     """
     sd = canonicalize(state_dict)
     sd = {k: v for k, v in sd.items()
@@ -453,6 +473,8 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
                 f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
                 f"{_torch_shape(want, entry)} for a {_describe(config)}; {fix}", entry.key,
                 tuple(array.shape), tuple(_torch_shape(want, entry)))
+        if not is_float(array):  # cast, a bool or int tensor loaded as 0/1s, a complex one cut
+            raise ConfigError(not_float(entry.key, array))
         dtype = np.dtype(abstract[entry.path].dtype)  # the model's: param_dtype casts
         _assign(variables, entry.path, to_ours(array.astype(dtype), entry, want))
     if config.scan_layers:
