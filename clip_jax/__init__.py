@@ -14,9 +14,15 @@ JAX: the entry points take SIGTERM and re-exec the process (`runtime.host_tuning
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import Any
 
 from clip_jax import lazy
+
+try:
+    __version__ = metadata.version("clip_jax")  # setup.cfg's, as pip installed it
+except metadata.PackageNotFoundError:  # a source tree put on the path without installing it
+    __version__ = "unknown"
 
 # Public name -> the module that defines it.
 _EXPORTS = {

@@ -38,7 +38,9 @@ class UnreadableImageError(ConfigError, OSError):
 
 
 def did_you_mean(name: object, known: Iterable[str]) -> str:
-    """" (did you mean 'x'?)" for the entry of `known` closest to a mistyped `name`
-    (difflib's ratio >= 0.6), else "": the hint after the unknown name in a ConfigError."""
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """" (did you mean 'x'?)" for the entry of `known` closest to a mistyped `name`, case
+    aside (difflib's ratio >= 0.6: `SigLIP` finds 'sigmoid'), else "": the hint after the
+    unknown name in a ConfigError."""
+    lowered = {entry.lower(): entry for entry in known}
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""

@@ -215,12 +215,12 @@ def test_the_first_read_of_a_damaged_checkpoint_quiets_orbaxs_echoes(saved, tmp_
 
 @pytest.mark.parametrize("names, said", [
     (["2.orbax-checkpoint-tmp"], "checkpoint of step 2 (left by a run stopped while writing "
-                                 "it; no run resumes from one)."),
+                                 "it; a run cannot resume from it)."),
     (["2.orbax-checkpoint-tmp-1733450762"], "checkpoint of step 2 (left"),
     # trial BY: two were said as "the unfinished checkpoint of steps 29, 33 (... writing it"
     (["2.orbax-checkpoint-tmp", "5.orbax-checkpoint-tmp-17"],
-     "checkpoints of steps 2, 5 (left by a run stopped while writing them; no run resumes from "
-     "those)."),
+     "checkpoints of steps 2, 5 (left by a run stopped while writing them; a run cannot resume "
+     "from them)."),
 ])
 def test_an_unfinished_save_is_removed_at_resume_and_said(saved, tmp_path, caplog, names,
                                                            said):

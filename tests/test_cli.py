@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import clip_jax  # noqa: E402
 from clip_jax import cli  # noqa: E402
 from clip_jax.errors import ConfigError  # noqa: E402
 from clip_jax.training.checkpoints import Checkpointer  # noqa: E402
@@ -1470,6 +1471,7 @@ def test_version_is_the_installed_distributions(capsys):
         cli.main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"clip-jax {importlib.metadata.version('clip_jax')}\n"
+    assert clip_jax.__version__ == importlib.metadata.version("clip_jax")
 
 
 def test_the_c_locale_writes_labels_and_names_as_a_utf8_locale_does(tmp_path):

@@ -351,3 +351,6 @@ def test_an_eval_batch_size_that_is_not_a_whole_number_is_refused(batch_size):
     with pytest.raises(ValueError, match=r"must be a whole number of at least 1 \(examples "):
         eval_pipeline.ProcessSlice.of(10, batch_size, 0, 1)
     assert eval_pipeline.ProcessSlice.of(10, np.int64(4), 1, 2).num_batches == 2
+    # stored as a Python int: np.uint8(200) overflowed, np.int16(300) wrapped (trial BZ)
+    assert eval_pipeline.ProcessSlice.of(100_000, np.uint8(200), 0, 1).slots == 100_000
+    assert eval_pipeline.ProcessSlice.of(100_000, np.int16(300), 0, 1).slots == 100_200

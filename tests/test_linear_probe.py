@@ -129,7 +129,7 @@ def test_features_with_nan_or_a_negative_l2_are_refused_before_any_fit(monkeypat
         probe.accuracy(test_x[:, :15], test_y)
 
 
-@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.0, 1.5, float("nan")])
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.0, 1.5, float("nan"), None])
 def test_a_validation_fraction_outside_0_1_is_refused(fraction):
     """0 and -0.5 held out one example silently; 1.5 was blamed on the data's size (trial
     BX). With one l2 no split is held out, so any fraction is unused and fine."""
@@ -139,6 +139,11 @@ def test_a_validation_fraction_outside_0_1_is_refused(fraction):
                                       validation_fraction=fraction)
     linear_probe.fit_linear_probe(train_x[:20], train_y[:20], 10, l2_grid=[1e-1],
                                   validation_fraction=fraction)
+    # 0.999 of 60 rounds to all of them: said as given, not "100%" (trial BZ)
+    with pytest.raises(ValueError, match=r"^60 training examples are too few to hold out "
+                                         r"validation_fraction=0\.999 of them"):
+        linear_probe.fit_linear_probe(train_x[:60], train_y[:60], 10, l2_grid=[1e-3, 1e-1],
+                                      validation_fraction=0.999)
 
 
 def test_integral_float_labels_give_the_integer_labels_probe():

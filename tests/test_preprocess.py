@@ -111,6 +111,8 @@ def test_a_resize_below_the_crop_is_refused_not_cut_short(images, resize):
     with pytest.raises(ValueError, match=message):
         tp.resize_and_center_crop(tf.constant(images[0]), 224, resize)
     assert resize_and_center_crop(images[0], 224, 224).shape == (224, 224, 3)
+    with pytest.raises(ValueError, match=r"^resize=230\.5 is not a whole number of pixels"):
+        resize_and_center_crop(images[0], 224, 230.5)  # a bare TypeError (trial BZ)
 
 
 def test_pil_modes_and_paths(vit_b16, tmp_path):

@@ -795,6 +795,7 @@ MISCONFIGURATIONS = [
     (["--config.loss=l2"], "config.loss: unknown loss 'l2'", None),
     (["--config.loss=softmaxx"], "unknown loss 'softmaxx' (did you mean 'softmax'?); use one of",
      None),
+    (["--config.loss=SigLIP"], "unknown loss 'SigLIP' (did you mean 'sigmoid'?)", None),
     # absl reads a tuple field's one value as a 1-tuple: said as typed (trial F).
     (["--config.data.augment.scale=0.5"],
      "config.data.augment.scale=0.5 is invalid; use (min, max)", None),

@@ -35,6 +35,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import clip_jax
 from clip_jax import lazy
 from clip_jax.cli.arg_types import (StoreOnce, alpha_mode, check_list_file, local_path,
                                    positive_int, read_labels, read_text_flags, seconds)
@@ -617,7 +618,7 @@ COMMANDS: dict[str, Command] = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clip-jax", description="CLIP in JAX: training, "
                                 "inference, evaluation, export.")
-    p.add_argument("--version", action="version", version=f"clip-jax {_version()}")
+    p.add_argument("--version", action="version", version=f"clip-jax {clip_jax.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     p.commands = {}  # name -> its parser: a command's mistakes are said with its own usage
     sub.add_parser("train", add_help=False, help="train or evaluate from a config: --config "
@@ -630,17 +631,6 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         p.commands[name] = command
     return p
-
-
-def _version() -> str:
-    """The installed distribution's version (setup.cfg), or 'unknown' for a source tree that
-    was put on the path without being installed."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("clip_jax")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def json_line(record: dict) -> str:

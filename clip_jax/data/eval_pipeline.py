@@ -84,7 +84,7 @@ class ProcessSlice:
         index, count = resolve_processes(process_index, process_count)
         return cls(first=index * num_examples // count, last=(index + 1) * num_examples // count,
                    num_batches=math.ceil(math.ceil(num_examples / count) / batch_size),
-                   batch_size=batch_size)
+                   batch_size=int(batch_size))  # a numpy uint8 200 overflowed in `slots`
 
     @property
     def slots(self) -> int:

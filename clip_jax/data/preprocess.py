@@ -36,6 +36,7 @@ their alpha (measured: up to 4 levels at alpha 128, 44 at alpha 8); P (palette) 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -219,6 +220,9 @@ def shortest_side(size: int, resize: int | None) -> int:
     `size` when it is None. ValueError when it is below `size` (the crop would be cut short:
     a 7 x 7 image asked for 24 x 24)."""
     side = size if resize is None else resize
+    if isinstance(side, bool) or not isinstance(side, numbers.Integral):
+        raise ValueError(f"resize={resize!r} is not a whole number of pixels; give an int >= "
+                         f"{size} (or None for the crop size).")
     if side < size:
         raise ValueError(f"resize={resize} is below the crop size {size}: the shortest side is "
                          f"resized first and must hold the crop; give resize >= {size} (or "

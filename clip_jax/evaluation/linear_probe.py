@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import logging
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -274,7 +275,7 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     train_x, train_y = (train_x - mean) / std, class_indices(train_y, num_classes, "train_y")
     best, unconverged = grid[0], []
     if len(grid) > 1:
-        if not 0 < validation_fraction < 1:
+        if not isinstance(validation_fraction, numbers.Real) or not 0 < validation_fraction < 1:
             raise ValueError(f"validation_fraction={validation_fraction} is the share of the "
                              "training examples held out to choose l2: give one between 0 and "
                              "1 (exclusive), or one l2.")
@@ -282,7 +283,8 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
         n_val = max(1, int(round(validation_fraction * len(train_x))))
         if n_val >= len(train_x):
             raise ValueError(f"{len(train_x)} training examples are too few to hold out "
-                             f"{validation_fraction:.0%} for choosing l2; give more or one l2.")
+                             f"validation_fraction={validation_fraction:g} of them and fit on "
+                             "the rest for choosing l2; give more or one l2.")
         val, fit = order[:n_val], order[n_val:]
         scores = []
         for l2 in grid:

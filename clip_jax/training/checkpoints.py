@@ -269,11 +269,13 @@ class Checkpointer:
             epath.Path(checkpoint_dir(workdir)), options=options, item_names=(STATE, META))
 
     def latest_step(self) -> int | None:
-        """The newest finished checkpoint's step (None for none)."""
+        """The newest checkpoint's step (None for none), an asynchronous save counted from when
+        it starts (`wait` for it to be written)."""
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        """The steps of the finished checkpoints kept, ascending."""
+        """The steps of the checkpoints kept, ascending, an asynchronous save counted from when
+        it starts (`wait` for it to be written)."""
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = False) -> bool:
@@ -385,9 +387,9 @@ class Checkpointer:
             multihost_utils.sync_global_devices("clip_jax discarded unfinished checkpoints")
         shown = ", ".join(map(str, steps))
         many = len(steps) > 1
+        them = "them" if many else "it"
         log(f"Removed the unfinished checkpoint{'s' * many} of step{'s' * many} {shown} (left "
-            f"by a run stopped while writing {'them' if many else 'it'}; no run resumes from "
-            f"{'those' if many else 'one'}).")
+            f"by a run stopped while writing {them}; a run cannot resume from {them}).")
         return steps
 
     def move_aside(self, step: int, folder: str) -> str:
