@@ -2,6 +2,7 @@
 config errors, and two processes sharing one job (NaN handling and restoring onto another
 mesh: test_training_recovery.py)."""
 
+import collections
 import contextlib
 import json
 import math
@@ -573,7 +574,16 @@ def test_profile_trace_and_phase_seconds_in_process(tfds_dir, tmp_path, monkeypa
     config.total_steps, config.log_every_steps, config.checkpoint.every_steps = 2, 1, 0
     config.eval.update(every_steps=2, evaluators="retrieval", batch_size=8)
     config.profile_steps = "2,2"
+
+    def open_records():
+        files = (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+        return collections.Counter(f for f in files if "array_record" in f)
+
+    before = open_records()  # other tests' in this process are not this run's
     train.train(config, str(tmp_path))
+    # the run's split files are closed when it returns: each run in a notebook left its train
+    # and eval splits' open (trial CA)
+    assert not open_records() - before
     logged_records = records(tmp_path)
     assert [(r["step"], "compile_seconds" in r, "eval_seconds" in r) for r in logged_records] == [
         (1, True, False), (2, False, False), (2, False, True)]

@@ -26,7 +26,8 @@ from clip_jax.data import tf_preprocess
 from clip_jax.data._tf import tf
 from clip_jax.data.options import DataConfig, check_shift, resolve_config
 from clip_jax.data.schema import Schema, feature, lookup, make_schema, tokenize_in_graph
-from clip_jax.data.sources import READ_CHUNK, READ_PARALLELISM, data_source, prepare, reader
+from clip_jax.data.sources import (READ_CHUNK, READ_PARALLELISM, close_source, data_source, prepare,
+                                   reader)
 from clip_jax.data.tf_data import dataset_options, graph, resolve_processes
 from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
@@ -48,12 +49,14 @@ class EvalIterable:
     `captions_tokens` int32 [B, C, L] and `captions_mask` bool [B, C] (all captions of the
     image, C = `max_captions`: data.eval_max_captions, or the split's largest caption count
     when that is 0); `label` int32 [B] when labels are read. Padding rows are zero. Every
-    process yields `num_batches` batches, so collective eval steps stay in lockstep.
+    process yields `num_batches` batches, so collective eval steps stay in lockstep. `close`
+    after a pass closes the split's files (`source`'s), which the next pass opens again.
     """
 
     def __init__(self, dataset: tf.data.Dataset, num_batches: int, num_examples: int,
-                 label_names: list[str] | None, max_captions: int = 0):
+                 label_names: list[str] | None, max_captions: int = 0, source: Any = None):
         self._dataset = dataset
+        self._source = source
         self.num_batches = num_batches
         self.num_examples = num_examples
         self.label_names = label_names
@@ -64,6 +67,12 @@ class EvalIterable:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self._dataset.as_numpy_iterator()
+
+    def close(self) -> None:
+        """Closes the files the split's source holds open, once no pass is reading it: tf.data
+        keeps the source referenced, so each run in one process (a notebook's) left its eval
+        split's file open (trial CA)."""
+        close_source(self._source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +148,11 @@ def padding_examples(spec: dict[str, tf.TensorSpec], count: int) -> tf.data.Data
 def batch_eval_examples(examples: tf.data.Dataset, piece: ProcessSlice, prefetch_batches: int,
                         label_names: list[str] | None, num_examples: int,
                         finish: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None
-                        = None, max_captions: int = 0) -> EvalIterable:
+                        = None, max_captions: int = 0, source: Any = None) -> EvalIterable:
     """This process's examples (`piece.count`, in order, each with `mask` and `index`) ->
     the EvalIterable of their batches, padded to `piece.slots` (`padding_examples`);
-    `finish` maps each batch (e.g. tokenising captions). An example a reader drops (an image
+    `finish` maps each batch (e.g. tokenising captions); `source`: the random-access source
+    read, closed by `EvalIterable.close`. An example a reader drops (an image
     whose decode failed, `labelled.make_iterable`) is made up by padding at the end, so every
     process still yields `piece.num_batches` batches."""
     padding = padding_examples(examples.element_spec, piece.slots)
@@ -152,7 +162,7 @@ def batch_eval_examples(examples: tf.data.Dataset, piece: ProcessSlice, prefetch
         dataset = dataset.map(graph(finish))
     dataset = dataset.prefetch(prefetch_batches)
     return EvalIterable(dataset.with_options(dataset_options()), piece.num_batches,
-                        num_examples, label_names, max_captions)
+                        num_examples, label_names, max_captions, source)
 
 
 def make_eval_iterable(
@@ -256,7 +266,7 @@ def _make(config: ml_collections.ConfigDict, model_config: CLIPConfig, batch_siz
     dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     return batch_eval_examples(dataset, piece, config.prefetch_batches, names, num_examples,
-                               finish if with_captions else None, max_captions)
+                               finish if with_captions else None, max_captions, source)
 
 
 def _captions(schema: Schema, parsed: dict[str, tf.Tensor], max_captions: int

@@ -351,6 +351,14 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str, allow_convert: bo
         split, deserialize_method=raw, file_format="array_record")
 
 
+def close_source(source: Any) -> None:
+    """Closes the files a `data_source` holds open (ArrayRecord's readers, which it opens again
+    on a later read); nothing for a source without them (None included)."""
+    inner = getattr(source, "data_source", source)  # TFDS wraps array_record's own source
+    if hasattr(inner, "__exit__"):
+        inner.__exit__(None, None, None)
+
+
 def _alternative_formats(data_dir: str) -> list[str]:
     from tensorflow_datasets.core import dataset_info as dataset_info_lib
 

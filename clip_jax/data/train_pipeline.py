@@ -29,7 +29,8 @@ from clip_jax.data import templates, tf_preprocess
 from clip_jax.data._tf import tf
 from clip_jax.data.options import DataConfig, resolve_config
 from clip_jax.data.schema import lookup, make_schema, tokenize_in_graph
-from clip_jax.data.sources import READ_CHUNK, READ_PARALLELISM, data_source, prepare, reader
+from clip_jax.data.sources import (READ_CHUNK, READ_PARALLELISM, close_source, data_source, prepare,
+                                   reader)
 from clip_jax.data.tf_data import dataset_options, graph, resolve_processes
 from clip_jax.errors import ConfigError
 from clip_jax.models.config import CLIPConfig
@@ -76,8 +77,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     """
 
     def __init__(self, dataset: tf.data.Dataset, start_batch: int, local_batch_size: int,
-                 num_examples: int):
+                 num_examples: int, source: Any = None):
         self._dataset = dataset
+        self._source = source
         self._iterator = dataset.as_numpy_iterator()
         self.batch_index = start_batch
         self.local_batch_size = local_batch_size
@@ -92,6 +94,13 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         batch = next(self._iterator)
         self.batch_index += 1
         return batch
+
+    def close(self) -> None:
+        """Stops the pipeline and closes the files its source holds open: tf.data keeps the
+        source referenced, so each run in one process (a notebook's) left its split's file
+        open (trial CA). Iterating after it is an error."""
+        self._iterator = iter(())
+        close_source(self._source)
 
 
 def make_train_iterator(
@@ -173,7 +182,8 @@ def make_train_iterator(
     if not schema.tokens_key:
         dataset = dataset.map(_tokenize_captions(schema.context_length))
     dataset = dataset.prefetch(config.prefetch_batches)
-    return TrainIterator(dataset.with_options(dataset_options()), start_batch, local, num_examples)
+    return TrainIterator(dataset.with_options(dataset_options()), start_batch, local, num_examples,
+                         source)
 
 
 def caption_prompts(prompt_templates: Sequence[str]

@@ -215,6 +215,7 @@ class Passes:
         every evaluator reading it."""
         for p in self.passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
+            p.iterable.close()  # its files, until the next evaluation reads them again
             if p.images is not None:
                 labelled_data.report_dropped(p.images, p.embeddings.index)
             left_out = p.iterable.num_examples - len(p.embeddings.images)

@@ -514,7 +514,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         return {}
     # Nothing is written to the workdir before the data source has opened (writer: lazily).
     writer = MetricWriter(workdir, plan.total_steps, enabled=jax.process_index() == 0)
-    checkpointer = guard = None
+    checkpointer = guard = data = None
     lock = contextlib.ExitStack()
     try:
         cache_dir = config.get("compilation_cache_dir", "auto")
@@ -612,6 +612,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 checkpointer.close()
         if guard is not None:
             guard.close()
+        if data is not None:
+            data.close()
         writer.close()
         lock.close()
 
