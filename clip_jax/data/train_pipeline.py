@@ -98,7 +98,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     def close(self) -> None:
         """Stops the pipeline and closes the files its source holds open: tf.data keeps the
         source referenced, so each run in one process (a notebook's) left its split's file
-        open (trial CA). Iterating after it is an error."""
+        open (trial CA). The iterator ends there: `next` raises StopIteration."""
         self._iterator = iter(())
         close_source(self._source)
 
