@@ -16,7 +16,7 @@ from PIL import Image
 
 import clip_jax
 from clip_jax.convert import hf_export
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models import get_preset
 from clip_jax.pretrained import load as loading
 from clip_jax.pretrained import registry as hub
@@ -167,6 +167,23 @@ def test_pretrained_given_a_whole_model_says_how_to_load_it(tmp_path):
         clip_jax.create_model("test-vit", pretrained=str(tmp_path / "hf" / "model.safetensors"))
     loaded, _ = clip_jax.load(tmp_path / "hf")  # what the message says works
     assert loaded.config.embed_dim == config.embed_dim
+
+
+def test_pretrained_naming_a_weights_file_that_is_not_there_says_so(tmp_path, monkeypatch):
+    """`pretrained='runs/epoch_3.pt'` (or an absolute path) that is not there was called "a Hub
+    repo id, which holds a whole model", and the clip_jax.load it advised failed in turn
+    (trial CC); open_clip says the file is missing. A bare name ending in a weights suffix
+    too; a repo id without one keeps its message (above)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "epoch_1.pt").write_bytes(b"")
+    for tag, why in (("runs/epoch_3.pt", r"runs/ has no 'epoch_3\.pt' \(it holds: epoch_1\.pt\)"),
+                     ("ckpts/epoch_3.pt", "no such file or folder"),
+                     (str(tmp_path / "gone" / "x"), "no such file or folder"),
+                     ("missing.safetensors", r"\./ has no 'missing\.safetensors'")):
+        with pytest.raises(MissingFileError, match=rf"^pretrained={re.escape(repr(tag))}: No "
+                                                   rf"checkpoint at .*: {why}"):
+            clip_jax.create_model("test-vit", pretrained=tag)
 
 
 def test_create_model_of_a_folder_or_file_loads_its_weights(tmp_path):

@@ -34,8 +34,7 @@ from clip_jax.pretrained import load as loading
 from clip_jax.pretrained import registry as hub
 
 
-# The files a model folder keeps its weights in (safetensors, PyTorch, numpy), and its config.
-WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
+# A model folder's config (its weights: `loading.WEIGHTS_SUFFIXES`).
 FOLDER_CONFIGS = (open_clip_import.CONFIG_FILE, "config.json")
 
 
@@ -139,11 +138,11 @@ def _architecture(spec: Any, weights_given: bool = False) -> CLIPConfig | None:
 
 def _folder_config(path: str) -> bool:
     """Whether `path` is a model folder's own config: named as transformers' and open_clip's
-    folders name it, beside a weights file (`WEIGHTS_SUFFIXES`). `my_arch.json` beside
+    folders name it, beside a weights file (`loading.WEIGHTS_SUFFIXES`). `my_arch.json` beside
     `epoch_3.pt` is an architecture, as open_clip's `--model` reads it."""
     folder = os.path.dirname(os.path.abspath(path))
     return (os.path.basename(path) in FOLDER_CONFIGS and os.path.isdir(folder)
-            and any(name.endswith(WEIGHTS_SUFFIXES) for name in os.listdir(folder)))
+            and any(name.endswith(loading.WEIGHTS_SUFFIXES) for name in os.listdir(folder)))
 
 
 def _refuse_folder_config(spec: Any) -> None:

@@ -16,6 +16,10 @@ from clip_jax.models.presets import get_preset, is_preset
 from clip_jax.pretrained import registry as hub
 from clip_jax.training import checkpoints
 
+# The files weights are kept in (safetensors, PyTorch, numpy): a model folder's, or
+# `pretrained=` naming one.
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
+
 # Files fetched from a transformers CLIP repository (the first weights file found is used).
 HF_CONFIG_FILES = ("config.json",)
 HF_OPTIONAL_FILES = hf_import.PROCESSOR_FILES
@@ -131,6 +135,10 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
     elif os.path.exists(name):
         raise ConfigError(f"pretrained={tag!r} names released weights, but {name!r} is a local "
                           "path; load it alone (pin its architecture with model=).")
+    elif (tag.lower().endswith(WEIGHTS_SUFFIXES) or os.path.isabs(tag)) and \
+            not os.path.exists(tag):
+        # open_clip's "file not found": it was called a Hub repo id (trial CC)
+        raise MissingFileError(f"pretrained={tag!r}: {not_found(tag, local=True)}")
     elif os.path.isdir(tag) or "/" in tag:
         kind = "a folder" if os.path.isdir(tag) else "a Hub repo id"
         raise ConfigError(f"pretrained={tag!r} is {kind}, which holds a whole model: load it as "
