@@ -224,6 +224,18 @@ def test_channels_first_images_are_told_to_transpose(tiny):
         encode(np.zeros((1, 1, size + 8, size + 8), np.float32))
     with pytest.raises(ValueError, match=r"\(1, 40, 40, 3\); resize with clip_jax.data.prep"):
         encode(np.zeros((1, 40, 40, 3), np.float32))
+    # open_clip's habit, np.stack of each image's transform: [N, 1, S, S, 3] was told to resize
+    # (trial CC); the batch it means is their concatenation
+    from PIL import Image
+
+    from clip_jax.data.preprocess import preprocess
+
+    stacked = np.stack([preprocess(Image.fromarray(np.zeros((50, 70, 3), np.uint8)),
+                                   module.config)] * 2)
+    with pytest.raises(ValueError, match=re.escape(f"got {stacked.shape}: a stack of batches of "
+                                                   "one") + r".*np\.concatenate\(batches\)"):
+        encode(stacked)
+    assert encode(np.concatenate(list(stacked))).shape == (2, module.config.embed_dim)
 
 
 def test_encoder_shape_errors_name_the_callers_shape_and_its_tokenizer(tiny):

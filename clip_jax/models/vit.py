@@ -69,8 +69,10 @@ def check_image_shape(images: jax.Array, size: int) -> None:
     """ValueError unless `images` is [N, size, size, 3] (NHWC), naming the fix.
 
     An array that looks channels-first ([N, C, H, W] with C in 1..4 and W over 4, PyTorch's
-    layout) gets the transpose as its fix, not a resize. The check reads the static shape only,
-    so compiled functions are unchanged.
+    layout) gets the transpose as its fix, not a resize; a stack of `preprocess` outputs
+    ([N, 1, size, size, 3]: each already a batch of one, where open_clip's transform returns
+    [3, H, W] to stack) gets the concatenation. The check reads the static shape only, so
+    compiled functions are unchanged.
     """
     shape = tuple(images.shape)
     if len(shape) == 4 and shape[1:] == (size, size, 3):
@@ -82,4 +84,8 @@ def check_image_shape(images: jax.Array, size: int) -> None:
                 f", then make it {size} x {size} RGB (clip_jax.data.preprocess)")
         raise ValueError(f"{expected}, which looks channels-first (PyTorch's NCHW): transpose it "
                          f"with np.transpose(x, (0, 2, 3, 1)){then}.")
+    if len(shape) == 5 and shape[1:] == (1, size, size, 3):
+        raise ValueError(f"{expected}: a stack of batches of one (clip_jax.data.preprocess "
+                         "returns [1, H, W, 3] for one image); join them with "
+                         "np.concatenate(batches), or preprocess the list of images at once.")
     raise ValueError(f"{expected}; resize with clip_jax.data.preprocess or the input pipeline.")
