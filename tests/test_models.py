@@ -495,6 +495,23 @@ def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
         create_model("test-vit", **overrides)
 
 
+@pytest.mark.parametrize("option, said", [
+    ({"precision": "fp16"}, r"precision: use dtype= \(compute\) and param_dtype= "),
+    ({"force_quick_gelu": True}, r"force_quick_gelu: use activation='quick_gelu'"),
+    ({"device": "cpu", "widht": 3}, r"device: not needed: .*\); known top-level fields: "),
+])
+def test_open_clips_create_model_options_are_said_as_ours(option, said):
+    """`precision='fp16'`, `force_quick_gelu=True` were "Unknown model config field(s)" with
+    the list of fields, none named as their job (trial CC); the job each does here is said.
+    What it names is a working call: the same model at float16, QuickGELU."""
+    with pytest.raises(ConfigError, match=said):
+        create_model("test-vit", **option)
+    module, variables = create_model("test-vit", dtype="float16", param_dtype="float16",
+                                     activation="quick_gelu")
+    assert module.config.activation == "quick_gelu"
+    assert {x.dtype for x in jax.tree.leaves(variables["params"])} >= {jnp.dtype("float16")}
+
+
 @pytest.mark.parametrize("x_shape,k_shape,in_dims", [
     ((2, 9, 5), (5, 12), 1),  # widening: the kernel gradient's left operand is x
     ((2, 9, 12), (12, 5), 1),  # narrowing: dy

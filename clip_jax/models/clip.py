@@ -161,8 +161,11 @@ def with_numerics(module: CLIP, variables: Variables, **overrides: Any
     """
     changed = sorted(set(overrides) - set(NUMERICS))
     if changed:
+        activation = ("; an activation the file does not record is load's: "
+                      "clip_jax.load(PATH, activation='quick_gelu')" if "activation" in changed
+                      else "")
         raise ConfigError(f"With loaded weights only {NUMERICS} can be overridden, not "
-                          f"{changed}: the weights fix the architecture.")
+                          f"{changed}: the weights fix the architecture{activation}.")
     if not overrides:
         return module, variables
     config = module.config.replace(**overrides)

@@ -266,13 +266,34 @@ def _sub_config(cls: type, d: Mapping[str, Any] | Any, name: str) -> Any:
     return cls(**_tupled(d))
 
 
+# open_clip's `create_model` options, said as what does their job here (trial CC: each was
+# "Unknown model config field(s)" with the list of fields, none of them named).
+OPEN_CLIP_OPTIONS = {
+    "precision": "use dtype= (compute) and param_dtype= (storage): precision='fp16' is "
+                 "dtype='float16', param_dtype='float16'",
+    "force_quick_gelu": "use activation='quick_gelu' (for a weights file: "
+                        "clip_jax.load(PATH, activation='quick_gelu'))",
+    "force_image_size": "use vision={'image_size': N} on a random init (loaded weights fix it)",
+    "device": "not needed: JAX puts arrays on its default device (jax.device_put moves them)",
+    "jit": "not needed: clip_jax's functions are compiled with jax.jit",
+    "output_dict": "not needed: module.apply returns (image_features, text_features, "
+                   "logit_scale)",
+}
+
+
 def _check_fields(cls: type, d: Mapping[str, Any], prefix: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
+        habits = [f"{u}: {OPEN_CLIP_OPTIONS[u]}" for u in unknown
+                  if not prefix and u in OPEN_CLIP_OPTIONS]
+        rest = len(habits) < len(unknown)
         raise ConfigError(
             f"Unknown model config field(s) {[prefix + u for u in unknown]}; "
-            f"known {prefix.rstrip('.') or 'top-level'} fields: {sorted(known)}.")
+            + (f"open_clip's options ({'; '.join(habits)}){'; ' if rest else '.'}" if habits
+               else "")
+            + (f"known {prefix.rstrip('.') or 'top-level'} fields: {sorted(known)}." if rest
+               else ""))
 
 
 def _tupled(d: Mapping[str, Any]) -> dict[str, Any]:
