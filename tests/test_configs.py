@@ -135,3 +135,29 @@ def test_a_config_built_from_nothing_names_what_it_lacks(tmp_path):
     with pytest.raises(ConfigError, match=r"^The config lacks config\.checkpoint, .* and \d+ "
                                           r"more; start from a config that has every field"):
         train.train(ml_collections.ConfigDict({"batch_size": 8}), str(tmp_path / "run"))
+
+
+def test_an_evaluation_task_that_is_not_whole_names_the_helper_that_builds_one(tmp_path):
+    """A task given as a bare dict without `class_names` failed with AttributeError when the
+    evaluation was declared, or, evaluating nothing during the run, at a later `clip-jax
+    eval`; a task given as a string, with "has no attribute 'to_dict'" (trial CB). Refused
+    before the run; tasks the helpers build (any name) pass."""
+    from clip_jax.configs import tiny
+    from clip_jax.errors import ConfigError
+    from clip_jax.evaluation import options
+    from clip_jax.training import train
+
+    config = tiny.get_config()
+    config.eval.zero_shot.mine = {"dataset": "", "split": "test"}
+    config.eval.retrieval.t = "cifar10"
+    with pytest.raises(ConfigError, match=r"^config\.eval\.zero_shot\.mine lacks class_names, .*"
+                                          r"templates: build it with clip_jax\.evaluation\."
+                                          r"options\.zero_shot_task\(\.\.\.\), which gives every "
+                                          r"field; config\.eval\.retrieval\.t is 'cifar10', not a "
+                                          r"task: build it with .*retrieval_task\(\.\.\.\)\.$"):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    config = tiny.get_config()
+    config.eval.zero_shot.mine = options.zero_shot_task("", split="test")
+    config.eval.retrieval.Val_Captions = options.retrieval_task(split="validation")
+    train.validate_config(config, 1, 1, "cpu")

@@ -183,6 +183,18 @@ def test_weights_that_are_not_floating_point_are_refused(key, dtype):
         convert.from_state_dict({**sd, key: sd[key].astype(dtype)})
 
 
+@pytest.mark.parametrize("config", [None, get_preset("test-vit")])
+def test_a_whole_fused_pair_of_another_width_is_named_as_the_file_stores_it(config):
+    """A well-formed [180, 60] weight and [180] bias where the model has width 64 were said as
+    `q_proj.weight` (60, 60) vs (64, 64), a key and shapes the file lacks (trial CB)."""
+    sd = {k: v.numpy() for k, v in open_clip_model(get_preset("test-vit")).state_dict().items()}
+    key = "visual.transformer.resblocks.0.attn.in_proj_"
+    sd[key + "weight"], sd[key + "bias"] = np.zeros((180, 60), np.float32), np.zeros(180)
+    with pytest.raises(ConfigError, match=rf"^Shape mismatch at '{key}weight': checkpoint "
+                                          r"\(180, 60\) vs model \(192, 64\) for a ViT"):
+        convert.from_state_dict(sd, config)
+
+
 @pytest.mark.parametrize("in_order", [False, True])
 def test_a_fused_weight_and_bias_of_two_widths_are_named_together(in_order):
     """A weight cut to [189, 63], itself well formed, beside its [192] bias: which one is

@@ -130,10 +130,36 @@ def missing_fields(config: ml_collections.ConfigDict, reference: ml_collections.
     return found
 
 
+def task_gaps(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict
+              ) -> list[str]:
+    """One line per evaluation task of `config` (under `OPEN_SECTIONS`) that is not a section
+    holding every field of its kind's default task in `reference`, naming the helper that
+    builds one: a task given as a bare dict lacking `class_names` failed with AttributeError
+    when evaluation began, a later `clip-jax eval` if the run evaluated nothing (trial CB)."""
+    found = []
+    for section in OPEN_SECTIONS:
+        kind = section.split(".")[1]
+        tasks = config.get("eval", {}).get(kind)
+        if not isinstance(tasks, ml_collections.ConfigDict):
+            continue
+        default = reference.eval[kind][next(iter(reference.eval[kind].keys()))]
+        helper = f"clip_jax.evaluation.options.{kind}_task"
+        for name in tasks.keys():
+            task = tasks[name]
+            if not isinstance(task, ml_collections.ConfigDict):
+                found.append(f"config.{section}.{name} is {task!r}, not a task: build it with "
+                             f"{helper}(...)")
+            elif lacks := sorted(set(default.keys()) - set(task.keys())):
+                found.append(f"config.{section}.{name} lacks {', '.join(lacks)}: build it with "
+                             f"{helper}(...), which gives every field")
+    return found
+
+
 def check_known(config: ml_collections.ConfigDict) -> None:
     """ConfigError naming every field of `config` that the base config lacks (with the field
-    it probably means), then every section or field of the base config it lacks: a typo'd
-    field is never read, a missing one failed wherever it was first read."""
+    it probably means), then every section or field of the base config it lacks, and every
+    evaluation task that is not whole (`task_gaps`): a typo'd field is never read, a missing
+    one failed wherever it was first read."""
     from clip_jax.configs import base
 
     reference = base.get_config()
@@ -150,3 +176,6 @@ def check_known(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"The config lacks {shown}; start from a config that has every "
                           "field: clip_jax.configs.base.get_config() or a bundled one "
                           "(clip_jax.configs.tiny.get_config()), then change fields.")
+    gaps = task_gaps(config, reference)
+    if gaps:
+        raise ConfigError("; ".join(gaps) + ".")

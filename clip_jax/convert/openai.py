@@ -469,10 +469,12 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
             fix = (_inconsistent(entry.key, config) if inferred else
                    "pick the config that matches the checkpoint (an OpenAI/open_clip state "
                    "dict can also omit it to infer the architecture).")
+            stored, found, wanted = _as_stored(entry.key, tuple(array.shape),
+                                               tuple(_torch_shape(want, entry)))
             raise ShapeMismatch(
-                f"Shape mismatch at {entry.key!r}: checkpoint {tuple(array.shape)} vs model "
-                f"{_torch_shape(want, entry)} for a {_describe(config)}; {fix}", entry.key,
-                tuple(array.shape), tuple(_torch_shape(want, entry)))
+                f"Shape mismatch at {stored!r}: checkpoint {found} vs model {wanted} for a "
+                f"{_describe(config)}; {fix}", entry.key, tuple(array.shape),
+                tuple(_torch_shape(want, entry)))
         if not is_float(array):  # cast, a bool or int tensor loaded as 0/1s, a complex one cut
             raise ConfigError(not_float(entry.key, array))
         dtype = np.dtype(abstract[entry.path].dtype)  # the model's: param_dtype casts
@@ -480,6 +482,22 @@ def from_state_dict(state_dict: Mapping[str, Any], config: CLIPConfig | None = N
     if config.scan_layers:
         variables = stack_layers(variables)
     return config, variables
+
+
+def _as_stored(key: str, found: tuple[int, ...], wanted: tuple[int, ...]
+               ) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """A canonical key and its two shapes as an OpenAI/open_clip file stores them: a
+    transformer's q/k/v projection is a third of its fused `in_proj_*` (a [180, 60] weight was
+    said as `q_proj.weight` (60, 60), a key the file lacks; trial CB). ResNet attention
+    pooling keeps separate q/k/v, as canonical keys do."""
+    m = _SPLIT_QKV.match(key)
+    if m is None or ".attnpool." in key:
+        return key, found, wanted
+    return (f"{m.group(1)}.in_proj_{m.group(2)}", (3 * found[0], *found[1:]),
+            (3 * wanted[0], *wanted[1:]))
+
+
+_SPLIT_QKV = re.compile(r"^(.*\.attn)\.[qkv]_proj\.(weight|bias)$")
 
 
 def _inconsistent(key: str, config: CLIPConfig) -> str:

@@ -464,9 +464,15 @@ def _read_meta_file(step_dir: epath.Path) -> dict[str, Any]:
     return _check_meta(meta)
 
 
+# The damaged step folders said so in this process: a command reads a workdir's newest
+# checkpoint several times (its meta, its weights, its title), and `clip-jax eval` said one
+# damaged step four times (trial CB).
+_SKIPS_SAID: set[str] = set()
+
+
 def _first_readable(path: str, read: Callable[[epath.Path], Any], warn: bool = True) -> Any:
-    """`read(step_dir)` of the newest checkpoint it succeeds on; one warning line per skip
-    (unless not `warn`).
+    """`read(step_dir)` of the newest checkpoint it succeeds on; one warning line per skipped
+    step folder and process (unless not `warn`).
 
     A run may be saving into the workdir meanwhile: a step its `checkpoint.keep` removes while
     it is read is not corrupt, so it is passed over without a warning and the steps are
@@ -481,7 +487,8 @@ def _first_readable(path: str, read: Callable[[epath.Path], Any], warn: bool = T
             if not step_dir.exists():
                 continue
             failures.append(step_dir.name)
-            if warn:
+            if warn and os.fspath(step_dir) not in _SKIPS_SAID:
+                _SKIPS_SAID.add(os.fspath(step_dir))
                 print(f"warning: skipping checkpoint {step_dir} (cannot restore it: "
                       f"{reason(error)})", file=sys.stderr)
     raise CorruptCheckpointError(f"No checkpoint under {path!r} restores (tried steps "
