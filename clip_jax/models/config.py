@@ -269,8 +269,9 @@ def _sub_config(cls: type, d: Mapping[str, Any] | Any, name: str) -> Any:
 # open_clip's `create_model` options, said as what does their job here (trial CC: each was
 # "Unknown model config field(s)" with the list of fields, none of them named).
 OPEN_CLIP_OPTIONS = {
-    "precision": "use dtype= (compute) and param_dtype= (storage): precision='fp16' is "
-                 "dtype='float16', param_dtype='float16'",
+    "precision": "use dtype= (compute) and param_dtype= (storage): 'fp16' is both float16, "
+                 "'bf16' both bfloat16, 'amp' / 'amp_bf16' dtype float16 / bfloat16 with "
+                 "param_dtype float32",
     "force_quick_gelu": "use activation='quick_gelu' (for a weights file: "
                         "clip_jax.load(PATH, activation='quick_gelu'))",
     "force_image_size": "use vision={'image_size': N} on a random init (loaded weights fix it)",
