@@ -169,8 +169,8 @@ def test_a_cut_fused_qkv_tensor_is_named_as_the_file_names_it(key, cut, config, 
         convert.from_state_dict(sd, config)
 
 
-@pytest.mark.parametrize("key", ["transformer.resblocks.0.attn.in_proj_weight", "visual.conv1.weight",
-                                 "ln_final.bias"])
+@pytest.mark.parametrize("key", ["transformer.resblocks.0.attn.in_proj_weight",
+                                 "visual.conv1.weight", "ln_final.bias"])
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8, bool, np.complex64])
 def test_weights_that_are_not_floating_point_are_refused(key, dtype):
     """bool, int and complex weights loaded silently, cast (a complex one with only numpy's
