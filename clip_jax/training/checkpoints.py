@@ -188,6 +188,9 @@ def _quiet_closed_event_loops() -> None:
     noise says nothing the one-line restore or write error does not; every other report is
     passed on.
     """
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedEcho) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_UnretrievedEcho())
     if getattr(sys.unraisablehook, "clip_jax_quiet", False):
         return
     unraisable, excepthook = sys.unraisablehook, sys.excepthook
@@ -202,17 +205,17 @@ def _quiet_closed_event_loops() -> None:
 
     quiet_unraisable.clip_jax_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
-    logging.getLogger("asyncio").addFilter(_UnretrievedEcho())
 
 
 class _UnretrievedEcho(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for a task whose exception is an
+    """Drops asyncio's "Task (or Future) exception was never retrieved" whose exception is an
     orbax echo (a read of a damaged checkpoint's array, logged with TensorStore's spec when the
-    task is collected)."""
+    task is collected, maybe long after the read)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Task exception was never retrieved")
+        return not (record.getMessage().startswith(("Task exception was never retrieved",
+                                                     "Future exception was never retrieved"))
                     and _is_orbax_echo(error))
 
 
