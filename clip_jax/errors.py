@@ -37,10 +37,16 @@ class UnreadableImageError(ConfigError, OSError):
         self.reason = reason
 
 
-def did_you_mean(name: object, known: Iterable[str]) -> str:
-    """" (did you mean 'x'?)" for the entry of `known` closest to a mistyped `name`, case
-    aside (difflib's ratio >= 0.6: `SigLIP` finds 'sigmoid'), else "": the hint after the
-    unknown name in a ConfigError."""
+def closest(name: object, known: Iterable[str]) -> str | None:
+    """The entry of `known` closest to a mistyped `name`, case aside (difflib's ratio >= 0.6:
+    `SigLIP` finds 'sigmoid'), or None."""
     lowered = {entry.lower(): entry for entry in known}
     close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1)
-    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+    return lowered[close[0]] if close else None
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for `closest(name, known)`, else "": the hint after the unknown
+    name in a ConfigError."""
+    close = closest(name, known)
+    return f" (did you mean {close!r}?)" if close else ""

@@ -488,7 +488,8 @@ def test_resnet_batch_norm_train_gradients_equal_torch():
 
 @pytest.mark.parametrize("overrides,named", [
     ({"widht": 3}, "widht"), ({"vision": {"layerz": 2}}, "vision.layerz"),
-    ({"text": {"heads": 2, "contex_length": 7}}, "text.contex_length"),
+    ({"text": {"heads": 2, "contex_length": 7}},
+     r"text.contex_length \(did you mean text.context_length\?\)"),
 ])
 def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
     with pytest.raises(ConfigError, match=f"Unknown model config field.*{named}"):
@@ -496,14 +497,20 @@ def test_a_mistyped_override_is_a_config_error_naming_it(overrides, named):
 
 
 @pytest.mark.parametrize("option, said", [
-    ({"precision": "fp16"}, r"precision: use dtype= \(compute\) and param_dtype= "),
-    ({"force_quick_gelu": True}, r"force_quick_gelu: use activation='quick_gelu'"),
-    ({"device": "cpu", "widht": 3}, r"device: not needed: .*\); known top-level fields: "),
+    ({"precision": "fp16"}, r"precision \(open_clip's option: use dtype= \(compute\) and "
+                            r"param_dtype= "),
+    ({"force_quick_gelu": True}, r"force_quick_gelu \(open_clip's option: use "
+                                 r"activation='quick_gelu'"),
+    ({"device": "cpu", "widht": 3}, r"device \(open_clip's option: not needed: .*\)\), widht; "
+                                    r"known top-level fields: "),
+    ({"precison": "fp16"}, r"precison \(did you mean precision\? open_clip's option: use "
+                           r"dtype= .*\)\.$"),
 ])
 def test_open_clips_create_model_options_are_said_as_ours(option, said):
     """`precision='fp16'`, `force_quick_gelu=True` were "Unknown model config field(s)" with
-    the list of fields, none named as their job (trial CC); the job each does here is said.
-    What it names is a working call: the same model at float16, QuickGELU."""
+    the list of fields, none named as their job (trial CC); the job each does here is said,
+    and a misspelt one (`precison`) is matched to it. What it names is a working call: the
+    same model at float16, QuickGELU."""
     with pytest.raises(ConfigError, match=said):
         create_model("test-vit", **option)
     module, variables = create_model("test-vit", dtype="float16", param_dtype="float16",

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, closest
 
 log = logging.getLogger(__name__)
 
@@ -283,18 +283,24 @@ OPEN_CLIP_OPTIONS = {
 
 
 def _check_fields(cls: type, d: Mapping[str, Any], prefix: str) -> None:
+    """ConfigError naming each field of `d` that `cls` lacks: open_clip's `create_model` options
+    (top level) as what does their job here, a typo with the field it is closest to."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
-    if unknown:
-        habits = [f"{u}: {OPEN_CLIP_OPTIONS[u]}" for u in unknown
-                  if not prefix and u in OPEN_CLIP_OPTIONS]
-        rest = len(habits) < len(unknown)
-        raise ConfigError(
-            f"Unknown model config field(s) {[prefix + u for u in unknown]}; "
-            + (f"open_clip's options ({'; '.join(habits)}){'; ' if rest else '.'}" if habits
-               else "")
-            + (f"known {prefix.rstrip('.') or 'top-level'} fields: {sorted(known)}." if rest
-               else ""))
+    if not unknown:
+        return
+    options = {} if prefix else OPEN_CLIP_OPTIONS
+    said, rest = [], False
+    for name in unknown:
+        close = name if name in options else closest(name, [*known, *options])
+        notes = [f"did you mean {prefix}{close}?"] if close and close != name else []
+        notes += [f"open_clip's option: {options[close]}"] if close in options else []
+        said.append(f"{prefix}{name}" + (f" ({' '.join(notes)})" if notes else ""))
+        rest = rest or close not in options
+    raise ConfigError(
+        f"Unknown model config field(s): {', '.join(said)}"
+        + (f"; known {prefix.rstrip('.') or 'top-level'} fields: {sorted(known)}." if rest
+           else "."))
 
 
 def _tupled(d: Mapping[str, Any]) -> dict[str, Any]:
