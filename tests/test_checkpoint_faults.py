@@ -246,6 +246,32 @@ def test_an_unfinished_save_is_removed_at_resume_and_said(saved, tmp_path, caplo
     assert sorted(os.listdir(folder)) == ["1", "2"]
 
 
+def test_a_resume_with_a_smaller_keep_says_which_steps_the_next_save_removes(saved, tmp_path):
+    """A workdir written with checkpoint.keep=4 resumed with keep=2: orbax's next save removed
+    steps 1-3 without a word. The warning names what orbax then removes; with keep=4 (the
+    usual rotation, one step out) nothing is said."""
+    _, variables = saved
+    workdir = str(tmp_path / "run")
+    meta = {"data_position": 0, "batch_size": 8, "model": {}}
+    checkpointer = Checkpointer(workdir, 1, 4, asynchronous=False)
+    for step in (1, 2, 3, 4):
+        checkpointer.save(step, _state(variables, step), {**meta, "step": step}, force=True)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                            _state(variables, 4))
+    lines = []
+    assert checkpointer.restore_newest(abstract, lines.append)[0] == 4 and lines == []
+    checkpointer.close()
+    checkpointer = Checkpointer(workdir, 1, 2, asynchronous=False)
+    assert checkpointer.restore_newest(abstract, lines.append)[0] == 4
+    checkpointer.save(5, _state(variables, 5), {**meta, "step": 5}, force=True)
+    kept = checkpointer.all_steps()
+    checkpointer.close()
+    assert kept == [4, 5]  # orbax's doing, which the warning must name
+    assert lines == ["warning: config.checkpoint.keep=2, and 4 checkpoints are kept: the next "
+                     "save removes steps 1, 2, 3; copy the ones to keep elsewhere first, or "
+                     "raise config.checkpoint.keep."]
+
+
 def test_load_falls_back_to_the_newest_good_checkpoint(damaged, capfd):
     """Read as `clip-jax eval` reads a workdir (its meta, its weights, its meta again for the
     title): a damaged step is said once, not once per read (four times, trial CB)."""

@@ -264,6 +264,7 @@ class Checkpointer:
         _quiet_closed_event_loops()
         self.unconfirmed = False  # an asynchronous save started and not yet seen to succeed
         self.every_steps = every_steps
+        self.keep = keep
         self.workdir = _absolute(workdir)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous,
@@ -348,7 +349,9 @@ class Checkpointer:
         Each damaged checkpoint is reported in one line and moved to
         `<workdir>/corrupt_checkpoints/<step>` (kept for inspection, out of the run's way); a
         healthy one of another state layout raises ConfigError (`check_layout`) and stays.
-        Saves the run stopped in the middle of are removed first (`discard_unfinished`).
+        Saves the run stopped in the middle of are removed first (`discard_unfinished`). A
+        workdir holding more checkpoints than `keep` (written with a larger one) is warned
+        about: orbax's next save removes every step but the newest `keep - 1`.
         """
         self.discard_unfinished(log)
         for step in reversed(self.all_steps()):
@@ -363,8 +366,19 @@ class Checkpointer:
                 log(f"Skipping checkpoint step {step} (cannot restore it: {reason(error)}); "
                     f"moved it to {moved}.")
                 continue
+            self._say_removals(log)
             return step, state, meta
         return None
+
+    def _say_removals(self, log: Callable[[str], None]) -> None:
+        """Warns when the next save removes more than the oldest step (orbax keeps the newest
+        `keep`, whatever `keep` the workdir was written with)."""
+        steps = self.all_steps()
+        if len(steps) > self.keep:
+            removed = steps[:len(steps) - self.keep + 1]
+            log(f"warning: config.checkpoint.keep={self.keep}, and {len(steps)} checkpoints "
+                f"are kept: the next save removes steps {', '.join(map(str, removed))}; copy "
+                "the ones to keep elsewhere first, or raise config.checkpoint.keep.")
 
     def discard_unfinished(self, log: Callable[[str], None]) -> list[int]:
         """Removes the folders of saves a stopped run left unfinished (orbax's
