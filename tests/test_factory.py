@@ -4,6 +4,7 @@ directory loading back, create_model_and_transforms, create_model's cache and ev
 import dataclasses
 import json
 import os
+import pickle
 import re
 import stat
 
@@ -94,6 +95,21 @@ def test_get_tokenizer_context_length_and_list_models():
     ref = open_clip.get_tokenizer("ViT-B-32", context_length=16)(["a photo of a cat"])
     np.testing.assert_array_equal(tokens, ref.numpy())
     assert set(clip_jax.list_models()) >= {"ViT-B/32", "RN50", "ViT-bigG/14"}
+
+
+def test_get_tokenizer_reads_as_open_clips_does():
+    """open_clip code reads `tokenizer.context_length`, `vocab_size`, `encode`, `decode`, and
+    calls it with another `context_length`; ours was a functools.partial (AttributeError)."""
+    ours, theirs = clip_jax.get_tokenizer("test-vit"), open_clip.get_tokenizer(
+        "ViT-B-32", context_length=16)
+    text = "Zero-shot CLIP, naïve & fast!"
+    assert (ours.context_length, ours.vocab_size, ours.sot_token_id, ours.eot_token_id) == (
+        theirs.context_length, theirs.vocab_size, theirs.sot_token_id, theirs.eot_token_id)
+    assert ours.encode(text) == theirs.encode(text)
+    assert ours.decode(ours.encode(text)) == theirs.decode(theirs.encode(text))
+    np.testing.assert_array_equal(ours([text], context_length=5),
+                                  theirs([text], context_length=5).numpy())
+    assert pickle.loads(pickle.dumps(ours)).context_length == 16  # to tf.data / processes
 
 
 def test_create_model_and_transforms_takes_a_config_dict():

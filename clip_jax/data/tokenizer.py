@@ -49,6 +49,7 @@ there is no pure-Python "slow" CLIP tokenizer left to compare with):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import html
@@ -57,6 +58,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
@@ -407,6 +409,30 @@ class Tokenizer:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelTokenizer:
+    """A `Tokenizer` at one model's context length: what `clip_jax.get_tokenizer` returns.
+
+    Called as open_clip's tokenizer is, `tokenizer(texts) -> int32 [N, context_length]`
+    (`context_length=` another length); reads `context_length`, and everything else of its
+    `Tokenizer` (`encode`, `decode`, `vocab_size`, `sot_token_id`, `eot_token_id`), as
+    open_clip's `get_tokenizer` result does (it was a `functools.partial`, with none of them).
+    """
+
+    tokenizer: Tokenizer
+    context_length: int
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None
+                 ) -> np.ndarray:
+        return self.tokenizer(texts, context_length=self.context_length if context_length is None
+                              else context_length)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "tokenizer":  # copy/pickle probe before init
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+
 @functools.cache
 def default_tokenizer() -> Tokenizer:
     """The tokenizer for the shipped OpenAI vocabulary, built on first use (about 0.5 s)."""
@@ -440,4 +466,4 @@ def openai_for(vocab_size: int, context_length: int) -> TextTokenizer:
                   "texts are tokenized with OpenAI's, and if the model was trained with a "
                   "vocabulary of its own, clip_jax.get_tokenizer(<model dir or repo>) reads "
                   "that one.", vocab_size, openai.vocab_size)
-    return functools.partial(openai, context_length=context_length)
+    return ModelTokenizer(openai, context_length)

@@ -25,7 +25,8 @@ from clip_jax.convert.hf_tokenizer import load_tokenizer
 from clip_jax.convert.open_clip_export import export_open_clip
 from clip_jax.convert.output_dir import check_export_dir
 from clip_jax.data.preprocess import preprocess
-from clip_jax.data.tokenizer import TextTokenizer, Tokenizer, default_tokenizer, openai_for
+from clip_jax.data.tokenizer import (ModelTokenizer, TextTokenizer, Tokenizer, default_tokenizer,
+                                     openai_for)
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.clip import CLIP, with_numerics
 from clip_jax.models.config import CLIPConfig
@@ -319,7 +320,7 @@ def _bind(tokenizer: Tokenizer, context_length: int, vocab_size: int) -> TextTok
                           f"not its largest ({tokenizer.vocab_size - 1}): a CLIP text tower "
                           "reads each text at its largest token id, so this vocabulary cannot "
                           "be used with it.")
-    return functools.partial(tokenizer, context_length=context_length)
+    return ModelTokenizer(tokenizer, context_length)
 
 
 def _text_shape(config: CLIPConfig) -> tuple[int, int]:
