@@ -13,6 +13,7 @@ from clip_jax.data.preprocess import normalization_constants, preprocess, to_rgb
 from images import TO_STORED, with_orientation
 from clip_jax.data import tf_preprocess as tp
 from clip_jax.models.presets import get_preset
+from clip_jax.models.clip import CLIP
 from clip_jax.errors import ConfigError
 
 # (height, width): landscape, portrait, square, upscaling, one side already at the target,
@@ -338,13 +339,15 @@ def test_single_image_and_bad_inputs(vit_b16, tmp_path):
         preprocess(str(tmp_path / "empty.jpg"), vit_b16)
 
 
-def test_config_may_be_a_preset_name(images):
+def test_config_may_be_a_preset_name_or_the_module(images):
     """A preset name stands for its config (ViT-L/14@336: 336 px, CLIPImageProcessor's own
-    configuration of it as the reference); other objects are a one-line TypeError."""
+    configuration of it as the reference), and so does a module (`preprocess(img, module)`
+    raised TypeError); other objects are a one-line TypeError."""
     config = get_preset("ViT-L/14@336")
     out = preprocess(list(images[:2]), "ViT-L/14@336")
     assert out.shape == (2, 336, 336, 3)
     np.testing.assert_allclose(out, reference(config, images[:2]), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(preprocess(list(images[:2]), CLIP(config)), out)
     with pytest.raises(ConfigError, match="Unknown model 'ViT-Q/99'"):
         preprocess(images[0], "ViT-Q/99")
     with pytest.raises(TypeError, match="CLIPConfig .* or a preset name.*got dict"):

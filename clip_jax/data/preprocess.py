@@ -480,6 +480,8 @@ def _model_config(config: CLIPConfig | str) -> CLIPConfig:
                           "config=module.config (a model's statistics and size are in it).")
     if isinstance(config, str):
         return get_preset(config)
+    if isinstance(getattr(config, "config", None), CLIPConfig):  # the module itself
+        return config.config
     if not isinstance(config, CLIPConfig):
         raise TypeError("config must be the model's CLIPConfig (module.config) or a preset name "
                         f"such as 'ViT-B/32', got {type(config).__name__}.")
@@ -491,7 +493,8 @@ def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str
                alpha: str | Sequence[int] = ALPHA_DROP) -> np.ndarray:
     """Images -> float32 [N, S, S, 3] model input (S = `config.image_size`; the shortest side
     is first resized to `config.resize_shortest_side`). `config` is the model's CLIPConfig
-    (`module.config`) or a preset name (`"ViT-B/32"`; `clip_jax.list_models()`).
+    (`module.config`; the module itself does too) or a preset name (`"ViT-B/32"`;
+    `clip_jax.list_models()`).
 
     Accepts one image or a batch (`image_list` says which): PIL images, uint8 arrays (numpy,
     jax or other array-likes) or file paths. Matches `transformers.CLIPImageProcessor`
