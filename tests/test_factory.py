@@ -178,6 +178,16 @@ def test_pretrained_given_a_whole_model_says_how_to_load_it(tmp_path):
                                               rf"whole model: load it as the model, "
                                               rf"clip_jax.load\('{tag}'\)"):
             clip_jax.create_model("test-vit", pretrained=tag)
+    # A folder of no model was told to load as one, which clip_jax.load then refused.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "epoch_3.pt.part").write_bytes(b"")
+    for folder, holds in (("empty", "nothing"), ("notes", r"epoch_3\.pt\.part")):
+        with pytest.raises(ConfigError, match=rf"is a folder that holds no model \(it holds: "
+                                              rf"{holds}\); name a weights file in it"):
+            clip_jax.create_model("test-vit", pretrained=str(tmp_path / folder))
+        with pytest.raises(ConfigError, match="is neither a clip_jax workdir"):
+            clip_jax.load(tmp_path / folder)  # what it said before
     with pytest.raises(ConfigError, match=r"a transformers CLIPModel's .* load its whole "
                                           r"directory"):
         clip_jax.create_model("test-vit", pretrained=str(tmp_path / "hf" / "model.safetensors"))

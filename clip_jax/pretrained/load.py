@@ -139,6 +139,10 @@ def _load_named(name: str, tag: str, config: CLIPConfig | None, activation: str 
             not os.path.exists(tag):
         # open_clip's "file not found": it was called a Hub repo id (trial CC)
         raise MissingFileError(f"pretrained={tag!r}: {not_found(tag, local=True)}")
+    elif os.path.isdir(tag) and not _is_model_folder(tag):
+        raise ConfigError(f"pretrained={tag!r} is a folder that holds no model (it holds: "
+                          f"{_listing(tag)}); name a weights file in it, or a released tag "
+                          "such as 'openai'.")
     elif os.path.isdir(tag) or "/" in tag:
         kind = "a folder" if os.path.isdir(tag) else "a Hub repo id"
         raise ConfigError(f"pretrained={tag!r} is {kind}, which holds a whole model: load it as "
@@ -373,10 +377,20 @@ def _local_listing(spec: str) -> str | None:
     parent = os.path.dirname(spec.rstrip("/"))
     if not os.path.isdir(parent or "."):
         return None
-    entries = sorted(os.listdir(parent or "."))
-    shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
     return (f"No checkpoint at {spec!r}: {parent or '.'}/ has no "
-            f"{os.path.basename(spec.rstrip('/'))!r} (it holds: {shown or 'nothing'})")
+            f"{os.path.basename(spec.rstrip('/'))!r} (it holds: {_listing(parent or '.')})")
+
+
+def _listing(folder: str) -> str:
+    """The first eight names in `folder`, sorted ("nothing" for none)."""
+    entries = sorted(os.listdir(folder))
+    return ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "") or "nothing"
+
+
+def _is_model_folder(path: str) -> bool:
+    """Whether `path` is a folder `clip_jax.load` reads as a whole model."""
+    return (checkpoints.is_workdir(path) or hf_import.is_hf_directory(path)
+            or open_clip_import.is_open_clip_directory(path))
 
 
 def not_found(spec: str, local: bool = False) -> str:
