@@ -196,7 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     saved = checkpoints.saved_model(workdir)
     done_before = saved.step if saved else 0
     if done_before >= config.total_steps:  # reused only if it is the demo's run
-        train.check_finished_run(config, workdir, done_before, saved)
+        train.check_finished_run(config, workdir, done_before, saved, steps_field="--steps")
     seconds: dict[str, float] = {}
     t = time.time()
     builder = sources.prepare(config.data)

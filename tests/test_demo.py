@@ -128,6 +128,26 @@ def test_demo_refuses_to_reuse_another_models_finished_run(demo_runs, monkeypatc
                         r"--workdir to train this one.\n", err), err
 
 
+def test_demo_refusing_another_batch_sizes_finished_run_names_its_own_flag(demo_runs,
+                                                                          monkeypatch, capsys):
+    """The same model's finished run at another batch size: the refusal said to raise
+    config.total_steps, which the demo has no flag for; it names --steps."""
+    config, report, _, _ = demo_runs
+    changed = quick_config(config.data.data_dir)
+    changed.batch_size = 32
+
+    def other_batch(steps):
+        changed.total_steps = steps
+        return changed
+
+    monkeypatch.setattr(demo, "demo_config", other_batch)
+    monkeypatch.setattr(sources, "prepare", None)  # must not get that far
+    assert demo.main(["--workdir", report.workdir, "--steps", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with batch_size 64, not config.batch_size=32; keep it (and raise --steps " \
+           "to train further)" in err, err
+
+
 @pytest.mark.slow
 def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
     """The export of the demo's model in `pipeline("zero-shot-image-classification")` ranks

@@ -360,11 +360,13 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], shown: int = 5) -> 
 
 
 def check_finished_run(config: ml_collections.ConfigDict, workdir: str, finished: int,
-                       saved: checkpoints.SavedRun | None) -> None:
+                       saved: checkpoints.SavedRun | None,
+                       steps_field: str = "config.total_steps") -> None:
     """ConfigError unless the finished run in `workdir` (newest checkpoint `saved`, at step
     `finished`) is this config's: the same model (unless it starts from `init_from`) and
     batch size. Taken for this config's run, it would be reported as done (`clip-jax train`)
-    or evaluated as if trained with it (the demo reported a `tiny` run as demo-vit's)."""
+    or evaluated as if trained with it (the demo reported a `tiny` run as demo-vit's).
+    `steps_field` is what the caller's user sets the steps with (the demo's `--steps`)."""
     if saved and not config.init_from and (
             diff := architecture_diff(train_step.model_config(config), saved.model)):
         raise ConfigError(
@@ -375,7 +377,7 @@ def check_finished_run(config: ml_collections.ConfigDict, workdir: str, finished
         raise ConfigError(
             f"The run in {workdir} is finished (checkpoint at step {finished}) and was "
             f"trained with batch_size {saved.batch_size}, not config.batch_size="
-            f"{config.batch_size}; keep it (and raise config.total_steps to train further), "
+            f"{config.batch_size}; keep it (and raise {steps_field} to train further), "
             "or give another --workdir (with config.init_from pointing at this one).")
 
 
