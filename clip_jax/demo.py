@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -183,9 +184,20 @@ def run_suite(config: ml_collections.ConfigDict, module: Any, variables: Any,
     return metrics
 
 
+class Stopped(Exception):
+    """Training stopped by a signal (SIGTERM, Ctrl-C) with steps left, its step saved: the
+    demo evaluates nothing then. `exit_code` is 128 + the signal."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     """Builds the data, trains (or resumes) in `workdir`, evaluates on the test split and
-    writes the pictures. A bad config or workdir is a ConfigError before the dataset build."""
+    writes the pictures. A bad config or workdir is a ConfigError before the dataset build;
+    a training stopped by SIGTERM or Ctrl-C raises Stopped (it went on to evaluate the
+    model of that step and draw its pictures)."""
     from clip_jax.training import checkpoints
     from clip_jax.training import config_checks
     from clip_jax.evaluation import evaluate
@@ -209,7 +221,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     else:
         if done_before:
             print(f"Resuming the run in {workdir} from step {done_before}.")
-        train.train(config, workdir)
+        stop_signal = train.train(config, workdir).get("stop_signal")
+        if stop_signal:
+            raise Stopped(128 + int(stop_signal))
     seconds["train"] = time.time() - t
 
     t = time.time()
@@ -347,6 +361,11 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # "run the same command" would start a new timestamped workdir
+        steps = f" --steps {args.steps}" if args.steps is not None else ""
+        print(f"The demo stopped before its last step; to resume, run it again with "
+              f"--workdir {shlex.quote(workdir)}{steps}.", file=sys.stderr)
+        return stop.exit_code
     print(report.text(config))
     print(f"Total {time.time() - start:.0f} s from start (imports and compilation included).")
     return 0

@@ -148,6 +148,26 @@ def test_demo_refusing_another_batch_sizes_finished_run_names_its_own_flag(demo_
            "to train further)" in err, err
 
 
+@pytest.mark.parametrize("signum", [15, 2])
+def test_a_demo_stopped_by_a_signal_says_how_to_resume_and_evaluates_nothing(
+        demo_runs, monkeypatch, tmp_path, capsys, signum):
+    """SIGTERM or the first Ctrl-C saved a step and the demo went on to evaluate that model
+    and draw its pictures; "run the same command to resume" then started a new timestamped
+    workdir. It stops with 128 + the signal and names its --workdir."""
+    from clip_jax.training import checkpoints, train
+
+    config, _, _, _ = demo_runs
+    quick = quick_config(config.data.data_dir)
+    monkeypatch.setattr(demo, "demo_config", lambda steps: quick)
+    monkeypatch.setattr(train, "train", lambda config, workdir: {"stop_signal": signum})
+    monkeypatch.setattr(checkpoints, "load_model", None)  # must not get that far
+    workdir = str(tmp_path / "my run")
+    assert demo.main(["--workdir", workdir, "--steps", "7"]) == 128 + signum
+    assert capsys.readouterr().err.endswith(
+        f"The demo stopped before its last step; to resume, run it again with --workdir "
+        f"'{workdir}' --steps 7.\n")
+
+
 @pytest.mark.slow
 def test_transformers_pipeline_picks_our_zero_shot_labels(demo_run, tmp_path):
     """The export of the demo's model in `pipeline("zero-shot-image-classification")` ranks

@@ -9,14 +9,16 @@ overrides, is written to DIR/config.json (a resumed run whose config changed kee
 one as DIR/config.until_step_<step>.json); a mesh axis of -1 stays -1 there (each checkpoint
 records the mesh it was saved on, and a resume onto another one says so).
 
-Exit codes: 0 done, finished or preempted (SIGTERM: before the first step the process exits at
-once, there being nothing new to save; after it, at the next step boundary with a checkpoint);
+Exit codes: 0 done or finished; 143 (128 + SIGTERM) preempted with steps left (SIGTERM: before
+the first step the process exits at once, there being nothing new to save; after it, at the
+next step boundary with a checkpoint), which job schedulers (JobSet/xpk restart policies, SLURM
+requeue, W&B) read as "stopped, run again", where 0 read as "done" and was not restarted;
 2 a bad config, workdir or data source (`ConfigError`: one line on stderr, before anything is
 compiled); 3 training diverged (NaN/Inf; the line names the last good checkpoint); 4 a
 checkpoint could not be written (its folder removed, a full disk; the line names the newest
-saved one); 130 interrupted by Ctrl-C before training took it over (after that the first Ctrl-C
-saves at the next step boundary and exits 0, as SIGTERM does; a second one stops at once).
-Any other exception is a bug and keeps its traceback.
+saved one); 130 (128 + SIGINT) stopped by Ctrl-C (before training took it over at once; after
+that the first Ctrl-C saves at the next step boundary, as SIGTERM does; a second one stops at
+once). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 from clip_jax.errors import ConfigError
 
-PREEMPTED_EXIT_CODE = 0
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # the shell's code for SIGTERM: "run again"
 CONFIG_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
 SAVE_FAILED_EXIT_CODE = 4  # a checkpoint could not be written (folder gone, disk full)
@@ -43,7 +45,7 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 def exit_at_once_before_training() -> None:
     """Until training takes SIGTERM and SIGINT over (`train.PreemptionGuard`), each exits at
-    once: SIGTERM with code 0, Ctrl-C with 130, saying what the workdir keeps.
+    once: SIGTERM with code 143, Ctrl-C with 130, saying what the workdir keeps.
 
     Python runs signal handlers only between bytecodes, so a handler alone would wait for a
     long import or XLA compilation to finish; the signal's wake-up byte, written by the C-level
@@ -410,7 +412,9 @@ def run(config: Any, workdir: str) -> int:
 
         try:
             if config.mode == "train":
-                train.train(config, workdir, launched=launch.process_start_time())
+                result = train.train(config, workdir, launched=launch.process_start_time())
+                if result.get("stop_signal"):  # saved, with steps left: the job runs again
+                    return 128 + int(result["stop_signal"])
             else:
                 from clip_jax.evaluation import evaluate
 

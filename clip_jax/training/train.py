@@ -135,6 +135,7 @@ class PreemptionGuard:
     def __init__(self):
         self._flag = threading.Event()
         self.reason = "Preempted"
+        self.signum = int(signal.SIGTERM)  # a multi-process preemption is JAX's SIGTERM
         self._multi = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
         if not self._multi and threading.current_thread() is threading.main_thread():
@@ -146,6 +147,7 @@ class PreemptionGuard:
 
     def _interrupted(self, *_) -> None:
         self.reason = "Interrupted (Ctrl-C)"
+        self.signum = int(signal.SIGINT)
         self._flag.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print("Ctrl-C: saving after this step, then stopping (Ctrl-C again stops at once, "
@@ -490,7 +492,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           launched: float | None = None) -> dict[str, float]:
     """Trains to `config.total_steps` (or until preempted); returns the last logged metrics
     (plus `compile_seconds` and `seconds_to_first_step`, from `launched` to the first step's
-    launch: state restore or init, compile or cache load, input pipeline). `launched`
+    launch: state restore or init, compile or cache load, input pipeline; and `stop_signal`,
+    the signal number a run stopped by SIGTERM or Ctrl-C before its last step saved and
+    stopped for, for the caller's exit status: 128 + it, as a scheduler reads it). `launched`
     (`time.time()` seconds): when the command started (`clip-jax train` passes its process's
     start, `runtime.launch`); None: this call."""
     launched = launched or time.time()
@@ -893,6 +897,7 @@ def run_loop(loop: TrainLoop, state: Any, start: int) -> dict[str, float]:
                 loop.checkpointer.wait()  # written, so "saved" is true
                 writer.log(f"{loop.guard.reason}: saved step {done}; run the same command to "
                            "resume.")
+                last["stop_signal"] = loop.guard.signum
                 break
     finally:
         profile.stop()
