@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import numbers
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 _CAPTION_COUNTS: dict[tuple[str, str, str], int] = {}
 
 
+def nfc(name: str) -> str:
+    """A class name in Unicode's composed form (NFC), so that names typed or stored in
+    another form compare equal: a Mac's folder names are decomposed (NFD: `e` + U+0301 for
+    `é`) where most tables and typed lists are composed, and the probes matched them as
+    different classes (`café crème` trained on, and "missing" from the test data)."""
+    return unicodedata.normalize("NFC", name)
+
+
 class EvalIterable:
     """Finite, deterministic eval batches of this process's slice of a split; re-iterable.
 
@@ -59,7 +68,7 @@ class EvalIterable:
         self._source = source
         self.num_batches = num_batches
         self.num_examples = num_examples
-        self.label_names = label_names
+        self.label_names = None if label_names is None else [nfc(n) for n in label_names]
         self.max_captions = max_captions
 
     def __len__(self) -> int:

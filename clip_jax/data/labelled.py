@@ -57,7 +57,7 @@ from clip_jax.data import tf_preprocess
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.data.image_folder import first_few, real_path, walk_once
-from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_examples,
+from clip_jax.data.eval_pipeline import (EvalIterable, nfc, ProcessSlice, batch_eval_examples,
                                          mask_padding)
 from clip_jax.data.tf_data import graph
 from clip_jax.errors import ConfigError, MissingFileError
@@ -416,12 +416,14 @@ def read_table(path: str, image_column: str = "", label_column: str = "",
                           "name others (--image-key, --label-key).")
     rows = [row for row in rows if row[1].strip() and row[2].strip()]
     lines = [r.lines for r, _, _ in rows]
-    raw = [y.strip() for _, _, y in rows]
+    raw = [nfc(y.strip()) for _, _, y in rows]  # one class, however its rows spell é
     names_from, beside = "given", ""
     if class_names is None:
         beside = os.path.join(os.path.dirname(path), WDS_CLASSNAMES)
         if tf.io.gfile.exists(beside):
             class_names, names_from = read_entries(beside), f"in {beside}"
+    if class_names is not None:
+        class_names = [nfc(name) for name in class_names]
     indices = [tables.class_index(y) for y in raw]
     # Integers are indices unless every label is a given class name as written (classes
     # named "1".."10", or "3" among words): those are names, not a shifted index.
