@@ -698,3 +698,35 @@ def test_offline_a_repo_without_model_files_is_told_from_one_not_cached(tmp_path
         clip_jax.load("tiny-org/clip-fh")
     with pytest.raises(FileNotFoundError, match=r"first\)\.$"):  # nothing close: no hint
         clip_jax.load("other-org/something-else")
+
+
+def test_offline_a_cache_missing_blobs_or_snapshots_says_which(tmp_path, monkeypatch):
+    """A snapshot whose weights link to a removed blob was said to hold the file it could not
+    find; a ref naming a commit whose snapshot is gone was said to be held at that ref; and
+    snapshots no ref names (a download by commit hash) got no word (trial CF)."""
+    (tmp_path / "vocab.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    files = {n: tmp_path / n for n in ("vocab.json", "model.safetensors")}
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    snapshot = add_repo(cache, "tiny-org/gone-blob", files)
+    os.remove(os.path.realpath(snapshot / "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            "(the cache's copy holds only: vocab.json; model.safetensors is a link to a removed "
+            "blob: download again with `hf download tiny-org/gone-blob`).")):
+        clip_jax.load("tiny-org/gone-blob")
+    snapshot = add_repo(cache, "tiny-org/moved", files)
+    (snapshot.parent.parent / "refs" / "main").write_text("0123456789ab" + "0" * 28)
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            "(its refs/main names commit 0123456789ab, whose snapshot folder is missing from "
+            "the cache: download it again).")):
+        clip_jax.load("tiny-org/moved")
+    snapshot = add_repo(cache, "tiny-org/by-commit", files)
+    os.remove(snapshot.parent.parent / "refs" / "main")
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"(the cache holds snapshots of commit {snapshot.name}, named by no ref: pass the "
+            "commit as revision=).")):
+        clip_jax.load("tiny-org/by-commit")
+    assert huggingface_hub.snapshot_download(  # what the hint says works
+        "tiny-org/by-commit", revision=snapshot.name, local_files_only=True) == str(snapshot)

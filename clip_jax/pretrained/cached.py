@@ -16,9 +16,11 @@ MAX_LISTED = 8
 
 
 def cached_hint(repo_id: str, revision: str | None = None) -> str:
-    """" (the cache's copy holds only: a.json, b.txt)", for a repo cached at other revisions
-    than the one asked " (the cache holds it at: main, v2)", for a repo the cache lacks
-    " (cached repos with close names: org/name)", or "" where none applies."""
+    """" (the cache's copy holds only: a.json, b.txt)" (files whose blob is gone, a link to
+    nothing, named as such), for a repo cached at other revisions than the one asked " (the
+    cache holds it at: main, v2)", for a ref whose snapshot is gone or snapshots no ref names
+    what there is, for a repo the cache lacks " (cached repos with close names: org/name)",
+    or "" where none applies."""
     from huggingface_hub import constants, errors, snapshot_download
 
     try:
@@ -26,13 +28,10 @@ def cached_hint(repo_id: str, revision: str | None = None) -> str:
     except (errors.LocalEntryNotFoundError, ValueError, OSError):  # not cached at that revision
         folder = None
     if folder is not None:
-        files = sorted(os.path.relpath(os.path.join(root, name), folder)
-                       for root, _, names in os.walk(folder) for name in names)
-        return f" (the cache's copy holds only: {_listed(files) or 'no files'})"
-    refs = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"), "refs")
-    if os.path.isdir(refs):  # cached, at other revisions (a commit hash is its own name)
-        held = sorted(os.listdir(refs))
-        return f" (the cache holds it at: {_listed(held)})" if held else ""
+        return _snapshot_hint(repo_id, folder)
+    repo = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"))
+    if os.path.isdir(repo):  # cached, at other revisions (a commit hash is its own name)
+        return _revisions_hint(repo, revision or "main")
     try:
         cached = [name.removeprefix("models--").replace("--", "/")
                   for name in os.listdir(constants.HF_HUB_CACHE) if name.startswith("models--")]
@@ -40,6 +39,40 @@ def cached_hint(repo_id: str, revision: str | None = None) -> str:
         return ""
     close = difflib.get_close_matches(repo_id, cached, n=MAX_LISTED, cutoff=0.8)
     return f" (cached repos with close names: {', '.join(close)})" if close else ""
+
+
+def _snapshot_hint(repo_id: str, folder: str) -> str:
+    """What a cached snapshot holds; its links whose blob was removed (a cleaned `blobs/`, a
+    copied `snapshots/`) are named apart: listed as held, they read as the file not found."""
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                   for name in names)
+    held = [os.path.relpath(p, folder) for p in paths if os.path.exists(p)]
+    gone = [os.path.relpath(p, folder) for p in paths if not os.path.exists(p)]
+    hint = f" (the cache's copy holds only: {_listed(held) or 'no files'}"
+    if gone:
+        hint += (f"; {_listed(gone)} {'are links' if len(gone) > 1 else 'is a link'} to a "
+                 f"removed blob: download again with `hf download {repo_id}`")
+    return hint + ")"
+
+
+def _revisions_hint(repo: str, asked: str) -> str:
+    """For a cached repo without a snapshot at `asked`: the ref naming a commit whose snapshot
+    is gone, else the refs it is held at, else the commits of snapshots no ref names (a
+    download by commit hash), to pass as `revision`."""
+    refs, snapshots = os.path.join(repo, "refs"), os.path.join(repo, "snapshots")
+    named = sorted(os.listdir(refs)) if os.path.isdir(refs) else []
+    if asked in named and os.path.isfile(os.path.join(refs, asked)):
+        with open(os.path.join(refs, asked), encoding="utf-8") as f:
+            commit = f.read().strip()
+        return (f" (its refs/{asked} names commit {commit[:12]}, whose snapshot folder is "
+                "missing from the cache: download it again)")
+    if named:
+        return f" (the cache holds it at: {_listed(named)})"
+    commits = sorted(os.listdir(snapshots)) if os.path.isdir(snapshots) else []
+    if commits:
+        return (f" (the cache holds snapshots of commit{'s' * (len(commits) > 1)} "
+                f"{_listed(commits)}, named by no ref: pass the commit as revision=)")
+    return ""
 
 
 def _listed(names: list[str]) -> str:
