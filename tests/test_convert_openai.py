@@ -358,6 +358,25 @@ def test_files_that_are_no_state_dict_say_what_they_are(tmp_path):
     (tmp_path / "odd.pt").write_bytes(b"\x01\x02binary")
     with pytest.raises(ConfigError, match=r"bytes are none of safetensors, \.npz or PyTorch"):
         clip_jax.load(str(tmp_path / "odd.pt"))
+    # A file whose suffix names another format: safetensors under .bin was "none of
+    # safetensors, ...", a PyTorch file under .safetensors safetensors' "header too large"
+    # (trial CF). The bytes say what it is; the suffix it needs is named.
+    state = {"w": np.ones(3, np.float32)}
+    save_file({"w": torch.ones(3)}, tmp_path / "st.bin")
+    torch.save({"w": torch.ones(3)}, tmp_path / "zip.safetensors")
+    torch.save({"w": torch.ones(3)}, tmp_path / "pickle.safetensors",
+               _use_new_zipfile_serialization=False)
+    from clip_jax.convert.host import read_tensors
+
+    for name, stored, rename, renamed in (
+            ("st.bin", "safetensors", ".safetensors", "st.safetensors"),
+            ("zip.safetensors", r"zip \(PyTorch's or numpy's .npz\)", ".pt or .npz", "zip.pt"),
+            ("pickle.safetensors", r"PyTorch \(pickle\)", ".bin or .pt", "pickle.bin")):
+        with pytest.raises(ConfigError, match=rf"{name}' holds a {stored} file under the suffix "
+                                              rf"\.\w+; rename it to {rename} "):
+            clip_jax.load(str(tmp_path / name))
+        (tmp_path / name).rename(tmp_path / renamed)  # what it says to do reads it
+        np.testing.assert_array_equal(read_tensors(str(tmp_path / renamed))["w"], state["w"])
     # A model folder's config or tokenizer file given for the folder was "Download the file
     # again"; the folder is the fix.
     import transformers

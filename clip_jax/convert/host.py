@@ -78,6 +78,19 @@ def is_float(array: np.ndarray) -> bool:
 
 # ----------------------------------------------------------------------------- files
 
+def _stored_format(magic: bytes) -> tuple[str, bool, str] | None:
+    """(name, is safetensors, the suffix to give it) of a weights file's first 64 bytes:
+    safetensors (an 8-byte little-endian header length, then the JSON header's `{`), PyTorch's
+    pickle (protocol 2) or a zip (PyTorch's and `.npz` alike); None for anything else."""
+    if magic[8:9] == b"{" and 2 <= int.from_bytes(magic[:8], "little") < 1 << 27:
+        return "safetensors", True, ".safetensors"
+    if magic[:2] == b"\x80\x02":
+        return "PyTorch (pickle)", False, ".bin or .pt"
+    if magic.startswith(b"PK"):
+        return "zip (PyTorch's or numpy's .npz)", False, ".pt or .npz"
+    return None
+
+
 def read_tensors(path: str) -> dict[str, np.ndarray]:
     """The tensors of a `.safetensors`, `.npz` or PyTorch (`.pt`/`.pth`/`.bin`) file, as stored
     (keys unchanged, numpy values).
@@ -108,6 +121,12 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path!r} is not a checkpoint: it holds text ({magic[:24]!r}...), "
                           "an HTML page or a server's reply saved under that name? Download "
                           "the file again.")
+    stored = _stored_format(magic)
+    suffix = os.path.splitext(path)[1] or "(none)"
+    if stored and stored[1] != path.endswith(".safetensors"):  # the name says another format
+        raise ConfigError(f"{path!r} holds a {stored[0]} file under the suffix {suffix}; rename "
+                          f"it to {stored[2]} (the suffix decides how it is read, here as in "
+                          "open_clip and transformers).")
     if path.endswith(".safetensors"):
         try:
             return load_file(path)
