@@ -381,7 +381,7 @@ def test_export_open_clip_of_a_resnet(tmp_path, capsys):
     # the note on open_clip's own transforms names the size open_clip's config records
     size = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())[
         "model_cfg"]["vision_cfg"]["image_size"]
-    assert f"CLIPImageProcessor (image size {size}, mean/std as in open_clip_config" in out
+    assert f"crop_size={{'height': {size}, 'width': {size}}}" in out
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
     images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():
@@ -391,6 +391,29 @@ def test_export_open_clip_of_a_resnet(tmp_path, capsys):
     np.testing.assert_allclose(theirs.numpy(), l2_normalize(ours), atol=1e-5)
     with pytest.raises(SystemExit):
         cli.main(["export-hf", "a", "b", "--dtype", "int8"])
+
+
+def test_export_open_clips_pixel_advice_gives_clip_jaxs_pixels(tmp_path, capsys):
+    """The note after `export-open-clip` named CLIPImageProcessor's image size and mean/std
+    only: for a model that resizes before its crop (shortest side 40, crop 32) that processor
+    was up to 2.8 off clip_jax's pixels (trial CF). The call it now writes out, run as
+    written, gives clip_jax.preprocess's pixels."""
+    import ast
+
+    module, variables = clip_jax.create_model("test-vit", resize_size=40,
+                                              image_mean=(0.5, 0.4, 0.3),
+                                              image_std=(0.2, 0.25, 0.3))
+    clip_jax.save(module, variables, tmp_path / "model")
+    code, out, _ = run(capsys, "export-open-clip", str(tmp_path / "model"), str(tmp_path / "oc"))
+    assert code == 0, out
+    call = re.search(r"CLIPImageProcessor\((.*?)\) \(as in", out).group(1)
+    options = {keyword.arg: ast.literal_eval(keyword.value)
+               for keyword in ast.parse(f"f({call})", mode="eval").body.keywords}
+    processor = transformers.CLIPImageProcessor(**options)
+    photo = np.random.default_rng(1).integers(0, 256, (61, 90, 3), dtype=np.uint8)
+    theirs = processor(images=Image.fromarray(photo), return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(np.transpose(theirs, (0, 2, 3, 1)),
+                               preprocess(photo, module.config), atol=1e-5)
 
 
 def test_the_weights_flags_read_what_a_checkpoint_file_does_not_say(tmp_path, capsys):

@@ -392,10 +392,13 @@ def export_open_clip_command(args: argparse.Namespace) -> int:
     out = export_open_clip(module.config, variables, args.output_dir, dtype=args.dtype)
     print(f"Wrote an open_clip model to {out} (load with "
           f"open_clip.create_model_and_transforms('local-dir:{out}')).")
+    config = module.config
     print("Note: open_clip's own image transforms differ slightly from clip_jax's (Pillow's "
           "resize, the crop offset, transparency, 16-bit images), so image embeddings can "
-          "differ; for clip_jax's exact pixels use transformers' CLIPImageProcessor "
-          f"(image size {module.config.image_size}, mean/std as in {CONFIG_FILE}).")
+          "differ; for clip_jax's exact pixels use transformers' CLIPImageProcessor("
+          f"size={{'shortest_edge': {config.resize_shortest_side}}}, crop_size={{'height': "
+          f"{config.image_size}, 'width': {config.image_size}}}, image_mean="
+          f"{list(config.image_mean)}, image_std={list(config.image_std)}) (as in {CONFIG_FILE}).")
     return 0
 
 
