@@ -693,3 +693,39 @@ def test_learning_rate_schedule_is_open_clips_cosine_lr(warmup, total):
     theirs = scheduler.cosine_lr(optimizer, 5e-4, warmup, total)
     np.testing.assert_allclose([float(ours(step)) for step in range(total)],
                                [theirs(step) for step in range(total)], rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_init_state_takes_loaded_weights_in_either_layer_layout(tmp_path, scan):
+    """The README's train step from Python with `clip_jax.load`'s variables (layers unstacked)
+    and a config with scan_layers=True met a pytree-prefix traceback (trial CF); they are laid
+    out as the model's scan_layers says, the weights unchanged, and the step's loss is the
+    one computed by module.apply on those weights (the CLIP loss, in numpy)."""
+    import clip_jax
+    from clip_jax.models.layers import unstack_layers
+
+    saved_module, saved = clip_jax.create_model("test-vit", rng=4, activation="gelu")
+    clip_jax.save(saved_module, saved, tmp_path / "model")
+    module, variables = clip_jax.load(tmp_path / "model")
+    config = _config()
+    config.model.scan_layers = scan
+    mesh = sharding.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    s = train_step.setup(config, train_step.model_config(config, module.config), mesh)
+    state = s.init_state(jax.random.key(0), variables)
+    loaded = unstack_layers(jax.device_get(state.params))
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables["params"])):
+        np.testing.assert_array_equal(a, b)
+    batch = _batch(config)
+    step = jax.jit(train_step.make_grad_fn(config, s))
+    with jax.set_mesh(mesh):
+        loss = float(step(state.params, state.batch_stats, batch)[0])
+    mean, std = (np.asarray(x, np.float32) for x in (module.config.image_mean,
+                                                     module.config.image_std))
+    images = (batch["images"].astype(np.float32) / 255 - mean) / std
+    img, txt, scale = (np.asarray(x, np.float64) for x in module.apply(variables, images,
+                                                                       batch["tokens"]))
+    logits = scale * img @ txt.T
+    log_softmax = lambda x: x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(  # noqa: E731
+        1, keepdims=True)) - x.max(1, keepdims=True)
+    expected = -(np.trace(log_softmax(logits)) + np.trace(log_softmax(logits.T))) / (2 * BATCH)
+    assert loss == pytest.approx(expected, rel=1e-5)

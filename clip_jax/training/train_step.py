@@ -31,6 +31,7 @@ from clip_jax.training import optim
 from clip_jax.runtime import host_tuning, sharding
 from clip_jax.models.clip import CLIP, create_model, init_variables
 from clip_jax.models.config import CLIPConfig
+from clip_jax.models.layers import stack_layers, unstack_layers
 from clip_jax.pretrained import load as loading
 
 Batch = dict[str, jax.Array]
@@ -98,8 +99,14 @@ class Setup:
         Random weights are drawn on the host, each process its own shards
         (`create_model(..., shardings=)`): compiling the model's initialiser for the mesh
         took longer than the train step's first steps (tiny config, 8 CPU devices: 7.8 s).
+        Imported `variables` may have their layers stacked or not (`clip_jax.load` returns
+        them unstacked): they are laid out as this model's `scan_layers` says (a config with
+        scan_layers=True met a pytree-prefix traceback).
         """
         with jax.set_mesh(self.mesh):
+            if variables is not None:
+                variables = (stack_layers(variables) if self.module.config.scan_layers
+                             else unstack_layers(variables))
             if variables is None:
                 variables = create_model(self.module.config, rng, shardings={
                     "params": self.state_shardings.params,
