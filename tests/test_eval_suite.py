@@ -912,6 +912,25 @@ def test_unreadable_images_are_counted_and_left_out_of_the_metrics(folder, model
     assert caplog.text.count(".DS_Store") == 1, caplog.text  # the skipped hidden file, too
 
 
+def test_a_probes_unreadable_training_images_are_counted_in_its_results(folder, model,
+                                                                        tmp_path):
+    """A probe's training images that could not be read were said on the console only: the
+    results' trained_on cell read as if every image was used (trial CE)."""
+    import shutil
+
+    module, variables = model
+    root = tmp_path / "colours"
+    shutil.copytree(folder, root)
+    Image.open(root / "train" / "red" / "0.png").save(root / "train" / "red" / "cut.jpg")
+    jpeg = (root / "train" / "red" / "cut.jpg").read_bytes()
+    (root / "train" / "red" / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    _, evaluation = evaluate.evaluate_model(config_for(linear_probe=evaluate.linear_probe_task(
+        str(root), "train", "test", l2="0.01")), module, variables)
+    readable = len(labelled_data.read(str(folder), "train").files)
+    assert evaluation.provenance["linear_probe/t"]["trained_on"] == (
+        f"image folder {root}/train (train): {readable} images, 1 unreadable")
+
+
 def test_a_jpeg_damaged_inside_its_scan_is_left_out_and_named(folder, model, tmp_path,
                                                               caplog):
     """A whole JPEG (start and end markers in place) with scrambled bytes inside its scan

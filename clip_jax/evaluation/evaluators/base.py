@@ -259,11 +259,14 @@ def _skipped(p: Pass) -> int:
 
 
 def _summary(p: Pass) -> str:
-    """'table train.csv (train): 120 images, 1 skipped': a training pass in one cell."""
+    """'table train.csv (train): 120 images, 1 unreadable, 1 skipped': a training pass in one
+    cell, with the images lost as its test pass's columns count them (a training image that
+    could not be read was said only on the console)."""
     split = p.split or p.shown_split
-    skipped = _skipped(p)
+    lost = {"unreadable": int(p.iterable.num_examples - len(p.embeddings.images)),
+            "skipped": _skipped(p)}
     return (f"{p.description}{f' ({split})' if split else ''}: {len(p.embeddings.images)} "
-            f"images{f', {skipped} skipped' if skipped else ''}")
+            f"images" + "".join(f", {n} {what}" for what, n in lost.items() if n))
 
 
 @dataclasses.dataclass
