@@ -1237,6 +1237,14 @@ def test_few_shot_refuses_a_class_without_training_images_before_embedding(
     (root / "test" / "purple" / "0.png").unlink()
     with pytest.raises(pytest.fail.Exception, match="embedded"):
         evaluate.evaluate_model(config, module, variables)
+    # A class short of k images is named as its prompts, results and plots name it (it was
+    # 'dark_red' there, 'dark red' everywhere else: trial CE).
+    os.rename(root / "train" / "red", root / "train" / "dark_red")
+    os.rename(root / "test" / "red", root / "test" / "dark_red")
+    config = config_for(few_shot=evaluate.few_shot_task(str(root), shots="8", seeds=1))
+    with pytest.raises(ConfigError, match=r"8-shot probes need 8 training images per class; "
+                                          r"these classes have fewer: .*dark red \(6\)"):
+        evaluate.evaluate_model(config, module, variables)
 
 
 def test_a_probe_on_folders_with_other_classes_names_them(folder, model, tmp_path, monkeypatch,

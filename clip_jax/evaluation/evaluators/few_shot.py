@@ -60,7 +60,7 @@ class FewShot(Evaluator):
         check_test_classes(self.field, self.train, self.test)
         if self.train.listed_labels is not None:  # no shot count possible: before embedding
             test = self.test.listed_labels
-            few_shot.check_shots(self.train.listed_labels, self.train.class_names,
+            few_shot.check_shots(self.train.listed_labels, self.classifier.class_names,
                                  min(self.shots), None if test is None else training_labels(
                                      test, training_index(self.train, self.test)))
 
