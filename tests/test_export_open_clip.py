@@ -133,6 +133,25 @@ def test_a_model_with_a_logit_bias_loads_back(tmp_path):
     assert np.abs(img - ref_img).max() <= 1e-5 and np.abs(txt - ref_txt).max() <= 1e-5
 
 
+def test_a_logit_scale_init_survives_save_and_load_as_open_clip_reads_it(tmp_path):
+    """The open_clip export dropped `logit_scale_init` (3.0 came back as ln(1/0.07), trial
+    CF): it is written as open_clip's own `init_logit_scale`, which open_clip's CLIP starts
+    its logit_scale at, and read back; the default writes nothing (open_clip's default)."""
+    import json
+
+    import clip_jax
+
+    config = get_preset("test-vit", logit_scale_init=3.0)
+    clip_jax.save(CLIP(config), random_variables(config), str(tmp_path / "ours"))
+    module, _ = clip_jax.load(str(tmp_path / "ours"))
+    assert module.config.logit_scale_init == 3.0
+    model_cfg = json.loads((tmp_path / "ours" / "open_clip_config.json").read_text())[
+        "model_cfg"]
+    assert float(open_clip.CLIP(**model_cfg).logit_scale) == pytest.approx(3.0)
+    assert "init_logit_scale" not in open_clip_export.open_clip_config(
+        get_preset("test-vit"))["model_cfg"]
+
+
 def test_an_export_over_an_earlier_model_leaves_none_of_its_files(tmp_path):
     """Exporting into a folder holding another model of this format: its PyTorch weights file
     (which open_clip can read beside the new safetensors) goes, unrelated files stay, and

@@ -58,6 +58,8 @@ def open_clip_config(config: CLIPConfig) -> dict[str, Any]:
         vision_cfg=vision,
         text_cfg=dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
                       heads=t.heads, layers=t.layers, mlp_ratio=t.mlp_ratio))
+    if config.logit_scale_init != CLIPConfig().logit_scale_init:  # open_clip's default too
+        model_cfg["init_logit_scale"] = config.logit_scale_init
     if config.logit_bias_init is not None:
         model_cfg["init_logit_bias"] = config.logit_bias_init
     preprocess_cfg: dict[str, Any] = dict(mean=list(config.image_mean),

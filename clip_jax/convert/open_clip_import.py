@@ -112,7 +112,8 @@ def config_from_open_clip(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> 
         config = CLIPConfig(
             embed_dim=model_cfg["embed_dim"], vision=VisionConfig(**vision),
             text=TextConfig(**text), activation="quick_gelu" if model_cfg.get("quick_gelu")
-            else "gelu", logit_bias_init=model_cfg.get("init_logit_bias"))
+            else "gelu", logit_bias_init=model_cfg.get("init_logit_bias"),
+            logit_scale_init=model_cfg.get("init_logit_scale", CLIPConfig().logit_scale_init))
     except ConfigError as error:  # said of the file, whose model clip_jax cannot build
         raise ConfigError(f"{source}: clip_jax cannot build this model: "
                           f"{str(error).removeprefix('Invalid model config: ')}") from None
