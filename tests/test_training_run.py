@@ -293,6 +293,25 @@ def test_a_signal_seen_by_the_handler_and_the_watcher_is_said_once():
         assert done.stderr.count("Stopped by SIGTERM") == 1, done.stderr
 
 
+@pytest.mark.parametrize("status", [0, 143, 3])
+def test_a_signal_after_the_training_ended_keeps_its_exit_status(status):
+    """SIGTERM after 'Finished: step 20 of 20' (training's guard gave the signals back) said
+    'Stopped by SIGTERM before the first training step' and exited 143, so a scheduler ran the
+    finished job again (trial CG); the ended run's status stands, with one line."""
+    import subprocess
+
+    script = ("import os, signal\n"
+              "from clip_jax.cli import train\n"
+              "train.exit_at_once_before_training()\n"
+              f"train._ended({status})\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "signal.pause()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == status, done.stderr
+    assert done.stderr == "SIGTERM after the run ended: nothing left to stop.\n", done.stderr
+
+
 def test_init_from_refuses_a_conflicting_model_name(tfds_dir, tmp_path, monkeypatch):
     import torch
 

@@ -59,9 +59,18 @@ def exit_at_once_before_training() -> None:
     # prints and exits, the other waits for that exit (the message was printed twice).
     exiting = threading.Lock()
 
+    def ended(name: str) -> None:
+        """After training's guard gave the signals back, the run's own status stands (a
+        finished run exited 143 "before the first step", and a scheduler ran it again)."""
+        if _ENDED:
+            print(f"{name} after the run ended: nothing left to stop.", file=sys.stderr,
+                  flush=True)
+            os._exit(_ENDED[0])
+
     def stop(*_) -> None:
         exiting.acquire()
         sys.stdout.flush()
+        ended("SIGTERM")
         print("Stopped by SIGTERM before the first training step; nothing new to save (run the "
               "same command to resume).", file=sys.stderr, flush=True)
         os._exit(PREEMPTED_EXIT_CODE)
@@ -69,6 +78,7 @@ def exit_at_once_before_training() -> None:
     def interrupt(*_) -> None:
         exiting.acquire()
         sys.stdout.flush()
+        ended("Ctrl-C")
         kept = f"; {_kept(_STARTED[0], _listed_steps)}" if _STARTED else ""
         print(f"error: interrupted (Ctrl-C){kept}", file=sys.stderr, flush=True)
         os._exit(INTERRUPTED_EXIT_CODE)
@@ -94,6 +104,8 @@ def exit_at_once_before_training() -> None:
 
 # The workdir of the run this process started (`run`), for what a Ctrl-C before training says.
 _STARTED: list[str] = []
+# The exit status of the training that ended (`run`), which a later signal leaves as it is.
+_ENDED: list[int] = []
 
 
 def config_names() -> list[str]:
@@ -412,19 +424,19 @@ def run(config: Any, workdir: str) -> int:
 
         try:
             if config.mode == "train":
-                result = train.train(config, workdir, launched=launch.process_start_time())
-                if result.get("stop_signal"):  # saved, with steps left: the job runs again
-                    return 128 + int(result["stop_signal"])
-            else:
-                from clip_jax.evaluation import evaluate
+                stop_signal = train.train(config, workdir, launched=launch.process_start_time()
+                                          ).get("stop_signal")
+                # saved, with steps left: 128 + the signal, and the job runs again
+                return _ended(128 + int(stop_signal) if stop_signal else 0)
+            from clip_jax.evaluation import evaluate
 
-                evaluate.evaluate_workdir(config, workdir)
+            evaluate.evaluate_workdir(config, workdir)
         except train.NonFiniteLossError as e:
             print(f"error: {e}", file=sys.stderr)
-            return DIVERGED_EXIT_CODE
+            return _ended(DIVERGED_EXIT_CODE)
         except checkpoints.CheckpointWriteError as e:
             print(f"error: {e}", file=sys.stderr)
-            return SAVE_FAILED_EXIT_CODE
+            return _ended(SAVE_FAILED_EXIT_CODE)
     except ConfigError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
@@ -432,6 +444,12 @@ def run(config: Any, workdir: str) -> int:
         print(f"error: interrupted (Ctrl-C); {_kept(workdir)}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     return 0
+
+
+def _ended(code: int) -> int:
+    """`code`, recorded as the ended training's status for a signal that comes after it."""
+    _ENDED[:] = [code]
+    return code
 
 
 def _listed_steps(workdir: str) -> list[int]:
