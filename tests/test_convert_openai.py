@@ -368,10 +368,16 @@ def test_files_that_are_no_state_dict_say_what_they_are(tmp_path):
                _use_new_zipfile_serialization=False)
     from clip_jax.convert.host import read_tensors
 
+    torch.save({"w": torch.ones(3)}, tmp_path / "torch.npz")
+    np.savez(tmp_path / "arrays.npz", w=state["w"])
+    (tmp_path / "arrays.npz").rename(tmp_path / "arrays.pt")
+    torch_suffixes = r"\.pt or \.pth or \.bin"
     for name, stored, rename, renamed in (
-            ("st.bin", "safetensors", ".safetensors", "st.safetensors"),
-            ("zip.safetensors", r"zip \(PyTorch's or numpy's .npz\)", ".pt or .npz", "zip.pt"),
-            ("pickle.safetensors", r"PyTorch \(pickle\)", ".bin or .pt", "pickle.bin")):
+            ("st.bin", "safetensors", r"\.safetensors", "st.safetensors"),
+            ("zip.safetensors", "PyTorch", torch_suffixes, "zip.pt"),
+            ("pickle.safetensors", "PyTorch", torch_suffixes, "pickle.bin"),
+            ("torch.npz", "PyTorch", torch_suffixes, "torch.pth"),  # np.load read its zip
+            ("arrays.pt", r"numpy \.npz", r"\.npz", "arrays.npz")):
         with pytest.raises(ConfigError, match=rf"{name}' holds a {stored} file under the suffix "
                                               rf"\.\w+; rename it to {rename} "):
             clip_jax.load(str(tmp_path / name))

@@ -78,16 +78,26 @@ def is_float(array: np.ndarray) -> bool:
 
 # ----------------------------------------------------------------------------- files
 
-def _stored_format(magic: bytes) -> tuple[str, bool, str] | None:
-    """(name, is safetensors, the suffix to give it) of a weights file's first 64 bytes:
-    safetensors (an 8-byte little-endian header length, then the JSON header's `{`), PyTorch's
-    pickle (protocol 2) or a zip (PyTorch's and `.npz` alike); None for anything else."""
+# The stored formats a weights file's bytes show, each with the suffixes that read it.
+_FORMATS = {"safetensors": (".safetensors",), "PyTorch": (".pt", ".pth", ".bin"),
+            "numpy .npz": (".npz",)}
+
+
+def _stored_format(path: str, magic: bytes) -> str | None:
+    """The `_FORMATS` entry a weights file's bytes (`magic`: its first 64) show: safetensors
+    (an 8-byte little-endian header length, then the JSON header's `{`), PyTorch (a protocol-2
+    pickle, or a zip holding `data.pkl`) or numpy's `.npz` (a zip of `.npy` files); None for
+    anything else."""
     if magic[8:9] == b"{" and 2 <= int.from_bytes(magic[:8], "little") < 1 << 27:
-        return "safetensors", True, ".safetensors"
+        return "safetensors"
     if magic[:2] == b"\x80\x02":
-        return "PyTorch (pickle)", False, ".bin or .pt"
-    if magic.startswith(b"PK"):
-        return "zip (PyTorch's or numpy's .npz)", False, ".pt or .npz"
+        return "PyTorch"
+    if zipfile.is_zipfile(path):
+        names = zipfile.ZipFile(path).namelist()
+        if any(n.endswith(("data.pkl", "constants.pkl")) for n in names):
+            return "PyTorch"
+        if names and all(n.endswith(".npy") for n in names):
+            return "numpy .npz"
     return None
 
 
@@ -121,12 +131,12 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path!r} is not a checkpoint: it holds text ({magic[:24]!r}...), "
                           "an HTML page or a server's reply saved under that name? Download "
                           "the file again.")
-    stored = _stored_format(magic)
-    suffix = os.path.splitext(path)[1] or "(none)"
-    if stored and stored[1] != path.endswith(".safetensors"):  # the name says another format
-        raise ConfigError(f"{path!r} holds a {stored[0]} file under the suffix {suffix}; rename "
-                          f"it to {stored[2]} (the suffix decides how it is read, here as in "
-                          "open_clip and transformers).")
+    stored, suffix = _stored_format(path, magic), os.path.splitext(path)[1].lower()
+    named = next((name for name, suffixes in _FORMATS.items() if suffix in suffixes), None)
+    if stored and stored != named and (named or stored != "PyTorch"):  # others: torch.load
+        raise ConfigError(f"{path!r} holds a {stored} file under the suffix {suffix or '(none)'}"
+                          f"; rename it to {' or '.join(_FORMATS[stored])} (the suffix decides "
+                          "how it is read, here as in open_clip and transformers).")
     if path.endswith(".safetensors"):
         try:
             return load_file(path)
