@@ -16,7 +16,7 @@ import open_clip
 from PIL import Image
 
 import clip_jax
-from clip_jax.convert import hf_export
+from clip_jax.convert import hf_export, open_clip_export
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models import get_preset
 from clip_jax.pretrained import load as loading
@@ -182,11 +182,16 @@ def test_pretrained_given_a_whole_model_says_how_to_load_it(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "epoch_3.pt.part").write_bytes(b"")
-    for folder, holds in (("empty", "nothing"), ("notes", r"epoch_3\.pt\.part")):
+    (tmp_path / "config_only").mkdir()  # a model's config without its weights (trial CG)
+    (tmp_path / "config_only" / "open_clip_config.json").write_text(json.dumps(
+        open_clip_export.open_clip_config(config)))
+    for folder, holds in (("empty", "nothing"), ("notes", r"epoch_3\.pt\.part"),
+                          ("config_only", r"open_clip_config\.json")):
         with pytest.raises(ConfigError, match=rf"is a folder that holds no model \(it holds: "
                                               rf"{holds}\); name a weights file in it"):
             clip_jax.create_model("test-vit", pretrained=str(tmp_path / folder))
-        with pytest.raises(ConfigError, match="is neither a clip_jax workdir"):
+        with pytest.raises((ConfigError, MissingFileError),
+                           match="is neither a clip_jax workdir|but no weights"):
             clip_jax.load(tmp_path / folder)  # what it said before
     with pytest.raises(ConfigError, match=r"a transformers CLIPModel's .* load its whole "
                                           r"directory"):

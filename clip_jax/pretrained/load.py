@@ -388,9 +388,12 @@ def _listing(folder: str) -> str:
 
 
 def _is_model_folder(path: str) -> bool:
-    """Whether `path` is a folder `clip_jax.load` reads as a whole model."""
-    return (checkpoints.is_workdir(path) or hf_import.is_hf_directory(path)
-            or open_clip_import.is_open_clip_directory(path))
+    """Whether `path` is a folder `clip_jax.load` reads as a whole model: a workdir, or a
+    transformers or open_clip folder with its weights (a config alone is no model)."""
+    weights = [*hf_import.WEIGHT_FILES, *open_clip_import.WEIGHT_FILES]
+    return checkpoints.is_workdir(path) or (
+        (hf_import.is_hf_directory(path) or open_clip_import.is_open_clip_directory(path))
+        and any(os.path.isfile(os.path.join(path, name)) for name in weights))
 
 
 def not_found(spec: str, local: bool = False) -> str:
