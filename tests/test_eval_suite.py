@@ -408,6 +408,16 @@ def test_class_names_in_another_unicode_form_are_the_same_classes(folder, model,
         str(folder), "train", "test", l2="0.01")), module, variables)
     assert results["NFC"]["linear_probe/t/accuracy"] == pytest.approx(
         same["linear_probe/t/accuracy"], abs=1e-6)  # every test image scored, none a miss
+    # Both forms as two class folders of one split (Linux keeps them apart): refused, naming
+    # the class and the likely cause (it said "a class named twice" of neither, trial CG).
+    shutil.copytree(tmp_path / "NFD" / "train" / unicodedata.normalize("NFD", french["red"]),
+                    tmp_path / "NFC" / "train" / unicodedata.normalize("NFD", french["red"]))
+    with pytest.raises(ConfigError, match=rf"image folder {tmp_path}/NFC/train names a class "
+                                          r"twice \('rouge écarlate'\): .* another Unicode "
+                                          r"form .*; merge them into one class\.$"):
+        evaluate.evaluate_model(config_for(linear_probe=evaluate.linear_probe_task(
+            str(tmp_path / "NFC"), "train", "test", l2="0.01",
+            test_dataset=str(tmp_path / "test.csv"))), module, variables)
 
 
 def test_a_classnames_file_beside_a_table_is_said_as_written_as_class_names_are(

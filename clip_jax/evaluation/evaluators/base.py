@@ -334,8 +334,8 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
     folder without them) is scored among all the training classes, as a scikit-learn
     classifier fit on the training data is. Test classes the training data lacks are refused
     unless `unseen` (the evaluator scores their images, as misses, and warns); test data
-    sharing no class with the training data (nothing could be right), or naming a class
-    twice, is always refused. The ConfigError names the classes only one side has. Training
+    sharing no class with the training data (nothing could be right), and either naming a
+    class twice (in one Unicode form or two), are always refused. The ConfigError names the classes only one side has. Training
     data that is the test data (one folder given for both) is warned about: the probe is
     scored on the images it was fit on. A test class listed with no image (an empty class
     folder) is never scored, so the training data need not have it: the advice to add it
@@ -348,17 +348,22 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
     ours, theirs = list(train.class_names or []), list(test.class_names or [])
     listed = (np.bincount(test.listed_labels, minlength=len(theirs))
               if test.listed_labels is not None else np.ones(len(theirs), np.int64))
+    for p, names in ((train, ours), (test, theirs)):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # names compare in NFC (`eval_pipeline.nfc`): é composed and decomposed
+            raise ConfigError(
+                f"config.eval.{field}: {p.description} names a class twice "
+                f"({', '.join(map(repr, twice[:3]))}): two class folders or listed names "
+                "that read the same, perhaps one spelt in another Unicode form (é as one "
+                "character or as e + accent); merge them into one class.")
     extra = [c for c, n in zip(theirs, listed) if c not in ours and n]
-    twice = len(set(ours)) < len(ours) or len(set(theirs)) < len(theirs)
-    if not twice and (not extra or unseen and len(extra) < len(theirs)):
+    if not extra or unseen and len(extra) < len(theirs):
         return
     only = [f"only in the {what}: {', '.join(map(repr, names[:3]))}"
             f"{', ...' if len(names) > 3 else ''} ({len(names)} class{'es' * (len(names) > 1)})"
             for what, names in (("training data", [c for c in ours if c not in theirs]),
                                 ("test data", extra)) if names]
-    if twice:
-        problem = "a class named twice"
-    elif unseen:
+    if unseen:
         problem = f"no class in common ({'; '.join(only)})"
     else:
         problem = f"test classes the training data lacks ({'; '.join(only)})"
