@@ -60,7 +60,7 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     tokens = tokenize(templates_lib.prompts(class_names, templates))
     same = identical_classes(class_names, tokens, len(templates), scored)
     if same:
-        said = "; ".join(" = ".join(map(_shown(group), group)) for group in same)
+        said = "; ".join(map(_group_text, same))
         why = _why_identical(np.asarray(tokens), class_names, same, len(templates))
         if refuse_identical:
             raise ConfigError(f"Labels {said} give identical prompts to this model's tokenizer "
@@ -71,6 +71,16 @@ def class_embeddings(embed_texts: Callable[[np.ndarray], np.ndarray], class_name
     embeddings = np.asarray(embed_texts(tokens), np.float32)
     mean = embeddings.reshape(len(templates), len(class_names), -1).mean(axis=0)
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+def _group_text(group: Sequence[str]) -> str:
+    """"'a' = 'b'" for names whose prompts tie; one name listed more than once (two class
+    folders that read the same once compared in NFC, `eval_pipeline.nfc`) is said as such:
+    "'café' = 'café'" in escapes showed a name equal to itself."""
+    if len(set(group)) == 1:
+        return (f"{group[0]!r} (named {len(group)} times: folders or labels that read the "
+                "same, perhaps in two Unicode forms)")
+    return " = ".join(map(_shown(group), group))
 
 
 def _shown(group: Sequence[str]) -> Callable[[object], str]:
