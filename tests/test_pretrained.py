@@ -717,10 +717,18 @@ def test_offline_a_cache_missing_blobs_or_snapshots_says_which(tmp_path, monkeyp
             "blob: download again with `hf download tiny-org/gone-blob`).")):
         clip_jax.load("tiny-org/gone-blob")
     snapshot = add_repo(cache, "tiny-org/moved", files)
-    (snapshot.parent.parent / "refs" / "main").write_text("0123456789ab" + "0" * 28)
+    ref = snapshot.parent.parent / "refs" / "main"
+    ref.write_text("0123456789ab" + "0" * 28)
     with pytest.raises(FileNotFoundError, match=re.escape(
             "(its refs/main names commit 0123456789ab, whose snapshot folder is missing from "
-            "the cache: download it again).")):
+            f"the cache: download it again, or pass a cached commit as revision=: "
+            f"{snapshot.name}).")):
+        clip_jax.load("tiny-org/moved")
+    ref.write_text(snapshot.name + "\n")  # `echo COMMIT > refs/main`, by hand (trial CG)
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"(its refs/main holds commit {snapshot.name[:12]} with a line break or spaces "
+            "around it, which huggingface_hub reads as part of its name: write it bare, e.g. "
+            f"printf %s {snapshot.name} > {ref}).")):
         clip_jax.load("tiny-org/moved")
     snapshot = add_repo(cache, "tiny-org/by-commit", files)
     os.remove(snapshot.parent.parent / "refs" / "main")

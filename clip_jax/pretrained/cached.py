@@ -57,18 +57,27 @@ def _snapshot_hint(repo_id: str, folder: str) -> str:
 
 def _revisions_hint(repo: str, asked: str) -> str:
     """For a cached repo without a snapshot at `asked`: the ref naming a commit whose snapshot
-    is gone, else the refs it is held at, else the commits of snapshots no ref names (a
-    download by commit hash), to pass as `revision`."""
+    is gone (with the cached commits to pass as `revision` instead), or written with a
+    trailing newline huggingface_hub reads as part of the commit; else the refs it is held
+    at; else the commits of snapshots no ref names (a download by commit hash)."""
     refs, snapshots = os.path.join(repo, "refs"), os.path.join(repo, "snapshots")
     named = sorted(os.listdir(refs)) if os.path.isdir(refs) else []
-    if asked in named and os.path.isfile(os.path.join(refs, asked)):
-        with open(os.path.join(refs, asked), encoding="utf-8") as f:
-            commit = f.read().strip()
+    commits = sorted(os.listdir(snapshots)) if os.path.isdir(snapshots) else []
+    ref = os.path.join(refs, asked)
+    if asked in named and os.path.isfile(ref):
+        with open(ref, encoding="utf-8") as f:
+            written = f.read()
+        commit = written.strip()
+        if commit in commits:  # huggingface_hub looks for the folder named as written
+            return (f" (its refs/{asked} holds commit {commit[:12]} with a line break or "
+                    f"spaces around it, which huggingface_hub reads as part of its name: "
+                    f"write it bare, e.g. printf %s {commit} > {ref})")
+        others = (f", or pass a cached commit as revision=: {_listed(commits)}" if commits
+                  else "")
         return (f" (its refs/{asked} names commit {commit[:12]}, whose snapshot folder is "
-                "missing from the cache: download it again)")
+                f"missing from the cache: download it again{others})")
     if named:
         return f" (the cache holds it at: {_listed(named)})"
-    commits = sorted(os.listdir(snapshots)) if os.path.isdir(snapshots) else []
     if commits:
         return (f" (the cache holds snapshots of commit{'s' * (len(commits) > 1)} "
                 f"{_listed(commits)}, named by no ref: pass the commit as revision=)")
