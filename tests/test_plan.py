@@ -44,8 +44,10 @@ def test_bad_topology_name_is_a_clear_error():
         tpu_topology.parse("v7-4")
     # Colab's v2-8 (the notebooks' runtime) was "unknown"; it is named, with what to plan.
     with pytest.raises(ValueError, match=r"'v2-8': clip-jax plan knows the chips .* not v2 "
-                                         r".* e.g. v5e-8"):
+                                         r".* e.g. v5e-8 for a v2-8's 8 cores"):
         tpu_topology.parse("v2-8")
+    with pytest.raises(ValueError, match=r"not v3; .* for a v3-8's 8 cores\.$"):  # trial CH
+        tpu_topology.parse("v3-8")
     with pytest.raises(ValueError, match="multiple of 2"):
         tpu_topology.parse("v4-9")
     # Cloud TPU's slice sizes: no 2-chip or 7-chip slice, no v5e/v6e slice above a 256-chip pod
@@ -680,6 +682,20 @@ def test_small_collectives_and_multi_slice_rooflines_are_said_plainly():
     # the images it sees, which a --config.batch_size override changes at the same steps
     assert ("  run: 390,625 steps (config.total_steps) of 64 images (25,000,000 seen) take "
             ">= 88h47m (3.7 days)") in text(1)
+
+
+def test_the_batch_per_chip_counts_data_shards_and_json_says_the_images_seen():
+    """With tensor=2 the header said 'batch 32 (4 per chip)' where each chip runs 8 images
+    (the batch over data x fsdp; a tensor group shares them), and --json had no images-seen
+    figure beside run_seconds, which after a batch override times another run (trial CH)."""
+    p = plan_lib.Plan("v5e-8", "v5e", 8, 1, {"data": 4, "fsdp": 1, "tensor": 2}, 32, 1,
+                      "none", "softmax", True, 15.75 * 2**30, 16 * 2**30, 1.0)
+    assert "batch 32 (8 per chip, shared by each 2 chips of a tensor group)" in (
+        plan_lib.format_plan(p))
+    p.mesh = {"data": 2, "fsdp": 4, "tensor": 1}
+    assert "batch 32 (4 per chip), " in plan_lib.format_plan(p)
+    p.total_steps = 390_625
+    assert plan_lib.to_json(p)["images_seen"] == 390_625 * 32
 
 
 def test_plan_warns_as_train_starts(capsys, caplog):

@@ -463,12 +463,21 @@ def _gathering(p: Plan) -> str:
             else " (parameters gathered once)")
 
 
+def _per_chip(p: Plan) -> str:
+    """'8 per chip': the images each chip's step runs, the batch over the data x fsdp shards
+    (chips of one tensor group share theirs: the batch over all chips was tensor x short)."""
+    images = p.batch_size // (p.mesh["data"] * p.mesh["fsdp"])
+    shared = (f", shared by each {p.mesh['tensor']} chips of a tensor group"
+              if p.mesh["tensor"] > 1 else "")
+    return f"{images:,} per chip{shared}"
+
+
 def format_plan(p: Plan) -> str:
     """The human-readable report of one plan."""
     mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
     lines = [f"{p.topology}: {p.chips} {p.chip} chip{'s' if p.chips != 1 else ''}"
              f"{f' in {p.slices} slices' if p.slices > 1 else ''}, mesh {mesh}; batch "
-             f"{p.batch_size:,} ({p.batch_size // p.chips:,} per chip), "
+             f"{p.batch_size:,} ({_per_chip(p)}), "
              f"microbatches {p.microbatches}{_gathering(p)}, remat {p.remat_policy}, "
              f"loss {p.loss}; "
              f"compiled in {p.compile_seconds:.1f} s"]
@@ -505,8 +514,12 @@ def format_plan(p: Plan) -> str:
 
 
 def to_json(p: Plan) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-            for k, v in dataclasses.asdict(p).items()}
+    """The plan's fields (NaN as null), with `images_seen` (total_steps x batch_size), which
+    the text says beside the run's time: a batch changed alone leaves total_steps as it was,
+    and a run time read from JSON without it was the length of another run."""
+    fields = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+              for k, v in dataclasses.asdict(p).items()}
+    return {**fields, "images_seen": p.total_steps * p.batch_size}
 
 
 def init_from_architecture(config: ml_collections.ConfigDict) -> CLIPConfig | None:

@@ -111,10 +111,10 @@ def parse(name: str) -> Topology:
     match = _NAME.match(name.strip().lower())
     family = match and ALIASES.get(match.group(2), match.group(2))
     if match and family in ("v2", "v3"):
+        colab = " (Colab's TPU runtime is a v2-8)" if family == "v2" else ""
         raise ConfigError(f"{name!r}: clip-jax plan knows the chips {sorted(CHIPS)} (their "
-                          f"memory and peak FLOP/s), not {family} (Colab's TPU runtime is a "
-                          "v2-8); plan the same device count on one of them, e.g. v5e-8 for "
-                          "a v2-8's 8 cores.")
+                          f"memory and peak FLOP/s), not {family}{colab}; plan the same device "
+                          f"count on one of them, e.g. v5e-8 for a {family}-8's 8 cores.")
     if not match or family not in CHIPS:
         raise ConfigError(f"Unknown TPU topology {name!r}; use a Cloud TPU accelerator type such "
                          f"as v5e-256, v5litepod-64, v4-64, v5p-512, v6e-256 or 2xv5e-256 "
