@@ -365,7 +365,7 @@ def test_sixteen_bit_images_are_rescaled(vit_b16):
 
 
 def test_the_scale_of_16_bit_and_float_images_comes_from_their_mode_not_their_pixels(
-        tmp_path):
+        tmp_path, caplog, monkeypatch):
     """A 16-bit PGM whose brightest value was 255 (of 65535) came out at 255, and one a level
     brighter at 1: 8-bit or 16-bit was guessed from the brightest pixel; floats likewise (0.5
     read as 128 when the brightest was 1.0, as 0 when it was 1.01). 16-bit modes now scale by
@@ -382,6 +382,20 @@ def test_the_scale_of_16_bit_and_float_images_comes_from_their_mode_not_their_pi
                 want = np.round(spread * 255 / 65535).astype(np.uint8)
                 np.testing.assert_array_equal(to_rgb_uint8(image)[..., 0], want)
             np.testing.assert_array_equal(to_rgb_uint8(path)[..., 0], want)
+    # 8-bit values in a 32-bit integer image (Image.fromarray of an int32 array, a 32-bit
+    # TIFF) read as 16-bit, nearly black, without a word (trial CJ): still so (the mode
+    # decides), but said once, with the conversion that reads them as 8-bit.
+    from clip_jax.runtime import logs
+
+    monkeypatch.setattr(logs, "_WARNED", set())  # said once per process: from here
+    caplog.clear()
+    eight = np.random.default_rng(2).integers(1, 256, (4, 5)).astype(np.int32)
+    with caplog.at_level("WARNING"):
+        assert to_rgb_uint8(Image.fromarray(eight)).max() <= 1
+        to_rgb_uint8(Image.fromarray(eight + 1))
+    assert caplog.text.count("whose values all lie in 0..255 is read as 16-bit data") == 1
+    np.testing.assert_array_equal(to_rgb_uint8(Image.fromarray(eight).convert("L"))[..., 0],
+                                  eight)  # what it advises
     for values in ([0.0, 0.5, 1.0], [0.0, 0.5, 1.01], [0.0, 127.6, 300.0]):
         image = Image.fromarray(np.array([values], np.float32))
         assert image.mode == "F"

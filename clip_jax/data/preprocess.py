@@ -35,6 +35,7 @@ their alpha (measured: up to 4 levels at alpha 128, 44 at alpha 8); P (palette) 
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -48,6 +49,9 @@ from PIL import Image, ImageColor, ImageOps, features
 from clip_jax.errors import ConfigError, MissingFileError, UnreadableImageError
 from clip_jax.models.config import CLIPConfig, normalization_constants
 from clip_jax.models.presets import get_preset
+from clip_jax.runtime.logs import warn_once
+
+log = logging.getLogger(__name__)
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 
@@ -385,6 +389,10 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
         return image
     if image.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image, np.float64)
+        if image.mode == "I" and 0 < values.max(initial=0) <= 255:  # 8-bit values in 32 bits?
+            warn_once(log, "An integer ('I' mode) image whose values all lie in 0..255 is read "
+                      "as 16-bit data (v * 255 / 65535: nearly black); if it holds 8-bit "
+                      "values, pass image.convert('L') (a 16-bit PGM this dark reads right).")
         gray = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed
