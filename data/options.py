@@ -35,7 +35,7 @@ class SyntheticOptions:
 # Header names under which a table's image-path and caption columns are looked for when none
 # is named (open_clip's defaults first), and offered when the one named is not there.
 IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "filename")
-CAPTION_COLUMNS = ("title", "caption", "text", "captions", "description")
+CAPTION_COLUMNS = ("title", "caption", "text", "captions", "description", "alt_text", "alt")
 
 
 # The fix a table build gives when none of its first images exist; `clip-jax eval`, whose

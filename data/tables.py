@@ -303,8 +303,8 @@ def column_indices(header: list[str], columns: dict[str, str], *, name: str, del
         match = find_column(header, column)
         if match is None:
             near = [h for h in header if h.strip().strip('"') == column]
-            likely = [m for u in (usual or {}).get(field, ())
-                      if (m := find_column(header, u)) is not None]
+            lowered = {h.strip().lower(): h for h in header}  # LAION's `TEXT`, `URL`
+            likely = [lowered[u] for u in (usual or {}).get(field, ()) if u in lowered]
             row = headerless_hint(header)
             hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
                     + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")

@@ -241,6 +241,20 @@ def test_an_unnamed_column_is_named_and_listed_as_pandas_names_it():
                               quoting="csv")
 
 
+@pytest.mark.parametrize("header, column", [(["id", "image_path", "alt_text", "width"],
+                                               "alt_text"), (["URL", "TEXT"], "TEXT")])
+def test_a_missing_caption_column_offers_the_usual_one_the_header_has(header, column):
+    """`caption_column='caption'` on a table of `alt_text` (or LAION's upper-case `TEXT`)
+    listed the columns but offered none, where a missing image column offered one (trial
+    CI)."""
+    from clip_jax_data.options import TableOptions
+
+    with pytest.raises(ConfigError, match=rf"the header has '{column}': set "
+                                          rf"data.table.caption_column='{column}'\.$"):
+        tables.column_indices(header, {"caption_column": "caption"}, name="t.csv",
+                              delimiter=",", quoting="csv", usual=TableOptions().usual_columns())
+
+
 CAPTIONS_PANDAS_QUOTES = ["plain caption", 'a "quoted" one', "tab\there", "two\nlines",
                           '"starts with a quote', "café, au lait"]
 
