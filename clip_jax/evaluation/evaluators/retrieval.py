@@ -141,9 +141,11 @@ class Retrieval(Evaluator):
         if shared:
             once.warning(log, "config.eval.%s: %d of %d captions of %s are also another "
                          "image's caption (the same text); all copies rank the same image "
-                         "first, so text->image R@1 cannot exceed %.1f%% and image->text scores "
-                         "count the other images' copies as misses; give each image its own "
-                         "caption (or evaluate class names with zero-shot).", self.field,
+                         "first, so text->image R@1 cannot exceed %.1f%%, and for image->text "
+                         "the copies tie and the first listed wins (the metrics' tie rule), so "
+                         "whether an image finds its own copy or another's depends on the "
+                         "captions' order; give each image its own caption (or evaluate class "
+                         "names with zero-shot).", self.field,
                          shared, len(emb.texts), self.source.description, 100 * bound)
         results = eval_metrics.retrieval_metrics(emb.images, emb.texts, emb.text_image)
         ctx.records.sizes[self.key] = {"images": len(emb.images), "texts": len(emb.texts)}
