@@ -335,8 +335,9 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
     classifier fit on the training data is. Test classes the training data lacks are refused
     unless `unseen` (the evaluator scores their images, as misses, and warns); test data
     sharing no class with the training data (nothing could be right), and either naming a
-    class twice (in one Unicode form or two), are always refused. The ConfigError names the classes only one side has. Training
-    data that is the test data (one folder given for both) is warned about: the probe is
+    class twice (in one Unicode form or two), are always refused. The ConfigError names the
+    classes only one side has. Training data that is the test data (one folder given for
+    both) is warned about: the probe is
     scored on the images it was fit on. A test class listed with no image (an empty class
     folder) is never scored, so the training data need not have it: the advice to add it
     there led to few-shot's "training images of every class" refusal."""
