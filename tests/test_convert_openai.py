@@ -383,6 +383,9 @@ def test_files_that_are_no_state_dict_say_what_they_are(tmp_path):
             clip_jax.load(str(tmp_path / name))
         (tmp_path / name).rename(tmp_path / renamed)  # what it says to do reads it
         np.testing.assert_array_equal(read_tensors(str(tmp_path / renamed))["w"], state["w"])
+    (tmp_path / "st.safetensors").rename(tmp_path / "st.SAFETENSORS")  # any case (trial CK)
+    np.testing.assert_array_equal(read_tensors(str(tmp_path / "st.SAFETENSORS"))["w"],
+                                  state["w"])
     # A model folder's config or tokenizer file given for the folder was "Download the file
     # again"; the folder is the fix.
     import transformers

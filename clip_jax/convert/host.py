@@ -137,12 +137,12 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path!r} holds a {stored} file under the suffix {suffix or '(none)'}"
                           f"; rename it to {' or '.join(_FORMATS[stored])} (the suffix decides "
                           "how it is read, here as in open_clip and transformers).")
-    if path.endswith(".safetensors"):
+    if suffix == ".safetensors":  # any case: `.SAFETENSORS` was "none of safetensors, ..."
         try:
             return load_file(path)
         except Exception as e:
             raise ConfigError(f"{path!r} is not a readable safetensors file: {e}") from e
-    if path.endswith(".npz"):
+    if suffix == ".npz":
         try:
             with np.load(path) as f:
                 return dict(f)
