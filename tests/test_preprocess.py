@@ -393,7 +393,9 @@ def test_the_scale_of_16_bit_and_float_images_comes_from_their_mode_not_their_pi
     with caplog.at_level("WARNING"):
         assert to_rgb_uint8(Image.fromarray(eight)).max() <= 1
         to_rgb_uint8(Image.fromarray(eight + 1))
-    assert caplog.text.count("whose values all lie in 0..255 is read as 16-bit data") == 1
+        to_rgb_uint8(Image.fromarray(eight.astype(np.uint16)))  # I;16 too (trial CK)
+    assert caplog.text.count("whose values all lie in 0..255 is read as 16-bit data") == 2
+    assert "(Pillow mode I) image" in caplog.text and "(Pillow mode I;16) image" in caplog.text
     np.testing.assert_array_equal(to_rgb_uint8(Image.fromarray(eight).convert("L"))[..., 0],
                                   eight)  # what it advises
     for values in ([0.0, 0.5, 1.0], [0.0, 0.5, 1.01], [0.0, 127.6, 300.0]):

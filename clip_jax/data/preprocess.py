@@ -389,10 +389,11 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
         return image
     if image.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image, np.float64)
-        if image.mode == "I" and 0 < values.max(initial=0) <= 255:  # 8-bit values in 32 bits?
-            warn_once(log, "An integer ('I' mode) image whose values all lie in 0..255 is read "
-                      "as 16-bit data (v * 255 / 65535: nearly black); if it holds 8-bit "
-                      "values, pass image.convert('L') (a 16-bit PGM this dark reads right).")
+        if 0 < values.max(initial=0) <= 255:  # 8-bit values in a 16- or 32-bit image?
+            warn_once(log, "An integer (Pillow mode %s) image whose values all lie in 0..255 "
+                      "is read as 16-bit data (v * 255 / 65535: nearly black); if it holds "
+                      "8-bit values, pass image.convert('L') (a 16-bit image this dark reads "
+                      "right).", image.mode)
         gray = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed
