@@ -253,6 +253,13 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
     config = base.get_config("test-vit")
     eval_sources._retrieval(config, str(tmp_path / "other.csv"), caption_key="words")
     assert config.eval.retrieval.other.caption_key == "words"
+    # LAION's upper-case header: found case aside ("no caption column", trial CK)
+    (tmp_path / "laion.csv").write_text("filepath,TEXT\nx.png,y\n")
+    from clip_jax.data import labelled as labelled_data
+
+    assert labelled_data.pick_column(["URL", "TEXT"], "", eval_sources.CAPTION_COLUMNS,
+                                     "caption", "laion.csv") == "TEXT"
+    eval_sources._retrieval(config, str(tmp_path / "laion.csv"))
     # Paths written relative to the working folder, not the table's: the advice was a config
     # field (data.table.image_root) that no eval flag sets (trial s43V).
     (tmp_path / "sub").mkdir()

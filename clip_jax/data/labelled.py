@@ -277,7 +277,8 @@ def read_image_folder(root: str, split: str = "") -> LabelledImages:
 def pick_column(columns: list[str], given: str, candidates: Sequence[str], what: str,
                  path: str, option: str = "") -> str:
     """The header's name of column `given`, else of the first of `candidates` there (names
-    matched as `tables.find_column` matches them: surrounding spaces aside); ConfigError
+    matched as `tables.find_column` matches them: surrounding spaces aside; then case aside,
+    for LAION's `URL`/`TEXT`); ConfigError
     naming the columns and the fix (`option`, the flag or field that names the column;
     without one, renaming the header)."""
     fix = tables.headerless_hint(columns) or (
@@ -289,6 +290,8 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
                               f"{fix}.")
         return match
     found = [m for c in candidates if (m := tables.find_column(columns, c)) is not None]
+    lowered = {column.strip().lower(): column for column in columns}  # LAION's `TEXT`
+    found = found or [lowered[c] for c in candidates if c in lowered]
     if not found:
         raise ConfigError(f"{path} has no {what} column (looked for {list(candidates)}; "
                           f"columns: {columns}); {fix}.")
