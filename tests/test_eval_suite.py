@@ -420,6 +420,32 @@ def test_class_names_in_another_unicode_form_are_the_same_classes(folder, model,
             test_dataset=str(tmp_path / "test.csv"))), module, variables)
 
 
+def test_probe_classes_written_with_underscores_match_the_spaced_names(folder, model,
+                                                                      tmp_path):
+    """Training folders `dark_red` against a table labelled `dark red`: the linear probe
+    warned that the class had no training images and scored it as misses, few-shot refused
+    (trial CK), though prompts read both as 'dark red'. They match as prompts read them."""
+    import shutil
+
+    module, variables = model
+    for colour in COLOURS:
+        shutil.copytree(folder / "train" / colour, tmp_path / "train" / f"dark_{colour}")
+    test = labelled_data.read(str(folder), "test")
+    pd.DataFrame({"filepath": test.files,
+                  "label": [f"dark {test.class_names[y]}" for y in test.labels]}).to_csv(
+        tmp_path / "test.csv", index=False)
+    spaced, _ = evaluate.evaluate_model(config_for(
+        linear_probe=evaluate.linear_probe_task(str(tmp_path), "train", "test", l2="0.01",
+                                                test_dataset=str(tmp_path / "test.csv")),
+        few_shot=evaluate.few_shot_task(str(tmp_path), "train", "test", shots="1", seeds=1,
+                                        l2="0.01", test_dataset=str(tmp_path / "test.csv"),
+                                        templates="simple")), module, variables)
+    same, _ = evaluate.evaluate_model(config_for(linear_probe=evaluate.linear_probe_task(
+        str(folder), "train", "test", l2="0.01")), module, variables)
+    assert spaced["linear_probe/t/accuracy"] == pytest.approx(same["linear_probe/t/accuracy"],
+                                                              abs=1e-6)
+
+
 def test_a_classnames_file_beside_a_table_is_said_as_written_as_class_names_are(
         folder, model, tmp_path):
     """The same names file gave other zero-shot numbers beside a table of class indices

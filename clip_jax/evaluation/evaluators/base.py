@@ -357,12 +357,14 @@ def check_test_classes(field: str, train: Pass, test: Pass, unseen: bool = False
                 f"({', '.join(map(repr, twice[:3]))}): two class folders or listed names "
                 "that read the same, perhaps one spelt in another Unicode form (é as one "
                 "character or as e + accent); merge them into one class.")
-    extra = [c for c, n in zip(theirs, listed) if c not in ours and n]
+    read = ({zero_shot.readable(c) for c in ours}, {zero_shot.readable(c) for c in theirs})
+    extra = [c for c, n in zip(theirs, listed) if zero_shot.readable(c) not in read[0] and n]
     if not extra or unseen and len(extra) < len(theirs):
         return
     only = [f"only in the {what}: {', '.join(map(repr, names[:3]))}"
             f"{', ...' if len(names) > 3 else ''} ({len(names)} class{'es' * (len(names) > 1)})"
-            for what, names in (("training data", [c for c in ours if c not in theirs]),
+            for what, names in (("training data", [c for c in ours
+                                                   if zero_shot.readable(c) not in read[1]]),
                                 ("test data", extra)) if names]
     if unseen:
         problem = f"no class in common ({'; '.join(only)})"
@@ -384,11 +386,13 @@ def training_index(train: Pass, test: Pass) -> np.ndarray | None:
 
 def names_index(ours: Sequence[str], theirs: Sequence[str]) -> np.ndarray | None:
     """For each of class names `theirs`, its index among `ours`, or -1, int [len(theirs)];
-    None when the two lists are the same."""
+    None when the two lists are the same. Names match as prompts read them
+    (`zero_shot.readable`: a folder's `rare_bird` is a table's `rare bird`)."""
     if list(ours) == list(theirs):
         return None
-    position = {name: k for k, name in enumerate(ours)}
-    return np.asarray([position.get(name, -1) for name in theirs], np.int64)
+    position = {zero_shot.readable(name): k for k, name in enumerate(ours)}
+    return np.asarray([position.get(zero_shot.readable(name), -1) for name in theirs],
+                      np.int64)
 
 
 def training_labels(labels: np.ndarray, index: np.ndarray | None) -> np.ndarray:
