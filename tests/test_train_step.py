@@ -729,3 +729,13 @@ def test_init_state_takes_loaded_weights_in_either_layer_layout(tmp_path, scan):
         1, keepdims=True)) - x.max(1, keepdims=True)
     expected = -(np.trace(log_softmax(logits)) + np.trace(log_softmax(logits.T))) / (2 * BATCH)
     assert loss == pytest.approx(expected, rel=1e-5)
+    # Another architecture's setup (model_config of a config naming another model): one
+    # line naming the fix, where the first step failed in a compiled-shape traceback (CK).
+    other_config = base.get_config("test-resnet")
+    other_config.batch_size, other_config.total_steps = BATCH, 10
+    other = train_step.setup(other_config, train_step.model_config(other_config), mesh)
+    with pytest.raises(ConfigError, match=r"^The variables do not fit this model \(\d+ "
+                                          r"parameters differ; first .* set it up from their "
+                                          r"architecture: train_step.model_config\(config, "
+                                          r"module.config\)"):
+        other.init_state(jax.random.key(0), variables)

@@ -23,8 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from clip_jax.errors import ConfigError
 
 from clip_jax.training import losses
 from clip_jax.training import optim
@@ -101,12 +104,14 @@ class Setup:
         took longer than the train step's first steps (tiny config, 8 CPU devices: 7.8 s).
         Imported `variables` may have their layers stacked or not (`clip_jax.load` returns
         them unstacked): they are laid out as this model's `scan_layers` says (a config with
-        scan_layers=True met a pytree-prefix traceback).
+        scan_layers=True met a pytree-prefix traceback). ConfigError for variables of another
+        architecture (they failed at the first step, in a compiled-shape traceback).
         """
         with jax.set_mesh(self.mesh):
             if variables is not None:
                 variables = (stack_layers(variables) if self.module.config.scan_layers
                              else unstack_layers(variables))
+                _check_fits(variables["params"], self.abstract_state.params)
             if variables is None:
                 variables = create_model(self.module.config, rng, shardings={
                     "params": self.state_shardings.params,
@@ -116,6 +121,23 @@ class Setup:
                                    self.state_shardings.batch_stats)
             make = lambda p, s: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p), s)  # noqa: E731
             return jax.jit(make, out_shardings=self.state_shardings)(params, stats)
+
+
+def _check_fits(params: Any, expected: Any) -> None:
+    """ConfigError naming the first parameter of `params` missing from, or shaped otherwise
+    than, the model's (`expected`: its abstract parameters), with the fix."""
+    given = {jax.tree_util.keystr(k): np.shape(v)
+             for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    wanted = {jax.tree_util.keystr(k): tuple(v.shape)
+              for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    wrong = [k for k in wanted if given.get(k) != wanted[k]] + sorted(set(given) - set(wanted))
+    if wrong:
+        name = wrong[0]
+        raise ConfigError(
+            f"The variables do not fit this model ({len(wrong)} parameters differ; first "
+            f"{name}: {given.get(name, 'missing')} given, {wanted.get(name, 'none')} here); set "
+            "it up from their architecture: train_step.model_config(config, module.config) "
+            "with the module clip_jax.load returned beside them.")
 
 
 def _init_state(module: CLIP, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
