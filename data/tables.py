@@ -278,6 +278,14 @@ def find_column(header: list[str], name: str) -> str | None:
     return near[0] if len(near) == 1 else None
 
 
+def find_usual(header: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The header's names for `names` (a field's usual column names), in their order: as
+    `find_column` finds them, else case aside (LAION's `TEXT`, `URL`)."""
+    exact = [m for name in names if (m := find_column(list(header), name)) is not None]
+    lowered = {h.strip().lower(): h for h in header}
+    return exact or [lowered[name] for name in names if name in lowered]
+
+
 def headerless_hint(header: Sequence[str]) -> str:
     """The fix for a table without a header line, whose first row was read as the header (as
     pandas reads it): "" unless a header name is an image file name (by its extension), which
@@ -303,8 +311,7 @@ def column_indices(header: list[str], columns: dict[str, str], *, name: str, del
         match = find_column(header, column)
         if match is None:
             near = [h for h in header if h.strip().strip('"') == column]
-            lowered = {h.strip().lower(): h for h in header}  # LAION's `TEXT`, `URL`
-            likely = [lowered[u] for u in (usual or {}).get(field, ()) if u in lowered]
+            likely = find_usual(header, (usual or {}).get(field, ()))
             row = headerless_hint(header)
             hint = (f"the header has {near[0]!r}: set data.table.{field}={near[0]!r}"
                     + (" or data.table.quoting='csv'" if near[0].strip().startswith('"') else "")

@@ -93,7 +93,8 @@ def _stored_format(path: str, magic: bytes) -> str | None:
     if magic[:2] == b"\x80\x02":
         return "PyTorch"
     if zipfile.is_zipfile(path):
-        names = zipfile.ZipFile(path).namelist()
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
         if any(n.endswith(("data.pkl", "constants.pkl")) for n in names):
             return "PyTorch"
         if names and all(n.endswith(".npy") for n in names):

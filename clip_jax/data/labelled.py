@@ -289,9 +289,7 @@ def pick_column(columns: list[str], given: str, candidates: Sequence[str], what:
             raise ConfigError(f"{what} column {given!r} is not in {path} (columns: {columns}); "
                               f"{fix}.")
         return match
-    found = [m for c in candidates if (m := tables.find_column(columns, c)) is not None]
-    lowered = {column.strip().lower(): column for column in columns}  # LAION's `TEXT`
-    found = found or [lowered[c] for c in candidates if c in lowered]
+    found = tables.find_usual(columns, candidates)
     if not found:
         raise ConfigError(f"{path} has no {what} column (looked for {list(candidates)}; "
                           f"columns: {columns}); {fix}.")

@@ -44,10 +44,13 @@ def cached_hint(repo_id: str, revision: str | None = None) -> str:
 def _snapshot_hint(repo_id: str, folder: str) -> str:
     """What a cached snapshot holds; its links whose blob was removed (a cleaned `blobs/`, a
     copied `snapshots/`) are named apart: listed as held, they read as the file not found."""
-    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                   for name in names)
-    held = [os.path.relpath(p, folder) for p in paths if os.path.exists(p)]
-    gone = [os.path.relpath(p, folder) for p in paths if not os.path.exists(p)]
+    held, gone = [], []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            (held if os.path.exists(path) else gone).append(os.path.relpath(path, folder))
+    held.sort()
+    gone.sort()
     hint = f" (the cache's copy holds only: {_listed(held) or 'no files'}"
     if gone:
         hint += (f"; {_listed(gone)} {'are links' if len(gone) > 1 else 'is a link'} to a "

@@ -573,7 +573,8 @@ def _quiet_item_metadata_notice() -> None:
         logger.addFilter(_StepMetadataNotice())
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+def array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{'params/visual/conv1/kernel': shape} of every array of `tree` (state or variables)."""
     return {_leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
             if hasattr(x, "shape")}
 
@@ -640,14 +641,14 @@ def check_layout(step_dir: epath.Path, abstract_state: Any,
 def _saved_shapes(step_dir: epath.Path) -> dict[str, tuple[int, ...]] | None:
     """{array name: shape} from a checkpoint's state metadata; None when it is unreadable."""
     try:
-        return _shapes(_state_tree(step_dir))
+        return array_shapes(_state_tree(step_dir))
     except Exception:  # noqa: BLE001 - unreadable: a damaged checkpoint, restore_newest's case
         return None
 
 
 def _refuse_other_layout(step_dir: epath.Path, saved: dict[str, tuple[int, ...]],
                          abstract_state: Any, settings: dict[str, Any] | None) -> None:
-    ours = _shapes(abstract_state)
+    ours = array_shapes(abstract_state)
     differ = sorted((k for k in ours if saved.get(k) != ours[k]),
                     key=lambda k: (not k.startswith("params/"), k))  # parameters first
     if not differ:

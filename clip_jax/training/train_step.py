@@ -23,13 +23,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clip_jax.errors import ConfigError
 
-from clip_jax.training import losses
+from clip_jax.training import checkpoints, losses
 from clip_jax.training import optim
 from clip_jax.runtime import host_tuning, sharding
 from clip_jax.models.clip import CLIP, create_model, init_variables
@@ -126,10 +125,7 @@ class Setup:
 def _check_fits(params: Any, expected: Any) -> None:
     """ConfigError naming the first parameter of `params` missing from, or shaped otherwise
     than, the model's (`expected`: its abstract parameters), with the fix."""
-    given = {jax.tree_util.keystr(k): np.shape(v)
-             for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    wanted = {jax.tree_util.keystr(k): tuple(v.shape)
-              for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    given, wanted = checkpoints.array_shapes(params), checkpoints.array_shapes(expected)
     wrong = [k for k in wanted if given.get(k) != wanted[k]] + sorted(set(given) - set(wanted))
     if wrong:
         name = wrong[0]
