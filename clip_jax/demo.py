@@ -202,13 +202,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     from clip_jax.training import config_checks
     from clip_jax.evaluation import evaluate
     from clip_jax.data import sources
+    from clip_jax.training import resume
     from clip_jax.training import train
 
     config_checks.check_run(config, workdir)
     saved = checkpoints.saved_model(workdir)
     done_before = saved.step if saved else 0
     if done_before >= config.total_steps:  # reused only if it is the demo's run
-        train.check_finished_run(config, workdir, done_before, saved, steps_field="--steps")
+        resume.check_finished_run(config, workdir, done_before, saved, steps_field="--steps")
     seconds: dict[str, float] = {}
     t = time.time()
     builder = sources.prepare(config.data)

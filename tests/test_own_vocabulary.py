@@ -256,7 +256,7 @@ def test_training_from_a_model_with_its_own_vocabulary_is_refused(own, tmp_path)
 
     from clip_jax.configs import tiny
     from clip_jax.convert import open_clip_export
-    from clip_jax.training import train
+    from clip_jax.training import init_from
 
     directory, model = own
     config = tiny.get_config()
@@ -264,14 +264,14 @@ def test_training_from_a_model_with_its_own_vocabulary_is_refused(own, tmp_path)
     config.init_from = directory
     with pytest.raises(ConfigError, match="has its own tokenizer vocabulary, but training "
                                           "tokenizes captions with OpenAI's BPE"):
-        train.model_and_weights(config, lambda _: None)
+        init_from.model_and_weights(config, lambda _: None)
     module, variables = clip_jax.load(directory)
     safetensors.numpy.save_file(open_clip_export.open_clip_state_dict(module.config, variables),
                                 tmp_path / "weights.safetensors")
     config.init_from = str(tmp_path / "weights.safetensors")
     with pytest.raises(ConfigError, match=f"has {model.config.text_config.vocab_size} token "
                                           "embeddings, fewer than OpenAI's BPE vocabulary"):
-        train.model_and_weights(config, lambda _: None)
+        init_from.model_and_weights(config, lambda _: None)
 
 
 def test_open_clips_layout_refuses_a_model_with_its_own_vocabulary(own, tmp_path):

@@ -598,10 +598,10 @@ def test_model_flops_are_those_of_the_loop_free_step(monkeypatch):
     looped.model.scan_layers, looped.model.remat_policy = True, "full"
     looped_setup, looped_step = lowered(looped)
     assert looped_step.cost_analysis()["flops"] < 0.6 * whole
-    assert (train._model_flops(plain, plain_setup) == train._model_flops(looped, looped_setup)
-            == train._model_flops(looped, looped_setup, looped_step) == expected)
+    assert (train.model_flops(plain, plain_setup) == train.model_flops(looped, looped_setup)
+            == train.model_flops(looped, looped_setup, looped_step) == expected)
     monkeypatch.setattr(train_step, "lower_train_step", None)  # no twin is traced
-    assert train._model_flops(plain, plain_setup, plain_step) == expected
+    assert train.model_flops(plain, plain_setup, plain_step) == expected
 
 
 def test_model_flops_are_the_forward_and_backward_passes_without_the_update():
@@ -630,7 +630,7 @@ def test_model_flops_are_the_forward_and_backward_passes_without_the_update():
     reference = jax.jit(jax.value_and_grad(loss)).lower(
         params, jax.ShapeDtypeStruct((n, m.image_size, m.image_size, 3), jnp.uint8),
         jax.ShapeDtypeStruct((n, m.context_length), jnp.int32)).cost_analysis()["flops"]
-    assert train._model_flops(config, s) == pytest.approx(reference, rel=1e-3)
+    assert train.model_flops(config, s) == pytest.approx(reference, rel=1e-3)
 
 
 def _numpy_softmax_grads(img, txt, scale):

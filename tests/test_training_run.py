@@ -21,8 +21,12 @@ from PIL import Image
 
 from clip_jax.errors import ConfigError
 from clip_jax.training.collapse import CollapseWatch
+from clip_jax.training import init_from
+from clip_jax.training import resume
 from clip_jax.training import train
 from clip_jax.training import train_step
+from clip_jax.training.loop import TrainLoop, run_loop
+from clip_jax.training.run_plan import RunPlan
 from clip_jax.configs import tiny
 from clip_jax.models.presets import get_preset
 
@@ -353,11 +357,11 @@ def test_init_from_a_bare_file_takes_its_architecture_from_model_name(tmp_path):
     config = tiny.get_config()
     config.init_from = str(tmp_path / "epoch_2.pt")
     config.model.name = ""
-    guessed, _ = train.model_and_weights(config, lambda _: None)
+    guessed, _ = init_from.model_and_weights(config, lambda _: None)
     assert (guessed.vision.heads, guessed.text.heads) == (1, 1)  # head width 64, guessed
     for name in (str(tmp_path / "arch.json"), json.dumps(arch)):
         config.model.name = name
-        model, variables = train.model_and_weights(config, lambda _: None)
+        model, variables = init_from.model_and_weights(config, lambda _: None)
         assert (model.vision.heads, model.text.heads, model.activation) == (2, 2, "quick_gelu")
         expected = convert.from_state_dict(reference.state_dict(), model.replace(
             scan_layers=False))[1]
@@ -365,7 +369,7 @@ def test_init_from_a_bare_file_takes_its_architecture_from_model_name(tmp_path):
                      unstack_layers(variables) if model.scan_layers else variables, expected)
     config.model.name = "test-vit"  # another architecture: said with both fixes
     with pytest.raises(ValueError, match="does not fit config.model.name='test-vit': "):
-        train.model_and_weights(config, lambda _: None)
+        init_from.model_and_weights(config, lambda _: None)
 
 
 def test_init_from_with_another_activation_is_named(tmp_path):
@@ -390,7 +394,7 @@ def test_init_from_with_another_activation_is_named(tmp_path):
     other = next(a for a in ("gelu", "quick_gelu") if a != theirs)
     said = []
     config.model.activation = other
-    model, _ = train.model_and_weights(config, said.append)
+    model, _ = init_from.model_and_weights(config, said.append)
     assert model.activation == other
     assert [m for m in said if m.startswith("warning:")] == [
         f"warning: config.model.activation={other!r} replaces the {theirs!r} the init_from "
@@ -398,7 +402,7 @@ def test_init_from_with_another_activation_is_named(tmp_path):
         "(--config.model.activation=None keeps theirs)."]
     said.clear()
     config.model.activation = None
-    model, _ = train.model_and_weights(config, said.append)
+    model, _ = init_from.model_and_weights(config, said.append)
     assert model.activation == theirs and not any(m.startswith("warning:") for m in said)
 
 
@@ -424,14 +428,14 @@ def test_logit_scale_and_bias_given_in_the_config_replace_the_init_from_weights(
             theirs["logit_bias"] = reference.logit_bias.item()
         config.model.logit_scale_init = config.model.logit_bias_init = None
         said = []
-        _, variables = train.model_and_weights(config, said.append)
+        _, variables = init_from.model_and_weights(config, said.append)
         for param, value in theirs.items():
             assert float(variables["params"][param]) == pytest.approx(value, abs=1e-7)
         assert ("logit_bias" in variables["params"]) is (bias is not None)
         assert not any(m.startswith("warning:") for m in said), said
         config.model.logit_scale_init, config.model.logit_bias_init = math.log(10), -5.0
         said = []
-        _, variables = train.model_and_weights(config, said.append)
+        _, variables = init_from.model_and_weights(config, said.append)
         assert float(variables["params"]["logit_scale"]) == pytest.approx(math.log(10))
         assert float(variables["params"]["logit_bias"]) == -5.0
         expected = [f"warning: config.model.logit_scale_init={math.log(10):g} replaces the "
@@ -461,13 +465,13 @@ def test_an_activation_given_for_a_bare_weights_file_is_taken_without_contradict
     for activation in ("gelu", "quick_gelu"):
         config.model.activation, said = activation, []
         caplog.clear()
-        model, _ = train.model_and_weights(config, said.append)
+        model, _ = init_from.model_and_weights(config, said.append)
         assert model.activation == activation
         assert not any(m.startswith("warning:") for m in said), said
         assert "activation" not in caplog.text, caplog.text
     config.model.activation = None  # not given: the inference's assumption is named
     caplog.clear()
-    train.model_and_weights(config, said.append)
+    init_from.model_and_weights(config, said.append)
     assert "assumed activation" in caplog.text
 
 
@@ -490,7 +494,7 @@ def test_init_from_ema_starts_from_the_checkpoints_average(tmp_path, caplog):
     for ema, expected in ((False, trained), (True, average)):
         config.init_from_ema = ema
         caplog.clear()
-        loaded, variables = train.model_and_weights(config, lambda _: None)
+        loaded, variables = init_from.model_and_weights(config, lambda _: None)
         want = convert.from_state_dict(expected, loaded.replace(scan_layers=False))[1]
         jax.tree.map(np.testing.assert_array_equal,
                      unstack_layers(variables) if loaded.scan_layers else variables, want)
@@ -500,7 +504,7 @@ def test_init_from_ema_starts_from_the_checkpoints_average(tmp_path, caplog):
     with pytest.raises(ConfigError, match=r"^config.init_from_ema: ema=True, but the checkpoint "
                                           r"holds no EMA weights .*; start from its trained "
                                           r"weights with --config.init_from_ema=False.$"):
-        train.model_and_weights(config, lambda _: None)
+        init_from.model_and_weights(config, lambda _: None)
     config.init_from = ""
     with pytest.raises(ConfigError, match=r"^config.init_from_ema: is True but config.init_from "
                                           r"is empty; set config.init_from to the checkpoint"):
@@ -623,7 +627,7 @@ def test_bad_profile_steps_is_one_line(value):
     config = tiny.get_config()
     config.profile_steps = value
     with pytest.raises(ConfigError, match=r"config.profile_steps: .* use e.g. '10,15'"):
-        train.RunPlan.from_config(config)
+        RunPlan.from_config(config)
 
 
 @pytest.mark.slow
@@ -1042,7 +1046,7 @@ class _RecordingWriter:
 
 
 class _Saves:
-    """A checkpointer stand-in for `train.run_loop`: calls `on_save(step)` at each save; no
+    """A checkpointer stand-in for `run_loop`: calls `on_save(step)` at each save; no
     save fails."""
 
     def __init__(self, on_save=lambda step: None, on_wait=lambda: None):
@@ -1075,17 +1079,17 @@ def test_logged_rates_leave_out_the_first_step_unless_it_is_the_only_one(log_eve
         time.sleep(0.9 if len(calls) == 1 else 0.01)
         return state, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
 
-    plan = train.RunPlan(total_steps=4, batch_size=8, log_every_steps=log_every,
+    plan = RunPlan(total_steps=4, batch_size=8, log_every_steps=log_every,
                          checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
                          schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     guard = type("Guard", (), {"should_stop": lambda self, step: False})()
     checkpointer = _Saves()
-    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+    loop = TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 4), checkpointer=checkpointer, writer=writer,
                            guard=guard, checkpoint_meta=lambda step: {}, model_flops=None,
                            peak_flops=1.0)
-    train.run_loop(loop, None, start)
+    run_loop(loop, None, start)
     first_step, first = writer.records[0]
     # the ETA's clock restarts after this process's first step too
     assert first_step == first_logged and writer.clock_restarts == [start + 1]
@@ -1103,17 +1107,17 @@ def test_logged_rates_leave_out_checkpoint_saves():
         time.sleep(0.01)
         return state, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
 
-    plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
+    plan = RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
                          checkpoint_every_steps=2, seed=0, prng_impl="threefry2x32",
                          schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
     saved = []
     checkpointer = _Saves(lambda step: (saved.append(step), time.sleep(0.5)))
-    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+    loop = TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 6), checkpointer=checkpointer, writer=writer,
                            guard=type("Guard", (), {"should_stop": lambda self, step: False})(),
                            checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0)
-    train.run_loop(loop, None, 0)
+    run_loop(loop, None, 0)
     assert saved == [2, 4, 6] and [step for step, _ in writer.records] == [2, 4, 6]
     for step, record in writer.records[1:]:  # the windows right after a save
         assert record["seconds_per_step"] < 0.2, (step, record)
@@ -1128,7 +1132,7 @@ def test_a_preemption_says_resume_only_when_steps_are_left(stop_at, said):
     def step_fn(state, batch):
         return state, {"loss": np.float32(1.0), "grad_norm": np.float32(1.0)}
 
-    plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
+    plan = RunPlan(total_steps=6, batch_size=8, log_every_steps=2,
                          checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
                          schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer, saved = _RecordingWriter(), []
@@ -1136,11 +1140,11 @@ def test_a_preemption_says_resume_only_when_steps_are_left(stop_at, said):
                                "reason": "Preempted", "signum": 15})()
     # "saved step 4" was said when the asynchronous save began: it is said once written
     written = lambda: saved.append(f"written, {len(writer.lines)} lines said")  # noqa: E731
-    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+    loop = TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 6), writer=writer, guard=guard,
                            checkpointer=_Saves(saved.append, written),
                            checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0)
-    last = train.run_loop(loop, None, 0)
+    last = run_loop(loop, None, 0)
     assert last.get("stop_signal") == (15 if said else None)  # the exit status: 143, or 0
     assert writer.lines == said
     assert saved == [stop_at, "written, 0 lines said"] if said else saved == [stop_at]
@@ -1156,16 +1160,16 @@ def test_a_loss_back_at_chance_inside_a_logged_window_is_warned_about_once():
     def step_fn(state, batch):
         return state, {"loss": np.float32(next(trace)), "grad_norm": np.float32(1.0)}
 
-    plan = train.RunPlan(total_steps=6, batch_size=8, log_every_steps=3,
+    plan = RunPlan(total_steps=6, batch_size=8, log_every_steps=3,
                          checkpoint_every_steps=0, seed=0, prng_impl="threefry2x32",
                          schedule={}, optimizer={}, locks={}, data={}, profile_steps=None)
     writer = _RecordingWriter()
-    loop = train.TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
+    loop = TrainLoop(plan=plan, step_fn=step_fn, batch_shardings={},
                            data=iter([{}] * 6), checkpointer=_Saves(), writer=writer,
                            guard=type("Guard", (), {"should_stop": lambda self, step: False})(),
                            checkpoint_meta=lambda step: {}, model_flops=None, peak_flops=1.0,
                            collapse=CollapseWatch(8, 0.01))
-    train.run_loop(loop, None, 0)
+    run_loop(loop, None, 0)
     assert writer.records[0][1]["loss"] > 0.9 * chance  # the window's mean hides the low loss
     assert len(writer.lines) == 1 and writer.lines[0].startswith(
         f"warning: at step 5 the loss is {chance:.4f}, chance (ln 8 = {chance:.4f}")
@@ -1186,28 +1190,28 @@ def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
     data = config.data.to_dict()
     other = {**data, "table": {**data["table"], "train_path": "b.csv", "caption_column": "text"},
              "prefetch_batches": 7, "eval_split": "test"}
-    assert train.stream_changes(saved, other, 0) == (
+    assert resume.stream_changes(saved, other, 0) == (
         "data.table.caption_column 'title' -> 'text', data.table.train_path 'a.csv' -> 'b.csv'")
-    assert train.stream_changes(saved, {**data, "prefetch_batches": 7}, 0) == ""
-    assert train.stream_changes(saved, data, 7) == "seed 0 -> 7"  # batch k is f(seed, k)
-    assert train.stream_changes({}, other, 7) == ""  # a checkpoint without a recorded config
-    assert train.stream_changes({"seed": 0}, other, 0) == ""  # nor a data section
+    assert resume.stream_changes(saved, {**data, "prefetch_batches": 7}, 0) == ""
+    assert resume.stream_changes(saved, data, 7) == "seed 0 -> 7"  # batch k is f(seed, k)
+    assert resume.stream_changes({}, other, 7) == ""  # a checkpoint without a recorded config
+    assert resume.stream_changes({"seed": 0}, other, 0) == ""  # nor a data section
     shapes = {**data, "dataset": "synthetic_shapes"}
-    assert train.stream_changes(saved, shapes, 0) == (
+    assert resume.stream_changes(saved, shapes, 0) == (
         "data.dataset 'image_text_table' -> 'synthetic_shapes'")
     # Locking a tower on resume (LiT from a run that trained both) is named too.
     config.lock_image, config.optimizer.lr = True, 1e-4
-    plan = train.RunPlan.from_config(config)
-    assert train.field_changes(saved, plan.locks) == "lock_image False -> True"
-    assert train.field_changes(saved, plan.schedule) == (
+    plan = RunPlan.from_config(config)
+    assert resume.field_changes(saved, plan.locks) == "lock_image False -> True"
+    assert resume.field_changes(saved, plan.schedule) == (
         f"optimizer.lr {saved['optimizer']['lr']} -> 0.0001")
     config.lock_image, config.optimizer.lr = False, saved["optimizer"]["lr"]
 
-    assert train.write_config(config, str(tmp_path), 0) == ""
+    assert resume.write_config(config, str(tmp_path), 0) == ""
     first = (tmp_path / "config.json").read_text()
-    assert train.write_config(config, str(tmp_path), 8) == ""  # unchanged: nothing kept
+    assert resume.write_config(config, str(tmp_path), 8) == ""  # unchanged: nothing kept
     config.data.table.train_path = "b.csv"
-    kept = train.write_config(config, str(tmp_path), 8)
+    kept = resume.write_config(config, str(tmp_path), 8)
     assert kept == str(tmp_path / "config.until_step_8.json")
     assert (tmp_path / "config.until_step_8.json").read_text() == first
     assert json.loads((tmp_path / "config.json").read_text())["data"]["table"][
@@ -1217,14 +1221,14 @@ def test_resuming_on_other_data_is_named_and_the_first_config_kept(tmp_path):
     old, new = (json.loads((tmp_path / f).read_text())
                 for f in ("config.until_step_8.json", "config.json"))
     new["mesh"].update(data=2, fsdp=4)
-    assert train.config_changes(old, new) == (
+    assert resume.config_changes(old, new) == (
         "data.table.train_path 'a.csv' -> 'b.csv', mesh.data -1 -> 2, mesh.fsdp 1 -> 4")
-    assert train.config_changes(old, new, shown=1).endswith("'b.csv' and 2 more")
+    assert resume.config_changes(old, new, shown=1).endswith("'b.csv' and 2 more")
     # A second change, at step 20: the config kept there covers steps 9-20, not 1-20 (trial Z)
-    assert train._kept_since(str(tmp_path), 8) == 0
+    assert resume.kept_since(str(tmp_path), 8) == 0
     config.data.table.train_path = "c.csv"
-    assert train.write_config(config, str(tmp_path), 20).endswith("config.until_step_20.json")
-    assert train._kept_since(str(tmp_path), 20) == 8
+    assert resume.write_config(config, str(tmp_path), 20).endswith("config.until_step_20.json")
+    assert resume.kept_since(str(tmp_path), 20) == 8
 
 
 def test_ctrl_c_before_training_says_what_is_kept(tmp_path, monkeypatch, capsys):
@@ -1264,7 +1268,7 @@ def test_combinations_that_run_but_rarely_mean_it_are_warned_once(tfds_dir, tmp_
     def restore_or_init(*_):
         raise Compiled
 
-    monkeypatch.setattr(train, "_restore_or_init", restore_or_init)
+    monkeypatch.setattr(resume, "restore_or_init", restore_or_init)
     said = []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())
@@ -1389,10 +1393,10 @@ def test_a_model_folder_is_refused_as_a_workdir(tmp_path, monkeypatch, capsys):
     (own / "notes.txt").write_text("")
     # Accepted: what a run writes, before and after its first checkpoint.
     stopped = tmp_path / "stopped"  # a run stopped before its first checkpoint
-    train.write_config(tiny.get_config(), str(stopped), 0)
+    resume.write_config(tiny.get_config(), str(stopped), 0)
     config = tiny.get_config()
     config.batch_size = 16
-    train.write_config(config, str(stopped), 8)  # a resumed run's kept config
+    resume.write_config(config, str(stopped), 8)  # a resumed run's kept config
     for name in ("metrics.jsonl", "metrics.jsonl.partial", ".clip_jax.lock", ".DS_Store"):
         (stopped / name).write_text("")
     (stopped / "tensorboard").mkdir()

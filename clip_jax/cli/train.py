@@ -44,7 +44,7 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def exit_at_once_before_training() -> None:
-    """Until training takes SIGTERM and SIGINT over (`train.PreemptionGuard`), each exits at
+    """Until training takes SIGTERM and SIGINT over (`loop.PreemptionGuard`), each exits at
     once: SIGTERM with code 143, Ctrl-C with 130, saying what the workdir keeps.
 
     Python runs signal handlers only between bytecodes, so a handler alone would wait for a
@@ -421,6 +421,7 @@ def run(config: Any, workdir: str) -> int:
         prepare(config, workdir)
         from clip_jax.runtime import launch
         from clip_jax.training import checkpoints, train
+        from clip_jax.training.loop import NonFiniteLossError
 
         try:
             if config.mode == "train":
@@ -431,7 +432,7 @@ def run(config: Any, workdir: str) -> int:
             from clip_jax.evaluation import evaluate
 
             evaluate.evaluate_workdir(config, workdir)
-        except train.NonFiniteLossError as e:
+        except NonFiniteLossError as e:
             print(f"error: {e}", file=sys.stderr)
             return _ended(DIVERGED_EXIT_CODE)
         except checkpoints.CheckpointWriteError as e:

@@ -50,8 +50,10 @@ from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
 from clip_jax.runtime.logs import format_duration
 from clip_jax.training import losses
+from clip_jax.training import init_from
 from clip_jax.training import train
 from clip_jax.training import train_step
+from clip_jax.training.run_plan import RunPlan
 from clip_jax.planning import topology as tpu_topology
 
 # Remat policies, most memory saved first.
@@ -202,13 +204,13 @@ def _shard_bytes(abstract: Any, shardings: Any) -> float:
 
 
 def _model_flops(config: ml_collections.ConfigDict, model: Any) -> float:
-    """The MFU numerator, as the training loop counts it (`train._model_flops`: the loop-free
+    """The MFU numerator, as the training loop counts it (`train.model_flops`: the loop-free
     twin of the step). The count is global, so it is taken on one CPU device, which can lower
     any batch (compile-only TPU devices give no cost analysis before compiling)."""
     plain = copy.deepcopy(config)
     plain.mesh = dict(data=1, fsdp=1, tensor=1)
     mesh = sharding.create_mesh(plain.mesh, jax.devices("cpu")[:1])
-    return train._model_flops(plain, train_step.setup(plain, model, mesh)) or math.nan
+    return train.model_flops(plain, train_step.setup(plain, model, mesh)) or math.nan
 
 
 class Refusal(NamedTuple):
@@ -527,14 +529,14 @@ def init_from_architecture(config: ml_collections.ConfigDict) -> CLIPConfig | No
     (its weights are read once, as train reads them); None when model.name names one."""
     if config.model.name or not config.init_from:
         return None
-    return train.model_and_weights(config, lambda _: None)[0]
+    return init_from.model_and_weights(config, lambda _: None)[0]
 
 
 def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,
         budget_seconds: float = 900.0) -> int:
     """The command: prints the plan (and fitting alternatives); 0 fits, 1 does not. The
     warnings `clip-jax train` starts with are logged first (stderr)."""
-    train.warn_unusual(config, train.RunPlan.from_config(config),
+    train.warn_unusual(config, RunPlan.from_config(config),
                        tpu_topology.parse(topology).devices_total)
     base = init_from_architecture(config)
     result = plan(config, topology, base=base)

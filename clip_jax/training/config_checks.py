@@ -159,7 +159,7 @@ def check_training_workdir(workdir: str) -> None:
 
 
 def _run_config(path: str) -> bool:
-    """Whether the JSON file `path` is a run's config as `train.write_config` writes it (a
+    """Whether the JSON file `path` is a run's config as `resume.write_config` writes it (a
     transformers config.json names a model_type and no total_steps)."""
     try:
         with open(path, encoding="utf-8") as f:
