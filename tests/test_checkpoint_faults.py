@@ -20,7 +20,7 @@ from etils import epath
 
 import clip_jax
 from clip_jax.errors import ConfigError
-from clip_jax.training import checkpoints, train
+from clip_jax.training import checkpoints, checksums, orbax_quiet, train
 from clip_jax.training.checkpoints import Checkpointer
 from clip_jax.models import create_model
 from compile_count import backend_compiles
@@ -164,7 +164,7 @@ def test_training_resumes_from_the_newest_good_checkpoint(damaged, capfd, device
     checkpointer = Checkpointer(workdir, 1, 3, asynchronous=False)
     lines, reported = [], []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what Python would print
-    checkpoints._quiet_closed_event_loops()  # from the start: earlier tests' reads end late
+    orbax_quiet.quiet_closed_event_loops()  # from the start: earlier tests' reads end late
     with caplog.at_level("WARNING", logger="absl"):
         step, state, meta = checkpointer.restore_newest(abstract, lines.append)
     assert not [r for r in caplog.records if r.getMessage().startswith("Failed to")], \
@@ -297,7 +297,7 @@ def test_loading_a_healthy_checkpoint_logs_no_warning(saved, caplog):
         clip_jax.load(str(saved[0]))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     (notice,) = [f for f in logging.getLogger("absl").filters
-                 if isinstance(f, checkpoints._StepMetadataNotice)]
+                 if isinstance(f, orbax_quiet._StepMetadataNotice)]
 
     def record(text):
         return logging.LogRecord("absl", logging.WARNING, "", 0, text, (), None)
@@ -397,10 +397,10 @@ def test_checksum_is_independent_of_sharding():
     words = x.view(np.uint32).reshape(-1).astype(np.uint64)
     weights = (np.arange(x.size, dtype=np.uint64) * 2654435761 + 1) % 2**32
     expected = int((words * weights % 2**32).sum() % 2**32)  # first principles, in 64 bits
-    assert checkpoints.digest({"x": sharded})[1] == {"x": expected}
+    assert checksums.digest({"x": sharded})[1] == {"x": expected}
     moved = x.copy()
     moved[[0, 1]] = moved[[1, 0]]
-    assert checkpoints.digest({"x": moved})[1] != {"x": expected}
+    assert checksums.digest({"x": moved})[1] != {"x": expected}
 
 
 def test_a_single_process_save_compiles_nothing_per_device(tmp_path):
@@ -417,7 +417,7 @@ def test_a_single_process_save_compiles_nothing_per_device(tmp_path):
     specs = {"step": PartitionSpec(), "w": PartitionSpec(), "b": PartitionSpec(),
              "e": PartitionSpec("fsdp")}  # replicated on all 8 / on 4 devices
     state = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
-    checkpoints.digest(state)  # its one compile, before counting
+    checksums.digest(state)  # its one compile, before counting
     with backend_compiles() as compiles:
         checkpointer = Checkpointer(str(tmp_path), 1, 1, asynchronous=False)
         checkpointer.save(5, state, {"step": 5, "model": {}, "data_position": 5,

@@ -17,20 +17,22 @@ units on one layer are independent of each other.
  3  data                      tokenizer, preprocessing, input pipelines, eval sources
  4  convert, inference        format converters (OpenAI, open_clip, transformers); Encoder,
                               image index
- 5  training.checkpoints,     what a workdir holds (checkpoints, metrics.jsonl): read by
+ 5  training.checksums,       a checkpoint's pieces that know nothing of checkpoints: the
+    training.orbax_quiet      state's checksums, orbax's echoes of a failed read dropped
+ 6  training.checkpoints,     what a workdir holds (checkpoints, metrics.jsonl): read by
     training.metric_writers   `clip_jax.load(workdir)` and standalone evaluation, so these two
                               sit below them although filed under training/ next to the loop
- 6  pretrained                `clip_jax.load` of every source, released-weights registry,
+ 7  pretrained                `clip_jax.load` of every source, released-weights registry,
                               the open_clip-style factory (create_model(pretrained=), save)
- 7  evaluation                evaluators, embedding passes, metrics, reports
- 8  configs                   the base config (every field a run has) and the shipped
+ 8  evaluation                evaluators, embedding passes, metrics, reports
+ 9  configs                   the base config (every field a run has) and the shipped
                               experiment configs; what fields exist, for every config check
- 9  training                  losses, optimizer, step, config checks, the loop (it evaluates
+10  training                  losses, optimizer, step, config checks, the loop (it evaluates
                               and initialises from pretrained weights)
-10  planning                  deviceless compile plans of the training step
-11  clip_jax                  the public API (`clip_jax/__init__.py`)
-12  demo                      the demo (`python -m clip_jax.demo`)
-13  cli                       the `clip-jax` command (its `demo` subcommand runs the demo)
+11  planning                  deviceless compile plans of the training step
+12  clip_jax                  the public API (`clip_jax/__init__.py`)
+13  demo                      the demo (`python -m clip_jax.demo`)
+14  cli                       the `clip-jax` command (its `demo` subcommand runs the demo)
 
 So models import nothing from data, training, evaluation or conversion; data imports no
 training, evaluation, conversion or loading; converters know nothing of loading (`pretrained`
@@ -56,6 +58,7 @@ LAYERS = (
     ("clip_jax.models",),
     ("clip_jax.data",),
     ("clip_jax.convert", "clip_jax.inference"),
+    ("clip_jax.training.checksums", "clip_jax.training.orbax_quiet"),
     ("clip_jax.training.checkpoints", "clip_jax.training.metric_writers"),
     ("clip_jax.pretrained",),
     ("clip_jax.evaluation",),

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from clip_jax.data._tf import tf  # hides accelerators before TFDS starts TensorFlow
-from clip_jax.data import image_folder, labelled as labelled_data, source_check
+from clip_jax.data import image_folder, labelled as labelled_data, labelled_batches, source_check
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from clip_jax.data.preprocess import normalization_constants, preprocess
 from clip_jax.errors import ConfigError
@@ -84,7 +84,7 @@ def test_netpbm_files_are_images_as_torchvision_reads_them(tmp_path):
     ours = labelled_data.read(str(tmp_path), "")
     theirs = ImageFolder(str(tmp_path))
     assert list(zip(ours.files, ours.labels.tolist())) == theirs.samples and not ours.skipped
-    (batch,) = labelled_data.make_iterable(ours, MODEL, batch_size=3)
+    (batch,) = labelled_batches.make_iterable(ours, MODEL, batch_size=3)
     assert batch["mask"].all()
     np.testing.assert_array_equal(batch["images"], preprocess(
         [Image.open(f).convert("RGB") for f in ours.files], MODEL))
@@ -109,7 +109,7 @@ def test_every_extension_pillow_gives_a_folder_format_is_read():
                        format=registered[ext])
         ours = labelled_data.read(root, "")
         assert len(ours.files) == len(wanted) and not ours.skipped
-        (batch,) = labelled_data.make_iterable(ours, MODEL, batch_size=len(wanted))
+        (batch,) = labelled_batches.make_iterable(ours, MODEL, batch_size=len(wanted))
         assert batch["mask"].all()
         decoded = [k for k, f in enumerate(ours.files) if not f.endswith(".PFM")]
         np.testing.assert_array_equal(batch["images"][decoded], preprocess(
@@ -581,7 +581,7 @@ def test_clip_benchmark_webdataset_layout(tmp_path):
                            "a .cls that is not a class index": [f"{shard}:s0000006 ('red')"],
                            "hidden member": [f"{shard}:._s0000001.jpg"]}
     for j, i in enumerate(keep):
-        data = labelled_data.read_image_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
+        data = labelled_batches.read_image_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
         assert data == encoded[i]
 
 
@@ -590,20 +590,20 @@ def test_eval_padding_reads_no_file(folder, monkeypatch, batch_size):
     """Padding slots are constants: each image file is read once, whatever the batch size;
     a process with no images reads none and yields one all-padding batch."""
     images = labelled_data.read(str(folder), "test")
-    reads, read = [], labelled_data.read_checked_image
+    reads, read = [], labelled_batches.read_checked_image
 
     def counting(path, offset, length, **options):
         reads.append(path)
         return read(path, offset, length, **options)
 
-    monkeypatch.setattr(labelled_data, "read_checked_image", counting)
-    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=batch_size,
+    monkeypatch.setattr(labelled_batches, "read_checked_image", counting)
+    batches = list(labelled_batches.make_iterable(images, MODEL, batch_size=batch_size,
                                                process_index=0, process_count=1))
     assert sorted(reads) == sorted(f.encode() for f in images.files)
     assert sum(int(b["mask"].sum()) for b in batches) == len(images)
     reads.clear()
     n = len(images)
-    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=batch_size,
+    batches = list(labelled_batches.make_iterable(images, MODEL, batch_size=batch_size,
                                                process_index=0, process_count=n + 1))
     assert reads == [] and len(batches) == 1 and not batches[0]["mask"].any()
     assert batches[0]["images"].shape == (batch_size, MODEL.image_size, MODEL.image_size, 3)
@@ -616,7 +616,7 @@ def test_eval_batches_equal_preprocess_of_pillow_images(folder):
     for shift, transform in (("", lambda im: im),
                              ("greyscale", lambda im: im.convert("L").convert("RGB"))):
         # The shift acts on the resized, centre-cropped uint8 pixels, before normalising.
-        batches = list(labelled_data.make_iterable(images, MODEL, batch_size=5, shift=shift,
+        batches = list(labelled_batches.make_iterable(images, MODEL, batch_size=5, shift=shift,
                                                    process_index=1, process_count=2))
         got = np.concatenate([b["images"][b["mask"]] for b in batches])
         index = np.concatenate([b["index"][b["mask"]] for b in batches])
@@ -647,7 +647,7 @@ def test_sixteen_bit_greyscale_pngs_are_rescaled_as_transformers_reads_the_resca
         Image.fromarray(values).save(tmp_path / name / "deep.png")
     assert Image.open(tmp_path / "a" / "deep.png").mode.startswith("I")
     images = labelled_data.read(str(tmp_path), "")
-    (batch,) = labelled_data.make_iterable(images, MODEL, batch_size=2)
+    (batch,) = labelled_batches.make_iterable(images, MODEL, batch_size=2)
     grey = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
     processor = transformers.CLIPImageProcessor(
         size={"shortest_edge": MODEL.image_size},
@@ -690,7 +690,7 @@ def test_unreadable_images_are_masked_out_and_named(folder, tmp_path, caplog):
     assert {os.path.join(root, "sea_lion/whole.tif"), os.path.join(root, "dog/whole.jpg")} <= {
         images.files[i] for i in good}
     with caplog.at_level("WARNING", logger=labelled_data.__name__):
-        batches = list(labelled_data.make_iterable(images, MODEL, batch_size=4))
+        batches = list(labelled_batches.make_iterable(images, MODEL, batch_size=4))
     mask = np.concatenate([b["mask"] for b in batches])
     np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches])[mask], good)
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask],
@@ -723,14 +723,14 @@ def test_jpegs_called_complete_are_the_ones_tensorflow_decodes(progressive):
         except tf.errors.InvalidArgumentError:
             return False
 
-    assert labelled_data.jpeg_is_complete(data) and tf_decodes(data)
-    assert labelled_data.jpeg_is_complete(data + b"camera trailer") and tf_decodes(
+    assert labelled_batches.jpeg_is_complete(data) and tf_decodes(data)
+    assert labelled_batches.jpeg_is_complete(data + b"camera trailer") and tf_decodes(
         data + b"camera trailer")
     # Every cut loses the end-of-image marker; TensorFlow's decoder stops on such a file.
     cuts = range(0, len(data) - 2, 97)
-    assert not any(labelled_data.jpeg_is_complete(data[:cut]) for cut in cuts)
+    assert not any(labelled_batches.jpeg_is_complete(data[:cut]) for cut in cuts)
     assert not tf_decodes(data[:len(data) * 2 // 3])
-    assert not labelled_data.jpeg_is_complete(b"\x89PNG\r\n\x1a\n")
+    assert not labelled_batches.jpeg_is_complete(b"\x89PNG\r\n\x1a\n")
 
 
 def test_class_indices_written_as_floats_read_as_indices(folder, tmp_path):
@@ -886,7 +886,7 @@ def test_eval_reads_photos_upright_by_their_exif_orientation(tmp_path, exif_tran
     turn = ImageOps.exif_transpose if exif_transpose else (lambda im: im)
     want = preprocess([turn(Image.open(f)).convert("RGB") for f in images.files], MODEL,
                       exif_transpose=False)
-    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=8,
+    batches = list(labelled_batches.make_iterable(images, MODEL, batch_size=8,
                                                exif_transpose=exif_transpose))
     got = np.concatenate([b["images"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(got, want)
@@ -909,7 +909,7 @@ def test_file_names_that_are_not_utf8_read_and_such_class_names_are_refused(tmp_
     theirs = ImageFolder(str(root))
     assert list(zip(images.files, images.labels.tolist())) == theirs.samples
     assert odd in images.files
-    batches = list(labelled_data.make_iterable(images, MODEL, batch_size=4))
+    batches = list(labelled_batches.make_iterable(images, MODEL, batch_size=4))
     got = np.concatenate([b["images"][b["mask"]] for b in batches])
     want = preprocess([Image.open(f).convert("RGB") for f in images.files], MODEL)
     np.testing.assert_array_equal(got, want)
@@ -1048,7 +1048,7 @@ def test_an_image_pillow_refuses_as_too_large_is_skipped_with_the_fix(tmp_path, 
     fix = ("(Pillow refuses images over 2 x PIL.Image.MAX_IMAGE_PIXELS = 2,000 pixels: "
            "downscale it, or raise that limit from Python for trusted images)")
     with caplog.at_level("WARNING"):
-        _, _, readable = labelled_data.read_checked_image(os.fsencode(path), np.int64(-1),
+        _, _, readable = labelled_batches.read_checked_image(os.fsencode(path), np.int64(-1),
                                                      np.int64(-1))
     assert not readable
     assert f"skipped unreadable image {path}: {said} {fix}" in caplog.text
@@ -1063,9 +1063,9 @@ def test_an_image_pillow_refuses_as_too_large_is_skipped_with_the_fix(tmp_path, 
         Image.open(jpeg)
     caplog.clear()
     with caplog.at_level("WARNING"):
-        _, _, readable = labelled_data.read_checked_image(os.fsencode(jpeg), np.int64(-1),
+        _, _, readable = labelled_batches.read_checked_image(os.fsencode(jpeg), np.int64(-1),
                                                           np.int64(-1))
     assert not readable
     assert f"skipped unreadable image {jpeg}: {str(pillow.value)} {fix}" in caplog.text
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
-    assert labelled_data.read_checked_image(os.fsencode(jpeg), np.int64(-1), np.int64(-1))[2]
+    assert labelled_batches.read_checked_image(os.fsencode(jpeg), np.int64(-1), np.int64(-1))[2]

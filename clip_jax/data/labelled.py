@@ -32,16 +32,15 @@ A table of class indices without names reads with the indices as names ("0", "1"
 evaluators refuse it and ask for names. Whatever a reader skips (not an image, hidden, a
 table row's missing file, empty cell or non-UTF-8 text, a sample without a class or with a
 .cls that is not an index, a hidden tar member) is listed in `LabelledImages.skipped` and
-named in a warning, never dropped silently. `make_iterable` turns a set into the eval batches the
-evaluators embed (same transform as every other eval source, optionally with a synthetic
-shift from `clip_jax.data.shifts`).
+named in a warning, never dropped silently. `labelled_batches.make_iterable` turns a set into
+the eval batches the evaluators embed (same transform as every other eval source, optionally
+with a synthetic shift from `clip_jax.data.shifts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import logging
 import os
 import tarfile
@@ -49,24 +48,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from clip_jax.data import shifts
-from clip_jax.data.options import IMAGE_COLUMNS, TABLE_SUFFIXES, TableOptions, check_shift
-from clip_jax.data import tf_preprocess
+from clip_jax.data.options import IMAGE_COLUMNS, TABLE_SUFFIXES, TableOptions
 from clip_jax.data.text_lists import read_entries
 from clip_jax.data._tf import file_problem, tf, unreadable_scheme
 from clip_jax.data.image_folder import first_few, real_path, walk_once
-from clip_jax.data.eval_pipeline import (EvalIterable, nfc, ProcessSlice, batch_eval_examples,
-                                         mask_padding)
-from clip_jax.data.tf_data import graph
+from clip_jax.data.eval_pipeline import nfc
 from clip_jax.errors import ConfigError, MissingFileError
-from clip_jax.models.config import CLIPConfig
 from clip_jax.runtime.os_text import os_text, shown
 from clip_jax_data import tables
-from clip_jax.data.preprocess import (DECODE_ERRORS, EXIF_ORIENTATION, IMAGE_EXTENSIONS,
-                                      decode_reason, normalization_constants, to_rgb_uint8,
-                                      undecodable_format)
+from clip_jax.data.preprocess import IMAGE_EXTENSIONS, undecodable_format
 
 log = logging.getLogger(__name__)
 _EMPTY_REPORTED: set[str] = set()  # folders whose empty classes were named in a warning
@@ -617,187 +608,5 @@ def read(path: str, split: str = "", class_names: Sequence[str] | None = None,
     return images
 
 
-def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
-    """The encoded bytes of one image of a `LabelledImages`: the whole file (`offset` -1) or
-    `length` bytes from `offset` inside a tar shard."""
-    with tf.io.gfile.GFile(path, "rb") as f:  # bytes: a name need not be UTF-8
-        if offset < 0:
-            return f.read()
-        f.seek(int(offset))
-        return f.read(int(length))
-
-
-_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
-_TURNED = range(2, 9)  # EXIF orientations other than upright (1): mirrored and/or turned
-# A JPEG's EXIF block is an APP1 segment opening with this mark (anywhere before the scan:
-# the whole file is searched, a fast byte scan; a chance match in the pixels costs a header
-# parse only).
-_EXIF_MARK = b"Exif\x00\x00"
-_REPORTED: set[tuple[bytes, int]] = set()  # unreadable images already named in a warning
-_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field (TEM, RSTn, SOI)
-
-
-def jpeg_is_complete(data: bytes) -> bool:
-    """Whether a JPEG's segments lead to a scan that an end-of-image marker closes (a file cut
-    off inside its entropy-coded data has none): `jpeg_header`'s first answer."""
-    return jpeg_header(data)[0]
-
-
-# Start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC, which share their range).
-_JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_header(data: bytes) -> tuple[bool, tuple[int, int] | None]:
-    """`(complete, size)` of a JPEG from one walk of its header segments: whether they lead
-    to a scan that an end-of-image marker closes (inside scan data every 0xFF byte is
-    stuffed, so FF D9 there is the real marker; an EXIF thumbnail's own markers sit in a
-    segment the walk skips by its length), and the (width, height) of its frame header
-    (None if none is found). The size lets a whole JPEG, which goes to TensorFlow's decoder
-    (no pixel limit) without Pillow opening it, meet Pillow's decompression-bomb limit as
-    every other image does (trial BH: `clip-jax eval` decoded a JPEG `clip-jax index`
-    refused)."""
-    if data[:2] != b"\xff\xd8":
-        return False, None
-    size, i = None, 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xFF or marker in _JPEG_STANDALONE:
-            i += 1 if marker == 0xFF else 2
-            continue
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in _JPEG_FRAMES and size is None:
-            size = (int.from_bytes(data[i + 7:i + 9], "big"),
-                    int.from_bytes(data[i + 5:i + 7], "big"))
-        if marker == 0xDA:  # start of scan
-            return data.find(b"\xff\xd9", end) >= 0, size
-        i = end
-    return False, size
-
-
-def _orientation(image: Image.Image) -> int:
-    """The EXIF Orientation an opened image's header holds (1 when none), read from the raw
-    EXIF block without decoding or loading anything, so that `verify` can still follow (a
-    PNG's `getexif` loads the pixels to look for an eXIf chunk after them)."""
-    raw = image.info.get("exif")
-    if not raw:
-        return 1
-    exif = Image.Exif()
-    exif.load(raw)
-    return exif.get(EXIF_ORIENTATION, 1)
-
-
 def _spaced(name: str) -> str:
     return name.replace("_", " ")
-
-
-def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
-                       exif_transpose: bool = True) -> tuple[bytes, np.ndarray, bool]:
-    """One image of a `LabelledImages`, checked before the pipeline decodes it, as
-    (encoded, pixels, readable):
-
-    * a whole JPEG (`jpeg_is_complete`) or a PNG whose chunks pass their CRCs, stored upright
-      (no EXIF orientation, or `exif_transpose` False): (its bytes, a placeholder, True),
-      decoded by TensorFlow outside the GIL, as every eval source is;
-    * anything else PIL reads whole (TIFF, WebP, GIF, BMP, 16-bit greyscale PNG, a photo
-      with an EXIF orientation, ...): (b"", uint8 [H, W, 3], True), decoded here as
-      `clip_jax.preprocess` reads it: RGB, alpha dropped, turned upright by its EXIF
-      orientation (as the dataset builders store training images, `data.build.exif_transpose`;
-      torchvision's `ImageFolder`, and so CLIP_benchmark, does not turn it), 16-bit and float
-      images rescaled to 8 bits (Pillow's convert("RGB") clips them at 255);
-    * an empty file, not an image, one cut off in its pixel data, or a file that cannot be
-      read (a broken link, no permission): (b"", a 1x1 placeholder, False) with a warning
-      naming the file; the pipeline masks it out of the results.
-
-    Checking here is what keeps one damaged file from stopping a whole evaluation: a decode
-    error inside the tf.data graph cannot be caught per image."""
-    try:
-        data = read_image_bytes(path, offset, length)
-        if not data:
-            raise ValueError("empty file (0 bytes)")
-        complete, size = jpeg_header(data)
-        if complete and size is not None:  # Pillow's own limit and words, as at its open
-            Image._decompression_bomb_check(size, error_only=True)
-        if complete and not (exif_transpose and _EXIF_MARK in data):
-            return data, _PLACEHOLDER, True  # no EXIF block to turn by: no header parse
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            turned = exif_transpose and _orientation(image) in _TURNED
-            if complete and not turned:
-                return data, _PLACEHOLDER, True
-            # 16-bit greyscale PNGs (Pillow's I;16 / I) go the Pillow way too: TensorFlow's
-            # decoder keeps the high byte, `clip_jax.preprocess` rescales v * 255 / 65535.
-            if image.format == "PNG" and not image.mode.startswith("I") and not turned:
-                image.verify()
-                return data, _PLACEHOLDER, True
-            return b"", to_rgb_uint8(image, exif_transpose=exif_transpose), True
-    except Image.UnidentifiedImageError:
-        reason = (undecodable_format(os.fsdecode(path), data[:12])
-                  or "not an image PIL can identify")
-    except DECODE_ERRORS as error:
-        reason = decode_reason(error)
-    except tf.errors.NotFoundError:
-        reason = "no such file (a broken link, or removed after the folder was listed)"
-    except tf.errors.OpError as error:  # permission denied, an unreadable remote file, ...
-        reason = " ".join(error.message.split()) or type(error).__name__
-    where = f" (bytes {offset}+{length})" if offset >= 0 else ""
-    if (path, int(offset)) not in _REPORTED:  # once per process, not at every periodic eval
-        _REPORTED.add((path, int(offset)))
-        log.warning("skipped unreadable image %s%s: %s", os.fsdecode(path), where, reason)
-    return b"", _PLACEHOLDER, False
-
-
-def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
-                  shift: str = "", prefetch_batches: int = 2, process_index: int | None = None,
-                  process_count: int | None = None, exif_transpose: bool = True
-                  ) -> EvalIterable:
-    """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
-    in order, padded with `mask` False so every process yields the same number of batches
-    (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
-    (`read_checked_image`) is masked out like padding, with a warning naming it; one whose
-    data is damaged inside a whole file (TensorFlow's decoder fails on it, which no error
-    handler inside the graph can catch per image) is dropped, its slot made up by padding,
-    and named by `report_dropped` once the split is read. Photos are turned upright by their
-    EXIF orientation unless `exif_transpose` is False (`read_checked_image`)."""
-    shift = check_shift(shift)
-    n = len(images)
-    piece = ProcessSlice.of(n, batch_size, process_index, process_count)
-    index = np.arange(piece.first, piece.last, dtype=np.int64)
-    size = model_config.image_size
-    mean, std = normalization_constants(model_config)
-    table = {"file": np.asarray([os.fsencode(f) for f in images.files], dtype=object),
-             "offset": images.offsets,
-             "length": images.lengths, "label": images.labels}
-    columns = {k: tf.constant(v[index]) for k, v in table.items()}
-
-    def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        encoded, pixels, readable = tf.numpy_function(
-            functools.partial(read_checked_image, exif_transpose=exif_transpose),
-            [item["file"], item["offset"], item["length"]],
-            (tf.string, tf.uint8, tf.bool), stateful=False)
-        encoded = tf.ensure_shape(encoded, [])
-        pixels = tf.cond(tf.strings.length(encoded) > 0,
-                         lambda: tf_preprocess.decode_rgb(encoded),
-                         lambda: tf.ensure_shape(pixels, [None, None, 3]))
-        image = tf_preprocess.resize_and_center_crop(pixels, size,
-                                                     model_config.resize_shortest_side)
-        image = tf_preprocess.normalize(shifts.apply(shift, image, item["index"]), mean, std)
-        image = tf.ensure_shape(image, [size, size, 3])
-        return mask_padding({"images": image, "label": item["label"]},
-                            tf.ensure_shape(readable, []), item["index"])
-
-    dataset = tf.data.Dataset.from_tensor_slices({**columns, "index": tf.constant(index)})
-    dataset = dataset.map(graph(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.ignore_errors()
-    return batch_eval_examples(dataset, piece, prefetch_batches, list(images.class_names), n)
-
-
-def report_dropped(images: LabelledImages, read: np.ndarray) -> None:
-    """Names, in one warning each, the images of `images` whose index is not in `read` (int
-    [M], the indices that reached the model) and that no check has named already: the ones
-    TensorFlow's decoder failed on (`make_iterable`)."""
-    for i in np.setdiff1d(np.arange(len(images)), read):
-        path, offset = os.fsencode(images.files[i]), int(images.offsets[i])
-        if (path, offset) not in _REPORTED:
-            _REPORTED.add((path, offset))
-            where = f" (bytes {offset}+{int(images.lengths[i])})" if offset >= 0 else ""
-            log.warning("skipped unreadable image %s%s: its data is damaged (TensorFlow "
-                        "could not decode it)", images.files[i], where)

@@ -17,6 +17,7 @@ import numpy as np
 from clip_jax.data import eval_pipeline
 from clip_jax.data import options as data_options
 from clip_jax.data import labelled as labelled_data
+from clip_jax.data import labelled_batches
 from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import once, zero_shot
@@ -217,7 +218,7 @@ class Passes:
             p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
             p.iterable.close()  # its files, until the next evaluation reads them again
             if p.images is not None:
-                labelled_data.report_dropped(p.images, p.embeddings.index)
+                labelled_batches.report_dropped(p.images, p.embeddings.index)
             left_out = p.iterable.num_examples - len(p.embeddings.images)
             split = p.shown_split or p.split
             if not len(p.embeddings.images):
@@ -246,7 +247,7 @@ def _open(p: Pass, model_config: Any, batch: int,
             names = zero_shot.read_class_names(p.class_spec) if p.class_spec else None
             listed[source] = labelled_data.read(*source[:2], names, *source[3:])
         images = listed[source]
-        p.iterable = labelled_data.make_iterable(images, model_config, batch_size=batch,
+        p.iterable = labelled_batches.make_iterable(images, model_config, batch_size=batch,
                                                  shift=p.shift,
                                                  prefetch_batches=p.data.prefetch_batches,
                                                  exif_transpose=p.data.build.exif_transpose)

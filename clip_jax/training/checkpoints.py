@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -34,23 +33,19 @@ from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime.folders import check_utf8_name
 from clip_jax.models.clip import CLIP
 from clip_jax.models.config import CLIPConfig
+from clip_jax.training import orbax_quiet
+from clip_jax.training.checksums import CorruptCheckpointError, digest, leaf_name, verify
+from clip_jax.training.orbax_quiet import ARRAY_READ_ERROR
 
 STATE, META = "state", "meta"
 CORRUPT_DIR = "corrupt_checkpoints"
 META_KEYS = ("step", "model")
 TRAINING_META_KEYS = (*META_KEYS, "data_position", "batch_size")
 _MAX_REASON = 200
-# Odd multiplier (Knuth's 2^32 / golden ratio) weighting each element by its position, so that
-# moved or swapped values change the checksum too.
-_POSITION_WEIGHT = 2654435761
 
 
 class NonFiniteStateError(ValueError):
     """The state to save holds NaN/Inf values; it was not written."""
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint's files do not restore to what was saved."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -70,153 +65,15 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(_absolute(workdir), "checkpoints")
 
 
-def _leaf_name(path: tuple[Any, ...]) -> str:
-    """'params/visual/conv1/kernel' for a state attribute path and a plain dict path alike."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def _as_words(x: Any, xp: Any) -> Any:
-    """The bits of `x` as unsigned integers of its own width (8-byte items as two words)."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    width = {1: xp.uint8, 2: xp.uint16}.get(np.dtype(x.dtype).itemsize, xp.uint32)
-    if xp is np:
-        return np.asarray(x).view(width)
-    return jax.lax.bitcast_convert_type(x, width)
-
-
-def _weighted_words(x: Any, xp: Any) -> Any:
-    """The bits of `x` as uint32 words, each times (1 + its position * _POSITION_WEIGHT)."""
-    words = _as_words(x, xp).astype(xp.uint32).reshape(-1)
-    return words * (xp.arange(words.size, dtype=xp.uint32) * xp.uint32(_POSITION_WEIGHT)
-                    + xp.uint32(1))
-
-
-def _checksum(x: Any, xp: Any) -> Any:
-    """Position-weighted sum of the bits of `x`, modulo 2^32: the same for any sharding."""
-    return xp.sum(_weighted_words(x, xp), dtype=xp.uint32)
-
-
-def _digest_leaf(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(no NaN/Inf in `x`, `_checksum(x)`) in one pass over `x`: a two-output reduction, one
-    kernel per array. A train state has many small arrays (the tiny config's: 236), and XLA:CPU
-    took 3.4-4.0 s to compile two reductions each, 2.0-2.5 s for one."""
-    weighted = _weighted_words(x, jnp)
-    if jnp.issubdtype(x.dtype, jnp.inexact):  # one flag per word (an 8-byte item has two)
-        nonfinite = jnp.broadcast_to((~jnp.isfinite(x)).reshape(-1, 1),
-                                     (x.size, weighted.size // max(x.size, 1))).reshape(-1)
-    else:
-        nonfinite = jnp.zeros(weighted.shape, bool)
-    nonfinite = nonfinite.astype(jnp.uint32)
-    zero = jnp.uint32(0)
-    total, bad = jax.lax.reduce((weighted, nonfinite), (zero, zero),
-                                lambda a, b: (a[0] + b[0], a[1] + b[1]), (0,))
-    return bad == 0, total
-
-
-@jax.jit
-def _digest_on_device(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    finite, sums = zip(*map(_digest_leaf, leaves))
-    return jnp.stack(finite), jnp.stack(sums)
-
-
-def digest(state: Any) -> tuple[list[str], dict[str, int]]:
-    """(names of the leaves holding NaN/Inf, {leaf name: checksum}) of a (sharded) state."""
-    named = [(_leaf_name(p), x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
-             if hasattr(x, "dtype")]
-    if not named:
-        return [], {}
-    finite, sums = jax.device_get(_digest_on_device([x for _, x in named]))
-    bad = [name for (name, _), ok in zip(named, finite) if not ok]
-    return bad, {name: int(s) for (name, _), s in zip(named, sums)}
-
-
-def verify(tree: Any, checksums: dict[str, int] | None, on_device: bool = True) -> None:
-    """Raises CorruptCheckpointError when a restored leaf's checksum differs from the saved one.
-
-    Checkpoints written before checksums existed (`checksums` None) are accepted as they are.
-    """
-    if not checksums:
-        return
-    if on_device:
-        found = digest(tree)[1]
-    else:
-        found = {_leaf_name(p): int(_checksum(x, np))
-                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    wrong = [name for name, value in found.items() if checksums.get(name, value) != value]
-    if wrong:
-        raise CorruptCheckpointError(
-            f"{len(wrong)} of {len(found)} arrays differ from what was saved (first: {wrong[0]})")
-
-
-# How orbax words a failed array read (the rest of its message is TensorStore's whole spec).
-_ARRAY_READ_ERROR = "Encountered error while reading array index"
-
-
 def reason(error: BaseException) -> str:
     """An error as one short line: type and the first line of its message (an array orbax
     could not read: what that means, not TensorStore's spec)."""
-    if str(error).startswith(_ARRAY_READ_ERROR):
+    if str(error).startswith(ARRAY_READ_ERROR):
         return ("an array's data could not be read (a damaged or cut-off file under "
                 "state/)")
     lines = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3] + "..."
-
-
-def _is_orbax_echo(error: BaseException | None) -> bool:
-    """An error that only echoes a failed read or write of one array (see
-    `_quiet_closed_event_loops`): TensorStore's own, naming the checkpoint's OCDBT database,
-    too."""
-    return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-            or str(error).startswith(_ARRAY_READ_ERROR)
-            or isinstance(error, ValueError) and _TENSORSTORE_READ in str(error))
-
-
-_TENSORSTORE_READ = " in OCDBT database at "
-
-
-def _quiet_closed_event_loops() -> None:
-    """Drops orbax's per-array reports after a failed restore or save.
-
-    When one array of a checkpoint fails to read (or write: a full disk), orbax closes its
-    event loop while TensorStore still completes the other arrays; their callbacks report
-    RuntimeError('Event loop is closed'), once per array, through `sys.unraisablehook` (a
-    restore) or `sys.excepthook` (a save's writes), and each other read of a damaged file its
-    own "Encountered error while reading array index" with TensorStore's whole spec (220
-    tracebacks, 14,000 lines, for one cut-off file; 53 for a save on a full disk). That
-    noise says nothing the one-line restore or write error does not; every other report is
-    passed on.
-    """
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, _UnretrievedEcho) for f in asyncio_log.filters):
-        asyncio_log.addFilter(_UnretrievedEcho())
-    if getattr(sys.unraisablehook, "clip_jax_quiet", False):
-        return
-    unraisable, excepthook = sys.unraisablehook, sys.excepthook
-
-    def quiet_unraisable(report: Any) -> None:
-        if not _is_orbax_echo(report.exc_value):
-            unraisable(report)
-
-    def quiet_excepthook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
-        if not _is_orbax_echo(error):
-            excepthook(kind, error, trace)
-
-    quiet_unraisable.clip_jax_quiet = True  # type: ignore[attr-defined]
-    sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
-
-
-class _UnretrievedEcho(logging.Filter):
-    """Drops asyncio's "Task (or Future) exception was never retrieved" whose exception is an
-    orbax echo (a read of a damaged checkpoint's array, logged with TensorStore's spec when the
-    task is collected, maybe long after the read)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith(("Task exception was never retrieved",
-                                                     "Future exception was never retrieved"))
-                    and _is_orbax_echo(error))
 
 
 def _check_meta(meta: Any, keys: tuple[str, ...] = META_KEYS) -> dict[str, Any]:
@@ -261,7 +118,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, every_steps: int, keep: int, asynchronous: bool = True):
         _save_from_one_replica()
-        _quiet_closed_event_loops()
+        orbax_quiet.quiet_closed_event_loops()
         self.unconfirmed = False  # an asynchronous save started and not yet seen to succeed
         self.every_steps = every_steps
         self.keep = keep
@@ -334,7 +191,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """The state at `step`, laid out as `abstract_state`'s shardings (any mesh), verified
         against its checksums; raises on a damaged checkpoint."""
-        _quiet_closed_event_loops()
+        orbax_quiet.quiet_closed_event_loops()
         restored = self.manager.restore(
             step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state),
                                              META: ocp.args.JsonRestore()}))
@@ -545,37 +402,9 @@ def saved_model(workdir: str) -> SavedRun | None:
     return SavedRun(meta["step"], CLIPConfig.from_dict(meta["model"]), meta.get("batch_size"))
 
 
-class _StepMetadataNotice(logging.Filter):
-    """Drops orbax's "Metadata file does not exist: <step>/state/_CHECKPOINT_METADATA", and
-    its "Failed to get item metadata" / "Failed to read Metadata file" of a damaged step.
-
-    The read helpers open a step's `state` item directly, and orbax keeps that file one level
-    up, per step: the warning fired for every healthy checkpoint a command loaded. A damaged
-    step's failed reads are said in our one line per step (`reason`), which orbax's two
-    log lines came before, three or four times over (trial BY). Any other missing-metadata
-    report is passed on.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not (text.startswith("Metadata file does not exist")
-                    and text.endswith(f"/{STATE}/_CHECKPOINT_METADATA")
-                    or text.startswith(_DAMAGED_STEP_NOTICES))
-
-
-_DAMAGED_STEP_NOTICES = ("Failed to get item metadata from directory ",
-                         "Failed to read Metadata file: ", "Failed to json parse Metadata file")
-
-
-def _quiet_item_metadata_notice() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _StepMetadataNotice) for f in logger.filters):
-        logger.addFilter(_StepMetadataNotice())
-
-
 def array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """{'params/visual/conv1/kernel': shape} of every array of `tree` (state or variables)."""
-    return {_leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
             if hasattr(x, "shape")}
 
 
@@ -686,8 +515,8 @@ def check_resumable(workdir: str, abstract_state: Any, settings: dict[str, Any])
 
 
 def _state_tree(step_dir: epath.Path) -> dict[str, Any]:
-    _quiet_item_metadata_notice()
-    _quiet_closed_event_loops()  # a damaged step's metadata read echoes too (trial BZ)
+    orbax_quiet.quiet_item_metadata_notice(STATE)
+    orbax_quiet.quiet_closed_event_loops()  # a damaged step's metadata read echoes too (trial BZ)
     metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE)
     tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
     if not tree or "params" not in tree:
@@ -701,7 +530,7 @@ def verify_step(step_dir: str) -> None:
     cannot be read back exactly. Costs one full read of the checkpoint."""
     step_dir = epath.Path(step_dir)
     meta = _read_meta_file(step_dir)
-    _quiet_closed_event_loops()
+    orbax_quiet.quiet_closed_event_loops()
     tree = _state_tree(step_dir)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     restored = ocp.PyTreeCheckpointer().restore(
@@ -723,7 +552,7 @@ def load_model(path: str, *, dtype: str = "float32") -> tuple[CLIP, dict[str, An
 def _load_step(step_dir: epath.Path, dtype: str) -> tuple[CLIP, dict[str, Any]]:
     meta = _read_meta_file(step_dir)
     config = CLIPConfig.from_dict(meta["model"]).replace(dtype=dtype)
-    _quiet_closed_event_loops()
+    orbax_quiet.quiet_closed_event_loops()
     tree = _state_tree(step_dir)
     checkpointer = ocp.PyTreeCheckpointer()
     item = step_dir / STATE
