@@ -1191,6 +1191,10 @@ def test_plan_names_the_config_field_of_another_trainers_flag(capsys):
                                        "--config.lock_image?"),
     ("--config.optimizer.batch_size=8", "did you mean --config.batch_size or "
                                         "--config.eval.batch_size?"),
+    # t5x's and Megatron's axis names: `model` alone is model.name, under mesh the tensor axis
+    ("--config.mesh.model=2", "did you mean --config.mesh.tensor (heads and MLP split over "
+                              "devices)?"),
+    ("--config.mesh.dp=2", "did you mean --config.mesh.data?"),
 ])
 def test_an_override_of_no_field_is_named_before_absl_parses_it(override, says):
     """`--config.batch-size=16` said "unknown field or wrong type (malformed node or string

@@ -143,3 +143,30 @@ def test_the_watchdog_is_cancelled_when_joining_fails(monkeypatch):
         distributed.initialize(_dist(coordinator_address="127.0.0.1:1", num_processes=2,
                                      process_id=0))
     assert len(timers) == 1 and timers[0].cancelled
+
+
+def test_processes_with_different_device_counts_are_one_line():
+    """A host started without the others' XLA_FLAGS (or a GPU node short a GPU) failed in the
+    config check's gather with numpy's "cannot reshape array of size 6 into shape (2,4)"
+    (trial CM); every process reads the whole device list, so each refuses in one line."""
+    from types import SimpleNamespace
+
+    from clip_jax.runtime import sharding
+
+    devices = [SimpleNamespace(process_index=p) for p in (0, 0, 0, 0, 1, 1)]
+    with pytest.raises(ConfigError, match=r"^the job's processes hold different numbers of "
+                                          r"devices \(process 0: 4, process 1: 2\); every"):
+        sharding.check_devices_per_process(devices)
+    sharding.check_devices_per_process(devices[:2] + devices[4:])  # 2 and 2: no error
+
+
+def test_two_minus_ones_name_the_axes_and_the_fix():
+    """`--config.mesh.fsdp=-1` alone (the base config's data is -1) said "use positive sizes
+    and at most one -1", the -1 the user never set unnamed (trial CM)."""
+    from clip_jax.runtime import sharding
+
+    with pytest.raises(ConfigError, match=r"^config.mesh=\{'data': -1, 'fsdp': -1, 'tensor': "
+                                          r"1\}: data and fsdp are both -1 .* e\.g\. "
+                                          r"--config\.mesh\.data=1\.$"):
+        sharding.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+    assert sharding.mesh_shape({"data": 1, "fsdp": -1, "tensor": 1}, 8) == (1, 8, 1)

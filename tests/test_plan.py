@@ -730,3 +730,22 @@ def test_plan_takes_the_architecture_from_init_from_as_train_does(tmp_path, caps
     # Data parallel: every chip holds all f32 parameters, counted from the saved weights.
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     assert json.loads(out.strip().splitlines()[-1])["param_bytes"] == 4 * n_params
+
+
+def test_a_tensor_axis_across_hosts_is_refused_as_the_run_refuses_it():
+    """A v5e-16 has 4 hosts of 2x2 chips. A tensor axis of 4 or 8 is laid along rows of chips
+    spanning hosts, so two hosts would hold the same batch rows while each reads its own share
+    of the data (the run failed at its first step, after compiling; trial CM). Rows per host
+    are read from the compile-only devices' own process indices: tensor=2 keeps each group on
+    one host, and every host holds rows no other host holds."""
+    topology = tpu_topology.parse("v5e-16")
+    for tensor in (4, 8):
+        with pytest.raises(ConfigError, match=rf"the tensor axis of {tensor} spans processes "
+                                              r"\(4 devices each\).* use a smaller tensor axis"):
+            tpu_topology.make_mesh(topology, (16 // tensor, 1, tensor), sharding.MESH_AXES)
+    mesh = tpu_topology.make_mesh(topology, (8, 1, 2), sharding.MESH_AXES)
+    hosts = np.vectorize(lambda d: d.process_index)(mesh.devices)
+    assert all(len(set(group.flat)) == 1 for group in hosts.reshape(-1, 2))  # a group, a host
+    rows = [set(hosts[i].flat) for i in range(8)]
+    assert all(len(r) == 1 for r in rows) and sorted(h for r in rows for h in r) == sorted(
+        [0, 1, 2, 3] * 2)

@@ -707,8 +707,22 @@ def test_processes_given_different_configs_stop_before_compiling(tfds_dir, tmp_p
     2) and exit 0, process 0's config recorded as the run's; a workdir of each process's own
     trained, then hung in the first save (every process waiting for process 0 to create its
     folder). Every process now stops with one line naming what differs, before the step
-    compiles or a checkpoint is written."""
-    cases = {  # per process: (workdir, overrides); what every process's one line says
+    compiles or a checkpoint is written. So does a job whose processes hold different numbers
+    of devices (the config check's gather failed in a reshape traceback) or a tensor axis
+    spanning processes (each process read half the batch its devices hold: a traceback at the
+    first step, after the compile; trial CM)."""
+    tensor = ["--config.mesh.data=1", "--config.mesh.tensor=2"]
+    cases = {  # per process: (workdir, overrides[, devices]); what every process's line says
+        "devices": ([("run", [], 2), ("run", [], 1)],
+                    "error: the job's processes hold different numbers of devices (process 0: "
+                    "2, process 1: 1); every process must see as many: start each with the "
+                    "same XLA_FLAGS, CUDA_VISIBLE_DEVICES or TPU settings."),
+        "tensor": ([("run", tensor, 1), ("run", tensor, 1)],
+                   "error: config.mesh={'data': 1, 'fsdp': 1, 'tensor': 2}: the tensor axis of "
+                   "2 spans processes (1 device each), so processes would hold the same rows "
+                   "of a batch split data x fsdp = 1 way, while each reads its own share of "
+                   "the data; use a smaller tensor axis, each group on one process's devices "
+                   "(fsdp shards the parameters too)."),
         "lr": ([("run", []), ("run", ["--config.optimizer.lr=0.05"])],
                "error: the job's 2 processes were given different configs (config.optimizer.lr: "
                "process 0 0.001, process 1 0.05): give every process the same --config file "
@@ -721,9 +735,9 @@ def test_processes_given_different_configs_stop_before_compiling(tfds_dir, tmp_p
     }
     for case, (processes, said) in cases.items():
         def start(address, i, case=case, processes=processes):
-            workdir, overrides = processes[i]
+            workdir, overrides, devices = (*processes[i], 4)[:3]
             return start_run(tmp_path / case / workdir, tfds_dir, *overrides,
-                             "--config.distributed.timeout_seconds=120", devices=4,
+                             "--config.distributed.timeout_seconds=120", devices=devices,
                              JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
                              JAX_PROCESS_ID=str(i))
         results = run_job(start, len(processes))

@@ -67,6 +67,15 @@ SYNONYMS = {
     "resume": "--workdir (a workdir with checkpoints resumes from the newest)",
 }
 
+# Names other codebases give a section's field there (t5x's and Megatron's mesh axes): keyed by
+# section, since `model` alone is `model.name` (SYNONYMS) but under `mesh` is the tensor axis.
+SECTION_SYNONYMS = {
+    "mesh": {**dict.fromkeys(("model", "mp", "tp", "model_parallel", "tensor_parallel"),
+                             "mesh.tensor (heads and MLP split over devices)"),
+             **dict.fromkeys(("dp", "replica", "data_parallel"), "mesh.data"),
+             **dict.fromkeys(("zero", "fsdp_parallel", "sharded"), "mesh.fsdp")},
+}
+
 
 def normal_name(name: str) -> str:
     """A name as SYNONYMS and the config spell it: `--batch-size`, `Batch_Size` -> batch_size."""
@@ -75,13 +84,16 @@ def normal_name(name: str) -> str:
 
 def suggestion(field: str, siblings: list[str]) -> str | None:
     """The field a mistyped dotted `field` probably means: its siblings' spelling of it with
-    '-' read as '_' (`batch-size`) or another case, a `SYNONYMS` entry for its last name
-    (another codebase's spelling), else the closest of `siblings` (its section's fields) by
-    spelling; None when none. A SYNONYMS value may hold alternatives and notes (`as_flags`)."""
+    '-' read as '_' (`batch-size`) or another case, a `SECTION_SYNONYMS` or `SYNONYMS` entry
+    for its last name (another codebase's spelling), else the closest of `siblings` (its
+    section's fields) by spelling; None when none. A SYNONYMS value may hold alternatives and notes (`as_flags`)."""
     *parents, name = field.split(".")
     same = [s for s in siblings if normal_name(s) == normal_name(name)]
     if same:
         return ".".join([*parents, same[0]])
+    section = SECTION_SYNONYMS.get(".".join(parents), {})
+    if normal_name(name) in section:
+        return section[normal_name(name)]
     if normal_name(name) in SYNONYMS:
         return SYNONYMS[normal_name(name)]
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)

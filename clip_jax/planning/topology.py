@@ -178,7 +178,10 @@ def devices(topology: Topology) -> list[Any]:
 def make_mesh(topology: Topology, shape: tuple[int, int, int], axis_names: tuple[str, ...]):
     """A (data, fsdp, tensor) mesh over the topology's compile-only devices, laid out as a
     run on it lays its mesh out (`sharding.interconnect_mesh`: across slices only the data
-    axis, or fsdp when data is 1)."""
-    from clip_jax.runtime.sharding import interconnect_mesh
+    axis, or fsdp when data is 1). ConfigError, as the run would raise, when a tensor axis
+    spans hosts (`sharding.check_rows_per_process`)."""
+    from clip_jax.runtime.sharding import check_rows_per_process, interconnect_mesh
 
-    return interconnect_mesh(shape, devices(topology), axis_names)
+    mesh = interconnect_mesh(shape, devices(topology), axis_names)
+    check_rows_per_process(mesh)
+    return mesh

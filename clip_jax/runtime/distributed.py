@@ -262,8 +262,12 @@ def check_same_config(config: Any, workdir: str) -> None:
     import jax
     from jax.experimental import multihost_utils
 
+    from clip_jax.runtime import sharding
+
     if jax.process_count() == 1:
         return
+    # Gathering needs as many devices in every process: refused first, in one line, on each.
+    sharding.check_devices_per_process(jax.devices())
     mine = {"config": config.to_dict(), "workdir": _where(workdir)}
     text = json.dumps(mine, sort_keys=True, default=repr).encode()
     lengths = multihost_utils.process_allgather(np.array([len(text)], np.int64))

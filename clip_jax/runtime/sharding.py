@@ -57,7 +57,14 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int
     if unknown:
         raise ConfigError(f"config.mesh has unknown axes {unknown}; use {list(MESH_AXES)}.")
     sizes = [int(spec.get(axis, 1)) for axis in MESH_AXES]
-    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    rest = [axis for axis, size in zip(MESH_AXES, sizes) if size == -1]
+    if len(rest) > 1:  # the base config's data is -1: `--config.mesh.fsdp=-1` alone gives two
+        raise ConfigError(
+            f"config.mesh={dict(zip(MESH_AXES, sizes))}: {' and '.join(rest)} are "
+            f"{'both' if len(rest) == 2 else 'all'} -1 ('the rest of the devices'), which only "
+            f"one axis can be; give the others sizes, e.g. "
+            f"--config.mesh.{rest[0]}=1.")
+    if any(s == 0 or s < -1 for s in sizes):
         raise ConfigError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: use positive sizes and "
                           "at most one -1 ('the rest of the devices').")
     known = math.prod(s for s in sizes if s != -1)
@@ -77,12 +84,56 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int
 
 
 def create_mesh(spec: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over all (or the given) devices, laid out for the hardware's interconnect."""
+    """A mesh over all (or the given) devices, laid out for the hardware's interconnect.
+    ConfigError when the processes hold different numbers of devices
+    (`check_devices_per_process`) or would hold the same batch rows (`check_rows_per_process`).
+    """
     devices = list(jax.devices() if devices is None else devices)
+    check_devices_per_process(devices)
     shape = mesh_shape(spec, len(devices))
     if devices == list(jax.devices()):
-        return interconnect_mesh(shape, devices)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+        mesh = interconnect_mesh(shape, devices)
+    else:
+        mesh = Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    check_rows_per_process(mesh)
+    return mesh
+
+
+def check_devices_per_process(devices: Sequence[Any]) -> None:
+    """ConfigError when `devices` (each with its `process_index`) are not spread evenly over
+    their processes: a host started without the others' `XLA_FLAGS`, or a GPU node with fewer
+    visible GPUs. Each process feeds an equal share of every batch, and JAX's collectives
+    between processes failed on it in a reshape traceback. Every process sees the whole device
+    list, so all of them refuse together, without a collective."""
+    counts = collections.Counter(getattr(d, "process_index", 0) for d in devices)
+    if len(set(counts.values())) > 1:
+        said = ", ".join(f"process {p}: {n}" for p, n in sorted(counts.items()))
+        raise ConfigError(
+            f"the job's processes hold different numbers of devices ({said}); every process "
+            "must see as many: start each with the same XLA_FLAGS, CUDA_VISIBLE_DEVICES or TPU "
+            "settings.")
+
+
+def check_rows_per_process(mesh: Mesh) -> None:
+    """ConfigError when two processes of `mesh` would hold the same rows of a batch: the batch
+    is split over data x fsdp only, so a tensor group spanning processes gives each the same
+    rows, while the input pipelines hand each process its own share of the examples (the
+    first step failed on a batch of the wrong size, after the compile). The interconnect's
+    layout decides it, not the sizes alone: on a v5e-16 (hosts of 2x2 chips) a tensor axis of
+    4 runs along a row of 4 chips, two hosts'."""
+    shards = batch_size_per_shard(mesh)
+    held: dict[int, set[int]] = collections.defaultdict(set)
+    for device, (rows,) in batch_sharding(mesh).devices_indices_map((shards,)).items():
+        held[device.process_index].update(range(*rows.indices(shards)))
+    if len(held) > 1 and sum(map(len, held.values())) > shards:
+        local = mesh.devices.size // len(held)
+        raise ConfigError(
+            f"config.mesh={dict(mesh.shape)}: the tensor axis of {mesh.shape['tensor']} spans "
+            f"processes ({local} device{'s' * (local != 1)} each), so processes would "
+            f"hold the same rows of a batch split data x fsdp = {shards} way"
+            f"{'s' * (shards != 1)}, while each reads its own share of the data; use a smaller "
+            "tensor axis, each group on one process's devices (fsdp shards the parameters "
+            "too).")
 
 
 def interconnect_mesh(shape: Sequence[int], devices: Sequence[Any],
