@@ -749,3 +749,13 @@ def test_a_tensor_axis_across_hosts_is_refused_as_the_run_refuses_it():
     rows = [set(hosts[i].flat) for i in range(8)]
     assert all(len(r) == 1 for r in rows) and sorted(h for r in rows for h in r) == sorted(
         [0, 1, 2, 3] * 2)
+
+
+@pytest.mark.parametrize("shape", [(8, 2, 1), (2, 8, 1), (16, 1, 1)])
+def test_a_mesh_axis_that_splits_a_physical_axis_is_placed(shape):
+    """A v6e-16 is 4x4 chips: fsdp=2 is no product of whole physical axes, and `clip-jax plan
+    --topology v6e-16 --config.mesh.fsdp=2` ended in jax's NotImplementedError traceback
+    ("Failed to find assignment for logical_axis_index 1"); such an axis now splits one."""
+    mesh = tpu_topology.make_mesh(tpu_topology.parse("v6e-16"), shape, sharding.MESH_AXES)
+    assert mesh.devices.shape == shape
+    assert len({d.id for d in mesh.devices.flat}) == 16

@@ -151,8 +151,14 @@ def interconnect_mesh(shape: Sequence[int], devices: Sequence[Any],
     auto = (jax.sharding.AxisType.Auto,) * len(shape)
     slices = len({getattr(d, "slice_index", 0) for d in devices})
     if slices == 1:
-        return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=auto,
-                             devices=list(devices))
+        try:
+            return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=auto,
+                                 devices=list(devices))
+        except NotImplementedError:  # an axis no product of whole physical axes makes (an
+            # fsdp of 2 on a v6e-16's 4x4 chips): placed splitting a physical axis instead
+            grid = mesh_utils.create_device_mesh(tuple(shape), list(devices),
+                                                 allow_split_physical_axes=True)
+            return Mesh(grid, tuple(axis_names), axis_types=auto)
     axis = 0 if shape[0] > 1 else 1
     if shape[axis] % slices:
         raise ConfigError(f"config.mesh: the {axis_names[axis]} axis ({shape[axis]}) must be a "
