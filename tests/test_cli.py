@@ -1195,6 +1195,7 @@ def test_plan_names_the_config_field_of_another_trainers_flag(capsys):
     ("--config.mesh.model=2", "did you mean --config.mesh.tensor (heads and MLP split over "
                               "devices)?"),
     ("--config.mesh.dp=2", "did you mean --config.mesh.data?"),
+    ("--config.lock_vision=True", "did you mean --config.lock_image?"),  # trial CL
 ])
 def test_an_override_of_no_field_is_named_before_absl_parses_it(override, says):
     """`--config.batch-size=16` said "unknown field or wrong type (malformed node or string

@@ -576,6 +576,26 @@ def test_loss_config_errors_name_the_field():
         train.validate_config(config, 8, 1, "cpu")
 
 
+@pytest.mark.parametrize("change, said", [
+    ({"microbatches": 3}, r"^config.batch_size: 16 is not divisible by data\*fsdp \(2\) x "
+                          r"microbatches \(3\); use a multiple of 6, e\.g\. 12 or 18\.$"),
+    ({"warmup_steps": -5}, r"^config.warmup_steps=-5 is invalid; use an integer >= 0\.$"),
+    ({"lock_visual": True}, r"config.lock_visual.*did you mean lock_image"),
+])
+def test_a_step_set_up_from_python_checks_its_config_first(change, said):
+    """The README's train step from Python ran none of the run's checks (trial CL): micro-
+    batches not dividing the batch failed in a reshape traceback inside the compile,
+    `warmup_steps=-5` stretched the cosine (a 10-step run ended at 0.345 x the peak lr, not
+    0), a misspelt `lock_visual` trained the image tower. `setup` refuses each in one line."""
+    config = _config()
+    with config.unlocked():
+        for field, value in change.items():
+            setattr(config, field, value)
+    mesh = sharding.create_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+    with pytest.raises(ConfigError, match=said):
+        train_step.setup(config, train_step.model_config(config), mesh)
+
+
 def test_model_flops_are_those_of_the_loop_free_step(monkeypatch):
     """The MFU numerator: XLA counts a loop body once, so micro-batches, a chunked loss,
     scanned layers and remat must not change it (with micro-batches MFU read 1.0 % against
@@ -650,6 +670,17 @@ def _numpy_softmax_grads(img, txt, scale):
     return scale * g @ txt, scale * g.T @ img, np.sum(g * (img @ txt.T))
 
 
+def _numpy_softmax_loss(img, txt, scale):
+    """CLIP's symmetric cross-entropy in float64 numpy, each -log p of a true pair written
+    as log1p(the other pairs' exp over its own): exact where every pair is confident."""
+    logits = scale * img.astype(np.float64) @ txt.astype(np.float64).T
+    others = ~np.eye(len(img), dtype=bool)
+    diag = np.diag(logits)
+    rows = np.log1p(np.where(others, np.exp(logits - diag[:, None]), 0).sum(1))
+    cols = np.log1p(np.where(others, np.exp(logits - diag[None, :]), 0).sum(0))
+    return (rows.mean() + cols.mean()) / 2
+
+
 @pytest.mark.parametrize("name,scale,noise", [
     ("chunked_softmax", 100.0, 0.02), ("chunked_softmax", 100.0, 0.3),
     ("chunked_softmax", 10.0, 0.3), ("softmax", 10.0, 0.3)])
@@ -659,7 +690,9 @@ def test_softmax_gradients_match_float64(name, scale, noise):
     are ~1e-20: the chunked backward must resolve them (it once carried a float32 floor of
     ~6e-6 at batch 256). Plain `softmax` is held to this only at scale 10: at 100 its
     autodiff rounds a true pair's softmax to 1, as open_clip's cross-entropy does, and its
-    ~1e-20 gradients lose their own size (never more)."""
+    ~1e-20 gradients lose their own size (never more). The loss too, within 1e-4 of its own
+    size: the chunked loss was the log-sum-exp less a diagonal rounded apart from it, up to
+    4e-6 below 0 where the exact loss is ~1e-20 (trial CL)."""
     mesh = sharding.create_mesh({"data": 4, "fsdp": 2, "tensor": 1})
     rng = np.random.default_rng(2)
     img = rng.standard_normal((64, 32))
@@ -669,8 +702,10 @@ def test_softmax_gradients_match_float64(name, scale, noise):
     loss_fn = losses.LOSSES[name].make(mesh, 4)
     emb = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, 2))  # noqa: E731
     with jax.set_mesh(mesh):
-        grads = jax.jit(jax.grad(lambda *a: loss_fn(*a)[0], argnums=(0, 1, 2)))(
+        loss, grads = jax.jit(jax.value_and_grad(lambda *a: loss_fn(*a)[0], argnums=(0, 1, 2)))(
             emb(img), emb(txt), jnp.float32(scale))
+    exact = _numpy_softmax_loss(img, txt, scale)
+    assert float(loss) >= 0 and abs(float(loss) - exact) <= 1e-4 * exact, (float(loss), exact)
     for got, want in zip(grads, _numpy_softmax_grads(img, txt, scale)):
         error = np.abs(np.asarray(got, np.float64) - want).max()
         assert error <= 1e-4 * np.abs(want).max(), (error, np.abs(want).max())

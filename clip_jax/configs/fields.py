@@ -43,6 +43,9 @@ SYNONYMS = {
     "precision": "model.dtype (float32, bfloat16 or float16)",
     "scan": "model.scan_layers",
     "lock_image_tower": "lock_image", "lock_text_tower": "lock_text",
+    **dict.fromkeys(("lock_vision", "lock_vision_tower", "lock_visual", "lock_img"),
+                    "lock_image"),
+    **dict.fromkeys(("lock_language", "lock_txt"), "lock_text"),
     "siglip": "loss (sigmoid or chunked_sigmoid)",
     # Our own optimizer fields, given outside their section.
     "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay", "b1": "optimizer.b1",

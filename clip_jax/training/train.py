@@ -77,13 +77,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
              "set config.init_from to the checkpoint holding the average")
     parse_profile_steps(config.get("profile_steps", ""))
     mesh = sharding.mesh_shape(config.mesh, num_devices)
-    shards = mesh[0] * mesh[1]
     losses.check_loss(config.loss, config.model.logit_bias_init is not None)
-    per_step = shards * config.microbatches
-    if config.batch_size <= 0 or config.batch_size % per_step:
-        fail("batch_size", f"{config.batch_size} is not divisible by data*fsdp "
-             f"({shards}) x microbatches ({config.microbatches})",
-             f"use a multiple of {per_step}, e.g. {_near_multiples(config.batch_size, per_step)}")
+    train_step.check_batch(config, mesh[0] * mesh[1])
     if config.batch_size % process_count:
         fail("batch_size", f"{config.batch_size} is not divisible by the {process_count} "
              "processes", f"use a multiple of {process_count}")
@@ -284,13 +279,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             data.close()
         writer.close()
         lock.close()
-
-
-def _near_multiples(value: int, step: int) -> str:
-    """'8 or 16': the multiples of `step` either side of `value` (the one above alone when
-    there is none below)."""
-    below = value // step * step
-    return f"{below} or {below + step}" if below > 0 else str(below + step)
 
 
 def _compile(config: ml_collections.ConfigDict, setup: train_step.Setup,

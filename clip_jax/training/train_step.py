@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clip_jax.errors import ConfigError
 
-from clip_jax.training import checkpoints, losses
+from clip_jax.training import checkpoints, config_checks, losses
 from clip_jax.training import optim
 from clip_jax.runtime import host_tuning, sharding
 from clip_jax.models.clip import CLIP, create_model, init_variables
@@ -143,8 +143,39 @@ def _init_state(module: CLIP, tx: optax.GradientTransformation, rng: jax.Array) 
                       variables.get("batch_stats", {}))
 
 
+def check_batch(config: ml_collections.ConfigDict, shards: int) -> None:
+    """ConfigError unless `config.batch_size` is a positive multiple of the `shards` (data x
+    fsdp) the batch is split over times `config.microbatches`: the step reshapes the batch
+    into those pieces, and a remainder failed in a reshape traceback inside the compile."""
+    per_step = shards * config.microbatches
+    if config.batch_size <= 0 or config.batch_size % per_step:
+        raise ConfigError(
+            f"config.batch_size: {config.batch_size} is not divisible by data*fsdp ({shards}) x "
+            f"microbatches ({config.microbatches}); use a multiple of {per_step}, e.g. "
+            f"{_near_multiples(config.batch_size, per_step)}.")
+
+
+def _near_multiples(value: int, step: int) -> str:
+    """'8 or 16': the multiples of `step` either side of `value` (the one above alone when
+    there is none below)."""
+    below = value // step * step
+    return f"{below} or {below + step}" if below > 0 else str(below + step)
+
+
+def check_step_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """The checks a step set up from Python needs (`train.train` and the CLI run them with the
+    rest): every field known and in its domain (`config_checks.check_fields`: a misspelt
+    `lock_visual` trained the image tower, `warmup_steps=-5` stretched the cosine), the loss
+    against the model's logit bias, and the batch against the mesh (`check_batch`)."""
+    config_checks.check_fields(config)
+    losses.check_loss(config.loss, config.model.logit_bias_init is not None)
+    check_batch(config, sharding.batch_size_per_shard(mesh))
+
+
 def setup(config: ml_collections.ConfigDict, model: CLIPConfig, mesh: Mesh) -> Setup:
-    """Model, optimizer and the shardings of state and batch, all from the config."""
+    """Model, optimizer and the shardings of state and batch, all from the config, checked
+    first (`check_step_config`: one ConfigError line, before anything is traced)."""
+    check_step_config(config, mesh)
     module = CLIP(model)
     rules = sharding.hashable_rules(config.logical_axis_rules)
     boxed = jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
