@@ -730,6 +730,11 @@ def test_offline_a_cache_missing_blobs_or_snapshots_says_which(tmp_path, monkeyp
             "around it, which huggingface_hub reads as part of its name: write it bare, e.g. "
             f"printf %s {snapshot.name} > {ref}).")):
         clip_jax.load("tiny-org/moved")
+    ref.write_text("")  # a download cut off while writing its ref (trial CK): every cached
+    with pytest.raises(FileNotFoundError, match=re.escape(  # commit's files were "held"
+            "(its refs/main is empty, naming no commit: download it again, or pass a cached "
+            f"commit as revision=: {snapshot.name}).")):
+        clip_jax.load("tiny-org/moved")
     snapshot = add_repo(cache, "tiny-org/by-commit", files)
     os.remove(snapshot.parent.parent / "refs" / "main")
     with pytest.raises(FileNotFoundError, match=re.escape(

@@ -23,13 +23,16 @@ def cached_hint(repo_id: str, revision: str | None = None) -> str:
     or "" where none applies."""
     from huggingface_hub import constants, errors, snapshot_download
 
+    repo = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"))
+    empty = _empty_ref_hint(repo, revision or "main")
+    if empty:  # huggingface_hub takes the whole snapshots/ folder for its snapshot then
+        return empty
     try:
         folder = snapshot_download(repo_id, revision=revision, local_files_only=True)
     except (errors.LocalEntryNotFoundError, ValueError, OSError):  # not cached at that revision
         folder = None
     if folder is not None:
         return _snapshot_hint(repo_id, folder)
-    repo = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"))
     if os.path.isdir(repo):  # cached, at other revisions (a commit hash is its own name)
         return _revisions_hint(repo, revision or "main")
     try:
@@ -56,6 +59,24 @@ def _snapshot_hint(repo_id: str, folder: str) -> str:
         hint += (f"; {_listed(gone)} {'are links' if len(gone) > 1 else 'is a link'} to a "
                  f"removed blob: download again with `hf download {repo_id}`")
     return hint + ")"
+
+
+def _empty_ref_hint(repo: str, asked: str) -> str:
+    """For a ref file `refs/<asked>` of the cached `repo` that names no commit (empty, or
+    blanks: a download cut off while writing it): says so, with the cached commits to pass
+    as `revision=`; '' otherwise. Its snapshot was read as the whole `snapshots/` folder,
+    and every cached commit's files were listed as what the cache held."""
+    ref = os.path.join(repo, "refs", asked)
+    try:
+        with open(ref, encoding="utf-8") as f:
+            if f.read().strip():
+                return ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+    snapshots = os.path.join(repo, "snapshots")
+    commits = sorted(os.listdir(snapshots)) if os.path.isdir(snapshots) else []
+    others = f", or pass a cached commit as revision=: {_listed(commits)}" if commits else ""
+    return (f" (its refs/{asked} is empty, naming no commit: download it again{others})")
 
 
 def _revisions_hint(repo: str, asked: str) -> str:
