@@ -536,3 +536,22 @@ def test_metric_lines_show_small_values_in_significant_digits(tmp_path):
     assert line.splitlines() == ["x", "  linear_probe/t  accuracy 0.2500  l2 1e-06",
                                  "  few_shot/t      matching_shots 0.0000"]
     assert evaluate.checkpoint_title(str(tmp_path)) == str(tmp_path)
+
+
+def test_evaluation_warnings_come_from_process_0_only(monkeypatch, caplog):
+    """Warnings about a whole split (its shared captions, unreadable images) were said by
+    every process of a multi-process job, from the same gathered embeddings (trial CM);
+    within a scope each is said once."""
+    import logging
+
+    import jax
+
+    from clip_jax.evaluation import once
+
+    log = logging.getLogger("clip_jax.test_once")
+    with caplog.at_level(logging.WARNING, logger=log.name), once.scope(set()):
+        once.warning(log, "%d of %d captions shared", 3, 10)
+        once.warning(log, "%d of %d captions shared", 3, 10)
+        monkeypatch.setattr(jax, "process_index", lambda: 1)
+        once.warning(log, "another split's warning")
+    assert [r.getMessage() for r in caplog.records] == ["3 of 10 captions shared"]

@@ -2,6 +2,8 @@
 training run's periodic evaluations: the same data gives the same warning every time (a split's
 duplicate captions, its unreadable images, classes without training images), and repeating it
 before every evaluation buried the metrics. Outside an `Evaluation` (`scope`), every call warns.
+Each is about a whole split or result, which every process of a multi-process job computes
+from the same gathered embeddings: process 0 alone gives them (every host said each line).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ _SEEN: ContextVar[set[str] | None] = ContextVar("clip_jax_evaluation_warned", de
 
 def warning(logger: logging.Logger, message: str, *args: Any) -> None:
     """`logger.warning(message, *args)`, unless the same text was already given in this
-    `scope`."""
+    `scope` or this is not process 0."""
+    import jax
+
+    if jax.process_index():
+        return
     seen = _SEEN.get()
     if seen is not None:
         text = message % args if args else message
