@@ -549,7 +549,7 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
         assert config.batch_size == 64 and workdir == "w"
         config.unlock().batch_size = expected["batch_size"]
         assert config.to_dict() == expected, given
-        assert cli.load_config_file(given).to_dict() == expected, given
+        assert cli.evaluate.load_config_file(given).to_dict() == expected, given
     assert sys.path == before
     with pytest.raises(ConfigError, match="'vit_b17': no such config file; did you mean "
                                           "--config vit_b16\\? Or .* vit_b16, vit_b32"):
@@ -626,7 +626,7 @@ def test_eval_without_a_config_uses_the_base_configs_sections(tmp_path):
     from clip_jax.data import options as data_options
     from clip_jax.evaluation import evaluate
 
-    config = cli.eval_config(str(tmp_path), None, sources_given=True)
+    config = cli.evaluate.eval_config(str(tmp_path), None, sources_given=True)
     assert config.model.dtype == "float32"
     assert dict(config.mesh) == {"data": -1, "fsdp": 1, "tensor": 1}
     assert config.data.to_dict() == data_options.default_config().to_dict()
@@ -1517,7 +1517,7 @@ def test_the_c_locale_writes_labels_and_names_as_a_utf8_locale_does(tmp_path):
     bytes on stdout, and the index's paths are os.listdir's in either."""
     (tmp_path / "café 猫.png").write_bytes(b"")
     code = ("import os, sys; from clip_jax.runtime import logs; logs.setup_console()\n"
-            "from clip_jax.cli import json_line, text_path\n"
+            "from clip_jax.cli.common import json_line, text_path\n"
             "from clip_jax.inference.image_index import _decode, _encode\n"
             "name, = os.listdir(sys.argv[1])\n"
             "print(sys.argv[2], text_path(name), json_line({'path': name, 'top': [sys.argv[2]]}))\n"
@@ -1605,9 +1605,9 @@ def test_json_output_writes_non_ascii_names_as_themselves_where_stdout_can(monke
     broken = {"path": os.fsdecode(b"caf\xe9.jpg"), "rank": 1}
     for encoding, readable in (("utf-8", True), ("ascii", False)):
         monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding=encoding))
-        line = cli.json_line(record)
+        line = cli.common.json_line(record)
         assert ("café_猫_🐱" in line) is readable and json.loads(line) == record
-        line = cli.json_line(broken)
+        line = cli.common.json_line(broken)
         assert line.isascii() and json.loads(line) == broken
         print(line)  # writable
 

@@ -33,7 +33,7 @@ def test_root_configs_are_the_package_configs(name):
     expected = importlib.import_module(f"clip_jax.configs.{name}").get_config().to_dict()
     for spelling in (os.path.join(ROOT, "configs", f"{name}.py"),
                      os.path.join(ROOT, "clip_jax", "configs", f"{name}.py"), name):
-        assert cli.load_config_file(spelling).to_dict() == expected, spelling
+        assert cli.evaluate.load_config_file(spelling).to_dict() == expected, spelling
 
 
 def test_a_paper_config_run_as_it_ships_is_warned_that_it_trains_on_shapes():
