@@ -1069,3 +1069,21 @@ def test_an_image_pillow_refuses_as_too_large_is_skipped_with_the_fix(tmp_path, 
     assert f"skipped unreadable image {jpeg}: {str(pillow.value)} {fix}" in caplog.text
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     assert labelled_batches.read_checked_image(os.fsencode(jpeg), np.int64(-1), np.int64(-1))[2]
+
+
+def test_images_decoding_dropped_are_named_by_the_process_that_read_them(tmp_path, caplog):
+    """Each process names the images of its own slice that its decode dropped; another's
+    are that process's to name (every process named every dropped image, and one another
+    process had named as unreadable, with its reason, came again as "damaged"; trial CM)."""
+    files = [str(tmp_path / f"{i}.jpg") for i in range(4)]
+    images = labelled_data.LabelledImages(
+        "four", files, np.full(4, -1, np.int64), np.zeros(4, np.int64),
+        np.zeros(4, np.int32), ["a"])
+    said = {}
+    for process in (0, 1):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="clip_jax.data.labelled_batches"):
+            labelled_batches.report_dropped(images, np.array([0, 2]), process, 2)
+        said[process] = [r.getMessage() for r in caplog.records]
+    assert said == {p: [f"skipped unreadable image {files[2 * p + 1]}: its data is damaged "
+                        "(TensorFlow could not decode it)"] for p in (0, 1)}

@@ -53,7 +53,8 @@ class EvalIterable:
     """Finite, deterministic eval batches of this process's slice of a split; re-iterable.
 
     Each batch (B = batch_size): `images` uint8 [B, S, S, 3] (normalised on the device by the
-    model; `clip_jax.data.labelled` sources ship float32, normalised on the host); `mask` bool [B] (False on padding); `index` int64 [B] (example index in the
+    model; `labelled_batches` ship float32, normalised on the host); `mask` bool [B] (False
+    on padding); `index` int64 [B] (example index in the
     split, -1 on padding); for caption datasets `tokens` int32 [B, L] (first caption),
     `captions_tokens` int32 [B, C, L] and `captions_mask` bool [B, C] (all captions of the
     image, C = `max_captions`: data.eval_max_captions, or the split's largest caption count

@@ -203,11 +203,15 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     return batch_eval_examples(dataset, piece, prefetch_batches, list(images.class_names), n)
 
 
-def report_dropped(images: LabelledImages, read: np.ndarray) -> None:
-    """Names, in one warning each, the images of `images` whose index is not in `read` (int
-    [M], the indices that reached the model) and that no check has named already: the ones
-    TensorFlow's decoder failed on (`make_iterable`)."""
-    for i in np.setdiff1d(np.arange(len(images)), read):
+def report_dropped(images: LabelledImages, read: np.ndarray, process_index: int | None = None,
+                   process_count: int | None = None) -> None:
+    """Names, in one warning each, the images of this process's slice of `images` (processes
+    as `make_iterable` takes them) whose index is not in `read` (int [M], the indices that
+    reached the model, gathered from every process) and that no check has named already: the
+    ones TensorFlow's decoder failed on. Another process's slice is its own to name: its
+    unreadable images, named there with their reason, were named here again as damaged."""
+    piece = ProcessSlice.of(len(images), 1, process_index, process_count)
+    for i in np.setdiff1d(np.arange(piece.first, piece.last), read):
         path, offset = os.fsencode(images.files[i]), int(images.offsets[i])
         if (path, offset) not in _REPORTED:
             _REPORTED.add((path, offset))
