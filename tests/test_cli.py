@@ -242,6 +242,23 @@ def test_eval_retrieval_table_is_built_alone_with_its_own_columns(tmp_path, caps
         assert row.endswith(f"| test | {images_kept} |  |  |")  # no classes (it said 0)
     built = sorted((data_dir / "image_text_table").glob("captions_*/1.2.0"))
     assert len(built) == 2
+    # Each built table read by its TFDS name, as a run names it, is the table's data: it was
+    # refused as "built with different options" (every option "changed" to None), with the
+    # advice to delete it (trial CO).
+    wanted = {n: recalls_of(module, variables, tmp_path, rows[:2 * n]) for n in (5, 3)}
+    matched = []
+    for folder in built:
+        name = f"image_text_table/{folder.parent.name}"
+        output = tmp_path / f"by_name_{folder.parent.name}"
+        code, _, err = run(capsys, "eval", str(workdir), "--retrieval", f"{name}@test",
+                           "--data-dir", str(data_dir), "--batch-size", "4", "--output",
+                           str(output))
+        assert code == 0, err
+        (record,) = [json.loads(line) for line in open(output / "metrics.jsonl")]
+        prefix = f"retrieval/{name.replace('/', '_')}_test/"
+        matched += [n for n, want in wanted.items() if all(
+            record[prefix + k] == pytest.approx(v, abs=1e-6) for k, v in want.items())]
+    assert sorted(matched) == [3, 5]
     options = json.loads((built[0] / "build_options.json").read_text())["table"]
     assert (options["train_path"], options["validation_path"]) == ("", "")
     assert (options["image_column"], options["caption_column"]) == ("filepath", "title")
