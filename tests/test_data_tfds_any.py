@@ -195,7 +195,7 @@ def test_a_caption_dict_reads_its_one_text_feature(coco_config):
 
 
 @pytest.mark.parametrize("dataset, fix", [
-    ("mnist", "mnist/3.0.1 has no text feature: train on an image-caption dataset"),
+    ("mnist", "mnist/3.0.1 has no text feature: use an image-caption dataset"),
     ("coco_captions", r"name a text feature \(captions/text\)")])
 def test_a_missing_caption_feature_names_the_text_ones(dataset, fix):
     """The fix names what TFDS's FeaturesDict holds as text (it said "set data.caption_key to

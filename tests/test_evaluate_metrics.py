@@ -342,9 +342,10 @@ def test_classes_the_tokenizer_cannot_tell_apart_are_refused_or_named(caplog, mo
             zero_shot.class_embeddings(embed, ["missile", "tank", "missile"], given, tokenize)
     # One name listed twice (two folders that read the same once compared in NFC) is said
     # as such: in escapes it read as a name equal to itself (trial CG).
-    assert caplog.text.count("class names 'missile' (named 2 times: folders or labels that "
-                             "read the same, perhaps in two Unicode forms) give identical "
-                             "prompts") == 1
+    assert caplog.text.count("class names 'missile' (named 2 times among the class names: a "
+                             "list that repeats it, as OpenAI's ImageNet names repeat "
+                             "'missile', or folders or labels that read the same, perhaps in "
+                             "two Unicode forms) give identical prompts") == 1
 
     # Tied by the context length (trial AR): open_clip's tokenizer at 16 tokens cuts the
     # prompts before the colour, and the error says so rather than blaming case and spaces

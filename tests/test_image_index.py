@@ -786,6 +786,20 @@ def test_single_inputs_paths_overlaps_and_unreadable_queries(folder, model, tmp_
     report = image_index.build_index([str(folder)], encoder, out, progress=False)
     assert "unreadable progress file" in capsys.readouterr().err
     assert (report.reused, report.embedded) == (0, 7)
+    # A part that is no .npz at all is said to be so, not with numpy's advice to load it
+    # with pickles allowed (trial CO)
+    out = str(tmp_path / "garbage.npz")
+    with pytest.raises(KeyboardInterrupt):
+        image_index.build_index([str(folder)], interrupted_at(2)(module, variables), out,
+                                batch_size=2, save_every=1, progress=False)
+    (part,) = [p for p in os.listdir(out + ".partial") if p.startswith("part-")]
+    with open(os.path.join(out + ".partial", part), "wb") as f:
+        f.write(b"garbage\n")
+    capsys.readouterr()
+    image_index.build_index([str(folder)], encoder, out, progress=False)
+    err = capsys.readouterr().err
+    assert f"{part} (not a NumPy .npz file); its images are embedded again." in err, err
+    assert "pickle" not in err, err
 
     index = str(tmp_path / "one.npz")
     for query, message in ((["--image", str(folder / "trunc.jpg")], "cannot be read"),

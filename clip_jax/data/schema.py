@@ -232,7 +232,7 @@ def make_schema(builder: tfds.core.DatasetBuilder, config: ml_collections.Config
     texts = [p for p in every if _is_text(feature(features, p))
              and not re.search(_RECORD_FIELDS, p.rsplit("/", 1)[-1])]
     text_fix = (f"name a text feature ({', '.join(texts)})" if texts else
-                f"{name} has no text feature: train on an image-caption dataset")
+                f"{name} has no text feature: use an image-caption dataset")
     fixes = {"label_key": label_fix, "caption_key": text_fix}
     for field, path in keys.items():
         if feature(features, path) is None:

@@ -78,8 +78,9 @@ def _group_text(group: Sequence[str]) -> str:
     folders that read the same once compared in NFC, `eval_pipeline.nfc`) is said as such:
     "'café' = 'café'" in escapes showed a name equal to itself."""
     if len(set(group)) == 1:
-        return (f"{group[0]!r} (named {len(group)} times: folders or labels that read the "
-                "same, perhaps in two Unicode forms)")
+        return (f"{group[0]!r} (named {len(group)} times among the class names: a list that "
+                "repeats it, as OpenAI's ImageNet names repeat 'missile', or folders or labels "
+                "that read the same, perhaps in two Unicode forms)")
     return " = ".join(map(_shown(group), group))
 
 

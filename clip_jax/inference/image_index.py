@@ -430,9 +430,11 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
                 part = list(zip(_decode(data["paths"]), data["embeddings"], data["stats"]))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             # Parts are renamed into place whole; a damaged one was damaged afterwards.
-            print(f"warning: skipping the unreadable progress file {name} "
-                  f"({type(error).__name__}: {error}); its images are embedded again.",
-                  file=sys.stderr)
+            # numpy's reason for a file that is no .npz advises loading it with pickles on
+            why = ("not a NumPy .npz file" if "allow_pickle" in str(error)
+                   else f"{type(error).__name__}: {error}")
+            print(f"warning: skipping the unreadable progress file {name} ({why}); its images "
+                  "are embedded again.", file=sys.stderr)
             continue
         for p, e, s in part:
             known[p] = (e, (int(s[0]), int(s[1])))
