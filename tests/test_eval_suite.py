@@ -1482,7 +1482,7 @@ def prepared(module, variables, files):
 
 
 def test_a_split_with_no_readable_image_is_refused_by_every_evaluator(model, folder, tmp_path,
-                                                                       capsys):
+                                                                       capsys, caplog):
     """`clip-jax eval --zero-shot bad/` on a folder of two unreadable files reported top1 nan
     over 0 images (numpy's "Mean of empty slice"), wrote NaN to results.json and exited 0.
     Every evaluator now refuses such a split in one line naming it and the count (exit 2 at
@@ -1528,6 +1528,25 @@ def test_a_split_with_no_readable_image_is_refused_by_every_evaluator(model, fol
         with pytest.raises(ConfigError, match=r"^config.eval.retrieval.t: coco_captions \(val\) "
                                               r"has 6 image\(s\) but no caption"):
             evaluate.evaluate_model(config, module, variables)
+
+    def two_captionless(self, split, decoders=None, deserialize_method=None, **kwargs):
+        examples = [coco_example(n) for n in range(6)]
+        for e in examples[1:3]:
+            e["captions"] = {"id": [], "text": []}
+        return [self.info.features.serialize_example(e) for e in examples]
+
+    # Images without a caption leave image->text recall, which the table's image count
+    # does not say: a warning does (trial CO).
+    from clip_jax.data import eval_pipeline
+
+    eval_pipeline._CAPTION_COUNTS.clear()  # the mock's split changed under its own name
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=two_captionless), \
+            caplog.at_level("WARNING", logger="clip_jax.evaluation"):
+        evaluate.evaluate_model(config, module, variables)
+    assert "config.eval.retrieval.t: 2 of 6 images of coco_captions have no caption, so " \
+           "image->text recall is over the other 4 (text->image still ranks all 6)" in \
+           caplog.text
 
 
 def test_every_evaluators_warnings_name_their_task(model, folder, tmp_path, monkeypatch,

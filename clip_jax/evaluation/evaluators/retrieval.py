@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 import ml_collections
+import numpy as np
 
 from clip_jax.data.options import CAPTION_COLUMNS, IMAGE_COLUMNS, TABLE_QUOTING, default_config
 from clip_jax.errors import ConfigError
@@ -137,6 +138,13 @@ class Retrieval(Evaluator):
                               f"{f' ({split})' if split else ''} has {len(emb.images)} "
                               "image(s) but no caption, so retrieval has nothing to rank; "
                               "give it a split with captions (or name them with caption_key).")
+        captionless = len(emb.images) - len(np.unique(emb.text_image))
+        if captionless:  # left out of image->text: the table's image count says otherwise
+            once.warning(log, "config.eval.%s: %d of %d images of %s have no caption, so "
+                         "image->text recall is over the other %d (text->image still ranks "
+                         "all %d)", self.field, captionless, len(emb.images),
+                         self.source.description, len(emb.images) - captionless,
+                         len(emb.images))
         shared, bound = eval_metrics.shared_captions(emb.texts, emb.text_image)
         if shared:
             once.warning(log, "config.eval.%s: %d of %d captions of %s are also another "
