@@ -893,6 +893,11 @@ def test_accepted_alpha_and_count_values_pass_through(tmp_path):
      "config.eval.evaluators has unknown evaluator(s) ['zero_shoot'] (did you mean "
      "'zero_shot'?); use a comma-separated "
      "subset of zero_shot,retrieval,linear_probe,few_shot,robustness."),
+    # it said "config.eval.retrieval has no task; add one or remove 'retrieval' from
+    # config.eval.evaluators", a config the user never wrote (trial CO)
+    (["eval", "--zero-shot", "cifar10", "--evaluators", "zero_shot,retrieval"],
+     "--evaluators names retrieval, but no retrieval source was given; add --retrieval TABLE, "
+     "or leave retrieval out of --evaluators."),
     (["search", "--image", "QUERY"], "No query image at 'QUERY'; check --image."),
     (["search", "--image", "FOLDER"], "--image takes one query image, and 'FOLDER' is a "
                                       "folder; pass one of its images (to search with many, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from typing import Any
 
 from clip_jax.cli.arg_types import StoreOnce, local_path, positive_int
 from clip_jax.cli.common import MODEL_HELP, load_model_and_tokenizer, weights_arguments
@@ -55,6 +56,23 @@ def eval_config(path: str, config_file: str | None, sources_given: bool = False)
                      "--config demo for the synthetic shapes).")
 
 
+def _check_named_evaluators(evaluators: str, config: Any) -> None:
+    """ConfigError in the command's terms when `--evaluators` names a kind no source flag and
+    no config task gives data to ("config.eval.retrieval has no task; add one or remove
+    'retrieval' from config.eval.evaluators" named a config the user never wrote). Names that
+    are no evaluator are left to the evaluators' own check (its did-you-mean)."""
+    for kind in (name.strip() for name in evaluators.split(",")):
+        if kind in EVALUATOR_FLAGS and not config.eval.get(kind):
+            raise ConfigError(f"--evaluators names {kind}, but no {kind} source was given; add "
+                              f"{EVALUATOR_FLAGS[kind]}, or leave {kind} out of --evaluators.")
+
+
+# The source flag of each evaluator kind (`clip-jax eval --help`).
+EVALUATOR_FLAGS = {"zero_shot": "--zero-shot SRC", "retrieval": "--retrieval TABLE",
+                   "linear_probe": "--linear-probe TRAIN TEST",
+                   "few_shot": "--few-shot TRAIN TEST", "robustness": "--robustness SRC"}
+
+
 def eval_command(args: argparse.Namespace) -> int:
     from clip_jax.cli import eval_sources as eval_cli
 
@@ -69,6 +87,7 @@ def eval_command(args: argparse.Namespace) -> int:
     origins = eval_cli.apply(config, args)
     if args.evaluators:
         config.eval.evaluators = args.evaluators
+        _check_named_evaluators(args.evaluators, config)
     if args.batch_size:
         config.eval.batch_size = args.batch_size
     if args.dtype:
