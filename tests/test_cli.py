@@ -1104,6 +1104,11 @@ def test_eval_sources_that_share_a_name_keep_their_own_results(tmp_path, monkeyp
     args = cli.parser().parse_args(["eval", "model", "--zero-shot", "a/test.csv", "a/test.csv"])
     with pytest.raises(ConfigError, match=r"^--zero-shot: 'a/test.csv' is given twice; give "):
         eval_sources.apply(base.get_config("test-vit"), args)
+    # A folder's split and that split's folder are one source (scored twice, trial CO)
+    (tmp_path / "d" / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"^--zero-shot: 'd/test' is given twice \(also as "
+                                          r"'d@test'\); give each source once\.$"):
+        source_names(["d@test", "d/test"], "--zero-shot")
 
 
 def test_warnings_of_a_command_line_task_are_said_in_flag_terms():
