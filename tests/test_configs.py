@@ -161,3 +161,20 @@ def test_an_evaluation_task_that_is_not_whole_names_the_helper_that_builds_one(t
     config.eval.zero_shot.mine = options.zero_shot_task("", split="test")
     config.eval.retrieval.Val_Captions = options.retrieval_task(split="validation")
     train.validate_config(config, 1, 1, "cpu")
+
+
+def test_a_workdir_on_storage_that_does_not_answer_is_one_line_before_anything_is_built():
+    """`--workdir gs://bucket/run` on a machine that cannot reach it built the dataset, then
+    failed in a 56-line TensorFlow traceback at the first write (trial CN). Storage that
+    does not answer is refused first: here a scheme TensorFlow's file layer has no file
+    system for, whose one look-up fails as an unreachable bucket's does."""
+    from clip_jax.configs import tiny
+    from clip_jax.errors import ConfigError
+    from clip_jax.training import config_checks
+
+    with pytest.raises(ConfigError, match=r"^--workdir 's3://bucket/run' cannot be reached "
+                                          r"\(File system scheme 's3' not implemented.*\); "
+                                          r"check the URL, the network and the storage "
+                                          r"credentials\.$"):
+        config_checks.check_run(tiny.get_config(), "s3://bucket/run")
+    config_checks.check_reachable_workdir(os.getcwd())  # a local folder: not looked up here
