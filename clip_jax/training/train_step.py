@@ -1,7 +1,8 @@
 """The sharded contrastive train step and the state it updates.
 
-`create_train_state` builds parameters and optimizer state directly in their final shardings
-(abstract init + jit with out_shardings), so no device ever holds the whole model. The train
+`setup` checks the config and derives the model, optimizer and shardings; `Setup.init_state`
+creates parameters and optimizer state directly in their final shardings (each process draws
+its own shards on the host), so no device ever holds the whole model. The train
 step is one jit-compiled function with explicit in/out shardings and a donated state; with
 `microbatches > 1` it accumulates gradients exactly (GradCache): embed every micro-batch without
 keeping activations, take the loss gradient w.r.t. all embeddings of the global batch, then
