@@ -2,6 +2,7 @@
 (CLIP_JAX_NOTEBOOK_TINY=1, nbclient), carry no committed outputs, and are linked with
 "Open in Colab" badges from the README and their own first cell."""
 
+import json
 import os
 import re
 import resource
@@ -23,7 +24,11 @@ EXPECTED = {
     "quickstart.ipynb": ["untrained:", "trained:", "zero_shot/heldout", "retrieval/heldout",
                          "model.safetensors", "transformers:"],
     "zero_shot_and_retrieval.ipynb": ["skipped ", "broken.jpg", "Indexed 16 images",
-                                      "zero-shot top-1 on 16 labelled images"],
+                                      "zero-shot top-1 on 16 labelled images",
+                                      # folders blue_square, ...: prompted as clip-jax eval
+                                      # says them (trial CN)
+                                      "labels: ['blue square', 'green triangle', 'red circle', "
+                                      "'yellow star']"],
     "train_on_tpu.ipynb": ["zero-shot top-1 during training (step, value): [(6,",
                            "newest checkpoint step: 12", "'images_per_second': "],
     "finetune_and_export.ipynb": ["zero-shot top-1 before fine-tuning", "LiT, image tower locked",
@@ -57,6 +62,13 @@ def test_notebook_executes_with_tiny_settings(name, tmp_path, monkeypatch):
     text = text_of(notebook)
     for expected in EXPECTED[name]:
         assert expected in text, (expected, text[-3000:])
+    if name == "zero_shot_and_retrieval.ipynb":
+        # Its own zero-shot score is clip-jax eval's on the same folder (class folders named
+        # with '_': the notebook prompted "a photo of a blue_circle", trial CN).
+        with open(tmp_path / "runs" / "notebook_eval" / "metrics.jsonl") as f:
+            (record,) = [json.loads(line) for line in f]
+        said = re.search(r"zero-shot top-1 on 16 labelled images: ([\d.]+)%", text).group(1)
+        assert f"{100 * record['zero_shot/notebook_images/top1']:.1f}" == said, (record, said)
 
 
 def notebook_names():
