@@ -223,6 +223,16 @@ def test_finished_run_corrupt_newest_checkpoint_and_config_record(uninterrupted,
             "is finished (checkpoint at step 12) and was trained with batch_size 32, not "
             "config.batch_size=64; keep it")):
         same_command(batch_size=64)
+    # other data, seed or learning rate on the finished run: said, not "nothing to do" with
+    # the earlier run's metrics taken for this config's (trial CN); fewer steps are no change
+    with pytest.raises(ConfigError, match=re.escape(
+            "is finished (checkpoint at step 12) and was trained with other settings (seed 0 "
+            "-> 3, optimizer.lr 0.001 -> 0.002: the run's -> this config's), which this "
+            "config would not train with; raise config.total_steps to train further with "
+            "them, or give another --workdir")):
+        same_command(**{"seed": 3, "optimizer.lr": 0.002})
+    same_command(total_steps=8)
+    assert "is finished (checkpoint at step 12, total_steps=8)" in capsys.readouterr().out
     # an activation (the arrays fit): finished, or resumed with more steps, it is refused
     other = next(a for a in ("quick_gelu", "gelu") if a != theirs.activation)
     for more in ({}, {"total_steps": 16}):

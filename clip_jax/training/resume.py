@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from clip_jax.data import options as data_options
 from clip_jax.data import train_pipeline
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.training import checkpoints
 from clip_jax.training import train_step
 from clip_jax.training.checkpoints import Checkpointer
@@ -143,6 +143,31 @@ def check_finished_run(config: ml_collections.ConfigDict, workdir: str, finished
             f"trained with batch_size {saved.batch_size}, not config.batch_size="
             f"{config.batch_size}; keep it (and raise {steps_field} to train further), "
             "or give another --workdir (with config.init_from pointing at this one).")
+    changes = _settings_changes(config, workdir)
+    if changes:
+        raise ConfigError(
+            f"The run in {workdir} is finished (checkpoint at step {finished}) and was "
+            f"trained with other settings ({changes}: the run's -> this config's), which "
+            f"this config would not train with; raise {steps_field} to train further with "
+            "them, or give another --workdir (with config.init_from pointing at this one).")
+
+
+def _settings_changes(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """What a resume would warn of (`restore_or_init`: the data stream and seed, the
+    schedule, the update rule, the locks) between the newest checkpoint's recorded config
+    and `config`, the steps aside; '' if none or nothing recorded. A finished run said
+    "nothing to do" of a changed dataset or learning rate, and its old metrics passed for
+    the new config's (trial CN)."""
+    try:
+        recorded = checkpoints.read_meta(workdir, warn=False).get("config") or {}
+    except (checkpoints.CorruptCheckpointError, MissingFileError):
+        return ""
+    plan = RunPlan.from_config(config)
+    schedule = {k: v for k, v in plan.schedule.items() if k != "total_steps"}
+    return ", ".join(filter(None, (stream_changes(recorded, plan.data, plan.seed),
+                                   field_changes(recorded, schedule),
+                                   field_changes(recorded, plan.optimizer),
+                                   field_changes(recorded, plan.locks))))
 
 
 def finished_step(plan: RunPlan, workdir: str) -> int | None:
