@@ -193,11 +193,15 @@ class Stopped(Exception):
         self.exit_code = exit_code
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
+def run(config: ml_collections.ConfigDict, workdir: str, launched: float | None = None
+        ) -> Report:
     """Builds the data, trains (or resumes) in `workdir`, evaluates on the test split and
     writes the pictures. A bad config or workdir is a ConfigError before the dataset build;
     a training stopped by SIGTERM or Ctrl-C raises Stopped (it went on to evaluate the
-    model of that step and draw its pictures)."""
+    model of that step and draw its pictures). `launched` (`time.time()` seconds): when the
+    command started, which the training log's "after launch" times count from (`clip-jax
+    demo` passes its process's start; they counted from the training's start, the build
+    and imports left out); None: the training's start."""
     from clip_jax.training import checkpoints
     from clip_jax.training import config_checks
     from clip_jax.evaluation import evaluate
@@ -222,7 +226,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Report:
     else:
         if done_before:
             print(f"Resuming the run in {workdir} from step {done_before}.")
-        stop_signal = train.train(config, workdir).get("stop_signal")
+        stop_signal = train.train(config, workdir, launched).get("stop_signal")
         if stop_signal:
             raise Stopped(128 + int(stop_signal))
     seconds["train"] = time.time() - t
@@ -354,11 +358,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Runs the demo for parsed `add_arguments` options; 2 on a ConfigError (one line)."""
-    start = time.time()
+    from clip_jax.runtime import launch
+
+    start = launch.process_start_time() or time.time()
     workdir = args.workdir or os.path.join(DEFAULT_ROOT, time.strftime("%Y%m%d-%H%M%S"))
     try:
         config = demo_config(args.steps)
-        report = run(config, workdir)
+        report = run(config, workdir, start)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -159,7 +159,8 @@ def test_a_demo_stopped_by_a_signal_says_how_to_resume_and_evaluates_nothing(
     config, _, _, _ = demo_runs
     quick = quick_config(config.data.data_dir)
     monkeypatch.setattr(demo, "demo_config", lambda steps: quick)
-    monkeypatch.setattr(train, "train", lambda config, workdir: {"stop_signal": signum})
+    monkeypatch.setattr(train, "train", lambda config, workdir, launched=None: {
+        "stop_signal": signum})
     monkeypatch.setattr(checkpoints, "load_model", None)  # must not get that far
     workdir = str(tmp_path / "my run")
     assert demo.main(["--workdir", workdir, "--steps", "7"]) == 128 + signum
@@ -215,7 +216,7 @@ def test_demo_steps_option_shortens_the_schedule_and_refuses_zero(monkeypatch, c
         full.to_dict() | {"total_steps": 0, "warmup_steps": 0}
     seen = []
 
-    def run(config, workdir):
+    def run(config, workdir, launched=None):
         seen.append(config.total_steps)
         return types.SimpleNamespace(text=lambda config: "")
 
