@@ -159,11 +159,16 @@ def test_a_demo_stopped_by_a_signal_says_how_to_resume_and_evaluates_nothing(
     config, _, _, _ = demo_runs
     quick = quick_config(config.data.data_dir)
     monkeypatch.setattr(demo, "demo_config", lambda steps: quick)
-    monkeypatch.setattr(train, "train", lambda config, workdir, launched=None: {
-        "stop_signal": signum})
+    launches = []
+    monkeypatch.setattr(train, "train", lambda config, workdir, launched=None: (
+        launches.append(launched) or {"stop_signal": signum}))
     monkeypatch.setattr(checkpoints, "load_model", None)  # must not get that far
     workdir = str(tmp_path / "my run")
     assert demo.main(["--workdir", workdir, "--steps", "7"]) == 128 + signum
+    # "after launch" is from this process's start, as for clip-jax train (trial CN)
+    from clip_jax.runtime import launch
+
+    assert launches and abs(launches[0] - launch.process_start_time()) < 1
     assert capsys.readouterr().err.endswith(
         f"The demo stopped before its last step; to resume, run it again with --workdir "
         f"'{workdir}' --steps 7.\n")
