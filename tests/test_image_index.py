@@ -775,29 +775,26 @@ def test_single_inputs_paths_overlaps_and_unreadable_queries(folder, model, tmp_
         image_index.ImageIndex.load(tmp_path / "table.csv")
     assert "pickle" not in str(error.value)
 
-    out = str(tmp_path / "part.npz")
-    with pytest.raises(KeyboardInterrupt):
-        image_index.build_index([str(folder)], interrupted_at(2)(module, variables), out,
-                                batch_size=2, save_every=1, progress=False)
-    (part,) = [p for p in os.listdir(out + ".partial") if p.startswith("part-")]
-    with open(os.path.join(out + ".partial", part), "r+b") as f:
-        f.truncate(100)
-    capsys.readouterr()
-    report = image_index.build_index([str(folder)], encoder, out, progress=False)
-    assert "unreadable progress file" in capsys.readouterr().err
+    def damaged_part(out, damage):
+        """An index interrupted after its first part, that part then damaged; the rerun's
+        report and stderr."""
+        with pytest.raises(KeyboardInterrupt):
+            image_index.build_index([str(folder)], interrupted_at(2)(module, variables), out,
+                                    batch_size=2, save_every=1, progress=False)
+        (part,) = [p for p in os.listdir(out + ".partial") if p.startswith("part-")]
+        with open(os.path.join(out + ".partial", part), "r+b") as f:
+            damage(f)
+        capsys.readouterr()
+        report = image_index.build_index([str(folder)], encoder, out, progress=False)
+        return part, report, capsys.readouterr().err
+
+    _, report, err = damaged_part(str(tmp_path / "part.npz"), lambda f: f.truncate(100))
+    assert "unreadable progress file" in err
     assert (report.reused, report.embedded) == (0, 7)
     # A part that is no .npz at all is said to be so, not with numpy's advice to load it
     # with pickles allowed (trial CO)
-    out = str(tmp_path / "garbage.npz")
-    with pytest.raises(KeyboardInterrupt):
-        image_index.build_index([str(folder)], interrupted_at(2)(module, variables), out,
-                                batch_size=2, save_every=1, progress=False)
-    (part,) = [p for p in os.listdir(out + ".partial") if p.startswith("part-")]
-    with open(os.path.join(out + ".partial", part), "wb") as f:
-        f.write(b"garbage\n")
-    capsys.readouterr()
-    image_index.build_index([str(folder)], encoder, out, progress=False)
-    err = capsys.readouterr().err
+    part, _, err = damaged_part(str(tmp_path / "garbage.npz"),
+                                lambda f: (f.write(b"garbage\n"), f.truncate()))
     assert f"{part} (not a NumPy .npz file); its images are embedded again." in err, err
     assert "pickle" not in err, err
 

@@ -581,7 +581,8 @@ def test_clip_benchmark_webdataset_layout(tmp_path):
                            "a .cls that is not a class index": [f"{shard}:s0000006 ('red')"],
                            "hidden member": [f"{shard}:._s0000001.jpg"]}
     for j, i in enumerate(keep):
-        data = labelled_batches.read_image_bytes(got.files[j].encode(), got.offsets[j], got.lengths[j])
+        data = labelled_batches.read_image_bytes(got.files[j].encode(), got.offsets[j],
+                                                 got.lengths[j])
         assert data == encoded[i]
 
 

@@ -64,13 +64,14 @@ COMMANDS: dict[str, Command] = {
                images.search_command),
     "eval": ("zero-shot, retrieval, linear-probe, few-shot and robustness evaluation",
              evaluate.eval_arguments, evaluate.eval_command),
-    "export-hf": ("export to a transformers CLIPModel directory (ViT models)", export.export_arguments,
-                  export.export_hf_command),
+    "export-hf": ("export to a transformers CLIPModel directory (ViT models)",
+                  export.export_arguments, export.export_hf_command),
     "export-open-clip": ("export to open_clip's format (every model, ResNets included)",
                          export.export_arguments, export.export_open_clip_command),
     "demo": ("train a small CLIP on synthetic shapes and report", _demo_arguments, demo_command),
     "plan": ("compile the train step for a TPU slice without one: memory, FLOPs, collectives, "
-             "roofline (exit 0 fits, 1 does not, 2 config error, 3 the plan failed)", plan.plan_arguments, plan.plan_command),
+             "roofline (exit 0 fits, 1 does not, 2 config error, 3 the plan failed)",
+             plan.plan_arguments, plan.plan_command),
 }
 
 

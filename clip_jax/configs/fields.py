@@ -89,7 +89,8 @@ def suggestion(field: str, siblings: list[str]) -> str | None:
     """The field a mistyped dotted `field` probably means: its siblings' spelling of it with
     '-' read as '_' (`batch-size`) or another case, a `SECTION_SYNONYMS` or `SYNONYMS` entry
     for its last name (another codebase's spelling), else the closest of `siblings` (its
-    section's fields) by spelling; None when none. A SYNONYMS value may hold alternatives and notes (`as_flags`)."""
+    section's fields) by spelling; None when none. A SYNONYMS value may hold alternatives
+    and notes (`as_flags`)."""
     *parents, name = field.split(".")
     same = [s for s in siblings if normal_name(s) == normal_name(name)]
     if same:

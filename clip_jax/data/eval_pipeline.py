@@ -162,8 +162,8 @@ def batch_eval_examples(examples: tf.data.Dataset, piece: ProcessSlice, prefetch
     """This process's examples (`piece.count`, in order, each with `mask` and `index`) ->
     the EvalIterable of their batches, padded to `piece.slots` (`padding_examples`);
     `finish` maps each batch (e.g. tokenising captions); `source`: the random-access source
-    read, closed by `EvalIterable.close`. An example a reader drops (an image
-    whose decode failed, `labelled_batches.make_iterable`) is made up by padding at the end, so every
+    read, closed by `EvalIterable.close`. An example a reader drops (an image whose decode
+    failed, `labelled_batches.make_iterable`) is made up by padding at the end, so every
     process still yields `piece.num_batches` batches."""
     padding = padding_examples(examples.element_spec, piece.slots)
     dataset = examples.concatenate(padding).take(piece.slots)

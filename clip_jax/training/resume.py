@@ -87,8 +87,8 @@ def stream_changes(saved: dict[str, Any], data: dict[str, Any], seed: int) -> st
     stream and differs between a checkpoint's recorded config `saved` and this run's: `seed`
     (it orders the examples: batch k is a function of seed and k) and the data fields of
     `data_options.stream_fields` (`data` is `RunPlan.data`); '' if none. A checkpoint that
-    recorded no config (or data section) compares equal; another dataset is named without its builder's
-    options."""
+    recorded no config (or data section) compares equal; another dataset is named without
+    its builder's options."""
     if not saved:
         return ""
     reseeded = ([f"seed {saved['seed']} -> {seed}"]

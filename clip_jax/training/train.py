@@ -8,9 +8,9 @@ compiled train step until `config.total_steps`.
 The config is read once, at the start of `train`, into a `RunPlan` (`run_plan`: the loop's
 numbers) and the pieces the other parts take (model config, mesh, data config): the weights to
 start from (`init_from`), what the workdir holds and what changed since (`resume`); the loop
-itself (`loop`) gets a `TrainLoop` of ready objects. Before each phase the run says what it is doing (mesh, data
-source, restore, input pipeline, compile and its duration, first step); the input pipeline is
-built (sources opened, tf.data graph made) before the compile.
+itself (`loop`) gets a `TrainLoop` of ready objects. Before each phase the run says what it
+is doing (mesh, data source, restore, input pipeline, compile and its duration, first step);
+the input pipeline is built (sources opened, tf.data graph made) before the compile.
 """
 
 from __future__ import annotations
