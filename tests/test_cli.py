@@ -813,6 +813,16 @@ def test_a_removed_current_directory_and_an_unstartable_platform_are_one_line(
     (["eval", "--shifts", "blur,blurr"], "--shifts",
      "Unknown shift 'blurr'; use one of greyscale, invert, hue_rotate, blur, noise, jpeg, "
      "sketch, occlusion, downscale_upscale."),
+    # written with local file calls: into ./gs:/b/x, said to be written to gs://b/x (trial CP)
+    (["eval", "--output", "gs://b/x"], "--output", "'gs://b/x' is a URL: this command writes "
+     "locally; give a local path, and copy the result to storage afterwards (gcloud storage "
+     "cp -r PATH gs://...)"),
+    (["index", "--output", "gs://b/i.npz"], "--output", "'gs://b/i.npz' is a URL: this "
+     "command writes locally; give a local path, and copy the result to storage afterwards "
+     "(gcloud storage cp -r PATH gs://...)"),
+    (["export-hf", "gs://b/hf"], "OUTPUT_DIR", "'gs://b/hf' is a URL: this command writes "
+     "locally; give a local path, and copy the result to storage afterwards (gcloud storage "
+     "cp -r PATH gs://...)"),
 ])
 def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path, capsys):
     """A value that every image, label or task would fail on (an unknown --alpha colour, a
@@ -822,7 +832,7 @@ def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path,
     model = str(tmp_path / "no_model")
     positional = {"zero-shot": ["--model", model, str(tmp_path)], "search": [],
                   "index": [str(tmp_path), "--model", model], "eval": [model],
-                  "plan": ["--topology", "v5e-8"]}[command]
+                  "plan": ["--topology", "v5e-8"], "export-hf": [model]}[command]
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, *positional, *rest])
     err = capsys.readouterr().err

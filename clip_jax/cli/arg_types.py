@@ -39,6 +39,18 @@ def local_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def local_output(text: str) -> str:
+    """argparse type of a flag naming where a command writes (`eval --output`, `index
+    --output`, an export's OUTPUT_DIR): a local path (`local_path`), refused as a URL. The
+    report, index and model files are written with local file calls, so `gs://b/x` went into
+    a folder `./gs:/b/x` while the command said it wrote to gs://b/x (trial CP)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URL: this command writes locally; give a local path, and copy the "
+            "result to storage afterwards (gcloud storage cp -r PATH gs://...)")
+    return local_path(text)
+
+
 def positive_int(text: str) -> int:
     """argparse type of a count flag (`--top`, `--batch-size`, ...): a whole number >= 1,
     refused when parsing; 0 or a negative count would otherwise print nothing, slice off the

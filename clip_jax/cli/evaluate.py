@@ -9,7 +9,7 @@ import functools
 import os
 from typing import Any
 
-from clip_jax.cli.arg_types import StoreOnce, local_path, positive_int
+from clip_jax.cli.arg_types import StoreOnce, local_output, local_path, positive_int
 from clip_jax.cli.common import MODEL_HELP, load_model_and_tokenizer, weights_arguments
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime import logs
@@ -151,7 +151,7 @@ def eval_arguments(e: argparse.ArgumentParser) -> None:
                    "linear_probe,few_shot,robustness (default: the config's)")
     e.add_argument("--batch-size", type=positive_int,
                    help="images per batch (default: the config's)")
-    e.add_argument("--output", type=local_path,
+    e.add_argument("--output", type=local_output,
                    help="also write the metrics to DIR/metrics.jsonl and "
                    "TensorBoard, the results to DIR/results.json and results.csv, and plots")
     e.add_argument("--dtype", choices=sorted((*DTYPES, *DTYPE_ALIASES)),

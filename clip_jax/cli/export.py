@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from clip_jax.cli.arg_types import local_path
+from clip_jax.cli.arg_types import local_output, local_path
 from clip_jax.cli.common import MODEL_HELP, load_model, load_options, weights_arguments
 
 
@@ -44,7 +44,7 @@ def export_arguments(x: argparse.ArgumentParser) -> None:
 
     x.add_argument("source", metavar="WORKDIR_OR_CHECKPOINT", type=local_path,
                    help=MODEL_HELP)
-    x.add_argument("output_dir", metavar="OUTPUT_DIR", type=local_path,
+    x.add_argument("output_dir", metavar="OUTPUT_DIR", type=local_output,
                    help="a new or empty folder, or a model folder of the same format "
                         "(its model files are replaced, other files kept)")
     x.add_argument("--dtype", default="fp32", choices=sorted((*DTYPES, *DTYPE_ALIASES)),

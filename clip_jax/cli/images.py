@@ -12,8 +12,8 @@ import signal
 import sys
 from typing import Any
 
-from clip_jax.cli.arg_types import (alpha_mode, check_list_file, local_path, positive_int,
-                                   read_labels)
+from clip_jax.cli.arg_types import (alpha_mode, check_list_file, local_output, local_path,
+                                   positive_int, read_labels)
 from clip_jax.cli.common import (MODEL_HELP, OUTPUT_FORMATS, check_csv_output, json_line,
                                  load_model, load_model_and_tokenizer, load_options,
                                  report_skipped, text_path, weights_arguments)
@@ -225,7 +225,8 @@ def index_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("images", nargs="+", type=local_path,
                    help="image files and/or folders of images")
     i.add_argument("--model", required=True, type=local_path, help=MODEL_HELP)
-    i.add_argument("--output", required=True, type=local_path, help="index file to write (.npz)")
+    i.add_argument("--output", required=True, type=local_output,
+                   help="index file to write (.npz)")
     i.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="search subfolders (default: yes)")
     i.add_argument("--batch-size", type=positive_int, default=64,
