@@ -507,6 +507,10 @@ def test_interrupted_index_resumes_without_re_embedding(folder, model, tmp_path,
         json.dump({"fingerprint": image_index.model_fingerprint(Counting(module, variables))}, f)
     with pytest.raises(ValueError, match="another model"):
         image_index.build_index([str(folder)], other, out, progress=False)
+    with open(out + ".partial/model.json", "w") as f:  # a record naming no model: not "(None)"
+        json.dump({}, f)
+    with pytest.raises(ValueError, match=r"another model \(its model\.json names none\)"):
+        image_index.build_index([str(folder)], other, out, progress=False)
     shutil.rmtree(out + ".partial")  # a finished index of another model: embedded again, said
     capsys.readouterr()
     report = image_index.build_index([str(folder)], other, out, progress=False)

@@ -740,8 +740,10 @@ def test_a_tensor_axis_across_hosts_is_refused_as_the_run_refuses_it():
     one host, and every host holds rows no other host holds."""
     topology = tpu_topology.parse("v5e-16")
     for tensor in (4, 8):
-        with pytest.raises(ConfigError, match=rf"the tensor axis of {tensor} spans processes "
-                                              r"\(4 devices each\).* use a smaller tensor axis"):
+        with pytest.raises(ConfigError, match=rf"the tensor axis of {tensor} lays its groups "
+                                              r"across processes \(the interconnect's layout "
+                                              r"decides, not the count: 4 devices each\).* use a "
+                                              r"smaller tensor axis"):
             tpu_topology.make_mesh(topology, (16 // tensor, 1, tensor), sharding.MESH_AXES)
     mesh = tpu_topology.make_mesh(topology, (8, 1, 2), sharding.MESH_AXES)
     hosts = np.vectorize(lambda d: d.process_index)(mesh.devices)

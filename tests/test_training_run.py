@@ -729,7 +729,8 @@ def test_processes_given_different_configs_stop_before_compiling(tfds_dir, tmp_p
                     "same XLA_FLAGS, CUDA_VISIBLE_DEVICES or TPU settings."),
         "tensor": ([("run", tensor, 1), ("run", tensor, 1)],
                    "error: config.mesh={'data': 1, 'fsdp': 1, 'tensor': 2}: the tensor axis of "
-                   "2 spans processes (1 device each), so processes would hold the same rows "
+                   "2 lays its groups across processes (the interconnect's layout decides, not "
+                   "the count: 1 device each), so processes would hold the same rows "
                    "of a batch split data x fsdp = 1 way, while each reads its own share of "
                    "the data; use a smaller tensor axis, each group on one process's devices "
                    "(fsdp shards the parameters too)."),

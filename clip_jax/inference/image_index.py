@@ -417,8 +417,10 @@ def _reusable(output: str, partial: str, fingerprint: str, options: dict[str, An
             return known, previous_paths
     if previous is not None:
         if previous.get("fingerprint") != fingerprint:
+            named = (previous.get("model") or previous.get("fingerprint")
+                     or "its model.json names none")  # "(None)" of an empty record
             raise ConfigError(f"{partial!r} holds an unfinished index of another model "
-                             f"({previous.get('model') or previous.get('fingerprint')}); delete "
+                             f"({named}); delete "
                              "it or choose another index file (--output).")
         if (before := image_options_of(previous)) != options:
             raise ConfigError(f"{partial!r} holds an unfinished index read with other image "

@@ -128,8 +128,9 @@ def check_rows_per_process(mesh: Mesh) -> None:
     if len(held) > 1 and sum(map(len, held.values())) > shards:
         local = mesh.devices.size // len(held)
         raise ConfigError(
-            f"config.mesh={dict(mesh.shape)}: the tensor axis of {mesh.shape['tensor']} spans "
-            f"processes ({local} device{'s' * (local != 1)} each), so processes would "
+            f"config.mesh={dict(mesh.shape)}: the tensor axis of {mesh.shape['tensor']} lays "
+            f"its groups across processes (the interconnect's layout decides, not the count: "
+            f"{local} device{'s' * (local != 1)} each), so processes would "
             f"hold the same rows of a batch split data x fsdp = {shards} way"
             f"{'s' * (shards != 1)}, while each reads its own share of the data; use a smaller "
             "tensor axis, each group on one process's devices (fsdp shards the parameters "
