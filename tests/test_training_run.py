@@ -1432,8 +1432,9 @@ def test_a_model_folder_is_refused_as_a_workdir(tmp_path, monkeypatch, capsys):
     (tmp_path / "hidden").mkdir()
     (tmp_path / "hidden" / ".DS_Store").write_text("")
     for folder in (stopped, resumed, own, tmp_path / "empty", tmp_path / "hidden",
-                   tmp_path / "missing" / "run", "gs://bucket/run"):
+                   tmp_path / "missing" / "run"):
         config_checks.check_run(tiny.get_config(), str(folder))
+    config_checks.check_training_workdir("gs://bucket/run")  # its content is storage's to say
     # Evaluating (`--config.mode=eval`) writes only metrics: any folder takes them.
     config = tiny.get_config()
     config.mode = "eval"

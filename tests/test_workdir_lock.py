@@ -12,7 +12,7 @@ import pytest
 
 from clip_jax.configs import tiny
 from clip_jax.errors import ConfigError
-from clip_jax.training import config_checks, train, train_step, workdir_lock
+from clip_jax.training import config_checks, resume, train, train_step, workdir_lock
 
 
 def test_a_second_run_on_a_workdir_in_use_stops_before_writing(tmp_path, monkeypatch):
@@ -24,7 +24,7 @@ def test_a_second_run_on_a_workdir_in_use_stops_before_writing(tmp_path, monkeyp
     monkeypatch.setattr(train_step, "compile_train_step", None)  # must not get that far
     # nor open (build) the data source, nor judge the run finished (the trial's second run
     # built a table, or said "nothing to do" beside the live run, before it was refused)
-    for module, name in ((config_checks, "check_data_source"), (train, "_finished_step")):
+    for module, name in ((config_checks, "check_data_source"), (resume, "finished_step")):
         monkeypatch.setattr(module, name, None)
     with workdir_lock.hold(str(workdir)):
         with pytest.raises(ConfigError) as error:

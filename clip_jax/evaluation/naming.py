@@ -65,7 +65,7 @@ def source_names(specs: Sequence[str], what: str, taken: Sequence[str] = ()) -> 
         name, _, split = spec.partition("@")
         if split and os.path.isdir(os.path.join(name, split)):  # a folder's split folder
             name, split = os.path.join(name, split), ""  # is that folder: digits@test = digits/test
-        key = (os.path.realpath(name) if os.path.exists(name) else name, split)
+        key = (os.path.abspath(name) if os.path.exists(name) else name, split)
         if key in seen:
             also = "" if seen[key] == spec else f" (also as {seen[key]!r})"
             raise ConfigError(f"{what}: {spec!r} is given twice{also}; give each source once.")
