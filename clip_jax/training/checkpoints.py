@@ -386,6 +386,7 @@ class SavedRun(NamedTuple):
     step: int
     model: CLIPConfig
     batch_size: int | None  # global examples per step; None: a model saved outside training
+    config: dict[str, Any] | None = None  # the training config it recorded
 
 
 def saved_model(workdir: str) -> SavedRun | None:
@@ -399,7 +400,8 @@ def saved_model(workdir: str) -> SavedRun | None:
         meta = read_meta(workdir, warn=False)
     except (CorruptCheckpointError, MissingFileError):
         return None
-    return SavedRun(meta["step"], CLIPConfig.from_dict(meta["model"]), meta.get("batch_size"))
+    return SavedRun(meta["step"], CLIPConfig.from_dict(meta["model"]), meta.get("batch_size"),
+                    meta.get("config") or {})
 
 
 def array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from clip_jax.data import options as data_options
 from clip_jax.data import train_pipeline
-from clip_jax.errors import ConfigError, MissingFileError
+from clip_jax.errors import ConfigError
 from clip_jax.training import checkpoints
 from clip_jax.training import train_step
 from clip_jax.training.checkpoints import Checkpointer
@@ -61,25 +61,34 @@ def restore_or_init(plan: RunPlan, setup: train_step.Setup, checkpointer: Checkp
     moved = f"; saved on {_mesh_text(saved_on)}, now {_mesh_text(now)}" if (
         saved_on and saved_on != now) else ""
     log(f"Resumed from step {latest} (data position {meta['data_position']}{moved}).")
-    changed = field_changes(meta.get("config") or {}, plan.schedule)
-    if changed:
-        log(f"warning: resuming with a changed learning-rate schedule ({changed}); the "
-            f"learning rate follows the new schedule from step {latest} on.")
-    changed = field_changes(meta.get("config") or {}, plan.optimizer)
-    if changed:
-        log(f"warning: resuming with changed optimizer settings ({changed}); the updates "
-            f"follow them from step {latest} on (Adam's moments are kept).")
-    changed = field_changes(meta.get("config") or {}, plan.locks)
-    if changed:
-        log(f"warning: resuming with a tower newly locked ({changed}); it stays as trained "
-            f"to step {latest} from then on (its optimizer moments are dropped).")
-    changed = ", ".join(filter(None, (stream_changes(meta.get("config") or {}, plan.data,
-                                                     plan.seed),
-                                      train_pipeline.order_change(meta))))
+    changes = recorded_changes(meta.get("config") or {}, plan)
+    if changes["schedule"]:
+        log(f"warning: resuming with a changed learning-rate schedule ({changes['schedule']}); "
+            f"the learning rate follows the new schedule from step {latest} on.")
+    if changes["optimizer"]:
+        log(f"warning: resuming with changed optimizer settings ({changes['optimizer']}); the "
+            f"updates follow them from step {latest} on (Adam's moments are kept).")
+    if changes["locks"]:
+        log(f"warning: resuming with a tower newly locked ({changes['locks']}); it stays as "
+            f"trained to step {latest} from then on (its optimizer moments are dropped).")
+    changed = ", ".join(filter(None, (changes["stream"], train_pipeline.order_change(meta))))
     if changed:
         log(f"warning: resuming on other training data or order ({changed}); batch "
             f"{meta['data_position']} of the new stream comes next.")
     return state, meta["data_position"]
+
+
+def recorded_changes(recorded: dict[str, Any], plan: RunPlan, steps: bool = True
+                     ) -> dict[str, str]:
+    """What `plan` changes of a checkpoint's `recorded` training config, by what a resume
+    warns of: "stream" (data and seed), "schedule" (`total_steps` left out unless `steps`),
+    "optimizer" and "locks", each 'field old -> new, ...' or ''. A finished run refuses
+    these changes, which a resume warns of."""
+    schedule = {k: v for k, v in plan.schedule.items() if steps or k != "total_steps"}
+    return {"stream": stream_changes(recorded, plan.data, plan.seed),
+            "schedule": field_changes(recorded, schedule),
+            "optimizer": field_changes(recorded, plan.optimizer),
+            "locks": field_changes(recorded, plan.locks)}
 
 
 def stream_changes(saved: dict[str, Any], data: dict[str, Any], seed: int) -> str:
@@ -143,31 +152,14 @@ def check_finished_run(config: ml_collections.ConfigDict, workdir: str, finished
             f"trained with batch_size {saved.batch_size}, not config.batch_size="
             f"{config.batch_size}; keep it (and raise {steps_field} to train further), "
             "or give another --workdir (with config.init_from pointing at this one).")
-    changes = _settings_changes(config, workdir)
+    changes = ", ".join(filter(None, recorded_changes(
+        (saved and saved.config) or {}, RunPlan.from_config(config), steps=False).values()))
     if changes:
         raise ConfigError(
             f"The run in {workdir} is finished (checkpoint at step {finished}) and was "
             f"trained with other settings ({changes}: the run's -> this config's), which "
             f"this config would not train with; raise {steps_field} to train further with "
             "them, or give another --workdir (with config.init_from pointing at this one).")
-
-
-def _settings_changes(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """What a resume would warn of (`restore_or_init`: the data stream and seed, the
-    schedule, the update rule, the locks) between the newest checkpoint's recorded config
-    and `config`, the steps aside; '' if none or nothing recorded. A finished run said
-    "nothing to do" of a changed dataset or learning rate, and its old metrics passed for
-    the new config's (trial CN)."""
-    try:
-        recorded = checkpoints.read_meta(workdir, warn=False).get("config") or {}
-    except (checkpoints.CorruptCheckpointError, MissingFileError):
-        return ""
-    plan = RunPlan.from_config(config)
-    schedule = {k: v for k, v in plan.schedule.items() if k != "total_steps"}
-    return ", ".join(filter(None, (stream_changes(recorded, plan.data, plan.seed),
-                                   field_changes(recorded, schedule),
-                                   field_changes(recorded, plan.optimizer),
-                                   field_changes(recorded, plan.locks))))
 
 
 def finished_step(plan: RunPlan, workdir: str) -> int | None:
