@@ -823,6 +823,12 @@ def test_a_removed_current_directory_and_an_unstartable_platform_are_one_line(
     (["export-hf", "gs://b/hf"], "OUTPUT_DIR", "'gs://b/hf' is a URL: this command writes "
      "locally; give a local path, and copy the result to storage afterwards (gcloud storage "
      "cp -r PATH gs://...)"),
+    (["export-open-clip", "s3://b/oc"], "OUTPUT_DIR", "'s3://b/oc' is a URL: this command "
+     "writes locally; give a local path, and copy the result to storage afterwards (gcloud "
+     "storage cp -r PATH gs://...)"),
+    (["eval", "--output", "hdfs://nn/x"], "--output", "'hdfs://nn/x' is a URL: this command "
+     "writes locally; give a local path, and copy the result to storage afterwards (gcloud "
+     "storage cp -r PATH gs://...)"),
 ])
 def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path, capsys):
     """A value that every image, label or task would fail on (an unknown --alpha colour, a
@@ -832,7 +838,8 @@ def test_bad_flag_values_are_refused_when_parsing(argv, flag, problem, tmp_path,
     model = str(tmp_path / "no_model")
     positional = {"zero-shot": ["--model", model, str(tmp_path)], "search": [],
                   "index": [str(tmp_path), "--model", model], "eval": [model],
-                  "plan": ["--topology", "v5e-8"], "export-hf": [model]}[command]
+                  "plan": ["--topology", "v5e-8"], "export-hf": [model],
+                  "export-open-clip": [model]}[command]
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, *positional, *rest])
     err = capsys.readouterr().err
@@ -1233,6 +1240,11 @@ def test_plan_names_the_config_field_of_another_trainers_flag(capsys):
                               "devices)?"),
     ("--config.mesh.dp=2", "did you mean --config.mesh.data?"),
     ("--config.lock_vision=True", "did you mean --config.lock_image?"),  # trial CL
+    ("--config.lock_img=True", "did you mean --config.lock_image?"),
+    ("--config.lock_language=True", "did you mean --config.lock_text?"),
+    ("--config.mesh.tp=2", "did you mean --config.mesh.tensor (heads and MLP split over "
+                           "devices)?"),
+    ("--config.mesh.replica=2", "did you mean --config.mesh.data?"),
 ])
 def test_an_override_of_no_field_is_named_before_absl_parses_it(override, says):
     """`--config.batch-size=16` said "unknown field or wrong type (malformed node or string

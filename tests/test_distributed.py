@@ -169,4 +169,11 @@ def test_two_minus_ones_name_the_axes_and_the_fix():
                                           r"1\}: data and fsdp are both -1 .* e\.g\. "
                                           r"--config\.mesh\.data=1\.$"):
         sharding.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+    for spec, rest in (({"data": -1, "tensor": -1}, "data and tensor are both"),
+                       ({"data": 2, "fsdp": -1, "tensor": -1}, "fsdp and tensor are both"),
+                       ({"data": -1, "fsdp": -1, "tensor": -1}, "data and fsdp and tensor are "
+                                                                "all")):
+        with pytest.raises(ConfigError, match=rf": {rest} -1 .* e\.g\. --config\.mesh\."
+                                              rf"{rest.split()[0]}=1\.$"):
+            sharding.mesh_shape(spec, 8)
     assert sharding.mesh_shape({"data": 1, "fsdp": -1, "tensor": 1}, 8) == (1, 8, 1)
