@@ -1086,6 +1086,27 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
             pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), frame)
 
 
+def test_eval_reads_labelled_images_with_the_alpha_and_exif_options(folder, model, tmp_path,
+                                                                     monkeypatch):
+    """`clip-jax eval --alpha` / `--no-exif-transpose` reach the labelled sources' reader;
+    unset, the config's `data.build` options do (a saved model's: "drop", turned upright)."""
+    from clip_jax.data import labelled_batches
+
+    module, variables = model
+    clip_jax.save(module, variables, str(tmp_path / "m"))
+    seen, make = [], labelled_batches.make_iterable
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["alpha"], kwargs["exif_transpose"]))
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(labelled_batches, "make_iterable", spy)
+    run = ["eval", str(tmp_path / "m"), "--zero-shot", str(folder), "--templates", "simple"]
+    assert cli.main(run + ["--alpha", "white", "--no-exif-transpose"]) == 0
+    assert cli.main(run) == 0
+    assert seen == [("white", False), ("drop", True)]
+
+
 def index_tables(folder, root):
     """train.csv / test.csv of the folder's images, labelled by class index in sorted-name
     order (as an ImageFolder numbers them), with no classnames.txt beside them."""

@@ -893,6 +893,83 @@ def test_eval_reads_photos_upright_by_their_exif_orientation(tmp_path, exif_tran
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("where", ["png_exif_after_pixels", "png_raw_profile", "png_xmp",
+                                   "jpeg_xmp"])
+def test_eval_finds_an_orientation_wherever_pillow_finds_one(tmp_path, where):
+    """Eval read a photo's orientation from the EXIF block at the file's start only: a PNG
+    whose eXIf chunk follows the pixels, one holding ImageMagick's raw EXIF profile (trial CQ:
+    259.6 levels from `clip_jax.preprocess` of the same file), and XMP's tiff:Orientation (a
+    JPEG's or a PNG's) were evaluated sideways where zero-shot and index turned them. Every
+    orientation is read as Pillow's `ImageOps.exif_transpose` shows the file."""
+    from images import with_orientation_elsewhere
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(5)
+    ext = ".jpg" if where.startswith("jpeg") else ".png"
+    for orientation in range(1, 9):
+        upright = rng.integers(0, 256, (18, 29, 3), dtype=np.uint8)
+        (tmp_path / f"c{orientation % 2}").mkdir(exist_ok=True)
+        (tmp_path / f"c{orientation % 2}" / f"o{orientation}{ext}").write_bytes(
+            with_orientation_elsewhere(upright, orientation, where))
+    images = labelled_data.read(str(tmp_path), "")
+    want = preprocess([ImageOps.exif_transpose(Image.open(f)).convert("RGB")
+                       for f in images.files], MODEL, exif_transpose=False)
+    assert {Image.open(f).size for f in images.files} == {(29, 18), (18, 29)}
+    (batch,) = labelled_batches.make_iterable(images, MODEL, batch_size=8)
+    assert batch["mask"].all()
+    np.testing.assert_array_equal(batch["images"], want)
+    np.testing.assert_array_equal(batch["images"], preprocess(images.files, MODEL))
+
+
+def _transparent_images(root) -> dict[str, np.ndarray]:
+    """Images with transparency in each form Pillow reads (an alpha channel, a palette's
+    transparent entry, an RGB PNG's tRNS key), saved in two class folders under root: their
+    RGBA pixels by file name."""
+    for name in ("c0", "c1"):
+        (root / name).mkdir()
+    rng = np.random.default_rng(9)
+    rgba = rng.integers(0, 256, (16, 21, 4), dtype=np.uint8)
+    rgba[:, :7, 3] = 0  # a transparent band over random stored colours, and some partial alpha
+    wanted = {}
+    for name, image in (("rgba.png", Image.fromarray(rgba, "RGBA")),
+                        ("la.png", Image.fromarray(rgba[..., [0, 3]], "LA")),
+                        ("rgba.webp", Image.fromarray(rgba, "RGBA"))):
+        image.save(root / "c0" / name, **({"lossless": True} if name.endswith("webp") else {}))
+    keyed = rng.integers(0, 256, (16, 21, 3), dtype=np.uint8)
+    keyed[:, :5] = (10, 200, 30)
+    Image.fromarray(keyed).save(root / "c1" / "keyed.png", transparency=(10, 200, 30))
+    palette = Image.fromarray(keyed).quantize(8)
+    palette.save(root / "c1" / "palette.png", transparency=int(np.asarray(palette)[0, 0]))
+    for path in sorted(root.glob("c*/*")):
+        wanted[path.name] = np.asarray(Image.open(path).convert("RGBA"))
+    return wanted
+
+
+def test_eval_composites_transparency_as_the_alpha_option_says(tmp_path):
+    """Evaluation had no `alpha`: a run whose tables were built with `data.build.alpha=white`
+    was still evaluated with alpha dropped (trial CQ: a WebP logo 255 levels apart). With a
+    background colour, each image is the numpy composite of its RGBA pixels over it (to a
+    level); "drop" keeps the stored colours."""
+    wanted = _transparent_images(tmp_path)
+    images = labelled_data.read(str(tmp_path), "")
+    scale = np.asarray(normalization_constants(MODEL)[1])
+    for alpha, colour in (("white", (255, 255, 255)), ("#808080", (128, 128, 128)),
+                          ("drop", None)):
+        (batch,) = labelled_batches.make_iterable(images, MODEL, batch_size=5, alpha=alpha)
+        assert batch["mask"].all() and len(images.files) == 5
+        np.testing.assert_array_equal(batch["images"], preprocess(images.files, MODEL,
+                                                                  alpha=alpha))
+        for got, f in zip(batch["images"], images.files):
+            pixels = wanted[os.path.basename(f)].astype(np.float64)
+            if colour is None:
+                rgb = pixels[..., :3]
+            else:
+                a = pixels[..., 3:] / 255
+                rgb = pixels[..., :3] * a + np.asarray(colour) * (1 - a)
+            want = preprocess(np.round(rgb).astype(np.uint8), MODEL)[0]
+            np.testing.assert_allclose(got, want, atol=1.5 / 255 / scale.min(), err_msg=f)
+
+
 def test_file_names_that_are_not_utf8_read_and_such_class_names_are_refused(tmp_path):
     """`café.jpg` saved in latin-1 (an old zip, a Windows share) stopped a whole evaluation
     with TensorFlow's UnicodeDecodeError while listing the folder. Such a file reads like any

@@ -9,7 +9,8 @@ import functools
 import os
 from typing import Any
 
-from clip_jax.cli.arg_types import StoreOnce, local_output, local_path, positive_int
+from clip_jax.cli.arg_types import (StoreOnce, alpha_mode, local_output, local_path,
+                                    positive_int)
 from clip_jax.cli.common import MODEL_HELP, load_model_and_tokenizer, weights_arguments
 from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.runtime import logs
@@ -96,6 +97,8 @@ def eval_command(args: argparse.Namespace) -> int:
         config.model.dtype = canonical_dtype(args.dtype, "--dtype")
     if args.exif_transpose is not None:
         config.data.build.exif_transpose = args.exif_transpose
+    if args.alpha is not None:
+        config.data.build.alpha = args.alpha
 
     import jax
 
@@ -163,5 +166,11 @@ def eval_arguments(e: argparse.ArgumentParser) -> None:
                    "orientation, as the dataset builders store training images (default: the "
                    "config's data.build.exif_transpose, on; --no-exif-transpose reads the stored "
                    "pixels, as torchvision's ImageFolder and CLIP_benchmark do)")
+    e.add_argument("--alpha", type=alpha_mode, default=None,
+                   help="transparency in labelled folders' and tables' images: 'drop' "
+                   "(convert('RGB'), keeping the colours stored under transparent pixels) or a "
+                   "background colour to composite onto, e.g. 'white' (default: the config's "
+                   "data.build.alpha, as the dataset builders stored the training images; "
+                   "else 'drop')")
     eval_cli.add_arguments(e)
     weights_arguments(e)

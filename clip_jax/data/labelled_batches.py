@@ -25,7 +25,8 @@ from clip_jax.data.eval_pipeline import (EvalIterable, ProcessSlice, batch_eval_
                                          mask_padding)
 from clip_jax.data.labelled import LabelledImages
 from clip_jax.data.options import check_shift
-from clip_jax.data.preprocess import (DECODE_ERRORS, EXIF_ORIENTATION, decode_reason,
+from clip_jax.data.preprocess import (ALPHA_DROP, DECODE_ERRORS, background_colour,
+                                      decode_reason, exif_orientation, has_transparency,
                                       normalization_constants, to_rgb_uint8,
                                       undecodable_format)
 from clip_jax.data.tf_data import graph
@@ -46,10 +47,13 @@ def read_image_bytes(path: bytes, offset: np.int64, length: np.int64) -> bytes:
 
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 _TURNED = range(2, 9)  # EXIF orientations other than upright (1): mirrored and/or turned
-# A JPEG's EXIF block is an APP1 segment opening with this mark (anywhere before the scan:
-# the whole file is searched, a fast byte scan; a chance match in the pixels costs a header
-# parse only).
-_EXIF_MARK = b"Exif\x00\x00"
+# Where an orientation that Pillow's `getexif` finds can sit (`preprocess.exif_orientation`):
+# an EXIF block (a JPEG's APP1 segment), a PNG's eXIf chunk (before or after the pixels),
+# ImageMagick's raw EXIF profile in a PNG text chunk, XMP (a PNG's iTXt chunk, a JPEG's APP1).
+# The whole file is searched, a fast byte scan; a chance match in the pixels costs a header
+# parse (JPEG) or a decode on the host (PNG), never a wrong image.
+_ORIENTATION_MARKS = (b"Exif\x00\x00", b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp",
+                      b"http://ns.adobe.com/xap/1.0/")
 _REPORTED: set[tuple[bytes, int]] = set()  # unreadable images already named in a warning
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field (TEM, RSTn, SOI)
 
@@ -91,32 +95,25 @@ def jpeg_header(data: bytes) -> tuple[bool, tuple[int, int] | None]:
     return False, size
 
 
-def _orientation(image: Image.Image) -> int:
-    """The EXIF Orientation an opened image's header holds (1 when none), read from the raw
-    EXIF block without decoding or loading anything, so that `verify` can still follow (a
-    PNG's `getexif` loads the pixels to look for an eXIf chunk after them)."""
-    raw = image.info.get("exif")
-    if not raw:
-        return 1
-    exif = Image.Exif()
-    exif.load(raw)
-    return exif.get(EXIF_ORIENTATION, 1)
-
-
 def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
-                       exif_transpose: bool = True) -> tuple[bytes, np.ndarray, bool]:
+                       exif_transpose: bool = True, alpha: str = ALPHA_DROP
+                       ) -> tuple[bytes, np.ndarray, bool]:
     """One image of a `LabelledImages`, checked before the pipeline decodes it, as
     (encoded, pixels, readable):
 
     * a whole JPEG (`jpeg_is_complete`) or a PNG whose chunks pass their CRCs, stored upright
-      (no EXIF orientation, or `exif_transpose` False): (its bytes, a placeholder, True),
-      decoded by TensorFlow outside the GIL, as every eval source is;
+      (no orientation `preprocess.exif_orientation` finds, or `exif_transpose` False) and, for
+      a PNG, 8-bit with nothing for `alpha` to composite (`alpha` "drop", or no transparency):
+      (its bytes, a placeholder, True), decoded by TensorFlow outside the GIL, as every eval
+      source is;
     * anything else PIL reads whole (TIFF, WebP, GIF, BMP, 16-bit greyscale PNG, a photo
       with an EXIF orientation, ...): (b"", uint8 [H, W, 3], True), decoded here as
-      `clip_jax.preprocess` reads it: RGB, alpha dropped, turned upright by its EXIF
-      orientation (as the dataset builders store training images, `data.build.exif_transpose`;
-      torchvision's `ImageFolder`, and so CLIP_benchmark, does not turn it), 16-bit and float
-      images rescaled to 8 bits (Pillow's convert("RGB") clips them at 255);
+      `clip_jax.preprocess` reads it with the same `exif_transpose` and `alpha`
+      (`to_rgb_uint8`): RGB, turned upright by its orientation (as the dataset builders store
+      training images, `data.build.exif_transpose`; torchvision's `ImageFolder`, and so
+      CLIP_benchmark, does not turn it), transparency dropped or composited (as the builders
+      store it, `data.build.alpha`), 16-bit and float images rescaled to 8 bits (Pillow's
+      convert("RGB") clips them at 255);
     * an empty file, not an image, one cut off in its pixel data, or a file that cannot be
       read (a broken link, no permission): (b"", a 1x1 placeholder, False) with a warning
       naming the file; the pipeline masks it out of the results.
@@ -130,18 +127,22 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
         complete, size = jpeg_header(data)
         if complete and size is not None:  # Pillow's own limit and words, as at its open
             Image._decompression_bomb_check(size, error_only=True)
-        if complete and not (exif_transpose and _EXIF_MARK in data):
-            return data, _PLACEHOLDER, True  # no EXIF block to turn by: no header parse
+        may_turn = exif_transpose and any(mark in data for mark in _ORIENTATION_MARKS)
+        if complete and not may_turn:
+            return data, _PLACEHOLDER, True  # no orientation to turn by: no header parse
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            turned = exif_transpose and _orientation(image) in _TURNED
-            if complete and not turned:
+            if image.format == "PNG":
+                # Pillow's way where it reads otherwise than TensorFlow's decoder: a PNG's
+                # orientation (its `getexif` loads the pixels: an eXIf chunk may follow them),
+                # transparency to composite, 16-bit greyscale (Pillow's I;16 / I: TensorFlow
+                # keeps the high byte, `clip_jax.preprocess` rescales v * 255 / 65535).
+                if not (may_turn or image.mode.startswith("I")
+                        or (background_colour(alpha) is not None and has_transparency(image))):
+                    image.verify()
+                    return data, _PLACEHOLDER, True
+            elif complete and exif_orientation(image) not in _TURNED:
                 return data, _PLACEHOLDER, True
-            # 16-bit greyscale PNGs (Pillow's I;16 / I) go the Pillow way too: TensorFlow's
-            # decoder keeps the high byte, `clip_jax.preprocess` rescales v * 255 / 65535.
-            if image.format == "PNG" and not image.mode.startswith("I") and not turned:
-                image.verify()
-                return data, _PLACEHOLDER, True
-            return b"", to_rgb_uint8(image, exif_transpose=exif_transpose), True
+            return b"", to_rgb_uint8(image, exif_transpose=exif_transpose, alpha=alpha), True
     except Image.UnidentifiedImageError:
         reason = (undecodable_format(os.fsdecode(path), data[:12])
                   or "not an image PIL can identify")
@@ -160,8 +161,8 @@ def read_checked_image(path: bytes, offset: np.int64, length: np.int64,
 
 def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_size: int,
                   shift: str = "", prefetch_batches: int = 2, process_index: int | None = None,
-                  process_count: int | None = None, exif_transpose: bool = True
-                  ) -> EvalIterable:
+                  process_count: int | None = None, exif_transpose: bool = True,
+                  alpha: str = ALPHA_DROP) -> EvalIterable:
     """Eval batches (`images`, `mask`, `index`, `label`) of this process's slice of `images`,
     in order, padded with `mask` False so every process yields the same number of batches
     (`clip_jax.data.eval_pipeline`'s slicing, padding and batching). An unreadable image
@@ -169,7 +170,8 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
     data is damaged inside a whole file (TensorFlow's decoder fails on it, which no error
     handler inside the graph can catch per image) is dropped, its slot made up by padding,
     and named by `report_dropped` once the split is read. Photos are turned upright by their
-    EXIF orientation unless `exif_transpose` is False (`read_checked_image`)."""
+    EXIF orientation unless `exif_transpose` is False, and transparency is dropped or
+    composited as `alpha` says (`read_checked_image`, as `clip_jax.preprocess` reads them)."""
     shift = check_shift(shift)
     n = len(images)
     piece = ProcessSlice.of(n, batch_size, process_index, process_count)
@@ -183,7 +185,7 @@ def make_iterable(images: LabelledImages, model_config: CLIPConfig, *, batch_siz
 
     def example(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         encoded, pixels, readable = tf.numpy_function(
-            functools.partial(read_checked_image, exif_transpose=exif_transpose),
+            functools.partial(read_checked_image, exif_transpose=exif_transpose, alpha=alpha),
             [item["file"], item["offset"], item["length"]],
             (tf.string, tf.uint8, tf.bool), stateful=False)
         encoded = tf.ensure_shape(encoded, [])

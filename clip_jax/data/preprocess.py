@@ -292,10 +292,18 @@ def background_colour(alpha: str | Sequence[int]) -> tuple[int, int, int] | None
                      "(r, g, b) tuple.")
 
 
+def exif_orientation(image: Image.Image) -> int:
+    """The orientation Pillow's `getexif` finds (1 = upright, 2-8 = mirrored and/or rotated;
+    0 or 1 when none): the EXIF block, a PNG's eXIf chunk before or after the pixels (a PNG
+    loads them to look), ImageMagick's raw EXIF profile in a PNG text chunk, or XMP's
+    tiff:Orientation, which `ImageOps.exif_transpose` turns by too."""
+    return image.getexif().get(EXIF_ORIENTATION, 1)
+
+
 def exif_transposed(image: Image.Image) -> Image.Image:
     """`image` turned upright by its EXIF Orientation tag, as browsers, Pillow's
     `ImageOps.exif_transpose` and transformers' `load_image` do; unchanged without one."""
-    if image.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
+    if exif_orientation(image) in (0, 1):
         return image
     return ImageOps.exif_transpose(image)
 
@@ -376,6 +384,18 @@ def to_rgb_uint8(image: ImageLike, *, exif_transpose: bool = True,
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def _keyed(image: Image.Image) -> bool:
+    """Whether an RGB, greyscale or palette image has one transparent colour or palette entry
+    (a PNG's tRNS key, a GIF's transparent index: Pillow's `info["transparency"]`)."""
+    return image.mode in ("RGB", "L", "P") and "transparency" in image.info
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether `alpha` (`background_colour`) can change how `image` reads: an alpha channel,
+    or a transparent colour or palette entry (`_keyed`); known from the header alone."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or _keyed(image)
+
+
 def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> Image.Image:
     """Any PIL mode as 8-bit RGB: alpha dropped or composited (`background_colour`), CMYK and
     palettes converted, `SIXTEEN_BIT_MODES` scaled by v * 255 / 65535 (a 32-bit `I` image
@@ -384,7 +404,7 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
     a palette's transparent entries, or an RGB or greyscale PNG's one transparent colour (its
     tRNS key, Pillow's `info["transparency"]`)."""
     background = background_colour(alpha)
-    keyed = image.mode in ("RGB", "L", "P") and "transparency" in image.info
+    keyed = _keyed(image)
     if image.mode == "RGB" and not (keyed and background is not None):
         return image
     if image.mode in SIXTEEN_BIT_MODES:
@@ -396,8 +416,7 @@ def pil_to_rgb(image: Image.Image, alpha: str | Sequence[int] = ALPHA_DROP) -> I
                       "right).", image.mode)
         gray = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed
-    if has_alpha and background is not None:
+    if has_transparency(image) and background is not None:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")

@@ -250,7 +250,8 @@ def _open(p: Pass, model_config: Any, batch: int,
         p.iterable = labelled_batches.make_iterable(images, model_config, batch_size=batch,
                                                  shift=p.shift,
                                                  prefetch_batches=p.data.prefetch_batches,
-                                                 exif_transpose=p.data.build.exif_transpose)
+                                                 exif_transpose=p.data.build.exif_transpose,
+                                                 alpha=p.data.build.alpha)
         p.description, p.templates = images.description, images.templates
         p.templates_file, p.names_file = images.templates_file, images.names_file
         p.shown_split, p.indexed, p.images = images.split, images.indexed, images
