@@ -574,6 +574,10 @@ def test_config_by_path_or_name_without_sys_path_changes(monkeypatch):
     with pytest.raises(ConfigError, match="'tinyy': no such config file; did you mean --config "
                                           "tiny\\? Or pass"):
         entry.resolve_config_path("tinyy")
+    with pytest.raises(ConfigError, match="^--config 'base': base.py is the recipe the model "
+                                          "configs start from, not a config of its own; use "
+                                          "--config vit_b32 "):
+        entry.resolve_config_path("base")  # trial CR: "no such config file", though it exists
     with pytest.raises(ConfigError, match="'configs': is a folder, not a config file; pass a"):
         entry.resolve_config_path("configs")  # it said "no such config file" of a folder
     monkeypatch.chdir(os.path.dirname(root))  # the README's paths, typed outside a checkout

@@ -732,6 +732,55 @@ def test_plan_takes_the_architecture_from_init_from_as_train_does(tmp_path, caps
     assert json.loads(out.strip().splitlines()[-1])["param_bytes"] == 4 * n_params
 
 
+def test_plan_reads_init_from_as_train_does_whatever_model_name_says(tmp_path, capsys,
+                                                                      monkeypatch, caplog):
+    """With `model.name` set, the plan never read `init_from`: weights of another
+    architecture planned "fits" (exit 0) where training refuses them (exit 2; trial CR).
+    Now they are refused as training refuses them; weights of another image size plan the
+    config's size (their position embeddings resized, as training resizes them); and a Hub
+    name this machine cannot read offline is warned of, the plan going on with model.name."""
+    import clip_jax
+
+    small = train_step.model_config(tiny.get_config()).replace(scan_layers=False)
+    module, variables = clip_jax.create_model(small)
+    clip_jax.save(module, variables, tmp_path / "m")
+    wide = {"embed_dim": small.embed_dim, "vision_cfg": {
+        "image_size": 48, "layers": small.vision.layers, "width": small.vision.width,
+        "patch_size": small.vision.patch_size, "head_width": small.vision.head_width},
+        "text_cfg": {"context_length": small.text.context_length, "width": small.text.width,
+                     "heads": small.text.heads, "layers": small.text.layers}}
+    run = ["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
+           f"--config.init_from={tmp_path / 'm'}"]
+    code = cli.main(run + [f"--config.model.name={json.dumps(wide)}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    grid = (48 // small.vision.patch_size) ** 2 + 1
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    n_params += (grid - (small.vision.grid_size ** 2 + 1)) * small.vision.width
+    assert json.loads(out.strip().splitlines()[-1])["param_bytes"] == 4 * n_params
+    wide["vision_cfg"]["width"] *= 2
+    assert cli.main(run + [f"--config.model.name={json.dumps(wide)}"]) == 2
+    assert "different architectures (vision.image_size 48 vs 32, vision.width 128 vs 64)" in \
+        capsys.readouterr().err
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
+                     "--config.init_from=ViT-B-32:openai"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert ("config.init_from 'ViT-B-32:openai' cannot be read here, so this is the plan of "
+            "config.model.name='test-vit' (training checks") in caplog.text
+    assert "found in the local Hugging Face cache (HF_HUB_OFFLINE is set" in caplog.text
+
+
+def test_plan_names_the_field_of_an_unknown_model_as_train_does(capsys):
+    """`clip-jax plan` said "Unknown model 'ViT-B/33'" where train says which field gave it."""
+    assert cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4",
+                     "--config.model.name=ViT-B/33"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: config.model.name: Unknown model 'ViT-B/33'; did you mean 'ViT-B/32'")
+
+
 def test_a_tensor_axis_across_hosts_is_refused_as_the_run_refuses_it():
     """A v5e-16 has 4 hosts of 2x2 chips. A tensor axis of 4 or 8 is laid along rows of chips
     spanning hosts, so two hosts would hold the same batch rows while each reads its own share

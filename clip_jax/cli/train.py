@@ -131,6 +131,11 @@ def resolve_config_path(value: str) -> str:
         return bundled + colon + arg
     what = "is a folder, not a config file" if os.path.isdir(path) else "no such config file"
     stem = os.path.splitext(os.path.basename(path))[0]
+    if path == "base":  # the README's "paper's recipe", which every model config starts from
+        raise ConfigError(f"--config {value!r}: base.py is the recipe the model configs start "
+                          "from, not a config of its own; use --config vit_b32 (base's "
+                          "ViT-B/32 run) or another model's config, or a file of your own that "
+                          "changes it (c = base.get_config('ViT-B/16', lr=5e-4)).")
     if stem in config_names():  # e.g. the README's configs/vit_b16.py, typed outside a checkout
         raise ConfigError(f"--config {value!r}: {what} here; the bundled config of that name is "
                           f"--config {stem}{colon}{arg}.")

@@ -1,4 +1,7 @@
-"""The shared base config: the CLIP paper's recipe (Radford et al. 2021, table 19-20).
+"""The shared base config: the CLIP paper's recipe (Radford et al. 2021, tables 19-21: the
+common hyperparameters, the ResNets' and the ViTs' learning rates), plus gradient clipping at
+global norm 1.0 (`optimizer.grad_clip_norm`), which is not the paper's (nor open_clip's default):
+0 turns it off.
 
 Model configs call `get_config(model=..., lr=...)` and change only what differs. Every field
 can be overridden on the command line, e.g. `--config.batch_size=4096 --config.mesh.fsdp=8`.

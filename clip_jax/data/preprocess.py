@@ -129,13 +129,12 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
-def resize_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """torch's int16 weights for resizing one axis from `in_size` to `out_size` pixels.
-
-    Returns `(first, weights, precision)`: output pixel `i` is
-    `(2**(precision-1) + sum_j in[first[i] + j] * weights[i, j]) >> precision`, clipped to
-    [0, 255]. Taps past a row's support have weight 0 (their index is clamped when gathered).
-    """
+def cubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """torch's antialiased bicubic weights (`F.interpolate(mode="bicubic", antialias=True,
+    align_corners=False)`) for resizing one axis from `in_size` to `out_size` samples, in
+    float64: `(first, weights)`, output `i` = sum_j in[first[i] + j] * weights[i, j], each
+    row summing to 1. Taps past a row's support have weight 0 (their index is clamped when
+    gathered)."""
     scale = in_size / out_size
     support = _CUBIC_SUPPORT * scale if scale >= 1.0 else _CUBIC_SUPPORT
     taps = int(math.ceil(support)) * 2 + 1
@@ -150,7 +149,20 @@ def resize_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray,
         weights[:, j] = w
         total = total + w
     nonzero = total != 0.0
-    weights = np.where(nonzero[:, None], weights / np.where(nonzero, total, 1.0)[:, None], weights)
+    return first, np.where(nonzero[:, None], weights / np.where(nonzero, total, 1.0)[:, None],
+                           weights)
+
+
+def resize_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """torch's int16 weights for resizing one axis of a uint8 image from `in_size` to
+    `out_size` pixels (`cubic_taps` quantised as torch quantises them).
+
+    Returns `(first, weights, precision)`: output pixel `i` is
+    `(2**(precision-1) + sum_j in[first[i] + j] * weights[i, j]) >> precision`, clipped to
+    [0, 255]. Taps past a row's support have weight 0 (their index is clamped when gathered).
+    """
+    first, weights = cubic_taps(in_size, out_size)
+    nonzero = weights.any(axis=1)
     w_max = float(weights[nonzero].max()) if nonzero.any() else 0.0
     precision = 0
     while precision < _MAX_PRECISION and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):

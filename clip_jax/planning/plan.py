@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import math
 import re
 import time
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from clip_jax.errors import ConfigError
+from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.planning import hlo_stats
 from clip_jax.runtime import sharding
@@ -55,6 +56,8 @@ from clip_jax.training import train
 from clip_jax.training import train_step
 from clip_jax.training.run_plan import RunPlan
 from clip_jax.planning import topology as tpu_topology
+
+logger = logging.getLogger(__name__)
 
 # Remat policies, most memory saved first.
 REMAT_ORDER = ("full", "dots_no_batch", "dots", "none")
@@ -253,7 +256,7 @@ def usable_hbm_bytes(topology: str) -> float | None:
 def plan(config: ml_collections.ConfigDict, topology: str, with_model_flops: bool = True,
          base: CLIPConfig | None = None) -> Plan:
     """Compiles the config's train step for `topology` (e.g. 'v5e-256') and measures it.
-    `base`: the architecture when `model.name` is '' (`init_from`'s: `init_from_architecture`).
+    `base`: the architecture `init_from` gives (`init_from_architecture`), else `model.name`'s.
 
     Raises ValueError (one line) for a bad topology name or a config that cannot run there
     (mesh, batch divisibility, loss, ...), before compiling.
@@ -525,11 +528,23 @@ def to_json(p: Plan) -> dict[str, Any]:
 
 
 def init_from_architecture(config: ml_collections.ConfigDict) -> CLIPConfig | None:
-    """The architecture `clip-jax train` would take from `init_from` when `model.name` is ''
-    (its weights are read once, as train reads them); None when model.name names one."""
-    if config.model.name or not config.init_from:
+    """The architecture `clip-jax train` would take from `init_from`, read once as train
+    reads it, with its checks (a `model.name` of another architecture is refused, one of
+    another image size resizes the position embeddings); None without `init_from`. Where
+    `model.name` gives the architecture and `init_from` cannot be read here (a Hub name
+    missing from an offline cache; the pod may download it), a warning, and None: the plan
+    is of `model.name`'s."""
+    if not config.init_from:
         return None
-    return init_from.model_and_weights(config, lambda _: None)[0]
+    try:
+        return init_from.model_and_weights(config, lambda _: None)[0]
+    except MissingFileError as error:
+        if not config.model.name:
+            raise
+        logger.warning("config.init_from %r cannot be read here, so this is the plan of "
+                       "config.model.name=%r (training checks the weights against it when it "
+                       "starts): %s", config.init_from, config.model.name, error)
+        return None
 
 
 def run(config: ml_collections.ConfigDict, topology: str, as_json: bool = False,

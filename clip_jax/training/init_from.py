@@ -11,6 +11,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
+from clip_jax.convert import position_grid
 from clip_jax.convert.unwrap import NO_EMA_FIX
 from clip_jax.data.tokenizer import default_tokenizer
 from clip_jax.errors import ConfigError
@@ -61,13 +62,21 @@ def model_and_weights(config: ml_collections.ConfigDict, log: Callable[[str], No
                           f"config.model.name={config.model.name!r}: {error} Set "
                           "--config.model.name to its architecture (a preset, or open_clip's "
                           "model config .json), or to '' to infer it from the file.") from None
-    _check_init_from_model(config, module.config)
+    trained = _trained_architecture(config, module.config)
+    if trained.image_size != module.config.image_size:
+        log(f"init_from: the image tower's position embeddings resized from a "
+            f"{module.config.vision.grid_size}x{module.config.vision.grid_size} grid "
+            f"({module.config.image_size} px) to {trained.vision.grid_size}x"
+            f"{trained.vision.grid_size} ({trained.image_size} px, config.model.name="
+            f"{config.model.name!r}), bicubic as open_clip's resize_pos_embed.")
+        variables = position_grid.resize_image_positions(variables, module.config.vision,
+                                                         trained.vision)
     if module.config.text.vocab_size < default_tokenizer().vocab_size:
         raise ConfigError(f"config.init_from {config.init_from!r} has "
                           f"{module.config.text.vocab_size} token embeddings, fewer than "
                           "OpenAI's BPE vocabulary training tokenizes captions with: it was "
                           "trained with its own. Start from a model with OpenAI's vocabulary.")
-    model = train_step.model_config(config, module.config)
+    model = train_step.model_config(config, trained)
     if model.activation != module.config.activation:
         log(f"warning: config.model.activation={model.activation!r} replaces the "
             f"{module.config.activation!r} the init_from weights were trained with: the model "
@@ -99,16 +108,26 @@ def _as_temperature(param: str, theirs: float, mine: float) -> str:
             if param == "logit_scale" else "")
 
 
-def _check_init_from_model(config: ml_collections.ConfigDict, base: Any) -> None:
-    """`model.name` and `init_from` must not name two architectures: refuse a conflict."""
+def _trained_architecture(config: ml_collections.ConfigDict, base: Any) -> Any:
+    """The architecture a run from `init_from`'s weights (`base`) trains: theirs, or
+    `model.name`'s where the two differ in the image size alone (their position embeddings
+    resized to it: `position_grid`, as the paper's ViT-L/14@336 continued its ViT-L/14).
+    `model.name` and `init_from` naming two architectures otherwise is refused."""
     if not config.model.name:
-        return
-    diff = architecture_diff(loading.model_config(config.model.name), base)
-    if diff:
-        raise ConfigError(
-            f"config.model.name={config.model.name!r} and config.init_from's weights are "
-            f"different architectures ({', '.join(diff[:3])}); pass --config.model.name='' to "
-            "train the init_from architecture, or drop init_from.")
+        return base
+    named = loading.model_config(config.model.name)
+    if not architecture_diff(named, base):
+        return base
+    at_their_size = named.replace(vision={"image_size": base.image_size})
+    if not architecture_diff(at_their_size, base):
+        return base.replace(vision={"image_size": named.image_size},
+                            resize_size=named.resize_size)
+    diff = architecture_diff(named, base)
+    raise ConfigError(
+        f"config.model.name={config.model.name!r} and config.init_from's weights are "
+        f"different architectures ({', '.join(diff[:3])}); pass --config.model.name='' to "
+        "train the init_from architecture, or drop init_from (a different "
+        "vision.image_size alone is fine: the position embeddings are resized).")
 
 
 def _adapt_imported(variables: dict[str, Any], base: Any, model: Any,

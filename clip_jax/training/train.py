@@ -53,6 +53,18 @@ from clip_jax.models import attention
 logger = logging.getLogger(__name__)
 
 
+def named_architecture(config: ml_collections.ConfigDict) -> Any:
+    """`config.model.name`'s architecture (a `CLIPConfig`), or None where it is '' and
+    `init_from` gives one (read later); ConfigError naming the field for a name no model has
+    ('' without init_from included: the error lists the presets)."""
+    if not config.model.name and config.init_from:
+        return None
+    try:
+        return loading.model_config(config.model.name)
+    except ConfigError as error:
+        raise ConfigError(f"config.model.name: {error}") from None
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     process_count: int, platform: str, workdir: str = "") -> None:
     """Checks the config against itself and the machine (`num_devices` devices of `platform`,
@@ -62,11 +74,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
         raise ConfigError(f"config.{field}: {problem}; {fix}.")
 
     config_checks.check_fields(config)
-    if config.model.name or not config.init_from:  # '' alone: the error lists the presets
-        try:
-            loading.model_config(config.model.name)
-        except ConfigError as error:
-            raise ConfigError(f"config.model.name: {error}") from None
+    named_architecture(config)
     if config.init_from and not (workdir and checkpoints.saved_steps(workdir)):
         try:
             loading.check_source(config.init_from)
@@ -126,8 +134,8 @@ def warn_unusual(config: ml_collections.ConfigDict, plan: RunPlan,
     """Logs the start-of-run warnings (`config_checks.unusual`, a chunked loss's small blocks
     over `num_devices` devices (default: this run's), and a profile trace after the last
     step); `clip-jax plan` gives the same ones before its compile."""
-    name = config.model.name  # '' = the init_from checkpoint's, read later
-    batch_norm = bool(name) and loading.model_config(name).vision.is_resnet
+    model = named_architecture(config)  # None: the init_from checkpoint's, read later
+    batch_norm = model is not None and model.vision.is_resnet
     warnings = config_checks.unusual(config, losses.loss_spec(config.loss).needs_bias,
                                      batch_norm)
     try:
