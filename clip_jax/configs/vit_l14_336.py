@@ -1,5 +1,5 @@
 """OpenAI CLIP ViT-L/14@336: ViT-L/14 trained one extra epoch at 336 px (lr 2e-5; Radford et
-al. 2021, section 3.2 and table 21; the warmup is the common table 19's 2,000 steps, the paper
+al. 2021, section 2.5 and table 21; the warmup is the common table 19's 2,000 steps, the paper
 giving none of its own for this epoch).
 
 It continues a 224 px ViT-L/14, as the paper did: `init_from` is the released one

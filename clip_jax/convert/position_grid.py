@@ -1,6 +1,6 @@
 """An image tower's position embeddings at another image size, so that weights trained at one
 resolution start a run at another: the paper's ViT-L/14@336 is its ViT-L/14 trained one more
-epoch at 336 px (Radford et al. 2021, section 3.2; `configs/vit_l14_336.py`), and FixRes-style
+epoch at 336 px (Radford et al. 2021, section 2.5; `configs/vit_l14_336.py`), and FixRes-style
 fine-tunes do the same.
 
 The grid (a ViT's patches, a ModifiedResNet's final feature map under its attention pool) is
