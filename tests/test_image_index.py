@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 import clip_jax  # noqa: E402
 from clip_jax import cli
 from clip_jax.data import image_folder
+from clip_jax.data.preprocess import normalization_constants
 from clip_jax.inference import image_index# noqa: E402
 from clip_jax.convert import hf_export  # noqa: E402
 from clip_jax.inference.encoder import Encoder  # noqa: E402
@@ -164,7 +165,8 @@ def test_files_without_an_image_extension_are_named(tmp_path, caplog, model):
     assert f"{tmp_path}: 3 file(s) without an image extension ignored ({other});" in caplog.text
     config = model[1].config
     pixels = image_folder.read_image(paths[1], config)
-    assert pixels[..., 1].mean() > pixels[..., 0].mean() + 1  # green, normalised
+    assert pixels.dtype == np.uint8  # normalised on the device
+    assert pixels[..., 1].mean() > pixels[..., 0].mean() + 100  # green
     for name in ("b/IMG_2.HEIC", "heif_named.jpg"):  # by extension, by its ftyp brand
         assert image_folder.read_image(str(tmp_path / name), config).reason == (
             "HEIF photo: Pillow decodes it only with the pillow-heif plugin; convert it to JPEG")
@@ -207,7 +209,10 @@ def test_batches_skip_what_pil_cannot_read(folder, model):
     assert sorted(skipped) == sorted(p for p in paths if not pil_reads(p))
     assert skipped[str(folder / "empty.jpg")] == "empty file (0 bytes)"
     assert "truncated" in skipped[str(folder / "trunc.jpg")]
-    np.testing.assert_array_equal(np.concatenate([b.images for b in batches]),
+    images = np.concatenate([b.images for b in batches])
+    assert images.dtype == np.uint8  # a quarter of float32's bytes to the device
+    mean, std = normalization_constants(module.config)
+    np.testing.assert_array_equal(((images.astype(np.float32) - mean) / std).astype(np.float32),
                                   clip_jax.preprocess(read, module.config))
 
 

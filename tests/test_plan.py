@@ -760,10 +760,11 @@ def test_plan_reads_init_from_as_train_does_whatever_model_name_says(tmp_path, c
     assert json.loads(out.strip().splitlines()[-1])["param_bytes"] == 4 * n_params
     wide["vision_cfg"]["width"] *= 2
     assert cli.main(run + [f"--config.model.name={json.dumps(wide)}"]) == 2
-    assert "different architectures (vision.image_size 48 vs 32, vision.width 128 vs 64)" in \
-        capsys.readouterr().err
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "different architectures (vision.width 128 vs 64)" in capsys.readouterr().err
+    from huggingface_hub import constants  # read once, at import: set where it reads them
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hf"))
     code = cli.main(["plan", "--config", "configs/tiny.py", "--topology", "v5e-4", "--json",
                      "--config.init_from=ViT-B-32:openai"])
     out, err = capsys.readouterr()

@@ -117,14 +117,14 @@ def test_a_resnets_attention_pool_grid_is_resized_as_torch_interpolates(tmp_path
 
 
 def test_init_from_of_another_architecture_is_still_refused(tmp_path):
-    """Only the image size may differ: another width is no resize but another model."""
+    """Only the image size may differ: another width is no resize but another model, named
+    without the image size (the allowed difference pushed real ones out of the three shown)."""
     config = tiny.get_config()
     small = train_step.model_config(config)
     clip_jax.save(*clip_jax.create_model(small), tmp_path / "m")
     other = json.loads(_model_json(small, 48))
     other["vision_cfg"]["width"] *= 2
     config.init_from, config.model.name = str(tmp_path / "m"), json.dumps(other)
-    with pytest.raises(ConfigError, match=r"different architectures \(vision.image_size 48 vs "
-                                          r"32, vision.width 128 vs 64\).*a different "
-                                          "vision.image_size alone is fine"):
+    with pytest.raises(ConfigError, match=r"different architectures \(vision.width 128 vs "
+                                          r"64\).*a different vision.image_size alone is fine"):
         init_from.model_and_weights(config, lambda _: None)

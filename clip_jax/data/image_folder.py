@@ -25,7 +25,7 @@ from PIL import Image
 from clip_jax.errors import MissingFileError, UnreadableImageError
 from clip_jax.models.config import CLIPConfig
 from clip_jax.data.preprocess import (DECODE_ERRORS, IMAGE_EXTENSIONS, decode_reason,
-                                      preprocess, undecodable_format)
+                                      preprocess_pixels, undecodable_format)
 
 log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +38,9 @@ class SkippedImage:
 
 @dataclasses.dataclass
 class ImageBatch:
-    """`images` float32 [n, S, S, 3] (model input, `clip_jax.data.preprocess`) for `paths` [n]; the
-    files of this batch that failed to decode are in `skipped`."""
+    """`images` uint8 [n, S, S, 3] (resized and cropped, `preprocess_pixels`: the model
+    normalises them on the device) for `paths` [n]; the files of this batch that failed to
+    decode are in `skipped`."""
 
     paths: list[str]
     images: np.ndarray
@@ -181,9 +182,9 @@ def _folder_images(folder: str, recursive: bool) -> tuple[list[str], int]:
 
 
 def read_image(path: str, config: CLIPConfig, **image_options) -> np.ndarray | SkippedImage:
-    """float32 [S, S, 3] model input for one file, or why it cannot be read; `image_options`
-    are `clip_jax.data.preprocess`'s (`exif_transpose`, `alpha`)."""
-    return _attempt(path, lambda: preprocess(path, config, **image_options)[0])
+    """uint8 [S, S, 3] model input for one file (`preprocess_pixels`), or why it cannot be
+    read; `image_options` are `clip_jax.data.preprocess`'s (`exif_transpose`, `alpha`)."""
+    return _attempt(path, lambda: preprocess_pixels(path, config, **image_options)[0])
 
 
 def check_image(path: str) -> SkippedImage | None:
@@ -241,6 +242,6 @@ def iter_batches(paths: Sequence[str], config: CLIPConfig, batch_size: int = 64,
             results = [f.result() for f in current]
             batch_paths = paths[start:start + batch_size]
             good = [(p, r) for p, r in zip(batch_paths, results) if not isinstance(r, SkippedImage)]
-            images = np.stack([r for _, r in good]) if good else np.zeros((0, *shape), np.float32)
+            images = np.stack([r for _, r in good]) if good else np.zeros((0, *shape), np.uint8)
             yield ImageBatch([p for p, _ in good], images,
                              [r for r in results if isinstance(r, SkippedImage)])

@@ -556,15 +556,28 @@ def preprocess(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str
     width).
     """
     config = _model_config(config)
+    mean, std = normalization_constants(config)
+    pixels = preprocess_pixels(images, config, exif_transpose=exif_transpose, alpha=alpha)
+    return ((pixels.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def preprocess_pixels(images: ImageLike | Iterable[ImageLike], config: CLIPConfig | str, *,
+                      exif_transpose: bool = True, alpha: str | Sequence[int] = ALPHA_DROP,
+                      first: int = 0) -> np.ndarray:
+    """`preprocess`'s pixels before they are normalised: uint8 [N, S, S, 3], resized and
+    centre-cropped. `CLIP.encode_image` normalises uint8 on the device (within 2 ulp of
+    `preprocess`), so the inference paths (`Encoder.embed_images`, `clip-jax index`,
+    `zero-shot`, `search --image`) ship these: a quarter of float32's bytes. The same inputs,
+    options and errors as `preprocess`; `first` is the index of the first image in the
+    caller's list, for the errors' `images[n]` (a batch of a longer list)."""
+    config = _model_config(config)
     background_colour(alpha)
     images = image_list(images)
-    mean, std = normalization_constants(config)
-    out = np.empty((len(images), config.image_size, config.image_size, 3), np.float32)
+    out = np.empty((len(images), config.image_size, config.image_size, 3), np.uint8)
     for n, image in enumerate(images):
         rgb = to_rgb_uint8(image, exif_transpose=exif_transpose, alpha=alpha)
         if 0 in rgb.shape[:2]:
-            raise ValueError(f"images[{n}] has zero height or width (shape {rgb.shape} as RGB): "
-                             "there is nothing to resize; leave it out.")
-        crop = resize_and_center_crop(rgb, config.image_size, config.resize_shortest_side)
-        out[n] = (crop.astype(np.float32) - mean) / std
+            raise ValueError(f"images[{first + n}] has zero height or width (shape {rgb.shape} "
+                             "as RGB): there is nothing to resize; leave it out.")
+        out[n] = resize_and_center_crop(rgb, config.image_size, config.resize_shortest_side)
     return out

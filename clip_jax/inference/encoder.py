@@ -15,7 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from clip_jax.data.preprocess import ImageLike, image_list, preprocess
+from clip_jax.data.preprocess import (ImageLike, background_colour, image_list,
+                                      preprocess_pixels)
 from clip_jax.data.tokenizer import TextTokenizer, openai_for
 from clip_jax.errors import ConfigError
 from clip_jax.models.clip import CLIP, image_features, text_features
@@ -86,7 +87,8 @@ class Encoder:
         return np.concatenate(out)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Preprocessed images float32 [N, S, S, 3] (`clip_jax.data.preprocess`) -> [N, E].
+        """Preprocessed images [N, S, S, 3] -> [N, E]: uint8 (`preprocess_pixels`, normalised
+        on the device) or float32 (`clip_jax.data.preprocess`).
         ValueError for another shape (`check_image_shape`), checked before the rows are padded
         to `batch_size`, so that it names the caller's shape."""
         check_image_shape(pixels, self.module.config.vision.image_size)
@@ -98,12 +100,17 @@ class Encoder:
         [1, E], an [N, H, W(, C)] array N rows) and with its errors: a path with no file raises
         MissingFileError (a FileNotFoundError); a folder or a file that cannot be decoded
         `clip_jax.errors.UnreadableImageError` (an OSError) naming it and why. Both are
-        ConfigErrors too."""
-        pixels = [preprocess([image], self.module.config, **self.image_options)[0]
-                  for image in image_list(images)]
-        size = self.module.config.vision.image_size
-        return self.embed_pixels(np.stack(pixels) if pixels
-                                 else np.zeros((0, size, size, 3), np.float32))
+        ConfigErrors too. Images are read a batch at a time and cross to the device as uint8
+        (`preprocess_pixels`; normalised there), so memory holds one batch's pixels (every
+        image's float32 pixels were held at once before: 418 MB more for 250 at 224 px)."""
+        items = image_list(images)
+        background_colour(self.image_options["alpha"])  # before any image is read
+        out = [np.zeros((0, self.module.config.embed_dim), np.float32)]
+        for start in range(0, len(items), self.batch_size):  # a batch's pixels at a time
+            out.append(self.embed_pixels(preprocess_pixels(
+                items[start:start + self.batch_size], self.module.config, first=start,
+                **self.image_options)))
+        return np.concatenate(out)
 
     def embed_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """int tokens [N, L <= context_length] -> [N, E]. Raises `check_token_ids`' TypeError

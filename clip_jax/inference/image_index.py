@@ -43,7 +43,7 @@ from clip_jax.errors import ConfigError, MissingFileError
 from clip_jax.inference.encoder import Encoder
 from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_images, iter_batches
 from clip_jax.data.preprocess import (ALPHA_DROP, ImageLike, background_colour, image_list,
-                                      is_array, preprocess)
+                                      is_array, preprocess_pixels)
 from clip_jax.runtime.folders import check_writable_dir
 from clip_jax.runtime.logs import format_duration
 
@@ -506,8 +506,8 @@ def search(index: ImageIndex, query: str | ImageLike | np.ndarray, encoder: Enco
                           "PIL image.", stacklevel=2)
         embedding = encoder.embed_texts([query])[0]
     else:
-        embedding = encoder.embed_pixels(preprocess(images, encoder.module.config,
-                                                    **image_options_of(index.meta)))[0]
+        embedding = encoder.embed_pixels(preprocess_pixels(images, encoder.module.config,
+                                                           **image_options_of(index.meta)))[0]
     return index.search(embedding, k)[0]
 
 

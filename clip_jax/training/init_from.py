@@ -118,11 +118,10 @@ def _trained_architecture(config: ml_collections.ConfigDict, base: Any) -> Any:
     named = loading.model_config(config.model.name)
     if not architecture_diff(named, base):
         return base
-    at_their_size = named.replace(vision={"image_size": base.image_size})
-    if not architecture_diff(at_their_size, base):
+    diff = architecture_diff(named.replace(vision={"image_size": base.image_size}), base)
+    if not diff:
         return base.replace(vision={"image_size": named.image_size},
                             resize_size=named.resize_size)
-    diff = architecture_diff(named, base)
     raise ConfigError(
         f"config.model.name={config.model.name!r} and config.init_from's weights are "
         f"different architectures ({', '.join(diff[:3])}); pass --config.model.name='' to "
