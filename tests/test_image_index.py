@@ -632,8 +632,18 @@ def test_progress_into_a_log_file_is_one_line_per_save(folder, model, tmp_path, 
 def test_a_progress_line_says_what_is_left_in_the_units_it_needs(read, total, seconds, left):
     """Near the end it read '0.1 min to go' (and '0.0 min to go')."""
     rate = read / seconds
-    assert image_index._progress_line(read, total, seconds) == (
+    assert image_index._progress_line(read, total, rate) == (
         f"index: {read}/{total} files read ({rate:.1f} files/s{left}), saved")
+
+
+def test_the_index_rate_leaves_out_the_first_batchs_start_up_and_compile():
+    """The rate counted from the start, its first batch's compile spread over the run: "9s to
+    go" where 2.2 s were left (trial CT). After a second batch it runs from the first's end;
+    until then it is all there is."""
+    assert image_index.files_per_second(1064, 11.0, 0.0, (64, 10.0)) == 1000.0
+    assert image_index.files_per_second(64, 10.0, 0.0, (64, 10.0)) == 6.4
+    assert image_index.files_per_second(64, 10.0, 0.0, None) == 6.4
+    assert image_index.files_per_second(0, 0.0, 0.0, None) == 0.0
 
 
 def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys, monkeypatch,
