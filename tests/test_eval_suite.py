@@ -1087,7 +1087,7 @@ def test_clip_jax_eval_command_with_sources(folder, model, tmp_path, capsys):
 
 
 def test_eval_reads_labelled_images_with_the_alpha_and_exif_options(folder, model, tmp_path,
-                                                                     monkeypatch):
+                                                                     monkeypatch, capsys):
     """`clip-jax eval --alpha` / `--no-exif-transpose` reach the labelled sources' reader;
     unset, the config's `data.build` options do (a saved model's: "drop", turned upright)."""
     from clip_jax.data import labelled_batches
@@ -1105,6 +1105,10 @@ def test_eval_reads_labelled_images_with_the_alpha_and_exif_options(folder, mode
     assert cli.main(run + ["--alpha", "white", "--no-exif-transpose"]) == 0
     assert cli.main(run) == 0
     assert seen == [("white", False), ("drop", True)]
+    # Its progress, into a log here (stderr not a terminal): the split's count at the end.
+    err = capsys.readouterr().err
+    assert re.search(rf"^eval: image folder {re.escape(str(folder))}/test \(test\): 15/15 "
+                     r"images \([\d.]+ img/s\)$", err, re.M), err
 
 
 def index_tables(folder, root):

@@ -640,10 +640,12 @@ def test_the_index_rate_leaves_out_the_first_batchs_start_up_and_compile():
     """The rate counted from the start, its first batch's compile spread over the run: "9s to
     go" where 2.2 s were left (trial CT). After a second batch it runs from the first's end;
     until then it is all there is."""
-    assert image_index.files_per_second(1064, 11.0, 0.0, (64, 10.0)) == 1000.0
-    assert image_index.files_per_second(64, 10.0, 0.0, (64, 10.0)) == 6.4
-    assert image_index.files_per_second(64, 10.0, 0.0, None) == 6.4
-    assert image_index.files_per_second(0, 0.0, 0.0, None) == 0.0
+    from clip_jax.runtime.logs import steady_rate
+
+    assert steady_rate(1064, 11.0, 0.0, (64, 10.0)) == 1000.0
+    assert steady_rate(64, 10.0, 0.0, (64, 10.0)) == 6.4
+    assert steady_rate(64, 10.0, 0.0, None) == 6.4
+    assert steady_rate(0, 0.0, 0.0, None) == 0.0
 
 
 def test_cli_index_search_and_zero_shot_outputs(folder, model, tmp_path, capsys, monkeypatch,

@@ -115,7 +115,7 @@ def eval_command(args: argparse.Namespace) -> int:
             module, variables, tokenizer = load_model_and_tokenizer(args.path, args)
             module = CLIP(module.config.replace(dtype=config.model.dtype))
             metrics, evaluation = evaluate.evaluate_model(config, module, variables,
-                                                          tokenizer=tokenizer)
+                                                          tokenizer=tokenizer, progress=True)
     except ConfigError as error:  # in the flags' terms where a flag made the task
         kind = MissingFileError if isinstance(error, MissingFileError) else ConfigError
         raise kind(in_flag_terms(str(error))) from None

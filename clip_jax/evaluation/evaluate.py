@@ -117,12 +117,16 @@ class Evaluation:
     `tokenizer` (texts -> int32 [N, L]) is the model's own (`clip_jax.get_tokenizer`), for
     prompts and captions (stored tokens are then not used: they are OpenAI's); None: OpenAI's,
     refused (ConfigError, before any data is read) for a model with a smaller vocabulary.
+    `progress` shows each source's embedding progress on stderr from process 0 (a standalone
+    evaluation: `progress.with_progress`); a training run's own progress line covers its
+    periodic ones.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, module: CLIP, mesh: Any,
                  shardings: Variables, evaluators: Sequence[str] | None = None,
-                 tokenizer: TextTokenizer | None = None):
+                 tokenizer: TextTokenizer | None = None, progress: bool = False):
         self.evaluators, self.passes, self.tasks = declare(config, evaluators)
+        self.progress = progress and jax.process_index() == 0  # `progress.with_progress`
         self.module = module
         self.tokenize = tokenizer or openai_for(module.config.text.vocab_size,
                                                 module.config.context_length)
@@ -162,7 +166,7 @@ class Evaluation:
         return tokens
 
     def _run(self, variables: Variables) -> dict[str, float | None]:
-        self.passes.embed(self.embedder, variables)
+        self.passes.embed(self.embedder, variables, self.progress)
         embed_texts = lambda tokens: self.embedder.embed_texts(variables, tokens)  # noqa: E731
         classes = {id(c): zero_shot.class_embeddings(embed_texts, c.class_names, c.templates,
                                                      self._tokenize_prompts,
@@ -222,13 +226,14 @@ def shard_variables(variables: Variables, shardings: Variables) -> Variables:
 
 def evaluate_model(config: ml_collections.ConfigDict, module: CLIP, variables: Variables,
                    evaluators: Sequence[str] | None = None,
-                   tokenizer: TextTokenizer | None = None
+                   tokenizer: TextTokenizer | None = None, progress: bool = False
                    ) -> tuple[dict[str, float | None], Evaluation]:
     """Runs the configured evaluators on host `variables`, sharded over `config.mesh`;
-    `tokenizer`: the model's own, or None for OpenAI's (`Evaluation`)."""
+    `tokenizer`: the model's own, or None for OpenAI's; `progress`: each source's embedding
+    progress on stderr, from process 0 (`Evaluation`)."""
     mesh = sharding.create_mesh(config.mesh)
     shardings = variable_shardings(module, mesh, config.logical_axis_rules)
-    evaluation = Evaluation(config, module, mesh, shardings, evaluators, tokenizer)
+    evaluation = Evaluation(config, module, mesh, shardings, evaluators, tokenizer, progress)
     return evaluation.run(shard_variables(variables, shardings)), evaluation
 
 
@@ -247,7 +252,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     step = checkpoints.read_meta(source)["step"] if checkpoints.is_workdir(source) else 0
     module = CLIP(module.config.replace(dtype=config.model.dtype))
     started = time.monotonic()
-    metrics, _ = evaluate_model(config, module, variables, tokenizer=tokenizer)
+    metrics, _ = evaluate_model(config, module, variables, tokenizer=tokenizer, progress=True)
     seconds = time.monotonic() - started
     writer = MetricWriter(workdir, 0, 0, enabled=jax.process_index() == 0, progress=False)
     try:

@@ -22,6 +22,7 @@ from clip_jax.data.tokenizer import TextTokenizer
 from clip_jax.errors import ConfigError
 from clip_jax.evaluation import once, zero_shot
 from clip_jax.evaluation.embedding import Embedder, SplitEmbeddings, Variables
+from clip_jax.evaluation.progress import with_progress
 
 log = logging.getLogger(__name__)
 
@@ -208,19 +209,24 @@ class Passes:
                     raise
                 raise ConfigError(f"{p.task}: {error}") from None
 
-    def embed(self, embedder: Embedder, variables: Variables) -> None:
-        """Embeds every pass; warns with the count when images were left out as unreadable
-        (each is named where it was read), so every metric's image count is explained. A
+    def embed(self, embedder: Embedder, variables: Variables, progress: bool = False) -> None:
+        """Embeds every pass, showing its progress where `progress` (`with_progress`: a
+        standalone evaluation, on process 0); warns with the count when images were left out
+        as unreadable (each is named where it was read), so every metric's image count is
+        explained. A
         pass left with no image at all is a ConfigError naming it and the count, raised as
         soon as it is embedded: every metric of it would be the mean of nothing (NaN), for
         every evaluator reading it."""
         for p in self.passes:
-            p.embeddings = embedder.embed_split(variables, p.iterable, captions=p.captions)
+            split = p.shown_split or p.split
+            batches = (with_progress(p.iterable, f"{p.description}{f' ({split})' if split else ''}",
+                                     embedder.global_batch, p.iterable.num_examples)
+                       if progress else p.iterable)
+            p.embeddings = embedder.embed_split(variables, batches, captions=p.captions)
             p.iterable.close()  # its files, until the next evaluation reads them again
             if p.images is not None:
                 labelled_batches.report_dropped(p.images, p.embeddings.index)
             left_out = p.iterable.num_examples - len(p.embeddings.images)
-            split = p.shown_split or p.split
             if not len(p.embeddings.images):
                 raise ConfigError(
                     f"{p.description}{f' ({split})' if split else ''}: none of its "

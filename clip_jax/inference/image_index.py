@@ -45,7 +45,7 @@ from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_imag
 from clip_jax.data.preprocess import (ALPHA_DROP, ImageLike, background_colour, image_list,
                                       is_array, preprocess_pixels)
 from clip_jax.runtime.folders import check_writable_dir
-from clip_jax.runtime.logs import format_duration
+from clip_jax.runtime.logs import format_duration, steady_rate
 
 FORMAT = "clip_jax.inference.image_index/1"
 _SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)
@@ -291,7 +291,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
             for p, e in zip(pending_paths, np.concatenate(pending)):
                 done[p] = e
             if lines:
-                rate = files_per_second(read, time.monotonic(), started, first)
+                rate = steady_rate(read, time.monotonic(), started, first)
                 print(_progress_line(read, len(todo), rate), file=sys.stderr, flush=True)
         pending_paths, pending = [], []
 
@@ -334,17 +334,6 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     return BuildReport(index, len(kept) - (len(paths) - len(todo)), len(paths) - len(todo),
                        skipped, ignored, len(found) - len(paths),
                        len((set(known) | set(previous_paths)) - set(paths)))
-
-
-def files_per_second(read: int, now: float, started: float,
-                     first: tuple[int, float] | None) -> float:
-    """The rate of `read` files at time `now` (seconds, `time.monotonic`): since `first`
-    (files read, time) at the end of the first batch, whose seconds hold the start-up and the
-    compile; from `started` until a second batch ends. A rate from the start spread the
-    compile over the run and overstated the time left (trial CT: "9s to go" with 2.2 s left)."""
-    if first is not None and read > first[0] and now > first[1]:
-        return (read - first[0]) / (now - first[1])
-    return read / (now - started) if now > started else 0.0
 
 
 def _progress_line(read: int, total: int, rate: float) -> str:

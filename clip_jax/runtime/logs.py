@@ -231,3 +231,15 @@ def format_duration(seconds: float) -> str:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     minutes = round(seconds / 60)
     return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def steady_rate(done: int, now: float, started: float, first: tuple[int, float] | None
+                ) -> float:
+    """Items per second of `done` items at time `now` (`time.monotonic` seconds): since
+    `first` (items done, time) at the end of the first batch, whose seconds hold the start-up
+    and the compile; from `started` until a later batch ends. A rate from the start spreads
+    the compile over the run and overstates the time left (trial CT: `clip-jax index` said
+    "9s to go" with 2.2 s left)."""
+    if first is not None and done > first[0] and now > first[1]:
+        return (done - first[0]) / (now - first[1])
+    return done / (now - started) if now > started else 0.0
