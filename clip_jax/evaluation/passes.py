@@ -213,15 +213,14 @@ class Passes:
         """Embeds every pass, showing its progress where `progress` (`with_progress`: a
         standalone evaluation, on process 0); warns with the count when images were left out
         as unreadable (each is named where it was read), so every metric's image count is
-        explained. A
-        pass left with no image at all is a ConfigError naming it and the count, raised as
-        soon as it is embedded: every metric of it would be the mean of nothing (NaN), for
-        every evaluator reading it."""
+        explained. A pass left with no image at all is a ConfigError naming it and the count,
+        raised as soon as it is embedded: every metric of it would be the mean of nothing
+        (NaN), for every evaluator reading it."""
         for p in self.passes:
             split = p.shown_split or p.split
-            batches = (with_progress(p.iterable, f"{p.description}{f' ({split})' if split else ''}",
-                                     embedder.global_batch, p.iterable.num_examples)
-                       if progress else p.iterable)
+            named = f"{p.description}{f' ({split})' if split else ''}"
+            batches = (with_progress(p.iterable, named, embedder.global_batch,
+                                     p.iterable.num_examples) if progress else p.iterable)
             p.embeddings = embedder.embed_split(variables, batches, captions=p.captions)
             p.iterable.close()  # its files, until the next evaluation reads them again
             if p.images is not None:
@@ -229,14 +228,12 @@ class Passes:
             left_out = p.iterable.num_examples - len(p.embeddings.images)
             if not len(p.embeddings.images):
                 raise ConfigError(
-                    f"{p.description}{f' ({split})' if split else ''}: none of its "
-                    f"{p.iterable.num_examples} image(s) could be read (each is named in a "
-                    "warning above), so it has no metrics; replace or remove the unreadable "
-                    "files, or evaluate other data.")
+                    f"{named}: none of its {p.iterable.num_examples} image(s) could be read "
+                    "(each is named in a warning above), so it has no metrics; replace or "
+                    "remove the unreadable files, or evaluate other data.")
             if left_out:  # once per Evaluation: its shifted copies read the same files too
-                once.warning(log, "%s%s: %d of %d images unreadable, left out of its metrics",
-                             p.description, f" ({split})" if split else "", left_out,
-                             p.iterable.num_examples)
+                once.warning(log, "%s: %d of %d images unreadable, left out of its metrics",
+                             named, left_out, p.iterable.num_examples)
 
     def release(self) -> None:
         """Drops the embeddings of the last run."""
