@@ -20,6 +20,7 @@ def test_a_log_gets_lines_with_the_images_done_capped_at_the_split(monkeypatch):
     lines = log.getvalue().splitlines()
     assert [line.split(" images")[0] for line in lines] == [
         f"eval: digits (test): {n}/200" for n in (64, 128, 192, 200)]
+    assert lines[0] == "eval: digits (test): 64/200 images"  # no rate before a 2nd batch
     assert "to go" in lines[1] and "to go" not in lines[-1]
     assert "\r" not in log.getvalue()
 
@@ -34,10 +35,11 @@ def test_a_log_gets_a_line_per_interval_and_at_the_end(monkeypatch):
 
 
 @pytest.mark.parametrize("done,total,rate,left", [(512, 1797, 88.1, ", 15s to go"),
-                                                  (1797, 1797, 90.0, ""), (0, 10, 0.0, "")])
+                                                  (1797, 1797, 90.0, "")])
 def test_the_line_says_the_rate_and_the_time_left(done, total, rate, left):
     assert progress.progress_line("digits (test)", done, total, rate) == (
         f"eval: digits (test): {done}/{total} images ({rate:.1f} img/s{left})")
+    assert progress.progress_line("d", done, total, None) == f"eval: d: {done}/{total} images"
 
 
 def test_a_terminal_gets_a_bar():

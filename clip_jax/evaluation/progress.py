@@ -2,7 +2,8 @@
 images embedded so far, the rate and the time left, on stderr. An ImageNet-size evaluation
 embeds for many minutes; it printed nothing until its results (trial CT). A terminal gets a
 tqdm bar per source; a job's log one line every `LINE_SECONDS`, and one when the source is
-done. The rate leaves out the first batch (its compile: `logs.steady_rate`). A training run's
+done. The lines' rate leaves out the first batch (its compile: `logs.steady_rate`), so
+they give none until a second batch has ended; the bar's rate is tqdm's own. A training run's
 periodic evaluations show none: its own progress line covers them.
 """
 
@@ -20,9 +21,12 @@ from clip_jax.runtime.logs import format_duration, steady_rate
 LINE_SECONDS = 30.0  # between two lines in a log file
 
 
-def progress_line(description: str, done: int, total: int, rate: float) -> str:
-    """'eval: digits (test): 512/1797 images (88.1 img/s, 15s to go)'."""
-    left = f", {format_duration((total - done) / rate)} to go" if rate and done < total else ""
+def progress_line(description: str, done: int, total: int, rate: float | None) -> str:
+    """'eval: digits (test): 512/1797 images (88.1 img/s, 15s to go)'; without the rate
+    while it is not known (None: `steady_rate`)."""
+    if not rate:
+        return f"eval: {description}: {done}/{total} images"
+    left = f", {format_duration((total - done) / rate)} to go" if done < total else ""
     return f"eval: {description}: {done}/{total} images ({rate:.1f} img/s{left})"
 
 
@@ -35,7 +39,7 @@ def with_progress(batches: Iterable[Any], description: str, rows_per_batch: int,
     tty = stream.isatty() if tty is None else tty
     bar = tqdm(total=total, unit="img", desc=f"eval: {description}", file=stream,
                dynamic_ncols=True, disable=not tty)
-    started = last = time.monotonic()
+    last = time.monotonic()
     done, first = 0, None
     try:
         for batch in batches:
@@ -46,8 +50,7 @@ def with_progress(batches: Iterable[Any], description: str, rows_per_batch: int,
             bar.update(done - before)
             if not tty and (now - last >= LINE_SECONDS or done == total):
                 last = now
-                print(progress_line(description, done, total,
-                                    steady_rate(done, now, started, first)),
+                print(progress_line(description, done, total, steady_rate(done, now, first)),
                       file=stream, flush=True)
     finally:
         bar.close()

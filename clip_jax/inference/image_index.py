@@ -279,7 +279,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
     lines = progress and bool(todo) and not sys.stderr.isatty()
     bar = tqdm(total=len(todo), unit="file", disable=not progress or not todo or lines,
                file=sys.stderr, dynamic_ncols=True, desc="index")
-    started, read, first = time.monotonic(), 0, None
+    read, first = 0, None
 
     def flush() -> None:
         nonlocal part, pending_paths, pending
@@ -291,7 +291,7 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
             for p, e in zip(pending_paths, np.concatenate(pending)):
                 done[p] = e
             if lines:
-                rate = steady_rate(read, time.monotonic(), started, first)
+                rate = steady_rate(read, time.monotonic(), first)
                 print(_progress_line(read, len(todo), rate), file=sys.stderr, flush=True)
         pending_paths, pending = [], []
 
@@ -336,11 +336,13 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike], encoder
                        len((set(known) | set(previous_paths)) - set(paths)))
 
 
-def _progress_line(read: int, total: int, rate: float) -> str:
+def _progress_line(read: int, total: int, rate: float | None) -> str:
     """'index: 4096/10000 files read (41.0 files/s, 2m24s to go), saved': a log file's
-    progress at `rate` files per second (files: the unreadable ones, skipped, count as
-    read)."""
-    left = f", {format_duration((total - read) / rate)} to go" if rate and read < total else ""
+    progress at `rate` files per second (None: not known yet, `steady_rate`; files: the
+    unreadable ones, skipped, count as read)."""
+    if not rate:
+        return f"index: {read}/{total} files read, saved"
+    left = f", {format_duration((total - read) / rate)} to go" if read < total else ""
     return f"index: {read}/{total} files read ({rate:.1f} files/s{left}), saved"
 
 

@@ -233,13 +233,12 @@ def format_duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def steady_rate(done: int, now: float, started: float, first: tuple[int, float] | None
-                ) -> float:
-    """Items per second of `done` items at time `now` (`time.monotonic` seconds): since
+def steady_rate(done: int, now: float, first: tuple[int, float] | None) -> float | None:
+    """Items per second of `done` items at time `now` (`time.monotonic` seconds), since
     `first` (items done, time) at the end of the first batch, whose seconds hold the start-up
-    and the compile; from `started` until a later batch ends. A rate from the start spreads
-    the compile over the run and overstates the time left (trial CT: `clip-jax index` said
-    "9s to go" with 2.2 s left)."""
-    if first is not None and done > first[0] and now > first[1]:
-        return (done - first[0]) / (now - first[1])
-    return done / (now - started) if now > started else 0.0
+    and the compile; None until a later batch has ended. A rate from the start spread the
+    compile over the run and overstated the time left (trial CT: `clip-jax index` said "9s to
+    go" with 2.2 s left; trial CU: "36s to go" with 0.4 s left, at its first line)."""
+    if first is None or done <= first[0] or now <= first[1]:
+        return None
+    return (done - first[0]) / (now - first[1])
