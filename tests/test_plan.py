@@ -71,9 +71,14 @@ def test_libtpu_logs_where_this_user_can_write(monkeypatch, tmp_path):
     """`clip-jax plan` run by a second user on a shared machine: libtpu's /tmp/tpu_logs was
     the first user's, and libtpu printed some 200 lines failing to log there. Another folder
     is given where that one cannot be written (/proc/1, unwritable even by root here); the
-    user's own TPU_LOG_DIR, and a writable default, are left as they are."""
-    for name in ("TPU_LOG_DIR", "TPU_ACCELERATOR_TYPE"):
-        monkeypatch.delenv(name, raising=False)
+    user's own TPU_LOG_DIR, and a writable default, are left as they are. Every variable
+    `set_libtpu_env` sets is recorded first (setenv, then delenv), so the test's values go
+    with it: a TPU_LOG_DIR of /proc/1-0 left behind made libtpu in later tests' training
+    subprocesses print "Could not access /proc/1-0" (their one-line checks failed)."""
+    for name in ("TPU_LOG_DIR", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES",
+                 "ALLOW_MULTIPLE_LIBTPU_LOAD"):
+        monkeypatch.setenv(name, "recorded")  # the value before the test comes back after it
+        monkeypatch.delenv(name)
     monkeypatch.setattr(tpu_topology, "LIBTPU_LOG_DIR", "/proc/1")
     tpu_topology.set_libtpu_env(tpu_topology.parse("v5e-8"))
     assert os.environ["TPU_LOG_DIR"] == f"/proc/1-{os.getuid()}"
