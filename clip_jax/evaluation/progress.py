@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from clip_jax.runtime.logs import format_duration, steady_rate
+from clip_jax.runtime.logs import rate_and_left, steady_rate
 
 LINE_SECONDS = 30.0  # between two lines in a log file
 
@@ -24,10 +24,7 @@ LINE_SECONDS = 30.0  # between two lines in a log file
 def progress_line(description: str, done: int, total: int, rate: float | None) -> str:
     """'eval: digits (test): 512/1797 images (88.1 img/s, 15s to go)'; without the rate
     while it is not known (None: `steady_rate`)."""
-    if not rate:
-        return f"eval: {description}: {done}/{total} images"
-    left = f", {format_duration((total - done) / rate)} to go" if done < total else ""
-    return f"eval: {description}: {done}/{total} images ({rate:.1f} img/s{left})"
+    return f"eval: {description}: {done}/{total} images{rate_and_left(done, total, rate, 'img')}"
 
 
 def with_progress(batches: Iterable[Any], description: str, rows_per_batch: int, total: int,

@@ -45,7 +45,7 @@ from clip_jax.data.image_folder import IMAGE_EXTENSIONS, SkippedImage, find_imag
 from clip_jax.data.preprocess import (ALPHA_DROP, ImageLike, background_colour, image_list,
                                       is_array, preprocess_pixels)
 from clip_jax.runtime.folders import check_writable_dir
-from clip_jax.runtime.logs import format_duration, steady_rate
+from clip_jax.runtime.logs import rate_and_left, steady_rate
 
 FORMAT = "clip_jax.inference.image_index/1"
 _SCORE_BLOCK = 1 << 26  # query x image scores computed at once (256 MB of float32)
@@ -340,10 +340,7 @@ def _progress_line(read: int, total: int, rate: float | None) -> str:
     """'index: 4096/10000 files read (41.0 files/s, 2m24s to go), saved': a log file's
     progress at `rate` files per second (None: not known yet, `steady_rate`; files: the
     unreadable ones, skipped, count as read)."""
-    if not rate:
-        return f"index: {read}/{total} files read, saved"
-    left = f", {format_duration((total - read) / rate)} to go" if read < total else ""
-    return f"index: {read}/{total} files read ({rate:.1f} files/s{left}), saved"
+    return f"index: {read}/{total} files read{rate_and_left(read, total, rate, 'files')}, saved"
 
 
 def check_output(output: str | os.PathLike) -> None:

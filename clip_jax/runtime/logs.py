@@ -242,3 +242,12 @@ def steady_rate(done: int, now: float, first: tuple[int, float] | None) -> float
     if first is None or done <= first[0] or now <= first[1]:
         return None
     return (done - first[0]) / (now - first[1])
+
+
+def rate_and_left(done: int, total: int, rate: float | None, unit: str) -> str:
+    """' (41.0 files/s, 2m24s to go)' of a progress line at `rate` `unit`s per second: no time
+    left once done, nothing while the rate is not known (None: `steady_rate`)."""
+    if not rate:
+        return ""
+    left = f", {format_duration((total - done) / rate)} to go" if done < total else ""
+    return f" ({rate:.1f} {unit}/s{left})"
